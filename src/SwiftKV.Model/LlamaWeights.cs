@@ -18,6 +18,8 @@ public sealed class LlamaLayerWeights
     public float[]? VBias { get; init; }
     /// <summary>(hidden_size, num_attention_heads * head_dim)</summary>
     public required float[] OProj { get; init; }
+    /// <summary>(hidden_size); present when attention_bias (Hugging Face's o_proj carries a bias then too).</summary>
+    public float[]? OBias { get; init; }
     /// <summary>(hidden_size)</summary>
     public required float[] PostAttentionLayernorm { get; init; }
     /// <summary>(intermediate_size, hidden_size)</summary>

@@ -1,0 +1,187 @@
+// The reference-quality fp32 CPU backend. One Forward call runs a step of tokens for one sequence:
+//   embed -> layers 0..l-1 (full Llama layers over every token)
+//         -> SwiftKV: s = norm_swiftkv(x_l); K/V of every later cache from s for every token;
+//            only the rows whose logits are wanted continue through layers l..L-1 (Q from q_proj_swiftkv)
+//         -> model.norm -> lm_head for the selected rows only.
+// With SwiftKV off every layer is a full layer and the "continuing rows" cut happens only before lm_head.
+// Shapes: activations (num_tokens, hidden_size); q (num_tokens, num_heads * head_dim); caches see CpuSequenceCache.
+using SwiftKV.Model;
+
+namespace SwiftKV.Engine.Cpu;
+
+/// <summary>Runs a <see cref="LlamaWeights"/> model (plain Llama or SwiftKV) on the CPU in fp32.</summary>
+public sealed class CpuBackend : IModelBackend
+{
+    readonly LlamaWeights _w;
+    readonly RotaryEmbedding _rope;
+    readonly float _eps;
+    bool _disposed;
+
+    public CpuBackend(LlamaWeights weights)
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        _w = weights;
+        Config = weights.Config;
+        if (weights.SwiftKvEnabled && !Config.SwiftKv)
+            throw new InvalidModelException("LlamaWeights: SwiftKvEnabled is true but config.json has no SwiftKV fields (swiftkv, num_key_value_layers).");
+        SwiftKvEnabled = weights.SwiftKvEnabled;
+        WeightShapes.Check(weights);
+        _rope = new RotaryEmbedding(Config);
+        _eps = (float)Config.RmsNormEps;
+    }
+
+    public string Name => "cpu";
+    public LlamaConfig Config { get; }
+    public bool SwiftKvEnabled { get; }
+    internal RotaryEmbedding Rope => _rope;
+
+    int FullLayers => SwiftKvEnabled ? Config.NumKeyValueLayers : Config.NumHiddenLayers;
+
+    public ISequenceCache CreateCache(int capacity)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (capacity < 1 || capacity > Config.MaxPositionEmbeddings)
+            throw new ArgumentOutOfRangeException(nameof(capacity), capacity,
+                $"cache capacity must be in 1..{Config.MaxPositionEmbeddings} (max_position_embeddings).");
+        return new CpuSequenceCache(this, Config.NumKvCaches(SwiftKvEnabled), capacity, Config.KeyValueDim);
+    }
+
+    public float[] Forward(ISequenceCache cache, ReadOnlySpan<int> tokens, LogitsSelection selection)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var c = ValidateStep(cache, tokens);
+        var cfg = Config;
+        int rows = tokens.Length, hidden = cfg.HiddenSize, start = c.Length;
+
+        var x = new float[rows * hidden];
+        for (int t = 0; t < rows; t++)
+            Array.Copy(_w.EmbedTokens, (long)tokens[t] * hidden, x, (long)t * hidden, hidden);
+        var positions = new int[rows];
+        for (int t = 0; t < rows; t++) positions[t] = start + t;
+
+        for (int i = 0; i < FullLayers; i++)
+        {
+            var layer = _w.Layers[i];
+            var h = Norm(x, rows, layer.InputLayernorm);
+            AppendKv(h, rows, start, layer.KProj!, layer.KBias, layer.VProj!, layer.VBias, c, i);
+            AttentionAndMlp(x, rows, positions, layer, h, layer.QProj!, layer.QBias, c, i);
+        }
+
+        if (SwiftKvEnabled)
+        {
+            // SingleInputKV: every later cache is filled from the one state x_l, for every token of the step.
+            var s = Norm(x, rows, _w.NormSwiftKv!);
+            for (int j = cfg.NumKeyValueLayers; j < cfg.NumHiddenLayers; j++)
+            {
+                if (!cfg.IsKvGroupLeader(j)) continue;
+                var layer = _w.Layers[j];
+                AppendKv(s, rows, start, layer.KProjSwiftKv!, layer.KBiasSwiftKv, layer.VProjSwiftKv!, layer.VBiasSwiftKv,
+                    c, cfg.KvCacheIndex(j, true));
+            }
+            // The prefill saving: tokens whose logits nobody reads stop here.
+            if (selection == LogitsSelection.LastToken && rows > 1)
+            {
+                x = x.AsSpan((rows - 1) * hidden, hidden).ToArray();
+                positions = [positions[rows - 1]];
+                rows = 1;
+            }
+            for (int j = cfg.NumKeyValueLayers; j < cfg.NumHiddenLayers; j++)
+            {
+                var layer = _w.Layers[j];
+                var h = Norm(x, rows, layer.InputLayernorm);
+                AttentionAndMlp(x, rows, positions, layer, h, layer.QProjSwiftKv!, layer.QBiasSwiftKv, c, cfg.KvCacheIndex(j, true));
+            }
+        }
+
+        if (selection == LogitsSelection.LastToken && rows > 1)
+        {
+            x = x.AsSpan((rows - 1) * hidden, hidden).ToArray();
+            rows = 1;
+        }
+        var final = Norm(x, rows, _w.Norm);
+        var logits = new float[rows * cfg.VocabSize];
+        CpuKernels.Linear(final, rows, hidden, _w.LmHead, null, cfg.VocabSize, logits);
+        c.Length = start + tokens.Length;
+        return logits;
+    }
+
+    CpuSequenceCache ValidateStep(ISequenceCache cache, ReadOnlySpan<int> tokens)
+    {
+        ArgumentNullException.ThrowIfNull(cache);
+        if (cache is not CpuSequenceCache c || !ReferenceEquals(c.Owner, this))
+            throw new ArgumentException("the cache was not created by this backend (use CreateCache of the same CpuBackend).", nameof(cache));
+        c.ThrowIfDisposed();
+        if (tokens.IsEmpty) throw new ArgumentException("a forward step needs at least one token.", nameof(tokens));
+        for (int t = 0; t < tokens.Length; t++)
+            if ((uint)tokens[t] >= (uint)Config.VocabSize)
+                throw new ArgumentException($"token id {tokens[t]} at index {t} is outside the vocabulary [0, {Config.VocabSize}).", nameof(tokens));
+        if ((long)c.Length + tokens.Length > c.Capacity)
+            throw new ArgumentException(
+                $"{tokens.Length} tokens do not fit the cache: it holds {c.Length} of {c.Capacity} tokens ({c.Capacity - c.Length} free).",
+                nameof(tokens));
+        return c;
+    }
+
+    float[] Norm(float[] x, int rows, float[] weight)
+    {
+        var y = new float[x.Length];
+        CpuKernels.RmsNorm(x, rows, Config.HiddenSize, weight, _eps, y);
+        return y;
+    }
+
+    /// <summary>K = RoPE(h·Wkᵀ + bk), V = h·Wvᵀ + bv for every row, written at cache slots start.. of one cache.</summary>
+    void AppendKv(float[] h, int rows, int start, float[] kW, float[]? kB, float[] vW, float[]? vB, CpuSequenceCache c, int cacheIndex)
+    {
+        int kvDim = Config.KeyValueDim, hidden = Config.HiddenSize;
+        var k = new float[rows * kvDim];
+        var v = new float[rows * kvDim];
+        CpuKernels.Linear(h, rows, hidden, kW, kB, kvDim, k);
+        CpuKernels.Linear(h, rows, hidden, vW, vB, kvDim, v);
+        Span<float> cos = stackalloc float[Config.HeadDim / 2];
+        Span<float> sin = stackalloc float[Config.HeadDim / 2];
+        for (int t = 0; t < rows; t++)
+        {
+            _rope.Angles(start + t, cos, sin);
+            RotaryEmbedding.Rotate(k.AsSpan(t * kvDim, kvDim), Config.NumKeyValueHeads, cos, sin);
+        }
+        Array.Copy(k, 0, c.Keys(cacheIndex), (long)start * kvDim, k.Length);
+        Array.Copy(v, 0, c.Values(cacheIndex), (long)start * kvDim, v.Length);
+    }
+
+    /// <summary>
+    /// The rest of a decoder layer for rows whose K/V are already cached: Q = RoPE(h·Wqᵀ + bq), attention over
+    /// cache <paramref name="cacheIndex"/>, o_proj, residual, post_attention_layernorm, SwiGLU MLP, residual.
+    /// </summary>
+    void AttentionAndMlp(float[] x, int rows, int[] positions, LlamaLayerWeights layer, float[] h,
+        float[] qW, float[]? qB, CpuSequenceCache c, int cacheIndex)
+    {
+        var cfg = Config;
+        int hidden = cfg.HiddenSize, qDim = cfg.QueryDim, inter = cfg.IntermediateSize;
+        var q = new float[rows * qDim];
+        CpuKernels.Linear(h, rows, hidden, qW, qB, qDim, q);
+        Span<float> cos = stackalloc float[cfg.HeadDim / 2];
+        Span<float> sin = stackalloc float[cfg.HeadDim / 2];
+        for (int t = 0; t < rows; t++)
+        {
+            _rope.Angles(positions[t], cos, sin);
+            RotaryEmbedding.Rotate(q.AsSpan(t * qDim, qDim), cfg.NumAttentionHeads, cos, sin);
+        }
+        var attn = new float[rows * qDim];
+        CpuKernels.Attention(q, rows, positions, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim,
+            c.Keys(cacheIndex), c.Values(cacheIndex), attn);
+        var o = new float[rows * hidden];
+        CpuKernels.Linear(attn, rows, qDim, layer.OProj, layer.OBias, hidden, o);
+        System.Numerics.Tensors.TensorPrimitives.Add(x, o, x);
+
+        var h2 = Norm(x, rows, layer.PostAttentionLayernorm);
+        var gate = new float[rows * inter];
+        var up = new float[rows * inter];
+        CpuKernels.Linear(h2, rows, hidden, layer.GateProj, null, inter, gate);
+        CpuKernels.Linear(h2, rows, hidden, layer.UpProj, null, inter, up);
+        CpuKernels.SwiGlu(gate, up);
+        CpuKernels.Linear(gate, rows, inter, layer.DownProj, null, hidden, o);
+        System.Numerics.Tensors.TensorPrimitives.Add(x, o, x);
+    }
+
+    public void Dispose() => _disposed = true;
+}

@@ -1,0 +1,85 @@
+// Rotary position embedding in Hugging Face's rotate-half layout, with Llama 3 "llama3" frequency scaling.
+// Frequencies follow transformers' _compute_llama3_parameters; the scaling arithmetic is done in double and
+// cast once. The angle for a position is one fp32 multiply (inv_freq fp32 * position fp32), as PyTorch does,
+// so positions far into a long context round the same way the reference does.
+using SwiftKV.Model;
+
+namespace SwiftKV.Engine.Cpu;
+
+/// <summary>RoPE for one model: inverse frequencies plus the rotation of (num_heads, head_dim) vectors.</summary>
+public sealed class RotaryEmbedding
+{
+    readonly float[] _invFreq;
+
+    public RotaryEmbedding(LlamaConfig config)
+    {
+        HeadDim = config.HeadDim;
+        _invFreq = ComputeInvFreq(config.HeadDim, config.RopeTheta, config.RopeScaling);
+    }
+
+    public int HeadDim { get; }
+
+    /// <summary>(head_dim / 2) inverse frequencies after rope scaling.</summary>
+    public ReadOnlySpan<float> InvFreq => _invFreq;
+
+    /// <summary>
+    /// inv_freq_i = theta^(-2i/d), then llama3 scaling: low frequencies (wavelength above
+    /// original_max / low_freq_factor) are divided by factor, high frequencies kept, the band between blended.
+    /// </summary>
+    public static float[] ComputeInvFreq(int headDim, double theta, Llama3RopeScaling? scaling)
+    {
+        var inv = new float[headDim / 2];
+        for (int i = 0; i < inv.Length; i++)
+        {
+            double f = 1.0 / Math.Pow(theta, 2.0 * i / headDim);
+            if (scaling is { } s)
+            {
+                double lowFreqWavelen = s.OriginalMaxPositionEmbeddings / s.LowFreqFactor;
+                double highFreqWavelen = s.OriginalMaxPositionEmbeddings / s.HighFreqFactor;
+                double wavelen = 2 * Math.PI / f;
+                if (wavelen > lowFreqWavelen)
+                {
+                    f /= s.Factor;
+                }
+                else if (wavelen >= highFreqWavelen)
+                {
+                    double smooth = (s.OriginalMaxPositionEmbeddings / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
+                    f = (1 - smooth) * f / s.Factor + smooth * f;
+                }
+            }
+            inv[i] = (float)f;
+        }
+        return inv;
+    }
+
+    /// <summary>Fills (head_dim / 2) cos and sin values for one position.</summary>
+    public void Angles(int position, Span<float> cos, Span<float> sin)
+    {
+        float p = position;
+        for (int i = 0; i < _invFreq.Length; i++)
+        {
+            float angle = _invFreq[i] * p;
+            cos[i] = (float)Math.Cos(angle);
+            sin[i] = (float)Math.Sin(angle);
+        }
+    }
+
+    /// <summary>
+    /// Rotates every head of <paramref name="vec"/> (num_heads, head_dim) in place:
+    /// out[i] = x[i]·cos - x[i+d/2]·sin, out[i+d/2] = x[i+d/2]·cos + x[i]·sin.
+    /// </summary>
+    public static void Rotate(Span<float> vec, int numHeads, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
+    {
+        int half = cos.Length;
+        for (int h = 0; h < numHeads; h++)
+        {
+            var head = vec.Slice(h * 2 * half, 2 * half);
+            for (int i = 0; i < half; i++)
+            {
+                float a = head[i], b = head[i + half];
+                head[i] = a * cos[i] - b * sin[i];
+                head[i + half] = b * cos[i] + a * sin[i];
+            }
+        }
+    }
+}

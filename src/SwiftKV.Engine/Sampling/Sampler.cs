@@ -1,0 +1,81 @@
+// Picks the next token from one row of logits. Order: temperature, top-k, softmax, top-p (nucleus over the
+// probabilities sorted high to low), then one uniform draw. Ties in sorting break toward the lower token id, so the
+// result depends only on the logits and the seed. Probabilities are in double: a draw near a bucket edge should
+// not flip between machines because of float rounding in a long sum.
+namespace SwiftKV.Engine.Sampling;
+
+/// <summary>A stateful sampler for one sequence (its generator advances with every draw).</summary>
+public sealed class Sampler
+{
+    readonly SamplingParams _p;
+    Xoshiro256 _rng;
+
+    public Sampler(SamplingParams parameters)
+    {
+        ArgumentNullException.ThrowIfNull(parameters);
+        _p = parameters;
+        _rng = new Xoshiro256(parameters.Seed ?? (ulong)Random.Shared.NextInt64());
+    }
+
+    /// <summary>Argmax, lowest index on ties; NaN never wins.</summary>
+    public static int Greedy(ReadOnlySpan<float> logits)
+    {
+        if (logits.IsEmpty) throw new ArgumentException("logits are empty.", nameof(logits));
+        int best = 0;
+        for (int i = 1; i < logits.Length; i++)
+            if (logits[i] > logits[best] || float.IsNaN(logits[best])) best = i;
+        return best;
+    }
+
+    /// <summary>Samples a token id from <paramref name="logits"/> (vocab_size).</summary>
+    public int Sample(ReadOnlySpan<float> logits)
+    {
+        if (logits.IsEmpty) throw new ArgumentException("logits are empty.", nameof(logits));
+        if (_p.Temperature == 0) return Greedy(logits);
+
+        int n = logits.Length;
+        var order = new int[n];
+        var scaled = new double[n];
+        for (int i = 0; i < n; i++)
+        {
+            order[i] = i;
+            double v = logits[i];
+            scaled[i] = double.IsNaN(v) ? double.NegativeInfinity : v / _p.Temperature;
+        }
+        Array.Sort(order, (a, b) => scaled[a] != scaled[b] ? scaled[b].CompareTo(scaled[a]) : a.CompareTo(b));
+
+        int keep = _p.TopK > 0 ? Math.Min(_p.TopK, n) : n;
+        double max = scaled[order[0]];
+        if (double.IsNegativeInfinity(max)) return order[0];
+        var probs = new double[keep];
+        double sum = 0;
+        for (int r = 0; r < keep; r++) sum += probs[r] = Math.Exp(scaled[order[r]] - max);
+        for (int r = 0; r < keep; r++) probs[r] /= sum;
+
+        if (_p.TopP < 1)
+        {
+            double cumulative = 0;
+            int nucleus = 0;
+            while (nucleus < keep)
+            {
+                cumulative += probs[nucleus++];
+                if (cumulative >= _p.TopP) break;
+            }
+            keep = nucleus;
+            sum = cumulative;
+        }
+        else
+        {
+            sum = 1;
+        }
+
+        double u = _rng.NextDouble() * sum;
+        double acc = 0;
+        for (int r = 0; r < keep; r++)
+        {
+            acc += probs[r];
+            if (u < acc) return order[r];
+        }
+        return order[keep - 1];
+    }
+}

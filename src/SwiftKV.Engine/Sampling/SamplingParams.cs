@@ -1,0 +1,46 @@
+// How the next token is picked. Validated on construction so a bad option fails where it is set, naming it.
+namespace SwiftKV.Engine.Sampling;
+
+/// <summary>Sampling options. Temperature 0 is greedy (argmax); TopK 0 and TopP 1 switch those filters off.</summary>
+public sealed record SamplingParams
+{
+    /// <summary>Greedy decoding: argmax, lowest token id on ties.</summary>
+    public static SamplingParams Greedy { get; } = new();
+
+    /// <summary>Divides the logits before softmax; 0 = greedy. Must be finite and >= 0.</summary>
+    public float Temperature
+    {
+        get;
+        init
+        {
+            if (!float.IsFinite(value) || value < 0)
+                throw new ArgumentOutOfRangeException(nameof(Temperature), value, "Temperature must be a finite number >= 0 (0 = greedy).");
+            field = value;
+        }
+    }
+
+    /// <summary>Keeps only the K most likely tokens; 0 = off.</summary>
+    public int TopK
+    {
+        get;
+        init
+        {
+            if (value < 0) throw new ArgumentOutOfRangeException(nameof(TopK), value, "TopK must be >= 0 (0 = off).");
+            field = value;
+        }
+    }
+
+    /// <summary>Nucleus: keeps the most likely tokens whose probabilities first reach TopP; in (0, 1], 1 = off.</summary>
+    public float TopP
+    {
+        get;
+        init
+        {
+            if (!(value > 0 && value <= 1)) throw new ArgumentOutOfRangeException(nameof(TopP), value, "TopP must be in (0, 1] (1 = off).");
+            field = value;
+        }
+    } = 1f;
+
+    /// <summary>Seed of the sampler's own generator: the same seed gives the same tokens on any machine. Null = random.</summary>
+    public ulong? Seed { get; init; }
+}
