@@ -1,0 +1,62 @@
+// Loads a Hugging Face Llama / llama_swiftkv checkpoint directory (config.json + safetensors) into fp32
+// LlamaWeights. Every needed tensor is checked for presence, shape and dtype before any data is read, and all
+// problems are reported together, so a wrong checkpoint fails in a second with the full list instead of after
+// reading 16 GB. Tensors the mode does not need (the published SwiftKV checkpoints' original q/k/v of later
+// layers when SwiftKV is on, rotary inv_freq buffers of old exports) are ignored.
+namespace SwiftKV.Model.Checkpoint;
+
+/// <summary>Reads checkpoints into <see cref="LlamaWeights"/>.</summary>
+public static class LlamaCheckpointLoader
+{
+    const int MaxProblemsListed = 12;
+
+    /// <summary>
+    /// Loads <paramref name="directory"/>. <paramref name="swiftKv"/>: null runs the checkpoint as it is (SwiftKV on
+    /// exactly when config.json says swiftkv); false runs a SwiftKV checkpoint as the original Llama; true demands SwiftKV.
+    /// </summary>
+    public static LlamaWeights Load(string directory, bool? swiftKv = null)
+    {
+        var config = LlamaConfig.Load(directory);
+        using var checkpoint = SafetensorsCheckpoint.Open(directory);
+        return Load(config, checkpoint, swiftKv ?? config.SwiftKv);
+    }
+
+    /// <summary>Loads the tensors <paramref name="config"/> needs from an open checkpoint.</summary>
+    public static LlamaWeights Load(LlamaConfig config, SafetensorsCheckpoint checkpoint, bool swiftKvEnabled)
+    {
+        var specs = LlamaTensorNames.ForModel(config, swiftKvEnabled);
+        Check(config, checkpoint, specs, swiftKvEnabled);
+        var tensors = new Dictionary<string, float[]>(StringComparer.Ordinal);
+        foreach (var spec in specs) tensors[spec.Name] = checkpoint.ReadFloat32(spec.Name);
+        return LlamaWeightMap.Build(config, swiftKvEnabled, tensors);
+    }
+
+    static void Check(LlamaConfig config, SafetensorsCheckpoint checkpoint, IReadOnlyList<TensorSpec> specs, bool swiftKvEnabled)
+    {
+        var problems = new List<string>();
+        bool missingOriginalQkv = false;
+        foreach (var spec in specs)
+        {
+            if (!checkpoint.TryGet(spec.Name, out var info, out var file))
+            {
+                problems.Add($"missing '{spec.Name}' {TensorInfo.FormatShape(spec.Shape)} {spec.ShapeMeaning}");
+                missingOriginalQkv |= config.SwiftKv && !swiftKvEnabled && spec.Name.Contains(".self_attn.") && !spec.Name.Contains("_swiftkv");
+                continue;
+            }
+            string where = $"'{spec.Name}' in {Path.GetFileName(file.Path)}";
+            if (!info.HasShape(spec.Shape))
+                problems.Add($"{where} has shape {info.ShapeText}, expected {TensorInfo.FormatShape(spec.Shape)} {spec.ShapeMeaning}");
+            else if (!info.Dtype.ConvertsToFloat32())
+                problems.Add($"{where} has dtype {info.Dtype.SafetensorsName()}; only F32, F16 and BF16 are supported");
+        }
+        if (problems.Count == 0) return;
+
+        var message = $"checkpoint {checkpoint.Directory} does not match its config.json " +
+            $"({(swiftKvEnabled ? "SwiftKV on" : "SwiftKV off")}): {problems.Count} problem(s):\n - " +
+            string.Join("\n - ", problems.Take(MaxProblemsListed));
+        if (problems.Count > MaxProblemsListed) message += $"\n - ... and {problems.Count - MaxProblemsListed} more";
+        if (missingOriginalQkv)
+            message += "\nThis SwiftKV checkpoint lacks the original q/k/v projections of its later layers, so it can only run with SwiftKV on.";
+        throw new InvalidModelException(message);
+    }
+}

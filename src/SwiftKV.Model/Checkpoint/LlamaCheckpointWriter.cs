@@ -1,0 +1,84 @@
+// Writes a Hugging Face checkpoint directory: config.json plus model.safetensors, or shards
+// model-0000i-of-0000n.safetensors with model.safetensors.index.json once the data exceeds one shard, the
+// layout transformers' save_pretrained produces and from_pretrained / safetensors.load_file read.
+// NOTE: every file carries {"format": "pt"} metadata; transformers refuses safetensors files without it.
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace SwiftKV.Model.Checkpoint;
+
+/// <summary>Saves weights or a list of named tensors as a checkpoint directory.</summary>
+public static class LlamaCheckpointWriter
+{
+    /// <summary>transformers' default max_shard_size ("5GB").</summary>
+    public const long DefaultMaxShardBytes = 5_000_000_000;
+
+    static readonly Dictionary<string, string> PtMetadata = new() { ["format"] = "pt" };
+
+    /// <summary>Saves <paramref name="weights"/> (the tensors of its SwiftKV mode) stored as <paramref name="dtype"/>.</summary>
+    public static void Save(string directory, LlamaWeights weights, TensorDtype dtype = TensorDtype.BF16, long maxShardBytes = DefaultMaxShardBytes) =>
+        Save(directory, weights.Config,
+            LlamaWeightMap.Tensors(weights).Select(t => TensorToWrite.Of(t.Spec.Name, t.Spec.Shape, t.Values)).ToList(),
+            dtype, maxShardBytes);
+
+    /// <summary>
+    /// Writes config.json (with torch_dtype set to <paramref name="dtype"/>) and <paramref name="tensors"/> in order,
+    /// starting a new shard before a tensor that would push the current one past <paramref name="maxShardBytes"/>.
+    /// Earlier model*.safetensors files and index in <paramref name="directory"/> are removed first, so a stale
+    /// file can never shadow the new ones.
+    /// </summary>
+    public static void Save(string directory, LlamaConfig config, IReadOnlyList<TensorToWrite> tensors,
+        TensorDtype dtype = TensorDtype.BF16, long maxShardBytes = DefaultMaxShardBytes)
+    {
+        if (maxShardBytes <= 0) throw new ArgumentOutOfRangeException(nameof(maxShardBytes), "must be positive.");
+        Directory.CreateDirectory(directory);
+        RemoveOldWeights(directory);
+        File.WriteAllText(Path.Combine(directory, "config.json"), (config with { TorchDtype = dtype.TorchName() }).ToJson());
+
+        var shards = Split(tensors, dtype, maxShardBytes);
+        if (shards.Count == 1)
+        {
+            SafetensorsWriter.Write(Path.Combine(directory, SafetensorsCheckpoint.SingleFileName), shards[0], dtype, PtMetadata);
+            return;
+        }
+        var weightMap = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        for (int s = 0; s < shards.Count; s++)
+        {
+            string name = $"model-{s + 1:D5}-of-{shards.Count:D5}.safetensors";
+            SafetensorsWriter.Write(Path.Combine(directory, name), shards[s], dtype, PtMetadata);
+            foreach (var t in shards[s]) weightMap[t.Name] = name;
+        }
+        var index = new JsonObject
+        {
+            ["metadata"] = new JsonObject { ["total_size"] = SafetensorsWriter.DataBytes(tensors, dtype) },
+            ["weight_map"] = new JsonObject(weightMap.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
+        };
+        File.WriteAllText(Path.Combine(directory, SafetensorsCheckpoint.IndexFileName), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    static List<List<TensorToWrite>> Split(IReadOnlyList<TensorToWrite> tensors, TensorDtype dtype, long maxShardBytes)
+    {
+        var shards = new List<List<TensorToWrite>> { new() };
+        long used = 0;
+        foreach (var t in tensors)
+        {
+            long bytes = t.ElementCount * dtype.ElementSize();
+            if (used > 0 && used + bytes > maxShardBytes)
+            {
+                shards.Add([]);
+                used = 0;
+            }
+            shards[^1].Add(t);
+            used += bytes;
+        }
+        return shards;
+    }
+
+    static void RemoveOldWeights(string directory)
+    {
+        foreach (string f in Directory.EnumerateFiles(directory, "model*.safetensors"))
+            File.Delete(f);
+        string index = Path.Combine(directory, SafetensorsCheckpoint.IndexFileName);
+        if (File.Exists(index)) File.Delete(index);
+    }
+}

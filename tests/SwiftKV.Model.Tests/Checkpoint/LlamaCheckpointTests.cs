@@ -1,0 +1,147 @@
+// Writing checkpoints and loading them back into LlamaWeights: every slot holds the tensor of its Hugging Face
+// name, in both SwiftKV modes, sharded or not, and wrong checkpoints fail naming the tensor, file and shapes.
+using System.Text.Json;
+using SwiftKV.Model.Checkpoint;
+using Xunit;
+
+namespace SwiftKV.Model.Tests.Checkpoint;
+
+public sealed class LlamaCheckpointTests : IDisposable
+{
+    readonly TempDirectory dir = new();
+
+    public void Dispose() => dir.Dispose();
+
+    [Fact]
+    public void Load_ShardedSwiftKvCheckpoint_FillsSwiftKvSlotsOnly()
+    {
+        var config = TinyModels.Config(groupSize: 2);
+        var v = TinyModels.SaveFull(dir.Path, config, TensorDtype.F32, maxShardBytes: 4000);
+        Assert.True(File.Exists(dir.File(SafetensorsCheckpoint.IndexFileName)));
+
+        var w = LlamaCheckpointLoader.Load(dir.Path);
+
+        Assert.True(w.SwiftKvEnabled);
+        Assert.Equal(v["model.norm_swiftkv.weight"], w.NormSwiftKv);
+        Assert.Equal(v["model.layers.1.self_attn.q_proj.weight"], w.Layers[1].QProj);
+        Assert.Null(w.Layers[1].QProjSwiftKv);
+        Assert.Null(w.Layers[2].QProj);
+        Assert.Equal(v["model.layers.2.self_attn.q_proj_swiftkv.weight"], w.Layers[2].QProjSwiftKv);
+        Assert.Equal(v["model.layers.2.self_attn.k_proj_swiftkv.weight"], w.Layers[2].KProjSwiftKv);
+        Assert.Equal(v["model.layers.2.self_attn.v_proj_swiftkv.weight"], w.Layers[2].VProjSwiftKv);
+        Assert.Equal(v["model.layers.3.self_attn.q_proj_swiftkv.weight"], w.Layers[3].QProjSwiftKv);
+        Assert.Null(w.Layers[3].KProjSwiftKv); // AcrossKV: layer 3 reads layer 2's cache
+        Assert.Equal(v["model.layers.3.mlp.down_proj.weight"], w.Layers[3].DownProj);
+        Assert.Equal(v["model.embed_tokens.weight"], w.EmbedTokens);
+        Assert.Equal(v["lm_head.weight"], w.LmHead);
+        Assert.Equal(v["model.norm.weight"], w.Norm);
+    }
+
+    [Fact]
+    public void Load_SwiftKvCheckpointWithSwiftKvOff_UsesOriginalProjections()
+    {
+        var v = TinyModels.SaveFull(dir.Path, TinyModels.Config());
+        var w = LlamaCheckpointLoader.Load(dir.Path, swiftKv: false);
+        Assert.False(w.SwiftKvEnabled);
+        Assert.Null(w.NormSwiftKv);
+        Assert.Equal(v["model.layers.3.self_attn.k_proj.weight"], w.Layers[3].KProj);
+        Assert.All(w.Layers, l => Assert.Null(l.QProjSwiftKv));
+    }
+
+    [Fact]
+    public void Load_PlainLlamaWithSwiftKvOn_Throws()
+    {
+        TinyModels.SaveFull(dir.Path, TinyModels.Config(swiftKv: false));
+        var e = Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Load(dir.Path, swiftKv: true));
+        Assert.Contains("SwiftKV", e.Message);
+    }
+
+    [Fact]
+    public void Save_WeightsLoadedWithSwiftKvOn_ReloadOnlyWithSwiftKvOn()
+    {
+        TinyModels.SaveFull(dir.Path, TinyModels.Config());
+        var on = LlamaCheckpointLoader.Load(dir.Path);
+        string copy = Path.Combine(dir.Path, "copy");
+        LlamaCheckpointWriter.Save(copy, on, TensorDtype.F32);
+
+        var again = LlamaCheckpointLoader.Load(copy);
+        Assert.Equal(on.Layers[3].QProjSwiftKv, again.Layers[3].QProjSwiftKv);
+        var e = Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Load(copy, swiftKv: false));
+        Assert.Contains("missing 'model.layers.2.self_attn.q_proj.weight'", e.Message);
+        Assert.Contains("can only run with SwiftKV on", e.Message);
+    }
+
+    [Theory]
+    [InlineData(TensorDtype.BF16)]
+    [InlineData(TensorDtype.F16)]
+    public void Load_HalfPrecisionCheckpoint_ReadsValuesAndRecordsTorchDtype(TensorDtype dtype)
+    {
+        var v = TinyModels.SaveFull(dir.Path, TinyModels.Config(), dtype);
+        var w = LlamaCheckpointLoader.Load(dir.Path);
+        Assert.Equal(v["model.layers.0.mlp.up_proj.weight"], w.Layers[0].UpProj); // values are exact in both types
+        Assert.Equal(dtype.TorchName(), LlamaConfig.Load(dir.Path).TorchDtype);
+    }
+
+    [Fact]
+    public void Load_TiedEmbeddingsWithBias_SharesArrayAndLoadsBiases()
+    {
+        var v = TinyModels.SaveFull(dir.Path, TinyModels.Config(swiftKv: true, tied: true, bias: true));
+        var w = LlamaCheckpointLoader.Load(dir.Path);
+        Assert.Same(w.EmbedTokens, w.LmHead);
+        Assert.Equal(v["model.layers.0.self_attn.q_proj.bias"], w.Layers[0].QBias);
+        Assert.Equal(v["model.layers.0.self_attn.o_proj.bias"], w.Layers[0].OBias);
+        Assert.Equal(v["model.layers.2.self_attn.k_proj_swiftkv.bias"], w.Layers[2].KBiasSwiftKv);
+    }
+
+    [Fact]
+    public void Load_WrongShape_NamesTensorFileAndBothShapes()
+    {
+        var config = TinyModels.Config(swiftKv: false);
+        var specs = LlamaTensorNames.ForCheckpoint(config)
+            .Select(s => s.Name == "model.layers.1.mlp.up_proj.weight" ? s with { Shape = [16, 24] } : s).ToList();
+        LlamaCheckpointWriter.Save(dir.Path, config, TinyModels.ToWrite(specs, TinyModels.Values(specs, 1)), TensorDtype.F32);
+
+        var e = Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Load(dir.Path));
+        Assert.Contains("'model.layers.1.mlp.up_proj.weight' in model.safetensors has shape [16, 24], expected [24, 16] (intermediate_size, hidden_size)", e.Message);
+    }
+
+    [Fact]
+    public void Load_ManyMissingTensors_ListsThemWithCount()
+    {
+        var config = TinyModels.Config(swiftKv: false);
+        var specs = LlamaTensorNames.ForCheckpoint(config).Where(s => !s.Name.Contains("layernorm")).ToList();
+        LlamaCheckpointWriter.Save(dir.Path, config, TinyModels.ToWrite(specs, TinyModels.Values(specs, 1)), TensorDtype.F32);
+
+        var e = Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Load(dir.Path));
+        Assert.Contains("8 problem(s)", e.Message);
+        Assert.Contains("missing 'model.layers.3.post_attention_layernorm.weight' [16] (hidden_size)", e.Message);
+    }
+
+    [Fact]
+    public void Save_Sharded_WritesTransformersIndexLayout()
+    {
+        var config = TinyModels.Config();
+        TinyModels.SaveFull(dir.Path, config, TensorDtype.BF16, maxShardBytes: 3000);
+        string[] shards = Directory.GetFiles(dir.Path, "*.safetensors").Select(Path.GetFileName).Order().ToArray()!;
+        Assert.True(shards.Length > 1);
+        Assert.Equal($"model-00001-of-{shards.Length:D5}.safetensors", shards[0]);
+
+        using var index = JsonDocument.Parse(File.ReadAllText(dir.File(SafetensorsCheckpoint.IndexFileName)));
+        long expectedBytes = LlamaTensorNames.ForCheckpoint(config).Sum(s => s.ElementCount) * 2;
+        Assert.Equal(expectedBytes, index.RootElement.GetProperty("metadata").GetProperty("total_size").GetInt64());
+        var mapped = index.RootElement.GetProperty("weight_map").EnumerateObject().Select(p => p.Name).Order();
+        Assert.Equal(LlamaTensorNames.ForCheckpoint(config).Select(s => s.Name).Order(), mapped);
+        using var first = SafetensorsFile.Open(dir.File(shards[0]));
+        Assert.Equal("pt", first.Metadata["format"]);
+    }
+
+    [Fact]
+    public void Save_OverShardedCheckpoint_RemovesStaleShards()
+    {
+        var config = TinyModels.Config();
+        TinyModels.SaveFull(dir.Path, config, TensorDtype.F32, maxShardBytes: 3000);
+        TinyModels.SaveFull(dir.Path, config, TensorDtype.F32);
+        Assert.Equal(["model.safetensors"], Directory.GetFiles(dir.Path, "*.safetensors").Select(Path.GetFileName));
+        Assert.False(File.Exists(dir.File(SafetensorsCheckpoint.IndexFileName)));
+    }
+}
