@@ -31,7 +31,8 @@ public static class LlamaCheckpointLoader
         return LlamaWeightMap.Build(config, swiftKvEnabled, tensors);
     }
 
-    static void Check(LlamaConfig config, SafetensorsCheckpoint checkpoint, IReadOnlyList<TensorSpec> specs, bool swiftKvEnabled)
+    /// <summary>Throws one <see cref="InvalidModelException"/> listing every spec that is missing, misshapen or of an unreadable dtype.</summary>
+    internal static void Check(LlamaConfig config, SafetensorsCheckpoint checkpoint, IReadOnlyList<TensorSpec> specs, bool swiftKvEnabled)
     {
         var problems = new List<string>();
         bool missingOriginalQkv = false;

@@ -1,0 +1,80 @@
+// Turns a plain Llama checkpoint into a llama_swiftkv one, initialised as the SwiftKV paper does before
+// distillation: norm_swiftkv = input_layernorm of layer l; q_proj_swiftkv_j = q_proj_j; a group leader's
+// k/v_proj_swiftkv = mean of the original k/v_proj over its AcrossKV group (a copy when g = 1). The original
+// tensors are all kept, like the published checkpoints, so the output also runs as the unchanged Llama (the
+// distillation teacher). Tensors stream one at a time: memory stays at about the largest tensor in fp32.
+namespace SwiftKV.Model.Checkpoint;
+
+/// <summary>Creates SwiftKV checkpoints from Llama checkpoints.</summary>
+public static class SwiftKvConverter
+{
+    /// <summary>
+    /// Writes to <paramref name="outputDirectory"/> a SwiftKV checkpoint with l = <paramref name="numKeyValueLayers"/> and
+    /// g = <paramref name="keyValueGroupSize"/>, stored as <paramref name="dtype"/> (default: the source's torch_dtype).
+    /// Returns the new config. Throws <see cref="InvalidModelException"/> for an unusable source or l / g.
+    /// </summary>
+    public static LlamaConfig Convert(string llamaDirectory, string outputDirectory, int numKeyValueLayers, int keyValueGroupSize = 1,
+        TensorDtype? dtype = null, long maxShardBytes = LlamaCheckpointWriter.DefaultMaxShardBytes)
+    {
+        if (string.Equals(Path.GetFullPath(llamaDirectory).TrimEnd('/'), Path.GetFullPath(outputDirectory).TrimEnd('/'), StringComparison.Ordinal))
+            throw new ArgumentException("the output directory must differ from the source (writing removes its safetensors files).", nameof(outputDirectory));
+        var source = LlamaConfig.Load(llamaDirectory);
+        if (source.SwiftKv)
+            throw new InvalidModelException($"{llamaDirectory}: already a SwiftKV checkpoint (num_key_value_layers = {source.NumKeyValueLayers}); convert its plain Llama original.");
+        var target = (source with
+        {
+            ModelType = "llama_swiftkv",
+            SwiftKv = true,
+            NumKeyValueLayers = numKeyValueLayers,
+            KeyValueGroupSize = keyValueGroupSize,
+        }).Validate();
+
+        using var checkpoint = SafetensorsCheckpoint.Open(llamaDirectory);
+        LlamaCheckpointLoader.Check(source, checkpoint, LlamaTensorNames.ForModel(source, swiftKvEnabled: false), swiftKvEnabled: false);
+
+        var tensors = LlamaTensorNames.ForCheckpoint(target)
+            .Select(spec => new TensorToWrite(spec.Name, spec.Shape, () => Initialise(spec.Name, target, checkpoint)))
+            .ToList();
+        LlamaCheckpointWriter.Save(outputDirectory, target, tensors, dtype ?? StorageDtype(source), maxShardBytes);
+        return target;
+    }
+
+    static float[] Initialise(string name, LlamaConfig target, SafetensorsCheckpoint checkpoint)
+    {
+        if (name == LlamaTensorNames.NormSwiftKv)
+            return checkpoint.ReadFloat32(LlamaTensorNames.InputLayernorm(target.NumKeyValueLayers));
+        for (int j = target.NumKeyValueLayers; j < target.NumHiddenLayers; j++)
+        {
+            foreach (bool bias in new[] { false, true })
+            {
+                if (name == LlamaTensorNames.Attention(j, LlamaTensorNames.QProjSwiftKv, bias))
+                    return checkpoint.ReadFloat32(LlamaTensorNames.Attention(j, LlamaTensorNames.QProj, bias));
+                if (name == LlamaTensorNames.Attention(j, LlamaTensorNames.KProjSwiftKv, bias))
+                    return GroupMean(checkpoint, target, j, LlamaTensorNames.KProj, bias);
+                if (name == LlamaTensorNames.Attention(j, LlamaTensorNames.VProjSwiftKv, bias))
+                    return GroupMean(checkpoint, target, j, LlamaTensorNames.VProj, bias);
+            }
+        }
+        return checkpoint.ReadFloat32(name);
+    }
+
+    /// <summary>Mean of <paramref name="projection"/> over the AcrossKV group led by <paramref name="leader"/>, summed in double.</summary>
+    static float[] GroupMean(SafetensorsCheckpoint checkpoint, LlamaConfig target, int leader, string projection, bool bias)
+    {
+        double[]? sum = null;
+        for (int j = leader; j < leader + target.KeyValueGroupSize; j++)
+        {
+            float[] w = checkpoint.ReadFloat32(LlamaTensorNames.Attention(j, projection, bias));
+            sum ??= new double[w.Length];
+            for (int i = 0; i < w.Length; i++) sum[i] += w[i];
+        }
+        return sum!.Select(s => (float)(s / target.KeyValueGroupSize)).ToArray();
+    }
+
+    static TensorDtype StorageDtype(LlamaConfig config) => config.TorchDtype switch
+    {
+        "float32" => TensorDtype.F32,
+        "float16" => TensorDtype.F16,
+        _ => TensorDtype.BF16,
+    };
+}
