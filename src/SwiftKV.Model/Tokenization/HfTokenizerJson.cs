@@ -1,0 +1,212 @@
+// Hugging Face tokenizer.json for Llama 3 style byte-level BPE: reading the vocabulary and added tokens, and
+// writing a complete file (model BPE with vocab AND merges, Split(Llama 3 regex) + ByteLevel pre-tokenizer,
+// ByteLevel decoder, BOS template post-processor) that the `tokenizers` library loads as-is.
+// NOTE: on reading, a token's id is taken as its BPE rank. That holds for Llama 3 (and GPT-2-style files,
+// whose ids follow merge order); the merges list is therefore not needed to encode.
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+
+namespace SwiftKV.Model.Tokenization;
+
+internal static class HfTokenizerJson
+{
+    /// <summary>The added_tokens array as (content, id) pairs; empty when absent.</summary>
+    public static List<(string Content, int Id)> ReadAddedTokens(JsonElement root, string path)
+    {
+        var result = new List<(string, int)>();
+        if (CheckpointJson.Get(root, "added_tokens") is not { } added) return result;
+        if (added.ValueKind != JsonValueKind.Array)
+            throw new InvalidModelException($"{path}: 'added_tokens' must be an array, got {added.ValueKind}.");
+        int index = 0;
+        foreach (var token in added.EnumerateArray())
+        {
+            if (CheckpointJson.Get(token, "content") is not { ValueKind: JsonValueKind.String } content
+                || CheckpointJson.Get(token, "id") is not { } id)
+                throw new InvalidModelException($"{path}: added_tokens[{index}] needs a string 'content' and an integer 'id'.");
+            result.Add((content.GetString()!, CheckpointJson.Int(id, $"added_tokens[{index}].id", path)));
+            index++;
+        }
+        return result;
+    }
+
+    /// <summary>Reads model.vocab of a byte-level BPE model into bytes indexed by id (= rank).</summary>
+    public static byte[]?[] ReadVocabulary(JsonElement root, string path, IReadOnlySet<int> addedIds)
+    {
+        if (CheckpointJson.Get(root, "model") is not { ValueKind: JsonValueKind.Object } model)
+            throw new InvalidModelException($"{path}: missing 'model' object.");
+        string type = CheckpointJson.Get(model, "type") is { ValueKind: JsonValueKind.String } t ? t.GetString()! : "(none)";
+        if (type != "BPE")
+            throw new InvalidModelException($"{path}: tokenizer model type '{type}' is not supported (expected 'BPE', byte-level as in Llama 3).");
+        if (!UsesByteLevel(root))
+            throw new InvalidModelException(
+                $"{path}: BPE model is not byte-level (no ByteLevel pre_tokenizer or decoder); SentencePiece-style BPE is not supported.");
+        if (CheckpointJson.Get(model, "vocab") is not { ValueKind: JsonValueKind.Object } vocab)
+            throw new InvalidModelException($"{path}: model.vocab must be an object mapping token -> id.");
+
+        var ranks = new List<(byte[], int)>();
+        foreach (var entry in vocab.EnumerateObject())
+        {
+            int id = CheckpointJson.Int(entry.Value, $"model.vocab[\"{entry.Name}\"]", path);
+            if (addedIds.Contains(id)) continue; // special tokens live in added_tokens, not in the BPE ranks
+            byte[] bytes = ByteLevelAlphabet.TryDecode(entry.Name)
+                ?? throw new InvalidModelException($"{path}: vocab token '{entry.Name}' (id {id}) has characters outside the byte-level alphabet.");
+            if (bytes.Length == 0) throw new InvalidModelException($"{path}: empty vocab token (id {id}).");
+            ranks.Add((bytes, id));
+        }
+        if (ranks.Count == 0) throw new InvalidModelException($"{path}: model.vocab is empty.");
+        return TiktokenFile.ToTable(ranks, path);
+    }
+
+    static bool UsesByteLevel(JsonElement root)
+    {
+        static bool Has(JsonElement? e) => e is { ValueKind: JsonValueKind.Object } o &&
+            ((CheckpointJson.Get(o, "type") is { ValueKind: JsonValueKind.String } t && t.GetString() == "ByteLevel")
+             || (CheckpointJson.Get(o, "pretokenizers") is { ValueKind: JsonValueKind.Array } list && list.EnumerateArray().Any(x => Has(x)))
+             || (CheckpointJson.Get(o, "decoders") is { ValueKind: JsonValueKind.Array } decs && decs.EnumerateArray().Any(x => Has(x))));
+        return Has(CheckpointJson.Get(root, "pre_tokenizer")) || Has(CheckpointJson.Get(root, "decoder"));
+    }
+
+    /// <summary>Writes a complete tokenizer.json.</summary>
+    public static void Write(
+        Stream stream,
+        IReadOnlyList<byte[]?> table,
+        IReadOnlyList<(byte[] Left, byte[] Right)> merges,
+        IReadOnlyList<KeyValuePair<string, int>> specialsById,
+        string? bosToken,
+        int? bosTokenId)
+    {
+        var options = new JsonWriterOptions { Indented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+        using var w = new Utf8JsonWriter(stream, options);
+        w.WriteStartObject();
+        w.WriteString("version", "1.0");
+        w.WriteNull("truncation");
+        w.WriteNull("padding");
+
+        w.WriteStartArray("added_tokens");
+        foreach (var (content, id) in specialsById)
+        {
+            w.WriteStartObject();
+            w.WriteNumber("id", id);
+            w.WriteString("content", content);
+            w.WriteBoolean("single_word", false);
+            w.WriteBoolean("lstrip", false);
+            w.WriteBoolean("rstrip", false);
+            w.WriteBoolean("normalized", false);
+            w.WriteBoolean("special", true);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+
+        w.WriteNull("normalizer");
+
+        w.WriteStartObject("pre_tokenizer");
+        w.WriteString("type", "Sequence");
+        w.WriteStartArray("pretokenizers");
+        w.WriteStartObject();
+        w.WriteString("type", "Split");
+        w.WriteStartObject("pattern");
+        w.WriteString("Regex", LlamaTokenizer.Llama3Pattern);
+        w.WriteEndObject();
+        w.WriteString("behavior", "Isolated");
+        w.WriteBoolean("invert", false);
+        w.WriteEndObject();
+        WriteByteLevel(w, addPrefixSpace: false, trimOffsets: true, useRegex: false);
+        w.WriteEndArray();
+        w.WriteEndObject();
+
+        // Mirrors Llama 3: HF's tokenizer(text) prepends BOS; encode(text, add_special_tokens=False) does not.
+        if (bosToken is not null && bosTokenId is int bos)
+        {
+            w.WriteStartObject("post_processor");
+            w.WriteString("type", "Sequence");
+            w.WriteStartArray("processors");
+            WriteByteLevel(w, addPrefixSpace: true, trimOffsets: false, useRegex: true);
+            w.WriteStartObject();
+            w.WriteString("type", "TemplateProcessing");
+            w.WriteStartArray("single");
+            WritePiece(w, "SpecialToken", bosToken, 0);
+            WritePiece(w, "Sequence", "A", 0);
+            w.WriteEndArray();
+            w.WriteStartArray("pair");
+            WritePiece(w, "SpecialToken", bosToken, 0);
+            WritePiece(w, "Sequence", "A", 0);
+            WritePiece(w, "SpecialToken", bosToken, 1);
+            WritePiece(w, "Sequence", "B", 1);
+            w.WriteEndArray();
+            w.WriteStartObject("special_tokens");
+            w.WriteStartObject(bosToken);
+            w.WriteString("id", bosToken);
+            w.WriteStartArray("ids");
+            w.WriteNumberValue(bos);
+            w.WriteEndArray();
+            w.WriteStartArray("tokens");
+            w.WriteStringValue(bosToken);
+            w.WriteEndArray();
+            w.WriteEndObject();
+            w.WriteEndObject();
+            w.WriteEndObject();
+            w.WriteEndArray();
+            w.WriteEndObject();
+        }
+        else
+        {
+            w.WriteNull("post_processor");
+        }
+
+        w.WritePropertyName("decoder");
+        WriteByteLevel(w, addPrefixSpace: true, trimOffsets: true, useRegex: true);
+
+        w.WriteStartObject("model");
+        w.WriteString("type", "BPE");
+        w.WriteNull("dropout");
+        w.WriteNull("unk_token");
+        w.WriteNull("continuing_subword_prefix");
+        w.WriteNull("end_of_word_suffix");
+        w.WriteBoolean("fuse_unk", false);
+        w.WriteBoolean("byte_fallback", false);
+        // tiktoken semantics: a pre-token that is itself in the vocabulary is one token, whatever the merges say.
+        w.WriteBoolean("ignore_merges", true);
+        // NOTE: specials are listed in the vocab too. `tokenizers` gives an added token the model's id for its
+        // content when there is one, and otherwise the next free id after the vocab, ignoring added_tokens[].id;
+        // a vocab with a gap before the specials (the cl100k-based demo) would get them renumbered.
+        w.WriteStartObject("vocab");
+        for (int id = 0; id < table.Count; id++)
+        {
+            if (table[id] is { } bytes) w.WriteNumber(ByteLevelAlphabet.Encode(bytes), id);
+        }
+        foreach (var (content, id) in specialsById) w.WriteNumber(content, id);
+        w.WriteEndObject();
+        w.WriteStartArray("merges");
+        var sb = new StringBuilder();
+        foreach (var (left, right) in merges)
+        {
+            sb.Clear().Append(ByteLevelAlphabet.Encode(left)).Append(' ').Append(ByteLevelAlphabet.Encode(right));
+            w.WriteStringValue(sb.ToString());
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
+
+        w.WriteEndObject();
+    }
+
+    static void WriteByteLevel(Utf8JsonWriter w, bool addPrefixSpace, bool trimOffsets, bool useRegex)
+    {
+        w.WriteStartObject();
+        w.WriteString("type", "ByteLevel");
+        w.WriteBoolean("add_prefix_space", addPrefixSpace);
+        w.WriteBoolean("trim_offsets", trimOffsets);
+        w.WriteBoolean("use_regex", useRegex);
+        w.WriteEndObject();
+    }
+
+    static void WritePiece(Utf8JsonWriter w, string kind, string id, int typeId)
+    {
+        w.WriteStartObject();
+        w.WriteStartObject(kind);
+        w.WriteString("id", id);
+        w.WriteNumber("type_id", typeId);
+        w.WriteEndObject();
+        w.WriteEndObject();
+    }
+}

@@ -1,0 +1,358 @@
+// Llama 3 tokenizer: tiktoken-style byte-level BPE (Microsoft.ML.Tokenizers' TiktokenTokenizer with the
+// Llama 3 pre-tokenizer regex) plus the checkpoint's special tokens, BOS and stop tokens.
+// Layout: one rank table (token bytes by id; for Llama 3, rank == id) that every source ends in:
+// original/tokenizer.model, tokenizer.json, or the built-in demo (cl100k_base ranks + Llama 3 specials).
+// Special tokens are NOT part of the BPE: Encode splits them out itself (only when asked), so user text
+// containing "<|eot_id|>" stays plain text by default.
+using System.Buffers;
+using System.IO.Compression;
+using System.Reflection;
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Microsoft.ML.Tokenizers;
+
+namespace SwiftKV.Model.Tokenization;
+
+/// <summary>A Llama 3 byte-level BPE tokenizer loaded from a checkpoint directory.</summary>
+public sealed class LlamaTokenizer
+{
+    /// <summary>Llama 3's pre-tokenizer regex (Meta's tokenizer.py and the Split step of tokenizer.json).</summary>
+    public const string Llama3Pattern =
+        @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+    const int ModelMaxLength = 131072;
+    static readonly Lazy<LlamaTokenizer> s_demo = new(BuildDemo);
+
+    readonly byte[]?[] _ranks;        // BPE token bytes by id (= rank); null where the id is special or unused
+    readonly byte[]?[] _tokenBytes;   // every token's bytes by id, specials as their UTF-8 text
+    readonly Dictionary<string, int> _specialTokens;
+    readonly Regex? _specialSplitter;
+    readonly TiktokenTokenizer _bpe;
+    readonly Lazy<List<(byte[] Left, byte[] Right)>> _merges;
+
+    LlamaTokenizer(byte[]?[] ranks, Dictionary<string, int> specialTokens, int? bos, int? eos, IReadOnlyList<int> stops)
+    {
+        _ranks = ranks;
+        _specialTokens = specialTokens;
+        int size = Math.Max(ranks.Length, specialTokens.Count == 0 ? 0 : specialTokens.Values.Max() + 1);
+        _tokenBytes = new byte[]?[size];
+        Array.Copy(ranks, _tokenBytes, ranks.Length);
+        foreach (var (text, id) in specialTokens) _tokenBytes[id] = Encoding.UTF8.GetBytes(text);
+        VocabularySize = size;
+        BosTokenId = bos;
+        EosTokenId = eos;
+        StopTokenIds = stops;
+
+        if (specialTokens.Count > 0)
+        {
+            // Longest first so a special that is a prefix of another never wins.
+            string alternation = string.Join("|", specialTokens.Keys.OrderByDescending(k => k.Length).Select(Regex.Escape));
+            _specialSplitter = new Regex(alternation, RegexOptions.CultureInvariant);
+        }
+
+        using var stream = new MemoryStream();
+        TiktokenFile.Write(stream, ranks);
+        stream.Position = 0;
+        var preTokenizer = new RegexPreTokenizer(new Regex(Llama3Pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant), null);
+        _bpe = TiktokenTokenizer.Create(stream, preTokenizer, normalizer: null, specialTokens: null, cacheSize: 8192);
+        _merges = new(() => BpeMergeRecovery.Recover(_ranks));
+    }
+
+    /// <summary>Largest token id + 1 (ids in between that no token uses decode to nothing).</summary>
+    public int VocabularySize { get; }
+
+    /// <summary>Beginning-of-text token (tokenizer_config.json bos_token), if any. Encode never adds it.</summary>
+    public int? BosTokenId { get; }
+
+    /// <summary>The end-of-sequence token named by tokenizer_config.json eos_token, if any.</summary>
+    public int? EosTokenId { get; }
+
+    /// <summary>Tokens that end generation: generation_config + config eos_token_id, eos_token, eot/eom/end_of_text.</summary>
+    public IReadOnlyList<int> StopTokenIds { get; }
+
+    /// <summary>Special token text -> id.</summary>
+    public IReadOnlyDictionary<string, int> SpecialTokens => _specialTokens;
+
+    public int? GetSpecialTokenId(string text) => _specialTokens.TryGetValue(text, out int id) ? id : null;
+
+    /// <summary>
+    /// Encodes <paramref name="text"/> (no BOS added). Special-token text is matched only when
+    /// <paramref name="parseSpecialTokens"/> is true; otherwise it is encoded as ordinary text.
+    /// </summary>
+    public IReadOnlyList<int> Encode(string text, bool parseSpecialTokens = false)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        if (!parseSpecialTokens || _specialSplitter is null) return _bpe.EncodeToIds(text);
+        var ids = new List<int>();
+        int pos = 0;
+        foreach (Match m in _specialSplitter.Matches(text))
+        {
+            if (m.Index > pos) ids.AddRange(_bpe.EncodeToIds(text.AsSpan(pos, m.Index - pos)));
+            ids.Add(_specialTokens[m.Value]);
+            pos = m.Index + m.Length;
+        }
+        if (pos < text.Length) ids.AddRange(_bpe.EncodeToIds(text.AsSpan(pos)));
+        return ids;
+    }
+
+    /// <summary>Decodes ids to text; bytes that are not valid UTF-8 become U+FFFD.</summary>
+    public string Decode(IEnumerable<int> ids)
+    {
+        ArgumentNullException.ThrowIfNull(ids);
+        var buffer = new ArrayBufferWriter<byte>();
+        foreach (int id in ids) buffer.Write(GetTokenBytes(id));
+        return Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+
+    /// <summary>The bytes of one token (a special token's UTF-8 text; empty for an unused id).</summary>
+    public ReadOnlySpan<byte> GetTokenBytes(int id)
+    {
+        if ((uint)id >= (uint)VocabularySize)
+            throw new ArgumentOutOfRangeException(nameof(id), id, $"Token id must be in [0, {VocabularySize}).");
+        return _tokenBytes[id];
+    }
+
+    /// <summary>
+    /// Loads the tokenizer of a checkpoint directory: ranks from original/tokenizer.model when present, else
+    /// from tokenizer.json; special tokens from tokenizer.json added_tokens and tokenizer_config.json
+    /// added_tokens_decoder; BOS/EOS from tokenizer_config.json; stop tokens also from generation_config.json
+    /// and config.json.
+    /// </summary>
+    public static LlamaTokenizer Load(string checkpointDir)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(checkpointDir);
+        if (!Directory.Exists(checkpointDir))
+            throw new InvalidModelException($"Checkpoint directory not found: {checkpointDir}");
+        string modelPath = Path.Combine(checkpointDir, "original", "tokenizer.model");
+        string jsonPath = Path.Combine(checkpointDir, "tokenizer.json");
+        string configPath = Path.Combine(checkpointDir, "tokenizer_config.json");
+        bool hasTiktoken = File.Exists(modelPath);
+        if (!hasTiktoken && !File.Exists(jsonPath))
+            throw new InvalidModelException($"No tokenizer in {checkpointDir}: expected original/tokenizer.model or tokenizer.json.");
+
+        var tokenizerJson = CheckpointJson.TryRead(jsonPath);
+        var tokenizerConfig = CheckpointJson.TryRead(configPath);
+        var specials = ReadSpecialTokens(tokenizerJson, jsonPath, tokenizerConfig, configPath);
+        byte[]?[] ranks = hasTiktoken
+            ? TiktokenFile.Read(modelPath)
+            : HfTokenizerJson.ReadVocabulary(tokenizerJson!.Value, jsonPath, specials.Values.ToHashSet());
+        string rankSource = hasTiktoken ? modelPath : jsonPath;
+        // NOTE: with only the raw tiktoken file, follow Meta's reference tokenizer: 256 specials after the ranks.
+        if (specials.Count == 0) specials = Llama3SpecialTokens(ranks.Length);
+        ranks = SeparateSpecials(ranks, specials, rankSource);
+
+        int vocabularySize = Math.Max(ranks.Length, specials.Values.Max() + 1);
+        int? Resolve(string? text, string key)
+        {
+            if (text is null) return null;
+            if (specials.TryGetValue(text, out int id)) return id;
+            throw new InvalidModelException($"{configPath}: {key} '{text}' is not a special token of this tokenizer.");
+        }
+        int? bos = tokenizerConfig is { } tc ? Resolve(CheckpointJson.TokenText(tc, "bos_token", configPath), "bos_token") : null;
+        int? eos = tokenizerConfig is { } tc2 ? Resolve(CheckpointJson.TokenText(tc2, "eos_token", configPath), "eos_token") : null;
+
+        string generationPath = Path.Combine(checkpointDir, "generation_config.json");
+        string modelConfigPath = Path.Combine(checkpointDir, "config.json");
+        var generationConfig = CheckpointJson.TryRead(generationPath);
+        var modelConfig = CheckpointJson.TryRead(modelConfigPath);
+        if (bos is null && modelConfig is { } mc && CheckpointJson.IdList(mc, "bos_token_id", modelConfigPath) is [int configBos])
+            bos = CheckAgainstVocabulary(configBos, vocabularySize, modelConfigPath, "bos_token_id");
+        bos ??= specials.TryGetValue("<|begin_of_text|>", out int beginOfText) ? beginOfText : null;
+
+        var stops = new List<int>();
+        void AddStop(int id) { if (!stops.Contains(id)) stops.Add(id); }
+        if (generationConfig is { } gc)
+        {
+            foreach (int id in CheckpointJson.IdList(gc, "eos_token_id", generationPath))
+                AddStop(CheckAgainstVocabulary(id, vocabularySize, generationPath, "eos_token_id"));
+        }
+        if (modelConfig is { } mc2)
+        {
+            foreach (int id in CheckpointJson.IdList(mc2, "eos_token_id", modelConfigPath))
+                AddStop(CheckAgainstVocabulary(id, vocabularySize, modelConfigPath, "eos_token_id"));
+        }
+        if (eos is int e) AddStop(e);
+        foreach (string name in (string[])["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"])
+        {
+            if (specials.TryGetValue(name, out int id)) AddStop(id);
+        }
+        return new LlamaTokenizer(ranks, specials, bos, eos, stops);
+    }
+
+    /// <summary>
+    /// A tokenizer with no checkpoint: cl100k_base ranks (Microsoft.ML.Tokenizers.Data.Cl100kBase) and the 256
+    /// Llama 3 special tokens at 128000..128255; vocabulary 128256. Meant for demo / randomly initialised models.
+    /// </summary>
+    public static LlamaTokenizer CreateDemo() => s_demo.Value;
+
+    static LlamaTokenizer BuildDemo()
+    {
+        const string resource = "cl100k_base.tiktoken.deflate";
+        var assembly = Assembly.Load("Microsoft.ML.Tokenizers.Data.Cl100kBase");
+        using var compressed = assembly.GetManifestResourceStream(resource)
+            ?? throw new InvalidOperationException($"Resource {resource} not found in {assembly.FullName}.");
+        using var inflated = new DeflateStream(compressed, CompressionMode.Decompress);
+        byte[]?[] ranks = TiktokenFile.ReadEmbedded(inflated, $"{assembly.GetName().Name}/{resource}");
+        var specials = Llama3SpecialTokens(128000);
+        int eot = specials["<|eot_id|>"];
+        int[] stops = [specials["<|end_of_text|>"], specials["<|eom_id|>"], eot];
+        return new LlamaTokenizer(ranks, specials, specials["<|begin_of_text|>"], eot, stops);
+    }
+
+    /// <summary>
+    /// Writes tokenizer.json, tokenizer_config.json, special_tokens_map.json and original/tokenizer.model.
+    /// Stop tokens beyond eos_token and the named Llama 3 ones belong to generation_config.json (not written here).
+    /// </summary>
+    public void Save(string checkpointDir)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(checkpointDir);
+        Directory.CreateDirectory(Path.Combine(checkpointDir, "original"));
+        var specialsById = _specialTokens.OrderBy(kv => kv.Value).ToList();
+        string? bosText = BosTokenId is int b ? TokenText(b) : null;
+        string? eosText = EosTokenId is int e ? TokenText(e) : null;
+
+        using (var file = File.Create(Path.Combine(checkpointDir, "tokenizer.json")))
+            HfTokenizerJson.Write(file, _ranks, _merges.Value, specialsById, bosText, BosTokenId);
+
+        using (var file = File.Create(Path.Combine(checkpointDir, "original", "tokenizer.model")))
+            TiktokenFile.Write(file, _ranks);
+
+        var options = new JsonWriterOptions { Indented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+        using (var file = File.Create(Path.Combine(checkpointDir, "tokenizer_config.json")))
+        using (var w = new Utf8JsonWriter(file, options))
+        {
+            w.WriteStartObject();
+            w.WriteStartObject("added_tokens_decoder");
+            foreach (var (text, id) in specialsById)
+            {
+                w.WritePropertyName(id.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                WriteAddedToken(w, text, special: true);
+            }
+            w.WriteEndObject();
+            WriteOptionalString(w, "bos_token", bosText);
+            w.WriteString("chat_template", Llama31ChatFormat.JinjaTemplate);
+            w.WriteBoolean("clean_up_tokenization_spaces", true);
+            WriteOptionalString(w, "eos_token", eosText);
+            w.WriteStartArray("model_input_names");
+            w.WriteStringValue("input_ids");
+            w.WriteStringValue("attention_mask");
+            w.WriteEndArray();
+            w.WriteNumber("model_max_length", ModelMaxLength);
+            w.WriteString("tokenizer_class", "PreTrainedTokenizerFast");
+            w.WriteEndObject();
+        }
+
+        using (var file = File.Create(Path.Combine(checkpointDir, "special_tokens_map.json")))
+        using (var w = new Utf8JsonWriter(file, options))
+        {
+            w.WriteStartObject();
+            if (bosText is not null) { w.WritePropertyName("bos_token"); WriteAddedToken(w, bosText, special: null); }
+            if (eosText is not null) { w.WritePropertyName("eos_token"); WriteAddedToken(w, eosText, special: null); }
+            w.WriteEndObject();
+        }
+    }
+
+    /// <summary>The merges tokenizer.json holds, recovered from the ranks (for tests and tools).</summary>
+    internal IReadOnlyList<(byte[] Left, byte[] Right)> Merges => _merges.Value;
+
+    string TokenText(int id) => Encoding.UTF8.GetString(GetTokenBytes(id));
+
+    static void WriteOptionalString(Utf8JsonWriter w, string key, string? value)
+    {
+        if (value is null) w.WriteNull(key);
+        else w.WriteString(key, value);
+    }
+
+    static void WriteAddedToken(Utf8JsonWriter w, string content, bool? special)
+    {
+        w.WriteStartObject();
+        w.WriteString("content", content);
+        w.WriteBoolean("lstrip", false);
+        w.WriteBoolean("normalized", false);
+        w.WriteBoolean("rstrip", false);
+        w.WriteBoolean("single_word", false);
+        if (special is bool s) w.WriteBoolean("special", s);
+        w.WriteEndObject();
+    }
+
+    /// <summary>Llama 3's 256 special tokens starting at <paramref name="first"/> (128000 in Llama 3).</summary>
+    internal static Dictionary<string, int> Llama3SpecialTokens(int first)
+    {
+        var specials = new Dictionary<string, int>(StringComparer.Ordinal);
+        for (int i = 0; i < 256; i++)
+        {
+            string name = i switch
+            {
+                0 => "<|begin_of_text|>",
+                1 => "<|end_of_text|>",
+                >= 2 and <= 5 => $"<|reserved_special_token_{i - 2}|>",
+                6 => "<|start_header_id|>",
+                7 => "<|end_header_id|>",
+                8 => "<|eom_id|>",
+                9 => "<|eot_id|>",
+                10 => "<|python_tag|>",
+                _ => $"<|reserved_special_token_{i - 7}|>",
+            };
+            specials.Add(name, first + i);
+        }
+        return specials;
+    }
+
+    static Dictionary<string, int> ReadSpecialTokens(JsonElement? tokenizerJson, string jsonPath, JsonElement? tokenizerConfig, string configPath)
+    {
+        var specials = new Dictionary<string, int>(StringComparer.Ordinal);
+        var byId = new Dictionary<int, string>();
+        void Add(string content, int id, string source)
+        {
+            if (content.Length == 0) throw new InvalidModelException($"{source}: special token {id} has empty content.");
+            if (specials.TryGetValue(content, out int existing) && existing != id)
+                throw new InvalidModelException($"{source}: special token '{content}' has id {id}, but {existing} elsewhere.");
+            if (byId.TryGetValue(id, out string? other) && other != content)
+                throw new InvalidModelException($"{source}: id {id} is special token '{content}', but '{other}' elsewhere.");
+            specials[content] = id;
+            byId[id] = content;
+        }
+        if (tokenizerJson is { } tj)
+        {
+            foreach (var (content, id) in HfTokenizerJson.ReadAddedTokens(tj, jsonPath)) Add(content, id, jsonPath);
+        }
+        if (tokenizerConfig is { } tc && CheckpointJson.Get(tc, "added_tokens_decoder") is { } decoder)
+        {
+            if (decoder.ValueKind != JsonValueKind.Object)
+                throw new InvalidModelException($"{configPath}: 'added_tokens_decoder' must be an object, got {decoder.ValueKind}.");
+            foreach (var entry in decoder.EnumerateObject())
+            {
+                if (!int.TryParse(entry.Name, System.Globalization.NumberStyles.None, null, out int id))
+                    throw new InvalidModelException($"{configPath}: added_tokens_decoder key '{entry.Name}' is not a token id.");
+                string content = CheckpointJson.TokenText(decoder, entry.Name, configPath)
+                    ?? throw new InvalidModelException($"{configPath}: added_tokens_decoder[\"{entry.Name}\"] has no content.");
+                Add(content, id, configPath);
+            }
+        }
+        return specials;
+    }
+
+    /// <summary>Drops specials from the BPE ranks (a vocab may list them too); a different token at a special's id is an error.</summary>
+    static byte[]?[] SeparateSpecials(byte[]?[] ranks, Dictionary<string, int> specials, string source)
+    {
+        byte[]?[]? copy = null;
+        foreach (var (text, id) in specials)
+        {
+            if (id >= ranks.Length || ranks[id] is not { } bytes) continue;
+            if (!bytes.AsSpan().SequenceEqual(Encoding.UTF8.GetBytes(text)))
+                throw new InvalidModelException($"{source}: special token '{text}' has id {id}, which is already the ordinary token '{ByteLevelAlphabet.Encode(bytes)}'.");
+            copy ??= (byte[]?[])ranks.Clone();
+            copy[id] = null;
+        }
+        return copy ?? ranks;
+    }
+
+    static int CheckAgainstVocabulary(int id, int vocabularySize, string file, string key)
+    {
+        if (id >= vocabularySize)
+            throw new InvalidModelException($"{file}: {key} {id} is outside the tokenizer vocabulary (size {vocabularySize}).");
+        return id;
+    }
+}

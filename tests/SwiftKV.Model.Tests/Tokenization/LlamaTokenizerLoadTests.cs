@@ -1,0 +1,186 @@
+// Loading small hand-written checkpoints: special tokens, BOS and stop tokens come from the files (not from
+// built-in knowledge), the byte-level alphabet of tokenizer.json, and clear errors for bad inputs.
+using SwiftKV.Model.Tokenization;
+using Xunit;
+
+namespace SwiftKV.Model.Tests.Tokenization;
+
+public sealed class LlamaTokenizerLoadTests
+{
+    const string UnusualConfig = """
+        {
+          "bos_token": "<|my_bos|>",
+          "eos_token": { "content": "<|my_eos|>", "special": true },
+          "added_tokens_decoder": {
+            "300": { "content": "<|my_bos|>", "special": true },
+            "301": { "content": "<|my_eos|>", "special": true },
+            "302": { "content": "<|eot_id|>", "special": true },
+            "305": { "content": "<|stop_me|>", "special": true }
+          }
+        }
+        """;
+
+    [Fact]
+    public void Load_ReadsSpecialsBosAndStopsFromFiles()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.WriteByteTiktoken("ab", "abc");
+        dir.Write("tokenizer_config.json", UnusualConfig);
+        dir.Write("generation_config.json", """{ "eos_token_id": [305, 301] }""");
+        dir.Write("config.json", """{ "eos_token_id": 7, "bos_token_id": 999 }""");
+
+        var tok = LlamaTokenizer.Load(dir.Path);
+
+        Assert.Equal(306, tok.VocabularySize);
+        Assert.Equal(300, tok.BosTokenId);     // tokenizer_config wins over config.json
+        Assert.Equal(301, tok.EosTokenId);
+        Assert.Equal([305, 301, 7, 302], tok.StopTokenIds);
+        Assert.Equal(4, tok.SpecialTokens.Count);
+        Assert.Null(tok.GetSpecialTokenId("<|begin_of_text|>"));
+        Assert.Equal([257, 300], tok.Encode("abc<|my_bos|>", parseSpecialTokens: true));
+        Assert.Equal("abc<|stop_me|>", tok.Decode([257, 305]));
+    }
+
+    [Fact]
+    public void Load_TiktokenOnly_FallsBackToLlama3SpecialLayout()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.WriteByteTiktoken("ab");
+        var tok = LlamaTokenizer.Load(dir.Path);
+        Assert.Equal(257 + 256, tok.VocabularySize);
+        Assert.Equal(257, tok.BosTokenId);
+        Assert.Equal(257 + 9, tok.GetSpecialTokenId("<|eot_id|>"));
+        Assert.Equal([257 + 9, 257 + 8, 257 + 1], tok.StopTokenIds);
+    }
+
+    [Fact]
+    public void Load_TokenizerJson_MapsByteLevelAlphabet()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("tokenizer.json", """
+            {
+              "added_tokens": [ { "id": 20, "content": "<|end|>", "special": true } ],
+              "pre_tokenizer": { "type": "ByteLevel", "add_prefix_space": false },
+              "decoder": { "type": "ByteLevel" },
+              "model": {
+                "type": "BPE",
+                "vocab": { "h": 0, "e": 1, "l": 2, "o": 3, "Ġ": 4, "w": 5, "r": 6, "d": 7, "Ċ": 8,
+                           "he": 9, "ll": 10, "hell": 11, "hello": 12, "Ġw": 13, "<|end|>": 20 },
+                "merges": [ "h e", "l l", "he ll", "hell o", "Ġ w" ]
+              }
+            }
+            """);
+        var tok = LlamaTokenizer.Load(dir.Path);
+        Assert.Equal([12, 13, 3, 6, 2, 7, 8], tok.Encode("hello world\n"));
+        Assert.Equal([12, 20], tok.Encode("hello<|end|>", parseSpecialTokens: true));
+        Assert.Equal("hello world\n<|end|>", tok.Decode([12, 13, 3, 6, 2, 7, 8, 20]));
+        Assert.Equal(21, tok.VocabularySize);
+    }
+
+    [Fact]
+    public void Load_MissingDirectory_NamesIt()
+    {
+        string path = Path.Combine(Path.GetTempPath(), "swiftkv-no-such-dir-" + Guid.NewGuid().ToString("N"));
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(path));
+        Assert.Contains(path, e.Message);
+    }
+
+    [Fact]
+    public void Load_NoTokenizerFile_SaysWhatIsExpected()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("config.json", "{}");
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("tokenizer.model", e.Message);
+        Assert.Contains("tokenizer.json", e.Message);
+    }
+
+    [Fact]
+    public void Load_MalformedTokenizerJson_NamesFile()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("tokenizer.json", """{ "model": { "type": "BPE", "vocab": { "a": 0, } """);
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("tokenizer.json", e.Message);
+        Assert.Contains("not valid JSON", e.Message);
+    }
+
+    [Fact]
+    public void Load_MalformedSideFile_NamesFile()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.WriteByteTiktoken();
+        dir.Write("generation_config.json", "{ eos_token_id: 1 }");
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("generation_config.json", e.Message);
+    }
+
+    [Fact]
+    public void Load_UnsupportedModelType_NamesType()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("tokenizer.json", """{ "model": { "type": "WordPiece", "vocab": { "a": 0 } } }""");
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("WordPiece", e.Message);
+    }
+
+    [Fact]
+    public void Load_NonByteLevelBpe_IsRejected()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("tokenizer.json", """{ "model": { "type": "BPE", "vocab": { "a": 0 }, "merges": [] }, "decoder": { "type": "Metaspace" } }""");
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("byte-level", e.Message);
+    }
+
+    [Fact]
+    public void Load_BadBase64Line_NamesFileAndLine()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("original/tokenizer.model", "IQ== 0\nIg== 1\n!!notbase64!! 2\n");
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("tokenizer.model, line 3", e.Message);
+        Assert.Contains("base64", e.Message);
+    }
+
+    [Fact]
+    public void Load_BadRank_NamesFileAndLine()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("original/tokenizer.model", "IQ== 0\nIg==\n");
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("tokenizer.model, line 2", e.Message);
+    }
+
+    [Fact]
+    public void Load_StopTokenOutsideVocabulary_NamesFile()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.WriteByteTiktoken();
+        dir.Write("generation_config.json", """{ "eos_token_id": 100000 }""");
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("generation_config.json", e.Message);
+        Assert.Contains("100000", e.Message);
+    }
+
+    [Fact]
+    public void Load_SpecialTokenOnOrdinaryId_IsRejected()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.WriteByteTiktoken();
+        dir.Write("tokenizer_config.json", """{ "added_tokens_decoder": { "65": { "content": "<|oops|>" } } }""");
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("<|oops|>", e.Message);
+    }
+
+    [Fact]
+    public void Load_UnknownBosToken_NamesKey()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.WriteByteTiktoken();
+        dir.Write("tokenizer_config.json", """{ "bos_token": "<s>" }""");
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("bos_token", e.Message);
+        Assert.Contains("<s>", e.Message);
+    }
+}
