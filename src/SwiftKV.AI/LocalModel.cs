@@ -1,0 +1,61 @@
+// A checkpoint loaded for inference: config, tokenizer, stop tokens and a compute backend.
+// NOTE: lives here until the engine project grows its own model-loading entry point; it only composes
+// Model (loading) and Engine (backends).
+using SwiftKV.Model;
+using SwiftKV.Model.Tokenization;
+using SwiftKV.Model.Checkpoint;
+using SwiftKV.Engine.Cpu;
+
+namespace SwiftKV.Engine;
+
+/// <summary>Which compute backend runs a model.</summary>
+public enum BackendKind
+{
+    /// <summary>CUDA when a usable GPU is present, else the CPU.</summary>
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// <summary>A loaded model: everything a request needs besides its own KV cache.</summary>
+public sealed class LocalModel : IDisposable
+{
+    public required string Path { get; init; }
+    public required LlamaConfig Config { get; init; }
+    public required LlamaTokenizer Tokenizer { get; init; }
+    public required IModelBackend Backend { get; init; }
+    /// <summary>Why Auto picked the backend it did (shown in logs and by the CLI).</summary>
+    public required string BackendReason { get; init; }
+
+    /// <summary>Loads a checkpoint directory. <paramref name="swiftKv"/> is honoured only when the checkpoint has SwiftKV.</summary>
+    public static LocalModel Load(string path, BackendKind backend = BackendKind.Auto, bool swiftKv = true)
+    {
+        var config = LlamaConfig.Load(path);
+        var tokenizer = LlamaTokenizer.Load(path);
+        if (tokenizer.VocabularySize > config.VocabSize)
+            throw new InvalidModelException($"{path}: the tokenizer has ids up to {tokenizer.VocabularySize - 1} but the model's vocab_size is {config.VocabSize}.");
+        string reason;
+        switch (backend)
+        {
+            case BackendKind.Cuda:
+                throw new NotSupportedException("The CUDA backend is not available in this build yet; use Backend = Cpu or Auto.");
+            case BackendKind.Auto:
+                reason = "Auto: CPU (this build has no CUDA backend yet)";
+                break;
+            default:
+                reason = "CPU requested";
+                break;
+        }
+        var weights = LlamaCheckpointLoader.Load(path, swiftKv && config.SwiftKv);
+        return new LocalModel
+        {
+            Path = path,
+            Config = config,
+            Tokenizer = tokenizer,
+            Backend = new CpuBackend(weights),
+            BackendReason = reason,
+        };
+    }
+
+    public void Dispose() => Backend.Dispose();
+}

@@ -1,0 +1,230 @@
+// The product's face: an in-process IChatClient over a local Llama / SwiftKV model.
+// NOTE: requests are serialised on one model for now (a semaphore); continuous batching replaces this.
+// The non-streaming call is built on the streaming one so both paths share every rule (stops, usage, finish).
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
+using Microsoft.Extensions.AI;
+using SwiftKV.Engine;
+using SwiftKV.Engine.Generation;
+using SwiftKV.Engine.Sampling;
+using SwiftKV.Model;
+using SwiftKV.Model.Tokenization;
+
+namespace SwiftKV.AI;
+
+/// <summary>An <see cref="IChatClient"/> that runs a Llama 3.x or SwiftKV checkpoint in this process.</summary>
+public sealed class SwiftKvChatClient : IChatClient
+{
+    /// <summary>Key of <see cref="UsageDetails.AdditionalCounts"/>: prompt tokens that skipped the later layers thanks to SwiftKV.</summary>
+    public const string PromptTokensSkippedBySwiftKv = "swiftkv.prompt_tokens_skipped";
+
+    readonly LocalModel _model;
+    readonly bool _ownsModel;
+    readonly SwiftKvOptions _options;
+    readonly ChatClientMetadata _metadata;
+    readonly SemaphoreSlim _gate = new(1, 1);
+    readonly Func<DateOnly> _today;
+    int _disposed;
+
+    /// <summary>Loads the checkpoint named by <paramref name="options"/>; the client owns and disposes the model.</summary>
+    public SwiftKvChatClient(SwiftKvOptions options)
+        : this(LoadModel(options), options, ownsModel: true)
+    {
+    }
+
+    /// <summary>Serves an already loaded model; <paramref name="ownsModel"/> says whether Dispose disposes it.</summary>
+    public SwiftKvChatClient(LocalModel model, SwiftKvOptions options, bool ownsModel = false, Func<DateOnly>? today = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(options);
+        _model = model;
+        _ownsModel = ownsModel;
+        _options = options.Clone();
+        _today = today ?? (() => DateOnly.FromDateTime(DateTime.Now));
+        string modelId = options.ModelId ?? System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(model.Path));
+        _metadata = new ChatClientMetadata("swiftkv", providerUri: null, defaultModelId: modelId);
+    }
+
+    static LocalModel LoadModel(SwiftKvOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        return LocalModel.Load(options.ModelPath, options.Backend, options.SwiftKv);
+    }
+
+    /// <summary>The loaded model (config, tokenizer, backend).</summary>
+    public LocalModel Model => _model;
+
+    /// <inheritdoc />
+    public async Task<ChatResponse> GetResponseAsync(
+        IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default) =>
+        await GetStreamingResponseAsync(messages, options, cancellationToken).ToChatResponseAsync(cancellationToken).ConfigureAwait(false);
+
+    /// <inheritdoc />
+    public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(
+        IEnumerable<ChatMessage> messages, ChatOptions? options = null,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        var request = PrepareRequest(messages, options);
+
+        string responseId = "swiftkv-" + Guid.NewGuid().ToString("N");
+        string messageId = "msg-" + Guid.NewGuid().ToString("N");
+        DateTimeOffset created = DateTimeOffset.UtcNow;
+        string modelId = _metadata.DefaultModelId!;
+        ChatResponseUpdate Update(IList<AIContent> contents, ChatFinishReason? finish = null) => new()
+        {
+            Role = ChatRole.Assistant,
+            Contents = contents,
+            ResponseId = responseId,
+            MessageId = messageId,
+            CreatedAt = created,
+            ModelId = modelId,
+            FinishReason = finish,
+        };
+
+        await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var tokens = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        var stats = new GenerationStats();
+        // The forward passes are CPU- or GPU-bound and synchronous: run them off the caller's thread and
+        // stream token ids through a channel, so a slow consumer never blocks and cancellation is prompt.
+        Task producer = Task.Run(() => Produce(request, stats, tokens.Writer, cts.Token), CancellationToken.None);
+        try
+        {
+            var detok = new StreamingDetokenizer(_model.Tokenizer);
+            var stops = new StopSequenceMatcher(request.StopSequences);
+            bool stoppedOnText = false;
+            await foreach (int id in tokens.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                string text = stops.Push(detok.Append(id), out stoppedOnText);
+                if (text.Length > 0) yield return Update([new TextContent(text)]);
+                if (stoppedOnText) break;
+            }
+            cts.Cancel();
+            try
+            {
+                await producer.ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (stoppedOnText && !cancellationToken.IsCancellationRequested)
+            {
+            }
+            cancellationToken.ThrowIfCancellationRequested();
+            if (!stoppedOnText)
+            {
+                string tail = stops.Flush(detok.Flush(), out stoppedOnText);
+                if (tail.Length > 0) yield return Update([new TextContent(tail)]);
+            }
+
+            var finish = stoppedOnText || stats.FinishReason == FinishReason.Stop ? ChatFinishReason.Stop : ChatFinishReason.Length;
+            var usage = new UsageDetails
+            {
+                InputTokenCount = stats.PromptTokens,
+                OutputTokenCount = stats.OutputTokens,
+                TotalTokenCount = stats.PromptTokens + stats.OutputTokens,
+                AdditionalCounts = new() { [PromptTokensSkippedBySwiftKv] = _model.Backend.SwiftKvEnabled ? Math.Max(0, stats.PromptTokens - 1) : 0 },
+            };
+            yield return Update([new UsageContent(usage)], finish);
+        }
+        finally
+        {
+            cts.Cancel();
+            try { await producer.ConfigureAwait(false); } catch { /* surfaced above, or the caller walked away */ }
+            _gate.Release();
+        }
+    }
+
+    void Produce(PreparedRequest request, GenerationStats stats, ChannelWriter<int> writer, CancellationToken ct)
+    {
+        try
+        {
+            using var cache = _model.Backend.CreateCache(request.CacheCapacity);
+            foreach (int id in Generator.Generate(_model.Backend, cache, request.PromptTokens, request.Sampling,
+                         request.MaxNewTokens, request.StopTokenIds, stats, ct))
+            {
+                writer.TryWrite(id);
+            }
+            writer.TryComplete();
+        }
+        catch (Exception e)
+        {
+            writer.TryComplete(e);
+            throw;
+        }
+    }
+
+    sealed record PreparedRequest(
+        IReadOnlyList<int> PromptTokens, SamplingParams Sampling, int MaxNewTokens, int CacheCapacity,
+        IReadOnlySet<int> StopTokenIds, IReadOnlyList<string> StopSequences);
+
+    PreparedRequest PrepareRequest(IEnumerable<ChatMessage> messages, ChatOptions? options)
+    {
+        var turns = ChatTurns(messages, options?.Instructions);
+        var prompt = Llama31ChatFormat.Encode(_model.Tokenizer, turns, addGenerationPrompt: true, _today());
+
+        if (options?.MaxOutputTokens is <= 0)
+            throw new ArgumentOutOfRangeException(nameof(options), options.MaxOutputTokens, "ChatOptions.MaxOutputTokens must be > 0.");
+        int context = Math.Min(_options.ContextLength, _model.Config.MaxPositionEmbeddings);
+        if (prompt.Count >= context)
+            throw new ArgumentException($"The prompt is {prompt.Count} tokens, which does not fit the context of {context} tokens (SwiftKvOptions.ContextLength); shorten the conversation or raise ContextLength.", nameof(messages));
+        int maxNew = Math.Min(options?.MaxOutputTokens ?? _options.DefaultMaxOutputTokens, context - prompt.Count);
+
+        var sampling = new SamplingParams
+        {
+            Temperature = options?.Temperature ?? 0f,
+            TopP = options?.TopP ?? 1f,
+            TopK = options?.TopK ?? 0,
+            Seed = options?.Seed is long s ? unchecked((ulong)s) : null,
+        };
+
+        var stopSequences = options?.StopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
+        return new PreparedRequest(prompt, sampling, maxNew, prompt.Count + maxNew,
+            _model.Tokenizer.StopTokenIds.ToHashSet(), stopSequences);
+    }
+
+    static List<ChatTurn> ChatTurns(IEnumerable<ChatMessage> messages, string? instructions)
+    {
+        var turns = new List<ChatTurn>();
+        if (!string.IsNullOrWhiteSpace(instructions)) turns.Add(new ChatTurn("system", instructions));
+        foreach (var m in messages)
+        {
+            ArgumentNullException.ThrowIfNull(m, nameof(messages));
+            string role = m.Role == ChatRole.System ? "system"
+                : m.Role == ChatRole.User ? "user"
+                : m.Role == ChatRole.Assistant ? "assistant"
+                : m.Role == ChatRole.Tool ? "ipython"
+                : throw new ArgumentException($"Chat role '{m.Role}' is not supported by the Llama 3.1 chat format.", nameof(messages));
+            // Instructions and a leading system message are both system text: the template has one system block.
+            if (role == "system" && turns.Count > 0 && turns[^1].Role == "system")
+                turns[^1] = turns[^1] with { Content = turns[^1].Content + "\n\n" + m.Text };
+            else
+                turns.Add(new ChatTurn(role, m.Text));
+        }
+        return turns;
+    }
+
+    /// <inheritdoc />
+    public object? GetService(Type serviceType, object? serviceKey = null)
+    {
+        ArgumentNullException.ThrowIfNull(serviceType);
+        if (serviceKey is not null) return null;
+        if (serviceType == typeof(ChatClientMetadata)) return _metadata;
+        if (serviceType == typeof(LocalModel)) return _model;
+        return serviceType.IsInstanceOfType(this) ? this : null;
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        if (_ownsModel)
+        {
+            // Wait for an in-flight request to leave the model before freeing it.
+            _gate.Wait();
+            _model.Dispose();
+            _gate.Release();
+        }
+    }
+}

@@ -1,0 +1,44 @@
+// Runtime options of the in-process chat client: where the checkpoint is and how to run it. Bound from
+// configuration ("SwiftKV" section) or set in code; validated before the model loads.
+using SwiftKV.Engine;
+
+namespace SwiftKV.AI;
+
+/// <summary>Options for <see cref="SwiftKvChatClient"/> and <c>AddSwiftKvChatClient</c>.</summary>
+public sealed class SwiftKvOptions
+{
+    /// <summary>Directory of a Hugging Face-format Llama 3.x or SwiftKV checkpoint (config.json, safetensors, tokenizer).</summary>
+    public string ModelPath { get; set; } = "";
+
+    /// <summary>Model id reported in responses and metadata; defaults to the checkpoint directory's name.</summary>
+    public string? ModelId { get; set; }
+
+    /// <summary>Which compute backend runs the model.</summary>
+    public BackendKind Backend { get; set; } = BackendKind.Auto;
+
+    /// <summary>Run the SwiftKV path when the checkpoint has it; false runs the same checkpoint as the original Llama.</summary>
+    public bool SwiftKv { get; set; } = true;
+
+    /// <summary>Most tokens (prompt + answer) one request may hold in its KV cache.</summary>
+    public int ContextLength { get; set; } = 8192;
+
+    /// <summary>Answer length when a request sets no MaxOutputTokens.</summary>
+    public int DefaultMaxOutputTokens { get; set; } = 512;
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid option.</summary>
+    public void Validate()
+    {
+        if (string.IsNullOrWhiteSpace(ModelPath))
+            throw new ArgumentException("SwiftKvOptions.ModelPath is required: the directory of a Hugging Face Llama or SwiftKV checkpoint.", nameof(ModelPath));
+        if (!Directory.Exists(ModelPath))
+            throw new ArgumentException($"SwiftKvOptions.ModelPath '{ModelPath}' is not a directory.", nameof(ModelPath));
+        if (ContextLength <= 0)
+            throw new ArgumentOutOfRangeException(nameof(ContextLength), ContextLength, "SwiftKvOptions.ContextLength must be > 0.");
+        if (DefaultMaxOutputTokens <= 0)
+            throw new ArgumentOutOfRangeException(nameof(DefaultMaxOutputTokens), DefaultMaxOutputTokens, "SwiftKvOptions.DefaultMaxOutputTokens must be > 0.");
+        if (!Enum.IsDefined(Backend))
+            throw new ArgumentOutOfRangeException(nameof(Backend), Backend, "SwiftKvOptions.Backend must be Auto, Cpu or Cuda.");
+    }
+
+    internal SwiftKvOptions Clone() => (SwiftKvOptions)MemberwiseClone();
+}

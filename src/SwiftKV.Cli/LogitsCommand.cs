@@ -1,0 +1,48 @@
+// logits: dump the logits of given token ids as raw little-endian float32 (rows, vocab_size), for parity
+// checks against other implementations (tests/reference/ compares them with PyTorch).
+using SwiftKV.Engine;
+
+namespace SwiftKV.Cli;
+
+internal static class LogitsCommand
+{
+    public static int Run(CliArgs a)
+    {
+        string dir = a.Required("model"), outFile = a.Required("out");
+        int[] tokens = ParseTokens(a.Required("tokens"));
+        var backend = ParseBackend(a.String("backend"));
+        bool swiftKv = !a.Flag("no-swiftkv");
+        var selection = a.Flag("last-only") ? LogitsSelection.LastToken : LogitsSelection.AllTokens;
+        a.RejectUnknown();
+
+        using var model = LocalModel.Load(dir, backend, swiftKv);
+        using var cache = model.Backend.CreateCache(tokens.Length);
+        float[] logits = model.Backend.Forward(cache, tokens, selection);
+        using (var f = File.Create(outFile))
+            f.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(logits.AsSpan()));
+        int rows = logits.Length / model.Config.VocabSize;
+        Console.WriteLine($"wrote {outFile}: {rows} x {model.Config.VocabSize} float32 ({model.Backend.Name}, SwiftKV {(model.Backend.SwiftKvEnabled ? "on" : "off")})");
+        return 0;
+    }
+
+    static int[] ParseTokens(string s)
+    {
+        try
+        {
+            var ids = s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse).ToArray();
+            return ids.Length > 0 ? ids : throw new UsageException("--tokens is empty");
+        }
+        catch (FormatException)
+        {
+            throw new UsageException($"--tokens must be comma-separated integers (got '{s}')");
+        }
+    }
+
+    internal static BackendKind ParseBackend(string? s) => s?.ToLowerInvariant() switch
+    {
+        null or "auto" => BackendKind.Auto,
+        "cpu" => BackendKind.Cpu,
+        "cuda" => BackendKind.Cuda,
+        _ => throw new UsageException($"--backend must be auto, cpu or cuda (got '{s}')"),
+    };
+}

@@ -1,0 +1,116 @@
+// make-model, transform and info: the commands that write or describe checkpoints.
+using System.Diagnostics;
+using SwiftKV.Engine;
+using SwiftKV.Model;
+using SwiftKV.Model.Checkpoint;
+using SwiftKV.Model.Tokenization;
+
+namespace SwiftKV.Cli;
+
+internal static class ModelCommands
+{
+    public static int MakeModel(CliArgs a)
+    {
+        string outDir = a.Required("out");
+        var config = ConfigFromArgs(a);
+        var options = new ModelMakerOptions
+        {
+            Seed = a.ULong("seed") ?? 0,
+            Dtype = ParseDtype(a.String("dtype") ?? "bf16"),
+            InitStd = a.Float("init-std") ?? 0.02f,
+        };
+        bool tokenizer = !a.Flag("no-tokenizer");
+        a.RejectUnknown();
+        var sw = Stopwatch.StartNew();
+        MakeModelDirectory(outDir, config, options, tokenizer);
+        Console.WriteLine($"wrote {outDir}: {Describe(config)}, {options.Dtype}, seed {options.Seed} in {sw.Elapsed.TotalSeconds:F1} s");
+        return 0;
+    }
+
+    /// <summary>Writes weights, config and (unless told not to) the demo tokenizer.</summary>
+    public static void MakeModelDirectory(string outDir, LlamaConfig config, ModelMakerOptions options, bool tokenizer)
+    {
+        Directory.CreateDirectory(outDir);
+        ModelMaker.Write(outDir, config, options);
+        if (tokenizer)
+        {
+            var tok = LlamaTokenizer.CreateDemo();
+            if (tok.VocabularySize > config.VocabSize)
+                throw new ArgumentException($"the demo tokenizer needs vocab_size >= {tok.VocabularySize} (got {config.VocabSize}); pass --no-tokenizer for smaller vocabularies.");
+            tok.Save(outDir);
+        }
+    }
+
+    /// <summary>A preset with the command line's overrides applied, validated.</summary>
+    internal static LlamaConfig ConfigFromArgs(CliArgs a)
+    {
+        var c = ModelPresets.Get(a.String("preset") ?? "tiny");
+        c = c with
+        {
+            VocabSize = a.Int("vocab-size") ?? c.VocabSize,
+            NumHiddenLayers = a.Int("layers") ?? c.NumHiddenLayers,
+            HiddenSize = a.Int("hidden") ?? c.HiddenSize,
+            NumAttentionHeads = a.Int("heads") ?? c.NumAttentionHeads,
+            NumKeyValueHeads = a.Int("kv-heads") ?? c.NumKeyValueHeads,
+            HeadDim = a.Int("head-dim") ?? c.HeadDim,
+            IntermediateSize = a.Int("ffn") ?? c.IntermediateSize,
+            MaxPositionEmbeddings = a.Int("max-positions") ?? c.MaxPositionEmbeddings,
+        };
+        if (a.Flag("tie")) c = c with { TieWordEmbeddings = true };
+        if (a.Flag("untie")) c = c with { TieWordEmbeddings = false };
+        if (a.Flag("attention-bias")) c = c with { AttentionBias = true };
+        if (a.Flag("no-rope-scaling")) c = c with { RopeScaling = null };
+        if (a.Int("rope-original-max") is int orig)
+        {
+            var rs = c.RopeScaling ?? new Llama3RopeScaling(8, 1, 4, orig);
+            c = c with { RopeScaling = rs with { OriginalMaxPositionEmbeddings = orig } };
+        }
+        if (a.Int("swiftkv-layers") is int l)
+            c = c with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = l, KeyValueGroupSize = a.Int("group-size") ?? 1 };
+        else if (a.Int("group-size") is not null)
+            throw new UsageException("--group-size needs --swiftkv-layers");
+        return c.Validate();
+    }
+
+    static TensorDtype ParseDtype(string s) => s.ToLowerInvariant() switch
+    {
+        "bf16" or "bfloat16" => TensorDtype.BF16,
+        "fp16" or "f16" or "float16" => TensorDtype.F16,
+        "fp32" or "f32" or "float32" => TensorDtype.F32,
+        _ => throw new UsageException($"--dtype must be bf16, fp16 or fp32 (got '{s}')"),
+    };
+
+    public static int Transform(CliArgs a)
+    {
+        string src = a.Required("model"), dst = a.Required("out");
+        int l = a.Int("swiftkv-layers") ?? throw new UsageException("--swiftkv-layers is required");
+        int g = a.Int("group-size") ?? 1;
+        a.RejectUnknown();
+        var sw = Stopwatch.StartNew();
+        var config = SwiftKvConverter.Convert(src, dst, l, g);
+        Console.WriteLine($"wrote {dst}: {Describe(config)} in {sw.Elapsed.TotalSeconds:F1} s (undistilled: distill before serious use)");
+        return 0;
+    }
+
+    public static int Info(CliArgs a)
+    {
+        string dir = a.Required("model");
+        a.RejectUnknown();
+        var c = LlamaConfig.Load(dir);
+        Console.WriteLine(Describe(c));
+        Console.WriteLine(c.ToJson());
+        if (c.SwiftKv)
+        {
+            var off = PrefillCost.Estimate(c, 2048, swiftKv: false);
+            var on = PrefillCost.Estimate(c, 2048, swiftKv: true);
+            Console.WriteLine($"prefill of 2048 tokens: {off.Total / 1e9:F1} GFLOP without SwiftKV, {on.Total / 1e9:F1} GFLOP with ({1 - on.Total / off.Total:P0} less)");
+            Console.WriteLine($"KV caches per sequence: {c.NumKvCaches(true)} of {c.NumHiddenLayers} layers ({(double)c.NumKvCaches(true) / c.NumHiddenLayers:P1} of the base model's KV bytes)");
+        }
+        return 0;
+    }
+
+    internal static string Describe(LlamaConfig c) =>
+        $"{c.NumHiddenLayers} layers, hidden {c.HiddenSize}, {c.NumAttentionHeads}/{c.NumKeyValueHeads} heads x {c.HeadDim}, ffn {c.IntermediateSize}, vocab {c.VocabSize}"
+        + (c.TieWordEmbeddings ? ", tied" : "")
+        + (c.SwiftKv ? $", SwiftKV l={c.NumKeyValueLayers} g={c.KeyValueGroupSize}" : "");
+}

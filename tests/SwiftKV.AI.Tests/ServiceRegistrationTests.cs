@@ -1,0 +1,64 @@
+// AddSwiftKvChatClient: registration, configuration binding, validation at start-up, pipeline chaining, ownership.
+using Microsoft.Extensions.AI;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace SwiftKV.AI.Tests;
+
+public sealed class ServiceRegistrationTests(TinyChatModel tiny)
+{
+    [Fact]
+    public async Task AddSwiftKvChatClient_ChainsMiddleware_AndContainerOwnsTheClient()
+    {
+        var services = new ServiceCollection();
+        services.AddSwiftKvChatClient(o => { o.ModelPath = tiny.Directory; o.Backend = Engine.BackendKind.Cpu; })
+            .UseFunctionInvocation();
+        var provider = services.BuildServiceProvider();
+        var client = provider.GetRequiredService<IChatClient>();
+        Assert.IsType<FunctionInvokingChatClient>(client);
+        var inner = client.GetService<SwiftKvChatClient>();
+        Assert.NotNull(inner);
+
+        var r = await client.GetResponseAsync("hello", new ChatOptions { MaxOutputTokens = 2 }, TestContext.Current.CancellationToken);
+        Assert.Equal(2, r.Usage!.OutputTokenCount);
+
+        await provider.DisposeAsync();
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => inner!.GetResponseAsync("again", cancellationToken: TestContext.Current.CancellationToken));
+    }
+
+    [Fact]
+    public void AddSwiftKvChatClient_BindsConfiguration()
+    {
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["SwiftKV:ModelPath"] = tiny.Directory,
+            ["SwiftKV:ModelId"] = "my-model",
+            ["SwiftKV:SwiftKv"] = "false",
+            ["SwiftKV:Backend"] = "Cpu",
+            ["SwiftKV:ContextLength"] = "1024",
+        }).Build();
+        var services = new ServiceCollection();
+        services.AddSwiftKvChatClient(config.GetSection("SwiftKV"));
+        using var provider = services.BuildServiceProvider();
+        var client = provider.GetRequiredService<IChatClient>();
+        Assert.Equal("my-model", client.GetService<ChatClientMetadata>()!.DefaultModelId);
+        Assert.False(client.GetService<SwiftKvChatClient>()!.Model.Backend.SwiftKvEnabled);
+    }
+
+    [Theory]
+    [InlineData("", 8192, 512, "ModelPath")]
+    [InlineData("/no/such/dir", 8192, 512, "not a directory")]
+    [InlineData(null, 0, 512, "ContextLength")]
+    [InlineData(null, 8192, -1, "DefaultMaxOutputTokens")]
+    public void AddSwiftKvChatClient_InvalidOptions_FailAtRegistration(string? path, int context, int maxTokens, string named)
+    {
+        var services = new ServiceCollection();
+        var e = Assert.ThrowsAny<ArgumentException>(() => services.AddSwiftKvChatClient(o =>
+        {
+            o.ModelPath = path ?? tiny.Directory;
+            o.ContextLength = context;
+            o.DefaultMaxOutputTokens = maxTokens;
+        }));
+        Assert.Contains(named, e.Message);
+    }
+}
