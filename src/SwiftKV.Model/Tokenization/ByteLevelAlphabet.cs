@@ -24,10 +24,9 @@ internal static class ByteLevelAlphabet
 
     public static string Encode(ReadOnlySpan<byte> bytes)
     {
-        return string.Create(bytes.Length, bytes.ToArray(), static (dst, src) =>
-        {
-            for (int i = 0; i < src.Length; i++) dst[i] = s_byteToChar[src[i]];
-        });
+        Span<char> chars = bytes.Length <= 256 ? stackalloc char[bytes.Length] : new char[bytes.Length];
+        for (int i = 0; i < bytes.Length; i++) chars[i] = s_byteToChar[bytes[i]];
+        return new string(chars);
     }
 
     /// <summary>Maps a byte-level string back to bytes; null when it holds a character outside the alphabet.</summary>

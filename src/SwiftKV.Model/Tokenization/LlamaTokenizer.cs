@@ -18,7 +18,10 @@ namespace SwiftKV.Model.Tokenization;
 /// <summary>A Llama 3 byte-level BPE tokenizer loaded from a checkpoint directory.</summary>
 public sealed class LlamaTokenizer
 {
-    /// <summary>Llama 3's pre-tokenizer regex (Meta's tokenizer.py and the Split step of tokenizer.json).</summary>
+    /// <summary>
+    /// Llama 3's pre-tokenizer regex (Meta's tokenizer.py and the Split step of tokenizer.json), for code-point
+    /// regex engines. Encoding uses an equivalent .NET form (see Llama3PreTokenizerRegex).
+    /// </summary>
     public const string Llama3Pattern =
         @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -55,7 +58,7 @@ public sealed class LlamaTokenizer
         using var stream = new MemoryStream();
         TiktokenFile.Write(stream, ranks);
         stream.Position = 0;
-        var preTokenizer = new RegexPreTokenizer(new Regex(Llama3Pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant), null);
+        var preTokenizer = new RegexPreTokenizer(Llama3PreTokenizerRegex.Create(), null);
         _bpe = TiktokenTokenizer.Create(stream, preTokenizer, normalizer: null, specialTokens: null, cacheSize: 8192);
         _merges = new(() => BpeMergeRecovery.Recover(_ranks));
     }
@@ -80,6 +83,8 @@ public sealed class LlamaTokenizer
     /// <summary>
     /// Encodes <paramref name="text"/> (no BOS added). Special-token text is matched only when
     /// <paramref name="parseSpecialTokens"/> is true; otherwise it is encoded as ordinary text.
+    /// NOTE: Hugging Face tokenizers always match added tokens in text; this default is deliberately safer
+    /// for user input. With true, ids equal HF's encode(text, add_special_tokens=False).
     /// </summary>
     public IReadOnlyList<int> Encode(string text, bool parseSpecialTokens = false)
     {

@@ -50,6 +50,16 @@ public sealed class LlamaTokenizerTests
     }
 
     [Fact]
+    public void PreTokenizer_SupplementaryLettersAndDigitsAreLettersAndDigits()
+    {
+        // Code-point semantics of the Llama 3 regex (what tiktoken and HF tokenizers do): 𠀀 and 𝐇 are \p{L},
+        // 𝟏 is \p{N}, 🦙 is neither. .NET's plain \p{L} would see each as two surrogates and split differently.
+        string text = "a𠀀b 𝐇𝐞𝐥𝐥𝐨 𝟏𝟐𝟑𝟒 🦙x 𠀀'll";
+        var pieces = Llama3PreTokenizerRegex.Create().Matches(text).Select(m => m.Value);
+        Assert.Equal(["a𠀀b", " 𝐇𝐞𝐥𝐥𝐨", " ", "𝟏𝟐𝟑", "𝟒", " 🦙", "x", " 𠀀", "'ll"], pieces);
+    }
+
+    [Fact]
     public void CreateDemo_HasLlama3SpecialLayout()
     {
         Assert.Equal(128256, Demo.VocabularySize);
