@@ -1,8 +1,10 @@
 // Element conversions between checkpoint storage types and fp32. Little-endian only: safetensors is
-// little-endian by definition and every machine this project targets is too (checked at file open).
+// little-endian by definition and every machine this project targets is too (checked at file open), so F32
+// is a plain copy.
 // NOTE: fp32 -> bf16 rounds to nearest, ties to even, and keeps NaN a NaN, which is what torch's
 // .to(torch.bfloat16) does; plain truncation would bias every weight towards zero.
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 
 namespace SwiftKV.Model.Checkpoint;
 
@@ -18,8 +20,7 @@ public static class Fp32Conversion
         switch (dtype)
         {
             case TensorDtype.F32:
-                for (int i = 0; i < destination.Length; i++)
-                    destination[i] = BinaryPrimitives.ReadSingleLittleEndian(source[(i * 4)..]);
+                MemoryMarshal.Cast<byte, float>(source).CopyTo(destination);
                 break;
             case TensorDtype.BF16:
                 for (int i = 0; i < destination.Length; i++)
@@ -43,8 +44,7 @@ public static class Fp32Conversion
         switch (dtype)
         {
             case TensorDtype.F32:
-                for (int i = 0; i < source.Length; i++)
-                    BinaryPrimitives.WriteSingleLittleEndian(destination[(i * 4)..], source[i]);
+                MemoryMarshal.AsBytes(source).CopyTo(destination);
                 break;
             case TensorDtype.BF16:
                 for (int i = 0; i < source.Length; i++)

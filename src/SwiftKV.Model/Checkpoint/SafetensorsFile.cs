@@ -1,32 +1,39 @@
 // Reads one .safetensors file: an 8-byte little-endian header length N, N bytes of JSON
 // ({"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}), then the data.
-// The header is checked in full at open, so a truncated or hand-edited file fails there with the file and
-// tensor named, not later in a kernel. Tensor bytes are read on demand with positional reads (no mmap):
-// fp32 arrays are what the backends take, so every element is touched once during conversion anyway.
-using System.Buffers;
+// The header is checked in full at open, with positional reads, so a truncated or hand-edited file fails there
+// with the file and tensor named, not later in a kernel. The data is then memory-mapped read-only: tensors are
+// converted straight from the page cache (no intermediate copy), large ones on all cores, and a device backend
+// can upload from the mapping through GetBytes.
+// NOTE: touching a mapped page past the end of a file that shrank after opening kills the process (SIGBUS), so
+// every read first checks the file is still long enough and throws instead.
 using System.Buffers.Binary;
-using System.Runtime.InteropServices;
+using System.IO.MemoryMappedFiles;
 using System.Text.Json;
 using Microsoft.Win32.SafeHandles;
 
 namespace SwiftKV.Model.Checkpoint;
 
-/// <summary>An open safetensors file. Disposing it closes the file.</summary>
-public sealed class SafetensorsFile : IDisposable
+/// <summary>An open, memory-mapped safetensors file. Disposing it unmaps and closes the file.</summary>
+public sealed unsafe class SafetensorsFile : IDisposable
 {
     /// <summary>The reference implementation refuses headers over 100 MB; a real one is a few hundred KB.</summary>
     public const long MaxHeaderBytes = 100_000_000;
 
-    const int ChunkBytes = 8 << 20;
+    /// <summary>Elements one task converts; tensors of more than two chunks are converted in parallel.</summary>
+    const int ChunkElements = 1 << 20;
 
     readonly SafeFileHandle handle;
+    readonly MemoryMappedFile map;
+    readonly MemoryMappedViewAccessor view;
+    readonly byte* data;
+    readonly Dictionary<string, TensorInfo> byName;
+    int disposed;
 
     public string Path { get; }
     /// <summary>Tensors in header order.</summary>
     public IReadOnlyList<TensorInfo> Tensors { get; }
     /// <summary>The optional <c>__metadata__</c> map (Hugging Face writes {"format": "pt"}).</summary>
     public IReadOnlyDictionary<string, string> Metadata { get; }
-    readonly Dictionary<string, TensorInfo> byName;
 
     SafetensorsFile(string path, SafeFileHandle handle, List<TensorInfo> tensors, Dictionary<string, string> metadata)
     {
@@ -35,9 +42,23 @@ public sealed class SafetensorsFile : IDisposable
         Tensors = tensors;
         Metadata = metadata;
         byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        map = MemoryMappedFile.CreateFromFile(handle, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: true);
+        try
+        {
+            view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            byte* pointer = null;
+            view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
+            data = pointer + view.PointerOffset;
+        }
+        catch
+        {
+            view?.Dispose();
+            map.Dispose();
+            throw;
+        }
     }
 
-    /// <summary>Opens <paramref name="path"/> and validates its header; throws <see cref="InvalidModelException"/> naming the problem.</summary>
+    /// <summary>Opens <paramref name="path"/>, validates its header and maps it; throws <see cref="InvalidModelException"/> naming the problem.</summary>
     public static SafetensorsFile Open(string path)
     {
         if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("safetensors reading needs a little-endian machine.");
@@ -77,39 +98,32 @@ public sealed class SafetensorsFile : IDisposable
     /// <summary>Reads a F32, F16 or BF16 tensor of this file into <paramref name="destination"/> (exactly its element count).</summary>
     public void ReadFloat32(TensorInfo info, Span<float> destination)
     {
-        if (!byName.TryGetValue(info.Name, out var own) || own.DataOffset != info.DataOffset || own.ByteLength != info.ByteLength)
-            throw new ArgumentException($"tensor '{info.Name}' does not belong to {Path}.", nameof(info));
+        CheckOwn(info);
         if (destination.Length != info.ElementCount)
             throw new ArgumentException($"tensor '{info.Name}' has {info.ElementCount} elements; destination holds {destination.Length}.", nameof(destination));
         if (!info.Dtype.ConvertsToFloat32())
             throw new InvalidModelException($"{Path}: tensor '{info.Name}' has dtype {info.Dtype.SafetensorsName()}, which cannot be read as fp32 (supported: F32, F16, BF16).");
+        CheckStillMapped(info);
 
         int size = info.Dtype.ElementSize();
-        if (info.Dtype == TensorDtype.F32)
+        byte* source = data + info.DataOffset;
+        int count = destination.Length;
+        var dtype = info.Dtype;
+        fixed (float* target = destination)
         {
-            // Same bytes as the array: read straight into it, a chunk at a time (a span of bytes stops at 2 GiB).
-            for (int start = 0; start < destination.Length; start += ChunkBytes / 4)
+            if (count <= 2 * ChunkElements)
             {
-                var part = destination.Slice(start, Math.Min(ChunkBytes / 4, destination.Length - start));
-                ReadExactly(MemoryMarshal.AsBytes(part), info.DataOffset + (long)start * 4, info);
+                Fp32Conversion.ToFloat32(new ReadOnlySpan<byte>(source, count * size), dtype, new Span<float>(target, count));
+                return;
             }
-            return;
-        }
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(ChunkBytes);
-        try
-        {
-            int perChunk = ChunkBytes / size;
-            for (int start = 0; start < destination.Length; start += perChunk)
+            // Pointers cannot be captured by a lambda; their addresses can.
+            nint src = (nint)source, dst = (nint)target;
+            int chunks = (count + ChunkElements - 1) / ChunkElements;
+            Parallel.For(0, chunks, c =>
             {
-                int count = Math.Min(perChunk, destination.Length - start);
-                var bytes = buffer.AsSpan(0, count * size);
-                ReadExactly(bytes, info.DataOffset + (long)start * size, info);
-                Fp32Conversion.ToFloat32(bytes, info.Dtype, destination.Slice(start, count));
-            }
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(buffer);
+                int first = c * ChunkElements, n = Math.Min(ChunkElements, count - first);
+                Fp32Conversion.ToFloat32(new ReadOnlySpan<byte>((byte*)src + (long)first * size, n * size), dtype, new Span<float>((float*)dst + first, n));
+            });
         }
     }
 
@@ -120,22 +134,45 @@ public sealed class SafetensorsFile : IDisposable
         if (info.ByteLength > Array.MaxLength)
             throw new InvalidModelException($"{Path}: tensor '{name}' is {info.ByteLength} bytes, more than one array holds.");
         var bytes = GC.AllocateUninitializedArray<byte>((int)info.ByteLength);
-        ReadExactly(bytes, info.DataOffset, info);
+        GetBytes(info, 0, bytes.Length).CopyTo(bytes);
         return bytes;
     }
 
-    void ReadExactly(Span<byte> destination, long offset, TensorInfo info)
+    /// <summary>
+    /// <paramref name="length"/> stored bytes of a tensor from <paramref name="byteOffset"/>, straight from the
+    /// mapping (no copy), for uploading to a device. Valid until this file is disposed.
+    /// </summary>
+    public ReadOnlySpan<byte> GetBytes(TensorInfo info, long byteOffset, int length)
     {
-        while (destination.Length > 0)
-        {
-            int n = RandomAccess.Read(handle, destination, offset);
-            if (n == 0) throw new InvalidModelException($"{Path}: file ended while reading tensor '{info.Name}' (was it truncated after opening?).");
-            destination = destination[n..];
-            offset += n;
-        }
+        CheckOwn(info);
+        if (byteOffset < 0 || length < 0 || byteOffset + length > info.ByteLength)
+            throw new ArgumentOutOfRangeException(nameof(byteOffset), $"bytes [{byteOffset}, {byteOffset + length}) are outside tensor '{info.Name}' ({info.ByteLength} bytes).");
+        CheckStillMapped(info);
+        return new ReadOnlySpan<byte>(data + info.DataOffset + byteOffset, length);
     }
 
-    public void Dispose() => handle.Dispose();
+    void CheckOwn(TensorInfo info)
+    {
+        ObjectDisposedException.ThrowIf(disposed != 0, this);
+        if (!byName.TryGetValue(info.Name, out var own) || own.DataOffset != info.DataOffset || own.ByteLength != info.ByteLength)
+            throw new ArgumentException($"tensor '{info.Name}' does not belong to {Path}.", nameof(info));
+    }
+
+    void CheckStillMapped(TensorInfo info)
+    {
+        long length = RandomAccess.GetLength(handle);
+        if (length < info.DataOffset + info.ByteLength)
+            throw new InvalidModelException($"{Path}: file is now {length} bytes, too short for tensor '{info.Name}' (was it truncated after opening?).");
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        view.SafeMemoryMappedViewHandle.ReleasePointer();
+        view.Dispose();
+        map.Dispose();
+        handle.Dispose();
+    }
 
     static (List<TensorInfo>, Dictionary<string, string>) ReadHeader(SafeFileHandle handle, string path)
     {

@@ -1,25 +1,70 @@
 // Writes one .safetensors file from fp32 values, stored as F32, F16 or BF16. Tensors are produced one at a
-// time through a callback, so a converter can stream a whole checkpoint while holding one tensor in memory.
+// time, either as a whole array (Func<float[]>) or block by block through a TensorFill callback, so a converter
+// streams a checkpoint holding one tensor in memory and ModelMaker streams one holding only a block.
+// Each block is converted to its storage type on all cores, and written on a background task while the next
+// block is produced (two byte buffers), so producing, converting and writing overlap.
 // NOTE: the header is padded with spaces to a multiple of 8 bytes, as the reference writer does, so every
 // tensor's data starts 8-byte aligned when the file is mapped.
-using System.Buffers;
+using System.Buffers.Binary;
 using System.Text.Json;
 
 namespace SwiftKV.Model.Checkpoint;
 
-/// <summary>A tensor to write: its name, shape and a callback that supplies its fp32 values when its turn comes.</summary>
-public sealed record TensorToWrite(string Name, IReadOnlyList<long> Shape, Func<float[]> Values)
+/// <summary>Writes elements [<paramref name="firstElement"/>, <paramref name="firstElement"/> + destination.Length) of a tensor, in row-major order.</summary>
+public delegate void TensorFill(long firstElement, Span<float> destination);
+
+/// <summary>A tensor to write: its name, shape and where its fp32 values come from when its turn comes.</summary>
+public sealed class TensorToWrite
 {
-    public long ElementCount => Shape.Aggregate(1L, (a, b) => checked(a * b));
+    readonly Func<float[]>? values;
+    readonly TensorFill? fill;
+
+    /// <summary>A tensor whose values <paramref name="values"/> returns as one array (called once, when the tensor is written).</summary>
+    public TensorToWrite(string name, IReadOnlyList<long> shape, Func<float[]> values)
+        : this(name, shape) => this.values = values ?? throw new ArgumentNullException(nameof(values));
+
+    TensorToWrite(string name, IReadOnlyList<long> shape, TensorFill fill)
+        : this(name, shape) => this.fill = fill ?? throw new ArgumentNullException(nameof(fill));
+
+    TensorToWrite(string name, IReadOnlyList<long> shape)
+    {
+        Name = name ?? throw new ArgumentNullException(nameof(name));
+        Shape = shape ?? throw new ArgumentNullException(nameof(shape));
+        ElementCount = shape.Aggregate(1L, (a, b) => checked(a * b));
+    }
+
+    public string Name { get; }
+    public IReadOnlyList<long> Shape { get; }
+    public long ElementCount { get; }
 
     /// <summary>A tensor whose values are already in memory.</summary>
     public static TensorToWrite Of(string name, IReadOnlyList<long> shape, float[] values) => new(name, shape, () => values);
+
+    /// <summary>A tensor produced block by block: the whole tensor is never in memory, whatever its size.</summary>
+    public static TensorToWrite Streamed(string name, IReadOnlyList<long> shape, TensorFill fill) => new(name, shape, fill);
+
+    internal bool IsStreamed => fill is not null;
+
+    /// <summary>The array of a non-streamed tensor, checked against the shape; null for a streamed one.</summary>
+    internal float[]? Materialize()
+    {
+        if (values is null) return null;
+        float[] v = values();
+        if (v is null || v.LongLength != ElementCount)
+            throw new ArgumentException($"tensor '{Name}' {TensorInfo.FormatShape(Shape)} needs {ElementCount} values, got {v?.LongLength.ToString() ?? "null"}.");
+        return v;
+    }
+
+    internal void Fill(long firstElement, Span<float> destination) => fill!(firstElement, destination);
 }
 
 /// <summary>Writes safetensors files.</summary>
 public static class SafetensorsWriter
 {
-    const int ChunkElements = 1 << 20;
+    /// <summary>Elements produced, converted and written per step (16 MB of fp32).</summary>
+    const int BlockElements = 1 << 22;
+    /// <summary>Below this, converting on one thread beats scheduling work on several.</summary>
+    const int ParallelGrain = 1 << 18;
 
     /// <summary>
     /// Writes <paramref name="tensors"/> in order to <paramref name="path"/>, each stored as <paramref name="dtype"/>.
@@ -28,42 +73,71 @@ public static class SafetensorsWriter
     public static void Write(string path, IReadOnlyList<TensorToWrite> tensors, TensorDtype dtype,
         IReadOnlyDictionary<string, string>? metadata = null)
     {
+        if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("safetensors writing needs a little-endian machine.");
         if (!dtype.ConvertsToFloat32()) throw new ArgumentException($"cannot store fp32 values as {dtype.SafetensorsName()}.", nameof(dtype));
         byte[] header = BuildHeader(tensors, dtype, metadata);
 
         using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
         Span<byte> prefix = stackalloc byte[8];
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(prefix, (ulong)header.Length);
+        BinaryPrimitives.WriteUInt64LittleEndian(prefix, (ulong)header.Length);
         stream.Write(prefix);
         stream.Write(header);
 
         int size = dtype.ElementSize();
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(ChunkElements * size);
+        int block = (int)Math.Clamp(tensors.Count == 0 ? 1 : tensors.Max(t => t.ElementCount), 1, BlockElements);
+        float[]? scratch = tensors.Any(t => t.IsStreamed) ? new float[block] : null;
+        byte[][] buffers = [new byte[block * size], new byte[block * size]];
+        int next = 0;
+        Task pending = Task.CompletedTask;
         try
         {
             foreach (var t in tensors)
             {
-                float[] values = t.Values();
-                if (values.LongLength != t.ElementCount)
-                    throw new ArgumentException($"tensor '{t.Name}' {TensorInfo.FormatShape(t.Shape)} needs {t.ElementCount} values, got {values.LongLength}.");
-                for (int start = 0; start < values.Length; start += ChunkElements)
+                float[]? array = t.Materialize();
+                for (long start = 0; start < t.ElementCount; start += block)
                 {
-                    int count = Math.Min(ChunkElements, values.Length - start);
-                    var bytes = buffer.AsSpan(0, count * size);
-                    Fp32Conversion.FromFloat32(values.AsSpan(start, count), dtype, bytes);
-                    stream.Write(bytes);
+                    int count = (int)Math.Min(block, t.ElementCount - start);
+                    float[] source = array ?? scratch!;
+                    int sourceOffset = array is null ? 0 : (int)start;
+                    if (array is null) t.Fill(start, scratch.AsSpan(0, count));
+
+                    // The pending write reads the other buffer, so this one is free.
+                    byte[] bytes = buffers[next];
+                    Convert(source, sourceOffset, count, dtype, bytes);
+                    pending.GetAwaiter().GetResult();
+                    int length = count * size;
+                    pending = Task.Run(() => stream.Write(bytes, 0, length));
+                    next ^= 1;
                 }
             }
+            pending.GetAwaiter().GetResult();
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            // On an error, let an in-flight write finish before the stream is disposed under it.
+            try { pending.Wait(); } catch (AggregateException) { }
         }
     }
 
     /// <summary>Bytes a file of these tensors takes (header excluded), for planning shards.</summary>
     public static long DataBytes(IEnumerable<TensorToWrite> tensors, TensorDtype dtype) =>
         tensors.Sum(t => t.ElementCount * dtype.ElementSize());
+
+    static void Convert(float[] source, int offset, int count, TensorDtype dtype, byte[] destination)
+    {
+        int size = dtype.ElementSize();
+        if (count < 2 * ParallelGrain)
+        {
+            Fp32Conversion.FromFloat32(source.AsSpan(offset, count), dtype, destination.AsSpan(0, count * size));
+            return;
+        }
+        int pieces = (count + ParallelGrain - 1) / ParallelGrain;
+        Parallel.For(0, pieces, p =>
+        {
+            int first = p * ParallelGrain, n = Math.Min(ParallelGrain, count - first);
+            Fp32Conversion.FromFloat32(source.AsSpan(offset + first, n), dtype, destination.AsSpan(first * size, n * size));
+        });
+    }
 
     static byte[] BuildHeader(IReadOnlyList<TensorToWrite> tensors, TensorDtype dtype, IReadOnlyDictionary<string, string>? metadata)
     {

@@ -52,4 +52,13 @@ public static class TensorDtypes
         TensorDtype.BF16 => "bfloat16",
         _ => throw new ArgumentException($"{dtype.SafetensorsName()} has no config.json torch_dtype spelling used by this project.", nameof(dtype)),
     };
+
+    /// <summary>The storage type a config.json <c>torch_dtype</c> names; throws naming the value when it is not bf16, fp16 or fp32.</summary>
+    public static TensorDtype FromTorchName(string torchDtype) => torchDtype switch
+    {
+        "float32" => TensorDtype.F32,
+        "float16" => TensorDtype.F16,
+        "bfloat16" => TensorDtype.BF16,
+        _ => throw new InvalidModelException($"config.json: torch_dtype '{torchDtype}' is not one of bfloat16, float16, float32."),
+    };
 }

@@ -144,4 +144,59 @@ public sealed class SafetensorsFileTests : IDisposable
         Assert.Contains("'b'", e.Message);
         Assert.Contains(path, e.Message);
     }
+
+    [Fact]
+    public void ReadFloat32_LargeBf16Tensor_ConvertsEveryChunkInPlace()
+    {
+        // Over two conversion chunks and not a multiple of one, so the parallel path and its ragged end both run.
+        const int n = 5 * (1 << 20) + 3;
+        var bits = new ushort[n];
+        for (int i = 0; i < n; i++) bits[i] = (ushort)(0x3C00 + (i * 7919 % 0x0800)); // finite positives around 2^-7..2^1
+        string path = WriteRaw($$$"""{"w":{"dtype":"BF16","shape":[{{{n}}}],"data_offsets":[0,{{{2 * n}}}]}}""", RawSafetensors.U16(bits));
+
+        using var file = SafetensorsFile.Open(path);
+        float[] values = file.ReadFloat32("w");
+
+        for (int i = 0; i < n; i++)
+        {
+            if (values[i] != BitConverter.Int32BitsToSingle(bits[i] << 16))
+                Assert.Fail($"element {i}: got {values[i]}, bits 0x{bits[i]:X4}");
+        }
+    }
+
+    [Fact]
+    public void GetBytes_Slice_ReturnsMappedBytes()
+    {
+        string path = WriteRaw("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"BF16","shape":[3],"data_offsets":[4,10]}}""",
+            [.. RawSafetensors.F32(1f), .. RawSafetensors.U16(0x1111, 0x2233, 0x4455)]);
+        using var file = SafetensorsFile.Open(path);
+        var b = file.Get("b");
+        Assert.Equal(RawSafetensors.U16(0x2233, 0x4455), file.GetBytes(b, 2, 4).ToArray());
+        Assert.Throws<ArgumentOutOfRangeException>(() => file.GetBytes(b, 4, 4).ToArray());
+    }
+
+    [Fact]
+    public void ReadFloat32_FileTruncatedAfterOpening_ThrowsInsteadOfCrashing()
+    {
+        string path = WriteRaw("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}""",
+            RawSafetensors.F32(1f, 2f, 3f));
+        using var file = SafetensorsFile.Open(path);
+        using (var shrink = new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.ReadWrite))
+            shrink.SetLength(shrink.Length - 8);
+
+        Assert.Equal([1f], file.ReadFloat32("a"));
+        var e = Assert.Throws<InvalidModelException>(() => file.ReadFloat32("b"));
+        Assert.Contains("'b'", e.Message);
+        Assert.Contains("truncated after opening", e.Message);
+    }
+
+    [Fact]
+    public void ReadFloat32_AfterDispose_ThrowsObjectDisposed()
+    {
+        string path = WriteRaw("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}""", RawSafetensors.F32(1f));
+        var file = SafetensorsFile.Open(path);
+        file.Dispose();
+        file.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => file.ReadFloat32("a"));
+    }
 }
