@@ -27,6 +27,12 @@ public sealed class LocalModel : IDisposable
     /// <summary>Why Auto picked the backend it did (shown in logs and by the CLI).</summary>
     public required string BackendReason { get; init; }
 
+    /// <summary>
+    /// Serialises forward passes on this model across every client that shares it.
+    /// NOTE: one request at a time until the batching engine (issue 4) replaces this.
+    /// </summary>
+    public SemaphoreSlim ExecutionGate { get; } = new(1, 1);
+
     /// <summary>Loads a checkpoint directory. <paramref name="swiftKv"/> is honoured only when the checkpoint has SwiftKV.</summary>
     public static LocalModel Load(string path, BackendKind backend = BackendKind.Auto, bool swiftKv = true)
     {
@@ -34,27 +40,21 @@ public sealed class LocalModel : IDisposable
         var tokenizer = LlamaTokenizer.Load(path);
         if (tokenizer.VocabularySize > config.VocabSize)
             throw new InvalidModelException($"{path}: the tokenizer has ids up to {tokenizer.VocabularySize - 1} but the model's vocab_size is {config.VocabSize}.");
-        string reason;
-        switch (backend)
+        var (compute, reason) = OpenBackend(path, config, backend, swiftKv);
+        return new LocalModel { Path = path, Config = config, Tokenizer = tokenizer, Backend = compute, BackendReason = reason };
+    }
+
+    /// <summary>Loads only the weights onto a backend (no tokenizer needed), e.g. for logits dumps.</summary>
+    public static (IModelBackend Backend, string Reason) OpenBackend(string path, LlamaConfig config, BackendKind backend, bool swiftKv)
+    {
+        string reason = backend switch
         {
-            case BackendKind.Cuda:
-                throw new NotSupportedException("The CUDA backend is not available in this build yet; use Backend = Cpu or Auto.");
-            case BackendKind.Auto:
-                reason = "Auto: CPU (this build has no CUDA backend yet)";
-                break;
-            default:
-                reason = "CPU requested";
-                break;
-        }
-        var weights = LlamaCheckpointLoader.Load(path, swiftKv && config.SwiftKv);
-        return new LocalModel
-        {
-            Path = path,
-            Config = config,
-            Tokenizer = tokenizer,
-            Backend = new CpuBackend(weights),
-            BackendReason = reason,
+            BackendKind.Cuda => throw new NotSupportedException("The CUDA backend is not available in this build yet; use Backend = Cpu or Auto."),
+            BackendKind.Auto => "Auto: CPU (this build has no CUDA backend yet)",
+            _ => "CPU requested",
         };
+        var weights = LlamaCheckpointLoader.Load(path, swiftKv && config.SwiftKv);
+        return (new CpuBackend(weights), reason);
     }
 
     public void Dispose() => Backend.Dispose();

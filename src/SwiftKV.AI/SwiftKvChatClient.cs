@@ -22,7 +22,6 @@ public sealed class SwiftKvChatClient : IChatClient
     readonly bool _ownsModel;
     readonly SwiftKvOptions _options;
     readonly ChatClientMetadata _metadata;
-    readonly SemaphoreSlim _gate = new(1, 1);
     readonly Func<DateOnly> _today;
     int _disposed;
 
@@ -84,7 +83,7 @@ public sealed class SwiftKvChatClient : IChatClient
             FinishReason = finish,
         };
 
-        await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await _model.ExecutionGate.WaitAsync(cancellationToken).ConfigureAwait(false);
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var tokens = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         var stats = new GenerationStats();
@@ -132,7 +131,7 @@ public sealed class SwiftKvChatClient : IChatClient
         {
             cts.Cancel();
             try { await producer.ConfigureAwait(false); } catch { /* surfaced above, or the caller walked away */ }
-            _gate.Release();
+            _model.ExecutionGate.Release();
         }
     }
 
@@ -222,9 +221,9 @@ public sealed class SwiftKvChatClient : IChatClient
         if (_ownsModel)
         {
             // Wait for an in-flight request to leave the model before freeing it.
-            _gate.Wait();
+            _model.ExecutionGate.Wait();
             _model.Dispose();
-            _gate.Release();
+            _model.ExecutionGate.Release();
         }
     }
 }

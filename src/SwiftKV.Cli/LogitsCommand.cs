@@ -15,13 +15,15 @@ internal static class LogitsCommand
         var selection = a.Flag("last-only") ? LogitsSelection.LastToken : LogitsSelection.AllTokens;
         a.RejectUnknown();
 
-        using var model = LocalModel.Load(dir, backend, swiftKv);
-        using var cache = model.Backend.CreateCache(tokens.Length);
-        float[] logits = model.Backend.Forward(cache, tokens, selection);
+        var config = SwiftKV.Model.LlamaConfig.Load(dir);
+        var (compute, _) = LocalModel.OpenBackend(dir, config, backend, swiftKv);
+        using var model = compute;
+        using var cache = model.CreateCache(tokens.Length);
+        float[] logits = model.Forward(cache, tokens, selection);
         using (var f = File.Create(outFile))
             f.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(logits.AsSpan()));
-        int rows = logits.Length / model.Config.VocabSize;
-        Console.WriteLine($"wrote {outFile}: {rows} x {model.Config.VocabSize} float32 ({model.Backend.Name}, SwiftKV {(model.Backend.SwiftKvEnabled ? "on" : "off")})");
+        int rows = logits.Length / config.VocabSize;
+        Console.WriteLine($"wrote {outFile}: {rows} x {config.VocabSize} float32 ({model.Name}, SwiftKV {(model.SwiftKvEnabled ? "on" : "off")})");
         return 0;
     }
 

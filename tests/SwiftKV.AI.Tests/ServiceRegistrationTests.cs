@@ -1,4 +1,5 @@
 // AddSwiftKvChatClient: registration, configuration binding, validation at start-up, pipeline chaining, ownership.
+using Xunit;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;

@@ -1,5 +1,6 @@
 // The IChatClient contract on the CPU backend with a made model: streaming and non-streaming agree, usage,
 // finish reasons, stop sequences across token boundaries, cancellation, concurrency, option handling.
+using Xunit;
 using Microsoft.Extensions.AI;
 using SwiftKV.Model.Tokenization;
 

@@ -1,5 +1,6 @@
 // One small random-weight SwiftKV checkpoint (with the demo tokenizer) made once per test run and shared by
 // every chat-client test; it is deleted when the run ends.
+using Xunit;
 using SwiftKV.AI;
 using SwiftKV.Engine;
 using SwiftKV.Model;

@@ -1,0 +1,127 @@
+// Parity with independent implementations: logits for every position and greedy continuations computed on the
+// GPU machine by Hugging Face transformers (plain Llama) and tests/reference/swiftkv_reference.py (SwiftKV), for
+// small seeded checkpoints that ModelMaker rebuilds here byte for byte (checked by SHA-256).
+using Xunit;
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using SwiftKV.Engine.Cpu;
+using SwiftKV.Engine.Generation;
+using SwiftKV.Engine.Sampling;
+using SwiftKV.Model;
+using SwiftKV.Model.Checkpoint;
+
+namespace SwiftKV.Engine.Tests;
+
+public sealed class ParityTests
+{
+    static readonly string FixtureDir = Path.Combine(AppContext.BaseDirectory, "fixtures", "parity");
+
+    public static TheoryData<string> Cases()
+    {
+        var data = new TheoryData<string>();
+        if (!Directory.Exists(FixtureDir)) return data;
+        foreach (var f in Directory.GetFiles(FixtureDir, "*.json").Order())
+            if (Path.GetFileName(f) != "tokenizer.json") data.Add(Path.GetFileNameWithoutExtension(f));
+        return data;
+    }
+
+    [Fact]
+    public void Fixtures_ArePresent()
+    {
+        // Guards the theory below against passing vacuously when the fixtures are missing from the build.
+        var names = Cases().Select(c => c.Data).ToList();
+        Assert.Contains(names, n => n.StartsWith("base_", StringComparison.Ordinal));
+        Assert.Contains("swiftkv_50_g4", names);
+        Assert.True(names.Count >= 8, $"expected 8 parity fixtures, found {names.Count}");
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void CpuLogits_MatchReference(string name)
+    {
+        var fixture = JsonNode.Parse(File.ReadAllText(Path.Combine(FixtureDir, name + ".json")))!;
+        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-parity-" + name + "-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var config = LlamaConfig.Parse(fixture["config"]!.ToJsonString());
+            ModelMaker.Write(dir, config, MakerOptions(fixture["make_model"]!.AsArray().Select(x => x!.GetValue<string>()).ToList()));
+            Assert.Equal(fixture["checkpoint_sha256"]!.GetValue<string>(), CheckpointDigest(dir));
+
+            int[] ids = fixture["token_ids"]!.AsArray().Select(x => x!.GetValue<int>()).ToArray();
+            int vocab = config.VocabSize;
+            float[] expected = ReadFloats(Path.Combine(FixtureDir, name + ".logits.f32"));
+            Assert.Equal(ids.Length * vocab, expected.Length);
+
+            using var backend = new CpuBackend(LlamaCheckpointLoader.Load(dir, config.SwiftKv));
+            using (var cache = backend.CreateCache(ids.Length))
+            {
+                float[] actual = backend.Forward(cache, ids, LogitsSelection.AllTokens);
+                for (int p = 0; p < ids.Length; p++)
+                    AssertClose(expected.AsSpan(p * vocab, vocab), actual.AsSpan(p * vocab, vocab), 1e-4, $"{name} position {p}");
+            }
+            // The real SwiftKV prefill (only the last token runs the later layers) gives the reference's last row.
+            using (var cache = backend.CreateCache(ids.Length))
+            {
+                float[] last = backend.Forward(cache, ids, LogitsSelection.LastToken);
+                AssertClose(expected.AsSpan((ids.Length - 1) * vocab, vocab), last, 1e-4, $"{name} prefill last token");
+            }
+
+            int[] greedy = fixture["greedy_tokens"]!.AsArray().Select(x => x!.GetValue<int>()).ToArray();
+            using (var cache = backend.CreateCache(ids.Length + greedy.Length + 1))
+            {
+                var produced = Generator.Generate(backend, cache, ids, SamplingParams.Greedy, greedy.Length, new HashSet<int>(), new GenerationStats(), TestContext.Current.CancellationToken).ToArray();
+                Assert.Equal(greedy, produced);
+            }
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    /// <summary>max |a - b| / max |b|: one number per row, robust to logits near zero.</summary>
+    static void AssertClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, double tolerance, string what)
+    {
+        double maxDiff = 0, maxRef = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            maxDiff = Math.Max(maxDiff, Math.Abs(expected[i] - actual[i]));
+            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
+        }
+        double rel = maxDiff / Math.Max(maxRef, 1e-30);
+        Assert.True(rel <= tolerance, $"{what}: relative error {rel:E2} > {tolerance:E0}");
+    }
+
+    internal static ModelMakerOptions MakerOptions(IReadOnlyList<string> args)
+    {
+        string? Arg(string name) { int i = args.ToList().IndexOf(name); return i >= 0 ? args[i + 1] : null; }
+        return new ModelMakerOptions
+        {
+            Seed = ulong.Parse(Arg("--seed") ?? "0"),
+            Dtype = (Arg("--dtype") ?? "bf16") switch { "fp32" => TensorDtype.F32, "fp16" => TensorDtype.F16, _ => TensorDtype.BF16 },
+            InitStd = float.Parse(Arg("--init-std") ?? "0.02", System.Globalization.CultureInfo.InvariantCulture),
+        };
+    }
+
+    /// <summary>Same digest as tests/reference/make_fixtures.py: sorted names of config.json and *.safetensors, then bytes.</summary>
+    internal static string CheckpointDigest(string dir)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var f in Directory.GetFiles(dir).Select(Path.GetFileName).Order(StringComparer.Ordinal))
+        {
+            if (!(f!.EndsWith(".safetensors", StringComparison.Ordinal) || f == "config.json")) continue;
+            sha.AppendData(System.Text.Encoding.UTF8.GetBytes(f));
+            sha.AppendData(File.ReadAllBytes(Path.Combine(dir, f)));
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+
+    static float[] ReadFloats(string path)
+    {
+        byte[] bytes = File.ReadAllBytes(path);
+        var floats = new float[bytes.Length / 4];
+        Buffer.BlockCopy(bytes, 0, floats, 0, floats.Length * 4);
+        return floats;
+    }
+}
