@@ -1,6 +1,7 @@
 // ModelMaker: byte-for-byte reproducible output (independent of thread count and of how the writer blocks a
 // tensor), value statistics of each tensor role, a complete checkpoint that loads in both SwiftKV modes, and the
 // SplitMix64 stream pinned to the published reference vector.
+using System.Security.Cryptography;
 using System.Text.Json;
 using SwiftKV.Model.Checkpoint;
 using Xunit;
@@ -41,6 +42,17 @@ public sealed class ModelMakerTests : IDisposable
         var b = Files(Make("b", Small(swiftKv: true), options));
         Assert.Equal(["config.json", "generation_config.json", "model.safetensors"], a.Keys.Order());
         foreach (var (name, bytes) in a) Assert.Equal(bytes, b[name]);
+    }
+
+    [Fact]
+    public void Write_PinnedCase_KeepsItsBytes()
+    {
+        // A regression pin, not a reference: the engine's parity fixtures (tests/fixtures/parity) were made from
+        // ModelMaker output and check it by SHA-256, so changing the generator, the value roles or the file layout
+        // invalidates them. If this fails on purpose, regenerate those fixtures too.
+        var config = Small(swiftKv: true) with { AttentionBias = true };
+        var files = Files(Make("pin", config, new ModelMakerOptions { Seed = 11, Dtype = TensorDtype.F32, InitStd = 0.15f }));
+        Assert.Equal("6711cfd881394f58ccec13142b5c02356a5496cd3216921319ad2fea8ba67149", Convert.ToHexStringLower(SHA256.HashData(files["model.safetensors"])));
     }
 
     [Fact]
