@@ -1,0 +1,118 @@
+// config.json parsing: the published Llama 3.1 / SwiftKV layouts parse to the facts in SWIFTKV.md, and every
+// malformed or inconsistent config is refused with a message that names the key.
+using System.Text.Json.Nodes;
+using Xunit;
+
+namespace SwiftKV.Model.Tests;
+
+public sealed class LlamaConfigTests
+{
+    // The shape of meta-llama/Llama-3.1-8B-Instruct's config.json plus Snowflake's SwiftKV fields.
+    const string SwiftKv8B = """
+    {
+      "architectures": ["LlamaSwiftKVForCausalLM"], "model_type": "llama_swiftkv",
+      "attention_bias": false, "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
+      "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 14336, "max_position_embeddings": 131072,
+      "mlp_bias": false, "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+      "rms_norm_eps": 1e-05,
+      "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+      "rope_theta": 500000.0, "tie_word_embeddings": false, "torch_dtype": "bfloat16", "vocab_size": 128256,
+      "swiftkv": true, "num_key_value_layers": 16, "key_value_group_size": 1
+    }
+    """;
+
+    static string With(string json, Action<JsonObject> edit)
+    {
+        var o = JsonNode.Parse(json)!.AsObject();
+        edit(o);
+        return o.ToJsonString();
+    }
+
+    [Fact]
+    public void Parse_SwiftKv8B_ReadsEveryFact()
+    {
+        var c = LlamaConfig.Parse(SwiftKv8B);
+        Assert.Equal((4096, 14336, 32, 32, 8, 128, 128256), (c.HiddenSize, c.IntermediateSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.VocabSize));
+        Assert.Equal(new Llama3RopeScaling(8, 1, 4, 8192), c.RopeScaling);
+        Assert.Equal([128001, 128008, 128009], c.EosTokenIds);
+        Assert.True(c.SwiftKv);
+        Assert.Equal(16, c.NumKeyValueLayers);
+        Assert.Equal(32, c.NumKvCaches(swiftKvEnabled: false));
+        Assert.Equal(32, c.NumKvCaches(swiftKvEnabled: true));
+        Assert.False(c.IsSwiftKvLayer(15));
+        Assert.True(c.IsSwiftKvLayer(16));
+    }
+
+    [Fact]
+    public void Parse_AcrossKv_SharesCachesWithinGroups()
+    {
+        var c = LlamaConfig.Parse(With(SwiftKv8B, o => o["key_value_group_size"] = 4));
+        Assert.Equal(16 + 4, c.NumKvCaches(true));
+        Assert.Equal([16, 16, 16, 16, 17, 17], Enumerable.Range(16, 6).Select(l => c.KvCacheIndex(l, true)));
+        Assert.True(c.IsKvGroupLeader(20));
+        Assert.False(c.IsKvGroupLeader(21));
+        Assert.Equal(21, c.KvCacheIndex(21, swiftKvEnabled: false));
+    }
+
+    [Fact]
+    public void ToJson_RoundTrips()
+    {
+        var c = LlamaConfig.Parse(With(SwiftKv8B, o => o["key_value_group_size"] = 2));
+        Assert.Equal(c.ToJson(), LlamaConfig.Parse(c.ToJson()).ToJson());
+        Assert.Equal(c with { EosTokenIds = [] }, LlamaConfig.Parse(c.ToJson()) with { EosTokenIds = [] });
+    }
+
+    [Fact]
+    public void Parse_PlainLlama_DefaultsHeadDimAndKvHeads()
+    {
+        var c = LlamaConfig.Parse("""{"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":100}""");
+        Assert.Equal(16, c.HeadDim);
+        Assert.Equal(4, c.NumKeyValueHeads);
+        Assert.False(c.SwiftKv);
+        Assert.Null(c.RopeScaling);
+    }
+
+    public static TheoryData<string, string> BadConfigs() => new()
+    {
+        { With(SwiftKv8B, o => o.Remove("hidden_size")), "missing required key 'hidden_size'" },
+        { With(SwiftKv8B, o => o["num_hidden_layers"] = "32"), "'num_hidden_layers' must be an integer" },
+        { With(SwiftKv8B, o => o["rms_norm_eps"] = "small"), "'rms_norm_eps' must be a number" },
+        { With(SwiftKv8B, o => o["tie_word_embeddings"] = 1), "'tie_word_embeddings' must be true or false" },
+        { With(SwiftKv8B, o => o["num_key_value_heads"] = 5), "multiple of num_key_value_heads" },
+        { With(SwiftKv8B, o => o["num_key_value_layers"] = 32), "num_key_value_layers must be in 1..31" },
+        { With(SwiftKv8B, o => o["num_key_value_layers"] = 0), "num_key_value_layers must be in 1..31" },
+        { With(SwiftKv8B, o => o.Remove("num_key_value_layers")), "missing required key 'num_key_value_layers'" },
+        { With(SwiftKv8B, o => o["key_value_group_size"] = 3), "key_value_group_size (3) must divide" },
+        { With(SwiftKv8B, o => o["key_value_group_size"] = 0), "key_value_group_size must be >= 1" },
+        { With(SwiftKv8B, o => o["rope_scaling"]!["rope_type"] = "yarn"), "rope_scaling type 'yarn' is not supported" },
+        { With(SwiftKv8B, o => o["model_type"] = "mistral"), "model_type 'mistral' is not supported" },
+        { With(SwiftKv8B, o => o["vocab_size"] = -1), "vocab_size must be a positive integer" },
+        { "[1, 2]", "top level must be a JSON object" },
+        { "{\"hidden_size\": ", "not valid JSON" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadConfigs))]
+    public void Parse_BadConfig_NamesTheProblem(string json, string expected)
+    {
+        var e = Assert.Throws<InvalidModelException>(() => LlamaConfig.Parse(json));
+        Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public void Load_MissingFile_NamesThePath()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "no-config-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            var e = Assert.Throws<InvalidModelException>(() => LlamaConfig.Load(dir));
+            Assert.Contains(Path.Combine(dir, "config.json"), e.Message);
+        }
+        finally
+        {
+            Directory.Delete(dir);
+        }
+    }
+}
