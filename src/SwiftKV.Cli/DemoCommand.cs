@@ -14,7 +14,7 @@ namespace SwiftKV.Cli;
 
 internal static class DemoCommand
 {
-    const string DemoModelName = "swiftkv-demo-v1";
+    const string DemoModelName = DemoModel.Name;
 
     public static int Run(CliArgs a)
     {
@@ -113,19 +113,6 @@ internal static class DemoCommand
         return new StreamReader(s).ReadToEnd();
     }
 
-    /// <summary>The default demo checkpoint: made once (a few seconds), then reused.</summary>
-    static string EnsureDemoModel()
-    {
-        string root = Environment.GetEnvironmentVariable("SWIFTKV_CACHE")
-            ?? Path.Combine(Environment.GetEnvironmentVariable("XDG_CACHE_HOME")
-                ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache"), "swiftkv");
-        string dir = Path.Combine(root, DemoModelName);
-        if (File.Exists(Path.Combine(dir, ".complete"))) return dir;
-        Console.WriteLine($"making the demo checkpoint once in {dir} (random weights, SwiftKV 50% + AcrossKV 2-way)...");
-        var config = ModelPresets.Get("demo") with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = 4, KeyValueGroupSize = 2 };
-        if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
-        ModelCommands.MakeModelDirectory(dir, config.Validate(), new ModelMakerOptions { Seed = 2026, Dtype = TensorDtype.BF16, InitStd = 0.05f }, tokenizer: true);
-        File.WriteAllText(Path.Combine(dir, ".complete"), "");
-        return dir;
-    }
+    /// <summary>The default demo checkpoint: made once (a few seconds), then reused (shared with the samples).</summary>
+    static string EnsureDemoModel() => DemoModel.Ensure(log: Console.WriteLine);
 }

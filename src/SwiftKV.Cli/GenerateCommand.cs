@@ -41,11 +41,14 @@ internal static class GenerateCommand
         {
             ids = tok.BosTokenId is int bos ? [bos, .. tok.Encode(prompt!)] : tok.Encode(prompt!);
         }
-        maxTokens = Math.Min(maxTokens, model.Config.MaxPositionEmbeddings - ids.Count);
+        int context = model.Config.MaxPositionEmbeddings;
+        if (ids.Count >= context)
+            throw new ArgumentException($"the prompt of {ids.Count} tokens does not fit the context of {context} tokens (max_position_embeddings).");
+        maxTokens = Math.Min(maxTokens, context - ids.Count);
         var stats = new GenerationStats();
-        using var cache = model.Backend.CreateCache(ids.Count + Math.Max(1, maxTokens));
+        using var cache = model.Backend.CreateCache(ids.Count + maxTokens);
         var detok = new StreamingDetokenizer(tok);
-        foreach (int id in Generator.Generate(model.Backend, cache, ids, sampling, Math.Max(1, maxTokens), tok.StopTokenIds.ToHashSet(), stats))
+        foreach (int id in Generator.Generate(model.Backend, cache, ids, sampling, maxTokens, tok.StopTokenIds.ToHashSet(), stats))
             Console.Write(detok.Append(id));
         Console.WriteLine(detok.Flush());
         Console.Error.WriteLine(

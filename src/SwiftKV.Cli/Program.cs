@@ -1,35 +1,45 @@
 // swiftkv: the command-line face of the engine. Each command is one small function below; the demo lives in
 // DemoCommand.cs. Errors a user can cause (bad options, bad checkpoints) print one clear line and exit 2.
-using SwiftKV.Cli;
 using SwiftKV.Model;
 
-var commands = new Dictionary<string, (string Help, Func<CliArgs, int> Run)>
-{
-    ["demo"] = ("prompt-heavy summarization through IChatClient, SwiftKV on vs off [--model DIR] [--max-tokens N]", DemoCommand.Run),
-    ["make-model"] = ("write a random-weight HF checkpoint: --preset tiny|demo|llama-3.2-1b|llama-3.1-8b|llama-3.1-70b --out DIR [overrides]", ModelCommands.MakeModel),
-    ["transform"] = ("Llama -> SwiftKV checkpoint (undistilled): --model DIR --out DIR --swiftkv-layers L [--group-size G]", ModelCommands.Transform),
-    ["generate"] = ("--model DIR (--prompt TEXT | --chat TEXT [--system TEXT]) [--max-tokens N --temperature T --top-k K --top-p P --seed S --no-swiftkv]", GenerateCommand.Run),
-    ["logits"] = ("--model DIR --tokens 1,2,3 --out FILE.f32 [--backend cpu] [--no-swiftkv] [--last-only]", LogitsCommand.Run),
-    ["info"] = ("--model DIR: print the config and what SwiftKV saves", ModelCommands.Info),
-};
+namespace SwiftKV.Cli;
 
-if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
+/// <summary>The command table and dispatcher; Main is one line so tests can run commands in-process.</summary>
+internal static class CliApp
 {
-    Console.WriteLine("swiftkv — run Llama / SwiftKV checkpoints\n\ncommands:");
-    foreach (var (name, c) in commands) Console.WriteLine($"  {name,-11} {c.Help}");
-    return args.Length == 0 ? 1 : 0;
-}
-if (!commands.TryGetValue(args[0], out var command))
-{
-    Console.Error.WriteLine($"swiftkv: unknown command '{args[0]}' (try: {string.Join(", ", commands.Keys)})");
-    return 2;
-}
-try
-{
-    return command.Run(new CliArgs(args.Skip(1)));
-}
-catch (Exception e) when (e is UsageException or InvalidModelException or ArgumentException or FileNotFoundException or DirectoryNotFoundException or NotSupportedException)
-{
-    Console.Error.WriteLine($"swiftkv {args[0]}: {e.Message}");
-    return 2;
+    public static int Main(string[] args) => Run(args);
+
+    public static int Run(string[] args)
+    {
+        var commands = new Dictionary<string, (string Help, Func<CliArgs, int> Run)>
+        {
+            ["demo"] = ("prompt-heavy summarization through IChatClient, SwiftKV on vs off [--model DIR] [--max-tokens N]", DemoCommand.Run),
+            ["make-model"] = ("write a random-weight HF checkpoint: --preset tiny|demo|llama-3.2-1b|llama-3.1-8b|llama-3.1-70b --out DIR [overrides]", ModelCommands.MakeModel),
+            ["transform"] = ("Llama -> SwiftKV checkpoint (undistilled): --model DIR --out DIR --swiftkv-layers L [--group-size G]", ModelCommands.Transform),
+            ["generate"] = ("--model DIR (--prompt TEXT | --chat TEXT [--system TEXT]) [--max-tokens N --temperature T --top-k K --top-p P --seed S --no-swiftkv]", GenerateCommand.Run),
+            ["logits"] = ("--model DIR --tokens 1,2,3 --out FILE.f32 [--backend cpu] [--no-swiftkv] [--last-only]", LogitsCommand.Run),
+            ["info"] = ("--model DIR: print the config and what SwiftKV saves", ModelCommands.Info),
+        };
+
+        if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
+        {
+            Console.WriteLine("swiftkv — run Llama / SwiftKV checkpoints\n\ncommands:");
+            foreach (var (name, c) in commands) Console.WriteLine($"  {name,-11} {c.Help}");
+            return args.Length == 0 ? 1 : 0;
+        }
+        if (!commands.TryGetValue(args[0], out var command))
+        {
+            Console.Error.WriteLine($"swiftkv: unknown command '{args[0]}' (try: {string.Join(", ", commands.Keys)})");
+            return 2;
+        }
+        try
+        {
+            return command.Run(new CliArgs(args.Skip(1)));
+        }
+        catch (Exception e) when (e is UsageException or InvalidModelException or ArgumentException or FileNotFoundException or DirectoryNotFoundException or NotSupportedException)
+        {
+            Console.Error.WriteLine($"swiftkv {args[0]}: {e.Message}");
+            return 2;
+        }
+    }
 }

@@ -36,7 +36,27 @@ public static class SwiftKvConverter
             .Select(spec => new TensorToWrite(spec.Name, spec.Shape, () => Initialise(spec.Name, target, checkpoint)))
             .ToList();
         LlamaCheckpointWriter.Save(outputDirectory, target, tensors, dtype ?? StorageDtype(source), maxShardBytes);
+        CopyCompanionFiles(llamaDirectory, outputDirectory);
         return target;
+    }
+
+    /// <summary>
+    /// Tokenizer files, generation_config.json, original/ and anything else a user ships with the weights travel
+    /// with the new checkpoint, so it loads and chats like its source. Weights and config.json were written above.
+    /// </summary>
+    static void CopyCompanionFiles(string from, string to)
+    {
+        foreach (var file in Directory.EnumerateFiles(from, "*", SearchOption.AllDirectories))
+        {
+            string rel = Path.GetRelativePath(from, file);
+            string name = Path.GetFileName(file);
+            if (rel == "config.json" || rel == "model.safetensors.index.json"
+                || (!rel.Contains(Path.DirectorySeparatorChar) && name.EndsWith(".safetensors", StringComparison.Ordinal)))
+                continue;
+            string dest = Path.Combine(to, rel);
+            Directory.CreateDirectory(Path.GetDirectoryName(dest)!);
+            File.Copy(file, dest, overwrite: true);
+        }
     }
 
     static float[] Initialise(string name, LlamaConfig target, SafetensorsCheckpoint checkpoint)

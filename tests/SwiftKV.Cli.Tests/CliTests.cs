@@ -1,0 +1,111 @@
+// The swiftkv commands run in-process on a tiny made model: what the README promises a newcomer works, and
+// bad input ends with exit code 2 and one line naming the problem.
+using SwiftKV.Model;
+using Xunit;
+
+[assembly: CollectionBehavior(DisableTestParallelization = true)] // the commands write to Console
+
+namespace SwiftKV.Cli.Tests;
+
+public sealed class CliTests : IDisposable
+{
+    readonly string _root = Path.Combine(Path.GetTempPath(), "swiftkv-cli-" + Guid.NewGuid().ToString("N"));
+
+    (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var (stdout, stderr) = (Console.Out, Console.Error);
+        var o = new StringWriter();
+        var e = new StringWriter();
+        Console.SetOut(o);
+        Console.SetError(e);
+        try
+        {
+            return (CliApp.Run(args), o.ToString(), e.ToString());
+        }
+        finally
+        {
+            Console.SetOut(stdout);
+            Console.SetError(stderr);
+        }
+    }
+
+    string Tiny(string name, params string[] extra)
+    {
+        string dir = Path.Combine(_root, name);
+        var r = Run(["make-model", "--preset", "tiny", "--out", dir, "--seed", "3", .. extra]);
+        Assert.True(r.Code == 0, r.Err);
+        return dir;
+    }
+
+    [Fact]
+    public void MakeModel_Transform_Info_Generate_Logits_WorkTogether()
+    {
+        string llama = Tiny("llama");
+        Assert.True(File.Exists(Path.Combine(llama, "tokenizer.json")));
+        Assert.True(File.Exists(Path.Combine(llama, "original", "tokenizer.model")));
+
+        string swift = Path.Combine(_root, "swift");
+        var t = Run("transform", "--model", llama, "--out", swift, "--swiftkv-layers", "2", "--group-size", "2");
+        Assert.True(t.Code == 0, t.Err);
+        var cfg = LlamaConfig.Load(swift);
+        Assert.Equal((true, 2, 2), (cfg.SwiftKv, cfg.NumKeyValueLayers, cfg.KeyValueGroupSize));
+        Assert.True(File.Exists(Path.Combine(swift, "tokenizer.json")));
+
+        var info = Run("info", "--model", swift);
+        Assert.Contains("less)", info.Out);
+
+        var g = Run("generate", "--model", swift, "--chat", "Hello there", "--max-tokens", "5", "--temperature", "0.8", "--seed", "4");
+        Assert.True(g.Code == 0, g.Err);
+        Assert.Contains("SwiftKV on", g.Err);
+        Assert.Equal(g.Out, Run("generate", "--model", swift, "--chat", "Hello there", "--max-tokens", "5", "--temperature", "0.8", "--seed", "4").Out);
+
+        string f = Path.Combine(_root, "l.f32");
+        var l = Run("logits", "--model", swift, "--tokens", "1,2,3,4", "--out", f, "--no-swiftkv");
+        Assert.True(l.Code == 0, l.Err);
+        Assert.Equal(4L * cfg.VocabSize * 4, new FileInfo(f).Length);
+    }
+
+    [Fact]
+    public void Demo_OnAGivenModel_PrintsAnswerAndPrefillComparison()
+    {
+        string swift = Tiny("demo-model", "--swiftkv-layers", "2");
+        var d = Run("demo", "--model", swift, "--max-tokens", "4");
+        Assert.True(d.Code == 0, d.Err);
+        Assert.Contains("answer (SwiftKV on, streamed)", d.Out);
+        Assert.Contains("SwiftKV off:", d.Out);
+        Assert.Contains("SwiftKV on:", d.Out);
+        Assert.Contains("of the FLOPs", d.Out);
+        Assert.Contains("out 4, total", d.Out);
+    }
+
+    [Theory]
+    [InlineData("frobnicate")]
+    [InlineData("make-model", "--preset", "giant", "--out", "x")]
+    [InlineData("make-model", "--out", "x", "--layres", "3")]
+    [InlineData("make-model", "--out", "x", "--swiftkv-layers", "9")]
+    [InlineData("make-model", "--out", "x", "--swiftkv-layers", "1", "--group-size", "2")]
+    [InlineData("make-model", "--out", "x", "--dtype", "int8")]
+    [InlineData("generate", "--model", "/no/such/model", "--prompt", "hi")]
+    [InlineData("logits", "--model", "/no/such/model", "--tokens", "1,x", "--out", "y")]
+    public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
+    {
+        var r = Run(args);
+        Assert.Equal(2, r.Code);
+        Assert.StartsWith("swiftkv", r.Err);
+        Assert.Single(r.Err.TrimEnd().Split('\n'));
+    }
+
+    [Fact]
+    public void Generate_PromptLongerThanContext_IsAClearError()
+    {
+        string dir = Tiny("short-context", "--max-positions", "32");
+        var r = Run("generate", "--model", dir, "--prompt", string.Join(' ', Enumerable.Repeat("word", 100)));
+        Assert.Equal(2, r.Code);
+        Assert.Contains("does not fit the context", r.Err);
+    }
+
+    public void Dispose()
+    {
+        if (Directory.Exists(_root)) Directory.Delete(_root, recursive: true);
+    }
+}
