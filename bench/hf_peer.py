@@ -1,0 +1,106 @@
+"""The peer and the roofline, measured on the same card in the same device call as our engine's benchmark.
+
+Hugging Face transformers' LlamaForCausalLM (SDPA attention) at Llama-3.1-8B shape with random bf16 weights:
+prefill latency/throughput at 1x2048, 1x8192, 1x32768, 8x2048 and decode ms/step at batch 1/32/128 with a 2K
+context; plus the card's roofline as PyTorch sees it (bf16 GEMM 8192^3 TFLOP/s, device-to-device copy GB/s).
+Writes one JSON object to --out.
+
+  python3 bench/hf_peer.py --out $OUT/peer.json [--quick]
+"""
+import argparse
+import json
+import time
+
+import torch
+
+
+def timed(fn, warmup=2, iters=5):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def roofline():
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    t = timed(lambda: a @ b, 3, 10)
+    src = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    c = timed(lambda: dst.copy_(src), 3, 10)
+    return {"gemm_bf16_8192_tflops": 2 * n**3 / t / 1e12, "d2d_copy_gbps_read_plus_write": 2 * src.numel() / c / 1e9}
+
+
+def model_8b():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                      rope_theta=500000.0, tie_word_embeddings=False,
+                      rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    for p in model.parameters():
+        p.data.normal_(0, 0.02)
+    return model.eval()
+
+
+@torch.no_grad()
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    res = {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
+    import transformers
+    res["transformers"] = transformers.__version__
+    res["roofline"] = roofline()
+    model = model_8b()
+    prefill = {}
+    shapes = [(1, 2048), (8, 2048), (1, 8192)] + ([] if a.quick else [(1, 32768)])
+    for b, s in shapes:
+        ids = torch.randint(0, 128000, (b, s), device="cuda")
+        # logits_to_keep=1: only the last position's logits, as a serving engine computes them.
+        t = timed(lambda: model(ids, use_cache=False, logits_to_keep=1), 1, 3)
+        prefill[f"{b}x{s}"] = {"ms": t * 1e3, "tokens_per_s": b * s / t}
+        print(f"prefill {b}x{s}: {t*1e3:.1f} ms, {b*s/t:,.0f} tokens/s", flush=True)
+    res["prefill"] = prefill
+    decode = {}
+    from transformers import DynamicCache
+    for b in [1, 32] + ([] if a.quick else [128]):
+        ctx = 2048
+        ids = torch.randint(0, 128000, (b, ctx), device="cuda")
+        cache = DynamicCache()
+        out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        nxt = out.logits[:, -1:].argmax(-1)
+        steps = 16
+
+        def run():
+            c = cache
+            tok = nxt
+            for _ in range(steps):
+                o = model(tok, past_key_values=c, use_cache=True)
+                tok = o.logits[:, -1:].argmax(-1)
+            c.crop(-steps)
+
+        t = timed(run, 1, 3) / steps
+        decode[f"batch{b}"] = {"ms_per_step": t * 1e3, "tokens_per_s": b / t}
+        print(f"decode batch {b}: {t*1e3:.1f} ms/step", flush=True)
+        del cache
+        torch.cuda.empty_cache()
+    res["decode_ctx2048"] = decode
+    json.dump(res, open(a.out, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
