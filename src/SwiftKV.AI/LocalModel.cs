@@ -4,7 +4,9 @@
 using SwiftKV.Model;
 using SwiftKV.Model.Tokenization;
 using SwiftKV.Model.Checkpoint;
+using SwiftKV.Cuda;
 using SwiftKV.Engine.Cpu;
+using SwiftKV.Engine.Cuda;
 
 namespace SwiftKV.Engine;
 
@@ -47,14 +49,25 @@ public sealed class LocalModel : IDisposable
     /// <summary>Loads only the weights onto a backend (no tokenizer needed), e.g. for logits dumps.</summary>
     public static (IModelBackend Backend, string Reason) OpenBackend(string path, LlamaConfig config, BackendKind backend, bool swiftKv)
     {
-        string reason = backend switch
+        bool useCuda;
+        string reason;
+        switch (backend)
         {
-            BackendKind.Cuda => throw new NotSupportedException("The CUDA backend is not available in this build yet; use Backend = Cpu or Auto."),
-            BackendKind.Auto => "Auto: CPU (this build has no CUDA backend yet)",
-            _ => "CPU requested",
-        };
+            case BackendKind.Cuda:
+                if (!CudaRuntime.TryInitialize(out var why))
+                    throw new NotSupportedException("Backend = Cuda was requested but CUDA is not usable: " + why);
+                (useCuda, reason) = (true, $"CUDA requested: {CudaRuntime.Device}");
+                break;
+            case BackendKind.Auto:
+                useCuda = CudaRuntime.TryInitialize(out var missing);
+                reason = useCuda ? $"Auto: CUDA on {CudaRuntime.Device}" : $"Auto: CPU ({missing})";
+                break;
+            default:
+                (useCuda, reason) = (false, "CPU requested");
+                break;
+        }
         var weights = LlamaCheckpointLoader.Load(path, swiftKv && config.SwiftKv);
-        return (new CpuBackend(weights), reason);
+        return (useCuda ? new CudaBackend(weights) : new CpuBackend(weights), reason);
     }
 
     public void Dispose() => Backend.Dispose();

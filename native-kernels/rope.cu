@@ -1,0 +1,24 @@
+// Rotary embedding (rotate-half layout) applied in place to query rows, with the projection's bias fused:
+//   q (rows, ld) fp32, heads of head_dim starting at column 0; row r sits at position pos0 + r.
+//   angle_i = inv_freq[i] * position (one fp32 multiply, as PyTorch does); inv_freq (head_dim/2) comes from the
+//   host (RotaryEmbedding.ComputeInvFreq: llama3 scaling), so CPU and GPU share one formula.
+//   x[i] <- x[i] cos - x[i+d/2] sin, x[i+d/2] <- x[i+d/2] cos + x[i] sin, after x += bias (bias may be null).
+// Launch: grid (rows), block 128.
+#include "swiftkv_common.cuh"
+
+extern "C" __global__ void rope_f32(float* q, int ld, const float* bias, const float* inv_freq, int rows, int heads, int head_dim, int pos0)
+{
+    int r = blockIdx.x, half = head_dim / 2;
+    float pos = (float)(pos0 + r);
+    float* row = q + (long long)r * ld;
+    for (int idx = threadIdx.x; idx < heads * half; idx += blockDim.x)
+    {
+        int h = idx / half, i = idx % half, c = h * head_dim + i;
+        float a = row[c], b = row[c + half];
+        if (bias != nullptr) { a += bias[c]; b += bias[c + half]; }
+        float s, co;
+        sincosf(inv_freq[i] * pos, &s, &co);
+        row[c] = a * co - b * s;
+        row[c + half] = b * co + a * s;
+    }
+}

@@ -1,0 +1,57 @@
+// Shared helpers for the SwiftKV kernels: bf16 storage as raw 16-bit words (no cuda_bf16.h, so NVRTC needs no
+// toolkit headers and compiles fast), and deterministic block reductions. Included by every native-kernels/*.cu.
+#pragma once
+
+typedef unsigned short bf16_t;
+
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+__device__ __forceinline__ float bf16_to_f32(bf16_t b) { return __uint_as_float(((unsigned)b) << 16); }
+
+// Round to nearest even; NaN stays a (quiet) NaN.
+__device__ __forceinline__ bf16_t f32_to_bf16(float f)
+{
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40u);
+    return (bf16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Block-wide sum; blockDim.x must be a multiple of 32 and shm hold 32 floats. Every thread gets the result,
+// summed in the same order, so the value does not depend on which thread reads it.
+__device__ __forceinline__ float block_sum(float v, float* shm)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) shm[warp] = v;
+    __syncthreads();
+    float r = 0.f;
+    for (int i = 0; i < warps; i++) r += shm[i];
+    return r;
+}
+
+__device__ __forceinline__ float block_max(float v, float* shm)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shm[warp] = v;
+    __syncthreads();
+    float r = -INFINITY;
+    for (int i = 0; i < warps; i++) r = fmaxf(r, shm[i]);
+    return r;
+}

@@ -1,0 +1,66 @@
+// A loaded CUBIN (cuModuleLoadData) and its kernels. Launch takes the kernel's argument pointers in the
+// order of the extern "C" signature; the typed launchers in Kernels/ are the only callers.
+using System.Runtime.InteropServices;
+using SwiftKV.Cuda.Native;
+
+namespace SwiftKV.Cuda;
+
+sealed class ModuleHandle() : SafeHandle(0, true)
+{
+    public override bool IsInvalid => handle == 0;
+    public void Set(nint h) => SetHandle(h);
+    protected override bool ReleaseHandle() => CudaRuntime.TryBindForRelease() && CuDriver.cuModuleUnload(handle) == 0;
+}
+
+/// <summary>An owned CUmodule.</summary>
+public sealed unsafe class CudaModule : IDisposable
+{
+    readonly ModuleHandle _handle = new();
+
+    public CudaModule(byte[] image, string name)
+    {
+        Name = name;
+        CudaRuntime.Bind();
+        fixed (byte* p = image)
+        {
+            CuDriver.Check(CuDriver.cuModuleLoadData(out nint m, p), $"cuModuleLoadData({name})");
+            _handle.Set(m);
+        }
+    }
+
+    public string Name { get; }
+
+    public CudaKernel GetKernel(string entry)
+    {
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuModuleGetFunction(out nint f, _handle.DangerousGetHandle(), entry), $"cuModuleGetFunction({Name}:{entry})");
+        return new CudaKernel(this, f, entry);
+    }
+
+    public void Dispose() => _handle.Dispose();
+}
+
+/// <summary>One kernel entry point of a <see cref="CudaModule"/> (valid while the module lives).</summary>
+public sealed unsafe class CudaKernel
+{
+    readonly CudaModule _module;
+    readonly nint _function;
+
+    internal CudaKernel(CudaModule module, nint function, string name)
+    {
+        _module = module;
+        _function = function;
+        Name = name;
+    }
+
+    public string Name { get; }
+
+    /// <summary>cuLaunchKernel on <paramref name="stream"/>; <paramref name="args"/> points at each argument's value.</summary>
+    public void Launch(CudaStream stream, (uint X, uint Y, uint Z) grid, uint block, uint sharedBytes, void** args)
+    {
+        if (grid.X == 0 || grid.Y == 0 || grid.Z == 0) return;
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuLaunchKernel(_function, grid.X, grid.Y, grid.Z, block, 1, 1, sharedBytes, stream.Handle, args, null),
+            $"cuLaunchKernel({_module.Name}:{Name})");
+    }
+}

@@ -1,0 +1,90 @@
+// A CUDA stream and timing events. NOTE: streams are created with flags 0 (blocking), so the synchronous
+// cuMemcpy* calls on the legacy stream that DeviceBuffer makes stay ordered with the work queued here.
+using System.Runtime.InteropServices;
+using SwiftKV.Cuda.Native;
+
+namespace SwiftKV.Cuda;
+
+sealed class StreamHandle() : SafeHandle(0, true)
+{
+    public override bool IsInvalid => handle == 0;
+    public void Set(nint h) => SetHandle(h);
+    protected override bool ReleaseHandle() => CudaRuntime.TryBindForRelease() && CuDriver.cuStreamDestroy(handle) == 0;
+}
+
+sealed class EventHandle() : SafeHandle(0, true)
+{
+    public override bool IsInvalid => handle == 0;
+    public void Set(nint h) => SetHandle(h);
+    protected override bool ReleaseHandle() => CudaRuntime.TryBindForRelease() && CuDriver.cuEventDestroy(handle) == 0;
+}
+
+/// <summary>An owned CUstream.</summary>
+public sealed unsafe class CudaStream : IDisposable
+{
+    readonly StreamHandle _handle = new();
+
+    public CudaStream()
+    {
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuStreamCreate(out nint s, 0), "cuStreamCreate");
+        _handle.Set(s);
+    }
+
+    public nint Handle => _handle.IsClosed ? throw new ObjectDisposedException(nameof(CudaStream)) : _handle.DangerousGetHandle();
+
+    public void Synchronize()
+    {
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuStreamSynchronize(Handle), "cuStreamSynchronize");
+    }
+
+    /// <summary>Queues a host-to-device copy; the source must stay alive and unchanged until the stream reaches it.</summary>
+    public void CopyAsync<T>(DeviceSpan<T> destination, T* source, long count) where T : unmanaged
+    {
+        if (count > destination.Length) throw new ArgumentOutOfRangeException(nameof(count), $"{count} elements do not fit a device span of {destination.Length}.");
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuMemcpyHtoDAsync(destination.Address, source, (nuint)(count * sizeof(T)), Handle), "cuMemcpyHtoDAsync_v2");
+    }
+
+    /// <summary>Copies device memory to the host and waits for it (and everything queued before it).</summary>
+    public void Download<T>(DeviceSpan<T> source, Span<T> destination) where T : unmanaged
+    {
+        if (destination.Length > source.Length) throw new ArgumentOutOfRangeException(nameof(destination), $"{destination.Length} elements requested from a device span of {source.Length}.");
+        CudaRuntime.Bind();
+        fixed (T* p = destination)
+        {
+            CuDriver.Check(CuDriver.cuMemcpyDtoHAsync(p, source.Address, (nuint)(destination.Length * sizeof(T)), Handle), "cuMemcpyDtoHAsync_v2");
+            Synchronize();
+        }
+    }
+
+    public void Dispose() => _handle.Dispose();
+}
+
+/// <summary>A CUevent for timing work on a stream.</summary>
+public sealed class CudaEvent : IDisposable
+{
+    readonly EventHandle _handle = new();
+
+    public CudaEvent()
+    {
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuEventCreate(out nint e, 0), "cuEventCreate");
+        _handle.Set(e);
+    }
+
+    nint Handle => _handle.IsClosed ? throw new ObjectDisposedException(nameof(CudaEvent)) : _handle.DangerousGetHandle();
+
+    public void Record(CudaStream stream) => CuDriver.Check(CuDriver.cuEventRecord(Handle, stream.Handle), "cuEventRecord");
+
+    /// <summary>Milliseconds between two recorded events (waits for <paramref name="end"/>).</summary>
+    public static float ElapsedMs(CudaEvent start, CudaEvent end)
+    {
+        CuDriver.Check(CuDriver.cuEventSynchronize(end.Handle), "cuEventSynchronize");
+        CuDriver.Check(CuDriver.cuEventElapsedTime(out float ms, start.Handle, end.Handle), "cuEventElapsedTime");
+        return ms;
+    }
+
+    public void Dispose() => _handle.Dispose();
+}

@@ -1,0 +1,49 @@
+// The kernel sources embedded in this assembly (native-kernels/*.cu, plus *.cuh headers any of them may
+// include) and the modules compiled from them. One module per .cu file, compiled on first use and kept for
+// the life of the library; disposing the library unloads the modules.
+using System.Collections.Concurrent;
+using System.Reflection;
+
+namespace SwiftKV.Cuda;
+
+/// <summary>Compiles and loads the embedded kernel files on demand.</summary>
+public sealed class KernelLibrary : IDisposable
+{
+    const string Prefix = "native-kernels/";
+    readonly ConcurrentDictionary<string, Lazy<CudaModule>> _modules = new();
+    bool _disposed;
+
+    /// <summary>Names of the embedded .cu files ("rms_norm.cu", ...).</summary>
+    public static IReadOnlyList<string> SourceFiles { get; } = Assembly.GetExecutingAssembly().GetManifestResourceNames()
+        .Where(n => n.StartsWith(Prefix, StringComparison.Ordinal) && n.EndsWith(".cu", StringComparison.Ordinal))
+        .Select(n => n[Prefix.Length..]).Order(StringComparer.Ordinal).ToArray();
+
+    static readonly Lazy<IReadOnlyList<(string Name, string Text)>> Headers = new(() => Assembly.GetExecutingAssembly().GetManifestResourceNames()
+        .Where(n => n.StartsWith(Prefix, StringComparison.Ordinal) && n.EndsWith(".cuh", StringComparison.Ordinal))
+        .Select(n => (n[Prefix.Length..], Read(n[Prefix.Length..]))).ToArray());
+
+    /// <summary>The text of an embedded kernel file.</summary>
+    public static string Read(string file)
+    {
+        using var s = Assembly.GetExecutingAssembly().GetManifestResourceStream(Prefix + file)
+            ?? throw new CudaException($"kernel source '{file}' is not embedded in SwiftKV.Cuda (expected native-kernels/{file}).");
+        using var r = new StreamReader(s);
+        return r.ReadToEnd();
+    }
+
+    /// <summary>The kernel <paramref name="entry"/> of <paramref name="file"/>, compiling and loading the file if needed.</summary>
+    public CudaKernel Get(string file, string entry)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var module = _modules.GetOrAdd(file, f => new Lazy<CudaModule>(() => new CudaModule(NvrtcCompiler.Compile(f, Read(f), Headers.Value), f))).Value;
+        return module.GetKernel(entry);
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (var m in _modules.Values)
+            if (m.IsValueCreated) m.Value.Dispose();
+    }
+}

@@ -1,0 +1,25 @@
+// Launcher for native-kernels/rope.cu.
+namespace SwiftKV.Cuda.Kernels;
+
+/// <summary>In-place bias + RoPE on query rows q (rows, ld): heads × head_dim from column 0, row r at position pos0 + r.</summary>
+public sealed unsafe class RopeKernel(KernelLibrary library)
+{
+    readonly CudaKernel _k = library.Get("rope.cu", "rope_f32");
+
+    public void Launch(CudaStream stream, DeviceSpan<float> q, int ld, DeviceSpan<float>? bias, DeviceSpan<float> invFreq,
+        int rows, int heads, int headDim, int pos0)
+    {
+        const string n = "rope_f32";
+        KernelGuard.Positive(rows, n, nameof(rows));
+        KernelGuard.Positive(heads, n, nameof(heads));
+        if (headDim < 2 || headDim % 2 != 0) throw new ArgumentOutOfRangeException(nameof(headDim), headDim, $"{n}: head_dim must be even and >= 2.");
+        if (ld < heads * headDim) throw new ArgumentOutOfRangeException(nameof(ld), ld, $"{n}: row stride must be >= heads * head_dim ({heads * headDim}).");
+        ArgumentOutOfRangeException.ThrowIfNegative(pos0);
+        KernelGuard.Fits(q, (long)(rows - 1) * ld + heads * headDim, n, nameof(q), $"({rows}, {ld})");
+        KernelGuard.FitsOptional(bias, heads * headDim, n, nameof(bias), $"({heads * headDim})");
+        KernelGuard.Fits(invFreq, headDim / 2, n, nameof(invFreq), $"({headDim / 2})");
+        ulong pq = q.Address, pb = KernelGuard.Address(bias), pf = invFreq.Address;
+        void** args = stackalloc void*[] { &pq, &ld, &pb, &pf, &rows, &heads, &headDim, &pos0 };
+        _k.Launch(stream, ((uint)rows, 1, 1), 128, 0, args);
+    }
+}

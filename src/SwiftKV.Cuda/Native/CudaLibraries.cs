@@ -1,0 +1,114 @@
+// Finds the CUDA shared libraries at run time: the driver (libcuda.so.1, installed with the NVIDIA driver) and the
+// toolkit's NVRTC and cuBLAS (CUDA_HOME / CUDA_PATH, /usr/local/cuda, then the loader path). The P/Invoke
+// declarations name the logical libraries "cuda", "nvrtc" and "cublas"; the resolver maps them to what was found.
+using System.Reflection;
+using System.Runtime.InteropServices;
+
+namespace SwiftKV.Cuda.Native;
+
+internal static class CudaLibraries
+{
+    public const string Driver = "cuda";
+    public const string Nvrtc = "nvrtc";
+    public const string Cublas = "cublas";
+
+    static readonly object Gate = new();
+    static readonly Dictionary<string, nint> Loaded = new();
+    static readonly Dictionary<string, string> Failures = new();
+    static bool _resolverSet;
+
+    /// <summary>Registers the resolver once; every *Native class calls this from its static constructor.</summary>
+    public static void EnsureResolver()
+    {
+        lock (Gate)
+        {
+            if (_resolverSet) return;
+            NativeLibrary.SetDllImportResolver(typeof(CudaLibraries).Assembly, Resolve);
+            _resolverSet = true;
+        }
+    }
+
+    static nint Resolve(string name, Assembly assembly, DllImportSearchPath? path) =>
+        name is Driver or Nvrtc or Cublas && TryLoad(name, out var h, out _) ? h : 0;
+
+    /// <summary>The CUDA toolkit root: CUDA_HOME, CUDA_PATH or /usr/local/cuda, if it exists.</summary>
+    public static string? ToolkitRoot()
+    {
+        foreach (var c in new[] { Environment.GetEnvironmentVariable("CUDA_HOME"), Environment.GetEnvironmentVariable("CUDA_PATH"), "/usr/local/cuda" })
+            if (!string.IsNullOrEmpty(c) && Directory.Exists(c)) return c;
+        return null;
+    }
+
+    /// <summary>Loads one logical library; on failure <paramref name="reason"/> says what to install or set.</summary>
+    public static bool TryLoad(string name, out nint handle, out string reason)
+    {
+        lock (Gate)
+        {
+            if (Loaded.TryGetValue(name, out handle)) { reason = ""; return true; }
+            if (Failures.TryGetValue(name, out reason!)) return false;
+            foreach (var candidate in Candidates(name))
+            {
+                if (NativeLibrary.TryLoad(candidate, out handle))
+                {
+                    Loaded[name] = handle;
+                    reason = "";
+                    return true;
+                }
+            }
+            reason = name switch
+            {
+                Driver => "libcuda.so.1 (the NVIDIA driver's CUDA library) was not found: install the NVIDIA driver and make sure a GPU is visible.",
+                Nvrtc => "NVRTC (libnvrtc.so.*) was not found: install the CUDA toolkit's NVRTC (e.g. apt package cuda-nvrtc-13-0) and set CUDA_HOME or LD_LIBRARY_PATH to it.",
+                _ => "cuBLAS (libcublas.so.*) was not found: install the CUDA toolkit's cuBLAS (e.g. apt package libcublas-13-0) and set CUDA_HOME or LD_LIBRARY_PATH to it.",
+            };
+            Failures[name] = reason;
+            handle = 0;
+            return false;
+        }
+    }
+
+    static IEnumerable<string> Candidates(string name)
+    {
+        if (OperatingSystem.IsWindows())
+        {
+            if (name == Driver) yield return "nvcuda.dll";
+            foreach (var f in ToolkitFiles(name == Nvrtc ? "nvrtc64_*.dll" : "cublas64_*.dll", "bin")) yield return f;
+            yield break;
+        }
+        if (name == Driver)
+        {
+            yield return "libcuda.so.1";
+            yield return "libcuda.so";
+            yield break;
+        }
+        string stem = name == Nvrtc ? "libnvrtc" : "libcublas";
+        // cuBLAS loads cuBLASLt by soname; loading it first from the same folder makes that lookup succeed
+        // even when the folder is not on LD_LIBRARY_PATH.
+        foreach (var f in ToolkitFiles(stem + ".so*", "lib64", "targets/x86_64-linux/lib", "lib"))
+        {
+            if (name == Cublas)
+            {
+                var lt = Directory.GetFiles(Path.GetDirectoryName(f)!, "libcublasLt.so*").OrderByDescending(p => p.Length).FirstOrDefault();
+                if (lt is not null) NativeLibrary.TryLoad(lt, out _);
+            }
+            yield return f;
+        }
+        foreach (var v in new[] { 13, 12, 11 }) yield return $"{stem}.so.{v}";
+        yield return stem + ".so";
+    }
+
+    /// <summary>Versioned files first (libnvrtc.so.13 before libnvrtc.so, which is a dev symlink).</summary>
+    static IEnumerable<string> ToolkitFiles(string pattern, params string[] subdirs)
+    {
+        var roots = new List<string>();
+        if (ToolkitRoot() is { } root) roots.AddRange(subdirs.Select(s => Path.Combine(root, s)));
+        roots.Add("/usr/lib/x86_64-linux-gnu");
+        foreach (var dir in roots.Where(Directory.Exists))
+        {
+            var files = Directory.GetFiles(dir, pattern)
+                .Where(f => !Path.GetFileName(f).Contains("builtins") && !Path.GetFileName(f).Contains("Lt") && !f.EndsWith(".alt", StringComparison.Ordinal))
+                .OrderByDescending(f => f.Length).ThenByDescending(f => f, StringComparer.Ordinal);
+            foreach (var f in files) yield return f;
+        }
+    }
+}

@@ -1,0 +1,124 @@
+// Compiles CUDA C++ source to a CUBIN for the GPU found at run time, with an on-disk cache keyed by the SHA-256
+// of (source, headers, arch, options, NVRTC version), so a second start loads the CUBIN without compiling.
+// Cache folder: $SWIFTKV_KERNEL_CACHE, else $XDG_CACHE_HOME/swiftkv/kernels, else ~/.cache/swiftkv/kernels.
+using System.Security.Cryptography;
+using System.Text;
+using SwiftKV.Cuda.Native;
+
+namespace SwiftKV.Cuda;
+
+/// <summary>NVRTC front end with a disk cache. Thread-safe.</summary>
+public static unsafe class NvrtcCompiler
+{
+    /// <summary>Where compiled kernels are cached.</summary>
+    public static string CacheDirectory
+    {
+        get
+        {
+            if (Environment.GetEnvironmentVariable("SWIFTKV_KERNEL_CACHE") is { Length: > 0 } d) return d;
+            string root = Environment.GetEnvironmentVariable("XDG_CACHE_HOME") is { Length: > 0 } x
+                ? x
+                : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
+            return Path.Combine(root, "swiftkv", "kernels");
+        }
+    }
+
+    /// <summary>Compilations that actually ran NVRTC in this process (cache misses).</summary>
+    public static int CompileCount => _compiles;
+    static int _compiles;
+
+    /// <summary>
+    /// Returns the CUBIN for <paramref name="source"/> on the current device. <paramref name="headers"/> are
+    /// (include name, text) pairs the source may #include. Compile errors throw with NVRTC's log.
+    /// </summary>
+    public static byte[] Compile(string name, string source, IReadOnlyList<(string Name, string Text)> headers)
+    {
+        var dev = CudaRuntime.Device;
+        var options = new List<string> { $"--gpu-architecture={dev.Arch}", "--std=c++17", "-default-device" };
+        if (CudaLibraries.ToolkitRoot() is { } root && Directory.Exists(Path.Combine(root, "include")))
+            options.Add("-I" + Path.Combine(root, "include"));
+        string key = Key(name, source, headers, options, dev.NvrtcVersion);
+        string file = Path.Combine(CacheDirectory, $"{Path.GetFileNameWithoutExtension(name)}-{dev.Arch}-{key}.cubin");
+        if (File.Exists(file))
+        {
+            try { return File.ReadAllBytes(file); } catch (IOException) { }
+        }
+        var cubin = Run(name, source, headers, options);
+        Interlocked.Increment(ref _compiles);
+        TryWriteCache(file, cubin);
+        return cubin;
+    }
+
+    static string Key(string name, string source, IReadOnlyList<(string Name, string Text)> headers, List<string> options, string nvrtc)
+    {
+        var sb = new StringBuilder().Append(name).Append('\0').Append(source).Append('\0').Append(nvrtc);
+        foreach (var (n, t) in headers) sb.Append('\0').Append(n).Append('\0').Append(t);
+        foreach (var o in options.Where(o => !o.StartsWith("-I", StringComparison.Ordinal))) sb.Append('\0').Append(o);
+        return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(sb.ToString())))[..24];
+    }
+
+    static void TryWriteCache(string file, byte[] cubin)
+    {
+        try
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(file)!);
+            string tmp = file + "." + Environment.ProcessId + ".tmp";
+            File.WriteAllBytes(tmp, cubin);
+            File.Move(tmp, file, overwrite: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // A read-only home only costs a recompile next start.
+        }
+    }
+
+    static byte[] Run(string name, string source, IReadOnlyList<(string Name, string Text)> headers, List<string> options)
+    {
+        var allocations = new List<nint>();
+        byte* Utf8(string s)
+        {
+            var p = System.Runtime.InteropServices.Marshal.StringToCoTaskMemUTF8(s);
+            allocations.Add(p);
+            return (byte*)p;
+        }
+        nint prog = 0;
+        try
+        {
+            var headerTexts = stackalloc byte*[Math.Max(1, headers.Count)];
+            var headerNames = stackalloc byte*[Math.Max(1, headers.Count)];
+            for (int i = 0; i < headers.Count; i++)
+            {
+                headerTexts[i] = Utf8(headers[i].Text);
+                headerNames[i] = Utf8(headers[i].Name);
+            }
+            NvrtcNative.Check(NvrtcNative.nvrtcCreateProgram(out prog, Utf8(source), Utf8(name), headers.Count, headerTexts, headerNames),
+                $"nvrtcCreateProgram({name})");
+            var opts = stackalloc byte*[options.Count];
+            for (int i = 0; i < options.Count; i++) opts[i] = Utf8(options[i]);
+            int status = NvrtcNative.nvrtcCompileProgram(prog, options.Count, opts);
+            if (status != 0)
+            {
+                string log = Log(prog);
+                try { NvrtcNative.Check(status, $"nvrtcCompileProgram({name})"); }
+                catch (CudaException e) { throw new CudaException($"{e.Message} with options [{string.Join(' ', options)}]:\n{log}") { Call = e.Call, Status = e.Status }; }
+            }
+            NvrtcNative.Check(NvrtcNative.nvrtcGetCUBINSize(prog, out nuint size), $"nvrtcGetCUBINSize({name})");
+            var cubin = new byte[(int)size];
+            fixed (byte* p = cubin) NvrtcNative.Check(NvrtcNative.nvrtcGetCUBIN(prog, p), $"nvrtcGetCUBIN({name})");
+            return cubin;
+        }
+        finally
+        {
+            if (prog != 0) NvrtcNative.nvrtcDestroyProgram(ref prog);
+            foreach (var p in allocations) System.Runtime.InteropServices.Marshal.FreeCoTaskMem(p);
+        }
+    }
+
+    static string Log(nint prog)
+    {
+        if (NvrtcNative.nvrtcGetProgramLogSize(prog, out nuint size) != 0 || size <= 1) return "(no log)";
+        var buf = new byte[(int)size];
+        fixed (byte* p = buf) NvrtcNative.nvrtcGetProgramLog(prog, p);
+        return Encoding.UTF8.GetString(buf, 0, buf.Length - 1);
+    }
+}

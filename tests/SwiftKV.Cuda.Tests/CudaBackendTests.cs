@@ -1,0 +1,202 @@
+// CudaBackend against CpuBackend on small random models: every mode the CPU backend has (plain Llama, SwiftKV
+// at 25% and 50%, AcrossKV g = 2 and 4, GQA/MHA, biases, tied embeddings, llama3 RoPE), prefill then decode,
+// both logits selections. Two references: the CPU backend on the same weights rounded to bf16 (what the GPU
+// holds: the check of the GPU code) and on the original fp32 weights (the end-to-end error of running in bf16).
+// Tolerance per row, max|gpu - cpu| / max|cpu|: 1e-2 against the bf16-rounded weights; 3e-2 against the fp32
+// weights, because rounding unstructured random weights to bf16 alone moves these toy models' logits by up to
+// ~1.8e-2 (measured on an H100, 2026-11). Greedy tokens equal wherever the CPU's top-2 margin exceeds the error.
+using SwiftKV.Cuda;
+using SwiftKV.Engine;
+using SwiftKV.Engine.Cpu;
+using SwiftKV.Engine.Cuda;
+using SwiftKV.Engine.Tests;
+using SwiftKV.Model;
+using Xunit;
+
+namespace SwiftKV.Cuda.Tests;
+
+public sealed class CudaBackendTests
+{
+    public static TheoryData<string, ModelSpec, bool> Models => new()
+    {
+        { "base", new ModelSpec(Seed: 21), false },
+        { "base-mha-bias-tied", new ModelSpec(Heads: 4, KvHeads: 4, Bias: true, Tied: true, Seed: 22), false },
+        { "swiftkv-off", new ModelSpec(SwiftKvLayers: 2, Seed: 23), false },
+        { "swiftkv-25%", new ModelSpec(SwiftKvLayers: 1, Seed: 24), true },
+        { "swiftkv-50%", new ModelSpec(SwiftKvLayers: 2, RopeScaling: true, Seed: 25), true },
+        { "acrosskv-g2", new ModelSpec(SwiftKvLayers: 2, GroupSize: 2, Seed: 26), true },
+        { "acrosskv-g4-bias", new ModelSpec(Layers: 6, SwiftKvLayers: 2, GroupSize: 4, Bias: true, Seed: 27), true },
+        { "acrosskv-g2-gqa4-tied", new ModelSpec(Heads: 8, KvHeads: 2, Layers: 6, SwiftKvLayers: 2, GroupSize: 2, Tied: true, Seed: 28), true },
+    };
+
+    static readonly double[] Tolerance = [1e-2, 3e-2];
+
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void Forward_MatchesCpuBackend(string name, ModelSpec spec, bool swiftKv)
+    {
+        Gpu.Require();
+        var full = TestModels.Checkpoint(spec);
+        var weights = TestModels.View(full, swiftKv);
+        var rounded = RoundToBf16(weights);
+        using var gpu = new CudaBackend(weights);
+        Assert.Equal(swiftKv, gpu.SwiftKvEnabled);
+        var refs = new IModelBackend[] { new CpuBackend(rounded), new CpuBackend(weights) };
+        var prompt = TestModels.RandomTokens(11, spec.Vocab, spec.Seed + 100);
+        var decode = TestModels.RandomTokens(3, spec.Vocab, spec.Seed + 200);
+        int vocab = spec.Vocab;
+
+        // AllTokens prefill, then decode steps; and a LastToken prefill on a second cache.
+        using var gc = gpu.CreateCache(32);
+        using var gc2 = gpu.CreateCache(32);
+        var cpuCaches = refs.Select(r => (r.CreateCache(32), r.CreateCache(32))).ToArray();
+        var worst = new double[2];
+        void Compare(float[] g, int r, float[] cpu, string what)
+        {
+            Assert.Equal(cpu.Length, g.Length);
+            for (int row = 0; row < cpu.Length / vocab; row++)
+            {
+                var a = g.AsSpan(row * vocab, vocab);
+                var b = cpu.AsSpan(row * vocab, vocab);
+                double maxB = 0, maxD = 0;
+                for (int i = 0; i < vocab; i++)
+                {
+                    Assert.False(float.IsNaN(a[i]), $"{name} {what}: NaN in GPU logits row {row} col {i}");
+                    maxB = Math.Max(maxB, Math.Abs(b[i]));
+                    maxD = Math.Max(maxD, Math.Abs(a[i] - b[i]));
+                }
+                double rel = maxD / maxB;
+                worst[r] = Math.Max(worst[r], rel);
+                Assert.True(rel <= Tolerance[r], $"{name} {what} vs CPU ({(r == 0 ? "bf16-rounded" : "fp32")} weights) row {row}: max|diff|/max|cpu| = {rel:E3}");
+                // Greedy agreement wherever the CPU's choice is clear of the error.
+                int top = 0, second = -1;
+                for (int i = 1; i < vocab; i++) if (b[i] > b[top]) top = i;
+                for (int i = 0; i < vocab; i++) if (i != top && (second < 0 || b[i] > b[second])) second = i;
+                if (b[top] - b[second] > 2 * maxD)
+                {
+                    int gTop = 0;
+                    for (int i = 1; i < vocab; i++) if (a[i] > a[gTop]) gTop = i;
+                    Assert.True(gTop == top, $"{name} {what} row {row}: GPU greedy token {gTop}, CPU {top} (margin {b[top] - b[second]:E3}, error {maxD:E3})");
+                }
+            }
+        }
+
+        var gAll = gpu.Forward(gc, prompt, LogitsSelection.AllTokens);
+        var gLast = gpu.Forward(gc2, prompt, LogitsSelection.LastToken);
+        Assert.Equal(prompt.Length * vocab, gAll.Length);
+        Assert.Equal(vocab, gLast.Length);
+        for (int r = 0; r < refs.Length; r++)
+        {
+            Compare(gAll, r, refs[r].Forward(cpuCaches[r].Item1, prompt, LogitsSelection.AllTokens), "prefill AllTokens");
+            Compare(gLast, r, refs[r].Forward(cpuCaches[r].Item2, prompt, LogitsSelection.LastToken), "prefill LastToken");
+        }
+        foreach (var t in decode)
+        {
+            var g1 = gpu.Forward(gc, [t], LogitsSelection.LastToken);
+            var g2 = gpu.Forward(gc2, [t], LogitsSelection.AllTokens);
+            for (int r = 0; r < refs.Length; r++)
+            {
+                Compare(g1, r, refs[r].Forward(cpuCaches[r].Item1, [t], LogitsSelection.LastToken), "decode");
+                Compare(g2, r, refs[r].Forward(cpuCaches[r].Item2, [t], LogitsSelection.AllTokens), "decode after LastToken prefill");
+            }
+        }
+        Assert.Equal(prompt.Length + decode.Length, gc.Length);
+        Gpu.Log($"{name} ({spec}): worst row max|diff|/max|cpu| = {worst[0]:E2} vs bf16-rounded weights, {worst[1]:E2} vs fp32 weights");
+        foreach (var (a, b) in cpuCaches) { a.Dispose(); b.Dispose(); }
+        foreach (var r in refs) r.Dispose();
+    }
+
+    [Fact]
+    public void Forward_ChunkedPrefillEqualsOneStep()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Layers: 6, SwiftKvLayers: 2, GroupSize: 2, Seed: 31);
+        using var gpu = new CudaBackend(TestModels.Build(spec));
+        var prompt = TestModels.RandomTokens(20, spec.Vocab, 5);
+        using var one = gpu.CreateCache(64);
+        using var chunked = gpu.CreateCache(64);
+        var a = gpu.Forward(one, prompt, LogitsSelection.LastToken);
+        gpu.Forward(chunked, prompt.AsSpan(0, 7), LogitsSelection.LastToken);
+        gpu.Forward(chunked, prompt.AsSpan(7, 9), LogitsSelection.LastToken);
+        var b = gpu.Forward(chunked, prompt.AsSpan(16), LogitsSelection.LastToken);
+        double maxA = a.Max(Math.Abs), maxD = a.Zip(b, (x, y) => Math.Abs(x - y)).Max();
+        Assert.True(maxD <= 1e-2 * maxA, $"chunked prefill differs from one step: {maxD:E3}");
+    }
+
+    [Fact]
+    public void Forward_RejectsBadInput()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Seed: 32);
+        using var gpu = new CudaBackend(TestModels.Build(spec));
+        using var cache = gpu.CreateCache(4);
+        Assert.Throws<ArgumentException>(() => gpu.Forward(cache, [spec.Vocab], LogitsSelection.LastToken));
+        Assert.Throws<ArgumentException>(() => gpu.Forward(cache, [-1], LogitsSelection.LastToken));
+        Assert.Throws<ArgumentException>(() => gpu.Forward(cache, [], LogitsSelection.LastToken));
+        Assert.Throws<ArgumentException>(() => gpu.Forward(cache, [1, 2, 3, 4, 5], LogitsSelection.LastToken));
+        Assert.Throws<ArgumentOutOfRangeException>(() => gpu.CreateCache(0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => gpu.CreateCache(spec.MaxPositions + 1));
+        using var cpu = new CpuBackend(TestModels.Build(spec));
+        using var foreign = cpu.CreateCache(4);
+        Assert.Throws<ArgumentException>(() => gpu.Forward(foreign, [1], LogitsSelection.LastToken));
+        Assert.Equal(0, cache.Length);
+        cache.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => gpu.Forward(cache, [1], LogitsSelection.LastToken));
+    }
+
+    [Fact]
+    public void Caches_AndBackend_ReturnDeviceMemory()
+    {
+        Gpu.Require();
+        // Big enough that cuMemGetInfo sees it: 4 layers x 2 x 32768 slots x 256 x 2 bytes = 128 MiB of KV.
+        var spec = new ModelSpec(Hidden: 256, Heads: 8, KvHeads: 4, HeadDim: 64, Layers: 4, Intermediate: 512, MaxPositions: 32768, Seed: 33);
+        using (var warm = new CudaBackend(TestModels.Build(spec)))
+        using (var c = warm.CreateCache(8)) warm.Forward(c, [1, 2, 3], LogitsSelection.LastToken);
+        CudaRuntime.Synchronize();
+        long counted0 = DeviceMemory.AllocatedBytes;
+        long free0 = CudaRuntime.MemoryInfo().Free;
+
+        var backend = new CudaBackend(TestModels.Build(spec));
+        var caches = Enumerable.Range(0, 3).Select(_ => backend.CreateCache(32768)).ToList();
+        foreach (var c in caches) backend.Forward(c, [4, 5, 6, 7], LogitsSelection.AllTokens);
+        long kv = caches.Sum(c => c.KvBytes);
+        Assert.Equal(3L * 4 * 2 * 32768 * 256 * 2, kv);
+        long freeWith = CudaRuntime.MemoryInfo().Free;
+        Assert.True(free0 - freeWith >= kv, $"device free memory dropped by {free0 - freeWith} bytes, less than the {kv} bytes of KV");
+        foreach (var c in caches) c.Dispose();
+        long freeAfterCaches = CudaRuntime.MemoryInfo().Free;
+        Assert.True(freeAfterCaches - freeWith >= kv - (4 << 20), $"disposing caches returned {freeAfterCaches - freeWith} of {kv} bytes");
+        backend.Dispose();
+        CudaRuntime.Synchronize();
+        Assert.Equal(counted0, DeviceMemory.AllocatedBytes);
+        long free1 = CudaRuntime.MemoryInfo().Free;
+        Gpu.Log($"memory: free before {free0 >> 20} MiB, with 3 caches {freeWith >> 20} MiB (KV {kv >> 20} MiB), after dispose {free1 >> 20} MiB");
+        Assert.True(Math.Abs(free0 - free1) <= 8 << 20, $"device free memory {free1} did not return to {free0} after disposing backend and caches");
+    }
+
+    /// <summary>The same model with every weight rounded to bf16, as the GPU holds it.</summary>
+    static LlamaWeights RoundToBf16(LlamaWeights w)
+    {
+        var cache = new Dictionary<float[], float[]>(ReferenceEqualityComparer.Instance);
+        float[]? R(float[]? a)
+        {
+            if (a is null) return null;
+            if (!cache.TryGetValue(a, out var r)) cache[a] = r = Bf16.ToSingles(Bf16.FromSingles(a));
+            return r;
+        }
+        float[]? F(float[]? a) => a;   // norms and biases stay fp32 on the GPU
+        return new LlamaWeights
+        {
+            Config = w.Config, SwiftKvEnabled = w.SwiftKvEnabled, EmbedTokens = R(w.EmbedTokens)!, Norm = w.Norm, NormSwiftKv = w.NormSwiftKv,
+            LmHead = R(w.LmHead)!,
+            Layers = w.Layers.Select(l => new LlamaLayerWeights
+            {
+                InputLayernorm = l.InputLayernorm, PostAttentionLayernorm = l.PostAttentionLayernorm,
+                QProj = R(l.QProj), QBias = F(l.QBias), KProj = R(l.KProj), KBias = F(l.KBias), VProj = R(l.VProj), VBias = F(l.VBias),
+                OProj = R(l.OProj)!, OBias = F(l.OBias), GateProj = R(l.GateProj)!, UpProj = R(l.UpProj)!, DownProj = R(l.DownProj)!,
+                QProjSwiftKv = R(l.QProjSwiftKv), QBiasSwiftKv = F(l.QBiasSwiftKv), KProjSwiftKv = R(l.KProjSwiftKv), KBiasSwiftKv = F(l.KBiasSwiftKv),
+                VProjSwiftKv = R(l.VProjSwiftKv), VBiasSwiftKv = F(l.VBiasSwiftKv),
+            }).ToList(),
+        };
+    }
+}

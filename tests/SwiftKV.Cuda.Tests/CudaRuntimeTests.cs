@@ -1,0 +1,77 @@
+// The native boundary: initialisation answers with a reason instead of throwing, libraries resolve,
+// NVRTC compiles every embedded kernel file and caches the CUBIN on disk.
+using SwiftKV.Cuda;
+using Xunit;
+
+namespace SwiftKV.Cuda.Tests;
+
+public sealed class CudaRuntimeTests
+{
+    [Fact]
+    public void TryInitialize_ReturnsDeviceOrReason()
+    {
+        bool ok = CudaRuntime.TryInitialize(out var reason);
+        if (ok)
+        {
+            Assert.Equal("", reason);
+            Gpu.Log("device: " + CudaRuntime.Device);
+        }
+        else
+        {
+            Assert.False(string.IsNullOrWhiteSpace(reason));
+            Assert.Throws<CudaException>(() => CudaRuntime.Device);
+        }
+    }
+
+    [Fact]
+    public void KernelLibrary_EmbedsEveryKernelFile()
+    {
+        Assert.Equal(["argmax.cu", "attention.cu", "embedding.cu", "kv_cache.cu", "rms_norm.cu", "rope.cu", "silu_mul.cu"], KernelLibrary.SourceFiles);
+        foreach (var f in KernelLibrary.SourceFiles) Assert.Contains("extern \"C\" __global__", KernelLibrary.Read(f));
+    }
+
+    [Fact]
+    public void NvrtcCompiler_CompilesEveryFileAndReusesDiskCache()
+    {
+        Gpu.Require();
+        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-kernel-cache-" + Guid.NewGuid().ToString("N"));
+        string? old = Environment.GetEnvironmentVariable("SWIFTKV_KERNEL_CACHE");
+        Environment.SetEnvironmentVariable("SWIFTKV_KERNEL_CACHE", dir);
+        try
+        {
+            int before = NvrtcCompiler.CompileCount;
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            using (var lib = new KernelLibrary())
+                foreach (var (file, entry) in Entries) lib.Get(file, entry);
+            var cold = sw.Elapsed;
+            Assert.Equal(before + Entries.Length, NvrtcCompiler.CompileCount);
+            Assert.Equal(Entries.Length, Directory.GetFiles(dir, "*.cubin").Length);
+            sw.Restart();
+            using (var lib = new KernelLibrary())
+                foreach (var (file, entry) in Entries) lib.Get(file, entry);
+            Assert.Equal(before + Entries.Length, NvrtcCompiler.CompileCount);
+            Gpu.Log($"NVRTC compile of {Entries.Length} kernel files: cold {cold.TotalMilliseconds:F0} ms, from disk cache {sw.Elapsed.TotalMilliseconds:F0} ms ({CudaRuntime.Device.Arch})");
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable("SWIFTKV_KERNEL_CACHE", old);
+            try { Directory.Delete(dir, true); } catch (IOException) { }
+        }
+    }
+
+    [Fact]
+    public void KernelLibrary_UnknownEntry_ThrowsNamingIt()
+    {
+        Gpu.Require();
+        using var lib = new KernelLibrary();
+        var e = Assert.Throws<CudaException>(() => lib.Get("argmax.cu", "no_such_kernel"));
+        Assert.Contains("no_such_kernel", e.Message);
+        Assert.Equal("cuModuleGetFunction(argmax.cu:no_such_kernel)", e.Call);
+    }
+
+    static readonly (string, string)[] Entries =
+    [
+        ("argmax.cu", "argmax_f32"), ("attention.cu", "attention_bf16"), ("embedding.cu", "embedding_bf16"),
+        ("kv_cache.cu", "kv_write_bf16"), ("rms_norm.cu", "rms_norm_f32"), ("rope.cu", "rope_f32"), ("silu_mul.cu", "silu_mul_f32"),
+    ];
+}
