@@ -12,12 +12,14 @@ public static class Generator
     /// Generates up to <paramref name="maxNewTokens"/> tokens after <paramref name="promptTokens"/>, appending to
     /// <paramref name="cache"/>. Yields each generated id; a stop token ends generation without being yielded.
     /// </summary>
+    /// <remarks>An optional <c>constraint</c> masks every logits row before sampling (e.g. a JSON grammar).</remarks>
     /// <exception cref="ArgumentException">The prompt is empty or does not fit the cache / model context.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxNewTokens"/> is not positive.</exception>
     /// <exception cref="OperationCanceledException">Thrown during enumeration once <paramref name="ct"/> is cancelled.</exception>
     public static IEnumerable<int> Generate(
         IModelBackend backend, ISequenceCache cache, IReadOnlyList<int> promptTokens, SamplingParams sampling,
-        int maxNewTokens, IReadOnlySet<int> stopTokenIds, GenerationStats stats, CancellationToken ct = default)
+        int maxNewTokens, IReadOnlySet<int> stopTokenIds, GenerationStats stats, CancellationToken ct = default,
+        ILogitsConstraint? constraint = null)
     {
         ArgumentNullException.ThrowIfNull(backend);
         ArgumentNullException.ThrowIfNull(cache);
@@ -33,12 +35,13 @@ public static class Generator
                 $"prompt of {promptTokens.Count} tokens does not fit the context of {context} tokens"
                 + (cache.Length > 0 ? $" ({cache.Length} already cached)." : "."),
                 nameof(promptTokens));
-        return Run(backend, cache, promptTokens.ToArray(), new Sampler(sampling), maxNewTokens, stopTokenIds, stats, ct);
+        return Run(backend, cache, promptTokens.ToArray(), new Sampler(sampling), maxNewTokens, stopTokenIds, stats, ct, constraint);
     }
 
     static IEnumerable<int> Run(
         IModelBackend backend, ISequenceCache cache, int[] prompt, Sampler sampler,
-        int maxNewTokens, IReadOnlySet<int> stopTokenIds, GenerationStats stats, CancellationToken ct)
+        int maxNewTokens, IReadOnlySet<int> stopTokenIds, GenerationStats stats, CancellationToken ct,
+        ILogitsConstraint? constraint)
     {
         ct.ThrowIfCancellationRequested();
         stats.PromptTokens = prompt.Length;
@@ -50,7 +53,14 @@ public static class Generator
         while (true)
         {
             decode.Start();
+            if (constraint is not null)
+            {
+                // The backend may reuse its logits buffer; mask a copy.
+                logits = (float[])logits.Clone();
+                constraint.Apply(logits);
+            }
             int token = sampler.Sample(logits);
+            constraint?.Accept(token);
             decode.Stop();
             stats.DecodeTime = decode.Elapsed;
             stats.TimeToFirstToken ??= total.Elapsed;

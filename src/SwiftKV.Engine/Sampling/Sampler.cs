@@ -2,12 +2,17 @@
 // probabilities sorted high to low), then one uniform draw. Ties in sorting break toward the lower token id, so the
 // result depends only on the logits and the seed. Probabilities are in double: a draw near a bucket edge should
 // not flip between machines because of float rounding in a long sum.
+// NOTE: frequency/presence penalties (OpenAI semantics, not a repetition penalty) live here because the sampler
+// is per sequence and sees every token it picks: logit -= count * frequency + (count > 0) * presence, applied to a
+// copy of the row before temperature, over the tokens this sampler has returned (generated tokens, never the prompt).
 namespace SwiftKV.Engine.Sampling;
 
 /// <summary>A stateful sampler for one sequence (its generator advances with every draw).</summary>
 public sealed class Sampler
 {
     readonly SamplingParams _p;
+    readonly Dictionary<int, int> _counts = [];
+    float[] _penalised = [];
     Xoshiro256 _rng;
 
     public Sampler(SamplingParams parameters)
@@ -27,10 +32,25 @@ public sealed class Sampler
         return best;
     }
 
-    /// <summary>Samples a token id from <paramref name="logits"/> (vocab_size).</summary>
+    /// <summary>Samples a token id from <paramref name="logits"/> (vocab_size); the caller's row is never changed.</summary>
     public int Sample(ReadOnlySpan<float> logits)
     {
         if (logits.IsEmpty) throw new ArgumentException("logits are empty.", nameof(logits));
+        if ((_p.FrequencyPenalty != 0 || _p.PresencePenalty != 0) && _counts.Count > 0)
+        {
+            if (_penalised.Length != logits.Length) _penalised = new float[logits.Length];
+            logits.CopyTo(_penalised);
+            foreach (var (id, count) in _counts)
+                if ((uint)id < (uint)_penalised.Length) _penalised[id] -= count * _p.FrequencyPenalty + _p.PresencePenalty;
+            logits = _penalised;
+        }
+        int token = Pick(logits);
+        if (_p.FrequencyPenalty != 0 || _p.PresencePenalty != 0) _counts[token] = _counts.GetValueOrDefault(token) + 1;
+        return token;
+    }
+
+    int Pick(ReadOnlySpan<float> logits)
+    {
         if (_p.Temperature == 0) return Greedy(logits);
 
         int n = logits.Length;

@@ -41,6 +41,31 @@ public sealed record SamplingParams
         }
     } = 1f;
 
+    /// <summary>
+    /// OpenAI frequency penalty in [-2, 2]: each generated occurrence of a token lowers its logit by this much
+    /// (logit -= count * FrequencyPenalty). Counts cover generated tokens only, not the prompt. 0 = off.
+    /// </summary>
+    public float FrequencyPenalty
+    {
+        get;
+        init
+        {
+            if (!(value >= -2 && value <= 2)) throw new ArgumentOutOfRangeException(nameof(FrequencyPenalty), value, "FrequencyPenalty must be in [-2, 2] (0 = off).");
+            field = value;
+        }
+    }
+
+    /// <summary>OpenAI presence penalty in [-2, 2]: a token generated at least once has its logit lowered by this much. 0 = off.</summary>
+    public float PresencePenalty
+    {
+        get;
+        init
+        {
+            if (!(value >= -2 && value <= 2)) throw new ArgumentOutOfRangeException(nameof(PresencePenalty), value, "PresencePenalty must be in [-2, 2] (0 = off).");
+            field = value;
+        }
+    }
+
     /// <summary>Seed of the sampler's own generator: the same seed gives the same tokens on any machine. Null = random.</summary>
     public ulong? Seed { get; init; }
 }

@@ -1,0 +1,72 @@
+// Constrained decoding to one JSON object: before each sample, every vocabulary entry is tried against a copy of
+// the grammar state and masked out unless its bytes continue valid JSON. Stop tokens are allowed only once the
+// object is complete, and nothing else is allowed then, so generation ends right after the closing brace.
+// NOTE: the budget rule — a token is allowed only if the shortest completion after it still fits the tokens left —
+// makes even a random-weight model close its JSON before MaxOutputTokens (every byte is a token in byte-level BPE,
+// so a completing step always exists). When the budget is already smaller than the shortest completion (a tiny
+// MaxOutputTokens), the rule is dropped: the answer is then cut off mid-JSON and the caller sees FinishReason Length.
+namespace SwiftKV.Engine.Sampling;
+
+/// <summary>Masks logits so the generated text is one JSON object.</summary>
+public sealed class JsonConstraint : ILogitsConstraint
+{
+    readonly IReadOnlyList<byte[]?> _tokenBytes;
+    readonly IReadOnlySet<int> _stopTokenIds;
+    readonly int _maxNewTokens;
+    JsonGrammarState _state;
+    int _generated;
+
+    /// <param name="tokenBytes">Bytes of each token id; null for ids that may never be generated (special tokens).</param>
+    /// <param name="stopTokenIds">End-of-turn ids, allowed once the object is complete.</param>
+    /// <param name="maxNewTokens">The request's token budget (for closing the JSON in time).</param>
+    /// <param name="prefix">Text already in the answer (e.g. a prefilled start of a tool call) that the grammar must read first.</param>
+    public JsonConstraint(IReadOnlyList<byte[]?> tokenBytes, IReadOnlySet<int> stopTokenIds, int maxNewTokens, ReadOnlySpan<byte> prefix = default)
+    {
+        ArgumentNullException.ThrowIfNull(tokenBytes);
+        ArgumentNullException.ThrowIfNull(stopTokenIds);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxNewTokens);
+        _tokenBytes = tokenBytes;
+        _stopTokenIds = stopTokenIds;
+        _maxNewTokens = maxNewTokens;
+        if (!_state.Accept(prefix))
+            throw new ArgumentException("The prefix is not the start of a JSON object.", nameof(prefix));
+    }
+
+    /// <summary>True once the generated text is a complete JSON object.</summary>
+    public bool IsComplete => _state.IsComplete;
+
+    /// <inheritdoc />
+    public void Apply(Span<float> logits)
+    {
+        int vocab = Math.Min(logits.Length, _tokenBytes.Count);
+        int budgetAfter = _maxNewTokens - _generated - 1;
+        bool enforceBudget = _state.CompletionLength <= budgetAfter + 1;
+        var allowed = new bool[logits.Length];
+        bool any = false;
+        for (int id = 0; id < vocab; id++)
+        {
+            if (_state.IsComplete)
+            {
+                allowed[id] = _stopTokenIds.Contains(id);
+            }
+            else if (_tokenBytes[id] is { Length: > 0 } bytes)
+            {
+                var next = _state;
+                allowed[id] = next.Accept(bytes) && (!enforceBudget || next.CompletionLength <= budgetAfter);
+            }
+            any |= allowed[id];
+        }
+        if (!any) return; // nothing fits (no stop token known): leave the row alone rather than sample from nothing
+        for (int id = 0; id < logits.Length; id++)
+            if (!allowed[id]) logits[id] = float.NegativeInfinity;
+    }
+
+    /// <inheritdoc />
+    public void Accept(int tokenId)
+    {
+        _generated++;
+        if (_state.IsComplete || (uint)tokenId >= (uint)_tokenBytes.Count || _tokenBytes[tokenId] is not { } bytes) return;
+        var next = _state;
+        if (next.Accept(bytes)) _state = next;
+    }
+}

@@ -1,0 +1,146 @@
+// JSON-constrained decoding: the grammar state agrees with System.Text.Json (the independent reference) on valid and
+// invalid documents, and random logits under the constraint always yield a document that parses, within budget.
+using System.Text;
+using System.Text.Json;
+using SwiftKV.Engine.Sampling;
+using Xunit;
+
+namespace SwiftKV.Engine.Tests;
+
+public class JsonConstraintTests
+{
+    static bool Recognises(string text)
+    {
+        var state = new JsonGrammarState();
+        return state.Accept(Encoding.UTF8.GetBytes(text)) && state.IsComplete;
+    }
+
+    static bool ReferenceParsesObject(string text)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(text);
+            return doc.RootElement.ValueKind == JsonValueKind.Object;
+        }
+        catch (JsonException)
+        {
+            return false;
+        }
+    }
+
+    [Theory]
+    [InlineData("{}")]
+    [InlineData(" { \"a\" : 1 } ")]
+    [InlineData("{\"a\":[1,-2.5e+3,0.0,true,false,null,\"x\\n\\u00e9\"],\"b\":{\"c\":{}},\"d\":[]}")]
+    [InlineData("{\"é\":\"ünïcode ✓\"}")]
+    [InlineData("{\"a\":-0}")]
+    [InlineData("[1]")]
+    [InlineData("{\"a\":01}")]
+    [InlineData("{\"a\":1,}")]
+    [InlineData("{\"a\" 1}")]
+    [InlineData("{a:1}")]
+    [InlineData("{\"a\":tru}")]
+    [InlineData("{\"a\":1.}")]
+    [InlineData("{\"a\":\"\\x\"}")]
+    [InlineData("{\"a\":[1,2}")]
+    [InlineData("{\"a\":\"tab\there\"}")]
+    [InlineData("{\"a\":1}}")]
+    [InlineData("\"s\"")]
+    public void Accept_AgreesWithSystemTextJson(string text)
+    {
+        // A trailing space after the top-level object is not accepted by the constraint (it stops there), so
+        // compare on the trimmed end.
+        Assert.Equal(ReferenceParsesObject(text), Recognises(text.TrimEnd()));
+    }
+
+    [Fact]
+    public void Accept_RefusesSurrogateEscapes()
+    {
+        Assert.False(Recognises("{\"a\":\"\\ud83d\\ude00\"}"));
+        Assert.True(Recognises("{\"a\":\"\\u00e9\\u20AC\"}"));
+    }
+
+    [Theory]
+    [InlineData("", 2)]
+    [InlineData("{", 1)]
+    [InlineData("{\"ke", 4)]            // `":0}`
+    [InlineData("{\"k\":[", 2)]
+    [InlineData("{\"k\":[tr", 4)]
+    [InlineData("{\"k\":-", 2)]
+    [InlineData("{\"k\":1,", 5)]        // `"":0}`
+    [InlineData("{\"k\":{\"a\":\"x\\u0", 6)]
+    [InlineData("{}", 0)]
+    public void CompletionLength_IsTheShortestCompletion(string prefix, int expected)
+    {
+        var state = new JsonGrammarState();
+        Assert.True(state.Accept(Encoding.UTF8.GetBytes(prefix)));
+        Assert.Equal(expected, state.CompletionLength);
+    }
+
+    /// <summary>A toy byte-level vocabulary: every single byte plus a few multi-byte pieces, then a stop token.</summary>
+    static (List<byte[]?> Bytes, int Stop) Vocabulary()
+    {
+        var bytes = new List<byte[]?>();
+        for (int b = 0; b < 256; b++) bytes.Add([(byte)b]);
+        foreach (var piece in new[] { "{\"", "\": ", "true", "null", "}}", "]]", "  ", "\n\n", "abc", "123", ", \"", "[[", "{{", "\\u" })
+            bytes.Add(Encoding.UTF8.GetBytes(piece));
+        bytes.Add(null); // a special token: never allowed
+        bytes.Add([]);   // the stop token
+        return (bytes, bytes.Count - 1);
+    }
+
+    [Theory]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(8)]
+    [InlineData(40)]
+    public void RandomLogits_AlwaysYieldParsableJson_WithinBudget(int maxNewTokens)
+    {
+        var (vocab, stop) = Vocabulary();
+        var stops = new HashSet<int> { stop };
+        for (ulong seed = 0; seed < 40; seed++)
+        {
+            var rng = new TestRng(seed);
+            var constraint = new JsonConstraint(vocab, stops, maxNewTokens);
+            var sampler = new Sampler(new SamplingParams { Temperature = 1, Seed = seed });
+            var text = new List<byte>();
+            for (int step = 0; step < maxNewTokens; step++)
+            {
+                var logits = Enumerable.Range(0, vocab.Count).Select(_ => rng.Uniform(3)).ToArray();
+                constraint.Apply(logits);
+                int token = sampler.Sample(logits);
+                constraint.Accept(token);
+                if (token == stop) break;
+                Assert.NotNull(vocab[token]);
+                text.AddRange(vocab[token]!);
+            }
+            string json = Encoding.UTF8.GetString(text.ToArray());
+            Assert.True(ReferenceParsesObject(json), $"seed {seed}, budget {maxNewTokens}: '{json}'");
+        }
+    }
+
+    [Fact]
+    public void Prefix_IsReadFirst_AndOnlyStopFollowsACompleteObject()
+    {
+        var (vocab, stop) = Vocabulary();
+        var constraint = new JsonConstraint(vocab, new HashSet<int> { stop }, 4, "{\"name\": \"f\", \"parameters\": {"u8);
+        var logits = new float[vocab.Count];
+        constraint.Apply(logits);
+        Assert.True(float.IsNegativeInfinity(logits['x']));          // a key must start with a quote
+        Assert.True(float.IsNegativeInfinity(logits[stop]));         // not complete yet
+        Assert.False(float.IsNegativeInfinity(logits['}']));
+        constraint.Accept(vocab.FindIndex(b => b is not null && Encoding.UTF8.GetString(b) == "}}"));
+        Assert.True(constraint.IsComplete);
+        logits = new float[vocab.Count];
+        constraint.Apply(logits);
+        Assert.Equal([stop], Enumerable.Range(0, vocab.Count).Where(i => !float.IsNegativeInfinity(logits[i])));
+    }
+
+    [Fact]
+    public void Constructor_BadPrefix_Throws()
+    {
+        var (vocab, stop) = Vocabulary();
+        var e = Assert.Throws<ArgumentException>(() => new JsonConstraint(vocab, new HashSet<int> { stop }, 4, "x"u8));
+        Assert.Contains("prefix", e.Message);
+    }
+}
