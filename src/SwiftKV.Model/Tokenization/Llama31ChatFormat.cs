@@ -5,6 +5,8 @@
 // NOTE: the prompt is built as a list of parts (special marker or text) so Encode can splice the template's
 // special ids between text encoded with special-token parsing OFF: a user who types "<|eot_id|>" gets plain
 // text. Text between two markers is one BPE segment, as in HF, so Encode equals tokenizing Render's output.
+// With custom tools the official template adds "Environment: ipython\n" before the date lines of the system block
+// (ipythonEnvironment); the tool definitions themselves go into the first user turn (Llama31ToolFormat).
 using System.Globalization;
 
 namespace SwiftKV.Model.Tokenization;
@@ -51,18 +53,18 @@ public static class Llama31ChatFormat
     /// The prompt text. <paramref name="today"/> fills "Today Date" (format "dd MMM yyyy", as strftime
     /// "%d %b %Y"); null gives the template's default, 26 Jul 2024.
     /// </summary>
-    public static string Render(IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today = null) =>
-        string.Concat(BuildParts(turns, addGenerationPrompt, today).Select(p => p.Text));
+    public static string Render(IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today = null, bool ipythonEnvironment = false) =>
+        string.Concat(BuildParts(turns, addGenerationPrompt, today, ipythonEnvironment).Select(p => p.Text));
 
     /// <summary>
     /// Token ids of <see cref="Render"/>'s prompt, with special tokens only where the template puts them.
     /// Starts with &lt;|begin_of_text|&gt;.
     /// </summary>
-    public static IReadOnlyList<int> Encode(LlamaTokenizer tok, IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today = null)
+    public static IReadOnlyList<int> Encode(LlamaTokenizer tok, IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today = null, bool ipythonEnvironment = false)
     {
         ArgumentNullException.ThrowIfNull(tok);
         var ids = new List<int>();
-        foreach (var (isSpecial, text) in BuildParts(turns, addGenerationPrompt, today))
+        foreach (var (isSpecial, text) in BuildParts(turns, addGenerationPrompt, today, ipythonEnvironment))
         {
             if (isSpecial)
                 ids.Add(tok.GetSpecialTokenId(text)
@@ -73,7 +75,7 @@ public static class Llama31ChatFormat
         return ids;
     }
 
-    static List<(bool IsSpecial, string Text)> BuildParts(IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today)
+    static List<(bool IsSpecial, string Text)> BuildParts(IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today, bool ipythonEnvironment)
     {
         ArgumentNullException.ThrowIfNull(turns);
         for (int i = 0; i < turns.Count; i++)
@@ -98,7 +100,7 @@ public static class Llama31ChatFormat
             parts.Add((false, "\n\n" + body));
             parts.Add((true, EndOfTurn));
         }
-        Message("system", $"Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n{system}");
+        Message("system", (ipythonEnvironment ? "Environment: ipython\n" : "") + $"Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n{system}");
         for (int i = systemFirst ? 1 : 0; i < turns.Count; i++) Message(turns[i].Role, PythonStrip(turns[i].Content));
         if (addGenerationPrompt)
         {
