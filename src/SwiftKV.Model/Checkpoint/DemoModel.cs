@@ -1,0 +1,61 @@
+// The default checkpoint of the CLI demo and the samples: a small random-weight SwiftKV model (the "demo" preset,
+// SwiftKV on the later half of the layers, AcrossKV 2-way) with the demo tokenizer, made once under the user's
+// cache directory and reused by every later run.
+// NOTE: random weights, so its text is gibberish by construction; it exists to show the pipeline and the prefill
+// saving without a download. The name carries a version: change it when the recipe changes, so old caches are
+// not mistaken for the new model.
+using SwiftKV.Model.Tokenization;
+
+namespace SwiftKV.Model.Checkpoint;
+
+/// <summary>Finds or makes the demo checkpoint.</summary>
+public static class DemoModel
+{
+    /// <summary>Directory name of the demo checkpoint inside the cache root.</summary>
+    public const string Name = "swiftkv-demo-v1";
+
+    const string CompleteMarker = ".complete";
+
+    /// <summary>
+    /// The cache root: <c>$SWIFTKV_CACHE</c>, else <c>$XDG_CACHE_HOME/swiftkv</c>, else <c>~/.cache/swiftkv</c>.
+    /// </summary>
+    public static string CacheRoot() =>
+        Environment.GetEnvironmentVariable("SWIFTKV_CACHE")
+        ?? Path.Combine(Environment.GetEnvironmentVariable("XDG_CACHE_HOME")
+            ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache"), "swiftkv");
+
+    /// <summary>The demo model's config: the "demo" preset with SwiftKV on layers 4..7 and AcrossKV groups of 2.</summary>
+    public static LlamaConfig Config() =>
+        (ModelPresets.Get("demo") with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = 4, KeyValueGroupSize = 2 }).Validate();
+
+    /// <summary>
+    /// The demo checkpoint's directory under <paramref name="cacheRoot"/> (default <see cref="CacheRoot"/>), made
+    /// first if it is missing or was left half-written. <paramref name="log"/> hears one line when it is made.
+    /// </summary>
+    public static string Ensure(string? cacheRoot = null, Action<string>? log = null)
+    {
+        string dir = Path.Combine(cacheRoot ?? CacheRoot(), Name);
+        if (File.Exists(Path.Combine(dir, CompleteMarker))) return dir;
+        log?.Invoke($"making the demo checkpoint once in {dir} (random weights, SwiftKV 50% + AcrossKV 2-way)...");
+        // Write beside the final directory and rename, so two processes racing here never see a partial model.
+        string staging = dir + ".tmp-" + Guid.NewGuid().ToString("N");
+        try
+        {
+            ModelMaker.Write(staging, Config(), new ModelMakerOptions { Seed = 2026, Dtype = TensorDtype.BF16, InitStd = 0.05f });
+            LlamaTokenizer.CreateDemo().Save(staging);
+            File.WriteAllText(Path.Combine(staging, CompleteMarker), "");
+            if (File.Exists(Path.Combine(dir, CompleteMarker))) return dir;
+            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+            Directory.Move(staging, dir);
+        }
+        catch (IOException) when (File.Exists(Path.Combine(dir, CompleteMarker)))
+        {
+            // Another process finished first; its copy is identical (same seed, same recipe).
+        }
+        finally
+        {
+            if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
+        }
+        return dir;
+    }
+}
