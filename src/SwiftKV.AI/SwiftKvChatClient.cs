@@ -1,6 +1,9 @@
 // The product's face: an in-process IChatClient over a local Llama / SwiftKV model.
 // NOTE: requests are serialised on one model for now (a semaphore); continuous batching replaces this.
-// The non-streaming call is built on the streaming one so both paths share every rule (stops, usage, finish).
+// The non-streaming call is built on the streaming one so both paths share every rule (stops, usage, finish,
+// tool calls). Request preparation lives in ChatPromptBuilder, tool-call detection in ToolCallBuffer.
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Microsoft.Extensions.AI;
@@ -23,6 +26,7 @@ public sealed class SwiftKvChatClient : IChatClient
     readonly SwiftKvOptions _options;
     readonly ChatClientMetadata _metadata;
     readonly Func<DateOnly> _today;
+    readonly SwiftKvInstruments _metrics;
     int _disposed;
 
     /// <summary>Loads the checkpoint named by <paramref name="options"/>; the client owns and disposes the model.</summary>
@@ -31,8 +35,12 @@ public sealed class SwiftKvChatClient : IChatClient
     {
     }
 
-    /// <summary>Serves an already loaded model; <paramref name="ownsModel"/> says whether Dispose disposes it.</summary>
-    public SwiftKvChatClient(LocalModel model, SwiftKvOptions options, bool ownsModel = false, Func<DateOnly>? today = null)
+    /// <summary>
+    /// Serves an already loaded model; <paramref name="ownsModel"/> says whether Dispose disposes it.
+    /// <paramref name="today"/> fills the template's "Today Date" (default: the local date); metrics go to a meter
+    /// from <paramref name="meterFactory"/> when given, else to a process-wide "SwiftKV.AI" meter.
+    /// </summary>
+    public SwiftKvChatClient(LocalModel model, SwiftKvOptions options, bool ownsModel = false, Func<DateOnly>? today = null, IMeterFactory? meterFactory = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
@@ -42,6 +50,7 @@ public sealed class SwiftKvChatClient : IChatClient
         _today = today ?? (() => DateOnly.FromDateTime(DateTime.Now));
         string modelId = options.ModelId ?? System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(model.Path));
         _metadata = new ChatClientMetadata("swiftkv", providerUri: null, defaultModelId: modelId);
+        _metrics = new SwiftKvInstruments(meterFactory, modelId);
     }
 
     static LocalModel LoadModel(SwiftKvOptions options)
@@ -66,7 +75,8 @@ public sealed class SwiftKvChatClient : IChatClient
     {
         ArgumentNullException.ThrowIfNull(messages);
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
-        var request = PrepareRequest(messages, options);
+        var clock = Stopwatch.StartNew();
+        var request = ChatPromptBuilder.Prepare(_model, _options, messages, options, _today(), this);
 
         string responseId = "swiftkv-" + Guid.NewGuid().ToString("N");
         string messageId = "msg-" + Guid.NewGuid().ToString("N");
@@ -94,11 +104,20 @@ public sealed class SwiftKvChatClient : IChatClient
         {
             var detok = new StreamingDetokenizer(_model.Tokenizer);
             var stops = new StopSequenceMatcher(request.StopSequences);
+            var toolCalls = new ToolCallBuffer(request.ToolNames, request.Prefill);
             bool stoppedOnText = false;
+            TimeSpan firstToken = TimeSpan.Zero, lastToken = TimeSpan.Zero;
+            int received = 0;
             await foreach (int id in tokens.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
             {
                 cancellationToken.ThrowIfCancellationRequested();
-                string text = stops.Push(detok.Append(id), out stoppedOnText);
+                lastToken = clock.Elapsed;
+                if (received++ == 0)
+                {
+                    firstToken = lastToken;
+                    _metrics.FirstToken(firstToken);
+                }
+                string text = toolCalls.Push(stops.Push(detok.Append(id), out stoppedOnText));
                 if (text.Length > 0) yield return Update([new TextContent(text)]);
                 if (stoppedOnText) break;
             }
@@ -113,17 +132,25 @@ public sealed class SwiftKvChatClient : IChatClient
             cancellationToken.ThrowIfCancellationRequested();
             if (!stoppedOnText)
             {
-                string tail = stops.Flush(detok.Flush(), out stoppedOnText);
+                string tail = toolCalls.Push(stops.Flush(detok.Flush(), out stoppedOnText));
                 if (tail.Length > 0) yield return Update([new TextContent(tail)]);
             }
+            var (calls, heldText) = toolCalls.Finish();
+            if (heldText.Length > 0) yield return Update([new TextContent(heldText)]);
+            if (calls.Count > 0) yield return Update([.. calls]);
 
-            var finish = stoppedOnText || stats.FinishReason == FinishReason.Stop ? ChatFinishReason.Stop : ChatFinishReason.Length;
+            // NOTE: JSON output cut off by MaxOutputTokens is returned as is, with FinishReason Length.
+            var finish = calls.Count > 0 ? ChatFinishReason.ToolCalls
+                : stoppedOnText || stats.FinishReason == FinishReason.Stop ? ChatFinishReason.Stop
+                : ChatFinishReason.Length;
+            int skipped = _model.Backend.SwiftKvEnabled ? Math.Max(0, stats.PromptTokens - 1) : 0;
+            _metrics.Completed(stats.PromptTokens, stats.OutputTokens, skipped, lastToken - firstToken);
             var usage = new UsageDetails
             {
                 InputTokenCount = stats.PromptTokens,
                 OutputTokenCount = stats.OutputTokens,
                 TotalTokenCount = stats.PromptTokens + stats.OutputTokens,
-                AdditionalCounts = new() { [PromptTokensSkippedBySwiftKv] = _model.Backend.SwiftKvEnabled ? Math.Max(0, stats.PromptTokens - 1) : 0 },
+                AdditionalCounts = new() { [PromptTokensSkippedBySwiftKv] = skipped },
             };
             yield return Update([new UsageContent(usage)], finish);
         }
@@ -140,10 +167,19 @@ public sealed class SwiftKvChatClient : IChatClient
         try
         {
             using var cache = _model.Backend.CreateCache(request.CacheCapacity);
-            foreach (int id in Generator.Generate(_model.Backend, cache, request.PromptTokens, request.Sampling,
-                         request.MaxNewTokens, request.StopTokenIds, stats, ct))
+            long kvBytes = cache.KvBytes;
+            _metrics.KvCache(kvBytes);
+            try
             {
-                writer.TryWrite(id);
+                foreach (int id in Generator.Generate(_model.Backend, cache, request.PromptTokens, request.Sampling,
+                             request.MaxNewTokens, request.StopTokenIds, stats, ct, request.Constraint))
+                {
+                    writer.TryWrite(id);
+                }
+            }
+            finally
+            {
+                _metrics.KvCache(-kvBytes);
             }
             writer.TryComplete();
         }
@@ -152,56 +188,6 @@ public sealed class SwiftKvChatClient : IChatClient
             writer.TryComplete(e);
             throw;
         }
-    }
-
-    sealed record PreparedRequest(
-        IReadOnlyList<int> PromptTokens, SamplingParams Sampling, int MaxNewTokens, int CacheCapacity,
-        IReadOnlySet<int> StopTokenIds, IReadOnlyList<string> StopSequences);
-
-    PreparedRequest PrepareRequest(IEnumerable<ChatMessage> messages, ChatOptions? options)
-    {
-        var turns = ChatTurns(messages, options?.Instructions);
-        var prompt = Llama31ChatFormat.Encode(_model.Tokenizer, turns, addGenerationPrompt: true, _today());
-
-        if (options?.MaxOutputTokens is <= 0)
-            throw new ArgumentOutOfRangeException(nameof(options), options.MaxOutputTokens, "ChatOptions.MaxOutputTokens must be > 0.");
-        int context = Math.Min(_options.ContextLength, _model.Config.MaxPositionEmbeddings);
-        if (prompt.Count >= context)
-            throw new ArgumentException($"The prompt is {prompt.Count} tokens, which does not fit the context of {context} tokens (SwiftKvOptions.ContextLength); shorten the conversation or raise ContextLength.", nameof(messages));
-        int maxNew = Math.Min(options?.MaxOutputTokens ?? _options.DefaultMaxOutputTokens, context - prompt.Count);
-
-        var sampling = new SamplingParams
-        {
-            Temperature = options?.Temperature ?? 0f,
-            TopP = options?.TopP ?? 1f,
-            TopK = options?.TopK ?? 0,
-            Seed = options?.Seed is long s ? unchecked((ulong)s) : null,
-        };
-
-        var stopSequences = options?.StopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
-        return new PreparedRequest(prompt, sampling, maxNew, prompt.Count + maxNew,
-            _model.Tokenizer.StopTokenIds.ToHashSet(), stopSequences);
-    }
-
-    static List<ChatTurn> ChatTurns(IEnumerable<ChatMessage> messages, string? instructions)
-    {
-        var turns = new List<ChatTurn>();
-        if (!string.IsNullOrWhiteSpace(instructions)) turns.Add(new ChatTurn("system", instructions));
-        foreach (var m in messages)
-        {
-            ArgumentNullException.ThrowIfNull(m, nameof(messages));
-            string role = m.Role == ChatRole.System ? "system"
-                : m.Role == ChatRole.User ? "user"
-                : m.Role == ChatRole.Assistant ? "assistant"
-                : m.Role == ChatRole.Tool ? "ipython"
-                : throw new ArgumentException($"Chat role '{m.Role}' is not supported by the Llama 3.1 chat format.", nameof(messages));
-            // Instructions and a leading system message are both system text: the template has one system block.
-            if (role == "system" && turns.Count > 0 && turns[^1].Role == "system")
-                turns[^1] = turns[^1] with { Content = turns[^1].Content + "\n\n" + m.Text };
-            else
-                turns.Add(new ChatTurn(role, m.Text));
-        }
-        return turns;
     }
 
     /// <inheritdoc />

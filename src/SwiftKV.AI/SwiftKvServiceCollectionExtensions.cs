@@ -1,9 +1,14 @@
 // Registration of the in-process chat client with Microsoft.Extensions.DependencyInjection.
-// NOTE: the model is a container-owned singleton (loaded once, disposed with the container); the
-// returned ChatClientBuilder lets callers chain .UseFunctionInvocation().UseLogging() as with any client.
+// NOTE: options are bound and validated at registration, so a misconfigured app fails at start-up, not at its first
+// request. The model (LocalModel: weights, tokenizer, backend) is its own container-owned singleton, loaded on first
+// use and disposed with the container after the client that uses it. The returned ChatClientBuilder lets callers
+// chain .UseFunctionInvocation().UseOpenTelemetry().UseLogging() as with any client. Metrics use the container's
+// IMeterFactory when one is registered (AddMetrics, or any host).
+using System.Diagnostics.Metrics;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Configuration;
 using SwiftKV.AI;
+using SwiftKV.Engine;
 
 namespace Microsoft.Extensions.DependencyInjection;
 
@@ -14,12 +19,10 @@ public static class SwiftKvServiceCollectionExtensions
     public static ChatClientBuilder AddSwiftKvChatClient(this IServiceCollection services, Action<SwiftKvOptions> configure)
     {
         ArgumentNullException.ThrowIfNull(services);
-        ArgumentNullException.ThrowIfNull(configure);
-        var options = new SwiftKvOptions();
-        configure(options);
-        // Fail at registration, not at the first request, so a misconfigured app stops at start-up.
-        options.Validate();
-        services.AddSingleton(_ => new SwiftKvChatClient(options));
+        var options = Build(configure);
+        services.AddSingleton(_ => Load(options));
+        services.AddSingleton(sp => new SwiftKvChatClient(sp.GetRequiredService<LocalModel>(), options, ownsModel: false,
+            meterFactory: sp.GetService<IMeterFactory>()));
         return services.AddChatClient(sp => sp.GetRequiredService<SwiftKvChatClient>());
     }
 
@@ -29,4 +32,37 @@ public static class SwiftKvServiceCollectionExtensions
         ArgumentNullException.ThrowIfNull(configuration);
         return services.AddSwiftKvChatClient(o => configuration.Bind(o));
     }
+
+    /// <summary>
+    /// Registers a SwiftKV chat client as the keyed <see cref="IChatClient"/> <paramref name="serviceKey"/> (resolve it with
+    /// <c>GetRequiredKeyedService&lt;IChatClient&gt;(key)</c> or <c>[FromKeyedServices(key)]</c>); its model and client are
+    /// keyed the same way, so several models can live in one container.
+    /// </summary>
+    public static ChatClientBuilder AddKeyedSwiftKvChatClient(this IServiceCollection services, object? serviceKey, Action<SwiftKvOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        var options = Build(configure);
+        services.AddKeyedSingleton(serviceKey, (_, _) => Load(options));
+        services.AddKeyedSingleton(serviceKey, (sp, key) => new SwiftKvChatClient(sp.GetRequiredKeyedService<LocalModel>(key), options,
+            ownsModel: false, meterFactory: sp.GetService<IMeterFactory>()));
+        return services.AddKeyedChatClient(serviceKey, sp => sp.GetRequiredKeyedService<SwiftKvChatClient>(serviceKey));
+    }
+
+    /// <summary>Keyed registration bound from a configuration section.</summary>
+    public static ChatClientBuilder AddKeyedSwiftKvChatClient(this IServiceCollection services, object? serviceKey, IConfiguration configuration)
+    {
+        ArgumentNullException.ThrowIfNull(configuration);
+        return services.AddKeyedSwiftKvChatClient(serviceKey, o => configuration.Bind(o));
+    }
+
+    static SwiftKvOptions Build(Action<SwiftKvOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(configure);
+        var options = new SwiftKvOptions();
+        configure(options);
+        options.Validate();
+        return options;
+    }
+
+    static LocalModel Load(SwiftKvOptions options) => LocalModel.Load(options.ModelPath, options.Backend, options.SwiftKv);
 }

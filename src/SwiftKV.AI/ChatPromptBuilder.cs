@@ -1,0 +1,158 @@
+// Turns a Microsoft.Extensions.AI conversation and ChatOptions into what the engine runs: prompt token ids in the
+// Llama 3.1 format (tools, calls and results included), sampling settings, an optional decoding constraint and a
+// prefilled start of the answer. Never changes the caller's messages or options.
+// NOTE: ToolMode Require* is enforced by prefilling the answer with the start of a call — `{"name": "f",
+// "parameters": {` for RequireSpecific (or RequireAny with a single tool), `{"name": "` for RequireAny with several —
+// and by constraining the rest to JSON, so even an untrained model ends with a parseable call to a real function
+// in the first case. With several tools the name itself is not constrained: a wrong name comes back as text.
+using System.Runtime.CompilerServices;
+using System.Text;
+using System.Text.Json;
+using Microsoft.Extensions.AI;
+using SwiftKV.Engine;
+using SwiftKV.Engine.Sampling;
+using SwiftKV.Model.Tokenization;
+
+namespace SwiftKV.AI;
+
+/// <summary>One request, ready for the engine.</summary>
+internal sealed record PreparedRequest(
+    IReadOnlyList<int> PromptTokens, SamplingParams Sampling, int MaxNewTokens, int CacheCapacity,
+    IReadOnlySet<int> StopTokenIds, IReadOnlyList<string> StopSequences,
+    IReadOnlyList<string> ToolNames, string? Prefill, ILogitsConstraint? Constraint)
+{
+    /// <summary>True when the answer may be a tool call (tools in the prompt, or a prefilled call).</summary>
+    public bool ToolsActive => ToolNames.Count > 0;
+}
+
+internal static class ChatPromptBuilder
+{
+    static readonly ConditionalWeakTable<LlamaTokenizer, byte[]?[]> s_tokenBytes = new();
+
+    public static PreparedRequest Prepare(
+        LocalModel model, SwiftKvOptions clientOptions, IEnumerable<ChatMessage> messages, ChatOptions? options,
+        DateOnly today, IChatClient client)
+    {
+        if (options?.MaxOutputTokens is <= 0)
+            throw new ArgumentOutOfRangeException(nameof(options), options.MaxOutputTokens, "ChatOptions.MaxOutputTokens must be > 0.");
+
+        var tools = ToolsInPrompt(options);
+        string? prefill = Prefill(options, tools);
+
+        var turns = Turns(messages, options?.Instructions, tools);
+        var prompt = new List<int>(Llama31ChatFormat.Encode(model.Tokenizer, turns, addGenerationPrompt: true, today, ipythonEnvironment: tools.Count > 0));
+        if (prefill is not null) prompt.AddRange(model.Tokenizer.Encode(prefill));
+
+        int context = Math.Min(clientOptions.ContextLength, model.Config.MaxPositionEmbeddings);
+        if (prompt.Count >= context)
+            throw new ArgumentException($"The prompt is {prompt.Count} tokens, which does not fit the context of {context} tokens (SwiftKvOptions.ContextLength); shorten the conversation or raise ContextLength.", nameof(messages));
+        int maxNew = Math.Min(options?.MaxOutputTokens ?? clientOptions.DefaultMaxOutputTokens, context - prompt.Count);
+
+        // NOTE: an engine-native SamplingParams from RawRepresentationFactory replaces every sampling option of
+        // ChatOptions (temperature, top-p/k, seed, penalties); anything else it returns is ignored.
+        var sampling = options?.RawRepresentationFactory?.Invoke(client) as SamplingParams ?? new SamplingParams
+        {
+            Temperature = options?.Temperature ?? 0f,
+            TopP = options?.TopP ?? 1f,
+            TopK = options?.TopK ?? 0,
+            Seed = options?.Seed is long s ? unchecked((ulong)s) : null,
+            FrequencyPenalty = options?.FrequencyPenalty ?? 0f,
+            PresencePenalty = options?.PresencePenalty ?? 0f,
+        };
+
+        var stopIds = model.Tokenizer.StopTokenIds.ToHashSet();
+        ILogitsConstraint? constraint = null;
+        if (prefill is not null || options?.ResponseFormat is ChatResponseFormatJson)
+            constraint = new JsonConstraint(TokenBytes(model.Tokenizer), stopIds, maxNew, Encoding.UTF8.GetBytes(prefill ?? ""));
+
+        var stopSequences = options?.StopSequences?.Where(x => !string.IsNullOrEmpty(x)).ToArray() ?? [];
+        return new PreparedRequest(prompt, sampling, maxNew, prompt.Count + maxNew, stopIds, stopSequences,
+            tools.Select(t => t.Name).ToArray(), prefill, constraint);
+    }
+
+    /// <summary>The function tools the prompt offers: none under ToolMode None.</summary>
+    static List<ToolDefinition> ToolsInPrompt(ChatOptions? options)
+    {
+        if (options?.Tools is not { Count: > 0 } || options.ToolMode is NoneChatToolMode) return [];
+        var tools = new List<ToolDefinition>();
+        foreach (var t in options.Tools.OfType<AIFunctionDeclaration>())
+        {
+            var schema = t.JsonSchema.ValueKind == JsonValueKind.Object ? t.JsonSchema : (JsonElement?)null;
+            tools.Add(new ToolDefinition(t.Name, string.IsNullOrWhiteSpace(t.Description) ? null : t.Description, schema));
+        }
+        return tools;
+    }
+
+    static string? Prefill(ChatOptions? options, List<ToolDefinition> tools)
+    {
+        if (options?.ToolMode is not RequiredChatToolMode required) return null;
+        if (tools.Count == 0)
+            throw new ArgumentException("ChatOptions.ToolMode requires a tool call but ChatOptions.Tools holds no function.", nameof(options));
+        string? name = required.RequiredFunctionName;
+        if (name is not null && !tools.Any(t => t.Name == name))
+            throw new ArgumentException($"ChatOptions.ToolMode requires function '{name}', which is not in ChatOptions.Tools ({string.Join(", ", tools.Select(t => t.Name))}).", nameof(options));
+        name ??= tools.Count == 1 ? tools[0].Name : null;
+        return name is null ? "{\"name\": \"" : "{\"name\": " + JsonSerializer.Serialize(name) + ", \"parameters\": {";
+    }
+
+    static List<ChatTurn> Turns(IEnumerable<ChatMessage> messages, string? instructions, List<ToolDefinition> tools)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        var turns = new List<ChatTurn>();
+        if (!string.IsNullOrWhiteSpace(instructions)) turns.Add(new ChatTurn("system", instructions));
+        foreach (var m in messages)
+        {
+            ArgumentNullException.ThrowIfNull(m, nameof(messages));
+            string role = m.Role == ChatRole.System ? "system"
+                : m.Role == ChatRole.User ? "user"
+                : m.Role == ChatRole.Assistant ? "assistant"
+                : m.Role == ChatRole.Tool ? "ipython"
+                : throw new ArgumentException($"Chat role '{m.Role}' is not supported by the Llama 3.1 chat format.", nameof(messages));
+
+            var results = m.Contents.OfType<FunctionResultContent>().ToList();
+            var calls = m.Contents.OfType<FunctionCallContent>().ToList();
+            if (results.Count > 0)
+            {
+                foreach (var r in results) turns.Add(new ChatTurn("ipython", RenderResult(r.Result)));
+                continue;
+            }
+            string content = calls.Count > 0
+                ? string.Join("\n", calls.Select(c => Llama31ToolFormat.RenderCall(c.Name, JsonSerializer.SerializeToElement(c.Arguments ?? new Dictionary<string, object?>(), AIJsonUtilities.DefaultOptions))))
+                : m.Text;
+            // Instructions and a leading system message are both system text: the template has one system block.
+            if (role == "system" && turns.Count > 0 && turns[^1].Role == "system")
+                turns[^1] = turns[^1] with { Content = turns[^1].Content + "\n\n" + content };
+            else
+                turns.Add(new ChatTurn(role, content));
+        }
+
+        if (tools.Count > 0)
+        {
+            // The template moves the tool definitions into the first message after the system block.
+            int first = turns.Count > 0 && turns[0].Role == "system" ? 1 : 0;
+            if (first < turns.Count && turns[first].Role == "user")
+                turns[first] = turns[first] with { Content = Llama31ToolFormat.FirstUserMessage(tools, turns[first].Content) };
+            else
+                turns.Insert(first, new ChatTurn("user", Llama31ToolFormat.FirstUserMessage(tools, "")));
+        }
+        return turns;
+    }
+
+    static string RenderResult(object? result) => result switch
+    {
+        null => "null",
+        string s => s,
+        JsonElement e => Llama31ToolFormat.RenderJson(e),
+        _ => Llama31ToolFormat.RenderJson(JsonSerializer.SerializeToElement(result, AIJsonUtilities.DefaultOptions.GetTypeInfo(result.GetType()))),
+    };
+
+    /// <summary>Bytes of every token id for the JSON constraint; special tokens are never allowed (null).</summary>
+    static byte[]?[] TokenBytes(LlamaTokenizer tokenizer) => s_tokenBytes.GetValue(tokenizer, tok =>
+    {
+        var special = tok.SpecialTokens.Values.ToHashSet();
+        var table = new byte[]?[tok.VocabularySize];
+        for (int id = 0; id < table.Length; id++)
+            table[id] = special.Contains(id) ? null : tok.GetTokenBytes(id).ToArray();
+        return table;
+    });
+}

@@ -1,0 +1,76 @@
+// The client's metrics on a System.Diagnostics.Metrics Meter named "SwiftKV.AI", so OpenTelemetry
+// (.AddMeter("SwiftKV.AI")), dotnet-counters or a MeterListener can read them. Latency histograms use the
+// OpenTelemetry GenAI semantic-convention names and units (seconds); token counters carry the same tags.
+// NOTE: time to first token is measured from the call's start, so it includes waiting for the model — what a
+// user feels — not only the prefill.
+using System.Diagnostics.Metrics;
+
+namespace SwiftKV.AI;
+
+/// <summary>Instrument names of the "SwiftKV.AI" meter.</summary>
+public static class SwiftKvMetrics
+{
+    public const string MeterName = "SwiftKV.AI";
+
+    /// <summary>Histogram, seconds: call start to first generated token.</summary>
+    public const string TimeToFirstToken = "gen_ai.server.time_to_first_token";
+    /// <summary>Histogram, seconds: mean time per output token after the first.</summary>
+    public const string TimePerOutputToken = "gen_ai.server.time_per_output_token";
+    /// <summary>Histogram, tokens, tagged gen_ai.token.type = input | output (the GenAI convention).</summary>
+    public const string TokenUsage = "gen_ai.client.token.usage";
+    /// <summary>Counter, tokens: prompt tokens processed.</summary>
+    public const string PromptTokens = "swiftkv.tokens.prompt";
+    /// <summary>Counter, tokens: tokens generated.</summary>
+    public const string CompletionTokens = "swiftkv.tokens.completion";
+    /// <summary>Counter, tokens: prompt tokens that skipped the later layers thanks to SwiftKV.</summary>
+    public const string PromptTokensSkipped = "swiftkv.tokens.prompt_skipped";
+    /// <summary>Up-down counter, bytes: KV cache memory held by requests in flight.</summary>
+    public const string KvCacheBytes = "swiftkv.kv_cache.usage";
+}
+
+/// <summary>The instruments one client records to.</summary>
+internal sealed class SwiftKvInstruments
+{
+    static readonly Meter s_shared = new(SwiftKvMetrics.MeterName);
+
+    readonly Histogram<double> _ttft;
+    readonly Histogram<double> _tpot;
+    readonly Histogram<long> _usage;
+    readonly Counter<long> _prompt;
+    readonly Counter<long> _completion;
+    readonly Counter<long> _skipped;
+    readonly UpDownCounter<long> _kvBytes;
+    readonly KeyValuePair<string, object?>[] _tags;
+
+    public SwiftKvInstruments(IMeterFactory? factory, string modelId)
+    {
+        var meter = factory?.Create(SwiftKvMetrics.MeterName) ?? s_shared;
+        _ttft = meter.CreateHistogram<double>(SwiftKvMetrics.TimeToFirstToken, "s", "Time to first token");
+        _tpot = meter.CreateHistogram<double>(SwiftKvMetrics.TimePerOutputToken, "s", "Time per output token after the first");
+        _usage = meter.CreateHistogram<long>(SwiftKvMetrics.TokenUsage, "{token}", "Tokens per request");
+        _prompt = meter.CreateCounter<long>(SwiftKvMetrics.PromptTokens, "{token}", "Prompt tokens");
+        _completion = meter.CreateCounter<long>(SwiftKvMetrics.CompletionTokens, "{token}", "Generated tokens");
+        _skipped = meter.CreateCounter<long>(SwiftKvMetrics.PromptTokensSkipped, "{token}", "Prompt tokens that skipped layers l..L-1 (SwiftKV)");
+        _kvBytes = meter.CreateUpDownCounter<long>(SwiftKvMetrics.KvCacheBytes, "By", "KV cache bytes held by requests in flight");
+        _tags =
+        [
+            new("gen_ai.operation.name", "chat"),
+            new("gen_ai.provider.name", "swiftkv"),
+            new("gen_ai.request.model", modelId),
+        ];
+    }
+
+    public void FirstToken(TimeSpan sinceStart) => _ttft.Record(sinceStart.TotalSeconds, _tags);
+
+    public void Completed(int promptTokens, int outputTokens, int skipped, TimeSpan firstToLast)
+    {
+        _prompt.Add(promptTokens, _tags);
+        _completion.Add(outputTokens, _tags);
+        _skipped.Add(skipped, _tags);
+        _usage.Record(promptTokens, [.. _tags, new("gen_ai.token.type", "input")]);
+        _usage.Record(outputTokens, [.. _tags, new("gen_ai.token.type", "output")]);
+        if (outputTokens > 1) _tpot.Record(firstToLast.TotalSeconds / (outputTokens - 1), _tags);
+    }
+
+    public void KvCache(long deltaBytes) => _kvBytes.Add(deltaBytes, _tags);
+}
