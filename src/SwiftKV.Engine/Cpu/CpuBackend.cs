@@ -10,7 +10,7 @@ using SwiftKV.Model;
 namespace SwiftKV.Engine.Cpu;
 
 /// <summary>Runs a <see cref="LlamaWeights"/> model (plain Llama or SwiftKV) on the CPU in fp32.</summary>
-public sealed class CpuBackend : IModelBackend
+public sealed partial class CpuBackend : IModelBackend
 {
     readonly LlamaWeights _w;
     readonly RotaryEmbedding _rope;
@@ -156,7 +156,7 @@ public sealed class CpuBackend : IModelBackend
         float[] qW, float[]? qB, CpuSequenceCache c, int cacheIndex)
     {
         var cfg = Config;
-        int hidden = cfg.HiddenSize, qDim = cfg.QueryDim, inter = cfg.IntermediateSize;
+        int hidden = cfg.HiddenSize, qDim = cfg.QueryDim;
         var q = new float[rows * qDim];
         CpuKernels.Linear(h, rows, hidden, qW, qB, qDim, q);
         Span<float> cos = stackalloc float[cfg.HeadDim / 2];
@@ -169,6 +169,13 @@ public sealed class CpuBackend : IModelBackend
         var attn = new float[rows * qDim];
         CpuKernels.Attention(q, rows, positions, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim,
             c.Keys(cacheIndex), c.Values(cacheIndex), attn);
+        OutputAndMlp(x, rows, layer, attn);
+    }
+
+    /// <summary>The layer after attention: o_proj, residual, post_attention_layernorm, SwiGLU MLP, residual.</summary>
+    void OutputAndMlp(float[] x, int rows, LlamaLayerWeights layer, float[] attn)
+    {
+        int hidden = Config.HiddenSize, qDim = Config.QueryDim, inter = Config.IntermediateSize;
         var o = new float[rows * hidden];
         CpuKernels.Linear(attn, rows, qDim, layer.OProj, layer.OBias, hidden, o);
         System.Numerics.Tensors.TensorPrimitives.Add(x, o, x);

@@ -1,0 +1,50 @@
+// The batched, paged step contract a serving engine drives (CPU now, CUDA next). One call runs many sequences at
+// once; each contributes a chunk of new tokens (a decode token, a prefill chunk, or the chunk that ends its prompt)
+// and a block table into one shared paged KV cache. There is no prefill phase and no decode phase: a chunk is just
+// "computed tokens catching up with known tokens".
+// SwiftKV: rows whose logits nobody reads stop after layer l-1 plus the later layers' K/V projections, so the
+// later-layer batch holds one row per sequence with NeedsLogits (decode tokens and last prompt tokens) and nothing else.
+// Paged KV layout per distinct cache: (num_blocks, block_size, num_kv_heads, head_dim); keys stored after RoPE.
+// Position p of a sequence lives in block BlockTable[p / block_size], slot p % block_size.
+namespace SwiftKV.Engine.Serving;
+
+/// <summary>One sequence's part of a batched step.</summary>
+/// <param name="Tokens">The new tokens, at positions StartPosition.. (at least one).</param>
+/// <param name="StartPosition">Tokens of this sequence whose K/V are already in the cache (its computed length).</param>
+/// <param name="BlockTable">Block ids holding positions 0..StartPosition + Tokens.Length - 1, in order.</param>
+/// <param name="NeedsLogits">Return logits for the chunk's last token (it ends the known tokens: a decode token or a prompt's end).</param>
+public readonly record struct BatchSequence(ReadOnlyMemory<int> Tokens, int StartPosition, ReadOnlyMemory<int> BlockTable, bool NeedsLogits);
+
+/// <summary>
+/// A pool of KV blocks on one backend. Every block holds <see cref="BlockSize"/> positions of EVERY distinct cache
+/// (one per full layer plus one per AcrossKV group), so one block table per sequence serves all caches and the
+/// bytes per block shrink with AcrossKV. Disposing it frees the memory.
+/// </summary>
+public interface IPagedKvCache : IDisposable
+{
+    int NumBlocks { get; }
+    /// <summary>Positions per block.</summary>
+    int BlockSize { get; }
+    /// <summary>Distinct caches per block: config.NumKvCaches(swiftKvEnabled).</summary>
+    int NumCaches { get; }
+    /// <summary>Bytes of K and V storage one block holds across all its caches.</summary>
+    long BytesPerBlock { get; }
+}
+
+/// <summary>A backend that can run a batched step over a paged KV cache (implemented next to <see cref="IModelBackend"/>).</summary>
+public interface IBatchedBackend
+{
+    /// <summary>Bytes of K/V one token position needs across all of this model's distinct caches.</summary>
+    long KvBytesPerToken { get; }
+
+    /// <summary>Allocates a paged KV pool of <paramref name="numBlocks"/> blocks of <paramref name="blockSize"/> positions.</summary>
+    IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize);
+
+    /// <summary>
+    /// Runs one step: writes every chunk's K/V into its blocks and returns one row of logits per sequence with
+    /// <see cref="BatchSequence.NeedsLogits"/>, in batch order, row-major (rows, vocab_size). Each row equals the
+    /// logits that sequence would get run alone. Throws <see cref="ArgumentException"/> naming the sequence when a
+    /// chunk is empty, an id is outside the vocabulary, or its block table does not cover its positions.
+    /// </summary>
+    float[] ForwardBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch);
+}

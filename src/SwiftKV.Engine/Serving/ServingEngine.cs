@@ -1,0 +1,311 @@
+// One engine per loaded model: every caller's requests go through one queue into one loop thread that runs
+// batched steps (continuous batching: sequences join and leave between any two steps). Per step:
+//   drain submissions and cancellations -> Scheduler.Schedule -> IBatchedBackend.ForwardBatch -> Scheduler.Complete
+//   -> sample each sequence that got logits with its own Sampler -> stream, or finish and free its blocks.
+// Each sequence samples with its own seeded Sampler and the backend's rows do not depend on the batch, so
+// batching never changes what a request generates. Only the loop thread touches the scheduler and block manager;
+// Submit and Cancel hand work over through concurrent queues and a wake-up event.
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using SwiftKV.Engine.Generation;
+using SwiftKV.Engine.Sampling;
+
+namespace SwiftKV.Engine.Serving;
+
+/// <summary>Continuous-batching server of one model: thread-safe <see cref="Submit"/>, streamed token ids, metrics.</summary>
+public sealed class ServingEngine : IDisposable
+{
+    readonly IModelBackend _model;
+    readonly IBatchedBackend _backend;
+    readonly IPagedKvCache _kv;
+    readonly Scheduler _scheduler;
+    readonly int _maxSequenceLength;
+    readonly ConcurrentQueue<Entry> _submitted = new();
+    readonly ConcurrentQueue<Entry> _cancelled = new();
+    readonly ManualResetEventSlim _wake = new(false);
+    readonly Thread _loop;
+    readonly object _metricsLock = new();
+    readonly LatencyWindow _ttft = new(4096), _tpot = new(4096);
+    ServingMetrics _metrics;
+    long _nextId, _steps, _computedTokens, _outputTokens, _finished, _cancelledCount;
+    volatile bool _stopping;
+    int _disposed;
+
+    sealed class Entry(Sequence seq, ServingRequest request, Sampler sampler, IReadOnlySet<int> stops, ILogitsConstraint? constraint)
+    {
+        public ILogitsConstraint? Constraint { get; } = constraint;
+        public Sequence Seq { get; } = seq;
+        public ServingRequest Request { get; } = request;
+        public Sampler Sampler { get; } = sampler;
+        public IReadOnlySet<int> Stops { get; } = stops;
+        public long SubmittedAt { get; } = Stopwatch.GetTimestamp();
+        public long FirstTokenAt { get; set; }
+        public CancellationTokenRegistration Registration { get; set; }
+    }
+
+    /// <summary>
+    /// Starts an engine over <paramref name="backend"/>, which must implement <see cref="IBatchedBackend"/>.
+    /// The engine does not own the backend; it owns the KV pool it allocates.
+    /// </summary>
+    public ServingEngine(IModelBackend backend, ServingOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        options ??= new ServingOptions();
+        options.Validate();
+        _model = backend;
+        _backend = backend as IBatchedBackend ?? throw new ArgumentException(
+            $"backend '{backend.Name}' ({backend.GetType().Name}) does not implement IBatchedBackend, which batched serving needs.", nameof(backend));
+        var cfg = backend.Config;
+        _maxSequenceLength = Math.Min(options.MaxSequenceLength ?? cfg.MaxPositionEmbeddings, cfg.MaxPositionEmbeddings);
+        int blocksPerSequence = (_maxSequenceLength + options.BlockSize - 1) / options.BlockSize;
+        long bytesPerBlock = _backend.KvBytesPerToken * options.BlockSize;
+        long numBlocks = options.NumKvBlocks
+            ?? Math.Min(options.KvCacheBytes / bytesPerBlock, (long)blocksPerSequence * options.MaxRunningSequences);
+        if (numBlocks < 1)
+            throw new ArgumentException($"KvCacheBytes {options.KvCacheBytes} is less than one KV block ({bytesPerBlock} bytes); raise it or lower BlockSize.", nameof(options));
+        int reserve = options.AdmissionReserveBlocks ?? (int)Math.Max(1, numBlocks / 100);
+        if (reserve >= numBlocks)
+            throw new ArgumentException($"AdmissionReserveBlocks {reserve} leaves no block of the {numBlocks} to admit anything.", nameof(options));
+
+        Options = options;
+        _kv = _backend.CreatePagedKvCache((int)numBlocks, options.BlockSize);
+        _scheduler = new Scheduler(new KvBlockManager((int)numBlocks, options.BlockSize, options.EnablePrefixCaching),
+            options.MaxBatchTokens, options.MaxRunningSequences, reserve);
+        _metrics = Snapshot();
+        _loop = new Thread(Loop) { IsBackground = true, Name = $"SwiftKV serving ({backend.Name})" };
+        _loop.Start();
+    }
+
+    public ServingOptions Options { get; }
+
+    /// <summary>Longest prompt + output a request may have (blocks of the whole pool minus the admission reserve included).</summary>
+    public int MaxSequenceLength => Math.Min(_maxSequenceLength, (_scheduler.Blocks.NumBlocks - _scheduler.ReserveBlocks) * Options.BlockSize);
+
+    /// <summary>The latest metrics (refreshed after every step and every finished request).</summary>
+    public ServingMetrics Metrics
+    {
+        get
+        {
+            lock (_metricsLock)
+            {
+                return _metrics with
+                {
+                    TimeToFirstTokenP50 = _ttft.Percentile(0.5), TimeToFirstTokenP99 = _ttft.Percentile(0.99),
+                    TimePerOutputTokenP50 = _tpot.Percentile(0.5), TimePerOutputTokenP99 = _tpot.Percentile(0.99),
+                };
+            }
+        }
+    }
+
+    /// <summary>
+    /// Queues a request. Thread-safe. Generation ends on a token in <paramref name="stopTokenIds"/> (not emitted)
+    /// or after <paramref name="maxTokens"/> tokens; <paramref name="ct"/> cancels it. An optional
+    /// <paramref name="constraint"/> masks each of this request's logits rows before sampling (e.g. a JSON grammar).
+    /// </summary>
+    /// <exception cref="ArgumentException">The prompt is empty, holds an id outside the vocabulary, or prompt + maxTokens exceeds <see cref="MaxSequenceLength"/>.</exception>
+    public ServingRequest Submit(IReadOnlyList<int> promptTokens, SamplingParams sampling, int maxTokens,
+        IReadOnlySet<int>? stopTokenIds = null, CancellationToken ct = default, ILogitsConstraint? constraint = null)
+    {
+        ArgumentNullException.ThrowIfNull(promptTokens);
+        ArgumentNullException.ThrowIfNull(sampling);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxTokens);
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        if (promptTokens.Count == 0) throw new ArgumentException("the prompt is empty.", nameof(promptTokens));
+        int vocab = _model.Config.VocabSize;
+        var prompt = new int[promptTokens.Count];
+        for (int i = 0; i < prompt.Length; i++)
+        {
+            prompt[i] = promptTokens[i];
+            if ((uint)prompt[i] >= (uint)vocab)
+                throw new ArgumentException($"token id {prompt[i]} at index {i} is outside the vocabulary [0, {vocab}).", nameof(promptTokens));
+        }
+        if ((long)prompt.Length + maxTokens > MaxSequenceLength)
+            throw new ArgumentException(
+                $"prompt of {prompt.Length} tokens plus maxTokens {maxTokens} exceeds the engine's sequence limit of {MaxSequenceLength} tokens.", nameof(maxTokens));
+
+        long id = Interlocked.Increment(ref _nextId);
+        var seq = new Sequence(id, prompt, maxTokens);
+        Entry? entry = null;
+        var request = new ServingRequest(id, _ => { _cancelled.Enqueue(entry!); _wake.Set(); });
+        entry = new Entry(seq, request, new Sampler(sampling), stopTokenIds ?? new HashSet<int>(), constraint);
+        _submitted.Enqueue(entry);
+        _wake.Set();
+        if (ct.CanBeCanceled) entry.Registration = ct.Register(static r => ((ServingRequest)r!).Cancel(), request);
+        return request;
+    }
+
+    void Loop()
+    {
+        var live = new Dictionary<Sequence, Entry>();
+        while (true)
+        {
+            _wake.Reset();
+            if (_stopping) break;
+            try
+            {
+                while (_submitted.TryDequeue(out var e))
+                {
+                    if (e.Request.IsCancellationRequested) { Drop(e, live); continue; }
+                    live[e.Seq] = e;
+                    _scheduler.Add(e.Seq);
+                }
+                while (_cancelled.TryDequeue(out var e)) Drop(e, live);
+
+                var step = _scheduler.HasWork ? _scheduler.Schedule() : null;
+                if (step is null || step.IsEmpty)
+                {
+                    Publish();
+                    if (step is null) _wake.Wait();
+                    else _wake.Wait(1); // nothing fits right now (should not happen with validated sizes); stay responsive
+                    continue;
+                }
+                RunStep(step, live);
+                Publish();
+            }
+            catch (Exception ex)
+            {
+                // An engine bug must not hang every caller: fail what is in flight and keep serving new requests.
+                foreach (var e in live.Values.ToList())
+                {
+                    live.Remove(e.Seq);
+                    try { _scheduler.Finish(e.Seq); } catch (InvalidOperationException) { }
+                    e.Request.Fail(new InvalidOperationException($"the serving loop failed: {ex.Message}", ex));
+                }
+            }
+        }
+
+        var shutdown = new ObjectDisposedException(nameof(ServingEngine), "the serving engine was disposed.");
+        foreach (var e in live.Values) e.Request.Fail(shutdown);
+        while (_submitted.TryDequeue(out var e)) e.Request.Fail(shutdown);
+    }
+
+    void RunStep(ScheduledStep step, Dictionary<Sequence, Entry> live)
+    {
+        var batch = new BatchSequence[step.Chunks.Count];
+        for (int i = 0; i < batch.Length; i++)
+        {
+            var c = step.Chunks[i];
+            batch[i] = new BatchSequence(c.Sequence.TokenMemory(c.Start, c.Count), c.Start, c.Sequence.Blocks.Blocks, c.NeedsLogits);
+        }
+        float[] logits;
+        try
+        {
+            logits = _backend.ForwardBatch(_kv, batch);
+        }
+        catch (Exception ex)
+        {
+            // A failed step fails the requests in it; everyone else keeps going.
+            foreach (var c in step.Chunks)
+            {
+                var e = live[c.Sequence];
+                live.Remove(c.Sequence);
+                _scheduler.Finish(c.Sequence);
+                e.Request.Fail(new InvalidOperationException($"the batched forward step failed: {ex.Message}", ex));
+            }
+            return;
+        }
+        _scheduler.Complete(step);
+        _steps++;
+        _computedTokens += step.NumTokens;
+
+        int vocab = _model.Config.VocabSize, row = 0;
+        foreach (var c in step.Chunks)
+        {
+            if (!c.NeedsLogits) continue;
+            var rowLogits = logits.AsSpan(row++ * vocab, vocab);
+            var e = live[c.Sequence];
+            if (e.Request.IsCancellationRequested) continue;
+            var seq = c.Sequence;
+            if (e.Constraint is { } constraint)
+            {
+                var masked = rowLogits.ToArray();
+                constraint.Apply(masked);
+                rowLogits = masked;
+            }
+            int token = e.Sampler.Sample(rowLogits);
+            e.Constraint?.Accept(token);
+            long now = Stopwatch.GetTimestamp();
+            if (e.FirstTokenAt == 0) e.FirstTokenAt = now;
+            if (e.Stops.Contains(token))
+            {
+                Finish(e, live, FinishReason.Stop, now);
+                continue;
+            }
+            seq.Append(token);
+            _outputTokens++;
+            e.Request.Emit(token);
+            if (seq.OutputTokens >= seq.MaxTokens) Finish(e, live, FinishReason.Length, now);
+        }
+    }
+
+    void Finish(Entry e, Dictionary<Sequence, Entry> live, FinishReason reason, long now)
+    {
+        var seq = e.Seq;
+        live.Remove(seq);
+        _scheduler.Finish(seq);
+        e.Registration.Dispose();
+        var ttft = Stopwatch.GetElapsedTime(e.SubmittedAt, e.FirstTokenAt);
+        var tpot = seq.OutputTokens > 1 ? Stopwatch.GetElapsedTime(e.FirstTokenAt, now) / (seq.OutputTokens - 1) : TimeSpan.Zero;
+        lock (_metricsLock)
+        {
+            _ttft.Add(ttft);
+            if (seq.OutputTokens > 1) _tpot.Add(tpot);
+        }
+        _finished++;
+        Publish();
+        e.Request.Succeed(new RequestOutcome(reason, seq.PromptLength, seq.OutputTokens, Math.Max(0, seq.CachedPromptTokens),
+            seq.Preemptions, ttft, tpot));
+    }
+
+    void Drop(Entry e, Dictionary<Sequence, Entry> live)
+    {
+        if (e.Seq.Status == SequenceStatus.Finished) return;
+        live.Remove(e.Seq);
+        _scheduler.Finish(e.Seq);
+        e.Registration.Dispose();
+        _cancelledCount++;
+        Publish();
+        e.Request.Cancelled();
+    }
+
+    void Publish()
+    {
+        var m = Snapshot();
+        lock (_metricsLock) _metrics = m;
+    }
+
+    ServingMetrics Snapshot()
+    {
+        var b = _scheduler.Blocks;
+        return new ServingMetrics
+        {
+            QueueLength = _scheduler.WaitingCount + _submitted.Count,
+            RunningSequences = _scheduler.RunningCount,
+            KvBlocksTotal = b.NumBlocks,
+            KvBlocksUsed = b.UsedBlocks,
+            KvBlocksFree = b.FreeBlocks,
+            KvBlocksCached = b.CachedFreeBlocks,
+            KvBytesPerBlock = _kv.BytesPerBlock,
+            PrefixCacheQueriedTokens = b.QueriedTokens,
+            PrefixCacheHitTokens = b.HitTokens,
+            PrefixCacheEvictions = b.Evictions,
+            Preemptions = _scheduler.Preemptions,
+            Steps = _steps,
+            ComputedTokens = _computedTokens,
+            OutputTokens = _outputTokens,
+            FinishedRequests = _finished,
+            CancelledRequests = _cancelledCount,
+        };
+    }
+
+    /// <summary>Stops the loop after its current step; requests still in flight fail with <see cref="ObjectDisposedException"/>.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _stopping = true;
+        _wake.Set();
+        _loop.Join();
+        _kv.Dispose();
+        _wake.Dispose();
+    }
+}

@@ -1,0 +1,44 @@
+// Runtime knobs of one serving engine (kept apart from the model's config.json facts).
+namespace SwiftKV.Engine.Serving;
+
+/// <summary>How a <see cref="ServingEngine"/> batches and how much KV memory it takes.</summary>
+public sealed record ServingOptions
+{
+    /// <summary>Positions per KV block.</summary>
+    public int BlockSize { get; init; } = 16;
+
+    /// <summary>KV blocks in the pool. Null: derived from <see cref="KvCacheBytes"/>.</summary>
+    public int? NumKvBlocks { get; init; }
+
+    /// <summary>
+    /// KV memory budget when <see cref="NumKvBlocks"/> is null. The same bytes buy more blocks with SwiftKV's
+    /// AcrossKV (fewer caches per block). Capped at what <see cref="MaxRunningSequences"/> full-length sequences use.
+    /// </summary>
+    public long KvCacheBytes { get; init; } = 1L << 30;
+
+    /// <summary>Most tokens one step computes (decode tokens plus prefill chunks).</summary>
+    public int MaxBatchTokens { get; init; } = 512;
+
+    /// <summary>Most sequences admitted at once.</summary>
+    public int MaxRunningSequences { get; init; } = 64;
+
+    /// <summary>Longest sequence (prompt + output); null = the model's max_position_embeddings.</summary>
+    public int? MaxSequenceLength { get; init; }
+
+    /// <summary>Blocks admission keeps free for running sequences' decode growth (fewer preemptions). Null: 1% of the pool, at least 1.</summary>
+    public int? AdmissionReserveBlocks { get; init; }
+
+    /// <summary>Share full blocks of identical prefixes across requests (and across time, until evicted).</summary>
+    public bool EnablePrefixCaching { get; init; } = true;
+
+    internal void Validate()
+    {
+        if (BlockSize < 1) throw new ArgumentOutOfRangeException(nameof(BlockSize), BlockSize, "BlockSize must be >= 1.");
+        if (NumKvBlocks is < 1) throw new ArgumentOutOfRangeException(nameof(NumKvBlocks), NumKvBlocks, "NumKvBlocks must be >= 1 (or null).");
+        if (KvCacheBytes < 1) throw new ArgumentOutOfRangeException(nameof(KvCacheBytes), KvCacheBytes, "KvCacheBytes must be > 0.");
+        if (MaxBatchTokens < 1) throw new ArgumentOutOfRangeException(nameof(MaxBatchTokens), MaxBatchTokens, "MaxBatchTokens must be >= 1.");
+        if (MaxRunningSequences < 1) throw new ArgumentOutOfRangeException(nameof(MaxRunningSequences), MaxRunningSequences, "MaxRunningSequences must be >= 1.");
+        if (MaxSequenceLength is < 2) throw new ArgumentOutOfRangeException(nameof(MaxSequenceLength), MaxSequenceLength, "MaxSequenceLength must be >= 2 (or null).");
+        if (AdmissionReserveBlocks is < 0) throw new ArgumentOutOfRangeException(nameof(AdmissionReserveBlocks), AdmissionReserveBlocks, "AdmissionReserveBlocks must be >= 0 (or null).");
+    }
+}

@@ -1,0 +1,211 @@
+// ServingEngine end to end on tiny CPU models. The reference for every output is the single-sequence path
+// (Generator over CpuBackend.Forward with a contiguous cache), which is independent of paging, batching,
+// chunking, prefix sharing and preemption; greedy and seeded outputs must match it token for token.
+using SwiftKV.Engine.Cpu;
+using SwiftKV.Engine.Generation;
+using SwiftKV.Engine.Sampling;
+using SwiftKV.Engine.Serving;
+using Xunit;
+
+namespace SwiftKV.Engine.Tests.Serving;
+
+public class ServingEngineTests
+{
+    internal static readonly Dictionary<string, (ModelSpec Spec, bool SwiftKv)> Models = new()
+    {
+        ["swiftkv on acrosskv g=2"] = (new ModelSpec(SwiftKvLayers: 2, GroupSize: 2, Seed: 21, RopeScaling: true), true),
+        ["swiftkv off (same checkpoint)"] = (new ModelSpec(SwiftKvLayers: 2, GroupSize: 2, Seed: 21, RopeScaling: true), false),
+        ["llama"] = (new ModelSpec(Seed: 22, Bias: true), false),
+    };
+
+    public static TheoryData<string> ModelNames => new(Models.Keys);
+
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    internal static CpuBackend Backend(string name) => new(TestModels.Build(Models[name].Spec, Models[name].SwiftKv));
+
+    internal static List<int> Solo(IModelBackend backend, int[] prompt, SamplingParams sampling, int maxTokens, IReadOnlySet<int> stops)
+    {
+        using var cache = backend.CreateCache(prompt.Length + maxTokens + 1);
+        return Generator.Generate(backend, cache, prompt, sampling, maxTokens, stops, new GenerationStats()).ToList();
+    }
+
+    internal static async Task<List<int>> Collect(ServingRequest r)
+    {
+        var list = new List<int>();
+        await foreach (int t in r.ReadAllAsync(Ct)) list.Add(t);
+        return list;
+    }
+
+    static async Task Eventually(Func<bool> condition)
+    {
+        for (int i = 0; i < 500 && !condition(); i++) await Task.Delay(10, Ct);
+        Assert.True(condition());
+    }
+
+    [Theory]
+    [MemberData(nameof(ModelNames))]
+    public async Task Submit_64OthersInFlight_GreedyOutputEqualsSolo(string name)
+    {
+        using var backend = Backend(name);
+        int vocab = backend.Config.VocabSize;
+        var shared = TestModels.RandomTokens(12, vocab, 5);   // a common "system prompt" for a third of them
+        var stops = new HashSet<int> { 3 };
+        var rng = new TestRng(9);
+        var jobs = Enumerable.Range(0, 65).Select(i =>
+        {
+            var own = TestModels.RandomTokens(1 + rng.Next(30), vocab, 1000 + (ulong)i);
+            var prompt = i % 3 == 0 ? shared.Concat(own).ToArray() : own;
+            return (Prompt: prompt, Max: 1 + rng.Next(14));
+        }).ToArray();
+
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, MaxBatchTokens = 48, MaxRunningSequences = 65, NumKvBlocks = 1200 });
+        var requests = jobs.Select(j => engine.Submit(j.Prompt, SamplingParams.Greedy, j.Max, stops, ct: Ct)).ToArray();
+        var outputs = await Task.WhenAll(requests.Select(Collect)).WaitAsync(TimeSpan.FromSeconds(60), Ct);
+
+        for (int i = 0; i < jobs.Length; i++)
+            Assert.Equal(Solo(backend, jobs[i].Prompt, SamplingParams.Greedy, jobs[i].Max, stops), outputs[i]);
+        await Eventually(() => engine.Metrics.KvBlocksUsed == 0);
+        var m = engine.Metrics;
+        Assert.Equal(65, m.FinishedRequests);
+        Assert.True(m.ComputedTokens > 3 * m.Steps, $"expected batched steps, got {m.ComputedTokens} tokens in {m.Steps} steps");
+        Assert.True(m.PrefixCacheHitTokens > 0, "the shared 12-token prefix should hit after its first computation");
+    }
+
+    [Fact]
+    public async Task Submit_PoolTooSmall_PreemptsAndRecomputes_OutputsUnchanged()
+    {
+        using var backend = Backend("swiftkv on acrosskv g=2");
+        int vocab = backend.Config.VocabSize;
+        var sampled = new SamplingParams { Temperature = 0.9f, TopK = 20, Seed = 77 };
+        var jobs = Enumerable.Range(0, 8).Select(i => (Prompt: TestModels.RandomTokens(5 + i, vocab, 300 + (ulong)i),
+            Sampling: i % 2 == 0 ? SamplingParams.Greedy : sampled with { Seed = (ulong)i }, Max: 14)).ToArray();
+
+        // 16 blocks of 2 positions; each request grows to ~12 blocks: they cannot all fit, so decodes preempt.
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 2, NumKvBlocks = 16, AdmissionReserveBlocks = 0, MaxBatchTokens = 16 });
+        var requests = jobs.Select(j => engine.Submit(j.Prompt, j.Sampling, j.Max, ct: Ct)).ToArray();
+        var outputs = await Task.WhenAll(requests.Select(Collect)).WaitAsync(TimeSpan.FromSeconds(60), Ct);
+
+        for (int i = 0; i < jobs.Length; i++)
+            Assert.Equal(Solo(backend, jobs[i].Prompt, jobs[i].Sampling, jobs[i].Max, new HashSet<int>()), outputs[i]);
+        var outcomes = await Task.WhenAll(requests.Select(r => r.Completion));
+        Assert.True(engine.Metrics.Preemptions > 0, "the pool was sized to force preemption");
+        Assert.Equal(engine.Metrics.Preemptions, outcomes.Sum(o => o.Preemptions));
+        await Eventually(() => engine.Metrics.KvBlocksUsed == 0);
+    }
+
+    [Fact]
+    public async Task Cancel_MidStream_FreesBlocksAndLeavesOthersUntouched()
+    {
+        using var backend = Backend("swiftkv on acrosskv g=2");
+        int vocab = backend.Config.VocabSize;
+        var victimPrompt = TestModels.RandomTokens(40, vocab, 1);
+        var otherPrompt = TestModels.RandomTokens(9, vocab, 2);
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 200 });
+
+        var victim = engine.Submit(victimPrompt, SamplingParams.Greedy, 200, ct: Ct);
+        var other = engine.Submit(otherPrompt, SamplingParams.Greedy, 60, ct: Ct);
+        var otherTask = Collect(other);
+        int seen = 0;
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
+        {
+            await foreach (int _ in victim.ReadAllAsync(Ct))
+                if (++seen == 3) victim.Cancel();
+        });
+        Assert.Equal(3, seen);
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => victim.Completion);
+
+        Assert.Equal(Solo(backend, otherPrompt, SamplingParams.Greedy, 60, new HashSet<int>()), await otherTask.WaitAsync(TimeSpan.FromSeconds(30), Ct));
+        await Eventually(() => engine.Metrics.KvBlocksUsed == 0);
+        Assert.Equal(1, engine.Metrics.CancelledRequests);
+    }
+
+    [Fact]
+    public async Task Cancel_ByTokenOrWalkingAway_FreesBlocks()
+    {
+        using var backend = Backend("llama");
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 200 });
+        using var cts = new CancellationTokenSource();
+        var a = engine.Submit(TestModels.RandomTokens(20, 97, 3), SamplingParams.Greedy, 150, ct: cts.Token);
+        var b = engine.Submit(TestModels.RandomTokens(20, 97, 4), SamplingParams.Greedy, 150, ct: Ct);
+        await a.Tokens.ReadAsync(Ct);
+        cts.Cancel();
+        await foreach (int _ in b.ReadAllAsync(Ct)) break;   // leaving the stream cancels the request
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => a.Completion);
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => b.Completion);
+        Assert.Equal(0, engine.Metrics.KvBlocksUsed);
+        Assert.Equal(0, engine.Metrics.RunningSequences);
+    }
+
+    [Fact]
+    public async Task Submit_ChatHistoryResent_HitsPrefixCacheForFullBlocks()
+    {
+        using var backend = Backend("swiftkv on acrosskv g=2");
+        int vocab = backend.Config.VocabSize;
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 8, NumKvBlocks = 100 });
+        var turn1 = TestModels.RandomTokens(37, vocab, 8);
+        var first = engine.Submit(turn1, SamplingParams.Greedy, 6, ct: Ct);
+        var answer = await Collect(first);
+        Assert.Equal(6, answer.Count);
+        Assert.Equal(0, (await first.Completion).CachedPromptTokens);
+
+        // The caller resends the whole history plus a new turn. K/V exist for 37 + 6 - 1 = 42 tokens (the last
+        // sampled token was never fed back), so full blocks 0..4 (40 tokens) are reused.
+        var turn2 = turn1.Concat(answer).Concat(TestModels.RandomTokens(5, vocab, 9)).ToArray();
+        var second = engine.Submit(turn2, SamplingParams.Greedy, 6, ct: Ct);
+        var answer2 = await Collect(second);
+        var outcome = await second.Completion;
+        Assert.Equal(40, outcome.CachedPromptTokens);
+        Assert.Equal(48, outcome.PromptTokens);
+        Assert.Equal(Solo(backend, turn2, SamplingParams.Greedy, 6, new HashSet<int>()), answer2);
+        var m = engine.Metrics;
+        Assert.Equal(40, m.PrefixCacheHitTokens);
+        Assert.Equal(37 + 48, m.PrefixCacheQueriedTokens);
+        Assert.Equal(40.0 / 85, m.PrefixCacheHitRate, 9);
+    }
+
+    [Fact]
+    public async Task Metrics_ReportQueueBlocksAndLatencies()
+    {
+        using var backend = Backend("llama");
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 64, MaxRunningSequences = 2 });
+        var reqs = Enumerable.Range(0, 5).Select(i => engine.Submit(TestModels.RandomTokens(6, 97, (ulong)i), SamplingParams.Greedy, 8, ct: Ct)).ToArray();
+        await Task.WhenAll(reqs.Select(Collect));
+        await Task.WhenAll(reqs.Select(r => r.Completion));
+        var m = engine.Metrics;
+        Assert.Equal(5, m.FinishedRequests);
+        Assert.Equal(0, m.QueueLength);
+        Assert.Equal(64, m.KvBlocksTotal);
+        Assert.Equal(64, m.KvBlocksFree);
+        Assert.Equal(40, m.OutputTokens);
+        Assert.True(m.TimeToFirstTokenP50 > TimeSpan.Zero && m.TimeToFirstTokenP99 >= m.TimeToFirstTokenP50);
+        Assert.True(m.TimePerOutputTokenP50 > TimeSpan.Zero);
+        Assert.Equal(backend.KvBytesPerToken * 4, m.KvBytesPerBlock);
+    }
+
+    [Fact]
+    public void Submit_BadArguments_NameTheProblem()
+    {
+        using var backend = Backend("llama");
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 10, AdmissionReserveBlocks = 1 });
+        Assert.Equal(36, engine.MaxSequenceLength);
+        Assert.Contains("empty", Assert.Throws<ArgumentException>(() => engine.Submit([], SamplingParams.Greedy, 4, ct: Ct)).Message);
+        Assert.Contains("token id 97", Assert.Throws<ArgumentException>(() => engine.Submit([1, 97], SamplingParams.Greedy, 4, ct: Ct)).Message);
+        Assert.Contains("sequence limit of 36", Assert.Throws<ArgumentException>(() => engine.Submit(new int[30], SamplingParams.Greedy, 7, ct: Ct)).Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => engine.Submit([1], SamplingParams.Greedy, 0, ct: Ct));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new ServingEngine(backend, new ServingOptions { BlockSize = 0 }));
+    }
+
+    [Fact]
+    public async Task Dispose_WithRequestsInFlight_StopsAndFailsThem()
+    {
+        using var backend = Backend("llama");
+        var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 200 });
+        var r = engine.Submit(TestModels.RandomTokens(10, 97, 1), SamplingParams.Greedy, 200, ct: Ct);
+        await r.Tokens.ReadAsync(Ct);
+        engine.Dispose();
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => r.Completion.WaitAsync(TimeSpan.FromSeconds(10), Ct));
+        Assert.Throws<ObjectDisposedException>(() => engine.Submit([1], SamplingParams.Greedy, 1, ct: Ct));
+        engine.Dispose();
+    }
+}
