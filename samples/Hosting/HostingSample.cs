@@ -1,0 +1,80 @@
+// SwiftKV in a Microsoft.Extensions.Hosting app: the chat client registered from appsettings.json's "SwiftKV"
+// section (validated at start-up), wrapped in the standard middleware
+// (.UseFunctionInvocation().UseOpenTelemetry().UseLogging()), a hosted service that answers one prompt, and
+// OpenTelemetry metrics and traces printed by the console exporter when the host stops.
+//   dotnet run --project samples/Hosting -- [--model DIR] [--Sample:Prompt "..."] [--SwiftKV:SwiftKv false]
+// An empty SwiftKV:ModelPath runs the demo model. Swapping a remote model for a local one is this one line:
+//   builder.Services.AddSwiftKvChatClient(builder.Configuration.GetSection("SwiftKV"))   // was AddOpenAIChatClient(...)
+using Microsoft.Extensions.AI;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+using OpenTelemetry.Trace;
+
+namespace SwiftKV.Samples.Hosting;
+
+/// <summary>The hosting sample.</summary>
+public static class HostingSample
+{
+    /// <summary>Telemetry source and meter name of the chat pipeline.</summary>
+    public const string TelemetrySource = "SwiftKV.Samples.Hosting";
+
+    public static async Task<int> Main(string[] args)
+    {
+        try
+        {
+            await RunAsync(args, Console.Out);
+            return 0;
+        }
+        catch (ArgumentException e)
+        {
+            Console.Error.WriteLine($"hosting: {e.Message}");
+            return 2;
+        }
+    }
+
+    /// <summary>Builds and runs the host until the answer service has answered; <paramref name="output"/> receives the answer and report.</summary>
+    public static async Task RunAsync(string[] args, TextWriter output, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        ArgumentNullException.ThrowIfNull(output);
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings
+        {
+            Args = args,
+            // appsettings.json sits beside the binary, whatever directory `dotnet run` starts from.
+            ContentRootPath = AppContext.BaseDirectory,
+        });
+        builder.Configuration.AddCommandLine(args, new Dictionary<string, string> { ["--model"] = "SwiftKV:ModelPath" });
+        if (string.IsNullOrWhiteSpace(builder.Configuration["SwiftKV:ModelPath"]))
+            builder.Configuration["SwiftKV:ModelPath"] = SampleModel.Resolve(null, output).Path;
+
+        builder.Services.AddSwiftKvChatClient(builder.Configuration.GetSection("SwiftKV"))
+            .UseFunctionInvocation()
+            .UseOpenTelemetry(sourceName: TelemetrySource)
+            .UseLogging();
+
+        builder.Services.AddOpenTelemetry()
+            .ConfigureResource(r => r.AddService("swiftkv-hosting-sample"))
+            .WithMetrics(m => m.AddMeter(TelemetrySource, "SwiftKV.*").AddConsoleExporter())
+            .WithTracing(t => t.AddSource(TelemetrySource, "SwiftKV.*").AddConsoleExporter());
+
+        builder.Services.Configure<AnswerOptions>(builder.Configuration.GetSection("Sample"));
+        var sampleOutput = new SampleOutput(output);
+        builder.Services.AddSingleton(sampleOutput);
+        builder.Services.AddHostedService<AnswerService>();
+
+        using var host = builder.Build();
+        await host.RunAsync(cancellationToken);
+        sampleOutput.Failure?.Throw();
+    }
+}
+
+/// <summary>Where the sample writes its answer (the console, or a test's writer), and how answering ended.</summary>
+public sealed class SampleOutput(TextWriter writer)
+{
+    public TextWriter Writer { get; } = writer;
+    /// <summary>Set when answering failed, so the caller of the host sees the error instead of a silent exit.</summary>
+    public System.Runtime.ExceptionServices.ExceptionDispatchInfo? Failure { get; set; }
+}

@@ -1,0 +1,43 @@
+// The hosting sample's generic host end to end on the tiny model: configuration binding (appsettings.json plus
+// command-line overrides), the middleware pipeline, the hosted service's answer, and validation at start-up.
+using SwiftKV.Samples.Hosting;
+using Xunit;
+
+namespace SwiftKV.Samples.Tests;
+
+public sealed class HostingSampleTests(TinySampleModel model)
+{
+    [Fact]
+    public async Task RunAsync_TinyModel_AnswersThroughThePipelineAndStops()
+    {
+        var output = new StringWriter();
+        await HostingSample.RunAsync(["--model", model.Directory, "--Sample:MaxTokens", "3"], output, TestContext.Current.CancellationToken);
+        string text = output.ToString();
+
+        Assert.Contains($"model: {model.Directory} (llama_swiftkv", text);
+        Assert.Contains("SwiftKV on", text);
+        Assert.Contains("prompt: In two sentences", text); // from appsettings.json
+        Assert.Contains("answer: ", text);
+        Assert.Contains("| skipped by SwiftKV: ", text);
+        Assert.Contains("| output tokens: 3 |", text);
+    }
+
+    [Fact]
+    public async Task RunAsync_SwiftKvOffFromCommandLine_SkipsNothing()
+    {
+        var output = new StringWriter();
+        await HostingSample.RunAsync(["--model", model.Directory, "--Sample:MaxTokens", "1", "--SwiftKV:SwiftKv", "false"], output,
+            TestContext.Current.CancellationToken);
+
+        Assert.Contains("SwiftKV off", output.ToString());
+        Assert.Contains("| skipped by SwiftKV: 0 |", output.ToString());
+    }
+
+    [Fact]
+    public async Task RunAsync_InvalidConfiguration_FailsAtStartNamingTheOption()
+    {
+        var e = await Assert.ThrowsAnyAsync<ArgumentException>(() =>
+            HostingSample.RunAsync(["--model", model.Directory, "--SwiftKV:ContextLength", "0"], new StringWriter(), TestContext.Current.CancellationToken));
+        Assert.Contains("ContextLength", e.Message);
+    }
+}

@@ -1,0 +1,124 @@
+// The RAG sample end to end on the tiny model, and its parts: the arctic-embed-xs wrapper (real model, real
+// similarity), the SQLite store (against hand-made vectors) and the chunker.
+using Microsoft.Extensions.AI;
+using SwiftKV.Samples.Rag;
+using Xunit;
+
+namespace SwiftKV.Samples.Tests;
+
+public sealed class RagSampleTests(TinySampleModel model)
+{
+    static readonly string Documents = Path.Combine(AppContext.BaseDirectory, "rag-documents");
+
+    [Fact]
+    public async Task RunAsync_TinyModel_ReportsRetrievalCitationsAndPrefillNumbers()
+    {
+        var output = new StringWriter();
+        await RagSample.RunAsync(new RagOptions { Model = model.Directory, Database = model.TempFile("rag.db"), MaxTokens = 4 }, output,
+            TestContext.Current.CancellationToken);
+        string text = output.ToString();
+
+        Assert.Contains("ingested 8 documents as", text);
+        Assert.Contains("[1] warranty.md#", text);
+        Assert.Contains("sources:", text);
+        var report = Assert.Single(text.Split('\n'), l => l.StartsWith("prompt tokens: ", StringComparison.Ordinal));
+        Assert.Contains("| skipped by SwiftKV: ", report);
+        Assert.Contains("| TTFT: ", report);
+        // SwiftKV lets every prompt token but the last skip the later layers.
+        int prompt = int.Parse(report.Split('|')[0].Replace("prompt tokens:", "").Trim());
+        int skipped = int.Parse(report.Split('|')[1].Replace("skipped by SwiftKV:", "").Trim());
+        Assert.True(prompt > 200, $"the retrieved context should make a long prompt, got {prompt} tokens");
+        Assert.Equal(prompt - 1, skipped);
+        Assert.DoesNotContain("gibberish", text); // --model was given: no demo-model note
+    }
+
+    [Fact]
+    public async Task ArcticEmbeddingGenerator_GenerateAsync_ReturnsUnitVectorsThatSeparateTopics()
+    {
+        using var embedder = new ArcticEmbeddingGenerator();
+        var vectors = await embedder.GenerateAsync(
+            ["The cat slept on the warm windowsill.", "A kitten dozed in the sun by the window.", "Interest rates rose by half a point."],
+            cancellationToken: TestContext.Current.CancellationToken);
+
+        Assert.Equal(3, vectors.Count);
+        foreach (var v in vectors)
+        {
+            Assert.Equal(ArcticEmbeddingGenerator.Dimensions, v.Vector.Length);
+            double norm = Math.Sqrt(v.Vector.ToArray().Sum(x => (double)x * x));
+            Assert.InRange(norm, 0.999, 1.001);
+        }
+        float Cos(int a, int b) => System.Numerics.Tensors.TensorPrimitives.CosineSimilarity(vectors[a].Vector.Span, vectors[b].Vector.Span);
+        Assert.True(Cos(0, 1) > Cos(0, 2) + 0.1f, $"paraphrases {Cos(0, 1):F3} should be closer than unrelated texts {Cos(0, 2):F3}");
+        Assert.Equal("Snowflake/snowflake-arctic-embed-xs", embedder.GetService<EmbeddingGeneratorMetadata>()?.DefaultModelId);
+    }
+
+    [Theory]
+    [InlineData("What does error E-17 mean?", "error-codes.md")]
+    [InlineData("How often should I replace the blades?", "cleaning.md")]
+    [InlineData("Can I return a mower after mowing with it?", "shipping-returns.md")]
+    [InlineData("Which city was the company founded in?", "company.md")]
+    public async Task Retrieval_ObviousQuestion_RanksItsDocumentFirst(string question, string expected)
+    {
+        using var embedder = new ArcticEmbeddingGenerator();
+        using var store = new SqliteVectorStore(model.TempFile("retrieval.db"), ArcticEmbeddingGenerator.Dimensions);
+        await RagSample.IngestAsync(Documents, 500, embedder, store, TestContext.Current.CancellationToken);
+        var query = await embedder.GenerateVectorAsync(ArcticEmbeddingGenerator.QueryPrefix + question, cancellationToken: TestContext.Current.CancellationToken);
+
+        var hits = store.Search(query.Span, 3);
+
+        Assert.Equal(expected, hits[0].Chunk.Source);
+        Assert.True(hits[0].Score >= hits[1].Score && hits[1].Score >= hits[2].Score);
+    }
+
+    [Fact]
+    public void SqliteVectorStore_Search_RanksByCosineAndSurvivesReopen()
+    {
+        string path = model.TempFile("store.db");
+        using (var store = new SqliteVectorStore(path, 3))
+        {
+            store.Upsert([
+                new StoredChunk("a.md", 0, "x axis", [1, 0, 0]),
+                new StoredChunk("b.md", 0, "mostly y", [0.1f, 1, 0]),
+                new StoredChunk("c.md", 0, "long x", [10, 1, 0]),
+            ]);
+        }
+        using var reopened = new SqliteVectorStore(path, 3);
+        var hits = reopened.Search([1, 0, 0], 2);
+
+        Assert.Equal(3, reopened.Count);
+        Assert.Equal(["a.md#1", "c.md#1"], hits.Select(h => h.Chunk.Id));
+        Assert.Equal(1f, hits[0].Score, 1e-6f);
+        Assert.Equal(10 / MathF.Sqrt(101), hits[1].Score, 1e-6f); // cosine ignores length
+        Assert.Equal([10f, 1f, 0f], hits[1].Chunk.Vector);
+    }
+
+    [Fact]
+    public void SqliteVectorStore_WrongDimensions_NamesChunkAndSizes()
+    {
+        using var store = new SqliteVectorStore(model.TempFile("dims.db"), 3);
+        var e = Assert.Throws<ArgumentException>(() => store.Upsert([new StoredChunk("a.md", 4, "t", [1, 2])]));
+        Assert.Contains("a.md#5", e.Message);
+        Assert.Contains("2-dimensional", e.Message);
+        Assert.Throws<ArgumentException>(() => store.Search([1, 2, 3, 4], 1));
+    }
+
+    [Fact]
+    public void TextChunker_Chunk_PacksWholeParagraphsUnderBudget()
+    {
+        string text = "First paragraph here.\n\nSecond one.\n\n" + string.Join(" ", Enumerable.Repeat("A long sentence goes on.", 10));
+        var chunks = TextChunker.Chunk(text, 60);
+
+        Assert.StartsWith("First paragraph here.\nSecond one.\nA long", chunks[0]);
+        Assert.All(chunks, c => Assert.True(c.Length <= 60, $"chunk of {c.Length} chars: {c}"));
+        Assert.Equal(text.Replace("\n\n", " ").Replace("\n", " ").Replace(" ", ""), string.Concat(chunks).Replace("\n", "").Replace(" ", ""));
+    }
+
+    [Fact]
+    public async Task IngestAsync_MissingFolder_NamesIt()
+    {
+        using var embedder = new ArcticEmbeddingGenerator();
+        using var store = new SqliteVectorStore(model.TempFile("missing.db"), ArcticEmbeddingGenerator.Dimensions);
+        var e = await Assert.ThrowsAsync<DirectoryNotFoundException>(() => RagSample.IngestAsync("/no/such/folder", 500, embedder, store, TestContext.Current.CancellationToken));
+        Assert.Contains("/no/such/folder", e.Message);
+    }
+}
