@@ -62,4 +62,35 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
         }));
         Assert.Contains(named, e.Message);
     }
+
+    [Fact]
+    public async Task AddKeyedSwiftKvChatClient_TwoModelsSideBySide_ContainerDisposesThem()
+    {
+        var services = new ServiceCollection();
+        services.AddKeyedSwiftKvChatClient("skv", o => { o.ModelPath = tiny.Directory; o.Backend = Engine.BackendKind.Cpu; o.ModelId = "with-swiftkv"; })
+            .UseFunctionInvocation();
+        services.AddKeyedSwiftKvChatClient("teacher", o => { o.ModelPath = tiny.Directory; o.Backend = Engine.BackendKind.Cpu; o.SwiftKv = false; o.ModelId = "teacher"; });
+        var provider = services.BuildServiceProvider();
+        var skv = provider.GetRequiredKeyedService<IChatClient>("skv");
+        var teacher = provider.GetRequiredKeyedService<IChatClient>("teacher");
+        Assert.Null(provider.GetService<IChatClient>());
+        Assert.IsType<FunctionInvokingChatClient>(skv);
+        Assert.Equal("with-swiftkv", skv.GetService<ChatClientMetadata>()!.DefaultModelId);
+        Assert.False(teacher.GetService<Engine.LocalModel>()!.Backend.SwiftKvEnabled);
+        var model = provider.GetRequiredKeyedService<Engine.LocalModel>("skv");
+        Assert.Same(model, skv.GetService<Engine.LocalModel>());
+
+        var r = await skv.GetResponseAsync("hello", new ChatOptions { MaxOutputTokens = 2 }, TestContext.Current.CancellationToken);
+        Assert.Equal(r.Usage!.InputTokenCount - 1, r.Usage.AdditionalCounts![SwiftKvChatClient.PromptTokensSkippedBySwiftKv]);
+
+        await provider.DisposeAsync();
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => skv.GetService<SwiftKvChatClient>()!.GetResponseAsync("again", cancellationToken: TestContext.Current.CancellationToken));
+    }
+
+    [Fact]
+    public void AddKeyedSwiftKvChatClient_InvalidOptions_FailAtRegistration()
+    {
+        var e = Assert.ThrowsAny<ArgumentException>(() => new ServiceCollection().AddKeyedSwiftKvChatClient("k", o => o.ModelPath = ""));
+        Assert.Contains("ModelPath", e.Message);
+    }
 }

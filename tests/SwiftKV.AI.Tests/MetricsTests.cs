@@ -1,0 +1,53 @@
+// The "SwiftKV.AI" meter, read with a MeterListener as an OpenTelemetry exporter would: latency histograms, token
+// counters (including SwiftKV's skipped prompt tokens) and KV cache bytes that return to zero after the request.
+using System.Collections.Concurrent;
+using System.Diagnostics.Metrics;
+using Microsoft.Extensions.AI;
+using Xunit;
+
+namespace SwiftKV.AI.Tests;
+
+public sealed class MetricsTests(TinyChatModel tiny)
+{
+    [Fact]
+    public async Task Request_RecordsLatencyTokensAndKvCache()
+    {
+        using var client = tiny.Client();
+        string modelId = client.GetService<ChatClientMetadata>()!.DefaultModelId!;
+        var seen = new ConcurrentQueue<(string Name, double Value, string? Model, string? TokenType)>();
+        using var listener = new MeterListener
+        {
+            InstrumentPublished = (instrument, l) => { if (instrument.Meter.Name == SwiftKvMetrics.MeterName) l.EnableMeasurementEvents(instrument); },
+        };
+        void Record(Instrument i, double v, ReadOnlySpan<KeyValuePair<string, object?>> tags)
+        {
+            string? model = null, type = null;
+            foreach (var t in tags)
+            {
+                if (t.Key == "gen_ai.request.model") model = t.Value as string;
+                if (t.Key == "gen_ai.token.type") type = t.Value as string;
+            }
+            // The shared meter may also see other tests' clients: keep only this model's... and this test's calls.
+            seen.Enqueue((i.Name, v, model, type));
+        }
+        listener.SetMeasurementEventCallback<double>((i, v, tags, _) => Record(i, v, tags));
+        listener.SetMeasurementEventCallback<long>((i, v, tags, _) => Record(i, v, tags));
+        listener.Start();
+
+        var r = await client.GetResponseAsync("Hello there", new ChatOptions { MaxOutputTokens = 6 }, TestContext.Current.CancellationToken);
+        listener.Dispose();
+
+        // Other tests run in parallel on clients of the same model id, so look for this request's exact values.
+        var mine = seen.Where(m => m.Model == modelId).ToList();
+        Assert.Contains(mine, m => m.Name == SwiftKvMetrics.TimeToFirstToken && m.Value > 0);
+        Assert.Contains(mine, m => m.Name == SwiftKvMetrics.TimePerOutputToken && m.Value > 0);
+        Assert.Contains(mine, m => m.Name == SwiftKvMetrics.PromptTokens && m.Value == r.Usage!.InputTokenCount);
+        Assert.Contains(mine, m => m.Name == SwiftKvMetrics.CompletionTokens && m.Value == 6);
+        Assert.Contains(mine, m => m.Name == SwiftKvMetrics.PromptTokensSkipped && m.Value == r.Usage!.InputTokenCount - 1);
+        Assert.Contains(mine, m => m.Name == SwiftKvMetrics.TokenUsage && m.TokenType == "input" && m.Value == r.Usage!.InputTokenCount);
+        Assert.Contains(mine, m => m.Name == SwiftKvMetrics.TokenUsage && m.TokenType == "output" && m.Value == 6);
+        var kv = mine.Where(m => m.Name == SwiftKvMetrics.KvCacheBytes).Select(m => m.Value).ToList();
+        Assert.Contains(kv, v => v > 0);
+        Assert.Contains(kv, v => v < 0);
+    }
+}

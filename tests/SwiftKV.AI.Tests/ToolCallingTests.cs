@@ -1,0 +1,147 @@
+// Tool calling through the real prompt renderer and call parser, with a scripted "model" (ScriptedBackend) for
+// exact calls and the tiny random model for the constrained ToolMode paths.
+using System.Text.Json;
+using Microsoft.Extensions.AI;
+using SwiftKV.Engine;
+using SwiftKV.Model.Tokenization;
+using Xunit;
+
+namespace SwiftKV.AI.Tests;
+
+public sealed class ToolCallingTests(TinyChatModel tiny)
+{
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    (SwiftKvChatClient Client, ScriptedBackend Backend) Scripted(params string[] answers)
+    {
+        var backend = new ScriptedBackend(tiny.Model.Config, tiny.Model.Tokenizer, answers);
+        var model = new LocalModel { Path = tiny.Directory, Config = tiny.Model.Config, Tokenizer = tiny.Model.Tokenizer, Backend = backend, BackendReason = "scripted" };
+        var client = new SwiftKvChatClient(model, new SwiftKvOptions { ModelPath = tiny.Directory, DefaultMaxOutputTokens = 64 }, ownsModel: true,
+            today: () => new DateOnly(2026, 11, 26));
+        return (client, backend);
+    }
+
+    string Prompt(ScriptedBackend b, int i) => tiny.Model.Tokenizer.Decode(b.Prompts[i]);
+
+    static AIFunction Weather(List<string> seen) =>
+        AIFunctionFactory.Create((string city) => { seen.Add(city); return new { city, temperature = 21 }; }, "get_weather", "Current weather in a city");
+
+    [Fact]
+    public async Task UseFunctionInvocation_FullRoundTrip_RendersCallAndResultBack()
+    {
+        var (inner, backend) = Scripted("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}", "It is 21 degrees in Oslo.");
+        using var client = inner.AsBuilder().UseFunctionInvocation().Build();
+        var seen = new List<string>();
+
+        var r = await client.GetResponseAsync("Weather in Oslo?", new ChatOptions { Tools = [Weather(seen)] }, Ct);
+
+        Assert.Equal(["Oslo"], seen);
+        Assert.Equal("It is 21 degrees in Oslo.", r.Text);
+        Assert.Equal(ChatFinishReason.Stop, r.FinishReason);
+        var first = Prompt(backend, 0);
+        Assert.Contains("Environment: ipython\nCutting Knowledge Date", first);
+        Assert.Contains(Llama31ToolFormat.Instructions, first);
+        Assert.Contains("\"name\": \"get_weather\"", first);
+        var second = Prompt(backend, 1);
+        Assert.Contains("<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}<|eot_id|>", second);
+        Assert.Contains("<|start_header_id|>ipython<|end_header_id|>\n\n{\"city\": \"Oslo\", \"temperature\": 21}<|eot_id|>", second);
+        Assert.EndsWith("<|start_header_id|>assistant<|end_header_id|>\n\n", second);
+    }
+
+    [Fact]
+    public async Task PythonTagCalls_SeveralCalls_EachGetsACallId()
+    {
+        var (client, _) = Scripted("<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}; {\"name\": \"get_weather\", \"parameters\": {\"city\": \"Rome\"}}<|eom_id|>");
+        using var _c = client;
+        var updates = new List<ChatResponseUpdate>();
+        await foreach (var u in client.GetStreamingResponseAsync("Weather in Oslo and Rome?", new ChatOptions { Tools = [Weather([])] }, Ct)) updates.Add(u);
+        var r = updates.ToChatResponse();
+
+        var calls = r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().ToList();
+        Assert.Equal(2, calls.Count);
+        Assert.Equal(["Oslo", "Rome"], calls.Select(c => ((JsonElement)c.Arguments!["city"]!).GetString()));
+        Assert.Equal(2, calls.Select(c => c.CallId).Distinct().Count());
+        Assert.Equal(ChatFinishReason.ToolCalls, r.FinishReason);
+        Assert.Equal("", r.Text);
+        Assert.Single(updates.SelectMany(u => u.Contents).OfType<UsageContent>());
+    }
+
+    [Theory]
+    [InlineData("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"")]
+    [InlineData("{\"name\": \"delete_everything\", \"parameters\": {}}")]
+    [InlineData("{\"name\": \"get_weather\", \"parameters\": {}} and some words")]
+    public async Task MalformedCall_SurfacesAsText(string answer)
+    {
+        var (client, _) = Scripted(answer);
+        using var _c = client;
+        var r = await client.GetResponseAsync("Weather?", new ChatOptions { Tools = [Weather([])] }, Ct);
+        Assert.Equal(answer, r.Text);
+        Assert.Empty(r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
+        Assert.Equal(ChatFinishReason.Stop, r.FinishReason);
+    }
+
+    [Fact]
+    public async Task PlainAnswer_WithToolsOffered_StreamsAsText()
+    {
+        var (client, _) = Scripted("  No tool needed, it is sunny.");
+        using var _c = client;
+        var texts = new List<string>();
+        await foreach (var u in client.GetStreamingResponseAsync("Hi", new ChatOptions { Tools = [Weather([])] }, Ct))
+            if (u.Text.Length > 0) texts.Add(u.Text);
+        Assert.True(texts.Count > 2, "text should stream token by token once it cannot be a call");
+        Assert.Equal("  No tool needed, it is sunny.", string.Concat(texts));
+    }
+
+    [Fact]
+    public async Task ToolModeNone_LeavesToolsOutOfThePrompt_ButRendersHistory()
+    {
+        var (client, backend) = Scripted("ok");
+        using var _c = client;
+        var history = new List<ChatMessage>
+        {
+            new(ChatRole.User, "Weather?"),
+            new(ChatRole.Assistant, [new FunctionCallContent("c1", "get_weather", new Dictionary<string, object?> { ["city"] = "Oslo" })]),
+            new(ChatRole.Tool, [new FunctionResultContent("c1", "sunny")]),
+        };
+        await client.GetResponseAsync(history, new ChatOptions { Tools = [Weather([])], ToolMode = ChatToolMode.None }, Ct);
+        string prompt = Prompt(backend, 0);
+        Assert.DoesNotContain("Environment: ipython", prompt);
+        Assert.DoesNotContain(Llama31ToolFormat.Instructions, prompt);
+        Assert.Contains("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}<|eot_id|>", prompt);
+        Assert.Contains("<|start_header_id|>ipython<|end_header_id|>\n\nsunny<|eot_id|>", prompt);
+    }
+
+    [Fact]
+    public async Task RequireAny_SeveralTools_PrefillsTheCallStart()
+    {
+        var (client, backend) = Scripted("get_weather\", \"parameters\": {\"city\": \"Oslo\"}}");
+        using var _c = client;
+        var other = AIFunctionFactory.Create(() => 1, "other");
+        var r = await client.GetResponseAsync("Weather?", new ChatOptions { Tools = [Weather([]), other], ToolMode = ChatToolMode.RequireAny }, Ct);
+        Assert.EndsWith("<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"", Prompt(backend, 0));
+        var call = Assert.Single(r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
+        Assert.Equal("get_weather", call.Name);
+        Assert.Equal(ChatFinishReason.ToolCalls, r.FinishReason);
+    }
+
+    [Fact]
+    public async Task RequireSpecific_RandomModel_CallsThatFunction()
+    {
+        using var client = tiny.Client();
+        var tools = new List<AITool> { Weather([]), AIFunctionFactory.Create(() => 1, "other") };
+        var r = await client.GetResponseAsync("Weather?", new ChatOptions { Tools = tools, ToolMode = ChatToolMode.RequireSpecific("other"), MaxOutputTokens = 20 }, Ct);
+        var call = Assert.Single(r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
+        Assert.Equal("other", call.Name);
+        Assert.Equal(ChatFinishReason.ToolCalls, r.FinishReason);
+    }
+
+    [Fact]
+    public async Task RequireSpecific_UnknownFunction_Throws()
+    {
+        using var client = tiny.Client();
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync("x",
+            new ChatOptions { Tools = [Weather([])], ToolMode = ChatToolMode.RequireSpecific("nope") }, Ct));
+        Assert.Contains("'nope'", e.Message);
+        await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync("x", new ChatOptions { ToolMode = ChatToolMode.RequireAny }, Ct));
+    }
+}
