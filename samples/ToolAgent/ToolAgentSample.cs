@@ -1,0 +1,104 @@
+// A Semantic Kernel agent with two plugins (calculator, document lookup) that the model calls on its own:
+// FunctionChoiceBehavior.Auto() advertises the functions, SwiftKV's client writes them into the Llama 3.1 prompt
+// and parses the model's JSON calls, and UseFunctionInvocation() in the chat pipeline runs them and sends the
+// results back (SK 1.82 calls the registered IChatClient directly, so the pipeline must hold function invocation).
+// Every model round trip is a prefill over the whole conversation so far, which is where SwiftKV saves.
+//   dotnet run --project samples/ToolAgent -- [--model DIR] [--question TEXT] [--require lookup|multiply|add]
+// NOTE: the demo model's weights are random, so under Auto it will not decide to call a tool; --require forces a
+// call through ToolMode RequireSpecific (the client prefills the call and constrains it to JSON) to show the
+// round trip anyway. A real instruct checkpoint calls the tools by itself.
+using Microsoft.SemanticKernel;
+using SwiftKV.AI;
+
+namespace SwiftKV.Samples.ToolAgent;
+
+/// <summary>What the tool agent runs on.</summary>
+public sealed record ToolAgentOptions
+{
+    /// <summary>Checkpoint directory; null runs the demo model.</summary>
+    public string? Model { get; init; }
+    public string Question { get; init; } = "How many months is the Mow-3 battery covered, and what is that times 3?";
+    /// <summary>Name of a function to require on the first turn (lookup, multiply, add), or null for Auto.</summary>
+    public string? Require { get; init; }
+    public int MaxTokens { get; init; } = 64;
+}
+
+/// <summary>What a run did: the answer, the tools called and the model round trips.</summary>
+public sealed record ToolAgentResult(string Answer, IReadOnlyList<string> ToolCalls, IReadOnlyList<CallRecord> ModelCalls);
+
+/// <summary>The tool-agent sample.</summary>
+public static class ToolAgentSample
+{
+    public static async Task<int> Main(string[] args)
+    {
+        ToolAgentOptions options;
+        try
+        {
+            var a = new SampleArgs(args);
+            var d = new ToolAgentOptions();
+            options = new ToolAgentOptions
+            {
+                Model = a.String("model"),
+                Question = a.String("question") ?? d.Question,
+                Require = a.String("require"),
+                MaxTokens = a.PositiveInt("max-tokens", d.MaxTokens),
+            };
+            a.RejectUnknown();
+        }
+        catch (ArgumentException e)
+        {
+            Console.Error.WriteLine($"tool-agent: {e.Message}\nusage: dotnet run --project samples/ToolAgent -- [--model DIR] [--question TEXT] [--require lookup|multiply|add] [--max-tokens N]");
+            return 2;
+        }
+        await RunAsync(options, Console.Out);
+        return 0;
+    }
+
+    /// <summary>Asks the question through a kernel with the plugins, and reports tools called and prefill numbers.</summary>
+    public static async Task<ToolAgentResult> RunAsync(ToolAgentOptions options, TextWriter output, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(output);
+        var (modelPath, isDemo) = SampleModel.Resolve(options.Model, output);
+
+        using var swiftKv = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = modelPath });
+        var (pipeline, recorder) = SampleKernel.Pipeline(swiftKv);
+        var log = new ToolLog();
+        var kernel = SampleKernel.Create(pipeline, b =>
+        {
+            b.Plugins.AddFromObject(new CalculatorPlugin(log), "calculator");
+            b.Plugins.AddFromObject(new DocumentLookupPlugin(log), "documents");
+        });
+
+        FunctionChoiceBehavior behavior;
+        if (options.Require is null)
+        {
+            behavior = FunctionChoiceBehavior.Auto();
+        }
+        else
+        {
+            var function = kernel.Plugins.SelectMany(p => p).FirstOrDefault(f => f.Name == options.Require)
+                ?? throw new ArgumentException($"--require '{options.Require}' is not a function of the agent (lookup, multiply, add)");
+            behavior = FunctionChoiceBehavior.Required([function]);
+        }
+
+        output.WriteLine($"tools: {string.Join(", ", kernel.Plugins.SelectMany(p => p.Select(f => $"{p.Name}.{f.Name}")))}; " +
+                         $"choice: {(options.Require is null ? "Auto" : $"Required({options.Require}) on the first turn")}");
+        output.WriteLine($"question: {options.Question}");
+        var result = await kernel.InvokePromptAsync(options.Question, new KernelArguments(SampleKernel.Settings(options.MaxTokens, behavior)),
+            cancellationToken: cancellationToken);
+        string answer = result.ToString().Trim();
+        output.WriteLine($"answer: {answer}");
+
+        var tools = log.Entries;
+        output.WriteLine(tools.Count == 0
+            ? "tool calls: none" + (isDemo ? " (the demo model's random weights never choose a tool; try --require lookup)" : "")
+            : $"tool calls: {string.Join(" -> ", tools)}");
+        var calls = recorder.Calls;
+        for (int i = 0; i < calls.Count; i++) output.WriteLine($"model call {i + 1}: {calls[i]}");
+        if (calls.Any(c => c.FinishReason == Microsoft.Extensions.AI.ChatFinishReason.ToolCalls))
+            output.WriteLine("(a tool-call turn is returned whole once parsed, so its TTFT is its total time)");
+        if (isDemo) output.WriteLine("\n" + SampleModel.GibberishNote);
+        return new ToolAgentResult(answer, tools, calls);
+    }
+}

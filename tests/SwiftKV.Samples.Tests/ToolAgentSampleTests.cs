@@ -1,0 +1,44 @@
+// The tool agent end to end on the tiny model: a call forced with FunctionChoiceBehavior.Required (ToolMode
+// RequireSpecific, which the client prefills and constrains to JSON) really reaches the plugin through Semantic
+// Kernel and UseFunctionInvocation, and the result goes back to the model for a second round trip.
+using Microsoft.Extensions.AI;
+using SwiftKV.Samples.ToolAgent;
+using Xunit;
+
+namespace SwiftKV.Samples.Tests;
+
+public sealed class ToolAgentSampleTests(TinySampleModel model)
+{
+    [Fact]
+    public async Task RunAsync_RequiredLookup_InvokesPluginAndSendsResultBack()
+    {
+        var output = new StringWriter();
+        var result = await ToolAgentSample.RunAsync(new ToolAgentOptions { Model = model.Directory, Require = "lookup", MaxTokens = 6 }, output,
+            TestContext.Current.CancellationToken);
+
+        Assert.StartsWith("documents.lookup(", Assert.Single(result.ToolCalls));
+        Assert.True(result.ModelCalls.Count >= 2, "the function result should go back to the model");
+        Assert.Equal(ChatFinishReason.ToolCalls, result.ModelCalls[0].FinishReason);
+        Assert.True(result.ModelCalls[1].PromptTokens > result.ModelCalls[0].PromptTokens, "the second turn carries the call and its result");
+        Assert.Contains("tool calls: documents.lookup(", output.ToString());
+        Assert.Contains("model call 2: prompt tokens: ", output.ToString());
+    }
+
+    [Fact]
+    public async Task RunAsync_UnknownRequiredFunction_NamesIt()
+    {
+        var e = await Assert.ThrowsAsync<ArgumentException>(() =>
+            ToolAgentSample.RunAsync(new ToolAgentOptions { Model = model.Directory, Require = "divide" }, new StringWriter(), TestContext.Current.CancellationToken));
+        Assert.Contains("'divide'", e.Message);
+    }
+
+    [Fact]
+    public void Plugins_Invoked_LogAndAnswer()
+    {
+        var log = new ToolLog();
+        Assert.Equal(12, new CalculatorPlugin(log).Multiply(4, 3));
+        Assert.Contains("2 years", new DocumentLookupPlugin(log).Lookup(" Warranty "));
+        Assert.Contains("Known topics: warranty", new DocumentLookupPlugin(log).Lookup("weather"));
+        Assert.Equal(["calculator.multiply(4, 3)", "documents.lookup(\" Warranty \")", "documents.lookup(\"weather\")"], log.Entries);
+    }
+}
