@@ -55,6 +55,24 @@ public sealed unsafe class CudaKernel
 
     public string Name { get; }
 
+    /// <summary>CUfunction_attribute values used by the launchers (cuda.h).</summary>
+    public const int AttrLocalSizeBytes = 3, AttrNumRegs = 4, AttrMaxDynamicSharedBytes = 8, AttrSharedCarveoutPercent = 9;
+
+    /// <summary>cuFuncSetAttribute, e.g. <see cref="AttrMaxDynamicSharedBytes"/> before a launch over 48 KB of shared memory.</summary>
+    public void SetAttribute(int attribute, int value)
+    {
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuFuncSetAttribute(_function, attribute, value), $"cuFuncSetAttribute({_module.Name}:{Name}, {attribute}, {value})");
+    }
+
+    /// <summary>cuFuncGetAttribute (registers per thread, local-memory bytes, ...).</summary>
+    public int GetAttribute(int attribute)
+    {
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuFuncGetAttribute(out int v, attribute, _function), $"cuFuncGetAttribute({_module.Name}:{Name}, {attribute})");
+        return v;
+    }
+
     /// <summary>cuLaunchKernel on <paramref name="stream"/>; <paramref name="args"/> points at each argument's value.</summary>
     public void Launch(CudaStream stream, (uint X, uint Y, uint Z) grid, uint block, uint sharedBytes, void** args)
     {

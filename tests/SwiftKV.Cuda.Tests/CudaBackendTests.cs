@@ -27,6 +27,9 @@ public sealed class CudaBackendTests
         { "acrosskv-g2", new ModelSpec(SwiftKvLayers: 2, GroupSize: 2, Seed: 26), true },
         { "acrosskv-g4-bias", new ModelSpec(Layers: 6, SwiftKvLayers: 2, GroupSize: 4, Bias: true, Seed: 27), true },
         { "acrosskv-g2-gqa4-tied", new ModelSpec(Heads: 8, KvHeads: 2, Layers: 6, SwiftKvLayers: 2, GroupSize: 2, Tied: true, Seed: 28), true },
+        // head_dim 64/128 take the tensor-core attention kernel (the ones above take the scalar fallback).
+        { "swiftkv-50%-hd64-gqa4", new ModelSpec(Hidden: 128, Heads: 8, KvHeads: 2, HeadDim: 64, SwiftKvLayers: 2, Seed: 29), true },
+        { "base-hd128-mqa", new ModelSpec(Hidden: 128, Heads: 2, KvHeads: 1, HeadDim: 128, Bias: true, Seed: 30), false },
     };
 
     static readonly double[] Tolerance = [1e-2, 3e-2];

@@ -197,7 +197,9 @@ public sealed class KernelTests : GpuFixtureTest
         using var dk = new DeviceBuffer<Bf16>(kc);
         using var dv = new DeviceBuffer<Bf16>(vc);
         using var dOut = Gpu.PoisonedBf16((long)rows * heads * headDim);
-        new AttentionKernel(Library).Launch(Stream, dq, ldq, dk, dv, capacity, dOut, rows, heads, kvHeads, headDim, pos0);
+        // The scalar kernel (the fallback for other head dims); AttentionTests covers the tensor-core path.
+        using var attention = new AttentionKernel(Library) { Path = AttentionPath.Simple };
+        attention.Launch(Stream, dq, ldq, dk, dv, capacity, dOut, rows, heads, kvHeads, headDim, pos0);
         Stream.Synchronize();
 
         var k = Wide(kc);

@@ -198,6 +198,7 @@ public sealed class CudaBackend : IModelBackend
         _disposed = true;
         _stream.Synchronize();
         _ws.Dispose();
+        _attention.Dispose();
         _w.Dispose();
         _kernels.Dispose();
         _blas.Dispose();

@@ -1,0 +1,11 @@
+// P/Invoke to the CUDA driver's per-kernel attributes (cuFuncSetAttribute / cuFuncGetAttribute): kernels that use
+// more than 48 KB of dynamic shared memory must raise their limit first, and benchmarks read register counts.
+using System.Runtime.InteropServices;
+
+namespace SwiftKV.Cuda.Native;
+
+internal static partial class CuDriver
+{
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuFuncSetAttribute(nint function, int attribute, int value);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuFuncGetAttribute(out int value, int attribute, nint function);
+}

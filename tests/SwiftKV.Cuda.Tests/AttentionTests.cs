@@ -1,0 +1,139 @@
+// The tensor-core attention kernel (native-kernels/attention_flash.cu) against a CPU reference in double: head_dim
+// 64 and 128, GQA group 1/4/8, odd lengths, chunks at pos0 > 0, decode with split-K, both CTA shapes, batched
+// sequences with padded strides. Outputs are poisoned with NaN and cache slots past the step hold NaN, so an
+// unwritten output or a key read past the causal end fails. Tolerance: bf16 Q and P on the tensor cores add about
+// 2^-9 relative per term, so ||out - ref|| / ||ref|| <= 1e-2 and element-wise 2e-2·|ref| + 5e-3·max|ref|.
+using SwiftKV.Cuda.Kernels;
+using SwiftKV.Engine.Tests;
+using Xunit;
+
+namespace SwiftKV.Cuda.Tests;
+
+public sealed class AttentionTests : GpuFixtureTest
+{
+    /// <summary>Causal GQA attention of one sequence in double; q row r at position pos0 + r sees keys 0..pos0 + r.</summary>
+    internal static double[] Reference(float[] q, long qOff, int ldq, float[] k, float[] v, long kvOff, int rows, int heads, int kvHeads, int headDim, int pos0)
+    {
+        int kvDim = kvHeads * headDim, group = heads / kvHeads;
+        var want = new double[rows * heads * headDim];
+        double scale = 1 / Math.Sqrt(headDim);
+        for (int r = 0; r < rows; r++)
+            for (int h = 0; h < heads; h++)
+            {
+                int kvh = h / group, len = pos0 + r + 1;
+                var s = new double[len];
+                for (int t = 0; t < len; t++)
+                {
+                    double dot = 0;
+                    for (int d = 0; d < headDim; d++) dot += q[qOff + r * ldq + h * headDim + d] * (double)k[kvOff + t * kvDim + kvh * headDim + d];
+                    s[t] = dot * scale;
+                }
+                double max = s.Max(), sum = 0;
+                for (int t = 0; t < len; t++) sum += s[t] = Math.Exp(s[t] - max);
+                for (int d = 0; d < headDim; d++)
+                {
+                    double o = 0;
+                    for (int t = 0; t < len; t++) o += s[t] * v[kvOff + t * kvDim + kvh * headDim + d];
+                    want[(r * heads + h) * headDim + d] = o / sum;
+                }
+            }
+        return want;
+    }
+
+    static void AssertClose(ReadOnlySpan<float> got, double[] want, string what)
+    {
+        double maxRef = want.Max(Math.Abs), num = 0, den = 0;
+        for (int i = 0; i < want.Length; i++)
+        {
+            double d = Math.Abs(got[i] - want[i]);
+            if (!(d <= 2e-2 * Math.Abs(want[i]) + 5e-3 * maxRef))
+                Assert.Fail($"{what}: index {i}: got {got[i]}, expected {want[i]} (|diff| {d:E3}, max|ref| {maxRef:E3})");
+            num += d * d;
+            den += want[i] * want[i];
+        }
+        double rel = Math.Sqrt(num / den);
+        Assert.True(rel <= 1e-2, $"{what}: ||out - ref|| / ||ref|| = {rel:E3}");
+        Gpu.Log($"{what}: ||out - ref|| / ||ref|| = {rel:E2}");
+    }
+
+    [Theory]
+    [InlineData(37, 4, 4, 64, 0, AttentionPath.Flash4Warps)]      // MHA, odd length, two row tiles
+    [InlineData(70, 8, 2, 128, 0, AttentionPath.Flash4Warps)]     // GQA 4, prefill from an empty cache
+    [InlineData(70, 8, 2, 128, 0, AttentionPath.Flash8Warps)]
+    [InlineData(33, 16, 2, 128, 45, AttentionPath.Flash4Warps)]   // GQA 8, a chunk after 45 cached tokens
+    [InlineData(33, 16, 2, 64, 45, AttentionPath.Flash8Warps)]
+    [InlineData(130, 4, 1, 128, 17, AttentionPath.Flash8Warps)]   // MQA, several key tiles and row tiles
+    [InlineData(1, 32, 8, 128, 300, AttentionPath.Flash4Warps)]   // decode, Llama-3 8B heads, split-K
+    [InlineData(1, 8, 1, 64, 777, AttentionPath.Auto)]            // decode, GQA 8, odd context
+    [InlineData(3, 8, 1, 64, 1000, AttentionPath.Flash8Warps)]    // SwiftKV-like short step over a long cache
+    public void Flash_MatchesReference(int rows, int heads, int kvHeads, int headDim, int pos0, AttentionPath path)
+    {
+        Gpu.Require();
+        var rng = new TestRng((ulong)(1000 + rows * 7 + heads + headDim + pos0));
+        int capacity = pos0 + rows + 5, kvDim = kvHeads * headDim, ldq = heads * headDim + 3 * kvDim;
+        var q = rng.Array((long)rows * ldq, 1.5f);
+        var kc = Bf16.FromSingles(rng.Array((long)capacity * kvDim, 1.5f));
+        var vc = Bf16.FromSingles(rng.Array((long)capacity * kvDim, 1f));
+        for (long i = (long)(pos0 + rows) * kvDim; i < kc.Length; i++) kc[i] = vc[i] = Bf16.FromSingle(float.NaN);
+        using var dq = new DeviceBuffer<float>(q);
+        using var dk = new DeviceBuffer<Bf16>(kc);
+        using var dv = new DeviceBuffer<Bf16>(vc);
+        using var dOut = Gpu.PoisonedBf16((long)rows * heads * headDim);
+        using var attention = new AttentionKernel(Library) { Path = path };
+        attention.Launch(Stream, dq, ldq, dk, dv, capacity, dOut, rows, heads, kvHeads, headDim, pos0);
+        Stream.Synchronize();
+        Assert.StartsWith("flash_attn_", attention.LastLaunch.Kernel);
+        if (rows == 1) Assert.True(attention.LastLaunch.Splits > 1, $"decode ran without split-K ({attention.LastLaunch})");
+        var want = Reference(q, 0, ldq, Bf16.ToSingles(kc), Bf16.ToSingles(vc), 0, rows, heads, kvHeads, headDim, pos0);
+        AssertClose(Bf16.ToSingles(dOut.ToArray()), want, $"flash {path} rows {rows} heads {heads}/{kvHeads} d {headDim} pos0 {pos0} {attention.LastLaunch}");
+    }
+
+    [Theory]
+    [InlineData(1, 128, AttentionPath.Flash4Warps)]
+    [InlineData(2, 64, AttentionPath.Flash8Warps)]
+    [InlineData(2, 40, AttentionPath.Simple)]   // other head dims fall back to the scalar kernel, per sequence
+    public void Batched_EachSequenceMatchesReference(int rows, int headDim, AttentionPath path)
+    {
+        Gpu.Require();
+        var rng = new TestRng((ulong)(77 + rows + headDim));
+        int batch = 3, heads = 8, kvHeads = 2, pos0 = 250, capacity = 260, kvDim = kvHeads * headDim, ldq = heads * headDim;
+        long qbs = (long)rows * ldq + 4, kvbs = (long)capacity * kvDim + 64, obs = (long)rows * heads * headDim + 8;
+        var q = rng.Array(batch * qbs, 1.5f);
+        var kf = rng.Array(batch * kvbs, 1.5f);
+        var vf = rng.Array(batch * kvbs, 1f);
+        var kc = Bf16.FromSingles(kf);
+        var vc = Bf16.FromSingles(vf);
+        for (int b = 0; b < batch; b++)
+            for (long i = b * kvbs + (long)(pos0 + rows) * kvDim; i < (b + 1) * kvbs; i++) kc[i] = vc[i] = Bf16.FromSingle(float.NaN);
+        using var dq = new DeviceBuffer<float>(q);
+        using var dk = new DeviceBuffer<Bf16>(kc);
+        using var dv = new DeviceBuffer<Bf16>(vc);
+        using var dOut = Gpu.PoisonedBf16(batch * obs);
+        using var attention = new AttentionKernel(Library) { Path = path };
+        attention.LaunchBatched(Stream, dq, ldq, qbs, dk, dv, kvbs, capacity, dOut, obs, batch, rows, heads, kvHeads, headDim, pos0);
+        Stream.Synchronize();
+        var got = Bf16.ToSingles(dOut.ToArray());
+        var k = Bf16.ToSingles(kc);
+        var v = Bf16.ToSingles(vc);
+        for (int b = 0; b < batch; b++)
+        {
+            var want = Reference(q, b * qbs, ldq, k, v, b * kvbs, rows, heads, kvHeads, headDim, pos0);
+            AssertClose(got.AsSpan((int)(b * obs), want.Length), want, $"batched {path} sequence {b} d {headDim} {attention.LastLaunch}");
+        }
+    }
+
+    [Fact]
+    public void Launch_RejectsBadShapes()
+    {
+        Gpu.Require();
+        using var q = new DeviceBuffer<float>(64 * 8);
+        using var kv = new DeviceBuffer<Bf16>(16 * 64);
+        using var o = new DeviceBuffer<Bf16>(64 * 8);
+        using var attention = new AttentionKernel(Library) { Path = AttentionPath.Flash4Warps };
+        // head_dim 32 has no flash instance: the pinned path says so instead of launching.
+        var e = Assert.Throws<ArgumentException>(() => attention.Launch(Stream, q, 64, kv, kv, 16, o, 1, 2, 1, 32, 0));
+        Assert.Contains("head_dim 64 or 128", e.Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => attention.Launch(Stream, q, 128, kv, kv, 8, o, 1, 1, 1, 64, 8));   // past the cache
+        Assert.Throws<ArgumentOutOfRangeException>(() => attention.Launch(Stream, q, 192, kv, kv, 16, o, 1, 3, 2, 64, 0));  // heads % kv_heads
+    }
+}
