@@ -44,8 +44,10 @@ internal static class ChatPromptBuilder
         if (prefill is not null) prompt.AddRange(model.Tokenizer.Encode(prefill));
 
         int context = Math.Min(clientOptions.ContextLength, model.Config.MaxPositionEmbeddings);
+        // The KV pool bounds one sequence too: a request may not hold more blocks than the pool has.
+        if (model.Serving is { } engine) context = Math.Min(context, engine.MaxSequenceLength);
         if (prompt.Count >= context)
-            throw new ArgumentException($"The prompt is {prompt.Count} tokens, which does not fit the context of {context} tokens (SwiftKvOptions.ContextLength); shorten the conversation or raise ContextLength.", nameof(messages));
+            throw new ArgumentException($"The prompt is {prompt.Count} tokens, which does not fit the context of {context} tokens (SwiftKvOptions.ContextLength, max_position_embeddings and the KV cache size); shorten the conversation or raise ContextLength / KvCacheBytes.", nameof(messages));
         int maxNew = Math.Min(options?.MaxOutputTokens ?? clientOptions.DefaultMaxOutputTokens, context - prompt.Count);
 
         // NOTE: an engine-native SamplingParams from RawRepresentationFactory replaces every sampling option of

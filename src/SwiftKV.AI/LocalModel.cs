@@ -7,6 +7,7 @@ using SwiftKV.Model.Checkpoint;
 using SwiftKV.Cuda;
 using SwiftKV.Engine.Cpu;
 using SwiftKV.Engine.Cuda;
+using SwiftKV.Engine.Serving;
 
 namespace SwiftKV.Engine;
 
@@ -30,20 +31,30 @@ public sealed class LocalModel : IDisposable
     public required string BackendReason { get; init; }
 
     /// <summary>
-    /// Serialises forward passes on this model across every client that shares it.
-    /// NOTE: one request at a time until the batching engine (issue 4) replaces this.
+    /// The continuous-batching engine every client of this model feeds (null when the backend has no batched step).
+    /// </summary>
+    public ServingEngine? Serving { get; init; }
+
+    /// <summary>
+    /// Serialises forward passes for backends without a batched step (<see cref="Serving"/> is null).
     /// </summary>
     public SemaphoreSlim ExecutionGate { get; } = new(1, 1);
 
     /// <summary>Loads a checkpoint directory. <paramref name="swiftKv"/> is honoured only when the checkpoint has SwiftKV.</summary>
-    public static LocalModel Load(string path, BackendKind backend = BackendKind.Auto, bool swiftKv = true)
+    public static LocalModel Load(string path, BackendKind backend = BackendKind.Auto, bool swiftKv = true, ServingOptions? serving = null)
     {
         var config = LlamaConfig.Load(path);
         var tokenizer = LlamaTokenizer.Load(path);
         if (tokenizer.VocabularySize > config.VocabSize)
             throw new InvalidModelException($"{path}: the tokenizer has ids up to {tokenizer.VocabularySize - 1} but the model's vocab_size is {config.VocabSize}.");
         var (compute, reason) = OpenBackend(path, config, backend, swiftKv);
-        return new LocalModel { Path = path, Config = config, Tokenizer = tokenizer, Backend = compute, BackendReason = reason };
+        var model = new LocalModel
+        {
+            Path = path, Config = config, Tokenizer = tokenizer, Backend = compute, BackendReason = reason,
+            Serving = compute is IBatchedBackend ? new ServingEngine(compute, serving) : null,
+        };
+        SwiftKV.AI.KvPoolGauge.Track(model);
+        return model;
     }
 
     /// <summary>Loads only the weights onto a backend (no tokenizer needed), e.g. for logits dumps.</summary>
@@ -66,9 +77,17 @@ public sealed class LocalModel : IDisposable
                 (useCuda, reason) = (false, "CPU requested");
                 break;
         }
-        var weights = LlamaCheckpointLoader.Load(path, swiftKv && config.SwiftKv);
-        return (useCuda ? new CudaBackend(weights) : new CpuBackend(weights), reason);
+        bool swift = swiftKv && config.SwiftKv;
+        // CUDA streams the checkpoint straight to the GPU: no fp32 copy of the model on the host.
+        if (useCuda) return (CudaBackend.Load(path, swift), reason);
+        return (new CpuBackend(LlamaCheckpointLoader.Load(path, swift)), reason);
     }
 
-    public void Dispose() => Backend.Dispose();
+    public void Dispose()
+    {
+        // The engine stops its loop and fails in-flight requests before the weights go away.
+        SwiftKV.AI.KvPoolGauge.Untrack(this);
+        Serving?.Dispose();
+        Backend.Dispose();
+    }
 }

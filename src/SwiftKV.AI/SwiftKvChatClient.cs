@@ -1,5 +1,6 @@
 // The product's face: an in-process IChatClient over a local Llama / SwiftKV model.
-// NOTE: requests are serialised on one model for now (a semaphore); continuous batching replaces this.
+// NOTE: every call becomes a request of the model's ServingEngine (continuous batching, paged KV, prefix cache);
+// backends without a batched step are served one request at a time (TokenRun).
 // The non-streaming call is built on the streaming one so both paths share every rule (stops, usage, finish,
 // tool calls). Request preparation lives in ChatPromptBuilder, tool-call detection in ToolCallBuffer.
 using System.Diagnostics;
@@ -20,6 +21,9 @@ public sealed class SwiftKvChatClient : IChatClient
 {
     /// <summary>Key of <see cref="UsageDetails.AdditionalCounts"/>: prompt tokens that skipped the later layers thanks to SwiftKV.</summary>
     public const string PromptTokensSkippedBySwiftKv = "swiftkv.prompt_tokens_skipped";
+
+    /// <summary>Key of <see cref="UsageDetails.AdditionalCounts"/>: prompt tokens whose KV came from the prefix cache (not computed).</summary>
+    public const string PromptTokensFromPrefixCache = "swiftkv.prompt_tokens_cached";
 
     readonly LocalModel _model;
     readonly bool _ownsModel;
@@ -57,7 +61,7 @@ public sealed class SwiftKvChatClient : IChatClient
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        return LocalModel.Load(options.ModelPath, options.Backend, options.SwiftKv);
+        return options.LoadModel();
     }
 
     /// <summary>The loaded model (config, tokenizer, backend).</summary>
@@ -93,13 +97,7 @@ public sealed class SwiftKvChatClient : IChatClient
             FinishReason = finish,
         };
 
-        await _model.ExecutionGate.WaitAsync(cancellationToken).ConfigureAwait(false);
-        using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var tokens = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
-        var stats = new GenerationStats();
-        // The forward passes are CPU- or GPU-bound and synchronous: run them off the caller's thread and
-        // stream token ids through a channel, so a slow consumer never blocks and cancellation is prompt.
-        Task producer = Task.Run(() => Produce(request, stats, tokens.Writer, cts.Token), CancellationToken.None);
+        await using var run = await TokenRun.StartAsync(_model, request, _metrics, cancellationToken).ConfigureAwait(false);
         try
         {
             var detok = new StreamingDetokenizer(_model.Tokenizer);
@@ -108,7 +106,7 @@ public sealed class SwiftKvChatClient : IChatClient
             bool stoppedOnText = false;
             TimeSpan firstToken = TimeSpan.Zero, lastToken = TimeSpan.Zero;
             int received = 0;
-            await foreach (int id in tokens.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+            await foreach (int id in run.Tokens.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 lastToken = clock.Elapsed;
@@ -121,14 +119,7 @@ public sealed class SwiftKvChatClient : IChatClient
                 if (text.Length > 0) yield return Update([new TextContent(text)]);
                 if (stoppedOnText) break;
             }
-            cts.Cancel();
-            try
-            {
-                await producer.ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (stoppedOnText && !cancellationToken.IsCancellationRequested)
-            {
-            }
+            var outcome = await run.FinishAsync(stoppedOnText).ConfigureAwait(false);
             cancellationToken.ThrowIfCancellationRequested();
             if (!stoppedOnText)
             {
@@ -141,52 +132,30 @@ public sealed class SwiftKvChatClient : IChatClient
 
             // NOTE: JSON output cut off by MaxOutputTokens is returned as is, with FinishReason Length.
             var finish = calls.Count > 0 ? ChatFinishReason.ToolCalls
-                : stoppedOnText || stats.FinishReason == FinishReason.Stop ? ChatFinishReason.Stop
+                : stoppedOnText || outcome.FinishReason == FinishReason.Stop ? ChatFinishReason.Stop
                 : ChatFinishReason.Length;
-            int skipped = _model.Backend.SwiftKvEnabled ? Math.Max(0, stats.PromptTokens - 1) : 0;
-            _metrics.Completed(stats.PromptTokens, stats.OutputTokens, skipped, lastToken - firstToken);
+            // Prompt tokens served from the prefix cache were not computed at all; of those computed, all but the
+            // last stop after layer l-1 when SwiftKV is on.
+            int computed = outcome.PromptTokens - outcome.CachedPromptTokens;
+            int skipped = _model.Backend.SwiftKvEnabled ? Math.Max(0, computed - 1) : 0;
+            _metrics.Completed(outcome.PromptTokens, outcome.OutputTokens, skipped, lastToken - firstToken);
             var usage = new UsageDetails
             {
-                InputTokenCount = stats.PromptTokens,
-                OutputTokenCount = stats.OutputTokens,
-                TotalTokenCount = stats.PromptTokens + stats.OutputTokens,
-                AdditionalCounts = new() { [PromptTokensSkippedBySwiftKv] = skipped },
+                InputTokenCount = outcome.PromptTokens,
+                OutputTokenCount = outcome.OutputTokens,
+                TotalTokenCount = outcome.PromptTokens + outcome.OutputTokens,
+                AdditionalCounts = new()
+                {
+                    [PromptTokensSkippedBySwiftKv] = skipped,
+                    [PromptTokensFromPrefixCache] = outcome.CachedPromptTokens,
+                },
             };
             yield return Update([new UsageContent(usage)], finish);
         }
         finally
         {
-            cts.Cancel();
-            try { await producer.ConfigureAwait(false); } catch { /* surfaced above, or the caller walked away */ }
-            _model.ExecutionGate.Release();
-        }
-    }
-
-    void Produce(PreparedRequest request, GenerationStats stats, ChannelWriter<int> writer, CancellationToken ct)
-    {
-        try
-        {
-            using var cache = _model.Backend.CreateCache(request.CacheCapacity);
-            long kvBytes = cache.KvBytes;
-            _metrics.KvCache(kvBytes);
-            try
-            {
-                foreach (int id in Generator.Generate(_model.Backend, cache, request.PromptTokens, request.Sampling,
-                             request.MaxNewTokens, request.StopTokenIds, stats, ct, request.Constraint))
-                {
-                    writer.TryWrite(id);
-                }
-            }
-            finally
-            {
-                _metrics.KvCache(-kvBytes);
-            }
-            writer.TryComplete();
-        }
-        catch (Exception e)
-        {
-            writer.TryComplete(e);
-            throw;
+            // Leaving early (stop text, cancellation, an abandoned enumerator) ends the run: DisposeAsync cancels
+            // the request and frees its KV blocks.
         }
     }
 
@@ -204,12 +173,6 @@ public sealed class SwiftKvChatClient : IChatClient
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        if (_ownsModel)
-        {
-            // Wait for an in-flight request to leave the model before freeing it.
-            _model.ExecutionGate.Wait();
-            _model.Dispose();
-            _model.ExecutionGate.Release();
-        }
+        if (_ownsModel) _model.Dispose();
     }
 }

@@ -26,12 +26,45 @@ public static class SwiftKvMetrics
     public const string PromptTokensSkipped = "swiftkv.tokens.prompt_skipped";
     /// <summary>Up-down counter, bytes: KV cache memory held by requests in flight.</summary>
     public const string KvCacheBytes = "swiftkv.kv_cache.usage";
+    /// <summary>Observable gauge: bytes of the serving engine's paged KV pool in use, per loaded model.</summary>
+    public const string KvPoolBytes = "swiftkv.kv_cache.pool_usage";
+}
+
+/// <summary>
+/// One gauge over every loaded model's serving engine (blocks in use x bytes per block).
+/// NOTE: a single process-wide instrument, not one per client, so creating clients does not grow the meter.
+/// </summary>
+internal static class KvPoolGauge
+{
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<SwiftKV.Engine.LocalModel, byte> s_models = new();
+
+    static KvPoolGauge() =>
+        SwiftKvInstruments.SharedMeter.CreateObservableGauge(SwiftKvMetrics.KvPoolBytes, Observe, "By",
+            "KV cache bytes in use in the serving engine's block pool");
+
+    public static void Track(SwiftKV.Engine.LocalModel model)
+    {
+        if (model.Serving is not null) s_models.TryAdd(model, 0);
+    }
+
+    public static void Untrack(SwiftKV.Engine.LocalModel model) => s_models.TryRemove(model, out _);
+
+    static IEnumerable<Measurement<long>> Observe()
+    {
+        foreach (var model in s_models.Keys)
+        {
+            if (model.Serving is not { } engine) continue;
+            var m = engine.Metrics;
+            yield return new Measurement<long>(m.KvBlocksUsed * m.KvBytesPerBlock,
+                new KeyValuePair<string, object?>("swiftkv.model.path", model.Path));
+        }
+    }
 }
 
 /// <summary>The instruments one client records to.</summary>
 internal sealed class SwiftKvInstruments
 {
-    static readonly Meter s_shared = new(SwiftKvMetrics.MeterName);
+    internal static readonly Meter SharedMeter = new(SwiftKvMetrics.MeterName);
 
     readonly Histogram<double> _ttft;
     readonly Histogram<double> _tpot;
@@ -44,14 +77,14 @@ internal sealed class SwiftKvInstruments
 
     public SwiftKvInstruments(IMeterFactory? factory, string modelId)
     {
-        var meter = factory?.Create(SwiftKvMetrics.MeterName) ?? s_shared;
+        var meter = factory?.Create(SwiftKvMetrics.MeterName) ?? SharedMeter;
         _ttft = meter.CreateHistogram<double>(SwiftKvMetrics.TimeToFirstToken, "s", "Time to first token");
         _tpot = meter.CreateHistogram<double>(SwiftKvMetrics.TimePerOutputToken, "s", "Time per output token after the first");
         _usage = meter.CreateHistogram<long>(SwiftKvMetrics.TokenUsage, "{token}", "Tokens per request");
         _prompt = meter.CreateCounter<long>(SwiftKvMetrics.PromptTokens, "{token}", "Prompt tokens");
         _completion = meter.CreateCounter<long>(SwiftKvMetrics.CompletionTokens, "{token}", "Generated tokens");
         _skipped = meter.CreateCounter<long>(SwiftKvMetrics.PromptTokensSkipped, "{token}", "Prompt tokens that skipped layers l..L-1 (SwiftKV)");
-        _kvBytes = meter.CreateUpDownCounter<long>(SwiftKvMetrics.KvCacheBytes, "By", "KV cache bytes held by requests in flight");
+        _kvBytes = meter.CreateUpDownCounter<long>(SwiftKvMetrics.KvCacheBytes, "By", "KV cache bytes held by requests in flight on backends without a serving engine");
         _tags =
         [
             new("gen_ai.operation.name", "chat"),

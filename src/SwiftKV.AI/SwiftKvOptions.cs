@@ -22,6 +22,9 @@ public sealed class SwiftKvOptions
     /// <summary>Most tokens (prompt + answer) one request may hold in its KV cache.</summary>
     public int ContextLength { get; set; } = 8192;
 
+    /// <summary>Bytes of KV cache the serving engine allocates for all concurrent requests together (paged blocks).</summary>
+    public long KvCacheBytes { get; set; } = 1L << 30;
+
     /// <summary>Answer length when a request sets no MaxOutputTokens.</summary>
     public int DefaultMaxOutputTokens { get; set; } = 512;
 
@@ -34,6 +37,8 @@ public sealed class SwiftKvOptions
             throw new ArgumentException($"SwiftKvOptions.ModelPath '{ModelPath}' is not a directory.", nameof(ModelPath));
         if (ContextLength <= 0)
             throw new ArgumentOutOfRangeException(nameof(ContextLength), ContextLength, "SwiftKvOptions.ContextLength must be > 0.");
+        if (KvCacheBytes <= 0)
+            throw new ArgumentOutOfRangeException(nameof(KvCacheBytes), KvCacheBytes, "SwiftKvOptions.KvCacheBytes must be > 0.");
         if (DefaultMaxOutputTokens <= 0)
             throw new ArgumentOutOfRangeException(nameof(DefaultMaxOutputTokens), DefaultMaxOutputTokens, "SwiftKvOptions.DefaultMaxOutputTokens must be > 0.");
         if (!Enum.IsDefined(Backend))
@@ -41,4 +46,11 @@ public sealed class SwiftKvOptions
     }
 
     internal SwiftKvOptions Clone() => (SwiftKvOptions)MemberwiseClone();
+
+    /// <summary>Validates, then loads the checkpoint with the serving engine sized by these options.</summary>
+    internal LocalModel LoadModel()
+    {
+        Validate();
+        return LocalModel.Load(ModelPath, Backend, SwiftKv, new SwiftKV.Engine.Serving.ServingOptions { KvCacheBytes = KvCacheBytes });
+    }
 }

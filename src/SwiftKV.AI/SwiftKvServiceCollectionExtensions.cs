@@ -64,5 +64,5 @@ public static class SwiftKvServiceCollectionExtensions
         return options;
     }
 
-    static LocalModel Load(SwiftKvOptions options) => LocalModel.Load(options.ModelPath, options.Backend, options.SwiftKv);
+    static LocalModel Load(SwiftKvOptions options) => options.LoadModel();
 }

@@ -19,7 +19,25 @@ public sealed class SwiftKvChatClientTests(TinyChatModel tiny)
         int expectedPrompt = Llama31ChatFormat.Encode(tiny.Model.Tokenizer,
             [new ChatTurn("user", Question[0].Text)], addGenerationPrompt: true, new DateOnly(2026, 11, 26)).Count;
         Assert.Equal(expectedPrompt, r.Usage!.InputTokenCount);
-        Assert.Equal(expectedPrompt - 1, r.Usage.AdditionalCounts![SwiftKvChatClient.PromptTokensSkippedBySwiftKv]);
+        // Of the prompt tokens not served by the prefix cache, all but the last skip layers l..L-1.
+        long cached = r.Usage.AdditionalCounts![SwiftKvChatClient.PromptTokensFromPrefixCache];
+        Assert.Equal(expectedPrompt - cached - 1, r.Usage.AdditionalCounts[SwiftKvChatClient.PromptTokensSkippedBySwiftKv]);
+    }
+
+    [Fact]
+    public async Task ResentConversation_HitsThePrefixCache()
+    {
+        using var client = tiny.Client();
+        List<ChatMessage> history = [new(ChatRole.User, "A long question about the quarterly report, with enough words to fill a few KV blocks of sixteen tokens each.")];
+        var first = await client.GetResponseAsync(history, new ChatOptions { MaxOutputTokens = 4 }, Ct);
+        history.AddRange(first.Messages);
+        history.Add(new(ChatRole.User, "And a follow-up."));
+        var second = await client.GetResponseAsync(history, new ChatOptions { MaxOutputTokens = 4 }, Ct);
+
+        long cached = second.Usage!.AdditionalCounts![SwiftKvChatClient.PromptTokensFromPrefixCache];
+        // The whole first prompt (system block + first question) is a shared prefix: its full blocks are reused.
+        Assert.True(cached >= (first.Usage!.InputTokenCount!.Value / 16) * 16 - 16, $"cached {cached} of {second.Usage.InputTokenCount}");
+        Assert.True(cached > 0);
     }
 
     [Fact]

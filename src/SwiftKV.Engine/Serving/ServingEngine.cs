@@ -225,7 +225,11 @@ public sealed class ServingEngine : IDisposable
             int token = e.Sampler.Sample(rowLogits);
             e.Constraint?.Accept(token);
             long now = Stopwatch.GetTimestamp();
-            if (e.FirstTokenAt == 0) e.FirstTokenAt = now;
+            if (e.FirstTokenAt == 0)
+            {
+                e.FirstTokenAt = now;
+                e.Request.CachedPromptTokens = Math.Max(0, seq.CachedPromptTokens);
+            }
             if (e.Stops.Contains(token))
             {
                 Finish(e, live, FinishReason.Stop, now);

@@ -44,6 +44,10 @@ public sealed class ServingRequest
 
     public bool IsCancellationRequested => Volatile.Read(ref _cancelled) != 0;
 
+    /// <summary>Prompt tokens served from the prefix cache at first admission; known once the first token is out,
+    /// so a caller that stops early (a stop sequence) can still report it.</summary>
+    public int CachedPromptTokens { get; internal set; }
+
     /// <summary>
     /// Streams the token ids. Leaving the enumeration early (break, dispose, or <paramref name="ct"/>) cancels the
     /// request, so a caller that walks away frees its blocks.

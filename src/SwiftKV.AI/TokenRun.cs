@@ -1,0 +1,141 @@
+// One chat call's token stream, from whichever execution path the model has:
+//  - a ServingEngine (continuous batching, paged KV, prefix cache) when the backend has a batched step;
+//  - otherwise one request at a time on the backend behind LocalModel.ExecutionGate, generated off the caller's
+//    thread and streamed through a channel.
+// Either way the client reads token ids from a channel and gets the same outcome record at the end.
+using System.Threading.Channels;
+using SwiftKV.Engine;
+using SwiftKV.Engine.Generation;
+using SwiftKV.Engine.Serving;
+
+namespace SwiftKV.AI;
+
+/// <summary>How a chat call's generation ended, whichever path ran it.</summary>
+internal sealed record RunOutcome(FinishReason? FinishReason, int PromptTokens, int OutputTokens, int CachedPromptTokens);
+
+internal abstract class TokenRun : IAsyncDisposable
+{
+    public abstract ChannelReader<int> Tokens { get; }
+
+    /// <summary>Ends the run after the reader stopped (<paramref name="stoppedEarly"/>: the client cut it on stop text).</summary>
+    public abstract Task<RunOutcome> FinishAsync(bool stoppedEarly);
+
+    public abstract ValueTask DisposeAsync();
+
+    public static async Task<TokenRun> StartAsync(LocalModel model, PreparedRequest request, SwiftKvInstruments metrics, CancellationToken ct)
+    {
+        if (model.Serving is { } engine)
+            return new EngineRun(engine.Submit(request.PromptTokens, request.Sampling, request.MaxNewTokens, request.StopTokenIds, ct, request.Constraint),
+                request.PromptTokens.Count);
+        await model.ExecutionGate.WaitAsync(ct).ConfigureAwait(false);
+        return new SerialRun(model, request, metrics, ct);
+    }
+
+    sealed class EngineRun(ServingRequest request, int promptTokens) : TokenRun
+    {
+        int _read;
+
+        public override ChannelReader<int> Tokens { get; } = new CountingReader(request.Tokens);
+
+        public override async Task<RunOutcome> FinishAsync(bool stoppedEarly)
+        {
+            _read = ((CountingReader)Tokens).Consumed;
+            if (stoppedEarly)
+            {
+                request.Cancel();
+                return new RunOutcome(FinishReason.Stop, promptTokens, _read, request.CachedPromptTokens);
+            }
+            var o = await request.Completion.ConfigureAwait(false);
+            return new RunOutcome(o.FinishReason, o.PromptTokens, o.OutputTokens, o.CachedPromptTokens);
+        }
+
+        public override ValueTask DisposeAsync()
+        {
+            // A caller that walked away (exception, cancellation, abandoned enumerator) frees its blocks now.
+            if (!request.Completion.IsCompleted) request.Cancel();
+            return ValueTask.CompletedTask;
+        }
+    }
+
+    /// <summary>Counts the tokens the client consumed, for usage when it cuts the stream itself.</summary>
+    sealed class CountingReader(ChannelReader<int> inner) : ChannelReader<int>
+    {
+        public int Consumed;
+
+        public override bool TryRead(out int item)
+        {
+            if (!inner.TryRead(out item)) return false;
+            Consumed++;
+            return true;
+        }
+
+        public override ValueTask<bool> WaitToReadAsync(CancellationToken cancellationToken = default) => inner.WaitToReadAsync(cancellationToken);
+        public override Task Completion => inner.Completion;
+    }
+
+    sealed class SerialRun : TokenRun
+    {
+        readonly LocalModel _model;
+        readonly CancellationTokenSource _cts;
+        readonly Channel<int> _tokens = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        readonly GenerationStats _stats = new();
+        readonly Task _producer;
+        int _released;
+
+        public SerialRun(LocalModel model, PreparedRequest request, SwiftKvInstruments metrics, CancellationToken ct)
+        {
+            _model = model;
+            _reader = new CountingReader(_tokens.Reader);
+            _cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            // Forward passes are synchronous and CPU- or GPU-bound: run them off the caller's thread.
+            _producer = Task.Run(() => Produce(request, metrics, _cts.Token), CancellationToken.None);
+        }
+
+        readonly CountingReader _reader;
+
+        public override ChannelReader<int> Tokens => _reader;
+
+        void Produce(PreparedRequest request, SwiftKvInstruments metrics, CancellationToken ct)
+        {
+            try
+            {
+                using var cache = _model.Backend.CreateCache(request.CacheCapacity);
+                long kvBytes = cache.KvBytes;
+                metrics.KvCache(kvBytes);
+                try
+                {
+                    foreach (int id in Generator.Generate(_model.Backend, cache, request.PromptTokens, request.Sampling,
+                                 request.MaxNewTokens, request.StopTokenIds, _stats, ct, request.Constraint))
+                        _tokens.Writer.TryWrite(id);
+                }
+                finally
+                {
+                    metrics.KvCache(-kvBytes);
+                }
+                _tokens.Writer.TryComplete();
+            }
+            catch (Exception e)
+            {
+                _tokens.Writer.TryComplete(e);
+            }
+        }
+
+        public override async Task<RunOutcome> FinishAsync(bool stoppedEarly)
+        {
+            if (stoppedEarly) _cts.Cancel();
+            await _producer.ConfigureAwait(false);
+            if (!stoppedEarly && _tokens.Reader.Completion.IsFaulted) await _tokens.Reader.Completion.ConfigureAwait(false);
+            return stoppedEarly
+                ? new RunOutcome(FinishReason.Stop, _stats.PromptTokens, _reader.Consumed, CachedPromptTokens: 0)
+                : new RunOutcome(_stats.FinishReason, _stats.PromptTokens, _stats.OutputTokens, CachedPromptTokens: 0);
+        }
+
+        public override async ValueTask DisposeAsync()
+        {
+            _cts.Cancel();
+            await _producer.ConfigureAwait(false); // Produce never throws: errors travel through the channel.
+            _cts.Dispose();
+            if (Interlocked.Exchange(ref _released, 1) == 0) _model.ExecutionGate.Release();
+        }
+    }
+}
