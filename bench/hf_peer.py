@@ -39,6 +39,20 @@ def roofline():
     return {"gemm_bf16_8192_tflops": 2 * n**3 / t / 1e12, "d2d_copy_gbps_read_plus_write": 2 * src.numel() / c / 1e9}
 
 
+def sdpa_attention(quick):
+    """PyTorch SDPA (FlashAttention-2 backend on H100) causal prefill at the 8B attention shape, for comparison
+    with our attention kernel: 32 query heads, 8 KV heads, head_dim 128; FLOPs 2*S^2*d*h (causal half)."""
+    import torch.nn.functional as F
+    out = {}
+    for s in [2048, 8192] + ([] if quick else [32768]):
+        q = torch.randn(1, 32, s, 128, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, 8, s, 128, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(1, 8, s, 128, device="cuda", dtype=torch.bfloat16)
+        t = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), 3, 10)
+        out[f"1x{s}"] = {"ms": t * 1e3, "tflops": 2 * s * s * 128 * 32 / t / 1e12}
+    return out
+
+
 def model_8b():
     from transformers import LlamaConfig, LlamaForCausalLM
     cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -65,6 +79,8 @@ def main():
     import transformers
     res["transformers"] = transformers.__version__
     res["roofline"] = roofline()
+    res["sdpa_attention_causal"] = sdpa_attention(a.quick)
+    print("sdpa", res["sdpa_attention_causal"], flush=True)
     model = model_8b()
     prefill = {}
     shapes = [(1, 2048), (8, 2048), (1, 8192)] + ([] if a.quick else [(1, 32768)])
