@@ -3,13 +3,16 @@
 //   angle_i = inv_freq[i] * position (one fp32 multiply, as PyTorch does); inv_freq (head_dim/2) comes from the
 //   host (RotaryEmbedding.ComputeInvFreq: llama3 scaling), so CPU and GPU share one formula.
 //   x[i] <- x[i] cos - x[i+d/2] sin, x[i+d/2] <- x[i+d/2] cos + x[i] sin, after x += bias (bias may be null).
+//   pos_base (may be null): when set, the first row's position is read from device memory instead of pos0, so a
+//   captured CUDA graph replays at whatever position the engine writes there before each launch.
 // Launch: grid (rows), block 128.
 #include "swiftkv_common.cuh"
 
-extern "C" __global__ void rope_f32(float* q, int ld, const float* bias, const float* inv_freq, int rows, int heads, int head_dim, int pos0)
+extern "C" __global__ void rope_f32(float* q, int ld, const float* bias, const float* inv_freq, int rows, int heads, int head_dim, int pos0,
+    const int* pos_base)
 {
     int r = blockIdx.x, half = head_dim / 2;
-    float pos = (float)(pos0 + r);
+    float pos = (float)((pos_base != nullptr ? *pos_base : pos0) + r);
     float* row = q + (long long)r * ld;
     for (int idx = threadIdx.x; idx < heads * half; idx += blockDim.x)
     {

@@ -19,6 +19,7 @@ internal static class CliApp
             ["generate"] = ("--model DIR (--prompt TEXT | --chat TEXT [--system TEXT]) [--max-tokens N --temperature T --top-k K --top-p P --seed S --no-swiftkv]", GenerateCommand.Run),
             ["logits"] = ("--model DIR --tokens 1,2,3 --out FILE.f32 [--backend cpu] [--no-swiftkv] [--last-only]", LogitsCommand.Run),
             ["info"] = ("--model DIR: print the config and what SwiftKV saves", ModelCommands.Info),
+            ["bench"] = ("CUDA benchmark at a preset's shape, random weights on the GPU: " + BenchCommand.Usage, BenchCommand.Run),
         };
 
         if (args.Length == 0 || args[0] is "-h" or "--help" or "help")

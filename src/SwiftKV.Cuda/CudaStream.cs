@@ -47,6 +47,35 @@ public sealed unsafe class CudaStream : IDisposable
         CuDriver.Check(CuDriver.cuMemcpyHtoDAsync(destination.Address, source, (nuint)(count * sizeof(T)), Handle), "cuMemcpyHtoDAsync_v2");
     }
 
+    /// <summary>Queues a host-to-device copy of raw bytes (pinned source: truly asynchronous).</summary>
+    public void CopyBytesAsync(ulong destination, void* source, long bytes)
+    {
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuMemcpyHtoDAsync(destination, source, (nuint)bytes, Handle), "cuMemcpyHtoDAsync_v2");
+    }
+
+    /// <summary>Queues a device-to-device copy of <paramref name="bytes"/> bytes.</summary>
+    public void CopyDeviceAsync(ulong destination, ulong source, long bytes)
+    {
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuMemcpyDtoDAsync(destination, source, (nuint)bytes, Handle), "cuMemcpyDtoDAsync_v2");
+    }
+
+    /// <summary>Queues a device-to-host copy without waiting (pinned destination: read it after the stream passes an event).</summary>
+    public void DownloadAsync<T>(DeviceSpan<T> source, T* destination, long count) where T : unmanaged
+    {
+        if (count > source.Length) throw new ArgumentOutOfRangeException(nameof(count), $"{count} elements requested from a device span of {source.Length}.");
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuMemcpyDtoHAsync(destination, source.Address, (nuint)(count * sizeof(T)), Handle), "cuMemcpyDtoHAsync_v2");
+    }
+
+    /// <summary>Makes later work on this stream wait for <paramref name="e"/>.</summary>
+    public void Wait(CudaEvent e)
+    {
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuStreamWaitEvent(Handle, e.Handle, 0), "cuStreamWaitEvent");
+    }
+
     /// <summary>Copies device memory to the host and waits for it (and everything queued before it).</summary>
     public void Download<T>(DeviceSpan<T> source, Span<T> destination) where T : unmanaged
     {
@@ -74,9 +103,20 @@ public sealed class CudaEvent : IDisposable
         _handle.Set(e);
     }
 
-    nint Handle => _handle.IsClosed ? throw new ObjectDisposedException(nameof(CudaEvent)) : _handle.DangerousGetHandle();
+    internal nint Handle => _handle.IsClosed ? throw new ObjectDisposedException(nameof(CudaEvent)) : _handle.DangerousGetHandle();
 
-    public void Record(CudaStream stream) => CuDriver.Check(CuDriver.cuEventRecord(Handle, stream.Handle), "cuEventRecord");
+    public void Record(CudaStream stream)
+    {
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuEventRecord(Handle, stream.Handle), "cuEventRecord");
+    }
+
+    /// <summary>Waits on the host until the work before the last Record has finished.</summary>
+    public void Synchronize()
+    {
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuEventSynchronize(Handle), "cuEventSynchronize");
+    }
 
     /// <summary>Milliseconds between two recorded events (waits for <paramref name="end"/>).</summary>
     public static float ElapsedMs(CudaEvent start, CudaEvent end)

@@ -3,14 +3,16 @@ namespace SwiftKV.Cuda.Kernels;
 
 /// <summary>
 /// Writes a step's K (bias + RoPE) and V (bias) rows, fp32 with row stride ld, into bf16 caches
-/// (capacity, kv_heads, head_dim) at slots pos0 .. pos0 + rows - 1.
+/// (capacity, kv_heads, head_dim) at slots pos0 .. pos0 + rows - 1. With <c>positionBase</c> the first slot is read
+/// on the device (replayable in a CUDA graph); the caller then guarantees it is in range, and pos0 is only checked.
 /// </summary>
 public sealed unsafe class KvCacheKernel(KernelLibrary library)
 {
     readonly CudaKernel _k = library.Get("kv_cache.cu", "kv_write_bf16");
 
     public void Launch(CudaStream stream, DeviceSpan<float> k, DeviceSpan<float> v, int ld, DeviceSpan<float>? kBias, DeviceSpan<float>? vBias,
-        DeviceSpan<float> invFreq, int rows, int kvHeads, int headDim, int pos0, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity)
+        DeviceSpan<float> invFreq, int rows, int kvHeads, int headDim, int pos0, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity,
+        DeviceSpan<int>? positionBase = null)
     {
         const string n = "kv_write_bf16";
         int kvDim = kvHeads * headDim;
@@ -29,8 +31,9 @@ public sealed unsafe class KvCacheKernel(KernelLibrary library)
         KernelGuard.Fits(kCache, (long)capacity * kvDim, n, nameof(kCache), $"({capacity}, {kvHeads}, {headDim})");
         KernelGuard.Fits(vCache, (long)capacity * kvDim, n, nameof(vCache), $"({capacity}, {kvHeads}, {headDim})");
         ulong pk = k.Address, pv = v.Address, pkb = KernelGuard.Address(kBias), pvb = KernelGuard.Address(vBias), pf = invFreq.Address;
-        ulong ck = kCache.Address, cv = vCache.Address;
-        void** args = stackalloc void*[] { &pk, &pv, &ld, &pkb, &pvb, &pf, &rows, &kvHeads, &headDim, &pos0, &ck, &cv };
+        KernelGuard.FitsOptional(positionBase, 1, n, nameof(positionBase), "(1)");
+        ulong ck = kCache.Address, cv = vCache.Address, pp = KernelGuard.Address(positionBase);
+        void** args = stackalloc void*[] { &pk, &pv, &ld, &pkb, &pvb, &pf, &rows, &kvHeads, &headDim, &pos0, &ck, &cv, &pp };
         _k.Launch(stream, ((uint)rows, 1, 1), 128, 0, args);
     }
 }

@@ -1,13 +1,16 @@
 // Launcher for native-kernels/rope.cu.
 namespace SwiftKV.Cuda.Kernels;
 
-/// <summary>In-place bias + RoPE on query rows q (rows, ld): heads × head_dim from column 0, row r at position pos0 + r.</summary>
+/// <summary>
+/// In-place bias + RoPE on query rows q (rows, ld): heads × head_dim from column 0, row r at position pos0 + r, or
+/// at positionBase[0] + r when <c>positionBase</c> is given (read on the device: replayable in a CUDA graph).
+/// </summary>
 public sealed unsafe class RopeKernel(KernelLibrary library)
 {
     readonly CudaKernel _k = library.Get("rope.cu", "rope_f32");
 
     public void Launch(CudaStream stream, DeviceSpan<float> q, int ld, DeviceSpan<float>? bias, DeviceSpan<float> invFreq,
-        int rows, int heads, int headDim, int pos0)
+        int rows, int heads, int headDim, int pos0, DeviceSpan<int>? positionBase = null)
     {
         const string n = "rope_f32";
         KernelGuard.Positive(rows, n, nameof(rows));
@@ -18,8 +21,9 @@ public sealed unsafe class RopeKernel(KernelLibrary library)
         KernelGuard.Fits(q, (long)(rows - 1) * ld + heads * headDim, n, nameof(q), $"({rows}, {ld})");
         KernelGuard.FitsOptional(bias, heads * headDim, n, nameof(bias), $"({heads * headDim})");
         KernelGuard.Fits(invFreq, headDim / 2, n, nameof(invFreq), $"({headDim / 2})");
-        ulong pq = q.Address, pb = KernelGuard.Address(bias), pf = invFreq.Address;
-        void** args = stackalloc void*[] { &pq, &ld, &pb, &pf, &rows, &heads, &headDim, &pos0 };
+        KernelGuard.FitsOptional(positionBase, 1, n, nameof(positionBase), "(1)");
+        ulong pq = q.Address, pb = KernelGuard.Address(bias), pf = invFreq.Address, pp = KernelGuard.Address(positionBase);
+        void** args = stackalloc void*[] { &pq, &ld, &pb, &pf, &rows, &heads, &headDim, &pos0, &pp };
         _k.Launch(stream, ((uint)rows, 1, 1), 128, 0, args);
     }
 }

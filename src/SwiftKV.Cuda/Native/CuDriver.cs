@@ -44,6 +44,21 @@ internal static unsafe partial class CuDriver
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuEventSynchronize(nint evt);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuEventElapsedTime(out float ms, nint start, nint end);
 
+    [LibraryImport(CudaLibraries.Driver, EntryPoint = "cuMemHostAlloc")] public static partial int cuMemHostAlloc(out nint pp, nuint bytes, uint flags);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuMemFreeHost(nint p);
+    [LibraryImport(CudaLibraries.Driver, EntryPoint = "cuMemsetD32Async")] public static partial int cuMemsetD32Async(ulong dst, uint value, nuint count, nint stream);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamWaitEvent(nint stream, nint evt, uint flags);
+
+    /// <summary>CUstreamCaptureMode RELAXED (2): cuBLAS may query or set up state while a stream is captured.</summary>
+    public const int CaptureModeRelaxed = 2;
+    [LibraryImport(CudaLibraries.Driver, EntryPoint = "cuStreamBeginCapture_v2")] public static partial int cuStreamBeginCapture(nint stream, int mode);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamEndCapture(nint stream, out nint graph);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphInstantiateWithFlags(out nint exec, nint graph, ulong flags);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphLaunch(nint exec, nint stream);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphGetNodes(nint graph, nint* nodes, ref nuint count);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphDestroy(nint graph);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphExecDestroy(nint exec);
+
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuModuleLoadData(out nint module, void* image);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuModuleUnload(nint module);
     [LibraryImport(CudaLibraries.Driver, StringMarshalling = StringMarshalling.Utf8)]

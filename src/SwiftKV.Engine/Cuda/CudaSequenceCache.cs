@@ -48,10 +48,14 @@ public sealed class CudaSequenceCache : ISequenceCache
     internal DeviceBuffer<Bf16> Keys(int cacheIndex) => Live._keys![cacheIndex];
     internal DeviceBuffer<Bf16> Values(int cacheIndex) => Live._values![cacheIndex];
     internal void ThrowIfDisposed() => _ = Live;
+    /// <summary>This sequence's captured decode step (it bakes in these buffers' addresses), owned by the cache.</summary>
+    internal DecodeGraph? DecodeGraph { get; set; }
 
     public void Dispose()
     {
         if (_keys is null) return;
+        DecodeGraph?.Dispose();
+        DecodeGraph = null;
         foreach (var b in _keys.Concat(_values!)) b.Dispose();
         _keys = null;
         _values = null;

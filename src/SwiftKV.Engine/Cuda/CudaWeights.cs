@@ -1,10 +1,13 @@
-// The model's weights on the GPU, uploaded once from LlamaWeights: matrices as bf16 in the Hugging Face
-// (out_features, in_features) layout, norms, biases and RoPE frequencies as fp32. Projections that read the
-// same input are concatenated so one GEMM serves them: [q; k; v] of full layers, [gate; up] of every MLP,
-// and [k_swiftkv; v_swiftkv] of ALL AcrossKV group leaders stacked, so SingleInputKV fills every later
-// cache from norm_swiftkv(x_l) with a single GEMM.
+// The model's weights on the GPU: matrices as bf16 in the Hugging Face (out_features, in_features) layout, norms,
+// biases and RoPE frequencies as fp32. Projections that read the same input are concatenated so one GEMM serves
+// them: [q; k; v] of full layers, [gate; up] of every MLP, and [k_swiftkv; v_swiftkv] of ALL AcrossKV group
+// leaders stacked, so SingleInputKV fills every later cache from norm_swiftkv(x_l) with a single GEMM.
+// Where the values come from is a WeightSource (fp32 LlamaWeights, a safetensors checkpoint streamed through
+// pinned staging, or seeded random values made on the GPU); this class only decides the layout.
 using SwiftKV.Cuda;
 using SwiftKV.Model;
+using SwiftKV.Model.Checkpoint;
+using static SwiftKV.Model.Checkpoint.LlamaTensorNames;
 
 namespace SwiftKV.Engine.Cuda;
 
@@ -28,41 +31,54 @@ internal sealed class CudaLayerWeights
 internal sealed class CudaWeights : IDisposable
 {
     readonly List<IDisposable> _owned = [];
+    readonly Dictionary<string, TensorSpec> _specs;
+    readonly WeightSource _source;
 
-    public CudaWeights(LlamaWeights w, float[] invFreq)
+    /// <summary>Allocates every buffer the model needs and fills it from <paramref name="source"/> (which it does not dispose).</summary>
+    public CudaWeights(LlamaConfig c, bool swiftKvEnabled, WeightSource source, float[] invFreq)
     {
-        var c = w.Config;
-        Embed = Bf16Buffer(w.EmbedTokens);
-        LmHead = ReferenceEquals(w.LmHead, w.EmbedTokens) ? Embed : Bf16Buffer(w.LmHead);
-        Norm = F32(w.Norm)!;
-        NormSwiftKv = w.SwiftKvEnabled ? F32(w.NormSwiftKv) : null;
-        InvFreq = F32(invFreq)!;
-        var layers = new List<CudaLayerWeights>();
-        for (int i = 0; i < c.NumHiddenLayers; i++)
+        _specs = ForModel(c, swiftKvEnabled).ToDictionary(s => s.Name, StringComparer.Ordinal);
+        _source = source;
+        try
         {
-            var l = w.Layers[i];
-            bool swift = w.SwiftKvEnabled && c.IsSwiftKvLayer(i);
-            layers.Add(new CudaLayerWeights
+            Embed = Matrix(EmbedTokens);
+            var layers = new List<CudaLayerWeights>();
+            for (int i = 0; i < c.NumHiddenLayers; i++)
             {
-                QkvOrQ = swift ? Bf16Buffer(l.QProjSwiftKv!) : Bf16Buffer(l.QProj!, l.KProj!, l.VProj!),
-                QBias = F32(swift ? l.QBiasSwiftKv : l.QBias),
-                KBias = swift ? null : F32(l.KBias),
-                VBias = swift ? null : F32(l.VBias),
-                O = Bf16Buffer(l.OProj),
-                OBias = F32(l.OBias),
-                GateUp = Bf16Buffer(l.GateProj, l.UpProj),
-                Down = Bf16Buffer(l.DownProj),
-                InputLayernorm = F32(l.InputLayernorm)!,
-                PostAttentionLayernorm = F32(l.PostAttentionLayernorm)!,
-            });
+                bool swift = swiftKvEnabled && c.IsSwiftKvLayer(i);
+                layers.Add(new CudaLayerWeights
+                {
+                    InputLayernorm = Vector(InputLayernorm(i))!,
+                    QkvOrQ = swift ? Matrix(Attention(i, QProjSwiftKv)) : Matrix(Attention(i, QProj), Attention(i, KProj), Attention(i, VProj)),
+                    QBias = Vector(Attention(i, swift ? QProjSwiftKv : QProj, bias: true)),
+                    KBias = swift ? null : Vector(Attention(i, KProj, bias: true)),
+                    VBias = swift ? null : Vector(Attention(i, VProj, bias: true)),
+                    O = Matrix(Attention(i, OProj)),
+                    OBias = Vector(Attention(i, OProj, bias: true)),
+                    PostAttentionLayernorm = Vector(PostAttentionLayernorm(i))!,
+                    GateUp = Matrix(Mlp(i, GateProj), Mlp(i, UpProj)),
+                    Down = Matrix(Mlp(i, DownProj)),
+                });
+            }
+            Layers = layers;
+            if (swiftKvEnabled)
+            {
+                var leaders = Enumerable.Range(c.NumKeyValueLayers, c.NumHiddenLayers - c.NumKeyValueLayers).Where(c.IsKvGroupLeader).ToArray();
+                SwiftKvLeaders = leaders;
+                SwiftKvKv = Matrix(leaders.SelectMany(j => new[] { Attention(j, KProjSwiftKv), Attention(j, VProjSwiftKv) }).ToArray());
+                SwiftKvBiases = leaders.Select(j => (Vector(Attention(j, KProjSwiftKv, bias: true)), Vector(Attention(j, VProjSwiftKv, bias: true)))).ToArray();
+                NormSwiftKv = Vector(LlamaTensorNames.NormSwiftKv);
+            }
+            Norm = Vector(LlamaTensorNames.Norm)!;
+            // NOTE: tied embeddings share one buffer, as Hugging Face shares one parameter.
+            LmHead = c.TieWordEmbeddings ? Embed : Matrix(LlamaTensorNames.LmHead);
+            InvFreq = Own(new DeviceBuffer<float>(invFreq));
+            source.Finish();
         }
-        Layers = layers;
-        if (w.SwiftKvEnabled)
+        catch
         {
-            var leaders = Enumerable.Range(c.NumKeyValueLayers, c.NumHiddenLayers - c.NumKeyValueLayers).Where(c.IsKvGroupLeader).ToArray();
-            SwiftKvLeaders = leaders;
-            SwiftKvKv = Bf16Buffer(leaders.SelectMany(j => new[] { w.Layers[j].KProjSwiftKv!, w.Layers[j].VProjSwiftKv! }).ToArray());
-            SwiftKvBiases = leaders.Select(j => (F32(w.Layers[j].KBiasSwiftKv), F32(w.Layers[j].VBiasSwiftKv))).ToArray();
+            Dispose();
+            throw;
         }
     }
 
@@ -71,7 +87,7 @@ internal sealed class CudaWeights : IDisposable
     public DeviceBuffer<float> Norm { get; }
     public DeviceBuffer<float>? NormSwiftKv { get; }
     public DeviceBuffer<float> InvFreq { get; }
-    public IReadOnlyList<CudaLayerWeights> Layers { get; }
+    public IReadOnlyList<CudaLayerWeights> Layers { get; } = [];
     /// <summary>Layer indices of the AcrossKV group leaders, in cache order.</summary>
     public int[] SwiftKvLeaders { get; } = [];
     /// <summary>[k_swiftkv; v_swiftkv] of every leader, stacked: (leaders · 2 kv, hidden).</summary>
@@ -80,25 +96,31 @@ internal sealed class CudaWeights : IDisposable
 
     public long Bytes { get; private set; }
 
-    DeviceBuffer<Bf16> Bf16Buffer(params float[][] parts)
+    /// <summary>One bf16 buffer holding the named (out, in) matrices stacked along out, in order.</summary>
+    DeviceBuffer<Bf16> Matrix(params string[] names)
     {
-        var host = new Bf16[parts.Sum(p => (long)p.Length)];
+        var specs = names.Select(n => _specs.TryGetValue(n, out var s) ? s : throw new InvalidModelException($"the model needs tensor '{n}', which its config does not list.")).ToArray();
+        var b = Own(new DeviceBuffer<Bf16>(specs.Sum(s => s.ElementCount)));
         long at = 0;
-        foreach (var p in parts)
+        foreach (var s in specs)
         {
-            for (int i = 0; i < p.Length; i++) host[at + i] = Bf16.FromSingle(p[i]);
-            at += p.Length;
+            _source.Matrix(b.Span.Slice(at, s.ElementCount), s);
+            at += s.ElementCount;
         }
-        var b = new DeviceBuffer<Bf16>(host);
-        _owned.Add(b);
-        Bytes += b.ByteLength;
         return b;
     }
 
-    DeviceBuffer<float>? F32(float[]? a)
+    /// <summary>An fp32 vector, or null when the config has no such tensor (biases of a bias-free model).</summary>
+    DeviceBuffer<float>? Vector(string name)
     {
-        if (a is null) return null;
-        var b = new DeviceBuffer<float>(a);
+        if (!_specs.TryGetValue(name, out var spec)) return null;
+        var b = Own(new DeviceBuffer<float>(spec.ElementCount));
+        _source.Vector(b.Span, spec);
+        return b;
+    }
+
+    DeviceBuffer<T> Own<T>(DeviceBuffer<T> b) where T : unmanaged
+    {
         _owned.Add(b);
         Bytes += b.ByteLength;
         return b;

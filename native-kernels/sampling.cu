@@ -1,0 +1,125 @@
+// Temperature / top-k / top-p sampling of fp32 logits on the GPU, so a sampled decode step downloads one token id.
+// One block of SAMPLE_THREADS threads per row; everything is a fixed-order block reduction, so the same logits and
+// the same uniform u always give the same token.
+//   z_i = logits_i / temperature; p_i ∝ exp(z_i - max z).
+//   top-k (k > 0): the threshold t_k = the largest t with #{z_i >= t} >= k, found by bisection on t (ties at the
+//     threshold are kept, as Hugging Face's top-k filter keeps them).
+//   top-p (< 1): among {z_i >= t_k}, the largest t with mass{z_i >= t} >= top_p · mass{z_i >= t_k} (the nucleus:
+//     the smallest set of most likely tokens whose probability reaches top_p, HF order: top-k first, then top-p).
+//   Then the token is the first i in vocabulary order whose cumulative kept mass exceeds u · (total kept mass).
+// Bisection instead of a sort: 2 x 48 passes over the row from L2 (128K floats: ~0.1 ms), no scratch memory.
+// Row r uses u_r = frac(u + r · 0.6180339887) so one uniform serves a batch.
+// Launch: grid (rows), block SAMPLE_THREADS.
+#include "swiftkv_common.cuh"
+
+#define SAMPLE_THREADS 1024
+#define BISECT_STEPS 48
+
+// Sum over the row of exp(z - m) where z >= t (mass) and the count of such z; every thread gets both.
+__device__ __forceinline__ void kept(const float* row, int n, float inv_t, float m, float t, float* red, float* mass, float* count)
+{
+    float s = 0.f, c = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+    {
+        float z = row[i] * inv_t;
+        if (z >= t) { s += __expf(z - m); c += 1.f; }
+    }
+    *mass = block_sum(s, red);
+    *count = block_sum(c, red);
+}
+
+extern "C" __global__ void sample_f32(const float* logits, int n, float inv_temperature, int top_k, float top_p, float u, int* out)
+{
+    __shared__ float red[32];
+    __shared__ float partial[SAMPLE_THREADS];
+    __shared__ int owner;
+    const float* row = logits + (long long)blockIdx.x * n;
+    float ur = u + 0.6180339887f * (float)blockIdx.x;
+    ur -= floorf(ur);
+
+    float m = -INFINITY, lo_z = INFINITY;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+    {
+        float z = row[i] * inv_temperature;
+        m = fmaxf(m, z);
+        lo_z = fminf(lo_z, z);
+    }
+    m = block_max(m, red);
+    lo_z = -block_max(-lo_z, red);
+
+    float mass, count;
+    float th = lo_z;
+    if (top_k > 0 && top_k < n)
+    {
+        float lo = lo_z, hi = m;
+        for (int s = 0; s < BISECT_STEPS && lo < hi; s++)
+        {
+            float mid = 0.5f * (lo + hi);
+            if (mid <= lo || mid >= hi) break;
+            kept(row, n, inv_temperature, m, mid, red, &mass, &count);
+            if (count >= (float)top_k) lo = mid; else hi = mid;
+        }
+        // hi itself may still keep k tokens (bisection stops one ulp short when the k-th value is exactly hi).
+        kept(row, n, inv_temperature, m, hi, red, &mass, &count);
+        th = count >= (float)top_k ? hi : lo;
+    }
+    float mass_k;
+    kept(row, n, inv_temperature, m, th, red, &mass_k, &count);
+    if (top_p < 1.f)
+    {
+        float goal = top_p * mass_k, lo = th, hi = m;
+        for (int s = 0; s < BISECT_STEPS && lo < hi; s++)
+        {
+            float mid = 0.5f * (lo + hi);
+            if (mid <= lo || mid >= hi) break;
+            kept(row, n, inv_temperature, m, mid, red, &mass, &count);
+            if (mass >= goal) lo = mid; else hi = mid;
+        }
+        kept(row, n, inv_temperature, m, hi, red, &mass, &count);
+        th = mass >= goal ? hi : lo;
+    }
+
+    // Ordered pick: thread t owns the contiguous index range [t·chunk, (t+1)·chunk).
+    int chunk = (n + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
+    int begin = threadIdx.x * chunk, end = min(n, begin + chunk);
+    float s = 0.f;
+    for (int i = begin; i < end; i++)
+    {
+        float z = row[i] * inv_temperature;
+        if (z >= th) s += __expf(z - m);
+    }
+    partial[threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        float total = 0.f;
+        for (int t = 0; t < SAMPLE_THREADS; t++) total += partial[t];
+        float target = ur * total, run = 0.f;
+        int w = -1, last = 0;
+        for (int t = 0; t < SAMPLE_THREADS; t++)
+        {
+            float p = partial[t];
+            if (p > 0.f) last = t;
+            if (w < 0 && p > 0.f && run + p > target) w = t;
+            if (w < 0) run += p;
+        }
+        if (w < 0) { w = last; run = total - partial[last]; }
+        owner = w;
+        red[0] = target - run;   // how far into the owner's range the target falls
+    }
+    __syncthreads();
+    if (threadIdx.x == owner)
+    {
+        float target = red[0], run = 0.f;
+        int pick = -1, last = begin;
+        for (int i = begin; i < end; i++)
+        {
+            float z = row[i] * inv_temperature;
+            if (z < th) continue;
+            last = i;
+            run += __expf(z - m);
+            if (run > target) { pick = i; break; }
+        }
+        out[blockIdx.x] = pick >= 0 ? pick : last;
+    }
+}

@@ -1,0 +1,280 @@
+// swiftkv bench: the CUDA backend at a real model's shape with random weights made on the GPU (no checkpoint file),
+// plus the card's own ceilings measured in the same process: cuBLAS bf16 GEMM 8192^3 and a device-to-device copy.
+// Prefill latency and tokens/s per (sequences x prompt) case, decode ms/token at a given context, SwiftKV off vs on
+// (50%) vs on + AcrossKV, KV bytes per token, achieved TFLOP/s and GB/s against the measured ceilings. Optionally
+// times the direct checkpoint loader on a directory (--load DIR). GPU times come from CUDA events on the backend's
+// stream; each figure is the median of several runs after a warm-up. Writes a markdown table and a JSON file.
+// FLOP counting follows docs/PERFORMANCE.md: 2 x params per token for the linear layers each token passes through,
+// 2·S²·head_dim·heads per layer whose attention covers the whole prompt, lm_head once per sequence.
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using SwiftKV.Cuda;
+using SwiftKV.Engine;
+using SwiftKV.Engine.Cuda;
+using SwiftKV.Model;
+using SwiftKV.Model.Checkpoint;
+
+namespace SwiftKV.Cli;
+
+internal static class BenchCommand
+{
+    const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] " +
+        "[--runs 3] [--variants off,swiftkv50,acrosskv4] [--max-case-seconds 30] [--load DIR] [--out bench.json] [--md bench.md]";
+    public static string Usage => Help;
+
+    sealed record Variant(string Name, LlamaConfig Config, bool SwiftKv);
+
+    public static int Run(CliArgs a)
+    {
+        string preset = a.String("preset") ?? "llama-3.1-8b";
+        var cases = (a.String("prefill") ?? "1x2048,8x2048,1x8192,1x32768").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(ParseCase).ToArray();
+        int context = a.Int("decode-context") ?? 2048, steps = a.Int("decode-steps") ?? 32, runs = a.Int("runs") ?? 3;
+        double maxCase = a.Float("max-case-seconds") ?? 30;
+        string[] variantNames = (a.String("variants") ?? "off,swiftkv50,acrosskv4").Split(',', StringSplitOptions.RemoveEmptyEntries);
+        string? loadDir = a.String("load");
+        string outJson = a.String("out") ?? "bench.json";
+        string? outMd = a.String("md");
+        a.RejectUnknown();
+        if (runs < 1 || steps < 1 || context < 1) throw new UsageException("--runs, --decode-steps and --decode-context must be >= 1");
+        if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("bench needs a CUDA GPU: " + why);
+
+        var baseCfg = ModelPresets.Get(preset);
+        var variants = variantNames.Select(v => v switch
+        {
+            "off" => new Variant("SwiftKV off", baseCfg, false),
+            "swiftkv50" => new Variant("SwiftKV 50%", SwiftKv(baseCfg, 1), true),
+            "acrosskv4" => new Variant("SwiftKV 50% + AcrossKV 4", SwiftKv(baseCfg, 4), true),
+            _ => throw new UsageException($"--variants: unknown '{v}' (off, swiftkv50, acrosskv4)"),
+        }).ToArray();
+
+        var dev = CudaRuntime.Device;
+        var json = new JsonObject
+        {
+            ["device"] = dev.ToString(),
+            ["date_utc"] = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture),
+            ["commit"] = Environment.GetEnvironmentVariable("SWIFTKV_COMMIT") ?? "",
+            ["preset"] = preset,
+        };
+        var md = new StringBuilder();
+        Log($"device: {dev}");
+
+        var (tflops, copyGbps) = Roofline();
+        json["roofline"] = new JsonObject { ["gemm_bf16_8192_tflops"] = tflops, ["d2d_copy_gbps_read_plus_write"] = copyGbps };
+        md.AppendLine($"Card: {dev.Name}. Ceilings measured in this run: cuBLAS bf16 GEMM 8192^3 **{tflops:F0} TFLOP/s**, device-to-device copy **{copyGbps:F0} GB/s** (read + write).");
+        md.AppendLine();
+
+        if (loadDir is not null) json["load"] = BenchLoad(loadDir, md);
+
+        md.AppendLine("| variant | workload | time | tokens/s | TFLOP/s (% of GEMM) | GB/s (% of copy) | note |");
+        md.AppendLine("|---|---|---|---|---|---|---|");
+        var results = new JsonArray();
+        foreach (var v in variants)
+        {
+            var vj = BenchVariant(v, cases, context, steps, runs, maxCase, tflops, copyGbps, md);
+            results.Add(vj);
+        }
+        json["variants"] = results;
+        json["decode_batch_gt1"] = "not measured: the backend runs one sequence per step; batch 32/128 await the batched decode step";
+        md.AppendLine();
+        md.AppendLine("Decode at batch 32 and 128: not measured — the CUDA backend has no batched decode step yet (one sequence per Forward); " +
+            "running B sequences one after another would only report B x the batch-1 time.");
+
+        Console.WriteLine();
+        Console.WriteLine(md.ToString());
+        File.WriteAllText(outJson, json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        if (outMd is not null) File.WriteAllText(outMd, md.ToString());
+        Log($"wrote {outJson}" + (outMd is null ? "" : $" and {outMd}"));
+        return 0;
+    }
+
+    static LlamaConfig SwiftKv(LlamaConfig c, int group) =>
+        (c with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = c.NumHiddenLayers / 2, KeyValueGroupSize = group }).Validate();
+
+    static (int Batch, int Length) ParseCase(string s)
+    {
+        var p = s.Split('x');
+        if (p.Length != 2 || !int.TryParse(p[0], out int b) || !int.TryParse(p[1], out int n) || b < 1 || n < 1)
+            throw new UsageException($"--prefill: '{s}' is not BATCHxLENGTH (e.g. 1x2048)");
+        return (b, n);
+    }
+
+    static void Log(string s) => Console.Error.WriteLine("[bench] " + s);
+
+    /// <summary>cuBLAS bf16 GEMM 8192^3 (fp32 accumulate) and a 2 GiB device-to-device copy, medians of 10 after 3 warm-ups.</summary>
+    static (double Tflops, double CopyGbps) Roofline()
+    {
+        const int n = 8192;
+        using var stream = new CudaStream();
+        using var blas = new Cublas(stream);
+        using var kernels = new KernelLibrary();
+        var fill = new SwiftKV.Cuda.Kernels.RandomFillKernel(kernels);
+        using var x = new DeviceBuffer<Bf16>((long)n * n);
+        using var w = new DeviceBuffer<Bf16>((long)n * n);
+        using var y = new DeviceBuffer<float>((long)n * n);
+        fill.Uniform(stream, x, 1, 1f);
+        fill.Uniform(stream, w, 2, 1f);
+        double gemm = Median(3, 10, stream, () => blas.Linear(x, n, n, w, n, y));
+        const long bytes = 2L << 30;
+        using var src = new DeviceBuffer<byte>(bytes);
+        using var dst = new DeviceBuffer<byte>(bytes);
+        double copy = Median(3, 10, stream, () => stream.CopyDeviceAsync(dst.Address, src.Address, bytes));
+        double tflops = 2.0 * n * n * n / (gemm * 1e-3) / 1e12, gbps = 2.0 * bytes / (copy * 1e-3) / 1e9;
+        Log($"roofline: GEMM {gemm:F3} ms = {tflops:F0} TFLOP/s; copy {copy:F3} ms = {gbps:F0} GB/s");
+        return (tflops, gbps);
+    }
+
+    /// <summary>Median milliseconds of <paramref name="work"/> by CUDA events on <paramref name="stream"/>.</summary>
+    static double Median(int warmup, int runs, CudaStream stream, Action work)
+    {
+        using var e0 = new CudaEvent();
+        using var e1 = new CudaEvent();
+        for (int i = 0; i < warmup; i++) work();
+        stream.Synchronize();
+        var t = new List<double>();
+        for (int i = 0; i < runs; i++)
+        {
+            e0.Record(stream);
+            work();
+            e1.Record(stream);
+            t.Add(CudaEvent.ElapsedMs(e0, e1));
+        }
+        return MedianOf(t);
+    }
+
+    static double MedianOf(List<double> t)
+    {
+        t.Sort();
+        return t.Count % 2 == 1 ? t[t.Count / 2] : 0.5 * (t[t.Count / 2 - 1] + t[t.Count / 2]);
+    }
+
+    static JsonObject BenchLoad(string dir, StringBuilder md)
+    {
+        var config = LlamaConfig.Load(dir);
+        var sw = Stopwatch.StartNew();
+        using var backend = CudaBackend.Load(dir, config.SwiftKv);
+        double total = sw.Elapsed.TotalSeconds;
+        using var cache = backend.CreateCache(16);
+        int token = backend.NextToken(cache, [1, 2, 3], new GpuSampling());
+        double gb = backend.LoadedBytes / 1e9;
+        Log($"load {dir}: {gb:F2} GB in {total:F2} s ({backend.LoadSeconds:F2} s streaming) = {gb / backend.LoadSeconds:F2} GB/s; first greedy token {token}");
+        md.AppendLine($"Direct load of `{dir}` ({gb:F2} GB safetensors): **{total:F2} s** end to end, {backend.LoadSeconds:F2} s of streaming to the GPU ({gb / backend.LoadSeconds:F2} GB/s).");
+        md.AppendLine();
+        return new JsonObject { ["dir"] = dir, ["bytes"] = backend.LoadedBytes, ["seconds_total"] = total, ["seconds_streaming"] = backend.LoadSeconds };
+    }
+
+    static JsonObject BenchVariant(Variant v, (int Batch, int Length)[] cases, int context, int steps, int runs, double maxCase,
+        double roofTflops, double roofGbps, StringBuilder md)
+    {
+        var cfg = v.Config;
+        var sw = Stopwatch.StartNew();
+        using var backend = CudaBackend.CreateRandom(cfg, v.SwiftKv, seed: 7);
+        Log($"{v.Name}: random weights {backend.WeightBytes / 1e9:F2} GB made on the GPU in {sw.Elapsed.TotalSeconds:F2} s");
+        var vj = new JsonObject { ["name"] = v.Name, ["weight_bytes"] = backend.WeightBytes };
+        long kvPerToken;
+        using (var probe = backend.CreateCache(16)) kvPerToken = probe.KvBytes / 16;
+        vj["kv_bytes_per_token"] = kvPerToken;
+        md.AppendLine($"| {v.Name} | KV cache per token | | | | | {kvPerToken / 1024.0:F0} KiB ({cfg.NumKvCaches(v.SwiftKv)} caches) |");
+
+        var prefill = new JsonArray();
+        double? lastPerToken2 = null;   // seconds / length^2 of the previous case: extrapolates attention-bound cases
+        foreach (var (batch, length) in cases)
+        {
+            if (length > cfg.MaxPositionEmbeddings) continue;
+            double flops = batch * PrefillFlops(cfg, v.SwiftKv, length);
+            if (lastPerToken2 is { } k && k * length * length * batch > maxCase)
+            {
+                double est = k * length * length * batch;
+                Log($"{v.Name}: prefill {batch}x{length} skipped: estimated {est:F0} s > --max-case-seconds {maxCase}");
+                md.AppendLine($"| {v.Name} | prefill {batch}x{length} | skipped | | | | estimated {est:F0} s with this attention kernel |");
+                prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["skipped_estimated_s"] = est });
+                continue;
+            }
+            var times = new List<double>();
+            var tokens = Tokens(length, cfg.VocabSize, 11);
+            for (int r = 0; r <= runs; r++)
+            {
+                var caches = Enumerable.Range(0, batch).Select(_ => backend.CreateCache(length)).ToList();
+                using var e0 = new CudaEvent();
+                using var e1 = new CudaEvent();
+                e0.Record(backend.Stream);
+                foreach (var c in caches) backend.Forward(c, tokens, LogitsSelection.LastToken);
+                e1.Record(backend.Stream);
+                double ms = CudaEvent.ElapsedMs(e0, e1);
+                foreach (var c in caches) c.Dispose();
+                if (r > 0) times.Add(ms);
+                // A slow case is timed once: its warm-up already ran with every kernel loaded.
+                if (r == 0 && ms > 5000) { times.Add(ms); break; }
+            }
+            double med = MedianOf(times), tps = batch * length / (med * 1e-3), tf = flops / (med * 1e-3) / 1e12;
+            lastPerToken2 = med * 1e-3 / ((double)length * length * batch);
+            Log($"{v.Name}: prefill {batch}x{length}: {med:F1} ms, {tps:F0} tokens/s, {tf:F0} TFLOP/s ({times.Count} timed)");
+            md.AppendLine($"| {v.Name} | prefill {batch}x{length} | {med:F1} ms | {tps:F0} | {tf:F0} ({100 * tf / roofTflops:F0}%) | | {times.Count} timed |");
+            prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["ms"] = med, ["tokens_per_s"] = tps, ["tflops"] = tf, ["flops"] = flops, ["runs"] = times.Count });
+        }
+        vj["prefill"] = prefill;
+        vj["decode"] = BenchDecode(v, backend, context, steps, roofGbps, kvPerToken, md);
+        return vj;
+    }
+
+    static JsonArray BenchDecode(Variant v, CudaBackend backend, int context, int steps, double roofGbps, long kvPerToken, StringBuilder md)
+    {
+        var cfg = v.Config;
+        var all = new JsonArray();
+        // Weights a decode step reads: everything but the embedding table (one row of it), at batch 1.
+        long weightRead = backend.WeightBytes - (cfg.TieWordEmbeddings ? 0 : (long)cfg.VocabSize * cfg.HiddenSize * 2);
+        foreach (var (ctx, graphs) in new[] { (context, true), (context, false), (16, true) })
+        {
+            backend.UseGraphs = graphs;
+            using var cache = backend.CreateCache(ctx + steps + 8);
+            backend.Forward(cache, Tokens(ctx, cfg.VocabSize, 13), LogitsSelection.LastToken);
+            int token = 1;
+            for (int i = 0; i < 3; i++) token = backend.NextToken(cache, [token], new GpuSampling());
+            var gpu = new List<double>();
+            var wall = new List<double>();
+            using var e0 = new CudaEvent();
+            using var e1 = new CudaEvent();
+            for (int i = 0; i < steps; i++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                e0.Record(backend.Stream);
+                token = backend.NextToken(cache, [token], new GpuSampling());
+                e1.Record(backend.Stream);
+                gpu.Add(CudaEvent.ElapsedMs(e0, e1));
+                wall.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+            }
+            double ms = MedianOf(gpu), wallMs = MedianOf(wall);
+            double bytes = weightRead + (double)kvPerToken * (ctx + 3 + steps / 2);
+            double gbps = bytes / (ms * 1e-3) / 1e9;
+            string mode = graphs ? "graphs" : "no graphs";
+            Log($"{v.Name}: decode batch 1, context {ctx}, {mode}: {ms:F3} ms/token GPU (events), {wallMs:F3} ms host wall, {gbps:F0} GB/s");
+            md.AppendLine($"| {v.Name} | decode b1 ctx {ctx} ({mode}) | {ms:F2} ms | {1000 / ms:F0} | | {gbps:F0} ({100 * gbps / roofGbps:F0}%) | host wall {wallMs:F2} ms/token; greedy on GPU |");
+            all.Add(new JsonObject { ["batch"] = 1, ["context"] = ctx, ["graphs"] = graphs, ["ms_per_token"] = ms, ["host_wall_ms"] = wallMs, ["bytes_read"] = bytes, ["gbps"] = gbps });
+        }
+        backend.UseGraphs = true;
+        return all;
+    }
+
+    /// <summary>FLOPs of one prefill of <paramref name="s"/> tokens that returns the last token's logits.</summary>
+    static double PrefillFlops(LlamaConfig c, bool swiftKv, int s)
+    {
+        double h = c.HiddenSize, q = c.QueryDim, kv = c.KeyValueDim, f = c.IntermediateSize;
+        double attnProj = h * q * 2, mlp = 3 * h * f, fullLayer = h * (q + 2 * kv) + h * q + mlp;
+        double attn = 2.0 * s * s * c.HeadDim * c.NumAttentionHeads;   // causal QK^T + PV per layer
+        double lmHead = 2.0 * h * c.VocabSize;
+        if (!swiftKv) return c.NumHiddenLayers * (2 * fullLayer * s + attn) + lmHead;
+        int l = c.NumKeyValueLayers, later = c.NumHiddenLayers - l;
+        int leaders = Enumerable.Range(l, later).Count(c.IsKvGroupLeader);
+        double perToken = l * 2 * fullLayer + 2 * h * leaders * 2 * kv;
+        double lastToken = later * (2 * (attnProj + mlp) + 4.0 * s * c.HeadDim * c.NumAttentionHeads);
+        return perToken * s + l * attn + lastToken + lmHead;
+    }
+
+    static int[] Tokens(int n, int vocab, int seed)
+    {
+        var r = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => r.Next(vocab)).ToArray();
+    }
+}

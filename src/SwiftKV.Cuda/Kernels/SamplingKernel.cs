@@ -1,0 +1,29 @@
+// Launcher for native-kernels/sampling.cu.
+namespace SwiftKV.Cuda.Kernels;
+
+/// <summary>
+/// out[r] = a token drawn from softmax(logits row r / temperature) restricted by top-k then top-p, using the
+/// uniform <c>u</c> in [0, 1) (row r uses frac(u + 0.618·r)). Same logits and u, same token.
+/// </summary>
+public sealed unsafe class SamplingKernel(KernelLibrary library)
+{
+    readonly CudaKernel _k = library.Get("sampling.cu", "sample_f32");
+
+    /// <summary>Samples one token per row; topK 0 = no top-k filter, topP 1 = no nucleus filter (must be in (0, 1]).</summary>
+    public void Launch(CudaStream stream, DeviceSpan<float> logits, int rows, int n, float temperature, int topK, float topP, float u, DeviceSpan<int> output)
+    {
+        const string name = "sample_f32";
+        KernelGuard.Positive(rows, name, nameof(rows));
+        KernelGuard.Positive(n, name, nameof(n));
+        if (!(temperature > 0) || float.IsInfinity(temperature)) throw new ArgumentOutOfRangeException(nameof(temperature), temperature, $"{name}: temperature must be > 0 (use argmax for greedy).");
+        ArgumentOutOfRangeException.ThrowIfNegative(topK);
+        if (!(topP > 0 && topP <= 1)) throw new ArgumentOutOfRangeException(nameof(topP), topP, $"{name}: top_p must be in (0, 1].");
+        if (!(u >= 0 && u < 1)) throw new ArgumentOutOfRangeException(nameof(u), u, $"{name}: u must be in [0, 1).");
+        KernelGuard.Fits(logits, (long)rows * n, name, nameof(logits), $"({rows}, {n})");
+        KernelGuard.Fits(output, rows, name, nameof(output), $"({rows})");
+        float invT = 1f / temperature;
+        ulong pl = logits.Address, po = output.Address;
+        void** args = stackalloc void*[] { &pl, &n, &invT, &topK, &topP, &u, &po };
+        _k.Launch(stream, ((uint)rows, 1, 1), 1024, 0, args);
+    }
+}

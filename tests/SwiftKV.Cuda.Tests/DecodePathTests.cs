@@ -1,0 +1,246 @@
+// The fast paths of the CUDA backend against its plain paths: the direct checkpoint loader (safetensors -> pinned
+// staging -> GPU) against the LlamaWeights upload, graph-replayed decode against kernel-by-kernel decode, GPU
+// token choice (argmax, top-k/top-p sampling) against host references, GPU random weights, and device memory
+// after disposal. Toy shapes; skipped without a GPU.
+using SwiftKV.Cuda;
+using SwiftKV.Cuda.Kernels;
+using SwiftKV.Engine;
+using SwiftKV.Engine.Cuda;
+using SwiftKV.Engine.Tests;
+using SwiftKV.Model;
+using SwiftKV.Model.Checkpoint;
+using Xunit;
+
+namespace SwiftKV.Cuda.Tests;
+
+public sealed class DecodePathTests : GpuFixtureTest
+{
+    public static TheoryData<string, ModelSpec, bool, string> LoadCases => new()
+    {
+        { "base-bf16-sharded", new ModelSpec(Seed: 51), false, "BF16" },
+        { "bias-tied-fp32", new ModelSpec(Heads: 4, KvHeads: 4, Bias: true, Tied: true, Seed: 52), false, "F32" },
+        { "acrosskv-g2-fp16", new ModelSpec(Layers: 6, SwiftKvLayers: 2, GroupSize: 2, Bias: true, Seed: 53), true, "F16" },
+    };
+
+    [Theory]
+    [MemberData(nameof(LoadCases))]
+    public void Load_GivesTheSameLogitsAsLlamaWeightsPath(string name, ModelSpec spec, bool swiftKv, string dtype)
+    {
+        Gpu.Require();
+        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-load-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            var weights = TestModels.View(TestModels.Checkpoint(spec), swiftKv);
+            LlamaCheckpointWriter.Save(dir, weights, Enum.Parse<TensorDtype>(dtype), maxShardBytes: 40_000);
+            using var direct = CudaBackend.Load(dir, swiftKv);
+            using var viaHost = new CudaBackend(LlamaCheckpointLoader.Load(dir, swiftKv));
+            Assert.Equal(viaHost.WeightBytes, direct.WeightBytes);
+            Assert.True(direct.LoadedBytes > 0);
+            var prompt = TestModels.RandomTokens(9, spec.Vocab, spec.Seed);
+            using var c1 = direct.CreateCache(16);
+            using var c2 = viaHost.CreateCache(16);
+            var a = direct.Forward(c1, prompt, LogitsSelection.AllTokens);
+            var b = viaHost.Forward(c2, prompt, LogitsSelection.AllTokens);
+            // Both round the same stored values to bf16 the same way: bit-identical weights, identical logits.
+            Assert.Equal(b, a);
+            Gpu.Log($"{name}: direct load of {direct.LoadedBytes} bytes equals the LlamaWeights path");
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    [Fact]
+    public void Load_RejectsSwiftKvOnAPlainCheckpoint()
+    {
+        Gpu.Require();
+        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-load-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            var spec = new ModelSpec(Seed: 54);
+            var weights = TestModels.View(TestModels.Checkpoint(spec), false);
+            LlamaCheckpointWriter.Save(dir, weights);
+            // A SwiftKV run of a plain Llama checkpoint: config has no SwiftKV fields.
+            var e = Assert.Throws<InvalidModelException>(() => CudaBackend.Load(dir, swiftKvEnabled: true));
+            Assert.Contains("SwiftKV", e.Message);
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    public static TheoryData<string, ModelSpec, bool> GraphCases => new()
+    {
+        { "base", new ModelSpec(Seed: 61), false },
+        { "swiftkv-50%", new ModelSpec(SwiftKvLayers: 2, RopeScaling: true, Seed: 62), true },
+        { "acrosskv-g4-bias", new ModelSpec(Layers: 6, SwiftKvLayers: 2, GroupSize: 4, Bias: true, Seed: 63), true },
+    };
+
+    [Theory]
+    [MemberData(nameof(GraphCases))]
+    public void Decode_GraphReplayEqualsDirectLaunches(string name, ModelSpec spec, bool swiftKv)
+    {
+        Gpu.Require();
+        using var gpu = new CudaBackend(TestModels.Build(spec, swiftKv));
+        var prompt = TestModels.RandomTokens(7, spec.Vocab, spec.Seed);
+        var decode = TestModels.RandomTokens(6, spec.Vocab, spec.Seed + 1);
+        using var graphed = gpu.CreateCache(32);
+        using var direct = gpu.CreateCache(32);
+        gpu.Forward(graphed, prompt, LogitsSelection.LastToken);
+        gpu.Forward(direct, prompt, LogitsSelection.LastToken);
+        foreach (var t in decode)
+        {
+            gpu.UseGraphs = true;
+            var a = gpu.Forward(graphed, [t], LogitsSelection.LastToken);
+            gpu.UseGraphs = false;
+            var b = gpu.Forward(direct, [t], LogitsSelection.LastToken);
+            Assert.DoesNotContain(a, float.IsNaN);
+            Assert.Equal(b, a);
+        }
+        // A prefill between decode steps moves the workspace: the graph must be recaptured, not replayed stale.
+        gpu.UseGraphs = true;
+        using var big = gpu.CreateCache(200);
+        gpu.Forward(big, TestModels.RandomTokens(150, spec.Vocab, 3), LogitsSelection.AllTokens);
+        var a2 = gpu.Forward(graphed, [5], LogitsSelection.LastToken);
+        gpu.UseGraphs = false;
+        var b2 = gpu.Forward(direct, [5], LogitsSelection.LastToken);
+        Assert.Equal(b2, a2);
+        Assert.Equal(prompt.Length + decode.Length + 1, graphed.Length);
+        Gpu.Log($"{name}: {decode.Length + 1} graph-replayed decode steps equal direct launches");
+    }
+
+    [Fact]
+    public void NextToken_GreedyEqualsHostArgmax_AndSeededSamplingRepeats()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Layers: 6, SwiftKvLayers: 2, GroupSize: 2, Seed: 71);
+        using var gpu = new CudaBackend(TestModels.Build(spec));
+        var prompt = TestModels.RandomTokens(8, spec.Vocab, 9);
+        foreach (bool graphs in new[] { true, false })
+        {
+            gpu.UseGraphs = graphs;
+            using var logitsCache = gpu.CreateCache(32);
+            using var tokenCache = gpu.CreateCache(32);
+            var logits = gpu.Forward(logitsCache, prompt, LogitsSelection.LastToken);
+            int token = gpu.NextToken(tokenCache, prompt, new GpuSampling());
+            for (int step = 0; step < 5; step++)
+            {
+                Assert.Equal(HostArgmax(logits), token);
+                logits = gpu.Forward(logitsCache, [token], LogitsSelection.LastToken);
+                token = gpu.NextToken(tokenCache, [token], new GpuSampling());
+            }
+        }
+        var sampling = new GpuSampling(Temperature: 0.9f, TopK: 20, TopP: 0.9f, Seed: 1234);
+        int[] Run(GpuSampling s)
+        {
+            using var c = gpu.CreateCache(32);
+            var got = new List<int> { gpu.NextToken(c, prompt, s, 0) };
+            for (int step = 1; step < 8; step++) got.Add(gpu.NextToken(c, [got[^1]], s, step));
+            return got.ToArray();
+        }
+        var first = Run(sampling);
+        Assert.Equal(first, Run(sampling));
+        Assert.All(first, t => Assert.InRange(t, 0, spec.Vocab - 1));
+        Gpu.Log($"seeded sampling: {string.Join(",", first)} twice");
+    }
+
+    [Fact]
+    public void SamplingKernel_MatchesTopKTopPDistribution()
+    {
+        Gpu.Require();
+        const int n = 3001;
+        var rng = new Random(5);
+        var logits = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 6 - 3)).ToArray();
+        var kernel = new SamplingKernel(Library);
+        using var dLogits = new DeviceBuffer<float>(logits);
+        using var dOut = new DeviceBuffer<int>(1);
+        foreach (var (temp, k, p) in new[] { (1f, 0, 1f), (0.7f, 50, 1f), (1.3f, 0, 0.8f), (1f, 40, 0.6f), (1f, 1, 1f) })
+        {
+            var expected = Reference(logits, temp, k, p);
+            const int draws = 4000;
+            var counts = new int[n];
+            for (int i = 0; i < draws; i++)
+            {
+                kernel.Launch(Stream, dLogits, 1, n, temp, k, p, (i + 0.5f) / draws, dOut);
+                Stream.Synchronize();
+                int t = dOut.ToArray()[0];
+                Assert.True(expected[t] > 0, $"T={temp} k={k} p={p}: token {t} is outside the kept set");
+                counts[t]++;
+            }
+            for (int i = 0; i < n; i++)
+                Assert.True(Math.Abs(counts[i] / (double)draws - expected[i]) <= 2.0 / draws + 1e-3,
+                    $"T={temp} k={k} p={p}: token {i} drawn {counts[i]}/{draws}, expected probability {expected[i]:F5}");
+        }
+    }
+
+    /// <summary>Host reference: softmax(z / T), keep the k most likely, then the smallest most-likely prefix reaching p.</summary>
+    static double[] Reference(float[] logits, float temp, int k, float p)
+    {
+        int n = logits.Length;
+        double m = logits.Max() / (double)temp;
+        var e = logits.Select(l => Math.Exp(l / (double)temp - m)).ToArray();
+        var order = Enumerable.Range(0, n).OrderByDescending(i => e[i]).ToArray();
+        int keepK = k > 0 ? Math.Min(k, n) : n;
+        double massK = order.Take(keepK).Sum(i => e[i]), run = 0;
+        var kept = new double[n];
+        foreach (int i in order.Take(keepK))
+        {
+            kept[i] = e[i];
+            run += e[i];
+            if (run >= p * massK) break;
+        }
+        double total = kept.Sum();
+        return kept.Select(x => x / total).ToArray();
+    }
+
+    static int HostArgmax(float[] row)
+    {
+        int best = 0;
+        for (int i = 1; i < row.Length; i++) if (row[i] > row[best]) best = i;
+        return best;
+    }
+
+    [Fact]
+    public void CreateRandom_RunsAndDisposeReturnsAllDeviceMemory()
+    {
+        Gpu.Require();
+        var cfg = ModelPresets.Get("tiny") with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = 2, KeyValueGroupSize = 2 };
+        // Warm-up through every path measured below: the driver keeps one-time allocations (graph instantiation,
+        // module loads) for the process, which are not the backend's to return.
+        using (var warm = CudaBackend.CreateRandom(cfg, true))
+        using (var c = warm.CreateCache(8))
+        {
+            int t = warm.NextToken(c, [1, 2], new GpuSampling());
+            t = warm.NextToken(c, [t], new GpuSampling());
+            warm.NextToken(c, [t], new GpuSampling(0.8f, 10, 0.9f, 7));
+        }
+        CudaRuntime.Synchronize();
+        long counted0 = DeviceMemory.AllocatedBytes;
+        long free0 = CudaRuntime.MemoryInfo().Free;
+
+        var backend = CudaBackend.CreateRandom(cfg, true, seed: 3);
+        var caches = Enumerable.Range(0, 3).Select(_ => backend.CreateCache(64)).ToList();
+        foreach (var c in caches)
+        {
+            int t = backend.NextToken(c, [1, 2, 3], new GpuSampling());
+            for (int i = 0; i < 3; i++) t = backend.NextToken(c, [t], new GpuSampling(0.8f, 10, 0.9f, 7), i);
+            Assert.InRange(t, 0, cfg.VocabSize - 1);
+        }
+        var logits = backend.Forward(caches[0], [4], LogitsSelection.LastToken);
+        Assert.All(logits, v => Assert.True(float.IsFinite(v)));
+        // Same seed, same weights: a second backend gives the same logits.
+        using (var twin = CudaBackend.CreateRandom(cfg, true, seed: 3))
+        using (var c = twin.CreateCache(8))
+        using (var c2 = backend.CreateCache(8))
+            Assert.Equal(backend.Forward(c2, [9, 8], LogitsSelection.LastToken), twin.Forward(c, [9, 8], LogitsSelection.LastToken));
+        foreach (var c in caches) c.Dispose();
+        backend.Dispose();
+        CudaRuntime.Synchronize();
+        Assert.Equal(counted0, DeviceMemory.AllocatedBytes);
+        long free1 = CudaRuntime.MemoryInfo().Free;
+        Gpu.Log($"random-weight backend: free before {free0 >> 20} MiB, after dispose {free1 >> 20} MiB");
+        Assert.True(Math.Abs(free0 - free1) <= 8 << 20, $"device free memory {free1} did not return to {free0} after disposing backend, caches and graphs");
+    }
+}
