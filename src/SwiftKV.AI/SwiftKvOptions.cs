@@ -25,6 +25,9 @@ public sealed class SwiftKvOptions
     /// <summary>Bytes of KV cache the serving engine allocates for all concurrent requests together (paged blocks).</summary>
     public long KvCacheBytes { get; set; } = 1L << 30;
 
+    /// <summary>Reuse the KV of identical prompt prefixes (whole blocks) across requests, e.g. a shared system prompt or a resent chat history.</summary>
+    public bool EnablePrefixCaching { get; set; } = true;
+
     /// <summary>Answer length when a request sets no MaxOutputTokens.</summary>
     public int DefaultMaxOutputTokens { get; set; } = 512;
 
@@ -51,6 +54,6 @@ public sealed class SwiftKvOptions
     internal LocalModel LoadModel()
     {
         Validate();
-        return LocalModel.Load(ModelPath, Backend, SwiftKv, new SwiftKV.Engine.Serving.ServingOptions { KvCacheBytes = KvCacheBytes });
+        return LocalModel.Load(ModelPath, Backend, SwiftKv, new SwiftKV.Engine.Serving.ServingOptions { KvCacheBytes = KvCacheBytes, EnablePrefixCaching = EnablePrefixCaching });
     }
 }
