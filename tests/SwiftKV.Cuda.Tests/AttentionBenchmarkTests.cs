@@ -1,15 +1,16 @@
 // Attention kernel benchmark (not a timed test: it only prints), run when SWIFTKV_BENCH=1. Llama-3.1-8B attention
 // shape (32 query heads, 8 KV heads, head_dim 128): causal prefill at 1x2K/8K/32K in TFLOP/s counting
-// 2·S²·head_dim·heads (PERFORMANCE.md), and decode (one new token over a 2K cache) at batch 1 and 32 in GB/s
-// counting the K/V bytes read. CUDA events around each launch, warm-up first, median of the repeats; decode rotates
-// over 32 caches (268 MB) so batch 1 does not time the 50 MB L2.
+// 2·S²·head_dim·heads (PERFORMANCE.md) for every flash CTA shape (and 8K through the paged launch), and paged
+// decode (one new token over a 2K context, scattered 16-token blocks) at batch 1, 32 and 128 in GB/s counting the
+// K/V bytes read. CUDA events around each launch, warm-up first, median of the repeats; batch 1 rotates over 32
+// sequences so it does not time the 50 MB L2.
 using SwiftKV.Cuda.Kernels;
 using SwiftKV.Engine.Tests;
 using Xunit;
 
 namespace SwiftKV.Cuda.Tests;
 
-public sealed class AttentionBenchmarkTests : GpuFixtureTest
+public sealed unsafe class AttentionBenchmarkTests : GpuFixtureTest
 {
     const int Heads = 32, KvHeads = 8, HeadDim = 128;
 
@@ -38,6 +39,17 @@ public sealed class AttentionBenchmarkTests : GpuFixtureTest
         return times[reps / 2];
     }
 
+    /// <summary>The previous kernel's entry (same parameters as flash_attn_d128_w4_m1_n64), one sequence from position 0.</summary>
+    static void LaunchBaseline(CudaKernel k, CudaStream stream, ulong pq, int ldq, ulong pk, ulong pv, ulong po, int rows)
+    {
+        long qbs = (long)rows * ldq, kvbs = (long)rows * KvHeads * HeadDim, obs = qbs;
+        ulong zero = 0;
+        int heads = Heads, kvHeads = KvHeads, pos0 = 0, kps = int.MaxValue / 2;
+        float scaleLog2 = (float)(1.0 / Math.Sqrt(HeadDim)) * 1.4426950408889634f;
+        void** args = stackalloc void*[] { &pq, &qbs, &ldq, &pk, &pv, &kvbs, &po, &obs, &zero, &zero, &rows, &heads, &kvHeads, &pos0, &kps, &scaleLog2 };
+        k.Launch(stream, ((uint)(rows * Heads / KvHeads / 64), KvHeads, 1), 128, 69632, args);
+    }
+
     [Fact]
     public void Attention_Llama8BShape_Throughput()
     {
@@ -45,18 +57,29 @@ public sealed class AttentionBenchmarkTests : GpuFixtureTest
         Assert.SkipUnless(Environment.GetEnvironmentVariable("SWIFTKV_BENCH") == "1", "set SWIFTKV_BENCH=1 to time the attention kernels");
         Gpu.Log($"bench attention on {CudaRuntime.Device}");
         using var attention = new AttentionKernel(Library);
+        var flashPaths = new[] { AttentionPath.Flash4Warps, AttentionPath.Flash8Warps, AttentionPath.Flash4Warps32Rows, AttentionPath.Flash4Warps32RowsKeys32 };
         foreach (int d in new[] { 64, 128 })
-            foreach (int w in new[] { 4, 8 })
-            {
-                var k = attention.FlashKernel(d, w);
-                Gpu.Log($"bench flash_attn_d{d}_w{w}: {k.GetAttribute(CudaKernel.AttrNumRegs)} registers/thread, " +
-                    $"{k.GetAttribute(CudaKernel.AttrLocalSizeBytes)} B local (spills), {AttentionKernel.SharedBytes(d)} B shared");
-            }
+            foreach (var path in flashPaths)
+                foreach (bool paged in path == AttentionPath.Flash8Warps ? new[] { false } : new[] { false, true })
+                {
+                    var k = attention.FlashKernel(d, path, paged);
+                    Gpu.Log($"bench {(paged ? "paged " : "")}d{d} {path}: {k.GetAttribute(CudaKernel.AttrNumRegs)} registers/thread, " +
+                        $"{k.GetAttribute(CudaKernel.AttrLocalSizeBytes)} B local (spills), {AttentionKernel.SharedBytes(d, path)} B shared");
+                }
 
         var rng = new TestRng(5);
         var qPattern = rng.Array(1 << 20, 1.5f);
         var kvPattern = Bf16.FromSingles(rng.Array((1 << 20) + 17, 1.5f));
         int ldq = Heads * HeadDim, kvDim = KvHeads * HeadDim;
+        var table = new List<string>();
+        CudaKernel? baseline = null;
+        if (Environment.GetEnvironmentVariable("SWIFTKV_BENCH_BASELINE") is { Length: > 0 } file)
+        {
+            var cubin = NvrtcCompiler.Compile("attention_flash_baseline.cu", File.ReadAllText(file), [("swiftkv_common.cuh", KernelLibrary.Read("swiftkv_common.cuh"))]);
+            baseline = new CudaModule(cubin, "attention_flash_baseline.cu").GetKernel("flash_attn_d128_w4");
+            baseline.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, 69632);
+            baseline.SetAttribute(CudaKernel.AttrSharedCarveoutPercent, 100);
+        }
 
         foreach (int s in new[] { 2048, 8192, 32768 })
         {
@@ -68,50 +91,85 @@ public sealed class AttentionBenchmarkTests : GpuFixtureTest
             Fill(kc, kvPattern);
             Fill(vc, kvPattern.Reverse().ToArray());
             double flops = 2.0 * s * s * HeadDim * Heads;
-            var paths = s == 2048 ? new[] { AttentionPath.Flash4Warps, AttentionPath.Flash8Warps, AttentionPath.Simple }
-                : new[] { AttentionPath.Flash4Warps, AttentionPath.Flash8Warps };
-            foreach (var path in paths)
+            if (baseline is not null)
+            {
+                // The previous kernel (file named by SWIFTKV_BENCH_BASELINE, d128 4 warps) on the same card and data.
+                double bms = MedianMs(s >= 32768 ? 5 : 15, () => LaunchBaseline(baseline, Stream, q.Address, ldq, kc.Address, vc.Address, o.Address, s));
+                table.Add($"prefill 1x{s} {"baseline (2e05f9d) w4",-24} {bms,9:F3} ms {flops / bms / 1e9,7:F1} TFLOP/s");
+            }
+            foreach (var path in flashPaths)
             {
                 attention.Path = path;
-                int reps = path == AttentionPath.Simple ? 3 : s >= 32768 ? 5 : 15;
+                int reps = s >= 32768 ? 5 : 15;
                 double ms = MedianMs(reps, () => attention.Launch(Stream, q, ldq, kc, vc, s, o, s, Heads, KvHeads, HeadDim, 0));
                 Gpu.Log($"bench prefill 1x{s} causal {path} ({attention.LastLaunch.Kernel}): {ms:F3} ms, {flops / ms / 1e9:F1} TFLOP/s");
+                table.Add($"prefill 1x{s} {path,-24} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
+            }
+            if (s == 8192)
+            {
+                // The same prefill through the paged launch: one sequence, its 512 blocks scattered over a larger pool.
+                int blocks = s / 16, poolBlocks = blocks + 64;
+                var ids = Enumerable.Range(0, poolBlocks).OrderBy(_ => rng.NextDouble()).Take(blocks).ToArray();
+                using var pk = new DeviceBuffer<Bf16>((long)poolBlocks * 16 * kvDim);
+                using var pv = new DeviceBuffer<Bf16>((long)poolBlocks * 16 * kvDim);
+                Fill(pk, kvPattern);
+                Fill(pv, kvPattern.Reverse().ToArray());
+                using var starts = new DeviceBuffer<int>(new[] { 0, s });
+                using var ctx = new DeviceBuffer<int>(new[] { s });
+                using var tables = new DeviceBuffer<int>(ids);
+                var cache = new AttentionPagedCache(pk, pv, poolBlocks, 16, KvHeads, HeadDim);
+                var batch = new AttentionPagedBatch(starts, ctx, tables, blocks, 1, s, s, s);
+                foreach (var path in new[] { AttentionPath.Flash4Warps, AttentionPath.Flash4Warps32Rows, AttentionPath.Flash4Warps32RowsKeys32 })
+                {
+                    attention.Path = path;
+                    double ms = MedianMs(15, () => attention.LaunchPaged(Stream, q, ldq, cache, batch, o, ldq, Heads));
+                    Gpu.Log($"bench paged prefill 1x{s} causal {path} ({attention.LastLaunch.Kernel}): {ms:F3} ms, {flops / ms / 1e9:F1} TFLOP/s");
+                    table.Add($"paged prefill 1x{s} {path,-24} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
+                }
             }
         }
 
-        const int ctx = 2048, seqs = 32;
-        long kvbs = (long)ctx * kvDim;
-        using (var q = new DeviceBuffer<float>((long)seqs * ldq))
-        using (var kc = new DeviceBuffer<Bf16>(seqs * kvbs))
-        using (var vc = new DeviceBuffer<Bf16>(seqs * kvbs))
-        using (var o = new DeviceBuffer<Bf16>((long)seqs * ldq))
+        // Paged decode: one new token per sequence over 2K context, blocks of 16 scattered over the pool; batch 1
+        // walks over 32 sequences so each launch reads device memory, not L2.
+        const int ctxLen = 2048, seqs = 128, bs = 16, perSeq = ctxLen / bs;
         {
+            int poolBlocks = seqs * perSeq;
+            var ids = Enumerable.Range(0, poolBlocks).OrderBy(_ => rng.NextDouble()).ToArray();
+            using var pk = new DeviceBuffer<Bf16>((long)poolBlocks * bs * kvDim);
+            using var pv = new DeviceBuffer<Bf16>((long)poolBlocks * bs * kvDim);
+            Fill(pk, kvPattern);
+            Fill(pv, kvPattern.Reverse().ToArray());
+            using var q = new DeviceBuffer<float>((long)seqs * ldq);
+            using var o = new DeviceBuffer<Bf16>((long)seqs * ldq);
             Fill(q, qPattern);
-            Fill(kc, kvPattern);
-            Fill(vc, kvPattern.Reverse().ToArray());
-            foreach (var path in new[] { AttentionPath.Auto, AttentionPath.Flash8Warps, AttentionPath.Simple })
-                foreach (int batch in new[] { 1, seqs })
+            using var starts = new DeviceBuffer<int>(Enumerable.Range(0, seqs + 1).ToArray());
+            using var ctx = new DeviceBuffer<int>(Enumerable.Repeat(ctxLen, seqs).ToArray());
+            using var tables = new DeviceBuffer<int>(ids);
+            var cache = new AttentionPagedCache(pk, pv, poolBlocks, bs, KvHeads, HeadDim);
+            attention.Path = AttentionPath.Auto;
+            foreach (int batch in new[] { 1, 32, 128 })
+            {
+                int next = 0;
+                void Step()
                 {
-                    attention.Path = path;
-                    int next = 0;
-                    void Step()
-                    {
-                        // batch 1 walks over the 32 caches so each launch reads from device memory, not L2.
-                        int first = batch == 1 ? next++ % seqs : 0;
-                        attention.LaunchBatched(Stream, q.Span.Slice((long)first * ldq), ldq, ldq, kc.Span.Slice(first * kvbs), vc.Span.Slice(first * kvbs),
-                            kvbs, ctx, o.Span.Slice((long)first * ldq), ldq, batch, 1, Heads, KvHeads, HeadDim, ctx - 1);
-                    }
-                    double ms = MedianMs(path == AttentionPath.Simple ? 5 : 64, Step);
-                    double bytes = 2.0 * batch * ctx * kvDim * 2;
-                    using var a = new CudaEvent();
-                    using var b = new CudaEvent();
-                    a.Record(Stream);
-                    for (int i = 0; i < 32; i++) Step();
-                    b.Record(Stream);
-                    double backToBack = CudaEvent.ElapsedMs(a, b) / 32;
-                    Gpu.Log($"bench decode batch {batch} ctx {ctx} {path} ({attention.LastLaunch.Kernel}, {attention.LastLaunch.Splits} splits): " +
-                        $"{ms * 1000:F1} us/launch median, {bytes / ms / 1e6:F0} GB/s; back-to-back {backToBack * 1000:F1} us, {bytes / backToBack / 1e6:F0} GB/s");
+                    int first = batch == 1 ? next++ % 32 : 0;
+                    var b = new AttentionPagedBatch(starts.Span.Slice(0, batch + 1), ctx.Span.Slice(first), tables.Span.Slice((long)first * perSeq),
+                        perSeq, batch, batch, 1, ctxLen);
+                    attention.LaunchPaged(Stream, q.Span.Slice((long)first * ldq), ldq, cache, b, o.Span.Slice((long)first * ldq), ldq, Heads);
                 }
+                double ms = MedianMs(64, Step);
+                double bytes = 2.0 * batch * ctxLen * kvDim * 2;
+                using var a = new CudaEvent();
+                using var e = new CudaEvent();
+                a.Record(Stream);
+                for (int i = 0; i < 32; i++) Step();
+                e.Record(Stream);
+                double backToBack = CudaEvent.ElapsedMs(a, e) / 32;
+                Gpu.Log($"bench paged decode batch {batch} ctx {ctxLen} ({attention.LastLaunch.Kernel}, {attention.LastLaunch.Splits} splits): " +
+                    $"{ms * 1000:F1} us/launch median, {bytes / ms / 1e6:F0} GB/s; back-to-back {backToBack * 1000:F1} us, {bytes / backToBack / 1e6:F0} GB/s");
+                table.Add($"paged decode b{batch} ctx {ctxLen} {attention.LastLaunch.Splits,2} splits {ms * 1000,8:F1} us {bytes / ms / 1e6,6:F0} GB/s; back-to-back {backToBack * 1000,6:F1} us {bytes / backToBack / 1e6,6:F0} GB/s");
+            }
         }
+        foreach (var line in table) Gpu.Log("bench table | " + line);
     }
 }

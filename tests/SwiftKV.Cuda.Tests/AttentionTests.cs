@@ -1,5 +1,5 @@
 // The tensor-core attention kernel (native-kernels/attention_flash.cu) against a CPU reference in double: head_dim
-// 64 and 128, GQA group 1/4/8, odd lengths, chunks at pos0 > 0, decode with split-K, both CTA shapes, batched
+// 64 and 128, GQA group 1/4/8, odd lengths, chunks at pos0 > 0, decode with split-K, every CTA shape, batched
 // sequences with padded strides. Outputs are poisoned with NaN and cache slots past the step hold NaN, so an
 // unwritten output or a key read past the causal end fails. Tolerance: bf16 Q and P on the tensor cores add about
 // 2^-9 relative per term, so ||out - ref|| / ||ref|| <= 1e-2 and element-wise 2e-2·|ref| + 5e-3·max|ref|.
@@ -40,7 +40,7 @@ public sealed class AttentionTests : GpuFixtureTest
         return want;
     }
 
-    static void AssertClose(ReadOnlySpan<float> got, double[] want, string what)
+    internal static void AssertClose(ReadOnlySpan<float> got, double[] want, string what)
     {
         double maxRef = want.Max(Math.Abs), num = 0, den = 0;
         for (int i = 0; i < want.Length; i++)
@@ -66,6 +66,13 @@ public sealed class AttentionTests : GpuFixtureTest
     [InlineData(1, 32, 8, 128, 300, AttentionPath.Flash4Warps)]   // decode, Llama-3 8B heads, split-K
     [InlineData(1, 8, 1, 64, 777, AttentionPath.Auto)]            // decode, GQA 8, odd context
     [InlineData(3, 8, 1, 64, 1000, AttentionPath.Flash8Warps)]    // SwiftKV-like short step over a long cache
+    [InlineData(37, 4, 4, 64, 0, AttentionPath.Flash4Warps32Rows)]         // 32 rows per warp: one partial CTA
+    [InlineData(70, 8, 2, 128, 0, AttentionPath.Flash4Warps32Rows)]        // GQA 4, 280 packed rows: 3 row tiles
+    [InlineData(33, 16, 2, 128, 45, AttentionPath.Flash4Warps32RowsKeys32)] // GQA 8, chunk after 45 cached tokens
+    [InlineData(130, 4, 1, 64, 17, AttentionPath.Flash4Warps32RowsKeys32)]  // MQA, several key and row tiles
+    [InlineData(200, 4, 4, 128, 61, AttentionPath.Flash4Warps32Rows)]      // MHA, long chunk, odd pos0
+    [InlineData(1, 32, 8, 128, 300, AttentionPath.Flash4Warps32Rows)]      // decode with split-K on the wide shape
+    [InlineData(300, 8, 2, 64, 0, AttentionPath.Auto)]                     // Auto takes the wide shape here
     public void Flash_MatchesReference(int rows, int heads, int kvHeads, int headDim, int pos0, AttentionPath path)
     {
         Gpu.Require();
@@ -84,6 +91,7 @@ public sealed class AttentionTests : GpuFixtureTest
         Stream.Synchronize();
         Assert.StartsWith("flash_attn_", attention.LastLaunch.Kernel);
         if (rows == 1) Assert.True(attention.LastLaunch.Splits > 1, $"decode ran without split-K ({attention.LastLaunch})");
+        if (path == AttentionPath.Auto && rows * heads / kvHeads >= 256) Assert.Contains("_m2_", attention.LastLaunch.Kernel);
         var want = Reference(q, 0, ldq, Bf16.ToSingles(kc), Bf16.ToSingles(vc), 0, rows, heads, kvHeads, headDim, pos0);
         AssertClose(Bf16.ToSingles(dOut.ToArray()), want, $"flash {path} rows {rows} heads {heads}/{kvHeads} d {headDim} pos0 {pos0} {attention.LastLaunch}");
     }
@@ -91,6 +99,7 @@ public sealed class AttentionTests : GpuFixtureTest
     [Theory]
     [InlineData(1, 128, AttentionPath.Flash4Warps)]
     [InlineData(2, 64, AttentionPath.Flash8Warps)]
+    [InlineData(3, 128, AttentionPath.Flash4Warps32Rows)]
     [InlineData(2, 40, AttentionPath.Simple)]   // other head dims fall back to the scalar kernel, per sequence
     public void Batched_EachSequenceMatchesReference(int rows, int headDim, AttentionPath path)
     {

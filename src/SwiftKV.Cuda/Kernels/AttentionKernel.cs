@@ -1,18 +1,23 @@
-// Launcher for causal GQA attention: native-kernels/attention_flash.cu (tensor cores, head_dim 64/128, split-K for
-// short steps) with native-kernels/attention.cu (scalar, any head_dim) as the fallback.
+// Launcher for causal GQA attention over contiguous caches: native-kernels/attention_flash.cu (tensor cores,
+// head_dim 64/128, split-K for short steps) with native-kernels/attention.cu (scalar, any head_dim) as the fallback.
+// The paged, varlen launch of the serving engine is in AttentionKernel.Paged.cs.
 namespace SwiftKV.Cuda.Kernels;
 
 /// <summary>Which attention kernel a launch uses.</summary>
 public enum AttentionPath
 {
-    /// <summary>Flash kernel where it applies (head_dim 64/128, sm_80+), otherwise the scalar kernel.</summary>
+    /// <summary>Flash kernel where it applies (head_dim 64/128, sm_80+), shaped by the step; otherwise the scalar kernel.</summary>
     Auto,
-    /// <summary>The scalar reference kernel (one thread per key; any head_dim).</summary>
+    /// <summary>The scalar reference kernel (one thread per key; any head_dim; contiguous caches only).</summary>
     Simple,
-    /// <summary>Flash kernel, 4 warps = 64 packed query rows per CTA.</summary>
+    /// <summary>Flash kernel, 4 warps × 16 packed query rows (Q fragments in registers), 64-key tiles.</summary>
     Flash4Warps,
-    /// <summary>Flash kernel, 8 warps = 128 packed query rows per CTA.</summary>
+    /// <summary>Flash kernel, 8 warps × 16 packed query rows, 64-key tiles.</summary>
     Flash8Warps,
+    /// <summary>Flash kernel, 4 warps × 32 packed query rows (Q re-read from shared memory), 64-key tiles.</summary>
+    Flash4Warps32Rows,
+    /// <summary>Flash kernel, 4 warps × 32 packed query rows, 32-key tiles (fewer registers).</summary>
+    Flash4Warps32RowsKeys32,
 }
 
 /// <summary>
@@ -22,14 +27,16 @@ public enum AttentionPath
 /// keeps the old one alive until Dispose, so a CUDA graph captured earlier never points at freed memory; call
 /// <see cref="Reserve"/> before capturing to size it once.
 /// </summary>
-public sealed unsafe class AttentionKernel(KernelLibrary library) : IDisposable
+public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDisposable
 {
     /// <summary>Largest head_dim the kernel handles (4 output dims per thread × 128 threads).</summary>
     public const int MaxHeadDim = 512;
-    /// <summary>Keys per K/V tile of the flash kernel (a split covers a whole number of tiles).</summary>
+    /// <summary>Largest key tile of the flash kernels (a split covers a whole number of tiles).</summary>
     public const int KeyTile = 64;
     const int MaxSplits = 64;
     const float Log2E = 1.4426950408889634f;
+    /// <summary>Packed query rows (tokens × GQA group) per KV head from which Auto takes the 32-rows-per-warp shape.</summary>
+    const int WideRowsThreshold = 256;
 
     readonly Dictionary<string, CudaKernel> _kernels = new();
     readonly List<DeviceBuffer<float>> _retired = new();
@@ -40,6 +47,28 @@ public sealed unsafe class AttentionKernel(KernelLibrary library) : IDisposable
 
     /// <summary>Entry point and split count of the last launch (for logs and benchmarks).</summary>
     public (string Kernel, int Splits) LastLaunch { get; private set; }
+
+    /// <summary>CTA shape of a flash path: warps, 16-row m-fragments per warp, keys per tile.</summary>
+    internal readonly record struct FlashShape(int Warps, int Frags, int Keys)
+    {
+        public int RowsPerCta => 16 * Warps * Frags;
+        public string Suffix(int headDim) => $"d{headDim}_w{Warps}_m{Frags}_n{Keys}";
+        /// <summary>Dynamic shared memory: 2 stages × (K, V) × keys × (head_dim + 8) bf16, plus Q when it stays in shared memory.</summary>
+        public int SharedBytes(int headDim) => (4 * Keys + (Frags > 1 ? RowsPerCta : 0)) * (headDim + 8) * 2;
+    }
+
+    internal static FlashShape ShapeOf(AttentionPath path) => path switch
+    {
+        AttentionPath.Flash4Warps => new(4, 1, 64),
+        AttentionPath.Flash8Warps => new(8, 1, 64),
+        AttentionPath.Flash4Warps32Rows => new(4, 2, 64),
+        AttentionPath.Flash4Warps32RowsKeys32 => new(4, 2, 32),
+        _ => throw new ArgumentOutOfRangeException(nameof(path), path, "not a flash path"),
+    };
+
+    /// <summary>Auto's flash shape: 32 rows per warp once a KV head has enough packed rows to fill 128-row CTAs.</summary>
+    internal static AttentionPath AutoFlash(long packedRowsPerKvHead) =>
+        packedRowsPerKvHead >= WideRowsThreshold ? AttentionPath.Flash4Warps32Rows : AttentionPath.Flash4Warps;
 
     /// <summary>One sequence: the engine's per-layer call.</summary>
     public void Launch(CudaStream stream, DeviceSpan<float> q, int ldq, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity,
@@ -57,10 +86,7 @@ public sealed unsafe class AttentionKernel(KernelLibrary library) : IDisposable
         const string n = "attention";
         KernelGuard.Positive(batch, n, nameof(batch));
         KernelGuard.Positive(rows, n, nameof(rows));
-        KernelGuard.Positive(kvHeads, n, nameof(kvHeads));
-        if (heads < kvHeads || heads % kvHeads != 0)
-            throw new ArgumentOutOfRangeException(nameof(heads), heads, $"{n}: heads must be a multiple of kv_heads ({kvHeads}).");
-        if (headDim < 1 || headDim > MaxHeadDim) throw new ArgumentOutOfRangeException(nameof(headDim), headDim, $"{n}: head_dim must be in 1..{MaxHeadDim}.");
+        CheckHeads(n, heads, kvHeads, headDim);
         if (ldq < heads * headDim) throw new ArgumentOutOfRangeException(nameof(ldq), ldq, $"{n}: row stride must be >= heads * head_dim ({heads * headDim}).");
         if (pos0 < 0 || (long)pos0 + rows > capacity)
             throw new ArgumentOutOfRangeException(nameof(pos0), $"{n}: positions {pos0}..{pos0 + rows - 1} are outside a cache of {capacity}.");
@@ -74,8 +100,8 @@ public sealed unsafe class AttentionKernel(KernelLibrary library) : IDisposable
         KernelGuard.Fits(output, (batch - 1) * outBatchStride + rows * outRow, n, nameof(output), $"({batch}, {rows}, {outRow})");
 
         var path = Path;
-        bool flashOk = headDim is 64 or 128 && CudaRuntime.Device.ComputeMajor >= 8 && (long)batch * kvHeads <= 65535;
-        if (path == AttentionPath.Auto) path = flashOk ? AttentionPath.Flash4Warps : AttentionPath.Simple;
+        bool flashOk = FlashApplies(headDim) && (long)batch * kvHeads <= 65535;
+        if (path == AttentionPath.Auto) path = flashOk ? AutoFlash((long)rows * (heads / kvHeads)) : AttentionPath.Simple;
         if (path != AttentionPath.Simple && !flashOk)
             throw new ArgumentException($"{n}: the flash kernel needs head_dim 64 or 128 on sm_80+ (got head_dim {headDim}, {CudaRuntime.Device.Arch}).", nameof(headDim));
         if (path == AttentionPath.Simple)
@@ -86,27 +112,40 @@ public sealed unsafe class AttentionKernel(KernelLibrary library) : IDisposable
             LastLaunch = ("attention_bf16", 1);
             return;
         }
-        LaunchFlash(stream, q, ldq, qBatchStride, kCache, vCache, kvBatchStride, output, outBatchStride, batch, rows, heads, kvHeads, headDim, pos0,
-            path == AttentionPath.Flash8Warps ? 8 : 4);
+        LaunchFlash(stream, q, ldq, qBatchStride, kCache, vCache, kvBatchStride, output, outBatchStride, batch, rows, heads, kvHeads, headDim, pos0, ShapeOf(path));
     }
 
-    void LaunchFlash(CudaStream stream, DeviceSpan<float> q, int ldq, long qBatchStride, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache,
-        long kvBatchStride, DeviceSpan<Bf16> output, long outBatchStride, int batch, int rows, int heads, int kvHeads, int headDim, int pos0, int warps)
+    static void CheckHeads(string n, int heads, int kvHeads, int headDim)
     {
-        string entry = $"flash_attn_d{headDim}_w{warps}";
-        var k = Kernel(entry, sharedBytes: SharedBytes(headDim));
-        int group = heads / kvHeads, bm = 16 * warps;
-        long packedRows = (long)rows * group;
-        int mTiles = (int)((packedRows + bm - 1) / bm);
-        long ctas = (long)mTiles * kvHeads * batch;
-        int keyTiles = (pos0 + rows + KeyTile - 1) / KeyTile;
-        // Short steps (decode, small chunks) cannot fill the GPU with row tiles: split the keys too (flash-decoding).
+        KernelGuard.Positive(kvHeads, n, nameof(kvHeads));
+        if (heads < kvHeads || heads % kvHeads != 0)
+            throw new ArgumentOutOfRangeException(nameof(heads), heads, $"{n}: heads must be a multiple of kv_heads ({kvHeads}).");
+        if (headDim < 1 || headDim > MaxHeadDim) throw new ArgumentOutOfRangeException(nameof(headDim), headDim, $"{n}: head_dim must be in 1..{MaxHeadDim}.");
+    }
+
+    static bool FlashApplies(int headDim) => headDim is 64 or 128 && CudaRuntime.Device.ComputeMajor >= 8;
+
+    /// <summary>Splits over the keys so that short steps (decode, small chunks) still put 2 CTAs on every SM (flash-decoding).</summary>
+    static (int Splits, int KeysPerSplit) SplitKeys(long ctas, int maxKeys, int keyTile)
+    {
+        int keyTiles = Math.Max(1, (maxKeys + keyTile - 1) / keyTile);
         int sms = CudaRuntime.Device.MultiprocessorCount, splits = 1;
         if (ctas < 2L * sms)
             splits = (int)Math.Clamp((2L * sms + ctas - 1) / ctas, 1, Math.Min(keyTiles, MaxSplits));
         int tilesPerSplit = (keyTiles + splits - 1) / splits;
         splits = (keyTiles + tilesPerSplit - 1) / tilesPerSplit;
-        int keysPerSplit = splits == 1 ? int.MaxValue / 2 : tilesPerSplit * KeyTile;
+        return (splits, splits == 1 ? int.MaxValue / 2 : tilesPerSplit * keyTile);
+    }
+
+    void LaunchFlash(CudaStream stream, DeviceSpan<float> q, int ldq, long qBatchStride, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache,
+        long kvBatchStride, DeviceSpan<Bf16> output, long outBatchStride, int batch, int rows, int heads, int kvHeads, int headDim, int pos0, FlashShape shape)
+    {
+        string entry = "flash_attn_" + shape.Suffix(headDim);
+        var k = Kernel(entry, shape.SharedBytes(headDim));
+        int group = heads / kvHeads, bm = shape.RowsPerCta;
+        long packedRows = (long)rows * group;
+        int mTiles = (int)((packedRows + bm - 1) / bm);
+        var (splits, keysPerSplit) = SplitKeys((long)mTiles * kvHeads * batch, pos0 + rows, shape.Keys);
 
         ulong pq = q.Address, pk = kCache.Address, pv = vCache.Address, po = output.Address, ppo = 0, plse = 0;
         if (splits > 1)
@@ -120,7 +159,7 @@ public sealed unsafe class AttentionKernel(KernelLibrary library) : IDisposable
         float scaleLog2 = (float)(1.0 / Math.Sqrt(headDim)) * Log2E;
         long qbs = qBatchStride, kvbs = kvBatchStride, obs = outBatchStride;
         void** args = stackalloc void*[] { &pq, &qbs, &ldq, &pk, &pv, &kvbs, &po, &obs, &ppo, &plse, &rows, &heads, &kvHeads, &pos0, &keysPerSplit, &scaleLog2 };
-        k.Launch(stream, ((uint)mTiles, (uint)(batch * kvHeads), (uint)splits), (uint)(32 * warps), (uint)SharedBytes(headDim), args);
+        k.Launch(stream, ((uint)mTiles, (uint)(batch * kvHeads), (uint)splits), (uint)(32 * shape.Warps), (uint)shape.SharedBytes(headDim), args);
         if (splits > 1)
         {
             var c = Kernel("flash_attn_combine", 0);
@@ -140,11 +179,15 @@ public sealed unsafe class AttentionKernel(KernelLibrary library) : IDisposable
         k.Launch(stream, ((uint)heads, (uint)rows, 1), 128, (uint)(headDim * sizeof(float)), args);
     }
 
-    /// <summary>Dynamic shared memory of the flash kernel: 2 stages × (K, V) × 64 keys × (head_dim + 8) bf16.</summary>
-    public static int SharedBytes(int headDim) => 2 * 2 * KeyTile * (headDim + 8) * 2;
+    /// <summary>Dynamic shared memory of a flash path (<see cref="AttentionPath.Simple"/> and Auto excluded).</summary>
+    public static int SharedBytes(int headDim, AttentionPath path) => ShapeOf(path).SharedBytes(headDim);
 
-    /// <summary>The compiled flash entry point (for benchmarks that print registers and spills).</summary>
-    public CudaKernel FlashKernel(int headDim, int warps) => Kernel($"flash_attn_d{headDim}_w{warps}", SharedBytes(headDim));
+    /// <summary>The compiled contiguous (or, with <paramref name="paged"/>, paged) flash entry point of a path, for benchmarks that print registers and spills.</summary>
+    public CudaKernel FlashKernel(int headDim, AttentionPath path, bool paged = false)
+    {
+        var shape = ShapeOf(path);
+        return Kernel((paged ? "flash_attn_paged_" : "flash_attn_") + shape.Suffix(headDim), shape.SharedBytes(headDim));
+    }
 
     CudaKernel Kernel(string entry, int sharedBytes)
     {

@@ -1,0 +1,66 @@
+// Paged, varlen launch of the flash kernels (native-kernels/attention_flash.cu, flash_attn_paged_*) for the serving
+// engine's batched step: prefill chunks and decode tokens of many sequences in one launch, K/V read through each
+// sequence's block table. Everything that varies per step lives in device arrays (AttentionPagedBatch), so a CUDA
+// graph captured with fixed bounds replays it; split-K (for decode) is chosen from the bounds only.
+namespace SwiftKV.Cuda.Kernels;
+
+public sealed unsafe partial class AttentionKernel
+{
+    /// <summary>
+    /// Causal GQA attention of a varlen batch over a paged cache. q (total_tokens, ldq) fp32 rotated queries, row
+    /// order as <see cref="AttentionPagedBatch.QueryStarts"/>; output (total_tokens, ldo) bf16, heads · head_dim
+    /// columns written per row of a real sequence. Each row sees its sequence's positions 0..its own.
+    /// </summary>
+    public void LaunchPaged(CudaStream stream, DeviceSpan<float> q, int ldq, AttentionPagedCache cache, AttentionPagedBatch batch,
+        DeviceSpan<Bf16> output, int ldo, int heads)
+    {
+        const string n = "paged attention";
+        cache.Check(n);
+        batch.Check(n, cache.BlockSize);
+        int kvHeads = cache.KvHeads, headDim = cache.HeadDim;
+        CheckHeads(n, heads, kvHeads, headDim);
+        long row = (long)heads * headDim;
+        if (ldq < row) throw new ArgumentOutOfRangeException(nameof(ldq), ldq, $"{n}: q row stride must be >= heads * head_dim ({row}).");
+        if (ldo < row) throw new ArgumentOutOfRangeException(nameof(ldo), ldo, $"{n}: output row stride must be >= heads * head_dim ({row}).");
+        KernelGuard.Fits(q, (long)(batch.TotalTokens - 1) * ldq + row, n, nameof(q), $"({batch.TotalTokens}, {ldq})");
+        KernelGuard.Fits(output, (long)(batch.TotalTokens - 1) * ldo + row, n, nameof(output), $"({batch.TotalTokens}, {ldo})");
+        if (!System.Numerics.BitOperations.IsPow2(cache.BlockSize))
+            throw new ArgumentException($"{n}: block size must be a power of two (got {cache.BlockSize}).", nameof(cache));
+        if (!FlashApplies(headDim))
+            throw new ArgumentException($"{n}: needs head_dim 64 or 128 on sm_80+ (got head_dim {headDim}, {CudaRuntime.Device.Arch}).", nameof(cache));
+        if ((long)batch.Sequences * kvHeads > 65535)
+            throw new ArgumentOutOfRangeException(nameof(batch), $"{n}: {batch.Sequences} sequences x {kvHeads} KV heads exceed the grid's 65535.");
+
+        int group = heads / kvHeads;
+        var path = Path == AttentionPath.Auto ? AutoFlash((long)batch.MaxQueryLength * group) : Path;
+        if (path is AttentionPath.Simple or AttentionPath.Flash8Warps)
+            throw new ArgumentException($"{n}: no paged instance of {path}; use Auto, Flash4Warps, Flash4Warps32Rows or Flash4Warps32RowsKeys32.", nameof(Path));
+        var shape = ShapeOf(path);
+        string entry = "flash_attn_paged_" + shape.Suffix(headDim);
+        var k = Kernel(entry, shape.SharedBytes(headDim));
+        int mTiles = (int)(((long)batch.MaxQueryLength * group + shape.RowsPerCta - 1) / shape.RowsPerCta);
+        var (splits, keysPerSplit) = SplitKeys((long)mTiles * kvHeads * batch.Sequences, batch.MaxContextLength, shape.Keys);
+
+        int total = batch.TotalTokens, seqs = batch.Sequences, maxBlocks = batch.MaxBlocksPerSequence, blockShift = System.Numerics.BitOperations.Log2((uint)cache.BlockSize);
+        ulong pq = q.Address, pk = cache.Keys.Address, pv = cache.Values.Address, pt = batch.BlockTables.Address,
+            pcu = batch.QueryStarts.Address, pctx = batch.ContextLengths.Address, po = output.Address, ppo = 0, plse = 0;
+        if (splits > 1)
+        {
+            long partRows = (long)splits * total * heads;
+            _partO = Grow(_partO, partRows * headDim);
+            _partLse = Grow(_partLse, partRows);
+            ppo = _partO.Address;
+            plse = _partLse.Address;
+        }
+        float scaleLog2 = (float)(1.0 / Math.Sqrt(headDim)) * Log2E;
+        void** args = stackalloc void*[] { &pq, &ldq, &pk, &pv, &pt, &maxBlocks, &blockShift, &pcu, &pctx, &po, &ldo, &ppo, &plse, &total, &heads, &kvHeads, &keysPerSplit, &scaleLog2 };
+        k.Launch(stream, ((uint)mTiles, (uint)(seqs * kvHeads), (uint)splits), (uint)(32 * shape.Warps), (uint)shape.SharedBytes(headDim), args);
+        if (splits > 1)
+        {
+            var c = Kernel("flash_attn_combine_varlen", 0);
+            void** cargs = stackalloc void*[] { &ppo, &plse, &po, &ldo, &pcu, &seqs, &total, &heads, &headDim, &splits };
+            c.Launch(stream, ((uint)((long)total * heads), 1, 1), (uint)headDim, 0, cargs);
+        }
+        LastLaunch = (entry, splits);
+    }
+}

@@ -1,0 +1,37 @@
+// Launcher for native-kernels/attention_kv_write.cu: a batched step's K/V rows into their paged slots.
+namespace SwiftKV.Cuda.Kernels;
+
+/// <summary>
+/// Writes rows of K and V projections (fp32, row stride ld; biases added and K rotated with RoPE at positions[r]
+/// when given) as bf16 into slot slotMapping[r] = block · block_size + offset of a paged cache; a negative slot
+/// skips the row. Slot mapping and positions are device arrays, so a captured graph replays with new contents.
+/// </summary>
+public sealed unsafe class AttentionKvWriteKernel(KernelLibrary library)
+{
+    CudaKernel? _kernel;
+
+    public void Launch(CudaStream stream, DeviceSpan<float> k, DeviceSpan<float> v, int ld, DeviceSpan<float>? kBias, DeviceSpan<float>? vBias,
+        DeviceSpan<float>? invFreq, DeviceSpan<int> positions, DeviceSpan<int> slotMapping, int rows, AttentionPagedCache cache)
+    {
+        const string n = "paged_kv_write";
+        cache.Check(n);
+        KernelGuard.Positive(rows, n, nameof(rows));
+        int kvDim = cache.KvDim;
+        if (ld < kvDim) throw new ArgumentOutOfRangeException(nameof(ld), ld, $"{n}: row stride must be >= kv_heads * head_dim ({kvDim}).");
+        long need = (long)(rows - 1) * ld + kvDim;
+        KernelGuard.Fits(k, need, n, nameof(k), $"({rows}, {ld})");
+        KernelGuard.Fits(v, need, n, nameof(v), $"({rows}, {ld})");
+        KernelGuard.FitsOptional(kBias, kvDim, n, nameof(kBias), $"({kvDim})");
+        KernelGuard.FitsOptional(vBias, kvDim, n, nameof(vBias), $"({kvDim})");
+        KernelGuard.FitsOptional(invFreq, cache.HeadDim / 2, n, nameof(invFreq), $"({cache.HeadDim / 2})");
+        if (invFreq is not null) KernelGuard.Fits(positions, rows, n, nameof(positions), $"({rows})");
+        KernelGuard.Fits(slotMapping, rows, n, nameof(slotMapping), $"({rows})");
+
+        _kernel ??= library.Get("attention_kv_write.cu", "paged_kv_write_bf16");
+        ulong pk = k.Address, pv = v.Address, pkb = KernelGuard.Address(kBias), pvb = KernelGuard.Address(vBias), pf = KernelGuard.Address(invFreq),
+            pp = invFreq is null ? 0 : positions.Address, ps = slotMapping.Address, pkc = cache.Keys.Address, pvc = cache.Values.Address;
+        int kvHeads = cache.KvHeads, headDim = cache.HeadDim;
+        void** args = stackalloc void*[] { &pk, &pv, &ld, &pkb, &pvb, &pf, &pp, &ps, &rows, &kvHeads, &headDim, &pkc, &pvc };
+        _kernel.Launch(stream, ((uint)rows, 1, 1), 128, 0, args);
+    }
+}
