@@ -55,3 +55,22 @@ __device__ __forceinline__ float block_max(float v, float* shm)
     for (int i = 0; i < warps; i++) r = fmaxf(r, shm[i]);
     return r;
 }
+
+// Programmatic dependent launch (sm_90+; no-ops below and when the launch was not programmatic). A kernel that the
+// host launches programmatically (CudaKernel.Launch(programmatic: true)) may start while the previous kernel on the
+// stream still runs: it must call pdl_wait() before reading or writing anything an earlier kernel touches. Work
+// that reads only constant data (weights) may go before it. pdl_launch_dependents() lets the next kernel start
+// early once every block of this one has called it (or exited).
+__device__ __forceinline__ void pdl_wait()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}

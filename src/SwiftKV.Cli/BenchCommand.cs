@@ -4,6 +4,8 @@
 // (50%) vs on + AcrossKV, KV bytes per token, achieved TFLOP/s and GB/s against the measured ceilings. Optionally
 // times the direct checkpoint loader on a directory (--load DIR). GPU times come from CUDA events on the backend's
 // stream; each figure is the median of several runs after a warm-up. Writes a markdown table and a JSON file.
+// The decode linear layers are also timed alone (--gemv-rows): the GEMV kernel against cuBLAS at the preset's
+// projection shapes, rotating over enough weight copies that every launch streams from device memory, not L2.
 // FLOP counting follows docs/PERFORMANCE.md: 2 x params per token for the linear layers each token passes through,
 // 2·S²·head_dim·heads per layer whose attention covers the whole prompt, lm_head once per sequence.
 using System.Diagnostics;
@@ -22,7 +24,7 @@ namespace SwiftKV.Cli;
 internal static class BenchCommand
 {
     const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] " +
-        "[--runs 3] [--variants off,swiftkv50,acrosskv4] [--max-case-seconds 30] [--load DIR] [--out bench.json] [--md bench.md]";
+        "[--runs 3] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--load DIR] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
     sealed record Variant(string Name, LlamaConfig Config, bool SwiftKv);
@@ -35,6 +37,10 @@ internal static class BenchCommand
         double maxCase = a.Float("max-case-seconds") ?? 30;
         string[] variantNames = (a.String("variants") ?? "off,swiftkv50,acrosskv4").Split(',', StringSplitOptions.RemoveEmptyEntries);
         string? loadDir = a.String("load");
+        string gemvRowsArg = a.String("gemv-rows") ?? "1,2,4,8";
+        int[] gemvRows = gemvRowsArg == "none" ? [] : gemvRowsArg.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
+        if (gemvRows.Any(r => r < 1 || r > SwiftKV.Cuda.Kernels.GemvKernel.MaxRows))
+            throw new UsageException($"--gemv-rows: each must be in 1..{SwiftKV.Cuda.Kernels.GemvKernel.MaxRows}");
         string outJson = a.String("out") ?? "bench.json";
         string? outMd = a.String("md");
         a.RejectUnknown();
@@ -67,6 +73,7 @@ internal static class BenchCommand
         md.AppendLine();
 
         if (loadDir is not null) json["load"] = BenchLoad(loadDir, md);
+        if (gemvRows.Length > 0) json["gemv"] = BenchGemv(baseCfg, gemvRows, copyGbps, md);
 
         md.AppendLine("| variant | workload | time | tokens/s | TFLOP/s (% of GEMM) | GB/s (% of copy) | note |");
         md.AppendLine("|---|---|---|---|---|---|---|");
@@ -225,9 +232,14 @@ internal static class BenchCommand
         var all = new JsonArray();
         // Weights a decode step reads: everything but the embedding table (one row of it), at batch 1.
         long weightRead = backend.WeightBytes - (cfg.TieWordEmbeddings ? 0 : (long)cfg.VocabSize * cfg.HiddenSize * 2);
-        foreach (var (ctx, graphs) in new[] { (context, true), (context, false), (16, true) })
+        bool pdlDefault = backend.UseProgrammaticLaunch;
+        foreach (var (ctx, graphs, gemv, pdl, prefetch) in new[] { (context, true, true, true, false), (context, false, true, true, false), (16, true, true, true, false),
+            (context, true, true, true, true), (context, true, true, false, false), (context, true, false, false, false) })
         {
             backend.UseGraphs = graphs;
+            backend.UseGemv = gemv;
+            backend.UseProgrammaticLaunch = pdl && pdlDefault;
+            backend.UseGemvPrefetch = prefetch;
             using var cache = backend.CreateCache(ctx + steps + 8);
             backend.Forward(cache, Tokens(ctx, cfg.VocabSize, 13), LogitsSelection.LastToken);
             int token = 1;
@@ -248,12 +260,97 @@ internal static class BenchCommand
             double ms = MedianOf(gpu), wallMs = MedianOf(wall);
             double bytes = weightRead + (double)kvPerToken * (ctx + 3 + steps / 2);
             double gbps = bytes / (ms * 1e-3) / 1e9;
-            string mode = graphs ? "graphs" : "no graphs";
+            string mode = (graphs ? "graphs" : "no graphs") + (gemv ? "" : ", cuBLAS linears") + (pdl && pdlDefault ? "" : ", no PDL") + (prefetch ? ", GEMV L2 prefetch" : "");
             Log($"{v.Name}: decode batch 1, context {ctx}, {mode}: {ms:F3} ms/token GPU (events), {wallMs:F3} ms host wall, {gbps:F0} GB/s");
             md.AppendLine($"| {v.Name} | decode b1 ctx {ctx} ({mode}) | {ms:F2} ms | {1000 / ms:F0} | | {gbps:F0} ({100 * gbps / roofGbps:F0}%) | host wall {wallMs:F2} ms/token; greedy on GPU |");
-            all.Add(new JsonObject { ["batch"] = 1, ["context"] = ctx, ["graphs"] = graphs, ["ms_per_token"] = ms, ["host_wall_ms"] = wallMs, ["bytes_read"] = bytes, ["gbps"] = gbps });
+            all.Add(new JsonObject { ["batch"] = 1, ["context"] = ctx, ["graphs"] = graphs, ["gemv"] = gemv, ["programmatic_launch"] = pdl && pdlDefault, ["gemv_l2_prefetch"] = prefetch, ["ms_per_token"] = ms, ["host_wall_ms"] = wallMs, ["bytes_read"] = bytes, ["gbps"] = gbps });
         }
         backend.UseGraphs = true;
+        backend.UseGemv = true;
+        backend.UseProgrammaticLaunch = pdlDefault;
+        backend.UseGemvPrefetch = false;
+        return all;
+    }
+
+    /// <summary>
+    /// The decode projections alone at <paramref name="cfg"/>'s shapes: GEMV kernel vs cuBLAS (fp32 output, as the
+    /// engine used before), per row count. Each timed run launches once per weight copy (copies chosen so they add
+    /// up to >= 512 MB, 10x the H100's L2), so every byte comes from device memory; time per launch = run / copies.
+    /// GB/s counts the weight bytes (x and y are under 0.3% of them).
+    /// </summary>
+    static JsonArray BenchGemv(LlamaConfig cfg, int[] rowsList, double roofGbps, StringBuilder md)
+    {
+        int h = cfg.HiddenSize, q = cfg.QueryDim, kv = cfg.KeyValueDim, f = cfg.IntermediateSize;
+        var shapes = new (string Name, int Out, int In, bool Silu, bool Accumulate)[]
+        {
+            ("qkv_proj", q + 2 * kv, h, false, false), ("o_proj (+residual)", h, q, false, true),
+            ("gate_up_proj (+silu)", f, h, true, false), ("down_proj (+residual)", h, f, false, true), ("lm_head", cfg.VocabSize, h, false, false),
+        };
+        using var stream = new CudaStream();
+        using var blas = new Cublas(stream);
+        using var kernels = new KernelLibrary();
+        var fill = new SwiftKV.Cuda.Kernels.RandomFillKernel(kernels);
+        var gemv = new SwiftKV.Cuda.Kernels.GemvKernel(kernels);
+        md.AppendLine("Decode projections alone (weights streamed from device memory; GB/s = weight bytes / time):");
+        md.AppendLine();
+        bool pdl = kernels.ProgrammaticLaunch;
+        md.AppendLine($"| linear | W (out x in) | rows | GEMV{(pdl ? " (PDL)" : "")} | GB/s (% of copy) | GEMV, plain launches | GB/s | GEMV{(pdl ? " (PDL)" : "")} + L2 prefetch | GB/s | cuBLAS GemmEx fp32 out | GB/s | GEMV vs cuBLAS |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        var all = new JsonArray();
+        var layerBytes = new Dictionary<int, (double Bytes, double Gemv, double Blas)>();
+        foreach (var (name, outDim, inDim, silu, accumulate) in shapes)
+        {
+            int wOut = silu ? 2 * outDim : outDim;
+            long elems = (long)wOut * inDim, bytes = elems * 2;
+            int copies = (int)Math.Clamp((512L << 20) / bytes + 1, 1, 64);
+            using var w = new DeviceBuffer<Bf16>(elems * copies);
+            using var x = new DeviceBuffer<Bf16>(8L * inDim);
+            using var y = new DeviceBuffer<float>(8L * wOut);
+            using var yb = new DeviceBuffer<Bf16>(8L * outDim);
+            fill.Uniform(stream, w, 3, 0.02f);
+            fill.Uniform(stream, x, 4, 1f);
+            foreach (int rows in rowsList)
+            {
+                void RunGemv()
+                {
+                    for (int c = 0; c < copies; c++)
+                    {
+                        var wc = w.Span.Slice(c * elems, elems);
+                        if (silu) gemv.LaunchSiluMul(stream, x.Span.Slice(0, (long)rows * inDim), rows, inDim, wc, outDim, yb.Span.Slice(0, (long)rows * outDim));
+                        else gemv.Launch(stream, x.Span.Slice(0, (long)rows * inDim), rows, inDim, wc, outDim, y.Span.Slice(0, (long)rows * outDim), accumulate);
+                    }
+                }
+                double g = Median(2, 10, stream, RunGemv) / copies;
+                kernels.ProgrammaticLaunch = false;
+                double gPlain = Median(2, 10, stream, RunGemv) / copies;
+                kernels.ProgrammaticLaunch = pdl;
+                gemv.PrefetchWeights = true;
+                double gPf = Median(2, 10, stream, RunGemv) / copies;
+                gemv.PrefetchWeights = false;
+                double b = Median(2, 10, stream, () =>
+                {
+                    for (int c = 0; c < copies; c++)
+                        blas.Linear(x.Span.Slice(0, (long)rows * inDim), rows, inDim, w.Span.Slice(c * elems, elems), wOut, y.Span.Slice(0, (long)rows * wOut), accumulate);
+                }) / copies;
+                double gg = bytes / (g * 1e-3) / 1e9, pg = bytes / (gPlain * 1e-3) / 1e9, fg = bytes / (gPf * 1e-3) / 1e9, bg = bytes / (b * 1e-3) / 1e9;
+                Log($"gemv {name} {wOut}x{inDim} rows {rows}: {g * 1000:F1} us = {gg:F0} GB/s (plain launches {gPlain * 1000:F1} us); cuBLAS {b * 1000:F1} us = {bg:F0} GB/s");
+                md.AppendLine($"| {name} | {wOut} x {inDim} | {rows} | {g * 1000:F1} us | {gg:F0} ({100 * gg / roofGbps:F0}%) | {gPlain * 1000:F1} us | {pg:F0} | {gPf * 1000:F1} us | {fg:F0} | {b * 1000:F1} us | {bg:F0} | {b / g:F2}x |");
+                all.Add(new JsonObject { ["linear"] = name, ["out"] = wOut, ["in"] = inDim, ["rows"] = rows, ["copies"] = copies,
+                    ["gemv_us"] = g * 1000, ["gemv_gbps"] = gg, ["gemv_plain_launch_us"] = gPlain * 1000, ["gemv_l2_prefetch_us"] = gPf * 1000, ["programmatic_launch"] = pdl, ["cublas_us"] = b * 1000, ["cublas_gbps"] = bg, ["vector_path"] = gemv.LastWasVector });
+                if (name != "lm_head")
+                {
+                    var t = layerBytes.GetValueOrDefault(rows);
+                    layerBytes[rows] = (t.Bytes + bytes, t.Gemv + g, t.Blas + b);
+                }
+            }
+        }
+        foreach (var (rows, t) in layerBytes.OrderBy(p => p.Key))
+        {
+            double gg = t.Bytes / (t.Gemv * 1e-3) / 1e9, bg = t.Bytes / (t.Blas * 1e-3) / 1e9;
+            md.AppendLine($"| one layer (4 linears) | {t.Bytes / 1e6:F0} MB | {rows} | {t.Gemv * 1000:F1} us | {gg:F0} ({100 * gg / roofGbps:F0}%) | | | | | {t.Blas * 1000:F1} us | {bg:F0} | {t.Blas / t.Gemv:F2}x |");
+            all.Add(new JsonObject { ["linear"] = "layer", ["rows"] = rows, ["bytes"] = t.Bytes, ["gemv_us"] = t.Gemv * 1000, ["gemv_gbps"] = gg, ["cublas_us"] = t.Blas * 1000, ["cublas_gbps"] = bg });
+        }
+        md.AppendLine();
         return all;
     }
 

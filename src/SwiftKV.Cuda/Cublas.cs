@@ -1,5 +1,7 @@
 // cuBLAS for the engine's linear layers: y (rows, out) = x (rows, in) · W (out, in)ᵀ with bf16 x and W,
-// fp32 accumulation and an fp32 y, optionally accumulated into y (beta = 1: the residual add for free).
+// fp32 accumulation and an fp32 y, optionally accumulated into y (beta = 1: the residual add for free), or a bf16 y
+// where the next op reads bf16 (half the output bytes; the [gate; up] projection of a long prefill writes
+// 2·inter values per token).
 // Row-major (rows, out) is column-major (out, rows), so the call is C = op(A)·B with A = W stored
 // column-major as (in, out) and transposed: m = out, n = rows, k = in, lda = ldb = in, ldc = out.
 using System.Runtime.InteropServices;
@@ -41,17 +43,35 @@ public sealed unsafe class Cublas : IDisposable
         bool accumulate = false, int ldy = 0)
     {
         if (ldy == 0) ldy = outDim;
+        Check(x, rows, inDim, w, outDim, y.Length, ldy);
+        Gemm(x.Address, rows, inDim, w.Address, outDim, y.Address, CublasNative.CudaR32F, ldy, accumulate);
+    }
+
+    /// <summary>y (rows, outDim) bf16 = x · wᵀ, fp32 accumulation rounded once to bf16 on output.</summary>
+    public void Linear(DeviceSpan<Bf16> x, int rows, int inDim, DeviceSpan<Bf16> w, int outDim, DeviceSpan<Bf16> y, int ldy = 0)
+    {
+        if (ldy == 0) ldy = outDim;
+        Check(x, rows, inDim, w, outDim, y.Length, ldy);
+        Gemm(x.Address, rows, inDim, w.Address, outDim, y.Address, CublasNative.CudaR16BF, ldy, false);
+    }
+
+    static void Check(DeviceSpan<Bf16> x, int rows, int inDim, DeviceSpan<Bf16> w, int outDim, long yLength, int ldy)
+    {
         if (rows < 1 || inDim < 1 || outDim < 1 || ldy < outDim)
             throw new ArgumentException($"Linear: bad shape rows={rows} in={inDim} out={outDim} ldy={ldy}.");
         Need(x.Length, (long)rows * inDim, "x", $"({rows}, {inDim})");
         Need(w.Length, (long)outDim * inDim, "w", $"({outDim}, {inDim})");
-        Need(y.Length, (long)(rows - 1) * ldy + outDim, "y", $"({rows}, {outDim}) with row stride {ldy}");
+        Need(yLength, (long)(rows - 1) * ldy + outDim, "y", $"({rows}, {outDim}) with row stride {ldy}");
+    }
+
+    void Gemm(ulong x, int rows, int inDim, ulong w, int outDim, ulong y, int yType, int ldy, bool accumulate)
+    {
         float alpha = 1, beta = accumulate ? 1 : 0;
         CudaRuntime.Bind();
         CublasNative.Check(CublasNative.cublasGemmEx(Handle, CublasNative.OpT, CublasNative.OpN, outDim, rows, inDim,
-            &alpha, w.Address, CublasNative.CudaR16BF, inDim, x.Address, CublasNative.CudaR16BF, inDim,
-            &beta, y.Address, CublasNative.CudaR32F, ldy, CublasNative.Compute32F, CublasNative.GemmDefault),
-            $"cublasGemmEx(m={outDim}, n={rows}, k={inDim})");
+            &alpha, w, CublasNative.CudaR16BF, inDim, x, CublasNative.CudaR16BF, inDim,
+            &beta, y, yType, ldy, CublasNative.Compute32F, CublasNative.GemmDefault),
+            $"cublasGemmEx(m={outDim}, n={rows}, k={inDim}, C {(yType == CublasNative.CudaR32F ? "fp32" : "bf16")})");
     }
 
     static void Need(long have, long need, string what, string shape)

@@ -73,12 +73,30 @@ public sealed unsafe class CudaKernel
         return v;
     }
 
-    /// <summary>cuLaunchKernel on <paramref name="stream"/>; <paramref name="args"/> points at each argument's value.</summary>
-    public void Launch(CudaStream stream, (uint X, uint Y, uint Z) grid, uint block, uint sharedBytes, void** args)
+    /// <summary>
+    /// cuLaunchKernel on <paramref name="stream"/>; <paramref name="args"/> points at each argument's value.
+    /// <paramref name="programmatic"/>: launch with programmatic stream serialization (cuLaunchKernelEx), so the kernel
+    /// may start before the previous one on the stream has finished. Only for kernels that call griddepcontrol.wait
+    /// before touching anything an earlier kernel writes (native-kernels: pdl_wait), and only on sm_90+.
+    /// </summary>
+    public void Launch(CudaStream stream, (uint X, uint Y, uint Z) grid, uint block, uint sharedBytes, void** args, bool programmatic = false)
     {
         if (grid.X == 0 || grid.Y == 0 || grid.Z == 0) return;
         CudaRuntime.Bind();
-        CuDriver.Check(CuDriver.cuLaunchKernel(_function, grid.X, grid.Y, grid.Z, block, 1, 1, sharedBytes, stream.Handle, args, null),
-            $"cuLaunchKernel({_module.Name}:{Name})");
+        if (!programmatic)
+        {
+            CuDriver.Check(CuDriver.cuLaunchKernel(_function, grid.X, grid.Y, grid.Z, block, 1, 1, sharedBytes, stream.Handle, args, null),
+                $"cuLaunchKernel({_module.Name}:{Name})");
+            return;
+        }
+        CuDriver.LaunchAttribute attr = default;
+        attr.Id = CuDriver.LaunchAttrProgrammaticStreamSerialization;
+        *(int*)attr.Value = 1;
+        var config = new CuDriver.LaunchConfig
+        {
+            GridX = grid.X, GridY = grid.Y, GridZ = grid.Z, BlockX = block, BlockY = 1, BlockZ = 1, SharedBytes = sharedBytes,
+            Stream = stream.Handle, Attrs = &attr, NumAttrs = 1,
+        };
+        CuDriver.Check(CuDriver.cuLaunchKernelEx(&config, _function, args, null), $"cuLaunchKernelEx({_module.Name}:{Name}, programmatic)");
     }
 }

@@ -13,6 +13,18 @@ public sealed class KernelLibrary : IDisposable
     readonly ConcurrentDictionary<string, Lazy<CudaModule>> _modules = new();
     bool _disposed;
 
+    /// <summary>
+    /// Whether launchers whose kernels wait for their predecessor on the device (griddepcontrol.wait) launch them
+    /// programmatically, so a kernel's start (and its weight prefetch) overlaps the tail of the one before it.
+    /// On by default on sm_90+, never below; turning it off restores plain stream order (benchmarks compare both).
+    /// </summary>
+    public bool ProgrammaticLaunch
+    {
+        get => _programmatic ??= CudaRuntime.Device.ComputeMajor >= 9;
+        set => _programmatic = value && CudaRuntime.Device.ComputeMajor >= 9;
+    }
+    bool? _programmatic;
+
     /// <summary>Names of the embedded .cu files ("rms_norm.cu", ...).</summary>
     public static IReadOnlyList<string> SourceFiles { get; } = Assembly.GetExecutingAssembly().GetManifestResourceNames()
         .Where(n => n.StartsWith(Prefix, StringComparison.Ordinal) && n.EndsWith(".cu", StringComparison.Ordinal))

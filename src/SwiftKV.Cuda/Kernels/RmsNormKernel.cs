@@ -5,6 +5,7 @@ namespace SwiftKV.Cuda.Kernels;
 public sealed unsafe class RmsNormKernel(KernelLibrary library)
 {
     readonly CudaKernel _k = library.Get("rms_norm.cu", "rms_norm_f32");
+    readonly KernelLibrary _library = library;
 
     public void Launch(CudaStream stream, DeviceSpan<float> x, DeviceSpan<float>? bias, DeviceSpan<float> weight, DeviceSpan<Bf16> output,
         int rows, int dim, float eps)
@@ -18,6 +19,6 @@ public sealed unsafe class RmsNormKernel(KernelLibrary library)
         KernelGuard.Fits(output, (long)rows * dim, n, nameof(output), $"({rows}, {dim})");
         ulong px = x.Address, pb = KernelGuard.Address(bias), pw = weight.Address, po = output.Address;
         void** args = stackalloc void*[] { &px, &pb, &pw, &po, &rows, &dim, &eps };
-        _k.Launch(stream, ((uint)rows, 1, 1), 256, 0, args);
+        _k.Launch(stream, ((uint)rows, 1, 1), 256, 0, args, _library.ProgrammaticLaunch);
     }
 }

@@ -10,10 +10,14 @@
 // captured kernels read, so one capture serves every later step. The attention kernel still takes its position
 // by value, so the step is captured as segments cut at each attention launch, which is launched directly
 // between them (33 graph launches + 32 attention launches per 8B step instead of ~330 launches).
-// Per layer: norm -> [q;k;v] GEMM -> bias+RoPE(q) -> bias+RoPE(k)+cache write -> attention -> o_proj GEMM
-// accumulated into x (beta = 1: the residual add) -> o bias + post norm -> [gate;up] GEMM -> silu·up ->
-// down GEMM accumulated into x.
-// Shapes: x (rows, hidden) fp32; normed activations (rows, hidden) bf16; qkv (rows, q + 2 kv) fp32.
+// Per layer: norm -> [q;k;v] linear -> one pass of bias+RoPE(q) and bias+RoPE(k)+cache write -> attention ->
+// o_proj linear accumulated into x (the residual add) -> o bias + post norm -> [gate;up] linear with silu·up ->
+// down linear accumulated into x.
+// Every projection goes through Linear / GateUpSilu: steps of a few rows (decode) take the
+// bandwidth-bound GEMV (each weight byte read once; the SwiGLU fused into the [gate;up] GEMV), longer steps cuBLAS
+// (the [gate;up] GEMM writing bf16 for the silu pass).
+// Shapes: x (rows, hidden) fp32; normed activations (rows, hidden) bf16; qkv (rows, q + 2 kv) fp32;
+// gate_up (rows, 2 inter) bf16.
 using System.Diagnostics;
 using SwiftKV.Cuda;
 using SwiftKV.Cuda.Kernels;
@@ -46,6 +50,8 @@ public sealed class CudaBackend : IModelBackend
     readonly KvCacheKernel _kvWrite;
     readonly AttentionKernel _attention;
     readonly SiluMulKernel _siluMul;
+    readonly GemvKernel _gemv;
+    readonly RopeKvKernel _ropeKv;
     readonly ArgmaxKernel _argmax;
     readonly SamplingKernel _sample;
     readonly DeviceBuffer<int> _stepInts;   // [token, position] read by the decode graph
@@ -111,6 +117,8 @@ public sealed class CudaBackend : IModelBackend
             _kvWrite = new KvCacheKernel(_kernels);
             _attention = new AttentionKernel(_kernels);
             _siluMul = new SiluMulKernel(_kernels);
+            _gemv = new GemvKernel(_kernels);
+            _ropeKv = new RopeKvKernel(_kernels);
             _argmax = new ArgmaxKernel(_kernels);
             _sample = new SamplingKernel(_kernels);
             _stepInts = new DeviceBuffer<int>(2); owned.Add(_stepInts);
@@ -147,6 +155,50 @@ public sealed class CudaBackend : IModelBackend
     public long LoadedBytes { get; private set; }
     /// <summary>Replay single-token steps as CUDA graphs (default). Off: every kernel is launched one by one.</summary>
     public bool UseGraphs { get; set; } = true;
+    /// <summary>
+    /// Decode-sized steps (1-2 rows; 1-4 for [gate; up]) run their projections through the GEMV kernel (default).
+    /// Off: cuBLAS for every step (benchmarks compare the two). Changing it recaptures decode graphs.
+    /// </summary>
+    public bool UseGemv
+    {
+        get => _useGemv;
+        set
+        {
+            if (value == _useGemv) return;
+            _useGemv = value;
+            _ws.Invalidate();
+        }
+    }
+    bool _useGemv = true;
+
+    /// <summary>GEMV kernels prefetch the start of their weight rows into L2 before waiting (benchmarks compare; off by default).</summary>
+    public bool UseGemvPrefetch
+    {
+        get => _gemv.PrefetchWeights;
+        set
+        {
+            if (value == _gemv.PrefetchWeights) return;
+            _gemv.PrefetchWeights = value;
+            _ws.Invalidate();
+        }
+    }
+
+    /// <summary>
+    /// Launch the kernels that wait for their predecessor on the device (GEMV, RMSNorm, RoPE + cache write)
+    /// programmatically, so each starts, and prefetches its weights, while the previous one drains (sm_90+; default
+    /// there). Changing it recaptures decode graphs.
+    /// </summary>
+    public bool UseProgrammaticLaunch
+    {
+        get => _kernels.ProgrammaticLaunch;
+        set
+        {
+            if (value == _kernels.ProgrammaticLaunch) return;
+            _kernels.ProgrammaticLaunch = value;
+            _ws.Invalidate();
+        }
+    }
+
     /// <summary>The stream every step runs on (benchmarks record events on it).</summary>
     public CudaStream Stream => _stream;
 
@@ -242,11 +294,10 @@ public sealed class CudaBackend : IModelBackend
             var layer = _w.Layers[i];
             int ld = cfg.QueryDim + 2 * cfg.KeyValueDim;
             _norm.Launch(_stream, x, null, layer.InputLayernorm, _ws.Normed, rows, hidden, _eps);
-            _blas.Linear(_ws.Normed, rows, hidden, layer.QkvOrQ, ld, _ws.Qkv);
-            var qkv = _ws.Qkv.Span;
-            _kvWrite.Launch(_stream, qkv.Slice(cfg.QueryDim), qkv.Slice(cfg.QueryDim + cfg.KeyValueDim), ld, layer.KBias?.Span, layer.VBias?.Span,
-                _w.InvFreq, rows, cfg.NumKeyValueHeads, cfg.HeadDim, start, c.Keys(i), c.Values(i), c.Capacity, positionBase);
-            AttentionAndMlp(x, rows, start, layer, ld, c, i, positionBase);
+            Linear(_ws.Normed, rows, hidden, layer.QkvOrQ, ld, _ws.Qkv);
+            _ropeKv.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, layer.KBias?.Span, layer.VBias?.Span, _w.InvFreq, rows,
+                cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, start, c.Keys(i), c.Values(i), c.Capacity, positionBase);
+            AttentionAndMlp(x, rows, start, layer, ld, c, i, positionBase, queryRotated: true);
         }
 
         int pos0 = start;
@@ -255,7 +306,7 @@ public sealed class CudaBackend : IModelBackend
             // SingleInputKV: every later cache is filled from the one state x_l, for every token of the step.
             int leaders = _w.SwiftKvLeaders.Length, kv = cfg.KeyValueDim, ld = leaders * 2 * kv;
             _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
-            _blas.Linear(_ws.Normed, rows, hidden, _w.SwiftKvKv!, ld, _ws.SwiftKv);
+            Linear(_ws.Normed, rows, hidden, _w.SwiftKvKv!, ld, _ws.SwiftKv);
             var all = _ws.SwiftKv.Span;
             for (int g = 0; g < leaders; g++)
             {
@@ -275,8 +326,8 @@ public sealed class CudaBackend : IModelBackend
             {
                 var layer = _w.Layers[j];
                 _norm.Launch(_stream, x, null, layer.InputLayernorm, _ws.Normed, rows, hidden, _eps);
-                _blas.Linear(_ws.Normed, rows, hidden, layer.QkvOrQ, cfg.QueryDim, _ws.Qkv);
-                AttentionAndMlp(x, rows, pos0, layer, cfg.QueryDim, c, cfg.KvCacheIndex(j, true), positionBase);
+                Linear(_ws.Normed, rows, hidden, layer.QkvOrQ, cfg.QueryDim, _ws.Qkv);
+                AttentionAndMlp(x, rows, pos0, layer, cfg.QueryDim, c, cfg.KvCacheIndex(j, true), positionBase, queryRotated: false);
             }
         }
 
@@ -286,8 +337,39 @@ public sealed class CudaBackend : IModelBackend
             rows = 1;
         }
         _norm.Launch(_stream, x, null, _w.Norm, _ws.Normed, rows, hidden, _eps);
-        _blas.Linear(_ws.Normed, rows, hidden, _w.LmHead, cfg.VocabSize, _ws.Logits);
+        Linear(_ws.Normed, rows, hidden, _w.LmHead, cfg.VocabSize, _ws.Logits);
         return rows;
+    }
+
+    // Most rows for which the GEMV beats cuBLAS (H100, 8B shapes, swiftkv bench 2026-11-26): it wins at 1-2 rows on
+    // every projection; at 4 rows only the [gate; up] projection (which also saves the silu pass) still ties or wins.
+    const int GemvLinearRows = 2, GemvGateUpRows = 4;
+
+    /// <summary>
+    /// The one dispatch of every projection: y (rows, outDim) fp32 = x (rows, inDim) · wᵀ, plus y when
+    /// <paramref name="accumulate"/> (the residual add). Decode-sized steps stream the weight through the GEMV kernel;
+    /// longer steps are compute-bound and go to cuBLAS.
+    /// </summary>
+    void Linear(DeviceSpan<Bf16> x, int rows, int inDim, DeviceSpan<Bf16> w, int outDim, DeviceSpan<float> y, bool accumulate = false)
+    {
+        if (_useGemv && rows <= GemvLinearRows) _gemv.Launch(_stream, x, rows, inDim, w, outDim, y, accumulate);
+        else _blas.Linear(x, rows, inDim, w, outDim, y, accumulate);
+    }
+
+    /// <summary>
+    /// The MLP's [gate; up] projection with SwiGLU: Mlp (rows, inter) bf16 = silu(x · Wgᵀ) · (x · Wuᵀ). Decode-sized
+    /// steps fuse it into the GEMV; longer ones run the GEMM with a bf16 output, then the silu pass.
+    /// </summary>
+    void GateUpSilu(DeviceSpan<Bf16> x, int rows, CudaLayerWeights layer)
+    {
+        int hidden = Config.HiddenSize, inter = Config.IntermediateSize;
+        if (_useGemv && rows <= GemvGateUpRows)
+        {
+            _gemv.LaunchSiluMul(_stream, x, rows, hidden, layer.GateUp, inter, _ws.Mlp);
+            return;
+        }
+        _blas.Linear(x, rows, hidden, layer.GateUp, 2 * inter, _ws.GateUp.Span);
+        _siluMul.Launch(_stream, _ws.GateUp.Span, rows, inter, _ws.Mlp);
     }
 
     /// <summary>
@@ -373,21 +455,22 @@ public sealed class CudaBackend : IModelBackend
 
     /// <summary>
     /// The rest of a layer once Q (columns 0..q-1 of the Qkv workspace, row stride <paramref name="ld"/>) is projected
-    /// and the layer's K/V are cached: bias + RoPE on Q, attention over cache <paramref name="cacheIndex"/>, o_proj added
-    /// into x, o bias + post_attention_layernorm, SwiGLU MLP added into x.
+    /// and the layer's K/V are cached: bias + RoPE on Q (unless <paramref name="queryRotated"/>: the fused RoPE + cache
+    /// write already did it), attention over cache <paramref name="cacheIndex"/>, o_proj added into x, o bias +
+    /// post_attention_layernorm, SwiGLU MLP added into x.
     /// </summary>
     void AttentionAndMlp(DeviceSpan<float> x, int rows, int pos0, CudaLayerWeights layer, int ld, CudaSequenceCache c, int cacheIndex,
-        DeviceSpan<int>? positionBase)
+        DeviceSpan<int>? positionBase, bool queryRotated)
     {
         var cfg = Config;
         int hidden = cfg.HiddenSize, inter = cfg.IntermediateSize;
-        _rope.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, _w.InvFreq, rows, cfg.NumAttentionHeads, cfg.HeadDim, pos0, positionBase);
+        if (!queryRotated)
+            _rope.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, _w.InvFreq, rows, cfg.NumAttentionHeads, cfg.HeadDim, pos0, positionBase);
         Attend(rows, pos0, c, cacheIndex, ld);
-        _blas.Linear(_ws.Attn, rows, cfg.QueryDim, layer.O, hidden, x, accumulate: true);
+        Linear(_ws.Attn, rows, cfg.QueryDim, layer.O, hidden, x, accumulate: true);
         _norm.Launch(_stream, x, layer.OBias?.Span, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);
-        _blas.Linear(_ws.Normed, rows, hidden, layer.GateUp, 2 * inter, _ws.GateUp);
-        _siluMul.Launch(_stream, _ws.GateUp, rows, inter, _ws.Mlp);
-        _blas.Linear(_ws.Mlp, rows, inter, layer.Down, hidden, x, accumulate: true);
+        GateUpSilu(_ws.Normed, rows, layer);
+        Linear(_ws.Mlp, rows, inter, layer.Down, hidden, x, accumulate: true);
     }
 
     CudaSequenceCache ValidateStep(ISequenceCache cache, ReadOnlySpan<int> tokens)
@@ -428,7 +511,7 @@ public sealed class CudaBackend : IModelBackend
     /// Scratch activations sized for the largest step seen so far (grown by doubling, never per call); logits are
     /// sized separately for the rows that need them (a LastToken prefill needs one). Generation changes whenever
     /// a buffer moves, so decode graphs that baked the old addresses are recaptured.
-    /// NOTE: a long prefill holds (rows, 2·intermediate) fp32 here; chunked prefill will bound it.
+    /// NOTE: a long prefill holds (rows, 2·intermediate) bf16 here; chunked prefill will bound it.
     /// </summary>
     sealed class Workspace(LlamaConfig cfg, int swiftKvLeaders) : IDisposable
     {
@@ -439,10 +522,13 @@ public sealed class CudaBackend : IModelBackend
         public DeviceBuffer<Bf16> Normed { get; private set; } = null!;
         public DeviceBuffer<float> Qkv { get; private set; } = null!;
         public DeviceBuffer<Bf16> Attn { get; private set; } = null!;
-        public DeviceBuffer<float> GateUp { get; private set; } = null!;
+        public DeviceBuffer<Bf16> GateUp { get; private set; } = null!;
         public DeviceBuffer<Bf16> Mlp { get; private set; } = null!;
         public DeviceBuffer<float> SwiftKv { get; private set; } = null!;
         public DeviceBuffer<float> Logits { get; private set; } = null!;
+
+        /// <summary>Forces decode graphs to be recaptured (a setting baked into them changed).</summary>
+        public void Invalidate() => Generation++;
 
         public void Ensure(int rows, int logitsRows)
         {
@@ -463,7 +549,7 @@ public sealed class CudaBackend : IModelBackend
             Normed = new DeviceBuffer<Bf16>((long)r * cfg.HiddenSize);
             Qkv = new DeviceBuffer<float>((long)r * (cfg.QueryDim + 2 * cfg.KeyValueDim));
             Attn = new DeviceBuffer<Bf16>((long)r * cfg.QueryDim);
-            GateUp = new DeviceBuffer<float>(2L * r * cfg.IntermediateSize);
+            GateUp = new DeviceBuffer<Bf16>(2L * r * cfg.IntermediateSize);
             Mlp = new DeviceBuffer<Bf16>((long)r * cfg.IntermediateSize);
             SwiftKv = new DeviceBuffer<float>(Math.Max(1L, 2L * r * swiftKvLeaders * cfg.KeyValueDim));
             _rows = r;

@@ -1,0 +1,234 @@
+// Matrix-vector products for decode-sized steps (1..8 rows): the weight is streamed once from device memory for
+// all rows, which is what bounds a decode step (cuBLAS GEMM with n = 1 runs at ~2/3 of the copy bandwidth).
+//   gemv_bf16_r{R}:       y (R, ldy) fp32  = x (R, in) bf16 · W (out, in)ᵀ bf16, plus y itself when accumulate != 0
+//                         (the residual add of o_proj / down_proj into the fp32 residual stream).
+//   gemv_silu_bf16_r{R}:  out (R, inter) bf16 = silu(x · Wgᵀ) · (x · Wuᵀ) with W = [gate; up] (2·inter, in): the
+//                         fused [gate; up] projection as CudaWeights stores it, the SwiGLU applied before anything
+//                         leaves registers (no fp32 gate/up round trip, no separate silu launch).
+// Vector path (in % 8 == 0, 16-byte aligned x and W): each warp owns two weight rows (o and o + second: the next
+// row, or the matching up row for the SwiGLU variant); each lane loads 16 bytes (8 bf16) of both rows per step,
+// GEMV_UNROLL steps issued before the first use so enough bytes are in flight to cover DRAM latency. Weight loads
+// bypass L1 (ld.global.nc.L1::no_allocate: each byte is used once) so the small x rows stay L1-resident for the
+// other warps; accumulation is fp32 per lane, then a warp-shuffle sum. The *_any entries are the fallback for odd
+// in or unaligned pointers: scalar loads, one row per warp, R at run time.
+// Programmatic launch (sm_90+): before pdl_wait() a warp only asks L2 to prefetch the start of its weight rows
+// (constant data), so when the engine launches these programmatically the first loads overlap the previous
+// kernel's tail; x and y are touched only after the wait. Then pdl_launch_dependents() lets the next kernel start.
+// Launch (vector): grid ceil(out / (2 · GEMV_WARPS)) (plain) or ceil(inter / GEMV_WARPS) (silu), block 32 · GEMV_WARPS.
+// Launch (any):    grid ceil(out / GEMV_WARPS) or ceil(inter / GEMV_WARPS), block 32 · GEMV_WARPS.
+#include "swiftkv_common.cuh"
+
+#define GEMV_WARPS 8
+#define GEMV_UNROLL 4
+
+__device__ __forceinline__ uint4 ld_stream16(const void* p)
+{
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+// x is written by the kernel before this one, so it is read through the coherent path (L1-cached), not .nc.
+__device__ __forceinline__ uint4 ld_cached16(const void* p)
+{
+    uint4 v;
+    asm volatile("ld.global.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+// Bytes of each weight row that a warp asks L2 to prefetch before waiting on the previous kernel: the first two
+// unrolled steps (2 x 32 lanes x GEMV_UNROLL x 16 B).
+#define GEMV_PREFETCH_BYTES (2 * 32 * GEMV_UNROLL * 16)
+
+__device__ __forceinline__ void prefetch_row_l2(const bf16_t* row, int in)
+{
+#if __CUDA_ARCH__ >= 900
+    unsigned bytes = min(in * 2, GEMV_PREFETCH_BYTES) & ~15u;
+    if ((threadIdx.x & 31) == 0 && bytes > 0)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(row), "r"(bytes) : "memory");
+#endif
+}
+
+// Start of every GEMV entry once its rows are known: prefetch the rows' first bytes, wait for the previous kernel
+// (programmatic launch), let the next one start.
+__device__ __forceinline__ void gemv_prologue(const bf16_t* w, int in, long long o0, long long o1, bool vector)
+{
+    if (vector)
+    {
+        prefetch_row_l2(w + o0 * in, in);
+        if (o1 != o0) prefetch_row_l2(w + o1 * in, in);
+    }
+    pdl_wait();
+    pdl_launch_dependents();
+}
+
+// The 8 bf16 of a 16-byte word as fp32 (element 2k in the low half of word k).
+__device__ __forceinline__ void unpack8(uint4 v, float f[8])
+{
+    f[0] = __uint_as_float(v.x << 16); f[1] = __uint_as_float(v.x & 0xffff0000u);
+    f[2] = __uint_as_float(v.y << 16); f[3] = __uint_as_float(v.y & 0xffff0000u);
+    f[4] = __uint_as_float(v.z << 16); f[5] = __uint_as_float(v.z & 0xffff0000u);
+    f[6] = __uint_as_float(v.w << 16); f[7] = __uint_as_float(v.w & 0xffff0000u);
+}
+
+// acc[0][r] = row o0 · x_r, acc[1][r] = row o1 · x_r over this lane's 16-byte chunks, before the warp sum.
+template <int R>
+__device__ __forceinline__ void gemv_two_rows(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, int in,
+    long long o0, long long o1, float acc[2][R])
+{
+    const int lane = threadIdx.x & 31, n8 = in >> 3;
+    const uint4* w0 = reinterpret_cast<const uint4*>(w + o0 * in);
+    const uint4* w1 = reinterpret_cast<const uint4*>(w + o1 * in);
+    const uint4* xv = reinterpret_cast<const uint4*>(x);
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[0][r] = acc[1][r] = 0.f;
+    for (int base = lane; base < n8; base += 32 * GEMV_UNROLL)
+    {
+        uint4 a[GEMV_UNROLL], b[GEMV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++)
+        {
+            int c = base + u * 32;
+            if (c < n8) { a[u] = ld_stream16(w0 + c); b[u] = ld_stream16(w1 + c); }
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++)
+        {
+            int c = base + u * 32;
+            if (c >= n8) break;
+            float fa[8], fb[8];
+            unpack8(a[u], fa);
+            unpack8(b[u], fb);
+#pragma unroll
+            for (int r = 0; r < R; r++)
+            {
+                float fx[8];
+                unpack8(ld_cached16(xv + (long long)r * n8 + c), fx);
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+                {
+                    acc[0][r] = fmaf(fa[j], fx[j], acc[0][r]);
+                    acc[1][r] = fmaf(fb[j], fx[j], acc[1][r]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+    {
+        acc[0][r] = warp_sum(acc[0][r]);
+        acc[1][r] = warp_sum(acc[1][r]);
+    }
+}
+
+template <int R, bool PREFETCH>
+__device__ __forceinline__ void gemv_plain(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, float* y, int in, int out,
+    int ldy, int accumulate)
+{
+    const int warp = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    const long long o0 = 2LL * warp;
+    if (o0 >= out) return;
+    const bool has1 = o0 + 1 < out;
+    gemv_prologue(w, in, o0, has1 ? o0 + 1 : o0, PREFETCH);
+    float acc[2][R];
+    gemv_two_rows<R>(x, w, in, o0, has1 ? o0 + 1 : o0, acc);
+    // Lane r writes row r of the first output, lane 8 + r of the second: one store per lane, no serial loop.
+#pragma unroll
+    for (int r = 0; r < R; r++)
+    {
+        if (lane == r)
+        {
+            float* p = y + (long long)r * ldy + o0;
+            *p = acc[0][r] + (accumulate ? *p : 0.f);
+        }
+        if (has1 && lane == 8 + r)
+        {
+            float* p = y + (long long)r * ldy + o0 + 1;
+            *p = acc[1][r] + (accumulate ? *p : 0.f);
+        }
+    }
+}
+
+template <int R, bool PREFETCH>
+__device__ __forceinline__ void gemv_silu(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* out, int in, int inter)
+{
+    const int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (o >= inter) return;
+    gemv_prologue(w, in, o, (long long)o + inter, PREFETCH);
+    float acc[2][R];
+    gemv_two_rows<R>(x, w, in, o, (long long)o + inter, acc);
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        if (lane == r)
+        {
+            float g = acc[0][r];
+            out[(long long)r * inter + o] = f32_to_bf16(g / (1.f + expf(-g)) * acc[1][r]);
+        }
+}
+
+// gemv_*_r{R}: no L2 prefetch; gemv_*_pf_r{R}: with the L2 prefetch of the rows' first bytes before pdl_wait.
+#define GEMV_ENTRIES(R) \
+    extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_bf16_r##R(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, \
+        float* y, int in, int out, int ldy, int accumulate) { gemv_plain<R, false>(x, w, y, in, out, ldy, accumulate); } \
+    extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_bf16_pf_r##R(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, \
+        float* y, int in, int out, int ldy, int accumulate) { gemv_plain<R, true>(x, w, y, in, out, ldy, accumulate); } \
+    extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_silu_bf16_r##R(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, \
+        bf16_t* out, int in, int inter) { gemv_silu<R, false>(x, w, out, in, inter); } \
+    extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_silu_bf16_pf_r##R(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, \
+        bf16_t* out, int in, int inter) { gemv_silu<R, true>(x, w, out, in, inter); }
+
+GEMV_ENTRIES(1)
+GEMV_ENTRIES(2)
+GEMV_ENTRIES(3)
+GEMV_ENTRIES(4)
+GEMV_ENTRIES(5)
+GEMV_ENTRIES(6)
+GEMV_ENTRIES(7)
+GEMV_ENTRIES(8)
+
+// Fallback: any in, any alignment; one weight row per warp, rows (1..8) at run time.
+__device__ __forceinline__ void gemv_row_any(const bf16_t* x, const bf16_t* wr, int in, int rows, float acc[8])
+{
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int r = 0; r < 8; r++) acc[r] = 0.f;
+    for (int i = lane; i < in; i += 32)
+    {
+        float wv = bf16_to_f32(wr[i]);
+#pragma unroll
+        for (int r = 0; r < 8; r++)
+            if (r < rows) acc[r] = fmaf(wv, bf16_to_f32(x[(long long)r * in + i]), acc[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < 8; r++) acc[r] = warp_sum(acc[r]);
+}
+
+extern "C" __global__ void gemv_bf16_any(const bf16_t* x, const bf16_t* w, float* y, int rows, int in, int out, int ldy, int accumulate)
+{
+    const int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (o >= out) return;
+    gemv_prologue(w, in, o, o, false);
+    float acc[8];
+    gemv_row_any(x, w + (long long)o * in, in, rows, acc);
+#pragma unroll
+    for (int r = 0; r < 8; r++)
+        if (r < rows && lane == r)
+        {
+            float* p = y + (long long)r * ldy + o;
+            *p = acc[r] + (accumulate ? *p : 0.f);
+        }
+}
+
+extern "C" __global__ void gemv_silu_bf16_any(const bf16_t* x, const bf16_t* w, bf16_t* out, int rows, int in, int inter)
+{
+    const int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (o >= inter) return;
+    gemv_prologue(w, in, o, o, false);
+    float g[8], u[8];
+    gemv_row_any(x, w + (long long)o * in, in, rows, g);
+    gemv_row_any(x, w + ((long long)o + inter) * in, in, rows, u);
+#pragma unroll
+    for (int r = 0; r < 8; r++)
+        if (r < rows && lane == r) out[(long long)r * inter + o] = f32_to_bf16(g[r] / (1.f + expf(-g[r])) * u[r]);
+}

@@ -1,0 +1,97 @@
+// Launcher for native-kernels/gemv.cu: the linear layers of decode-sized steps (1..8 rows), where the weight
+// bytes, not the FLOPs, set the time. Picks the 16-byte vector kernel specialised for the row count when the
+// shapes allow it (in % 8 == 0, 16-byte aligned x and W), else the scalar fallback.
+namespace SwiftKV.Cuda.Kernels;
+
+/// <summary>
+/// y (rows, out) fp32 [+]= x (rows, in) bf16 · W (out, in)ᵀ bf16 for rows ≤ <see cref="MaxRows"/>; and the fused
+/// SwiGLU form out (rows, inter) bf16 = silu(x · Wgᵀ) · (x · Wuᵀ) with W = [gate; up] (2·inter, in).
+/// </summary>
+public sealed unsafe class GemvKernel(KernelLibrary library)
+{
+    /// <summary>Most rows one launch handles (each weight byte is read once for all of them).</summary>
+    public const int MaxRows = 8;
+    const int Warps = 8;
+
+    readonly CudaKernel?[] _plain = new CudaKernel?[2 * (MaxRows + 1)];
+    readonly CudaKernel?[] _silu = new CudaKernel?[2 * (MaxRows + 1)];
+    CudaKernel? _plainAny, _siluAny;
+
+    /// <summary>Tests pin the scalar fallback with this; the engine leaves it off.</summary>
+    public bool ForceScalar { get; set; }
+
+    /// <summary>
+    /// Vector kernels first ask L2 to prefetch the start of their weight rows, before waiting for the previous kernel
+    /// (overlap under programmatic launch). Off by default: it measured slower on the H100 (benchmarks compare).
+    /// </summary>
+    public bool PrefetchWeights { get; set; }
+
+    /// <summary>Whether the last launch took the vector kernel.</summary>
+    public bool LastWasVector { get; private set; }
+
+    /// <summary>y (rows, outDim), row stride <paramref name="ldy"/> (0 = outDim), = x · Wᵀ, plus y when <paramref name="accumulate"/>.</summary>
+    public void Launch(CudaStream stream, DeviceSpan<Bf16> x, int rows, int inDim, DeviceSpan<Bf16> w, int outDim, DeviceSpan<float> y,
+        bool accumulate = false, int ldy = 0)
+    {
+        const string n = "gemv_bf16";
+        if (ldy == 0) ldy = outDim;
+        CheckCommon(n, x, rows, inDim, w, outDim);
+        if (ldy < outDim) throw new ArgumentOutOfRangeException(nameof(ldy), ldy, $"{n}: row stride must be >= out ({outDim}).");
+        KernelGuard.Fits(y, (long)(rows - 1) * ldy + outDim, n, nameof(y), $"({rows}, {outDim}) with row stride {ldy}");
+        ulong px = x.Address, pw = w.Address, py = y.Address;
+        int acc = accumulate ? 1 : 0;
+        if (Vector(x, w, inDim))
+        {
+            int slot = PrefetchWeights ? MaxRows + 1 + rows : rows;
+            var k = _plain[slot] ??= library.Get("gemv.cu", PrefetchWeights ? $"gemv_bf16_pf_r{rows}" : $"gemv_bf16_r{rows}");
+            void** args = stackalloc void*[] { &px, &pw, &py, &inDim, &outDim, &ldy, &acc };
+            k.Launch(stream, ((uint)((outDim + 2 * Warps - 1) / (2 * Warps)), 1, 1), 32 * Warps, 0, args, library.ProgrammaticLaunch);
+            LastWasVector = true;
+        }
+        else
+        {
+            var k = _plainAny ??= library.Get("gemv.cu", "gemv_bf16_any");
+            void** args = stackalloc void*[] { &px, &pw, &py, &rows, &inDim, &outDim, &ldy, &acc };
+            k.Launch(stream, ((uint)((outDim + Warps - 1) / Warps), 1, 1), 32 * Warps, 0, args, library.ProgrammaticLaunch);
+            LastWasVector = false;
+        }
+    }
+
+    /// <summary>output (rows, inter) bf16 = silu(x · W[0..inter)ᵀ) · (x · W[inter..2·inter)ᵀ) with W (2·inter, in).</summary>
+    public void LaunchSiluMul(CudaStream stream, DeviceSpan<Bf16> x, int rows, int inDim, DeviceSpan<Bf16> gateUp, int inter, DeviceSpan<Bf16> output)
+    {
+        const string n = "gemv_silu_bf16";
+        KernelGuard.Positive(inter, n, nameof(inter));
+        CheckCommon(n, x, rows, inDim, gateUp, 2 * inter);
+        KernelGuard.Fits(output, (long)rows * inter, n, nameof(output), $"({rows}, {inter})");
+        ulong px = x.Address, pw = gateUp.Address, po = output.Address;
+        uint grid = (uint)((inter + Warps - 1) / Warps);
+        if (Vector(x, gateUp, inDim))
+        {
+            int slot = PrefetchWeights ? MaxRows + 1 + rows : rows;
+            var k = _silu[slot] ??= library.Get("gemv.cu", PrefetchWeights ? $"gemv_silu_bf16_pf_r{rows}" : $"gemv_silu_bf16_r{rows}");
+            void** args = stackalloc void*[] { &px, &pw, &po, &inDim, &inter };
+            k.Launch(stream, (grid, 1, 1), 32 * Warps, 0, args, library.ProgrammaticLaunch);
+            LastWasVector = true;
+        }
+        else
+        {
+            var k = _siluAny ??= library.Get("gemv.cu", "gemv_silu_bf16_any");
+            void** args = stackalloc void*[] { &px, &pw, &po, &rows, &inDim, &inter };
+            k.Launch(stream, (grid, 1, 1), 32 * Warps, 0, args, library.ProgrammaticLaunch);
+            LastWasVector = false;
+        }
+    }
+
+    bool Vector(DeviceSpan<Bf16> x, DeviceSpan<Bf16> w, int inDim) =>
+        !ForceScalar && inDim % 8 == 0 && x.Address % 16 == 0 && w.Address % 16 == 0;
+
+    static void CheckCommon(string n, DeviceSpan<Bf16> x, int rows, int inDim, DeviceSpan<Bf16> w, int outDim)
+    {
+        if (rows < 1 || rows > MaxRows) throw new ArgumentOutOfRangeException(nameof(rows), rows, $"{n}: rows must be in 1..{MaxRows} (use a GEMM for more).");
+        KernelGuard.Positive(inDim, n, "in");
+        KernelGuard.Positive(outDim, n, "out");
+        KernelGuard.Fits(x, (long)rows * inDim, n, nameof(x), $"({rows}, {inDim})");
+        KernelGuard.Fits(w, (long)outDim * inDim, n, nameof(w), $"({outDim}, {inDim})");
+    }
+}

@@ -1,0 +1,40 @@
+// Launcher for native-kernels/rope_kv.cu.
+namespace SwiftKV.Cuda.Kernels;
+
+/// <summary>
+/// One pass over a fused [q | k | v] projection (rows, ld) fp32: bias + RoPE on q in place, and K (bias + RoPE) and
+/// V (bias) stored bf16 into caches (capacity, kv_heads, head_dim) at slots pos0 .. pos0 + rows - 1 (or from
+/// positionBase[0], read on the device: replayable in a CUDA graph; the caller then guarantees the range).
+/// </summary>
+public sealed unsafe class RopeKvKernel(KernelLibrary library)
+{
+    readonly CudaKernel _k = library.Get("rope_kv.cu", "rope_qkv_write_bf16");
+    readonly KernelLibrary _library = library;
+
+    public void Launch(CudaStream stream, DeviceSpan<float> qkv, int ld, DeviceSpan<float>? qBias, DeviceSpan<float>? kBias, DeviceSpan<float>? vBias,
+        DeviceSpan<float> invFreq, int rows, int heads, int kvHeads, int headDim, int pos0, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity,
+        DeviceSpan<int>? positionBase = null)
+    {
+        const string n = "rope_qkv_write_bf16";
+        KernelGuard.Positive(rows, n, nameof(rows));
+        KernelGuard.Positive(heads, n, nameof(heads));
+        KernelGuard.Positive(kvHeads, n, nameof(kvHeads));
+        if (headDim < 2 || headDim % 2 != 0) throw new ArgumentOutOfRangeException(nameof(headDim), headDim, $"{n}: head_dim must be even and >= 2.");
+        int qDim = heads * headDim, kvDim = kvHeads * headDim;
+        if (ld < qDim + 2 * kvDim) throw new ArgumentOutOfRangeException(nameof(ld), ld, $"{n}: row stride must be >= q + 2 kv ({qDim + 2 * kvDim}).");
+        if (pos0 < 0 || (long)pos0 + rows > capacity)
+            throw new ArgumentOutOfRangeException(nameof(pos0), $"{n}: slots {pos0}..{pos0 + rows - 1} are outside a cache of {capacity}.");
+        KernelGuard.Fits(qkv, (long)(rows - 1) * ld + qDim + 2 * kvDim, n, nameof(qkv), $"({rows}, {ld})");
+        KernelGuard.FitsOptional(qBias, qDim, n, nameof(qBias), $"({qDim})");
+        KernelGuard.FitsOptional(kBias, kvDim, n, nameof(kBias), $"({kvDim})");
+        KernelGuard.FitsOptional(vBias, kvDim, n, nameof(vBias), $"({kvDim})");
+        KernelGuard.Fits(invFreq, headDim / 2, n, nameof(invFreq), $"({headDim / 2})");
+        KernelGuard.Fits(kCache, (long)capacity * kvDim, n, nameof(kCache), $"({capacity}, {kvHeads}, {headDim})");
+        KernelGuard.Fits(vCache, (long)capacity * kvDim, n, nameof(vCache), $"({capacity}, {kvHeads}, {headDim})");
+        KernelGuard.FitsOptional(positionBase, 1, n, nameof(positionBase), "(1)");
+        ulong pq = qkv.Address, pqb = KernelGuard.Address(qBias), pkb = KernelGuard.Address(kBias), pvb = KernelGuard.Address(vBias), pf = invFreq.Address;
+        ulong ck = kCache.Address, cv = vCache.Address, pp = KernelGuard.Address(positionBase);
+        void** args = stackalloc void*[] { &pq, &ld, &pqb, &pkb, &pvb, &pf, &rows, &heads, &kvHeads, &headDim, &pos0, &ck, &cv, &pp };
+        _k.Launch(stream, ((uint)rows, 1, 1), 128, 0, args, _library.ProgrammaticLaunch);
+    }
+}

@@ -1,0 +1,240 @@
+// The decode GEMV (plain, accumulating, fused SwiGLU; vector and scalar paths), cuBLAS with a bf16 output, the bf16
+// silu pass and the fused RoPE + KV-cache write, each against a CPU reference in double on random data at odd
+// sizes (chunk tails, a lone last output row, odd row counts), outputs poisoned with NaN before the launch.
+using SwiftKV.Cuda.Kernels;
+using SwiftKV.Engine.Cpu;
+using SwiftKV.Engine.Tests;
+using SwiftKV.Model;
+using Xunit;
+
+namespace SwiftKV.Cuda.Tests;
+
+public sealed class LinearKernelTests : GpuFixtureTest
+{
+    const double Bf16Rel = 1.0 / 128;
+
+    static Bf16[] RandomBf16(TestRng rng, long n, float a) => Bf16.FromSingles(rng.Array(n, a));
+
+    /// <summary>y[r, o] = Σ x[r, i] · w[o, i] in double over the bf16 values.</summary>
+    static double[] Reference(Bf16[] x, Bf16[] w, int rows, int inDim, int outDim)
+    {
+        var xs = Bf16.ToSingles(x);
+        var ws = Bf16.ToSingles(w);
+        var y = new double[rows * outDim];
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < outDim; o++)
+            {
+                double acc = 0;
+                for (int i = 0; i < inDim; i++) acc += (double)xs[r * inDim + i] * ws[(long)o * inDim + i];
+                y[r * outDim + o] = acc;
+            }
+        return y;
+    }
+
+    [Theory]
+    [InlineData(1, 264, 37, false, false)]    // 33 chunks of 8: a partial unroll tail; odd out (lone last row)
+    [InlineData(2, 1032, 64, true, false)]    // 129 chunks: one full unrolled step + 1
+    [InlineData(3, 520, 129, false, false)]
+    [InlineData(4, 8, 5, true, false)]        // one chunk per row
+    [InlineData(5, 2048, 33, true, false)]
+    [InlineData(6, 136, 1, false, false)]     // a single output row
+    [InlineData(7, 4104, 19, false, false)]
+    [InlineData(8, 776, 97, true, false)]
+    [InlineData(3, 77, 41, true, false)]      // in % 8 != 0: the scalar fallback
+    [InlineData(8, 264, 37, false, true)]     // the scalar fallback, pinned
+    public void Gemv_MatchesReference(int rows, int inDim, int outDim, bool accumulate, bool scalar)
+    {
+        Gpu.Require();
+        var rng = new TestRng((ulong)(40 + rows * 7 + inDim + outDim));
+        int ldy = outDim + 3;
+        var x = RandomBf16(rng, (long)rows * inDim, 1f);
+        var w = RandomBf16(rng, (long)outDim * inDim, 0.2f);
+        var y0 = rng.Array((long)rows * ldy, 1f);
+        using var dx = new DeviceBuffer<Bf16>(x);
+        using var dw = new DeviceBuffer<Bf16>(w);
+        using var dy = accumulate ? new DeviceBuffer<float>(y0) : Gpu.Poisoned((long)rows * ldy);
+        // Even row counts take the entry points with the L2 weight prefetch, odd ones those without.
+        var gemv = new GemvKernel(Library) { ForceScalar = scalar, PrefetchWeights = rows % 2 == 0 };
+        gemv.Launch(Stream, dx, rows, inDim, dw, outDim, dy, accumulate, ldy);
+        Stream.Synchronize();
+        Assert.Equal(!scalar && inDim % 8 == 0, gemv.LastWasVector);
+        var got = dy.ToArray();
+        var want = Reference(x, w, rows, inDim, outDim);
+        for (int r = 0; r < rows; r++)
+        {
+            var wr = new double[outDim];
+            for (int o = 0; o < outDim; o++) wr[o] = want[r * outDim + o] + (accumulate ? y0[r * ldy + o] : 0);
+            Gpu.Close(got.AsSpan(r * ldy, outDim), wr, 1e-5, 1e-5, $"gemv row {r}");
+            for (int o = outDim; o < ldy; o++)
+            {
+                if (accumulate) Assert.Equal(y0[r * ldy + o], got[r * ldy + o]);
+                else Assert.True(float.IsNaN(got[r * ldy + o]), $"gemv wrote column {o} past out_features");
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData(1, 264, 37, false)]
+    [InlineData(2, 1032, 40, false)]
+    [InlineData(5, 136, 3, false)]
+    [InlineData(8, 520, 129, false)]
+    [InlineData(3, 77, 21, false)]     // scalar fallback by shape
+    [InlineData(7, 264, 37, true)]     // scalar fallback, pinned
+    public void GemvSiluMul_MatchesReference(int rows, int inDim, int inter, bool scalar)
+    {
+        Gpu.Require();
+        var rng = new TestRng((ulong)(60 + rows + inDim + inter));
+        var x = RandomBf16(rng, (long)rows * inDim, 1f);
+        var w = RandomBf16(rng, 2L * inter * inDim, 0.3f);
+        using var dx = new DeviceBuffer<Bf16>(x);
+        using var dw = new DeviceBuffer<Bf16>(w);
+        using var dOut = Gpu.PoisonedBf16((long)rows * inter);
+        var gemv = new GemvKernel(Library) { ForceScalar = scalar, PrefetchWeights = rows % 2 == 0 };
+        gemv.LaunchSiluMul(Stream, dx, rows, inDim, dw, inter, dOut);
+        Stream.Synchronize();
+        Assert.Equal(!scalar && inDim % 8 == 0, gemv.LastWasVector);
+        var gu = Reference(x, w, rows, inDim, 2 * inter);
+        var want = new double[rows * inter];
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < inter; i++)
+            {
+                double g = gu[r * 2 * inter + i], u = gu[r * 2 * inter + inter + i];
+                want[r * inter + i] = g / (1 + Math.Exp(-g)) * u;
+            }
+        Gpu.Close(Bf16.ToSingles(dOut.ToArray()), want, Bf16Rel, 1e-5, "gemv silu");
+    }
+
+    [Fact]
+    public void Gemv_UnalignedInput_TakesScalarPathAndMatches()
+    {
+        Gpu.Require();
+        var rng = new TestRng(71);
+        int rows = 2, inDim = 264, outDim = 29;
+        var x = RandomBf16(rng, (long)rows * inDim + 1, 1f);
+        var w = RandomBf16(rng, (long)outDim * inDim, 0.2f);
+        using var dx = new DeviceBuffer<Bf16>(x);
+        using var dw = new DeviceBuffer<Bf16>(w);
+        using var dy = Gpu.Poisoned((long)rows * outDim);
+        var gemv = new GemvKernel(Library);
+        gemv.Launch(Stream, dx.Span.Slice(1), rows, inDim, dw, outDim, dy);   // 2 bytes off a 16-byte boundary
+        Stream.Synchronize();
+        Assert.False(gemv.LastWasVector);
+        Gpu.Close(dy.ToArray(), Reference(x[1..], w, rows, inDim, outDim), 1e-5, 1e-5, "gemv unaligned");
+    }
+
+    [Fact]
+    public void Gemv_RejectsTooManyRowsAndShortBuffers()
+    {
+        Gpu.Require();
+        using var x = new DeviceBuffer<Bf16>(9 * 16);
+        using var w = new DeviceBuffer<Bf16>(4 * 16);
+        using var y = new DeviceBuffer<float>(9 * 4);
+        var gemv = new GemvKernel(Library);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => gemv.Launch(Stream, x, 9, 16, w, 4, y));
+        Assert.Contains("1..8", e.Message);
+        var e2 = Assert.Throws<ArgumentException>(() => gemv.Launch(Stream, x, 2, 16, w, 5, y));
+        Assert.Contains("gemv_bf16", e2.Message);
+    }
+
+    [Fact]
+    public void CublasLinear_Bf16Output_MatchesReference()
+    {
+        Gpu.Require();
+        var rng = new TestRng(72);
+        int rows = 13, inDim = 67, outDim = 45, ldy = 50;
+        var x = RandomBf16(rng, (long)rows * inDim, 1f);
+        var w = RandomBf16(rng, (long)outDim * inDim, 0.2f);
+        using var dx = new DeviceBuffer<Bf16>(x);
+        using var dw = new DeviceBuffer<Bf16>(w);
+        using var dy = Gpu.PoisonedBf16((long)rows * ldy);
+        using var blas = new Cublas(Stream);
+        blas.Linear(dx, rows, inDim, dw, outDim, dy.Span, ldy);
+        Stream.Synchronize();
+        var got = Bf16.ToSingles(dy.ToArray());
+        var want = Reference(x, w, rows, inDim, outDim);
+        for (int r = 0; r < rows; r++)
+        {
+            Gpu.Close(got.AsSpan(r * ldy, outDim), want.AsSpan(r * outDim, outDim), 1.0 / 256, 1e-5, $"linear bf16 row {r}");
+            Assert.True(got.AsSpan(r * ldy + outDim, ldy - outDim).ToArray().All(float.IsNaN), "columns past out_features were written");
+        }
+    }
+
+    [Theory]
+    [InlineData(3, 296)]   // 16-byte vectors
+    [InlineData(4, 301)]   // scalar
+    public void SiluMulBf16_MatchesReference(int rows, int inter)
+    {
+        Gpu.Require();
+        var rng = new TestRng((ulong)(73 + inter));
+        var gu = RandomBf16(rng, 2L * rows * inter, 6f);
+        using var dgu = new DeviceBuffer<Bf16>(gu);
+        using var dOut = Gpu.PoisonedBf16((long)rows * inter);
+        new SiluMulKernel(Library).Launch(Stream, dgu.Span, rows, inter, dOut);
+        Stream.Synchronize();
+        var g = Bf16.ToSingles(gu);
+        var want = new double[rows * inter];
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < inter; i++)
+            {
+                double a = g[r * 2 * inter + i], u = g[r * 2 * inter + inter + i];
+                want[r * inter + i] = a / (1 + Math.Exp(-a)) * u;
+            }
+        Gpu.Close(Bf16.ToSingles(dOut.ToArray()), want, Bf16Rel, 1e-6, "silu_mul_bf16");
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void RopeKv_RotatesQueryAndWritesCache(bool positionOnDevice)
+    {
+        Gpu.Require();
+        var rng = new TestRng(74);
+        int rows = 5, heads = 6, kvHeads = 2, headDim = 14, qDim = heads * headDim, kvDim = kvHeads * headDim;
+        int ld = qDim + 2 * kvDim + 3, pos0 = 9, capacity = 20;
+        var cfg = new LlamaConfig { HeadDim = headDim, RopeTheta = 500000, RopeScaling = new Llama3RopeScaling(8, 1, 4, 16) };
+        var inv = RotaryEmbedding.ComputeInvFreq(headDim, cfg.RopeTheta, cfg.RopeScaling);
+        var src = rng.Array((long)rows * ld, 2f);
+        var qb = rng.Array(qDim, 0.3f);
+        var kb = rng.Array(kvDim, 0.3f);
+        var vb = rng.Array(kvDim, 0.3f);
+        using var dq = new DeviceBuffer<float>(src);
+        using var dqb = new DeviceBuffer<float>(qb);
+        using var dkb = new DeviceBuffer<float>(kb);
+        using var dvb = new DeviceBuffer<float>(vb);
+        using var df = new DeviceBuffer<float>(inv);
+        using var dpos = new DeviceBuffer<int>([pos0]);
+        using var kc = Gpu.PoisonedBf16((long)capacity * kvDim);
+        using var vc = Gpu.PoisonedBf16((long)capacity * kvDim);
+        new RopeKvKernel(Library).Launch(Stream, dq, ld, dqb.Span, dkb.Span, dvb.Span, df, rows, heads, kvHeads, headDim,
+            positionOnDevice ? 0 : pos0, kc, vc, capacity, positionOnDevice ? dpos.Span : null);
+        Stream.Synchronize();
+
+        var rope = new RotaryEmbedding(cfg);
+        var q = dq.ToArray();
+        var k = Bf16.ToSingles(kc.ToArray());
+        var v = Bf16.ToSingles(vc.ToArray());
+        Span<float> cos = stackalloc float[headDim / 2], sin = stackalloc float[headDim / 2];
+        for (int r = 0; r < rows; r++)
+        {
+            rope.Angles(pos0 + r, cos, sin);
+            var qr = new float[qDim];
+            for (int c = 0; c < qDim; c++) qr[c] = src[r * ld + c] + qb[c];
+            RotaryEmbedding.Rotate(qr, heads, cos, sin);
+            var kr = new float[kvDim];
+            for (int c = 0; c < kvDim; c++) kr[c] = src[r * ld + qDim + c] + kb[c];
+            RotaryEmbedding.Rotate(kr, kvHeads, cos, sin);
+            var vr = new double[kvDim];
+            for (int c = 0; c < kvDim; c++) vr[c] = src[r * ld + qDim + kvDim + c] + (double)vb[c];
+            Gpu.Close(q.AsSpan(r * ld, qDim), qr.Select(f => (double)f).ToArray(), 1e-5, 1e-5, $"q row {r}");
+            // The K and V columns of the projection are read, not changed.
+            Gpu.Close(q.AsSpan(r * ld + qDim, ld - qDim), src.AsSpan(r * ld + qDim, ld - qDim).ToArray().Select(f => (double)f).ToArray(), 0, 0, $"kv columns row {r}");
+            int slot = pos0 + r;
+            Gpu.Close(k.AsSpan(slot * kvDim, kvDim), kr.Select(f => (double)f).ToArray(), Bf16Rel, 1e-5, $"k slot {slot}");
+            Gpu.Close(v.AsSpan(slot * kvDim, kvDim), vr, Bf16Rel, 1e-5, $"v slot {slot}");
+        }
+        for (int slot = 0; slot < capacity; slot++)
+            if (slot < pos0 || slot >= pos0 + rows)
+                for (int c = 0; c < kvDim; c++)
+                    Assert.True(float.IsNaN(k[slot * kvDim + c]) && float.IsNaN(v[slot * kvDim + c]), $"slot {slot} outside the step was written");
+    }
+}
