@@ -51,7 +51,7 @@ public sealed class LocalModel : IDisposable
         var model = new LocalModel
         {
             Path = path, Config = config, Tokenizer = tokenizer, Backend = compute, BackendReason = reason,
-            Serving = compute is IBatchedBackend ? new ServingEngine(compute, serving) : null,
+            Serving = compute is IBatchedBackend { SupportsBatchedStep: true } ? new ServingEngine(compute, serving) : null,
         };
         SwiftKV.AI.KvPoolGauge.Track(model);
         return model;

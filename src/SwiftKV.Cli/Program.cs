@@ -20,6 +20,7 @@ internal static class CliApp
             ["logits"] = ("--model DIR --tokens 1,2,3 --out FILE.f32 [--backend cpu] [--no-swiftkv] [--last-only]", LogitsCommand.Run),
             ["info"] = ("--model DIR: print the config and what SwiftKV saves", ModelCommands.Info),
             ["bench"] = ("CUDA benchmark at a preset's shape, random weights on the GPU: " + BenchCommand.Usage, BenchCommand.Run),
+            ["serve-bench"] = ("serving engine on CUDA (continuous batching, paged KV), random weights: " + ServeBenchCommand.Usage, ServeBenchCommand.Run),
         };
 
         if (args.Length == 0 || args[0] is "-h" or "--help" or "help")

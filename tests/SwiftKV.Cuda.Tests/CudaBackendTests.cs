@@ -178,7 +178,7 @@ public sealed class CudaBackendTests
     }
 
     /// <summary>The same model with every weight rounded to bf16, as the GPU holds it.</summary>
-    static LlamaWeights RoundToBf16(LlamaWeights w)
+    internal static LlamaWeights RoundToBf16(LlamaWeights w)
     {
         var cache = new Dictionary<float[], float[]>(ReferenceEqualityComparer.Instance);
         float[]? R(float[]? a)

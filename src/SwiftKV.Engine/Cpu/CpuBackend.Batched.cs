@@ -12,8 +12,19 @@ using SwiftKV.Model;
 
 namespace SwiftKV.Engine.Cpu;
 
-public sealed partial class CpuBackend : IBatchedBackend
+public sealed partial class CpuBackend : IGreedyBatchedBackend
 {
+    /// <inheritdoc />
+    /// <remarks>On the CPU the logits are already on the host: this is ForwardBatch plus Sampler.Greedy per row.</remarks>
+    public int[] ForwardBatchGreedy(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
+    {
+        var logits = ForwardBatch(kv, batch);
+        int vocab = Config.VocabSize;
+        var ids = new int[logits.Length / vocab];
+        for (int i = 0; i < ids.Length; i++) ids[i] = Sampling.Sampler.Greedy(logits.AsSpan(i * vocab, vocab));
+        return ids;
+    }
+
     /// <inheritdoc />
     public long KvBytesPerToken => 2L * Config.NumKvCaches(SwiftKvEnabled) * Config.KeyValueDim * sizeof(float);
 

@@ -37,7 +37,7 @@ public readonly record struct GpuSampling(float Temperature = 0, int TopK = 0, f
 }
 
 /// <summary>Runs a Llama or SwiftKV model on the first CUDA GPU.</summary>
-public sealed class CudaBackend : IModelBackend
+public sealed partial class CudaBackend : IModelBackend
 {
     readonly CudaStream _stream;
     readonly Cublas _blas;
@@ -495,6 +495,7 @@ public sealed class CudaBackend : IModelBackend
         if (_disposed) return;
         _disposed = true;
         _stream.Synchronize();
+        DisposeBatched();
         _ws.Dispose();
         _attention.Dispose();
         _w.Dispose();

@@ -34,6 +34,13 @@ public interface IPagedKvCache : IDisposable
 /// <summary>A backend that can run a batched step over a paged KV cache (implemented next to <see cref="IModelBackend"/>).</summary>
 public interface IBatchedBackend
 {
+    /// <summary>
+    /// Whether this instance can run <see cref="ForwardBatch"/> at all (a backend may implement the contract but
+    /// lack it for some shapes, e.g. CUDA's paged attention needs head_dim 64 or 128). Hosts fall back to serial
+    /// per-sequence forwards when false.
+    /// </summary>
+    bool SupportsBatchedStep => true;
+
     /// <summary>Bytes of K/V one token position needs across all of this model's distinct caches.</summary>
     long KvBytesPerToken { get; }
 
@@ -47,4 +54,21 @@ public interface IBatchedBackend
     /// chunk is empty, an id is outside the vocabulary, or its block table does not cover its positions.
     /// </summary>
     float[] ForwardBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch);
+}
+
+/// <summary>
+/// Optional device-side token pick for a batched backend: the step of <see cref="IBatchedBackend.ForwardBatch"/>, but
+/// the logits rows stay on the backend and only their argmax crosses back. A 128K-vocabulary fp32 row is 512 KB, so
+/// at hundreds of sequences per step copying and scanning logits on the host would cost more than the step's tail.
+/// The engine uses it when every sequence that gets logits in the step decodes greedily with nothing that needs the
+/// host's row (no penalties, no logits constraint).
+/// </summary>
+public interface IGreedyBatchedBackend : IBatchedBackend
+{
+    /// <summary>
+    /// Runs one step exactly as <see cref="IBatchedBackend.ForwardBatch"/> does and returns, for each sequence with
+    /// <see cref="BatchSequence.NeedsLogits"/> in batch order, the argmax of its logits row (lowest id on ties, as
+    /// <c>Sampler.Greedy</c>). Same validation and exceptions.
+    /// </summary>
+    int[] ForwardBatchGreedy(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch);
 }

@@ -31,8 +31,10 @@ public sealed class ServingEngine : IDisposable
     volatile bool _stopping;
     int _disposed;
 
-    sealed class Entry(Sequence seq, ServingRequest request, Sampler sampler, IReadOnlySet<int> stops, ILogitsConstraint? constraint)
+    sealed class Entry(Sequence seq, ServingRequest request, Sampler sampler, IReadOnlySet<int> stops, ILogitsConstraint? constraint, bool plainGreedy)
     {
+        /// <summary>Greedy with no penalties and no constraint: its token can be picked on the backend (IGreedyBatchedBackend).</summary>
+        public bool PlainGreedy { get; } = plainGreedy;
         public ILogitsConstraint? Constraint { get; } = constraint;
         public Sequence Seq { get; } = seq;
         public ServingRequest Request { get; } = request;
@@ -55,6 +57,8 @@ public sealed class ServingEngine : IDisposable
         _model = backend;
         _backend = backend as IBatchedBackend ?? throw new ArgumentException(
             $"backend '{backend.Name}' ({backend.GetType().Name}) does not implement IBatchedBackend, which batched serving needs.", nameof(backend));
+        if (!_backend.SupportsBatchedStep)
+            throw new ArgumentException($"backend '{backend.Name}' has no batched step for this model (SupportsBatchedStep is false); serve it serially.", nameof(backend));
         var cfg = backend.Config;
         _maxSequenceLength = Math.Min(options.MaxSequenceLength ?? cfg.MaxPositionEmbeddings, cfg.MaxPositionEmbeddings);
         int blocksPerSequence = (_maxSequenceLength + options.BlockSize - 1) / options.BlockSize;
@@ -127,7 +131,8 @@ public sealed class ServingEngine : IDisposable
         var seq = new Sequence(id, prompt, maxTokens);
         Entry? entry = null;
         var request = new ServingRequest(id, _ => { _cancelled.Enqueue(entry!); _wake.Set(); });
-        entry = new Entry(seq, request, new Sampler(sampling), stopTokenIds ?? new HashSet<int>(), constraint);
+        bool plainGreedy = sampling.Temperature == 0 && sampling.FrequencyPenalty == 0 && sampling.PresencePenalty == 0 && constraint is null;
+        entry = new Entry(seq, request, new Sampler(sampling), stopTokenIds ?? new HashSet<int>(), constraint, plainGreedy);
         _submitted.Enqueue(entry);
         _wake.Set();
         if (ct.CanBeCanceled) entry.Registration = ct.Register(static r => ((ServingRequest)r!).Cancel(), request);
@@ -187,10 +192,16 @@ public sealed class ServingEngine : IDisposable
             var c = step.Chunks[i];
             batch[i] = new BatchSequence(c.Sequence.TokenMemory(c.Start, c.Count), c.Start, c.Sequence.Blocks.Blocks, c.NeedsLogits);
         }
-        float[] logits;
+        // Token ids picked on the backend when every row that gets logits is plain greedy; else logits rows on the host.
+        bool onBackend = _backend is IGreedyBatchedBackend;
+        foreach (var c in step.Chunks)
+            if (c.NeedsLogits && !live[c.Sequence].PlainGreedy) { onBackend = false; break; }
+        float[] logits = [];
+        int[] picked = [];
         try
         {
-            logits = _backend.ForwardBatch(_kv, batch);
+            if (onBackend) picked = ((IGreedyBatchedBackend)_backend).ForwardBatchGreedy(_kv, batch);
+            else logits = _backend.ForwardBatch(_kv, batch);
         }
         catch (Exception ex)
         {
@@ -212,18 +223,27 @@ public sealed class ServingEngine : IDisposable
         foreach (var c in step.Chunks)
         {
             if (!c.NeedsLogits) continue;
-            var rowLogits = logits.AsSpan(row++ * vocab, vocab);
+            int r = row++;
             var e = live[c.Sequence];
             if (e.Request.IsCancellationRequested) continue;
             var seq = c.Sequence;
-            if (e.Constraint is { } constraint)
+            int token;
+            if (onBackend)
             {
-                var masked = rowLogits.ToArray();
-                constraint.Apply(masked);
-                rowLogits = masked;
+                token = picked[r];   // plain greedy: the Sampler would return the same argmax and keep no state
             }
-            int token = e.Sampler.Sample(rowLogits);
-            e.Constraint?.Accept(token);
+            else
+            {
+                var rowLogits = logits.AsSpan(r * vocab, vocab);
+                if (e.Constraint is { } constraint)
+                {
+                    var masked = rowLogits.ToArray();
+                    constraint.Apply(masked);
+                    rowLogits = masked;
+                }
+                token = e.Sampler.Sample(rowLogits);
+                e.Constraint?.Accept(token);
+            }
             long now = Stopwatch.GetTimestamp();
             if (e.FirstTokenAt == 0)
             {

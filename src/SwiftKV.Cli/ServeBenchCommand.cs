@@ -1,0 +1,223 @@
+// swiftkv serve-bench: the serving engine (continuous batching, paged KV, chunked prefill, prefix cache) on the CUDA
+// backend at a real model's shape with random weights made on the GPU. Two scenarios:
+//   throughput  Snowflake's published SwiftKV workload: N concurrent requests of P random prompt tokens and O output
+//               tokens (greedy, no stop), all submitted at once; total tokens/s = N·(P + O) / wall time from the first
+//               submit to the last completion; TTFT and TPOT p50/p99 from each request's outcome; SwiftKV off vs on
+//               vs on + AcrossKV in the same process, one backend at a time (each gets the whole card's KV memory).
+//   prefix      a shared S-token system prompt + M distinct short questions, prefix caching on vs off on one
+//               variant: prefix-cache hit rate, TTFT and wall time.
+// The KV pool takes the card's free memory after weights and a warm-up step of the largest batch, minus headroom.
+// Results print as markdown and are written (after each scenario, so a cut-off run keeps what it has) as JSON.
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using SwiftKV.Cuda;
+using SwiftKV.Engine.Cuda;
+using SwiftKV.Engine.Sampling;
+using SwiftKV.Engine.Serving;
+using SwiftKV.Model;
+using SwiftKV.Model.Checkpoint;
+
+namespace SwiftKV.Cli;
+
+internal static class ServeBenchCommand
+{
+    public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4] [--requests 256] [--prompt 2000] [--output 256] " +
+        "[--max-batch-tokens 8192] [--block-size 16] [--headroom-gb 4] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
+        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--out serve.json] [--md serve.md]";
+
+    sealed record Variant(string Key, string Name, LlamaConfig Config, bool SwiftKv);
+
+    sealed record RunResult(string Label, int Requests, int Completed, long PromptTokens, long OutputTokens, double WallSeconds,
+        double TtftP50, double TtftP99, double TpotP50, double TpotP99, int PeakRunning, long Preemptions, long Steps,
+        double HitRate, long KvBlocks, long KvBytesPerToken)
+    {
+        public double TotalTokensPerSecond => (PromptTokens + OutputTokens) / WallSeconds;
+        public double OutputTokensPerSecond => OutputTokens / WallSeconds;
+    }
+
+    public static int Run(CliArgs a)
+    {
+        string preset = a.String("preset") ?? "llama-3.1-8b";
+        string[] variantKeys = (a.String("variants") ?? "off,swiftkv50,acrosskv4").Split(',', StringSplitOptions.RemoveEmptyEntries);
+        int requests = a.Int("requests") ?? 256, prompt = a.Int("prompt") ?? 2000, output = a.Int("output") ?? 256;
+        int maxBatch = a.Int("max-batch-tokens") ?? 8192, blockSize = a.Int("block-size") ?? 16;
+        double headroomGb = a.Float("headroom-gb") ?? 4;
+        int prefix = a.Int("prefix") ?? 8192, questions = a.Int("questions") ?? 64, questionTokens = a.Int("question-tokens") ?? 64;
+        int prefixOutput = a.Int("prefix-output") ?? 32;
+        string prefixVariant = a.String("prefix-variant") ?? "swiftkv50";
+        double maxSeconds = a.Float("max-seconds") ?? 150;
+        string outJson = a.String("out") ?? "serve.json";
+        string? outMd = a.String("md");
+        a.RejectUnknown();
+        if (requests < 1 || prompt < 1 || output < 1 || maxBatch < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1)
+            throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --questions, --question-tokens and --prefix-output must be >= 1");
+        if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("serve-bench needs a CUDA GPU: " + why);
+
+        var baseCfg = ModelPresets.Get(preset);
+        Variant Make(string key) => key switch
+        {
+            "off" => new Variant(key, "SwiftKV off", baseCfg, false),
+            "swiftkv50" => new Variant(key, "SwiftKV 50%", SwiftKv(baseCfg, 1), true),
+            "acrosskv4" => new Variant(key, "SwiftKV 50% + AcrossKV 4", SwiftKv(baseCfg, 4), true),
+            _ => throw new UsageException($"unknown variant '{key}' (off, swiftkv50, acrosskv4)"),
+        };
+        var variants = variantKeys.Select(Make).ToArray();
+        Variant? prefixV = prefixVariant == "none" ? null : Make(prefixVariant);
+
+        var dev = CudaRuntime.Device;
+        var json = new JsonObject
+        {
+            ["device"] = dev.ToString(),
+            ["date_utc"] = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture),
+            ["commit"] = Environment.GetEnvironmentVariable("SWIFTKV_COMMIT") ?? "",
+            ["preset"] = preset,
+            ["workload"] = new JsonObject { ["requests"] = requests, ["prompt"] = prompt, ["output"] = output, ["max_batch_tokens"] = maxBatch, ["block_size"] = blockSize },
+        };
+        var rows = new JsonArray();
+        json["runs"] = rows;
+        var md = new StringBuilder();
+        md.AppendLine($"Card: {dev.Name}. Preset {preset}, random bf16 weights, greedy, block size {blockSize}, max batch tokens {maxBatch}.");
+        md.AppendLine();
+        md.AppendLine("| scenario | variant | requests (done) | prompt+out tokens | wall | total tok/s | out tok/s | TTFT p50 / p99 | TPOT p50 / p99 | peak running | KV blocks (KiB/token) | preempt | prefix hit |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        void Save()
+        {
+            File.WriteAllText(outJson, json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            if (outMd is not null) File.WriteAllText(outMd, md.ToString());
+        }
+        void Add(string scenario, Variant v, RunResult r)
+        {
+            md.AppendLine($"| {scenario} | {v.Name} | {r.Requests} ({r.Completed}) | {r.PromptTokens}+{r.OutputTokens} | {r.WallSeconds:F2} s | **{r.TotalTokensPerSecond:F0}** | " +
+                $"{r.OutputTokensPerSecond:F0} | {r.TtftP50 * 1e3:F0} / {r.TtftP99 * 1e3:F0} ms | {r.TpotP50 * 1e3:F1} / {r.TpotP99 * 1e3:F1} ms | {r.PeakRunning} | " +
+                $"{r.KvBlocks} ({r.KvBytesPerToken / 1024.0:F0}) | {r.Preemptions} | {r.HitRate:P1} |");
+            var o = JsonSerializer.SerializeToNode(r)!.AsObject();
+            o["scenario"] = scenario;
+            o["variant"] = v.Name;
+            o["total_tokens_per_s"] = r.TotalTokensPerSecond;
+            rows.Add(o);
+            Log($"{scenario} {v.Name} {r.Label}: {r.TotalTokensPerSecond:F0} total tok/s, wall {r.WallSeconds:F2} s, TTFT p50 {r.TtftP50 * 1e3:F0} ms, TPOT p50 {r.TpotP50 * 1e3:F1} ms, " +
+                $"peak running {r.PeakRunning}, preemptions {r.Preemptions}, done {r.Completed}/{r.Requests}");
+            Save();
+        }
+        Log($"device: {dev}");
+
+        foreach (var v in variants)
+        {
+            using var backend = Open(v);
+            var opts = PoolOptions(backend, blockSize, maxBatch, requests, prompt + output, headroomGb);
+            var prompts = Enumerable.Range(0, requests).Select(i => Tokens(prompt, v.Config.VocabSize, 1000 + i)).ToArray();
+            Add("throughput", v, RunWorkload(backend, opts, prompts, output, maxSeconds, "throughput"));
+            if (prefixV?.Key == v.Key) RunPrefix(backend, v);
+        }
+        if (prefixV is not null && !variants.Any(v => v.Key == prefixV.Key))
+        {
+            using var backend = Open(prefixV);
+            RunPrefix(backend, prefixV);
+        }
+
+        void RunPrefix(CudaBackend backend, Variant v)
+        {
+            var system = Tokens(prefix, v.Config.VocabSize, 7);
+            var prompts = Enumerable.Range(0, questions).Select(i => system.Concat(Tokens(questionTokens, v.Config.VocabSize, 5000 + i)).ToArray()).ToArray();
+            foreach (bool caching in new[] { true, false })
+            {
+                var opts = PoolOptions(backend, blockSize, maxBatch, questions, prefix + questionTokens + prefixOutput, headroomGb) with { EnablePrefixCaching = caching };
+                Add(caching ? $"prefix {prefix}+{questionTokens}, caching on" : $"prefix {prefix}+{questionTokens}, caching off", v,
+                    RunWorkload(backend, opts, prompts, prefixOutput, maxSeconds, caching ? "prefix-on" : "prefix-off"));
+            }
+        }
+
+        Console.WriteLine();
+        Console.WriteLine(md.ToString());
+        Save();
+        Log($"wrote {outJson}" + (outMd is null ? "" : $" and {outMd}"));
+        return 0;
+    }
+
+    static CudaBackend Open(Variant v)
+    {
+        var sw = Stopwatch.StartNew();
+        var backend = CudaBackend.CreateRandom(v.Config, v.SwiftKv, seed: 1);
+        Log($"{v.Name}: random weights {backend.WeightBytes / 1e9:F2} GB in {sw.Elapsed.TotalSeconds:F1} s, KV {backend.KvBytesPerToken / 1024} KiB/token");
+        return backend;
+    }
+
+    /// <summary>Warms the backend up at the largest step (workspace allocated, kernels compiled), then sizes the pool from the free memory.</summary>
+    static ServingOptions PoolOptions(CudaBackend backend, int blockSize, int maxBatch, int maxRunning, int maxSequence, double headroomGb)
+    {
+        var warm = new ServingOptions { BlockSize = blockSize, NumKvBlocks = (maxBatch + 2 * blockSize) / blockSize + 2, MaxBatchTokens = maxBatch, MaxRunningSequences = 8, AdmissionReserveBlocks = 0 };
+        using (var engine = new ServingEngine(backend, warm))
+        {
+            var r = engine.Submit(Tokens(maxBatch, backend.Config.VocabSize, 3), SamplingParams.Greedy, 2);
+            r.Completion.GetAwaiter().GetResult();
+        }
+        // Decode rows: the lm_head workspace for every running sequence at once.
+        using (var engine = new ServingEngine(backend, warm with { NumKvBlocks = maxRunning + 4, MaxRunningSequences = maxRunning, MaxBatchTokens = Math.Max(maxBatch, maxRunning) }))
+        {
+            var rs = Enumerable.Range(0, maxRunning).Select(i => engine.Submit([1 + i % 100], SamplingParams.Greedy, 1)).ToArray();
+            Task.WaitAll(rs.Select(r => r.Completion).ToArray());
+        }
+        CudaRuntime.Synchronize();
+        long free = CudaRuntime.MemoryInfo().Free;
+        long kvBytes = Math.Max(backend.KvBytesPerToken * blockSize, free - (long)(headroomGb * (1L << 30)));
+        return new ServingOptions
+        {
+            BlockSize = blockSize, KvCacheBytes = kvBytes, MaxBatchTokens = maxBatch, MaxRunningSequences = maxRunning, MaxSequenceLength = maxSequence,
+        };
+    }
+
+    static RunResult RunWorkload(CudaBackend backend, ServingOptions opts, int[][] prompts, int output, double maxSeconds, string label)
+    {
+        using var engine = new ServingEngine(backend, opts);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(maxSeconds));
+        int peak = 0;
+        using var sampling = new CancellationTokenSource();
+        var sampler = Task.Run(async () =>
+        {
+            while (!sampling.IsCancellationRequested)
+            {
+                peak = Math.Max(peak, engine.Metrics.RunningSequences);
+                try { await Task.Delay(20, sampling.Token); } catch (OperationCanceledException) { }
+            }
+        });
+        var sw = Stopwatch.StartNew();
+        var reqs = prompts.Select(p => engine.Submit(p, SamplingParams.Greedy, output, ct: cts.Token)).ToArray();
+        var outcomes = new List<RequestOutcome>();
+        foreach (var r in reqs)
+        {
+            try { outcomes.Add(r.Completion.GetAwaiter().GetResult()); }
+            catch (OperationCanceledException) { }
+        }
+        double wall = sw.Elapsed.TotalSeconds;
+        sampling.Cancel();
+        sampler.GetAwaiter().GetResult();
+        var m = engine.Metrics;
+        if (outcomes.Count < reqs.Length) Log($"{label}: {reqs.Length - outcomes.Count} requests cut off by --max-seconds {maxSeconds}");
+        static double P(IEnumerable<double> xs, double q)
+        {
+            var s = xs.Order().ToArray();
+            return s.Length == 0 ? 0 : s[Math.Min(s.Length - 1, (int)Math.Ceiling(q * s.Length) - 1)];
+        }
+        var ttft = outcomes.Select(o => o.TimeToFirstToken.TotalSeconds).ToArray();
+        var tpot = outcomes.Where(o => o.OutputTokens > 1).Select(o => o.TimePerOutputToken.TotalSeconds).ToArray();
+        return new RunResult(label, reqs.Length, outcomes.Count, outcomes.Sum(o => (long)o.PromptTokens), outcomes.Sum(o => (long)o.OutputTokens), wall,
+            P(ttft, 0.5), P(ttft, 0.99), P(tpot, 0.5), P(tpot, 0.99), peak, m.Preemptions, m.Steps,
+            m.PrefixCacheQueriedTokens == 0 ? 0 : (double)m.PrefixCacheHitTokens / m.PrefixCacheQueriedTokens, m.KvBlocksTotal, backend.KvBytesPerToken);
+    }
+
+    static LlamaConfig SwiftKv(LlamaConfig c, int group) =>
+        (c with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = c.NumHiddenLayers / 2, KeyValueGroupSize = group }).Validate();
+
+    static int[] Tokens(int n, int vocab, int seed)
+    {
+        var rng = new Random(seed);
+        var t = new int[n];
+        for (int i = 0; i < n; i++) t[i] = rng.Next(vocab);
+        return t;
+    }
+
+    static void Log(string s) => Console.Error.WriteLine("[serve-bench] " + s);
+}

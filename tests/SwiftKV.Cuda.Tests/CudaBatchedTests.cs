@@ -1,0 +1,245 @@
+// CudaBackend's batched, paged step (IBatchedBackend) and the serving engine on it, on small random models whose
+// head_dim (64/128) takes the paged flash kernels. References: (1) the same sequences run one by one through
+// CudaBackend.Forward with the same chunks (the GPU solo path: contiguous caches, other kernels); (2) CpuBackend's
+// ForwardBatch on the same weights rounded to bf16 with the same block tables. Tolerance per logits row,
+// max|gpu - ref| / max|ref| <= 1e-2 (the bf16 rule of the CUDA issue).
+// Engine: batch invariance of greedy outputs is asserted as "equal to the solo GPU run, or first different at a
+// step where the solo logits of the two tokens are within 2e-2 of max|logit|" (cuBLAS may pick a different GEMM
+// algorithm for another row count, so bit-equality is not promised on the GPU); the counts of exact matches are logged.
+using SwiftKV.Cuda;
+using SwiftKV.Engine;
+using SwiftKV.Engine.Cpu;
+using SwiftKV.Engine.Cuda;
+using SwiftKV.Engine.Sampling;
+using SwiftKV.Engine.Serving;
+using SwiftKV.Engine.Tests;
+using Xunit;
+
+namespace SwiftKV.Cuda.Tests;
+
+public sealed class CudaBatchedTests
+{
+    public static TheoryData<string, ModelSpec, bool> Models => new()
+    {
+        { "base-hd64-gqa2", new ModelSpec(Hidden: 128, Heads: 4, KvHeads: 2, HeadDim: 64, Seed: 41), false },
+        { "swiftkv-off-hd64", new ModelSpec(Hidden: 128, Heads: 4, KvHeads: 2, HeadDim: 64, SwiftKvLayers: 2, Seed: 42), false },
+        { "swiftkv-50%-hd64-gqa4-bias-rope3", new ModelSpec(Hidden: 128, Heads: 8, KvHeads: 2, HeadDim: 64, SwiftKvLayers: 2, Bias: true, RopeScaling: true, Seed: 43), true },
+        { "acrosskv-g2-hd128-mqa-tied", new ModelSpec(Hidden: 128, Heads: 2, KvHeads: 1, HeadDim: 128, Layers: 6, SwiftKvLayers: 2, GroupSize: 2, Tied: true, Seed: 44), true },
+    };
+
+    /// <summary>One sequence's chunk in one step of the scripted workload.</summary>
+    sealed record Chunk(int Seq, int Start, int Count, bool Logits);
+
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void ForwardBatch_MatchesSoloForwardAndCpu(string name, ModelSpec spec, bool swiftKv)
+    {
+        Gpu.Require();
+        var weights = TestModels.View(TestModels.Checkpoint(spec), swiftKv);
+        using var gpu = new CudaBackend(weights);
+        using var cpu = new CpuBackend(CudaBackendTests.RoundToBf16(weights));
+        const int blockSize = 4, numBlocks = 64;
+        using var pool = gpu.CreatePagedKvCache(numBlocks, blockSize);
+        using var cpuPool = cpu.CreatePagedKvCache(numBlocks, blockSize);
+
+        // Five sequences with known tokens, block tables scattered over the pool (a seeded permutation).
+        int[] lengths = [14, 10, 6, 2, 7];
+        var tokens = lengths.Select((n, i) => TestModels.RandomTokens(n, spec.Vocab, spec.Seed + 10 + (ulong)i)).ToArray();
+        var rng = new TestRng(spec.Seed);
+        var free = Enumerable.Range(0, numBlocks).OrderBy(_ => rng.NextDouble()).ToArray();
+        int next = 0;
+        var tables = lengths.Select(n => Enumerable.Range(0, (n + blockSize - 1) / blockSize).Select(_ => free[next++]).ToArray()).ToArray();
+
+        // Prefill chunks that stop short (no logits), whole prompts, chunks ending prompts, decode tokens, all mixed.
+        Chunk[][] steps =
+        [
+            [new(0, 0, 7, false), new(1, 0, 9, true), new(2, 0, 5, true)],
+            [new(0, 7, 6, true), new(1, 9, 1, true), new(2, 5, 1, true), new(3, 0, 1, true), new(4, 0, 3, false)],
+            [new(4, 3, 4, true), new(0, 13, 1, true), new(3, 1, 1, true)],
+        ];
+        var solo = lengths.Select(_ => gpu.CreateCache(32)).ToArray();
+        double worstSolo = 0, worstCpu = 0;
+        int vocab = spec.Vocab;
+        float[] last = [];
+        BatchSequence[] lastBatch = [];
+        foreach (var step in steps)
+        {
+            var batch = step.Select(c => new BatchSequence(tokens[c.Seq].AsMemory(c.Start, c.Count), c.Start, tables[c.Seq], c.Logits)).ToArray();
+            var g = gpu.ForwardBatch(pool, batch);
+            var cRef = cpu.ForwardBatch(cpuPool, batch);
+            Assert.Equal(step.Count(c => c.Logits) * vocab, g.Length);
+            Assert.Equal(cRef.Length, g.Length);
+            int row = 0;
+            foreach (var c in step)
+            {
+                var s = gpu.Forward(solo[c.Seq], tokens[c.Seq].AsSpan(c.Start, c.Count), LogitsSelection.LastToken);
+                if (!c.Logits) continue;
+                var gr = g.AsSpan(row * vocab, vocab);
+                worstSolo = Math.Max(worstSolo, RowError(gr, s, $"{name} seq {c.Seq} chunk @{c.Start}+{c.Count} vs solo Forward"));
+                worstCpu = Math.Max(worstCpu, RowError(gr, cRef.AsSpan(row * vocab, vocab), $"{name} seq {c.Seq} chunk @{c.Start}+{c.Count} vs CPU ForwardBatch"));
+                row++;
+            }
+            last = g;
+            lastBatch = batch;
+        }
+
+        // The device-side pick: rerunning the last step (idempotent: same K/V to the same slots) gives argmax of its rows.
+        var ids = gpu.ForwardBatchGreedy(pool, lastBatch);
+        Assert.Equal(last.Length / vocab, ids.Length);
+        for (int r = 0; r < ids.Length; r++)
+            Assert.Equal(Sampler.Greedy(last.AsSpan(r * vocab, vocab)), ids[r]);
+        foreach (var c in solo) c.Dispose();
+        Gpu.Log($"{name} ({spec}): batched vs solo Forward worst row {worstSolo:E2}, vs CPU ForwardBatch (bf16 weights) {worstCpu:E2}");
+    }
+
+    static double RowError(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double maxE = 0, maxD = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            Assert.False(float.IsNaN(actual[i]), $"{what}: NaN at {i}");
+            maxE = Math.Max(maxE, Math.Abs(expected[i]));
+            maxD = Math.Max(maxD, Math.Abs(actual[i] - expected[i]));
+        }
+        double rel = maxD / maxE;
+        Assert.True(rel <= 1e-2, $"{what}: max|diff|/max|ref| = {rel:E3}");
+        return rel;
+    }
+
+    [Fact]
+    public void KvBytesAndPool_ShrinkWithAcrossKvAndReturnMemory()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 128, Heads: 4, KvHeads: 2, HeadDim: 64, Layers: 6, SwiftKvLayers: 2, GroupSize: 2, Seed: 45);
+        var full = TestModels.Checkpoint(spec);
+        using var off = new CudaBackend(TestModels.View(full, false));
+        using var on = new CudaBackend(TestModels.View(full, true));
+        long kvDim = spec.KvHeads * spec.HeadDim;
+        Assert.Equal(2 * 6 * kvDim * 2, off.KvBytesPerToken);
+        Assert.Equal(2 * (2 + 2) * kvDim * 2, on.KvBytesPerToken);   // 2 full layers + 2 AcrossKV groups
+        CudaRuntime.Synchronize();
+        long before = DeviceMemory.AllocatedBytes;
+        var pool = on.CreatePagedKvCache(1000, 16);
+        Assert.Equal(4, pool.NumCaches);
+        Assert.Equal(on.KvBytesPerToken * 16, pool.BytesPerBlock);
+        Assert.Equal(before + pool.BytesPerBlock * 1000, DeviceMemory.AllocatedBytes);
+        pool.Dispose();
+        Assert.Equal(before, DeviceMemory.AllocatedBytes);
+        Assert.Throws<ArgumentException>(() => on.CreatePagedKvCache(10, 12));
+        using var tiny = new CudaBackend(TestModels.Build(new ModelSpec(Seed: 46)));   // head_dim 12: no paged kernel
+        Assert.False(tiny.SupportsBatchedStep);
+        Assert.Throws<NotSupportedException>(() => tiny.CreatePagedKvCache(10, 16));
+    }
+
+    [Fact]
+    public void ForwardBatch_RejectsBadInput()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 128, Heads: 4, KvHeads: 2, HeadDim: 64, Seed: 47);
+        using var gpu = new CudaBackend(TestModels.Build(spec));
+        using var cpu = new CpuBackend(TestModels.Build(spec));
+        var pool = gpu.CreatePagedKvCache(8, 4);
+        using var foreign = cpu.CreatePagedKvCache(8, 4);
+        BatchSequence Seq(int[] t, int start, int[] table) => new(t, start, table, true);
+        Assert.Throws<ArgumentException>(() => gpu.ForwardBatch(foreign, [Seq([1], 0, [0])]));
+        Assert.Throws<ArgumentException>(() => gpu.ForwardBatch(pool, []));
+        Assert.Throws<ArgumentException>(() => gpu.ForwardBatch(pool, [Seq([], 0, [0])]));
+        Assert.Throws<ArgumentException>(() => gpu.ForwardBatch(pool, [Seq([spec.Vocab], 0, [0])]));
+        Assert.Throws<ArgumentException>(() => gpu.ForwardBatch(pool, [Seq([1, 2, 3, 4, 5], 0, [0])]));   // table too short
+        Assert.Throws<ArgumentException>(() => gpu.ForwardBatch(pool, [Seq([1], 0, [8])]));               // block outside the pool
+        Assert.Throws<ArgumentException>(() => gpu.ForwardBatch(pool, [Seq([1], -1, [0])]));
+        Assert.Single(gpu.ForwardBatchGreedy(pool, [Seq([1, 2], 0, [3])]));
+        pool.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => gpu.ForwardBatch(pool, [Seq([1], 0, [0])]));
+    }
+
+    static readonly ModelSpec EngineModel = new(Hidden: 128, Heads: 8, KvHeads: 2, HeadDim: 64, Layers: 6, SwiftKvLayers: 3, GroupSize: 3, Vocab: 211, Seed: 48);
+
+    static ServingOptions EngineOptions => new()
+    {
+        BlockSize = 16, NumKvBlocks = 160, MaxBatchTokens = 48, MaxRunningSequences = 64, MaxSequenceLength = 256,
+    };
+
+    [Fact]
+    public async Task ServingEngine_BatchedGreedyEqualsSoloRuns()
+    {
+        Gpu.Require();
+        using var gpu = new CudaBackend(TestModels.Build(EngineModel));
+        var rng = new TestRng(7);
+        var shared = TestModels.RandomTokens(40, EngineModel.Vocab, 99);
+        var prompts = Enumerable.Range(0, 40).Select(i => i % 8 == 0
+            ? shared.Concat(TestModels.RandomTokens(3 + i % 5, EngineModel.Vocab, 200 + (ulong)i)).ToArray()   // shared prefix: prefix-cache hits
+            : TestModels.RandomTokens(2 + rng.Next(60), EngineModel.Vocab, 300 + (ulong)i)).ToArray();
+        // Two requests with a penalty: their steps take the host-logits path instead of the device argmax.
+        SamplingParams Params(int i) => i % 13 == 5 ? new SamplingParams { FrequencyPenalty = 0.5f } : SamplingParams.Greedy;
+        const int maxTokens = 16;
+
+        int[][] batched;
+        using (var engine = new ServingEngine(gpu, EngineOptions))
+        {
+            var requests = prompts.Select((p, i) => engine.Submit(p, Params(i), maxTokens, ct: TestContext.Current.CancellationToken)).ToArray();
+            batched = await Task.WhenAll(requests.Select(Collect));
+            Assert.True(engine.Metrics.PrefixCacheHitTokens > 0, "no prefix-cache hit among the shared-prefix requests");
+        }
+        var solo = new int[prompts.Length][];
+        using (var engine = new ServingEngine(gpu, EngineOptions with { EnablePrefixCaching = false }))
+            for (int i = 0; i < prompts.Length; i++)
+                solo[i] = await Collect(engine.Submit(prompts[i], Params(i), maxTokens, ct: TestContext.Current.CancellationToken));
+
+        int exact = 0;
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            Assert.Equal(maxTokens, batched[i].Length);
+            int d = Enumerable.Range(0, maxTokens).FirstOrDefault(k => batched[i][k] != solo[i][k], -1);
+            if (d < 0) { exact++; continue; }
+            // Differ only where the solo logits of the two tokens are within bf16 noise.
+            using var cache = gpu.CreateCache(256);
+            var logits = gpu.Forward(cache, prompts[i].Concat(solo[i].Take(d)).ToArray(), LogitsSelection.LastToken);
+            double max = logits.Max(Math.Abs), gap = Math.Abs(logits[solo[i][d]] - logits[batched[i][d]]);
+            Assert.True(gap <= 2e-2 * max, $"request {i}: batched output differs from solo at token {d} ({batched[i][d]} vs {solo[i][d]}) with a solo logit gap {gap:E3} (max|logit| {max:E3})");
+        }
+        Gpu.Log($"engine batch invariance: {exact}/{prompts.Length} requests token-identical to their solo runs, the rest differ only at near-ties");
+    }
+
+    static async Task<int[]> Collect(ServingRequest r)
+    {
+        var list = new List<int>();
+        await foreach (int t in r.ReadAllAsync()) list.Add(t);
+        await r.Completion;
+        return list.ToArray();
+    }
+
+    [Fact]
+    public async Task ServingEngine_CancellationFreesBlocksAndNothingLeaks()
+    {
+        Gpu.Require();
+        using (var warm = new CudaBackend(TestModels.Build(EngineModel)))
+        using (var e = new ServingEngine(warm, EngineOptions))
+            await Collect(e.Submit([1, 2, 3], SamplingParams.Greedy, 2, ct: TestContext.Current.CancellationToken));
+        CudaRuntime.Synchronize();
+        long before = DeviceMemory.AllocatedBytes;
+
+        var gpu = new CudaBackend(TestModels.Build(EngineModel));
+        var engine = new ServingEngine(gpu, EngineOptions);
+        var keep = Enumerable.Range(0, 6).Select(i => engine.Submit(TestModels.RandomTokens(20 + i, EngineModel.Vocab, 500 + (ulong)i), SamplingParams.Greedy, 24,
+            ct: TestContext.Current.CancellationToken)).ToArray();
+        var victim = engine.Submit(TestModels.RandomTokens(90, EngineModel.Vocab, 600), SamplingParams.Greedy, 150, ct: TestContext.Current.CancellationToken);
+        int seen = 0;
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
+        {
+            await foreach (int _ in victim.ReadAllAsync(TestContext.Current.CancellationToken))
+                if (++seen == 3) victim.Cancel();
+        });
+        Assert.Equal(3, seen);
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => victim.Completion);
+        foreach (var r in keep) Assert.Equal(24, (await Collect(r)).Length);
+        for (int i = 0; i < 200 && (engine.Metrics.KvBlocksUsed != 0 || engine.Metrics.RunningSequences != 0); i++) await Task.Delay(10, TestContext.Current.CancellationToken);
+        Assert.Equal(0, engine.Metrics.KvBlocksUsed);
+        Assert.Equal(0, engine.Metrics.RunningSequences);
+        engine.Dispose();
+        gpu.Dispose();
+        CudaRuntime.Synchronize();
+        Assert.Equal(before, DeviceMemory.AllocatedBytes);
+    }
+}
