@@ -4,6 +4,7 @@
 //   out (rows, heads * head_dim) bf16 = softmax(q k^T * scale) v, fp32 math with an online softmax over
 //   tiles of ATT_THREADS keys: each thread scores one key of the tile, then owns head_dim / ATT_THREADS
 //   output dims (head_dim <= 4 * ATT_THREADS).
+//   pos_dev (optional): pos0 read from device memory instead (a decode step replayed as a CUDA graph).
 // Launch: grid (heads, rows), block ATT_THREADS (128), dynamic shared memory head_dim floats.
 #include "swiftkv_common.cuh"
 
@@ -11,11 +12,12 @@
 #define ATT_DIMS_PER_THREAD 4
 
 extern "C" __global__ void attention_bf16(const float* q, int ldq, const bf16_t* k_cache, const bf16_t* v_cache, bf16_t* out,
-    int rows, int heads, int kv_heads, int head_dim, int pos0, float scale)
+    int rows, int heads, int kv_heads, int head_dim, int pos0, float scale, const int* pos_dev)
 {
     extern __shared__ float q_s[];
     __shared__ float p_s[ATT_THREADS];
     __shared__ float red[32];
+    if (pos_dev != nullptr) pos0 = *pos_dev;
     int h = blockIdx.x, r = blockIdx.y, t = threadIdx.x;
     int kvh = h / (heads / kv_heads), kv_dim = kv_heads * head_dim, len = pos0 + r + 1;
     const float* qr = q + (long long)r * ldq + h * head_dim;

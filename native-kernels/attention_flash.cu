@@ -20,6 +20,11 @@
 // per FLOP, which is what capped MF = 1). Online softmax in fp32 in the exp2 domain; P is re-packed from the S
 // accumulators into A fragments without touching shared memory.
 // Grid: x = row tiles (heaviest causal tile first), y = sequence * kv_heads, z = splits.
+// Decode as one CUDA graph (contiguous entries): the position can come from device memory (pos_dev, read after
+// griddepcontrol.wait, so a graph replays any step), keys_per_split <= 0 splits the keys evenly over grid.z on the
+// device, and with `counters` the split combine is fused: every CTA publishes its partials, and the last CTA of
+// each (sequence, KV head, row tile) to arrive merges them (no combine launch); it resets its counter for the
+// next launch. Programmatic launch is allowed: nothing is read before pdl_wait().
 #include "swiftkv_common.cuh"
 
 __device__ __forceinline__ unsigned smem_addr(const void* p)
@@ -370,15 +375,125 @@ __device__ __forceinline__ void flash_core(const FaSeq& sq, int heads, int kv_he
     }
 }
 
+// One output element of a split merge: partial row `row` of each split (rows per_split apart), dimension d.
+// Shared by the combine kernels and the fused combine, so both give the same bits.
+template <bool L2>
+__device__ __forceinline__ float combine_element(const float* part_o, const float* part_lse, long long row, long long per_split,
+    int splits, int D, int d)
+{
+    float mx = -INFINITY;
+    for (int s = 0; s < splits; s++) mx = fmaxf(mx, L2 ? __ldcg(part_lse + s * per_split + row) : part_lse[s * per_split + row]);
+    float wsum = 0.f, acc = 0.f;
+    for (int s = 0; s < splits; s++)
+    {
+        float lse = L2 ? __ldcg(part_lse + s * per_split + row) : part_lse[s * per_split + row];
+        float w = lse == -INFINITY ? 0.f : exp2f(lse - mx);
+        wsum += w;
+        const float* po = part_o + (s * per_split + row) * D + d;
+        if (w != 0.f) acc += w * (L2 ? __ldcg(po) : *po);
+    }
+    return acc / wsum;
+}
+
+// Fused split combine of a contiguous launch: called by every thread of every CTA after flash_core. The CTA
+// publishes its partials (fence, then one atomic per CTA); the last of the grid.z splits of this (sequence, KV
+// head, row tile) merges the tile's rows into out, reading the partials from L2, and re-arms the counter.
+// The merge is spread over the CTA so no thread walks the splits serially more than once: the rows' log-sum-exps
+// are staged in the (now idle) dynamic shared memory, one thread per row turns them into weights, then each
+// thread merges 4 output dims of one row with 16-byte loads. Same arithmetic, in the same order, as
+// combine_element, so the result has the same bits as the combine kernel's.
+template <int D, int BM>
+__device__ __forceinline__ void fused_combine(const FaSeq& sq, int heads, int kv_heads, int kvh, int tile_m, int splits,
+    const float* part_o, const float* part_lse, int* counter)
+{
+    __shared__ int last;
+    extern __shared__ __align__(16) bf16_t smem[];
+    __threadfence();                       // this thread's partial stores are visible device-wide
+    __syncthreads();                       // (also: every thread is done with the K/V tiles in smem)
+    if (threadIdx.x == 0)
+    {
+        last = atomicAdd(counter, 1) == splits - 1;
+        if (last) *counter = 0;            // every split has arrived: re-armed for the next launch
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const int group = heads / kv_heads, rows_total = sq.T * group, row0 = tile_m * BM;
+    const int nrows = min(BM, rows_total - row0);
+    const long long per_split = sq.part_split_rows * heads;
+    // wts: (nrows, splits) log-sum-exps, then weights; wsum: (nrows). At most 128 x 64 + 128 floats (< 36 KB, the
+    // smallest dynamic shared memory of a contiguous entry).
+    float* wts = reinterpret_cast<float*>(smem);
+    float* wsum = wts + nrows * splits;
+    auto part_row = [&](int r) {
+        const int pr = row0 + r, t = pr / group, h = kvh * group + pr % group;
+        return (sq.part_row0 + t) * heads + h;
+    };
+    for (int i = threadIdx.x; i < nrows * splits; i += blockDim.x)
+    {
+        const int r = i / splits, s = i % splits;
+        wts[i] = __ldcg(part_lse + s * per_split + part_row(r));
+    }
+    __syncthreads();
+    for (int r = threadIdx.x; r < nrows; r += blockDim.x)
+    {
+        float* wr = wts + r * splits;
+        float mx = -INFINITY;
+        for (int s = 0; s < splits; s++) mx = fmaxf(mx, wr[s]);
+        float sum = 0.f;
+        for (int s = 0; s < splits; s++)
+        {
+            float lse = wr[s];
+            float w = lse == -INFINITY ? 0.f : exp2f(lse - mx);
+            sum += w;
+            wr[s] = w;
+        }
+        wsum[r] = sum;
+    }
+    __syncthreads();
+    constexpr int Q = D / 4;
+    for (int i = threadIdx.x; i < nrows * Q; i += blockDim.x)
+    {
+        const int r = i / Q, d = (i % Q) * 4;
+        const long long row = part_row(r);
+        const float* wr = wts + r * splits;
+        float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+#pragma unroll 4
+        for (int s = 0; s < splits; s++)
+        {
+            const float w = wr[s];
+            if (w != 0.f)
+            {
+                const float4 o = __ldcg(reinterpret_cast<const float4*>(part_o + (s * per_split + row) * D + d));
+                a0 += w * o.x; a1 += w * o.y; a2 += w * o.z; a3 += w * o.w;
+            }
+        }
+        const int pr = row0 + r, t = pr / group, h = kvh * group + pr % group;
+        const float ws = wsum[r];
+        bf16_t* dst = sq.out + (long long)t * sq.ldo + h * D + d;
+        dst[0] = f32_to_bf16(a0 / ws); dst[1] = f32_to_bf16(a1 / ws); dst[2] = f32_to_bf16(a2 / ws); dst[3] = f32_to_bf16(a3 / ws);
+    }
+}
+
 // Contiguous caches, `batch` sequences at the same positions (grid.y = batch * kv_heads): sequence b's queries at
 // q + b * q_bstride (row stride ldq), its caches at k/v + b * kv_bstride, its output at out + b * o_bstride (row
-// stride heads * D); partial rows (split, b * T + t, head).
+// stride heads * D); partial rows (split, b * T + t, head). pos_dev (optional) overrides pos0 from device memory;
+// keys_per_split <= 0: computed here from the position, ceil(key tiles / splits) tiles each (trailing splits may
+// be empty); counters (optional, gridDim.x * gridDim.y ints, zero before the first launch): fused combine.
 #define FA_ENTRY(D, NW, MF, BN)                                                                                          \
 extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_d##D##_w##NW##_m##MF##_n##BN(const float* q,          \
     long long q_bstride, int ldq, const bf16_t* k, const bf16_t* v, long long kv_bstride, bf16_t* out, long long o_bstride, \
-    float* part_o, float* part_lse, int T, int heads, int kv_heads, int pos0, int keys_per_split, float scale_log2)    \
+    float* part_o, float* part_lse, int T, int heads, int kv_heads, int pos0, int keys_per_split, float scale_log2,    \
+    const int* pos_dev, int* counters)                                                                                   \
 {                                                                                                                        \
+    pdl_wait();                                                                                                          \
     const int batch = gridDim.y / kv_heads, b = blockIdx.y / kv_heads, kvh = blockIdx.y % kv_heads;                     \
+    if (pos_dev != nullptr) pos0 = *pos_dev;                                                                             \
+    if (keys_per_split <= 0)                                                                                             \
+    {                                                                                                                    \
+        const int tiles = (pos0 + T + BN - 1) / BN;                                                                      \
+        keys_per_split = (tiles + gridDim.z - 1) / gridDim.z * BN;                                                       \
+    }                                                                                                                    \
     FaSeq sq;                                                                                                            \
     sq.q = q + b * q_bstride; sq.ldq = ldq;                                                                              \
     sq.out = out + b * o_bstride; sq.ldo = heads * D;                                                                    \
@@ -386,8 +501,12 @@ extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_d##D##_w##NW##_
     sq.T = T; sq.pos0 = pos0;                                                                                            \
     sq.k = k + b * kv_bstride + kvh * D; sq.v = v + b * kv_bstride + kvh * D;                                            \
     sq.table = nullptr; sq.block_shift = 0;                                                                               \
-    flash_core<D, NW, MF, BN, false>(sq, heads, kv_heads, kvh, gridDim.x - 1 - blockIdx.x, blockIdx.z, gridDim.z,        \
+    const int tile_m = gridDim.x - 1 - blockIdx.x;                                                                      \
+    flash_core<D, NW, MF, BN, false>(sq, heads, kv_heads, kvh, tile_m, blockIdx.z, gridDim.z,                           \
         keys_per_split, scale_log2, part_o, part_lse);                                                                   \
+    if (counters != nullptr && gridDim.z > 1)                                                                            \
+        fused_combine<D, FaShape<D, NW, MF, BN>::BM>(sq, heads, kv_heads, kvh, tile_m, gridDim.z, part_o, part_lse,      \
+            counters + (long long)blockIdx.y * gridDim.x + tile_m);                                                      \
 }
 
 // Paged caches, a varlen batch (grid.y = sequences * kv_heads): sequence s owns query/output rows
@@ -438,17 +557,7 @@ extern "C" __global__ void flash_attn_combine(const float* part_o, const float* 
     const int b = (int)(row / ((long long)T * heads));
     const long long rr = row % ((long long)T * heads);  // t * heads + h
     const long long per_split = (long long)batch * T * heads;
-    float mx = -INFINITY;
-    for (int s = 0; s < splits; s++) mx = fmaxf(mx, part_lse[s * per_split + row]);
-    float wsum = 0.f, acc = 0.f;
-    for (int s = 0; s < splits; s++)
-    {
-        float lse = part_lse[s * per_split + row];
-        float w = lse == -INFINITY ? 0.f : exp2f(lse - mx);
-        wsum += w;
-        if (w != 0.f) acc += w * part_o[(s * per_split + row) * D + threadIdx.x];
-    }
-    out[b * o_bstride + rr * D + threadIdx.x] = f32_to_bf16(acc / wsum);
+    out[b * o_bstride + rr * D + threadIdx.x] = f32_to_bf16(combine_element<false>(part_o, part_lse, row, per_split, splits, D, threadIdx.x));
 }
 
 // The same merge for paged varlen launches: partial rows (split, token, head), output row token at out + token * ldo.

@@ -5,6 +5,12 @@
 //   gemv_silu_bf16_r{R}:  out (R, inter) bf16 = silu(x · Wgᵀ) · (x · Wuᵀ) with W = [gate; up] (2·inter, in): the
 //                         fused [gate; up] projection as CudaWeights stores it, the SwiGLU applied before anything
 //                         leaves registers (no fp32 gate/up round trip, no separate silu launch).
+//   gemv_rms_bf16_r{R}, gemv_rms_silu_bf16_r{R} (R = 1..4): the same two products with the RMSNorm that precedes
+//                         every projection folded in: x is the fp32 residual stream (R, in) and the product uses
+//                         RMSNorm(x) · nw. Each warp reads the whole x row anyway, so it also sums x² itself and
+//                         scales its dot products by 1 / sqrt(mean(x²) + eps) at the end (y = inv · W (x ⊙ nw)):
+//                         no norm launch and no bf16 normed row in between (the activations stay fp32, which is
+//                         at least as accurate as the separate norm's bf16 rounding). Decode only.
 // Vector path (in % 8 == 0, 16-byte aligned x and W): each warp owns two weight rows (o and o + second: the next
 // row, or the matching up row for the SwiGLU variant); each lane loads 16 bytes (8 bf16) of both rows per step,
 // GEMV_UNROLL steps issued before the first use so enough bytes are in flight to cover DRAM latency. Weight loads
@@ -72,17 +78,42 @@ __device__ __forceinline__ void unpack8(uint4 v, float f[8])
     f[6] = __uint_as_float(v.w << 16); f[7] = __uint_as_float(v.w & 0xffff0000u);
 }
 
+// The 8 fp32 norm weights of chunk c (constant data: the read-only path).
+__device__ __forceinline__ void load_norm8(const float* __restrict__ nw, int c, float f[8])
+{
+    const float4* p = reinterpret_cast<const float4*>(nw) + 2 * c;
+    float4 a = __ldg(p), b = __ldg(p + 1);
+    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}
+
+// 8 fp32 residual values (two 16-byte words at p, written by an earlier kernel: coherent path) times the norm
+// weights into fx, and their squares into ss.
+__device__ __forceinline__ void load_x8_norm(const uint4* p, const float fn[8], float fx[8], float& ss)
+{
+    uint4 a = ld_cached16(p), b = ld_cached16(p + 1);
+    float v[8] = { __uint_as_float(a.x), __uint_as_float(a.y), __uint_as_float(a.z), __uint_as_float(a.w),
+                   __uint_as_float(b.x), __uint_as_float(b.y), __uint_as_float(b.z), __uint_as_float(b.w) };
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+    {
+        ss = fmaf(v[j], v[j], ss);
+        fx[j] = v[j] * fn[j];
+    }
+}
+
 // acc[0][r] = row o0 · x_r, acc[1][r] = row o1 · x_r over this lane's 16-byte chunks, before the warp sum.
-template <int R>
-__device__ __forceinline__ void gemv_two_rows(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, int in,
-    long long o0, long long o1, float acc[2][R])
+// NORM: x is fp32 (R, in) and the product uses x ⊙ nw; acc is then scaled by each row's 1 / rms (see the header).
+template <int R, bool NORM = false>
+__device__ __forceinline__ void gemv_two_rows(const void* __restrict__ x, const bf16_t* __restrict__ w, int in,
+    long long o0, long long o1, float acc[2][R], const float* __restrict__ nw = nullptr, float eps = 0.f)
 {
     const int lane = threadIdx.x & 31, n8 = in >> 3;
     const uint4* w0 = reinterpret_cast<const uint4*>(w + o0 * in);
     const uint4* w1 = reinterpret_cast<const uint4*>(w + o1 * in);
     const uint4* xv = reinterpret_cast<const uint4*>(x);
+    float ss[R];
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[0][r] = acc[1][r] = 0.f;
+    for (int r = 0; r < R; r++) acc[0][r] = acc[1][r] = ss[r] = 0.f;
     for (int base = lane; base < n8; base += 32 * GEMV_UNROLL)
     {
         uint4 a[GEMV_UNROLL], b[GEMV_UNROLL];
@@ -101,10 +132,14 @@ __device__ __forceinline__ void gemv_two_rows(const bf16_t* __restrict__ x, cons
             unpack8(a[u], fa);
             unpack8(b[u], fb);
 #pragma unroll
+            float fn[8];
+            if (NORM) load_norm8(nw, c, fn);
+#pragma unroll
             for (int r = 0; r < R; r++)
             {
                 float fx[8];
-                unpack8(ld_cached16(xv + (long long)r * n8 + c), fx);
+                if (NORM) load_x8_norm(xv + (long long)r * 2 * n8 + 2 * c, fn, fx, ss[r]);
+                else unpack8(ld_cached16(xv + (long long)r * n8 + c), fx);
 #pragma unroll
                 for (int j = 0; j < 8; j++)
                 {
@@ -119,12 +154,19 @@ __device__ __forceinline__ void gemv_two_rows(const bf16_t* __restrict__ x, cons
     {
         acc[0][r] = warp_sum(acc[0][r]);
         acc[1][r] = warp_sum(acc[1][r]);
+        if (NORM)
+        {
+            // Every lane covered its chunks of the whole row: the warp sum is the row's full sum of squares.
+            const float inv = 1.f / sqrtf(warp_sum(ss[r]) / (float)in + eps);
+            acc[0][r] *= inv;
+            acc[1][r] *= inv;
+        }
     }
 }
 
-template <int R, bool PREFETCH>
-__device__ __forceinline__ void gemv_plain(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, float* y, int in, int out,
-    int ldy, int accumulate)
+template <int R, bool PREFETCH, bool NORM = false>
+__device__ __forceinline__ void gemv_plain(const void* __restrict__ x, const bf16_t* __restrict__ w, float* y, int in, int out,
+    int ldy, int accumulate, const float* __restrict__ nw = nullptr, float eps = 0.f)
 {
     const int warp = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     const long long o0 = 2LL * warp;
@@ -132,7 +174,7 @@ __device__ __forceinline__ void gemv_plain(const bf16_t* __restrict__ x, const b
     const bool has1 = o0 + 1 < out;
     gemv_prologue(w, in, o0, has1 ? o0 + 1 : o0, PREFETCH);
     float acc[2][R];
-    gemv_two_rows<R>(x, w, in, o0, has1 ? o0 + 1 : o0, acc);
+    gemv_two_rows<R, NORM>(x, w, in, o0, has1 ? o0 + 1 : o0, acc, nw, eps);
     // Lane r writes row r of the first output, lane 8 + r of the second: one store per lane, no serial loop.
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -150,14 +192,15 @@ __device__ __forceinline__ void gemv_plain(const bf16_t* __restrict__ x, const b
     }
 }
 
-template <int R, bool PREFETCH>
-__device__ __forceinline__ void gemv_silu(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* out, int in, int inter)
+template <int R, bool PREFETCH, bool NORM = false>
+__device__ __forceinline__ void gemv_silu(const void* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* out, int in, int inter,
+    const float* __restrict__ nw = nullptr, float eps = 0.f)
 {
     const int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (o >= inter) return;
     gemv_prologue(w, in, o, (long long)o + inter, PREFETCH);
     float acc[2][R];
-    gemv_two_rows<R>(x, w, in, o, (long long)o + inter, acc);
+    gemv_two_rows<R, NORM>(x, w, in, o, (long long)o + inter, acc, nw, eps);
 #pragma unroll
     for (int r = 0; r < R; r++)
         if (lane == r)
@@ -187,6 +230,20 @@ GEMV_ENTRIES(6)
 GEMV_ENTRIES(7)
 GEMV_ENTRIES(8)
 
+// RMSNorm folded in: x fp32 (R, in), nw fp32 (in). Same grids as the plain entries.
+#define GEMV_RMS_ENTRIES(R) \
+    extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_rms_bf16_r##R(const float* __restrict__ x, const float* __restrict__ nw, \
+        float eps, const bf16_t* __restrict__ w, float* y, int in, int out, int ldy, int accumulate) \
+        { gemv_plain<R, false, true>(x, w, y, in, out, ldy, accumulate, nw, eps); } \
+    extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_rms_silu_bf16_r##R(const float* __restrict__ x, const float* __restrict__ nw, \
+        float eps, const bf16_t* __restrict__ w, bf16_t* out, int in, int inter) \
+        { gemv_silu<R, false, true>(x, w, out, in, inter, nw, eps); }
+
+GEMV_RMS_ENTRIES(1)
+GEMV_RMS_ENTRIES(2)
+GEMV_RMS_ENTRIES(3)
+GEMV_RMS_ENTRIES(4)
+
 // Fallback: any in, any alignment; one weight row per warp, rows (1..8) at run time.
 __device__ __forceinline__ void gemv_row_any(const bf16_t* x, const bf16_t* wr, int in, int rows, float acc[8])
 {
@@ -202,6 +259,59 @@ __device__ __forceinline__ void gemv_row_any(const bf16_t* x, const bf16_t* wr, 
     }
 #pragma unroll
     for (int r = 0; r < 8; r++) acc[r] = warp_sum(acc[r]);
+}
+
+// The same with the RMSNorm folded in: x fp32 (rows 1..4, in), scaled by each row's 1 / rms after the warp sum.
+__device__ __forceinline__ void gemv_row_any_rms(const float* x, const float* nw, float eps, const bf16_t* wr, int in, int rows, float acc[4])
+{
+    const int lane = threadIdx.x & 31;
+    float ss[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) acc[r] = ss[r] = 0.f;
+    for (int i = lane; i < in; i += 32)
+    {
+        float wv = bf16_to_f32(wr[i]), n = nw[i];
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+            if (r < rows)
+            {
+                float v = x[(long long)r * in + i];
+                ss[r] = fmaf(v, v, ss[r]);
+                acc[r] = fmaf(wv, v * n, acc[r]);
+            }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; r++) acc[r] = warp_sum(acc[r]) * (1.f / sqrtf(warp_sum(ss[r]) / (float)in + eps));
+}
+
+extern "C" __global__ void gemv_rms_bf16_any(const float* x, const float* nw, float eps, const bf16_t* w, float* y, int rows, int in, int out,
+    int ldy, int accumulate)
+{
+    const int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (o >= out) return;
+    gemv_prologue(w, in, o, o, false);
+    float acc[4];
+    gemv_row_any_rms(x, nw, eps, w + (long long)o * in, in, rows, acc);
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+        if (r < rows && lane == r)
+        {
+            float* p = y + (long long)r * ldy + o;
+            *p = acc[r] + (accumulate ? *p : 0.f);
+        }
+}
+
+extern "C" __global__ void gemv_rms_silu_bf16_any(const float* x, const float* nw, float eps, const bf16_t* w, bf16_t* out, int rows, int in, int inter)
+{
+    const int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (o >= inter) return;
+    gemv_prologue(w, in, o, o, false);
+    float g[4], u[4];
+    gemv_row_any_rms(x, nw, eps, w + (long long)o * in, in, rows, g);
+    gemv_row_any_rms(x, nw, eps, w + ((long long)o + inter) * in, in, rows, u);
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+        if (r < rows && lane == r) out[(long long)r * inter + o] = f32_to_bf16(g[r] / (1.f + expf(-g[r])) * u[r]);
 }
 
 extern "C" __global__ void gemv_bf16_any(const bf16_t* x, const bf16_t* w, float* y, int rows, int in, int out, int ldy, int accumulate)

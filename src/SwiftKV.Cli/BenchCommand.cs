@@ -233,9 +233,13 @@ internal static class BenchCommand
         // Weights a decode step reads: everything but the embedding table (one row of it), at batch 1.
         long weightRead = backend.WeightBytes - (cfg.TieWordEmbeddings ? 0 : (long)cfg.VocabSize * cfg.HiddenSize * 2);
         bool pdlDefault = backend.UseProgrammaticLaunch;
-        foreach (var (ctx, graphs, gemv, pdl, prefetch) in new[] { (context, true, true, true, false), (context, false, true, true, false), (16, true, true, true, false),
-            (context, true, true, true, true), (context, true, true, false, false), (context, true, false, false, false) })
+        // fused: norms folded into the GEMVs, attention with the fused combine inside one graph (the default);
+        // off = the previous decode path, timed in the same run.
+        foreach (var (ctx, graphs, gemv, pdl, prefetch, fused) in new[] { (context, true, true, true, false, true), (context, false, true, true, false, true),
+            (16, true, true, true, false, true), (context, true, true, true, false, false), (context, false, true, true, false, false),
+            (context, true, true, false, false, true), (context, true, false, false, false, false) })
         {
+            backend.UseFusedDecode = fused;
             backend.UseGraphs = graphs;
             backend.UseGemv = gemv;
             backend.UseProgrammaticLaunch = pdl && pdlDefault;
@@ -260,11 +264,13 @@ internal static class BenchCommand
             double ms = MedianOf(gpu), wallMs = MedianOf(wall);
             double bytes = weightRead + (double)kvPerToken * (ctx + 3 + steps / 2);
             double gbps = bytes / (ms * 1e-3) / 1e9;
-            string mode = (graphs ? "graphs" : "no graphs") + (gemv ? "" : ", cuBLAS linears") + (pdl && pdlDefault ? "" : ", no PDL") + (prefetch ? ", GEMV L2 prefetch" : "");
+            string mode = (graphs ? (fused ? "one graph" : "graph segments") : "no graphs") + (gemv ? "" : ", cuBLAS linears") + (pdl && pdlDefault ? "" : ", no PDL")
+                + (prefetch ? ", GEMV L2 prefetch" : "") + (fused ? "" : ", previous path: separate norms + combine");
             Log($"{v.Name}: decode batch 1, context {ctx}, {mode}: {ms:F3} ms/token GPU (events), {wallMs:F3} ms host wall, {gbps:F0} GB/s");
             md.AppendLine($"| {v.Name} | decode b1 ctx {ctx} ({mode}) | {ms:F2} ms | {1000 / ms:F0} | | {gbps:F0} ({100 * gbps / roofGbps:F0}%) | host wall {wallMs:F2} ms/token; greedy on GPU |");
-            all.Add(new JsonObject { ["batch"] = 1, ["context"] = ctx, ["graphs"] = graphs, ["gemv"] = gemv, ["programmatic_launch"] = pdl && pdlDefault, ["gemv_l2_prefetch"] = prefetch, ["ms_per_token"] = ms, ["host_wall_ms"] = wallMs, ["bytes_read"] = bytes, ["gbps"] = gbps });
+            all.Add(new JsonObject { ["batch"] = 1, ["context"] = ctx, ["graphs"] = graphs, ["gemv"] = gemv, ["programmatic_launch"] = pdl && pdlDefault, ["gemv_l2_prefetch"] = prefetch, ["fused_decode"] = fused, ["ms_per_token"] = ms, ["host_wall_ms"] = wallMs, ["bytes_read"] = bytes, ["gbps"] = gbps });
         }
+        backend.UseFusedDecode = true;
         backend.UseGraphs = true;
         backend.UseGemv = true;
         backend.UseProgrammaticLaunch = pdlDefault;

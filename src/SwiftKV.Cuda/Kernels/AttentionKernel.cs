@@ -158,7 +158,9 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
         }
         float scaleLog2 = (float)(1.0 / Math.Sqrt(headDim)) * Log2E;
         long qbs = qBatchStride, kvbs = kvBatchStride, obs = outBatchStride;
-        void** args = stackalloc void*[] { &pq, &qbs, &ldq, &pk, &pv, &kvbs, &po, &obs, &ppo, &plse, &rows, &heads, &kvHeads, &pos0, &keysPerSplit, &scaleLog2 };
+        ulong noPosition = 0, noCounters = 0;
+        void** args = stackalloc void*[] { &pq, &qbs, &ldq, &pk, &pv, &kvbs, &po, &obs, &ppo, &plse, &rows, &heads, &kvHeads, &pos0, &keysPerSplit, &scaleLog2,
+            &noPosition, &noCounters };
         k.Launch(stream, ((uint)mTiles, (uint)(batch * kvHeads), (uint)splits), (uint)(32 * shape.Warps), (uint)shape.SharedBytes(headDim), args);
         if (splits > 1)
         {
@@ -170,12 +172,12 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
     }
 
     void LaunchSimple(CudaStream stream, DeviceSpan<float> q, int ldq, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache,
-        DeviceSpan<Bf16> output, int rows, int heads, int kvHeads, int headDim, int pos0)
+        DeviceSpan<Bf16> output, int rows, int heads, int kvHeads, int headDim, int pos0, ulong positionAddress = 0)
     {
         var k = _kernels.TryGetValue("attention_bf16", out var kk) ? kk : _kernels["attention_bf16"] = library.Get("attention.cu", "attention_bf16");
         float scale = (float)(1.0 / Math.Sqrt(headDim));
-        ulong pq = q.Address, pk = kCache.Address, pv = vCache.Address, po = output.Address;
-        void** args = stackalloc void*[] { &pq, &ldq, &pk, &pv, &po, &rows, &heads, &kvHeads, &headDim, &pos0, &scale };
+        ulong pq = q.Address, pk = kCache.Address, pv = vCache.Address, po = output.Address, pp = positionAddress;
+        void** args = stackalloc void*[] { &pq, &ldq, &pk, &pv, &po, &rows, &heads, &kvHeads, &headDim, &pos0, &scale, &pp };
         k.Launch(stream, ((uint)heads, (uint)rows, 1), 128, (uint)(headDim * sizeof(float)), args);
     }
 
@@ -223,5 +225,9 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
         _partO = _partLse = null;
         foreach (var b in _retired) b.Dispose();
         _retired.Clear();
+        _counters?.Dispose();
+        _counters = null;
+        foreach (var b in _retiredCounters) b.Dispose();
+        _retiredCounters.Clear();
     }
 }

@@ -1,6 +1,7 @@
 // Launcher for native-kernels/gemv.cu: the linear layers of decode-sized steps (1..8 rows), where the weight
 // bytes, not the FLOPs, set the time. Picks the 16-byte vector kernel specialised for the row count when the
-// shapes allow it (in % 8 == 0, 16-byte aligned x and W), else the scalar fallback.
+// shapes allow it (in % 8 == 0, 16-byte aligned x and W), else the scalar fallback. The LaunchRms* forms fold the
+// RMSNorm that precedes a projection into it (x is then the fp32 residual stream; no norm launch, no normed row).
 namespace SwiftKV.Cuda.Kernels;
 
 /// <summary>
@@ -15,7 +16,12 @@ public sealed unsafe class GemvKernel(KernelLibrary library)
 
     readonly CudaKernel?[] _plain = new CudaKernel?[2 * (MaxRows + 1)];
     readonly CudaKernel?[] _silu = new CudaKernel?[2 * (MaxRows + 1)];
-    CudaKernel? _plainAny, _siluAny;
+    readonly CudaKernel?[] _rms = new CudaKernel?[MaxRmsRows + 1];
+    readonly CudaKernel?[] _rmsSilu = new CudaKernel?[MaxRmsRows + 1];
+    CudaKernel? _plainAny, _siluAny, _rmsAny, _rmsSiluAny;
+
+    /// <summary>Most rows the RMSNorm-folding forms handle.</summary>
+    public const int MaxRmsRows = 4;
 
     /// <summary>Tests pin the scalar fallback with this; the engine leaves it off.</summary>
     public bool ForceScalar { get; set; }
@@ -81,6 +87,76 @@ public sealed unsafe class GemvKernel(KernelLibrary library)
             k.Launch(stream, (grid, 1, 1), 32 * Warps, 0, args, library.ProgrammaticLaunch);
             LastWasVector = false;
         }
+    }
+
+    /// <summary>
+    /// y (rows, outDim), row stride <paramref name="ldy"/> (0 = outDim), = (RMSNorm(x) · normWeight) · Wᵀ, plus y
+    /// when <paramref name="accumulate"/>; x (rows, inDim) fp32, normWeight (inDim) fp32. Each warp sums x² of the
+    /// row itself and scales its dot products by 1 / sqrt(mean(x²) + eps): the activations are never rounded to bf16.
+    /// </summary>
+    public void LaunchRms(CudaStream stream, DeviceSpan<float> x, int rows, int inDim, DeviceSpan<float> normWeight, float eps,
+        DeviceSpan<Bf16> w, int outDim, DeviceSpan<float> y, bool accumulate = false, int ldy = 0)
+    {
+        const string n = "gemv_rms_bf16";
+        if (ldy == 0) ldy = outDim;
+        CheckRms(n, x, rows, inDim, normWeight, w, outDim);
+        if (ldy < outDim) throw new ArgumentOutOfRangeException(nameof(ldy), ldy, $"{n}: row stride must be >= out ({outDim}).");
+        KernelGuard.Fits(y, (long)(rows - 1) * ldy + outDim, n, nameof(y), $"({rows}, {outDim}) with row stride {ldy}");
+        ulong px = x.Address, pn = normWeight.Address, pw = w.Address, py = y.Address;
+        int acc = accumulate ? 1 : 0;
+        if (VectorRms(x, normWeight, w, inDim))
+        {
+            var k = _rms[rows] ??= library.Get("gemv.cu", $"gemv_rms_bf16_r{rows}");
+            void** args = stackalloc void*[] { &px, &pn, &eps, &pw, &py, &inDim, &outDim, &ldy, &acc };
+            k.Launch(stream, ((uint)((outDim + 2 * Warps - 1) / (2 * Warps)), 1, 1), 32 * Warps, 0, args, library.ProgrammaticLaunch);
+            LastWasVector = true;
+        }
+        else
+        {
+            var k = _rmsAny ??= library.Get("gemv.cu", "gemv_rms_bf16_any");
+            void** args = stackalloc void*[] { &px, &pn, &eps, &pw, &py, &rows, &inDim, &outDim, &ldy, &acc };
+            k.Launch(stream, ((uint)((outDim + Warps - 1) / Warps), 1, 1), 32 * Warps, 0, args, library.ProgrammaticLaunch);
+            LastWasVector = false;
+        }
+    }
+
+    /// <summary>output (rows, inter) bf16 = silu(h · W[0..inter)ᵀ) · (h · W[inter..2·inter)ᵀ), h = RMSNorm(x) · normWeight, x fp32.</summary>
+    public void LaunchRmsSiluMul(CudaStream stream, DeviceSpan<float> x, int rows, int inDim, DeviceSpan<float> normWeight, float eps,
+        DeviceSpan<Bf16> gateUp, int inter, DeviceSpan<Bf16> output)
+    {
+        const string n = "gemv_rms_silu_bf16";
+        KernelGuard.Positive(inter, n, nameof(inter));
+        CheckRms(n, x, rows, inDim, normWeight, gateUp, 2 * inter);
+        KernelGuard.Fits(output, (long)rows * inter, n, nameof(output), $"({rows}, {inter})");
+        ulong px = x.Address, pn = normWeight.Address, pw = gateUp.Address, po = output.Address;
+        uint grid = (uint)((inter + Warps - 1) / Warps);
+        if (VectorRms(x, normWeight, gateUp, inDim))
+        {
+            var k = _rmsSilu[rows] ??= library.Get("gemv.cu", $"gemv_rms_silu_bf16_r{rows}");
+            void** args = stackalloc void*[] { &px, &pn, &eps, &pw, &po, &inDim, &inter };
+            k.Launch(stream, (grid, 1, 1), 32 * Warps, 0, args, library.ProgrammaticLaunch);
+            LastWasVector = true;
+        }
+        else
+        {
+            var k = _rmsSiluAny ??= library.Get("gemv.cu", "gemv_rms_silu_bf16_any");
+            void** args = stackalloc void*[] { &px, &pn, &eps, &pw, &po, &rows, &inDim, &inter };
+            k.Launch(stream, (grid, 1, 1), 32 * Warps, 0, args, library.ProgrammaticLaunch);
+            LastWasVector = false;
+        }
+    }
+
+    bool VectorRms(DeviceSpan<float> x, DeviceSpan<float> normWeight, DeviceSpan<Bf16> w, int inDim) =>
+        !ForceScalar && inDim % 8 == 0 && x.Address % 16 == 0 && normWeight.Address % 16 == 0 && w.Address % 16 == 0;
+
+    static void CheckRms(string n, DeviceSpan<float> x, int rows, int inDim, DeviceSpan<float> normWeight, DeviceSpan<Bf16> w, int outDim)
+    {
+        if (rows < 1 || rows > MaxRmsRows) throw new ArgumentOutOfRangeException(nameof(rows), rows, $"{n}: rows must be in 1..{MaxRmsRows} (norm first, then a GEMM, for more).");
+        KernelGuard.Positive(inDim, n, "in");
+        KernelGuard.Positive(outDim, n, "out");
+        KernelGuard.Fits(x, (long)rows * inDim, n, nameof(x), $"({rows}, {inDim})");
+        KernelGuard.Fits(normWeight, inDim, n, nameof(normWeight), $"({inDim})");
+        KernelGuard.Fits(w, (long)outDim * inDim, n, nameof(w), $"({outDim}, {inDim})");
     }
 
     bool Vector(DeviceSpan<Bf16> x, DeviceSpan<Bf16> w, int inDim) =>

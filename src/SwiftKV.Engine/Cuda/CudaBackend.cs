@@ -7,12 +7,15 @@
 //         -> model.norm -> lm_head for the selected rows -> logits copied to the host (Forward), or argmax /
 //            top-k/top-p sampling on the GPU with only the token id copied back (NextToken).
 // Decode (one token) replays a CUDA graph per sequence cache: token and position live in device memory that the
-// captured kernels read, so one capture serves every later step. The attention kernel still takes its position
-// by value, so the step is captured as segments cut at each attention launch, which is launched directly
-// between them (33 graph launches + 32 attention launches per 8B step instead of ~330 launches).
-// Per layer: norm -> [q;k;v] linear -> one pass of bias+RoPE(q) and bias+RoPE(k)+cache write -> attention ->
-// o_proj linear accumulated into x (the residual add) -> o bias + post norm -> [gate;up] linear with silu·up ->
-// down linear accumulated into x.
+// captured kernels read (the attention kernel too), so one capture serves every later step and the whole step is
+// ONE graph launch. Per decode layer (UseFusedDecode, the default): [q;k;v] GEMV with the input RMSNorm folded in
+// -> one pass of bias+RoPE(q) and bias+RoPE(k)+cache write -> attention with the split combine fused (position
+// read on the device) -> o_proj GEMV accumulated into x (the residual add) -> [gate;up] GEMV with the post-attention
+// RMSNorm folded in and silu·up -> down GEMV accumulated into x: 6 launches, all programmatic on sm_90+.
+// The previous path (UseFusedDecode off, kept for benchmarks): separate RMSNorm launches, attention + combine
+// launched between graph segments (the attention took its position by value).
+// Longer steps (prefill): norm -> [q;k;v] linear -> bias+RoPE(q) and bias+RoPE(k)+cache write -> attention ->
+// o_proj linear accumulated into x -> o bias + post norm -> [gate;up] linear with silu·up -> down linear into x.
 // Every projection goes through Linear / GateUpSilu: steps of a few rows (decode) take the
 // bandwidth-bound GEMV (each weight byte read once; the SwiGLU fused into the [gate;up] GEMV), longer steps cuBLAS
 // (the [gate;up] GEMM writing bf16 for the silu pass).
@@ -171,6 +174,24 @@ public sealed partial class CudaBackend : IModelBackend
     }
     bool _useGemv = true;
 
+    /// <summary>
+    /// Decode-sized steps fold each RMSNorm into the GEMV that follows it, and single-token steps run attention with
+    /// its split combine fused and its position read on the device, so a decode graph is one segment (default).
+    /// Off: the previous path (separate norm launches; attention + combine launched between graph segments).
+    /// Changing it recaptures decode graphs.
+    /// </summary>
+    public bool UseFusedDecode
+    {
+        get => _fusedDecode;
+        set
+        {
+            if (value == _fusedDecode) return;
+            _fusedDecode = value;
+            _ws.Invalidate();
+        }
+    }
+    bool _fusedDecode = true;
+
     /// <summary>GEMV kernels prefetch the start of their weight rows into L2 before waiting (benchmarks compare; off by default).</summary>
     public bool UseGemvPrefetch
     {
@@ -293,8 +314,7 @@ public sealed partial class CudaBackend : IModelBackend
         {
             var layer = _w.Layers[i];
             int ld = cfg.QueryDim + 2 * cfg.KeyValueDim;
-            _norm.Launch(_stream, x, null, layer.InputLayernorm, _ws.Normed, rows, hidden, _eps);
-            Linear(_ws.Normed, rows, hidden, layer.QkvOrQ, ld, _ws.Qkv);
+            NormLinear(x, rows, layer.InputLayernorm, layer.QkvOrQ, ld, _ws.Qkv);
             _ropeKv.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, layer.KBias?.Span, layer.VBias?.Span, _w.InvFreq, rows,
                 cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, start, c.Keys(i), c.Values(i), c.Capacity, positionBase);
             AttentionAndMlp(x, rows, start, layer, ld, c, i, positionBase, queryRotated: true);
@@ -305,8 +325,7 @@ public sealed partial class CudaBackend : IModelBackend
         {
             // SingleInputKV: every later cache is filled from the one state x_l, for every token of the step.
             int leaders = _w.SwiftKvLeaders.Length, kv = cfg.KeyValueDim, ld = leaders * 2 * kv;
-            _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
-            Linear(_ws.Normed, rows, hidden, _w.SwiftKvKv!, ld, _ws.SwiftKv);
+            NormLinear(x, rows, _w.NormSwiftKv!, _w.SwiftKvKv!, ld, _ws.SwiftKv);
             var all = _ws.SwiftKv.Span;
             for (int g = 0; g < leaders; g++)
             {
@@ -325,8 +344,7 @@ public sealed partial class CudaBackend : IModelBackend
             for (int j = cfg.NumKeyValueLayers; j < cfg.NumHiddenLayers; j++)
             {
                 var layer = _w.Layers[j];
-                _norm.Launch(_stream, x, null, layer.InputLayernorm, _ws.Normed, rows, hidden, _eps);
-                Linear(_ws.Normed, rows, hidden, layer.QkvOrQ, cfg.QueryDim, _ws.Qkv);
+                NormLinear(x, rows, layer.InputLayernorm, layer.QkvOrQ, cfg.QueryDim, _ws.Qkv);
                 AttentionAndMlp(x, rows, pos0, layer, cfg.QueryDim, c, cfg.KvCacheIndex(j, true), positionBase, queryRotated: false);
             }
         }
@@ -336,8 +354,7 @@ public sealed partial class CudaBackend : IModelBackend
             x = x.Slice((long)(rows - 1) * hidden, hidden);
             rows = 1;
         }
-        _norm.Launch(_stream, x, null, _w.Norm, _ws.Normed, rows, hidden, _eps);
-        Linear(_ws.Normed, rows, hidden, _w.LmHead, cfg.VocabSize, _ws.Logits);
+        NormLinear(x, rows, _w.Norm, _w.LmHead, cfg.VocabSize, _ws.Logits);
         return rows;
     }
 
@@ -354,6 +371,26 @@ public sealed partial class CudaBackend : IModelBackend
     {
         if (_useGemv && rows <= GemvLinearRows) _gemv.Launch(_stream, x, rows, inDim, w, outDim, y, accumulate);
         else _blas.Linear(x, rows, inDim, w, outDim, y, accumulate);
+    }
+
+    /// <summary>Decode-sized steps fold the RMSNorm into the GEMV (no bias to add into x first, UseFusedDecode on).</summary>
+    bool FoldNorm(int rows, int maxRows, DeviceSpan<float>? bias) =>
+        _fusedDecode && _useGemv && bias is null && rows <= Math.Min(maxRows, GemvKernel.MaxRmsRows);
+
+    /// <summary>
+    /// y (rows, outDim) fp32 = (RMSNorm(x) · normWeight) · wᵀ: the norm folded into the GEMV for decode-sized steps,
+    /// else the norm kernel into the Normed workspace, then <see cref="Linear"/>.
+    /// </summary>
+    void NormLinear(DeviceSpan<float> x, int rows, DeviceSpan<float> normWeight, DeviceSpan<Bf16> w, int outDim, DeviceSpan<float> y)
+    {
+        int hidden = Config.HiddenSize;
+        if (FoldNorm(rows, GemvLinearRows, null))
+        {
+            _gemv.LaunchRms(_stream, x, rows, hidden, normWeight, _eps, w, outDim, y);
+            return;
+        }
+        _norm.Launch(_stream, x, null, normWeight, _ws.Normed, rows, hidden, _eps);
+        Linear(_ws.Normed, rows, hidden, w, outDim, y);
     }
 
     /// <summary>
@@ -433,9 +470,20 @@ public sealed partial class CudaBackend : IModelBackend
         }
     }
 
-    /// <summary>Attention of a layer: launched now, or (while a decode graph is captured) cut out of it and launched at replay.</summary>
-    void Attend(int rows, int pos0, CudaSequenceCache c, int cacheIndex, int ld)
+    /// <summary>
+    /// Attention of a layer. A single-token step on the fused path: the decode launch (split combine fused, position
+    /// from <paramref name="positionBase"/> when given), captured like every other kernel. Otherwise launched now,
+    /// or (while a decode graph of the previous path is captured) cut out of it and launched at replay.
+    /// </summary>
+    void Attend(int rows, int pos0, CudaSequenceCache c, int cacheIndex, int ld, DeviceSpan<int>? positionBase)
     {
+        if (_fusedDecode && rows == 1)
+        {
+            var cfg = Config;
+            _attention.LaunchDecode(_stream, _ws.Qkv, ld, c.Keys(cacheIndex), c.Values(cacheIndex), c.Capacity, _ws.Attn, rows,
+                cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, pos0, positionBase, programmatic: true);
+            return;
+        }
         if (_recording is { } g)
         {
             g.Segments.Add(CudaGraph.EndCapture(_stream));
@@ -466,10 +514,15 @@ public sealed partial class CudaBackend : IModelBackend
         int hidden = cfg.HiddenSize, inter = cfg.IntermediateSize;
         if (!queryRotated)
             _rope.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, _w.InvFreq, rows, cfg.NumAttentionHeads, cfg.HeadDim, pos0, positionBase);
-        Attend(rows, pos0, c, cacheIndex, ld);
+        Attend(rows, pos0, c, cacheIndex, ld, positionBase);
         Linear(_ws.Attn, rows, cfg.QueryDim, layer.O, hidden, x, accumulate: true);
-        _norm.Launch(_stream, x, layer.OBias?.Span, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);
-        GateUpSilu(_ws.Normed, rows, layer);
+        if (FoldNorm(rows, GemvGateUpRows, layer.OBias?.Span))
+            _gemv.LaunchRmsSiluMul(_stream, x, rows, hidden, layer.PostAttentionLayernorm, _eps, layer.GateUp, inter, _ws.Mlp);
+        else
+        {
+            _norm.Launch(_stream, x, layer.OBias?.Span, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);
+            GateUpSilu(_ws.Normed, rows, layer);
+        }
         Linear(_ws.Mlp, rows, inter, layer.Down, hidden, x, accumulate: true);
     }
 
