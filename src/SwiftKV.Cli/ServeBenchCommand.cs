@@ -4,6 +4,12 @@
 //               tokens (greedy, no stop), all submitted at once; total tokens/s = N·(P + O) / wall time from the first
 //               submit to the last completion; TTFT and TPOT p50/p99 from each request's outcome; SwiftKV off vs on
 //               vs on + AcrossKV in the same process, one backend at a time (each gets the whole card's KV memory).
+//   configs     engine/backend settings compared on each variant in the same process: base (one attention launch per
+//               layer, admission by known tokens with preemption: the 2026-11-26 engine), split (decode and prefill
+//               attention launched apart in mixed steps), reserve (admission reserves every request's output blocks:
+//               no preemption), tuned (split + reserve).
+//   Every run also reports a per-step host trace (decode-only vs mixed steps: count, mean batch, mean forward ms,
+//   host schedule + post ms) and, with --profile N, CUDA-event phase times of every N-th step.
 //   prefix      a shared S-token system prompt + M distinct short questions, prefix caching on vs off on one
 //               variant: prefix-cache hit rate, TTFT and wall time.
 // The KV pool takes the card's free memory after weights and a warm-up step of the largest batch, minus headroom.
@@ -26,16 +32,49 @@ internal static class ServeBenchCommand
 {
     public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4] [--requests 256] [--prompt 2000] [--output 256] " +
         "[--max-batch-tokens 8192] [--block-size 16] [--headroom-gb 4] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
-        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--out serve.json] [--md serve.md]";
+        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--profile 0] [--out serve.json] [--md serve.md]";
+
+    sealed record EngineConfig(string Key, bool SplitAttention, bool ReserveOutputs);
+
+    static EngineConfig MakeConfig(string key) => key switch
+    {
+        "base" => new(key, false, false),
+        "split" => new(key, true, false),
+        "reserve" => new(key, false, true),
+        "tuned" => new(key, true, true),
+        _ => throw new UsageException($"unknown config '{key}' (base, split, reserve, tuned)"),
+    };
 
     sealed record Variant(string Key, string Name, LlamaConfig Config, bool SwiftKv);
 
     sealed record RunResult(string Label, int Requests, int Completed, long PromptTokens, long OutputTokens, double WallSeconds,
         double TtftP50, double TtftP99, double TpotP50, double TpotP99, int PeakRunning, long Preemptions, long Steps,
-        double HitRate, long KvBlocks, long KvBytesPerToken)
+        double HitRate, long KvBlocks, long KvBytesPerToken, StepStats Trace)
     {
         public double TotalTokensPerSecond => (PromptTokens + OutputTokens) / WallSeconds;
         public double OutputTokensPerSecond => OutputTokens / WallSeconds;
+    }
+
+    /// <summary>Host-side step trace of one run, from ServingOptions.StepObserver.</summary>
+    sealed record StepStats(int DecodeSteps, double DecodeBatch, double DecodeForwardMs, int MixedSteps, double MixedTokens,
+        double MixedForwardMs, double HostMsPerStep, double ForwardSeconds, double HostSeconds);
+
+    sealed class StepAccumulator
+    {
+        int _d, _m;
+        double _dBatch, _dMs, _mTokens, _mMs, _host;
+        public void Add(ServingStepTrace t)
+        {
+            _host += t.ScheduleMs + t.PostMs;
+            if (t.Tokens == t.DecodeTokens) { _d++; _dBatch += t.Tokens; _dMs += t.ForwardMs; }
+            else { _m++; _mTokens += t.Tokens; _mMs += t.ForwardMs; }
+        }
+        public StepStats Stats()
+        {
+            int n = Math.Max(1, _d + _m);
+            return new StepStats(_d, _dBatch / Math.Max(1, _d), _dMs / Math.Max(1, _d), _m, _mTokens / Math.Max(1, _m), _mMs / Math.Max(1, _m),
+                _host / n, (_dMs + _mMs) / 1e3, _host / 1e3);
+        }
     }
 
     public static int Run(CliArgs a)
@@ -49,6 +88,8 @@ internal static class ServeBenchCommand
         int prefixOutput = a.Int("prefix-output") ?? 32;
         string prefixVariant = a.String("prefix-variant") ?? "swiftkv50";
         double maxSeconds = a.Float("max-seconds") ?? 150;
+        var configs = (a.String("configs") ?? "tuned").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(MakeConfig).ToArray();
+        int profileEvery = a.Int("profile") ?? 0;
         string outJson = a.String("out") ?? "serve.json";
         string? outMd = a.String("md");
         a.RejectUnknown();
@@ -81,25 +122,38 @@ internal static class ServeBenchCommand
         var md = new StringBuilder();
         md.AppendLine($"Card: {dev.Name}. Preset {preset}, random bf16 weights, greedy, block size {blockSize}, max batch tokens {maxBatch}.");
         md.AppendLine();
-        md.AppendLine("| scenario | variant | requests (done) | prompt+out tokens | wall | total tok/s | out tok/s | TTFT p50 / p99 | TPOT p50 / p99 | peak running | KV blocks (KiB/token) | preempt | prefix hit |");
-        md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        md.AppendLine("| scenario | variant | config | requests (done) | prompt+out tokens | wall | total tok/s | out tok/s | TTFT p50 / p99 | TPOT p50 / p99 | peak running | KV blocks (KiB/token) | preempt | prefix hit | steps: decode-only n, mean batch, ms / mixed n, mean tokens, ms / host ms per step |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        var profiles = new StringBuilder();
         void Save()
         {
             File.WriteAllText(outJson, json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            if (outMd is not null) File.WriteAllText(outMd, md.ToString());
+            if (outMd is not null) File.WriteAllText(outMd, md.ToString() + Environment.NewLine + profiles);
         }
-        void Add(string scenario, Variant v, RunResult r)
+        void Add(string scenario, Variant v, RunResult r, string config = "", CudaStepProfiler? profiler = null)
         {
-            md.AppendLine($"| {scenario} | {v.Name} | {r.Requests} ({r.Completed}) | {r.PromptTokens}+{r.OutputTokens} | {r.WallSeconds:F2} s | **{r.TotalTokensPerSecond:F0}** | " +
+            var t = r.Trace;
+            md.AppendLine($"| {scenario} | {v.Name} | {config} | {r.Requests} ({r.Completed}) | {r.PromptTokens}+{r.OutputTokens} | {r.WallSeconds:F2} s | **{r.TotalTokensPerSecond:F0}** | " +
                 $"{r.OutputTokensPerSecond:F0} | {r.TtftP50 * 1e3:F0} / {r.TtftP99 * 1e3:F0} ms | {r.TpotP50 * 1e3:F1} / {r.TpotP99 * 1e3:F1} ms | {r.PeakRunning} | " +
-                $"{r.KvBlocks} ({r.KvBytesPerToken / 1024.0:F0}) | {r.Preemptions} | {r.HitRate:P1} |");
+                $"{r.KvBlocks} ({r.KvBytesPerToken / 1024.0:F0}) | {r.Preemptions} | {r.HitRate:P1} | " +
+                $"{t.DecodeSteps}, {t.DecodeBatch:F0}, {t.DecodeForwardMs:F1} / {t.MixedSteps}, {t.MixedTokens:F0}, {t.MixedForwardMs:F1} / {t.HostMsPerStep:F2} |");
             var o = JsonSerializer.SerializeToNode(r)!.AsObject();
             o["scenario"] = scenario;
+            o["config"] = config;
+            if (profiler is not null && profiler.Steps.Count > 0)
+            {
+                string table = profiler.ToMarkdown();
+                profiles.AppendLine($"{scenario}, {v.Name}, config {config}: GPU phases of every {profiler.Every}th step").AppendLine().AppendLine(table);
+                o["gpu_phases_md"] = table;
+                Log($"GPU phases ({v.Name}, {config}):{Environment.NewLine}{table}");
+            }
             o["variant"] = v.Name;
             o["total_tokens_per_s"] = r.TotalTokensPerSecond;
             rows.Add(o);
-            Log($"{scenario} {v.Name} {r.Label}: {r.TotalTokensPerSecond:F0} total tok/s, wall {r.WallSeconds:F2} s, TTFT p50 {r.TtftP50 * 1e3:F0} ms, TPOT p50 {r.TpotP50 * 1e3:F1} ms, " +
-                $"peak running {r.PeakRunning}, preemptions {r.Preemptions}, done {r.Completed}/{r.Requests}");
+            Log($"{scenario} {v.Name} [{config}] {r.Label}: {r.TotalTokensPerSecond:F0} total tok/s, wall {r.WallSeconds:F2} s, TTFT p50 {r.TtftP50 * 1e3:F0} ms, TPOT p50 {r.TpotP50 * 1e3:F1} ms, " +
+                $"peak running {r.PeakRunning}, preemptions {r.Preemptions}, done {r.Completed}/{r.Requests}; steps decode-only {t.DecodeSteps} " +
+                $"(batch {t.DecodeBatch:F0}, {t.DecodeForwardMs:F1} ms), mixed {t.MixedSteps} ({t.MixedTokens:F0} tokens, {t.MixedForwardMs:F1} ms), " +
+                $"forward {t.ForwardSeconds:F2} s, host {t.HostSeconds:F2} s ({t.HostMsPerStep:F2} ms/step)");
             Save();
         }
         Log($"device: {dev}");
@@ -109,7 +163,16 @@ internal static class ServeBenchCommand
             using var backend = Open(v);
             var opts = PoolOptions(backend, blockSize, maxBatch, requests, prompt + output, headroomGb);
             var prompts = Enumerable.Range(0, requests).Select(i => Tokens(prompt, v.Config.VocabSize, 1000 + i)).ToArray();
-            Add("throughput", v, RunWorkload(backend, opts, prompts, output, maxSeconds, "throughput"));
+            foreach (var c in configs)
+            {
+                backend.SplitMixedAttention = c.SplitAttention;
+                using var profiler = profileEvery > 0 ? new CudaStepProfiler(profileEvery) : null;
+                backend.StepProfiler = profiler;
+                var r = RunWorkload(backend, opts with { ReserveOutputBlocks = c.ReserveOutputs }, prompts, output, maxSeconds, "throughput");
+                backend.StepProfiler = null;
+                Add("throughput", v, r, c.Key, profiler);
+            }
+            backend.SplitMixedAttention = configs[^1].SplitAttention;
             if (prefixV?.Key == v.Key) RunPrefix(backend, v);
         }
         if (prefixV is not null && !variants.Any(v => v.Key == prefixV.Key))
@@ -124,9 +187,10 @@ internal static class ServeBenchCommand
             var prompts = Enumerable.Range(0, questions).Select(i => system.Concat(Tokens(questionTokens, v.Config.VocabSize, 5000 + i)).ToArray()).ToArray();
             foreach (bool caching in new[] { true, false })
             {
-                var opts = PoolOptions(backend, blockSize, maxBatch, questions, prefix + questionTokens + prefixOutput, headroomGb) with { EnablePrefixCaching = caching };
+                var opts = PoolOptions(backend, blockSize, maxBatch, questions, prefix + questionTokens + prefixOutput, headroomGb)
+                    with { EnablePrefixCaching = caching, ReserveOutputBlocks = configs[^1].ReserveOutputs };
                 Add(caching ? $"prefix {prefix}+{questionTokens}, caching on" : $"prefix {prefix}+{questionTokens}, caching off", v,
-                    RunWorkload(backend, opts, prompts, prefixOutput, maxSeconds, caching ? "prefix-on" : "prefix-off"));
+                    RunWorkload(backend, opts, prompts, prefixOutput, maxSeconds, caching ? "prefix-on" : "prefix-off"), configs[^1].Key);
             }
         }
 
@@ -171,7 +235,8 @@ internal static class ServeBenchCommand
 
     static RunResult RunWorkload(CudaBackend backend, ServingOptions opts, int[][] prompts, int output, double maxSeconds, string label)
     {
-        using var engine = new ServingEngine(backend, opts);
+        var trace = new StepAccumulator();
+        using var engine = new ServingEngine(backend, opts with { StepObserver = trace.Add });
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(maxSeconds));
         int peak = 0;
         using var sampling = new CancellationTokenSource();
@@ -205,7 +270,8 @@ internal static class ServeBenchCommand
         var tpot = outcomes.Where(o => o.OutputTokens > 1).Select(o => o.TimePerOutputToken.TotalSeconds).ToArray();
         return new RunResult(label, reqs.Length, outcomes.Count, outcomes.Sum(o => (long)o.PromptTokens), outcomes.Sum(o => (long)o.OutputTokens), wall,
             P(ttft, 0.5), P(ttft, 0.99), P(tpot, 0.5), P(tpot, 0.99), peak, m.Preemptions, m.Steps,
-            m.PrefixCacheQueriedTokens == 0 ? 0 : (double)m.PrefixCacheHitTokens / m.PrefixCacheQueriedTokens, m.KvBlocksTotal, backend.KvBytesPerToken);
+            m.PrefixCacheQueriedTokens == 0 ? 0 : (double)m.PrefixCacheHitTokens / m.PrefixCacheQueriedTokens, m.KvBlocksTotal, backend.KvBytesPerToken,
+            trace.Stats());
     }
 
     static LlamaConfig SwiftKv(LlamaConfig c, int group) =>

@@ -107,6 +107,52 @@ public sealed class CudaBatchedTests
         return rel;
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ForwardBatch_MixedStep_SplitAttentionAndProfilerMatchOneLaunch(bool swiftKv)
+    {
+        // A mixed step whose decode tokens sit between prefill chunks: split (decodes reordered first, two attention
+        // launches) against one launch in batch order, the same K/V state before each, with the profiler recording.
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 128, Heads: 8, KvHeads: 2, HeadDim: 64, SwiftKvLayers: 2, Seed: 49);
+        using var gpu = new CudaBackend(TestModels.View(TestModels.Checkpoint(spec), swiftKv));
+        using var profiler = new CudaStepProfiler(every: 1);
+        const int blockSize = 4;
+        int[] lengths = [9, 23, 5, 17, 3, 30];
+        var tokens = lengths.Select((n, i) => TestModels.RandomTokens(n, spec.Vocab, spec.Seed + (ulong)i)).ToArray();
+        int next = 0;
+        var tables = lengths.Select(n => Enumerable.Range(0, (n + blockSize - 1) / blockSize).Select(_ => next++).ToArray()).ToArray();
+        BatchSequence[] Prefill() => [.. lengths.Select((n, i) => new BatchSequence(tokens[i].AsMemory(0, n - 1), 0, tables[i], false))];
+        // Mixed: sequences 0, 2, 4 decode their last token; 1, 3, 5 bring a chunk ending their prompt (varied lengths).
+        BatchSequence[] Mixed() => [.. lengths.Select((n, i) => i % 2 == 0
+            ? new BatchSequence(tokens[i].AsMemory(n - 1, 1), n - 1, tables[i], true)
+            : new BatchSequence(tokens[i].AsMemory(0, n), 0, tables[i], true))];
+
+        float[] Run(bool split)
+        {
+            using var pool = gpu.CreatePagedKvCache(next + 1, blockSize);
+            gpu.SplitMixedAttention = split;
+            gpu.ForwardBatch(pool, Prefill());
+            gpu.StepProfiler = profiler;
+            var logits = gpu.ForwardBatch(pool, Mixed());
+            gpu.StepProfiler = null;
+            return logits;
+        }
+        var one = Run(split: false);
+        var two = Run(split: true);
+        gpu.SplitMixedAttention = true;
+        Assert.Equal(lengths.Length * spec.Vocab, two.Length);
+        double worst = 0;
+        for (int r = 0; r < lengths.Length; r++)
+            worst = Math.Max(worst, RowError(two.AsSpan(r * spec.Vocab, spec.Vocab), one.AsSpan(r * spec.Vocab, spec.Vocab), $"row {r} split vs one launch"));
+        Assert.Equal(2, profiler.Steps["mixed"]);
+        Assert.True(profiler.MeanMs("mixed", "attention, layers 0..l-1") > 0);
+        Assert.True(profiler.MeanMs("mixed", "norm+lm_head") > 0);
+        Assert.Contains("attention, layers 0..l-1", profiler.ToMarkdown());
+        Gpu.Log($"mixed step split vs one launch (swiftkv {swiftKv}): worst row {worst:E2}\n{profiler.ToMarkdown()}");
+    }
+
     [Fact]
     public void KvBytesAndPool_ShrinkWithAcrossKvAndReturnMemory()
     {

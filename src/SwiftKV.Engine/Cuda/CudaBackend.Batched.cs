@@ -9,6 +9,10 @@
 //            the ids copied back (ForwardBatchGreedy).
 // Everything per step that varies by row or sequence (ids, positions, slots, cu_seqlens, context lengths, block
 // tables, kept rows) is packed on the host into one pinned buffer and uploaded with one copy.
+// Rows are ordered single-token sequences (decodes) first, then longer chunks. In a step that mixes both, attention is
+// launched twice: a varlen launch sized for one query row per sequence (its own split-K choice) and one for the
+// prefill chunks. One launch over both would size the grid by the longest chunk for every sequence, i.e. ~60 empty
+// CTAs per decode sequence and KV head at 2000-token chunks, ~100K per layer at 200 decodes (SplitMixedAttention).
 // Rows are not bit-identical to Forward: cuBLAS may pick another GEMM algorithm for another row count, and the paged
 // attention kernel splits keys differently from the contiguous one; both stay within bf16 rounding (tests).
 using SwiftKV.Cuda;
@@ -23,6 +27,12 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     RopeRowsKernel? _ropeRows;
     GatherRowsKernel? _gatherRows;
     AttentionKvWriteKernel? _pagedKvWrite;
+
+    /// <summary>Launch attention separately for the single-token and the multi-token sequences of a mixed step (default on).</summary>
+    public bool SplitMixedAttention { get; set; } = true;
+
+    /// <summary>When set, every <see cref="CudaStepProfiler.Every"/>-th batched step records CUDA events around its phases.</summary>
+    public CudaStepProfiler? StepProfiler { get; set; }
 
     /// <summary>Paged attention runs the flash kernels only: head_dim 64 or 128 on sm_80 or newer.</summary>
     public bool SupportsBatchedStep => Config.HeadDim is 64 or 128 && Device.ComputeMajor >= 8;
@@ -53,6 +63,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         var logits = new float[(long)rows * Config.VocabSize];
         if (rows > 0) _stream.Download(_ws.Logits.Span.Slice(0, logits.Length), logits);
         else _stream.Synchronize();
+        StepProfiler?.Collect();
         return logits;
     }
 
@@ -61,14 +72,19 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     {
         int rows = EncodeBatch(kv, batch);
         var ids = new int[rows];
+        var prof = StepProfiler;
         if (rows == 0)
         {
             _stream.Synchronize();
+            prof?.Collect();
             return ids;
         }
         var s = _batchScratch!;
+        int m0 = prof?.Mark(_stream) ?? -1;
         _argmax.Launch(_stream, _ws.Logits.Span, rows, Config.VocabSize, s.Picked.Span);
+        prof?.Span("argmax", m0, prof.Mark(_stream));
         _stream.Download(s.Picked.Span.Slice(0, rows), ids);
+        prof?.Collect();
         return ids;
     }
 
@@ -83,23 +99,42 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         _gatherRows ??= new GatherRowsKernel(_kernels);
         _pagedKvWrite ??= new AttentionKvWriteKernel(_kernels);
 
-        var plan = new BatchPlan(batch, pool.BlockSize);
+        var plan = new BatchPlan(batch, pool.BlockSize, SplitMixedAttention);
         int rows = plan.Rows, kept = plan.Kept;
+        var prof = StepProfiler;
+        prof?.Begin(plan.MaxQueryLength == 1 ? "decode-only" : "mixed");
         _stream.Synchronize();   // the pinned staging of the previous step may still be in flight after a failure
         _ws.Ensure(rows, Math.Max(kept, 1));
         var s = _batchScratch ??= new BatchScratch();
         s.Ensure(plan.IntCount, Math.Max(kept, 1), hidden);
         plan.Write(s.Host.AsSpan<int>(plan.IntCount));
+        int mStart = prof?.Mark(_stream) ?? -1;
         _stream.CopyAsync(s.Ints.Span, (int*)s.Host.Pointer, plan.IntCount);
         var d = s.Ints.Span;
         DeviceSpan<int> At((int Offset, int Count) r) => d.Slice(r.Offset, Math.Max(r.Count, 1));
         var ids = At(plan.Ids);
         var positions = At(plan.Positions);
         var slots = At(plan.Slots);
-        var all = new AttentionPagedBatch(At(plan.QueryStarts), At(plan.ContextLengths), At(plan.Tables), plan.MaxBlocks,
-            batch.Length, rows, plan.MaxQueryLength, plan.MaxContext);
+        StepAttention att;
+        if (plan.SplitAt > 0)
+        {
+            // Decodes: sequences 0..SplitAt-1, one row each at rows 0..SplitAt-1. Chunks: the rest, from row SplitAt.
+            int n = batch.Length, a = plan.SplitAt, blocks = plan.MaxBlocks;
+            var first = new AttentionPagedBatch(d.Slice(plan.QueryStarts.Offset, a + 1), d.Slice(plan.ContextLengths.Offset, a),
+                d.Slice(plan.Tables.Offset, (long)a * blocks), blocks, a, a, 1, plan.MaxContextFirst);
+            var rest = new AttentionPagedBatch(At(plan.RestQueryStarts), d.Slice(plan.ContextLengths.Offset + a, n - a),
+                d.Slice(plan.Tables.Offset + (long)a * blocks, (long)(n - a) * blocks), blocks, n - a, rows - a, plan.MaxQueryLength, plan.MaxContextRest);
+            att = new StepAttention(first, rest, a);
+        }
+        else
+        {
+            att = new StepAttention(new AttentionPagedBatch(At(plan.QueryStarts), At(plan.ContextLengths), At(plan.Tables), plan.MaxBlocks,
+                batch.Length, rows, plan.MaxQueryLength, plan.MaxContext), null, 0);
+        }
 
         _embed.Launch(_stream, ids, _w.Embed, cfg.VocabSize, _ws.X, rows, hidden);
+        int mEmbed = prof?.Mark(_stream) ?? -1;
+        prof?.Span("upload+embed", mStart, mEmbed);
         var x = _ws.X.Span;
         int ldFull = qDim + 2 * kvDim;
         for (int i = 0; i < FullLayers; i++)
@@ -110,20 +145,26 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             var qkv = _ws.Qkv.Span;
             _pagedKvWrite.Launch(_stream, qkv.Slice(qDim), qkv.Slice(qDim + kvDim), ldFull, layer.KBias?.Span, layer.VBias?.Span,
                 _w.InvFreq, positions, slots, rows, pool.Cache(i));
-            PagedAttentionAndMlp(x, rows, layer, ldFull, positions, all, pool.Cache(i));
+            PagedAttentionAndMlp(x, rows, layer, ldFull, positions, att, pool.Cache(i), "attention, layers 0..l-1");
         }
+        int mEarly = prof?.Mark(_stream) ?? -1;
+        prof?.Span("layers 0..l-1 (all rows)", mEmbed, mEarly);
 
         if (kept == 0)
         {
             // Every chunk stops short of its known end: later-layer K/V still has to be written.
             if (SwiftKvEnabled) WriteSwiftKv(x, rows, positions, slots, pool);
+            prof?.Span("SwiftKV K/V of layers l..L-1", mEarly, prof.Mark(_stream));
             return 0;
         }
         var keepIdx = At(plan.Keep);
         var x2 = s.X2.Span.Slice(0, (long)kept * hidden);
+        int mLater;
         if (SwiftKvEnabled)
         {
             WriteSwiftKv(x, rows, positions, slots, pool);
+            int mKv = prof?.Mark(_stream) ?? -1;
+            prof?.Span("SwiftKV K/V of layers l..L-1", mEarly, mKv);
             // The SwiftKV saving: only the rows someone samples from go on, one per sequence.
             _gatherRows.Launch(_stream, x, rows, keepIdx, kept, hidden, x2);
             var later = new AttentionPagedBatch(At(plan.KeptQueryStarts), At(plan.KeptContextLengths), At(plan.KeptTables), plan.MaxBlocks,
@@ -134,17 +175,28 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
                 var layer = _w.Layers[j];
                 _norm.Launch(_stream, x2, null, layer.InputLayernorm, _ws.Normed, kept, hidden, _eps);
                 Linear(_ws.Normed, kept, hidden, layer.QkvOrQ, qDim, _ws.Qkv);
-                PagedAttentionAndMlp(x2, kept, layer, qDim, keptPositions, later, pool.Cache(cfg.KvCacheIndex(j, true)));
+                PagedAttentionAndMlp(x2, kept, layer, qDim, keptPositions, new StepAttention(later, null, 0),
+                    pool.Cache(cfg.KvCacheIndex(j, true)), "attention, layers l..L-1");
             }
+            mLater = prof?.Mark(_stream) ?? -1;
+            prof?.Span("layers l..L-1 (logits rows)", mKv, mLater);
         }
         else
         {
             _gatherRows.Launch(_stream, x, rows, keepIdx, kept, hidden, x2);
+            mLater = mEarly;
         }
         _norm.Launch(_stream, x2, null, _w.Norm, _ws.Normed, kept, hidden, _eps);
         Linear(_ws.Normed, kept, hidden, _w.LmHead, cfg.VocabSize, _ws.Logits);
+        prof?.Span("norm+lm_head", mLater, prof.Mark(_stream));
         return kept;
     }
+
+    /// <summary>
+    /// The attention launches of one layer's step: <paramref name="First"/> over rows 0.., and, in a mixed step,
+    /// <paramref name="Rest"/> over rows <paramref name="RestRow"/>.. (its query starts relative to that row).
+    /// </summary>
+    readonly record struct StepAttention(AttentionPagedBatch First, AttentionPagedBatch? Rest, int RestRow);
 
     /// <summary>SingleInputKV: K/V of every AcrossKV leader from norm_swiftkv(x_l), one GEMM, written for every row.</summary>
     void WriteSwiftKv(DeviceSpan<float> x, int rows, DeviceSpan<int> positions, DeviceSpan<int> slots, CudaPagedKvCache pool)
@@ -169,12 +221,18 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// GateUpSilu: GEMV for decode-sized steps, cuBLAS above), so a batched row takes the same GEMM route as a solo one of the same row count.
     /// </summary>
     void PagedAttentionAndMlp(DeviceSpan<float> x, int rows, CudaLayerWeights layer, int ld, DeviceSpan<int> positions,
-        AttentionPagedBatch batch, AttentionPagedCache cache)
+        StepAttention att, AttentionPagedCache cache, string phase)
     {
         var cfg = Config;
-        int hidden = cfg.HiddenSize, inter = cfg.IntermediateSize;
+        int hidden = cfg.HiddenSize, inter = cfg.IntermediateSize, qDim = cfg.QueryDim;
+        var prof = StepProfiler;
+        int m0 = prof?.Mark(_stream) ?? -1;
         _ropeRows!.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, _w.InvFreq, positions, rows, cfg.NumAttentionHeads, cfg.HeadDim);
-        _attention.LaunchPaged(_stream, _ws.Qkv, ld, cache, batch, _ws.Attn, cfg.QueryDim, cfg.NumAttentionHeads);
+        _attention.LaunchPaged(_stream, _ws.Qkv, ld, cache, att.First, _ws.Attn, qDim, cfg.NumAttentionHeads);
+        if (att.Rest is { } rest)
+            _attention.LaunchPaged(_stream, _ws.Qkv.Span.Slice((long)att.RestRow * ld), ld, cache, rest,
+                _ws.Attn.Span.Slice((long)att.RestRow * qDim), qDim, cfg.NumAttentionHeads);
+        prof?.Span(phase, m0, prof.Mark(_stream));
         Linear(_ws.Attn, rows, cfg.QueryDim, layer.O, hidden, x, accumulate: true);
         _norm.Launch(_stream, x, layer.OBias?.Span, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);
         GateUpSilu(_ws.Normed, rows, layer);
@@ -219,22 +277,28 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
 
     /// <summary>
     /// The host side of one step: every int array the kernels read, laid out back to back in one buffer.
-    /// Rows are the sequences' tokens in batch order; sequence s's rows are QueryStarts[s]..QueryStarts[s+1]-1.
-    /// Kept rows (SwiftKV's later-layer batch and the lm_head rows) are the last row of each NeedsLogits sequence.
+    /// Sequences are taken in step order: batch order, or, when the step mixes single-token sequences with longer
+    /// chunks and splitting is on, the single-token ones first (<see cref="SplitAt"/> of them, one row each), then
+    /// the others, each group in batch order. Sequence s (step order) owns rows QueryStarts[s]..QueryStarts[s+1]-1.
+    /// Kept rows (SwiftKV's later-layer batch and the lm_head rows) are the last row of each NeedsLogits sequence,
+    /// in batch order, so logits and picked ids come back in batch order whatever the step order.
     /// </summary>
     sealed class BatchPlan
     {
         readonly BatchSequence[] _batch;
+        readonly int[] _order;
         readonly int _blockSize;
 
-        public BatchPlan(ReadOnlySpan<BatchSequence> batch, int blockSize)
+        public BatchPlan(ReadOnlySpan<BatchSequence> batch, int blockSize, bool split)
         {
             _batch = batch.ToArray();
             _blockSize = blockSize;
+            int n = batch.Length, singles = 0;
             foreach (var s in batch)
             {
                 int len = s.Tokens.Length, ctx = s.StartPosition + len;
                 Rows += len;
+                if (len == 1) singles++;
                 MaxQueryLength = Math.Max(MaxQueryLength, len);
                 MaxContext = Math.Max(MaxContext, ctx);
                 MaxBlocks = Math.Max(MaxBlocks, (ctx + blockSize - 1) / blockSize);
@@ -244,7 +308,23 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
                     MaxKeptContext = Math.Max(MaxKeptContext, ctx);
                 }
             }
-            int n = batch.Length, o = 0;
+            _order = new int[n];
+            SplitAt = split && singles > 0 && singles < n ? singles : 0;
+            if (SplitAt > 0)
+            {
+                int a = 0, b = singles;
+                for (int i = 0; i < n; i++)
+                {
+                    int ctx = batch[i].StartPosition + batch[i].Tokens.Length;
+                    if (batch[i].Tokens.Length == 1) { _order[a++] = i; MaxContextFirst = Math.Max(MaxContextFirst, ctx); }
+                    else { _order[b++] = i; MaxContextRest = Math.Max(MaxContextRest, ctx); }
+                }
+            }
+            else
+            {
+                for (int i = 0; i < n; i++) _order[i] = i;
+            }
+            int o = 0;
             (int, int) Next(int count) { var r = (o, count); o += Math.Max(count, 1); return r; }
             Ids = Next(Rows);
             Positions = Next(Rows);
@@ -252,6 +332,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             QueryStarts = Next(n + 1);
             ContextLengths = Next(n);
             Tables = Next(n * MaxBlocks);
+            RestQueryStarts = Next(SplitAt > 0 ? n - SplitAt + 1 : 0);
             Keep = Next(Kept);
             KeptPositions = Next(Kept);
             KeptQueryStarts = Next(Kept + 1);
@@ -266,6 +347,10 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         public int MaxContext { get; }
         public int MaxKeptContext { get; }
         public int MaxBlocks { get; }
+        /// <summary>Single-token sequences leading the step order when the step is split; 0 when it is not.</summary>
+        public int SplitAt { get; }
+        public int MaxContextFirst { get; }
+        public int MaxContextRest { get; }
         public int IntCount { get; }
         public (int Offset, int Count) Ids { get; }
         public (int Offset, int Count) Positions { get; }
@@ -273,6 +358,8 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         public (int Offset, int Count) QueryStarts { get; }
         public (int Offset, int Count) ContextLengths { get; }
         public (int Offset, int Count) Tables { get; }
+        /// <summary>Query starts of the sequences after <see cref="SplitAt"/>, relative to row SplitAt.</summary>
+        public (int Offset, int Count) RestQueryStarts { get; }
         public (int Offset, int Count) Keep { get; }
         public (int Offset, int Count) KeptPositions { get; }
         public (int Offset, int Count) KeptQueryStarts { get; }
@@ -282,12 +369,12 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         public void Write(Span<int> a)
         {
             a.Clear();   // table padding: block 0 is a valid id the kernels never read past a sequence's context
-            int r = 0, k = 0, shift = System.Numerics.BitOperations.Log2((uint)_blockSize);
+            int r = 0, shift = System.Numerics.BitOperations.Log2((uint)_blockSize);
+            Span<int> lastRow = _batch.Length <= 1024 ? stackalloc int[_batch.Length] : new int[_batch.Length];
             a[QueryStarts.Offset] = 0;
-            a[KeptQueryStarts.Offset] = 0;
-            for (int s = 0; s < _batch.Length; s++)
+            for (int o = 0; o < _batch.Length; o++)
             {
-                var seq = _batch[s];
+                var seq = _batch[_order[o]];
                 var tokens = seq.Tokens.Span;
                 var table = seq.BlockTable.Span;
                 int ctx = seq.StartPosition + tokens.Length, used = (ctx + _blockSize - 1) / _blockSize;
@@ -298,15 +385,23 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
                     a[Positions.Offset + r] = p;
                     a[Slots.Offset + r] = (table[p >> shift] << shift) + (p & (_blockSize - 1));
                 }
-                a[QueryStarts.Offset + s + 1] = r;
-                a[ContextLengths.Offset + s] = ctx;
-                table[..used].CopyTo(a.Slice(Tables.Offset + s * MaxBlocks, used));
+                lastRow[_order[o]] = r - 1;
+                a[QueryStarts.Offset + o + 1] = r;
+                if (SplitAt > 0 && o >= SplitAt) a[RestQueryStarts.Offset + o - SplitAt + 1] = r - SplitAt;
+                a[ContextLengths.Offset + o] = ctx;
+                table[..used].CopyTo(a.Slice(Tables.Offset + o * MaxBlocks, used));
+            }
+            a[KeptQueryStarts.Offset] = 0;
+            for (int i = 0, k = 0; i < _batch.Length; i++)
+            {
+                var seq = _batch[i];
                 if (!seq.NeedsLogits) continue;
-                a[Keep.Offset + k] = r - 1;
+                int ctx = seq.StartPosition + seq.Tokens.Length, used = (ctx + _blockSize - 1) / _blockSize;
+                a[Keep.Offset + k] = lastRow[i];
                 a[KeptPositions.Offset + k] = ctx - 1;
                 a[KeptQueryStarts.Offset + k + 1] = k + 1;
                 a[KeptContextLengths.Offset + k] = ctx;
-                table[..used].CopyTo(a.Slice(KeptTables.Offset + k * MaxBlocks, used));
+                seq.BlockTable.Span[..used].CopyTo(a.Slice(KeptTables.Offset + k * MaxBlocks, used));
                 k++;
             }
         }

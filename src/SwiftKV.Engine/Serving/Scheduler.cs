@@ -33,8 +33,9 @@ internal sealed class Scheduler
     readonly LinkedList<Sequence> _waiting = new();
     readonly List<Sequence> _running = [];
 
-    public Scheduler(KvBlockManager blocks, int maxBatchTokens, int maxRunningSequences, int reserveBlocks)
+    public Scheduler(KvBlockManager blocks, int maxBatchTokens, int maxRunningSequences, int reserveBlocks, bool reserveOutputs = false)
     {
+        ReserveOutputs = reserveOutputs;
         ArgumentNullException.ThrowIfNull(blocks);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBatchTokens);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxRunningSequences);
@@ -48,6 +49,8 @@ internal sealed class Scheduler
     public int MaxBatchTokens { get; }
     public int MaxRunningSequences { get; }
     public int ReserveBlocks { get; }
+    /// <summary>Admission keeps free the blocks every running sequence still needs to reach prompt + maxTokens.</summary>
+    public bool ReserveOutputs { get; }
     public int WaitingCount => _waiting.Count;
     public int RunningCount => _running.Count;
     public long Preemptions { get; private set; }
@@ -104,11 +107,17 @@ internal sealed class Scheduler
         }
 
         // 3. Admissions, strictly FCFS: if the head does not fit, nobody behind it jumps the queue.
+        //    With ReserveOutputs the blocks every admitted sequence will still grow into stay free as well.
+        int growth = 0;
+        if (ReserveOutputs && _waiting.Count > 0)
+            foreach (var seq in _running) growth += FutureBlocks(seq);
         while (budget > 0 && _waiting.First is { } node && _running.Count < MaxRunningSequences)
         {
             var seq = node.Value;
-            int cached = _blocks.TryAllocatePrefix(seq.Blocks, seq.Tokens, seq.KnownTokens, ReserveBlocks);
+            int own = ReserveOutputs ? _blocks.BlocksFor(seq.PromptLength + seq.MaxTokens) - _blocks.BlocksFor(seq.KnownTokens) : 0;
+            int cached = _blocks.TryAllocatePrefix(seq.Blocks, seq.Tokens, seq.KnownTokens, ReserveBlocks + growth + own);
             if (cached < 0) break;
+            growth += own;
             _waiting.RemoveFirst();
             if (seq.CachedPromptTokens < 0) seq.CachedPromptTokens = Math.Min(cached, seq.PromptLength);
             seq.ComputedTokens = cached;
@@ -118,6 +127,9 @@ internal sealed class Scheduler
         }
         return step;
     }
+
+    /// <summary>Blocks a running sequence still takes before it reaches prompt + maxTokens.</summary>
+    int FutureBlocks(Sequence seq) => Math.Max(0, _blocks.BlocksFor(seq.PromptLength + seq.MaxTokens) - seq.Blocks.Count);
 
     static int AddChunk(ScheduledStep step, Sequence seq, int budget)
     {

@@ -67,14 +67,15 @@ public sealed class ServingEngine : IDisposable
             ?? Math.Min(options.KvCacheBytes / bytesPerBlock, (long)blocksPerSequence * options.MaxRunningSequences);
         if (numBlocks < 1)
             throw new ArgumentException($"KvCacheBytes {options.KvCacheBytes} is less than one KV block ({bytesPerBlock} bytes); raise it or lower BlockSize.", nameof(options));
-        int reserve = options.AdmissionReserveBlocks ?? (int)Math.Max(1, numBlocks / 100);
+        // With ReserveOutputBlocks every admitted request's growth is already held back: no extra slack by default.
+        int reserve = options.AdmissionReserveBlocks ?? (options.ReserveOutputBlocks ? 0 : (int)Math.Max(1, numBlocks / 100));
         if (reserve >= numBlocks)
             throw new ArgumentException($"AdmissionReserveBlocks {reserve} leaves no block of the {numBlocks} to admit anything.", nameof(options));
 
         Options = options;
         _kv = _backend.CreatePagedKvCache((int)numBlocks, options.BlockSize);
         _scheduler = new Scheduler(new KvBlockManager((int)numBlocks, options.BlockSize, options.EnablePrefixCaching),
-            options.MaxBatchTokens, options.MaxRunningSequences, reserve);
+            options.MaxBatchTokens, options.MaxRunningSequences, reserve, options.ReserveOutputBlocks);
         _metrics = Snapshot();
         _loop = new Thread(Loop) { IsBackground = true, Name = $"SwiftKV serving ({backend.Name})" };
         _loop.Start();
@@ -156,6 +157,7 @@ public sealed class ServingEngine : IDisposable
                 }
                 while (_cancelled.TryDequeue(out var e)) Drop(e, live);
 
+                long t0 = Stopwatch.GetTimestamp();
                 var step = _scheduler.HasWork ? _scheduler.Schedule() : null;
                 if (step is null || step.IsEmpty)
                 {
@@ -164,7 +166,7 @@ public sealed class ServingEngine : IDisposable
                     else _wake.Wait(1); // nothing fits right now (should not happen with validated sizes); stay responsive
                     continue;
                 }
-                RunStep(step, live);
+                RunStep(step, live, t0);
                 Publish();
             }
             catch (Exception ex)
@@ -184,8 +186,9 @@ public sealed class ServingEngine : IDisposable
         while (_submitted.TryDequeue(out var e)) e.Request.Fail(shutdown);
     }
 
-    void RunStep(ScheduledStep step, Dictionary<Sequence, Entry> live)
+    void RunStep(ScheduledStep step, Dictionary<Sequence, Entry> live, long scheduledFrom)
     {
+        long t1 = Stopwatch.GetTimestamp();
         var batch = new BatchSequence[step.Chunks.Count];
         for (int i = 0; i < batch.Length; i++)
         {
@@ -215,6 +218,7 @@ public sealed class ServingEngine : IDisposable
             }
             return;
         }
+        long t2 = Stopwatch.GetTimestamp();
         _scheduler.Complete(step);
         _steps++;
         _computedTokens += step.NumTokens;
@@ -259,6 +263,15 @@ public sealed class ServingEngine : IDisposable
             _outputTokens++;
             e.Request.Emit(token);
             if (seq.OutputTokens >= seq.MaxTokens) Finish(e, live, FinishReason.Length, now);
+        }
+        if (Options.StepObserver is { } observe)
+        {
+            int decodes = 0;
+            foreach (var c in step.Chunks) if (c.Count == 1 && c.NeedsLogits) decodes++;
+            long t3 = Stopwatch.GetTimestamp();
+            observe(new ServingStepTrace(step.Chunks.Count, step.NumTokens, decodes, row, onBackend,
+                Stopwatch.GetElapsedTime(scheduledFrom, t1).TotalMilliseconds, Stopwatch.GetElapsedTime(t1, t2).TotalMilliseconds,
+                Stopwatch.GetElapsedTime(t2, t3).TotalMilliseconds));
         }
     }
 

@@ -53,3 +53,11 @@ internal sealed class LatencyWindow(int capacity)
         return TimeSpan.FromMilliseconds(sorted[Math.Clamp(i, 0, _count - 1)]);
     }
 }
+
+/// <summary>
+/// One engine step as the loop saw it: its shape and where its wall time went on the host. Schedule = planning
+/// (Scheduler.Schedule), Forward = the backend call (host encoding + GPU work + result copy, synchronous), Post =
+/// sampling, streaming and bookkeeping of the results.
+/// </summary>
+public readonly record struct ServingStepTrace(int Sequences, int Tokens, int DecodeTokens, int LogitsRows, bool OnBackendSampling,
+    double ScheduleMs, double ForwardMs, double PostMs);

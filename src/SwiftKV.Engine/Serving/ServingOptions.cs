@@ -25,8 +25,20 @@ public sealed record ServingOptions
     /// <summary>Longest sequence (prompt + output); null = the model's max_position_embeddings.</summary>
     public int? MaxSequenceLength { get; init; }
 
-    /// <summary>Blocks admission keeps free for running sequences' decode growth (fewer preemptions). Null: 1% of the pool, at least 1.</summary>
+    /// <summary>Blocks admission keeps free for running sequences' decode growth (fewer preemptions). Null: 1% of the pool, at least 1 (0 with <see cref="ReserveOutputBlocks"/>).</summary>
     public int? AdmissionReserveBlocks { get; init; }
+
+    /// <summary>
+    /// Admit a request only while the blocks for its whole length (prompt + maxTokens) fit beside every running
+    /// request's whole length: decodes then never run out of blocks and nobody is preempted (no recompute). Off:
+    /// admission counts known tokens only and a decode that finds no block preempts the latest admission.
+    /// Suits workloads whose maxTokens is close to what requests generate (a large maxTokens that stops early holds
+    /// blocks nobody uses, so fewer requests run at once).
+    /// </summary>
+    public bool ReserveOutputBlocks { get; init; }
+
+    /// <summary>Called on the engine's loop thread after every step (host timing; keep it cheap).</summary>
+    public Action<ServingStepTrace>? StepObserver { get; init; }
 
     /// <summary>Share full blocks of identical prefixes across requests (and across time, until evicted).</summary>
     public bool EnablePrefixCaching { get; init; } = true;

@@ -119,6 +119,43 @@ public class SchedulerTests
     }
 
     [Fact]
+    public void Schedule_ReserveOutputs_AdmitsOnlyWhatCanFinish_NeverPreempts()
+    {
+        // 8 blocks of 2: each sequence needs 2 blocks for its prompt and 4 to finish (prompt 4 + 4 outputs).
+        var m = new KvBlockManager(8, 2, enablePrefixCaching: false);
+        var s = new Scheduler(m, maxBatchTokens: 64, maxRunningSequences: 8, reserveBlocks: 0, reserveOutputs: true);
+        var seqs = Enumerable.Range(0, 3).Select(_ => Seq(4, maxTokens: 4)).ToArray();
+        foreach (var q in seqs) s.Add(q);
+        var first = s.Schedule();
+        Assert.Equal(2, first.Chunks.Count);          // the third would leave too few blocks for the first two to finish
+        Assert.Equal(1, s.WaitingCount);
+        Run(s, first);
+        for (int i = 0; i < 3; i++)                    // outputs 2..4: both decode to the end
+        {
+            var step = s.Schedule();
+            Assert.Empty(step.Preempted);
+            Assert.Equal(2, step.Chunks.Count);
+            Run(s, step);
+        }
+        Assert.Equal(0, s.Preemptions);
+        Assert.Equal(0, m.FreeBlocks);                 // exactly the reserved growth was used
+        s.Finish(seqs[0]);
+        var next = s.Schedule();                       // the freed blocks admit the third
+        Assert.Contains(next.Chunks, c => ReferenceEquals(c.Sequence, seqs[2]));
+    }
+
+    [Fact]
+    public void Schedule_WithoutReserveOutputs_SameWorkload_Preempts()
+    {
+        var m = new KvBlockManager(8, 2, enablePrefixCaching: false);
+        var s = new Scheduler(m, maxBatchTokens: 64, maxRunningSequences: 8, reserveBlocks: 0);
+        var seqs = Enumerable.Range(0, 3).Select(_ => Seq(4, maxTokens: 4)).ToArray();
+        foreach (var q in seqs) s.Add(q);
+        for (int i = 0; i < 4; i++) Run(s, s.Schedule());
+        Assert.True(s.Preemptions > 0);
+    }
+
+    [Fact]
     public void Finish_WaitingOrRunning_FreesEveryBlock()
     {
         var m = new KvBlockManager(16, 4);

@@ -95,6 +95,32 @@ public class ServingEngineTests
     }
 
     [Fact]
+    public async Task Submit_ReserveOutputBlocks_NeverPreempts_OutputsUnchanged_StepsTraced()
+    {
+        // The preemption test's workload and pool, admission reserving each request's whole length instead.
+        using var backend = Backend("swiftkv on acrosskv g=2");
+        int vocab = backend.Config.VocabSize;
+        var sampled = new SamplingParams { Temperature = 0.9f, TopK = 20, Seed = 77 };
+        var jobs = Enumerable.Range(0, 8).Select(i => (Prompt: TestModels.RandomTokens(5 + i, vocab, 300 + (ulong)i),
+            Sampling: i % 2 == 0 ? SamplingParams.Greedy : sampled with { Seed = (ulong)i }, Max: 14)).ToArray();
+        var traces = new System.Collections.Concurrent.ConcurrentQueue<ServingStepTrace>();
+        using var engine = new ServingEngine(backend, new ServingOptions
+        {
+            BlockSize = 2, NumKvBlocks = 16, MaxBatchTokens = 16, ReserveOutputBlocks = true, StepObserver = traces.Enqueue,
+        });
+        var requests = jobs.Select(j => engine.Submit(j.Prompt, j.Sampling, j.Max, ct: Ct)).ToArray();
+        var outputs = await Task.WhenAll(requests.Select(Collect)).WaitAsync(TimeSpan.FromSeconds(60), Ct);
+
+        for (int i = 0; i < jobs.Length; i++)
+            Assert.Equal(Solo(backend, jobs[i].Prompt, jobs[i].Sampling, jobs[i].Max, new HashSet<int>()), outputs[i]);
+        Assert.Equal(0, engine.Metrics.Preemptions);
+        await Eventually(() => engine.Metrics.KvBlocksUsed == 0);
+        await Eventually(() => traces.Count == engine.Metrics.Steps);   // the observer runs at the end of each step
+        Assert.Equal(engine.Metrics.ComputedTokens, traces.Sum(t => (long)t.Tokens));
+        Assert.All(traces, t => Assert.True(t.Tokens <= 16 && t.DecodeTokens <= t.LogitsRows && t.ForwardMs >= 0));
+    }
+
+    [Fact]
     public async Task Cancel_MidStream_FreesBlocksAndLeavesOthersUntouched()
     {
         using var backend = Backend("swiftkv on acrosskv g=2");
