@@ -78,8 +78,14 @@ def main():
     res = {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
     import transformers
     res["transformers"] = transformers.__version__
+    def save():
+        # Written after every section, so a later failure (e.g. out of memory) keeps what was measured.
+        json.dump(res, open(a.out, "w"), indent=1)
+
     res["roofline"] = roofline()
+    print("roofline", res["roofline"], flush=True)
     res["sdpa_attention_causal"] = sdpa_attention(a.quick)
+    save()
     print("sdpa", res["sdpa_attention_causal"], flush=True)
     model = model_8b()
     prefill = {}
@@ -91,13 +97,23 @@ def main():
         prefill[f"{b}x{s}"] = {"ms": t * 1e3, "tokens_per_s": b * s / t}
         print(f"prefill {b}x{s}: {t*1e3:.1f} ms, {b*s/t:,.0f} tokens/s", flush=True)
     res["prefill"] = prefill
+    save()
     decode = {}
     from transformers import DynamicCache
     for b in [1, 32] + ([] if a.quick else [128]):
         ctx = 2048
         ids = torch.randint(0, 128000, (b, ctx), device="cuda")
         cache = DynamicCache()
-        out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        try:
+            # The whole batch's 2K context is prefilled in one forward, as a plain transformers user would;
+            # a batch that does not fit is recorded as such.
+            out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        except torch.OutOfMemoryError:
+            decode[f"batch{b}"] = {"error": "out of memory prefilling the 2K context in one forward"}
+            print(f"decode batch {b}: out of memory", flush=True)
+            del cache
+            torch.cuda.empty_cache()
+            continue
         nxt = out.logits[:, -1:].argmax(-1)
         steps = 16
 
@@ -114,8 +130,10 @@ def main():
         print(f"decode batch {b}: {t*1e3:.1f} ms/step", flush=True)
         del cache
         torch.cuda.empty_cache()
+        res["decode_ctx2048"] = decode
+        save()
     res["decode_ctx2048"] = decode
-    json.dump(res, open(a.out, "w"), indent=1)
+    save()
 
 
 if __name__ == "__main__":
