@@ -127,27 +127,7 @@ public sealed partial class CpuBackend : IGreedyBatchedBackend
         if (kv is not CpuPagedKvCache pool || !ReferenceEquals(pool.Owner, this))
             throw new ArgumentException("the KV pool was not created by this backend (use CreatePagedKvCache of the same CpuBackend).", nameof(kv));
         pool.ThrowIfDisposed();
-        if (batch.IsEmpty) throw new ArgumentException("a batched step needs at least one sequence.", nameof(batch));
-        for (int i = 0; i < batch.Length; i++)
-        {
-            var s = batch[i];
-            if (s.Tokens.IsEmpty) throw new ArgumentException($"sequence {i} of the batch has no tokens.", nameof(batch));
-            if (s.StartPosition < 0) throw new ArgumentException($"sequence {i}: StartPosition {s.StartPosition} is negative.", nameof(batch));
-            var tokens = s.Tokens.Span;
-            for (int t = 0; t < tokens.Length; t++)
-                if ((uint)tokens[t] >= (uint)Config.VocabSize)
-                    throw new ArgumentException($"sequence {i}: token id {tokens[t]} at index {t} is outside the vocabulary [0, {Config.VocabSize}).", nameof(batch));
-            long end = (long)s.StartPosition + tokens.Length;
-            if (end > Config.MaxPositionEmbeddings)
-                throw new ArgumentException($"sequence {i}: positions up to {end - 1} exceed max_position_embeddings {Config.MaxPositionEmbeddings}.", nameof(batch));
-            if (end > (long)s.BlockTable.Length * pool.BlockSize)
-                throw new ArgumentException(
-                    $"sequence {i}: its block table has {s.BlockTable.Length} blocks ({(long)s.BlockTable.Length * pool.BlockSize} positions) but the step reaches position {end - 1}.", nameof(batch));
-            var table = s.BlockTable.Span;
-            for (int b = 0; b < table.Length; b++)
-                if ((uint)table[b] >= (uint)pool.NumBlocks)
-                    throw new ArgumentException($"sequence {i}: block id {table[b]} at table index {b} is outside the pool [0, {pool.NumBlocks}).", nameof(batch));
-        }
+        StepValidation.Batch(Config, batch, pool);
         return pool;
     }
 

@@ -228,9 +228,7 @@ public sealed partial class CudaBackend : IModelBackend
     public ISequenceCache CreateCache(int capacity)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (capacity < 1 || capacity > Config.MaxPositionEmbeddings)
-            throw new ArgumentOutOfRangeException(nameof(capacity), capacity,
-                $"cache capacity must be in 1..{Config.MaxPositionEmbeddings} (max_position_embeddings).");
+        StepValidation.Capacity(Config, capacity);
         return new CudaSequenceCache(this, Config.NumKvCaches(SwiftKvEnabled), capacity, Config.KeyValueDim);
     }
 
@@ -532,14 +530,7 @@ public sealed partial class CudaBackend : IModelBackend
         if (cache is not CudaSequenceCache c || !ReferenceEquals(c.Owner, this))
             throw new ArgumentException("the cache was not created by this backend (use CreateCache of the same CudaBackend).", nameof(cache));
         c.ThrowIfDisposed();
-        if (tokens.IsEmpty) throw new ArgumentException("a forward step needs at least one token.", nameof(tokens));
-        for (int t = 0; t < tokens.Length; t++)
-            if ((uint)tokens[t] >= (uint)Config.VocabSize)
-                throw new ArgumentException($"token id {tokens[t]} at index {t} is outside the vocabulary [0, {Config.VocabSize}).", nameof(tokens));
-        if ((long)c.Length + tokens.Length > c.Capacity)
-            throw new ArgumentException(
-                $"{tokens.Length} tokens do not fit the cache: it holds {c.Length} of {c.Capacity} tokens ({c.Capacity - c.Length} free).",
-                nameof(tokens));
+        StepValidation.Step(Config, tokens, c.Length, c.Capacity);
         return c;
     }
 

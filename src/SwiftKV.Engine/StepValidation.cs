@@ -1,0 +1,55 @@
+// The input checks every backend makes before a forward pass, written once so the CPU and CUDA backends refuse the
+// same inputs with the same messages (a bad id, a step that does not fit, a block table that points outside the pool).
+using SwiftKV.Engine.Serving;
+using SwiftKV.Model;
+
+namespace SwiftKV.Engine;
+
+internal static class StepValidation
+{
+    /// <summary>A sequence cache holds 1..max_position_embeddings tokens.</summary>
+    public static void Capacity(LlamaConfig config, int capacity)
+    {
+        if (capacity < 1 || capacity > config.MaxPositionEmbeddings)
+            throw new ArgumentOutOfRangeException(nameof(capacity), capacity,
+                $"cache capacity must be in 1..{config.MaxPositionEmbeddings} (max_position_embeddings).");
+    }
+
+    /// <summary>A single-sequence step: at least one token, every id in the vocabulary, room left in the cache.</summary>
+    public static void Step(LlamaConfig config, ReadOnlySpan<int> tokens, int cached, int capacity)
+    {
+        if (tokens.IsEmpty) throw new ArgumentException("a forward step needs at least one token.", nameof(tokens));
+        for (int t = 0; t < tokens.Length; t++)
+            if ((uint)tokens[t] >= (uint)config.VocabSize)
+                throw new ArgumentException($"token id {tokens[t]} at index {t} is outside the vocabulary [0, {config.VocabSize}).", nameof(tokens));
+        if ((long)cached + tokens.Length > capacity)
+            throw new ArgumentException(
+                $"{tokens.Length} tokens do not fit the cache: it holds {cached} of {capacity} tokens ({capacity - cached} free).", nameof(tokens));
+    }
+
+    /// <summary>A batched paged step: each sequence's tokens, positions and block table against the pool.</summary>
+    public static void Batch(LlamaConfig config, ReadOnlySpan<BatchSequence> batch, IPagedKvCache pool)
+    {
+        if (batch.IsEmpty) throw new ArgumentException("a batched step needs at least one sequence.", nameof(batch));
+        for (int i = 0; i < batch.Length; i++)
+        {
+            var s = batch[i];
+            if (s.Tokens.IsEmpty) throw new ArgumentException($"sequence {i} of the batch has no tokens.", nameof(batch));
+            if (s.StartPosition < 0) throw new ArgumentException($"sequence {i}: StartPosition {s.StartPosition} is negative.", nameof(batch));
+            var tokens = s.Tokens.Span;
+            for (int t = 0; t < tokens.Length; t++)
+                if ((uint)tokens[t] >= (uint)config.VocabSize)
+                    throw new ArgumentException($"sequence {i}: token id {tokens[t]} at index {t} is outside the vocabulary [0, {config.VocabSize}).", nameof(batch));
+            long end = (long)s.StartPosition + tokens.Length;
+            if (end > config.MaxPositionEmbeddings)
+                throw new ArgumentException($"sequence {i}: positions up to {end - 1} exceed max_position_embeddings {config.MaxPositionEmbeddings}.", nameof(batch));
+            if (end > (long)s.BlockTable.Length * pool.BlockSize)
+                throw new ArgumentException(
+                    $"sequence {i}: its block table has {s.BlockTable.Length} blocks ({(long)s.BlockTable.Length * pool.BlockSize} positions) but the step reaches position {end - 1}.", nameof(batch));
+            var table = s.BlockTable.Span;
+            for (int b = 0; b < table.Length; b++)
+                if ((uint)table[b] >= (uint)pool.NumBlocks)
+                    throw new ArgumentException($"sequence {i}: block id {table[b]} at table index {b} is outside the pool [0, {pool.NumBlocks}).", nameof(batch));
+        }
+    }
+}
