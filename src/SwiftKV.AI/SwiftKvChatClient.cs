@@ -97,66 +97,60 @@ public sealed class SwiftKvChatClient : IChatClient
             FinishReason = finish,
         };
 
+        // Leaving early (stop text, cancellation, an abandoned enumerator) disposes the run, which cancels the
+        // request and frees its KV blocks.
         await using var run = await TokenRun.StartAsync(_model, request, _metrics, cancellationToken).ConfigureAwait(false);
-        try
+        var detok = new StreamingDetokenizer(_model.Tokenizer);
+        var stops = new StopSequenceMatcher(request.StopSequences);
+        var toolCalls = new ToolCallBuffer(request.ToolNames, request.Prefill);
+        bool stoppedOnText = false;
+        TimeSpan firstToken = TimeSpan.Zero, lastToken = TimeSpan.Zero;
+        int received = 0;
+        await foreach (int id in run.Tokens.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
         {
-            var detok = new StreamingDetokenizer(_model.Tokenizer);
-            var stops = new StopSequenceMatcher(request.StopSequences);
-            var toolCalls = new ToolCallBuffer(request.ToolNames, request.Prefill);
-            bool stoppedOnText = false;
-            TimeSpan firstToken = TimeSpan.Zero, lastToken = TimeSpan.Zero;
-            int received = 0;
-            await foreach (int id in run.Tokens.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-            {
-                cancellationToken.ThrowIfCancellationRequested();
-                lastToken = clock.Elapsed;
-                if (received++ == 0)
-                {
-                    firstToken = lastToken;
-                    _metrics.FirstToken(firstToken);
-                }
-                string text = toolCalls.Push(stops.Push(detok.Append(id), out stoppedOnText));
-                if (text.Length > 0) yield return Update([new TextContent(text)]);
-                if (stoppedOnText) break;
-            }
-            var outcome = await run.FinishAsync(stoppedOnText).ConfigureAwait(false);
             cancellationToken.ThrowIfCancellationRequested();
-            if (!stoppedOnText)
+            lastToken = clock.Elapsed;
+            if (received++ == 0)
             {
-                string tail = toolCalls.Push(stops.Flush(detok.Flush(), out stoppedOnText));
-                if (tail.Length > 0) yield return Update([new TextContent(tail)]);
+                firstToken = lastToken;
+                _metrics.FirstToken(firstToken);
             }
-            var (calls, heldText) = toolCalls.Finish();
-            if (heldText.Length > 0) yield return Update([new TextContent(heldText)]);
-            if (calls.Count > 0) yield return Update([.. calls]);
-
-            // NOTE: JSON output cut off by MaxOutputTokens is returned as is, with FinishReason Length.
-            var finish = calls.Count > 0 ? ChatFinishReason.ToolCalls
-                : stoppedOnText || outcome.FinishReason == FinishReason.Stop ? ChatFinishReason.Stop
-                : ChatFinishReason.Length;
-            // Prompt tokens served from the prefix cache were not computed at all; of those computed, all but the
-            // last stop after layer l-1 when SwiftKV is on.
-            int computed = outcome.PromptTokens - outcome.CachedPromptTokens;
-            int skipped = _model.Backend.SwiftKvEnabled ? Math.Max(0, computed - 1) : 0;
-            _metrics.Completed(outcome.PromptTokens, outcome.OutputTokens, skipped, lastToken - firstToken);
-            var usage = new UsageDetails
-            {
-                InputTokenCount = outcome.PromptTokens,
-                OutputTokenCount = outcome.OutputTokens,
-                TotalTokenCount = outcome.PromptTokens + outcome.OutputTokens,
-                AdditionalCounts = new()
-                {
-                    [PromptTokensSkippedBySwiftKv] = skipped,
-                    [PromptTokensFromPrefixCache] = outcome.CachedPromptTokens,
-                },
-            };
-            yield return Update([new UsageContent(usage)], finish);
+            string text = toolCalls.Push(stops.Push(detok.Append(id), out stoppedOnText));
+            if (text.Length > 0) yield return Update([new TextContent(text)]);
+            if (stoppedOnText) break;
         }
-        finally
+        var outcome = await run.FinishAsync(stoppedOnText).ConfigureAwait(false);
+        cancellationToken.ThrowIfCancellationRequested();
+        if (!stoppedOnText)
         {
-            // Leaving early (stop text, cancellation, an abandoned enumerator) ends the run: DisposeAsync cancels
-            // the request and frees its KV blocks.
+            string tail = toolCalls.Push(stops.Flush(detok.Flush(), out stoppedOnText));
+            if (tail.Length > 0) yield return Update([new TextContent(tail)]);
         }
+        var (calls, heldText) = toolCalls.Finish();
+        if (heldText.Length > 0) yield return Update([new TextContent(heldText)]);
+        if (calls.Count > 0) yield return Update([.. calls]);
+
+        // NOTE: JSON output cut off by MaxOutputTokens is returned as is, with FinishReason Length.
+        var finish = calls.Count > 0 ? ChatFinishReason.ToolCalls
+            : stoppedOnText || outcome.FinishReason == FinishReason.Stop ? ChatFinishReason.Stop
+            : ChatFinishReason.Length;
+        // Prompt tokens served from the prefix cache were not computed at all; of those computed, all but the
+        // last stop after layer l-1 when SwiftKV is on.
+        int computed = outcome.PromptTokens - outcome.CachedPromptTokens;
+        int skipped = _model.Backend.SwiftKvEnabled ? Math.Max(0, computed - 1) : 0;
+        _metrics.Completed(outcome.PromptTokens, outcome.OutputTokens, skipped, lastToken - firstToken);
+        var usage = new UsageDetails
+        {
+            InputTokenCount = outcome.PromptTokens,
+            OutputTokenCount = outcome.OutputTokens,
+            TotalTokenCount = outcome.PromptTokens + outcome.OutputTokens,
+            AdditionalCounts = new()
+            {
+                [PromptTokensSkippedBySwiftKv] = skipped,
+                [PromptTokensFromPrefixCache] = outcome.CachedPromptTokens,
+            },
+        };
+        yield return Update([new UsageContent(usage)], finish);
     }
 
     /// <inheritdoc />
