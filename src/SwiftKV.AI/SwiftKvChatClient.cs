@@ -55,6 +55,7 @@ public sealed class SwiftKvChatClient : IChatClient
         string modelId = options.ModelId ?? System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(model.Path));
         _metadata = new ChatClientMetadata("swiftkv", providerUri: null, defaultModelId: modelId);
         _metrics = new SwiftKvInstruments(meterFactory, modelId);
+        KvPoolGauge.Track(model);
     }
 
     static LocalModel LoadModel(SwiftKvOptions options)

@@ -42,17 +42,21 @@ internal static class KvPoolGauge
         SwiftKvInstruments.SharedMeter.CreateObservableGauge(SwiftKvMetrics.KvPoolBytes, Observe, "By",
             "KV cache bytes in use in the serving engine's block pool");
 
+    /// <summary>Called by every client of a model; a model is observed until it is disposed.</summary>
     public static void Track(SwiftKV.Engine.LocalModel model)
     {
         if (model.Serving is not null) s_models.TryAdd(model, 0);
     }
 
-    public static void Untrack(SwiftKV.Engine.LocalModel model) => s_models.TryRemove(model, out _);
-
     static IEnumerable<Measurement<long>> Observe()
     {
         foreach (var model in s_models.Keys)
         {
+            if (model.IsDisposed)
+            {
+                s_models.TryRemove(model, out _);
+                continue;
+            }
             if (model.Serving is not { } engine) continue;
             var m = engine.Metrics;
             yield return new Measurement<long>(m.KvBlocksUsed * m.KvBytesPerBlock,

@@ -1,6 +1,5 @@
-// A checkpoint loaded for inference: config, tokenizer, stop tokens and a compute backend.
-// NOTE: lives here until the engine project grows its own model-loading entry point; it only composes
-// Model (loading) and Engine (backends).
+// A checkpoint loaded for inference: config, tokenizer, a compute backend chosen by BackendKind (Auto: CUDA when
+// usable, else the CPU, with the reason), and the serving engine every client of the model feeds.
 using SwiftKV.Model;
 using SwiftKV.Model.Tokenization;
 using SwiftKV.Model.Checkpoint;
@@ -40,6 +39,11 @@ public sealed class LocalModel : IDisposable
     /// </summary>
     public SemaphoreSlim ExecutionGate { get; } = new(1, 1);
 
+    int _disposed;
+
+    /// <summary>True once <see cref="Dispose"/> ran (its engine stopped, its weights freed).</summary>
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
     /// <summary>Loads a checkpoint directory. <paramref name="swiftKv"/> is honoured only when the checkpoint has SwiftKV.</summary>
     public static LocalModel Load(string path, BackendKind backend = BackendKind.Auto, bool swiftKv = true, ServingOptions? serving = null)
     {
@@ -53,7 +57,6 @@ public sealed class LocalModel : IDisposable
             Path = path, Config = config, Tokenizer = tokenizer, Backend = compute, BackendReason = reason,
             Serving = compute is IBatchedBackend { SupportsBatchedStep: true } ? new ServingEngine(compute, serving) : null,
         };
-        SwiftKV.AI.KvPoolGauge.Track(model);
         return model;
     }
 
@@ -86,7 +89,7 @@ public sealed class LocalModel : IDisposable
     public void Dispose()
     {
         // The engine stops its loop and fails in-flight requests before the weights go away.
-        SwiftKV.AI.KvPoolGauge.Untrack(this);
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         Serving?.Dispose();
         Backend.Dispose();
     }
