@@ -4,6 +4,9 @@
 // (50%) vs on + AcrossKV, KV bytes per token, achieved TFLOP/s and GB/s against the measured ceilings. Optionally
 // times the direct checkpoint loader on a directory (--load DIR). GPU times come from CUDA events on the backend's
 // stream; each figure is the median of several runs after a warm-up. Writes a markdown table and a JSON file.
+// Decode at batch B (--decode-batches 32,128): B sequences with the same context in a paged KV pool (block size 16),
+// filled by batched prefill steps, then B-row steps of the batched greedy path (ForwardBatchGreedy, one new token
+// per sequence), as the serving engine runs them; ms/step, tokens/s = B / step, GB/s of weights + KV read per step.
 // The decode linear layers are also timed alone (--gemv-rows): the GEMV kernel against cuBLAS at the preset's
 // projection shapes, rotating over enough weight copies that every launch streams from device memory, not L2.
 // FLOP counting follows docs/PERFORMANCE.md: 2 x params per token for the linear layers each token passes through,
@@ -16,6 +19,7 @@ using System.Text.Json.Nodes;
 using SwiftKV.Cuda;
 using SwiftKV.Engine;
 using SwiftKV.Engine.Cuda;
+using SwiftKV.Engine.Serving;
 using SwiftKV.Model;
 using SwiftKV.Model.Checkpoint;
 
@@ -23,7 +27,7 @@ namespace SwiftKV.Cli;
 
 internal static class BenchCommand
 {
-    const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] " +
+    const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] [--decode-batches 32,128|none] " +
         "[--runs 3] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--load DIR] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
@@ -37,6 +41,7 @@ internal static class BenchCommand
         double maxCase = a.Float("max-case-seconds") ?? 30;
         string[] variantNames = (a.String("variants") ?? "off,swiftkv50,acrosskv4").Split(',', StringSplitOptions.RemoveEmptyEntries);
         string? loadDir = a.String("load");
+        int[] decodeBatches = ParseBatches(a.String("decode-batches") ?? "32,128");
         string gemvRowsArg = a.String("gemv-rows") ?? "1,2,4,8";
         int[] gemvRows = gemvRowsArg == "none" ? [] : gemvRowsArg.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
         if (gemvRows.Any(r => r < 1 || r > SwiftKV.Cuda.Kernels.GemvKernel.MaxRows))
@@ -80,14 +85,17 @@ internal static class BenchCommand
         var results = new JsonArray();
         foreach (var v in variants)
         {
-            var vj = BenchVariant(v, cases, context, steps, runs, maxCase, tflops, copyGbps, md);
+            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md);
             results.Add(vj);
         }
         json["variants"] = results;
-        json["decode_batch_gt1"] = "not measured: the backend runs one sequence per step; batch 32/128 await the batched decode step";
-        md.AppendLine();
-        md.AppendLine("Decode at batch 32 and 128: not measured — the CUDA backend has no batched decode step yet (one sequence per Forward); " +
-            "running B sequences one after another would only report B x the batch-1 time.");
+        if (decodeBatches.Length > 0)
+        {
+            md.AppendLine();
+            md.AppendLine($"Decode b>1: paged KV (block size {DecodeBlockSize}), context filled by batched prefill steps of <= {DecodePrefillTokens} tokens, " +
+                "then ForwardBatchGreedy steps of one token per sequence; ms = median step by CUDA events after 3 warm-up steps; " +
+                "GB/s = (weights except the embedding table + KV of every sequence read) / step time.");
+        }
 
         Console.WriteLine();
         Console.WriteLine(md.ToString());
@@ -99,6 +107,18 @@ internal static class BenchCommand
 
     static LlamaConfig SwiftKv(LlamaConfig c, int group) =>
         (c with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = c.NumHiddenLayers / 2, KeyValueGroupSize = group }).Validate();
+
+    internal static int[] ParseBatches(string s)
+    {
+        if (s == "none") return [];
+        var parts = s.Split(',', StringSplitOptions.RemoveEmptyEntries);
+        var r = new int[parts.Length];
+        for (int i = 0; i < parts.Length; i++)
+            if (!int.TryParse(parts[i], NumberStyles.None, CultureInfo.InvariantCulture, out r[i]) || r[i] < 1)
+                throw new UsageException($"--decode-batches: '{parts[i]}' is not a batch size >= 1 (e.g. 32,128, or none)");
+        if (r.Length == 0) throw new UsageException("--decode-batches: give batch sizes (e.g. 32,128) or none");
+        return r;
+    }
 
     static (int Batch, int Length) ParseCase(string s)
     {
@@ -172,7 +192,7 @@ internal static class BenchCommand
         return new JsonObject { ["dir"] = dir, ["bytes"] = backend.LoadedBytes, ["seconds_total"] = total, ["seconds_streaming"] = backend.LoadSeconds };
     }
 
-    static JsonObject BenchVariant(Variant v, (int Batch, int Length)[] cases, int context, int steps, int runs, double maxCase,
+    static JsonObject BenchVariant(Variant v, (int Batch, int Length)[] cases, int context, int steps, int[] decodeBatches, int runs, double maxCase,
         double roofTflops, double roofGbps, StringBuilder md)
     {
         var cfg = v.Config;
@@ -223,7 +243,97 @@ internal static class BenchCommand
         }
         vj["prefill"] = prefill;
         vj["decode"] = BenchDecode(v, backend, context, steps, roofGbps, kvPerToken, md);
+        if (decodeBatches.Length > 0 && !backend.SupportsBatchedStep)
+            Log($"{v.Name}: decode b>1 skipped: no batched paged step for head_dim {cfg.HeadDim} on this card");
+        else if (decodeBatches.Length > 0) vj["decode_batched"] = BenchDecodeBatched(v, backend, decodeBatches, context, steps, roofGbps, md);
         return vj;
+    }
+
+    const int DecodeBlockSize = 16, DecodePrefillTokens = 8192, DecodeWarmup = 3;
+
+    /// <summary>
+    /// Decode steps of B sequences at once through the batched paged path: a pool sized for every sequence's context
+    /// plus its decode tokens, the contexts filled by batched prefill steps, then one greedy token per sequence per
+    /// step with block tables grown as positions cross blocks. A batch whose pool does not fit is reported as such.
+    /// </summary>
+    static JsonArray BenchDecodeBatched(Variant v, CudaBackend backend, int[] batches, int context, int steps, double roofGbps, StringBuilder md)
+    {
+        var cfg = v.Config;
+        var all = new JsonArray();
+        long weightRead = backend.WeightBytes - (cfg.TieWordEmbeddings ? 0 : (long)cfg.VocabSize * cfg.HiddenSize * 2);
+        long kvPerToken = backend.KvBytesPerToken;
+        foreach (int b in batches)
+        {
+            var plan = new BatchedDecodePlan(b, context, DecodeWarmup, steps, DecodeBlockSize, DecodePrefillTokens);
+            if (plan.PositionsPerSequence > cfg.MaxPositionEmbeddings) continue;
+            double poolGb = (double)plan.TotalBlocks * DecodeBlockSize * kvPerToken / 1e9;
+            IPagedKvCache? pool = null;
+            try
+            {
+                pool = backend.CreatePagedKvCache(plan.TotalBlocks, DecodeBlockSize);
+                var tables = Enumerable.Range(0, b).Select(plan.Table).ToArray();
+                var contexts = Enumerable.Range(0, b).Select(s => Tokens(context, cfg.VocabSize, 100 + s)).ToArray();
+                var next = new int[b];
+                var sw = Stopwatch.StartNew();
+                foreach (var chunks in plan.PrefillSteps())
+                {
+                    var batch = chunks.Select(c => new BatchSequence(contexts[c.Seq].AsMemory(c.Start, c.Count), c.Start,
+                        tables[c.Seq].AsMemory(0, plan.BlocksFor(c.Start + c.Count)), c.EndsContext)).ToArray();
+                    var picked = backend.ForwardBatchGreedy(pool, batch);
+                    int k = 0;
+                    foreach (var c in chunks) if (c.EndsContext) next[c.Seq] = picked[k++];
+                }
+                double prefillS = sw.Elapsed.TotalSeconds;
+                var rows = new BatchSequence[b];
+                var tokenBox = Enumerable.Range(0, b).Select(_ => new int[1]).ToArray();
+                int position = context;
+                void Step()
+                {
+                    for (int s = 0; s < b; s++)
+                    {
+                        tokenBox[s][0] = next[s];
+                        rows[s] = new BatchSequence(tokenBox[s], position, tables[s].AsMemory(0, plan.BlocksFor(position + 1)), true);
+                    }
+                    next = backend.ForwardBatchGreedy(pool, rows);
+                    position++;
+                }
+                for (int i = 0; i < DecodeWarmup; i++) Step();
+                var gpu = new List<double>();
+                var wall = new List<double>();
+                using var e0 = new CudaEvent();
+                using var e1 = new CudaEvent();
+                for (int i = 0; i < steps; i++)
+                {
+                    long t0 = Stopwatch.GetTimestamp();
+                    e0.Record(backend.Stream);
+                    Step();
+                    e1.Record(backend.Stream);
+                    gpu.Add(CudaEvent.ElapsedMs(e0, e1));
+                    wall.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+                }
+                double ms = MedianOf(gpu), wallMs = MedianOf(wall), tps = b / (ms * 1e-3);
+                double kvRead = (double)kvPerToken * b * plan.MeanTimedContext, bytes = weightRead + kvRead;
+                double gbps = bytes / (ms * 1e-3) / 1e9;
+                Log($"{v.Name}: decode batch {b}, context {context}: {ms:F3} ms/step GPU (events), {wallMs:F3} ms host wall, {tps:F0} tokens/s, {gbps:F0} GB/s " +
+                    $"(weights {weightRead / 1e9:F2} GB + KV {kvRead / 1e9:F2} GB); pool {plan.TotalBlocks} blocks = {poolGb:F1} GB, prefill {prefillS:F1} s");
+                md.AppendLine($"| {v.Name} | decode b{b} ctx {context} (paged, batched greedy) | {ms:F2} ms/step | {tps:F0} | | {gbps:F0} ({100 * gbps / roofGbps:F0}%) | " +
+                    $"host wall {wallMs:F2} ms/step; reads {weightRead / 1e9:F1} GB weights + {kvRead / 1e9:F1} GB KV per step |");
+                all.Add(new JsonObject { ["batch"] = b, ["context"] = context, ["block_size"] = DecodeBlockSize, ["pool_blocks"] = plan.TotalBlocks, ["pool_bytes"] = poolGb * 1e9,
+                    ["ms_per_step"] = ms, ["host_wall_ms"] = wallMs, ["tokens_per_s"] = tps, ["weight_bytes_read"] = weightRead, ["kv_bytes_read"] = kvRead,
+                    ["gbps"] = gbps, ["prefill_seconds"] = prefillS, ["timed_steps"] = steps });
+            }
+            catch (CudaException e)
+            {
+                Log($"{v.Name}: decode batch {b} failed ({poolGb:F1} GB pool): {e.Message}");
+                md.AppendLine($"| {v.Name} | decode b{b} ctx {context} (paged, batched greedy) | failed | | | | {poolGb:F1} GB pool: {e.Message} |");
+                all.Add(new JsonObject { ["batch"] = b, ["context"] = context, ["pool_bytes"] = poolGb * 1e9, ["error"] = e.Message });
+            }
+            finally
+            {
+                pool?.Dispose();
+            }
+        }
+        return all;
     }
 
     static JsonArray BenchDecode(Variant v, CudaBackend backend, int context, int steps, double roofGbps, long kvPerToken, StringBuilder md)
