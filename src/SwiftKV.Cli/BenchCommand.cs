@@ -94,7 +94,7 @@ internal static class BenchCommand
             md.AppendLine();
             md.AppendLine($"Decode b>1: paged KV (block size {DecodeBlockSize}), context filled by batched prefill steps of <= {DecodePrefillTokens} tokens, " +
                 "then ForwardBatchGreedy steps of one token per sequence; ms = median step by CUDA events after 3 warm-up steps; " +
-                "GB/s = (weights except the embedding table + KV of every sequence read) / step time.");
+                "GB/s = (weights except the embedding table + K/V every layer reads for every sequence; AcrossKV shrinks the pool, not these reads) / step time.");
         }
 
         Console.WriteLine();
@@ -262,6 +262,10 @@ internal static class BenchCommand
         var all = new JsonArray();
         long weightRead = backend.WeightBytes - (cfg.TieWordEmbeddings ? 0 : (long)cfg.VocabSize * cfg.HiddenSize * 2);
         long kvPerToken = backend.KvBytesPerToken;
+        // KV bytes attention READS per position: every layer reads its cache, so AcrossKV (several layers on one
+        // stored cache) shrinks the pool, not the traffic; the per-layer caches of a 128-sequence batch are far
+        // larger than L2, so a shared cache is read again by each layer of its group.
+        long kvReadPerPosition = 2L * cfg.NumHiddenLayers * cfg.KeyValueDim * 2;
         foreach (int b in batches)
         {
             var plan = new BatchedDecodePlan(b, context, DecodeWarmup, steps, DecodeBlockSize, DecodePrefillTokens);
@@ -312,7 +316,7 @@ internal static class BenchCommand
                     wall.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
                 }
                 double ms = MedianOf(gpu), wallMs = MedianOf(wall), tps = b / (ms * 1e-3);
-                double kvRead = (double)kvPerToken * b * plan.MeanTimedContext, bytes = weightRead + kvRead;
+                double kvRead = (double)kvReadPerPosition * b * plan.MeanTimedContext, bytes = weightRead + kvRead;
                 double gbps = bytes / (ms * 1e-3) / 1e9;
                 Log($"{v.Name}: decode batch {b}, context {context}: {ms:F3} ms/step GPU (events), {wallMs:F3} ms host wall, {tps:F0} tokens/s, {gbps:F0} GB/s " +
                     $"(weights {weightRead / 1e9:F2} GB + KV {kvRead / 1e9:F2} GB); pool {plan.TotalBlocks} blocks = {poolGb:F1} GB, prefill {prefillS:F1} s");
