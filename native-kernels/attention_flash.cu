@@ -19,13 +19,30 @@
 // memory and re-reads it, so each K/V fragment loaded by ldmatrix feeds two MMAs (half the shared-memory traffic
 // per FLOP, which is what capped MF = 1). Online softmax in fp32 in the exp2 domain; P is re-packed from the S
 // accumulators into A fragments without touching shared memory.
-// Grid: x = row tiles (heaviest causal tile first), y = sequence * kv_heads, z = splits.
+// Grid: x = row tiles, y = sequence * kv_heads, z = splits; fa_block_order maps a CTA to (row tile, pair) so the
+// heaviest causal tiles of all pairs start first.
 // Decode as one CUDA graph (contiguous entries): the position can come from device memory (pos_dev, read after
 // griddepcontrol.wait, so a graph replays any step), keys_per_split <= 0 splits the keys evenly over grid.z on the
 // device, and with `counters` the split combine is fused: every CTA publishes its partials, and the last CTA of
 // each (sequence, KV head, row tile) to arrive merges them (no combine launch); it resets its counter for the
 // next launch. Programmatic launch is allowed: nothing is read before pdl_wait().
 #include "swiftkv_common.cuh"
+
+// Build switches (benchmarks compile the file again with other values and time both in one process):
+//   FA_ORDER      1: heaviest causal row tiles first across every (sequence, KV head) pair; 0: per pair (each pair's
+//                 tiles heavy to light, pair after pair, so the last pairs' heavy tiles started late: a tail).
+//   FA_LOAD_HOIST 1: a thread computes every K/V chunk address of a tile (block-table reads included) before it
+//                 issues the copies, so the table reads are in flight together; 0: one read, one copy, in turn (the
+//                 copy's asm is a compiler memory barrier, so the next read could not move above it).
+// (Measured on H100, same process: FA_ORDER 2K 144 -> 195 TFLOP/s with 32 rows/warp and 32-key tiles, 8K 273 -> 287;
+// FA_LOAD_HOIST fixed the 16-rows-per-warp regression, 8K 173 -> 242. Packing P late, as 2e05f9d did, and a
+// non-volatile mma asm changed nothing measurable and were dropped: src/SwiftKV.Cuda/NOTES.md.)
+#ifndef FA_ORDER
+#define FA_ORDER 1
+#endif
+#ifndef FA_LOAD_HOIST
+#define FA_LOAD_HOIST 1
+#endif
 
 __device__ __forceinline__ unsigned smem_addr(const void* p)
 {
@@ -127,22 +144,41 @@ __device__ __forceinline__ void flash_core(const FaSeq& sq, int heads, int kv_he
     const int ntiles = k_end > k_begin ? (k_end - k_begin + BN - 1) / BN : 0;
 
     // K/V tile loader: BN rows x D/8 chunks of 16 bytes each; rows at or past kend are zero-filled.
+    constexpr int PER = BN * CH / (NW * 32);                  // 16-byte chunks per thread per K (or V) tile
+    static_assert(PER * NW * 32 == BN * CH, "a tile is a whole number of chunks per thread");
     auto load_tile = [&](int stage, int n0) {
         bf16_t* ks = smem + stage * 2 * TILE;
         bf16_t* vs = ks + TILE;
+        auto slot_of = [&](int kk) -> long long {
+            if (PAGED) return ((long long)__ldg(sq.table + (kk >> sq.block_shift)) << sq.block_shift) + (kk & ((1 << sq.block_shift) - 1));
+            return kk;
+        };
+#if FA_LOAD_HOIST
+        long long off[PER];
+        #pragma unroll
+        for (int j = 0; j < PER; j++)
+        {
+            const int i = tid + j * NW * 32, r = i / CH, key = n0 + r;
+            off[j] = slot_of(key < kend ? key : 0) * kv_dim + (i % CH) * 8;
+        }
+        #pragma unroll
+        for (int j = 0; j < PER; j++)
+        {
+            const int i = tid + j * NW * 32, r = i / CH, c = (i % CH) * 8, ok = n0 + r < kend ? 16 : 0;
+            cp_async16(smem_addr(ks + r * LD + c), sq.k + off[j], ok);
+            cp_async16(smem_addr(vs + r * LD + c), sq.v + off[j], ok);
+        }
+#else
         #pragma unroll
         for (int i = tid; i < BN * CH; i += NW * 32)
         {
             int r = i / CH, c = (i % CH) * 8, key = n0 + r;
             int ok = key < kend ? 16 : 0;
-            int kk = key < kend ? key : 0;
-            long long slot;
-            if (PAGED) slot = ((long long)__ldg(sq.table + (kk >> sq.block_shift)) << sq.block_shift) + (kk & ((1 << sq.block_shift) - 1));
-            else slot = kk;
-            long long off = slot * kv_dim + c;
+            long long off = slot_of(key < kend ? key : 0) * kv_dim + c;
             cp_async16(smem_addr(ks + r * LD + c), sq.k + off, ok);
             cp_async16(smem_addr(vs + r * LD + c), sq.v + off, ok);
         }
+#endif
     };
 
     if (ntiles > 0) load_tile(0, k_begin);
@@ -475,6 +511,21 @@ __device__ __forceinline__ void fused_combine(const FaSeq& sq, int heads, int kv
     }
 }
 
+// Which row tile of which (sequence, KV head) pair this CTA takes. CTAs start in linear block order (x fastest), so
+// with FA_ORDER linear block i takes tile rank i / gridDim.y (rank 0 = the last, longest causal tile) of pair
+// i % gridDim.y: the longest tiles of every pair go first and short ones fill the tail.
+__device__ __forceinline__ void fa_block_order(int& tile_m, int& pair)
+{
+#if FA_ORDER
+    const unsigned lin = blockIdx.y * gridDim.x + blockIdx.x;
+    tile_m = (int)(gridDim.x - 1 - lin / gridDim.y);
+    pair = (int)(lin % gridDim.y);
+#else
+    tile_m = (int)(gridDim.x - 1 - blockIdx.x);
+    pair = (int)blockIdx.y;
+#endif
+}
+
 // Contiguous caches, `batch` sequences at the same positions (grid.y = batch * kv_heads): sequence b's queries at
 // q + b * q_bstride (row stride ldq), its caches at k/v + b * kv_bstride, its output at out + b * o_bstride (row
 // stride heads * D); partial rows (split, b * T + t, head). pos_dev (optional) overrides pos0 from device memory;
@@ -487,7 +538,9 @@ extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_d##D##_w##NW##_
     const int* pos_dev, int* counters)                                                                                   \
 {                                                                                                                        \
     pdl_wait();                                                                                                          \
-    const int batch = gridDim.y / kv_heads, b = blockIdx.y / kv_heads, kvh = blockIdx.y % kv_heads;                     \
+    int tile_m, pair;                                                                                                    \
+    fa_block_order(tile_m, pair);                                                                                        \
+    const int batch = gridDim.y / kv_heads, b = pair / kv_heads, kvh = pair % kv_heads;                                  \
     if (pos_dev != nullptr) pos0 = *pos_dev;                                                                             \
     if (keys_per_split <= 0)                                                                                             \
     {                                                                                                                    \
@@ -501,12 +554,11 @@ extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_d##D##_w##NW##_
     sq.T = T; sq.pos0 = pos0;                                                                                            \
     sq.k = k + b * kv_bstride + kvh * D; sq.v = v + b * kv_bstride + kvh * D;                                            \
     sq.table = nullptr; sq.block_shift = 0;                                                                               \
-    const int tile_m = gridDim.x - 1 - blockIdx.x;                                                                      \
     flash_core<D, NW, MF, BN, false>(sq, heads, kv_heads, kvh, tile_m, blockIdx.z, gridDim.z,                           \
         keys_per_split, scale_log2, part_o, part_lse);                                                                   \
     if (counters != nullptr && gridDim.z > 1)                                                                            \
         fused_combine<D, FaShape<D, NW, MF, BN>::BM>(sq, heads, kv_heads, kvh, tile_m, gridDim.z, part_o, part_lse,      \
-            counters + (long long)blockIdx.y * gridDim.x + tile_m);                                                      \
+            counters + (long long)pair * gridDim.x + tile_m);                                                            \
 }
 
 // Paged caches, a varlen batch (grid.y = sequences * kv_heads): sequence s owns query/output rows
@@ -519,7 +571,9 @@ extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_paged_d##D##_w#
     const int* cu_q, const int* ctx_lens, bf16_t* out, int ldo, float* part_o, float* part_lse, int total_tokens,        \
     int heads, int kv_heads, int keys_per_split, float scale_log2)                                                       \
 {                                                                                                                        \
-    const int s = blockIdx.y / kv_heads, kvh = blockIdx.y % kv_heads;                                                    \
+    int tile_m, pair;                                                                                                    \
+    fa_block_order(tile_m, pair);                                                                                        \
+    const int s = pair / kv_heads, kvh = pair % kv_heads;                                                                \
     const int q0 = cu_q[s], T = cu_q[s + 1] - q0;                                                                        \
     if (T <= 0) return;                                                                                                  \
     FaSeq sq;                                                                                                            \
@@ -529,7 +583,7 @@ extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_paged_d##D##_w#
     sq.T = T; sq.pos0 = ctx_lens[s] - T;                                                                                 \
     sq.k = k_cache + kvh * D; sq.v = v_cache + kvh * D;                                                                  \
     sq.table = block_tables + (long long)s * max_blocks; sq.block_shift = block_shift;                                     \
-    flash_core<D, NW, MF, BN, true>(sq, heads, kv_heads, kvh, gridDim.x - 1 - blockIdx.x, blockIdx.z, gridDim.z,         \
+    flash_core<D, NW, MF, BN, true>(sq, heads, kv_heads, kvh, tile_m, blockIdx.z, gridDim.z,                             \
         keys_per_split, scale_log2, part_o, part_lse);                                                                   \
 }
 

@@ -1,9 +1,12 @@
 // Attention kernel benchmark (not a timed test: it only prints), run when SWIFTKV_BENCH=1. Llama-3.1-8B attention
-// shape (32 query heads, 8 KV heads, head_dim 128): causal prefill at 1x2K/8K/32K in TFLOP/s counting
-// 2·S²·head_dim·heads (PERFORMANCE.md) for every flash CTA shape (and 8K through the paged launch), and paged
+// shape (32 query heads, 8 KV heads, head_dim 128): causal prefill at 1x2K/4K/8K/32K in TFLOP/s counting
+// 2·S²·head_dim·heads (PERFORMANCE.md) for every flash CTA shape and Auto (and 8K through the paged launch), and paged
 // decode (one new token over a 2K context, scattered 16-token blocks) at batch 1, 32 and 128 in GB/s counting the
 // K/V bytes read. CUDA events around each launch, warm-up first, median of the repeats; batch 1 rotates over 32
 // sequences so it does not time the 50 MB L2.
+// Other kernel versions run in the same process on the same data: SWIFTKV_BENCH_BASELINE names 2e05f9d's file (old
+// entry signature); SWIFTKV_BENCH_VARIANTS = "label=FA_X=0,FA_Y=1;label2=@path/file.cu;..." compiles the embedded
+// attention_flash.cu with those build switches, or another file with today's entry points, and times its shapes too.
 using SwiftKV.Cuda.Kernels;
 using SwiftKV.Engine.Tests;
 using Xunit;
@@ -81,7 +84,32 @@ public sealed unsafe class AttentionBenchmarkTests : GpuFixtureTest
             baseline.SetAttribute(CudaKernel.AttrSharedCarveoutPercent, 100);
         }
 
-        foreach (int s in new[] { 2048, 8192, 32768 })
+        // (label, launcher, its paths): the embedded kernel, then each variant.
+        var kernels = new List<(string Label, AttentionKernel Kernel, AttentionPath[] Paths)>
+        {
+            ("", attention, [AttentionPath.Auto, .. flashPaths]),
+        };
+        var variantPaths = new[] { AttentionPath.Flash4Warps, AttentionPath.Flash4Warps32Rows, AttentionPath.Flash4Warps32RowsKeys32 };
+        foreach (var spec in (Environment.GetEnvironmentVariable("SWIFTKV_BENCH_VARIANTS") ?? "").Split(';', StringSplitOptions.RemoveEmptyEntries))
+        {
+            int eq = spec.IndexOf('=');
+            Assert.True(eq > 0, $"SWIFTKV_BENCH_VARIANTS entry '{spec}' is not label=defines or label=@file");
+            string label = spec[..eq], what = spec[(eq + 1)..];
+            string source = what.StartsWith('@') ? File.ReadAllText(what[1..])
+                : string.Concat(what.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(d => $"#define {d.Replace('=', ' ')}\n")) + KernelLibrary.Read("attention_flash.cu");
+            var cubin = NvrtcCompiler.Compile($"attention_flash_{label}.cu", source, [("swiftkv_common.cuh", KernelLibrary.Read("swiftkv_common.cuh"))]);
+            var variant = new AttentionKernel(Library) { FlashModuleOverride = new CudaModule(cubin, $"attention_flash_{label}.cu") };
+            kernels.Add(($"[{label}] ", variant, variantPaths));
+            foreach (var path in variantPaths)
+                foreach (bool paged in new[] { false, true })
+                {
+                    var k = variant.FlashKernel(HeadDim, path, paged);
+                    Gpu.Log($"bench [{label}] {(paged ? "paged " : "")}d{HeadDim} {path}: {k.GetAttribute(CudaKernel.AttrNumRegs)} registers/thread, " +
+                        $"{k.GetAttribute(CudaKernel.AttrLocalSizeBytes)} B local (spills)");
+                }
+        }
+
+        foreach (int s in new[] { 2048, 4096, 8192, 32768 })
         {
             using var q = new DeviceBuffer<float>((long)s * ldq);
             using var kc = new DeviceBuffer<Bf16>((long)s * kvDim);
@@ -97,14 +125,16 @@ public sealed unsafe class AttentionBenchmarkTests : GpuFixtureTest
                 double bms = MedianMs(s >= 32768 ? 5 : 15, () => LaunchBaseline(baseline, Stream, q.Address, ldq, kc.Address, vc.Address, o.Address, s));
                 table.Add($"prefill 1x{s} {"baseline (2e05f9d) w4",-24} {bms,9:F3} ms {flops / bms / 1e9,7:F1} TFLOP/s");
             }
-            foreach (var path in flashPaths)
-            {
-                attention.Path = path;
-                int reps = s >= 32768 ? 5 : 15;
-                double ms = MedianMs(reps, () => attention.Launch(Stream, q, ldq, kc, vc, s, o, s, Heads, KvHeads, HeadDim, 0));
-                Gpu.Log($"bench prefill 1x{s} causal {path} ({attention.LastLaunch.Kernel}): {ms:F3} ms, {flops / ms / 1e9:F1} TFLOP/s");
-                table.Add($"prefill 1x{s} {path,-24} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
-            }
+            foreach (var (label, kernel, paths) in kernels)
+                foreach (var path in paths)
+                {
+                    kernel.Path = path;
+                    int reps = s >= 32768 ? 5 : 15;
+                    double ms = MedianMs(reps, () => kernel.Launch(Stream, q, ldq, kc, vc, s, o, s, Heads, KvHeads, HeadDim, 0));
+                    string name = label + (path == AttentionPath.Auto ? $"Auto={kernel.LastLaunch.Kernel["flash_attn_".Length..]}" : path.ToString());
+                    Gpu.Log($"bench prefill 1x{s} causal {name} ({kernel.LastLaunch.Kernel}): {ms:F3} ms, {flops / ms / 1e9:F1} TFLOP/s");
+                    table.Add($"prefill 1x{s} {name,-34} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
+                }
             if (s == 8192)
             {
                 // The same prefill through the paged launch: one sequence, its 512 blocks scattered over a larger pool.
@@ -119,13 +149,14 @@ public sealed unsafe class AttentionBenchmarkTests : GpuFixtureTest
                 using var tables = new DeviceBuffer<int>(ids);
                 var cache = new AttentionPagedCache(pk, pv, poolBlocks, 16, KvHeads, HeadDim);
                 var batch = new AttentionPagedBatch(starts, ctx, tables, blocks, 1, s, s, s);
-                foreach (var path in new[] { AttentionPath.Flash4Warps, AttentionPath.Flash4Warps32Rows, AttentionPath.Flash4Warps32RowsKeys32 })
-                {
-                    attention.Path = path;
-                    double ms = MedianMs(15, () => attention.LaunchPaged(Stream, q, ldq, cache, batch, o, ldq, Heads));
-                    Gpu.Log($"bench paged prefill 1x{s} causal {path} ({attention.LastLaunch.Kernel}): {ms:F3} ms, {flops / ms / 1e9:F1} TFLOP/s");
-                    table.Add($"paged prefill 1x{s} {path,-24} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
-                }
+                foreach (var (label, kernel, _) in kernels)
+                    foreach (var path in variantPaths)
+                    {
+                        kernel.Path = path;
+                        double ms = MedianMs(15, () => kernel.LaunchPaged(Stream, q, ldq, cache, batch, o, ldq, Heads));
+                        Gpu.Log($"bench paged prefill 1x{s} causal {label}{path} ({kernel.LastLaunch.Kernel}): {ms:F3} ms, {flops / ms / 1e9:F1} TFLOP/s");
+                        table.Add($"paged prefill 1x{s} {label + path,-28} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
+                    }
             }
         }
 
@@ -171,5 +202,6 @@ public sealed unsafe class AttentionBenchmarkTests : GpuFixtureTest
             }
         }
         foreach (var line in table) Gpu.Log("bench table | " + line);
+        foreach (var (_, kernel, _) in kernels.Skip(1)) kernel.Dispose();
     }
 }

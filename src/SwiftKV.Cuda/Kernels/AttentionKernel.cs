@@ -16,7 +16,7 @@ public enum AttentionPath
     Flash8Warps,
     /// <summary>Flash kernel, 4 warps × 32 packed query rows (Q re-read from shared memory), 64-key tiles.</summary>
     Flash4Warps32Rows,
-    /// <summary>Flash kernel, 4 warps × 32 packed query rows, 32-key tiles (fewer registers).</summary>
+    /// <summary>Flash kernel, 4 warps × 32 packed query rows, 32-key tiles (no spills; Auto's choice for long steps).</summary>
     Flash4Warps32RowsKeys32,
 }
 
@@ -35,7 +35,11 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
     public const int KeyTile = 64;
     const int MaxSplits = 64;
     const float Log2E = 1.4426950408889634f;
-    /// <summary>Packed query rows (tokens × GQA group) per KV head from which Auto takes the 32-rows-per-warp shape.</summary>
+    /// <summary>
+    /// Packed query rows (tokens × GQA group) per KV head from which Auto takes 32 rows per warp with 32-key tiles
+    /// (H100, same process: 195 / 244 / 287 / 296 TFLOP/s at 2K / 4K / 8K / 32K vs 183 / 240 / 273 / 287 with 64-key
+    /// tiles and 175 / 222 / 242 / 240 with 16 rows per warp; shorter steps keep 16 rows per warp, whose Q stays in registers).
+    /// </summary>
     const int WideRowsThreshold = 256;
 
     readonly Dictionary<string, CudaKernel> _kernels = new();
@@ -66,9 +70,9 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
         _ => throw new ArgumentOutOfRangeException(nameof(path), path, "not a flash path"),
     };
 
-    /// <summary>Auto's flash shape: 32 rows per warp once a KV head has enough packed rows to fill 128-row CTAs.</summary>
+    /// <summary>Auto's flash shape: 32 rows per warp, 32-key tiles, once a KV head has enough packed rows to fill 128-row CTAs.</summary>
     internal static AttentionPath AutoFlash(long packedRowsPerKvHead) =>
-        packedRowsPerKvHead >= WideRowsThreshold ? AttentionPath.Flash4Warps32Rows : AttentionPath.Flash4Warps;
+        packedRowsPerKvHead >= WideRowsThreshold ? AttentionPath.Flash4Warps32RowsKeys32 : AttentionPath.Flash4Warps;
 
     /// <summary>One sequence: the engine's per-layer call.</summary>
     public void Launch(CudaStream stream, DeviceSpan<float> q, int ldq, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity,
@@ -191,10 +195,16 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
         return Kernel((paged ? "flash_attn_paged_" : "flash_attn_") + shape.Suffix(headDim), shape.SharedBytes(headDim));
     }
 
+    /// <summary>
+    /// Benchmarks only: a module compiled from another version of attention_flash.cu (same entry points and
+    /// parameters) that this launcher uses instead of the embedded one, so two kernel versions run in one process.
+    /// </summary>
+    internal CudaModule? FlashModuleOverride { get; init; }
+
     CudaKernel Kernel(string entry, int sharedBytes)
     {
         if (_kernels.TryGetValue(entry, out var k)) return k;
-        k = library.Get("attention_flash.cu", entry);
+        k = FlashModuleOverride?.GetKernel(entry) ?? library.Get("attention_flash.cu", entry);
         if (sharedBytes > 48 * 1024)
         {
             k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, sharedBytes);
