@@ -7,7 +7,9 @@
 // r = t * group + g (token t, head kvh * group + g), so a CTA's K/V tile is read once for all of them and decode
 // (T = 1) still fills 4..8 rows of a 16-row MMA instead of 1.
 //   q   fp32 rotated queries (converted to bf16 once per CTA), row t of a sequence at position pos0 + t.
-//   K/V bf16. Contiguous: (batch, capacity, kv_heads, D), sequence b at k + b * kv_bstride. Paged: the pool
+//   K/V bf16, or (paged only, flash_attn_paged_fp8_*) fp8 e4m3 with one fp32 scale per (slot, KV head): the fp8
+//       tile is copied (cp.async) into a staging area of shared memory, then dequantized (x * scale, rounded to bf16)
+//       into the same bf16 tile the MMAs read, so the math after staging is the bf16 kernel's. Contiguous: (batch, capacity, kv_heads, D), sequence b at k + b * kv_bstride. Paged: the pool
 //       (num_blocks, block_size, kv_heads, D); position p of sequence s sits in block table[s][p / block_size],
 //       slot p % block_size (the layout of the serving engine's CpuPagedKvCache; block_size a power of two, passed
 //       as its log2). A query at position p sees 0..p.
@@ -109,7 +111,24 @@ struct FaSeq
     const bf16_t* v;
     const int* table;         // paged: this sequence's block table; null for contiguous
     int block_shift;          // paged: log2(block_size)
+    const unsigned char* k8;  // paged fp8: this KV head's column of the e4m3 pool (k/v unused)
+    const unsigned char* v8;
+    const float* k_scale;     // paged fp8: scale of (slot, this KV head) at [slot * kv_heads]
+    const float* v_scale;
 };
+
+// 4-byte async copy (the fp8 scales); src_bytes = 0 zero-fills.
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int src_bytes)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
+// e4m3 byte -> float. The byte's exponent and mantissa placed at fp32's mantissa top make 2^-120 times the value
+// (subnormals included: fp32 subnormals, as NVRTC compiles without ftz here); times 2^120 restores it.
+__device__ __forceinline__ float e4m3_to_f32(unsigned b)
+{
+    return __uint_as_float(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * __uint_as_float(0x7b800000u);
+}
 
 template <int D, int NW, int MF, int BN>
 struct FaShape
@@ -117,9 +136,11 @@ struct FaShape
     static constexpr int BM = 16 * MF * NW, LD = D + 8, TILE = BN * LD;
     // [K0][V0][K1][V1] then, for MF > 1, Q (kept for the whole loop); MF = 1 stages Q in [K1][V1] first.
     static constexpr int SMEM_ELEMS = 4 * TILE + (MF > 1 ? BM * LD : 0);
+    // fp8 paged: after SMEM_ELEMS, two staging areas of [K bytes BN x D][V bytes][K scales BN][V scales BN].
+    static constexpr int RAW_BYTES = 2 * BN * D + 8 * BN;
 };
 
-template <int D, int NW, int MF, int BN, bool PAGED>
+template <int D, int NW, int MF, int BN, bool PAGED, bool FP8 = false>
 __device__ __forceinline__ void flash_core(const FaSeq& sq, int heads, int kv_heads, int kvh, int tile_m, int split,
     int splits, int keys_per_split, float scale_log2, float* __restrict__ part_o, float* __restrict__ part_lse)
 {
@@ -181,7 +202,71 @@ __device__ __forceinline__ void flash_core(const FaSeq& sq, int heads, int kv_he
 #endif
     };
 
-    if (ntiles > 0) load_tile(0, k_begin);
+    // fp8: BN rows x D/16 chunks of 16 bytes into staging area `stage`, plus the BN keys' scales (threads < BN).
+    constexpr int CH8 = D / 16, PER8 = BN * CH8 / (NW * 32);
+    static_assert(PER8 * NW * 32 == BN * CH8 && BN <= NW * 32, "an fp8 tile is a whole number of chunks per thread");
+    unsigned char* raw_base = reinterpret_cast<unsigned char*>(smem + S::SMEM_ELEMS);
+    auto load_tile8 = [&](int stage, int n0) {
+        unsigned char* kr = raw_base + stage * S::RAW_BYTES;
+        unsigned char* vr = kr + BN * D;
+        float* ksc = reinterpret_cast<float*>(vr + BN * D);
+        float* vsc = ksc + BN;
+        auto slot_of = [&](int kk) -> long long {
+            return ((long long)__ldg(sq.table + (kk >> sq.block_shift)) << sq.block_shift) + (kk & ((1 << sq.block_shift) - 1));
+        };
+        long long off[PER8];
+        #pragma unroll
+        for (int j = 0; j < PER8; j++)
+        {
+            const int i = tid + j * NW * 32, key = n0 + i / CH8;
+            off[j] = slot_of(key < kend ? key : 0) * kv_dim + (i % CH8) * 16;
+        }
+        long long soff = 0;
+        if (tid < BN) soff = slot_of(n0 + tid < kend ? n0 + tid : 0) * kv_heads;
+        #pragma unroll
+        for (int j = 0; j < PER8; j++)
+        {
+            const int i = tid + j * NW * 32, r = i / CH8, c = (i % CH8) * 16, ok = n0 + r < kend ? 16 : 0;
+            cp_async16(smem_addr(kr + r * D + c), sq.k8 + off[j], ok);
+            cp_async16(smem_addr(vr + r * D + c), sq.v8 + off[j], ok);
+        }
+        if (tid < BN)
+        {
+            const int ok = n0 + tid < kend ? 4 : 0;
+            cp_async4(smem_addr(ksc + tid), sq.k_scale + soff, ok);
+            cp_async4(smem_addr(vsc + tid), sq.v_scale + soff, ok);
+        }
+    };
+    // fp8: staging area `stage` -> bf16 tile `stage` (x * scale). Masked rows were zero-filled (scale 0): zeros.
+    auto convert_tile = [&](int stage) {
+        const unsigned char* kr = raw_base + stage * S::RAW_BYTES;
+        const float* ksc = reinterpret_cast<const float*>(kr + 2 * BN * D);
+        bf16_t* ks = smem + stage * 2 * TILE;
+        for (int i = tid; i < 2 * BN * CH8; i += NW * 32)
+        {
+            const int which = i / (BN * CH8), ii = i % (BN * CH8), r = ii / CH8, c = (ii % CH8) * 16;
+            const uint4 w = *reinterpret_cast<const uint4*>(kr + which * BN * D + r * D + c);
+            const float sc = ksc[which * BN + r];
+            const unsigned words[4] = { w.x, w.y, w.z, w.w };
+            unsigned o8[8];
+            #pragma unroll
+            for (int x = 0; x < 4; x++)
+            {
+                const unsigned u = words[x];
+                o8[2 * x] = pack_bf16(e4m3_to_f32(u & 0xffu) * sc, e4m3_to_f32((u >> 8) & 0xffu) * sc);
+                o8[2 * x + 1] = pack_bf16(e4m3_to_f32((u >> 16) & 0xffu) * sc, e4m3_to_f32(u >> 24) * sc);
+            }
+            bf16_t* dst = ks + which * TILE + r * LD + c;
+            *reinterpret_cast<uint4*>(dst) = make_uint4(o8[0], o8[1], o8[2], o8[3]);
+            *reinterpret_cast<uint4*>(dst + 8) = make_uint4(o8[4], o8[5], o8[6], o8[7]);
+        }
+    };
+    auto load = [&](int stage, int n0) {
+        if constexpr (FP8) load_tile8(stage, n0);
+        else load_tile(stage, n0);
+    };
+
+    if (ntiles > 0) load(0, k_begin);
     cp_async_commit();
 
     // Q: fp32 global -> bf16 smem (MF = 1: stage 1, then A fragments in registers; MF > 1: its own region).
@@ -242,10 +327,17 @@ __device__ __forceinline__ void flash_core(const FaSeq& sq, int heads, int kv_he
     for (int it = 0; it < ntiles; it++)
     {
         const int n0 = k_begin + it * BN;
-        if (it + 1 < ntiles) load_tile((it + 1) & 1, n0 + BN);
+        if (it + 1 < ntiles) load((it + 1) & 1, n0 + BN);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
+        if constexpr (FP8)
+        {
+            // Staging area it & 1 was last read by the previous tile's convert (a barrier ago), bf16 tile it & 1 by
+            // the compute two tiles back: both free.
+            convert_tile(it & 1);
+            __syncthreads();
+        }
 
         if (warp_active)
         {
@@ -565,26 +657,53 @@ extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_d##D##_w##NW##_
 // cu_q[s] .. cu_q[s+1]-1 (row stride ldq / ldo) and, after this step, ctx_lens[s] cached positions, so its rows sit
 // at positions ctx_lens[s] - (cu_q[s+1] - cu_q[s]) ... Its block table is block_tables + s * max_blocks. Partial
 // rows (split, token, head) with total_tokens tokens per split. Sequences with no rows (graph padding) do nothing.
+template <int D, int NW, int MF, int BN, bool FP8>
+__device__ __forceinline__ void flash_paged(const float* q, int ldq, const bf16_t* k_cache, const bf16_t* v_cache,
+    const unsigned char* k8, const unsigned char* v8, const float* k_scale, const float* v_scale, const int* block_tables,
+    int max_blocks, int block_shift, const int* cu_q, const int* ctx_lens, bf16_t* out, int ldo, float* part_o,
+    float* part_lse, int total_tokens, int heads, int kv_heads, int keys_per_split, float scale_log2)
+{
+    int tile_m, pair;
+    fa_block_order(tile_m, pair);
+    const int s = pair / kv_heads, kvh = pair % kv_heads;
+    const int q0 = cu_q[s], T = cu_q[s + 1] - q0;
+    if (T <= 0) return;
+    FaSeq sq;
+    sq.q = q + (long long)q0 * ldq; sq.ldq = ldq;
+    sq.out = out + (long long)q0 * ldo; sq.ldo = ldo;
+    sq.part_row0 = q0; sq.part_split_rows = total_tokens;
+    sq.T = T; sq.pos0 = ctx_lens[s] - T;
+    sq.k = FP8 ? nullptr : k_cache + kvh * D; sq.v = FP8 ? nullptr : v_cache + kvh * D;
+    sq.k8 = FP8 ? k8 + kvh * D : nullptr; sq.v8 = FP8 ? v8 + kvh * D : nullptr;
+    sq.k_scale = FP8 ? k_scale + kvh : nullptr; sq.v_scale = FP8 ? v_scale + kvh : nullptr;
+    sq.table = block_tables + (long long)s * max_blocks; sq.block_shift = block_shift;
+    flash_core<D, NW, MF, BN, true, FP8>(sq, heads, kv_heads, kvh, tile_m, blockIdx.z, gridDim.z,
+        keys_per_split, scale_log2, part_o, part_lse);
+}
+
 #define FA_PAGED_ENTRY(D, NW, MF, BN)                                                                                    \
 extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_paged_d##D##_w##NW##_m##MF##_n##BN(const float* q,    \
     int ldq, const bf16_t* k_cache, const bf16_t* v_cache, const int* block_tables, int max_blocks, int block_shift,     \
     const int* cu_q, const int* ctx_lens, bf16_t* out, int ldo, float* part_o, float* part_lse, int total_tokens,        \
     int heads, int kv_heads, int keys_per_split, float scale_log2)                                                       \
 {                                                                                                                        \
-    int tile_m, pair;                                                                                                    \
-    fa_block_order(tile_m, pair);                                                                                        \
-    const int s = pair / kv_heads, kvh = pair % kv_heads;                                                                \
-    const int q0 = cu_q[s], T = cu_q[s + 1] - q0;                                                                        \
-    if (T <= 0) return;                                                                                                  \
-    FaSeq sq;                                                                                                            \
-    sq.q = q + (long long)q0 * ldq; sq.ldq = ldq;                                                                        \
-    sq.out = out + (long long)q0 * ldo; sq.ldo = ldo;                                                                    \
-    sq.part_row0 = q0; sq.part_split_rows = total_tokens;                                                                \
-    sq.T = T; sq.pos0 = ctx_lens[s] - T;                                                                                 \
-    sq.k = k_cache + kvh * D; sq.v = v_cache + kvh * D;                                                                  \
-    sq.table = block_tables + (long long)s * max_blocks; sq.block_shift = block_shift;                                     \
-    flash_core<D, NW, MF, BN, true>(sq, heads, kv_heads, kvh, tile_m, blockIdx.z, gridDim.z,                             \
-        keys_per_split, scale_log2, part_o, part_lse);                                                                   \
+    flash_paged<D, NW, MF, BN, false>(q, ldq, k_cache, v_cache, nullptr, nullptr, nullptr, nullptr, block_tables,       \
+        max_blocks, block_shift, cu_q, ctx_lens, out, ldo, part_o, part_lse, total_tokens, heads, kv_heads,              \
+        keys_per_split, scale_log2);                                                                                     \
+}
+
+// The same over an fp8 e4m3 pool: k_cache / v_cache bytes in the bf16 pool's layout, k_scale / v_scale fp32
+// (num_blocks * block_size, kv_heads). Dynamic shared memory: the bf16 entry's + 2 * FaShape::RAW_BYTES.
+#define FA_PAGED_FP8_ENTRY(D, NW, MF, BN)                                                                                \
+extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_paged_fp8_d##D##_w##NW##_m##MF##_n##BN(               \
+    const float* q, int ldq, const unsigned char* k_cache, const unsigned char* v_cache, const float* k_scale,          \
+    const float* v_scale, const int* block_tables, int max_blocks, int block_shift, const int* cu_q,                   \
+    const int* ctx_lens, bf16_t* out, int ldo, float* part_o, float* part_lse, int total_tokens, int heads,            \
+    int kv_heads, int keys_per_split, float scale_log2)                                                                  \
+{                                                                                                                        \
+    flash_paged<D, NW, MF, BN, true>(q, ldq, nullptr, nullptr, k_cache, v_cache, k_scale, v_scale, block_tables,        \
+        max_blocks, block_shift, cu_q, ctx_lens, out, ldo, part_o, part_lse, total_tokens, heads, kv_heads,              \
+        keys_per_split, scale_log2);                                                                                     \
 }
 
 FA_ENTRY(64, 4, 1, 64)
@@ -601,6 +720,12 @@ FA_PAGED_ENTRY(64, 4, 2, 64)
 FA_PAGED_ENTRY(128, 4, 2, 64)
 FA_PAGED_ENTRY(64, 4, 2, 32)
 FA_PAGED_ENTRY(128, 4, 2, 32)
+FA_PAGED_FP8_ENTRY(64, 4, 1, 64)
+FA_PAGED_FP8_ENTRY(128, 4, 1, 64)
+FA_PAGED_FP8_ENTRY(64, 4, 2, 64)
+FA_PAGED_FP8_ENTRY(128, 4, 2, 64)
+FA_PAGED_FP8_ENTRY(64, 4, 2, 32)
+FA_PAGED_FP8_ENTRY(128, 4, 2, 32)
 
 // Merges the split partials of contiguous launches: out = sum_s w_s O_s with w_s = 2^(lse_s - max) / sum 2^(lse - max).
 // Grid (batch * T * heads), block D threads.

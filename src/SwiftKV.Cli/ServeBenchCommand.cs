@@ -12,6 +12,8 @@
 //   host schedule + post ms) and, with --profile N, CUDA-event phase times of every N-th step.
 //   prefix      a shared S-token system prompt + M distinct short questions, prefix caching on vs off on one
 //               variant: prefix-cache hit rate, TTFT and wall time.
+// Variant keys off, swiftkv50, acrosskv4; a "-fp8" suffix (e.g. swiftkv50-fp8) stores the KV pool as fp8 e4m3
+// (ServingOptions.KvCacheDtype), so the same memory holds ~2x the tokens.
 // The KV pool takes the card's free memory after weights and a warm-up step of the largest batch, minus headroom.
 // Results print as markdown and are written (after each scenario, so a cut-off run keeps what it has) as JSON.
 using System.Diagnostics;
@@ -30,7 +32,7 @@ namespace SwiftKV.Cli;
 
 internal static class ServeBenchCommand
 {
-    public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4] [--requests 256] [--prompt 2000] [--output 256] " +
+    public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--requests 256] [--prompt 2000] [--output 256] " +
         "[--max-batch-tokens 8192] [--block-size 16] [--headroom-gb 4] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
         "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--profile 0] [--out serve.json] [--md serve.md]";
 
@@ -45,7 +47,7 @@ internal static class ServeBenchCommand
         _ => throw new UsageException($"unknown config '{key}' (base, split, reserve, tuned)"),
     };
 
-    sealed record Variant(string Key, string Name, LlamaConfig Config, bool SwiftKv);
+    sealed record Variant(string Key, string Name, LlamaConfig Config, bool SwiftKv, KvCacheDtype Dtype = KvCacheDtype.Bf16);
 
     sealed record RunResult(string Label, int Requests, int Completed, long PromptTokens, long OutputTokens, double WallSeconds,
         double TtftP50, double TtftP99, double TpotP50, double TpotP99, int PeakRunning, long Preemptions, long Steps,
@@ -98,13 +100,18 @@ internal static class ServeBenchCommand
         if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("serve-bench needs a CUDA GPU: " + why);
 
         var baseCfg = ModelPresets.Get(preset);
-        Variant Make(string key) => key switch
+        Variant Make(string key)
         {
-            "off" => new Variant(key, "SwiftKV off", baseCfg, false),
-            "swiftkv50" => new Variant(key, "SwiftKV 50%", SwiftKv(baseCfg, 1), true),
-            "acrosskv4" => new Variant(key, "SwiftKV 50% + AcrossKV 4", SwiftKv(baseCfg, 4), true),
-            _ => throw new UsageException($"unknown variant '{key}' (off, swiftkv50, acrosskv4)"),
-        };
+            bool fp8 = key.EndsWith("-fp8", StringComparison.Ordinal);
+            var v = (fp8 ? key[..^4] : key) switch
+            {
+                "off" => new Variant(key, "SwiftKV off", baseCfg, false),
+                "swiftkv50" => new Variant(key, "SwiftKV 50%", SwiftKv(baseCfg, 1), true),
+                "acrosskv4" => new Variant(key, "SwiftKV 50% + AcrossKV 4", SwiftKv(baseCfg, 4), true),
+                _ => throw new UsageException($"unknown variant '{key}' (off, swiftkv50, acrosskv4, each optionally with -fp8)"),
+            };
+            return fp8 ? v with { Name = v.Name + ", fp8 KV", Dtype = KvCacheDtype.Fp8E4M3 } : v;
+        }
         var variants = variantKeys.Select(Make).ToArray();
         Variant? prefixV = prefixVariant == "none" ? null : Make(prefixVariant);
 
@@ -161,7 +168,7 @@ internal static class ServeBenchCommand
         foreach (var v in variants)
         {
             using var backend = Open(v);
-            var opts = PoolOptions(backend, blockSize, maxBatch, requests, prompt + output, headroomGb);
+            var opts = PoolOptions(backend, v.Dtype, blockSize, maxBatch, requests, prompt + output, headroomGb);
             var prompts = Enumerable.Range(0, requests).Select(i => Tokens(prompt, v.Config.VocabSize, 1000 + i)).ToArray();
             foreach (var c in configs)
             {
@@ -187,7 +194,7 @@ internal static class ServeBenchCommand
             var prompts = Enumerable.Range(0, questions).Select(i => system.Concat(Tokens(questionTokens, v.Config.VocabSize, 5000 + i)).ToArray()).ToArray();
             foreach (bool caching in new[] { true, false })
             {
-                var opts = PoolOptions(backend, blockSize, maxBatch, questions, prefix + questionTokens + prefixOutput, headroomGb)
+                var opts = PoolOptions(backend, v.Dtype, blockSize, maxBatch, questions, prefix + questionTokens + prefixOutput, headroomGb)
                     with { EnablePrefixCaching = caching, ReserveOutputBlocks = configs[^1].ReserveOutputs };
                 Add(caching ? $"prefix {prefix}+{questionTokens}, caching on" : $"prefix {prefix}+{questionTokens}, caching off", v,
                     RunWorkload(backend, opts, prompts, prefixOutput, maxSeconds, caching ? "prefix-on" : "prefix-off"), configs[^1].Key);
@@ -205,14 +212,14 @@ internal static class ServeBenchCommand
     {
         var sw = Stopwatch.StartNew();
         var backend = CudaBackend.CreateRandom(v.Config, v.SwiftKv, seed: 1);
-        Log($"{v.Name}: random weights {backend.WeightBytes / 1e9:F2} GB in {sw.Elapsed.TotalSeconds:F1} s, KV {backend.KvBytesPerToken / 1024} KiB/token");
+        Log($"{v.Name}: random weights {backend.WeightBytes / 1e9:F2} GB in {sw.Elapsed.TotalSeconds:F1} s, KV {backend.KvBytesPerTokenOf(v.Dtype) / 1024.0:F1} KiB/token ({v.Dtype})");
         return backend;
     }
 
     /// <summary>Warms the backend up at the largest step (workspace allocated, kernels compiled), then sizes the pool from the free memory.</summary>
-    static ServingOptions PoolOptions(CudaBackend backend, int blockSize, int maxBatch, int maxRunning, int maxSequence, double headroomGb)
+    static ServingOptions PoolOptions(CudaBackend backend, KvCacheDtype dtype, int blockSize, int maxBatch, int maxRunning, int maxSequence, double headroomGb)
     {
-        var warm = new ServingOptions { BlockSize = blockSize, NumKvBlocks = (maxBatch + 2 * blockSize) / blockSize + 2, MaxBatchTokens = maxBatch, MaxRunningSequences = 8, AdmissionReserveBlocks = 0 };
+        var warm = new ServingOptions { KvCacheDtype = dtype, BlockSize = blockSize, NumKvBlocks = (maxBatch + 2 * blockSize) / blockSize + 2, MaxBatchTokens = maxBatch, MaxRunningSequences = 8, AdmissionReserveBlocks = 0 };
         using (var engine = new ServingEngine(backend, warm))
         {
             var r = engine.Submit(Tokens(maxBatch, backend.Config.VocabSize, 3), SamplingParams.Greedy, 2);
@@ -226,10 +233,10 @@ internal static class ServeBenchCommand
         }
         CudaRuntime.Synchronize();
         long free = CudaRuntime.MemoryInfo().Free;
-        long kvBytes = Math.Max(backend.KvBytesPerToken * blockSize, free - (long)(headroomGb * (1L << 30)));
+        long kvBytes = Math.Max(backend.KvBytesPerTokenOf(dtype) * blockSize, free - (long)(headroomGb * (1L << 30)));
         return new ServingOptions
         {
-            BlockSize = blockSize, KvCacheBytes = kvBytes, MaxBatchTokens = maxBatch, MaxRunningSequences = maxRunning, MaxSequenceLength = maxSequence,
+            KvCacheDtype = dtype, BlockSize = blockSize, KvCacheBytes = kvBytes, MaxBatchTokens = maxBatch, MaxRunningSequences = maxRunning, MaxSequenceLength = maxSequence,
         };
     }
 
@@ -270,7 +277,7 @@ internal static class ServeBenchCommand
         var tpot = outcomes.Where(o => o.OutputTokens > 1).Select(o => o.TimePerOutputToken.TotalSeconds).ToArray();
         return new RunResult(label, reqs.Length, outcomes.Count, outcomes.Sum(o => (long)o.PromptTokens), outcomes.Sum(o => (long)o.OutputTokens), wall,
             P(ttft, 0.5), P(ttft, 0.99), P(tpot, 0.5), P(tpot, 0.99), peak, m.Preemptions, m.Steps,
-            m.PrefixCacheQueriedTokens == 0 ? 0 : (double)m.PrefixCacheHitTokens / m.PrefixCacheQueriedTokens, m.KvBlocksTotal, backend.KvBytesPerToken,
+            m.PrefixCacheQueriedTokens == 0 ? 0 : (double)m.PrefixCacheHitTokens / m.PrefixCacheQueriedTokens, m.KvBlocksTotal, backend.KvBytesPerTokenOf(opts.KvCacheDtype),
             trace.Stats());
     }
 

@@ -9,7 +9,9 @@ public sealed unsafe partial class AttentionKernel
     /// <summary>
     /// Causal GQA attention of a varlen batch over a paged cache. q (total_tokens, ldq) fp32 rotated queries, row
     /// order as <see cref="AttentionPagedBatch.QueryStarts"/>; output (total_tokens, ldo) bf16, heads · head_dim
-    /// columns written per row of a real sequence. Each row sees its sequence's positions 0..its own.
+    /// columns written per row of a real sequence. Each row sees its sequence's positions 0..its own. An fp8 cache
+    /// (<see cref="AttentionPagedCache.Fp8"/>) runs the flash_attn_paged_fp8_* entries: same shapes, K/V tiles
+    /// dequantized to bf16 in shared memory.
     /// </summary>
     public void LaunchPaged(CudaStream stream, DeviceSpan<float> q, int ldq, AttentionPagedCache cache, AttentionPagedBatch batch,
         DeviceSpan<Bf16> output, int ldo, int heads)
@@ -36,8 +38,11 @@ public sealed unsafe partial class AttentionKernel
         if (path is AttentionPath.Simple or AttentionPath.Flash8Warps)
             throw new ArgumentException($"{n}: no paged instance of {path}; use Auto, Flash4Warps, Flash4Warps32Rows or Flash4Warps32RowsKeys32.", nameof(Path));
         var shape = ShapeOf(path);
-        string entry = "flash_attn_paged_" + shape.Suffix(headDim);
-        var k = Kernel(entry, shape.SharedBytes(headDim));
+        bool fp8 = cache.Fp8 is not null;
+        string entry = (fp8 ? "flash_attn_paged_fp8_" : "flash_attn_paged_") + shape.Suffix(headDim);
+        // fp8: two staging areas of [K bytes][V bytes][K scales][V scales] after the bf16 tiles (FaShape::RAW_BYTES).
+        int shared = shape.SharedBytes(headDim) + (fp8 ? 2 * (2 * shape.Keys * headDim + 8 * shape.Keys) : 0);
+        var k = Kernel(entry, shared);
         int mTiles = (int)(((long)batch.MaxQueryLength * group + shape.RowsPerCta - 1) / shape.RowsPerCta);
         var (splits, keysPerSplit) = SplitKeys((long)mTiles * kvHeads * batch.Sequences, batch.MaxContextLength, shape.Keys);
 
@@ -53,8 +58,18 @@ public sealed unsafe partial class AttentionKernel
             plse = _partLse.Address;
         }
         float scaleLog2 = (float)(1.0 / Math.Sqrt(headDim)) * Log2E;
-        void** args = stackalloc void*[] { &pq, &ldq, &pk, &pv, &pt, &maxBlocks, &blockShift, &pcu, &pctx, &po, &ldo, &ppo, &plse, &total, &heads, &kvHeads, &keysPerSplit, &scaleLog2 };
-        k.Launch(stream, ((uint)mTiles, (uint)(seqs * kvHeads), (uint)splits), (uint)(32 * shape.Warps), (uint)shape.SharedBytes(headDim), args);
+        var grid = ((uint)mTiles, (uint)(seqs * kvHeads), (uint)splits);
+        if (cache.Fp8 is { } f)
+        {
+            ulong p8k = f.Keys.Address, p8v = f.Values.Address, psk = f.KeyScales.Address, psv = f.ValueScales.Address;
+            void** a8 = stackalloc void*[] { &pq, &ldq, &p8k, &p8v, &psk, &psv, &pt, &maxBlocks, &blockShift, &pcu, &pctx, &po, &ldo, &ppo, &plse, &total, &heads, &kvHeads, &keysPerSplit, &scaleLog2 };
+            k.Launch(stream, grid, (uint)(32 * shape.Warps), (uint)shared, a8);
+        }
+        else
+        {
+            void** args = stackalloc void*[] { &pq, &ldq, &pk, &pv, &pt, &maxBlocks, &blockShift, &pcu, &pctx, &po, &ldo, &ppo, &plse, &total, &heads, &kvHeads, &keysPerSplit, &scaleLog2 };
+            k.Launch(stream, grid, (uint)(32 * shape.Warps), (uint)shared, args);
+        }
         if (splits > 1)
         {
             var c = Kernel("flash_attn_combine_varlen", 0);

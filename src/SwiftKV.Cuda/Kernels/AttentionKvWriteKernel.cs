@@ -3,12 +3,12 @@ namespace SwiftKV.Cuda.Kernels;
 
 /// <summary>
 /// Writes rows of K and V projections (fp32, row stride ld; biases added and K rotated with RoPE at positions[r]
-/// when given) as bf16 into slot slotMapping[r] = block · block_size + offset of a paged cache; a negative slot
+/// when given) as bf16 (or, for an fp8 cache, e4m3 with a scale per slot and KV head) into slot slotMapping[r] = block · block_size + offset of a paged cache; a negative slot
 /// skips the row. Slot mapping and positions are device arrays, so a captured graph replays with new contents.
 /// </summary>
 public sealed unsafe class AttentionKvWriteKernel(KernelLibrary library)
 {
-    CudaKernel? _kernel;
+    CudaKernel? _kernel, _fp8;
 
     public void Launch(CudaStream stream, DeviceSpan<float> k, DeviceSpan<float> v, int ld, DeviceSpan<float>? kBias, DeviceSpan<float>? vBias,
         DeviceSpan<float>? invFreq, DeviceSpan<int> positions, DeviceSpan<int> slotMapping, int rows, AttentionPagedCache cache)
@@ -27,10 +27,20 @@ public sealed unsafe class AttentionKvWriteKernel(KernelLibrary library)
         if (invFreq is not null) KernelGuard.Fits(positions, rows, n, nameof(positions), $"({rows})");
         KernelGuard.Fits(slotMapping, rows, n, nameof(slotMapping), $"({rows})");
 
-        _kernel ??= library.Get("attention_kv_write.cu", "paged_kv_write_bf16");
         ulong pk = k.Address, pv = v.Address, pkb = KernelGuard.Address(kBias), pvb = KernelGuard.Address(vBias), pf = KernelGuard.Address(invFreq),
             pp = invFreq is null ? 0 : positions.Address, ps = slotMapping.Address, pkc = cache.Keys.Address, pvc = cache.Values.Address;
         int kvHeads = cache.KvHeads, headDim = cache.HeadDim;
+        if (cache.Fp8 is { } f)
+        {
+            // One warp per KV head holds its head_dim values in registers (4 pairs per lane).
+            if (headDim > 256) throw new ArgumentOutOfRangeException(nameof(cache), headDim, $"{n}: the fp8 cache needs head_dim <= 256.");
+            _fp8 ??= library.Get("attention_kv_write.cu", "paged_kv_write_fp8");
+            ulong p8k = f.Keys.Address, p8v = f.Values.Address, psk = f.KeyScales.Address, psv = f.ValueScales.Address;
+            void** a8 = stackalloc void*[] { &pk, &pv, &ld, &pkb, &pvb, &pf, &pp, &ps, &rows, &kvHeads, &headDim, &p8k, &p8v, &psk, &psv };
+            _fp8.Launch(stream, ((uint)rows, 1, 1), 128, 0, a8);
+            return;
+        }
+        _kernel ??= library.Get("attention_kv_write.cu", "paged_kv_write_bf16");
         void** args = stackalloc void*[] { &pk, &pv, &ld, &pkb, &pvb, &pf, &pp, &ps, &rows, &kvHeads, &headDim, &pkc, &pvc };
         _kernel.Launch(stream, ((uint)rows, 1, 1), 128, 0, args);
     }

@@ -39,12 +39,20 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
 
     /// <inheritdoc />
     /// <remarks>bf16 keys and values of every distinct cache: AcrossKV's fewer caches shrink it.</remarks>
-    public long KvBytesPerToken => 2L * Config.NumKvCaches(SwiftKvEnabled) * Config.KeyValueDim * 2;
+    public long KvBytesPerToken => KvBytesPerTokenOf(KvCacheDtype.Bf16);
+
+    /// <inheritdoc />
+    /// <remarks>fp8: one byte per element plus a 4-byte scale per KV head, for K and V of every distinct cache.</remarks>
+    public long KvBytesPerTokenOf(KvCacheDtype dtype) => 2L * Config.NumKvCaches(SwiftKvEnabled) *
+        (dtype == KvCacheDtype.Fp8E4M3 ? Config.KeyValueDim + 4L * Config.NumKeyValueHeads : Config.KeyValueDim * 2L);
 
     /// <inheritdoc />
     /// <exception cref="ArgumentException">The block size is not a power of two (the attention kernels shift by it).</exception>
     /// <exception cref="NotSupportedException">This model's head_dim has no paged attention kernel (<see cref="SupportsBatchedStep"/>).</exception>
-    public IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize)
+    public IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize) => CreatePagedKvCache(numBlocks, blockSize, KvCacheDtype.Bf16);
+
+    /// <inheritdoc cref="CreatePagedKvCache(int, int)" />
+    public IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize, KvCacheDtype dtype)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(numBlocks);
@@ -53,7 +61,8 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             throw new ArgumentException($"the CUDA paged KV cache needs a power-of-two block size (got {blockSize}).", nameof(blockSize));
         if (!SupportsBatchedStep)
             throw new NotSupportedException($"the CUDA batched step needs head_dim 64 or 128 on sm_80+ (this model: head_dim {Config.HeadDim}, {Device.Arch}).");
-        return new CudaPagedKvCache(this, Config.NumKvCaches(SwiftKvEnabled), numBlocks, blockSize, Config.NumKeyValueHeads, Config.HeadDim);
+        if (!Enum.IsDefined(dtype)) throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "unknown KV cache dtype.");
+        return new CudaPagedKvCache(this, Config.NumKvCaches(SwiftKvEnabled), numBlocks, blockSize, Config.NumKeyValueHeads, Config.HeadDim, dtype);
     }
 
     /// <inheritdoc />

@@ -47,6 +47,12 @@ public interface IBatchedBackend
     /// <summary>Allocates a paged KV pool of <paramref name="numBlocks"/> blocks of <paramref name="blockSize"/> positions.</summary>
     IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize);
 
+    /// <summary>Bytes of K/V per token in a pool of <paramref name="dtype"/>; a backend with one storage type ignores it.</summary>
+    long KvBytesPerTokenOf(KvCacheDtype dtype) => KvBytesPerToken;
+
+    /// <summary>A pool of <paramref name="dtype"/> elements; a backend with one storage type (the CPU's fp32) ignores it.</summary>
+    IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize, KvCacheDtype dtype) => CreatePagedKvCache(numBlocks, blockSize);
+
     /// <summary>
     /// Runs one step: writes every chunk's K/V into its blocks and returns one row of logits per sequence with
     /// <see cref="BatchSequence.NeedsLogits"/>, in batch order, row-major (rows, vocab_size). Each row equals the

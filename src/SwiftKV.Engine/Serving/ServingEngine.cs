@@ -62,7 +62,7 @@ public sealed class ServingEngine : IDisposable
         var cfg = backend.Config;
         _maxSequenceLength = Math.Min(options.MaxSequenceLength ?? cfg.MaxPositionEmbeddings, cfg.MaxPositionEmbeddings);
         int blocksPerSequence = (_maxSequenceLength + options.BlockSize - 1) / options.BlockSize;
-        long bytesPerBlock = _backend.KvBytesPerToken * options.BlockSize;
+        long bytesPerBlock = _backend.KvBytesPerTokenOf(options.KvCacheDtype) * options.BlockSize;
         long numBlocks = options.NumKvBlocks
             ?? Math.Min(options.KvCacheBytes / bytesPerBlock, (long)blocksPerSequence * options.MaxRunningSequences);
         if (numBlocks < 1)
@@ -73,7 +73,7 @@ public sealed class ServingEngine : IDisposable
             throw new ArgumentException($"AdmissionReserveBlocks {reserve} leaves no block of the {numBlocks} to admit anything.", nameof(options));
 
         Options = options;
-        _kv = _backend.CreatePagedKvCache((int)numBlocks, options.BlockSize);
+        _kv = _backend.CreatePagedKvCache((int)numBlocks, options.BlockSize, options.KvCacheDtype);
         _scheduler = new Scheduler(new KvBlockManager((int)numBlocks, options.BlockSize, options.EnablePrefixCaching),
             options.MaxBatchTokens, options.MaxRunningSequences, reserve, options.ReserveOutputBlocks);
         _metrics = Snapshot();

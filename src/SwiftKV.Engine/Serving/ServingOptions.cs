@@ -1,6 +1,18 @@
 // Runtime knobs of one serving engine (kept apart from the model's config.json facts).
 namespace SwiftKV.Engine.Serving;
 
+/// <summary>Element type of the paged KV pool.</summary>
+public enum KvCacheDtype
+{
+    /// <summary>bf16 keys and values (the CUDA default; the CPU backend always stores fp32).</summary>
+    Bf16,
+    /// <summary>
+    /// fp8 e4m3 keys and values with one fp32 scale per (token, KV head): about half the bytes of bf16 per token,
+    /// so the same memory holds ~2x the sequences. CUDA only; the CPU backend ignores it (it stays fp32).
+    /// </summary>
+    Fp8E4M3,
+}
+
 /// <summary>How a <see cref="ServingEngine"/> batches and how much KV memory it takes.</summary>
 public sealed record ServingOptions
 {
@@ -40,6 +52,12 @@ public sealed record ServingOptions
     /// <summary>Called on the engine's loop thread after every step (host timing; keep it cheap).</summary>
     public Action<ServingStepTrace>? StepObserver { get; init; }
 
+    /// <summary>
+    /// Element type of the paged KV pool (<see cref="KvCacheDtype.Bf16"/> default). The pool's block count follows
+    /// the backend's bytes per token for it. Backends that store only one type (the CPU backend: fp32) ignore it.
+    /// </summary>
+    public KvCacheDtype KvCacheDtype { get; init; } = KvCacheDtype.Bf16;
+
     /// <summary>Share full blocks of identical prefixes across requests (and across time, until evicted).</summary>
     public bool EnablePrefixCaching { get; init; } = true;
 
@@ -51,6 +69,7 @@ public sealed record ServingOptions
         if (MaxBatchTokens < 1) throw new ArgumentOutOfRangeException(nameof(MaxBatchTokens), MaxBatchTokens, "MaxBatchTokens must be >= 1.");
         if (MaxRunningSequences < 1) throw new ArgumentOutOfRangeException(nameof(MaxRunningSequences), MaxRunningSequences, "MaxRunningSequences must be >= 1.");
         if (MaxSequenceLength is < 2) throw new ArgumentOutOfRangeException(nameof(MaxSequenceLength), MaxSequenceLength, "MaxSequenceLength must be >= 2 (or null).");
+        if (!Enum.IsDefined(KvCacheDtype)) throw new ArgumentOutOfRangeException(nameof(KvCacheDtype), KvCacheDtype, "KvCacheDtype must be Bf16 or Fp8E4M3.");
         if (AdmissionReserveBlocks is < 0) throw new ArgumentOutOfRangeException(nameof(AdmissionReserveBlocks), AdmissionReserveBlocks, "AdmissionReserveBlocks must be >= 0 (or null).");
     }
 }
