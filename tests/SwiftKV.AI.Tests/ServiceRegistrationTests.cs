@@ -37,6 +37,9 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
             ["SwiftKV:SwiftKv"] = "false",
             ["SwiftKV:Backend"] = "Cpu",
             ["SwiftKV:ContextLength"] = "1024",
+            ["SwiftKV:KvCacheBytes"] = "33554432",
+            ["SwiftKV:EnablePrefixCaching"] = "false",
+            ["SwiftKV:KvCacheDtype"] = "Fp8E4M3",
         }).Build();
         var services = new ServiceCollection();
         services.AddSwiftKvChatClient(config.GetSection("SwiftKV"));
@@ -44,6 +47,8 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
         var client = provider.GetRequiredService<IChatClient>();
         Assert.Equal("my-model", client.GetService<ChatClientMetadata>()!.DefaultModelId);
         Assert.False(client.GetService<SwiftKvChatClient>()!.Model.Backend.SwiftKvEnabled);
+        var serving = client.GetService<SwiftKvChatClient>()!.Model.Serving!.Options;
+        Assert.Equal((32L << 20, false, SwiftKV.Engine.Serving.KvCacheDtype.Fp8E4M3), (serving.KvCacheBytes, serving.EnablePrefixCaching, serving.KvCacheDtype));
     }
 
     [Theory]
