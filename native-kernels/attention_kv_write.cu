@@ -12,7 +12,7 @@ extern "C" __global__ void paged_kv_write_bf16(const float* k, const float* v, i
     const float* inv_freq, const int* positions, const int* slot_mapping, int rows, int kv_heads, int head_dim,
     bf16_t* k_cache, bf16_t* v_cache)
 {
-    const int r = blockIdx.x, half = head_dim / 2, kv_dim = kv_heads * head_dim;
+    const int r = blockIdx.x, kv_dim = kv_heads * head_dim;
     const long long slot = slot_mapping[r];
     if (slot < 0) return;
     const float pos = inv_freq != nullptr ? (float)positions[r] : 0.f;
@@ -20,26 +20,7 @@ extern "C" __global__ void paged_kv_write_bf16(const float* k, const float* v, i
     const float* vr = v + (long long)r * ld;
     bf16_t* kc = k_cache + slot * kv_dim;
     bf16_t* vc = v_cache + slot * kv_dim;
-    for (int idx = threadIdx.x; idx < kv_heads * half; idx += blockDim.x)
-    {
-        int h = idx / half, i = idx % half, c = h * head_dim + i;
-        float a = kr[c], b = kr[c + half];
-        float va = vr[c], vb = vr[c + half];
-        if (k_bias != nullptr) { a += k_bias[c]; b += k_bias[c + half]; }
-        if (v_bias != nullptr) { va += v_bias[c]; vb += v_bias[c + half]; }
-        if (inv_freq != nullptr)
-        {
-            float sn, co;
-            sincosf(inv_freq[i] * pos, &sn, &co);
-            float ra = a * co - b * sn, rb = b * co + a * sn;
-            a = ra;
-            b = rb;
-        }
-        kc[c] = f32_to_bf16(a);
-        kc[c + half] = f32_to_bf16(b);
-        vc[c] = f32_to_bf16(va);
-        vc[c + half] = f32_to_bf16(vb);
-    }
+    kv_row_to_bf16(kr, vr, k_bias, v_bias, inv_freq, kv_heads, head_dim, pos, kc, vc);
 }
 
 // float -> e4m3 (1 sign, 4 exponent bits of bias 7, 3 mantissa bits; max 448), round to nearest even, saturating
@@ -91,14 +72,7 @@ extern "C" __global__ void paged_kv_write_fp8(const float* k, const float* v, in
             float a = kr[c], b = kr[c + half], x = vr[c], y = vr[c + half];
             if (k_bias != nullptr) { a += k_bias[c]; b += k_bias[c + half]; }
             if (v_bias != nullptr) { x += v_bias[c]; y += v_bias[c + half]; }
-            if (inv_freq != nullptr)
-            {
-                float sn, co;
-                sincosf(inv_freq[i] * pos, &sn, &co);
-                float ra = a * co - b * sn, rb = b * co + a * sn;
-                a = ra;
-                b = rb;
-            }
+            if (inv_freq != nullptr) rope_pair(a, b, inv_freq[i], pos);
             ka[j] = a; kb[j] = b; va[j] = x; vb[j] = y;
             kmax = fmaxf(kmax, fmaxf(fabsf(a), fabsf(b)));
             vmax = fmaxf(vmax, fmaxf(fabsf(x), fabsf(y)));

@@ -8,25 +8,12 @@
 extern "C" __global__ void kv_write_bf16(const float* k, const float* v, int ld, const float* k_bias, const float* v_bias,
     const float* inv_freq, int rows, int kv_heads, int head_dim, int pos0, bf16_t* k_cache, bf16_t* v_cache, const int* pos_base)
 {
-    int r = blockIdx.x, half = head_dim / 2, kv_dim = kv_heads * head_dim;
+    int r = blockIdx.x, kv_dim = kv_heads * head_dim;
     if (pos_base != nullptr) pos0 = *pos_base;
     float pos = (float)(pos0 + r);
     const float* kr = k + (long long)r * ld;
     const float* vr = v + (long long)r * ld;
     bf16_t* kc = k_cache + (long long)(pos0 + r) * kv_dim;
     bf16_t* vc = v_cache + (long long)(pos0 + r) * kv_dim;
-    for (int idx = threadIdx.x; idx < kv_heads * half; idx += blockDim.x)
-    {
-        int h = idx / half, i = idx % half, c = h * head_dim + i;
-        float a = kr[c], b = kr[c + half];
-        float va = vr[c], vb = vr[c + half];
-        if (k_bias != nullptr) { a += k_bias[c]; b += k_bias[c + half]; }
-        if (v_bias != nullptr) { va += v_bias[c]; vb += v_bias[c + half]; }
-        float s, co;
-        sincosf(inv_freq[i] * pos, &s, &co);
-        kc[c] = f32_to_bf16(a * co - b * s);
-        kc[c + half] = f32_to_bf16(b * co + a * s);
-        vc[c] = f32_to_bf16(va);
-        vc[c + half] = f32_to_bf16(vb);
-    }
+    kv_row_to_bf16(kr, vr, k_bias, v_bias, inv_freq, kv_heads, head_dim, pos, kc, vc);
 }

@@ -1,6 +1,6 @@
 // Bias + RoPE on the query columns of a fused [q | k | v] projection (fp32, in place) and the K/V cache write of
 // the same rows (K bias + RoPE, V bias, stored bf16) in one pass: one launch per layer instead of rope_f32 then
-// kv_write_bf16, each row's angles computed once for Q and K. Same formulas as rope.cu and kv_cache.cu.
+// kv_write_bf16. The RoPE and K/V-store steps are swiftkv_common.cuh's rope_row and kv_row_to_bf16, shared with them.
 //   qkv (rows, ld): q in columns [0, heads·hd), k in [heads·hd, +kv_dim), v after it; row r at position pos0 + r,
 //   or pos_base[0] + r when pos_base is not null (replayable CUDA graphs). Caches (capacity, kv_heads, head_dim).
 // Launch: grid (rows), block 128; programmatic on sm_90+ (waits for the previous kernel before any access).
@@ -9,38 +9,16 @@
 extern "C" __global__ void rope_qkv_write_bf16(float* qkv, int ld, const float* q_bias, const float* k_bias, const float* v_bias,
     const float* inv_freq, int rows, int heads, int kv_heads, int head_dim, int pos0, bf16_t* k_cache, bf16_t* v_cache, const int* pos_base)
 {
-    const int r = blockIdx.x, half = head_dim / 2, q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
+    const int r = blockIdx.x, q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
     pdl_wait();
     pdl_launch_dependents();
     if (pos_base != nullptr) pos0 = *pos_base;
     const float pos = (float)(pos0 + r);
     float* row = qkv + (long long)r * ld;
-    for (int idx = threadIdx.x; idx < heads * half; idx += blockDim.x)
-    {
-        int h = idx / half, i = idx % half, c = h * head_dim + i;
-        float a = row[c], b = row[c + half];
-        if (q_bias != nullptr) { a += q_bias[c]; b += q_bias[c + half]; }
-        float s, co;
-        sincosf(inv_freq[i] * pos, &s, &co);
-        row[c] = a * co - b * s;
-        row[c + half] = b * co + a * s;
-    }
+    rope_row(row, q_bias, inv_freq, heads, head_dim, pos);
     const float* kr = row + q_dim;
     const float* vr = kr + kv_dim;
     bf16_t* kc = k_cache + (long long)(pos0 + r) * kv_dim;
     bf16_t* vc = v_cache + (long long)(pos0 + r) * kv_dim;
-    for (int idx = threadIdx.x; idx < kv_heads * half; idx += blockDim.x)
-    {
-        int h = idx / half, i = idx % half, c = h * head_dim + i;
-        float a = kr[c], b = kr[c + half];
-        float va = vr[c], vb = vr[c + half];
-        if (k_bias != nullptr) { a += k_bias[c]; b += k_bias[c + half]; }
-        if (v_bias != nullptr) { va += v_bias[c]; vb += v_bias[c + half]; }
-        float s, co;
-        sincosf(inv_freq[i] * pos, &s, &co);
-        kc[c] = f32_to_bf16(a * co - b * s);
-        kc[c + half] = f32_to_bf16(b * co + a * s);
-        vc[c] = f32_to_bf16(va);
-        vc[c + half] = f32_to_bf16(vb);
-    }
+    kv_row_to_bf16(kr, vr, k_bias, v_bias, inv_freq, kv_heads, head_dim, pos, kc, vc);
 }

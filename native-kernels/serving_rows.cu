@@ -8,19 +8,10 @@
 extern "C" __global__ void rope_rows_f32(float* q, int ld, const float* bias, const float* inv_freq, const int* positions,
     int rows, int heads, int head_dim)
 {
-    int r = blockIdx.x, half = head_dim / 2;
+    int r = blockIdx.x;
     float pos = (float)positions[r];
     float* row = q + (long long)r * ld;
-    for (int idx = threadIdx.x; idx < heads * half; idx += blockDim.x)
-    {
-        int h = idx / half, i = idx % half, c = h * head_dim + i;
-        float a = row[c], b = row[c + half];
-        if (bias != nullptr) { a += bias[c]; b += bias[c + half]; }
-        float s, co;
-        sincosf(inv_freq[i] * pos, &s, &co);
-        row[c] = a * co - b * s;
-        row[c + half] = b * co + a * s;
-    }
+    rope_row(row, bias, inv_freq, heads, head_dim, pos);
 }
 
 extern "C" __global__ void gather_rows_f32(const float* src, const int* index, int cols, float* dst)

@@ -74,3 +74,48 @@ __device__ __forceinline__ void pdl_launch_dependents()
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+
+// RoPE, rotate-half layout: the pair (a, b) = dims (i, i + head_dim/2) of one head turned by angle inv_freq_i * pos
+// (one fp32 multiply, as PyTorch computes it). The one definition every kernel that rotates uses.
+__device__ __forceinline__ void rope_pair(float& a, float& b, float inv_freq_i, float pos)
+{
+    float s, co;
+    sincosf(inv_freq_i * pos, &s, &co);
+    const float ra = a * co - b * s, rb = b * co + a * s;
+    a = ra;
+    b = rb;
+}
+
+// Bias + RoPE in place on one row of `heads` heads (bias may be null); the block's threads stride over (head, pair).
+__device__ __forceinline__ void rope_row(float* row, const float* bias, const float* inv_freq, int heads, int head_dim, float pos)
+{
+    const int half = head_dim / 2;
+    for (int idx = threadIdx.x; idx < heads * half; idx += blockDim.x)
+    {
+        const int h = idx / half, i = idx % half, c = h * head_dim + i;
+        float a = row[c], b = row[c + half];
+        if (bias != nullptr) { a += bias[c]; b += bias[c + half]; }
+        rope_pair(a, b, inv_freq[i], pos);
+        row[c] = a;
+        row[c + half] = b;
+    }
+}
+
+// One row's K (bias, then RoPE unless inv_freq is null) and V (bias) stored as bf16 at kc / vc (kv_heads x head_dim).
+__device__ __forceinline__ void kv_row_to_bf16(const float* kr, const float* vr, const float* k_bias, const float* v_bias,
+    const float* inv_freq, int kv_heads, int head_dim, float pos, bf16_t* kc, bf16_t* vc)
+{
+    const int half = head_dim / 2;
+    for (int idx = threadIdx.x; idx < kv_heads * half; idx += blockDim.x)
+    {
+        const int h = idx / half, i = idx % half, c = h * head_dim + i;
+        float a = kr[c], b = kr[c + half], va = vr[c], vb = vr[c + half];
+        if (k_bias != nullptr) { a += k_bias[c]; b += k_bias[c + half]; }
+        if (v_bias != nullptr) { va += v_bias[c]; vb += v_bias[c + half]; }
+        if (inv_freq != nullptr) rope_pair(a, b, inv_freq[i], pos);
+        kc[c] = f32_to_bf16(a);
+        kc[c + half] = f32_to_bf16(b);
+        vc[c] = f32_to_bf16(va);
+        vc[c + half] = f32_to_bf16(vb);
+    }
+}
