@@ -74,19 +74,12 @@ public sealed class AttentionPagedFp8Tests : GpuFixtureTest
         { "prefill", 4, 4, 64, AttentionPath.Auto },
     };
 
-    static (int Rows, int Context)[] Mix(string name) => name switch
-    {
-        "decode" => [(1, 1), (1, 17), (1, 300), (1, 65), (1, 1000), (1, 16)],
-        "mixed" => [(37, 37), (1, 200), (70, 133), (0, 0), (16, 16), (3, 1000), (1, 33)],
-        _ => [(257, 257), (130, 150), (33, 81)],
-    };
-
     [Theory]
     [MemberData(nameof(Cases))]
     public void PagedFp8_MatchesReference(string mix, int heads, int kvHeads, int headDim, AttentionPath path)
     {
         Gpu.Require();
-        var seqs = Mix(mix);
+        var seqs = AttentionPagedTests.Mix(mix);
         var rng = new TestRng((ulong)(17 * heads + 5 * kvHeads + headDim + mix.Length * 977 + (int)path));
         int kvDim = kvHeads * headDim, qDim = heads * headDim, ldq = qDim + 2 * kvDim, ldo = qDim + 8;
         // Tables scattered over the pool, every slot no sequence owns NaN (see AttentionPagedTests).

@@ -84,7 +84,8 @@ public sealed class AttentionPagedTests : GpuFixtureTest
         { "prefill", 4, 4, 64, AttentionPath.Auto },
     };
 
-    static (int Rows, int Context)[] Mix(string name) => name switch
+    /// <summary>The sequence mixes (rows this step, context after it) every paged test draws from, by name.</summary>
+    internal static (int Rows, int Context)[] Mix(string name) => name switch
     {
         "decode" => [(1, 1), (1, 17), (1, 300), (1, 65), (1, 1000), (1, 16)],
         "mixed" => [(37, 37), (1, 200), (70, 133), (0, 0), (16, 16), (3, 1000), (1, 33)],
