@@ -1,0 +1,420 @@
+// Causal GQA prefill attention for Hopper (sm_90a): the FlashAttention algorithm of attention_flash.cu with both
+// products on warpgroup MMAs (wgmma.mma_async) instead of mma.sync, head_dim 128.
+//
+// Why a second kernel: on H100 the mma.sync kernel tops out near 300 TFLOP/s because every K/V fragment goes through
+// ldmatrix into registers (shared-memory bandwidth) and the warp's registers are full. wgmma reads B (and here A for
+// Q·Kᵀ) straight from shared memory in the 128-byte-swizzled layout, so the same tile costs no register traffic.
+//
+// Layout and work split (same GQA packing as attention_flash.cu: packed row r = t * group + g, so one K/V tile
+// serves all query heads of a KV head):
+//   CTA: NWG warpgroups x 64 packed rows (BM = 64 * NWG), BN keys per tile, head_dim 128.
+//   Shared memory, every tile stored as two 64-dim "panels" of 128-byte rows, 16-byte chunks XOR-swizzled by
+//   (row & 7) (the SWIZZLE_128B layout of the wgmma descriptors), all panels 1024-byte aligned:
+//     Q: BM rows (bf16, converted once from the fp32 queries), K and V: 2 stages x BN keys (cp.async, zero-filled
+//     past the cache end).
+//   S = Q·Kᵀ: wgmma m64nBNk16, A = Q (K-major descriptor), B = K (K-major: a key's 128 dims are contiguous).
+//   O += P·V: wgmma m64n128k16, A = P in registers (the S accumulators rounded to bf16: the accumulator layout of
+//   m64nN is the A-fragment layout, as with mma.sync), B = V (MN-major: "transposed" descriptor, no copy of V).
+//   Online softmax in fp32 in the exp2 domain, each row's state held by the 4 lanes of a quad.
+// Tiles run in order 0..n-1 so the one masked (diagonal) tile comes last and every row has seen key 0 before it:
+// no row's running max is ever -inf. Rows past the step (a partial last row tile) compute on zero queries and are
+// not stored.
+// Contiguous caches only (prefill and long chunks of one or a few sequences; paged steps and decode use
+// attention_flash.cu); no split-K (a prefill step has enough row tiles to fill the card).
+#include "swiftkv_common.cuh"
+
+namespace
+{
+constexpr int HD = 128;              // head_dim
+constexpr int PANEL_ROW = 128;       // bytes of one 64-dim row of a panel
+
+__device__ __forceinline__ unsigned smem_u32(const void* p)
+{
+    unsigned r;
+    asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+// Shared memory written by ordinary stores or cp.async is read next by the tensor cores (the async proxy).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
+
+// Keeps the compiler from moving accumulator reads or writes across an asynchronous wgmma.
+template <int N> __device__ __forceinline__ void pin_registers(float* r)
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i]) :: "memory");
+}
+
+// Shared-memory matrix descriptor, 128-byte swizzle. K-major: sbo = stride of 8-row groups (lbo unused).
+// MN-major: lbo = stride between 64-element blocks along M/N, sbo = stride of 8-row groups along K.
+__device__ __forceinline__ unsigned long long gmma_desc(unsigned addr, unsigned lbo, unsigned sbo)
+{
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)((lbo & 0x3FFFFu) >> 4) << 16)
+         | ((unsigned long long)((sbo & 0x3FFFFu) >> 4) << 32) | (1ull << 62);
+}
+
+// Byte offset of 16-byte chunk c (0..7) of row r inside a 128-byte-swizzled panel.
+__device__ __forceinline__ unsigned sw128(int r, int c) { return (unsigned)(r * PANEL_ROW + ((c ^ (r & 7)) << 4)); }
+
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi)
+{
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+// d (64 x 64, fp32) = (scale_d ? d : 0) + A (64 x 16, shared memory, K-major) * B (64 x 16, shared memory, K-major)
+__device__ __forceinline__ void wgmma_m64n64k16_ss(float* d, unsigned long long desc_a, unsigned long long desc_b, int scale_d)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+// d (64 x 128, fp32) = (scale_d ? d : 0) + A (64 x 16, shared memory, K-major) * B (128 x 16, shared memory, K-major)
+__device__ __forceinline__ void wgmma_m64n128k16_ss(float* d, unsigned long long desc_a, unsigned long long desc_b, int scale_d)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+// d (64 x 128, fp32) += A (64 x 16 bf16, registers: the accumulator layout packed in pairs) * B (16 x 128, shared memory, MN-major)
+__device__ __forceinline__ void wgmma_m64n128k16_rs(float* d, const unsigned* a, unsigned long long desc_b)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+
+template <int BN> __device__ __forceinline__ void wgmma_qk(float* s, unsigned long long da, unsigned long long db, int scale_d);
+template <> __device__ __forceinline__ void wgmma_qk<64>(float* s, unsigned long long da, unsigned long long db, int scale_d) { wgmma_m64n64k16_ss(s, da, db, scale_d); }
+template <> __device__ __forceinline__ void wgmma_qk<128>(float* s, unsigned long long da, unsigned long long db, int scale_d) { wgmma_m64n128k16_ss(s, da, db, scale_d); }
+
+// Row tile and (sequence, KV head) pair of this CTA: linear block i takes row-tile rank i / gridDim.y (rank 0 = the
+// last, longest causal tile) of pair i % gridDim.y, so the longest tiles of every pair start first
+// (attention_flash.cu's FA_ORDER).
+__device__ __forceinline__ void heavy_first(int& tile_m, int& pair)
+{
+    const unsigned lin = blockIdx.y * gridDim.x + blockIdx.x;
+    tile_m = (int)(gridDim.x - 1 - lin / gridDim.y);
+    pair = (int)(lin % gridDim.y);
+}
+
+// One row pair's online-softmax state: rows r_lo and r_lo + 8 of the warp's 16, each held by a quad of lanes.
+struct RowState
+{
+    float m0, m1, l0, l1;      // running max (exp2 domain, scaled) and this lane's partial row sums
+    int lim0, lim1;            // last key each row may see
+};
+
+// Tile `n0`'s scores s (the m64nBN accumulators) -> P (bf16 pairs, A-fragment order), new max and row sums;
+// returns via alpha0/alpha1 the factors by which O must be rescaled. `diagonal` masks keys past each row's position.
+template <int BN>
+__device__ __forceinline__ void softmax_tile(float* s, unsigned* p, RowState& st, int n0, bool diagonal, int quad,
+    float scale_log2, float& alpha0, float& alpha1)
+{
+    if (diagonal)
+    {
+#pragma unroll
+        for (int c = 0; c < BN / 8; c++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                const int col = n0 + 8 * c + 2 * quad + e;
+                if (col > st.lim0) s[4 * c + e] = -INFINITY;
+                if (col > st.lim1) s[4 * c + 2 + e] = -INFINITY;
+            }
+    }
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < BN / 8; c++)
+    {
+        mx0 = fmaxf(mx0, fmaxf(s[4 * c], s[4 * c + 1]));
+        mx1 = fmaxf(mx1, fmaxf(s[4 * c + 2], s[4 * c + 3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float mn0 = fmaxf(st.m0, mx0 * scale_log2), mn1 = fmaxf(st.m1, mx1 * scale_log2);
+    alpha0 = fast_exp2(st.m0 - mn0);
+    alpha1 = fast_exp2(st.m1 - mn1);
+    st.m0 = mn0;
+    st.m1 = mn1;
+    float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+    for (int c = 0; c < BN / 8; c++)
+    {
+        const float a = fast_exp2(s[4 * c] * scale_log2 - mn0), b = fast_exp2(s[4 * c + 1] * scale_log2 - mn0);
+        const float cc = fast_exp2(s[4 * c + 2] * scale_log2 - mn1), d = fast_exp2(s[4 * c + 3] * scale_log2 - mn1);
+        sum0 += a + b;
+        sum1 += cc + d;
+        p[2 * c] = pack_bf16x2(a, b);
+        p[2 * c + 1] = pack_bf16x2(cc, d);
+    }
+    st.l0 = st.l0 * alpha0 + sum0;
+    st.l1 = st.l1 * alpha1 + sum1;
+}
+
+__device__ __forceinline__ void rescale_o(float* o, float alpha0, float alpha1)
+{
+#pragma unroll
+    for (int c = 0; c < 16; c++)
+    {
+        o[4 * c] *= alpha0; o[4 * c + 1] *= alpha0;
+        o[4 * c + 2] *= alpha1; o[4 * c + 3] *= alpha1;
+    }
+}
+
+// S = Q·Kᵀ for this warpgroup's 64 rows and one BN-key tile (issued, not waited).
+template <int BN, int BM>
+__device__ __forceinline__ void issue_qk(float* s, unsigned sQ, unsigned sK, int wg)
+{
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++)
+    {
+        const unsigned long long da = gmma_desc(sQ + (kk >> 2) * (BM * PANEL_ROW) + wg * 64 * PANEL_ROW + (kk & 3) * 32, 16, 1024);
+        const unsigned long long db = gmma_desc(sK + (kk >> 2) * (BN * PANEL_ROW) + (kk & 3) * 32, 16, 1024);
+        wgmma_qk<BN>(s, da, db, kk > 0);
+    }
+}
+
+// O += P·V for one BN-key tile (issued, not waited).
+template <int BN>
+__device__ __forceinline__ void issue_pv(float* o, const unsigned* p, unsigned sV)
+{
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++)
+        wgmma_m64n128k16_rs(o, p + 4 * kk, gmma_desc(sV + kk * 16 * PANEL_ROW, BN * PANEL_ROW, 1024));
+}
+
+// PIPE = false: per tile S, wait, softmax, P·V, wait (the warpgroups overlap each other only).
+// PIPE = true (FlashAttention-3's intra-warpgroup overlap): S of tile j+1 and P·V of tile j are in flight together,
+// and the softmax of tile j+1 runs while P·V of tile j still occupies the tensor cores; O is rescaled after that
+// P·V completes. K and V tiles then live on offset rings (K j+2 and V j+1 load while K j+1 and V j are read).
+template <int BN, int NWG, bool PIPE>
+__device__ __forceinline__ void flash_wgmma(const float* q, long long q_bstride, int ldq, const bf16_t* k, const bf16_t* v,
+    long long kv_bstride, bf16_t* out, long long o_bstride, int T, int heads, int kv_heads, int pos0, float scale_log2)
+{
+    constexpr int BM = 64 * NWG, THREADS = 128 * NWG;
+    constexpr int Q_BYTES = 2 * BM * PANEL_ROW, KV_BYTES = 2 * BN * PANEL_ROW;
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
+    unsigned char* const sbase = smem_raw + (base - raw);
+    // K stage s at sKs + s * KV_BYTES, V stage s at sVs + s * KV_BYTES
+    const unsigned sQ = base, sKs = base + Q_BYTES, sVs = sKs + 2 * KV_BYTES;
+
+    int tile_m, pair;
+    heavy_first(tile_m, pair);
+    const int b = pair / kv_heads, kvh = pair % kv_heads, group = heads / kv_heads;
+    const int rows_total = T * group, row0 = tile_m * BM;
+    q += b * q_bstride;
+    k += b * kv_bstride + kvh * HD;
+    v += b * kv_bstride + kvh * HD;
+    out += b * o_bstride;
+    const long long kv_stride = (long long)kv_heads * HD;
+    const int kv_len = pos0 + T, t_first = row0 / group, t_last = min(T - 1, (row0 + BM - 1) / group);
+    const int n_tiles = (pos0 + t_last + BN) / BN;        // keys 0 .. pos0 + t_last
+    const int tid = threadIdx.x;
+
+    // One BN-key tile of a cache into a stage (cp.async, 16-byte chunks; keys past the cache end zero-filled).
+    auto load_tile = [&](const bf16_t* src, unsigned dst, int tile) {
+        const int n0 = tile * BN;
+#pragma unroll
+        for (int i = tid; i < BN * 16; i += THREADS)
+        {
+            const int key = i >> 4, cc = i & 15;
+            const bool ok = n0 + key < kv_len;
+            const long long off = (long long)(ok ? n0 + key : 0) * kv_stride + cc * 8;
+            cp_async16(dst + (cc >> 3) * (BN * PANEL_ROW) + sw128(key, cc & 7), src + off, ok ? 16 : 0);
+        }
+    };
+
+    if (PIPE)
+    {
+        load_tile(k, sKs, 0);
+        cp_async_commit();
+        if (n_tiles > 1) load_tile(k, sKs + KV_BYTES, 1);
+        load_tile(v, sVs, 0);
+        cp_async_commit();
+    }
+    else
+    {
+        load_tile(k, sKs, 0);
+        load_tile(v, sVs, 0);
+        cp_async_commit();
+    }
+    // Q: fp32 -> bf16 into the swizzled panels (rows past the step are zeros).
+#pragma unroll 4
+    for (int i = tid; i < BM * 16; i += THREADS)
+    {
+        const int r = i >> 4, cc = i & 15, pr = row0 + r;
+        uint4 w = make_uint4(0u, 0u, 0u, 0u);
+        if (pr < rows_total)
+        {
+            const int t = pr / group, h = kvh * group + pr % group;
+            const float4* src = reinterpret_cast<const float4*>(q + (long long)t * ldq + h * HD + cc * 8);
+            const float4 a = src[0], c = src[1];
+            w = make_uint4(pack_bf16x2(a.x, a.y), pack_bf16x2(a.z, a.w), pack_bf16x2(c.x, c.y), pack_bf16x2(c.z, c.w));
+        }
+        *reinterpret_cast<uint4*>(sbase + (cc >> 3) * (BM * PANEL_ROW) + sw128(r, cc & 7)) = w;
+    }
+    fence_proxy_async();
+
+    const int wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, quad = lane & 3;
+    const int r_lo = row0 + wg * 64 + warp * 16 + (lane >> 2);       // this thread's rows: r_lo and r_lo + 8
+    RowState st{-INFINITY, -INFINITY, 0.f, 0.f, pos0 + r_lo / group, pos0 + (r_lo + 8) / group};
+    auto diagonal = [&](int tile) { return tile * BN + BN - 1 > pos0 + t_first; };
+
+    float o[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) o[i] = 0.f;
+    float s[BN / 2];
+    unsigned p[BN / 4];
+    float alpha0, alpha1;
+
+    if (PIPE)
+    {
+        // Tile 0's scores and P before the loop.
+        cp_async_wait<1>();
+        fence_proxy_async();
+        __syncthreads();
+        wgmma_fence();
+        issue_qk<BN, BM>(s, sQ, sKs, wg);
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin_registers<BN / 2>(s);
+        softmax_tile<BN>(s, p, st, 0, diagonal(0), quad, scale_log2, alpha0, alpha1);
+        __syncthreads();                                  // K stage 0 is refilled by the first iteration
+        // P of tile j is read by the in-flight P·V while the softmax writes P of tile j+1: two register sets,
+        // swapped by unrolling the loop by two (a run-time index would move them to local memory).
+        unsigned p2[BN / 4];
+        auto step = [&](int j, unsigned* p_cur, unsigned* p_next) {
+            if (j + 2 < n_tiles) load_tile(k, sKs + (j & 1) * KV_BYTES, j + 2);
+            if (j + 1 < n_tiles) load_tile(v, sVs + ((j + 1) & 1) * KV_BYTES, j + 1);
+            cp_async_commit();
+            cp_async_wait<1>();                           // K j+1 and V j have landed
+            fence_proxy_async();
+            __syncthreads();
+            const bool next = j + 1 < n_tiles;
+            wgmma_fence();
+            if (next)
+            {
+                issue_qk<BN, BM>(s, sQ, sKs + ((j + 1) & 1) * KV_BYTES, wg);
+                wgmma_commit();
+            }
+            issue_pv<BN>(o, p_cur, sVs + (j & 1) * KV_BYTES);
+            wgmma_commit();
+            if (next)
+            {
+                wgmma_wait<1>();                          // S of tile j+1 is ready; P·V of tile j may still run
+                pin_registers<BN / 2>(s);
+                softmax_tile<BN>(s, p_next, st, (j + 1) * BN, diagonal(j + 1), quad, scale_log2, alpha0, alpha1);
+            }
+            wgmma_wait<0>();
+            pin_registers<64>(o);
+            if (next) rescale_o(o, alpha0, alpha1);
+            __syncthreads();                              // stages read this iteration may be refilled next
+        };
+        for (int j = 0; j < n_tiles; j += 2)
+        {
+            step(j, p, p2);
+            if (j + 1 < n_tiles) step(j + 1, p2, p);
+        }
+    }
+    else
+    {
+        for (int j = 0; j < n_tiles; j++)
+        {
+            if (j + 1 < n_tiles)
+            {
+                load_tile(k, sKs + ((j + 1) & 1) * KV_BYTES, j + 1);
+                load_tile(v, sVs + ((j + 1) & 1) * KV_BYTES, j + 1);
+                cp_async_commit();
+                cp_async_wait<1>();
+            }
+            else cp_async_wait<0>();
+            fence_proxy_async();
+            __syncthreads();
+            wgmma_fence();
+            issue_qk<BN, BM>(s, sQ, sKs + (j & 1) * KV_BYTES, wg);
+            wgmma_commit();
+            wgmma_wait<0>();
+            pin_registers<BN / 2>(s);
+            softmax_tile<BN>(s, p, st, j * BN, diagonal(j), quad, scale_log2, alpha0, alpha1);
+            pin_registers<64>(o);
+            rescale_o(o, alpha0, alpha1);
+            wgmma_fence();
+            issue_pv<BN>(o, p, sVs + (j & 1) * KV_BYTES);
+            wgmma_commit();
+            wgmma_wait<0>();
+            pin_registers<64>(o);
+            __syncthreads();                              // every warpgroup is done with this stage before it refills
+        }
+    }
+
+    float l0 = st.l0, l1 = st.l1;
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const int ldo = heads * HD;
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        const int pr = r_lo + 8 * half;
+        if (pr >= rows_total) continue;
+        const float inv = 1.f / (half ? l1 : l0);
+        const int t = pr / group, h = kvh * group + pr % group;
+        unsigned* dst = reinterpret_cast<unsigned*>(out + (long long)t * ldo + h * HD + 2 * quad);
+#pragma unroll
+        for (int c = 0; c < 16; c++)
+            dst[4 * c] = pack_bf16x2(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
+    }
+}
+} // namespace
+
+// Entry points: flash_attn_wgmma_d128_n{BN}_g{NWG}. Grid (row tiles of BM = 64 * NWG packed rows, batch * kv_heads),
+// 128 * NWG threads, dynamic shared memory (BM + 4 * BN) * 256 bytes (Q, two stages of K and V) + 1024 for the
+// alignment. Sequence b's queries at q + b * q_bstride (fp32, row stride
+// ldq, 16-byte aligned rows), caches at k / v + b * kv_bstride ((capacity, kv_heads, 128) bf16), output rows at
+// out + b * o_bstride (row stride heads * 128, bf16). A query at position pos0 + t sees keys 0 .. pos0 + t.
+#define FA_WGMMA_ENTRY(BN, NWG, PIPE, SUFFIX, CTAS)                                                                      \
+extern "C" __global__ void __launch_bounds__(128 * NWG, CTAS) flash_attn_wgmma_d128_n##BN##_g##NWG##SUFFIX(const float* q, \
+    long long q_bstride, int ldq, const bf16_t* k, const bf16_t* v, long long kv_bstride, bf16_t* out,                   \
+    long long o_bstride, int T, int heads, int kv_heads, int pos0, float scale_log2)                                     \
+{                                                                                                                        \
+    flash_wgmma<BN, NWG, PIPE>(q, q_bstride, ldq, k, v, kv_bstride, out, o_bstride, T, heads, kv_heads, pos0,           \
+        scale_log2);                                                                                                     \
+}
+
+FA_WGMMA_ENTRY(128, 2, false, , 1)
+FA_WGMMA_ENTRY(64, 2, false, , 1)
+FA_WGMMA_ENTRY(64, 3, false, , 1)
+FA_WGMMA_ENTRY(64, 2, false, _2cta, 2)
+FA_WGMMA_ENTRY(128, 2, true, _pipe, 1)
+FA_WGMMA_ENTRY(64, 2, true, _pipe, 1)
+FA_WGMMA_ENTRY(64, 3, true, _pipe, 1)
+FA_WGMMA_ENTRY(64, 2, true, _pipe2cta, 2)
