@@ -1,5 +1,5 @@
-// The tensor-core attention kernel (native-kernels/attention_flash.cu) against a CPU reference in double: head_dim
-// 64 and 128, GQA group 1/4/8, odd lengths, chunks at pos0 > 0, decode with split-K, every CTA shape, batched
+// The tensor-core attention kernels (native-kernels/attention_flash.cu; attention_hopper.cu on sm_90a) against a
+// CPU reference in double: head_dim 64 and 128, GQA group 1/4/8, odd lengths, chunks at pos0 > 0, decode with split-K, every CTA shape, batched
 // sequences with padded strides. Outputs are poisoned with NaN and cache slots past the step hold NaN, so an
 // unwritten output or a key read past the causal end fails. Tolerance: bf16 Q and P on the tensor cores add about
 // 2^-9 relative per term, so ||out - ref|| / ||ref|| <= 1e-2 and element-wise 2e-2·|ref| + 5e-3·max|ref|.
@@ -73,9 +73,16 @@ public sealed class AttentionTests : GpuFixtureTest
     [InlineData(200, 4, 4, 128, 61, AttentionPath.Flash4Warps32Rows)]      // MHA, long chunk, odd pos0
     [InlineData(1, 32, 8, 128, 300, AttentionPath.Flash4Warps32Rows)]      // decode with split-K on the wide shape
     [InlineData(300, 8, 2, 64, 0, AttentionPath.Auto)]                     // Auto takes the wide shape here
+    [InlineData(70, 8, 2, 128, 0, AttentionPath.Hopper)]                   // wgmma: GQA 4, 280 packed rows: 3 row tiles
+    [InlineData(33, 16, 2, 128, 45, AttentionPath.Hopper)]                 // GQA 8, chunk after 45 cached tokens
+    [InlineData(130, 4, 1, 128, 17, AttentionPath.Hopper)]                 // MQA, several key tiles (one partial)
+    [InlineData(200, 4, 4, 128, 61, AttentionPath.Hopper)]                 // MHA, long chunk, odd pos0
+    [InlineData(1, 32, 8, 128, 300, AttentionPath.Hopper)]                 // one row over a long cache (no split-K)
+    [InlineData(600, 32, 8, 128, 7, AttentionPath.Auto)]                   // 8B heads, 152 row tiles: Auto takes wgmma on H100
     public void Flash_MatchesReference(int rows, int heads, int kvHeads, int headDim, int pos0, AttentionPath path)
     {
         Gpu.Require();
+        if (path == AttentionPath.Hopper) Assert.SkipUnless(CudaRuntime.Device.Arch == "sm_90a", $"the wgmma kernel needs sm_90a ({CudaRuntime.Device.Arch})");
         var rng = new TestRng((ulong)(1000 + rows * 7 + heads + headDim + pos0));
         int capacity = pos0 + rows + 5, kvDim = kvHeads * headDim, ldq = heads * headDim + 3 * kvDim;
         var q = rng.Array((long)rows * ldq, 1.5f);
@@ -90,8 +97,10 @@ public sealed class AttentionTests : GpuFixtureTest
         attention.Launch(Stream, dq, ldq, dk, dv, capacity, dOut, rows, heads, kvHeads, headDim, pos0);
         Stream.Synchronize();
         Assert.StartsWith("flash_attn_", attention.LastLaunch.Kernel);
-        if (rows == 1) Assert.True(attention.LastLaunch.Splits > 1, $"decode ran without split-K ({attention.LastLaunch})");
-        if (path == AttentionPath.Auto && rows * heads / kvHeads >= 256) Assert.Contains("_m2_", attention.LastLaunch.Kernel);
+        if (rows == 1 && path != AttentionPath.Hopper) Assert.True(attention.LastLaunch.Splits > 1, $"decode ran without split-K ({attention.LastLaunch})");
+        bool hopper = CudaRuntime.Device.Arch == "sm_90a" && headDim == 128 && (rows * heads / kvHeads + 127) / 128 * kvHeads >= CudaRuntime.Device.MultiprocessorCount;
+        if (path == AttentionPath.Auto && hopper) Assert.Equal("flash_attn_wgmma_d128_n64_g2", attention.LastLaunch.Kernel);
+        else if (path == AttentionPath.Auto && rows * heads / kvHeads >= 256) Assert.Contains("_m2_", attention.LastLaunch.Kernel);
         var want = Reference(q, 0, ldq, Bf16.ToSingles(kc), Bf16.ToSingles(vc), 0, rows, heads, kvHeads, headDim, pos0);
         AssertClose(Bf16.ToSingles(dOut.ToArray()), want, $"flash {path} rows {rows} heads {heads}/{kvHeads} d {headDim} pos0 {pos0} {attention.LastLaunch}");
     }
@@ -101,9 +110,11 @@ public sealed class AttentionTests : GpuFixtureTest
     [InlineData(2, 64, AttentionPath.Flash8Warps)]
     [InlineData(3, 128, AttentionPath.Flash4Warps32Rows)]
     [InlineData(2, 40, AttentionPath.Simple)]   // other head dims fall back to the scalar kernel, per sequence
+    [InlineData(9, 128, AttentionPath.Hopper)]   // wgmma: padded strides, each sequence's own cache
     public void Batched_EachSequenceMatchesReference(int rows, int headDim, AttentionPath path)
     {
         Gpu.Require();
+        if (path == AttentionPath.Hopper) Assert.SkipUnless(CudaRuntime.Device.Arch == "sm_90a", $"the wgmma kernel needs sm_90a ({CudaRuntime.Device.Arch})");
         var rng = new TestRng((ulong)(77 + rows + headDim));
         int batch = 3, heads = 8, kvHeads = 2, pos0 = 250, capacity = 260, kvDim = kvHeads * headDim, ldq = heads * headDim;
         long qbs = (long)rows * ldq + 4, kvbs = (long)capacity * kvDim + 64, obs = (long)rows * heads * headDim + 8;
@@ -144,5 +155,9 @@ public sealed class AttentionTests : GpuFixtureTest
         Assert.Contains("head_dim 64 or 128", e.Message);
         Assert.Throws<ArgumentOutOfRangeException>(() => attention.Launch(Stream, q, 128, kv, kv, 8, o, 1, 1, 1, 64, 8));   // past the cache
         Assert.Throws<ArgumentOutOfRangeException>(() => attention.Launch(Stream, q, 192, kv, kv, 16, o, 1, 3, 2, 64, 0));  // heads % kv_heads
+        // The wgmma kernel pinned where it cannot run (head_dim 64; on other GPUs also the arch) names the reason.
+        attention.Path = AttentionPath.Hopper;
+        e = Assert.Throws<ArgumentException>(() => attention.Launch(Stream, q, 64, kv, kv, 16, o, 1, 1, 1, 64, 0));
+        Assert.Contains("wgmma kernel cannot run", e.Message);
     }
 }

@@ -16,8 +16,13 @@ public enum AttentionPath
     Flash8Warps,
     /// <summary>Flash kernel, 4 warps × 32 packed query rows (Q re-read from shared memory), 64-key tiles.</summary>
     Flash4Warps32Rows,
-    /// <summary>Flash kernel, 4 warps × 32 packed query rows, 32-key tiles (no spills; Auto's choice for long steps).</summary>
+    /// <summary>Flash kernel, 4 warps × 32 packed query rows, 32-key tiles (no spills; Auto's choice for long steps before Hopper).</summary>
     Flash4Warps32RowsKeys32,
+    /// <summary>
+    /// The wgmma kernel (native-kernels/attention_hopper.cu): sm_90a, head_dim 128, 2 warpgroups × 64 packed rows,
+    /// 64-key tiles, two CTAs per SM, no split-K. Auto's choice for prefill-sized steps on H100/H200.
+    /// </summary>
+    Hopper,
 }
 
 /// <summary>
@@ -105,7 +110,17 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
 
         var path = Path;
         bool flashOk = FlashApplies(headDim) && (long)batch * kvHeads <= 65535;
-        if (path == AttentionPath.Auto) path = flashOk ? AutoFlash((long)rows * (heads / kvHeads)) : AttentionPath.Simple;
+        string? notHopper = null;
+        bool hopperOk = flashOk && HopperApplies(q, ldq, qBatchStride, batch, headDim, out notHopper);
+        if (path == AttentionPath.Auto)
+            path = hopperOk && HopperFills(batch, rows, heads, kvHeads) ? AttentionPath.Hopper
+                : flashOk ? AutoFlash((long)rows * (heads / kvHeads)) : AttentionPath.Simple;
+        if (path == AttentionPath.Hopper)
+        {
+            if (!hopperOk) throw new ArgumentException($"{n}: the wgmma kernel cannot run this launch: {notHopper ?? "it needs the flash kernel's conditions (head_dim 64/128, sm_80+)"}.", nameof(path));
+            LaunchHopper(stream, q, ldq, qBatchStride, kCache, vCache, kvBatchStride, output, outBatchStride, batch, rows, heads, kvHeads, pos0);
+            return;
+        }
         if (path != AttentionPath.Simple && !flashOk)
             throw new ArgumentException($"{n}: the flash kernel needs head_dim 64 or 128 on sm_80+ (got head_dim {headDim}, {CudaRuntime.Device.Arch}).", nameof(headDim));
         if (path == AttentionPath.Simple)

@@ -1,0 +1,52 @@
+// Launcher for native-kernels/attention_hopper.cu: causal GQA prefill attention on Hopper's warpgroup MMAs (wgmma),
+// head_dim 128, contiguous caches, no split-K. Auto takes it for prefill-sized steps on sm_90a; decode, short chunks
+// and other head dims stay on attention_flash.cu.
+namespace SwiftKV.Cuda.Kernels;
+
+public sealed unsafe partial class AttentionKernel
+{
+    const string HopperEntry = "flash_attn_wgmma_d128_n64_g2";
+    /// <summary>Packed query rows per CTA of the wgmma kernel (2 warpgroups × 64).</summary>
+    const int HopperRows = 128;
+    /// <summary>Dynamic shared memory of the wgmma kernel: Q (128 rows) + 2 stages × (K, V) × 64 keys, 256 B a row, + 1 KB for alignment.</summary>
+    const int HopperSharedBytes = (128 + 4 * 64) * 256 + 1024;
+
+    /// <summary>
+    /// Whether the wgmma kernel can run this launch: an sm_90a device, head_dim 128, and queries in 16-byte rows (the
+    /// kernel reads them as float4). <paramref name="why"/> says what is missing.
+    /// </summary>
+    static bool HopperApplies(DeviceSpan<float> q, int ldq, long qBatchStride, int batch, int headDim, out string? why)
+    {
+        why = CudaRuntime.Device.Arch != "sm_90a" ? $"it needs sm_90a (this device is {CudaRuntime.Device.Arch})"
+            : headDim != 128 ? $"it needs head_dim 128 (got {headDim})"
+            : q.Address % 16 != 0 || ldq % 4 != 0 || (batch > 1 && qBatchStride % 4 != 0) ? "it needs 16-byte aligned query rows"
+            : null;
+        return why is null;
+    }
+
+    /// <summary>
+    /// Auto takes the wgmma kernel when its row tiles alone put at least one CTA on every SM: it has no split-K, so a
+    /// short step over a long cache (few row tiles, many keys each) is faster split over the keys on the mma.sync kernel.
+    /// </summary>
+    static bool HopperFills(int batch, int rows, int heads, int kvHeads) =>
+        (((long)rows * (heads / kvHeads) + HopperRows - 1) / HopperRows) * batch * kvHeads >= CudaRuntime.Device.MultiprocessorCount;
+
+    void LaunchHopper(CudaStream stream, DeviceSpan<float> q, int ldq, long qBatchStride, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache,
+        long kvBatchStride, DeviceSpan<Bf16> output, long outBatchStride, int batch, int rows, int heads, int kvHeads, int pos0)
+    {
+        if (!_kernels.TryGetValue(HopperEntry, out var k))
+        {
+            k = library.Get("attention_hopper.cu", HopperEntry);
+            k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, HopperSharedBytes);
+            k.SetAttribute(CudaKernel.AttrSharedCarveoutPercent, 100);
+            _kernels[HopperEntry] = k;
+        }
+        int mTiles = (int)(((long)rows * (heads / kvHeads) + HopperRows - 1) / HopperRows);
+        float scaleLog2 = (float)(1.0 / Math.Sqrt(128)) * Log2E;
+        ulong pq = q.Address, pk = kCache.Address, pv = vCache.Address, po = output.Address;
+        long qbs = qBatchStride, kvbs = kvBatchStride, obs = outBatchStride;
+        void** args = stackalloc void*[] { &pq, &qbs, &ldq, &pk, &pv, &kvbs, &po, &obs, &rows, &heads, &kvHeads, &pos0, &scaleLog2 };
+        k.Launch(stream, ((uint)mTiles, (uint)(batch * kvHeads), 1), 256, HopperSharedBytes, args);
+        LastLaunch = (HopperEntry, 1);
+    }
+}
