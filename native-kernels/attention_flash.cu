@@ -8,8 +8,8 @@
 // (T = 1) still fills 4..8 rows of a 16-row MMA instead of 1.
 //   q   fp32 rotated queries (converted to bf16 once per CTA), row t of a sequence at position pos0 + t.
 //   K/V bf16, or (paged only, flash_attn_paged_fp8_*) fp8 e4m3 with one fp32 scale per (slot, KV head): the fp8
-//       tile is copied (cp.async) into a staging area of shared memory, then dequantized (x * scale, rounded to bf16)
-//       into the same bf16 tile the MMAs read, so the math after staging is the bf16 kernel's. Contiguous: (batch, capacity, kv_heads, D), sequence b at k + b * kv_bstride. Paged: the pool
+//       tile is copied (cp.async) into a staging area of shared memory, then converted (exactly, unscaled) into the
+//       same bf16 tile the MMAs read; each key's K scale multiplies its column of S and its V scale its column of P. Contiguous: (batch, capacity, kv_heads, D), sequence b at k + b * kv_bstride. Paged: the pool
 //       (num_blocks, block_size, kv_heads, D); position p of sequence s sits in block table[s][p / block_size],
 //       slot p % block_size (the layout of the serving engine's CpuPagedKvCache; block_size a power of two, passed
 //       as its log2). A query at position p sees 0..p.
@@ -123,11 +123,18 @@ __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int src
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
 
-// e4m3 byte -> float. The byte's exponent and mantissa placed at fp32's mantissa top make 2^-120 times the value
-// (subnormals included: fp32 subnormals, as NVRTC compiles without ftz here); times 2^120 restores it.
-__device__ __forceinline__ float e4m3_to_f32(unsigned b)
+// Two e4m3 bytes of u -> bf16x2, exact and unscaled (the per-key scale is applied to S and P instead). `sel` is the
+// __byte_perm selector that puts them in the high byte of each 16-bit lane ([0, lo, 0, hi]); there e4m3's exponent
+// and mantissa sit where bf16's are, which is the value times 2^-120 (exponent bias 7 vs 127, subnormals included),
+// and one exact bf16x2 multiply by 2^120 (fma with -0 so that -0 stays -0) restores it: 4 instructions for two
+// elements, where going through fp32 (decode, scale, round to bf16) took about 14.
+__device__ __forceinline__ unsigned e4m3x2_to_bf16x2(unsigned u, unsigned sel)
 {
-    return __uint_as_float(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * __uint_as_float(0x7b800000u);
+    const unsigned x = __byte_perm(u, 0u, sel);
+    const unsigned t = (x & 0x80008000u) | ((x >> 4) & 0x07f007f0u);
+    unsigned r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(t), "r"(0x7b807b80u), "r"(0x80008000u));
+    return r;
 }
 
 template <int D, int NW, int MF, int BN>
@@ -136,8 +143,11 @@ struct FaShape
     static constexpr int BM = 16 * MF * NW, LD = D + 8, TILE = BN * LD;
     // [K0][V0][K1][V1] then, for MF > 1, Q (kept for the whole loop); MF = 1 stages Q in [K1][V1] first.
     static constexpr int SMEM_ELEMS = 4 * TILE + (MF > 1 ? BM * LD : 0);
-    // fp8 paged: after SMEM_ELEMS, two staging areas of [K bytes BN x D][V bytes][K scales BN][V scales BN].
+    // fp8 paged: after SMEM_ELEMS, two staging areas of [K bytes BN x D][V bytes][K scales BN][V scales BN], then the
+    // scales of the two converted tiles ([K scales BN][V scales BN] each), which the compute reads after the staging
+    // area has been refilled.
     static constexpr int RAW_BYTES = 2 * BN * D + 8 * BN;
+    static constexpr int FP8_EXTRA_BYTES = 2 * RAW_BYTES + 2 * 8 * BN;
 };
 
 template <int D, int NW, int MF, int BN, bool PAGED, bool FP8 = false>
@@ -206,6 +216,7 @@ __device__ __forceinline__ void flash_core(const FaSeq& sq, int heads, int kv_he
     constexpr int CH8 = D / 16, PER8 = BN * CH8 / (NW * 32);
     static_assert(PER8 * NW * 32 == BN * CH8 && BN <= NW * 32, "an fp8 tile is a whole number of chunks per thread");
     unsigned char* raw_base = reinterpret_cast<unsigned char*>(smem + S::SMEM_ELEMS);
+    auto tile_scales = [&](int stage) { return reinterpret_cast<float*>(raw_base + 2 * S::RAW_BYTES) + stage * 2 * BN; };
     auto load_tile8 = [&](int stage, int n0) {
         unsigned char* kr = raw_base + stage * S::RAW_BYTES;
         unsigned char* vr = kr + BN * D;
@@ -237,29 +248,30 @@ __device__ __forceinline__ void flash_core(const FaSeq& sq, int heads, int kv_he
             cp_async4(smem_addr(vsc + tid), sq.v_scale + soff, ok);
         }
     };
-    // fp8: staging area `stage` -> bf16 tile `stage` (x * scale). Masked rows were zero-filled (scale 0): zeros.
+    // fp8: staging area `stage` -> bf16 tile `stage`, unscaled (e4m3 values are exact in bf16); the K scales multiply
+    // S's columns and the V scales P's columns below. Masked rows were zero-filled (scale 0): zeros.
     auto convert_tile = [&](int stage) {
         const unsigned char* kr = raw_base + stage * S::RAW_BYTES;
-        const float* ksc = reinterpret_cast<const float*>(kr + 2 * BN * D);
         bf16_t* ks = smem + stage * 2 * TILE;
         for (int i = tid; i < 2 * BN * CH8; i += NW * 32)
         {
             const int which = i / (BN * CH8), ii = i % (BN * CH8), r = ii / CH8, c = (ii % CH8) * 16;
             const uint4 w = *reinterpret_cast<const uint4*>(kr + which * BN * D + r * D + c);
-            const float sc = ksc[which * BN + r];
             const unsigned words[4] = { w.x, w.y, w.z, w.w };
             unsigned o8[8];
             #pragma unroll
             for (int x = 0; x < 4; x++)
             {
-                const unsigned u = words[x];
-                o8[2 * x] = pack_bf16(e4m3_to_f32(u & 0xffu) * sc, e4m3_to_f32((u >> 8) & 0xffu) * sc);
-                o8[2 * x + 1] = pack_bf16(e4m3_to_f32((u >> 16) & 0xffu) * sc, e4m3_to_f32(u >> 24) * sc);
+                o8[2 * x] = e4m3x2_to_bf16x2(words[x], 0x1404u);
+                o8[2 * x + 1] = e4m3x2_to_bf16x2(words[x], 0x3424u);
             }
             bf16_t* dst = ks + which * TILE + r * LD + c;
             *reinterpret_cast<uint4*>(dst) = make_uint4(o8[0], o8[1], o8[2], o8[3]);
             *reinterpret_cast<uint4*>(dst + 8) = make_uint4(o8[4], o8[5], o8[6], o8[7]);
         }
+        const float* raw_sc = reinterpret_cast<const float*>(kr + 2 * BN * D);
+        float* sc = tile_scales(stage);
+        for (int i = tid; i < 2 * BN; i += NW * 32) sc[i] = raw_sc[i];
     };
     auto load = [&](int stage, int n0) {
         if constexpr (FP8) load_tile8(stage, n0);
@@ -268,6 +280,12 @@ __device__ __forceinline__ void flash_core(const FaSeq& sq, int heads, int kv_he
 
     if (ntiles > 0) load(0, k_begin);
     cp_async_commit();
+    if constexpr (FP8)
+    {
+        // fp8 prefetches two tiles ahead: a staging area is free again once converted, early in its iteration.
+        if (ntiles > 1) load(1, k_begin + BN);
+        cp_async_commit();
+    }
 
     // Q: fp32 global -> bf16 smem (MF = 1: stage 1, then A fragments in registers; MF > 1: its own region).
     bf16_t* qs = smem + (MF > 1 ? 4 : 2) * TILE;
@@ -327,15 +345,22 @@ __device__ __forceinline__ void flash_core(const FaSeq& sq, int heads, int kv_he
     for (int it = 0; it < ntiles; it++)
     {
         const int n0 = k_begin + it * BN;
-        if (it + 1 < ntiles) load((it + 1) & 1, n0 + BN);
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
         if constexpr (FP8)
         {
-            // Staging area it & 1 was last read by the previous tile's convert (a barrier ago), bf16 tile it & 1 by
-            // the compute two tiles back: both free.
+            // Tile it has landed (tile it+1 may still be in flight). bf16 tile it & 1 was last read by the compute
+            // two tiles back, a barrier ago; once converted, staging area it & 1 takes tile it+2.
+            cp_async_wait<1>();
+            __syncthreads();
             convert_tile(it & 1);
+            __syncthreads();
+            if (it + 2 < ntiles) load(it & 1, n0 + 2 * BN);
+            cp_async_commit();
+        }
+        else
+        {
+            if (it + 1 < ntiles) load((it + 1) & 1, n0 + BN);
+            cp_async_commit();
+            cp_async_wait<1>();
             __syncthreads();
         }
 
@@ -374,6 +399,22 @@ __device__ __forceinline__ void flash_core(const FaSeq& sq, int heads, int kv_he
                     {
                         mma_bf16(s[mf][2 * jj], qa[mf], b0, b1);
                         mma_bf16(s[mf][2 * jj + 1], qa[mf], b2, b3);
+                    }
+                }
+            }
+            if constexpr (FP8)
+            {
+                // S's column of key n = (Q . K8[n]) * k_scale[n]
+                const float* ksc = tile_scales(it & 1);
+                #pragma unroll
+                for (int j = 0; j < NB; j++)
+                {
+                    const float2 sc = *reinterpret_cast<const float2*>(ksc + j * 8 + tig * 2);
+                    #pragma unroll
+                    for (int mf = 0; mf < MF; mf++)
+                    {
+                        s[mf][j][0] *= sc.x; s[mf][j][1] *= sc.y;
+                        s[mf][j][2] *= sc.x; s[mf][j][3] *= sc.y;
                     }
                 }
             }
@@ -429,6 +470,14 @@ __device__ __forceinline__ void flash_core(const FaSeq& sq, int heads, int kv_he
                         e[4 * x + 3] = fast_exp2(s[mf][2 * kk + x][3] * scale_log2 - ms1);
                         sum0 += e[4 * x + 0] + e[4 * x + 1];
                         sum1 += e[4 * x + 2] + e[4 * x + 3];
+                        if constexpr (FP8)
+                        {
+                            // P's column of key n times v_scale[n], so P . V8 = P . V (the row sums above stay unscaled)
+                            const float* vsc = tile_scales(it & 1) + BN;
+                            const float2 sc = *reinterpret_cast<const float2*>(vsc + (2 * kk + x) * 8 + tig * 2);
+                            e[4 * x + 0] *= sc.x; e[4 * x + 1] *= sc.y;
+                            e[4 * x + 2] *= sc.x; e[4 * x + 3] *= sc.y;
+                        }
                     }
                     pa[mf][kk][0] = pack_bf16(e[0], e[1]);
                     pa[mf][kk][1] = pack_bf16(e[2], e[3]);
@@ -693,7 +742,7 @@ extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_paged_d##D##_w#
 }
 
 // The same over an fp8 e4m3 pool: k_cache / v_cache bytes in the bf16 pool's layout, k_scale / v_scale fp32
-// (num_blocks * block_size, kv_heads). Dynamic shared memory: the bf16 entry's + 2 * FaShape::RAW_BYTES.
+// (num_blocks * block_size, kv_heads). Dynamic shared memory: the bf16 entry's + FaShape::FP8_EXTRA_BYTES.
 #define FA_PAGED_FP8_ENTRY(D, NW, MF, BN)                                                                                \
 extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_paged_fp8_d##D##_w##NW##_m##MF##_n##BN(               \
     const float* q, int ldq, const unsigned char* k_cache, const unsigned char* v_cache, const float* k_scale,          \

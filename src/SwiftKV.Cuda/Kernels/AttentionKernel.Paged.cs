@@ -40,8 +40,9 @@ public sealed unsafe partial class AttentionKernel
         var shape = ShapeOf(path);
         bool fp8 = cache.Fp8 is not null;
         string entry = (fp8 ? "flash_attn_paged_fp8_" : "flash_attn_paged_") + shape.Suffix(headDim);
-        // fp8: two staging areas of [K bytes][V bytes][K scales][V scales] after the bf16 tiles (FaShape::RAW_BYTES).
-        int shared = shape.SharedBytes(headDim) + (fp8 ? 2 * (2 * shape.Keys * headDim + 8 * shape.Keys) : 0);
+        // fp8: two staging areas of [K bytes][V bytes][K scales][V scales] after the bf16 tiles, then the two converted
+        // tiles' scales (FaShape::FP8_EXTRA_BYTES).
+        int shared = shape.SharedBytes(headDim) + (fp8 ? 2 * (2 * shape.Keys * headDim + 8 * shape.Keys) + 16 * shape.Keys : 0);
         var k = Kernel(entry, shared);
         int mTiles = (int)(((long)batch.MaxQueryLength * group + shape.RowsPerCta - 1) / shape.RowsPerCta);
         var (splits, keysPerSplit) = SplitKeys((long)mTiles * kvHeads * batch.Sequences, batch.MaxContextLength, shape.Keys);
