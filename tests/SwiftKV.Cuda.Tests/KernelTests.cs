@@ -38,13 +38,15 @@ public sealed class KernelTests : GpuFixtureTest
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void RmsNorm_MatchesReference(bool withBias)
+    [InlineData(false, 333)]   // scalar path (dim not a multiple of 4)
+    [InlineData(true, 333)]
+    [InlineData(false, 1028)]  // 16-byte path
+    [InlineData(true, 1028)]
+    public void RmsNorm_MatchesReference(bool withBias, int dim)
     {
         Gpu.Require();
-        var rng = new TestRng(12);
-        int rows = 5, dim = 333;
+        var rng = new TestRng((ulong)(12 + dim));
+        int rows = 5;
         float eps = 1e-5f;
         var x = rng.Array((long)rows * dim, 3f);
         var bias = withBias ? rng.Array(dim, 0.5f) : null;
