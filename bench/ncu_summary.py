@@ -17,7 +17,7 @@ def main():
         if r[ix["Metric Name"]] != "gpu__time_duration.sum":
             continue
         unit, v = r[ix["Metric Unit"]], float(r[ix["Metric Value"]].replace(",", ""))
-        us = v / 1000 if unit == "nsecond" else v * 1000 if unit == "msecond" else v
+        us = v / 1000 if unit in ("ns", "nsecond") else v * 1000 if unit in ("ms", "msecond") else v
         key = (r[ix["Kernel Name"]][:90], r[ix["Grid Size"]])
         agg[key][0] += 1
         agg[key][1] += us
