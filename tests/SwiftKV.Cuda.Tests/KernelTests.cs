@@ -231,22 +231,24 @@ public sealed class KernelTests : GpuFixtureTest
         Gpu.Close(Bf16.ToSingles(dOut.ToArray()), want, Bf16Rel, 1e-4, "attention");
     }
 
-    [Fact]
-    public void Argmax_PicksFirstMaximum()
+    [Theory]
+    [InlineData(1001)]     // scalar path
+    [InlineData(128256)]   // 16-byte path, Llama 3 vocabulary
+    public void Argmax_PicksFirstMaximum(int n)
     {
         Gpu.Require();
         var rng = new TestRng(17);
-        int rows = 4, n = 1001;
+        int rows = 4;
         var x = rng.Array((long)rows * n, 5f);
         x[0 * n + 700] = 9; x[0 * n + 300] = 9;   // tie: lowest index wins
-        x[1 * n + 1000] = 9;                        // last column
+        x[1 * n + n - 1] = 9;                       // last column
         x[2 * n + 0] = 9;                           // first column
         x[3 * n + 5] = float.NaN; x[3 * n + 6] = 9; // NaN never wins
         using var dx = new DeviceBuffer<float>(x);
         using var dOut = new DeviceBuffer<int>(Enumerable.Repeat(-1, rows).ToArray());
         new ArgmaxKernel(Library).Launch(Stream, dx, rows, n, dOut);
         Stream.Synchronize();
-        Assert.Equal([300, 1000, 0, 6], dOut.ToArray());
+        Assert.Equal([300, n - 1, 0, 6], dOut.ToArray());
     }
 
     [Theory]

@@ -15,6 +15,6 @@ public sealed unsafe class ArgmaxKernel(KernelLibrary library)
         KernelGuard.Fits(output, rows, name, nameof(output), $"({rows})");
         ulong px = x.Address, po = output.Address;
         void** args = stackalloc void*[] { &px, &rows, &n, &po };
-        _k.Launch(stream, ((uint)rows, 1, 1), 256, 0, args);
+        _k.Launch(stream, ((uint)rows, 1, 1), 1024, 0, args);
     }
 }
