@@ -29,6 +29,7 @@
 // each (sequence, KV head, row tile) to arrive merges them (no combine launch); it resets its counter for the
 // next launch. Programmatic launch is allowed: nothing is read before pdl_wait().
 #include "swiftkv_common.cuh"
+#include "attention_common.cuh"
 
 // Build switches (benchmarks compile the file again with other values and time both in one process):
 //   FA_ORDER      1: heaviest causal row tiles first across every (sequence, KV head) pair; 0: per pair (each pair's
@@ -45,21 +46,6 @@
 #ifndef FA_LOAD_HOIST
 #define FA_LOAD_HOIST 1
 #endif
-
-__device__ __forceinline__ unsigned smem_addr(const void* p)
-{
-    unsigned r;
-    asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
-    return r;
-}
-
-// 16-byte async copy global -> shared; src_bytes = 0 zero-fills (keys past the causal end may hold anything).
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 
 __device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
 {
@@ -78,22 +64,6 @@ __device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, unsigned b
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// 2^x on the special-function unit (2^-inf = 0); the softmax needs no more accuracy than bf16 P keeps.
-__device__ __forceinline__ float fast_exp2(float x)
-{
-    float r;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-    return r;
-}
-
-// Two floats -> bf16x2 (round to nearest even), lo in the low half (the lower column of a fragment pair).
-__device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
-{
-    unsigned r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
 }
 
 // One sequence as a CTA sees it.

@@ -22,25 +22,12 @@
 // Contiguous caches only (prefill and long chunks of one or a few sequences; paged steps and decode use
 // attention_flash.cu); no split-K (a prefill step has enough row tiles to fill the card).
 #include "swiftkv_common.cuh"
+#include "attention_common.cuh"
 
 namespace
 {
 constexpr int HD = 128;              // head_dim
 constexpr int PANEL_ROW = 128;       // bytes of one 64-dim row of a panel
-
-__device__ __forceinline__ unsigned smem_u32(const void* p)
-{
-    unsigned r;
-    asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
-    return r;
-}
-
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 
 // Shared memory written by ordinary stores or cp.async is read next by the tensor cores (the async proxy).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
@@ -66,20 +53,6 @@ __device__ __forceinline__ unsigned long long gmma_desc(unsigned addr, unsigned 
 
 // Byte offset of 16-byte chunk c (0..7) of row r inside a 128-byte-swizzled panel.
 __device__ __forceinline__ unsigned sw128(int r, int c) { return (unsigned)(r * PANEL_ROW + ((c ^ (r & 7)) << 4)); }
-
-__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi)
-{
-    unsigned r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
-__device__ __forceinline__ float fast_exp2(float x)
-{
-    float r;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-    return r;
-}
 
 // d (64 x 64, fp32) = (scale_d ? d : 0) + A (64 x 16, shared memory, K-major) * B (64 x 16, shared memory, K-major)
 __device__ __forceinline__ void wgmma_m64n64k16_ss(float* d, unsigned long long desc_a, unsigned long long desc_b, int scale_d)
@@ -171,8 +144,8 @@ __device__ __forceinline__ void softmax_tile(float* s, unsigned* p, RowState& st
         const float cc = fast_exp2(s[4 * c + 2] * scale_log2 - mn1), d = fast_exp2(s[4 * c + 3] * scale_log2 - mn1);
         sum0 += a + b;
         sum1 += cc + d;
-        p[2 * c] = pack_bf16x2(a, b);
-        p[2 * c + 1] = pack_bf16x2(cc, d);
+        p[2 * c] = pack_bf16(a, b);
+        p[2 * c + 1] = pack_bf16(cc, d);
     }
     st.l0 = st.l0 * alpha0 + sum0;
     st.l1 = st.l1 * alpha1 + sum1;
@@ -221,7 +194,7 @@ __device__ __forceinline__ void flash_wgmma(const float* q, long long q_bstride,
     constexpr int BM = 64 * NWG, THREADS = 128 * NWG;
     constexpr int Q_BYTES = 2 * BM * PANEL_ROW, KV_BYTES = 2 * BN * PANEL_ROW;
     extern __shared__ unsigned char smem_raw[];
-    const unsigned raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
+    const unsigned raw = smem_addr(smem_raw), base = (raw + 1023u) & ~1023u;
     unsigned char* const sbase = smem_raw + (base - raw);
     // K stage s at sKs + s * KV_BYTES, V stage s at sVs + s * KV_BYTES
     const unsigned sQ = base, sKs = base + Q_BYTES, sVs = sKs + 2 * KV_BYTES;
@@ -266,7 +239,7 @@ __device__ __forceinline__ void flash_wgmma(const float* q, long long q_bstride,
             const int t = pr / group, h = kvh * group + pr % group;
             const float4* src = reinterpret_cast<const float4*>(q + (long long)t * ldq + h * HD + cc * 8);
             const float4 a = src[0], c = src[1];
-            w = make_uint4(pack_bf16x2(a.x, a.y), pack_bf16x2(a.z, a.w), pack_bf16x2(c.x, c.y), pack_bf16x2(c.z, c.w));
+            w = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(c.x, c.y), pack_bf16(c.z, c.w));
         }
         *reinterpret_cast<uint4*>(sbase + (cc >> 3) * (BM * PANEL_ROW) + sw128(r, cc & 7)) = w;
     }
@@ -328,7 +301,7 @@ __device__ __forceinline__ void flash_wgmma(const float* q, long long q_bstride,
         unsigned* dst = reinterpret_cast<unsigned*>(out + (long long)t * ldo + h * HD + 2 * quad);
 #pragma unroll
         for (int c = 0; c < 16; c++)
-            dst[4 * c] = pack_bf16x2(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
+            dst[4 * c] = pack_bf16(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
     }
 }
 } // namespace
