@@ -187,9 +187,23 @@ __device__ __forceinline__ void issue_pv(float* o, const unsigned* p, unsigned s
 // softmax runs while the other's products do), not by pipelining inside a warpgroup: FlashAttention-3's
 // intra-warpgroup overlap (S of tile j+1 issued with P·V of tile j, P double-buffered) was tried and measured
 // slower here, since ptxas serialised the in-flight wgmmas (warning C7514); src/SwiftKV.Cuda/NOTES.md has the numbers.
+// One sequence's view for a CTA: its queries and output rows, its step, and where its K/V rows are (this KV head's
+// column). Contiguous: key p at k + p * kv_stride; paged: at k + slot(p) * kv_stride, slot from the block table.
+struct WgSeq
+{
+    const float* q;            // row t at q + t * ldq
+    int ldq;
+    bf16_t* out;               // row t at out + t * ldo
+    int ldo;
+    int T, pos0;               // rows of this step; position of row 0
+    const bf16_t* k;
+    const bf16_t* v;
+    const int* table;          // paged: the sequence's block table; null for contiguous
+    int block_shift;           // paged: log2(block size)
+};
+
 template <int BN, int NWG>
-__device__ __forceinline__ void flash_wgmma(const float* q, long long q_bstride, int ldq, const bf16_t* k, const bf16_t* v,
-    long long kv_bstride, bf16_t* out, long long o_bstride, int T, int heads, int kv_heads, int pos0, float scale_log2)
+__device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m, int heads, int kv_heads, float scale_log2)
 {
     constexpr int BM = 64 * NWG, THREADS = 128 * NWG;
     constexpr int Q_BYTES = 2 * BM * PANEL_ROW, KV_BYTES = 2 * BN * PANEL_ROW;
@@ -199,35 +213,48 @@ __device__ __forceinline__ void flash_wgmma(const float* q, long long q_bstride,
     // K stage s at sKs + s * KV_BYTES, V stage s at sVs + s * KV_BYTES
     const unsigned sQ = base, sKs = base + Q_BYTES, sVs = sKs + 2 * KV_BYTES;
 
-    int tile_m, pair;
-    heavy_first(tile_m, pair);
-    const int b = pair / kv_heads, kvh = pair % kv_heads, group = heads / kv_heads;
+    const int group = heads / kv_heads, T = sq.T, pos0 = sq.pos0;
     const int rows_total = T * group, row0 = tile_m * BM;
-    q += b * q_bstride;
-    k += b * kv_bstride + kvh * HD;
-    v += b * kv_bstride + kvh * HD;
-    out += b * o_bstride;
+    if (row0 >= rows_total) return;                       // varlen: a shorter sequence has fewer row tiles
+    const float* q = sq.q;
+    const bf16_t* k = sq.k;
+    const bf16_t* v = sq.v;
+    const int ldq = sq.ldq;
     const long long kv_stride = (long long)kv_heads * HD;
     const int kv_len = pos0 + T, t_first = row0 / group, t_last = min(T - 1, (row0 + BM - 1) / group);
     const int n_tiles = (pos0 + t_last + BN) / BN;        // keys 0 .. pos0 + t_last
     const int tid = threadIdx.x;
 
-    // One BN-key tile of a cache into a stage (cp.async, 16-byte chunks; keys past the cache end zero-filled).
-    auto load_tile = [&](const bf16_t* src, unsigned dst, int tile) {
+    // One BN-key tile of K and of V into a stage (cp.async, 16-byte chunks; keys past the cache end zero-filled).
+    // Every chunk's offset (block-table reads included) is computed before the first copy: the copies' asm is a
+    // compiler barrier, so interleaving them would serialise the table reads (attention_flash.cu's FA_LOAD_HOIST).
+    constexpr int PER = BN * 16 / THREADS;
+    static_assert(PER * THREADS == BN * 16, "a tile is a whole number of chunks per thread");
+    auto load_kv = [&](int stage, int tile) {
         const int n0 = tile * BN;
+        long long off[PER];
 #pragma unroll
-        for (int i = tid; i < BN * 16; i += THREADS)
+        for (int j = 0; j < PER; j++)
         {
-            const int key = i >> 4, cc = i & 15;
-            const bool ok = n0 + key < kv_len;
-            const long long off = (long long)(ok ? n0 + key : 0) * kv_stride + cc * 8;
-            cp_async16(dst + (cc >> 3) * (BN * PANEL_ROW) + sw128(key, cc & 7), src + off, ok ? 16 : 0);
+            const int i = tid + j * THREADS, p = n0 + (i >> 4);
+            const int pc = p < kv_len ? p : 0;
+            const long long slot = sq.table != nullptr
+                ? ((long long)__ldg(sq.table + (pc >> sq.block_shift)) << sq.block_shift) + (pc & ((1 << sq.block_shift) - 1))
+                : pc;
+            off[j] = slot * kv_stride + (i & 15) * 8;
         }
+#pragma unroll
+        for (int j = 0; j < PER; j++)
+        {
+            const int i = tid + j * THREADS, key = i >> 4, cc = i & 15, ok = n0 + key < kv_len ? 16 : 0;
+            const unsigned so = (cc >> 3) * (BN * PANEL_ROW) + sw128(key, cc & 7);
+            cp_async16(sKs + stage * KV_BYTES + so, k + off[j], ok);
+            cp_async16(sVs + stage * KV_BYTES + so, v + off[j], ok);
+        }
+        cp_async_commit();
     };
 
-    load_tile(k, sKs, 0);
-    load_tile(v, sVs, 0);
-    cp_async_commit();
+    load_kv(0, 0);
     // Q: fp32 -> bf16 into the swizzled panels (rows past the step are zeros).
 #pragma unroll 4
     for (int i = tid; i < BM * 16; i += THREADS)
@@ -261,9 +288,7 @@ __device__ __forceinline__ void flash_wgmma(const float* q, long long q_bstride,
     {
         if (j + 1 < n_tiles)
         {
-            load_tile(k, sKs + ((j + 1) & 1) * KV_BYTES, j + 1);
-            load_tile(v, sVs + ((j + 1) & 1) * KV_BYTES, j + 1);
-            cp_async_commit();
+            load_kv((j + 1) & 1, j + 1);
             cp_async_wait<1>();
         }
         else cp_async_wait<0>();
@@ -290,7 +315,8 @@ __device__ __forceinline__ void flash_wgmma(const float* q, long long q_bstride,
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const int ldo = heads * HD;
+    const int ldo = sq.ldo;
+    bf16_t* const out = sq.out;
 #pragma unroll
     for (int half = 0; half < 2; half++)
     {
@@ -306,19 +332,6 @@ __device__ __forceinline__ void flash_wgmma(const float* q, long long q_bstride,
 }
 } // namespace
 
-// Entry points: flash_attn_wgmma_d128_n{BN}_g{NWG}. Grid (row tiles of BM = 64 * NWG packed rows, batch * kv_heads),
-// 128 * NWG threads, dynamic shared memory (BM + 4 * BN) * 256 bytes (Q, two stages of K and V) + 1024 for the
-// alignment. Sequence b's queries at q + b * q_bstride (fp32, row stride ldq, 16-byte aligned rows), caches at k / v + b * kv_bstride ((capacity, kv_heads, 128) bf16), output rows at
-// out + b * o_bstride (row stride heads * 128, bf16). A query at position pos0 + t sees keys 0 .. pos0 + t.
-#define FA_WGMMA_ENTRY(BN, NWG, CTAS)                                                                                    \
-extern "C" __global__ void __launch_bounds__(128 * NWG, CTAS) flash_attn_wgmma_d128_n##BN##_g##NWG(const float* q,     \
-    long long q_bstride, int ldq, const bf16_t* k, const bf16_t* v, long long kv_bstride, bf16_t* out,                   \
-    long long o_bstride, int T, int heads, int kv_heads, int pos0, float scale_log2)                                     \
-{                                                                                                                        \
-    FA_WGMMA_BODY(flash_wgmma<BN, NWG>(q, q_bstride, ldq, k, v, kv_bstride, out, o_bstride, T, heads, kv_heads, pos0,   \
-        scale_log2));                                                                                                    \
-}
-
 // wgmma exists only on sm_90a: elsewhere the file still compiles (the launcher never starts these entries there).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define FA_WGMMA_BODY(...) __VA_ARGS__
@@ -326,7 +339,46 @@ extern "C" __global__ void __launch_bounds__(128 * NWG, CTAS) flash_attn_wgmma_d
 #define FA_WGMMA_BODY(...) __trap()
 #endif
 
+// Contiguous caches: flash_attn_wgmma_d128_n{BN}_g{NWG}. Grid (row tiles of BM = 64 * NWG packed rows,
+// batch * kv_heads), 128 * NWG threads, dynamic shared memory (BM + 4 * BN) * 256 bytes (Q, two stages of K and V)
+// + 1024 for the alignment. Sequence b's queries at q + b * q_bstride (fp32, row stride ldq, 16-byte aligned rows),
+// caches at k / v + b * kv_bstride ((capacity, kv_heads, 128) bf16), output rows at out + b * o_bstride (row stride
+// heads * 128, bf16). A query at position pos0 + t sees keys 0 .. pos0 + t.
+#define FA_WGMMA_ENTRY(BN, NWG, CTAS)                                                                                    \
+extern "C" __global__ void __launch_bounds__(128 * NWG, CTAS) flash_attn_wgmma_d128_n##BN##_g##NWG(const float* q,     \
+    long long q_bstride, int ldq, const bf16_t* k, const bf16_t* v, long long kv_bstride, bf16_t* out,                   \
+    long long o_bstride, int T, int heads, int kv_heads, int pos0, float scale_log2)                                     \
+{                                                                                                                        \
+    int tile_m, pair;                                                                                                    \
+    heavy_first(tile_m, pair);                                                                                           \
+    const int b = pair / kv_heads, kvh = pair % kv_heads;                                                                \
+    const WgSeq sq{q + b * q_bstride, ldq, out + b * o_bstride, heads * HD, T, pos0, k + b * kv_bstride + kvh * HD,     \
+        v + b * kv_bstride + kvh * HD, nullptr, 0};                                                                      \
+    FA_WGMMA_BODY(flash_wgmma<BN, NWG>(sq, kvh, tile_m, heads, kv_heads, scale_log2));                                   \
+}
+
+// Paged caches, a varlen batch (attention_flash.cu's flash_attn_paged_* layout and arguments, without split-K):
+// flash_attn_paged_wgmma_d128_n{BN}_g{NWG}. Grid (row tiles of the longest sequence, sequences * kv_heads); sequence
+// s owns rows cu_q[s] .. cu_q[s+1]-1 (q row stride ldq, output row stride ldo) at the last positions of its
+// ctx_lens[s]; position p sits in block block_tables[s * max_blocks + p / block_size], slot p % block_size of the pool
+// (num_blocks, block_size, kv_heads, 128). Sequences with no rows do nothing.
+#define FA_WGMMA_PAGED_ENTRY(BN, NWG, CTAS)                                                                              \
+extern "C" __global__ void __launch_bounds__(128 * NWG, CTAS) flash_attn_paged_wgmma_d128_n##BN##_g##NWG(               \
+    const float* q, int ldq, const bf16_t* k_cache, const bf16_t* v_cache, const int* block_tables, int max_blocks,      \
+    int block_shift, const int* cu_q, const int* ctx_lens, bf16_t* out, int ldo, int heads, int kv_heads,               \
+    float scale_log2)                                                                                                    \
+{                                                                                                                        \
+    int tile_m, pair;                                                                                                    \
+    heavy_first(tile_m, pair);                                                                                           \
+    const int s = pair / kv_heads, kvh = pair % kv_heads, q0 = cu_q[s], T = cu_q[s + 1] - q0;                            \
+    if (T <= 0) return;                                                                                                  \
+    const WgSeq sq{q + (long long)q0 * ldq, ldq, out + (long long)q0 * ldo, ldo, T, ctx_lens[s] - T, k_cache + kvh * HD, \
+        v_cache + kvh * HD, block_tables + (long long)s * max_blocks, block_shift};                                      \
+    FA_WGMMA_BODY(flash_wgmma<BN, NWG>(sq, kvh, tile_m, heads, kv_heads, scale_log2));                                   \
+}
+
 // 2 warpgroups x 64 rows, 64-key tiles, 128 registers so that two CTAs (99 KB of shared memory each) share an SM:
 // the fastest of the shapes measured (H100, same process: 434 TFLOP/s at 8K causal vs 371 for 3 warpgroups and
 // 362 for 128-key tiles at one CTA per SM).
 FA_WGMMA_ENTRY(64, 2, 2)
+FA_WGMMA_PAGED_ENTRY(64, 2, 2)

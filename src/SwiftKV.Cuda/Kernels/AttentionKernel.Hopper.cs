@@ -1,11 +1,11 @@
 // Launcher for native-kernels/attention_hopper.cu: causal GQA prefill attention on Hopper's warpgroup MMAs (wgmma),
-// head_dim 128, contiguous caches, no split-K. Auto takes it for prefill-sized steps on sm_90a; decode, short chunks
-// and other head dims stay on attention_flash.cu.
+// head_dim 128, contiguous or paged (bf16) caches, no split-K. Auto takes it for prefill-sized steps on sm_90a;
+// decode, short chunks, fp8 caches and other head dims stay on attention_flash.cu.
 namespace SwiftKV.Cuda.Kernels;
 
 public sealed unsafe partial class AttentionKernel
 {
-    const string HopperEntry = "flash_attn_wgmma_d128_n64_g2";
+    const string HopperEntry = "flash_attn_wgmma_d128_n64_g2", HopperPagedEntry = "flash_attn_paged_wgmma_d128_n64_g2";
     /// <summary>Packed query rows per CTA of the wgmma kernel (2 warpgroups × 64).</summary>
     const int HopperRows = 128;
     /// <summary>Dynamic shared memory of the wgmma kernel: Q (128 rows) + 2 stages × (K, V) × 64 keys, 256 B a row, + 1 KB for alignment.</summary>
@@ -25,22 +25,43 @@ public sealed unsafe partial class AttentionKernel
     }
 
     /// <summary>
-    /// Auto takes the wgmma kernel when its row tiles alone put at least one CTA on every SM: it has no split-K, so a
-    /// short step over a long cache (few row tiles, many keys each) is faster split over the keys on the mma.sync kernel.
+    /// Auto takes the wgmma kernel for prefill-sized steps: at least one full row tile per (sequence, KV head), and
+    /// enough tiles to put a CTA on every SM. It has no split-K, so decode and short steps over a long cache (few row
+    /// tiles, many keys each) stay on the mma.sync kernel, which splits the keys.
     /// </summary>
-    static bool HopperFills(int batch, int rows, int heads, int kvHeads) =>
-        (((long)rows * (heads / kvHeads) + HopperRows - 1) / HopperRows) * batch * kvHeads >= CudaRuntime.Device.MultiprocessorCount;
+    static bool HopperPays(int batch, int rows, int heads, int kvHeads)
+    {
+        long packed = (long)rows * (heads / kvHeads);
+        return packed >= HopperRows && (packed + HopperRows - 1) / HopperRows * batch * kvHeads >= CudaRuntime.Device.MultiprocessorCount;
+    }
+
+    CudaKernel HopperKernel(string entry)
+    {
+        if (_kernels.TryGetValue(entry, out var k)) return k;
+        k = library.Get("attention_hopper.cu", entry);
+        k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, HopperSharedBytes);
+        k.SetAttribute(CudaKernel.AttrSharedCarveoutPercent, 100);
+        return _kernels[entry] = k;
+    }
+
+    void LaunchHopperPaged(CudaStream stream, DeviceSpan<float> q, int ldq, AttentionPagedCache cache, AttentionPagedBatch batch,
+        DeviceSpan<Bf16> output, int ldo, int heads)
+    {
+        var k = HopperKernel(HopperPagedEntry);
+        int kvHeads = cache.KvHeads, maxBlocks = batch.MaxBlocksPerSequence, blockShift = System.Numerics.BitOperations.Log2((uint)cache.BlockSize);
+        int mTiles = (int)(((long)batch.MaxQueryLength * (heads / kvHeads) + HopperRows - 1) / HopperRows);
+        float scaleLog2 = (float)(1.0 / Math.Sqrt(128)) * Log2E;
+        ulong pq = q.Address, pk = cache.Keys.Address, pv = cache.Values.Address, pt = batch.BlockTables.Address,
+            pcu = batch.QueryStarts.Address, pctx = batch.ContextLengths.Address, po = output.Address;
+        void** args = stackalloc void*[] { &pq, &ldq, &pk, &pv, &pt, &maxBlocks, &blockShift, &pcu, &pctx, &po, &ldo, &heads, &kvHeads, &scaleLog2 };
+        k.Launch(stream, ((uint)mTiles, (uint)(batch.Sequences * kvHeads), 1), 256, HopperSharedBytes, args);
+        LastLaunch = (HopperPagedEntry, 1);
+    }
 
     void LaunchHopper(CudaStream stream, DeviceSpan<float> q, int ldq, long qBatchStride, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache,
         long kvBatchStride, DeviceSpan<Bf16> output, long outBatchStride, int batch, int rows, int heads, int kvHeads, int pos0)
     {
-        if (!_kernels.TryGetValue(HopperEntry, out var k))
-        {
-            k = library.Get("attention_hopper.cu", HopperEntry);
-            k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, HopperSharedBytes);
-            k.SetAttribute(CudaKernel.AttrSharedCarveoutPercent, 100);
-            _kernels[HopperEntry] = k;
-        }
+        var k = HopperKernel(HopperEntry);
         int mTiles = (int)(((long)rows * (heads / kvHeads) + HopperRows - 1) / HopperRows);
         float scaleLog2 = (float)(1.0 / Math.Sqrt(128)) * Log2E;
         ulong pq = q.Address, pk = kCache.Address, pv = vCache.Address, po = output.Address;

@@ -1,4 +1,5 @@
-// Paged, varlen launch of the flash kernels (native-kernels/attention_flash.cu, flash_attn_paged_*) for the serving
+// Paged, varlen launch of the flash kernels (native-kernels/attention_flash.cu, flash_attn_paged_*; on sm_90a the
+// wgmma kernel of attention_hopper.cu for prefill-sized bf16 steps) for the serving
 // engine's batched step: prefill chunks and decode tokens of many sequences in one launch, K/V read through each
 // sequence's block table. Everything that varies per step lives in device arrays (AttentionPagedBatch), so a CUDA
 // graph captured with fixed bounds replays it; split-K (for decode) is chosen from the bounds only.
@@ -34,11 +35,21 @@ public sealed unsafe partial class AttentionKernel
             throw new ArgumentOutOfRangeException(nameof(batch), $"{n}: {batch.Sequences} sequences x {kvHeads} KV heads exceed the grid's 65535.");
 
         int group = heads / kvHeads;
-        var path = Path == AttentionPath.Auto ? AutoFlash((long)batch.MaxQueryLength * group) : Path;
-        if (path is AttentionPath.Simple or AttentionPath.Flash8Warps)
-            throw new ArgumentException($"{n}: no paged instance of {path}; use Auto, Flash4Warps, Flash4Warps32Rows or Flash4Warps32RowsKeys32.", nameof(Path));
-        var shape = ShapeOf(path);
         bool fp8 = cache.Fp8 is not null;
+        string? notHopper = fp8 ? "it reads bf16 caches only" : ldo % 2 != 0 ? "it needs an even output row stride" : null;
+        bool hopperOk = notHopper is null && HopperApplies(q, ldq, 0, 1, headDim, out notHopper);
+        var path = Path != AttentionPath.Auto ? Path
+            : hopperOk && HopperPays(batch.Sequences, batch.MaxQueryLength, heads, kvHeads) ? AttentionPath.Hopper
+            : AutoFlash((long)batch.MaxQueryLength * group);
+        if (path == AttentionPath.Hopper)
+        {
+            if (!hopperOk) throw new ArgumentException($"{n}: the wgmma kernel cannot run this launch: {notHopper}.", nameof(Path));
+            LaunchHopperPaged(stream, q, ldq, cache, batch, output, ldo, heads);
+            return;
+        }
+        if (path is AttentionPath.Simple or AttentionPath.Flash8Warps)
+            throw new ArgumentException($"{n}: no paged instance of {path}; use Auto, Hopper, Flash4Warps, Flash4Warps32Rows or Flash4Warps32RowsKeys32.", nameof(Path));
+        var shape = ShapeOf(path);
         string entry = (fp8 ? "flash_attn_paged_fp8_" : "flash_attn_paged_") + shape.Suffix(headDim);
         // fp8: two staging areas of [K bytes][V bytes][K scales][V scales] after the bf16 tiles, then the two converted
         // tiles' scales (FaShape::FP8_EXTRA_BYTES).

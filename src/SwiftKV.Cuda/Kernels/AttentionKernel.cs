@@ -113,7 +113,7 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
         string? notHopper = null;
         bool hopperOk = flashOk && HopperApplies(q, ldq, qBatchStride, batch, headDim, out notHopper);
         if (path == AttentionPath.Auto)
-            path = hopperOk && HopperFills(batch, rows, heads, kvHeads) ? AttentionPath.Hopper
+            path = hopperOk && HopperPays(batch, rows, heads, kvHeads) ? AttentionPath.Hopper
                 : flashOk ? AutoFlash((long)rows * (heads / kvHeads)) : AttentionPath.Simple;
         if (path == AttentionPath.Hopper)
         {
