@@ -104,10 +104,22 @@ struct RowState
 
 // Tile `n0`'s scores s (the m64nBN accumulators) -> P (bf16 pairs, A-fragment order), new max and row sums;
 // returns via alpha0/alpha1 the factors by which O must be rescaled. `diagonal` masks keys past each row's position.
+// fp8 caches: ksc / vsc (shared memory, this tile's keys) scale S's columns before the softmax and P's columns after
+// the row sums, so that P·V8 = P·V; null for bf16.
 template <int BN>
 __device__ __forceinline__ void softmax_tile(float* s, unsigned* p, RowState& st, int n0, bool diagonal, int quad,
-    float scale_log2, float& alpha0, float& alpha1)
+    float scale_log2, float& alpha0, float& alpha1, const float* ksc, const float* vsc)
 {
+    if (ksc != nullptr)
+    {
+#pragma unroll
+        for (int c = 0; c < BN / 8; c++)
+        {
+            const float2 k2 = *reinterpret_cast<const float2*>(ksc + 8 * c + 2 * quad);
+            s[4 * c] *= k2.x; s[4 * c + 1] *= k2.y;
+            s[4 * c + 2] *= k2.x; s[4 * c + 3] *= k2.y;
+        }
+    }
     if (diagonal)
     {
 #pragma unroll
@@ -144,8 +156,17 @@ __device__ __forceinline__ void softmax_tile(float* s, unsigned* p, RowState& st
         const float cc = fast_exp2(s[4 * c + 2] * scale_log2 - mn1), d = fast_exp2(s[4 * c + 3] * scale_log2 - mn1);
         sum0 += a + b;
         sum1 += cc + d;
-        p[2 * c] = pack_bf16(a, b);
-        p[2 * c + 1] = pack_bf16(cc, d);
+        if (vsc != nullptr)
+        {
+            const float2 v2 = *reinterpret_cast<const float2*>(vsc + 8 * c + 2 * quad);
+            p[2 * c] = pack_bf16(a * v2.x, b * v2.y);
+            p[2 * c + 1] = pack_bf16(cc * v2.x, d * v2.y);
+        }
+        else
+        {
+            p[2 * c] = pack_bf16(a, b);
+            p[2 * c + 1] = pack_bf16(cc, d);
+        }
     }
     st.l0 = st.l0 * alpha0 + sum0;
     st.l1 = st.l1 * alpha1 + sum1;
@@ -200,18 +221,37 @@ struct WgSeq
     const bf16_t* v;
     const int* table;          // paged: the sequence's block table; null for contiguous
     int block_shift;           // paged: log2(block size)
+    const unsigned char* k8;   // fp8 pool: this KV head's column of the e4m3 K / V bytes (k / v unused)
+    const unsigned char* v8;
+    const float* k_scale;      // fp8 pool: scale of (slot, this KV head) at [slot * kv_heads]
+    const float* v_scale;
 };
 
-template <int BN, int NWG>
+// Shared memory of an entry: bf16 caches Q + 2 stages x (K, V); fp8 caches Q + one bf16 (K, V) stage + 2 staging
+// areas of [K bytes][V bytes][K scales][V scales] + the converted tile's scales. Plus 1024 bytes for the alignment.
+template <int BN, int NWG, bool FP8>
+struct WgShape
+{
+    static constexpr int BM = 64 * NWG, Q_BYTES = 2 * BM * PANEL_ROW, KV_BYTES = 2 * BN * PANEL_ROW;
+    static constexpr int RAW_BYTES = 2 * BN * HD + 8 * BN;
+    static constexpr int SMEM = Q_BYTES + (FP8 ? 2 * KV_BYTES + 2 * RAW_BYTES + 8 * BN : 4 * KV_BYTES) + 1024;
+};
+
+// fp8 pools (FP8): K/V tiles arrive as e4m3 bytes in a staging area two tiles ahead, are converted exactly (unscaled)
+// into the one bf16 stage the wgmmas read, and the per-key scales go to S and P (softmax_tile).
+template <int BN, int NWG, bool FP8>
 __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m, int heads, int kv_heads, float scale_log2)
 {
-    constexpr int BM = 64 * NWG, THREADS = 128 * NWG;
-    constexpr int Q_BYTES = 2 * BM * PANEL_ROW, KV_BYTES = 2 * BN * PANEL_ROW;
+    typedef WgShape<BN, NWG, FP8> Sh;
+    constexpr int BM = Sh::BM, THREADS = 128 * NWG;
+    constexpr int Q_BYTES = Sh::Q_BYTES, KV_BYTES = Sh::KV_BYTES;
     extern __shared__ unsigned char smem_raw[];
     const unsigned raw = smem_addr(smem_raw), base = (raw + 1023u) & ~1023u;
     unsigned char* const sbase = smem_raw + (base - raw);
-    // K stage s at sKs + s * KV_BYTES, V stage s at sVs + s * KV_BYTES
-    const unsigned sQ = base, sKs = base + Q_BYTES, sVs = sKs + 2 * KV_BYTES;
+    // K stage s at sKs + s * KV_BYTES, V stage s at sVs + s * KV_BYTES (fp8: one stage each, then the staging areas)
+    const unsigned sQ = base, sKs = base + Q_BYTES, sVs = sKs + (FP8 ? 1 : 2) * KV_BYTES;
+    const unsigned sRaw = sVs + KV_BYTES;
+    float* const conv_scales = reinterpret_cast<float*>(sbase + Q_BYTES + 2 * KV_BYTES + 2 * Sh::RAW_BYTES);
 
     const int group = heads / kv_heads, T = sq.T, pos0 = sq.pos0;
     const int rows_total = T * group, row0 = tile_m * BM;
@@ -254,7 +294,65 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
         cp_async_commit();
     };
 
-    load_kv(0, 0);
+    // fp8: one tile's e4m3 K and V rows (8 chunks of 16 bytes per key) and scales into staging area `area`.
+    constexpr int PER8 = BN * 8 / THREADS;
+    static_assert(!FP8 || (PER8 * THREADS == BN * 8 && BN <= THREADS), "an fp8 tile is a whole number of chunks per thread");
+    auto load_raw = [&](int area, int tile) {
+        const int n0 = tile * BN;
+        const unsigned dk = sRaw + area * Sh::RAW_BYTES, dv = dk + BN * HD, dks = dv + BN * HD, dvs = dks + 4 * BN;
+        auto slot_of = [&](int p) -> long long {
+            const int pc = p < kv_len ? p : 0;
+            return ((long long)__ldg(sq.table + (pc >> sq.block_shift)) << sq.block_shift) + (pc & ((1 << sq.block_shift) - 1));
+        };
+        long long off[PER8];
+#pragma unroll
+        for (int j = 0; j < PER8; j++)
+        {
+            const int i = tid + j * THREADS;
+            off[j] = slot_of(n0 + (i >> 3)) * kv_stride + (i & 7) * 16;
+        }
+        const long long soff = tid < BN ? slot_of(n0 + tid) * kv_heads : 0;
+#pragma unroll
+        for (int j = 0; j < PER8; j++)
+        {
+            const int i = tid + j * THREADS, key = i >> 3, ok = n0 + key < kv_len ? 16 : 0;
+            cp_async16(dk + key * HD + (i & 7) * 16, sq.k8 + off[j], ok);
+            cp_async16(dv + key * HD + (i & 7) * 16, sq.v8 + off[j], ok);
+        }
+        if (tid < BN)
+        {
+            const int ok = n0 + tid < kv_len ? 4 : 0;
+            cp_async4(dks + 4 * tid, sq.k_scale + soff, ok);
+            cp_async4(dvs + 4 * tid, sq.v_scale + soff, ok);
+        }
+        cp_async_commit();
+    };
+    // fp8: staging area `area` -> the bf16 K and V stage (swizzled), scales -> conv_scales. Zero-filled keys stay 0.
+    auto convert = [&](int area) {
+        const unsigned char* rk = sbase + Q_BYTES + 2 * KV_BYTES + area * Sh::RAW_BYTES;
+#pragma unroll
+        for (int j = 0; j < 2 * PER8; j++)
+        {
+            const int i = tid + j * THREADS, which = i / (BN * 8), ii = i % (BN * 8), key = ii >> 3, c8 = ii & 7;
+            const uint4 w = *reinterpret_cast<const uint4*>(rk + which * BN * HD + key * HD + c8 * 16);
+            unsigned char* dst = sbase + Q_BYTES + which * KV_BYTES;
+            const int cc = 2 * c8;                         // the first of the two bf16 chunks (8 dims each)
+            *reinterpret_cast<uint4*>(dst + (cc >> 3) * (BN * PANEL_ROW) + sw128(key, cc & 7)) =
+                make_uint4(e4m3x2_to_bf16x2(w.x, 0x1404u), e4m3x2_to_bf16x2(w.x, 0x3424u), e4m3x2_to_bf16x2(w.y, 0x1404u), e4m3x2_to_bf16x2(w.y, 0x3424u));
+            *reinterpret_cast<uint4*>(dst + ((cc + 1) >> 3) * (BN * PANEL_ROW) + sw128(key, (cc + 1) & 7)) =
+                make_uint4(e4m3x2_to_bf16x2(w.z, 0x1404u), e4m3x2_to_bf16x2(w.z, 0x3424u), e4m3x2_to_bf16x2(w.w, 0x1404u), e4m3x2_to_bf16x2(w.w, 0x3424u));
+        }
+        const float* rs = reinterpret_cast<const float*>(rk + 2 * BN * HD);
+        if (tid < 2 * BN) conv_scales[tid] = rs[tid];
+    };
+
+    if (FP8)
+    {
+        load_raw(0, 0);
+        if (n_tiles > 1) load_raw(1, 1);
+        else cp_async_commit();
+    }
+    else load_kv(0, 0);
     // Q: fp32 -> bf16 into the swizzled panels (rows past the step are zeros).
 #pragma unroll 4
     for (int i = tid; i < BM * 16; i += THREADS)
@@ -286,24 +384,41 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
 
     for (int j = 0; j < n_tiles; j++)
     {
-        if (j + 1 < n_tiles)
+        int stage = j & 1;
+        if (FP8)
         {
-            load_kv((j + 1) & 1, j + 1);
+            // Tile j has landed (tile j+1 may still be in flight); once converted, its staging area takes tile j+2.
             cp_async_wait<1>();
+            __syncthreads();
+            convert(j & 1);
+            fence_proxy_async();
+            __syncthreads();
+            if (j + 2 < n_tiles) load_raw(j & 1, j + 2);
+            else cp_async_commit();
+            stage = 0;
         }
-        else cp_async_wait<0>();
-        fence_proxy_async();
-        __syncthreads();
+        else
+        {
+            if (j + 1 < n_tiles)
+            {
+                load_kv((j + 1) & 1, j + 1);
+                cp_async_wait<1>();
+            }
+            else cp_async_wait<0>();
+            fence_proxy_async();
+            __syncthreads();
+        }
         wgmma_fence();
-        issue_qk<BN, BM>(s, sQ, sKs + (j & 1) * KV_BYTES, wg);
+        issue_qk<BN, BM>(s, sQ, sKs + stage * KV_BYTES, wg);
         wgmma_commit();
         wgmma_wait<0>();
         pin_registers<BN / 2>(s);
-        softmax_tile<BN>(s, p, st, j * BN, diagonal(j), quad, scale_log2, alpha0, alpha1);
+        softmax_tile<BN>(s, p, st, j * BN, diagonal(j), quad, scale_log2, alpha0, alpha1,
+            FP8 ? conv_scales : nullptr, FP8 ? conv_scales + BN : nullptr);
         pin_registers<64>(o);
         rescale_o(o, alpha0, alpha1);
         wgmma_fence();
-        issue_pv<BN>(o, p, sVs + (j & 1) * KV_BYTES);
+        issue_pv<BN>(o, p, sVs + stage * KV_BYTES);
         wgmma_commit();
         wgmma_wait<0>();
         pin_registers<64>(o);
@@ -353,8 +468,8 @@ extern "C" __global__ void __launch_bounds__(128 * NWG, CTAS) flash_attn_wgmma_d
     heavy_first(tile_m, pair);                                                                                           \
     const int b = pair / kv_heads, kvh = pair % kv_heads;                                                                \
     const WgSeq sq{q + b * q_bstride, ldq, out + b * o_bstride, heads * HD, T, pos0, k + b * kv_bstride + kvh * HD,     \
-        v + b * kv_bstride + kvh * HD, nullptr, 0};                                                                      \
-    FA_WGMMA_BODY(flash_wgmma<BN, NWG>(sq, kvh, tile_m, heads, kv_heads, scale_log2));                                   \
+        v + b * kv_bstride + kvh * HD, nullptr, 0, nullptr, nullptr, nullptr, nullptr};                                  \
+    FA_WGMMA_BODY(flash_wgmma<BN, NWG, false>(sq, kvh, tile_m, heads, kv_heads, scale_log2));                            \
 }
 
 // Paged caches, a varlen batch (attention_flash.cu's flash_attn_paged_* layout and arguments, without split-K):
@@ -373,8 +488,26 @@ extern "C" __global__ void __launch_bounds__(128 * NWG, CTAS) flash_attn_paged_w
     const int s = pair / kv_heads, kvh = pair % kv_heads, q0 = cu_q[s], T = cu_q[s + 1] - q0;                            \
     if (T <= 0) return;                                                                                                  \
     const WgSeq sq{q + (long long)q0 * ldq, ldq, out + (long long)q0 * ldo, ldo, T, ctx_lens[s] - T, k_cache + kvh * HD, \
-        v_cache + kvh * HD, block_tables + (long long)s * max_blocks, block_shift};                                      \
-    FA_WGMMA_BODY(flash_wgmma<BN, NWG>(sq, kvh, tile_m, heads, kv_heads, scale_log2));                                   \
+        v_cache + kvh * HD, block_tables + (long long)s * max_blocks, block_shift, nullptr, nullptr, nullptr, nullptr};   \
+    FA_WGMMA_BODY(flash_wgmma<BN, NWG, false>(sq, kvh, tile_m, heads, kv_heads, scale_log2));                            \
+}
+
+// The same over an fp8 e4m3 pool (attention_flash.cu's flash_attn_paged_fp8_* arguments): k_cache / v_cache bytes in
+// the bf16 pool's layout, k_scale / v_scale fp32 (num_blocks * block_size, kv_heads).
+#define FA_WGMMA_PAGED_FP8_ENTRY(BN, NWG, CTAS)                                                                          \
+extern "C" __global__ void __launch_bounds__(128 * NWG, CTAS) flash_attn_paged_fp8_wgmma_d128_n##BN##_g##NWG(           \
+    const float* q, int ldq, const unsigned char* k_cache, const unsigned char* v_cache, const float* k_scale,          \
+    const float* v_scale, const int* block_tables, int max_blocks, int block_shift, const int* cu_q, const int* ctx_lens, \
+    bf16_t* out, int ldo, int heads, int kv_heads, float scale_log2)                                                     \
+{                                                                                                                        \
+    int tile_m, pair;                                                                                                    \
+    heavy_first(tile_m, pair);                                                                                           \
+    const int s = pair / kv_heads, kvh = pair % kv_heads, q0 = cu_q[s], T = cu_q[s + 1] - q0;                            \
+    if (T <= 0) return;                                                                                                  \
+    const WgSeq sq{q + (long long)q0 * ldq, ldq, out + (long long)q0 * ldo, ldo, T, ctx_lens[s] - T, nullptr, nullptr,  \
+        block_tables + (long long)s * max_blocks, block_shift, k_cache + kvh * HD, v_cache + kvh * HD, k_scale + kvh,     \
+        v_scale + kvh};                                                                                                  \
+    FA_WGMMA_BODY(flash_wgmma<BN, NWG, true>(sq, kvh, tile_m, heads, kv_heads, scale_log2));                             \
 }
 
 // 2 warpgroups x 64 rows, 64-key tiles, 128 registers so that two CTAs (99 KB of shared memory each) share an SM:
@@ -382,3 +515,4 @@ extern "C" __global__ void __launch_bounds__(128 * NWG, CTAS) flash_attn_paged_w
 // 362 for 128-key tiles at one CTA per SM).
 FA_WGMMA_ENTRY(64, 2, 2)
 FA_WGMMA_PAGED_ENTRY(64, 2, 2)
+FA_WGMMA_PAGED_FP8_ENTRY(64, 2, 2)

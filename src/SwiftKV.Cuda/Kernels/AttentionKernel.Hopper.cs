@@ -1,15 +1,18 @@
 // Launcher for native-kernels/attention_hopper.cu: causal GQA prefill attention on Hopper's warpgroup MMAs (wgmma),
-// head_dim 128, contiguous or paged (bf16) caches, no split-K. Auto takes it for prefill-sized steps on sm_90a;
-// decode, short chunks, fp8 caches and other head dims stay on attention_flash.cu.
+// head_dim 128, contiguous or paged (bf16 or fp8) caches, no split-K. Auto takes it for prefill-sized steps on sm_90a;
+// decode, short chunks and other head dims stay on attention_flash.cu.
 namespace SwiftKV.Cuda.Kernels;
 
 public sealed unsafe partial class AttentionKernel
 {
-    const string HopperEntry = "flash_attn_wgmma_d128_n64_g2", HopperPagedEntry = "flash_attn_paged_wgmma_d128_n64_g2";
+    const string HopperEntry = "flash_attn_wgmma_d128_n64_g2", HopperPagedEntry = "flash_attn_paged_wgmma_d128_n64_g2",
+        HopperPagedFp8Entry = "flash_attn_paged_fp8_wgmma_d128_n64_g2";
     /// <summary>Packed query rows per CTA of the wgmma kernel (2 warpgroups × 64).</summary>
     const int HopperRows = 128;
     /// <summary>Dynamic shared memory of the wgmma kernel: Q (128 rows) + 2 stages × (K, V) × 64 keys, 256 B a row, + 1 KB for alignment.</summary>
     const int HopperSharedBytes = (128 + 4 * 64) * 256 + 1024;
+    /// <summary>Over an fp8 pool: Q + one bf16 (K, V) stage + 2 staging areas of 64 keys' e4m3 K, V and fp32 scales + the converted tile's scales (WgShape in the kernel).</summary>
+    const int HopperSharedBytesFp8 = (128 + 2 * 64) * 256 + 2 * (2 * 64 * 128 + 8 * 64) + 8 * 64 + 1024;
 
     /// <summary>
     /// Whether the wgmma kernel can run this launch: an sm_90a device, head_dim 128, and queries in 16-byte rows (the
@@ -35,11 +38,11 @@ public sealed unsafe partial class AttentionKernel
         return packed >= HopperRows && (packed + HopperRows - 1) / HopperRows * batch * kvHeads >= CudaRuntime.Device.MultiprocessorCount;
     }
 
-    CudaKernel HopperKernel(string entry)
+    CudaKernel HopperKernel(string entry, int sharedBytes)
     {
         if (_kernels.TryGetValue(entry, out var k)) return k;
         k = library.Get("attention_hopper.cu", entry);
-        k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, HopperSharedBytes);
+        k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, sharedBytes);
         k.SetAttribute(CudaKernel.AttrSharedCarveoutPercent, 100);
         return _kernels[entry] = k;
     }
@@ -47,21 +50,34 @@ public sealed unsafe partial class AttentionKernel
     void LaunchHopperPaged(CudaStream stream, DeviceSpan<float> q, int ldq, AttentionPagedCache cache, AttentionPagedBatch batch,
         DeviceSpan<Bf16> output, int ldo, int heads)
     {
-        var k = HopperKernel(HopperPagedEntry);
+        bool fp8 = cache.Fp8 is not null;
+        string entry = fp8 ? HopperPagedFp8Entry : HopperPagedEntry;
+        int shared = fp8 ? HopperSharedBytesFp8 : HopperSharedBytes;
+        var k = HopperKernel(entry, shared);
         int kvHeads = cache.KvHeads, maxBlocks = batch.MaxBlocksPerSequence, blockShift = System.Numerics.BitOperations.Log2((uint)cache.BlockSize);
         int mTiles = (int)(((long)batch.MaxQueryLength * (heads / kvHeads) + HopperRows - 1) / HopperRows);
         float scaleLog2 = (float)(1.0 / Math.Sqrt(128)) * Log2E;
         ulong pq = q.Address, pk = cache.Keys.Address, pv = cache.Values.Address, pt = batch.BlockTables.Address,
             pcu = batch.QueryStarts.Address, pctx = batch.ContextLengths.Address, po = output.Address;
-        void** args = stackalloc void*[] { &pq, &ldq, &pk, &pv, &pt, &maxBlocks, &blockShift, &pcu, &pctx, &po, &ldo, &heads, &kvHeads, &scaleLog2 };
-        k.Launch(stream, ((uint)mTiles, (uint)(batch.Sequences * kvHeads), 1), 256, HopperSharedBytes, args);
-        LastLaunch = (HopperPagedEntry, 1);
+        var grid = ((uint)mTiles, (uint)(batch.Sequences * kvHeads), 1u);
+        if (cache.Fp8 is { } f)
+        {
+            ulong p8k = f.Keys.Address, p8v = f.Values.Address, psk = f.KeyScales.Address, psv = f.ValueScales.Address;
+            void** a8 = stackalloc void*[] { &pq, &ldq, &p8k, &p8v, &psk, &psv, &pt, &maxBlocks, &blockShift, &pcu, &pctx, &po, &ldo, &heads, &kvHeads, &scaleLog2 };
+            k.Launch(stream, grid, 256, (uint)shared, a8);
+        }
+        else
+        {
+            void** args = stackalloc void*[] { &pq, &ldq, &pk, &pv, &pt, &maxBlocks, &blockShift, &pcu, &pctx, &po, &ldo, &heads, &kvHeads, &scaleLog2 };
+            k.Launch(stream, grid, 256, (uint)shared, args);
+        }
+        LastLaunch = (entry, 1);
     }
 
     void LaunchHopper(CudaStream stream, DeviceSpan<float> q, int ldq, long qBatchStride, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache,
         long kvBatchStride, DeviceSpan<Bf16> output, long outBatchStride, int batch, int rows, int heads, int kvHeads, int pos0)
     {
-        var k = HopperKernel(HopperEntry);
+        var k = HopperKernel(HopperEntry, HopperSharedBytes);
         int mTiles = (int)(((long)rows * (heads / kvHeads) + HopperRows - 1) / HopperRows);
         float scaleLog2 = (float)(1.0 / Math.Sqrt(128)) * Log2E;
         ulong pq = q.Address, pk = kCache.Address, pv = vCache.Address, po = output.Address;

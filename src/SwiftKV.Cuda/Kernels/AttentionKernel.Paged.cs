@@ -1,5 +1,5 @@
 // Paged, varlen launch of the flash kernels (native-kernels/attention_flash.cu, flash_attn_paged_*; on sm_90a the
-// wgmma kernel of attention_hopper.cu for prefill-sized bf16 steps) for the serving
+// wgmma kernel of attention_hopper.cu for prefill-sized steps) for the serving
 // engine's batched step: prefill chunks and decode tokens of many sequences in one launch, K/V read through each
 // sequence's block table. Everything that varies per step lives in device arrays (AttentionPagedBatch), so a CUDA
 // graph captured with fixed bounds replays it; split-K (for decode) is chosen from the bounds only.
@@ -36,7 +36,7 @@ public sealed unsafe partial class AttentionKernel
 
         int group = heads / kvHeads;
         bool fp8 = cache.Fp8 is not null;
-        string? notHopper = fp8 ? "it reads bf16 caches only" : ldo % 2 != 0 ? "it needs an even output row stride" : null;
+        string? notHopper = ldo % 2 != 0 ? "it needs an even output row stride" : null;
         bool hopperOk = notHopper is null && HopperApplies(q, ldq, 0, 1, headDim, out notHopper);
         var path = Path != AttentionPath.Auto ? Path
             : hopperOk && HopperPays(batch.Sequences, batch.MaxQueryLength, heads, kvHeads) ? AttentionPath.Hopper
