@@ -11,16 +11,16 @@
 //   Shared memory, every tile stored as two 64-dim "panels" of 128-byte rows, 16-byte chunks XOR-swizzled by
 //   (row & 7) (the SWIZZLE_128B layout of the wgmma descriptors), all panels 1024-byte aligned:
 //     Q: BM rows (bf16, converted once from the fp32 queries), K and V: 2 stages x BN keys (cp.async, zero-filled
-//     past the cache end).
+//     past the cache end); over an fp8 pool one bf16 stage plus two e4m3 staging areas (see WgShape).
 //   S = Q·Kᵀ: wgmma m64nBNk16, A = Q (K-major descriptor), B = K (K-major: a key's 128 dims are contiguous).
 //   O += P·V: wgmma m64n128k16, A = P in registers (the S accumulators rounded to bf16: the accumulator layout of
 //   m64nN is the A-fragment layout, as with mma.sync), B = V (MN-major: "transposed" descriptor, no copy of V).
 //   Online softmax in fp32 in the exp2 domain, each row's state held by the 4 lanes of a quad.
-// Tiles run in order 0..n-1 so the one masked (diagonal) tile comes last and every row has seen key 0 before it:
-// no row's running max is ever -inf. Rows past the step (a partial last row tile) compute on zero queries and are
-// not stored.
-// Contiguous caches only (prefill and long chunks of one or a few sequences; paged steps and decode use
-// attention_flash.cu); no split-K (a prefill step has enough row tiles to fill the card).
+// Tiles run in order 0..n-1, so the masked tiles (those past the CTA's first row's position) come last and every
+// row has seen key 0 before them: no row's running max is ever -inf. Rows past the step (a partial last row tile)
+// compute on zero queries and are not stored.
+// Entries: contiguous caches, and paged varlen batches over a bf16 or an fp8 pool (the serving engine's prefill
+// chunks). No split-K: decode and short steps over long caches stay on attention_flash.cu.
 #include "swiftkv_common.cuh"
 #include "attention_common.cuh"
 
@@ -63,15 +63,6 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float* d, unsigned long long 
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
-// d (64 x 128, fp32) = (scale_d ? d : 0) + A (64 x 16, shared memory, K-major) * B (128 x 16, shared memory, K-major)
-__device__ __forceinline__ void wgmma_m64n128k16_ss(float* d, unsigned long long desc_a, unsigned long long desc_b, int scale_d)
-{
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}
-
 // d (64 x 128, fp32) += A (64 x 16 bf16, registers: the accumulator layout packed in pairs) * B (16 x 128, shared memory, MN-major)
 __device__ __forceinline__ void wgmma_m64n128k16_rs(float* d, const unsigned* a, unsigned long long desc_b)
 {
@@ -83,7 +74,6 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs(float* d, const unsigned* a,
 
 template <int BN> __device__ __forceinline__ void wgmma_qk(float* s, unsigned long long da, unsigned long long db, int scale_d);
 template <> __device__ __forceinline__ void wgmma_qk<64>(float* s, unsigned long long da, unsigned long long db, int scale_d) { wgmma_m64n64k16_ss(s, da, db, scale_d); }
-template <> __device__ __forceinline__ void wgmma_qk<128>(float* s, unsigned long long da, unsigned long long db, int scale_d) { wgmma_m64n128k16_ss(s, da, db, scale_d); }
 
 // Row tile and (sequence, KV head) pair of this CTA: linear block i takes row-tile rank i / gridDim.y (rank 0 = the
 // last, longest causal tile) of pair i % gridDim.y, so the longest tiles of every pair start first
@@ -296,7 +286,7 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
 
     // fp8: one tile's e4m3 K and V rows (8 chunks of 16 bytes per key) and scales into staging area `area`.
     constexpr int PER8 = BN * 8 / THREADS;
-    static_assert(!FP8 || (PER8 * THREADS == BN * 8 && BN <= THREADS), "an fp8 tile is a whole number of chunks per thread");
+    static_assert(!FP8 || (PER8 * THREADS == BN * 8 && 2 * BN <= THREADS), "an fp8 tile is a whole number of chunks per thread");
     auto load_raw = [&](int area, int tile) {
         const int n0 = tile * BN;
         const unsigned dk = sRaw + area * Sh::RAW_BYTES, dv = dk + BN * HD, dks = dv + BN * HD, dvs = dks + 4 * BN;

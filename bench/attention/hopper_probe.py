@@ -1,7 +1,8 @@
 """Kernel-level probe for native-kernels/attention_hopper.cu on the GPU machine (no .NET needed).
 
 Compiles attention_hopper.cu and attention_flash.cu with NVRTC (through CuPy, the same compiler and options the
-engine uses), checks every wgmma entry point against an fp32 reference (bf16-rounded inputs) on odd shapes, then
+engine uses), checks the contiguous wgmma entry (the paged ones are tested by tests/SwiftKV.Cuda.Tests) against an
+fp32 reference (bf16-rounded inputs) on odd shapes, then
 times the wgmma entries, the mma.sync kernel Auto picks for prefill (flash_attn_d128_w4_m2_n32) and PyTorch SDPA
 on the same data in the same process. Also prints registers / spills from nvcc -Xptxas -v and counts HGMMA in
 the SASS. Usage there: python3 bench/attention/hopper_probe.py [--out DIR] [--quick]

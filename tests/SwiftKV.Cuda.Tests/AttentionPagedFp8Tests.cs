@@ -72,6 +72,7 @@ public sealed class AttentionPagedFp8Tests : GpuFixtureTest
         { "mixed", 4, 4, 128, AttentionPath.Flash4Warps32RowsKeys32 },
         { "prefill", 8, 2, 128, AttentionPath.Flash4Warps32Rows },
         { "prefill", 4, 4, 64, AttentionPath.Auto },
+        { "prefill", 32, 8, 128, AttentionPath.Auto },   // enough row tiles: Auto takes the fp8 wgmma kernel on sm_90a
         { "mixed", 8, 2, 128, AttentionPath.Hopper },    // wgmma (sm_90a): staged e4m3 tiles converted in shared memory
         { "prefill", 8, 2, 128, AttentionPath.Hopper },
         { "prefill", 4, 4, 128, AttentionPath.Hopper },
@@ -129,6 +130,9 @@ public sealed class AttentionPagedFp8Tests : GpuFixtureTest
         Stream.Synchronize();
         if (mix == "decode") Assert.True(attention.LastLaunch.Splits > 1, $"paged fp8 decode ran without split-K ({attention.LastLaunch})");
         Assert.StartsWith("flash_attn_paged_fp8_", attention.LastLaunch.Kernel);
+        bool wgmma = path == AttentionPath.Hopper || (path == AttentionPath.Auto && CudaRuntime.Device.Arch == "sm_90a" && headDim == 128
+            && AttentionKernel.HopperPays(seqs.Length, seqs.Max(s => s.Rows), heads, kvHeads));
+        Assert.Equal(wgmma, attention.LastLaunch.Kernel.Contains("wgmma"));
 
         float[] Gather(float[] pool, int s)
         {

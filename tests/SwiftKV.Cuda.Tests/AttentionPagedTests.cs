@@ -82,6 +82,7 @@ public sealed class AttentionPagedTests : GpuFixtureTest
         { "mixed", 8, 1, 128, AttentionPath.Flash4Warps },
         { "prefill", 8, 2, 128, AttentionPath.Flash4Warps32Rows },
         { "prefill", 4, 4, 64, AttentionPath.Auto },
+        { "prefill", 32, 8, 128, AttentionPath.Auto },   // enough row tiles: Auto takes the wgmma kernel on sm_90a
         { "mixed", 8, 2, 128, AttentionPath.Hopper },    // wgmma (sm_90a): empty, decode and prefill rows in one launch
         { "mixed", 8, 1, 128, AttentionPath.Hopper },
         { "prefill", 8, 2, 128, AttentionPath.Hopper },
@@ -124,6 +125,9 @@ public sealed class AttentionPagedTests : GpuFixtureTest
         Stream.Synchronize();
         if (mix == "decode") Assert.True(attention.LastLaunch.Splits > 1, $"paged decode ran without split-K ({attention.LastLaunch})");
         Assert.StartsWith("flash_attn_paged_", attention.LastLaunch.Kernel);
+        bool wgmma = path == AttentionPath.Hopper || (path == AttentionPath.Auto && CudaRuntime.Device.Arch == "sm_90a" && headDim == 128
+            && AttentionKernel.HopperPays(seqs.Length, seqs.Max(s => s.Rows), heads, kvHeads));
+        Assert.Equal(wgmma, attention.LastLaunch.Kernel.Contains("wgmma"));
 
         var got = Bf16.ToSingles(dOut.ToArray());
         for (int s = 0; s < seqs.Length; s++)
@@ -237,9 +241,13 @@ public sealed class AttentionPagedTests : GpuFixtureTest
         attention.Path = AttentionPath.Flash8Warps;
         var e = Assert.Throws<ArgumentException>(() => attention.LaunchPaged(Stream, q, 256, cache, batch, o, 256, 2));
         Assert.Contains("no paged instance", e.Message);
-        // The wgmma kernel pinned where it cannot run (an odd output row stride; on other GPUs also the arch) says why.
+        // The wgmma kernel pinned where it cannot run (head_dim 64; on other GPUs also the arch) says why.
         attention.Path = AttentionPath.Hopper;
-        e = Assert.Throws<ArgumentException>(() => attention.LaunchPaged(Stream, q, 256, cache, batch, o, 129, 1));
+        e = Assert.Throws<ArgumentException>(() => attention.LaunchPaged(Stream, q, 256, cache with { KvHeads = 2, HeadDim = 64 }, batch, o, 256, 2));
         Assert.Contains("wgmma kernel cannot run", e.Message);
+        // An odd output row stride would fault the bf16-pair stores of every tensor-core kernel: named, not launched.
+        attention.Path = AttentionPath.Auto;
+        e = Assert.Throws<ArgumentException>(() => attention.LaunchPaged(Stream, q, 256, cache, batch, o, 129, 1));
+        Assert.Contains("must be even", e.Message);
     }
 }

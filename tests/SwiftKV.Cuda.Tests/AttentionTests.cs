@@ -98,7 +98,7 @@ public sealed class AttentionTests : GpuFixtureTest
         Stream.Synchronize();
         Assert.StartsWith("flash_attn_", attention.LastLaunch.Kernel);
         if (rows == 1 && path != AttentionPath.Hopper) Assert.True(attention.LastLaunch.Splits > 1, $"decode ran without split-K ({attention.LastLaunch})");
-        bool hopper = CudaRuntime.Device.Arch == "sm_90a" && headDim == 128 && (rows * heads / kvHeads + 127) / 128 * kvHeads >= CudaRuntime.Device.MultiprocessorCount;
+        bool hopper = CudaRuntime.Device.Arch == "sm_90a" && headDim == 128 && AttentionKernel.HopperPays(1, rows, heads, kvHeads);
         if (path == AttentionPath.Auto && hopper) Assert.Equal("flash_attn_wgmma_d128_n64_g2", attention.LastLaunch.Kernel);
         else if (path == AttentionPath.Auto && rows * heads / kvHeads >= 256) Assert.Contains("_m2_", attention.LastLaunch.Kernel);
         var want = Reference(q, 0, ldq, Bf16.ToSingles(kc), Bf16.ToSingles(vc), 0, rows, heads, kvHeads, headDim, pos0);
@@ -142,6 +142,39 @@ public sealed class AttentionTests : GpuFixtureTest
         }
     }
 
+    /// <summary>
+    /// A prefill-sized batch whose query rows are not 16-byte aligned (odd row stride): Auto must not take the wgmma
+    /// kernel (it reads Q as float4) but the flash kernel, which reads such rows element by element, and still match.
+    /// </summary>
+    [Fact]
+    public void Auto_UnalignedQueries_FallBackToFlash()
+    {
+        Gpu.Require();
+        var rng = new TestRng(2024);
+        int batch = 8, rows = 130, heads = 32, kvHeads = 8, headDim = 128, capacity = rows, kvDim = kvHeads * headDim;
+        int ldq = heads * headDim + 1;
+        long qbs = (long)rows * ldq, kvbs = (long)capacity * kvDim, obs = (long)rows * heads * headDim;
+        var q = rng.Array(batch * qbs, 1.5f);
+        var kc = Bf16.FromSingles(rng.Array(batch * kvbs, 1.5f));
+        var vc = Bf16.FromSingles(rng.Array(batch * kvbs, 1f));
+        using var dq = new DeviceBuffer<float>(q);
+        using var dk = new DeviceBuffer<Bf16>(kc);
+        using var dv = new DeviceBuffer<Bf16>(vc);
+        using var dOut = Gpu.PoisonedBf16(batch * obs);
+        using var attention = new AttentionKernel(Library);
+        attention.LaunchBatched(Stream, dq, ldq, qbs, dk, dv, kvbs, capacity, dOut, obs, batch, rows, heads, kvHeads, headDim, 0);
+        Stream.Synchronize();
+        Assert.DoesNotContain("wgmma", attention.LastLaunch.Kernel);
+        var got = Bf16.ToSingles(dOut.ToArray());
+        var k = Bf16.ToSingles(kc);
+        var v = Bf16.ToSingles(vc);
+        for (int b = 0; b < batch; b += 3)
+        {
+            var want = Reference(q, b * qbs, ldq, k, v, b * kvbs, rows, heads, kvHeads, headDim, 0);
+            AssertClose(got.AsSpan((int)(b * obs), want.Length), want, $"unaligned queries, sequence {b} {attention.LastLaunch}");
+        }
+    }
+
     [Fact]
     public void Launch_RejectsBadShapes()
     {
@@ -159,5 +192,11 @@ public sealed class AttentionTests : GpuFixtureTest
         attention.Path = AttentionPath.Hopper;
         e = Assert.Throws<ArgumentException>(() => attention.Launch(Stream, q, 64, kv, kv, 16, o, 1, 1, 1, 64, 0));
         Assert.Contains("wgmma kernel cannot run", e.Message);
+        // Misaligned caches or outputs are named, not launched (a misaligned 16-byte copy would fault the context).
+        attention.Path = AttentionPath.Auto;
+        e = Assert.Throws<ArgumentException>(() => attention.Launch(Stream, q, 64, kv.Span.Slice(1), kv, 8, o, 1, 1, 1, 64, 0));
+        Assert.Contains("16-byte", e.Message);
+        e = Assert.Throws<ArgumentException>(() => attention.Launch(Stream, q, 64, kv, kv, 8, o.Span.Slice(1), 1, 1, 1, 64, 0));
+        Assert.Contains("4-byte", e.Message);
     }
 }

@@ -43,6 +43,8 @@ public sealed unsafe partial class AttentionKernel
         int group = heads / kvHeads;
         var path = Path;
         bool flashOk = FlashApplies(headDim);
+        if (path == AttentionPath.Hopper)
+            throw new ArgumentException($"{n}: the wgmma kernel has no decode entry (no split-K, no device-side position); use Auto or a flash path.", nameof(Path));
         if (path == AttentionPath.Auto) path = flashOk ? AutoFlash((long)rows * group) : AttentionPath.Simple;
         if (path != AttentionPath.Simple && !flashOk)
             throw new ArgumentException($"{n}: the flash kernel needs head_dim 64 or 128 on sm_80+ (got head_dim {headDim}, {CudaRuntime.Device.Arch}).", nameof(headDim));

@@ -32,7 +32,7 @@ public sealed unsafe partial class AttentionKernel
     /// enough tiles to put a CTA on every SM. It has no split-K, so decode and short steps over a long cache (few row
     /// tiles, many keys each) stay on the mma.sync kernel, which splits the keys.
     /// </summary>
-    static bool HopperPays(int batch, int rows, int heads, int kvHeads)
+    internal static bool HopperPays(int batch, int rows, int heads, int kvHeads)
     {
         long packed = (long)rows * (heads / kvHeads);
         return packed >= HopperRows && (packed + HopperRows - 1) / HopperRows * batch * kvHeads >= CudaRuntime.Device.MultiprocessorCount;

@@ -11,8 +11,8 @@ public sealed unsafe partial class AttentionKernel
     /// Causal GQA attention of a varlen batch over a paged cache. q (total_tokens, ldq) fp32 rotated queries, row
     /// order as <see cref="AttentionPagedBatch.QueryStarts"/>; output (total_tokens, ldo) bf16, heads · head_dim
     /// columns written per row of a real sequence. Each row sees its sequence's positions 0..its own. An fp8 cache
-    /// (<see cref="AttentionPagedCache.Fp8"/>) runs the flash_attn_paged_fp8_* entries: same shapes, K/V tiles
-    /// dequantized to bf16 in shared memory.
+    /// (<see cref="AttentionPagedCache.Fp8"/>) runs the flash_attn_paged_fp8_* entries: same shapes, e4m3 tiles
+    /// converted to bf16 in shared memory, per-key scales applied to S and P.
     /// </summary>
     public void LaunchPaged(CudaStream stream, DeviceSpan<float> q, int ldq, AttentionPagedCache cache, AttentionPagedBatch batch,
         DeviceSpan<Bf16> output, int ldo, int heads)
@@ -36,8 +36,16 @@ public sealed unsafe partial class AttentionKernel
 
         int group = heads / kvHeads;
         bool fp8 = cache.Fp8 is not null;
-        string? notHopper = ldo % 2 != 0 ? "it needs an even output row stride" : null;
-        bool hopperOk = notHopper is null && HopperApplies(q, ldq, 0, 1, headDim, out notHopper);
+        if (ldo % 2 != 0) throw new ArgumentException($"{n}: the output row stride must be even (bf16 pairs are stored as 4-byte words; got {ldo}).", nameof(ldo));
+        if (cache.Fp8 is { } pool)
+        {
+            if (pool.Keys.Address % 16 != 0 || pool.Values.Address % 16 != 0 || pool.KeyScales.Address % 4 != 0 || pool.ValueScales.Address % 4 != 0)
+                throw new ArgumentException($"{n}: the fp8 pool must start on 16-byte boundaries and its scales on 4-byte ones.", nameof(cache));
+            if (output.Address % 4 != 0) throw new ArgumentException($"{n}: the output must start on a 4-byte boundary.", nameof(output));
+        }
+        else CheckTensorCoreAlignment(n, cache.Keys.Address, cache.Values.Address, 0, output.Address, 0, 1);
+        string? notHopper;
+        bool hopperOk = HopperApplies(q, ldq, 0, 1, headDim, out notHopper);
         var path = Path != AttentionPath.Auto ? Path
             : hopperOk && HopperPays(batch.Sequences, batch.MaxQueryLength, heads, kvHeads) ? AttentionPath.Hopper
             : AutoFlash((long)batch.MaxQueryLength * group);

@@ -1,12 +1,13 @@
-// Launcher for causal GQA attention over contiguous caches: native-kernels/attention_flash.cu (tensor cores,
-// head_dim 64/128, split-K for short steps) with native-kernels/attention.cu (scalar, any head_dim) as the fallback.
+// Launcher for causal GQA attention over contiguous caches: native-kernels/attention_hopper.cu (wgmma, sm_90a,
+// head_dim 128, prefill-sized steps), native-kernels/attention_flash.cu (mma.sync, head_dim 64/128, split-K for short
+// steps) and native-kernels/attention.cu (scalar, any head_dim) as the fallback.
 // The paged, varlen launch of the serving engine is in AttentionKernel.Paged.cs.
 namespace SwiftKV.Cuda.Kernels;
 
 /// <summary>Which attention kernel a launch uses.</summary>
 public enum AttentionPath
 {
-    /// <summary>Flash kernel where it applies (head_dim 64/128, sm_80+), shaped by the step; otherwise the scalar kernel.</summary>
+    /// <summary>The wgmma kernel for prefill-sized steps on sm_90a (head_dim 128), else the flash kernel where it applies (head_dim 64/128, sm_80+), shaped by the step; otherwise the scalar kernel.</summary>
     Auto,
     /// <summary>The scalar reference kernel (one thread per key; any head_dim; contiguous caches only).</summary>
     Simple,
@@ -110,6 +111,8 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
 
         var path = Path;
         bool flashOk = FlashApplies(headDim) && (long)batch * kvHeads <= 65535;
+        if (flashOk || path is not (AttentionPath.Auto or AttentionPath.Simple))
+            CheckTensorCoreAlignment(n, kCache.Address, vCache.Address, kvBatchStride, output.Address, outBatchStride, batch);
         string? notHopper = null;
         bool hopperOk = flashOk && HopperApplies(q, ldq, qBatchStride, batch, headDim, out notHopper);
         if (path == AttentionPath.Auto)
@@ -117,12 +120,12 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
                 : flashOk ? AutoFlash((long)rows * (heads / kvHeads)) : AttentionPath.Simple;
         if (path == AttentionPath.Hopper)
         {
-            if (!hopperOk) throw new ArgumentException($"{n}: the wgmma kernel cannot run this launch: {notHopper ?? "it needs the flash kernel's conditions (head_dim 64/128, sm_80+)"}.", nameof(path));
+            if (!hopperOk) throw new ArgumentException($"{n}: the wgmma kernel cannot run this launch: {notHopper ?? FlashMissing(headDim, batch * kvHeads)}.", nameof(Path));
             LaunchHopper(stream, q, ldq, qBatchStride, kCache, vCache, kvBatchStride, output, outBatchStride, batch, rows, heads, kvHeads, pos0);
             return;
         }
         if (path != AttentionPath.Simple && !flashOk)
-            throw new ArgumentException($"{n}: the flash kernel needs head_dim 64 or 128 on sm_80+ (got head_dim {headDim}, {CudaRuntime.Device.Arch}).", nameof(headDim));
+            throw new ArgumentException($"{n}: the flash kernel cannot run this launch: {FlashMissing(headDim, batch * kvHeads)}.", nameof(Path));
         if (path == AttentionPath.Simple)
         {
             for (int b = 0; b < batch; b++)
@@ -143,6 +146,22 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
     }
 
     static bool FlashApplies(int headDim) => headDim is 64 or 128 && CudaRuntime.Device.ComputeMajor >= 8;
+
+    static string FlashMissing(int headDim, long pairs) => FlashApplies(headDim)
+        ? $"{pairs} (sequence, KV head) pairs exceed the grid's 65535"
+        : $"it needs head_dim 64 or 128 on sm_80+ (got head_dim {headDim}, {CudaRuntime.Device.Arch})";
+
+    /// <summary>
+    /// The tensor-core kernels copy K/V in 16-byte chunks and store outputs as bf16 pairs: caches (and each sequence's
+    /// cache) must start on 16 bytes, outputs on 4. A misaligned pointer would fault the whole context, so say so here.
+    /// </summary>
+    static void CheckTensorCoreAlignment(string n, ulong k, ulong v, long kvBatchStride, ulong output, long outBatchStride, int batch)
+    {
+        if (k % 16 != 0 || v % 16 != 0 || (batch > 1 && kvBatchStride % 8 != 0))
+            throw new ArgumentException($"{n}: K/V caches must start on 16-byte boundaries (and the cache batch stride be a multiple of 8 elements) for the tensor-core kernels.");
+        if (output % 4 != 0 || (batch > 1 && outBatchStride % 2 != 0))
+            throw new ArgumentException($"{n}: the output must start on a 4-byte boundary (and its batch stride be even) for the tensor-core kernels.");
+    }
 
     /// <summary>Splits over the keys so that short steps (decode, small chunks) still put 2 CTAs on every SM (flash-decoding).</summary>
     static (int Splits, int KeysPerSplit) SplitKeys(long ctas, int maxKeys, int keyTile)
