@@ -258,6 +258,13 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
     // One BN-key tile of K and of V into a stage (cp.async, 16-byte chunks; keys past the cache end zero-filled).
     // Every chunk's offset (block-table reads included) is computed before the first copy: the copies' asm is a
     // compiler barrier, so interleaving them would serialise the table reads (attention_flash.cu's FA_LOAD_HOIST).
+    // Cache row of position p (contiguous: p; paged: through the block table); positions past the cache read row 0's
+    // address, and their copies are zero-filled.
+    auto slot_of = [&](int p) -> long long {
+        const int pc = p < kv_len ? p : 0;
+        if (sq.table == nullptr) return pc;
+        return ((long long)__ldg(sq.table + (pc >> sq.block_shift)) << sq.block_shift) + (pc & ((1 << sq.block_shift) - 1));
+    };
     constexpr int PER = BN * 16 / THREADS;
     static_assert(PER * THREADS == BN * 16, "a tile is a whole number of chunks per thread");
     auto load_kv = [&](int stage, int tile) {
@@ -266,12 +273,8 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
 #pragma unroll
         for (int j = 0; j < PER; j++)
         {
-            const int i = tid + j * THREADS, p = n0 + (i >> 4);
-            const int pc = p < kv_len ? p : 0;
-            const long long slot = sq.table != nullptr
-                ? ((long long)__ldg(sq.table + (pc >> sq.block_shift)) << sq.block_shift) + (pc & ((1 << sq.block_shift) - 1))
-                : pc;
-            off[j] = slot * kv_stride + (i & 15) * 8;
+            const int i = tid + j * THREADS;
+            off[j] = slot_of(n0 + (i >> 4)) * kv_stride + (i & 15) * 8;
         }
 #pragma unroll
         for (int j = 0; j < PER; j++)
@@ -290,10 +293,6 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
     auto load_raw = [&](int area, int tile) {
         const int n0 = tile * BN;
         const unsigned dk = sRaw + area * Sh::RAW_BYTES, dv = dk + BN * HD, dks = dv + BN * HD, dvs = dks + 4 * BN;
-        auto slot_of = [&](int p) -> long long {
-            const int pc = p < kv_len ? p : 0;
-            return ((long long)__ldg(sq.table + (pc >> sq.block_shift)) << sq.block_shift) + (pc & ((1 << sq.block_shift) - 1));
-        };
         long long off[PER8];
 #pragma unroll
         for (int j = 0; j < PER8; j++)

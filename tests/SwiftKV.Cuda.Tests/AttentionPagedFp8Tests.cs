@@ -83,7 +83,7 @@ public sealed class AttentionPagedFp8Tests : GpuFixtureTest
     public void PagedFp8_MatchesReference(string mix, int heads, int kvHeads, int headDim, AttentionPath path)
     {
         Gpu.Require();
-        if (path == AttentionPath.Hopper) Assert.SkipUnless(CudaRuntime.Device.Arch == "sm_90a", $"the wgmma kernel needs sm_90a ({CudaRuntime.Device.Arch})");
+        if (path == AttentionPath.Hopper) Gpu.RequireHopper();
         var seqs = AttentionPagedTests.Mix(mix);
         var rng = new TestRng((ulong)(17 * heads + 5 * kvHeads + headDim + mix.Length * 977 + (int)path));
         int kvDim = kvHeads * headDim, qDim = heads * headDim, ldq = qDim + 2 * kvDim, ldo = qDim + 8;

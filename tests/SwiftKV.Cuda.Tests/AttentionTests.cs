@@ -82,7 +82,7 @@ public sealed class AttentionTests : GpuFixtureTest
     public void Flash_MatchesReference(int rows, int heads, int kvHeads, int headDim, int pos0, AttentionPath path)
     {
         Gpu.Require();
-        if (path == AttentionPath.Hopper) Assert.SkipUnless(CudaRuntime.Device.Arch == "sm_90a", $"the wgmma kernel needs sm_90a ({CudaRuntime.Device.Arch})");
+        if (path == AttentionPath.Hopper) Gpu.RequireHopper();
         var rng = new TestRng((ulong)(1000 + rows * 7 + heads + headDim + pos0));
         int capacity = pos0 + rows + 5, kvDim = kvHeads * headDim, ldq = heads * headDim + 3 * kvDim;
         var q = rng.Array((long)rows * ldq, 1.5f);
@@ -114,7 +114,7 @@ public sealed class AttentionTests : GpuFixtureTest
     public void Batched_EachSequenceMatchesReference(int rows, int headDim, AttentionPath path)
     {
         Gpu.Require();
-        if (path == AttentionPath.Hopper) Assert.SkipUnless(CudaRuntime.Device.Arch == "sm_90a", $"the wgmma kernel needs sm_90a ({CudaRuntime.Device.Arch})");
+        if (path == AttentionPath.Hopper) Gpu.RequireHopper();
         var rng = new TestRng((ulong)(77 + rows + headDim));
         int batch = 3, heads = 8, kvHeads = 2, pos0 = 250, capacity = 260, kvDim = kvHeads * headDim, ldq = heads * headDim;
         long qbs = (long)rows * ldq + 4, kvbs = (long)capacity * kvDim + 64, obs = (long)rows * heads * headDim + 8;

@@ -92,6 +92,63 @@ public sealed class CudaBatchedTests
         Gpu.Log($"{name} ({spec}): batched vs solo Forward worst row {worstSolo:E2}, vs CPU ForwardBatch (bf16 weights) {worstCpu:E2}");
     }
 
+    /// <summary>
+    /// The serving step at Llama-3-8B's head layout (32 q / 8 KV heads, head_dim 128) with prompts long enough that the
+    /// prefill launch runs on the paged wgmma kernel on sm_90a (bf16 pool; the fp8 pool on its fp8 entry): the
+    /// batched step's last-token logits against the CPU ForwardBatch, then a decode step.
+    /// </summary>
+    [Theory]
+    [InlineData(false, KvCacheDtype.Bf16)]
+    [InlineData(true, KvCacheDtype.Bf16)]
+    [InlineData(true, KvCacheDtype.Fp8E4M3)]
+    public void ForwardBatch_LongPrompts_8BHeads_MatchCpu(bool swiftKv, KvCacheDtype dtype)
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
+            SwiftKvLayers: 2, Seed: 51, MaxPositions: 1024);
+        int[] lengths = [300, 257];
+        Assert.True(SwiftKV.Cuda.Kernels.AttentionKernel.HopperPays(lengths.Length, lengths.Max(), spec.Heads, spec.KvHeads),
+            "the prompts must be long enough for Auto's wgmma rule");
+        var weights = TestModels.View(TestModels.Checkpoint(spec), swiftKv);
+        using var gpu = new CudaBackend(weights);
+        using var cpu = new CpuBackend(CudaBackendTests.RoundToBf16(weights));
+        const int blockSize = 16, numBlocks = 48;
+        using var pool = gpu.CreatePagedKvCache(numBlocks, blockSize, dtype);
+        using var cpuPool = cpu.CreatePagedKvCache(numBlocks, blockSize);
+        var tokens = lengths.Select((n, i) => TestModels.RandomTokens(n + 1, spec.Vocab, spec.Seed + 10 + (ulong)i)).ToArray();
+        var rng = new TestRng(spec.Seed);
+        var free = Enumerable.Range(0, numBlocks).OrderBy(_ => rng.NextDouble()).ToArray();
+        int next = 0;
+        var tables = lengths.Select(n => Enumerable.Range(0, n / blockSize + 1).Select(_ => free[next++]).ToArray()).ToArray();
+        // fp8 K/V are within the fp8 rule of ForwardBatch_Fp8KvCloseToBf16Kv, not the bf16 one.
+        double tol = dtype == KvCacheDtype.Bf16 ? 1e-2 : 1e-1;
+        int vocab = spec.Vocab;
+        double worst = 0;
+        for (int phase = 0; phase < 2; phase++)   // the prompts, then one decode token each
+        {
+            var batch = lengths.Select((n, i) => phase == 0
+                ? new BatchSequence(tokens[i].AsMemory(0, n), 0, tables[i], true)
+                : new BatchSequence(tokens[i].AsMemory(n, 1), n, tables[i], true)).ToArray();
+            var g = gpu.ForwardBatch(pool, batch);
+            var c = cpu.ForwardBatch(cpuPool, batch);
+            Assert.Equal(c.Length, g.Length);
+            for (int r = 0; r < lengths.Length; r++)
+            {
+                var gr = g.AsSpan(r * vocab, vocab);
+                double maxC = 0, maxD = 0;
+                for (int i = 0; i < vocab; i++)
+                {
+                    Assert.False(float.IsNaN(gr[i]), $"NaN in logits of sequence {r}");
+                    maxC = Math.Max(maxC, Math.Abs(c[r * vocab + i]));
+                    maxD = Math.Max(maxD, Math.Abs(gr[i] - c[r * vocab + i]));
+                }
+                worst = Math.Max(worst, maxD / maxC);
+                Assert.True(maxD / maxC <= tol, $"sequence {r} phase {phase} ({dtype}, swiftkv {swiftKv}) vs CPU ForwardBatch: {maxD / maxC:E3}");
+            }
+        }
+        Gpu.Log($"long prompts, 8B heads ({spec}, swiftkv {swiftKv}, {dtype}): worst row vs CPU ForwardBatch (bf16 weights) {worst:E2}");
+    }
+
     static double RowError(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, string what)
     {
         Assert.Equal(expected.Length, actual.Length);

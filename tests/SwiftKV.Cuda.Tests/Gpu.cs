@@ -10,6 +10,10 @@ namespace SwiftKV.Cuda.Tests;
 
 internal static class Gpu
 {
+    /// <summary>Skips the calling test unless the device is sm_90a (the wgmma kernels); call after <see cref="Require"/>.</summary>
+    public static void RequireHopper() =>
+        Assert.SkipUnless(CudaRuntime.Device.Arch == "sm_90a", $"the wgmma kernels need sm_90a ({CudaRuntime.Device.Arch})");
+
     /// <summary>Skips the calling test unless a GPU, the driver, NVRTC and cuBLAS are all usable.</summary>
     public static void Require()
     {
