@@ -194,10 +194,6 @@ __device__ __forceinline__ void issue_pv(float* o, const unsigned* p, unsigned s
         wgmma_m64n128k16_rs(o, p + 4 * kk, gmma_desc(sV + kk * 16 * PANEL_ROW, BN * PANEL_ROW, 1024));
 }
 
-// Per tile: S, wait, softmax, P·V, wait. The tensor cores stay busy because two CTAs share each SM (each CTA's
-// softmax runs while the other's products do), not by pipelining inside a warpgroup: FlashAttention-3's
-// intra-warpgroup overlap (S of tile j+1 issued with P·V of tile j, P double-buffered) was tried and measured
-// slower here, since ptxas serialised the in-flight wgmmas (warning C7514); src/SwiftKV.Cuda/NOTES.md has the numbers.
 // One sequence's view for a CTA: its queries and output rows, its step, and where its K/V rows are (this KV head's
 // column). Contiguous: key p at k + p * kv_stride; paged: at k + slot(p) * kv_stride, slot from the block table.
 struct WgSeq
@@ -219,6 +215,7 @@ struct WgSeq
 
 // Shared memory of an entry: bf16 caches Q + 2 stages x (K, V); fp8 caches Q + one bf16 (K, V) stage + 2 staging
 // areas of [K bytes][V bytes][K scales][V scales] + the converted tile's scales. Plus 1024 bytes for the alignment.
+// SMEM is what the launcher passes (AttentionKernel.Hopper.cs: HopperSharedBytes, HopperSharedBytesFp8).
 template <int BN, int NWG, bool FP8>
 struct WgShape
 {
@@ -227,6 +224,10 @@ struct WgShape
     static constexpr int SMEM = Q_BYTES + (FP8 ? 2 * KV_BYTES + 2 * RAW_BYTES + 8 * BN : 4 * KV_BYTES) + 1024;
 };
 
+// Per tile: S, wait, softmax, P·V, wait. The tensor cores stay busy because two CTAs share each SM (each CTA's
+// softmax runs while the other's products do), not by pipelining inside a warpgroup: FlashAttention-3's
+// intra-warpgroup overlap (S of tile j+1 issued with P·V of tile j, P double-buffered) was tried and measured
+// slower here, since ptxas serialised the in-flight wgmmas (warning C7514); src/SwiftKV.Cuda/NOTES.md has the numbers.
 // fp8 pools (FP8): K/V tiles arrive as e4m3 bytes in a staging area two tiles ahead, are converted exactly (unscaled)
 // into the one bf16 stage the wgmmas read, and the per-key scales go to S and P (softmax_tile).
 template <int BN, int NWG, bool FP8>
