@@ -7,12 +7,14 @@ public sealed unsafe partial class AttentionKernel
 {
     const string HopperEntry = "flash_attn_wgmma_d128_n64_g2", HopperPagedEntry = "flash_attn_paged_wgmma_d128_n64_g2",
         HopperPagedFp8Entry = "flash_attn_paged_fp8_wgmma_d128_n64_g2";
-    /// <summary>Packed query rows per CTA of the wgmma kernel (2 warpgroups × 64).</summary>
-    const int HopperRows = 128;
-    /// <summary>Dynamic shared memory of the wgmma kernel: Q (128 rows) + 2 stages × (K, V) × 64 keys, 256 B a row, + 1 KB for alignment.</summary>
-    const int HopperSharedBytes = (128 + 4 * 64) * 256 + 1024;
-    /// <summary>Over an fp8 pool: Q + one bf16 (K, V) stage + 2 staging areas of 64 keys' e4m3 K, V and fp32 scales + the converted tile's scales (WgShape in the kernel).</summary>
-    const int HopperSharedBytesFp8 = (128 + 2 * 64) * 256 + 2 * (2 * 64 * 128 + 8 * 64) + 8 * 64 + 1024;
+    /// <summary>Packed query rows per CTA of the wgmma kernel (2 warpgroups × 64) and keys per tile (the entries' n64).</summary>
+    const int HopperRows = 128, HopperKeys = 64;
+    /// <summary>Bytes of one bf16 row of head_dim 128.</summary>
+    const int HopperRowBytes = 128 * 2;
+    /// <summary>Dynamic shared memory of the wgmma kernel (WgShape::SMEM in the kernel): Q + 2 stages × (K, V), + 1 KB for alignment.</summary>
+    const int HopperSharedBytes = (HopperRows + 4 * HopperKeys) * HopperRowBytes + 1024;
+    /// <summary>Over an fp8 pool: Q + one bf16 (K, V) stage + 2 staging areas of e4m3 K, V (128 B a key each) and fp32 scales + the converted tile's scales.</summary>
+    const int HopperSharedBytesFp8 = (HopperRows + 2 * HopperKeys) * HopperRowBytes + 2 * (2 * HopperKeys * 128 + 8 * HopperKeys) + 8 * HopperKeys + 1024;
 
     /// <summary>
     /// Whether the wgmma kernel can run this launch: an sm_90a device, head_dim 128, and queries in 16-byte rows (the
