@@ -4,7 +4,7 @@
 // given by slot_mapping[r] (the layout of the CPU engine's CpuPagedKvCache). A negative slot skips the row (padding
 // of a replayed CUDA graph). RoPE (when inv_freq is not null) rotates dims i and i + head_dim / 2 of each head, as
 // kv_cache.cu does for contiguous caches.
-// Launch: grid (rows), block 128.
+// Launch: grid (rows, RowGrid blocks per row), block 128.
 // paged_kv_write_fp8 (below) stores the fp8 pool instead: e4m3 bytes plus one fp32 scale per (slot, KV head).
 #include "swiftkv_common.cuh"
 

@@ -17,9 +17,10 @@
 // bypass L1 (ld.global.nc.L1::no_allocate: each byte is used once) so the small x rows stay L1-resident for the
 // other warps; accumulation is fp32 per lane, then a warp-shuffle sum. The *_any entries are the fallback for odd
 // in or unaligned pointers: scalar loads, one row per warp, R at run time.
-// Programmatic launch (sm_90+): before pdl_wait() a warp only asks L2 to prefetch the start of its weight rows
-// (constant data), so when the engine launches these programmatically the first loads overlap the previous
-// kernel's tail; x and y are touched only after the wait. Then pdl_launch_dependents() lets the next kernel start.
+// Programmatic launch (sm_90+): before pdl_wait() a warp issues its first batch of weight loads (constant data;
+// the *_pf_* entries also ask L2 to prefetch the rows' first bytes), so when the engine launches these
+// programmatically the first loads overlap the previous kernel's tail; x and y are touched only after the wait.
+// Then pdl_launch_dependents() lets the next kernel start.
 // Launch (vector): grid ceil(out / (2 · GEMV_WARPS)) (plain) or ceil(inter / GEMV_WARPS) (silu), block 32 · GEMV_WARPS.
 // Launch (any):    grid ceil(out / GEMV_WARPS) or ceil(inter / GEMV_WARPS), block 32 · GEMV_WARPS.
 #include "swiftkv_common.cuh"
@@ -56,17 +57,20 @@ __device__ __forceinline__ void prefetch_row_l2(const bf16_t* row, int in)
 #endif
 }
 
-// Start of every GEMV entry once its rows are known: prefetch the rows' first bytes, wait for the previous kernel
-// (programmatic launch), let the next one start.
-__device__ __forceinline__ void gemv_prologue(const bf16_t* w, int in, long long o0, long long o1, bool vector)
+// Wait for the previous kernel (programmatic launch), then let the next one start.
+__device__ __forceinline__ void gemv_wait()
 {
-    if (vector)
-    {
-        prefetch_row_l2(w + o0 * in, in);
-        if (o1 != o0) prefetch_row_l2(w + o1 * in, in);
-    }
     pdl_wait();
     pdl_launch_dependents();
+}
+
+// Start of the vector entries: optionally ask L2 for the rows' first bytes. The wait itself comes inside
+// gemv_two_rows, after the first weight loads are issued.
+__device__ __forceinline__ void gemv_prefetch(const bf16_t* w, int in, long long o0, long long o1, bool l2)
+{
+    if (!l2) return;
+    prefetch_row_l2(w + o0 * in, in);
+    if (o1 != o0) prefetch_row_l2(w + o1 * in, in);
 }
 
 // The 8 bf16 of a 16-byte word as fp32 (element 2k in the low half of word k).
@@ -114,15 +118,23 @@ __device__ __forceinline__ void gemv_two_rows(const void* __restrict__ x, const 
     float ss[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[0][r] = acc[1][r] = ss[r] = 0.f;
-    for (int base = lane; base < n8; base += 32 * GEMV_UNROLL)
+    uint4 a[GEMV_UNROLL], b[GEMV_UNROLL];
+    auto load = [&](int base)
     {
-        uint4 a[GEMV_UNROLL], b[GEMV_UNROLL];
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++)
         {
             int c = base + u * 32;
             if (c < n8) { a[u] = ld_stream16(w0 + c); b[u] = ld_stream16(w1 + c); }
         }
+    };
+    // The weights are constant: the first batch is requested before waiting on the previous kernel, so under a
+    // programmatic launch the DRAM latency of this kernel's start overlaps the previous kernel's tail.
+    load(lane);
+    gemv_wait();
+    for (int base = lane; base < n8; base += 32 * GEMV_UNROLL)
+    {
+        if (base != lane) load(base);
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++)
         {
@@ -131,7 +143,6 @@ __device__ __forceinline__ void gemv_two_rows(const void* __restrict__ x, const 
             float fa[8], fb[8];
             unpack8(a[u], fa);
             unpack8(b[u], fb);
-#pragma unroll
             float fn[8];
             if (NORM) load_norm8(nw, c, fn);
 #pragma unroll
@@ -172,7 +183,7 @@ __device__ __forceinline__ void gemv_plain(const void* __restrict__ x, const bf1
     const long long o0 = 2LL * warp;
     if (o0 >= out) return;
     const bool has1 = o0 + 1 < out;
-    gemv_prologue(w, in, o0, has1 ? o0 + 1 : o0, PREFETCH);
+    gemv_prefetch(w, in, o0, has1 ? o0 + 1 : o0, PREFETCH);
     float acc[2][R];
     gemv_two_rows<R, NORM>(x, w, in, o0, has1 ? o0 + 1 : o0, acc, nw, eps);
     // Lane r writes row r of the first output, lane 8 + r of the second: one store per lane, no serial loop.
@@ -198,7 +209,7 @@ __device__ __forceinline__ void gemv_silu(const void* __restrict__ x, const bf16
 {
     const int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (o >= inter) return;
-    gemv_prologue(w, in, o, (long long)o + inter, PREFETCH);
+    gemv_prefetch(w, in, o, (long long)o + inter, PREFETCH);
     float acc[2][R];
     gemv_two_rows<R, NORM>(x, w, in, o, (long long)o + inter, acc, nw, eps);
 #pragma unroll
@@ -289,7 +300,7 @@ extern "C" __global__ void gemv_rms_bf16_any(const float* x, const float* nw, fl
 {
     const int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (o >= out) return;
-    gemv_prologue(w, in, o, o, false);
+    gemv_wait();
     float acc[4];
     gemv_row_any_rms(x, nw, eps, w + (long long)o * in, in, rows, acc);
 #pragma unroll
@@ -305,7 +316,7 @@ extern "C" __global__ void gemv_rms_silu_bf16_any(const float* x, const float* n
 {
     const int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (o >= inter) return;
-    gemv_prologue(w, in, o, o, false);
+    gemv_wait();
     float g[4], u[4];
     gemv_row_any_rms(x, nw, eps, w + (long long)o * in, in, rows, g);
     gemv_row_any_rms(x, nw, eps, w + ((long long)o + inter) * in, in, rows, u);
@@ -318,7 +329,7 @@ extern "C" __global__ void gemv_bf16_any(const bf16_t* x, const bf16_t* w, float
 {
     const int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (o >= out) return;
-    gemv_prologue(w, in, o, o, false);
+    gemv_wait();
     float acc[8];
     gemv_row_any(x, w + (long long)o * in, in, rows, acc);
 #pragma unroll
@@ -334,7 +345,7 @@ extern "C" __global__ void gemv_silu_bf16_any(const bf16_t* x, const bf16_t* w, 
 {
     const int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (o >= inter) return;
-    gemv_prologue(w, in, o, o, false);
+    gemv_wait();
     float g[8], u[8];
     gemv_row_any(x, w + (long long)o * in, in, rows, g);
     gemv_row_any(x, w + ((long long)o + inter) * in, in, rows, u);

@@ -2,7 +2,7 @@
 // stored as bf16 at cache slots pos0 .. pos0+rows-1. Cache layout (capacity, kv_heads, head_dim) per layer
 // (or per AcrossKV group). Row r of k/v is token pos0 + r; when pos_base is not null the first slot is read from
 // device memory instead of pos0 (replayable CUDA graphs: the engine writes the position before each launch).
-// Launch: grid (rows), block 128.
+// Launch: grid (rows, RowGrid blocks per row), block 128.
 #include "swiftkv_common.cuh"
 
 extern "C" __global__ void kv_write_bf16(const float* k, const float* v, int ld, const float* k_bias, const float* v_bias,

@@ -5,7 +5,7 @@
 //   x[i] <- x[i] cos - x[i+d/2] sin, x[i+d/2] <- x[i+d/2] cos + x[i] sin, after x += bias (bias may be null).
 //   pos_base (may be null): when set, the first row's position is read from device memory instead of pos0, so a
 //   captured CUDA graph replays at whatever position the engine writes there before each launch.
-// Launch: grid (rows), block 128.
+// Launch: grid (rows, RowGrid blocks per row), block 128.
 #include "swiftkv_common.cuh"
 
 extern "C" __global__ void rope_f32(float* q, int ld, const float* bias, const float* inv_freq, int rows, int heads, int head_dim, int pos0,

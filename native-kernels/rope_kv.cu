@@ -1,9 +1,9 @@
 // Bias + RoPE on the query columns of a fused [q | k | v] projection (fp32, in place) and the K/V cache write of
 // the same rows (K bias + RoPE, V bias, stored bf16) in one pass: one launch per layer instead of rope_f32 then
-// kv_write_bf16. The RoPE and K/V-store steps are swiftkv_common.cuh's rope_row and kv_row_to_bf16, shared with them.
+// kv_write_bf16. The RoPE and K/V-store steps are swiftkv_common.cuh's rope_unit and kv_unit_to_bf16, shared with them.
 //   qkv (rows, ld): q in columns [0, heads·hd), k in [heads·hd, +kv_dim), v after it; row r at position pos0 + r,
 //   or pos_base[0] + r when pos_base is not null (replayable CUDA graphs). Caches (capacity, kv_heads, head_dim).
-// Launch: grid (rows), block 128; programmatic on sm_90+ (waits for the previous kernel before any access).
+// Launch: grid (rows, RowGrid blocks per row), block 128; programmatic on sm_90+ (waits for the previous kernel before any access).
 #include "swiftkv_common.cuh"
 
 extern "C" __global__ void rope_qkv_write_bf16(float* qkv, int ld, const float* q_bias, const float* k_bias, const float* v_bias,
@@ -15,10 +15,16 @@ extern "C" __global__ void rope_qkv_write_bf16(float* qkv, int ld, const float* 
     if (pos_base != nullptr) pos0 = *pos_base;
     const float pos = (float)(pos0 + r);
     float* row = qkv + (long long)r * ld;
-    rope_row(row, q_bias, inv_freq, heads, head_dim, pos);
     const float* kr = row + q_dim;
     const float* vr = kr + kv_dim;
     bf16_t* kc = k_cache + (long long)(pos0 + r) * kv_dim;
     bf16_t* vc = v_cache + (long long)(pos0 + r) * kv_dim;
-    kv_row_to_bf16(kr, vr, k_bias, v_bias, inv_freq, kv_heads, head_dim, pos, kc, vc);
+    // One index space over the row's q units, then its K/V units, so each thread has one unit when the launcher
+    // gives the row enough blocks.
+    const int q_units = heads * (head_dim / 2), units = q_units + kv_heads * (head_dim / 2);
+    for (int idx = row_unit_first(); idx < units; idx += row_unit_stride())
+    {
+        if (idx < q_units) rope_unit(row, q_bias, inv_freq, idx, head_dim, pos);
+        else kv_unit_to_bf16(kr, vr, k_bias, v_bias, inv_freq, idx - q_units, head_dim, pos, kc, vc);
+    }
 }

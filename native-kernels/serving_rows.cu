@@ -2,7 +2,7 @@
 //   rope_rows_f32   bias + RoPE on query rows, row r at positions[r] (rope.cu's formula, one position per row
 //                   instead of pos0 + r, so a batched row rotates exactly as the same row run alone).
 //   gather_rows_f32 dst row r = src row index[r] (the SwiftKV row selection: only rows that need logits go on).
-// Launch: grid (rows), block 128 / 256.
+// Launch: rope_rows_f32 grid (rows, RowGrid blocks per row), block 128; gather_rows_f32 grid (rows), block 256.
 #include "swiftkv_common.cuh"
 
 extern "C" __global__ void rope_rows_f32(float* q, int ld, const float* bias, const float* inv_freq, const int* positions,

@@ -183,13 +183,15 @@ public sealed class LinearKernelTests : GpuFixtureTest
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void RopeKv_RotatesQueryAndWritesCache(bool positionOnDevice)
+    [InlineData(false, 5, 6, 2, 14)]
+    [InlineData(true, 5, 6, 2, 14)]
+    [InlineData(true, 1, 32, 8, 128)]    // a decode row at Llama 3 8B's layout: the row's units span 20 blocks
+    [InlineData(false, 3, 32, 8, 128)]
+    public void RopeKv_RotatesQueryAndWritesCache(bool positionOnDevice, int rows, int heads, int kvHeads, int headDim)
     {
         Gpu.Require();
         var rng = new TestRng(74);
-        int rows = 5, heads = 6, kvHeads = 2, headDim = 14, qDim = heads * headDim, kvDim = kvHeads * headDim;
+        int qDim = heads * headDim, kvDim = kvHeads * headDim;
         int ld = qDim + 2 * kvDim + 3, pos0 = 9, capacity = 20;
         var cfg = new LlamaConfig { HeadDim = headDim, RopeTheta = 500000, RopeScaling = new Llama3RopeScaling(8, 1, 4, 16) };
         var inv = RotaryEmbedding.ComputeInvFreq(headDim, cfg.RopeTheta, cfg.RopeScaling);

@@ -42,6 +42,6 @@ public sealed unsafe class AttentionKvWriteKernel(KernelLibrary library)
         }
         _kernel ??= library.Get("attention_kv_write.cu", "paged_kv_write_bf16");
         void** args = stackalloc void*[] { &pk, &pv, &ld, &pkb, &pvb, &pf, &pp, &ps, &rows, &kvHeads, &headDim, &pkc, &pvc };
-        _kernel.Launch(stream, ((uint)rows, 1, 1), 128, 0, args);
+        _kernel.Launch(stream, RowGrid.For(rows, kvHeads * (headDim / 2)), RowGrid.Threads, 0, args);
     }
 }

@@ -35,6 +35,6 @@ public sealed unsafe class RopeKvKernel(KernelLibrary library)
         ulong pq = qkv.Address, pqb = KernelGuard.Address(qBias), pkb = KernelGuard.Address(kBias), pvb = KernelGuard.Address(vBias), pf = invFreq.Address;
         ulong ck = kCache.Address, cv = vCache.Address, pp = KernelGuard.Address(positionBase);
         void** args = stackalloc void*[] { &pq, &ld, &pqb, &pkb, &pvb, &pf, &rows, &heads, &kvHeads, &headDim, &pos0, &ck, &cv, &pp };
-        _k.Launch(stream, ((uint)rows, 1, 1), 128, 0, args, _library.ProgrammaticLaunch);
+        _k.Launch(stream, RowGrid.For(rows, (heads + kvHeads) * (headDim / 2)), RowGrid.Threads, 0, args, _library.ProgrammaticLaunch);
     }
 }

@@ -23,7 +23,7 @@ public sealed unsafe class RopeRowsKernel(KernelLibrary library)
         KernelGuard.Fits(positions, rows, n, nameof(positions), $"({rows})");
         ulong pq = q.Address, pb = KernelGuard.Address(bias), pf = invFreq.Address, pp = positions.Address;
         void** args = stackalloc void*[] { &pq, &ld, &pb, &pf, &pp, &rows, &heads, &headDim };
-        _k.Launch(stream, ((uint)rows, 1, 1), 128, 0, args);
+        _k.Launch(stream, RowGrid.For(rows, heads * (headDim / 2)), RowGrid.Threads, 0, args);
     }
 }
 
