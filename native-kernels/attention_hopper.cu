@@ -24,6 +24,12 @@
 #include "swiftkv_common.cuh"
 #include "attention_common.cuh"
 
+// 1: a warp keeps its softmax max while the new one is at most 2^8 above it, skipping O's rescale (FlashAttention-4's
+// conditional rescaling); 0: rescale every tile. bench/attention/hopper_probe.py times both.
+#ifndef WG_LAZY_RESCALE
+#define WG_LAZY_RESCALE 1
+#endif
+
 namespace
 {
 constexpr int HD = 128;              // head_dim
@@ -93,11 +99,12 @@ struct RowState
 };
 
 // Tile `n0`'s scores s (the m64nBN accumulators) -> P (bf16 pairs, A-fragment order), new max and row sums;
-// returns via alpha0/alpha1 the factors by which O must be rescaled. `diagonal` masks keys past each row's position.
+// returns via alpha0/alpha1 the factors by which O must be rescaled, and whether it must be at all (false: the warp
+// kept its max, see WG_LAZY_RESCALE). `diagonal` masks keys past each row's position.
 // fp8 caches: ksc / vsc (shared memory, this tile's keys) scale S's columns before the softmax and P's columns after
 // the row sums, so that P·V8 = P·V; null for bf16.
 template <int BN>
-__device__ __forceinline__ void softmax_tile(float* s, unsigned* p, RowState& st, int n0, bool diagonal, int quad,
+__device__ __forceinline__ bool softmax_tile(float* s, unsigned* p, RowState& st, int n0, bool diagonal, int quad,
     float scale_log2, float& alpha0, float& alpha1, const float* ksc, const float* vsc)
 {
     if (ksc != nullptr)
@@ -133,7 +140,18 @@ __device__ __forceinline__ void softmax_tile(float* s, unsigned* p, RowState& st
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float mn0 = fmaxf(st.m0, mx0 * scale_log2), mn1 = fmaxf(st.m1, mx1 * scale_log2);
+    float mn0 = fmaxf(st.m0, mx0 * scale_log2), mn1 = fmaxf(st.m1, mx1 * scale_log2);
+    bool rescale = true;
+#if WG_LAZY_RESCALE
+    // While no row of the warp has a new max more than 2^8 above the one its P and O are scaled to, keep the old
+    // max: P and the sums grow by at most 256x (far inside fp32 and bf16 range), and O needs no rescale this tile.
+    if (__all_sync(0xffffffffu, mn0 - st.m0 <= 8.f && mn1 - st.m1 <= 8.f))
+    {
+        mn0 = st.m0;
+        mn1 = st.m1;
+        rescale = false;
+    }
+#endif
     alpha0 = fast_exp2(st.m0 - mn0);
     alpha1 = fast_exp2(st.m1 - mn1);
     st.m0 = mn0;
@@ -160,6 +178,7 @@ __device__ __forceinline__ void softmax_tile(float* s, unsigned* p, RowState& st
     }
     st.l0 = st.l0 * alpha0 + sum0;
     st.l1 = st.l1 * alpha1 + sum1;
+    return rescale;
 }
 
 __device__ __forceinline__ void rescale_o(float* o, float alpha0, float alpha1)
@@ -403,10 +422,10 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
         wgmma_commit();
         wgmma_wait<0>();
         pin_registers<BN / 2>(s);
-        softmax_tile<BN>(s, p, st, j * BN, diagonal(j), quad, scale_log2, alpha0, alpha1,
+        const bool rescale = softmax_tile<BN>(s, p, st, j * BN, diagonal(j), quad, scale_log2, alpha0, alpha1,
             FP8 ? conv_scales : nullptr, FP8 ? conv_scales + BN : nullptr);
         pin_registers<64>(o);
-        rescale_o(o, alpha0, alpha1);
+        if (rescale) rescale_o(o, alpha0, alpha1);
         wgmma_fence();
         issue_pv<BN>(o, p, sVs + stage * KV_BYTES);
         wgmma_commit();

@@ -25,8 +25,13 @@
 // Launch (any):    grid ceil(out / GEMV_WARPS) or ceil(inter / GEMV_WARPS), block 32 · GEMV_WARPS.
 #include "swiftkv_common.cuh"
 
+// GEMV_WARPS must match GemvKernel.Warps (the launcher's grid); both may be overridden for bench/gemv_probe.py.
+#ifndef GEMV_WARPS
 #define GEMV_WARPS 8
+#endif
+#ifndef GEMV_UNROLL
 #define GEMV_UNROLL 4
+#endif
 
 __device__ __forceinline__ uint4 ld_stream16(const void* p)
 {

@@ -5,7 +5,7 @@ engine uses), checks the contiguous wgmma entry (the paged ones are tested by te
 fp32 reference (bf16-rounded inputs) on odd shapes, then
 times the wgmma entries, the mma.sync kernel Auto picks for prefill (flash_attn_d128_w4_m2_n32) and PyTorch SDPA
 on the same data in the same process. Also prints registers / spills from nvcc -Xptxas -v and counts HGMMA in
-the SASS. Usage there: python3 bench/attention/hopper_probe.py [--out DIR] [--quick]
+the SASS. Usage there: python3 bench/attention/hopper_probe.py [--out DIR] [--quick] [--variants "label=DEF=1;..."]
 """
 import argparse, json, math, os, subprocess, sys, tempfile
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KDIR = os.path.join(ROOT, "native-kernels")
 HD = 128
-WGMMA = [(64, 2, "")]   # (keys per tile, warpgroups, entry suffix): the entries attention_hopper.cu builds
+WGMMA = [(64, 2, "", "")]   # (keys per tile, warpgroups, entry suffix, build variant): the entries attention_hopper.cu builds
 
 
 def compile_module(name, defines=()):
@@ -51,12 +51,15 @@ def reference(qb, k, v, heads, kv_heads, pos0):
 
 
 class Launcher:
-    def __init__(self):
-        self.hopper = compile_module("attention_hopper.cu")
+    def __init__(self, variants=()):
+        # "" = the file as the engine builds it; each variant ("label", ["DEF=1", ...]) = the same file with -D overrides.
+        self.hopper = {"": compile_module("attention_hopper.cu")}
+        for label, defines in variants:
+            self.hopper[label] = compile_module("attention_hopper.cu", defines)
         self.flash = compile_module("attention_flash.cu")
 
-    def wgmma(self, bn, nwg, suffix, q, k, v, out, batch, T, heads, kv_heads, pos0, q_bstride, kv_bstride, o_bstride):
-        f = self.hopper.get_function(f"flash_attn_wgmma_d128_n{bn}_g{nwg}{suffix}")
+    def wgmma(self, bn, nwg, suffix, variant, q, k, v, out, batch, T, heads, kv_heads, pos0, q_bstride, kv_bstride, o_bstride):
+        f = self.hopper[variant].get_function(f"flash_attn_wgmma_d128_n{bn}_g{nwg}{suffix}")
         bm = 64 * nwg
         smem = (bm + 4 * bn) * 256 + 1024
         f.max_dynamic_shared_size_bytes = smem
@@ -88,7 +91,8 @@ def check(L, results):
         k = (torch.randn(batch, cap, kv_heads, HD, device="cuda")).bfloat16()
         v = torch.randn(batch, cap, kv_heads, HD, device="cuda").bfloat16()
         refs = [reference(q[b].bfloat16(), k[b], v[b], heads, kv_heads, pos0) for b in range(batch)]
-        for label, fn in [(f"wgmma n{bn} g{g}{x}", (lambda bn, g, x: lambda *a: L.wgmma(bn, g, x, *a))(bn, g, x)) for bn, g, x in WGMMA] + [("mma m2 n32", L.mma)]:
+        for label, fn in [(f"wgmma n{bn} g{g}{x}{'[' + vr + ']' if vr else ''}", (lambda bn, g, x, vr: lambda *a: L.wgmma(bn, g, x, vr, *a))(bn, g, x, vr))
+                          for bn, g, x, vr in WGMMA] + [("mma m2 n32", L.mma)]:
             out = torch.full((batch, T, heads * HD), float("nan"), device="cuda").bfloat16()   # poisoned
             fn(q, k, v, out, batch, T, heads, kv_heads, pos0, T * heads * HD, cap * kv_heads * HD, T * heads * HD)
             torch.cuda.synchronize()
@@ -120,8 +124,8 @@ def bench(L, results, lengths):
         reps = 20 if S <= 8192 else 5
         row = dict(S=S)
         args = (q, k, v, out, 1, S, heads, kv_heads, 0, 0, 0, 0)
-        for bn, g, x in WGMMA:
-            row[f"wgmma_n{bn}_g{g}{x}"] = timed(lambda: L.wgmma(bn, g, x, *args), reps)
+        for bn, g, x, vr in WGMMA:
+            row[f"wgmma_n{bn}_g{g}{x}{'[' + vr + ']' if vr else ''}"] = timed(lambda: L.wgmma(bn, g, x, vr, *args), reps)
         row["mma_m2_n32"] = timed(lambda: L.mma(*args), reps)
         qs = q.view(1, S, heads, HD).transpose(1, 2).bfloat16()
         ks, vs = k.view(1, S, kv_heads, HD).transpose(1, 2), v.view(1, S, kv_heads, HD).transpose(1, 2)
@@ -134,12 +138,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--variants", default="", help='build variants timed beside the file as built: "label=DEF=1,DEF2=0;label2=..."')
     a = ap.parse_args()
+    variants = []
+    for spec in filter(None, a.variants.split(";")):
+        label, _, defs = spec.partition("=")
+        variants.append((label, [d for d in defs.split(",") if d]))
+        WGMMA.extend((bn, g, x, label) for bn, g, x, vr in list(WGMMA) if vr == "")
     results = dict(gpu=torch.cuda.get_device_name(), check=[], bench=[])
     lines, hgmma, hmma = resources("attention_hopper.cu")
     print("\n".join(lines)); print(f"SASS: {hgmma} HGMMA, {hmma} HMMA", flush=True)
     results["ptxas"] = lines
-    L = Launcher()
+    L = Launcher(variants)
     check(L, results)
     bench(L, results, [2048, 8192] if a.quick else [2048, 4096, 8192, 16384, 32768])
     json.dump(results, open(os.path.join(a.out, "hopper_probe.json"), "w"), indent=1)
