@@ -230,6 +230,8 @@ struct WgSeq
     const unsigned char* v8;
     const float* k_scale;      // fp8 pool: scale of (slot, this KV head) at [slot * kv_heads]
     const float* v_scale;
+    const float* rope;         // null: q is rotated; else q is not, and row t's cos / sin are at rope + t * HD
+                               // ([cos of the HD/2 pairs | sin of them]): RoPE is applied as Q is staged
 };
 
 // Shared memory of an entry: bf16 caches Q + 2 stages x (K, V); fp8 caches Q + one bf16 (K, V) stage + 2 staging
@@ -363,19 +365,59 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
     }
     else load_kv(0, 0);
     // Q: fp32 -> bf16 into the swizzled panels (rows past the step are zeros).
-#pragma unroll 4
-    for (int i = tid; i < BM * 16; i += THREADS)
+    if (sq.rope == nullptr)
     {
-        const int r = i >> 4, cc = i & 15, pr = row0 + r;
-        uint4 w = make_uint4(0u, 0u, 0u, 0u);
-        if (pr < rows_total)
+#pragma unroll 4
+        for (int i = tid; i < BM * 16; i += THREADS)
         {
-            const int t = pr / group, h = kvh * group + pr % group;
-            const float4* src = reinterpret_cast<const float4*>(q + (long long)t * ldq + h * HD + cc * 8);
-            const float4 a = src[0], c = src[1];
-            w = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(c.x, c.y), pack_bf16(c.z, c.w));
+            const int r = i >> 4, cc = i & 15, pr = row0 + r;
+            uint4 w = make_uint4(0u, 0u, 0u, 0u);
+            if (pr < rows_total)
+            {
+                const int t = pr / group, h = kvh * group + pr % group;
+                const float4* src = reinterpret_cast<const float4*>(q + (long long)t * ldq + h * HD + cc * 8);
+                const float4 a = src[0], c = src[1];
+                w = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(c.x, c.y), pack_bf16(c.z, c.w));
+            }
+            *reinterpret_cast<uint4*>(sbase + (cc >> 3) * (BM * PANEL_ROW) + sw128(r, cc & 7)) = w;
         }
-        *reinterpret_cast<uint4*>(sbase + (cc >> 3) * (BM * PANEL_ROW) + sw128(r, cc & 7)) = w;
+    }
+    else
+    {
+        // RoPE here instead of a pass over Q in memory: chunk cc (dims 8cc..8cc+7) and chunk cc + 8 (the same pairs'
+        // other halves) are rotated together, x' = x cos - y sin, y' = y cos + x sin (swiftkv_common.cuh's rope_pair).
+#pragma unroll 2
+        for (int i = tid; i < BM * 8; i += THREADS)
+        {
+            const int r = i >> 3, cc = i & 7, pr = row0 + r;
+            uint4 wx = make_uint4(0u, 0u, 0u, 0u), wy = wx;
+            if (pr < rows_total)
+            {
+                const int t = pr / group, h = kvh * group + pr % group;
+                const float* qr = q + (long long)t * ldq + h * HD + cc * 8;
+                const float* cs = sq.rope + (long long)t * HD + cc * 8;
+                float x[8], y[8], co[8], sn[8];
+                *reinterpret_cast<float4*>(x) = reinterpret_cast<const float4*>(qr)[0];
+                *reinterpret_cast<float4*>(x + 4) = reinterpret_cast<const float4*>(qr)[1];
+                *reinterpret_cast<float4*>(y) = reinterpret_cast<const float4*>(qr + HD / 2)[0];
+                *reinterpret_cast<float4*>(y + 4) = reinterpret_cast<const float4*>(qr + HD / 2)[1];
+                *reinterpret_cast<float4*>(co) = reinterpret_cast<const float4*>(cs)[0];
+                *reinterpret_cast<float4*>(co + 4) = reinterpret_cast<const float4*>(cs)[1];
+                *reinterpret_cast<float4*>(sn) = reinterpret_cast<const float4*>(cs + HD / 2)[0];
+                *reinterpret_cast<float4*>(sn + 4) = reinterpret_cast<const float4*>(cs + HD / 2)[1];
+                float rx[8], ry[8];
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                {
+                    rx[e] = x[e] * co[e] - y[e] * sn[e];
+                    ry[e] = y[e] * co[e] + x[e] * sn[e];
+                }
+                wx = make_uint4(pack_bf16(rx[0], rx[1]), pack_bf16(rx[2], rx[3]), pack_bf16(rx[4], rx[5]), pack_bf16(rx[6], rx[7]));
+                wy = make_uint4(pack_bf16(ry[0], ry[1]), pack_bf16(ry[2], ry[3]), pack_bf16(ry[4], ry[5]), pack_bf16(ry[6], ry[7]));
+            }
+            *reinterpret_cast<uint4*>(sbase + sw128(r, cc)) = wx;
+            *reinterpret_cast<uint4*>(sbase + BM * PANEL_ROW + sw128(r, cc)) = wy;
+        }
     }
     fence_proxy_async();
 
@@ -467,17 +509,18 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
 // batch * kv_heads), 128 * NWG threads, dynamic shared memory (BM + 4 * BN) * 256 bytes (Q, two stages of K and V)
 // + 1024 for the alignment. Sequence b's queries at q + b * q_bstride (fp32, row stride ldq, 16-byte aligned rows),
 // caches at k / v + b * kv_bstride ((capacity, kv_heads, 128) bf16), output rows at out + b * o_bstride (row stride
-// heads * 128, bf16). A query at position pos0 + t sees keys 0 .. pos0 + t.
+// heads * 128, bf16). A query at position pos0 + t sees keys 0 .. pos0 + t. rope (may be null): q is not rotated yet,
+// row t's [cos | sin] of its 64 pairs are at rope + t * 128 (every sequence of the batch at the same positions).
 #define FA_WGMMA_ENTRY(BN, NWG, CTAS)                                                                                    \
 extern "C" __global__ void __launch_bounds__(128 * NWG, CTAS) flash_attn_wgmma_d128_n##BN##_g##NWG(const float* q,     \
     long long q_bstride, int ldq, const bf16_t* k, const bf16_t* v, long long kv_bstride, bf16_t* out,                   \
-    long long o_bstride, int T, int heads, int kv_heads, int pos0, float scale_log2)                                     \
+    long long o_bstride, int T, int heads, int kv_heads, int pos0, float scale_log2, const float* rope)                  \
 {                                                                                                                        \
     int tile_m, pair;                                                                                                    \
     heavy_first(tile_m, pair);                                                                                           \
     const int b = pair / kv_heads, kvh = pair % kv_heads;                                                                \
     const WgSeq sq{q + b * q_bstride, ldq, out + b * o_bstride, heads * HD, T, pos0, k + b * kv_bstride + kvh * HD,     \
-        v + b * kv_bstride + kvh * HD, nullptr, 0, nullptr, nullptr, nullptr, nullptr};                                  \
+        v + b * kv_bstride + kvh * HD, nullptr, 0, nullptr, nullptr, nullptr, nullptr, rope};                            \
     FA_WGMMA_BODY(flash_wgmma<BN, NWG, false>(sq, kvh, tile_m, heads, kv_heads, scale_log2));                            \
 }
 
@@ -497,7 +540,8 @@ extern "C" __global__ void __launch_bounds__(128 * NWG, CTAS) flash_attn_paged_w
     const int s = pair / kv_heads, kvh = pair % kv_heads, q0 = cu_q[s], T = cu_q[s + 1] - q0;                            \
     if (T <= 0) return;                                                                                                  \
     const WgSeq sq{q + (long long)q0 * ldq, ldq, out + (long long)q0 * ldo, ldo, T, ctx_lens[s] - T, k_cache + kvh * HD, \
-        v_cache + kvh * HD, block_tables + (long long)s * max_blocks, block_shift, nullptr, nullptr, nullptr, nullptr};   \
+        v_cache + kvh * HD, block_tables + (long long)s * max_blocks, block_shift, nullptr, nullptr, nullptr, nullptr,    \
+        nullptr};                                                                                                        \
     FA_WGMMA_BODY(flash_wgmma<BN, NWG, false>(sq, kvh, tile_m, heads, kv_heads, scale_log2));                            \
 }
 
@@ -515,7 +559,7 @@ extern "C" __global__ void __launch_bounds__(128 * NWG, CTAS) flash_attn_paged_f
     if (T <= 0) return;                                                                                                  \
     const WgSeq sq{q + (long long)q0 * ldq, ldq, out + (long long)q0 * ldo, ldo, T, ctx_lens[s] - T, nullptr, nullptr,  \
         block_tables + (long long)s * max_blocks, block_shift, k_cache + kvh * HD, v_cache + kvh * HD, k_scale + kvh,     \
-        v_scale + kvh};                                                                                                  \
+        v_scale + kvh, nullptr};                                                                                         \
     FA_WGMMA_BODY(flash_wgmma<BN, NWG, true>(sq, kvh, tile_m, heads, kv_heads, scale_log2));                             \
 }
 

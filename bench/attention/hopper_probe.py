@@ -67,7 +67,7 @@ class Launcher:
         f((m_tiles, batch * kv_heads), (128 * nwg,),
           (np.uint64(q.data_ptr()), np.int64(q_bstride), np.int32(heads * HD), np.uint64(k.data_ptr()), np.uint64(v.data_ptr()),
            np.int64(kv_bstride), np.uint64(out.data_ptr()), np.int64(o_bstride), np.int32(T), np.int32(heads),
-           np.int32(kv_heads), np.int32(pos0), np.float32(1.0 / math.sqrt(HD) * 1.4426950408889634)), shared_mem=smem)
+           np.int32(kv_heads), np.int32(pos0), np.float32(1.0 / math.sqrt(HD) * 1.4426950408889634), np.uint64(0)), shared_mem=smem)
 
     def mma(self, q, k, v, out, batch, T, heads, kv_heads, pos0, q_bstride, kv_bstride, o_bstride):
         f = self.flash.get_function("flash_attn_d128_w4_m2_n32")

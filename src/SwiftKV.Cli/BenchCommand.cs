@@ -28,7 +28,7 @@ namespace SwiftKV.Cli;
 internal static class BenchCommand
 {
     const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] [--decode-batches 32,128|none] " +
-        "[--runs 3] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--load DIR] [--out bench.json] [--md bench.md]";
+        "[--runs 3] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--load DIR] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
     sealed record Variant(string Name, LlamaConfig Config, bool SwiftKv);
@@ -48,6 +48,9 @@ internal static class BenchCommand
             throw new UsageException($"--gemv-rows: each must be in 1..{SwiftKV.Cuda.Kernels.GemvKernel.MaxRows}");
         string outJson = a.String("out") ?? "bench.json";
         string? outMd = a.String("md");
+        string ropeArg = a.String("rope-on-load") ?? "on";
+        if (ropeArg is not ("on" or "both")) throw new UsageException("--rope-on-load: on (default) or both (each prefill case also with the RoPE pass rotating q in memory)");
+        bool ropeBoth = ropeArg == "both";
         a.RejectUnknown();
         if (runs < 1 || steps < 1 || context < 1) throw new UsageException("--runs, --decode-steps and --decode-context must be >= 1");
         if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("bench needs a CUDA GPU: " + why);
@@ -85,7 +88,7 @@ internal static class BenchCommand
         var results = new JsonArray();
         foreach (var v in variants)
         {
-            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md);
+            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth);
             results.Add(vj);
         }
         json["variants"] = results;
@@ -193,7 +196,7 @@ internal static class BenchCommand
     }
 
     static JsonObject BenchVariant(Variant v, (int Batch, int Length)[] cases, int context, int steps, int[] decodeBatches, int runs, double maxCase,
-        double roofTflops, double roofGbps, StringBuilder md)
+        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth = false)
     {
         var cfg = v.Config;
         var sw = Stopwatch.StartNew();
@@ -207,9 +210,11 @@ internal static class BenchCommand
 
         var prefill = new JsonArray();
         double? lastPerToken2 = null;   // seconds / length^2 of the previous case: extrapolates attention-bound cases
-        foreach (var (batch, length) in cases)
+        foreach (var (batch, length, ropeOnLoad) in cases.SelectMany(c => (ropeBoth ? new[] { true, false } : [true]).Select(r => (c.Batch, c.Length, r))))
         {
             if (length > cfg.MaxPositionEmbeddings) continue;
+            backend.UseRopeOnLoad = ropeOnLoad;
+            string mode = ropeOnLoad ? "" : " (RoPE pass rotates q in memory)";
             double flops = batch * PrefillFlops(cfg, v.SwiftKv, length);
             if (lastPerToken2 is { } k && k * length * length * batch > maxCase)
             {
@@ -238,10 +243,11 @@ internal static class BenchCommand
             }
             double med = MedianOf(times), tps = batch * length / (med * 1e-3), tf = flops / (med * 1e-3) / 1e12;
             lastPerToken2 = med * 1e-3 / ((double)length * length * batch);
-            Log($"{v.Name}: prefill {batch}x{length}: {med:F1} ms, {tps:F0} tokens/s, {tf:F0} TFLOP/s ({times.Count} timed)");
-            md.AppendLine($"| {v.Name} | prefill {batch}x{length} | {med:F1} ms | {tps:F0} | {tf:F0} ({100 * tf / roofTflops:F0}%) | | {times.Count} timed |");
-            prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["ms"] = med, ["tokens_per_s"] = tps, ["tflops"] = tf, ["flops"] = flops, ["runs"] = times.Count });
+            Log($"{v.Name}: prefill {batch}x{length}{mode}: {med:F1} ms, {tps:F0} tokens/s, {tf:F0} TFLOP/s ({times.Count} timed)");
+            md.AppendLine($"| {v.Name} | prefill {batch}x{length}{mode} | {med:F1} ms | {tps:F0} | {tf:F0} ({100 * tf / roofTflops:F0}%) | | {times.Count} timed |");
+            prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = ropeOnLoad, ["ms"] = med, ["tokens_per_s"] = tps, ["tflops"] = tf, ["flops"] = flops, ["runs"] = times.Count });
         }
+        backend.UseRopeOnLoad = true;
         vj["prefill"] = prefill;
         vj["decode"] = BenchDecode(v, backend, context, steps, roofGbps, kvPerToken, md);
         if (decodeBatches.Length > 0 && !backend.SupportsBatchedStep)

@@ -4,7 +4,9 @@
 // unwritten output or a key read past the causal end fails. Tolerance: bf16 Q and P on the tensor cores add about
 // 2^-9 relative per term, so ||out - ref|| / ||ref|| <= 1e-2 and element-wise 2e-2·|ref| + 5e-3·max|ref|.
 using SwiftKV.Cuda.Kernels;
+using SwiftKV.Engine.Cpu;
 using SwiftKV.Engine.Tests;
+using SwiftKV.Model;
 using Xunit;
 
 namespace SwiftKV.Cuda.Tests;
@@ -146,6 +148,61 @@ public sealed class AttentionTests : GpuFixtureTest
     /// A prefill-sized batch whose query rows are not 16-byte aligned (odd row stride): Auto must not take the wgmma
     /// kernel (it reads Q as float4) but the flash kernel, which reads such rows element by element, and still match.
     /// </summary>
+    [Theory]
+    [InlineData(1, 70, 8, 2, 0)]      // GQA 4, 3 row tiles
+    [InlineData(1, 33, 16, 2, 45)]    // a chunk after 45 cached tokens
+    [InlineData(2, 130, 4, 1, 17)]    // two sequences at the same positions (one table), MQA
+    public void Hopper_RotatesQueriesOnLoad_MatchesRotatedReference(int batch, int rows, int heads, int kvHeads, int pos0)
+    {
+        Gpu.RequireHopper();
+        const int headDim = 128;
+        var rng = new TestRng((ulong)(3000 + rows + heads + pos0));
+        int capacity = pos0 + rows + 3, kvDim = kvHeads * headDim, ldq = heads * headDim + 3 * kvDim;
+        long qbs = (long)rows * ldq, kvbs = (long)capacity * kvDim, obs = (long)rows * heads * headDim;
+        var q = rng.Array(batch * qbs, 1.5f);
+        var kc = Bf16.FromSingles(rng.Array(batch * kvbs, 1.5f));
+        var vc = Bf16.FromSingles(rng.Array(batch * kvbs, 1f));
+        var cfg = new LlamaConfig { HeadDim = headDim, RopeTheta = 500000, RopeScaling = new Llama3RopeScaling(8, 1, 4, 64) };
+        var rope = new RotaryEmbedding(cfg);
+        var table = new float[rows * headDim];
+        var rotated = (float[])q.Clone();
+        Span<float> cos = stackalloc float[headDim / 2], sin = stackalloc float[headDim / 2];
+        for (int t = 0; t < rows; t++)
+        {
+            rope.Angles(pos0 + t, cos, sin);
+            cos.CopyTo(table.AsSpan(t * headDim));
+            sin.CopyTo(table.AsSpan(t * headDim + headDim / 2));
+            for (int b = 0; b < batch; b++)
+                RotaryEmbedding.Rotate(rotated.AsSpan((int)(b * qbs + t * ldq), heads * headDim), heads, cos, sin);
+        }
+        using var dq = new DeviceBuffer<float>(q);
+        using var dk = new DeviceBuffer<Bf16>(kc);
+        using var dv = new DeviceBuffer<Bf16>(vc);
+        using var dt = new DeviceBuffer<float>(table);
+        using var dOut = Gpu.PoisonedBf16(batch * obs);
+        using var attention = new AttentionKernel(Library) { Path = AttentionPath.Hopper };
+        Assert.True(attention.RotatesQueriesOnLoad(dq, ldq, qbs, batch, rows, heads, kvHeads, headDim));
+        attention.LaunchBatched(Stream, dq, ldq, qbs, dk, dv, kvbs, capacity, dOut, obs, batch, rows, heads, kvHeads, headDim, pos0, dt.Span);
+        Stream.Synchronize();
+        Assert.Equal("flash_attn_wgmma_d128_n64_g2", attention.LastLaunch.Kernel);
+        Assert.Equal(q, dq.ToArray());   // the queries in memory stay unrotated
+        var got = Bf16.ToSingles(dOut.ToArray());
+        var k = Bf16.ToSingles(kc);
+        var v = Bf16.ToSingles(vc);
+        for (int b = 0; b < batch; b++)
+        {
+            var want = Reference(rotated, b * qbs, ldq, k, v, b * kvbs, rows, heads, kvHeads, headDim, pos0);
+            AssertClose(got.AsSpan((int)(b * obs), want.Length), want, $"rope on load, sequence {b}");
+        }
+
+        // Only the wgmma kernel takes a table: another path says so instead of attending over unrotated queries.
+        attention.Path = AttentionPath.Flash4Warps32Rows;
+        Assert.False(attention.RotatesQueriesOnLoad(dq, ldq, qbs, batch, rows, heads, kvHeads, headDim));
+        var e = Assert.Throws<ArgumentException>(() =>
+            attention.LaunchBatched(Stream, dq, ldq, qbs, dk, dv, kvbs, capacity, dOut, obs, batch, rows, heads, kvHeads, headDim, pos0, dt.Span));
+        Assert.Contains("only the wgmma kernel", e.Message);
+    }
+
     [Fact]
     public void Auto_UnalignedQueries_FallBackToFlash()
     {

@@ -182,6 +182,46 @@ public sealed class LinearKernelTests : GpuFixtureTest
         Gpu.Close(Bf16.ToSingles(dOut.ToArray()), want, Bf16Rel, 1e-6, "silu_mul_bf16");
     }
 
+    [Fact]
+    public void RopeKv_WithRopeTable_LeavesQueryAndWritesAngles()
+    {
+        Gpu.Require();
+        var rng = new TestRng(75);
+        int rows = 3, heads = 32, kvHeads = 8, headDim = 128, qDim = heads * headDim, kvDim = kvHeads * headDim;
+        int ld = qDim + 2 * kvDim, pos0 = 9, capacity = 16;
+        var cfg = new LlamaConfig { HeadDim = headDim, RopeTheta = 500000, RopeScaling = new Llama3RopeScaling(8, 1, 4, 16) };
+        var inv = RotaryEmbedding.ComputeInvFreq(headDim, cfg.RopeTheta, cfg.RopeScaling);
+        var src = rng.Array((long)rows * ld, 2f);
+        using var dq = new DeviceBuffer<float>(src);
+        using var df = new DeviceBuffer<float>(inv);
+        using var table = Gpu.Poisoned((long)rows * headDim);
+        using var kc = Gpu.PoisonedBf16((long)capacity * kvDim);
+        using var vc = Gpu.PoisonedBf16((long)capacity * kvDim);
+        new RopeKvKernel(Library).Launch(Stream, dq, ld, null, null, null, df, rows, heads, kvHeads, headDim, pos0, kc, vc, capacity, null, table.Span);
+        Stream.Synchronize();
+
+        Assert.Equal(src, dq.ToArray());   // q (and the K/V columns) untouched: the attention kernel rotates q
+        var rope = new RotaryEmbedding(cfg);
+        var got = table.ToArray();
+        var k = Bf16.ToSingles(kc.ToArray());
+        Span<float> cos = stackalloc float[headDim / 2], sin = stackalloc float[headDim / 2];
+        for (int r = 0; r < rows; r++)
+        {
+            rope.Angles(pos0 + r, cos, sin);
+            var want = new double[headDim];
+            for (int i = 0; i < headDim / 2; i++) { want[i] = cos[i]; want[headDim / 2 + i] = sin[i]; }
+            Gpu.Close(got.AsSpan(r * headDim, headDim), want, 1e-5, 1e-5, $"angles row {r}");
+            var kr = src.AsSpan(r * ld + qDim, kvDim).ToArray();
+            RotaryEmbedding.Rotate(kr, kvHeads, cos, sin);
+            Gpu.Close(k.AsSpan((pos0 + r) * kvDim, kvDim), kr.Select(f => (double)f).ToArray(), Bf16Rel, 1e-5, $"k slot {pos0 + r}");
+        }
+
+        // A q bias cannot be added to queries that the attention kernel will rotate.
+        using var qb = new DeviceBuffer<float>(qDim);
+        Assert.Throws<ArgumentException>(() => new RopeKvKernel(Library).Launch(Stream, dq, ld, qb.Span, null, null, df, rows, heads, kvHeads, headDim,
+            pos0, kc, vc, capacity, null, table.Span));
+    }
+
     [Theory]
     [InlineData(false, 5, 6, 2, 14)]
     [InlineData(true, 5, 6, 2, 14)]

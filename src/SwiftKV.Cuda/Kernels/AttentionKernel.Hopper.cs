@@ -77,14 +77,14 @@ public sealed unsafe partial class AttentionKernel
     }
 
     void LaunchHopper(CudaStream stream, DeviceSpan<float> q, int ldq, long qBatchStride, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache,
-        long kvBatchStride, DeviceSpan<Bf16> output, long outBatchStride, int batch, int rows, int heads, int kvHeads, int pos0)
+        long kvBatchStride, DeviceSpan<Bf16> output, long outBatchStride, int batch, int rows, int heads, int kvHeads, int pos0, DeviceSpan<float>? ropeTable)
     {
         var k = HopperKernel(HopperEntry, HopperSharedBytes);
         int mTiles = (int)(((long)rows * (heads / kvHeads) + HopperRows - 1) / HopperRows);
         float scaleLog2 = (float)(1.0 / Math.Sqrt(128)) * Log2E;
-        ulong pq = q.Address, pk = kCache.Address, pv = vCache.Address, po = output.Address;
+        ulong pq = q.Address, pk = kCache.Address, pv = vCache.Address, po = output.Address, pr = KernelGuard.Address(ropeTable);
         long qbs = qBatchStride, kvbs = kvBatchStride, obs = outBatchStride;
-        void** args = stackalloc void*[] { &pq, &qbs, &ldq, &pk, &pv, &kvbs, &po, &obs, &rows, &heads, &kvHeads, &pos0, &scaleLog2 };
+        void** args = stackalloc void*[] { &pq, &qbs, &ldq, &pk, &pv, &kvbs, &po, &obs, &rows, &heads, &kvHeads, &pos0, &scaleLog2, &pr };
         k.Launch(stream, ((uint)mTiles, (uint)(batch * kvHeads), 1), 256, HopperSharedBytes, args);
         LastLaunch = (HopperEntry, 1);
     }

@@ -82,16 +82,31 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
 
     /// <summary>One sequence: the engine's per-layer call.</summary>
     public void Launch(CudaStream stream, DeviceSpan<float> q, int ldq, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity,
-        DeviceSpan<Bf16> output, int rows, int heads, int kvHeads, int headDim, int pos0)
+        DeviceSpan<Bf16> output, int rows, int heads, int kvHeads, int headDim, int pos0, DeviceSpan<float>? ropeTable = null)
         => LaunchBatched(stream, q, ldq, (long)rows * ldq, kCache, vCache, (long)capacity * kvHeads * headDim, capacity,
-            output, (long)rows * heads * headDim, 1, rows, heads, kvHeads, headDim, pos0);
+            output, (long)rows * heads * headDim, 1, rows, heads, kvHeads, headDim, pos0, ropeTable);
+
+    /// <summary>
+    /// Whether a launch of this shape runs the wgmma kernel (Path Hopper, or Auto choosing it), the one kernel that can
+    /// rotate the queries as it loads them: only then may <see cref="LaunchBatched"/> be given a rope table.
+    /// </summary>
+    public bool RotatesQueriesOnLoad(DeviceSpan<float> q, int ldq, long qBatchStride, int batch, int rows, int heads, int kvHeads, int headDim)
+    {
+        if (heads < 1 || kvHeads < 1 || heads % kvHeads != 0) return false;
+        bool hopperOk = FlashApplies(headDim) && (long)batch * kvHeads <= 65535 && HopperApplies(q, ldq, qBatchStride, batch, headDim, out _);
+        return hopperOk && (Path == AttentionPath.Hopper || Path == AttentionPath.Auto && HopperPays(batch, rows, heads, kvHeads));
+    }
 
     /// <summary>
     /// <paramref name="batch"/> sequences at the same positions: sequence b's queries start at q + b·qBatchStride, its
     /// caches at k/v + b·kvBatchStride (each (capacity, kv_heads, head_dim)), its output at output + b·outBatchStride.
+    /// <paramref name="ropeTable"/>: the queries are not rotated yet; row t's angles, (rows, head_dim) fp32 as cos of
+    /// the head_dim/2 pairs then their sin (RopeKvKernel writes it), are applied as the wgmma kernel loads them. Only
+    /// that kernel takes a table (<see cref="RotatesQueriesOnLoad"/>); any other path is an error.
     /// </summary>
     public void LaunchBatched(CudaStream stream, DeviceSpan<float> q, int ldq, long qBatchStride, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache,
-        long kvBatchStride, int capacity, DeviceSpan<Bf16> output, long outBatchStride, int batch, int rows, int heads, int kvHeads, int headDim, int pos0)
+        long kvBatchStride, int capacity, DeviceSpan<Bf16> output, long outBatchStride, int batch, int rows, int heads, int kvHeads, int headDim, int pos0,
+        DeviceSpan<float>? ropeTable = null)
     {
         const string n = "attention";
         KernelGuard.Positive(batch, n, nameof(batch));
@@ -108,6 +123,9 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
         KernelGuard.Fits(kCache, (batch - 1) * kvBatchStride + capacity * kvDim, n, nameof(kCache), $"({batch}, {capacity}, {kvHeads}, {headDim})");
         KernelGuard.Fits(vCache, (batch - 1) * kvBatchStride + capacity * kvDim, n, nameof(vCache), $"({batch}, {capacity}, {kvHeads}, {headDim})");
         KernelGuard.Fits(output, (batch - 1) * outBatchStride + rows * outRow, n, nameof(output), $"({batch}, {rows}, {outRow})");
+        KernelGuard.FitsOptional(ropeTable, (long)rows * headDim, n, nameof(ropeTable), $"({rows}, {headDim})");
+        if (ropeTable is { } rt && rt.Address % 16 != 0)
+            throw new ArgumentException($"{n}: the rope table must be 16-byte aligned (the kernel reads it as float4).", nameof(ropeTable));
 
         var path = Path;
         bool flashOk = FlashApplies(headDim) && (long)batch * kvHeads <= 65535;
@@ -121,9 +139,11 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
         if (path == AttentionPath.Hopper)
         {
             if (!hopperOk) throw new ArgumentException($"{n}: the wgmma kernel cannot run this launch: {notHopper ?? FlashMissing(headDim, batch * kvHeads)}.", nameof(Path));
-            LaunchHopper(stream, q, ldq, qBatchStride, kCache, vCache, kvBatchStride, output, outBatchStride, batch, rows, heads, kvHeads, pos0);
+            LaunchHopper(stream, q, ldq, qBatchStride, kCache, vCache, kvBatchStride, output, outBatchStride, batch, rows, heads, kvHeads, pos0, ropeTable);
             return;
         }
+        if (ropeTable is not null)
+            throw new ArgumentException($"{n}: only the wgmma kernel rotates queries as it loads them, and this launch takes {path} (ask RotatesQueriesOnLoad first).", nameof(ropeTable));
         if (path != AttentionPath.Simple && !flashOk)
             throw new ArgumentException($"{n}: the flash kernel cannot run this launch: {FlashMissing(headDim, batch * kvHeads)}.", nameof(Path));
         if (path == AttentionPath.Simple)

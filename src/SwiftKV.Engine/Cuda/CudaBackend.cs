@@ -14,7 +14,8 @@
 // RMSNorm folded in and silu·up -> down GEMV accumulated into x: 6 launches, all programmatic on sm_90+.
 // The previous path (UseFusedDecode off, kept for benchmarks): separate RMSNorm launches, attention + combine
 // launched between graph segments (the attention took its position by value).
-// Longer steps (prefill): norm -> [q;k;v] linear -> bias+RoPE(q) and bias+RoPE(k)+cache write -> attention ->
+// Longer steps (prefill): norm -> [q;k;v] linear -> bias+RoPE(q) and bias+RoPE(k)+cache write (on the wgmma path q is
+// left unrotated and the pass writes the step's angles; the attention kernel rotates q as it loads it) -> attention ->
 // o_proj linear accumulated into x -> o bias + post norm -> [gate;up] linear with silu·up -> down linear into x.
 // Every projection goes through Linear / GateUpSilu: steps of a few rows (decode) take the
 // bandwidth-bound GEMV (each weight byte read once; the SwiGLU fused into the [gate;up] GEMV), longer steps cuBLAS
@@ -192,6 +193,13 @@ public sealed partial class CudaBackend : IModelBackend
     }
     bool _fusedDecode = true;
 
+    /// <summary>
+    /// Prefill steps on the wgmma attention path rotate the queries as the attention kernel loads them (default): the
+    /// RoPE pass then writes K/V and the angles only. Off: the RoPE pass rotates q in memory (benchmarks compare).
+    /// </summary>
+    public bool UseRopeOnLoad { get => _ropeOnLoad; set => _ropeOnLoad = value; }
+    bool _ropeOnLoad = true;
+
     /// <summary>GEMV kernels prefetch the start of their weight rows into L2 before waiting (benchmarks compare; off by default).</summary>
     public bool UseGemvPrefetch
     {
@@ -313,9 +321,10 @@ public sealed partial class CudaBackend : IModelBackend
             var layer = _w.Layers[i];
             int ld = cfg.QueryDim + 2 * cfg.KeyValueDim;
             NormLinear(x, rows, layer.InputLayernorm, layer.QkvOrQ, ld, _ws.Qkv);
+            var ropeTable = RopeOnLoad(rows, ld, layer, positionBase) ? _ws.Rope.Span : (DeviceSpan<float>?)null;
             _ropeKv.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, layer.KBias?.Span, layer.VBias?.Span, _w.InvFreq, rows,
-                cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, start, c.Keys(i), c.Values(i), c.Capacity, positionBase);
-            AttentionAndMlp(x, rows, start, layer, ld, c, i, positionBase, queryRotated: true);
+                cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, start, c.Keys(i), c.Values(i), c.Capacity, positionBase, ropeTable);
+            AttentionAndMlp(x, rows, start, layer, ld, c, i, positionBase, queryRotated: true, ropeTable);
         }
 
         int pos0 = start;
@@ -374,6 +383,17 @@ public sealed partial class CudaBackend : IModelBackend
     /// <summary>Decode-sized steps fold the RMSNorm into the GEMV (no bias to add into x first, UseFusedDecode on).</summary>
     bool FoldNorm(int rows, int maxRows, DeviceSpan<float>? bias) =>
         _fusedDecode && _useGemv && bias is null && rows <= Math.Min(maxRows, GemvKernel.MaxRmsRows);
+
+    /// <summary>
+    /// Whether this layer's queries are rotated by the attention kernel as it loads them (the wgmma path of a prefill
+    /// step, no q bias) instead of by the RoPE pass, which then writes the step's angles to the Rope workspace.
+    /// </summary>
+    bool RopeOnLoad(int rows, int ld, CudaLayerWeights layer, DeviceSpan<int>? positionBase)
+    {
+        var cfg = Config;
+        return _ropeOnLoad && positionBase is null && layer.QBias is null
+            && _attention.RotatesQueriesOnLoad(_ws.Qkv, ld, (long)rows * ld, 1, rows, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim);
+    }
 
     /// <summary>
     /// y (rows, outDim) fp32 = (RMSNorm(x) · normWeight) · wᵀ: the norm folded into the GEMV for decode-sized steps,
@@ -473,7 +493,7 @@ public sealed partial class CudaBackend : IModelBackend
     /// from <paramref name="positionBase"/> when given), captured like every other kernel. Otherwise launched now,
     /// or (while a decode graph of the previous path is captured) cut out of it and launched at replay.
     /// </summary>
-    void Attend(int rows, int pos0, CudaSequenceCache c, int cacheIndex, int ld, DeviceSpan<int>? positionBase)
+    void Attend(int rows, int pos0, CudaSequenceCache c, int cacheIndex, int ld, DeviceSpan<int>? positionBase, DeviceSpan<float>? ropeTable = null)
     {
         if (_fusedDecode && rows == 1)
         {
@@ -489,14 +509,14 @@ public sealed partial class CudaBackend : IModelBackend
             CudaGraph.BeginCapture(_stream);
             return;
         }
-        LaunchAttention(rows, pos0, c, cacheIndex, ld);
+        LaunchAttention(rows, pos0, c, cacheIndex, ld, ropeTable);
     }
 
-    void LaunchAttention(int rows, int pos0, CudaSequenceCache c, int cacheIndex, int ld)
+    void LaunchAttention(int rows, int pos0, CudaSequenceCache c, int cacheIndex, int ld, DeviceSpan<float>? ropeTable = null)
     {
         var cfg = Config;
         _attention.Launch(_stream, _ws.Qkv, ld, c.Keys(cacheIndex), c.Values(cacheIndex), c.Capacity, _ws.Attn, rows,
-            cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, pos0);
+            cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, pos0, ropeTable);
     }
 
     /// <summary>
@@ -506,13 +526,13 @@ public sealed partial class CudaBackend : IModelBackend
     /// post_attention_layernorm, SwiGLU MLP added into x.
     /// </summary>
     void AttentionAndMlp(DeviceSpan<float> x, int rows, int pos0, CudaLayerWeights layer, int ld, CudaSequenceCache c, int cacheIndex,
-        DeviceSpan<int>? positionBase, bool queryRotated)
+        DeviceSpan<int>? positionBase, bool queryRotated, DeviceSpan<float>? ropeTable = null)
     {
         var cfg = Config;
         int hidden = cfg.HiddenSize, inter = cfg.IntermediateSize;
         if (!queryRotated)
             _rope.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, _w.InvFreq, rows, cfg.NumAttentionHeads, cfg.HeadDim, pos0, positionBase);
-        Attend(rows, pos0, c, cacheIndex, ld, positionBase);
+        Attend(rows, pos0, c, cacheIndex, ld, positionBase, ropeTable);
         Linear(_ws.Attn, rows, cfg.QueryDim, layer.O, hidden, x, accumulate: true);
         if (FoldNorm(rows, GemvGateUpRows, layer.OBias?.Span))
             _gemv.LaunchRmsSiluMul(_stream, x, rows, hidden, layer.PostAttentionLayernorm, _eps, layer.GateUp, inter, _ws.Mlp);
@@ -570,6 +590,8 @@ public sealed partial class CudaBackend : IModelBackend
         public DeviceBuffer<Bf16> GateUp { get; private set; } = null!;
         public DeviceBuffer<Bf16> Mlp { get; private set; } = null!;
         public DeviceBuffer<float> SwiftKv { get; private set; } = null!;
+        /// <summary>A step's RoPE angles (rows, head_dim) when the attention kernel rotates the queries (RopeOnLoad).</summary>
+        public DeviceBuffer<float> Rope { get; private set; } = null!;
         public DeviceBuffer<float> Logits { get; private set; } = null!;
 
         /// <summary>Forces decode graphs to be recaptured (a setting baked into them changed).</summary>
@@ -597,13 +619,14 @@ public sealed partial class CudaBackend : IModelBackend
             GateUp = new DeviceBuffer<Bf16>(2L * r * cfg.IntermediateSize);
             Mlp = new DeviceBuffer<Bf16>((long)r * cfg.IntermediateSize);
             SwiftKv = new DeviceBuffer<float>(Math.Max(1L, 2L * r * swiftKvLeaders * cfg.KeyValueDim));
+            Rope = new DeviceBuffer<float>((long)r * cfg.HeadDim);
             _rows = r;
             Generation++;
         }
 
         void DisposeActivations()
         {
-            foreach (var b in new IDisposable?[] { Ids, X, Normed, Qkv, Attn, GateUp, Mlp, SwiftKv }) b?.Dispose();
+            foreach (var b in new IDisposable?[] { Ids, X, Normed, Qkv, Attn, GateUp, Mlp, SwiftKv, Rope }) b?.Dispose();
             _rows = 0;
         }
 
