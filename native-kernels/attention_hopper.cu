@@ -29,6 +29,11 @@
 #ifndef WG_LAZY_RESCALE
 #define WG_LAZY_RESCALE 1
 #endif
+// 1: bf16 caches sync the CTA once per key tile (the next tile's copies are issued after it); 0: twice (copies issued
+// first, a second barrier at the end of the tile). Timed by the probe as well.
+#ifndef WG_ONE_BARRIER
+#define WG_ONE_BARRIER 1
+#endif
 
 namespace
 {
@@ -450,6 +455,14 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
         }
         else
         {
+#if WG_ONE_BARRIER
+            // One barrier per tile: past it, every thread's copies of tile j have landed and every warpgroup is done
+            // with tile j-1, so its stage takes tile j+1 now (no second barrier at the end of the tile).
+            cp_async_wait<0>();
+            fence_proxy_async();
+            __syncthreads();
+            if (j + 1 < n_tiles) load_kv((j + 1) & 1, j + 1);
+#else
             if (j + 1 < n_tiles)
             {
                 load_kv((j + 1) & 1, j + 1);
@@ -458,6 +471,7 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
             else cp_async_wait<0>();
             fence_proxy_async();
             __syncthreads();
+#endif
         }
         wgmma_fence();
         issue_qk<BN, BM>(s, sQ, sKs + stage * KV_BYTES, wg);
@@ -473,7 +487,7 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
         wgmma_commit();
         wgmma_wait<0>();
         pin_registers<64>(o);
-        __syncthreads();                              // every warpgroup is done with this stage before it refills
+        if (FP8 || !WG_ONE_BARRIER) __syncthreads();  // every warpgroup is done with this stage before it refills
     }
 
     float l0 = st.l0, l1 = st.l1;
