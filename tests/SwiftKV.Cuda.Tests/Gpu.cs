@@ -10,9 +10,12 @@ namespace SwiftKV.Cuda.Tests;
 
 internal static class Gpu
 {
-    /// <summary>Skips the calling test unless the device is sm_90a (the wgmma kernels); call after <see cref="Require"/>.</summary>
-    public static void RequireHopper() =>
+    /// <summary>Skips the calling test unless CUDA is usable (<see cref="Require"/>) and the device is sm_90a (the wgmma kernels).</summary>
+    public static void RequireHopper()
+    {
+        Require();
         Assert.SkipUnless(CudaRuntime.Device.Arch == "sm_90a", $"the wgmma kernels need sm_90a ({CudaRuntime.Device.Arch})");
+    }
 
     /// <summary>Skips the calling test unless a GPU, the driver, NVRTC and cuBLAS are all usable.</summary>
     public static void Require()
