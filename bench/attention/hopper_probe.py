@@ -53,10 +53,12 @@ def reference(qb, k, v, heads, kv_heads, pos0):
 class Launcher:
     def __init__(self, variants=()):
         # "" = the file as the engine builds it; each variant ("label", ["DEF=1", ...]) = the same file with -D overrides.
+        # Both files get every variant's defines (each file ignores the other's switches).
         self.hopper = {"": compile_module("attention_hopper.cu")}
+        self.flash = {"": compile_module("attention_flash.cu")}
         for label, defines in variants:
             self.hopper[label] = compile_module("attention_hopper.cu", defines)
-        self.flash = compile_module("attention_flash.cu")
+            self.flash[label] = compile_module("attention_flash.cu", defines)
 
     def wgmma(self, bn, nwg, suffix, variant, q, k, v, out, batch, T, heads, kv_heads, pos0, q_bstride, kv_bstride, o_bstride):
         f = self.hopper[variant].get_function(f"flash_attn_wgmma_d128_n{bn}_g{nwg}{suffix}")
@@ -69,8 +71,8 @@ class Launcher:
            np.int64(kv_bstride), np.uint64(out.data_ptr()), np.int64(o_bstride), np.int32(T), np.int32(heads),
            np.int32(kv_heads), np.int32(pos0), np.float32(1.0 / math.sqrt(HD) * 1.4426950408889634), np.uint64(0)), shared_mem=smem)
 
-    def mma(self, q, k, v, out, batch, T, heads, kv_heads, pos0, q_bstride, kv_bstride, o_bstride):
-        f = self.flash.get_function("flash_attn_d128_w4_m2_n32")
+    def mma(self, q, k, v, out, batch, T, heads, kv_heads, pos0, q_bstride, kv_bstride, o_bstride, variant=""):
+        f = self.flash[variant].get_function("flash_attn_d128_w4_m2_n32")
         smem = (4 * 32 + 128) * (HD + 8) * 2
         f.max_dynamic_shared_size_bytes = smem
         m_tiles = (T * (heads // kv_heads) + 127) // 128
@@ -92,7 +94,8 @@ def check(L, results):
         v = torch.randn(batch, cap, kv_heads, HD, device="cuda").bfloat16()
         refs = [reference(q[b].bfloat16(), k[b], v[b], heads, kv_heads, pos0) for b in range(batch)]
         for label, fn in [(f"wgmma n{bn} g{g}{x}{'[' + vr + ']' if vr else ''}", (lambda bn, g, x, vr: lambda *a: L.wgmma(bn, g, x, vr, *a))(bn, g, x, vr))
-                          for bn, g, x, vr in WGMMA] + [("mma m2 n32", L.mma)]:
+                          for bn, g, x, vr in WGMMA] + [(f"mma m2 n32{'[' + vr + ']' if vr else ''}", (lambda vr: lambda *a: L.mma(*a, variant=vr))(vr))
+                                                        for vr in L.flash]:
             out = torch.full((batch, T, heads * HD), float("nan"), device="cuda").bfloat16()   # poisoned
             fn(q, k, v, out, batch, T, heads, kv_heads, pos0, T * heads * HD, cap * kv_heads * HD, T * heads * HD)
             torch.cuda.synchronize()
@@ -126,7 +129,8 @@ def bench(L, results, lengths):
         args = (q, k, v, out, 1, S, heads, kv_heads, 0, 0, 0, 0)
         for bn, g, x, vr in WGMMA:
             row[f"wgmma_n{bn}_g{g}{x}{'[' + vr + ']' if vr else ''}"] = timed(lambda: L.wgmma(bn, g, x, vr, *args), reps)
-        row["mma_m2_n32"] = timed(lambda: L.mma(*args), reps)
+        for vr in L.flash:
+            row[f"mma_m2_n32{'[' + vr + ']' if vr else ''}"] = timed(lambda: L.mma(*args, variant=vr), reps)
         qs = q.view(1, S, heads, HD).transpose(1, 2).bfloat16()
         ks, vs = k.view(1, S, kv_heads, HD).transpose(1, 2), v.view(1, S, kv_heads, HD).transpose(1, 2)
         row["sdpa"] = timed(lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True), reps)
