@@ -219,9 +219,9 @@ internal static class BenchCommand
             if (lastPerToken2 is { } k && k * length * length * batch > maxCase)
             {
                 double est = k * length * length * batch;
-                Log($"{v.Name}: prefill {batch}x{length} skipped: estimated {est:F0} s > --max-case-seconds {maxCase}");
-                md.AppendLine($"| {v.Name} | prefill {batch}x{length} | skipped | | | | estimated {est:F0} s with this attention kernel |");
-                prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["skipped_estimated_s"] = est });
+                Log($"{v.Name}: prefill {batch}x{length}{mode} skipped: estimated {est:F0} s > --max-case-seconds {maxCase}");
+                md.AppendLine($"| {v.Name} | prefill {batch}x{length}{mode} | skipped | | | | estimated {est:F0} s with this attention kernel |");
+                prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = ropeOnLoad, ["skipped_estimated_s"] = est });
                 continue;
             }
             var times = new List<double>();

@@ -145,8 +145,8 @@ public sealed class AttentionTests : GpuFixtureTest
     }
 
     /// <summary>
-    /// A prefill-sized batch whose query rows are not 16-byte aligned (odd row stride): Auto must not take the wgmma
-    /// kernel (it reads Q as float4) but the flash kernel, which reads such rows element by element, and still match.
+    /// Unrotated queries and an angle table (built on the CPU here): the wgmma kernel rotates q as it stages it and
+    /// must match attention over the CPU-rotated queries; other paths refuse the table.
     /// </summary>
     [Theory]
     [InlineData(1, 70, 8, 2, 0)]      // GQA 4, 3 row tiles
@@ -203,6 +203,45 @@ public sealed class AttentionTests : GpuFixtureTest
         Assert.Contains("only the wgmma kernel", e.Message);
     }
 
+    /// <summary>
+    /// The engine's pair end to end: RopeKvKernel writing the angle table, then the wgmma kernel rotating q from it,
+    /// against RopeKvKernel rotating q in memory and the same launch without a table (Llama-3 8B heads, 300 rows).
+    /// </summary>
+    [Fact]
+    public void RopeKvTable_ThenHopper_EqualsRotatedPath()
+    {
+        Gpu.RequireHopper();
+        var rng = new TestRng(3100);
+        int rows = 300, heads = 32, kvHeads = 8, headDim = 128, qDim = heads * headDim, kvDim = kvHeads * headDim;
+        int ld = qDim + 2 * kvDim, pos0 = 21, capacity = pos0 + rows;
+        var cfg = new LlamaConfig { HeadDim = headDim, RopeTheta = 500000, RopeScaling = new Llama3RopeScaling(8, 1, 4, 64) };
+        var inv = RotaryEmbedding.ComputeInvFreq(headDim, cfg.RopeTheta, cfg.RopeScaling);
+        var prefix = Bf16.FromSingles(rng.Array((long)capacity * kvDim, 1.5f));   // the cached positions before the step
+        var qkv = rng.Array((long)rows * ld, 1.5f);
+        using var df = new DeviceBuffer<float>(inv);
+        using var table = new DeviceBuffer<float>((long)rows * headDim);
+        var outs = new List<float[]>();
+        foreach (bool onLoad in new[] { true, false })
+        {
+            using var dq = new DeviceBuffer<float>(qkv);
+            using var kc = new DeviceBuffer<Bf16>(prefix);
+            using var vc = new DeviceBuffer<Bf16>(prefix);
+            using var dOut = Gpu.PoisonedBf16((long)rows * qDim);
+            new RopeKvKernel(Library).Launch(Stream, dq, ld, null, null, null, df, rows, heads, kvHeads, headDim, pos0, kc, vc, capacity,
+                null, onLoad ? table.Span : null);
+            using var attention = new AttentionKernel(Library) { Path = AttentionPath.Hopper };
+            attention.Launch(Stream, dq, ld, kc, vc, capacity, dOut, rows, heads, kvHeads, headDim, pos0, onLoad ? table.Span : null);
+            Stream.Synchronize();
+            outs.Add(Bf16.ToSingles(dOut.ToArray()));
+        }
+        // The same fp32 rotation either way, then one bf16 rounding of q: equal up to an occasional last-bit flip.
+        Gpu.Close(outs[0], outs[1].Select(f => (double)f).ToArray(), 1.0 / 128, 1e-3, "rope on load vs rotated q");
+    }
+
+    /// <summary>
+    /// A prefill-sized batch whose query rows are not 16-byte aligned (odd row stride): Auto must not take the wgmma
+    /// kernel (it reads Q as float4) but the flash kernel, which reads such rows element by element, and still match.
+    /// </summary>
     [Fact]
     public void Auto_UnalignedQueries_FallBackToFlash()
     {

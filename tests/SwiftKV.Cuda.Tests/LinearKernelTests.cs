@@ -204,10 +204,13 @@ public sealed class LinearKernelTests : GpuFixtureTest
         var rope = new RotaryEmbedding(cfg);
         var got = table.ToArray();
         var k = Bf16.ToSingles(kc.ToArray());
+        var v = Bf16.ToSingles(vc.ToArray());
         Span<float> cos = stackalloc float[headDim / 2], sin = stackalloc float[headDim / 2];
         for (int r = 0; r < rows; r++)
         {
             rope.Angles(pos0 + r, cos, sin);
+            Gpu.Close(v.AsSpan((pos0 + r) * kvDim, kvDim), src.AsSpan(r * ld + qDim + kvDim, kvDim).ToArray().Select(f => (double)f).ToArray(),
+                Bf16Rel, 1e-5, $"v slot {pos0 + r}");
             var want = new double[headDim];
             for (int i = 0; i < headDim / 2; i++) { want[i] = cos[i]; want[headDim / 2 + i] = sin[i]; }
             Gpu.Close(got.AsSpan(r * headDim, headDim), want, 1e-5, 1e-5, $"angles row {r}");

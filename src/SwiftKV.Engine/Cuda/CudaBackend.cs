@@ -391,7 +391,8 @@ public sealed partial class CudaBackend : IModelBackend
     bool RopeOnLoad(int rows, int ld, CudaLayerWeights layer, DeviceSpan<int>? positionBase)
     {
         var cfg = Config;
-        return _ropeOnLoad && positionBase is null && layer.QBias is null
+        // rows > 1: a one-token step may take the decode attention, which reads q rotated.
+        return _ropeOnLoad && rows > 1 && positionBase is null && layer.QBias is null
             && _attention.RotatesQueriesOnLoad(_ws.Qkv, ld, (long)rows * ld, 1, rows, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim);
     }
 
