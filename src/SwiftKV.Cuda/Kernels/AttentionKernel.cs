@@ -93,8 +93,23 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
     public bool RotatesQueriesOnLoad(DeviceSpan<float> q, int ldq, long qBatchStride, int batch, int rows, int heads, int kvHeads, int headDim)
     {
         if (heads < 1 || kvHeads < 1 || heads % kvHeads != 0) return false;
-        bool hopperOk = FlashApplies(headDim) && (long)batch * kvHeads <= 65535 && HopperApplies(q, ldq, qBatchStride, batch, headDim, out _);
-        return hopperOk && (Path == AttentionPath.Hopper || Path == AttentionPath.Auto && HopperPays(batch, rows, heads, kvHeads));
+        return ChoosePath(q, ldq, qBatchStride, batch, rows, heads, kvHeads, headDim, out _, out _, out _) == AttentionPath.Hopper;
+    }
+
+    /// <summary>
+    /// The path a contiguous launch takes (<see cref="Path"/>, with Auto resolved), and what the checks found: whether
+    /// the flash kernels and the wgmma kernel can run it, and if not the latter, why. One rule for the launch and for
+    /// <see cref="RotatesQueriesOnLoad"/>.
+    /// </summary>
+    AttentionPath ChoosePath(DeviceSpan<float> q, int ldq, long qBatchStride, int batch, int rows, int heads, int kvHeads, int headDim,
+        out bool flashOk, out bool hopperOk, out string? notHopper)
+    {
+        flashOk = FlashApplies(headDim) && (long)batch * kvHeads <= 65535;
+        notHopper = null;
+        hopperOk = flashOk && HopperApplies(q, ldq, qBatchStride, batch, headDim, out notHopper);
+        if (Path != AttentionPath.Auto) return Path;
+        return hopperOk && HopperPays(batch, rows, heads, kvHeads) ? AttentionPath.Hopper
+            : flashOk ? AutoFlash((long)rows * (heads / kvHeads)) : AttentionPath.Simple;
     }
 
     /// <summary>
@@ -127,15 +142,9 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
         if (ropeTable is { } rt && rt.Address % 16 != 0)
             throw new ArgumentException($"{n}: the rope table must be 16-byte aligned (the kernel reads it as float4).", nameof(ropeTable));
 
-        var path = Path;
-        bool flashOk = FlashApplies(headDim) && (long)batch * kvHeads <= 65535;
-        if (flashOk || path is not (AttentionPath.Auto or AttentionPath.Simple))
+        var path = ChoosePath(q, ldq, qBatchStride, batch, rows, heads, kvHeads, headDim, out bool flashOk, out bool hopperOk, out string? notHopper);
+        if (flashOk || Path is not (AttentionPath.Auto or AttentionPath.Simple))
             CheckTensorCoreAlignment(n, kCache.Address, vCache.Address, kvBatchStride, output.Address, outBatchStride, batch);
-        string? notHopper = null;
-        bool hopperOk = flashOk && HopperApplies(q, ldq, qBatchStride, batch, headDim, out notHopper);
-        if (path == AttentionPath.Auto)
-            path = hopperOk && HopperPays(batch, rows, heads, kvHeads) ? AttentionPath.Hopper
-                : flashOk ? AutoFlash((long)rows * (heads / kvHeads)) : AttentionPath.Simple;
         if (path == AttentionPath.Hopper)
         {
             if (!hopperOk) throw new ArgumentException($"{n}: the wgmma kernel cannot run this launch: {notHopper ?? FlashMissing(headDim, batch * kvHeads)}.", nameof(Path));
