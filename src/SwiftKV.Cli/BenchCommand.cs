@@ -28,7 +28,7 @@ namespace SwiftKV.Cli;
 internal static class BenchCommand
 {
     const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] [--decode-batches 32,128|none] " +
-        "[--runs 3] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--load DIR] [--out bench.json] [--md bench.md]";
+        "[--runs 3] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--load DIR] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
     sealed record Variant(string Name, LlamaConfig Config, bool SwiftKv);
@@ -42,6 +42,8 @@ internal static class BenchCommand
         string[] variantNames = (a.String("variants") ?? "off,swiftkv50,acrosskv4").Split(',', StringSplitOptions.RemoveEmptyEntries);
         string? loadDir = a.String("load");
         int[] decodeBatches = ParseBatches(a.String("decode-batches") ?? "32,128");
+        int[] decodeSplits = (a.String("decode-splits") ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
+        if (decodeSplits.Any(n => n < 1 || n > 64)) throw new UsageException("--decode-splits: each must be in 1..64");
         string gemvRowsArg = a.String("gemv-rows") ?? "1,2,4,8";
         int[] gemvRows = gemvRowsArg == "none" ? [] : gemvRowsArg.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
         if (gemvRows.Any(r => r < 1 || r > SwiftKV.Cuda.Kernels.GemvKernel.MaxRows))
@@ -88,7 +90,7 @@ internal static class BenchCommand
         var results = new JsonArray();
         foreach (var v in variants)
         {
-            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth);
+            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth, decodeSplits);
             results.Add(vj);
         }
         json["variants"] = results;
@@ -196,7 +198,7 @@ internal static class BenchCommand
     }
 
     static JsonObject BenchVariant(Variant v, (int Batch, int Length)[] cases, int context, int steps, int[] decodeBatches, int runs, double maxCase,
-        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth = false)
+        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth = false, int[]? decodeSplits = null)
     {
         var cfg = v.Config;
         var sw = Stopwatch.StartNew();
@@ -249,7 +251,7 @@ internal static class BenchCommand
         }
         backend.UseRopeOnLoad = true;
         vj["prefill"] = prefill;
-        vj["decode"] = BenchDecode(v, backend, context, steps, roofGbps, kvPerToken, md);
+        vj["decode"] = BenchDecode(v, backend, context, steps, roofGbps, kvPerToken, decodeSplits ?? [], md);
         if (decodeBatches.Length > 0 && !backend.SupportsBatchedStep)
             Log($"{v.Name}: decode b>1 skipped: no batched paged step for head_dim {cfg.HeadDim} on this card");
         else if (decodeBatches.Length > 0) vj["decode_batched"] = BenchDecodeBatched(v, backend, decodeBatches, context, steps, roofGbps, md);
@@ -347,7 +349,7 @@ internal static class BenchCommand
         return all;
     }
 
-    static JsonArray BenchDecode(Variant v, CudaBackend backend, int context, int steps, double roofGbps, long kvPerToken, StringBuilder md)
+    static JsonArray BenchDecode(Variant v, CudaBackend backend, int context, int steps, double roofGbps, long kvPerToken, int[] splitCounts, StringBuilder md)
     {
         var cfg = v.Config;
         var all = new JsonArray();
@@ -355,16 +357,22 @@ internal static class BenchCommand
         long weightRead = backend.WeightBytes - (cfg.TieWordEmbeddings ? 0 : (long)cfg.VocabSize * cfg.HiddenSize * 2);
         bool pdlDefault = backend.UseProgrammaticLaunch;
         // fused: norms folded into the GEMVs, attention with the fused combine inside one graph (the default);
-        // off = the previous decode path, timed in the same run.
-        foreach (var (ctx, graphs, gemv, pdl, prefetch, fused) in new[] { (context, true, true, true, false, true), (context, false, true, true, false, true),
-            (16, true, true, true, false, true), (context, true, true, true, false, false), (context, false, true, true, false, false),
-            (context, true, true, false, false, true), (context, true, false, false, false, false) })
+        // off = the previous decode path, timed in the same run. splits 0: the automatic split count of the attention.
+        var configs = new List<(int Ctx, bool Graphs, bool Gemv, bool Pdl, bool Prefetch, bool Fused, int Splits)>
+        {
+            (context, true, true, true, false, true, 0), (context, false, true, true, false, true, 0),
+            (16, true, true, true, false, true, 0), (context, true, true, true, false, false, 0), (context, false, true, true, false, false, 0),
+            (context, true, true, false, false, true, 0), (context, true, false, false, false, false, 0),
+        };
+        configs.AddRange(splitCounts.Select(n => (context, true, true, true, false, true, n)));
+        foreach (var (ctx, graphs, gemv, pdl, prefetch, fused, splits) in configs)
         {
             backend.UseFusedDecode = fused;
             backend.UseGraphs = graphs;
             backend.UseGemv = gemv;
             backend.UseProgrammaticLaunch = pdl && pdlDefault;
             backend.UseGemvPrefetch = prefetch;
+            backend.DecodeAttentionSplits = splits;
             using var cache = backend.CreateCache(ctx + steps + 8);
             backend.Forward(cache, Tokens(ctx, cfg.VocabSize, 13), LogitsSelection.LastToken);
             int token = 1;
@@ -386,16 +394,18 @@ internal static class BenchCommand
             double bytes = weightRead + (double)kvPerToken * (ctx + 3 + steps / 2);
             double gbps = bytes / (ms * 1e-3) / 1e9;
             string mode = (graphs ? (fused ? "one graph" : "graph segments") : "no graphs") + (gemv ? "" : ", cuBLAS linears") + (pdl && pdlDefault ? "" : ", no PDL")
-                + (prefetch ? ", GEMV L2 prefetch" : "") + (fused ? "" : ", previous path: separate norms + combine");
+                + (prefetch ? ", GEMV L2 prefetch" : "") + (splits > 0 ? $", {splits} attention splits" : "") + (fused ? "" : ", previous path: separate norms + combine");
             Log($"{v.Name}: decode batch 1, context {ctx}, {mode}: {ms:F3} ms/token GPU (events), {wallMs:F3} ms host wall, {gbps:F0} GB/s");
             md.AppendLine($"| {v.Name} | decode b1 ctx {ctx} ({mode}) | {ms:F2} ms | {1000 / ms:F0} | | {gbps:F0} ({100 * gbps / roofGbps:F0}%) | host wall {wallMs:F2} ms/token; greedy on GPU |");
-            all.Add(new JsonObject { ["batch"] = 1, ["context"] = ctx, ["graphs"] = graphs, ["gemv"] = gemv, ["programmatic_launch"] = pdl && pdlDefault, ["gemv_l2_prefetch"] = prefetch, ["fused_decode"] = fused, ["ms_per_token"] = ms, ["host_wall_ms"] = wallMs, ["bytes_read"] = bytes, ["gbps"] = gbps });
+            all.Add(new JsonObject { ["batch"] = 1, ["context"] = ctx, ["graphs"] = graphs, ["gemv"] = gemv, ["programmatic_launch"] = pdl && pdlDefault, ["gemv_l2_prefetch"] = prefetch, ["fused_decode"] = fused,
+                ["attention_splits"] = splits > 0 ? splits : null, ["ms_per_token"] = ms, ["host_wall_ms"] = wallMs, ["bytes_read"] = bytes, ["gbps"] = gbps });
         }
         backend.UseFusedDecode = true;
         backend.UseGraphs = true;
         backend.UseGemv = true;
         backend.UseProgrammaticLaunch = pdlDefault;
         backend.UseGemvPrefetch = false;
+        backend.DecodeAttentionSplits = 0;
         return all;
     }
 

@@ -128,6 +128,38 @@ public sealed class FusedDecodeKernelTests : GpuFixtureTest
         Assert.Contains("normWeight", e2.Message);
     }
 
+    /// <summary>
+    /// A pinned split count (benchmarks compare counts) is taken as given, up to one split per key tile of the cache,
+    /// and each count merges to the reference; an out-of-range count is refused.
+    /// </summary>
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(3, 3)]
+    [InlineData(17, 17)]
+    [InlineData(64, 33)]   // a 2100-slot cache has 33 key tiles
+    public void LaunchDecode_PinnedSplits_MatchReference(int pinned, int expected)
+    {
+        Gpu.Require();
+        int heads = 32, kvHeads = 8, headDim = 128, pos0 = 2047, capacity = 2100, kvDim = kvHeads * headDim, ldq = heads * headDim + 2 * kvDim;
+        var rng = new TestRng(2300 + (ulong)pinned);
+        var q = rng.Array(ldq, 1.5f);
+        var kc = Bf16.FromSingles(rng.Array((long)capacity * kvDim, 1.5f));
+        var vc = Bf16.FromSingles(rng.Array((long)capacity * kvDim, 1f));
+        for (long i = (long)(pos0 + 1) * kvDim; i < kc.Length; i++) kc[i] = vc[i] = Bf16.FromSingle(float.NaN);
+        using var dq = new DeviceBuffer<float>(q);
+        using var dk = new DeviceBuffer<Bf16>(kc);
+        using var dv = new DeviceBuffer<Bf16>(vc);
+        using var attention = new AttentionKernel(Library) { DecodeSplitsOverride = pinned };
+        using var dOut = Gpu.PoisonedBf16((long)heads * headDim);
+        attention.LaunchDecode(Stream, dq, ldq, dk, dv, capacity, dOut, 1, heads, kvHeads, headDim, pos0, programmatic: true);
+        Stream.Synchronize();
+        Assert.Equal(expected, attention.LastLaunch.Splits);
+        var want = AttentionTests.Reference(q, 0, ldq, Bf16.ToSingles(kc), Bf16.ToSingles(vc), 0, 1, heads, kvHeads, headDim, pos0);
+        AttentionTests.AssertClose(Bf16.ToSingles(dOut.ToArray()), want, $"decode with {pinned} pinned splits {attention.LastLaunch}");
+        Assert.Throws<ArgumentOutOfRangeException>(() => attention.DecodeSplitsOverride = 65);
+        Assert.Throws<ArgumentOutOfRangeException>(() => attention.DecodeSplitsOverride = -1);
+    }
+
     [Theory]
     [InlineData(1, 32, 8, 128, 300, 2100, AttentionPath.Auto)]             // Llama-3 8B heads, many splits, most of them empty
     [InlineData(1, 8, 1, 64, 777, 800, AttentionPath.Auto)]                // GQA 8, odd context

@@ -55,6 +55,18 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
     /// <summary>Kernel choice; <see cref="AttentionPath.Auto"/> unless a test or benchmark pins one.</summary>
     public AttentionPath Path { get; set; } = AttentionPath.Auto;
 
+    /// <summary>
+    /// Split count of decode launches (<see cref="LaunchDecode"/>), 0 = the rule of <see cref="DecodeSplits"/>
+    /// (benchmarks compare counts); still at most one split per key tile of the cache.
+    /// </summary>
+    public int DecodeSplitsOverride
+    {
+        get => _decodeSplitsOverride;
+        set => _decodeSplitsOverride = value is >= 0 and <= MaxSplits ? value
+            : throw new ArgumentOutOfRangeException(nameof(value), value, $"decode splits must be 0 (auto) or 1..{MaxSplits}.");
+    }
+    int _decodeSplitsOverride;
+
     /// <summary>Entry point and split count of the last launch (for logs and benchmarks).</summary>
     public (string Kernel, int Splits) LastLaunch { get; private set; }
 

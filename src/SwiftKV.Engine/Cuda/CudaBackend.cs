@@ -200,6 +200,21 @@ public sealed partial class CudaBackend : IModelBackend
     public bool UseRopeOnLoad { get => _ropeOnLoad; set => _ropeOnLoad = value; }
     bool _ropeOnLoad = true;
 
+    /// <summary>
+    /// Split-K count of single-token attention, 0 = automatic (two CTAs per SM, at most one split per key tile of the
+    /// cache). Benchmarks compare counts. Changing it recaptures decode graphs.
+    /// </summary>
+    public int DecodeAttentionSplits
+    {
+        get => _attention.DecodeSplitsOverride;
+        set
+        {
+            if (value == _attention.DecodeSplitsOverride) return;
+            _attention.DecodeSplitsOverride = value;
+            _ws.Invalidate();
+        }
+    }
+
     /// <summary>GEMV kernels prefetch the start of their weight rows into L2 before waiting (benchmarks compare; off by default).</summary>
     public bool UseGemvPrefetch
     {
