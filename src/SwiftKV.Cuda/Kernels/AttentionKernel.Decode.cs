@@ -98,8 +98,8 @@ public sealed unsafe partial class AttentionKernel
     /// <summary>
     /// Splits of a decode launch: enough CTAs for one per SM, at most one per key tile of the cache's capacity and
     /// <see cref="MaxSplits"/>; a function of the shapes only, so every step of a sequence takes the same count.
-    /// (H100, 8B, batch 1, 2K context, `swiftkv bench --decode-splits`: 11-22 splits 6.07 ms/token, 33 = two CTAs per
-    /// SM 6.12-6.15, 4 splits 6.24: a CTA pipelines a few key tiles, and fewer partials are merged.)
+    /// (Measured on the H100, 8B, batch 1, 2K context, `swiftkv bench --decode-splits`: 11-22 splits 6.07 ms/token,
+    /// 33 = two CTAs per SM 6.12-6.15, 4 splits 6.24.)
     /// </summary>
     internal static int DecodeSplits(long ctas, int capacity, int keyTile)
     {

@@ -201,7 +201,7 @@ public sealed partial class CudaBackend : IModelBackend
     bool _ropeOnLoad = true;
 
     /// <summary>
-    /// Split-K count of single-token attention, 0 = automatic (two CTAs per SM, at most one split per key tile of the
+    /// Split-K count of single-token attention, 0 = automatic (one CTA per SM, at most one split per key tile of the
     /// cache). Benchmarks compare counts. Changing it recaptures decode graphs.
     /// </summary>
     public int DecodeAttentionSplits
