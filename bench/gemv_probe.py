@@ -1,12 +1,13 @@
 """Kernel-level probe for the decode GEMV (native-kernels/gemv.cu) and the prefill RMSNorm (rms_norm.cu) on the GPU
 machine, no .NET needed: compiles each file with NVRTC through CuPy (the engine's options) once per build variant
 (-D overrides of GEMV_WARPS / GEMV_UNROLL, RMS_VEC), checks every entry against PyTorch on the same data, and times
-them in one process:
+them in one process (--variants "label=DEF=1,DEF2=0;..." times those builds beside the engine's instead of the
+warps x unroll grid, and skips RMSNorm):
   - each decode projection of Llama-3.1-8B at one row, over enough weight copies that every byte comes from device
     memory (GB/s = weight bytes / time), and the four of a layer in sequence;
   - RMSNorm of a 2048 x 4096 fp32 block (the prefill shape), GB/s = (read fp32 + write bf16) / time.
 Plain launches (no programmatic dependent launch): the figures compare variants, the engine's own bench gives the
-end-to-end numbers. Usage there: python3 bench/gemv_probe.py [--out FILE]
+end-to-end numbers. Usage there: python3 bench/gemv_probe.py [--out FILE] [--variants SPEC]
 """
 import argparse, json, os
 
@@ -43,8 +44,8 @@ def time_ms(fn, reps=20, warm=3):
     return cp.cuda.get_elapsed_time(s, e) / reps
 
 
-def gemv_variant(label, warps, unroll, out):
-    m = module("gemv.cu", [f"GEMV_WARPS={warps}", f"GEMV_UNROLL={unroll}"])
+def gemv_variant(label, warps, unroll, out, extra=()):
+    m = module("gemv.cu", [f"GEMV_WARPS={warps}", f"GEMV_UNROLL={unroll}", *extra])
     plain, rms, rms_silu = m.get_function("gemv_bf16_r1"), m.get_function("gemv_rms_bf16_r1"), m.get_function("gemv_rms_silu_bf16_r1")
     block = (32 * warps,)
     torch.manual_seed(0)
@@ -118,9 +119,19 @@ def rms_variant(label, vec, out):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
+    ap.add_argument("--variants", default="", help='builds timed beside the engine\'s (8 warps x 4): "label=DEF=1,DEF2=0;label2=..."')
     a = ap.parse_args()
     res = {"device": torch.cuda.get_device_name(), "gemv": {}, "rms_norm": {}}
-    for _ in range(2):   # two passes: the spread between them is the noise
+    extra = []
+    for spec in filter(None, a.variants.split(";")):
+        label, _, defs = spec.partition("=")
+        extra.append((label, [d for d in defs.split(",") if d]))
+    for p in range(2):   # two passes: the spread between them is the noise
+        if extra:
+            gemv_variant("w8 u4 (engine)", 8, 4, res["gemv"].setdefault(f"pass {p}", {}))
+            for label, defs in extra:
+                gemv_variant(label, 8, 4, res["gemv"].setdefault(f"pass {p}", {}), defs)
+            continue
         for label, warps, unroll in GEMV_VARIANTS:
             gemv_variant(label, warps, unroll, res["gemv"])
         for label, vec in RMS_VARIANTS:
