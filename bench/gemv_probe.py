@@ -2,7 +2,8 @@
 machine, no .NET needed: compiles each file with NVRTC through CuPy (the engine's options) once per build variant
 (-D overrides of GEMV_WARPS / GEMV_UNROLL, RMS_VEC), checks every entry against PyTorch on the same data, and times
 them in one process (--variants "label=DEF=1,DEF2=0;..." times those builds beside the engine's instead of the
-warps x unroll grid, and skips RMSNorm):
+warps x unroll grid, and skips RMSNorm; each is built and launched for 8 warps x 4 steps, so its defines must not
+be GEMV_WARPS or GEMV_UNROLL):
   - each decode projection of Llama-3.1-8B at one row, over enough weight copies that every byte comes from device
     memory (GB/s = weight bytes / time), and the four of a layer in sequence;
   - RMSNorm of a 2048 x 4096 fp32 block (the prefill shape), GB/s = (read fp32 + write bf16) / time.
@@ -125,7 +126,10 @@ def main():
     extra = []
     for spec in filter(None, a.variants.split(";")):
         label, _, defs = spec.partition("=")
-        extra.append((label, [d for d in defs.split(",") if d]))
+        defines = [d for d in defs.split(",") if d]
+        if any(d.split("=")[0] in ("GEMV_WARPS", "GEMV_UNROLL") for d in defines):
+            ap.error("--variants: GEMV_WARPS / GEMV_UNROLL are fixed at 8 x 4 there (the launch is sized for them)")
+        extra.append((label, defines))
     for p in range(2):   # two passes: the spread between them is the noise
         if extra:
             gemv_variant("w8 u4 (engine)", 8, 4, res["gemv"].setdefault(f"pass {p}", {}))
@@ -133,9 +137,9 @@ def main():
                 gemv_variant(label, 8, 4, res["gemv"].setdefault(f"pass {p}", {}), defs)
             continue
         for label, warps, unroll in GEMV_VARIANTS:
-            gemv_variant(label, warps, unroll, res["gemv"])
+            gemv_variant(label, warps, unroll, res["gemv"].setdefault(f"pass {p}", {}))
         for label, vec in RMS_VARIANTS:
-            rms_variant(label, vec, res["rms_norm"])
+            rms_variant(label, vec, res["rms_norm"].setdefault(f"pass {p}", {}))
     if a.out:
         json.dump(res, open(a.out, "w"), indent=1)
 

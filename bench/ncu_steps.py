@@ -1,7 +1,9 @@
 """Splits an Nsight Compute CSV of a whole engine run into forward steps and says where each step's GPU time goes.
 
-Usage: python3 bench/ncu_steps.py ncu.csv [--marker embedding_bf16] [--steps 0,1,2] [--top 25]
-A step starts at each launch whose kernel name contains the marker (the embedding gather opens every forward pass).
+Usage: python3 bench/ncu_steps.py ncu.csv [--marker embedding_bf16] [--steps 0,1,2] [--top 25]   (the CSV first)
+A step starts at each launch whose kernel name contains the marker (the embedding gather opens every forward pass)
+and runs to the next one, so kernels between forward passes (a benchmark's own probes, say) count in the step before
+them: compare steps whose kernel counts match the model's. Launches are ordered by (process, ID).
 For every step: kernel count and summed isolated kernel time; for the chosen steps, the time per kernel name.
 Comparing a step's sum with its CUDA-event time from the same build tells what the launches between kernels cost
 (ncu serialises launches, so its sum holds no overlap and no launch gap).
@@ -17,8 +19,11 @@ def load(path):
         if r[ix["Metric Name"]] != "gpu__time_duration.sum":
             continue
         unit, v = r[ix["Metric Unit"]], float(r[ix["Metric Value"]].replace(",", ""))
-        us = v / 1000 if unit in ("ns", "nsecond") else v * 1000 if unit in ("ms", "msecond") else v
-        out.append((int(r[ix["ID"]]), r[ix["Kernel Name"]][:80], r[ix["Grid Size"]], us))
+        scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3, "s": 1e6, "second": 1e6}
+        if unit not in scale:
+            sys.exit(f"unknown time unit {unit!r} in {path}")
+        pid = int(r[ix["Process ID"]]) if "Process ID" in ix else 0
+        out.append(((pid, int(r[ix["ID"]])), r[ix["Kernel Name"]][:80], r[ix["Grid Size"]], v * scale[unit]))
     out.sort()
     return out
 

@@ -42,8 +42,9 @@ internal static class BenchCommand
         string[] variantNames = (a.String("variants") ?? "off,swiftkv50,acrosskv4").Split(',', StringSplitOptions.RemoveEmptyEntries);
         string? loadDir = a.String("load");
         int[] decodeBatches = ParseBatches(a.String("decode-batches") ?? "32,128");
-        int[] decodeSplits = (a.String("decode-splits") ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
-        if (decodeSplits.Any(n => n < 1 || n > 64)) throw new UsageException("--decode-splits: each must be in 1..64");
+        int[] decodeSplits = (a.String("decode-splits") ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries)
+            .Select(t => int.TryParse(t, out int n) && n >= 1 && n <= SwiftKV.Cuda.Kernels.AttentionKernel.MaxDecodeSplits ? n
+                : throw new UsageException($"--decode-splits: '{t}' is not a split count in 1..{SwiftKV.Cuda.Kernels.AttentionKernel.MaxDecodeSplits}")).ToArray();
         string gemvRowsArg = a.String("gemv-rows") ?? "1,2,4,8";
         int[] gemvRows = gemvRowsArg == "none" ? [] : gemvRowsArg.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
         if (gemvRows.Any(r => r < 1 || r > SwiftKV.Cuda.Kernels.GemvKernel.MaxRows))
@@ -357,7 +358,8 @@ internal static class BenchCommand
         long weightRead = backend.WeightBytes - (cfg.TieWordEmbeddings ? 0 : (long)cfg.VocabSize * cfg.HiddenSize * 2);
         bool pdlDefault = backend.UseProgrammaticLaunch;
         // fused: norms folded into the GEMVs, attention with the fused combine inside one graph (the default);
-        // off = the previous decode path, timed in the same run. splits 0: the automatic split count of the attention.
+        // off = the previous decode path, timed in the same run. splits 0: the automatic split count of the attention
+        // (recorded as attention_splits null in the JSON).
         var configs = new List<(int Ctx, bool Graphs, bool Gemv, bool Pdl, bool Prefetch, bool Fused, int Splits)>
         {
             (context, true, true, true, false, true, 0), (context, false, true, true, false, true, 0),

@@ -40,6 +40,8 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
     /// <summary>Largest key tile of the flash kernels (a split covers a whole number of tiles).</summary>
     public const int KeyTile = 64;
     const int MaxSplits = 64;
+    /// <summary>Most splits a decode launch takes (<see cref="DecodeSplitsOverride"/>'s upper bound).</summary>
+    public const int MaxDecodeSplits = MaxSplits;
     const float Log2E = 1.4426950408889634f;
     /// <summary>
     /// Packed query rows (tokens × GQA group) per KV head from which Auto takes 32 rows per warp with 32-key tiles
@@ -204,7 +206,11 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
             throw new ArgumentException($"{n}: the output must start on a 4-byte boundary (and its batch stride be even) for the tensor-core kernels.");
     }
 
-    /// <summary>Splits over the keys so that short steps (decode, small chunks) still put 2 CTAs on every SM (flash-decoding).</summary>
+    /// <summary>
+    /// Splits over the keys so that short steps (small chunks, decode without the fused path) still put 2 CTAs on every
+    /// SM (flash-decoding). The fused decode launch has its own rule, one CTA per SM (<see cref="DecodeSplits"/>),
+    /// measured on the single-graph decode step only; this one was not re-measured.
+    /// </summary>
     static (int Splits, int KeysPerSplit) SplitKeys(long ctas, int maxKeys, int keyTile)
     {
         int keyTiles = Math.Max(1, (maxKeys + keyTile - 1) / keyTile);

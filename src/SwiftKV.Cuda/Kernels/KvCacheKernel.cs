@@ -34,6 +34,6 @@ public sealed unsafe class KvCacheKernel(KernelLibrary library)
         KernelGuard.FitsOptional(positionBase, 1, n, nameof(positionBase), "(1)");
         ulong ck = kCache.Address, cv = vCache.Address, pp = KernelGuard.Address(positionBase);
         void** args = stackalloc void*[] { &pk, &pv, &ld, &pkb, &pvb, &pf, &rows, &kvHeads, &headDim, &pos0, &ck, &cv, &pp };
-        _k.Launch(stream, RowGrid.For(rows, kvHeads * (headDim / 2)), RowGrid.Threads, 0, args, library.ProgrammaticLaunch);
+        _k.Launch(stream, RowGrid.For(rows, kvHeads * (headDim / 2)), RowGrid.Threads, 0, args, library.ProgrammaticLaunch && RowGrid.ProgrammaticFor(rows));
     }
 }

@@ -24,6 +24,6 @@ public sealed unsafe class RopeKernel(KernelLibrary library)
         KernelGuard.FitsOptional(positionBase, 1, n, nameof(positionBase), "(1)");
         ulong pq = q.Address, pb = KernelGuard.Address(bias), pf = invFreq.Address, pp = KernelGuard.Address(positionBase);
         void** args = stackalloc void*[] { &pq, &ld, &pb, &pf, &rows, &heads, &headDim, &pos0, &pp };
-        _k.Launch(stream, RowGrid.For(rows, heads * (headDim / 2)), RowGrid.Threads, 0, args, library.ProgrammaticLaunch);
+        _k.Launch(stream, RowGrid.For(rows, heads * (headDim / 2)), RowGrid.Threads, 0, args, library.ProgrammaticLaunch && RowGrid.ProgrammaticFor(rows));
     }
 }

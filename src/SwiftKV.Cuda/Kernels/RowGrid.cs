@@ -9,6 +9,13 @@ internal static class RowGrid
 {
     public const int Threads = 128;
 
+    /// <summary>
+    /// Whether a RoPE-only or K/V-write launch of <paramref name="rows"/> rows goes programmatically: decode-sized steps,
+    /// where it measured faster (SwiftKV's later layers at batch 1, docs/BENCHMARKS.md). Longer steps follow a cuBLAS
+    /// GEMM, after which a programmatic launch was never measured alone; they keep the plain launch.
+    /// </summary>
+    public static bool ProgrammaticFor(int rows) => rows <= 8;
+
     /// <summary>(rows, blocks per row, 1) for <paramref name="units"/> (head, pair) units per row.</summary>
     public static (uint X, uint Y, uint Z) For(int rows, int units) =>
         ((uint)rows, (uint)Math.Clamp((units + Threads - 1) / Threads, 1, 1024), 1);
