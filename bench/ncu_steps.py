@@ -8,24 +8,10 @@ For every step: kernel count and summed isolated kernel time; for the chosen ste
 Comparing a step's sum with its CUDA-event time from the same build tells what the launches between kernels cost
 (ncu serialises launches, so its sum holds no overlap and no launch gap).
 """
-import csv, sys, collections
+import sys
 
-def load(path):
-    rows = [r for r in csv.reader(l for l in open(path) if l.startswith('"'))]
-    head, rows = rows[0], rows[1:]
-    ix = {n: i for i, n in enumerate(head)}
-    out = []
-    for r in rows:
-        if r[ix["Metric Name"]] != "gpu__time_duration.sum":
-            continue
-        unit, v = r[ix["Metric Unit"]], float(r[ix["Metric Value"]].replace(",", ""))
-        scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3, "s": 1e6, "second": 1e6}
-        if unit not in scale:
-            sys.exit(f"unknown time unit {unit!r} in {path}")
-        pid = int(r[ix["Process ID"]]) if "Process ID" in ix else 0
-        out.append(((pid, int(r[ix["ID"]])), r[ix["Kernel Name"]][:80], r[ix["Grid Size"]], v * scale[unit]))
-    out.sort()
-    return out
+from ncu_summary import load, print_by_kernel
+
 
 def main():
     args = sys.argv[1:]
@@ -45,16 +31,10 @@ def main():
     for i, s in enumerate(steps):
         print(f"step {i}: {len(s)} kernels, {sum(l[3] for l in s):.0f} us")
     for i in chosen:
-        if i >= len(steps):
-            continue
-        agg = collections.defaultdict(lambda: [0, 0.0])
-        for _, name, grid, us in steps[i]:
-            agg[(name, grid)][0] += 1
-            agg[(name, grid)][1] += us
-        total = sum(a[1] for a in agg.values())
-        print(f"\n== step {i}: {total:.0f} us in {len(steps[i])} kernels")
-        for (name, grid), (n, us) in sorted(agg.items(), key=lambda kv: -kv[1][1])[:top]:
-            print(f"{us:10.0f} {n:5d} {us / n:9.1f}  {name} [{grid}]")
+        if i < len(steps):
+            print()
+            print_by_kernel(steps[i], top, f"== step {i}")
+
 
 if __name__ == "__main__":
     main()
