@@ -59,9 +59,7 @@ public sealed unsafe partial class AttentionKernel
         string entry = "flash_attn_" + shape.Suffix(headDim);
         var k = Kernel(entry, shape.SharedBytes(headDim));
         int mTiles = (int)(((long)rows * group + shape.RowsPerCta - 1) / shape.RowsPerCta);
-        int splits = _decodeSplitsOverride > 0
-            ? Math.Min(_decodeSplitsOverride, Math.Max(1, (capacity + shape.Keys - 1) / shape.Keys))
-            : DecodeSplits((long)mTiles * kvHeads, capacity, shape.Keys);
+        int splits = DecodeSplits((long)mTiles * kvHeads, capacity, shape.Keys, _decodeSplitsOverride);
         // <= 0: the kernel divides the keys of the actual position over the splits.
         int keysPerSplit = splits == 1 ? int.MaxValue / 2 : 0;
 
@@ -96,14 +94,16 @@ public sealed unsafe partial class AttentionKernel
     }
 
     /// <summary>
-    /// Splits of a decode launch: enough CTAs for one per SM, at most one per key tile of the cache's capacity and
-    /// <see cref="MaxSplits"/>; a function of the shapes only, so every step of a sequence takes the same count.
+    /// Splits of a decode launch: <paramref name="pinned"/> when set (capped at one per key tile of the cache), else
+    /// enough CTAs for one per SM, at most one per key tile of the cache's capacity and <see cref="MaxSplits"/>; a
+    /// function of the shapes only, so every step of a sequence takes the same count.
     /// (Measured on the H100, 8B, batch 1, 2K context, `swiftkv bench --decode-splits`: 11-22 splits 6.07 ms/token,
     /// 33 = two CTAs per SM 6.12-6.15, 4 splits 6.24.)
     /// </summary>
-    internal static int DecodeSplits(long ctas, int capacity, int keyTile)
+    internal static int DecodeSplits(long ctas, int capacity, int keyTile, int pinned = 0)
     {
         int capacityTiles = Math.Max(1, (capacity + keyTile - 1) / keyTile);
+        if (pinned > 0) return Math.Min(pinned, capacityTiles);   // DecodeSplitsOverride
         long sms = CudaRuntime.Device.MultiprocessorCount;
         if (ctas >= sms) return 1;
         return (int)Math.Clamp((sms + ctas - 1) / ctas, 1, Math.Min(capacityTiles, MaxSplits));
