@@ -11,12 +11,12 @@
 //                         scales its dot products by 1 / sqrt(mean(x²) + eps) at the end (y = inv · W (x ⊙ nw)):
 //                         no norm launch and no bf16 normed row in between (the activations stay fp32, which is
 //                         at least as accurate as the separate norm's bf16 rounding). Decode only.
-// Vector path (in % 8 == 0, 16-byte aligned x and W): each warp owns two weight rows (o and o + second: the next
-// row, or the matching up row for the SwiGLU variant); each lane loads 16 bytes (8 bf16) of both rows per step,
-// GEMV_UNROLL steps issued before the first use so enough bytes are in flight to cover DRAM latency. Weight loads
-// bypass L1 (ld.global.nc.L1::no_allocate: each byte is used once) so the small x rows stay L1-resident for the
-// other warps; accumulation is fp32 per lane, then a warp-shuffle sum. The *_any entries are the fallback for odd
-// in or unaligned pointers: scalar loads, one row per warp, R at run time.
+// Vector path (in % 8 == 0, 16-byte aligned x and W): each warp owns two weight rows (o and o + ceil(out / 2), or
+// gate row o and up row o + inter for the SwiGLU variant: distant rows, see GEMV_PAIR_SPLIT); each lane loads 16 bytes
+// (8 bf16) of both rows per step, GEMV_UNROLL steps issued before the first use so enough bytes are in flight to
+// cover DRAM latency. Weight loads bypass L1 (ld.global.nc.L1::no_allocate: each byte is used once) so the small x
+// rows stay L1-resident for the other warps; accumulation is fp32 per lane, then a warp-shuffle sum. The *_any entries
+// are the fallback for odd in or unaligned pointers: scalar loads, one row per warp, R at run time.
 // Programmatic launch (sm_90+): before pdl_wait() a warp issues its first batch of weight loads (constant data;
 // the *_pf_* entries also ask L2 to prefetch the rows' first bytes), so when the engine launches these
 // programmatically the first loads overlap the previous kernel's tail; x and y are touched only after the wait.
@@ -31,6 +31,21 @@
 #endif
 #ifndef GEMV_UNROLL
 #define GEMV_UNROLL 4
+#endif
+// Which rows are in flight together decides how evenly DRAM serves them (bench/gemv_probe.py, H100, 8B decode shapes,
+// two passes each; per layer of four projections 169.1-169.5 us before either switch):
+//   GEMV_PAIR_SPLIT 1: a plain entry's warp takes rows o and o + ceil(out / 2) instead of o and o + 1 (the SwiGLU
+//                   entries already pair rows inter apart): down_proj 48.5 -> 44.1 us, o_proj 16.2-18.3 -> 14.9-17.4,
+//                   qkv 22.0 -> 21.5; layer 163.0.
+//   GEMV_SILU_STAGGER n: a SwiGLU warp starts its rows n chunks (16 bytes each) further in than the warp before it and
+//                   wraps around: [gate; up] 81.8 -> 79.8 us at n = 32 (80.5 at 256). Staggering the plain entries
+//                   too made down_proj slower (44.1 -> 48.9 with the split), so they do not.
+// (Interleaving gate and up rows in memory, so a SwiGLU warp streams one range, changed nothing: 81.6 vs 81.8 us.)
+#ifndef GEMV_PAIR_SPLIT
+#define GEMV_PAIR_SPLIT 1
+#endif
+#ifndef GEMV_SILU_STAGGER
+#define GEMV_SILU_STAGGER 32
 #endif
 
 __device__ __forceinline__ uint4 ld_stream16(const void* p)
@@ -114,7 +129,7 @@ __device__ __forceinline__ void load_x8_norm(const uint4* p, const float fn[8], 
 // NORM: x is fp32 (R, in) and the product uses x ⊙ nw; acc is then scaled by each row's 1 / rms (see the header).
 template <int R, bool NORM = false>
 __device__ __forceinline__ void gemv_two_rows(const void* __restrict__ x, const bf16_t* __restrict__ w, int in,
-    long long o0, long long o1, float acc[2][R], const float* __restrict__ nw = nullptr, float eps = 0.f)
+    long long o0, long long o1, float acc[2][R], const float* __restrict__ nw = nullptr, float eps = 0.f, int stagger = 0)
 {
     const int lane = threadIdx.x & 31, n8 = in >> 3;
     const uint4* w0 = reinterpret_cast<const uint4*>(w + o0 * in);
@@ -124,13 +139,16 @@ __device__ __forceinline__ void gemv_two_rows(const void* __restrict__ x, const 
 #pragma unroll
     for (int r = 0; r < R; r++) acc[0][r] = acc[1][r] = ss[r] = 0.f;
     uint4 a[GEMV_UNROLL], b[GEMV_UNROLL];
+    // Chunk c of the lane's walk is chunk at(c) of the rows: warp k starts k * stagger chunks in and wraps around.
+    const int start = stagger > 0 ? (int)((long long)(blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * stagger % n8) : 0;
+    auto at = [&](int c) { int cs = c + start; return cs >= n8 ? cs - n8 : cs; };
     auto load = [&](int base)
     {
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++)
         {
             int c = base + u * 32;
-            if (c < n8) { a[u] = ld_stream16(w0 + c); b[u] = ld_stream16(w1 + c); }
+            if (c < n8) { a[u] = ld_stream16(w0 + at(c)); b[u] = ld_stream16(w1 + at(c)); }
         }
     };
     // The weights are constant: the first batch is requested before waiting on the previous kernel, so under a
@@ -145,6 +163,7 @@ __device__ __forceinline__ void gemv_two_rows(const void* __restrict__ x, const 
         {
             int c = base + u * 32;
             if (c >= n8) break;
+            c = at(c);
             float fa[8], fb[8];
             unpack8(a[u], fa);
             unpack8(b[u], fb);
@@ -185,12 +204,18 @@ __device__ __forceinline__ void gemv_plain(const void* __restrict__ x, const bf1
     int ldy, int accumulate, const float* __restrict__ nw = nullptr, float eps = 0.f)
 {
     const int warp = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    const long long o0 = 2LL * warp;
+#if GEMV_PAIR_SPLIT
+    const long long halfo = (out + 1) / 2, o0 = warp, o1 = warp + halfo;
+    if (o0 >= halfo) return;
+    const bool has1 = o1 < out;
+#else
+    const long long o0 = 2LL * warp, o1 = o0 + 1;
     if (o0 >= out) return;
-    const bool has1 = o0 + 1 < out;
-    gemv_prefetch(w, in, o0, has1 ? o0 + 1 : o0, PREFETCH);
+    const bool has1 = o1 < out;
+#endif
+    gemv_prefetch(w, in, o0, has1 ? o1 : o0, PREFETCH);
     float acc[2][R];
-    gemv_two_rows<R, NORM>(x, w, in, o0, has1 ? o0 + 1 : o0, acc, nw, eps);
+    gemv_two_rows<R, NORM>(x, w, in, o0, has1 ? o1 : o0, acc, nw, eps);
     // Lane r writes row r of the first output, lane 8 + r of the second: one store per lane, no serial loop.
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -202,7 +227,7 @@ __device__ __forceinline__ void gemv_plain(const void* __restrict__ x, const bf1
         }
         if (has1 && lane == 8 + r)
         {
-            float* p = y + (long long)r * ldy + o0 + 1;
+            float* p = y + (long long)r * ldy + o1;
             *p = acc[1][r] + (accumulate ? *p : 0.f);
         }
     }
@@ -216,7 +241,7 @@ __device__ __forceinline__ void gemv_silu(const void* __restrict__ x, const bf16
     if (o >= inter) return;
     gemv_prefetch(w, in, o, (long long)o + inter, PREFETCH);
     float acc[2][R];
-    gemv_two_rows<R, NORM>(x, w, in, o, (long long)o + inter, acc, nw, eps);
+    gemv_two_rows<R, NORM>(x, w, in, o, (long long)o + inter, acc, nw, eps, GEMV_SILU_STAGGER);
 #pragma unroll
     for (int r = 0; r < R; r++)
         if (lane == r)
