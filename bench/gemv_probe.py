@@ -2,7 +2,7 @@
 machine, no .NET needed: compiles each file with NVRTC through CuPy (the engine's options) once per build variant
 (-D overrides of GEMV_WARPS / GEMV_UNROLL, RMS_VEC), checks every entry against PyTorch on the same data, and times
 them in one process (--variants "label=DEF=1,DEF2=0;..." times those builds beside the engine's instead of the
-warps x unroll grid, and skips RMSNorm; each is built and launched for 8 warps x 4 steps, so its defines must not
+warps x unroll grid, and skips RMSNorm; each is built and launched for 8 warps x 2 steps, so its defines must not
 be GEMV_WARPS or GEMV_UNROLL):
   - each decode projection of Llama-3.1-8B at one row, over enough weight copies that every byte comes from device
     memory (GB/s = weight bytes / time), and the four of a layer in sequence;
@@ -19,7 +19,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KDIR = os.path.join(ROOT, "native-kernels")
 HIDDEN, QKV, INTER, EPS = 4096, 6144, 14336, 1e-5
-GEMV_VARIANTS = [("w8 u4 (engine)", 8, 4), ("w8 u2", 8, 2), ("w8 u8", 8, 8), ("w4 u4", 4, 4), ("w4 u8", 4, 8), ("w16 u4", 16, 4)]
+GEMV_VARIANTS = [("w8 u2 (engine)", 8, 2), ("w8 u4", 8, 4), ("w8 u8", 8, 8), ("w4 u4", 4, 4), ("w4 u8", 4, 8), ("w16 u4", 16, 4)]
 RMS_VARIANTS = [("registers (RMS_VEC 8)", 8), ("two passes (RMS_VEC 0)", 0)]
 
 
@@ -120,7 +120,7 @@ def rms_variant(label, vec, out):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
-    ap.add_argument("--variants", default="", help='builds timed beside the engine\'s (8 warps x 4): "label=DEF=1,DEF2=0;label2=..."')
+    ap.add_argument("--variants", default="", help='builds timed beside the engine\'s (8 warps x 2): "label=DEF=1,DEF2=0;label2=..."')
     a = ap.parse_args()
     res = {"device": torch.cuda.get_device_name(), "gemv": {}, "rms_norm": {}}
     extra = []
@@ -128,13 +128,13 @@ def main():
         label, _, defs = spec.partition("=")
         defines = [d for d in defs.split(",") if d]
         if any(d.split("=")[0] in ("GEMV_WARPS", "GEMV_UNROLL") for d in defines):
-            ap.error("--variants: GEMV_WARPS / GEMV_UNROLL are fixed at 8 x 4 there (the launch is sized for them)")
+            ap.error("--variants: GEMV_WARPS / GEMV_UNROLL are fixed at 8 x 2 there (the launch is sized for them)")
         extra.append((label, defines))
     for p in range(2):   # two passes: the spread between them is the noise
         if extra:
-            gemv_variant("w8 u4 (engine)", 8, 4, res["gemv"].setdefault(f"pass {p}", {}))
+            gemv_variant("w8 u2 (engine)", 8, 2, res["gemv"].setdefault(f"pass {p}", {}))
             for label, defs in extra:
-                gemv_variant(label, 8, 4, res["gemv"].setdefault(f"pass {p}", {}), defs)
+                gemv_variant(label, 8, 2, res["gemv"].setdefault(f"pass {p}", {}), defs)
             continue
         for label, warps, unroll in GEMV_VARIANTS:
             gemv_variant(label, warps, unroll, res["gemv"].setdefault(f"pass {p}", {}))

@@ -29,8 +29,11 @@
 #ifndef GEMV_WARPS
 #define GEMV_WARPS 8
 #endif
+// Steps of 16-byte loads in flight per lane and row. 2 since the rows were paired far apart (bench/gemv_probe.py,
+// H100, layer of four projections: 8 warps x 2 steps 154.8-155.2 us, x 4 158.2-159.2, x 8 166.4; 4 warps x 4 157.6);
+// before that 4 was best.
 #ifndef GEMV_UNROLL
-#define GEMV_UNROLL 4
+#define GEMV_UNROLL 2
 #endif
 // Which rows are in flight together decides how evenly DRAM serves them (bench/gemv_probe.py, H100, 8B decode shapes,
 // two passes each; per layer of four projections 169.1-169.5 us before either switch):
