@@ -19,7 +19,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KDIR = os.path.join(ROOT, "native-kernels")
 HIDDEN, QKV, INTER, EPS = 4096, 6144, 14336, 1e-5
-GEMV_VARIANTS = [("w8 u2 (engine)", 8, 2), ("w8 u4", 8, 4), ("w8 u8", 8, 8), ("w4 u4", 4, 4), ("w4 u8", 4, 8), ("w16 u4", 16, 4)]
+GEMV_VARIANTS = [("w8 u2 (engine)", 8, 2), ("w8 u4", 8, 4), ("w8 u1", 8, 1), ("w4 u2", 4, 2), ("w16 u2", 16, 2), ("w4 u4", 4, 4)]
 RMS_VARIANTS = [("registers (RMS_VEC 8)", 8), ("two passes (RMS_VEC 0)", 0)]
 
 
