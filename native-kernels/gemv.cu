@@ -68,7 +68,8 @@ __device__ __forceinline__ uint4 ld_cached16(const void* p)
 }
 
 // Bytes of each weight row that a warp asks L2 to prefetch before waiting on the previous kernel: the first two
-// unrolled steps (2 x 32 lanes x GEMV_UNROLL x 16 B).
+// unrolled steps (2 x 32 lanes x GEMV_UNROLL x 16 B) of an unstaggered walk (a staggered SwiGLU warp starts elsewhere,
+// so there the prefetch covers other bytes than its first loads; the option is off by default and timed slower).
 #define GEMV_PREFETCH_BYTES (2 * 32 * GEMV_UNROLL * 16)
 
 __device__ __forceinline__ void prefetch_row_l2(const bf16_t* row, int in)
