@@ -1,4 +1,5 @@
-// Row-wise argmax of fp32 logits: out[r] = index of the largest x[r, :] (lowest index on ties; NaN never wins).
+// Row-wise argmax of fp32 logits: out[r] = index of the largest x[r, :] (lowest index on ties; NaN never wins;
+// -1 when no entry is above -inf, which the callers turn into an error, as Sampler.Greedy throws on the CPU).
 // Greedy decoding on the GPU downloads one int per row instead of a vocab-sized row of logits.
 // Launch: grid (rows), block 1024. One block per row must still read a 128K vocabulary quickly: a strided scalar loop
 // with 256 threads waited on one load at a time (H100, ncu: 197 us for one 128256-wide row, 0.2 ms of every decode
@@ -48,6 +49,6 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_f32(const float* x, in
     {
         for (int w = 1; w < (int)(blockDim.x >> 5); w++)
             if (best_v[w] > v || (best_v[w] == v && best_i[w] < idx)) { v = best_v[w]; idx = best_i[w]; }
-        out[blockIdx.x] = idx == 0x7fffffff ? 0 : idx;
+        out[blockIdx.x] = idx == 0x7fffffff ? -1 : idx;   // -1: every logit NaN or -inf (the caller reports it)
     }
 }

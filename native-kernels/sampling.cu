@@ -1,7 +1,11 @@
 // Temperature / top-k / top-p sampling of fp32 logits on the GPU, so a sampled decode step downloads one token id.
 // One block of SAMPLE_THREADS threads per row; everything is a fixed-order block reduction, so the same logits and
 // the same uniform u always give the same token.
-//   z_i = logits_i / temperature; p_i ∝ exp(z_i - max z).
+//   z_i = (logits_i - max logit) / temperature <= 0, so p_i ∝ exp(z_i) and no temperature overflows z. NaN logits
+//     count as -inf (never kept), as on the CPU sampler. A row with no finite maximum gets out = -1 (every logit NaN or
+//     -inf: nothing to sample, the caller reports it); a row whose maximum is +inf gets its first +inf token (the
+//     limit of the softmax, ties toward the lower id).
+//   Tokens with z < -128 have exp(z) = 0 in fp32, so the bisections search [max(min z, -128), 0].
 //   top-k (k > 0): the threshold t_k = the largest t with #{z_i >= t} >= k, found by bisection on t (ties at the
 //     threshold are kept, as Hugging Face's top-k filter keeps them).
 //   top-p (< 1): among {z_i >= t_k}, the largest t with mass{z_i >= t} >= top_p · mass{z_i >= t_k} (the nucleus:
@@ -16,12 +20,12 @@
 #define BISECT_STEPS 48
 
 // Sum over the row of exp(z - m) where z >= t (mass) and the count of such z; every thread gets both.
-__device__ __forceinline__ void kept(const float* row, int n, float inv_t, float m, float t, float* red, float* mass, float* count)
+__device__ __forceinline__ void kept(const float* row, int n, float mlog, float inv_t, float m, float t, float* red, float* mass, float* count)
 {
     float s = 0.f, c = 0.f;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
     {
-        float z = row[i] * inv_t;
+        float z = (row[i] - mlog) * inv_t;
         if (z >= t) { s += __expf(z - m); c += 1.f; }
     }
     *mass = block_sum(s, red);
@@ -37,15 +41,29 @@ extern "C" __global__ void sample_f32(const float* logits, int n, float inv_temp
     float ur = u + 0.6180339887f * (float)blockIdx.x;
     ur -= floorf(ur);
 
-    float m = -INFINITY, lo_z = INFINITY;
+    float mlog = -INFINITY, lo_log = INFINITY;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
     {
-        float z = row[i] * inv_temperature;
-        m = fmaxf(m, z);
-        lo_z = fminf(lo_z, z);
+        const float x = row[i];
+        mlog = fmaxf(mlog, x);                                  // fmaxf drops NaN
+        if (x > -INFINITY) lo_log = fminf(lo_log, x);
     }
-    m = block_max(m, red);
-    lo_z = -block_max(-lo_z, red);
+    mlog = block_max(mlog, red);
+    lo_log = -block_max(-lo_log, red);
+    if (!(mlog > -INFINITY) || mlog == INFINITY)
+    {
+        // Nothing finite to sample (-1), or the first +inf token: the smallest index holding +inf.
+        float first = INFINITY;
+        if (mlog == INFINITY)
+            for (int i = threadIdx.x; i < n; i += blockDim.x)
+                if (row[i] == INFINITY) { first = fminf(first, (float)i); break; }
+        first = -block_max(-first, red);
+        if (threadIdx.x == 0) out[blockIdx.x] = mlog == INFINITY ? (int)first : -1;
+        return;
+    }
+    // From here z is relative to the maximum: z(x) = (x - mlog) * inv_t, in [-inf, 0].
+    const float m = 0.f;
+    const float lo_z = fmaxf((lo_log - mlog) * inv_temperature, -128.f);
 
     float mass, count;
     float th = lo_z;
@@ -56,15 +74,15 @@ extern "C" __global__ void sample_f32(const float* logits, int n, float inv_temp
         {
             float mid = 0.5f * (lo + hi);
             if (mid <= lo || mid >= hi) break;
-            kept(row, n, inv_temperature, m, mid, red, &mass, &count);
+            kept(row, n, mlog, inv_temperature, m, mid, red, &mass, &count);
             if (count >= (float)top_k) lo = mid; else hi = mid;
         }
         // hi itself may still keep k tokens (bisection stops one ulp short when the k-th value is exactly hi).
-        kept(row, n, inv_temperature, m, hi, red, &mass, &count);
+        kept(row, n, mlog, inv_temperature, m, hi, red, &mass, &count);
         th = count >= (float)top_k ? hi : lo;
     }
     float mass_k;
-    kept(row, n, inv_temperature, m, th, red, &mass_k, &count);
+    kept(row, n, mlog, inv_temperature, m, th, red, &mass_k, &count);
     if (top_p < 1.f)
     {
         float goal = top_p * mass_k, lo = th, hi = m;
@@ -72,10 +90,10 @@ extern "C" __global__ void sample_f32(const float* logits, int n, float inv_temp
         {
             float mid = 0.5f * (lo + hi);
             if (mid <= lo || mid >= hi) break;
-            kept(row, n, inv_temperature, m, mid, red, &mass, &count);
+            kept(row, n, mlog, inv_temperature, m, mid, red, &mass, &count);
             if (mass >= goal) lo = mid; else hi = mid;
         }
-        kept(row, n, inv_temperature, m, hi, red, &mass, &count);
+        kept(row, n, mlog, inv_temperature, m, hi, red, &mass, &count);
         th = mass >= goal ? hi : lo;
     }
 
@@ -85,7 +103,7 @@ extern "C" __global__ void sample_f32(const float* logits, int n, float inv_temp
     float s = 0.f;
     for (int i = begin; i < end; i++)
     {
-        float z = row[i] * inv_temperature;
+        float z = (row[i] - mlog) * inv_temperature;
         if (z >= th) s += __expf(z - m);
     }
     partial[threadIdx.x] = s;
@@ -114,7 +132,7 @@ extern "C" __global__ void sample_f32(const float* logits, int n, float inv_temp
         int pick = -1, last = begin;
         for (int i = begin; i < end; i++)
         {
-            float z = row[i] * inv_temperature;
+            float z = (row[i] - mlog) * inv_temperature;
             if (z < th) continue;
             last = i;
             run += __expf(z - m);

@@ -52,12 +52,20 @@ public sealed class LocalModel : IDisposable
         if (tokenizer.VocabularySize > config.VocabSize)
             throw new InvalidModelException($"{path}: the tokenizer has ids up to {tokenizer.VocabularySize - 1} but the model's vocab_size is {config.VocabSize}.");
         var (compute, reason) = OpenBackend(path, config, backend, swiftKv);
-        var model = new LocalModel
+        try
         {
-            Path = path, Config = config, Tokenizer = tokenizer, Backend = compute, BackendReason = reason,
-            Serving = compute is IBatchedBackend { SupportsBatchedStep: true } ? new ServingEngine(compute, serving) : null,
-        };
-        return model;
+            return new LocalModel
+            {
+                Path = path, Config = config, Tokenizer = tokenizer, Backend = compute, BackendReason = reason,
+                Serving = compute is IBatchedBackend { SupportsBatchedStep: true } ? new ServingEngine(compute, serving) : null,
+            };
+        }
+        catch
+        {
+            // Invalid serving options or a KV pool that does not fit: free the weights now (GPU memory), not at finalization.
+            compute.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Loads only the weights onto a backend (no tokenizer needed), e.g. for logits dumps.</summary>

@@ -85,6 +85,22 @@ public sealed record LlamaConfig
             throw new InvalidModelException($"config.json: num_attention_heads ({NumAttentionHeads}) must be a multiple of num_key_value_heads ({NumKeyValueHeads}).");
         if (HeadDim % 2 != 0)
             throw new InvalidModelException($"config.json: head_dim ({HeadDim}) must be even for rotary embeddings.");
+        // Bounds no Llama comes near (head_dim 64..256), checked so a corrupt config fails here, not as an overflowed
+        // shape or a stack overflow in a backend.
+        if (HeadDim > MaxHeadDim)
+            throw new InvalidModelException($"config.json: head_dim ({HeadDim}) is larger than {MaxHeadDim}.");
+        if ((long)NumAttentionHeads * HeadDim > MaxRowWidth || (long)NumKeyValueHeads * HeadDim > MaxRowWidth)
+            throw new InvalidModelException($"config.json: num_attention_heads x head_dim ({(long)NumAttentionHeads * HeadDim}) must be at most {MaxRowWidth}.");
+        if (HiddenSize > MaxRowWidth || IntermediateSize > MaxRowWidth)
+            throw new InvalidModelException($"config.json: hidden_size ({HiddenSize}) and intermediate_size ({IntermediateSize}) must be at most {MaxRowWidth}.");
+        // Ids past vocab_size are allowed: small test models keep Llama 3's special-token ids with a short vocabulary
+        // (such an id is never generated, so it never stops anything); a negative id is a broken config.
+        if (BosTokenId is < 0)
+            throw new InvalidModelException($"config.json: bos_token_id ({BosTokenId}) must be >= 0.");
+        foreach (int eos in EosTokenIds)
+            if (eos < 0) throw new InvalidModelException($"config.json: eos_token_id ({eos}) must be >= 0.");
+        if (TorchDtype is not ("bfloat16" or "float16" or "float32"))
+            throw new InvalidModelException($"config.json: torch_dtype '{TorchDtype}' is not supported (bfloat16, float16 or float32).");
         if (!(RmsNormEps > 0)) throw new InvalidModelException($"config.json: rms_norm_eps must be > 0 (got {RmsNormEps}).");
         if (!(RopeTheta > 0)) throw new InvalidModelException($"config.json: rope_theta must be > 0 (got {RopeTheta}).");
         if (RopeScaling is { } rs)
@@ -105,6 +121,11 @@ public sealed record LlamaConfig
         }
         return this;
     }
+
+    /// <summary>Largest head_dim a config may declare (Llama 3.x: 64 or 128).</summary>
+    public const int MaxHeadDim = 1024;
+    /// <summary>Largest hidden, intermediate or heads x head_dim width (the 405B model's intermediate size is 53248).</summary>
+    public const int MaxRowWidth = 1 << 20;
 
     static void Positive(int value, string key)
     {
@@ -127,6 +148,7 @@ public sealed record LlamaConfig
         {
             root = JsonNode.Parse(json) as JsonObject
                 ?? throw new InvalidModelException($"{source}: the top level must be a JSON object.");
+            RejectDuplicateKeys(root, source);
         }
         catch (JsonException e)
         {
@@ -138,8 +160,32 @@ public sealed record LlamaConfig
             throw new InvalidModelException($"{source}: model_type '{modelType}' is not supported (expected 'llama' or 'llama_swiftkv').");
         int hidden = r.Int("hidden_size");
         int heads = r.Int("num_attention_heads");
+        string act = r.String("hidden_act", required: false) ?? "silu";
+        if (act != "silu")
+            throw new InvalidModelException($"{source}: hidden_act '{act}' is not supported (Llama uses 'silu').");
         Llama3RopeScaling? scaling = null;
-        if (root["rope_scaling"] is JsonObject rso)
+        double? ropeTheta = null;
+        // transformers 5 writes the rotary settings as one rope_parameters object (rope_type, rope_theta and the
+        // scaling fields together) instead of rope_theta + rope_scaling.
+        if (root["rope_parameters"] is JsonObject rpo)
+        {
+            var p = new ConfigReader(rpo, source + " rope_parameters");
+            string type = p.String("rope_type", required: false) ?? p.String("type", required: false) ?? "default";
+            ropeTheta = p.Double("rope_theta");
+            if (type == "llama3")
+                scaling = new Llama3RopeScaling(
+                    p.Double("factor"), p.Double("low_freq_factor"), p.Double("high_freq_factor"),
+                    p.Int("original_max_position_embeddings"));
+            else if (type != "default")
+                throw new InvalidModelException($"{source}: rope_parameters.rope_type '{type}' is not supported (only 'default' and 'llama3').");
+            if (root["rope_theta"] is { } top && top.GetValueKind() == JsonValueKind.Number && r.Double("rope_theta") != ropeTheta)
+                throw new InvalidModelException($"{source}: rope_theta ({r.Double("rope_theta")}) and rope_parameters.rope_theta ({ropeTheta}) disagree.");
+            if (root["rope_scaling"] is JsonObject)
+                throw new InvalidModelException($"{source}: both rope_scaling and rope_parameters are given; keep one.");
+        }
+        else if (root["rope_parameters"] is { } rpn && rpn.GetValueKind() != JsonValueKind.Null)
+            throw new InvalidModelException($"{source}: rope_parameters must be an object or null.");
+        else if (root["rope_scaling"] is JsonObject rso)
         {
             var s = new ConfigReader(rso, source + " rope_scaling");
             string type = s.String("rope_type", required: false) ?? s.String("type", required: false)
@@ -167,7 +213,7 @@ public sealed record LlamaConfig
             VocabSize = r.Int("vocab_size"),
             MaxPositionEmbeddings = r.Int("max_position_embeddings", 131072),
             RmsNormEps = r.Double("rms_norm_eps", 1e-6),
-            RopeTheta = r.Double("rope_theta", 10000),
+            RopeTheta = ropeTheta ?? r.Double("rope_theta", 10000),
             RopeScaling = scaling,
             TieWordEmbeddings = r.Bool("tie_word_embeddings", false),
             AttentionBias = r.Bool("attention_bias", false),
@@ -183,6 +229,30 @@ public sealed record LlamaConfig
             cfg = cfg with { SwiftKv = true, NumKeyValueLayers = r.Int("num_key_value_layers") };
         if (cfg.MlpBias) throw new InvalidModelException($"{source}: mlp_bias = true is not supported.");
         return cfg.Validate();
+    }
+
+    /// <summary>
+    /// System.Text.Json keeps the last of duplicate keys only until a JsonObject is first read, then throws an
+    /// ArgumentException that names neither the file nor the problem; walk the tree once here instead.
+    /// </summary>
+    static void RejectDuplicateKeys(JsonNode node, string source)
+    {
+        try
+        {
+            switch (node)
+            {
+                case JsonObject o:
+                    foreach (var (_, v) in o) if (v is not null) RejectDuplicateKeys(v, source);
+                    break;
+                case JsonArray a:
+                    foreach (var v in a) if (v is not null) RejectDuplicateKeys(v, source);
+                    break;
+            }
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidModelException($"{source}: a key appears twice in the same object ({e.Message}).", e);
+        }
     }
 
     /// <summary>Writes config.json the way Hugging Face transformers does, with the SwiftKV fields when present.</summary>

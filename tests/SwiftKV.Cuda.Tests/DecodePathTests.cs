@@ -220,6 +220,46 @@ public sealed class DecodePathTests : GpuFixtureTest
         }
     }
 
+    /// <summary>
+    /// Non-finite logits: with some -inf (and NaN, which counts as -inf) the top-k and top-p filters still keep exactly
+    /// the reference's set (the bisection once started at -inf and kept everything); logits near -3e38 likewise; +inf
+    /// takes its first token; a row with nothing above -inf gives -1; a temperature whose inverse overflows is refused.
+    /// </summary>
+    [Fact]
+    public void SamplingKernel_NonFiniteLogits()
+    {
+        Gpu.Require();
+        var kernel = new SamplingKernel(Library);
+        using var dOut = new DeviceBuffer<int>(1);
+        int Draw(float[] logits, float temp, int k, float p, float u)
+        {
+            using var d = new DeviceBuffer<float>(logits);
+            kernel.Launch(Stream, d, 1, logits.Length, temp, k, p, u, dOut);
+            Stream.Synchronize();
+            return dOut.ToArray()[0];
+        }
+        float ninf = float.NegativeInfinity, nan = float.NaN;
+        float[] masked = [5, 4, 3, 2, 1, 0, -1, ninf, nan, ninf];
+        float[] huge = [5, 4, 3, 2, 1, 0, -1, -3e38f, -3e38f, -1e38f];
+        foreach (var row in new[] { masked, huge })
+            foreach (var (k, p) in new[] { (2, 1f), (0, 0.7f), (3, 0.9f) })
+            {
+                var finite = row.Select(v => float.IsNaN(v) || v < -1e30f ? -1000f : v).ToArray();
+                var expected = Reference(finite, 1f, k, p);
+                for (int i = 0; i < 400; i++)
+                {
+                    int t = Draw(row, 1f, k, p, (i + 0.5f) / 400);
+                    Assert.True(t >= 0 && expected[t] > 0, $"k={k} p={p}: token {t} is outside the kept set {{{string.Join(",", expected.Select((e, j) => e > 0 ? j : -1).Where(j => j >= 0))}}}");
+                }
+            }
+        float inf = float.PositiveInfinity;
+        Assert.Equal(3, Draw([0, 5, 1, inf, 2, inf], 1f, 0, 1f, 0.9f));
+        Assert.Equal(3, Draw([0, 5, 1, inf, 2, inf], 0.5f, 2, 0.5f, 0.1f));
+        Assert.Equal(-1, Draw([nan, ninf, nan], 1f, 0, 1f, 0.5f));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Draw([1, 2], 1e-39f, 0, 1f, 0.5f));
+        Assert.Equal(1, Draw([1, 2, 0, -1], 1e-30f, 0, 1f, 0.5f));   // a tiny (but invertible) temperature is greedy
+    }
+
     /// <summary>Host reference: softmax(z / T), keep the k most likely, then the smallest most-likely prefix reaching p.</summary>
     static double[] Reference(float[] logits, float temp, int k, float p)
     {

@@ -252,6 +252,27 @@ public sealed class KernelTests : GpuFixtureTest
         Assert.Equal([300, n - 1, 0, 6], dOut.ToArray());
     }
 
+    /// <summary>+inf wins (first one), and a row of only NaN and -inf gives -1, as Sampler.GreedyOrNone on the host.</summary>
+    [Theory]
+    [InlineData(1001)]
+    [InlineData(128256)]
+    public void Argmax_NonFiniteRows_MatchHostRule(int n)
+    {
+        Gpu.Require();
+        var rng = new TestRng(19);
+        var x = rng.Array(3L * n, 5f);
+        x[n - 7] = float.PositiveInfinity; x[n - 3] = float.PositiveInfinity;
+        for (int i = n; i < 2 * n; i++) x[i] = i % 3 == 0 ? float.NaN : float.NegativeInfinity;
+        for (int i = 2 * n; i < 3 * n; i++) x[i] = float.NaN;
+        using var dx = new DeviceBuffer<float>(x);
+        using var dOut = new DeviceBuffer<int>(new[] { 7, 7, 7 });
+        new ArgmaxKernel(Library).Launch(Stream, dx, 3, n, dOut);
+        Stream.Synchronize();
+        var want = Enumerable.Range(0, 3).Select(r => SwiftKV.Engine.Sampling.Sampler.GreedyOrNone(x.AsSpan(r * n, n))).ToArray();
+        Assert.Equal([n - 7, -1, -1], want);
+        Assert.Equal(want, dOut.ToArray());
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]

@@ -62,6 +62,31 @@ public class SamplerTests
         Assert.Equal(2, Sampler.Greedy([float.NaN, 1f, 2f]));
     }
 
+    /// <summary>
+    /// Non-finite logits: +inf holds all the softmax mass (the first +inf token is taken, at any temperature and top-k),
+    /// NaN counts as -inf and is never drawn, and a row with nothing above -inf is an error, not token 0 or n-1.
+    /// </summary>
+    [Fact]
+    public void Sample_NonFiniteLogits_InfWinsNaNNeverDrawnNothingFiniteThrows()
+    {
+        float inf = float.PositiveInfinity, nan = float.NaN;
+        foreach (var p in new[] { new SamplingParams { Temperature = 1f, Seed = 1 }, new SamplingParams { Temperature = 0.3f, TopK = 3, Seed = 2 },
+                     new SamplingParams { Temperature = 2f, TopP = 0.5f, Seed = 3 } })
+        {
+            var s = new Sampler(p);
+            for (int i = 0; i < 200; i++) Assert.Equal(2, s.Sample([0f, 5f, inf, 1f, -3f, inf]));
+        }
+        Assert.Equal(2, Sampler.Greedy([0f, 5f, inf, 1f]));
+        var freq = Frequencies(new Sampler(new SamplingParams { Temperature = 1f, Seed = 5 }), [nan, 0f, nan, 0f], 20_000);
+        Assert.Equal(0, freq[0] + freq[2]);
+        Assert.True(Math.Abs(freq[1] - 0.5) < 0.02, $"{freq[1]}");
+        float[] none = [nan, float.NegativeInfinity, nan];
+        Assert.Contains("NaN or -inf", Assert.Throws<InvalidOperationException>(() => Sampler.Greedy(none)).Message);
+        Assert.Equal(-1, Sampler.GreedyOrNone(none));
+        Assert.Throws<InvalidOperationException>(() => new Sampler(new SamplingParams { Temperature = 1f, Seed = 6 }).Sample(none));
+        Assert.Throws<InvalidOperationException>(() => new Sampler(SamplingParams.Greedy).Sample(none));
+    }
+
     [Fact]
     public void Sample_TopK1EqualsGreedy()
     {

@@ -88,9 +88,54 @@ public sealed class LlamaConfigTests
         { With(SwiftKv8B, o => o["rope_scaling"]!["rope_type"] = "yarn"), "rope_scaling type 'yarn' is not supported" },
         { With(SwiftKv8B, o => o["model_type"] = "mistral"), "model_type 'mistral' is not supported" },
         { With(SwiftKv8B, o => o["vocab_size"] = -1), "vocab_size must be a positive integer" },
+        { With(SwiftKv8B, o => o["hidden_act"] = "gelu"), "hidden_act 'gelu' is not supported" },
+        { With(SwiftKv8B, o => o["head_dim"] = 2048), "head_dim (2048) is larger than 1024" },
+        { With(SwiftKv8B, o => { o["num_attention_heads"] = 65536; o["head_dim"] = 1024; }), "num_attention_heads x head_dim (67108864)" },
+        { With(SwiftKv8B, o => o["eos_token_id"] = new JsonArray(128001, -1)), "eos_token_id (-1) must be >= 0" },
+        { With(SwiftKv8B, o => o["bos_token_id"] = -5), "bos_token_id (-5) must be >= 0" },
+        { With(SwiftKv8B, o => o["torch_dtype"] = "int4"), "torch_dtype 'int4' is not supported" },
+        { With(SwiftKv8B, o => { o.Remove("rope_scaling"); o["rope_parameters"] = new JsonObject { ["rope_type"] = "yarn", ["rope_theta"] = 1e6 }; }),
+            "rope_parameters.rope_type 'yarn' is not supported" },
+        { With(SwiftKv8B, o => { o.Remove("rope_scaling"); o["rope_parameters"] = new JsonObject { ["rope_type"] = "default", ["rope_theta"] = 1e6 }; }),
+            "rope_theta (500000) and rope_parameters.rope_theta (1000000) disagree" },
+        { With(SwiftKv8B, o => o["rope_parameters"] = new JsonObject { ["rope_type"] = "default", ["rope_theta"] = 500000 }),
+            "both rope_scaling and rope_parameters" },
+        { "{\"hidden_size\": 64, \"vocab_size\": 10, \"hidden_size\": 128}", "a key appears twice" },
         { "[1, 2]", "top level must be a JSON object" },
         { "{\"hidden_size\": ", "not valid JSON" },
     };
+
+    /// <summary>
+    /// transformers 5 writes the rotary settings as one rope_parameters object; both layouts of the same model must give
+    /// the same facts (a config re-saved by transformers 5 once parsed with theta 10000 and no llama3 scaling).
+    /// </summary>
+    [Fact]
+    public void Parse_RopeParameters_EqualsRopeThetaAndRopeScaling()
+    {
+        var v5 = With(SwiftKv8B, o =>
+        {
+            o.Remove("rope_theta");
+            o.Remove("rope_scaling");
+            o["rope_parameters"] = new JsonObject
+            {
+                ["rope_type"] = "llama3", ["rope_theta"] = 500000.0, ["factor"] = 8.0, ["low_freq_factor"] = 1.0,
+                ["high_freq_factor"] = 4.0, ["original_max_position_embeddings"] = 8192,
+            };
+        });
+        var classic = LlamaConfig.Parse(SwiftKv8B);
+        Assert.Equal(classic, LlamaConfig.Parse(v5) with { EosTokenIds = classic.EosTokenIds });   // the list compares by reference
+        var c = LlamaConfig.Parse(v5);
+        Assert.Equal(500000, c.RopeTheta);
+        Assert.Equal(new Llama3RopeScaling(8, 1, 4, 8192), c.RopeScaling);
+        var plain = LlamaConfig.Parse(With(SwiftKv8B, o =>
+        {
+            o.Remove("rope_theta");
+            o.Remove("rope_scaling");
+            o["rope_parameters"] = new JsonObject { ["rope_type"] = "default", ["rope_theta"] = 250000.0 };
+        }));
+        Assert.Equal(250000, plain.RopeTheta);
+        Assert.Null(plain.RopeScaling);
+    }
 
     [Theory]
     [MemberData(nameof(BadConfigs))]

@@ -3,7 +3,8 @@ namespace SwiftKV.Cuda.Kernels;
 
 /// <summary>
 /// out[r] = a token drawn from softmax(logits row r / temperature) restricted by top-k then top-p, using the
-/// uniform <c>u</c> in [0, 1) (row r uses frac(u + 0.618·r)). Same logits and u, same token.
+/// uniform <c>u</c> in [0, 1) (row r uses frac(u + 0.618·r)). Same logits and u, same token. NaN logits count as -inf;
+/// a row whose maximum is +inf gets its first +inf token; a row with nothing above -inf gets -1 (callers throw).
 /// </summary>
 public sealed unsafe class SamplingKernel(KernelLibrary library)
 {
@@ -15,7 +16,8 @@ public sealed unsafe class SamplingKernel(KernelLibrary library)
         const string name = "sample_f32";
         KernelGuard.Positive(rows, name, nameof(rows));
         KernelGuard.Positive(n, name, nameof(n));
-        if (!(temperature > 0) || float.IsInfinity(temperature)) throw new ArgumentOutOfRangeException(nameof(temperature), temperature, $"{name}: temperature must be > 0 (use argmax for greedy).");
+        if (!(temperature > 0) || float.IsInfinity(temperature) || float.IsInfinity(1f / temperature))
+            throw new ArgumentOutOfRangeException(nameof(temperature), temperature, $"{name}: temperature must be finite, > 0 and have a finite inverse (use argmax for greedy).");
         ArgumentOutOfRangeException.ThrowIfNegative(topK);
         if (!(topP > 0 && topP <= 1)) throw new ArgumentOutOfRangeException(nameof(topP), topP, $"{name}: top_p must be in (0, 1].");
         if (!(u >= 0 && u < 1)) throw new ArgumentOutOfRangeException(nameof(u), u, $"{name}: u must be in [0, 1).");

@@ -21,7 +21,7 @@ public sealed partial class CpuBackend : IGreedyBatchedBackend
         var logits = ForwardBatch(kv, batch);
         int vocab = Config.VocabSize;
         var ids = new int[logits.Length / vocab];
-        for (int i = 0; i < ids.Length; i++) ids[i] = Sampling.Sampler.Greedy(logits.AsSpan(i * vocab, vocab));
+        for (int i = 0; i < ids.Length; i++) ids[i] = Sampling.Sampler.GreedyOrNone(logits.AsSpan(i * vocab, vocab));
         return ids;
     }
 

@@ -274,6 +274,8 @@ public sealed partial class CudaBackend : IModelBackend
     public unsafe int NextToken(ISequenceCache cache, ReadOnlySpan<int> tokens, GpuSampling sampling, long step = 0)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        if (float.IsNaN(sampling.Temperature) || sampling.Temperature < 0 || float.IsInfinity(sampling.Temperature))
+            throw new ArgumentOutOfRangeException(nameof(sampling), $"temperature {sampling.Temperature} must be a finite number >= 0 (0 = greedy).");
         if (!sampling.IsGreedy && !(sampling.TopP > 0 && sampling.TopP <= 1))
             throw new ArgumentOutOfRangeException(nameof(sampling), $"top_p {sampling.TopP} must be in (0, 1].");
         if (sampling.TopK < 0) throw new ArgumentOutOfRangeException(nameof(sampling), $"top_k {sampling.TopK} must be >= 0.");
@@ -287,8 +289,11 @@ public sealed partial class CudaBackend : IModelBackend
         int* host = (int*)(_pinned.Pointer + 64);
         _stream.DownloadAsync(_picked.Span, host, 1);
         _stream.Synchronize();
-        return host[0];
+        return host[0] >= 0 ? host[0] : throw new InvalidOperationException(NoFiniteLogit);
     }
+
+    /// <summary>What a step reports when the GPU argmax or sampler found every logit NaN or -inf.</summary>
+    internal const string NoFiniteLogit = "every logit of the step is NaN or -inf: the model's output is invalid (nothing to sample).";
 
     /// <summary>A uniform in [0, 1) from (seed, step): SplitMix64, 24 bits.</summary>
     static float Uniform(ulong seed, long step)

@@ -22,15 +22,27 @@ public sealed class Sampler
         _rng = new Xoshiro256(parameters.Seed ?? (ulong)Random.Shared.NextInt64());
     }
 
-    /// <summary>Argmax, lowest index on ties; NaN never wins.</summary>
+    /// <summary>
+    /// Argmax, lowest index on ties; NaN never wins. Throws <see cref="InvalidOperationException"/> when nothing is
+    /// above -inf (every logit NaN or -inf: a broken model, or a constraint that masked every token).
+    /// </summary>
     public static int Greedy(ReadOnlySpan<float> logits)
+    {
+        int best = GreedyOrNone(logits);
+        return best >= 0 ? best : throw new InvalidOperationException(NoFiniteLogit);
+    }
+
+    /// <summary><see cref="Greedy"/>, but -1 instead of the exception (a batch reports such a row per sequence).</summary>
+    public static int GreedyOrNone(ReadOnlySpan<float> logits)
     {
         if (logits.IsEmpty) throw new ArgumentException("logits are empty.", nameof(logits));
         int best = 0;
         for (int i = 1; i < logits.Length; i++)
             if (logits[i] > logits[best] || float.IsNaN(logits[best])) best = i;
-        return best;
+        return logits[best] > float.NegativeInfinity ? best : -1;
     }
+
+    internal const string NoFiniteLogit = "every logit is NaN or -inf: nothing to sample (an invalid model output, or a constraint that masked every token).";
 
     /// <summary>Samples a token id from <paramref name="logits"/> (vocab_size); the caller's row is never changed.</summary>
     public int Sample(ReadOnlySpan<float> logits)
@@ -66,7 +78,10 @@ public sealed class Sampler
 
         int keep = _p.TopK > 0 ? Math.Min(_p.TopK, n) : n;
         double max = scaled[order[0]];
-        if (double.IsNegativeInfinity(max)) return order[0];
+        if (double.IsNegativeInfinity(max)) throw new InvalidOperationException(NoFiniteLogit);
+        // +inf: the softmax's limit puts all the mass on the +inf tokens; the first (lowest id, the sort's tie order)
+        // is taken, as the GPU sampler does. exp(inf - inf) would make every probability NaN.
+        if (double.IsPositiveInfinity(max)) return order[0];
         var probs = new double[keep];
         double sum = 0;
         for (int r = 0; r < keep; r++) sum += probs[r] = Math.Exp(scaled[order[r]] - max);

@@ -74,7 +74,8 @@ public interface IGreedyBatchedBackend : IBatchedBackend
     /// <summary>
     /// Runs one step exactly as <see cref="IBatchedBackend.ForwardBatch"/> does and returns, for each sequence with
     /// <see cref="BatchSequence.NeedsLogits"/> in batch order, the argmax of its logits row (lowest id on ties, as
-    /// <c>Sampler.Greedy</c>). Same validation and exceptions.
+    /// <c>Sampler.Greedy</c>), or -1 for a row with no logit above -inf (NaN or -inf everywhere: the caller fails that
+    /// sequence alone). Same validation and exceptions.
     /// </summary>
     int[] ForwardBatchGreedy(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch);
 }

@@ -232,21 +232,31 @@ public sealed class ServingEngine : IDisposable
             if (e.Request.IsCancellationRequested) continue;
             var seq = c.Sequence;
             int token;
-            if (onBackend)
+            try
             {
-                token = picked[r];   // plain greedy: the Sampler would return the same argmax and keep no state
-            }
-            else
-            {
-                var rowLogits = logits.AsSpan(r * vocab, vocab);
-                if (e.Constraint is { } constraint)
+                if (onBackend)
                 {
-                    var masked = rowLogits.ToArray();
-                    constraint.Apply(masked);
-                    rowLogits = masked;
+                    // Plain greedy: the Sampler would return the same argmax and keep no state; -1 = no finite logit.
+                    token = picked[r] >= 0 ? picked[r] : throw new InvalidOperationException(Sampler.NoFiniteLogit);
                 }
-                token = e.Sampler.Sample(rowLogits);
-                e.Constraint?.Accept(token);
+                else
+                {
+                    var rowLogits = logits.AsSpan(r * vocab, vocab);
+                    if (e.Constraint is { } constraint)
+                    {
+                        var masked = rowLogits.ToArray();
+                        constraint.Apply(masked);
+                        rowLogits = masked;
+                    }
+                    token = e.Sampler.Sample(rowLogits);
+                    e.Constraint?.Accept(token);
+                }
+            }
+            catch (Exception ex) when (ex is InvalidOperationException or ArgumentException)
+            {
+                // This sequence's logits (or its constraint) leave nothing to pick: it fails alone.
+                Fail(e, live, ex);
+                continue;
             }
             long now = Stopwatch.GetTimestamp();
             if (e.FirstTokenAt == 0)
@@ -292,6 +302,15 @@ public sealed class ServingEngine : IDisposable
         Publish();
         e.Request.Succeed(new RequestOutcome(reason, seq.PromptLength, seq.OutputTokens, Math.Max(0, seq.CachedPromptTokens),
             seq.Preemptions, ttft, tpot));
+    }
+
+    void Fail(Entry e, Dictionary<Sequence, Entry> live, Exception cause)
+    {
+        live.Remove(e.Seq);
+        _scheduler.Finish(e.Seq);
+        e.Registration.Dispose();
+        Publish();
+        e.Request.Fail(new InvalidOperationException($"the request failed at token {e.Seq.OutputTokens + 1}: {cause.Message}", cause));
     }
 
     void Drop(Entry e, Dictionary<Sequence, Entry> live)

@@ -256,6 +256,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
         }
 
         if (!entry.TryGetProperty("data_offsets", out var offsets) || offsets.ValueKind != JsonValueKind.Array || offsets.GetArrayLength() != 2
+            || offsets[0].ValueKind != JsonValueKind.Number || offsets[1].ValueKind != JsonValueKind.Number
             || !offsets[0].TryGetInt64(out long begin) || !offsets[1].TryGetInt64(out long end))
             throw new InvalidModelException($"{where}: 'data_offsets' must be [begin, end] integers.");
         if (begin < 0 || end < begin)

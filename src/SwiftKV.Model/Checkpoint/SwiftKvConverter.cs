@@ -16,8 +16,12 @@ public static class SwiftKvConverter
     public static LlamaConfig Convert(string llamaDirectory, string outputDirectory, int numKeyValueLayers, int keyValueGroupSize = 1,
         TensorDtype? dtype = null, long maxShardBytes = LlamaCheckpointWriter.DefaultMaxShardBytes)
     {
-        if (string.Equals(Path.GetFullPath(llamaDirectory).TrimEnd('/'), Path.GetFullPath(outputDirectory).TrimEnd('/'), StringComparison.Ordinal))
+        string src = Path.GetFullPath(llamaDirectory).TrimEnd('/'), dst = Path.GetFullPath(outputDirectory).TrimEnd('/');
+        if (string.Equals(src, dst, StringComparison.Ordinal))
             throw new ArgumentException("the output directory must differ from the source (writing removes its safetensors files).", nameof(outputDirectory));
+        // The source's companion files (tokenizer, ...) are copied over; an output inside the source would copy itself.
+        if (dst.StartsWith(src + "/", StringComparison.Ordinal))
+            throw new ArgumentException($"the output directory {dst} must not be inside the source {src}.", nameof(outputDirectory));
         var source = LlamaConfig.Load(llamaDirectory);
         if (source.SwiftKv)
             throw new InvalidModelException($"{llamaDirectory}: already a SwiftKV checkpoint (num_key_value_layers = {source.NumKeyValueLayers}); convert its plain Llama original.");
@@ -91,10 +95,5 @@ public static class SwiftKvConverter
         return sum!.Select(s => (float)(s / target.KeyValueGroupSize)).ToArray();
     }
 
-    static TensorDtype StorageDtype(LlamaConfig config) => config.TorchDtype switch
-    {
-        "float32" => TensorDtype.F32,
-        "float16" => TensorDtype.F16,
-        _ => TensorDtype.BF16,
-    };
+    static TensorDtype StorageDtype(LlamaConfig config) => TensorDtypes.FromTorchName(config.TorchDtype);
 }

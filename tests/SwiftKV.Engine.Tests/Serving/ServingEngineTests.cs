@@ -146,6 +146,36 @@ public class ServingEngineTests
         Assert.Equal(1, engine.Metrics.CancelledRequests);
     }
 
+    /// <summary>Masks every token after <c>after</c> accepted ones: the row has nothing left to sample.</summary>
+    sealed class MaskAllAfter(int after) : ILogitsConstraint
+    {
+        int _accepted;
+        public void Apply(Span<float> logits) { if (_accepted >= after) logits.Fill(float.NegativeInfinity); }
+        public void Accept(int tokenId) => _accepted++;
+    }
+
+    /// <summary>
+    /// A request whose logits row leaves nothing to sample (here its constraint masks every token at its third token)
+    /// fails alone with an error that says so; the request beside it finishes as if alone and the blocks come back.
+    /// </summary>
+    [Fact]
+    public async Task Submit_NothingLeftToSample_FailsThatRequestOnly()
+    {
+        using var backend = Backend("llama");
+        int vocab = backend.Config.VocabSize;
+        var victimPrompt = TestModels.RandomTokens(20, vocab, 3);
+        var otherPrompt = TestModels.RandomTokens(9, vocab, 4);
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 200 });
+        var victim = engine.Submit(victimPrompt, SamplingParams.Greedy, 30, ct: Ct, constraint: new MaskAllAfter(2));
+        var other = engine.Submit(otherPrompt, SamplingParams.Greedy, 30, ct: Ct);
+        var otherTask = Collect(other);
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => Collect(victim).WaitAsync(TimeSpan.FromSeconds(30), Ct));
+        Assert.Contains("at token 3", e.Message);
+        Assert.Contains("NaN or -inf", e.Message);
+        Assert.Equal(Solo(backend, otherPrompt, SamplingParams.Greedy, 30, new HashSet<int>()), await otherTask.WaitAsync(TimeSpan.FromSeconds(30), Ct));
+        await Eventually(() => engine.Metrics.KvBlocksUsed == 0);
+    }
+
     [Fact]
     public async Task Cancel_ByTokenOrWalkingAway_FreesBlocks()
     {

@@ -114,6 +114,8 @@ public sealed class SafetensorsFileTests : IDisposable
     [InlineData("""{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}""", "non-negative integers")]
     [InlineData("""{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}""", "not an ordered")]
     [InlineData("""{"w":{"dtype":"F32","shape":[1]}}""", "data_offsets")]
+    [InlineData("""{"w":{"dtype":"F32","shape":[1],"data_offsets":["0","4"]}}""", "'data_offsets' must be [begin, end] integers")]
+    [InlineData("""{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,null]}}""", "'data_offsets' must be [begin, end] integers")]
     [InlineData("""{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}""", "names 'w' twice")]
     [InlineData("""{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}""", "overlap")]
     [InlineData("""{"__metadata__":{"format":1}}""", "__metadata__ 'format' must be a string")]

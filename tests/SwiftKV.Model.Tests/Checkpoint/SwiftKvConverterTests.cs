@@ -72,4 +72,14 @@ public sealed class SwiftKvConverterTests : IDisposable
         TinyModels.SaveFull(Source, TinyModels.Config(swiftKv: false));
         Assert.Throws<ArgumentException>(() => SwiftKvConverter.Convert(Source, Source + "/", 2));
     }
+
+    /// <summary>The companion files are copied from the source: an output inside it would be copied into itself.</summary>
+    [Fact]
+    public void Convert_OutputInsideSource_Throws()
+    {
+        TinyModels.SaveFull(Source, TinyModels.Config(swiftKv: false));
+        var e = Assert.Throws<ArgumentException>(() => SwiftKvConverter.Convert(Source, Path.Combine(Source, "swift"), 2));
+        Assert.Contains("must not be inside the source", e.Message);
+        Assert.False(Directory.Exists(Path.Combine(Source, "swift")));
+    }
 }
