@@ -23,16 +23,7 @@ public static class HostingSample
 
     public static async Task<int> Main(string[] args)
     {
-        try
-        {
-            await RunAsync(args, Console.Out);
-            return 0;
-        }
-        catch (ArgumentException e)
-        {
-            Console.Error.WriteLine($"hosting: {e.Message}");
-            return 2;
-        }
+        return await SampleRun.Guarded("hosting", () => RunAsync(args, Console.Out));
     }
 
     /// <summary>Builds and runs the host until the answer service has answered; <paramref name="output"/> receives the answer and report.</summary>

@@ -74,8 +74,7 @@ public static class SummarizationSample
             Console.Error.WriteLine($"summarization: {e.Message}\nusage: dotnet run --project samples/Summarization -c Release -- [--model DIR] [--sections N] [--chunk-tokens N] [--max-chunks N | --all-chunks] [--map-tokens N] [--reduce-tokens N] [--quick]");
             return 2;
         }
-        await RunAsync(options, Console.Out);
-        return 0;
+        return await SampleRun.Guarded("summarization", () => RunAsync(options, Console.Out));
     }
 
     /// <summary>Runs map-reduce with SwiftKV on, measures every prompt with SwiftKV off too, and reports.</summary>

@@ -50,8 +50,7 @@ public static class ToolAgentSample
             Console.Error.WriteLine($"tool-agent: {e.Message}\nusage: dotnet run --project samples/ToolAgent -- [--model DIR] [--question TEXT] [--require lookup|multiply|add] [--max-tokens N]");
             return 2;
         }
-        await RunAsync(options, Console.Out);
-        return 0;
+        return await SampleRun.Guarded("tool-agent", () => RunAsync(options, Console.Out));
     }
 
     /// <summary>Asks the question through a kernel with the plugins, and reports tools called and prefill numbers.</summary>

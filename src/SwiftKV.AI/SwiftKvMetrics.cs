@@ -36,25 +36,29 @@ public static class SwiftKvMetrics
 /// </summary>
 internal static class KvPoolGauge
 {
-    static readonly System.Collections.Concurrent.ConcurrentDictionary<SwiftKV.Engine.LocalModel, byte> s_models = new();
+    // Weak keys: the gauge must not keep a model (its weights, its KV pool) alive after its clients are gone; a
+    // dictionary held every model loaded in the process until a metrics listener happened to read the gauge.
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<SwiftKV.Engine.LocalModel, object> s_models = new();
 
     static KvPoolGauge() =>
         SwiftKvInstruments.SharedMeter.CreateObservableGauge(SwiftKvMetrics.KvPoolBytes, Observe, "By",
             "KV cache bytes in use in the serving engine's block pool");
 
-    /// <summary>Called by every client of a model; a model is observed until it is disposed.</summary>
+    static readonly object s_tracked = new();
+
+    /// <summary>Called by every client of a model; a model is observed until it is disposed or collected.</summary>
     public static void Track(SwiftKV.Engine.LocalModel model)
     {
-        if (model.Serving is not null) s_models.TryAdd(model, 0);
+        if (model.Serving is not null) s_models.TryAdd(model, s_tracked);
     }
 
     static IEnumerable<Measurement<long>> Observe()
     {
-        foreach (var model in s_models.Keys)
+        foreach (var (model, _) in s_models)
         {
             if (model.IsDisposed)
             {
-                s_models.TryRemove(model, out _);
+                s_models.Remove(model);
                 continue;
             }
             if (model.Serving is not { } engine) continue;

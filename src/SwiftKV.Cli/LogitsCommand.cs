@@ -34,9 +34,9 @@ internal static class LogitsCommand
             var ids = s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse).ToArray();
             return ids.Length > 0 ? ids : throw new UsageException("--tokens is empty");
         }
-        catch (FormatException)
+        catch (Exception e) when (e is FormatException or OverflowException)
         {
-            throw new UsageException($"--tokens must be comma-separated integers (got '{s}')");
+            throw new UsageException($"--tokens must be comma-separated 32-bit integers (got '{s}')");
         }
     }
 

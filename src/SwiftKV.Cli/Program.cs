@@ -38,9 +38,15 @@ internal static class CliApp
         {
             return command.Run(new CliArgs(args.Skip(1)));
         }
-        catch (Exception e) when (e is UsageException or InvalidModelException or ArgumentException or FileNotFoundException or DirectoryNotFoundException or NotSupportedException)
+        catch (Exception e) when (e is UsageException or InvalidModelException or ArgumentException or IOException or UnauthorizedAccessException or NotSupportedException)
         {
+            // IOException covers missing files and directories, and an --out path that is an existing file.
             Console.Error.WriteLine($"swiftkv {args[0]}: {e.Message}");
+            return 2;
+        }
+        catch (OutOfMemoryException)
+        {
+            Console.Error.WriteLine($"swiftkv {args[0]}: out of memory (a model or KV cache larger than this machine holds: lower --context / --max-tokens, or use a smaller model).");
             return 2;
         }
     }

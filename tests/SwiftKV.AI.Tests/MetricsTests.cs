@@ -3,12 +3,39 @@
 using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
 using Microsoft.Extensions.AI;
+using SwiftKV.Engine;
 using Xunit;
 
 namespace SwiftKV.AI.Tests;
 
 public sealed class MetricsTests(TinyChatModel tiny)
 {
+    /// <summary>
+    /// The KV-pool gauge observes every loaded model, but must not keep one alive: a client that loaded its own model,
+    /// served a request and was disposed lets the model (weights, KV pool) be collected with no metrics listener
+    /// ever reading the gauge (it used to hold every model in a static dictionary, ~290 MB per load).
+    /// </summary>
+    [Fact]
+    public async Task DisposedClient_ModelIsCollected_WithoutAGaugeRead()
+    {
+        var weak = await LoadServeDispose(tiny.Directory);
+        for (int i = 0; i < 50 && weak.IsAlive; i++)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            await Task.Delay(20, TestContext.Current.CancellationToken);   // the engine's loop thread exits after Dispose
+        }
+        Assert.False(weak.IsAlive, "the disposed client's model is still reachable");
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    static async Task<WeakReference> LoadServeDispose(string dir)
+    {
+        using var client = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = dir, Backend = BackendKind.Cpu, ContextLength = 256, DefaultMaxOutputTokens = 2 });
+        await client.GetResponseAsync("Hello", cancellationToken: TestContext.Current.CancellationToken);
+        return new WeakReference(client.Model);
+    }
+
     [Fact]
     public async Task Request_RecordsLatencyTokensAndKvCache()
     {

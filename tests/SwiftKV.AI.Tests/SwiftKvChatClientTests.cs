@@ -84,6 +84,18 @@ public sealed class SwiftKvChatClientTests(TinyChatModel tiny)
         Assert.Contains("context of 64 tokens", e.Message);
     }
 
+    /// <summary>Content the text model cannot read, and an empty conversation, are refused, not silently dropped.</summary>
+    [Fact]
+    public async Task ImageContentOrNoMessages_Throw()
+    {
+        using var client = tiny.Client();
+        var image = new ChatMessage(ChatRole.User, [new TextContent("What is in this picture?"), new DataContent(new byte[] { 0x89, 0x50, 0x4e, 0x47 }, "image/png")]);
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync([image], cancellationToken: Ct));
+        Assert.Contains("message 0 (user) holds DataContent", e.Message);
+        var empty = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync(Array.Empty<ChatMessage>(), cancellationToken: Ct));
+        Assert.Contains("message list is empty", empty.Message);
+    }
+
     [Fact]
     public void GetService_AnswersMetadataAndItself()
     {

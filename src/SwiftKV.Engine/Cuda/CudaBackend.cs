@@ -269,9 +269,10 @@ public sealed partial class CudaBackend : IModelBackend
     /// Runs <paramref name="tokens"/> (a prompt or one decode token) and returns the next token chosen on the GPU
     /// from the last row's logits: argmax when greedy, else temperature / top-k / top-p sampling with a uniform
     /// drawn from (Seed, <paramref name="step"/>), so the same seed and steps give the same tokens. Only the
-    /// token id crosses to the host.
+    /// token id crosses to the host. <paramref name="step"/> defaults to the cache's length before this call, so
+    /// successive calls draw different uniforms without the caller counting.
     /// </summary>
-    public unsafe int NextToken(ISequenceCache cache, ReadOnlySpan<int> tokens, GpuSampling sampling, long step = 0)
+    public unsafe int NextToken(ISequenceCache cache, ReadOnlySpan<int> tokens, GpuSampling sampling, long? step = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (float.IsNaN(sampling.Temperature) || sampling.Temperature < 0 || float.IsInfinity(sampling.Temperature))
@@ -280,10 +281,11 @@ public sealed partial class CudaBackend : IModelBackend
             throw new ArgumentOutOfRangeException(nameof(sampling), $"top_p {sampling.TopP} must be in (0, 1].");
         if (sampling.TopK < 0) throw new ArgumentOutOfRangeException(nameof(sampling), $"top_k {sampling.TopK} must be >= 0.");
         var c = ValidateStep(cache, tokens);
+        long drawStep = step ?? c.Length;
         bool argmaxDone = RunStep(c, tokens, LogitsSelection.LastToken, argmaxInGraph: true) < 0;
         int vocab = Config.VocabSize;
         if (!sampling.IsGreedy)
-            _sample.Launch(_stream, _ws.Logits.Span, 1, vocab, sampling.Temperature, sampling.TopK, sampling.TopP, Uniform(sampling.Seed, step), _picked.Span);
+            _sample.Launch(_stream, _ws.Logits.Span, 1, vocab, sampling.Temperature, sampling.TopK, sampling.TopP, Uniform(sampling.Seed, drawStep), _picked.Span);
         else if (!argmaxDone)
             _argmax.Launch(_stream, _ws.Logits.Span, 1, vocab, _picked.Span);
         int* host = (int*)(_pinned.Pointer + 64);

@@ -1,0 +1,27 @@
+// The samples' one line of error handling around their run: what a newcomer can get wrong (a model path that does not
+// exist, a truncated checkpoint, an option value the library refuses, no GPU for Backend=Cuda) is printed as one line
+// naming the problem, exit code 2, instead of a stack trace. Anything else is a bug and keeps its stack trace.
+using Microsoft.Extensions.Options;
+using SwiftKV.Model;
+
+namespace SwiftKV.Samples;
+
+public static class SampleRun
+{
+    /// <summary>Runs <paramref name="run"/>; a usage or model error becomes "<paramref name="name"/>: message" on stderr and exit code 2.</summary>
+    public static async Task<int> Guarded(string name, Func<Task> run)
+    {
+        ArgumentNullException.ThrowIfNull(run);
+        try
+        {
+            await run();
+            return 0;
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidModelException or IOException or UnauthorizedAccessException
+            or NotSupportedException or OptionsValidationException or InvalidOperationException { Source: "Microsoft.Extensions.Configuration.Binder" })
+        {
+            Console.Error.WriteLine($"{name}: {e.Message}");
+            return 2;
+        }
+    }
+}
