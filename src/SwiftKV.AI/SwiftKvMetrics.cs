@@ -86,9 +86,14 @@ internal sealed class SwiftKvInstruments
     public SwiftKvInstruments(IMeterFactory? factory, string modelId)
     {
         var meter = factory?.Create(SwiftKvMetrics.MeterName) ?? SharedMeter;
-        _ttft = meter.CreateHistogram<double>(SwiftKvMetrics.TimeToFirstToken, "s", "Time to first token");
-        _tpot = meter.CreateHistogram<double>(SwiftKvMetrics.TimePerOutputToken, "s", "Time per output token after the first");
-        _usage = meter.CreateHistogram<long>(SwiftKvMetrics.TokenUsage, "{token}", "Tokens per request");
+        // Bucket edges as the OpenTelemetry GenAI conventions advise: the default edges (0, 5, 10, ... 10000) put every
+        // latency under 5 s in one bucket.
+        _ttft = meter.CreateHistogram(SwiftKvMetrics.TimeToFirstToken, "s", "Time to first token", tags: null,
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0] });
+        _tpot = meter.CreateHistogram(SwiftKvMetrics.TimePerOutputToken, "s", "Time per output token after the first", tags: null,
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5] });
+        _usage = meter.CreateHistogram(SwiftKvMetrics.TokenUsage, "{token}", "Tokens per request", tags: null,
+            advice: new InstrumentAdvice<long> { HistogramBucketBoundaries = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864] });
         _prompt = meter.CreateCounter<long>(SwiftKvMetrics.PromptTokens, "{token}", "Prompt tokens");
         _completion = meter.CreateCounter<long>(SwiftKvMetrics.CompletionTokens, "{token}", "Generated tokens");
         _skipped = meter.CreateCounter<long>(SwiftKvMetrics.PromptTokensSkipped, "{token}", "Prompt tokens that skipped layers l..L-1 (SwiftKV)");

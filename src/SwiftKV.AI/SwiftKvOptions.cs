@@ -44,6 +44,8 @@ public sealed class SwiftKvOptions
             throw new ArgumentException("SwiftKvOptions.ModelPath is required: the directory of a Hugging Face Llama or SwiftKV checkpoint.", nameof(ModelPath));
         if (!Directory.Exists(ModelPath))
             throw new ArgumentException($"SwiftKvOptions.ModelPath '{ModelPath}' is not a directory.", nameof(ModelPath));
+        if (ModelId is not null && string.IsNullOrWhiteSpace(ModelId))
+            throw new ArgumentException("SwiftKvOptions.ModelId must be null (the directory's name) or a non-empty id.", nameof(ModelId));
         if (ContextLength <= 0)
             throw new ArgumentOutOfRangeException(nameof(ContextLength), ContextLength, "SwiftKvOptions.ContextLength must be > 0.");
         if (KvCacheBytes <= 0)

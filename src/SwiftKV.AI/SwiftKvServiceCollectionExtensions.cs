@@ -30,7 +30,7 @@ public static class SwiftKvServiceCollectionExtensions
     public static ChatClientBuilder AddSwiftKvChatClient(this IServiceCollection services, IConfiguration configuration)
     {
         ArgumentNullException.ThrowIfNull(configuration);
-        return services.AddSwiftKvChatClient(o => configuration.Bind(o));
+        return services.AddSwiftKvChatClient(o => Bind(configuration, o));
     }
 
     /// <summary>
@@ -52,7 +52,7 @@ public static class SwiftKvServiceCollectionExtensions
     public static ChatClientBuilder AddKeyedSwiftKvChatClient(this IServiceCollection services, object? serviceKey, IConfiguration configuration)
     {
         ArgumentNullException.ThrowIfNull(configuration);
-        return services.AddKeyedSwiftKvChatClient(serviceKey, o => configuration.Bind(o));
+        return services.AddKeyedSwiftKvChatClient(serviceKey, o => Bind(configuration, o));
     }
 
     static SwiftKvOptions Build(Action<SwiftKvOptions> configure)
@@ -65,4 +65,17 @@ public static class SwiftKvServiceCollectionExtensions
     }
 
     static LocalModel Load(SwiftKvOptions options) => options.LoadModel();
+
+    /// <summary>Binds the section; a key that is no option (a typo such as ContextLenght) is an error, not ignored.</summary>
+    static void Bind(IConfiguration configuration, SwiftKvOptions o)
+    {
+        try
+        {
+            configuration.Bind(o, b => b.ErrorOnUnknownConfiguration = true);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new ArgumentException($"SwiftKV configuration: {e.Message}", e);
+        }
+    }
 }

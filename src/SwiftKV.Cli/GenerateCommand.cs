@@ -44,7 +44,8 @@ internal static class GenerateCommand
         int context = model.Config.MaxPositionEmbeddings;
         if (ids.Count >= context)
             throw new ArgumentException($"the prompt of {ids.Count} tokens does not fit the context of {context} tokens (max_position_embeddings).");
-        maxTokens = Math.Min(maxTokens, context - ids.Count);
+        if ((long)ids.Count + maxTokens > context)
+            throw new UsageException($"--max-tokens {maxTokens} after a prompt of {ids.Count} tokens exceeds the context of {context} tokens (max_position_embeddings): at most {context - ids.Count}.");
         var stats = new GenerationStats();
         using var cache = model.Backend.CreateCache(ids.Count + maxTokens);
         var detok = new StreamingDetokenizer(tok);

@@ -36,6 +36,25 @@ public sealed class MetricsTests(TinyChatModel tiny)
         return new WeakReference(client.Model);
     }
 
+    /// <summary>The latency histograms carry sub-second bucket edges (the default edges start at 5 s for seconds).</summary>
+    [Fact]
+    public void LatencyHistograms_AdviseSubSecondBuckets()
+    {
+        using var client = tiny.Client();
+        var found = new ConcurrentDictionary<string, IReadOnlyList<double>>();
+        using var listener = new MeterListener
+        {
+            InstrumentPublished = (instrument, _) =>
+            {
+                if (instrument.Meter.Name == SwiftKvMetrics.MeterName && instrument is Histogram<double> h && h.Advice?.HistogramBucketBoundaries is { } b)
+                    found[instrument.Name] = b;
+            },
+        };
+        listener.Start();
+        Assert.Contains(0.1, found[SwiftKvMetrics.TimeToFirstToken]);
+        Assert.Contains(0.05, found[SwiftKvMetrics.TimePerOutputToken]);
+    }
+
     [Fact]
     public async Task Request_RecordsLatencyTokensAndKvCache()
     {

@@ -68,6 +68,22 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
         Assert.Contains(named, e.Message);
     }
 
+    /// <summary>A misspelled key or an unconvertible value in the section, and an empty ModelId, stop registration.</summary>
+    [Theory]
+    [InlineData("ContextLenght", "4096", "ContextLenght")]
+    [InlineData("Backend", "Gpu", "SwiftKV:Backend")]
+    [InlineData("ModelId", " ", "ModelId")]
+    public void AddSwiftKvChatClient_BadConfigurationSection_FailsAtRegistration(string key, string value, string named)
+    {
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["SwiftKV:ModelPath"] = tiny.Directory,
+            ["SwiftKV:" + key] = value,
+        }).Build();
+        var e = Assert.ThrowsAny<ArgumentException>(() => new ServiceCollection().AddSwiftKvChatClient(config.GetSection("SwiftKV")));
+        Assert.Contains(named, e.Message);
+    }
+
     [Fact]
     public async Task AddKeyedSwiftKvChatClient_TwoModelsSideBySide_ContainerDisposesThem()
     {

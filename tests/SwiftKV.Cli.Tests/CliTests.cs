@@ -87,12 +87,30 @@ public sealed class CliTests : IDisposable
     [InlineData("make-model", "--out", "x", "--dtype", "int8")]
     [InlineData("generate", "--model", "/no/such/model", "--prompt", "hi")]
     [InlineData("logits", "--model", "/no/such/model", "--tokens", "1,x", "--out", "y")]
+    [InlineData("logits", "--model", "/no/such/model", "--tokens", "99999999999", "--out", "y")]
     public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
     {
         var r = Run(args);
         Assert.Equal(2, r.Code);
         Assert.StartsWith("swiftkv", r.Err);
         Assert.Single(r.Err.TrimEnd().Split('\n'));
+    }
+
+    /// <summary>An --out that is an existing file, and more tokens than the context: one line naming the problem, exit 2.</summary>
+    [Fact]
+    public void OutIsAFile_OrMaxTokensPastContext_AreClearErrors()
+    {
+        string file = Path.Combine(_root, "a-file");
+        Directory.CreateDirectory(_root);
+        File.WriteAllText(file, "x");
+        var r = Run("make-model", "--preset", "tiny", "--out", file);
+        Assert.Equal(2, r.Code);
+        Assert.Single(r.Err.TrimEnd().Split('\n'));
+        Assert.Contains(file, r.Err);
+        string dir = Tiny("context-64", "--max-positions", "64");
+        var g = Run("generate", "--model", dir, "--prompt", "hi", "--max-tokens", "2000000000");
+        Assert.Equal(2, g.Code);
+        Assert.Contains("exceeds the context of 64 tokens", g.Err);
     }
 
     [Fact]

@@ -41,6 +41,12 @@ public sealed partial class CpuBackend : IModelBackend
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         StepValidation.Capacity(Config, capacity);
+        // As for the paged pool: refuse what the machine cannot hold now, not when Linux's overcommit comes due.
+        long bytes = (long)capacity * 2 * Config.NumKvCaches(SwiftKvEnabled) * Config.KeyValueDim * sizeof(float);
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (bytes > available)
+            throw new ArgumentOutOfRangeException(nameof(capacity), capacity,
+                $"a KV cache of {capacity} tokens is {bytes / 1e9:F1} GB, more than the {available / 1e9:F1} GB this process may use: ask for fewer tokens.");
         return new CpuSequenceCache(this, Config.NumKvCaches(SwiftKvEnabled), capacity, Config.KeyValueDim);
     }
 

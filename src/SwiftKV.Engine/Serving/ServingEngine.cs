@@ -66,7 +66,7 @@ public sealed class ServingEngine : IDisposable
         long numBlocks = options.NumKvBlocks
             ?? Math.Min(options.KvCacheBytes / bytesPerBlock, (long)blocksPerSequence * options.MaxRunningSequences);
         if (numBlocks < 1)
-            throw new ArgumentException($"KvCacheBytes {options.KvCacheBytes} is less than one KV block ({bytesPerBlock} bytes); raise it or lower BlockSize.", nameof(options));
+            throw new ArgumentException($"KvCacheBytes {options.KvCacheBytes} is less than one KV block ({bytesPerBlock} bytes); raise KvCacheBytes (or lower ServingOptions.BlockSize).", nameof(options));
         // With ReserveOutputBlocks every admitted request's growth is already held back: no extra slack by default.
         int reserve = options.AdmissionReserveBlocks ?? (options.ReserveOutputBlocks ? 0 : (int)Math.Max(1, numBlocks / 100));
         if (reserve >= numBlocks)

@@ -176,6 +176,19 @@ public class ServingEngineTests
         await Eventually(() => engine.Metrics.KvBlocksUsed == 0);
     }
 
+    /// <summary>
+    /// A CPU KV pool larger than this process may use is refused up front, naming the option to lower (Linux would
+    /// otherwise grant the allocation and kill the process when the pages are touched).
+    /// </summary>
+    [Fact]
+    public void CpuPool_LargerThanMemory_IsRefusedNamingKvCacheBytes()
+    {
+        using var backend = Backend("llama");
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => backend.CreatePagedKvCache(int.MaxValue, 16));
+        Assert.Contains("lower KvCacheBytes", e.Message);
+        using var pool = backend.CreatePagedKvCache(64, 16);   // a small one still works
+    }
+
     [Fact]
     public async Task Cancel_ByTokenOrWalkingAway_FreesBlocks()
     {
