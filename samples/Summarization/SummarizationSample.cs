@@ -100,7 +100,9 @@ public static class SummarizationSample
         var mapped = options.MaxChunks > 0 ? chunks.Take(options.MaxChunks).ToList() : chunks;
         output.WriteLine($"model: {modelPath} ({config.ModelType}, {config.NumHiddenLayers} layers" +
                          (config.SwiftKv ? $", SwiftKV from layer {config.NumKeyValueLayers}, AcrossKV groups of {config.KeyValueGroupSize})" : ")"));
-        output.WriteLine($"document: {options.Sections} sections, {totalTokens:N0} tokens, {chunks.Count} chunks of <= {options.ChunkTokens} tokens; " +
+        int longest = chunks.Max(c => on.Model.Tokenizer.Encode(c).Count);
+        output.WriteLine($"document: {options.Sections} sections, {totalTokens:N0} tokens, {chunks.Count} chunks of whole sections " +
+                         $"(target <= {options.ChunkTokens} tokens, longest {longest}: a section is never split); " +
                          $"mapping {mapped.Count}{(mapped.Count < chunks.Count ? " (--max-chunks; --all-chunks maps the whole report)" : "")}");
 
         // Warm both paths (JIT, first touch of the weights) so the timings measure prefill, not start-up.

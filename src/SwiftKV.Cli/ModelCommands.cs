@@ -30,15 +30,13 @@ internal static class ModelCommands
     /// <summary>Writes weights, config and (unless told not to) the demo tokenizer.</summary>
     public static void MakeModelDirectory(string outDir, LlamaConfig config, ModelMakerOptions options, bool tokenizer)
     {
+        // Checked before anything is written, so a refused vocabulary leaves no half-made checkpoint behind.
+        var tok = tokenizer ? LlamaTokenizer.CreateDemo() : null;
+        if (tok is not null && tok.VocabularySize > config.VocabSize)
+            throw new ArgumentException($"the demo tokenizer needs vocab_size >= {tok.VocabularySize} (got {config.VocabSize}); pass --no-tokenizer for smaller vocabularies.");
         Directory.CreateDirectory(outDir);
         ModelMaker.Write(outDir, config, options);
-        if (tokenizer)
-        {
-            var tok = LlamaTokenizer.CreateDemo();
-            if (tok.VocabularySize > config.VocabSize)
-                throw new ArgumentException($"the demo tokenizer needs vocab_size >= {tok.VocabularySize} (got {config.VocabSize}); pass --no-tokenizer for smaller vocabularies.");
-            tok.Save(outDir);
-        }
+        tok?.Save(outDir);
     }
 
     /// <summary>A preset with the command line's overrides applied, validated.</summary>
