@@ -136,7 +136,7 @@ public sealed class ServingEngine : IDisposable
         entry = new Entry(seq, request, new Sampler(sampling), stopTokenIds ?? new HashSet<int>(), constraint, plainGreedy);
         _submitted.Enqueue(entry);
         _wake.Set();
-        if (ct.CanBeCanceled) entry.Registration = ct.Register(static r => ((ServingRequest)r!).Cancel(), request);
+        if (ct.CanBeCanceled) entry.Registration = ct.Register(static (r, token) => ((ServingRequest)r!).CancelBy(token), request);
         return request;
     }
 

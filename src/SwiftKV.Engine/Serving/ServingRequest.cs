@@ -60,7 +60,7 @@ public sealed class ServingRequest
             await foreach (int id in _tokens.Reader.ReadAllAsync(ct).ConfigureAwait(false))
             {
                 // Tokens already buffered are not delivered after a cancel: the stream ends at once.
-                if (IsCancellationRequested) throw new OperationCanceledException("the request was cancelled.");
+                if (IsCancellationRequested) throw new OperationCanceledException("the request was cancelled.", _cancelledBy);
                 yield return id;
             }
             done = true;
@@ -72,12 +72,18 @@ public sealed class ServingRequest
     }
 
     /// <summary>Cancels the request: its stream ends at once; its blocks are freed before the engine's next step.</summary>
-    public void Cancel()
+    public void Cancel() => CancelBy(default);
+
+    /// <summary>Cancel on behalf of <paramref name="token"/> (the Submit token), which the stream's exception then carries.</summary>
+    internal void CancelBy(CancellationToken token)
     {
         if (Interlocked.Exchange(ref _cancelled, 1) != 0 || _completion.Task.IsCompleted) return;
-        _tokens.Writer.TryComplete(new OperationCanceledException("the request was cancelled."));
+        _cancelledBy = token;
+        _tokens.Writer.TryComplete(new OperationCanceledException("the request was cancelled.", token));
         _onCancel(this);
     }
+
+    CancellationToken _cancelledBy;
 
     internal void Emit(int token) => _tokens.Writer.TryWrite(token);
 
@@ -89,8 +95,8 @@ public sealed class ServingRequest
 
     internal void Cancelled()
     {
-        _tokens.Writer.TryComplete(new OperationCanceledException("the request was cancelled."));
-        _completion.TrySetCanceled();
+        _tokens.Writer.TryComplete(new OperationCanceledException("the request was cancelled.", _cancelledBy));
+        _completion.TrySetCanceled(_cancelledBy);
     }
 
     internal void Fail(Exception e)

@@ -200,7 +200,9 @@ public class ServingEngineTests
         await a.Tokens.ReadAsync(Ct);
         cts.Cancel();
         await foreach (int _ in b.ReadAllAsync(Ct)) break;   // leaving the stream cancels the request
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => a.Completion);
+        // The caller's token is the one the exceptions carry, so `catch ... when (e.CancellationToken == token)` works.
+        Assert.Equal(cts.Token, (await Assert.ThrowsAnyAsync<OperationCanceledException>(() => a.Completion)).CancellationToken);
+        Assert.Equal(cts.Token, (await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => { await foreach (int _ in a.ReadAllAsync(Ct)) { } })).CancellationToken);
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => b.Completion);
         Assert.Equal(0, engine.Metrics.KvBlocksUsed);
         Assert.Equal(0, engine.Metrics.RunningSequences);
