@@ -27,14 +27,26 @@ public sealed unsafe class CudaGraph : IDisposable
     readonly GraphHandle _graph = new();
     readonly GraphExecHandle _exec = new();
 
+    /// <summary>Takes ownership of <paramref name="graph"/> whether or not instantiation succeeds (a failure disposes both handles).</summary>
     CudaGraph(nint graph)
     {
         _graph.Set(graph);
-        CuDriver.Check(CuDriver.cuGraphInstantiateWithFlags(out nint exec, graph, 0), "cuGraphInstantiateWithFlags");
-        _exec.Set(exec);
-        nuint n = 0;
-        CuDriver.Check(CuDriver.cuGraphGetNodes(graph, null, ref n), "cuGraphGetNodes");
-        NodeCount = (int)n;
+        try
+        {
+            CuDriver.Check(CuDriver.cuGraphInstantiateWithFlags(out nint exec, graph, 0), "cuGraphInstantiateWithFlags");
+            _exec.Set(exec);
+            nuint n = 0;
+            CuDriver.Check(CuDriver.cuGraphGetNodes(graph, null, ref n), "cuGraphGetNodes");
+            NodeCount = (int)n;
+        }
+        catch
+        {
+            // Freed here, once: the caller must not destroy the graph again (a second cuGraphDestroy could hit a live
+            // graph that reused the handle value).
+            _exec.Dispose();
+            _graph.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Nodes (kernels, copies, memsets) in the graph.</summary>
@@ -73,8 +85,7 @@ public sealed unsafe class CudaGraph : IDisposable
         CudaRuntime.Bind();
         CuDriver.Check(CuDriver.cuStreamEndCapture(stream.Handle, out nint graph), "cuStreamEndCapture");
         if (graph == 0) throw new CudaException("cuStreamEndCapture returned no graph (the capture was invalidated).") { Call = "cuStreamEndCapture" };
-        try { return new CudaGraph(graph); }
-        catch { CuDriver.cuGraphDestroy(graph); throw; }
+        return new CudaGraph(graph);   // owns the graph from here, also when instantiation fails
     }
 
     /// <summary>Ends a recording after a failure, discarding it; never throws.</summary>

@@ -40,7 +40,9 @@ public static class CudaRuntime
                 reason = "";
                 return true;
             }
-            catch (Exception e) when (e is CudaException or DllNotFoundException or EntryPointNotFoundException)
+            // IO and access errors come from library discovery (an unreadable CUDA_HOME/lib64): CUDA is then not usable
+            // either, and Auto must fall back to the CPU rather than throw.
+            catch (Exception e) when (e is CudaException or DllNotFoundException or EntryPointNotFoundException or IOException or UnauthorizedAccessException)
             {
                 _failure = reason = e.Message;
                 return false;

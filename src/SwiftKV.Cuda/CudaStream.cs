@@ -44,7 +44,7 @@ public sealed unsafe class CudaStream : IDisposable
     {
         if (count > destination.Length) throw new ArgumentOutOfRangeException(nameof(count), $"{count} elements do not fit a device span of {destination.Length}.");
         CudaRuntime.Bind();
-        CuDriver.Check(CuDriver.cuMemcpyHtoDAsync(destination.Address, source, (nuint)(count * sizeof(T)), Handle), "cuMemcpyHtoDAsync_v2");
+        CuDriver.Check(CuDriver.cuMemcpyHtoDAsync(destination.Address, source, (nuint)((long)count * sizeof(T)), Handle), "cuMemcpyHtoDAsync_v2");
     }
 
     /// <summary>Queues a host-to-device copy of raw bytes (pinned source: truly asynchronous).</summary>
@@ -66,7 +66,7 @@ public sealed unsafe class CudaStream : IDisposable
     {
         if (count > source.Length) throw new ArgumentOutOfRangeException(nameof(count), $"{count} elements requested from a device span of {source.Length}.");
         CudaRuntime.Bind();
-        CuDriver.Check(CuDriver.cuMemcpyDtoHAsync(destination, source.Address, (nuint)(count * sizeof(T)), Handle), "cuMemcpyDtoHAsync_v2");
+        CuDriver.Check(CuDriver.cuMemcpyDtoHAsync(destination, source.Address, (nuint)((long)count * sizeof(T)), Handle), "cuMemcpyDtoHAsync_v2");
     }
 
     /// <summary>Makes later work on this stream wait for <paramref name="e"/>.</summary>
@@ -83,7 +83,7 @@ public sealed unsafe class CudaStream : IDisposable
         CudaRuntime.Bind();
         fixed (T* p = destination)
         {
-            CuDriver.Check(CuDriver.cuMemcpyDtoHAsync(p, source.Address, (nuint)(destination.Length * sizeof(T)), Handle), "cuMemcpyDtoHAsync_v2");
+            CuDriver.Check(CuDriver.cuMemcpyDtoHAsync(p, source.Address, (nuint)((long)destination.Length * sizeof(T)), Handle), "cuMemcpyDtoHAsync_v2");
             Synchronize();
         }
     }

@@ -82,7 +82,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
         CheckRange(offset, source.Length);
         CudaRuntime.Bind();
         fixed (T* p = source)
-            CuDriver.Check(CuDriver.cuMemcpyHtoD(Address + (ulong)(offset * sizeof(T)), p, (nuint)(source.Length * sizeof(T))), "cuMemcpyHtoD_v2");
+            CuDriver.Check(CuDriver.cuMemcpyHtoD(Address + (ulong)(offset * sizeof(T)), p, (nuint)((long)source.Length * sizeof(T))), "cuMemcpyHtoD_v2");
     }
 
     /// <summary>Synchronous device-to-host copy (waits for earlier work on the legacy stream's device).</summary>
@@ -91,7 +91,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
         CheckRange(offset, destination.Length);
         CudaRuntime.Bind();
         fixed (T* p = destination)
-            CuDriver.Check(CuDriver.cuMemcpyDtoH(p, Address + (ulong)(offset * sizeof(T)), (nuint)(destination.Length * sizeof(T))), "cuMemcpyDtoH_v2");
+            CuDriver.Check(CuDriver.cuMemcpyDtoH(p, Address + (ulong)(offset * sizeof(T)), (nuint)((long)destination.Length * sizeof(T))), "cuMemcpyDtoH_v2");
     }
 
     public T[] ToArray()

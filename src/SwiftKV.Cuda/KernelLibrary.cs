@@ -47,7 +47,19 @@ public sealed class KernelLibrary : IDisposable
     public CudaKernel Get(string file, string entry)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var module = _modules.GetOrAdd(file, f => new Lazy<CudaModule>(() => new CudaModule(NvrtcCompiler.Compile(f, Read(f), Headers.Value), f))).Value;
+        var lazy = _modules.GetOrAdd(file, f => new Lazy<CudaModule>(() => new CudaModule(NvrtcCompiler.Compile(f, Read(f), Headers.Value), f)));
+        CudaModule module;
+        try
+        {
+            module = lazy.Value;
+        }
+        catch
+        {
+            // Lazy keeps its exception: without this, one transient failure (out of memory while loading) would fail
+            // this kernel file for the backend's lifetime. The next Get tries again.
+            _modules.TryRemove(KeyValuePair.Create(file, lazy));
+            throw;
+        }
         return module.GetKernel(entry);
     }
 

@@ -39,10 +39,7 @@ public static unsafe class NvrtcCompiler
             options.Add("-I" + Path.Combine(root, "include"));
         string key = Key(name, source, headers, options, dev.NvrtcVersion);
         string file = Path.Combine(CacheDirectory, $"{Path.GetFileNameWithoutExtension(name)}-{dev.Arch}-{key}.cubin");
-        if (File.Exists(file))
-        {
-            try { return File.ReadAllBytes(file); } catch (IOException) { }
-        }
+        if (File.Exists(file) && TryReadCache(file) is { } cached) return cached;
         var cubin = Run(name, source, headers, options);
         Interlocked.Increment(ref _compiles);
         TryWriteCache(file, cubin);
@@ -57,13 +54,50 @@ public static unsafe class NvrtcCompiler
         return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(sb.ToString())))[..24];
     }
 
-    static void TryWriteCache(string file, byte[] cubin)
+    // Cache entry: "SKVCUBIN", the CUBIN's length (8 bytes, little-endian), its SHA-256, then the CUBIN. A truncated or
+    // damaged entry (power loss after the rename, a disk error, two writers) fails the check and is compiled again,
+    // instead of failing every start in cuModuleLoadData or, worse, loading a wrong kernel.
+    static ReadOnlySpan<byte> CacheMagic => "SKVCUBIN"u8;
+    const int CacheHeader = 8 + 8 + 32;
+
+    internal static byte[]? TryReadCache(string file)
+    {
+        try
+        {
+            byte[] all = File.ReadAllBytes(file);
+            if (all.Length > CacheHeader && all.AsSpan(0, 8).SequenceEqual(CacheMagic)
+                && BitConverter.ToInt64(all, 8) == all.Length - CacheHeader)
+            {
+                byte[] cubin = all[CacheHeader..];
+                if (SHA256.HashData(cubin).AsSpan().SequenceEqual(all.AsSpan(16, 32))) return cubin;
+            }
+            File.Delete(file);   // damaged or an older format: recompiled and rewritten below
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Unreadable (another user's cache, a disk error): compile instead.
+        }
+        return null;
+    }
+
+    internal static void TryWriteCache(string file, byte[] cubin)
     {
         try
         {
             Directory.CreateDirectory(Path.GetDirectoryName(file)!);
-            string tmp = file + "." + Environment.ProcessId + ".tmp";
-            File.WriteAllBytes(tmp, cubin);
+            // A unique temp name per write: two processes (or containers sharing a volume, often both pid 1) or two
+            // backends in one process never write the same temp file; the rename is atomic.
+            string tmp = file + "." + Guid.NewGuid().ToString("N") + ".tmp";
+            var entry = new byte[CacheHeader + cubin.Length];
+            CacheMagic.CopyTo(entry);
+            BitConverter.TryWriteBytes(entry.AsSpan(8), (long)cubin.Length);
+            SHA256.HashData(cubin).CopyTo(entry, 16);
+            cubin.CopyTo(entry, CacheHeader);
+            using (var f = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write))
+            {
+                f.Write(entry);
+                f.Flush(flushToDisk: true);
+            }
             File.Move(tmp, file, overwrite: true);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

@@ -90,7 +90,19 @@ public sealed class LocalModel : IDisposable
         }
         bool swift = swiftKv && config.SwiftKv;
         // CUDA streams the checkpoint straight to the GPU: no fp32 copy of the model on the host.
-        if (useCuda) return (CudaBackend.Load(path, swift), reason);
+        if (useCuda)
+        {
+            try
+            {
+                return (CudaBackend.Load(path, swift), reason);
+            }
+            catch (CudaException e) when (backend == BackendKind.Auto)
+            {
+                // The driver answered but the GPU cannot run this model (a driver too old for this NVRTC or cuBLAS, an
+                // architecture NVRTC does not target, weights larger than the GPU): Auto's promise is the CPU then.
+                reason = $"Auto: CPU (CUDA found but the model did not start there: {e.Message})";
+            }
+        }
         return (new CpuBackend(LlamaCheckpointLoader.Load(path, swift)), reason);
     }
 

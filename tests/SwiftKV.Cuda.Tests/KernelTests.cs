@@ -182,6 +182,43 @@ public sealed class KernelTests : GpuFixtureTest
         Gpu.Close(Bf16.ToSingles(dOut.ToArray()), want, Bf16Rel, 1e-6, "silu_mul");
     }
 
+    /// <summary>
+    /// More rows than a grid.y holds (65,535): a 70K-token prompt's SwiGLU pass, bf16 (vector and scalar widths) and
+    /// fp32 inputs, every row checked (it used to fail with CUDA_ERROR_INVALID_VALUE).
+    /// </summary>
+    [Theory]
+    [InlineData(70001, 24, true)]
+    [InlineData(70001, 13, true)]
+    [InlineData(65536, 5, false)]
+    public void SiluMul_MoreRowsThanAGridY(int rows, int inter, bool bf16)
+    {
+        Gpu.Require();
+        var rng = new TestRng(16);
+        var gu = rng.Array(2L * rows * inter, 6f);
+        if (bf16) gu = Bf16.ToSingles(Bf16.FromSingles(gu));
+        using var dOut = Gpu.PoisonedBf16((long)rows * inter);
+        var k = new SiluMulKernel(Library);
+        if (bf16)
+        {
+            using var d = new DeviceBuffer<Bf16>(Bf16.FromSingles(gu));
+            k.Launch(Stream, d, rows, inter, dOut);
+        }
+        else
+        {
+            using var d = new DeviceBuffer<float>(gu);
+            k.Launch(Stream, d, rows, inter, dOut);
+        }
+        Stream.Synchronize();
+        var want = new double[(long)rows * inter];
+        for (long r = 0; r < rows; r++)
+            for (int i = 0; i < inter; i++)
+            {
+                double g = gu[r * 2 * inter + i], u = gu[r * 2 * inter + inter + i];
+                want[r * inter + i] = g / (1 + Math.Exp(-g)) * u;
+            }
+        Gpu.Close(Bf16.ToSingles(dOut.ToArray()), want, Bf16Rel, 1e-6, $"silu_mul {rows} rows");
+    }
+
     [Theory]
     [InlineData(5, 6, 2, 20, 150)]   // GQA, several 128-key tiles
     [InlineData(1, 4, 4, 128, 300)]  // decode row, MHA, Llama head_dim

@@ -256,14 +256,29 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
         LastLaunch = (entry, splits);
     }
 
+    /// <summary>Largest grid.y of a launch.</summary>
+    internal const int MaxGridY = 65535;
+
     void LaunchSimple(CudaStream stream, DeviceSpan<float> q, int ldq, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache,
         DeviceSpan<Bf16> output, int rows, int heads, int kvHeads, int headDim, int pos0, ulong positionAddress = 0)
     {
         var k = _kernels.TryGetValue("attention_bf16", out var kk) ? kk : _kernels["attention_bf16"] = library.Get("attention.cu", "attention_bf16");
         float scale = (float)(1.0 / Math.Sqrt(headDim));
-        ulong pq = q.Address, pk = kCache.Address, pv = vCache.Address, po = output.Address, pp = positionAddress;
-        void** args = stackalloc void*[] { &pq, &ldq, &pk, &pv, &po, &rows, &heads, &kvHeads, &headDim, &pos0, &scale, &pp };
-        k.Launch(stream, ((uint)heads, (uint)rows, 1), 128, (uint)(headDim * sizeof(float)), args);
+        ulong pk = kCache.Address, pv = vCache.Address, pp = positionAddress;
+        if (pp != 0 && rows > MaxGridY)
+            throw new ArgumentOutOfRangeException(nameof(rows), rows, $"attention: at most {MaxGridY} rows with a device-side position.");
+        // Rows go on grid.y (at most 65,535): longer prompts run in slices of rows, each at its own first position.
+        ulong pq = 0, po = 0;
+        int count = 0, p0 = 0;
+        void** args = stackalloc void*[] { &pq, &ldq, &pk, &pv, &po, &count, &heads, &kvHeads, &headDim, &p0, &scale, &pp };
+        for (int r0 = 0; r0 < rows; r0 += MaxGridY)
+        {
+            count = Math.Min(MaxGridY, rows - r0);
+            p0 = pos0 + r0;
+            pq = q.Address + (ulong)((long)r0 * ldq * sizeof(float));
+            po = output.Address + (ulong)((long)r0 * heads * headDim * 2);
+            k.Launch(stream, ((uint)heads, (uint)count, 1), 128, (uint)(headDim * sizeof(float)), args);
+        }
     }
 
     /// <summary>Dynamic shared memory of a flash path (<see cref="AttentionPath.Simple"/> and Auto excluded).</summary>

@@ -407,22 +407,28 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
 
         public void Ensure(int ints, int kept, int hidden)
         {
+            // The sizes are recorded only once the buffers exist: an allocation that fails (out of memory) leaves sizes
+            // of 0, so the next step allocates again instead of using the buffers disposed here.
             if (ints > _ints)
             {
+                int n = Math.Max(ints, 2 * _ints);
                 Ints?.Dispose();
                 Host?.Dispose();
-                _ints = Math.Max(ints, 2 * _ints);
-                Ints = new DeviceBuffer<int>(_ints);
-                Host = new PinnedHostBuffer((long)_ints * sizeof(int));
+                _ints = 0;
+                Ints = new DeviceBuffer<int>(n);
+                Host = new PinnedHostBuffer((long)n * sizeof(int));
+                _ints = n;
             }
             if (kept > _kept || hidden != _hidden)
             {
+                int n = Math.Max(kept, 2 * _kept);
                 X2?.Dispose();
                 Picked?.Dispose();
-                _kept = Math.Max(kept, 2 * _kept);
+                _kept = 0;
+                X2 = new DeviceBuffer<float>((long)n * hidden);
+                Picked = new DeviceBuffer<int>(n);
+                _kept = n;
                 _hidden = hidden;
-                X2 = new DeviceBuffer<float>((long)_kept * hidden);
-                Picked = new DeviceBuffer<int>(_kept);
             }
         }
 

@@ -275,8 +275,10 @@ public sealed partial class CudaBackend : IModelBackend
     public unsafe int NextToken(ISequenceCache cache, ReadOnlySpan<int> tokens, GpuSampling sampling, long? step = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (float.IsNaN(sampling.Temperature) || sampling.Temperature < 0 || float.IsInfinity(sampling.Temperature))
-            throw new ArgumentOutOfRangeException(nameof(sampling), $"temperature {sampling.Temperature} must be a finite number >= 0 (0 = greedy).");
+        // Checked before the step runs: a refusal after it would leave the cache one token longer than the caller knows.
+        if (float.IsNaN(sampling.Temperature) || sampling.Temperature < 0 || float.IsInfinity(sampling.Temperature)
+            || (sampling.Temperature > 0 && float.IsInfinity(1f / sampling.Temperature)))
+            throw new ArgumentOutOfRangeException(nameof(sampling), $"temperature {sampling.Temperature} must be a finite number >= 0 (0 = greedy) with a finite inverse.");
         if (!sampling.IsGreedy && !(sampling.TopP > 0 && sampling.TopP <= 1))
             throw new ArgumentOutOfRangeException(nameof(sampling), $"top_p {sampling.TopP} must be in (0, 1].");
         if (sampling.TopK < 0) throw new ArgumentOutOfRangeException(nameof(sampling), $"top_k {sampling.TopK} must be >= 0.");
@@ -581,18 +583,24 @@ public sealed partial class CudaBackend : IModelBackend
     {
         if (_disposed) return;
         _disposed = true;
-        _stream.Synchronize();
-        DisposeBatched();
-        _ws.Dispose();
-        _attention.Dispose();
-        _w.Dispose();
-        _kernels.Dispose();
-        _blas.Dispose();
-        _stepUploaded.Dispose();
-        _pinned.Dispose();
-        _picked.Dispose();
-        _stepInts.Dispose();
-        _stream.Dispose();
+        try
+        {
+            _stream.Synchronize();   // may rethrow an earlier asynchronous error: the memory must be freed anyway
+        }
+        finally
+        {
+            DisposeBatched();
+            _ws.Dispose();
+            _attention.Dispose();
+            _w.Dispose();
+            _kernels.Dispose();
+            _blas.Dispose();
+            _stepUploaded.Dispose();
+            _pinned.Dispose();
+            _picked.Dispose();
+            _stepInts.Dispose();
+            _stream.Dispose();
+        }
     }
 
     /// <summary>
@@ -620,20 +628,41 @@ public sealed partial class CudaBackend : IModelBackend
         /// <summary>Forces decode graphs to be recaptured (a setting baked into them changed).</summary>
         public void Invalidate() => Generation++;
 
+        /// <remarks>
+        /// Generation moves before anything is freed, and sizes are recorded only once the new buffers exist: an
+        /// allocation that fails (out of memory) leaves sizes of 0, so no captured decode graph replays into the freed
+        /// buffers and the next step allocates again.
+        /// </remarks>
         public void Ensure(int rows, int logitsRows)
         {
             if (logitsRows > _logitsRows)
             {
-                Logits?.Dispose();
                 int n = Math.Max(logitsRows, Math.Min(2 * _logitsRows, cfg.MaxPositionEmbeddings));
+                Generation++;
+                Logits?.Dispose();
+                _logitsRows = 0;
                 Logits = new DeviceBuffer<float>((long)n * cfg.VocabSize);
                 _logitsRows = n;
-                Generation++;
             }
             if (rows <= _rows) return;
             int r = Math.Max(rows, Math.Min(2 * _rows, cfg.MaxPositionEmbeddings));
             r = Math.Max(r, Math.Min(16, cfg.MaxPositionEmbeddings));
+            Generation++;
             DisposeActivations();
+            try
+            {
+                AllocateActivations(r);
+            }
+            catch
+            {
+                DisposeActivations();
+                throw;
+            }
+            _rows = r;
+        }
+
+        void AllocateActivations(int r)
+        {
             Ids = new DeviceBuffer<int>(r);
             X = new DeviceBuffer<float>((long)r * cfg.HiddenSize);
             Normed = new DeviceBuffer<Bf16>((long)r * cfg.HiddenSize);
@@ -643,8 +672,6 @@ public sealed partial class CudaBackend : IModelBackend
             Mlp = new DeviceBuffer<Bf16>((long)r * cfg.IntermediateSize);
             SwiftKv = new DeviceBuffer<float>(Math.Max(1L, 2L * r * swiftKvLeaders * cfg.KeyValueDim));
             Rope = new DeviceBuffer<float>((long)r * cfg.HeadDim);
-            _rows = r;
-            Generation++;
         }
 
         void DisposeActivations()
