@@ -38,7 +38,9 @@ public static unsafe class NvrtcCompiler
         if (CudaLibraries.ToolkitRoot() is { } root && Directory.Exists(Path.Combine(root, "include")))
             options.Add("-I" + Path.Combine(root, "include"));
         string key = Key(name, source, headers, options, dev.NvrtcVersion);
-        string file = Path.Combine(CacheDirectory, $"{Path.GetFileNameWithoutExtension(name)}-{dev.Arch}-{key}.cubin");
+        // ".skvc": the checked entry format below. Its own name, so an older build of this library sharing the cache
+        // directory (which reads bare .cubin files) never loads one of these, and this build never deletes its files.
+        string file = Path.Combine(CacheDirectory, $"{Path.GetFileNameWithoutExtension(name)}-{dev.Arch}-{key}.skvc");
         if (File.Exists(file) && TryReadCache(file) is { } cached) return cached;
         var cubin = Run(name, source, headers, options);
         Interlocked.Increment(ref _compiles);
@@ -71,7 +73,7 @@ public static unsafe class NvrtcCompiler
                 byte[] cubin = all[CacheHeader..];
                 if (SHA256.HashData(cubin).AsSpan().SequenceEqual(all.AsSpan(16, 32))) return cubin;
             }
-            File.Delete(file);   // damaged or an older format: recompiled and rewritten below
+            File.Delete(file);   // damaged: compiled again and rewritten below
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

@@ -51,7 +51,7 @@ public sealed class CudaRuntimeTests
                 foreach (var (file, entry) in Entries) lib.Get(file, entry);
             var cold = sw.Elapsed;
             Assert.Equal(before + Entries.Length, NvrtcCompiler.CompileCount);
-            Assert.Equal(Entries.Length, Directory.GetFiles(dir, "*.cubin").Length);
+            Assert.Equal(Entries.Length, Directory.GetFiles(dir, "*.skvc").Length);
             sw.Restart();
             using (var lib = new KernelLibrary())
                 foreach (var (file, entry) in Entries) lib.Get(file, entry);

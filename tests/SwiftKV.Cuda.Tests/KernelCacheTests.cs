@@ -24,7 +24,7 @@ public sealed class KernelCacheTests : IDisposable
     [Fact]
     public void Entry_RoundTrips_AndLeavesNoTempFiles()
     {
-        string file = Path.Combine(_dir, "gemv-sm_90a-abc.cubin");
+        string file = Path.Combine(_dir, "gemv-sm_90a-abc.skvc");
         var cubin = Cubin(5000, 1);
         NvrtcCompiler.TryWriteCache(file, cubin);
         Assert.Equal(cubin, NvrtcCompiler.TryReadCache(file));
@@ -36,11 +36,11 @@ public sealed class KernelCacheTests : IDisposable
     [Theory]
     [InlineData("truncated")]
     [InlineData("flipped")]
-    [InlineData("raw")]      // the format before this header: the bare CUBIN
+    [InlineData("raw")]      // a bare CUBIN under this name
     [InlineData("empty")]
     public void DamagedEntry_IsAMiss_AndIsRemoved(string damage)
     {
-        string file = Path.Combine(_dir, "rope-sm_90a-def.cubin");
+        string file = Path.Combine(_dir, "rope-sm_90a-def.skvc");
         var cubin = Cubin(4096, 3);
         NvrtcCompiler.TryWriteCache(file, cubin);
         byte[] bytes = File.ReadAllBytes(file);
