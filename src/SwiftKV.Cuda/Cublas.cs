@@ -26,9 +26,17 @@ public sealed unsafe class Cublas : IDisposable
         CudaRuntime.Bind();
         CublasNative.Check(CublasNative.cublasCreate(out nint h), "cublasCreate_v2");
         _handle.Set(h);
-        CublasNative.Check(CublasNative.cublasSetStream(h, stream.Handle), "cublasSetStream_v2");
-        CublasNative.Check(CublasNative.cublasGetVersion(h, out int v), "cublasGetVersion_v2");
-        Version = v;
+        try
+        {
+            CublasNative.Check(CublasNative.cublasSetStream(h, stream.Handle), "cublasSetStream_v2");
+            CublasNative.Check(CublasNative.cublasGetVersion(h, out int v), "cublasGetVersion_v2");
+            Version = v;
+        }
+        catch
+        {
+            _handle.Dispose();   // now, on this thread and context, not on the finalizer's
+            throw;
+        }
     }
 
     public int Version { get; }

@@ -37,6 +37,9 @@ public sealed unsafe class CudaModule : IDisposable
         return new CudaKernel(this, f, entry);
     }
 
+    /// <summary>True once the module was unloaded: its kernels may not launch any more.</summary>
+    public bool IsDisposed => _handle.IsClosed;
+
     public void Dispose() => _handle.Dispose();
 }
 
@@ -82,6 +85,8 @@ public sealed unsafe class CudaKernel
     public void Launch(CudaStream stream, (uint X, uint Y, uint Z) grid, uint block, uint sharedBytes, void** args, bool programmatic = false)
     {
         if (grid.X == 0 || grid.Y == 0 || grid.Z == 0) return;
+        // A CUfunction of an unloaded module is a dangling handle: refuse instead of launching it.
+        ObjectDisposedException.ThrowIf(_module.IsDisposed, _module);
         CudaRuntime.Bind();
         if (!programmatic)
         {
