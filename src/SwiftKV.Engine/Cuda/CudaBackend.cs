@@ -293,11 +293,8 @@ public sealed partial class CudaBackend : IModelBackend
         int* host = (int*)(_pinned.Pointer + 64);
         _stream.DownloadAsync(_picked.Span, host, 1);
         _stream.Synchronize();
-        return host[0] >= 0 ? host[0] : throw new InvalidOperationException(NoFiniteLogit);
+        return host[0] >= 0 ? host[0] : throw new InvalidOperationException(Sampling.Sampler.NoFiniteLogit);   // -1: nothing above -inf
     }
-
-    /// <summary>What a step reports when the GPU argmax or sampler found every logit NaN or -inf.</summary>
-    internal const string NoFiniteLogit = "every logit of the step is NaN or -inf: the model's output is invalid (nothing to sample).";
 
     /// <summary>A uniform in [0, 1) from (seed, step): SplitMix64, 24 bits.</summary>
     static float Uniform(ulong seed, long step)
