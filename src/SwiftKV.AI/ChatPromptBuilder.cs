@@ -102,11 +102,10 @@ internal static class ChatPromptBuilder
         ArgumentNullException.ThrowIfNull(messages);
         var turns = new List<ChatTurn>();
         if (!string.IsNullOrWhiteSpace(instructions)) turns.Add(new ChatTurn("system", instructions));
-        int index = 0, seen = 0;
+        int index = 0;
         foreach (var m in messages)
         {
             ArgumentNullException.ThrowIfNull(m, nameof(messages));
-            seen++;
             // A Llama 3.x chat model reads text: an image or file would otherwise vanish from the prompt unnoticed.
             foreach (var c in m.Contents)
                 if (c is not (TextContent or FunctionCallContent or FunctionResultContent or UsageContent or TextReasoningContent))
@@ -135,7 +134,7 @@ internal static class ChatPromptBuilder
                 turns.Add(new ChatTurn(role, content));
         }
 
-        if (seen == 0) throw new ArgumentException("the message list is empty: there is nothing to answer.", nameof(messages));
+        if (index == 0) throw new ArgumentException("the message list is empty: there is nothing to answer.", nameof(messages));
         if (tools.Count > 0)
         {
             // The template moves the tool definitions into the first message after the system block.
