@@ -35,6 +35,11 @@ internal static class ChatPromptBuilder
     {
         if (options?.MaxOutputTokens is <= 0)
             throw new ArgumentOutOfRangeException(nameof(options), options.MaxOutputTokens, "ChatOptions.MaxOutputTokens must be > 0.");
+        // Options this in-process, stateless client cannot honour are refused rather than dropped.
+        if (options?.ConversationId is { Length: > 0 })
+            throw new ArgumentException("ChatOptions.ConversationId is not supported: the client keeps no conversation state; send the history in the messages.", nameof(options));
+        if (options?.Tools?.FirstOrDefault(t => t is not AIFunctionDeclaration) is { } hosted)
+            throw new ArgumentException($"ChatOptions.Tools holds {hosted.GetType().Name} ('{hosted.Name}'): this client runs function tools only.", nameof(options));
 
         var tools = ToolsInPrompt(options);
         string? prefill = Prefill(options, tools);

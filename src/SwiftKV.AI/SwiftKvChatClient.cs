@@ -103,7 +103,7 @@ public sealed class SwiftKvChatClient : IChatClient
         await using var run = await TokenRun.StartAsync(_model, request, _metrics, cancellationToken).ConfigureAwait(false);
         var detok = new StreamingDetokenizer(_model.Tokenizer);
         var stops = new StopSequenceMatcher(request.StopSequences);
-        var toolCalls = new ToolCallBuffer(request.ToolNames, request.Prefill);
+        var toolCalls = new ToolCallBuffer(request.ToolNames, request.Prefill, allowMultiple: options?.AllowMultipleToolCalls ?? true);
         bool stoppedOnText = false;
         TimeSpan firstToken = TimeSpan.Zero, lastToken = TimeSpan.Zero;
         int received = 0;

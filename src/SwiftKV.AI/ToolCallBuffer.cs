@@ -8,7 +8,7 @@ using SwiftKV.Model.Tokenization;
 
 namespace SwiftKV.AI;
 
-internal sealed class ToolCallBuffer(IReadOnlyList<string> toolNames, string? prefill)
+internal sealed class ToolCallBuffer(IReadOnlyList<string> toolNames, string? prefill, bool allowMultiple = true)
 {
     enum State { Undecided, Streaming, Holding }
 
@@ -42,13 +42,16 @@ internal sealed class ToolCallBuffer(IReadOnlyList<string> toolNames, string? pr
         if (_state == State.Streaming || held.Length == 0) return ([], held);
         var parsed = Llama31ToolFormat.TryParseCalls(held, toolNames);
         if (parsed is null) return ([], held);
-        var calls = parsed.Select(c => new FunctionCallContent(
-            "call_" + Guid.NewGuid().ToString("N")[..24],
-            c.Name,
-            c.Arguments.EnumerateObject().ToDictionary(p => p.Name, p => (object?)p.Value.Clone()))
+        var calls = new List<FunctionCallContent>();
+        foreach (var c in parsed)
         {
-            RawRepresentation = c,
-        }).ToList();
+            var arguments = new Dictionary<string, object?>(StringComparer.Ordinal);
+            // JSON allows a repeated name; a call that names an argument twice is malformed: it goes back as text.
+            foreach (var p in c.Arguments.EnumerateObject())
+                if (!arguments.TryAdd(p.Name, p.Value.Clone())) return ([], held);
+            calls.Add(new FunctionCallContent("call_" + Guid.NewGuid().ToString("N")[..24], c.Name, arguments) { RawRepresentation = c });
+        }
+        if (!allowMultiple && calls.Count > 1) calls.RemoveRange(1, calls.Count - 1);   // ChatOptions.AllowMultipleToolCalls = false
         return (calls, "");
     }
 }

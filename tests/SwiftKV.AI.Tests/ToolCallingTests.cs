@@ -70,6 +70,7 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
     [InlineData("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"")]
     [InlineData("{\"name\": \"delete_everything\", \"parameters\": {}}")]
     [InlineData("{\"name\": \"get_weather\", \"parameters\": {}} and some words")]
+    [InlineData("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\", \"city\": \"Rome\"}}")]   // a repeated argument
     public async Task MalformedCall_SurfacesAsText(string answer)
     {
         var (client, _) = Scripted(answer);
@@ -78,6 +79,23 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
         Assert.Equal(answer, r.Text);
         Assert.Empty(r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
         Assert.Equal(ChatFinishReason.Stop, r.FinishReason);
+    }
+
+    /// <summary>AllowMultipleToolCalls = false keeps the first of several calls; a hosted (non-function) tool and a
+    /// ConversationId, which this stateless client cannot honour, are refused instead of dropped.</summary>
+    [Fact]
+    public async Task AllowMultipleToolCallsFalse_KeepsOne_HostedToolsAndConversationId_Throw()
+    {
+        const string two = "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}; {\"name\": \"get_weather\", \"parameters\": {\"city\": \"Rome\"}}<|eom_id|>";
+        var (client, _) = Scripted(two);
+        using var _c = client;
+        var r = await client.GetResponseAsync("Weather in Oslo and Rome?", new ChatOptions { Tools = [Weather([])], AllowMultipleToolCalls = false }, Ct);
+        var calls = r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().ToList();
+        Assert.Equal(["Oslo"], calls.Select(c => ((JsonElement)c.Arguments!["city"]!).GetString()));
+        var hosted = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync("Search", new ChatOptions { Tools = [new HostedWebSearchTool()] }, Ct));
+        Assert.Contains("HostedWebSearchTool", hosted.Message);
+        var conversation = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync("Hi", new ChatOptions { ConversationId = "c-1" }, Ct));
+        Assert.Contains("ConversationId", conversation.Message);
     }
 
     [Fact]

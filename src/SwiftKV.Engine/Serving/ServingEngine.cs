@@ -29,7 +29,7 @@ public sealed class ServingEngine : IDisposable
     ServingMetrics _metrics;
     long _nextId, _steps, _computedTokens, _outputTokens, _finished, _cancelledCount;
     volatile bool _stopping;
-    int _disposed;
+    int _disposed, _loopExited;
 
     sealed class Entry(Sequence seq, ServingRequest request, Sampler sampler, IReadOnlySet<int> stops, ILogitsConstraint? constraint, bool plainGreedy)
     {
@@ -42,7 +42,34 @@ public sealed class ServingEngine : IDisposable
         public IReadOnlySet<int> Stops { get; } = stops;
         public long SubmittedAt { get; } = Stopwatch.GetTimestamp();
         public long FirstTokenAt { get; set; }
-        public CancellationTokenRegistration Registration { get; set; }
+        CancellationTokenRegistration _registration;
+        bool _released;
+
+        /// <summary>
+        /// Keeps the caller's token registration until the request leaves the engine. The loop may finish the request
+        /// before Submit gets here: then the registration is dropped at once (it would otherwise keep the request, its
+        /// sequence and the engine reachable for as long as the caller's token lives).
+        /// </summary>
+        public void SetRegistration(CancellationTokenRegistration r)
+        {
+            lock (this)
+            {
+                if (!_released) { _registration = r; return; }
+            }
+            r.Dispose();
+        }
+
+        public void ReleaseRegistration()
+        {
+            CancellationTokenRegistration r;
+            lock (this)
+            {
+                _released = true;
+                r = _registration;
+                _registration = default;
+            }
+            r.Dispose();
+        }
     }
 
     /// <summary>
@@ -70,7 +97,7 @@ public sealed class ServingEngine : IDisposable
         // With ReserveOutputBlocks every admitted request's growth is already held back: no extra slack by default.
         int reserve = options.AdmissionReserveBlocks ?? (options.ReserveOutputBlocks ? 0 : (int)Math.Max(1, numBlocks / 100));
         if (reserve >= numBlocks)
-            throw new ArgumentException($"AdmissionReserveBlocks {reserve} leaves no block of the {numBlocks} to admit anything.", nameof(options));
+            throw new ArgumentException($"AdmissionReserveBlocks {reserve} leaves no block of the {numBlocks} to admit anything: raise KvCacheBytes (or lower AdmissionReserveBlocks).", nameof(options));
 
         Options = options;
         _kv = _backend.CreatePagedKvCache((int)numBlocks, options.BlockSize, options.KvCacheDtype);
@@ -136,7 +163,10 @@ public sealed class ServingEngine : IDisposable
         entry = new Entry(seq, request, new Sampler(sampling), stopTokenIds ?? new HashSet<int>(), constraint, plainGreedy);
         _submitted.Enqueue(entry);
         _wake.Set();
-        if (ct.CanBeCanceled) entry.Registration = ct.Register(static (r, token) => ((ServingRequest)r!).CancelBy(token), request);
+        if (ct.CanBeCanceled) entry.SetRegistration(ct.Register(static (r, token) => ((ServingRequest)r!).CancelBy(token), request));
+        // Dispose may have raced this call past the check above: if the loop has already drained its queue for the
+        // last time, nobody else will complete this request, so fail what is left here.
+        if (Volatile.Read(ref _loopExited) != 0) FailQueued();
         return request;
     }
 
@@ -176,14 +206,30 @@ public sealed class ServingEngine : IDisposable
                 {
                     live.Remove(e.Seq);
                     try { _scheduler.Finish(e.Seq); } catch (InvalidOperationException) { }
+                    e.ReleaseRegistration();
                     e.Request.Fail(new InvalidOperationException($"the serving loop failed: {ex.Message}", ex));
                 }
             }
         }
 
-        var shutdown = new ObjectDisposedException(nameof(ServingEngine), "the serving engine was disposed.");
-        foreach (var e in live.Values) e.Request.Fail(shutdown);
-        while (_submitted.TryDequeue(out var e)) e.Request.Fail(shutdown);
+        foreach (var e in live.Values)
+        {
+            e.ReleaseRegistration();
+            e.Request.Fail(Shutdown());
+        }
+        Interlocked.Exchange(ref _loopExited, 1);   // before the last drain: a later Submit sees it and drains itself
+        FailQueued();
+    }
+
+    static ObjectDisposedException Shutdown() => new(nameof(ServingEngine), "the serving engine was disposed.");
+
+    void FailQueued()
+    {
+        while (_submitted.TryDequeue(out var e))
+        {
+            e.ReleaseRegistration();
+            e.Request.Fail(Shutdown());
+        }
     }
 
     void RunStep(ScheduledStep step, Dictionary<Sequence, Entry> live, long scheduledFrom)
@@ -214,6 +260,7 @@ public sealed class ServingEngine : IDisposable
                 var e = live[c.Sequence];
                 live.Remove(c.Sequence);
                 _scheduler.Finish(c.Sequence);
+                e.ReleaseRegistration();
                 e.Request.Fail(new InvalidOperationException($"the batched forward step failed: {ex.Message}", ex));
             }
             return;
@@ -290,7 +337,7 @@ public sealed class ServingEngine : IDisposable
         var seq = e.Seq;
         live.Remove(seq);
         _scheduler.Finish(seq);
-        e.Registration.Dispose();
+        e.ReleaseRegistration();
         var ttft = Stopwatch.GetElapsedTime(e.SubmittedAt, e.FirstTokenAt);
         var tpot = seq.OutputTokens > 1 ? Stopwatch.GetElapsedTime(e.FirstTokenAt, now) / (seq.OutputTokens - 1) : TimeSpan.Zero;
         lock (_metricsLock)
@@ -308,7 +355,7 @@ public sealed class ServingEngine : IDisposable
     {
         live.Remove(e.Seq);
         _scheduler.Finish(e.Seq);
-        e.Registration.Dispose();
+        e.ReleaseRegistration();
         Publish();
         e.Request.Fail(new InvalidOperationException($"the request failed at token {e.Seq.OutputTokens + 1}: {cause.Message}", cause));
     }
@@ -318,7 +365,7 @@ public sealed class ServingEngine : IDisposable
         if (e.Seq.Status == SequenceStatus.Finished) return;
         live.Remove(e.Seq);
         _scheduler.Finish(e.Seq);
-        e.Registration.Dispose();
+        e.ReleaseRegistration();
         _cancelledCount++;
         Publish();
         e.Request.Cancelled();
