@@ -84,6 +84,32 @@ public sealed class SwiftKvChatClientTests(TinyChatModel tiny)
         Assert.Contains("context of 64 tokens", e.Message);
     }
 
+    /// <summary>
+    /// A checkpoint whose vocab_size is padded past its tokenizer (common after fine-tuning): the padding ids decode
+    /// to nothing, and sampled answers (which may pick them) and JSON mode (a per-id table) run without an exception.
+    /// </summary>
+    [Fact]
+    public async Task PaddedVocabulary_SamplesAndDecodesWithoutThrowing()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-padded-vocab-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var config = SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny") with { VocabSize = 140000 };
+            SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, config.Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 9, InitStd = 0.1f });
+            SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
+            using var client = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = dir, Backend = SwiftKV.Engine.BackendKind.Cpu, ContextLength = 512 });
+            Assert.Equal(140000, client.Model.Tokenizer.VocabularySize);
+            Assert.True(client.Model.Tokenizer.GetTokenBytes(139999).IsEmpty);
+            for (int seed = 1; seed <= 3; seed++)
+                await client.GetResponseAsync("Hello", new ChatOptions { MaxOutputTokens = 40, Temperature = 1.5f, Seed = seed }, Ct);
+            await client.GetResponseAsync("Hello", new ChatOptions { MaxOutputTokens = 8, ResponseFormat = ChatResponseFormat.Json }, Ct);
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        }
+    }
+
     /// <summary>Content the text model cannot read, and an empty conversation, are refused, not silently dropped.</summary>
     [Fact]
     public async Task ImageContentOrNoMessages_Throw()

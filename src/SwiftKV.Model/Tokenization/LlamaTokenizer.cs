@@ -35,11 +35,11 @@ public sealed class LlamaTokenizer
     readonly TiktokenTokenizer _bpe;
     readonly Lazy<List<(byte[] Left, byte[] Right)>> _merges;
 
-    LlamaTokenizer(byte[]?[] ranks, Dictionary<string, int> specialTokens, int? bos, int? eos, IReadOnlyList<int> stops)
+    LlamaTokenizer(byte[]?[] ranks, Dictionary<string, int> specialTokens, int? bos, int? eos, IReadOnlyList<int> stops, int minSize = 0)
     {
         _ranks = ranks;
         _specialTokens = specialTokens;
-        int size = Math.Max(ranks.Length, specialTokens.Count == 0 ? 0 : specialTokens.Values.Max() + 1);
+        int size = Math.Max(minSize, Math.Max(ranks.Length, specialTokens.Count == 0 ? 0 : specialTokens.Values.Max() + 1));
         _tokenBytes = new byte[]?[size];
         Array.Copy(ranks, _tokenBytes, ranks.Length);
         foreach (var (text, id) in specialTokens) _tokenBytes[id] = Encoding.UTF8.GetBytes(text);
@@ -65,6 +65,14 @@ public sealed class LlamaTokenizer
 
     /// <summary>Largest token id + 1 (ids in between that no token uses decode to nothing).</summary>
     public int VocabularySize { get; }
+
+    /// <summary>
+    /// This tokenizer with its id space widened to <paramref name="size"/>: a model whose vocab_size is padded past its
+    /// tokenizer (common after fine-tuning) may sample those ids; like the unused ids inside, they decode to nothing
+    /// (Hugging Face's decode skips them too). Returns this tokenizer when it is already as wide.
+    /// </summary>
+    public LlamaTokenizer WithVocabularySize(int size) =>
+        size <= VocabularySize ? this : new LlamaTokenizer(_ranks, _specialTokens, BosTokenId, EosTokenId, StopTokenIds, size);
 
     /// <summary>Beginning-of-text token (tokenizer_config.json bos_token), if any. Encode never adds it.</summary>
     public int? BosTokenId { get; }
