@@ -24,6 +24,10 @@ internal static class HfTokenizerJson
             if (CheckpointJson.Get(token, "content") is not { ValueKind: JsonValueKind.String } content
                 || CheckpointJson.Get(token, "id") is not { } id)
                 throw new InvalidModelException($"{path}: added_tokens[{index}] needs a string 'content' and an integer 'id'.");
+            // A non-special added token is matched inside ordinary text by Hugging Face; this tokenizer matches added
+            // tokens only as control tokens, so such a file would encode differently: refuse it.
+            if (CheckpointJson.Get(token, "special") is { ValueKind: JsonValueKind.False })
+                throw new InvalidModelException($"{path}: added_tokens[{index}] '{content.GetString()}' is not special; only special added tokens (Llama 3's) are supported.");
             result.Add((content.GetString()!, CheckpointJson.Int(id, $"added_tokens[{index}].id", path)));
             index++;
         }
@@ -43,19 +47,87 @@ internal static class HfTokenizerJson
                 $"{path}: BPE model is not byte-level (no ByteLevel pre_tokenizer or decoder); SentencePiece-style BPE is not supported.");
         if (CheckpointJson.Get(model, "vocab") is not { ValueKind: JsonValueKind.Object } vocab)
             throw new InvalidModelException($"{path}: model.vocab must be an object mapping token -> id.");
+        CheckLlama3Pipeline(root, path);
 
         var ranks = new List<(byte[], int)>();
+        var idOf = new Dictionary<string, int>(StringComparer.Ordinal);
         foreach (var entry in vocab.EnumerateObject())
         {
             int id = CheckpointJson.Int(entry.Value, $"model.vocab[\"{entry.Name}\"]", path);
-            if (addedIds.Contains(id)) continue; // special tokens live in added_tokens, not in the BPE ranks
+            if (id < 0 || id > MaxTokenId)
+                throw new InvalidModelException($"{path}: vocab token '{entry.Name}' has id {id}, outside 0..{MaxTokenId}.");
             byte[] bytes = ByteLevelAlphabet.TryDecode(entry.Name)
                 ?? throw new InvalidModelException($"{path}: vocab token '{entry.Name}' (id {id}) has characters outside the byte-level alphabet.");
             if (bytes.Length == 0) throw new InvalidModelException($"{path}: empty vocab token (id {id}).");
+            idOf[entry.Name] = id;
+            if (addedIds.Contains(id)) continue; // special tokens live in added_tokens, not in the BPE ranks
             ranks.Add((bytes, id));
         }
         if (ranks.Count == 0) throw new InvalidModelException($"{path}: model.vocab is empty.");
-        return TiktokenFile.ToTable(ranks, path);
+        var table = TiktokenFile.ToTable(ranks, path);
+        CheckMergeOrder(model, idOf, path);
+        return table;
+    }
+
+    /// <summary>Largest token id accepted (Llama 3 uses 128,255; a corrupt id must not size a table).</summary>
+    const int MaxTokenId = 1 << 24;
+
+    /// <summary>
+    /// This reader encodes as tiktoken does (ids as merge ranks, Llama 3's split regex, no normalizer): refuse a file
+    /// whose pipeline says otherwise, instead of encoding it differently from Hugging Face without a word.
+    /// </summary>
+    static void CheckLlama3Pipeline(JsonElement root, string path)
+    {
+        if (CheckpointJson.Get(root, "normalizer") is { } n && n.ValueKind != JsonValueKind.Null)
+            throw new InvalidModelException($"{path}: a normalizer is not supported (Llama 3 has none), got {Describe(n)}.");
+        void Walk(JsonElement e)
+        {
+            if (e.ValueKind != JsonValueKind.Object) return;
+            string type = CheckpointJson.Get(e, "type") is { ValueKind: JsonValueKind.String } t ? t.GetString()! : "";
+            if (type == "Split")
+            {
+                string? regex = CheckpointJson.Get(e, "pattern") is { ValueKind: JsonValueKind.Object } p
+                    && CheckpointJson.Get(p, "Regex") is { ValueKind: JsonValueKind.String } r ? r.GetString() : null;
+                if (regex != LlamaTokenizer.Llama3Pattern)
+                    throw new InvalidModelException($"{path}: the pre-tokenizer splits with another pattern than Llama 3's ({Describe(e)}); not supported.");
+            }
+            if (type == "ByteLevel" && CheckpointJson.Get(e, "add_prefix_space") is { ValueKind: JsonValueKind.True })
+                throw new InvalidModelException($"{path}: ByteLevel add_prefix_space = true is not supported (Llama 3 adds no prefix space).");
+            // ByteLevel splits with GPT-2's regex unless use_regex is false (Llama 3 splits in a Split step before it).
+            if (type == "ByteLevel" && CheckpointJson.Get(e, "use_regex") is not { ValueKind: JsonValueKind.False })
+                throw new InvalidModelException($"{path}: a ByteLevel pre-tokenizer that splits with its own (GPT-2) regex is not supported; Llama 3 splits with a Split step and sets use_regex = false.");
+            if (CheckpointJson.Get(e, "pretokenizers") is { ValueKind: JsonValueKind.Array } list)
+                foreach (var x in list.EnumerateArray()) Walk(x);
+        }
+        if (CheckpointJson.Get(root, "pre_tokenizer") is { } pre) Walk(pre);
+    }
+
+    /// <summary>
+    /// Ids stand for merge ranks only if each merge makes a token with a larger id than the merge before it (true of
+    /// Llama 3 and GPT-2-style files); otherwise Hugging Face would merge in another order than this reader.
+    /// </summary>
+    static void CheckMergeOrder(JsonElement model, Dictionary<string, int> idOf, string path)
+    {
+        if (CheckpointJson.Get(model, "merges") is not { ValueKind: JsonValueKind.Array } merges) return;
+        int previous = -1, index = 0;
+        foreach (var m in merges.EnumerateArray())
+        {
+            string? left = null, right = null;
+            if (m.ValueKind == JsonValueKind.String && m.GetString()!.Split(' ') is [var a, var b]) (left, right) = (a, b);
+            else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2) (left, right) = (m[0].GetString(), m[1].GetString());
+            if (left is null || right is null || !idOf.TryGetValue(left + right, out int id))
+                throw new InvalidModelException($"{path}: model.merges[{index}] is not a pair of tokens whose concatenation is in the vocabulary.");
+            if (id <= previous)
+                throw new InvalidModelException($"{path}: model.merges[{index}] makes id {id} after id {previous}: merges out of id order are not supported (ids are read as merge ranks).");
+            previous = id;
+            index++;
+        }
+    }
+
+    static string Describe(JsonElement e)
+    {
+        string text = e.GetRawText();
+        return text.Length <= 120 ? text : text[..120] + "...";
     }
 
     static bool UsesByteLevel(JsonElement root)

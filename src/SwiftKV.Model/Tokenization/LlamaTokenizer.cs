@@ -97,6 +97,19 @@ public sealed class LlamaTokenizer
     public IReadOnlyList<int> Encode(string text, bool parseSpecialTokens = false)
     {
         ArgumentNullException.ThrowIfNull(text);
+        try
+        {
+            return EncodeCore(text, parseSpecialTokens);
+        }
+        catch (KeyNotFoundException e)
+        {
+            // A vocabulary without all 256 single-byte tokens cannot encode every text.
+            throw new InvalidOperationException("this tokenizer cannot encode the text: its vocabulary lacks a single-byte token the text needs (not a complete byte-level BPE).", e);
+        }
+    }
+
+    IReadOnlyList<int> EncodeCore(string text, bool parseSpecialTokens)
+    {
         if (!parseSpecialTokens || _specialSplitter is null) return _bpe.EncodeToIds(text);
         var ids = new List<int>();
         int pos = 0;

@@ -60,7 +60,9 @@ public sealed class LlamaTokenizerLoadTests
         dir.Write("tokenizer.json", """
             {
               "added_tokens": [ { "id": 20, "content": "<|end|>", "special": true } ],
-              "pre_tokenizer": { "type": "ByteLevel", "add_prefix_space": false },
+              "pre_tokenizer": { "type": "Sequence", "pretokenizers": [
+                { "type": "Split", "pattern": { "Regex": PATTERN }, "behavior": "Isolated", "invert": false },
+                { "type": "ByteLevel", "add_prefix_space": false, "use_regex": false } ] },
               "decoder": { "type": "ByteLevel" },
               "model": {
                 "type": "BPE",
@@ -69,12 +71,54 @@ public sealed class LlamaTokenizerLoadTests
                 "merges": [ "h e", "l l", "he ll", "hell o", "Ġ w" ]
               }
             }
-            """);
+            """.Replace("PATTERN", System.Text.Json.JsonSerializer.Serialize(LlamaTokenizer.Llama3Pattern)));
         var tok = LlamaTokenizer.Load(dir.Path);
         Assert.Equal([12, 13, 3, 6, 2, 7, 8], tok.Encode("hello world\n"));
         Assert.Equal([12, 20], tok.Encode("hello<|end|>", parseSpecialTokens: true));
         Assert.Equal("hello world\n<|end|>", tok.Decode([12, 13, 3, 6, 2, 7, 8, 20]));
         Assert.Equal(21, tok.VocabularySize);
+        // This toy vocabulary has no token for 'z': a clear error, not a KeyNotFoundException from the BPE internals.
+        Assert.Contains("lacks a single-byte token", Assert.Throws<InvalidOperationException>(() => tok.Encode("z")).Message);
+    }
+
+    /// <summary>
+    /// A tokenizer.json whose pipeline this reader would encode differently from Hugging Face is refused, naming what
+    /// differs: a normalizer, another split regex, ByteLevel's own GPT-2 regex, a prefix space, a non-special added
+    /// token, merges out of id order, an absurd id. (Each once loaded and encoded silently otherwise.)
+    /// </summary>
+    [Theory]
+    [InlineData("normalizer", "a normalizer is not supported")]
+    [InlineData("split", "another pattern than Llama 3's")]
+    [InlineData("gpt2-regex", "its own (GPT-2) regex")]
+    [InlineData("prefix-space", "add_prefix_space = true")]
+    [InlineData("non-special", "'<think>' is not special")]
+    [InlineData("merge-order", "merges out of id order")]
+    [InlineData("huge-id", "outside 0..16777216")]
+    public void Load_TokenizerJsonItWouldMisencode_IsRefused(string variant, string expected)
+    {
+        string split = $$"""{ "type": "Split", "pattern": { "Regex": {{(variant == "split" ? "\"\\\\d\"" : System.Text.Json.JsonSerializer.Serialize(LlamaTokenizer.Llama3Pattern))}} }, "behavior": "Isolated", "invert": false }""";
+        string byteLevel = variant switch
+        {
+            "gpt2-regex" => """{ "type": "ByteLevel", "add_prefix_space": false }""",
+            "prefix-space" => """{ "type": "ByteLevel", "add_prefix_space": true, "use_regex": false }""",
+            _ => """{ "type": "ByteLevel", "add_prefix_space": false, "use_regex": false }""",
+        };
+        string normalizer = variant == "normalizer" ? """{ "type": "Lowercase" }""" : "null";
+        string added = variant == "non-special" ? """{ "id": 20, "content": "<think>", "special": false }""" : """{ "id": 20, "content": "<|end|>", "special": true }""";
+        string merges = variant == "merge-order" ? """[ "l l", "h e" ]""" : """[ "h e", "l l" ]""";
+        string hugeId = variant == "huge-id" ? ", \"x\": 2147483647" : "";
+        using var dir = new TokenizerTempDir();
+        dir.Write("tokenizer.json", $$"""
+            {
+              "added_tokens": [ {{added}} ],
+              "normalizer": {{normalizer}},
+              "pre_tokenizer": { "type": "Sequence", "pretokenizers": [ {{split}}, {{byteLevel}} ] },
+              "decoder": { "type": "ByteLevel" },
+              "model": { "type": "BPE", "vocab": { "h": 0, "e": 1, "l": 2, "he": 9, "ll": 10{{hugeId}} }, "merges": {{merges}} }
+            }
+            """);
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains(expected, e.Message);
     }
 
     [Fact]
