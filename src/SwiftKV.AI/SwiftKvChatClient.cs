@@ -131,9 +131,11 @@ public sealed class SwiftKvChatClient : IChatClient
         if (heldText.Length > 0) yield return Update([new TextContent(heldText)]);
         if (calls.Count > 0) yield return Update([.. calls]);
 
-        // NOTE: JSON output cut off by MaxOutputTokens is returned as is, with FinishReason Length.
+        // NOTE: JSON output cut off by MaxOutputTokens is returned as is, with FinishReason Length. A JSON value that
+        // closed on the last allowed token is complete (the grammar would only have let the end of turn follow): Stop.
+        bool jsonComplete = request.Constraint is JsonConstraint { IsComplete: true };
         var finish = calls.Count > 0 ? ChatFinishReason.ToolCalls
-            : stoppedOnText || outcome.FinishReason == FinishReason.Stop ? ChatFinishReason.Stop
+            : stoppedOnText || outcome.FinishReason == FinishReason.Stop || jsonComplete ? ChatFinishReason.Stop
             : ChatFinishReason.Length;
         // Prompt tokens served from the prefix cache were not computed at all; of those computed, all but the
         // last stop after layer l-1 when SwiftKV is on.

@@ -27,6 +27,27 @@ public sealed class ChatOptionsTests(TinyChatModel tiny)
         Assert.Equal(JsonValueKind.Object, doc.RootElement.ValueKind);
     }
 
+    /// <summary>
+    /// A JSON answer that closes on the last token of its budget is complete: FinishReason Stop, not Length (callers
+    /// treat Length as truncated). The review saw all four of these seeds parse and report Length.
+    /// </summary>
+    [Theory]
+    [InlineData(1L)]
+    [InlineData(2L)]
+    [InlineData(3L)]
+    [InlineData(4L)]
+    public async Task ResponseFormatJson_CompleteAtTheBudget_IsStop(long seed)
+    {
+        using var client = tiny.Client();
+        var r = await client.GetResponseAsync("Give me JSON.", new ChatOptions
+        {
+            ResponseFormat = ChatResponseFormat.Json, MaxOutputTokens = 12, Temperature = 1f, Seed = seed,
+        }, Ct);
+        var state = new JsonGrammarState();
+        bool complete = state.Accept(System.Text.Encoding.UTF8.GetBytes(r.Text)) && state.IsComplete;
+        Assert.Equal(complete ? ChatFinishReason.Stop : ChatFinishReason.Length, r.FinishReason);
+    }
+
     [Fact]
     public async Task ResponseFormatJson_BudgetBelowShortestObject_IsLengthWithPartialText()
     {
