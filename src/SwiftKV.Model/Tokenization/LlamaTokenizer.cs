@@ -110,6 +110,7 @@ public sealed class LlamaTokenizer
 
     IReadOnlyList<int> EncodeCore(string text, bool parseSpecialTokens)
     {
+        text = ReplaceLoneSurrogates(text);
         if (!parseSpecialTokens || _specialSplitter is null) return _bpe.EncodeToIds(text);
         var ids = new List<int>();
         int pos = 0;
@@ -121,6 +122,30 @@ public sealed class LlamaTokenizer
         }
         if (pos < text.Length) ids.AddRange(_bpe.EncodeToIds(text.AsSpan(pos)));
         return ids;
+    }
+
+    /// <summary>
+    /// A lone UTF-16 surrogate has no UTF-8 form: the BPE would see its three raw (invalid) bytes and the model three
+    /// garbage tokens. It becomes U+FFFD first, as a UTF-8 encoder writes it (Python's tokenizers refuse such text).
+    /// </summary>
+    static string ReplaceLoneSurrogates(string text)
+    {
+        int i = 0;
+        for (; i < text.Length; i++)
+        {
+            if (!char.IsSurrogate(text[i])) continue;
+            if (char.IsHighSurrogate(text[i]) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1])) { i++; continue; }
+            break;
+        }
+        if (i >= text.Length) return text;   // the common case: no copy
+        var sb = new StringBuilder(text.Length);
+        for (int j = 0; j < text.Length; j++)
+        {
+            char c = text[j];
+            if (char.IsHighSurrogate(c) && j + 1 < text.Length && char.IsLowSurrogate(text[j + 1])) { sb.Append(c).Append(text[++j]); continue; }
+            sb.Append(char.IsSurrogate(c) ? '\uFFFD' : c);
+        }
+        return sb.ToString();
     }
 
     /// <summary>Decodes ids to text; bytes that are not valid UTF-8 become U+FFFD.</summary>

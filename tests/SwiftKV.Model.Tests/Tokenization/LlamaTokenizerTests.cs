@@ -100,6 +100,22 @@ public sealed class LlamaTokenizerTests
         Assert.DoesNotContain(128009, Demo.Encode("<|eot_id |>", parseSpecialTokens: true));
     }
 
+    /// <summary>A lone surrogate encodes as U+FFFD (as UTF-8 writes it), not as three invalid bytes; pairs are untouched.</summary>
+    [Fact]   // not a Theory: xunit's data serialization itself turns a lone surrogate into replacement characters
+    public void Encode_LoneSurrogate_IsReplacementCharacter()
+    {
+        foreach (var (text, expected) in new[]
+        {
+            ("hi\uD800there", "hi\uFFFDthere"), ("x\uDC00", "x\uFFFD"), ("\uD83D", "\uFFFD"),
+            ("ok \uD83D\uDE00 \uD800\uD83D\uDE00", "ok \uD83D\uDE00 \uFFFD\uD83D\uDE00"),
+        })
+        {
+            Assert.Equal(Demo.Encode(expected), Demo.Encode(text));
+            Assert.Equal(expected, Demo.Decode(Demo.Encode(text)));
+            Assert.Equal(Demo.Encode(expected, parseSpecialTokens: true), Demo.Encode(text, parseSpecialTokens: true));
+        }
+    }
+
     [Fact]
     public void GetTokenBytes_CoversSpecialsUnusedAndOutOfRange()
     {
