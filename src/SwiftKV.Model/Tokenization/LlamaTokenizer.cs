@@ -33,6 +33,8 @@ public sealed class LlamaTokenizer
     readonly Dictionary<string, int> _specialTokens;
     readonly Regex? _specialSplitter;
     readonly TiktokenTokenizer _bpe;
+    readonly Regex _pieceRegex;
+    Dictionary<string, int>? _rankOf;   // Latin-1 key of a token's bytes -> rank, for the long-piece merge
     readonly Lazy<List<(byte[] Left, byte[] Right)>> _merges;
 
     LlamaTokenizer(byte[]?[] ranks, Dictionary<string, int> specialTokens, int? bos, int? eos, IReadOnlyList<int> stops, int minSize = 0)
@@ -58,7 +60,8 @@ public sealed class LlamaTokenizer
         using var stream = new MemoryStream();
         TiktokenFile.Write(stream, ranks);
         stream.Position = 0;
-        var preTokenizer = new RegexPreTokenizer(Llama3PreTokenizerRegex.Create(), null);
+        _pieceRegex = Llama3PreTokenizerRegex.Create();
+        var preTokenizer = new RegexPreTokenizer(_pieceRegex, null);
         _bpe = TiktokenTokenizer.Create(stream, preTokenizer, normalizer: null, specialTokens: null, cacheSize: 8192);
         _merges = new(() => BpeMergeRecovery.Recover(_ranks));
     }
@@ -111,17 +114,98 @@ public sealed class LlamaTokenizer
     IReadOnlyList<int> EncodeCore(string text, bool parseSpecialTokens)
     {
         text = ReplaceLoneSurrogates(text);
-        if (!parseSpecialTokens || _specialSplitter is null) return _bpe.EncodeToIds(text);
         var ids = new List<int>();
+        if (!parseSpecialTokens || _specialSplitter is null)
+        {
+            EncodeOrdinary(text, ids);
+            return ids;
+        }
         int pos = 0;
         foreach (Match m in _specialSplitter.Matches(text))
         {
-            if (m.Index > pos) ids.AddRange(_bpe.EncodeToIds(text.AsSpan(pos, m.Index - pos)));
+            if (m.Index > pos) EncodeOrdinary(text.Substring(pos, m.Index - pos), ids);
             ids.Add(_specialTokens[m.Value]);
             pos = m.Index + m.Length;
         }
-        if (pos < text.Length) ids.AddRange(_bpe.EncodeToIds(text.AsSpan(pos)));
+        if (pos < text.Length) EncodeOrdinary(text[pos..], ids);
         return ids;
+    }
+
+    /// <summary>The library's encoding of ordinary text alone (tests compare the long-piece path with it).</summary>
+    internal IReadOnlyList<int> EncodeWithLibraryOnly(string text) => _bpe.EncodeToIds(text);
+
+    /// <summary>Pieces longer than this (in chars) take <see cref="MergeLongPiece"/> instead of the library's merge.</summary>
+    internal const int LongPiece = 256;
+
+    /// <summary>
+    /// Ordinary text (no special tokens). The library merges a piece in time quadratic in its length (256K of one
+    /// letter: ~18 s; 1 MB: ~5 min), so text that may hold a long piece is split into the same Llama 3 pieces here:
+    /// runs of short pieces still go to the library, each long piece to the heap-based merge, which gives the same
+    /// tokens (lowest rank first, leftmost on ties) in n log n.
+    /// </summary>
+    void EncodeOrdinary(string text, List<int> ids)
+    {
+        if (text.Length <= LongPiece)
+        {
+            ids.AddRange(_bpe.EncodeToIds(text));
+            return;
+        }
+        int runStart = 0;
+        foreach (Match m in _pieceRegex.Matches(text))
+        {
+            if (m.Length <= LongPiece) continue;
+            if (m.Index > runStart) ids.AddRange(_bpe.EncodeToIds(text.AsSpan(runStart, m.Index - runStart)));
+            MergeLongPiece(Encoding.UTF8.GetBytes(m.Value), ids);
+            runStart = m.Index + m.Length;
+        }
+        if (runStart < text.Length) ids.AddRange(_bpe.EncodeToIds(text.AsSpan(runStart)));
+    }
+
+    /// <summary>
+    /// Byte-pair merge of one piece with a heap: repeatedly join the adjacent pair whose joined bytes have the lowest
+    /// rank (the leftmost of equal ranks), as tiktoken does, then emit each part's rank.
+    /// </summary>
+    internal void MergeLongPiece(byte[] piece, List<int> ids)
+    {
+        var rankOf = _rankOf ??= BuildRankIndex();
+        int n = piece.Length;
+        var next = new int[n];
+        var prev = new int[n];
+        var version = new int[n];
+        var alive = new bool[n];
+        for (int i = 0; i < n; i++) { next[i] = i + 1; prev[i] = i - 1; alive[i] = true; }
+        string Key(int start, int end) => Encoding.Latin1.GetString(piece, start, end - start);
+        int End(int i) => next[i] < n ? next[i] : n;
+        var heap = new PriorityQueue<(int Part, int Version), (int Rank, int Start)>();
+        void Push(int i)
+        {
+            if (i < 0 || next[i] >= n) return;
+            if (rankOf.TryGetValue(Key(i, End(next[i])), out int rank)) heap.Enqueue((i, version[i]), (rank, i));
+        }
+        for (int i = 0; i + 1 < n; i++) Push(i);
+        while (heap.TryDequeue(out var e, out _))
+        {
+            int i = e.Part;
+            if (!alive[i] || e.Version != version[i] || next[i] >= n) continue;
+            int j = next[i];
+            alive[j] = false;
+            next[i] = next[j];
+            if (next[i] < n) prev[next[i]] = i;
+            version[i]++;
+            Push(i);
+            if (prev[i] >= 0) { version[prev[i]]++; Push(prev[i]); }
+        }
+        for (int i = 0; i < n; i = next[i])
+            ids.Add(rankOf.TryGetValue(Key(i, End(i)), out int r) ? r
+                : throw new KeyNotFoundException("no token for a byte of the piece"));
+    }
+
+    Dictionary<string, int> BuildRankIndex()
+    {
+        var d = new Dictionary<string, int>(_ranks.Length, StringComparer.Ordinal);
+        for (int id = 0; id < _ranks.Length; id++)
+            if (_ranks[id] is { } bytes) d[Encoding.Latin1.GetString(bytes)] = id;
+        return d;
     }
 
     /// <summary>
