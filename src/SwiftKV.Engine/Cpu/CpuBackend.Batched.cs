@@ -34,12 +34,7 @@ public sealed partial class CpuBackend : IGreedyBatchedBackend
         ObjectDisposedException.ThrowIf(_disposed, this);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(numBlocks);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blockSize);
-        // Linux overcommits: a pool larger than the machine is not an OutOfMemoryException but a process killed later,
-        // when the pages are touched. Refuse it here, while the caller can still be told which option to lower.
-        long bytes = (long)numBlocks * blockSize * KvBytesPerToken, available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-        if (bytes > available)
-            throw new ArgumentOutOfRangeException(nameof(numBlocks), numBlocks,
-                $"a KV pool of {numBlocks} blocks x {blockSize} tokens is {bytes / 1e9:F1} GB, more than the {available / 1e9:F1} GB this process may use: lower KvCacheBytes.");
+        CheckKvFits((long)numBlocks * blockSize, $"a KV pool of {numBlocks} blocks x {blockSize} tokens", "lower KvCacheBytes");
         return new CpuPagedKvCache(this, Config.NumKvCaches(SwiftKvEnabled), numBlocks, blockSize, Config.KeyValueDim);
     }
 

@@ -41,13 +41,21 @@ public sealed partial class CpuBackend : IModelBackend
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         StepValidation.Capacity(Config, capacity);
-        // As for the paged pool: refuse what the machine cannot hold now, not when Linux's overcommit comes due.
-        long bytes = (long)capacity * 2 * Config.NumKvCaches(SwiftKvEnabled) * Config.KeyValueDim * sizeof(float);
-        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-        if (bytes > available)
-            throw new ArgumentOutOfRangeException(nameof(capacity), capacity,
-                $"a KV cache of {capacity} tokens is {bytes / 1e9:F1} GB, more than the {available / 1e9:F1} GB this process may use: ask for fewer tokens.");
+        CheckKvFits(capacity, $"a KV cache of {capacity} tokens", "ask for fewer tokens");
         return new CpuSequenceCache(this, Config.NumKvCaches(SwiftKvEnabled), capacity, Config.KeyValueDim);
+    }
+
+    /// <summary>
+    /// Refuses KV memory for <paramref name="tokens"/> tokens that this process may not use. Linux overcommits: such an
+    /// allocation is not an OutOfMemoryException but a process killed later, when the pages are touched; here the
+    /// caller can still be told what to change.
+    /// </summary>
+    void CheckKvFits(long tokens, string what, string remedy)
+    {
+        long bytes = tokens * KvBytesPerToken, available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (bytes > available)
+            throw new ArgumentOutOfRangeException(nameof(tokens), tokens,
+                $"{what} is {bytes / 1e9:F1} GB, more than the {available / 1e9:F1} GB this process may use: {remedy}.");
     }
 
     public float[] Forward(ISequenceCache cache, ReadOnlySpan<int> tokens, LogitsSelection selection)

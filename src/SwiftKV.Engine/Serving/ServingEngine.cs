@@ -258,9 +258,7 @@ public sealed class ServingEngine : IDisposable
             foreach (var c in step.Chunks)
             {
                 var e = live[c.Sequence];
-                live.Remove(c.Sequence);
-                _scheduler.Finish(c.Sequence);
-                e.ReleaseRegistration();
+                Leave(e, live);
                 e.Request.Fail(new InvalidOperationException($"the batched forward step failed: {ex.Message}", ex));
             }
             return;
@@ -335,9 +333,7 @@ public sealed class ServingEngine : IDisposable
     void Finish(Entry e, Dictionary<Sequence, Entry> live, FinishReason reason, long now)
     {
         var seq = e.Seq;
-        live.Remove(seq);
-        _scheduler.Finish(seq);
-        e.ReleaseRegistration();
+        Leave(e, live);
         var ttft = Stopwatch.GetElapsedTime(e.SubmittedAt, e.FirstTokenAt);
         var tpot = seq.OutputTokens > 1 ? Stopwatch.GetElapsedTime(e.FirstTokenAt, now) / (seq.OutputTokens - 1) : TimeSpan.Zero;
         lock (_metricsLock)
@@ -351,11 +347,17 @@ public sealed class ServingEngine : IDisposable
             seq.Preemptions, ttft, tpot));
     }
 
-    void Fail(Entry e, Dictionary<Sequence, Entry> live, Exception cause)
+    /// <summary>A request leaves the engine: out of the live set and the scheduler (its blocks freed), its token released.</summary>
+    void Leave(Entry e, Dictionary<Sequence, Entry> live)
     {
         live.Remove(e.Seq);
         _scheduler.Finish(e.Seq);
         e.ReleaseRegistration();
+    }
+
+    void Fail(Entry e, Dictionary<Sequence, Entry> live, Exception cause)
+    {
+        Leave(e, live);
         Publish();
         e.Request.Fail(new InvalidOperationException($"the request failed at token {e.Seq.OutputTokens + 1}: {cause.Message}", cause));
     }
@@ -363,9 +365,7 @@ public sealed class ServingEngine : IDisposable
     void Drop(Entry e, Dictionary<Sequence, Entry> live)
     {
         if (e.Seq.Status == SequenceStatus.Finished) return;
-        live.Remove(e.Seq);
-        _scheduler.Finish(e.Seq);
-        e.ReleaseRegistration();
+        Leave(e, live);
         _cancelledCount++;
         Publish();
         e.Request.Cancelled();
