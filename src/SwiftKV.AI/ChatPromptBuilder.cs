@@ -31,7 +31,7 @@ internal static class ChatPromptBuilder
 
     public static PreparedRequest Prepare(
         LocalModel model, SwiftKvOptions clientOptions, IEnumerable<ChatMessage> messages, ChatOptions? options,
-        DateOnly today, IChatClient client)
+        DateOnly today, IChatClient client, CancellationToken cancellationToken = default)
     {
         if (options?.MaxOutputTokens is <= 0)
             throw new ArgumentOutOfRangeException(nameof(options), options.MaxOutputTokens, "ChatOptions.MaxOutputTokens must be > 0.");
@@ -45,14 +45,16 @@ internal static class ChatPromptBuilder
         string? prefill = Prefill(options, tools);
 
         var turns = Turns(messages, options?.Instructions, tools);
-        var prompt = new List<int>(Llama31ChatFormat.Encode(model.Tokenizer, turns, addGenerationPrompt: true, today, ipythonEnvironment: tools.Count > 0));
-        if (prefill is not null) prompt.AddRange(model.Tokenizer.Encode(prefill));
-
         int context = Math.Min(clientOptions.ContextLength, model.Config.MaxPositionEmbeddings);
         // The KV pool bounds one sequence too: a request may not hold more blocks than the pool has.
         if (model.Serving is { } engine) context = Math.Min(context, engine.MaxSequenceLength);
+        // Encoding stops once the prompt cannot fit, so a document far past the context fails fast (and cancellably).
+        var prompt = new List<int>();
+        bool whole = Llama31ChatFormat.TryEncodeInto(model.Tokenizer, turns, addGenerationPrompt: true, prompt, context - 1, today,
+            ipythonEnvironment: tools.Count > 0, cancellationToken);
+        if (whole && prefill is not null) prompt.AddRange(model.Tokenizer.Encode(prefill));
         if (prompt.Count >= context)
-            throw new ArgumentException($"The prompt is {prompt.Count} tokens, which does not fit the context of {context} tokens (SwiftKvOptions.ContextLength, max_position_embeddings and the KV cache size); shorten the conversation or raise ContextLength / KvCacheBytes.", nameof(messages));
+            throw new ArgumentException($"The prompt is {(whole ? $"{prompt.Count}" : $"more than {context - 1}")} tokens, which does not fit the context of {context} tokens (SwiftKvOptions.ContextLength, max_position_embeddings and the KV cache size); shorten the conversation or raise ContextLength / KvCacheBytes.", nameof(messages));
         int maxNew = Math.Min(options?.MaxOutputTokens ?? clientOptions.DefaultMaxOutputTokens, context - prompt.Count);
 
         // NOTE: an engine-native SamplingParams from RawRepresentationFactory replaces every sampling option of

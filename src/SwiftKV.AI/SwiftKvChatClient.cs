@@ -81,7 +81,7 @@ public sealed class SwiftKvChatClient : IChatClient
         ArgumentNullException.ThrowIfNull(messages);
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         var clock = Stopwatch.StartNew();
-        var request = ChatPromptBuilder.Prepare(_model, _options, messages, options, _today(), this);
+        var request = ChatPromptBuilder.Prepare(_model, _options, messages, options, _today(), this, cancellationToken);
 
         string responseId = "swiftkv-" + Guid.NewGuid().ToString("N");
         string messageId = "msg-" + Guid.NewGuid().ToString("N");

@@ -84,6 +84,27 @@ public sealed class SwiftKvChatClientTests(TinyChatModel tiny)
         Assert.Contains("context of 64 tokens", e.Message);
     }
 
+    /// <summary>A document far past the context is refused after encoding about a context's worth of it.</summary>
+    [Fact]
+    public async Task DocumentFarPastTheContext_IsRefusedWithoutItsExactLength()
+    {
+        using var client = tiny.Client(contextLength: 256);
+        var document = string.Concat(Enumerable.Repeat("The shipment left the warehouse on time. ", 200_000));   // ~8 MB
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync([new(ChatRole.User, document)], cancellationToken: Ct));
+        Assert.Contains("more than 255 tokens", e.Message);
+        Assert.Contains("context of 256 tokens", e.Message);
+    }
+
+    [Fact]
+    public async Task CancelledBeforeTheStart_StopsWhileEncoding()
+    {
+        using var client = tiny.Client();
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        var e = await Assert.ThrowsAnyAsync<OperationCanceledException>(() => client.GetResponseAsync([new(ChatRole.User, new string('x', 5000))], cancellationToken: cts.Token));
+        Assert.Equal(cts.Token, e.CancellationToken);
+    }
+
     /// <summary>
     /// A checkpoint whose vocab_size is padded past its tokenizer (common after fine-tuning): the padding ids decode
     /// to nothing, and sampled answers (which may pick them) and JSON mode (a per-id table) run without an exception.

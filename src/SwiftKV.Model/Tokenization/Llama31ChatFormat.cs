@@ -62,17 +62,32 @@ public static class Llama31ChatFormat
     /// </summary>
     public static IReadOnlyList<int> Encode(LlamaTokenizer tok, IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today = null, bool ipythonEnvironment = false)
     {
-        ArgumentNullException.ThrowIfNull(tok);
         var ids = new List<int>();
+        TryEncodeInto(tok, turns, addGenerationPrompt, ids, int.MaxValue, today, ipythonEnvironment);
+        return ids;
+    }
+
+    /// <summary>
+    /// <see cref="Encode"/> into <paramref name="ids"/>, stopping (false) as soon as they are more than
+    /// <paramref name="maxCount"/>: a conversation far longer than the context is refused without encoding all of it.
+    /// </summary>
+    public static bool TryEncodeInto(LlamaTokenizer tok, IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, List<int> ids, int maxCount,
+        DateOnly? today = null, bool ipythonEnvironment = false, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(tok);
+        ArgumentNullException.ThrowIfNull(ids);
         foreach (var (isSpecial, text) in BuildParts(turns, addGenerationPrompt, today, ipythonEnvironment))
         {
             if (isSpecial)
+            {
                 ids.Add(tok.GetSpecialTokenId(text)
                     ?? throw new ArgumentException($"The tokenizer has no special token {text}, which the Llama 3.1 chat format needs.", nameof(tok)));
-            else
-                ids.AddRange(tok.Encode(text, parseSpecialTokens: false));
+                if (ids.Count > maxCount) return false;
+            }
+            else if (!tok.TryEncodeInto(text, ids, maxCount, parseSpecialTokens: false, cancellationToken))
+                return false;
         }
-        return ids;
+        return true;
     }
 
     static List<(bool IsSpecial, string Text)> BuildParts(IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today, bool ipythonEnvironment)

@@ -99,10 +99,25 @@ public sealed class LlamaTokenizer
     /// </summary>
     public IReadOnlyList<int> Encode(string text, bool parseSpecialTokens = false)
     {
+        var ids = new List<int>();
+        TryEncodeInto(text, ids, int.MaxValue, parseSpecialTokens);
+        return ids;
+    }
+
+    /// <summary>
+    /// Appends the ids <see cref="Encode"/> gives for <paramref name="text"/> to <paramref name="ids"/>, but stops as
+    /// soon as <paramref name="ids"/> holds more than <paramref name="maxCount"/> ids and returns false (the rest of
+    /// the text is then not encoded), and observes <paramref name="cancellationToken"/> between runs of pieces. A
+    /// prompt far longer than the context is so refused in time proportional to the context, not to the text.
+    /// </summary>
+    public bool TryEncodeInto(string text, List<int> ids, int maxCount, bool parseSpecialTokens = false, CancellationToken cancellationToken = default)
+    {
         ArgumentNullException.ThrowIfNull(text);
+        ArgumentNullException.ThrowIfNull(ids);
+        ArgumentOutOfRangeException.ThrowIfNegative(maxCount);
         try
         {
-            return EncodeCore(text, parseSpecialTokens);
+            return EncodeCore(text, ids, new Budget(maxCount, cancellationToken), parseSpecialTokens);
         }
         catch (KeyNotFoundException e)
         {
@@ -111,24 +126,30 @@ public sealed class LlamaTokenizer
         }
     }
 
-    IReadOnlyList<int> EncodeCore(string text, bool parseSpecialTokens)
+    /// <summary>How many ids an encoding may reach before it stops, and the token that cancels it.</summary>
+    readonly record struct Budget(int MaxCount, CancellationToken Cancellation)
+    {
+        /// <summary>False once <paramref name="ids"/> is over budget; throws when cancelled.</summary>
+        public bool Allows(List<int> ids)
+        {
+            Cancellation.ThrowIfCancellationRequested();
+            return ids.Count <= MaxCount;
+        }
+    }
+
+    bool EncodeCore(string text, List<int> ids, Budget budget, bool parseSpecialTokens)
     {
         text = ReplaceLoneSurrogates(text);
-        var ids = new List<int>();
-        if (!parseSpecialTokens || _specialSplitter is null)
-        {
-            EncodeOrdinary(text, ids);
-            return ids;
-        }
+        if (!parseSpecialTokens || _specialSplitter is null) return EncodeOrdinary(text, ids, budget);
         int pos = 0;
         foreach (Match m in _specialSplitter.Matches(text))
         {
-            if (m.Index > pos) EncodeOrdinary(text.Substring(pos, m.Index - pos), ids);
+            if (m.Index > pos && !EncodeOrdinary(text.Substring(pos, m.Index - pos), ids, budget)) return false;
             ids.Add(_specialTokens[m.Value]);
             pos = m.Index + m.Length;
+            if (!budget.Allows(ids)) return false;
         }
-        if (pos < text.Length) EncodeOrdinary(text[pos..], ids);
-        return ids;
+        return pos >= text.Length || EncodeOrdinary(text[pos..], ids, budget);
     }
 
     /// <summary>The library's encoding of ordinary text alone (tests compare the long-piece path with it).</summary>
@@ -137,28 +158,39 @@ public sealed class LlamaTokenizer
     /// <summary>Pieces longer than this (in chars) take <see cref="MergeLongPiece"/> instead of the library's merge.</summary>
     internal const int LongPiece = 256;
 
+    /// <summary>Runs of short pieces go to the library in spans of about this many chars, cut between two pieces.</summary>
+    internal const int RunChars = 4096;
+
     /// <summary>
     /// Ordinary text (no special tokens). The library merges a piece in time quadratic in its length (256K of one
     /// letter: ~18 s; 1 MB: ~5 min), so text that may hold a long piece is split into the same Llama 3 pieces here:
     /// runs of short pieces still go to the library, each long piece to the heap-based merge, which gives the same
-    /// tokens (lowest rank first, leftmost on ties) in n log n.
+    /// tokens (lowest rank first, leftmost on ties) in n log n. Cutting between two pieces does not change the
+    /// library's own split of either side, so runs are also cut every <see cref="RunChars"/> chars to check the
+    /// budget. Returns false once over budget.
     /// </summary>
-    void EncodeOrdinary(string text, List<int> ids)
+    bool EncodeOrdinary(string text, List<int> ids, Budget budget)
     {
         if (text.Length <= LongPiece)
         {
             ids.AddRange(_bpe.EncodeToIds(text));
-            return;
+            return budget.Allows(ids);
         }
         int runStart = 0;
         foreach (Match m in _pieceRegex.Matches(text))
         {
-            if (m.Length <= LongPiece) continue;
+            bool longPiece = m.Length > LongPiece;
+            if (!longPiece && m.Index - runStart < RunChars) continue;
             if (m.Index > runStart) ids.AddRange(_bpe.EncodeToIds(text.AsSpan(runStart, m.Index - runStart)));
+            runStart = m.Index;
+            if (!budget.Allows(ids)) return false;
+            if (!longPiece) continue;
             MergeLongPiece(Encoding.UTF8.GetBytes(m.Value), ids);
             runStart = m.Index + m.Length;
+            if (!budget.Allows(ids)) return false;
         }
         if (runStart < text.Length) ids.AddRange(_bpe.EncodeToIds(text.AsSpan(runStart)));
+        return budget.Allows(ids);
     }
 
     /// <summary>

@@ -58,4 +58,43 @@ public sealed class LongPieceTests
             Assert.Equal(Demo.EncodeWithLibraryOnly(text), Demo.Encode(text));
         }
     }
+
+    /// <summary>Texts of several runs' length: cutting a run every RunChars chars (between pieces) changes no id.</summary>
+    [Fact]
+    public void TextsLongerThanARun_EncodeAsTheLibraryDoes()
+    {
+        var rng = new Random(13);
+        string[] parts = ["the", " quick", "  brown", "\t fox", " über", "日本語", " 😀", "12345", "3.14", "don't", "WE'LL", "\n", "\r\n  ", "   ", "!?", " (x)", "\n\n\t"];
+        for (int t = 0; t < 12; t++)
+        {
+            var sb = new StringBuilder();
+            while (sb.Length < 3 * LlamaTokenizer.RunChars + rng.Next(LlamaTokenizer.RunChars)) sb.Append(parts[rng.Next(parts.Length)]);
+            string text = t % 2 == 0 ? sb.ToString() : sb + RandomText(rng, 6);
+            Assert.Equal(Demo.EncodeWithLibraryOnly(text), Demo.Encode(text));
+        }
+    }
+
+    /// <summary>A budget stops the encoding within a run of its limit; a text that fits is encoded whole.</summary>
+    [Fact]
+    public void TryEncodeInto_StopsSoonAfterTheBudget()
+    {
+        string text = string.Concat(Enumerable.Repeat("The shipment left the warehouse on time. ", 50_000));   // ~2 MB, ~450K tokens
+        var ids = new List<int>();
+        Assert.False(Demo.TryEncodeInto(text, ids, maxCount: 1000, cancellationToken: TestContext.Current.CancellationToken));
+        Assert.InRange(ids.Count, 1001, 1000 + LlamaTokenizer.RunChars);
+        Assert.Equal(Demo.Encode(text[..20_000]).Take(1000), ids.Take(1000));
+
+        var all = new List<int> { 7 };
+        Assert.True(Demo.TryEncodeInto("short text", all, maxCount: 100, cancellationToken: TestContext.Current.CancellationToken));
+        Assert.Equal([7, .. Demo.Encode("short text")], all);
+    }
+
+    [Fact]
+    public void TryEncodeInto_ObservesCancellation()
+    {
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        var e = Assert.ThrowsAny<OperationCanceledException>(() => Demo.TryEncodeInto(new string('x', 10_000) + " y", [], int.MaxValue, cancellationToken: cts.Token));
+        Assert.Equal(cts.Token, e.CancellationToken);
+    }
 }
