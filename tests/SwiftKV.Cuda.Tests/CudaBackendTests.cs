@@ -235,6 +235,50 @@ public sealed class CudaBackendTests
         Assert.True(Math.Abs(free0 - free1) <= 8 << 20, $"device free memory {free1} did not return to {free0} after disposing backend and caches");
     }
 
+    /// <summary>
+    /// An AllTokens step over more rows than the workspace keeps gives its logits memory back, and the steps after it
+    /// (graph-replayed decode included, whose logits buffer moved) still match the CPU.
+    /// </summary>
+    [Fact]
+    public void LongAllTokensStep_GivesItsLogitsBack()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 128, Heads: 8, KvHeads: 2, HeadDim: 64, MaxPositions: 1024, Seed: 34);
+        var weights = TestModels.Build(spec);
+        using var gpu = new CudaBackend(weights);
+        var cpu = new CpuBackend(RoundToBf16(weights));
+        int vocab = spec.Vocab;
+        using var g = gpu.CreateCache(1024);
+        using var c = cpu.CreateCache(1024);
+        var prompt = TestModels.RandomTokens(CudaBackend.KeptLogitsRows + 300, vocab, 35);
+        var first = gpu.Forward(g, [prompt[0]], LogitsSelection.LastToken);   // a decode graph captured with the small buffer
+        Assert.Equal(vocab, first.Length);
+        var all = gpu.Forward(g, prompt.AsSpan(1), LogitsSelection.AllTokens);
+        Assert.Equal((long)(prompt.Length - 1) * vocab, all.LongLength);
+        Assert.InRange(gpu.LogitsWorkspaceBytes, 0, (long)CudaBackend.KeptLogitsRows * vocab * sizeof(float));
+        var cpuAll = cpu.Forward(c, prompt, LogitsSelection.AllTokens);
+        AssertRowClose(all, cpuAll.AsSpan(vocab).ToArray(), vocab, "AllTokens rows");
+        foreach (int t in TestModels.RandomTokens(3, vocab, 36))
+            AssertRowClose(gpu.Forward(g, [t], LogitsSelection.LastToken), cpu.Forward(c, [t], LogitsSelection.LastToken), vocab, "decode after the trim");
+        Assert.Equal(prompt.Length + 3, g.Length);
+    }
+
+    static void AssertRowClose(float[] gpu, float[] cpu, int vocab, string what)
+    {
+        Assert.Equal(cpu.Length, gpu.Length);
+        for (int row = 0; row < cpu.Length / vocab; row++)
+        {
+            double maxB = 0, maxD = 0;
+            for (int i = row * vocab; i < (row + 1) * vocab; i++)
+            {
+                Assert.False(float.IsNaN(gpu[i]), $"{what}: NaN at row {row}");
+                maxB = Math.Max(maxB, Math.Abs(cpu[i]));
+                maxD = Math.Max(maxD, Math.Abs(gpu[i] - cpu[i]));
+            }
+            Assert.True(maxD / maxB <= Tolerance[0], $"{what} row {row}: max|diff|/max|cpu| = {maxD / maxB:E3}");
+        }
+    }
+
     /// <summary>The same model with every weight rounded to bf16, as the GPU holds it.</summary>
     internal static LlamaWeights RoundToBf16(LlamaWeights w)
     {

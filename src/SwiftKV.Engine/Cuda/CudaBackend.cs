@@ -262,8 +262,16 @@ public sealed partial class CudaBackend : IModelBackend
         int rows = RunStep(c, tokens, selection);
         var logits = new float[(long)rows * Config.VocabSize];
         _stream.Download(_ws.Logits.Span, logits);
+        // An AllTokens step over a long prompt held rows x vocab floats (16 GB at 32K rows of Llama 3); give them back.
+        _ws.TrimLogits(KeptLogitsRows);
         return logits;
     }
+
+    /// <summary>Logits rows the workspace keeps between steps (a batched step needs one per sequence it samples).</summary>
+    internal const int KeptLogitsRows = 256;
+
+    /// <summary>Bytes the logits workspace holds now (tests check that a long AllTokens step gives them back).</summary>
+    internal long LogitsWorkspaceBytes => _ws.LogitsBytes;
 
     /// <summary>
     /// Runs <paramref name="tokens"/> (a prompt or one decode token) and returns the next token chosen on the GPU
@@ -656,6 +664,17 @@ public sealed partial class CudaBackend : IModelBackend
                 throw;
             }
             _rows = r;
+        }
+
+        public long LogitsBytes => (long)_logitsRows * cfg.VocabSize * sizeof(float);
+
+        /// <summary>Frees the logits buffer when it holds more than <paramref name="keepRows"/> rows; the next step allocates what it needs.</summary>
+        public void TrimLogits(int keepRows)
+        {
+            if (_logitsRows <= keepRows) return;
+            Generation++;   // captured decode graphs write their logits here
+            Logits.Dispose();
+            _logitsRows = 0;
         }
 
         void AllocateActivations(int r)
