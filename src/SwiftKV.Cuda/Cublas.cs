@@ -13,7 +13,12 @@ sealed class CublasHandle() : SafeHandle(0, true)
 {
     public override bool IsInvalid => handle == 0;
     public void Set(nint h) => SetHandle(h);
-    protected override bool ReleaseHandle() => CudaRuntime.TryBindForRelease() && CublasNative.cublasDestroy(handle) == 0;
+    protected override bool ReleaseHandle()
+    {
+        if (!CudaRuntime.TryBindForRelease()) return false;
+        using var gate = CaptureGate.Exclusive();
+        return CublasNative.cublasDestroy(handle) == 0;
+    }
 }
 
 /// <summary>An owned cuBLAS handle bound to one stream.</summary>
@@ -24,7 +29,9 @@ public sealed unsafe class Cublas : IDisposable
     public Cublas(CudaStream stream)
     {
         CudaRuntime.Bind();
-        CublasNative.Check(CublasNative.cublasCreate(out nint h), "cublasCreate_v2");
+        nint h;
+        using (CaptureGate.Exclusive())
+            CublasNative.Check(CublasNative.cublasCreate(out h), "cublasCreate_v2");
         _handle.Set(h);
         try
         {

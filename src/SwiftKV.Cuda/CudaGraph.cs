@@ -72,18 +72,39 @@ public sealed unsafe class CudaGraph : IDisposable
         return EndCapture(stream);
     }
 
-    /// <summary>Starts recording <paramref name="stream"/>'s work (relaxed mode: cuBLAS may set itself up meanwhile).</summary>
+    /// <summary>
+    /// Starts recording <paramref name="stream"/>'s work (relaxed mode: cuBLAS may set itself up meanwhile). Holds
+    /// <see cref="CaptureGate"/> until the capture ends, so no other thread's module load or pinned allocation breaks it.
+    /// </summary>
     public static void BeginCapture(CudaStream stream)
     {
         CudaRuntime.Bind();
-        CuDriver.Check(CuDriver.cuStreamBeginCapture(stream.Handle, CuDriver.CaptureModeRelaxed), "cuStreamBeginCapture_v2");
+        nint handle = stream.Handle;
+        stream.EnterCaptureGate();
+        try
+        {
+            CuDriver.Check(CuDriver.cuStreamBeginCapture(handle, CuDriver.CaptureModeRelaxed), "cuStreamBeginCapture_v2");
+        }
+        catch
+        {
+            stream.ExitCaptureGate();
+            throw;
+        }
     }
 
     /// <summary>Ends the recording started by <see cref="BeginCapture"/> and instantiates what it holds.</summary>
     public static CudaGraph EndCapture(CudaStream stream)
     {
         CudaRuntime.Bind();
-        CuDriver.Check(CuDriver.cuStreamEndCapture(stream.Handle, out nint graph), "cuStreamEndCapture");
+        nint graph;
+        try
+        {
+            CuDriver.Check(CuDriver.cuStreamEndCapture(stream.Handle, out graph), "cuStreamEndCapture");
+        }
+        finally
+        {
+            stream.ExitCaptureGate();
+        }
         if (graph == 0) throw new CudaException("cuStreamEndCapture returned no graph (the capture was invalidated).") { Call = "cuStreamEndCapture" };
         return new CudaGraph(graph);   // owns the graph from here, also when instantiation fails
     }
@@ -91,7 +112,17 @@ public sealed unsafe class CudaGraph : IDisposable
     /// <summary>Ends a recording after a failure, discarding it; never throws.</summary>
     public static void AbortCapture(CudaStream stream)
     {
-        if (CuDriver.cuStreamEndCapture(stream.Handle, out nint graph) == 0 && graph != 0) CuDriver.cuGraphDestroy(graph);
+        try
+        {
+            if (CuDriver.cuStreamEndCapture(stream.Handle, out nint graph) == 0 && graph != 0) CuDriver.cuGraphDestroy(graph);
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+        finally
+        {
+            stream.ExitCaptureGate();
+        }
     }
 
     /// <summary>Queues one replay on <paramref name="stream"/>.</summary>

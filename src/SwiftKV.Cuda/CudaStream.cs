@@ -1,5 +1,7 @@
-// A CUDA stream and timing events. NOTE: streams are created with flags 0 (blocking), so the synchronous
-// cuMemcpy* calls on the legacy stream that DeviceBuffer makes stay ordered with the work queued here.
+// A CUDA stream and timing events. NOTE: streams are blocking by default, so the synchronous cuMemcpy* calls on the
+// legacy stream that DeviceBuffer makes stay ordered with the work queued here (tests rely on that). A backend's
+// stream is non-blocking: legacy-stream work elsewhere in the process (another model's test code, a user's CUDA)
+// then never joins it, which would be an error while the backend captures a graph on it.
 using System.Runtime.InteropServices;
 using SwiftKV.Cuda.Native;
 
@@ -24,11 +26,32 @@ public sealed unsafe class CudaStream : IDisposable
 {
     readonly StreamHandle _handle = new();
 
-    public CudaStream()
+    /// <param name="nonBlocking">
+    /// True: no implicit synchronisation with the legacy default stream (CU_STREAM_NON_BLOCKING), so DeviceBuffer's
+    /// synchronous copies are not ordered with this stream's work: its owner must use only this stream's copies.
+    /// </param>
+    public CudaStream(bool nonBlocking = false)
     {
         CudaRuntime.Bind();
-        CuDriver.Check(CuDriver.cuStreamCreate(out nint s, 0), "cuStreamCreate");
+        CuDriver.Check(CuDriver.cuStreamCreate(out nint s, nonBlocking ? CuDriver.StreamNonBlocking : 0u), "cuStreamCreate");
         _handle.Set(s);
+    }
+
+    bool _holdsCaptureGate;
+
+    /// <summary>Takes <see cref="CaptureGate"/> for a capture on this stream (once, however often a capture restarts).</summary>
+    internal void EnterCaptureGate()
+    {
+        if (_holdsCaptureGate) return;
+        CaptureGate.EnterCapture();
+        _holdsCaptureGate = true;
+    }
+
+    internal void ExitCaptureGate()
+    {
+        if (!_holdsCaptureGate) return;
+        _holdsCaptureGate = false;
+        CaptureGate.ExitCapture();
     }
 
     public nint Handle => _handle.IsClosed ? throw new ObjectDisposedException(nameof(CudaStream)) : _handle.DangerousGetHandle();
@@ -37,6 +60,13 @@ public sealed unsafe class CudaStream : IDisposable
     {
         CudaRuntime.Bind();
         CuDriver.Check(CuDriver.cuStreamSynchronize(Handle), "cuStreamSynchronize");
+    }
+
+    /// <summary>Queues setting every element of <paramref name="destination"/> to <paramref name="value"/>.</summary>
+    public void FillAsync(DeviceSpan<int> destination, int value)
+    {
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuMemsetD32Async(destination.Address, unchecked((uint)value), (nuint)destination.Length, Handle), "cuMemsetD32Async");
     }
 
     /// <summary>Queues a host-to-device copy; the source must stay alive and unchanged until the stream reaches it.</summary>
@@ -88,7 +118,11 @@ public sealed unsafe class CudaStream : IDisposable
         }
     }
 
-    public void Dispose() => _handle.Dispose();
+    public void Dispose()
+    {
+        ExitCaptureGate();   // a capture left open (its owner failed) must not hold other threads up
+        _handle.Dispose();
+    }
 }
 
 /// <summary>A CUevent for timing work on a stream.</summary>

@@ -73,7 +73,7 @@ public sealed unsafe partial class AttentionKernel
             plse = _partLse.Address;
             if (fuseCombine)
             {
-                _counters = GrowCounters(_counters, (long)mTiles * kvHeads);
+                _counters = GrowCounters(stream, _counters, (long)mTiles * kvHeads);
                 pc = _counters.Address;
             }
         }
@@ -109,11 +109,17 @@ public sealed unsafe partial class AttentionKernel
         return (int)Math.Clamp((sms + ctas - 1) / ctas, 1, Math.Min(capacityTiles, MaxSplits));
     }
 
-    /// <summary>The split counters, zeroed when allocated (the fused combine re-arms each one it uses). An outgrown buffer stays alive until Dispose for graphs that captured it.</summary>
-    DeviceBuffer<int> GrowCounters(DeviceBuffer<int>? b, long n)
+    /// <summary>
+    /// The split counters, zeroed on the stream when allocated (the fused combine re-arms each one it uses; a copy on
+    /// the legacy stream would not be ordered with a non-blocking stream). An outgrown buffer stays alive until
+    /// Dispose for graphs that captured it.
+    /// </summary>
+    DeviceBuffer<int> GrowCounters(CudaStream stream, DeviceBuffer<int>? b, long n)
     {
         if (b is not null && b.Length >= n) return b;
+        var grown = new DeviceBuffer<int>(Math.Max(n, (b?.Length ?? 0) * 2));
+        stream.FillAsync(grown, 0);
         if (b is not null) _retiredCounters.Add(b);
-        return new DeviceBuffer<int>(new int[Math.Max(n, (b?.Length ?? 0) * 2)]);
+        return grown;
     }
 }

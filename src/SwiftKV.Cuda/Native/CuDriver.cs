@@ -36,6 +36,8 @@ internal static unsafe partial class CuDriver
     [LibraryImport(CudaLibraries.Driver, EntryPoint = "cuMemcpyDtoDAsync_v2")] public static partial int cuMemcpyDtoDAsync(ulong dst, ulong src, nuint bytes, nint stream);
 
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamCreate(out nint stream, uint flags);
+    /// <summary>CU_STREAM_NON_BLOCKING: the stream does not synchronise with the legacy default stream.</summary>
+    public const uint StreamNonBlocking = 1;
     [LibraryImport(CudaLibraries.Driver, EntryPoint = "cuStreamDestroy_v2")] public static partial int cuStreamDestroy(nint stream);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamSynchronize(nint stream);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuEventCreate(out nint evt, uint flags);

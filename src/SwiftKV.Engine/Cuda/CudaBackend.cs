@@ -112,7 +112,7 @@ public sealed partial class CudaBackend : IModelBackend
         var owned = new List<IDisposable>();
         try
         {
-            _stream = new CudaStream(); owned.Add(_stream);
+            _stream = new CudaStream(nonBlocking: true); owned.Add(_stream);   // see CudaStream: graph captures here must not meet legacy-stream work
             _blas = new Cublas(_stream); owned.Add(_blas);
             _kernels = new KernelLibrary(); owned.Add(_kernels);
             _embed = new EmbeddingKernel(_kernels);
