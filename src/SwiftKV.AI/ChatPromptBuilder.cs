@@ -53,7 +53,7 @@ internal static class ChatPromptBuilder
         bool whole = Llama31ChatFormat.TryEncodeInto(model.Tokenizer, turns, addGenerationPrompt: true, prompt, context - 1, today,
             ipythonEnvironment: tools.Count > 0, cancellationToken);
         if (whole && prefill is not null) prompt.AddRange(model.Tokenizer.Encode(prefill));
-        if (prompt.Count >= context)
+        if (!whole || prompt.Count >= context)
             throw new ArgumentException($"The prompt is {(whole ? $"{prompt.Count}" : $"more than {context - 1}")} tokens, which does not fit the context of {context} tokens (SwiftKvOptions.ContextLength, max_position_embeddings and the KV cache size); shorten the conversation or raise ContextLength / KvCacheBytes.", nameof(messages));
         int maxNew = Math.Min(options?.MaxOutputTokens ?? clientOptions.DefaultMaxOutputTokens, context - prompt.Count);
 

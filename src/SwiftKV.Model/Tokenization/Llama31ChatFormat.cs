@@ -68,8 +68,9 @@ public static class Llama31ChatFormat
     }
 
     /// <summary>
-    /// <see cref="Encode"/> into <paramref name="ids"/>, stopping (false) as soon as they are more than
-    /// <paramref name="maxCount"/>: a conversation far longer than the context is refused without encoding all of it.
+    /// <see cref="Encode"/> into <paramref name="ids"/>, stopping (false) as soon as the prompt is known to need more
+    /// than <paramref name="maxCount"/> ids: a conversation far longer than the context is refused without encoding
+    /// all of it. After false, <paramref name="ids"/> holds only a prefix.
     /// </summary>
     public static bool TryEncodeInto(LlamaTokenizer tok, IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, List<int> ids, int maxCount,
         DateOnly? today = null, bool ipythonEnvironment = false, CancellationToken cancellationToken = default)

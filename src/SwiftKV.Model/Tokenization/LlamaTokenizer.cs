@@ -105,10 +105,11 @@ public sealed class LlamaTokenizer
     }
 
     /// <summary>
-    /// Appends the ids <see cref="Encode"/> gives for <paramref name="text"/> to <paramref name="ids"/>, but stops as
-    /// soon as <paramref name="ids"/> holds more than <paramref name="maxCount"/> ids and returns false (the rest of
-    /// the text is then not encoded), and observes <paramref name="cancellationToken"/> between runs of pieces. A
-    /// prompt far longer than the context is so refused in time proportional to the context, not to the text.
+    /// Appends the ids <see cref="Encode"/> gives for <paramref name="text"/> to <paramref name="ids"/>, but returns
+    /// false as soon as it is known that <paramref name="ids"/> would end with more than <paramref name="maxCount"/>
+    /// ids (the rest of the text is then not encoded, and <paramref name="ids"/> holds a prefix of the ids, possibly
+    /// no more than <paramref name="maxCount"/>), and observes <paramref name="cancellationToken"/> as it goes. A prompt
+    /// far longer than the context is so refused in time proportional to the context, not to the text.
     /// </summary>
     public bool TryEncodeInto(string text, List<int> ids, int maxCount, bool parseSpecialTokens = false, CancellationToken cancellationToken = default)
     {
@@ -127,8 +128,10 @@ public sealed class LlamaTokenizer
     }
 
     /// <summary>How many ids an encoding may reach before it stops, and the token that cancels it.</summary>
-    readonly record struct Budget(int MaxCount, CancellationToken Cancellation)
+    internal readonly record struct Budget(int MaxCount, CancellationToken Cancellation)
     {
+        public static Budget None => new(int.MaxValue, default);
+
         /// <summary>False once <paramref name="ids"/> is over budget; throws when cancelled.</summary>
         public bool Allows(List<int> ids)
         {
@@ -155,7 +158,7 @@ public sealed class LlamaTokenizer
     /// <summary>The library's encoding of ordinary text alone (tests compare the long-piece path with it).</summary>
     internal IReadOnlyList<int> EncodeWithLibraryOnly(string text) => _bpe.EncodeToIds(text);
 
-    /// <summary>Pieces longer than this (in chars) take <see cref="MergeLongPiece"/> instead of the library's merge.</summary>
+    /// <summary>Pieces longer than this (in chars) take <c>MergeLongPiece</c> instead of the library's merge.</summary>
     internal const int LongPiece = 256;
 
     /// <summary>Runs of short pieces go to the library in spans of about this many chars, cut between two pieces.</summary>
@@ -165,42 +168,81 @@ public sealed class LlamaTokenizer
     /// Ordinary text (no special tokens). The library merges a piece in time quadratic in its length (256K of one
     /// letter: ~18 s; 1 MB: ~5 min), so text that may hold a long piece is split into the same Llama 3 pieces here:
     /// runs of short pieces still go to the library, each long piece to the heap-based merge, which gives the same
-    /// tokens (lowest rank first, leftmost on ties) in n log n. Cutting between two pieces does not change the
-    /// library's own split of either side, so runs are also cut every <see cref="RunChars"/> chars to check the
-    /// budget. Returns false once over budget.
+    /// tokens (lowest rank first, leftmost on ties) in n log n. Runs are also cut every <paramref name="runChars"/>
+    /// chars to check the budget. Returns false once the text is known to need more ids than the budget.
     /// </summary>
-    bool EncodeOrdinary(string text, List<int> ids, Budget budget)
+    /// <remarks>
+    /// The library splits each span it is given again, so a span may end only after a piece whose last char is not
+    /// whitespace: Llama 3's <c>\s+(?!\S)</c> looks past a whitespace run, and a span ending inside whitespace would
+    /// join what the whole text splits ("  1": 220 220 16, but "  " alone is 256). The pieces after the last such
+    /// boundary go to the library one at a time (a piece alone splits as itself).
+    /// </remarks>
+    bool EncodeOrdinary(string text, List<int> ids, Budget budget, int runChars = RunChars)
     {
         if (text.Length <= LongPiece)
         {
             ids.AddRange(_bpe.EncodeToIds(text));
             return budget.Allows(ids);
         }
-        int runStart = 0;
+        int runStart = 0, spanEnd = 0;      // [runStart, spanEnd) may go to the library as one span
+        var tail = new List<int>();          // starts of the pieces from spanEnd on, not encoded yet
+        void Flush(int end)
+        {
+            if (spanEnd > runStart) ids.AddRange(_bpe.EncodeToIds(text.AsSpan(runStart, spanEnd - runStart)));
+            for (int i = 0; i < tail.Count; i++)
+            {
+                int pieceEnd = i + 1 < tail.Count ? tail[i + 1] : end;
+                ids.AddRange(_bpe.EncodeToIds(text.AsSpan(tail[i], pieceEnd - tail[i])));
+            }
+            tail.Clear();
+            runStart = spanEnd = end;
+        }
         foreach (Match m in _pieceRegex.Matches(text))
         {
+            if (m.Index > runStart && !char.IsWhiteSpace(text[m.Index - 1]))
+            {
+                spanEnd = m.Index;
+                tail.Clear();
+            }
             bool longPiece = m.Length > LongPiece;
-            if (!longPiece && m.Index - runStart < RunChars) continue;
-            if (m.Index > runStart) ids.AddRange(_bpe.EncodeToIds(text.AsSpan(runStart, m.Index - runStart)));
-            runStart = m.Index;
-            if (!budget.Allows(ids)) return false;
-            if (!longPiece) continue;
-            MergeLongPiece(Encoding.UTF8.GetBytes(m.Value), ids);
-            runStart = m.Index + m.Length;
-            if (!budget.Allows(ids)) return false;
+            if (longPiece || m.Index - runStart >= runChars)
+            {
+                Flush(m.Index);
+                if (!budget.Allows(ids)) return false;
+            }
+            if (!longPiece)
+            {
+                tail.Add(m.Index);
+                continue;
+            }
+            if (!MergeLongPiece(Encoding.UTF8.GetBytes(m.Value), ids, budget)) return false;
+            runStart = spanEnd = m.Index + m.Length;
         }
+        // The end of the text ends the last span here as in the whole text.
         if (runStart < text.Length) ids.AddRange(_bpe.EncodeToIds(text.AsSpan(runStart)));
         return budget.Allows(ids);
     }
 
+    /// <summary>The library's ids for <paramref name="text"/> with runs cut every <paramref name="runChars"/> chars (tests of the cuts).</summary>
+    internal IReadOnlyList<int> EncodeWithRunChars(string text, int runChars)
+    {
+        var ids = new List<int>();
+        EncodeOrdinary(ReplaceLoneSurrogates(text), ids, Budget.None, runChars);
+        return ids;
+    }
+
     /// <summary>
     /// Byte-pair merge of one piece with a heap: repeatedly join the adjacent pair whose joined bytes have the lowest
-    /// rank (the leftmost of equal ranks), as tiktoken does, then emit each part's rank.
+    /// rank (the leftmost of equal ranks), as tiktoken does, then emit each part's rank. Returns false without
+    /// merging when the piece needs more ids than the budget has left (at least its length over the longest token's).
     /// </summary>
-    internal void MergeLongPiece(byte[] piece, List<int> ids)
+    internal bool MergeLongPiece(byte[] piece, List<int> ids) => MergeLongPiece(piece, ids, Budget.None);
+
+    bool MergeLongPiece(byte[] piece, List<int> ids, Budget budget)
     {
         var rankOf = _rankOf ??= BuildRankIndex();
         int n = piece.Length;
+        if ((n + LongestTokenBytes - 1) / LongestTokenBytes > (long)budget.MaxCount - ids.Count) return false;
         var next = new int[n];
         var prev = new int[n];
         var version = new int[n];
@@ -215,8 +257,10 @@ public sealed class LlamaTokenizer
             if (rankOf.TryGetValue(Key(i, End(next[i])), out int rank)) heap.Enqueue((i, version[i]), (rank, i));
         }
         for (int i = 0; i + 1 < n; i++) Push(i);
+        long pops = 0;
         while (heap.TryDequeue(out var e, out _))
         {
+            if ((++pops & 0xFFFF) == 0) budget.Cancellation.ThrowIfCancellationRequested();
             int i = e.Part;
             if (!alive[i] || e.Version != version[i] || next[i] >= n) continue;
             int j = next[i];
@@ -230,7 +274,12 @@ public sealed class LlamaTokenizer
         for (int i = 0; i < n; i = next[i])
             ids.Add(rankOf.TryGetValue(Key(i, End(i)), out int r) ? r
                 : throw new KeyNotFoundException("no token for a byte of the piece"));
+        return ids.Count <= budget.MaxCount;
     }
+
+    /// <summary>Bytes of the longest ordinary token: a piece of n bytes needs at least n / this many ids.</summary>
+    int LongestTokenBytes => _longestToken > 0 ? _longestToken : _longestToken = Math.Max(1, _ranks.Max(b => b?.Length ?? 0));
+    int _longestToken;
 
     Dictionary<string, int> BuildRankIndex()
     {

@@ -97,4 +97,50 @@ public sealed class LongPieceTests
         var e = Assert.ThrowsAny<OperationCanceledException>(() => Demo.TryEncodeInto(new string('x', 10_000) + " y", [], int.MaxValue, cancellationToken: cts.Token));
         Assert.Equal(cts.Token, e.CancellationToken);
     }
+
+    /// <summary>
+    /// Where a run is cut matters: Llama 3's <c>\s+(?!\S)</c> looks past whitespace, so a span ending in whitespace
+    /// would join what the whole text splits (the review's cases: two spaces before a digit, tabs before a long piece).
+    /// </summary>
+    [Fact]
+    public void CutsNextToWhitespace_KeepTheWholeTextsSplit()
+    {
+        string[] texts =
+        [
+            string.Concat(Enumerable.Repeat("ab ", 1364)) + "cc  1 end",
+            "x\t\t" + new string('!', 300),
+            "a\n  " + new string('b', 400) + "  \t7",
+            string.Concat(Enumerable.Repeat("word\t\t", 900)) + "\n\n  42",
+        ];
+        foreach (string text in texts)
+            Assert.Equal(Demo.EncodeWithLibraryOnly(text), Demo.Encode(text));
+    }
+
+    /// <summary>Runs cut at every possible size over whitespace-heavy text give the library's ids.</summary>
+    [Fact]
+    public void RunsCutAnywhere_EncodeAsTheLibraryDoes()
+    {
+        var rng = new Random(14);
+        string[] parts = [" ", "  ", "\t", "\n", "\r\n", " \n ", "1", "23", "4567", "a", "bc", "'s", "'", "!", "?!", "(", "é", "日本", "😀", "\u00a0", "\u2028", " x", "\t9"];
+        for (int t = 0; t < 40; t++)
+        {
+            var sb = new StringBuilder();
+            int n = 300 + rng.Next(1500);
+            while (sb.Length < n) sb.Append(parts[rng.Next(parts.Length)]);
+            if (t % 4 == 3) sb.Append(' ', LlamaTokenizer.LongPiece + 10).Append('z');   // a long whitespace piece
+            string text = sb.ToString();
+            var expected = Demo.EncodeWithLibraryOnly(text);
+            foreach (int runChars in new[] { 1, 2, 3, 7, 64 })
+                Assert.Equal(expected, Demo.EncodeWithRunChars(text, runChars));
+        }
+    }
+
+    /// <summary>One piece far past the budget is refused from its length alone, before any merging.</summary>
+    [Fact]
+    public void OnePieceFarPastTheBudget_IsRefusedWithoutMerging()
+    {
+        var ids = new List<int>();
+        Assert.False(Demo.TryEncodeInto("x " + new string('a', 4_000_000), ids, maxCount: 255, cancellationToken: TestContext.Current.CancellationToken));
+        Assert.Equal(Demo.Encode("x"), ids);
+    }
 }
