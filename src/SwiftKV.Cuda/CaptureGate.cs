@@ -4,50 +4,57 @@
 // pinned host memory, device allocations, streams and events on another thread did not, and legacy-stream copies
 // stopped doing so once backend streams became non-blocking. Captures hold this gate shared and the breaking calls
 // hold it exclusively, so each waits for the other; waiting calls go before new captures. A thread may make such
-// calls inside its own capture (relaxed capture mode allows it): the gate lets it through.
+// calls inside its own capture (relaxed capture mode allows it): the gate lets it through. A capture that is never
+// ended (its owner failed without disposing the stream) holds others up for at most MaxWait, not forever.
 namespace SwiftKV.Cuda;
 
 internal static class CaptureGate
 {
-    static readonly object s_sync = new();
-    static int s_captures, s_exclusiveWaiting, s_exclusive;
-    [ThreadStatic] static int t_captures;
+    /// <summary>Longest an exclusive call waits for captures (ours take milliseconds); past it, it goes ahead. Tests shorten it.</summary>
+    internal static TimeSpan MaxWait { get; set; } = TimeSpan.FromSeconds(10);
 
-    /// <summary>Called before a stream starts capturing; waits while an exclusive call runs or waits.</summary>
-    public static void EnterCapture()
+    static readonly object s_sync = new();
+    static readonly Dictionary<int, int> s_capturingThreads = [];   // managed thread id -> captures it opened
+    static int s_captures, s_exclusiveWaiting, s_exclusive;
+
+    /// <summary>Called by <paramref name="thread"/> before a stream starts capturing; waits while an exclusive call runs or waits.</summary>
+    public static void EnterCapture(int thread)
     {
         lock (s_sync)
         {
-            while (s_exclusive > 0 || s_exclusiveWaiting > 0) Monitor.Wait(s_sync);
+            var deadline = DateTime.UtcNow + MaxWait;
+            while ((s_exclusive > 0 || s_exclusiveWaiting > 0) && Wait(deadline)) { }
             s_captures++;
+            s_capturingThreads[thread] = s_capturingThreads.GetValueOrDefault(thread) + 1;
         }
-        t_captures++;
     }
 
-    /// <summary>Called once a capture has ended or been abandoned.</summary>
-    public static void ExitCapture()
+    /// <summary>Called once the capture <paramref name="thread"/> opened has ended or been abandoned (on any thread).</summary>
+    public static void ExitCapture(int thread)
     {
-        t_captures = Math.Max(0, t_captures - 1);
         lock (s_sync)
         {
             s_captures--;
+            if (s_capturingThreads.GetValueOrDefault(thread) <= 1) s_capturingThreads.Remove(thread);
+            else s_capturingThreads[thread]--;
             Monitor.PulseAll(s_sync);
         }
     }
 
     /// <summary>
-    /// Held around a context-synchronising call: waits until no other thread is capturing. Inside this thread's own
-    /// capture it holds nothing.
+    /// Held around a call that would break other threads' captures: waits until none is open (at most
+    /// <see cref="MaxWait"/>). A thread inside its own capture passes without waiting.
     /// </summary>
     public static Scope Exclusive()
     {
-        if (t_captures > 0) return default;
         lock (s_sync)
         {
+            if (s_capturingThreads.ContainsKey(Environment.CurrentManagedThreadId)) return default;
             s_exclusiveWaiting++;
             try
             {
-                while (s_captures > 0) Monitor.Wait(s_sync);
+                var deadline = DateTime.UtcNow + MaxWait;
+                while (s_captures > 0 && Wait(deadline)) { }
             }
             finally
             {
@@ -56,6 +63,13 @@ internal static class CaptureGate
             s_exclusive++;
         }
         return new Scope(true);
+    }
+
+    /// <summary>Waits on the gate until pulsed or the deadline; false once the deadline has passed.</summary>
+    static bool Wait(DateTime deadline)
+    {
+        var left = deadline - DateTime.UtcNow;
+        return left > TimeSpan.Zero && (Monitor.Wait(s_sync, left) || DateTime.UtcNow < deadline);
     }
 
     public readonly struct Scope(bool held) : IDisposable

@@ -37,21 +37,22 @@ public sealed unsafe class CudaStream : IDisposable
         _handle.Set(s);
     }
 
-    bool _holdsCaptureGate;
+    int _captureThread;   // managed thread id whose capture on this stream holds CaptureGate; 0: none
 
     /// <summary>Takes <see cref="CaptureGate"/> for a capture on this stream (once, however often a capture restarts).</summary>
     internal void EnterCaptureGate()
     {
-        if (_holdsCaptureGate) return;
-        CaptureGate.EnterCapture();
-        _holdsCaptureGate = true;
+        if (Volatile.Read(ref _captureThread) != 0) return;
+        int me = Environment.CurrentManagedThreadId;
+        CaptureGate.EnterCapture(me);
+        Volatile.Write(ref _captureThread, me);
     }
 
+    /// <summary>Gives the gate back (any thread, once).</summary>
     internal void ExitCaptureGate()
     {
-        if (!_holdsCaptureGate) return;
-        _holdsCaptureGate = false;
-        CaptureGate.ExitCapture();
+        int thread = Interlocked.Exchange(ref _captureThread, 0);
+        if (thread != 0) CaptureGate.ExitCapture(thread);
     }
 
     public nint Handle => _handle.IsClosed ? throw new ObjectDisposedException(nameof(CudaStream)) : _handle.DangerousGetHandle();
@@ -104,6 +105,18 @@ public sealed unsafe class CudaStream : IDisposable
     {
         CudaRuntime.Bind();
         CuDriver.Check(CuDriver.cuStreamWaitEvent(Handle, e.Handle, 0), "cuStreamWaitEvent");
+    }
+
+    /// <summary>Copies host memory to the device on this stream and waits for it (and everything queued before it).</summary>
+    public void Upload<T>(ReadOnlySpan<T> source, DeviceSpan<T> destination) where T : unmanaged
+    {
+        if (source.Length > destination.Length) throw new ArgumentOutOfRangeException(nameof(source), $"{source.Length} elements do not fit a device span of {destination.Length}.");
+        CudaRuntime.Bind();
+        fixed (T* p = source)
+        {
+            CuDriver.Check(CuDriver.cuMemcpyHtoDAsync(destination.Address, p, (nuint)((long)source.Length * sizeof(T)), Handle), "cuMemcpyHtoDAsync_v2");
+            Synchronize();   // pageable source: the copy must be done before the span can move
+        }
     }
 
     /// <summary>Copies device memory to the host and waits for it (and everything queued before it).</summary>

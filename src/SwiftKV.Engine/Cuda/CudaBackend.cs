@@ -133,7 +133,7 @@ public sealed partial class CudaBackend : IModelBackend
             var sw = Stopwatch.StartNew();
             using (var src = source(_stream, _kernels))
             {
-                _w = new CudaWeights(Config, swiftKvEnabled, src, invFreq); owned.Add(_w);
+                _w = new CudaWeights(Config, swiftKvEnabled, src, invFreq, _stream); owned.Add(_w);
                 loaded?.Invoke(src);
             }
             LoadSeconds = sw.Elapsed.TotalSeconds;
@@ -263,7 +263,7 @@ public sealed partial class CudaBackend : IModelBackend
         var logits = new float[(long)rows * Config.VocabSize];
         _stream.Download(_ws.Logits.Span, logits);
         // An AllTokens step over a long prompt held rows x vocab floats (16 GB at 32K rows of Llama 3); give them back.
-        _ws.TrimLogits(KeptLogitsRows);
+        if (rows > KeptLogitsRows) _ws.TrimLogits(KeptLogitsRows);
         return logits;
     }
 

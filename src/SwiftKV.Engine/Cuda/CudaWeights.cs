@@ -35,7 +35,7 @@ internal sealed class CudaWeights : IDisposable
     readonly WeightSource _source;
 
     /// <summary>Allocates every buffer the model needs and fills it from <paramref name="source"/> (which it does not dispose).</summary>
-    public CudaWeights(LlamaConfig c, bool swiftKvEnabled, WeightSource source, float[] invFreq)
+    public CudaWeights(LlamaConfig c, bool swiftKvEnabled, WeightSource source, float[] invFreq, CudaStream stream)
     {
         _specs = ForModel(c, swiftKvEnabled).ToDictionary(s => s.Name, StringComparer.Ordinal);
         _source = source;
@@ -72,7 +72,8 @@ internal sealed class CudaWeights : IDisposable
             Norm = Vector(LlamaTensorNames.Norm)!;
             // NOTE: tied embeddings share one buffer, as Hugging Face shares one parameter.
             LmHead = c.TieWordEmbeddings ? Embed : Matrix(LlamaTensorNames.LmHead);
-            InvFreq = Own(new DeviceBuffer<float>(invFreq));
+            InvFreq = Own(new DeviceBuffer<float>(invFreq.Length));
+            stream.Upload<float>(invFreq, InvFreq);   // on the backend's (non-blocking) stream, not the legacy one
             source.Finish();
         }
         catch
