@@ -46,7 +46,7 @@ public sealed class AnswerService(IChatClient client, IOptions<AnswerOptions> op
                         $"output tokens: {usage?.OutputTokenCount} | TTFT: {(firstToken ?? clock.Elapsed).TotalMilliseconds:F0} ms | total: {clock.Elapsed.TotalMilliseconds:F0} ms");
             if (swiftKv.Model.Path.Contains(SwiftKV.Model.Checkpoint.DemoModel.Name, StringComparison.Ordinal))
                 w.WriteLine(SampleModel.GibberishNote);
-            w.WriteLine("(metrics and traces follow from the OpenTelemetry console exporter as the host stops)");
+            w.WriteLine("(OpenTelemetry: the traces above were exported as each call ended; the metrics follow as the host stops)");
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {

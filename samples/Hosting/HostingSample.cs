@@ -1,14 +1,16 @@
 // SwiftKV in a Microsoft.Extensions.Hosting app: the chat client registered from appsettings.json's "SwiftKV"
 // section (validated at start-up), wrapped in the standard middleware
 // (.UseFunctionInvocation().UseOpenTelemetry().UseLogging()), a hosted service that answers one prompt, and
-// OpenTelemetry metrics and traces printed by the console exporter when the host stops.
-//   dotnet run --project samples/Hosting -- [--model DIR] [--Sample:Prompt "..."] [--SwiftKV:SwiftKv false]
+// OpenTelemetry traces (printed as each call ends) and metrics (printed when the host stops) on the console
+// exporter. The host stops once the prompt is answered: this is a worker, not a web server.
+//   dotnet run --project samples/Hosting -- [--model DIR] [--Sample:Prompt "..."] [--Sample:MaxTokens N] [--SwiftKV:SwiftKv false]
 // An empty SwiftKV:ModelPath runs the demo model. Swapping a remote model for a local one is this one line:
 //   builder.Services.AddSwiftKvChatClient(builder.Configuration.GetSection("SwiftKV"))   // was AddOpenAIChatClient(...)
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Resources;
 using OpenTelemetry.Trace;
@@ -31,6 +33,7 @@ public static class HostingSample
     {
         ArgumentNullException.ThrowIfNull(args);
         ArgumentNullException.ThrowIfNull(output);
+        RejectUnknownOptions(args);
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings
         {
             Args = args,
@@ -38,6 +41,9 @@ public static class HostingSample
             ContentRootPath = AppContext.BaseDirectory,
         });
         builder.Configuration.AddCommandLine(args, new Dictionary<string, string> { ["--model"] = "SwiftKV:ModelPath" });
+        // A model that cannot load fails the host's start; SampleRun prints that as one line, so the host's own
+        // "Hosting failed to start" log (the whole stack trace) is left out.
+        builder.Logging.AddFilter("Microsoft.Extensions.Hosting.Internal.Host", LogLevel.None);
         if (string.IsNullOrWhiteSpace(builder.Configuration["SwiftKV:ModelPath"]))
             builder.Configuration["SwiftKV:ModelPath"] = SampleModel.Resolve(null, output).Path;
 
@@ -59,6 +65,35 @@ public static class HostingSample
         using var host = builder.Build();
         await host.RunAsync(cancellationToken);
         sampleOutput.Failure?.Throw();
+    }
+
+    static readonly string[] s_sampleKeys = ["Prompt", "MaxTokens"];
+
+    /// <summary>
+    /// Options this sample reads: --model, --Sample:Prompt / MaxTokens, --SwiftKV:&lt;option&gt; (which the registration
+    /// checks itself) and --Logging:&lt;key&gt;. The host would ignore anything else, so a typo would silently do nothing.
+    /// </summary>
+    static void RejectUnknownOptions(IReadOnlyList<string> args)
+    {
+        var unknown = new List<string>();
+        for (int i = 0; i < args.Count; i++)
+        {
+            string a = args[i];
+            if (!a.StartsWith("--", StringComparison.Ordinal))
+            {
+                if (i == 0 || !args[i - 1].StartsWith("--", StringComparison.Ordinal) || args[i - 1].Contains('='))
+                    throw new ArgumentException($"unexpected argument '{a}' (options look like --name value)");
+                continue;
+            }
+            string name = a[2..].Split('=', 2)[0];
+            bool known = name == "model"
+                || name.StartsWith("SwiftKV:", StringComparison.OrdinalIgnoreCase)
+                || name.StartsWith("Logging:", StringComparison.OrdinalIgnoreCase)
+                || (name.StartsWith("Sample:", StringComparison.OrdinalIgnoreCase) && s_sampleKeys.Contains(name["Sample:".Length..], StringComparer.OrdinalIgnoreCase));
+            if (!known) unknown.Add(a.Split('=', 2)[0]);
+        }
+        if (unknown.Count > 0)
+            throw new ArgumentException($"unknown option(s): {string.Join(", ", unknown)} (this sample takes --model DIR, --Sample:Prompt TEXT, --Sample:MaxTokens N and --SwiftKV:<option> VALUE)");
     }
 }
 

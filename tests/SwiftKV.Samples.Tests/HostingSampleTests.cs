@@ -40,4 +40,24 @@ public sealed class HostingSampleTests(TinySampleModel model)
             HostingSample.RunAsync(["--model", model.Directory, "--SwiftKV:ContextLength", "0"], new StringWriter(), TestContext.Current.CancellationToken));
         Assert.Contains("ContextLength", e.Message);
     }
+
+    [Theory]
+    [InlineData("--modle")]
+    [InlineData("--foo")]
+    [InlineData("--Sample:MaxToken")]
+    public async Task RunAsync_UnknownOption_FailsNamingIt(string option)
+    {
+        var e = await Assert.ThrowsAnyAsync<ArgumentException>(() =>
+            HostingSample.RunAsync(["--model", model.Directory, option, "1"], new StringWriter(), TestContext.Current.CancellationToken));
+        Assert.Contains($"unknown option(s): {option}", e.Message);
+    }
+
+    [Fact]
+    public async Task RunAsync_LoggingOverride_IsAccepted()
+    {
+        var output = new StringWriter();
+        await HostingSample.RunAsync(["--model", model.Directory, "--Sample:MaxTokens", "1", "--Logging:LogLevel:Microsoft.Extensions.AI", "Warning"], output,
+            TestContext.Current.CancellationToken);
+        Assert.Contains("answer: ", output.ToString());
+    }
 }
