@@ -20,7 +20,7 @@ public static class SampleRun
         catch (Exception e) when (e is ArgumentException or InvalidModelException or IOException or UnauthorizedAccessException
             or NotSupportedException or OptionsValidationException or InvalidOperationException { Source: "Microsoft.Extensions.Configuration.Binder" })
         {
-            Console.Error.WriteLine($"{name}: {e.Message}");
+            Console.Error.WriteLine($"{name}: {ErrorText.OneLine(e)}");
             return 2;
         }
     }

@@ -41,7 +41,7 @@ internal static class CliApp
         catch (Exception e) when (e is UsageException or InvalidModelException or ArgumentException or IOException or UnauthorizedAccessException or NotSupportedException)
         {
             // IOException covers missing files and directories, and an --out path that is an existing file.
-            Console.Error.WriteLine($"swiftkv {args[0]}: {e.Message}");
+            Console.Error.WriteLine($"swiftkv {args[0]}: {SwiftKV.Model.ErrorText.OneLine(e)}");
             return 2;
         }
         catch (OutOfMemoryException)
