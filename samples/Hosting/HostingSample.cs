@@ -57,6 +57,9 @@ public static class HostingSample
             .WithMetrics(m => m.AddMeter(TelemetrySource, "SwiftKV.*").AddConsoleExporter())
             .WithTracing(t => t.AddSource(TelemetrySource, "SwiftKV.*").AddConsoleExporter());
 
+        // Bound here once so a bad value (--Sample:MaxTokens abc) stops the start, before the exporters print anything.
+        var sample = builder.Configuration.GetSection("Sample").Get<AnswerOptions>() ?? new AnswerOptions();
+        if (sample.MaxTokens <= 0) throw new ArgumentException($"Sample:MaxTokens must be a positive integer (got {sample.MaxTokens}).");
         builder.Services.Configure<AnswerOptions>(builder.Configuration.GetSection("Sample"));
         var sampleOutput = new SampleOutput(output);
         builder.Services.AddSingleton(sampleOutput);

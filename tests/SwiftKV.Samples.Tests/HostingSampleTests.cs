@@ -60,4 +60,16 @@ public sealed class HostingSampleTests(TinySampleModel model)
             TestContext.Current.CancellationToken);
         Assert.Contains("answer: ", output.ToString());
     }
+
+    [Theory]
+    [InlineData("abc")]
+    [InlineData("0")]
+    public async Task RunAsync_BadSampleValue_FailsBeforeTheHostStarts(string value)
+    {
+        var output = new StringWriter();
+        var e = await Assert.ThrowsAnyAsync<Exception>(() =>
+            HostingSample.RunAsync(["--model", model.Directory, "--Sample:MaxTokens", value], output, TestContext.Current.CancellationToken));
+        Assert.Contains("MaxTokens", e.Message);
+        Assert.DoesNotContain("model:", output.ToString());   // the hosted service never ran
+    }
 }
