@@ -7,6 +7,9 @@ namespace SwiftKV.Cuda.Kernels;
 
 public sealed unsafe partial class AttentionKernel
 {
+    /// <summary>Most sequences one paged launch takes: its grid's y dimension (sequences x KV heads) is at most 65535.</summary>
+    public static int MaxPagedSequences(int kvHeads) => 65535 / Math.Max(1, kvHeads);
+
     /// <summary>
     /// Causal GQA attention of a varlen batch over a paged cache. q (total_tokens, ldq) fp32 rotated queries, row
     /// order as <see cref="AttentionPagedBatch.QueryStarts"/>; output (total_tokens, ldo) bf16, heads · head_dim
@@ -31,7 +34,7 @@ public sealed unsafe partial class AttentionKernel
             throw new ArgumentException($"{n}: block size must be a power of two (got {cache.BlockSize}).", nameof(cache));
         if (!FlashApplies(headDim))
             throw new ArgumentException($"{n}: needs head_dim 64 or 128 on sm_80+ (got head_dim {headDim}, {CudaRuntime.Device.Arch}).", nameof(cache));
-        if ((long)batch.Sequences * kvHeads > 65535)
+        if (batch.Sequences > MaxPagedSequences(kvHeads))
             throw new ArgumentOutOfRangeException(nameof(batch), $"{n}: {batch.Sequences} sequences x {kvHeads} KV heads exceed the grid's 65535.");
 
         int group = heads / kvHeads;

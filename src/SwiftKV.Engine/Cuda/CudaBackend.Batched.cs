@@ -42,6 +42,9 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     public long KvBytesPerToken => KvBytesPerTokenOf(KvCacheDtype.Bf16);
 
     /// <inheritdoc />
+    public int MaxSequencesPerStep => AttentionKernel.MaxPagedSequences(Config.NumKeyValueHeads);
+
+    /// <inheritdoc />
     /// <remarks>fp8: one byte per element plus a 4-byte scale per KV head, for K and V of every distinct cache.</remarks>
     public long KvBytesPerTokenOf(KvCacheDtype dtype) => 2L * Config.NumKvCaches(SwiftKvEnabled) *
         (dtype == KvCacheDtype.Fp8E4M3 ? Config.KeyValueDim + 4L * Config.NumKeyValueHeads : Config.KeyValueDim * 2L);

@@ -44,6 +44,9 @@ public interface IBatchedBackend
     /// <summary>Bytes of K/V one token position needs across all of this model's distinct caches.</summary>
     long KvBytesPerToken { get; }
 
+    /// <summary>Most sequences one batched step can hold (CUDA: a kernel grid's limit); the serving engine refuses a larger MaxRunningSequences.</summary>
+    int MaxSequencesPerStep => int.MaxValue;
+
     /// <summary>Allocates a paged KV pool of <paramref name="numBlocks"/> blocks of <paramref name="blockSize"/> positions.</summary>
     IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize);
 

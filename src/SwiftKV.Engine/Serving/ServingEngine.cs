@@ -86,6 +86,9 @@ public sealed class ServingEngine : IDisposable
             $"backend '{backend.Name}' ({backend.GetType().Name}) does not implement IBatchedBackend, which batched serving needs.", nameof(backend));
         if (!_backend.SupportsBatchedStep)
             throw new ArgumentException($"backend '{backend.Name}' has no batched step for this model (SupportsBatchedStep is false); serve it serially.", nameof(backend));
+        if (options.MaxRunningSequences > _backend.MaxSequencesPerStep)
+            throw new ArgumentOutOfRangeException(nameof(options), options.MaxRunningSequences,
+                $"MaxRunningSequences {options.MaxRunningSequences} exceeds the {_backend.MaxSequencesPerStep} sequences one batched step of backend '{backend.Name}' can hold; lower it.");
         var cfg = backend.Config;
         _maxSequenceLength = Math.Min(options.MaxSequenceLength ?? cfg.MaxPositionEmbeddings, cfg.MaxPositionEmbeddings);
         int blocksPerSequence = (_maxSequenceLength + options.BlockSize - 1) / options.BlockSize;
@@ -235,50 +238,32 @@ public sealed class ServingEngine : IDisposable
     void RunStep(ScheduledStep step, Dictionary<Sequence, Entry> live, long scheduledFrom)
     {
         long t1 = Stopwatch.GetTimestamp();
-        var batch = new BatchSequence[step.Chunks.Count];
-        for (int i = 0; i < batch.Length; i++)
-        {
-            var c = step.Chunks[i];
-            batch[i] = new BatchSequence(c.Sequence.TokenMemory(c.Start, c.Count), c.Start, c.Sequence.Blocks.Blocks, c.NeedsLogits);
-        }
+        var chunks = step.Chunks;
         // Token ids picked on the backend when every row that gets logits is plain greedy; else logits rows on the host.
         bool onBackend = _backend is IGreedyBatchedBackend;
-        foreach (var c in step.Chunks)
+        foreach (var c in chunks)
             if (c.NeedsLogits && !live[c.Sequence].PlainGreedy) { onBackend = false; break; }
-        float[] logits = [];
-        int[] picked = [];
-        try
-        {
-            if (onBackend) picked = ((IGreedyBatchedBackend)_backend).ForwardBatchGreedy(_kv, batch);
-            else logits = _backend.ForwardBatch(_kv, batch);
-        }
-        catch (Exception ex)
-        {
-            // A failed step fails the requests in it; everyone else keeps going.
-            foreach (var c in step.Chunks)
-            {
-                var e = live[c.Sequence];
-                Leave(e, live);
-                e.Request.Fail(new InvalidOperationException($"the batched forward step failed: {ex.Message}", ex));
-            }
-            return;
-        }
+        var rows = new StepRow[chunks.Count];
+        Forward(chunks, 0, chunks.Count, onBackend, rows, live);
         long t2 = Stopwatch.GetTimestamp();
-        _scheduler.Complete(step);
+        _scheduler.Complete(step);   // skips the sequences that failed above (they left the scheduler)
         _steps++;
         _computedTokens += step.NumTokens;
 
-        int vocab = _model.Config.VocabSize, row = 0;
-        foreach (var c in step.Chunks)
+        int vocab = _model.Config.VocabSize, sampled = 0;
+        for (int i = 0; i < chunks.Count; i++)
         {
-            if (!c.NeedsLogits) continue;
-            int r = row++;
+            var c = chunks[i];
+            if (!c.NeedsLogits || rows[i].Failed) continue;
+            sampled++;
             var e = live[c.Sequence];
             if (e.Request.IsCancellationRequested) continue;
             var seq = c.Sequence;
             int token;
+            bool stop;
             try
             {
+                var (logits, picked, r, _) = rows[i];
                 if (onBackend)
                 {
                     // Plain greedy: the Sampler would return the same argmax and keep no state; -1 = no finite logit.
@@ -296,10 +281,11 @@ public sealed class ServingEngine : IDisposable
                     token = e.Sampler.Sample(rowLogits);
                     e.Constraint?.Accept(token);
                 }
+                stop = e.Stops.Contains(token);
             }
-            catch (Exception ex) when (ex is InvalidOperationException or ArgumentException)
+            catch (Exception ex)
             {
-                // This sequence's logits (or its constraint) leave nothing to pick: it fails alone.
+                // This sequence's logits, its constraint or its stop set (caller code) failed: it fails alone.
                 Fail(e, live, ex);
                 continue;
             }
@@ -309,7 +295,7 @@ public sealed class ServingEngine : IDisposable
                 e.FirstTokenAt = now;
                 e.Request.CachedPromptTokens = Math.Max(0, seq.CachedPromptTokens);
             }
-            if (e.Stops.Contains(token))
+            if (stop)
             {
                 Finish(e, live, FinishReason.Stop, now);
                 continue;
@@ -322,11 +308,61 @@ public sealed class ServingEngine : IDisposable
         if (Options.StepObserver is { } observe)
         {
             int decodes = 0;
-            foreach (var c in step.Chunks) if (c.Count == 1 && c.NeedsLogits) decodes++;
+            foreach (var c in chunks) if (c.Count == 1 && c.NeedsLogits) decodes++;
             long t3 = Stopwatch.GetTimestamp();
-            observe(new ServingStepTrace(step.Chunks.Count, step.NumTokens, decodes, row, onBackend,
-                Stopwatch.GetElapsedTime(scheduledFrom, t1).TotalMilliseconds, Stopwatch.GetElapsedTime(t1, t2).TotalMilliseconds,
-                Stopwatch.GetElapsedTime(t2, t3).TotalMilliseconds));
+            try
+            {
+                observe(new ServingStepTrace(chunks.Count, step.NumTokens, decodes, sampled, onBackend,
+                    Stopwatch.GetElapsedTime(scheduledFrom, t1).TotalMilliseconds, Stopwatch.GetElapsedTime(t1, t2).TotalMilliseconds,
+                    Stopwatch.GetElapsedTime(t2, t3).TotalMilliseconds));
+            }
+            catch (Exception ex)
+            {
+                // A diagnostics hook must not fail the requests it watches.
+                Trace.TraceWarning($"SwiftKV serving: ServingOptions.StepObserver threw: {ex}");
+            }
+        }
+    }
+
+    /// <summary>Where a chunk's logits row landed: the step's (or a part's) logits or picked ids, and the row in them.</summary>
+    readonly record struct StepRow(float[] Logits, int[] Picked, int Row, bool Failed = false);
+
+    /// <summary>
+    /// Runs chunks [lo, hi) as one batched step and records each logits row's place in <paramref name="rows"/>. When
+    /// the step throws (out of memory while growing a workspace, for one), the two halves run on their own: the
+    /// sequences are independent, and a step rewrites the K/V of its positions, so a part that succeeds is exactly
+    /// its share of the step. A chunk that fails alone fails its request only.
+    /// </summary>
+    void Forward(IReadOnlyList<ScheduledChunk> chunks, int lo, int hi, bool onBackend, StepRow[] rows, Dictionary<Sequence, Entry> live)
+    {
+        var batch = new BatchSequence[hi - lo];
+        for (int i = lo; i < hi; i++)
+        {
+            var c = chunks[i];
+            batch[i - lo] = new BatchSequence(c.Sequence.TokenMemory(c.Start, c.Count), c.Start, c.Sequence.Blocks.Blocks, c.NeedsLogits);
+        }
+        try
+        {
+            float[] logits = [];
+            int[] picked = [];
+            if (onBackend) picked = ((IGreedyBatchedBackend)_backend).ForwardBatchGreedy(_kv, batch);
+            else logits = _backend.ForwardBatch(_kv, batch);
+            for (int i = lo, r = 0; i < hi; i++)
+                if (chunks[i].NeedsLogits) rows[i] = new StepRow(logits, picked, r++);
+        }
+        catch (Exception ex)
+        {
+            if (hi - lo > 1)
+            {
+                int mid = (lo + hi) / 2;
+                Forward(chunks, lo, mid, onBackend, rows, live);
+                Forward(chunks, mid, hi, onBackend, rows, live);
+                return;
+            }
+            var e = live[chunks[lo].Sequence];
+            rows[lo] = new StepRow([], [], 0, Failed: true);
+            Leave(e, live);
+            e.Request.Fail(new InvalidOperationException($"the batched forward step failed: {ex.Message}", ex));
         }
     }
 

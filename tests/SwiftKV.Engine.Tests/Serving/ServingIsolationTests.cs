@@ -1,0 +1,200 @@
+// One request's trouble stays its own: a constraint or stop set (caller code) that throws anything, a step that fails
+// (a transient out-of-memory, or one sequence that a step cannot run), a throwing step observer; and a random mix of
+// cancels, preemption and shared prefixes leaves every surviving request equal to its solo run and no block in use.
+// From a review of the serving path (2026-11-27); the first two failed every co-batched and queued request before.
+using SwiftKV.Engine.Cpu;
+using SwiftKV.Engine.Sampling;
+using SwiftKV.Engine.Serving;
+using SwiftKV.Model;
+using Xunit;
+
+namespace SwiftKV.Engine.Tests.Serving;
+
+public sealed class ServingIsolationTests
+{
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+    static readonly TimeSpan Limit = TimeSpan.FromSeconds(60);
+
+    /// <summary>A caller's constraint that throws at its third token.</summary>
+    sealed class ThrowsAfter(int after, Func<Exception> make) : ILogitsConstraint
+    {
+        int _accepted;
+        public void Apply(Span<float> logits) { if (_accepted >= after) throw make(); }
+        public void Accept(int tokenId) => _accepted++;
+    }
+
+    /// <summary>A caller's stop set whose Contains throws.</summary>
+    sealed class ThrowingStops : IReadOnlySet<int>
+    {
+        public int Count => 1;
+        public bool Contains(int item) => throw new NotSupportedException("stop set lookup failed");
+        public IEnumerator<int> GetEnumerator() { yield return 0; }
+        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+        public bool IsProperSubsetOf(IEnumerable<int> other) => false;
+        public bool IsProperSupersetOf(IEnumerable<int> other) => false;
+        public bool IsSubsetOf(IEnumerable<int> other) => false;
+        public bool IsSupersetOf(IEnumerable<int> other) => false;
+        public bool Overlaps(IEnumerable<int> other) => false;
+        public bool SetEquals(IEnumerable<int> other) => false;
+    }
+
+    [Theory]
+    [InlineData("NotSupported")]
+    [InlineData("OperationCanceled")]
+    [InlineData("IndexOutOfRange")]
+    [InlineData("StopSet")]
+    public async Task CallerCodeThrowingAnything_FailsOnlyItsRequest(string kind)
+    {
+        using var backend = ServingEngineTests.Backend("llama");
+        int vocab = backend.Config.VocabSize;
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 200, MaxRunningSequences = 2 });
+        var otherPrompt = TestModels.RandomTokens(9, vocab, 4);
+        var waitingPrompt = TestModels.RandomTokens(7, vocab, 5);
+        ILogitsConstraint? constraint = kind switch
+        {
+            "NotSupported" => new ThrowsAfter(2, () => new NotSupportedException("grammar feature X")),
+            "OperationCanceled" => new ThrowsAfter(2, () => new OperationCanceledException("the constraint's own token")),
+            "IndexOutOfRange" => new ThrowsAfter(2, () => new IndexOutOfRangeException("bug in a grammar")),
+            _ => null,
+        };
+        var victim = constraint is null
+            ? engine.Submit(TestModels.RandomTokens(20, vocab, 3), SamplingParams.Greedy, 30, new ThrowingStops(), Ct)
+            : engine.Submit(TestModels.RandomTokens(20, vocab, 3), SamplingParams.Greedy, 30, ct: Ct, constraint: constraint);
+        var other = ServingEngineTests.Collect(engine.Submit(otherPrompt, SamplingParams.Greedy, 30, ct: Ct));       // same batch
+        var waiting = ServingEngineTests.Collect(engine.Submit(waitingPrompt, SamplingParams.Greedy, 5, ct: Ct));    // queued behind
+        await Assert.ThrowsAnyAsync<Exception>(() => ServingEngineTests.Collect(victim).WaitAsync(Limit, Ct));
+        Assert.Equal(ServingEngineTests.Solo(backend, otherPrompt, SamplingParams.Greedy, 30, new HashSet<int>()), await other.WaitAsync(Limit, Ct));
+        Assert.Equal(ServingEngineTests.Solo(backend, waitingPrompt, SamplingParams.Greedy, 5, new HashSet<int>()), await waiting.WaitAsync(Limit, Ct));
+    }
+
+    /// <summary>A CPU backend whose batched step throws when <see cref="FailWhen"/> says so.</summary>
+    sealed class FailingBackend(CpuBackend inner) : IModelBackend, IBatchedBackend
+    {
+        public Func<int, BatchSequence[], bool> FailWhen { get; init; } = (_, _) => false;
+        int _calls;
+        public string Name => inner.Name;
+        public LlamaConfig Config => inner.Config;
+        public bool SwiftKvEnabled => inner.SwiftKvEnabled;
+        public ISequenceCache CreateCache(int capacity) => inner.CreateCache(capacity);
+        public float[] Forward(ISequenceCache cache, ReadOnlySpan<int> tokens, LogitsSelection selection) => inner.Forward(cache, tokens, selection);
+        public long KvBytesPerToken => inner.KvBytesPerToken;
+        public int MaxSequencesPerStep { get; init; } = int.MaxValue;
+        public IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize) => inner.CreatePagedKvCache(numBlocks, blockSize);
+        public float[] ForwardBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
+        {
+            if (FailWhen(++_calls, batch.ToArray())) throw new OutOfMemoryException("growing the step workspace");
+            return inner.ForwardBatch(kv, batch);
+        }
+        public void Dispose() { }
+    }
+
+    static async Task<string[]> Outcomes(IEnumerable<ServingRequest> requests) =>
+        await Task.WhenAll(requests.Select(async r =>
+        {
+            try { return string.Join(",", await ServingEngineTests.Collect(r)); }
+            catch (Exception e) { return "failed: " + e.Message; }
+        })).WaitAsync(Limit, Ct);
+
+    [Fact]
+    public async Task TransientStepFailure_IsRetriedInParts_NoRequestFails()
+    {
+        using var cpu = ServingEngineTests.Backend("llama");
+        var backend = new FailingBackend(cpu) { FailWhen = (call, batch) => call == 10 };   // once, mid-run
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 200 });
+        var prompts = Enumerable.Range(0, 4).Select(i => TestModels.RandomTokens(6 + i, cpu.Config.VocabSize, 40 + (ulong)i)).ToArray();
+        var got = await Outcomes(prompts.Select(p => engine.Submit(p, SamplingParams.Greedy, 20, ct: Ct)).ToArray());
+        for (int i = 0; i < prompts.Length; i++)
+            Assert.Equal(string.Join(",", ServingEngineTests.Solo(cpu, prompts[i], SamplingParams.Greedy, 20, new HashSet<int>())), got[i]);
+    }
+
+    [Fact]
+    public async Task StepThatCannotRunOneSequence_FailsThatRequestOnly()
+    {
+        using var cpu = ServingEngineTests.Backend("llama");
+        int vocab = cpu.Config.VocabSize;
+        var poison = TestModels.RandomTokens(8, vocab, 99);
+        // Every step that holds the poisoned prompt's (whole, first) chunk throws, whatever else is in it.
+        var backend = new FailingBackend(cpu) { FailWhen = (_, batch) => batch.Any(b => b.StartPosition == 0 && b.Tokens.Span.SequenceEqual(poison)) };
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 200 });
+        var prompts = Enumerable.Range(0, 5).Select(i => i == 2 ? poison : TestModels.RandomTokens(6 + i, vocab, 60 + (ulong)i)).ToArray();
+        var got = await Outcomes(prompts.Select(p => engine.Submit(p, SamplingParams.Greedy, 12, ct: Ct)).ToArray());
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            if (i == 2) Assert.StartsWith("failed: the batched forward step failed", got[i]);
+            else Assert.Equal(string.Join(",", ServingEngineTests.Solo(cpu, prompts[i], SamplingParams.Greedy, 12, new HashSet<int>())), got[i]);
+        }
+        for (int k = 0; k < 200 && engine.Metrics.KvBlocksUsed != 0; k++) await Task.Delay(10, Ct);
+        Assert.Equal(0, engine.Metrics.KvBlocksUsed);
+    }
+
+    [Fact]
+    public async Task ThrowingStepObserver_FailsNoRequest()
+    {
+        using var backend = ServingEngineTests.Backend("llama");
+        using var engine = new ServingEngine(backend, new ServingOptions
+        {
+            BlockSize = 4, NumKvBlocks = 200, StepObserver = _ => throw new InvalidOperationException("metrics sink down"),
+        });
+        var prompt = TestModels.RandomTokens(9, backend.Config.VocabSize, 7);
+        Assert.Equal(ServingEngineTests.Solo(backend, prompt, SamplingParams.Greedy, 10, new HashSet<int>()),
+            await ServingEngineTests.Collect(engine.Submit(prompt, SamplingParams.Greedy, 10, ct: Ct)).WaitAsync(Limit, Ct));
+    }
+
+    [Fact]
+    public void MoreRunningSequencesThanAStepHolds_IsRefusedAtConstruction()
+    {
+        using var cpu = ServingEngineTests.Backend("llama");
+        var backend = new FailingBackend(cpu) { MaxSequencesPerStep = 8 };
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 64, MaxRunningSequences = 9 }));
+        Assert.Contains("MaxRunningSequences 9 exceeds the 8 sequences", e.Message);
+        using var fits = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 64, MaxRunningSequences = 8 });
+    }
+
+    [Theory]
+    [InlineData("swiftkv on acrosskv g=2", false, 1)]
+    [InlineData("swiftkv on acrosskv g=2", true, 2)]
+    [InlineData("llama", false, 3)]
+    [InlineData("llama", true, 4)]
+    public async Task RandomCancels_Preemption_SharedPrefixes_SurvivorsMatchSolo_NoBlockLeft(string name, bool reserveOutput, ulong seed)
+    {
+        using var backend = ServingEngineTests.Backend(name);
+        int vocab = backend.Config.VocabSize;
+        var rng = new TestRng(seed);
+        var shared = TestModels.RandomTokens(10, vocab, 77 + seed);
+        var sampled = new SamplingParams { Temperature = 0.8f, TopK = 10, Seed = 5, FrequencyPenalty = 0.5f };
+        using var engine = new ServingEngine(backend, new ServingOptions
+        {
+            BlockSize = 2, NumKvBlocks = 40, AdmissionReserveBlocks = 0, MaxBatchTokens = 7, MaxRunningSequences = 6, ReserveOutputBlocks = reserveOutput,
+        });
+        var jobs = Enumerable.Range(0, 40).Select(i =>
+        {
+            var own = TestModels.RandomTokens(1 + (int)(rng.NextDouble() * 8), vocab, 500 + (ulong)i + seed * 1000);
+            var prompt = i % 2 == 0 ? shared.Concat(own).ToArray() : own;
+            var sampling = i % 3 == 0 ? sampled with { Seed = (ulong)i } : SamplingParams.Greedy;
+            int cancelAfter = rng.NextDouble() < 0.3 ? (int)(rng.NextDouble() * 6) : -1;
+            return (Prompt: prompt, Sampling: sampling, Max: 2 + (int)(rng.NextDouble() * 12), CancelAfter: cancelAfter);
+        }).ToArray();
+        var requests = jobs.Select(j => engine.Submit(j.Prompt, j.Sampling, j.Max, ct: Ct)).ToArray();
+        var outputs = await Task.WhenAll(jobs.Select(async (j, i) =>
+        {
+            var tokens = new List<int>();
+            try
+            {
+                if (j.CancelAfter == 0) requests[i].Cancel();
+                await foreach (int t in requests[i].ReadAllAsync(Ct))
+                {
+                    tokens.Add(t);
+                    if (tokens.Count == j.CancelAfter) requests[i].Cancel();
+                }
+                return (List<int>?)tokens;
+            }
+            catch (OperationCanceledException) { return null; }
+        })).WaitAsync(Limit, Ct);
+        for (int i = 0; i < jobs.Length; i++)
+            if (outputs[i] is { } o && jobs[i].CancelAfter < 0)
+                Assert.Equal(ServingEngineTests.Solo(backend, jobs[i].Prompt, jobs[i].Sampling, jobs[i].Max, new HashSet<int>()), o);
+        for (int k = 0; k < 200 && engine.Metrics.KvBlocksUsed != 0; k++) await Task.Delay(10, Ct);
+        Assert.Equal(0, engine.Metrics.KvBlocksUsed);
+        Assert.Equal(0, engine.Metrics.RunningSequences);
+    }
+}
