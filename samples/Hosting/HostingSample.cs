@@ -44,6 +44,9 @@ public static class HostingSample
         // A model that cannot load fails the host's start; SampleRun prints that as one line, so the host's own
         // "Hosting failed to start" log (the whole stack trace) is left out.
         builder.Logging.AddFilter("Microsoft.Extensions.Hosting.Internal.Host", LogLevel.None);
+        // Bound here once so a bad value (--Sample:MaxTokens abc) stops the start, before anything is printed or the demo model is made.
+        var sample = builder.Configuration.GetSection("Sample").Get<AnswerOptions>() ?? new AnswerOptions();
+        if (sample.MaxTokens <= 0) throw new ArgumentException($"Sample:MaxTokens must be a positive integer (got {sample.MaxTokens}).");
         if (string.IsNullOrWhiteSpace(builder.Configuration["SwiftKV:ModelPath"]))
             builder.Configuration["SwiftKV:ModelPath"] = SampleModel.Resolve(null, output).Path;
 
@@ -57,9 +60,6 @@ public static class HostingSample
             .WithMetrics(m => m.AddMeter(TelemetrySource, "SwiftKV.*").AddConsoleExporter())
             .WithTracing(t => t.AddSource(TelemetrySource, "SwiftKV.*").AddConsoleExporter());
 
-        // Bound here once so a bad value (--Sample:MaxTokens abc) stops the start, before the exporters print anything.
-        var sample = builder.Configuration.GetSection("Sample").Get<AnswerOptions>() ?? new AnswerOptions();
-        if (sample.MaxTokens <= 0) throw new ArgumentException($"Sample:MaxTokens must be a positive integer (got {sample.MaxTokens}).");
         builder.Services.Configure<AnswerOptions>(builder.Configuration.GetSection("Sample"));
         var sampleOutput = new SampleOutput(output);
         builder.Services.AddSingleton(sampleOutput);
@@ -71,32 +71,21 @@ public static class HostingSample
     }
 
     static readonly string[] s_sampleKeys = ["Prompt", "MaxTokens"];
+    static readonly string[] s_hostKeys = ["model", "environment", "contentRoot", "applicationName"];
 
     /// <summary>
-    /// Options this sample reads: --model, --Sample:Prompt / MaxTokens, --SwiftKV:&lt;option&gt; (which the registration
-    /// checks itself) and --Logging:&lt;key&gt;. The host would ignore anything else, so a typo would silently do nothing.
+    /// Options this sample or its host reads: --model, --Sample:Prompt / MaxTokens, --SwiftKV:&lt;option&gt; (which the
+    /// registration checks itself), --Logging:&lt;key&gt; and the host's own --environment / --contentRoot /
+    /// --applicationName. The host would ignore anything else, so a typo would silently do nothing.
     /// </summary>
     static void RejectUnknownOptions(IReadOnlyList<string> args)
     {
-        var unknown = new List<string>();
-        for (int i = 0; i < args.Count; i++)
-        {
-            string a = args[i];
-            if (!a.StartsWith("--", StringComparison.Ordinal))
-            {
-                if (i == 0 || !args[i - 1].StartsWith("--", StringComparison.Ordinal) || args[i - 1].Contains('='))
-                    throw new ArgumentException($"unexpected argument '{a}' (options look like --name value)");
-                continue;
-            }
-            string name = a[2..].Split('=', 2)[0];
-            bool known = name == "model"
-                || name.StartsWith("SwiftKV:", StringComparison.OrdinalIgnoreCase)
-                || name.StartsWith("Logging:", StringComparison.OrdinalIgnoreCase)
-                || (name.StartsWith("Sample:", StringComparison.OrdinalIgnoreCase) && s_sampleKeys.Contains(name["Sample:".Length..], StringComparer.OrdinalIgnoreCase));
-            if (!known) unknown.Add(a.Split('=', 2)[0]);
-        }
+        static bool Under(string name, string section) => name.StartsWith(section + ":", StringComparison.OrdinalIgnoreCase);
+        var unknown = new SampleArgs(args).Names.Select(n => n.Split('=', 2)[0]).Where(name =>
+            !s_hostKeys.Contains(name, StringComparer.OrdinalIgnoreCase) && !Under(name, "SwiftKV") && !Under(name, "Logging")
+            && !(Under(name, "Sample") && s_sampleKeys.Contains(name["Sample:".Length..], StringComparer.OrdinalIgnoreCase))).ToList();
         if (unknown.Count > 0)
-            throw new ArgumentException($"unknown option(s): {string.Join(", ", unknown)} (this sample takes --model DIR, --Sample:Prompt TEXT, --Sample:MaxTokens N and --SwiftKV:<option> VALUE)");
+            throw new ArgumentException($"unknown option(s): {string.Join(", ", unknown.Select(n => "--" + n))} (this sample takes --model DIR, --Sample:Prompt TEXT, --Sample:MaxTokens N and --SwiftKV:<option> VALUE)");
     }
 }
 

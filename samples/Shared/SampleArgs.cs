@@ -23,6 +23,9 @@ public sealed class SampleArgs
         }
     }
 
+    /// <summary>Every option name given, as typed (without the leading --).</summary>
+    public IEnumerable<string> Names => _values.Keys;
+
     /// <summary>A string option, or null when absent.</summary>
     public string? String(string name)
     {

@@ -22,7 +22,7 @@ internal static class CaptureGate
     {
         lock (s_sync)
         {
-            var deadline = DateTime.UtcNow + MaxWait;
+            long deadline = Environment.TickCount64 + (long)MaxWait.TotalMilliseconds;
             while ((s_exclusive > 0 || s_exclusiveWaiting > 0) && Wait(deadline)) { }
             s_captures++;
             s_capturingThreads[thread] = s_capturingThreads.GetValueOrDefault(thread) + 1;
@@ -53,7 +53,7 @@ internal static class CaptureGate
             s_exclusiveWaiting++;
             try
             {
-                var deadline = DateTime.UtcNow + MaxWait;
+                long deadline = Environment.TickCount64 + (long)MaxWait.TotalMilliseconds;
                 while (s_captures > 0 && Wait(deadline)) { }
             }
             finally
@@ -65,11 +65,11 @@ internal static class CaptureGate
         return new Scope(true);
     }
 
-    /// <summary>Waits on the gate until pulsed or the deadline; false once the deadline has passed.</summary>
-    static bool Wait(DateTime deadline)
+    /// <summary>Waits on the gate until pulsed or the deadline (a monotonic tick count); false once it has passed.</summary>
+    static bool Wait(long deadline)
     {
-        var left = deadline - DateTime.UtcNow;
-        return left > TimeSpan.Zero && (Monitor.Wait(s_sync, left) || DateTime.UtcNow < deadline);
+        long left = deadline - Environment.TickCount64;
+        return left > 0 && (Monitor.Wait(s_sync, (int)Math.Min(left, int.MaxValue)) || Environment.TickCount64 < deadline);
     }
 
     public readonly struct Scope(bool held) : IDisposable

@@ -103,6 +103,7 @@ public sealed class SwiftKvChatClientTests(TinyChatModel tiny)
         cts.Cancel();
         var e = await Assert.ThrowsAnyAsync<OperationCanceledException>(() => client.GetResponseAsync([new(ChatRole.User, new string('x', 5000))], cancellationToken: cts.Token));
         Assert.Equal(cts.Token, e.CancellationToken);
+        Assert.Contains(nameof(SwiftKV.Model.Tokenization.LlamaTokenizer), e.StackTrace);   // the encoder saw it, not a later check
     }
 
     /// <summary>

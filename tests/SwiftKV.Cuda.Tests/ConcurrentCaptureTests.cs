@@ -1,7 +1,7 @@
 // Two models in one process (a SwiftKV model next to its teacher, keyed clients): one backend captures its decode
-// graphs while another thread copies buffers, allocates and frees, and loads a second model. A capture is recorded
-// on a blocking stream; any work on the legacy default stream meanwhile would depend on it implicitly, which CUDA
-// refuses (the copy fails, or the capture is invalidated and the decode step throws).
+// graphs while another thread copies buffers, allocates and frees, creates cuBLAS handles, and loads a second model.
+// Before the fix (backend streams were blocking, nothing ordered cuBLAS handle set-up against captures), legacy-stream
+// copies and cuBLAS handles on the other thread invalidated the capture and the decode step threw.
 using SwiftKV.Engine;
 using SwiftKV.Engine.Cpu;
 using SwiftKV.Engine.Cuda;

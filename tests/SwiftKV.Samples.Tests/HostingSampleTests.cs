@@ -53,11 +53,11 @@ public sealed class HostingSampleTests(TinySampleModel model)
     }
 
     [Fact]
-    public async Task RunAsync_LoggingOverride_IsAccepted()
+    public async Task RunAsync_LoggingOverrideAndHostKeys_AreAccepted()
     {
         var output = new StringWriter();
-        await HostingSample.RunAsync(["--model", model.Directory, "--Sample:MaxTokens", "1", "--Logging:LogLevel:Microsoft.Extensions.AI", "Warning"], output,
-            TestContext.Current.CancellationToken);
+        await HostingSample.RunAsync(["--Model", model.Directory, "--Sample:MaxTokens", "1", "--Logging:LogLevel:Microsoft.Extensions.AI", "Warning",
+            "--environment", "Staging"], output, TestContext.Current.CancellationToken);
         Assert.Contains("answer: ", output.ToString());
     }
 

@@ -7,8 +7,8 @@ namespace SwiftKV.Cuda.Kernels;
 
 public sealed unsafe partial class AttentionKernel
 {
-    /// <summary>Most sequences one paged launch takes: its grid's y dimension (sequences x KV heads) is at most 65535.</summary>
-    public static int MaxPagedSequences(int kvHeads) => 65535 / Math.Max(1, kvHeads);
+    /// <summary>Most sequences one paged launch takes: its grid's y dimension is sequences x KV heads.</summary>
+    public static int MaxPagedSequences(int kvHeads) => MaxGridY / Math.Max(1, kvHeads);
 
     /// <summary>
     /// Causal GQA attention of a varlen batch over a paged cache. q (total_tokens, ldq) fp32 rotated queries, row
@@ -35,7 +35,7 @@ public sealed unsafe partial class AttentionKernel
         if (!FlashApplies(headDim))
             throw new ArgumentException($"{n}: needs head_dim 64 or 128 on sm_80+ (got head_dim {headDim}, {CudaRuntime.Device.Arch}).", nameof(cache));
         if (batch.Sequences > MaxPagedSequences(kvHeads))
-            throw new ArgumentOutOfRangeException(nameof(batch), $"{n}: {batch.Sequences} sequences x {kvHeads} KV heads exceed the grid's 65535.");
+            throw new ArgumentOutOfRangeException(nameof(batch), $"{n}: {batch.Sequences} sequences x {kvHeads} KV heads exceed the grid's {MaxGridY}.");
 
         int group = heads / kvHeads;
         bool fp8 = cache.Fp8 is not null;

@@ -40,15 +40,10 @@ internal sealed class HostWeightSource(LlamaWeights weights, CudaStream stream) 
 
     public override void Vector(DeviceSpan<float> destination, TensorSpec spec) => Upload(destination, Get(spec));
 
-    unsafe void Upload<T>(DeviceSpan<T> destination, T[] host) where T : unmanaged
+    void Upload<T>(DeviceSpan<T> destination, T[] host) where T : unmanaged
     {
         if (host.LongLength != destination.Length) throw new InvalidModelException($"tensor holds {host.LongLength} values; the device buffer expects {destination.Length}.");
-        // Pageable source: the copy must finish before the array can move or die.
-        fixed (T* p = host)
-        {
-            stream.CopyAsync(destination, p, host.LongLength);
-            stream.Synchronize();
-        }
+        stream.Upload<T>(host, destination);
     }
 }
 

@@ -244,11 +244,12 @@ public sealed class ServingEngine : IDisposable
         foreach (var c in chunks)
             if (c.NeedsLogits && !live[c.Sequence].PlainGreedy) { onBackend = false; break; }
         var rows = new StepRow[chunks.Count];
-        Forward(chunks, 0, chunks.Count, onBackend, rows, live);
+        Forward(chunks, 0, chunks.Count, onBackend, rows, live, retried: false);
         long t2 = Stopwatch.GetTimestamp();
         _scheduler.Complete(step);   // skips the sequences that failed above (they left the scheduler)
         _steps++;
-        _computedTokens += step.NumTokens;
+        for (int i = 0; i < chunks.Count; i++)
+            if (!rows[i].Failed) _computedTokens += chunks[i].Count;
 
         int vocab = _model.Config.VocabSize, sampled = 0;
         for (int i = 0; i < chunks.Count; i++)
@@ -331,9 +332,9 @@ public sealed class ServingEngine : IDisposable
     /// Runs chunks [lo, hi) as one batched step and records each logits row's place in <paramref name="rows"/>. When
     /// the step throws (out of memory while growing a workspace, for one), the two halves run on their own: the
     /// sequences are independent, and a step rewrites the K/V of its positions, so a part that succeeds is exactly
-    /// its share of the step. A chunk that fails alone fails its request only.
+    /// its share of the step. A single chunk is tried twice; if it fails again, only its request fails.
     /// </summary>
-    void Forward(IReadOnlyList<ScheduledChunk> chunks, int lo, int hi, bool onBackend, StepRow[] rows, Dictionary<Sequence, Entry> live)
+    void Forward(IReadOnlyList<ScheduledChunk> chunks, int lo, int hi, bool onBackend, StepRow[] rows, Dictionary<Sequence, Entry> live, bool retried)
     {
         var batch = new BatchSequence[hi - lo];
         for (int i = lo; i < hi; i++)
@@ -352,17 +353,16 @@ public sealed class ServingEngine : IDisposable
         }
         catch (Exception ex)
         {
-            if (hi - lo > 1)
+            if (hi - lo > 1 || !retried)
             {
-                int mid = (lo + hi) / 2;
-                Forward(chunks, lo, mid, onBackend, rows, live);
-                Forward(chunks, mid, hi, onBackend, rows, live);
+                Trace.TraceWarning($"SwiftKV serving: a batched step of {hi - lo} sequence(s) failed ({ex.Message}); running it {(hi - lo > 1 ? "in two halves" : "again")}.");
+                int mid = hi - lo > 1 ? (lo + hi) / 2 : hi;
+                Forward(chunks, lo, mid, onBackend, rows, live, retried: hi - lo == 1);
+                if (mid < hi) Forward(chunks, mid, hi, onBackend, rows, live, retried: false);
                 return;
             }
-            var e = live[chunks[lo].Sequence];
             rows[lo] = new StepRow([], [], 0, Failed: true);
-            Leave(e, live);
-            e.Request.Fail(new InvalidOperationException($"the batched forward step failed: {ex.Message}", ex));
+            Fail(live[chunks[lo].Sequence], live, new InvalidOperationException($"the batched forward step failed: {ex.Message}", ex));
         }
     }
 
