@@ -177,6 +177,9 @@ public static class SummarizationSample
         return arguments;
     }
 
+    /// <summary>Below this much prefill time a stage's off/on difference is mostly timer and scheduling noise.</summary>
+    const int NoiseMs = 100;
+
     static void WriteCostTable(TextWriter output, LlamaConfig config, IReadOnlyList<StageCall> calls, bool hasSwiftKv)
     {
         output.WriteLine("per-stage prefill cost (same checkpoint, same backend; time = time to first token):");
@@ -191,5 +194,7 @@ public static class SummarizationSample
         }
         if (!hasSwiftKv)
             output.WriteLine("  this checkpoint has no SwiftKV layers, so on = off; make one with `swiftkv transform --model DIR --out DIR2 --swiftkv-layers N`.");
+        else if (calls.GroupBy(c => c.Stage).Any(g => g.Sum(c => c.Off.TotalMilliseconds) < NoiseMs))
+            output.WriteLine($"  a stage under {NoiseMs} ms is within timing noise here: its time saved may read 0 % or even negative (the GFLOP column is exact).");
     }
 }

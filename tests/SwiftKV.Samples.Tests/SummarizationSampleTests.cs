@@ -19,6 +19,7 @@ public sealed class SummarizationSampleTests(TinySampleModel model)
         Assert.Equal("reduce", calls[^1].Stage);
         Assert.Contains($"{maps} chunks of whole sections (target <= 512 tokens, longest ", text);
         Assert.Contains("per-stage prefill cost", text);
+        Assert.Contains("is within timing noise here", text);   // the tiny model's stages take milliseconds
         foreach (string stage in new[] { "map", "reduce", "total" })
             Assert.Contains(text.Split('\n'), l => l.TrimStart().StartsWith(stage + " ", StringComparison.Ordinal) && l.Contains('%'));
         Assert.All(calls, c => Assert.True(c.PromptTokens > 0 && c.Off > TimeSpan.Zero && c.On > TimeSpan.Zero));
