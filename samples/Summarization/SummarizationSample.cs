@@ -180,7 +180,8 @@ public static class SummarizationSample
     /// <summary>Below this much prefill time a stage's off/on difference is mostly timer and scheduling noise.</summary>
     const int NoiseMs = 100;
 
-    static void WriteCostTable(TextWriter output, LlamaConfig config, IReadOnlyList<StageCall> calls, bool hasSwiftKv)
+    /// <summary>The per-stage table: prefill time (off, on) and FLOPs of each stage and in total.</summary>
+    public static void WriteCostTable(TextWriter output, LlamaConfig config, IReadOnlyList<StageCall> calls, bool hasSwiftKv)
     {
         output.WriteLine("per-stage prefill cost (same checkpoint, same backend; time = time to first token):");
         output.WriteLine($"  {"stage",-6} {"calls",5} {"prompt tok",10} {"off ms",9} {"on ms",9} {"saved",6} {"off GFLOP",10} {"on GFLOP",10} {"saved",6}");
