@@ -48,7 +48,11 @@ public sealed class AnswerService(IChatClient client, IOptions<AnswerOptions> op
                 w.WriteLine(SampleModel.GibberishNote);
             w.WriteLine("(OpenTelemetry: the traces above were exported as each call ended; the metrics follow as the host stops)");
         }
-        catch (Exception e) when (e is not OperationCanceledException)
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+            output.Interrupted = true;   // Ctrl-C (or the host stopping) before the answer was complete
+        }
+        catch (Exception e)
         {
             output.Failure = ExceptionDispatchInfo.Capture(e);
         }

@@ -68,6 +68,7 @@ public static class HostingSample
         using var host = builder.Build();
         await host.RunAsync(cancellationToken);
         sampleOutput.Failure?.Throw();
+        if (sampleOutput.Interrupted) throw new OperationCanceledException("interrupted before the answer was complete.");
     }
 
     static readonly string[] s_sampleKeys = ["Prompt", "MaxTokens"];
@@ -95,4 +96,6 @@ public sealed class SampleOutput(TextWriter writer)
     public TextWriter Writer { get; } = writer;
     /// <summary>Set when answering failed, so the caller of the host sees the error instead of a silent exit.</summary>
     public System.Runtime.ExceptionServices.ExceptionDispatchInfo? Failure { get; set; }
+    /// <summary>Set when the host was stopped (Ctrl-C) before the answer was complete.</summary>
+    public bool Interrupted { get; set; }
 }

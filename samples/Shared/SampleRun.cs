@@ -23,5 +23,11 @@ public static class SampleRun
             Console.Error.WriteLine($"{name}: {ErrorText.OneLine(e)}");
             return 2;
         }
+        catch (OperationCanceledException e)
+        {
+            // Ctrl-C in a sample that handles it (the hosting sample's host stops gracefully): the shell's 130.
+            Console.Error.WriteLine($"{name}: {e.Message}");
+            return 130;
+        }
     }
 }

@@ -72,4 +72,15 @@ public sealed class HostingSampleTests(TinySampleModel model)
         Assert.Contains("MaxTokens", e.Message);
         Assert.DoesNotContain("model:", output.ToString());   // the hosted service never ran
     }
+
+    /// <summary>Stopping the host before the answer is complete (Ctrl-C) is an OperationCanceledException, exit code 130.</summary>
+    [Fact]
+    public async Task RunAsync_StoppedBeforeTheAnswer_IsInterruptedWith130()
+    {
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() =>
+            HostingSample.RunAsync(["--model", model.Directory, "--Sample:MaxTokens", "3"], new StringWriter(), cts.Token));
+        Assert.Equal(130, await SampleRun.Guarded("hosting", () => Task.FromException(new OperationCanceledException("interrupted"))));
+    }
 }
