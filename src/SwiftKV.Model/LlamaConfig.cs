@@ -200,18 +200,27 @@ public sealed record LlamaConfig
         {
             throw new InvalidModelException($"{source}: rope_scaling must be an object or null.");
         }
-        bool swiftKv = r.Bool("swiftkv", false);
+        // SwiftKV fields as Snowflake's LlamaSwiftKVConfig reads them (the checkpoint wins): swiftkv defaults to false
+        // (also for model_type llama_swiftkv), num_key_value_layers to num_hidden_layers when absent, null or 0, and
+        // key_value_group_size to 1 when absent, null or 0. With every layer a key-value layer the model is plain Llama.
+        int layers = r.Int("num_hidden_layers");
+        int kvLayers = r.OptionalInt("num_key_value_layers") is int n && n != 0 ? n : layers;
+        bool swiftKvFlag = r.Bool("swiftkv", false);
+        if (swiftKvFlag && (kvLayers < 1 || kvLayers > layers))
+            throw new InvalidModelException($"{source}: num_key_value_layers must be in 1..{layers} (num_hidden_layers; 0 or absent means all of them), got {kvLayers}.");
+        bool swiftKv = swiftKvFlag && kvLayers < layers;
+        int groupSize = r.OptionalInt("key_value_group_size") is int g && g != 0 ? g : 1;
         var cfg = new LlamaConfig
         {
             ModelType = modelType,
             HiddenSize = hidden,
             IntermediateSize = r.Int("intermediate_size"),
-            NumHiddenLayers = r.Int("num_hidden_layers"),
+            NumHiddenLayers = layers,
             NumAttentionHeads = heads,
             NumKeyValueHeads = r.Int("num_key_value_heads", heads),
             HeadDim = r.Int("head_dim", heads > 0 ? hidden / heads : 0),
             VocabSize = r.Int("vocab_size"),
-            MaxPositionEmbeddings = r.Int("max_position_embeddings", 131072),
+            MaxPositionEmbeddings = r.Int("max_position_embeddings", 2048),   // transformers' LlamaConfig default
             RmsNormEps = r.Double("rms_norm_eps", 1e-6),
             RopeTheta = ropeTheta ?? r.Double("rope_theta", 10000),
             RopeScaling = scaling,
@@ -222,11 +231,9 @@ public sealed record LlamaConfig
             EosTokenIds = r.IntOrIntArray("eos_token_id"),
             TorchDtype = r.String("torch_dtype", required: false) ?? r.String("dtype", required: false) ?? "bfloat16",
             SwiftKv = swiftKv,
-            NumKeyValueLayers = swiftKv ? r.Int("num_key_value_layers") : r.Int("num_key_value_layers", 0),
-            KeyValueGroupSize = r.Int("key_value_group_size", 1),
+            NumKeyValueLayers = swiftKv ? kvLayers : 0,
+            KeyValueGroupSize = swiftKv ? groupSize : 1,
         };
-        if (modelType == "llama_swiftkv" && root["swiftkv"] is null)
-            cfg = cfg with { SwiftKv = true, NumKeyValueLayers = r.Int("num_key_value_layers") };
         if (cfg.MlpBias) throw new InvalidModelException($"{source}: mlp_bias = true is not supported.");
         return cfg.Validate();
     }

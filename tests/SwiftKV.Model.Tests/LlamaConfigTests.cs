@@ -80,11 +80,10 @@ public sealed class LlamaConfigTests
         { With(SwiftKv8B, o => o["rms_norm_eps"] = "small"), "'rms_norm_eps' must be a number" },
         { With(SwiftKv8B, o => o["tie_word_embeddings"] = 1), "'tie_word_embeddings' must be true or false" },
         { With(SwiftKv8B, o => o["num_key_value_heads"] = 5), "multiple of num_key_value_heads" },
-        { With(SwiftKv8B, o => o["num_key_value_layers"] = 32), "num_key_value_layers must be in 1..31" },
-        { With(SwiftKv8B, o => o["num_key_value_layers"] = 0), "num_key_value_layers must be in 1..31" },
-        { With(SwiftKv8B, o => o.Remove("num_key_value_layers")), "missing required key 'num_key_value_layers'" },
+        { With(SwiftKv8B, o => o["num_key_value_layers"] = 33), "num_key_value_layers must be in 1..32" },
+        { With(SwiftKv8B, o => o["num_key_value_layers"] = -1), "num_key_value_layers must be in 1..32" },
         { With(SwiftKv8B, o => o["key_value_group_size"] = 3), "key_value_group_size (3) must divide" },
-        { With(SwiftKv8B, o => o["key_value_group_size"] = 0), "key_value_group_size must be >= 1" },
+        { With(SwiftKv8B, o => o["key_value_group_size"] = -2), "key_value_group_size must be >= 1" },
         { With(SwiftKv8B, o => o["rope_scaling"]!["rope_type"] = "yarn"), "rope_scaling type 'yarn' is not supported" },
         { With(SwiftKv8B, o => o["model_type"] = "mistral"), "model_type 'mistral' is not supported" },
         { With(SwiftKv8B, o => o["vocab_size"] = -1), "vocab_size must be a positive integer" },
@@ -104,6 +103,30 @@ public sealed class LlamaConfigTests
         { "[1, 2]", "top level must be a JSON object" },
         { "{\"hidden_size\": ", "not valid JSON" },
     };
+
+    /// <summary>
+    /// SwiftKV fields as Snowflake's LlamaSwiftKVConfig reads them: swiftkv is false unless set (model_type alone does not
+    /// turn it on), num_key_value_layers absent / null / 0 means every layer (plain Llama), key_value_group_size absent /
+    /// null / 0 means 1.
+    /// </summary>
+    [Fact]
+    public void Parse_SwiftKvDefaults_FollowSnowflakesConfig()
+    {
+        var noFlag = LlamaConfig.Parse(With(SwiftKv8B, o => o.Remove("swiftkv")));
+        Assert.False(noFlag.SwiftKv);
+        Assert.Equal(0, noFlag.NumKeyValueLayers);
+        Assert.False(LlamaConfig.Parse(With(SwiftKv8B, o => o["swiftkv"] = null)).SwiftKv);
+        foreach (var allLayers in new Action<JsonObject>[] { o => o.Remove("num_key_value_layers"), o => o["num_key_value_layers"] = null,
+                     o => o["num_key_value_layers"] = 0, o => o["num_key_value_layers"] = 32 })
+        {
+            var c = LlamaConfig.Parse(With(SwiftKv8B, allLayers));
+            Assert.False(c.SwiftKv);
+            Assert.Equal(32, c.NumKvCaches(swiftKvEnabled: true));   // runs as the plain Llama it is
+        }
+        foreach (var one in new Action<JsonObject>[] { o => o.Remove("key_value_group_size"), o => o["key_value_group_size"] = null, o => o["key_value_group_size"] = 0 })
+            Assert.Equal(1, LlamaConfig.Parse(With(SwiftKv8B, one)).KeyValueGroupSize);
+        Assert.Equal(2048, LlamaConfig.Parse(With(SwiftKv8B, o => o.Remove("max_position_embeddings"))).MaxPositionEmbeddings);   // transformers' default
+    }
 
     /// <summary>
     /// transformers 5 writes the rotary settings as one rope_parameters object; both layouts of the same model must give

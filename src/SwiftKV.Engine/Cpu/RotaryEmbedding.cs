@@ -1,7 +1,7 @@
 // Rotary position embedding in Hugging Face's rotate-half layout, with Llama 3 "llama3" frequency scaling.
-// Frequencies follow transformers' _compute_llama3_parameters; the scaling arithmetic is done in double and
-// cast once. The angle for a position is one fp32 multiply (inv_freq fp32 * position fp32), as PyTorch does,
-// so positions far into a long context round the same way the reference does.
+// Frequencies follow transformers' _compute_llama3_parameters, but in double, cast to fp32 once (transformers works
+// in fp32 throughout, so a frequency may differ from its by 1 ulp). The angle for a position is one fp32 multiply
+// (inv_freq fp32 * position fp32), as PyTorch does, so given equal frequencies far positions round alike.
 using SwiftKV.Model;
 
 namespace SwiftKV.Engine.Cpu;
