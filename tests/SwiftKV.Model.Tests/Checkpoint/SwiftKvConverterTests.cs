@@ -32,6 +32,27 @@ public sealed class SwiftKvConverterTests : IDisposable
         Assert.Null(w.Layers[3].KProjSwiftKv);
     }
 
+    /// <summary>Several groups, and a group of four: each leader's K/V is the mean over its own group only.</summary>
+    [Theory]
+    [InlineData(8, 4, 2)]   // two groups: layers 4-5 and 6-7
+    [InlineData(6, 2, 4)]   // one group of four: layers 2-5
+    public void Convert_ManyOrLargeGroups_AverageEachGroupAlone(int layers, int keyValueLayers, int groupSize)
+    {
+        var v = TinyModels.SaveFull(Source, TinyModels.Config(swiftKv: false, bias: true) with { NumHiddenLayers = layers });
+        SwiftKvConverter.Convert(Source, Output, keyValueLayers, groupSize, TensorDtype.F32);
+        var w = LlamaCheckpointLoader.Load(Output);
+        for (int leader = keyValueLayers; leader < layers; leader += groupSize)
+        {
+            foreach (var (proj, get) in new (string, Func<LlamaLayerWeights, float[]?>)[] { ("k_proj.weight", l => l.KProjSwiftKv), ("v_proj.bias", l => l.VBiasSwiftKv) })
+            {
+                var members = Enumerable.Range(leader, groupSize).Select(j => v[$"model.layers.{j}.self_attn.{proj}"]).ToArray();
+                var mean = Enumerable.Range(0, members[0].Length).Select(i => (float)(members.Sum(m => (double)m[i]) / groupSize));
+                Assert.Equal(mean, get(w.Layers[leader])!);
+            }
+            for (int j = leader + 1; j < leader + groupSize; j++) Assert.Null(w.Layers[j].KProjSwiftKv);
+        }
+    }
+
     [Fact]
     public void Convert_Output_StillRunsAsTheOriginalLlama()
     {
