@@ -110,11 +110,9 @@ public sealed unsafe class CudaStream : IDisposable
     /// <summary>Copies host memory to the device on this stream and waits for it (and everything queued before it).</summary>
     public void Upload<T>(ReadOnlySpan<T> source, DeviceSpan<T> destination) where T : unmanaged
     {
-        if (source.Length > destination.Length) throw new ArgumentOutOfRangeException(nameof(source), $"{source.Length} elements do not fit a device span of {destination.Length}.");
-        CudaRuntime.Bind();
         fixed (T* p = source)
         {
-            CuDriver.Check(CuDriver.cuMemcpyHtoDAsync(destination.Address, p, (nuint)((long)source.Length * sizeof(T)), Handle), "cuMemcpyHtoDAsync_v2");
+            CopyAsync(destination, p, source.Length);
             Synchronize();   // pageable source: the copy must be done before the span can move
         }
     }
