@@ -28,7 +28,7 @@ namespace SwiftKV.Cli;
 internal static class BenchCommand
 {
     const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] [--decode-batches 32,128|none] " +
-        "[--runs 3] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--load DIR] [--out bench.json] [--md bench.md]";
+        "[--runs 3] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--load DIR] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
     sealed record Variant(string Name, LlamaConfig Config, bool SwiftKv);
@@ -54,6 +54,14 @@ internal static class BenchCommand
         string ropeArg = a.String("rope-on-load") ?? "on";
         if (ropeArg is not ("on" or "both")) throw new UsageException("--rope-on-load: on (default) or both (each prefill case also with the RoPE pass rotating q in memory)");
         bool ropeBoth = ropeArg == "both";
+        string gatedArg = a.String("gated-mlp") ?? "on";
+        bool[] gatedModes = gatedArg switch
+        {
+            "on" => [true],
+            "off" => [false],
+            "both" => [true, false],
+            _ => throw new UsageException("--gated-mlp: on (default: [gate; up] GEMM with the SwiGLU epilogue on Hopper), off (cuBLAS + silu pass) or both (alternated run by run)"),
+        };
         a.RejectUnknown();
         if (runs < 1 || steps < 1 || context < 1) throw new UsageException("--runs, --decode-steps and --decode-context must be >= 1");
         if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("bench needs a CUDA GPU: " + why);
@@ -91,7 +99,7 @@ internal static class BenchCommand
         var results = new JsonArray();
         foreach (var v in variants)
         {
-            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth, decodeSplits);
+            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth, gatedModes, decodeSplits);
             results.Add(vj);
         }
         json["variants"] = results;
@@ -199,7 +207,7 @@ internal static class BenchCommand
     }
 
     static JsonObject BenchVariant(Variant v, (int Batch, int Length)[] cases, int context, int steps, int[] decodeBatches, int runs, double maxCase,
-        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth = false, int[]? decodeSplits = null)
+        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth, bool[] gatedModes, int[]? decodeSplits = null)
     {
         var cfg = v.Config;
         var sw = Stopwatch.StartNew();
@@ -211,46 +219,63 @@ internal static class BenchCommand
         vj["kv_bytes_per_token"] = kvPerToken;
         md.AppendLine($"| {v.Name} | KV cache per token | | | | | {kvPerToken / 1024.0:F0} KiB ({cfg.NumKvCaches(v.SwiftKv)} caches) |");
 
+        // Settings compared within a case: their timed runs alternate, so clock and power drift reach all alike.
+        var modes = (ropeBoth ? new[] { true, false } : [true]).SelectMany(r => gatedModes.Select(g => (RopeOnLoad: r, Gated: g))).ToArray();
+        static string ModeText((bool RopeOnLoad, bool Gated) m) =>
+            (m.RopeOnLoad ? "" : " (RoPE pass rotates q in memory)") + (m.Gated ? "" : " (cuBLAS [gate; up] + silu pass)");
         var prefill = new JsonArray();
         double? lastPerToken2 = null;   // seconds / length^2 of the previous case: extrapolates attention-bound cases
-        foreach (var (batch, length, ropeOnLoad) in cases.SelectMany(c => (ropeBoth ? new[] { true, false } : [true]).Select(r => (c.Batch, c.Length, r))))
+        foreach (var (batch, length) in cases)
         {
             if (length > cfg.MaxPositionEmbeddings) continue;
-            backend.UseRopeOnLoad = ropeOnLoad;
-            string mode = ropeOnLoad ? "" : " (RoPE pass rotates q in memory)";
             double flops = batch * PrefillFlops(cfg, v.SwiftKv, length);
             if (lastPerToken2 is { } k && k * length * length * batch > maxCase)
             {
                 double est = k * length * length * batch;
-                Log($"{v.Name}: prefill {batch}x{length}{mode} skipped: estimated {est:F0} s > --max-case-seconds {maxCase}");
-                md.AppendLine($"| {v.Name} | prefill {batch}x{length}{mode} | skipped | | | | estimated {est:F0} s with this attention kernel |");
-                prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = ropeOnLoad, ["skipped_estimated_s"] = est });
+                Log($"{v.Name}: prefill {batch}x{length} skipped: estimated {est:F0} s > --max-case-seconds {maxCase}");
+                md.AppendLine($"| {v.Name} | prefill {batch}x{length} | skipped | | | | estimated {est:F0} s with this attention kernel |");
+                prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["skipped_estimated_s"] = est });
                 continue;
             }
-            var times = new List<double>();
+            var times = modes.Select(_ => new List<double>()).ToArray();
             var tokens = Tokens(length, cfg.VocabSize, 11);
             for (int r = 0; r <= runs; r++)
             {
-                var caches = Enumerable.Range(0, batch).Select(_ => backend.CreateCache(length)).ToList();
-                using var e0 = new CudaEvent();
-                using var e1 = new CudaEvent();
-                e0.Record(backend.Stream);
-                foreach (var c in caches) backend.Forward(c, tokens, LogitsSelection.LastToken);
-                e1.Record(backend.Stream);
-                double ms = CudaEvent.ElapsedMs(e0, e1);
-                foreach (var c in caches) c.Dispose();
-                if (r > 0) times.Add(ms);
+                bool slow = false;
+                for (int m = 0; m < modes.Length; m++)
+                {
+                    backend.UseRopeOnLoad = modes[m].RopeOnLoad;
+                    backend.UseGatedMlp = modes[m].Gated;
+                    var caches = Enumerable.Range(0, batch).Select(_ => backend.CreateCache(length)).ToList();
+                    using var e0 = new CudaEvent();
+                    using var e1 = new CudaEvent();
+                    e0.Record(backend.Stream);
+                    foreach (var c in caches) backend.Forward(c, tokens, LogitsSelection.LastToken);
+                    e1.Record(backend.Stream);
+                    double ms = CudaEvent.ElapsedMs(e0, e1);
+                    foreach (var c in caches) c.Dispose();
+                    if (r > 0) times[m].Add(ms);
+                    slow |= ms > 5000;
+                }
                 // A slow case is timed once. Never the warm-up itself: on a cold kernel cache it includes NVRTC
                 // compiles (seconds), which also made the extrapolation skip the longer cases.
-                if (r == 1 && ms > 5000) break;
+                if (r == 1 && slow) break;
             }
-            double med = MedianOf(times), tps = batch * length / (med * 1e-3), tf = flops / (med * 1e-3) / 1e12;
-            lastPerToken2 = med * 1e-3 / ((double)length * length * batch);
-            Log($"{v.Name}: prefill {batch}x{length}{mode}: {med:F1} ms, {tps:F0} tokens/s, {tf:F0} TFLOP/s ({times.Count} timed)");
-            md.AppendLine($"| {v.Name} | prefill {batch}x{length}{mode} | {med:F1} ms | {tps:F0} | {tf:F0} ({100 * tf / roofTflops:F0}%) | | {times.Count} timed |");
-            prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = ropeOnLoad, ["ms"] = med, ["tokens_per_s"] = tps, ["tflops"] = tf, ["flops"] = flops, ["runs"] = times.Count });
+            for (int m = 0; m < modes.Length; m++)
+            {
+                var (ropeOnLoad, gated) = modes[m];
+                string mode = ModeText(modes[m]);
+                double med = MedianOf(times[m]), tps = batch * length / (med * 1e-3), tf = flops / (med * 1e-3) / 1e12;
+                if (m == 0) lastPerToken2 = med * 1e-3 / ((double)length * length * batch);
+                string runsText = string.Join(" / ", times[m].Select(t => t.ToString("F1", CultureInfo.InvariantCulture)));
+                Log($"{v.Name}: prefill {batch}x{length}{mode}: {med:F1} ms, {tps:F0} tokens/s, {tf:F0} TFLOP/s (runs {runsText} ms)");
+                md.AppendLine($"| {v.Name} | prefill {batch}x{length}{mode} | {med:F1} ms | {tps:F0} | {tf:F0} ({100 * tf / roofTflops:F0}%) | | {times[m].Count} timed |");
+                prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = ropeOnLoad, ["gated_mlp"] = gated, ["ms"] = med,
+                    ["tokens_per_s"] = tps, ["tflops"] = tf, ["flops"] = flops, ["runs"] = times[m].Count, ["run_ms"] = new JsonArray(times[m].Select(t => (JsonNode?)t).ToArray()) });
+            }
         }
         backend.UseRopeOnLoad = true;
+        backend.UseGatedMlp = true;
         vj["prefill"] = prefill;
         vj["decode"] = BenchDecode(v, backend, context, steps, roofGbps, kvPerToken, decodeSplits ?? [], md);
         if (decodeBatches.Length > 0 && !backend.SupportsBatchedStep)

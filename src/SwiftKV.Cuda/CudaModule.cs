@@ -77,6 +77,19 @@ public sealed unsafe class CudaKernel
     }
 
     /// <summary>
+    /// How many clusters of a kernel built with fixed cluster dimensions (__cluster_dims__) fit on the device at once
+    /// with this block size and dynamic shared memory (cuOccupancyMaxActiveClusters): a persistent kernel sizes its
+    /// grid by it, since a GPC can leave SMs that no whole cluster fits on.
+    /// </summary>
+    public int MaxActiveClusters(uint block, uint sharedBytes)
+    {
+        CudaRuntime.Bind();
+        var config = new CuDriver.LaunchConfig { GridX = 1, GridY = 1, GridZ = 1, BlockX = block, BlockY = 1, BlockZ = 1, SharedBytes = sharedBytes };
+        CuDriver.Check(CuDriver.cuOccupancyMaxActiveClusters(out int n, _function, &config), $"cuOccupancyMaxActiveClusters({_module.Name}:{Name})");
+        return n;
+    }
+
+    /// <summary>
     /// cuLaunchKernel on <paramref name="stream"/>; <paramref name="args"/> points at each argument's value.
     /// <paramref name="programmatic"/>: launch with programmatic stream serialization (cuLaunchKernelEx), so the kernel
     /// may start before the previous one on the stream has finished. Only for kernels that call griddepcontrol.wait

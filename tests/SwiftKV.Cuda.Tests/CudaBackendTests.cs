@@ -116,9 +116,10 @@ public sealed class CudaBackendTests
     /// path against the CPU backend, SwiftKV off and on, all-token and last-token logits.
     /// </summary>
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void Forward_LongPrefill_8BHeads_MatchesCpuBackend(bool swiftKv)
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    [InlineData(false, false)]   // the [gate; up] GEMM through cuBLAS + the silu pass (UseGatedMlp off)
+    public void Forward_LongPrefill_8BHeads_MatchesCpuBackend(bool swiftKv, bool gatedMlp)
     {
         Gpu.Require();
         var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
@@ -126,7 +127,7 @@ public sealed class CudaBackendTests
         int promptLength = 600;
         Assert.True(AttentionKernel.HopperPays(1, promptLength, spec.Heads, spec.KvHeads), "the prompt must be long enough for Auto's wgmma rule");
         var weights = TestModels.View(TestModels.Checkpoint(spec), swiftKv);
-        using var gpu = new CudaBackend(weights);
+        using var gpu = new CudaBackend(weights) { UseGatedMlp = gatedMlp };
         using var cpu = new CpuBackend(RoundToBf16(weights));
         var prompt = TestModels.RandomTokens(promptLength, spec.Vocab, 131);
         using var gc = gpu.CreateCache(promptLength + 1);
@@ -135,6 +136,9 @@ public sealed class CudaBackendTests
         var g = gpu.Forward(gc, prompt, selection);
         var c = cpu.Forward(cc, prompt, selection);
         Assert.Equal(c.Length, g.Length);
+        // On Hopper the layers that see the whole prompt run the gated GEMM (SwiftKV's later layers see one row).
+        int fullLayers = swiftKv ? spec.SwiftKvLayers : spec.Layers;
+        Assert.Equal(gatedMlp && CudaRuntime.Device.Arch == "sm_90a" ? fullLayers : 0, gpu.GatedMlpLaunches);
         // Per row, the bf16 rule as the kernel tests state it (||gpu - cpu|| / ||cpu|| <= 1e-2), plus greedy agreement
         // wherever the CPU's top-2 margin is clear of the error. (The max-element ratio of Forward_MatchesCpuBackend,
         // taken over 600 rows instead of 11, reached 1.08e-2 on one early row in a first H100 run: it is logged.)
@@ -163,7 +167,7 @@ public sealed class CudaBackendTests
             if (c[row * vocab + top] - c[row * vocab + second] > 2 * maxD)
                 Assert.True(gTop == top, $"long prefill row {row}: GPU greedy token {gTop}, CPU {top}");
         }
-        Gpu.Log($"long prefill, 8B heads ({spec}, swiftkv {swiftKv}, {promptLength} tokens, {CudaRuntime.Device.Arch}): worst row " +
+        Gpu.Log($"long prefill, 8B heads ({spec}, swiftkv {swiftKv}, gated MLP {gatedMlp}, {promptLength} tokens, {CudaRuntime.Device.Arch}): worst row " +
             $"||diff||/||cpu|| {worstL2:E2}, max|diff|/max|cpu| {worstMax:E2} vs bf16-rounded weights");
     }
 

@@ -1,5 +1,5 @@
 // The decode GEMV (plain, accumulating, fused SwiGLU; vector and scalar paths), cuBLAS with a bf16 output, the bf16
-// silu pass and the fused RoPE + KV-cache write, each against a CPU reference in double on random data at odd
+// silu pass, the prefill [gate; up] GEMM with SwiGLU in its epilogue (Hopper) and the fused RoPE + KV-cache write, each against a CPU reference in double on random data at odd
 // sizes (chunk tails, a lone last output row, odd row counts), outputs poisoned with NaN before the launch.
 using SwiftKV.Cuda.Kernels;
 using SwiftKV.Engine.Cpu;
@@ -180,6 +180,49 @@ public sealed class LinearKernelTests : GpuFixtureTest
                 want[r * inter + i] = a / (1 + Math.Exp(-a)) * u;
             }
         Gpu.Close(Bf16.ToSingles(dOut.ToArray()), want, Bf16Rel, 1e-6, "silu_mul_bf16");
+    }
+
+    [Theory]
+    [InlineData(300, 200, 392)]    // k, rows and columns all past a tile edge (TMA zero-fills; stores masked)
+    [InlineData(129, 72, 136)]     // one row into the second CTA of a cluster
+    [InlineData(1, 64, 256)]       // a single row: the peer CTA computes only zero-filled rows
+    [InlineData(517, 1032, 1288)]  // several tiles and k steps in every direction, a partial last cluster
+    public void GemmSwiglu_MatchesReference(int rows, int hidden, int inter)
+    {
+        Gpu.RequireHopper();
+        var rng = new TestRng((ulong)(91 + rows + hidden + inter));
+        var x = RandomBf16(rng, (long)rows * hidden, 2f);
+        var w = RandomBf16(rng, 2L * inter * hidden, 0.1f);
+        using var dx = new DeviceBuffer<Bf16>(x);
+        using var dw = new DeviceBuffer<Bf16>(w);
+        using var dOut = Gpu.PoisonedBf16((long)rows * inter);
+        new GemmSwigluKernel(Library).Launch(Stream, dx, rows, hidden, dw, inter, dOut);
+        Stream.Synchronize();
+        var gu = Reference(x, w, rows, hidden, 2 * inter);
+        var want = new double[rows * inter];
+        double scale = 0;
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < inter; i++)
+            {
+                double g = gu[r * 2 * inter + i], u = gu[r * 2 * inter + inter + i];
+                want[r * inter + i] = g / (1 + Math.Exp(-g)) * u;
+                scale = Math.Max(scale, Math.Abs(want[r * inter + i]));
+            }
+        // bf16 rounding of the output, plus fp32 accumulation against the double reference (scaled by the largest output).
+        Gpu.Close(Bf16.ToSingles(dOut.ToArray()), want, Bf16Rel, 1e-4 * scale, "gemm_swiglu_bf16");
+    }
+
+    [Fact]
+    public void GemmSwiglu_RefusesUnalignedShapes()
+    {
+        Gpu.RequireHopper();
+        using var dx = new DeviceBuffer<Bf16>(4 * 100);
+        using var dw = new DeviceBuffer<Bf16>(2 * 64 * 100);
+        using var dOut = new DeviceBuffer<Bf16>(4 * 64);
+        var k = new GemmSwigluKernel(Library);
+        var e = Assert.Throws<NotSupportedException>(() => k.Launch(Stream, dx.Span, 4, 100, dw.Span, 64, dOut.Span));
+        Assert.Contains("multiples of 8", e.Message);
+        Assert.Throws<ArgumentException>(() => k.Launch(Stream, dx.Span, 5, 100, dw.Span, 64, dOut.Span));   // x too short for 5 rows
     }
 
     [Fact]

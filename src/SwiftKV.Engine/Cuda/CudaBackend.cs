@@ -19,7 +19,8 @@
 // o_proj linear accumulated into x -> o bias + post norm -> [gate;up] linear with silu·up -> down linear into x.
 // Every projection goes through Linear / GateUpSilu: steps of a few rows (decode) take the
 // bandwidth-bound GEMV (each weight byte read once; the SwiGLU fused into the [gate;up] GEMV), longer steps cuBLAS
-// (the [gate;up] GEMM writing bf16 for the silu pass).
+// (the [gate;up] GEMM writing bf16 for the silu pass), except [gate;up] of prefill-sized steps on Hopper: our own
+// GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu).
 // Shapes: x (rows, hidden) fp32; normed activations (rows, hidden) bf16; qkv (rows, q + 2 kv) fp32;
 // gate_up (rows, 2 inter) bf16.
 using System.Diagnostics;
@@ -54,6 +55,7 @@ public sealed partial class CudaBackend : IModelBackend
     readonly KvCacheKernel _kvWrite;
     readonly AttentionKernel _attention;
     readonly SiluMulKernel _siluMul;
+    readonly GemmSwigluKernel _gemmSwiglu;
     readonly GemvKernel _gemv;
     readonly RopeKvKernel _ropeKv;
     readonly ArgmaxKernel _argmax;
@@ -121,6 +123,7 @@ public sealed partial class CudaBackend : IModelBackend
             _kvWrite = new KvCacheKernel(_kernels);
             _attention = new AttentionKernel(_kernels);
             _siluMul = new SiluMulKernel(_kernels);
+            _gemmSwiglu = new GemmSwigluKernel(_kernels);
             _gemv = new GemvKernel(_kernels);
             _ropeKv = new RopeKvKernel(_kernels);
             _argmax = new ArgmaxKernel(_kernels);
@@ -199,6 +202,16 @@ public sealed partial class CudaBackend : IModelBackend
     /// </summary>
     public bool UseRopeOnLoad { get => _ropeOnLoad; set => _ropeOnLoad = value; }
     bool _ropeOnLoad = true;
+
+    /// <summary>
+    /// Prefill-sized steps on sm_90a run the MLP's [gate; up] GEMM with SwiGLU in its epilogue (our TMA + wgmma kernel,
+    /// gemm_swiglu.cu), default. Off: cuBLAS writes [gate | up] in bf16 and the silu pass reads it back (benchmarks
+    /// compare the two).
+    /// </summary>
+    public bool UseGatedMlp { get; set; } = true;
+
+    /// <summary>[gate; up] GEMMs run with the SwiGLU epilogue so far (tests check the path was taken).</summary>
+    internal long GatedMlpLaunches => _gemmSwiglu.Launches;
 
     /// <summary>
     /// Split-K count of single-token attention, 0 = automatic (one CTA per SM, at most one split per key tile of the
@@ -441,9 +454,14 @@ public sealed partial class CudaBackend : IModelBackend
         Linear(_ws.Normed, rows, hidden, w, outDim, y);
     }
 
+    // Fewest rows for the gated GEMM: one full cluster tile (2 x 128 rows). Below that a step streams more weight than
+    // it computes, and the batched decode steps (32-128 rows) keep the cuBLAS route they were measured on.
+    const int GatedMlpMinRows = 256;
+
     /// <summary>
     /// The MLP's [gate; up] projection with SwiGLU: Mlp (rows, inter) bf16 = silu(x · Wgᵀ) · (x · Wuᵀ). Decode-sized
-    /// steps fuse it into the GEMV; longer ones run the GEMM with a bf16 output, then the silu pass.
+    /// steps fuse it into the GEMV; prefill-sized steps on sm_90a into the GEMM's epilogue (<see cref="UseGatedMlp"/>);
+    /// others run cuBLAS with a bf16 [gate | up] output, then the silu pass.
     /// </summary>
     void GateUpSilu(DeviceSpan<Bf16> x, int rows, CudaLayerWeights layer)
     {
@@ -451,6 +469,11 @@ public sealed partial class CudaBackend : IModelBackend
         if (_useGemv && rows <= GemvGateUpRows)
         {
             _gemv.LaunchSiluMul(_stream, x, rows, hidden, layer.GateUp, inter, _ws.Mlp);
+            return;
+        }
+        if (UseGatedMlp && rows >= GatedMlpMinRows && GemmSwigluKernel.Applies(x, hidden, layer.GateUp, inter, _ws.Mlp, out _))
+        {
+            _gemmSwiglu.Launch(_stream, x, rows, hidden, layer.GateUp, inter, _ws.Mlp);
             return;
         }
         _blas.Linear(x, rows, hidden, layer.GateUp, 2 * inter, _ws.GateUp.Span);
