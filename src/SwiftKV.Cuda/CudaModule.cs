@@ -77,14 +77,15 @@ public sealed unsafe class CudaKernel
     }
 
     /// <summary>
-    /// How many clusters of a kernel built with fixed cluster dimensions (__cluster_dims__) fit on the device at once
+    /// How many clusters of <paramref name="clusterSize"/> CTAs of a kernel built with those cluster dimensions (__cluster_dims__) fit on the device at once
     /// with this block size and dynamic shared memory (cuOccupancyMaxActiveClusters): a persistent kernel sizes its
     /// grid by it, since a GPC can leave SMs that no whole cluster fits on.
     /// </summary>
-    public int MaxActiveClusters(uint block, uint sharedBytes)
+    public int MaxActiveClusters(uint clusterSize, uint block, uint sharedBytes)
     {
         CudaRuntime.Bind();
-        var config = new CuDriver.LaunchConfig { GridX = 1, GridY = 1, GridZ = 1, BlockX = block, BlockY = 1, BlockZ = 1, SharedBytes = sharedBytes };
+        // The grid must be a whole number of clusters (CUDA_ERROR_INVALID_CLUSTER_SIZE otherwise).
+        var config = new CuDriver.LaunchConfig { GridX = clusterSize, GridY = 1, GridZ = 1, BlockX = block, BlockY = 1, BlockZ = 1, SharedBytes = sharedBytes };
         CuDriver.Check(CuDriver.cuOccupancyMaxActiveClusters(out int n, _function, &config), $"cuOccupancyMaxActiveClusters({_module.Name}:{Name})");
         return n;
     }

@@ -49,7 +49,7 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library)
         {
             var k = library.Get("gemm_swiglu.cu", Entry);
             k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, SharedBytes);
-            _clusters = k.MaxActiveClusters(Threads, SharedBytes);
+            _clusters = k.MaxActiveClusters(Cluster, Threads, SharedBytes);
             if (_clusters < 1) throw new NotSupportedException($"{Entry}: no cluster of {Cluster} CTAs with {SharedBytes} bytes of shared memory fits on this device.");
             _k = k;
         }
