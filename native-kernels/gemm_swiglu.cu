@@ -18,8 +18,11 @@
 //   work units c, c + clusters, ... (unit_tile: groups of rows, so the CTAs running together share tiles in L2).
 //   Accumulator layout of m64n256 (per warp 16 rows, lane l: row l / 4 and l / 4 + 8, columns 8 i + 2 (l % 4) + {0, 1}):
 //   gate column j sits in d[4 (j / 8) ...] and up column j in d[4 (j / 8 + 16) ...] of the same thread.
-// Limits (checked by the host): K % 8 == 0 and inter % 8 == 0 (TMA's 16-byte strides, paired stores); rows past M,
-// columns past inter and k past K are zero-filled by TMA and not stored.
+//   Epilogue: silu(gate) * up in registers, bf16 pairs into swizzled shared-memory panels, TMA stores (GG_TMA_STORE).
+// Measured on an H100 against cuBLAS + silu_mul_bf16 (bench/gemm/swiglu_probe.cu; src/SwiftKV.Cuda/NOTES.md): about
+// cuBLAS's own GEMM time at 2K-32K rows of the 8B MLP, so the silu pass's time is what is saved.
+// Limits (checked by the host): K % 8 == 0 and inter % 8 == 0 (TMA's 16-byte strides); rows past M, columns past
+// inter and k past K are zero-filled by the TMA loads and clipped by the TMA stores.
 #include "swiftkv_common.cuh"
 
 #ifndef GG_STAGES
@@ -36,6 +39,16 @@ constexpr int GG_A_BYTES = GG_BM * GG_BK * 2;               // 16 KB
 constexpr int GG_B_HALF = GG_BN * GG_BK * 2;                // 16 KB: gate (or up) rows of one stage
 constexpr int GG_STAGE_BYTES = GG_A_BYTES + 2 * GG_B_HALF;  // 48 KB
 constexpr int GG_THREADS = 384;
+// Epilogue staging (GG_TMA_STORE): each consumer warpgroup writes its 64 x 128 bf16 outputs into shared memory as two
+// 64 x 64 panels in the 128-byte swizzle, and one of its threads stores them with TMA, so the warpgroup goes back to
+// its MMAs without waiting on global stores (the tensor cores are idle while both warpgroups run the epilogue).
+#ifndef GG_TMA_STORE
+#define GG_TMA_STORE 1
+#endif
+constexpr int GG_OUT_ROWS = 64, GG_OUT_COLS = 64;           // one TMA store box
+constexpr int GG_OUT_PANEL = GG_OUT_ROWS * GG_OUT_COLS * 2; // 8 KB
+constexpr int GG_OUT_BYTES = GG_TMA_STORE ? 2 * 2 * GG_OUT_PANEL : 0;   // 2 warpgroups x 2 panels
+constexpr int GG_SMEM_BYTES = GG_STAGES * GG_STAGE_BYTES + GG_OUT_BYTES + 2 * GG_STAGES * 8 + 1024;
 
 // The driver's CUtensorMap (opaque, 128 bytes, 64-byte aligned), passed by value as a __grid_constant__ parameter.
 struct __align__(64) TensorMap { unsigned long long opaque[16]; };
@@ -106,6 +119,21 @@ __device__ __forceinline__ void tma_load_multicast(unsigned dst, const TensorMap
                  :: "r"(dst), "l"(map), "r"(k0), "r"(row0), "r"(bar), "h"(mask) : "memory");
 }
 
+// 2-D TMA store of a swizzled shared-memory box to (col0, row0) of the output; parts past the tensor are not written.
+__device__ __forceinline__ void tma_store(const TensorMap* map, unsigned src, int col0, int row0)
+{
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];"
+                 :: "l"(map), "r"(src), "r"(col0), "r"(row0) : "memory");
+}
+
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Until the committed stores have read their shared memory (the staging buffer may then be rewritten).
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+// Barrier of one warpgroup (named barrier `id`, 128 threads); id 0 is __syncthreads.
+__device__ __forceinline__ void warpgroup_sync(int id) { asm volatile("bar.sync %0, 128;" :: "r"(id) : "memory"); }
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
@@ -173,13 +201,15 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS, 1)
 __cluster_dims__(2, 1, 1)
 #endif
 gemm_swiglu_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant__ TensorMap map_gate,
-                 const __grid_constant__ TensorMap map_up, bf16_t* __restrict__ out, int M, int inter, int K)
+                 const __grid_constant__ TensorMap map_up, const __grid_constant__ TensorMap map_out, bf16_t* __restrict__ out,
+                 int M, int inter, int K)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ unsigned char smem_raw[];
     // TMA's 128-byte swizzle repeats every 1024 bytes: stages start on 1024-byte boundaries (the host asks for 1 KB more).
     const unsigned base = (smem_u32(smem_raw) + 1023u) & ~1023u;
-    const unsigned bars = base + GG_STAGES * GG_STAGE_BYTES;           // full[s] at bars + 8 s, empty[s] after them
+    const unsigned staging = base + GG_STAGES * GG_STAGE_BYTES;        // epilogue panels (GG_TMA_STORE)
+    const unsigned bars = staging + GG_OUT_BYTES;                      // full[s] at bars + 8 s, empty[s] after them
     const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
     const unsigned rank = GG_CLUSTER == 2 ? cluster_rank() : 0u;
 
@@ -265,8 +295,35 @@ gemm_swiglu_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant_
             if (prev >= 0 && lane == 0)
                 release_stage(bars + 8 * (GG_STAGES + prev), rank);
 
-            // Epilogue: out = silu(gate) * up, straight from the accumulators (bf16 pairs).
-            const int row0 = m0 + cw * 64 + warp * 16 + lane / 4;
+            // Epilogue: out = silu(gate) * up from the accumulators, bf16 pairs.
+            const int rl = warp * 16 + lane / 4;                 // row within this warpgroup's 64 (and rl + 8)
+#if GG_TMA_STORE
+            // The previous tile's stores must have read the panels before they are rewritten (long done by now).
+            if (t == 0) bulk_wait_read();
+            warpgroup_sync(1 + cw);
+            const unsigned panels = staging + cw * 2 * GG_OUT_PANEL;
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                {
+                    const int r = rl + 8 * h;
+                    const float g0 = acc[4 * i + 2 * h], g1 = acc[4 * i + 2 * h + 1];
+                    const float u0 = acc[4 * (i + 16) + 2 * h], u1 = acc[4 * (i + 16) + 2 * h + 1];
+                    // Column 8 i + 2 (lane % 4) of the tile: panel i / 8, 16-byte chunk i % 8 swizzled by the row.
+                    const unsigned addr = panels + (i / 8) * GG_OUT_PANEL + r * 128 + ((((unsigned)i % 8) ^ ((unsigned)r & 7)) << 4) + 4 * (lane % 4);
+                    asm volatile("st.shared.b32 [%0], %1;" :: "r"(addr), "r"(pack_bf16x2(silu(g0) * u0, silu(g1) * u1)) : "memory");
+                }
+            fence_proxy_async();
+            warpgroup_sync(1 + cw);
+            if (t == 0)
+            {
+                tma_store(&map_out, panels, n0, m0 + cw * 64);
+                tma_store(&map_out, panels + GG_OUT_PANEL, n0 + 64, m0 + cw * 64);
+                bulk_commit();
+            }
+#else
+            const int row0 = m0 + cw * 64 + rl;
             const int colq = n0 + 2 * (lane % 4);
 #pragma unroll
             for (int i = 0; i < 16; i++)
@@ -285,7 +342,11 @@ gemm_swiglu_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant_
                     }
                 }
             }
+#endif
         }
+#if GG_TMA_STORE
+        if (t == 0) bulk_wait_all();   // the last stores must finish reading the panels before the CTA exits
+#endif
     }
     // The peer CTA may still multicast into our stages or arrive on our barriers until it is done.
     if (GG_CLUSTER == 2) cluster_sync();

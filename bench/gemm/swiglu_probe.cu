@@ -37,29 +37,30 @@ __global__ void ref_swiglu(const float* gu, int M, int inter, float* ref)
     }
 }
 
-static CUtensorMap makeMap(const void* base, int rows, int cols)
+static CUtensorMap makeMap(const void* base, int rows, int cols, int boxRows, int boxCols = 64)
 {
     CUtensorMap m;
     cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows};
     cuuint64_t strides[1] = {(cuuint64_t)cols * 2};
-    cuuint32_t box[2] = {64, 128}, es[2] = {1, 1};
+    cuuint32_t box[2] = {(cuuint32_t)boxCols, (cuuint32_t)boxRows}, es[2] = {1, 1};
     CK(cuTensorMapEncodeTiled(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides, box, es,
         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
     return m;
 }
 
-static int smemBytes() { return GG_STAGES * GG_STAGE_BYTES + 2 * GG_STAGES * 8 + 1024; }
+static int smemBytes() { return GG_SMEM_BYTES; }
 
 static int maxClusters = 0;   // clusters of GG_CLUSTER CTAs that fit on the GPU at once (GPCs may leave SMs unpaired)
 
 static void launchGated(const bf16_t* x, const bf16_t* w, bf16_t* out, int M, int inter, int K, int sms, cudaStream_t st)
 {
     sms = maxClusters * GG_CLUSTER;
-    CUtensorMap mx = makeMap(x, M, K), mg = makeMap(w, inter, K), mu = makeMap(w + (size_t)inter * K, inter, K);
-    int units = ((M + 128 * GG_CLUSTER - 1) / (128 * GG_CLUSTER)) * ((inter + 127) / 128);
+    CUtensorMap mx = makeMap(x, M, K, GG_BM), mg = makeMap(w, inter, K, GG_BN), mu = makeMap(w + (size_t)inter * K, inter, K, GG_BN);
+    CUtensorMap mo = makeMap(out, M, inter, GG_OUT_ROWS, GG_OUT_COLS);
+    int units = ((M + GG_BM * GG_CLUSTER - 1) / (GG_BM * GG_CLUSTER)) * ((inter + GG_BN - 1) / GG_BN);
     int grid = std::min(units, sms / GG_CLUSTER) * GG_CLUSTER;
     gemm_swiglu_bf16<<<grid, GG_THREADS, smemBytes(), st>>>(*reinterpret_cast<TensorMap*>(&mx), *reinterpret_cast<TensorMap*>(&mg),
-        *reinterpret_cast<TensorMap*>(&mu), out, M, inter, K);
+        *reinterpret_cast<TensorMap*>(&mu), *reinterpret_cast<TensorMap*>(&mo), out, M, inter, K);
 }
 
 int main(int argc, char** argv)
@@ -78,7 +79,7 @@ int main(int argc, char** argv)
     }
     cudaFuncAttributes fa;
     CK(cudaFuncGetAttributes(&fa, gemm_swiglu_bf16));
-    std::printf("gemm_swiglu_bf16 stages %d cluster %d: %d regs, %zu B local, smem %d, SMs %d\n", GG_STAGES, GG_CLUSTER, fa.numRegs, fa.localSizeBytes, smemBytes(), sms);
+    std::printf("gemm_swiglu_bf16 tma store %d stages %d cluster %d: %d regs, %zu B local, smem %d, SMs %d\n", GG_TMA_STORE, GG_STAGES, GG_CLUSTER, fa.numRegs, fa.localSizeBytes, smemBytes(), sms);
     cublasHandle_t blas;
     CK(cublasCreate(&blas));
     cudaStream_t st;
@@ -87,7 +88,7 @@ int main(int argc, char** argv)
 
     struct Shape { int M, inter, K; };
     bool allOk = true;
-    for (Shape s : {Shape{300, 392, 200}, Shape{129, 136, 72}, Shape{1, 256, 64}, Shape{2048, 14336, 4096}, Shape{517, 1032, 4104}})
+    for (Shape s : {Shape{300, 392, 200}, Shape{129, 136, 72}, Shape{1, 256, 64}, Shape{2048, 14336, 4096}, Shape{517, 1032, 4104}, Shape{300, 168, 64}})
     {
         size_t nx = (size_t)s.M * s.K, nw = (size_t)2 * s.inter * s.K;
         bf16_t *x, *w, *out; float *gu, *ref;

@@ -11,7 +11,10 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library)
     // The kernel's constants: 384 threads (a producer and two consumer warpgroups), 128 x 128 gated output tiles (128
     // rows of x against 128 gate and 128 up rows of W), 64-wide k steps, 4 stages of 48 KB, clusters of 2 along M.
     const int Threads = 384, TileRows = 128, TileCols = 128, TileK = 64, Stages = 4, Cluster = 2;
-    const int SharedBytes = Stages * (TileRows * TileK * 2 + 2 * TileCols * TileK * 2) + 2 * Stages * 8 + 1024;
+    // Shared memory (GG_SMEM_BYTES): the stages, the epilogue's staging panels (2 warpgroups x 64 rows x 128 bf16
+    // columns, stored by TMA in 64 x 64 boxes), the mbarriers, 1 KB for the 1024-byte alignment of the swizzle.
+    const int OutBoxRows = 64, OutBoxCols = 64;
+    const int SharedBytes = Stages * (TileRows * TileK * 2 + 2 * TileCols * TileK * 2) + TileRows * TileCols * 2 + 2 * Stages * 8 + 1024;
 
     CudaKernel? _k;
     int _clusters;
@@ -58,8 +61,9 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library)
         var mapUp = CuDriver.EncodeBf16Rows(gateUp.Address + (ulong)(2L * inter * hidden), inter, hidden, TileCols, TileK);
         long units = (long)((rows + TileRows * Cluster - 1) / (TileRows * Cluster)) * ((inter + TileCols - 1) / TileCols);
         uint grid = (uint)(Math.Min(units, _clusters) * Cluster);
+        var mapOut = CuDriver.EncodeBf16Rows(output.Address, rows, inter, OutBoxRows, OutBoxCols);
         ulong po = output.Address;
-        void** args = stackalloc void*[] { &mapX, &mapGate, &mapUp, &po, &rows, &inter, &hidden };
+        void** args = stackalloc void*[] { &mapX, &mapGate, &mapUp, &mapOut, &po, &rows, &inter, &hidden };
         _k.Launch(stream, (grid, 1, 1), Threads, SharedBytes, args);
         Launches++;
     }
