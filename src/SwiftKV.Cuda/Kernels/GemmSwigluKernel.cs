@@ -36,6 +36,27 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library)
     }
 
     /// <summary>
+    /// Whether the kernel can be launched at all here: it compiles and loads on first call, and at least one cluster of
+    /// two CTAs with its shared memory fits on the device (a MIG slice or a partitioned GPU may hold none). Callers fall
+    /// back to cuBLAS + the silu pass when it cannot; <paramref name="why"/> says why not.
+    /// </summary>
+    public bool IsAvailable(out string? why)
+    {
+        if (_k is null && _unavailable is null)
+        {
+            var k = library.Get("gemm_swiglu.cu", Entry);
+            k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, SharedBytes);
+            _clusters = k.MaxActiveClusters(Cluster, Threads, SharedBytes);
+            if (_clusters < 1) _unavailable = $"no cluster of {Cluster} CTAs with {SharedBytes} bytes of shared memory fits on this device";
+            else _k = k;
+        }
+        why = _unavailable;
+        return _k is not null;
+    }
+
+    string? _unavailable;
+
+    /// <summary>
     /// output (rows, inter) bf16 = silu(x · Wgᵀ) ⊙ (x · Wuᵀ) with x (rows, hidden) bf16 and gateUp = [Wg; Wu]
     /// (2 inter, hidden) bf16, fp32 accumulation, one rounding to bf16.
     /// </summary>
@@ -48,14 +69,7 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library)
         KernelGuard.Fits(gateUp, 2L * inter * hidden, Entry, nameof(gateUp), $"({2 * inter}, {hidden})");
         KernelGuard.Fits(output, (long)rows * inter, Entry, nameof(output), $"({rows}, {inter})");
         if (!Applies(x, hidden, gateUp, inter, output, out var why)) throw new NotSupportedException($"{Entry}: {why}.");
-        if (_k is null)
-        {
-            var k = library.Get("gemm_swiglu.cu", Entry);
-            k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, SharedBytes);
-            _clusters = k.MaxActiveClusters(Cluster, Threads, SharedBytes);
-            if (_clusters < 1) throw new NotSupportedException($"{Entry}: no cluster of {Cluster} CTAs with {SharedBytes} bytes of shared memory fits on this device.");
-            _k = k;
-        }
+        if (!IsAvailable(out why)) throw new NotSupportedException($"{Entry}: {why}.");
         var mapX = CuDriver.EncodeBf16Rows(x.Address, rows, hidden, TileRows, TileK);
         var mapGate = CuDriver.EncodeBf16Rows(gateUp.Address, inter, hidden, TileCols, TileK);
         var mapUp = CuDriver.EncodeBf16Rows(gateUp.Address + (ulong)(2L * inter * hidden), inter, hidden, TileCols, TileK);
@@ -64,7 +78,7 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library)
         var mapOut = CuDriver.EncodeBf16Rows(output.Address, rows, inter, OutBoxRows, OutBoxCols);
         ulong po = output.Address;
         void** args = stackalloc void*[] { &mapX, &mapGate, &mapUp, &mapOut, &po, &rows, &inter, &hidden };
-        _k.Launch(stream, (grid, 1, 1), Threads, SharedBytes, args);
+        _k!.Launch(stream, (grid, 1, 1), Threads, SharedBytes, args);
         Launches++;
     }
 }

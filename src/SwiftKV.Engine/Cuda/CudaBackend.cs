@@ -471,7 +471,7 @@ public sealed partial class CudaBackend : IModelBackend
             _gemv.LaunchSiluMul(_stream, x, rows, hidden, layer.GateUp, inter, _ws.Mlp);
             return;
         }
-        if (UseGatedMlp && rows >= GatedMlpMinRows && GemmSwigluKernel.Applies(x, hidden, layer.GateUp, inter, _ws.Mlp, out _))
+        if (UseGatedMlp && rows >= GatedMlpMinRows && GemmSwigluKernel.Applies(x, hidden, layer.GateUp, inter, _ws.Mlp, out _) && _gemmSwiglu.IsAvailable(out _))
         {
             _gemmSwiglu.Launch(_stream, x, rows, hidden, layer.GateUp, inter, _ws.Mlp);
             return;
