@@ -187,6 +187,7 @@ public sealed class LinearKernelTests : GpuFixtureTest
     [InlineData(129, 72, 136)]     // one row into the second CTA of a cluster
     [InlineData(1, 64, 256)]       // a single row: the peer CTA computes only zero-filled rows
     [InlineData(517, 1032, 1288)]  // several tiles and k steps in every direction, a partial last cluster
+    [InlineData(1100, 136, 4104)]  // 165 tiles for ~66 clusters: each CTA runs several, the stage ring's phase shifting between them
     public void GemmSwiglu_MatchesReference(int rows, int hidden, int inter)
     {
         Gpu.RequireHopper();
@@ -195,11 +196,16 @@ public sealed class LinearKernelTests : GpuFixtureTest
         var w = RandomBf16(rng, 2L * inter * hidden, 0.1f);
         using var dx = new DeviceBuffer<Bf16>(x);
         using var dw = new DeviceBuffer<Bf16>(w);
-        using var dOut = Gpu.PoisonedBf16((long)rows * inter);
+        // Poisoned past the output too: the TMA stores of the tiles past row `rows` must be clipped there.
+        const int slackRows = 130;
+        using var dOut = Gpu.PoisonedBf16((long)(rows + slackRows) * inter);
         var kernel = new GemmSwigluKernel(Library);
         Assert.True(kernel.IsAvailable(out var why), why);   // an H100 fits clusters of two
-        kernel.Launch(Stream, dx, rows, hidden, dw, inter, dOut);
+        kernel.Launch(Stream, dx, rows, hidden, dw, inter, dOut.Span.Slice(0, (long)rows * inter));
         Stream.Synchronize();
+        var all = Bf16.ToSingles(dOut.ToArray());
+        for (long i = (long)rows * inter; i < all.Length; i++)
+            Assert.True(float.IsNaN(all[i]), $"gemm_swiglu_bf16 wrote past its output (element {i}, row {i / inter})");
         var gu = Reference(x, w, rows, hidden, 2 * inter);
         var want = new double[rows * inter];
         double scale = 0;
@@ -211,7 +217,7 @@ public sealed class LinearKernelTests : GpuFixtureTest
                 scale = Math.Max(scale, Math.Abs(want[r * inter + i]));
             }
         // bf16 rounding of the output, plus fp32 accumulation against the double reference (scaled by the largest output).
-        Gpu.Close(Bf16.ToSingles(dOut.ToArray()), want, Bf16Rel, 1e-4 * scale, "gemm_swiglu_bf16");
+        Gpu.Close(all.AsSpan(0, rows * inter), want, Bf16Rel, 1e-4 * scale, "gemm_swiglu_bf16");
     }
 
     [Fact]
@@ -223,7 +229,11 @@ public sealed class LinearKernelTests : GpuFixtureTest
         using var dOut = new DeviceBuffer<Bf16>(4 * 64);
         var k = new GemmSwigluKernel(Library);
         var e = Assert.Throws<NotSupportedException>(() => k.Launch(Stream, dx.Span, 4, 100, dw.Span, 64, dOut.Span));
-        Assert.Contains("multiples of 8", e.Message);
+        Assert.Contains("multiples of 8", e.Message);   // hidden 100
+        e = Assert.Throws<NotSupportedException>(() => k.Launch(Stream, dx.Span, 2, 96, dw.Span, 60, dOut.Span));
+        Assert.Contains("multiples of 8", e.Message);   // inter 60
+        e = Assert.Throws<NotSupportedException>(() => k.Launch(Stream, dx.Span.Slice(1, 2 * 96), 2, 96, dw.Span, 64, dOut.Span));
+        Assert.Contains("16-byte aligned", e.Message);  // x starting one element in
         Assert.Throws<ArgumentException>(() => k.Launch(Stream, dx.Span, 5, 100, dw.Span, 64, dOut.Span));   // x too short for 5 rows
     }
 

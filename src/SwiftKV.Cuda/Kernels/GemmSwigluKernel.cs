@@ -38,23 +38,35 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library)
     /// <summary>
     /// Whether the kernel can be launched at all here: it compiles and loads on first call, and at least one cluster of
     /// two CTAs with its shared memory fits on the device (a MIG slice or a partitioned GPU may hold none). Callers fall
-    /// back to cuBLAS + the silu pass when it cannot; <paramref name="why"/> says why not.
+    /// back to cuBLAS + the silu pass when it cannot; <paramref name="why"/> says why not (also after a compile or load
+    /// failure, which is not retried).
     /// </summary>
     public bool IsAvailable(out string? why)
     {
         if (_k is null && _unavailable is null)
         {
-            var k = library.Get("gemm_swiglu.cu", Entry);
-            k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, SharedBytes);
-            _clusters = k.MaxActiveClusters(Cluster, Threads, SharedBytes);
-            if (_clusters < 1) _unavailable = $"no cluster of {Cluster} CTAs with {SharedBytes} bytes of shared memory fits on this device";
-            else _k = k;
+            try
+            {
+                var k = library.Get("gemm_swiglu.cu", Entry);
+                k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, SharedBytes);
+                _clusters = k.MaxActiveClusters(Cluster, Threads, SharedBytes);
+                if (_clusters < 1) _unavailable = $"no cluster of {Cluster} CTAs with {SharedBytes} bytes of shared memory fits on this device";
+                else _k = k;
+            }
+            catch (Exception e) when (e is CudaException or EntryPointNotFoundException)
+            {
+                // A compile or load failure, or a driver without cluster occupancy: remembered, so the caller's
+                // fallback runs instead of every prefill step retrying and failing.
+                _unavailable = ErrorText(e);
+            }
         }
         why = _unavailable;
         return _k is not null;
     }
 
     string? _unavailable;
+
+    static string ErrorText(Exception e) => $"{e.GetType().Name}: {e.Message.Split('\n')[0]}";
 
     /// <summary>
     /// output (rows, inter) bf16 = silu(x · Wgᵀ) ⊙ (x · Wuᵀ) with x (rows, hidden) bf16 and gateUp = [Wg; Wu]

@@ -31,13 +31,16 @@ internal static unsafe partial class CuDriver
     /// </summary>
     public static CuTensorMap EncodeBf16Rows(ulong address, long rows, long cols, int boxRows, int boxCols)
     {
-        CuTensorMap map;
+        // The driver wants the CUtensorMap it fills 64-byte aligned (alignas(64); 128 from CUDA 13's headers): encode
+        // into an aligned scratch and return the bytes (a kernel parameter is copied by size, not by address).
+        byte* scratch = stackalloc byte[128 + 128];
+        var map = (CuTensorMap*)(((nuint)scratch + 127) & ~(nuint)127);
         ulong* dims = stackalloc ulong[] { (ulong)cols, (ulong)rows };
         ulong* strides = stackalloc ulong[] { (ulong)cols * 2 };
         uint* box = stackalloc uint[] { (uint)boxCols, (uint)boxRows };
         uint* elementStrides = stackalloc uint[] { 1, 1 };
-        Check(cuTensorMapEncodeTiled(&map, TensorMapBfloat16, 2, address, dims, strides, box, elementStrides, TensorMapInterleaveNone,
+        Check(cuTensorMapEncodeTiled(map, TensorMapBfloat16, 2, address, dims, strides, box, elementStrides, TensorMapInterleaveNone,
             TensorMapSwizzle128B, TensorMapL2Promotion256B, TensorMapOobFillZero), $"cuTensorMapEncodeTiled({rows} x {cols} bf16 at 0x{address:x})");
-        return map;
+        return *map;
     }
 }

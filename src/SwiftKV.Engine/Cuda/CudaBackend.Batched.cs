@@ -230,7 +230,8 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// The rest of a layer once Q sits in columns 0..q-1 of the Qkv workspace (row stride <paramref name="ld"/>) and
     /// the layer's K/V are cached: bias + RoPE on Q at each row's position, paged attention, o_proj added into x,
     /// o bias + post_attention_layernorm, SwiGLU MLP added into x. The solo path's projection dispatch (Linear,
-    /// GateUpSilu: GEMV for decode-sized steps, cuBLAS above), so a batched row takes the same GEMM route as a solo one of the same row count.
+    /// GateUpSilu: GEMV for decode-sized steps, cuBLAS above, the gated GEMM for [gate; up] of >= 256 rows on Hopper), so a
+    /// batched row takes the same GEMM route as a solo one of the same row count.
     /// </summary>
     void PagedAttentionAndMlp(DeviceSpan<float> x, int rows, CudaLayerWeights layer, int ld, DeviceSpan<int> positions,
         StepAttention att, AttentionPagedCache cache, string phase)

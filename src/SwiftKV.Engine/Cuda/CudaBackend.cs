@@ -210,8 +210,8 @@ public sealed partial class CudaBackend : IModelBackend
     /// </summary>
     public bool UseGatedMlp { get; set; } = true;
 
-    /// <summary>[gate; up] GEMMs run with the SwiGLU epilogue so far (tests check the path was taken).</summary>
-    internal long GatedMlpLaunches => _gemmSwiglu.Launches;
+    /// <summary>[gate; up] GEMMs run with the SwiGLU epilogue so far (tests and benchmarks check the path was taken).</summary>
+    public long GatedMlpLaunches => _gemmSwiglu.Launches;
 
     /// <summary>
     /// Split-K count of single-token attention, 0 = automatic (one CTA per SM, at most one split per key tile of the
