@@ -23,6 +23,7 @@
 // chunks). No split-K: decode and short steps over long caches stay on attention_flash.cu.
 #include "swiftkv_common.cuh"
 #include "attention_common.cuh"
+#include "wgmma_common.cuh"
 
 // 1: a warp keeps its softmax max while the new one is at most 2^8 above it, skipping O's rescale (FlashAttention-4's
 // conditional rescaling); 0: rescale every tile. bench/attention/hopper_probe.py times both.
@@ -39,28 +40,6 @@ namespace
 {
 constexpr int HD = 128;              // head_dim
 constexpr int PANEL_ROW = 128;       // bytes of one 64-dim row of a panel
-
-// Shared memory written by ordinary stores or cp.async is read next by the tensor cores (the async proxy).
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
-
-// Keeps the compiler from moving accumulator reads or writes across an asynchronous wgmma.
-template <int N> __device__ __forceinline__ void pin_registers(float* r)
-{
-#pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i]) :: "memory");
-}
-
-// Shared-memory matrix descriptor, 128-byte swizzle. K-major: sbo = stride of 8-row groups (lbo unused).
-// MN-major: lbo = stride between 64-element blocks along M/N, sbo = stride of 8-row groups along K.
-__device__ __forceinline__ unsigned long long gmma_desc(unsigned addr, unsigned lbo, unsigned sbo)
-{
-    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)((lbo & 0x3FFFFu) >> 4) << 16)
-         | ((unsigned long long)((sbo & 0x3FFFFu) >> 4) << 32) | (1ull << 62);
-}
 
 // Byte offset of 16-byte chunk c (0..7) of row r inside a 128-byte-swizzled panel.
 __device__ __forceinline__ unsigned sw128(int r, int c) { return (unsigned)(r * PANEL_ROW + ((c ^ (r & 7)) << 4)); }

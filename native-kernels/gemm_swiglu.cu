@@ -15,7 +15,7 @@
 //   each multicast into both CTAs, so the L2 -> SM traffic per CTA drops from 48 to 32 KB per stage. Every consumer
 //   warp then releases a stage in both CTAs (the peer's producer writes into ours).
 //   Persistent: gridDim.x = the clusters that fit at once (one CTA per SM) times the cluster size; cluster c walks the
-//   work units c, c + clusters, ... (unit_tile: groups of rows, so the CTAs running together share tiles in L2).
+//   work units c, c + clusters, ... (unit_origin: groups of rows, so the CTAs running together share tiles in L2).
 //   Accumulator layout of m64n256 (per warp 16 rows, lane l: row l / 4 and l / 4 + 8, columns 8 i + 2 (l % 4) + {0, 1}):
 //   gate column j sits in d[4 (j / 8) ...] and up column j in d[4 (j / 8 + 16) ...] of the same thread.
 //   Epilogue: silu(gate) * up in registers, bf16 pairs into swizzled shared-memory panels, TMA stores (GG_TMA_STORE).
@@ -24,6 +24,7 @@
 // Limits (checked by the host): K % 8 == 0 and inter % 8 == 0 (TMA's 16-byte strides); rows past M, columns past
 // inter and k past K are zero-filled by the TMA loads and clipped by the TMA stores.
 #include "swiftkv_common.cuh"
+#include "wgmma_common.cuh"
 
 #ifndef GG_STAGES
 #define GG_STAGES 4
@@ -130,25 +131,11 @@ __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.comm
 // Until the committed stores have read their shared memory (the staging buffer may then be rewritten).
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
 __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 // Barrier of one warpgroup (named barrier `id`, 128 threads); id 0 is __syncthreads.
 __device__ __forceinline__ void warpgroup_sync(int id) { asm volatile("bar.sync %0, 128;" :: "r"(id) : "memory"); }
 
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
-
-template <int N> __device__ __forceinline__ void pin_registers(float* r)
-{
-#pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i]) :: "memory");
-}
-
 // K-major operand in the 128-byte swizzle: rows of 64 bf16 (128 B), 8-row groups 1024 B apart (SBO); LBO unused.
-__device__ __forceinline__ unsigned long long kmajor_desc(unsigned addr)
-{
-    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | (1ull << 16) | ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
-}
+__device__ __forceinline__ unsigned long long kmajor_desc(unsigned addr) { return gmma_desc(addr, 16, 1024); }
 
 // d (64 x 256, fp32) = (scale_d ? d : 0) + A (64 x 16, shared, K-major) * B (256 x 16, shared, K-major)
 __device__ __forceinline__ void wgmma_m64n256k16_ss(float* d, unsigned long long desc_a, unsigned long long desc_b, int scale_d)
@@ -179,20 +166,20 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi)
     return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
 }
 
-// Output tile (cluster row tile tm, column tile tn) of work unit u: units walk groups of GG_GROUP_ROWS rows (every
+// First row and gated column of this CTA's output tile in work unit u: units walk groups of GG_GROUP_ROWS rows (every
 // weight column tile of a group before the next group), rows fastest inside a group. The CTAs running together then
 // share ~8 weight tiles and one group's rows of x, all in L2; walking all of M first, a 32K-row prefill streamed x
 // from DRAM once per weight tile.
 #ifndef GG_GROUP_ROWS
 #define GG_GROUP_ROWS 2048
 #endif
-__device__ __forceinline__ void unit_tile(int u, int tilesM, int tilesN, int& tm, int& tn)
+__device__ __forceinline__ void unit_origin(int u, int tilesM, int tilesN, unsigned rank, int& m0, int& n0)
 {
     constexpr int G = GG_GROUP_ROWS / (GG_BM * GG_CLUSTER) > 0 ? GG_GROUP_ROWS / (GG_BM * GG_CLUSTER) : 1;
     const int group = u / (G * tilesN), r = u % (G * tilesN);
     const int rows = min(G, tilesM - group * G);
-    tm = group * G + r % rows;
-    tn = r / rows;
+    m0 = ((group * G + r % rows) * GG_CLUSTER + (int)rank) * GG_BM;   // this CTA's rows within its cluster's
+    n0 = (r / rows) * GG_BN;
 }
 } // namespace
 
@@ -239,9 +226,8 @@ gemm_swiglu_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant_
             unsigned phase = 0;
             for (int u = cluster; u < units; u += clusters)
             {
-                int tm, tn;
-                unit_tile(u, tilesM, tilesN, tm, tn);
-                const int m0 = (tm * GG_CLUSTER + (int)rank) * GG_BM, n0 = tn * GG_BN;
+                int m0, n0;
+                unit_origin(u, tilesM, tilesN, rank, m0, n0);
                 for (int kt = 0; kt < KT; kt++)
                 {
                     const unsigned full = bars + 8 * stage, empty = bars + 8 * (GG_STAGES + stage);
@@ -270,9 +256,8 @@ gemm_swiglu_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant_
         unsigned phase = 0;
         for (int u = cluster; u < units; u += clusters)
         {
-            int tm, tn;
-            unit_tile(u, tilesM, tilesN, tm, tn);
-            const int m0 = (tm * GG_CLUSTER + (int)rank) * GG_BM, n0 = tn * GG_BN;
+            int m0, n0;
+            unit_origin(u, tilesM, tilesN, rank, m0, n0);
             int prev = -1;
             for (int kt = 0; kt < KT; kt++)
             {
