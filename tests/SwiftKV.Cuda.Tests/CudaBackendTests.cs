@@ -139,6 +139,9 @@ public sealed class CudaBackendTests
         // On Hopper the layers that see the whole prompt run the gated GEMM (SwiftKV's later layers see one row).
         int fullLayers = swiftKv ? spec.SwiftKvLayers : spec.Layers;
         Assert.Equal(gatedMlp && CudaRuntime.Device.Arch == "sm_90a" ? fullLayers : 0, gpu.GatedMlpLaunches);
+        // ... and then the cuBLAS route's [gate | up] workspace is never allocated.
+        if (gatedMlp && CudaRuntime.Device.Arch == "sm_90a") Assert.Equal(0, gpu.GateUpWorkspaceBytes);
+        else Assert.True(gpu.GateUpWorkspaceBytes >= 2L * promptLength * spec.Intermediate * 2, $"[gate | up] workspace {gpu.GateUpWorkspaceBytes} B");
         // Per row, the bf16 rule as the kernel tests state it (||gpu - cpu|| / ||cpu|| <= 1e-2), plus greedy agreement
         // wherever the CPU's top-2 margin is clear of the error. (The max-element ratio of Forward_MatchesCpuBackend,
         // taken over 600 rows instead of 11, reached 1.08e-2 on one early row in a first H100 run: it is logged.)
