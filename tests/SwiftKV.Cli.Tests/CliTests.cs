@@ -88,6 +88,8 @@ public sealed class CliTests : IDisposable
     [InlineData("generate", "--model", "/no/such/model", "--prompt", "hi")]
     [InlineData("logits", "--model", "/no/such/model", "--tokens", "1,x", "--out", "y")]
     [InlineData("logits", "--model", "/no/such/model", "--tokens", "99999999999", "--out", "y")]
+    [InlineData("bench", "--gated-mlp", "maybe")]     // options are checked before the GPU is looked for
+    [InlineData("bench", "--rope-on-load", "off")]
     public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
     {
         var r = Run(args);
