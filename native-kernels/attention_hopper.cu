@@ -24,6 +24,7 @@
 #include "swiftkv_common.cuh"
 #include "attention_common.cuh"
 #include "wgmma_common.cuh"
+#include "tma_common.cuh"
 
 // 1: a warp keeps its softmax max while the new one is at most 2^8 above it, skipping O's rescale (FlashAttention-4's
 // conditional rescaling); 0: rescale every tile. bench/attention/hopper_probe.py times both.
@@ -62,8 +63,18 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs(float* d, const unsigned* a,
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
 }
 
+// d (64 x 128, fp32) = (scale_d ? d : 0) + A (64 x 16, shared memory, K-major) * B (128 x 16, shared memory, K-major)
+__device__ __forceinline__ void wgmma_m64n128k16_ss(float* d, unsigned long long desc_a, unsigned long long desc_b, int scale_d)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
 template <int BN> __device__ __forceinline__ void wgmma_qk(float* s, unsigned long long da, unsigned long long db, int scale_d);
 template <> __device__ __forceinline__ void wgmma_qk<64>(float* s, unsigned long long da, unsigned long long db, int scale_d) { wgmma_m64n64k16_ss(s, da, db, scale_d); }
+template <> __device__ __forceinline__ void wgmma_qk<128>(float* s, unsigned long long da, unsigned long long db, int scale_d) { wgmma_m64n128k16_ss(s, da, db, scale_d); }
 
 // Row tile and (sequence, KV head) pair of this CTA: linear block i takes row-tile rank i / gridDim.y (rank 0 = the
 // last, longest causal tile) of pair i % gridDim.y, so the longest tiles of every pair start first
@@ -218,6 +229,70 @@ struct WgSeq
                                // ([cos of the HD/2 pairs | sin of them]): RoPE is applied as Q is staged
 };
 
+// Q rows [r_begin, r_begin + rcount) of a BM-row tile starting at packed row row0: fp32 -> bf16 into the swizzled
+// panels at sbase (rows past the step are zeros), rotated on the way when sq.rope is set. Threads tid of nthreads.
+template <int BM>
+__device__ __forceinline__ void stage_q(unsigned char* sbase, const WgSeq& sq, int row0, int r_begin, int rcount, int tid,
+    int nthreads, int rows_total, int group, int kvh)
+{
+    const float* q = sq.q;
+    const int ldq = sq.ldq;
+    if (sq.rope == nullptr)
+    {
+#pragma unroll 4
+        for (int i = tid; i < rcount * 16; i += nthreads)
+        {
+            const int r = r_begin + (i >> 4), cc = i & 15, pr = row0 + r;
+            uint4 w = make_uint4(0u, 0u, 0u, 0u);
+            if (pr < rows_total)
+            {
+                const int t = pr / group, h = kvh * group + pr % group;
+                const float4* src = reinterpret_cast<const float4*>(q + (long long)t * ldq + h * HD + cc * 8);
+                const float4 a = src[0], c = src[1];
+                w = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(c.x, c.y), pack_bf16(c.z, c.w));
+            }
+            *reinterpret_cast<uint4*>(sbase + (cc >> 3) * (BM * PANEL_ROW) + sw128(r, cc & 7)) = w;
+        }
+    }
+    else
+    {
+        // RoPE here instead of a pass over Q in memory: chunk cc (dims 8cc..8cc+7) and chunk cc + 8 (the same pairs'
+        // other halves) are rotated together, x' = x cos - y sin, y' = y cos + x sin (swiftkv_common.cuh's rope_pair).
+#pragma unroll 2
+        for (int i = tid; i < rcount * 8; i += nthreads)
+        {
+            const int r = r_begin + (i >> 3), cc = i & 7, pr = row0 + r;
+            uint4 wx = make_uint4(0u, 0u, 0u, 0u), wy = wx;
+            if (pr < rows_total)
+            {
+                const int t = pr / group, h = kvh * group + pr % group;
+                const float* qr = q + (long long)t * ldq + h * HD + cc * 8;
+                const float* cs = sq.rope + (long long)t * HD + cc * 8;
+                float x[8], y[8], co[8], sn[8];
+                *reinterpret_cast<float4*>(x) = reinterpret_cast<const float4*>(qr)[0];
+                *reinterpret_cast<float4*>(x + 4) = reinterpret_cast<const float4*>(qr)[1];
+                *reinterpret_cast<float4*>(y) = reinterpret_cast<const float4*>(qr + HD / 2)[0];
+                *reinterpret_cast<float4*>(y + 4) = reinterpret_cast<const float4*>(qr + HD / 2)[1];
+                *reinterpret_cast<float4*>(co) = reinterpret_cast<const float4*>(cs)[0];
+                *reinterpret_cast<float4*>(co + 4) = reinterpret_cast<const float4*>(cs)[1];
+                *reinterpret_cast<float4*>(sn) = reinterpret_cast<const float4*>(cs + HD / 2)[0];
+                *reinterpret_cast<float4*>(sn + 4) = reinterpret_cast<const float4*>(cs + HD / 2)[1];
+                float rx[8], ry[8];
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                {
+                    rx[e] = x[e] * co[e] - y[e] * sn[e];
+                    ry[e] = y[e] * co[e] + x[e] * sn[e];
+                }
+                wx = make_uint4(pack_bf16(rx[0], rx[1]), pack_bf16(rx[2], rx[3]), pack_bf16(rx[4], rx[5]), pack_bf16(rx[6], rx[7]));
+                wy = make_uint4(pack_bf16(ry[0], ry[1]), pack_bf16(ry[2], ry[3]), pack_bf16(ry[4], ry[5]), pack_bf16(ry[6], ry[7]));
+            }
+            *reinterpret_cast<uint4*>(sbase + sw128(r, cc)) = wx;
+            *reinterpret_cast<uint4*>(sbase + BM * PANEL_ROW + sw128(r, cc)) = wy;
+        }
+    }
+}
+
 // Shared memory of an entry: bf16 caches Q + 2 stages x (K, V); fp8 caches Q + one bf16 (K, V) stage + 2 staging
 // areas of [K bytes][V bytes][K scales][V scales] + the converted tile's scales. Plus 1024 bytes for the alignment.
 // SMEM is what the launcher passes (AttentionKernel.Hopper.cs: HopperSharedBytes, HopperSharedBytesFp8).
@@ -348,61 +423,7 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
         else cp_async_commit();
     }
     else load_kv(0, 0);
-    // Q: fp32 -> bf16 into the swizzled panels (rows past the step are zeros).
-    if (sq.rope == nullptr)
-    {
-#pragma unroll 4
-        for (int i = tid; i < BM * 16; i += THREADS)
-        {
-            const int r = i >> 4, cc = i & 15, pr = row0 + r;
-            uint4 w = make_uint4(0u, 0u, 0u, 0u);
-            if (pr < rows_total)
-            {
-                const int t = pr / group, h = kvh * group + pr % group;
-                const float4* src = reinterpret_cast<const float4*>(q + (long long)t * ldq + h * HD + cc * 8);
-                const float4 a = src[0], c = src[1];
-                w = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(c.x, c.y), pack_bf16(c.z, c.w));
-            }
-            *reinterpret_cast<uint4*>(sbase + (cc >> 3) * (BM * PANEL_ROW) + sw128(r, cc & 7)) = w;
-        }
-    }
-    else
-    {
-        // RoPE here instead of a pass over Q in memory: chunk cc (dims 8cc..8cc+7) and chunk cc + 8 (the same pairs'
-        // other halves) are rotated together, x' = x cos - y sin, y' = y cos + x sin (swiftkv_common.cuh's rope_pair).
-#pragma unroll 2
-        for (int i = tid; i < BM * 8; i += THREADS)
-        {
-            const int r = i >> 3, cc = i & 7, pr = row0 + r;
-            uint4 wx = make_uint4(0u, 0u, 0u, 0u), wy = wx;
-            if (pr < rows_total)
-            {
-                const int t = pr / group, h = kvh * group + pr % group;
-                const float* qr = q + (long long)t * ldq + h * HD + cc * 8;
-                const float* cs = sq.rope + (long long)t * HD + cc * 8;
-                float x[8], y[8], co[8], sn[8];
-                *reinterpret_cast<float4*>(x) = reinterpret_cast<const float4*>(qr)[0];
-                *reinterpret_cast<float4*>(x + 4) = reinterpret_cast<const float4*>(qr)[1];
-                *reinterpret_cast<float4*>(y) = reinterpret_cast<const float4*>(qr + HD / 2)[0];
-                *reinterpret_cast<float4*>(y + 4) = reinterpret_cast<const float4*>(qr + HD / 2)[1];
-                *reinterpret_cast<float4*>(co) = reinterpret_cast<const float4*>(cs)[0];
-                *reinterpret_cast<float4*>(co + 4) = reinterpret_cast<const float4*>(cs)[1];
-                *reinterpret_cast<float4*>(sn) = reinterpret_cast<const float4*>(cs + HD / 2)[0];
-                *reinterpret_cast<float4*>(sn + 4) = reinterpret_cast<const float4*>(cs + HD / 2)[1];
-                float rx[8], ry[8];
-#pragma unroll
-                for (int e = 0; e < 8; e++)
-                {
-                    rx[e] = x[e] * co[e] - y[e] * sn[e];
-                    ry[e] = y[e] * co[e] + x[e] * sn[e];
-                }
-                wx = make_uint4(pack_bf16(rx[0], rx[1]), pack_bf16(rx[2], rx[3]), pack_bf16(rx[4], rx[5]), pack_bf16(rx[6], rx[7]));
-                wy = make_uint4(pack_bf16(ry[0], ry[1]), pack_bf16(ry[2], ry[3]), pack_bf16(ry[4], ry[5]), pack_bf16(ry[6], ry[7]));
-            }
-            *reinterpret_cast<uint4*>(sbase + sw128(r, cc)) = wx;
-            *reinterpret_cast<uint4*>(sbase + BM * PANEL_ROW + sw128(r, cc)) = wy;
-        }
-    }
+    stage_q<BM>(sbase, sq, row0, 0, BM, tid, THREADS, rows_total, group, kvh);
     fence_proxy_async();
 
     const int wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, quad = lane & 3;
@@ -489,6 +510,183 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
             dst[4 * c] = pack_bf16(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
     }
 }
+// ---- Warp-specialised entry (contiguous bf16 caches): FlashAttention-3's structure ----
+// CTA = 3 warpgroups, one CTA per SM: WG0 produces (one thread issues TMA loads of K and V tiles into WS_STAGES-deep
+// rings, full / empty mbarriers per stage), WG1 and WG2 consume, 64 packed query rows each (BM = 128). Against
+// flash_wgmma above: no cp.async issue slots in the consumers and no CTA-wide barrier per tile (each warpgroup waits
+// only for its own data), and each consumer overlaps its own softmax with its own MMAs (intra-warpgroup pipelining):
+//   S(j) = Q·K(j)ᵀ and O += P(j-1)·V(j-1) are issued together; once S(j) is done (wait_group 1) the softmax of tile j
+//   runs while P(j-1)·V(j-1) still occupies the tensor cores; O is rescaled after that product completes.
+// P(j) is written while the tensor cores read P(j-1) from registers, so P lives in two register sets, swapped by
+// unrolling the key loop by two; every wgmma is issued unconditionally inside the loop body (the first and last tiles
+// are peeled), so ptxas can see which group each wait retires and does not serialise them (C7514, NOTES.md).
+// K / V tiles come from 4-D tensor maps over the caches: (head_dim, kv_heads, positions, batch), box (64, 1, BN, 1),
+// 128-byte swizzle, so one box is one 64-dim panel in exactly the layout the descriptors read; the positions extent is
+// the step's cache length, so keys past it arrive as zeros (their scores are masked; zero V keeps 0 * V finite).
+#ifndef WS_BN
+#define WS_BN 128
+#endif
+#ifndef WS_STAGES
+#define WS_STAGES 2
+#endif
+
+template <int BN>
+struct WsShape
+{
+    static constexpr int BM = 128, Q_BYTES = 2 * BM * PANEL_ROW, KV_BYTES = 2 * BN * PANEL_ROW;
+    static constexpr int SMEM = Q_BYTES + 2 * WS_STAGES * KV_BYTES + 4 * WS_STAGES * 8 + 1024;
+};
+
+template <int BN>
+__device__ __forceinline__ void flash_wgmma_ws(const WgSeq& sq, const TensorMap* map_k, const TensorMap* map_v, int b, int kvh,
+    int tile_m, int heads, int kv_heads, float scale_log2)
+{
+    typedef WsShape<BN> Sh;
+    constexpr int BM = Sh::BM, KV_BYTES = Sh::KV_BYTES, S = WS_STAGES;
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned raw = smem_addr(smem_raw), base = (raw + 1023u) & ~1023u;
+    unsigned char* const sbase = smem_raw + (base - raw);
+    const unsigned sQ = base, sK = base + Sh::Q_BYTES, sV = sK + S * KV_BYTES, bars = sV + S * KV_BYTES;
+    // full / empty barriers of K stage s and V stage s
+    auto k_full = [&](int st) { return bars + 8 * st; };
+    auto k_empty = [&](int st) { return bars + 8 * (S + st); };
+    auto v_full = [&](int st) { return bars + 8 * (2 * S + st); };
+    auto v_empty = [&](int st) { return bars + 8 * (3 * S + st); };
+
+    const int group = heads / kv_heads, T = sq.T, pos0 = sq.pos0;
+    const int rows_total = T * group, row0 = tile_m * BM;
+    if (row0 >= rows_total) return;
+    const int t_first = row0 / group, t_last = min(T - 1, (row0 + BM - 1) / group);
+    const int n_tiles = (pos0 + t_last + BN) / BN;        // keys 0 .. pos0 + t_last
+    const int wg = threadIdx.x >> 7, t = threadIdx.x & 127;
+
+    if (threadIdx.x == 0)
+    {
+        for (int st = 0; st < S; st++)
+        {
+            mbar_init(k_full(st), 1);                     // the producer's expect_tx
+            mbar_init(v_full(st), 1);
+            mbar_init(k_empty(st), 8);                    // each consumer warp
+            mbar_init(v_empty(st), 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0)
+    {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
+        if (t == 0)
+        {
+            for (int j = 0; j < n_tiles; j++)
+            {
+                const int st = j % S;
+                const unsigned ph = (unsigned)(j / S) & 1u;
+                mbar_wait(k_empty(st), ph ^ 1u);
+                mbar_expect_tx(k_full(st), KV_BYTES);
+                tma_load_4d(sK + st * KV_BYTES, map_k, 0, kvh, j * BN, b, k_full(st));
+                tma_load_4d(sK + st * KV_BYTES + BN * PANEL_ROW, map_k, 64, kvh, j * BN, b, k_full(st));
+                mbar_wait(v_empty(st), ph ^ 1u);
+                mbar_expect_tx(v_full(st), KV_BYTES);
+                tma_load_4d(sV + st * KV_BYTES, map_v, 0, kvh, j * BN, b, v_full(st));
+                tma_load_4d(sV + st * KV_BYTES + BN * PANEL_ROW, map_v, 64, kvh, j * BN, b, v_full(st));
+            }
+        }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+    const int cw = wg - 1, warp = t >> 5, lane = t & 31, quad = lane & 3;
+    // This warpgroup's 64 rows of Q (it reads only its own rows of the panels).
+    stage_q<BM>(sbase, sq, row0, cw * 64, 64, t, 128, rows_total, group, kvh);
+    fence_proxy_async();
+    warpgroup_sync(1 + cw);
+
+    const int r_lo = row0 + cw * 64 + warp * 16 + (lane >> 2);       // this thread's rows: r_lo and r_lo + 8
+    RowState rs{-INFINITY, -INFINITY, 0.f, 0.f, pos0 + r_lo / group, pos0 + (r_lo + 8) / group};
+    auto diagonal = [&](int tile) { return tile * BN + BN - 1 > pos0 + t_first; };
+
+    float o[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) o[i] = 0.f;
+    float s[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
+    unsigned pa[BN / 4], pb[BN / 4];
+    float alpha0, alpha1;
+
+    // Tile 0: S, softmax -> P(0) (O is still zero: no rescale).
+    mbar_wait(k_full(0), 0u);
+    wgmma_fence();
+    issue_qk<BN, BM>(s, sQ, sK, cw);
+    wgmma_commit();
+    wgmma_wait<0>();
+    pin_registers<BN / 2>(s);
+    if (lane == 0) mbar_arrive(k_empty(0));
+    softmax_tile<BN>(s, pa, rs, 0, diagonal(0), quad, scale_log2, alpha0, alpha1, nullptr, nullptr);
+
+    // Tile j >= 1: S(j) and P(j-1)·V(j-1) in flight together, softmax(j) under the latter.
+    auto step = [&](int j, const unsigned* p_prev, unsigned* p_cur) {
+        const int sk = j % S, sv = (j - 1) % S;
+        mbar_wait(k_full(sk), (unsigned)(j / S) & 1u);
+        wgmma_fence();
+        issue_qk<BN, BM>(s, sQ, sK + sk * KV_BYTES, cw);
+        wgmma_commit();
+        mbar_wait(v_full(sv), (unsigned)((j - 1) / S) & 1u);
+        issue_pv<BN>(o, p_prev, sV + sv * KV_BYTES);
+        wgmma_commit();
+        wgmma_wait<1>();                                  // S(j) is done; P(j-1)·V(j-1) may still run
+        pin_registers<BN / 2>(s);
+        if (lane == 0) mbar_arrive(k_empty(sk));
+        const bool rescale = softmax_tile<BN>(s, p_cur, rs, j * BN, diagonal(j), quad, scale_log2, alpha0, alpha1, nullptr, nullptr);
+        wgmma_wait<0>();
+        pin_registers<64>(o);
+        if (lane == 0) mbar_arrive(v_empty(sv));
+        if (rescale) rescale_o(o, alpha0, alpha1);
+    };
+    // The last tile's P·V.
+    auto last_pv = [&](const unsigned* p_last) {
+        const int sv = (n_tiles - 1) % S;
+        mbar_wait(v_full(sv), (unsigned)((n_tiles - 1) / S) & 1u);
+        wgmma_fence();
+        issue_pv<BN>(o, p_last, sV + sv * KV_BYTES);
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin_registers<64>(o);
+    };
+    int j = 1;
+    for (; j + 1 < n_tiles; j += 2)
+    {
+        step(j, pa, pb);
+        step(j + 1, pb, pa);
+    }
+    if (j < n_tiles)
+    {
+        step(j, pa, pb);
+        last_pv(pb);
+    }
+    else last_pv(pa);
+
+    float l0 = rs.l0, l1 = rs.l1;
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const int ldo = sq.ldo;
+    bf16_t* const out = sq.out;
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        const int pr = r_lo + 8 * half;
+        if (pr >= rows_total) continue;
+        const float inv = 1.f / (half ? l1 : l0);
+        const int tt = pr / group, h = kvh * group + pr % group;
+        unsigned* dst = reinterpret_cast<unsigned*>(out + (long long)tt * ldo + h * HD + 2 * quad);
+#pragma unroll
+        for (int c = 0; c < 16; c++)
+            dst[4 * c] = pack_bf16(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
+    }
+}
+
 } // namespace
 
 // wgmma exists only on sm_90a: elsewhere the file still compiles (the launcher never starts these entries there).
@@ -562,3 +760,23 @@ extern "C" __global__ void __launch_bounds__(128 * NWG, CTAS) flash_attn_paged_f
 FA_WGMMA_ENTRY(64, 2, 2)
 FA_WGMMA_PAGED_ENTRY(64, 2, 2)
 FA_WGMMA_PAGED_FP8_ENTRY(64, 2, 2)
+
+// Contiguous caches, warp-specialised: flash_attn_wgmma_ws_d128_n{BN}. Grid (row tiles of 128 packed rows,
+// batch * kv_heads), 384 threads, dynamic shared memory WsShape<BN>::SMEM. The arguments of flash_attn_wgmma_* above,
+// with the caches as 4-D tensor maps (AttentionKernel.Hopper.cs encodes them): dims (128, kv_heads, pos0 + T, batch),
+// strides (256 B, kv_heads * 256 B, kv_bstride * 2 B), box (64, 1, BN, 1), bf16, 128-byte swizzle.
+#define FA_WGMMA_WS_ENTRY(BN)                                                                                            \
+extern "C" __global__ void __launch_bounds__(384, 1) flash_attn_wgmma_ws_d128_n##BN(const float* q, long long q_bstride, \
+    int ldq, const __grid_constant__ TensorMap map_k, const __grid_constant__ TensorMap map_v, bf16_t* out,               \
+    long long o_bstride, int T, int heads, int kv_heads, int pos0, float scale_log2, const float* rope)                  \
+{                                                                                                                        \
+    int tile_m, pair;                                                                                                    \
+    heavy_first(tile_m, pair);                                                                                           \
+    const int b = pair / kv_heads, kvh = pair % kv_heads;                                                                \
+    const WgSeq sq{q + b * q_bstride, ldq, out + b * o_bstride, heads * HD, T, pos0, nullptr, nullptr, nullptr, 0,       \
+        nullptr, nullptr, nullptr, nullptr, rope};                                                                       \
+    FA_WGMMA_BODY(flash_wgmma_ws<BN>(sq, &map_k, &map_v, b, kvh, tile_m, heads, kv_heads, scale_log2));                  \
+}
+// One expansion level more, so that WS_BN's value (not its name) is pasted into the entry name.
+#define FA_WGMMA_WS_ENTRY_OF(BN) FA_WGMMA_WS_ENTRY(BN)
+FA_WGMMA_WS_ENTRY_OF(WS_BN)

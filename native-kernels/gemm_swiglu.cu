@@ -25,12 +25,16 @@
 // inter and k past K are zero-filled by the TMA loads and clipped by the TMA stores.
 #include "swiftkv_common.cuh"
 #include "wgmma_common.cuh"
+#include "tma_common.cuh"
 
 #ifndef GG_STAGES
 #define GG_STAGES 4
 #endif
 #ifndef GG_CLUSTER
 #define GG_CLUSTER 2
+#endif
+#ifndef GG_ZERO_INIT
+#define GG_ZERO_INIT 1
 #endif
 
 namespace
@@ -51,37 +55,10 @@ constexpr int GG_OUT_PANEL = GG_OUT_ROWS * GG_OUT_COLS * 2; // 8 KB
 constexpr int GG_OUT_BYTES = GG_TMA_STORE ? 2 * 2 * GG_OUT_PANEL : 0;   // 2 warpgroups x 2 panels
 constexpr int GG_SMEM_BYTES = GG_STAGES * GG_STAGE_BYTES + GG_OUT_BYTES + 2 * GG_STAGES * 8 + 1024;
 
-// The driver's CUtensorMap (opaque, 128 bytes, 64-byte aligned), passed by value as a __grid_constant__ parameter.
-struct __align__(64) TensorMap { unsigned long long opaque[16]; };
-
-__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes)
-{
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(bytes) : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity)
-{
-    asm volatile("{\n.reg .pred p;\nWAIT_%=:\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-                 "@!p bra WAIT_%=;\n}\n" :: "r"(bar), "r"(parity) : "memory");
-}
-
 // Release a stage to the producers: our own barrier, and with clusters the same barrier in the peer CTA (whose
 // producer multicasts into our stages). Default .release.cta semantics: a .cluster release here costs a fence per
 // stage (ncu: half of all stall cycles "waiting on a memory barrier"), and the only ordering needed, our wgmma reads
 // before the peer's next TMA write, is already given by wgmma.wait_group.
-__device__ __forceinline__ void mbar_arrive(unsigned bar)
-{
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
-}
-
 __device__ __forceinline__ void mbar_arrive_peer(unsigned bar, unsigned rank)
 {
     asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
@@ -106,13 +83,6 @@ __device__ __forceinline__ void cluster_sync()
     asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
-// 2-D TMA load of box {64 k, 128 rows} at (k0, row0) into this CTA's shared memory, completing bytes on `bar`.
-__device__ __forceinline__ void tma_load(unsigned dst, const TensorMap* map, int k0, int row0, unsigned bar)
-{
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
-                 :: "r"(dst), "l"(map), "r"(k0), "r"(row0), "r"(bar) : "memory");
-}
-
 // The same box written to the same offset (and completing on the same barrier offset) in every CTA of `mask`.
 __device__ __forceinline__ void tma_load_multicast(unsigned dst, const TensorMap* map, int k0, int row0, unsigned bar, unsigned short mask)
 {
@@ -131,8 +101,6 @@ __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.comm
 // Until the committed stores have read their shared memory (the staging buffer may then be rewritten).
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
 __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
-// Barrier of one warpgroup (named barrier `id`, 128 threads); id 0 is __syncthreads.
-__device__ __forceinline__ void warpgroup_sync(int id) { asm volatile("bar.sync %0, 128;" :: "r"(id) : "memory"); }
 
 // K-major operand in the 128-byte swizzle: rows of 64 bf16 (128 B), 8-row groups 1024 B apart (SBO); LBO unused.
 __device__ __forceinline__ unsigned long long kmajor_desc(unsigned addr) { return gmma_desc(addr, 16, 1024); }
@@ -259,6 +227,13 @@ gemm_swiglu_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant_
             int m0, n0;
             unit_origin(u, tilesM, tilesN, rank, m0, n0);
             int prev = -1;
+#if GG_ZERO_INIT
+            // Zeroed here, before the tile's first wgmma.fence, although the first k step ignores them (scale-d 0):
+            // left undefined, ptxas serialises every wgmma of the loop (C7515, "non wgmma instructions defining
+            // accumulator registers ... between start and end of the pipeline stage").
+#pragma unroll
+            for (int i = 0; i < 128; i++) acc[i] = 0.f;
+#endif
             for (int kt = 0; kt < KT; kt++)
             {
                 const unsigned full = bars + 8 * stage;

@@ -12,6 +12,7 @@ for v in "${variants[@]}"; do
   bin=${bin//=/_}
   echo "== variant GG_STAGES=$1 GG_CLUSTER=$2 $extra" | tee -a "$out/swiglu_probe.txt"
   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Xptxas -v -Inative-kernels -DGG_STAGES=$1 -DGG_CLUSTER=$2 $extra \
-    -o $bin bench/gemm/swiglu_probe.cu -lcublas -lcuda 2>&1 | grep -E "gemm_swiglu|registers|spill|error|warning|C75" | tee -a "$out/swiglu_probe.txt"
+    -o $bin bench/gemm/swiglu_probe.cu -lcublas -lcuda > $bin.log 2>&1
+  grep -E "registers|spill|error|warning|C75" $bin.log | tee -a "$out/swiglu_probe.txt"
   [ -x $bin ] && timeout 120 $bin 2>&1 | tee -a "$out/swiglu_probe.txt"
 done
