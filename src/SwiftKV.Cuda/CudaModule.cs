@@ -76,6 +76,15 @@ public sealed unsafe class CudaKernel
         return v;
     }
 
+    /// <summary>CTAs of this kernel that fit on one SM with this block size and dynamic shared memory (0: none fits).</summary>
+    public int MaxActiveBlocksPerMultiprocessor(int block, int sharedBytes)
+    {
+        CudaRuntime.Bind();
+        CuDriver.Check(CuDriver.cuOccupancyMaxActiveBlocksPerMultiprocessor(out int n, _function, block, (nuint)sharedBytes),
+            $"cuOccupancyMaxActiveBlocksPerMultiprocessor({_module.Name}:{Name}, {block}, {sharedBytes})");
+        return n;
+    }
+
     /// <summary>
     /// How many clusters of <paramref name="clusterSize"/> CTAs of a kernel built with those cluster dimensions (__cluster_dims__) fit on the device at once
     /// with this block size and dynamic shared memory (cuOccupancyMaxActiveClusters): a persistent kernel sizes its

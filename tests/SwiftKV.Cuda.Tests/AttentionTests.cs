@@ -101,7 +101,7 @@ public sealed class AttentionTests : GpuFixtureTest
         Assert.StartsWith("flash_attn_", attention.LastLaunch.Kernel);
         if (rows == 1 && path != AttentionPath.Hopper) Assert.True(attention.LastLaunch.Splits > 1, $"decode ran without split-K ({attention.LastLaunch})");
         bool hopper = CudaRuntime.Device.Arch == "sm_90a" && headDim == 128 && AttentionKernel.HopperPays(1, rows, heads, kvHeads);
-        if (path == AttentionPath.Auto && hopper) Assert.Equal("flash_attn_wgmma_d128_n64_g2", attention.LastLaunch.Kernel);
+        if (path == AttentionPath.Auto && hopper) Assert.Equal(AttentionKernel.HopperWsEntry, attention.LastLaunch.Kernel);
         else if (path == AttentionPath.Auto && rows * heads / kvHeads >= 256) Assert.Contains("_m2_", attention.LastLaunch.Kernel);
         var want = Reference(q, 0, ldq, Bf16.ToSingles(kc), Bf16.ToSingles(vc), 0, rows, heads, kvHeads, headDim, pos0);
         AssertClose(Bf16.ToSingles(dOut.ToArray()), want, $"flash {path} rows {rows} heads {heads}/{kvHeads} d {headDim} pos0 {pos0} {attention.LastLaunch}");
@@ -145,6 +145,75 @@ public sealed class AttentionTests : GpuFixtureTest
     }
 
     /// <summary>
+    /// Both contiguous wgmma entries against the reference: the warp-specialised one (TMA producer, pipelined consumers,
+    /// 128-key tiles; Auto's default) and the two-CTA one. Sequences with padded strides, NaN in every cache past the
+    /// step (the TMA zero-fills past the tensor map's extent, the cp.async path past kv_len), outputs poisoned, queries
+    /// optionally rotated on load; 1, 2, 3 and 5 key tiles of 128 (the pipelined loop peels its first and last tiles).
+    /// </summary>
+    [Theory]
+    [InlineData(1, 70, 8, 2, 0, false, true)]      // one key tile: no pipelined step
+    [InlineData(1, 70, 8, 2, 0, false, false)]
+    [InlineData(2, 130, 4, 1, 17, true, true)]     // two tiles (one step, then the last P·V), MQA, rope on load
+    [InlineData(2, 130, 4, 1, 17, true, false)]
+    [InlineData(1, 200, 4, 4, 61, false, true)]    // three tiles: one unrolled pair, MHA, odd pos0
+    [InlineData(3, 9, 8, 2, 250, true, true)]      // short chunks over a cache, three sequences at one position
+    [InlineData(3, 9, 8, 2, 250, true, false)]
+    [InlineData(1, 1, 32, 8, 300, false, true)]    // one row over a long cache
+    [InlineData(1, 600, 32, 8, 7, true, true)]     // Llama-3 8B heads, 5 key tiles, 150 row tiles
+    [InlineData(1, 600, 32, 8, 7, true, false)]
+    public void Hopper_BothEntries_MatchReference(int batch, int rows, int heads, int kvHeads, int pos0, bool rope, bool warpSpecialized)
+    {
+        Gpu.RequireHopper();
+        const int headDim = 128;
+        var rng = new TestRng((ulong)(5000 + batch + rows + heads + pos0));
+        int capacity = pos0 + rows + 9, kvDim = kvHeads * headDim, ldq = heads * headDim + 2 * kvDim;
+        long qbs = (long)rows * ldq + 4, kvbs = (long)capacity * kvDim + 64, obs = (long)rows * heads * headDim + 8;
+        var q = rng.Array(batch * qbs, 1.5f);
+        var kc = Bf16.FromSingles(rng.Array(batch * kvbs, 1.5f));
+        var vc = Bf16.FromSingles(rng.Array(batch * kvbs, 1f));
+        for (int b = 0; b < batch; b++)
+            for (long i = b * kvbs + (long)(pos0 + rows) * kvDim; i < (b + 1) * kvbs; i++) kc[i] = vc[i] = Bf16.FromSingle(float.NaN);
+        var rotated = (float[])q.Clone();
+        float[]? table = null;
+        if (rope)
+        {
+            var rot = new RotaryEmbedding(new LlamaConfig { HeadDim = headDim, RopeTheta = 500000, RopeScaling = new Llama3RopeScaling(8, 1, 4, 64) });
+            table = new float[rows * headDim];
+            var cos = new float[headDim / 2];
+            var sin = new float[headDim / 2];
+            for (int t = 0; t < rows; t++)
+            {
+                rot.Angles(pos0 + t, cos, sin);
+                cos.CopyTo(table.AsSpan(t * headDim));
+                sin.CopyTo(table.AsSpan(t * headDim + headDim / 2));
+                for (int b = 0; b < batch; b++)
+                    RotaryEmbedding.Rotate(rotated.AsSpan((int)(b * qbs + t * ldq), heads * headDim), heads, cos, sin);
+            }
+        }
+        using var dq = new DeviceBuffer<float>(q);
+        using var dk = new DeviceBuffer<Bf16>(kc);
+        using var dv = new DeviceBuffer<Bf16>(vc);
+        using var dt = table is null ? null : new DeviceBuffer<float>(table);
+        using var dOut = Gpu.PoisonedBf16(batch * obs);
+        using var attention = new AttentionKernel(Library) { Path = AttentionPath.Hopper, UseWarpSpecialized = warpSpecialized };
+        attention.LaunchBatched(Stream, dq, ldq, qbs, dk, dv, kvbs, capacity, dOut, obs, batch, rows, heads, kvHeads, headDim, pos0, dt?.Span);
+        Stream.Synchronize();
+        Assert.Null(attention.WarpSpecializedUnavailable);
+        Assert.Equal(warpSpecialized ? AttentionKernel.HopperWsEntry : AttentionKernel.HopperEntry, attention.LastLaunch.Kernel);
+        Assert.Equal(warpSpecialized ? 1 : 0, attention.WarpSpecializedLaunches);
+        var got = Bf16.ToSingles(dOut.ToArray());
+        var k = Bf16.ToSingles(kc);
+        var v = Bf16.ToSingles(vc);
+        for (int b = 0; b < batch; b++)
+        {
+            var want = Reference(rotated, b * qbs, ldq, k, v, b * kvbs, rows, heads, kvHeads, headDim, pos0);
+            AssertClose(got.AsSpan((int)(b * obs), want.Length), want, $"{attention.LastLaunch.Kernel} batch {batch} rows {rows} heads {heads}/{kvHeads} pos0 {pos0} rope {rope}, sequence {b}");
+            // Padding between sequences' outputs stays poisoned.
+            if (b + 1 < batch) Assert.True(float.IsNaN(got[(int)(b * obs + want.Length)]), "the kernel wrote past a sequence's output");
+        }
+    }
+
+    /// <summary>
     /// Unrotated queries and an angle table (built on the CPU here): the wgmma kernel rotates q as it stages it and
     /// must match attention over the CPU-rotated queries; other paths refuse the table.
     /// </summary>
@@ -184,7 +253,7 @@ public sealed class AttentionTests : GpuFixtureTest
         Assert.True(attention.RotatesQueriesOnLoad(dq, ldq, qbs, batch, rows, heads, kvHeads, headDim));
         attention.LaunchBatched(Stream, dq, ldq, qbs, dk, dv, kvbs, capacity, dOut, obs, batch, rows, heads, kvHeads, headDim, pos0, dt.Span);
         Stream.Synchronize();
-        Assert.Equal("flash_attn_wgmma_d128_n64_g2", attention.LastLaunch.Kernel);
+        Assert.Equal(AttentionKernel.HopperWsEntry, attention.LastLaunch.Kernel);
         Assert.Equal(q, dq.ToArray());   // the queries in memory stay unrotated
         var got = Bf16.ToSingles(dOut.ToArray());
         var k = Bf16.ToSingles(kc);

@@ -116,10 +116,11 @@ public sealed class CudaBackendTests
     /// path against the CPU backend, SwiftKV off and on, all-token and last-token logits.
     /// </summary>
     [Theory]
-    [InlineData(false, true)]
-    [InlineData(true, true)]
-    [InlineData(false, false)]   // the [gate; up] GEMM through cuBLAS + the silu pass (UseGatedMlp off)
-    public void Forward_LongPrefill_8BHeads_MatchesCpuBackend(bool swiftKv, bool gatedMlp)
+    [InlineData(false, true, true)]
+    [InlineData(true, true, true)]
+    [InlineData(false, false, true)]   // the [gate; up] GEMM through cuBLAS + the silu pass (UseGatedMlp off)
+    [InlineData(false, true, false)]   // the two-CTA wgmma attention (UseWarpSpecializedAttention off)
+    public void Forward_LongPrefill_8BHeads_MatchesCpuBackend(bool swiftKv, bool gatedMlp, bool wsAttention)
     {
         Gpu.Require();
         var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
@@ -127,7 +128,7 @@ public sealed class CudaBackendTests
         int promptLength = 600;
         Assert.True(AttentionKernel.HopperPays(1, promptLength, spec.Heads, spec.KvHeads), "the prompt must be long enough for Auto's wgmma rule");
         var weights = TestModels.View(TestModels.Checkpoint(spec), swiftKv);
-        using var gpu = new CudaBackend(weights) { UseGatedMlp = gatedMlp };
+        using var gpu = new CudaBackend(weights) { UseGatedMlp = gatedMlp, UseWarpSpecializedAttention = wsAttention };
         using var cpu = new CpuBackend(RoundToBf16(weights));
         var prompt = TestModels.RandomTokens(promptLength, spec.Vocab, 131);
         using var gc = gpu.CreateCache(promptLength + 1);
@@ -139,6 +140,7 @@ public sealed class CudaBackendTests
         // On Hopper the layers that see the whole prompt run the gated GEMM (SwiftKV's later layers see one row).
         int fullLayers = swiftKv ? spec.SwiftKvLayers : spec.Layers;
         Assert.Equal(gatedMlp && CudaRuntime.Device.Arch == "sm_90a" ? fullLayers : 0, gpu.GatedMlpLaunches);
+        Assert.Equal(wsAttention && CudaRuntime.Device.Arch == "sm_90a" ? fullLayers : 0, gpu.WarpSpecializedAttentionLaunches);
         // ... and then the cuBLAS route's [gate | up] workspace is never allocated.
         if (gatedMlp && CudaRuntime.Device.Arch == "sm_90a") Assert.Equal(0, gpu.GateUpWorkspaceBytes);
         else Assert.True(gpu.GateUpWorkspaceBytes >= 2L * promptLength * spec.Intermediate * 2, $"[gate | up] workspace {gpu.GateUpWorkspaceBytes} B");

@@ -5,7 +5,8 @@ namespace SwiftKV.Cuda.Kernels;
 
 public sealed unsafe partial class AttentionKernel
 {
-    const string HopperEntry = "flash_attn_wgmma_d128_n64_g2", HopperPagedEntry = "flash_attn_paged_wgmma_d128_n64_g2",
+    internal const string HopperEntry = "flash_attn_wgmma_d128_n64_g2";
+    const string HopperPagedEntry = "flash_attn_paged_wgmma_d128_n64_g2",
         HopperPagedFp8Entry = "flash_attn_paged_fp8_wgmma_d128_n64_g2";
     /// <summary>Packed query rows per CTA of the wgmma kernel (2 warpgroups × 64) and keys per tile (the entries' n64).</summary>
     const int HopperRows = 128, HopperKeys = 64;
@@ -15,6 +16,54 @@ public sealed unsafe partial class AttentionKernel
     const int HopperSharedBytes = (HopperRows + 4 * HopperKeys) * HopperRowBytes + 1024;
     /// <summary>Over an fp8 pool: Q + one bf16 (K, V) stage + 2 staging areas of e4m3 K, V (128 B a key each) and fp32 scales + the converted tile's scales.</summary>
     const int HopperSharedBytesFp8 = (HopperRows + 2 * HopperKeys) * HopperRowBytes + 2 * (2 * HopperKeys * 128 + 8 * HopperKeys) + 8 * HopperKeys + 1024;
+
+    // The warp-specialised entry (contiguous caches): 3 warpgroups (a TMA producer, two consumers of 64 rows each),
+    // 128-key tiles, 2 stages of K and of V. Shared memory (WsShape::SMEM): Q, the stages, 4 mbarriers per stage,
+    // 1 KB for the 1024-byte alignment of the swizzle.
+    internal const string HopperWsEntry = "flash_attn_wgmma_ws_d128_n128";
+    const int HopperWsKeys = 128, HopperWsStages = 2, HopperWsThreads = 384;
+    const int HopperWsSharedBytes = HopperRows * HopperRowBytes + 2 * HopperWsStages * HopperWsKeys * HopperRowBytes + 4 * HopperWsStages * 8 + 1024;
+
+    /// <summary>
+    /// Contiguous prefill attention on sm_90a takes the warp-specialised wgmma entry (TMA loads by a producer
+    /// warpgroup, softmax overlapped with the MMAs inside each consumer warpgroup; H100: 581 vs 480 TFLOP/s at 8K causal
+    /// for the two-CTA entry it replaces, src/SwiftKV.Cuda/NOTES.md) when true, the two-CTA-per-SM entry when false
+    /// (benchmarks compare them). Paged caches always take the two-CTA entries.
+    /// </summary>
+    public bool UseWarpSpecialized { get; set; } = true;
+
+    /// <summary>Launches of the warp-specialised entry so far (tests and benchmarks check which entry ran).</summary>
+    public long WarpSpecializedLaunches { get; private set; }
+
+    CudaKernel? _ws;
+    string? _wsUnavailable;
+
+    /// <summary>
+    /// The warp-specialised entry, loaded on first use with its shared memory; null (with the reason remembered) when it
+    /// cannot load or one CTA does not fit an SM here, so that the two-CTA entry runs instead of every prefill failing.
+    /// </summary>
+    CudaKernel? WarpSpecializedKernel()
+    {
+        if (_ws is null && _wsUnavailable is null)
+        {
+            try
+            {
+                var k = library.Get("attention_hopper.cu", HopperWsEntry);
+                k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, HopperWsSharedBytes);
+                if (k.MaxActiveBlocksPerMultiprocessor(HopperWsThreads, HopperWsSharedBytes) < 1)
+                    _wsUnavailable = $"one CTA of {HopperWsThreads} threads with {HopperWsSharedBytes} bytes of shared memory does not fit an SM here";
+                else _ws = k;
+            }
+            catch (Exception e) when (e is CudaException or EntryPointNotFoundException)
+            {
+                _wsUnavailable = $"{e.GetType().Name}: {e.Message.Split('\n')[0]}";
+            }
+        }
+        return _ws;
+    }
+
+    /// <summary>Why the warp-specialised entry is not used here (null: it is, or it has not been asked for yet).</summary>
+    public string? WarpSpecializedUnavailable => _wsUnavailable;
 
     /// <summary>
     /// Whether the wgmma kernel can run this launch: an sm_90a device, head_dim 128, and queries in 16-byte rows (the
@@ -79,11 +128,29 @@ public sealed unsafe partial class AttentionKernel
     void LaunchHopper(CudaStream stream, DeviceSpan<float> q, int ldq, long qBatchStride, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache,
         long kvBatchStride, DeviceSpan<Bf16> output, long outBatchStride, int batch, int rows, int heads, int kvHeads, int pos0, DeviceSpan<float>? ropeTable)
     {
-        var k = HopperKernel(HopperEntry, HopperSharedBytes);
         int mTiles = (int)(((long)rows * (heads / kvHeads) + HopperRows - 1) / HopperRows);
         float scaleLog2 = (float)(1.0 / Math.Sqrt(128)) * Log2E;
         ulong pq = q.Address, pk = kCache.Address, pv = vCache.Address, po = output.Address, pr = KernelGuard.Address(ropeTable);
         long qbs = qBatchStride, kvbs = kvBatchStride, obs = outBatchStride;
+        // TMA reads the caches through tensor maps: (head_dim, kv_heads, positions, batch) with byte strides in multiples
+        // of 16 (CheckTensorCoreAlignment already asked 16-byte aligned caches and batch strides); the positions extent
+        // is the step's cache length, so a tile's keys past it arrive as zeros.
+        if (UseWarpSpecialized && WarpSpecializedKernel() is { } ws)
+        {
+            ulong length = (ulong)(pos0 + rows), rowBytes = (ulong)kvHeads * HopperRowBytes;
+            ulong batchBytes = batch > 1 ? (ulong)kvBatchStride * 2 : length * rowBytes;
+            ReadOnlySpan<ulong> dims = [128, (ulong)kvHeads, length, (ulong)batch];
+            ReadOnlySpan<ulong> strides = [HopperRowBytes, rowBytes, batchBytes];
+            ReadOnlySpan<uint> box = [64, 1, HopperWsKeys, 1];
+            var mapK = Native.CuDriver.EncodeBf16(pk, dims, strides, box);
+            var mapV = Native.CuDriver.EncodeBf16(pv, dims, strides, box);
+            void** wargs = stackalloc void*[] { &pq, &qbs, &ldq, &mapK, &mapV, &po, &obs, &rows, &heads, &kvHeads, &pos0, &scaleLog2, &pr };
+            ws.Launch(stream, ((uint)mTiles, (uint)(batch * kvHeads), 1), HopperWsThreads, HopperWsSharedBytes, wargs);
+            WarpSpecializedLaunches++;
+            LastLaunch = (HopperWsEntry, 1);
+            return;
+        }
+        var k = HopperKernel(HopperEntry, HopperSharedBytes);
         void** args = stackalloc void*[] { &pq, &qbs, &ldq, &pk, &pv, &kvbs, &po, &obs, &rows, &heads, &kvHeads, &pos0, &scaleLog2, &pr };
         k.Launch(stream, ((uint)mTiles, (uint)(batch * kvHeads), 1), 256, HopperSharedBytes, args);
         LastLaunch = (HopperEntry, 1);

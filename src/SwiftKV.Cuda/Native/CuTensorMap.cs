@@ -29,18 +29,32 @@ internal static unsafe partial class CuDriver
     /// boxes of <paramref name="boxRows"/> x <paramref name="boxCols"/> with the 128-byte swizzle that wgmma's
     /// descriptors expect; reads past the tensor give zeros.
     /// </summary>
-    public static CuTensorMap EncodeBf16Rows(ulong address, long rows, long cols, int boxRows, int boxCols)
+    public static CuTensorMap EncodeBf16Rows(ulong address, long rows, long cols, int boxRows, int boxCols) =>
+        EncodeBf16(address, [(ulong)cols, (ulong)rows], [(ulong)cols * 2], [(uint)boxCols, (uint)boxRows]);
+
+    /// <summary>
+    /// A bf16 tensor of up to 5 dimensions, <paramref name="dims"/> innermost first, <paramref name="strideBytes"/> the
+    /// byte strides of dimensions 1.. (multiples of 16), read in boxes of <paramref name="box"/> elements with the
+    /// 128-byte swizzle (the innermost box extent is 64 elements = 128 bytes); reads past the tensor give zeros.
+    /// </summary>
+    public static CuTensorMap EncodeBf16(ulong address, ReadOnlySpan<ulong> dims, ReadOnlySpan<ulong> strideBytes, ReadOnlySpan<uint> box)
     {
+        int rank = dims.Length;
+        if (rank is < 1 or > 5 || strideBytes.Length != rank - 1 || box.Length != rank)
+            throw new ArgumentException($"a tensor map of rank {rank} needs {rank - 1} strides and {rank} box extents (got {strideBytes.Length}, {box.Length}).");
         // The driver wants the CUtensorMap it fills 64-byte aligned (alignas(64); 128 from CUDA 13's headers): encode
         // into an aligned scratch and return the bytes (a kernel parameter is copied by size, not by address).
         byte* scratch = stackalloc byte[128 + 128];
         var map = (CuTensorMap*)(((nuint)scratch + 127) & ~(nuint)127);
-        ulong* dims = stackalloc ulong[] { (ulong)cols, (ulong)rows };
-        ulong* strides = stackalloc ulong[] { (ulong)cols * 2 };
-        uint* box = stackalloc uint[] { (uint)boxCols, (uint)boxRows };
-        uint* elementStrides = stackalloc uint[] { 1, 1 };
-        Check(cuTensorMapEncodeTiled(map, TensorMapBfloat16, 2, address, dims, strides, box, elementStrides, TensorMapInterleaveNone,
-            TensorMapSwizzle128B, TensorMapL2Promotion256B, TensorMapOobFillZero), $"cuTensorMapEncodeTiled({rows} x {cols} bf16 at 0x{address:x})");
+        uint* elementStrides = stackalloc uint[] { 1, 1, 1, 1, 1 };
+        int status;
+        fixed (ulong* d = dims)
+        fixed (ulong* st = strideBytes)
+        fixed (uint* b = box)
+            status = cuTensorMapEncodeTiled(map, TensorMapBfloat16, (uint)rank, address, d, st, b, elementStrides, TensorMapInterleaveNone,
+                TensorMapSwizzle128B, TensorMapL2Promotion256B, TensorMapOobFillZero);
+        if (status != 0)   // the message only when it fails: this runs on every launch of a TMA kernel
+            Check(status, $"cuTensorMapEncodeTiled(bf16 dims [{string.Join(", ", dims.ToArray())}], strides [{string.Join(", ", strideBytes.ToArray())}] B, box [{string.Join(", ", box.ToArray())}] at 0x{address:x})");
         return *map;
     }
 }

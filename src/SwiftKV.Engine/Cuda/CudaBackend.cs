@@ -214,6 +214,15 @@ public sealed partial class CudaBackend : IModelBackend
     public long GatedMlpLaunches => _gemmSwiglu.Launches;
 
     /// <summary>
+    /// Prefill attention over the contiguous caches on sm_90a takes the warp-specialised wgmma entry (TMA producer,
+    /// softmax overlapped with the MMAs), default. Off: the entry with two CTAs per SM (benchmarks compare the two).
+    /// </summary>
+    public bool UseWarpSpecializedAttention { get => _attention.UseWarpSpecialized; set => _attention.UseWarpSpecialized = value; }
+
+    /// <summary>Launches of the warp-specialised attention entry so far (tests and benchmarks check the path was taken).</summary>
+    public long WarpSpecializedAttentionLaunches => _attention.WarpSpecializedLaunches;
+
+    /// <summary>
     /// Split-K count of single-token attention, 0 = automatic (one CTA per SM, at most one split per key tile of the
     /// cache). Benchmarks compare counts. Changing it recaptures decode graphs.
     /// </summary>
