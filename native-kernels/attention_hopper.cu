@@ -537,9 +537,34 @@ struct WsShape
     static constexpr int SMEM = Q_BYTES + 2 * WS_STAGES * KV_BYTES + 4 * WS_STAGES * 8 + 1024;
 };
 
+// Work item order. Persistent (WS_PERSISTENT, default): gridDim.x CTAs (one per SM) walk the (row tile, pair) items
+// heaviest first (the last row tiles see the most keys), CTA c taking item c of the first gridDim.x, item 2G-1-c of the
+// next (a zigzag, so that every CTA's sum of causal lengths comes out about even), and so on; the producer then loads
+// the next item's first K/V tiles while the consumers finish the current one, and no CTA pays its start-up and the
+// barrier set-up per item. Otherwise one item per CTA, grid (row tiles, pairs), heavy_first.
+#ifndef WS_PERSISTENT
+#define WS_PERSISTENT 1
+#endif
+__device__ __forceinline__ bool ws_item(int r, int m_tiles, int pairs, int& tile_m, int& pair)
+{
+#if WS_PERSISTENT
+    const int G = gridDim.x, c = blockIdx.x;
+    const int pos = r * G + ((r & 1) ? G - 1 - c : c);
+    if (pos >= m_tiles * pairs) return false;
+    tile_m = m_tiles - 1 - pos / pairs;
+    pair = pos % pairs;
+    return true;
+#else
+    if (r > 0) return false;
+    heavy_first(tile_m, pair);
+    return true;
+#endif
+}
+
 template <int BN>
-__device__ __forceinline__ void flash_wgmma_ws(const WgSeq& sq, const TensorMap* map_k, const TensorMap* map_v, int b, int kvh,
-    int tile_m, int heads, int kv_heads, float scale_log2)
+__device__ __forceinline__ void flash_wgmma_ws(const float* q, long long q_bstride, int ldq, const TensorMap* map_k,
+    const TensorMap* map_v, bf16_t* out, long long o_bstride, int batch, int T, int heads, int kv_heads, int pos0,
+    float scale_log2, const float* rope)
 {
     typedef WsShape<BN> Sh;
     constexpr int BM = Sh::BM, KV_BYTES = Sh::KV_BYTES, S = WS_STAGES;
@@ -553,12 +578,11 @@ __device__ __forceinline__ void flash_wgmma_ws(const WgSeq& sq, const TensorMap*
     auto v_full = [&](int st) { return bars + 8 * (2 * S + st); };
     auto v_empty = [&](int st) { return bars + 8 * (3 * S + st); };
 
-    const int group = heads / kv_heads, T = sq.T, pos0 = sq.pos0;
-    const int rows_total = T * group, row0 = tile_m * BM;
-    if (row0 >= rows_total) return;
-    const int t_first = row0 / group, t_last = min(T - 1, (row0 + BM - 1) / group);
-    const int n_tiles = (pos0 + t_last + BN) / BN;        // keys 0 .. pos0 + t_last
+    const int group = heads / kv_heads, rows_total = T * group, pairs = batch * kv_heads;
+    const int m_tiles = (rows_total + BM - 1) / BM;
     const int wg = threadIdx.x >> 7, t = threadIdx.x & 127;
+    // Keys of a row tile: 0 .. pos0 + its last row's token.
+    auto tiles_of = [&](int row0) { return (pos0 + min(T - 1, (row0 + BM - 1) / group) + BN) / BN; };
 
     if (threadIdx.x == 0)
     {
@@ -573,120 +597,135 @@ __device__ __forceinline__ void flash_wgmma_ws(const WgSeq& sq, const TensorMap*
     }
     __syncthreads();
 
+    // K/V tiles are counted over all the CTA's items: tile g sits in stage g % S, in that stage's (g / S)-th use.
     if (wg == 0)
     {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
         if (t == 0)
         {
-            for (int j = 0; j < n_tiles; j++)
+            int g = 0, tile_m, pair;
+            for (int r = 0; ws_item(r, m_tiles, pairs, tile_m, pair); r++)
             {
-                const int st = j % S;
-                const unsigned ph = (unsigned)(j / S) & 1u;
-                mbar_wait(k_empty(st), ph ^ 1u);
-                mbar_expect_tx(k_full(st), KV_BYTES);
-                tma_load_4d(sK + st * KV_BYTES, map_k, 0, kvh, j * BN, b, k_full(st));
-                tma_load_4d(sK + st * KV_BYTES + BN * PANEL_ROW, map_k, 64, kvh, j * BN, b, k_full(st));
-                mbar_wait(v_empty(st), ph ^ 1u);
-                mbar_expect_tx(v_full(st), KV_BYTES);
-                tma_load_4d(sV + st * KV_BYTES, map_v, 0, kvh, j * BN, b, v_full(st));
-                tma_load_4d(sV + st * KV_BYTES + BN * PANEL_ROW, map_v, 64, kvh, j * BN, b, v_full(st));
+                const int b = pair / kv_heads, kvh = pair % kv_heads, n_tiles = tiles_of(tile_m * BM);
+                for (int j = 0; j < n_tiles; j++, g++)
+                {
+                    const int st = g % S;
+                    const unsigned ph = (unsigned)(g / S) & 1u;
+                    mbar_wait(k_empty(st), ph ^ 1u);
+                    mbar_expect_tx(k_full(st), KV_BYTES);
+                    tma_load_4d(sK + st * KV_BYTES, map_k, 0, kvh, j * BN, b, k_full(st));
+                    tma_load_4d(sK + st * KV_BYTES + BN * PANEL_ROW, map_k, 64, kvh, j * BN, b, k_full(st));
+                    mbar_wait(v_empty(st), ph ^ 1u);
+                    mbar_expect_tx(v_full(st), KV_BYTES);
+                    tma_load_4d(sV + st * KV_BYTES, map_v, 0, kvh, j * BN, b, v_full(st));
+                    tma_load_4d(sV + st * KV_BYTES + BN * PANEL_ROW, map_v, 64, kvh, j * BN, b, v_full(st));
+                }
             }
         }
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
     const int cw = wg - 1, warp = t >> 5, lane = t & 31, quad = lane & 3;
-    // This warpgroup's 64 rows of Q (it reads only its own rows of the panels).
-    stage_q<BM>(sbase, sq, row0, cw * 64, 64, t, 128, rows_total, group, kvh);
-    fence_proxy_async();
-    warpgroup_sync(1 + cw);
+    int g0 = 0, tile_m, pair;                             // g0: the CTA's K/V tiles before this item
+    for (int r = 0; ws_item(r, m_tiles, pairs, tile_m, pair); r++)
+    {
+        const int b = pair / kv_heads, kvh = pair % kv_heads, row0 = tile_m * BM, n_tiles = tiles_of(row0);
+        const int t_first = row0 / group;
+        const WgSeq sq{q + b * q_bstride, ldq, out + b * o_bstride, heads * HD, T, pos0, nullptr, nullptr, nullptr, 0,
+            nullptr, nullptr, nullptr, nullptr, rope};
+        // This warpgroup's 64 rows of Q (it reads only its own rows of the panels, and its previous item's MMAs are done).
+        stage_q<BM>(sbase, sq, row0, cw * 64, 64, t, 128, rows_total, group, kvh);
+        fence_proxy_async();
+        warpgroup_sync(1 + cw);
 
-    const int r_lo = row0 + cw * 64 + warp * 16 + (lane >> 2);       // this thread's rows: r_lo and r_lo + 8
-    RowState rs{-INFINITY, -INFINITY, 0.f, 0.f, pos0 + r_lo / group, pos0 + (r_lo + 8) / group};
-    auto diagonal = [&](int tile) { return tile * BN + BN - 1 > pos0 + t_first; };
+        const int r_lo = row0 + cw * 64 + warp * 16 + (lane >> 2);       // this thread's rows: r_lo and r_lo + 8
+        RowState rs{-INFINITY, -INFINITY, 0.f, 0.f, pos0 + r_lo / group, pos0 + (r_lo + 8) / group};
+        auto diagonal = [&](int tile) { return tile * BN + BN - 1 > pos0 + t_first; };
 
-    float o[64];
+        float o[64];
 #pragma unroll
-    for (int i = 0; i < 64; i++) o[i] = 0.f;
-    float s[BN / 2];
+        for (int i = 0; i < 64; i++) o[i] = 0.f;
+        float s[BN / 2];
 #pragma unroll
-    for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
-    unsigned pa[BN / 4], pb[BN / 4];
-    float alpha0, alpha1;
+        for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
+        unsigned pa[BN / 4], pb[BN / 4];
+        float alpha0, alpha1;
+        auto stage_of = [&](int j) { return (g0 + j) % S; };
+        auto parity_of = [&](int j) { return (unsigned)((g0 + j) / S) & 1u; };
 
-    // Tile 0: S, softmax -> P(0) (O is still zero: no rescale).
-    mbar_wait(k_full(0), 0u);
-    wgmma_fence();
-    issue_qk<BN, BM>(s, sQ, sK, cw);
-    wgmma_commit();
-    wgmma_wait<0>();
-    pin_registers<BN / 2>(s);
-    if (lane == 0) mbar_arrive(k_empty(0));
-    softmax_tile<BN>(s, pa, rs, 0, diagonal(0), quad, scale_log2, alpha0, alpha1, nullptr, nullptr);
-
-    // Tile j >= 1: S(j) and P(j-1)·V(j-1) in flight together, softmax(j) under the latter.
-    auto step = [&](int j, const unsigned* p_prev, unsigned* p_cur) {
-        const int sk = j % S, sv = (j - 1) % S;
-        mbar_wait(k_full(sk), (unsigned)(j / S) & 1u);
+        // Tile 0: S, softmax -> P(0) (O is still zero: no rescale).
+        mbar_wait(k_full(stage_of(0)), parity_of(0));
         wgmma_fence();
-        issue_qk<BN, BM>(s, sQ, sK + sk * KV_BYTES, cw);
+        issue_qk<BN, BM>(s, sQ, sK + stage_of(0) * KV_BYTES, cw);
         wgmma_commit();
-        mbar_wait(v_full(sv), (unsigned)((j - 1) / S) & 1u);
-        issue_pv<BN>(o, p_prev, sV + sv * KV_BYTES);
-        wgmma_commit();
-        wgmma_wait<1>();                                  // S(j) is done; P(j-1)·V(j-1) may still run
+        wgmma_wait<0>();
         pin_registers<BN / 2>(s);
-        if (lane == 0) mbar_arrive(k_empty(sk));
-        const bool rescale = softmax_tile<BN>(s, p_cur, rs, j * BN, diagonal(j), quad, scale_log2, alpha0, alpha1, nullptr, nullptr);
-        wgmma_wait<0>();
-        pin_registers<64>(o);
-        if (lane == 0) mbar_arrive(v_empty(sv));
-        if (rescale) rescale_o(o, alpha0, alpha1);
-    };
-    // The last tile's P·V.
-    auto last_pv = [&](const unsigned* p_last) {
-        const int sv = (n_tiles - 1) % S;
-        mbar_wait(v_full(sv), (unsigned)((n_tiles - 1) / S) & 1u);
-        wgmma_fence();
-        issue_pv<BN>(o, p_last, sV + sv * KV_BYTES);
-        wgmma_commit();
-        wgmma_wait<0>();
-        pin_registers<64>(o);
-    };
-    int j = 1;
-    for (; j + 1 < n_tiles; j += 2)
-    {
-        step(j, pa, pb);
-        step(j + 1, pb, pa);
-    }
-    if (j < n_tiles)
-    {
-        step(j, pa, pb);
-        last_pv(pb);
-    }
-    else last_pv(pa);
+        if (lane == 0) mbar_arrive(k_empty(stage_of(0)));
+        softmax_tile<BN>(s, pa, rs, 0, diagonal(0), quad, scale_log2, alpha0, alpha1, nullptr, nullptr);
 
-    float l0 = rs.l0, l1 = rs.l1;
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const int ldo = sq.ldo;
-    bf16_t* const out = sq.out;
+        // Tile j >= 1: S(j) and P(j-1)·V(j-1) in flight together, softmax(j) under the latter.
+        auto step = [&](int j, const unsigned* p_prev, unsigned* p_cur) {
+            const int sk = stage_of(j), sv = stage_of(j - 1);
+            mbar_wait(k_full(sk), parity_of(j));
+            wgmma_fence();
+            issue_qk<BN, BM>(s, sQ, sK + sk * KV_BYTES, cw);
+            wgmma_commit();
+            mbar_wait(v_full(sv), parity_of(j - 1));
+            issue_pv<BN>(o, p_prev, sV + sv * KV_BYTES);
+            wgmma_commit();
+            wgmma_wait<1>();                              // S(j) is done; P(j-1)·V(j-1) may still run
+            pin_registers<BN / 2>(s);
+            if (lane == 0) mbar_arrive(k_empty(sk));
+            const bool rescale = softmax_tile<BN>(s, p_cur, rs, j * BN, diagonal(j), quad, scale_log2, alpha0, alpha1, nullptr, nullptr);
+            wgmma_wait<0>();
+            pin_registers<64>(o);
+            if (lane == 0) mbar_arrive(v_empty(sv));
+            if (rescale) rescale_o(o, alpha0, alpha1);
+        };
+        // The last tile's P·V.
+        auto last_pv = [&](const unsigned* p_last) {
+            const int sv = stage_of(n_tiles - 1);
+            mbar_wait(v_full(sv), parity_of(n_tiles - 1));
+            wgmma_fence();
+            issue_pv<BN>(o, p_last, sV + sv * KV_BYTES);
+            wgmma_commit();
+            wgmma_wait<0>();
+            pin_registers<64>(o);
+            if (lane == 0) mbar_arrive(v_empty(sv));
+        };
+        int j = 1;
+        for (; j + 1 < n_tiles; j += 2)
+        {
+            step(j, pa, pb);
+            step(j + 1, pb, pa);
+        }
+        if (j < n_tiles)
+        {
+            step(j, pa, pb);
+            last_pv(pb);
+        }
+        else last_pv(pa);
+        g0 += n_tiles;
+
+        float l0 = rs.l0, l1 = rs.l1;
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
 #pragma unroll
-    for (int half = 0; half < 2; half++)
-    {
-        const int pr = r_lo + 8 * half;
-        if (pr >= rows_total) continue;
-        const float inv = 1.f / (half ? l1 : l0);
-        const int tt = pr / group, h = kvh * group + pr % group;
-        unsigned* dst = reinterpret_cast<unsigned*>(out + (long long)tt * ldo + h * HD + 2 * quad);
+        for (int half = 0; half < 2; half++)
+        {
+            const int pr = r_lo + 8 * half;
+            if (pr >= rows_total) continue;
+            const float inv = 1.f / (half ? l1 : l0);
+            const int tt = pr / group, h = kvh * group + pr % group;
+            unsigned* dst = reinterpret_cast<unsigned*>(sq.out + (long long)tt * sq.ldo + h * HD + 2 * quad);
 #pragma unroll
-        for (int c = 0; c < 16; c++)
-            dst[4 * c] = pack_bf16(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
+            for (int c = 0; c < 16; c++)
+                dst[4 * c] = pack_bf16(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
+        }
     }
 }
-
 } // namespace
 
 // wgmma exists only on sm_90a: elsewhere the file still compiles (the launcher never starts these entries there).
@@ -761,21 +800,18 @@ FA_WGMMA_ENTRY(64, 2, 2)
 FA_WGMMA_PAGED_ENTRY(64, 2, 2)
 FA_WGMMA_PAGED_FP8_ENTRY(64, 2, 2)
 
-// Contiguous caches, warp-specialised: flash_attn_wgmma_ws_d128_n{BN}. Grid (row tiles of 128 packed rows,
-// batch * kv_heads), 384 threads, dynamic shared memory WsShape<BN>::SMEM. The arguments of flash_attn_wgmma_* above,
-// with the caches as 4-D tensor maps (AttentionKernel.Hopper.cs encodes them): dims (128, kv_heads, pos0 + T, batch),
-// strides (256 B, kv_heads * 256 B, kv_bstride * 2 B), box (64, 1, BN, 1), bf16, 128-byte swizzle.
+// Contiguous caches, warp-specialised: flash_attn_wgmma_ws_d128_n{BN}. 384 threads, dynamic shared memory
+// WsShape<BN>::SMEM; grid (CTAs, 1) persistent (WS_PERSISTENT: at most one CTA per SM and item) or (row tiles of 128
+// packed rows, batch * kv_heads). The arguments of flash_attn_wgmma_* above plus the batch, with the caches as 4-D tensor
+// maps (AttentionKernel.Hopper.cs encodes them): dims (128, kv_heads, pos0 + T, batch), strides (256 B,
+// kv_heads * 256 B, kv_bstride * 2 B), box (64, 1, BN, 1), bf16, 128-byte swizzle.
 #define FA_WGMMA_WS_ENTRY(BN)                                                                                            \
 extern "C" __global__ void __launch_bounds__(384, 1) flash_attn_wgmma_ws_d128_n##BN(const float* q, long long q_bstride, \
     int ldq, const __grid_constant__ TensorMap map_k, const __grid_constant__ TensorMap map_v, bf16_t* out,               \
-    long long o_bstride, int T, int heads, int kv_heads, int pos0, float scale_log2, const float* rope)                  \
+    long long o_bstride, int batch, int T, int heads, int kv_heads, int pos0, float scale_log2, const float* rope)       \
 {                                                                                                                        \
-    int tile_m, pair;                                                                                                    \
-    heavy_first(tile_m, pair);                                                                                           \
-    const int b = pair / kv_heads, kvh = pair % kv_heads;                                                                \
-    const WgSeq sq{q + b * q_bstride, ldq, out + b * o_bstride, heads * HD, T, pos0, nullptr, nullptr, nullptr, 0,       \
-        nullptr, nullptr, nullptr, nullptr, rope};                                                                       \
-    FA_WGMMA_BODY(flash_wgmma_ws<BN>(sq, &map_k, &map_v, b, kvh, tile_m, heads, kv_heads, scale_log2));                  \
+    FA_WGMMA_BODY(flash_wgmma_ws<BN>(q, q_bstride, ldq, &map_k, &map_v, out, o_bstride, batch, T, heads, kv_heads, pos0, \
+        scale_log2, rope));                                                                                              \
 }
 // One expansion level more, so that WS_BN's value (not its name) is pasted into the entry name.
 #define FA_WGMMA_WS_ENTRY_OF(BN) FA_WGMMA_WS_ENTRY(BN)

@@ -50,12 +50,14 @@ def launch(func, grid, block, smem, args):
 class Kernels:
     def __init__(self, variants):
         self.mods = {"": compile_module("attention_hopper.cu")}
-        self.bn, self.stages = {"": 128}, {"": 2}
+        self.bn, self.stages, self.persistent = {"": 128}, {"": 2}, {"": True}
         for label, defs in variants:
             self.mods[label] = compile_module("attention_hopper.cu", defs)
             self.bn[label] = next((int(d.split("=")[1]) for d in defs if d.startswith("WS_BN=")), 128)
             self.stages[label] = next((int(d.split("=")[1]) for d in defs if d.startswith("WS_STAGES=")), 2)
+            self.persistent[label] = "WS_PERSISTENT=0" not in defs
         self.funcs = {}
+        self.sms = torch.cuda.get_device_properties(0).multi_processor_count
 
     def func(self, variant, name, smem):
         key = (variant, name)
@@ -72,11 +74,12 @@ class Kernels:
         mk = TensorMap(k.data_ptr(), kv_heads, pos0 + T, batch, cap, bn)
         mv = TensorMap(v.data_ptr(), kv_heads, pos0 + T, batch, cap, bn)
         m_tiles = (T * (heads // kv_heads) + 127) // 128
+        grid = (min(self.sms, m_tiles * batch * kv_heads), 1) if self.persistent[variant] else (m_tiles, batch * kv_heads)
         args = [ctypes.c_uint64(q.data_ptr()), ctypes.c_int64(T * heads * HD), ctypes.c_int32(heads * HD), mk, mv,
-                ctypes.c_uint64(out.data_ptr()), ctypes.c_int64(T * heads * HD), ctypes.c_int32(T), ctypes.c_int32(heads),
+                ctypes.c_uint64(out.data_ptr()), ctypes.c_int64(T * heads * HD), ctypes.c_int32(batch), ctypes.c_int32(T), ctypes.c_int32(heads),
                 ctypes.c_int32(kv_heads), ctypes.c_int32(pos0), ctypes.c_float(SCALE_LOG2),
                 ctypes.c_uint64(rope.data_ptr() if rope is not None else 0)]
-        launch(f, (m_tiles, batch * kv_heads), 384, smem, args)
+        launch(f, grid, 384, smem, args)
 
     def old(self, q, k, v, out, batch, T, heads, kv_heads, pos0, cap, rope=None):
         smem = (128 + 4 * 64) * 256 + 1024

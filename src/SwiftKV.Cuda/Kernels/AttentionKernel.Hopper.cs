@@ -18,7 +18,7 @@ public sealed unsafe partial class AttentionKernel
     const int HopperSharedBytesFp8 = (HopperRows + 2 * HopperKeys) * HopperRowBytes + 2 * (2 * HopperKeys * 128 + 8 * HopperKeys) + 8 * HopperKeys + 1024;
 
     // The warp-specialised entry (contiguous caches): 3 warpgroups (a TMA producer, two consumers of 64 rows each),
-    // 128-key tiles, 2 stages of K and of V. Shared memory (WsShape::SMEM): Q, the stages, 4 mbarriers per stage,
+    // 128-key tiles, 2 stages of K and of V, persistent (one CTA per SM). Shared memory (WsShape::SMEM): Q, the stages, 4 mbarriers per stage,
     // 1 KB for the 1024-byte alignment of the swizzle.
     internal const string HopperWsEntry = "flash_attn_wgmma_ws_d128_n128";
     const int HopperWsKeys = 128, HopperWsStages = 2, HopperWsThreads = 384;
@@ -144,8 +144,10 @@ public sealed unsafe partial class AttentionKernel
             ReadOnlySpan<uint> box = [64, 1, HopperWsKeys, 1];
             var mapK = Native.CuDriver.EncodeBf16(pk, dims, strides, box);
             var mapV = Native.CuDriver.EncodeBf16(pv, dims, strides, box);
-            void** wargs = stackalloc void*[] { &pq, &qbs, &ldq, &mapK, &mapV, &po, &obs, &rows, &heads, &kvHeads, &pos0, &scaleLog2, &pr };
-            ws.Launch(stream, ((uint)mTiles, (uint)(batch * kvHeads), 1), HopperWsThreads, HopperWsSharedBytes, wargs);
+            void** wargs = stackalloc void*[] { &pq, &qbs, &ldq, &mapK, &mapV, &po, &obs, &batch, &rows, &heads, &kvHeads, &pos0, &scaleLog2, &pr };
+            // Persistent: one CTA per SM walks the (row tile, sequence x KV head) items (the kernel's ws_item order).
+            long items = (long)mTiles * batch * kvHeads;
+            ws.Launch(stream, ((uint)Math.Min(items, CudaRuntime.Device.MultiprocessorCount), 1, 1), HopperWsThreads, HopperWsSharedBytes, wargs);
             WarpSpecializedLaunches++;
             LastLaunch = (HopperWsEntry, 1);
             return;
