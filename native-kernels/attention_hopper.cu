@@ -231,7 +231,7 @@ struct WgSeq
 
 // Q rows [r_begin, r_begin + rcount) of a BM-row tile starting at packed row row0: fp32 -> bf16 into the swizzled
 // panels at sbase (rows past the step are zeros), rotated on the way when sq.rope is set. Threads tid of nthreads.
-template <int BM>
+template <int BM, int UNROLL = 2>
 __device__ __forceinline__ void stage_q(unsigned char* sbase, const WgSeq& sq, int row0, int r_begin, int rcount, int tid,
     int nthreads, int rows_total, int group, int kvh)
 {
@@ -258,7 +258,7 @@ __device__ __forceinline__ void stage_q(unsigned char* sbase, const WgSeq& sq, i
     {
         // RoPE here instead of a pass over Q in memory: chunk cc (dims 8cc..8cc+7) and chunk cc + 8 (the same pairs'
         // other halves) are rotated together, x' = x cos - y sin, y' = y cos + x sin (swiftkv_common.cuh's rope_pair).
-#pragma unroll 2
+#pragma unroll UNROLL
         for (int i = tid; i < rcount * 8; i += nthreads)
         {
             const int r = r_begin + (i >> 3), cc = i & 7, pr = row0 + r;
@@ -545,6 +545,20 @@ struct WsShape
 #ifndef WS_PERSISTENT
 #define WS_PERSISTENT 1
 #endif
+// Q rows staged per thread with all their loads in flight at once (a consumer thread stages 4 row-chunks of 64 rows):
+// the staging is the serial start of every item, before its first MMA.
+#ifndef WS_Q_UNROLL
+#define WS_Q_UNROLL 4
+#endif
+// FlashAttention-3's inter-warpgroup ping-pong: the two consumer warpgroups take turns issuing their MMAs (named
+// barriers WS_SCHED_BAR + 0 / + 1), so one warpgroup's softmax runs while the other's MMAs occupy the tensor cores
+// instead of both softmaxes falling into the same gap.
+#ifndef WS_PINGPONG
+#define WS_PINGPONG 1
+#endif
+constexpr int WS_SCHED_BAR = 3;                     // ids 1 and 2: each consumer warpgroup's own barrier
+__device__ __forceinline__ void named_bar_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(threads) : "memory"); }
+__device__ __forceinline__ void named_bar_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(threads) : "memory"); }
 __device__ __forceinline__ bool ws_item(int r, int m_tiles, int pairs, int& tile_m, int& pair)
 {
 #if WS_PERSISTENT
@@ -626,6 +640,11 @@ __device__ __forceinline__ void flash_wgmma_ws(const float* q, long long q_bstri
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
     const int cw = wg - 1, warp = t >> 5, lane = t & 31, quad = lane & 3;
+    // Ping-pong turns: each warpgroup issues the same number of MMA batches per item (one per key tile and one more),
+    // so the turns alternate through every item; warpgroup 1 hands the first turn to warpgroup 0.
+    auto turn_wait = [&]() { if (WS_PINGPONG) named_bar_sync(WS_SCHED_BAR + cw, 256); };
+    auto turn_pass = [&]() { if (WS_PINGPONG) named_bar_arrive(WS_SCHED_BAR + (cw ^ 1), 256); };
+    if (WS_PINGPONG && cw == 1) named_bar_arrive(WS_SCHED_BAR, 256);
     int g0 = 0, tile_m, pair;                             // g0: the CTA's K/V tiles before this item
     for (int r = 0; ws_item(r, m_tiles, pairs, tile_m, pair); r++)
     {
@@ -634,7 +653,7 @@ __device__ __forceinline__ void flash_wgmma_ws(const float* q, long long q_bstri
         const WgSeq sq{q + b * q_bstride, ldq, out + b * o_bstride, heads * HD, T, pos0, nullptr, nullptr, nullptr, 0,
             nullptr, nullptr, nullptr, nullptr, rope};
         // This warpgroup's 64 rows of Q (it reads only its own rows of the panels, and its previous item's MMAs are done).
-        stage_q<BM>(sbase, sq, row0, cw * 64, 64, t, 128, rows_total, group, kvh);
+        stage_q<BM, WS_Q_UNROLL>(sbase, sq, row0, cw * 64, 64, t, 128, rows_total, group, kvh);
         fence_proxy_async();
         warpgroup_sync(1 + cw);
 
@@ -655,9 +674,11 @@ __device__ __forceinline__ void flash_wgmma_ws(const float* q, long long q_bstri
 
         // Tile 0: S, softmax -> P(0) (O is still zero: no rescale).
         mbar_wait(k_full(stage_of(0)), parity_of(0));
+        turn_wait();
         wgmma_fence();
         issue_qk<BN, BM>(s, sQ, sK + stage_of(0) * KV_BYTES, cw);
         wgmma_commit();
+        turn_pass();
         wgmma_wait<0>();
         pin_registers<BN / 2>(s);
         if (lane == 0) mbar_arrive(k_empty(stage_of(0)));
@@ -667,12 +688,14 @@ __device__ __forceinline__ void flash_wgmma_ws(const float* q, long long q_bstri
         auto step = [&](int j, const unsigned* p_prev, unsigned* p_cur) {
             const int sk = stage_of(j), sv = stage_of(j - 1);
             mbar_wait(k_full(sk), parity_of(j));
+            mbar_wait(v_full(sv), parity_of(j - 1));
+            turn_wait();
             wgmma_fence();
             issue_qk<BN, BM>(s, sQ, sK + sk * KV_BYTES, cw);
             wgmma_commit();
-            mbar_wait(v_full(sv), parity_of(j - 1));
             issue_pv<BN>(o, p_prev, sV + sv * KV_BYTES);
             wgmma_commit();
+            turn_pass();
             wgmma_wait<1>();                              // S(j) is done; P(j-1)·V(j-1) may still run
             pin_registers<BN / 2>(s);
             if (lane == 0) mbar_arrive(k_empty(sk));
@@ -686,9 +709,11 @@ __device__ __forceinline__ void flash_wgmma_ws(const float* q, long long q_bstri
         auto last_pv = [&](const unsigned* p_last) {
             const int sv = stage_of(n_tiles - 1);
             mbar_wait(v_full(sv), parity_of(n_tiles - 1));
+            turn_wait();
             wgmma_fence();
             issue_pv<BN>(o, p_last, sV + sv * KV_BYTES);
             wgmma_commit();
+            turn_pass();
             wgmma_wait<0>();
             pin_registers<64>(o);
             if (lane == 0) mbar_arrive(v_empty(sv));
