@@ -21,6 +21,8 @@
 // compute on zero queries and are not stored.
 // Entries: contiguous caches, and paged varlen batches over a bf16 or an fp8 pool (the serving engine's prefill
 // chunks). No split-K: decode and short steps over long caches stay on attention_flash.cu.
+// The contiguous caches also have a warp-specialised entry (flash_wgmma_ws below, the one Auto takes): TMA producer,
+// consumers that pipeline softmax and MMAs, 128-key tiles, persistent; H100 +20-35% over the two-CTA entry at 8K-32K.
 #include "swiftkv_common.cuh"
 #include "attention_common.cuh"
 #include "wgmma_common.cuh"
