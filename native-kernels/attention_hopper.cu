@@ -559,6 +559,7 @@ struct WsShape
 #define WS_PINGPONG 1
 #endif
 constexpr int WS_SCHED_BAR = 3;                     // ids 1 and 2: each consumer warpgroup's own barrier
+constexpr int WS_ZERO_BAR = 5;                      // both consumer warpgroups (paged: stale V rows zeroed)
 __device__ __forceinline__ void named_bar_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(threads) : "memory"); }
 __device__ __forceinline__ void named_bar_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(threads) : "memory"); }
 __device__ __forceinline__ bool ws_item(int r, int m_tiles, int pairs, int& tile_m, int& pair)
@@ -577,11 +578,96 @@ __device__ __forceinline__ bool ws_item(int r, int m_tiles, int pairs, int& tile
 #endif
 }
 
-template <int BN>
-__device__ __forceinline__ void flash_wgmma_ws(const float* q, long long q_bstride, int ldq, const TensorMap* map_k,
-    const TensorMap* map_v, bf16_t* out, long long o_bstride, int batch, int T, int heads, int kv_heads, int pos0,
-    float scale_log2, const float* rope)
+// Arguments of the warp-specialised entries. Contiguous: batch sequences at the same positions (T rows at pos0; q, out
+// per sequence at q_bstride / o_bstride). Paged: batch = sequences, T = the longest one's rows, and sequence s's rows,
+// positions and blocks from cu_q / ctx_lens / block_tables, as the two-CTA paged entry takes them.
+struct WsArgs
 {
+    const float* q;
+    long long q_bstride;
+    int ldq;
+    bf16_t* out;
+    long long o_bstride;
+    int ldo, batch, T, heads, kv_heads, pos0;
+    float scale_log2;
+    const float* rope;
+    const int* cu_q;
+    const int* ctx_lens;
+    const int* block_tables;
+    int max_blocks, block_shift, num_blocks;
+};
+
+// One work item's sequence: its KV head, rows, positions, queries, outputs and (paged) block table.
+struct WsView
+{
+    int seq, kvh, T, pos0, kv_len;
+    const float* q;
+    bf16_t* out;
+    const int* table;
+    // Key tiles of the row tile at packed row row0: keys 0 .. pos0 + its last row's token.
+    template <int BN, int BM> __device__ __forceinline__ int tiles(int row0, int group) const
+    {
+        return (pos0 + min(T - 1, (row0 + BM - 1) / group) + BN) / BN;
+    }
+};
+
+template <bool PAGED>
+__device__ __forceinline__ WsView ws_view(const WsArgs& A, int pair, int group)
+{
+    WsView w;
+    w.seq = pair / A.kv_heads;
+    w.kvh = pair % A.kv_heads;
+    if (PAGED)
+    {
+        const int q0 = A.cu_q[w.seq];
+        w.T = A.cu_q[w.seq + 1] - q0;
+        w.kv_len = A.ctx_lens[w.seq];
+        w.pos0 = w.kv_len - w.T;
+        w.q = A.q + (long long)q0 * A.ldq;
+        w.out = A.out + (long long)q0 * A.ldo;
+        w.table = A.block_tables + (long long)w.seq * A.max_blocks;
+    }
+    else
+    {
+        w.T = A.T;
+        w.pos0 = A.pos0;
+        w.kv_len = A.pos0 + A.T;
+        w.q = A.q + w.seq * A.q_bstride;
+        w.out = A.out + w.seq * A.o_bstride;
+        w.table = nullptr;
+    }
+    return w;
+}
+
+// One BN-key tile of K or V (keys n0 ..) into a stage: two 64-dim panels. Contiguous: one box per panel from the 4-D map
+// (head_dim, kv_heads, positions, batch). Paged: the map is (head_dim, kv_heads, block_size, num_blocks) with boxes of
+// min(BN, block size) keys, each from its block through the table; boxes wholly past the sequence's length ask for
+// block num_blocks, which the TMA zero-fills without reading the table or the pool there.
+template <int BN, bool PAGED>
+__device__ __forceinline__ void ws_load_tile(const WsArgs& A, const WsView& w, const TensorMap* map, unsigned dst, int n0, unsigned bar)
+{
+    if (!PAGED)
+    {
+        tma_load_4d(dst, map, 0, w.kvh, n0, w.seq, bar);
+        tma_load_4d(dst + BN * PANEL_ROW, map, 64, w.kvh, n0, w.seq, bar);
+        return;
+    }
+    const int bs = 1 << A.block_shift, kpb = bs < BN ? bs : BN;
+    for (int k = 0; k < BN; k += kpb)
+    {
+        const int key = n0 + k;
+        const int blk = key < w.kv_len ? __ldg(w.table + (key >> A.block_shift)) : A.num_blocks;
+        const int off = key & (bs - 1);
+        tma_load_4d(dst + k * PANEL_ROW, map, 0, w.kvh, off, blk, bar);
+        tma_load_4d(dst + BN * PANEL_ROW + k * PANEL_ROW, map, 64, w.kvh, off, blk, bar);
+    }
+}
+
+template <int BN, bool PAGED>
+__device__ __forceinline__ void flash_wgmma_ws(const WsArgs& A, const TensorMap* map_k, const TensorMap* map_v)
+{
+    const int heads = A.heads, kv_heads = A.kv_heads, T = A.T;
+    const float scale_log2 = A.scale_log2;
     typedef WsShape<BN> Sh;
     constexpr int BM = Sh::BM, KV_BYTES = Sh::KV_BYTES, S = WS_STAGES;
     extern __shared__ unsigned char smem_raw[];
@@ -594,11 +680,9 @@ __device__ __forceinline__ void flash_wgmma_ws(const float* q, long long q_bstri
     auto v_full = [&](int st) { return bars + 8 * (2 * S + st); };
     auto v_empty = [&](int st) { return bars + 8 * (3 * S + st); };
 
-    const int group = heads / kv_heads, rows_total = T * group, pairs = batch * kv_heads;
-    const int m_tiles = (rows_total + BM - 1) / BM;
+    const int group = heads / kv_heads, pairs = A.batch * kv_heads;
+    const int m_tiles = (T * group + BM - 1) / BM;       // T: the longest sequence's rows (paged) or every one's
     const int wg = threadIdx.x >> 7, t = threadIdx.x & 127;
-    // Keys of a row tile: 0 .. pos0 + its last row's token.
-    auto tiles_of = [&](int row0) { return (pos0 + min(T - 1, (row0 + BM - 1) / group) + BN) / BN; };
 
     if (threadIdx.x == 0)
     {
@@ -622,19 +706,20 @@ __device__ __forceinline__ void flash_wgmma_ws(const float* q, long long q_bstri
             int g = 0, tile_m, pair;
             for (int r = 0; ws_item(r, m_tiles, pairs, tile_m, pair); r++)
             {
-                const int b = pair / kv_heads, kvh = pair % kv_heads, n_tiles = tiles_of(tile_m * BM);
+                const WsView w = ws_view<PAGED>(A, pair, group);
+                const int row0 = tile_m * BM;
+                if (row0 >= w.T * group) continue;        // paged: a shorter sequence has fewer row tiles
+                const int n_tiles = w.tiles<BN, BM>(row0, group);
                 for (int j = 0; j < n_tiles; j++, g++)
                 {
                     const int st = g % S;
                     const unsigned ph = (unsigned)(g / S) & 1u;
                     mbar_wait(k_empty(st), ph ^ 1u);
                     mbar_expect_tx(k_full(st), KV_BYTES);
-                    tma_load_4d(sK + st * KV_BYTES, map_k, 0, kvh, j * BN, b, k_full(st));
-                    tma_load_4d(sK + st * KV_BYTES + BN * PANEL_ROW, map_k, 64, kvh, j * BN, b, k_full(st));
+                    ws_load_tile<BN, PAGED>(A, w, map_k, sK + st * KV_BYTES, j * BN, k_full(st));
                     mbar_wait(v_empty(st), ph ^ 1u);
                     mbar_expect_tx(v_full(st), KV_BYTES);
-                    tma_load_4d(sV + st * KV_BYTES, map_v, 0, kvh, j * BN, b, v_full(st));
-                    tma_load_4d(sV + st * KV_BYTES + BN * PANEL_ROW, map_v, 64, kvh, j * BN, b, v_full(st));
+                    ws_load_tile<BN, PAGED>(A, w, map_v, sV + st * KV_BYTES, j * BN, v_full(st));
                 }
             }
         }
@@ -650,10 +735,11 @@ __device__ __forceinline__ void flash_wgmma_ws(const float* q, long long q_bstri
     int g0 = 0, tile_m, pair;                             // g0: the CTA's K/V tiles before this item
     for (int r = 0; ws_item(r, m_tiles, pairs, tile_m, pair); r++)
     {
-        const int b = pair / kv_heads, kvh = pair % kv_heads, row0 = tile_m * BM, n_tiles = tiles_of(row0);
-        const int t_first = row0 / group;
-        const WgSeq sq{q + b * q_bstride, ldq, out + b * o_bstride, heads * HD, T, pos0, nullptr, nullptr, nullptr, 0,
-            nullptr, nullptr, nullptr, nullptr, rope};
+        const WsView w = ws_view<PAGED>(A, pair, group);
+        const int kvh = w.kvh, row0 = tile_m * BM, rows_total = w.T * group, pos0 = w.pos0;
+        if (row0 >= rows_total) continue;                 // the producer skips the same items
+        const int n_tiles = w.tiles<BN, BM>(row0, group), t_first = row0 / group;
+        const WgSeq sq{w.q, A.ldq, w.out, A.ldo, w.T, pos0, nullptr, nullptr, nullptr, 0, nullptr, nullptr, nullptr, nullptr, A.rope};
         // This warpgroup's 64 rows of Q (it reads only its own rows of the panels, and its previous item's MMAs are done).
         stage_q<BM, WS_Q_UNROLL>(sbase, sq, row0, cw * 64, 64, t, 128, rows_total, group, kvh);
         fence_proxy_async();
@@ -711,6 +797,24 @@ __device__ __forceinline__ void flash_wgmma_ws(const float* q, long long q_bstri
         auto last_pv = [&](const unsigned* p_last) {
             const int sv = stage_of(n_tiles - 1);
             mbar_wait(v_full(sv), parity_of(n_tiles - 1));
+            if (PAGED)
+            {
+                // Keys past the sequence's length in its last tile: whole boxes came zero-filled, but the rest of
+                // its last block holds whatever an earlier owner of the block left there, and P = 0 times a NaN or
+                // inf of V is NaN. The two warpgroups zero those rows of the stage together before either reads it.
+                const int valid = w.kv_len - (n_tiles - 1) * BN;
+                if (valid < BN)
+                {
+                    for (int i = valid * 16 + (cw * 128 + t); i < BN * 16; i += 256)
+                    {
+                        const int key = i >> 4, cc = i & 15;
+                        *reinterpret_cast<uint4*>(sbase + (sV - base) + sv * KV_BYTES + (cc >> 3) * (BN * PANEL_ROW) + sw128(key, cc & 7)) =
+                            make_uint4(0u, 0u, 0u, 0u);
+                    }
+                    fence_proxy_async();
+                    named_bar_sync(WS_ZERO_BAR, 256);
+                }
+            }
             turn_wait();
             wgmma_fence();
             issue_pv<BN>(o, p_last, sV + sv * KV_BYTES);
@@ -837,9 +941,25 @@ extern "C" __global__ void __launch_bounds__(384, 1) flash_attn_wgmma_ws_d128_n#
     int ldq, const __grid_constant__ TensorMap map_k, const __grid_constant__ TensorMap map_v, bf16_t* out,               \
     long long o_bstride, int batch, int T, int heads, int kv_heads, int pos0, float scale_log2, const float* rope)       \
 {                                                                                                                        \
-    FA_WGMMA_BODY(flash_wgmma_ws<BN>(q, q_bstride, ldq, &map_k, &map_v, out, o_bstride, batch, T, heads, kv_heads, pos0, \
-        scale_log2, rope));                                                                                              \
+    const WsArgs a{q, q_bstride, ldq, out, o_bstride, heads * HD, batch, T, heads, kv_heads, pos0, scale_log2, rope,     \
+        nullptr, nullptr, nullptr, 0, 0, 0};                                                                             \
+    FA_WGMMA_BODY((flash_wgmma_ws<BN, false>(a, &map_k, &map_v)));                                                       \
+}
+
+// Paged bf16 pool, warp-specialised: flash_attn_paged_wgmma_ws_d128_n{BN}. The two-CTA paged entry's arguments (the
+// pool as 4-D tensor maps (128, kv_heads, block_size, num_blocks), box (64, 1, min(BN, block_size), 1)), plus the
+// longest sequence's rows and the pool's block count; persistent grid (CTAs, 1). Block size: a power of two >= 8 (a
+// box then starts on a 1024-byte boundary of the swizzle).
+#define FA_WGMMA_WS_PAGED_ENTRY(BN)                                                                                      \
+extern "C" __global__ void __launch_bounds__(384, 1) flash_attn_paged_wgmma_ws_d128_n##BN(const float* q, int ldq,      \
+    const __grid_constant__ TensorMap map_k, const __grid_constant__ TensorMap map_v, const int* block_tables,           \
+    int max_blocks, int block_shift, int num_blocks, const int* cu_q, const int* ctx_lens, int sequences, int max_q,     \
+    bf16_t* out, int ldo, int heads, int kv_heads, float scale_log2)                                                     \
+{                                                                                                                        \
+    const WsArgs a{q, 0, ldq, out, 0, ldo, sequences, max_q, heads, kv_heads, 0, scale_log2, nullptr, cu_q, ctx_lens,    \
+        block_tables, max_blocks, block_shift, num_blocks};                                                              \
+    FA_WGMMA_BODY((flash_wgmma_ws<BN, true>(a, &map_k, &map_v)));                                                        \
 }
 // One expansion level more, so that WS_BN's value (not its name) is pasted into the entry name.
-#define FA_WGMMA_WS_ENTRY_OF(BN) FA_WGMMA_WS_ENTRY(BN)
+#define FA_WGMMA_WS_ENTRY_OF(BN) FA_WGMMA_WS_ENTRY(BN) FA_WGMMA_WS_PAGED_ENTRY(BN)
 FA_WGMMA_WS_ENTRY_OF(WS_BN)

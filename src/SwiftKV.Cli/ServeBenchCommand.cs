@@ -34,7 +34,7 @@ internal static class ServeBenchCommand
 {
     public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--requests 256] [--prompt 2000] [--output 256] " +
         "[--max-batch-tokens 8192] [--block-size 16] [--headroom-gb 4] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
-        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--profile 0] [--out serve.json] [--md serve.md]";
+        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--attention-ws on|off|both] [--profile 0] [--out serve.json] [--md serve.md]";
 
     sealed record EngineConfig(string Key, bool SplitAttention, bool ReserveOutputs);
 
@@ -94,6 +94,13 @@ internal static class ServeBenchCommand
         int profileEvery = a.Int("profile") ?? 0;
         string outJson = a.String("out") ?? "serve.json";
         string? outMd = a.String("md");
+        bool[] wsModes = (a.String("attention-ws") ?? "on") switch
+        {
+            "on" => [true],
+            "off" => [false],
+            "both" => [true, false],
+            _ => throw new UsageException("--attention-ws: on (default: warp-specialised wgmma prefill attention on Hopper), off (the two-CTA-per-SM entry) or both (each throughput config run with each)"),
+        };
         a.RejectUnknown();
         if (requests < 1 || prompt < 1 || output < 1 || maxBatch < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1)
             throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --questions, --question-tokens and --prefix-output must be >= 1");
@@ -171,20 +178,27 @@ internal static class ServeBenchCommand
             var opts = PoolOptions(backend, v.Dtype, blockSize, maxBatch, requests, prompt + output, headroomGb);
             var prompts = Enumerable.Range(0, requests).Select(i => Tokens(prompt, v.Config.VocabSize, 1000 + i)).ToArray();
             foreach (var c in configs)
-            {
-                backend.SplitMixedAttention = c.SplitAttention;
-                using var profiler = profileEvery > 0 ? new CudaStepProfiler(profileEvery) : null;
-                backend.StepProfiler = profiler;
-                var r = RunWorkload(backend, opts with { ReserveOutputBlocks = c.ReserveOutputs }, prompts, output, maxSeconds, "throughput");
-                backend.StepProfiler = null;
-                Add("throughput", v, r, c.Key, profiler);
-            }
+                foreach (bool ws in wsModes)
+                {
+                    backend.SplitMixedAttention = c.SplitAttention;
+                    backend.UseWarpSpecializedAttention = ws;
+                    long wsBefore = backend.WarpSpecializedAttentionLaunches;
+                    using var profiler = profileEvery > 0 ? new CudaStepProfiler(profileEvery) : null;
+                    backend.StepProfiler = profiler;
+                    var r = RunWorkload(backend, opts with { ReserveOutputBlocks = c.ReserveOutputs }, prompts, output, maxSeconds, "throughput");
+                    backend.StepProfiler = null;
+                    string attention = wsModes.Length == 1 ? "" : ws ? (backend.WarpSpecializedAttentionLaunches > wsBefore ? ", ws attention" : ", ws attention did not run")
+                        : ", two-CTA attention";
+                    Add("throughput", v, r, c.Key + attention, profiler);
+                }
             backend.SplitMixedAttention = configs[^1].SplitAttention;
+            backend.UseWarpSpecializedAttention = wsModes[0];
             if (prefixV?.Key == v.Key) RunPrefix(backend, v);
         }
         if (prefixV is not null && !variants.Any(v => v.Key == prefixV.Key))
         {
             using var backend = Open(prefixV);
+            backend.UseWarpSpecializedAttention = wsModes[0];
             RunPrefix(backend, prefixV);
         }
 

@@ -90,6 +90,8 @@ public sealed class CliTests : IDisposable
     [InlineData("logits", "--model", "/no/such/model", "--tokens", "99999999999", "--out", "y")]
     [InlineData("bench", "--gated-mlp", "maybe")]     // options are checked before the GPU is looked for
     [InlineData("bench", "--rope-on-load", "off")]
+    [InlineData("bench", "--attention-ws", "sometimes")]
+    [InlineData("serve-bench", "--attention-ws", "2cta")]
     public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
     {
         var r = Run(args);

@@ -21,7 +21,7 @@ public sealed class AttentionPagedTests : GpuFixtureTest
         public required Bf16[] Keys, Values;
     }
 
-    static Pool MakePool(TestRng rng, (int Rows, int Context)[] seqs, int kvDim)
+    static Pool MakePool(TestRng rng, (int Rows, int Context)[] seqs, int kvDim, int BlockSize = BlockSize)
     {
         int maxBlocks = seqs.Max(s => (s.Context + BlockSize - 1) / BlockSize) + 1;
         int used = seqs.Sum(s => (s.Context + BlockSize - 1) / BlockSize);
@@ -60,7 +60,7 @@ public sealed class AttentionPagedTests : GpuFixtureTest
     }
 
     /// <summary>Sequence s's positions 0..context-1 gathered through its block table into (context, kv_dim).</summary>
-    static float[] Gather(Bf16[] pool, Pool p, int s, int kvDim)
+    static float[] Gather(Bf16[] pool, Pool p, int s, int kvDim, int BlockSize = BlockSize)
     {
         var r = new float[(long)p.Contexts[s] * kvDim];
         for (int pos = 0; pos < p.Contexts[s]; pos++)
@@ -103,10 +103,32 @@ public sealed class AttentionPagedTests : GpuFixtureTest
     {
         Gpu.Require();
         if (path == AttentionPath.Hopper) Gpu.RequireHopper();
-        var seqs = Mix(mix);
         var rng = new TestRng((ulong)(31 * heads + 7 * kvHeads + headDim + mix.Length * 1000 + (int)path));
+        // The wgmma path has two bf16 entries: the warp-specialised one (default) and the two-CTA one.
+        foreach (bool ws in path == AttentionPath.Hopper ? new[] { true, false } : [true])
+            CheckPaged(rng, Mix(mix), mix, heads, kvHeads, headDim, path, ws, BlockSize);
+    }
+
+    /// <summary>
+    /// The warp-specialised paged entry over other block sizes: one TMA box per block (8, 64 positions) or a 128-key
+    /// part of a larger block (256), with the same NaN-filled slots past every sequence's context.
+    /// </summary>
+    [Theory]
+    [InlineData(8)]
+    [InlineData(64)]
+    [InlineData(256)]
+    public void Hopper_Paged_BlockSizes_MatchReference(int blockSize)
+    {
+        Gpu.RequireHopper();
+        var rng = new TestRng((ulong)(9000 + blockSize));
+        CheckPaged(rng, Mix("prefill"), "prefill", 8, 2, 128, AttentionPath.Hopper, true, blockSize);
+        CheckPaged(rng, Mix("mixed"), "mixed", 32, 8, 128, AttentionPath.Hopper, true, blockSize);
+    }
+
+    void CheckPaged(TestRng rng, (int Rows, int Context)[] seqs, string mix, int heads, int kvHeads, int headDim, AttentionPath path, bool ws, int blockSize)
+    {
         int kvDim = kvHeads * headDim, qDim = heads * headDim, ldq = qDim + 2 * kvDim, ldo = qDim + 8;
-        var p = MakePool(rng, seqs, kvDim);
+        var p = MakePool(rng, seqs, kvDim, blockSize);
         int real = p.Starts[^1], total = real + 2;   // two padding rows past the last sequence stay untouched
         var q = rng.Array((long)total * ldq, 1.5f);
         using var dq = new DeviceBuffer<float>(q);
@@ -116,11 +138,11 @@ public sealed class AttentionPagedTests : GpuFixtureTest
         using var dCtx = new DeviceBuffer<int>(p.Contexts);
         using var dTables = new DeviceBuffer<int>(p.Tables);
         using var dOut = Gpu.PoisonedBf16((long)total * ldo);
-        AttentionPagedBatch.CheckHost(p.Starts, p.Contexts, p.Tables, p.MaxBlocks, BlockSize, p.NumBlocks, total);
-        var cache = new AttentionPagedCache(dk, dv, p.NumBlocks, BlockSize, kvHeads, headDim);
+        AttentionPagedBatch.CheckHost(p.Starts, p.Contexts, p.Tables, p.MaxBlocks, blockSize, p.NumBlocks, total);
+        var cache = new AttentionPagedCache(dk, dv, p.NumBlocks, blockSize, kvHeads, headDim);
         var batch = new AttentionPagedBatch(dStarts, dCtx, dTables, p.MaxBlocks, seqs.Length, total,
-            seqs.Max(s => s.Rows), p.MaxBlocks * BlockSize);
-        using var attention = new AttentionKernel(Library) { Path = path };
+            seqs.Max(s => s.Rows), p.MaxBlocks * blockSize);
+        using var attention = new AttentionKernel(Library) { Path = path, UseWarpSpecialized = ws };
         attention.LaunchPaged(Stream, dq, ldq, cache, batch, dOut, ldo, heads);
         Stream.Synchronize();
         if (mix == "decode") Assert.True(attention.LastLaunch.Splits > 1, $"paged decode ran without split-K ({attention.LastLaunch})");
@@ -128,17 +150,18 @@ public sealed class AttentionPagedTests : GpuFixtureTest
         bool wgmma = path == AttentionPath.Hopper || (path == AttentionPath.Auto && CudaRuntime.Device.Arch == "sm_90a" && headDim == 128
             && AttentionKernel.HopperPays(seqs.Length, seqs.Max(s => s.Rows), heads, kvHeads));
         Assert.Equal(wgmma, attention.LastLaunch.Kernel.Contains("wgmma"));
+        if (wgmma) Assert.Equal(ws ? AttentionKernel.HopperWsPagedEntry : "flash_attn_paged_wgmma_d128_n64_g2", attention.LastLaunch.Kernel);
 
         var got = Bf16.ToSingles(dOut.ToArray());
         for (int s = 0; s < seqs.Length; s++)
         {
             int rows = seqs[s].Rows;
             if (rows == 0) continue;
-            var want = AttentionTests.Reference(q, (long)p.Starts[s] * ldq, ldq, Gather(p.Keys, p, s, kvDim), Gather(p.Values, p, s, kvDim), 0,
+            var want = AttentionTests.Reference(q, (long)p.Starts[s] * ldq, ldq, Gather(p.Keys, p, s, kvDim, blockSize), Gather(p.Values, p, s, kvDim, blockSize), 0,
                 rows, heads, kvHeads, headDim, seqs[s].Context - rows);
             var mine = new float[(long)rows * qDim];
             for (int r = 0; r < rows; r++) Array.Copy(got, (long)(p.Starts[s] + r) * ldo, mine, (long)r * qDim, qDim);
-            AttentionTests.AssertClose(mine, want, $"paged {mix} {path} seq {s} ({rows} rows, context {seqs[s].Context}) heads {heads}/{kvHeads} d {headDim} {attention.LastLaunch}");
+            AttentionTests.AssertClose(mine, want, $"paged {mix} {path} block {blockSize} seq {s} ({rows} rows, context {seqs[s].Context}) heads {heads}/{kvHeads} d {headDim} {attention.LastLaunch}");
         }
         for (long i = (long)real * ldo; i < got.Length; i++) Assert.True(float.IsNaN(got[i]), $"padding output element {i} was written");
     }

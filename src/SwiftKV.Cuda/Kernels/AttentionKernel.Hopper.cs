@@ -20,46 +20,48 @@ public sealed unsafe partial class AttentionKernel
     // The warp-specialised entry (contiguous caches): 3 warpgroups (a TMA producer, two consumers of 64 rows each),
     // 128-key tiles, 2 stages of K and of V, persistent (one CTA per SM). Shared memory (WsShape::SMEM): Q, the stages, 4 mbarriers per stage,
     // 1 KB for the 1024-byte alignment of the swizzle.
-    internal const string HopperWsEntry = "flash_attn_wgmma_ws_d128_n128";
+    internal const string HopperWsEntry = "flash_attn_wgmma_ws_d128_n128", HopperWsPagedEntry = "flash_attn_paged_wgmma_ws_d128_n128";
     const int HopperWsKeys = 128, HopperWsStages = 2, HopperWsThreads = 384;
     const int HopperWsSharedBytes = HopperRows * HopperRowBytes + 2 * HopperWsStages * HopperWsKeys * HopperRowBytes + 4 * HopperWsStages * 8 + 1024;
 
     /// <summary>
-    /// Contiguous prefill attention on sm_90a takes the warp-specialised wgmma entry (TMA loads by a producer
-    /// warpgroup, softmax overlapped with the MMAs inside each consumer warpgroup; H100: 581 vs 480 TFLOP/s at 8K causal
-    /// for the two-CTA entry it replaces, src/SwiftKV.Cuda/NOTES.md) when true, the two-CTA-per-SM entry when false
-    /// (benchmarks compare them). Paged caches always take the two-CTA entries.
+    /// Prefill attention on sm_90a takes the warp-specialised wgmma entries (TMA loads by a producer warpgroup, softmax
+    /// overlapped with the MMAs inside each consumer warpgroup, persistent; H100: 586 vs 484 TFLOP/s at 8K causal for the
+    /// two-CTA entry, src/SwiftKV.Cuda/NOTES.md) when true: contiguous caches, and paged bf16 pools with blocks of at
+    /// least 8 positions. False: the two-CTA-per-SM entries (benchmarks compare them). fp8 pools take the two-CTA entry.
     /// </summary>
     public bool UseWarpSpecialized { get; set; } = true;
 
     /// <summary>Launches of the warp-specialised entry so far (tests and benchmarks check which entry ran).</summary>
     public long WarpSpecializedLaunches { get; private set; }
 
-    CudaKernel? _ws;
+    readonly Dictionary<string, CudaKernel> _wsKernels = new();
     string? _wsUnavailable;
 
     /// <summary>
-    /// The warp-specialised entry, loaded on first use with its shared memory; null (with the reason remembered) when it
-    /// cannot load or one CTA does not fit an SM here, so that the two-CTA entry runs instead of every prefill failing.
+    /// A warp-specialised entry, loaded on first use with its shared memory; null (with the reason remembered) when one
+    /// cannot load or one CTA does not fit an SM here, so that the two-CTA entries run instead of every prefill failing.
     /// </summary>
-    CudaKernel? WarpSpecializedKernel()
+    CudaKernel? WarpSpecializedKernel(string entry)
     {
-        if (_ws is null && _wsUnavailable is null)
+        if (_wsKernels.TryGetValue(entry, out var k)) return k;
+        if (_wsUnavailable is not null) return null;
+        try
         {
-            try
+            k = library.Get("attention_hopper.cu", entry);
+            k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, HopperWsSharedBytes);
+            if (k.MaxActiveBlocksPerMultiprocessor(HopperWsThreads, HopperWsSharedBytes) < 1)
             {
-                var k = library.Get("attention_hopper.cu", HopperWsEntry);
-                k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, HopperWsSharedBytes);
-                if (k.MaxActiveBlocksPerMultiprocessor(HopperWsThreads, HopperWsSharedBytes) < 1)
-                    _wsUnavailable = $"one CTA of {HopperWsThreads} threads with {HopperWsSharedBytes} bytes of shared memory does not fit an SM here";
-                else _ws = k;
+                _wsUnavailable = $"one CTA of {HopperWsThreads} threads with {HopperWsSharedBytes} bytes of shared memory does not fit an SM here";
+                return null;
             }
-            catch (Exception e) when (e is CudaException or EntryPointNotFoundException)
-            {
-                _wsUnavailable = $"{e.GetType().Name}: {e.Message.Split('\n')[0]}";
-            }
+            return _wsKernels[entry] = k;
         }
-        return _ws;
+        catch (Exception e) when (e is CudaException or EntryPointNotFoundException)
+        {
+            _wsUnavailable = $"{e.GetType().Name}: {e.Message.Split('\n')[0]}";
+            return null;
+        }
     }
 
     /// <summary>Why the warp-specialised entry is not used here (null: it is, or it has not been asked for yet).</summary>
@@ -102,6 +104,27 @@ public sealed unsafe partial class AttentionKernel
         DeviceSpan<Bf16> output, int ldo, int heads)
     {
         bool fp8 = cache.Fp8 is not null;
+        // bf16 pools with blocks of >= 8 positions take the warp-specialised entry: the pool as 4-D tensor maps
+        // (head_dim, kv_heads, block_size, num_blocks), one box per block of a 128-key tile (or a part of a larger block).
+        if (!fp8 && cache.BlockSize >= 8 && UseWarpSpecialized && WarpSpecializedKernel(HopperWsPagedEntry) is { } ws)
+        {
+            int kvh = cache.KvHeads, bs = cache.BlockSize, nb = cache.NumBlocks, maxB = batch.MaxBlocksPerSequence, seqs = batch.Sequences,
+                maxQ = batch.MaxQueryLength, shift = System.Numerics.BitOperations.Log2((uint)bs);
+            ulong rowBytes = (ulong)kvh * HopperRowBytes;
+            ReadOnlySpan<ulong> dims = [128, (ulong)kvh, (ulong)bs, (ulong)nb];
+            ReadOnlySpan<ulong> strides = [HopperRowBytes, rowBytes, (ulong)bs * rowBytes];
+            ReadOnlySpan<uint> box = [64, 1, (uint)Math.Min(HopperWsKeys, bs), 1];
+            var mapK = Native.CuDriver.EncodeBf16(cache.Keys.Address, dims, strides, box);
+            var mapV = Native.CuDriver.EncodeBf16(cache.Values.Address, dims, strides, box);
+            float sl2 = (float)(1.0 / Math.Sqrt(128)) * Log2E;
+            ulong wq = q.Address, wt = batch.BlockTables.Address, wcu = batch.QueryStarts.Address, wctx = batch.ContextLengths.Address, wo = output.Address;
+            void** wargs = stackalloc void*[] { &wq, &ldq, &mapK, &mapV, &wt, &maxB, &shift, &nb, &wcu, &wctx, &seqs, &maxQ, &wo, &ldo, &heads, &kvh, &sl2 };
+            long items = ((long)maxQ * (heads / kvh) + HopperRows - 1) / HopperRows * seqs * kvh;
+            ws.Launch(stream, ((uint)Math.Min(items, CudaRuntime.Device.MultiprocessorCount), 1, 1), HopperWsThreads, HopperWsSharedBytes, wargs);
+            WarpSpecializedLaunches++;
+            LastLaunch = (HopperWsPagedEntry, 1);
+            return;
+        }
         string entry = fp8 ? HopperPagedFp8Entry : HopperPagedEntry;
         int shared = fp8 ? HopperSharedBytesFp8 : HopperSharedBytes;
         var k = HopperKernel(entry, shared);
@@ -135,7 +158,7 @@ public sealed unsafe partial class AttentionKernel
         // TMA reads the caches through tensor maps: (head_dim, kv_heads, positions, batch) with byte strides in multiples
         // of 16 (CheckTensorCoreAlignment already asked 16-byte aligned caches and batch strides); the positions extent
         // is the step's cache length, so a tile's keys past it arrive as zeros.
-        if (UseWarpSpecialized && WarpSpecializedKernel() is { } ws)
+        if (UseWarpSpecialized && WarpSpecializedKernel(HopperWsEntry) is { } ws)
         {
             ulong length = (ulong)(pos0 + rows), rowBytes = (ulong)kvHeads * HopperRowBytes;
             ulong batchBytes = batch > 1 ? (ulong)kvBatchStride * 2 : length * rowBytes;
