@@ -135,7 +135,28 @@ public sealed unsafe class AttentionBenchmarkTests : GpuFixtureTest
                     Gpu.Log($"bench prefill 1x{s} causal {name} ({kernel.LastLaunch.Kernel}): {ms:F3} ms, {flops / ms / 1e9:F1} TFLOP/s");
                     table.Add($"prefill 1x{s} {name,-34} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
                 }
-            if (s == 8192)
+            if (CudaRuntime.Device.Arch == "sm_90a")
+            {
+                // The two contiguous wgmma entries, alternated: warp-specialised (default) and two-CTA.
+                var hk = kernels[0].Kernel;
+                var times = new Dictionary<bool, List<double>> { [true] = [], [false] = [] };
+                for (int round = 0; round < 3; round++)
+                    foreach (bool ws in new[] { true, false })
+                    {
+                        hk.Path = AttentionPath.Hopper;
+                        hk.UseWarpSpecialized = ws;
+                        times[ws].Add(MedianMs(s >= 32768 ? 3 : 10, () => hk.Launch(Stream, q, ldq, kc, vc, s, o, s, Heads, KvHeads, HeadDim, 0)));
+                    }
+                hk.UseWarpSpecialized = true;
+                foreach (bool ws in new[] { true, false })
+                {
+                    double ms = times[ws].Order().ElementAt(1);
+                    string name = ws ? "Hopper warp-specialised" : "Hopper two-CTA";
+                    Gpu.Log($"bench prefill 1x{s} causal {name}: {ms:F3} ms, {flops / ms / 1e9:F1} TFLOP/s");
+                    table.Add($"prefill 1x{s} {name,-34} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
+                }
+            }
+            if (s == 8192 || s == 2048)
             {
                 // The same prefill through the paged launch: one sequence, its 512 blocks scattered over a larger pool.
                 int blocks = s / 16, poolBlocks = blocks + 64;
@@ -149,14 +170,18 @@ public sealed unsafe class AttentionBenchmarkTests : GpuFixtureTest
                 using var tables = new DeviceBuffer<int>(ids);
                 var cache = new AttentionPagedCache(pk, pv, poolBlocks, 16, KvHeads, HeadDim);
                 var batch = new AttentionPagedBatch(starts, ctx, tables, blocks, 1, s, s, s);
+                var pagedPaths = CudaRuntime.Device.Arch == "sm_90a" ? [.. variantPaths, AttentionPath.Hopper] : variantPaths;
                 foreach (var (label, kernel, _) in kernels)
-                    foreach (var path in variantPaths)
-                    {
-                        kernel.Path = path;
-                        double ms = MedianMs(15, () => kernel.LaunchPaged(Stream, q, ldq, cache, batch, o, ldq, Heads));
-                        Gpu.Log($"bench paged prefill 1x{s} causal {label}{path} ({kernel.LastLaunch.Kernel}): {ms:F3} ms, {flops / ms / 1e9:F1} TFLOP/s");
-                        table.Add($"paged prefill 1x{s} {label + path,-28} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
-                    }
+                    foreach (var path in pagedPaths)
+                        foreach (bool ws in path == AttentionPath.Hopper ? new[] { true, false } : [true])
+                        {
+                            kernel.Path = path;
+                            kernel.UseWarpSpecialized = ws;
+                            double ms = MedianMs(15, () => kernel.LaunchPaged(Stream, q, ldq, cache, batch, o, ldq, Heads));
+                            kernel.UseWarpSpecialized = true;
+                            Gpu.Log($"bench paged prefill 1x{s} causal {label}{path} ({kernel.LastLaunch.Kernel}): {ms:F3} ms, {flops / ms / 1e9:F1} TFLOP/s");
+                            table.Add($"paged prefill 1x{s} {label + path + (ws ? "" : " two-CTA"),-28} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
+                        }
             }
         }
 
