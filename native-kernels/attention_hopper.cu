@@ -646,20 +646,29 @@ __device__ __forceinline__ WsView ws_view(const WsArgs& A, int pair, int group)
 template <int BN, bool PAGED>
 __device__ __forceinline__ void ws_load_tile(const WsArgs& A, const WsView& w, const TensorMap* map, unsigned dst, int n0, unsigned bar)
 {
+    // Run by the producer's whole warp (lane 0 issues): the paged path reads the tile's table entries one per lane, all
+    // at once, instead of one dependent load per box between the copies (each TMA's asm orders the next load after it).
+    const int lane = threadIdx.x & 31;
     if (!PAGED)
     {
-        tma_load_4d(dst, map, 0, w.kvh, n0, w.seq, bar);
-        tma_load_4d(dst + BN * PANEL_ROW, map, 64, w.kvh, n0, w.seq, bar);
+        if (lane == 0)
+        {
+            tma_load_4d(dst, map, 0, w.kvh, n0, w.seq, bar);
+            tma_load_4d(dst + BN * PANEL_ROW, map, 64, w.kvh, n0, w.seq, bar);
+        }
         return;
     }
-    const int bs = 1 << A.block_shift, kpb = bs < BN ? bs : BN;
-    for (int k = 0; k < BN; k += kpb)
+    const int bs = 1 << A.block_shift, kpb = bs < BN ? bs : BN, boxes = BN / kpb;   // boxes <= 16: block size >= 8
+    int mine = A.num_blocks;
+    if (lane < boxes && n0 + lane * kpb < w.kv_len) mine = __ldg(w.table + ((n0 + lane * kpb) >> A.block_shift));
+    for (int k = 0; k < boxes; k++)
     {
-        const int key = n0 + k;
-        const int blk = key < w.kv_len ? __ldg(w.table + (key >> A.block_shift)) : A.num_blocks;
-        const int off = key & (bs - 1);
-        tma_load_4d(dst + k * PANEL_ROW, map, 0, w.kvh, off, blk, bar);
-        tma_load_4d(dst + BN * PANEL_ROW + k * PANEL_ROW, map, 64, w.kvh, off, blk, bar);
+        const int blk = __shfl_sync(0xffffffffu, mine, k), off = (n0 + k * kpb) & (bs - 1);
+        if (lane == 0)
+        {
+            tma_load_4d(dst + k * kpb * PANEL_ROW, map, 0, w.kvh, off, blk, bar);
+            tma_load_4d(dst + BN * PANEL_ROW + k * kpb * PANEL_ROW, map, 64, w.kvh, off, blk, bar);
+        }
     }
 }
 
@@ -701,7 +710,7 @@ __device__ __forceinline__ void flash_wgmma_ws(const WsArgs& A, const TensorMap*
     if (wg == 0)
     {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
-        if (t == 0)
+        if (t < 32)                                       // one warp; its lane 0 arms the barriers and issues the copies
         {
             int g = 0, tile_m, pair;
             for (int r = 0; ws_item(r, m_tiles, pairs, tile_m, pair); r++)
@@ -715,10 +724,10 @@ __device__ __forceinline__ void flash_wgmma_ws(const WsArgs& A, const TensorMap*
                     const int st = g % S;
                     const unsigned ph = (unsigned)(g / S) & 1u;
                     mbar_wait(k_empty(st), ph ^ 1u);
-                    mbar_expect_tx(k_full(st), KV_BYTES);
+                    if (t == 0) mbar_expect_tx(k_full(st), KV_BYTES);
                     ws_load_tile<BN, PAGED>(A, w, map_k, sK + st * KV_BYTES, j * BN, k_full(st));
                     mbar_wait(v_empty(st), ph ^ 1u);
-                    mbar_expect_tx(v_full(st), KV_BYTES);
+                    if (t == 0) mbar_expect_tx(v_full(st), KV_BYTES);
                     ws_load_tile<BN, PAGED>(A, w, map_v, sV + st * KV_BYTES, j * BN, v_full(st));
                 }
             }
