@@ -34,7 +34,7 @@ internal static class ServeBenchCommand
 {
     public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--requests 256] [--prompt 2000] [--output 256] " +
         "[--max-batch-tokens 8192] [--block-size 16] [--headroom-gb 4] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
-        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--attention-ws on|off|both] [--profile 0] [--out serve.json] [--md serve.md]";
+        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws off|on|both] [--profile 0] [--out serve.json] [--md serve.md]";
 
     sealed record EngineConfig(string Key, bool SplitAttention, bool ReserveOutputs);
 
@@ -94,12 +94,12 @@ internal static class ServeBenchCommand
         int profileEvery = a.Int("profile") ?? 0;
         string outJson = a.String("out") ?? "serve.json";
         string? outMd = a.String("md");
-        bool[] wsModes = (a.String("attention-ws") ?? "on") switch
+        bool[] wsModes = (a.String("paged-attention-ws") ?? "off") switch
         {
-            "on" => [true],
             "off" => [false],
+            "on" => [true],
             "both" => [true, false],
-            _ => throw new UsageException("--attention-ws: on (default: warp-specialised wgmma prefill attention on Hopper), off (the two-CTA-per-SM entry) or both (each throughput config run with each)"),
+            _ => throw new UsageException("--paged-attention-ws: off (default: the two-CTA wgmma entry for paged prefill on Hopper), on (the warp-specialised entry) or both (each throughput config run with each)"),
         };
         a.RejectUnknown();
         if (requests < 1 || prompt < 1 || output < 1 || maxBatch < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1)
@@ -181,7 +181,7 @@ internal static class ServeBenchCommand
                 foreach (bool ws in wsModes)
                 {
                     backend.SplitMixedAttention = c.SplitAttention;
-                    backend.UseWarpSpecializedAttention = ws;
+                    backend.UseWarpSpecializedPagedAttention = ws;
                     long wsBefore = backend.WarpSpecializedAttentionLaunches;
                     using var profiler = profileEvery > 0 ? new CudaStepProfiler(profileEvery) : null;
                     backend.StepProfiler = profiler;
@@ -192,13 +192,13 @@ internal static class ServeBenchCommand
                     Add("throughput", v, r, c.Key + attention, profiler);
                 }
             backend.SplitMixedAttention = configs[^1].SplitAttention;
-            backend.UseWarpSpecializedAttention = wsModes[0];
+            backend.UseWarpSpecializedPagedAttention = wsModes[0];
             if (prefixV?.Key == v.Key) RunPrefix(backend, v);
         }
         if (prefixV is not null && !variants.Any(v => v.Key == prefixV.Key))
         {
             using var backend = Open(prefixV);
-            backend.UseWarpSpecializedAttention = wsModes[0];
+            backend.UseWarpSpecializedPagedAttention = wsModes[0];
             RunPrefix(backend, prefixV);
         }
 

@@ -91,7 +91,7 @@ public sealed class CliTests : IDisposable
     [InlineData("bench", "--gated-mlp", "maybe")]     // options are checked before the GPU is looked for
     [InlineData("bench", "--rope-on-load", "off")]
     [InlineData("bench", "--attention-ws", "sometimes")]
-    [InlineData("serve-bench", "--attention-ws", "2cta")]
+    [InlineData("serve-bench", "--paged-attention-ws", "2cta")]
     public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
     {
         var r = Run(args);

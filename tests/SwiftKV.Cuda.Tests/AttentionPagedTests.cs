@@ -104,7 +104,7 @@ public sealed class AttentionPagedTests : GpuFixtureTest
         Gpu.Require();
         if (path == AttentionPath.Hopper) Gpu.RequireHopper();
         var rng = new TestRng((ulong)(31 * heads + 7 * kvHeads + headDim + mix.Length * 1000 + (int)path));
-        // The wgmma path has two bf16 entries: the warp-specialised one (default) and the two-CTA one.
+        // The wgmma path has two bf16 entries: the two-CTA one (default) and the warp-specialised one (opt-in).
         foreach (bool ws in path == AttentionPath.Hopper ? new[] { true, false } : [true])
             CheckPaged(rng, Mix(mix), mix, heads, kvHeads, headDim, path, ws, BlockSize);
     }
@@ -142,7 +142,7 @@ public sealed class AttentionPagedTests : GpuFixtureTest
         var cache = new AttentionPagedCache(dk, dv, p.NumBlocks, blockSize, kvHeads, headDim);
         var batch = new AttentionPagedBatch(dStarts, dCtx, dTables, p.MaxBlocks, seqs.Length, total,
             seqs.Max(s => s.Rows), p.MaxBlocks * blockSize);
-        using var attention = new AttentionKernel(Library) { Path = path, UseWarpSpecialized = ws };
+        using var attention = new AttentionKernel(Library) { Path = path, UseWarpSpecializedPaged = ws };
         attention.LaunchPaged(Stream, dq, ldq, cache, batch, dOut, ldo, heads);
         Stream.Synchronize();
         if (mix == "decode") Assert.True(attention.LastLaunch.Splits > 1, $"paged decode ran without split-K ({attention.LastLaunch})");

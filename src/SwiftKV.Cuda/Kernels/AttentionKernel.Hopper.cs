@@ -25,12 +25,19 @@ public sealed unsafe partial class AttentionKernel
     const int HopperWsSharedBytes = HopperRows * HopperRowBytes + 2 * HopperWsStages * HopperWsKeys * HopperRowBytes + 4 * HopperWsStages * 8 + 1024;
 
     /// <summary>
-    /// Prefill attention on sm_90a takes the warp-specialised wgmma entries (TMA loads by a producer warpgroup, softmax
-    /// overlapped with the MMAs inside each consumer warpgroup, persistent; H100: 586 vs 484 TFLOP/s at 8K causal for the
-    /// two-CTA entry, src/SwiftKV.Cuda/NOTES.md) when true: contiguous caches, and paged bf16 pools with blocks of at
-    /// least 8 positions. False: the two-CTA-per-SM entries (benchmarks compare them). fp8 pools take the two-CTA entry.
+    /// Prefill attention over contiguous caches on sm_90a takes the warp-specialised wgmma entry (TMA loads by a
+    /// producer warpgroup, softmax overlapped with the MMAs inside each consumer warpgroup, persistent; H100: 586 vs 484
+    /// TFLOP/s at 8K causal for the two-CTA entry, src/SwiftKV.Cuda/NOTES.md) when true, the two-CTA-per-SM entry when
+    /// false (benchmarks compare them).
     /// </summary>
     public bool UseWarpSpecialized { get; set; } = true;
+
+    /// <summary>
+    /// Paged bf16 pools with blocks of at least 8 positions take the warp-specialised entry too (one TMA box per block of
+    /// a 128-key tile). Off by default: with the serving engine's 16-position blocks it measured slower than the two-CTA
+    /// paged entry (H100, 8K: 417 vs 486 TFLOP/s; NOTES.md), so it stays for tests and experiments.
+    /// </summary>
+    public bool UseWarpSpecializedPaged { get; set; }
 
     /// <summary>Launches of the warp-specialised entry so far (tests and benchmarks check which entry ran).</summary>
     public long WarpSpecializedLaunches { get; private set; }
@@ -106,7 +113,7 @@ public sealed unsafe partial class AttentionKernel
         bool fp8 = cache.Fp8 is not null;
         // bf16 pools with blocks of >= 8 positions take the warp-specialised entry: the pool as 4-D tensor maps
         // (head_dim, kv_heads, block_size, num_blocks), one box per block of a 128-key tile (or a part of a larger block).
-        if (!fp8 && cache.BlockSize >= 8 && UseWarpSpecialized && WarpSpecializedKernel(HopperWsPagedEntry) is { } ws)
+        if (!fp8 && cache.BlockSize >= 8 && UseWarpSpecializedPaged && WarpSpecializedKernel(HopperWsPagedEntry) is { } ws)
         {
             int kvh = cache.KvHeads, bs = cache.BlockSize, nb = cache.NumBlocks, maxB = batch.MaxBlocksPerSequence, seqs = batch.Sequences,
                 maxQ = batch.MaxQueryLength, shift = System.Numerics.BitOperations.Log2((uint)bs);

@@ -219,7 +219,13 @@ public sealed partial class CudaBackend : IModelBackend
     /// </summary>
     public bool UseWarpSpecializedAttention { get => _attention.UseWarpSpecialized; set => _attention.UseWarpSpecialized = value; }
 
-    /// <summary>Launches of the warp-specialised attention entry so far (tests and benchmarks check the path was taken).</summary>
+    /// <summary>
+    /// Paged prefill attention (the batched serving step) on the warp-specialised entry as well; off by default (slower
+    /// than the two-CTA paged entry with 16-position blocks, NOTES.md), for benchmarks.
+    /// </summary>
+    public bool UseWarpSpecializedPagedAttention { get => _attention.UseWarpSpecializedPaged; set => _attention.UseWarpSpecializedPaged = value; }
+
+    /// <summary>Launches of the warp-specialised attention entries so far (tests and benchmarks check the path was taken).</summary>
     public long WarpSpecializedAttentionLaunches => _attention.WarpSpecializedLaunches;
 
     /// <summary>
