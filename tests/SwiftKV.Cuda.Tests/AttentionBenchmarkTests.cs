@@ -159,16 +159,18 @@ public sealed unsafe class AttentionBenchmarkTests : GpuFixtureTest
             if (s == 8192 || s == 2048)
             {
                 // The same prefill through the paged launch: one sequence, its 512 blocks scattered over a larger pool.
-                int blocks = s / 16, poolBlocks = blocks + 64;
+                // Block size: 16 (the serving engine's default) unless SWIFTKV_BENCH_PAGED_BLOCK names another power of two.
+                int pbs = int.TryParse(Environment.GetEnvironmentVariable("SWIFTKV_BENCH_PAGED_BLOCK"), out int e) && e >= 1 && (e & (e - 1)) == 0 ? e : 16;
+                int blocks = s / pbs, poolBlocks = blocks + 64;
                 var ids = Enumerable.Range(0, poolBlocks).OrderBy(_ => rng.NextDouble()).Take(blocks).ToArray();
-                using var pk = new DeviceBuffer<Bf16>((long)poolBlocks * 16 * kvDim);
-                using var pv = new DeviceBuffer<Bf16>((long)poolBlocks * 16 * kvDim);
+                using var pk = new DeviceBuffer<Bf16>((long)poolBlocks * pbs * kvDim);
+                using var pv = new DeviceBuffer<Bf16>((long)poolBlocks * pbs * kvDim);
                 Fill(pk, kvPattern);
                 Fill(pv, kvPattern.Reverse().ToArray());
                 using var starts = new DeviceBuffer<int>(new[] { 0, s });
                 using var ctx = new DeviceBuffer<int>(new[] { s });
                 using var tables = new DeviceBuffer<int>(ids);
-                var cache = new AttentionPagedCache(pk, pv, poolBlocks, 16, KvHeads, HeadDim);
+                var cache = new AttentionPagedCache(pk, pv, poolBlocks, pbs, KvHeads, HeadDim);
                 var batch = new AttentionPagedBatch(starts, ctx, tables, blocks, 1, s, s, s);
                 var pagedPaths = CudaRuntime.Device.Arch == "sm_90a" ? [.. variantPaths, AttentionPath.Hopper] : variantPaths;
                 foreach (var (label, kernel, _) in kernels)
@@ -180,7 +182,7 @@ public sealed unsafe class AttentionBenchmarkTests : GpuFixtureTest
                             double ms = MedianMs(15, () => kernel.LaunchPaged(Stream, q, ldq, cache, batch, o, ldq, Heads));
                             kernel.UseWarpSpecializedPaged = false;
                             Gpu.Log($"bench paged prefill 1x{s} causal {label}{path} ({kernel.LastLaunch.Kernel}): {ms:F3} ms, {flops / ms / 1e9:F1} TFLOP/s");
-                            table.Add($"paged prefill 1x{s} {label + path + (path == AttentionPath.Hopper ? ws ? " warp-specialised" : " two-CTA" : ""),-28} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
+                            table.Add($"paged prefill 1x{s} blocks of {pbs} {label + path + (path == AttentionPath.Hopper ? ws ? " warp-specialised" : " two-CTA" : ""),-28} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
                         }
             }
         }
