@@ -34,7 +34,7 @@ internal static class ServeBenchCommand
 {
     public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--requests 256] [--prompt 2000] [--output 256] " +
         "[--max-batch-tokens 8192] [--block-size 16] [--headroom-gb 4] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
-        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws off|on|both] [--profile 0] [--out serve.json] [--md serve.md]";
+        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--out serve.json] [--md serve.md]";
 
     sealed record EngineConfig(string Key, bool SplitAttention, bool ReserveOutputs);
 
@@ -94,12 +94,12 @@ internal static class ServeBenchCommand
         int profileEvery = a.Int("profile") ?? 0;
         string outJson = a.String("out") ?? "serve.json";
         string? outMd = a.String("md");
-        bool[] wsModes = (a.String("paged-attention-ws") ?? "off") switch
+        bool[] wsModes = (a.String("paged-attention-ws") ?? "on") switch
         {
-            "off" => [false],
             "on" => [true],
+            "off" => [false],
             "both" => [true, false],
-            _ => throw new UsageException("--paged-attention-ws: off (default: the two-CTA wgmma entry for paged prefill on Hopper), on (the warp-specialised entry) or both (each throughput config run with each)"),
+            _ => throw new UsageException("--paged-attention-ws: on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)"),
         };
         a.RejectUnknown();
         if (requests < 1 || prompt < 1 || output < 1 || maxBatch < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1)

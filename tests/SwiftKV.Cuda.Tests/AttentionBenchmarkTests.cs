@@ -179,8 +179,10 @@ public sealed unsafe class AttentionBenchmarkTests : GpuFixtureTest
                         {
                             kernel.Path = path;
                             kernel.UseWarpSpecializedPaged = ws;
+                            kernel.WarpSpecializedPagedMinBlock = ws ? 8 : 64;   // timed at any block size
                             double ms = MedianMs(15, () => kernel.LaunchPaged(Stream, q, ldq, cache, batch, o, ldq, Heads));
-                            kernel.UseWarpSpecializedPaged = false;
+                            kernel.UseWarpSpecializedPaged = true;
+                            kernel.WarpSpecializedPagedMinBlock = 64;
                             Gpu.Log($"bench paged prefill 1x{s} causal {label}{path} ({kernel.LastLaunch.Kernel}): {ms:F3} ms, {flops / ms / 1e9:F1} TFLOP/s");
                             table.Add($"paged prefill 1x{s} blocks of {pbs} {label + path + (path == AttentionPath.Hopper ? ws ? " warp-specialised" : " two-CTA" : ""),-28} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
                         }

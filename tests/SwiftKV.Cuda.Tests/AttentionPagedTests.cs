@@ -104,14 +104,16 @@ public sealed class AttentionPagedTests : GpuFixtureTest
         Gpu.Require();
         if (path == AttentionPath.Hopper) Gpu.RequireHopper();
         var rng = new TestRng((ulong)(31 * heads + 7 * kvHeads + headDim + mix.Length * 1000 + (int)path));
-        // The wgmma path has two bf16 entries: the two-CTA one (default) and the warp-specialised one (opt-in).
-        foreach (bool ws in path == AttentionPath.Hopper ? new[] { true, false } : [true])
+        // The wgmma path has two bf16 entries: at this block size (16) the default takes the two-CTA one; the
+        // warp-specialised one is forced here (its rule asks for blocks of >= 64), so both are checked.
+        foreach (bool? ws in path == AttentionPath.Hopper ? new bool?[] { true, null } : [null])
             CheckPaged(rng, Mix(mix), mix, heads, kvHeads, headDim, path, ws, BlockSize);
     }
 
     /// <summary>
     /// The warp-specialised paged entry over other block sizes: one TMA box per block (8, 64 positions) or a 128-key
-    /// part of a larger block (256), with the same NaN-filled slots past every sequence's context.
+    /// part of a larger block (256), with the same NaN-filled slots past every sequence's context; forced at 8, by Auto's
+    /// default rule (blocks of >= 64) at 64 and 256, where Auto must take it.
     /// </summary>
     [Theory]
     [InlineData(8)]
@@ -121,11 +123,15 @@ public sealed class AttentionPagedTests : GpuFixtureTest
     {
         Gpu.RequireHopper();
         var rng = new TestRng((ulong)(9000 + blockSize));
-        CheckPaged(rng, Mix("prefill"), "prefill", 8, 2, 128, AttentionPath.Hopper, true, blockSize);
-        CheckPaged(rng, Mix("mixed"), "mixed", 32, 8, 128, AttentionPath.Hopper, true, blockSize);
+        bool? force = blockSize < 64 ? true : null;
+        CheckPaged(rng, Mix("prefill"), "prefill", 8, 2, 128, AttentionPath.Hopper, force, blockSize);
+        CheckPaged(rng, Mix("mixed"), "mixed", 32, 8, 128, AttentionPath.Hopper, force, blockSize);
+        CheckPaged(rng, Mix("prefill"), "prefill", 32, 8, 128, AttentionPath.Auto, force, blockSize);
     }
 
-    void CheckPaged(TestRng rng, (int Rows, int Context)[] seqs, string mix, int heads, int kvHeads, int headDim, AttentionPath path, bool ws, int blockSize)
+    /// <summary>One paged launch against the reference. forceWs true: the warp-specialised entry at any block size of
+    /// >= 8; null: the default rule (warp-specialised for blocks of >= 64 on sm_90a, else the two-CTA entry).</summary>
+    void CheckPaged(TestRng rng, (int Rows, int Context)[] seqs, string mix, int heads, int kvHeads, int headDim, AttentionPath path, bool? forceWs, int blockSize)
     {
         int kvDim = kvHeads * headDim, qDim = heads * headDim, ldq = qDim + 2 * kvDim, ldo = qDim + 8;
         var p = MakePool(rng, seqs, kvDim, blockSize);
@@ -142,7 +148,9 @@ public sealed class AttentionPagedTests : GpuFixtureTest
         var cache = new AttentionPagedCache(dk, dv, p.NumBlocks, blockSize, kvHeads, headDim);
         var batch = new AttentionPagedBatch(dStarts, dCtx, dTables, p.MaxBlocks, seqs.Length, total,
             seqs.Max(s => s.Rows), p.MaxBlocks * blockSize);
-        using var attention = new AttentionKernel(Library) { Path = path, UseWarpSpecializedPaged = ws };
+        using var attention = new AttentionKernel(Library) { Path = path };
+        if (forceWs == true) attention.WarpSpecializedPagedMinBlock = 8;
+        bool ws = forceWs == true || blockSize >= 64;
         attention.LaunchPaged(Stream, dq, ldq, cache, batch, dOut, ldo, heads);
         Stream.Synchronize();
         if (mix == "decode") Assert.True(attention.LastLaunch.Splits > 1, $"paged decode ran without split-K ({attention.LastLaunch})");

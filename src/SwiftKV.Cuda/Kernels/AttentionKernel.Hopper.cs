@@ -33,11 +33,15 @@ public sealed unsafe partial class AttentionKernel
     public bool UseWarpSpecialized { get; set; } = true;
 
     /// <summary>
-    /// Paged bf16 pools with blocks of at least 8 positions take the warp-specialised entry too (one TMA box per block of
-    /// a 128-key tile). Off by default: with the serving engine's 16-position blocks it measured slower than the two-CTA
-    /// paged entry (H100, 8K: 417 vs 486 TFLOP/s; NOTES.md), so it stays for tests and experiments.
+    /// Paged bf16 pools take the warp-specialised entry too (one TMA box per block of a 128-key tile) when their blocks
+    /// hold at least <see cref="WarpSpecializedPagedMinBlock"/> positions (default). H100, 8K causal, one sequence
+    /// scattered over the pool: blocks of 64 592 vs 452 TFLOP/s for the two-CTA paged entry, of 128 600 vs 447, but of 16
+    /// (16 small boxes per tile) 417 vs 486, so smaller blocks keep the two-CTA entry (NOTES.md).
     /// </summary>
-    public bool UseWarpSpecializedPaged { get; set; }
+    public bool UseWarpSpecializedPaged { get; set; } = true;
+
+    /// <summary>Smallest block size that takes the warp-specialised paged entry (tests lower it to 8, the kernel's limit).</summary>
+    internal int WarpSpecializedPagedMinBlock { get; set; } = 64;
 
     /// <summary>Launches of the warp-specialised entry so far (tests and benchmarks check which entry ran).</summary>
     public long WarpSpecializedLaunches { get; private set; }
@@ -111,9 +115,9 @@ public sealed unsafe partial class AttentionKernel
         DeviceSpan<Bf16> output, int ldo, int heads)
     {
         bool fp8 = cache.Fp8 is not null;
-        // bf16 pools with blocks of >= 8 positions take the warp-specialised entry: the pool as 4-D tensor maps
+        // bf16 pools with large enough blocks take the warp-specialised entry: the pool as 4-D tensor maps
         // (head_dim, kv_heads, block_size, num_blocks), one box per block of a 128-key tile (or a part of a larger block).
-        if (!fp8 && cache.BlockSize >= 8 && UseWarpSpecializedPaged && WarpSpecializedKernel(HopperWsPagedEntry) is { } ws)
+        if (!fp8 && cache.BlockSize >= Math.Max(8, WarpSpecializedPagedMinBlock) && UseWarpSpecializedPaged && WarpSpecializedKernel(HopperWsPagedEntry) is { } ws)
         {
             int kvh = cache.KvHeads, bs = cache.BlockSize, nb = cache.NumBlocks, maxB = batch.MaxBlocksPerSequence, seqs = batch.Sequences,
                 maxQ = batch.MaxQueryLength, shift = System.Numerics.BitOperations.Log2((uint)bs);

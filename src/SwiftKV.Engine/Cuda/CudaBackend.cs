@@ -220,8 +220,9 @@ public sealed partial class CudaBackend : IModelBackend
     public bool UseWarpSpecializedAttention { get => _attention.UseWarpSpecialized; set => _attention.UseWarpSpecialized = value; }
 
     /// <summary>
-    /// Paged prefill attention (the batched serving step) on the warp-specialised entry as well; off by default (slower
-    /// than the two-CTA paged entry with 16-position blocks, NOTES.md), for benchmarks.
+    /// Paged prefill attention (the batched serving step) on the warp-specialised entry as well, for pools of blocks of
+    /// >= 64 positions (default on; smaller blocks keep the two-CTA entry, which is faster there). Off: always the
+    /// two-CTA entry (benchmarks compare).
     /// </summary>
     public bool UseWarpSpecializedPagedAttention { get => _attention.UseWarpSpecializedPaged; set => _attention.UseWarpSpecializedPaged = value; }
 
