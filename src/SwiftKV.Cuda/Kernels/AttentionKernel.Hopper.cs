@@ -1,6 +1,8 @@
 // Launcher for native-kernels/attention_hopper.cu: causal GQA prefill attention on Hopper's warpgroup MMAs (wgmma),
 // head_dim 128, contiguous or paged (bf16 or fp8) caches, no split-K. Auto takes it for prefill-sized steps on sm_90a;
-// decode, short chunks and other head dims stay on attention_flash.cu.
+// decode, short chunks and other head dims stay on attention_flash.cu. Two bf16 structures: the warp-specialised,
+// persistent entries (TMA producer, pipelined consumers; contiguous caches, and paged pools of blocks >= 64 positions)
+// and the two-CTA-per-SM entries (paged pools of smaller blocks, fp8 pools, and either when switched off).
 namespace SwiftKV.Cuda.Kernels;
 
 public sealed unsafe partial class AttentionKernel
