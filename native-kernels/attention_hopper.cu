@@ -865,6 +865,9 @@ __device__ __forceinline__ void flash_wgmma_ws(const WsArgs& A, const TensorMap*
                 dst[4 * c] = pack_bf16(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
         }
     }
+    // Warpgroup 1's last turn (and its first hand-over, when the CTA had no item) is still pending on warpgroup 0's
+    // barrier: take it, so that no named barrier is left half-arrived at exit.
+    if (WS_PINGPONG && cw == 0) named_bar_sync(WS_SCHED_BAR, 256);
 }
 } // namespace
 

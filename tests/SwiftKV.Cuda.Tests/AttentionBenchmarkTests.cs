@@ -160,7 +160,10 @@ public sealed unsafe class AttentionBenchmarkTests : GpuFixtureTest
             {
                 // The same prefill through the paged launch: one sequence, its 512 blocks scattered over a larger pool.
                 // Block size: 16 (the serving engine's default) unless SWIFTKV_BENCH_PAGED_BLOCK names another power of two.
-                int pbs = int.TryParse(Environment.GetEnvironmentVariable("SWIFTKV_BENCH_PAGED_BLOCK"), out int e) && e >= 1 && (e & (e - 1)) == 0 ? e : 16;
+                int pbs = 16;
+                if (Environment.GetEnvironmentVariable("SWIFTKV_BENCH_PAGED_BLOCK") is { Length: > 0 } pbText)
+                    Assert.True(int.TryParse(pbText, out pbs) && pbs >= 8 && pbs <= 2048 && (pbs & (pbs - 1)) == 0,
+                        $"SWIFTKV_BENCH_PAGED_BLOCK={pbText}: a power of two in 8..2048 (the warp-specialised paged entry's limits and 1x2048's length)");
                 int blocks = s / pbs, poolBlocks = blocks + 64;
                 var ids = Enumerable.Range(0, poolBlocks).OrderBy(_ => rng.NextDouble()).Take(blocks).ToArray();
                 using var pk = new DeviceBuffer<Bf16>((long)poolBlocks * pbs * kvDim);
@@ -184,7 +187,7 @@ public sealed unsafe class AttentionBenchmarkTests : GpuFixtureTest
                             kernel.UseWarpSpecializedPaged = true;
                             kernel.WarpSpecializedPagedMinBlock = 64;
                             Gpu.Log($"bench paged prefill 1x{s} causal {label}{path} ({kernel.LastLaunch.Kernel}): {ms:F3} ms, {flops / ms / 1e9:F1} TFLOP/s");
-                            table.Add($"paged prefill 1x{s} blocks of {pbs} {label + path + (path == AttentionPath.Hopper ? ws ? " warp-specialised" : " two-CTA" : ""),-28} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
+                            table.Add($"paged prefill 1x{s} blocks of {pbs} {label + path + (path == AttentionPath.Hopper ? $" ({kernel.LastLaunch.Kernel})" : ""),-28} {ms,9:F3} ms {flops / ms / 1e9,7:F1} TFLOP/s");
                         }
             }
         }

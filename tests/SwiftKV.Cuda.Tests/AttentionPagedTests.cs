@@ -127,11 +127,14 @@ public sealed class AttentionPagedTests : GpuFixtureTest
         CheckPaged(rng, Mix("prefill"), "prefill", 8, 2, 128, AttentionPath.Hopper, force, blockSize);
         CheckPaged(rng, Mix("mixed"), "mixed", 32, 8, 128, AttentionPath.Hopper, force, blockSize);
         CheckPaged(rng, Mix("prefill"), "prefill", 32, 8, 128, AttentionPath.Auto, force, blockSize);
+        // GQA 7, and two CTAs walking every item (empty sequences' items skipped alike by producer and consumers).
+        CheckPaged(rng, Mix("mixed"), "mixed", 28, 4, 128, AttentionPath.Hopper, force, blockSize, maxCtas: 2);
     }
 
     /// <summary>One paged launch against the reference. forceWs true: the warp-specialised entry at any block size of
     /// >= 8; null: the default rule (warp-specialised for blocks of >= 64 on sm_90a, else the two-CTA entry).</summary>
-    void CheckPaged(TestRng rng, (int Rows, int Context)[] seqs, string mix, int heads, int kvHeads, int headDim, AttentionPath path, bool? forceWs, int blockSize)
+    void CheckPaged(TestRng rng, (int Rows, int Context)[] seqs, string mix, int heads, int kvHeads, int headDim, AttentionPath path, bool? forceWs, int blockSize,
+        int maxCtas = 0)
     {
         int kvDim = kvHeads * headDim, qDim = heads * headDim, ldq = qDim + 2 * kvDim, ldo = qDim + 8;
         var p = MakePool(rng, seqs, kvDim, blockSize);
@@ -150,6 +153,7 @@ public sealed class AttentionPagedTests : GpuFixtureTest
             seqs.Max(s => s.Rows), p.MaxBlocks * blockSize);
         using var attention = new AttentionKernel(Library) { Path = path };
         if (forceWs == true) attention.WarpSpecializedPagedMinBlock = 8;
+        if (maxCtas > 0) attention.MaxPersistentCtas = maxCtas;
         bool ws = forceWs == true || blockSize >= 64;
         attention.LaunchPaged(Stream, dq, ldq, cache, batch, dOut, ldo, heads);
         Stream.Synchronize();

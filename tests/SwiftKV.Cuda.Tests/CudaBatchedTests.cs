@@ -98,10 +98,12 @@ public sealed class CudaBatchedTests
     /// batched step's last-token logits against the CPU ForwardBatch, then a decode step.
     /// </summary>
     [Theory]
-    [InlineData(false, KvCacheDtype.Bf16)]
-    [InlineData(true, KvCacheDtype.Bf16)]
-    [InlineData(true, KvCacheDtype.Fp8E4M3)]
-    public void ForwardBatch_LongPrompts_8BHeads_MatchCpu(bool swiftKv, KvCacheDtype dtype)
+    [InlineData(false, KvCacheDtype.Bf16, 16)]
+    [InlineData(true, KvCacheDtype.Bf16, 16)]
+    [InlineData(true, KvCacheDtype.Fp8E4M3, 16)]
+    [InlineData(false, KvCacheDtype.Bf16, 64)]   // blocks of 64: the warp-specialised paged entry on sm_90a
+    [InlineData(true, KvCacheDtype.Bf16, 64)]
+    public void ForwardBatch_LongPrompts_8BHeads_MatchCpu(bool swiftKv, KvCacheDtype dtype, int blockSize)
     {
         Gpu.Require();
         var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
@@ -112,7 +114,7 @@ public sealed class CudaBatchedTests
         var weights = TestModels.View(TestModels.Checkpoint(spec), swiftKv);
         using var gpu = new CudaBackend(weights);
         using var cpu = new CpuBackend(CudaBackendTests.RoundToBf16(weights));
-        const int blockSize = 16, numBlocks = 48;
+        const int numBlocks = 48;
         using var pool = gpu.CreatePagedKvCache(numBlocks, blockSize, dtype);
         using var cpuPool = cpu.CreatePagedKvCache(numBlocks, blockSize);
         var tokens = lengths.Select((n, i) => TestModels.RandomTokens(n + 1, spec.Vocab, spec.Seed + 10 + (ulong)i)).ToArray();
@@ -129,12 +131,16 @@ public sealed class CudaBatchedTests
             var batch = lengths.Select((n, i) => phase == 0
                 ? new BatchSequence(tokens[i].AsMemory(0, n), 0, tables[i], true)
                 : new BatchSequence(tokens[i].AsMemory(n, 1), n, tables[i], true)).ToArray();
+            long wsBefore = gpu.WarpSpecializedAttentionLaunches;
             var g = gpu.ForwardBatch(pool, batch);
             var c = cpu.ForwardBatch(cpuPool, batch);
             Assert.Equal(c.Length, g.Length);
+            if (phase == 0)   // the prompts' layers that see them whole: warp-specialised for bf16 blocks of >= 64 on Hopper
+                Assert.Equal(dtype == KvCacheDtype.Bf16 && blockSize >= 64 && CudaRuntime.Device.Arch == "sm_90a",
+                    gpu.WarpSpecializedAttentionLaunches > wsBefore);
             for (int r = 0; r < lengths.Length; r++)
                 worst = Math.Max(worst, RowError(g.AsSpan(r * vocab, vocab), c.AsSpan(r * vocab, vocab),
-                    $"sequence {r} phase {phase} ({dtype}, swiftkv {swiftKv}) vs CPU ForwardBatch", tol));
+                    $"sequence {r} phase {phase} ({dtype}, blocks of {blockSize}, swiftkv {swiftKv}) vs CPU ForwardBatch", tol));
         }
         Gpu.Log($"long prompts, 8B heads ({spec}, swiftkv {swiftKv}, {dtype}): worst row vs CPU ForwardBatch (bf16 weights) {worst:E2}");
     }

@@ -52,8 +52,11 @@ public sealed unsafe partial class AttentionKernel
     string? _wsUnavailable;
 
     /// <summary>
-    /// A warp-specialised entry, loaded on first use with its shared memory; null (with the reason remembered) when one
-    /// cannot load or one CTA does not fit an SM here, so that the two-CTA entries run instead of every prefill failing.
+    /// A warp-specialised entry, loaded on first use with its shared memory; null (with the reason remembered) when the
+    /// entry is missing from the module or one CTA does not fit an SM here, so that the two-CTA entries run instead. It
+    /// shares its module with the two-CTA entries, so a compile failure is not a fallback case: that error reaches the
+    /// caller (either path would need the module), and so do transient ones such as running out of memory while the
+    /// module loads, which are not remembered (the next launch tries again).
     /// </summary>
     CudaKernel? WarpSpecializedKernel(string entry)
     {
@@ -62,20 +65,34 @@ public sealed unsafe partial class AttentionKernel
         try
         {
             k = library.Get("attention_hopper.cu", entry);
-            k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, HopperWsSharedBytes);
-            if (k.MaxActiveBlocksPerMultiprocessor(HopperWsThreads, HopperWsSharedBytes) < 1)
-            {
-                _wsUnavailable = $"one CTA of {HopperWsThreads} threads with {HopperWsSharedBytes} bytes of shared memory does not fit an SM here";
-                return null;
-            }
-            return _wsKernels[entry] = k;
         }
-        catch (Exception e) when (e is CudaException or EntryPointNotFoundException)
+        catch (EntryPointNotFoundException e)
         {
             _wsUnavailable = $"{e.GetType().Name}: {e.Message.Split('\n')[0]}";
             return null;
         }
+        catch (CudaException e) when (e.Status == Native.CuDriver.ErrorNotFound)
+        {
+            _wsUnavailable = $"{e.GetType().Name}: {e.Message.Split('\n')[0]}";
+            return null;
+        }
+        k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, HopperWsSharedBytes);
+        if (k.MaxActiveBlocksPerMultiprocessor(HopperWsThreads, HopperWsSharedBytes) < 1)
+        {
+            _wsUnavailable = $"one CTA of {HopperWsThreads} threads with {HopperWsSharedBytes} bytes of shared memory does not fit an SM here";
+            return null;
+        }
+        return _wsKernels[entry] = k;
     }
+
+    /// <summary>
+    /// CTAs of a warp-specialised launch: one per SM, at most one per work item; tests lower it (<see cref="MaxPersistentCtas"/>)
+    /// so that each CTA walks many items and the barrier phases carry across them.
+    /// </summary>
+    uint PersistentCtas(long items) => (uint)Math.Min(items, Math.Min(CudaRuntime.Device.MultiprocessorCount, MaxPersistentCtas));
+
+    /// <summary>Upper bound on <see cref="PersistentCtas"/> (tests only).</summary>
+    internal int MaxPersistentCtas { get; set; } = int.MaxValue;
 
     /// <summary>Why the warp-specialised entry is not used here (null: it is, or it has not been asked for yet).</summary>
     public string? WarpSpecializedUnavailable => _wsUnavailable;
@@ -133,7 +150,7 @@ public sealed unsafe partial class AttentionKernel
             ulong wq = q.Address, wt = batch.BlockTables.Address, wcu = batch.QueryStarts.Address, wctx = batch.ContextLengths.Address, wo = output.Address;
             void** wargs = stackalloc void*[] { &wq, &ldq, &mapK, &mapV, &wt, &maxB, &shift, &nb, &wcu, &wctx, &seqs, &maxQ, &wo, &ldo, &heads, &kvh, &sl2 };
             long items = ((long)maxQ * (heads / kvh) + HopperRows - 1) / HopperRows * seqs * kvh;
-            ws.Launch(stream, ((uint)Math.Min(items, CudaRuntime.Device.MultiprocessorCount), 1, 1), HopperWsThreads, HopperWsSharedBytes, wargs);
+            ws.Launch(stream, (PersistentCtas(items), 1, 1), HopperWsThreads, HopperWsSharedBytes, wargs);
             WarpSpecializedLaunches++;
             LastLaunch = (HopperWsPagedEntry, 1);
             return;
@@ -183,7 +200,7 @@ public sealed unsafe partial class AttentionKernel
             void** wargs = stackalloc void*[] { &pq, &qbs, &ldq, &mapK, &mapV, &po, &obs, &batch, &rows, &heads, &kvHeads, &pos0, &scaleLog2, &pr };
             // Persistent: one CTA per SM walks the (row tile, sequence x KV head) items (the kernel's ws_item order).
             long items = (long)mTiles * batch * kvHeads;
-            ws.Launch(stream, ((uint)Math.Min(items, CudaRuntime.Device.MultiprocessorCount), 1, 1), HopperWsThreads, HopperWsSharedBytes, wargs);
+            ws.Launch(stream, (PersistentCtas(items), 1, 1), HopperWsThreads, HopperWsSharedBytes, wargs);
             WarpSpecializedLaunches++;
             LastLaunch = (HopperWsEntry, 1);
             return;

@@ -53,6 +53,8 @@ internal static unsafe partial class CuDriver
 
     /// <summary>CUstreamCaptureMode RELAXED (2): cuBLAS may query or set up state while a stream is captured.</summary>
     public const int CaptureModeRelaxed = 2;
+    /// <summary>CUDA_ERROR_NOT_FOUND: e.g. cuModuleGetFunction for an entry the module does not have.</summary>
+    public const int ErrorNotFound = 500;
     [LibraryImport(CudaLibraries.Driver, EntryPoint = "cuStreamBeginCapture_v2")] public static partial int cuStreamBeginCapture(nint stream, int mode);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamEndCapture(nint stream, out nint graph);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphInstantiateWithFlags(out nint exec, nint graph, ulong flags);
