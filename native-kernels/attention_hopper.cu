@@ -231,6 +231,30 @@ struct WgSeq
                                // ([cos of the HD/2 pairs | sin of them]): RoPE is applied as Q is staged
 };
 
+// A thread's two output rows (packed rows r_lo and r_lo + 8) from O and the row sums: O / l rounded to bf16, rows
+// past the step not stored. The 4 lanes of a quad hold a row's partial sums.
+__device__ __forceinline__ void store_o(const float* o, const RowState& st, int r_lo, int rows_total, int group, int kvh,
+    bf16_t* out, int ldo, int quad)
+{
+    float l0 = st.l0, l1 = st.l1;
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        const int pr = r_lo + 8 * half;
+        if (pr >= rows_total) continue;
+        const float inv = 1.f / (half ? l1 : l0);
+        const int t = pr / group, h = kvh * group + pr % group;
+        unsigned* dst = reinterpret_cast<unsigned*>(out + (long long)t * ldo + h * HD + 2 * quad);
+#pragma unroll
+        for (int c = 0; c < 16; c++)
+            dst[4 * c] = pack_bf16(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
+    }
+}
+
 // Q rows [r_begin, r_begin + rcount) of a BM-row tile starting at packed row row0: fp32 -> bf16 into the swizzled
 // panels at sbase (rows past the step are zeros), rotated on the way when sq.rope is set. Threads tid of nthreads.
 template <int BM, int UNROLL = 2>
@@ -492,25 +516,7 @@ __device__ __forceinline__ void flash_wgmma(const WgSeq& sq, int kvh, int tile_m
         if (FP8 || !WG_ONE_BARRIER) __syncthreads();  // every warpgroup is done with this stage before it refills
     }
 
-    float l0 = st.l0, l1 = st.l1;
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const int ldo = sq.ldo;
-    bf16_t* const out = sq.out;
-#pragma unroll
-    for (int half = 0; half < 2; half++)
-    {
-        const int pr = r_lo + 8 * half;
-        if (pr >= rows_total) continue;
-        const float inv = 1.f / (half ? l1 : l0);
-        const int t = pr / group, h = kvh * group + pr % group;
-        unsigned* dst = reinterpret_cast<unsigned*>(out + (long long)t * ldo + h * HD + 2 * quad);
-#pragma unroll
-        for (int c = 0; c < 16; c++)
-            dst[4 * c] = pack_bf16(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
-    }
+    store_o(o, st, r_lo, rows_total, group, kvh, sq.out, sq.ldo, quad);
 }
 // ---- Warp-specialised entry (contiguous bf16 caches): FlashAttention-3's structure ----
 // CTA = 3 warpgroups, one CTA per SM: WG0 produces (one thread issues TMA loads of K and V tiles into WS_STAGES-deep
@@ -847,23 +853,7 @@ __device__ __forceinline__ void flash_wgmma_ws(const WsArgs& A, const TensorMap*
         else last_pv(pa);
         g0 += n_tiles;
 
-        float l0 = rs.l0, l1 = rs.l1;
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-#pragma unroll
-        for (int half = 0; half < 2; half++)
-        {
-            const int pr = r_lo + 8 * half;
-            if (pr >= rows_total) continue;
-            const float inv = 1.f / (half ? l1 : l0);
-            const int tt = pr / group, h = kvh * group + pr % group;
-            unsigned* dst = reinterpret_cast<unsigned*>(sq.out + (long long)tt * sq.ldo + h * HD + 2 * quad);
-#pragma unroll
-            for (int c = 0; c < 16; c++)
-                dst[4 * c] = pack_bf16(o[4 * c + 2 * half] * inv, o[4 * c + 2 * half + 1] * inv);
-        }
+        store_o(o, rs, r_lo, rows_total, group, kvh, sq.out, sq.ldo, quad);
     }
     // Warpgroup 1's last turn (and its first hand-over, when the CTA had no item) is still pending on warpgroup 0's
     // barrier: take it, so that no named barrier is left half-arrived at exit.

@@ -54,22 +54,8 @@ internal static class BenchCommand
         string ropeArg = a.String("rope-on-load") ?? "on";
         if (ropeArg is not ("on" or "both")) throw new UsageException("--rope-on-load: on (default) or both (each prefill case also with the RoPE pass rotating q in memory)");
         bool ropeBoth = ropeArg == "both";
-        string gatedArg = a.String("gated-mlp") ?? "on";
-        bool[] gatedModes = gatedArg switch
-        {
-            "on" => [true],
-            "off" => [false],
-            "both" => [true, false],
-            _ => throw new UsageException("--gated-mlp: on (default: [gate; up] GEMM with the SwiGLU epilogue on Hopper), off (cuBLAS + silu pass) or both (alternated run by run)"),
-        };
-        string wsArg = a.String("attention-ws") ?? "on";
-        bool[] wsModes = wsArg switch
-        {
-            "on" => [true],
-            "off" => [false],
-            "both" => [true, false],
-            _ => throw new UsageException("--attention-ws: on (default: warp-specialised wgmma prefill attention on Hopper), off (the two-CTA-per-SM entry) or both (alternated run by run)"),
-        };
+        bool[] gatedModes = a.OnOffBoth("gated-mlp", "on (default: [gate; up] GEMM with the SwiGLU epilogue on Hopper), off (cuBLAS + silu pass) or both (alternated run by run)");
+        bool[] wsModes = a.OnOffBoth("attention-ws", "on (default: warp-specialised wgmma prefill attention on Hopper), off (the two-CTA-per-SM entry) or both (alternated run by run)");
         a.RejectUnknown();
         if (runs < 1 || steps < 1 || context < 1) throw new UsageException("--runs, --decode-steps and --decode-context must be >= 1");
         if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("bench needs a CUDA GPU: " + why);

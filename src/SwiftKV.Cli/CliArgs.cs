@@ -44,6 +44,18 @@ internal sealed class CliArgs
     public float? Float(string name) => Parse(name, s => float.Parse(s, CultureInfo.InvariantCulture));
     public ulong? ULong(string name) => Parse(name, s => ulong.Parse(s, CultureInfo.InvariantCulture));
 
+    /// <summary>
+    /// A benchmark switch: "on" (the default) or "off" gives that one mode, "both" gives on then off (timed alternately);
+    /// anything else is a usage error that says <paramref name="meaning"/>.
+    /// </summary>
+    public bool[] OnOffBoth(string name, string meaning) => (String(name) ?? "on") switch
+    {
+        "on" => [true],
+        "off" => [false],
+        "both" => [true, false],
+        _ => throw new UsageException($"--{name}: {meaning}"),
+    };
+
     T? Parse<T>(string name, Func<string, T> parse) where T : struct
     {
         string? s = String(name);

@@ -94,13 +94,7 @@ internal static class ServeBenchCommand
         int profileEvery = a.Int("profile") ?? 0;
         string outJson = a.String("out") ?? "serve.json";
         string? outMd = a.String("md");
-        bool[] wsModes = (a.String("paged-attention-ws") ?? "on") switch
-        {
-            "on" => [true],
-            "off" => [false],
-            "both" => [true, false],
-            _ => throw new UsageException("--paged-attention-ws: on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)"),
-        };
+        bool[] wsModes = a.OnOffBoth("paged-attention-ws", "on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)");
         a.RejectUnknown();
         if (requests < 1 || prompt < 1 || output < 1 || maxBatch < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1)
             throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --questions, --question-tokens and --prefix-output must be >= 1");

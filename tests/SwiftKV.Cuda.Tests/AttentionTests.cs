@@ -58,6 +58,28 @@ public sealed class AttentionTests : GpuFixtureTest
         Gpu.Log($"{what}: ||out - ref|| / ||ref|| = {rel:E2}");
     }
 
+    /// <summary>
+    /// The angle table the wgmma kernels rotate q from (rows of [cos of the head_dim/2 pairs | their sin], Llama-3
+    /// scaling, built on the CPU by RotaryEmbedding) and the queries rotated on the CPU, for the reference.
+    /// </summary>
+    static (float[] Table, float[] Rotated) RopeTable(float[] q, int batch, long qbs, int ldq, int rows, int heads, int headDim, int pos0)
+    {
+        var rope = new RotaryEmbedding(new LlamaConfig { HeadDim = headDim, RopeTheta = 500000, RopeScaling = new Llama3RopeScaling(8, 1, 4, 64) });
+        var table = new float[rows * headDim];
+        var rotated = (float[])q.Clone();
+        var cos = new float[headDim / 2];
+        var sin = new float[headDim / 2];
+        for (int t = 0; t < rows; t++)
+        {
+            rope.Angles(pos0 + t, cos, sin);
+            cos.CopyTo(table.AsSpan(t * headDim));
+            sin.CopyTo(table.AsSpan(t * headDim + headDim / 2));
+            for (int b = 0; b < batch; b++)
+                RotaryEmbedding.Rotate(rotated.AsSpan((int)(b * qbs + t * ldq), heads * headDim), heads, cos, sin);
+        }
+        return (table, rotated);
+    }
+
     [Theory]
     [InlineData(37, 4, 4, 64, 0, AttentionPath.Flash4Warps)]      // MHA, odd length, two row tiles
     [InlineData(70, 8, 2, 128, 0, AttentionPath.Flash4Warps)]     // GQA 4, prefill from an empty cache
@@ -176,23 +198,7 @@ public sealed class AttentionTests : GpuFixtureTest
         var vc = Bf16.FromSingles(rng.Array(batch * kvbs, 1f));
         for (int b = 0; b < batch; b++)
             for (long i = b * kvbs + (long)(pos0 + rows) * kvDim; i < (b + 1) * kvbs; i++) kc[i] = vc[i] = Bf16.FromSingle(float.NaN);
-        var rotated = (float[])q.Clone();
-        float[]? table = null;
-        if (rope)
-        {
-            var rot = new RotaryEmbedding(new LlamaConfig { HeadDim = headDim, RopeTheta = 500000, RopeScaling = new Llama3RopeScaling(8, 1, 4, 64) });
-            table = new float[rows * headDim];
-            var cos = new float[headDim / 2];
-            var sin = new float[headDim / 2];
-            for (int t = 0; t < rows; t++)
-            {
-                rot.Angles(pos0 + t, cos, sin);
-                cos.CopyTo(table.AsSpan(t * headDim));
-                sin.CopyTo(table.AsSpan(t * headDim + headDim / 2));
-                for (int b = 0; b < batch; b++)
-                    RotaryEmbedding.Rotate(rotated.AsSpan((int)(b * qbs + t * ldq), heads * headDim), heads, cos, sin);
-            }
-        }
+        var (table, rotated) = rope ? RopeTable(q, batch, qbs, ldq, rows, heads, headDim, pos0) : (null, q);
         using var dq = new DeviceBuffer<float>(q);
         using var dk = new DeviceBuffer<Bf16>(kc);
         using var dv = new DeviceBuffer<Bf16>(vc);
@@ -235,19 +241,7 @@ public sealed class AttentionTests : GpuFixtureTest
         var q = rng.Array(batch * qbs, 1.5f);
         var kc = Bf16.FromSingles(rng.Array(batch * kvbs, 1.5f));
         var vc = Bf16.FromSingles(rng.Array(batch * kvbs, 1f));
-        var cfg = new LlamaConfig { HeadDim = headDim, RopeTheta = 500000, RopeScaling = new Llama3RopeScaling(8, 1, 4, 64) };
-        var rope = new RotaryEmbedding(cfg);
-        var table = new float[rows * headDim];
-        var rotated = (float[])q.Clone();
-        Span<float> cos = stackalloc float[headDim / 2], sin = stackalloc float[headDim / 2];
-        for (int t = 0; t < rows; t++)
-        {
-            rope.Angles(pos0 + t, cos, sin);
-            cos.CopyTo(table.AsSpan(t * headDim));
-            sin.CopyTo(table.AsSpan(t * headDim + headDim / 2));
-            for (int b = 0; b < batch; b++)
-                RotaryEmbedding.Rotate(rotated.AsSpan((int)(b * qbs + t * ldq), heads * headDim), heads, cos, sin);
-        }
+        var (table, rotated) = RopeTable(q, batch, qbs, ldq, rows, heads, headDim, pos0);
         using var dq = new DeviceBuffer<float>(q);
         using var dk = new DeviceBuffer<Bf16>(kc);
         using var dv = new DeviceBuffer<Bf16>(vc);
