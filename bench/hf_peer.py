@@ -5,7 +5,9 @@ prefill latency/throughput at 1x2048, 1x8192, 1x32768, 8x2048 and decode ms/step
 context; plus the card's roofline as PyTorch sees it (bf16 GEMM 8192^3 TFLOP/s, device-to-device copy GB/s).
 Writes one JSON object to --out.
 
-  python3 bench/hf_peer.py --out $OUT/peer.json [--quick]
+  python3 bench/hf_peer.py --out $OUT/peer.json [--quick] [--pause-ms 0] [--prefill-only]
+--pause-ms: the GPU idles that long before every prefill forward (the card cools and its clock recovers), to compare
+with `swiftkv bench --pause-ms`; by default the forwards run back to back.
 """
 import argparse
 import json
@@ -14,12 +16,14 @@ import time
 import torch
 
 
-def timed(fn, warmup=2, iters=5):
+def timed(fn, warmup=2, iters=5, pause_s=0.0):
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(iters):
+        if pause_s:
+            time.sleep(pause_s)
         t = time.perf_counter()
         fn()
         torch.cuda.synchronize()
@@ -74,6 +78,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--pause-ms", type=int, default=0)
+    ap.add_argument("--prefill-only", action="store_true")
     a = ap.parse_args()
     res = {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
     import transformers
@@ -84,20 +90,23 @@ def main():
 
     res["roofline"] = roofline()
     print("roofline", res["roofline"], flush=True)
-    res["sdpa_attention_causal"] = sdpa_attention(a.quick)
-    save()
-    print("sdpa", res["sdpa_attention_causal"], flush=True)
+    if not a.prefill_only:
+        res["sdpa_attention_causal"] = sdpa_attention(a.quick)
+        save()
+        print("sdpa", res["sdpa_attention_causal"], flush=True)
     model = model_8b()
     prefill = {}
     shapes = [(1, 2048), (8, 2048), (1, 8192)] + ([] if a.quick else [(1, 32768)])
     for b, s in shapes:
         ids = torch.randint(0, 128000, (b, s), device="cuda")
         # logits_to_keep=1: only the last position's logits, as a serving engine computes them.
-        t = timed(lambda: model(ids, use_cache=False, logits_to_keep=1), 1, 3)
-        prefill[f"{b}x{s}"] = {"ms": t * 1e3, "tokens_per_s": b * s / t}
+        t = timed(lambda: model(ids, use_cache=False, logits_to_keep=1), 1, 3, a.pause_ms / 1e3)
+        prefill[f"{b}x{s}"] = {"ms": t * 1e3, "tokens_per_s": b * s / t, "pause_ms": a.pause_ms}
         print(f"prefill {b}x{s}: {t*1e3:.1f} ms, {b*s/t:,.0f} tokens/s", flush=True)
     res["prefill"] = prefill
     save()
+    if a.prefill_only:
+        return
     decode = {}
     from transformers import DynamicCache
     for b in [1, 32] + ([] if a.quick else [128]):

@@ -28,7 +28,7 @@ namespace SwiftKV.Cli;
 internal static class BenchCommand
 {
     const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] [--decode-batches 32,128|none] " +
-        "[--runs 3] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--load DIR] [--out bench.json] [--md bench.md]";
+        "[--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--load DIR] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
     sealed record Variant(string Name, LlamaConfig Config, bool SwiftKv);
@@ -39,6 +39,9 @@ internal static class BenchCommand
         var cases = (a.String("prefill") ?? "1x2048,8x2048,1x8192,1x32768").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(ParseCase).ToArray();
         int context = a.Int("decode-context") ?? 2048, steps = a.Int("decode-steps") ?? 32, runs = a.Int("runs") ?? 3;
         double maxCase = a.Float("max-case-seconds") ?? 30;
+        // An idle pause before every prefill forward lets the card cool and its clock recover, as before a request
+        // that arrives at an idle server; the default (0) times the forwards back to back, as a busy server runs them.
+        int pauseMs = a.Int("pause-ms") ?? 0;
         string[] variantNames = (a.String("variants") ?? "off,swiftkv50,acrosskv4").Split(',', StringSplitOptions.RemoveEmptyEntries);
         string? loadDir = a.String("load");
         int[] decodeBatches = ParseBatches(a.String("decode-batches") ?? "32,128");
@@ -58,6 +61,7 @@ internal static class BenchCommand
         bool[] wsModes = a.OnOffBoth("attention-ws", "on (default: warp-specialised wgmma prefill attention on Hopper), off (the two-CTA-per-SM entry) or both (alternated run by run)");
         a.RejectUnknown();
         if (runs < 1 || steps < 1 || context < 1) throw new UsageException("--runs, --decode-steps and --decode-context must be >= 1");
+        if (pauseMs is < 0 or > 60_000) throw new UsageException($"--pause-ms: {pauseMs} is not in 0..60000");
         if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("bench needs a CUDA GPU: " + why);
 
         var baseCfg = ModelPresets.Get(preset);
@@ -93,7 +97,7 @@ internal static class BenchCommand
         var results = new JsonArray();
         foreach (var v in variants)
         {
-            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth, gatedModes, wsModes, decodeSplits);
+            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth, gatedModes, wsModes, decodeSplits, pauseMs);
             results.Add(vj);
         }
         json["variants"] = results;
@@ -201,7 +205,7 @@ internal static class BenchCommand
     }
 
     static JsonObject BenchVariant(Variant v, (int Batch, int Length)[] cases, int context, int steps, int[] decodeBatches, int runs, double maxCase,
-        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth, bool[] gatedModes, bool[] wsModes, int[]? decodeSplits = null)
+        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth, bool[] gatedModes, bool[] wsModes, int[]? decodeSplits = null, int pauseMs = 0)
     {
         var cfg = v.Config;
         var sw = Stopwatch.StartNew();
@@ -216,8 +220,8 @@ internal static class BenchCommand
         // Settings compared within a case: their timed runs alternate, so clock and power drift reach all alike.
         var modes = (ropeBoth ? new[] { true, false } : [true])
             .SelectMany(r => gatedModes.SelectMany(g => wsModes.Select(w => (RopeOnLoad: r, Gated: g, Ws: w)))).ToArray();
-        static string ModeText((bool RopeOnLoad, bool Gated, bool Ws) m) =>
-            (m.RopeOnLoad ? "" : " (RoPE pass rotates q in memory)") + (m.Gated ? "" : " (cuBLAS [gate; up] + silu pass)")
+        string ModeText((bool RopeOnLoad, bool Gated, bool Ws) m) =>
+            (pauseMs > 0 ? $" (from idle: {pauseMs} ms pause before each run)" : "") + (m.RopeOnLoad ? "" : " (RoPE pass rotates q in memory)") + (m.Gated ? "" : " (cuBLAS [gate; up] + silu pass)")
             + (m.Ws ? "" : " (two-CTA wgmma attention)");
         var prefill = new JsonArray();
         double? lastPerToken2 = null;   // seconds / length^2 of the previous case: extrapolates attention-bound cases
@@ -251,6 +255,11 @@ internal static class BenchCommand
                     backend.UseWarpSpecializedAttention = modes[m].Ws;
                     long gatedBefore = backend.GatedMlpLaunches, wsBefore = backend.WarpSpecializedAttentionLaunches;
                     var caches = Enumerable.Range(0, batch).Select(_ => backend.CreateCache(length)).ToList();
+                    if (pauseMs > 0)
+                    {
+                        backend.Stream.Synchronize();
+                        Thread.Sleep(pauseMs);
+                    }
                     using var e0 = new CudaEvent();
                     using var e1 = new CudaEvent();
                     e0.Record(backend.Stream);
@@ -278,7 +287,7 @@ internal static class BenchCommand
                 Log($"{v.Name}: prefill {batch}x{length}{mode}: {med:F1} ms, {tps:F0} tokens/s, {tf:F0} TFLOP/s (runs {runsText} ms)");
                 md.AppendLine($"| {v.Name} | prefill {batch}x{length}{mode} | {med:F1} ms | {tps:F0} | {tf:F0} ({100 * tf / roofTflops:F0}%) | | {times[m].Count} timed |");
                 prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = ropeOnLoad, ["gated_mlp"] = gated, ["gated_mlp_ran"] = gatedRan[m],
-                    ["attention_ws"] = ws, ["attention_ws_ran"] = wsRan[m], ["ms"] = med,
+                    ["attention_ws"] = ws, ["attention_ws_ran"] = wsRan[m], ["pause_ms"] = pauseMs, ["ms"] = med,
                     ["tokens_per_s"] = tps, ["tflops"] = tf, ["flops"] = flops, ["runs"] = times[m].Count, ["run_ms"] = new JsonArray(times[m].Select(t => (JsonNode?)t).ToArray()) });
             }
         }
