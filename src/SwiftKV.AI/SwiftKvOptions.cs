@@ -34,6 +34,20 @@ public sealed class SwiftKvOptions
     /// </summary>
     public SwiftKV.Engine.Serving.KvCacheDtype KvCacheDtype { get; set; } = SwiftKV.Engine.Serving.KvCacheDtype.Bf16;
 
+    /// <summary>
+    /// Most tokens one serving step computes: a long prompt prefills in chunks of this many tokens, beside the other
+    /// requests' decoding. Null (default): the backend's choice, 8192 on GPUs with >= 64 GiB, 2048 on smaller GPUs, 512
+    /// on the CPU. Lower it to shorten the pauses streaming answers see while a long prompt prefills; raise it for
+    /// throughput (docs/BENCHMARKS.md has the measured trade-off).
+    /// </summary>
+    public int? MaxBatchTokens { get; set; }
+
+    /// <summary>
+    /// Positions per paged KV block (a power of two on the GPU). Null (default): the backend's choice, 64 for bf16 KV on
+    /// Hopper (its fastest prefill attention reads whole blocks), else 16. Prefix caching shares whole blocks.
+    /// </summary>
+    public int? KvBlockSize { get; set; }
+
     /// <summary>Answer length when a request sets no MaxOutputTokens.</summary>
     public int DefaultMaxOutputTokens { get; set; } = 512;
 
@@ -54,6 +68,10 @@ public sealed class SwiftKvOptions
             throw new ArgumentOutOfRangeException(nameof(KvCacheDtype), KvCacheDtype, "SwiftKvOptions.KvCacheDtype must be Bf16 or Fp8E4M3.");
         if (DefaultMaxOutputTokens <= 0)
             throw new ArgumentOutOfRangeException(nameof(DefaultMaxOutputTokens), DefaultMaxOutputTokens, "SwiftKvOptions.DefaultMaxOutputTokens must be > 0.");
+        if (MaxBatchTokens is <= 0)
+            throw new ArgumentOutOfRangeException(nameof(MaxBatchTokens), MaxBatchTokens, "SwiftKvOptions.MaxBatchTokens must be > 0 (or null for the backend's default).");
+        if (KvBlockSize is <= 0 or > 4096)
+            throw new ArgumentOutOfRangeException(nameof(KvBlockSize), KvBlockSize, "SwiftKvOptions.KvBlockSize must be in 1..4096 (or null for the backend's default).");
         if (!Enum.IsDefined(Backend))
             throw new ArgumentOutOfRangeException(nameof(Backend), Backend, "SwiftKvOptions.Backend must be Auto, Cpu or Cuda.");
     }
@@ -67,6 +85,7 @@ public sealed class SwiftKvOptions
         return LocalModel.Load(ModelPath, Backend, SwiftKv, new SwiftKV.Engine.Serving.ServingOptions
         {
             KvCacheBytes = KvCacheBytes, EnablePrefixCaching = EnablePrefixCaching, KvCacheDtype = KvCacheDtype,
+            MaxBatchTokens = MaxBatchTokens, BlockSize = KvBlockSize,
         });
     }
 }

@@ -33,7 +33,7 @@ namespace SwiftKV.Cli;
 internal static class ServeBenchCommand
 {
     public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--requests 256] [--prompt 2000] [--output 256] " +
-        "[--max-batch-tokens 8192] [--block-size 16] [--headroom-gb 4] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
+        "[--max-batch-tokens N (default: the engine's, 8192 on this H100)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
         "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--out serve.json] [--md serve.md]";
 
     sealed record EngineConfig(string Key, bool SplitAttention, bool ReserveOutputs);
@@ -51,7 +51,7 @@ internal static class ServeBenchCommand
 
     sealed record RunResult(string Label, int Requests, int Completed, long PromptTokens, long OutputTokens, double WallSeconds,
         double TtftP50, double TtftP99, double TpotP50, double TpotP99, int PeakRunning, long Preemptions, long Steps,
-        double HitRate, long KvBlocks, long KvBytesPerToken, StepStats Trace)
+        double HitRate, long KvBlocks, long KvBytesPerToken, StepStats Trace, int BlockSize, int MaxBatchTokens)
     {
         public double TotalTokensPerSecond => (PromptTokens + OutputTokens) / WallSeconds;
         public double OutputTokensPerSecond => OutputTokens / WallSeconds;
@@ -84,7 +84,8 @@ internal static class ServeBenchCommand
         string preset = a.String("preset") ?? "llama-3.1-8b";
         string[] variantKeys = (a.String("variants") ?? "off,swiftkv50,acrosskv4").Split(',', StringSplitOptions.RemoveEmptyEntries);
         int requests = a.Int("requests") ?? 256, prompt = a.Int("prompt") ?? 2000, output = a.Int("output") ?? 256;
-        int maxBatch = a.Int("max-batch-tokens") ?? 8192, blockSize = a.Int("block-size") ?? 16;
+        // Unset: what the engine (and so the IChatClient) picks for each variant's backend and pool type.
+        int? maxBatchArg = a.Int("max-batch-tokens"), blockSizeArg = a.Int("block-size");
         double headroomGb = a.Float("headroom-gb") ?? 4;
         int prefix = a.Int("prefix") ?? 8192, questions = a.Int("questions") ?? 64, questionTokens = a.Int("question-tokens") ?? 64;
         int prefixOutput = a.Int("prefix-output") ?? 32;
@@ -96,7 +97,7 @@ internal static class ServeBenchCommand
         string? outMd = a.String("md");
         bool[] wsModes = a.OnOffBoth("paged-attention-ws", "on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)");
         a.RejectUnknown();
-        if (requests < 1 || prompt < 1 || output < 1 || maxBatch < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1)
+        if (requests < 1 || prompt < 1 || output < 1 || maxBatchArg is < 1 || blockSizeArg is < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1)
             throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --questions, --question-tokens and --prefix-output must be >= 1");
         if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("serve-bench needs a CUDA GPU: " + why);
 
@@ -123,12 +124,12 @@ internal static class ServeBenchCommand
             ["date_utc"] = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture),
             ["commit"] = Environment.GetEnvironmentVariable("SWIFTKV_COMMIT") ?? "",
             ["preset"] = preset,
-            ["workload"] = new JsonObject { ["requests"] = requests, ["prompt"] = prompt, ["output"] = output, ["max_batch_tokens"] = maxBatch, ["block_size"] = blockSize },
+            ["workload"] = new JsonObject { ["requests"] = requests, ["prompt"] = prompt, ["output"] = output, ["max_batch_tokens"] = maxBatchArg?.ToString() ?? "engine default", ["block_size"] = blockSizeArg?.ToString() ?? "engine default" },
         };
         var rows = new JsonArray();
         json["runs"] = rows;
         var md = new StringBuilder();
-        md.AppendLine($"Card: {dev.Name}. Preset {preset}, random bf16 weights, greedy, block size {blockSize}, max batch tokens {maxBatch}.");
+        md.AppendLine($"Card: {dev.Name}. Preset {preset}, random bf16 weights, greedy, block size {blockSizeArg?.ToString() ?? "the engine's"}, max batch tokens {maxBatchArg?.ToString() ?? "the engine's"} (each run's row says which).");
         md.AppendLine();
         md.AppendLine("| scenario | variant | config | requests (done) | prompt+out tokens | wall | total tok/s | out tok/s | TTFT p50 / p99 | TPOT p50 / p99 | peak running | KV blocks (KiB/token) | preempt | prefix hit | steps: decode-only n, mean batch, ms / mixed n, mean tokens, ms / host ms per step |");
         md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -141,6 +142,7 @@ internal static class ServeBenchCommand
         void Add(string scenario, Variant v, RunResult r, string config = "", CudaStepProfiler? profiler = null)
         {
             var t = r.Trace;
+            config += $" (block {r.BlockSize}, {r.MaxBatchTokens} tokens/step)";
             md.AppendLine($"| {scenario} | {v.Name} | {config} | {r.Requests} ({r.Completed}) | {r.PromptTokens}+{r.OutputTokens} | {r.WallSeconds:F2} s | **{r.TotalTokensPerSecond:F0}** | " +
                 $"{r.OutputTokensPerSecond:F0} | {r.TtftP50 * 1e3:F0} / {r.TtftP99 * 1e3:F0} ms | {r.TpotP50 * 1e3:F1} / {r.TpotP99 * 1e3:F1} ms | {r.PeakRunning} | " +
                 $"{r.KvBlocks} ({r.KvBytesPerToken / 1024.0:F0}) | {r.Preemptions} | {r.HitRate:P1} | " +
@@ -169,7 +171,7 @@ internal static class ServeBenchCommand
         foreach (var v in variants)
         {
             using var backend = Open(v);
-            var opts = PoolOptions(backend, v.Dtype, blockSize, maxBatch, requests, prompt + output, headroomGb);
+            var opts = PoolOptions(backend, v.Dtype, blockSizeArg, maxBatchArg, requests, prompt + output, headroomGb);
             var prompts = Enumerable.Range(0, requests).Select(i => Tokens(prompt, v.Config.VocabSize, 1000 + i)).ToArray();
             foreach (var c in configs)
                 foreach (bool ws in wsModes)
@@ -202,7 +204,7 @@ internal static class ServeBenchCommand
             var prompts = Enumerable.Range(0, questions).Select(i => system.Concat(Tokens(questionTokens, v.Config.VocabSize, 5000 + i)).ToArray()).ToArray();
             foreach (bool caching in new[] { true, false })
             {
-                var opts = PoolOptions(backend, v.Dtype, blockSize, maxBatch, questions, prefix + questionTokens + prefixOutput, headroomGb)
+                var opts = PoolOptions(backend, v.Dtype, blockSizeArg, maxBatchArg, questions, prefix + questionTokens + prefixOutput, headroomGb)
                     with { EnablePrefixCaching = caching, ReserveOutputBlocks = configs[^1].ReserveOutputs };
                 Add(caching ? $"prefix {prefix}+{questionTokens}, caching on" : $"prefix {prefix}+{questionTokens}, caching off", v,
                     RunWorkload(backend, opts, prompts, prefixOutput, maxSeconds, caching ? "prefix-on" : "prefix-off"), configs[^1].Key);
@@ -225,8 +227,9 @@ internal static class ServeBenchCommand
     }
 
     /// <summary>Warms the backend up at the largest step (workspace allocated, kernels compiled), then sizes the pool from the free memory.</summary>
-    static ServingOptions PoolOptions(CudaBackend backend, KvCacheDtype dtype, int blockSize, int maxBatch, int maxRunning, int maxSequence, double headroomGb)
+    static ServingOptions PoolOptions(CudaBackend backend, KvCacheDtype dtype, int? blockSizeArg, int? maxBatchArg, int maxRunning, int maxSequence, double headroomGb)
     {
+        int blockSize = blockSizeArg ?? backend.PreferredBlockSize(dtype), maxBatch = maxBatchArg ?? backend.PreferredMaxBatchTokens;
         var warm = new ServingOptions { KvCacheDtype = dtype, BlockSize = blockSize, NumKvBlocks = (maxBatch + 2 * blockSize) / blockSize + 2, MaxBatchTokens = maxBatch, MaxRunningSequences = 8, AdmissionReserveBlocks = 0 };
         using (var engine = new ServingEngine(backend, warm))
         {
@@ -286,7 +289,7 @@ internal static class ServeBenchCommand
         return new RunResult(label, reqs.Length, outcomes.Count, outcomes.Sum(o => (long)o.PromptTokens), outcomes.Sum(o => (long)o.OutputTokens), wall,
             P(ttft, 0.5), P(ttft, 0.99), P(tpot, 0.5), P(tpot, 0.99), peak, m.Preemptions, m.Steps,
             m.PrefixCacheQueriedTokens == 0 ? 0 : (double)m.PrefixCacheHitTokens / m.PrefixCacheQueriedTokens, m.KvBlocksTotal, backend.KvBytesPerTokenOf(opts.KvCacheDtype),
-            trace.Stats());
+            trace.Stats(), opts.BlockSize ?? backend.PreferredBlockSize(opts.KvCacheDtype), opts.MaxBatchTokens ?? backend.PreferredMaxBatchTokens);
     }
 
     static LlamaConfig SwiftKv(LlamaConfig c, int group) =>

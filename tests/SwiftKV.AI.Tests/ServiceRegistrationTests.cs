@@ -40,6 +40,8 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
             ["SwiftKV:KvCacheBytes"] = "33554432",
             ["SwiftKV:EnablePrefixCaching"] = "false",
             ["SwiftKV:KvCacheDtype"] = "Fp8E4M3",
+            ["SwiftKV:MaxBatchTokens"] = "96",
+            ["SwiftKV:KvBlockSize"] = "8",
         }).Build();
         var services = new ServiceCollection();
         services.AddSwiftKvChatClient(config.GetSection("SwiftKV"));
@@ -49,6 +51,36 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
         Assert.False(client.GetService<SwiftKvChatClient>()!.Model.Backend.SwiftKvEnabled);
         var serving = client.GetService<SwiftKvChatClient>()!.Model.Serving!.Options;
         Assert.Equal((32L << 20, false, SwiftKV.Engine.Serving.KvCacheDtype.Fp8E4M3), (serving.KvCacheBytes, serving.EnablePrefixCaching, serving.KvCacheDtype));
+        var engine = client.GetService<SwiftKvChatClient>()!.Model.Serving!;
+        Assert.Equal((8, 96), (engine.BlockSize, engine.MaxBatchTokens));
+    }
+
+    /// <summary>Left unset, the step shape is the backend's (the CPU's: 16-position blocks, 512 tokens per step).</summary>
+    [Fact]
+    public void AddSwiftKvChatClient_StepShapeUnset_TheBackendChooses()
+    {
+        var services = new ServiceCollection();
+        services.AddSwiftKvChatClient(o => { o.ModelPath = tiny.Directory; o.Backend = Engine.BackendKind.Cpu; });
+        using var provider = services.BuildServiceProvider();
+        var engine = provider.GetRequiredService<IChatClient>().GetService<SwiftKvChatClient>()!.Model.Serving!;
+        Assert.Equal((16, 512), (engine.BlockSize, engine.MaxBatchTokens));
+        Assert.Equal((null, null), (engine.Options.BlockSize, engine.Options.MaxBatchTokens));
+    }
+
+    [Theory]
+    [InlineData(0, null, "MaxBatchTokens")]
+    [InlineData(-5, null, "MaxBatchTokens")]
+    [InlineData(null, 0, "KvBlockSize")]
+    [InlineData(null, 8192, "KvBlockSize")]
+    public void AddSwiftKvChatClient_InvalidStepShape_FailsAtRegistration(int? maxBatchTokens, int? blockSize, string named)
+    {
+        var e = Assert.ThrowsAny<ArgumentException>(() => new ServiceCollection().AddSwiftKvChatClient(o =>
+        {
+            o.ModelPath = tiny.Directory;
+            o.MaxBatchTokens = maxBatchTokens;
+            o.KvBlockSize = blockSize;
+        }));
+        Assert.Contains(named, e.Message);
     }
 
     [Theory]

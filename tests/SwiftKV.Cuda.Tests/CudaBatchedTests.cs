@@ -358,6 +358,45 @@ public sealed class CudaBatchedTests
         Gpu.Log($"engine batch invariance: {exact}/{prompts.Length} requests token-identical to their solo runs, the rest differ only at near-ties");
     }
 
+    /// <summary>
+    /// Options that leave the step shape open (as the IChatClient does) take the CUDA backend's: 64-position blocks for
+    /// bf16 pools on Hopper at head_dim 128 (16 elsewhere and for fp8 pools), 8192 tokens per step on cards with >= 64
+    /// GiB (2048 below). A 700-token prompt then prefills in one step over those blocks, and its greedy output agrees
+    /// with the engine's former shape (16-position blocks, 64-token chunks) up to near-ties.
+    /// </summary>
+    [Fact]
+    public async Task ServingEngine_DefaultStepShape_IsTheBackendsAndAgreesWithSmallChunks()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 256, Heads: 4, KvHeads: 2, HeadDim: 128, Layers: 4, SwiftKvLayers: 2, Vocab: 211, Seed: 52, MaxPositions: 1024);
+        using var gpu = new CudaBackend(TestModels.Build(spec));
+        bool hopper = CudaRuntime.Device.Arch == "sm_90a";
+        int expectBlock = hopper ? 64 : 16, expectTokens = CudaRuntime.Device.TotalMemoryBytes >= 64L << 30 ? 8192 : 2048;
+        Assert.Equal((expectBlock, 16, expectTokens), (gpu.PreferredBlockSize(KvCacheDtype.Bf16), gpu.PreferredBlockSize(KvCacheDtype.Fp8E4M3), gpu.PreferredMaxBatchTokens));
+        var prompt = TestModels.RandomTokens(700, spec.Vocab, 17);
+        const int maxTokens = 12;
+        var steps = new System.Collections.Concurrent.ConcurrentQueue<ServingStepTrace>();
+        int[] big, small;
+        using (var engine = new ServingEngine(gpu, new ServingOptions { NumKvBlocks = 4096 / expectBlock, MaxSequenceLength = 1024, StepObserver = steps.Enqueue }))
+        {
+            Assert.Equal((expectBlock, expectTokens), (engine.BlockSize, engine.MaxBatchTokens));
+            big = await Collect(engine.Submit(prompt, SamplingParams.Greedy, maxTokens, ct: TestContext.Current.CancellationToken));
+        }
+        Assert.Equal(700, steps.First().Tokens);   // the whole prompt in the first step
+        using (var engine = new ServingEngine(gpu, new ServingOptions { BlockSize = 16, MaxBatchTokens = 64, NumKvBlocks = 256, MaxSequenceLength = 1024 }))
+            small = await Collect(engine.Submit(prompt, SamplingParams.Greedy, maxTokens, ct: TestContext.Current.CancellationToken));
+        Assert.Equal(maxTokens, big.Length);
+        int d = Enumerable.Range(0, maxTokens).FirstOrDefault(k => big[k] != small[k], -1);
+        if (d >= 0)
+        {
+            using var cache = gpu.CreateCache(1024);
+            var logits = gpu.Forward(cache, prompt.Concat(small.Take(d)).ToArray(), LogitsSelection.LastToken);
+            double max = logits.Max(Math.Abs), gap = Math.Abs(logits[small[d]] - logits[big[d]]);
+            Assert.True(gap <= 2e-2 * max, $"default step shape differs from 16-position blocks / 64-token chunks at token {d} ({big[d]} vs {small[d]}) with a logit gap {gap:E3} (max|logit| {max:E3})");
+        }
+        Gpu.Log($"default step shape: block {expectBlock}, {expectTokens} tokens/step; greedy output {(d < 0 ? "identical to" : $"first differs at token {d} from")} the 16 / 64 shape");
+    }
+
     static async Task<int[]> Collect(ServingRequest r)
     {
         var list = new List<int>();

@@ -43,7 +43,17 @@ public sealed unsafe partial class AttentionKernel
     public bool UseWarpSpecializedPaged { get; set; } = true;
 
     /// <summary>Smallest block size that takes the warp-specialised paged entry (tests lower it to 8, the kernel's limit).</summary>
-    internal int WarpSpecializedPagedMinBlock { get; set; } = 64;
+    internal int WarpSpecializedPagedMinBlock { get; set; } = WarpSpecializedPagedBlock;
+
+    const int WarpSpecializedPagedBlock = 64, TwoCtaPagedBlock = 16;
+
+    /// <summary>
+    /// The block size a paged pool should have for the fastest prefill entry here: 64 for bf16 pools on sm_90a with
+    /// head_dim 128 (the warp-specialised paged entry, while <see cref="UseWarpSpecializedPaged"/>), else 16 (the two-CTA
+    /// and flash paged entries, which ran faster over blocks of 16 than of 64: 486 vs 452 TFLOP/s at 8K).
+    /// </summary>
+    public int PreferredPagedBlockSize(int headDim, bool fp8) =>
+        !fp8 && headDim == 128 && UseWarpSpecializedPaged && CudaRuntime.Device.Arch == "sm_90a" ? WarpSpecializedPagedBlock : TwoCtaPagedBlock;
 
     /// <summary>Launches of the warp-specialised entry so far (tests and benchmarks check which entry ran).</summary>
     public long WarpSpecializedLaunches { get; private set; }

@@ -47,6 +47,18 @@ public interface IBatchedBackend
     /// <summary>Most sequences one batched step can hold (CUDA: a kernel grid's limit); the serving engine refuses a larger MaxRunningSequences.</summary>
     int MaxSequencesPerStep => int.MaxValue;
 
+    /// <summary>
+    /// Positions per KV block a serving engine uses for a pool of <paramref name="dtype"/> when its options leave the
+    /// block size open: the size this backend's paged attention runs fastest with.
+    /// </summary>
+    int PreferredBlockSize(KvCacheDtype dtype) => 16;
+
+    /// <summary>
+    /// Tokens per step (the prefill chunk) a serving engine uses when its options leave it open. Small by default: a
+    /// backend without large-matrix throughput gains nothing from bigger chunks and stalls decoding requests longer.
+    /// </summary>
+    int PreferredMaxBatchTokens => 512;
+
     /// <summary>Allocates a paged KV pool of <paramref name="numBlocks"/> blocks of <paramref name="blockSize"/> positions.</summary>
     IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize);
 

@@ -91,8 +91,12 @@ public sealed class ServingEngine : IDisposable
                 $"MaxRunningSequences {options.MaxRunningSequences} exceeds the {_backend.MaxSequencesPerStep} sequences one batched step of backend '{backend.Name}' can hold; lower it.");
         var cfg = backend.Config;
         _maxSequenceLength = Math.Min(options.MaxSequenceLength ?? cfg.MaxPositionEmbeddings, cfg.MaxPositionEmbeddings);
-        int blocksPerSequence = (_maxSequenceLength + options.BlockSize - 1) / options.BlockSize;
-        long bytesPerBlock = _backend.KvBytesPerTokenOf(options.KvCacheDtype) * options.BlockSize;
+        int blockSize = BlockSize = options.BlockSize ?? _backend.PreferredBlockSize(options.KvCacheDtype);
+        MaxBatchTokens = options.MaxBatchTokens ?? _backend.PreferredMaxBatchTokens;
+        if (blockSize < 1 || MaxBatchTokens < 1)
+            throw new InvalidOperationException($"backend '{backend.Name}' prefers block size {blockSize} and {MaxBatchTokens} tokens per step; both must be >= 1.");
+        int blocksPerSequence = (_maxSequenceLength + blockSize - 1) / blockSize;
+        long bytesPerBlock = _backend.KvBytesPerTokenOf(options.KvCacheDtype) * blockSize;
         long numBlocks = options.NumKvBlocks
             ?? Math.Min(options.KvCacheBytes / bytesPerBlock, (long)blocksPerSequence * options.MaxRunningSequences);
         if (numBlocks < 1)
@@ -103,9 +107,9 @@ public sealed class ServingEngine : IDisposable
             throw new ArgumentException($"AdmissionReserveBlocks {reserve} leaves no block of the {numBlocks} to admit anything: raise KvCacheBytes (or lower AdmissionReserveBlocks).", nameof(options));
 
         Options = options;
-        _kv = _backend.CreatePagedKvCache((int)numBlocks, options.BlockSize, options.KvCacheDtype);
-        _scheduler = new Scheduler(new KvBlockManager((int)numBlocks, options.BlockSize, options.EnablePrefixCaching),
-            options.MaxBatchTokens, options.MaxRunningSequences, reserve, options.ReserveOutputBlocks);
+        _kv = _backend.CreatePagedKvCache((int)numBlocks, blockSize, options.KvCacheDtype);
+        _scheduler = new Scheduler(new KvBlockManager((int)numBlocks, blockSize, options.EnablePrefixCaching),
+            MaxBatchTokens, options.MaxRunningSequences, reserve, options.ReserveOutputBlocks);
         _metrics = Snapshot();
         _loop = new Thread(Loop) { IsBackground = true, Name = $"SwiftKV serving ({backend.Name})" };
         _loop.Start();
@@ -113,8 +117,14 @@ public sealed class ServingEngine : IDisposable
 
     public ServingOptions Options { get; }
 
+    /// <summary>Positions per KV block: <see cref="ServingOptions.BlockSize"/>, or the backend's preference when that is null.</summary>
+    public int BlockSize { get; }
+
+    /// <summary>Most tokens per step: <see cref="ServingOptions.MaxBatchTokens"/>, or the backend's preference when that is null.</summary>
+    public int MaxBatchTokens { get; }
+
     /// <summary>Longest prompt + output a request may have (blocks of the whole pool minus the admission reserve included).</summary>
-    public int MaxSequenceLength => Math.Min(_maxSequenceLength, (_scheduler.Blocks.NumBlocks - _scheduler.ReserveBlocks) * Options.BlockSize);
+    public int MaxSequenceLength => Math.Min(_maxSequenceLength, (_scheduler.Blocks.NumBlocks - _scheduler.ReserveBlocks) * BlockSize);
 
     /// <summary>The latest metrics (refreshed after every step and every finished request).</summary>
     public ServingMetrics Metrics

@@ -265,6 +265,36 @@ public class ServingEngineTests
         Assert.Contains("sequence limit of 36", Assert.Throws<ArgumentException>(() => engine.Submit(new int[30], SamplingParams.Greedy, 7, ct: Ct)).Message);
         Assert.Throws<ArgumentOutOfRangeException>(() => engine.Submit([1], SamplingParams.Greedy, 0, ct: Ct));
         Assert.Throws<ArgumentOutOfRangeException>(() => new ServingEngine(backend, new ServingOptions { BlockSize = 0 }));
+        Assert.Contains("MaxBatchTokens", Assert.Throws<ArgumentOutOfRangeException>(() => new ServingEngine(backend, new ServingOptions { MaxBatchTokens = 0 })).Message);
+    }
+
+    /// <summary>
+    /// Options that leave the step shape open take the backend's preference (the CPU's: 16-position blocks, 512 tokens
+    /// per step); set ones win. The scheduler really honours the resolved budget: no step computes more tokens.
+    /// </summary>
+    [Fact]
+    public async Task StepShape_DefaultsComeFromTheBackend_SetOptionsWin()
+    {
+        using var backend = Backend("llama");
+        var prompt = TestModels.RandomTokens(40, backend.Config.VocabSize, 77);
+        var expected = Solo(backend, prompt, SamplingParams.Greedy, 4, new HashSet<int>());
+        using (var engine = new ServingEngine(backend, new ServingOptions { NumKvBlocks = 8 }))
+        {
+            Assert.Equal((16, 512), (engine.BlockSize, engine.MaxBatchTokens));
+            Assert.Equal((16, 512), (((IBatchedBackend)backend).PreferredBlockSize(KvCacheDtype.Bf16), ((IBatchedBackend)backend).PreferredMaxBatchTokens));
+            Assert.Null(engine.Options.BlockSize);
+            // 8 blocks of 16 positions, one held back for admission.
+            Assert.Equal(Math.Min(backend.Config.MaxPositionEmbeddings, 7 * 16), engine.MaxSequenceLength);
+            Assert.Equal(expected, await Collect(engine.Submit(prompt, SamplingParams.Greedy, 4, ct: Ct)));
+        }
+        var steps = new System.Collections.Concurrent.ConcurrentQueue<ServingStepTrace>();
+        using (var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, MaxBatchTokens = 12, NumKvBlocks = 40, StepObserver = steps.Enqueue }))
+        {
+            Assert.Equal((4, 12), (engine.BlockSize, engine.MaxBatchTokens));
+            Assert.Equal(expected, await Collect(engine.Submit(prompt, SamplingParams.Greedy, 4, ct: Ct)));
+        }
+        Assert.True(steps.Count >= 4, $"a 40-token prompt in steps of <= 12 tokens takes at least 4 steps; saw {steps.Count}");
+        Assert.All(steps, s => Assert.InRange(s.Tokens, 1, 12));
     }
 
     /// <summary>
