@@ -85,9 +85,12 @@ public static class SummarizationSample
         var (modelPath, isDemo) = SampleModel.Resolve(options.Model, output);
 
         // NOTE: two clients load the checkpoint twice (the backend is built for one mode); fine for the demo and
-        // for 8B on a large GPU, and it is what makes the comparison same-checkpoint, same-backend.
-        using var on = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = modelPath, SwiftKv = true, ContextLength = options.ChunkTokens + 1024 });
-        using var off = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = modelPath, SwiftKv = false, ContextLength = options.ChunkTokens + 1024 });
+        // for 8B on a large GPU, and it is what makes the comparison same-checkpoint, same-backend. Each gets a KV
+        // budget of its own: left to the default, the first engine on a GPU would take the memory the second one's
+        // weights need. The map calls run one at a time, so 4 GiB each is plenty.
+        const long kvBytes = 4L << 30;
+        using var on = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = modelPath, SwiftKv = true, ContextLength = options.ChunkTokens + 1024, KvCacheBytes = kvBytes });
+        using var off = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = modelPath, SwiftKv = false, ContextLength = options.ChunkTokens + 1024, KvCacheBytes = kvBytes });
         LlamaConfig config = on.Model.Config;
         bool hasSwiftKv = on.Model.Backend.SwiftKvEnabled;
         var (onPipeline, onRecorder) = SampleKernel.Pipeline(on);

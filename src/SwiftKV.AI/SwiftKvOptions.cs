@@ -22,8 +22,15 @@ public sealed class SwiftKvOptions
     /// <summary>Most tokens (prompt + answer) one request may hold in its KV cache.</summary>
     public int ContextLength { get; set; } = 8192;
 
-    /// <summary>Bytes of KV cache the serving engine allocates for all concurrent requests together (paged blocks).</summary>
-    public long KvCacheBytes { get; set; } = 1L << 30;
+    /// <summary>
+    /// Bytes of KV cache the serving engine allocates for all concurrent requests together (paged blocks). Null
+    /// (default): on a GPU, 90% of the memory left once the weights and a step's workspace are there, less a reserve
+    /// (2 GiB or 5% of the card), but no more than 64 concurrent requests (the engine's MaxRunningSequences) of
+    /// ContextLength need; on the CPU, 1 GiB. Set it when
+    /// several models (say, SwiftKV on and off side by side) or other processes share the GPU: the first engine to
+    /// start would otherwise take what the next one's weights need.
+    /// </summary>
+    public long? KvCacheBytes { get; set; }
 
     /// <summary>Reuse the KV of identical prompt prefixes (whole blocks) across requests, e.g. a shared system prompt or a resent chat history.</summary>
     public bool EnablePrefixCaching { get; set; } = true;
@@ -62,8 +69,8 @@ public sealed class SwiftKvOptions
             throw new ArgumentException("SwiftKvOptions.ModelId must be null (the directory's name) or a non-empty id.", nameof(ModelId));
         if (ContextLength <= 0)
             throw new ArgumentOutOfRangeException(nameof(ContextLength), ContextLength, "SwiftKvOptions.ContextLength must be > 0.");
-        if (KvCacheBytes <= 0)
-            throw new ArgumentOutOfRangeException(nameof(KvCacheBytes), KvCacheBytes, "SwiftKvOptions.KvCacheBytes must be > 0.");
+        if (KvCacheBytes is <= 0)
+            throw new ArgumentOutOfRangeException(nameof(KvCacheBytes), KvCacheBytes, "SwiftKvOptions.KvCacheBytes must be > 0 (or null for the backend's default).");
         if (!Enum.IsDefined(KvCacheDtype))
             throw new ArgumentOutOfRangeException(nameof(KvCacheDtype), KvCacheDtype, "SwiftKvOptions.KvCacheDtype must be Bf16 or Fp8E4M3.");
         if (DefaultMaxOutputTokens <= 0)
@@ -86,6 +93,8 @@ public sealed class SwiftKvOptions
         {
             KvCacheBytes = KvCacheBytes, EnablePrefixCaching = EnablePrefixCaching, KvCacheDtype = KvCacheDtype,
             MaxBatchTokens = MaxBatchTokens, BlockSize = KvBlockSize,
+            // No request holds more than ContextLength positions, so the pool need not either (ChatPromptBuilder checks prompts against it).
+            MaxSequenceLength = Math.Max(2, ContextLength),
         });
     }
 }

@@ -64,7 +64,19 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
         using var provider = services.BuildServiceProvider();
         var engine = provider.GetRequiredService<IChatClient>().GetService<SwiftKvChatClient>()!.Model.Serving!;
         Assert.Equal((16, 512), (engine.BlockSize, engine.MaxBatchTokens));
-        Assert.Equal((null, null), (engine.Options.BlockSize, engine.Options.MaxBatchTokens));
+        Assert.Equal((null, null, null), (engine.Options.BlockSize, engine.Options.MaxBatchTokens, engine.Options.KvCacheBytes));
+        // No request may hold more than ContextLength (8192 by default) positions: neither does the pool size for more.
+        Assert.Equal(8192, engine.Options.MaxSequenceLength);
+        Assert.True(engine.MaxSequenceLength <= 8192);
+    }
+
+    [Theory]
+    [InlineData(0L)]
+    [InlineData(-1L)]
+    public void AddSwiftKvChatClient_InvalidKvCacheBytes_FailsAtRegistration(long bytes)
+    {
+        var e = Assert.ThrowsAny<ArgumentException>(() => new ServiceCollection().AddSwiftKvChatClient(o => { o.ModelPath = tiny.Directory; o.KvCacheBytes = bytes; }));
+        Assert.Contains("KvCacheBytes", e.Message);
     }
 
     [Theory]

@@ -397,6 +397,39 @@ public sealed class CudaBatchedTests
         Gpu.Log($"default step shape: block {expectBlock}, {expectTokens} tokens/step; greedy output {(d < 0 ? "identical to" : $"first differs at token {d} from")} the 16 / 64 shape");
     }
 
+    /// <summary>
+    /// The KV budget left open (KvCacheBytes null, as the IChatClient does): the pool takes most of the memory free
+    /// after the weights, the reserve stays free, a step of the engine's full token budget and decode steps still run
+    /// beside the pool (the workspace grew before the pool was sized), and disposing the engine gives the pool back.
+    /// </summary>
+    [Fact]
+    public async Task ServingEngine_AutoKvBudget_TakesFreeMemory_StepsStillRun_GivesItBack()
+    {
+        Gpu.Require();
+        // 16 layers of 2 x 128-dim KV heads: 16 KiB per position, so 64 sequences of 128K positions (the cap) need more than any card has.
+        var spec = new ModelSpec(Hidden: 256, Heads: 4, KvHeads: 2, HeadDim: 128, Layers: 16, Vocab: 211, Seed: 53, MaxPositions: 131072);
+        using var gpu = new CudaBackend(TestModels.Build(spec));
+        CudaRuntime.Synchronize();
+        var (freeBefore, total) = CudaRuntime.MemoryInfo();
+        long reserve = Math.Max(2L << 30, total / 20);
+        using (var engine = new ServingEngine(gpu, new ServingOptions()))
+        {
+            Assert.Null(engine.Options.KvCacheBytes);
+            long free = CudaRuntime.MemoryInfo().Free;
+            Gpu.Log($"auto KV budget: {engine.KvCacheBytes / (1 << 20)} MiB of {freeBefore / (1 << 20)} MiB free before; {free / (1 << 20)} MiB free after (reserve {reserve / (1 << 20)} MiB)");
+            Assert.InRange(engine.KvCacheBytes, (long)(0.8 * (freeBefore - reserve)), freeBefore - reserve);
+            Assert.True(free >= reserve, $"only {free} bytes left free next to the pool; the reserve is {reserve}");
+            var prompt = TestModels.RandomTokens(engine.MaxBatchTokens, spec.Vocab, 23);
+            var outputs = await Task.WhenAll(Enumerable.Range(0, 3).Select(i =>
+                Collect(engine.Submit(i == 0 ? prompt : prompt[..(100 * i)], SamplingParams.Greedy, 6, ct: TestContext.Current.CancellationToken))));
+            Assert.All(outputs, o => Assert.Equal(6, o.Length));
+        }
+        CudaRuntime.Synchronize();
+        long freeAfter = CudaRuntime.MemoryInfo().Free;
+        // The backend keeps its grown workspace (tens of MB here); the pool itself is gone.
+        Assert.True(freeAfter >= freeBefore - (512L << 20), $"free memory {freeAfter} after disposing the engine, {freeBefore} before it started");
+    }
+
     static async Task<int[]> Collect(ServingRequest r)
     {
         var list = new List<int>();

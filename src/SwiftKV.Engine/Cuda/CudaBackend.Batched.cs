@@ -57,6 +57,25 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     public int PreferredMaxBatchTokens => Device.TotalMemoryBytes >= 64L << 30 ? 8192 : 2048;
 
     /// <inheritdoc />
+    /// <remarks>
+    /// 90% of the device memory free once the step workspace has grown to <paramref name="maxBatchTokens"/> rows,
+    /// less a reserve (2 GiB or 5% of the card, whichever is larger) for what steps allocate later (attention
+    /// partials, cuBLAS, decode graphs). A second model loaded afterwards finds only the rest: give engines that
+    /// share a GPU an explicit KvCacheBytes. Never negative.
+    /// </remarks>
+    public long PreferredKvCacheBytes(int maxBatchTokens, int maxSequences)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBatchTokens);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxSequences);
+        _ws.Ensure(Math.Max(maxBatchTokens, maxSequences), maxSequences);
+        _stream.Synchronize();
+        var (free, total) = CudaRuntime.MemoryInfo();
+        long reserve = Math.Max(2L << 30, total / 20);
+        return Math.Max(0, (long)((free - reserve) * 0.9));
+    }
+
+    /// <inheritdoc />
     /// <remarks>fp8: one byte per element plus a 4-byte scale per KV head, for K and V of every distinct cache.</remarks>
     public long KvBytesPerTokenOf(KvCacheDtype dtype) => 2L * Config.NumKvCaches(SwiftKvEnabled) *
         (dtype == KvCacheDtype.Fp8E4M3 ? Config.KeyValueDim + 4L * Config.NumKeyValueHeads : Config.KeyValueDim * 2L);

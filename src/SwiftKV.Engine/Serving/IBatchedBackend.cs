@@ -59,6 +59,13 @@ public interface IBatchedBackend
     /// </summary>
     int PreferredMaxBatchTokens => 512;
 
+    /// <summary>
+    /// KV bytes a serving engine takes when its options leave the budget open. A GPU backend first grows its step
+    /// workspace to <paramref name="maxBatchTokens"/> rows and <paramref name="maxSequences"/> logits rows (so the
+    /// steps that follow do not run out of memory next to the pool) and answers with most of what is then free.
+    /// </summary>
+    long PreferredKvCacheBytes(int maxBatchTokens, int maxSequences) => 1L << 30;
+
     /// <summary>Allocates a paged KV pool of <paramref name="numBlocks"/> blocks of <paramref name="blockSize"/> positions.</summary>
     IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize);
 

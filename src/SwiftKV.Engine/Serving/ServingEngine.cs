@@ -97,10 +97,14 @@ public sealed class ServingEngine : IDisposable
             throw new InvalidOperationException($"backend '{backend.Name}' prefers block size {blockSize} and {MaxBatchTokens} tokens per step; both must be >= 1.");
         int blocksPerSequence = (_maxSequenceLength + blockSize - 1) / blockSize;
         long bytesPerBlock = _backend.KvBytesPerTokenOf(options.KvCacheDtype) * blockSize;
-        long numBlocks = options.NumKvBlocks
-            ?? Math.Min(options.KvCacheBytes / bytesPerBlock, (long)blocksPerSequence * options.MaxRunningSequences);
+        long neededBlocks = (long)blocksPerSequence * options.MaxRunningSequences;
+        long kvBytes = options.NumKvBlocks is null ? options.KvCacheBytes ?? _backend.PreferredKvCacheBytes(MaxBatchTokens, options.MaxRunningSequences) : 0;
+        long numBlocks = options.NumKvBlocks ?? Math.Min(kvBytes / bytesPerBlock, neededBlocks);
         if (numBlocks < 1)
-            throw new ArgumentException($"KvCacheBytes {options.KvCacheBytes} is less than one KV block ({bytesPerBlock} bytes); raise KvCacheBytes (or lower ServingOptions.BlockSize).", nameof(options));
+            throw new ArgumentException(options.KvCacheBytes is null
+                ? $"backend '{backend.Name}' has {kvBytes} bytes left for the KV cache once its weights and step workspace are allocated, less than one KV block ({bytesPerBlock} bytes): free GPU memory (other models or processes), lower MaxBatchTokens, or set KvCacheBytes."
+                : $"KvCacheBytes {options.KvCacheBytes} is less than one KV block ({bytesPerBlock} bytes); raise KvCacheBytes (or lower ServingOptions.BlockSize).", nameof(options));
+        KvCacheBytes = numBlocks * bytesPerBlock;
         // With ReserveOutputBlocks every admitted request's growth is already held back: no extra slack by default.
         int reserve = options.AdmissionReserveBlocks ?? (options.ReserveOutputBlocks ? 0 : (int)Math.Max(1, numBlocks / 100));
         if (reserve >= numBlocks)
@@ -122,6 +126,9 @@ public sealed class ServingEngine : IDisposable
 
     /// <summary>Most tokens per step: <see cref="ServingOptions.MaxBatchTokens"/>, or the backend's preference when that is null.</summary>
     public int MaxBatchTokens { get; }
+
+    /// <summary>Bytes of the KV pool this engine allocated (its blocks times the bytes of one block).</summary>
+    public long KvCacheBytes { get; }
 
     /// <summary>Longest prompt + output a request may have (blocks of the whole pool minus the admission reserve included).</summary>
     public int MaxSequenceLength => Math.Min(_maxSequenceLength, (_scheduler.Blocks.NumBlocks - _scheduler.ReserveBlocks) * BlockSize);

@@ -28,8 +28,11 @@ public sealed record ServingOptions
     /// <summary>
     /// KV memory budget when <see cref="NumKvBlocks"/> is null. The same bytes buy more blocks with SwiftKV's
     /// AcrossKV (fewer caches per block). Capped at what <see cref="MaxRunningSequences"/> full-length sequences use.
+    /// Null: the backend's choice (<see cref="IBatchedBackend.PreferredKvCacheBytes"/>: on a GPU most of the memory
+    /// still free once the weights and a step's workspace are there; 1 GiB on the CPU). Set it when other models or
+    /// processes must fit on the same GPU after this engine starts.
     /// </summary>
-    public long KvCacheBytes { get; init; } = 1L << 30;
+    public long? KvCacheBytes { get; init; }
 
     /// <summary>
     /// Most tokens one step computes (decode tokens plus prefill chunks): a long prompt prefills in chunks of this many
@@ -74,7 +77,7 @@ public sealed record ServingOptions
     {
         if (BlockSize is < 1) throw new ArgumentOutOfRangeException(nameof(BlockSize), BlockSize, "BlockSize must be >= 1 (or null).");
         if (NumKvBlocks is < 1) throw new ArgumentOutOfRangeException(nameof(NumKvBlocks), NumKvBlocks, "NumKvBlocks must be >= 1 (or null).");
-        if (KvCacheBytes < 1) throw new ArgumentOutOfRangeException(nameof(KvCacheBytes), KvCacheBytes, "KvCacheBytes must be > 0.");
+        if (KvCacheBytes is < 1) throw new ArgumentOutOfRangeException(nameof(KvCacheBytes), KvCacheBytes, "KvCacheBytes must be > 0 (or null).");
         if (MaxBatchTokens is < 1) throw new ArgumentOutOfRangeException(nameof(MaxBatchTokens), MaxBatchTokens, "MaxBatchTokens must be >= 1 (or null).");
         if (MaxRunningSequences < 1) throw new ArgumentOutOfRangeException(nameof(MaxRunningSequences), MaxRunningSequences, "MaxRunningSequences must be >= 1.");
         if (MaxSequenceLength is < 2) throw new ArgumentOutOfRangeException(nameof(MaxSequenceLength), MaxSequenceLength, "MaxSequenceLength must be >= 2 (or null).");

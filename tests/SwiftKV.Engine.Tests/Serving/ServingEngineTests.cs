@@ -287,6 +287,13 @@ public class ServingEngineTests
             Assert.Equal(Math.Min(backend.Config.MaxPositionEmbeddings, 7 * 16), engine.MaxSequenceLength);
             Assert.Equal(expected, await Collect(engine.Submit(prompt, SamplingParams.Greedy, 4, ct: Ct)));
         }
+        using (var engine = new ServingEngine(backend, new ServingOptions()))
+        {
+            // The CPU's KV budget is 1 GiB, capped at what MaxRunningSequences full-length sequences need.
+            long block = 16 * ((IBatchedBackend)backend).KvBytesPerToken;
+            long need = (backend.Config.MaxPositionEmbeddings + 15) / 16 * (long)engine.Options.MaxRunningSequences;
+            Assert.Equal(Math.Min((1L << 30) / block, need) * block, engine.KvCacheBytes);
+        }
         var steps = new System.Collections.Concurrent.ConcurrentQueue<ServingStepTrace>();
         using (var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, MaxBatchTokens = 12, NumKvBlocks = 40, StepObserver = steps.Enqueue }))
         {
