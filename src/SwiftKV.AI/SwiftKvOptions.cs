@@ -25,8 +25,8 @@ public sealed class SwiftKvOptions
     /// <summary>
     /// Bytes of KV cache the serving engine allocates for all concurrent requests together (paged blocks). Null
     /// (default): on a GPU, 90% of the memory left once the weights and a step's workspace are there, less a reserve
-    /// (2 GiB or 5% of the card), but no more than 64 concurrent requests (the engine's MaxRunningSequences) of
-    /// ContextLength need; on the CPU, 1 GiB. Set it when
+    /// (2 GiB or 5% of the card), but no more than MaxConcurrentRequests requests of ContextLength need; on the CPU,
+    /// 1 GiB. Set it when
     /// several models (say, SwiftKV on and off side by side) or other processes share the GPU: the first engine to
     /// start would otherwise take what the next one's weights need.
     /// </summary>
@@ -48,6 +48,12 @@ public sealed class SwiftKvOptions
     /// throughput (docs/BENCHMARKS.md has the measured trade-off).
     /// </summary>
     public int? MaxBatchTokens { get; set; }
+
+    /// <summary>
+    /// Most requests decoding at once (more wait for a slot): bigger decode steps give more tokens per second in all
+    /// and a slower pace for each request. Null (default): the backend's choice, 128 on the GPU, 64 on the CPU.
+    /// </summary>
+    public int? MaxConcurrentRequests { get; set; }
 
     /// <summary>
     /// Positions per paged KV block (a power of two on the GPU). Null (default): the backend's choice, 64 for bf16 KV on
@@ -77,6 +83,8 @@ public sealed class SwiftKvOptions
             throw new ArgumentOutOfRangeException(nameof(DefaultMaxOutputTokens), DefaultMaxOutputTokens, "SwiftKvOptions.DefaultMaxOutputTokens must be > 0.");
         if (MaxBatchTokens is <= 0)
             throw new ArgumentOutOfRangeException(nameof(MaxBatchTokens), MaxBatchTokens, "SwiftKvOptions.MaxBatchTokens must be > 0 (or null for the backend's default).");
+        if (MaxConcurrentRequests is <= 0)
+            throw new ArgumentOutOfRangeException(nameof(MaxConcurrentRequests), MaxConcurrentRequests, "SwiftKvOptions.MaxConcurrentRequests must be > 0 (or null for the backend's default).");
         if (KvBlockSize is <= 0 or > 4096)
             throw new ArgumentOutOfRangeException(nameof(KvBlockSize), KvBlockSize, "SwiftKvOptions.KvBlockSize must be in 1..4096 (or null for the backend's default).");
         if (!Enum.IsDefined(Backend))
@@ -92,7 +100,7 @@ public sealed class SwiftKvOptions
         return LocalModel.Load(ModelPath, Backend, SwiftKv, new SwiftKV.Engine.Serving.ServingOptions
         {
             KvCacheBytes = KvCacheBytes, EnablePrefixCaching = EnablePrefixCaching, KvCacheDtype = KvCacheDtype,
-            MaxBatchTokens = MaxBatchTokens, BlockSize = KvBlockSize,
+            MaxBatchTokens = MaxBatchTokens, BlockSize = KvBlockSize, MaxRunningSequences = MaxConcurrentRequests,
             // No request holds more than ContextLength positions, so the pool need not either (ChatPromptBuilder checks prompts against it).
             MaxSequenceLength = Math.Max(2, ContextLength),
         });

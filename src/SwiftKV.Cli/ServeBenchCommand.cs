@@ -33,7 +33,7 @@ namespace SwiftKV.Cli;
 internal static class ServeBenchCommand
 {
     public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--requests 256] [--prompt 2000] [--output 256] " +
-        "[--max-batch-tokens N (default: the engine's, 8192 on this H100)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--kv-gb N|auto (default: free memory less the headroom)] [--max-running N (default: --requests)] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
+        "[--max-batch-tokens N (default: the engine's, 8192 on this H100)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--kv-gb N|auto (default: free memory less the headroom)] [--max-running N|auto (default: --requests; auto: the engine's)] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
         "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--out serve.json] [--md serve.md]";
 
     sealed record EngineConfig(string Key, bool SplitAttention, bool ReserveOutputs);
@@ -92,7 +92,10 @@ internal static class ServeBenchCommand
         string kvArg = a.String("kv-gb") ?? "";
         double? kvGb = kvArg is "" or "auto" ? null : double.TryParse(kvArg, NumberStyles.Float, CultureInfo.InvariantCulture, out double g) && g > 0 ? g
             : throw new UsageException($"--kv-gb: '{kvArg}' is neither a size in GiB (> 0) nor auto");
-        int? maxRunningArg = a.Int("max-running");
+        string runningArg = a.String("max-running") ?? "";
+        bool runningAuto = runningArg == "auto";
+        int? maxRunningArg = runningArg is "" or "auto" ? null : int.TryParse(runningArg, out int mr) && mr >= 1 ? mr
+            : throw new UsageException($"--max-running: '{runningArg}' is neither a count (>= 1) nor auto");
         int prefix = a.Int("prefix") ?? 8192, questions = a.Int("questions") ?? 64, questionTokens = a.Int("question-tokens") ?? 64;
         int prefixOutput = a.Int("prefix-output") ?? 32;
         string prefixVariant = a.String("prefix-variant") ?? "swiftkv50";
@@ -103,7 +106,7 @@ internal static class ServeBenchCommand
         string? outMd = a.String("md");
         bool[] wsModes = a.OnOffBoth("paged-attention-ws", "on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)");
         a.RejectUnknown();
-        if (requests < 1 || prompt < 1 || output < 1 || maxBatchArg is < 1 || blockSizeArg is < 1 || maxRunningArg is < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1)
+        if (requests < 1 || prompt < 1 || output < 1 || maxBatchArg is < 1 || blockSizeArg is < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1)
             throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --questions, --question-tokens and --prefix-output must be >= 1");
         if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("serve-bench needs a CUDA GPU: " + why);
 
@@ -177,7 +180,7 @@ internal static class ServeBenchCommand
         foreach (var v in variants)
         {
             using var backend = Open(v);
-            var opts = PoolOptions(backend, v.Dtype, blockSizeArg, maxBatchArg, maxRunningArg ?? requests, prompt + output, headroomGb, kvArg == "auto", kvGb);
+            var opts = PoolOptions(backend, v.Dtype, blockSizeArg, maxBatchArg, runningAuto ? null : maxRunningArg ?? requests, prompt + output, headroomGb, kvArg == "auto", kvGb);
             var prompts = Enumerable.Range(0, requests).Select(i => Tokens(prompt, v.Config.VocabSize, 1000 + i)).ToArray();
             foreach (var c in configs)
                 foreach (bool ws in wsModes)
@@ -210,7 +213,7 @@ internal static class ServeBenchCommand
             var prompts = Enumerable.Range(0, questions).Select(i => system.Concat(Tokens(questionTokens, v.Config.VocabSize, 5000 + i)).ToArray()).ToArray();
             foreach (bool caching in new[] { true, false })
             {
-                var opts = PoolOptions(backend, v.Dtype, blockSizeArg, maxBatchArg, maxRunningArg ?? questions, prefix + questionTokens + prefixOutput, headroomGb, kvArg == "auto", kvGb)
+                var opts = PoolOptions(backend, v.Dtype, blockSizeArg, maxBatchArg, runningAuto ? null : maxRunningArg ?? questions, prefix + questionTokens + prefixOutput, headroomGb, kvArg == "auto", kvGb)
                     with { EnablePrefixCaching = caching, ReserveOutputBlocks = configs[^1].ReserveOutputs };
                 Add(caching ? $"prefix {prefix}+{questionTokens}, caching on" : $"prefix {prefix}+{questionTokens}, caching off", v,
                     RunWorkload(backend, opts, prompts, prefixOutput, maxSeconds, caching ? "prefix-on" : "prefix-off"), configs[^1].Key);
@@ -233,10 +236,11 @@ internal static class ServeBenchCommand
     }
 
     /// <summary>Warms the backend up at the largest step (workspace allocated, kernels compiled), then sizes the pool from the free memory.</summary>
-    static ServingOptions PoolOptions(CudaBackend backend, KvCacheDtype dtype, int? blockSizeArg, int? maxBatchArg, int maxRunning, int maxSequence, double headroomGb,
+    static ServingOptions PoolOptions(CudaBackend backend, KvCacheDtype dtype, int? blockSizeArg, int? maxBatchArg, int? maxRunningArg, int maxSequence, double headroomGb,
         bool kvAuto, double? kvGb)
     {
-        int blockSize = blockSizeArg ?? backend.PreferredBlockSize(dtype), maxBatch = maxBatchArg ?? backend.PreferredMaxBatchTokens;
+        int blockSize = blockSizeArg ?? backend.PreferredBlockSize(dtype), maxBatch = maxBatchArg ?? backend.PreferredMaxBatchTokens,
+            maxRunning = maxRunningArg ?? backend.PreferredMaxRunningSequences;
         var warm = new ServingOptions { KvCacheDtype = dtype, BlockSize = blockSize, NumKvBlocks = (maxBatch + 2 * blockSize) / blockSize + 2, MaxBatchTokens = maxBatch, MaxRunningSequences = 8, AdmissionReserveBlocks = 0 };
         using (var engine = new ServingEngine(backend, warm))
         {
@@ -255,7 +259,7 @@ internal static class ServeBenchCommand
             : Math.Max(backend.KvBytesPerTokenOf(dtype) * blockSize, free - (long)(headroomGb * (1L << 30)));
         return new ServingOptions
         {
-            KvCacheDtype = dtype, BlockSize = blockSize, KvCacheBytes = kvBytes, MaxBatchTokens = maxBatch, MaxRunningSequences = maxRunning, MaxSequenceLength = maxSequence,
+            KvCacheDtype = dtype, BlockSize = blockSize, KvCacheBytes = kvBytes, MaxBatchTokens = maxBatch, MaxRunningSequences = maxRunningArg, MaxSequenceLength = maxSequence,
         };
     }
 

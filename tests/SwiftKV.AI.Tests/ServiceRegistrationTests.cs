@@ -42,6 +42,7 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
             ["SwiftKV:KvCacheDtype"] = "Fp8E4M3",
             ["SwiftKV:MaxBatchTokens"] = "96",
             ["SwiftKV:KvBlockSize"] = "8",
+            ["SwiftKV:MaxConcurrentRequests"] = "5",
         }).Build();
         var services = new ServiceCollection();
         services.AddSwiftKvChatClient(config.GetSection("SwiftKV"));
@@ -52,7 +53,7 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
         var serving = client.GetService<SwiftKvChatClient>()!.Model.Serving!.Options;
         Assert.Equal((32L << 20, false, SwiftKV.Engine.Serving.KvCacheDtype.Fp8E4M3), (serving.KvCacheBytes, serving.EnablePrefixCaching, serving.KvCacheDtype));
         var engine = client.GetService<SwiftKvChatClient>()!.Model.Serving!;
-        Assert.Equal((8, 96), (engine.BlockSize, engine.MaxBatchTokens));
+        Assert.Equal((8, 96, 5), (engine.BlockSize, engine.MaxBatchTokens, engine.MaxRunningSequences));
     }
 
     /// <summary>Left unset, the step shape is the backend's (the CPU's: 16-position blocks, 512 tokens per step).</summary>
@@ -63,11 +64,18 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
         services.AddSwiftKvChatClient(o => { o.ModelPath = tiny.Directory; o.Backend = Engine.BackendKind.Cpu; });
         using var provider = services.BuildServiceProvider();
         var engine = provider.GetRequiredService<IChatClient>().GetService<SwiftKvChatClient>()!.Model.Serving!;
-        Assert.Equal((16, 512), (engine.BlockSize, engine.MaxBatchTokens));
-        Assert.Equal((null, null, null), (engine.Options.BlockSize, engine.Options.MaxBatchTokens, engine.Options.KvCacheBytes));
+        Assert.Equal((16, 512, 64), (engine.BlockSize, engine.MaxBatchTokens, engine.MaxRunningSequences));
+        Assert.Equal((null, null, null, null), (engine.Options.BlockSize, engine.Options.MaxBatchTokens, engine.Options.KvCacheBytes, engine.Options.MaxRunningSequences));
         // No request may hold more than ContextLength (8192 by default) positions: neither does the pool size for more.
         Assert.Equal(8192, engine.Options.MaxSequenceLength);
         Assert.True(engine.MaxSequenceLength <= 8192);
+    }
+
+    [Fact]
+    public void AddSwiftKvChatClient_InvalidMaxConcurrentRequests_FailsAtRegistration()
+    {
+        var e = Assert.ThrowsAny<ArgumentException>(() => new ServiceCollection().AddSwiftKvChatClient(o => { o.ModelPath = tiny.Directory; o.MaxConcurrentRequests = 0; }));
+        Assert.Contains("MaxConcurrentRequests", e.Message);
     }
 
     [Theory]

@@ -379,7 +379,7 @@ public sealed class CudaBatchedTests
         int[] big, small;
         using (var engine = new ServingEngine(gpu, new ServingOptions { NumKvBlocks = 4096 / expectBlock, MaxSequenceLength = 1024, StepObserver = steps.Enqueue }))
         {
-            Assert.Equal((expectBlock, expectTokens), (engine.BlockSize, engine.MaxBatchTokens));
+            Assert.Equal((expectBlock, expectTokens, Math.Min(128, gpu.MaxSequencesPerStep)), (engine.BlockSize, engine.MaxBatchTokens, engine.MaxRunningSequences));
             big = await Collect(engine.Submit(prompt, SamplingParams.Greedy, maxTokens, ct: TestContext.Current.CancellationToken));
         }
         Assert.Equal(700, steps.First().Tokens);   // the whole prompt in the first step

@@ -53,6 +53,9 @@ public interface IBatchedBackend
     /// </summary>
     int PreferredBlockSize(KvCacheDtype dtype) => 16;
 
+    /// <summary>Most sequences a serving engine runs at once when its options leave it open.</summary>
+    int PreferredMaxRunningSequences => Math.Min(64, MaxSequencesPerStep);
+
     /// <summary>
     /// Tokens per step (the prefill chunk) a serving engine uses when its options leave it open. Small by default: a
     /// backend without large-matrix throughput gains nothing from bigger chunks and stalls decoding requests longer.

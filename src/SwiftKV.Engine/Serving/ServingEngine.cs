@@ -86,9 +86,10 @@ public sealed class ServingEngine : IDisposable
             $"backend '{backend.Name}' ({backend.GetType().Name}) does not implement IBatchedBackend, which batched serving needs.", nameof(backend));
         if (!_backend.SupportsBatchedStep)
             throw new ArgumentException($"backend '{backend.Name}' has no batched step for this model (SupportsBatchedStep is false); serve it serially.", nameof(backend));
-        if (options.MaxRunningSequences > _backend.MaxSequencesPerStep)
-            throw new ArgumentOutOfRangeException(nameof(options), options.MaxRunningSequences,
-                $"MaxRunningSequences {options.MaxRunningSequences} exceeds the {_backend.MaxSequencesPerStep} sequences one batched step of backend '{backend.Name}' can hold; lower it.");
+        int maxRunning = MaxRunningSequences = options.MaxRunningSequences ?? _backend.PreferredMaxRunningSequences;
+        if (maxRunning > _backend.MaxSequencesPerStep || maxRunning < 1)
+            throw new ArgumentOutOfRangeException(nameof(options), maxRunning,
+                $"MaxRunningSequences {maxRunning} exceeds the {_backend.MaxSequencesPerStep} sequences one batched step of backend '{backend.Name}' can hold; lower it.");
         var cfg = backend.Config;
         _maxSequenceLength = Math.Min(options.MaxSequenceLength ?? cfg.MaxPositionEmbeddings, cfg.MaxPositionEmbeddings);
         int blockSize = BlockSize = options.BlockSize ?? _backend.PreferredBlockSize(options.KvCacheDtype);
@@ -97,8 +98,8 @@ public sealed class ServingEngine : IDisposable
             throw new InvalidOperationException($"backend '{backend.Name}' prefers block size {blockSize} and {MaxBatchTokens} tokens per step; both must be >= 1.");
         int blocksPerSequence = (_maxSequenceLength + blockSize - 1) / blockSize;
         long bytesPerBlock = _backend.KvBytesPerTokenOf(options.KvCacheDtype) * blockSize;
-        long neededBlocks = (long)blocksPerSequence * options.MaxRunningSequences;
-        long kvBytes = options.NumKvBlocks is null ? options.KvCacheBytes ?? _backend.PreferredKvCacheBytes(MaxBatchTokens, options.MaxRunningSequences) : 0;
+        long neededBlocks = (long)blocksPerSequence * maxRunning;
+        long kvBytes = options.NumKvBlocks is null ? options.KvCacheBytes ?? _backend.PreferredKvCacheBytes(MaxBatchTokens, maxRunning) : 0;
         long numBlocks = options.NumKvBlocks ?? Math.Min(kvBytes / bytesPerBlock, neededBlocks);
         if (numBlocks < 1)
             throw new ArgumentException(options.KvCacheBytes is null
@@ -113,7 +114,7 @@ public sealed class ServingEngine : IDisposable
         Options = options;
         _kv = _backend.CreatePagedKvCache((int)numBlocks, blockSize, options.KvCacheDtype);
         _scheduler = new Scheduler(new KvBlockManager((int)numBlocks, blockSize, options.EnablePrefixCaching),
-            MaxBatchTokens, options.MaxRunningSequences, reserve, options.ReserveOutputBlocks);
+            MaxBatchTokens, maxRunning, reserve, options.ReserveOutputBlocks);
         _metrics = Snapshot();
         _loop = new Thread(Loop) { IsBackground = true, Name = $"SwiftKV serving ({backend.Name})" };
         _loop.Start();
@@ -126,6 +127,9 @@ public sealed class ServingEngine : IDisposable
 
     /// <summary>Most tokens per step: <see cref="ServingOptions.MaxBatchTokens"/>, or the backend's preference when that is null.</summary>
     public int MaxBatchTokens { get; }
+
+    /// <summary>Most sequences running at once: <see cref="ServingOptions.MaxRunningSequences"/>, or the backend's preference when that is null.</summary>
+    public int MaxRunningSequences { get; }
 
     /// <summary>Bytes of the KV pool this engine allocated (its blocks times the bytes of one block).</summary>
     public long KvCacheBytes { get; }

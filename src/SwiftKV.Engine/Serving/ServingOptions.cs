@@ -44,7 +44,11 @@ public sealed record ServingOptions
     public int? MaxBatchTokens { get; init; }
 
     /// <summary>Most sequences admitted at once.</summary>
-    public int MaxRunningSequences { get; init; } = 64;
+    /// <remarks>
+    /// Null: the backend's choice (<see cref="IBatchedBackend.PreferredMaxRunningSequences"/>: 128 on the GPU, 64 on
+    /// the CPU). More running sequences make bigger decode steps (more tokens per second in all, a slower pace for each).
+    /// </remarks>
+    public int? MaxRunningSequences { get; init; }
 
     /// <summary>Longest sequence (prompt + output); null = the model's max_position_embeddings.</summary>
     public int? MaxSequenceLength { get; init; }
@@ -79,7 +83,7 @@ public sealed record ServingOptions
         if (NumKvBlocks is < 1) throw new ArgumentOutOfRangeException(nameof(NumKvBlocks), NumKvBlocks, "NumKvBlocks must be >= 1 (or null).");
         if (KvCacheBytes is < 1) throw new ArgumentOutOfRangeException(nameof(KvCacheBytes), KvCacheBytes, "KvCacheBytes must be > 0 (or null).");
         if (MaxBatchTokens is < 1) throw new ArgumentOutOfRangeException(nameof(MaxBatchTokens), MaxBatchTokens, "MaxBatchTokens must be >= 1 (or null).");
-        if (MaxRunningSequences < 1) throw new ArgumentOutOfRangeException(nameof(MaxRunningSequences), MaxRunningSequences, "MaxRunningSequences must be >= 1.");
+        if (MaxRunningSequences is < 1) throw new ArgumentOutOfRangeException(nameof(MaxRunningSequences), MaxRunningSequences, "MaxRunningSequences must be >= 1 (or null).");
         if (MaxSequenceLength is < 2) throw new ArgumentOutOfRangeException(nameof(MaxSequenceLength), MaxSequenceLength, "MaxSequenceLength must be >= 2 (or null).");
         if (!Enum.IsDefined(KvCacheDtype)) throw new ArgumentOutOfRangeException(nameof(KvCacheDtype), KvCacheDtype, "KvCacheDtype must be Bf16 or Fp8E4M3.");
         if (AdmissionReserveBlocks is < 0) throw new ArgumentOutOfRangeException(nameof(AdmissionReserveBlocks), AdmissionReserveBlocks, "AdmissionReserveBlocks must be >= 0 (or null).");

@@ -280,7 +280,7 @@ public class ServingEngineTests
         var expected = Solo(backend, prompt, SamplingParams.Greedy, 4, new HashSet<int>());
         using (var engine = new ServingEngine(backend, new ServingOptions { NumKvBlocks = 8 }))
         {
-            Assert.Equal((16, 512), (engine.BlockSize, engine.MaxBatchTokens));
+            Assert.Equal((16, 512, 64), (engine.BlockSize, engine.MaxBatchTokens, engine.MaxRunningSequences));
             Assert.Equal((16, 512), (((IBatchedBackend)backend).PreferredBlockSize(KvCacheDtype.Bf16), ((IBatchedBackend)backend).PreferredMaxBatchTokens));
             Assert.Null(engine.Options.BlockSize);
             // 8 blocks of 16 positions, one held back for admission.
@@ -291,7 +291,7 @@ public class ServingEngineTests
         {
             // The CPU's KV budget is 1 GiB, capped at what MaxRunningSequences full-length sequences need.
             long block = 16 * ((IBatchedBackend)backend).KvBytesPerToken;
-            long need = (backend.Config.MaxPositionEmbeddings + 15) / 16 * (long)engine.Options.MaxRunningSequences;
+            long need = (backend.Config.MaxPositionEmbeddings + 15) / 16 * (long)engine.MaxRunningSequences;
             Assert.Equal(Math.Min((1L << 30) / block, need) * block, engine.KvCacheBytes);
         }
         var steps = new System.Collections.Concurrent.ConcurrentQueue<ServingStepTrace>();
