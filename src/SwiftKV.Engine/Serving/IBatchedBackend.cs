@@ -66,6 +66,7 @@ public interface IBatchedBackend
     /// KV bytes a serving engine takes when its options leave the budget open. A GPU backend first grows its step
     /// workspace to <paramref name="maxBatchTokens"/> rows and <paramref name="maxSequences"/> logits rows (so the
     /// steps that follow do not run out of memory next to the pool) and answers with most of what is then free.
+    /// Like a step, it must not run while another call uses this backend (the engine calls it before its loop starts).
     /// </summary>
     long PreferredKvCacheBytes(int maxBatchTokens, int maxSequences) => 1L << 30;
 
