@@ -1,15 +1,19 @@
 """Runs a command while nvidia-smi samples the card's SM clock, power and clock-event reasons, then says what the card
 did during each part of the command's output: the evidence for "this run was power-limited" in docs/BENCHMARKS.md.
 
-Usage: python3 bench/gpu_clocks.py --csv trace.csv [--period-ms 20] [--mark REGEX] [--md table.md] -- COMMAND ...
+Usage: python3 bench/gpu_clocks.py --csv trace.csv [--gpu N] [--period-ms 20] [--mark REGEX] [--md table.md] -- COMMAND ...
 The command's output (stdout and stderr together) is echoed with the time each line arrived. Every line matching
 --mark (default: benchmark result lines of `swiftkv bench` and bench/hf_peer.py) closes a window that began at the
-previous marked line, so a window holds the work that line reports (warm-up and timed runs alike). Per window:
+output line before it (of any kind, so set-up the command logs, such as making weights, stays out), and holds the
+work that line reports: warm-up and timed runs alike, and the idle pauses of `--pause-ms`. Lines that arrive together
+(a benchmark printing several results at once) share the window of the first. --gpu: the device to sample
+(default: the first of CUDA_VISIBLE_DEVICES, else 0). Per window:
 samples, SM clock mean / min (MHz), power mean / max (W), hottest GPU temperature, and the share of samples in which
 the driver reported the software power cap or a thermal or hardware slowdown as holding the clock down.
 """
 import argparse
 import datetime
+import os
 import re
 import subprocess
 import sys
@@ -25,12 +29,20 @@ REASONS = [(0x4, "power cap"), (0x8, "hw slowdown"), (0x20, "sw thermal"), (0x40
 DEFAULT_MARK = r"\[bench\] .*(prefill|decode|roofline)|^prefill |^decode |^roofline"
 
 
-def working_query(period_ms):
+def working_query(period_ms, gpu):
+    """The first query this driver fills in (a field it lacks, or answers [N/A], fails parse_sample)."""
+    answers = []
     for q in QUERIES:
-        r = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader,nounits"], capture_output=True, text=True)
-        if r.returncode == 0 and "not a valid field" not in r.stdout + r.stderr:
-            return ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader,nounits", f"-lms={period_ms}"]
-    sys.exit("gpu_clocks: nvidia-smi answers none of the clock queries: " + r.stdout + r.stderr)
+        try:
+            r = subprocess.run(["nvidia-smi", f"--id={gpu}", f"--query-gpu={q}", "--format=csv,noheader,nounits"],
+                               capture_output=True, text=True)
+        except FileNotFoundError:
+            sys.exit("gpu_clocks: nvidia-smi is not on the PATH (it comes with the NVIDIA driver)")
+        first = (r.stdout.splitlines() or [""])[0]
+        if r.returncode == 0 and parse_sample(first):
+            return ["nvidia-smi", f"--id={gpu}", f"--query-gpu={q}", "--format=csv,noheader,nounits", f"-lms={period_ms}"]
+        answers.append(f"{q}: {(r.stdout + r.stderr).strip()}")
+    sys.exit("gpu_clocks: nvidia-smi fills in none of the clock queries:\n" + "\n".join(answers))
 
 
 def parse_sample(line):
@@ -64,12 +76,13 @@ def main():
     ap.add_argument("--md")
     ap.add_argument("--period-ms", type=int, default=20)
     ap.add_argument("--mark", default=DEFAULT_MARK)
+    ap.add_argument("--gpu", default=(os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0])
     a = ap.parse_args(sys.argv[1:cut])
     command = sys.argv[cut + 1:]
     mark = re.compile(a.mark)
 
     samples, lines = [], []
-    sampler = subprocess.Popen(working_query(a.period_ms), stdout=subprocess.PIPE, text=True, bufsize=1)
+    sampler = subprocess.Popen(working_query(a.period_ms, a.gpu), stdout=subprocess.PIPE, text=True, bufsize=1)
     raw = open(a.csv, "w")
 
     def read_samples():
@@ -99,12 +112,15 @@ def main():
     out = ["| output line closing the window | samples | SM clock MHz mean / min | power W mean / max | max temp C | clock held by |",
            "|---|---|---|---|---|---|"]
     out.append(window_row("(idle, before the command)", [s for s in samples if s[0] < start]))
-    prev = start
+    prev, window_start = start, start
     for t, line in lines:
+        # A window begins at the line before; lines within 50 ms of it were printed together and share its window.
+        if t - prev > 0.05:
+            window_start = prev
         if mark.search(line):
             label = line.replace("|", "/")[:140]
-            out.append(window_row(label, [s for s in samples if prev < s[0] <= t]))
-            prev = t
+            out.append(window_row(label, [s for s in samples if window_start < s[0] <= t]))
+        prev = t
     table = "\n".join(out)
     print()
     print(f"{len(samples)} samples every {a.period_ms} ms requested; command exit code {rc}")

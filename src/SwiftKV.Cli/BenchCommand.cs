@@ -230,7 +230,7 @@ internal static class BenchCommand
             if (length > cfg.MaxPositionEmbeddings) continue;
             double flops = batch * PrefillFlops(cfg, v.SwiftKv, length);
             // Every run times each mode, so the case costs about modes.Length times one forward.
-            if (lastPerToken2 is { } k && k * length * length * batch * modes.Length > maxCase)
+            if (lastPerToken2 is { } k && (k * length * length * batch + pauseMs / 1000.0) * modes.Length > maxCase)
             {
                 double est = k * length * length * batch;
                 foreach (var m in modes)

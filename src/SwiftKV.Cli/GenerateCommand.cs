@@ -27,7 +27,8 @@ internal static class GenerateCommand
         var backend = LogitsCommand.ParseBackend(a.String("backend"));
         a.RejectUnknown();
 
-        using var model = LocalModel.Load(dir, backend, swiftKv);
+        // Generation runs on the backend directly (one sequence, its own cache): no serving engine, no KV pool.
+        using var model = LocalModel.Load(dir, backend, swiftKv, startServing: false);
         var tok = model.Tokenizer;
         IReadOnlyList<int> ids;
         if (chat is not null)

@@ -33,7 +33,7 @@ namespace SwiftKV.Cli;
 internal static class ServeBenchCommand
 {
     public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--requests 256] [--prompt 2000] [--output 256] " +
-        "[--max-batch-tokens N (default: the engine's, 8192 on this H100)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--kv-gb N|auto (default: free memory less the headroom)] [--max-running N|auto (default: --requests; auto: the engine's)] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
+        "[--max-batch-tokens N (default: the engine's, 8192 on GPUs of >= 64 GiB)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--kv-gb N|auto (default: free memory less the headroom)] [--max-running N|auto (default: --requests; auto: the engine's)] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
         "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--out serve.json] [--md serve.md]";
 
     sealed record EngineConfig(string Key, bool SplitAttention, bool ReserveOutputs);
@@ -51,7 +51,7 @@ internal static class ServeBenchCommand
 
     sealed record RunResult(string Label, int Requests, int Completed, long PromptTokens, long OutputTokens, double WallSeconds,
         double TtftP50, double TtftP99, double TpotP50, double TpotP99, int PeakRunning, long Preemptions, long Steps,
-        double HitRate, long KvBlocks, long KvBytesPerToken, StepStats Trace, int BlockSize, int MaxBatchTokens)
+        double HitRate, long KvBlocks, long KvBytesPerToken, StepStats Trace, int BlockSize, int MaxBatchTokens, int MaxRunningSequences, long KvCacheBytes)
     {
         public double TotalTokensPerSecond => (PromptTokens + OutputTokens) / WallSeconds;
         public double OutputTokensPerSecond => OutputTokens / WallSeconds;
@@ -107,7 +107,7 @@ internal static class ServeBenchCommand
         bool[] wsModes = a.OnOffBoth("paged-attention-ws", "on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)");
         a.RejectUnknown();
         if (requests < 1 || prompt < 1 || output < 1 || maxBatchArg is < 1 || blockSizeArg is < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1)
-            throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --questions, --question-tokens and --prefix-output must be >= 1");
+            throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --block-size, --questions, --question-tokens and --prefix-output must be >= 1");
         if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("serve-bench needs a CUDA GPU: " + why);
 
         var baseCfg = ModelPresets.Get(preset);
@@ -133,7 +133,8 @@ internal static class ServeBenchCommand
             ["date_utc"] = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture),
             ["commit"] = Environment.GetEnvironmentVariable("SWIFTKV_COMMIT") ?? "",
             ["preset"] = preset,
-            ["workload"] = new JsonObject { ["requests"] = requests, ["prompt"] = prompt, ["output"] = output, ["max_batch_tokens"] = maxBatchArg?.ToString() ?? "engine default", ["block_size"] = blockSizeArg?.ToString() ?? "engine default" },
+            ["workload"] = new JsonObject { ["requests"] = requests, ["prompt"] = prompt, ["output"] = output, ["max_batch_tokens"] = maxBatchArg, ["block_size"] = blockSizeArg, ["max_running"] = maxRunningArg, ["kv_gb"] = kvGb,
+                ["note"] = "null: the engine's own choice (each run records what it resolved)" },
         };
         var rows = new JsonArray();
         json["runs"] = rows;
@@ -151,7 +152,7 @@ internal static class ServeBenchCommand
         void Add(string scenario, Variant v, RunResult r, string config = "", CudaStepProfiler? profiler = null)
         {
             var t = r.Trace;
-            config += $" (block {r.BlockSize}, {r.MaxBatchTokens} tokens/step)";
+            config += $" (block {r.BlockSize}, {r.MaxBatchTokens} tokens/step, {r.MaxRunningSequences} running, KV {r.KvCacheBytes / (double)(1L << 30):F1} GiB)";
             md.AppendLine($"| {scenario} | {v.Name} | {config} | {r.Requests} ({r.Completed}) | {r.PromptTokens}+{r.OutputTokens} | {r.WallSeconds:F2} s | **{r.TotalTokensPerSecond:F0}** | " +
                 $"{r.OutputTokensPerSecond:F0} | {r.TtftP50 * 1e3:F0} / {r.TtftP99 * 1e3:F0} ms | {r.TpotP50 * 1e3:F1} / {r.TpotP99 * 1e3:F1} ms | {r.PeakRunning} | " +
                 $"{r.KvBlocks} ({r.KvBytesPerToken / 1024.0:F0}) | {r.Preemptions} | {r.HitRate:P1} | " +
@@ -301,7 +302,7 @@ internal static class ServeBenchCommand
         return new RunResult(label, reqs.Length, outcomes.Count, outcomes.Sum(o => (long)o.PromptTokens), outcomes.Sum(o => (long)o.OutputTokens), wall,
             P(ttft, 0.5), P(ttft, 0.99), P(tpot, 0.5), P(tpot, 0.99), peak, m.Preemptions, m.Steps,
             m.PrefixCacheQueriedTokens == 0 ? 0 : (double)m.PrefixCacheHitTokens / m.PrefixCacheQueriedTokens, m.KvBlocksTotal, backend.KvBytesPerTokenOf(opts.KvCacheDtype),
-            trace.Stats(), opts.BlockSize ?? backend.PreferredBlockSize(opts.KvCacheDtype), opts.MaxBatchTokens ?? backend.PreferredMaxBatchTokens);
+            trace.Stats(), engine.BlockSize, engine.MaxBatchTokens, engine.MaxRunningSequences, engine.KvCacheBytes);
     }
 
     static LlamaConfig SwiftKv(LlamaConfig c, int group) =>

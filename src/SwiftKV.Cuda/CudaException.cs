@@ -12,4 +12,6 @@ public sealed class CudaException : Exception
     public string? Call { get; init; }
     /// <summary>The numeric status the call returned.</summary>
     public int Status { get; init; }
+    /// <summary>The call ran out of memory (the driver's CUDA_ERROR_OUT_OF_MEMORY, cuBLAS's ALLOC_FAILED, NVRTC's OUT_OF_MEMORY).</summary>
+    public bool IsOutOfMemory { get; init; }
 }

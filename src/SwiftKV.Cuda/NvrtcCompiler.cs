@@ -136,7 +136,7 @@ public static unsafe class NvrtcCompiler
             {
                 string log = Log(prog);
                 try { NvrtcNative.Check(status, $"nvrtcCompileProgram({name})"); }
-                catch (CudaException e) { throw new CudaException($"{e.Message} with options [{string.Join(' ', options)}]:\n{log}") { Call = e.Call, Status = e.Status }; }
+                catch (CudaException e) { throw new CudaException($"{e.Message} with options [{string.Join(' ', options)}]:\n{log}") { Call = e.Call, Status = e.Status, IsOutOfMemory = e.IsOutOfMemory }; }
             }
             NvrtcNative.Check(NvrtcNative.nvrtcGetCUBINSize(prog, out nuint size), $"nvrtcGetCUBINSize({name})");
             var cubin = new byte[(int)size];

@@ -44,8 +44,13 @@ public sealed class LocalModel : IDisposable
     /// <summary>True once <see cref="Dispose"/> ran (its engine stopped, its weights freed).</summary>
     public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
-    /// <summary>Loads a checkpoint directory. <paramref name="swiftKv"/> is honoured only when the checkpoint has SwiftKV.</summary>
-    public static LocalModel Load(string path, BackendKind backend = BackendKind.Auto, bool swiftKv = true, ServingOptions? serving = null)
+    /// <summary>
+    /// Loads a checkpoint directory. <paramref name="swiftKv"/> is honoured only when the checkpoint has SwiftKV.
+    /// With <paramref name="startServing"/> false no serving engine starts (<see cref="Serving"/> is null), for callers
+    /// that run the backend directly: an engine whose options leave the KV budget open takes most of a GPU's memory.
+    /// </summary>
+    public static LocalModel Load(string path, BackendKind backend = BackendKind.Auto, bool swiftKv = true, ServingOptions? serving = null,
+        bool startServing = true)
     {
         var config = LlamaConfig.Load(path);
         var tokenizer = LlamaTokenizer.Load(path);
@@ -59,7 +64,7 @@ public sealed class LocalModel : IDisposable
             return new LocalModel
             {
                 Path = path, Config = config, Tokenizer = tokenizer, Backend = compute, BackendReason = reason,
-                Serving = compute is IBatchedBackend { SupportsBatchedStep: true } ? new ServingEngine(compute, serving) : null,
+                Serving = startServing && compute is IBatchedBackend { SupportsBatchedStep: true } ? new ServingEngine(compute, serving) : null,
             };
         }
         catch

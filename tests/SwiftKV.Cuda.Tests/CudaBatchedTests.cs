@@ -400,13 +400,14 @@ public sealed class CudaBatchedTests
     /// <summary>
     /// The KV budget left open (KvCacheBytes null, as the IChatClient does): the pool takes most of the memory free
     /// after the weights, the reserve stays free, a step of the engine's full token budget and decode steps still run
-    /// beside the pool (the workspace grew before the pool was sized), and disposing the engine gives the pool back.
+    /// beside the pool (the workspace grew before the pool was sized), a second engine whose workspace cannot fit is
+    /// refused with a message naming MaxBatchTokens, and disposing the engine gives the pool back.
     /// </summary>
     [Fact]
     public async Task ServingEngine_AutoKvBudget_TakesFreeMemory_StepsStillRun_GivesItBack()
     {
         Gpu.Require();
-        // 16 layers of 2 x 128-dim KV heads: 16 KiB per position, so 64 sequences of 128K positions (the cap) need more than any card has.
+        // 16 layers of 2 x 128-dim KV heads: 16 KiB per position, so 128 sequences of 128K positions (the cap) need more than any card has.
         var spec = new ModelSpec(Hidden: 256, Heads: 4, KvHeads: 2, HeadDim: 128, Layers: 16, Vocab: 211, Seed: 53, MaxPositions: 131072);
         using var gpu = new CudaBackend(TestModels.Build(spec));
         CudaRuntime.Synchronize();
@@ -423,6 +424,10 @@ public sealed class CudaBatchedTests
             var outputs = await Task.WhenAll(Enumerable.Range(0, 3).Select(i =>
                 Collect(engine.Submit(i == 0 ? prompt : prompt[..(100 * i)], SamplingParams.Greedy, 6, ct: TestContext.Current.CancellationToken))));
             Assert.All(outputs, o => Assert.Equal(6, o.Length));
+            // A second engine whose step workspace cannot fit beside the pool is refused up front, naming what to lower.
+            var e = Assert.Throws<InvalidOperationException>(() => new ServingEngine(gpu, new ServingOptions { MaxBatchTokens = 1 << 23, NumKvBlocks = 4 }));
+            Assert.Contains("MaxBatchTokens", e.Message);
+            Assert.True(e.InnerException is CudaException { IsOutOfMemory: true }, e.ToString());
         }
         CudaRuntime.Synchronize();
         long freeAfter = CudaRuntime.MemoryInfo().Free;

@@ -55,6 +55,8 @@ internal static unsafe partial class CuDriver
     public const int CaptureModeRelaxed = 2;
     /// <summary>CUDA_ERROR_NOT_FOUND: e.g. cuModuleGetFunction for an entry the module does not have.</summary>
     public const int ErrorNotFound = 500;
+    /// <summary>CUDA_ERROR_OUT_OF_MEMORY.</summary>
+    public const int ErrorOutOfMemory = 2;
     [LibraryImport(CudaLibraries.Driver, EntryPoint = "cuStreamBeginCapture_v2")] public static partial int cuStreamBeginCapture(nint stream, int mode);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamEndCapture(nint stream, out nint graph);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphInstantiateWithFlags(out nint exec, nint graph, ulong flags);
@@ -77,7 +79,7 @@ internal static unsafe partial class CuDriver
     public static void Check(int status, string call)
     {
         if (status == 0) return;
-        throw new CudaException($"{call} failed: {Describe(status)}") { Call = call, Status = status };
+        throw new CudaException($"{call} failed: {Describe(status)}") { Call = call, Status = status, IsOutOfMemory = status == ErrorOutOfMemory };
     }
 
     public static string Describe(int status)

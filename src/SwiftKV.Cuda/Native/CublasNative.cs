@@ -33,6 +33,6 @@ internal static unsafe partial class CublasNative
     {
         if (status == 0) return;
         string text = Marshal.PtrToStringUTF8(cublasGetStatusString(status)) ?? "unknown cuBLAS error";
-        throw new CudaException($"{call} failed: {text} ({status})") { Call = call, Status = status };
+        throw new CudaException($"{call} failed: {text} ({status})") { Call = call, Status = status, IsOutOfMemory = status == 3 /* CUBLAS_STATUS_ALLOC_FAILED */ };
     }
 }

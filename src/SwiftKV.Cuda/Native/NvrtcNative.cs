@@ -25,6 +25,6 @@ internal static unsafe partial class NvrtcNative
     {
         if (status == 0) return;
         string text = Marshal.PtrToStringUTF8(nvrtcGetErrorString(status)) ?? "unknown NVRTC error";
-        throw new CudaException($"{call} failed: {text} ({status})") { Call = call, Status = status };
+        throw new CudaException($"{call} failed: {text} ({status})") { Call = call, Status = status, IsOutOfMemory = status == 1 /* NVRTC_ERROR_OUT_OF_MEMORY */ };
     }
 }

@@ -65,19 +65,34 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     public int PreferredMaxBatchTokens => Device.TotalMemoryBytes >= 64L << 30 ? 8192 : 2048;
 
     /// <inheritdoc />
-    /// <remarks>
-    /// 90% of the device memory free once the step workspace has grown to <paramref name="maxBatchTokens"/> rows,
-    /// less a reserve (2 GiB or 5% of the card, whichever is larger) for what steps allocate later (attention
-    /// partials, cuBLAS, decode graphs). A second model loaded afterwards finds only the rest: give engines that
-    /// share a GPU an explicit KvCacheBytes. Never negative.
-    /// </remarks>
-    public long PreferredKvCacheBytes(int maxBatchTokens, int maxSequences)
+    /// <remarks>Grows the activation workspace to <paramref name="maxBatchTokens"/> rows and <paramref name="maxSequences"/> logits rows.</remarks>
+    /// <exception cref="InvalidOperationException">The workspace does not fit in the device's free memory; the message says what to lower.</exception>
+    public void ReserveStepWorkspace(int maxBatchTokens, int maxSequences)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBatchTokens);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxSequences);
-        _ws.Ensure(Math.Max(maxBatchTokens, maxSequences), maxSequences);
-        _stream.Synchronize();
+        try
+        {
+            _ws.Ensure(Math.Max(maxBatchTokens, maxSequences), maxSequences);
+            _stream.Synchronize();
+        }
+        catch (CudaException e) when (e.IsOutOfMemory)
+        {
+            throw new InvalidOperationException($"the step workspace for {maxBatchTokens} tokens per step does not fit in the GPU's free memory " +
+                $"({CudaRuntime.MemoryInfo().Free >> 20} MiB): lower MaxBatchTokens, or free GPU memory (another engine on this GPU without an explicit KvCacheBytes takes most of it).", e);
+        }
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// 0.9 x (free device memory - a reserve of 2 GiB or 5% of the card, whichever is larger), never negative; the
+    /// reserve is for what steps allocate later (attention partials, cuBLAS, decode graphs). A second model loaded
+    /// afterwards finds only the rest: give engines that share a GPU an explicit KvCacheBytes.
+    /// </remarks>
+    public long PreferredKvCacheBytes()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         var (free, total) = CudaRuntime.MemoryInfo();
         long reserve = Math.Max(2L << 30, total / 20);
         return Math.Max(0, (long)((free - reserve) * 0.9));

@@ -63,12 +63,18 @@ public interface IBatchedBackend
     int PreferredMaxBatchTokens => 512;
 
     /// <summary>
-    /// KV bytes a serving engine takes when its options leave the budget open. A GPU backend first grows its step
-    /// workspace to <paramref name="maxBatchTokens"/> rows and <paramref name="maxSequences"/> logits rows (so the
-    /// steps that follow do not run out of memory next to the pool) and answers with most of what is then free.
-    /// Like a step, it must not run while another call uses this backend (the engine calls it before its loop starts).
+    /// Allocates now what a step of <paramref name="maxBatchTokens"/> tokens over <paramref name="maxSequences"/>
+    /// sequences needs besides the KV pool (a GPU backend's activation workspace), so that a pool sized afterwards
+    /// leaves it room. Like a step, it must not run while another call uses this backend (the engine calls it before
+    /// its loop starts). A backend that allocates per step needs nothing here.
     /// </summary>
-    long PreferredKvCacheBytes(int maxBatchTokens, int maxSequences) => 1L << 30;
+    void ReserveStepWorkspace(int maxBatchTokens, int maxSequences) { }
+
+    /// <summary>
+    /// KV bytes a serving engine takes when its options leave the budget open (after <see cref="ReserveStepWorkspace"/>):
+    /// a GPU backend answers with most of its device's free memory.
+    /// </summary>
+    long PreferredKvCacheBytes() => 1L << 30;
 
     /// <summary>Allocates a paged KV pool of <paramref name="numBlocks"/> blocks of <paramref name="blockSize"/> positions.</summary>
     IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize);

@@ -87,20 +87,24 @@ public sealed class ServingEngine : IDisposable
         if (!_backend.SupportsBatchedStep)
             throw new ArgumentException($"backend '{backend.Name}' has no batched step for this model (SupportsBatchedStep is false); serve it serially.", nameof(backend));
         int maxRunning = MaxRunningSequences = options.MaxRunningSequences ?? _backend.PreferredMaxRunningSequences;
-        if (maxRunning > _backend.MaxSequencesPerStep || maxRunning < 1)
+        if (maxRunning > _backend.MaxSequencesPerStep)
             throw new ArgumentOutOfRangeException(nameof(options), maxRunning,
                 $"MaxRunningSequences {maxRunning} exceeds the {_backend.MaxSequencesPerStep} sequences one batched step of backend '{backend.Name}' can hold; lower it.");
         var cfg = backend.Config;
         _maxSequenceLength = Math.Min(options.MaxSequenceLength ?? cfg.MaxPositionEmbeddings, cfg.MaxPositionEmbeddings);
         int blockSize = BlockSize = options.BlockSize ?? _backend.PreferredBlockSize(options.KvCacheDtype);
         MaxBatchTokens = options.MaxBatchTokens ?? _backend.PreferredMaxBatchTokens;
-        if (blockSize < 1 || MaxBatchTokens < 1)
-            throw new InvalidOperationException($"backend '{backend.Name}' prefers block size {blockSize} and {MaxBatchTokens} tokens per step; both must be >= 1.");
+        if (blockSize < 1 || MaxBatchTokens < 1 || maxRunning < 1)
+            throw new InvalidOperationException($"backend '{backend.Name}' prefers block size {blockSize}, {MaxBatchTokens} tokens per step and {maxRunning} running sequences; each must be >= 1.");
+        // The largest step's workspace first, so the pool sized next does not leave that step without memory.
+        _backend.ReserveStepWorkspace(MaxBatchTokens, maxRunning);
         int blocksPerSequence = (_maxSequenceLength + blockSize - 1) / blockSize;
         long bytesPerBlock = _backend.KvBytesPerTokenOf(options.KvCacheDtype) * blockSize;
         long neededBlocks = (long)blocksPerSequence * maxRunning;
-        long kvBytes = options.NumKvBlocks is null ? options.KvCacheBytes ?? _backend.PreferredKvCacheBytes(MaxBatchTokens, maxRunning) : 0;
+        long kvBytes = options.NumKvBlocks is null ? options.KvCacheBytes ?? _backend.PreferredKvCacheBytes() : 0;
         long numBlocks = options.NumKvBlocks ?? Math.Min(kvBytes / bytesPerBlock, neededBlocks);
+        if (numBlocks > int.MaxValue)
+            throw new ArgumentException($"the KV pool would have {numBlocks} blocks, more than a pool can index ({int.MaxValue}): lower KvCacheBytes or MaxRunningSequences, or raise BlockSize.", nameof(options));
         if (numBlocks < 1)
             throw new ArgumentException(options.KvCacheBytes is null
                 ? $"backend '{backend.Name}' has {kvBytes} bytes left for the KV cache once its weights and step workspace are allocated, less than one KV block ({bytesPerBlock} bytes): free GPU memory (other models or processes), lower MaxBatchTokens, or set KvCacheBytes."
@@ -135,7 +139,7 @@ public sealed class ServingEngine : IDisposable
     public long KvCacheBytes { get; }
 
     /// <summary>Longest prompt + output a request may have (blocks of the whole pool minus the admission reserve included).</summary>
-    public int MaxSequenceLength => Math.Min(_maxSequenceLength, (_scheduler.Blocks.NumBlocks - _scheduler.ReserveBlocks) * BlockSize);
+    public int MaxSequenceLength => (int)Math.Min(_maxSequenceLength, (long)(_scheduler.Blocks.NumBlocks - _scheduler.ReserveBlocks) * BlockSize);
 
     /// <summary>The latest metrics (refreshed after every step and every finished request).</summary>
     public ServingMetrics Metrics
