@@ -24,49 +24,6 @@ extern "C" __global__ void rms_norm_f32(float* x, const float* bias, const float
     const unsigned long long align = (unsigned long long)x | (unsigned long long)weight | (unsigned long long)bias;
     const bool vec = (dim & 3) == 0 && (align & 15) == 0 && ((unsigned long long)out & 7) == 0;
     float ss = 0.f;
-    // Rows of up to RMS_REG_VECS float4s per thread (dim <= 8192 at 256 threads: every Llama width) stay in registers
-    // between the sum and the output: every load is issued before the reduction and the row is read once.
-    constexpr int RMS_REG_VECS = 8;
-    if (vec && dim / 4 <= RMS_REG_VECS * (int)blockDim.x)
-    {
-        float4* row4 = reinterpret_cast<float4*>(row);
-        const float4* b4 = reinterpret_cast<const float4*>(bias);
-        const int n4 = dim / 4;
-        float4 v[RMS_REG_VECS];
-#pragma unroll
-        for (int i = 0; i < RMS_REG_VECS; i++)
-        {
-            const int c = threadIdx.x + i * blockDim.x;
-            v[i] = c < n4 ? row4[c] : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-#pragma unroll
-        for (int i = 0; i < RMS_REG_VECS; i++)
-        {
-            const int c = threadIdx.x + i * blockDim.x;
-            if (bias != nullptr && c < n4)
-            {
-                const float4 b = b4[c];
-                v[i].x += b.x; v[i].y += b.y; v[i].z += b.z; v[i].w += b.w;
-                row4[c] = v[i];
-            }
-            ss += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
-        }
-        ss = block_sum(ss, red);
-        const float inv = 1.f / sqrtf(ss / (float)dim + eps);
-        const float4* w4 = reinterpret_cast<const float4*>(weight);
-        uint2* o2 = reinterpret_cast<uint2*>(o);
-#pragma unroll
-        for (int i = 0; i < RMS_REG_VECS; i++)
-        {
-            const int c = threadIdx.x + i * blockDim.x;
-            if (c < n4)
-            {
-                const float4 w = w4[c];
-                o2[c] = make_uint2(bf16x2_of(v[i].x * inv * w.x, v[i].y * inv * w.y), bf16x2_of(v[i].z * inv * w.z, v[i].w * inv * w.w));
-            }
-        }
-        return;
-    }
     if (vec)
     {
         float4* row4 = reinterpret_cast<float4*>(row);

@@ -42,9 +42,9 @@ public sealed class KernelTests : GpuFixtureTest
     [InlineData(true, 333)]
     [InlineData(false, 1028)]  // 16-byte path
     [InlineData(true, 1028)]
-    [InlineData(false, 4096)]  // register path: Llama 3 8B's width, 4 float4s per thread
-    [InlineData(true, 8192)]   // register path at its limit, 8 float4s per thread
-    [InlineData(true, 8200)]   // 16-byte loop, a row wider than the register path holds (several float4s per thread)
+    [InlineData(false, 4096)]  // Llama 3 8B's width: 4 float4s per thread
+    [InlineData(true, 8192)]   // 8 float4s per thread
+    [InlineData(true, 8200)]   // 16-byte path, a row wider than any Llama's (several float4s per thread)
     public void RmsNorm_MatchesReference(bool withBias, int dim)
     {
         Gpu.Require();
