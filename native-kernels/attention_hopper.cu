@@ -229,6 +229,7 @@ struct WgSeq
     const float* v_scale;
     const float* rope;         // null: q is rotated; else q is not, and row t's cos / sin are at rope + t * HD
                                // ([cos of the HD/2 pairs | sin of them]): RoPE is applied as Q is staged
+    const bf16_t* qb;          // not null: the queries are bf16 and rotated here (q, rope unused), same row stride ldq
 };
 
 // A thread's two output rows (packed rows r_lo and r_lo + 8) from O and the row sums: O / l rounded to bf16, rows
@@ -255,15 +256,32 @@ __device__ __forceinline__ void store_o(const float* o, const RowState& st, int 
     }
 }
 
-// Q rows [r_begin, r_begin + rcount) of a BM-row tile starting at packed row row0: fp32 -> bf16 into the swizzled
-// panels at sbase (rows past the step are zeros), rotated on the way when sq.rope is set. Threads tid of nthreads.
+// Q rows [r_begin, r_begin + rcount) of a BM-row tile starting at packed row row0: fp32 -> bf16 (or bf16 as it is)
+// into the swizzled panels at sbase (rows past the step are zeros), rotated on the way when sq.rope is set. Threads tid
+// of nthreads.
 template <int BM, int UNROLL = 2>
 __device__ __forceinline__ void stage_q(unsigned char* sbase, const WgSeq& sq, int row0, int r_begin, int rcount, int tid,
     int nthreads, int rows_total, int group, int kvh)
 {
     const float* q = sq.q;
     const int ldq = sq.ldq;
-    if (sq.rope == nullptr)
+    if (sq.qb != nullptr)
+    {
+        // Rotated bf16 queries (gemm_qkv.cu's output): 16-byte copies, half the bytes of the fp32 read.
+#pragma unroll 4
+        for (int i = tid; i < rcount * 16; i += nthreads)
+        {
+            const int r = r_begin + (i >> 4), cc = i & 15, pr = row0 + r;
+            uint4 w = make_uint4(0u, 0u, 0u, 0u);
+            if (pr < rows_total)
+            {
+                const int t = pr / group, h = kvh * group + pr % group;
+                w = *reinterpret_cast<const uint4*>(sq.qb + (long long)t * ldq + h * HD + cc * 8);
+            }
+            *reinterpret_cast<uint4*>(sbase + (cc >> 3) * (BM * PANEL_ROW) + sw128(r, cc & 7)) = w;
+        }
+    }
+    else if (sq.rope == nullptr)
     {
 #pragma unroll 4
         for (int i = tid; i < rcount * 16; i += nthreads)
@@ -601,6 +619,7 @@ struct WsArgs
     const int* ctx_lens;
     const int* block_tables;
     int max_blocks, block_shift, num_blocks;
+    const bf16_t* qb;          // contiguous entry: bf16 rotated queries instead of q (WgSeq::qb)
 };
 
 // One work item's sequence: its KV head, rows, positions, queries, outputs and (paged) block table.
@@ -608,6 +627,7 @@ struct WsView
 {
     int seq, kvh, T, pos0, kv_len;
     const float* q;
+    const bf16_t* qb;
     bf16_t* out;
     const int* table;
     // Key tiles of the row tile at packed row row0: keys 0 .. pos0 + its last row's token.
@@ -630,6 +650,7 @@ __device__ __forceinline__ WsView ws_view(const WsArgs& A, int pair, int group)
         w.kv_len = A.ctx_lens[w.seq];
         w.pos0 = w.kv_len - w.T;
         w.q = A.q + (long long)q0 * A.ldq;
+        w.qb = nullptr;
         w.out = A.out + (long long)q0 * A.ldo;
         w.table = A.block_tables + (long long)w.seq * A.max_blocks;
     }
@@ -639,6 +660,7 @@ __device__ __forceinline__ WsView ws_view(const WsArgs& A, int pair, int group)
         w.pos0 = A.pos0;
         w.kv_len = A.pos0 + A.T;
         w.q = A.q + w.seq * A.q_bstride;
+        w.qb = A.qb != nullptr ? A.qb + w.seq * A.q_bstride : nullptr;
         w.out = A.out + w.seq * A.o_bstride;
         w.table = nullptr;
     }
@@ -754,7 +776,7 @@ __device__ __forceinline__ void flash_wgmma_ws(const WsArgs& A, const TensorMap*
         const int kvh = w.kvh, row0 = tile_m * BM, rows_total = w.T * group, pos0 = w.pos0;
         if (row0 >= rows_total) continue;                 // the producer skips the same items
         const int n_tiles = w.tiles<BN, BM>(row0, group), t_first = row0 / group;
-        const WgSeq sq{w.q, A.ldq, w.out, A.ldo, w.T, pos0, nullptr, nullptr, nullptr, 0, nullptr, nullptr, nullptr, nullptr, A.rope};
+        const WgSeq sq{w.q, A.ldq, w.out, A.ldo, w.T, pos0, nullptr, nullptr, nullptr, 0, nullptr, nullptr, nullptr, nullptr, A.rope, w.qb};
         // This warpgroup's 64 rows of Q (it reads only its own rows of the panels, and its previous item's MMAs are done).
         stage_q<BM, WS_Q_UNROLL>(sbase, sq, row0, cw * 64, 64, t, 128, rows_total, group, kvh);
         fence_proxy_async();
@@ -937,14 +959,16 @@ FA_WGMMA_PAGED_FP8_ENTRY(64, 2, 2)
 // WsShape<BN>::SMEM; grid (CTAs, 1) persistent (WS_PERSISTENT: at most one CTA per SM and item) or (row tiles of 128
 // packed rows, batch * kv_heads). The arguments of flash_attn_wgmma_* above plus the batch, with the caches as 4-D tensor
 // maps (AttentionKernel.Hopper.cs encodes them): dims (128, kv_heads, pos0 + T, batch), strides (256 B,
-// kv_heads * 256 B, kv_bstride * 2 B), box (64, 1, BN, 1), bf16, 128-byte swizzle.
+// kv_heads * 256 B, kv_bstride * 2 B), box (64, 1, BN, 1), bf16, 128-byte swizzle. qb (may be null): the queries as
+// rotated bf16 (gemm_qkv.cu's output, same strides in elements) instead of q and rope.
 #define FA_WGMMA_WS_ENTRY(BN)                                                                                            \
 extern "C" __global__ void __launch_bounds__(384, 1) flash_attn_wgmma_ws_d128_n##BN(const float* q, long long q_bstride, \
     int ldq, const __grid_constant__ TensorMap map_k, const __grid_constant__ TensorMap map_v, bf16_t* out,               \
-    long long o_bstride, int batch, int T, int heads, int kv_heads, int pos0, float scale_log2, const float* rope)       \
+    long long o_bstride, int batch, int T, int heads, int kv_heads, int pos0, float scale_log2, const float* rope,       \
+    const bf16_t* qb)                                                                                                    \
 {                                                                                                                        \
     const WsArgs a{q, q_bstride, ldq, out, o_bstride, heads * HD, batch, T, heads, kv_heads, pos0, scale_log2, rope,     \
-        nullptr, nullptr, nullptr, 0, 0, 0};                                                                             \
+        nullptr, nullptr, nullptr, 0, 0, 0, qb};                                                                         \
     FA_WGMMA_BODY((flash_wgmma_ws<BN, false>(a, &map_k, &map_v)));                                                       \
 }
 

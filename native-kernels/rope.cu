@@ -18,3 +18,18 @@ extern "C" __global__ void rope_f32(float* q, int ld, const float* bias, const f
     float* row = q + (long long)r * ld;
     rope_row(row, bias, inv_freq, heads, head_dim, pos);
 }
+
+// The step's RoPE angles as a table, for the kernels that rotate as they go (gemm_qkv.cu's epilogue,
+// attention_hopper.cu's Q staging): row r (position pos0 + r) holds cos of its head_dim/2 pairs, then their sin, at
+// table + r * head_dim; the angle is rope_pair's (inv_freq[i] * position, one fp32 multiply), so every kernel that
+// rotates, with or without the table, turns a pair by the same cos and sin.
+// Launch: grid (rows), block head_dim / 2.
+extern "C" __global__ void rope_table_f32(const float* inv_freq, int rows, int head_dim, int pos0, float* table)
+{
+    const int r = blockIdx.x, i = threadIdx.x, half = head_dim / 2;
+    if (r >= rows || i >= half) return;
+    float sn, co;
+    sincosf(inv_freq[i] * (float)(pos0 + r), &sn, &co);
+    table[(long long)r * head_dim + i] = co;
+    table[(long long)r * head_dim + half + i] = sn;
+}

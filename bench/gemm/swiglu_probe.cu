@@ -79,7 +79,7 @@ int main(int argc, char** argv)
     }
     cudaFuncAttributes fa;
     CK(cudaFuncGetAttributes(&fa, gemm_swiglu_bf16));
-    std::printf("gemm_swiglu_bf16 tma store %d stages %d cluster %d: %d regs, %zu B local, smem %d, SMs %d\n", GG_TMA_STORE, GG_STAGES, GG_CLUSTER, fa.numRegs, fa.localSizeBytes, smemBytes(), sms);
+    std::printf("gemm_swiglu_bf16 stages %d cluster %d: %d regs, %zu B local, smem %d, SMs %d\n", GG_STAGES, GG_CLUSTER, fa.numRegs, fa.localSizeBytes, smemBytes(), sms);
     cublasHandle_t blas;
     CK(cublasCreate(&blas));
     cudaStream_t st;

@@ -28,7 +28,7 @@ namespace SwiftKV.Cli;
 internal static class BenchCommand
 {
     const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] [--decode-batches 32,128|none] " +
-        "[--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--load DIR] [--out bench.json] [--md bench.md]";
+        "[--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--fused-qkv on|off|both] [--load DIR] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
     sealed record Variant(string Name, LlamaConfig Config, bool SwiftKv);
@@ -59,6 +59,7 @@ internal static class BenchCommand
         bool ropeBoth = ropeArg == "both";
         bool[] gatedModes = a.OnOffBoth("gated-mlp", "on (default: [gate; up] GEMM with the SwiGLU epilogue on Hopper), off (cuBLAS + silu pass) or both (alternated run by run)");
         bool[] wsModes = a.OnOffBoth("attention-ws", "on (default: warp-specialised wgmma prefill attention on Hopper), off (the two-CTA-per-SM entry) or both (alternated run by run)");
+        bool[] fusedQkvModes = a.OnOffBoth("fused-qkv", "on (default: [q; k; v] GEMM with RoPE and the cache write in its epilogue on Hopper), off (cuBLAS + RoPE pass) or both (alternated run by run)");
         a.RejectUnknown();
         if (runs < 1 || steps < 1 || context < 1) throw new UsageException("--runs, --decode-steps and --decode-context must be >= 1");
         if (pauseMs is < 0 or > 60_000) throw new UsageException($"--pause-ms: {pauseMs} is not in 0..60000");
@@ -97,7 +98,7 @@ internal static class BenchCommand
         var results = new JsonArray();
         foreach (var v in variants)
         {
-            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth, gatedModes, wsModes, decodeSplits, pauseMs);
+            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth, gatedModes, wsModes, fusedQkvModes, decodeSplits, pauseMs);
             results.Add(vj);
         }
         json["variants"] = results;
@@ -205,7 +206,7 @@ internal static class BenchCommand
     }
 
     static JsonObject BenchVariant(Variant v, (int Batch, int Length)[] cases, int context, int steps, int[] decodeBatches, int runs, double maxCase,
-        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth, bool[] gatedModes, bool[] wsModes, int[]? decodeSplits = null, int pauseMs = 0)
+        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth, bool[] gatedModes, bool[] wsModes, bool[] fusedQkvModes, int[]? decodeSplits = null, int pauseMs = 0)
     {
         var cfg = v.Config;
         var sw = Stopwatch.StartNew();
@@ -219,10 +220,10 @@ internal static class BenchCommand
 
         // Settings compared within a case: their timed runs alternate, so clock and power drift reach all alike.
         var modes = (ropeBoth ? new[] { true, false } : [true])
-            .SelectMany(r => gatedModes.SelectMany(g => wsModes.Select(w => (RopeOnLoad: r, Gated: g, Ws: w)))).ToArray();
-        string ModeText((bool RopeOnLoad, bool Gated, bool Ws) m) =>
+            .SelectMany(r => gatedModes.SelectMany(g => wsModes.SelectMany(w => fusedQkvModes.Select(f => new PrefillMode(r, g, w, f))))).ToArray();
+        string ModeText(PrefillMode m) =>
             (pauseMs > 0 ? $" (from idle: {pauseMs} ms pause before each run)" : "") + (m.RopeOnLoad ? "" : " (RoPE pass rotates q in memory)") + (m.Gated ? "" : " (cuBLAS [gate; up] + silu pass)")
-            + (m.Ws ? "" : " (two-CTA wgmma attention)");
+            + (m.Ws ? "" : " (two-CTA wgmma attention)") + (m.FusedQkv ? "" : " (cuBLAS [q | k | v] + RoPE pass)");
         var prefill = new JsonArray();
         double? lastPerToken2 = null;   // seconds / length^2 of the previous case: extrapolates attention-bound cases
         foreach (var (batch, length) in cases)
@@ -237,13 +238,15 @@ internal static class BenchCommand
                 {
                     Log($"{v.Name}: prefill {batch}x{length}{ModeText(m)} skipped: estimated {est:F0} s per forward x {modes.Length} modes > --max-case-seconds {maxCase}");
                     md.AppendLine($"| {v.Name} | prefill {batch}x{length}{ModeText(m)} | skipped | | | | estimated {est:F0} s with this attention kernel |");
-                    prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = m.RopeOnLoad, ["gated_mlp"] = m.Gated, ["attention_ws"] = m.Ws, ["skipped_estimated_s"] = est });
+                    prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = m.RopeOnLoad, ["gated_mlp"] = m.Gated, ["attention_ws"] = m.Ws,
+                        ["fused_qkv"] = m.FusedQkv, ["skipped_estimated_s"] = est });
                 }
                 continue;
             }
             var times = modes.Select(_ => new List<double>()).ToArray();
             var gatedRan = new bool[modes.Length];   // whether the gated GEMM really ran (Hopper, a cluster fits)
             var wsRan = new bool[modes.Length];      // whether the warp-specialised attention entry really ran
+            var fusedRan = new bool[modes.Length];   // whether the fused [q; k; v] GEMM really ran
             var tokens = Tokens(length, cfg.VocabSize, 11);
             for (int r = 0; r <= runs; r++)
             {
@@ -253,7 +256,8 @@ internal static class BenchCommand
                     backend.UseRopeOnLoad = modes[m].RopeOnLoad;
                     backend.UseGatedMlp = modes[m].Gated;
                     backend.UseWarpSpecializedAttention = modes[m].Ws;
-                    long gatedBefore = backend.GatedMlpLaunches, wsBefore = backend.WarpSpecializedAttentionLaunches;
+                    backend.UseFusedQkv = modes[m].FusedQkv;
+                    long gatedBefore = backend.GatedMlpLaunches, wsBefore = backend.WarpSpecializedAttentionLaunches, fusedBefore = backend.FusedQkvLaunches;
                     var caches = Enumerable.Range(0, batch).Select(_ => backend.CreateCache(length)).ToList();
                     if (pauseMs > 0)
                     {
@@ -269,6 +273,7 @@ internal static class BenchCommand
                     foreach (var c in caches) c.Dispose();
                     gatedRan[m] = backend.GatedMlpLaunches > gatedBefore;
                     wsRan[m] = backend.WarpSpecializedAttentionLaunches > wsBefore;
+                    fusedRan[m] = backend.FusedQkvLaunches > fusedBefore;
                     if (r > 0) times[m].Add(ms);
                     slow |= ms > 5000;
                 }
@@ -278,22 +283,23 @@ internal static class BenchCommand
             }
             for (int m = 0; m < modes.Length; m++)
             {
-                var (ropeOnLoad, gated, ws) = modes[m];
+                var (ropeOnLoad, gated, ws, fused) = modes[m];
                 string mode = ModeText(modes[m]) + (gated && !gatedRan[m] ? " (gated GEMM not available here: cuBLAS + silu pass ran)" : "")
-                    + (ws && !wsRan[m] ? " (warp-specialised attention did not run)" : "");
+                    + (ws && !wsRan[m] ? " (warp-specialised attention did not run)" : "") + (fused && !fusedRan[m] ? " (fused [q; k; v] GEMM did not run)" : "");
                 double med = MedianOf(times[m]), tps = batch * length / (med * 1e-3), tf = flops / (med * 1e-3) / 1e12;
                 if (m == 0) lastPerToken2 = med * 1e-3 / ((double)length * length * batch);
                 string runsText = string.Join(" / ", times[m].Select(t => t.ToString("F1", CultureInfo.InvariantCulture)));
                 Log($"{v.Name}: prefill {batch}x{length}{mode}: {med:F1} ms, {tps:F0} tokens/s, {tf:F0} TFLOP/s (runs {runsText} ms)");
                 md.AppendLine($"| {v.Name} | prefill {batch}x{length}{mode} | {med:F1} ms | {tps:F0} | {tf:F0} ({100 * tf / roofTflops:F0}%) | | {times[m].Count} timed |");
                 prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = ropeOnLoad, ["gated_mlp"] = gated, ["gated_mlp_ran"] = gatedRan[m],
-                    ["attention_ws"] = ws, ["attention_ws_ran"] = wsRan[m], ["pause_ms"] = pauseMs, ["ms"] = med,
+                    ["attention_ws"] = ws, ["attention_ws_ran"] = wsRan[m], ["fused_qkv"] = fused, ["fused_qkv_ran"] = fusedRan[m], ["pause_ms"] = pauseMs, ["ms"] = med,
                     ["tokens_per_s"] = tps, ["tflops"] = tf, ["flops"] = flops, ["runs"] = times[m].Count, ["run_ms"] = new JsonArray(times[m].Select(t => (JsonNode?)t).ToArray()) });
             }
         }
         backend.UseRopeOnLoad = true;
         backend.UseGatedMlp = gatedModes[0];   // the decode parts fill their contexts with the first modes asked for
         backend.UseWarpSpecializedAttention = wsModes[0];
+        backend.UseFusedQkv = fusedQkvModes[0];
         vj["prefill"] = prefill;
         vj["decode"] = BenchDecode(v, backend, context, steps, roofGbps, kvPerToken, decodeSplits ?? [], md);
         if (decodeBatches.Length > 0 && !backend.SupportsBatchedStep)
@@ -556,4 +562,7 @@ internal static class BenchCommand
         var r = new Random(seed);
         return Enumerable.Range(0, n).Select(_ => r.Next(vocab)).ToArray();
     }
+
+    /// <summary>The prefill settings one timed run of a case uses (modes asked as "both" alternate run by run).</summary>
+    readonly record struct PrefillMode(bool RopeOnLoad, bool Gated, bool Ws, bool FusedQkv);
 }

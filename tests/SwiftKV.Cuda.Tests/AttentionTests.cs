@@ -271,6 +271,44 @@ public sealed class AttentionTests : GpuFixtureTest
     }
 
     /// <summary>
+    /// Rotated bf16 queries (the fused [q; k; v] GEMM's output, here rounded on the CPU, in rows wider than the heads):
+    /// the warp-specialised entry stages them as they are and must match attention over the same queries; with the
+    /// entry off, or a step too short for Auto's wgmma rule, the launch refuses them instead of reading bf16 as fp32.
+    /// </summary>
+    [Theory]
+    [InlineData(300, 32, 8, 0)]       // Llama 3 8B heads, 3 row tiles per KV head
+    [InlineData(140, 16, 2, 45)]      // a chunk after 45 cached tokens
+    public void Hopper_RotatedBf16Queries_MatchReference(int rows, int heads, int kvHeads, int pos0)
+    {
+        Gpu.RequireHopper();
+        const int headDim = 128;
+        var rng = new TestRng((ulong)(3200 + rows + heads + pos0));
+        int capacity = pos0 + rows + 3, kvDim = kvHeads * headDim, ldq = heads * headDim + 2 * kvDim;
+        var qb = Bf16.FromSingles(rng.Array((long)rows * ldq, 1.5f));
+        var kc = Bf16.FromSingles(rng.Array((long)capacity * kvDim, 1.5f));
+        var vc = Bf16.FromSingles(rng.Array((long)capacity * kvDim, 1f));
+        using var dq = new DeviceBuffer<Bf16>(qb);
+        using var dk = new DeviceBuffer<Bf16>(kc);
+        using var dv = new DeviceBuffer<Bf16>(vc);
+        using var dOut = Gpu.PoisonedBf16((long)rows * heads * headDim);
+        using var attention = new AttentionKernel(Library) { Path = AttentionPath.Hopper };
+        Assert.True(attention.TakesRotatedBf16Queries(rows, heads, kvHeads, headDim));
+        attention.LaunchRotatedBf16(Stream, dq, ldq, dk, dv, capacity, dOut, rows, heads, kvHeads, pos0);
+        Stream.Synchronize();
+        Assert.Equal(AttentionKernel.HopperWsEntry, attention.LastLaunch.Kernel);
+        var want = Reference(Bf16.ToSingles(qb), 0, ldq, Bf16.ToSingles(kc), Bf16.ToSingles(vc), 0, rows, heads, kvHeads, headDim, pos0);
+        AssertClose(Bf16.ToSingles(dOut.ToArray()), want, "bf16 queries");
+
+        attention.Path = AttentionPath.Auto;
+        Assert.False(attention.TakesRotatedBf16Queries(8, heads, kvHeads, headDim));   // a short step: Auto keeps the flash kernel
+        attention.Path = AttentionPath.Hopper;
+        attention.UseWarpSpecialized = false;
+        Assert.False(attention.TakesRotatedBf16Queries(rows, heads, kvHeads, headDim));
+        var e = Assert.Throws<ArgumentException>(() => attention.LaunchRotatedBf16(Stream, dq, ldq, dk, dv, capacity, dOut, rows, heads, kvHeads, pos0));
+        Assert.Contains("warp-specialised", e.Message);
+    }
+
+    /// <summary>
     /// The engine's pair end to end: RopeKvKernel writing the angle table, then the wgmma kernel rotating q from it,
     /// against RopeKvKernel rotating q in memory and the same launch without a table (Llama-3 8B heads, 300 rows).
     /// </summary>

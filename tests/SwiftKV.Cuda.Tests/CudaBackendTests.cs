@@ -116,31 +116,42 @@ public sealed class CudaBackendTests
     /// path against the CPU backend, SwiftKV off and on, all-token and last-token logits.
     /// </summary>
     [Theory]
-    [InlineData(false, true, true)]
-    [InlineData(true, true, true)]
-    [InlineData(false, false, true)]   // the [gate; up] GEMM through cuBLAS + the silu pass (UseGatedMlp off)
-    [InlineData(false, true, false)]   // the two-CTA wgmma attention (UseWarpSpecializedAttention off)
-    public void Forward_LongPrefill_8BHeads_MatchesCpuBackend(bool swiftKv, bool gatedMlp, bool wsAttention)
+    [InlineData(false, true, true, true, 1)]
+    [InlineData(true, true, true, true, 1)]
+    [InlineData(false, false, true, true, 1)]   // the [gate; up] GEMM through cuBLAS + the silu pass (UseGatedMlp off)
+    [InlineData(false, true, false, true, 1)]   // the two-CTA wgmma attention (UseWarpSpecializedAttention off): no fused [q; k; v] GEMM either
+    [InlineData(false, true, true, false, 1)]   // [q | k | v] through cuBLAS + the RoPE pass (UseFusedQkv off)
+    [InlineData(false, true, true, true, 2)]    // two chunks: the fused GEMM writes the cache from position 550
+    public void Forward_LongPrefill_8BHeads_MatchesCpuBackend(bool swiftKv, bool gatedMlp, bool wsAttention, bool fusedQkv, int chunks)
     {
         Gpu.Require();
         var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
-            RopeScaling: true, SwiftKvLayers: 2, Seed: 31, MaxPositions: 1024);
-        int promptLength = 600;
-        Assert.True(AttentionKernel.HopperPays(1, promptLength, spec.Heads, spec.KvHeads), "the prompt must be long enough for Auto's wgmma rule");
+            RopeScaling: true, SwiftKvLayers: 2, Seed: 31, MaxPositions: 2048);
+        // Each chunk long enough for Auto's wgmma rule (and so for the fused [q; k; v] GEMM, whose queries only the
+        // warp-specialised entry reads).
+        int promptLength = chunks == 1 ? 600 : 1100, chunk = promptLength / chunks;
+        Assert.True(AttentionKernel.HopperPays(1, chunk, spec.Heads, spec.KvHeads), "the prompt must be long enough for Auto's wgmma rule");
         var weights = TestModels.View(TestModels.Checkpoint(spec), swiftKv);
-        using var gpu = new CudaBackend(weights) { UseGatedMlp = gatedMlp, UseWarpSpecializedAttention = wsAttention };
+        using var gpu = new CudaBackend(weights) { UseGatedMlp = gatedMlp, UseWarpSpecializedAttention = wsAttention, UseFusedQkv = fusedQkv };
         using var cpu = new CpuBackend(RoundToBf16(weights));
         var prompt = TestModels.RandomTokens(promptLength, spec.Vocab, 131);
         using var gc = gpu.CreateCache(promptLength + 1);
         using var cc = cpu.CreateCache(promptLength + 1);
         var selection = swiftKv ? LogitsSelection.LastToken : LogitsSelection.AllTokens;
-        var g = gpu.Forward(gc, prompt, selection);
+        var g = new List<float>();
+        for (int k = 0; k < chunks; k++)
+        {
+            var part = gpu.Forward(gc, prompt.AsSpan(k * chunk, chunk), selection);
+            if (selection == LogitsSelection.AllTokens || k == chunks - 1) g.AddRange(part);
+        }
         var c = cpu.Forward(cc, prompt, selection);
-        Assert.Equal(c.Length, g.Length);
+        Assert.Equal(c.Length, g.Count);
         // On Hopper the layers that see the whole prompt run the gated GEMM (SwiftKV's later layers see one row).
-        int fullLayers = swiftKv ? spec.SwiftKvLayers : spec.Layers;
-        Assert.Equal(gatedMlp && CudaRuntime.Device.Arch == "sm_90a" ? fullLayers : 0, gpu.GatedMlpLaunches);
-        Assert.Equal(wsAttention && CudaRuntime.Device.Arch == "sm_90a" ? fullLayers : 0, gpu.WarpSpecializedAttentionLaunches);
+        int fullLayers = chunks * (swiftKv ? spec.SwiftKvLayers : spec.Layers);
+        bool hopper = CudaRuntime.Device.Arch == "sm_90a";
+        Assert.Equal(gatedMlp && hopper ? fullLayers : 0, gpu.GatedMlpLaunches);
+        Assert.Equal(wsAttention && hopper ? fullLayers : 0, gpu.WarpSpecializedAttentionLaunches);
+        Assert.Equal(fusedQkv && wsAttention && hopper ? fullLayers : 0, gpu.FusedQkvLaunches);
         // ... and then the cuBLAS route's [gate | up] workspace is never allocated.
         if (gatedMlp && CudaRuntime.Device.Arch == "sm_90a") Assert.Equal(0, gpu.GateUpWorkspaceBytes);
         else Assert.True(gpu.GateUpWorkspaceBytes >= 2L * promptLength * spec.Intermediate * 2, $"[gate | up] workspace {gpu.GateUpWorkspaceBytes} B");
@@ -172,7 +183,7 @@ public sealed class CudaBackendTests
             if (c[row * vocab + top] - c[row * vocab + second] > 2 * maxD)
                 Assert.True(gTop == top, $"long prefill row {row}: GPU greedy token {gTop}, CPU {top}");
         }
-        Gpu.Log($"long prefill, 8B heads ({spec}, swiftkv {swiftKv}, gated MLP {gatedMlp}, {promptLength} tokens, {CudaRuntime.Device.Arch}): worst row " +
+        Gpu.Log($"long prefill, 8B heads ({spec}, swiftkv {swiftKv}, gated MLP {gatedMlp}, fused qkv {fusedQkv}, {promptLength} tokens in {chunks}, {CudaRuntime.Device.Arch}): worst row " +
             $"||diff||/||cpu|| {worstL2:E2}, max|diff|/max|cpu| {worstMax:E2} vs bf16-rounded weights");
     }
 

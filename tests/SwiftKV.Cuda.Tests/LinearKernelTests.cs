@@ -1,5 +1,6 @@
 // The decode GEMV (plain, accumulating, fused SwiGLU; vector and scalar paths), cuBLAS with a bf16 output, the bf16
-// silu pass, the prefill [gate; up] GEMM with SwiGLU in its epilogue (Hopper) and the fused RoPE + KV-cache write, each against a CPU reference in double on random data at odd
+// silu pass, the prefill [gate; up] GEMM with SwiGLU in its epilogue (Hopper), the [q; k; v] GEMM with RoPE and the cache
+// write in its epilogue (Hopper) and the fused RoPE + KV-cache write, each against a CPU reference in double on random data at odd
 // sizes (chunk tails, a lone last output row, odd row counts), outputs poisoned with NaN before the launch.
 using SwiftKV.Cuda.Kernels;
 using SwiftKV.Engine.Cpu;
@@ -235,6 +236,114 @@ public sealed class LinearKernelTests : GpuFixtureTest
         e = Assert.Throws<NotSupportedException>(() => k.Launch(Stream, dx.Span.Slice(1, 2 * 96), 2, 96, dw.Span, 64, dOut.Span));
         Assert.Contains("16-byte aligned", e.Message);  // x starting one element in
         Assert.Throws<ArgumentException>(() => k.Launch(Stream, dx.Span, 5, 100, dw.Span, 64, dOut.Span));   // x too short for 5 rows
+    }
+
+    /// <summary>
+    /// The [q; k; v] GEMM with RoPE and the K/V cache write in its epilogue, fed by the GPU's angle table
+    /// (rope_table_f32), against a double GEMM rotated by the CPU's RotaryEmbedding (llama3 scaling). Odd row counts
+    /// (a partial cluster tile, a lone row), hidden sizes off the 64-wide k step, a cache written from position pos0:
+    /// the query buffer past the step and every cache row outside pos0 .. pos0 + rows - 1 must stay poisoned.
+    /// </summary>
+    [Theory]
+    [InlineData(300, 1032, 4, 2, 0)]
+    [InlineData(129, 200, 6, 2, 37)]
+    [InlineData(1, 64, 2, 2, 5)]
+    [InlineData(517, 512, 32, 8, 1000)]   // Llama 3 8B's head layout: 24 column tiles, 2 row tiles and a partial one
+    public void GemmQkvRope_MatchesRotatedReference(int rows, int hidden, int heads, int kvHeads, int pos0)
+    {
+        Gpu.RequireHopper();
+        const int headDim = 128;
+        int qDim = heads * headDim, kvDim = kvHeads * headDim, outDim = qDim + 2 * kvDim, capacity = pos0 + rows + 70;
+        var rng = new TestRng((ulong)(17 + rows + hidden + heads + pos0));
+        var x = RandomBf16(rng, (long)rows * hidden, 2f);
+        var w = RandomBf16(rng, (long)outDim * hidden, 0.1f);
+        var cfg = new LlamaConfig { HeadDim = headDim, RopeTheta = 500000, RopeScaling = new Llama3RopeScaling(8, 1, 4, 8192) };
+        var inv = RotaryEmbedding.ComputeInvFreq(headDim, cfg.RopeTheta, cfg.RopeScaling);
+        using var dx = new DeviceBuffer<Bf16>(x);
+        using var dw = new DeviceBuffer<Bf16>(w);
+        using var df = new DeviceBuffer<float>(inv);
+        using var table = Gpu.Poisoned((long)rows * headDim);
+        const int slackRows = 130;
+        using var dq = Gpu.PoisonedBf16((long)(rows + slackRows) * qDim);
+        using var kc = Gpu.PoisonedBf16((long)capacity * kvDim);
+        using var vc = Gpu.PoisonedBf16((long)capacity * kvDim);
+        var kernel = new GemmQkvRopeKernel(Library);
+        Assert.True(kernel.IsAvailable(out var why), why);
+        new RopeKernel(Library).LaunchTable(Stream, df, rows, headDim, pos0, table);
+        kernel.Launch(Stream, dx, rows, hidden, dw, heads, kvHeads, table, dq.Span.Slice(0, (long)rows * qDim), kc, vc, capacity, pos0);
+        Stream.Synchronize();
+        Assert.Equal(1, kernel.Launches);
+
+        var q = Bf16.ToSingles(dq.ToArray());
+        var k = Bf16.ToSingles(kc.ToArray());
+        var v = Bf16.ToSingles(vc.ToArray());
+        for (long i = (long)rows * qDim; i < q.Length; i++)
+            Assert.True(float.IsNaN(q[i]), $"gemm_qkv_rope_bf16 wrote past its queries (element {i}, row {i / qDim})");
+        for (int p = 0; p < capacity; p++)
+            if (p < pos0 || p >= pos0 + rows)
+                for (int i = 0; i < kvDim; i++)
+                {
+                    Assert.True(float.IsNaN(k[(long)p * kvDim + i]), $"gemm_qkv_rope_bf16 wrote K cache row {p} outside the step");
+                    Assert.True(float.IsNaN(v[(long)p * kvDim + i]), $"gemm_qkv_rope_bf16 wrote V cache row {p} outside the step");
+                }
+
+        var y = Reference(x, w, rows, hidden, outDim);
+        var rope = new RotaryEmbedding(cfg);
+        var cos = new float[headDim / 2];
+        var sin = new float[headDim / 2];
+        double scale = y.Max(Math.Abs);
+        for (int r = 0; r < rows; r++)
+        {
+            rope.Angles(pos0 + r, cos, sin);
+            var qr = y.AsSpan(r * outDim, qDim).ToArray();
+            var kr = y.AsSpan(r * outDim + qDim, kvDim).ToArray();
+            RotateDouble(qr, heads, cos, sin);
+            RotateDouble(kr, kvHeads, cos, sin);
+            // bf16 rounding of the output, plus fp32 accumulation against the double reference (scaled by the largest output).
+            Gpu.Close(q.AsSpan(r * qDim, qDim), qr, Bf16Rel, 1e-4 * scale, $"q row {r}");
+            Gpu.Close(k.AsSpan((pos0 + r) * kvDim, kvDim), kr, Bf16Rel, 1e-4 * scale, $"k cache row {pos0 + r}");
+            Gpu.Close(v.AsSpan((pos0 + r) * kvDim, kvDim), y.AsSpan(r * outDim + qDim + kvDim, kvDim).ToArray(), Bf16Rel, 1e-4 * scale, $"v cache row {pos0 + r}");
+        }
+    }
+
+    /// <summary>Rotate-half RoPE of every head of a row in double, by the CPU's angles.</summary>
+    static void RotateDouble(double[] row, int heads, float[] cos, float[] sin)
+    {
+        int half = cos.Length;
+        for (int h = 0; h < heads; h++)
+            for (int i = 0; i < half; i++)
+            {
+                int a = h * 2 * half + i, b = a + half;
+                double xa = row[a], xb = row[b];
+                row[a] = xa * cos[i] - xb * sin[i];
+                row[b] = xb * cos[i] + xa * sin[i];
+            }
+    }
+
+    [Fact]
+    public void GemmQkvRope_RefusesShapesItCannotTile()
+    {
+        Gpu.RequireHopper();
+        using var dx = new DeviceBuffer<Bf16>(4 * 104);
+        using var dw = new DeviceBuffer<Bf16>(5L * 128 * 104);
+        using var table = new DeviceBuffer<float>(4 * 128);
+        using var dq = new DeviceBuffer<Bf16>(4L * 3 * 128);
+        using var kc = new DeviceBuffer<Bf16>(8L * 128);
+        using var vc = new DeviceBuffer<Bf16>(8L * 128);
+        var k = new GemmQkvRopeKernel(Library);
+        var e = Assert.Throws<NotSupportedException>(() => k.Launch(Stream, dx.Span, 4, 104, dw.Span, 3, 1, table.Span, dq.Span, kc.Span, vc.Span, 8, 0));
+        Assert.Contains("even head", e.Message);                                  // 3 heads, 1 KV head: tiles would straddle q, k and v
+        Assert.False(GemmQkvRopeKernel.Applies(100, 4, 2, 128, out var why));
+        Assert.Contains("multiple of 8", why);                                    // hidden 100
+        Assert.False(GemmQkvRopeKernel.Applies(128, 4, 2, 64, out why));
+        Assert.Contains("head_dim 128", why);
+        using var dw2 = new DeviceBuffer<Bf16>(8L * 128 * 104);
+        using var kc2 = new DeviceBuffer<Bf16>(8L * 256);
+        using var vc2 = new DeviceBuffer<Bf16>(8L * 256);
+        using var dq2 = new DeviceBuffer<Bf16>(4L * 4 * 128);
+        Assert.Throws<ArgumentOutOfRangeException>(() => k.Launch(Stream, dx.Span, 4, 104, dw2.Span, 4, 2, table.Span, dq2.Span, kc2.Span, vc2.Span, 8, 5));   // positions 5..8 past a cache of 8
+        Assert.Throws<ArgumentException>(() => k.Launch(Stream, dx.Span, 5, 104, dw2.Span, 4, 2, table.Span, dq2.Span, kc2.Span, vc2.Span, 8, 0));          // x too short for 5 rows
+        Assert.Equal(0, k.Launches);
     }
 
     [Fact]

@@ -190,10 +190,57 @@ public sealed unsafe partial class AttentionKernel
 
     void LaunchHopper(CudaStream stream, DeviceSpan<float> q, int ldq, long qBatchStride, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache,
         long kvBatchStride, DeviceSpan<Bf16> output, long outBatchStride, int batch, int rows, int heads, int kvHeads, int pos0, DeviceSpan<float>? ropeTable)
+        => LaunchHopper(stream, q.Address, 0, ldq, qBatchStride, kCache, vCache, kvBatchStride, output, outBatchStride, batch, rows, heads, kvHeads, pos0, ropeTable);
+
+    /// <summary>
+    /// Whether a one-sequence prefill launch of this shape would run the warp-specialised wgmma entry, the one entry
+    /// that takes rotated bf16 queries (<see cref="LaunchRotatedBf16"/>, fed by the [q; k; v] GEMM with RoPE in its
+    /// epilogue): the contiguous path's own rule (Auto choosing the wgmma kernel, or Path Hopper) with that entry on and
+    /// loadable here.
+    /// </summary>
+    public bool TakesRotatedBf16Queries(int rows, int heads, int kvHeads, int headDim)
+    {
+        if (heads < 1 || kvHeads < 1 || heads % kvHeads != 0 || !UseWarpSpecialized) return false;
+        if (CudaRuntime.Device.Arch != "sm_90a" || headDim != 128 || kvHeads > 65535) return false;
+        if (Path is not (AttentionPath.Auto or AttentionPath.Hopper)) return false;
+        if (Path == AttentionPath.Auto && !HopperPays(1, rows, heads, kvHeads)) return false;
+        return WarpSpecializedKernel(HopperWsEntry) is not null;
+    }
+
+    /// <summary>
+    /// One sequence's prefill attention from rotated bf16 queries q (rows, ldq) (heads x 128 from column 0, RoPE
+    /// applied) over contiguous caches (capacity, kv_heads, 128): the warp-specialised wgmma entry only (ask
+    /// <see cref="TakesRotatedBf16Queries"/> first); output (rows, heads x 128) bf16.
+    /// </summary>
+    public void LaunchRotatedBf16(CudaStream stream, DeviceSpan<Bf16> q, int ldq, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity,
+        DeviceSpan<Bf16> output, int rows, int heads, int kvHeads, int pos0)
+    {
+        const string n = "attention (bf16 queries)";
+        const int headDim = 128;
+        KernelGuard.Positive(rows, n, nameof(rows));
+        CheckHeads(n, heads, kvHeads, headDim);
+        if (ldq < heads * headDim || ldq % 8 != 0)
+            throw new ArgumentOutOfRangeException(nameof(ldq), ldq, $"{n}: row stride must be >= heads * head_dim ({heads * headDim}) and a multiple of 8 (16-byte rows).");
+        if (pos0 < 0 || (long)pos0 + rows > capacity)
+            throw new ArgumentOutOfRangeException(nameof(pos0), $"{n}: positions {pos0}..{pos0 + rows - 1} are outside a cache of {capacity}.");
+        long kvDim = (long)kvHeads * headDim, outRow = (long)heads * headDim;
+        KernelGuard.Fits(q, (long)(rows - 1) * ldq + outRow, n, nameof(q), $"({rows}, {ldq})");
+        KernelGuard.Fits(kCache, capacity * kvDim, n, nameof(kCache), $"({capacity}, {kvHeads}, {headDim})");
+        KernelGuard.Fits(vCache, capacity * kvDim, n, nameof(vCache), $"({capacity}, {kvHeads}, {headDim})");
+        KernelGuard.Fits(output, rows * outRow, n, nameof(output), $"({rows}, {outRow})");
+        if (q.Address % 16 != 0) throw new ArgumentException($"{n}: the queries must start on a 16-byte boundary.", nameof(q));
+        CheckTensorCoreAlignment(n, kCache.Address, vCache.Address, 0, output.Address, 0, 1);
+        if (!TakesRotatedBf16Queries(rows, heads, kvHeads, headDim))
+            throw new ArgumentException($"{n}: only the warp-specialised wgmma entry takes bf16 queries, and this launch does not run it ({WarpSpecializedUnavailable ?? $"Path {Path}, UseWarpSpecialized {UseWarpSpecialized}, {CudaRuntime.Device.Arch}, {rows} rows"}).", nameof(q));
+        LaunchHopper(stream, 0, q.Address, ldq, (long)rows * ldq, kCache, vCache, capacity * kvDim, output, rows * outRow, 1, rows, heads, kvHeads, pos0, null);
+    }
+
+    void LaunchHopper(CudaStream stream, ulong qAddress, ulong qbAddress, int ldq, long qBatchStride, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache,
+        long kvBatchStride, DeviceSpan<Bf16> output, long outBatchStride, int batch, int rows, int heads, int kvHeads, int pos0, DeviceSpan<float>? ropeTable)
     {
         int mTiles = (int)(((long)rows * (heads / kvHeads) + HopperRows - 1) / HopperRows);
         float scaleLog2 = (float)(1.0 / Math.Sqrt(128)) * Log2E;
-        ulong pq = q.Address, pk = kCache.Address, pv = vCache.Address, po = output.Address, pr = KernelGuard.Address(ropeTable);
+        ulong pq = qAddress, pqb = qbAddress, pk = kCache.Address, pv = vCache.Address, po = output.Address, pr = KernelGuard.Address(ropeTable);
         long qbs = qBatchStride, kvbs = kvBatchStride, obs = outBatchStride;
         // TMA reads the caches through tensor maps: (head_dim, kv_heads, positions, batch) with byte strides in multiples
         // of 16 (CheckTensorCoreAlignment already asked 16-byte aligned caches and batch strides); the positions extent
@@ -207,7 +254,7 @@ public sealed unsafe partial class AttentionKernel
             ReadOnlySpan<uint> box = [64, 1, HopperWsKeys, 1];
             var mapK = Native.CuDriver.EncodeBf16(pk, dims, strides, box);
             var mapV = Native.CuDriver.EncodeBf16(pv, dims, strides, box);
-            void** wargs = stackalloc void*[] { &pq, &qbs, &ldq, &mapK, &mapV, &po, &obs, &batch, &rows, &heads, &kvHeads, &pos0, &scaleLog2, &pr };
+            void** wargs = stackalloc void*[] { &pq, &qbs, &ldq, &mapK, &mapV, &po, &obs, &batch, &rows, &heads, &kvHeads, &pos0, &scaleLog2, &pr, &pqb };
             // Persistent: one CTA per SM walks the (row tile, sequence x KV head) items (the kernel's ws_item order).
             long items = (long)mTiles * batch * kvHeads;
             ws.Launch(stream, (PersistentCtas(items), 1, 1), HopperWsThreads, HopperWsSharedBytes, wargs);
@@ -215,6 +262,7 @@ public sealed unsafe partial class AttentionKernel
             LastLaunch = (HopperWsEntry, 1);
             return;
         }
+        if (pqb != 0) throw new InvalidOperationException("attention: bf16 queries need the warp-specialised entry.");
         var k = HopperKernel(HopperEntry, HopperSharedBytes);
         void** args = stackalloc void*[] { &pq, &qbs, &ldq, &pk, &pv, &kvbs, &po, &obs, &rows, &heads, &kvHeads, &pos0, &scaleLog2, &pr };
         k.Launch(stream, ((uint)mTiles, (uint)(batch * kvHeads), 1), 256, HopperSharedBytes, args);

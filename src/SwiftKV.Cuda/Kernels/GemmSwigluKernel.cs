@@ -16,8 +16,7 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library)
     const int OutBoxRows = 64, OutBoxCols = 64;
     const int SharedBytes = Stages * (TileRows * TileK * 2 + 2 * TileCols * TileK * 2) + TileRows * TileCols * 2 + 2 * Stages * 8 + 1024;
 
-    CudaKernel? _k;
-    int _clusters;
+    readonly ClusterGemmEntry _entry = new(library, "gemm_swiglu.cu", Entry, Threads, SharedBytes, Cluster);
 
     /// <summary>Launches so far (tests check that a path really took this kernel).</summary>
     public long Launches { get; private set; }
@@ -36,37 +35,10 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library)
     }
 
     /// <summary>
-    /// Whether the kernel can be launched at all here: it compiles and loads on first call, and at least one cluster of
-    /// two CTAs with its shared memory fits on the device (a MIG slice or a partitioned GPU may hold none). Callers fall
-    /// back to cuBLAS + the silu pass when it cannot; <paramref name="why"/> says why not (also after a compile or load
-    /// failure, which is not retried).
+    /// Whether the kernel can be launched at all here (<see cref="ClusterGemmEntry.IsAvailable"/>); callers fall back
+    /// to cuBLAS + the silu pass when it cannot.
     /// </summary>
-    public bool IsAvailable(out string? why)
-    {
-        if (_k is null && _unavailable is null)
-        {
-            try
-            {
-                var k = library.Get("gemm_swiglu.cu", Entry);
-                k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, SharedBytes);
-                _clusters = k.MaxActiveClusters(Cluster, Threads, SharedBytes);
-                if (_clusters < 1) _unavailable = $"no cluster of {Cluster} CTAs with {SharedBytes} bytes of shared memory fits on this device";
-                else _k = k;
-            }
-            catch (Exception e) when (e is CudaException or EntryPointNotFoundException)
-            {
-                // A compile or load failure, or a driver without cluster occupancy: remembered, so the caller's
-                // fallback runs instead of every prefill step retrying and failing.
-                _unavailable = ErrorText(e);
-            }
-        }
-        why = _unavailable;
-        return _k is not null;
-    }
-
-    string? _unavailable;
-
-    static string ErrorText(Exception e) => $"{e.GetType().Name}: {e.Message.Split('\n')[0]}";
+    public bool IsAvailable(out string? why) => _entry.IsAvailable(out why);
 
     /// <summary>
     /// output (rows, inter) bf16 = silu(x · Wgᵀ) ⊙ (x · Wuᵀ) with x (rows, hidden) bf16 and gateUp = [Wg; Wu]
@@ -86,11 +58,11 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library)
         var mapGate = CuDriver.EncodeBf16Rows(gateUp.Address, inter, hidden, TileCols, TileK);
         var mapUp = CuDriver.EncodeBf16Rows(gateUp.Address + (ulong)(2L * inter * hidden), inter, hidden, TileCols, TileK);
         long units = (long)((rows + TileRows * Cluster - 1) / (TileRows * Cluster)) * ((inter + TileCols - 1) / TileCols);
-        uint grid = (uint)(Math.Min(units, _clusters) * Cluster);
+        uint grid = (uint)(Math.Min(units, _entry.Clusters) * Cluster);
         var mapOut = CuDriver.EncodeBf16Rows(output.Address, rows, inter, OutBoxRows, OutBoxCols);
         ulong po = output.Address;
         void** args = stackalloc void*[] { &mapX, &mapGate, &mapUp, &mapOut, &po, &rows, &inter, &hidden };
-        _k!.Launch(stream, (grid, 1, 1), Threads, SharedBytes, args);
+        _entry.Kernel.Launch(stream, (grid, 1, 1), Threads, SharedBytes, args);
         Launches++;
     }
 }

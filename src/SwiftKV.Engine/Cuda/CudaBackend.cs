@@ -56,6 +56,7 @@ public sealed partial class CudaBackend : IModelBackend
     readonly AttentionKernel _attention;
     readonly SiluMulKernel _siluMul;
     readonly GemmSwigluKernel _gemmSwiglu;
+    readonly GemmQkvRopeKernel _gemmQkv;
     readonly GemvKernel _gemv;
     readonly RopeKvKernel _ropeKv;
     readonly ArgmaxKernel _argmax;
@@ -124,6 +125,7 @@ public sealed partial class CudaBackend : IModelBackend
             _attention = new AttentionKernel(_kernels);
             _siluMul = new SiluMulKernel(_kernels);
             _gemmSwiglu = new GemmSwigluKernel(_kernels);
+            _gemmQkv = new GemmQkvRopeKernel(_kernels);
             _gemv = new GemvKernel(_kernels);
             _ropeKv = new RopeKvKernel(_kernels);
             _argmax = new ArgmaxKernel(_kernels);
@@ -212,6 +214,16 @@ public sealed partial class CudaBackend : IModelBackend
 
     /// <summary>[gate; up] GEMMs run with the SwiGLU epilogue so far (tests and benchmarks check the path was taken).</summary>
     public long GatedMlpLaunches => _gemmSwiglu.Launches;
+
+    /// <summary>
+    /// Prefill-sized steps on sm_90a run the attention's [q; k; v] GEMM with RoPE and the K/V cache write in its
+    /// epilogue (gemm_qkv.cu), and the attention stages the rotated bf16 queries it writes, default. Off: cuBLAS writes
+    /// [q | k | v] in fp32 and the RoPE pass writes the cache (benchmarks compare the two).
+    /// </summary>
+    public bool UseFusedQkv { get; set; } = true;
+
+    /// <summary>[q; k; v] GEMMs run with the RoPE + cache-write epilogue so far (tests and benchmarks check the path).</summary>
+    public long FusedQkvLaunches => _gemmQkv.Launches;
 
     /// <summary>
     /// Prefill attention over the contiguous caches on sm_90a takes the warp-specialised wgmma entry (TMA producer,
@@ -376,9 +388,19 @@ public sealed partial class CudaBackend : IModelBackend
         _embed.Launch(_stream, ids, _w.Embed, cfg.VocabSize, _ws.X, rows, hidden);
 
         var x = _ws.X.Span;
+        bool fusedQkv = FusedQkv(rows, positionBase);
+        if (fusedQkv) _rope.LaunchTable(_stream, _w.InvFreq, rows, cfg.HeadDim, start, _ws.Rope.Span);   // every layer's angles
         for (int i = 0; i < FullLayers; i++)
         {
             var layer = _w.Layers[i];
+            if (fusedQkv)
+            {
+                _norm.Launch(_stream, x, null, layer.InputLayernorm, _ws.Normed, rows, hidden, _eps);
+                _gemmQkv.Launch(_stream, _ws.Normed, rows, hidden, layer.QkvOrQ, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, _ws.Rope.Span,
+                    _ws.QueryBf16, c.Keys(i), c.Values(i), c.Capacity, start);
+                AttentionAndMlp(x, rows, start, layer, cfg.QueryDim, c, i, null, queryRotated: true, queryBf16: true);
+                continue;
+            }
             int ld = cfg.QueryDim + 2 * cfg.KeyValueDim;
             NormLinear(x, rows, layer.InputLayernorm, layer.QkvOrQ, ld, _ws.Qkv);
             var ropeTable = RopeOnLoad(rows, ld, layer, positionBase) ? _ws.Rope.Span : (DeviceSpan<float>?)null;
@@ -443,6 +465,23 @@ public sealed partial class CudaBackend : IModelBackend
     /// <summary>Decode-sized steps fold the RMSNorm into the GEMV (no bias to add into x first, UseFusedDecode on).</summary>
     bool FoldNorm(int rows, int maxRows, DeviceSpan<float>? bias) =>
         _fusedDecode && _useGemv && bias is null && rows <= Math.Min(maxRows, GemvKernel.MaxRmsRows);
+
+    // Fewest rows for the fused [q; k; v] GEMM: one full cluster tile (2 x 128 rows), as for the gated MLP GEMM.
+    const int FusedQkvMinRows = 256;
+
+    /// <summary>
+    /// Whether a step's full layers take the [q; k; v] GEMM with RoPE and the cache write in its epilogue
+    /// (<see cref="UseFusedQkv"/>): a prefill-sized step at positions known on the host (not a graph capture), a model
+    /// without q/k/v biases whose shape the kernel takes, and an attention launch that stages bf16 queries.
+    /// </summary>
+    bool FusedQkv(int rows, DeviceSpan<int>? positionBase)
+    {
+        var cfg = Config;
+        return UseFusedQkv && rows >= FusedQkvMinRows && positionBase is null && !_w.HasQkvBias
+            && GemmQkvRopeKernel.Applies(cfg.HiddenSize, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, out _)
+            && _gemmQkv.IsAvailable(out _)
+            && _attention.TakesRotatedBf16Queries(rows, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim);
+    }
 
     /// <summary>
     /// Whether this layer's queries are rotated by the attention kernel as it loads them (the wgmma path of a prefill
@@ -565,8 +604,17 @@ public sealed partial class CudaBackend : IModelBackend
     /// from <paramref name="positionBase"/> when given), captured like every other kernel. Otherwise launched now,
     /// or (while a decode graph of the previous path is captured) cut out of it and launched at replay.
     /// </summary>
-    void Attend(int rows, int pos0, CudaSequenceCache c, int cacheIndex, int ld, DeviceSpan<int>? positionBase, DeviceSpan<float>? ropeTable = null)
+    void Attend(int rows, int pos0, CudaSequenceCache c, int cacheIndex, int ld, DeviceSpan<int>? positionBase, DeviceSpan<float>? ropeTable = null,
+        bool queryBf16 = false)
     {
+        if (queryBf16)
+        {
+            // The fused [q; k; v] GEMM's rotated bf16 queries (prefill-sized steps only, never captured).
+            var cfg = Config;
+            _attention.LaunchRotatedBf16(_stream, _ws.QueryBf16, cfg.QueryDim, c.Keys(cacheIndex), c.Values(cacheIndex), c.Capacity, _ws.Attn,
+                rows, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, pos0);
+            return;
+        }
         if (_fusedDecode && rows == 1)
         {
             var cfg = Config;
@@ -592,19 +640,19 @@ public sealed partial class CudaBackend : IModelBackend
     }
 
     /// <summary>
-    /// The rest of a layer once Q (columns 0..q-1 of the Qkv workspace, row stride <paramref name="ld"/>) is projected
-    /// and the layer's K/V are cached: bias + RoPE on Q (unless <paramref name="queryRotated"/>: the fused RoPE + cache
-    /// write already did it), attention over cache <paramref name="cacheIndex"/>, o_proj added into x, o bias +
-    /// post_attention_layernorm, SwiGLU MLP added into x.
+    /// The rest of a layer once Q (columns 0..q-1 of the Qkv workspace, row stride <paramref name="ld"/>; or, with
+    /// <paramref name="queryBf16"/>, the fused GEMM's rotated bf16 queries) is projected and the layer's K/V are cached:
+    /// bias + RoPE on Q (unless <paramref name="queryRotated"/>: the fused RoPE + cache write already did it), attention
+    /// over cache <paramref name="cacheIndex"/>, o_proj added into x, o bias + post_attention_layernorm, SwiGLU MLP added into x.
     /// </summary>
     void AttentionAndMlp(DeviceSpan<float> x, int rows, int pos0, CudaLayerWeights layer, int ld, CudaSequenceCache c, int cacheIndex,
-        DeviceSpan<int>? positionBase, bool queryRotated, DeviceSpan<float>? ropeTable = null)
+        DeviceSpan<int>? positionBase, bool queryRotated, DeviceSpan<float>? ropeTable = null, bool queryBf16 = false)
     {
         var cfg = Config;
         int hidden = cfg.HiddenSize, inter = cfg.IntermediateSize;
         if (!queryRotated)
             _rope.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, _w.InvFreq, rows, cfg.NumAttentionHeads, cfg.HeadDim, pos0, positionBase);
-        Attend(rows, pos0, c, cacheIndex, ld, positionBase, ropeTable);
+        Attend(rows, pos0, c, cacheIndex, ld, positionBase, ropeTable, queryBf16);
         Linear(_ws.Attn, rows, cfg.QueryDim, layer.O, hidden, x, accumulate: true);
         if (FoldNorm(rows, GemvGateUpRows, layer.OBias?.Span))
             _gemv.LaunchRmsSiluMul(_stream, x, rows, hidden, layer.PostAttentionLayernorm, _eps, layer.GateUp, inter, _ws.Mlp);
@@ -664,6 +712,11 @@ public sealed partial class CudaBackend : IModelBackend
         public DeviceBuffer<float> X { get; private set; } = null!;
         public DeviceBuffer<Bf16> Normed { get; private set; } = null!;
         public DeviceBuffer<float> Qkv { get; private set; } = null!;
+        /// <summary>
+        /// The fused [q; k; v] GEMM's rotated bf16 queries (rows, q_dim), in the Qkv buffer's memory (that step writes no
+        /// fp32 [q | k | v]; (rows, q + 2 kv) floats hold (rows, q) bf16 twice over).
+        /// </summary>
+        public DeviceSpan<Bf16> QueryBf16 => new(Qkv.Address, Qkv.Length * 2);
         public DeviceBuffer<Bf16> Attn { get; private set; } = null!;
         /// <summary>
         /// The cuBLAS route's bf16 [gate | up] (rows, 2 inter), allocated by the first step that takes that route

@@ -89,6 +89,9 @@ internal sealed class CudaWeights : IDisposable
     public DeviceBuffer<float>? NormSwiftKv { get; }
     public DeviceBuffer<float> InvFreq { get; }
     public IReadOnlyList<CudaLayerWeights> Layers { get; } = [];
+
+    /// <summary>Whether any layer's attention has a q, k or v bias (attention_bias): the fused [q; k; v] GEMM adds none.</summary>
+    public bool HasQkvBias => Layers.Any(l => l.QBias is not null || l.KBias is not null || l.VBias is not null);
     /// <summary>Layer indices of the AcrossKV group leaders, in cache order.</summary>
     public int[] SwiftKvLeaders { get; } = [];
     /// <summary>[k_swiftkv; v_swiftkv] of every leader, stacked: (leaders · 2 kv, hidden).</summary>
