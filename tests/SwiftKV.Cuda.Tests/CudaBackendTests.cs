@@ -122,11 +122,13 @@ public sealed class CudaBackendTests
     [InlineData(false, true, false, true, 1)]   // the two-CTA wgmma attention (UseWarpSpecializedAttention off): no fused [q; k; v] GEMM either
     [InlineData(false, true, true, false, 1)]   // [q | k | v] through cuBLAS + the RoPE pass (UseFusedQkv off)
     [InlineData(false, true, true, true, 2)]    // two chunks: the fused GEMM writes the cache from position 550
-    public void Forward_LongPrefill_8BHeads_MatchesCpuBackend(bool swiftKv, bool gatedMlp, bool wsAttention, bool fusedQkv, int chunks)
+    [InlineData(true, true, true, true, 2, 2)]  // SwiftKV + AcrossKV (leaders' [k; v] GEMMs write the shared caches), two chunks
+    [InlineData(true, true, true, false, 1, 2)] // the same through cuBLAS + the K/V write pass
+    public void Forward_LongPrefill_8BHeads_MatchesCpuBackend(bool swiftKv, bool gatedMlp, bool wsAttention, bool fusedQkv, int chunks, int group = 1)
     {
         Gpu.Require();
         var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
-            RopeScaling: true, SwiftKvLayers: 2, Seed: 31, MaxPositions: 2048);
+            RopeScaling: true, SwiftKvLayers: 2, GroupSize: group, Seed: 31, MaxPositions: 2048);
         // Each chunk long enough for Auto's wgmma rule (and so for the fused [q; k; v] GEMM, whose queries only the
         // warp-specialised entry reads).
         int promptLength = chunks == 1 ? 600 : 1100, chunk = promptLength / chunks;
@@ -151,7 +153,12 @@ public sealed class CudaBackendTests
         bool hopper = CudaRuntime.Device.Arch == "sm_90a";
         Assert.Equal(gatedMlp && hopper ? fullLayers : 0, gpu.GatedMlpLaunches);
         Assert.Equal(wsAttention && hopper ? fullLayers : 0, gpu.WarpSpecializedAttentionLaunches);
-        Assert.Equal(fusedQkv && wsAttention && hopper ? fullLayers : 0, gpu.FusedQkvLaunches);
+        // ... and the [q; k; v] GEMM with the RoPE + cache-write epilogue, plus (SwiftKV) one [k; v] GEMM per AcrossKV leader,
+        // whose fp32 workspace then is never allocated.
+        int leaders = swiftKv ? (spec.Layers - spec.SwiftKvLayers) / group : 0;
+        bool fused = fusedQkv && wsAttention && hopper;
+        Assert.Equal(fused ? fullLayers + chunks * leaders : 0, gpu.FusedQkvLaunches);
+        if (swiftKv) Assert.Equal(fused, gpu.SwiftKvWorkspaceBytes == 0);
         // ... and then the cuBLAS route's [gate | up] workspace is never allocated.
         if (gatedMlp && CudaRuntime.Device.Arch == "sm_90a") Assert.Equal(0, gpu.GateUpWorkspaceBytes);
         else Assert.True(gpu.GateUpWorkspaceBytes >= 2L * promptLength * spec.Intermediate * 2, $"[gate | up] workspace {gpu.GateUpWorkspaceBytes} B");
@@ -183,7 +190,7 @@ public sealed class CudaBackendTests
             if (c[row * vocab + top] - c[row * vocab + second] > 2 * maxD)
                 Assert.True(gTop == top, $"long prefill row {row}: GPU greedy token {gTop}, CPU {top}");
         }
-        Gpu.Log($"long prefill, 8B heads ({spec}, swiftkv {swiftKv}, gated MLP {gatedMlp}, fused qkv {fusedQkv}, {promptLength} tokens in {chunks}, {CudaRuntime.Device.Arch}): worst row " +
+        Gpu.Log($"long prefill, 8B heads ({spec}, swiftkv {swiftKv}, gated MLP {gatedMlp}, fused qkv {fusedQkv}, group {group}, {promptLength} tokens in {chunks}, {CudaRuntime.Device.Arch}): worst row " +
             $"||diff||/||cpu|| {worstL2:E2}, max|diff|/max|cpu| {worstMax:E2} vs bf16-rounded weights");
     }
 

@@ -249,6 +249,7 @@ public sealed class LinearKernelTests : GpuFixtureTest
     [InlineData(129, 200, 6, 2, 37)]
     [InlineData(1, 64, 2, 2, 5)]
     [InlineData(517, 512, 32, 8, 1000)]   // Llama 3 8B's head layout: 24 column tiles, 2 row tiles and a partial one
+    [InlineData(300, 264, 0, 8, 12)]      // no queries: SingleInputKV's [k; v] of one leader (LaunchKeysValues)
     public void GemmQkvRope_MatchesRotatedReference(int rows, int hidden, int heads, int kvHeads, int pos0)
     {
         Gpu.RequireHopper();
@@ -264,13 +265,14 @@ public sealed class LinearKernelTests : GpuFixtureTest
         using var df = new DeviceBuffer<float>(inv);
         using var table = Gpu.Poisoned((long)rows * headDim);
         const int slackRows = 130;
-        using var dq = Gpu.PoisonedBf16((long)(rows + slackRows) * qDim);
+        using var dq = Gpu.PoisonedBf16(Math.Max(1, (long)(rows + slackRows) * qDim));
         using var kc = Gpu.PoisonedBf16((long)capacity * kvDim);
         using var vc = Gpu.PoisonedBf16((long)capacity * kvDim);
         var kernel = new GemmQkvRopeKernel(Library);
         Assert.True(kernel.IsAvailable(out var why), why);
         new RopeKernel(Library).LaunchTable(Stream, df, rows, headDim, pos0, table);
-        kernel.Launch(Stream, dx, rows, hidden, dw, heads, kvHeads, table, dq.Span.Slice(0, (long)rows * qDim), kc, vc, capacity, pos0);
+        if (heads > 0) kernel.Launch(Stream, dx, rows, hidden, dw, heads, kvHeads, table, dq.Span.Slice(0, (long)rows * qDim), kc, vc, capacity, pos0);
+        else kernel.LaunchKeysValues(Stream, dx, rows, hidden, dw, kvHeads, table, kc, vc, capacity, pos0);
         Stream.Synchronize();
         Assert.Equal(1, kernel.Launches);
 
@@ -300,7 +302,7 @@ public sealed class LinearKernelTests : GpuFixtureTest
             RotateDouble(qr, heads, cos, sin);
             RotateDouble(kr, kvHeads, cos, sin);
             // bf16 rounding of the output, plus fp32 accumulation against the double reference (scaled by the largest output).
-            Gpu.Close(q.AsSpan(r * qDim, qDim), qr, Bf16Rel, 1e-4 * scale, $"q row {r}");
+            if (heads > 0) Gpu.Close(q.AsSpan(r * qDim, qDim), qr, Bf16Rel, 1e-4 * scale, $"q row {r}");
             Gpu.Close(k.AsSpan((pos0 + r) * kvDim, kvDim), kr, Bf16Rel, 1e-4 * scale, $"k cache row {pos0 + r}");
             Gpu.Close(v.AsSpan((pos0 + r) * kvDim, kvDim), y.AsSpan(r * outDim + qDim + kvDim, kvDim).ToArray(), Bf16Rel, 1e-4 * scale, $"v cache row {pos0 + r}");
         }

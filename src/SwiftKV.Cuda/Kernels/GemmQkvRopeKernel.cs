@@ -49,9 +49,23 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
     public void Launch(CudaStream stream, DeviceSpan<Bf16> x, int rows, int hidden, DeviceSpan<Bf16> w, int heads, int kvHeads,
         DeviceSpan<float> ropeTable, DeviceSpan<Bf16> query, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity, int pos0)
     {
+        KernelGuard.Positive(heads, Entry, nameof(heads));
+        LaunchCore(stream, x, rows, hidden, w, heads, kvHeads, ropeTable, query, kCache, vCache, capacity, pos0);
+    }
+
+    /// <summary>
+    /// [k | v] = x · wᵀ with w = [Wk; Wv] (2·kvHeads·128, hidden): k rotated, both written to rows pos0 .. of the
+    /// caches. SingleInputKV's K/V projection of one later layer (group leader) from norm_swiftkv(x_l).
+    /// </summary>
+    public void LaunchKeysValues(CudaStream stream, DeviceSpan<Bf16> x, int rows, int hidden, DeviceSpan<Bf16> w, int kvHeads,
+        DeviceSpan<float> ropeTable, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity, int pos0)
+        => LaunchCore(stream, x, rows, hidden, w, 0, kvHeads, ropeTable, null, kCache, vCache, capacity, pos0);
+
+    void LaunchCore(CudaStream stream, DeviceSpan<Bf16> x, int rows, int hidden, DeviceSpan<Bf16> w, int heads, int kvHeads,
+        DeviceSpan<float> ropeTable, DeviceSpan<Bf16>? queryOrNull, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity, int pos0)
+    {
         KernelGuard.Positive(rows, Entry, nameof(rows));
         KernelGuard.Positive(hidden, Entry, nameof(hidden));
-        KernelGuard.Positive(heads, Entry, nameof(heads));
         KernelGuard.Positive(kvHeads, Entry, nameof(kvHeads));
         if (!Applies(hidden, heads, kvHeads, HeadDim, out var why)) throw new NotSupportedException($"{Entry}: {why}.");
         if (pos0 < 0 || (long)pos0 + rows > capacity)
@@ -60,7 +74,8 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
         KernelGuard.Fits(x, (long)rows * hidden, Entry, nameof(x), $"({rows}, {hidden})");
         KernelGuard.Fits(w, (long)(qDim + 2 * kvDim) * hidden, Entry, nameof(w), $"({qDim + 2 * kvDim}, {hidden})");
         KernelGuard.Fits(ropeTable, (long)rows * HeadDim, Entry, nameof(ropeTable), $"({rows}, {HeadDim})");
-        KernelGuard.Fits(query, (long)rows * qDim, Entry, nameof(query), $"({rows}, {qDim})");
+        var query = queryOrNull ?? kCache;   // without queries (heads 0) no tile is a query tile: the map is never used
+        if (queryOrNull is not null) KernelGuard.Fits(query, (long)rows * qDim, Entry, nameof(query), $"({rows}, {qDim})");
         KernelGuard.Fits(kCache, (long)capacity * kvDim, Entry, nameof(kCache), $"({capacity}, {kvHeads}, {HeadDim})");
         KernelGuard.Fits(vCache, (long)capacity * kvDim, Entry, nameof(vCache), $"({capacity}, {kvHeads}, {HeadDim})");
         if (x.Address % 16 != 0 || w.Address % 16 != 0 || query.Address % 16 != 0 || kCache.Address % 16 != 0 || vCache.Address % 16 != 0 || ropeTable.Address % 8 != 0)
@@ -68,7 +83,7 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
         if (!IsAvailable(out why)) throw new NotSupportedException($"{Entry}: {why}.");
         var mapX = CuDriver.EncodeBf16Rows(x.Address, rows, hidden, TileRows, TileK);
         var mapW = CuDriver.EncodeBf16Rows(w.Address, qDim + 2 * kvDim, hidden, TileCols / 2, TileK);
-        var mapQ = CuDriver.EncodeBf16Rows(query.Address, rows, qDim, OutBoxRows, OutBoxCols);
+        var mapQ = CuDriver.EncodeBf16Rows(query.Address, rows, Math.Max(qDim, kvDim), OutBoxRows, OutBoxCols);
         // The caches' row extent ends at the step's last position: TMA clips the rows of a tile past the step there.
         var mapK = CuDriver.EncodeBf16Rows(kCache.Address, pos0 + rows, kvDim, OutBoxRows, OutBoxCols);
         var mapV = CuDriver.EncodeBf16Rows(vCache.Address, pos0 + rows, kvDim, OutBoxRows, OutBoxCols);

@@ -65,7 +65,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     public int PreferredMaxBatchTokens => Device.TotalMemoryBytes >= 64L << 30 ? 8192 : 2048;
 
     /// <inheritdoc />
-    /// <remarks>Grows the activation workspace to <paramref name="maxBatchTokens"/> rows and <paramref name="maxSequences"/> logits rows.</remarks>
+    /// <remarks>Grows the activation workspace (and SingleInputKV's [k | v]) to <paramref name="maxBatchTokens"/> rows and <paramref name="maxSequences"/> logits rows.</remarks>
     /// <exception cref="InvalidOperationException">The workspace does not fit in the device's free memory; the message says what to lower.</exception>
     public void ReserveStepWorkspace(int maxBatchTokens, int maxSequences)
     {
@@ -74,7 +74,9 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxSequences);
         try
         {
-            _ws.Ensure(Math.Max(maxBatchTokens, maxSequences), maxSequences);
+            int rows = Math.Max(maxBatchTokens, maxSequences);
+            _ws.Ensure(rows, maxSequences);
+            if (SwiftKvEnabled) _ws.SwiftKvFor(rows);   // the batched step's SingleInputKV route (WriteSwiftKv)
             _stream.Synchronize();
         }
         catch (CudaException e) when (e.IsOutOfMemory)
@@ -270,8 +272,8 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         var cfg = Config;
         int leaders = _w.SwiftKvLeaders.Length, kv = cfg.KeyValueDim, ld = leaders * 2 * kv;
         _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, cfg.HiddenSize, _eps);
-        Linear(_ws.Normed, rows, cfg.HiddenSize, _w.SwiftKvKv!, ld, _ws.SwiftKv);
-        var all = _ws.SwiftKv.Span;
+        var all = _ws.SwiftKvFor(rows);
+        Linear(_ws.Normed, rows, cfg.HiddenSize, _w.SwiftKvKv!, ld, all);
         for (int g = 0; g < leaders; g++)
         {
             var (kb, vb) = _w.SwiftKvBiases[g];

@@ -316,6 +316,9 @@ public sealed partial class CudaBackend : IModelBackend
     /// <summary>Device bytes of the cuBLAS route's [gate | up] workspace (0 until a step takes that route).</summary>
     internal long GateUpWorkspaceBytes => _ws.GateUpBytes;
 
+    /// <summary>Bytes of SingleInputKV's fp32 [k | v] workspace (0 until a step takes the unfused route; tests).</summary>
+    internal long SwiftKvWorkspaceBytes => _ws.SwiftKvBytes;
+
     /// <summary>
     /// Runs <paramref name="tokens"/> (a prompt or one decode token) and returns the next token chosen on the GPU
     /// from the last row's logits: argmax when greedy, else temperature / top-k / top-p sampling with a uniform
@@ -412,17 +415,7 @@ public sealed partial class CudaBackend : IModelBackend
         int pos0 = start;
         if (SwiftKvEnabled)
         {
-            // SingleInputKV: every later cache is filled from the one state x_l, for every token of the step.
-            int leaders = _w.SwiftKvLeaders.Length, kv = cfg.KeyValueDim, ld = leaders * 2 * kv;
-            NormLinear(x, rows, _w.NormSwiftKv!, _w.SwiftKvKv!, ld, _ws.SwiftKv);
-            var all = _ws.SwiftKv.Span;
-            for (int g = 0; g < leaders; g++)
-            {
-                int cacheIndex = cfg.KvCacheIndex(_w.SwiftKvLeaders[g], true);
-                var (kb, vb) = _w.SwiftKvBiases[g];
-                _kvWrite.Launch(_stream, all.Slice(g * 2 * kv), all.Slice(g * 2 * kv + kv), ld, kb?.Span, vb?.Span,
-                    _w.InvFreq, rows, cfg.NumKeyValueHeads, cfg.HeadDim, start, c.Keys(cacheIndex), c.Values(cacheIndex), c.Capacity, positionBase);
-            }
+            WriteSwiftKvCaches(x, rows, start, c, fusedQkv, positionBase);
             // The prefill saving: tokens whose logits nobody reads stop here.
             if (selection == LogitsSelection.LastToken && rows > 1)
             {
@@ -445,6 +438,39 @@ public sealed partial class CudaBackend : IModelBackend
         }
         NormLinear(x, rows, _w.Norm, _w.LmHead, cfg.VocabSize, _ws.Logits);
         return rows;
+    }
+
+    /// <summary>
+    /// SingleInputKV: every later cache is filled from the one state x_l, for every token of the step. With the fused
+    /// [q; k; v] path (<paramref name="fused"/>: the step's angle table is in the Rope workspace), each group leader's
+    /// [k; v] GEMM writes its cache from the epilogue; otherwise one GEMM over all leaders into the SwiftKv workspace
+    /// (fp32), then the bias + RoPE + cache-write pass per leader.
+    /// </summary>
+    void WriteSwiftKvCaches(DeviceSpan<float> x, int rows, int start, CudaSequenceCache c, bool fused, DeviceSpan<int>? positionBase)
+    {
+        var cfg = Config;
+        int hidden = cfg.HiddenSize, leaders = _w.SwiftKvLeaders.Length, kv = cfg.KeyValueDim, ld = leaders * 2 * kv;
+        if (fused && !_w.HasSwiftKvBias)
+        {
+            _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
+            long perLeader = 2L * kv * hidden;
+            for (int g = 0; g < leaders; g++)
+            {
+                int cacheIndex = cfg.KvCacheIndex(_w.SwiftKvLeaders[g], true);
+                _gemmQkv.LaunchKeysValues(_stream, _ws.Normed, rows, hidden, _w.SwiftKvKv!.Span.Slice(g * perLeader, perLeader), cfg.NumKeyValueHeads,
+                    _ws.Rope.Span, c.Keys(cacheIndex), c.Values(cacheIndex), c.Capacity, start);
+            }
+            return;
+        }
+        var all = _ws.SwiftKvFor(rows);
+        NormLinear(x, rows, _w.NormSwiftKv!, _w.SwiftKvKv!, ld, all);
+        for (int g = 0; g < leaders; g++)
+        {
+            int cacheIndex = cfg.KvCacheIndex(_w.SwiftKvLeaders[g], true);
+            var (kb, vb) = _w.SwiftKvBiases[g];
+            _kvWrite.Launch(_stream, all.Slice(g * 2 * kv), all.Slice(g * 2 * kv + kv), ld, kb?.Span, vb?.Span,
+                _w.InvFreq, rows, cfg.NumKeyValueHeads, cfg.HeadDim, start, c.Keys(cacheIndex), c.Values(cacheIndex), c.Capacity, positionBase);
+        }
     }
 
     // Most rows for which the GEMV beats cuBLAS (H100, 8B shapes, swiftkv bench 2026-11-26): it wins at 1-2 rows on
@@ -725,7 +751,13 @@ public sealed partial class CudaBackend : IModelBackend
         public DeviceBuffer<Bf16>? GateUp { get; private set; }
         int _gateUpRows;
         public DeviceBuffer<Bf16> Mlp { get; private set; } = null!;
-        public DeviceBuffer<float> SwiftKv { get; private set; } = null!;
+        /// <summary>
+        /// The unfused SingleInputKV route's fp32 [k | v] of every leader (rows, 2 leaders kv), allocated by the first step
+        /// that takes that route (<see cref="SwiftKvFor"/>): with the fused K/V GEMM a prefill never needs it (4.3 GB at
+        /// 32K rows of an 8B SwiftKV 50% model).
+        /// </summary>
+        public DeviceBuffer<float>? SwiftKv { get; private set; }
+        int _swiftKvRows;
         /// <summary>A step's RoPE angles (rows, head_dim) when the attention kernel rotates the queries (RopeOnLoad).</summary>
         public DeviceBuffer<float> Rope { get; private set; } = null!;
         public DeviceBuffer<float> Logits { get; private set; } = null!;
@@ -784,6 +816,24 @@ public sealed partial class CudaBackend : IModelBackend
 
         public long GateUpBytes => GateUp is null ? 0 : GateUp.Length * 2;
 
+        /// <summary>SingleInputKV's fp32 [k | v] for a step of <paramref name="rows"/>; grown (never shrunk) to the activations' row count.</summary>
+        public DeviceSpan<float> SwiftKvFor(int rows)
+        {
+            if (rows > _swiftKvRows)
+            {
+                int r = Math.Max(rows, _rows);
+                Generation++;   // decode graphs (one row, unfused route) read this buffer
+                SwiftKv?.Dispose();
+                SwiftKv = null;
+                _swiftKvRows = 0;
+                SwiftKv = new DeviceBuffer<float>(Math.Max(1L, 2L * r * swiftKvLeaders * cfg.KeyValueDim));
+                _swiftKvRows = r;
+            }
+            return SwiftKv!.Span;
+        }
+
+        public long SwiftKvBytes => SwiftKv is null ? 0 : SwiftKv.Length * 4;
+
         public long LogitsBytes => (long)_logitsRows * cfg.VocabSize * sizeof(float);
 
         /// <summary>Frees the logits buffer when it holds more than <paramref name="keepRows"/> rows; the next step allocates what it needs.</summary>
@@ -803,13 +853,12 @@ public sealed partial class CudaBackend : IModelBackend
             Qkv = new DeviceBuffer<float>((long)r * (cfg.QueryDim + 2 * cfg.KeyValueDim));
             Attn = new DeviceBuffer<Bf16>((long)r * cfg.QueryDim);
             Mlp = new DeviceBuffer<Bf16>((long)r * cfg.IntermediateSize);
-            SwiftKv = new DeviceBuffer<float>(Math.Max(1L, 2L * r * swiftKvLeaders * cfg.KeyValueDim));
             Rope = new DeviceBuffer<float>((long)r * cfg.HeadDim);
         }
 
         void DisposeActivations()
         {
-            foreach (var b in new IDisposable?[] { Ids, X, Normed, Qkv, Attn, Mlp, SwiftKv, Rope }) b?.Dispose();
+            foreach (var b in new IDisposable?[] { Ids, X, Normed, Qkv, Attn, Mlp, Rope }) b?.Dispose();
             _rows = 0;
         }
 
@@ -817,6 +866,7 @@ public sealed partial class CudaBackend : IModelBackend
         {
             DisposeActivations();
             GateUp?.Dispose();
+            SwiftKv?.Dispose();
             Logits?.Dispose();
             _logitsRows = 0;
         }

@@ -98,6 +98,9 @@ internal sealed class CudaWeights : IDisposable
     public DeviceBuffer<Bf16>? SwiftKvKv { get; }
     public (DeviceBuffer<float>? K, DeviceBuffer<float>? V)[] SwiftKvBiases { get; } = [];
 
+    /// <summary>Whether any SingleInputKV K/V projection has a bias (the fused K/V GEMM adds none).</summary>
+    public bool HasSwiftKvBias => SwiftKvBiases.Any(b => b.K is not null || b.V is not null);
+
     public long Bytes { get; private set; }
 
     /// <summary>One bf16 buffer holding the named (out, in) matrices stacked along out, in order.</summary>
