@@ -280,7 +280,7 @@ public sealed class LinearKernelTests : GpuFixtureTest
         var k = Bf16.ToSingles(kc.ToArray());
         var v = Bf16.ToSingles(vc.ToArray());
         for (long i = (long)rows * qDim; i < q.Length; i++)
-            Assert.True(float.IsNaN(q[i]), $"gemm_qkv_rope_bf16 wrote past its queries (element {i}, row {i / qDim})");
+            Assert.True(float.IsNaN(q[i]), $"gemm_qkv_rope_bf16 wrote past its queries (element {i}, row {(qDim > 0 ? i / qDim : -1)})");
         for (int p = 0; p < capacity; p++)
             if (p < pos0 || p >= pos0 + rows)
                 for (int i = 0; i < kvDim; i++)
