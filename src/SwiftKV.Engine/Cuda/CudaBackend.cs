@@ -17,6 +17,9 @@
 // Longer steps (prefill): norm -> [q;k;v] linear -> bias+RoPE(q) and bias+RoPE(k)+cache write (on the wgmma path q is
 // left unrotated and the pass writes the step's angles; the attention kernel rotates q as it loads it) -> attention ->
 // o_proj linear accumulated into x -> o bias + post norm -> [gate;up] linear with silu·up -> down linear into x.
+// On Hopper (UseFusedQkv) the first part is one kernel: the [q;k;v] GEMM rotates q and k from the step's angle table
+// in its epilogue, stores q as bf16 for the attention and k / v into the cache (gemm_qkv.cu); SingleInputKV's K/V of
+// the later layers the same way, one launch per AcrossKV leader.
 // Every projection goes through Linear / GateUpSilu: steps of a few rows (decode) take the
 // bandwidth-bound GEMV (each weight byte read once; the SwiGLU fused into the [gate;up] GEMV), longer steps cuBLAS
 // (the [gate;up] GEMM writing bf16 for the silu pass), except [gate;up] of prefill-sized steps on Hopper: our own
