@@ -3,8 +3,8 @@
 //   q rotated -> q_out (M, q_dim) bf16; k rotated -> k_cache rows pos0 .. pos0 + M - 1; v -> v_cache rows (same);
 //   caches (capacity, kv_dim) bf16 (= (capacity, kv_heads, 128)). Row r sits at position pos0 + r.
 // Why: the engine's prefill wrote [q | k | v] in fp32 (cuBLAS) and a pass read it back to rotate K and write the cache
-// (rope_kv.cu: ~15 us per 8B layer at 2048 rows, 200 us at 32768), while the attention kernel read q in fp32 and
-// rotated it as it staged it. Here the pass goes, the GEMM writes half the bytes, and the attention stages bf16 q.
+// (rope_kv.cu: under ncu ~15 us per 8B layer at 2048 rows, 200 us at 32768), while the attention kernel read q in fp32
+// and rotated it as it staged it. Here the pass goes, the GEMM writes half the bytes, and the attention stages bf16 q.
 // RoPE (rotate-half, head_dim 128): dims c and c + 64 of a head turn by the angle of pair c, whose cos / sin come from
 // rope (M, 128) fp32 = [cos of the 64 pairs | their sin] per row (rope.cu's rope_table_f32, computed once per step;
 // the same table and formula as attention_hopper.cu's rotation on load), x' = x cos - y sin, y' = y cos + x sin.
@@ -28,6 +28,9 @@
 #ifndef QG_ROPE
 #define QG_ROPE 1
 #endif
+
+// GemmQkvRopeKernel sizes the shared memory for 4 stages: an experiment (SWIFTKV_NVRTC_DEFINES) may only go down.
+static_assert(QG_STAGES >= 2 && QG_STAGES <= 4, "QG_STAGES: the launcher allocates shared memory for at most 4 stages");
 
 namespace
 {

@@ -222,7 +222,9 @@ internal static class BenchCommand
         var modes = (ropeBoth ? new[] { true, false } : [true])
             .SelectMany(r => gatedModes.SelectMany(g => wsModes.SelectMany(w => fusedQkvModes.Select(f => new PrefillMode(r, g, w, f))))).ToArray();
         string ModeText(PrefillMode m) =>
-            (pauseMs > 0 ? $" (from idle: {pauseMs} ms pause before each run)" : "") + (m.RopeOnLoad ? "" : " (RoPE pass rotates q in memory)") + (m.Gated ? "" : " (cuBLAS [gate; up] + silu pass)")
+            (pauseMs > 0 ? $" (from idle: {pauseMs} ms pause before each run)" : "")
+            + (m.RopeOnLoad ? "" : m.FusedQkv ? " (RoPE on load off: no effect beside the fused [q; k; v] GEMM)" : " (RoPE pass rotates q in memory)")
+            + (m.Gated ? "" : " (cuBLAS [gate; up] + silu pass)")
             + (m.Ws ? "" : " (two-CTA wgmma attention)") + (m.FusedQkv ? "" : " (cuBLAS [q | k | v] + RoPE pass)");
         var prefill = new JsonArray();
         double? lastPerToken2 = null;   // seconds / length^2 of the previous case: extrapolates attention-bound cases

@@ -162,6 +162,14 @@ public sealed class CudaBackendTests
         // ... and then the cuBLAS route's [gate | up] workspace is never allocated.
         if (gatedMlp && CudaRuntime.Device.Arch == "sm_90a") Assert.Equal(0, gpu.GateUpWorkspaceBytes);
         else Assert.True(gpu.GateUpWorkspaceBytes >= 2L * promptLength * spec.Intermediate * 2, $"[gate | up] workspace {gpu.GateUpWorkspaceBytes} B");
+        // One decode step after the prefill reads every cache the prefill wrote (checked with the prefill's rows below);
+        // with SwiftKV its SingleInputKV route is the unfused one, whose workspace must then hold a few rows, not the prompt.
+        int next = prompt[^1];
+        g.AddRange(gpu.Forward(gc, [next], LogitsSelection.LastToken));
+        c = [.. c, .. cpu.Forward(cc, [next], LogitsSelection.LastToken)];
+        if (swiftKv)
+            Assert.True(gpu.SwiftKvWorkspaceBytes <= 16L * 2 * leaders * spec.KvHeads * spec.HeadDim * sizeof(float),
+                $"SingleInputKV workspace after one decode step: {gpu.SwiftKvWorkspaceBytes} B");
         // Per row, the bf16 rule as the kernel tests state it (||gpu - cpu|| / ||cpu|| <= 1e-2), plus greedy agreement
         // wherever the CPU's top-2 margin is clear of the error. (The max-element ratio of Forward_MatchesCpuBackend,
         // taken over 600 rows instead of 11, reached 1.08e-2 on one early row in a first H100 run: it is logged.)

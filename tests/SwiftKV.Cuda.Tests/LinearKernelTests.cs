@@ -348,6 +348,33 @@ public sealed class LinearKernelTests : GpuFixtureTest
         Assert.Equal(0, k.Launches);
     }
 
+    /// <summary>The step's angle table (rope_table_f32) against the CPU's RotaryEmbedding, llama3 scaling, positions to 40K.</summary>
+    [Theory]
+    [InlineData(5, 128, 0)]
+    [InlineData(300, 128, 40000)]
+    [InlineData(3, 64, 17)]
+    public void RopeTable_MatchesCpuAngles(int rows, int headDim, int pos0)
+    {
+        Gpu.Require();
+        var cfg = new LlamaConfig { HeadDim = headDim, RopeTheta = 500000, RopeScaling = new Llama3RopeScaling(8, 1, 4, 8192) };
+        using var df = new DeviceBuffer<float>(RotaryEmbedding.ComputeInvFreq(headDim, cfg.RopeTheta, cfg.RopeScaling));
+        using var table = Gpu.Poisoned((long)(rows + 2) * headDim);
+        new RopeKernel(Library).LaunchTable(Stream, df, rows, headDim, pos0, table.Span.Slice(0, (long)rows * headDim));
+        Stream.Synchronize();
+        var got = table.ToArray();
+        var rope = new RotaryEmbedding(cfg);
+        var cos = new float[headDim / 2];
+        var sin = new float[headDim / 2];
+        for (int r = 0; r < rows; r++)
+        {
+            rope.Angles(pos0 + r, cos, sin);
+            var want = cos.Concat(sin).Select(v => (double)v).ToArray();
+            // fp32 sincos of the same fp32 angle: a few ulp apart at most (angles up to ~40,000 rad).
+            Gpu.Close(got.AsSpan(r * headDim, headDim), want, 1e-5, 1e-5, $"angles row {r} (position {pos0 + r})");
+        }
+        for (long i = (long)rows * headDim; i < got.Length; i++) Assert.True(float.IsNaN(got[i]), $"rope_table_f32 wrote past its rows (element {i})");
+    }
+
     [Fact]
     public void RopeKv_WithRopeTable_LeavesQueryAndWritesAngles()
     {

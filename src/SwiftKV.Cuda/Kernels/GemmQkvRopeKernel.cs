@@ -83,7 +83,7 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
         if (!IsAvailable(out why)) throw new NotSupportedException($"{Entry}: {why}.");
         var mapX = CuDriver.EncodeBf16Rows(x.Address, rows, hidden, TileRows, TileK);
         var mapW = CuDriver.EncodeBf16Rows(w.Address, qDim + 2 * kvDim, hidden, TileCols / 2, TileK);
-        var mapQ = CuDriver.EncodeBf16Rows(query.Address, rows, Math.Max(qDim, kvDim), OutBoxRows, OutBoxCols);
+        var mapQ = CuDriver.EncodeBf16Rows(query.Address, rows, heads > 0 ? qDim : kvDim, OutBoxRows, OutBoxCols);
         // The caches' row extent ends at the step's last position: TMA clips the rows of a tile past the step there.
         var mapK = CuDriver.EncodeBf16Rows(kCache.Address, pos0 + rows, kvDim, OutBoxRows, OutBoxCols);
         var mapV = CuDriver.EncodeBf16Rows(vCache.Address, pos0 + rows, kvDim, OutBoxRows, OutBoxCols);

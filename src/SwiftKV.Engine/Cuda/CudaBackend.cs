@@ -761,7 +761,10 @@ public sealed partial class CudaBackend : IModelBackend
         /// </summary>
         public DeviceBuffer<float>? SwiftKv { get; private set; }
         int _swiftKvRows;
-        /// <summary>A step's RoPE angles (rows, head_dim) when the attention kernel rotates the queries (RopeOnLoad).</summary>
+        /// <summary>
+        /// A step's RoPE angles (rows, head_dim): written by the RoPE pass when the attention kernel rotates the queries
+        /// (RopeOnLoad), or once per step for the fused [q; k; v] GEMM's epilogue (UseFusedQkv).
+        /// </summary>
         public DeviceBuffer<float> Rope { get; private set; } = null!;
         public DeviceBuffer<float> Logits { get; private set; } = null!;
 
@@ -819,12 +822,15 @@ public sealed partial class CudaBackend : IModelBackend
 
         public long GateUpBytes => GateUp is null ? 0 : GateUp.Length * 2;
 
-        /// <summary>SingleInputKV's fp32 [k | v] for a step of <paramref name="rows"/>; grown (never shrunk) to the activations' row count.</summary>
+        /// <summary>
+        /// SingleInputKV's fp32 [k | v] for a step of <paramref name="rows"/>, grown by doubling (never shrunk) from what
+        /// the unfused steps asked: a decode step after a fused 32K prefill takes a few rows, not the prefill's 4.3 GB.
+        /// </summary>
         public DeviceSpan<float> SwiftKvFor(int rows)
         {
             if (rows > _swiftKvRows)
             {
-                int r = Math.Max(rows, _rows);
+                int r = Math.Max(rows, Math.Min(Math.Max(2 * _swiftKvRows, 16), cfg.MaxPositionEmbeddings));
                 Generation++;   // decode graphs (one row, unfused route) read this buffer
                 SwiftKv?.Dispose();
                 SwiftKv = null;
