@@ -203,6 +203,51 @@ public sealed class CudaBackendTests
             $"||diff||/||cpu|| {worstL2:E2}, max|diff|/max|cpu| {worstMax:E2} vs bf16-rounded weights");
     }
 
+    /// <summary>
+    /// A step longer than KeptActivationRows frees its activation workspace when it is done (a long request must not hold
+    /// it for the life of the model); shorter steps keep theirs; the steps after a trim (a chunk, graph-replayed decode
+    /// steps, NextToken) still match the CPU backend; a serving engine's reservation survives the trim.
+    /// </summary>
+    [Fact]
+    public void LongStep_GivesItsActivationsBack_LaterStepsStillMatchCpu()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Layers: 4, SwiftKvLayers: 2, Seed: 37, MaxPositions: 512);
+        var weights = TestModels.View(TestModels.Checkpoint(spec), true);
+        using var gpu = new CudaBackend(weights) { KeptActivationRows = 64 };
+        using var cpu = new CpuBackend(RoundToBf16(weights));
+        var prompt = TestModels.RandomTokens(240, spec.Vocab, 41);
+        using var gc = gpu.CreateCache(260);
+        using var cc = cpu.CreateCache(260);
+        void Same(float[] g, float[] c, string what)
+        {
+            double num = 0, den = 0;
+            for (int i = 0; i < c.Length; i++) { num += (g[i] - c[i]) * (double)(g[i] - c[i]); den += c[i] * (double)c[i]; }
+            Assert.True(Math.Sqrt(num / den) <= 1e-2, $"{what}: ||gpu - cpu|| / ||cpu|| = {Math.Sqrt(num / den):E3}");
+        }
+        Same(gpu.Forward(gc, prompt.AsSpan(0, 200), LogitsSelection.LastToken), cpu.Forward(cc, prompt.AsSpan(0, 200), LogitsSelection.LastToken), "200-token step");
+        Assert.Equal(0, gpu.ActivationWorkspaceRows);           // 200 > 64 rows: given back
+        Same(gpu.Forward(gc, prompt.AsSpan(200, 40), LogitsSelection.AllTokens), cpu.Forward(cc, prompt.AsSpan(200, 40), LogitsSelection.AllTokens), "40-token chunk after the trim");
+        Assert.InRange(gpu.ActivationWorkspaceRows, 40, 64);    // 40 <= 64 rows: kept
+        int token = prompt[^1];
+        for (int step = 0; step < 3; step++)
+        {
+            var g = gpu.Forward(gc, [token], LogitsSelection.LastToken);
+            Same(g, cpu.Forward(cc, [token], LogitsSelection.LastToken), $"decode step {step}");
+            token = Array.IndexOf(g, g.Max());
+        }
+        int picked = gpu.NextToken(gc, [token], new GpuSampling());
+        var cpuNext = cpu.Forward(cc, [token], LogitsSelection.LastToken);
+        float margin = cpuNext.OrderByDescending(v => v).Take(2).Aggregate((a, b) => a - b);
+        if (margin > 1e-2f * cpuNext.Max(Math.Abs)) Assert.Equal(Array.IndexOf(cpuNext, cpuNext.Max()), picked);
+
+        // A serving engine's reservation is kept: the trim leaves the reserved rows allocated.
+        gpu.ReserveStepWorkspace(96, 4);
+        using var gc2 = gpu.CreateCache(260);
+        gpu.Forward(gc2, prompt.AsSpan(0, 200), LogitsSelection.LastToken);
+        Assert.Equal(96, gpu.ActivationWorkspaceRows);
+    }
+
     [Fact]
     public void Forward_ChunkedPrefillEqualsOneStep()
     {

@@ -75,7 +75,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         try
         {
             int rows = Math.Max(maxBatchTokens, maxSequences);
-            _ws.Ensure(rows, maxSequences);
+            _ws.Reserve(rows, maxSequences);            // kept through the single-sequence path's trims
             if (SwiftKvEnabled) _ws.SwiftKvFor(rows);   // the batched step's SingleInputKV route (WriteSwiftKv)
             _stream.Synchronize();
         }

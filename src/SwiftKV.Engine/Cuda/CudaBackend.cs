@@ -308,11 +308,28 @@ public sealed partial class CudaBackend : IModelBackend
         _stream.Download(_ws.Logits.Span, logits);
         // An AllTokens step over a long prompt held rows x vocab floats (16 GB at 32K rows of Llama 3); give them back.
         if (rows > KeptLogitsRows) _ws.TrimLogits(KeptLogitsRows);
+        TrimAfterLongStep(tokens.Length);
         return logits;
     }
 
     /// <summary>Logits rows the workspace keeps between steps (a batched step needs one per sequence it samples).</summary>
     internal const int KeptLogitsRows = 256;
+
+    /// <summary>
+    /// Activation rows the single-sequence workspace keeps after a step (default 8192, the serving engine's step on
+    /// large GPUs): a longer prompt's activations (2.8 GB at 32K rows of Llama 3 8B) are freed once its step is done,
+    /// so one long request does not hold them for the life of the model; the next long step allocates them again
+    /// (milliseconds beside its prefill). A serving engine's reservation (ReserveStepWorkspace) is always kept.
+    /// </summary>
+    internal int KeptActivationRows { get; set; } = 8192;
+
+    void TrimAfterLongStep(int stepRows)
+    {
+        if (stepRows > KeptActivationRows) _ws.TrimActivations(KeptActivationRows);
+    }
+
+    /// <summary>Rows the activation workspace holds now (tests).</summary>
+    internal int ActivationWorkspaceRows => _ws.Rows;
 
     /// <summary>Bytes the logits workspace holds now (tests check that a long AllTokens step gives them back).</summary>
     internal long LogitsWorkspaceBytes => _ws.LogitsBytes;
@@ -350,6 +367,7 @@ public sealed partial class CudaBackend : IModelBackend
         int* host = (int*)(_pinned.Pointer + 64);
         _stream.DownloadAsync(_picked.Span, host, 1);
         _stream.Synchronize();
+        TrimAfterLongStep(tokens.Length);
         return host[0] >= 0 ? host[0] : throw new InvalidOperationException(Sampling.Sampler.NoFiniteLogit);   // -1: nothing above -inf
     }
 
@@ -731,11 +749,13 @@ public sealed partial class CudaBackend : IModelBackend
     /// Scratch activations sized for the largest step seen so far (grown by doubling, never per call); logits are
     /// sized separately for the rows that need them (a LastToken prefill needs one). Generation changes whenever
     /// a buffer moves, so decode graphs that baked the old addresses are recaptured.
-    /// NOTE: a long prefill holds (rows, 2·intermediate) bf16 here; chunked prefill will bound it.
+    /// A step longer than KeptActivationRows gives its activations back when it is done (TrimActivations), down to what
+    /// a serving engine reserved (Reserve).
     /// </summary>
     sealed class Workspace(LlamaConfig cfg, int swiftKvLeaders) : IDisposable
     {
-        int _rows, _logitsRows;
+        int _rows, _logitsRows, _reservedRows;
+        public int Rows => _rows;
         public int Generation { get; private set; }
         public DeviceBuffer<int> Ids { get; private set; } = null!;
         public DeviceBuffer<float> X { get; private set; } = null!;
@@ -844,6 +864,46 @@ public sealed partial class CudaBackend : IModelBackend
         public long SwiftKvBytes => SwiftKv is null ? 0 : SwiftKv.Length * 4;
 
         public long LogitsBytes => (long)_logitsRows * cfg.VocabSize * sizeof(float);
+
+        /// <summary>Grows the activations (Ensure) and keeps at least these rows through later trims (a serving engine's step).</summary>
+        public void Reserve(int rows, int logitsRows)
+        {
+            Ensure(rows, logitsRows);
+            _reservedRows = Math.Max(_reservedRows, rows);
+        }
+
+        /// <summary>
+        /// Frees the activations (and the unfused routes' [gate | up] and SingleInputKV buffers) when they hold more than
+        /// <paramref name="keepRows"/> rows, keeping a reservation's rows allocated; the next step allocates what it needs.
+        /// </summary>
+        public void TrimActivations(int keepRows)
+        {
+            keepRows = Math.Max(keepRows, _reservedRows);
+            if (_rows > keepRows)
+            {
+                Generation++;   // captured decode graphs read these buffers
+                DisposeActivations();
+                if (_reservedRows > 0)
+                {
+                    AllocateActivations(_reservedRows);
+                    _rows = _reservedRows;
+                }
+            }
+            if (_gateUpRows > keepRows)
+            {
+                Generation++;
+                GateUp?.Dispose();
+                GateUp = null;
+                _gateUpRows = 0;
+            }
+            if (_swiftKvRows > keepRows)
+            {
+                Generation++;
+                SwiftKv?.Dispose();
+                SwiftKv = null;
+                _swiftKvRows = 0;
+            }
+        }
 
         /// <summary>Frees the logits buffer when it holds more than <paramref name="keepRows"/> rows; the next step allocates what it needs.</summary>
         public void TrimLogits(int keepRows)
