@@ -265,9 +265,9 @@ __device__ __forceinline__ void stage_q(unsigned char* sbase, const WgSeq& sq, i
 {
     const float* q = sq.q;
     const int ldq = sq.ldq;
-    if (sq.qb != nullptr)
+    if (sq.qb != nullptr || sq.rope == nullptr)
     {
-        // Rotated bf16 queries (gemm_qkv.cu's output): 16-byte copies, half the bytes of the fp32 read.
+        // Rotated queries: bf16 (gemm_qkv.cu's output, one 16-byte copy per chunk, half the bytes) or fp32 (rounded here).
 #pragma unroll 4
         for (int i = tid; i < rcount * 16; i += nthreads)
         {
@@ -276,24 +276,14 @@ __device__ __forceinline__ void stage_q(unsigned char* sbase, const WgSeq& sq, i
             if (pr < rows_total)
             {
                 const int t = pr / group, h = kvh * group + pr % group;
-                w = *reinterpret_cast<const uint4*>(sq.qb + (long long)t * ldq + h * HD + cc * 8);
-            }
-            *reinterpret_cast<uint4*>(sbase + (cc >> 3) * (BM * PANEL_ROW) + sw128(r, cc & 7)) = w;
-        }
-    }
-    else if (sq.rope == nullptr)
-    {
-#pragma unroll 4
-        for (int i = tid; i < rcount * 16; i += nthreads)
-        {
-            const int r = r_begin + (i >> 4), cc = i & 15, pr = row0 + r;
-            uint4 w = make_uint4(0u, 0u, 0u, 0u);
-            if (pr < rows_total)
-            {
-                const int t = pr / group, h = kvh * group + pr % group;
-                const float4* src = reinterpret_cast<const float4*>(q + (long long)t * ldq + h * HD + cc * 8);
-                const float4 a = src[0], c = src[1];
-                w = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(c.x, c.y), pack_bf16(c.z, c.w));
+                const long long at = (long long)t * ldq + h * HD + cc * 8;
+                if (sq.qb != nullptr) w = *reinterpret_cast<const uint4*>(sq.qb + at);
+                else
+                {
+                    const float4* src = reinterpret_cast<const float4*>(q + at);
+                    const float4 a = src[0], c = src[1];
+                    w = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(c.x, c.y), pack_bf16(c.z, c.w));
+                }
             }
             *reinterpret_cast<uint4*>(sbase + (cc >> 3) * (BM * PANEL_ROW) + sw128(r, cc & 7)) = w;
         }

@@ -164,6 +164,37 @@ struct GemmRing
     }
 };
 
+// The persistent schedule both GEMMs share: M in cluster row tiles of GM_BM * CLUSTER rows, the B rows in tiles of BN
+// (units = row tiles x B tiles), cluster c walking units c, c + clusters, ...; K in steps of GM_BK.
+template <int BN, int CLUSTER, int GROUP_ROWS>
+struct GemmTiles
+{
+    int tilesM, tilesN, units, cluster, clusters, KT;
+    unsigned rank;
+
+    __device__ __forceinline__ GemmTiles(int M, int N, int K)
+        : tilesM((M + GM_BM * CLUSTER - 1) / (GM_BM * CLUSTER)), tilesN((N + BN - 1) / BN), units(tilesM * tilesN),
+          cluster(blockIdx.x / CLUSTER), clusters(gridDim.x / CLUSTER), KT((K + GM_BK - 1) / GM_BK),
+          rank(CLUSTER == 2 ? cluster_rank() : 0u) {}
+
+    // First row and first B row of this CTA's tile in unit u.
+    __device__ __forceinline__ void origin(int u, int& m0, int& n0) const;
+
+    // The producer thread's loop over this cluster's units: B rows [n0, n0 + 128) of map_b0 into the first half of
+    // each stage, and rows [n0 + b1_offset, + 128) of map_b1 into the second.
+    template <int STAGES>
+    __device__ __forceinline__ void produce(GemmRing<STAGES, CLUSTER>& ring, const TensorMap* map_x, const TensorMap* map_b0,
+        const TensorMap* map_b1, int b1_offset) const
+    {
+        for (int u = cluster; u < units; u += clusters)
+        {
+            int m0, n0;
+            origin(u, m0, n0);
+            ring.produce(map_x, m0, map_b0, n0, map_b1, n0 + b1_offset, KT, rank);
+        }
+    }
+};
+
 // First row and first B row of a CTA's tile in work unit u: units walk groups of GROUP_ROWS rows (every column tile of a
 // group before the next group), rows fastest inside a group. The CTAs running together then share a few weight tiles
 // and one group's rows of x, all in L2; walking all of M first, a 32K-row prefill streamed x from DRAM once per weight
@@ -176,6 +207,12 @@ __device__ __forceinline__ void unit_origin(int u, int tilesM, int tilesN, unsig
     const int rows = min(G, tilesM - group * G);
     m0 = ((group * G + r % rows) * CLUSTER + (int)rank) * GM_BM;   // this CTA's rows within its cluster's
     n0 = (r / rows) * BN;
+}
+
+template <int BN, int CLUSTER, int GROUP_ROWS>
+__device__ __forceinline__ void GemmTiles<BN, CLUSTER, GROUP_ROWS>::origin(int u, int& m0, int& n0) const
+{
+    unit_origin<BN, CLUSTER, GROUP_ROWS>(u, tilesM, tilesN, rank, m0, n0);
 }
 
 // Byte address of column (8 i + 2 (lane % 4)) of row r in the epilogue's staging panels (64 x 64 bf16 boxes, 128-byte

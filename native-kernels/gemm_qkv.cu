@@ -56,38 +56,27 @@ gemm_qkv_rope_bf16(const __grid_constant__ TensorMap map_x, const __grid_constan
     const unsigned staging = base + QG_STAGES * GM_STAGE_BYTES;
     GemmRing<QG_STAGES, QG_CLUSTER> ring{base, staging + QG_OUT_BYTES};
     const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
-    const unsigned rank = cluster_rank();
 
     if (threadIdx.x == 0) ring.init();
     cluster_sync();
-
-    const int tilesM = (M + GM_BM * QG_CLUSTER - 1) / (GM_BM * QG_CLUSTER);
-    const int tilesN = (q_dim + 2 * kv_dim) / QG_BN;
-    const int units = tilesM * tilesN;
-    const int cluster = blockIdx.x / QG_CLUSTER, clusters = gridDim.x / QG_CLUSTER;
-    const int KT = (K + GM_BK - 1) / GM_BK;
+    const GemmTiles<QG_BN, QG_CLUSTER, QG_GROUP_ROWS> tiles(M, q_dim + 2 * kv_dim, K);
 
     if (wg == 0)
     {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
-        if (t == 0)
-            for (int u = cluster; u < units; u += clusters)
-            {
-                int m0, n0;
-                unit_origin<QG_BN, QG_CLUSTER, QG_GROUP_ROWS>(u, tilesM, tilesN, rank, m0, n0);
-                ring.produce(&map_x, m0, &map_w, n0, &map_w, n0 + GM_B_HALF_ROWS, KT, rank);
-            }
+        // B = the tile's 256 rows of W, in two halves of 128.
+        if (t == 0) tiles.produce(ring, &map_x, &map_w, &map_w, GM_B_HALF_ROWS);
     }
     else
     {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
         const int cw = wg - 1, warp = t / 32, lane = t % 32;
         float acc[128];
-        for (int u = cluster; u < units; u += clusters)
+        for (int u = tiles.cluster; u < tiles.units; u += tiles.clusters)
         {
             int m0, n0;
-            unit_origin<QG_BN, QG_CLUSTER, QG_GROUP_ROWS>(u, tilesM, tilesN, rank, m0, n0);
-            ring.consume(acc, cw, lane, KT, rank);
+            tiles.origin(u, m0, n0);
+            ring.consume(acc, cw, lane, tiles.KT, tiles.rank);
 
             const int rl = warp * 16 + lane / 4;                 // row within this warpgroup's 64 (and rl + 8)
             const bool is_q = n0 < q_dim, is_k = !is_q && n0 < q_dim + kv_dim;

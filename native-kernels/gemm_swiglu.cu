@@ -79,39 +79,27 @@ gemm_swiglu_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant_
     const unsigned staging = base + GG_STAGES * GM_STAGE_BYTES;        // epilogue panels
     GemmRing<GG_STAGES, GG_CLUSTER> ring{base, staging + GG_OUT_BYTES};
     const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
-    const unsigned rank = GG_CLUSTER == 2 ? cluster_rank() : 0u;
 
     if (threadIdx.x == 0) ring.init();
     if (GG_CLUSTER == 2) cluster_sync(); else __syncthreads();
-
-    const int tilesM = (M + GM_BM * GG_CLUSTER - 1) / (GM_BM * GG_CLUSTER);   // cluster row tiles
-    const int tilesN = (inter + GG_BN - 1) / GG_BN;
-    const int units = tilesM * tilesN;
-    const int cluster = blockIdx.x / GG_CLUSTER, clusters = gridDim.x / GG_CLUSTER;
-    const int KT = (K + GM_BK - 1) / GM_BK;
+    const GemmTiles<GG_BN, GG_CLUSTER, GG_GROUP_ROWS> tiles(M, inter, K);
 
     if (wg == 0)
     {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
-        if (t == 0)
-            for (int u = cluster; u < units; u += clusters)
-            {
-                int m0, n0;
-                unit_origin<GG_BN, GG_CLUSTER, GG_GROUP_ROWS>(u, tilesM, tilesN, rank, m0, n0);
-                // B = gate rows [n0, n0 + 128) then the up rows of the same outputs.
-                ring.produce(&map_x, m0, &map_gate, n0, &map_up, n0, KT, rank);
-            }
+        // B = gate rows [n0, n0 + 128) then the up rows of the same outputs.
+        if (t == 0) tiles.produce(ring, &map_x, &map_gate, &map_up, 0);
     }
     else
     {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
         const int cw = wg - 1, warp = t / 32, lane = t % 32;
         float acc[128];
-        for (int u = cluster; u < units; u += clusters)
+        for (int u = tiles.cluster; u < tiles.units; u += tiles.clusters)
         {
             int m0, n0;
-            unit_origin<GG_BN, GG_CLUSTER, GG_GROUP_ROWS>(u, tilesM, tilesN, rank, m0, n0);
-            ring.consume(acc, cw, lane, KT, rank);
+            tiles.origin(u, m0, n0);
+            ring.consume(acc, cw, lane, tiles.KT, tiles.rank);
 
             // Epilogue: out = silu(gate) * up from the accumulators (gate column j in d[4 (j / 8) ..], its up partner
             // in d[4 (j / 8 + 16) ..] of the same thread), bf16 pairs.
