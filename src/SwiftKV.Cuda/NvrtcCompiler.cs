@@ -37,7 +37,7 @@ public static unsafe class NvrtcCompiler
         var options = new List<string> { $"--gpu-architecture={dev.Arch}", "--std=c++17", "-default-device" };
         if (CudaLibraries.ToolkitRoot() is { } root && Directory.Exists(Path.Combine(root, "include")))
             options.Add("-I" + Path.Combine(root, "include"));
-        options.AddRange(ExperimentDefines());
+        options.AddRange(ExperimentDefines(Environment.GetEnvironmentVariable("SWIFTKV_NVRTC_DEFINES")));
         string key = Key(name, source, headers, options, dev.NvrtcVersion);
         // ".skvc": the checked entry format below. Its own name, so an older build of this library sharing the cache
         // directory (which reads bare .cubin files) never loads one of these, and this build never deletes its files.
@@ -54,11 +54,12 @@ public static unsafe class NvrtcCompiler
     /// compiles every module with -DA=1 -DB=2, so a benchmark can time a kernel's variant switches (QG_STAGES, ...)
     /// in the engine. Part of the cache key like any option. Unset in normal use.
     /// </summary>
-    static IEnumerable<string> ExperimentDefines() =>
-        (Environment.GetEnvironmentVariable("SWIFTKV_NVRTC_DEFINES") ?? "")
+    internal static IReadOnlyList<string> ExperimentDefines(string? value) =>
+        (value ?? "")
             .Split([' ', ';', ','], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
             .Select(d => System.Text.RegularExpressions.Regex.IsMatch(d, "^[A-Za-z_][A-Za-z0-9_]*(=[A-Za-z0-9_.+-]*)?$")
-                ? "-D" + d : throw new ArgumentException($"SWIFTKV_NVRTC_DEFINES: '{d}' is not NAME or NAME=VALUE."));
+                ? "-D" + d : throw new ArgumentException($"SWIFTKV_NVRTC_DEFINES: '{d}' is not NAME or NAME=VALUE (only -D switches may be set this way)."))
+            .ToList();
 
     static string Key(string name, string source, IReadOnlyList<(string Name, string Text)> headers, List<string> options, string nvrtc)
     {

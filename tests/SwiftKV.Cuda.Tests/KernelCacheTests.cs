@@ -55,4 +55,20 @@ public sealed class KernelCacheTests : IDisposable
         Assert.Null(NvrtcCompiler.TryReadCache(file));
         Assert.False(File.Exists(file));
     }
+
+    /// <summary>SWIFTKV_NVRTC_DEFINES (kernel experiments): NAME or NAME=VALUE words become -D switches; anything else, such
+    /// as another compiler option, is refused by name instead of reaching NVRTC.</summary>
+    [Fact]
+    public void ExperimentDefines_AreDSwitchesOnly()
+    {
+        Assert.Empty(NvrtcCompiler.ExperimentDefines(null));
+        Assert.Empty(NvrtcCompiler.ExperimentDefines("  "));
+        Assert.Equal(["-DQG_STAGES=3", "-DQG_ROPE=0", "-DGG_FAST_SILU"], NvrtcCompiler.ExperimentDefines("QG_STAGES=3 QG_ROPE=0;GG_FAST_SILU"));
+        Assert.Equal(["-DX=1.5e-3"], NvrtcCompiler.ExperimentDefines("X=1.5e-3"));
+        foreach (var bad in new[] { "-O3", "A=1 --use_fast_math", "A=$(id)", "1A=2", "A=\"x\"" })
+        {
+            var e = Assert.Throws<ArgumentException>(() => NvrtcCompiler.ExperimentDefines(bad));
+            Assert.Contains("SWIFTKV_NVRTC_DEFINES", e.Message);
+        }
+    }
 }
