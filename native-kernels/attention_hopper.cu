@@ -574,8 +574,6 @@ struct WsShape
 #endif
 constexpr int WS_SCHED_BAR = 3;                     // ids 1 and 2: each consumer warpgroup's own barrier
 constexpr int WS_ZERO_BAR = 5;                      // both consumer warpgroups (paged: stale V rows zeroed)
-__device__ __forceinline__ void named_bar_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(threads) : "memory"); }
-__device__ __forceinline__ void named_bar_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(threads) : "memory"); }
 __device__ __forceinline__ bool ws_item(int r, int m_tiles, int pairs, int& tile_m, int& pair)
 {
 #if WS_PERSISTENT

@@ -3,7 +3,11 @@
 // rows by 64 k, 48 KB), two consumer warpgroups each multiply their 64 rows of A by the 256 B rows with wgmma
 // m64n256k16, and hand the stage back through an mbarrier. Clusters of 2 CTAs along M share B: rank 0 loads the first
 // half and rank 1 the second, each multicast into both CTAs, and every consumer warp releases a stage in both.
-// Only the epilogue (what is done with the 64 x 256 fp32 accumulators) differs between the kernels.
+// Only the epilogue (what is done with a warpgroup's 64 x 256 fp32 accumulators) differs between the kernels.
+// The two consumer warpgroups work on one 128-row tile together (cooperative), so the tensor cores idle while both run
+// its epilogue (~3-5% of a tile at K = 4096). A ping-pong schedule (each warpgroup on its own 64-row tiles, one's epilogue
+// under the other's MMAs) was tried and is 20-28% slower: with 64-row tiles a stage's fill plus the MMAs' operand reads
+// need ~156 bytes of shared memory per clock against the SM's 128 (NOTES, branch experiment/gemm-pingpong).
 #pragma once
 #include "wgmma_common.cuh"
 #include "tma_common.cuh"
@@ -213,6 +217,23 @@ template <int BN, int CLUSTER, int GROUP_ROWS>
 __device__ __forceinline__ void GemmTiles<BN, CLUSTER, GROUP_ROWS>::origin(int u, int& m0, int& n0) const
 {
     unit_origin<BN, CLUSTER, GROUP_ROWS>(u, tilesM, tilesN, rank, m0, n0);
+}
+
+// A consumer warpgroup's loop (cw: 0 or 1) over its cluster's units: each tile's accumulators (its 64 of the tile's 128
+// rows x 256 B rows, fp32), then epilogue(acc, row0, n0) with row0 the first of those 64 rows, n0 the tile's first B row.
+template <int STAGES, int CLUSTER, int BN, int GROUP_ROWS, class Epilogue>
+__device__ __forceinline__ void consume_tiles(GemmRing<STAGES, CLUSTER>& ring, const GemmTiles<BN, CLUSTER, GROUP_ROWS>& tiles,
+    int cw, int t, Epilogue&& epilogue)
+{
+    float acc[128];
+    for (int u = tiles.cluster; u < tiles.units; u += tiles.clusters)
+    {
+        int m0, n0;
+        tiles.origin(u, m0, n0);
+        ring.consume(acc, cw, t % 32, tiles.KT, tiles.rank);
+        epilogue(acc, m0 + 64 * cw, n0);
+    }
+    if (t == 0) bulk_wait_all();   // the last stores must finish reading the staging panels before the CTA exits
 }
 
 // Byte address of column (8 i + 2 (lane % 4)) of row r in the epilogue's staging panels (64 x 64 bf16 boxes, 128-byte

@@ -41,7 +41,6 @@ constexpr int QG_BN = 256, QG_CLUSTER = 2, QG_HD = 128;
 constexpr int QG_ROUNDS = QG_STAGES >= 4 ? 2 : 1;
 constexpr int QG_PANELS = 4 / QG_ROUNDS;                     // panels per warpgroup and round
 constexpr int QG_OUT_BYTES = 2 * QG_PANELS * GM_OUT_PANEL;
-constexpr int QG_SMEM_BYTES = QG_STAGES * GM_STAGE_BYTES + QG_OUT_BYTES + 2 * QG_STAGES * 8 + 1024;
 } // namespace
 
 extern "C" __global__ void __launch_bounds__(GM_THREADS, 1) __cluster_dims__(2, 1, 1)
@@ -71,13 +70,9 @@ gemm_qkv_rope_bf16(const __grid_constant__ TensorMap map_x, const __grid_constan
     {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
         const int cw = wg - 1, warp = t / 32, lane = t % 32;
-        float acc[128];
-        for (int u = tiles.cluster; u < tiles.units; u += tiles.clusters)
+        const unsigned panels = staging + cw * QG_PANELS * GM_OUT_PANEL;
+        consume_tiles(ring, tiles, cw, t, [&](float* acc, int m_wg, int n0)
         {
-            int m0, n0;
-            tiles.origin(u, m0, n0);
-            ring.consume(acc, cw, lane, tiles.KT, tiles.rank);
-
             const int rl = warp * 16 + lane / 4;                 // row within this warpgroup's 64 (and rl + 8)
             const bool is_q = n0 < q_dim, is_k = !is_q && n0 < q_dim + kv_dim;
             if (QG_ROPE && (is_q || is_k))
@@ -86,7 +81,7 @@ gemm_qkv_rope_bf16(const __grid_constant__ TensorMap map_x, const __grid_constan
                 for (int h = 0; h < 2; h++)
                 {
                     // Rows past the step read the last row's angles (their outputs are clipped by the store).
-                    const int r = min(m0 + cw * 64 + rl + 8 * h, M - 1);
+                    const int r = min(m_wg + rl + 8 * h, M - 1);
                     const float* cs = rope + (long long)r * QG_HD + 2 * (lane % 4);
 #pragma unroll
                     for (int i = 0; i < 8; i++)
@@ -108,10 +103,9 @@ gemm_qkv_rope_bf16(const __grid_constant__ TensorMap map_x, const __grid_constan
                     }
                 }
             }
-            const unsigned panels = staging + cw * QG_PANELS * GM_OUT_PANEL;
             const TensorMap* map = is_q ? &map_q : is_k ? &map_k : &map_v;
             const int col0 = is_q ? n0 : is_k ? n0 - q_dim : n0 - q_dim - kv_dim;
-            const int row0 = (is_q ? 0 : pos0) + m0 + cw * 64;
+            const int row0 = (is_q ? 0 : pos0) + m_wg;
 #pragma unroll
             for (int round = 0; round < QG_ROUNDS; round++)
             {
@@ -137,8 +131,7 @@ gemm_qkv_rope_bf16(const __grid_constant__ TensorMap map_x, const __grid_constan
                     bulk_commit();
                 }
             }
-        }
-        if (t == 0) bulk_wait_all();
+        });
     }
     cluster_sync();
 #else

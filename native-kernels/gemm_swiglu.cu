@@ -51,12 +51,18 @@ constexpr int GG_SMEM_BYTES = GG_STAGES * GM_STAGE_BYTES + GG_OUT_BYTES + 2 * GG
 // silu(g) = g / (1 + e^-g) with the fast exp and division: accurate to a few ulp of fp32, far below the bf16
 // rounding of the output, and ~5x fewer instructions than expf + IEEE division (the epilogue stalls both consumer
 // warpgroups, so its length is tensor-core idle time). For g < -88, e^-g = inf and __fdividef gives 0, as silu does.
+// 2 (an experiment): silu(g) = h + h tanh(h), h = g / 2, one tanh.approx instead of two special-function ops.
 #ifndef GG_FAST_SILU
 #define GG_FAST_SILU 1
 #endif
 __device__ __forceinline__ float silu(float g)
 {
-#if GG_FAST_SILU
+#if GG_FAST_SILU == 2
+    const float h = 0.5f * g;
+    float th;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(th) : "f"(h));
+    return fmaf(h, th, h);
+#elif GG_FAST_SILU
     return __fdividef(g, 1.f + __expf(-g));
 #else
     return g / (1.f + expf(-g));
@@ -69,8 +75,7 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS, 1)
 __cluster_dims__(2, 1, 1)
 #endif
 gemm_swiglu_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant__ TensorMap map_gate,
-                 const __grid_constant__ TensorMap map_up, const __grid_constant__ TensorMap map_out, bf16_t* __restrict__ out,
-                 int M, int inter, int K)
+                 const __grid_constant__ TensorMap map_up, const __grid_constant__ TensorMap map_out, int M, int inter, int K)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ unsigned char smem_raw[];
@@ -94,20 +99,15 @@ gemm_swiglu_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant_
     {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
         const int cw = wg - 1, warp = t / 32, lane = t % 32;
-        float acc[128];
-        for (int u = tiles.cluster; u < tiles.units; u += tiles.clusters)
+        const unsigned panels = staging + cw * 2 * GM_OUT_PANEL;
+        consume_tiles(ring, tiles, cw, t, [&](float* acc, int row0, int n0)
         {
-            int m0, n0;
-            tiles.origin(u, m0, n0);
-            ring.consume(acc, cw, lane, tiles.KT, tiles.rank);
-
-            // Epilogue: out = silu(gate) * up from the accumulators (gate column j in d[4 (j / 8) ..], its up partner
-            // in d[4 (j / 8 + 16) ..] of the same thread), bf16 pairs.
+            // out = silu(gate) * up from the accumulators (gate column j in d[4 (j / 8) ..], its up partner in
+            // d[4 (j / 8 + 16) ..] of the same thread), bf16 pairs.
             const int rl = warp * 16 + lane / 4;                 // row within this warpgroup's 64 (and rl + 8)
             // The previous tile's stores must have read the panels before they are rewritten (long done by now).
             if (t == 0) bulk_wait_read();
             warpgroup_sync(1 + cw);
-            const unsigned panels = staging + cw * 2 * GM_OUT_PANEL;
 #pragma unroll
             for (int i = 0; i < 16; i++)
 #pragma unroll
@@ -122,12 +122,11 @@ gemm_swiglu_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant_
             warpgroup_sync(1 + cw);
             if (t == 0)
             {
-                tma_store(&map_out, panels, n0, m0 + cw * 64);
-                tma_store(&map_out, panels + GM_OUT_PANEL, n0 + 64, m0 + cw * 64);
+                tma_store(&map_out, panels, n0, row0);
+                tma_store(&map_out, panels + GM_OUT_PANEL, n0 + 64, row0);
                 bulk_commit();
             }
-        }
-        if (t == 0) bulk_wait_all();   // the last stores must finish reading the panels before the CTA exits
+        });
     }
     // The peer CTA may still multicast into our stages or arrive on our barriers until it is done.
     if (GG_CLUSTER == 2) cluster_sync();

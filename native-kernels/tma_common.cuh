@@ -52,4 +52,9 @@ __device__ __forceinline__ void tma_load_4d(unsigned dst, const TensorMap* map, 
 
 // Barrier of one warpgroup (named barrier `id`, 128 threads); id 0 is __syncthreads.
 __device__ __forceinline__ void warpgroup_sync(int id) { asm volatile("bar.sync %0, 128;" :: "r"(id) : "memory"); }
+
+// Named barrier `id` of `threads` threads: sync waits for them all, arrive counts this thread without waiting (a
+// warpgroup handing a turn to another that syncs on the same id).
+__device__ __forceinline__ void named_bar_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(threads) : "memory"); }
+__device__ __forceinline__ void named_bar_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(threads) : "memory"); }
 } // namespace

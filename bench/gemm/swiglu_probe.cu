@@ -1,6 +1,6 @@
 // Probe for native-kernels/gemm_swiglu.cu on the GPU machine (no .NET): checks the gated GEMM against cuBLAS (fp32
-// gate/up, silu·up in fp32) on odd shapes, then times it against what the engine runs today (cublasGemmEx with a bf16
-// [gate | up] output + silu_mul_bf16) at the Llama-3.1-8B MLP shape, alternating the two in one process.
+// gate/up, silu·up in fp32) on odd shapes, then times it against cublasGemmEx with a bf16 [gate | up] output alone and
+// with silu_mul_bf16 (what the engine ran before) at the Llama-3.1-8B MLP shape, alternating them in one process.
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Inative-kernels [-DGG_STAGES=4 -DGG_CLUSTER=2] \
 //        -o /tmp/swiglu_probe bench/gemm/swiglu_probe.cu -lcublas -lcuda && /tmp/swiglu_probe
 #include <cublas_v2.h>
@@ -48,19 +48,16 @@ static CUtensorMap makeMap(const void* base, int rows, int cols, int boxRows, in
     return m;
 }
 
-static int smemBytes() { return GG_SMEM_BYTES; }
-
 static int maxClusters = 0;   // clusters of GG_CLUSTER CTAs that fit on the GPU at once (GPCs may leave SMs unpaired)
 
-static void launchGated(const bf16_t* x, const bf16_t* w, bf16_t* out, int M, int inter, int K, int sms, cudaStream_t st)
+static void launchGated(const bf16_t* x, const bf16_t* w, bf16_t* out, int M, int inter, int K, cudaStream_t st)
 {
-    sms = maxClusters * GG_CLUSTER;
-    CUtensorMap mx = makeMap(x, M, K, GG_BM), mg = makeMap(w, inter, K, GG_BN), mu = makeMap(w + (size_t)inter * K, inter, K, GG_BN);
-    CUtensorMap mo = makeMap(out, M, inter, GG_OUT_ROWS, GG_OUT_COLS);
-    int units = ((M + GG_BM * GG_CLUSTER - 1) / (GG_BM * GG_CLUSTER)) * ((inter + GG_BN - 1) / GG_BN);
-    int grid = std::min(units, sms / GG_CLUSTER) * GG_CLUSTER;
-    gemm_swiglu_bf16<<<grid, GG_THREADS, smemBytes(), st>>>(*reinterpret_cast<TensorMap*>(&mx), *reinterpret_cast<TensorMap*>(&mg),
-        *reinterpret_cast<TensorMap*>(&mu), *reinterpret_cast<TensorMap*>(&mo), out, M, inter, K);
+    CUtensorMap mx = makeMap(x, M, K, GM_BM), mg = makeMap(w, inter, K, GG_BN), mu = makeMap(w + (size_t)inter * K, inter, K, GG_BN);
+    CUtensorMap mo = makeMap(out, M, inter, GM_OUT_ROWS, GM_OUT_COLS);
+    int units = ((M + GM_BM * GG_CLUSTER - 1) / (GM_BM * GG_CLUSTER)) * ((inter + GG_BN - 1) / GG_BN);
+    int grid = std::min(units, maxClusters) * GG_CLUSTER;
+    gemm_swiglu_bf16<<<grid, GG_THREADS, GG_SMEM_BYTES, st>>>(*reinterpret_cast<TensorMap*>(&mx), *reinterpret_cast<TensorMap*>(&mg),
+        *reinterpret_cast<TensorMap*>(&mu), *reinterpret_cast<TensorMap*>(&mo), M, inter, K);
 }
 
 int main(int argc, char** argv)
@@ -68,18 +65,18 @@ int main(int argc, char** argv)
     CK(cuInit(0));
     int dev = 0, sms = 0;
     CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    CK(cudaFuncSetAttribute(gemm_swiglu_bf16, cudaFuncAttributeMaxDynamicSharedMemorySize, smemBytes()));
+    CK(cudaFuncSetAttribute(gemm_swiglu_bf16, cudaFuncAttributeMaxDynamicSharedMemorySize, GG_SMEM_BYTES));
     {
         cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(sms); cfg.blockDim = dim3(GG_THREADS); cfg.dynamicSmemBytes = smemBytes();
+        cfg.gridDim = dim3(sms); cfg.blockDim = dim3(GG_THREADS); cfg.dynamicSmemBytes = GG_SMEM_BYTES;
         cudaLaunchAttribute at; at.id = cudaLaunchAttributeClusterDimension; at.val.clusterDim.x = GG_CLUSTER; at.val.clusterDim.y = 1; at.val.clusterDim.z = 1;
         cfg.attrs = &at; cfg.numAttrs = 1;
         CK(cudaOccupancyMaxActiveClusters(&maxClusters, gemm_swiglu_bf16, &cfg));
-        std::printf("max active clusters of %d: %d\n", GG_CLUSTER, maxClusters);
     }
     cudaFuncAttributes fa;
     CK(cudaFuncGetAttributes(&fa, gemm_swiglu_bf16));
-    std::printf("gemm_swiglu_bf16 stages %d cluster %d: %d regs, %zu B local, smem %d, SMs %d\n", GG_STAGES, GG_CLUSTER, fa.numRegs, fa.localSizeBytes, smemBytes(), sms);
+    std::printf("gemm_swiglu_bf16 stages %d cluster %d fast silu %d: %d regs, %zu B local, smem %d, max active clusters %d, SMs %d\n", GG_STAGES,
+        GG_CLUSTER, GG_FAST_SILU, fa.numRegs, fa.localSizeBytes, GG_SMEM_BYTES, maxClusters, sms);
     cublasHandle_t blas;
     CK(cublasCreate(&blas));
     cudaStream_t st;
@@ -88,7 +85,7 @@ int main(int argc, char** argv)
 
     struct Shape { int M, inter, K; };
     bool allOk = true;
-    for (Shape s : {Shape{300, 392, 200}, Shape{129, 136, 72}, Shape{1, 256, 64}, Shape{2048, 14336, 4096}, Shape{517, 1032, 4104}, Shape{300, 168, 64}})
+    for (Shape s : {Shape{300, 392, 200}, Shape{129, 136, 72}, Shape{1, 256, 64}, Shape{2048, 14336, 4096}, Shape{517, 1032, 4104}, Shape{300, 168, 64}, Shape{1100, 4104, 136}})
     {
         size_t nx = (size_t)s.M * s.K, nw = (size_t)2 * s.inter * s.K;
         bf16_t *x, *w, *out; float *gu, *ref;
@@ -101,7 +98,7 @@ int main(int argc, char** argv)
         CK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, 2 * s.inter, s.M, s.K, &alpha, w, CUDA_R_16BF, s.K, x, CUDA_R_16BF, s.K, &beta,
             gu, CUDA_R_32F, 2 * s.inter, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         ref_swiglu<<<512, 256, 0, st>>>(gu, s.M, s.inter, ref);
-        launchGated(x, w, out, s.M, s.inter, s.K, sms, st);
+        launchGated(x, w, out, s.M, s.inter, s.K, st);
         CK(cudaGetLastError());
         CK(cudaStreamSynchronize(st));
         std::vector<unsigned short> o((size_t)s.M * s.inter);
@@ -139,7 +136,7 @@ int main(int argc, char** argv)
         auto gemm = [&] { CK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, 2 * inter, M, K, &alpha, w, CUDA_R_16BF, K, x, CUDA_R_16BF, K, &beta,
             gu, CUDA_R_16BF, 2 * inter, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)); };
         auto silu = [&] { silu_mul_bf16<<<dim3((inter / 8 + 255) / 256, M), 256, 0, st>>>(gu, M, inter, out, 1); };
-        auto gated = [&] { launchGated(x, w, out, M, inter, K, sms, st); };
+        auto gated = [&] { launchGated(x, w, out, M, inter, K, st); };
         auto time = [&](auto f, int iters) {
             CK(cudaEventRecord(e0, st));
             for (int i = 0; i < iters; i++) f();
@@ -161,8 +158,8 @@ int main(int argc, char** argv)
         }
         auto med = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v[v.size() / 2]; };
         const double flop = 2.0 * M * 2.0 * inter * K;
-        std::printf("M=%d inter=%d K=%d: cublas+silu %.1f us | gated %.1f us (%.0f TFLOP/s) | cublas gemm alone %.1f us (%.0f TFLOP/s) | silu %.1f us | gated/base %.3f\n",
-            M, inter, K, med(tb), med(tg), flop / med(tg) / 1e6, med(tgemm), flop / med(tgemm) / 1e6, med(tsilu), med(tg) / med(tb));
+        std::printf("M=%d inter=%d K=%d: cublas+silu %.1f us | gated %.1f us (%.0f TFLOP/s) | cublas gemm alone %.1f us (%.0f TFLOP/s) | silu %.1f us | gated/base %.3f | gated/gemm alone %.3f\n",
+            M, inter, K, med(tb), med(tg), flop / med(tg) / 1e6, med(tgemm), flop / med(tgemm) / 1e6, med(tsilu), med(tg) / med(tb), med(tg) / med(tgemm));
         std::printf("   rounds base:"); for (double v : tb) std::printf(" %.1f", v);
         std::printf("  gated:"); for (double v : tg) std::printf(" %.1f", v);
         std::printf("\n");

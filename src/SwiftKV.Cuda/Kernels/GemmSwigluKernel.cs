@@ -60,8 +60,7 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library)
         long units = (long)((rows + TileRows * Cluster - 1) / (TileRows * Cluster)) * ((inter + TileCols - 1) / TileCols);
         uint grid = (uint)(Math.Min(units, _entry.Clusters) * Cluster);
         var mapOut = CuDriver.EncodeBf16Rows(output.Address, rows, inter, OutBoxRows, OutBoxCols);
-        ulong po = output.Address;
-        void** args = stackalloc void*[] { &mapX, &mapGate, &mapUp, &mapOut, &po, &rows, &inter, &hidden };
+        void** args = stackalloc void*[] { &mapX, &mapGate, &mapUp, &mapOut, &rows, &inter, &hidden };
         _entry.Kernel.Launch(stream, (grid, 1, 1), Threads, SharedBytes, args);
         Launches++;
     }
