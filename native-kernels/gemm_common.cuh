@@ -20,13 +20,6 @@ constexpr int GM_A_BYTES = GM_BM * GM_BK * 2;               // 16 KB
 constexpr int GM_B_HALF = GM_B_HALF_ROWS * GM_BK * 2;       // 16 KB
 constexpr int GM_STAGE_BYTES = GM_A_BYTES + 2 * GM_B_HALF;  // 48 KB
 constexpr int GM_THREADS = 384;
-constexpr int GM_SPLIT_BAR = 3;                             // both consumer warpgroups (1, 2: each warpgroup's own)
-constexpr int GM_SPLIT_SLOT = 2 * 128 * 128;                // floats of one CTA's partial sums (2 warpgroups x 128 x 128 threads)
-
-// Stream-K for the last waves: 0 walks every unit whole (an experiment switch; the launchers pass the scratch anyway).
-#ifndef GM_STREAM_K
-#define GM_STREAM_K 1
-#endif
 constexpr int GM_OUT_ROWS = 64, GM_OUT_COLS = 64;           // one TMA store box: 64 x 64 bf16 in the 128-byte swizzle
 constexpr int GM_OUT_PANEL = GM_OUT_ROWS * GM_OUT_COLS * 2; // 8 KB
 
@@ -123,9 +116,9 @@ struct GemmRing
     // The producer thread's loads for one output tile: x rows [m0, m0 + 128), and this CTA's half of the 256 B rows:
     // (map_b0, row_b0) into the first half and (map_b1, row_b1) into the second, multicast to the cluster when it has 2.
     __device__ __forceinline__ void produce(const TensorMap* map_x, int m0, const TensorMap* map_b0, int row_b0,
-        const TensorMap* map_b1, int row_b1, int kb, int ke, unsigned rank)
+        const TensorMap* map_b1, int row_b1, int KT, unsigned rank)
     {
-        for (int kt = kb; kt < ke; kt++)
+        for (int kt = 0; kt < KT; kt++)
         {
             const unsigned a = base + stage * GM_STAGE_BYTES, b = a + GM_A_BYTES;
             mbar_wait(empty(stage), phase ^ 1u);
@@ -146,8 +139,8 @@ struct GemmRing
     }
 
     // A consumer warpgroup's (cw: 0 or 1) accumulators for one tile: acc (64 x 256) = its 64 rows of A times the 256 B
-    // rows over k steps [kb, ke), one wgmma batch in flight while the next stage is awaited.
-    __device__ __forceinline__ void consume(float* acc, int cw, int lane, int kb, int ke, unsigned rank)
+    // rows over KT k steps, one wgmma batch in flight while the next stage is awaited.
+    __device__ __forceinline__ void consume(float* acc, int cw, int lane, int KT, unsigned rank)
     {
         int prev = -1;
         // Zeroed although the first k step ignores them (scale-d 0): left undefined, CUDA 12's ptxas serialises every
@@ -155,14 +148,14 @@ struct GemmRing
         // of the pipeline stage").
 #pragma unroll
         for (int i = 0; i < 128; i++) acc[i] = 0.f;
-        for (int kt = kb; kt < ke; kt++)
+        for (int kt = 0; kt < KT; kt++)
         {
             const unsigned a = base + stage * GM_STAGE_BYTES + cw * (64 * 128), b = base + stage * GM_STAGE_BYTES + GM_A_BYTES;
             mbar_wait(full(stage), phase);
             wgmma_fence();
 #pragma unroll
             for (int k = 0; k < GM_BK / 16; k++)
-                wgmma_m64n256k16_ss(acc, kmajor_desc(a + 32 * k), kmajor_desc(b + 32 * k), (kt > kb || k > 0) ? 1 : 0);
+                wgmma_m64n256k16_ss(acc, kmajor_desc(a + 32 * k), kmajor_desc(b + 32 * k), (kt > 0 || k > 0) ? 1 : 0);
             wgmma_commit();
             wgmma_wait<1>();
             if (prev >= 0 && lane == 0) release_stage<CLUSTER>(empty(prev), rank);
@@ -176,63 +169,33 @@ struct GemmRing
 };
 
 // The persistent schedule both GEMMs share: M in cluster row tiles of GM_BM * CLUSTER rows, the B rows in tiles of BN
-// (units = row tiles x B tiles), K in steps of GM_BK (KT of them). Cluster c walks units c, c + clusters, ... whole, except
-// at the end: when the units are not a whole number of waves, the last partial wave would leave the other clusters
-// idle for a whole tile (at 2048 rows of the 8B MLP: 896 units = 13.6 waves of 66 clusters, so 14 tile times for 13.6
-// tiles of work). Then the last full wave and the partial one are split stream-K style: their k steps, unit-major, are
-// cut into one contiguous range per cluster (at least KT long, so a unit is split between at most two neighbouring
-// clusters). A unit's first part (k from 0) ends its cluster's range and its second part begins the next cluster's:
-// the second part's cluster hands its partial sums over through global scratch (consume_tiles), long before the first
-// part's cluster, still computing, needs them.
+// (units = row tiles x B tiles), cluster c walking units c, c + clusters, ...; K in steps of GM_BK.
 template <int BN, int CLUSTER, int GROUP_ROWS>
 struct GemmTiles
 {
-    int tilesM, tilesN, units, cluster, clusters, KT, whole_units;
-    long long split_begin, split_end;      // this cluster's k steps of the split units (from unit whole_units, unit-major)
+    int tilesM, tilesN, units, cluster, clusters, KT;
     unsigned rank;
 
     __device__ __forceinline__ GemmTiles(int M, int N, int K)
         : tilesM((M + GM_BM * CLUSTER - 1) / (GM_BM * CLUSTER)), tilesN((N + BN - 1) / BN), units(tilesM * tilesN),
           cluster(blockIdx.x / CLUSTER), clusters(gridDim.x / CLUSTER), KT((K + GM_BK - 1) / GM_BK),
-          rank(CLUSTER == 2 ? cluster_rank() : 0u)
-    {
-        const int waves = units / clusters, rest = units % clusters;
-        const bool split = GM_STREAM_K && rest > 0 && waves >= 1;
-        whole_units = split ? (waves - 1) * clusters : units;
-        const long long steps = (long long)(units - whole_units) * KT;
-        split_begin = split ? steps * cluster / clusters : 0;
-        split_end = split ? steps * (cluster + 1) / clusters : 0;
-    }
+          rank(CLUSTER == 2 ? cluster_rank() : 0u) {}
 
     // First row and first B row of this CTA's tile in unit u.
     __device__ __forceinline__ void origin(int u, int& m0, int& n0) const;
 
-    // f(u, kb, ke) for each part of a unit this cluster computes, in order: whole units (0, KT), then its split range.
-    template <class F>
-    __device__ __forceinline__ void for_each_part(F&& f) const
-    {
-        for (int u = cluster; u < whole_units; u += clusters) f(u, 0, KT);
-        for (long long it = split_begin; it < split_end;)
-        {
-            const int u = whole_units + (int)(it / KT), kb = (int)(it % KT);
-            const int ke = (int)min((long long)KT, kb + (split_end - it));
-            f(u, kb, ke);
-            it += ke - kb;
-        }
-    }
-
-    // The producer thread's loop over this cluster's parts: B rows [n0, n0 + 128) of map_b0 into the first half of
+    // The producer thread's loop over this cluster's units: B rows [n0, n0 + 128) of map_b0 into the first half of
     // each stage, and rows [n0 + b1_offset, + 128) of map_b1 into the second.
     template <int STAGES>
     __device__ __forceinline__ void produce(GemmRing<STAGES, CLUSTER>& ring, const TensorMap* map_x, const TensorMap* map_b0,
         const TensorMap* map_b1, int b1_offset) const
     {
-        for_each_part([&](int u, int kb, int ke)
+        for (int u = cluster; u < units; u += clusters)
         {
             int m0, n0;
             origin(u, m0, n0);
-            ring.produce(map_x, m0, map_b0, n0, map_b1, n0 + b1_offset, kb, ke, rank);
-        });
+            ring.produce(map_x, m0, map_b0, n0, map_b1, n0 + b1_offset, KT, rank);
+        }
     }
 };
 
@@ -256,55 +219,20 @@ __device__ __forceinline__ void GemmTiles<BN, CLUSTER, GROUP_ROWS>::origin(int u
     unit_origin<BN, CLUSTER, GROUP_ROWS>(u, tilesM, tilesN, rank, m0, n0);
 }
 
-// A consumer warpgroup's loop (cw: 0 or 1) over its cluster's parts of units: each tile's accumulators (its 64 of the
-// tile's 128 rows x 256 B rows, fp32), then epilogue(acc, row0, n0) with row0 the first of those 64 rows, n0 the tile's
-// first B row. A unit split with the next cluster (GemmTiles) adds that cluster's partial sums first; a unit's second
-// part stores its partial sums for the previous cluster instead of an epilogue. split: GM_SPLIT_SLOT floats per CTA of
-// the grid, then one flag per CTA (zero between launches: the reader clears it).
+// A consumer warpgroup's loop (cw: 0 or 1) over its cluster's units: each tile's accumulators (its 64 of the tile's 128
+// rows x 256 B rows, fp32), then epilogue(acc, row0, n0) with row0 the first of those 64 rows, n0 the tile's first B row.
 template <int STAGES, int CLUSTER, int BN, int GROUP_ROWS, class Epilogue>
 __device__ __forceinline__ void consume_tiles(GemmRing<STAGES, CLUSTER>& ring, const GemmTiles<BN, CLUSTER, GROUP_ROWS>& tiles,
-    int cw, int t, float* __restrict__ split, Epilogue&& epilogue)
+    int cw, int t, Epilogue&& epilogue)
 {
     float acc[128];
-    int* flags = reinterpret_cast<int*>(split + (size_t)gridDim.x * GM_SPLIT_SLOT);
-    tiles.for_each_part([&](int u, int kb, int ke)
+    for (int u = tiles.cluster; u < tiles.units; u += tiles.clusters)
     {
         int m0, n0;
         tiles.origin(u, m0, n0);
-        ring.consume(acc, cw, t % 32, kb, ke, tiles.rank);
-        if (kb > 0)
-        {
-            // The unit's second part: our slot, then our flag (release: the slot's stores before it, at GPU scope).
-            float* slot = split + (size_t)blockIdx.x * GM_SPLIT_SLOT + cw * 128 * 128 + t;
-#pragma unroll
-            for (int i = 0; i < 128; i++) __stcg(slot + i * 128, acc[i]);
-            named_bar_sync(GM_SPLIT_BAR, 256);
-            if (cw == 0 && t == 0)
-            {
-                __threadfence();
-                asm volatile("st.release.gpu.global.b32 [%0], %1;" :: "l"(flags + blockIdx.x), "r"(1) : "memory");
-            }
-            return;
-        }
-        if (ke < tiles.KT)
-        {
-            // The unit's first part: the rest is the first part of the next cluster's range (the same rank's CTA).
-            const int peer = blockIdx.x + CLUSTER;
-            if (cw == 0 && t == 0)
-            {
-                int ready = 0;
-                do asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(ready) : "l"(flags + peer) : "memory");
-                while (ready == 0);
-                flags[peer] = 0;                                 // for the next launch (stream-ordered after this one)
-                __threadfence();
-            }
-            named_bar_sync(GM_SPLIT_BAR, 256);
-            const float* slot = split + (size_t)peer * GM_SPLIT_SLOT + cw * 128 * 128 + t;
-#pragma unroll
-            for (int i = 0; i < 128; i++) acc[i] += __ldcg(slot + i * 128);
-        }
+        ring.consume(acc, cw, t % 32, tiles.KT, tiles.rank);
         epilogue(acc, m0 + 64 * cw, n0);
-    });
+    }
     if (t == 0) bulk_wait_all();   // the last stores must finish reading the staging panels before the CTA exits
 }
 

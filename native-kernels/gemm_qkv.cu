@@ -46,8 +46,8 @@ constexpr int QG_OUT_BYTES = 2 * QG_PANELS * GM_OUT_PANEL;
 extern "C" __global__ void __launch_bounds__(GM_THREADS, 1) __cluster_dims__(2, 1, 1)
 gemm_qkv_rope_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant__ TensorMap map_w,
                    const __grid_constant__ TensorMap map_q, const __grid_constant__ TensorMap map_k,
-                   const __grid_constant__ TensorMap map_v, const float* __restrict__ rope, float* __restrict__ split, int M,
-                   int q_dim, int kv_dim, int K, int pos0)
+                   const __grid_constant__ TensorMap map_v, const float* __restrict__ rope, int M, int q_dim, int kv_dim,
+                   int K, int pos0)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ unsigned char smem_raw[];
@@ -71,7 +71,7 @@ gemm_qkv_rope_bf16(const __grid_constant__ TensorMap map_x, const __grid_constan
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
         const int cw = wg - 1, warp = t / 32, lane = t % 32;
         const unsigned panels = staging + cw * QG_PANELS * GM_OUT_PANEL;
-        consume_tiles(ring, tiles, cw, t, split, [&](float* acc, int m_wg, int n0)
+        consume_tiles(ring, tiles, cw, t, [&](float* acc, int m_wg, int n0)
         {
             const int rl = warp * 16 + lane / 4;                 // row within this warpgroup's 64 (and rl + 8)
             const bool is_q = n0 < q_dim, is_k = !is_q && n0 < q_dim + kv_dim;

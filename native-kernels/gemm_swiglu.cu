@@ -75,8 +75,7 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS, 1)
 __cluster_dims__(2, 1, 1)
 #endif
 gemm_swiglu_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant__ TensorMap map_gate,
-                 const __grid_constant__ TensorMap map_up, const __grid_constant__ TensorMap map_out, float* __restrict__ split,
-                 int M, int inter, int K)
+                 const __grid_constant__ TensorMap map_up, const __grid_constant__ TensorMap map_out, int M, int inter, int K)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ unsigned char smem_raw[];
@@ -101,7 +100,7 @@ gemm_swiglu_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant_
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
         const int cw = wg - 1, warp = t / 32, lane = t % 32;
         const unsigned panels = staging + cw * 2 * GM_OUT_PANEL;
-        consume_tiles(ring, tiles, cw, t, split, [&](float* acc, int row0, int n0)
+        consume_tiles(ring, tiles, cw, t, [&](float* acc, int row0, int n0)
         {
             // out = silu(gate) * up from the accumulators (gate column j in d[4 (j / 8) ..], its up partner in
             // d[4 (j / 8 + 16) ..] of the same thread), bf16 pairs.

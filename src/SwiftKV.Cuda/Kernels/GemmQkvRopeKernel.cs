@@ -5,7 +5,7 @@ using SwiftKV.Cuda.Native;
 
 namespace SwiftKV.Cuda.Kernels;
 
-public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library) : IDisposable
+public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
 {
     const string Entry = "gemm_qkv_rope_bf16";
     // The kernel's constants: 384 threads (a producer and two consumer warpgroups), 128-row x 256-column output tiles
@@ -18,7 +18,6 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library) : IDisposabl
     const int SharedBytes = Stages * (TileRows * TileK * 2 + TileCols * TileK * 2) + 2 * 2 * OutBoxRows * OutBoxCols * 2 + 2 * Stages * 8 + 1024;
 
     readonly ClusterGemmEntry _entry = new(library, "gemm_qkv.cu", Entry, Threads, SharedBytes, Cluster);
-    readonly GemmSplitScratch _split = new();
 
     /// <summary>Launches so far (tests check that a path really took this kernel).</summary>
     public long Launches { get; private set; }
@@ -90,12 +89,9 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library) : IDisposabl
         var mapV = CuDriver.EncodeBf16Rows(vCache.Address, pos0 + rows, kvDim, OutBoxRows, OutBoxCols);
         long units = (long)((rows + TileRows * Cluster - 1) / (TileRows * Cluster)) * ((qDim + 2 * kvDim) / TileCols);
         uint grid = (uint)(Math.Min(units, _entry.Clusters) * Cluster);
-        ulong pr = ropeTable.Address, split = _split.For(_entry.Clusters * Cluster);
-        void** args = stackalloc void*[] { &mapX, &mapW, &mapQ, &mapK, &mapV, &pr, &split, &rows, &qDim, &kvDim, &hidden, &pos0 };
+        ulong pr = ropeTable.Address;
+        void** args = stackalloc void*[] { &mapX, &mapW, &mapQ, &mapK, &mapV, &pr, &rows, &qDim, &kvDim, &hidden, &pos0 };
         _entry.Kernel.Launch(stream, (grid, 1, 1), Threads, SharedBytes, args);
         Launches++;
     }
-
-    /// <summary>Frees the stream-K scratch (the kernel module belongs to the library).</summary>
-    public void Dispose() => _split.Dispose();
 }

@@ -5,7 +5,7 @@ using SwiftKV.Cuda.Native;
 
 namespace SwiftKV.Cuda.Kernels;
 
-public sealed unsafe class GemmSwigluKernel(KernelLibrary library) : IDisposable
+public sealed unsafe class GemmSwigluKernel(KernelLibrary library)
 {
     const string Entry = "gemm_swiglu_bf16";
     // The kernel's constants: 384 threads (a producer and two consumer warpgroups), 128 x 128 gated output tiles (128
@@ -17,7 +17,6 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library) : IDisposable
     const int SharedBytes = Stages * (TileRows * TileK * 2 + 2 * TileCols * TileK * 2) + TileRows * TileCols * 2 + 2 * Stages * 8 + 1024;
 
     readonly ClusterGemmEntry _entry = new(library, "gemm_swiglu.cu", Entry, Threads, SharedBytes, Cluster);
-    readonly GemmSplitScratch _split = new();
 
     /// <summary>Launches so far (tests check that a path really took this kernel).</summary>
     public long Launches { get; private set; }
@@ -61,12 +60,8 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library) : IDisposable
         long units = (long)((rows + TileRows * Cluster - 1) / (TileRows * Cluster)) * ((inter + TileCols - 1) / TileCols);
         uint grid = (uint)(Math.Min(units, _entry.Clusters) * Cluster);
         var mapOut = CuDriver.EncodeBf16Rows(output.Address, rows, inter, OutBoxRows, OutBoxCols);
-        ulong split = _split.For(_entry.Clusters * Cluster);
-        void** args = stackalloc void*[] { &mapX, &mapGate, &mapUp, &mapOut, &split, &rows, &inter, &hidden };
+        void** args = stackalloc void*[] { &mapX, &mapGate, &mapUp, &mapOut, &rows, &inter, &hidden };
         _entry.Kernel.Launch(stream, (grid, 1, 1), Threads, SharedBytes, args);
         Launches++;
     }
-
-    /// <summary>Frees the stream-K scratch (the kernel module belongs to the library).</summary>
-    public void Dispose() => _split.Dispose();
 }

@@ -734,8 +734,6 @@ public sealed partial class CudaBackend : IModelBackend
             DisposeBatched();
             _ws.Dispose();
             _attention.Dispose();
-            _gemmSwiglu.Dispose();
-            _gemmQkv.Dispose();
             _w.Dispose();
             _kernels.Dispose();
             _blas.Dispose();
