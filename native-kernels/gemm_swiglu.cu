@@ -51,18 +51,12 @@ constexpr int GG_SMEM_BYTES = GG_STAGES * GM_STAGE_BYTES + GG_OUT_BYTES + 2 * GG
 // silu(g) = g / (1 + e^-g) with the fast exp and division: accurate to a few ulp of fp32, far below the bf16
 // rounding of the output, and ~5x fewer instructions than expf + IEEE division (the epilogue stalls both consumer
 // warpgroups, so its length is tensor-core idle time). For g < -88, e^-g = inf and __fdividef gives 0, as silu does.
-// 2 (an experiment): silu(g) = h + h tanh(h), h = g / 2, one tanh.approx instead of two special-function ops.
 #ifndef GG_FAST_SILU
 #define GG_FAST_SILU 1
 #endif
 __device__ __forceinline__ float silu(float g)
 {
-#if GG_FAST_SILU == 2
-    const float h = 0.5f * g;
-    float th;
-    asm("tanh.approx.f32 %0, %1;" : "=f"(th) : "f"(h));
-    return fmaf(h, th, h);
-#elif GG_FAST_SILU
+#if GG_FAST_SILU
     return __fdividef(g, 1.f + __expf(-g));
 #else
     return g / (1.f + expf(-g));

@@ -85,7 +85,7 @@ int main(int argc, char** argv)
 
     struct Shape { int M, inter, K; };
     bool allOk = true;
-    for (Shape s : {Shape{300, 392, 200}, Shape{129, 136, 72}, Shape{1, 256, 64}, Shape{2048, 14336, 4096}, Shape{517, 1032, 4104}, Shape{300, 168, 64}, Shape{1100, 4104, 136}})
+    for (Shape s : {Shape{300, 392, 200}, Shape{129, 136, 72}, Shape{1, 256, 64}, Shape{2048, 14336, 4096}, Shape{517, 1032, 4104}, Shape{300, 168, 64}, Shape{1100, 4104, 136}, Shape{517, 3080, 1032}})
     {
         size_t nx = (size_t)s.M * s.K, nw = (size_t)2 * s.inter * s.K;
         bf16_t *x, *w, *out; float *gu, *ref;

@@ -189,6 +189,7 @@ public sealed class LinearKernelTests : GpuFixtureTest
     [InlineData(1, 64, 256)]       // a single row: the peer CTA computes only zero-filled rows
     [InlineData(517, 1032, 1288)]  // several tiles and k steps in every direction, a partial last cluster
     [InlineData(1100, 136, 4104)]  // 165 tiles for ~66 clusters: each CTA runs several, the stage ring's phase shifting between them
+    [InlineData(517, 1032, 3080)]  // 75 tiles of 17 k steps: a cluster with a second tile, the ring's phase not at a tile's start
     public void GemmSwiglu_MatchesReference(int rows, int hidden, int inter)
     {
         Gpu.RequireHopper();
