@@ -768,19 +768,16 @@ public sealed partial class CudaBackend : IModelBackend
         public DeviceSpan<Bf16> QueryBf16 => new(Qkv.Address, Qkv.Length * 2);
         public DeviceBuffer<Bf16> Attn { get; private set; } = null!;
         /// <summary>
-        /// The cuBLAS route's bf16 [gate | up] (rows, 2 inter), allocated by the first step that takes that route
-        /// (<see cref="GateUpFor"/>): with the gated GEMM a prefill never needs it (1.9 GB at 32K rows of Llama 3 8B).
+        /// The cuBLAS route's bf16 [gate | up] (rows, 2 inter): with the gated GEMM a prefill never needs it (1.9 GB at 32K
+        /// rows of Llama 3 8B).
         /// </summary>
-        public DeviceBuffer<Bf16>? GateUp { get; private set; }
-        int _gateUpRows;
+        readonly RouteBuffer<Bf16> _gateUp = new(2L * cfg.IntermediateSize);
         public DeviceBuffer<Bf16> Mlp { get; private set; } = null!;
         /// <summary>
-        /// The unfused SingleInputKV route's fp32 [k | v] of every leader (rows, 2 leaders kv), allocated by the first step
-        /// that takes that route (<see cref="SwiftKvFor"/>): with the fused K/V GEMM a prefill never needs it (4.3 GB at
-        /// 32K rows of an 8B SwiftKV 50% model).
+        /// The unfused SingleInputKV route's fp32 [k | v] of every leader (rows, 2 leaders kv): with the fused K/V GEMM a
+        /// prefill never needs it (4.3 GB at 32K rows of an 8B SwiftKV 50% model).
         /// </summary>
-        public DeviceBuffer<float>? SwiftKv { get; private set; }
-        int _swiftKvRows;
+        readonly RouteBuffer<float> _swiftKv = new(2L * swiftKvLeaders * cfg.KeyValueDim);
         /// <summary>
         /// A step's RoPE angles (rows, head_dim): written by the RoPE pass when the attention kernel rotates the queries
         /// (RopeOnLoad), or once per step for the fused [q; k; v] GEMM's epilogue (UseFusedQkv).
@@ -825,43 +822,18 @@ public sealed partial class CudaBackend : IModelBackend
         }
 
         /// <summary>[gate | up] for a step of <paramref name="rows"/>; grown (never shrunk) to the activations' row count.</summary>
-        public DeviceSpan<Bf16> GateUpFor(int rows)
-        {
-            if (rows > _gateUpRows)
-            {
-                int r = Math.Max(rows, _rows);
-                Generation++;   // a decode graph of the cuBLAS route (UseGemv off) reads this buffer
-                GateUp?.Dispose();
-                GateUp = null;
-                _gateUpRows = 0;
-                GateUp = new DeviceBuffer<Bf16>(2L * r * cfg.IntermediateSize);
-                _gateUpRows = r;
-            }
-            return GateUp!.Span;
-        }
+        public DeviceSpan<Bf16> GateUpFor(int rows) => _gateUp.For(this, rows, Math.Max(rows, _rows));
 
-        public long GateUpBytes => GateUp is null ? 0 : GateUp.Length * 2;
+        public long GateUpBytes => _gateUp.Bytes;
 
         /// <summary>
         /// SingleInputKV's fp32 [k | v] for a step of <paramref name="rows"/>, grown by doubling (never shrunk) from what
         /// the unfused steps asked: a decode step after a fused 32K prefill takes a few rows, not the prefill's 4.3 GB.
         /// </summary>
-        public DeviceSpan<float> SwiftKvFor(int rows)
-        {
-            if (rows > _swiftKvRows)
-            {
-                int r = Math.Max(rows, Math.Min(Math.Max(2 * _swiftKvRows, 16), cfg.MaxPositionEmbeddings));
-                Generation++;   // decode graphs (one row, unfused route) read this buffer
-                SwiftKv?.Dispose();
-                SwiftKv = null;
-                _swiftKvRows = 0;
-                SwiftKv = new DeviceBuffer<float>(Math.Max(1L, 2L * r * swiftKvLeaders * cfg.KeyValueDim));
-                _swiftKvRows = r;
-            }
-            return SwiftKv!.Span;
-        }
+        public DeviceSpan<float> SwiftKvFor(int rows) =>
+            _swiftKv.For(this, rows, Math.Max(rows, Math.Min(Math.Max(2 * _swiftKv.Rows, 16), cfg.MaxPositionEmbeddings)));
 
-        public long SwiftKvBytes => SwiftKv is null ? 0 : SwiftKv.Length * 4;
+        public long SwiftKvBytes => _swiftKv.Bytes;
 
         public long LogitsBytes => (long)_logitsRows * cfg.VocabSize * sizeof(float);
 
@@ -889,20 +861,8 @@ public sealed partial class CudaBackend : IModelBackend
                     _rows = _reservedRows;
                 }
             }
-            if (_gateUpRows > keepRows)
-            {
-                Generation++;
-                GateUp?.Dispose();
-                GateUp = null;
-                _gateUpRows = 0;
-            }
-            if (_swiftKvRows > keepRows)
-            {
-                Generation++;
-                SwiftKv?.Dispose();
-                SwiftKv = null;
-                _swiftKvRows = 0;
-            }
+            _gateUp.FreeIfAbove(this, keepRows);
+            _swiftKv.FreeIfAbove(this, keepRows);
         }
 
         /// <summary>Frees the logits buffer when it holds more than <paramref name="keepRows"/> rows; the next step allocates what it needs.</summary>
@@ -931,11 +891,49 @@ public sealed partial class CudaBackend : IModelBackend
             _rows = 0;
         }
 
+        /// <summary>
+        /// A buffer only one route's steps use (perRow elements a row): allocated by the first such step, grown (never
+        /// shrunk) after, freed by a trim. Generation moves whenever it does: a decode graph of that route reads it.
+        /// </summary>
+        sealed class RouteBuffer<T>(long perRow) : IDisposable where T : unmanaged
+        {
+            DeviceBuffer<T>? _buffer;
+            public int Rows { get; private set; }
+            public long Bytes => _buffer?.ByteLength ?? 0;
+
+            /// <summary>The buffer for a step of <paramref name="rows"/>, reallocated to <paramref name="growTo"/> rows when smaller.</summary>
+            public DeviceSpan<T> For(Workspace ws, int rows, int growTo)
+            {
+                if (rows > Rows)
+                {
+                    ws.Generation++;
+                    Dispose();
+                    _buffer = new DeviceBuffer<T>(Math.Max(1L, perRow * growTo));
+                    Rows = growTo;
+                }
+                return _buffer!.Span;
+            }
+
+            public void FreeIfAbove(Workspace ws, int keepRows)
+            {
+                if (Rows <= keepRows) return;
+                ws.Generation++;
+                Dispose();
+            }
+
+            public void Dispose()
+            {
+                _buffer?.Dispose();
+                _buffer = null;
+                Rows = 0;
+            }
+        }
+
         public void Dispose()
         {
             DisposeActivations();
-            GateUp?.Dispose();
-            SwiftKv?.Dispose();
+            _gateUp.Dispose();
+            _swiftKv.Dispose();
             Logits?.Dispose();
             _logitsRows = 0;
         }
