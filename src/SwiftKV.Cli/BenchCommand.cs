@@ -184,10 +184,12 @@ internal static class BenchCommand
         return MedianOf(t);
     }
 
+    // On a sorted copy: the callers report the runs in the order they ran (until 2026-11-27 ~12:45 UTC the lists in the
+    // JSON and the log were sorted by this function).
     static double MedianOf(List<double> t)
     {
-        t.Sort();
-        return t.Count % 2 == 1 ? t[t.Count / 2] : 0.5 * (t[t.Count / 2 - 1] + t[t.Count / 2]);
+        var v = t.Order().ToList();
+        return v.Count % 2 == 1 ? v[v.Count / 2] : 0.5 * (v[v.Count / 2 - 1] + v[v.Count / 2]);
     }
 
     static JsonObject BenchLoad(string dir, StringBuilder md)
