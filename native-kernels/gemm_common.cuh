@@ -181,8 +181,18 @@ struct GemmTiles
           cluster(blockIdx.x / CLUSTER), clusters(gridDim.x / CLUSTER), KT((K + GM_BK - 1) / GM_BK),
           rank(CLUSTER == 2 ? cluster_rank() : 0u) {}
 
-    // First row and first B row of this CTA's tile in unit u.
-    __device__ __forceinline__ void origin(int u, int& m0, int& n0) const;
+    // First row and first B row of this CTA's tile in unit u. Units walk groups of GROUP_ROWS rows (every column tile
+    // of a group before the next group), rows fastest inside a group. The CTAs running together then share a few
+    // weight tiles and one group's rows of x, all in L2; walking all of M first, a 32K-row prefill streamed x from
+    // DRAM once per weight tile.
+    __device__ __forceinline__ void origin(int u, int& m0, int& n0) const
+    {
+        constexpr int G = GROUP_ROWS / (GM_BM * CLUSTER) > 0 ? GROUP_ROWS / (GM_BM * CLUSTER) : 1;
+        const int group = u / (G * tilesN), r = u % (G * tilesN);
+        const int rows = min(G, tilesM - group * G);
+        m0 = ((group * G + r % rows) * CLUSTER + (int)rank) * GM_BM;   // this CTA's rows within its cluster's
+        n0 = (r / rows) * BN;
+    }
 
     // The producer thread's loop over this cluster's units: B rows [n0, n0 + 128) of map_b0 into the first half of
     // each stage, and rows [n0 + b1_offset, + 128) of map_b1 into the second.
@@ -198,26 +208,6 @@ struct GemmTiles
         }
     }
 };
-
-// First row and first B row of a CTA's tile in work unit u: units walk groups of GROUP_ROWS rows (every column tile of a
-// group before the next group), rows fastest inside a group. The CTAs running together then share a few weight tiles
-// and one group's rows of x, all in L2; walking all of M first, a 32K-row prefill streamed x from DRAM once per weight
-// tile.
-template <int BN, int CLUSTER, int GROUP_ROWS>
-__device__ __forceinline__ void unit_origin(int u, int tilesM, int tilesN, unsigned rank, int& m0, int& n0)
-{
-    constexpr int G = GROUP_ROWS / (GM_BM * CLUSTER) > 0 ? GROUP_ROWS / (GM_BM * CLUSTER) : 1;
-    const int group = u / (G * tilesN), r = u % (G * tilesN);
-    const int rows = min(G, tilesM - group * G);
-    m0 = ((group * G + r % rows) * CLUSTER + (int)rank) * GM_BM;   // this CTA's rows within its cluster's
-    n0 = (r / rows) * BN;
-}
-
-template <int BN, int CLUSTER, int GROUP_ROWS>
-__device__ __forceinline__ void GemmTiles<BN, CLUSTER, GROUP_ROWS>::origin(int u, int& m0, int& n0) const
-{
-    unit_origin<BN, CLUSTER, GROUP_ROWS>(u, tilesM, tilesN, rank, m0, n0);
-}
 
 // A consumer warpgroup's loop (cw: 0 or 1) over its cluster's units: each tile's accumulators (its 64 of the tile's 128
 // rows x 256 B rows, fp32), then epilogue(acc, row0, n0) with row0 the first of those 64 rows, n0 the tile's first B row.

@@ -15,7 +15,7 @@
 //   each multicast into both CTAs, so the L2 -> SM traffic per CTA drops from 48 to 32 KB per stage. Every consumer
 //   warp then releases a stage in both CTAs (the peer's producer writes into ours).
 //   Persistent: gridDim.x = the clusters that fit at once (one CTA per SM) times the cluster size; cluster c walks the
-//   work units c, c + clusters, ... (unit_origin: groups of rows, so the CTAs running together share tiles in L2).
+//   work units c, c + clusters, ... (GemmTiles::origin: groups of rows, so the CTAs running together share tiles in L2).
 //   Accumulator layout of m64n256 (per warp 16 rows, lane l: row l / 4 and l / 4 + 8, columns 8 i + 2 (l % 4) + {0, 1}):
 //   gate column j sits in d[4 (j / 8) ...] and up column j in d[4 (j / 8 + 16) ...] of the same thread.
 //   Epilogue: silu(gate) * up in registers, bf16 pairs into swizzled shared-memory panels, TMA stores.
@@ -32,7 +32,9 @@
 #ifndef GG_CLUSTER
 #define GG_CLUSTER 2
 #endif
-// Units walk groups of this many rows (gemm_common.cuh's unit_origin).
+// GemmSwigluKernel sizes the shared memory for 4 stages: an experiment (SWIFTKV_NVRTC_DEFINES) may only go down.
+static_assert(GG_STAGES >= 2 && GG_STAGES <= 4, "GG_STAGES: the launcher allocates shared memory for at most 4 stages");
+// Units walk groups of this many rows (gemm_common.cuh's GemmTiles::origin).
 #ifndef GG_GROUP_ROWS
 #define GG_GROUP_ROWS 2048
 #endif

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Kernel variants in the engine, on a device without a .NET SDK: `swiftkv bench` once per SWIFTKV_NVRTC_DEFINES value,
 # the values alternating process by process for ROUNDS rounds, so clock and power drift reach all alike.
-#   bash bench/gemm/engine_defines_ab.sh OUT ROUNDS "CASES" "VARIANTS" "" "GM_STREAM_K=0" ...   ("" = the defaults)
+#   bash bench/gemm/engine_defines_ab.sh OUT 2 1x2048,1x8192 off,swiftkv50 "" "QG_STAGES=3" ...   ("" = the defaults)
 # Output: OUT/defines-ab.txt (each process's prefill lines, labelled by its defines).
 set -u
 out=${1:?usage: engine_defines_ab.sh OUT ROUNDS CASES VARIANTS DEFINES...}; rounds=$2; cases=$3; variants=$4; shift 4

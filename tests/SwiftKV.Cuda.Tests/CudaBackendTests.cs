@@ -124,6 +124,7 @@ public sealed class CudaBackendTests
     [InlineData(false, true, true, true, 2)]    // two chunks: the fused GEMM writes the cache from position 550
     [InlineData(true, true, true, true, 2, 2)]  // SwiftKV + AcrossKV (leaders' [k; v] GEMMs write the shared caches), two chunks
     [InlineData(true, true, true, false, 1, 2)] // the same through cuBLAS + the K/V write pass
+    [InlineData(true, true, false, true, 1, 2)] // two-CTA attention: full layers through cuBLAS, the leaders' [k; v] GEMMs still fused
     public void Forward_LongPrefill_8BHeads_MatchesCpuBackend(bool swiftKv, bool gatedMlp, bool wsAttention, bool fusedQkv, int chunks, int group = 1)
     {
         Gpu.Require();
@@ -155,9 +156,10 @@ public sealed class CudaBackendTests
         Assert.Equal(wsAttention && hopper ? fullLayers : 0, gpu.WarpSpecializedAttentionLaunches);
         // ... and the [q; k; v] GEMM with the RoPE + cache-write epilogue, plus (SwiftKV) one [k; v] GEMM per AcrossKV leader,
         // whose fp32 workspace then is never allocated.
+        // The full layers' GEMM needs the warp-specialised attention (which reads its bf16 queries); the leaders' do not.
         int leaders = swiftKv ? (spec.Layers - spec.SwiftKvLayers) / group : 0;
-        bool fused = fusedQkv && wsAttention && hopper;
-        Assert.Equal(fused ? fullLayers + chunks * leaders : 0, gpu.FusedQkvLaunches);
+        bool fusedFull = fusedQkv && wsAttention && hopper, fused = fusedQkv && hopper;
+        Assert.Equal((fusedFull ? fullLayers : 0) + (fused ? chunks * leaders : 0), gpu.FusedQkvLaunches);
         if (swiftKv) Assert.Equal(fused, gpu.SwiftKvWorkspaceBytes == 0);
         // ... and then the cuBLAS route's [gate | up] workspace is never allocated.
         if (gatedMlp && CudaRuntime.Device.Arch == "sm_90a") Assert.Equal(0, gpu.GateUpWorkspaceBytes);

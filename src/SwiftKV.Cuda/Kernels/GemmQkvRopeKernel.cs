@@ -11,7 +11,7 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
     // The kernel's constants: 384 threads (a producer and two consumer warpgroups), 128-row x 256-column output tiles
     // (two heads), 64-wide k steps, 4 stages of 48 KB, clusters of 2 along M.
     const int Threads = 384, TileRows = 128, TileCols = 256, TileK = 64, Stages = 4, Cluster = 2, HeadDim = 128;
-    // Shared memory (QG_SMEM_BYTES): the stages, the epilogue's staging panels (2 warpgroups x 2 panels of 64 x 64 bf16,
+    // Shared memory (gemm_qkv.cu: QG_STAGES x GM_STAGE_BYTES + QG_OUT_BYTES + barriers): the stages, the epilogue's staging panels (2 warpgroups x 2 panels of 64 x 64 bf16,
     // each warpgroup's 64 x 256 outputs stored by TMA in two rounds), the mbarriers, 1 KB for the 1024-byte alignment
     // of the swizzle: 230,464 bytes of the 232,448 an H100 CTA may have.
     const int OutBoxRows = 64, OutBoxCols = 64;
@@ -88,10 +88,9 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
         var mapK = CuDriver.EncodeBf16Rows(kCache.Address, pos0 + rows, kvDim, OutBoxRows, OutBoxCols);
         var mapV = CuDriver.EncodeBf16Rows(vCache.Address, pos0 + rows, kvDim, OutBoxRows, OutBoxCols);
         long units = (long)((rows + TileRows * Cluster - 1) / (TileRows * Cluster)) * ((qDim + 2 * kvDim) / TileCols);
-        uint grid = (uint)(Math.Min(units, _entry.Clusters) * Cluster);
         ulong pr = ropeTable.Address;
         void** args = stackalloc void*[] { &mapX, &mapW, &mapQ, &mapK, &mapV, &pr, &rows, &qDim, &kvDim, &hidden, &pos0 };
-        _entry.Kernel.Launch(stream, (grid, 1, 1), Threads, SharedBytes, args);
+        _entry.Launch(stream, units, args);
         Launches++;
     }
 }

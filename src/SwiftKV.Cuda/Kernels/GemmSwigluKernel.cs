@@ -58,10 +58,9 @@ public sealed unsafe class GemmSwigluKernel(KernelLibrary library)
         var mapGate = CuDriver.EncodeBf16Rows(gateUp.Address, inter, hidden, TileCols, TileK);
         var mapUp = CuDriver.EncodeBf16Rows(gateUp.Address + (ulong)(2L * inter * hidden), inter, hidden, TileCols, TileK);
         long units = (long)((rows + TileRows * Cluster - 1) / (TileRows * Cluster)) * ((inter + TileCols - 1) / TileCols);
-        uint grid = (uint)(Math.Min(units, _entry.Clusters) * Cluster);
         var mapOut = CuDriver.EncodeBf16Rows(output.Address, rows, inter, OutBoxRows, OutBoxCols);
         void** args = stackalloc void*[] { &mapX, &mapGate, &mapUp, &mapOut, &rows, &inter, &hidden };
-        _entry.Kernel.Launch(stream, (grid, 1, 1), Threads, SharedBytes, args);
+        _entry.Launch(stream, units, args);
         Launches++;
     }
 }

@@ -59,8 +59,10 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// <inheritdoc />
     /// <remarks>
     /// 8192 tokens on GPUs with at least 64 GiB (vLLM's default for its API server on H100/H200), 2048 on smaller ones,
-    /// whose memory the activations of 8192-row steps would crowd. H100, 8B, SwiftKV 50% (serving_step_shape.sh): first token of a
-    /// 32K-token prompt 569 ms at 8192 vs 1015 ms at 512; 128 x (2000 + 256) requests 34.4K vs 25.3K total tokens/s.
+    /// whose memory the activations of 8192-row steps would crowd. H100, 8B, SwiftKV 50% (serving_step_shape.sh, blocks of
+    /// 16): first token of a 32K-token prompt 651 ms at 8192 vs 1015 ms at 512 (569 ms at 8192 with blocks of 64); the
+    /// throughput comparison in that file (34.4K vs 25.3K total tokens/s) also changed the block size (64 vs 16), and
+    /// the 512-token run held at most 63 requests running against 128.
     /// </remarks>
     public int PreferredMaxBatchTokens => Device.TotalMemoryBytes >= 64L << 30 ? 8192 : 2048;
 

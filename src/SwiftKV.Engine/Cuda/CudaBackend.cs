@@ -412,8 +412,8 @@ public sealed partial class CudaBackend : IModelBackend
         _embed.Launch(_stream, ids, _w.Embed, cfg.VocabSize, _ws.X, rows, hidden);
 
         var x = _ws.X.Span;
-        bool fusedQkv = FusedQkv(rows, positionBase);
-        if (fusedQkv) _rope.LaunchTable(_stream, _w.InvFreq, rows, cfg.HeadDim, start, _ws.Rope.Span);   // every layer's angles
+        bool fusedQkv = FusedQkv(rows, positionBase), fusedKv = SwiftKvEnabled && FusedKeysValues(rows, positionBase);
+        if (fusedQkv || fusedKv) _rope.LaunchTable(_stream, _w.InvFreq, rows, cfg.HeadDim, start, _ws.Rope.Span);   // every layer's angles
         for (int i = 0; i < FullLayers; i++)
         {
             var layer = _w.Layers[i];
@@ -436,7 +436,7 @@ public sealed partial class CudaBackend : IModelBackend
         int pos0 = start;
         if (SwiftKvEnabled)
         {
-            WriteSwiftKvCaches(x, rows, start, c, fusedQkv, positionBase);
+            WriteSwiftKvCaches(x, rows, start, c, fusedKv, positionBase);
             // The prefill saving: tokens whose logits nobody reads stop here.
             if (selection == LogitsSelection.LastToken && rows > 1)
             {
@@ -462,16 +462,16 @@ public sealed partial class CudaBackend : IModelBackend
     }
 
     /// <summary>
-    /// SingleInputKV: every later cache is filled from the one state x_l, for every token of the step. With the fused
-    /// [q; k; v] path (<paramref name="fused"/>: the step's angle table is in the Rope workspace), each group leader's
-    /// [k; v] GEMM writes its cache from the epilogue; otherwise one GEMM over all leaders into the SwiftKv workspace
-    /// (fp32), then the bias + RoPE + cache-write pass per leader.
+    /// SingleInputKV: every later cache is filled from the one state x_l, for every token of the step. With
+    /// <paramref name="fused"/> (<see cref="FusedKeysValues"/>: the step's angle table is in the Rope workspace), each
+    /// group leader's [k; v] GEMM writes its cache from the epilogue; otherwise one GEMM over all leaders into the
+    /// SwiftKv workspace (fp32), then the bias + RoPE + cache-write pass per leader.
     /// </summary>
     void WriteSwiftKvCaches(DeviceSpan<float> x, int rows, int start, CudaSequenceCache c, bool fused, DeviceSpan<int>? positionBase)
     {
         var cfg = Config;
         int hidden = cfg.HiddenSize, leaders = _w.SwiftKvLeaders.Length, kv = cfg.KeyValueDim, ld = leaders * 2 * kv;
-        if (fused && !_w.HasSwiftKvBias)
+        if (fused)
         {
             _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
             long perLeader = 2L * kv * hidden;
@@ -528,6 +528,19 @@ public sealed partial class CudaBackend : IModelBackend
             && GemmQkvRopeKernel.Applies(cfg.HiddenSize, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, out _)
             && _gemmQkv.IsAvailable(out _)
             && _attention.TakesRotatedBf16Queries(rows, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim);
+    }
+
+    /// <summary>
+    /// Whether a SwiftKV step's SingleInputKV [k; v] GEMMs (one per AcrossKV leader) write the later caches from their
+    /// epilogue (<see cref="UseFusedQkv"/>): the rule of <see cref="FusedQkv"/> without the attention's, since no query
+    /// comes out of them, and without K/V biases of the later layers.
+    /// </summary>
+    bool FusedKeysValues(int rows, DeviceSpan<int>? positionBase)
+    {
+        var cfg = Config;
+        return UseFusedQkv && rows >= FusedQkvMinRows && positionBase is null && !_w.HasSwiftKvBias
+            && GemmQkvRopeKernel.Applies(cfg.HiddenSize, 0, cfg.NumKeyValueHeads, cfg.HeadDim, out _)
+            && _gemmQkv.IsAvailable(out _);
     }
 
     /// <summary>
