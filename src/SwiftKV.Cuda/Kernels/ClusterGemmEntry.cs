@@ -44,11 +44,13 @@ sealed class ClusterGemmEntry(KernelLibrary library, string file, string entry, 
 
     /// <summary>
     /// Launches the persistent grid for <paramref name="units"/> cluster tiles: one cluster per unit up to the clusters
-    /// that fit at once (<see cref="Clusters"/>), each walking its share of the rest.
+    /// that fit at once (<see cref="Clusters"/>, or fewer when <paramref name="maxClusters"/> leaves SMs to work on
+    /// another stream), each walking its share of the rest.
     /// </summary>
-    public unsafe void Launch(CudaStream stream, long units, void** args)
+    public unsafe void Launch(CudaStream stream, long units, void** args, int maxClusters = int.MaxValue)
     {
-        uint grid = (uint)(Math.Min(units, Clusters) * clusterSize);
+        if (maxClusters < 1) throw new ArgumentOutOfRangeException(nameof(maxClusters), maxClusters, $"{entry}: a grid needs at least one cluster.");
+        uint grid = (uint)(Math.Min(units, Math.Min(Clusters, maxClusters)) * clusterSize);
         Kernel.Launch(stream, (grid, 1, 1), (uint)threads, (uint)sharedBytes, args);
     }
 }
