@@ -28,7 +28,7 @@ namespace SwiftKV.Cli;
 internal static class BenchCommand
 {
     const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] [--decode-batches 32,128|none] " +
-        "[--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--fused-qkv on|off|both] [--kv-overlap off,0,64] [--load DIR] [--out bench.json] [--md bench.md]";
+        "[--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--fused-qkv on|off|both] [--load DIR] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
     sealed record Variant(string Name, LlamaConfig Config, bool SwiftKv);
@@ -60,7 +60,6 @@ internal static class BenchCommand
         bool[] gatedModes = a.OnOffBoth("gated-mlp", "on (default: [gate; up] GEMM with the SwiGLU epilogue on Hopper), off (cuBLAS + silu pass) or both (alternated run by run)");
         bool[] wsModes = a.OnOffBoth("attention-ws", "on (default: warp-specialised wgmma prefill attention on Hopper), off (the two-CTA-per-SM entry) or both (alternated run by run)");
         bool[] fusedQkvModes = a.OnOffBoth("fused-qkv", "on (default: [q; k; v] GEMM with RoPE and the cache write in its epilogue on Hopper), off (cuBLAS + RoPE pass) or both (alternated run by run)");
-        int?[] kvOverlapModes = ParseKvOverlap(a.String("kv-overlap"));
         a.RejectUnknown();
         if (runs < 1 || steps < 1 || context < 1) throw new UsageException("--runs, --decode-steps and --decode-context must be >= 1");
         if (pauseMs is < 0 or > 60_000) throw new UsageException($"--pause-ms: {pauseMs} is not in 0..60000");
@@ -99,8 +98,7 @@ internal static class BenchCommand
         var results = new JsonArray();
         foreach (var v in variants)
         {
-            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth, gatedModes, wsModes, fusedQkvModes,
-                v.SwiftKv ? kvOverlapModes : [null], decodeSplits, pauseMs);
+            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth, gatedModes, wsModes, fusedQkvModes, decodeSplits, pauseMs);
             results.Add(vj);
         }
         json["variants"] = results;
@@ -133,21 +131,6 @@ internal static class BenchCommand
                 throw new UsageException($"--decode-batches: '{parts[i]}' is not a batch size >= 1 (e.g. 32,128, or none)");
         if (r.Length == 0) throw new UsageException("--decode-batches: give batch sizes (e.g. 32,128) or none");
         return r;
-    }
-
-    /// <summary>
-    /// --kv-overlap: SwiftKV variants time each listed setting of the SingleInputKV GEMMs beside the last row's layers,
-    /// alternated run by run: off, or the SMs left to the layers (CudaBackend.SingleInputKvOverlapSms). Not given: the
-    /// backend's default (null).
-    /// </summary>
-    internal static int?[] ParseKvOverlap(string? s)
-    {
-        if (s is null) return [null];
-        var parts = s.Split(',', StringSplitOptions.RemoveEmptyEntries);
-        if (parts.Length == 0) throw new UsageException("--kv-overlap: give off and/or SM counts to leave free (e.g. off,0,64)");
-        return parts.Select(t => t == "off" ? -1
-            : int.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n < 1024 ? n
-            : throw new UsageException($"--kv-overlap: '{t}' is neither off nor a count of SMs to leave free (e.g. off,0,64)")).Select(n => (int?)n).ToArray();
     }
 
     static (int Batch, int Length) ParseCase(string s)
@@ -225,7 +208,7 @@ internal static class BenchCommand
     }
 
     static JsonObject BenchVariant(Variant v, (int Batch, int Length)[] cases, int context, int steps, int[] decodeBatches, int runs, double maxCase,
-        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth, bool[] gatedModes, bool[] wsModes, bool[] fusedQkvModes, int?[] kvOverlapModes, int[]? decodeSplits = null, int pauseMs = 0)
+        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth, bool[] gatedModes, bool[] wsModes, bool[] fusedQkvModes, int[]? decodeSplits = null, int pauseMs = 0)
     {
         var cfg = v.Config;
         var sw = Stopwatch.StartNew();
@@ -239,15 +222,12 @@ internal static class BenchCommand
 
         // Settings compared within a case: their timed runs alternate, so clock and power drift reach all alike.
         var modes = (ropeBoth ? new[] { true, false } : [true])
-            .SelectMany(r => gatedModes.SelectMany(g => wsModes.SelectMany(w => fusedQkvModes.SelectMany(f => kvOverlapModes.Select(k => new PrefillMode(r, g, w, f, k)))))).ToArray();
-        bool defaultOverlap = backend.OverlapSingleInputKv;
-        int defaultOverlapSms = backend.SingleInputKvOverlapSms;
+            .SelectMany(r => gatedModes.SelectMany(g => wsModes.SelectMany(w => fusedQkvModes.Select(f => new PrefillMode(r, g, w, f))))).ToArray();
         string ModeText(PrefillMode m) =>
             (pauseMs > 0 ? $" (from idle: {pauseMs} ms pause before each run)" : "")
             + (m.RopeOnLoad ? "" : m.FusedQkv ? " (RoPE on load off: no effect beside the fused [q; k; v] GEMM)" : " (RoPE pass rotates q in memory)")
             + (m.Gated ? "" : " (cuBLAS [gate; up] + silu pass)")
-            + (m.Ws ? "" : " (two-CTA wgmma attention)") + (m.FusedQkv ? "" : " (cuBLAS [q | k | v] + RoPE pass)")
-            + (m.KvOverlap switch { null => "", < 0 => " (SingleInputKV GEMMs before the last row's layers)", int k => $" (SingleInputKV GEMMs beside the last row's layers, {k} SMs left to them)" });
+            + (m.Ws ? "" : " (two-CTA wgmma attention)") + (m.FusedQkv ? "" : " (cuBLAS [q | k | v] + RoPE pass)");
         var prefill = new JsonArray();
         double? lastPerToken2 = null;   // seconds / length^2 of the previous case: extrapolates attention-bound cases
         foreach (var (batch, length) in cases)
@@ -263,7 +243,7 @@ internal static class BenchCommand
                     Log($"{v.Name}: prefill {batch}x{length}{ModeText(m)} skipped: estimated {est:F0} s per forward x {modes.Length} modes > --max-case-seconds {maxCase}");
                     md.AppendLine($"| {v.Name} | prefill {batch}x{length}{ModeText(m)} | skipped | | | | estimated {est:F0} s with this attention kernel |");
                     prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = m.RopeOnLoad, ["gated_mlp"] = m.Gated, ["attention_ws"] = m.Ws,
-                        ["fused_qkv"] = m.FusedQkv, ["kv_overlap_sms"] = m.KvOverlap, ["skipped_estimated_s"] = est });
+                        ["fused_qkv"] = m.FusedQkv, ["skipped_estimated_s"] = est });
                 }
                 continue;
             }
@@ -271,7 +251,6 @@ internal static class BenchCommand
             var gatedRan = new bool[modes.Length];   // whether the gated GEMM really ran (Hopper, a cluster fits)
             var wsRan = new bool[modes.Length];      // whether the warp-specialised attention entry really ran
             var fusedRan = new bool[modes.Length];   // whether the fused [q; k; v] GEMM really ran
-            var overlapRan = new bool[modes.Length]; // whether the SingleInputKV GEMMs really ran beside the last row's layers
             var tokens = Tokens(length, cfg.VocabSize, 11);
             for (int r = 0; r <= runs; r++)
             {
@@ -282,9 +261,6 @@ internal static class BenchCommand
                     backend.UseGatedMlp = modes[m].Gated;
                     backend.UseWarpSpecializedAttention = modes[m].Ws;
                     backend.UseFusedQkv = modes[m].FusedQkv;
-                    backend.OverlapSingleInputKv = modes[m].KvOverlap is int sms ? sms >= 0 : defaultOverlap;
-                    backend.SingleInputKvOverlapSms = modes[m].KvOverlap is int n && n >= 0 ? n : defaultOverlapSms;
-                    long overlapBefore = backend.OverlappedSingleInputKvSteps;
                     long gatedBefore = backend.GatedMlpLaunches, wsBefore = backend.WarpSpecializedAttentionLaunches, fusedBefore = backend.FusedQkvLaunches;
                     var caches = Enumerable.Range(0, batch).Select(_ => backend.CreateCache(length)).ToList();
                     if (pauseMs > 0)
@@ -302,7 +278,6 @@ internal static class BenchCommand
                     gatedRan[m] = backend.GatedMlpLaunches > gatedBefore;
                     wsRan[m] = backend.WarpSpecializedAttentionLaunches > wsBefore;
                     fusedRan[m] = backend.FusedQkvLaunches > fusedBefore;
-                    overlapRan[m] = backend.OverlappedSingleInputKvSteps > overlapBefore;
                     if (r > 0) times[m].Add(ms);
                     slow |= ms > 5000;
                 }
@@ -312,8 +287,8 @@ internal static class BenchCommand
             }
             for (int m = 0; m < modes.Length; m++)
             {
-                var (ropeOnLoad, gated, ws, fused, kvOverlap) = modes[m];
-                string mode = ModeText(modes[m]) + (kvOverlap >= 0 && !overlapRan[m] ? " (the SingleInputKV GEMMs did not run beside the layers)" : "") + (gated && !gatedRan[m] ? " (gated GEMM not available here: cuBLAS + silu pass ran)" : "")
+                var (ropeOnLoad, gated, ws, fused) = modes[m];
+                string mode = ModeText(modes[m]) + (gated && !gatedRan[m] ? " (gated GEMM not available here: cuBLAS + silu pass ran)" : "")
                     + (ws && !wsRan[m] ? " (warp-specialised attention did not run)" : "") + (fused && !fusedRan[m] ? " (fused [q; k; v] GEMM did not run)" : "");
                 double med = MedianOf(times[m]), tps = batch * length / (med * 1e-3), tf = flops / (med * 1e-3) / 1e12;
                 if (m == 0) lastPerToken2 = med * 1e-3 / ((double)length * length * batch);
@@ -321,8 +296,7 @@ internal static class BenchCommand
                 Log($"{v.Name}: prefill {batch}x{length}{mode}: {med:F1} ms, {tps:F0} tokens/s, {tf:F0} TFLOP/s (runs {runsText} ms)");
                 md.AppendLine($"| {v.Name} | prefill {batch}x{length}{mode} | {med:F1} ms | {tps:F0} | {tf:F0} ({100 * tf / roofTflops:F0}%) | | {times[m].Count} timed |");
                 prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = ropeOnLoad, ["gated_mlp"] = gated, ["gated_mlp_ran"] = gatedRan[m],
-                    ["attention_ws"] = ws, ["attention_ws_ran"] = wsRan[m], ["fused_qkv"] = fused, ["fused_qkv_ran"] = fusedRan[m],
-                    ["kv_overlap_sms"] = kvOverlap, ["kv_overlap_ran"] = overlapRan[m], ["pause_ms"] = pauseMs, ["ms"] = med,
+                    ["attention_ws"] = ws, ["attention_ws_ran"] = wsRan[m], ["fused_qkv"] = fused, ["fused_qkv_ran"] = fusedRan[m], ["pause_ms"] = pauseMs, ["ms"] = med,
                     ["tokens_per_s"] = tps, ["tflops"] = tf, ["flops"] = flops, ["runs"] = times[m].Count, ["run_ms"] = new JsonArray(times[m].Select(t => (JsonNode?)t).ToArray()) });
             }
         }
@@ -330,8 +304,6 @@ internal static class BenchCommand
         backend.UseGatedMlp = gatedModes[0];   // the decode parts fill their contexts with the first modes asked for
         backend.UseWarpSpecializedAttention = wsModes[0];
         backend.UseFusedQkv = fusedQkvModes[0];
-        backend.OverlapSingleInputKv = defaultOverlap;
-        backend.SingleInputKvOverlapSms = defaultOverlapSms;
         vj["prefill"] = prefill;
         vj["decode"] = BenchDecode(v, backend, context, steps, roofGbps, kvPerToken, decodeSplits ?? [], md);
         if (decodeBatches.Length > 0 && !backend.SupportsBatchedStep)
@@ -596,5 +568,5 @@ internal static class BenchCommand
     }
 
     /// <summary>The prefill settings one timed run of a case uses (modes asked as "both" alternate run by run).</summary>
-    readonly record struct PrefillMode(bool RopeOnLoad, bool Gated, bool Ws, bool FusedQkv, int? KvOverlap);
+    readonly record struct PrefillMode(bool RopeOnLoad, bool Gated, bool Ws, bool FusedQkv);
 }

@@ -136,15 +136,15 @@ public sealed unsafe class CudaStream : IDisposable
     }
 }
 
-/// <summary>A CUevent for timing work on a stream, or (timing off) only for ordering one stream after another.</summary>
+/// <summary>A CUevent for timing work on a stream.</summary>
 public sealed class CudaEvent : IDisposable
 {
     readonly EventHandle _handle = new();
 
-    public CudaEvent(bool timing = true)
+    public CudaEvent()
     {
         CudaRuntime.Bind();
-        CuDriver.Check(CuDriver.cuEventCreate(out nint e, timing ? 0u : CuDriver.EventDisableTiming), "cuEventCreate");
+        CuDriver.Check(CuDriver.cuEventCreate(out nint e, 0), "cuEventCreate");
         _handle.Set(e);
     }
 

@@ -161,8 +161,6 @@ public sealed class CudaBackendTests
         bool fusedFull = fusedQkv && wsAttention && hopper, fused = fusedQkv && hopper;
         Assert.Equal((fusedFull ? fullLayers : 0) + (fused ? chunks * leaders : 0), gpu.FusedQkvLaunches);
         if (swiftKv) Assert.Equal(fused, gpu.SwiftKvWorkspaceBytes == 0);
-        // ... and, keeping only the last row's logits, those GEMMs run beside the last row's later layers (the default).
-        Assert.Equal(swiftKv && fused ? chunks : 0, gpu.OverlappedSingleInputKvSteps);
         // ... and then the cuBLAS route's [gate | up] workspace is never allocated.
         if (gatedMlp && CudaRuntime.Device.Arch == "sm_90a") Assert.Equal(0, gpu.GateUpWorkspaceBytes);
         else Assert.True(gpu.GateUpWorkspaceBytes >= 2L * promptLength * spec.Intermediate * 2, $"[gate | up] workspace {gpu.GateUpWorkspaceBytes} B");
@@ -205,58 +203,6 @@ public sealed class CudaBackendTests
         }
         Gpu.Log($"long prefill, 8B heads ({spec}, swiftkv {swiftKv}, gated MLP {gatedMlp}, fused qkv {fusedQkv}, group {group}, {promptLength} tokens in {chunks}, {CudaRuntime.Device.Arch}): worst row " +
             $"||diff||/||cpu|| {worstL2:E2}, max|diff|/max|cpu| {worstMax:E2} vs bf16-rounded weights");
-    }
-
-    /// <summary>
-    /// The SingleInputKV GEMMs beside the last row's later layers (OverlapSingleInputKv) compute the same bits as the
-    /// GEMMs before those layers: the kernels are the same, only the order and the GEMM's grid differ, and every output
-    /// tile is one CTA's whole k loop whatever the grid. The prefill's logits and two decode steps after it (which read
-    /// every cache the GEMMs wrote) must match bit for bit, with the GEMMs on every SM and squeezed onto one cluster.
-    /// </summary>
-    [Theory]
-    [InlineData(1, 1)]   // four later layers, four leaders
-    [InlineData(2, 2)]   // AcrossKV: two leaders, each cache shared by two layers; the prompt in two chunks (the second from position 550)
-    public void SingleInputKvOverlap_SameBitsAsGemmsFirst(int group, int chunks)
-    {
-        Gpu.Require();
-        var spec = new ModelSpec(Hidden: 256, Layers: 6, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
-            RopeScaling: true, SwiftKvLayers: 2, GroupSize: group, Seed: 43, MaxPositions: 2048);
-        using var gpu = new CudaBackend(TestModels.View(TestModels.Checkpoint(spec), true));
-        int promptLength = chunks == 1 ? 600 : 1100, chunk = promptLength / chunks;
-        var prompt = TestModels.RandomTokens(promptLength, spec.Vocab, 47);
-        float[] Run(bool overlap, int leaveSms)
-        {
-            gpu.OverlapSingleInputKv = overlap;
-            gpu.SingleInputKvOverlapSms = leaveSms;
-            using var cache = gpu.CreateCache(promptLength + 2);
-            var logits = new List<float>();
-            for (int k = 0; k < chunks; k++) logits.AddRange(gpu.Forward(cache, prompt.AsSpan(k * chunk, chunk), LogitsSelection.LastToken));
-            foreach (int t in new[] { prompt[^1], prompt[0] }) logits.AddRange(gpu.Forward(cache, [t], LogitsSelection.LastToken));
-            return [.. logits];
-        }
-        var first = Run(false, 0);
-        Assert.Equal(0, gpu.OverlappedSingleInputKvSteps);
-        var beside = Run(true, 0);
-        var squeezed = Run(true, CudaRuntime.Device.MultiprocessorCount - 1);
-        // The overlap needs the fused [k; v] GEMMs (sm_90a); elsewhere both runs take the same sequential route.
-        Assert.Equal(CudaRuntime.Device.Arch == "sm_90a" ? 2 * chunks : 0, gpu.OverlappedSingleInputKvSteps);
-        Assert.DoesNotContain(first, float.IsNaN);
-        Assert.Equal(first, beside);
-        Assert.Equal(first, squeezed);
-    }
-
-    [Fact]
-    public void SingleInputKvOverlapSms_OutsideTheDevice_IsRejected()
-    {
-        Gpu.Require();
-        var spec = new ModelSpec(SwiftKvLayers: 2, Seed: 44);
-        using var gpu = new CudaBackend(TestModels.View(TestModels.Checkpoint(spec), true));
-        int sms = CudaRuntime.Device.MultiprocessorCount;
-        var e = Assert.Throws<ArgumentOutOfRangeException>(() => gpu.SingleInputKvOverlapSms = sms);
-        Assert.Contains("SingleInputKvOverlapSms", e.Message);
-        Assert.Throws<ArgumentOutOfRangeException>(() => gpu.SingleInputKvOverlapSms = -1);
-        gpu.SingleInputKvOverlapSms = sms - 1;
-        Assert.Equal(sms - 1, gpu.SingleInputKvOverlapSms);
     }
 
     /// <summary>

@@ -44,13 +44,11 @@ sealed class ClusterGemmEntry(KernelLibrary library, string file, string entry, 
 
     /// <summary>
     /// Launches the persistent grid for <paramref name="units"/> cluster tiles: one cluster per unit up to the clusters
-    /// that fit at once (<see cref="Clusters"/>, or fewer when <paramref name="maxClusters"/> leaves SMs to work on
-    /// another stream), each walking its share of the rest.
+    /// that fit at once (<see cref="Clusters"/>), each walking its share of the rest.
     /// </summary>
-    public unsafe void Launch(CudaStream stream, long units, void** args, int maxClusters = int.MaxValue)
+    public unsafe void Launch(CudaStream stream, long units, void** args)
     {
-        if (maxClusters < 1) throw new ArgumentOutOfRangeException(nameof(maxClusters), maxClusters, $"{entry}: a grid needs at least one cluster.");
-        uint grid = (uint)(Math.Min(units, Math.Min(Clusters, maxClusters)) * clusterSize);
+        uint grid = (uint)(Math.Min(units, Clusters) * clusterSize);
         Kernel.Launch(stream, (grid, 1, 1), (uint)threads, (uint)sharedBytes, args);
     }
 }

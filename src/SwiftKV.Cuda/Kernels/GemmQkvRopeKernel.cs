@@ -56,21 +56,13 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
     /// <summary>
     /// [k | v] = x · wᵀ with w = [Wk; Wv] (2·kvHeads·128, hidden): k rotated, both written to rows pos0 .. of the
     /// caches. SingleInputKV's K/V projection of one later layer (group leader) from norm_swiftkv(x_l).
-    /// <paramref name="leaveSms"/> > 0 shrinks the persistent grid so that at least that many SMs stay free for work
-    /// on another stream (the last prompt row's later layers, which run beside these GEMMs).
     /// </summary>
     public void LaunchKeysValues(CudaStream stream, DeviceSpan<Bf16> x, int rows, int hidden, DeviceSpan<Bf16> w, int kvHeads,
-        DeviceSpan<float> ropeTable, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity, int pos0, int leaveSms = 0)
-    {
-        if (leaveSms < 0) throw new ArgumentOutOfRangeException(nameof(leaveSms), leaveSms, $"{Entry}: SMs to leave free must be >= 0.");
-        if (!IsAvailable(out var why)) throw new NotSupportedException($"{Entry}: {why}.");
-        int maxClusters = Math.Max(1, _entry.Clusters - (leaveSms + Cluster - 1) / Cluster);
-        LaunchCore(stream, x, rows, hidden, w, 0, kvHeads, ropeTable, null, kCache, vCache, capacity, pos0, maxClusters);
-    }
+        DeviceSpan<float> ropeTable, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity, int pos0)
+        => LaunchCore(stream, x, rows, hidden, w, 0, kvHeads, ropeTable, null, kCache, vCache, capacity, pos0);
 
     void LaunchCore(CudaStream stream, DeviceSpan<Bf16> x, int rows, int hidden, DeviceSpan<Bf16> w, int heads, int kvHeads,
-        DeviceSpan<float> ropeTable, DeviceSpan<Bf16>? queryOrNull, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity, int pos0,
-        int maxClusters = int.MaxValue)
+        DeviceSpan<float> ropeTable, DeviceSpan<Bf16>? queryOrNull, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity, int pos0)
     {
         KernelGuard.Positive(rows, Entry, nameof(rows));
         KernelGuard.Positive(hidden, Entry, nameof(hidden));
@@ -98,7 +90,7 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
         long units = (long)((rows + TileRows * Cluster - 1) / (TileRows * Cluster)) * ((qDim + 2 * kvDim) / TileCols);
         ulong pr = ropeTable.Address;
         void** args = stackalloc void*[] { &mapX, &mapW, &mapQ, &mapK, &mapV, &pr, &rows, &qDim, &kvDim, &hidden, &pos0 };
-        _entry.Launch(stream, units, args, maxClusters);
+        _entry.Launch(stream, units, args);
         Launches++;
     }
 }

@@ -38,7 +38,6 @@ internal static unsafe partial class CuDriver
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamCreate(out nint stream, uint flags);
     /// <summary>CU_STREAM_NON_BLOCKING: the stream does not synchronise with the legacy default stream.</summary>
     public const uint StreamNonBlocking = 1;
-    public const uint EventDisableTiming = 2;   // CU_EVENT_DISABLE_TIMING: an ordering-only event records cheaper
     [LibraryImport(CudaLibraries.Driver, EntryPoint = "cuStreamDestroy_v2")] public static partial int cuStreamDestroy(nint stream);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamSynchronize(nint stream);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuEventCreate(out nint evt, uint flags);

@@ -68,7 +68,6 @@ public sealed partial class CudaBackend : IModelBackend
     readonly DeviceBuffer<int> _picked;     // the chosen token id(s)
     readonly PinnedHostBuffer _pinned;      // host side of both: [0..1] step ints, [16..] picked ids
     readonly CudaEvent _stepUploaded;
-    readonly SideStream? _side;             // SwiftKV models: the SingleInputKV GEMMs beside the last row's layers
     readonly float _eps;
     DecodeGraph? _recording;
     bool _disposed;
@@ -147,8 +146,6 @@ public sealed partial class CudaBackend : IModelBackend
             }
             LoadSeconds = sw.Elapsed.TotalSeconds;
             _ws = new Workspace(Config, _w.SwiftKvLeaders.Length); owned.Add(_ws);
-            if (swiftKvEnabled) { _side = new SideStream(Config.NumKvCaches(true)); owned.Add(_side); }
-            _laterLayersUnbiased = _w.Layers.Skip(FullLayers).All(l => l.OBias is null);
         }
         catch
         {
@@ -230,30 +227,6 @@ public sealed partial class CudaBackend : IModelBackend
 
     /// <summary>[q; k; v] GEMMs run with the RoPE + cache-write epilogue so far (tests and benchmarks check the path).</summary>
     public long FusedQkvLaunches => _gemmQkv.Launches;
-
-    /// <summary>
-    /// SwiftKV prefill steps that keep only the last row's logits run the SingleInputKV [k; v] GEMMs (one per AcrossKV
-    /// leader) on a second stream, beside the last row's later layers, which wait only for the cache of the layer they
-    /// attend to: the GEMMs are bound by the tensor cores, the one-row layers by streaming their weights, so each hides
-    /// part of the other. Off: the GEMMs run first, then the layers (benchmarks compare).
-    /// </summary>
-    public bool OverlapSingleInputKv { get; set; } = true;
-
-    /// <summary>
-    /// SMs that the overlapped SingleInputKV GEMMs leave free for the last row's layers (their persistent grid shrinks
-    /// by this many; 0: the GEMMs take every SM they fit on and the layers get SMs only between GEMMs).
-    /// </summary>
-    public int SingleInputKvOverlapSms
-    {
-        get => _overlapSms;
-        set => _overlapSms = value >= 0 && value < Device.MultiprocessorCount ? value
-            : throw new ArgumentOutOfRangeException(nameof(value), value, $"SingleInputKvOverlapSms must be in 0..{Device.MultiprocessorCount - 1} (this GPU has {Device.MultiprocessorCount} SMs).");
-    }
-    int _overlapSms = 64;
-
-    /// <summary>Steps whose SingleInputKV GEMMs ran beside the last row's layers so far (tests check the path).</summary>
-    public long OverlappedSingleInputKvSteps { get; private set; }
-    readonly bool _laterLayersUnbiased;
 
     /// <summary>
     /// Prefill attention over the contiguous caches on sm_90a takes the warp-specialised wgmma entry (TMA producer,
@@ -463,34 +436,20 @@ public sealed partial class CudaBackend : IModelBackend
         int pos0 = start;
         if (SwiftKvEnabled)
         {
+            WriteSwiftKvCaches(x, rows, start, c, fusedKv, positionBase);
             // The prefill saving: tokens whose logits nobody reads stop here.
-            bool lastRowOnly = selection == LogitsSelection.LastToken && rows > 1;
-            var side = fusedKv && lastRowOnly && OverlapsLastRow() ? _side : null;
-            try
+            if (selection == LogitsSelection.LastToken && rows > 1)
             {
-                WriteSwiftKvCaches(x, rows, start, c, fusedKv, positionBase, side);
-                if (lastRowOnly)
-                {
-                    x = x.Slice((long)(rows - 1) * hidden, hidden);
-                    pos0 = start + rows - 1;
-                    rows = 1;
-                }
-                for (int j = cfg.NumKeyValueLayers; j < cfg.NumHiddenLayers; j++)
-                {
-                    var layer = _w.Layers[j];
-                    int cacheIndex = cfg.KvCacheIndex(j, true);
-                    NormLinear(x, rows, layer.InputLayernorm, layer.QkvOrQ, cfg.QueryDim, _ws.Qkv);
-                    side?.WaitForCache(_stream, cacheIndex);
-                    AttentionAndMlp(x, rows, pos0, layer, cfg.QueryDim, c, cacheIndex, positionBase, queryRotated: false);
-                }
+                x = x.Slice((long)(rows - 1) * hidden, hidden);
+                pos0 = start + rows - 1;
+                rows = 1;
             }
-            finally
+            for (int j = cfg.NumKeyValueLayers; j < cfg.NumHiddenLayers; j++)
             {
-                // Also after a failure: no later work on this stream may touch the Normed and Rope workspaces or the
-                // caches before the side stream is done with them.
-                side?.Join(_stream);
+                var layer = _w.Layers[j];
+                NormLinear(x, rows, layer.InputLayernorm, layer.QkvOrQ, cfg.QueryDim, _ws.Qkv);
+                AttentionAndMlp(x, rows, pos0, layer, cfg.QueryDim, c, cfg.KvCacheIndex(j, true), positionBase, queryRotated: false);
             }
-            if (side is not null) OverlappedSingleInputKvSteps++;
         }
 
         if (selection == LogitsSelection.LastToken && rows > 1)
@@ -508,7 +467,7 @@ public sealed partial class CudaBackend : IModelBackend
     /// group leader's [k; v] GEMM writes its cache from the epilogue; otherwise one GEMM over all leaders into the
     /// SwiftKv workspace (fp32), then the bias + RoPE + cache-write pass per leader.
     /// </summary>
-    void WriteSwiftKvCaches(DeviceSpan<float> x, int rows, int start, CudaSequenceCache c, bool fused, DeviceSpan<int>? positionBase, SideStream? side)
+    void WriteSwiftKvCaches(DeviceSpan<float> x, int rows, int start, CudaSequenceCache c, bool fused, DeviceSpan<int>? positionBase)
     {
         var cfg = Config;
         int hidden = cfg.HiddenSize, leaders = _w.SwiftKvLeaders.Length, kv = cfg.KeyValueDim, ld = leaders * 2 * kv;
@@ -516,13 +475,11 @@ public sealed partial class CudaBackend : IModelBackend
         {
             _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
             long perLeader = 2L * kv * hidden;
-            side?.Fork(_stream);
             for (int g = 0; g < leaders; g++)
             {
                 int cacheIndex = cfg.KvCacheIndex(_w.SwiftKvLeaders[g], true);
-                _gemmQkv.LaunchKeysValues(side?.Stream ?? _stream, _ws.Normed, rows, hidden, _w.SwiftKvKv!.Span.Slice(g * perLeader, perLeader), cfg.NumKeyValueHeads,
-                    _ws.Rope.Span, c.Keys(cacheIndex), c.Values(cacheIndex), c.Capacity, start, side is null ? 0 : _overlapSms);
-                side?.CacheWritten(cacheIndex);
+                _gemmQkv.LaunchKeysValues(_stream, _ws.Normed, rows, hidden, _w.SwiftKvKv!.Span.Slice(g * perLeader, perLeader), cfg.NumKeyValueHeads,
+                    _ws.Rope.Span, c.Keys(cacheIndex), c.Values(cacheIndex), c.Capacity, start);
             }
             return;
         }
@@ -555,13 +512,6 @@ public sealed partial class CudaBackend : IModelBackend
     /// <summary>Decode-sized steps fold the RMSNorm into the GEMV (no bias to add into x first, UseFusedDecode on).</summary>
     bool FoldNorm(int rows, int maxRows, DeviceSpan<float>? bias) =>
         _fusedDecode && _useGemv && bias is null && rows <= Math.Min(maxRows, GemvKernel.MaxRmsRows);
-
-    /// <summary>
-    /// Whether the last row's later layers can run beside the SingleInputKV GEMMs (<see cref="OverlapSingleInputKv"/>):
-    /// only when that row's layers touch no workspace the GEMMs read (Normed, Rope), i.e. every RMSNorm is folded into
-    /// the GEMV after it (no o_proj bias to add first).
-    /// </summary>
-    bool OverlapsLastRow() => OverlapSingleInputKv && _side is not null && _laterLayersUnbiased && FoldNorm(1, GemvLinearRows, null);
 
     // Fewest rows for the fused [q; k; v] GEMM: one full cluster tile (2 x 128 rows), as for the gated MLP GEMM.
     const int FusedQkvMinRows = 256;
@@ -796,7 +746,6 @@ public sealed partial class CudaBackend : IModelBackend
         {
             DisposeBatched();
             _ws.Dispose();
-            _side?.Dispose();
             _attention.Dispose();
             _w.Dispose();
             _kernels.Dispose();
