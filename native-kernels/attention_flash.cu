@@ -27,7 +27,8 @@
 // griddepcontrol.wait, so a graph replays any step), keys_per_split <= 0 splits the keys evenly over grid.z on the
 // device, and with `counters` the split combine is fused: every CTA publishes its partials, and the last CTA of
 // each (sequence, KV head, row tile) to arrive merges them (no combine launch); it resets its counter for the
-// next launch. Programmatic launch is allowed: nothing is read before pdl_wait().
+// next launch. The paged entries take `counters` too (the serving engine's decode steps). Programmatic launch is
+// allowed for every entry: nothing is read before pdl_wait().
 #include "swiftkv_common.cuh"
 #include "attention_common.cuh"
 
@@ -673,12 +674,14 @@ extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_d##D##_w##NW##_
 // cu_q[s] .. cu_q[s+1]-1 (row stride ldq / ldo) and, after this step, ctx_lens[s] cached positions, so its rows sit
 // at positions ctx_lens[s] - (cu_q[s+1] - cu_q[s]) ... Its block table is block_tables + s * max_blocks. Partial
 // rows (split, token, head) with total_tokens tokens per split. Sequences with no rows (graph padding) do nothing.
+// counters (optional, gridDim.x * gridDim.y ints, zero before the first launch): fused split combine, as above.
 template <int D, int NW, int MF, int BN, bool FP8>
 __device__ __forceinline__ void flash_paged(const float* q, int ldq, const bf16_t* k_cache, const bf16_t* v_cache,
     const unsigned char* k8, const unsigned char* v8, const float* k_scale, const float* v_scale, const int* block_tables,
     int max_blocks, int block_shift, const int* cu_q, const int* ctx_lens, bf16_t* out, int ldo, float* part_o,
-    float* part_lse, int total_tokens, int heads, int kv_heads, int keys_per_split, float scale_log2)
+    float* part_lse, int total_tokens, int heads, int kv_heads, int keys_per_split, float scale_log2, int* counters)
 {
+    pdl_wait();
     int tile_m, pair;
     fa_block_order(tile_m, pair);
     const int s = pair / kv_heads, kvh = pair % kv_heads;
@@ -695,17 +698,20 @@ __device__ __forceinline__ void flash_paged(const float* q, int ldq, const bf16_
     sq.table = block_tables + (long long)s * max_blocks; sq.block_shift = block_shift;
     flash_core<D, NW, MF, BN, true, FP8>(sq, heads, kv_heads, kvh, tile_m, blockIdx.z, gridDim.z,
         keys_per_split, scale_log2, part_o, part_lse);
+    if (counters != nullptr && gridDim.z > 1)
+        fused_combine<D, FaShape<D, NW, MF, BN>::BM>(sq, heads, kv_heads, kvh, tile_m, gridDim.z, part_o, part_lse,
+            counters + (long long)pair * gridDim.x + tile_m);
 }
 
 #define FA_PAGED_ENTRY(D, NW, MF, BN)                                                                                    \
 extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_paged_d##D##_w##NW##_m##MF##_n##BN(const float* q,    \
     int ldq, const bf16_t* k_cache, const bf16_t* v_cache, const int* block_tables, int max_blocks, int block_shift,     \
     const int* cu_q, const int* ctx_lens, bf16_t* out, int ldo, float* part_o, float* part_lse, int total_tokens,        \
-    int heads, int kv_heads, int keys_per_split, float scale_log2)                                                       \
+    int heads, int kv_heads, int keys_per_split, float scale_log2, int* counters)                                        \
 {                                                                                                                        \
     flash_paged<D, NW, MF, BN, false>(q, ldq, k_cache, v_cache, nullptr, nullptr, nullptr, nullptr, block_tables,       \
         max_blocks, block_shift, cu_q, ctx_lens, out, ldo, part_o, part_lse, total_tokens, heads, kv_heads,              \
-        keys_per_split, scale_log2);                                                                                     \
+        keys_per_split, scale_log2, counters);                                                                           \
 }
 
 // The same over an fp8 e4m3 pool: k_cache / v_cache bytes in the bf16 pool's layout, k_scale / v_scale fp32
@@ -715,11 +721,11 @@ extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_paged_fp8_d##D#
     const float* q, int ldq, const unsigned char* k_cache, const unsigned char* v_cache, const float* k_scale,          \
     const float* v_scale, const int* block_tables, int max_blocks, int block_shift, const int* cu_q,                   \
     const int* ctx_lens, bf16_t* out, int ldo, float* part_o, float* part_lse, int total_tokens, int heads,            \
-    int kv_heads, int keys_per_split, float scale_log2)                                                                  \
+    int kv_heads, int keys_per_split, float scale_log2, int* counters)                                                   \
 {                                                                                                                        \
     flash_paged<D, NW, MF, BN, true>(q, ldq, nullptr, nullptr, k_cache, v_cache, k_scale, v_scale, block_tables,        \
         max_blocks, block_shift, cu_q, ctx_lens, out, ldo, part_o, part_lse, total_tokens, heads, kv_heads,              \
-        keys_per_split, scale_log2);                                                                                     \
+        keys_per_split, scale_log2, counters);                                                                           \
 }
 
 FA_ENTRY(64, 4, 1, 64)
@@ -753,26 +759,4 @@ extern "C" __global__ void flash_attn_combine(const float* part_o, const float* 
     const long long rr = row % ((long long)T * heads);  // t * heads + h
     const long long per_split = (long long)batch * T * heads;
     out[b * o_bstride + rr * D + threadIdx.x] = f32_to_bf16(combine_element<false>(part_o, part_lse, row, per_split, splits, D, threadIdx.x));
-}
-
-// The same merge for paged varlen launches: partial rows (split, token, head), output row token at out + token * ldo.
-// Grid (total_tokens * heads), block D threads; tokens at or past cu_q[seqs] (graph padding) are left alone.
-extern "C" __global__ void flash_attn_combine_varlen(const float* part_o, const float* part_lse, bf16_t* out, int ldo,
-    const int* cu_q, int seqs, int total_tokens, int heads, int D, int splits)
-{
-    const long long row = blockIdx.x;                  // token * heads + h
-    const long long token = row / heads, h = row % heads;
-    if (token >= cu_q[seqs]) return;
-    const long long per_split = (long long)total_tokens * heads;
-    float mx = -INFINITY;
-    for (int s = 0; s < splits; s++) mx = fmaxf(mx, part_lse[s * per_split + row]);
-    float wsum = 0.f, acc = 0.f;
-    for (int s = 0; s < splits; s++)
-    {
-        float lse = part_lse[s * per_split + row];
-        float w = lse == -INFINITY ? 0.f : exp2f(lse - mx);
-        wsum += w;
-        if (w != 0.f) acc += w * part_o[(s * per_split + row) * D + threadIdx.x];
-    }
-    out[token * ldo + h * D + threadIdx.x] = f32_to_bf16(acc / wsum);
 }

@@ -4,7 +4,7 @@
 // given by slot_mapping[r] (the layout of the CPU engine's CpuPagedKvCache). A negative slot skips the row (padding
 // of a replayed CUDA graph). RoPE (when inv_freq is not null) rotates dims i and i + head_dim / 2 of each head, as
 // kv_cache.cu does for contiguous caches.
-// Launch: grid (rows, RowGrid blocks per row), block 128.
+// Launch: grid (rows, RowGrid blocks per row), block 128. Programmatic launch is allowed (nothing is read before pdl_wait()).
 // paged_kv_write_fp8 (below) stores the fp8 pool instead: e4m3 bytes plus one fp32 scale per (slot, KV head).
 #include "swiftkv_common.cuh"
 
@@ -12,6 +12,7 @@ extern "C" __global__ void paged_kv_write_bf16(const float* k, const float* v, i
     const float* inv_freq, const int* positions, const int* slot_mapping, int rows, int kv_heads, int head_dim,
     bf16_t* k_cache, bf16_t* v_cache)
 {
+    pdl_wait();
     const int r = blockIdx.x, kv_dim = kv_heads * head_dim;
     const long long slot = slot_mapping[r];
     if (slot < 0) return;
@@ -51,6 +52,7 @@ extern "C" __global__ void paged_kv_write_fp8(const float* k, const float* v, in
     const float* inv_freq, const int* positions, const int* slot_mapping, int rows, int kv_heads, int head_dim,
     unsigned char* k_cache, unsigned char* v_cache, float* k_scale, float* v_scale)
 {
+    pdl_wait();
     const int r = blockIdx.x, half = head_dim / 2, kv_dim = kv_heads * head_dim;
     const long long slot = slot_mapping[r];
     if (slot < 0) return;

@@ -93,6 +93,55 @@ public sealed class CudaBatchedTests
     }
 
     /// <summary>
+    /// Decode-only steps of 1..5 sequences, the serving engine's small-batch steps: with 1-2 rows every RMSNorm is
+    /// folded into the GEMV after it (the [gate; up] one up to 4 rows), the row kernels and the paged attention
+    /// launch programmatically, and the attention's splits merge in its last CTA. Contexts of 20-200 positions in
+    /// blocks of 16 give 1-4 key tiles, so some launches split and some do not. Each step's logits against the solo
+    /// GPU path and the CPU ForwardBatch.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void ForwardBatch_SmallDecodeSteps_MatchSoloAndCpu(string name, ModelSpec spec, bool swiftKv)
+    {
+        Gpu.Require();
+        var weights = TestModels.View(TestModels.Checkpoint(spec), swiftKv);
+        using var gpu = new CudaBackend(weights);
+        using var cpu = new CpuBackend(CudaBackendTests.RoundToBf16(weights));
+        const int blockSize = 16, steps = 5;
+        int[] lengths = [70, 150, 20, 200, 33];
+        int next = 0;
+        var tables = lengths.Select(n => Enumerable.Range(0, (n + steps + blockSize - 1) / blockSize).Select(_ => next++).ToArray()).ToArray();
+        using var pool = gpu.CreatePagedKvCache(next, blockSize);
+        using var cpuPool = cpu.CreatePagedKvCache(next, blockSize);
+        var tokens = lengths.Select((n, i) => TestModels.RandomTokens(n + steps, spec.Vocab, spec.Seed + 20 + (ulong)i)).ToArray();
+        var solo = lengths.Select(n => gpu.CreateCache(n + steps)).ToArray();
+        var prompts = lengths.Select((n, i) => new BatchSequence(tokens[i].AsMemory(0, n), 0, tables[i], false)).ToArray();
+        gpu.ForwardBatch(pool, prompts);
+        cpu.ForwardBatch(cpuPool, prompts);
+        for (int i = 0; i < lengths.Length; i++) gpu.Forward(solo[i], tokens[i].AsSpan(0, lengths[i]), LogitsSelection.LastToken);
+        var pos = (int[])lengths.Clone();
+        int vocab = spec.Vocab;
+        double worstSolo = 0, worstCpu = 0;
+        for (int b = 1; b <= steps; b++)   // step b: sequences 0..b-1 bring one token each
+        {
+            var batch = Enumerable.Range(0, b).Select(i => new BatchSequence(tokens[i].AsMemory(pos[i], 1), pos[i], tables[i], true)).ToArray();
+            var g = gpu.ForwardBatch(pool, batch);
+            var c = cpu.ForwardBatch(cpuPool, batch);
+            Assert.Equal(b * vocab, g.Length);
+            for (int i = 0; i < b; i++)
+            {
+                var s = gpu.Forward(solo[i], tokens[i].AsSpan(pos[i], 1), LogitsSelection.LastToken);
+                var row = g.AsSpan(i * vocab, vocab);
+                worstSolo = Math.Max(worstSolo, RowError(row, s, $"{name} batch of {b}, sequence {i} at {pos[i]} vs solo Forward"));
+                worstCpu = Math.Max(worstCpu, RowError(row, c.AsSpan(i * vocab, vocab), $"{name} batch of {b}, sequence {i} at {pos[i]} vs CPU ForwardBatch"));
+                pos[i]++;
+            }
+        }
+        foreach (var c in solo) c.Dispose();
+        Gpu.Log($"{name} ({spec}): small decode steps, worst row vs solo Forward {worstSolo:E2}, vs CPU ForwardBatch (bf16 weights) {worstCpu:E2}");
+    }
+
+    /// <summary>
     /// The serving step at Llama-3-8B's head layout (32 q / 8 KV heads, head_dim 128) with prompts long enough that the
     /// prefill launch runs on the paged wgmma kernel on sm_90a (bf16 pool; the fp8 pool on its fp8 entry): the
     /// batched step's last-token logits against the CPU ForwardBatch, then a decode step.

@@ -15,7 +15,9 @@ public sealed unsafe partial class AttentionKernel
     /// order as <see cref="AttentionPagedBatch.QueryStarts"/>; output (total_tokens, ldo) bf16, heads · head_dim
     /// columns written per row of a real sequence. Each row sees its sequence's positions 0..its own. An fp8 cache
     /// (<see cref="AttentionPagedCache.Fp8"/>) runs the flash_attn_paged_fp8_* entries: same shapes, e4m3 tiles
-    /// converted to bf16 in shared memory, per-key scales applied to S and P.
+    /// converted to bf16 in shared memory, per-key scales applied to S and P. With split-K the last CTA of each
+    /// (sequence, KV head, row tile) merges the splits (no combine launch). Decode-sized launches go programmatically,
+    /// like the row kernels before them (the flash entries read nothing before their wait).
     /// </summary>
     public void LaunchPaged(CudaStream stream, DeviceSpan<float> q, int ldq, AttentionPagedCache cache, AttentionPagedBatch batch,
         DeviceSpan<Bf16> output, int ldo, int heads)
@@ -71,33 +73,30 @@ public sealed unsafe partial class AttentionKernel
 
         int total = batch.TotalTokens, seqs = batch.Sequences, maxBlocks = batch.MaxBlocksPerSequence, blockShift = System.Numerics.BitOperations.Log2((uint)cache.BlockSize);
         ulong pq = q.Address, pk = cache.Keys.Address, pv = cache.Values.Address, pt = batch.BlockTables.Address,
-            pcu = batch.QueryStarts.Address, pctx = batch.ContextLengths.Address, po = output.Address, ppo = 0, plse = 0;
+            pcu = batch.QueryStarts.Address, pctx = batch.ContextLengths.Address, po = output.Address, ppo = 0, plse = 0, pc = 0;
         if (splits > 1)
         {
             long partRows = (long)splits * total * heads;
             _partO = Grow(_partO, partRows * headDim);
             _partLse = Grow(_partLse, partRows);
+            _counters = GrowCounters(stream, _counters, (long)mTiles * seqs * kvHeads);
             ppo = _partO.Address;
             plse = _partLse.Address;
+            pc = _counters.Address;
         }
         float scaleLog2 = (float)(1.0 / Math.Sqrt(headDim)) * Log2E;
         var grid = ((uint)mTiles, (uint)(seqs * kvHeads), (uint)splits);
+        bool pdl = RowGrid.ProgrammaticFor(batch.TotalTokens) && library.ProgrammaticLaunch;
         if (cache.Fp8 is { } f)
         {
             ulong p8k = f.Keys.Address, p8v = f.Values.Address, psk = f.KeyScales.Address, psv = f.ValueScales.Address;
-            void** a8 = stackalloc void*[] { &pq, &ldq, &p8k, &p8v, &psk, &psv, &pt, &maxBlocks, &blockShift, &pcu, &pctx, &po, &ldo, &ppo, &plse, &total, &heads, &kvHeads, &keysPerSplit, &scaleLog2 };
-            k.Launch(stream, grid, (uint)(32 * shape.Warps), (uint)shared, a8);
+            void** a8 = stackalloc void*[] { &pq, &ldq, &p8k, &p8v, &psk, &psv, &pt, &maxBlocks, &blockShift, &pcu, &pctx, &po, &ldo, &ppo, &plse, &total, &heads, &kvHeads, &keysPerSplit, &scaleLog2, &pc };
+            k.Launch(stream, grid, (uint)(32 * shape.Warps), (uint)shared, a8, pdl);
         }
         else
         {
-            void** args = stackalloc void*[] { &pq, &ldq, &pk, &pv, &pt, &maxBlocks, &blockShift, &pcu, &pctx, &po, &ldo, &ppo, &plse, &total, &heads, &kvHeads, &keysPerSplit, &scaleLog2 };
-            k.Launch(stream, grid, (uint)(32 * shape.Warps), (uint)shared, args);
-        }
-        if (splits > 1)
-        {
-            var c = Kernel("flash_attn_combine_varlen", 0);
-            void** cargs = stackalloc void*[] { &ppo, &plse, &po, &ldo, &pcu, &seqs, &total, &heads, &headDim, &splits };
-            c.Launch(stream, ((uint)((long)total * heads), 1, 1), (uint)headDim, 0, cargs);
+            void** args = stackalloc void*[] { &pq, &ldq, &pk, &pv, &pt, &maxBlocks, &blockShift, &pcu, &pctx, &po, &ldo, &ppo, &plse, &total, &heads, &kvHeads, &keysPerSplit, &scaleLog2, &pc };
+            k.Launch(stream, grid, (uint)(32 * shape.Warps), (uint)shared, args, pdl);
         }
         LastLaunch = (entry, splits);
     }

@@ -37,11 +37,11 @@ public sealed unsafe class AttentionKvWriteKernel(KernelLibrary library)
             _fp8 ??= library.Get("attention_kv_write.cu", "paged_kv_write_fp8");
             ulong p8k = f.Keys.Address, p8v = f.Values.Address, psk = f.KeyScales.Address, psv = f.ValueScales.Address;
             void** a8 = stackalloc void*[] { &pk, &pv, &ld, &pkb, &pvb, &pf, &pp, &ps, &rows, &kvHeads, &headDim, &p8k, &p8v, &psk, &psv };
-            _fp8.Launch(stream, ((uint)rows, 1, 1), 128, 0, a8);
+            _fp8.Launch(stream, ((uint)rows, 1, 1), 128, 0, a8, RowGrid.ProgrammaticFor(rows) && library.ProgrammaticLaunch);
             return;
         }
         _kernel ??= library.Get("attention_kv_write.cu", "paged_kv_write_bf16");
         void** args = stackalloc void*[] { &pk, &pv, &ld, &pkb, &pvb, &pf, &pp, &ps, &rows, &kvHeads, &headDim, &pkc, &pvc };
-        _kernel.Launch(stream, RowGrid.For(rows, kvHeads * (headDim / 2)), RowGrid.Threads, 0, args);
+        _kernel.Launch(stream, RowGrid.For(rows, kvHeads * (headDim / 2)), RowGrid.Threads, 0, args, RowGrid.ProgrammaticFor(rows) && library.ProgrammaticLaunch);
     }
 }

@@ -23,7 +23,7 @@ public sealed unsafe class RopeRowsKernel(KernelLibrary library)
         KernelGuard.Fits(positions, rows, n, nameof(positions), $"({rows})");
         ulong pq = q.Address, pb = KernelGuard.Address(bias), pf = invFreq.Address, pp = positions.Address;
         void** args = stackalloc void*[] { &pq, &ld, &pb, &pf, &pp, &rows, &heads, &headDim };
-        _k.Launch(stream, RowGrid.For(rows, heads * (headDim / 2)), RowGrid.Threads, 0, args);
+        _k.Launch(stream, RowGrid.For(rows, heads * (headDim / 2)), RowGrid.Threads, 0, args, RowGrid.ProgrammaticFor(rows) && library.ProgrammaticLaunch);
     }
 }
 
@@ -42,6 +42,6 @@ public sealed unsafe class GatherRowsKernel(KernelLibrary library)
         KernelGuard.Fits(dst, (long)rows * cols, n, nameof(dst), $"({rows}, {cols})");
         ulong ps = src.Address, pi = index.Address, pd = dst.Address;
         void** args = stackalloc void*[] { &ps, &pi, &cols, &pd };
-        _k.Launch(stream, ((uint)rows, 1, 1), 256, 0, args);
+        _k.Launch(stream, ((uint)rows, 1, 1), 256, 0, args, RowGrid.ProgrammaticFor(rows) && library.ProgrammaticLaunch);
     }
 }

@@ -210,8 +210,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         for (int i = 0; i < FullLayers; i++)
         {
             var layer = _w.Layers[i];
-            _norm.Launch(_stream, x, null, layer.InputLayernorm, _ws.Normed, rows, hidden, _eps);
-            Linear(_ws.Normed, rows, hidden, layer.QkvOrQ, ldFull, _ws.Qkv);
+            NormLinear(x, rows, layer.InputLayernorm, layer.QkvOrQ, ldFull, _ws.Qkv);
             var qkv = _ws.Qkv.Span;
             _pagedKvWrite.Launch(_stream, qkv.Slice(qDim), qkv.Slice(qDim + kvDim), ldFull, layer.KBias?.Span, layer.VBias?.Span,
                 _w.InvFreq, positions, slots, rows, pool.Cache(i));
@@ -243,8 +242,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             for (int j = cfg.NumKeyValueLayers; j < cfg.NumHiddenLayers; j++)
             {
                 var layer = _w.Layers[j];
-                _norm.Launch(_stream, x2, null, layer.InputLayernorm, _ws.Normed, kept, hidden, _eps);
-                Linear(_ws.Normed, kept, hidden, layer.QkvOrQ, qDim, _ws.Qkv);
+                NormLinear(x2, kept, layer.InputLayernorm, layer.QkvOrQ, qDim, _ws.Qkv);
                 PagedAttentionAndMlp(x2, kept, layer, qDim, keptPositions, new StepAttention(later, null, 0),
                     pool.Cache(cfg.KvCacheIndex(j, true)), "attention, layers l..L-1");
             }
@@ -256,8 +254,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             _gatherRows.Launch(_stream, x, rows, keepIdx, kept, hidden, x2);
             mLater = mEarly;
         }
-        _norm.Launch(_stream, x2, null, _w.Norm, _ws.Normed, kept, hidden, _eps);
-        Linear(_ws.Normed, kept, hidden, _w.LmHead, cfg.VocabSize, _ws.Logits);
+        NormLinear(x2, kept, _w.Norm, _w.LmHead, cfg.VocabSize, _ws.Logits);
         prof?.Span("norm+lm_head", mLater, prof.Mark(_stream));
         return kept;
     }
@@ -305,8 +302,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
                 _ws.Attn.Span.Slice((long)att.RestRow * qDim), qDim, cfg.NumAttentionHeads);
         prof?.Span(phase, m0, prof.Mark(_stream));
         Linear(_ws.Attn, rows, cfg.QueryDim, layer.O, hidden, x, accumulate: true);
-        _norm.Launch(_stream, x, layer.OBias?.Span, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);
-        GateUpSilu(_ws.Normed, rows, layer);
+        NormGateUpSilu(x, rows, layer);
         Linear(_ws.Mlp, rows, inter, layer.Down, hidden, x, accumulate: true);
     }
 

@@ -714,14 +714,24 @@ public sealed partial class CudaBackend : IModelBackend
             _rope.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, _w.InvFreq, rows, cfg.NumAttentionHeads, cfg.HeadDim, pos0, positionBase);
         Attend(rows, pos0, c, cacheIndex, ld, positionBase, ropeTable, queryBf16);
         Linear(_ws.Attn, rows, cfg.QueryDim, layer.O, hidden, x, accumulate: true);
+        NormGateUpSilu(x, rows, layer);
+        Linear(_ws.Mlp, rows, inter, layer.Down, hidden, x, accumulate: true);
+    }
+
+    /// <summary>
+    /// The MLP's input: o_proj's bias (if any) added into x, post_attention_layernorm, then [gate; up] with SwiGLU into
+    /// the Mlp workspace; decode-sized steps fold the norm into the GEMV (<see cref="FoldNorm"/>). Both step paths.
+    /// </summary>
+    void NormGateUpSilu(DeviceSpan<float> x, int rows, CudaLayerWeights layer)
+    {
+        int hidden = Config.HiddenSize;
         if (FoldNorm(rows, GemvGateUpRows, layer.OBias?.Span))
-            _gemv.LaunchRmsSiluMul(_stream, x, rows, hidden, layer.PostAttentionLayernorm, _eps, layer.GateUp, inter, _ws.Mlp);
+            _gemv.LaunchRmsSiluMul(_stream, x, rows, hidden, layer.PostAttentionLayernorm, _eps, layer.GateUp, Config.IntermediateSize, _ws.Mlp);
         else
         {
             _norm.Launch(_stream, x, layer.OBias?.Span, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);
             GateUpSilu(_ws.Normed, rows, layer);
         }
-        Linear(_ws.Mlp, rows, inter, layer.Down, hidden, x, accumulate: true);
     }
 
     CudaSequenceCache ValidateStep(ISequenceCache cache, ReadOnlySpan<int> tokens)
