@@ -27,6 +27,19 @@ internal static class StepValidation
                 $"{tokens.Length} tokens do not fit the cache: it holds {cached} of {capacity} tokens ({capacity - cached} free).", nameof(tokens));
     }
 
+    /// <summary>
+    /// A single-sequence step's logits must fit one .NET array: every row of an AllTokens step is returned, so a long
+    /// prompt of a large vocabulary (Llama 3: 16,744 rows of 128,256) is refused before anything runs.
+    /// </summary>
+    public static void Logits(LlamaConfig config, int rows, LogitsSelection selection)
+    {
+        long floats = (selection == LogitsSelection.AllTokens ? rows : 1) * (long)config.VocabSize;
+        if (floats > Array.MaxLength)
+            throw new ArgumentException(
+                $"AllTokens logits of {rows} tokens x {config.VocabSize} vocabulary entries ({floats:N0} floats) exceed the largest array " +
+                $"({Array.MaxLength:N0}): ask for LastToken, or run the prompt in steps of at most {Array.MaxLength / config.VocabSize} tokens.", nameof(selection));
+    }
+
     /// <summary>A batched paged step: each sequence's tokens, positions and block table against the pool.</summary>
     public static void Batch(LlamaConfig config, ReadOnlySpan<BatchSequence> batch, IPagedKvCache pool)
     {

@@ -288,6 +288,82 @@ public sealed class CudaBackendTests
         Assert.Throws<ObjectDisposedException>(() => gpu.Forward(cache, [1], LogitsSelection.LastToken));
     }
 
+    /// <summary>
+    /// Two threads stepping one backend (which the serving engine and LocalModel never do): a call that would overlap
+    /// another is refused with a clear error, and every call that runs returns exactly what it returns alone, so
+    /// neither caller's activations were overwritten. Each thread loops for a second; the long prompt keeps one step
+    /// in flight most of that time, so overlaps are certain in practice.
+    /// </summary>
+    [Fact]
+    public void Steps_FromTwoThreads_OverlapIsRefusedAndNothingIsCorrupted()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320, Seed: 34, MaxPositions: 2048);
+        using var gpu = new CudaBackend(TestModels.Build(spec));
+        var longPrompt = TestModels.RandomTokens(1500, spec.Vocab, 6);
+        var shortPrompt = TestModels.RandomTokens(5, spec.Vocab, 7);
+        float[] Run(int[] prompt)
+        {
+            using var cache = gpu.CreateCache(prompt.Length);
+            return gpu.Forward(cache, prompt, LogitsSelection.LastToken);
+        }
+        var expectLong = Run(longPrompt);
+        var expectShort = Run(shortPrompt);
+        int refused = 0, ran = 0;
+        var until = DateTime.UtcNow.AddSeconds(1);
+        void Loop(int[] prompt, float[] expected)
+        {
+            while (DateTime.UtcNow < until)
+            {
+                try
+                {
+                    Assert.Equal(expected, Run(prompt));
+                    Interlocked.Increment(ref ran);
+                }
+                catch (InvalidOperationException e) when (e.Message.Contains("another caller"))
+                {
+                    Interlocked.Increment(ref refused);
+                }
+            }
+        }
+        var errors = new System.Collections.Concurrent.ConcurrentQueue<Exception>();
+        Thread Start(int[] prompt, float[] expected)
+        {
+            var t = new Thread(() =>
+            {
+                try { Loop(prompt, expected); }
+                catch (Exception e) { errors.Enqueue(e); }
+            });
+            t.Start();
+            return t;
+        }
+        var threads = new[] { Start(longPrompt, expectLong), Start(shortPrompt, expectShort) };
+        foreach (var t in threads) t.Join();
+        Assert.Empty(errors);
+        Gpu.Log($"two threads on one backend: {ran} steps ran, {refused} refused");
+        Assert.True(refused > 0, "no call was refused: the threads never overlapped");
+        Assert.True(ran > 0);
+        Assert.Equal(expectShort, Run(shortPrompt));   // and the backend is free again
+    }
+
+    /// <summary>The CPU backend's rule (CpuBackendTests): AllTokens logits larger than an array are refused before the step runs.</summary>
+    [Fact]
+    public void Forward_RejectsAllTokensLogitsLargerThanAnArray()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Vocab: 128256, Layers: 2, MaxPositions: 16800, Seed: 33);
+        using var gpu = new CudaBackend(TestModels.Build(spec));
+        using var cache = gpu.CreateCache(16800);
+        int rows = (int)(Array.MaxLength / spec.Vocab) + 1;
+        var prompt = TestModels.RandomTokens(rows, spec.Vocab, 5);
+        var e = Assert.Throws<ArgumentException>(() => gpu.Forward(cache, prompt, LogitsSelection.AllTokens));
+        Assert.Contains($"AllTokens logits of {rows} tokens", e.Message);
+        Assert.Equal(0, cache.Length);
+        Assert.Equal(0, gpu.LogitsWorkspaceBytes);
+        Assert.Equal(3 * spec.Vocab, gpu.Forward(cache, prompt.AsSpan(0, 3), LogitsSelection.AllTokens).Length);
+        Assert.Equal(3, cache.Length);
+    }
+
     [Fact]
     public void Caches_AndBackend_ReturnDeviceMemory()
     {

@@ -118,7 +118,15 @@ public sealed unsafe partial class AttentionKernel
     {
         if (b is not null && b.Length >= n) return b;
         var grown = new DeviceBuffer<int>(Math.Max(n, (b?.Length ?? 0) * 2));
-        stream.FillAsync(grown, 0);
+        try
+        {
+            stream.FillAsync(grown, 0);
+        }
+        catch
+        {
+            grown.Dispose();
+            throw;
+        }
         if (b is not null) _retiredCounters.Add(b);
         return grown;
     }

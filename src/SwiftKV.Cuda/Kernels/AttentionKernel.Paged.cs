@@ -69,7 +69,10 @@ public sealed unsafe partial class AttentionKernel
         int shared = shape.SharedBytes(headDim) + (fp8 ? 2 * (2 * shape.Keys * headDim + 8 * shape.Keys) + 16 * shape.Keys : 0);
         var k = Kernel(entry, shared);
         int mTiles = (int)(((long)batch.MaxQueryLength * group + shape.RowsPerCta - 1) / shape.RowsPerCta);
-        var (splits, keysPerSplit) = SplitKeys((long)mTiles * kvHeads * batch.Sequences, batch.MaxContextLength, shape.Keys);
+        // Decode-only launches split for one CTA per SM, as the single-sequence decode does (measured best there:
+        // AttentionKernel.DecodeSplits); launches with longer rows keep two per SM.
+        var (splits, keysPerSplit) = SplitKeys((long)mTiles * kvHeads * batch.Sequences, batch.MaxContextLength, shape.Keys,
+            ctasPerSm: batch.MaxQueryLength == 1 ? 1 : 2);
 
         int total = batch.TotalTokens, seqs = batch.Sequences, maxBlocks = batch.MaxBlocksPerSequence, blockShift = System.Numerics.BitOperations.Log2((uint)cache.BlockSize);
         ulong pq = q.Address, pk = cache.Keys.Address, pv = cache.Values.Address, pt = batch.BlockTables.Address,

@@ -207,16 +207,17 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
     }
 
     /// <summary>
-    /// Splits over the keys so that short steps (small chunks, decode without the fused path) still put 2 CTAs on every
-    /// SM (flash-decoding). The fused decode launch has its own rule, one CTA per SM (<see cref="DecodeSplits"/>),
-    /// measured on the single-graph decode step only; this one was not re-measured.
+    /// Splits over the keys so that short steps (small chunks, decode without the fused path) still put
+    /// <paramref name="ctasPerSm"/> CTAs on every SM (flash-decoding): 2 by default (not re-measured); 1 for the paged
+    /// decode-only launches, the rule the single-sequence decode measured best with (<see cref="DecodeSplits"/>).
     /// </summary>
-    static (int Splits, int KeysPerSplit) SplitKeys(long ctas, int maxKeys, int keyTile)
+    static (int Splits, int KeysPerSplit) SplitKeys(long ctas, int maxKeys, int keyTile, int ctasPerSm = 2)
     {
         int keyTiles = Math.Max(1, (maxKeys + keyTile - 1) / keyTile);
-        int sms = CudaRuntime.Device.MultiprocessorCount, splits = 1;
-        if (ctas < 2L * sms)
-            splits = (int)Math.Clamp((2L * sms + ctas - 1) / ctas, 1, Math.Min(keyTiles, MaxSplits));
+        long target = (long)ctasPerSm * CudaRuntime.Device.MultiprocessorCount;
+        int splits = 1;
+        if (ctas < target)
+            splits = (int)Math.Clamp((target + ctas - 1) / ctas, 1, Math.Min(keyTiles, MaxSplits));
         int tilesPerSplit = (keyTiles + splits - 1) / splits;
         splits = (keyTiles + tilesPerSplit - 1) / tilesPerSplit;
         return (splits, splits == 1 ? int.MaxValue / 2 : tilesPerSplit * keyTile);

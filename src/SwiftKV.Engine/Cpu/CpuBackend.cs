@@ -62,6 +62,7 @@ public sealed partial class CpuBackend : IModelBackend
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var c = ValidateStep(cache, tokens);
+        StepValidation.Logits(Config, tokens.Length, selection);
         var cfg = Config;
         int rows = tokens.Length, hidden = cfg.HiddenSize, start = c.Length;
 

@@ -72,6 +72,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     public void ReserveStepWorkspace(int maxBatchTokens, int maxSequences)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        using var step = EnterStep();
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBatchTokens);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxSequences);
         try
@@ -129,6 +130,8 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// <inheritdoc />
     public float[] ForwardBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        using var step = EnterStep();
         int rows = EncodeBatch(kv, batch);
         var logits = new float[(long)rows * Config.VocabSize];
         if (rows > 0) _stream.Download(_ws.Logits.Span.Slice(0, logits.Length), logits);
@@ -140,6 +143,8 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// <inheritdoc />
     public unsafe int[] ForwardBatchGreedy(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        using var step = EnterStep();
         int rows = EncodeBatch(kv, batch);
         var ids = new int[rows];
         var prof = StepProfiler;
