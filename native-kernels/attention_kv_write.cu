@@ -5,6 +5,10 @@
 // of a replayed CUDA graph). RoPE (when inv_freq is not null) rotates dims i and i + head_dim / 2 of each head, as
 // kv_cache.cu does for contiguous caches.
 // Launch: grid (rows, RowGrid blocks per row), block 128. Programmatic launch is allowed (nothing is read before pdl_wait()).
+// paged_rope_qkv_write_bf16: the same write for the K/V columns of a fused [q | k | v] row, plus bias + RoPE on its
+// query columns in place (rope_rows_f32's work) in the same pass: one launch per layer instead of two (rope_kv.cu's
+// fusion, for paged pools). The q and K/V steps are swiftkv_common.cuh's rope_unit and kv_unit_to_bf16, so the bits
+// are those of the two separate kernels. A negative slot skips the row's K/V; its q is still rotated.
 // paged_kv_write_fp8 (below) stores the fp8 pool instead: e4m3 bytes plus one fp32 scale per (slot, KV head).
 #include "swiftkv_common.cuh"
 
@@ -22,6 +26,28 @@ extern "C" __global__ void paged_kv_write_bf16(const float* k, const float* v, i
     bf16_t* kc = k_cache + slot * kv_dim;
     bf16_t* vc = v_cache + slot * kv_dim;
     kv_row_to_bf16(kr, vr, k_bias, v_bias, inv_freq, kv_heads, head_dim, pos, kc, vc);
+}
+
+extern "C" __global__ void paged_rope_qkv_write_bf16(float* qkv, int ld, const float* q_bias, const float* k_bias,
+    const float* v_bias, const float* inv_freq, const int* positions, const int* slot_mapping, int rows, int heads, int kv_heads,
+    int head_dim, bf16_t* k_cache, bf16_t* v_cache)
+{
+    pdl_wait();
+    const int r = blockIdx.x, q_dim = heads * head_dim, kv_dim = kv_heads * head_dim, half = head_dim / 2;
+    const long long slot = slot_mapping[r];
+    const float pos = (float)positions[r];
+    float* row = qkv + (long long)r * ld;
+    const float* kr = row + q_dim;
+    const float* vr = kr + kv_dim;
+    bf16_t* kc = k_cache + (slot < 0 ? 0 : slot) * kv_dim;
+    bf16_t* vc = v_cache + (slot < 0 ? 0 : slot) * kv_dim;
+    // One index space over the row's q units, then its K/V units (rope_kv.cu's order).
+    const int q_units = heads * half, units = q_units + (slot < 0 ? 0 : kv_heads * half);
+    for (int idx = row_unit_first(); idx < units; idx += row_unit_stride())
+    {
+        if (idx >= q_units) kv_unit_to_bf16(kr, vr, k_bias, v_bias, inv_freq, idx - q_units, head_dim, pos, kc, vc);
+        else rope_unit(row, q_bias, inv_freq, idx, head_dim, pos);
+    }
 }
 
 // float -> e4m3 (1 sign, 4 exponent bits of bias 7, 3 mantissa bits; max 448), round to nearest even, saturating

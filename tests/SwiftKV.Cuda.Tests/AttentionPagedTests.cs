@@ -239,6 +239,57 @@ public sealed class AttentionPagedTests : GpuFixtureTest
                 Assert.True(float.IsNaN(gotK[slot * kvDim]) && float.IsNaN(gotV[slot * kvDim + kvDim - 1]), $"slot {slot} was written but no row maps to it");
     }
 
+    /// <summary>
+    /// The fused launch for a [q | k | v] row (paged_rope_qkv_write_bf16) against RopeRowsKernel then the K/V write:
+    /// the same bits in q and in every slot (untouched slots stay poisoned), a skipped row's q still rotated.
+    /// </summary>
+    [Theory]
+    [InlineData(8, 2, 128)]
+    [InlineData(4, 4, 64)]
+    public void KvWriteWithQueries_SameBitsAsRopeRowsThenKvWrite(int heads, int kvHeads, int headDim)
+    {
+        Gpu.Require();
+        var rng = new TestRng((ulong)(heads * 1000 + kvHeads * 10 + headDim));
+        int qDim = heads * headDim, kvDim = kvHeads * headDim, ld = qDim + 2 * kvDim + 3, rows = 13, numBlocks = 6, half = headDim / 2;
+        var qkv = rng.Array((long)rows * ld, 2f);
+        var qb = rng.Array(qDim, 0.5f);
+        var kb = rng.Array(kvDim, 0.5f);
+        var vb = rng.Array(kvDim, 0.5f);
+        var invFreq = Enumerable.Range(0, half).Select(i => (float)Math.Pow(500000.0, -2.0 * i / headDim)).ToArray();
+        var positions = Enumerable.Range(0, rows).Select(r => 7 * r + 300).ToArray();
+        var slots = Enumerable.Range(0, numBlocks * BlockSize).OrderBy(_ => rng.NextDouble()).Take(rows).ToArray();
+        slots[4] = -1;
+        using var dqb = new DeviceBuffer<float>(qb);
+        using var dkb = new DeviceBuffer<float>(kb);
+        using var dvb = new DeviceBuffer<float>(vb);
+        using var dFreq = new DeviceBuffer<float>(invFreq);
+        using var dPos = new DeviceBuffer<int>(positions);
+        using var dSlots = new DeviceBuffer<int>(slots);
+        (float[] Q, ushort[] K, ushort[] V) Run(bool fused)
+        {
+            using var dq = new DeviceBuffer<float>(qkv);
+            using var kc = Gpu.PoisonedBf16((long)numBlocks * BlockSize * kvDim);
+            using var vc = Gpu.PoisonedBf16((long)numBlocks * BlockSize * kvDim);
+            var cache = new AttentionPagedCache(kc, vc, numBlocks, BlockSize, kvHeads, headDim);
+            var write = new AttentionKvWriteKernel(Library);
+            if (fused) write.LaunchWithQueries(Stream, dq, ld, heads, dqb, dkb, dvb, dFreq, dPos, dSlots, rows, cache);
+            else
+            {
+                new RopeRowsKernel(Library).Launch(Stream, dq, ld, dqb, dFreq, dPos, rows, heads, headDim);
+                write.Launch(Stream, dq.Span.Slice(qDim), dq.Span.Slice(qDim + kvDim), ld, dkb, dvb, dFreq, dPos, dSlots, rows, cache);
+            }
+            Stream.Synchronize();
+            return (dq.ToArray(), kc.ToArray().Select(b => b.Bits).ToArray(), vc.ToArray().Select(b => b.Bits).ToArray());
+        }
+        var two = Run(false);
+        var one = Run(true);
+        Assert.Equal(two.Q, one.Q);
+        Assert.Equal(two.K, one.K);
+        Assert.Equal(two.V, one.V);
+        Assert.NotEqual(qkv[(long)4 * ld], one.Q[(long)4 * ld]);   // the skipped row's q was rotated all the same
+        Assert.Equal(rows - 1, Enumerable.Range(0, numBlocks * BlockSize).Count(slot => !float.IsNaN(new Bf16(one.K[slot * kvDim]).ToSingle())));
+    }
+
     [Fact]
     public void CheckHost_NamesTheBadSequence()
     {

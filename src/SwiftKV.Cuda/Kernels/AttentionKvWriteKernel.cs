@@ -8,7 +8,7 @@ namespace SwiftKV.Cuda.Kernels;
 /// </summary>
 public sealed unsafe class AttentionKvWriteKernel(KernelLibrary library)
 {
-    CudaKernel? _kernel, _fp8;
+    CudaKernel? _kernel, _fp8, _withQueries;
 
     public void Launch(CudaStream stream, DeviceSpan<float> k, DeviceSpan<float> v, int ld, DeviceSpan<float>? kBias, DeviceSpan<float>? vBias,
         DeviceSpan<float>? invFreq, DeviceSpan<int> positions, DeviceSpan<int> slotMapping, int rows, AttentionPagedCache cache)
@@ -43,5 +43,35 @@ public sealed unsafe class AttentionKvWriteKernel(KernelLibrary library)
         _kernel ??= library.Get("attention_kv_write.cu", "paged_kv_write_bf16");
         void** args = stackalloc void*[] { &pk, &pv, &ld, &pkb, &pvb, &pf, &pp, &ps, &rows, &kvHeads, &headDim, &pkc, &pvc };
         _kernel.Launch(stream, RowGrid.For(rows, kvHeads * (headDim / 2)), RowGrid.Threads, 0, args, RowGrid.ProgrammaticFor(rows) && library.ProgrammaticLaunch);
+    }
+
+    /// <summary>
+    /// For a fused [q | k | v] projection (fp32 rows of stride <paramref name="ld"/>: q in the first heads · head_dim
+    /// columns, then K, then V) and a bf16 pool: the K/V write of <see cref="Launch"/> and bias + RoPE on q in place
+    /// (RopeRowsKernel's work) in one launch. Same bits as the two launches.
+    /// </summary>
+    public void LaunchWithQueries(CudaStream stream, DeviceSpan<float> qkv, int ld, int heads, DeviceSpan<float>? qBias, DeviceSpan<float>? kBias,
+        DeviceSpan<float>? vBias, DeviceSpan<float> invFreq, DeviceSpan<int> positions, DeviceSpan<int> slotMapping, int rows, AttentionPagedCache cache)
+    {
+        const string n = "paged_rope_qkv_write_bf16";
+        cache.Check(n);
+        if (cache.Fp8 is not null) throw new ArgumentException($"{n}: the pool is fp8; rotate q with RopeRowsKernel and write K/V with Launch.", nameof(cache));
+        KernelGuard.Positive(rows, n, nameof(rows));
+        KernelGuard.Positive(heads, n, nameof(heads));
+        int kvHeads = cache.KvHeads, headDim = cache.HeadDim, qDim = heads * headDim, kvDim = cache.KvDim;
+        if (ld < qDim + 2 * kvDim) throw new ArgumentOutOfRangeException(nameof(ld), ld, $"{n}: row stride must be >= (heads + 2 kv_heads) * head_dim ({qDim + 2 * kvDim}).");
+        KernelGuard.Fits(qkv, (long)(rows - 1) * ld + qDim + 2 * kvDim, n, nameof(qkv), $"({rows}, {ld})");
+        KernelGuard.FitsOptional(qBias, qDim, n, nameof(qBias), $"({qDim})");
+        KernelGuard.FitsOptional(kBias, kvDim, n, nameof(kBias), $"({kvDim})");
+        KernelGuard.FitsOptional(vBias, kvDim, n, nameof(vBias), $"({kvDim})");
+        KernelGuard.Fits(invFreq, headDim / 2, n, nameof(invFreq), $"({headDim / 2})");
+        KernelGuard.Fits(positions, rows, n, nameof(positions), $"({rows})");
+        KernelGuard.Fits(slotMapping, rows, n, nameof(slotMapping), $"({rows})");
+        ulong pq = qkv.Address, pqb = KernelGuard.Address(qBias), pkb = KernelGuard.Address(kBias), pvb = KernelGuard.Address(vBias), pf = invFreq.Address,
+            pp = positions.Address, ps = slotMapping.Address, pkc = cache.Keys.Address, pvc = cache.Values.Address;
+        _withQueries ??= library.Get("attention_kv_write.cu", n);
+        void** args = stackalloc void*[] { &pq, &ld, &pqb, &pkb, &pvb, &pf, &pp, &ps, &rows, &heads, &kvHeads, &headDim, &pkc, &pvc };
+        _withQueries.Launch(stream, RowGrid.For(rows, (heads + kvHeads) * (headDim / 2)), RowGrid.Threads, 0, args,
+            RowGrid.ProgrammaticFor(rows) && library.ProgrammaticLaunch);
     }
 }

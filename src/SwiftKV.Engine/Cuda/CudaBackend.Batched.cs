@@ -217,9 +217,15 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             var layer = _w.Layers[i];
             NormLinear(x, rows, layer.InputLayernorm, layer.QkvOrQ, ldFull, _ws.Qkv);
             var qkv = _ws.Qkv.Span;
-            _pagedKvWrite.Launch(_stream, qkv.Slice(qDim), qkv.Slice(qDim + kvDim), ldFull, layer.KBias?.Span, layer.VBias?.Span,
-                _w.InvFreq, positions, slots, rows, pool.Cache(i));
-            PagedAttentionAndMlp(x, rows, layer, ldFull, positions, att, pool.Cache(i), "attention, layers 0..l-1");
+            // bf16 pools: q's RoPE and the K/V write in one launch; the fp8 write has its own kernel, q its RoPE pass.
+            bool rotated = pool.Cache(i).Fp8 is null;
+            if (rotated)
+                _pagedKvWrite.LaunchWithQueries(_stream, qkv, ldFull, cfg.NumAttentionHeads, layer.QBias?.Span, layer.KBias?.Span, layer.VBias?.Span,
+                    _w.InvFreq, positions, slots, rows, pool.Cache(i));
+            else
+                _pagedKvWrite.Launch(_stream, qkv.Slice(qDim), qkv.Slice(qDim + kvDim), ldFull, layer.KBias?.Span, layer.VBias?.Span,
+                    _w.InvFreq, positions, slots, rows, pool.Cache(i));
+            PagedAttentionAndMlp(x, rows, layer, ldFull, positions, att, pool.Cache(i), "attention, layers 0..l-1", queryRotated: rotated);
         }
         int mEarly = prof?.Mark(_stream) ?? -1;
         prof?.Span("layers 0..l-1 (all rows)", mEmbed, mEarly);
@@ -288,19 +294,20 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
 
     /// <summary>
     /// The rest of a layer once Q sits in columns 0..q-1 of the Qkv workspace (row stride <paramref name="ld"/>) and
-    /// the layer's K/V are cached: bias + RoPE on Q at each row's position, paged attention, o_proj added into x,
+    /// the layer's K/V are cached: bias + RoPE on Q at each row's position (unless <paramref name="queryRotated"/>: the
+    /// K/V write already did it), paged attention, o_proj added into x,
     /// o bias + post_attention_layernorm, SwiGLU MLP added into x. The solo path's projection dispatch (Linear,
     /// GateUpSilu: GEMV for decode-sized steps, cuBLAS above, the gated GEMM for [gate; up] of >= 256 rows on Hopper), so a
     /// batched row takes the same GEMM route as a solo one of the same row count.
     /// </summary>
     void PagedAttentionAndMlp(DeviceSpan<float> x, int rows, CudaLayerWeights layer, int ld, DeviceSpan<int> positions,
-        StepAttention att, AttentionPagedCache cache, string phase)
+        StepAttention att, AttentionPagedCache cache, string phase, bool queryRotated = false)
     {
         var cfg = Config;
         int hidden = cfg.HiddenSize, inter = cfg.IntermediateSize, qDim = cfg.QueryDim;
         var prof = StepProfiler;
         int m0 = prof?.Mark(_stream) ?? -1;
-        _ropeRows!.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, _w.InvFreq, positions, rows, cfg.NumAttentionHeads, cfg.HeadDim);
+        if (!queryRotated) _ropeRows!.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, _w.InvFreq, positions, rows, cfg.NumAttentionHeads, cfg.HeadDim);
         _attention.LaunchPaged(_stream, _ws.Qkv, ld, cache, att.First, _ws.Attn, qDim, cfg.NumAttentionHeads);
         if (att.Rest is { } rest)
             _attention.LaunchPaged(_stream, _ws.Qkv.Span.Slice((long)att.RestRow * ld), ld, cache, rest,
