@@ -4,9 +4,11 @@
 // (50%) vs on + AcrossKV, KV bytes per token, achieved TFLOP/s and GB/s against the measured ceilings. Optionally
 // times the direct checkpoint loader on a directory (--load DIR). GPU times come from CUDA events on the backend's
 // stream; each figure is the median of several runs after a warm-up. Writes a markdown table and a JSON file.
-// Decode at batch B (--decode-batches 32,128): B sequences with the same context in a paged KV pool (block size 16),
+// Decode at batch B (--decode-batches 1,32,128): B sequences with the same context in a paged KV pool (block size 16),
 // filled by batched prefill steps, then B-row steps of the batched greedy path (ForwardBatchGreedy, one new token
 // per sequence), as the serving engine runs them; ms/step, tokens/s = B / step, GB/s of weights + KV read per step.
+// Batch 1 there is one IChatClient request's decode (every request runs in the serving step), next to the
+// single-sequence decode graph's batch 1 above it.
 // The decode linear layers are also timed alone (--gemv-rows): the GEMV kernel against cuBLAS at the preset's
 // projection shapes, rotating over enough weight copies that every launch streams from device memory, not L2.
 // FLOP counting follows docs/PERFORMANCE.md: 2 x params per token for the linear layers each token passes through,
@@ -27,7 +29,7 @@ namespace SwiftKV.Cli;
 
 internal static class BenchCommand
 {
-    const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] [--decode-batches 32,128|none] " +
+    const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] [--decode-batches 1,32,128|none] " +
         "[--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--fused-qkv on|off|both] [--load DIR] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
@@ -44,7 +46,7 @@ internal static class BenchCommand
         int pauseMs = a.Int("pause-ms") ?? 0;
         string[] variantNames = (a.String("variants") ?? "off,swiftkv50,acrosskv4").Split(',', StringSplitOptions.RemoveEmptyEntries);
         string? loadDir = a.String("load");
-        int[] decodeBatches = ParseBatches(a.String("decode-batches") ?? "32,128");
+        int[] decodeBatches = ParseBatches(a.String("decode-batches") ?? "1,32,128");
         int[] decodeSplits = (a.String("decode-splits") ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries)
             .Select(t => int.TryParse(t, out int n) && n >= 1 && n <= SwiftKV.Cuda.Kernels.AttentionKernel.MaxDecodeSplits ? n
                 : throw new UsageException($"--decode-splits: '{t}' is not a split count in 1..{SwiftKV.Cuda.Kernels.AttentionKernel.MaxDecodeSplits}")).ToArray();
