@@ -351,17 +351,7 @@ public sealed class CudaBackendTests
     public void Forward_RejectsAllTokensLogitsLargerThanAnArray()
     {
         Gpu.Require();
-        var spec = new ModelSpec(Vocab: 128256, Layers: 2, MaxPositions: 16800, Seed: 33);
-        using var gpu = new CudaBackend(TestModels.Build(spec));
-        using var cache = gpu.CreateCache(16800);
-        int rows = (int)(Array.MaxLength / spec.Vocab) + 1;
-        var prompt = TestModels.RandomTokens(rows, spec.Vocab, 5);
-        var e = Assert.Throws<ArgumentException>(() => gpu.Forward(cache, prompt, LogitsSelection.AllTokens));
-        Assert.Contains($"AllTokens logits of {rows} tokens", e.Message);
-        Assert.Equal(0, cache.Length);
-        Assert.Equal(0, gpu.LogitsWorkspaceBytes);
-        Assert.Equal(3 * spec.Vocab, gpu.Forward(cache, prompt.AsSpan(0, 3), LogitsSelection.AllTokens).Length);
-        Assert.Equal(3, cache.Length);
+        BackendScenarios.RejectsAllTokensLogitsLargerThanAnArray(w => new CudaBackend(w), seed: 33);
     }
 
     [Fact]

@@ -225,20 +225,8 @@ public class CpuBackendTests
     /// it is refused before anything runs, naming the limit, and the cache stays as it was.
     /// </summary>
     [Fact]
-    public void Forward_RejectsAllTokensLogitsLargerThanAnArray()
-    {
-        var spec = new ModelSpec(Vocab: 128256, Layers: 2, MaxPositions: 16800);
-        using var backend = new CpuBackend(TestModels.Build(spec));
-        using var cache = backend.CreateCache(16800);
-        int rows = (int)(Array.MaxLength / spec.Vocab) + 1;
-        var prompt = TestModels.RandomTokens(rows, spec.Vocab, 5);
-        var e = Assert.Throws<ArgumentException>(() => backend.Forward(cache, prompt, LogitsSelection.AllTokens));
-        Assert.Contains($"AllTokens logits of {rows} tokens", e.Message);
-        Assert.Contains($"at most {rows - 1} tokens", e.Message);
-        Assert.Equal(0, cache.Length);
-        Assert.Equal(3 * spec.Vocab, backend.Forward(cache, prompt.AsSpan(0, 3), LogitsSelection.AllTokens).Length);
-        Assert.Equal(3, cache.Length);
-    }
+    public void Forward_RejectsAllTokensLogitsLargerThanAnArray() =>
+        BackendScenarios.RejectsAllTokensLogitsLargerThanAnArray(w => new CpuBackend(w), seed: 1);
 
     [Fact]
     public void Forward_RejectsForeignAndDisposedCaches()
