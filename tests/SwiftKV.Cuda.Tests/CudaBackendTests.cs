@@ -10,6 +10,7 @@ using SwiftKV.Cuda.Kernels;
 using SwiftKV.Engine;
 using SwiftKV.Engine.Cpu;
 using SwiftKV.Engine.Cuda;
+using SwiftKV.Engine.Serving;
 using SwiftKV.Engine.Tests;
 using SwiftKV.Model;
 using Xunit;
@@ -248,6 +249,27 @@ public sealed class CudaBackendTests
         using var gc2 = gpu.CreateCache(260);
         gpu.Forward(gc2, prompt.AsSpan(0, 200), LogitsSelection.LastToken);
         Assert.Equal(96, gpu.ActivationWorkspaceRows);
+    }
+
+    /// <summary>
+    /// A serving engine's step reservation lasts as long as the engine: disposed, or refused after reserving (a pool
+    /// smaller than one block), it gives the rows back, so a later engine on the backend starts from what it asks for.
+    /// </summary>
+    [Fact]
+    public void StepReservation_EndsWithTheEngine()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 128, Heads: 4, KvHeads: 2, HeadDim: 64, Seed: 38, MaxPositions: 512);
+        using var gpu = new CudaBackend(TestModels.Build(spec)) { KeptActivationRows = 64 };
+        var options = new ServingOptions { MaxBatchTokens = 96, MaxRunningSequences = 4, KvCacheBytes = 1L << 20 };
+        using (var engine = new ServingEngine(gpu, options)) Assert.Equal(96, gpu.ActivationWorkspaceRows);
+        Assert.Equal(0, gpu.ActivationWorkspaceRows);
+        var e = Assert.Throws<ArgumentException>(() => new ServingEngine(gpu, options with { KvCacheBytes = 1 }));
+        Assert.Contains("less than one KV block", e.Message);
+        Assert.Equal(0, gpu.ActivationWorkspaceRows);
+        gpu.ReserveStepWorkspace(96, 4);
+        gpu.ReleaseStepWorkspace();
+        Assert.Equal(0, gpu.ActivationWorkspaceRows);
     }
 
     [Fact]

@@ -84,9 +84,26 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         }
         catch (CudaException e) when (e.IsOutOfMemory)
         {
+            ReleaseReservation();   // a retry with smaller options starts from what it asks for
             throw new InvalidOperationException($"the step workspace for {maxBatchTokens} tokens per step does not fit in the GPU's free memory " +
                 $"({CudaRuntime.MemoryInfo().Free >> 20} MiB): lower MaxBatchTokens, or free GPU memory (another engine on this GPU without an explicit KvCacheBytes takes most of it).", e);
         }
+    }
+
+    /// <inheritdoc />
+    /// <remarks>Activations above the single-sequence path's kept rows, logits above its kept rows, and the SingleInputKV buffer are freed.</remarks>
+    public void ReleaseStepWorkspace()
+    {
+        if (_disposed) return;   // the memory went with the backend
+        using var step = EnterStep();
+        ReleaseReservation();
+    }
+
+    void ReleaseReservation()
+    {
+        _ws.Release();
+        _ws.TrimActivations(KeptActivationRows);
+        _ws.TrimLogits(KeptLogitsRows);
     }
 
     /// <inheritdoc />

@@ -927,6 +927,9 @@ public sealed partial class CudaBackend : IModelBackend
             _reservedRows = Math.Max(_reservedRows, rows);
         }
 
+        /// <summary>Ends the reservation: the next trims may free those rows (the caller trims).</summary>
+        public void Release() => _reservedRows = 0;
+
         /// <summary>
         /// Frees the activations (and the unfused routes' [gate | up] and SingleInputKV buffers) when they hold more than
         /// <paramref name="keepRows"/> rows, keeping a reservation's rows allocated; the next step allocates what it needs.

@@ -71,6 +71,13 @@ public interface IBatchedBackend
     void ReserveStepWorkspace(int maxBatchTokens, int maxSequences) { }
 
     /// <summary>
+    /// Gives back what <see cref="ReserveStepWorkspace"/> holds (an engine that is disposed, or whose construction failed
+    /// after reserving), so a later engine on the same backend starts from what it asks for, not from the largest
+    /// reservation ever made. Same rule as a step: not while another call uses this backend.
+    /// </summary>
+    void ReleaseStepWorkspace() { }
+
+    /// <summary>
     /// KV bytes a serving engine takes when its options leave the budget open (after <see cref="ReserveStepWorkspace"/>):
     /// a GPU backend answers with most of its device's free memory.
     /// </summary>

@@ -98,6 +98,24 @@ public sealed class ServingEngine : IDisposable
             throw new InvalidOperationException($"backend '{backend.Name}' prefers block size {blockSize}, {MaxBatchTokens} tokens per step and {maxRunning} running sequences; each must be >= 1.");
         // The largest step's workspace first, so the pool sized next does not leave that step without memory.
         _backend.ReserveStepWorkspace(MaxBatchTokens, maxRunning);
+        try
+        {
+            (_kv, _scheduler, KvCacheBytes) = CreatePool(backend, options, blockSize, maxRunning);
+        }
+        catch
+        {
+            _backend.ReleaseStepWorkspace();   // a refused configuration must not leave its workspace reserved
+            throw;
+        }
+        Options = options;
+        _metrics = Snapshot();
+        _loop = new Thread(Loop) { IsBackground = true, Name = $"SwiftKV serving ({backend.Name})" };
+        _loop.Start();
+    }
+
+    /// <summary>The KV pool (from the options, or the memory the backend has left) and the scheduler over it.</summary>
+    (IPagedKvCache Kv, Scheduler Scheduler, long KvCacheBytes) CreatePool(IModelBackend backend, ServingOptions options, int blockSize, int maxRunning)
+    {
         int blocksPerSequence = (_maxSequenceLength + blockSize - 1) / blockSize;
         long bytesPerBlock = _backend.KvBytesPerTokenOf(options.KvCacheDtype) * blockSize;
         long neededBlocks = (long)blocksPerSequence * maxRunning;
@@ -109,19 +127,24 @@ public sealed class ServingEngine : IDisposable
             throw new ArgumentException(options.KvCacheBytes is null
                 ? $"backend '{backend.Name}' has {kvBytes} bytes left for the KV cache once its weights and step workspace are allocated, less than one KV block ({bytesPerBlock} bytes): free GPU memory (other models or processes), lower MaxBatchTokens, or set KvCacheBytes."
                 : $"KvCacheBytes {options.KvCacheBytes} is less than one KV block ({bytesPerBlock} bytes); raise KvCacheBytes (or lower ServingOptions.BlockSize).", nameof(options));
-        KvCacheBytes = numBlocks * bytesPerBlock;
+        long poolBytes = numBlocks * bytesPerBlock;
         // With ReserveOutputBlocks every admitted request's growth is already held back: no extra slack by default.
         int reserve = options.AdmissionReserveBlocks ?? (options.ReserveOutputBlocks ? 0 : (int)Math.Max(1, numBlocks / 100));
         if (reserve >= numBlocks)
             throw new ArgumentException($"AdmissionReserveBlocks {reserve} leaves no block of the {numBlocks} to admit anything: raise KvCacheBytes (or lower AdmissionReserveBlocks).", nameof(options));
 
-        Options = options;
-        _kv = _backend.CreatePagedKvCache((int)numBlocks, blockSize, options.KvCacheDtype);
-        _scheduler = new Scheduler(new KvBlockManager((int)numBlocks, blockSize, options.EnablePrefixCaching),
-            MaxBatchTokens, maxRunning, reserve, options.ReserveOutputBlocks);
-        _metrics = Snapshot();
-        _loop = new Thread(Loop) { IsBackground = true, Name = $"SwiftKV serving ({backend.Name})" };
-        _loop.Start();
+        var kv = _backend.CreatePagedKvCache((int)numBlocks, blockSize, options.KvCacheDtype);
+        try
+        {
+            var scheduler = new Scheduler(new KvBlockManager((int)numBlocks, blockSize, options.EnablePrefixCaching),
+                MaxBatchTokens, maxRunning, reserve, options.ReserveOutputBlocks);
+            return (kv, scheduler, poolBytes);
+        }
+        catch
+        {
+            kv.Dispose();
+            throw;
+        }
     }
 
     public ServingOptions Options { get; }
@@ -469,7 +492,14 @@ public sealed class ServingEngine : IDisposable
         _stopping = true;
         _wake.Set();
         _loop.Join();
-        _kv.Dispose();
-        _wake.Dispose();
+        try
+        {
+            _kv.Dispose();
+            _backend.ReleaseStepWorkspace();
+        }
+        finally
+        {
+            _wake.Dispose();
+        }
     }
 }
