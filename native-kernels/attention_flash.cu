@@ -520,22 +520,21 @@ __device__ __forceinline__ void flash_core(const FaSeq& sq, int heads, int kv_he
     }
 }
 
-// One output element of a split merge: partial row `row` of each split (rows per_split apart), dimension d.
-// Shared by the combine kernels and the fused combine, so both give the same bits.
-template <bool L2>
+// One output element of a split merge: partial row `row` of each split (rows per_split apart), dimension d (the
+// combine kernel's). fused_combine below spreads the same arithmetic, in the same order, over a CTA, so both give the
+// same bits.
 __device__ __forceinline__ float combine_element(const float* part_o, const float* part_lse, long long row, long long per_split,
     int splits, int D, int d)
 {
     float mx = -INFINITY;
-    for (int s = 0; s < splits; s++) mx = fmaxf(mx, L2 ? __ldcg(part_lse + s * per_split + row) : part_lse[s * per_split + row]);
+    for (int s = 0; s < splits; s++) mx = fmaxf(mx, part_lse[s * per_split + row]);
     float wsum = 0.f, acc = 0.f;
     for (int s = 0; s < splits; s++)
     {
-        float lse = L2 ? __ldcg(part_lse + s * per_split + row) : part_lse[s * per_split + row];
+        float lse = part_lse[s * per_split + row];
         float w = lse == -INFINITY ? 0.f : exp2f(lse - mx);
         wsum += w;
-        const float* po = part_o + (s * per_split + row) * D + d;
-        if (w != 0.f) acc += w * (L2 ? __ldcg(po) : *po);
+        if (w != 0.f) acc += w * part_o[(s * per_split + row) * D + d];
     }
     return acc / wsum;
 }
@@ -758,5 +757,5 @@ extern "C" __global__ void flash_attn_combine(const float* part_o, const float* 
     const int b = (int)(row / ((long long)T * heads));
     const long long rr = row % ((long long)T * heads);  // t * heads + h
     const long long per_split = (long long)batch * T * heads;
-    out[b * o_bstride + rr * D + threadIdx.x] = f32_to_bf16(combine_element<false>(part_o, part_lse, row, per_split, splits, D, threadIdx.x));
+    out[b * o_bstride + rr * D + threadIdx.x] = f32_to_bf16(combine_element(part_o, part_lse, row, per_split, splits, D, threadIdx.x));
 }

@@ -33,21 +33,11 @@ extern "C" __global__ void paged_rope_qkv_write_bf16(float* qkv, int ld, const f
     int head_dim, bf16_t* k_cache, bf16_t* v_cache)
 {
     pdl_wait();
-    const int r = blockIdx.x, q_dim = heads * head_dim, kv_dim = kv_heads * head_dim, half = head_dim / 2;
+    const int r = blockIdx.x, kv_dim = kv_heads * head_dim, half = head_dim / 2;
     const long long slot = slot_mapping[r];
-    const float pos = (float)positions[r];
-    float* row = qkv + (long long)r * ld;
-    const float* kr = row + q_dim;
-    const float* vr = kr + kv_dim;
-    bf16_t* kc = k_cache + (slot < 0 ? 0 : slot) * kv_dim;
-    bf16_t* vc = v_cache + (slot < 0 ? 0 : slot) * kv_dim;
-    // One index space over the row's q units, then its K/V units (rope_kv.cu's order).
-    const int q_units = heads * half, units = q_units + (slot < 0 ? 0 : kv_heads * half);
-    for (int idx = row_unit_first(); idx < units; idx += row_unit_stride())
-    {
-        if (idx >= q_units) kv_unit_to_bf16(kr, vr, k_bias, v_bias, inv_freq, idx - q_units, head_dim, pos, kc, vc);
-        else rope_unit(row, q_bias, inv_freq, idx, head_dim, pos);
-    }
+    const long long at = (slot < 0 ? 0 : slot) * kv_dim;
+    qkv_row_units(qkv + (long long)r * ld, q_bias, k_bias, v_bias, inv_freq, heads * half, slot < 0 ? 0 : kv_heads * half,
+        heads * head_dim, kv_dim, head_dim, (float)positions[r], k_cache + at, v_cache + at);
 }
 
 // float -> e4m3 (1 sign, 4 exponent bits of bias 7, 3 mantissa bits; max 448), round to nearest even, saturating

@@ -19,17 +19,19 @@ extern "C" __global__ void rope_qkv_write_bf16(float* qkv, int ld, const float* 
     if (pos_base != nullptr) pos0 = *pos_base;
     const float pos = (float)(pos0 + r);
     float* row = qkv + (long long)r * ld;
-    const float* kr = row + q_dim;
-    const float* vr = kr + kv_dim;
     bf16_t* kc = k_cache + (long long)(pos0 + r) * kv_dim;
     bf16_t* vc = v_cache + (long long)(pos0 + r) * kv_dim;
-    // One index space over the row's q units (or, with a table, its head_dim/2 angles), then its K/V units, so each
-    // thread has one unit when the launcher gives the row enough blocks.
-    const int half = head_dim / 2, q_units = rope_table != nullptr ? half : heads * half, units = q_units + kv_heads * half;
-    for (int idx = row_unit_first(); idx < units; idx += row_unit_stride())
+    const int half = head_dim / 2;
+    if (rope_table == nullptr)
     {
-        if (idx >= q_units) kv_unit_to_bf16(kr, vr, k_bias, v_bias, inv_freq, idx - q_units, head_dim, pos, kc, vc);
-        else if (rope_table == nullptr) rope_unit(row, q_bias, inv_freq, idx, head_dim, pos);
+        qkv_row_units(row, q_bias, k_bias, v_bias, inv_freq, heads * half, kv_heads * half, q_dim, kv_dim, head_dim, pos, kc, vc);
+        return;
+    }
+    // With a table: the row's head_dim/2 angles instead of its q units, then its K/V units, in one index space.
+    const float* kr = row + q_dim;
+    for (int idx = row_unit_first(); idx < half + kv_heads * half; idx += row_unit_stride())
+    {
+        if (idx >= half) kv_unit_to_bf16(kr, kr + kv_dim, k_bias, v_bias, inv_freq, idx - half, head_dim, pos, kc, vc);
         else
         {
             float sn, co;

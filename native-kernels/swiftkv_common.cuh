@@ -126,6 +126,21 @@ __device__ __forceinline__ void kv_unit_to_bf16(const float* kr, const float* vr
     vc[c + half] = f32_to_bf16(vb);
 }
 
+// One pass over a fused [q | k | v] row (q_dim = heads x head_dim columns of q, then K, then V, kv_dim each): units
+// below q_units are q pairs, bias + RoPE in place (rope_unit); the kv_units after them K/V pairs stored as bf16 at
+// kc / vc (kv_unit_to_bf16); kv_units 0 rotates q only. One index space over both, so each thread has one unit when
+// the launcher gives the row enough blocks. The loop of rope_kv.cu's and attention_kv_write.cu's one-launch kernels.
+__device__ __forceinline__ void qkv_row_units(float* row, const float* q_bias, const float* k_bias, const float* v_bias,
+    const float* inv_freq, int q_units, int kv_units, int q_dim, int kv_dim, int head_dim, float pos, bf16_t* kc, bf16_t* vc)
+{
+    const float* kr = row + q_dim;
+    for (int idx = row_unit_first(); idx < q_units + kv_units; idx += row_unit_stride())
+    {
+        if (idx >= q_units) kv_unit_to_bf16(kr, kr + kv_dim, k_bias, v_bias, inv_freq, idx - q_units, head_dim, pos, kc, vc);
+        else rope_unit(row, q_bias, inv_freq, idx, head_dim, pos);
+    }
+}
+
 // One row's K and V stored as bf16 (kv_unit_to_bf16), over this block's units of the row.
 __device__ __forceinline__ void kv_row_to_bf16(const float* kr, const float* vr, const float* k_bias, const float* v_bias,
     const float* inv_freq, int kv_heads, int head_dim, float pos, bf16_t* kc, bf16_t* vc)

@@ -253,7 +253,8 @@ public sealed class CudaBackendTests
 
     /// <summary>
     /// A serving engine's step reservation lasts as long as the engine: disposed, or refused after reserving (a pool
-    /// smaller than one block), it gives the rows back, so a later engine on the backend starts from what it asks for.
+    /// smaller than one block), it gives the rows back, so a later engine on the backend starts from what it asks for;
+    /// another engine's reservation on the same backend stays.
     /// </summary>
     [Fact]
     public void StepReservation_EndsWithTheEngine()
@@ -267,8 +268,13 @@ public sealed class CudaBackendTests
         var e = Assert.Throws<ArgumentException>(() => new ServingEngine(gpu, options with { KvCacheBytes = 1 }));
         Assert.Contains("less than one KV block", e.Message);
         Assert.Equal(0, gpu.ActivationWorkspaceRows);
+        // Each reservation ends on its own: the larger one released, the smaller one still holds its rows.
         gpu.ReserveStepWorkspace(96, 4);
-        gpu.ReleaseStepWorkspace();
+        gpu.ReserveStepWorkspace(200, 4);
+        Assert.Equal(200, gpu.ActivationWorkspaceRows);
+        gpu.ReleaseStepWorkspace(200, 4);
+        Assert.Equal(96, gpu.ActivationWorkspaceRows);
+        gpu.ReleaseStepWorkspace(96, 4);
         Assert.Equal(0, gpu.ActivationWorkspaceRows);
     }
 

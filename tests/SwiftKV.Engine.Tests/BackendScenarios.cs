@@ -8,7 +8,7 @@ namespace SwiftKV.Engine.Tests;
 public static class BackendScenarios
 {
     /// <summary>
-    /// An AllTokens step returns rows x vocab floats: past the largest .NET array (Llama 3's vocabulary, 16,745 rows)
+    /// An AllTokens step returns rows x vocab floats: past the largest .NET array (Llama 3's vocabulary, 16,744 rows)
     /// it is refused before anything runs, naming the limit, and the cache stays as it was; a short AllTokens step then runs.
     /// </summary>
     public static void RejectsAllTokensLogitsLargerThanAnArray(Func<LlamaWeights, IModelBackend> create, ulong seed)

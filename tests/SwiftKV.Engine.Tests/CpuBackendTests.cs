@@ -221,7 +221,7 @@ public class CpuBackendTests
     }
 
     /// <summary>
-    /// An AllTokens step returns rows x vocab floats: past the largest .NET array (Llama 3's vocabulary, 16,745 rows)
+    /// An AllTokens step returns rows x vocab floats: past the largest .NET array (Llama 3's vocabulary, 16,744 rows)
     /// it is refused before anything runs, naming the limit, and the cache stays as it was.
     /// </summary>
     [Fact]

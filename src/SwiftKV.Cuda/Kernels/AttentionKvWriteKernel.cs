@@ -14,18 +14,12 @@ public sealed unsafe class AttentionKvWriteKernel(KernelLibrary library)
         DeviceSpan<float>? invFreq, DeviceSpan<int> positions, DeviceSpan<int> slotMapping, int rows, AttentionPagedCache cache)
     {
         const string n = "paged_kv_write";
-        cache.Check(n);
-        KernelGuard.Positive(rows, n, nameof(rows));
+        CheckRows(n, cache, rows, kBias, vBias, invFreq, positions, slotMapping);
         int kvDim = cache.KvDim;
         if (ld < kvDim) throw new ArgumentOutOfRangeException(nameof(ld), ld, $"{n}: row stride must be >= kv_heads * head_dim ({kvDim}).");
         long need = (long)(rows - 1) * ld + kvDim;
         KernelGuard.Fits(k, need, n, nameof(k), $"({rows}, {ld})");
         KernelGuard.Fits(v, need, n, nameof(v), $"({rows}, {ld})");
-        KernelGuard.FitsOptional(kBias, kvDim, n, nameof(kBias), $"({kvDim})");
-        KernelGuard.FitsOptional(vBias, kvDim, n, nameof(vBias), $"({kvDim})");
-        KernelGuard.FitsOptional(invFreq, cache.HeadDim / 2, n, nameof(invFreq), $"({cache.HeadDim / 2})");
-        if (invFreq is not null) KernelGuard.Fits(positions, rows, n, nameof(positions), $"({rows})");
-        KernelGuard.Fits(slotMapping, rows, n, nameof(slotMapping), $"({rows})");
 
         ulong pk = k.Address, pv = v.Address, pkb = KernelGuard.Address(kBias), pvb = KernelGuard.Address(vBias), pf = KernelGuard.Address(invFreq),
             pp = invFreq is null ? 0 : positions.Address, ps = slotMapping.Address, pkc = cache.Keys.Address, pvc = cache.Values.Address;
@@ -45,6 +39,20 @@ public sealed unsafe class AttentionKvWriteKernel(KernelLibrary library)
         _kernel.Launch(stream, RowGrid.For(rows, kvHeads * (headDim / 2)), RowGrid.Threads, 0, args, RowGrid.ProgrammaticFor(rows) && library.ProgrammaticLaunch);
     }
 
+    /// <summary>The checks both launches share: the pool, the row count, the K/V biases, RoPE's inputs (when given), the slots.</summary>
+    static void CheckRows(string n, AttentionPagedCache cache, int rows, DeviceSpan<float>? kBias, DeviceSpan<float>? vBias, DeviceSpan<float>? invFreq,
+        DeviceSpan<int> positions, DeviceSpan<int> slotMapping)
+    {
+        cache.Check(n);
+        KernelGuard.Positive(rows, n, nameof(rows));
+        int kvDim = cache.KvDim;
+        KernelGuard.FitsOptional(kBias, kvDim, n, nameof(kBias), $"({kvDim})");
+        KernelGuard.FitsOptional(vBias, kvDim, n, nameof(vBias), $"({kvDim})");
+        KernelGuard.FitsOptional(invFreq, cache.HeadDim / 2, n, nameof(invFreq), $"({cache.HeadDim / 2})");
+        if (invFreq is not null) KernelGuard.Fits(positions, rows, n, nameof(positions), $"({rows})");
+        KernelGuard.Fits(slotMapping, rows, n, nameof(slotMapping), $"({rows})");
+    }
+
     /// <summary>
     /// For a fused [q | k | v] projection (fp32 rows of stride <paramref name="ld"/>: q in the first heads · head_dim
     /// columns, then K, then V) and a bf16 pool: the K/V write of <see cref="Launch"/> and bias + RoPE on q in place
@@ -54,19 +62,13 @@ public sealed unsafe class AttentionKvWriteKernel(KernelLibrary library)
         DeviceSpan<float>? vBias, DeviceSpan<float> invFreq, DeviceSpan<int> positions, DeviceSpan<int> slotMapping, int rows, AttentionPagedCache cache)
     {
         const string n = "paged_rope_qkv_write_bf16";
-        cache.Check(n);
+        CheckRows(n, cache, rows, kBias, vBias, invFreq, positions, slotMapping);
         if (cache.Fp8 is not null) throw new ArgumentException($"{n}: the pool is fp8; rotate q with RopeRowsKernel and write K/V with Launch.", nameof(cache));
-        KernelGuard.Positive(rows, n, nameof(rows));
         KernelGuard.Positive(heads, n, nameof(heads));
         int kvHeads = cache.KvHeads, headDim = cache.HeadDim, qDim = heads * headDim, kvDim = cache.KvDim;
         if (ld < qDim + 2 * kvDim) throw new ArgumentOutOfRangeException(nameof(ld), ld, $"{n}: row stride must be >= (heads + 2 kv_heads) * head_dim ({qDim + 2 * kvDim}).");
         KernelGuard.Fits(qkv, (long)(rows - 1) * ld + qDim + 2 * kvDim, n, nameof(qkv), $"({rows}, {ld})");
         KernelGuard.FitsOptional(qBias, qDim, n, nameof(qBias), $"({qDim})");
-        KernelGuard.FitsOptional(kBias, kvDim, n, nameof(kBias), $"({kvDim})");
-        KernelGuard.FitsOptional(vBias, kvDim, n, nameof(vBias), $"({kvDim})");
-        KernelGuard.Fits(invFreq, headDim / 2, n, nameof(invFreq), $"({headDim / 2})");
-        KernelGuard.Fits(positions, rows, n, nameof(positions), $"({rows})");
-        KernelGuard.Fits(slotMapping, rows, n, nameof(slotMapping), $"({rows})");
         ulong pq = qkv.Address, pqb = KernelGuard.Address(qBias), pkb = KernelGuard.Address(kBias), pvb = KernelGuard.Address(vBias), pf = invFreq.Address,
             pp = positions.Address, ps = slotMapping.Address, pkc = cache.Keys.Address, pvc = cache.Values.Address;
         _withQueries ??= library.Get("attention_kv_write.cu", n);

@@ -72,38 +72,42 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     public void ReserveStepWorkspace(int maxBatchTokens, int maxSequences)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        using var step = EnterStep();
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBatchTokens);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxSequences);
+        using var step = EnterStep(wait: true);
+        int rows = Math.Max(maxBatchTokens, maxSequences);
+        bool reserved = false;
         try
         {
-            int rows = Math.Max(maxBatchTokens, maxSequences);
             _ws.Reserve(rows, maxSequences);            // kept through the single-sequence path's trims
+            reserved = true;
             if (SwiftKvEnabled) _ws.SwiftKvFor(rows);   // the batched step's SingleInputKV route (WriteSwiftKv)
             _stream.Synchronize();
         }
         catch (CudaException e) when (e.IsOutOfMemory)
         {
-            ReleaseReservation();   // a retry with smaller options starts from what it asks for
+            if (reserved) ReleaseReservation(rows);   // a retry with smaller options starts from what it asks for
             throw new InvalidOperationException($"the step workspace for {maxBatchTokens} tokens per step does not fit in the GPU's free memory " +
                 $"({CudaRuntime.MemoryInfo().Free >> 20} MiB): lower MaxBatchTokens, or free GPU memory (another engine on this GPU without an explicit KvCacheBytes takes most of it).", e);
         }
     }
 
     /// <inheritdoc />
-    /// <remarks>Activations above the single-sequence path's kept rows, logits above its kept rows, and the SingleInputKV buffer are freed.</remarks>
-    public void ReleaseStepWorkspace()
+    /// <remarks>
+    /// Activations (and the unfused routes' buffers) above both the single-sequence path's kept rows and the largest
+    /// reservation still alive are freed. Waits for a step in flight rather than failing.
+    /// </remarks>
+    public void ReleaseStepWorkspace(int maxBatchTokens, int maxSequences)
     {
         if (_disposed) return;   // the memory went with the backend
-        using var step = EnterStep();
-        ReleaseReservation();
+        using var step = EnterStep(wait: true);
+        ReleaseReservation(Math.Max(maxBatchTokens, maxSequences));
     }
 
-    void ReleaseReservation()
+    void ReleaseReservation(int rows)
     {
-        _ws.Release();
+        _ws.Release(rows);
         _ws.TrimActivations(KeptActivationRows);
-        _ws.TrimLogits(KeptLogitsRows);
     }
 
     /// <inheritdoc />

@@ -305,22 +305,19 @@ public sealed partial class CudaBackend : IModelBackend
         using var step = EnterStep();
         var c = ValidateStep(cache, tokens);
         StepValidation.Logits(Config, tokens.Length, selection);
-        float[] logits;
+        bool done = false;
         try
         {
             int rows = RunStep(c, tokens, selection);
-            logits = new float[(long)rows * Config.VocabSize];
+            var logits = new float[(long)rows * Config.VocabSize];
             _stream.Download(_ws.Logits.Span, logits);
+            done = true;
+            return logits;
         }
-        catch
+        finally
         {
-            TrimAfterFailedStep(tokens.Length);
-            throw;
+            TrimAfterStep(tokens.Length, selection == LogitsSelection.AllTokens ? tokens.Length : 1, failed: !done);
         }
-        // An AllTokens step over a long prompt held rows x vocab floats (16 GB at 32K rows of Llama 3); give them back.
-        if (logits.Length > (long)KeptLogitsRows * Config.VocabSize) _ws.TrimLogits(KeptLogitsRows);
-        TrimAfterLongStep(tokens.Length);
-        return logits;
     }
 
     int _busy;   // 1 while a step runs on some thread (EnterStep)
@@ -330,8 +327,16 @@ public sealed partial class CudaBackend : IModelBackend
     /// must not overlap: the second caller gets this error instead of overwriting the first one's activations. The
     /// serving engine's loop and LocalModel's gate serialise their callers; this catches code that goes around them.
     /// </summary>
-    StepScope EnterStep()
+    /// <param name="wait">Wait for the step in flight instead (a serving engine reserving or releasing its workspace,
+    /// which must not move buffers under a running step but need not fail for one).</param>
+    StepScope EnterStep(bool wait = false)
     {
+        if (wait)
+        {
+            var spin = new SpinWait();
+            while (Interlocked.CompareExchange(ref _busy, 1, 0) != 0) spin.SpinOnce();
+            return new StepScope(this);
+        }
         if (Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
             throw new InvalidOperationException("this CudaBackend is running a step for another caller: one backend runs one step at a time " +
                 "(share it through a ServingEngine or the IChatClient, or give each thread its own backend).");
@@ -344,18 +349,19 @@ public sealed partial class CudaBackend : IModelBackend
     }
 
     /// <summary>
-    /// A step that failed gives back what a long step allocated, as a successful one does, so a request that ran out
-    /// of memory half-way does not leave its gigabytes to the next. Errors of the trim itself (a context already broken
-    /// by the failure) are dropped: the step's own exception is the one to report.
+    /// After a step, failed or not: a long step gives its activations back (<see cref="KeptActivationRows"/>), and an
+    /// AllTokens step over a long prompt its rows x vocab logits (16 GB at 32K rows of Llama 3), so one request does not
+    /// hold them for the next. After a failure, errors of the trim itself (a context the failure broke) are dropped:
+    /// the step's own exception is the one to report.
     /// </summary>
-    void TrimAfterFailedStep(int stepRows)
+    void TrimAfterStep(int stepRows, int logitsRows, bool failed)
     {
         try
         {
-            if (stepRows > KeptLogitsRows) _ws.TrimLogits(KeptLogitsRows);
-            TrimAfterLongStep(stepRows);
+            if (logitsRows > KeptLogitsRows) _ws.TrimLogits(KeptLogitsRows);
+            if (stepRows > KeptActivationRows) _ws.TrimActivations(KeptActivationRows);
         }
-        catch (CudaException)
+        catch (CudaException) when (failed)
         {
         }
     }
@@ -370,11 +376,6 @@ public sealed partial class CudaBackend : IModelBackend
     /// (milliseconds beside its prefill). A serving engine's reservation (ReserveStepWorkspace) is always kept.
     /// </summary>
     internal int KeptActivationRows { get; set; } = 8192;
-
-    void TrimAfterLongStep(int stepRows)
-    {
-        if (stepRows > KeptActivationRows) _ws.TrimActivations(KeptActivationRows);
-    }
 
     /// <summary>Rows the activation workspace holds now (tests).</summary>
     internal int ActivationWorkspaceRows => _ws.Rows;
@@ -408,6 +409,7 @@ public sealed partial class CudaBackend : IModelBackend
         var c = ValidateStep(cache, tokens);
         long drawStep = step ?? c.Length;
         int* host = (int*)(_pinned.Pointer + 64);
+        bool done = false;
         try
         {
             bool argmaxDone = RunStep(c, tokens, LogitsSelection.LastToken, argmaxInGraph: true) < 0;
@@ -418,13 +420,12 @@ public sealed partial class CudaBackend : IModelBackend
                 _argmax.Launch(_stream, _ws.Logits.Span, 1, vocab, _picked.Span);
             _stream.DownloadAsync(_picked.Span, host, 1);
             _stream.Synchronize();
+            done = true;
         }
-        catch
+        finally
         {
-            TrimAfterFailedStep(tokens.Length);
-            throw;
+            TrimAfterStep(tokens.Length, 1, failed: !done);
         }
-        TrimAfterLongStep(tokens.Length);
         return host[0] >= 0 ? host[0] : throw new InvalidOperationException(Sampling.Sampler.NoFiniteLogit);   // -1: nothing above -inf
     }
 
@@ -837,7 +838,8 @@ public sealed partial class CudaBackend : IModelBackend
     /// </summary>
     sealed class Workspace(LlamaConfig cfg, int swiftKvLeaders) : IDisposable
     {
-        int _rows, _logitsRows, _reservedRows;
+        int _rows, _logitsRows, _reservedRows;   // _reservedRows: the largest of _reservations (0: none)
+        readonly List<int> _reservations = new();
         public int Rows => _rows;
         public int Generation { get; private set; }
         public DeviceBuffer<int> Ids { get; private set; } = null!;
@@ -920,15 +922,23 @@ public sealed partial class CudaBackend : IModelBackend
 
         public long LogitsBytes => (long)_logitsRows * cfg.VocabSize * sizeof(float);
 
-        /// <summary>Grows the activations (Ensure) and keeps at least these rows through later trims (a serving engine's step).</summary>
+        /// <summary>
+        /// Grows the activations (Ensure) and keeps at least these rows through later trims while the reservation lasts
+        /// (a serving engine's step; each engine holds its own, ended by <see cref="Release"/>).
+        /// </summary>
         public void Reserve(int rows, int logitsRows)
         {
             Ensure(rows, logitsRows);
-            _reservedRows = Math.Max(_reservedRows, rows);
+            _reservations.Add(rows);
+            _reservedRows = _reservations.Max();
         }
 
-        /// <summary>Ends the reservation: the next trims may free those rows (the caller trims).</summary>
-        public void Release() => _reservedRows = 0;
+        /// <summary>Ends one reservation of <paramref name="rows"/>: later trims keep only what the others ask (the caller trims).</summary>
+        public void Release(int rows)
+        {
+            _reservations.Remove(rows);
+            _reservedRows = _reservations.Count == 0 ? 0 : _reservations.Max();
+        }
 
         /// <summary>
         /// Frees the activations (and the unfused routes' [gate | up] and SingleInputKV buffers) when they hold more than

@@ -71,11 +71,11 @@ public interface IBatchedBackend
     void ReserveStepWorkspace(int maxBatchTokens, int maxSequences) { }
 
     /// <summary>
-    /// Gives back what <see cref="ReserveStepWorkspace"/> holds (an engine that is disposed, or whose construction failed
-    /// after reserving), so a later engine on the same backend starts from what it asks for, not from the largest
-    /// reservation ever made. Same rule as a step: not while another call uses this backend.
+    /// Ends one <see cref="ReserveStepWorkspace"/> made with the same arguments (an engine that is disposed, or whose
+    /// construction failed after reserving): the workspace may shrink back to what the reservations still alive ask
+    /// for, so a later engine on the same backend starts from its own needs, not from the largest ever reserved.
     /// </summary>
-    void ReleaseStepWorkspace() { }
+    void ReleaseStepWorkspace(int maxBatchTokens, int maxSequences) { }
 
     /// <summary>
     /// KV bytes a serving engine takes when its options leave the budget open (after <see cref="ReserveStepWorkspace"/>):

@@ -104,7 +104,7 @@ public sealed class ServingEngine : IDisposable
         }
         catch
         {
-            _backend.ReleaseStepWorkspace();   // a refused configuration must not leave its workspace reserved
+            _backend.ReleaseStepWorkspace(MaxBatchTokens, maxRunning);   // a refused configuration must not keep its workspace reserved
             throw;
         }
         Options = options;
@@ -495,11 +495,17 @@ public sealed class ServingEngine : IDisposable
         try
         {
             _kv.Dispose();
-            _backend.ReleaseStepWorkspace();
         }
         finally
         {
-            _wake.Dispose();
+            try
+            {
+                _backend.ReleaseStepWorkspace(MaxBatchTokens, MaxRunningSequences);
+            }
+            finally
+            {
+                _wake.Dispose();
+            }
         }
     }
 }
