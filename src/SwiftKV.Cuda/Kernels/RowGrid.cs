@@ -10,8 +10,9 @@ internal static class RowGrid
     public const int Threads = 128;
 
     /// <summary>
-    /// Whether a RoPE-only or K/V-write launch of <paramref name="rows"/> rows goes programmatically: decode-sized steps,
-    /// where it measured faster (SwiftKV's later layers at batch 1, docs/BENCHMARKS.md). Longer steps follow a cuBLAS
+    /// Whether a launch of <paramref name="rows"/> rows goes programmatically: the RoPE-only pass, the K/V writes, the
+    /// serving step's row kernels and its paged attention. Decode-sized steps, where it measured faster (SwiftKV's
+    /// later layers at batch 1, and the serving step at batches 1-8: docs/BENCHMARKS.md). Longer steps follow a cuBLAS
     /// GEMM, after which a programmatic launch was never measured alone; they keep the plain launch.
     /// </summary>
     public static bool ProgrammaticFor(int rows) => rows <= 8;
