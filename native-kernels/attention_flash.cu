@@ -673,6 +673,8 @@ extern "C" __global__ void __launch_bounds__(NW * 32) flash_attn_d##D##_w##NW##_
 // cu_q[s] .. cu_q[s+1]-1 (row stride ldq / ldo) and, after this step, ctx_lens[s] cached positions, so its rows sit
 // at positions ctx_lens[s] - (cu_q[s+1] - cu_q[s]) ... Its block table is block_tables + s * max_blocks. Partial
 // rows (split, token, head) with total_tokens tokens per split. Sequences with no rows (graph padding) do nothing.
+// keys_per_split <= 0: each sequence divides its own keys evenly over grid.z (ceil(key tiles / splits) tiles each,
+// trailing splits may be empty), so a graph captured with splits chosen from bounds replays any context lengths.
 // counters (optional, gridDim.x * gridDim.y ints, zero before the first launch): fused split combine, as above.
 template <int D, int NW, int MF, int BN, bool FP8>
 __device__ __forceinline__ void flash_paged(const float* q, int ldq, const bf16_t* k_cache, const bf16_t* v_cache,
@@ -686,6 +688,11 @@ __device__ __forceinline__ void flash_paged(const float* q, int ldq, const bf16_
     const int s = pair / kv_heads, kvh = pair % kv_heads;
     const int q0 = cu_q[s], T = cu_q[s + 1] - q0;
     if (T <= 0) return;
+    if (keys_per_split <= 0)
+    {
+        const int tiles = (ctx_lens[s] + BN - 1) / BN;
+        keys_per_split = (tiles + gridDim.z - 1) / gridDim.z * BN;
+    }
     FaSeq sq;
     sq.q = q + (long long)q0 * ldq; sq.ldq = ldq;
     sq.out = out + (long long)q0 * ldo; sq.ldo = ldo;

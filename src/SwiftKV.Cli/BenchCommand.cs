@@ -6,7 +6,8 @@
 // stream; each figure is the median of several runs after a warm-up. Writes a markdown table and a JSON file.
 // Decode at batch B (--decode-batches 1,32,128): B sequences with the same context in a paged KV pool (block size 16),
 // filled by batched prefill steps, then B-row steps of the batched greedy path (ForwardBatchGreedy, one new token
-// per sequence), as the serving engine runs them; ms/step, tokens/s = B / step, GB/s of weights + KV read per step.
+// per sequence), as the serving engine runs them; ms/step, tokens/s = B / step, GB/s of weights + KV read per step;
+// steps alternate between the captured step graph (the default) and kernel-by-kernel launches of the same step.
 // Batch 1 there is one IChatClient request's decode (every request runs in the serving step), next to the
 // single-sequence decode graph's batch 1 above it.
 // The decode linear layers are also timed alone (--gemv-rows): the GEMV kernel against cuBLAS at the preset's
@@ -366,33 +367,48 @@ internal static class BenchCommand
                     next = backend.ForwardBatchGreedy(pool, rows);
                     position++;
                 }
-                for (int i = 0; i < DecodeWarmup; i++) Step();
-                var gpu = new List<double>();
-                var wall = new List<double>();
+                // Graphs on and off alternate step by step, so both see the same contexts and the same card state.
+                bool[] modes = [true, false];
+                for (int i = 0; i < DecodeWarmup * modes.Length; i++)
+                {
+                    backend.UseGraphs = modes[i % modes.Length];
+                    Step();
+                }
+                var gpu = modes.Select(_ => new List<double>()).ToArray();
+                var wall = modes.Select(_ => new List<double>()).ToArray();
                 using var e0 = new CudaEvent();
                 using var e1 = new CudaEvent();
-                for (int i = 0; i < steps; i++)
+                for (int i = 0; i < steps * modes.Length; i++)
                 {
+                    int m = i % modes.Length;
+                    backend.UseGraphs = modes[m];
                     long t0 = Stopwatch.GetTimestamp();
                     e0.Record(backend.Stream);
                     Step();
                     e1.Record(backend.Stream);
-                    gpu.Add(CudaEvent.ElapsedMs(e0, e1));
-                    wall.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+                    gpu[m].Add(CudaEvent.ElapsedMs(e0, e1));
+                    wall[m].Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
                 }
-                double ms = MedianOf(gpu), wallMs = MedianOf(wall), tps = b / (ms * 1e-3);
-                double kvRead = (double)kvReadPerPosition * b * plan.MeanTimedContext, bytes = weightRead + kvRead;
-                double gbps = bytes / (ms * 1e-3) / 1e9;
-                Log($"{v.Name}: decode batch {b}, context {context}: {ms:F3} ms/step GPU (events), {wallMs:F3} ms host wall, {tps:F0} tokens/s, {gbps:F0} GB/s " +
-                    $"(weights {weightRead / 1e9:F2} GB + KV {kvRead / 1e9:F2} GB); pool {plan.TotalBlocks} blocks = {poolGb:F1} GB, prefill {prefillS:F1} s");
-                md.AppendLine($"| {v.Name} | decode b{b} ctx {context} (paged, batched greedy) | {ms:F2} ms/step | {tps:F0} | | {gbps:F0} ({100 * gbps / roofGbps:F0}%) | " +
-                    $"host wall {wallMs:F2} ms/step; reads {weightRead / 1e9:F1} GB weights + {kvRead / 1e9:F1} GB KV per step |");
-                all.Add(new JsonObject { ["batch"] = b, ["context"] = context, ["block_size"] = DecodeBlockSize, ["pool_blocks"] = plan.TotalBlocks, ["pool_bytes"] = poolGb * 1e9,
-                    ["ms_per_step"] = ms, ["host_wall_ms"] = wallMs, ["tokens_per_s"] = tps, ["weight_bytes_read"] = weightRead, ["kv_bytes_read"] = kvRead,
-                    ["gbps"] = gbps, ["prefill_seconds"] = prefillS, ["timed_steps"] = steps });
+                backend.UseGraphs = true;
+                if (backend.StepGraphFailure is { } failure) Log($"{v.Name}: decode batch {b}: {failure}");
+                for (int m = 0; m < modes.Length; m++)
+                {
+                    double ms = MedianOf(gpu[m]), wallMs = MedianOf(wall[m]), tps = b / (ms * 1e-3);
+                    double kvRead = (double)kvReadPerPosition * b * plan.MeanTimedContext, bytes = weightRead + kvRead;
+                    double gbps = bytes / (ms * 1e-3) / 1e9;
+                    string mode = modes[m] ? (backend.StepGraphFailure is null ? "graph replay" : "graphs failed: launches") : "kernel launches";
+                    Log($"{v.Name}: decode batch {b}, context {context}, {mode}: {ms:F3} ms/step GPU (events), {wallMs:F3} ms host wall, {tps:F0} tokens/s, {gbps:F0} GB/s " +
+                        $"(weights {weightRead / 1e9:F2} GB + KV {kvRead / 1e9:F2} GB); pool {plan.TotalBlocks} blocks = {poolGb:F1} GB, prefill {prefillS:F1} s");
+                    md.AppendLine($"| {v.Name} | decode b{b} ctx {context} (paged, batched greedy, {mode}) | {ms:F2} ms/step | {tps:F0} | | {gbps:F0} ({100 * gbps / roofGbps:F0}%) | " +
+                        $"host wall {wallMs:F2} ms/step; reads {weightRead / 1e9:F1} GB weights + {kvRead / 1e9:F1} GB KV per step |");
+                    all.Add(new JsonObject { ["batch"] = b, ["context"] = context, ["block_size"] = DecodeBlockSize, ["pool_blocks"] = plan.TotalBlocks, ["pool_bytes"] = poolGb * 1e9,
+                        ["graphs"] = modes[m], ["graph_failure"] = backend.StepGraphFailure, ["ms_per_step"] = ms, ["host_wall_ms"] = wallMs, ["tokens_per_s"] = tps,
+                        ["weight_bytes_read"] = weightRead, ["kv_bytes_read"] = kvRead, ["gbps"] = gbps, ["prefill_seconds"] = prefillS, ["timed_steps"] = steps });
+                }
             }
             catch (CudaException e)
             {
+                backend.UseGraphs = true;
                 Log($"{v.Name}: decode batch {b} failed ({poolGb:F1} GB pool): {e.Message}");
                 md.AppendLine($"| {v.Name} | decode b{b} ctx {context} (paged, batched greedy) | failed | | | | {poolGb:F1} GB pool: {e.Message} |");
                 all.Add(new JsonObject { ["batch"] = b, ["context"] = context, ["pool_bytes"] = poolGb * 1e9, ["error"] = e.Message });

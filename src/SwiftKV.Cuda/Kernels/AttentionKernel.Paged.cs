@@ -73,6 +73,7 @@ public sealed unsafe partial class AttentionKernel
         // AttentionKernel.DecodeSplits); launches with longer rows keep two per SM.
         var (splits, keysPerSplit) = SplitKeys((long)mTiles * kvHeads * batch.Sequences, batch.MaxContextLength, shape.Keys,
             ctasPerSm: batch.MaxQueryLength == 1 ? 1 : 2);
+        if (batch.SplitKeysOnDevice && splits > 1) keysPerSplit = 0;   // <= 0: each sequence's own context / splits (the kernel)
 
         int total = batch.TotalTokens, seqs = batch.Sequences, maxBlocks = batch.MaxBlocksPerSequence, blockShift = System.Numerics.BitOperations.Log2((uint)cache.BlockSize);
         ulong pq = q.Address, pk = cache.Keys.Address, pv = cache.Values.Address, pt = batch.BlockTables.Address,

@@ -9,10 +9,13 @@ namespace SwiftKV.Cuda.Kernels;
 /// and its block table is BlockTables[s · MaxBlocksPerSequence ..]. The scalars are bounds fixed at launch (or graph
 /// capture): TotalTokens rows of q and out, at most MaxQueryLength rows and MaxContextLength positions per sequence;
 /// they choose the grid and the split-K. A sequence with no rows (graph padding) is skipped.
+/// <paramref name="SplitKeysOnDevice"/>: the split count still comes from the bounds, but each sequence divides its own
+/// keys over the splits on the device (instead of every sequence taking MaxContextLength / splits keys per split), so
+/// a graph captured with a bound far above the actual contexts keeps every split busy.
 /// </summary>
 public readonly record struct AttentionPagedBatch(
     DeviceSpan<int> QueryStarts, DeviceSpan<int> ContextLengths, DeviceSpan<int> BlockTables, int MaxBlocksPerSequence,
-    int Sequences, int TotalTokens, int MaxQueryLength, int MaxContextLength)
+    int Sequences, int TotalTokens, int MaxQueryLength, int MaxContextLength, bool SplitKeysOnDevice = false)
 {
     internal void Check(string kernel, int blockSize)
     {

@@ -13,6 +13,11 @@
 // launched twice: a varlen launch sized for one query row per sequence (its own split-K choice) and one for the
 // prefill chunks. One launch over both would size the grid by the longest chunk for every sequence, i.e. ~60 empty
 // CTAs per decode sequence and KV head at 2000-token chunks, ~100K per layer at 200 decodes (SplitMixedAttention).
+// Decode-only steps (every sequence one token, each wanting logits: a serving engine's steady state) run padded to a
+// bucket of sequences and a power-of-two block-table stride, so every step of that shape has the same ints layout and
+// the same launches; the first is captured as a CUDA graph (per KV pool) and later ones replay it after the upload.
+// Padding sequences have no rows in the attention and their rows a slot of -1 (no K/V write); the paged attention
+// divides each sequence's own keys over splits chosen from the stride's bound, on the device.
 // Rows are not bit-identical to Forward: cuBLAS may pick another GEMM algorithm for another row count, and the paged
 // attention kernel splits keys differently from the contiguous one; both stay within bf16 rounding (tests).
 using SwiftKV.Cuda;
@@ -189,23 +194,105 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var pool = ValidateBatch(kv, batch);
-        var cfg = Config;
-        int hidden = cfg.HiddenSize, qDim = cfg.QueryDim, kvDim = cfg.KeyValueDim;
         _ropeRows ??= new RopeRowsKernel(_kernels);
         _gatherRows ??= new GatherRowsKernel(_kernels);
         _pagedKvWrite ??= new AttentionKvWriteKernel(_kernels);
 
-        var plan = new BatchPlan(batch, pool.BlockSize, SplitMixedAttention);
-        int rows = plan.Rows, kept = plan.Kept;
         var prof = StepProfiler;
+        var decode = prof is null ? DecodeShapeOf(batch, pool.BlockSize) : null;
+        var plan = new BatchPlan(batch, pool.BlockSize, SplitMixedAttention, decode);
         prof?.Begin(plan.MaxQueryLength == 1 ? "decode-only" : "mixed");
         _stream.Synchronize();   // the pinned staging of the previous step may still be in flight after a failure
-        _ws.Ensure(rows, Math.Max(kept, 1));
+        _ws.Ensure(plan.Rows, Math.Max(plan.Kept, 1));
         var s = _batchScratch ??= new BatchScratch();
-        s.Ensure(plan.IntCount, Math.Max(kept, 1), hidden);
+        s.Ensure(plan.IntCount, Math.Max(plan.Kept, 1), Config.HiddenSize);
         plan.Write(s.Host.AsSpan<int>(plan.IntCount));
         int mStart = prof?.Mark(_stream) ?? -1;
         _stream.CopyAsync(s.Ints.Span, (int*)s.Host.Pointer, plan.IntCount);
+        if (decode is { } shape)
+        {
+            RunDecodeStep(pool, plan, s, shape);
+            return batch.Length;
+        }
+        QueueStep(pool, plan, s, mStart);
+        return plan.Kept;
+    }
+
+    /// <summary>
+    /// The padded shape a decode-only step runs at (every sequence brings one token and wants its logits, as in
+    /// every serving step once the prompts are in): <see cref="DecodeShape.Sequences"/> from 1, 2, 4, 8, then
+    /// multiples of 16 up to <see cref="MaxGraphSequences"/>, and block tables of a power-of-two stride (at least 8).
+    /// Null for other steps. Padding sequences have no rows in the attention and negative slots (nothing is written),
+    /// so a step of 3 runs the step of 4 and its fourth row is dropped.
+    /// </summary>
+    DecodeShape? DecodeShapeOf(ReadOnlySpan<BatchSequence> batch, int blockSize)
+    {
+        int n = batch.Length, maxBlocks = 0;
+        if (n > MaxGraphSequences) return null;
+        foreach (var seq in batch)
+        {
+            if (seq.Tokens.Length != 1 || !seq.NeedsLogits) return null;
+            maxBlocks = Math.Max(maxBlocks, seq.StartPosition / blockSize + 1);
+        }
+        int bucket = n <= 2 ? n : n <= 4 ? 4 : n <= 8 ? 8 : (n + 15) / 16 * 16;
+        return new DecodeShape(Math.Min(bucket, MaxSequencesPerStep), Math.Max(8, (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)maxBlocks)));
+    }
+
+    /// <summary>Most sequences of a decode step that runs padded (and, with <see cref="UseGraphs"/>, as a captured graph).</summary>
+    public const int MaxGraphSequences = 256;
+
+    /// <summary>A decode-only step's padded size: sequences (= rows) and block-table stride.</summary>
+    readonly record struct DecodeShape(int Sequences, int Blocks);
+
+    readonly StepGraphs _stepGraphs = new();
+
+    /// <summary>Why captured decode steps are off for this backend (a capture failed; steps then launch kernel by kernel), or null.</summary>
+    public string? StepGraphFailure { get; private set; }
+
+    /// <summary>Captured decode-step graphs so far (tests and benchmarks check the path was taken).</summary>
+    public long StepGraphCaptures => _stepGraphs.Captures;
+
+    /// <summary>Decode steps replayed from a captured graph so far.</summary>
+    public long StepGraphReplays => _stepGraphs.Replays;
+
+    /// <summary>
+    /// A decode-only step, its ints already uploaded: the graph of its shape replayed when one is captured for this
+    /// pool and these buffers; else the kernels launched one by one, then (with <see cref="UseGraphs"/>) the same
+    /// launches captured for the next step of this shape. Launching first sets up lazily loaded kernels, cuBLAS and
+    /// the attention's scratch outside the capture, as the solo decode graph does.
+    /// </summary>
+    void RunDecodeStep(CudaPagedKvCache pool, BatchPlan plan, BatchScratch s, DecodeShape shape)
+    {
+        bool graphs = UseGraphs && StepGraphFailure is null;
+        var generation = (_ws.Generation, s.Generation);
+        if (graphs && _stepGraphs.Find(pool, shape, generation) is { } g)
+        {
+            g.Launch(_stream);
+            return;
+        }
+        QueueStep(pool, plan, s, -1);
+        if (!graphs) return;
+        CudaGraph graph;
+        try
+        {
+            graph = CudaGraph.Capture(_stream, () => QueueStep(pool, plan, s, -1));
+        }
+        catch (CudaException e)
+        {
+            StepGraphFailure = $"capturing a decode step of {shape.Sequences} sequences failed: {e.Message}";
+            return;
+        }
+        if (generation == (_ws.Generation, s.Generation)) _stepGraphs.Add(pool, shape, generation, graph);
+        else graph.Dispose();   // something grew during the capture: the graph may have baked a freed buffer
+    }
+
+    /// <summary>The kernels of one batched step, after its ints are uploaded (profiler marks only outside graph captures).</summary>
+    void QueueStep(CudaPagedKvCache pool, BatchPlan plan, BatchScratch s, int mStart)
+    {
+        var cfg = Config;
+        int hidden = cfg.HiddenSize, qDim = cfg.QueryDim, kvDim = cfg.KeyValueDim;
+        int rows = plan.Rows, kept = plan.Kept, n = plan.Sequences;
+        var prof = StepProfiler;
         var d = s.Ints.Span;
         DeviceSpan<int> At((int Offset, int Count) r) => d.Slice(r.Offset, Math.Max(r.Count, 1));
         var ids = At(plan.Ids);
@@ -215,7 +302,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         if (plan.SplitAt > 0)
         {
             // Decodes: sequences 0..SplitAt-1, one row each at rows 0..SplitAt-1. Chunks: the rest, from row SplitAt.
-            int n = batch.Length, a = plan.SplitAt, blocks = plan.MaxBlocks;
+            int a = plan.SplitAt, blocks = plan.MaxBlocks;
             var first = new AttentionPagedBatch(d.Slice(plan.QueryStarts.Offset, a + 1), d.Slice(plan.ContextLengths.Offset, a),
                 d.Slice(plan.Tables.Offset, (long)a * blocks), blocks, a, a, 1, plan.MaxContextFirst);
             var rest = new AttentionPagedBatch(At(plan.RestQueryStarts), d.Slice(plan.ContextLengths.Offset + a, n - a),
@@ -225,7 +312,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         else
         {
             att = new StepAttention(new AttentionPagedBatch(At(plan.QueryStarts), At(plan.ContextLengths), At(plan.Tables), plan.MaxBlocks,
-                batch.Length, rows, plan.MaxQueryLength, plan.MaxContext), null, 0);
+                n, rows, plan.MaxQueryLength, plan.MaxContext, SplitKeysOnDevice: plan.Padded), null, 0);
         }
 
         _embed.Launch(_stream, ids, _w.Embed, cfg.VocabSize, _ws.X, rows, hidden);
@@ -241,10 +328,10 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             // bf16 pools: q's RoPE and the K/V write in one launch; the fp8 write has its own kernel, q its RoPE pass.
             bool rotated = pool.Cache(i).Fp8 is null;
             if (rotated)
-                _pagedKvWrite.LaunchWithQueries(_stream, qkv, ldFull, cfg.NumAttentionHeads, layer.QBias?.Span, layer.KBias?.Span, layer.VBias?.Span,
+                _pagedKvWrite!.LaunchWithQueries(_stream, qkv, ldFull, cfg.NumAttentionHeads, layer.QBias?.Span, layer.KBias?.Span, layer.VBias?.Span,
                     _w.InvFreq, positions, slots, rows, pool.Cache(i));
             else
-                _pagedKvWrite.Launch(_stream, qkv.Slice(qDim), qkv.Slice(qDim + kvDim), ldFull, layer.KBias?.Span, layer.VBias?.Span,
+                _pagedKvWrite!.Launch(_stream, qkv.Slice(qDim), qkv.Slice(qDim + kvDim), ldFull, layer.KBias?.Span, layer.VBias?.Span,
                     _w.InvFreq, positions, slots, rows, pool.Cache(i));
             PagedAttentionAndMlp(x, rows, layer, ldFull, positions, att, pool.Cache(i), "attention, layers 0..l-1", queryRotated: rotated);
         }
@@ -256,10 +343,11 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             // Every chunk stops short of its known end: later-layer K/V still has to be written.
             if (SwiftKvEnabled) WriteSwiftKv(x, rows, positions, slots, pool);
             prof?.Span("SwiftKV K/V of layers l..L-1", mEarly, prof.Mark(_stream));
-            return 0;
+            return;
         }
-        var keepIdx = At(plan.Keep);
-        var x2 = s.X2.Span.Slice(0, (long)kept * hidden);
+        // A decode-only step keeps every row in step order: the later layers run on x itself, with the step's own
+        // attention batch, and nothing is gathered.
+        var x2 = plan.KeptAreRows ? x : s.X2.Span.Slice(0, (long)kept * hidden);
         int mLater;
         if (SwiftKvEnabled)
         {
@@ -267,10 +355,15 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             int mKv = prof?.Mark(_stream) ?? -1;
             prof?.Span("SwiftKV K/V of layers l..L-1", mEarly, mKv);
             // The SwiftKV saving: only the rows someone samples from go on, one per sequence.
-            _gatherRows.Launch(_stream, x, rows, keepIdx, kept, hidden, x2);
-            var later = new AttentionPagedBatch(At(plan.KeptQueryStarts), At(plan.KeptContextLengths), At(plan.KeptTables), plan.MaxBlocks,
-                kept, kept, 1, plan.MaxKeptContext);
-            var keptPositions = At(plan.KeptPositions);
+            var later = att.First;
+            var keptPositions = positions;
+            if (!plan.KeptAreRows)
+            {
+                _gatherRows!.Launch(_stream, x, rows, At(plan.Keep), kept, hidden, x2);
+                later = new AttentionPagedBatch(At(plan.KeptQueryStarts), At(plan.KeptContextLengths), At(plan.KeptTables), plan.MaxBlocks,
+                    kept, kept, 1, plan.MaxKeptContext);
+                keptPositions = At(plan.KeptPositions);
+            }
             for (int j = cfg.NumKeyValueLayers; j < cfg.NumHiddenLayers; j++)
             {
                 var layer = _w.Layers[j];
@@ -283,12 +376,11 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         }
         else
         {
-            _gatherRows.Launch(_stream, x, rows, keepIdx, kept, hidden, x2);
+            if (!plan.KeptAreRows) _gatherRows!.Launch(_stream, x, rows, At(plan.Keep), kept, hidden, x2);
             mLater = mEarly;
         }
         NormLinear(x2, kept, _w.Norm, _w.LmHead, cfg.VocabSize, _ws.Logits);
         prof?.Span("norm+lm_head", mLater, prof.Mark(_stream));
-        return kept;
     }
 
     /// <summary>
@@ -351,8 +443,46 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
 
     void DisposeBatched()
     {
+        _stepGraphs.Dispose();
         _batchScratch?.Dispose();
         _batchScratch = null;
+    }
+
+    /// <summary>
+    /// Captured decode steps by (pool, padded shape), each valid for the workspace and scratch generation it baked.
+    /// Graphs of a disposed pool, or of older buffers, are dropped when the next capture is stored.
+    /// </summary>
+    sealed class StepGraphs : IDisposable
+    {
+        readonly Dictionary<(CudaPagedKvCache Pool, DecodeShape Shape), ((int, int) Generation, CudaGraph Graph)> _graphs = new();
+
+        public long Captures { get; private set; }
+        public long Replays { get; private set; }
+
+        public CudaGraph? Find(CudaPagedKvCache pool, DecodeShape shape, (int, int) generation)
+        {
+            if (!_graphs.TryGetValue((pool, shape), out var e) || e.Generation != generation) return null;
+            Replays++;
+            return e.Graph;
+        }
+
+        public void Add(CudaPagedKvCache pool, DecodeShape shape, (int, int) generation, CudaGraph graph)
+        {
+            foreach (var (key, e) in _graphs.ToArray())
+            {
+                if (!key.Pool.IsDisposed && e.Generation == generation && !(key.Pool == pool && key.Shape == shape)) continue;
+                e.Graph.Dispose();
+                _graphs.Remove(key);
+            }
+            _graphs[(pool, shape)] = (generation, graph);
+            Captures++;
+        }
+
+        public void Dispose()
+        {
+            foreach (var e in _graphs.Values) e.Graph.Dispose();
+            _graphs.Clear();
+        }
     }
 
     /// <summary>
@@ -361,7 +491,11 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// chunks and splitting is on, the single-token ones first (<see cref="SplitAt"/> of them, one row each), then
     /// the others, each group in batch order. Sequence s (step order) owns rows QueryStarts[s]..QueryStarts[s+1]-1.
     /// Kept rows (SwiftKV's later-layer batch and the lm_head rows) are the last row of each NeedsLogits sequence,
-    /// in batch order, so logits and picked ids come back in batch order whatever the step order.
+    /// in batch order, so logits and picked ids come back in batch order whatever the step order. In a decode-only
+    /// step they are all the rows, in order (<see cref="KeptAreRows"/>), and get no arrays of their own.
+    /// A padded plan (a <see cref="DecodeShape"/>) lays out that shape's sequences, rows and table stride whatever the
+    /// batch's size, so every step of the shape has the same offsets; the sequences after the batch's have no rows,
+    /// and their rows (token 0, position 0) a slot of -1.
     /// </summary>
     sealed class BatchPlan
     {
@@ -369,11 +503,12 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         readonly int[] _order;
         readonly int _blockSize;
 
-        public BatchPlan(ReadOnlySpan<BatchSequence> batch, int blockSize, bool split)
+        public BatchPlan(ReadOnlySpan<BatchSequence> batch, int blockSize, bool split, DecodeShape? pad = null)
         {
             _batch = batch.ToArray();
             _blockSize = blockSize;
             int n = batch.Length, singles = 0;
+            Sequences = n;
             foreach (var s in batch)
             {
                 int len = s.Tokens.Length, ctx = s.StartPosition + len;
@@ -389,6 +524,14 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
                 }
             }
             _order = new int[n];
+            if (pad is { } p)
+            {
+                Padded = true;
+                Sequences = Rows = Kept = n = p.Sequences;
+                MaxBlocks = p.Blocks;
+                MaxContext = MaxKeptContext = p.Blocks * blockSize;
+                split = false;
+            }
             SplitAt = split && singles > 0 && singles < n ? singles : 0;
             if (SplitAt > 0)
             {
@@ -402,8 +545,10 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             }
             else
             {
-                for (int i = 0; i < n; i++) _order[i] = i;
+                for (int i = 0; i < _batch.Length; i++) _order[i] = i;
             }
+            KeptAreRows = SplitAt == 0 && MaxQueryLength == 1 && Kept == Rows;
+            int keptArrays = KeptAreRows ? 0 : Kept;
             int o = 0;
             (int, int) Next(int count) { var r = (o, count); o += Math.Max(count, 1); return r; }
             Ids = Next(Rows);
@@ -413,14 +558,19 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             ContextLengths = Next(n);
             Tables = Next(n * MaxBlocks);
             RestQueryStarts = Next(SplitAt > 0 ? n - SplitAt + 1 : 0);
-            Keep = Next(Kept);
-            KeptPositions = Next(Kept);
-            KeptQueryStarts = Next(Kept + 1);
-            KeptContextLengths = Next(Kept);
-            KeptTables = Next(Kept * MaxBlocks);
+            Keep = Next(keptArrays);
+            KeptPositions = Next(keptArrays);
+            KeptQueryStarts = Next(KeptAreRows ? 0 : Kept + 1);
+            KeptContextLengths = Next(keptArrays);
+            KeptTables = Next(keptArrays * MaxBlocks);
             IntCount = o;
         }
 
+        /// <summary>Sequences of the step's layout (the batch's, or the padded shape's).</summary>
+        public int Sequences { get; }
+        public bool Padded { get; }
+        /// <summary>Every row is kept, in step order (a decode-only step): the later layers and lm_head take the rows as they are.</summary>
+        public bool KeptAreRows { get; }
         public int Rows { get; }
         public int Kept { get; }
         public int MaxQueryLength { get; }
@@ -471,6 +621,12 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
                 a[ContextLengths.Offset + o] = ctx;
                 table[..used].CopyTo(a.Slice(Tables.Offset + o * MaxBlocks, used));
             }
+            for (int o = _batch.Length; o < Sequences; o++, r++)
+            {
+                a[QueryStarts.Offset + o + 1] = _batch.Length;   // no rows: the attention skips the sequence
+                a[Slots.Offset + r] = -1;                          // the K/V writes skip the row
+            }
+            if (KeptAreRows) return;
             a[KeptQueryStarts.Offset] = 0;
             for (int i = 0, k = 0; i < _batch.Length; i++)
             {
@@ -491,6 +647,8 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     sealed class BatchScratch : IDisposable
     {
         int _ints, _kept, _hidden;
+        /// <summary>Moves whenever a device buffer is replaced (captured decode steps read them).</summary>
+        public int Generation { get; private set; }
         public DeviceBuffer<int> Ints { get; private set; } = null!;
         public PinnedHostBuffer Host { get; private set; } = null!;
         public DeviceBuffer<float> X2 { get; private set; } = null!;
@@ -503,6 +661,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             if (ints > _ints)
             {
                 int n = Math.Max(ints, 2 * _ints);
+                Generation++;
                 Ints?.Dispose();
                 Host?.Dispose();
                 _ints = 0;
@@ -513,6 +672,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             if (kept > _kept || hidden != _hidden)
             {
                 int n = Math.Max(kept, 2 * _kept);
+                Generation++;
                 X2?.Dispose();
                 Picked?.Dispose();
                 _kept = 0;

@@ -165,7 +165,10 @@ public sealed partial class CudaBackend : IModelBackend
     public double LoadSeconds { get; }
     /// <summary>Checkpoint bytes read by <see cref="Load"/> (0 for other constructors).</summary>
     public long LoadedBytes { get; private set; }
-    /// <summary>Replay single-token steps as CUDA graphs (default). Off: every kernel is launched one by one.</summary>
+    /// <summary>
+    /// Replay single-token steps, and the batched step's decode-only steps (one graph per padded shape and KV pool), as
+    /// CUDA graphs (default). Off: every kernel is launched one by one (the batched steps still run padded).
+    /// </summary>
     public bool UseGraphs { get; set; } = true;
     /// <summary>
     /// Decode-sized steps (1-2 rows; 1-4 for [gate; up]) run their projections through the GEMV kernel (default).
