@@ -334,7 +334,10 @@ internal static class BenchCommand
         long kvReadPerPosition = 2L * cfg.NumHiddenLayers * cfg.KeyValueDim * 2;
         foreach (int b in batches)
         {
-            var plan = new BatchedDecodePlan(b, context, DecodeWarmup, steps, DecodeBlockSize, DecodePrefillTokens);
+            // Graphs on and off alternate step by step (the same contexts and card state for both): each mode's warm-up
+            // and timed steps all advance the sequences.
+            bool[] modes = [true, false];
+            var plan = new BatchedDecodePlan(b, context, DecodeWarmup * modes.Length, steps * modes.Length, DecodeBlockSize, DecodePrefillTokens);
             if (plan.PositionsPerSequence > cfg.MaxPositionEmbeddings) continue;
             double poolGb = (double)plan.TotalBlocks * DecodeBlockSize * kvPerToken / 1e9;
             IPagedKvCache? pool = null;
@@ -367,9 +370,7 @@ internal static class BenchCommand
                     next = backend.ForwardBatchGreedy(pool, rows);
                     position++;
                 }
-                // Graphs on and off alternate step by step, so both see the same contexts and the same card state.
-                bool[] modes = [true, false];
-                for (int i = 0; i < DecodeWarmup * modes.Length; i++)
+                for (int i = 0; i < plan.WarmupSteps; i++)
                 {
                     backend.UseGraphs = modes[i % modes.Length];
                     Step();
@@ -378,7 +379,7 @@ internal static class BenchCommand
                 var wall = modes.Select(_ => new List<double>()).ToArray();
                 using var e0 = new CudaEvent();
                 using var e1 = new CudaEvent();
-                for (int i = 0; i < steps * modes.Length; i++)
+                for (int i = 0; i < plan.TimedSteps; i++)
                 {
                     int m = i % modes.Length;
                     backend.UseGraphs = modes[m];
