@@ -144,7 +144,7 @@ public sealed class CudaBatchedTests
     /// <summary>
     /// Decode-only steps run padded to a bucket of sequences (1, 2, 4, 8, 16, ...) and a power-of-two table stride, and
     /// replay a captured graph per (pool, shape). Two backends on the same weights, one with graphs and one launching
-    /// every kernel, take the same steps: 1-6 sequences in changing order (a step of 3 or 5 carries padding), contexts
+    /// every kernel, take the same steps: 1-6 sequences in changing order (steps of 5 and 6 run padded to 8), contexts
     /// crossing 128 positions (the table stride grows from 8 to 16 blocks: a new capture), greedy and logits steps.
     /// The graph replays must give the launches' bits; both must match the CPU ForwardBatch. Sequence 0 owns block 0,
     /// whose slot 0 a padding row would overwrite if its K/V write were not skipped.

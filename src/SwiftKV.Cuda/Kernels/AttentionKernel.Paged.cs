@@ -71,9 +71,11 @@ public sealed unsafe partial class AttentionKernel
         int mTiles = (int)(((long)batch.MaxQueryLength * group + shape.RowsPerCta - 1) / shape.RowsPerCta);
         // Decode-only launches split for one CTA per SM, as the single-sequence decode does (measured best there:
         // AttentionKernel.DecodeSplits); launches with longer rows keep two per SM.
-        var (splits, keysPerSplit) = SplitKeys((long)mTiles * kvHeads * batch.Sequences, batch.MaxContextLength, shape.Keys,
-            ctasPerSm: batch.MaxQueryLength == 1 ? 1 : 2);
-        if (batch.SplitKeysOnDevice && splits > 1) keysPerSplit = 0;   // <= 0: each sequence's own context / splits (the kernel)
+        long ctas = (long)mTiles * kvHeads * batch.Sequences;
+        int ctasPerSm = batch.MaxQueryLength == 1 ? 1 : 2;
+        var (splits, keysPerSplit) = batch.SplitKeysOnDevice ? (SplitsByCtas(ctas, batch.MaxContextLength, shape.Keys, ctasPerSm), 0)
+            : SplitKeys(ctas, batch.MaxContextLength, shape.Keys, ctasPerSm);
+        if (splits == 1) keysPerSplit = int.MaxValue / 2;
 
         int total = batch.TotalTokens, seqs = batch.Sequences, maxBlocks = batch.MaxBlocksPerSequence, blockShift = System.Numerics.BitOperations.Log2((uint)cache.BlockSize);
         ulong pq = q.Address, pk = cache.Keys.Address, pv = cache.Values.Address, pt = batch.BlockTables.Address,

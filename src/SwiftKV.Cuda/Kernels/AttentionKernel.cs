@@ -214,13 +214,23 @@ public sealed unsafe partial class AttentionKernel(KernelLibrary library) : IDis
     static (int Splits, int KeysPerSplit) SplitKeys(long ctas, int maxKeys, int keyTile, int ctasPerSm = 2)
     {
         int keyTiles = Math.Max(1, (maxKeys + keyTile - 1) / keyTile);
-        long target = (long)ctasPerSm * CudaRuntime.Device.MultiprocessorCount;
-        int splits = 1;
-        if (ctas < target)
-            splits = (int)Math.Clamp((target + ctas - 1) / ctas, 1, Math.Min(keyTiles, MaxSplits));
+        int splits = SplitsByCtas(ctas, maxKeys, keyTile, ctasPerSm);
         int tilesPerSplit = (keyTiles + splits - 1) / splits;
         splits = (keyTiles + tilesPerSplit - 1) / tilesPerSplit;
         return (splits, splits == 1 ? int.MaxValue / 2 : tilesPerSplit * keyTile);
+    }
+
+    /// <summary>
+    /// Splits that bring <paramref name="ctas"/> up to <paramref name="ctasPerSm"/> per SM, at most one per key tile of
+    /// <paramref name="maxKeys"/> and <see cref="MaxSplits"/>. Launches whose sequences divide their own keys on the
+    /// device take this count as it is: rounding it to whole tiles of a bound far above the actual contexts (a graph's)
+    /// would leave splits empty (a 2K context under a 4K bound: 11 of 16 splits busy instead of 17 of 17).
+    /// </summary>
+    static int SplitsByCtas(long ctas, int maxKeys, int keyTile, int ctasPerSm)
+    {
+        int keyTiles = Math.Max(1, (maxKeys + keyTile - 1) / keyTile);
+        long target = (long)ctasPerSm * CudaRuntime.Device.MultiprocessorCount;
+        return ctas < target ? (int)Math.Clamp((target + ctas - 1) / ctas, 1, Math.Min(keyTiles, MaxSplits)) : 1;
     }
 
     void LaunchFlash(CudaStream stream, DeviceSpan<float> q, int ldq, long qBatchStride, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache,
