@@ -12,7 +12,10 @@
 //     the smallest set of most likely tokens whose probability reaches top_p, HF order: top-k first, then top-p).
 //   Then the token is the first i in vocabulary order whose cumulative kept mass exceeds u · (total kept mass).
 // Bisection instead of a sort: 2 x 48 passes over the row from L2 (128K floats: ~0.1 ms), no scratch memory.
-// Row r uses u_r = frac(u + r · 0.6180339887) so one uniform serves a batch.
+// sample_f32: every row with the same parameters; row r uses u_r = frac(u + r · 0.6180339887) so one uniform serves
+// a batch. sample_rows_f32: each row its own (1 / temperature, top_p, u) and top_k (a serving step's sequences); a row
+// with 1 / temperature 0 is left as it is (the caller put its argmax there). Both run sample_row, so the same row,
+// parameters and u_r give the same token from either.
 // Launch: grid (rows), block SAMPLE_THREADS.
 #include "swiftkv_common.cuh"
 
@@ -32,14 +35,11 @@ __device__ __forceinline__ void kept(const float* row, int n, float mlog, float 
     *count = block_sum(c, red);
 }
 
-extern "C" __global__ void sample_f32(const float* logits, int n, float inv_temperature, int top_k, float top_p, float u, int* out)
+__device__ __forceinline__ void sample_row(const float* row, int n, float inv_temperature, int top_k, float top_p, float ur, int* out)
 {
     __shared__ float red[32];
     __shared__ float partial[SAMPLE_THREADS];
     __shared__ int owner;
-    const float* row = logits + (long long)blockIdx.x * n;
-    float ur = u + 0.6180339887f * (float)blockIdx.x;
-    ur -= floorf(ur);
 
     float mlog = -INFINITY, lo_log = INFINITY;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
@@ -58,7 +58,7 @@ extern "C" __global__ void sample_f32(const float* logits, int n, float inv_temp
             for (int i = threadIdx.x; i < n; i += blockDim.x)
                 if (row[i] == INFINITY) { first = fminf(first, (float)i); break; }
         first = -block_max(-first, red);
-        if (threadIdx.x == 0) out[blockIdx.x] = mlog == INFINITY ? (int)first : -1;
+        if (threadIdx.x == 0) *out = mlog == INFINITY ? (int)first : -1;
         return;
     }
     // From here z is relative to the maximum: z(x) = (x - mlog) * inv_t, in [-inf, 0].
@@ -138,6 +138,24 @@ extern "C" __global__ void sample_f32(const float* logits, int n, float inv_temp
             run += __expf(z - m);
             if (run > target) { pick = i; break; }
         }
-        out[blockIdx.x] = pick >= 0 ? pick : last;
+        *out = pick >= 0 ? pick : last;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_f32(const float* logits, int n, float inv_temperature, int top_k,
+    float top_p, float u, int* out)
+{
+    float ur = u + 0.6180339887f * (float)blockIdx.x;
+    ur -= floorf(ur);
+    sample_row(logits + (long long)blockIdx.x * n, n, inv_temperature, top_k, top_p, ur, out + blockIdx.x);
+}
+
+// params: (rows, 3) floats (1 / temperature, top_p, u); top_k: (rows) ints.
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(const float* logits, int n, const float* params,
+    const int* top_k, int* out)
+{
+    const float* p = params + 3LL * blockIdx.x;
+    const float inv_temperature = p[0];
+    if (inv_temperature == 0.f) return;   // greedy: the argmax is already in out
+    sample_row(logits + (long long)blockIdx.x * n, n, inv_temperature, top_k[blockIdx.x], p[1], p[2], out + blockIdx.x);
 }

@@ -1,5 +1,6 @@
 // The input checks every backend makes before a forward pass, written once so the CPU and CUDA backends refuse the
 // same inputs with the same messages (a bad id, a step that does not fit, a block table that points outside the pool).
+using SwiftKV.Engine.Sampling;
 using SwiftKV.Engine.Serving;
 using SwiftKV.Model;
 
@@ -41,6 +42,16 @@ internal static class StepValidation
     }
 
     /// <summary>A batched paged step: each sequence's tokens, positions and block table against the pool.</summary>
+    /// <summary>ForwardBatchSample's picks: one valid <see cref="RowSampling"/> per sequence that gets logits.</summary>
+    public static void Sampling(ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
+    {
+        int rows = 0;
+        foreach (var s in batch) if (s.NeedsLogits) rows++;
+        if (sampling.Length != rows)
+            throw new ArgumentException($"{sampling.Length} row samplings for {rows} sequences that get logits (one each, in batch order).", nameof(sampling));
+        for (int i = 0; i < sampling.Length; i++) sampling[i].Validate($"row sampling {i}");
+    }
+
     public static void Batch(LlamaConfig config, ReadOnlySpan<BatchSequence> batch, IPagedKvCache pool)
     {
         if (batch.IsEmpty) throw new ArgumentException("a batched step needs at least one sequence.", nameof(batch));

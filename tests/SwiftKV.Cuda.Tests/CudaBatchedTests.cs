@@ -204,6 +204,89 @@ public sealed class CudaBatchedTests
     }
 
     /// <summary>
+    /// ForwardBatchSample on the GPU: two backends on the same weights take the same steps (a mixed step, then decode
+    /// steps that replay graphs), one returning logits, one sampling on the device. Each sampled row's token must be the
+    /// one RowSampling.Pick (the rule on the CPU, in double) gives on the other backend's logits, up to the float
+    /// rounding of the kernel's thresholds (at least 95% equal, and every token inside the rule's kept set); greedy rows
+    /// the argmax. Bad picks are refused before the step runs.
+    /// </summary>
+    [Fact]
+    public void ForwardBatchSample_PicksByTheRowSamplingRule()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 128, Heads: 8, KvHeads: 2, HeadDim: 64, SwiftKvLayers: 2, Vocab: 211, Seed: 61);
+        var weights = TestModels.View(TestModels.Checkpoint(spec), true);
+        using var sampler = new CudaBackend(weights);
+        using var logitsSide = new CudaBackend(weights);
+        const int blockSize = 16, seqs = 5, steps = 12;
+        var tables = Enumerable.Range(0, seqs).Select(s => Enumerable.Range(0, 4).Select(j => s * 4 + j).ToArray()).ToArray();
+        using var poolS = sampler.CreatePagedKvCache(seqs * 4, blockSize);
+        using var poolL = logitsSide.CreatePagedKvCache(seqs * 4, blockSize);
+        var tokens = Enumerable.Range(0, seqs).Select(s => TestModels.RandomTokens(20 + steps, spec.Vocab, 70 + (ulong)s)).ToArray();
+        var rng = new Random(3);
+        RowSampling Pick(int s) => s == 2 ? RowSampling.Greedy
+            : new RowSampling(0.5f + 0.3f * s, s % 2 == 0 ? 0 : 15, s == 3 ? 0.7f : 1f, (float)rng.NextDouble());
+        int vocab = spec.Vocab, equal = 0, total = 0;
+        for (int k = 0; k <= steps; k++)
+        {
+            // Step 0: every prompt whole (mixed lengths); then one token each.
+            var batch = Enumerable.Range(0, seqs).Select(s => k == 0
+                ? new BatchSequence(tokens[s].AsMemory(0, 16 + s), 0, tables[s], true)
+                : new BatchSequence(tokens[s].AsMemory(15 + s + k, 1), 15 + s + k, tables[s], true)).ToArray();
+            var picks = Enumerable.Range(0, seqs).Select(Pick).ToArray();
+            if (k == 1)
+            {
+                Assert.Throws<ArgumentException>(() => sampler.ForwardBatchSample(poolS, batch, picks[1..]));
+                Assert.Throws<ArgumentException>(() => sampler.ForwardBatchSample(poolS, batch, [.. picks[..4], new RowSampling(1, 0, 1, 1f)]));
+            }
+            var ids = sampler.ForwardBatchSample(poolS, batch, picks);
+            var logits = logitsSide.ForwardBatch(poolL, batch);
+            for (int s = 0; s < seqs; s++)
+            {
+                var row = logits.AsSpan(s * vocab, vocab);
+                int expected = RowSampling.Pick(row, picks[s]);
+                if (picks[s].Temperature == 0) { Assert.Equal(expected, ids[s]); continue; }
+                total++;
+                if (expected == ids[s]) { equal++; continue; }
+                // A different token: it must still be one the rule keeps (a draw at the edge between two kept tokens).
+                int kept = 0;
+                for (int i = 0; i < 200; i++) kept += RowSampling.Pick(row, picks[s] with { U = (i + 0.5f) / 200 }) == ids[s] ? 1 : 0;
+                Assert.True(kept > 0, $"step {k}, sequence {s}: the device picked token {ids[s]}, which the rule never picks ({picks[s]})");
+            }
+        }
+        Assert.True(equal >= 0.95 * total, $"only {equal} of {total} sampled rows picked the rule's token");
+        Assert.True(sampler.StepGraphReplays > 0, "the decode steps did not replay graphs");
+        Gpu.Log($"ForwardBatchSample: {equal}/{total} sampled rows equal to RowSampling.Pick on the same step's logits");
+    }
+
+    /// <summary>
+    /// Seeded sampled requests through the serving engine on the GPU: their steps pick on the device (the step trace
+    /// says so, and only logits rows of a request with a penalty move a step to the host); the same submissions on a
+    /// second engine give the same tokens.
+    /// </summary>
+    [Fact]
+    public async Task ServingEngine_SampledRequests_PickOnTheDeviceAndRepeat()
+    {
+        Gpu.Require();
+        using var gpu = new CudaBackend(TestModels.Build(EngineModel));
+        var prompts = Enumerable.Range(0, 12).Select(i => TestModels.RandomTokens(5 + 3 * i, EngineModel.Vocab, 900 + (ulong)i)).ToArray();
+        SamplingParams Params(int i) => i % 4 == 0 ? SamplingParams.Greedy
+            : new SamplingParams { Temperature = 0.7f, TopK = i % 2 == 0 ? 0 : 30, TopP = 0.9f, Seed = 500 + (ulong)i };
+        async Task<(int[][] Outputs, List<ServingStepTrace> Trace)> Run()
+        {
+            var trace = new List<ServingStepTrace>();
+            using var engine = new ServingEngine(gpu, EngineOptions with { StepObserver = t => { lock (trace) trace.Add(t); } });
+            var requests = prompts.Select((p, i) => engine.Submit(p, Params(i), 10, ct: TestContext.Current.CancellationToken)).ToArray();
+            return (await Task.WhenAll(requests.Select(Collect)), trace);
+        }
+        var (first, trace) = await Run();
+        var (second, _) = await Run();
+        for (int i = 0; i < prompts.Length; i++) Assert.Equal(first[i], second[i]);
+        Assert.All(trace.Where(t => t.LogitsRows > 0), t => Assert.True(t.OnBackendSampling, "a step with sampled rows took the host path"));
+        Gpu.Log($"engine sampling: {trace.Count} steps, all picked on the device; outputs repeat");
+    }
+
+    /// <summary>
     /// The serving step at Llama-3-8B's head layout (32 q / 8 KV heads, head_dim 128) with prompts long enough that the
     /// prefill launch runs on the paged wgmma kernel on sm_90a (bf16 pool; the fp8 pool on its fp8 entry): the
     /// batched step's last-token logits against the CPU ForwardBatch, then a decode step.

@@ -221,6 +221,43 @@ public sealed class DecodePathTests : GpuFixtureTest
     }
 
     /// <summary>
+    /// The per-row entry (the serving step's sampled picks): each row with its own temperature, top-k, top-p and u gives
+    /// the token the one-row launch gives with those parameters (u_0 = u), and a greedy row (1 / temperature 0) keeps
+    /// the id already in the output. Rows of 128K logits, as Llama 3's.
+    /// </summary>
+    [Fact]
+    public void SamplingKernel_LaunchRows_EachRowAsItsOwnLaunch()
+    {
+        Gpu.Require();
+        const int n = 128256, rows = 6;
+        var rng = new Random(12);
+        var logits = Enumerable.Range(0, rows * n).Select(_ => (float)(rng.NextDouble() * 16 - 8)).ToArray();
+        (float T, int K, float P, float U)[] picks = [(0.7f, 0, 0.9f, 0.13f), (0f, 0, 1f, 0f), (1.2f, 50, 1f, 0.77f), (1f, 1, 1f, 0.5f), (0.9f, 40, 0.6f, 0.999f), (0f, 7, 0.5f, 0.4f)];
+        var kernel = new SamplingKernel(Library);
+        using var dLogits = new DeviceBuffer<float>(logits);
+        using var dParams = new DeviceBuffer<float>(picks.SelectMany(p => new[] { p.T > 0 ? 1f / p.T : 0f, p.P, p.U }).ToArray());
+        using var dTopK = new DeviceBuffer<int>(picks.Select(p => p.K).ToArray());
+        using var dOut = new DeviceBuffer<int>(Enumerable.Range(0, rows).Select(r => -100 - r).ToArray());
+        kernel.LaunchRows(Stream, dLogits, rows, n, dParams, dTopK, dOut);
+        Stream.Synchronize();
+        var got = dOut.ToArray();
+        using var one = new DeviceBuffer<int>(1);
+        for (int r = 0; r < rows; r++)
+        {
+            var (t, k, p, u) = picks[r];
+            if (t == 0)
+            {
+                Assert.Equal(-100 - r, got[r]);
+                continue;
+            }
+            kernel.Launch(Stream, dLogits.Span.Slice((long)r * n, n), 1, n, t, k, p, u, one);
+            Stream.Synchronize();
+            Assert.Equal(one.ToArray()[0], got[r]);
+        }
+        Assert.Throws<ArgumentException>(() => kernel.LaunchRows(Stream, dLogits, rows, n, dParams.Span.Slice(0, 3), dTopK, dOut));
+    }
+
+    /// <summary>
     /// Non-finite logits: with some -inf (and NaN, which counts as -inf) the top-k and top-p filters still keep exactly
     /// the reference's set (the bisection once started at -inf and kept everything); logits near -3e38 likewise; +inf
     /// takes its first token; a row with nothing above -inf gives -1; a temperature whose inverse overflows is refused.

@@ -9,6 +9,27 @@ namespace SwiftKV.Cuda.Kernels;
 public sealed unsafe class SamplingKernel(KernelLibrary library)
 {
     readonly CudaKernel _k = library.Get("sampling.cu", "sample_f32");
+    readonly CudaKernel _rows = library.Get("sampling.cu", "sample_rows_f32");
+
+    /// <summary>
+    /// Samples row r with its own parameters: <paramref name="parameters"/> (rows, 3) floats (1 / temperature, top_p,
+    /// u in [0, 1)) and <paramref name="topK"/> (rows); the token is the one <see cref="Launch"/> gives for that row
+    /// with u_r = u. A row whose 1 / temperature is 0 is not written (greedy: the caller's argmax stays in
+    /// <paramref name="output"/>). The parameters are device data: the caller checks them on the host.
+    /// </summary>
+    public void LaunchRows(CudaStream stream, DeviceSpan<float> logits, int rows, int n, DeviceSpan<float> parameters, DeviceSpan<int> topK, DeviceSpan<int> output)
+    {
+        const string name = "sample_rows_f32";
+        KernelGuard.Positive(rows, name, nameof(rows));
+        KernelGuard.Positive(n, name, nameof(n));
+        KernelGuard.Fits(logits, (long)rows * n, name, nameof(logits), $"({rows}, {n})");
+        KernelGuard.Fits(parameters, 3L * rows, name, nameof(parameters), $"({rows}, 3)");
+        KernelGuard.Fits(topK, rows, name, nameof(topK), $"({rows})");
+        KernelGuard.Fits(output, rows, name, nameof(output), $"({rows})");
+        ulong pl = logits.Address, pp = parameters.Address, pk = topK.Address, po = output.Address;
+        void** args = stackalloc void*[] { &pl, &n, &pp, &pk, &po };
+        _rows.Launch(stream, ((uint)rows, 1, 1), 1024, 0, args);
+    }
 
     /// <summary>Samples one token per row; topK 0 = no top-k filter, topP 1 = no nucleus filter (must be in (0, 1]).</summary>
     public void Launch(CudaStream stream, DeviceSpan<float> logits, int rows, int n, float temperature, int topK, float topP, float u, DeviceSpan<int> output)

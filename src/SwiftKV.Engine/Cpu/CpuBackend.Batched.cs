@@ -7,6 +7,7 @@
 //         -> model.norm -> lm_head for those rows.
 // Every kernel is row-independent (CpuKernels' note), so a sequence's logits are bit-identical to running it alone
 // through Forward, however it was chunked and whatever shared the batch.
+using SwiftKV.Engine.Sampling;
 using SwiftKV.Engine.Serving;
 using SwiftKV.Model;
 
@@ -22,6 +23,18 @@ public sealed partial class CpuBackend : IGreedyBatchedBackend
         int vocab = Config.VocabSize;
         var ids = new int[logits.Length / vocab];
         for (int i = 0; i < ids.Length; i++) ids[i] = Sampling.Sampler.GreedyOrNone(logits.AsSpan(i * vocab, vocab));
+        return ids;
+    }
+
+    /// <inheritdoc />
+    /// <remarks>The step's logits, then <see cref="RowSampling.Pick"/> per row (the GPU sampler's rule on the CPU).</remarks>
+    public int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
+    {
+        StepValidation.Sampling(batch, sampling);
+        var logits = ForwardBatch(kv, batch);
+        int vocab = Config.VocabSize;
+        var ids = new int[sampling.Length];
+        for (int i = 0; i < ids.Length; i++) ids[i] = RowSampling.Pick(logits.AsSpan(i * vocab, vocab), sampling[i]);
         return ids;
     }
 

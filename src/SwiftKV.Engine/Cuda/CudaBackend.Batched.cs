@@ -22,6 +22,7 @@
 // attention kernel splits keys differently from the contiguous one; both stay within bf16 rounding (tests).
 using SwiftKV.Cuda;
 using SwiftKV.Cuda.Kernels;
+using SwiftKV.Engine.Sampling;
 using SwiftKV.Engine.Serving;
 
 namespace SwiftKV.Engine.Cuda;
@@ -186,6 +187,49 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         prof?.Span("argmax", m0, prof.Mark(_stream));
         _stream.Download(s.Picked.Span.Slice(0, rows), ids);
         prof?.Collect();
+        return ids;
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// The argmax of every row, then the sampling kernel over the rows with a temperature (one CTA each, the greedy
+    /// ones return at once); the picks' parameters go up in one small copy after the step's ints.
+    /// </remarks>
+    public unsafe int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        StepValidation.Sampling(batch, sampling);
+        using var step = EnterStep();
+        int rows = EncodeBatch(kv, batch);
+        var ids = new int[rows];
+        if (rows == 0)
+        {
+            _stream.Synchronize();
+            return ids;
+        }
+        var s = _batchScratch!;
+        _argmax.Launch(_stream, _ws.Logits.Span, rows, Config.VocabSize, s.Picked.Span);
+        bool any = false;
+        var host = s.Sampling(rows);
+        var parameters = host.AsSpan<float>(3 * rows);
+        var topK = host.AsSpan<int>(4 * rows)[(3 * rows)..];
+        for (int i = 0; i < rows; i++)
+        {
+            var p = sampling[i];
+            any |= p.Temperature > 0;
+            parameters[3 * i] = p.Temperature > 0 ? 1f / p.Temperature : 0f;
+            parameters[3 * i + 1] = p.TopP;
+            parameters[3 * i + 2] = p.U;
+            topK[i] = p.TopK;
+        }
+        if (any)
+        {
+            var d = s.SamplingDevice.Span;
+            _stream.CopyAsync(d.Slice(0, 4 * rows), (int*)host.Pointer, 4 * rows);
+            _sample.LaunchRows(_stream, _ws.Logits.Span, rows, Config.VocabSize, new DeviceSpan<float>(d.Address, 3 * rows),
+                d.Slice(3 * rows, rows), s.Picked.Span);
+        }
+        _stream.Download(s.Picked.Span.Slice(0, rows), ids);
         return ids;
     }
 
@@ -655,6 +699,26 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         public PinnedHostBuffer Host { get; private set; } = null!;
         public DeviceBuffer<float> X2 { get; private set; } = null!;
         public DeviceBuffer<int> Picked { get; private set; } = null!;
+        /// <summary>ForwardBatchSample's picks, 4 words a row: (1 / temperature, top_p, u) floats for every row, then top_k ints.</summary>
+        public DeviceBuffer<int> SamplingDevice { get; private set; } = null!;
+        PinnedHostBuffer? _samplingHost;
+        int _samplingRows;
+
+        /// <summary>The pinned staging of <paramref name="rows"/> rows' picks (and the device buffer they go to), grown by doubling.</summary>
+        public PinnedHostBuffer Sampling(int rows)
+        {
+            if (rows > _samplingRows)
+            {
+                int n = Math.Max(rows, 2 * _samplingRows);
+                SamplingDevice?.Dispose();
+                _samplingHost?.Dispose();
+                _samplingRows = 0;
+                SamplingDevice = new DeviceBuffer<int>(4L * n);
+                _samplingHost = new PinnedHostBuffer(16L * n);
+                _samplingRows = n;
+            }
+            return _samplingHost!;
+        }
 
         public void Ensure(int ints, int kept, int hidden)
         {
@@ -691,6 +755,8 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             Host?.Dispose();
             X2?.Dispose();
             Picked?.Dispose();
+            SamplingDevice?.Dispose();
+            _samplingHost?.Dispose();
         }
     }
 }

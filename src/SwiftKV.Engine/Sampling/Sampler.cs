@@ -1,7 +1,8 @@
-// Picks the next token from one row of logits. Order: temperature, top-k, softmax, top-p (nucleus over the
-// probabilities sorted high to low), then one uniform draw. Ties in sorting break toward the lower token id, so the
-// result depends only on the logits and the seed. Probabilities are in double: a draw near a bucket edge should
-// not flip between machines because of float rounding in a long sum.
+// Picks the next token from one row of logits: greedy (argmax, lowest id on ties) at temperature 0; otherwise one
+// uniform from this sampler's generator and RowSampling's rule (temperature, top-k with ties kept, top-p, then the
+// first token in vocabulary order whose running kept mass passes the uniform), the rule the batched backends apply
+// on the device, so a request's tokens follow one rule whichever side picks them. The rule runs in double: a draw
+// near a bucket edge should not flip between machines because of float rounding in a long sum.
 // NOTE: frequency/presence penalties (OpenAI semantics, not a repetition penalty) live here because the sampler
 // is per sequence and sees every token it picks: logit -= count * frequency + (count > 0) * presence, applied to a
 // copy of the row before temperature, over the tokens this sampler has returned (generated tokens, never the prompt).
@@ -44,6 +45,26 @@ public sealed class Sampler
 
     internal const string NoFiniteLogit = "every logit is NaN or -inf: nothing to sample (an invalid model output, or a constraint that masked every token).";
 
+    /// <summary>
+    /// Whether a batched backend may pick this sampler's tokens (<see cref="NextRowSampling"/>): no frequency or
+    /// presence penalty, which needs the counts kept here and the row on the host.
+    /// </summary>
+    public bool PicksOnBackend => _p.FrequencyPenalty == 0 && _p.PresencePenalty == 0;
+
+    /// <summary>
+    /// The next token's pick for a batched backend: this sampler's temperature and filters and, unless greedy, one
+    /// uniform from its generator, the one draw <see cref="Sample"/> would make for that token, so a request's
+    /// generator advances alike whichever side picks (a seeded request gives the same tokens for the same logits and
+    /// the same side).
+    /// </summary>
+    public RowSampling NextRowSampling()
+    {
+        if (_p.Temperature == 0) return RowSampling.Greedy;
+        float u = (float)_rng.NextDouble();
+        if (u >= 1f) u = MathF.BitDecrement(1f);   // a double just below 1 rounds up to 1 in float
+        return new RowSampling(_p.Temperature, _p.TopK, _p.TopP, u);
+    }
+
     /// <summary>Samples a token id from <paramref name="logits"/> (vocab_size); the caller's row is never changed.</summary>
     public int Sample(ReadOnlySpan<float> logits)
     {
@@ -64,53 +85,7 @@ public sealed class Sampler
     int Pick(ReadOnlySpan<float> logits)
     {
         if (_p.Temperature == 0) return Greedy(logits);
-
-        int n = logits.Length;
-        var order = new int[n];
-        var scaled = new double[n];
-        for (int i = 0; i < n; i++)
-        {
-            order[i] = i;
-            double v = logits[i];
-            scaled[i] = double.IsNaN(v) ? double.NegativeInfinity : v / _p.Temperature;
-        }
-        Array.Sort(order, (a, b) => scaled[a] != scaled[b] ? scaled[b].CompareTo(scaled[a]) : a.CompareTo(b));
-
-        int keep = _p.TopK > 0 ? Math.Min(_p.TopK, n) : n;
-        double max = scaled[order[0]];
-        if (double.IsNegativeInfinity(max)) throw new InvalidOperationException(NoFiniteLogit);
-        // +inf: the softmax's limit puts all the mass on the +inf tokens; the first (lowest id, the sort's tie order)
-        // is taken, as the GPU sampler does. exp(inf - inf) would make every probability NaN.
-        if (double.IsPositiveInfinity(max)) return order[0];
-        var probs = new double[keep];
-        double sum = 0;
-        for (int r = 0; r < keep; r++) sum += probs[r] = Math.Exp(scaled[order[r]] - max);
-        for (int r = 0; r < keep; r++) probs[r] /= sum;
-
-        if (_p.TopP < 1)
-        {
-            double cumulative = 0;
-            int nucleus = 0;
-            while (nucleus < keep)
-            {
-                cumulative += probs[nucleus++];
-                if (cumulative >= _p.TopP) break;
-            }
-            keep = nucleus;
-            sum = cumulative;
-        }
-        else
-        {
-            sum = 1;
-        }
-
-        double u = _rng.NextDouble() * sum;
-        double acc = 0;
-        for (int r = 0; r < keep; r++)
-        {
-            acc += probs[r];
-            if (u < acc) return order[r];
-        }
-        return order[keep - 1];
+        int token = RowSampling.Pick(logits, NextRowSampling());
+        return token >= 0 ? token : throw new InvalidOperationException(NoFiniteLogit);
     }
 }

@@ -6,6 +6,8 @@
 // later-layer batch holds one row per sequence with NeedsLogits (decode tokens and last prompt tokens) and nothing else.
 // Paged KV layout per distinct cache: (num_blocks, block_size, num_kv_heads, head_dim); keys stored after RoPE.
 // Position p of a sequence lives in block BlockTable[p / block_size], slot p % block_size.
+using SwiftKV.Engine.Sampling;
+
 namespace SwiftKV.Engine.Serving;
 
 /// <summary>One sequence's part of a batched step.</summary>
@@ -105,8 +107,8 @@ public interface IBatchedBackend
 /// Optional device-side token pick for a batched backend: the step of <see cref="IBatchedBackend.ForwardBatch"/>, but
 /// the logits rows stay on the backend and only their argmax crosses back. A 128K-vocabulary fp32 row is 512 KB, so
 /// at hundreds of sequences per step copying and scanning logits on the host would cost more than the step's tail.
-/// The engine uses it when every sequence that gets logits in the step decodes greedily with nothing that needs the
-/// host's row (no penalties, no logits constraint).
+/// The engine uses it when no sequence that gets logits in the step needs the host's row (no penalties, no logits
+/// constraint): greedy rows take the argmax, sampled rows a draw on the backend (temperature, top-k, top-p).
 /// </summary>
 public interface IGreedyBatchedBackend : IBatchedBackend
 {
@@ -117,4 +119,13 @@ public interface IGreedyBatchedBackend : IBatchedBackend
     /// sequence alone). Same validation and exceptions.
     /// </summary>
     int[] ForwardBatchGreedy(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch);
+
+    /// <summary>
+    /// Runs one step as <see cref="IBatchedBackend.ForwardBatch"/> does and picks each logits row's token on the backend
+    /// by <paramref name="sampling"/> (one per sequence with <see cref="BatchSequence.NeedsLogits"/>, in batch order):
+    /// temperature 0 is <see cref="ForwardBatchGreedy"/>'s argmax, otherwise <see cref="RowSampling"/>'s rule.
+    /// Returns the ids in that order, -1 for a row with no logit above -inf. A wrong count or an invalid pick throws
+    /// <see cref="ArgumentException"/> before the step runs.
+    /// </summary>
+    int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling);
 }

@@ -31,10 +31,13 @@ public sealed class ServingEngine : IDisposable
     volatile bool _stopping;
     int _disposed, _loopExited;
 
-    sealed class Entry(Sequence seq, ServingRequest request, Sampler sampler, IReadOnlySet<int> stops, ILogitsConstraint? constraint, bool plainGreedy)
+    sealed class Entry(Sequence seq, ServingRequest request, Sampler sampler, IReadOnlySet<int> stops, ILogitsConstraint? constraint)
     {
-        /// <summary>Greedy with no penalties and no constraint: its token can be picked on the backend (IGreedyBatchedBackend).</summary>
-        public bool PlainGreedy { get; } = plainGreedy;
+        /// <summary>
+        /// No penalties and no constraint: its tokens can be picked on the backend (IGreedyBatchedBackend), greedy or
+        /// sampled, with the uniforms drawn from its own sampler.
+        /// </summary>
+        public bool PicksOnBackend { get; } = constraint is null && sampler.PicksOnBackend;
         public ILogitsConstraint? Constraint { get; } = constraint;
         public Sequence Seq { get; } = seq;
         public ServingRequest Request { get; } = request;
@@ -210,8 +213,7 @@ public sealed class ServingEngine : IDisposable
         var seq = new Sequence(id, prompt, maxTokens);
         Entry? entry = null;
         var request = new ServingRequest(id, _ => { _cancelled.Enqueue(entry!); _wake.Set(); });
-        bool plainGreedy = sampling.Temperature == 0 && sampling.FrequencyPenalty == 0 && sampling.PresencePenalty == 0 && constraint is null;
-        entry = new Entry(seq, request, new Sampler(sampling), stopTokenIds ?? new HashSet<int>(), constraint, plainGreedy);
+        entry = new Entry(seq, request, new Sampler(sampling), stopTokenIds ?? new HashSet<int>(), constraint);
         _submitted.Enqueue(entry);
         _wake.Set();
         if (ct.CanBeCanceled) entry.SetRegistration(ct.Register(static (r, token) => ((ServingRequest)r!).CancelBy(token), request));
@@ -287,12 +289,28 @@ public sealed class ServingEngine : IDisposable
     {
         long t1 = Stopwatch.GetTimestamp();
         var chunks = step.Chunks;
-        // Token ids picked on the backend when every row that gets logits is plain greedy; else logits rows on the host.
+        // Token ids picked on the backend when no row that gets logits needs the host (penalties, a constraint); else
+        // every logits row comes to the host and each request's Sampler picks. Either way a sampled request draws one
+        // uniform from its own generator per token, so its stream does not depend on the other requests in the step
+        // (the two sides pick different tokens for the same uniform, from the same distribution: RowSampling).
         bool onBackend = _backend is IGreedyBatchedBackend;
         foreach (var c in chunks)
-            if (c.NeedsLogits && !live[c.Sequence].PlainGreedy) { onBackend = false; break; }
+            if (c.NeedsLogits && !live[c.Sequence].PicksOnBackend) { onBackend = false; break; }
+        RowSampling[]? sampling = null;
+        if (onBackend)
+        {
+            var picks = new RowSampling[chunks.Count];
+            bool anySampled = false;
+            for (int i = 0; i < chunks.Count; i++)
+            {
+                if (!chunks[i].NeedsLogits) continue;
+                picks[i] = live[chunks[i].Sequence].Sampler.NextRowSampling();   // drawn once, whatever retries follow
+                anySampled |= picks[i].Temperature > 0;
+            }
+            if (anySampled) sampling = picks;   // all greedy: ForwardBatchGreedy
+        }
         var rows = new StepRow[chunks.Count];
-        Forward(chunks, 0, chunks.Count, onBackend, rows, live, retried: false);
+        Forward(chunks, 0, chunks.Count, onBackend, sampling, rows, live, retried: false);
         long t2 = Stopwatch.GetTimestamp();
         _scheduler.Complete(step);   // skips the sequences that failed above (they left the scheduler)
         _steps++;
@@ -315,7 +333,7 @@ public sealed class ServingEngine : IDisposable
                 var (logits, picked, r, _) = rows[i];
                 if (onBackend)
                 {
-                    // Plain greedy: the Sampler would return the same argmax and keep no state; -1 = no finite logit.
+                    // Picked on the backend (argmax, or a draw with this request's uniform); -1 = no finite logit.
                     token = picked[r] >= 0 ? picked[r] : throw new InvalidOperationException(Sampler.NoFiniteLogit);
                 }
                 else
@@ -382,19 +400,23 @@ public sealed class ServingEngine : IDisposable
     /// sequences are independent, and a step rewrites the K/V of its positions, so a part that succeeds is exactly
     /// its share of the step. A single chunk is tried twice; if it fails again, only its request fails.
     /// </summary>
-    void Forward(IReadOnlyList<ScheduledChunk> chunks, int lo, int hi, bool onBackend, StepRow[] rows, Dictionary<Sequence, Entry> live, bool retried)
+    void Forward(IReadOnlyList<ScheduledChunk> chunks, int lo, int hi, bool onBackend, RowSampling[]? sampling, StepRow[] rows,
+        Dictionary<Sequence, Entry> live, bool retried)
     {
         var batch = new BatchSequence[hi - lo];
+        var picks = new List<RowSampling>();
         for (int i = lo; i < hi; i++)
         {
             var c = chunks[i];
             batch[i - lo] = new BatchSequence(c.Sequence.TokenMemory(c.Start, c.Count), c.Start, c.Sequence.Blocks.Blocks, c.NeedsLogits);
+            if (sampling is not null && c.NeedsLogits) picks.Add(sampling[i]);
         }
         try
         {
             float[] logits = [];
             int[] picked = [];
-            if (onBackend) picked = ((IGreedyBatchedBackend)_backend).ForwardBatchGreedy(_kv, batch);
+            if (onBackend && sampling is not null) picked = ((IGreedyBatchedBackend)_backend).ForwardBatchSample(_kv, batch, picks.ToArray());
+            else if (onBackend) picked = ((IGreedyBatchedBackend)_backend).ForwardBatchGreedy(_kv, batch);
             else logits = _backend.ForwardBatch(_kv, batch);
             for (int i = lo, r = 0; i < hi; i++)
                 if (chunks[i].NeedsLogits) rows[i] = new StepRow(logits, picked, r++);
@@ -405,8 +427,8 @@ public sealed class ServingEngine : IDisposable
             {
                 Trace.TraceWarning($"SwiftKV serving: a batched step of {hi - lo} sequence(s) failed ({ex.Message}); running it {(hi - lo > 1 ? "in two halves" : "again")}.");
                 int mid = hi - lo > 1 ? (lo + hi) / 2 : hi;
-                Forward(chunks, lo, mid, onBackend, rows, live, retried: hi - lo == 1);
-                if (mid < hi) Forward(chunks, mid, hi, onBackend, rows, live, retried: false);
+                Forward(chunks, lo, mid, onBackend, sampling, rows, live, retried: hi - lo == 1);
+                if (mid < hi) Forward(chunks, mid, hi, onBackend, sampling, rows, live, retried: false);
                 return;
             }
             rows[lo] = new StepRow([], [], 0, Failed: true);

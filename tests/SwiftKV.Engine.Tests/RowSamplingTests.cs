@@ -1,0 +1,147 @@
+// RowSampling: the pick rule shared by the Sampler, the CPU backend's ForwardBatchSample and the GPU sampler.
+// Reference: the kept set and probabilities written out directly (softmax of logits / T over the k most likely tokens,
+// then the smallest most-likely prefix whose probability reaches top_p, renormalised). The rule walks the kept tokens
+// in vocabulary order, so over an even grid of N uniforms each token must come up its probability x N times, +-1.
+using SwiftKV.Engine.Cpu;
+using SwiftKV.Engine.Sampling;
+using SwiftKV.Engine.Serving;
+using SwiftKV.Engine.Tests.Serving;
+using Xunit;
+
+namespace SwiftKV.Engine.Tests;
+
+public class RowSamplingTests
+{
+    static double[] Expected(float[] logits, float temperature, int topK, float topP)
+    {
+        int n = logits.Length;
+        var order = Enumerable.Range(0, n).OrderByDescending(i => logits[i]).ToArray();
+        int keep = topK > 0 ? Math.Min(topK, n) : n;
+        double max = logits[order[0]];
+        var p = new double[n];
+        double sum = 0;
+        for (int r = 0; r < keep; r++) sum += p[order[r]] = Math.Exp((logits[order[r]] - max) / temperature);
+        if (topP < 1)
+        {
+            double run = 0;
+            int cut = 0;
+            while (cut < keep && run < topP * sum) run += p[order[cut++]];
+            for (int r = cut; r < keep; r++) p[order[r]] = 0;
+            sum = run;
+        }
+        for (int i = 0; i < n; i++) p[i] /= sum;
+        return p;
+    }
+
+    [Theory]
+    [InlineData(1f, 0, 1f)]
+    [InlineData(0.7f, 50, 1f)]
+    [InlineData(1.3f, 0, 0.8f)]
+    [InlineData(1f, 40, 0.6f)]
+    [InlineData(2f, 1, 1f)]
+    public void Pick_OverAnEvenGridOfUniforms_FollowsTheDistribution(float temperature, int topK, float topP)
+    {
+        var rng = new Random(5);
+        var logits = Enumerable.Range(0, 1001).Select(_ => (float)(rng.NextDouble() * 6 - 3)).ToArray();
+        var expected = Expected(logits, temperature, topK, topP);
+        const int draws = 20000;
+        var counts = new int[logits.Length];
+        for (int i = 0; i < draws; i++) counts[RowSampling.Pick(logits, new RowSampling(temperature, topK, topP, (i + 0.5f) / draws))]++;
+        for (int t = 0; t < logits.Length; t++)
+            Assert.True(Math.Abs(counts[t] - expected[t] * draws) <= 1.5,
+                $"T={temperature} k={topK} p={topP}: token {t} came up {counts[t]} times in {draws}, expected {expected[t] * draws:F1}");
+    }
+
+    [Fact]
+    public void Pick_EdgeCases()
+    {
+        float ninf = float.NegativeInfinity, nan = float.NaN, inf = float.PositiveInfinity;
+        Assert.Equal(2, RowSampling.Pick([1, nan, 3, 3], RowSampling.Greedy));
+        Assert.Equal(-1, RowSampling.Pick([nan, ninf], new RowSampling(1, 0, 1, 0.5f)));
+        Assert.Equal(1, RowSampling.Pick([0, inf, 2, inf], new RowSampling(1, 0, 1, 0.9f)));
+        // top-k keeps ties at its threshold: k = 2 over {5, 4, 4} keeps all three (u near 1 reaches the last one).
+        Assert.Equal(3, RowSampling.Pick([0, 5, 4, 4], new RowSampling(100, 2, 1, 0.999f)));
+        // NaN and -inf are never picked.
+        for (int i = 0; i < 50; i++)
+            Assert.Contains(RowSampling.Pick([nan, 1, ninf, 2], new RowSampling(1, 0, 1, (i + 0.5f) / 50)), new[] { 1, 3 });
+        Assert.Throws<ArgumentException>(() => new RowSampling(-1, 0, 1, 0).Validate("row"));
+        Assert.Throws<ArgumentException>(() => new RowSampling(1, -1, 1, 0).Validate("row"));
+        Assert.Throws<ArgumentException>(() => new RowSampling(1, 0, 0, 0).Validate("row"));
+        Assert.Throws<ArgumentException>(() => new RowSampling(1, 0, 1, 1).Validate("row"));
+        Assert.Throws<ArgumentException>(() => new RowSampling(1e-39f, 0, 1, 0.5f).Validate("row"));
+    }
+
+    /// <summary>
+    /// The Sampler and a backend's pick follow one rule and one generator: NextRowSampling takes the draw Sample would
+    /// take, and Sample picks by RowSampling.Pick with it.
+    /// </summary>
+    [Fact]
+    public void Sampler_NextRowSampling_TakesTheDrawSampleWouldTake()
+    {
+        var rng = new Random(8);
+        var row = Enumerable.Range(0, 300).Select(_ => (float)(rng.NextDouble() * 8 - 4)).ToArray();
+        var p = new SamplingParams { Temperature = 0.8f, TopK = 40, TopP = 0.9f, Seed = 77 };
+        var a = new Sampler(p);
+        var b = new Sampler(p);
+        for (int i = 0; i < 20; i++)
+        {
+            var pick = a.NextRowSampling();
+            Assert.Equal((0.8f, 40, 0.9f), (pick.Temperature, pick.TopK, pick.TopP));
+            Assert.Equal(RowSampling.Pick(row, pick), b.Sample(row));
+        }
+        Assert.Equal(RowSampling.Greedy, new Sampler(SamplingParams.Greedy).NextRowSampling());
+        Assert.True(new Sampler(p).PicksOnBackend);
+        Assert.False(new Sampler(p with { FrequencyPenalty = 0.5f }).PicksOnBackend);
+    }
+
+    /// <summary>
+    /// The CPU backend's ForwardBatchSample: each row's token is RowSampling.Pick of that row's ForwardBatch logits; a
+    /// wrong number of picks, or an invalid one, is refused before the step runs (the cache does not advance).
+    /// </summary>
+    [Fact]
+    public void CpuBackend_ForwardBatchSample_PicksEachRowAndRefusesBadPicksBeforeTheStep()
+    {
+        var spec = new ModelSpec(Seed: 31);
+        using var sampled = new CpuBackend(TestModels.Build(spec));
+        using var reference = new CpuBackend(TestModels.Build(spec));
+        using var poolS = sampled.CreatePagedKvCache(16, 4);
+        using var poolR = reference.CreatePagedKvCache(16, 4);
+        var a = TestModels.RandomTokens(6, spec.Vocab, 1);
+        var b = TestModels.RandomTokens(3, spec.Vocab, 2);
+        BatchSequence[] batch = [new(a, 0, new[] { 0, 1 }, true), new(b, 0, new[] { 2 }, false), new(b.AsMemory(0, 2), 0, new[] { 3 }, true)];
+        RowSampling[] picks = [new(0.9f, 5, 0.95f, 0.3f), RowSampling.Greedy];
+        Assert.Throws<ArgumentException>(() => sampled.ForwardBatchSample(poolS, batch, picks[..1]));
+        Assert.Throws<ArgumentException>(() => sampled.ForwardBatchSample(poolS, batch, [picks[0], new RowSampling(1, 0, 2, 0.5f)]));
+        var ids = sampled.ForwardBatchSample(poolS, batch, picks);
+        var logits = reference.ForwardBatch(poolR, batch);
+        int vocab = spec.Vocab;
+        Assert.Equal(RowSampling.Pick(logits.AsSpan(0, vocab), picks[0]), ids[0]);
+        Assert.Equal(Sampler.Greedy(logits.AsSpan(vocab, vocab)), ids[1]);
+        // The refused calls left nothing behind: a next step matches the reference's.
+        BatchSequence[] next = [new(new[] { ids[0] }, 6, new[] { 0, 1 }, true)];
+        Assert.Equal(reference.ForwardBatch(poolR, next), sampled.ForwardBatch(poolS, next));
+    }
+
+    /// <summary>
+    /// Seeded sampled requests through the serving engine on the CPU backend (whose steps pick on the backend) give the
+    /// tokens of the single-sequence path (Generator: Forward + the Sampler), with other requests, greedy and sampled,
+    /// in the same steps; a request with a penalty in the mix moves those steps' picks to the host, by the same rule.
+    /// </summary>
+    [Fact]
+    public async Task ServingEngine_SeededSampledRequests_EqualTheSoloPath()
+    {
+        using var backend = ServingEngineTests.Backend("swiftkv on acrosskv g=2");
+        int vocab = backend.Config.VocabSize;
+        var jobs = Enumerable.Range(0, 9).Select(i => (
+            Prompt: TestModels.RandomTokens(3 + 4 * i, vocab, 40 + (ulong)i),
+            Sampling: i % 3 == 0 ? SamplingParams.Greedy
+                : new SamplingParams { Temperature = 0.6f + 0.1f * i, TopK = i % 2 == 0 ? 0 : 20, TopP = i % 4 == 1 ? 0.8f : 1f, Seed = 100 + (ulong)i,
+                    FrequencyPenalty = i == 7 ? 0.4f : 0f })).ToArray();
+        var none = new HashSet<int>();
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 128, MaxBatchTokens = 32 });
+        var requests = jobs.Select(j => engine.Submit(j.Prompt, j.Sampling, 12, ct: TestContext.Current.CancellationToken)).ToArray();
+        var outputs = await Task.WhenAll(requests.Select(ServingEngineTests.Collect)).WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
+        for (int i = 0; i < jobs.Length; i++)
+            Assert.Equal(ServingEngineTests.Solo(backend, jobs[i].Prompt, jobs[i].Sampling, 12, none), outputs[i]);
+    }
+}
