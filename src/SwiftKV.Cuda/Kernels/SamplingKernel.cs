@@ -6,10 +6,18 @@ namespace SwiftKV.Cuda.Kernels;
 /// uniform <c>u</c> in [0, 1) (row r uses frac(u + 0.618·r)). Same logits and u, same token. NaN logits count as -inf;
 /// a row whose maximum is +inf gets its first +inf token; a row with nothing above -inf gets -1 (callers throw).
 /// </summary>
-public sealed unsafe class SamplingKernel(KernelLibrary library)
+public sealed unsafe class SamplingKernel
 {
-    readonly CudaKernel _k = library.Get("sampling.cu", "sample_f32");
-    readonly CudaKernel _rows = library.Get("sampling.cu", "sample_rows_f32");
+    // The threshold search's table: (16 cuts + 1) bins x 1024 threads of fp32 (SAMPLE_TABLE_BYTES in sampling.cu).
+    const int TableBytes = 17 * 1024 * 4;
+    readonly CudaKernel _k, _rows;
+
+    public SamplingKernel(KernelLibrary library)
+    {
+        _k = library.Get("sampling.cu", "sample_f32");
+        _rows = library.Get("sampling.cu", "sample_rows_f32");
+        foreach (var k in new[] { _k, _rows }) k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, TableBytes);
+    }
 
     /// <summary>
     /// Samples row r with its own parameters: <paramref name="parameters"/> (rows, 3) floats (1 / temperature, top_p,
@@ -28,7 +36,7 @@ public sealed unsafe class SamplingKernel(KernelLibrary library)
         KernelGuard.Fits(output, rows, name, nameof(output), $"({rows})");
         ulong pl = logits.Address, pp = parameters.Address, pk = topK.Address, po = output.Address;
         void** args = stackalloc void*[] { &pl, &n, &pp, &pk, &po };
-        _rows.Launch(stream, ((uint)rows, 1, 1), 1024, 0, args);
+        _rows.Launch(stream, ((uint)rows, 1, 1), 1024, TableBytes, args);
     }
 
     /// <summary>Samples one token per row; topK 0 = no top-k filter, topP 1 = no nucleus filter (must be in (0, 1]).</summary>
@@ -47,6 +55,6 @@ public sealed unsafe class SamplingKernel(KernelLibrary library)
         float invT = 1f / temperature;
         ulong pl = logits.Address, po = output.Address;
         void** args = stackalloc void*[] { &pl, &n, &invT, &topK, &topP, &u, &po };
-        _k.Launch(stream, ((uint)rows, 1, 1), 1024, 0, args);
+        _k.Launch(stream, ((uint)rows, 1, 1), 1024, TableBytes, args);
     }
 }
