@@ -202,13 +202,18 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         using var step = EnterStep();
         int rows = EncodeBatch(kv, batch);
         var ids = new int[rows];
+        var prof = StepProfiler;
         if (rows == 0)
         {
             _stream.Synchronize();
+            prof?.Collect();
             return ids;
         }
         var s = _batchScratch!;
+        int m0 = prof?.Mark(_stream) ?? -1;
         _argmax.Launch(_stream, _ws.Logits.Span, rows, Config.VocabSize, s.Picked.Span);
+        int m1 = prof?.Mark(_stream) ?? -1;
+        prof?.Span("argmax", m0, m1);
         bool any = false;
         var host = s.Sampling(rows);
         var parameters = host.AsSpan<float>(3 * rows);
@@ -228,8 +233,10 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             _stream.CopyAsync(d.Slice(0, 4 * rows), (int*)host.Pointer, 4 * rows);
             _sample.LaunchRows(_stream, _ws.Logits.Span, rows, Config.VocabSize, new DeviceSpan<float>(d.Address, 3 * rows),
                 d.Slice(3 * rows, rows), s.Picked.Span);
+            prof?.Span("sampling", m1, prof.Mark(_stream));
         }
         _stream.Download(s.Picked.Span.Slice(0, rows), ids);
+        prof?.Collect();
         return ids;
     }
 
