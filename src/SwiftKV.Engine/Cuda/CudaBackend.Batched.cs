@@ -168,26 +168,10 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     }
 
     /// <inheritdoc />
-    public unsafe int[] ForwardBatchGreedy(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
+    public int[] ForwardBatchGreedy(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        using var step = EnterStep();
-        int rows = EncodeBatch(kv, batch);
-        var ids = new int[rows];
-        var prof = StepProfiler;
-        if (rows == 0)
-        {
-            _stream.Synchronize();
-            prof?.Collect();
-            return ids;
-        }
-        var s = _batchScratch!;
-        int m0 = prof?.Mark(_stream) ?? -1;
-        _argmax.Launch(_stream, _ws.Logits.Span, rows, Config.VocabSize, s.Picked.Span);
-        prof?.Span("argmax", m0, prof.Mark(_stream));
-        _stream.Download(s.Picked.Span.Slice(0, rows), ids);
-        prof?.Collect();
-        return ids;
+        return PickOnDevice(kv, batch, []);
     }
 
     /// <inheritdoc />
@@ -195,10 +179,16 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// The argmax of every row, then the sampling kernel over the rows with a temperature (one CTA each, the greedy
     /// ones return at once); the picks' parameters go up in one small copy after the step's ints.
     /// </remarks>
-    public unsafe int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
+    public int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         StepValidation.Sampling(batch, sampling);
+        return PickOnDevice(kv, batch, sampling);
+    }
+
+    /// <summary>One step, then each kept row's token picked on the GPU: the argmax, then <paramref name="sampling"/>'s draws (none: greedy).</summary>
+    unsafe int[] PickOnDevice(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
+    {
         using var step = EnterStep();
         int rows = EncodeBatch(kv, batch);
         var ids = new int[rows];
@@ -215,20 +205,20 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         int m1 = prof?.Mark(_stream) ?? -1;
         prof?.Span("argmax", m0, m1);
         bool any = false;
-        var host = s.Sampling(rows);
-        var parameters = host.AsSpan<float>(3 * rows);
-        var topK = host.AsSpan<int>(4 * rows)[(3 * rows)..];
-        for (int i = 0; i < rows; i++)
-        {
-            var p = sampling[i];
-            any |= p.Temperature > 0;
-            parameters[3 * i] = p.Temperature > 0 ? 1f / p.Temperature : 0f;
-            parameters[3 * i + 1] = p.TopP;
-            parameters[3 * i + 2] = p.U;
-            topK[i] = p.TopK;
-        }
+        foreach (var p in sampling) any |= p.Temperature > 0;
         if (any)
         {
+            var host = s.Sampling(rows);
+            var parameters = host.AsSpan<float>(3 * rows);
+            var topK = host.AsSpan<int>(4 * rows)[(3 * rows)..];
+            for (int i = 0; i < rows; i++)
+            {
+                var p = sampling[i];
+                parameters[3 * i] = p.Temperature > 0 ? 1f / p.Temperature : 0f;
+                parameters[3 * i + 1] = p.TopP;
+                parameters[3 * i + 2] = p.U;
+                topK[i] = p.TopK;
+            }
             var d = s.SamplingDevice.Span;
             _stream.CopyAsync(d.Slice(0, 4 * rows), (int*)host.Pointer, 4 * rows);
             _sample.LaunchRows(_stream, _ws.Logits.Span, rows, Config.VocabSize, new DeviceSpan<float>(d.Address, 3 * rows),

@@ -66,6 +66,10 @@ public sealed record SamplingParams
         }
     }
 
-    /// <summary>Seed of the sampler's own generator: the same seed gives the same tokens on any machine. Null = random.</summary>
+    /// <summary>
+    /// Seed of the sampler's own generator: the same seed draws the same uniforms on any machine, so the same logits
+    /// give the same tokens (one uniform per sampled token, whether the host or a GPU picks; the GPU's fp32 sums may
+    /// land on the other side of a bucket edge than the host's doubles, rarely). Null = random.
+    /// </summary>
     public ulong? Seed { get; init; }
 }
