@@ -280,6 +280,8 @@ public sealed class CudaBatchedTests
             return (await Task.WhenAll(requests.Select(Collect)), trace);
         }
         var (first, trace) = await Run();
+        Assert.True(gpu.StepGraphCaptures > 0, "no decode step was captured");
+        Assert.Equal(0, gpu.StepGraphsHeld);   // the engine's pool went with it, and so did its graphs
         var (second, _) = await Run();
         for (int i = 0; i < prompts.Length; i++) Assert.Equal(first[i], second[i]);
         Assert.All(trace.Where(t => t.LogitsRows > 0), t => Assert.True(t.OnBackendSampling, "a step with sampled rows took the host path"));

@@ -112,6 +112,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
 
     void ReleaseReservation(int rows)
     {
+        _stepGraphs.DropDisposedPools();   // an engine disposes its pool, then releases its workspace
         _ws.Release(rows);
         _ws.TrimActivations(KeptActivationRows);
     }
@@ -297,6 +298,9 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
 
     /// <summary>Decode steps replayed from a captured graph so far.</summary>
     public long StepGraphReplays => _stepGraphs.Replays;
+
+    /// <summary>Captured decode-step graphs held now (tests: they go with their pool).</summary>
+    internal int StepGraphsHeld => _stepGraphs.Count;
 
     /// <summary>
     /// A decode-only step, its ints already uploaded: the graph of its shape replayed when one is captured for this
@@ -493,32 +497,57 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
 
     /// <summary>
     /// Captured decode steps by (pool, padded shape), each valid for the workspace and scratch generation it baked.
-    /// Graphs of a disposed pool, or of older buffers, are dropped when the next capture is stored.
+    /// Graphs of a disposed pool or of older buffers go when the next one is stored (or the engine releases its
+    /// workspace); past <see cref="MaxGraphs"/> the least recently replayed goes too (contexts that grew left their
+    /// smaller table strides behind).
     /// </summary>
     sealed class StepGraphs : IDisposable
     {
-        readonly Dictionary<(CudaPagedKvCache Pool, DecodeShape Shape), ((int, int) Generation, CudaGraph Graph)> _graphs = new();
+        const int MaxGraphs = 64;
+        readonly Dictionary<(CudaPagedKvCache Pool, DecodeShape Shape), Entry> _graphs = new();
+        long _clock;
+
+        sealed class Entry((int, int) generation, CudaGraph graph)
+        {
+            public (int, int) Generation { get; } = generation;
+            public CudaGraph Graph { get; } = graph;
+            public long LastUse { get; set; }
+        }
 
         public long Captures { get; private set; }
         public long Replays { get; private set; }
+        public int Count => _graphs.Count;
 
         public CudaGraph? Find(CudaPagedKvCache pool, DecodeShape shape, (int, int) generation)
         {
             if (!_graphs.TryGetValue((pool, shape), out var e) || e.Generation != generation) return null;
+            e.LastUse = ++_clock;
             Replays++;
             return e.Graph;
         }
 
         public void Add(CudaPagedKvCache pool, DecodeShape shape, (int, int) generation, CudaGraph graph)
         {
-            foreach (var (key, e) in _graphs.ToArray())
+            Drop(e => e.Key.Pool.IsDisposed || e.Value.Generation != generation || e.Key == (pool, shape));
+            if (_graphs.Count >= MaxGraphs)
             {
-                if (!key.Pool.IsDisposed && e.Generation == generation && !(key.Pool == pool && key.Shape == shape)) continue;
-                e.Graph.Dispose();
-                _graphs.Remove(key);
+                long oldest = _graphs.Values.Min(e => e.LastUse);
+                Drop(e => e.Value.LastUse == oldest);
             }
-            _graphs[(pool, shape)] = (generation, graph);
+            _graphs[(pool, shape)] = new Entry(generation, graph) { LastUse = ++_clock };
             Captures++;
+        }
+
+        /// <summary>Frees the graphs of pools that are gone.</summary>
+        public void DropDisposedPools() => Drop(e => e.Key.Pool.IsDisposed);
+
+        void Drop(Func<KeyValuePair<(CudaPagedKvCache Pool, DecodeShape Shape), Entry>, bool> which)
+        {
+            foreach (var e in _graphs.Where(which).ToArray())
+            {
+                e.Value.Graph.Dispose();
+                _graphs.Remove(e.Key);
+            }
         }
 
         public void Dispose()
