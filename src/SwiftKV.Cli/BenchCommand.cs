@@ -409,13 +409,13 @@ internal static class BenchCommand
             }
             catch (CudaException e)
             {
-                backend.UseGraphs = true;
                 Log($"{v.Name}: decode batch {b} failed ({poolGb:F1} GB pool): {e.Message}");
                 md.AppendLine($"| {v.Name} | decode b{b} ctx {context} (paged, batched greedy) | failed | | | | {poolGb:F1} GB pool: {e.Message} |");
                 all.Add(new JsonObject { ["batch"] = b, ["context"] = context, ["pool_bytes"] = poolGb * 1e9, ["error"] = e.Message });
             }
             finally
             {
+                backend.UseGraphs = true;
                 pool?.Dispose();
             }
         }

@@ -201,8 +201,9 @@ internal static class ServeBenchCommand
                     backend.StepProfiler = null;
                     string attention = wsModes.Length == 1 ? "" : ws ? (backend.WarpSpecializedAttentionLaunches > wsBefore ? ", ws attention" : ", ws attention did not run")
                         : ", two-CTA attention";
-                    string picks = sampling.Temperature == 0 ? "" : $", sampled (T {sampling.Temperature}, top-k {sampling.TopK}, top-p {sampling.TopP}" +
-                        (sampling.FrequencyPenalty != 0 ? $", frequency penalty {sampling.FrequencyPenalty}: picked on the host)" : ": picked on the GPU)");
+                    string penalty = sampling.FrequencyPenalty != 0 ? $", frequency penalty {sampling.FrequencyPenalty}: picked on the host" : "";
+                    string picks = sampling.Temperature == 0 ? (penalty == "" ? "" : $", greedy{penalty}")
+                        : $", sampled (T {sampling.Temperature}, top-k {sampling.TopK}, top-p {sampling.TopP}{(penalty == "" ? ": picked on the GPU" : penalty)})";
                     Add("throughput", v, r, c.Key + attention + picks, profiler);
                 }
             backend.SplitMixedAttention = configs[^1].SplitAttention;

@@ -41,7 +41,6 @@ internal static class StepValidation
                 $"({Array.MaxLength:N0}): ask for LastToken, or run the prompt in steps of at most {Array.MaxLength / config.VocabSize} tokens.", nameof(selection));
     }
 
-    /// <summary>A batched paged step: each sequence's tokens, positions and block table against the pool.</summary>
     /// <summary>ForwardBatchSample's picks: one valid <see cref="RowSampling"/> per sequence that gets logits.</summary>
     public static void Sampling(ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
     {
@@ -52,6 +51,7 @@ internal static class StepValidation
         for (int i = 0; i < sampling.Length; i++) sampling[i].Validate($"row sampling {i}");
     }
 
+    /// <summary>A batched paged step: each sequence's tokens, positions and block table against the pool.</summary>
     public static void Batch(LlamaConfig config, ReadOnlySpan<BatchSequence> batch, IPagedKvCache pool)
     {
         if (batch.IsEmpty) throw new ArgumentException("a batched step needs at least one sequence.", nameof(batch));

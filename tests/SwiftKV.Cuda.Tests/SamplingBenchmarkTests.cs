@@ -32,11 +32,13 @@ public sealed class SamplingBenchmarkTests : GpuFixtureTest
         var kernels = new[] { ("16-cut search", Build("search", "")), ("bisection only", Build("bisect", "#define SEARCH_PASSES 0\n")) };
         var argmax = new ArgmaxKernel(Library);
         var rng = new Random(4);
-        foreach (int rows in new[] { 1, 32, 128 })
+        foreach (var (rows, peaked) in new[] { (1, false), (32, false), (128, false), (1, true), (32, true) })
         {
-            // Logits shaped like a language model's: a few strong candidates over a long tail.
+            // Logits shaped like a language model's: a few strong candidates over a long tail; "peaked": one token far
+            // above the rest (a confident step, where the top token alone reaches top_p).
             var logits = new float[(long)rows * n];
             for (long i = 0; i < logits.Length; i++) logits[i] = (float)(rng.NextDouble() * 10 - 12 + (rng.Next(2000) == 0 ? 14 : 0));
+            if (peaked) for (int r = 0; r < rows; r++) logits[(long)r * n + rng.Next(n)] = 30f;
             using var dLogits = new DeviceBuffer<float>(logits);
             using var dOut = new DeviceBuffer<int>(rows);
             using var dTopK = new DeviceBuffer<int>(rows);
@@ -58,7 +60,7 @@ public sealed class SamplingBenchmarkTests : GpuFixtureTest
                 return ms[ms.Count / 2];
             }
             double am = Time(() => argmax.Launch(Stream, dLogits, rows, n, dOut));
-            Gpu.Log($"rows {rows}: argmax {am * 1e3:F0} us");
+            Gpu.Log($"rows {rows}{(peaked ? " peaked" : "")}: argmax {am * 1e3:F0} us");
             foreach (var (t, k, p) in new[] { (0.7f, 0, 0.9f), (0.7f, 50, 0.95f), (1f, 0, 1f) })
             {
                 using var dParams = new DeviceBuffer<float>(Enumerable.Range(0, rows).SelectMany(r => new[] { 1f / t, p, (r + 0.5f) / rows }).ToArray());
@@ -69,9 +71,9 @@ public sealed class SamplingBenchmarkTests : GpuFixtureTest
                     ulong la = dLogits.Address, pa = dParams.Address, ka = dK.Address, oa = dOut.Address;
                     double ms = Time(() => Launch(kernel, rows, la, pa, ka, oa));
                     picks.Add(dOut.ToArray());
-                    Gpu.Log($"rows {rows}, T {t} top-k {k} top-p {p}: {label} {ms * 1e3:F0} us");
+                    Gpu.Log($"rows {rows}{(peaked ? " peaked" : "")}, T {t} top-k {k} top-p {p}: {label} {ms * 1e3:F0} us");
                 }
-                Gpu.Log($"rows {rows}, T {t} top-k {k} top-p {p}: the two searches pick the same tokens in {picks[0].Zip(picks[1]).Count(z => z.First == z.Second)}/{rows} rows");
+                Gpu.Log($"rows {rows}{(peaked ? " peaked" : "")}, T {t} top-k {k} top-p {p}: the two searches pick the same tokens in {picks[0].Zip(picks[1]).Count(z => z.First == z.Second)}/{rows} rows");
             }
         }
     }

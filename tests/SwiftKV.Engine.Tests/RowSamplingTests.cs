@@ -69,6 +69,11 @@ public class RowSamplingTests
         Assert.Throws<ArgumentException>(() => new RowSampling(1, 0, 0, 0).Validate("row"));
         Assert.Throws<ArgumentException>(() => new RowSampling(1, 0, 1, 1).Validate("row"));
         Assert.Throws<ArgumentException>(() => new RowSampling(1e-39f, 0, 1, 0.5f).Validate("row"));
+        // A temperature whose inverse overflows is the argmax, its limit (the Sampler asks for no draw then).
+        Assert.Equal(2, RowSampling.Pick([1, 0, 3, 2], new RowSampling(1e-39f, 0, 1, 0.99f)));
+        var tiny = new Sampler(new SamplingParams { Temperature = 1e-39f, Seed = 1 });
+        Assert.Equal(RowSampling.Greedy, tiny.NextRowSampling());
+        Assert.Equal(2, tiny.Sample([1, 0, 3, 2]));
     }
 
     /// <summary>

@@ -282,8 +282,11 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         return new DecodeShape(Math.Min(bucket, MaxSequencesPerStep), Math.Max(8, (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)maxBlocks)));
     }
 
-    /// <summary>Most sequences of a decode step that runs padded (and, with <see cref="UseGraphs"/>, as a captured graph).</summary>
-    public const int MaxGraphSequences = 256;
+    /// <summary>
+    /// Most sequences of a decode step that runs padded (and, with <see cref="UseGraphs"/>, as a captured graph): 240, so
+    /// no padding lifts a step to the 256 rows where the [gate; up] projection changes route (GatedMlpMinRows).
+    /// </summary>
+    public const int MaxGraphSequences = 240;
 
     /// <summary>A decode-only step's padded size: sequences (= rows) and block-table stride.</summary>
     readonly record struct DecodeShape(int Sequences, int Blocks);
@@ -324,8 +327,9 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         {
             graph = CudaGraph.Capture(_stream, () => QueueStep(pool, plan, s, -1));
         }
-        catch (CudaException e)
+        catch (Exception e)
         {
+            // The step itself already ran: a capture that fails leaves this backend launching kernel by kernel.
             StepGraphFailure = $"capturing a decode step of {shape.Sequences} sequences failed: {e.Message}";
             return;
         }
@@ -719,7 +723,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     sealed class BatchScratch : IDisposable
     {
         int _ints, _kept, _hidden;
-        /// <summary>Moves whenever a device buffer is replaced (captured decode steps read them).</summary>
+        /// <summary>Moves whenever the ints buffer is replaced (captured decode steps read it).</summary>
         public int Generation { get; private set; }
         public DeviceBuffer<int> Ints { get; private set; } = null!;
         public PinnedHostBuffer Host { get; private set; } = null!;
@@ -764,8 +768,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             if (kept > _kept || hidden != _hidden)
             {
                 int n = Math.Max(kept, 2 * _kept);
-                Generation++;
-                X2?.Dispose();
+                X2?.Dispose();   // decode graphs read neither X2 (their kept rows are the rows) nor Picked (argmax runs after)
                 Picked?.Dispose();
                 _kept = 0;
                 X2 = new DeviceBuffer<float>((long)n * hidden);

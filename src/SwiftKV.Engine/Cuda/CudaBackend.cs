@@ -216,7 +216,17 @@ public sealed partial class CudaBackend : IModelBackend
     /// gemm_swiglu.cu), default. Off: cuBLAS writes [gate | up] in bf16 and the silu pass reads it back (benchmarks
     /// compare the two).
     /// </summary>
-    public bool UseGatedMlp { get; set; } = true;
+    public bool UseGatedMlp
+    {
+        get => _gatedMlp;
+        set
+        {
+            if (value == _gatedMlp) return;
+            _gatedMlp = value;
+            _ws.Invalidate();   // a captured step may have baked either route
+        }
+    }
+    bool _gatedMlp = true;
 
     /// <summary>[gate; up] GEMMs run with the SwiGLU epilogue so far (tests and benchmarks check the path was taken).</summary>
     public long GatedMlpLaunches => _gemmSwiglu.Launches;

@@ -3,8 +3,9 @@
 // The rule is the GPU sampler's (native-kernels/sampling.cu): z = (logit - max) / T; top-k keeps every z at or above
 // the k-th largest (ties kept); top-p then keeps every z at or above the largest threshold whose mass reaches top_p of
 // the top-k mass; the token is the first, in vocabulary order, whose running kept mass exceeds U times the kept mass.
-// It draws from the same distribution as Sampler (which walks the kept tokens from most to least likely), but the
-// same U names another token. Pick is the rule on the CPU, in double (CpuBackend, and the GPU tests' reference).
+// The Sampler picks with it too, so a request's tokens follow one rule whichever side picks them. Pick is the rule on
+// the CPU, in double (the Sampler, CpuBackend, and the GPU tests' reference); the kernel's fp32 sums may put a draw
+// on the other side of a bucket edge, rarely.
 namespace SwiftKV.Engine.Sampling;
 
 /// <summary>
@@ -34,7 +35,7 @@ public readonly record struct RowSampling(float Temperature, int TopK, float Top
     public static int Pick(ReadOnlySpan<float> logits, RowSampling s)
     {
         if (logits.IsEmpty) throw new ArgumentException("logits are empty.", nameof(logits));
-        if (s.Temperature == 0) return Sampler.GreedyOrNone(logits);
+        if (s.Temperature == 0 || float.IsInfinity(1f / s.Temperature)) return Sampler.GreedyOrNone(logits);   // T -> 0: the argmax
         int n = logits.Length;
         float max = float.NegativeInfinity;
         foreach (float x in logits) if (x > max) max = x;   // NaN never compares greater

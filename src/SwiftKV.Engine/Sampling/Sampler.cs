@@ -59,7 +59,8 @@ public sealed class Sampler
     /// </summary>
     public RowSampling NextRowSampling()
     {
-        if (_p.Temperature == 0) return RowSampling.Greedy;
+        // A temperature so small that its inverse overflows (subnormal) is the argmax, its limit.
+        if (_p.Temperature == 0 || float.IsInfinity(1f / _p.Temperature)) return RowSampling.Greedy;
         float u = (float)_rng.NextDouble();
         if (u >= 1f) u = MathF.BitDecrement(1f);   // a double just below 1 rounds up to 1 in float
         return new RowSampling(_p.Temperature, _p.TopK, _p.TopP, u);
@@ -84,7 +85,6 @@ public sealed class Sampler
 
     int Pick(ReadOnlySpan<float> logits)
     {
-        if (_p.Temperature == 0) return Greedy(logits);
         int token = RowSampling.Pick(logits, NextRowSampling());
         return token >= 0 ? token : throw new InvalidOperationException(NoFiniteLogit);
     }

@@ -19,7 +19,7 @@ public sealed record SamplingParams
         }
     }
 
-    /// <summary>Keeps only the K most likely tokens; 0 = off.</summary>
+    /// <summary>Keeps only the K most likely tokens (and any tied with the K-th, as Hugging Face's filter does); 0 = off.</summary>
     public int TopK
     {
         get;

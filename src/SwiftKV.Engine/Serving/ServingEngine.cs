@@ -291,8 +291,8 @@ public sealed class ServingEngine : IDisposable
         var chunks = step.Chunks;
         // Token ids picked on the backend when no row that gets logits needs the host (penalties, a constraint); else
         // every logits row comes to the host and each request's Sampler picks. Either way a sampled request draws one
-        // uniform from its own generator per token, so its stream does not depend on the other requests in the step
-        // (the two sides pick different tokens for the same uniform, from the same distribution: RowSampling).
+        // uniform from its own generator per token and both sides apply RowSampling's rule, so its tokens do not
+        // depend on the other requests in the step (up to the GPU's fp32 sums at a bucket edge).
         bool onBackend = _backend is IGreedyBatchedBackend;
         foreach (var c in chunks)
             if (c.NeedsLogits && !live[c.Sequence].PicksOnBackend) { onBackend = false; break; }
