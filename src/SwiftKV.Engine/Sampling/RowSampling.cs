@@ -6,6 +6,8 @@
 // The Sampler picks with it too, so a request's tokens follow one rule whichever side picks them. Pick is the rule on
 // the CPU, in double (the Sampler, CpuBackend, and the GPU tests' reference); the kernel's fp32 sums may put a draw
 // on the other side of a bucket edge, rarely.
+using System.Buffers;
+
 namespace SwiftKV.Engine.Sampling;
 
 /// <summary>
@@ -42,46 +44,137 @@ public readonly record struct RowSampling(float Temperature, int TopK, float Top
         if (max == float.NegativeInfinity) return -1;
         if (max == float.PositiveInfinity) return logits.IndexOf(float.PositiveInfinity);
         double invT = 1f / s.Temperature;   // the kernel's fp32 inverse
-        var z = new double[n];
-        for (int i = 0; i < n; i++) z[i] = float.IsNaN(logits[i]) ? double.NegativeInfinity : (logits[i] - max) * invT;
-
-        var sorted = z.Where(v => v > double.NegativeInfinity).ToArray();
-        Array.Sort(sorted);
-        Array.Reverse(sorted);   // most likely first
-        double threshold = double.NegativeInfinity;
-        int kept = sorted.Length;
-        if (s.TopK > 0 && s.TopK < kept)
+        var pool = ArrayPool<double>.Shared;
+        double[] z = pool.Rent(n), e = pool.Rent(n);
+        try
         {
-            threshold = sorted[s.TopK - 1];
-            while (kept > 0 && sorted[kept - 1] < threshold) kept--;
-        }
-        if (s.TopP < 1)
-        {
-            double mass = 0;
-            for (int i = 0; i < kept; i++) mass += Math.Exp(sorted[i]);
-            double goal = s.TopP * mass, run = 0;
-            for (int i = 0; i < kept; i++)
+            int finite = 0;
+            for (int i = 0; i < n; i++)
             {
-                run += Math.Exp(sorted[i]);
-                // Ties at a threshold are kept together: the cut falls after the last token of this value.
-                if (run >= goal && (i + 1 == kept || sorted[i + 1] < sorted[i]))
-                {
-                    threshold = sorted[i];
-                    break;
-                }
+                double v = float.IsNaN(logits[i]) ? double.NegativeInfinity : (logits[i] - max) * invT;
+                z[i] = v;
+                e[i] = Math.Exp(v);   // once: every later pass sums these
+                if (v > double.NegativeInfinity) finite++;
             }
+            double threshold = double.NegativeInfinity;
+            if (s.TopK > 0 && s.TopK < finite) threshold = KthLargest(z, n, s.TopK);
+            if (s.TopP < 1) threshold = NucleusThreshold(z, e, n, threshold, s.TopP);
+
+            double total = 0;
+            for (int i = 0; i < n; i++) if (z[i] >= threshold && z[i] > double.NegativeInfinity) total += e[i];
+            double target = s.U * total, acc = 0;
+            int last = -1;
+            for (int i = 0; i < n; i++)
+            {
+                if (!(z[i] >= threshold) || z[i] == double.NegativeInfinity) continue;
+                last = i;
+                acc += e[i];
+                if (acc > target) return i;
+            }
+            return last;
         }
-        double total = 0;
-        for (int i = 0; i < n; i++) if (z[i] >= threshold && z[i] > double.NegativeInfinity) total += Math.Exp(z[i]);
-        double target = s.U * total, acc = 0;
-        int last = -1;
+        finally
+        {
+            pool.Return(z);
+            pool.Return(e);
+        }
+    }
+
+    /// <summary>The k-th largest finite value of z[0..n) (quickselect over a copy; ties count once each).</summary>
+    static double KthLargest(double[] z, int n, int k)
+    {
+        var pool = ArrayPool<double>.Shared;
+        var a = pool.Rent(n);
+        try
+        {
+            int m = 0;
+            for (int i = 0; i < n; i++) if (z[i] > double.NegativeInfinity) a[m++] = z[i];
+            int lo = 0, hi = m - 1, target = k - 1;
+            while (lo < hi)
+            {
+                // Hoare partition, descending: a[lo..j] >= pivot >= a[i..hi], and what lies between equals the pivot.
+                double pivot = a[(lo + hi) >>> 1];
+                int i = lo, j = hi;
+                while (i <= j)
+                {
+                    while (a[i] > pivot) i++;
+                    while (a[j] < pivot) j--;
+                    if (i <= j)
+                    {
+                        (a[i], a[j]) = (a[j], a[i]);
+                        i++;
+                        j--;
+                    }
+                }
+                if (target <= j) hi = j;
+                else if (target >= i) lo = i;
+                else break;
+            }
+            return a[target];
+        }
+        finally
+        {
+            pool.Return(a);
+        }
+    }
+
+    /// <summary>
+    /// The nucleus cut among the values of z at or above <paramref name="floor"/>: the largest value v such that the
+    /// mass of {z >= v} reaches topP of the kept mass, ties at v kept together. A histogram of the kept mass over
+    /// [lowest, 0] finds the bin where the running mass (from the top) crosses the goal; only that bin's values are
+    /// sorted. Values below -745 have no mass in double (exp underflows) and are kept only when the goal is never
+    /// reached, as by a walk over every value sorted.
+    /// </summary>
+    static double NucleusThreshold(double[] z, double[] e, int n, double floor, float topP)
+    {
+        const int Bins = 4096;
+        double mass = 0, lowest = 0;
         for (int i = 0; i < n; i++)
         {
-            if (!(z[i] >= threshold) || z[i] == double.NegativeInfinity) continue;
-            last = i;
-            acc += Math.Exp(z[i]);
-            if (acc > target) return i;
+            double v = z[i];
+            if (!(v >= floor) || v == double.NegativeInfinity) continue;
+            mass += e[i];
+            if (v < lowest) lowest = v;
         }
-        return last;
+        double lo = Math.Max(lowest, -745.0), width = -lo / Bins;
+        if (!(width > 0)) return 0;   // every kept value is the maximum
+        var pool = ArrayPool<double>.Shared;
+        var bins = pool.Rent(Bins);
+        try
+        {
+            Array.Clear(bins, 0, Bins);
+            for (int i = 0; i < n; i++)
+            {
+                double v = z[i];
+                if (!(v >= floor) || v < lo) continue;
+                bins[Math.Min(Bins - 1, (int)((v - lo) / width))] += e[i];
+            }
+            double goal = topP * mass, run = 0;
+            int c = Bins - 1;
+            for (; c >= 0; c--)
+            {
+                if (run + bins[c] >= goal) break;
+                run += bins[c];
+            }
+            if (c < 0) return floor;   // rounding kept the goal out of reach: keep everything, as the full walk would
+            var values = new List<double>();
+            for (int i = 0; i < n; i++)
+            {
+                double v = z[i];
+                if (v >= floor && v >= lo && Math.Min(Bins - 1, (int)((v - lo) / width)) == c) values.Add(v);
+            }
+            values.Sort((x, y) => y.CompareTo(x));   // most likely first
+            for (int i = 0; i < values.Count; i++)
+            {
+                run += Math.Exp(values[i]);
+                // Ties at a threshold are kept together: the cut falls after the last token of this value.
+                if (run >= goal && (i + 1 == values.Count || values[i + 1] < values[i])) return values[i];
+            }
+            return values[^1];   // the bin's own sum reached the goal but this order of summing fell just short
+        }
+        finally
+        {
+            pool.Return(bins);
+        }
     }
 }
