@@ -88,6 +88,60 @@ public sealed class ServingIsolationTests
         public void Dispose() { }
     }
 
+    /// <summary>
+    /// A CPU backend that picks on the backend (IGreedyBatchedBackend) and whose device-pick step throws when
+    /// <see cref="FailWhen"/> says so.
+    /// </summary>
+    sealed class FailingPicker(CpuBackend inner) : IModelBackend, IGreedyBatchedBackend
+    {
+        public Func<int, BatchSequence[], bool> FailWhen { get; init; } = (_, _) => false;
+        int _calls;
+        public int SampledCalls { get; private set; }
+        public string Name => inner.Name;
+        public LlamaConfig Config => inner.Config;
+        public bool SwiftKvEnabled => inner.SwiftKvEnabled;
+        public ISequenceCache CreateCache(int capacity) => inner.CreateCache(capacity);
+        public float[] Forward(ISequenceCache cache, ReadOnlySpan<int> tokens, LogitsSelection selection) => inner.Forward(cache, tokens, selection);
+        public long KvBytesPerToken => inner.KvBytesPerToken;
+        public int MaxSequencesPerStep => int.MaxValue;
+        public IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize) => inner.CreatePagedKvCache(numBlocks, blockSize);
+        public float[] ForwardBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch) => inner.ForwardBatch(kv, batch);
+        public int[] ForwardBatchGreedy(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
+        {
+            if (FailWhen(++_calls, batch.ToArray())) throw new OutOfMemoryException("growing the step workspace");
+            return inner.ForwardBatchGreedy(kv, batch);
+        }
+        public int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
+        {
+            SampledCalls++;
+            if (FailWhen(++_calls, batch.ToArray())) throw new OutOfMemoryException("growing the step workspace");
+            return inner.ForwardBatchSample(kv, batch, sampling);
+        }
+        public void Dispose() { }
+    }
+
+    /// <summary>
+    /// Seeded sampled requests picked on the backend through a step that fails mid-run: the engine runs it again in
+    /// halves, each half with its own rows' picks drawn before the first try (no request draws twice), so every output
+    /// still equals its solo run.
+    /// </summary>
+    [Fact]
+    public async Task TransientFailureOfASampledStep_IsRetriedInParts_WithTheSameDraws()
+    {
+        using var cpu = ServingEngineTests.Backend("llama");
+        int failures = 0;   // once, at the first step of several sequences after the prefills
+        var backend = new FailingPicker(cpu) { FailWhen = (call, batch) => call >= 6 && batch.Length > 1 && failures++ == 0 };
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 200 });
+        int vocab = cpu.Config.VocabSize;
+        var prompts = Enumerable.Range(0, 5).Select(i => TestModels.RandomTokens(5 + i, vocab, 70 + (ulong)i)).ToArray();
+        SamplingParams Params(int i) => i == 1 ? SamplingParams.Greedy : new SamplingParams { Temperature = 0.8f, TopK = 30, TopP = 0.9f, Seed = 900 + (ulong)i };
+        var got = await Outcomes(prompts.Select((p, i) => engine.Submit(p, Params(i), 16, ct: Ct)).ToArray());
+        for (int i = 0; i < prompts.Length; i++)
+            Assert.Equal(string.Join(",", ServingEngineTests.Solo(cpu, prompts[i], Params(i), 16, new HashSet<int>())), got[i]);
+        Assert.True(failures > 0, "the injected failure never happened");
+        Assert.True(backend.SampledCalls > 8, "the sampled steps did not pick on the backend");
+    }
+
     static async Task<string[]> Outcomes(IEnumerable<ServingRequest> requests) =>
         await Task.WhenAll(requests.Select(async r =>
         {
