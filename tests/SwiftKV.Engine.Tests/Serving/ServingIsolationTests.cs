@@ -67,11 +67,17 @@ public sealed class ServingIsolationTests
         Assert.Equal(ServingEngineTests.Solo(backend, waitingPrompt, SamplingParams.Greedy, 5, new HashSet<int>()), await waiting.WaitAsync(Limit, Ct));
     }
 
-    /// <summary>A CPU backend whose batched step throws when <see cref="FailWhen"/> says so.</summary>
-    sealed class FailingBackend(CpuBackend inner) : IModelBackend, IBatchedBackend
+    /// <summary>A CPU backend passed through, whose batched steps throw when <see cref="FailWhen"/> says so.</summary>
+    abstract class Wrapped(CpuBackend inner) : IModelBackend, IBatchedBackend
     {
         public Func<int, BatchSequence[], bool> FailWhen { get; init; } = (_, _) => false;
         int _calls;
+        protected CpuBackend Inner => inner;
+        /// <summary>Counts a batched step and throws (out of memory, as a workspace growth would) when FailWhen says so.</summary>
+        protected void Step(ReadOnlySpan<BatchSequence> batch)
+        {
+            if (FailWhen(++_calls, batch.ToArray())) throw new OutOfMemoryException("growing the step workspace");
+        }
         public string Name => inner.Name;
         public LlamaConfig Config => inner.Config;
         public bool SwiftKvEnabled => inner.SwiftKvEnabled;
@@ -80,44 +86,35 @@ public sealed class ServingIsolationTests
         public long KvBytesPerToken => inner.KvBytesPerToken;
         public int MaxSequencesPerStep { get; init; } = int.MaxValue;
         public IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize) => inner.CreatePagedKvCache(numBlocks, blockSize);
-        public float[] ForwardBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
-        {
-            if (FailWhen(++_calls, batch.ToArray())) throw new OutOfMemoryException("growing the step workspace");
-            return inner.ForwardBatch(kv, batch);
-        }
+        public virtual float[] ForwardBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch) => inner.ForwardBatch(kv, batch);
         public void Dispose() { }
     }
 
-    /// <summary>
-    /// A CPU backend that picks on the backend (IGreedyBatchedBackend) and whose device-pick step throws when
-    /// <see cref="FailWhen"/> says so.
-    /// </summary>
-    sealed class FailingPicker(CpuBackend inner) : IModelBackend, IGreedyBatchedBackend
+    /// <summary>A CPU backend whose batched step (logits to the host) can throw.</summary>
+    sealed class FailingBackend(CpuBackend inner) : Wrapped(inner)
     {
-        public Func<int, BatchSequence[], bool> FailWhen { get; init; } = (_, _) => false;
-        int _calls;
+        public override float[] ForwardBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
+        {
+            Step(batch);
+            return Inner.ForwardBatch(kv, batch);
+        }
+    }
+
+    /// <summary>A CPU backend that picks tokens on the backend (IGreedyBatchedBackend), whose picking steps can throw.</summary>
+    sealed class FailingPicker(CpuBackend inner) : Wrapped(inner), IGreedyBatchedBackend
+    {
         public int SampledCalls { get; private set; }
-        public string Name => inner.Name;
-        public LlamaConfig Config => inner.Config;
-        public bool SwiftKvEnabled => inner.SwiftKvEnabled;
-        public ISequenceCache CreateCache(int capacity) => inner.CreateCache(capacity);
-        public float[] Forward(ISequenceCache cache, ReadOnlySpan<int> tokens, LogitsSelection selection) => inner.Forward(cache, tokens, selection);
-        public long KvBytesPerToken => inner.KvBytesPerToken;
-        public int MaxSequencesPerStep => int.MaxValue;
-        public IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize) => inner.CreatePagedKvCache(numBlocks, blockSize);
-        public float[] ForwardBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch) => inner.ForwardBatch(kv, batch);
         public int[] ForwardBatchGreedy(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
         {
-            if (FailWhen(++_calls, batch.ToArray())) throw new OutOfMemoryException("growing the step workspace");
-            return inner.ForwardBatchGreedy(kv, batch);
+            Step(batch);
+            return Inner.ForwardBatchGreedy(kv, batch);
         }
         public int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
         {
             SampledCalls++;
-            if (FailWhen(++_calls, batch.ToArray())) throw new OutOfMemoryException("growing the step workspace");
-            return inner.ForwardBatchSample(kv, batch, sampling);
+            Step(batch);
+            return Inner.ForwardBatchSample(kv, batch, sampling);
         }
-        public void Dispose() { }
     }
 
     /// <summary>
