@@ -2,7 +2,8 @@
 // backend at a real model's shape with random weights made on the GPU. Two scenarios:
 //   throughput  Snowflake's published SwiftKV workload: N concurrent requests of P random prompt tokens and O output
 //               tokens (greedy unless --temperature > 0: then seeded sampling with --top-k / --top-p, picked on the GPU,
-//               or on the host when --frequency-penalty is set; no stop), all submitted at once; total tokens/s = N·(P + O) / wall time from the first
+//               or on the host for the requests with --frequency-penalty: all, or the first --penalised N, whose
+//               rows then come to the host beside the others' picks; no stop), all submitted at once; total tokens/s = N·(P + O) / wall time from the first
 //               submit to the last completion; TTFT and TPOT p50/p99 from each request's outcome; SwiftKV off vs on
 //               vs on + AcrossKV in the same process, one backend at a time (each gets the whole card's KV memory).
 //   configs     engine/backend settings compared on each variant in the same process: base (one attention launch per
@@ -35,7 +36,7 @@ internal static class ServeBenchCommand
 {
     public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--requests 256] [--prompt 2000] [--output 256] " +
         "[--max-batch-tokens N (default: the engine's, 8192 on GPUs of >= 64 GiB)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--kv-gb N|auto (default: free memory less the headroom)] [--max-running N|auto (default: --requests; auto: the engine's)] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
-        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--temperature 0] [--top-k 0] [--top-p 1] [--frequency-penalty 0] [--out serve.json] [--md serve.md]";
+        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--temperature 0] [--top-k 0] [--top-p 1] [--frequency-penalty 0] [--penalised all] [--out serve.json] [--md serve.md]";
 
     sealed record EngineConfig(string Key, bool SplitAttention, bool ReserveOutputs);
 
@@ -108,12 +109,13 @@ internal static class ServeBenchCommand
             Temperature = a.Float("temperature") is { } t ? (float)t : 0f, TopK = a.Int("top-k") ?? 0,
             TopP = a.Float("top-p") is { } tp ? (float)tp : 1f, FrequencyPenalty = a.Float("frequency-penalty") is { } fp ? (float)fp : 0f,
         };
+        int penalised = a.Int("penalised") ?? int.MaxValue;
         string outJson = a.String("out") ?? "serve.json";
         string? outMd = a.String("md");
         bool[] wsModes = a.OnOffBoth("paged-attention-ws", "on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)");
         a.RejectUnknown();
-        if (requests < 1 || prompt < 1 || output < 1 || maxBatchArg is < 1 || blockSizeArg is < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1)
-            throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --block-size, --questions, --question-tokens and --prefix-output must be >= 1");
+        if (requests < 1 || prompt < 1 || output < 1 || maxBatchArg is < 1 || blockSizeArg is < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1 || penalised < 0)
+            throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --block-size, --questions, --question-tokens and --prefix-output must be >= 1, --penalised >= 0");
         if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("serve-bench needs a CUDA GPU: " + why);
 
         var baseCfg = ModelPresets.Get(preset);
@@ -197,11 +199,12 @@ internal static class ServeBenchCommand
                     long wsBefore = backend.WarpSpecializedAttentionLaunches;
                     using var profiler = profileEvery > 0 ? new CudaStepProfiler(profileEvery) : null;
                     backend.StepProfiler = profiler;
-                    var r = RunWorkload(backend, opts with { ReserveOutputBlocks = c.ReserveOutputs }, prompts, output, maxSeconds, "throughput", sampling);
+                    var r = RunWorkload(backend, opts with { ReserveOutputBlocks = c.ReserveOutputs }, prompts, output, maxSeconds, "throughput", sampling, penalised);
                     backend.StepProfiler = null;
                     string attention = wsModes.Length == 1 ? "" : ws ? (backend.WarpSpecializedAttentionLaunches > wsBefore ? ", ws attention" : ", ws attention did not run")
                         : ", two-CTA attention";
-                    string penalty = sampling.FrequencyPenalty != 0 ? $", frequency penalty {sampling.FrequencyPenalty}: picked on the host" : "";
+                    string who = penalised >= requests ? "" : $" for {penalised} of {requests} requests";
+                    string penalty = sampling.FrequencyPenalty != 0 ? $", frequency penalty {sampling.FrequencyPenalty}{who}: picked on the host" : "";
                     string picks = sampling.Temperature == 0 ? (penalty == "" ? "" : $", greedy{penalty}")
                         : $", sampled (T {sampling.Temperature}, top-k {sampling.TopK}, top-p {sampling.TopP}{(penalty == "" ? ": picked on the GPU" : penalty)})";
                     Add("throughput", v, r, c.Key + attention + picks, profiler);
@@ -273,8 +276,17 @@ internal static class ServeBenchCommand
         };
     }
 
-    static RunResult RunWorkload(CudaBackend backend, ServingOptions opts, int[][] prompts, int output, double maxSeconds, string label, SamplingParams? requestSampling = null)
+    static RunResult RunWorkload(CudaBackend backend, ServingOptions opts, int[][] prompts, int output, double maxSeconds, string label,
+        SamplingParams? requestSampling = null, int penalised = int.MaxValue)
     {
+        // Sampled runs seed each request by its index, so two runs (and two builds) draw the same uniforms; only the
+        // first `penalised` requests keep the frequency penalty.
+        SamplingParams ParamsOf(int i)
+        {
+            var p = requestSampling ?? SamplingParams.Greedy;
+            if (i >= penalised) p = p with { FrequencyPenalty = 0 };
+            return p.Temperature == 0 ? p : p with { Seed = 1000 + (ulong)i };
+        }
         var trace = new StepAccumulator();
         using var engine = new ServingEngine(backend, opts with { StepObserver = trace.Add });
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(maxSeconds));
@@ -289,9 +301,7 @@ internal static class ServeBenchCommand
             }
         });
         var sw = Stopwatch.StartNew();
-        // Sampled runs seed each request by its index, so two runs (and two builds) draw the same uniforms.
-        var reqs = prompts.Select((p, i) => engine.Submit(p, requestSampling is null || requestSampling.Temperature == 0 ? requestSampling ?? SamplingParams.Greedy : requestSampling with { Seed = 1000 + (ulong)i },
-            output, ct: cts.Token)).ToArray();
+        var reqs = prompts.Select((p, i) => engine.Submit(p, ParamsOf(i), output, ct: cts.Token)).ToArray();
         var outcomes = new List<RequestOutcome>();
         foreach (var r in reqs)
         {

@@ -51,6 +51,13 @@ internal static class StepValidation
         for (int i = 0; i < sampling.Length; i++) sampling[i].Validate($"row sampling {i}");
     }
 
+    /// <summary>ForwardBatchPicks' host mask: one flag per row sampling (so per sequence that gets logits).</summary>
+    public static void HostRows(ReadOnlySpan<RowSampling> sampling, ReadOnlySpan<bool> hostRows)
+    {
+        if (hostRows.Length != sampling.Length)
+            throw new ArgumentException($"{hostRows.Length} host-row flags for {sampling.Length} logits rows (one each, in batch order).", nameof(hostRows));
+    }
+
     /// <summary>A batched paged step: each sequence's tokens, positions and block table against the pool.</summary>
     public static void Batch(LlamaConfig config, ReadOnlySpan<BatchSequence> batch, IPagedKvCache pool)
     {

@@ -208,10 +208,11 @@ public sealed class CudaBatchedTests
     /// steps that replay graphs), one returning logits, one sampling on the device. Each sampled row's token must be the
     /// one RowSampling.Pick (the rule on the CPU, in double) gives on the other backend's logits, up to the float
     /// rounding of the kernel's thresholds (at least 95% equal, and every token inside the rule's kept set); greedy rows
-    /// the argmax. Bad picks are refused before the step runs.
+    /// the argmax. Every other step goes through ForwardBatchPicks with two rows asked for on the host: those come back
+    /// bit-equal to the other backend's logits rows. Bad picks are refused before the step runs.
     /// </summary>
     [Fact]
-    public void ForwardBatchSample_PicksByTheRowSamplingRule()
+    public void ForwardBatchSampleAndPicks_PickByTheRowSamplingRule_HostRowsAreTheLogits()
     {
         Gpu.Require();
         var spec = new ModelSpec(Hidden: 128, Heads: 8, KvHeads: 2, HeadDim: 64, SwiftKvLayers: 2, Vocab: 211, Seed: 61);
@@ -226,7 +227,7 @@ public sealed class CudaBatchedTests
         var rng = new Random(3);
         RowSampling Pick(int s) => s == 2 ? RowSampling.Greedy
             : new RowSampling(0.5f + 0.3f * s, s % 2 == 0 ? 0 : 15, s == 3 ? 0.7f : 1f, (float)rng.NextDouble());
-        int vocab = spec.Vocab, equal = 0, total = 0;
+        int vocab = spec.Vocab, equal = 0, total = 0, hostRowsSeen = 0;
         for (int k = 0; k <= steps; k++)
         {
             // Step 0: every prompt whole (mixed lengths); then one token each.
@@ -239,11 +240,27 @@ public sealed class CudaBatchedTests
                 Assert.Throws<ArgumentException>(() => sampler.ForwardBatchSample(poolS, batch, picks[1..]));
                 Assert.Throws<ArgumentException>(() => sampler.ForwardBatchSample(poolS, batch, [.. picks[..4], new RowSampling(1, 0, 1, 1f)]));
             }
-            var ids = sampler.ForwardBatchSample(poolS, batch, picks);
+            // Odd steps: two rows (sometimes neighbours) come back as logits beside the others' picks (ForwardBatchPicks).
+            bool[] host = Enumerable.Range(0, seqs).Select(s => k % 2 == 1 && (s == k % seqs || s == (k + 1 + k / 3) % seqs)).ToArray();
+            float[] hostLogits = [];
+            var ids = k % 2 == 0 ? sampler.ForwardBatchSample(poolS, batch, picks) : ForwardBatchPicks(out hostLogits);
+            int[] ForwardBatchPicks(out float[] rows)
+            {
+                if (k == 1) Assert.Throws<ArgumentException>(() => sampler.ForwardBatchPicks(poolS, batch, picks, host[1..]));
+                (var got, rows) = sampler.ForwardBatchPicks(poolS, batch, picks, host);
+                return got;
+            }
             var logits = logitsSide.ForwardBatch(poolL, batch);
-            for (int s = 0; s < seqs; s++)
+            for (int s = 0, h = 0; s < seqs; s++)
             {
                 var row = logits.AsSpan(s * vocab, vocab);
+                if (host[s])
+                {
+                    Assert.Equal(-1, ids[s]);
+                    Assert.True(row.SequenceEqual(hostLogits.AsSpan(h++ * vocab, vocab)), $"step {k}: host row {s} differs from the step's logits");
+                    hostRowsSeen++;
+                    continue;
+                }
                 int expected = RowSampling.Pick(row, picks[s]);
                 if (picks[s].Temperature == 0) { Assert.Equal(expected, ids[s]); continue; }
                 total++;
@@ -257,7 +274,8 @@ public sealed class CudaBatchedTests
         }
         Assert.True(equal >= 0.95 * total, $"only {equal} of {total} sampled rows picked the rule's token");
         Assert.True(sampler.StepGraphReplays > 0, "the decode steps did not replay graphs");
-        Gpu.Log($"ForwardBatchSample: {equal}/{total} sampled rows equal to RowSampling.Pick on the same step's logits");
+        Assert.Equal(12, hostRowsSeen);
+        Gpu.Log($"ForwardBatchSample/Picks: {equal}/{total} sampled rows equal to RowSampling.Pick on the same step's logits; {hostRowsSeen} host rows bit-equal");
     }
 
     /// <summary>
@@ -281,7 +299,7 @@ public sealed class CudaBatchedTests
             var outputs = await Task.WhenAll(requests.Select(Collect));
             Assert.All(outputs, o => Assert.All(o, t => Assert.InRange(t, 0, EngineModel.Vocab - 1)));
         }
-        Assert.All(trace.Where(t => t.LogitsRows > 0), t => Assert.True(t.OnBackendSampling, "a step with sampled rows took the host path"));
+        Assert.All(trace.Where(t => t.LogitsRows > 0), t => Assert.True(t.HostRows == 0, "a step with sampled rows took the host path"));
         Assert.True(gpu.StepGraphCaptures > 0, "no decode step was captured");
         Assert.Equal(0, gpu.StepGraphsHeld);   // the engine's pool went with it, and so did its graphs
         async Task<int[][]> Alone()

@@ -183,9 +183,41 @@ public class RowSamplingTests
     }
 
     /// <summary>
+    /// The CPU backend's ForwardBatchPicks: host rows come back as the step's logits rows (packed, bit-equal to
+    /// ForwardBatch's), the others as RowSampling.Pick of theirs; a host mask of the wrong length is refused before the
+    /// step runs.
+    /// </summary>
+    [Fact]
+    public void CpuBackend_ForwardBatchPicks_ReturnsHostRowsAndPicksTheRest()
+    {
+        var spec = new ModelSpec(Seed: 33);
+        using var picker = new CpuBackend(TestModels.Build(spec));
+        using var reference = new CpuBackend(TestModels.Build(spec));
+        using var poolP = picker.CreatePagedKvCache(16, 4);
+        using var poolR = reference.CreatePagedKvCache(16, 4);
+        int vocab = spec.Vocab;
+        var t = Enumerable.Range(0, 4).Select(i => TestModels.RandomTokens(3 + i, vocab, 10 + (ulong)i)).ToArray();
+        BatchSequence[] batch = [new(t[0], 0, new[] { 0 }, true), new(t[1], 0, new[] { 1 }, true), new(t[2], 0, new[] { 2, 3 }, false),
+            new(t[3], 0, new[] { 4, 5 }, true)];
+        RowSampling[] picks = [new(0.8f, 0, 0.9f, 0.6f), RowSampling.Greedy, RowSampling.Greedy];
+        bool[] host = [false, true, true];
+        Assert.Throws<ArgumentException>(() => picker.ForwardBatchPicks(poolP, batch, picks, host[..2]));
+        Assert.Throws<ArgumentException>(() => picker.ForwardBatchPicks(poolP, batch, picks[..2], host[..2]));
+        var (ids, hostLogits) = picker.ForwardBatchPicks(poolP, batch, picks, host);
+        var logits = reference.ForwardBatch(poolR, batch);
+        Assert.Equal(RowSampling.Pick(logits.AsSpan(0, vocab), picks[0]), ids[0]);
+        Assert.Equal([-1, -1], ids[1..]);
+        Assert.Equal(logits.AsSpan(vocab, 2 * vocab).ToArray(), hostLogits);
+        // The refused calls left nothing behind: a next step matches the reference's.
+        BatchSequence[] next = [new(new[] { ids[0] }, 3, new[] { 0 }, true)];
+        Assert.Equal(reference.ForwardBatch(poolR, next), picker.ForwardBatch(poolP, next));
+    }
+
+    /// <summary>
     /// Seeded sampled requests through the serving engine on the CPU backend (whose steps pick on the backend) give the
     /// tokens of the single-sequence path (Generator: Forward + the Sampler), with other requests, greedy and sampled,
-    /// in the same steps; a request with a penalty in the mix moves those steps' picks to the host, by the same rule.
+    /// in the same steps; a request with a penalty in the mix is picked on the host, by the same rule, while the
+    /// other rows of its steps are still picked on the backend.
     /// </summary>
     [Fact]
     public async Task ServingEngine_SeededSampledRequests_EqualTheSoloPath()
@@ -198,10 +230,14 @@ public class RowSamplingTests
                 : new SamplingParams { Temperature = 0.6f + 0.1f * i, TopK = i % 2 == 0 ? 0 : 20, TopP = i % 4 == 1 ? 0.8f : 1f, Seed = 100 + (ulong)i,
                     FrequencyPenalty = i == 7 ? 0.4f : 0f })).ToArray();
         var none = new HashSet<int>();
-        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 128, MaxBatchTokens = 32 });
+        var steps = new System.Collections.Concurrent.ConcurrentQueue<ServingStepTrace>();
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 128, MaxBatchTokens = 32, StepObserver = steps.Enqueue });
         var requests = jobs.Select(j => engine.Submit(j.Prompt, j.Sampling, 12, ct: TestContext.Current.CancellationToken)).ToArray();
         var outputs = await Task.WhenAll(requests.Select(ServingEngineTests.Collect)).WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
         for (int i = 0; i < jobs.Length; i++)
             Assert.Equal(ServingEngineTests.Solo(backend, jobs[i].Prompt, jobs[i].Sampling, 12, none), outputs[i]);
+        // The penalised request's rows came to the host alone: at most one host row a step, and beside picked rows.
+        Assert.All(steps, s => Assert.InRange(s.HostRows, 0, 1));
+        Assert.Contains(steps, s => s.HostRows == 1 && s.LogitsRows > 1);
     }
 }

@@ -187,8 +187,53 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         return PickOnDevice(kv, batch, sampling);
     }
 
-    /// <summary>One step, then each kept row's token picked on the GPU: the argmax, then <paramref name="sampling"/>'s draws (none: greedy).</summary>
-    unsafe int[] PickOnDevice(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
+    /// <inheritdoc />
+    /// <remarks>
+    /// <see cref="ForwardBatchSample"/>'s picks with the host rows' sampling turned greedy (their picks are dropped),
+    /// then each run of consecutive host rows copied back with one copy.
+    /// </remarks>
+    public unsafe StepPicks ForwardBatchPicks(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling, ReadOnlySpan<bool> hostRows)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        StepValidation.Sampling(batch, sampling);
+        StepValidation.HostRows(sampling, hostRows);
+        var device = sampling.ToArray();
+        var isHost = hostRows.ToArray();
+        int hosted = 0;
+        for (int i = 0; i < device.Length; i++)
+        {
+            if (!isHost[i]) continue;
+            device[i] = RowSampling.Greedy;
+            hosted++;
+        }
+        int vocab = Config.VocabSize;
+        var host = new float[(long)hosted * vocab];
+        var ids = PickOnDevice(kv, batch, device, (ids, logits) =>
+        {
+            fixed (float* p = host)
+            {
+                for (int i = 0, k = 0; i < ids.Length;)
+                {
+                    if (!isHost[i]) { i++; continue; }
+                    int run = 1;
+                    while (i + run < ids.Length && isHost[i + run]) run++;
+                    _stream.DownloadAsync(logits.Slice((long)i * vocab, (long)run * vocab), p + (long)k * vocab, (long)run * vocab);
+                    for (int j = i; j < i + run; j++) ids[j] = -1;   // picked as greedy above: not this row's token
+                    k += run;
+                    i += run;
+                }
+                _stream.Synchronize();   // pageable destination: the copies are done before the array may move
+            }
+        });
+        return new StepPicks(ids, host);
+    }
+
+    /// <summary>
+    /// One step, then each kept row's token picked on the GPU: the argmax, then <paramref name="sampling"/>'s draws
+    /// (none: greedy). <paramref name="hostRows"/>, when given, runs after the ids are back and may copy logits rows.
+    /// </summary>
+    unsafe int[] PickOnDevice(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling,
+        HostRowsCopy? hostRows = null)
     {
         using var step = EnterStep();
         int rows = EncodeBatch(kv, batch);
@@ -227,9 +272,13 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             prof?.Span("sampling", m1, prof.Mark(_stream));
         }
         _stream.Download(s.Picked.Span.Slice(0, rows), ids);
+        hostRows?.Invoke(ids, _ws.Logits.Span);
         prof?.Collect();
         return ids;
     }
+
+    /// <summary>Copies a step's host rows out of the logits workspace (<see cref="ForwardBatchPicks"/>), after the ids are back.</summary>
+    delegate void HostRowsCopy(int[] ids, DeviceSpan<float> logits);
 
     /// <summary>Queues one batched step; leaves the kept rows' logits at the start of the Logits workspace and returns their count.</summary>
     unsafe int EncodeBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)

@@ -128,4 +128,21 @@ public interface IGreedyBatchedBackend : IBatchedBackend
     /// <see cref="ArgumentException"/> before the step runs.
     /// </summary>
     int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling);
+
+    /// <summary>
+    /// Runs one step as <see cref="IBatchedBackend.ForwardBatch"/> does, for a step where only some rows need the host:
+    /// each logits row r (batch order) with <paramref name="hostRows"/>[r] set comes back as logits, every other row is
+    /// picked on the backend as <see cref="ForwardBatchSample"/> picks it. So one request with penalties or a logits
+    /// constraint costs the step its own row's copy, not every row's. <paramref name="sampling"/> has one entry per
+    /// logits row; a host row's entry is validated but not used (pass <see cref="RowSampling.Greedy"/>). Wrong counts or
+    /// an invalid pick throw <see cref="ArgumentException"/> before the step runs.
+    /// </summary>
+    StepPicks ForwardBatchPicks(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling, ReadOnlySpan<bool> hostRows);
 }
+
+/// <summary>
+/// What <see cref="IGreedyBatchedBackend.ForwardBatchPicks"/> returns: <see cref="Picked"/> has one id per logits row
+/// in batch order (-1 for a host row, or for a row with no logit above -inf); <see cref="HostLogits"/> holds the host
+/// rows' logits, packed in batch order, row-major (host rows, vocab_size).
+/// </summary>
+public sealed record StepPicks(int[] Picked, float[] HostLogits);

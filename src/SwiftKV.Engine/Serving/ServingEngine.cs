@@ -289,13 +289,20 @@ public sealed class ServingEngine : IDisposable
     {
         long t1 = Stopwatch.GetTimestamp();
         var chunks = step.Chunks;
-        // Token ids picked on the backend when no row that gets logits needs the host (penalties, a constraint); else
-        // every logits row comes to the host and each request's Sampler picks. Either way a sampled request draws one
-        // uniform from its own generator per token and both sides apply RowSampling's rule, so its tokens do not
+        // A row's token is picked on the backend unless its request needs the host's row (penalties, a constraint);
+        // a step with both kinds brings back only the host rows' logits (ForwardBatchPicks). A sampled request draws
+        // one uniform from its own generator per token and both sides apply RowSampling's rule, so its tokens do not
         // depend on the other requests in the step (up to the GPU's fp32 sums at a bucket edge).
-        bool onBackend = _backend is IGreedyBatchedBackend;
-        foreach (var c in chunks)
-            if (c.NeedsLogits && !live[c.Sequence].PicksOnBackend) { onBackend = false; break; }
+        bool[] host = new bool[chunks.Count];
+        int hostRows = 0, backendRows = 0;
+        for (int i = 0; i < chunks.Count; i++)
+        {
+            if (!chunks[i].NeedsLogits) continue;
+            host[i] = !live[chunks[i].Sequence].PicksOnBackend;
+            if (host[i]) hostRows++;
+            else backendRows++;
+        }
+        bool onBackend = _backend is IGreedyBatchedBackend && backendRows > 0;
         RowSampling[]? sampling = null;
         if (onBackend)
         {
@@ -304,13 +311,14 @@ public sealed class ServingEngine : IDisposable
             for (int i = 0; i < chunks.Count; i++)
             {
                 if (!chunks[i].NeedsLogits) continue;
-                picks[i] = live[chunks[i].Sequence].Sampler.NextRowSampling();   // drawn once, whatever retries follow
+                // Drawn once, whatever retries follow; a host row draws when its request samples its logits.
+                picks[i] = host[i] ? RowSampling.Greedy : live[chunks[i].Sequence].Sampler.NextRowSampling();
                 anySampled |= picks[i].Temperature > 0;
             }
-            if (anySampled) sampling = picks;   // all greedy: ForwardBatchGreedy
+            if (anySampled || hostRows > 0) sampling = picks;   // all greedy on the backend: ForwardBatchGreedy
         }
         var rows = new StepRow[chunks.Count];
-        Forward(chunks, 0, chunks.Count, onBackend, sampling, rows, live, retried: false);
+        Forward(chunks, 0, chunks.Count, onBackend, sampling, host, rows, live, retried: false);
         long t2 = Stopwatch.GetTimestamp();
         _scheduler.Complete(step);   // skips the sequences that failed above (they left the scheduler)
         _steps++;
@@ -330,15 +338,16 @@ public sealed class ServingEngine : IDisposable
             bool stop;
             try
             {
-                var (logits, picked, r, _) = rows[i];
-                if (onBackend)
+                var row = rows[i];
+                if (row.LogitsRow < 0)
                 {
                     // Picked on the backend (argmax, or a draw with this request's uniform); -1 = no finite logit.
-                    token = picked[r] >= 0 ? picked[r] : throw new InvalidOperationException(Sampler.NoFiniteLogit);
+                    int picked = row.Picked[row.PickedRow];
+                    token = picked >= 0 ? picked : throw new InvalidOperationException(Sampler.NoFiniteLogit);
                 }
                 else
                 {
-                    var rowLogits = logits.AsSpan(r * vocab, vocab);
+                    var rowLogits = row.Logits.AsSpan(row.LogitsRow * vocab, vocab);
                     if (e.Constraint is { } constraint)
                     {
                         var masked = rowLogits.ToArray();
@@ -379,7 +388,7 @@ public sealed class ServingEngine : IDisposable
             long t3 = Stopwatch.GetTimestamp();
             try
             {
-                observe(new ServingStepTrace(chunks.Count, step.NumTokens, decodes, sampled, onBackend,
+                observe(new ServingStepTrace(chunks.Count, step.NumTokens, decodes, sampled, onBackend ? hostRows : sampled,
                     Stopwatch.GetElapsedTime(scheduledFrom, t1).TotalMilliseconds, Stopwatch.GetElapsedTime(t1, t2).TotalMilliseconds,
                     Stopwatch.GetElapsedTime(t2, t3).TotalMilliseconds));
             }
@@ -391,8 +400,11 @@ public sealed class ServingEngine : IDisposable
         }
     }
 
-    /// <summary>Where a chunk's logits row landed: the step's (or a part's) logits or picked ids, and the row in them.</summary>
-    readonly record struct StepRow(float[] Logits, int[] Picked, int Row, bool Failed = false);
+    /// <summary>
+    /// Where a chunk's logits row landed: a row of logits on the host (<see cref="LogitsRow"/> >= 0), or an id picked on
+    /// the backend (<see cref="Picked"/>[<see cref="PickedRow"/>]).
+    /// </summary>
+    readonly record struct StepRow(float[] Logits, int LogitsRow, int[] Picked, int PickedRow, bool Failed = false);
 
     /// <summary>
     /// Runs chunks [lo, hi) as one batched step and records each logits row's place in <paramref name="rows"/>. When
@@ -400,26 +412,37 @@ public sealed class ServingEngine : IDisposable
     /// sequences are independent, and a step rewrites the K/V of its positions, so a part that succeeds is exactly
     /// its share of the step. A single chunk is tried twice; if it fails again, only its request fails.
     /// </summary>
-    void Forward(IReadOnlyList<ScheduledChunk> chunks, int lo, int hi, bool onBackend, RowSampling[]? sampling, StepRow[] rows,
-        Dictionary<Sequence, Entry> live, bool retried)
+    void Forward(IReadOnlyList<ScheduledChunk> chunks, int lo, int hi, bool onBackend, RowSampling[]? sampling, bool[] host,
+        StepRow[] rows, Dictionary<Sequence, Entry> live, bool retried)
     {
         var batch = new BatchSequence[hi - lo];
         var picks = new List<RowSampling>();
+        var hostRows = new List<bool>();
         for (int i = lo; i < hi; i++)
         {
             var c = chunks[i];
             batch[i - lo] = new BatchSequence(c.Sequence.TokenMemory(c.Start, c.Count), c.Start, c.Sequence.Blocks.Blocks, c.NeedsLogits);
-            if (sampling is not null && c.NeedsLogits) picks.Add(sampling[i]);
+            if (!c.NeedsLogits) continue;
+            if (sampling is not null) picks.Add(sampling[i]);
+            hostRows.Add(host[i]);
         }
         try
         {
             float[] logits = [];
             int[] picked = [];
-            if (onBackend && sampling is not null) picked = ((IGreedyBatchedBackend)_backend).ForwardBatchSample(_kv, batch, picks.ToArray());
-            else if (onBackend) picked = ((IGreedyBatchedBackend)_backend).ForwardBatchGreedy(_kv, batch);
+            var greedy = _backend as IGreedyBatchedBackend;
+            if (onBackend && hostRows.Contains(true))
+                (picked, logits) = greedy!.ForwardBatchPicks(_kv, batch, picks.ToArray(), hostRows.ToArray());
+            else if (onBackend && sampling is not null) picked = greedy!.ForwardBatchSample(_kv, batch, picks.ToArray());
+            else if (onBackend) picked = greedy!.ForwardBatchGreedy(_kv, batch);
             else logits = _backend.ForwardBatch(_kv, batch);
-            for (int i = lo, r = 0; i < hi; i++)
-                if (chunks[i].NeedsLogits) rows[i] = new StepRow(logits, picked, r++);
+            for (int i = lo, r = 0, h = 0; i < hi; i++)
+            {
+                if (!chunks[i].NeedsLogits) continue;
+                // Logits rows come back in batch order: all of them (ForwardBatch), or only the host rows.
+                bool asLogits = !onBackend || host[i];
+                rows[i] = new StepRow(logits, asLogits ? h++ : -1, picked, r++);
+            }
         }
         catch (Exception ex)
         {
@@ -427,11 +450,11 @@ public sealed class ServingEngine : IDisposable
             {
                 Trace.TraceWarning($"SwiftKV serving: a batched step of {hi - lo} sequence(s) failed ({ex.Message}); running it {(hi - lo > 1 ? "in two halves" : "again")}.");
                 int mid = hi - lo > 1 ? (lo + hi) / 2 : hi;
-                Forward(chunks, lo, mid, onBackend, sampling, rows, live, retried: hi - lo == 1);
-                if (mid < hi) Forward(chunks, mid, hi, onBackend, sampling, rows, live, retried: false);
+                Forward(chunks, lo, mid, onBackend, sampling, host, rows, live, retried: hi - lo == 1);
+                if (mid < hi) Forward(chunks, mid, hi, onBackend, sampling, host, rows, live, retried: false);
                 return;
             }
-            rows[lo] = new StepRow([], [], 0, Failed: true);
+            rows[lo] = new StepRow([], -1, [], 0, Failed: true);
             Fail(live[chunks[lo].Sequence], live, new InvalidOperationException($"the batched forward step failed: {ex.Message}", ex));
         }
     }

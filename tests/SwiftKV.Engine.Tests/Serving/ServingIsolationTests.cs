@@ -115,12 +115,29 @@ public sealed class ServingIsolationTests
             Step(batch);
             return Inner.ForwardBatchSample(kv, batch, sampling);
         }
+        public int MixedCalls { get; private set; }
+        public bool MixedCallFailed { get; private set; }
+        public StepPicks ForwardBatchPicks(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling, ReadOnlySpan<bool> hostRows)
+        {
+            MixedCalls++;
+            try
+            {
+                Step(batch);
+            }
+            catch
+            {
+                MixedCallFailed = true;
+                throw;
+            }
+            return Inner.ForwardBatchPicks(kv, batch, sampling, hostRows);
+        }
     }
 
     /// <summary>
     /// Seeded sampled requests picked on the backend through a step that fails mid-run: the engine runs it again in
     /// halves, each half with its own rows' picks drawn before the first try (no request draws twice), so every output
-    /// still equals its solo run.
+    /// still equals its solo run. One request has a frequency penalty: its rows come to the host beside the others'
+    /// picks (ForwardBatchPicks), in the failed step too.
     /// </summary>
     [Fact]
     public async Task TransientFailureOfASampledStep_IsRetriedInParts_WithTheSameDraws()
@@ -131,12 +148,16 @@ public sealed class ServingIsolationTests
         using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 200 });
         int vocab = cpu.Config.VocabSize;
         var prompts = Enumerable.Range(0, 5).Select(i => TestModels.RandomTokens(5 + i, vocab, 70 + (ulong)i)).ToArray();
-        SamplingParams Params(int i) => i == 1 ? SamplingParams.Greedy : new SamplingParams { Temperature = 0.8f, TopK = 30, TopP = 0.9f, Seed = 900 + (ulong)i };
-        var got = await Outcomes(prompts.Select((p, i) => engine.Submit(p, Params(i), 16, ct: Ct)).ToArray());
+        SamplingParams Params(int i) => i == 1 ? SamplingParams.Greedy
+            : new SamplingParams { Temperature = 0.8f, TopK = 30, TopP = 0.9f, Seed = 900 + (ulong)i, FrequencyPenalty = i == 3 ? 0.5f : 0f };
+        int MaxTokens(int i) => i == 3 ? 8 : 16;   // the steps after it leaves pick every row on the backend
+        var got = await Outcomes(prompts.Select((p, i) => engine.Submit(p, Params(i), MaxTokens(i), ct: Ct)).ToArray());
         for (int i = 0; i < prompts.Length; i++)
-            Assert.Equal(string.Join(",", ServingEngineTests.Solo(cpu, prompts[i], Params(i), 16, new HashSet<int>())), got[i]);
+            Assert.Equal(string.Join(",", ServingEngineTests.Solo(cpu, prompts[i], Params(i), MaxTokens(i), new HashSet<int>())), got[i]);
         Assert.True(failures > 0, "the injected failure never happened");
-        Assert.True(backend.SampledCalls > 8, "the sampled steps did not pick on the backend");
+        Assert.True(backend.MixedCallFailed, "the injected failure did not hit a step with host and backend rows");
+        Assert.True(backend.MixedCalls > 4, "the steps with the penalised request did not pick the others on the backend");
+        Assert.True(backend.SampledCalls > 4, "the steps after the penalised request did not pick every row on the backend");
     }
 
     static async Task<string[]> Outcomes(IEnumerable<ServingRequest> requests) =>
