@@ -34,7 +34,7 @@ namespace SwiftKV.Cli;
 
 internal static class ServeBenchCommand
 {
-    public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--requests 256] [--prompt 2000] [--output 256] " +
+    public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--requests 256] [--prompt 2000 (a list: each config run at each length, in order)] [--output 256] " +
         "[--max-batch-tokens N (default: the engine's, 8192 on GPUs of >= 64 GiB)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--kv-gb N|auto (default: free memory less the headroom)] [--max-running N|auto (default: --requests; auto: the engine's)] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
         "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--temperature 0] [--top-k 0] [--top-p 1] [--frequency-penalty 0] [--penalised all] [--out serve.json] [--md serve.md]";
 
@@ -85,7 +85,12 @@ internal static class ServeBenchCommand
     {
         string preset = a.String("preset") ?? "llama-3.1-8b";
         string[] variantKeys = (a.String("variants") ?? "off,swiftkv50,acrosskv4").Split(',', StringSplitOptions.RemoveEmptyEntries);
-        int requests = a.Int("requests") ?? 256, prompt = a.Int("prompt") ?? 2000, output = a.Int("output") ?? 256;
+        int requests = a.Int("requests") ?? 256, output = a.Int("output") ?? 256;
+        // Several prompt lengths run one after another on the same backend: what a new length costs its first request.
+        int[] promptLengths = (a.String("prompt") ?? "2000").Split(',', StringSplitOptions.RemoveEmptyEntries)
+            .Select(x => int.TryParse(x, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n >= 1 ? n
+                : throw new UsageException($"--prompt: '{x}' is not a token count >= 1")).ToArray();
+        int prompt = promptLengths.Length > 0 ? promptLengths.Max() : throw new UsageException("--prompt: no length given");
         // Unset: what the engine (and so the IChatClient) picks for each variant's backend and pool type.
         int? maxBatchArg = a.Int("max-batch-tokens"), blockSizeArg = a.Int("block-size");
         double headroomGb = a.Float("headroom-gb") ?? 4;
@@ -114,7 +119,7 @@ internal static class ServeBenchCommand
         string? outMd = a.String("md");
         bool[] wsModes = a.OnOffBoth("paged-attention-ws", "on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)");
         a.RejectUnknown();
-        if (requests < 1 || prompt < 1 || output < 1 || maxBatchArg is < 1 || blockSizeArg is < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1 || penalised < 0)
+        if (requests < 1 || output < 1 || maxBatchArg is < 1 || blockSizeArg is < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1 || penalised < 0)
             throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --block-size, --questions, --question-tokens and --prefix-output must be >= 1, --penalised >= 0");
         if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("serve-bench needs a CUDA GPU: " + why);
 
@@ -141,7 +146,7 @@ internal static class ServeBenchCommand
             ["date_utc"] = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture),
             ["commit"] = Environment.GetEnvironmentVariable("SWIFTKV_COMMIT") ?? "",
             ["preset"] = preset,
-            ["workload"] = new JsonObject { ["requests"] = requests, ["prompt"] = prompt, ["output"] = output, ["max_batch_tokens"] = maxBatchArg, ["block_size"] = blockSizeArg, ["max_running"] = maxRunningArg, ["kv_gb"] = kvGb,
+            ["workload"] = new JsonObject { ["requests"] = requests, ["prompt"] = string.Join(",", promptLengths), ["output"] = output, ["max_batch_tokens"] = maxBatchArg, ["block_size"] = blockSizeArg, ["max_running"] = maxRunningArg, ["kv_gb"] = kvGb,
                 ["note"] = "null: the engine's own choice (each run records what it resolved)" },
         };
         var rows = new JsonArray();
@@ -190,10 +195,11 @@ internal static class ServeBenchCommand
         {
             using var backend = Open(v);
             var opts = PoolOptions(backend, v.Dtype, blockSizeArg, maxBatchArg, runningAuto ? null : maxRunningArg ?? requests, prompt + output, headroomGb, kvArg == "auto", kvGb);
-            var prompts = Enumerable.Range(0, requests).Select(i => Tokens(prompt, v.Config.VocabSize, 1000 + i)).ToArray();
             foreach (var c in configs)
                 foreach (bool ws in wsModes)
+                foreach (int length in promptLengths)
                 {
+                    var prompts = Enumerable.Range(0, requests).Select(i => Tokens(length, v.Config.VocabSize, 1000 + i)).ToArray();
                     backend.SplitMixedAttention = c.SplitAttention;
                     backend.UseWarpSpecializedPagedAttention = ws;
                     long wsBefore = backend.WarpSpecializedAttentionLaunches;
