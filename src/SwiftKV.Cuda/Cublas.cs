@@ -4,6 +4,8 @@
 // 2·inter values per token).
 // Row-major (rows, out) is column-major (out, rows), so the call is C = op(A)·B with A = W stored
 // column-major as (in, out) and transposed: m = out, n = rows, k = in, lda = ldb = in, ldc = out.
+// The GEMMs go through cuBLASLt with one algorithm per bucket of row counts (CublasLtPlans says why); cublasGemmEx is
+// the fallback for a problem cuBLASLt's heuristic has no algorithm for.
 using System.Runtime.InteropServices;
 using SwiftKV.Cuda.Native;
 
@@ -21,10 +23,12 @@ sealed class CublasHandle() : SafeHandle(0, true)
     }
 }
 
-/// <summary>An owned cuBLAS handle bound to one stream.</summary>
+/// <summary>An owned cuBLAS handle (and cuBLASLt plans) bound to one stream.</summary>
 public sealed unsafe class Cublas : IDisposable
 {
     readonly CublasHandle _handle = new();
+    readonly CublasLtPlans _lt;
+    readonly nint _stream;
 
     public Cublas(CudaStream stream)
     {
@@ -38,6 +42,8 @@ public sealed unsafe class Cublas : IDisposable
             CublasNative.Check(CublasNative.cublasSetStream(h, stream.Handle), "cublasSetStream_v2");
             CublasNative.Check(CublasNative.cublasGetVersion(h, out int v), "cublasGetVersion_v2");
             Version = v;
+            _stream = stream.Handle;
+            _lt = new CublasLtPlans();
         }
         catch
         {
@@ -47,6 +53,9 @@ public sealed unsafe class Cublas : IDisposable
     }
 
     public int Version { get; }
+
+    /// <summary>cuBLASLt heuristic queries so far: one per projection shape and row bucket, not per row count.</summary>
+    public int HeuristicQueries => _lt.HeuristicQueries;
 
     nint Handle => _handle.IsClosed ? throw new ObjectDisposedException(nameof(Cublas)) : _handle.DangerousGetHandle();
 
@@ -83,6 +92,7 @@ public sealed unsafe class Cublas : IDisposable
     {
         float alpha = 1, beta = accumulate ? 1 : 0;
         CudaRuntime.Bind();
+        if (_lt.TryGemm(outDim, rows, inDim, w, x, y, yType, ldy, beta, _stream)) return;
         CublasNative.Check(CublasNative.cublasGemmEx(Handle, CublasNative.OpT, CublasNative.OpN, outDim, rows, inDim,
             &alpha, w, CublasNative.CudaR16BF, inDim, x, CublasNative.CudaR16BF, inDim,
             &beta, y, yType, ldy, CublasNative.Compute32F, CublasNative.GemmDefault),
@@ -94,5 +104,9 @@ public sealed unsafe class Cublas : IDisposable
         if (have < need) throw new ArgumentException($"Linear: {what} holds {have} elements, {shape} needs {need}.");
     }
 
-    public void Dispose() => _handle.Dispose();
+    public void Dispose()
+    {
+        _lt.Dispose();
+        _handle.Dispose();
+    }
 }

@@ -63,7 +63,7 @@ public static class CudaRuntime
 
     static unsafe CudaDeviceInfo Start()
     {
-        foreach (var lib in new[] { CudaLibraries.Driver, CudaLibraries.Nvrtc, CudaLibraries.Cublas })
+        foreach (var lib in new[] { CudaLibraries.Driver, CudaLibraries.Nvrtc, CudaLibraries.Cublas, CudaLibraries.CublasLt })
             if (!CudaLibraries.TryLoad(lib, out _, out var why)) throw new CudaException(why);
         CuDriver.Check(CuDriver.cuInit(0), "cuInit");
         CuDriver.Check(CuDriver.cuDeviceGetCount(out int count), "cuDeviceGetCount");

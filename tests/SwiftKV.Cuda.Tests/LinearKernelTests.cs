@@ -160,6 +160,64 @@ public sealed class LinearKernelTests : GpuFixtureTest
         }
     }
 
+    /// <summary>
+    /// cuBLASLt plans: row counts of one bucket run the algorithm chosen for the bucket (no new heuristic query) and
+    /// still match the reference, fp32 accumulate into a y column slice whose start is only 4-byte aligned.
+    /// </summary>
+    [Fact]
+    public void CublasLinear_RowCountsOfOneBucket_ShareAPlanAndMatchReference()
+    {
+        Gpu.Require();
+        var rng = new TestRng(75);
+        int inDim = 136, outDim = 72, ldy = outDim + 3, maxRows = 2048;
+        var x = RandomBf16(rng, (long)maxRows * inDim, 1f);
+        var w = RandomBf16(rng, (long)outDim * inDim, 0.2f);
+        var y0 = rng.Array((long)maxRows * ldy + 1, 1f);
+        using var dx = new DeviceBuffer<Bf16>(x);
+        using var dw = new DeviceBuffer<Bf16>(w);
+        using var dy = new DeviceBuffer<float>(y0.Length);
+        using var blas = new Cublas(Stream);
+        var want = Reference(x, w, maxRows, inDim, outDim);   // rows are independent: row r of any shorter product
+        void Check(int rows)
+        {
+            Stream.Upload<float>(y0, dy.Span);
+            blas.Linear(dx.Span.Slice(0, (long)rows * inDim), rows, inDim, dw, outDim, dy.Span.Slice(1), accumulate: true, ldy);
+            Stream.Synchronize();
+            var got = dy.ToArray();
+            for (int r = 0; r < rows; r++)
+            {
+                var wr = new double[outDim];
+                for (int o = 0; o < outDim; o++) wr[o] = want[r * outDim + o] + y0[1 + r * ldy + o];
+                Gpu.Close(got.AsSpan(1 + r * ldy, outDim), wr, 1e-5, 1e-5, $"{rows} rows, row {r}");
+            }
+            Assert.Equal(y0[1 + (long)rows * ldy], got[1 + (long)rows * ldy]);   // nothing past the last row
+        }
+        foreach (int rows in new[] { 1, 3, 16, 17, 18, 100, 2001 }) Check(rows);
+        int queries = blas.HeuristicQueries;
+        foreach (int rows in new[] { 1999, 2040, 2048, 99, 97 }) Check(rows);   // buckets 2048 and 104: 100 and 2001 opened them
+        Assert.Equal(queries, blas.HeuristicQueries);
+        Check(1000);
+        Assert.Equal(queries + 1, blas.HeuristicQueries);
+    }
+
+    /// <summary>The row buckets: n itself up to 16, then at most 1/8 above n, never below it, 8 per power of two.</summary>
+    [Fact]
+    public void RowBucket_StaysWithinAnEighthAboveTheRows()
+    {
+        for (int n = 1; n <= 16; n++) Assert.Equal(n, CublasLtPlans.RowBucket(n));
+        var buckets = new HashSet<int>();
+        for (int n = 17; n <= 40000; n++)
+        {
+            int b = CublasLtPlans.RowBucket(n);
+            Assert.InRange(b, n, n + Math.Max(1, n / 8));
+            Assert.True(CublasLtPlans.RowBucket(b) == b, $"bucket {b} of {n} is not its own bucket");
+            Assert.True(CublasLtPlans.RowBucket(n - 1) <= b, $"buckets of {n - 1} and {n} are out of order");
+            if (n <= 8192) buckets.Add(b);
+        }
+        Assert.Equal(8 * 9, buckets.Count);   // 17..8192: eight per power of two, (16, 32] to (4096, 8192]
+        Assert.Equal(2048, CublasLtPlans.RowBucket(2000));
+    }
+
     [Theory]
     [InlineData(3, 296)]   // 16-byte vectors
     [InlineData(4, 301)]   // scalar

@@ -1,6 +1,6 @@
 // Finds the CUDA shared libraries at run time: the driver (libcuda.so.1, installed with the NVIDIA driver) and the
-// toolkit's NVRTC and cuBLAS (CUDA_HOME / CUDA_PATH, /usr/local/cuda, then the loader path). The P/Invoke
-// declarations name the logical libraries "cuda", "nvrtc" and "cublas"; the resolver maps them to what was found.
+// toolkit's NVRTC, cuBLAS and cuBLASLt (CUDA_HOME / CUDA_PATH, /usr/local/cuda, then the loader path). The P/Invoke
+// declarations name the logical libraries "cuda", "nvrtc", "cublas" and "cublasLt"; the resolver maps them to what was found.
 using System.Reflection;
 using System.Runtime.InteropServices;
 
@@ -11,6 +11,7 @@ internal static class CudaLibraries
     public const string Driver = "cuda";
     public const string Nvrtc = "nvrtc";
     public const string Cublas = "cublas";
+    public const string CublasLt = "cublasLt";
 
     static readonly object Gate = new();
     static readonly Dictionary<string, nint> Loaded = new();
@@ -29,7 +30,7 @@ internal static class CudaLibraries
     }
 
     static nint Resolve(string name, Assembly assembly, DllImportSearchPath? path) =>
-        name is Driver or Nvrtc or Cublas && TryLoad(name, out var h, out _) ? h : 0;
+        name is Driver or Nvrtc or Cublas or CublasLt && TryLoad(name, out var h, out _) ? h : 0;
 
     /// <summary>The CUDA toolkit root: CUDA_HOME, CUDA_PATH or /usr/local/cuda, if it exists.</summary>
     public static string? ToolkitRoot()
@@ -59,6 +60,7 @@ internal static class CudaLibraries
             {
                 Driver => "libcuda.so.1 (the NVIDIA driver's CUDA library) was not found: install the NVIDIA driver and make sure a GPU is visible.",
                 Nvrtc => "NVRTC (libnvrtc.so.*) was not found: install the CUDA toolkit's NVRTC (e.g. apt package cuda-nvrtc-13-0) and set CUDA_HOME or LD_LIBRARY_PATH to it.",
+                CublasLt => "cuBLASLt (libcublasLt.so.*) was not found: install the CUDA toolkit's cuBLAS (e.g. apt package libcublas-13-0, which ships cuBLASLt) and set CUDA_HOME or LD_LIBRARY_PATH to it.",
                 _ => "cuBLAS (libcublas.so.*) was not found: install the CUDA toolkit's cuBLAS (e.g. apt package libcublas-13-0) and set CUDA_HOME or LD_LIBRARY_PATH to it.",
             };
             Failures[name] = reason;
@@ -72,7 +74,7 @@ internal static class CudaLibraries
         if (OperatingSystem.IsWindows())
         {
             if (name == Driver) yield return "nvcuda.dll";
-            foreach (var f in ToolkitFiles(name == Nvrtc ? "nvrtc64_*.dll" : "cublas64_*.dll", "bin")) yield return f;
+            foreach (var f in ToolkitFiles(name switch { Nvrtc => "nvrtc64_*.dll", CublasLt => "cublasLt64_*.dll", _ => "cublas64_*.dll" }, "bin")) yield return f;
             yield break;
         }
         if (name == Driver)
@@ -81,7 +83,7 @@ internal static class CudaLibraries
             yield return "libcuda.so";
             yield break;
         }
-        string stem = name == Nvrtc ? "libnvrtc" : "libcublas";
+        string stem = name switch { Nvrtc => "libnvrtc", CublasLt => "libcublasLt", _ => "libcublas" };
         // cuBLAS loads cuBLASLt by soname; loading it first from the same folder makes that lookup succeed
         // even when the folder is not on LD_LIBRARY_PATH.
         foreach (var f in ToolkitFiles(stem + ".so*", "lib64", "targets/x86_64-linux/lib", "lib"))
@@ -106,7 +108,8 @@ internal static class CudaLibraries
         foreach (var dir in roots.Where(Directory.Exists))
         {
             var files = Directory.GetFiles(dir, pattern)
-                .Where(f => !Path.GetFileName(f).Contains("builtins") && !Path.GetFileName(f).Contains("Lt") && !f.EndsWith(".alt", StringComparison.Ordinal))
+                .Where(f => !Path.GetFileName(f).Contains("builtins") && !f.EndsWith(".alt", StringComparison.Ordinal)
+                    && Path.GetFileName(f).Contains("Lt") == pattern.Contains("Lt"))
                 .OrderByDescending(f => f.Length).ThenByDescending(f => f, StringComparer.Ordinal);
             foreach (var f in files) yield return f;
         }

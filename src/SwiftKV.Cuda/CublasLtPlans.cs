@@ -1,0 +1,163 @@
+// The engine's cuBLAS GEMMs through cuBLASLt with the algorithm chosen once per bucket of row counts.
+// Why: cublasGemmEx runs cuBLAS's heuristic for every new (m, n, k) and may load a new kernel the first time it picks
+// one. On an H100 that cost 0.2-0.4 ms per projection for a row count not seen before, and 4-5 ms when it loaded a
+// kernel (bench/gemm/first_call_probe.cu). A serving step's row count (its prefill chunks plus its decodes) changes
+// nearly every step, so those costs came back step after step. Here the heuristic runs for the bucket's top row count
+// (n <= 16 as they are, then 8 buckets per power of two: 2000 runs 2048's algorithm) and the algorithm is kept for
+// every n in the bucket; an algorithm cuBLASLt refuses for some n is replaced by one chosen for that exact n.
+using System.Numerics;
+using SwiftKV.Cuda.Native;
+
+namespace SwiftKV.Cuda;
+
+sealed class CublasLtHandle() : System.Runtime.InteropServices.SafeHandle(0, true)
+{
+    public override bool IsInvalid => handle == 0;
+    public void Set(nint h) => SetHandle(h);
+    protected override bool ReleaseHandle()
+    {
+        if (!CudaRuntime.TryBindForRelease()) return false;
+        using var gate = CaptureGate.Exclusive();
+        return CublasLtNative.cublasLtDestroy(handle) == 0;
+    }
+}
+
+/// <summary>y = W·x GEMMs (cuBLAS's column-major view, A = W transposed) through cuBLASLt, one algorithm per row bucket.</summary>
+sealed unsafe class CublasLtPlans : IDisposable
+{
+    /// <summary>cuBLAS's recommended workspace on Hopper; the heuristic is told the algorithms may use this much.</summary>
+    const long WorkspaceBytes = 32L << 20;
+
+    readonly CublasLtHandle _handle = new();
+    readonly nint _op;
+    readonly DeviceBuffer<byte> _workspace;
+    readonly Dictionary<PlanKey, CublasLtNative.MatmulAlgo?> _plans = new();
+    bool _disposed;
+
+    /// <summary>A problem as the heuristic sees it: shapes, the output type, the row bucket and the pointers' alignment.</summary>
+    readonly record struct PlanKey(int M, int K, int Ldc, int CType, int Rows, int AlignA, int AlignB, int AlignC);
+
+    public CublasLtPlans()
+    {
+        CudaRuntime.Bind();
+        nint h;
+        using (CaptureGate.Exclusive())
+            CublasNative.Check(CublasLtNative.cublasLtCreate(out h), "cublasLtCreate");
+        _handle.Set(h);
+        try
+        {
+            CublasNative.Check(CublasLtNative.cublasLtMatmulDescCreate(out _op, CublasNative.Compute32F, CublasNative.CudaR32F), "cublasLtMatmulDescCreate");
+            int t = CublasNative.OpT, n = CublasNative.OpN;
+            CublasNative.Check(CublasLtNative.cublasLtMatmulDescSetAttribute(_op, CublasLtNative.DescTransA, &t, sizeof(int)), "cublasLtMatmulDescSetAttribute(TRANSA)");
+            CublasNative.Check(CublasLtNative.cublasLtMatmulDescSetAttribute(_op, CublasLtNative.DescTransB, &n, sizeof(int)), "cublasLtMatmulDescSetAttribute(TRANSB)");
+            _workspace = new DeviceBuffer<byte>(WorkspaceBytes);
+        }
+        catch
+        {
+            if (_op != 0) CublasLtNative.cublasLtMatmulDescDestroy(_op);
+            _handle.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Heuristic queries so far (tests: a new row count inside a known bucket asks none).</summary>
+    public int HeuristicQueries { get; private set; }
+
+    /// <summary>
+    /// The row count whose algorithm serves <paramref name="n"/> rows: n up to 16, then n rounded up to an eighth of its
+    /// power of two (17-31 by 2, ..., 1025-2047 by 128, 2049-4095 by 256), so a bucket's rows differ by at most 1/8.
+    /// </summary>
+    public static int RowBucket(int n)
+    {
+        if (n <= 16) return n;
+        int g = (int)BitOperations.RoundUpToPowerOf2((uint)n + 1) / 16;   // an eighth of the power of two at or below n
+        return (n + g - 1) / g * g;
+    }
+
+    /// <summary>
+    /// C (m, n) = op(A)ᵀ·B [+ C] in cuBLAS's terms: A (k, m) bf16 with lda = k, B (k, n) bf16 with ldb = k, C of
+    /// <paramref name="cType"/> with ldc. Returns false when cuBLASLt has no algorithm for the problem (the caller
+    /// falls back to cublasGemmEx).
+    /// </summary>
+    public bool TryGemm(int m, int n, int k, ulong a, ulong b, ulong c, int cType, int ldc, float beta, nint stream)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        nint la = 0, lb = 0, lc = 0;
+        try
+        {
+            CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out la, CublasNative.CudaR16BF, (ulong)k, (ulong)m, k), "cublasLtMatrixLayoutCreate(A)");
+            CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out lb, CublasNative.CudaR16BF, (ulong)k, (ulong)n, k), "cublasLtMatrixLayoutCreate(B)");
+            CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out lc, cType, (ulong)m, (ulong)n, ldc), "cublasLtMatrixLayoutCreate(C)");
+            var key = new PlanKey(m, k, ldc, cType, RowBucket(n), Alignment(a), Alignment(b), Alignment(c));
+            int status = Run(key, m, k, a, b, c, cType, ldc, beta, la, lb, lc, stream);
+            if (status is CublasLtNative.StatusNotSupported or CublasLtNative.StatusInvalidValue && key.Rows != n)
+                status = Run(key with { Rows = n }, m, k, a, b, c, cType, ldc, beta, la, lb, lc, stream);   // the bucket's algorithm does not fit n
+            if (status == -1) return false;
+            CublasNative.Check(status, $"cublasLtMatmul(m={m}, n={n}, k={k}, C {(cType == CublasNative.CudaR32F ? "fp32" : "bf16")})");
+            return true;
+        }
+        finally
+        {
+            if (lc != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(lc);
+            if (lb != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(lb);
+            if (la != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(la);
+        }
+    }
+
+    /// <summary>The matmul with <paramref name="key"/>'s algorithm (chosen now if new); -1 when the heuristic has none.</summary>
+    int Run(PlanKey key, int m, int k, ulong a, ulong b, ulong c, int cType, int ldc, float beta, nint la, nint lb, nint lc, nint stream)
+    {
+        if (!_plans.TryGetValue(key, out var algo)) _plans[key] = algo = Choose(key);
+        if (algo is not { } chosen) return -1;
+        float alpha = 1;
+        return CublasLtNative.cublasLtMatmul(_handle.DangerousGetHandle(), _op, &alpha, a, la, b, lb, &beta, c, lc, c, lc, &chosen,
+            _workspace.Span.Address, (nuint)WorkspaceBytes, stream);
+    }
+
+    /// <summary>cuBLASLt's first choice for the key's problem at its bucket's row count, or null if it has none.</summary>
+    CublasLtNative.MatmulAlgo? Choose(PlanKey key)
+    {
+        HeuristicQueries++;
+        nint pref = 0, la = 0, lb = 0, lc = 0;
+        try
+        {
+            CublasNative.Check(CublasLtNative.cublasLtMatmulPreferenceCreate(out pref), "cublasLtMatmulPreferenceCreate");
+            ulong bytes = WorkspaceBytes;
+            CublasNative.Check(CublasLtNative.cublasLtMatmulPreferenceSetAttribute(pref, CublasLtNative.PrefMaxWorkspaceBytes, &bytes, sizeof(ulong)), "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)");
+            // The heuristic assumes 256-byte aligned pointers unless told otherwise; a column slice of y may be less.
+            foreach (var (attr, align) in new[] { (CublasLtNative.PrefMinAlignmentA, key.AlignA), (CublasLtNative.PrefMinAlignmentB, key.AlignB),
+                (CublasLtNative.PrefMinAlignmentC, key.AlignC), (CublasLtNative.PrefMinAlignmentD, key.AlignC) })
+            {
+                uint v = (uint)align;
+                CublasNative.Check(CublasLtNative.cublasLtMatmulPreferenceSetAttribute(pref, attr, &v, sizeof(uint)), "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)");
+            }
+            CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out la, CublasNative.CudaR16BF, (ulong)key.K, (ulong)key.M, key.K), "cublasLtMatrixLayoutCreate(A)");
+            CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out lb, CublasNative.CudaR16BF, (ulong)key.K, (ulong)key.Rows, key.K), "cublasLtMatrixLayoutCreate(B)");
+            CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out lc, key.CType, (ulong)key.M, (ulong)key.Rows, key.Ldc), "cublasLtMatrixLayoutCreate(C)");
+            CublasLtNative.HeuristicResult result;
+            int status = CublasLtNative.cublasLtMatmulAlgoGetHeuristic(_handle.DangerousGetHandle(), _op, la, lb, lc, lc, pref, 1, &result, out int found);
+            if (status == CublasLtNative.StatusNotSupported || found < 1 || result.State != 0) return null;
+            CublasNative.Check(status, $"cublasLtMatmulAlgoGetHeuristic(m={key.M}, n={key.Rows}, k={key.K})");
+            return result.Algo;
+        }
+        finally
+        {
+            if (lc != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(lc);
+            if (lb != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(lb);
+            if (la != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(la);
+            if (pref != 0) CublasLtNative.cublasLtMatmulPreferenceDestroy(pref);
+        }
+    }
+
+    /// <summary>The largest power of two (up to 256) that divides the address.</summary>
+    static int Alignment(ulong address) => address == 0 ? 256 : (int)Math.Min(256UL, address & (~address + 1));
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        if (CudaRuntime.TryBindForRelease()) CublasLtNative.cublasLtMatmulDescDestroy(_op);
+        _workspace.Dispose();
+        _handle.Dispose();
+    }
+}
