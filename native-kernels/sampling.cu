@@ -20,7 +20,7 @@
 // a batch. sample_rows_f32: each row its own (1 / temperature, top_p, u) and top_k (a serving step's sequences); a row
 // with 1 / temperature 0 is left as it is (the caller put its argmax there). Both run sample_row, so the same row,
 // parameters and u_r give the same token from either.
-// Launch: grid (rows), block SAMPLE_THREADS.
+// Launch: grid (rows), block SAMPLE_THREADS. bias_logits_f32 (end of file) adds penalties to the rows beforehand.
 #include "swiftkv_common.cuh"
 
 #define SAMPLE_THREADS 1024
@@ -239,4 +239,15 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(con
     const float inv_temperature = p[0];
     if (inv_temperature == 0.f) return;   // greedy: the argmax is already in out
     sample_row(logits + (long long)blockIdx.x * n, n, inv_temperature, top_k[blockIdx.x], p[1], p[2], out + blockIdx.x);
+}
+
+// A step's logit biases (frequency / presence penalties), added before its rows are picked: entry i adds deltas[i] to
+// logits[row * n + token] with (row, token) = entries[2i], entries[2i + 1]. The host checks every entry and gives each
+// (row, token) at most once, so no two threads touch one logit.
+// Launch: grid (ceil(count / 256)), block 256.
+extern "C" __global__ void bias_logits_f32(float* logits, int n, const int* entries, const float* deltas, int count)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    logits[(long long)entries[2 * i] * n + entries[2 * i + 1]] += deltas[i];
 }

@@ -1,9 +1,9 @@
 // swiftkv serve-bench: the serving engine (continuous batching, paged KV, chunked prefill, prefix cache) on the CUDA
 // backend at a real model's shape with random weights made on the GPU. Two scenarios:
 //   throughput  Snowflake's published SwiftKV workload: N concurrent requests of P random prompt tokens and O output
-//               tokens (greedy unless --temperature > 0: then seeded sampling with --top-k / --top-p, picked on the GPU,
-//               or on the host for the requests with --frequency-penalty: all, or the first --penalised N, whose
-//               rows then come to the host beside the others' picks; no stop), all submitted at once; total tokens/s = N·(P + O) / wall time from the first
+//               tokens (greedy unless --temperature > 0: then seeded sampling with --top-k / --top-p, picked on the GPU;
+//               --frequency-penalty for all requests or the first --penalised N, added to their rows on the GPU too;
+//               no stop), all submitted at once; total tokens/s = N·(P + O) / wall time from the first
 //               submit to the last completion; TTFT and TPOT p50/p99 from each request's outcome; SwiftKV off vs on
 //               vs on + AcrossKV in the same process, one backend at a time (each gets the whole card's KV memory).
 //   configs     engine/backend settings compared on each variant in the same process: base (one attention launch per
@@ -210,9 +210,9 @@ internal static class ServeBenchCommand
                     string attention = wsModes.Length == 1 ? "" : ws ? (backend.WarpSpecializedAttentionLaunches > wsBefore ? ", ws attention" : ", ws attention did not run")
                         : ", two-CTA attention";
                     string who = penalised >= requests ? "" : $" for {penalised} of {requests} requests";
-                    string penalty = sampling.FrequencyPenalty != 0 ? $", frequency penalty {sampling.FrequencyPenalty}{who}: picked on the host" : "";
+                    string penalty = sampling.FrequencyPenalty != 0 ? $", frequency penalty {sampling.FrequencyPenalty}{who}" : "";
                     string picks = sampling.Temperature == 0 ? (penalty == "" ? "" : $", greedy{penalty}")
-                        : $", sampled (T {sampling.Temperature}, top-k {sampling.TopK}, top-p {sampling.TopP}{(penalty == "" ? ": picked on the GPU" : penalty)})";
+                        : $", sampled (T {sampling.Temperature}, top-k {sampling.TopK}, top-p {sampling.TopP}{penalty})";
                     Add("throughput", v, r, c.Key + attention + picks, profiler);
                 }
             backend.SplitMixedAttention = configs[^1].SplitAttention;

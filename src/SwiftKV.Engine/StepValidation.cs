@@ -41,14 +41,18 @@ internal static class StepValidation
                 $"({Array.MaxLength:N0}): ask for LastToken, or run the prompt in steps of at most {Array.MaxLength / config.VocabSize} tokens.", nameof(selection));
     }
 
-    /// <summary>ForwardBatchSample's picks: one valid <see cref="RowSampling"/> per sequence that gets logits.</summary>
-    public static void Sampling(ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
+    /// <summary>ForwardBatchSample's picks: one valid <see cref="RowSampling"/> per sequence that gets logits, biases inside the vocabulary.</summary>
+    public static void Sampling(LlamaConfig config, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
     {
         int rows = 0;
         foreach (var s in batch) if (s.NeedsLogits) rows++;
         if (sampling.Length != rows)
             throw new ArgumentException($"{sampling.Length} row samplings for {rows} sequences that get logits (one each, in batch order).", nameof(sampling));
-        for (int i = 0; i < sampling.Length; i++) sampling[i].Validate($"row sampling {i}");
+        for (int i = 0; i < sampling.Length; i++)
+        {
+            sampling[i].Validate($"row sampling {i}");
+            sampling[i].Bias?.Validate($"row sampling {i}", config.VocabSize);
+        }
     }
 
     /// <summary>ForwardBatchPicks' host mask: one flag per row sampling (so per sequence that gets logits).</summary>

@@ -209,7 +209,8 @@ public sealed class CudaBatchedTests
     /// one RowSampling.Pick (the rule on the CPU, in double) gives on the other backend's logits, up to the float
     /// rounding of the kernel's thresholds (at least 95% equal, and every token inside the rule's kept set); greedy rows
     /// the argmax. Every other step goes through ForwardBatchPicks with two rows asked for on the host: those come back
-    /// bit-equal to the other backend's logits rows. Bad picks are refused before the step runs.
+    /// bit-equal to the other backend's logits rows. Two rows carry biases (penalties), added on the device before the
+    /// argmax and the draw. Bad picks (a bias token outside the vocabulary among them) are refused before the step runs.
     /// </summary>
     [Fact]
     public void ForwardBatchSampleAndPicks_PickByTheRowSamplingRule_HostRowsAreTheLogits()
@@ -225,8 +226,13 @@ public sealed class CudaBatchedTests
         using var poolL = logitsSide.CreatePagedKvCache(seqs * 4, blockSize);
         var tokens = Enumerable.Range(0, seqs).Select(s => TestModels.RandomTokens(20 + steps, spec.Vocab, 70 + (ulong)s)).ToArray();
         var rng = new Random(3);
-        RowSampling Pick(int s) => s == 2 ? RowSampling.Greedy
-            : new RowSampling(0.5f + 0.3f * s, s % 2 == 0 ? 0 : 15, s == 3 ? 0.7f : 1f, (float)rng.NextDouble());
+        // Rows 2 (greedy) and 4 (sampled) carry biases (penalties): on row 2 one token gets +40 every other step, so the
+        // argmax must move to it; on row 4, 30 tokens get deltas in [-2, 2].
+        RowSampling Pick(int s, int k) => s == 2 ? RowSampling.Greedy with { Bias = k % 2 == 0 ? new LogitBias([(7 * k) % spec.Vocab], [40f]) : null }
+            : new RowSampling(0.5f + 0.3f * s, s % 2 == 0 ? 0 : 15, s == 3 ? 0.7f : 1f, (float)rng.NextDouble())
+            {
+                Bias = s == 4 ? new LogitBias(Enumerable.Range(0, 30).Select(i => (i * 7 + k) % spec.Vocab).ToArray(), Enumerable.Range(0, 30).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray()) : null,
+            };
         int vocab = spec.Vocab, equal = 0, total = 0, hostRowsSeen = 0;
         for (int k = 0; k <= steps; k++)
         {
@@ -234,9 +240,10 @@ public sealed class CudaBatchedTests
             var batch = Enumerable.Range(0, seqs).Select(s => k == 0
                 ? new BatchSequence(tokens[s].AsMemory(0, 16 + s), 0, tables[s], true)
                 : new BatchSequence(tokens[s].AsMemory(15 + s + k, 1), 15 + s + k, tables[s], true)).ToArray();
-            var picks = Enumerable.Range(0, seqs).Select(Pick).ToArray();
+            var picks = Enumerable.Range(0, seqs).Select(s => Pick(s, k)).ToArray();
             if (k == 1)
             {
+                Assert.Throws<ArgumentException>(() => sampler.ForwardBatchSample(poolS, batch, [.. picks[..4], picks[4] with { Bias = new LogitBias([spec.Vocab], [1f]) }]));
                 Assert.Throws<ArgumentException>(() => sampler.ForwardBatchSample(poolS, batch, picks[1..]));
                 Assert.Throws<ArgumentException>(() => sampler.ForwardBatchSample(poolS, batch, [.. picks[..4], new RowSampling(1, 0, 1, 1f)]));
             }
@@ -262,7 +269,12 @@ public sealed class CudaBatchedTests
                     continue;
                 }
                 int expected = RowSampling.Pick(row, picks[s]);
-                if (picks[s].Temperature == 0) { Assert.Equal(expected, ids[s]); continue; }
+                if (picks[s].Temperature == 0)
+                {
+                    Assert.Equal(expected, ids[s]);
+                    if (picks[s].Bias is { } b) Assert.Equal(b.Tokens[0], ids[s]);   // the +40 moved the argmax
+                    continue;
+                }
                 total++;
                 if (expected == ids[s]) { equal++; continue; }
                 // A different token: it must still be one the rule keeps (a draw at the edge between two kept tokens).

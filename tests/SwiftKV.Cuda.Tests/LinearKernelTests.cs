@@ -172,7 +172,7 @@ public sealed class LinearKernelTests : GpuFixtureTest
         int inDim = 136, outDim = 72, ldy = outDim + 3, maxRows = 2048;
         var x = RandomBf16(rng, (long)maxRows * inDim, 1f);
         var w = RandomBf16(rng, (long)outDim * inDim, 0.2f);
-        var y0 = rng.Array((long)maxRows * ldy + 1, 1f);
+        var y0 = rng.Array((long)(maxRows + 1) * ldy + 1, 1f);   // one row past the longest product stays untouched
         using var dx = new DeviceBuffer<Bf16>(x);
         using var dw = new DeviceBuffer<Bf16>(w);
         using var dy = new DeviceBuffer<float>(y0.Length);

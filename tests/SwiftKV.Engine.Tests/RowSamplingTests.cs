@@ -150,8 +150,51 @@ public class RowSamplingTests
             Assert.Equal(RowSampling.Pick(row, pick), b.Sample(row));
         }
         Assert.Equal(RowSampling.Greedy, new Sampler(SamplingParams.Greedy).NextRowSampling());
-        Assert.True(new Sampler(p).PicksOnBackend);
-        Assert.False(new Sampler(p with { FrequencyPenalty = 0.5f }).PicksOnBackend);
+    }
+
+    /// <summary>
+    /// Penalties travel as the pick's bias over the tokens accepted so far: a backend's pick (NextRowSampling, then
+    /// Accept of its token) and Sample give the tokens of picking, with the same uniform, from a copy of the row
+    /// penalised by hand (logit -= count * frequency + presence), greedy and sampled.
+    /// </summary>
+    [Theory]
+    [InlineData(0f)]
+    [InlineData(0.8f)]
+    public void Sampler_Penalties_AreThePicksBias(float temperature)
+    {
+        var rng = new Random(9);
+        var row = Enumerable.Range(0, 300).Select(_ => (float)(rng.NextDouble() * 3)).ToArray();
+        var plain = new SamplingParams { Temperature = temperature, TopK = 0, TopP = 0.95f, Seed = 78 };
+        var p = plain with { FrequencyPenalty = 0.7f, PresencePenalty = 0.3f };
+        var backendSide = new Sampler(p);
+        var hostSide = new Sampler(p);
+        var draws = new Sampler(plain);   // the same generator without penalties: the uniforms
+        var counts = new Dictionary<int, int>();
+        for (int i = 0; i < 40; i++)
+        {
+            var penalised = (float[])row.Clone();
+            foreach (var (id, n) in counts) penalised[id] -= n * 0.7f + 0.3f;
+            int expected = RowSampling.Pick(penalised, draws.NextRowSampling());
+            var pick = backendSide.NextRowSampling();
+            Assert.Equal(counts.Count, pick.Bias?.Tokens.Length ?? 0);
+            int got = RowSampling.Pick(row, pick);
+            backendSide.Accept(got);
+            Assert.Equal(expected, got);
+            Assert.Equal(expected, hostSide.Sample(row));
+            counts[expected] = counts.GetValueOrDefault(expected) + 1;
+        }
+        Assert.True(counts.Count > 3, "the penalties never moved the pick");
+    }
+
+    /// <summary>A bias is checked: one delta per token, each token once, finite deltas, tokens inside the row.</summary>
+    [Fact]
+    public void LogitBias_Invalid_IsRefused()
+    {
+        var row = new float[10];
+        foreach (var bias in new[] { new LogitBias([1, 2], [0.5f]), new LogitBias([1, 1], [0.5f, 0.5f]), new LogitBias([3], [float.NaN]),
+            new LogitBias([-1], [1f]), new LogitBias([10], [1f]) })
+            Assert.Throws<ArgumentException>(() => RowSampling.Pick(row, RowSampling.Greedy with { Bias = bias }));
+        Assert.Equal(7, RowSampling.Pick(row, RowSampling.Greedy with { Bias = new LogitBias([7, 2], [2f, 1f]) }));
     }
 
     /// <summary>
@@ -216,8 +259,8 @@ public class RowSamplingTests
     /// <summary>
     /// Seeded sampled requests through the serving engine on the CPU backend (whose steps pick on the backend) give the
     /// tokens of the single-sequence path (Generator: Forward + the Sampler), with other requests, greedy and sampled,
-    /// in the same steps; a request with a penalty in the mix is picked on the host, by the same rule, while the
-    /// other rows of its steps are still picked on the backend.
+    /// in the same steps; a request with penalties is picked on the backend with them as its bias, and one with a
+    /// logits constraint on the host, by the same rule, while the other rows of its steps are still picked on the backend.
     /// </summary>
     [Fact]
     public async Task ServingEngine_SeededSampledRequests_EqualTheSoloPath()
@@ -232,11 +275,13 @@ public class RowSamplingTests
         var none = new HashSet<int>();
         var steps = new System.Collections.Concurrent.ConcurrentQueue<ServingStepTrace>();
         using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 128, MaxBatchTokens = 32, StepObserver = steps.Enqueue });
-        var requests = jobs.Select(j => engine.Submit(j.Prompt, j.Sampling, 12, ct: TestContext.Current.CancellationToken)).ToArray();
+        ILogitsConstraint? Constraint(int i) => i == 5 ? new ServingEngineTests.EvenTokensOnly() : null;
+        var requests = jobs.Select((j, i) => engine.Submit(j.Prompt, j.Sampling, 12, ct: TestContext.Current.CancellationToken, constraint: Constraint(i))).ToArray();
         var outputs = await Task.WhenAll(requests.Select(ServingEngineTests.Collect)).WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
         for (int i = 0; i < jobs.Length; i++)
-            Assert.Equal(ServingEngineTests.Solo(backend, jobs[i].Prompt, jobs[i].Sampling, 12, none), outputs[i]);
-        // The penalised request's rows came to the host alone: at most one host row a step, and beside picked rows.
+            Assert.Equal(ServingEngineTests.Solo(backend, jobs[i].Prompt, jobs[i].Sampling, 12, none, Constraint(i)), outputs[i]);
+        // Only the constrained request's rows came to the host (the penalised one's penalties went with its picks):
+        // at most one host row a step, and beside picked rows.
         Assert.All(steps, s => Assert.InRange(s.HostRows, 0, 1));
         Assert.Contains(steps, s => s.HostRows == 1 && s.LogitsRows > 1);
     }

@@ -10,12 +10,13 @@ public sealed unsafe class SamplingKernel
 {
     // The threshold search's table: (16 cuts + 1) bins x 1024 threads of fp32 (SAMPLE_TABLE_BYTES in sampling.cu).
     const int TableBytes = 17 * 1024 * 4;
-    readonly CudaKernel _k, _rows;
+    readonly CudaKernel _k, _rows, _bias;
 
     public SamplingKernel(KernelLibrary library)
     {
         _k = library.Get("sampling.cu", "sample_f32");
         _rows = library.Get("sampling.cu", "sample_rows_f32");
+        _bias = library.Get("sampling.cu", "bias_logits_f32");
         foreach (var k in new[] { _k, _rows }) k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, TableBytes);
     }
 
@@ -37,6 +38,25 @@ public sealed unsafe class SamplingKernel
         ulong pl = logits.Address, pp = parameters.Address, pk = topK.Address, po = output.Address;
         void** args = stackalloc void*[] { &pl, &n, &pp, &pk, &po };
         _rows.Launch(stream, ((uint)rows, 1, 1), 1024, TableBytes, args);
+    }
+
+    /// <summary>
+    /// logits[row, token] += delta for each of <paramref name="count"/> entries: <paramref name="entries"/> (count, 2)
+    /// ints (row, token), <paramref name="deltas"/> (count) floats. Device data: the caller checks on the host that
+    /// every row is below the logits' rows, every token below <paramref name="n"/>, and no (row, token) repeats.
+    /// </summary>
+    public void LaunchBias(CudaStream stream, DeviceSpan<float> logits, int rows, int n, DeviceSpan<int> entries, DeviceSpan<float> deltas, int count)
+    {
+        const string name = "bias_logits_f32";
+        KernelGuard.Positive(rows, name, nameof(rows));
+        KernelGuard.Positive(n, name, nameof(n));
+        KernelGuard.Positive(count, name, nameof(count));
+        KernelGuard.Fits(logits, (long)rows * n, name, nameof(logits), $"({rows}, {n})");
+        KernelGuard.Fits(entries, 2L * count, name, nameof(entries), $"({count}, 2)");
+        KernelGuard.Fits(deltas, count, name, nameof(deltas), $"({count})");
+        ulong pl = logits.Address, pe = entries.Address, pd = deltas.Address;
+        void** args = stackalloc void*[] { &pl, &n, &pe, &pd, &count };
+        _bias.Launch(stream, ((uint)((count + 255) / 256), 1, 1), 256, 0, args);
     }
 
     /// <summary>Samples one token per row; topK 0 = no top-k filter, topP 1 = no nucleus filter (must be in (0, 1]).</summary>

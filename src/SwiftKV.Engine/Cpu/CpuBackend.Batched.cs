@@ -30,7 +30,7 @@ public sealed partial class CpuBackend : IGreedyBatchedBackend
     /// <remarks>The step's logits, then <see cref="RowSampling.Pick"/> per row (the GPU sampler's rule on the CPU).</remarks>
     public int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
     {
-        StepValidation.Sampling(batch, sampling);
+        StepValidation.Sampling(Config, batch, sampling);
         var logits = ForwardBatch(kv, batch);
         int vocab = Config.VocabSize;
         var ids = new int[sampling.Length];
@@ -42,7 +42,7 @@ public sealed partial class CpuBackend : IGreedyBatchedBackend
     /// <remarks>The step's logits; host rows are copied out, the others picked by <see cref="RowSampling.Pick"/>.</remarks>
     public StepPicks ForwardBatchPicks(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling, ReadOnlySpan<bool> hostRows)
     {
-        StepValidation.Sampling(batch, sampling);
+        StepValidation.Sampling(Config, batch, sampling);
         StepValidation.HostRows(sampling, hostRows);
         var logits = ForwardBatch(kv, batch);
         int vocab = Config.VocabSize, hosted = 0;

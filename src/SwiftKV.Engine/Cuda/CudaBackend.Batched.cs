@@ -183,7 +183,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     public int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        StepValidation.Sampling(batch, sampling);
+        StepValidation.Sampling(Config, batch, sampling);
         return PickOnDevice(kv, batch, sampling);
     }
 
@@ -195,7 +195,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     public unsafe StepPicks ForwardBatchPicks(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling, ReadOnlySpan<bool> hostRows)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        StepValidation.Sampling(batch, sampling);
+        StepValidation.Sampling(Config, batch, sampling);
         StepValidation.HostRows(sampling, hostRows);
         var device = sampling.ToArray();
         var isHost = hostRows.ToArray();
@@ -247,6 +247,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         }
         var s = _batchScratch!;
         int m0 = prof?.Mark(_stream) ?? -1;
+        AddBiases(s, sampling, rows);
         _argmax.Launch(_stream, _ws.Logits.Span, rows, Config.VocabSize, s.Picked.Span);
         int m1 = prof?.Mark(_stream) ?? -1;
         prof?.Span("argmax", m0, m1);
@@ -275,6 +276,34 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         hostRows?.Invoke(ids, _ws.Logits.Span);
         prof?.Collect();
         return ids;
+    }
+
+    /// <summary>
+    /// Adds the rows' biases (penalties; checked by StepValidation.Sampling) to the step's logits before anything reads
+    /// them: one upload of (row, token) pairs and deltas, one launch.
+    /// </summary>
+    unsafe void AddBiases(BatchScratch s, ReadOnlySpan<RowSampling> sampling, int rows)
+    {
+        int count = 0;
+        foreach (var p in sampling) count += p.Bias?.Tokens.Length ?? 0;
+        if (count == 0) return;
+        var host = s.Biases(count);
+        var entries = host.AsSpan<int>(3 * count);
+        var deltas = host.AsSpan<float>(3 * count)[(2 * count)..];
+        for (int r = 0, k = 0; r < sampling.Length; r++)
+        {
+            if (sampling[r].Bias is not { } bias) continue;
+            for (int i = 0; i < bias.Tokens.Length; i++, k++)
+            {
+                entries[2 * k] = r;
+                entries[2 * k + 1] = bias.Tokens[i];
+                deltas[k] = bias.Deltas[i];
+            }
+        }
+        var d = s.BiasesDevice.Span;
+        _stream.CopyAsync(d.Slice(0, 3L * count), (int*)host.Pointer, 3L * count);
+        _sample.LaunchBias(_stream, _ws.Logits.Span, rows, Config.VocabSize, d.Slice(0, 2L * count),
+            new DeviceSpan<float>(d.Address + 8UL * (ulong)count, count), count);
     }
 
     /// <summary>Copies a step's host rows out of the logits workspace (<see cref="ForwardBatchPicks"/>), after the ids are back.</summary>
@@ -782,6 +811,26 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         public DeviceBuffer<int> SamplingDevice { get; private set; } = null!;
         PinnedHostBuffer? _samplingHost;
         int _samplingRows;
+        /// <summary>The step's logit biases, 3 words an entry: (row, token) ints for every entry, then the float deltas.</summary>
+        public DeviceBuffer<int> BiasesDevice { get; private set; } = null!;
+        PinnedHostBuffer? _biasesHost;
+        int _biasEntries;
+
+        /// <summary>The pinned staging of <paramref name="entries"/> bias entries (and their device buffer), grown by doubling.</summary>
+        public PinnedHostBuffer Biases(int entries)
+        {
+            if (entries > _biasEntries)
+            {
+                int n = Math.Max(entries, 2 * _biasEntries);
+                BiasesDevice?.Dispose();
+                _biasesHost?.Dispose();
+                _biasEntries = 0;
+                BiasesDevice = new DeviceBuffer<int>(3L * n);
+                _biasesHost = new PinnedHostBuffer(12L * n);
+                _biasEntries = n;
+            }
+            return _biasesHost!;
+        }
 
         /// <summary>The pinned staging of <paramref name="rows"/> rows' picks (and the device buffer they go to), grown by doubling.</summary>
         public PinnedHostBuffer Sampling(int rows)
@@ -835,6 +884,8 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             Picked?.Dispose();
             SamplingDevice?.Dispose();
             _samplingHost?.Dispose();
+            BiasesDevice?.Dispose();
+            _biasesHost?.Dispose();
         }
     }
 }

@@ -1,5 +1,7 @@
 // One logits row's token pick on a batched backend (IGreedyBatchedBackend.ForwardBatchSample), so a sampled decode
 // step copies one id per sequence back instead of a 512 KB logits row (Llama 3) and a sort of it on the host.
+// A bias (frequency / presence penalties: the request's own token counts) is added to the row first, on whichever
+// side picks, so penalised requests need not bring their rows to the host either.
 // The rule is the GPU sampler's (native-kernels/sampling.cu): z = (logit - max) / T; top-k keeps every z at or above
 // the k-th largest (ties kept); top-p then keeps every z at or above the largest threshold whose mass reaches top_p of
 // the top-k mass; the token is the first, in vocabulary order, whose running kept mass exceeds U times the kept mass.
@@ -20,6 +22,9 @@ public readonly record struct RowSampling(float Temperature, int TopK, float Top
     /// <summary>The argmax pick.</summary>
     public static RowSampling Greedy => new(0, 0, 1, 0);
 
+    /// <summary>Added to the row before it is picked from (greedy too); null = none.</summary>
+    public LogitBias? Bias { get; init; }
+
     /// <summary>Throws <see cref="ArgumentException"/> naming <paramref name="what"/> when a field is out of range.</summary>
     public void Validate(string what)
     {
@@ -28,6 +33,7 @@ public readonly record struct RowSampling(float Temperature, int TopK, float Top
         if (TopK < 0) throw new ArgumentException($"{what}: top_k must be >= 0 (got {TopK}).");
         if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"{what}: top_p must be in (0, 1] (got {TopP}).");
         if (!(U >= 0 && U < 1)) throw new ArgumentException($"{what}: u must be in [0, 1) (got {U}).");
+        Bias?.Validate(what);
     }
 
     /// <summary>
@@ -37,6 +43,22 @@ public readonly record struct RowSampling(float Temperature, int TopK, float Top
     public static int Pick(ReadOnlySpan<float> logits, RowSampling s)
     {
         if (logits.IsEmpty) throw new ArgumentException("logits are empty.", nameof(logits));
+        if (s.Bias is { } bias)
+        {
+            bias.Validate("row sampling", logits.Length);
+            var floats = ArrayPool<float>.Shared;
+            var biased = floats.Rent(logits.Length);
+            try
+            {
+                logits.CopyTo(biased);
+                bias.AddTo(biased.AsSpan(0, logits.Length));
+                return Pick(biased.AsSpan(0, logits.Length), s with { Bias = null });
+            }
+            finally
+            {
+                floats.Return(biased);
+            }
+        }
         if (s.Temperature == 0 || float.IsInfinity(1f / s.Temperature)) return Sampler.GreedyOrNone(logits);   // T -> 0: the argmax
         int n = logits.Length;
         float max = float.NegativeInfinity;
@@ -176,5 +198,32 @@ public readonly record struct RowSampling(float Temperature, int TopK, float Top
         {
             pool.Return(bins);
         }
+    }
+}
+
+/// <summary>
+/// Additive changes to some logits of a row before its token is picked: logit[Tokens[i]] += Deltas[i], each token at
+/// most once (a request's frequency / presence penalties over the tokens it generated).
+/// </summary>
+public sealed record LogitBias(int[] Tokens, float[] Deltas)
+{
+    /// <summary>Throws <see cref="ArgumentException"/> naming <paramref name="what"/> for mismatched lengths, a token outside [0, vocab) (when given), a repeated token or a non-finite delta.</summary>
+    public void Validate(string what, int vocab = int.MaxValue)
+    {
+        if (Tokens is null || Deltas is null || Tokens.Length != Deltas.Length)
+            throw new ArgumentException($"{what}: a logit bias needs one delta per token (got {Tokens?.Length} tokens, {Deltas?.Length} deltas).");
+        var seen = new HashSet<int>(Tokens.Length);
+        for (int i = 0; i < Tokens.Length; i++)
+        {
+            if ((uint)Tokens[i] >= (uint)vocab) throw new ArgumentException($"{what}: logit bias token {Tokens[i]} is outside the vocabulary [0, {vocab}).");
+            if (!seen.Add(Tokens[i])) throw new ArgumentException($"{what}: logit bias token {Tokens[i]} appears twice.");
+            if (!float.IsFinite(Deltas[i])) throw new ArgumentException($"{what}: logit bias delta {Deltas[i]} for token {Tokens[i]} is not finite.");
+        }
+    }
+
+    /// <summary>Adds the deltas to <paramref name="logits"/> in place (tokens already validated against its length).</summary>
+    public void AddTo(Span<float> logits)
+    {
+        for (int i = 0; i < Tokens.Length; i++) logits[Tokens[i]] += Deltas[i];
     }
 }

@@ -5,7 +5,8 @@
 // near a bucket edge should not flip between machines because of float rounding in a long sum.
 // NOTE: frequency/presence penalties (OpenAI semantics, not a repetition penalty) live here because the sampler
 // is per sequence and sees every token it picks: logit -= count * frequency + (count > 0) * presence, applied to a
-// copy of the row before temperature, over the tokens this sampler has returned (generated tokens, never the prompt).
+// copy of the row before temperature, over the tokens this sampler has accepted (generated tokens, never the prompt).
+// They travel as the pick's LogitBias, so a batched backend applies them on the device like the CPU does here.
 namespace SwiftKV.Engine.Sampling;
 
 /// <summary>A stateful sampler for one sequence (its generator advances with every draw).</summary>
@@ -13,7 +14,6 @@ public sealed class Sampler
 {
     readonly SamplingParams _p;
     readonly Dictionary<int, int> _counts = [];
-    float[] _penalised = [];
     Xoshiro256 _rng;
 
     public Sampler(SamplingParams parameters)
@@ -45,47 +45,54 @@ public sealed class Sampler
 
     internal const string NoFiniteLogit = "every logit is NaN or -inf: nothing to sample (an invalid model output, or a constraint that masked every token).";
 
-    /// <summary>
-    /// Whether a batched backend may pick this sampler's tokens (<see cref="NextRowSampling"/>): no frequency or
-    /// presence penalty, which needs the counts kept here and the row on the host.
-    /// </summary>
-    public bool PicksOnBackend => _p.FrequencyPenalty == 0 && _p.PresencePenalty == 0;
+    bool Penalised => _p.FrequencyPenalty != 0 || _p.PresencePenalty != 0;
 
     /// <summary>
-    /// The next token's pick for a batched backend: this sampler's temperature and filters and, unless greedy, one
-    /// uniform from its generator, the one draw <see cref="Sample"/> would make for that token, so a request's
-    /// generator advances alike whichever side picks (a seeded request gives the same tokens for the same logits and
-    /// the same side).
+    /// The next token's pick for a batched backend: this sampler's temperature and filters, its penalties as a
+    /// <see cref="LogitBias"/> over the tokens accepted so far, and, unless greedy, one uniform from its generator: the
+    /// one draw <see cref="Sample"/> would make for that token, so a request's generator advances alike whichever side
+    /// picks (a seeded request gives the same tokens for the same logits and the same side). The caller hands the
+    /// token picked with it to <see cref="Accept"/>.
     /// </summary>
     public RowSampling NextRowSampling()
     {
+        var bias = PenaltyBias();
         // A temperature so small that its inverse overflows (subnormal) is the argmax, its limit.
-        if (_p.Temperature == 0 || float.IsInfinity(1f / _p.Temperature)) return RowSampling.Greedy;
+        if (_p.Temperature == 0 || float.IsInfinity(1f / _p.Temperature)) return RowSampling.Greedy with { Bias = bias };
         float u = (float)_rng.NextDouble();
         if (u >= 1f) u = MathF.BitDecrement(1f);   // a double just below 1 rounds up to 1 in float
-        return new RowSampling(_p.Temperature, _p.TopK, _p.TopP, u);
+        return new RowSampling(_p.Temperature, _p.TopK, _p.TopP, u) { Bias = bias };
+    }
+
+    /// <summary>Counts a token picked with <see cref="NextRowSampling"/>'s pick toward the penalties of the next ones.</summary>
+    public void Accept(int token)
+    {
+        if (Penalised) _counts[token] = _counts.GetValueOrDefault(token) + 1;
+    }
+
+    /// <summary>logit -= count · frequency + presence for every token accepted so far; null without penalties or tokens.</summary>
+    LogitBias? PenaltyBias()
+    {
+        if (!Penalised || _counts.Count == 0) return null;
+        var tokens = new int[_counts.Count];
+        var deltas = new float[_counts.Count];
+        int i = 0;
+        foreach (var (id, count) in _counts)
+        {
+            tokens[i] = id;
+            deltas[i++] = -(count * _p.FrequencyPenalty + _p.PresencePenalty);
+        }
+        return new LogitBias(tokens, deltas);
     }
 
     /// <summary>Samples a token id from <paramref name="logits"/> (vocab_size); the caller's row is never changed.</summary>
     public int Sample(ReadOnlySpan<float> logits)
     {
         if (logits.IsEmpty) throw new ArgumentException("logits are empty.", nameof(logits));
-        if ((_p.FrequencyPenalty != 0 || _p.PresencePenalty != 0) && _counts.Count > 0)
-        {
-            if (_penalised.Length != logits.Length) _penalised = new float[logits.Length];
-            logits.CopyTo(_penalised);
-            foreach (var (id, count) in _counts)
-                if ((uint)id < (uint)_penalised.Length) _penalised[id] -= count * _p.FrequencyPenalty + _p.PresencePenalty;
-            logits = _penalised;
-        }
-        int token = Pick(logits);
-        if (_p.FrequencyPenalty != 0 || _p.PresencePenalty != 0) _counts[token] = _counts.GetValueOrDefault(token) + 1;
+        var pick = NextRowSampling();
+        int token = RowSampling.Pick(logits, pick);
+        if (token < 0) throw new InvalidOperationException(NoFiniteLogit);
+        Accept(token);
         return token;
-    }
-
-    int Pick(ReadOnlySpan<float> logits)
-    {
-        int token = RowSampling.Pick(logits, NextRowSampling());
-        return token >= 0 ? token : throw new InvalidOperationException(NoFiniteLogit);
     }
 }

@@ -107,8 +107,9 @@ public interface IBatchedBackend
 /// Optional device-side token pick for a batched backend: the step of <see cref="IBatchedBackend.ForwardBatch"/>, but
 /// the logits rows stay on the backend and only their argmax crosses back. A 128K-vocabulary fp32 row is 512 KB, so
 /// at hundreds of sequences per step copying and scanning logits on the host would cost more than the step's tail.
-/// The engine uses it when no sequence that gets logits in the step needs the host's row (no penalties, no logits
-/// constraint): greedy rows take the argmax, sampled rows a draw on the backend (temperature, top-k, top-p).
+/// The engine picks every row there except those of requests with a logits constraint (ForwardBatchPicks brings only
+/// those back): greedy rows take the argmax, sampled rows a draw on the backend (temperature, top-k, top-p), either
+/// after the row's bias (penalties) is added.
 /// </summary>
 public interface IGreedyBatchedBackend : IBatchedBackend
 {
@@ -123,8 +124,9 @@ public interface IGreedyBatchedBackend : IBatchedBackend
     /// <summary>
     /// Runs one step as <see cref="IBatchedBackend.ForwardBatch"/> does and picks each logits row's token on the backend
     /// by <paramref name="sampling"/> (one per sequence with <see cref="BatchSequence.NeedsLogits"/>, in batch order):
-    /// temperature 0 is <see cref="ForwardBatchGreedy"/>'s argmax, otherwise <see cref="RowSampling"/>'s rule.
-    /// Returns the ids in that order, -1 for a row with no logit above -inf. A wrong count or an invalid pick throws
+    /// the row's <see cref="RowSampling.Bias"/> added, then temperature 0 is <see cref="ForwardBatchGreedy"/>'s argmax,
+    /// otherwise <see cref="RowSampling"/>'s rule. Returns the ids in that order, -1 for a row with no logit above
+    /// -inf. A wrong count or an invalid pick (a bias token outside the vocabulary among them) throws
     /// <see cref="ArgumentException"/> before the step runs.
     /// </summary>
     int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling);
@@ -132,8 +134,8 @@ public interface IGreedyBatchedBackend : IBatchedBackend
     /// <summary>
     /// Runs one step as <see cref="IBatchedBackend.ForwardBatch"/> does, for a step where only some rows need the host:
     /// each logits row r (batch order) with <paramref name="hostRows"/>[r] set comes back as logits, every other row is
-    /// picked on the backend as <see cref="ForwardBatchSample"/> picks it. So one request with penalties or a logits
-    /// constraint costs the step its own row's copy, not every row's. <paramref name="sampling"/> has one entry per
+    /// picked on the backend as <see cref="ForwardBatchSample"/> picks it. So one request with a logits constraint costs
+    /// the step its own row's copy, not every row's. <paramref name="sampling"/> has one entry per
     /// logits row; a host row's entry is validated but not used (pass <see cref="RowSampling.Greedy"/>). Wrong counts or
     /// an invalid pick throw <see cref="ArgumentException"/> before the step runs.
     /// </summary>

@@ -34,10 +34,10 @@ public sealed class ServingEngine : IDisposable
     sealed class Entry(Sequence seq, ServingRequest request, Sampler sampler, IReadOnlySet<int> stops, ILogitsConstraint? constraint)
     {
         /// <summary>
-        /// No penalties and no constraint: its tokens can be picked on the backend (IGreedyBatchedBackend), greedy or
-        /// sampled, with the uniforms drawn from its own sampler.
+        /// No constraint: its tokens can be picked on the backend (IGreedyBatchedBackend), greedy or sampled, with the
+        /// uniforms drawn from its own sampler and its penalties as the pick's bias. A constraint needs the host's row.
         /// </summary>
-        public bool PicksOnBackend { get; } = constraint is null && sampler.PicksOnBackend;
+        public bool PicksOnBackend { get; } = constraint is null;
         public ILogitsConstraint? Constraint { get; } = constraint;
         public Sequence Seq { get; } = seq;
         public ServingRequest Request { get; } = request;
@@ -289,7 +289,7 @@ public sealed class ServingEngine : IDisposable
     {
         long t1 = Stopwatch.GetTimestamp();
         var chunks = step.Chunks;
-        // A row's token is picked on the backend unless its request needs the host's row (penalties, a constraint);
+        // A row's token is picked on the backend unless its request needs the host's row (a logits constraint);
         // a step with both kinds brings back only the host rows' logits (ForwardBatchPicks). A sampled request draws
         // one uniform from its own generator per token and both sides apply RowSampling's rule, so its tokens do not
         // depend on the other requests in the step (up to the GPU's fp32 sums at a bucket edge).
@@ -313,9 +313,9 @@ public sealed class ServingEngine : IDisposable
                 if (!chunks[i].NeedsLogits) continue;
                 // Drawn once, whatever retries follow; a host row draws when its request samples its logits.
                 picks[i] = host[i] ? RowSampling.Greedy : live[chunks[i].Sequence].Sampler.NextRowSampling();
-                anySampled |= picks[i].Temperature > 0;
+                anySampled |= picks[i].Temperature > 0 || picks[i].Bias is not null;
             }
-            if (anySampled || hostRows > 0) sampling = picks;   // all greedy on the backend: ForwardBatchGreedy
+            if (anySampled || hostRows > 0) sampling = picks;   // all plain greedy on the backend: ForwardBatchGreedy
         }
         var rows = new StepRow[chunks.Count];
         Forward(chunks, 0, chunks.Count, onBackend, sampling, host, rows, live, retried: false);
@@ -344,6 +344,7 @@ public sealed class ServingEngine : IDisposable
                     // Picked on the backend (argmax, or a draw with this request's uniform); -1 = no finite logit.
                     int picked = row.Picked[row.PickedRow];
                     token = picked >= 0 ? picked : throw new InvalidOperationException(Sampler.NoFiniteLogit);
+                    e.Sampler.Accept(token);   // its penalties count it, as Sample does on the host
                 }
                 else
                 {

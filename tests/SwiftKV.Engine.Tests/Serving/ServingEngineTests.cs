@@ -24,10 +24,18 @@ public class ServingEngineTests
 
     internal static CpuBackend Backend(string name) => new(TestModels.Build(Models[name].Spec, Models[name].SwiftKv));
 
-    internal static List<int> Solo(IModelBackend backend, int[] prompt, SamplingParams sampling, int maxTokens, IReadOnlySet<int> stops)
+    internal static List<int> Solo(IModelBackend backend, int[] prompt, SamplingParams sampling, int maxTokens, IReadOnlySet<int> stops,
+        ILogitsConstraint? constraint = null)
     {
         using var cache = backend.CreateCache(prompt.Length + maxTokens + 1);
-        return Generator.Generate(backend, cache, prompt, sampling, maxTokens, stops, new GenerationStats()).ToList();
+        return Generator.Generate(backend, cache, prompt, sampling, maxTokens, stops, new GenerationStats(), constraint: constraint).ToList();
+    }
+
+    /// <summary>Allows only even token ids: a stateless constraint whose rows must be picked on the host.</summary>
+    internal sealed class EvenTokensOnly : ILogitsConstraint
+    {
+        public void Apply(Span<float> logits) { for (int i = 1; i < logits.Length; i += 2) logits[i] = float.NegativeInfinity; }
+        public void Accept(int tokenId) => Assert.Equal(0, tokenId % 2);
     }
 
     internal static async Task<List<int>> Collect(ServingRequest r)

@@ -136,8 +136,8 @@ public sealed class ServingIsolationTests
     /// <summary>
     /// Seeded sampled requests picked on the backend through a step that fails mid-run: the engine runs it again in
     /// halves, each half with its own rows' picks drawn before the first try (no request draws twice), so every output
-    /// still equals its solo run. One request has a frequency penalty: its rows come to the host beside the others'
-    /// picks (ForwardBatchPicks), in the failed step too.
+    /// still equals its solo run. One request has a logits constraint: its rows come to the host beside the others'
+    /// picks (ForwardBatchPicks), in the failed step too; another has penalties, which go with its picks.
     /// </summary>
     [Fact]
     public async Task TransientFailureOfASampledStep_IsRetriedInParts_WithTheSameDraws()
@@ -149,14 +149,15 @@ public sealed class ServingIsolationTests
         int vocab = cpu.Config.VocabSize;
         var prompts = Enumerable.Range(0, 5).Select(i => TestModels.RandomTokens(5 + i, vocab, 70 + (ulong)i)).ToArray();
         SamplingParams Params(int i) => i == 1 ? SamplingParams.Greedy
-            : new SamplingParams { Temperature = 0.8f, TopK = 30, TopP = 0.9f, Seed = 900 + (ulong)i, FrequencyPenalty = i == 3 ? 0.5f : 0f };
+            : new SamplingParams { Temperature = 0.8f, TopK = 30, TopP = 0.9f, Seed = 900 + (ulong)i, FrequencyPenalty = i == 4 ? 0.5f : 0f };
         int MaxTokens(int i) => i == 3 ? 8 : 16;   // the steps after it leaves pick every row on the backend
-        var got = await Outcomes(prompts.Select((p, i) => engine.Submit(p, Params(i), MaxTokens(i), ct: Ct)).ToArray());
+        ILogitsConstraint? Constraint(int i) => i == 3 ? new ServingEngineTests.EvenTokensOnly() : null;
+        var got = await Outcomes(prompts.Select((p, i) => engine.Submit(p, Params(i), MaxTokens(i), ct: Ct, constraint: Constraint(i))).ToArray());
         for (int i = 0; i < prompts.Length; i++)
-            Assert.Equal(string.Join(",", ServingEngineTests.Solo(cpu, prompts[i], Params(i), MaxTokens(i), new HashSet<int>())), got[i]);
+            Assert.Equal(string.Join(",", ServingEngineTests.Solo(cpu, prompts[i], Params(i), MaxTokens(i), new HashSet<int>(), Constraint(i))), got[i]);
         Assert.True(failures > 0, "the injected failure never happened");
         Assert.True(backend.MixedCallFailed, "the injected failure did not hit a step with host and backend rows");
-        Assert.True(backend.MixedCalls > 4, "the steps with the penalised request did not pick the others on the backend");
+        Assert.True(backend.MixedCalls > 4, "the steps with the constrained request did not pick the others on the backend");
         Assert.True(backend.SampledCalls > 4, "the steps after the penalised request did not pick every row on the backend");
     }
 
