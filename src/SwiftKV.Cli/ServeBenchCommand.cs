@@ -3,7 +3,9 @@
 //   throughput  Snowflake's published SwiftKV workload: N concurrent requests of P random prompt tokens and O output
 //               tokens (greedy unless --temperature > 0: then seeded sampling with --top-k / --top-p, picked on the GPU;
 //               --frequency-penalty for all requests or the first --penalised N, added to their rows on the GPU too;
-//               no stop), all submitted at once; total tokens/s = N·(P + O) / wall time from the first
+//               --json N: the first N requests decode under a JsonConstraint over a synthetic token table (random
+//               printable bytes per id: the grammar's cost per step is real, the text is not), their rows picked on
+//               the host; no stop), all submitted at once; total tokens/s = N·(P + O) / wall time from the first
 //               submit to the last completion; TTFT and TPOT p50/p99 from each request's outcome; SwiftKV off vs on
 //               vs on + AcrossKV in the same process, one backend at a time (each gets the whole card's KV memory).
 //   configs     engine/backend settings compared on each variant in the same process: base (one attention launch per
@@ -36,7 +38,7 @@ internal static class ServeBenchCommand
 {
     public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--requests 256] [--prompt 2000 (a list: each config run at each length, in order)] [--output 256] " +
         "[--max-batch-tokens N (default: the engine's, 8192 on GPUs of >= 64 GiB)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--kv-gb N|auto (default: free memory less the headroom)] [--max-running N|auto (default: --requests; auto: the engine's)] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
-        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--temperature 0] [--top-k 0] [--top-p 1] [--frequency-penalty 0] [--penalised all] [--out serve.json] [--md serve.md]";
+        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--temperature 0] [--top-k 0] [--top-p 1] [--frequency-penalty 0] [--penalised all] [--json 0] [--out serve.json] [--md serve.md]";
 
     sealed record EngineConfig(string Key, bool SplitAttention, bool ReserveOutputs);
 
@@ -114,13 +116,13 @@ internal static class ServeBenchCommand
             Temperature = a.Float("temperature") is { } t ? (float)t : 0f, TopK = a.Int("top-k") ?? 0,
             TopP = a.Float("top-p") is { } tp ? (float)tp : 1f, FrequencyPenalty = a.Float("frequency-penalty") is { } fp ? (float)fp : 0f,
         };
-        int penalised = a.Int("penalised") ?? int.MaxValue;
+        int penalised = a.Int("penalised") ?? int.MaxValue, jsonRequests = a.Int("json") ?? 0;
         string outJson = a.String("out") ?? "serve.json";
         string? outMd = a.String("md");
         bool[] wsModes = a.OnOffBoth("paged-attention-ws", "on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)");
         a.RejectUnknown();
-        if (requests < 1 || output < 1 || maxBatchArg is < 1 || blockSizeArg is < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1 || penalised < 0)
-            throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --block-size, --questions, --question-tokens and --prefix-output must be >= 1, --penalised >= 0");
+        if (requests < 1 || output < 1 || maxBatchArg is < 1 || blockSizeArg is < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1 || penalised < 0 || jsonRequests < 0)
+            throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --block-size, --questions, --question-tokens and --prefix-output must be >= 1, --penalised and --json >= 0");
         if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("serve-bench needs a CUDA GPU: " + why);
 
         var baseCfg = ModelPresets.Get(preset);
@@ -205,15 +207,16 @@ internal static class ServeBenchCommand
                     long wsBefore = backend.WarpSpecializedAttentionLaunches;
                     using var profiler = profileEvery > 0 ? new CudaStepProfiler(profileEvery) : null;
                     backend.StepProfiler = profiler;
-                    var r = RunWorkload(backend, opts with { ReserveOutputBlocks = c.ReserveOutputs }, prompts, output, maxSeconds, "throughput", sampling, penalised);
+                    var r = RunWorkload(backend, opts with { ReserveOutputBlocks = c.ReserveOutputs }, prompts, output, maxSeconds, "throughput", sampling, penalised, jsonRequests);
                     backend.StepProfiler = null;
                     string attention = wsModes.Length == 1 ? "" : ws ? (backend.WarpSpecializedAttentionLaunches > wsBefore ? ", ws attention" : ", ws attention did not run")
                         : ", two-CTA attention";
                     string who = penalised >= requests ? "" : $" for {penalised} of {requests} requests";
+                    string constrained = jsonRequests == 0 ? "" : $", JSON-constrained: {Math.Min(jsonRequests, requests)} of {requests} requests";
                     string penalty = sampling.FrequencyPenalty != 0 ? $", frequency penalty {sampling.FrequencyPenalty}{who}" : "";
                     string picks = sampling.Temperature == 0 ? (penalty == "" ? "" : $", greedy{penalty}")
                         : $", sampled (T {sampling.Temperature}, top-k {sampling.TopK}, top-p {sampling.TopP}{penalty})";
-                    Add("throughput", v, r, c.Key + attention + picks, profiler);
+                    Add("throughput", v, r, c.Key + attention + picks + constrained, profiler);
                 }
             backend.SplitMixedAttention = configs[^1].SplitAttention;
             backend.UseWarpSpecializedPagedAttention = wsModes[0];
@@ -283,8 +286,9 @@ internal static class ServeBenchCommand
     }
 
     static RunResult RunWorkload(CudaBackend backend, ServingOptions opts, int[][] prompts, int output, double maxSeconds, string label,
-        SamplingParams? requestSampling = null, int penalised = int.MaxValue)
+        SamplingParams? requestSampling = null, int penalised = int.MaxValue, int json = 0)
     {
+        var tokenBytes = json > 0 ? SyntheticTokenBytes(backend.Config.VocabSize) : null;
         // Sampled runs seed each request by its index, so two runs (and two builds) draw the same uniforms; only the
         // first `penalised` requests keep the frequency penalty.
         SamplingParams ParamsOf(int i)
@@ -307,7 +311,8 @@ internal static class ServeBenchCommand
             }
         });
         var sw = Stopwatch.StartNew();
-        var reqs = prompts.Select((p, i) => engine.Submit(p, ParamsOf(i), output, ct: cts.Token)).ToArray();
+        var reqs = prompts.Select((p, i) => engine.Submit(p, ParamsOf(i), output, ct: cts.Token,
+            constraint: i < json ? new JsonConstraint(tokenBytes!, new HashSet<int>(), output) : null)).ToArray();
         var outcomes = new List<RequestOutcome>();
         foreach (var r in reqs)
         {
@@ -334,6 +339,20 @@ internal static class ServeBenchCommand
 
     static LlamaConfig SwiftKv(LlamaConfig c, int group) =>
         (c with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = c.NumHiddenLayers / 2, KeyValueGroupSize = group }).Validate();
+
+    /// <summary>A token table for --json: 1-6 random printable ASCII bytes per id (fixed seed), so every single byte exists.</summary>
+    static byte[]?[] SyntheticTokenBytes(int vocab)
+    {
+        var rng = new Random(7);
+        var table = new byte[]?[vocab];
+        for (int i = 0; i < vocab; i++)
+        {
+            var b = new byte[i < 95 ? 1 : 1 + rng.Next(6)];
+            for (int j = 0; j < b.Length; j++) b[j] = (byte)(i < 95 ? 32 + i : 32 + rng.Next(95));
+            table[i] = b;
+        }
+        return table;
+    }
 
     static int[] Tokens(int n, int vocab, int seed)
     {

@@ -318,7 +318,20 @@ public sealed class ServingEngine : IDisposable
             if (anySampled || hostRows > 0) sampling = picks;   // all plain greedy on the backend: ForwardBatchGreedy
         }
         var rows = new StepRow[chunks.Count];
-        Forward(chunks, 0, chunks.Count, onBackend, sampling, host, rows, live, retried: false);
+        var prepared = PrepareConstraints(chunks, live);
+        try
+        {
+            Forward(chunks, 0, chunks.Count, onBackend, sampling, host, rows, live, retried: false);
+        }
+        finally
+        {
+            // Every Prepare ends before its constraint is used again; a failure surfaces at its own row below.
+            if (prepared is not null)
+            {
+                try { Task.WaitAll(prepared.OfType<Task>()); }
+                catch (AggregateException) { }
+            }
+        }
         long t2 = Stopwatch.GetTimestamp();
         _scheduler.Complete(step);   // skips the sequences that failed above (they left the scheduler)
         _steps++;
@@ -351,6 +364,7 @@ public sealed class ServingEngine : IDisposable
                     var rowLogits = row.Logits.AsSpan(row.LogitsRow * vocab, vocab);
                     if (e.Constraint is { } constraint)
                     {
+                        prepared?[i]?.GetAwaiter().GetResult();   // rethrows what its Prepare threw: this request fails alone
                         var masked = rowLogits.ToArray();
                         constraint.Apply(masked);
                         rowLogits = masked;
@@ -399,6 +413,23 @@ public sealed class ServingEngine : IDisposable
                 Trace.TraceWarning($"SwiftKV serving: ServingOptions.StepObserver threw: {ex}");
             }
         }
+    }
+
+    /// <summary>
+    /// Starts ILogitsConstraint.Prepare of each constrained request that gets logits in this step on the thread pool,
+    /// so a mask that depends only on the constraint's state (JSON: one grammar pass over the vocabulary, a few ms at
+    /// 128K tokens) is computed while the backend runs the step. Null when the step has none.
+    /// </summary>
+    static Task?[]? PrepareConstraints(IReadOnlyList<ScheduledChunk> chunks, Dictionary<Sequence, Entry> live)
+    {
+        Task?[]? tasks = null;
+        for (int i = 0; i < chunks.Count; i++)
+        {
+            if (!chunks[i].NeedsLogits || live[chunks[i].Sequence].Constraint is not { } constraint) continue;
+            tasks ??= new Task?[chunks.Count];
+            tasks[i] = Task.Run(constraint.Prepare);
+        }
+        return tasks;
     }
 
     /// <summary>

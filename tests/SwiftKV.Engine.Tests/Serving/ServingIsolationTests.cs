@@ -23,6 +23,15 @@ public sealed class ServingIsolationTests
         public void Accept(int tokenId) => _accepted++;
     }
 
+    /// <summary>A caller's constraint whose Prepare (run beside the step) throws at its third token.</summary>
+    sealed class PrepareThrowsAfter(int after) : ILogitsConstraint
+    {
+        int _accepted;
+        public void Prepare() { if (_accepted >= after) throw new InvalidOperationException("mask service down"); }
+        public void Apply(Span<float> logits) { }
+        public void Accept(int tokenId) => _accepted++;
+    }
+
     /// <summary>A caller's stop set whose Contains throws.</summary>
     sealed class ThrowingStops : IReadOnlySet<int>
     {
@@ -43,6 +52,7 @@ public sealed class ServingIsolationTests
     [InlineData("OperationCanceled")]
     [InlineData("IndexOutOfRange")]
     [InlineData("StopSet")]
+    [InlineData("Prepare")]
     public async Task CallerCodeThrowingAnything_FailsOnlyItsRequest(string kind)
     {
         using var backend = ServingEngineTests.Backend("llama");
@@ -55,6 +65,7 @@ public sealed class ServingIsolationTests
             "NotSupported" => new ThrowsAfter(2, () => new NotSupportedException("grammar feature X")),
             "OperationCanceled" => new ThrowsAfter(2, () => new OperationCanceledException("the constraint's own token")),
             "IndexOutOfRange" => new ThrowsAfter(2, () => new IndexOutOfRangeException("bug in a grammar")),
+            "Prepare" => new PrepareThrowsAfter(2),
             _ => null,
         };
         var victim = constraint is null
@@ -159,6 +170,42 @@ public sealed class ServingIsolationTests
         Assert.True(backend.MixedCallFailed, "the injected failure did not hit a step with host and backend rows");
         Assert.True(backend.MixedCalls > 4, "the steps with the constrained request did not pick the others on the backend");
         Assert.True(backend.SampledCalls > 4, "the steps after the penalised request did not pick every row on the backend");
+    }
+
+    /// <summary>A constraint that signals each Prepare, masking odd ids like EvenTokensOnly.</summary>
+    sealed class SignallingEvenTokens : ILogitsConstraint
+    {
+        readonly ServingEngineTests.EvenTokensOnly _inner = new();
+        public ManualResetEventSlim Prepared { get; } = new(false);
+        public void Prepare() => Prepared.Set();
+        public void Apply(Span<float> logits) { Assert.True(Prepared.IsSet, "Apply before Prepare"); Prepared.Reset(); _inner.Apply(logits); }
+        public void Accept(int tokenId) => _inner.Accept(tokenId);
+    }
+
+    /// <summary>
+    /// A constrained request's Prepare runs while the backend computes its step: the backend's step waits (up to 10 s)
+    /// for that step's Prepare before it returns, which would fail the step if Prepare ran only after it.
+    /// </summary>
+    [Fact]
+    public async Task ConstraintPrepare_RunsWhileTheStepRuns()
+    {
+        using var cpu = ServingEngineTests.Backend("llama");
+        var constraint = new SignallingEvenTokens();
+        int waited = 0;
+        var backend = new FailingBackend(cpu)   // logits to the host: the constrained row's path
+        {
+            FailWhen = (_, batch) =>
+            {
+                if (!batch.Any(b => b.NeedsLogits)) return false;
+                waited++;
+                return !constraint.Prepared.Wait(TimeSpan.FromSeconds(10));
+            },
+        };
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 200, MaxRunningSequences = 1 });
+        var prompt = TestModels.RandomTokens(7, cpu.Config.VocabSize, 61);
+        var got = await ServingEngineTests.Collect(engine.Submit(prompt, SamplingParams.Greedy, 6, ct: Ct, constraint: constraint)).WaitAsync(Limit, Ct);
+        Assert.Equal(ServingEngineTests.Solo(cpu, prompt, SamplingParams.Greedy, 6, new HashSet<int>(), new ServingEngineTests.EvenTokensOnly()), got);
+        Assert.Equal(6, waited);
     }
 
     static async Task<string[]> Outcomes(IEnumerable<ServingRequest> requests) =>
