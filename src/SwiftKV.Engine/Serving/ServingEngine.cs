@@ -338,7 +338,8 @@ public sealed class ServingEngine : IDisposable
         for (int i = 0; i < chunks.Count; i++)
             if (!rows[i].Failed) _computedTokens += chunks[i].Count;
 
-        int vocab = _model.Config.VocabSize, sampled = 0;
+        int sampled = 0;
+        var hostPicks = PickHostRows(chunks, rows, live, prepared);
         for (int i = 0; i < chunks.Count; i++)
         {
             var c = chunks[i];
@@ -361,16 +362,9 @@ public sealed class ServingEngine : IDisposable
                 }
                 else
                 {
-                    var rowLogits = row.Logits.AsSpan(row.LogitsRow * vocab, vocab);
-                    if (e.Constraint is { } constraint)
-                    {
-                        prepared?[i]?.GetAwaiter().GetResult();   // rethrows what its Prepare threw: this request fails alone
-                        var masked = rowLogits.ToArray();
-                        constraint.Apply(masked);
-                        rowLogits = masked;
-                    }
-                    token = e.Sampler.Sample(rowLogits);
-                    e.Constraint?.Accept(token);
+                    var (picked, error) = hostPicks![i];
+                    if (error is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(error);
+                    token = picked;
                 }
                 stop = e.Stops.Contains(token);
             }
@@ -413,6 +407,48 @@ public sealed class ServingEngine : IDisposable
                 Trace.TraceWarning($"SwiftKV serving: ServingOptions.StepObserver threw: {ex}");
             }
         }
+    }
+
+    /// <summary>
+    /// Picks the step's host rows (every row on a backend that cannot pick, else the constrained requests' rows): the
+    /// constraint's mask, then the request's Sampler, then the constraint's Accept. Several rows run in parallel: each
+    /// touches only its own request's sampler and constraint. A row's failure (caller code) is returned, not thrown, so
+    /// it fails that request alone. Null when the step has no host row.
+    /// </summary>
+    (int Token, Exception? Error)[]? PickHostRows(IReadOnlyList<ScheduledChunk> chunks, StepRow[] rows, Dictionary<Sequence, Entry> live, Task?[]? prepared)
+    {
+        var host = new List<int>();
+        for (int i = 0; i < chunks.Count; i++)
+            if (chunks[i].NeedsLogits && !rows[i].Failed && rows[i].LogitsRow >= 0 && !live[chunks[i].Sequence].Request.IsCancellationRequested) host.Add(i);
+        if (host.Count == 0) return null;
+        int vocab = _model.Config.VocabSize;
+        var picks = new (int, Exception?)[chunks.Count];
+        void Pick(int i)
+        {
+            var e = live[chunks[i].Sequence];
+            try
+            {
+                var row = rows[i];
+                var rowLogits = row.Logits.AsSpan(row.LogitsRow * vocab, vocab);
+                if (e.Constraint is { } constraint)
+                {
+                    prepared?[i]?.GetAwaiter().GetResult();   // rethrows what its Prepare threw
+                    var masked = rowLogits.ToArray();
+                    constraint.Apply(masked);
+                    rowLogits = masked;
+                }
+                int token = e.Sampler.Sample(rowLogits);
+                e.Constraint?.Accept(token);
+                picks[i] = (token, null);
+            }
+            catch (Exception ex)
+            {
+                picks[i] = (0, ex);
+            }
+        }
+        if (host.Count == 1) Pick(host[0]);
+        else Parallel.ForEach(host, Pick);
+        return picks;
     }
 
     /// <summary>
