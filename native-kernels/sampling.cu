@@ -20,7 +20,8 @@
 // a batch. sample_rows_f32: each row its own (1 / temperature, top_p, u) and top_k (a serving step's sequences); a row
 // with 1 / temperature 0 is left as it is (the caller put its argmax there). Both run sample_row, so the same row,
 // parameters and u_r give the same token from either.
-// Launch: grid (rows), block SAMPLE_THREADS. bias_logits_f32 (end of file) adds penalties to the rows beforehand.
+// Launch: grid (rows), block SAMPLE_THREADS. mask_logits_f32 and bias_logits_f32 (end of file) apply constraints and
+// penalties to the rows beforehand.
 #include "swiftkv_common.cuh"
 
 #define SAMPLE_THREADS 1024
@@ -250,4 +251,17 @@ extern "C" __global__ void bias_logits_f32(float* logits, int n, const int* entr
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= count) return;
     logits[(long long)entries[2 * i] * n + entries[2 * i + 1]] += deltas[i];
+}
+
+// A step's logits constraints (JSON mode), applied before its rows are picked: row rows[j] keeps logit i only where
+// allowed[j * n + i] is nonzero, else gets -inf. rows: (count) ints, allowed: (count, n) bytes.
+// Launch: grid (ceil(n / 1024), count), block 256; each thread covers 4 consecutive logits.
+extern "C" __global__ void mask_logits_f32(float* logits, int n, const int* rows, const unsigned char* allowed)
+{
+    const long long j = blockIdx.y;
+    float* row = logits + (long long)rows[j] * n;
+    const unsigned char* a = allowed + j * n;
+    const int i0 = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    for (int i = i0; i < i0 + 4 && i < n; i++)
+        if (!a[i]) row[i] = -INFINITY;
 }

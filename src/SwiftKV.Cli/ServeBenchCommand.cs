@@ -4,8 +4,8 @@
 //               tokens (greedy unless --temperature > 0: then seeded sampling with --top-k / --top-p, picked on the GPU;
 //               --frequency-penalty for all requests or the first --penalised N, added to their rows on the GPU too;
 //               --json N: the first N requests decode under a JsonConstraint over a synthetic token table (random
-//               printable bytes per id: the grammar's cost per step is real, the text is not), their rows picked on
-//               the host; no stop), all submitted at once; total tokens/s = N·(P + O) / wall time from the first
+//               printable bytes per id: the grammar's cost per step is real, the text is not), their masks
+//               computed on the host while the step runs and applied on the GPU; no stop), all submitted at once; total tokens/s = N·(P + O) / wall time from the first
 //               submit to the last completion; TTFT and TPOT p50/p99 from each request's outcome; SwiftKV off vs on
 //               vs on + AcrossKV in the same process, one backend at a time (each gets the whole card's KV memory).
 //   configs     engine/backend settings compared on each variant in the same process: base (one attention launch per

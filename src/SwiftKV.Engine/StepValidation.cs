@@ -55,13 +55,6 @@ internal static class StepValidation
         }
     }
 
-    /// <summary>ForwardBatchPicks' host mask: one flag per row sampling (so per sequence that gets logits).</summary>
-    public static void HostRows(ReadOnlySpan<RowSampling> sampling, ReadOnlySpan<bool> hostRows)
-    {
-        if (hostRows.Length != sampling.Length)
-            throw new ArgumentException($"{hostRows.Length} host-row flags for {sampling.Length} logits rows (one each, in batch order).", nameof(hostRows));
-    }
-
     /// <summary>A batched paged step: each sequence's tokens, positions and block table against the pool.</summary>
     public static void Batch(LlamaConfig config, ReadOnlySpan<BatchSequence> batch, IPagedKvCache pool)
     {

@@ -208,12 +208,12 @@ public sealed class CudaBatchedTests
     /// steps that replay graphs), one returning logits, one sampling on the device. Each sampled row's token must be the
     /// one RowSampling.Pick (the rule on the CPU, in double) gives on the other backend's logits, up to the float
     /// rounding of the kernel's thresholds (at least 95% equal, and every token inside the rule's kept set); greedy rows
-    /// the argmax. Every other step goes through ForwardBatchPicks with two rows asked for on the host: those come back
-    /// bit-equal to the other backend's logits rows. Two rows carry biases (penalties), added on the device before the
-    /// argmax and the draw. Bad picks (a bias token outside the vocabulary among them) are refused before the step runs.
+    /// the argmax. Two rows carry biases (penalties) and, every other step, two rows a mask (a constraint's allowed
+    /// tokens), both applied on the device before the argmax and the draw. Bad picks (a bias token outside the
+    /// vocabulary, a mask of the wrong length among them) are refused.
     /// </summary>
     [Fact]
-    public void ForwardBatchSampleAndPicks_PickByTheRowSamplingRule_HostRowsAreTheLogits()
+    public void ForwardBatchSample_PicksByTheRowSamplingRule_WithMasksAndBiases()
     {
         Gpu.Require();
         var spec = new ModelSpec(Hidden: 128, Heads: 8, KvHeads: 2, HeadDim: 64, SwiftKvLayers: 2, Vocab: 211, Seed: 61);
@@ -233,7 +233,7 @@ public sealed class CudaBatchedTests
             {
                 Bias = s == 4 ? new LogitBias(Enumerable.Range(0, 30).Select(i => (i * 7 + k) % spec.Vocab).ToArray(), Enumerable.Range(0, 30).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray()) : null,
             };
-        int vocab = spec.Vocab, equal = 0, total = 0, hostRowsSeen = 0;
+        int vocab = spec.Vocab, equal = 0, total = 0, maskedRows = 0;
         for (int k = 0; k <= steps; k++)
         {
             // Step 0: every prompt whole (mixed lengths); then one token each.
@@ -247,26 +247,25 @@ public sealed class CudaBatchedTests
                 Assert.Throws<ArgumentException>(() => sampler.ForwardBatchSample(poolS, batch, picks[1..]));
                 Assert.Throws<ArgumentException>(() => sampler.ForwardBatchSample(poolS, batch, [.. picks[..4], new RowSampling(1, 0, 1, 1f)]));
             }
-            // Odd steps: two rows (sometimes neighbours) come back as logits beside the others' picks (ForwardBatchPicks).
-            bool[] host = Enumerable.Range(0, seqs).Select(s => k % 2 == 1 && (s == k % seqs || s == (k + 1 + k / 3) % seqs)).ToArray();
-            float[] hostLogits = [];
-            var ids = k % 2 == 0 ? sampler.ForwardBatchSample(poolS, batch, picks) : ForwardBatchPicks(out hostLogits);
-            int[] ForwardBatchPicks(out float[] rows)
+            // Odd steps: two rows (sometimes neighbours) carry a constraint's mask, each allowing a third of the vocabulary
+            // (a different third each step), computed while the step runs.
+            for (int s = 0; s < seqs; s++)
             {
-                if (k == 1) Assert.Throws<ArgumentException>(() => sampler.ForwardBatchPicks(poolS, batch, picks, host[1..]));
-                (var got, rows) = sampler.ForwardBatchPicks(poolS, batch, picks, host);
-                return got;
+                if (k % 2 == 0 || (s != k % seqs && s != (k + 1 + k / 3) % seqs)) continue;
+                int third = (k + s) % 3;
+                picks[s] = picks[s] with { Mask = new LogitMask(Task.Run(() => (bool[]?)Enumerable.Range(0, spec.Vocab).Select(t => t % 3 == third).ToArray())) };
             }
+            if (k == 1)
+                Assert.Throws<ArgumentException>(() => sampler.ForwardBatchSample(poolS, batch, [.. picks[..4], picks[4] with { Mask = new LogitMask(Task.FromResult<bool[]?>(new bool[spec.Vocab - 1])) }]));
+            var ids = sampler.ForwardBatchSample(poolS, batch, picks);
             var logits = logitsSide.ForwardBatch(poolL, batch);
-            for (int s = 0, h = 0; s < seqs; s++)
+            for (int s = 0; s < seqs; s++)
             {
                 var row = logits.AsSpan(s * vocab, vocab);
-                if (host[s])
+                if (picks[s].Mask?.Wait() is { } allowed)
                 {
-                    Assert.Equal(-1, ids[s]);
-                    Assert.True(row.SequenceEqual(hostLogits.AsSpan(h++ * vocab, vocab)), $"step {k}: host row {s} differs from the step's logits");
-                    hostRowsSeen++;
-                    continue;
+                    Assert.True(allowed[ids[s]], $"step {k}, sequence {s}: the device picked masked token {ids[s]}");
+                    maskedRows++;
                 }
                 int expected = RowSampling.Pick(row, picks[s]);
                 if (picks[s].Temperature == 0)
@@ -286,8 +285,8 @@ public sealed class CudaBatchedTests
         }
         Assert.True(equal >= 0.95 * total, $"only {equal} of {total} sampled rows picked the rule's token");
         Assert.True(sampler.StepGraphReplays > 0, "the decode steps did not replay graphs");
-        Assert.Equal(12, hostRowsSeen);
-        Gpu.Log($"ForwardBatchSample/Picks: {equal}/{total} sampled rows equal to RowSampling.Pick on the same step's logits; {hostRowsSeen} host rows bit-equal");
+        Assert.Equal(12, maskedRows);
+        Gpu.Log($"ForwardBatchSample: {equal}/{total} sampled rows equal to RowSampling.Pick on the same step's logits; {maskedRows} masked rows, none picking a masked token");
     }
 
     /// <summary>

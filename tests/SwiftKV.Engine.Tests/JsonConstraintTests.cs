@@ -119,38 +119,6 @@ public class JsonConstraintTests
         }
     }
 
-    /// <summary>
-    /// Prepare (the engine runs it while the model computes the row) computes what Apply writes: with or without it,
-    /// and with a mask prepared before the last Accept, Apply masks a row as a constraint that was never prepared does.
-    /// </summary>
-    [Fact]
-    public void Prepare_ThenApply_MasksAsApplyAlone()
-    {
-        var (vocab, stop) = Vocabulary();
-        var stops = new HashSet<int> { stop };
-        for (ulong seed = 0; seed < 20; seed++)
-        {
-            var rng = new TestRng(seed + 100);
-            var prepared = new JsonConstraint(vocab, stops, 24);
-            var plain = new JsonConstraint(vocab, stops, 24);
-            var sampler = new Sampler(new SamplingParams { Temperature = 1, Seed = seed });
-            for (int step = 0; step < 24; step++)
-            {
-                var logits = Enumerable.Range(0, vocab.Count).Select(_ => rng.Uniform(3)).ToArray();
-                var a = (float[])logits.Clone();
-                if (step % 3 != 2) prepared.Prepare();   // every third step Apply finds the mask of the previous token
-                prepared.Apply(a);
-                plain.Apply(logits);
-                Assert.Equal(logits, a);
-                int token = sampler.Sample(logits);
-                prepared.Prepare();   // before Accept: a mask for the state this token leaves behind
-                prepared.Accept(token);
-                plain.Accept(token);
-                if (token == stop) break;
-            }
-        }
-    }
-
     [Fact]
     public void Prefix_IsReadFirst_AndOnlyStopFollowsACompleteObject()
     {

@@ -226,41 +226,51 @@ public class RowSamplingTests
     }
 
     /// <summary>
-    /// The CPU backend's ForwardBatchPicks: host rows come back as the step's logits rows (packed, bit-equal to
-    /// ForwardBatch's), the others as RowSampling.Pick of theirs; a host mask of the wrong length is refused before the
-    /// step runs.
+    /// A row's mask (a constraint's allowed tokens): the pick is RowSampling.Pick of the row with the other tokens at
+    /// -inf, greedy and sampled, mask and bias together; a mask that fails to compute leaves the row unmasked (the engine
+    /// fails the request from the mask's own task); a mask of the wrong length is refused.
     /// </summary>
     [Fact]
-    public void CpuBackend_ForwardBatchPicks_ReturnsHostRowsAndPicksTheRest()
+    public void Pick_WithAMask_PicksOnlyAllowedTokens()
     {
-        var spec = new ModelSpec(Seed: 33);
-        using var picker = new CpuBackend(TestModels.Build(spec));
-        using var reference = new CpuBackend(TestModels.Build(spec));
-        using var poolP = picker.CreatePagedKvCache(16, 4);
-        using var poolR = reference.CreatePagedKvCache(16, 4);
-        int vocab = spec.Vocab;
-        var t = Enumerable.Range(0, 4).Select(i => TestModels.RandomTokens(3 + i, vocab, 10 + (ulong)i)).ToArray();
-        BatchSequence[] batch = [new(t[0], 0, new[] { 0 }, true), new(t[1], 0, new[] { 1 }, true), new(t[2], 0, new[] { 2, 3 }, false),
-            new(t[3], 0, new[] { 4, 5 }, true)];
-        RowSampling[] picks = [new(0.8f, 0, 0.9f, 0.6f), RowSampling.Greedy, RowSampling.Greedy];
-        bool[] host = [false, true, true];
-        Assert.Throws<ArgumentException>(() => picker.ForwardBatchPicks(poolP, batch, picks, host[..2]));
-        Assert.Throws<ArgumentException>(() => picker.ForwardBatchPicks(poolP, batch, picks[..2], host[..2]));
-        var (ids, hostLogits) = picker.ForwardBatchPicks(poolP, batch, picks, host);
-        var logits = reference.ForwardBatch(poolR, batch);
-        Assert.Equal(RowSampling.Pick(logits.AsSpan(0, vocab), picks[0]), ids[0]);
-        Assert.Equal([-1, -1], ids[1..]);
-        Assert.Equal(logits.AsSpan(vocab, 2 * vocab).ToArray(), hostLogits);
-        // The refused calls left nothing behind: a next step matches the reference's.
-        BatchSequence[] next = [new(new[] { ids[0] }, 3, new[] { 0 }, true)];
-        Assert.Equal(reference.ForwardBatch(poolR, next), picker.ForwardBatch(poolP, next));
+        var rng = new Random(12);
+        var row = Enumerable.Range(0, 257).Select(_ => (float)(rng.NextDouble() * 6)).ToArray();
+        var allowed = Enumerable.Range(0, 257).Select(i => i % 5 == 2).ToArray();
+        var masked = row.Select((x, i) => allowed[i] ? x : float.NegativeInfinity).ToArray();
+        var mask = new LogitMask(Task.FromResult<bool[]?>(allowed));
+        var bias = new LogitBias([7, 12, 17], [3f, -2f, 1f]);
+        for (int k = 0; k < 50; k++)
+        {
+            var pick = (k % 2 == 0 ? RowSampling.Greedy : new RowSampling(0.9f, k % 3 == 0 ? 10 : 0, 0.85f, (float)rng.NextDouble())) with { Bias = k % 4 < 2 ? bias : null };
+            int got = RowSampling.Pick(row, pick with { Mask = mask });
+            Assert.True(allowed[got], $"pick {k}: token {got} is masked");
+            Assert.Equal(RowSampling.Pick(masked, pick), got);
+        }
+        var failed = new LogitMask(Task.FromException<bool[]?>(new InvalidOperationException("grammar bug")));
+        Assert.Equal(RowSampling.Pick(row, RowSampling.Greedy), RowSampling.Pick(row, RowSampling.Greedy with { Mask = failed }));
+        Assert.Throws<ArgumentException>(() => RowSampling.Pick(row, RowSampling.Greedy with { Mask = new LogitMask(Task.FromResult<bool[]?>(new bool[256])) }));
+    }
+
+    /// <summary>LogitMask.Of: the tokens a constraint's Apply sets to -inf on a row of zeros; null when it masks none.</summary>
+    [Fact]
+    public void LogitMask_Of_IsTheConstraintsMask()
+    {
+        var even = LogitMask.Of(new ServingEngineTests.EvenTokensOnly(), 9).Wait();
+        Assert.Equal([true, false, true, false, true, false, true, false, true], even!);
+        Assert.Null(LogitMask.Of(new AllowAll(), 9).Wait());
+    }
+
+    sealed class AllowAll : ILogitsConstraint
+    {
+        public void Apply(Span<float> logits) { }
+        public void Accept(int tokenId) { }
     }
 
     /// <summary>
     /// Seeded sampled requests through the serving engine on the CPU backend (whose steps pick on the backend) give the
     /// tokens of the single-sequence path (Generator: Forward + the Sampler), with other requests, greedy and sampled,
     /// in the same steps; a request with penalties is picked on the backend with them as its bias, and one with a
-    /// logits constraint on the host, by the same rule, while the other rows of its steps are still picked on the backend.
+    /// logits constraint with the constraint's mask, by the same rule.
     /// </summary>
     [Fact]
     public async Task ServingEngine_SeededSampledRequests_EqualTheSoloPath()
@@ -280,9 +290,7 @@ public class RowSamplingTests
         var outputs = await Task.WhenAll(requests.Select(ServingEngineTests.Collect)).WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
         for (int i = 0; i < jobs.Length; i++)
             Assert.Equal(ServingEngineTests.Solo(backend, jobs[i].Prompt, jobs[i].Sampling, 12, none, Constraint(i)), outputs[i]);
-        // Only the constrained request's rows came to the host (the penalised one's penalties went with its picks):
-        // at most one host row a step, and beside picked rows.
-        Assert.All(steps, s => Assert.InRange(s.HostRows, 0, 1));
-        Assert.Contains(steps, s => s.HostRows == 1 && s.LogitsRows > 1);
+        // Every row was picked on the backend: the constraint's mask and the penalties went with the picks.
+        Assert.All(steps, s => Assert.Equal(0, s.HostRows));
     }
 }

@@ -10,13 +10,14 @@ public sealed unsafe class SamplingKernel
 {
     // The threshold search's table: (16 cuts + 1) bins x 1024 threads of fp32 (SAMPLE_TABLE_BYTES in sampling.cu).
     const int TableBytes = 17 * 1024 * 4;
-    readonly CudaKernel _k, _rows, _bias;
+    readonly CudaKernel _k, _rows, _bias, _mask;
 
     public SamplingKernel(KernelLibrary library)
     {
         _k = library.Get("sampling.cu", "sample_f32");
         _rows = library.Get("sampling.cu", "sample_rows_f32");
         _bias = library.Get("sampling.cu", "bias_logits_f32");
+        _mask = library.Get("sampling.cu", "mask_logits_f32");
         foreach (var k in new[] { _k, _rows }) k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, TableBytes);
     }
 
@@ -57,6 +58,25 @@ public sealed unsafe class SamplingKernel
         ulong pl = logits.Address, pe = entries.Address, pd = deltas.Address;
         void** args = stackalloc void*[] { &pl, &n, &pe, &pd, &count };
         _bias.Launch(stream, ((uint)((count + 255) / 256), 1, 1), 256, 0, args);
+    }
+
+    /// <summary>
+    /// Row rows[j] of <paramref name="logits"/> keeps logit i only where allowed[j, i] is nonzero, else -inf:
+    /// <paramref name="rows"/> (count) ints, <paramref name="allowed"/> (count, n) bytes. Device data: the caller checks
+    /// on the host that every row is below the logits' rows.
+    /// </summary>
+    public void LaunchMask(CudaStream stream, DeviceSpan<float> logits, int rowCount, int n, DeviceSpan<int> rows, DeviceSpan<byte> allowed, int count)
+    {
+        const string name = "mask_logits_f32";
+        KernelGuard.Positive(rowCount, name, nameof(rowCount));
+        KernelGuard.Positive(n, name, nameof(n));
+        KernelGuard.Positive(count, name, nameof(count));
+        KernelGuard.Fits(logits, (long)rowCount * n, name, nameof(logits), $"({rowCount}, {n})");
+        KernelGuard.Fits(rows, count, name, nameof(rows), $"({count})");
+        KernelGuard.Fits(allowed, (long)count * n, name, nameof(allowed), $"({count}, {n})");
+        ulong pl = logits.Address, pr = rows.Address, pa = allowed.Address;
+        void** args = stackalloc void*[] { &pl, &n, &pr, &pa };
+        _mask.Launch(stream, ((uint)((n + 1023) / 1024), (uint)count, 1), 256, 0, args);
     }
 
     /// <summary>Samples one token per row; topK 0 = no top-k filter, topP 1 = no nucleus filter (must be in (0, 1]).</summary>

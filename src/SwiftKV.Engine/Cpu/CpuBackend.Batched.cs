@@ -27,7 +27,7 @@ public sealed partial class CpuBackend : IGreedyBatchedBackend
     }
 
     /// <inheritdoc />
-    /// <remarks>The step's logits, then <see cref="RowSampling.Pick"/> per row (the GPU sampler's rule on the CPU).</remarks>
+    /// <remarks>The step's logits, then <see cref="RowSampling.Pick"/> per row (the GPU sampler's rule on the CPU, mask and bias included).</remarks>
     public int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
     {
         StepValidation.Sampling(Config, batch, sampling);
@@ -36,30 +36,6 @@ public sealed partial class CpuBackend : IGreedyBatchedBackend
         var ids = new int[sampling.Length];
         for (int i = 0; i < ids.Length; i++) ids[i] = RowSampling.Pick(logits.AsSpan(i * vocab, vocab), sampling[i]);
         return ids;
-    }
-
-    /// <inheritdoc />
-    /// <remarks>The step's logits; host rows are copied out, the others picked by <see cref="RowSampling.Pick"/>.</remarks>
-    public StepPicks ForwardBatchPicks(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling, ReadOnlySpan<bool> hostRows)
-    {
-        StepValidation.Sampling(Config, batch, sampling);
-        StepValidation.HostRows(sampling, hostRows);
-        var logits = ForwardBatch(kv, batch);
-        int vocab = Config.VocabSize, hosted = 0;
-        foreach (bool h in hostRows) if (h) hosted++;
-        var ids = new int[sampling.Length];
-        var host = new float[(long)hosted * vocab];
-        for (int i = 0, k = 0; i < ids.Length; i++)
-        {
-            var row = logits.AsSpan(i * vocab, vocab);
-            if (!hostRows[i]) ids[i] = RowSampling.Pick(row, sampling[i]);
-            else
-            {
-                ids[i] = -1;
-                row.CopyTo(host.AsSpan(k++ * vocab, vocab));
-            }
-        }
-        return new StepPicks(ids, host);
     }
 
     /// <inheritdoc />

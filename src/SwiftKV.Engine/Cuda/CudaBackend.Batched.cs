@@ -187,53 +187,11 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         return PickOnDevice(kv, batch, sampling);
     }
 
-    /// <inheritdoc />
-    /// <remarks>
-    /// <see cref="ForwardBatchSample"/>'s picks with the host rows' sampling turned greedy (their picks are dropped),
-    /// then each run of consecutive host rows copied back with one copy.
-    /// </remarks>
-    public unsafe StepPicks ForwardBatchPicks(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling, ReadOnlySpan<bool> hostRows)
-    {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        StepValidation.Sampling(Config, batch, sampling);
-        StepValidation.HostRows(sampling, hostRows);
-        var device = sampling.ToArray();
-        var isHost = hostRows.ToArray();
-        int hosted = 0;
-        for (int i = 0; i < device.Length; i++)
-        {
-            if (!isHost[i]) continue;
-            device[i] = RowSampling.Greedy;
-            hosted++;
-        }
-        int vocab = Config.VocabSize;
-        var host = new float[(long)hosted * vocab];
-        var ids = PickOnDevice(kv, batch, device, (ids, logits) =>
-        {
-            fixed (float* p = host)
-            {
-                for (int i = 0, k = 0; i < ids.Length;)
-                {
-                    if (!isHost[i]) { i++; continue; }
-                    int run = 1;
-                    while (i + run < ids.Length && isHost[i + run]) run++;
-                    _stream.DownloadAsync(logits.Slice((long)i * vocab, (long)run * vocab), p + (long)k * vocab, (long)run * vocab);
-                    for (int j = i; j < i + run; j++) ids[j] = -1;   // picked as greedy above: not this row's token
-                    k += run;
-                    i += run;
-                }
-                _stream.Synchronize();   // pageable destination: the copies are done before the array may move
-            }
-        });
-        return new StepPicks(ids, host);
-    }
-
     /// <summary>
-    /// One step, then each kept row's token picked on the GPU: the argmax, then <paramref name="sampling"/>'s draws
-    /// (none: greedy). <paramref name="hostRows"/>, when given, runs after the ids are back and may copy logits rows.
+    /// One step, then each kept row's token picked on the GPU: the rows' masks and biases, the argmax, then
+    /// <paramref name="sampling"/>'s draws (none: greedy).
     /// </summary>
-    unsafe int[] PickOnDevice(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling,
-        HostRowsCopy? hostRows = null)
+    unsafe int[] PickOnDevice(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
     {
         using var step = EnterStep();
         int rows = EncodeBatch(kv, batch);
@@ -247,6 +205,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         }
         var s = _batchScratch!;
         int m0 = prof?.Mark(_stream) ?? -1;
+        AddMasks(s, sampling, rows);   // waits for masks still being computed: the step is already queued
         AddBiases(s, sampling, rows);
         _argmax.Launch(_stream, _ws.Logits.Span, rows, Config.VocabSize, s.Picked.Span);
         int m1 = prof?.Mark(_stream) ?? -1;
@@ -273,7 +232,6 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             prof?.Span("sampling", m1, prof.Mark(_stream));
         }
         _stream.Download(s.Picked.Span.Slice(0, rows), ids);
-        hostRows?.Invoke(ids, _ws.Logits.Span);
         prof?.Collect();
         return ids;
     }
@@ -306,8 +264,35 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             new DeviceSpan<float>(d.Address + 8UL * (ulong)count, count), count);
     }
 
-    /// <summary>Copies a step's host rows out of the logits workspace (<see cref="ForwardBatchPicks"/>), after the ids are back.</summary>
-    delegate void HostRowsCopy(int[] ids, DeviceSpan<float> logits);
+    /// <summary>
+    /// Sets the logits a row's mask (a constraint's allowed tokens) leaves out to -inf: the masks are awaited here, after
+    /// the step's kernels are queued, so their computation on the host overlaps the step; one upload, one launch.
+    /// </summary>
+    unsafe void AddMasks(BatchScratch s, ReadOnlySpan<RowSampling> sampling, int rows)
+    {
+        int vocab = Config.VocabSize, count = 0;
+        var masks = new bool[]?[sampling.Length];
+        for (int r = 0; r < sampling.Length; r++)
+        {
+            if (sampling[r].Mask is not { } mask || (masks[r] = mask.Wait()) is null) continue;
+            if (masks[r]!.Length != vocab) throw new ArgumentException($"row sampling {r}: a mask of {masks[r]!.Length} tokens for a vocabulary of {vocab}.");
+            count++;
+        }
+        if (count == 0) return;
+        var host = s.Masks(count, vocab);
+        var rowIds = host.AsSpan<int>(count);
+        var bytes = new Span<byte>((byte*)host.Pointer + 4L * count, checked(count * vocab));
+        for (int r = 0, j = 0; r < masks.Length; r++)
+        {
+            if (masks[r] is not { } allowed) continue;
+            rowIds[j] = r;
+            System.Runtime.InteropServices.MemoryMarshal.AsBytes(allowed.AsSpan()).CopyTo(bytes.Slice(j++ * vocab, vocab));
+        }
+        var d = s.MasksDevice.Span;
+        _stream.CopyBytesAsync(d.Address, (void*)host.Pointer, 4L * count + (long)count * vocab);
+        _sample.LaunchMask(_stream, _ws.Logits.Span, rows, vocab, new DeviceSpan<int>(d.Address, count),
+            new DeviceSpan<byte>(d.Address + 4UL * (ulong)count, (long)count * vocab), count);
+    }
 
     /// <summary>Queues one batched step; leaves the kept rows' logits at the start of the Logits workspace and returns their count.</summary>
     unsafe int EncodeBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
@@ -811,6 +796,28 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         public DeviceBuffer<int> SamplingDevice { get; private set; } = null!;
         PinnedHostBuffer? _samplingHost;
         int _samplingRows;
+        /// <summary>The step's masks: (count) row ints, then (count, vocab) allowed bytes.</summary>
+        public DeviceBuffer<byte> MasksDevice { get; private set; } = null!;
+        PinnedHostBuffer? _masksHost;
+        long _maskBytes;
+
+        /// <summary>The pinned staging of <paramref name="count"/> masks of <paramref name="vocab"/> tokens (and their device buffer), grown by doubling.</summary>
+        public PinnedHostBuffer Masks(int count, int vocab)
+        {
+            long need = 4L * count + (long)count * vocab;
+            if (need > _maskBytes)
+            {
+                long n = Math.Max(need, 2 * _maskBytes);
+                MasksDevice?.Dispose();
+                _masksHost?.Dispose();
+                _maskBytes = 0;
+                MasksDevice = new DeviceBuffer<byte>(n);
+                _masksHost = new PinnedHostBuffer(n);
+                _maskBytes = n;
+            }
+            return _masksHost!;
+        }
+
         /// <summary>The step's logit biases, 3 words an entry: (row, token) ints for every entry, then the float deltas.</summary>
         public DeviceBuffer<int> BiasesDevice { get; private set; } = null!;
         PinnedHostBuffer? _biasesHost;
@@ -886,6 +893,8 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             _samplingHost?.Dispose();
             BiasesDevice?.Dispose();
             _biasesHost?.Dispose();
+            MasksDevice?.Dispose();
+            _masksHost?.Dispose();
         }
     }
 }

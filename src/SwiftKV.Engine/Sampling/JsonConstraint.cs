@@ -5,8 +5,6 @@
 // makes even a random-weight model close its JSON before MaxOutputTokens (every byte is a token in byte-level BPE,
 // so a completing step always exists). When the budget is already smaller than the shortest completion (a tiny
 // MaxOutputTokens), the rule is dropped: the answer is then cut off mid-JSON and the caller sees FinishReason Length.
-// The mask depends only on the grammar state, not on the logits, so Prepare can compute it while the model runs
-// (the serving engine does, on a worker thread); Apply then only writes it.
 namespace SwiftKV.Engine.Sampling;
 
 /// <summary>Masks logits so the generated text is one JSON object.</summary>
@@ -17,8 +15,6 @@ public sealed class JsonConstraint : ILogitsConstraint
     readonly int _maxNewTokens;
     JsonGrammarState _state;
     int _generated;
-    bool[]? _mask;          // Prepare's result (null: nothing fits), valid while _maskAt == _generated
-    int _maskAt = -1;
 
     /// <param name="tokenBytes">Bytes of each token id; null for ids that may never be generated (special tokens).</param>
     /// <param name="stopTokenIds">End-of-turn ids, allowed once the object is complete.</param>
@@ -40,31 +36,12 @@ public sealed class JsonConstraint : ILogitsConstraint
     public bool IsComplete => _state.IsComplete;
 
     /// <inheritdoc />
-    /// <remarks>Computes the allowed set for the next token (one pass over the vocabulary through the grammar).</remarks>
-    public void Prepare()
-    {
-        if (_maskAt == _generated) return;
-        _mask = Allowed();
-        _maskAt = _generated;
-    }
-
-    /// <inheritdoc />
     public void Apply(Span<float> logits)
     {
-        Prepare();
-        // Nothing fits (no stop token known): leave the row alone rather than sample from nothing.
-        if (_mask is not { } allowed || !allowed.AsSpan(0, Math.Min(allowed.Length, logits.Length)).Contains(true)) return;
-        for (int id = 0; id < logits.Length; id++)
-            if (id >= allowed.Length || !allowed[id]) logits[id] = float.NegativeInfinity;
-    }
-
-    /// <summary>Which token ids may come next (ids past the token table never may); null when none may.</summary>
-    bool[]? Allowed()
-    {
-        int vocab = _tokenBytes.Count;
+        int vocab = Math.Min(logits.Length, _tokenBytes.Count);
         int budgetAfter = _maxNewTokens - _generated - 1;
         bool enforceBudget = _state.CompletionLength <= budgetAfter + 1;
-        var allowed = new bool[vocab];
+        var allowed = new bool[logits.Length];
         bool any = false;
         for (int id = 0; id < vocab; id++)
         {
@@ -79,7 +56,9 @@ public sealed class JsonConstraint : ILogitsConstraint
             }
             any |= allowed[id];
         }
-        return any ? allowed : null;
+        if (!any) return; // nothing fits (no stop token known): leave the row alone rather than sample from nothing
+        for (int id = 0; id < logits.Length; id++)
+            if (!allowed[id]) logits[id] = float.NegativeInfinity;
     }
 
     /// <inheritdoc />

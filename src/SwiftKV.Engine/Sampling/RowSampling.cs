@@ -1,7 +1,8 @@
 // One logits row's token pick on a batched backend (IGreedyBatchedBackend.ForwardBatchSample), so a sampled decode
 // step copies one id per sequence back instead of a 512 KB logits row (Llama 3) and a sort of it on the host.
-// A bias (frequency / presence penalties: the request's own token counts) is added to the row first, on whichever
-// side picks, so penalised requests need not bring their rows to the host either.
+// A mask (a logits constraint's allowed tokens) and a bias (frequency / presence penalties: the request's own token
+// counts) are applied to the row first, on whichever side picks, so constrained and penalised requests need not bring
+// their rows to the host either.
 // The rule is the GPU sampler's (native-kernels/sampling.cu): z = (logit - max) / T; top-k keeps every z at or above
 // the k-th largest (ties kept); top-p then keeps every z at or above the largest threshold whose mass reaches top_p of
 // the top-k mass; the token is the first, in vocabulary order, whose running kept mass exceeds U times the kept mass.
@@ -25,6 +26,9 @@ public readonly record struct RowSampling(float Temperature, int TopK, float Top
     /// <summary>Added to the row before it is picked from (greedy too); null = none.</summary>
     public LogitBias? Bias { get; init; }
 
+    /// <summary>The tokens that may be picked (the others count as -inf), greedy too; null = all.</summary>
+    public LogitMask? Mask { get; init; }
+
     /// <summary>Throws <see cref="ArgumentException"/> naming <paramref name="what"/> when a field is out of range.</summary>
     public void Validate(string what)
     {
@@ -43,6 +47,24 @@ public readonly record struct RowSampling(float Temperature, int TopK, float Top
     public static int Pick(ReadOnlySpan<float> logits, RowSampling s)
     {
         if (logits.IsEmpty) throw new ArgumentException("logits are empty.", nameof(logits));
+        if (s.Mask is { } mask)
+        {
+            var allowed = mask.Wait();
+            if (allowed is null) return Pick(logits, s with { Mask = null });
+            if (allowed.Length != logits.Length)
+                throw new ArgumentException($"row sampling: a mask of {allowed.Length} tokens for a row of {logits.Length}.", nameof(s));
+            var floats = ArrayPool<float>.Shared;
+            var masked = floats.Rent(logits.Length);
+            try
+            {
+                for (int i = 0; i < logits.Length; i++) masked[i] = allowed[i] ? logits[i] : float.NegativeInfinity;
+                return Pick(masked.AsSpan(0, logits.Length), s with { Mask = null });
+            }
+            finally
+            {
+                floats.Return(masked);
+            }
+        }
         if (s.Bias is { } bias)
         {
             bias.Validate("row sampling", logits.Length);
@@ -225,5 +247,51 @@ public sealed record LogitBias(int[] Tokens, float[] Deltas)
     public void AddTo(Span<float> logits)
     {
         for (int i = 0; i < Tokens.Length; i++) logits[Tokens[i]] += Deltas[i];
+    }
+}
+
+/// <summary>
+/// The tokens a logits constraint allows next, computed off the picking thread (the serving engine starts it while the
+/// step runs): <see cref="Wait"/> gives the allowed flags, one per vocabulary id, or null when every token is allowed
+/// or the computation failed (the engine then fails that request from the task itself, not from the pick).
+/// </summary>
+public sealed class LogitMask(Task<bool[]?> allowed)
+{
+    /// <summary>The computation; its fault is the request's failure.</summary>
+    public Task<bool[]?> Allowed { get; } = allowed ?? throw new ArgumentNullException(nameof(allowed));
+
+    /// <summary>Waits for the flags; null when all are allowed or the computation failed.</summary>
+    public bool[]? Wait()
+    {
+        try
+        {
+            return Allowed.GetAwaiter().GetResult();
+        }
+        catch
+        {
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// Starts <paramref name="constraint"/>'s mask for its next token on the thread pool: its Apply on a row of zeros;
+    /// the tokens it sets to -inf are the masked ones (its contract: it only masks). Null flags when nothing is masked.
+    /// </summary>
+    public static LogitMask Of(ILogitsConstraint constraint, int vocab)
+    {
+        ArgumentNullException.ThrowIfNull(constraint);
+        return new LogitMask(Task.Run(() =>
+        {
+            var probe = new float[vocab];
+            constraint.Apply(probe);
+            bool[]? allowed = null;
+            for (int i = 0; i < vocab; i++)
+            {
+                if (probe[i] != float.NegativeInfinity) continue;
+                allowed ??= Enumerable.Repeat(true, vocab).ToArray();
+                allowed[i] = false;
+            }
+            return allowed;
+        }));
     }
 }

@@ -85,11 +85,14 @@ public sealed class Sampler
         return new LogitBias(tokens, deltas);
     }
 
-    /// <summary>Samples a token id from <paramref name="logits"/> (vocab_size); the caller's row is never changed.</summary>
-    public int Sample(ReadOnlySpan<float> logits)
+    /// <summary>
+    /// Samples a token id from <paramref name="logits"/> (vocab_size), only among the tokens <paramref name="mask"/>
+    /// allows when given; the caller's row is never changed.
+    /// </summary>
+    public int Sample(ReadOnlySpan<float> logits, LogitMask? mask = null)
     {
         if (logits.IsEmpty) throw new ArgumentException("logits are empty.", nameof(logits));
-        var pick = NextRowSampling();
+        var pick = NextRowSampling() with { Mask = mask };
         int token = RowSampling.Pick(logits, pick);
         if (token < 0) throw new InvalidOperationException(NoFiniteLogit);
         Accept(token);

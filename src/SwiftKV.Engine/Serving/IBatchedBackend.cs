@@ -107,9 +107,8 @@ public interface IBatchedBackend
 /// Optional device-side token pick for a batched backend: the step of <see cref="IBatchedBackend.ForwardBatch"/>, but
 /// the logits rows stay on the backend and only their argmax crosses back. A 128K-vocabulary fp32 row is 512 KB, so
 /// at hundreds of sequences per step copying and scanning logits on the host would cost more than the step's tail.
-/// The engine picks every row there except those of requests with a logits constraint (ForwardBatchPicks brings only
-/// those back): greedy rows take the argmax, sampled rows a draw on the backend (temperature, top-k, top-p), either
-/// after the row's bias (penalties) is added.
+/// The serving engine picks every row there: greedy rows take the argmax, sampled rows a draw on the backend
+/// (temperature, top-k, top-p), either after the row's mask (a logits constraint) and bias (penalties) are applied.
 /// </summary>
 public interface IGreedyBatchedBackend : IBatchedBackend
 {
@@ -124,27 +123,12 @@ public interface IGreedyBatchedBackend : IBatchedBackend
     /// <summary>
     /// Runs one step as <see cref="IBatchedBackend.ForwardBatch"/> does and picks each logits row's token on the backend
     /// by <paramref name="sampling"/> (one per sequence with <see cref="BatchSequence.NeedsLogits"/>, in batch order):
-    /// the row's <see cref="RowSampling.Bias"/> added, then temperature 0 is <see cref="ForwardBatchGreedy"/>'s argmax,
+    /// the row's <see cref="RowSampling.Mask"/> and <see cref="RowSampling.Bias"/> applied (a mask still being computed
+    /// is awaited once the step is queued), then temperature 0 is <see cref="ForwardBatchGreedy"/>'s argmax,
     /// otherwise <see cref="RowSampling"/>'s rule. Returns the ids in that order, -1 for a row with no logit above
     /// -inf. A wrong count or an invalid pick (a bias token outside the vocabulary among them) throws
-    /// <see cref="ArgumentException"/> before the step runs.
+    /// <see cref="ArgumentException"/> before the step runs; a mask of the wrong length once it is known (the step's
+    /// K/V are written by then, as a retry of the step would write them).
     /// </summary>
     int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling);
-
-    /// <summary>
-    /// Runs one step as <see cref="IBatchedBackend.ForwardBatch"/> does, for a step where only some rows need the host:
-    /// each logits row r (batch order) with <paramref name="hostRows"/>[r] set comes back as logits, every other row is
-    /// picked on the backend as <see cref="ForwardBatchSample"/> picks it. So one request with a logits constraint costs
-    /// the step its own row's copy, not every row's. <paramref name="sampling"/> has one entry per
-    /// logits row; a host row's entry is validated but not used (pass <see cref="RowSampling.Greedy"/>). Wrong counts or
-    /// an invalid pick throw <see cref="ArgumentException"/> before the step runs.
-    /// </summary>
-    StepPicks ForwardBatchPicks(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling, ReadOnlySpan<bool> hostRows);
 }
-
-/// <summary>
-/// What <see cref="IGreedyBatchedBackend.ForwardBatchPicks"/> returns: <see cref="Picked"/> has one id per logits row
-/// in batch order (-1 for a host row, or for a row with no logit above -inf); <see cref="HostLogits"/> holds the host
-/// rows' logits, packed in batch order, row-major (host rows, vocab_size).
-/// </summary>
-public sealed record StepPicks(int[] Picked, float[] HostLogits);

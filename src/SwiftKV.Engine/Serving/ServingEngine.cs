@@ -33,11 +33,6 @@ public sealed class ServingEngine : IDisposable
 
     sealed class Entry(Sequence seq, ServingRequest request, Sampler sampler, IReadOnlySet<int> stops, ILogitsConstraint? constraint)
     {
-        /// <summary>
-        /// No constraint: its tokens can be picked on the backend (IGreedyBatchedBackend), greedy or sampled, with the
-        /// uniforms drawn from its own sampler and its penalties as the pick's bias. A constraint needs the host's row.
-        /// </summary>
-        public bool PicksOnBackend { get; } = constraint is null;
         public ILogitsConstraint? Constraint { get; } = constraint;
         public Sequence Seq { get; } = seq;
         public ServingRequest Request { get; } = request;
@@ -289,46 +284,38 @@ public sealed class ServingEngine : IDisposable
     {
         long t1 = Stopwatch.GetTimestamp();
         var chunks = step.Chunks;
-        // A row's token is picked on the backend unless its request needs the host's row (a logits constraint);
-        // a step with both kinds brings back only the host rows' logits (ForwardBatchPicks). A sampled request draws
-        // one uniform from its own generator per token and both sides apply RowSampling's rule, so its tokens do not
-        // depend on the other requests in the step (up to the GPU's fp32 sums at a bucket edge).
-        bool[] host = new bool[chunks.Count];
-        int hostRows = 0, backendRows = 0;
-        for (int i = 0; i < chunks.Count; i++)
-        {
-            if (!chunks[i].NeedsLogits) continue;
-            host[i] = !live[chunks[i].Sequence].PicksOnBackend;
-            if (host[i]) hostRows++;
-            else backendRows++;
-        }
-        bool onBackend = _backend is IGreedyBatchedBackend && backendRows > 0;
+        // Every row's token is picked on the backend when it can (IGreedyBatchedBackend), else on the host. A sampled
+        // request draws one uniform from its own generator per token, its penalties travel as the pick's bias and its
+        // constraint's mask (computed on the thread pool while the step runs) as the pick's mask; both sides apply
+        // RowSampling's rule, so a request's tokens do not depend on the other requests in the step (up to the GPU's
+        // fp32 sums at a bucket edge).
+        bool onBackend = _backend is IGreedyBatchedBackend;
+        var masks = StartMasks(chunks, live);
         RowSampling[]? sampling = null;
         if (onBackend)
         {
             var picks = new RowSampling[chunks.Count];
-            bool anySampled = false;
+            bool plainGreedy = true;
             for (int i = 0; i < chunks.Count; i++)
             {
                 if (!chunks[i].NeedsLogits) continue;
-                // Drawn once, whatever retries follow; a host row draws when its request samples its logits.
-                picks[i] = host[i] ? RowSampling.Greedy : live[chunks[i].Sequence].Sampler.NextRowSampling();
-                anySampled |= picks[i].Temperature > 0 || picks[i].Bias is not null;
+                // Drawn once, whatever retries follow.
+                picks[i] = live[chunks[i].Sequence].Sampler.NextRowSampling() with { Mask = masks?[i] };
+                plainGreedy &= picks[i].Temperature == 0 && picks[i].Bias is null && picks[i].Mask is null;
             }
-            if (anySampled || hostRows > 0) sampling = picks;   // all plain greedy on the backend: ForwardBatchGreedy
+            if (!plainGreedy) sampling = picks;   // all plain greedy: ForwardBatchGreedy
         }
         var rows = new StepRow[chunks.Count];
-        var prepared = PrepareConstraints(chunks, live);
         try
         {
-            Forward(chunks, 0, chunks.Count, onBackend, sampling, host, rows, live, retried: false);
+            Forward(chunks, 0, chunks.Count, onBackend, sampling, rows, live, retried: false);
         }
         finally
         {
-            // Every Prepare ends before its constraint is used again; a failure surfaces at its own row below.
-            if (prepared is not null)
+            // Every mask is done before its constraint is used again; a failure surfaces at its own row below.
+            if (masks is not null)
             {
-                try { Task.WaitAll(prepared.OfType<Task>()); }
+                try { Task.WaitAll(masks.Where(m => m is not null).Select(m => (Task)m!.Allowed)); }
                 catch (AggregateException) { }
             }
         }
@@ -339,7 +326,7 @@ public sealed class ServingEngine : IDisposable
             if (!rows[i].Failed) _computedTokens += chunks[i].Count;
 
         int sampled = 0;
-        var hostPicks = PickHostRows(chunks, rows, live, prepared);
+        var hostPicks = onBackend ? null : PickHostRows(chunks, rows, live, masks);
         for (int i = 0; i < chunks.Count; i++)
         {
             var c = chunks[i];
@@ -356,9 +343,11 @@ public sealed class ServingEngine : IDisposable
                 if (row.LogitsRow < 0)
                 {
                     // Picked on the backend (argmax, or a draw with this request's uniform); -1 = no finite logit.
+                    masks?[i]?.Allowed.GetAwaiter().GetResult();   // rethrows what its constraint threw: this request fails alone
                     int picked = row.Picked[row.PickedRow];
                     token = picked >= 0 ? picked : throw new InvalidOperationException(Sampler.NoFiniteLogit);
                     e.Sampler.Accept(token);   // its penalties count it, as Sample does on the host
+                    e.Constraint?.Accept(token);
                 }
                 else
                 {
@@ -397,7 +386,7 @@ public sealed class ServingEngine : IDisposable
             long t3 = Stopwatch.GetTimestamp();
             try
             {
-                observe(new ServingStepTrace(chunks.Count, step.NumTokens, decodes, sampled, onBackend ? hostRows : sampled,
+                observe(new ServingStepTrace(chunks.Count, step.NumTokens, decodes, sampled, onBackend ? 0 : sampled,
                     Stopwatch.GetElapsedTime(scheduledFrom, t1).TotalMilliseconds, Stopwatch.GetElapsedTime(t1, t2).TotalMilliseconds,
                     Stopwatch.GetElapsedTime(t2, t3).TotalMilliseconds));
             }
@@ -410,12 +399,12 @@ public sealed class ServingEngine : IDisposable
     }
 
     /// <summary>
-    /// Picks the step's host rows (every row on a backend that cannot pick, else the constrained requests' rows): the
-    /// constraint's mask, then the request's Sampler, then the constraint's Accept. Several rows run in parallel: each
-    /// touches only its own request's sampler and constraint. A row's failure (caller code) is returned, not thrown, so
-    /// it fails that request alone. Null when the step has no host row.
+    /// Picks the step's rows on the host (a backend that cannot pick): the request's Sampler with its constraint's mask,
+    /// then the constraint's Accept. Several rows run in parallel: each touches only its own request's sampler and
+    /// constraint. A row's failure (caller code) is returned, not thrown, so it fails that request alone. Null when the
+    /// step has no such row.
     /// </summary>
-    (int Token, Exception? Error)[]? PickHostRows(IReadOnlyList<ScheduledChunk> chunks, StepRow[] rows, Dictionary<Sequence, Entry> live, Task?[]? prepared)
+    (int Token, Exception? Error)[]? PickHostRows(IReadOnlyList<ScheduledChunk> chunks, StepRow[] rows, Dictionary<Sequence, Entry> live, LogitMask?[]? masks)
     {
         var host = new List<int>();
         for (int i = 0; i < chunks.Count; i++)
@@ -429,15 +418,8 @@ public sealed class ServingEngine : IDisposable
             try
             {
                 var row = rows[i];
-                var rowLogits = row.Logits.AsSpan(row.LogitsRow * vocab, vocab);
-                if (e.Constraint is { } constraint)
-                {
-                    prepared?[i]?.GetAwaiter().GetResult();   // rethrows what its Prepare threw
-                    var masked = rowLogits.ToArray();
-                    constraint.Apply(masked);
-                    rowLogits = masked;
-                }
-                int token = e.Sampler.Sample(rowLogits);
+                masks?[i]?.Allowed.GetAwaiter().GetResult();   // rethrows what its constraint threw
+                int token = e.Sampler.Sample(row.Logits.AsSpan(row.LogitsRow * vocab, vocab), masks?[i]);
                 e.Constraint?.Accept(token);
                 picks[i] = (token, null);
             }
@@ -452,20 +434,20 @@ public sealed class ServingEngine : IDisposable
     }
 
     /// <summary>
-    /// Starts ILogitsConstraint.Prepare of each constrained request that gets logits in this step on the thread pool,
-    /// so a mask that depends only on the constraint's state (JSON: one grammar pass over the vocabulary, a few ms at
-    /// 128K tokens) is computed while the backend runs the step. Null when the step has none.
+    /// Starts the mask of each constrained request that gets logits in this step on the thread pool (LogitMask.Of), so
+    /// a mask that costs a pass over the vocabulary (JSON: a few ms at 128K tokens) is computed while the backend runs
+    /// the step. Null when the step has none.
     /// </summary>
-    static Task?[]? PrepareConstraints(IReadOnlyList<ScheduledChunk> chunks, Dictionary<Sequence, Entry> live)
+    LogitMask?[]? StartMasks(IReadOnlyList<ScheduledChunk> chunks, Dictionary<Sequence, Entry> live)
     {
-        Task?[]? tasks = null;
+        LogitMask?[]? masks = null;
         for (int i = 0; i < chunks.Count; i++)
         {
             if (!chunks[i].NeedsLogits || live[chunks[i].Sequence].Constraint is not { } constraint) continue;
-            tasks ??= new Task?[chunks.Count];
-            tasks[i] = Task.Run(constraint.Prepare);
+            masks ??= new LogitMask?[chunks.Count];
+            masks[i] = LogitMask.Of(constraint, _model.Config.VocabSize);
         }
-        return tasks;
+        return masks;
     }
 
     /// <summary>
@@ -480,36 +462,29 @@ public sealed class ServingEngine : IDisposable
     /// sequences are independent, and a step rewrites the K/V of its positions, so a part that succeeds is exactly
     /// its share of the step. A single chunk is tried twice; if it fails again, only its request fails.
     /// </summary>
-    void Forward(IReadOnlyList<ScheduledChunk> chunks, int lo, int hi, bool onBackend, RowSampling[]? sampling, bool[] host,
+    void Forward(IReadOnlyList<ScheduledChunk> chunks, int lo, int hi, bool onBackend, RowSampling[]? sampling,
         StepRow[] rows, Dictionary<Sequence, Entry> live, bool retried)
     {
         var batch = new BatchSequence[hi - lo];
         var picks = new List<RowSampling>();
-        var hostRows = new List<bool>();
         for (int i = lo; i < hi; i++)
         {
             var c = chunks[i];
             batch[i - lo] = new BatchSequence(c.Sequence.TokenMemory(c.Start, c.Count), c.Start, c.Sequence.Blocks.Blocks, c.NeedsLogits);
-            if (!c.NeedsLogits) continue;
-            if (sampling is not null) picks.Add(sampling[i]);
-            hostRows.Add(host[i]);
+            if (sampling is not null && c.NeedsLogits) picks.Add(sampling[i]);
         }
         try
         {
             float[] logits = [];
             int[] picked = [];
             var greedy = _backend as IGreedyBatchedBackend;
-            if (onBackend && hostRows.Contains(true))
-                (picked, logits) = greedy!.ForwardBatchPicks(_kv, batch, picks.ToArray(), hostRows.ToArray());
-            else if (onBackend && sampling is not null) picked = greedy!.ForwardBatchSample(_kv, batch, picks.ToArray());
+            if (onBackend && sampling is not null) picked = greedy!.ForwardBatchSample(_kv, batch, picks.ToArray());
             else if (onBackend) picked = greedy!.ForwardBatchGreedy(_kv, batch);
             else logits = _backend.ForwardBatch(_kv, batch);
-            for (int i = lo, r = 0, h = 0; i < hi; i++)
+            for (int i = lo, r = 0; i < hi; i++)
             {
                 if (!chunks[i].NeedsLogits) continue;
-                // Logits rows come back in batch order: all of them (ForwardBatch), or only the host rows.
-                bool asLogits = !onBackend || host[i];
-                rows[i] = new StepRow(logits, asLogits ? h++ : -1, picked, r++);
+                rows[i] = onBackend ? new StepRow([], -1, picked, r++) : new StepRow(logits, r++, [], -1);
             }
         }
         catch (Exception ex)
@@ -518,8 +493,8 @@ public sealed class ServingEngine : IDisposable
             {
                 Trace.TraceWarning($"SwiftKV serving: a batched step of {hi - lo} sequence(s) failed ({ex.Message}); running it {(hi - lo > 1 ? "in two halves" : "again")}.");
                 int mid = hi - lo > 1 ? (lo + hi) / 2 : hi;
-                Forward(chunks, lo, mid, onBackend, sampling, host, rows, live, retried: hi - lo == 1);
-                if (mid < hi) Forward(chunks, mid, hi, onBackend, sampling, host, rows, live, retried: false);
+                Forward(chunks, lo, mid, onBackend, sampling, rows, live, retried: hi - lo == 1);
+                if (mid < hi) Forward(chunks, mid, hi, onBackend, sampling, rows, live, retried: false);
                 return;
             }
             rows[lo] = new StepRow([], -1, [], 0, Failed: true);

@@ -58,8 +58,7 @@ internal sealed class LatencyWindow(int capacity)
 /// One engine step as the loop saw it: its shape and where its wall time went on the host. Schedule = planning
 /// (Scheduler.Schedule), Forward = the backend call (host encoding + GPU work + result copy, synchronous), Post =
 /// sampling, streaming and bookkeeping of the results. HostRows = logits rows copied to the host to be picked there
-/// (requests with a logits constraint, or every row on a backend that cannot pick); the other rows'
-/// tokens were picked on the backend.
+/// (every row on a backend that cannot pick; none on one that can).
 /// </summary>
 public readonly record struct ServingStepTrace(int Sequences, int Tokens, int DecodeTokens, int LogitsRows, int HostRows,
     double ScheduleMs, double ForwardMs, double PostMs);

@@ -23,15 +23,6 @@ public sealed class ServingIsolationTests
         public void Accept(int tokenId) => _accepted++;
     }
 
-    /// <summary>A caller's constraint whose Prepare (run beside the step) throws at its third token.</summary>
-    sealed class PrepareThrowsAfter(int after) : ILogitsConstraint
-    {
-        int _accepted;
-        public void Prepare() { if (_accepted >= after) throw new InvalidOperationException("mask service down"); }
-        public void Apply(Span<float> logits) { }
-        public void Accept(int tokenId) => _accepted++;
-    }
-
     /// <summary>A caller's stop set whose Contains throws.</summary>
     sealed class ThrowingStops : IReadOnlySet<int>
     {
@@ -52,7 +43,6 @@ public sealed class ServingIsolationTests
     [InlineData("OperationCanceled")]
     [InlineData("IndexOutOfRange")]
     [InlineData("StopSet")]
-    [InlineData("Prepare")]
     public async Task CallerCodeThrowingAnything_FailsOnlyItsRequest(string kind)
     {
         using var backend = ServingEngineTests.Backend("llama");
@@ -65,7 +55,6 @@ public sealed class ServingIsolationTests
             "NotSupported" => new ThrowsAfter(2, () => new NotSupportedException("grammar feature X")),
             "OperationCanceled" => new ThrowsAfter(2, () => new OperationCanceledException("the constraint's own token")),
             "IndexOutOfRange" => new ThrowsAfter(2, () => new IndexOutOfRangeException("bug in a grammar")),
-            "Prepare" => new PrepareThrowsAfter(2),
             _ => null,
         };
         var victim = constraint is null
@@ -115,6 +104,7 @@ public sealed class ServingIsolationTests
     sealed class FailingPicker(CpuBackend inner) : Wrapped(inner), IGreedyBatchedBackend
     {
         public int SampledCalls { get; private set; }
+        public bool MaskedCallFailed { get; private set; }
         public int[] ForwardBatchGreedy(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
         {
             Step(batch);
@@ -123,32 +113,26 @@ public sealed class ServingIsolationTests
         public int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
         {
             SampledCalls++;
-            Step(batch);
-            return Inner.ForwardBatchSample(kv, batch, sampling);
-        }
-        public int MixedCalls { get; private set; }
-        public bool MixedCallFailed { get; private set; }
-        public StepPicks ForwardBatchPicks(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling, ReadOnlySpan<bool> hostRows)
-        {
-            MixedCalls++;
+            bool masked = false;
+            foreach (var p in sampling) masked |= p.Mask is not null;
             try
             {
                 Step(batch);
             }
-            catch
+            catch when (masked)
             {
-                MixedCallFailed = true;
+                MaskedCallFailed = true;
                 throw;
             }
-            return Inner.ForwardBatchPicks(kv, batch, sampling, hostRows);
+            return Inner.ForwardBatchSample(kv, batch, sampling);
         }
     }
 
     /// <summary>
     /// Seeded sampled requests picked on the backend through a step that fails mid-run: the engine runs it again in
     /// halves, each half with its own rows' picks drawn before the first try (no request draws twice), so every output
-    /// still equals its solo run. One request has a logits constraint: its rows come to the host beside the others'
-    /// picks (ForwardBatchPicks), in the failed step too; another has penalties, which go with its picks.
+    /// still equals its solo run. One request has a logits constraint, whose mask goes with its picks (the failed step
+    /// had it too); another has penalties, which go with its picks as a bias.
     /// </summary>
     [Fact]
     public async Task TransientFailureOfASampledStep_IsRetriedInParts_WithTheSameDraws()
@@ -167,27 +151,25 @@ public sealed class ServingIsolationTests
         for (int i = 0; i < prompts.Length; i++)
             Assert.Equal(string.Join(",", ServingEngineTests.Solo(cpu, prompts[i], Params(i), MaxTokens(i), new HashSet<int>(), Constraint(i))), got[i]);
         Assert.True(failures > 0, "the injected failure never happened");
-        Assert.True(backend.MixedCallFailed, "the injected failure did not hit a step with host and backend rows");
-        Assert.True(backend.MixedCalls > 4, "the steps with the constrained request did not pick the others on the backend");
-        Assert.True(backend.SampledCalls > 4, "the steps after the penalised request did not pick every row on the backend");
+        Assert.True(backend.MaskedCallFailed, "the injected failure did not hit a step with a masked row");
+        Assert.True(backend.SampledCalls > 8, "the sampled steps did not pick on the backend");
     }
 
-    /// <summary>A constraint that signals each Prepare, masking odd ids like EvenTokensOnly.</summary>
+    /// <summary>A constraint that signals each Apply, masking odd ids like EvenTokensOnly.</summary>
     sealed class SignallingEvenTokens : ILogitsConstraint
     {
         readonly ServingEngineTests.EvenTokensOnly _inner = new();
         public ManualResetEventSlim Prepared { get; } = new(false);
-        public void Prepare() => Prepared.Set();
-        public void Apply(Span<float> logits) { Assert.True(Prepared.IsSet, "Apply before Prepare"); Prepared.Reset(); _inner.Apply(logits); }
-        public void Accept(int tokenId) => _inner.Accept(tokenId);
+        public void Apply(Span<float> logits) { _inner.Apply(logits); Prepared.Set(); }
+        public void Accept(int tokenId) { Prepared.Reset(); _inner.Accept(tokenId); }
     }
 
     /// <summary>
-    /// A constrained request's Prepare runs while the backend computes its step: the backend's step waits (up to 10 s)
-    /// for that step's Prepare before it returns, which would fail the step if Prepare ran only after it.
+    /// A constrained request's mask is computed while the backend computes its step: the backend's step waits (up to
+    /// 10 s) for that step's Apply before it returns, which would fail the step if the mask were made only after it.
     /// </summary>
     [Fact]
-    public async Task ConstraintPrepare_RunsWhileTheStepRuns()
+    public async Task ConstraintMask_IsComputedWhileTheStepRuns()
     {
         using var cpu = ServingEngineTests.Backend("llama");
         var constraint = new SignallingEvenTokens();
