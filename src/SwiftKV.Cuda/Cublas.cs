@@ -11,7 +11,8 @@ using SwiftKV.Cuda.Native;
 
 namespace SwiftKV.Cuda;
 
-sealed class CublasHandle() : SafeHandle(0, true)
+/// <summary>A cuBLAS or cuBLASLt handle, destroyed by <paramref name="destroy"/> outside any graph capture.</summary>
+sealed class CublasHandle(Func<nint, int> destroy) : SafeHandle(0, true)
 {
     public override bool IsInvalid => handle == 0;
     public void Set(nint h) => SetHandle(h);
@@ -19,14 +20,14 @@ sealed class CublasHandle() : SafeHandle(0, true)
     {
         if (!CudaRuntime.TryBindForRelease()) return false;
         using var gate = CaptureGate.Exclusive();
-        return CublasNative.cublasDestroy(handle) == 0;
+        return destroy(handle) == 0;
     }
 }
 
 /// <summary>An owned cuBLAS handle (and cuBLASLt plans) bound to one stream.</summary>
 public sealed unsafe class Cublas : IDisposable
 {
-    readonly CublasHandle _handle = new();
+    readonly CublasHandle _handle = new(CublasNative.cublasDestroy);
     readonly CublasLtPlans _lt;
     readonly nint _stream;
 

@@ -10,25 +10,13 @@ using SwiftKV.Cuda.Native;
 
 namespace SwiftKV.Cuda;
 
-sealed class CublasLtHandle() : System.Runtime.InteropServices.SafeHandle(0, true)
-{
-    public override bool IsInvalid => handle == 0;
-    public void Set(nint h) => SetHandle(h);
-    protected override bool ReleaseHandle()
-    {
-        if (!CudaRuntime.TryBindForRelease()) return false;
-        using var gate = CaptureGate.Exclusive();
-        return CublasLtNative.cublasLtDestroy(handle) == 0;
-    }
-}
-
 /// <summary>y = W·x GEMMs (cuBLAS's column-major view, A = W transposed) through cuBLASLt, one algorithm per row bucket.</summary>
 sealed unsafe class CublasLtPlans : IDisposable
 {
     /// <summary>cuBLAS's recommended workspace on Hopper; the heuristic is told the algorithms may use this much.</summary>
     const long WorkspaceBytes = 32L << 20;
 
-    readonly CublasLtHandle _handle = new();
+    readonly CublasHandle _handle = new(CublasLtNative.cublasLtDestroy);
     readonly nint _op;
     readonly DeviceBuffer<byte> _workspace;
     readonly Dictionary<PlanKey, CublasLtNative.MatmulAlgo?> _plans = new();
@@ -82,43 +70,59 @@ sealed unsafe class CublasLtPlans : IDisposable
     public bool TryGemm(int m, int n, int k, ulong a, ulong b, ulong c, int cType, int ldc, float beta, nint stream)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        nint la = 0, lb = 0, lc = 0;
-        try
-        {
-            CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out la, CublasNative.CudaR16BF, (ulong)k, (ulong)m, k), "cublasLtMatrixLayoutCreate(A)");
-            CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out lb, CublasNative.CudaR16BF, (ulong)k, (ulong)n, k), "cublasLtMatrixLayoutCreate(B)");
-            CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out lc, cType, (ulong)m, (ulong)n, ldc), "cublasLtMatrixLayoutCreate(C)");
-            var key = new PlanKey(m, k, ldc, cType, RowBucket(n), Alignment(a), Alignment(b), Alignment(c));
-            int status = Run(key, m, k, a, b, c, cType, ldc, beta, la, lb, lc, stream);
-            if (status is CublasLtNative.StatusNotSupported or CublasLtNative.StatusInvalidValue && key.Rows != n)
-                status = Run(key with { Rows = n }, m, k, a, b, c, cType, ldc, beta, la, lb, lc, stream);   // the bucket's algorithm does not fit n
-            if (status == -1) return false;
-            CublasNative.Check(status, $"cublasLtMatmul(m={m}, n={n}, k={k}, C {(cType == CublasNative.CudaR32F ? "fp32" : "bf16")})");
-            return true;
-        }
-        finally
-        {
-            if (lc != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(lc);
-            if (lb != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(lb);
-            if (la != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(la);
-        }
+        using var layouts = new Layouts(m, n, k, cType, ldc);
+        var key = new PlanKey(m, k, ldc, cType, RowBucket(n), Alignment(a), Alignment(b), Alignment(c));
+        int status = Run(key, a, b, c, beta, layouts, stream);
+        if (status is CublasLtNative.StatusNotSupported or CublasLtNative.StatusInvalidValue && key.Rows != n)
+            status = Run(key with { Rows = n }, a, b, c, beta, layouts, stream);   // the bucket's algorithm does not fit n
+        if (status == -1) return false;
+        CublasNative.Check(status, $"cublasLtMatmul(m={m}, n={n}, k={k}, C {(cType == CublasNative.CudaR32F ? "fp32" : "bf16")})");
+        return true;
     }
 
     /// <summary>The matmul with <paramref name="key"/>'s algorithm (chosen now if new); -1 when the heuristic has none.</summary>
-    int Run(PlanKey key, int m, int k, ulong a, ulong b, ulong c, int cType, int ldc, float beta, nint la, nint lb, nint lc, nint stream)
+    int Run(PlanKey key, ulong a, ulong b, ulong c, float beta, in Layouts layouts, nint stream)
     {
         if (!_plans.TryGetValue(key, out var algo)) _plans[key] = algo = Choose(key);
         if (algo is not { } chosen) return -1;
         float alpha = 1;
-        return CublasLtNative.cublasLtMatmul(_handle.DangerousGetHandle(), _op, &alpha, a, la, b, lb, &beta, c, lc, c, lc, &chosen,
-            _workspace.Span.Address, (nuint)WorkspaceBytes, stream);
+        return CublasLtNative.cublasLtMatmul(_handle.DangerousGetHandle(), _op, &alpha, a, layouts.A, b, layouts.B, &beta, c, layouts.C, c, layouts.C,
+            &chosen, _workspace.Span.Address, (nuint)WorkspaceBytes, stream);
+    }
+
+    /// <summary>A problem's three matrix layouts, A (k, m) and B (k, n) bf16 with ld k, C (m, n) with ldc; destroyed together.</summary>
+    readonly struct Layouts : IDisposable
+    {
+        public readonly nint A, B, C;
+
+        public Layouts(int m, int n, int k, int cType, int ldc)
+        {
+            try
+            {
+                CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out A, CublasNative.CudaR16BF, (ulong)k, (ulong)m, k), "cublasLtMatrixLayoutCreate(A)");
+                CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out B, CublasNative.CudaR16BF, (ulong)k, (ulong)n, k), "cublasLtMatrixLayoutCreate(B)");
+                CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out C, cType, (ulong)m, (ulong)n, ldc), "cublasLtMatrixLayoutCreate(C)");
+            }
+            catch
+            {
+                Dispose();
+                throw;
+            }
+        }
+
+        public void Dispose()
+        {
+            if (C != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(C);
+            if (B != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(B);
+            if (A != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(A);
+        }
     }
 
     /// <summary>cuBLASLt's first choice for the key's problem at its bucket's row count, or null if it has none.</summary>
     CublasLtNative.MatmulAlgo? Choose(PlanKey key)
     {
         HeuristicQueries++;
-        nint pref = 0, la = 0, lb = 0, lc = 0;
+        nint pref = 0;
         try
         {
             CublasNative.Check(CublasLtNative.cublasLtMatmulPreferenceCreate(out pref), "cublasLtMatmulPreferenceCreate");
@@ -131,20 +135,16 @@ sealed unsafe class CublasLtPlans : IDisposable
                 uint v = (uint)align;
                 CublasNative.Check(CublasLtNative.cublasLtMatmulPreferenceSetAttribute(pref, attr, &v, sizeof(uint)), "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)");
             }
-            CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out la, CublasNative.CudaR16BF, (ulong)key.K, (ulong)key.M, key.K), "cublasLtMatrixLayoutCreate(A)");
-            CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out lb, CublasNative.CudaR16BF, (ulong)key.K, (ulong)key.Rows, key.K), "cublasLtMatrixLayoutCreate(B)");
-            CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out lc, key.CType, (ulong)key.M, (ulong)key.Rows, key.Ldc), "cublasLtMatrixLayoutCreate(C)");
+            using var layouts = new Layouts(key.M, key.Rows, key.K, key.CType, key.Ldc);
             CublasLtNative.HeuristicResult result;
-            int status = CublasLtNative.cublasLtMatmulAlgoGetHeuristic(_handle.DangerousGetHandle(), _op, la, lb, lc, lc, pref, 1, &result, out int found);
+            int status = CublasLtNative.cublasLtMatmulAlgoGetHeuristic(_handle.DangerousGetHandle(), _op, layouts.A, layouts.B, layouts.C, layouts.C,
+                pref, 1, &result, out int found);
             if (status == CublasLtNative.StatusNotSupported || found < 1 || result.State != 0) return null;
             CublasNative.Check(status, $"cublasLtMatmulAlgoGetHeuristic(m={key.M}, n={key.Rows}, k={key.K})");
             return result.Algo;
         }
         finally
         {
-            if (lc != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(lc);
-            if (lb != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(lb);
-            if (la != 0) CublasLtNative.cublasLtMatrixLayoutDestroy(la);
             if (pref != 0) CublasLtNative.cublasLtMatmulPreferenceDestroy(pref);
         }
     }
