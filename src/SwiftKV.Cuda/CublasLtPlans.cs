@@ -51,6 +51,11 @@ sealed unsafe class CublasLtPlans : IDisposable
     /// <summary>Heuristic queries so far (tests: a new row count inside a known bucket asks none).</summary>
     public int HeuristicQueries { get; private set; }
 
+    /// <summary>GEMMs handed back to cublasGemmEx because cuBLASLt had no algorithm that takes them.</summary>
+    public int Fallbacks { get; private set; }
+
+    static bool Refused(int status) => status is CublasLtNative.StatusNotSupported or CublasLtNative.StatusInvalidValue;
+
     /// <summary>
     /// The row count whose algorithm serves <paramref name="n"/> rows: n up to 16, then n rounded up to an eighth of its
     /// power of two (17-31 by 2, ..., 1025-2047 by 128, 2049-4095 by 256), so a bucket's rows differ by at most 1/8.
@@ -73,9 +78,13 @@ sealed unsafe class CublasLtPlans : IDisposable
         using var layouts = new Layouts(m, n, k, cType, ldc);
         var key = new PlanKey(m, k, ldc, cType, RowBucket(n), Alignment(a), Alignment(b), Alignment(c));
         int status = Run(key, a, b, c, beta, layouts, stream);
-        if (status is CublasLtNative.StatusNotSupported or CublasLtNative.StatusInvalidValue && key.Rows != n)
+        if (Refused(status) && key.Rows != n)
             status = Run(key with { Rows = n }, a, b, c, beta, layouts, stream);   // the bucket's algorithm does not fit n
-        if (status == -1) return false;
+        if (status == -1 || Refused(status))
+        {
+            Fallbacks++;   // no algorithm, or none that takes this problem: cublasGemmEx runs it
+            return false;
+        }
         CublasNative.Check(status, $"cublasLtMatmul(m={m}, n={n}, k={k}, C {(cType == CublasNative.CudaR32F ? "fp32" : "bf16")})");
         return true;
     }
@@ -139,9 +148,9 @@ sealed unsafe class CublasLtPlans : IDisposable
             CublasLtNative.HeuristicResult result;
             int status = CublasLtNative.cublasLtMatmulAlgoGetHeuristic(_handle.DangerousGetHandle(), _op, layouts.A, layouts.B, layouts.C, layouts.C,
                 pref, 1, &result, out int found);
-            if (status == CublasLtNative.StatusNotSupported || found < 1 || result.State != 0) return null;
-            CublasNative.Check(status, $"cublasLtMatmulAlgoGetHeuristic(m={key.M}, n={key.Rows}, k={key.K})");
-            return result.Algo;
+            if (status == CublasLtNative.StatusNotSupported) return null;
+            CublasNative.Check(status, $"cublasLtMatmulAlgoGetHeuristic(m={key.M}, n={key.Rows}, k={key.K})");   // other errors are not "no algorithm"
+            return found >= 1 && result.State == 0 ? result.Algo : null;
         }
         finally
         {

@@ -48,11 +48,7 @@ internal static class StepValidation
         foreach (var s in batch) if (s.NeedsLogits) rows++;
         if (sampling.Length != rows)
             throw new ArgumentException($"{sampling.Length} row samplings for {rows} sequences that get logits (one each, in batch order).", nameof(sampling));
-        for (int i = 0; i < sampling.Length; i++)
-        {
-            sampling[i].Validate($"row sampling {i}");
-            sampling[i].Bias?.Validate($"row sampling {i}", config.VocabSize);
-        }
+        for (int i = 0; i < sampling.Length; i++) sampling[i].Validate($"row sampling {i}", config.VocabSize);
     }
 
     /// <summary>A batched paged step: each sequence's tokens, positions and block table against the pool.</summary>

@@ -290,8 +290,8 @@ public sealed class CudaBatchedTests
     }
 
     /// <summary>
-    /// Seeded sampled requests through the serving engine on the GPU: with 12 requests in flight every step with logits
-    /// rows picks on the device (the step trace says so), and the engine's graphs go with its pool. Each request run
+    /// Seeded sampled requests through the serving engine on the GPU: with 12 requests in flight every token is a
+    /// vocabulary id, decode steps are captured, and the engine's graphs go with its pool. Each request run
     /// alone on two fresh engines gives the same tokens both times (alone, its steps have one composition; in a crowd
     /// the steps' row counts depend on arrival timing, and another GEMM shape may move a draw across a bucket edge).
     /// </summary>
@@ -310,7 +310,6 @@ public sealed class CudaBatchedTests
             var outputs = await Task.WhenAll(requests.Select(Collect));
             Assert.All(outputs, o => Assert.All(o, t => Assert.InRange(t, 0, EngineModel.Vocab - 1)));
         }
-        Assert.All(trace.Where(t => t.LogitsRows > 0), t => Assert.True(t.HostRows == 0, "a step with sampled rows took the host path"));
         Assert.True(gpu.StepGraphCaptures > 0, "no decode step was captured");
         Assert.Equal(0, gpu.StepGraphsHeld);   // the engine's pool went with it, and so did its graphs
         async Task<int[][]> Alone()
@@ -324,7 +323,7 @@ public sealed class CudaBatchedTests
         var first = await Alone();
         var second = await Alone();
         for (int i = 0; i < prompts.Length; i++) Assert.Equal(first[i], second[i]);
-        Gpu.Log($"engine sampling: {trace.Count} steps, all picked on the device; seeded requests alone repeat");
+        Gpu.Log($"engine sampling: {trace.Count} steps; seeded requests alone repeat");
     }
 
     /// <summary>

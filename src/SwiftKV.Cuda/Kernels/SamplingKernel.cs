@@ -74,6 +74,7 @@ public sealed unsafe class SamplingKernel
         KernelGuard.Fits(logits, (long)rowCount * n, name, nameof(logits), $"({rowCount}, {n})");
         KernelGuard.Fits(rows, count, name, nameof(rows), $"({count})");
         KernelGuard.Fits(allowed, (long)count * n, name, nameof(allowed), $"({count}, {n})");
+        if (count > 65535) throw new ArgumentOutOfRangeException(nameof(count), count, $"{name}: at most 65535 masked rows a launch (grid.y).");
         ulong pl = logits.Address, pr = rows.Address, pa = allowed.Address;
         void** args = stackalloc void*[] { &pl, &n, &pr, &pa };
         _mask.Launch(stream, ((uint)((n + 1023) / 1024), (uint)count, 1), 256, 0, args);

@@ -177,8 +177,9 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
 
     /// <inheritdoc />
     /// <remarks>
-    /// The argmax of every row, then the sampling kernel over the rows with a temperature (one CTA each, the greedy
-    /// ones return at once); the picks' parameters go up in one small copy after the step's ints.
+    /// The rows' masks and biases (their own uploads and launches), the argmax of every row, then the sampling kernel
+    /// over the rows with a temperature (one CTA each, the greedy ones return at once); the picks' parameters go up in
+    /// one small copy once the step is queued.
     /// </remarks>
     public int[] ForwardBatchSample(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
     {
@@ -204,9 +205,11 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             return ids;
         }
         var s = _batchScratch!;
-        int m0 = prof?.Mark(_stream) ?? -1;
+        int mMasks = prof?.Mark(_stream) ?? -1;
         AddMasks(s, sampling, rows);   // waits for masks still being computed: the step is already queued
         AddBiases(s, sampling, rows);
+        int m0 = prof?.Mark(_stream) ?? -1;
+        prof?.Span("masks+biases", mMasks, m0);
         _argmax.Launch(_stream, _ws.Logits.Span, rows, Config.VocabSize, s.Picked.Span);
         int m1 = prof?.Mark(_stream) ?? -1;
         prof?.Span("argmax", m0, m1);
@@ -214,7 +217,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         foreach (var p in sampling) any |= p.Temperature > 0;
         if (any)
         {
-            var host = s.Sampling(rows);
+            var host = s.Sampling.Ensure(16L * rows);
             var parameters = host.AsSpan<float>(3 * rows);
             var topK = host.AsSpan<int>(4 * rows)[(3 * rows)..];
             for (int i = 0; i < rows; i++)
@@ -225,10 +228,9 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
                 parameters[3 * i + 2] = p.U;
                 topK[i] = p.TopK;
             }
-            var d = s.SamplingDevice.Span;
-            _stream.CopyAsync(d.Slice(0, 4 * rows), (int*)host.Pointer, 4 * rows);
-            _sample.LaunchRows(_stream, _ws.Logits.Span, rows, Config.VocabSize, new DeviceSpan<float>(d.Address, 3 * rows),
-                d.Slice(3 * rows, rows), s.Picked.Span);
+            ulong d = s.Sampling.Upload(_stream, 16L * rows);
+            _sample.LaunchRows(_stream, _ws.Logits.Span, rows, Config.VocabSize, new DeviceSpan<float>(d, 3 * rows),
+                new DeviceSpan<int>(d + 12UL * (ulong)rows, rows), s.Picked.Span);
             prof?.Span("sampling", m1, prof.Mark(_stream));
         }
         _stream.Download(s.Picked.Span.Slice(0, rows), ids);
@@ -245,7 +247,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         int count = 0;
         foreach (var p in sampling) count += p.Bias?.Tokens.Length ?? 0;
         if (count == 0) return;
-        var host = s.Biases(count);
+        var host = s.Biases.Ensure(12L * count);
         var entries = host.AsSpan<int>(3 * count);
         var deltas = host.AsSpan<float>(3 * count)[(2 * count)..];
         for (int r = 0, k = 0; r < sampling.Length; r++)
@@ -258,10 +260,9 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
                 deltas[k] = bias.Deltas[i];
             }
         }
-        var d = s.BiasesDevice.Span;
-        _stream.CopyAsync(d.Slice(0, 3L * count), (int*)host.Pointer, 3L * count);
-        _sample.LaunchBias(_stream, _ws.Logits.Span, rows, Config.VocabSize, d.Slice(0, 2L * count),
-            new DeviceSpan<float>(d.Address + 8UL * (ulong)count, count), count);
+        ulong d = s.Biases.Upload(_stream, 12L * count);
+        _sample.LaunchBias(_stream, _ws.Logits.Span, rows, Config.VocabSize, new DeviceSpan<int>(d, 2L * count),
+            new DeviceSpan<float>(d + 8UL * (ulong)count, count), count);
     }
 
     /// <summary>
@@ -279,7 +280,8 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             count++;
         }
         if (count == 0) return;
-        var host = s.Masks(count, vocab);
+        long bytesNeeded = 4L * count + (long)count * vocab;
+        var host = s.Masks.Ensure(bytesNeeded);
         var rowIds = host.AsSpan<int>(count);
         var bytes = new Span<byte>((byte*)host.Pointer + 4L * count, checked(count * vocab));
         for (int r = 0, j = 0; r < masks.Length; r++)
@@ -288,10 +290,9 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             rowIds[j] = r;
             System.Runtime.InteropServices.MemoryMarshal.AsBytes(allowed.AsSpan()).CopyTo(bytes.Slice(j++ * vocab, vocab));
         }
-        var d = s.MasksDevice.Span;
-        _stream.CopyBytesAsync(d.Address, (void*)host.Pointer, 4L * count + (long)count * vocab);
-        _sample.LaunchMask(_stream, _ws.Logits.Span, rows, vocab, new DeviceSpan<int>(d.Address, count),
-            new DeviceSpan<byte>(d.Address + 4UL * (ulong)count, (long)count * vocab), count);
+        ulong d = s.Masks.Upload(_stream, bytesNeeded);
+        _sample.LaunchMask(_stream, _ws.Logits.Span, rows, vocab, new DeviceSpan<int>(d, count),
+            new DeviceSpan<byte>(d + 4UL * (ulong)count, (long)count * vocab), count);
     }
 
     /// <summary>Queues one batched step; leaves the kept rows' logits at the start of the Logits workspace and returns their count.</summary>
@@ -793,67 +794,11 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         public DeviceBuffer<float> X2 { get; private set; } = null!;
         public DeviceBuffer<int> Picked { get; private set; } = null!;
         /// <summary>ForwardBatchSample's picks, 4 words a row: (1 / temperature, top_p, u) floats for every row, then top_k ints.</summary>
-        public DeviceBuffer<int> SamplingDevice { get; private set; } = null!;
-        PinnedHostBuffer? _samplingHost;
-        int _samplingRows;
-        /// <summary>The step's masks: (count) row ints, then (count, vocab) allowed bytes.</summary>
-        public DeviceBuffer<byte> MasksDevice { get; private set; } = null!;
-        PinnedHostBuffer? _masksHost;
-        long _maskBytes;
-
-        /// <summary>The pinned staging of <paramref name="count"/> masks of <paramref name="vocab"/> tokens (and their device buffer), grown by doubling.</summary>
-        public PinnedHostBuffer Masks(int count, int vocab)
-        {
-            long need = 4L * count + (long)count * vocab;
-            if (need > _maskBytes)
-            {
-                long n = Math.Max(need, 2 * _maskBytes);
-                MasksDevice?.Dispose();
-                _masksHost?.Dispose();
-                _maskBytes = 0;
-                MasksDevice = new DeviceBuffer<byte>(n);
-                _masksHost = new PinnedHostBuffer(n);
-                _maskBytes = n;
-            }
-            return _masksHost!;
-        }
-
+        public PickStaging Sampling { get; } = new();
         /// <summary>The step's logit biases, 3 words an entry: (row, token) ints for every entry, then the float deltas.</summary>
-        public DeviceBuffer<int> BiasesDevice { get; private set; } = null!;
-        PinnedHostBuffer? _biasesHost;
-        int _biasEntries;
-
-        /// <summary>The pinned staging of <paramref name="entries"/> bias entries (and their device buffer), grown by doubling.</summary>
-        public PinnedHostBuffer Biases(int entries)
-        {
-            if (entries > _biasEntries)
-            {
-                int n = Math.Max(entries, 2 * _biasEntries);
-                BiasesDevice?.Dispose();
-                _biasesHost?.Dispose();
-                _biasEntries = 0;
-                BiasesDevice = new DeviceBuffer<int>(3L * n);
-                _biasesHost = new PinnedHostBuffer(12L * n);
-                _biasEntries = n;
-            }
-            return _biasesHost!;
-        }
-
-        /// <summary>The pinned staging of <paramref name="rows"/> rows' picks (and the device buffer they go to), grown by doubling.</summary>
-        public PinnedHostBuffer Sampling(int rows)
-        {
-            if (rows > _samplingRows)
-            {
-                int n = Math.Max(rows, 2 * _samplingRows);
-                SamplingDevice?.Dispose();
-                _samplingHost?.Dispose();
-                _samplingRows = 0;
-                SamplingDevice = new DeviceBuffer<int>(4L * n);
-                _samplingHost = new PinnedHostBuffer(16L * n);
-                _samplingRows = n;
-            }
-            return _samplingHost!;
-        }
+        public PickStaging Biases { get; } = new();
+        /// <summary>The step's masks: (count) row ints, then (count, vocab) allowed bytes.</summary>
+        public PickStaging Masks { get; } = new();
 
         public void Ensure(int ints, int kept, int hidden)
         {
@@ -889,12 +834,50 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             Host?.Dispose();
             X2?.Dispose();
             Picked?.Dispose();
-            SamplingDevice?.Dispose();
-            _samplingHost?.Dispose();
-            BiasesDevice?.Dispose();
-            _biasesHost?.Dispose();
-            MasksDevice?.Dispose();
-            _masksHost?.Dispose();
+            Sampling.Dispose();
+            Biases.Dispose();
+            Masks.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// A pinned host buffer and the device buffer it is copied to, for what a step's picks upload (parameters, biases,
+    /// masks): filled on the host after the step's previous use has synchronised, grown by doubling, never shrunk.
+    /// </summary>
+    sealed class PickStaging : IDisposable
+    {
+        PinnedHostBuffer? _host;
+        DeviceBuffer<byte>? _device;
+        long _bytes;
+
+        /// <summary>The host side, at least <paramref name="bytes"/> long.</summary>
+        public PinnedHostBuffer Ensure(long bytes)
+        {
+            if (bytes > _bytes)
+            {
+                long n = Math.Max(bytes, 2 * _bytes);
+                _device?.Dispose();
+                _host?.Dispose();
+                _bytes = 0;   // recorded only once both exist (an allocation that fails leaves 0: the next call retries)
+                _device = new DeviceBuffer<byte>(n);
+                _host = new PinnedHostBuffer(n);
+                _bytes = n;
+            }
+            return _host!;
+        }
+
+        /// <summary>Queues the copy of the first <paramref name="bytes"/> to the device and returns the device address.</summary>
+        public unsafe ulong Upload(CudaStream stream, long bytes)
+        {
+            ulong d = _device!.Span.Address;
+            stream.CopyBytesAsync(d, (void*)_host!.Pointer, bytes);
+            return d;
+        }
+
+        public void Dispose()
+        {
+            _device?.Dispose();
+            _host?.Dispose();
         }
     }
 }

@@ -29,15 +29,18 @@ public readonly record struct RowSampling(float Temperature, int TopK, float Top
     /// <summary>The tokens that may be picked (the others count as -inf), greedy too; null = all.</summary>
     public LogitMask? Mask { get; init; }
 
-    /// <summary>Throws <see cref="ArgumentException"/> naming <paramref name="what"/> when a field is out of range.</summary>
-    public void Validate(string what)
+    /// <summary>
+    /// Throws <see cref="ArgumentException"/> naming <paramref name="what"/> when a field is out of range (a bias token
+    /// at or past <paramref name="vocab"/> among them).
+    /// </summary>
+    public void Validate(string what, int vocab = int.MaxValue)
     {
         if (!(Temperature >= 0) || float.IsInfinity(Temperature) || (Temperature > 0 && float.IsInfinity(1f / Temperature)))
             throw new ArgumentException($"{what}: temperature must be finite, >= 0, and 0 or with a finite inverse (got {Temperature}).");
         if (TopK < 0) throw new ArgumentException($"{what}: top_k must be >= 0 (got {TopK}).");
         if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"{what}: top_p must be in (0, 1] (got {TopP}).");
         if (!(U >= 0 && U < 1)) throw new ArgumentException($"{what}: u must be in [0, 1) (got {U}).");
-        Bias?.Validate(what);
+        Bias?.Validate(what, vocab);
     }
 
     /// <summary>
@@ -282,16 +285,26 @@ public sealed class LogitMask(Task<bool[]?> allowed)
         ArgumentNullException.ThrowIfNull(constraint);
         return new LogitMask(Task.Run(() =>
         {
-            var probe = new float[vocab];
-            constraint.Apply(probe);
-            bool[]? allowed = null;
-            for (int i = 0; i < vocab; i++)
+            var floats = ArrayPool<float>.Shared;
+            var probe = floats.Rent(vocab);   // 512 KB a step at Llama 3's vocabulary: pooled, not a new large object
+            try
             {
-                if (probe[i] != float.NegativeInfinity) continue;
-                allowed ??= Enumerable.Repeat(true, vocab).ToArray();
-                allowed[i] = false;
+                var row = probe.AsSpan(0, vocab);
+                row.Clear();
+                constraint.Apply(row);
+                bool[]? allowed = null;
+                for (int i = 0; i < vocab; i++)
+                {
+                    if (row[i] != float.NegativeInfinity) continue;
+                    allowed ??= Enumerable.Repeat(true, vocab).ToArray();
+                    allowed[i] = false;
+                }
+                return allowed;
             }
-            return allowed;
+            finally
+            {
+                floats.Return(probe);
+            }
         }));
     }
 }

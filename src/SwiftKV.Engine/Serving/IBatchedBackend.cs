@@ -109,6 +109,8 @@ public interface IBatchedBackend
 /// at hundreds of sequences per step copying and scanning logits on the host would cost more than the step's tail.
 /// The serving engine picks every row there: greedy rows take the argmax, sampled rows a draw on the backend
 /// (temperature, top-k, top-p), either after the row's mask (a logits constraint) and bias (penalties) are applied.
+/// An implementation must apply both (<see cref="RowSampling.Pick"/> does): the engine sends constrained and penalised
+/// requests' rows here too.
 /// </summary>
 public interface IGreedyBatchedBackend : IBatchedBackend
 {

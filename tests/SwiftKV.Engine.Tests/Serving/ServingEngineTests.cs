@@ -31,7 +31,7 @@ public class ServingEngineTests
         return Generator.Generate(backend, cache, prompt, sampling, maxTokens, stops, new GenerationStats(), constraint: constraint).ToList();
     }
 
-    /// <summary>Allows only even token ids: a stateless constraint whose rows must be picked on the host.</summary>
+    /// <summary>Allows only even token ids: a stateless constraint (its mask goes with the row's pick).</summary>
     internal sealed class EvenTokensOnly : ILogitsConstraint
     {
         public void Apply(Span<float> logits) { for (int i = 1; i < logits.Length; i += 2) logits[i] = float.NegativeInfinity; }

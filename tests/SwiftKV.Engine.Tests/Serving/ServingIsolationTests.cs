@@ -105,6 +105,7 @@ public sealed class ServingIsolationTests
     {
         public int SampledCalls { get; private set; }
         public bool MaskedCallFailed { get; private set; }
+        public int BiasedRows { get; private set; }
         public int[] ForwardBatchGreedy(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
         {
             Step(batch);
@@ -114,7 +115,11 @@ public sealed class ServingIsolationTests
         {
             SampledCalls++;
             bool masked = false;
-            foreach (var p in sampling) masked |= p.Mask is not null;
+            foreach (var p in sampling)
+            {
+                masked |= p.Mask is not null;
+                if (p.Bias is not null) BiasedRows++;
+            }
             try
             {
                 Step(batch);
@@ -145,7 +150,7 @@ public sealed class ServingIsolationTests
         var prompts = Enumerable.Range(0, 5).Select(i => TestModels.RandomTokens(5 + i, vocab, 70 + (ulong)i)).ToArray();
         SamplingParams Params(int i) => i == 1 ? SamplingParams.Greedy
             : new SamplingParams { Temperature = 0.8f, TopK = 30, TopP = 0.9f, Seed = 900 + (ulong)i, FrequencyPenalty = i == 4 ? 0.5f : 0f };
-        int MaxTokens(int i) => i == 3 ? 8 : 16;   // the steps after it leaves pick every row on the backend
+        int MaxTokens(int i) => i == 3 ? 8 : 16;   // later steps have no masked row
         ILogitsConstraint? Constraint(int i) => i == 3 ? new ServingEngineTests.EvenTokensOnly() : null;
         var got = await Outcomes(prompts.Select((p, i) => engine.Submit(p, Params(i), MaxTokens(i), ct: Ct, constraint: Constraint(i))).ToArray());
         for (int i = 0; i < prompts.Length; i++)
@@ -153,6 +158,7 @@ public sealed class ServingIsolationTests
         Assert.True(failures > 0, "the injected failure never happened");
         Assert.True(backend.MaskedCallFailed, "the injected failure did not hit a step with a masked row");
         Assert.True(backend.SampledCalls > 8, "the sampled steps did not pick on the backend");
+        Assert.True(backend.BiasedRows > 8, "the penalised request's penalties did not reach the backend's picks");
     }
 
     /// <summary>A constraint that signals each Apply, masking odd ids like EvenTokensOnly.</summary>
