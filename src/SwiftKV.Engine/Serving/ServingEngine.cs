@@ -443,7 +443,8 @@ public sealed class ServingEngine : IDisposable
         LogitMask?[]? masks = null;
         for (int i = 0; i < chunks.Count; i++)
         {
-            if (!chunks[i].NeedsLogits || live[chunks[i].Sequence].Constraint is not { } constraint) continue;
+            var e = live[chunks[i].Sequence];
+            if (!chunks[i].NeedsLogits || e.Constraint is not { } constraint || e.Request.IsCancellationRequested) continue;
             masks ??= new LogitMask?[chunks.Count];
             masks[i] = LogitMask.Of(constraint, _model.Config.VocabSize);
         }
