@@ -119,6 +119,66 @@ public class JsonConstraintTests
         }
     }
 
+    /// <summary>
+    /// A constraint that has seen a state before reuses that state's mask (while the budget rule would remove nothing):
+    /// its masks equal the rule written out plainly (every token tried from the state reached by the same tokens, the
+    /// budget rule applied to each), at every step of random walks with budgets from tight to loose.
+    /// </summary>
+    [Theory]
+    [InlineData(6)]
+    [InlineData(12)]
+    [InlineData(40)]
+    public void KeptStateMasks_EqualAFreshGrammarPass(int maxNewTokens)
+    {
+        var (vocab, stop) = Vocabulary();
+        var stops = new HashSet<int> { stop };
+        for (ulong seed = 0; seed < 30; seed++)
+        {
+            var rng = new TestRng(seed + 300);
+            var constraint = new JsonConstraint(vocab, stops, maxNewTokens);
+            var sampler = new Sampler(new SamplingParams { Temperature = 1, Seed = seed });
+            var taken = new List<int>();
+            for (int step = 0; step < maxNewTokens; step++)
+            {
+                var logits = Enumerable.Range(0, vocab.Count).Select(_ => rng.Uniform(3)).ToArray();
+                var expected = PlainMask(vocab, stops, maxNewTokens, taken, logits);
+                constraint.Apply(logits);
+                Assert.Equal(expected, logits);
+                int token = sampler.Sample(logits);
+                constraint.Accept(token);
+                taken.Add(token);
+                if (token == stop) break;
+            }
+        }
+    }
+
+    static float[] PlainMask(List<byte[]?> vocab, HashSet<int> stops, int maxNewTokens, List<int> taken, float[] logits)
+    {
+        var state = new JsonGrammarState();
+        foreach (int t in taken)
+        {
+            if (state.IsComplete || vocab[t] is not { } b) continue;
+            var next = state;
+            if (next.Accept(b)) state = next;
+        }
+        int budgetAfter = maxNewTokens - taken.Count - 1;
+        bool enforce = state.CompletionLength <= budgetAfter + 1;
+        var allowed = new bool[logits.Length];
+        for (int id = 0; id < vocab.Count; id++)
+        {
+            if (state.IsComplete) allowed[id] = stops.Contains(id);
+            else if (vocab[id] is { Length: > 0 } bytes)
+            {
+                var next = state;
+                allowed[id] = next.Accept(bytes) && (!enforce || next.CompletionLength <= budgetAfter);
+            }
+        }
+        var masked = (float[])logits.Clone();
+        if (!allowed.Contains(true)) return masked;
+        for (int id = 0; id < masked.Length; id++) if (!allowed[id]) masked[id] = float.NegativeInfinity;
+        return masked;
+    }
+
     [Fact]
     public void Prefix_IsReadFirst_AndOnlyStopFollowsACompleteObject()
     {

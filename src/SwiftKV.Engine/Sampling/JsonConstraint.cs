@@ -5,6 +5,9 @@
 // makes even a random-weight model close its JSON before MaxOutputTokens (every byte is a token in byte-level BPE,
 // so a completing step always exists). When the budget is already smaller than the shortest completion (a tiny
 // MaxOutputTokens), the rule is dropped: the answer is then cut off mid-JSON and the caller sees FinishReason Length.
+// A state's grammar pass (every vocabulary entry through the recogniser, a few ms at 128K tokens) is kept with the
+// longest shortest-completion any allowed token leaves: while the budget still covers that, the budget rule removes
+// nothing and the kept mask is the answer. Inside a string most steps return to one state, so most steps reuse it.
 namespace SwiftKV.Engine.Sampling;
 
 /// <summary>Masks logits so the generated text is one JSON object.</summary>
@@ -15,6 +18,11 @@ public sealed class JsonConstraint : ILogitsConstraint
     readonly int _maxNewTokens;
     JsonGrammarState _state;
     int _generated;
+    readonly Dictionary<(JsonGrammarState, int), StateMask> _masks = new();
+    const int MaxKeptStates = 16;   // 16 x 128 KB at Llama 3's vocabulary
+
+    /// <summary>A state's tokens that continue valid JSON, whether there are any, and the longest completion they leave.</summary>
+    sealed record StateMask(bool[] Allowed, bool Any, int LongestCompletion);
 
     /// <param name="tokenBytes">Bytes of each token id; null for ids that may never be generated (special tokens).</param>
     /// <param name="stopTokenIds">End-of-turn ids, allowed once the object is complete.</param>
@@ -41,24 +49,51 @@ public sealed class JsonConstraint : ILogitsConstraint
         int vocab = Math.Min(logits.Length, _tokenBytes.Count);
         int budgetAfter = _maxNewTokens - _generated - 1;
         bool enforceBudget = _state.CompletionLength <= budgetAfter + 1;
-        var allowed = new bool[logits.Length];
+        bool[] allowed;
         bool any = false;
-        for (int id = 0; id < vocab; id++)
+        if (!_state.IsComplete && Kept(logits.Length) is var kept && (!enforceBudget || kept.LongestCompletion <= budgetAfter))
         {
-            if (_state.IsComplete)
+            (allowed, any) = (kept.Allowed, kept.Any);   // the budget rule removes nothing here
+        }
+        else
+        {
+            allowed = new bool[logits.Length];
+            for (int id = 0; id < vocab; id++)
             {
-                allowed[id] = _stopTokenIds.Contains(id);
+                if (_state.IsComplete)
+                {
+                    allowed[id] = _stopTokenIds.Contains(id);
+                }
+                else if (_tokenBytes[id] is { Length: > 0 } bytes)
+                {
+                    var next = _state;
+                    allowed[id] = next.Accept(bytes) && (!enforceBudget || next.CompletionLength <= budgetAfter);
+                }
+                any |= allowed[id];
             }
-            else if (_tokenBytes[id] is { Length: > 0 } bytes)
-            {
-                var next = _state;
-                allowed[id] = next.Accept(bytes) && (!enforceBudget || next.CompletionLength <= budgetAfter);
-            }
-            any |= allowed[id];
         }
         if (!any) return; // nothing fits (no stop token known): leave the row alone rather than sample from nothing
         for (int id = 0; id < logits.Length; id++)
             if (!allowed[id]) logits[id] = float.NegativeInfinity;
+    }
+
+    /// <summary>The current state's mask without the budget rule, from the kept ones or by a grammar pass.</summary>
+    StateMask Kept(int length)
+    {
+        if (_masks.TryGetValue((_state, length), out var kept)) return kept;
+        int vocab = Math.Min(length, _tokenBytes.Count), longest = 0;
+        var allowed = new bool[length];
+        bool any = false;
+        for (int id = 0; id < vocab; id++)
+        {
+            if (_tokenBytes[id] is not { Length: > 0 } bytes) continue;
+            var next = _state;
+            if (!next.Accept(bytes)) continue;
+            allowed[id] = any = true;
+            longest = Math.Max(longest, next.CompletionLength);
+        }
+        if (_masks.Count >= MaxKeptStates) _masks.Clear();
+        return _masks[(_state, length)] = new StateMask(allowed, any, longest);
     }
 
     /// <inheritdoc />

@@ -7,7 +7,7 @@
 namespace SwiftKV.Engine.Sampling;
 
 /// <summary>Where a JSON recogniser is; <c>Accept</c> advances it byte by byte.</summary>
-public struct JsonGrammarState
+public struct JsonGrammarState : IEquatable<JsonGrammarState>
 {
     enum Mode : byte
     {
@@ -28,6 +28,14 @@ public struct JsonGrammarState
 
     /// <summary>True once a whole top-level object has been read.</summary>
     public readonly bool IsComplete => _mode == Mode.Done;
+
+    /// <summary>Same state: every byte sequence is accepted or refused alike from both.</summary>
+    public readonly bool Equals(JsonGrammarState other) => _mode == other._mode && _sub == other._sub && _literal == other._literal
+        && _stringIsKey == other._stringIsKey && _depth == other._depth && _objects == other._objects;
+
+    public override readonly bool Equals(object? obj) => obj is JsonGrammarState other && Equals(other);
+
+    public override readonly int GetHashCode() => HashCode.Combine(_mode, _sub, _literal, _stringIsKey, _depth, _objects);
 
     /// <summary>Advances by one byte; false (state unspecified) when the byte cannot continue valid JSON.</summary>
     public bool Accept(byte c)
