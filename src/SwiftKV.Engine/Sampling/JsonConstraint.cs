@@ -19,7 +19,7 @@ public sealed class JsonConstraint : ILogitsConstraint
     JsonGrammarState _state;
     int _generated;
     readonly Dictionary<(JsonGrammarState, int), StateMask> _masks = new();
-    const int MaxKeptStates = 16;   // 16 x 128 KB at Llama 3's vocabulary
+    const int MaxKeptStates = 8;    // 8 x 128 KB a request at Llama 3's vocabulary
 
     /// <summary>A state's tokens that continue valid JSON, whether there are any, and the longest completion they leave.</summary>
     sealed record StateMask(bool[] Allowed, bool Any, int LongestCompletion);
