@@ -58,6 +58,9 @@ public sealed unsafe class Cublas : IDisposable
     /// <summary>cuBLASLt heuristic queries so far: one per projection shape and row bucket, not per row count.</summary>
     public int HeuristicQueries => _lt.HeuristicQueries;
 
+    /// <summary>The row count whose cuBLASLt algorithm serves <paramref name="rows"/> rows (its bucket's top).</summary>
+    public static int RowBucket(int rows) => CublasLtPlans.RowBucket(rows);
+
     /// <summary>GEMMs that cuBLASLt had no algorithm for, run by cublasGemmEx instead.</summary>
     public int GemmExFallbacks => _lt.Fallbacks;
 

@@ -290,6 +290,43 @@ public sealed class CudaBatchedTests
     }
 
     /// <summary>
+    /// ReserveStepWorkspace warms every cuBLASLt row bucket a step's projections can meet, so later steps of lengths
+    /// never seen (a mixed prefill of 278 rows, then 3-row decodes; with and without SwiftKV's kept-row layers) ask
+    /// cuBLASLt's heuristic nothing, and their logits still match the CPU.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ReserveStepWorkspace_WarmsEveryRowBucket(bool swiftKv)
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 128, Heads: 8, KvHeads: 2, HeadDim: 64, SwiftKvLayers: 2, Vocab: 211, Seed: 63);
+        var weights = TestModels.View(TestModels.Checkpoint(spec), swiftKv);
+        using var gpu = new CudaBackend(weights);
+        using var cpu = new CpuBackend(weights);
+        gpu.ReserveStepWorkspace(300, 6);
+        int warmed = gpu.GemmHeuristicQueries;
+        Assert.True(warmed > 0, "the warm-up asked cuBLASLt nothing");
+        using var poolG = gpu.CreatePagedKvCache(48, 16);
+        using var poolC = cpu.CreatePagedKvCache(48, 16);
+        int[] lengths = [37, 91, 150];
+        var tables = lengths.Select((_, s) => Enumerable.Range(0, 12).Select(j => s * 12 + j).ToArray()).ToArray();
+        var tokens = lengths.Select((n, s) => TestModels.RandomTokens(n + 4, spec.Vocab, 80 + (ulong)s)).ToArray();
+        for (int k = 0; k <= 3; k++)
+        {
+            var batch = lengths.Select((n, s) => k == 0 ? new BatchSequence(tokens[s].AsMemory(0, n), 0, tables[s], true)
+                : new BatchSequence(tokens[s].AsMemory(n + k - 1, 1), n + k - 1, tables[s], true)).ToArray();
+            var got = gpu.ForwardBatch(poolG, batch);
+            var want = cpu.ForwardBatch(poolC, batch);
+            for (int r = 0; r < lengths.Length; r++)
+                RowError(got.AsSpan(r * spec.Vocab, spec.Vocab), want.AsSpan(r * spec.Vocab, spec.Vocab), $"step {k}, row {r}");
+        }
+        Assert.Equal(warmed, gpu.GemmHeuristicQueries);
+        gpu.ReleaseStepWorkspace(300, 6);
+        Gpu.Log($"warm-up (swiftkv {swiftKv}): {warmed} cuBLASLt plans in {gpu.LastGemmWarmUp.TotalMilliseconds:F0} ms; none asked by the steps after it");
+    }
+
+    /// <summary>
     /// Seeded sampled requests through the serving engine on the GPU: with 12 requests in flight every token is a
     /// vocabulary id, decode steps are captured, and the engine's graphs go with its pool. Each request run
     /// alone on two fresh engines gives the same tokens both times (alone, its steps have one composition; in a crowd

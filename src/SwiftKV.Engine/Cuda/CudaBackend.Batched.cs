@@ -88,6 +88,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             _ws.Reserve(rows, maxSequences);            // kept through the single-sequence path's trims
             reserved = true;
             if (SwiftKvEnabled) _ws.SwiftKvFor(rows);   // the batched step's SingleInputKV route (WriteSwiftKv)
+            WarmGemmPlans(rows, maxSequences);
             _stream.Synchronize();
         }
         catch (CudaException e) when (e.IsOutOfMemory)
@@ -95,6 +96,54 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             if (reserved) ReleaseReservation(rows);   // a retry with smaller options starts from what it asks for
             throw new InvalidOperationException($"the step workspace for {maxBatchTokens} tokens per step does not fit in the GPU's free memory " +
                 $"({CudaRuntime.MemoryInfo().Free >> 20} MiB): lower MaxBatchTokens, or free GPU memory (another engine on this GPU without an explicit KvCacheBytes takes most of it).", e);
+        }
+    }
+
+    /// <summary>cuBLASLt heuristic queries this backend has made (one per projection shape and row bucket).</summary>
+    public int GemmHeuristicQueries => _blas.HeuristicQueries;
+
+    /// <summary>How long the last <see cref="ReserveStepWorkspace"/> spent warming the GEMM plans (zero when nothing was new).</summary>
+    public TimeSpan LastGemmWarmUp { get; private set; }
+
+    int _warmRows, _warmKept;
+
+    /// <summary>
+    /// Runs each cuBLAS projection of a batched step once per row bucket up to <paramref name="rows"/> (the kept-row
+    /// ones, lm_head and SwiftKV's later layers, up to <paramref name="kept"/>), on the workspace's own buffers, so a
+    /// step of a new length finds cuBLASLt's algorithm chosen and its kernel loaded (first use: 0.2-0.4 ms of heuristic
+    /// per projection, 4-5 ms per kernel load; NOTES). The buffers hold nothing between steps; the results are dropped.
+    /// Row counts the GEMV takes (1-2) and the [gate; up] projection (GEMV, cuBLAS below 256 rows only) are left out.
+    /// </summary>
+    void WarmGemmPlans(int rows, int kept)
+    {
+        if (rows <= _warmRows && kept <= _warmKept) return;
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
+        var cfg = Config;
+        int hidden = cfg.HiddenSize, qDim = cfg.QueryDim, ldFull = qDim + 2 * cfg.KeyValueDim;
+        var first = _w.Layers[0];
+        foreach (int n in Buckets(rows))
+        {
+            Linear(_ws.Normed, n, hidden, first.QkvOrQ, ldFull, _ws.Qkv);
+            Linear(_ws.Attn, n, qDim, first.O, hidden, _ws.X, accumulate: true);
+            Linear(_ws.Mlp, n, cfg.IntermediateSize, first.Down, hidden, _ws.X, accumulate: true);
+            if (SwiftKvEnabled) Linear(_ws.Normed, n, hidden, _w.SwiftKvKv!, _w.SwiftKvLeaders.Length * 2 * cfg.KeyValueDim, _ws.SwiftKvFor(n));
+        }
+        var later = _w.Layers[cfg.NumHiddenLayers - 1];
+        foreach (int n in Buckets(kept))
+        {
+            Linear(_ws.Normed, n, hidden, _w.LmHead, cfg.VocabSize, _ws.Logits);
+            if (SwiftKvEnabled) Linear(_ws.Normed, n, hidden, later.QkvOrQ, qDim, _ws.Qkv);
+        }
+        _warmRows = Math.Max(_warmRows, rows);
+        _warmKept = Math.Max(_warmKept, kept);
+        _stream.Synchronize();
+        LastGemmWarmUp = System.Diagnostics.Stopwatch.GetElapsedTime(started);
+
+        // Every bucket's top row count up to max (the last one clipped to max: a clipped count is in the same bucket).
+        static IEnumerable<int> Buckets(int max)
+        {
+            for (int n = GemvLinearRows + 1; n <= max; n = Cublas.RowBucket(n) + 1)
+                yield return Math.Min(Cublas.RowBucket(n), max);
         }
     }
 
