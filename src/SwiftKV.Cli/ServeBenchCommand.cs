@@ -298,7 +298,9 @@ internal static class ServeBenchCommand
             return p.Temperature == 0 ? p : p with { Seed = 1000 + (ulong)i };
         }
         var trace = new StepAccumulator();
+        long startedAt = Stopwatch.GetTimestamp();
         using var engine = new ServingEngine(backend, opts with { StepObserver = trace.Add });
+        Log($"{label}: engine started in {Stopwatch.GetElapsedTime(startedAt).TotalMilliseconds:F0} ms (the backend's last GEMM plan warm-up took {backend.LastGemmWarmUp.TotalMilliseconds:F0} ms)");
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(maxSeconds));
         int peak = 0;
         using var sampling = new CancellationTokenSource();
