@@ -73,7 +73,10 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     public int PreferredMaxBatchTokens => Device.TotalMemoryBytes >= 64L << 30 ? 8192 : 2048;
 
     /// <inheritdoc />
-    /// <remarks>Grows the activation workspace (and SingleInputKV's [k | v]) to <paramref name="maxBatchTokens"/> rows and <paramref name="maxSequences"/> logits rows.</remarks>
+    /// <remarks>
+    /// Grows the activation workspace (and SingleInputKV's [k | v]) to <paramref name="maxBatchTokens"/> rows and
+    /// <paramref name="maxSequences"/> logits rows, then warms the GEMM plans for those sizes (WarmGemmPlans).
+    /// </remarks>
     /// <exception cref="InvalidOperationException">The workspace does not fit in the device's free memory; the message says what to lower.</exception>
     public void ReserveStepWorkspace(int maxBatchTokens, int maxSequences)
     {
@@ -97,12 +100,17 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             throw new InvalidOperationException($"the step workspace for {maxBatchTokens} tokens per step does not fit in the GPU's free memory " +
                 $"({CudaRuntime.MemoryInfo().Free >> 20} MiB): lower MaxBatchTokens, or free GPU memory (another engine on this GPU without an explicit KvCacheBytes takes most of it).", e);
         }
+        catch
+        {
+            if (reserved) ReleaseReservation(rows);   // the warm-up failed: the caller sees no reservation to end
+            throw;
+        }
     }
 
     /// <summary>cuBLASLt heuristic queries this backend has made (one per projection shape and row bucket).</summary>
     public int GemmHeuristicQueries => _blas.HeuristicQueries;
 
-    /// <summary>How long the last <see cref="ReserveStepWorkspace"/> spent warming the GEMM plans (zero when nothing was new).</summary>
+    /// <summary>How long the last warm-up of the GEMM plans took (<see cref="ReserveStepWorkspace"/> warms only sizes not warmed before).</summary>
     public TimeSpan LastGemmWarmUp { get; private set; }
 
     int _warmRows, _warmKept;
