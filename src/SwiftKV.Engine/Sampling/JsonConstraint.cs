@@ -51,7 +51,8 @@ public sealed class JsonConstraint : ILogitsConstraint
         bool enforceBudget = _state.CompletionLength <= budgetAfter + 1;
         bool[] allowed;
         bool any = false;
-        if (!_state.IsComplete && Kept(logits.Length) is var kept && (!enforceBudget || kept.LongestCompletion <= budgetAfter))
+        var kept = _state.IsComplete ? null : Kept(logits.Length);
+        if (kept is not null && (!enforceBudget || kept.LongestCompletion <= budgetAfter))
         {
             (allowed, any) = (kept.Allowed, kept.Any);   // the budget rule removes nothing here
         }
@@ -64,10 +65,11 @@ public sealed class JsonConstraint : ILogitsConstraint
                 {
                     allowed[id] = _stopTokenIds.Contains(id);
                 }
-                else if (_tokenBytes[id] is { Length: > 0 } bytes)
+                else if (kept!.Allowed[id])   // only the tokens the grammar takes can pass the budget rule
                 {
                     var next = _state;
-                    allowed[id] = next.Accept(bytes) && (!enforceBudget || next.CompletionLength <= budgetAfter);
+                    next.Accept(_tokenBytes[id]!);
+                    allowed[id] = next.CompletionLength <= budgetAfter;
                 }
                 any |= allowed[id];
             }
