@@ -41,18 +41,6 @@ __device__ __forceinline__ void release_stage(unsigned bar, unsigned rank)
     if (CLUSTER == 2) mbar_arrive_peer(bar, rank ^ 1u);
 }
 
-__device__ __forceinline__ unsigned cluster_rank()
-{
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-
-__device__ __forceinline__ void cluster_sync()
-{
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
 // The same box written to the same offset (and completing on the same barrier offset) in every CTA of `mask`.
 __device__ __forceinline__ void tma_load_multicast(unsigned dst, const TensorMap* map, int k0, int row0, unsigned bar, unsigned short mask)
 {

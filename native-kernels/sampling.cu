@@ -1,6 +1,7 @@
 // Temperature / top-k / top-p sampling of fp32 logits on the GPU, so a sampled decode step downloads one token id.
-// One block of SAMPLE_THREADS threads per row; everything is a fixed-order block reduction, so the same logits and
-// the same uniform u always give the same token.
+// One block of SAMPLE_THREADS threads per row (sample_f32, sample_rows_f32), or on sm_90+ one cluster of SC_CTAS blocks
+// per row (the *_cluster_ entries at the end); everything is a fixed-order reduction, so the same logits and the same
+// uniform u always give the same token.
 //   z_i = (logits_i - max logit) / temperature <= 0, so p_i ∝ exp(z_i) and no temperature overflows z. NaN logits
 //     count as -inf (never kept), as on the CPU sampler. A row with no finite maximum gets out = -1 (every logit NaN or
 //     -inf: nothing to sample, the caller reports it); a row whose maximum is +inf gets its first +inf token (the
@@ -215,7 +216,7 @@ __device__ __forceinline__ void sample_row(const float* row, int n, float inv_te
         for (int i = begin; i < end; i++)
         {
             float z = (row[i] - mlog) * inv_temperature;
-            if (z < th) continue;
+            if (!(z >= th)) continue;   // as the partial sums: NaN is never kept
             last = i;
             run += __expf(z - m);
             if (run > target) { pick = i; break; }
@@ -241,6 +242,333 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(con
     if (inv_temperature == 0.f) return;   // greedy: the argmax is already in out
     sample_row(logits + (long long)blockIdx.x * n, n, inv_temperature, top_k[blockIdx.x], p[1], p[2], out + blockIdx.x);
 }
+
+#if __CUDA_ARCH__ >= 900
+// ---- The same rule on a thread-block cluster (sm_90+): sample_cluster_f32, sample_rows_cluster_f32 ----
+// Why: one CTA per row reads its row from L2 on every pass of the threshold searches (~20 passes, 270-290 us a 128K
+// row at top-p 0.9 on the H100: ~5% of a batch-1 decode step; 66 us here, 8 x 512 threads being the fastest shape
+// measured at 1-128 rows: SamplingBenchmarkTests). Here the row is spread over the SC_CTAS CTAs of one cluster, each
+// holding its slice of z in shared memory: a pass walks shared memory and exchanges the 17 bin sums through
+// distributed shared memory. Every cross-CTA value is combined in rank order by every CTA alike, so all CTAs take the
+// same branches (and meet at the same cluster barriers), and the token depends only on the row, the parameters and u.
+// The thresholds and the pick follow sample_row step for step; sums run in another order, so a draw whose u lands
+// within rounding of a token boundary may differ from sample_row's.
+// Launch: grid (SC_CTAS, rows), block SC_THREADS, dynamic shared memory SC_DYNAMIC_BYTES(n) (the host checks it fits).
+#ifndef SC_CTAS
+#define SC_CTAS 8
+#endif
+#ifndef SC_THREADS
+#define SC_THREADS 512
+#endif
+#define SC_XCH 20                                                      // floats an exchange slot holds (>= cuts + 1)
+#define SC_SLICE(n) ((((n) + 4 * SC_CTAS - 1) / (4 * SC_CTAS)) * 4)    // a CTA's slice, a multiple of 4 floats
+
+#define SC_WARPS (SC_THREADS / 32)
+
+struct ClusterRow
+{
+    float* z;          // this CTA's slice: the logits, then z = (logit - max) / T in place
+    int begin, len;    // the slice's first index in the row and its length (0 for trailing CTAs of a short row)
+    float* table;      // the search's per-thread bins, (SEARCH_CUTS + 1) x SC_THREADS
+    float* xch;        // two exchange slots, used alternately: a slot is rewritten only after a later cluster barrier
+    float* total;      // the last exchange's values combined over the ranks (SC_XCH)
+    float* warps;      // per-warp partials, 2 x SC_WARPS
+    int buf;
+};
+
+// This CTA's exchange slot: write the CTA's values into it, then call sc_combine.
+__device__ __forceinline__ float* sc_slot(ClusterRow& c) { return c.xch + c.buf * SC_XCH; }
+
+// Combines slot[0 .. count) over the cluster's CTAs in rank order (sum, or max), into c.total for every thread of
+// every CTA. The cluster barrier orders the slot writes before the other CTAs' loads.
+__device__ __forceinline__ void sc_combine(ClusterRow& c, int count, bool max)
+{
+    const float* slot = sc_slot(c);
+    cluster_sync();
+    if (threadIdx.x < count)
+    {
+        float v[SC_CTAS];
+#pragma unroll
+        for (int r = 0; r < SC_CTAS; r++) v[r] = cluster_load(slot + threadIdx.x, (unsigned)r);
+        float a = max ? -INFINITY : 0.f;
+#pragma unroll
+        for (int r = 0; r < SC_CTAS; r++) a = max ? fmaxf(a, v[r]) : a + v[r];
+        c.total[threadIdx.x] = a;
+    }
+    c.buf ^= 1;
+    __syncthreads();
+}
+
+// Two per-thread values reduced over the CTA (warp sums, then the warps in order) into the slot's entries 0 and 1.
+__device__ __forceinline__ void sc_offer2(ClusterRow& c, float a, float b, bool max)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (max) { a = warp_max(a); b = warp_max(b); } else { a = warp_sum(a); b = warp_sum(b); }
+    if (lane == 0) { c.warps[warp] = a; c.warps[SC_WARPS + warp] = b; }
+    __syncthreads();
+    if (threadIdx.x < 2)
+    {
+        float v = max ? -INFINITY : 0.f;
+        for (int w = 0; w < SC_WARPS; w++) v = max ? fmaxf(v, c.warps[threadIdx.x * SC_WARPS + w]) : v + c.warps[threadIdx.x * SC_WARPS + w];
+        sc_slot(c)[threadIdx.x] = v;
+    }
+}
+
+// Mass (sum of exp(z)) and count of {z >= t} over the whole row.
+__device__ __forceinline__ void sc_kept(ClusterRow& c, float t, float* mass, float* count)
+{
+    float s = 0.f, k = 0.f;
+    for (int i = threadIdx.x; i < c.len; i += SC_THREADS)
+    {
+        const float z = c.z[i];
+        if (z >= t) { s += __expf(z); k += 1.f; }
+    }
+    sc_offer2(c, s, k, false);
+    sc_combine(c, 2, false);
+    *mass = c.total[0];
+    *count = c.total[1];
+}
+
+// search_threshold over the cluster's row: the same cuts, passes and bisection.
+__device__ __forceinline__ float sc_search(ClusterRow& c, float lo, float hi, bool by_count, float goal)
+{
+    __shared__ float bounds[2];
+    float mass, count;
+    sc_kept(c, hi, &mass, &count);
+    if ((by_count ? count : mass) >= goal) return hi;
+    float* mine = c.table + threadIdx.x;
+    for (int pass = 0; pass < SEARCH_PASSES; pass++)
+    {
+        const float step = (hi - lo) / (float)(SEARCH_CUTS + 1);
+        const float ulp = fmaxf(fabsf(lo), fabsf(hi)) * 2.4e-7f + 1e-38f;
+        if (!(step > 4.f * ulp)) break;
+        const float inv_step = 1.f / step;
+#pragma unroll
+        for (int k = 0; k <= SEARCH_CUTS; k++) mine[k * SC_THREADS] = 0.f;
+        const float c0 = lo + step;
+        for (int i = threadIdx.x; i < c.len; i += SC_THREADS)
+        {
+            const float z = c.z[i];
+            if (!(z >= c0)) continue;
+            // k = how many cuts are <= z, by the same comparisons as everywhere else (the product only guesses).
+            int k = min(SEARCH_CUTS, max(1, (int)((z - lo) * inv_step)));
+            while (k < SEARCH_CUTS && z >= lo + step * (float)(k + 1)) k++;
+            while (k > 1 && z < lo + step * (float)k) k--;
+            mine[k * SC_THREADS] += by_count ? 1.f : __expf(z);
+        }
+        __syncthreads();
+        // Warp w sums bins w, w + SC_WARPS, ... over the threads in a fixed order, straight into the exchange slot.
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        for (int b = warp; b <= SEARCH_CUTS; b += SC_WARPS)
+        {
+            float v = 0.f;
+            for (int t = lane; t < SC_THREADS; t += 32) v += c.table[b * SC_THREADS + t];
+            v = warp_sum(v);
+            if (lane == 0) sc_slot(c)[b] = v;
+        }
+        sc_combine(c, SEARCH_CUTS + 1, false);
+        if (threadIdx.x == 0)
+        {
+            // f(c_j) = bins j+1 .. SEARCH_CUTS; the largest j whose f reaches goal keeps [c_j, c_{j+1}).
+            float f = 0.f, nlo = lo, nhi = c0;
+            for (int j = SEARCH_CUTS - 1; j >= 0; j--)
+            {
+                f += c.total[j + 1];
+                if (f >= goal)
+                {
+                    nlo = lo + step * (float)(j + 1);
+                    nhi = j + 1 < SEARCH_CUTS ? lo + step * (float)(j + 2) : hi;
+                    break;
+                }
+            }
+            bounds[0] = nlo;
+            bounds[1] = nhi;
+        }
+        __syncthreads();
+        lo = bounds[0];
+        hi = bounds[1];
+    }
+    for (int s = 0; s < BISECT_STEPS && lo < hi; s++)
+    {
+        float mid = 0.5f * (lo + hi);
+        if (mid <= lo || mid >= hi) break;
+        sc_kept(c, mid, &mass, &count);
+        if ((by_count ? count : mass) >= goal) lo = mid; else hi = mid;
+    }
+    sc_kept(c, hi, &mass, &count);
+    return (by_count ? count : mass) >= goal ? hi : lo;
+}
+
+// Inclusive prefix sum over the block in a fixed order; *excl gets the exclusive one, bit-equal to the previous
+// thread's inclusive sum (so a range split at a thread boundary adds up the same from either side).
+__device__ __forceinline__ float sc_scan(float v, float* shm, float* excl)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float x = v;
+    for (int o = 1; o < 32; o <<= 1)
+    {
+        const float y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    float prev = __shfl_up_sync(0xffffffffu, x, 1);
+    __syncthreads();
+    if (lane == 31) shm[warp] = x;
+    __syncthreads();
+    float off = 0.f;
+    for (int i = 0; i < warp; i++) off += shm[i];
+    *excl = lane == 0 ? off : off + prev;
+    return off + x;
+}
+
+__device__ __forceinline__ void sample_row_cluster(const float* row, int n, float inv_temperature, int top_k, float top_p, float ur, int* out)
+{
+    extern __shared__ float dyn[];
+    __shared__ float xch[2 * SC_XCH], total[SC_XCH], warps[2 * SC_WARPS], red[32];
+    const int rank = (int)cluster_rank();
+    const int slice = SC_SLICE(n);
+    ClusterRow c;
+    c.table = dyn;
+    c.z = dyn + (SEARCH_CUTS + 1) * SC_THREADS;
+    c.begin = min(n, rank * slice);
+    c.len = min(n, c.begin + slice) - c.begin;
+    c.xch = xch;
+    c.total = total;
+    c.warps = warps;
+    c.buf = 0;
+
+    // The slice into shared memory, with its maximum and smallest finite logit.
+    float mlog = -INFINITY, lo_log = INFINITY;
+    const float* src = row + c.begin;
+    if ((n & 3) == 0 && (((unsigned long long)row) & 15) == 0)
+    {
+        const float4* s4 = reinterpret_cast<const float4*>(src);
+        float4* d4 = reinterpret_cast<float4*>(c.z);
+#pragma unroll 4
+        for (int q = threadIdx.x; q < (c.len >> 2); q += SC_THREADS)
+        {
+            const float4 a = s4[q];
+            d4[q] = a;
+            mlog = fmaxf(fmaxf(mlog, a.x), fmaxf(a.y, fmaxf(a.z, a.w)));
+            if (a.x > -INFINITY) lo_log = fminf(lo_log, a.x);
+            if (a.y > -INFINITY) lo_log = fminf(lo_log, a.y);
+            if (a.z > -INFINITY) lo_log = fminf(lo_log, a.z);
+            if (a.w > -INFINITY) lo_log = fminf(lo_log, a.w);
+        }
+    }
+    else
+    {
+        for (int i = threadIdx.x; i < c.len; i += SC_THREADS)
+        {
+            const float x = src[i];
+            c.z[i] = x;
+            mlog = fmaxf(mlog, x);
+            if (x > -INFINITY) lo_log = fminf(lo_log, x);
+        }
+    }
+    sc_offer2(c, mlog, -lo_log, true);
+    sc_combine(c, 2, true);
+    mlog = total[0];
+    lo_log = -total[1];
+
+    if (!(mlog > -INFINITY) || mlog == INFINITY)
+    {
+        float first = INFINITY;
+        if (mlog == INFINITY)
+            for (int i = threadIdx.x; i < c.len; i += SC_THREADS)
+                if (c.z[i] == INFINITY) { first = (float)(c.begin + i); break; }
+        sc_offer2(c, -first, 0.f, true);
+        sc_combine(c, 1, true);
+        if (rank == 0 && threadIdx.x == 0) *out = mlog == INFINITY ? (int)(-total[0]) : -1;
+        cluster_sync();   // no CTA leaves while another may still read its exchange slots
+        return;
+    }
+    for (int i = threadIdx.x; i < c.len; i += SC_THREADS) c.z[i] = (c.z[i] - mlog) * inv_temperature;
+    __syncthreads();
+    const float lo_z = fmaxf((lo_log - mlog) * inv_temperature, -128.f);
+
+    float th = lo_z, mass_k, count;
+    if (top_k > 0 && top_k < n) th = sc_search(c, lo_z, 0.f, true, (float)top_k);
+    if (top_p < 1.f)
+    {
+        sc_kept(c, th, &mass_k, &count);
+        th = sc_search(c, th, 0.f, false, top_p * mass_k);
+    }
+
+    // Ordered pick: thread t of rank r owns the contiguous range [t·sub, (t+1)·sub) of r's slice.
+    const int sub = (c.len + SC_THREADS - 1) / SC_THREADS;
+    const int b0 = min(c.len, (int)threadIdx.x * sub), b1 = min(c.len, b0 + sub);
+    float p = 0.f;
+    for (int i = b0; i < b1; i++)
+    {
+        const float z = c.z[i];
+        if (z >= th) p += __expf(z);
+    }
+    float excl;
+    const float incl = sc_scan(p, red, &excl);
+    if (threadIdx.x == SC_THREADS - 1) sc_slot(c)[0] = incl;
+    // Every rank's kept mass, in rank order (the exchange gathers instead of combining).
+    {
+        const float* slot = sc_slot(c);
+        cluster_sync();
+        if (threadIdx.x < SC_CTAS) total[threadIdx.x] = cluster_load(slot, threadIdx.x);
+        c.buf ^= 1;
+        __syncthreads();
+    }
+    float sum = 0.f;
+    for (int r = 0; r < SC_CTAS; r++) sum += total[r];
+    const float target = ur * sum;
+    float run = 0.f;
+    int owner = -1, last = 0;
+    for (int r = 0; r < SC_CTAS; r++)
+    {
+        const float pr = total[r];
+        if (pr > 0.f) last = r;
+        if (owner < 0 && pr > 0.f && run + pr > target) owner = r;
+        if (owner < 0) run += pr;
+    }
+    if (owner < 0) { owner = last; run = sum - total[last]; }
+    if (rank == owner)
+    {
+        const float local = target - run;   // how far into this slice's kept mass the target falls
+        float w = p > 0.f && incl > local ? (float)threadIdx.x : INFINITY;
+        w = -block_max(-w, red);
+        const float lastp = block_max(p > 0.f ? (float)threadIdx.x : -1.f, red);
+        if ((float)threadIdx.x == (w < INFINITY ? w : lastp))
+        {
+            const float t = local - excl;
+            float acc = 0.f;
+            int pick = -1, lastk = b0;
+            for (int i = b0; i < b1; i++)
+            {
+                const float z = c.z[i];
+                if (!(z >= th)) continue;
+                lastk = i;
+                acc += __expf(z);
+                if (acc > t) { pick = i; break; }
+            }
+            *out = c.begin + (pick >= 0 ? pick : lastk);
+        }
+    }
+    cluster_sync();   // no CTA leaves while another may still read its exchange slots
+}
+
+extern "C" __global__ void __launch_bounds__(SC_THREADS) __cluster_dims__(SC_CTAS, 1, 1) sample_cluster_f32(const float* logits, int n,
+    float inv_temperature, int top_k, float top_p, float u, int* out)
+{
+    float ur = u + 0.6180339887f * (float)blockIdx.y;
+    ur -= floorf(ur);
+    sample_row_cluster(logits + (long long)blockIdx.y * n, n, inv_temperature, top_k, top_p, ur, out + blockIdx.y);
+}
+
+extern "C" __global__ void __launch_bounds__(SC_THREADS) __cluster_dims__(SC_CTAS, 1, 1) sample_rows_cluster_f32(const float* logits, int n,
+    const float* params, const int* top_k, int* out)
+{
+    const float* p = params + 3LL * blockIdx.y;
+    const float inv_temperature = p[0];
+    if (inv_temperature == 0.f) return;   // the whole cluster returns alike
+    sample_row_cluster(logits + (long long)blockIdx.y * n, n, inv_temperature, top_k[blockIdx.y], p[1], p[2], out + blockIdx.y);
+}
+#endif
 
 // A step's logit biases (frequency / presence penalties), added before its rows are picked: entry i adds deltas[i] to
 // logits[row * n + token] with (row, token) = entries[2i], entries[2i + 1]. The host checks every entry and gives each

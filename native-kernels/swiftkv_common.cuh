@@ -75,6 +75,32 @@ __device__ __forceinline__ void pdl_launch_dependents()
 #endif
 }
 
+#if __CUDA_ARCH__ >= 900
+// Thread-block clusters (sm_90+): this CTA's rank in its cluster, a barrier over every thread of the cluster (release /
+// acquire: shared-memory writes before it are visible to the other CTAs after it), and a load from the same shared
+// variable in the CTA of another rank (distributed shared memory).
+__device__ __forceinline__ unsigned cluster_rank()
+{
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+__device__ __forceinline__ void cluster_sync()
+{
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ float cluster_load(const float* shared_var, unsigned rank)
+{
+    unsigned local = (unsigned)__cvta_generic_to_shared(shared_var), remote;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+#endif
+
 // RoPE, rotate-half layout: the pair (a, b) = dims (i, i + head_dim/2) of one head turned by angle inv_freq_i * pos
 // (one fp32 multiply, as PyTorch computes it). The one definition every kernel that rotates uses.
 __device__ __forceinline__ void rope_pair(float& a, float& b, float inv_freq_i, float pos)

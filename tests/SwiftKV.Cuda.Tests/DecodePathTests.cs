@@ -6,6 +6,7 @@ using SwiftKV.Cuda;
 using SwiftKV.Cuda.Kernels;
 using SwiftKV.Engine;
 using SwiftKV.Engine.Cuda;
+using SwiftKV.Engine.Sampling;
 using SwiftKV.Engine.Tests;
 using SwiftKV.Model;
 using SwiftKV.Model.Checkpoint;
@@ -191,14 +192,18 @@ public sealed class DecodePathTests : GpuFixtureTest
         Gpu.Log($"seeded sampling: {string.Join(",", first)} twice");
     }
 
-    [Fact]
-    public void SamplingKernel_MatchesTopKTopPDistribution()
+    /// <summary>Both entries (one CTA per row, and the row over a cluster on sm_90+) draw the reference's distribution.</summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void SamplingKernel_MatchesTopKTopPDistribution(bool clusters)
     {
         Gpu.Require();
         const int n = 3001;
         var rng = new Random(5);
         var logits = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 6 - 3)).ToArray();
-        var kernel = new SamplingKernel(Library);
+        var kernel = new SamplingKernel(Library) { UseClusters = clusters };
+        if (clusters && !kernel.UseClusters) Assert.Skip("no cluster entries below sm_90");
         using var dLogits = new DeviceBuffer<float>(logits);
         using var dOut = new DeviceBuffer<int>(1);
         foreach (var (temp, k, p) in new[] { (1f, 0, 1f), (0.7f, 50, 1f), (1.3f, 0, 0.8f), (1f, 40, 0.6f), (1f, 1, 1f) })
@@ -262,11 +267,14 @@ public sealed class DecodePathTests : GpuFixtureTest
     /// the reference's set (the bisection once started at -inf and kept everything); logits near -3e38 likewise; +inf
     /// takes its first token; a row with nothing above -inf gives -1; a temperature whose inverse overflows is refused.
     /// </summary>
-    [Fact]
-    public void SamplingKernel_NonFiniteLogits()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void SamplingKernel_NonFiniteLogits(bool clusters)
     {
         Gpu.Require();
-        var kernel = new SamplingKernel(Library);
+        var kernel = new SamplingKernel(Library) { UseClusters = clusters };
+        if (clusters && !kernel.UseClusters) Assert.Skip("no cluster entries below sm_90");
         using var dOut = new DeviceBuffer<int>(1);
         int Draw(float[] logits, float temp, int k, float p, float u)
         {
@@ -295,6 +303,69 @@ public sealed class DecodePathTests : GpuFixtureTest
         Assert.Equal(-1, Draw([nan, ninf, nan], 1f, 0, 1f, 0.5f));
         Assert.Throws<ArgumentOutOfRangeException>(() => Draw([1, 2], 1e-39f, 0, 1f, 0.5f));
         Assert.Equal(1, Draw([1, 2, 0, -1], 1e-30f, 0, 1f, 0.5f));   // a tiny (but invertible) temperature is greedy
+    }
+
+    /// <summary>
+    /// The cluster entries on rows of Llama 3's 128256 logits (spread like a language model's, peaked, and with a third of
+    /// the vocabulary masked to -inf as a constraint leaves it), each row its own temperature, top-k, top-p and u: every
+    /// token is one the reference keeps, and lies between the host rule's picks (RowSampling.Pick, in double) at u - 1e-3
+    /// and u + 1e-3 (picks run in vocabulary order, so they rise with u: a different token is a draw within float
+    /// rounding of a boundary). The one-CTA entry is held to the same, and the two agree on nearly every row.
+    /// </summary>
+    [Fact]
+    public void SamplingKernel_ClusterEntries_FollowTheRowSamplingRule()
+    {
+        Gpu.Require();
+        var kernel = new SamplingKernel(Library);
+        if (!kernel.UseClusters) Assert.Skip("no cluster entries below sm_90");
+        const int n = 128256, rows = 24;
+        var rng = new Random(21);
+        var logits = new float[rows * n];
+        var picks = new (float T, int K, float P, float U)[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            var row = logits.AsSpan(r * n, n);
+            for (int i = 0; i < n; i++) row[i] = (float)(rng.NextDouble() * 10 - 12 + (rng.Next(2000) == 0 ? 14 : 0));
+            if (r % 6 == 1) row[rng.Next(n)] = 30f;                                    // peaked: the top token reaches top_p alone
+            if (r % 6 == 2) for (int i = r % 3; i < n; i += 3) row[i] = float.NegativeInfinity;   // masked
+            picks[r] = (r % 4) switch
+            {
+                0 => (0.7f, 0, 0.9f, (float)rng.NextDouble()),
+                1 => (1f, 50, 0.95f, (float)rng.NextDouble()),
+                2 => (1.3f, 0, 1f, (float)rng.NextDouble()),
+                _ => (0.5f, 4000, 0.6f, (float)rng.NextDouble()),
+            };
+        }
+        using var dLogits = new DeviceBuffer<float>(logits);
+        using var dParams = new DeviceBuffer<float>(picks.SelectMany(p => new[] { 1f / p.T, p.P, p.U }).ToArray());
+        using var dTopK = new DeviceBuffer<int>(picks.Select(p => p.K).ToArray());
+        using var dOut = new DeviceBuffer<int>(Enumerable.Repeat(-7, rows).ToArray());
+        int[] Run(bool clusters)
+        {
+            kernel.UseClusters = clusters;
+            dOut.CopyFrom(Enumerable.Repeat(-7, rows).ToArray());
+            kernel.LaunchRows(Stream, dLogits, rows, n, dParams, dTopK, dOut);
+            Stream.Synchronize();
+            return dOut.ToArray();
+        }
+        var cluster = Run(true);
+        var single = Run(false);
+        for (int r = 0; r < rows; r++)
+        {
+            var row = logits.AsMemory(r * n, n);
+            var (t, k, p, u) = picks[r];
+            var expected = Reference(row.ToArray(), t, k, p);
+            int Host(float at) => RowSampling.Pick(row.Span, new RowSampling(t, k, p, Math.Clamp(at, 0f, 0.99999994f)));
+            int low = Host(u - 1e-3f), high = Host(u + 1e-3f);
+            foreach (var (label, token) in new[] { ("cluster", cluster[r]), ("one-CTA", single[r]) })
+            {
+                Assert.True(token >= 0 && token < n && expected[token] > 0, $"row {r} ({t}, {k}, {p}, {u}): the {label} entry picked {token}, outside the kept set");
+                Assert.True(token >= low && token <= high, $"row {r} ({t}, {k}, {p}, {u}): the {label} entry picked {token}; the rule picks {low}..{high} for u +- 1e-3");
+            }
+        }
+        int same = cluster.Zip(single).Count(z => z.First == z.Second);
+        Assert.True(same >= rows - 2, $"the cluster and one-CTA entries agree on only {same} of {rows} rows");
+        Gpu.Log($"cluster sampling: {same}/{rows} rows equal to the one-CTA entry, every token within the rule's picks at u +- 1e-3");
     }
 
     /// <summary>Host reference: softmax(z / T), keep the k most likely, then the smallest most-likely prefix reaching p.</summary>

@@ -1,6 +1,7 @@
 // Sampling kernel benchmark (not a timed test: it only prints), run when SWIFTKV_BENCH=1: sample_rows_f32 over rows
 // of Llama 3's 128256 logits, the threshold search as built (16 cuts per pass) against the two-way bisection alone
-// (the embedded source compiled with SEARCH_PASSES 0), and the argmax every step runs first. CUDA events, median of 20.
+// (the embedded source compiled with SEARCH_PASSES 0), the cluster entry sample_rows_cluster_f32 at a few cluster and
+// block sizes (sm_90+), and the argmax every step runs first. CUDA events, median of 20.
 using SwiftKV.Cuda.Kernels;
 using Xunit;
 
@@ -8,11 +9,18 @@ namespace SwiftKV.Cuda.Tests;
 
 public sealed class SamplingBenchmarkTests : GpuFixtureTest
 {
-    unsafe void Launch(CudaKernel kernel, int rows, ulong logits, ulong parameters, ulong topK, ulong output)
+    // ctas 0: the one-CTA entry (grid rows x 1024 threads); else the cluster entry built with SC_CTAS = ctas, SC_THREADS = threads.
+    sealed record Variant(string Label, CudaKernel Kernel, int Ctas, int Threads)
+    {
+        public uint SharedBytes(int n) => Ctas == 0 ? 17 * 1024 * 4 : (uint)((17 * Threads + (n + 4 * Ctas - 1) / (4 * Ctas) * 4) * 4);
+    }
+
+    unsafe void Launch(Variant v, int rows, ulong logits, ulong parameters, ulong topK, ulong output)
     {
         int n = 128256;
         void** args = stackalloc void*[] { &logits, &n, &parameters, &topK, &output };
-        kernel.Launch(Stream, ((uint)rows, 1, 1), 1024, 17 * 1024 * 4, args);
+        if (v.Ctas == 0) v.Kernel.Launch(Stream, ((uint)rows, 1, 1), 1024, v.SharedBytes(n), args);
+        else v.Kernel.Launch(Stream, ((uint)v.Ctas, (uint)rows, 1), (uint)v.Threads, v.SharedBytes(n), args);
     }
 
     [Fact]
@@ -20,19 +28,22 @@ public sealed class SamplingBenchmarkTests : GpuFixtureTest
     {
         Gpu.Require();
         Assert.SkipUnless(Environment.GetEnvironmentVariable("SWIFTKV_BENCH") == "1", "set SWIFTKV_BENCH=1 to time the sampling kernel");
-        const int n = 128256, tableBytes = 17 * 1024 * 4;
+        const int n = 128256;
         var headers = new[] { ("swiftkv_common.cuh", KernelLibrary.Read("swiftkv_common.cuh")) };
-        CudaKernel Build(string label, string defines)
+        Variant Build(string label, string defines, int ctas = 0, int threads = 1024)
         {
             var cubin = NvrtcCompiler.Compile($"sampling_{label}.cu", defines + KernelLibrary.Read("sampling.cu"), headers);
-            var k = new CudaModule(cubin, $"sampling_{label}.cu").GetKernel("sample_rows_f32");
-            k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, tableBytes);
-            return k;
+            var v = new Variant(label, new CudaModule(cubin, $"sampling_{label}.cu").GetKernel(ctas == 0 ? "sample_rows_f32" : "sample_rows_cluster_f32"), ctas, threads);
+            v.Kernel.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, (int)v.SharedBytes(n));
+            return v;
         }
-        var kernels = new[] { ("16-cut search", Build("search", "")), ("bisection only", Build("bisect", "#define SEARCH_PASSES 0\n")) };
+        var kernels = new List<Variant> { Build("16-cut search", ""), Build("bisection only", "#define SEARCH_PASSES 0\n") };
+        if (CudaRuntime.Device.ComputeMajor >= 9)
+            foreach (var (ctas, threads) in new[] { (8, 512), (8, 256), (4, 512), (4, 256) })
+                kernels.Add(Build($"cluster {ctas}x{threads}", $"#define SC_CTAS {ctas}\n#define SC_THREADS {threads}\n", ctas, threads));
         var argmax = new ArgmaxKernel(Library);
         var rng = new Random(4);
-        foreach (var (rows, peaked) in new[] { (1, false), (32, false), (128, false), (1, true), (32, true) })
+        foreach (var (rows, peaked) in new[] { (1, false), (8, false), (32, false), (128, false), (1, true), (32, true) })
         {
             // Logits shaped like a language model's: a few strong candidates over a long tail; "peaked": one token far
             // above the rest (a confident step, where the top token alone reaches top_p).
@@ -66,14 +77,15 @@ public sealed class SamplingBenchmarkTests : GpuFixtureTest
                 using var dParams = new DeviceBuffer<float>(Enumerable.Range(0, rows).SelectMany(r => new[] { 1f / t, p, (r + 0.5f) / rows }).ToArray());
                 using var dK = new DeviceBuffer<int>(Enumerable.Repeat(k, rows).ToArray());
                 var picks = new List<int[]>();
-                foreach (var (label, kernel) in kernels)
+                foreach (var v in kernels)
                 {
                     ulong la = dLogits.Address, pa = dParams.Address, ka = dK.Address, oa = dOut.Address;
-                    double ms = Time(() => Launch(kernel, rows, la, pa, ka, oa));
+                    double ms = Time(() => Launch(v, rows, la, pa, ka, oa));
                     picks.Add(dOut.ToArray());
-                    Gpu.Log($"rows {rows}{(peaked ? " peaked" : "")}, T {t} top-k {k} top-p {p}: {label} {ms * 1e3:F0} us");
+                    Gpu.Log($"rows {rows}{(peaked ? " peaked" : "")}, T {t} top-k {k} top-p {p}: {v.Label} {ms * 1e3:F1} us");
                 }
-                Gpu.Log($"rows {rows}{(peaked ? " peaked" : "")}, T {t} top-k {k} top-p {p}: the two searches pick the same tokens in {picks[0].Zip(picks[1]).Count(z => z.First == z.Second)}/{rows} rows");
+                Gpu.Log($"rows {rows}{(peaked ? " peaked" : "")}, T {t} top-k {k} top-p {p}: same tokens as the 16-cut one-CTA entry in "
+                    + string.Join(", ", kernels.Skip(1).Select((v, i) => $"{v.Label} {picks[0].Zip(picks[i + 1]).Count(z => z.First == z.Second)}/{rows}")));
             }
         }
     }
