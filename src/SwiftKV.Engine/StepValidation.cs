@@ -3,6 +3,7 @@
 using SwiftKV.Engine.Sampling;
 using SwiftKV.Engine.Serving;
 using SwiftKV.Model;
+using System.Runtime.CompilerServices;
 
 namespace SwiftKV.Engine;
 
@@ -52,6 +53,9 @@ internal static class StepValidation
     }
 
     /// <summary>A batched paged step: each sequence's tokens, positions and block table against the pool.</summary>
+    // Optimized from the first call (it checks every token of a step): as tier-0 code, the first request after start
+    // paid ~7 ms more TTFT on an H100 (2000 tokens: 49-51 ms against 43; NOTES, "The first request after start").
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Batch(LlamaConfig config, ReadOnlySpan<BatchSequence> batch, IPagedKvCache pool)
     {
         if (batch.IsEmpty) throw new ArgumentException("a batched step needs at least one sequence.", nameof(batch));

@@ -10,6 +10,8 @@
 //
 // Free blocks: never-used or unregistered blocks are handed out first; registered blocks nobody references stay
 // cached, in LRU order, and are evicted (their key forgotten) only when nothing else is free.
+using System.Runtime.CompilerServices;
+
 namespace SwiftKV.Engine.Serving;
 
 /// <summary>Allocates, shares, caches and frees KV blocks. Not thread-safe: the engine loop owns it.</summary>
@@ -70,6 +72,10 @@ public sealed class KvBlockManager
     /// Succeeds only if, afterwards, at least <paramref name="reserveBlocks"/> blocks remain free; on failure nothing
     /// changes. Returns the number of leading tokens whose K/V are already cached, or -1.
     /// </summary>
+    // Optimized from the first call (the prefix hashing walks every prompt token): as tier-0 code, the first request
+    // after start paid ~7 ms more TTFT on an H100 (2000 tokens: 49-51 ms against 43; NOTES, "The first request after
+    // start").
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public int TryAllocatePrefix(BlockTable table, ReadOnlySpan<int> tokens, int numTokens, int reserveBlocks = 0)
     {
         ArgumentNullException.ThrowIfNull(table);
@@ -128,6 +134,7 @@ public sealed class KvBlockManager
     /// of <paramref name="tokens"/>) in the prefix cache. A block whose key is already cached under another block
     /// stays private (the earlier copy keeps serving hits); the chain continues either way.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void CommitFullBlocks(BlockTable table, ReadOnlySpan<int> tokens, int numComputed)
     {
         ArgumentNullException.ThrowIfNull(table);
@@ -192,6 +199,7 @@ public sealed class KvBlockManager
     }
 
     /// <summary>FNV-1a over the parent key and the tokens, finished with a SplitMix64 mix.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static ulong Hash(ulong parent, ReadOnlySpan<int> tokens)
     {
         ulong h = 0xCBF29CE484222325UL ^ parent;

@@ -12,6 +12,8 @@
 //
 // SwiftKV: a chunk asks for logits only when it reaches the known end; the backend runs layers l..L-1 for those
 // rows alone, so a prefill chunk that does not end its prompt never enters them.
+using System.Runtime.CompilerServices;
+
 namespace SwiftKV.Engine.Serving;
 
 /// <summary>One sequence's share of a step.</summary>
@@ -74,6 +76,9 @@ internal sealed class Scheduler
         seq.Status = SequenceStatus.Finished;
     }
 
+    // Optimized from the first call (it runs once per step): as tier-0 code, the first request after start paid ~7 ms
+    // more TTFT on an H100 (2000 tokens: 49-51 ms against 43; NOTES, "The first request after start").
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public ScheduledStep Schedule()
     {
         var step = new ScheduledStep();
