@@ -68,6 +68,49 @@ __device__ __forceinline__ void kept(const float* row, int n, float mlog, float 
     *count = block_sum(c, red);
 }
 
+// Which bin of a search pass z falls in: how many of the cuts c_j = lo + step * (j + 1) are <= z (1..SEARCH_CUTS;
+// z >= c_0 is the caller's). The product only guesses; the comparisons are the ones every cut is defined by.
+__device__ __forceinline__ int search_bin(float z, float lo, float step, float inv_step)
+{
+    int k = min(SEARCH_CUTS, max(1, (int)((z - lo) * inv_step)));
+    while (k < SEARCH_CUTS && z >= lo + step * (float)(k + 1)) k++;
+    while (k > 1 && z < lo + step * (float)k) k--;
+    return k;
+}
+
+// After a pass: f(c_j) = bins j+1 .. SEARCH_CUTS; the largest j whose f reaches goal keeps [c_j, c_{j+1}) (and
+// [lo, c_0) if none does). bins: SEARCH_CUTS + 1 sums in shared memory; one thread calls it.
+__device__ __forceinline__ void search_narrow(const float* bins, float lo, float hi, float step, float goal, float* bounds)
+{
+    float f = 0.f, nlo = lo, nhi = lo + step;
+    for (int j = SEARCH_CUTS - 1; j >= 0; j--)
+    {
+        f += bins[j + 1];
+        if (f >= goal)
+        {
+            nlo = lo + step * (float)(j + 1);
+            nhi = j + 1 < SEARCH_CUTS ? lo + step * (float)(j + 2) : hi;
+            break;
+        }
+    }
+    bounds[0] = nlo;
+    bounds[1] = nhi;
+}
+
+// The end of a search: two-way bisection of [lo, hi] down to adjacent floats, then hi itself if it qualifies (the
+// bisection stops one ulp short when the answer is exactly hi). qualifies(t): f(t) >= goal over the whole row.
+template <typename Qualifies>
+__device__ __forceinline__ float search_finish(float lo, float hi, Qualifies qualifies)
+{
+    for (int s = 0; s < BISECT_STEPS && lo < hi; s++)
+    {
+        float mid = 0.5f * (lo + hi);
+        if (mid <= lo || mid >= hi) break;
+        if (qualifies(mid)) lo = mid; else hi = mid;
+    }
+    return qualifies(hi) ? hi : lo;
+}
+
 // Largest t in [lo, hi] with f(t) >= goal, where f(t) is the count (by_count) or the mass (sum of exp(z)) of
 // {z >= t}, given f(lo) >= goal (or nothing larger qualifies, and lo is returned).
 __device__ __forceinline__ float search_threshold(const float* row, int n, float mlog, float inv_t, float lo, float hi, bool by_count,
@@ -88,15 +131,11 @@ __device__ __forceinline__ float search_threshold(const float* row, int n, float
         const float ulp = fmaxf(fabsf(lo), fabsf(hi)) * 2.4e-7f + 1e-38f;
         if (!(step > 4.f * ulp)) break;
         for (int k = 0; k <= SEARCH_CUTS; k++) mine[k * SAMPLE_THREADS] = 0.f;
-        const float c0 = lo + step;
+        const float c0 = lo + step, inv_step = 1.f / step;
         for_each_logit(row, n, [&](float x) {
             const float z = (x - mlog) * inv_t;
             if (!(z >= c0)) return;   // below every cut (NaN too): counts for none
-            // k = how many cuts are <= z, by the same comparisons as everywhere else (the division only guesses).
-            int k = min(SEARCH_CUTS, max(1, (int)((z - lo) / step)));
-            while (k < SEARCH_CUTS && z >= lo + step * (float)(k + 1)) k++;
-            while (k > 1 && z < lo + step * (float)k) k--;
-            mine[k * SAMPLE_THREADS] += by_count ? 1.f : __expf(z);
+            mine[search_bin(z, lo, step, inv_step) * SAMPLE_THREADS] += by_count ? 1.f : __expf(z);
         });
         __syncthreads();
         // Warp w sums bin w over the threads in a fixed order.
@@ -109,37 +148,15 @@ __device__ __forceinline__ float search_threshold(const float* row, int n, float
             if (lane == 0) bins[warp] = v;
         }
         __syncthreads();
-        if (threadIdx.x == 0)
-        {
-            // f(c_j) = bins j+1 .. SEARCH_CUTS; the largest j whose f reaches goal keeps [c_j, c_{j+1}).
-            float f = 0.f, nlo = lo, nhi = c0;
-            for (int j = SEARCH_CUTS - 1; j >= 0; j--)
-            {
-                f += bins[j + 1];
-                if (f >= goal)
-                {
-                    nlo = lo + step * (float)(j + 1);
-                    nhi = j + 1 < SEARCH_CUTS ? lo + step * (float)(j + 2) : hi;
-                    break;
-                }
-            }
-            bounds[0] = nlo;
-            bounds[1] = nhi;
-        }
+        if (threadIdx.x == 0) search_narrow(bins, lo, hi, step, goal, bounds);
         __syncthreads();
         lo = bounds[0];
         hi = bounds[1];
     }
-    for (int s = 0; s < BISECT_STEPS && lo < hi; s++)
-    {
-        float mid = 0.5f * (lo + hi);
-        if (mid <= lo || mid >= hi) break;
-        kept(row, n, mlog, inv_t, 0.f, mid, red, &mass, &count);
-        if ((by_count ? count : mass) >= goal) lo = mid; else hi = mid;
-    }
-    // hi itself may still qualify (the bisection stops one ulp short when the answer is exactly hi).
-    kept(row, n, mlog, inv_t, 0.f, hi, red, &mass, &count);
-    return (by_count ? count : mass) >= goal ? hi : lo;
+    return search_finish(lo, hi, [&](float t) {
+        kept(row, n, mlog, inv_t, 0.f, t, red, &mass, &count);
+        return (by_count ? count : mass) >= goal;
+    });
 }
 
 __device__ __forceinline__ void sample_row(const float* row, int n, float inv_temperature, int top_k, float top_p, float ur, int* out)
@@ -350,11 +367,7 @@ __device__ __forceinline__ float sc_search(ClusterRow& c, float lo, float hi, bo
         {
             const float z = c.z[i];
             if (!(z >= c0)) continue;
-            // k = how many cuts are <= z, by the same comparisons as everywhere else (the product only guesses).
-            int k = min(SEARCH_CUTS, max(1, (int)((z - lo) * inv_step)));
-            while (k < SEARCH_CUTS && z >= lo + step * (float)(k + 1)) k++;
-            while (k > 1 && z < lo + step * (float)k) k--;
-            mine[k * SC_THREADS] += by_count ? 1.f : __expf(z);
+            mine[search_bin(z, lo, step, inv_step) * SC_THREADS] += by_count ? 1.f : __expf(z);
         }
         __syncthreads();
         // Warp w sums bins w, w + SC_WARPS, ... over the threads in a fixed order, straight into the exchange slot.
@@ -367,36 +380,15 @@ __device__ __forceinline__ float sc_search(ClusterRow& c, float lo, float hi, bo
             if (lane == 0) sc_slot(c)[b] = v;
         }
         sc_combine(c, SEARCH_CUTS + 1, false);
-        if (threadIdx.x == 0)
-        {
-            // f(c_j) = bins j+1 .. SEARCH_CUTS; the largest j whose f reaches goal keeps [c_j, c_{j+1}).
-            float f = 0.f, nlo = lo, nhi = c0;
-            for (int j = SEARCH_CUTS - 1; j >= 0; j--)
-            {
-                f += c.total[j + 1];
-                if (f >= goal)
-                {
-                    nlo = lo + step * (float)(j + 1);
-                    nhi = j + 1 < SEARCH_CUTS ? lo + step * (float)(j + 2) : hi;
-                    break;
-                }
-            }
-            bounds[0] = nlo;
-            bounds[1] = nhi;
-        }
+        if (threadIdx.x == 0) search_narrow(c.total, lo, hi, step, goal, bounds);
         __syncthreads();
         lo = bounds[0];
         hi = bounds[1];
     }
-    for (int s = 0; s < BISECT_STEPS && lo < hi; s++)
-    {
-        float mid = 0.5f * (lo + hi);
-        if (mid <= lo || mid >= hi) break;
-        sc_kept(c, mid, &mass, &count);
-        if ((by_count ? count : mass) >= goal) lo = mid; else hi = mid;
-    }
-    sc_kept(c, hi, &mass, &count);
-    return (by_count ? count : mass) >= goal ? hi : lo;
+    return search_finish(lo, hi, [&](float t) {
+        sc_kept(c, t, &mass, &count);
+        return (by_count ? count : mass) >= goal;
+    });
 }
 
 // Inclusive prefix sum over the block in a fixed order; *excl gets the exclusive one, bit-equal to the previous
