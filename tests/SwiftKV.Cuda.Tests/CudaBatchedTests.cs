@@ -291,8 +291,9 @@ public sealed class CudaBatchedTests
 
     /// <summary>
     /// ReserveStepWorkspace warms every cuBLASLt row bucket a step's projections can meet, so later steps of lengths
-    /// never seen (a mixed prefill of 278 rows, then 3-row decodes; with and without SwiftKV's kept-row layers) ask
-    /// cuBLASLt's heuristic nothing, and their logits still match the CPU.
+    /// never seen (a mixed prefill of 278 rows, then 3-row decodes, then a 29-row prefill, whose [gate; up] takes the
+    /// cuBLAS route on every GPU; with and without SwiftKV's kept-row layers) ask cuBLASLt's heuristic nothing, and their
+    /// logits still match the CPU.
     /// </summary>
     [Theory]
     [InlineData(false)]
@@ -321,6 +322,8 @@ public sealed class CudaBatchedTests
             for (int r = 0; r < lengths.Length; r++)
                 RowError(got.AsSpan(r * spec.Vocab, spec.Vocab), want.AsSpan(r * spec.Vocab, spec.Vocab), $"step {k}, row {r}");
         }
+        var fresh = new[] { new BatchSequence(TestModels.RandomTokens(29, spec.Vocab, 89), 0, Enumerable.Range(36, 12).ToArray(), true) };
+        RowError(gpu.ForwardBatch(poolG, fresh), cpu.ForwardBatch(poolC, fresh), "29-row prefill");
         Assert.Equal(warmed, gpu.GemmHeuristicQueries);
         gpu.ReleaseStepWorkspace(300, 6);
         Gpu.Log($"warm-up (swiftkv {swiftKv}): {warmed} cuBLASLt plans in {gpu.LastGemmWarmUp.TotalMilliseconds:F0} ms; none asked by the steps after it");

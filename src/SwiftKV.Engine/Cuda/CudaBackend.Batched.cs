@@ -121,7 +121,8 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// ones, lm_head and SwiftKV's later layers, up to <paramref name="kept"/>), on the workspace's own buffers, so a
     /// step of a new length finds cuBLASLt's algorithm chosen and its kernel loaded (first use: 0.2-0.4 ms of heuristic
     /// per projection, 4-5 ms per kernel load; NOTES). The buffers hold nothing between steps; the results are dropped.
-    /// Row counts the GEMV takes (1-2) and the [gate; up] projection (GEMV, cuBLAS below 256 rows only) are left out.
+    /// Row counts the GEMVs take are left out, and so are the [gate; up] row counts the gated GEMM takes (256 and up on
+    /// sm_90a): cuBLAS runs [gate; up] only between the two.
     /// </summary>
     void WarmGemmPlans(int rows, int kept)
     {
@@ -130,12 +131,16 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         var cfg = Config;
         int hidden = cfg.HiddenSize, qDim = cfg.QueryDim, ldFull = qDim + 2 * cfg.KeyValueDim;
         var first = _w.Layers[0];
+        bool gated = GatedMlpApplies(_ws.Normed, first);
         foreach (int n in Buckets(rows))
         {
             Linear(_ws.Normed, n, hidden, first.QkvOrQ, ldFull, _ws.Qkv);
             Linear(_ws.Attn, n, qDim, first.O, hidden, _ws.X, accumulate: true);
             Linear(_ws.Mlp, n, cfg.IntermediateSize, first.Down, hidden, _ws.X, accumulate: true);
             if (SwiftKvEnabled) Linear(_ws.Normed, n, hidden, _w.SwiftKvKv!, _w.SwiftKvLeaders.Length * 2 * cfg.KeyValueDim, _ws.SwiftKvFor(n));
+            // GateUpSilu's cuBLAS route: above the GEMV's rows, and below the gated GEMM's where that applies.
+            if ((!_useGemv || n > GemvGateUpRows) && (!gated || n < GatedMlpMinRows))
+                _blas.Linear(_ws.Normed, n, hidden, first.GateUp, 2 * cfg.IntermediateSize, _ws.GateUpFor(n, gated ? GatedMlpMinRows - 1 : int.MaxValue));
         }
         var later = _w.Layers[cfg.NumHiddenLayers - 1];
         foreach (int n in Buckets(kept))

@@ -659,15 +659,20 @@ public sealed partial class CudaBackend : IModelBackend
             _gemv.LaunchSiluMul(_stream, x, rows, hidden, layer.GateUp, inter, _ws.Mlp);
             return;
         }
-        if (UseGatedMlp && rows >= GatedMlpMinRows && GemmSwigluKernel.Applies(x, hidden, layer.GateUp, inter, _ws.Mlp, out _) && _gemmSwiglu.IsAvailable(out _))
+        bool gated = GatedMlpApplies(x, layer);
+        if (gated && rows >= GatedMlpMinRows)
         {
             _gemmSwiglu.Launch(_stream, x, rows, hidden, layer.GateUp, inter, _ws.Mlp);
             return;
         }
-        var gateUp = _ws.GateUpFor(rows);
+        var gateUp = _ws.GateUpFor(rows, gated ? GatedMlpMinRows - 1 : int.MaxValue);
         _blas.Linear(x, rows, hidden, layer.GateUp, 2 * inter, gateUp);
         _siluMul.Launch(_stream, gateUp, rows, inter, _ws.Mlp);
     }
+
+    /// <summary>Whether steps of <see cref="GatedMlpMinRows"/> or more rows take the gated GEMM for this layer's [gate; up].</summary>
+    bool GatedMlpApplies(DeviceSpan<Bf16> x, CudaLayerWeights layer) =>
+        UseGatedMlp && GemmSwigluKernel.Applies(x, Config.HiddenSize, layer.GateUp, Config.IntermediateSize, _ws.Mlp, out _) && _gemmSwiglu.IsAvailable(out _);
 
     /// <summary>
     /// One decode step by graph replay. The first step of a cache (or the first after the workspace moved) runs
@@ -919,8 +924,12 @@ public sealed partial class CudaBackend : IModelBackend
             _rows = r;
         }
 
-        /// <summary>[gate | up] for a step of <paramref name="rows"/>; grown (never shrunk) to the activations' row count.</summary>
-        public DeviceSpan<Bf16> GateUpFor(int rows) => _gateUp.For(this, rows, Math.Max(rows, _rows));
+        /// <summary>
+        /// [gate | up] for a step of <paramref name="rows"/>; grown (never shrunk) to the activations' row count, or to
+        /// <paramref name="routeRows"/> when no larger step takes this route (the gated GEMM serves those): 14 MB at 8B
+        /// shape instead of 470.
+        /// </summary>
+        public DeviceSpan<Bf16> GateUpFor(int rows, int routeRows) => _gateUp.For(this, rows, Math.Max(rows, Math.Min(_rows, routeRows)));
 
         public long GateUpBytes => _gateUp.Bytes;
 
