@@ -34,6 +34,9 @@ public sealed class KernelLibrary : IDisposable
         .Where(n => n.StartsWith(Prefix, StringComparison.Ordinal) && n.EndsWith(".cuh", StringComparison.Ordinal))
         .Select(n => (n[Prefix.Length..], Read(n[Prefix.Length..]))).ToArray());
 
+    /// <summary>The embedded headers (name, text), as every module is compiled with them.</summary>
+    internal static IReadOnlyList<(string Name, string Text)> HeaderSources => Headers.Value;
+
     /// <summary>The text of an embedded kernel file.</summary>
     public static string Read(string file)
     {

@@ -34,10 +34,7 @@ public static unsafe class NvrtcCompiler
     public static byte[] Compile(string name, string source, IReadOnlyList<(string Name, string Text)> headers)
     {
         var dev = CudaRuntime.Device;
-        var options = new List<string> { $"--gpu-architecture={dev.Arch}", "--std=c++17", "-default-device" };
-        if (CudaLibraries.ToolkitRoot() is { } root && Directory.Exists(Path.Combine(root, "include")))
-            options.Add("-I" + Path.Combine(root, "include"));
-        options.AddRange(ExperimentDefines(Environment.GetEnvironmentVariable("SWIFTKV_NVRTC_DEFINES")));
+        var options = Options(dev.Arch);
         string key = Key(name, source, headers, options, dev.NvrtcVersion);
         // ".skvc": the checked entry format below. Its own name, so an older build of this library sharing the cache
         // directory (which reads bare .cubin files) never loads one of these, and this build never deletes its files.
@@ -47,6 +44,25 @@ public static unsafe class NvrtcCompiler
         Interlocked.Increment(ref _compiles);
         TryWriteCache(file, cubin);
         return cubin;
+    }
+
+    /// <summary>
+    /// Compiles for another GPU architecture ("sm_80", ...), without the cache: tests check on one GPU that the kernel
+    /// files other GPUs load build for them too.
+    /// </summary>
+    internal static byte[] CompileFor(string arch, string name, string source, IReadOnlyList<(string Name, string Text)> headers)
+    {
+        CudaRuntime.Bind();
+        return Run(name, source, headers, Options(arch));
+    }
+
+    static List<string> Options(string arch)
+    {
+        var options = new List<string> { $"--gpu-architecture={arch}", "--std=c++17", "-default-device" };
+        if (CudaLibraries.ToolkitRoot() is { } root && Directory.Exists(Path.Combine(root, "include")))
+            options.Add("-I" + Path.Combine(root, "include"));
+        options.AddRange(ExperimentDefines(Environment.GetEnvironmentVariable("SWIFTKV_NVRTC_DEFINES")));
+        return options;
     }
 
     /// <summary>

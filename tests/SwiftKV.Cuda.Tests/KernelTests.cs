@@ -11,6 +11,35 @@ namespace SwiftKV.Cuda.Tests;
 
 public sealed class KernelTests : GpuFixtureTest
 {
+    /// <summary>
+    /// Every kernel file a GPU below Hopper may load compiles for sm_80, sm_86 and sm_89 (NVRTC compiles for any
+    /// architecture, so whichever GPU runs the suite checks the others). The two cluster GEMMs are sm_90a only: their
+    /// launchers check the architecture before loading them.
+    /// </summary>
+    [Fact]
+    public void EveryPortableKernelFile_CompilesForAmpereAndAda()
+    {
+        Gpu.Require();
+        string[] hopperOnly = ["gemm_qkv.cu", "gemm_swiglu.cu"];
+        var files = KernelLibrary.SourceFiles.Except(hopperOnly).ToArray();
+        Assert.Contains("sampling.cu", files);
+        var failures = new List<string>();
+        foreach (var arch in new[] { "sm_80", "sm_86", "sm_89" })
+            foreach (var file in files)
+            {
+                try
+                {
+                    Assert.NotEmpty(NvrtcCompiler.CompileFor(arch, file, KernelLibrary.Read(file), KernelLibrary.HeaderSources));
+                }
+                catch (CudaException e)
+                {
+                    failures.Add($"{file} for {arch}: {e.Message.Split('\n')[0]}");
+                }
+            }
+        Assert.True(failures.Count == 0, string.Join("\n", failures));
+        Gpu.Log($"{files.Length} kernel files compile for sm_80, sm_86 and sm_89");
+    }
+
     const double Bf16Rel = 1.0 / 128;
 
     static Bf16[] RandomBf16(TestRng rng, long n, float a) => Bf16.FromSingles(rng.Array(n, a));
