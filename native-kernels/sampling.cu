@@ -414,7 +414,7 @@ __device__ __forceinline__ float sc_scan(float v, float* shm, float* excl)
 
 __device__ __forceinline__ void sample_row_cluster(const float* row, int n, float inv_temperature, int top_k, float top_p, float ur, int* out)
 {
-    extern __shared__ float dyn[];
+    extern __shared__ __align__(16) float dyn[];   // the slice takes float4 stores
     __shared__ float xch[2 * SC_XCH], total[SC_XCH], warps[2 * SC_WARPS], red[32];
     const int rank = (int)cluster_rank();
     const int slice = SC_SLICE(n);
@@ -517,6 +517,13 @@ __device__ __forceinline__ void sample_row_cluster(const float* row, int n, floa
         if (pr > 0.f) last = r;
         if (owner < 0 && pr > 0.f && run + pr > target) owner = r;
         if (owner < 0) run += pr;
+    }
+    if (!(sum > 0.f))
+    {
+        // Nothing kept (cannot happen while 1 / T is finite: the top token has z = 0): report it rather than leave out.
+        if (rank == 0 && threadIdx.x == 0) *out = -1;
+        cluster_sync();
+        return;
     }
     if (owner < 0) { owner = last; run = sum - total[last]; }
     if (rank == owner)

@@ -49,6 +49,8 @@ public sealed unsafe class SamplingKernel
     internal static int ClusterSharedBytes(int n) => (17 * ClusterThreads + ((n + 4 * ClusterCtas - 1) / (4 * ClusterCtas)) * 4) * 4;
 
     // Whether the cluster entries take rows of n logits here: their shared memory fits a CTA and a cluster fits the GPU.
+    // The check for the last n and the entries' shared-memory attribute are per instance and unlocked: each backend owns
+    // its SamplingKernel and runs one step at a time.
     bool ClusterTakes(int n, int rows)
     {
         if (!_useClusters || rows > 65535) return false;
@@ -60,7 +62,7 @@ public sealed unsafe class SamplingKernel
             _clusterFits = _clusterRows!.MaxActiveClusters(ClusterCtas, ClusterThreads, (uint)bytes) >= 1
                 && _clusterK!.MaxActiveClusters(ClusterCtas, ClusterThreads, (uint)bytes) >= 1;
         }
-        catch (CudaException)
+        catch (CudaException e) when (!e.IsOutOfMemory)
         {
             _clusterFits = false;   // more shared memory than a CTA may have: the one-CTA entries read the row from L2
         }
