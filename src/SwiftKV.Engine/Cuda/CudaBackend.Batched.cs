@@ -140,7 +140,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             if (SwiftKvEnabled) Linear(_ws.Normed, n, hidden, _w.SwiftKvKv!, _w.SwiftKvLeaders.Length * 2 * cfg.KeyValueDim, _ws.SwiftKvFor(n));
             // GateUpSilu's cuBLAS route: above the GEMV's rows, and below the gated GEMM's where that applies.
             if ((!_useGemv || n > GemvGateUpRows) && (!gated || n < GatedMlpMinRows))
-                _blas.Linear(_ws.Normed, n, hidden, first.GateUp, 2 * cfg.IntermediateSize, _ws.GateUpFor(n, gated ? GatedMlpMinRows - 1 : int.MaxValue));
+                _blas.Linear(_ws.Normed, n, hidden, first.GateUp, 2 * cfg.IntermediateSize, _ws.GateUpFor(n, GateUpRouteRows(gated)));
         }
         var later = _w.Layers[cfg.NumHiddenLayers - 1];
         foreach (int n in Buckets(kept))

@@ -665,10 +665,13 @@ public sealed partial class CudaBackend : IModelBackend
             _gemmSwiglu.Launch(_stream, x, rows, hidden, layer.GateUp, inter, _ws.Mlp);
             return;
         }
-        var gateUp = _ws.GateUpFor(rows, gated ? GatedMlpMinRows - 1 : int.MaxValue);
+        var gateUp = _ws.GateUpFor(rows, GateUpRouteRows(gated));
         _blas.Linear(x, rows, hidden, layer.GateUp, 2 * inter, gateUp);
         _siluMul.Launch(_stream, gateUp, rows, inter, _ws.Mlp);
     }
+
+    /// <summary>The most rows the cuBLAS [gate; up] route serves: below the gated GEMM's where that takes the rest.</summary>
+    static int GateUpRouteRows(bool gated) => gated ? GatedMlpMinRows - 1 : int.MaxValue;
 
     /// <summary>Whether steps of <see cref="GatedMlpMinRows"/> or more rows take the gated GEMM for this layer's [gate; up].</summary>
     bool GatedMlpApplies(DeviceSpan<Bf16> x, CudaLayerWeights layer) =>
