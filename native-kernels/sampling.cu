@@ -112,17 +112,20 @@ __device__ __forceinline__ float search_finish(float lo, float hi, Qualifies qua
 }
 
 // Largest t in [lo, hi] with f(t) >= goal, where f(t) is the count (by_count) or the mass (sum of exp(z)) of
-// {z >= t}, given f(lo) >= goal (or nothing larger qualifies, and lo is returned).
-__device__ __forceinline__ float search_threshold(const float* row, int n, float mlog, float inv_t, float lo, float hi, bool by_count,
-    float goal, float* red, float* table)
+// {z >= t}, given f(lo) >= goal (or nothing larger qualifies, and lo is returned). The one search of both layouts:
+//   f_at(t)          f(t) over the whole row, the same value in every thread (a block or cluster reduction);
+//   for_each_z(g)    g(z) for every z this thread covers;
+//   sum_bins()       after the table is filled: the row's SEARCH_CUTS + 1 bin sums, bin k summed over the threads in
+//                    a fixed order, in shared memory that thread 0 reads.
+// THREADS: the block size, the table's stride (bin k of thread t at table[k * THREADS + t]).
+template <int THREADS, typename FAt, typename ForEachZ, typename SumBins>
+__device__ __forceinline__ float search_passes(float lo, float hi, bool by_count, float goal, float* table, FAt f_at,
+    ForEachZ for_each_z, SumBins sum_bins)
 {
-    __shared__ float bins[SEARCH_CUTS + 1];
     __shared__ float bounds[2];
-    float mass, count;
     // A confident row (the top token alone reaches top_p, or top_k = 1) has its answer at hi itself: one pass, where
     // the cuts would shrink toward hi for every pass they have.
-    kept(row, n, mlog, inv_t, 0.f, hi, red, &mass, &count);
-    if ((by_count ? count : mass) >= goal) return hi;
+    if (f_at(hi) >= goal) return hi;
     float* mine = table + threadIdx.x;
     for (int pass = 0; pass < SEARCH_PASSES; pass++)
     {
@@ -130,33 +133,48 @@ __device__ __forceinline__ float search_threshold(const float* row, int n, float
         const float step = (hi - lo) / (float)(SEARCH_CUTS + 1);
         const float ulp = fmaxf(fabsf(lo), fabsf(hi)) * 2.4e-7f + 1e-38f;
         if (!(step > 4.f * ulp)) break;
-        for (int k = 0; k <= SEARCH_CUTS; k++) mine[k * SAMPLE_THREADS] = 0.f;
+#pragma unroll
+        for (int k = 0; k <= SEARCH_CUTS; k++) mine[k * THREADS] = 0.f;
         const float c0 = lo + step, inv_step = 1.f / step;
-        for_each_logit(row, n, [&](float x) {
-            const float z = (x - mlog) * inv_t;
+        for_each_z([&](float z) {
             if (!(z >= c0)) return;   // below every cut (NaN too): counts for none
-            mine[search_bin(z, lo, step, inv_step) * SAMPLE_THREADS] += by_count ? 1.f : __expf(z);
+            mine[search_bin(z, lo, step, inv_step) * THREADS] += by_count ? 1.f : __expf(z);
         });
         __syncthreads();
-        // Warp w sums bin w over the threads in a fixed order.
-        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-        if (warp <= SEARCH_CUTS)
-        {
-            float v = 0.f;
-            for (int t = lane; t < SAMPLE_THREADS; t += 32) v += table[warp * SAMPLE_THREADS + t];
-            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-            if (lane == 0) bins[warp] = v;
-        }
-        __syncthreads();
+        const float* bins = sum_bins();
         if (threadIdx.x == 0) search_narrow(bins, lo, hi, step, goal, bounds);
         __syncthreads();
         lo = bounds[0];
         hi = bounds[1];
     }
-    return search_finish(lo, hi, [&](float t) {
-        kept(row, n, mlog, inv_t, 0.f, t, red, &mass, &count);
-        return (by_count ? count : mass) >= goal;
-    });
+    return search_finish(lo, hi, [&](float t) { return f_at(t) >= goal; });
+}
+
+// search_passes over a row in global memory (read from L2 on every pass), one block of SAMPLE_THREADS threads.
+__device__ __forceinline__ float search_threshold(const float* row, int n, float mlog, float inv_t, float lo, float hi, bool by_count,
+    float goal, float* red, float* table)
+{
+    __shared__ float bins[SEARCH_CUTS + 1];
+    return search_passes<SAMPLE_THREADS>(lo, hi, by_count, goal, table,
+        [&](float t) {
+            float mass, count;
+            kept(row, n, mlog, inv_t, 0.f, t, red, &mass, &count);
+            return by_count ? count : mass;
+        },
+        [&](auto g) { for_each_logit(row, n, [&](float x) { g((x - mlog) * inv_t); }); },
+        [&]() {
+            // Warp w sums bin w over the threads in a fixed order.
+            const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            if (warp <= SEARCH_CUTS)
+            {
+                float v = 0.f;
+                for (int t = lane; t < SAMPLE_THREADS; t += 32) v += table[warp * SAMPLE_THREADS + t];
+                v = warp_sum(v);
+                if (lane == 0) bins[warp] = v;
+            }
+            __syncthreads();
+            return (const float*)bins;
+        });
 }
 
 __device__ __forceinline__ void sample_row(const float* row, int n, float inv_temperature, int top_k, float top_p, float ur, int* out)
@@ -270,7 +288,9 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows_f32(con
 // same branches (and meet at the same cluster barriers), and the token depends only on the row, the parameters and u.
 // The thresholds and the pick follow sample_row step for step; sums run in another order, so a draw whose u lands
 // within rounding of a token boundary may differ from sample_row's.
-// Launch: grid (SC_CTAS, rows), block SC_THREADS, dynamic shared memory SC_DYNAMIC_BYTES(n) (the host checks it fits).
+// Launch: grid (SC_CTAS, rows), block SC_THREADS, dynamic shared memory (SEARCH_CUTS + 1) x SC_THREADS + SC_SLICE(n)
+// floats (SamplingKernel.ClusterSharedBytes; the host reads SC_CTAS and SC_THREADS back from the built kernel and
+// checks that the memory fits, else it launches the one-CTA entries).
 #ifndef SC_CTAS
 #define SC_CTAS 8
 #endif
@@ -346,49 +366,29 @@ __device__ __forceinline__ void sc_kept(ClusterRow& c, float t, float* mass, flo
     *count = c.total[1];
 }
 
-// search_threshold over the cluster's row: the same cuts, passes and bisection.
+// search_passes over the cluster's row: each CTA walks its slice in shared memory, and the bin sums are exchanged.
 __device__ __forceinline__ float sc_search(ClusterRow& c, float lo, float hi, bool by_count, float goal)
 {
-    __shared__ float bounds[2];
-    float mass, count;
-    sc_kept(c, hi, &mass, &count);
-    if ((by_count ? count : mass) >= goal) return hi;
-    float* mine = c.table + threadIdx.x;
-    for (int pass = 0; pass < SEARCH_PASSES; pass++)
-    {
-        const float step = (hi - lo) / (float)(SEARCH_CUTS + 1);
-        const float ulp = fmaxf(fabsf(lo), fabsf(hi)) * 2.4e-7f + 1e-38f;
-        if (!(step > 4.f * ulp)) break;
-        const float inv_step = 1.f / step;
-#pragma unroll
-        for (int k = 0; k <= SEARCH_CUTS; k++) mine[k * SC_THREADS] = 0.f;
-        const float c0 = lo + step;
-        for (int i = threadIdx.x; i < c.len; i += SC_THREADS)
-        {
-            const float z = c.z[i];
-            if (!(z >= c0)) continue;
-            mine[search_bin(z, lo, step, inv_step) * SC_THREADS] += by_count ? 1.f : __expf(z);
-        }
-        __syncthreads();
-        // Warp w sums bins w, w + SC_WARPS, ... over the threads in a fixed order, straight into the exchange slot.
-        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-        for (int b = warp; b <= SEARCH_CUTS; b += SC_WARPS)
-        {
-            float v = 0.f;
-            for (int t = lane; t < SC_THREADS; t += 32) v += c.table[b * SC_THREADS + t];
-            v = warp_sum(v);
-            if (lane == 0) sc_slot(c)[b] = v;
-        }
-        sc_combine(c, SEARCH_CUTS + 1, false);
-        if (threadIdx.x == 0) search_narrow(c.total, lo, hi, step, goal, bounds);
-        __syncthreads();
-        lo = bounds[0];
-        hi = bounds[1];
-    }
-    return search_finish(lo, hi, [&](float t) {
-        sc_kept(c, t, &mass, &count);
-        return (by_count ? count : mass) >= goal;
-    });
+    return search_passes<SC_THREADS>(lo, hi, by_count, goal, c.table,
+        [&](float t) {
+            float mass, count;
+            sc_kept(c, t, &mass, &count);
+            return by_count ? count : mass;
+        },
+        [&](auto g) { for (int i = threadIdx.x; i < c.len; i += SC_THREADS) g(c.z[i]); },
+        [&]() {
+            // Warp w sums bins w, w + SC_WARPS, ... over the threads in a fixed order, straight into the exchange slot.
+            const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            for (int b = warp; b <= SEARCH_CUTS; b += SC_WARPS)
+            {
+                float v = 0.f;
+                for (int t = lane; t < SC_THREADS; t += 32) v += c.table[b * SC_THREADS + t];
+                v = warp_sum(v);
+                if (lane == 0) sc_slot(c)[b] = v;
+            }
+            sc_combine(c, SEARCH_CUTS + 1, false);
+            return (const float*)c.total;
+        });
 }
 
 // Inclusive prefix sum over the block in a fixed order; *excl gets the exclusive one, bit-equal to the previous
@@ -581,14 +581,14 @@ extern "C" __global__ void bias_logits_f32(float* logits, int n, const int* entr
 }
 
 // A step's logits constraints (JSON mode), applied before its rows are picked: row rows[j] keeps logit i only where
-// allowed[j * n + i] is nonzero, else gets -inf. rows: (count) ints, allowed: (count, n) bytes.
-// Launch: grid (ceil(n / 1024), count), block 256; each thread covers 4 consecutive logits.
-extern "C" __global__ void mask_logits_f32(float* logits, int n, const int* rows, const unsigned char* allowed)
+// bit (i % 32) of allowed[j * words + i / 32] is set, else gets -inf. rows: (count) ints; allowed: (count, words)
+// 32-bit words, words >= ceil(n / 32) (SamplingKernel.PackMask). Bits, not bytes: a step uploads 16 KB a masked row
+// of Llama 3's vocabulary instead of 128 KB.
+// Launch: grid (ceil(n / 256), count), block 256; a thread per logit, a warp per mask word.
+extern "C" __global__ void mask_logits_f32(float* logits, int n, const int* rows, const unsigned* allowed, int words)
 {
-    const long long j = blockIdx.y;
-    float* row = logits + (long long)rows[j] * n;
-    const unsigned char* a = allowed + j * n;
-    const int i0 = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
-    for (int i = i0; i < i0 + 4 && i < n; i++)
-        if (!a[i]) row[i] = -INFINITY;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const unsigned w = allowed[(long long)blockIdx.y * words + (i >> 5)];
+    if (!((w >> (i & 31)) & 1u)) logits[(long long)rows[blockIdx.y] * n + i] = -INFINITY;
 }

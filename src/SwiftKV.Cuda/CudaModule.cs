@@ -59,7 +59,8 @@ public sealed unsafe class CudaKernel
     public string Name { get; }
 
     /// <summary>CUfunction_attribute values used by the launchers (cuda.h).</summary>
-    public const int AttrLocalSizeBytes = 3, AttrNumRegs = 4, AttrMaxDynamicSharedBytes = 8, AttrSharedCarveoutPercent = 9;
+    public const int AttrMaxThreadsPerBlock = 0, AttrLocalSizeBytes = 3, AttrNumRegs = 4, AttrMaxDynamicSharedBytes = 8, AttrSharedCarveoutPercent = 9,
+        AttrRequiredClusterWidth = 11;
 
     /// <summary>cuFuncSetAttribute, e.g. <see cref="AttrMaxDynamicSharedBytes"/> before a launch over 48 KB of shared memory.</summary>
     public void SetAttribute(int attribute, int value)

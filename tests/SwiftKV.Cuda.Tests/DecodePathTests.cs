@@ -368,6 +368,155 @@ public sealed class DecodePathTests : GpuFixtureTest
         Gpu.Log($"cluster sampling: {same}/{rows} rows equal to the one-CTA entry, every token within the rule's picks at u +- 1e-3");
     }
 
+    /// <summary>
+    /// The one-launch entries over several rows: row r draws with u_r = frac(u + 0.618·r), on every entry alike. Row
+    /// lengths cover the vectorised slice path (128256), a row not a multiple of 4 (128257, the scalar path) and a row
+    /// shorter than the cluster, whose trailing CTAs hold nothing (37). Each row's token is one the reference keeps and
+    /// lies between the host rule's picks at u_r -+ 1e-3.
+    /// </summary>
+    [Theory]
+    [InlineData(128256, true)]
+    [InlineData(128257, true)]
+    [InlineData(37, true)]
+    [InlineData(128257, false)]
+    [InlineData(37, false)]
+    public void SamplingKernel_Launch_EachRowDrawsItsOwnUniform(int n, bool clusters)
+    {
+        Gpu.Require();
+        var kernel = new SamplingKernel(Library) { UseClusters = clusters };
+        if (clusters && !kernel.UseClusters) Assert.Skip("no cluster entries below sm_90");
+        if (clusters) Assert.True(kernel.ClusterTakes(n, 7), $"rows of {n} logits should go to the cluster entry");
+        const int rows = 7;
+        const float u = 0.37f;
+        var rng = new Random(n);
+        var logits = new float[rows * n];
+        for (int i = 0; i < logits.Length; i++) logits[i] = (float)(rng.NextDouble() * 10 - 12 + (rng.Next(500) == 0 ? 9 : 0));
+        using var dLogits = new DeviceBuffer<float>(logits);
+        using var dOut = new DeviceBuffer<int>(Enumerable.Repeat(-7, rows).ToArray());
+        foreach (var (t, k, p) in new[] { (0.8f, 0, 0.9f), (1.1f, 40, 0.95f), (1f, 0, 1f) })
+        {
+            kernel.Launch(Stream, dLogits, rows, n, t, k, p, u, dOut);
+            Stream.Synchronize();
+            var got = dOut.ToArray();
+            for (int r = 0; r < rows; r++)
+            {
+                float ur = u + 0.6180339887f * r;
+                ur -= MathF.Floor(ur);
+                var row = logits.AsMemory(r * n, n);
+                var expected = Reference(row.ToArray(), t, k, p);
+                int Host(float at) => RowSampling.Pick(row.Span, new RowSampling(t, k, p, Math.Clamp(at, 0f, 0.99999994f)));
+                int low = Host(ur - 1e-3f), high = Host(ur + 1e-3f);
+                Assert.True(got[r] >= 0 && got[r] < n && expected[got[r]] > 0, $"n={n} row {r} ({t}, {k}, {p}, u_r {ur}): token {got[r]} is outside the kept set");
+                Assert.True(got[r] >= low && got[r] <= high, $"n={n} row {r} ({t}, {k}, {p}, u_r {ur}): token {got[r]}; the rule picks {low}..{high} for u_r -+ 1e-3");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Where the cluster entries cannot take a row (its slice does not fit a CTA's shared memory, or more rows than a
+    /// grid's y), the launcher falls back to the one-CTA entry: same tokens as with clusters switched off.
+    /// </summary>
+    [Fact]
+    public void SamplingKernel_RowTooLargeForTheCluster_FallsBackToOneCtaPerRow()
+    {
+        Gpu.Require();
+        var kernel = new SamplingKernel(Library);
+        if (!kernel.UseClusters) Assert.Skip("no cluster entries below sm_90");
+        Assert.True(kernel.ClusterTakes(128256, 2));
+        Assert.False(kernel.ClusterTakes(128256, 65536), "a grid's y holds at most 65535 rows");
+        int n = 1 << 20;   // 4 MB a row: 512 KB a CTA's slice, over any GPU's shared memory per block
+        Assert.False(kernel.ClusterTakes(n, 2), $"a slice of {n / kernel.ClusterCtas} floats cannot fit a CTA");
+        Assert.True(kernel.ClusterTakes(128256, 2), "the check for one length does not stick to another");
+        const int rows = 2;
+        var rng = new Random(77);
+        var logits = new float[rows * n];
+        for (int i = 0; i < logits.Length; i++) logits[i] = (float)(rng.NextDouble() * 10 - 12 + (rng.Next(3000) == 0 ? 12 : 0));
+        using var dLogits = new DeviceBuffer<float>(logits);
+        using var dParams = new DeviceBuffer<float>([1f / 0.9f, 0.9f, 0.21f, 1f, 0.8f, 0.64f]);
+        using var dTopK = new DeviceBuffer<int>([0, 100]);
+        using var dOut = new DeviceBuffer<int>(rows);
+        int[] Run(bool clusters)
+        {
+            kernel.UseClusters = clusters;
+            dOut.CopyFrom([-7, -7]);
+            kernel.LaunchRows(Stream, dLogits, rows, n, dParams, dTopK, dOut);
+            Stream.Synchronize();
+            return dOut.ToArray();
+        }
+        var fallback = Run(true);
+        Assert.Equal(Run(false), fallback);
+        for (int r = 0; r < rows; r++)
+        {
+            var (t, k, p) = r == 0 ? (0.9f, 0, 0.9f) : (1f, 100, 0.8f);
+            var expected = Reference(logits.AsSpan(r * n, n).ToArray(), t, k, p);
+            Assert.True(fallback[r] >= 0 && expected[fallback[r]] > 0, $"row {r}: token {fallback[r]} is outside the kept set");
+        }
+    }
+
+    /// <summary>
+    /// PackMask (host only, runs without a GPU): token i lands in bit i % 32 of word i / 32, for lengths around the
+    /// 32-token vector step and the word edge; bits past the row stay clear; a short destination is refused.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(31)]
+    [InlineData(32)]
+    [InlineData(33)]
+    [InlineData(95)]
+    [InlineData(128256)]
+    public void PackMask_PutsTokenIInBitIOfTheRow(int n)
+    {
+        var rng = new Random(n);
+        var allowed = Enumerable.Range(0, n).Select(_ => rng.Next(3) == 0).ToArray();
+        var bits = Enumerable.Repeat(0xdeadbeefu, SamplingKernel.MaskWords(n) + 1).ToArray();
+        SamplingKernel.PackMask(allowed, bits);
+        for (int i = 0; i < 32 * SamplingKernel.MaskWords(n); i++)
+        {
+            bool bit = ((bits[i / 32] >> (i % 32)) & 1) != 0;
+            Assert.True(bit == (i < n && allowed[i]), $"n={n}: bit {i} is {bit}");
+        }
+        Assert.Equal(0xdeadbeefu, bits[^1]);   // nothing written past the row's words
+        Assert.Throws<ArgumentException>(() => SamplingKernel.PackMask(allowed, new uint[SamplingKernel.MaskWords(n) - 1]));
+    }
+
+    /// <summary>
+    /// mask_logits_f32: the masked rows (not in order, one left out) get -inf exactly where their mask is clear and keep
+    /// every other logit bit for bit; unmasked rows are untouched. Vocabularies of 1001 (a partial last word) and 128256.
+    /// </summary>
+    [Theory]
+    [InlineData(1001)]
+    [InlineData(128256)]
+    public void SamplingKernel_LaunchMask_SetsTheClearedTokensToMinusInfinity(int n)
+    {
+        Gpu.Require();
+        var kernel = new SamplingKernel(Library);
+        const int rowCount = 5;
+        int[] masked = [3, 0, 4];
+        var rng = new Random(n + 3);
+        var logits = Enumerable.Range(0, rowCount * n).Select(_ => (float)(rng.NextDouble() * 20 - 10)).ToArray();
+        var allowed = masked.Select(_ => Enumerable.Range(0, n).Select(_ => rng.Next(4) != 0).ToArray()).ToArray();
+        int words = SamplingKernel.MaskWords(n);
+        var bits = new uint[masked.Length * words];
+        for (int j = 0; j < masked.Length; j++) SamplingKernel.PackMask(allowed[j], bits.AsSpan(j * words, words));
+        using var dLogits = new DeviceBuffer<float>(logits);
+        using var dRows = new DeviceBuffer<int>(masked);
+        using var dBits = new DeviceBuffer<uint>(bits);
+        kernel.LaunchMask(Stream, dLogits, rowCount, n, dRows, dBits, masked.Length);
+        Stream.Synchronize();
+        var got = dLogits.ToArray();
+        for (int r = 0; r < rowCount; r++)
+        {
+            int j = Array.IndexOf(masked, r);
+            for (int i = 0; i < n; i++)
+            {
+                float expected = j >= 0 && !allowed[j][i] ? float.NegativeInfinity : logits[r * n + i];
+                Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(got[r * n + i]),
+                    $"n={n} row {r} token {i}: {got[r * n + i]}, expected {expected}");
+            }
+        }
+        Assert.Throws<ArgumentException>(() => kernel.LaunchMask(Stream, dLogits, rowCount, n, dRows, dBits.Span.Slice(0, masked.Length * words - 1), masked.Length));
+    }
+
     /// <summary>Host reference: softmax(z / T), keep the k most likely, then the smallest most-likely prefix reaching p.</summary>
     static double[] Reference(float[] logits, float temp, int k, float p)
     {

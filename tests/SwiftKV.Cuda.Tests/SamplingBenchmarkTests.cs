@@ -12,7 +12,7 @@ public sealed class SamplingBenchmarkTests : GpuFixtureTest
     // ctas 0: the one-CTA entry (grid rows x 1024 threads); else the cluster entry built with SC_CTAS = ctas, SC_THREADS = threads.
     sealed record Variant(string Label, CudaKernel Kernel, int Ctas, int Threads)
     {
-        public uint SharedBytes(int n) => Ctas == 0 ? 17 * 1024 * 4 : (uint)((17 * Threads + (n + 4 * Ctas - 1) / (4 * Ctas) * 4) * 4);
+        public uint SharedBytes(int n) => Ctas == 0 ? 17 * 1024 * 4 : (uint)SamplingKernel.ClusterSharedBytes(Ctas, Threads, n);
     }
 
     unsafe void Launch(Variant v, int rows, ulong logits, ulong parameters, ulong topK, ulong output)

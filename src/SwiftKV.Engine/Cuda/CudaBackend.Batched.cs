@@ -349,19 +349,20 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             count++;
         }
         if (count == 0) return;
-        long bytesNeeded = 4L * count + (long)count * vocab;
+        int words = SamplingKernel.MaskWords(vocab);
+        long bytesNeeded = 4L * count + 4L * count * words;
         var host = s.Masks.Ensure(bytesNeeded);
         var rowIds = host.AsSpan<int>(count);
-        var bytes = new Span<byte>((byte*)host.Pointer + 4L * count, checked(count * vocab));
+        var bits = host.AsSpan<uint>(count + count * words)[count..];
         for (int r = 0, j = 0; r < masks.Length; r++)
         {
             if (masks[r] is not { } allowed) continue;
             rowIds[j] = r;
-            System.Runtime.InteropServices.MemoryMarshal.AsBytes(allowed.AsSpan()).CopyTo(bytes.Slice(j++ * vocab, vocab));
+            SamplingKernel.PackMask(allowed, bits.Slice(j++ * words, words));
         }
         ulong d = s.Masks.Upload(_stream, bytesNeeded);
         _sample.LaunchMask(_stream, _ws.Logits.Span, rows, vocab, new DeviceSpan<int>(d, count),
-            new DeviceSpan<byte>(d + 4UL * (ulong)count, (long)count * vocab), count);
+            new DeviceSpan<uint>(d + 4UL * (ulong)count, (long)count * words), count);
     }
 
     /// <summary>Queues one batched step; leaves the kept rows' logits at the start of the Logits workspace and returns their count.</summary>
