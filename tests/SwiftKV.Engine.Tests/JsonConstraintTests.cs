@@ -152,6 +152,77 @@ public class JsonConstraintTests
         }
     }
 
+    /// <summary>
+    /// The vocabulary's prefix tree gives every state exactly the tokens, and the states after them, that trying each
+    /// token's bytes alone gives: over a table with shared prefixes, tokens that are prefixes of others, two ids with the
+    /// same bytes, bytes >= 0x80, null and empty entries, from a state in every mode of the recogniser.
+    /// </summary>
+    [Fact]
+    public void TokenTrie_AcceptsExactlyTheTokensTriedOneByOne()
+    {
+        var rng = new Random(11);
+        var table = new List<byte[]?>();
+        for (int b = 0; b < 256; b++) table.Add([(byte)b]);
+        foreach (var piece in new[] { "\"", "\": ", "\":", "true", "tr", "null", "}}", "}", "]]", "  ", "\n\n", "abc", "ab", "abcd", "123", "12", "1.5e+", "-0.", ", \"", "[[", "{{", "\\u", "\\u00e9", "é", "ü\"", "{\"a\":", "\"}" })
+            table.Add(Encoding.UTF8.GetBytes(piece));
+        table.Add(Encoding.UTF8.GetBytes("abc"));   // same bytes as an earlier id
+        table.Add(null);
+        table.Add([]);
+        const string alphabet = "{}[]\",:. -+0123456789eEtrufalsn\\/abcé";
+        var letters = Encoding.UTF8.GetBytes(alphabet);
+        for (int i = 0; i < 3000; i++)
+            table.Add(Enumerable.Range(0, 1 + rng.Next(7)).Select(_ => letters[rng.Next(letters.Length)]).ToArray());
+        var trie = new TokenTrie(table);
+        string[] prefixes = ["", "{", "{\"k", "{\"k\\", "{\"k\\u00", "{\"k\"", "{\"k\":", "{\"k\": -", "{\"k\": 0", "{\"k\": 12.",
+            "{\"k\": 12.5", "{\"k\": 1.5e", "{\"k\": 1e+", "{\"k\": t", "{\"k\": [", "{\"k\": [1", "{\"k\": [1,", "{\"k\": \"v", "{\"k\": {}",
+            "{\"k\": {\"j\": [[", "{\"k\": 1}"];
+        foreach (var prefix in prefixes)
+        {
+            var state = new JsonGrammarState();
+            Assert.True(state.Accept(Encoding.UTF8.GetBytes(prefix)), prefix);
+            var expected = new Dictionary<int, JsonGrammarState>();
+            for (int id = 0; id < table.Count; id++)
+            {
+                if (table[id] is not { Length: > 0 } bytes) continue;
+                var next = state;
+                if (next.Accept(bytes)) expected[id] = next;
+            }
+            var sink = new Collect { Seen = new Dictionary<int, JsonGrammarState>() };
+            trie.ForEachAccepted(state, ref sink);
+            Assert.True(sink.Repeated == 0, $"'{prefix}': a token was reported twice");
+            Assert.Equal(expected.Keys.Order(), sink.Seen.Keys.Order());
+            foreach (var (id, after) in expected) Assert.True(after.Equals(sink.Seen[id]), $"'{prefix}': token {id} leaves another state");
+        }
+        Assert.Same(TokenTrie.For(table), TokenTrie.For(table));   // built once per table
+    }
+
+    struct Collect : ITokenSink
+    {
+        public Dictionary<int, JsonGrammarState> Seen;
+        public int Repeated;
+        public void Token(int id, in JsonGrammarState after)
+        {
+            if (!Seen.TryAdd(id, after)) Repeated++;
+        }
+    }
+
+    /// <summary>A logits row shorter than the token table: the ids past it are neither allowed nor written.</summary>
+    [Fact]
+    public void Apply_RowShorterThanTheTable_MasksOnlyTheRow()
+    {
+        var (vocab, stop) = Vocabulary();
+        var constraint = new JsonConstraint(vocab, new HashSet<int> { stop }, 50, "{\"a\": "u8);
+        var logits = new float[100];
+        constraint.Apply(logits);
+        for (int id = 0; id < logits.Length; id++)
+        {
+            var next = new JsonGrammarState();
+            next.Accept("{\"a\": "u8);
+            bool ok = vocab[id] is { Length: > 0 } b && next.Accept(b);
+            Assert.True(ok == !float.IsNegativeInfinity(logits[id]), $"token {id} ({(char)id})");
+        }
+    }
+
     static float[] PlainMask(List<byte[]?> vocab, HashSet<int> stops, int maxNewTokens, List<int> taken, float[] logits)
     {
         var state = new JsonGrammarState();

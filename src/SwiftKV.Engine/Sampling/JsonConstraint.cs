@@ -5,7 +5,7 @@
 // makes even a random-weight model close its JSON before MaxOutputTokens (every byte is a token in byte-level BPE,
 // so a completing step always exists). When the budget is already smaller than the shortest completion (a tiny
 // MaxOutputTokens), the rule is dropped: the answer is then cut off mid-JSON and the caller sees FinishReason Length.
-// A state's grammar pass (every vocabulary entry through the recogniser, a few ms at 128K tokens) is kept with the
+// A state's grammar pass (the vocabulary's prefix tree through the recogniser: TokenTrie) is kept with the
 // longest shortest-completion any allowed token leaves: while the budget still covers that, the budget rule removes
 // nothing and the kept mask is the answer. Inside a string most steps return to one state, so most steps reuse it.
 namespace SwiftKV.Engine.Sampling;
@@ -19,6 +19,7 @@ public sealed class JsonConstraint : ILogitsConstraint
     JsonGrammarState _state;
     int _generated;
     readonly Dictionary<(JsonGrammarState, int), StateMask> _masks = new();
+    TokenTrie? _trie;   // the table's, shared by every constraint over it
     const int MaxKeptStates = 8;    // 8 x 128 KB a request at Llama 3's vocabulary
 
     /// <summary>A state's tokens that continue valid JSON, whether there are any, and the longest completion they leave.</summary>
@@ -83,19 +84,25 @@ public sealed class JsonConstraint : ILogitsConstraint
     StateMask Kept(int length)
     {
         if (_masks.TryGetValue((_state, length), out var kept)) return kept;
-        int vocab = Math.Min(length, _tokenBytes.Count), longest = 0;
-        var allowed = new bool[length];
-        bool any = false;
-        for (int id = 0; id < vocab; id++)
-        {
-            if (_tokenBytes[id] is not { Length: > 0 } bytes) continue;
-            var next = _state;
-            if (!next.Accept(bytes)) continue;
-            allowed[id] = any = true;
-            longest = Math.Max(longest, next.CompletionLength);
-        }
+        var pass = new MaskPass { Allowed = new bool[length], Length = length };
+        (_trie ??= TokenTrie.For(_tokenBytes)).ForEachAccepted(_state, ref pass);
         if (_masks.Count >= MaxKeptStates) _masks.Clear();
-        return _masks[(_state, length)] = new StateMask(allowed, any, longest);
+        return _masks[(_state, length)] = new StateMask(pass.Allowed, pass.Any, pass.Longest);
+    }
+
+    /// <summary>Collects a grammar pass: the tokens the state accepts and the longest completion they leave.</summary>
+    struct MaskPass : ITokenSink
+    {
+        public bool[] Allowed;
+        public int Length, Longest;
+        public bool Any;
+
+        public void Token(int id, in JsonGrammarState after)
+        {
+            if (id >= Length) return;   // a logits row shorter than the token table
+            Allowed[id] = Any = true;
+            Longest = Math.Max(Longest, after.CompletionLength);
+        }
     }
 
     /// <inheritdoc />

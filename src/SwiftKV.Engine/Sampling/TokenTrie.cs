@@ -1,0 +1,129 @@
+// The vocabulary's byte strings as a prefix tree, so a constraint's pass over the vocabulary feeds each shared prefix
+// to its recogniser once and skips every token under a prefix the recogniser refuses. Trying every token alone costs
+// a state copy and a byte loop per token (3-9 ms for 128K tokens on one core); most JSON states refuse nearly every
+// first byte, and inside strings the tokens share their leading bytes.
+// NOTE: nodes are stored in depth-first order, so a node's subtree is the index range [node, SubtreeEnd[node]) and
+// its children are found by hopping from one child's end to the next; a walk needs no per-node child lists.
+using System.Runtime.CompilerServices;
+
+namespace SwiftKV.Engine.Sampling;
+
+/// <summary>A prefix tree of token byte strings (built once per token table and shared).</summary>
+public sealed class TokenTrie
+{
+    // Lazy: constraints of concurrent requests over one table wait for one build instead of each making their own.
+    static readonly ConditionalWeakTable<IReadOnlyList<byte[]?>, Lazy<TokenTrie>> s_shared = new();
+
+    readonly byte[] _edge;          // the byte that leads into each node
+    readonly int[] _subtreeEnd;     // one past the node's last descendant
+    readonly int[] _tokensStart;    // the node's tokens: _tokens[_tokensStart[i] .. _tokensStart[i + 1])
+    readonly int[] _tokens;         // ids whose bytes end at the node, ascending within a node
+
+    /// <summary>The trie of <paramref name="tokenBytes"/>, built on first use and kept while the table lives.</summary>
+    public static TokenTrie For(IReadOnlyList<byte[]?> tokenBytes)
+    {
+        ArgumentNullException.ThrowIfNull(tokenBytes);
+        return s_shared.GetValue(tokenBytes, t => new Lazy<TokenTrie>(() => new TokenTrie(t))).Value;
+    }
+
+    /// <summary>Builds the trie of every non-empty entry of <paramref name="tokenBytes"/> (null and empty entries are left out).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // runs once: tier-0 code would take several times longer
+    public TokenTrie(IReadOnlyList<byte[]?> tokenBytes)
+    {
+        ArgumentNullException.ThrowIfNull(tokenBytes);
+        var ids = new List<int>(tokenBytes.Count);
+        for (int id = 0; id < tokenBytes.Count; id++)
+            if (tokenBytes[id] is { Length: > 0 }) ids.Add(id);
+        // Lexicographic byte order, ties by id: the depth-first order of the tree, so each node is met once, in order.
+        // Sorted by the first 8 bytes as one big-endian number first (zero-padded: a string and its extensions tie),
+        // then each run of ties by the whole bytes: a comparison delegate over 128K tokens alone took ~0.25 s.
+        var sorted = ids.ToArray();
+        var keys = new ulong[sorted.Length];
+        for (int i = 0; i < sorted.Length; i++)
+        {
+            var b = tokenBytes[sorted[i]]!;
+            ulong k = 0;
+            for (int j = 0; j < 8; j++) k = (k << 8) | (j < b.Length ? b[j] : 0u);
+            keys[i] = k;
+        }
+        Array.Sort(keys, sorted);
+        int Whole(int a, int b)
+        {
+            int c = tokenBytes[a].AsSpan().SequenceCompareTo(tokenBytes[b]);
+            return c != 0 ? c : a.CompareTo(b);
+        }
+        for (int lo = 0, hi; lo < sorted.Length; lo = hi)
+        {
+            for (hi = lo + 1; hi < sorted.Length && keys[hi] == keys[lo]; hi++) { }
+            if (hi - lo > 1) Array.Sort(sorted, lo, hi - lo, Comparer<int>.Create(Whole));
+        }
+        ids.Clear();
+        ids.AddRange(sorted);
+        // Walking the sorted strings creates the nodes in depth-first order: a token adds the nodes of its bytes past
+        // the prefix it shares with the one before it. Its id goes to its last node; nodes are met in index order, so
+        // the ids come out grouped by node.
+        var edge = new List<byte>();
+        var depth = new List<int>();
+        var tokensAt = new List<int>();
+        var tokens = new List<int>(ids.Count);
+        byte[] previous = [];
+        foreach (int id in ids)
+        {
+            var bytes = tokenBytes[id]!;
+            int shared = 0, max = Math.Min(previous.Length, bytes.Length);
+            while (shared < max && previous[shared] == bytes[shared]) shared++;
+            for (int d = shared; d < bytes.Length; d++)
+            {
+                edge.Add(bytes[d]);
+                depth.Add(d);
+                tokensAt.Add(0);
+            }
+            tokensAt[^1]++;   // the token's last node is the newest one (or, for a repeat of the previous bytes, the same)
+            tokens.Add(id);
+            previous = bytes;
+        }
+        int n = edge.Count;
+        _edge = [.. edge];
+        _tokens = [.. tokens];
+        _tokensStart = new int[n + 1];
+        for (int i = 0; i < n; i++) _tokensStart[i + 1] = _tokensStart[i] + tokensAt[i];
+        // A subtree ends at the next node that is no deeper than its root.
+        _subtreeEnd = new int[n];
+        var open = new Stack<int>();
+        for (int i = 0; i < n; i++)
+        {
+            while (open.Count > 0 && depth[open.Peek()] >= depth[i]) _subtreeEnd[open.Pop()] = i;
+            open.Push(i);
+        }
+        while (open.Count > 0) _subtreeEnd[open.Pop()] = n;
+    }
+
+    /// <summary>Nodes in the tree (distinct non-empty prefixes of the tokens).</summary>
+    public int NodeCount => _edge.Length;
+
+    /// <summary>
+    /// Calls <paramref name="sink"/>.Token(id, state after the token's bytes) for every token whose bytes
+    /// <paramref name="start"/> accepts, in depth-first order; a refused byte skips every token under that prefix.
+    /// </summary>
+    public void ForEachAccepted<TSink>(JsonGrammarState start, ref TSink sink) where TSink : struct, ITokenSink
+        => Walk(0, _edge.Length, start, ref sink);
+
+    // Optimized from the first call: a pass runs a few times a request, too few for tiering to promote it in time.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    void Walk<TSink>(int first, int end, JsonGrammarState state, ref TSink sink) where TSink : struct, ITokenSink
+    {
+        for (int node = first; node < end; node = _subtreeEnd[node])
+        {
+            var next = state;
+            if (!next.Accept(_edge[node])) continue;
+            for (int k = _tokensStart[node]; k < _tokensStart[node + 1]; k++) sink.Token(_tokens[k], in next);
+            if (node + 1 < _subtreeEnd[node]) Walk(node + 1, _subtreeEnd[node], next, ref sink);
+        }
+    }
+}
+
+/// <summary>Receives the tokens a <see cref="TokenTrie"/> walk accepts (a struct, so the walk's calls inline).</summary>
+public interface ITokenSink
+{
+    void Token(int id, in JsonGrammarState after);
+}
