@@ -10,6 +10,7 @@
 // the CPU, in double (the Sampler, CpuBackend, and the GPU tests' reference); the kernel's fp32 sums may put a draw
 // on the other side of a bucket edge, rarely.
 using System.Buffers;
+using System.Diagnostics;
 
 namespace SwiftKV.Engine.Sampling;
 
@@ -257,18 +258,51 @@ public sealed record LogitBias(int[] Tokens, float[] Deltas)
 /// The tokens a logits constraint allows next, computed off the picking thread (the serving engine starts it while the
 /// step runs): <see cref="Wait"/> gives the allowed flags, one per vocabulary id, or null when every token is allowed
 /// or the computation failed (the engine then fails that request from the task itself, not from the pick).
+/// A computation still running at its deadline counts as failed (<see cref="TimedOut"/>), so a constraint that blocks
+/// fails its own request instead of stalling every other one.
 /// </summary>
-public sealed class LogitMask(Task<bool[]?> allowed)
+public sealed class LogitMask
 {
-    /// <summary>The computation; its fault is the request's failure.</summary>
-    public Task<bool[]?> Allowed { get; } = allowed ?? throw new ArgumentNullException(nameof(allowed));
+    readonly long _deadline;   // Stopwatch timestamp; long.MaxValue: none
 
-    /// <summary>Waits for the flags; null when all are allowed or the computation failed.</summary>
+    /// <param name="allowed">The computation; its fault is the request's failure.</param>
+    /// <param name="timeout">How long from now <see cref="Wait"/> waits for it at most (null: without limit).</param>
+    public LogitMask(Task<bool[]?> allowed, TimeSpan? timeout = null)
+    {
+        Allowed = allowed ?? throw new ArgumentNullException(nameof(allowed));
+        if (timeout is { } t && (t <= TimeSpan.Zero || t == System.Threading.Timeout.InfiniteTimeSpan))
+            throw new ArgumentOutOfRangeException(nameof(timeout), t, "a mask's timeout must be positive (or null for none).");
+        Timeout = timeout;
+        _deadline = timeout is { } limit ? Stopwatch.GetTimestamp() + (long)(limit.TotalSeconds * Stopwatch.Frequency) : long.MaxValue;
+    }
+
+    /// <summary>The computation; its fault is the request's failure.</summary>
+    public Task<bool[]?> Allowed { get; }
+
+    /// <summary>The longest <see cref="Wait"/> waits from the mask's start (null: without limit).</summary>
+    public TimeSpan? Timeout { get; }
+
+    /// <summary>
+    /// True once a <see cref="Wait"/> found the computation unfinished at its deadline. It stays true even if the
+    /// computation ends later, because a pick may already have gone ahead without the mask.
+    /// </summary>
+    public bool TimedOut => Volatile.Read(ref _late);
+    bool _late;
+
+    /// <summary>Waits (until the deadline at most) for the flags; null when all are allowed, or the computation failed or is late.</summary>
     public bool[]? Wait()
     {
         try
         {
-            return Allowed.GetAwaiter().GetResult();
+            if (_deadline == long.MaxValue) return Allowed.GetAwaiter().GetResult();
+            if (!TimedOut)
+            {
+                long left = _deadline - Stopwatch.GetTimestamp();
+                if (Allowed.IsCompleted || (left > 0 && Allowed.Wait(TimeSpan.FromSeconds((double)left / Stopwatch.Frequency))))
+                    return Allowed.GetAwaiter().GetResult();
+                Volatile.Write(ref _late, true);
+            }
+            return null;
         }
         catch
         {
@@ -277,10 +311,22 @@ public sealed class LogitMask(Task<bool[]?> allowed)
     }
 
     /// <summary>
+    /// For the picker: throws the computation's own exception when it failed, or a <see cref="TimeoutException"/> when
+    /// it was late (<see cref="TimedOut"/>); returns when it finished in time. Waits up to the deadline.
+    /// </summary>
+    public void ThrowIfFailed()
+    {
+        Wait();
+        if (TimedOut)
+            throw new TimeoutException($"the request's logits constraint did not give its mask within {Timeout?.TotalSeconds:0.###} s (ServingOptions.ConstraintTimeout): the request fails, the others go on.");
+        Allowed.GetAwaiter().GetResult();
+    }
+
+    /// <summary>
     /// Starts <paramref name="constraint"/>'s mask for its next token on the thread pool: its Apply on a row of zeros;
     /// the tokens it sets to -inf are the masked ones (its contract: it only masks). Null flags when nothing is masked.
     /// </summary>
-    public static LogitMask Of(ILogitsConstraint constraint, int vocab)
+    public static LogitMask Of(ILogitsConstraint constraint, int vocab, TimeSpan? timeout = null)
     {
         ArgumentNullException.ThrowIfNull(constraint);
         return new LogitMask(Task.Run(() =>
@@ -305,6 +351,6 @@ public sealed class LogitMask(Task<bool[]?> allowed)
             {
                 floats.Return(probe);
             }
-        }));
+        }), timeout);
     }
 }

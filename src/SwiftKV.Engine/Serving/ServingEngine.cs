@@ -318,12 +318,10 @@ public sealed class ServingEngine : IDisposable
         }
         finally
         {
-            // Every mask is done before its constraint is used again; a failure surfaces at its own row below.
+            // Every mask is done before its constraint is used again; a failure surfaces at its own row below. A mask
+            // still running at its deadline fails its request there, and its constraint is never used again.
             if (masks is not null)
-            {
-                try { Task.WaitAll(masks.Where(m => m is not null).Select(m => (Task)m!.Allowed)); }
-                catch (AggregateException) { }
-            }
+                foreach (var m in masks) m?.Wait();
         }
         long t2 = Stopwatch.GetTimestamp();
         _scheduler.Complete(step);   // skips the sequences that failed above (they left the scheduler)
@@ -349,7 +347,7 @@ public sealed class ServingEngine : IDisposable
                 if (row.LogitsRow < 0)
                 {
                     // Picked on the backend (argmax, or a draw with this request's uniform); -1 = no finite logit.
-                    masks?[i]?.Allowed.GetAwaiter().GetResult();   // rethrows what its constraint threw: this request fails alone
+                    masks?[i]?.ThrowIfFailed();   // what its constraint threw, or its lateness: this request fails alone
                     int picked = row.Picked[row.PickedRow];
                     token = picked >= 0 ? picked : throw new InvalidOperationException(Sampler.NoFiniteLogit);
                     e.Sampler.Accept(token);   // its penalties count it, as Sample does on the host
@@ -424,7 +422,7 @@ public sealed class ServingEngine : IDisposable
             try
             {
                 var row = rows[i];
-                masks?[i]?.Allowed.GetAwaiter().GetResult();   // rethrows what its constraint threw
+                masks?[i]?.ThrowIfFailed();   // what its constraint threw, or its lateness
                 int token = e.Sampler.Sample(row.Logits.AsSpan(row.LogitsRow * vocab, vocab), masks?[i]);
                 e.Constraint?.Accept(token);
                 picks[i] = (token, null);
@@ -452,7 +450,7 @@ public sealed class ServingEngine : IDisposable
             var e = live[chunks[i].Sequence];
             if (!chunks[i].NeedsLogits || e.Constraint is not { } constraint || e.Request.IsCancellationRequested) continue;
             masks ??= new LogitMask?[chunks.Count];
-            masks[i] = LogitMask.Of(constraint, _model.Config.VocabSize);
+            masks[i] = LogitMask.Of(constraint, _model.Config.VocabSize, Options.ConstraintTimeout);
         }
         return masks;
     }

@@ -78,6 +78,13 @@ public sealed record ServingOptions
     /// <summary>Share full blocks of identical prefixes across requests (and across time, until evicted).</summary>
     public bool EnablePrefixCaching { get; init; } = true;
 
+    /// <summary>
+    /// How long a step waits for a request's logits constraint (e.g. JSON mode) to give its next mask, counted from the
+    /// step's start. A constraint still running then fails its own request with a TimeoutException; the step and the
+    /// other requests go on. A JSON mask takes milliseconds.
+    /// </summary>
+    public TimeSpan ConstraintTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
     internal void Validate()
     {
         if (BlockSize is < 1) throw new ArgumentOutOfRangeException(nameof(BlockSize), BlockSize, "BlockSize must be >= 1 (or null).");
@@ -87,6 +94,8 @@ public sealed record ServingOptions
         if (MaxRunningSequences is < 1) throw new ArgumentOutOfRangeException(nameof(MaxRunningSequences), MaxRunningSequences, "MaxRunningSequences must be >= 1 (or null).");
         if (MaxSequenceLength is < 2) throw new ArgumentOutOfRangeException(nameof(MaxSequenceLength), MaxSequenceLength, "MaxSequenceLength must be >= 2 (or null).");
         if (!Enum.IsDefined(KvCacheDtype)) throw new ArgumentOutOfRangeException(nameof(KvCacheDtype), KvCacheDtype, "KvCacheDtype must be Bf16 or Fp8E4M3.");
+        if (ConstraintTimeout <= TimeSpan.Zero || ConstraintTimeout == Timeout.InfiniteTimeSpan)
+            throw new ArgumentOutOfRangeException(nameof(ConstraintTimeout), ConstraintTimeout, "ConstraintTimeout must be positive.");
         if (AdmissionReserveBlocks is < 0) throw new ArgumentOutOfRangeException(nameof(AdmissionReserveBlocks), AdmissionReserveBlocks, "AdmissionReserveBlocks must be >= 0 (or null).");
     }
 }

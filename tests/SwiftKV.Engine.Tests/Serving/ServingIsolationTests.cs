@@ -67,6 +67,51 @@ public sealed class ServingIsolationTests
         Assert.Equal(ServingEngineTests.Solo(backend, waitingPrompt, SamplingParams.Greedy, 5, new HashSet<int>()), await waiting.WaitAsync(Limit, Ct));
     }
 
+    /// <summary>A caller's constraint whose Apply blocks (a deadlock in its code) from its third token on.</summary>
+    sealed class BlocksAfter(int after, ManualResetEventSlim release) : ILogitsConstraint
+    {
+        int _accepted;
+        public void Apply(Span<float> logits) { if (_accepted >= after) release.Wait(); }
+        public void Accept(int tokenId) => _accepted++;
+    }
+
+    /// <summary>
+    /// A constraint that never gives its mask fails its own request with a TimeoutException naming
+    /// ServingOptions.ConstraintTimeout; a request in the same steps and one queued behind finish as they do alone, and
+    /// the engine disposes without waiting for the stuck constraint.
+    /// </summary>
+    [Fact]
+    public async Task ConstraintThatBlocks_FailsOnlyItsRequest_AfterTheTimeout()
+    {
+        using var backend = ServingEngineTests.Backend("llama");
+        int vocab = backend.Config.VocabSize;
+        using var release = new ManualResetEventSlim();
+        try
+        {
+            var engine = new ServingEngine(backend, new ServingOptions
+            {
+                BlockSize = 4, NumKvBlocks = 200, MaxRunningSequences = 2, ConstraintTimeout = TimeSpan.FromMilliseconds(300),
+            });
+            var otherPrompt = TestModels.RandomTokens(9, vocab, 4);
+            var waitingPrompt = TestModels.RandomTokens(7, vocab, 5);
+            var victim = engine.Submit(TestModels.RandomTokens(20, vocab, 3), SamplingParams.Greedy, 30, ct: Ct, constraint: new BlocksAfter(2, release));
+            var other = ServingEngineTests.Collect(engine.Submit(otherPrompt, SamplingParams.Greedy, 30, ct: Ct));
+            var waiting = ServingEngineTests.Collect(engine.Submit(waitingPrompt, SamplingParams.Greedy, 5, ct: Ct));
+            var error = await Assert.ThrowsAnyAsync<Exception>(() => ServingEngineTests.Collect(victim).WaitAsync(Limit, Ct));
+            Assert.True(error is TimeoutException || error.InnerException is TimeoutException, $"expected a timeout, got {error}");
+            Assert.Contains("ConstraintTimeout", (error.InnerException ?? error).Message);
+            Assert.Equal(ServingEngineTests.Solo(backend, otherPrompt, SamplingParams.Greedy, 30, new HashSet<int>()), await other.WaitAsync(Limit, Ct));
+            Assert.Equal(ServingEngineTests.Solo(backend, waitingPrompt, SamplingParams.Greedy, 5, new HashSet<int>()), await waiting.WaitAsync(Limit, Ct));
+            var disposed = Task.Run(engine.Dispose, Ct);
+            Assert.Same(disposed, await Task.WhenAny(disposed, Task.Delay(TimeSpan.FromSeconds(20), Ct)));   // not waiting for the stuck constraint
+        }
+        finally
+        {
+            release.Set();   // lets the stuck mask task end
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => new ServingEngine(backend, new ServingOptions { ConstraintTimeout = TimeSpan.Zero }));
+    }
+
     /// <summary>A CPU backend passed through, whose batched steps throw when <see cref="FailWhen"/> says so.</summary>
     abstract class Wrapped(CpuBackend inner) : IModelBackend, IBatchedBackend
     {
