@@ -14,6 +14,7 @@ internal static class GenerateCommand
         string dir = a.Required("model");
         string? prompt = a.String("prompt"), chat = a.String("chat"), system = a.String("system");
         if ((prompt is null) == (chat is null)) throw new UsageException("give exactly one of --prompt TEXT or --chat TEXT");
+        if (system is not null && chat is null) throw new UsageException("--system goes with --chat (a raw --prompt has no system turn)");
         int maxTokens = a.Int("max-tokens") ?? 64;
         if (maxTokens <= 0) throw new UsageException($"--max-tokens must be > 0 (got {maxTokens})");
         var sampling = new SamplingParams

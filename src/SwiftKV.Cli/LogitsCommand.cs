@@ -9,6 +9,9 @@ internal static class LogitsCommand
     public static int Run(CliArgs a)
     {
         string dir = a.Required("model"), outFile = a.Required("out");
+        if (Directory.Exists(outFile)) throw new UsageException($"--out {outFile} is a directory; give a file name.");
+        if (Path.GetDirectoryName(Path.GetFullPath(outFile)) is { } parent && !Directory.Exists(parent))
+            throw new UsageException($"--out {outFile}: the directory {parent} does not exist.");
         int[] tokens = ParseTokens(a.Required("tokens"));
         var backend = ParseBackend(a.String("backend"));
         bool swiftKv = !a.Flag("no-swiftkv");
@@ -27,17 +30,19 @@ internal static class LogitsCommand
         return 0;
     }
 
-    static int[] ParseTokens(string s)
+    internal static int[] ParseTokens(string s)
     {
-        try
+        var parts = s.Split(',', StringSplitOptions.TrimEntries);
+        var ids = new int[parts.Length];
+        for (int i = 0; i < parts.Length; i++)
         {
-            var ids = s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse).ToArray();
-            return ids.Length > 0 ? ids : throw new UsageException("--tokens is empty");
+            // Every entry counts: "1,,2" is a typo to report, not the two tokens 1 and 2.
+            if (!int.TryParse(parts[i], System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out ids[i]))
+                throw new UsageException(parts[i].Length == 0
+                    ? $"--tokens: entry {i + 1} of '{s}' is empty"
+                    : $"--tokens must be comma-separated 32-bit integers; entry {i + 1} is '{parts[i]}'");
         }
-        catch (Exception e) when (e is FormatException or OverflowException)
-        {
-            throw new UsageException($"--tokens must be comma-separated 32-bit integers (got '{s}')");
-        }
+        return ids;
     }
 
     internal static BackendKind ParseBackend(string? s) => s?.ToLowerInvariant() switch

@@ -20,7 +20,9 @@ internal static class ModelCommands
             InitStd = a.Float("init-std") ?? 0.02f,
         };
         bool tokenizer = !a.Flag("no-tokenizer");
+        bool force = a.Flag("force");
         a.RejectUnknown();
+        RefuseExistingCheckpoint(outDir, force);
         var sw = Stopwatch.StartNew();
         MakeModelDirectory(outDir, config, options, tokenizer);
         Console.WriteLine($"wrote {outDir}: {Describe(config)}, {options.Dtype}, seed {options.Seed} in {sw.Elapsed.TotalSeconds:F1} s");
@@ -37,6 +39,20 @@ internal static class ModelCommands
         Directory.CreateDirectory(outDir);
         ModelMaker.Write(outDir, config, options);
         tok?.Save(outDir);
+    }
+
+    /// <summary>
+    /// Writing a checkpoint replaces the weights files in its folder, so an --out that already holds one (a downloaded
+    /// model, the demo's cache) is refused unless --force says to replace it.
+    /// </summary>
+    static void RefuseExistingCheckpoint(string outDir, bool force)
+    {
+        if (File.Exists(outDir)) throw new UsageException($"--out {outDir} is a file; give a directory.");
+        if (force || !Directory.Exists(outDir)) return;
+        var found = Directory.EnumerateFiles(outDir, "*.safetensors").Concat(Directory.EnumerateFiles(outDir, "*.safetensors.index.json"))
+            .Concat(Directory.EnumerateFiles(outDir, "config.json")).Select(Path.GetFileName).Take(3).ToList();
+        if (found.Count > 0)
+            throw new UsageException($"--out {outDir} already holds a checkpoint ({string.Join(", ", found)}); writing would replace its weights. Give another directory, or pass --force to replace it.");
     }
 
     /// <summary>A preset with the command line's overrides applied, validated.</summary>
@@ -83,7 +99,11 @@ internal static class ModelCommands
         string src = a.Required("model"), dst = a.Required("out");
         int l = a.Int("swiftkv-layers") ?? throw new UsageException("--swiftkv-layers is required");
         int g = a.Int("group-size") ?? 1;
+        bool force = a.Flag("force");
         a.RejectUnknown();
+        if (Path.GetFullPath(src).TrimEnd(Path.DirectorySeparatorChar) == Path.GetFullPath(dst).TrimEnd(Path.DirectorySeparatorChar))
+            throw new UsageException("--out must be another directory than --model: writing the new checkpoint removes the old weights first.");
+        RefuseExistingCheckpoint(dst, force);
         var sw = Stopwatch.StartNew();
         var config = SwiftKvConverter.Convert(src, dst, l, g);
         Console.WriteLine($"wrote {dst}: {Describe(config)} in {sw.Elapsed.TotalSeconds:F1} s (undistilled: distill before serious use)");
@@ -97,6 +117,10 @@ internal static class ModelCommands
         var c = LlamaConfig.Load(dir);
         Console.WriteLine(Describe(c));
         Console.WriteLine(c.ToJson());
+        // The weights as a load would check them (headers, sizes, every tensor's shape and dtype), without reading them:
+        // a broken checkpoint fails here with the loader's list of problems.
+        int tensors = LlamaCheckpointLoader.Verify(dir);
+        Console.WriteLine($"weights: the {tensors} tensors this config needs are present with their shapes and dtypes");
         if (c.SwiftKv)
         {
             var off = PrefillCost.Estimate(c, 2048, swiftKv: false);

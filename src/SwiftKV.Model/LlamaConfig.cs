@@ -204,6 +204,7 @@ public sealed record LlamaConfig
         // (also for model_type llama_swiftkv), num_key_value_layers to num_hidden_layers when absent, null or 0, and
         // key_value_group_size to 1 when absent, null or 0. With every layer a key-value layer the model is plain Llama.
         int layers = r.Int("num_hidden_layers");
+        if (layers <= 0) throw new InvalidModelException($"{source}: num_hidden_layers must be a positive integer, got {layers}.");
         int kvLayers = r.OptionalInt("num_key_value_layers") is int n && n != 0 ? n : layers;
         bool swiftKvFlag = r.Bool("swiftkv", false);
         if (swiftKvFlag && (kvLayers < 1 || kvLayers > layers))

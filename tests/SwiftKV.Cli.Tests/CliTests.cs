@@ -92,6 +92,10 @@ public sealed class CliTests : IDisposable
     [InlineData("bench", "--rope-on-load", "off")]
     [InlineData("bench", "--attention-ws", "sometimes")]
     [InlineData("serve-bench", "--paged-attention-ws", "2cta")]
+    [InlineData("generate", "--model", "/no/such/model", "--prompt", "hi", "--temperature", "0,7")]   // not 7
+    [InlineData("generate", "--model", "/no/such/model", "--prompt", "hi", "--system", "be brief")]   // --system needs --chat
+    [InlineData("logits", "--model", "/no/such/model", "--tokens", "1,,2", "--out", "y")]            // not the tokens 1, 2
+    [InlineData("logits", "--model", "/no/such/model", "--tokens", "1", "--out", "/no/such/dir/l.f32")]
     public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
     {
         var r = Run(args);
@@ -115,6 +119,59 @@ public sealed class CliTests : IDisposable
         var g = Run("generate", "--model", dir, "--prompt", "hi", "--max-tokens", "2000000000");
         Assert.Equal(2, g.Code);
         Assert.Contains("exceeds the context of 64 tokens", g.Err);
+    }
+
+    /// <summary>
+    /// make-model and transform write a checkpoint by replacing the weights in --out, so a folder that already holds one
+    /// is refused (its files untouched) unless --force is given, and transform never writes over its own --model.
+    /// </summary>
+    [Fact]
+    public void ExistingCheckpoint_IsNotReplacedWithoutForce()
+    {
+        string keep = Tiny("keep");
+        string weights = Path.Combine(keep, "model.safetensors");
+        var before = File.ReadAllBytes(weights);
+        var r = Run("make-model", "--preset", "tiny", "--out", keep, "--seed", "9");
+        Assert.Equal(2, r.Code);
+        Assert.Contains("already holds a checkpoint", r.Err);
+        Assert.Contains("--force", r.Err);
+        Assert.Equal(before, File.ReadAllBytes(weights));
+        var t = Run("transform", "--model", keep, "--out", keep + "/", "--swiftkv-layers", "2", "--force");
+        Assert.Equal(2, t.Code);
+        Assert.Contains("another directory than --model", t.Err);
+        string other = Tiny("other");
+        t = Run("transform", "--model", other, "--out", keep, "--swiftkv-layers", "2");
+        Assert.Equal(2, t.Code);
+        Assert.Equal(before, File.ReadAllBytes(weights));
+        var f = Run("make-model", "--preset", "tiny", "--out", keep, "--seed", "9", "--force");
+        Assert.True(f.Code == 0, f.Err);
+        Assert.NotEqual(before, File.ReadAllBytes(weights));
+    }
+
+    /// <summary>
+    /// info checks the weights as a load would (without reading them): a truncated weights file or a config whose
+    /// layer count is 0 is an error naming the problem, not a description of a model that cannot run.
+    /// </summary>
+    [Fact]
+    public void Info_BrokenCheckpoint_IsAClearError()
+    {
+        string dir = Tiny("broken");
+        var ok = Run("info", "--model", dir);
+        Assert.True(ok.Code == 0, ok.Err);
+        Assert.Contains("tensors this config needs are present", ok.Out);
+        string weights = Path.Combine(dir, "model.safetensors");
+        using (var fs = new FileStream(weights, FileMode.Open)) fs.SetLength(fs.Length - 100);
+        var r = Run("info", "--model", dir);
+        Assert.Equal(2, r.Code);
+        Assert.Contains("model.safetensors", r.Err);
+        string config = Path.Combine(dir, "config.json");
+        File.WriteAllText(config, System.Text.RegularExpressions.Regex.Replace(File.ReadAllText(config), "\"num_hidden_layers\":\\s*\\d+", "\"num_hidden_layers\": 0"));
+        r = Run("info", "--model", dir);
+        Assert.Equal(2, r.Code);
+        Assert.Contains("num_hidden_layers must be a positive integer, got 0", r.Err);
+        var l = Run("logits", "--model", dir, "--tokens", "1", "--out", _root);
+        Assert.Equal(2, l.Code);
+        Assert.Contains("is a directory", l.Err);
     }
 
     [Fact]

@@ -35,8 +35,24 @@ public static class DemoModel
     public static string Ensure(string? cacheRoot = null, Action<string>? log = null)
     {
         string dir = Path.Combine(cacheRoot ?? CacheRoot(), Name);
-        if (File.Exists(Path.Combine(dir, CompleteMarker))) return dir;
-        log?.Invoke($"making the demo checkpoint once in {dir} (random weights, SwiftKV 50% + AcrossKV 2-way)...");
+        if (File.Exists(Path.Combine(dir, CompleteMarker)))
+        {
+            // A cache damaged after it was made (a truncated or edited file) is made again rather than failing every run:
+            // the headers and shapes are checked, which reads no weights.
+            try
+            {
+                LlamaCheckpointLoader.Verify(dir);
+                return dir;
+            }
+            catch (Exception e) when (e is InvalidModelException or IOException or UnauthorizedAccessException)
+            {
+                log?.Invoke($"the demo checkpoint in {dir} is damaged ({e.Message.Split('\n')[0]}); making it again...");
+            }
+        }
+        else
+        {
+            log?.Invoke($"making the demo checkpoint once in {dir} (random weights, SwiftKV 50% + AcrossKV 2-way)...");
+        }
         // Write beside the final directory and rename, so two processes racing here never see a partial model.
         string staging = dir + ".tmp-" + Guid.NewGuid().ToString("N");
         try
@@ -44,7 +60,7 @@ public static class DemoModel
             ModelMaker.Write(staging, Config(), new ModelMakerOptions { Seed = 2026, Dtype = TensorDtype.BF16, InitStd = 0.05f });
             LlamaTokenizer.CreateDemo().Save(staging);
             File.WriteAllText(Path.Combine(staging, CompleteMarker), "");
-            if (File.Exists(Path.Combine(dir, CompleteMarker))) return dir;
+            if (File.Exists(Path.Combine(dir, CompleteMarker)) && Verifies(dir)) return dir;
             if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
             Directory.Move(staging, dir);
         }
@@ -57,5 +73,18 @@ public static class DemoModel
             if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
         }
         return dir;
+    }
+
+    static bool Verifies(string dir)
+    {
+        try
+        {
+            LlamaCheckpointLoader.Verify(dir);
+            return true;
+        }
+        catch (Exception e) when (e is InvalidModelException or IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
     }
 }

@@ -21,6 +21,20 @@ public static class LlamaCheckpointLoader
         return Load(config, checkpoint, swiftKv ?? config.SwiftKv);
     }
 
+    /// <summary>
+    /// Checks <paramref name="directory"/> as <see cref="Load(string, bool?)"/> would, without reading any weights: the
+    /// files' headers and sizes, and every needed tensor's presence, shape and dtype. Returns the tensor count it holds.
+    /// </summary>
+    public static int Verify(string directory, bool? swiftKv = null)
+    {
+        var config = LlamaConfig.Load(directory);
+        using var checkpoint = SafetensorsCheckpoint.Open(directory);
+        bool enabled = swiftKv ?? config.SwiftKv;
+        var specs = LlamaTensorNames.ForModel(config, enabled);
+        Check(config, checkpoint, specs, enabled);
+        return specs.Count;
+    }
+
     /// <summary>Loads the tensors <paramref name="config"/> needs from an open checkpoint.</summary>
     public static LlamaWeights Load(LlamaConfig config, SafetensorsCheckpoint checkpoint, bool swiftKvEnabled)
     {
