@@ -330,6 +330,35 @@ public sealed class CudaBatchedTests
     }
 
     /// <summary>
+    /// A reservation for 200 sequences covers the decode step they run as (padded to its 208-row graph bucket): the
+    /// step leaves the activation and logits workspaces as reserved, instead of doubling them after the KV pool was
+    /// sized. (Before, the logits workspace grew to 400 rows here.)
+    /// </summary>
+    [Fact]
+    public void ReserveStepWorkspace_CoversThePaddedDecodeBucket()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 128, Heads: 8, KvHeads: 2, HeadDim: 64, Vocab: 211, Seed: 64);
+        using var gpu = new CudaBackend(TestModels.Build(spec));
+        const int seqs = 200;
+        gpu.ReserveStepWorkspace(64, seqs);
+        long logitsBytes = gpu.LogitsWorkspaceBytes;
+        int rows = gpu.ActivationWorkspaceRows;
+        Assert.True(logitsBytes >= 208L * spec.Vocab * 4, $"logits workspace {logitsBytes} B for 208 rows of {spec.Vocab}");
+        using var pool = gpu.CreatePagedKvCache(seqs, 16);
+        var prompts = Enumerable.Range(0, seqs).Select(s => TestModels.RandomTokens(3, spec.Vocab, 300 + (ulong)s)).ToArray();
+        // Prefill in chunks of 16 sequences (48 rows, inside the reservation), then one decode step of all 200.
+        for (int c = 0; c < seqs; c += 16)
+            gpu.ForwardBatch(pool, Enumerable.Range(c, Math.Min(16, seqs - c)).Select(s => new BatchSequence(prompts[s].AsMemory(0, 2), 0, new[] { s }, true)).ToArray());
+        var decode = Enumerable.Range(0, seqs).Select(s => new BatchSequence(prompts[s].AsMemory(2, 1), 2, new[] { s }, true)).ToArray();
+        var logits = gpu.ForwardBatch(pool, decode);
+        Assert.Equal(seqs * spec.Vocab, logits.Length);
+        Assert.Equal(logitsBytes, gpu.LogitsWorkspaceBytes);
+        Assert.Equal(rows, gpu.ActivationWorkspaceRows);
+        gpu.ReleaseStepWorkspace(64, seqs);
+    }
+
+    /// <summary>
     /// Seeded sampled requests through the serving engine on the GPU: with 12 requests in flight every token is a
     /// vocabulary id, decode steps are captured, and the engine's graphs go with its pool. Each request run
     /// alone on two fresh engines gives the same tokens both times (alone, its steps have one composition; in a crowd
@@ -707,6 +736,77 @@ public sealed class CudaBatchedTests
         long freeAfter = CudaRuntime.MemoryInfo().Free;
         // The backend keeps its grown workspace (tens of MB here); the pool itself is gone.
         Assert.True(freeAfter >= freeBefore - (512L << 20), $"free memory {freeAfter} after disposing the engine, {freeBefore} before it started");
+    }
+
+    /// <summary>
+    /// Engines made and disposed on a backend while another engine serves on it (each reserves and warms its workspace,
+    /// holding the backend for that time) make the serving engine's steps wait their turn: none of its requests fails,
+    /// and each gets all its tokens. Before, a step that met the busy backend failed every request in it.
+    /// </summary>
+    [Fact]
+    public async Task ServingEngine_EnginesMadeBesideIt_DoNotFailItsRequests()
+    {
+        Gpu.Require();
+        using var gpu = new CudaBackend(TestModels.Build(EngineModel));
+        var ct = TestContext.Current.CancellationToken;
+        using var serving = new ServingEngine(gpu, EngineOptions);
+        var prompts = Enumerable.Range(0, 8).Select(i => TestModels.RandomTokens(20 + 7 * i, EngineModel.Vocab, 700 + (ulong)i)).ToArray();
+        var all = Task.WhenAll(prompts.Select(p => Collect(serving.Submit(p, SamplingParams.Greedy, 60, new HashSet<int>(), ct))));
+        int made = 0;
+        while (!all.IsCompleted && made < 50)
+        {
+            using (new ServingEngine(gpu, EngineOptions with { NumKvBlocks = 16, MaxBatchTokens = 300 + 16 * made })) made++;
+        }
+        var outputs = await all;   // throws if any request failed
+        Assert.All(outputs, o => Assert.Equal(60, o.Length));
+        Assert.True(made > 0, "no engine was made while the requests ran");
+        Gpu.Log($"{made} engines made and disposed beside one serving 8 requests: every request got its 60 tokens");
+    }
+
+    /// <summary>
+    /// Disposing the backend while a batched step runs on another thread waits for that step: the step returns its
+    /// logits or, started after the dispose, is refused with ObjectDisposedException; nothing else (no CUDA error from
+    /// freed memory).
+    /// </summary>
+    [Fact]
+    public void Dispose_DuringAStepOnAnotherThread_WaitsForIt()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320, Seed: 35, MaxPositions: 2048);
+        var gpu = new CudaBackend(TestModels.Build(spec));
+        var pool = gpu.CreatePagedKvCache(96, 16);
+        var prompt = TestModels.RandomTokens(1500, spec.Vocab, 8);
+        var batch = new[] { new BatchSequence(prompt, 0, Enumerable.Range(0, 94).ToArray(), true) };
+        int ran = 0;
+        var errors = new System.Collections.Concurrent.ConcurrentQueue<Exception>();
+        var worker = new Thread(() =>
+        {
+            for (int i = 0; i < 1000; i++)
+            {
+                try
+                {
+                    gpu.ForwardBatch(pool, batch);
+                    ran++;
+                }
+                catch (ObjectDisposedException)
+                {
+                    return;
+                }
+                catch (Exception e)
+                {
+                    errors.Enqueue(e);
+                    return;
+                }
+            }
+        });
+        worker.Start();
+        while (Volatile.Read(ref ran) < 2) Thread.Sleep(1);
+        gpu.Dispose();   // while the worker is (most likely) inside a step
+        Assert.True(worker.Join(TimeSpan.FromSeconds(60)), "the worker did not stop after the dispose");
+        Assert.Empty(errors);
+        Assert.Throws<ObjectDisposedException>(() => gpu.ForwardBatch(pool, batch));
+        pool.Dispose();
+        gpu.Dispose();   // again: nothing left to do
     }
 
     static async Task<int[]> Collect(ServingRequest r)

@@ -85,14 +85,17 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBatchTokens);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxSequences);
         using var step = EnterStep(wait: true);
-        int rows = Math.Max(maxBatchTokens, maxSequences);
+        // A decode step of maxSequences runs padded to its graph bucket (DecodeShapeOf): reserve that, so no decode
+        // step grows the workspace (doubling it) after the KV pool has taken the free memory.
+        int sequences = PaddedDecodeRows(maxSequences);
+        int rows = Math.Max(maxBatchTokens, sequences);
         bool reserved = false;
         try
         {
-            _ws.Reserve(rows, maxSequences);            // kept through the single-sequence path's trims
+            _ws.Reserve(rows, sequences);               // kept through the single-sequence path's trims
             reserved = true;
             if (SwiftKvEnabled) _ws.SwiftKvFor(rows);   // the batched step's SingleInputKV route (WriteSwiftKv)
-            WarmGemmPlans(rows, maxSequences);
+            WarmGemmPlans(rows, sequences);
             _stream.Synchronize();
         }
         catch (CudaException e) when (e.IsOutOfMemory)
@@ -168,9 +171,9 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// </remarks>
     public void ReleaseStepWorkspace(int maxBatchTokens, int maxSequences)
     {
-        if (_disposed) return;   // the memory went with the backend
-        using var step = EnterStep(wait: true);
-        ReleaseReservation(Math.Max(maxBatchTokens, maxSequences));
+        using var step = EnterStepUnlessDisposed(wait: true);
+        if (step is null) return;   // the memory went with the backend
+        ReleaseReservation(Math.Max(maxBatchTokens, PaddedDecodeRows(maxSequences)));
     }
 
     void ReleaseReservation(int rows)
@@ -222,7 +225,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     public float[] ForwardBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        using var step = EnterStep();
+        using var step = EnterStep(wait: true);
         int rows = EncodeBatch(kv, batch);
         var logits = new float[(long)rows * Config.VocabSize];
         if (rows > 0) _stream.Download(_ws.Logits.Span.Slice(0, logits.Length), logits);
@@ -261,7 +264,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     unsafe int[] PickOnDevice(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch, ReadOnlySpan<RowSampling> sampling)
     {
-        using var step = EnterStep();
+        using var step = EnterStep(wait: true);
         int rows = EncodeBatch(kv, batch);
         var ids = new int[rows];
         var prof = StepProfiler;
@@ -414,9 +417,12 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             if (seq.Tokens.Length != 1 || !seq.NeedsLogits) return null;
             maxBlocks = Math.Max(maxBlocks, seq.StartPosition / blockSize + 1);
         }
-        int bucket = n <= 4 ? n : n <= 8 ? 8 : (n + 15) / 16 * 16;
-        return new DecodeShape(Math.Min(bucket, MaxSequencesPerStep), Math.Max(8, (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)maxBlocks)));
+        return new DecodeShape(PaddedDecodeRows(n), Math.Max(8, (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)maxBlocks)));
     }
+
+    /// <summary>The rows a decode-only step of <paramref name="sequences"/> runs as: its graph bucket, up to <see cref="MaxGraphSequences"/>.</summary>
+    int PaddedDecodeRows(int sequences) => sequences > MaxGraphSequences ? sequences
+        : Math.Min(sequences <= 4 ? sequences : sequences <= 8 ? 8 : (sequences + 15) / 16 * 16, MaxSequencesPerStep);
 
     /// <summary>
     /// Most sequences of a decode step that runs padded (and, with <see cref="UseGraphs"/>, as a captured graph): 240, so

@@ -340,20 +340,27 @@ public sealed partial class CudaBackend : IModelBackend
     /// must not overlap: the second caller gets this error instead of overwriting the first one's activations. The
     /// serving engine's loop and LocalModel's gate serialise their callers; this catches code that goes around them.
     /// </summary>
-    /// <param name="wait">Wait for the step in flight instead (a serving engine reserving or releasing its workspace,
-    /// which must not move buffers under a running step but need not fail for one).</param>
-    StepScope EnterStep(bool wait = false)
+    /// <param name="wait">Wait for the step in flight instead: the batched steps (a serving engine's: two engines on one
+    /// backend, or one being made beside another, take turns instead of failing each other's requests), reserving or
+    /// releasing a workspace, and Dispose.</param>
+    StepScope EnterStep(bool wait = false) => EnterStepUnlessDisposed(wait) ?? throw new ObjectDisposedException(nameof(CudaBackend));
+
+    /// <summary>EnterStep, or null (holding nothing) when the backend was disposed, possibly while this call waited.</summary>
+    StepScope? EnterStepUnlessDisposed(bool wait)
     {
         if (wait)
         {
             var spin = new SpinWait();
             while (Interlocked.CompareExchange(ref _busy, 1, 0) != 0) spin.SpinOnce();
-            return new StepScope(this);
         }
-        if (Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
+        else if (Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
+        {
             throw new InvalidOperationException("this CudaBackend is running a step for another caller: one backend runs one step at a time " +
                 "(share it through a ServingEngine or the IChatClient, or give each thread its own backend).");
-        return new StepScope(this);
+        }
+        if (!_disposed) return new StepScope(this);
+        Volatile.Write(ref _busy, 0);
+        return null;
     }
 
     readonly struct StepScope(CudaBackend owner) : IDisposable
@@ -828,7 +835,11 @@ public sealed partial class CudaBackend : IModelBackend
 
     public void Dispose()
     {
-        if (_disposed) return;
+        // A step still running on another thread (a caller that disposes the backend before its serving engine) ends
+        // first, rather than finding its workspace and pool freed under it; a call waiting behind this one then finds
+        // the backend disposed.
+        using var step = EnterStepUnlessDisposed(wait: true);
+        if (step is null) return;
         _disposed = true;
         try
         {
