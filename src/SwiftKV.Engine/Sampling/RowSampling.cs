@@ -258,33 +258,33 @@ public sealed record LogitBias(int[] Tokens, float[] Deltas)
 /// The tokens a logits constraint allows next, computed off the picking thread (the serving engine starts it while the
 /// step runs): <see cref="Wait"/> gives the allowed flags, one per vocabulary id, or null when every token is allowed
 /// or the computation failed (the engine then fails that request from the task itself, not from the pick).
-/// A computation still running at its deadline counts as failed (<see cref="TimedOut"/>), so a constraint that blocks
-/// fails its own request instead of stalling every other one.
+/// A computation still running when a wait for it has lasted its timeout counts as failed (<see cref="TimedOut"/>), so
+/// a constraint that blocks fails its own request instead of stalling every other one.
 /// </summary>
 public sealed class LogitMask
 {
-    readonly long _deadline;   // Stopwatch timestamp; long.MaxValue: none
+    long _deadline;   // Stopwatch timestamp, set by the first Wait; 0: not waited for yet
 
     /// <param name="allowed">The computation; its fault is the request's failure.</param>
-    /// <param name="timeout">How long from now <see cref="Wait"/> waits for it at most (null: without limit).</param>
+    /// <param name="timeout">How long <see cref="Wait"/> waits for it at most, counted from the first Wait (null: without
+    /// limit). Counted from the first wait, not from the start, so a long step (a CPU prefill) beside it costs it nothing.</param>
     public LogitMask(Task<bool[]?> allowed, TimeSpan? timeout = null)
     {
         Allowed = allowed ?? throw new ArgumentNullException(nameof(allowed));
         if (timeout is { } t && (t <= TimeSpan.Zero || t == System.Threading.Timeout.InfiniteTimeSpan))
             throw new ArgumentOutOfRangeException(nameof(timeout), t, "a mask's timeout must be positive (or null for none).");
         Timeout = timeout;
-        _deadline = timeout is { } limit ? Stopwatch.GetTimestamp() + (long)(limit.TotalSeconds * Stopwatch.Frequency) : long.MaxValue;
     }
 
     /// <summary>The computation; its fault is the request's failure.</summary>
     public Task<bool[]?> Allowed { get; }
 
-    /// <summary>The longest <see cref="Wait"/> waits from the mask's start (null: without limit).</summary>
+    /// <summary>The longest <see cref="Wait"/> waits, from the first Wait (null: without limit).</summary>
     public TimeSpan? Timeout { get; }
 
     /// <summary>
-    /// True once a <see cref="Wait"/> found the computation unfinished at its deadline. It stays true even if the
-    /// computation ends later, because a pick may already have gone ahead without the mask.
+    /// True once a <see cref="Wait"/> found the computation unfinished at its deadline (the first wait plus the timeout).
+    /// It stays true even if the computation ends later, because a pick may already have gone ahead without the mask.
     /// </summary>
     public bool TimedOut => Volatile.Read(ref _late);
     bool _late;
@@ -294,10 +294,12 @@ public sealed class LogitMask
     {
         try
         {
-            if (_deadline == long.MaxValue) return Allowed.GetAwaiter().GetResult();
+            if (Timeout is not { } limit) return Allowed.GetAwaiter().GetResult();
             if (!TimedOut)
             {
-                long left = _deadline - Stopwatch.GetTimestamp();
+                if (Volatile.Read(ref _deadline) == 0)
+                    Interlocked.CompareExchange(ref _deadline, Stopwatch.GetTimestamp() + (long)(limit.TotalSeconds * Stopwatch.Frequency), 0);
+                long left = Volatile.Read(ref _deadline) - Stopwatch.GetTimestamp();
                 if (Allowed.IsCompleted || (left > 0 && Allowed.Wait(TimeSpan.FromSeconds((double)left / Stopwatch.Frequency))))
                     return Allowed.GetAwaiter().GetResult();
                 Volatile.Write(ref _late, true);

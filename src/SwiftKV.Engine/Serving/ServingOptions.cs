@@ -79,9 +79,9 @@ public sealed record ServingOptions
     public bool EnablePrefixCaching { get; init; } = true;
 
     /// <summary>
-    /// How long a step waits for a request's logits constraint (e.g. JSON mode) to give its next mask, counted from the
-    /// step's start. A constraint still running then fails its own request with a TimeoutException; the step and the
-    /// other requests go on. A JSON mask takes milliseconds.
+    /// How long a step waits for a request's logits constraint (e.g. JSON mode) to give its next mask, counted from when
+    /// the step first needs it (the mask is computed beside the step's work). A constraint still running then fails its
+    /// own request with a TimeoutException; the step and the other requests go on. A JSON mask takes milliseconds.
     /// </summary>
     public TimeSpan ConstraintTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
