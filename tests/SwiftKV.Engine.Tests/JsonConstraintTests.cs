@@ -196,6 +196,34 @@ public class JsonConstraintTests
         Assert.Same(TokenTrie.For(table), TokenTrie.For(table));   // built once per table
     }
 
+    /// <summary>
+    /// The same over a real byte-level BPE vocabulary (the demo tokenizer: cl100k_base's ranks plus Llama 3's special
+    /// tokens, 128256 ids), where tokens share long prefixes: the tree and trying each token alone allow the same set.
+    /// </summary>
+    [Fact]
+    public void TokenTrie_OnARealVocabulary_AllowsWhatTryingEachTokenAllows()
+    {
+        var tok = SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo();
+        var special = tok.SpecialTokens.Values.ToHashSet();
+        var table = Enumerable.Range(0, tok.VocabularySize).Select(id => special.Contains(id) ? null : tok.GetTokenBytes(id).ToArray()).ToList();
+        var trie = new TokenTrie(table);
+        foreach (var prefix in new[] { "{", "{\"name\": \"get_wea", "{\"a\": [1.5, tr", "{\"a\": {\"b\": -" })
+        {
+            var state = new JsonGrammarState();
+            Assert.True(state.Accept(Encoding.UTF8.GetBytes(prefix)), prefix);
+            var expected = new List<int>();
+            for (int id = 0; id < table.Count; id++)
+            {
+                var next = state;
+                if (table[id] is { Length: > 0 } b && next.Accept(b)) expected.Add(id);
+            }
+            var sink = new Collect { Seen = new Dictionary<int, JsonGrammarState>() };
+            trie.ForEachAccepted(state, ref sink);
+            Assert.Equal(expected, sink.Seen.Keys.Order());
+            Assert.True(expected.Count > 0, prefix);
+        }
+    }
+
     struct Collect : ITokenSink
     {
         public Dictionary<int, JsonGrammarState> Seen;
