@@ -41,6 +41,36 @@ internal static class ModelCommands
         tok?.Save(outDir);
     }
 
+    /// <summary>Whether two paths name one directory: links resolved, case ignored where the file system ignores it.</summary>
+    static bool SameDirectory(string a, string b)
+    {
+        static string Resolve(string p)
+        {
+            var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(p));
+            var info = new DirectoryInfo(full);
+            return info.Exists && info.ResolveLinkTarget(returnFinalTarget: true) is { } target ? Path.TrimEndingDirectorySeparator(target.FullName) : full;
+        }
+        var comparison = OperatingSystem.IsWindows() || OperatingSystem.IsMacOS() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal;
+        if (string.Equals(Resolve(a), Resolve(b), comparison)) return true;
+        // A link above the directory (or a bind mount): the same config.json file seen from both sides.
+        string ca = Path.Combine(a, "config.json"), cb = Path.Combine(b, "config.json");
+        if (!File.Exists(ca) || !File.Exists(cb)) return false;
+        string probe = Path.Combine(a, ".swiftkv-same-dir-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            File.WriteAllText(probe, "");
+            return File.Exists(Path.Combine(b, Path.GetFileName(probe)));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;   // cannot write into --model: then transform cannot overwrite it either
+        }
+        finally
+        {
+            try { File.Delete(probe); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+    }
+
     /// <summary>
     /// Writing a checkpoint replaces the weights files in its folder, so an --out that already holds one (a downloaded
     /// model, the demo's cache) is refused unless --force says to replace it.
@@ -101,7 +131,7 @@ internal static class ModelCommands
         int g = a.Int("group-size") ?? 1;
         bool force = a.Flag("force");
         a.RejectUnknown();
-        if (Path.GetFullPath(src).TrimEnd(Path.DirectorySeparatorChar) == Path.GetFullPath(dst).TrimEnd(Path.DirectorySeparatorChar))
+        if (SameDirectory(src, dst))
             throw new UsageException("--out must be another directory than --model: writing the new checkpoint removes the old weights first.");
         RefuseExistingCheckpoint(dst, force);
         var sw = Stopwatch.StartNew();

@@ -92,10 +92,6 @@ public sealed class CliTests : IDisposable
     [InlineData("bench", "--rope-on-load", "off")]
     [InlineData("bench", "--attention-ws", "sometimes")]
     [InlineData("serve-bench", "--paged-attention-ws", "2cta")]
-    [InlineData("generate", "--model", "/no/such/model", "--prompt", "hi", "--temperature", "0,7")]   // not 7
-    [InlineData("generate", "--model", "/no/such/model", "--prompt", "hi", "--system", "be brief")]   // --system needs --chat
-    [InlineData("logits", "--model", "/no/such/model", "--tokens", "1,,2", "--out", "y")]            // not the tokens 1, 2
-    [InlineData("logits", "--model", "/no/such/model", "--tokens", "1", "--out", "/no/such/dir/l.f32")]
     public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
     {
         var r = Run(args);
@@ -119,6 +115,24 @@ public sealed class CliTests : IDisposable
         var g = Run("generate", "--model", dir, "--prompt", "hi", "--max-tokens", "2000000000");
         Assert.Equal(2, g.Code);
         Assert.Contains("exceeds the context of 64 tokens", g.Err);
+    }
+
+    /// <summary>
+    /// Typos that used to run on a model that loads: '0,7' read as 7, --system dropped beside --prompt, "1,,2" read as
+    /// two tokens, an --out in a missing directory found only after the forward. Each is now exit 2 naming it.
+    /// </summary>
+    [Theory]
+    [InlineData("'0,7' is not a valid Single", "generate", "--prompt", "hi", "--max-tokens", "2", "--temperature", "0,7")]
+    [InlineData("--system goes with --chat", "generate", "--prompt", "hi", "--max-tokens", "2", "--system", "be brief")]
+    [InlineData("entry 2 of '1,,2' is empty", "logits", "--tokens", "1,,2", "--out", "l.f32")]
+    [InlineData("does not exist", "logits", "--tokens", "1", "--out", "/no/such/dir/l.f32")]
+    public void Typos_OnAModelThatLoads_AreNamed(string expected, string command, params string[] rest)
+    {
+        string dir = Tiny("typos");
+        var r = Run([command, "--model", dir, .. rest.Select(a => a == "l.f32" ? Path.Combine(_root, a) : a)]);
+        Assert.Equal(2, r.Code);
+        Assert.Contains(expected, r.Err);
+        Assert.Single(r.Err.TrimEnd().Split('\n'));
     }
 
     /// <summary>

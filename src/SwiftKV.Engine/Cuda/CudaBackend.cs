@@ -333,12 +333,14 @@ public sealed partial class CudaBackend : IModelBackend
         }
     }
 
-    int _busy;   // 1 while a step runs on some thread (EnterStep)
+    int _busy;        // 1 while a step runs on some thread (EnterStep)
+    bool _disposing;  // Dispose has begun (it may be waiting for the step in flight)
 
     /// <summary>
     /// Every step runs on the one stream with the shared workspaces and pinned staging, so two steps of one backend
-    /// must not overlap: the second caller gets this error instead of overwriting the first one's activations. The
-    /// serving engine's loop and LocalModel's gate serialise their callers; this catches code that goes around them.
+    /// must not overlap: a single-sequence call that would overlap another gets this error instead of overwriting the
+    /// first one's activations (ObjectDisposedException once Dispose has begun). The serving engine's loop and
+    /// LocalModel's gate serialise their callers; this catches code that goes around them.
     /// </summary>
     /// <param name="wait">Wait for the step in flight instead: the batched steps (a serving engine's: two engines on one
     /// backend, or one being made beside another, take turns instead of failing each other's requests), reserving or
@@ -355,6 +357,7 @@ public sealed partial class CudaBackend : IModelBackend
         }
         else if (Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
         {
+            if (Volatile.Read(ref _disposing)) throw new ObjectDisposedException(nameof(CudaBackend));   // Dispose holds it
             throw new InvalidOperationException("this CudaBackend is running a step for another caller: one backend runs one step at a time " +
                 "(share it through a ServingEngine or the IChatClient, or give each thread its own backend).");
         }
@@ -838,6 +841,7 @@ public sealed partial class CudaBackend : IModelBackend
         // A step still running on another thread (a caller that disposes the backend before its serving engine) ends
         // first, rather than finding its workspace and pool freed under it; a call waiting behind this one then finds
         // the backend disposed.
+        Volatile.Write(ref _disposing, true);
         using var step = EnterStepUnlessDisposed(wait: true);
         if (step is null) return;
         _disposed = true;

@@ -271,8 +271,8 @@ public sealed class LogitMask
     public LogitMask(Task<bool[]?> allowed, TimeSpan? timeout = null)
     {
         Allowed = allowed ?? throw new ArgumentNullException(nameof(allowed));
-        if (timeout is { } t && (t <= TimeSpan.Zero || t == System.Threading.Timeout.InfiniteTimeSpan))
-            throw new ArgumentOutOfRangeException(nameof(timeout), t, "a mask's timeout must be positive (or null for none).");
+        if (timeout is { } t && (t <= TimeSpan.Zero || t > MaxTimeout))
+            throw new ArgumentOutOfRangeException(nameof(timeout), t, $"a mask's timeout must be positive and at most {MaxTimeout} (null: none).");
         Timeout = timeout;
     }
 
@@ -292,25 +292,28 @@ public sealed class LogitMask
     /// <summary>Waits (until the deadline at most) for the flags; null when all are allowed, or the computation failed or is late.</summary>
     public bool[]? Wait()
     {
+        if (Timeout is { } limit && !Allowed.IsCompleted && !TimedOut)
+        {
+            if (Volatile.Read(ref _deadline) == 0)
+                Interlocked.CompareExchange(ref _deadline, Stopwatch.GetTimestamp() + (long)(limit.TotalSeconds * Stopwatch.Frequency), 0);
+            long left = Volatile.Read(ref _deadline) - Stopwatch.GetTimestamp();
+            // Task.Wait ends early on a fault too; its exception is read below. (The timeout is at most MaxTimeout.)
+            if (left <= 0 || !((IAsyncResult)Allowed).AsyncWaitHandle.WaitOne(TimeSpan.FromSeconds((double)left / Stopwatch.Frequency)))
+                Volatile.Write(ref _late, true);
+        }
+        if (TimedOut) return null;
         try
         {
-            if (Timeout is not { } limit) return Allowed.GetAwaiter().GetResult();
-            if (!TimedOut)
-            {
-                if (Volatile.Read(ref _deadline) == 0)
-                    Interlocked.CompareExchange(ref _deadline, Stopwatch.GetTimestamp() + (long)(limit.TotalSeconds * Stopwatch.Frequency), 0);
-                long left = Volatile.Read(ref _deadline) - Stopwatch.GetTimestamp();
-                if (Allowed.IsCompleted || (left > 0 && Allowed.Wait(TimeSpan.FromSeconds((double)left / Stopwatch.Frequency))))
-                    return Allowed.GetAwaiter().GetResult();
-                Volatile.Write(ref _late, true);
-            }
-            return null;
+            return Allowed.GetAwaiter().GetResult();
         }
-        catch
+        catch (Exception)
         {
-            return null;
+            return null;   // the computation's own failure: the picker rethrows it (ThrowIfFailed)
         }
     }
+
+    /// <summary>The longest timeout a mask takes: a wait handle counts in int milliseconds (~24.8 days).</summary>
+    public static readonly TimeSpan MaxTimeout = TimeSpan.FromMilliseconds(int.MaxValue);
 
     /// <summary>
     /// For the picker: throws the computation's own exception when it failed, or a <see cref="TimeoutException"/> when

@@ -23,7 +23,17 @@ public sealed class TokenTrie
     public static TokenTrie For(IReadOnlyList<byte[]?> tokenBytes)
     {
         ArgumentNullException.ThrowIfNull(tokenBytes);
-        return s_shared.GetValue(tokenBytes, t => new Lazy<TokenTrie>(() => new TokenTrie(t))).Value;
+        // The table must not change after its first use here (the chat client's is made once per tokenizer).
+        var lazy = s_shared.GetValue(tokenBytes, t => new Lazy<TokenTrie>(() => new TokenTrie(t)));
+        try
+        {
+            return lazy.Value;
+        }
+        catch
+        {
+            s_shared.Remove(tokenBytes);   // a failed build (out of memory) is not kept: the next call tries again
+            throw;
+        }
     }
 
     /// <summary>Builds the trie of every non-empty entry of <paramref name="tokenBytes"/> (null and empty entries are left out).</summary>
@@ -70,8 +80,7 @@ public sealed class TokenTrie
         foreach (int id in ids)
         {
             var bytes = tokenBytes[id]!;
-            int shared = 0, max = Math.Min(previous.Length, bytes.Length);
-            while (shared < max && previous[shared] == bytes[shared]) shared++;
+            int shared = bytes.AsSpan().CommonPrefixLength(previous);
             for (int d = shared; d < bytes.Length; d++)
             {
                 edge.Add(bytes[d]);

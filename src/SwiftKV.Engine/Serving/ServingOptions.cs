@@ -1,4 +1,6 @@
 // Runtime knobs of one serving engine (kept apart from the model's config.json facts).
+using SwiftKV.Engine.Sampling;
+
 namespace SwiftKV.Engine.Serving;
 
 /// <summary>Element type of the paged KV pool.</summary>
@@ -82,6 +84,7 @@ public sealed record ServingOptions
     /// How long a step waits for a request's logits constraint (e.g. JSON mode) to give its next mask, counted from when
     /// the step first needs it (the mask is computed beside the step's work). A constraint still running then fails its
     /// own request with a TimeoutException; the step and the other requests go on. A JSON mask takes milliseconds.
+    /// Until then the step (and, on the GPU, the backend it runs on) waits: keep it short where engines share a backend.
     /// </summary>
     public TimeSpan ConstraintTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
@@ -94,8 +97,8 @@ public sealed record ServingOptions
         if (MaxRunningSequences is < 1) throw new ArgumentOutOfRangeException(nameof(MaxRunningSequences), MaxRunningSequences, "MaxRunningSequences must be >= 1 (or null).");
         if (MaxSequenceLength is < 2) throw new ArgumentOutOfRangeException(nameof(MaxSequenceLength), MaxSequenceLength, "MaxSequenceLength must be >= 2 (or null).");
         if (!Enum.IsDefined(KvCacheDtype)) throw new ArgumentOutOfRangeException(nameof(KvCacheDtype), KvCacheDtype, "KvCacheDtype must be Bf16 or Fp8E4M3.");
-        if (ConstraintTimeout <= TimeSpan.Zero || ConstraintTimeout == Timeout.InfiniteTimeSpan)
-            throw new ArgumentOutOfRangeException(nameof(ConstraintTimeout), ConstraintTimeout, "ConstraintTimeout must be positive.");
+        if (ConstraintTimeout <= TimeSpan.Zero || ConstraintTimeout > LogitMask.MaxTimeout)
+            throw new ArgumentOutOfRangeException(nameof(ConstraintTimeout), ConstraintTimeout, $"ConstraintTimeout must be positive and at most {LogitMask.MaxTimeout}.");
         if (AdmissionReserveBlocks is < 0) throw new ArgumentOutOfRangeException(nameof(AdmissionReserveBlocks), AdmissionReserveBlocks, "AdmissionReserveBlocks must be >= 0 (or null).");
     }
 }

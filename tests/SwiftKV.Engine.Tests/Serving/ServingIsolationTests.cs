@@ -110,6 +110,12 @@ public sealed class ServingIsolationTests
             release.Set();   // lets the stuck mask task end
         }
         Assert.Throws<ArgumentOutOfRangeException>(() => new ServingEngine(backend, new ServingOptions { ConstraintTimeout = TimeSpan.Zero }));
+        // Past what a wait can count (int milliseconds) is refused, not silently turned into "no mask".
+        Assert.Throws<ArgumentOutOfRangeException>(() => new ServingEngine(backend, new ServingOptions { ConstraintTimeout = TimeSpan.MaxValue }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LogitMask(Task.FromResult<bool[]?>(null), TimeSpan.FromDays(30)));
+        var slow = new LogitMask(Task.Run(async () => { await Task.Delay(200, Ct); return (bool[]?)[true, false]; }, Ct), LogitMask.MaxTimeout);
+        Assert.Equal(new[] { true, false }, slow.Wait()!);
+        Assert.False(slow.TimedOut);
     }
 
     /// <summary>A CPU backend passed through, whose batched steps throw when <see cref="FailWhen"/> says so.</summary>
