@@ -18,8 +18,11 @@ public sealed record RagOptions
     public string? Model { get; init; }
     /// <summary>Folder of .md / .txt documents to ingest.</summary>
     public string Documents { get; init; } = Path.Combine(AppContext.BaseDirectory, "rag-documents");
-    /// <summary>SQLite file of the vector store (recreated on every run).</summary>
-    public string Database { get; init; } = Path.Combine(Path.GetTempPath(), "swiftkv-rag-sample.db");
+    /// <summary>
+    /// SQLite file of the vector store, recreated on every run; null: a file of this run's own in the temp folder,
+    /// removed at the end (so two runs at once do not share one).
+    /// </summary>
+    public string? Database { get; init; }
     public string Question { get; init; } = "How long is the Mow-3 battery covered by the warranty, and what voids that cover?";
     public int TopK { get; init; } = 3;
     public int ChunkChars { get; init; } = 500;
@@ -56,6 +59,7 @@ public static class RagSample
                 MaxTokens = a.PositiveInt("max-tokens", d.MaxTokens),
             };
             a.RejectUnknown();
+            if (options.Database is { } db) CheckDatabasePath(db);
         }
         catch (ArgumentException e)
         {
@@ -73,12 +77,40 @@ public static class RagSample
         var (modelPath, isDemo) = SampleModel.Resolve(options.Model, output);
 
         // 1. Ingest: chunk every document, embed the chunks, store them.
-        var clock = Stopwatch.StartNew();
         using var embedder = new ArcticEmbeddingGenerator();
-        if (File.Exists(options.Database)) File.Delete(options.Database);
-        using var store = new SqliteVectorStore(options.Database, ArcticEmbeddingGenerator.Dimensions);
+        string database = options.Database ?? Path.Combine(Path.GetTempPath(), $"swiftkv-rag-sample-{Guid.NewGuid():N}.db");
+        CheckDatabasePath(database);
+        if (File.Exists(database)) File.Delete(database);
+        try
+        {
+            await AnswerAsync(options, database, modelPath, isDemo, embedder, output, cancellationToken);
+        }
+        finally
+        {
+            if (options.Database is null) File.Delete(database);   // this run's own file
+        }
+    }
+
+    /// <summary>
+    /// The store's file is recreated, so a path that names something else is refused: a folder, a file in a missing
+    /// folder, or an existing file that is not a vector store this sample made (it would be overwritten).
+    /// </summary>
+    static void CheckDatabasePath(string path)
+    {
+        if (Directory.Exists(path)) throw new ArgumentException($"--db {path} is a folder; give a file path.");
+        if (Path.GetDirectoryName(Path.GetFullPath(path)) is { } parent && !Directory.Exists(parent))
+            throw new ArgumentException($"--db {path}: the folder {parent} does not exist.");
+        if (File.Exists(path) && new FileInfo(path).Length > 0 && !SqliteVectorStore.IsStore(path))
+            throw new ArgumentException($"--db {path} exists and is not a vector store this sample made; it would be overwritten. Give another path.");
+    }
+
+    static async Task AnswerAsync(RagOptions options, string database, string modelPath, bool isDemo, ArcticEmbeddingGenerator embedder,
+        TextWriter output, CancellationToken cancellationToken)
+    {
+        var clock = Stopwatch.StartNew();
+        using var store = new SqliteVectorStore(database, ArcticEmbeddingGenerator.Dimensions);
         int documents = await IngestAsync(options.Documents, options.ChunkChars, embedder, store, cancellationToken);
-        output.WriteLine($"ingested {documents} documents as {store.Count} chunks into {options.Database} " +
+        output.WriteLine($"ingested {documents} documents as {store.Count} chunks into {(options.Database is null ? "a temporary store" : database)} " +
                          $"(arctic-embed-xs, {ArcticEmbeddingGenerator.Dimensions} dims) in {clock.ElapsedMilliseconds} ms");
 
         // 2. Retrieve.

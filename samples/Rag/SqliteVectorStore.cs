@@ -36,6 +36,19 @@ public sealed class SqliteVectorStore : IDisposable
                 "embedding BLOB NOT NULL, PRIMARY KEY (source, ordinal))");
     }
 
+    /// <summary>Whether <paramref name="path"/> is an SQLite file holding this store's table (one a run of the sample made).</summary>
+    public static bool IsStore(string path)
+    {
+        Span<byte> header = stackalloc byte[16];
+        using (var f = File.OpenRead(path))
+            if (f.ReadAtLeast(header, 16, throwOnEndOfStream: false) < 16 || !header.SequenceEqual("SQLite format 3\0"u8)) return false;
+        using var db = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadOnly, Pooling = false }.ToString());
+        db.Open();
+        using var cmd = db.CreateCommand();
+        cmd.CommandText = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'chunks'";
+        return Convert.ToInt32(cmd.ExecuteScalar()) == 1;
+    }
+
     /// <summary>Number of stored chunks.</summary>
     public int Count
     {

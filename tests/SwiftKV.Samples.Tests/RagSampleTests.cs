@@ -32,6 +32,37 @@ public sealed class RagSampleTests(TinySampleModel model)
         Assert.DoesNotContain("gibberish", text); // --model was given: no demo-model note
     }
 
+    /// <summary>
+    /// The store's file is recreated, so --db refuses what it would destroy or cannot open: an existing file that is not a
+    /// store this sample made (kept as it was), a folder, a file in a missing folder; a store from an earlier run is
+    /// replaced. Without --db the run uses a file of its own and removes it.
+    /// </summary>
+    [Fact]
+    public async Task RunAsync_DatabasePath_RefusesWhatItWouldDestroy()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        string precious = model.TempFile("notes.txt");
+        File.WriteAllText(precious, "precious notes");
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => RagSample.RunAsync(new RagOptions { Model = model.Directory, Database = precious, MaxTokens = 1 }, new StringWriter(), ct));
+        Assert.Contains("is not a vector store this sample made", e.Message);
+        Assert.Equal("precious notes", File.ReadAllText(precious));
+        e = await Assert.ThrowsAsync<ArgumentException>(() => RagSample.RunAsync(new RagOptions { Model = model.Directory, Database = model.Directory, MaxTokens = 1 }, new StringWriter(), ct));
+        Assert.Contains("is a folder", e.Message);
+        e = await Assert.ThrowsAsync<ArgumentException>(() => RagSample.RunAsync(new RagOptions { Model = model.Directory, Database = Path.Combine(model.Directory, "no-such-dir", "x.db"), MaxTokens = 1 }, new StringWriter(), ct));
+        Assert.Contains("does not exist", e.Message);
+
+        string store = model.TempFile("again.db");
+        for (int run = 0; run < 2; run++)   // the second run replaces the first one's store
+            await RagSample.RunAsync(new RagOptions { Model = model.Directory, Database = store, MaxTokens = 1 }, new StringWriter(), ct);
+        Assert.True(SqliteVectorStore.IsStore(store));
+
+        var before = Directory.GetFiles(Path.GetTempPath(), "swiftkv-rag-sample-*.db").ToHashSet();
+        var output = new StringWriter();
+        await RagSample.RunAsync(new RagOptions { Model = model.Directory, MaxTokens = 1 }, output, ct);
+        Assert.Contains("into a temporary store", output.ToString());
+        Assert.DoesNotContain(Directory.GetFiles(Path.GetTempPath(), "swiftkv-rag-sample-*.db"), f => !before.Contains(f));
+    }
+
     [Fact]
     public async Task ArcticEmbeddingGenerator_GenerateAsync_ReturnsUnitVectorsThatSeparateTopics()
     {
