@@ -47,6 +47,7 @@ public sealed class AnswerService(IChatClient client, IOptions<AnswerOptions> op
             if (swiftKv.Model.Path.Contains(SwiftKV.Model.Checkpoint.DemoModel.Name, StringComparison.Ordinal))
                 w.WriteLine(SampleModel.GibberishNote);
             w.WriteLine("(OpenTelemetry: the traces above were exported as each call ended; the metrics follow as the host stops)");
+            output.Answered = true;
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {

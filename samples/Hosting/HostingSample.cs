@@ -68,7 +68,8 @@ public static class HostingSample
         using var host = builder.Build();
         await host.RunAsync(cancellationToken);
         sampleOutput.Failure?.Throw();
-        if (sampleOutput.Interrupted) throw new OperationCanceledException("interrupted before the answer was complete.");
+        // Interrupted mid-answer, or stopped (Ctrl-C) before the answering service ran at all.
+        if (sampleOutput.Interrupted || !sampleOutput.Answered) throw new OperationCanceledException("interrupted before the answer was complete.");
     }
 
     static readonly string[] s_sampleKeys = ["Prompt", "MaxTokens"];
@@ -82,7 +83,11 @@ public static class HostingSample
     static void RejectUnknownOptions(IReadOnlyList<string> args)
     {
         static bool Under(string name, string section) => name.StartsWith(section + ":", StringComparison.OrdinalIgnoreCase);
-        var unknown = new SampleArgs(args).Names.Select(n => n.Split('=', 2)[0]).Where(name =>
+        var parsed = new SampleArgs(args);
+        // Every option takes a value; the host would drop a value-less one silently (--model alone ran the demo model).
+        foreach (var name in parsed.Names.Where(n => !n.Contains('=')))
+            parsed.String(name);
+        var unknown = parsed.Names.Select(n => n.Split('=', 2)[0]).Where(name =>
             !s_hostKeys.Contains(name, StringComparer.OrdinalIgnoreCase) && !Under(name, "SwiftKV") && !Under(name, "Logging")
             && !(Under(name, "Sample") && s_sampleKeys.Contains(name["Sample:".Length..], StringComparer.OrdinalIgnoreCase))).ToList();
         if (unknown.Count > 0)
@@ -98,4 +103,6 @@ public sealed class SampleOutput(TextWriter writer)
     public System.Runtime.ExceptionServices.ExceptionDispatchInfo? Failure { get; set; }
     /// <summary>Set when the host was stopped (Ctrl-C) before the answer was complete.</summary>
     public bool Interrupted { get; set; }
+    /// <summary>Set once the whole answer was printed.</summary>
+    public bool Answered { get; set; }
 }

@@ -84,7 +84,9 @@ public static class ToolAgentSample
         output.WriteLine($"tools: {string.Join(", ", kernel.Plugins.SelectMany(p => p.Select(f => $"{p.Name}.{f.Name}")))}; " +
                          $"choice: {(options.Require is null ? "Auto" : $"Required({options.Require}) on the first turn")}");
         output.WriteLine($"question: {options.Question}");
-        var result = await kernel.InvokePromptAsync(options.Question, new KernelArguments(SampleKernel.Settings(options.MaxTokens, behavior)),
+        // The question goes in as a variable, not as the template: text of its own such as {{x.y}} is not a call.
+        var result = await kernel.InvokePromptAsync("""<message role="user">{{$question}}</message>""",
+            new KernelArguments(SampleKernel.Settings(options.MaxTokens, behavior)) { ["question"] = options.Question },
             cancellationToken: cancellationToken);
         string answer = result.ToString().Trim();
         output.WriteLine($"answer: {answer}");

@@ -32,6 +32,21 @@ public sealed class ToolAgentSampleTests(TinySampleModel model)
         Assert.Contains("'divide'", e.Message);
     }
 
+    /// <summary>
+    /// The question is text, not a template: "{{documents.lookup ...}}" in it is not run (it used to call the plugin,
+    /// and "{{nosuch.fn}}" crashed the sample with the kernel's KeyNotFoundException).
+    /// </summary>
+    [Fact]
+    public async Task RunAsync_QuestionWithTemplateSyntax_IsSentAsText()
+    {
+        const string question = "What does {{documents.lookup 'warranty'}} or {{nosuch.fn}} or {{$x}} mean?";
+        var output = new StringWriter();
+        var result = await ToolAgentSample.RunAsync(new ToolAgentOptions { Model = model.Directory, Question = question, MaxTokens = 2 }, output,
+            TestContext.Current.CancellationToken);
+        Assert.Empty(result.ToolCalls);
+        Assert.Contains($"question: {question}", output.ToString());
+    }
+
     [Fact]
     public void Plugins_Invoked_LogAndAnswer()
     {

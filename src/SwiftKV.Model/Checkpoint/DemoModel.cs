@@ -53,6 +53,7 @@ public static class DemoModel
         {
             log?.Invoke($"making the demo checkpoint once in {dir} (random weights, SwiftKV 50% + AcrossKV 2-way)...");
         }
+        RemoveStaleStaging(dir);
         // Write beside the final directory and rename, so two processes racing here never see a partial model.
         string staging = dir + ".tmp-" + Guid.NewGuid().ToString("N");
         try
@@ -73,6 +74,29 @@ public static class DemoModel
             if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
         }
         return dir;
+    }
+
+    /// <summary>
+    /// Staging folders a run left when it was killed while writing (Ctrl-C skips the finally below): ~120 MB each.
+    /// Only those untouched for ten minutes go, so a run writing one now is left alone.
+    /// </summary>
+    static void RemoveStaleStaging(string dir)
+    {
+        var parent = Path.GetDirectoryName(dir);
+        if (parent is null || !Directory.Exists(parent)) return;
+        foreach (var stale in Directory.EnumerateDirectories(parent, Path.GetFileName(dir) + ".tmp-*"))
+        {
+            try
+            {
+                if (DateTime.UtcNow - Directory.GetLastWriteTimeUtc(stale) > TimeSpan.FromMinutes(10)
+                    && Directory.EnumerateFiles(stale).All(f => DateTime.UtcNow - File.GetLastWriteTimeUtc(f) > TimeSpan.FromMinutes(10)))
+                    Directory.Delete(stale, recursive: true);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // another process removed it, or it is not ours to remove
+            }
+        }
     }
 
     static bool Verifies(string dir)

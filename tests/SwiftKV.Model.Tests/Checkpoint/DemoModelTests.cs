@@ -31,4 +31,22 @@ public sealed class DemoModelTests : IDisposable
         Assert.Equal(made, File.ReadAllBytes(weights));   // the same recipe and seed: the same bytes again
         LlamaCheckpointLoader.Verify(dir);
     }
+
+    /// <summary>A staging folder left by a run killed while making the model goes once it is old; a fresh one stays.</summary>
+    [Fact]
+    public void Ensure_RemovesStagingLeftByAKilledRun()
+    {
+        string old = Path.Combine(_root.Path, DemoModel.Name + ".tmp-old"), fresh = Path.Combine(_root.Path, DemoModel.Name + ".tmp-fresh");
+        foreach (var d in new[] { old, fresh })
+        {
+            Directory.CreateDirectory(d);
+            File.WriteAllText(Path.Combine(d, "model.safetensors"), "partial");
+        }
+        var longAgo = DateTime.UtcNow.AddHours(-1);
+        File.SetLastWriteTimeUtc(Path.Combine(old, "model.safetensors"), longAgo);
+        Directory.SetLastWriteTimeUtc(old, longAgo);
+        DemoModel.Ensure(_root.Path);
+        Assert.False(Directory.Exists(old));
+        Assert.True(Directory.Exists(fresh));
+    }
 }
