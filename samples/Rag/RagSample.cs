@@ -146,6 +146,7 @@ public static class RagSample
     public static async Task<int> IngestAsync(string folder, int chunkChars, IEmbeddingGenerator<string, Embedding<float>> embedder,
         SqliteVectorStore store, CancellationToken cancellationToken = default)
     {
+        if (File.Exists(folder)) throw new ArgumentException($"--documents {folder} is a file; give a folder of .md / .txt documents");
         if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"document folder '{folder}' does not exist");
         var files = Directory.EnumerateFiles(folder, "*.*", SearchOption.AllDirectories)
             .Where(f => f.EndsWith(".md", StringComparison.OrdinalIgnoreCase) || f.EndsWith(".txt", StringComparison.OrdinalIgnoreCase))
@@ -154,6 +155,7 @@ public static class RagSample
         if (files.Count == 0) throw new FileNotFoundException($"no .md or .txt documents in '{folder}'");
         var pending = files.SelectMany(f => TextChunker.Chunk(File.ReadAllText(f), chunkChars)
             .Select((text, i) => (Source: Path.GetRelativePath(folder, f), Ordinal: i, Text: text))).ToList();
+        if (pending.Count == 0) throw new ArgumentException($"the {files.Count} document(s) in '{folder}' hold no text to retrieve from");
         var vectors = await embedder.GenerateAsync(pending.Select(p => p.Text), cancellationToken: cancellationToken);
         store.Upsert(pending.Zip(vectors, (p, v) => new StoredChunk(p.Source, p.Ordinal, p.Text, v.Vector.ToArray())));
         return files.Count;

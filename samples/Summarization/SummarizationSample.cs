@@ -58,12 +58,14 @@ public static class SummarizationSample
         {
             var a = new SampleArgs(args);
             var d = a.Flag("quick") ? SummarizationOptions.Quick() : new SummarizationOptions();
+            bool all = a.Flag("all-chunks");
+            if (all && a.String("max-chunks") is not null) throw new ArgumentException("--all-chunks and --max-chunks contradict each other; give one");
             options = d with
             {
                 Model = a.String("model"),
-                Sections = a.PositiveInt("sections", d.Sections),
-                ChunkTokens = a.PositiveInt("chunk-tokens", d.ChunkTokens),
-                MaxChunks = a.Flag("all-chunks") ? 0 : a.PositiveInt("max-chunks", d.MaxChunks),
+                Sections = InRange(a.PositiveInt("sections", d.Sections), "sections", 10_000),
+                ChunkTokens = InRange(a.PositiveInt("chunk-tokens", d.ChunkTokens), "chunk-tokens", 1 << 20),
+                MaxChunks = all ? 0 : a.PositiveInt("max-chunks", d.MaxChunks),
                 MapTokens = a.PositiveInt("map-tokens", d.MapTokens),
                 ReduceTokens = a.PositiveInt("reduce-tokens", d.ReduceTokens),
             };
@@ -76,6 +78,9 @@ public static class SummarizationSample
         }
         return await SampleRun.Guarded("summarization", () => RunAsync(options, Console.Out));
     }
+
+    static int InRange(int value, string name, int max) =>
+        value <= max ? value : throw new ArgumentException($"--{name} must be at most {max:N0} (got {value:N0})");
 
     /// <summary>Runs map-reduce with SwiftKV on, measures every prompt with SwiftKV off too, and reports.</summary>
     public static async Task<IReadOnlyList<StageCall>> RunAsync(SummarizationOptions options, TextWriter output, CancellationToken cancellationToken = default)

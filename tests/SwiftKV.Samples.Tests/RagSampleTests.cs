@@ -35,7 +35,8 @@ public sealed class RagSampleTests(TinySampleModel model)
     /// <summary>
     /// The store's file is recreated, so --db refuses what it would destroy or cannot open: an existing file that is not a
     /// store this sample made (kept as it was), a folder, a file in a missing folder; a store from an earlier run is
-    /// replaced. Without --db the run uses a file of its own and removes it.
+    /// replaced. Without --db the run uses a file of its own and removes it. Documents with no text, or a file given as
+    /// the folder, are named too.
     /// </summary>
     [Fact]
     public async Task RunAsync_DatabasePath_RefusesWhatItWouldDestroy()
@@ -60,6 +61,15 @@ public sealed class RagSampleTests(TinySampleModel model)
         var output = new StringWriter();
         await RagSample.RunAsync(new RagOptions { Model = model.Directory, MaxTokens = 1 }, output, ct);
         Assert.Contains("into a temporary store", output.ToString());
+
+        string blank = Path.Combine(model.Directory, "blank-docs-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(blank);
+        File.WriteAllText(Path.Combine(blank, "a.md"), "");
+        File.WriteAllText(Path.Combine(blank, "b.txt"), "  \n ");
+        e = await Assert.ThrowsAsync<ArgumentException>(() => RagSample.RunAsync(new RagOptions { Model = model.Directory, Documents = blank, MaxTokens = 1 }, new StringWriter(), ct));
+        Assert.Contains("hold no text", e.Message);
+        e = await Assert.ThrowsAsync<ArgumentException>(() => RagSample.RunAsync(new RagOptions { Model = model.Directory, Documents = precious, MaxTokens = 1 }, new StringWriter(), ct));
+        Assert.Contains("is a file", e.Message);
         Assert.DoesNotContain(Directory.GetFiles(Path.GetTempPath(), "swiftkv-rag-sample-*.db"), f => !before.Contains(f));
     }
 
