@@ -19,6 +19,8 @@ public static class SampleModel
         if (modelPath is null) return (DemoModel.Ensure(log: log.WriteLine), true);
         if (!Directory.Exists(modelPath))
             throw new ArgumentException($"--model '{modelPath}' is not a directory (expected a Hugging Face checkpoint: config.json, *.safetensors, tokenizer)");
+        // Headers and shapes only (no weights read): a wrong folder fails now, before the sample ingests or embeds anything.
+        LlamaCheckpointLoader.Verify(modelPath);
         return (modelPath, false);
     }
 }

@@ -58,28 +58,25 @@ public static class ToolAgentSample
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(output);
+        var log = new ToolLog();
+        KernelPlugin[] plugins =
+        [
+            KernelPluginFactory.CreateFromObject(new CalculatorPlugin(log), "calculator"),
+            KernelPluginFactory.CreateFromObject(new DocumentLookupPlugin(log), "documents"),
+        ];
+        // Checked before the model loads, so a typo costs nothing.
+        KernelFunction? required = options.Require is null ? null
+            : plugins.SelectMany(p => p).FirstOrDefault(f => f.Name == options.Require)
+              ?? throw new ArgumentException($"--require '{options.Require}' is not a function of the agent ({string.Join(", ", plugins.SelectMany(p => p).Select(f => f.Name))})");
         var (modelPath, isDemo) = SampleModel.Resolve(options.Model, output);
 
         using var swiftKv = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = modelPath });
         var (pipeline, recorder) = SampleKernel.Pipeline(swiftKv);
-        var log = new ToolLog();
         var kernel = SampleKernel.Create(pipeline, b =>
         {
-            b.Plugins.AddFromObject(new CalculatorPlugin(log), "calculator");
-            b.Plugins.AddFromObject(new DocumentLookupPlugin(log), "documents");
+            foreach (var plugin in plugins) b.Plugins.Add(plugin);
         });
-
-        FunctionChoiceBehavior behavior;
-        if (options.Require is null)
-        {
-            behavior = FunctionChoiceBehavior.Auto();
-        }
-        else
-        {
-            var function = kernel.Plugins.SelectMany(p => p).FirstOrDefault(f => f.Name == options.Require)
-                ?? throw new ArgumentException($"--require '{options.Require}' is not a function of the agent (lookup, multiply, add)");
-            behavior = FunctionChoiceBehavior.Required([function]);
-        }
+        var behavior = required is null ? FunctionChoiceBehavior.Auto() : FunctionChoiceBehavior.Required([required]);
 
         output.WriteLine($"tools: {string.Join(", ", kernel.Plugins.SelectMany(p => p.Select(f => $"{p.Name}.{f.Name}")))}; " +
                          $"choice: {(options.Require is null ? "Auto" : $"Required({options.Require}) on the first turn")}");

@@ -70,6 +70,10 @@ public sealed class RagSampleTests(TinySampleModel model)
         Assert.Contains("hold no text", e.Message);
         e = await Assert.ThrowsAsync<ArgumentException>(() => RagSample.RunAsync(new RagOptions { Model = model.Directory, Documents = precious, MaxTokens = 1 }, new StringWriter(), ct));
         Assert.Contains("is a file", e.Message);
+        // A folder that is no checkpoint fails before anything is ingested.
+        output = new StringWriter();
+        await Assert.ThrowsAnyAsync<Exception>(() => RagSample.RunAsync(new RagOptions { Model = blank, MaxTokens = 1 }, output, ct));
+        Assert.DoesNotContain("ingested", output.ToString());
         Assert.DoesNotContain(Directory.GetFiles(Path.GetTempPath(), "swiftkv-rag-sample-*.db"), f => !before.Contains(f));
     }
 
