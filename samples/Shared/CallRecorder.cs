@@ -11,12 +11,16 @@ namespace SwiftKV.Samples;
 /// <summary>One model call as the samples report it.</summary>
 public sealed record CallRecord(
     int PromptTokens, int PromptTokensSkipped, int OutputTokens, TimeSpan TimeToFirstToken, TimeSpan Elapsed,
-    ChatFinishReason? FinishReason)
+    ChatFinishReason? FinishReason, int PromptTokensCached = 0)
 {
-    /// <summary>One report line; the samples' tests look for these labels.</summary>
+    /// <summary>
+    /// One report line; the samples' tests look for these labels. Tokens served from the prefix cache (a tool loop's
+    /// second call repeats the first one's prompt) were not prefilled again, so SwiftKV had nothing to skip in them.
+    /// </summary>
     public override string ToString() =>
         $"prompt tokens: {PromptTokens} | skipped by SwiftKV: {PromptTokensSkipped} | output tokens: {OutputTokens} | "
-        + $"TTFT: {TimeToFirstToken.TotalMilliseconds:F0} ms | total: {Elapsed.TotalMilliseconds:F0} ms | finish: {FinishReason}";
+        + $"TTFT: {TimeToFirstToken.TotalMilliseconds:F0} ms | total: {Elapsed.TotalMilliseconds:F0} ms | finish: {FinishReason}"
+        + (PromptTokensCached > 0 ? $" | from the prefix cache (not prefilled again): {PromptTokensCached}" : "");
 }
 
 /// <summary>Records every call that passes through it (thread-safe).</summary>
@@ -58,8 +62,9 @@ public sealed class CallRecorder(IChatClient inner) : DelegatingChatClient(inner
             yield return update;
         }
         long skipped = usage?.AdditionalCounts?.GetValueOrDefault(SwiftKvChatClient.PromptTokensSkippedBySwiftKv) ?? 0;
+        long cached = usage?.AdditionalCounts?.GetValueOrDefault(SwiftKvChatClient.PromptTokensFromPrefixCache) ?? 0;
         var record = new CallRecord((int)(usage?.InputTokenCount ?? 0), (int)skipped, (int)(usage?.OutputTokenCount ?? 0),
-            first ?? clock.Elapsed, clock.Elapsed, finish);
+            first ?? clock.Elapsed, clock.Elapsed, finish, (int)cached);
         lock (_calls) _calls.Add(record);
     }
 }
