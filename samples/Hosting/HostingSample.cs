@@ -85,8 +85,12 @@ public static class HostingSample
         static bool Under(string name, string section) => name.StartsWith(section + ":", StringComparison.OrdinalIgnoreCase);
         var parsed = new SampleArgs(args);
         // Every option takes a value; the host would drop a value-less one silently (--model alone ran the demo model).
-        foreach (var name in parsed.Names.Where(n => !n.Contains('=')))
-            parsed.String(name);
+        foreach (var name in parsed.Names)
+        {
+            int eq = name.IndexOf('=');
+            if (string.IsNullOrWhiteSpace(eq >= 0 ? name[(eq + 1)..] : parsed.String(name)))
+                throw new ArgumentException($"--{(eq >= 0 ? name[..eq] : name)} needs a value");
+        }
         var unknown = parsed.Names.Select(n => n.Split('=', 2)[0]).Where(name =>
             !s_hostKeys.Contains(name, StringComparer.OrdinalIgnoreCase) && !Under(name, "SwiftKV") && !Under(name, "Logging")
             && !(Under(name, "Sample") && s_sampleKeys.Contains(name["Sample:".Length..], StringComparer.OrdinalIgnoreCase))).ToList();

@@ -23,6 +23,8 @@ public sealed record RagOptions
     /// removed at the end (so two runs at once do not share one).
     /// </summary>
     public string? Database { get; init; }
+    /// <summary>Where the run's own store goes when <see cref="Database"/> is null.</summary>
+    public string TemporaryFolder { get; init; } = Path.GetTempPath();
     public string Question { get; init; } = "How long is the Mow-3 battery covered by the warranty, and what voids that cover?";
     public int TopK { get; init; } = 3;
     public int ChunkChars { get; init; } = 500;
@@ -78,7 +80,7 @@ public static class RagSample
 
         // 1. Ingest: chunk every document, embed the chunks, store them.
         using var embedder = new ArcticEmbeddingGenerator();
-        string database = options.Database ?? Path.Combine(Path.GetTempPath(), $"swiftkv-rag-sample-{Guid.NewGuid():N}.db");
+        string database = options.Database ?? Path.Combine(options.TemporaryFolder, $"swiftkv-rag-sample-{Guid.NewGuid():N}.db");
         CheckDatabasePath(database);
         if (File.Exists(database)) File.Delete(database);
         try

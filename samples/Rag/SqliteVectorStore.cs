@@ -34,19 +34,34 @@ public sealed class SqliteVectorStore : IDisposable
         _db.Open();
         Execute("CREATE TABLE IF NOT EXISTS chunks (source TEXT NOT NULL, ordinal INTEGER NOT NULL, text TEXT NOT NULL, " +
                 "embedding BLOB NOT NULL, PRIMARY KEY (source, ordinal))");
+        Execute($"PRAGMA application_id = {ApplicationId}");   // marks the file as this store's (IsStore)
+
     }
 
-    /// <summary>Whether <paramref name="path"/> is an SQLite file holding this store's table (one a run of the sample made).</summary>
+    /// <summary>SQLite's application_id of the files this store makes ("SKVR").</summary>
+    const int ApplicationId = 0x534B5652;
+
+    /// <summary>
+    /// Whether <paramref name="path"/> is a file this store made (SQLite with its application_id): only such a file may
+    /// be replaced. A file it cannot read as one (not SQLite, corrupt, locked, unreadable) is not.
+    /// </summary>
     public static bool IsStore(string path)
     {
-        Span<byte> header = stackalloc byte[16];
-        using (var f = File.OpenRead(path))
-            if (f.ReadAtLeast(header, 16, throwOnEndOfStream: false) < 16 || !header.SequenceEqual("SQLite format 3\0"u8)) return false;
-        using var db = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadOnly, Pooling = false }.ToString());
-        db.Open();
-        using var cmd = db.CreateCommand();
-        cmd.CommandText = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'chunks'";
-        return Convert.ToInt32(cmd.ExecuteScalar()) == 1;
+        try
+        {
+            Span<byte> header = stackalloc byte[16];
+            using (var f = File.OpenRead(path))
+                if (f.ReadAtLeast(header, 16, throwOnEndOfStream: false) < 16 || !header.SequenceEqual("SQLite format 3\0"u8)) return false;
+            using var db = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadOnly, Pooling = false }.ToString());
+            db.Open();
+            using var cmd = db.CreateCommand();
+            cmd.CommandText = "PRAGMA application_id";
+            return Convert.ToInt32(cmd.ExecuteScalar()) == ApplicationId;
+        }
+        catch (Exception e) when (e is SqliteException or IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
     }
 
     /// <summary>Number of stored chunks.</summary>
