@@ -57,10 +57,28 @@ public sealed class RagSampleTests(TinySampleModel model)
             await RagSample.RunAsync(new RagOptions { Model = model.Directory, Database = store, MaxTokens = 1 }, new StringWriter(), ct);
         Assert.True(SqliteVectorStore.IsStore(store));
 
-        var before = Directory.GetFiles(Path.GetTempPath(), "swiftkv-rag-sample-*.db").ToHashSet();
+        // A store with a 'chunks' table that another program made is not this sample's: kept.
+        string foreign = model.TempFile("foreign.db");
+        using (var other = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={foreign};Pooling=False"))
+        {
+            other.Open();
+            using var cmd = other.CreateCommand();
+            cmd.CommandText = "CREATE TABLE chunks (x TEXT); CREATE TABLE users (pw TEXT); INSERT INTO users VALUES ('secret')";
+            cmd.ExecuteNonQuery();
+        }
+        var foreignBytes = File.ReadAllBytes(foreign);
+        Assert.False(SqliteVectorStore.IsStore(foreign));
+        await Assert.ThrowsAsync<ArgumentException>(() => RagSample.RunAsync(new RagOptions { Model = model.Directory, Database = foreign, MaxTokens = 1 }, new StringWriter(), ct));
+        Assert.Equal(foreignBytes, File.ReadAllBytes(foreign));
+        File.WriteAllBytes(foreign, [.. "SQLite format 3\0"u8, .. new byte[100]]);   // corrupt past the header: not a store, no crash
+        Assert.False(SqliteVectorStore.IsStore(foreign));
+
+        string temp = Path.Combine(model.Directory, "tmp-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(temp);
         var output = new StringWriter();
-        await RagSample.RunAsync(new RagOptions { Model = model.Directory, MaxTokens = 1 }, output, ct);
+        await RagSample.RunAsync(new RagOptions { Model = model.Directory, MaxTokens = 1, TemporaryFolder = temp }, output, ct);
         Assert.Contains("into a temporary store", output.ToString());
+        Assert.Empty(Directory.GetFiles(temp));   // the run's own store is gone
 
         string blank = Path.Combine(model.Directory, "blank-docs-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(blank);
@@ -74,7 +92,6 @@ public sealed class RagSampleTests(TinySampleModel model)
         output = new StringWriter();
         await Assert.ThrowsAnyAsync<Exception>(() => RagSample.RunAsync(new RagOptions { Model = blank, MaxTokens = 1 }, output, ct));
         Assert.DoesNotContain("ingested", output.ToString());
-        Assert.DoesNotContain(Directory.GetFiles(Path.GetTempPath(), "swiftkv-rag-sample-*.db"), f => !before.Contains(f));
     }
 
     [Fact]
