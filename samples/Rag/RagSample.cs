@@ -156,12 +156,25 @@ public static class RagSample
             .Order(StringComparer.Ordinal)
             .ToList();
         if (files.Count == 0) throw new FileNotFoundException($"no .md or .txt documents in '{folder}'");
-        var pending = files.SelectMany(f => TextChunker.Chunk(File.ReadAllText(f), chunkChars)
+        var pending = files.SelectMany(f => TextChunker.Chunk(ReadText(f, folder), chunkChars)
             .Select((text, i) => (Source: Path.GetRelativePath(folder, f), Ordinal: i, Text: text))).ToList();
         if (pending.Count == 0) throw new ArgumentException($"the {files.Count} document(s) in '{folder}' hold no text to retrieve from");
         var vectors = await embedder.GenerateAsync(pending.Select(p => p.Text), cancellationToken: cancellationToken);
         store.Upsert(pending.Zip(vectors, (p, v) => new StoredChunk(p.Source, p.Ordinal, p.Text, v.Vector.ToArray())));
         return files.Count;
+    }
+
+    /// <summary>
+    /// A document's text (UTF-8, or UTF-16 / 32 with a byte-order mark); a file that is neither (a binary saved as .txt)
+    /// is named, not ingested as noise.
+    /// </summary>
+    static string ReadText(string file, string folder)
+    {
+        var bytes = File.ReadAllBytes(file);
+        if (bytes is [0xFF, 0xFE, ..] or [0xFE, 0xFF, ..]) return File.ReadAllText(file);   // UTF-16 / 32 with a byte-order mark
+        if (!System.Text.Unicode.Utf8.IsValid(bytes) || bytes.AsSpan().Contains((byte)0))
+            throw new ArgumentException($"document '{Path.GetRelativePath(folder, file)}' in '{folder}' is not UTF-8 text");
+        return Encoding.UTF8.GetString(bytes).TrimStart('\uFEFF');
     }
 
     static string FormatSources(IReadOnlyList<SearchHit> hits)

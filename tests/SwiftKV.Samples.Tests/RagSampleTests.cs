@@ -88,6 +88,16 @@ public sealed class RagSampleTests(TinySampleModel model)
         Assert.Contains("hold no text", e.Message);
         e = await Assert.ThrowsAsync<ArgumentException>(() => RagSample.RunAsync(new RagOptions { Model = model.Directory, Documents = precious, MaxTokens = 1 }, new StringWriter(), ct));
         Assert.Contains("is a file", e.Message);
+        File.WriteAllBytes(Path.Combine(blank, "c.txt"), [0x41, 0xff, 0xfe, 0x00, 0x42]);   // a binary saved as .txt
+        e = await Assert.ThrowsAsync<ArgumentException>(() => RagSample.RunAsync(new RagOptions { Model = model.Directory, Documents = blank, MaxTokens = 1 }, new StringWriter(), ct));
+        Assert.Contains("'c.txt'", e.Message);
+        Assert.Contains("is not UTF-8 text", e.Message);
+        string utf16 = Path.Combine(model.Directory, "utf16-docs-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(utf16);
+        File.WriteAllText(Path.Combine(utf16, "note.txt"), "The Mow-3 battery is covered for two years.", System.Text.Encoding.Unicode);
+        output = new StringWriter();
+        await RagSample.RunAsync(new RagOptions { Model = model.Directory, Documents = utf16, MaxTokens = 1, TemporaryFolder = temp }, output, ct);
+        Assert.Contains("ingested 1 documents as 1 chunks", output.ToString());   // UTF-16 with its byte-order mark is text
         // A folder that is no checkpoint fails before anything is ingested.
         output = new StringWriter();
         await Assert.ThrowsAnyAsync<Exception>(() => RagSample.RunAsync(new RagOptions { Model = blank, MaxTokens = 1 }, output, ct));
