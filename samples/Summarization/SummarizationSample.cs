@@ -110,7 +110,7 @@ public static class SummarizationSample
                          (config.SwiftKv ? $", SwiftKV from layer {config.NumKeyValueLayers}, AcrossKV groups of {config.KeyValueGroupSize})" : ")"));
         int longest = chunks.Max(c => on.Model.Tokenizer.Encode(c).Count);
         output.WriteLine($"document: {options.Sections} sections, {totalTokens:N0} tokens, {chunks.Count} chunks of whole sections " +
-                         $"(target <= {options.ChunkTokens} tokens, longest {longest}: a section is never split); " +
+                         $"(target <= {options.ChunkTokens} tokens, longest {longest}; a longer section is split at sentence ends); " +
                          $"mapping {mapped.Count}{(mapped.Count < chunks.Count ? " (--max-chunks; --all-chunks maps the whole report)" : "")}");
 
         // Warm both paths (JIT, first touch of the weights) so the timings measure prefill, not start-up.
@@ -156,27 +156,11 @@ public static class SummarizationSample
         return calls;
     }
 
-    /// <summary>Sections packed into chunks of at most <paramref name="maxTokens"/> tokens (a longer section is its own chunk).</summary>
-    public static List<string> ChunkByTokens(string document, SwiftKV.Model.Tokenization.LlamaTokenizer tokenizer, int maxTokens)
-    {
-        var chunks = new List<string>();
-        var current = new List<string>();
-        int currentTokens = 0;
-        foreach (string section in document.Split("\n\n", StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-        {
-            int tokens = tokenizer.Encode(section).Count + 2;
-            if (current.Count > 0 && currentTokens + tokens > maxTokens)
-            {
-                chunks.Add(string.Join("\n\n", current));
-                current.Clear();
-                currentTokens = 0;
-            }
-            current.Add(section);
-            currentTokens += tokens;
-        }
-        if (current.Count > 0) chunks.Add(string.Join("\n\n", current));
-        return chunks;
-    }
+    /// <summary>Sections packed into chunks of at most <paramref name="maxTokens"/> tokens; a longer section is split
+    /// at sentence ends (then whitespace), so every chunk fits the prompt the context was sized for.</summary>
+    public static List<string> ChunkByTokens(string document, SwiftKV.Model.Tokenization.LlamaTokenizer tokenizer, int maxTokens) =>
+        new TextSplitter(maxTokens, s => tokenizer.Encode(s).Count)
+            .Chunk(document.Split("\n\n", StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), "\n\n");
 
     static KernelArguments With(KernelArguments values, PromptExecutionSettings settings)
     {
