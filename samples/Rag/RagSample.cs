@@ -68,7 +68,7 @@ public static class RagSample
             Console.Error.WriteLine($"rag: {e.Message}\nusage: dotnet run --project samples/Rag -- [--model DIR] [--question TEXT] [--top N] [--max-tokens N] [--documents DIR] [--db FILE]");
             return 2;
         }
-        return await SampleRun.Guarded("rag", () => RunAsync(options, Console.Out));
+        return await SampleRun.Guarded("rag", stop => RunAsync(options, Console.Out, stop));
     }
 
     /// <summary>Ingests, retrieves, answers and reports to <paramref name="output"/>.</summary>

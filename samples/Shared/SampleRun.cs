@@ -1,6 +1,9 @@
 // The samples' one line of error handling around their run: what a newcomer can get wrong (a model path that does not
 // exist, a truncated checkpoint, an option value the library refuses, no GPU for Backend=Cuda) is printed as one line
 // naming the problem, exit code 2, instead of a stack trace. Anything else is a bug and keeps its stack trace.
+// A sample with something to clean up (the RAG sample's temporary store) takes a token that Ctrl-C or SIGTERM cancel,
+// so its finally blocks run before the exit code 130.
+using System.Runtime.InteropServices;
 using Microsoft.Extensions.Options;
 using SwiftKV.Model;
 
@@ -8,6 +11,26 @@ namespace SwiftKV.Samples;
 
 public static class SampleRun
 {
+    /// <summary>
+    /// Runs <paramref name="run"/> with a token that the first Ctrl-C (SIGINT) or SIGTERM cancels instead of ending the
+    /// process, so the run unwinds through its finally blocks and exits with 130; a second signal ends it at once.
+    /// </summary>
+    public static async Task<int> Guarded(string name, Func<CancellationToken, Task> run)
+    {
+        ArgumentNullException.ThrowIfNull(run);
+        using var stop = new CancellationTokenSource();
+        void OnSignal(PosixSignalContext context)
+        {
+            if (stop.IsCancellationRequested) return;   // the second signal: the default, which ends the process
+            context.Cancel = true;
+            Console.Error.WriteLine($"{name}: stopping (press Ctrl-C again to end at once)");
+            stop.Cancel();
+        }
+        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using var terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        return await Guarded(name, () => run(stop.Token));
+    }
+
     /// <summary>Runs <paramref name="run"/>; a usage or model error becomes "<paramref name="name"/>: message" on stderr and exit code 2.</summary>
     public static async Task<int> Guarded(string name, Func<Task> run)
     {

@@ -1,5 +1,7 @@
 // The RAG sample end to end on the tiny model, and its parts: the arctic-embed-xs wrapper (real model, real
 // similarity), the SQLite store (against hand-made vectors) and the chunker.
+using System.Diagnostics;
+using System.Runtime.InteropServices;
 using Microsoft.Extensions.AI;
 using SwiftKV.Samples.Rag;
 using Xunit;
@@ -172,6 +174,51 @@ public sealed class RagSampleTests(TinySampleModel model)
         Assert.Contains("a.md#5", e.Message);
         Assert.Contains("2-dimensional", e.Message);
         Assert.Throws<ArgumentException>(() => store.Search([1, 2, 3, 4], 1));
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    static extern int kill(int pid, int signal);
+
+    [Fact]
+    public async Task Main_CtrlCWhileRunning_RemovesItsTemporaryStoreAndExits130()
+    {
+        if (OperatingSystem.IsWindows()) Assert.Skip("sends SIGINT through kill(2)");
+        var ct = TestContext.Current.CancellationToken;
+        string tmp = Path.Combine(model.Directory, "tmp-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(tmp);
+        // The sample as a user runs it, in its own process (the signal must reach its Main), its $TMPDIR a folder of
+        // this test's own; a long answer keeps it busy after the store appears.
+        string host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h ? h
+            : Path.GetFullPath(Path.Combine(RuntimeEnvironment.GetRuntimeDirectory(), "..", "..", "..", "dotnet"));
+        var start = new ProcessStartInfo(host, [Path.Combine(AppContext.BaseDirectory, "SwiftKV.Samples.Rag.dll"),
+            "--model", model.Directory, "--documents", Documents, "--max-tokens", "100000"])
+        { RedirectStandardOutput = true, RedirectStandardError = true };
+        start.Environment["TMPDIR"] = tmp;
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync(ct);
+        var stderr = process.StandardError.ReadToEndAsync(ct);
+
+        var waited = Stopwatch.StartNew();
+        while (!Directory.EnumerateFiles(tmp, "swiftkv-rag-sample-*.db").Any())
+        {
+            if (process.HasExited) Assert.Fail($"the sample ended before its store appeared: {await stderr}");
+            if (waited.Elapsed > TimeSpan.FromSeconds(120))
+            {
+                process.Kill();
+                Assert.Fail($"no temporary store after 120 s; stdout: {await stdout}");
+            }
+            await Task.Delay(10, ct);
+        }
+        Assert.Equal(0, kill(process.Id, 2));   // SIGINT, what Ctrl-C sends
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(TimeSpan.FromSeconds(120));
+        await process.WaitForExitAsync(timeout.Token);
+
+        string errors = await stderr;
+        Assert.True(130 == process.ExitCode, $"exit code {process.ExitCode}; stderr: {errors}; stdout: {await stdout}");
+        Assert.Contains("rag: stopping", errors);
+        Assert.DoesNotContain("   at ", errors);   // no stack trace
+        Assert.Empty(Directory.EnumerateFiles(tmp, "swiftkv-rag-sample-*"));
     }
 
     [Fact]
