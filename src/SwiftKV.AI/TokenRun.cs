@@ -42,7 +42,7 @@ internal abstract class TokenRun : IAsyncDisposable
             _read = ((CountingReader)Tokens).Consumed;
             if (stoppedEarly)
             {
-                request.Cancel();
+                request.Stop();   // a finished request in the engine's metrics, not a cancelled one
                 return new RunOutcome(FinishReason.Stop, promptTokens, _read, request.CachedPromptTokens);
             }
             var o = await request.Completion.ConfigureAwait(false);
@@ -75,23 +75,31 @@ internal abstract class TokenRun : IAsyncDisposable
 
     sealed class SerialRun : TokenRun
     {
+        // Prefill chunk of the serial path: a cancelled call stops within one chunk. On the CPU a chunk of 128
+        // tokens costs about a second at the demo model's size; a GPU pass of 8192 about a fifth of a second at
+        // 8B, and shorter ones would stream the weights more often.
+        const int CpuPrefillChunk = 128, GpuPrefillChunk = 8192;
+
         readonly LocalModel _model;
+        readonly CancellationToken _callerToken;
         readonly CancellationTokenSource _cts;
         readonly Channel<int> _tokens = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         readonly GenerationStats _stats = new();
+        readonly CountingReader _reader;
         readonly Task _producer;
-        int _released;
 
+        /// <summary>Starts generating; the caller has entered <see cref="LocalModel.ExecutionGate"/>, and the run
+        /// releases it as soon as generation ends (not when the reader lets go: a slow or abandoned reader must not
+        /// hold the model, since every token is buffered by then).</summary>
         public SerialRun(LocalModel model, PreparedRequest request, SwiftKvInstruments metrics, CancellationToken ct)
         {
             _model = model;
+            _callerToken = ct;
             _reader = new CountingReader(_tokens.Reader);
             _cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
             // Forward passes are synchronous and CPU- or GPU-bound: run them off the caller's thread.
             _producer = Task.Run(() => Produce(request, metrics, _cts.Token), CancellationToken.None);
         }
-
-        readonly CountingReader _reader;
 
         public override ChannelReader<int> Tokens => _reader;
 
@@ -104,8 +112,9 @@ internal abstract class TokenRun : IAsyncDisposable
                 metrics.KvCache(kvBytes);
                 try
                 {
+                    int chunk = _model.Backend is SwiftKV.Engine.Cpu.CpuBackend ? CpuPrefillChunk : GpuPrefillChunk;
                     foreach (int id in Generator.Generate(_model.Backend, cache, request.PromptTokens, request.Sampling,
-                                 request.MaxNewTokens, request.StopTokenIds, _stats, ct, request.Constraint))
+                                 request.MaxNewTokens, request.StopTokenIds, _stats, ct, request.Constraint, chunk))
                         _tokens.Writer.TryWrite(id);
                 }
                 finally
@@ -114,9 +123,18 @@ internal abstract class TokenRun : IAsyncDisposable
                 }
                 _tokens.Writer.TryComplete();
             }
+            catch (OperationCanceledException) when (_callerToken.IsCancellationRequested)
+            {
+                // The caller's cancellation, named by the caller's token (as the engine path does).
+                _tokens.Writer.TryComplete(new OperationCanceledException(_callerToken));
+            }
             catch (Exception e)
             {
                 _tokens.Writer.TryComplete(e);
+            }
+            finally
+            {
+                _model.ExecutionGate.Release();
             }
         }
 
@@ -135,7 +153,6 @@ internal abstract class TokenRun : IAsyncDisposable
             _cts.Cancel();
             await _producer.ConfigureAwait(false); // Produce never throws: errors travel through the channel.
             _cts.Dispose();
-            if (Interlocked.Exchange(ref _released, 1) == 0) _model.ExecutionGate.Release();
         }
     }
 }

@@ -36,6 +36,32 @@ public sealed class MetricsTests(TinyChatModel tiny)
         return new WeakReference(client.Model);
     }
 
+    /// <summary>
+    /// An answer cut by a stop sequence is a finished request in the engine's metrics (its latencies recorded), not a
+    /// cancelled one: the client sees the stop text, tells the engine, and the engine frees the blocks.
+    /// </summary>
+    [Fact]
+    public async Task StopSequence_CountsAsFinished_NotCancelled()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        using var client = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = tiny.Directory, Backend = BackendKind.Cpu, ContextLength = 256, DefaultMaxOutputTokens = 24 });
+        var engine = client.Model.Serving!;
+        string full = (await client.GetResponseAsync("Hello", cancellationToken: ct)).Text;
+        Assert.True(full.Length > 8, $"the greedy answer is too short to cut: '{full}'");
+        string stop = full.Substring(full.Length / 2, 3);
+        var before = engine.Metrics;
+
+        var cut = await client.GetResponseAsync("Hello", new ChatOptions { StopSequences = [stop] }, ct);
+
+        Assert.Equal(ChatFinishReason.Stop, cut.FinishReason);
+        Assert.Equal(full[..full.IndexOf(stop, StringComparison.Ordinal)], cut.Text);
+        for (int i = 0; i < 200 && engine.Metrics.FinishedRequests == before.FinishedRequests; i++) await Task.Delay(10, ct);
+        var after = engine.Metrics;
+        Assert.Equal(before.FinishedRequests + 1, after.FinishedRequests);
+        Assert.Equal(before.CancelledRequests, after.CancelledRequests);
+        Assert.Equal(0, after.RunningSequences);
+    }
+
     /// <summary>The latency histograms carry sub-second bucket edges (the default edges start at 5 s for seconds).</summary>
     [Fact]
     public void LatencyHistograms_AdviseSubSecondBuckets()

@@ -45,6 +45,47 @@ public class GeneratorTests
     static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     [Fact]
+    public void Generate_PrefillChunk_SplitsThePromptAndChecksCancellationBetweenChunks()
+    {
+        var backend = new CountingBackend();
+        var prompt = Enumerable.Range(0, 23).ToArray();
+
+        var chunked = Generator.Generate(backend, backend.CreateCache(64), prompt, SamplingParams.Greedy, 2, NoStop, new GenerationStats(), Ct,
+            prefillChunk: 10).ToList();
+        Assert.Equal([(10, LogitsSelection.LastToken), (10, LogitsSelection.LastToken), (3, LogitsSelection.LastToken), (1, LogitsSelection.LastToken)],
+            backend.Calls);
+        Assert.Equal([23, 24], chunked);   // the last chunk's logits start decoding, as one pass would
+
+        // Cancelled while the second chunk runs: the third never starts.
+        using var cts = new CancellationTokenSource();
+        var cancelling = new CancelOnCall(backend, cts, call: 2);
+        Assert.Throws<OperationCanceledException>(() =>
+            Generator.Generate(cancelling, cancelling.CreateCache(64), prompt, SamplingParams.Greedy, 2, NoStop, new GenerationStats(), cts.Token,
+                prefillChunk: 10).ToList());
+        Assert.Equal(2, cancelling.Calls);
+        Assert.Throws<ArgumentOutOfRangeException>(() =>
+            Generator.Generate(backend, backend.CreateCache(64), prompt, SamplingParams.Greedy, 2, NoStop, new GenerationStats(), Ct, prefillChunk: -1));
+    }
+
+    /// <summary>Cancels the token during its <c>call</c>-th forward pass (as a caller would while a prefill runs).</summary>
+    sealed class CancelOnCall(IModelBackend inner, CancellationTokenSource cts, int call) : IModelBackend
+    {
+        public int Calls { get; private set; }
+        public string Name => inner.Name;
+        public LlamaConfig Config => inner.Config;
+        public bool SwiftKvEnabled => inner.SwiftKvEnabled;
+        public ISequenceCache CreateCache(int capacity) => inner.CreateCache(capacity);
+
+        public float[] Forward(ISequenceCache cache, ReadOnlySpan<int> tokens, LogitsSelection selection)
+        {
+            if (++Calls == call) cts.Cancel();
+            return inner.Forward(cache, tokens, selection);
+        }
+
+        public void Dispose() { }
+    }
+
+    [Fact]
     public void Generate_StopsOnStopTokenWithoutYieldingIt()
     {
         var backend = new CountingBackend();

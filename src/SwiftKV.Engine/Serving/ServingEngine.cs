@@ -543,6 +543,11 @@ public sealed class ServingEngine : IDisposable
     void Drop(Entry e, Dictionary<Sequence, Entry> live)
     {
         if (e.Seq.Status == SequenceStatus.Finished) return;
+        if (e.Request.IsStoppedByCaller && e.FirstTokenAt != 0)
+        {
+            Finish(e, live, FinishReason.Stop, Stopwatch.GetTimestamp());
+            return;
+        }
         Leave(e, live);
         _cancelledCount++;
         Publish();

@@ -25,6 +25,7 @@ public sealed class ServingRequest
     readonly Action<ServingRequest> _onCancel;
     readonly TaskCompletionSource<RequestOutcome> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     readonly Channel<int> _tokens = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = false, SingleWriter = true });
+    // 0 live, 1 cancelled, 2 stopped by the caller (a finish the engine cannot see, such as a stop sequence in text).
     int _cancelled;
 
     internal ServingRequest(long id, Action<ServingRequest> onCancel)
@@ -44,6 +45,9 @@ public sealed class ServingRequest
 
     public bool IsCancellationRequested => Volatile.Read(ref _cancelled) != 0;
 
+    /// <summary>True once <see cref="Stop"/> ended the request.</summary>
+    public bool IsStoppedByCaller => Volatile.Read(ref _cancelled) == 2;
+
     /// <summary>Prompt tokens served from the prefix cache at first admission; known once the first token is out,
     /// so a caller that stops early (a stop sequence) can still report it.</summary>
     public int CachedPromptTokens { get; internal set; }
@@ -60,6 +64,7 @@ public sealed class ServingRequest
             await foreach (int id in _tokens.Reader.ReadAllAsync(ct).ConfigureAwait(false))
             {
                 // Tokens already buffered are not delivered after a cancel: the stream ends at once.
+                if (IsStoppedByCaller) yield break;
                 if (IsCancellationRequested) throw new OperationCanceledException("the request was cancelled.", _cancelledBy);
                 yield return id;
             }
@@ -74,10 +79,22 @@ public sealed class ServingRequest
     /// <summary>Cancels the request: its stream ends at once; its blocks are freed before the engine's next step.</summary>
     public void Cancel() => CancelBy(default);
 
+    /// <summary>
+    /// Ends the request as finished, on the caller's word: the caller saw the end in the text (a stop sequence). Its
+    /// stream ends normally, its blocks are freed before the engine's next step, and it counts as a finished request
+    /// (FinishReason.Stop, its latencies recorded), not as a cancelled one.
+    /// </summary>
+    public void Stop()
+    {
+        if (Interlocked.CompareExchange(ref _cancelled, 2, 0) != 0 || _completion.Task.IsCompleted) return;
+        _tokens.Writer.TryComplete();
+        _onCancel(this);
+    }
+
     /// <summary>Cancel on behalf of <paramref name="token"/> (the Submit token), which the stream's exception then carries.</summary>
     internal void CancelBy(CancellationToken token)
     {
-        if (Interlocked.Exchange(ref _cancelled, 1) != 0 || _completion.Task.IsCompleted) return;
+        if (Interlocked.CompareExchange(ref _cancelled, 1, 0) != 0 || _completion.Task.IsCompleted) return;
         _cancelledBy = token;
         _tokens.Writer.TryComplete(new OperationCanceledException("the request was cancelled.", token));
         _onCancel(this);
