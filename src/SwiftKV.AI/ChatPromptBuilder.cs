@@ -38,6 +38,8 @@ internal static class ChatPromptBuilder
         // Options this in-process, stateless client cannot honour are refused rather than dropped.
         if (options?.ConversationId is { Length: > 0 })
             throw new ArgumentException("ChatOptions.ConversationId is not supported: the client keeps no conversation state; send the history in the messages.", nameof(options));
+        if (options?.ContinuationToken is not null)
+            throw new ArgumentException("ChatOptions.ContinuationToken is not supported: this client answers in the foreground and never hands out a token to resume.", nameof(options));
         if (options?.Tools?.FirstOrDefault(t => t is not AIFunctionDeclaration) is { } hosted)
             throw new ArgumentException($"ChatOptions.Tools holds {hosted.GetType().Name} ('{hosted.Name}'): this client runs function tools only.", nameof(options));
 
@@ -59,9 +61,12 @@ internal static class ChatPromptBuilder
 
         // NOTE: an engine-native SamplingParams from RawRepresentationFactory replaces every sampling option of
         // ChatOptions (temperature, top-p/k, seed, penalties); anything else it returns is ignored.
+        // Unset options take the engine's defaults: greedy, unless top-p or top-k are set, which only mean something
+        // when sampling, so they imply temperature 1 (OpenAI's default) instead of being silently ignored.
+        bool samplingAsked = options?.TopP is < 1f || options?.TopK is > 1;
         var sampling = options?.RawRepresentationFactory?.Invoke(client) as SamplingParams ?? new SamplingParams
         {
-            Temperature = options?.Temperature ?? 0f,
+            Temperature = options?.Temperature ?? (samplingAsked ? 1f : 0f),
             TopP = options?.TopP ?? 1f,
             TopK = options?.TopK ?? 0,
             Seed = options?.Seed is long s ? unchecked((ulong)s) : null,
@@ -128,11 +133,13 @@ internal static class ChatPromptBuilder
             var calls = m.Contents.OfType<FunctionCallContent>().ToList();
             if (results.Count > 0)
             {
-                foreach (var r in results) turns.Add(new ChatTurn("ipython", RenderResult(r.Result)));
+                foreach (var r in results)
+                    turns.Add(new ChatTurn("ipython", AsJson(() => RenderResult(r.Result), index - 1, m.Role, $"the result of call '{r.CallId}'")));
                 continue;
             }
             string content = calls.Count > 0
-                ? string.Join("\n", calls.Select(c => Llama31ToolFormat.RenderCall(c.Name, JsonSerializer.SerializeToElement(c.Arguments ?? new Dictionary<string, object?>(), AIJsonUtilities.DefaultOptions))))
+                ? string.Join("\n", calls.Select(c => AsJson(() => Llama31ToolFormat.RenderCall(c.Name,
+                    JsonSerializer.SerializeToElement(c.Arguments ?? new Dictionary<string, object?>(), AIJsonUtilities.DefaultOptions)), index - 1, m.Role, $"the arguments of call '{c.CallId}' ({c.Name})")))
                 : m.Text;
             // Instructions and a leading system message are both system text: the template has one system block.
             if (role == "system" && turns.Count > 0 && turns[^1].Role == "system")
@@ -154,10 +161,24 @@ internal static class ChatPromptBuilder
         return turns;
     }
 
+    // A value the JSON serializer refuses (a cycle, a Type, an IntPtr, an undefined JsonElement) or a result that is
+    // not text (an image a tool returned) is the caller's input: named by its message, like every other message
+    // error, not thrown as the serializer's own exception or inlined as base64.
+    static string AsJson(Func<string> render, int message, ChatRole role, string what)
+    {
+        try { return render(); }
+        catch (Exception e) when (e is JsonException or NotSupportedException or InvalidOperationException)
+        {
+            throw new ArgumentException($"message {message} ({role}): {what} cannot go into the prompt as JSON: {e.Message}", "messages", e);
+        }
+    }
+
     static string RenderResult(object? result) => result switch
     {
         null => "null",
         string s => s,
+        TextContent t => t.Text,
+        AIContent c => throw new NotSupportedException($"it is {c.GetType().Name}, and this model takes text and JSON results only."),
         JsonElement e => Llama31ToolFormat.RenderJson(e),
         _ => Llama31ToolFormat.RenderJson(JsonSerializer.SerializeToElement(result, AIJsonUtilities.DefaultOptions.GetTypeInfo(result.GetType()))),
     };

@@ -3,6 +3,7 @@
 // backends without a batched step are served one request at a time (TokenRun).
 // The non-streaming call is built on the streaming one so both paths share every rule (stops, usage, finish,
 // tool calls). Request preparation lives in ChatPromptBuilder, tool-call detection in ToolCallBuffer.
+using System.Collections.Frozen;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using System.Runtime.CompilerServices;
@@ -31,6 +32,7 @@ public sealed class SwiftKvChatClient : IChatClient
     readonly ChatClientMetadata _metadata;
     readonly Func<DateOnly> _today;
     readonly SwiftKvInstruments _metrics;
+    readonly FrozenSet<int> _hiddenTokens;
     int _disposed;
 
     /// <summary>Loads the checkpoint named by <paramref name="options"/>; the client owns and disposes the model.</summary>
@@ -51,10 +53,14 @@ public sealed class SwiftKvChatClient : IChatClient
         _model = model;
         _ownsModel = ownsModel;
         _options = options.Clone();
+        _options.ValidateRequestOptions();   // the loading constructor checked them all; a loaded model skips only ModelPath's
         _today = today ?? (() => DateOnly.FromDateTime(DateTime.Now));
         string modelId = options.ModelId ?? System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(model.Path));
         _metadata = new ChatClientMetadata("swiftkv", providerUri: null, defaultModelId: modelId);
         _metrics = new SwiftKvInstruments(meterFactory, modelId);
+        // Special tokens are markup, not answer text (Hugging Face and vLLM skip them too); <|python_tag|> stays, since
+        // it is how a Llama 3.1 model opens a tool call, which the tool-call parser reads.
+        _hiddenTokens = model.Tokenizer.SpecialTokens.Where(t => t.Key != "<|python_tag|>").Select(t => t.Value).ToFrozenSet();
         KvPoolGauge.Track(model);
     }
 
@@ -116,7 +122,7 @@ public sealed class SwiftKvChatClient : IChatClient
                 firstToken = lastToken;
                 _metrics.FirstToken(firstToken);
             }
-            string text = toolCalls.Push(stops.Push(detok.Append(id), out stoppedOnText));
+            string text = toolCalls.Push(stops.Push(_hiddenTokens.Contains(id) ? "" : detok.Append(id), out stoppedOnText));
             if (text.Length > 0) yield return Update([new TextContent(text)]);
             if (stoppedOnText) break;
         }

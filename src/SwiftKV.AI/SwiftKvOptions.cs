@@ -70,16 +70,11 @@ public sealed class SwiftKvOptions
             throw new ArgumentException("SwiftKvOptions.ModelPath is required: the directory of a Hugging Face Llama or SwiftKV checkpoint.", nameof(ModelPath));
         if (!Directory.Exists(ModelPath))
             throw new ArgumentException($"SwiftKvOptions.ModelPath '{ModelPath}' is not a directory.", nameof(ModelPath));
-        if (ModelId is not null && string.IsNullOrWhiteSpace(ModelId))
-            throw new ArgumentException("SwiftKvOptions.ModelId must be null (the directory's name) or a non-empty id.", nameof(ModelId));
-        if (ContextLength <= 0)
-            throw new ArgumentOutOfRangeException(nameof(ContextLength), ContextLength, "SwiftKvOptions.ContextLength must be > 0.");
+        ValidateRequestOptions();
         if (KvCacheBytes is <= 0)
             throw new ArgumentOutOfRangeException(nameof(KvCacheBytes), KvCacheBytes, "SwiftKvOptions.KvCacheBytes must be > 0 (or null for the backend's default).");
         if (!Enum.IsDefined(KvCacheDtype))
             throw new ArgumentOutOfRangeException(nameof(KvCacheDtype), KvCacheDtype, "SwiftKvOptions.KvCacheDtype must be Bf16 or Fp8E4M3.");
-        if (DefaultMaxOutputTokens <= 0)
-            throw new ArgumentOutOfRangeException(nameof(DefaultMaxOutputTokens), DefaultMaxOutputTokens, "SwiftKvOptions.DefaultMaxOutputTokens must be > 0.");
         if (MaxBatchTokens is <= 0)
             throw new ArgumentOutOfRangeException(nameof(MaxBatchTokens), MaxBatchTokens, "SwiftKvOptions.MaxBatchTokens must be > 0 (or null for the backend's default).");
         if (MaxConcurrentRequests is <= 0)
@@ -88,6 +83,17 @@ public sealed class SwiftKvOptions
             throw new ArgumentOutOfRangeException(nameof(KvBlockSize), KvBlockSize, "SwiftKvOptions.KvBlockSize must be in 1..4096 (or null for the backend's default).");
         if (!Enum.IsDefined(Backend))
             throw new ArgumentOutOfRangeException(nameof(Backend), Backend, "SwiftKvOptions.Backend must be Auto, Cpu or Cuda.");
+    }
+
+    /// <summary>The options every request reads, which a client of an already loaded model checks too.</summary>
+    internal void ValidateRequestOptions()
+    {
+        if (ModelId is not null && string.IsNullOrWhiteSpace(ModelId))
+            throw new ArgumentException("SwiftKvOptions.ModelId must be null (the directory's name) or a non-empty id.", nameof(ModelId));
+        if (ContextLength <= 0)
+            throw new ArgumentOutOfRangeException(nameof(ContextLength), ContextLength, "SwiftKvOptions.ContextLength must be > 0.");
+        if (DefaultMaxOutputTokens <= 0)
+            throw new ArgumentOutOfRangeException(nameof(DefaultMaxOutputTokens), DefaultMaxOutputTokens, "SwiftKvOptions.DefaultMaxOutputTokens must be > 0.");
     }
 
     internal SwiftKvOptions Clone() => (SwiftKvOptions)MemberwiseClone();

@@ -89,6 +89,36 @@ public sealed class ChatOptionsTests(TinyChatModel tiny)
         Assert.Equal(greedy.Text, foreign.Text);
     }
 
+    /// <summary>
+    /// Top-p / top-k only mean something when sampling: set without a temperature they sample at temperature 1 (the
+    /// same tokens as asking for it explicitly with that seed), instead of being dropped by the greedy default.
+    /// </summary>
+    [Fact]
+    public async Task TopPOrTopKWithoutTemperature_SampleAtTemperatureOne()
+    {
+        using var client = tiny.Client();
+        async Task<string> Answer(ChatOptions o) { o.MaxOutputTokens = 12; return (await client.GetResponseAsync("Hello", o, Ct)).Text; }
+
+        string greedy = await Answer(new ChatOptions());
+        string topP1 = await Answer(new ChatOptions { TopP = 0.95f, Seed = 1 }), topP2 = await Answer(new ChatOptions { TopP = 0.95f, Seed = 2 });
+        Assert.Equal(await Answer(new ChatOptions { Temperature = 1f, TopP = 0.95f, Seed = 1 }), topP1);
+        Assert.Equal(await Answer(new ChatOptions { Temperature = 1f, TopK = 40, Seed = 3 }), await Answer(new ChatOptions { TopK = 40, Seed = 3 }));
+        Assert.NotEqual(topP1, topP2);
+        Assert.NotEqual(greedy, topP1);
+        // A seed alone, or top-p 1, asks for nothing to sample: still greedy.
+        Assert.Equal(greedy, await Answer(new ChatOptions { Seed = 4 }));
+        Assert.Equal(greedy, await Answer(new ChatOptions { TopP = 1f, Seed = 4 }));
+    }
+
+    [Fact]
+    public async Task ContinuationToken_IsRefused()
+    {
+        using var client = tiny.Client();
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync("Hello",
+            new ChatOptions { ContinuationToken = ResponseContinuationToken.FromBytes(new byte[] { 1, 2, 3 }) }, Ct));
+        Assert.Contains("ContinuationToken", e.Message);
+    }
+
     [Fact]
     public async Task AdditionalProperties_AreTolerated()
     {

@@ -11,6 +11,24 @@ public sealed class SwiftKvChatClientTests(TinyChatModel tiny)
     static readonly List<ChatMessage> Question = [new(ChatRole.User, "Tell me about the quarterly report of Northwind Logistics.")];
     static CancellationToken Ct => TestContext.Current.CancellationToken;
 
+    [Theory]
+    [InlineData("DefaultMaxOutputTokens")]
+    [InlineData("ContextLength")]
+    [InlineData("ModelId")]
+    public void LoadedModelConstructor_ValidatesTheRequestOptions(string option)
+    {
+        var options = new SwiftKvOptions { ModelPath = tiny.Directory };
+        switch (option)
+        {
+            case "DefaultMaxOutputTokens": options.DefaultMaxOutputTokens = 0; break;
+            case "ContextLength": options.ContextLength = -1; break;
+            default: options.ModelId = "  "; break;
+        }
+        var e = Assert.ThrowsAny<ArgumentException>(() => new SwiftKvChatClient(tiny.Model, options));
+        Assert.Equal(option, e.ParamName);
+        Assert.Contains("SwiftKvOptions." + option, e.Message);
+    }
+
     [Fact]
     public async Task Usage_InputTokensAreTheTemplatesLength()
     {

@@ -23,6 +23,43 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
 
     string Prompt(ScriptedBackend b, int i) => tiny.Model.Tokenizer.Decode(b.Prompts[i]);
 
+    public static TheoryData<string, object?> UnrenderableResults => new()
+    {
+        { "undefined JsonElement", default(System.Text.Json.JsonElement) },
+        { "a Type", typeof(string) },
+        { "an image", new DataContent(new byte[] { 1, 2, 3 }, "image/png") },
+    };
+
+    [Theory]
+    [MemberData(nameof(UnrenderableResults))]
+    public async Task ToolResultThatIsNotTextOrJson_IsNamedByItsMessage(string what, object? result)
+    {
+        var (client, _) = Scripted("unused");
+        using var _c = client;
+        List<ChatMessage> history =
+        [
+            new(ChatRole.User, "Weather?"),
+            new(ChatRole.Assistant, [new FunctionCallContent("c1", "get_weather", new Dictionary<string, object?> { ["city"] = "Oslo" })]),
+            new(ChatRole.Tool, [new FunctionResultContent("c1", result)]),
+        ];
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync(history, cancellationToken: Ct));
+        Assert.Equal("messages", e.ParamName);
+        Assert.Contains("message 2 (tool)", e.Message);
+        Assert.Contains("call 'c1'", e.Message);
+        Assert.True(e.InnerException is not null || what == "an image", e.ToString());
+    }
+
+    /// <summary>Special tokens are markup, not answer text; &lt;|python_tag|&gt; is kept (PythonTagCalls_* shows it still opens a call).</summary>
+    [Fact]
+    public async Task SpecialTokensInTheAnswer_AreNotText()
+    {
+        var (client, _) = Scripted("Hi<|start_header_id|>user<|end_header_id|> there<|reserved_special_token_9|>!");
+        using var _c = client;
+        var r = await client.GetResponseAsync("Hello", cancellationToken: Ct);
+        Assert.Equal("Hiuser there!", r.Text);
+        Assert.Equal(ChatFinishReason.Stop, r.FinishReason);
+    }
+
     static AIFunction Weather(List<string> seen) =>
         AIFunctionFactory.Create((string city) => { seen.Add(city); return new { city, temperature = 21 }; }, "get_weather", "Current weather in a city");
 
