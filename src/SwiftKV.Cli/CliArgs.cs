@@ -1,4 +1,5 @@
-// A deliberately small command-line parser: `--name value`, `--flag`, and positional words.
+// A deliberately small command-line parser: `--name value`, `--name=value` (the form for a value that itself starts
+// with "--"), and `--flag`.
 // NOTE: unknown or repeated options are errors, so a typo never silently runs the wrong experiment.
 using System.Globalization;
 
@@ -18,7 +19,11 @@ internal sealed class CliArgs
             if (!a.StartsWith("--", StringComparison.Ordinal))
                 throw new UsageException($"unexpected argument '{a}'");
             string name = a[2..];
-            string? value = i + 1 < list.Count && !list[i + 1].StartsWith("--", StringComparison.Ordinal) ? list[++i] : null;
+            string? value;
+            if (name.IndexOf('=') is int eq and > 0)
+                (name, value) = (name[..eq], name[(eq + 1)..]);
+            else
+                value = i + 1 < list.Count && !list[i + 1].StartsWith("--", StringComparison.Ordinal) ? list[++i] : null;
             if (!_options.TryAdd(name, value)) throw new UsageException($"option --{name} given twice");
         }
     }
@@ -35,10 +40,36 @@ internal sealed class CliArgs
     {
         _used.Add(name);
         if (!_options.TryGetValue(name, out var v)) return null;
-        return v ?? throw new UsageException($"--{name} needs a value");
+        return string.IsNullOrEmpty(v) ? throw new UsageException($"--{name} needs a value") : v;
     }
 
-    public string Required(string name) => String(name) ?? throw new UsageException($"--{name} is required");
+    public string Required(string name) => String(name) ?? throw Missing(name);
+
+    /// <summary>
+    /// "--name is required", naming a given option that looks like a misspelling of it: the unknown-option check
+    /// runs only after every option is read, so without this a typo would be reported as a missing option.
+    /// </summary>
+    public UsageException Missing(string name)
+    {
+        var near = _options.Keys.Where(k => k != name && (k.StartsWith(name, StringComparison.Ordinal) || name.StartsWith(k, StringComparison.Ordinal)
+            || EditDistance(k, name) <= 2)).Select(k => "--" + k).ToList();
+        return new UsageException($"--{name} is required" + (near.Count > 0 ? $" ({string.Join(", ", near)} is not an option: a misspelling of --{name}?)" : ""));
+    }
+
+    // Levenshtein distance with adjacent transpositions counted as one edit ("mdoel" is one from "model").
+    static int EditDistance(string a, string b)
+    {
+        var d = new int[a.Length + 1, b.Length + 1];
+        for (int i = 0; i <= a.Length; i++) d[i, 0] = i;
+        for (int j = 0; j <= b.Length; j++) d[0, j] = j;
+        for (int i = 1; i <= a.Length; i++)
+            for (int j = 1; j <= b.Length; j++)
+            {
+                d[i, j] = Math.Min(Math.Min(d[i - 1, j] + 1, d[i, j - 1] + 1), d[i - 1, j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
+                if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i, j] = Math.Min(d[i, j], d[i - 2, j - 2] + 1);
+            }
+        return d[a.Length, b.Length];
+    }
 
     public int? Int(string name) => Parse(name, s => int.Parse(s, CultureInfo.InvariantCulture));
     // NumberStyles.Float: no thousands separators, so "0,7" is an error rather than 7.
@@ -62,7 +93,11 @@ internal sealed class CliArgs
         string? s = String(name);
         if (s is null) return null;
         try { return parse(s); }
-        catch (FormatException) { throw new UsageException($"--{name}: '{s}' is not a valid {typeof(T).Name}"); }
+        catch (FormatException)
+        {
+            string kind = typeof(T) == typeof(float) ? "a number" : typeof(T) == typeof(ulong) ? "a whole number >= 0" : "a whole number";
+            throw new UsageException($"--{name}: '{s}' is not {kind}");
+        }
         catch (OverflowException) { throw new UsageException($"--{name}: '{s}' is out of range"); }
     }
 

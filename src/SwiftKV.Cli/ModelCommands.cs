@@ -32,13 +32,26 @@ internal static class ModelCommands
     /// <summary>Writes weights, config and (unless told not to) the demo tokenizer.</summary>
     public static void MakeModelDirectory(string outDir, LlamaConfig config, ModelMakerOptions options, bool tokenizer)
     {
-        // Checked before anything is written, so a refused vocabulary leaves no half-made checkpoint behind.
+        // Checked before anything is written, so a refused option or vocabulary leaves no half-made checkpoint (or
+        // empty folder) behind.
+        options.Validate();
         var tok = tokenizer ? LlamaTokenizer.CreateDemo() : null;
         if (tok is not null && tok.VocabularySize > config.VocabSize)
             throw new ArgumentException($"the demo tokenizer needs vocab_size >= {tok.VocabularySize} (got {config.VocabSize}); pass --no-tokenizer for smaller vocabularies.");
-        Directory.CreateDirectory(outDir);
+        CreateOutDirectory(outDir);
         ModelMaker.Write(outDir, config, options);
         tok?.Save(outDir);
+    }
+
+    /// <summary>Creates --out, naming the option and the path when that is not possible (a read-only or virtual file
+    /// system reports it as a missing file, which reads like the wrong problem).</summary>
+    internal static void CreateOutDirectory(string outDir)
+    {
+        try { Directory.CreateDirectory(outDir); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UsageException($"--out {outDir}: cannot create that directory ({e.Message}).");
+        }
     }
 
     /// <summary>Whether two paths name one directory: links resolved, case ignored where the file system ignores it.</summary>
@@ -100,12 +113,16 @@ internal static class ModelCommands
             IntermediateSize = a.Int("ffn") ?? c.IntermediateSize,
             MaxPositionEmbeddings = a.Int("max-positions") ?? c.MaxPositionEmbeddings,
         };
-        if (a.Flag("tie")) c = c with { TieWordEmbeddings = true };
-        if (a.Flag("untie")) c = c with { TieWordEmbeddings = false };
+        bool tie = a.Flag("tie"), untie = a.Flag("untie");
+        if (tie && untie) throw new UsageException("--tie and --untie contradict each other; give one");
+        if (tie) c = c with { TieWordEmbeddings = true };
+        if (untie) c = c with { TieWordEmbeddings = false };
         if (a.Flag("attention-bias")) c = c with { AttentionBias = true };
-        if (a.Flag("no-rope-scaling")) c = c with { RopeScaling = null };
+        bool noRopeScaling = a.Flag("no-rope-scaling");
+        if (noRopeScaling) c = c with { RopeScaling = null };
         if (a.Int("rope-original-max") is int orig)
         {
+            if (noRopeScaling) throw new UsageException("--rope-original-max sets a field of the llama3 rope scaling that --no-rope-scaling removes; give one");
             var rs = c.RopeScaling ?? new Llama3RopeScaling(8, 1, 4, orig);
             c = c with { RopeScaling = rs with { OriginalMaxPositionEmbeddings = orig } };
         }
@@ -127,7 +144,7 @@ internal static class ModelCommands
     public static int Transform(CliArgs a)
     {
         string src = a.Required("model"), dst = a.Required("out");
-        int l = a.Int("swiftkv-layers") ?? throw new UsageException("--swiftkv-layers is required");
+        int l = a.Int("swiftkv-layers") ?? throw a.Missing("swiftkv-layers");
         int g = a.Int("group-size") ?? 1;
         bool force = a.Flag("force");
         a.RejectUnknown();

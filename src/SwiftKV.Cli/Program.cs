@@ -34,6 +34,11 @@ internal static class CliApp
             Console.Error.WriteLine($"swiftkv: unknown command '{args[0]}' (try: {string.Join(", ", commands.Keys)})");
             return 2;
         }
+        if (args.Skip(1).Any(a => a is "-h" or "--help"))
+        {
+            Console.WriteLine($"swiftkv {args[0]} {command.Help}");
+            return 0;
+        }
         try
         {
             return command.Run(new CliArgs(args.Skip(1)));

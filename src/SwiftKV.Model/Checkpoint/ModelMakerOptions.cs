@@ -19,7 +19,8 @@ public sealed record ModelMakerOptions
     /// <summary>Threads that fill tensors (-1: all cores). Changes speed only, never the bytes written.</summary>
     public int MaxDegreeOfParallelism { get; init; } = -1;
 
-    internal void Validate()
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid option.</summary>
+    public void Validate()
     {
         if (!Dtype.ConvertsToFloat32())
             throw new ArgumentException($"ModelMakerOptions.Dtype must be F32, F16 or BF16, got {Dtype.SafetensorsName()}.");
