@@ -75,14 +75,15 @@ internal abstract class TokenRun : IAsyncDisposable
 
     sealed class SerialRun : TokenRun
     {
-        // Prefill chunk of the serial path: a cancelled call stops within one chunk. On the CPU a chunk of 128
-        // tokens costs about a second at the demo model's size; a GPU pass of 8192 about a fifth of a second at
-        // 8B, and shorter ones would stream the weights more often.
-        const int CpuPrefillChunk = 128, GpuPrefillChunk = 8192;
+        // Prefill chunk of the serial path, as the serving engine's default step on each device: 512 tokens on the
+        // CPU, 8192 on a GPU (shorter passes there stream the weights more often). A cancelled call returns at once
+        // (its stream is completed with the exception); the model is free again at the end of the chunk in flight.
+        const int CpuPrefillChunk = 512, GpuPrefillChunk = 8192;
 
         readonly LocalModel _model;
         readonly CancellationToken _callerToken;
         readonly CancellationTokenSource _cts;
+        readonly CancellationTokenRegistration _onCancel;
         readonly Channel<int> _tokens = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         readonly GenerationStats _stats = new();
         readonly CountingReader _reader;
@@ -97,11 +98,15 @@ internal abstract class TokenRun : IAsyncDisposable
             _callerToken = ct;
             _reader = new CountingReader(_tokens.Reader);
             _cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            _onCancel = ct.Register(static s => ((SerialRun)s!).Cancelled(), this);
             // Forward passes are synchronous and CPU- or GPU-bound: run them off the caller's thread.
             _producer = Task.Run(() => Produce(request, metrics, _cts.Token), CancellationToken.None);
         }
 
         public override ChannelReader<int> Tokens => _reader;
+
+        // The caller's cancellation, named by the caller's token (as the engine path does), ends its stream now.
+        void Cancelled() => _tokens.Writer.TryComplete(new OperationCanceledException(_callerToken));
 
         void Produce(PreparedRequest request, SwiftKvInstruments metrics, CancellationToken ct)
         {
@@ -125,8 +130,7 @@ internal abstract class TokenRun : IAsyncDisposable
             }
             catch (OperationCanceledException) when (_callerToken.IsCancellationRequested)
             {
-                // The caller's cancellation, named by the caller's token (as the engine path does).
-                _tokens.Writer.TryComplete(new OperationCanceledException(_callerToken));
+                Cancelled();
             }
             catch (Exception e)
             {
@@ -134,13 +138,14 @@ internal abstract class TokenRun : IAsyncDisposable
             }
             finally
             {
+                _onCancel.Dispose();
                 _model.ExecutionGate.Release();
             }
         }
 
         public override async Task<RunOutcome> FinishAsync(bool stoppedEarly)
         {
-            if (stoppedEarly) _cts.Cancel();
+            if (stoppedEarly) Cancel();
             await _producer.ConfigureAwait(false);
             if (!stoppedEarly && _tokens.Reader.Completion.IsFaulted) await _tokens.Reader.Completion.ConfigureAwait(false);
             return stoppedEarly
@@ -148,11 +153,19 @@ internal abstract class TokenRun : IAsyncDisposable
                 : new RunOutcome(_stats.FinishReason, _stats.PromptTokens, _stats.OutputTokens, CachedPromptTokens: 0);
         }
 
-        public override async ValueTask DisposeAsync()
+        /// <summary>Stops the generation and returns without waiting for the pass in flight, which ends on its own
+        /// (its chunk or decode step) and then frees the cache and the model.</summary>
+        public override ValueTask DisposeAsync()
         {
-            _cts.Cancel();
-            await _producer.ConfigureAwait(false); // Produce never throws: errors travel through the channel.
-            _cts.Dispose();
+            Cancel();
+            if (_producer.IsCompleted) _cts.Dispose();
+            else _producer.ContinueWith(static (_, cts) => ((CancellationTokenSource)cts!).Dispose(), _cts, TaskScheduler.Default);
+            return ValueTask.CompletedTask;
+        }
+
+        void Cancel()
+        {
+            try { _cts.Cancel(); } catch (ObjectDisposedException) { }
         }
     }
 }

@@ -1,9 +1,11 @@
 // The one-request-at-a-time path (a backend without a batched step: pre-Ampere GPUs, head sizes the batched kernels
 // do not take, or a model loaded without its serving engine): the model's lock is released when generation ends,
-// not when a reader lets go, and a cancelled call ends with the caller's token (GeneratorTests checks that the
-// prefill stops between chunks).
+// not when a reader lets go, and a cancelled call returns at once with the caller's token while the pass in flight
+// finishes on its own (GeneratorTests checks that the prefill stops between chunks).
+using System.Diagnostics;
 using Microsoft.Extensions.AI;
 using SwiftKV.Engine;
+using SwiftKV.Model;
 using Xunit;
 
 namespace SwiftKV.AI.Tests;
@@ -67,5 +69,38 @@ public sealed class SerialPathTests(TinyChatModel tiny)
         Assert.Equal(cts.Token, e.CancellationToken);
         Assert.Equal(1, model.ExecutionGate.CurrentCount);
         Assert.NotNull((await client.GetResponseAsync("Hi", new ChatOptions { MaxOutputTokens = 2 }, Ct)).Usage);
+    }
+    /// <summary>A forward pass that takes <c>delay</c>, as a long prefill on a slow device does.</summary>
+    sealed class SlowBackend(IModelBackend inner, TimeSpan delay) : IModelBackend
+    {
+        public string Name => "slow";
+        public LlamaConfig Config => inner.Config;
+        public bool SwiftKvEnabled => inner.SwiftKvEnabled;
+        public ISequenceCache CreateCache(int capacity) => inner.CreateCache(capacity);
+        public float[] Forward(ISequenceCache cache, ReadOnlySpan<int> tokens, LogitsSelection selection)
+        {
+            Thread.Sleep(delay);
+            return inner.Forward(cache, tokens, selection);
+        }
+        public void Dispose() { }
+    }
+
+    [Fact]
+    public async Task CancelledDuringAPass_ReturnsAtOnce_AndTheModelIsFreeWhenThePassEnds()
+    {
+        var slow = new SlowBackend(tiny.Model.Backend, TimeSpan.FromSeconds(3));
+        var model = new LocalModel { Path = tiny.Directory, Config = tiny.Model.Config, Tokenizer = tiny.Model.Tokenizer, Backend = slow, BackendReason = "slow" };
+        using var client = new SwiftKvChatClient(model, new SwiftKvOptions { ModelPath = tiny.Directory, DefaultMaxOutputTokens = 4 }, ownsModel: false);
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        cts.CancelAfter(TimeSpan.FromMilliseconds(200));
+
+        var clock = Stopwatch.StartNew();
+        var e = await Assert.ThrowsAnyAsync<OperationCanceledException>(() => client.GetResponseAsync("Hello", cancellationToken: cts.Token));
+        Assert.Equal(cts.Token, e.CancellationToken);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(2), $"the cancelled call took {clock.Elapsed.TotalSeconds:F1} s, inside a 3 s pass");
+
+        // The pass in flight ends on its own; then the model takes the next request.
+        Assert.True(await model.ExecutionGate.WaitAsync(TimeSpan.FromSeconds(30), Ct), "the model was not released after the pass");
+        model.ExecutionGate.Release();
     }
 }
