@@ -70,6 +70,7 @@ public sealed class SerialPathTests(TinyChatModel tiny)
         Assert.Equal(1, model.ExecutionGate.CurrentCount);
         Assert.NotNull((await client.GetResponseAsync("Hi", new ChatOptions { MaxOutputTokens = 2 }, Ct)).Usage);
     }
+
     /// <summary>A forward pass that takes <c>delay</c>, as a long prefill on a slow device does.</summary>
     sealed class SlowBackend(IModelBackend inner, TimeSpan delay) : IModelBackend
     {
