@@ -13,22 +13,26 @@ public static class SampleRun
 {
     /// <summary>
     /// Runs <paramref name="run"/> with a token that the first Ctrl-C (SIGINT) or SIGTERM cancels instead of ending the
-    /// process, so the run unwinds through its finally blocks and exits with 130; a second signal ends it at once.
+    /// process, so the run unwinds through its finally blocks and exits as the shell expects of that signal (130 for
+    /// SIGINT, 143 for SIGTERM); a second signal ends it at once.
     /// </summary>
     public static async Task<int> Guarded(string name, Func<CancellationToken, Task> run)
     {
         ArgumentNullException.ThrowIfNull(run);
         using var stop = new CancellationTokenSource();
+        int exitCode = 130;
         void OnSignal(PosixSignalContext context)
         {
             if (stop.IsCancellationRequested) return;   // the second signal: the default, which ends the process
             context.Cancel = true;
+            exitCode = context.Signal == PosixSignal.SIGTERM ? 143 : 130;
             Console.Error.WriteLine($"{name}: stopping (press Ctrl-C again to end at once)");
             stop.Cancel();
         }
         using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
         using var terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
-        return await Guarded(name, () => run(stop.Token));
+        int code = await Guarded(name, () => run(stop.Token));
+        return code == 130 && stop.IsCancellationRequested ? exitCode : code;
     }
 
     /// <summary>Runs <paramref name="run"/>; a usage or model error becomes "<paramref name="name"/>: message" on stderr and exit code 2.</summary>

@@ -109,7 +109,7 @@ public static class SummarizationSample
         output.WriteLine($"model: {modelPath} ({config.ModelType}, {config.NumHiddenLayers} layers" +
                          (config.SwiftKv ? $", SwiftKV from layer {config.NumKeyValueLayers}, AcrossKV groups of {config.KeyValueGroupSize})" : ")"));
         int longest = chunks.Max(c => on.Model.Tokenizer.Encode(c).Count);
-        output.WriteLine($"document: {options.Sections} sections, {totalTokens:N0} tokens, {chunks.Count} chunks of whole sections " +
+        output.WriteLine($"document: {options.Sections} sections, {totalTokens:N0} tokens, {chunks.Count} chunks of sections " +
                          $"(target <= {options.ChunkTokens} tokens, longest {longest}; a longer section is split at sentence ends); " +
                          $"mapping {mapped.Count}{(mapped.Count < chunks.Count ? " (--max-chunks; --all-chunks maps the whole report)" : "")}");
 

@@ -53,7 +53,16 @@ public sealed class SwiftKvChatClient : IChatClient
         _model = model;
         _ownsModel = ownsModel;
         _options = options.Clone();
-        _options.ValidateRequestOptions();   // the loading constructor checked them all; a loaded model skips only ModelPath's
+        try
+        {
+            // The loading constructor checked every option; a loaded model needs only those its requests read.
+            _options.ValidateRequestOptions();
+        }
+        catch when (ownsModel)
+        {
+            model.Dispose();   // the caller handed it over
+            throw;
+        }
         _today = today ?? (() => DateOnly.FromDateTime(DateTime.Now));
         string modelId = options.ModelId ?? System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(model.Path));
         _metadata = new ChatClientMetadata("swiftkv", providerUri: null, defaultModelId: modelId);
@@ -144,9 +153,9 @@ public sealed class SwiftKvChatClient : IChatClient
             : stoppedOnText || outcome.FinishReason == FinishReason.Stop || jsonComplete ? ChatFinishReason.Stop
             : ChatFinishReason.Length;
         // Prompt tokens served from the prefix cache were not computed at all; of those computed, all but the
-        // last stop after layer l-1 when SwiftKV is on.
+        // last (the last of each pass, on the one-at-a-time path) stop after layer l-1 when SwiftKV is on.
         int computed = outcome.PromptTokens - outcome.CachedPromptTokens;
-        int skipped = _model.Backend.SwiftKvEnabled ? Math.Max(0, computed - 1) : 0;
+        int skipped = _model.Backend.SwiftKvEnabled ? Math.Max(0, computed - outcome.PrefillPasses) : 0;
         _metrics.Completed(outcome.PromptTokens, outcome.OutputTokens, skipped, lastToken - firstToken);
         var usage = new UsageDetails
         {

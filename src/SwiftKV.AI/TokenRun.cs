@@ -11,7 +11,9 @@ using SwiftKV.Engine.Serving;
 namespace SwiftKV.AI;
 
 /// <summary>How a chat call's generation ended, whichever path ran it.</summary>
-internal sealed record RunOutcome(FinishReason? FinishReason, int PromptTokens, int OutputTokens, int CachedPromptTokens);
+/// <remarks><c>PrefillPasses</c>: passes whose last row ran every layer (the engine's chunks that do not end a prompt
+/// stop after layer l-1 for every row, so it counts 1 there).</remarks>
+internal sealed record RunOutcome(FinishReason? FinishReason, int PromptTokens, int OutputTokens, int CachedPromptTokens, int PrefillPasses = 1);
 
 internal abstract class TokenRun : IAsyncDisposable
 {
@@ -149,8 +151,8 @@ internal abstract class TokenRun : IAsyncDisposable
             await _producer.ConfigureAwait(false);
             if (!stoppedEarly && _tokens.Reader.Completion.IsFaulted) await _tokens.Reader.Completion.ConfigureAwait(false);
             return stoppedEarly
-                ? new RunOutcome(FinishReason.Stop, _stats.PromptTokens, _reader.Consumed, CachedPromptTokens: 0)
-                : new RunOutcome(_stats.FinishReason, _stats.PromptTokens, _stats.OutputTokens, CachedPromptTokens: 0);
+                ? new RunOutcome(FinishReason.Stop, _stats.PromptTokens, _reader.Consumed, CachedPromptTokens: 0, _stats.PrefillPasses)
+                : new RunOutcome(_stats.FinishReason, _stats.PromptTokens, _stats.OutputTokens, CachedPromptTokens: 0, _stats.PrefillPasses);
         }
 
         /// <summary>Stops the generation and returns without waiting for the pass in flight, which ends on its own

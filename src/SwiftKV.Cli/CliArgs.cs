@@ -40,10 +40,16 @@ internal sealed class CliArgs
     {
         _used.Add(name);
         if (!_options.TryGetValue(name, out var v)) return null;
-        return string.IsNullOrEmpty(v) ? throw new UsageException($"--{name} needs a value") : v;
+        return v ?? throw new UsageException($"--{name} needs a value");
     }
 
-    public string Required(string name) => String(name) ?? throw Missing(name);
+    /// <summary>An option that must be given, with a non-empty value (a path, a model): "" is refused by name.</summary>
+    public string Required(string name) => String(name) switch
+    {
+        null => throw Missing(name),
+        "" => throw new UsageException($"--{name} needs a value (got an empty string)"),
+        var v => v,
+    };
 
     /// <summary>
     /// "--name is required", naming a given option that looks like a misspelling of it: the unknown-option check

@@ -34,7 +34,9 @@ internal static class CliApp
             Console.Error.WriteLine($"swiftkv: unknown command '{args[0]}' (try: {string.Join(", ", commands.Keys)})");
             return 2;
         }
-        if (args.Skip(1).Any(a => a is "-h" or "--help"))
+        // "--help" is always an option name (a value never starts with "--"); "-h" only right after the command, since
+        // it may be a value ("--prompt -h").
+        if (args.Skip(1).Contains("--help") || args is [_, "-h", ..])
         {
             Console.WriteLine($"swiftkv {args[0]} {command.Help}");
             return 0;

@@ -142,6 +142,11 @@ public sealed class CliTests : IDisposable
         var empty = Run("make-model", "--preset", "tiny", "--out", "");
         Assert.Equal(2, empty.Code);
         Assert.Contains("--out needs a value", empty.Err);
+        // Values that are not paths may be empty or look like a help switch.
+        var emptyPrompt = Run("generate", "--model", dir, "--prompt", "", "--max-tokens", "1");
+        Assert.True(emptyPrompt.Code == 0, emptyPrompt.Err);
+        var dashH = Run("generate", "--model", dir, "--prompt", "-h", "--max-tokens", "1");
+        Assert.True(dashH.Code == 0 && !dashH.Out.Contains("--model DIR"), dashH.Out + dashH.Err);
         Assert.Contains("'x' is not a whole number", Run("generate", "--model", dir, "--prompt", "hi", "--max-tokens", "x").Err);
     }
 
@@ -165,14 +170,15 @@ public sealed class CliTests : IDisposable
 
     /// <summary>
     /// A model whose fp32 weights exceed the machine's memory used to be killed by the kernel part-way through the
-    /// load, with nothing printed. A 70B config (280 GB in fp32) with no weights at all is refused before any read.
+    /// load, with nothing printed. A config of 70B's layer shape with 2,000 layers (~3.5 TB in fp32, more than any
+    /// machine this runs on) and no weights at all is refused before any read.
     /// </summary>
     [Fact]
     public void Generate_ModelPastTheMachinesMemoryOnTheCpu_IsRefusedBeforeLoading()
     {
         string dir = Path.Combine(_root, "seventy");
         Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "config.json"), SwiftKV.Model.Checkpoint.ModelPresets.Get("llama-3.1-70b").ToJson());
+        File.WriteAllText(Path.Combine(dir, "config.json"), (SwiftKV.Model.Checkpoint.ModelPresets.Get("llama-3.1-70b") with { NumHiddenLayers = 2000 }).ToJson());
         SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
 
         var r = Run("generate", "--model", dir, "--backend", "cpu", "--prompt", "hi", "--max-tokens", "1");

@@ -17,7 +17,7 @@ public sealed class SummarizationSampleTests(TinySampleModel model)
         int maps = calls.Count(c => c.Stage == "map");
         Assert.True(maps >= 2, $"the quick document should need several chunks, got {maps}");
         Assert.Equal("reduce", calls[^1].Stage);
-        Assert.Contains($"{maps} chunks of whole sections (target <= 512 tokens, longest ", text);
+        Assert.Contains($"{maps} chunks of sections (target <= 512 tokens, longest ", text);
         Assert.Contains("per-stage prefill cost", text);
         foreach (string stage in new[] { "map", "reduce", "total" })
             Assert.Contains(text.Split('\n'), l => l.TrimStart().StartsWith(stage + " ", StringComparison.Ordinal) && l.Contains('%'));

@@ -16,6 +16,9 @@ public sealed class GenerationStats
     public int PromptTokens { get; internal set; }
     /// <summary>Tokens yielded so far (a stop token is not counted).</summary>
     public int OutputTokens { get; internal set; }
+    /// <summary>Forward passes the prompt took (1 unless the caller bounded them): with SwiftKV, the last row of each
+    /// runs the later layers, so the prompt tokens that skipped them are PromptTokens minus this.</summary>
+    public int PrefillPasses { get; internal set; }
     /// <summary>Time of the prefill forward pass.</summary>
     public TimeSpan PrefillTime { get; internal set; }
     /// <summary>Time of the decode forward passes and sampling, excluding time spent by the consumer.</summary>

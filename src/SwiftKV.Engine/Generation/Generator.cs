@@ -56,6 +56,7 @@ public static class Generator
         {
             if (start > 0) ct.ThrowIfCancellationRequested();
             logits = backend.Forward(cache, prompt.AsSpan(start, Math.Min(prefillChunk, prompt.Length - start)), LogitsSelection.LastToken);
+            stats.PrefillPasses++;
         }
         stats.PrefillTime = total.Elapsed;
 

@@ -81,8 +81,9 @@ public sealed class ServingRequest
 
     /// <summary>
     /// Ends the request as finished, on the caller's word: the caller saw the end in the text (a stop sequence). Its
-    /// stream ends normally, its blocks are freed before the engine's next step, and it counts as a finished request
-    /// (FinishReason.Stop, its latencies recorded), not as a cancelled one.
+    /// stream ends normally, its blocks are freed before the engine's next step, and once it has produced a token it
+    /// counts as a finished request (FinishReason.Stop, its latencies recorded), not as a cancelled one. Stopped before
+    /// its first token it has no answer to finish: it ends as a cancel (Completion canceled).
     /// </summary>
     public void Stop()
     {
