@@ -29,7 +29,17 @@ internal abstract class TokenRun : IAsyncDisposable
         if (model.Serving is { } engine)
             return new EngineRun(engine.Submit(request.PromptTokens, request.Sampling, request.MaxNewTokens, request.StopTokenIds, ct, request.Constraint),
                 request.PromptTokens.Count);
-        await model.ExecutionGate.WaitAsync(ct).ConfigureAwait(false);
+        using (var wait = CancellationTokenSource.CreateLinkedTokenSource(ct, model.Stopping))
+        {
+            try
+            {
+                await model.ExecutionGate.WaitAsync(wait.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+            {
+                throw new ObjectDisposedException(nameof(LocalModel), "the model was disposed while this request waited for it.");
+            }
+        }
         return new SerialRun(model, request, metrics, ct);
     }
 
@@ -99,7 +109,7 @@ internal abstract class TokenRun : IAsyncDisposable
             _model = model;
             _callerToken = ct;
             _reader = new CountingReader(_tokens.Reader);
-            _cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            _cts = CancellationTokenSource.CreateLinkedTokenSource(ct, model.Stopping);
             _onCancel = ct.Register(static s => ((SerialRun)s!).Cancelled(), this);
             // Forward passes are synchronous and CPU- or GPU-bound: run them off the caller's thread.
             _producer = Task.Run(() => Produce(request, metrics, _cts.Token), CancellationToken.None);
@@ -134,6 +144,10 @@ internal abstract class TokenRun : IAsyncDisposable
             {
                 Cancelled();
             }
+            catch (OperationCanceledException) when (_model.Stopping.IsCancellationRequested)
+            {
+                _tokens.Writer.TryComplete(new ObjectDisposedException(nameof(LocalModel), "the model was disposed while this request ran."));
+            }
             catch (Exception e)
             {
                 _tokens.Writer.TryComplete(e);
@@ -141,7 +155,7 @@ internal abstract class TokenRun : IAsyncDisposable
             finally
             {
                 _onCancel.Dispose();
-                _model.ExecutionGate.Release();
+                _model.ExecutionGate.Release();   // Dispose may be waiting for it, to free the backend after this pass
             }
         }
 

@@ -39,6 +39,11 @@ public sealed class LocalModel : IDisposable
     /// </summary>
     public SemaphoreSlim ExecutionGate { get; } = new(1, 1);
 
+    /// <summary>Cancelled when <see cref="Dispose"/> starts: work on the one-at-a-time path stops at its next pass
+    /// boundary, and waits for the gate end.</summary>
+    public CancellationToken Stopping => _stopping.Token;
+
+    readonly CancellationTokenSource _stopping = new();
     int _disposed;
 
     /// <summary>True once <see cref="Dispose"/> ran (its engine stopped, its weights freed).</summary>
@@ -131,8 +136,12 @@ public sealed class LocalModel : IDisposable
 
     public void Dispose()
     {
-        // The engine stops its loop and fails in-flight requests before the weights go away.
+        // The engine stops its loop and fails in-flight requests before the weights go away. Without an engine, the
+        // pass in flight (a cancelled call no longer waits for it) ends first: the gate is taken and kept, so
+        // nothing runs on the freed backend.
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _stopping.Cancel();
+        if (Serving is null) ExecutionGate.Wait();
         Serving?.Dispose();
         Backend.Dispose();
     }

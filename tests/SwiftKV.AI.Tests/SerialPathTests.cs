@@ -76,19 +76,55 @@ public sealed class SerialPathTests(TinyChatModel tiny)
         Assert.NotNull(next.Usage);
     }
 
-    /// <summary>A forward pass that takes <c>delay</c>, as a long prefill on a slow device does.</summary>
+    /// <summary>A forward pass that takes <c>delay</c>, as a long prefill on a slow device does; records whether it
+    /// was disposed while a pass ran.</summary>
     sealed class SlowBackend(IModelBackend inner, TimeSpan delay) : IModelBackend
     {
+        int _inPass;
+        public bool DisposedDuringAPass { get; private set; }
+        public bool Disposed { get; private set; }
         public string Name => "slow";
         public LlamaConfig Config => inner.Config;
         public bool SwiftKvEnabled => inner.SwiftKvEnabled;
         public ISequenceCache CreateCache(int capacity) => inner.CreateCache(capacity);
         public float[] Forward(ISequenceCache cache, ReadOnlySpan<int> tokens, LogitsSelection selection)
         {
-            Thread.Sleep(delay);
-            return inner.Forward(cache, tokens, selection);
+            Interlocked.Increment(ref _inPass);
+            try
+            {
+                Thread.Sleep(delay);
+                return inner.Forward(cache, tokens, selection);
+            }
+            finally { Interlocked.Decrement(ref _inPass); }
         }
-        public void Dispose() { }
+        public void Dispose()
+        {
+            DisposedDuringAPass |= Volatile.Read(ref _inPass) > 0;
+            Disposed = true;
+        }
+    }
+
+    /// <summary>
+    /// Disposing the model while a request's pass runs waits for that pass, then frees the backend: the request ends
+    /// with ObjectDisposedException, and a request still waiting for the model gets one too instead of hanging.
+    /// </summary>
+    [Fact]
+    public async Task DisposeDuringAPass_WaitsForIt_AndFailsTheRequestsCleanly()
+    {
+        var slow = new SlowBackend(tiny.Model.Backend, TimeSpan.FromSeconds(2));
+        var model = new LocalModel { Path = tiny.Directory, Config = tiny.Model.Config, Tokenizer = tiny.Model.Tokenizer, Backend = slow, BackendReason = "slow" };
+        var client = new SwiftKvChatClient(model, new SwiftKvOptions { ModelPath = tiny.Directory, DefaultMaxOutputTokens = 4 }, ownsModel: true);
+        var running = client.GetResponseAsync("Hello", cancellationToken: Ct);
+        await Task.Delay(300, Ct);
+        var waiting = client.GetResponseAsync("Hi", cancellationToken: Ct);
+        await Task.Delay(100, Ct);
+
+        client.Dispose();
+
+        Assert.True(slow.Disposed);
+        Assert.False(slow.DisposedDuringAPass, "the backend was freed under a running pass");
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => running.WaitAsync(TimeSpan.FromSeconds(30), Ct));
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => waiting.WaitAsync(TimeSpan.FromSeconds(30), Ct));
     }
 
     [Fact]
