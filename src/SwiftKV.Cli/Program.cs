@@ -16,7 +16,7 @@ internal static class CliApp
             ["demo"] = ("prompt-heavy summarization through IChatClient, SwiftKV on vs off [--model DIR] [--max-tokens N]", DemoCommand.Run),
             ["make-model"] = ("write a random-weight HF checkpoint: --preset tiny|demo|llama-3.2-1b|llama-3.1-8b|llama-3.1-70b --out DIR [overrides] [--force: replace a checkpoint already in DIR]", ModelCommands.MakeModel),
             ["transform"] = ("Llama -> SwiftKV checkpoint (undistilled): --model DIR --out DIR --swiftkv-layers L [--group-size G] [--force]", ModelCommands.Transform),
-            ["generate"] = ("--model DIR (--prompt TEXT | --chat TEXT [--system TEXT]) [--max-tokens N --temperature T --top-k K --top-p P --seed S --no-swiftkv]", GenerateCommand.Run),
+            ["generate"] = ("--model DIR (--prompt TEXT | --chat TEXT [--system TEXT]) [--max-tokens N --temperature T --top-k K --top-p P --seed S --no-swiftkv --backend auto|cpu|cuda]", GenerateCommand.Run),
             ["logits"] = ("--model DIR --tokens 1,2,3 --out FILE.f32 [--backend cpu] [--no-swiftkv] [--last-only]", LogitsCommand.Run),
             ["info"] = ("--model DIR: print the config and what SwiftKV saves, after checking the weights' headers and shapes", ModelCommands.Info),
             ["bench"] = ("CUDA benchmark at a preset's shape, random weights on the GPU: " + BenchCommand.Usage, BenchCommand.Run),
