@@ -46,7 +46,7 @@ internal static class ChatPromptBuilder
         var tools = ToolsInPrompt(options);
         string? prefill = Prefill(options, tools);
 
-        var turns = Turns(messages, options?.Instructions, tools);
+        var turns = Turns(messages, WithSchema(options?.Instructions, options?.ResponseFormat), tools);
         int context = Math.Min(clientOptions.ContextLength, model.Config.MaxPositionEmbeddings);
         // The KV pool bounds one sequence too: a request may not hold more blocks than the pool has.
         if (model.Serving is { } engine) context = Math.Min(context, engine.MaxSequenceLength);
@@ -95,6 +95,22 @@ internal static class ChatPromptBuilder
             tools.Add(new ToolDefinition(t.Name, string.IsNullOrWhiteSpace(t.Description) ? null : t.Description, schema));
         }
         return tools;
+    }
+
+    // Decoding holds a Json answer to one JSON object, but not to a schema's shape; the schema goes into the system
+    // text, where an instruct model reads it (what GetResponseAsync<T> relies on to get T's fields).
+    static string? WithSchema(string? instructions, ChatResponseFormat? format)
+    {
+        if (format is not ChatResponseFormatJson { Schema: { } schema } json) return instructions;
+        string about = (json.SchemaName, json.SchemaDescription) switch
+        {
+            ({ Length: > 0 } name, { Length: > 0 } description) => $" ({name}: {description})",
+            ({ Length: > 0 } name, _) => $" ({name})",
+            (_, { Length: > 0 } description) => $" ({description})",
+            _ => "",
+        };
+        string rule = $"Answer with one JSON object that conforms to this JSON schema{about}, and nothing else:\n{schema.GetRawText()}";
+        return string.IsNullOrWhiteSpace(instructions) ? rule : instructions + "\n\n" + rule;
     }
 
     static string? Prefill(ChatOptions? options, List<ToolDefinition> tools)

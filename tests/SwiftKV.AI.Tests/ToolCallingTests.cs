@@ -49,6 +49,29 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
         Assert.True(e.InnerException is not null || what == "an image", e.ToString());
     }
 
+    public sealed record WeatherReport(
+        [property: System.Text.Json.Serialization.JsonPropertyName("city")] string City,
+        [property: System.Text.Json.Serialization.JsonPropertyName("celsius")] int Celsius);
+
+    /// <summary>
+    /// GetResponseAsync&lt;T&gt; sends T's JSON schema as the response format: decoding holds the answer to one JSON
+    /// object, and the schema goes into the system text, where the model reads which fields to write.
+    /// </summary>
+    [Fact]
+    public async Task StructuredOutput_SchemaIsInThePrompt_AndTheAnswerDeserializes()
+    {
+        var (client, backend) = Scripted("{\"city\": \"Oslo\", \"celsius\": -3}");
+        using var _c = client;
+        var r = await client.GetResponseAsync<WeatherReport>("Weather in Oslo?", cancellationToken: Ct);
+
+        Assert.Equal(new WeatherReport("Oslo", -3), r.Result);
+        string prompt = Prompt(backend, 0);
+        Assert.Contains("conforms to this JSON schema", prompt);
+        Assert.Contains("\"celsius\"", prompt);
+        Assert.True(prompt.IndexOf("JSON schema", StringComparison.Ordinal) < prompt.IndexOf("Weather in Oslo?", StringComparison.Ordinal),
+            "the schema belongs in the system text, before the question");
+    }
+
     /// <summary>Special tokens are markup, not answer text; &lt;|python_tag|&gt; is kept (PythonTagCalls_* shows it still opens a call).</summary>
     [Fact]
     public async Task SpecialTokensInTheAnswer_AreNotText()
