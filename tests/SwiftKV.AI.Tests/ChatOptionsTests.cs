@@ -110,6 +110,19 @@ public sealed class ChatOptionsTests(TinyChatModel tiny)
         Assert.Equal(greedy, await Answer(new ChatOptions { TopP = 1f, Seed = 4 }));
     }
 
+    /// <summary>ChatOptions.ModelId is not a model switch (a drop-in caller may still set a remote model's name): the
+    /// loaded model answers, and the response names it.</summary>
+    [Fact]
+    public async Task ModelIdOption_DoesNotSwitchModels_TheResponseNamesTheLoadedOne()
+    {
+        using var client = tiny.Client();
+        string loaded = client.GetService<ChatClientMetadata>()!.DefaultModelId!;
+        var asked = await client.GetResponseAsync("Hello", new ChatOptions { ModelId = "gpt-4o", MaxOutputTokens = 6 }, Ct);
+        var plain = await client.GetResponseAsync("Hello", new ChatOptions { MaxOutputTokens = 6 }, Ct);
+        Assert.Equal(loaded, asked.ModelId);
+        Assert.Equal(plain.Text, asked.Text);
+    }
+
     [Fact]
     public async Task ContinuationToken_IsRefused()
     {
