@@ -46,7 +46,14 @@ internal static class ChatPromptBuilder
         var tools = ToolsInPrompt(options);
         string? prefill = Prefill(options, tools);
 
-        var turns = Turns(messages, WithSchema(options?.Instructions, options?.ResponseFormat), tools);
+        var turns = Turns(messages, options?.Instructions, tools);
+        string? schemaRule = SchemaRule(options?.ResponseFormat, toolsOffered: tools.Count > 0);
+        if (schemaRule is not null)
+        {
+            // Last in the system block, after the caller's own system text.
+            if (turns[0].Role == "system") turns[0] = turns[0] with { Content = turns[0].Content + "\n\n" + schemaRule };
+            else turns.Insert(0, new ChatTurn("system", schemaRule));
+        }
         int context = Math.Min(clientOptions.ContextLength, model.Config.MaxPositionEmbeddings);
         // The KV pool bounds one sequence too: a request may not hold more blocks than the pool has.
         if (model.Serving is { } engine) context = Math.Min(context, engine.MaxSequenceLength);
@@ -56,7 +63,8 @@ internal static class ChatPromptBuilder
             ipythonEnvironment: tools.Count > 0, cancellationToken);
         if (whole && prefill is not null) prompt.AddRange(model.Tokenizer.Encode(prefill));
         if (!whole || prompt.Count >= context)
-            throw new ArgumentException($"The prompt is {(whole ? $"{prompt.Count}" : $"more than {context - 1}")} tokens, which does not fit the context of {context} tokens (SwiftKvOptions.ContextLength, max_position_embeddings and the KV cache size); shorten the conversation or raise ContextLength / KvCacheBytes.", nameof(messages));
+            throw new ArgumentException($"The prompt is {(whole ? $"{prompt.Count}" : $"more than {context - 1}")} tokens, which does not fit the context of {context} tokens (SwiftKvOptions.ContextLength, max_position_embeddings and the KV cache size); shorten the conversation or raise ContextLength / KvCacheBytes."
+                + (schemaRule is not null ? " The response format's JSON schema is part of the prompt too." : ""), nameof(messages));
         int maxNew = Math.Min(options?.MaxOutputTokens ?? clientOptions.DefaultMaxOutputTokens, context - prompt.Count);
 
         // NOTE: an engine-native SamplingParams from RawRepresentationFactory replaces every sampling option of
@@ -98,10 +106,13 @@ internal static class ChatPromptBuilder
     }
 
     // Decoding holds a Json answer to one JSON object, but not to a schema's shape; the schema goes into the system
-    // text, where an instruct model reads it (what GetResponseAsync<T> relies on to get T's fields).
-    static string? WithSchema(string? instructions, ChatResponseFormat? format)
+    // text, where an instruct model reads it (what GetResponseAsync<T> relies on to get T's fields). With tools offered
+    // the rule is about the final answer, so it does not forbid the function calls that come first.
+    static string? SchemaRule(ChatResponseFormat? format, bool toolsOffered)
     {
-        if (format is not ChatResponseFormatJson { Schema: { } schema } json) return instructions;
+        if (format is not ChatResponseFormatJson { Schema: { } schema } json) return null;
+        if (schema.ValueKind == JsonValueKind.Undefined)
+            throw new ArgumentException("ChatOptions.ResponseFormat holds an undefined JsonElement as its schema; give a JSON schema or use ChatResponseFormat.Json.", "options");
         string about = (json.SchemaName, json.SchemaDescription) switch
         {
             ({ Length: > 0 } name, { Length: > 0 } description) => $" ({name}: {description})",
@@ -109,8 +120,8 @@ internal static class ChatPromptBuilder
             (_, { Length: > 0 } description) => $" ({description})",
             _ => "",
         };
-        string rule = $"Answer with one JSON object that conforms to this JSON schema{about}, and nothing else:\n{schema.GetRawText()}";
-        return string.IsNullOrWhiteSpace(instructions) ? rule : instructions + "\n\n" + rule;
+        string when = toolsOffered ? "When you give your final answer rather than a function call, write it as" : "Answer with";
+        return $"{when} one JSON object that conforms to this JSON schema{about}, and nothing else:\n{schema.GetRawText()}";
     }
 
     static string? Prefill(ChatOptions? options, List<ToolDefinition> tools)

@@ -35,8 +35,10 @@ internal abstract class TokenRun : IAsyncDisposable
             {
                 await model.ExecutionGate.WaitAsync(wait.Token).ConfigureAwait(false);
             }
-            catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+            catch (OperationCanceledException)
             {
+                // Named by the caller's token when it was the caller's cancel (the linked token is ours).
+                if (ct.IsCancellationRequested) throw new OperationCanceledException(ct);
                 throw new ObjectDisposedException(nameof(LocalModel), "the model was disposed while this request waited for it.");
             }
         }
@@ -155,6 +157,9 @@ internal abstract class TokenRun : IAsyncDisposable
             finally
             {
                 _onCancel.Dispose();
+                // Unlinks it from the model's Stopping token, which outlives this run (an abandoned stream is never
+                // disposed); Cancel() tolerates the disposed source.
+                _cts.Dispose();
                 _model.ExecutionGate.Release();   // Dispose may be waiting for it, to free the backend after this pass
             }
         }
@@ -174,8 +179,6 @@ internal abstract class TokenRun : IAsyncDisposable
         public override ValueTask DisposeAsync()
         {
             Cancel();
-            if (_producer.IsCompleted) _cts.Dispose();
-            else _producer.ContinueWith(static (_, cts) => ((CancellationTokenSource)cts!).Dispose(), _cts, TaskScheduler.Default);
             return ValueTask.CompletedTask;
         }
 

@@ -138,11 +138,21 @@ public sealed class LocalModel : IDisposable
     {
         // The engine stops its loop and fails in-flight requests before the weights go away. Without an engine, the
         // pass in flight (a cancelled call no longer waits for it) ends first: the gate is taken and kept, so
-        // nothing runs on the freed backend.
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        _stopping.Cancel();
-        if (Serving is null) ExecutionGate.Wait();
-        Serving?.Dispose();
-        Backend.Dispose();
+        // nothing runs on the freed backend. A second, concurrent call returns only once the first is done.
+        lock (_stopping)
+        {
+            if (_disposed != 0) return;
+            try
+            {
+                _stopping.Cancel();
+                if (Serving is null) ExecutionGate.Wait();
+                Serving?.Dispose();
+                Backend.Dispose();
+            }
+            finally
+            {
+                Volatile.Write(ref _disposed, 1);
+            }
+        }
     }
 }

@@ -119,9 +119,12 @@ public sealed class SerialPathTests(TinyChatModel tiny)
         var waiting = client.GetResponseAsync("Hi", cancellationToken: Ct);
         await Task.Delay(100, Ct);
 
-        client.Dispose();
+        var first = Task.Run(client.Dispose, Ct);
+        await Task.Delay(100, Ct);
+        model.Dispose();   // a second, concurrent Dispose returns only once the first has freed the backend
 
         Assert.True(slow.Disposed);
+        await first;
         Assert.False(slow.DisposedDuringAPass, "the backend was freed under a running pass");
         await Assert.ThrowsAsync<ObjectDisposedException>(() => running.WaitAsync(TimeSpan.FromSeconds(30), Ct));
         await Assert.ThrowsAsync<ObjectDisposedException>(() => waiting.WaitAsync(TimeSpan.FromSeconds(30), Ct));
@@ -159,5 +162,22 @@ public sealed class SerialPathTests(TinyChatModel tiny)
         int input = (int)r.Usage!.InputTokenCount!.Value;
         Assert.True(input > 1024 && input <= 1536, $"the prompt should take three passes of 512, got {input} tokens");
         Assert.Equal(input - 3, r.Usage.AdditionalCounts![SwiftKvChatClient.PromptTokensSkippedBySwiftKv]);
+    }
+
+    /// <summary>A caller cancelled while it waits for the model gets its own token in the exception, as everywhere.</summary>
+    [Fact]
+    public async Task CancelledWhileWaitingForTheModel_NamesTheCallersToken()
+    {
+        var slow = new SlowBackend(tiny.Model.Backend, TimeSpan.FromSeconds(2));
+        var model = new LocalModel { Path = tiny.Directory, Config = tiny.Model.Config, Tokenizer = tiny.Model.Tokenizer, Backend = slow, BackendReason = "slow" };
+        using var client = new SwiftKvChatClient(model, new SwiftKvOptions { ModelPath = tiny.Directory, DefaultMaxOutputTokens = 1 }, ownsModel: false);
+        var running = client.GetResponseAsync("Hello", cancellationToken: Ct);
+        await Task.Delay(200, Ct);
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        cts.CancelAfter(TimeSpan.FromMilliseconds(300));
+
+        var e = await Assert.ThrowsAnyAsync<OperationCanceledException>(() => client.GetResponseAsync("Hi", cancellationToken: cts.Token));
+        Assert.Equal(cts.Token, e.CancellationToken);
+        Assert.NotNull((await running.WaitAsync(TimeSpan.FromSeconds(30), Ct)).Usage);
     }
 }

@@ -72,6 +72,27 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
             "the schema belongs in the system text, before the question");
     }
 
+    /// <summary>
+    /// With tools offered, the schema rule is about the final answer (a function call may come first), and it stands last
+    /// in the system text, after the caller's instructions; an undefined schema element is named.
+    /// </summary>
+    [Fact]
+    public async Task StructuredOutput_WithTools_TheRuleLeavesRoomForCalls()
+    {
+        var (client, backend) = Scripted("{\"city\": \"Oslo\", \"celsius\": 2}");
+        using var _c = client;
+        var options = new ChatOptions { Instructions = "Be brief.", Tools = [Weather([])] };
+        var r = await client.GetResponseAsync<WeatherReport>("Weather in Oslo?", options, cancellationToken: Ct);
+        Assert.Equal(new WeatherReport("Oslo", 2), r.Result);
+        string prompt = Prompt(backend, 0);
+        Assert.Contains("When you give your final answer rather than a function call", prompt);
+        Assert.True(prompt.IndexOf("Be brief.", StringComparison.Ordinal) < prompt.IndexOf("JSON schema", StringComparison.Ordinal));
+
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync("Hi",
+            new ChatOptions { ResponseFormat = ChatResponseFormat.ForJsonSchema(default(JsonElement)) }, Ct));
+        Assert.Contains("undefined JsonElement", e.Message);
+    }
+
     /// <summary>Special tokens are markup, not answer text; &lt;|python_tag|&gt; is kept (PythonTagCalls_* shows it still opens a call).</summary>
     [Fact]
     public async Task SpecialTokensInTheAnswer_AreNotText()
