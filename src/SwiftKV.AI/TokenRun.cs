@@ -89,10 +89,11 @@ internal abstract class TokenRun : IAsyncDisposable
 
     sealed class SerialRun : TokenRun
     {
-        // Prefill chunk of the serial path, as the serving engine's default step on each device: 512 tokens on the
-        // CPU, 8192 on a GPU (shorter passes there stream the weights more often). A cancelled call returns at once
-        // (its stream is completed with the exception); the model is free again at the end of the chunk in flight.
-        const int CpuPrefillChunk = 512, GpuPrefillChunk = 8192;
+        // Prefill chunk of the serial path: the serving engine's default step for the backend (512 tokens on the CPU,
+        // 2048-8192 on a GPU, where shorter passes stream the weights more often), or one pass for a backend without
+        // one. A cancelled call returns at once (its stream is completed with the exception); the model is free again
+        // at the end of the chunk in flight.
+        static int PrefillChunk(IModelBackend backend) => (backend as IBatchedBackend)?.PreferredMaxBatchTokens ?? 0;
 
         readonly LocalModel _model;
         readonly CancellationToken _callerToken;
@@ -131,7 +132,7 @@ internal abstract class TokenRun : IAsyncDisposable
                 metrics.KvCache(kvBytes);
                 try
                 {
-                    int chunk = _model.Backend is SwiftKV.Engine.Cpu.CpuBackend ? CpuPrefillChunk : GpuPrefillChunk;
+                    int chunk = PrefillChunk(_model.Backend);
                     foreach (int id in Generator.Generate(_model.Backend, cache, request.PromptTokens, request.Sampling,
                                  request.MaxNewTokens, request.StopTokenIds, _stats, ct, request.Constraint, chunk))
                         _tokens.Writer.TryWrite(id);
