@@ -31,7 +31,7 @@ namespace SwiftKV.Cli;
 internal static class BenchCommand
 {
     const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] [--decode-batches 1,32,128|none] " +
-        "[--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--fused-qkv on|off|both] [--load DIR] [--out bench.json] [--md bench.md]";
+        "[--batched-prefill 8x2048|none] [--batched-step-tokens 8192,16384] [--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--fused-qkv on|off|both] [--load DIR] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
     sealed record Variant(string Name, LlamaConfig Config, bool SwiftKv);
@@ -48,6 +48,15 @@ internal static class BenchCommand
         string[] variantNames = (a.String("variants") ?? "off,swiftkv50,acrosskv4").Split(',', StringSplitOptions.RemoveEmptyEntries);
         string? loadDir = a.String("load");
         int[] decodeBatches = ParseBatches(a.String("decode-batches") ?? "1,32,128");
+        // B prompts admitted together, as the serving engine (every IChatClient request) runs them: batched paged
+        // steps of --batched-step-tokens tokens (0: the backend's own serving step), so SwiftKV's later layers run
+        // once for the step's B last rows, not once per prompt as in the BxL cases above (separate forwards).
+        string batchedArg = a.String("batched-prefill") ?? "8x2048";
+        var batchedCases = batchedArg == "none" ? [] : batchedArg.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(ParseCase).ToArray();
+        int[] batchedStepTokens = (a.String("batched-step-tokens") ?? "0").Split(',', StringSplitOptions.RemoveEmptyEntries)
+            .Select(t => int.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n
+                : throw new UsageException($"--batched-step-tokens: '{t}' is not a whole number (0 = the backend's serving step)")).ToArray();
+        if (batchedStepTokens.Length == 0) throw new UsageException("--batched-step-tokens: give step sizes in tokens (0 = the backend's serving step)");
         int[] decodeSplits = (a.String("decode-splits") ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries)
             .Select(t => int.TryParse(t, out int n) && n >= 1 && n <= SwiftKV.Cuda.Kernels.AttentionKernel.MaxDecodeSplits ? n
                 : throw new UsageException($"--decode-splits: '{t}' is not a split count in 1..{SwiftKV.Cuda.Kernels.AttentionKernel.MaxDecodeSplits}")).ToArray();
@@ -101,7 +110,8 @@ internal static class BenchCommand
         var results = new JsonArray();
         foreach (var v in variants)
         {
-            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth, gatedModes, wsModes, fusedQkvModes, decodeSplits, pauseMs);
+            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth, gatedModes, wsModes, fusedQkvModes, decodeSplits, pauseMs,
+                batchedCases, batchedStepTokens);
             results.Add(vj);
         }
         json["variants"] = results;
@@ -211,7 +221,8 @@ internal static class BenchCommand
     }
 
     static JsonObject BenchVariant(Variant v, (int Batch, int Length)[] cases, int context, int steps, int[] decodeBatches, int runs, double maxCase,
-        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth, bool[] gatedModes, bool[] wsModes, bool[] fusedQkvModes, int[]? decodeSplits = null, int pauseMs = 0)
+        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth, bool[] gatedModes, bool[] wsModes, bool[] fusedQkvModes, int[]? decodeSplits = null, int pauseMs = 0,
+        (int Batch, int Length)[]? batchedCases = null, int[]? batchedStepTokens = null)
     {
         var cfg = v.Config;
         var sw = Stopwatch.StartNew();
@@ -303,6 +314,8 @@ internal static class BenchCommand
                     ["tokens_per_s"] = tps, ["tflops"] = tf, ["flops"] = flops, ["runs"] = times[m].Count, ["run_ms"] = new JsonArray(times[m].Select(t => (JsonNode?)t).ToArray()) });
             }
         }
+        if (batchedCases is { Length: > 0 } && backend.SupportsBatchedStep)
+            vj["prefill_batched"] = BenchBatchedPrefill(v, backend, batchedCases, batchedStepTokens ?? [0], runs, roofTflops, pauseMs, md);
         backend.UseRopeOnLoad = true;
         backend.UseGatedMlp = gatedModes[0];   // the decode parts fill their contexts with the first modes asked for
         backend.UseWarpSpecializedAttention = wsModes[0];
@@ -316,6 +329,83 @@ internal static class BenchCommand
     }
 
     const int DecodeBlockSize = 16, DecodePrefillTokens = 8192, DecodeWarmup = 3;
+
+    /// <summary>
+    /// B prompts of L tokens prefilled together through the batched paged step (ForwardBatchGreedy, the first token
+    /// picked on the device), in steps of at most T tokens, with the block size the serving engine takes on this
+    /// backend: what the IChatClient does when B requests arrive at once. One timed prefill = every step of the B
+    /// prompts, CUDA events around them; median of <paramref name="runs"/> after a warm-up, the step sizes alternating
+    /// run by run. The pool is written again by every run (no prefix reuse at this level).
+    /// </summary>
+    static JsonArray BenchBatchedPrefill(Variant v, CudaBackend backend, (int Batch, int Length)[] cases, int[] stepTokens, int runs, double roofTflops, int pauseMs,
+        StringBuilder md)
+    {
+        var cfg = v.Config;
+        var all = new JsonArray();
+        int blockSize = backend.PreferredBlockSize(KvCacheDtype.Bf16);
+        int[] steps = stepTokens.Select(t => t > 0 ? t : backend.PreferredMaxBatchTokens).Distinct().ToArray();
+        foreach (var (batch, length) in cases)
+        {
+            if (length > cfg.MaxPositionEmbeddings) continue;
+            double flops = batch * PrefillFlops(cfg, v.SwiftKv, length);
+            var plans = steps.Select(t => new BatchedDecodePlan(batch, length, 0, 1, blockSize, t)).ToArray();
+            IPagedKvCache? pool = null;
+            try
+            {
+                backend.ReserveStepWorkspace(steps.Max(), batch);
+                pool = backend.CreatePagedKvCache(plans[0].TotalBlocks, blockSize);
+                var tables = Enumerable.Range(0, batch).Select(plans[0].Table).ToArray();
+                var prompts = Enumerable.Range(0, batch).Select(s => Tokens(length, cfg.VocabSize, 200 + s)).ToArray();
+                var times = steps.Select(_ => new List<double>()).ToArray();
+                var stepCounts = new int[steps.Length];
+                using var e0 = new CudaEvent();
+                using var e1 = new CudaEvent();
+                for (int r = 0; r <= runs; r++)
+                    for (int m = 0; m < steps.Length; m++)
+                    {
+                        var chunkSteps = plans[m].PrefillSteps().ToArray();
+                        stepCounts[m] = chunkSteps.Length;
+                        if (pauseMs > 0)
+                        {
+                            backend.Stream.Synchronize();
+                            Thread.Sleep(pauseMs);
+                        }
+                        e0.Record(backend.Stream);
+                        foreach (var chunks in chunkSteps)
+                        {
+                            var step = chunks.Select(c => new BatchSequence(prompts[c.Seq].AsMemory(c.Start, c.Count), c.Start,
+                                tables[c.Seq].AsMemory(0, plans[m].BlocksFor(c.Start + c.Count)), c.EndsContext)).ToArray();
+                            backend.ForwardBatchGreedy(pool, step);
+                        }
+                        e1.Record(backend.Stream);
+                        if (r > 0) times[m].Add(CudaEvent.ElapsedMs(e0, e1));
+                    }
+                for (int m = 0; m < steps.Length; m++)
+                {
+                    double med = MedianOf(times[m]), tps = batch * length / (med * 1e-3), tf = flops / (med * 1e-3) / 1e12;
+                    string runsText = string.Join(" / ", times[m].Select(t => t.ToString("F1", CultureInfo.InvariantCulture)));
+                    string what = $"prefill {batch}x{length} batched (paged, block {blockSize}, {stepCounts[m]} step(s) of <= {steps[m]} tokens)" + (pauseMs > 0 ? $" (from idle: {pauseMs} ms pause)" : "");
+                    Log($"{v.Name}: {what}: {med:F1} ms, {tps:F0} tokens/s, {tf:F0} TFLOP/s (runs {runsText} ms)");
+                    md.AppendLine($"| {v.Name} | {what} | {med:F1} ms | {tps:F0} | {tf:F0} ({100 * tf / roofTflops:F0}%) | | {times[m].Count} timed |");
+                    all.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["block_size"] = blockSize, ["step_tokens"] = steps[m], ["steps"] = stepCounts[m],
+                        ["pause_ms"] = pauseMs, ["ms"] = med, ["tokens_per_s"] = tps, ["tflops"] = tf, ["flops"] = flops,
+                        ["run_ms"] = new JsonArray(times[m].Select(t => (JsonNode?)t).ToArray()) });
+                }
+            }
+            catch (CudaException e)
+            {
+                Log($"{v.Name}: batched prefill {batch}x{length} failed: {e.Message}");
+                md.AppendLine($"| {v.Name} | prefill {batch}x{length} batched | failed | | | | {e.Message} |");
+                all.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["error"] = e.Message });
+            }
+            finally
+            {
+                pool?.Dispose();
+                backend.ReleaseStepWorkspace(steps.Max(), batch);
+            }
+        }
+        return all;
+    }
 
     /// <summary>
     /// Decode steps of B sequences at once through the batched paged path: a pool sized for every sequence's context
