@@ -31,7 +31,7 @@ namespace SwiftKV.Cli;
 internal static class BenchCommand
 {
     const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] [--decode-batches 1,32,128|none] " +
-        "[--batched-prefill 8x2048|none] [--batched-step-tokens 8192,16384] [--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--fused-qkv on|off|both] [--load DIR] [--out bench.json] [--md bench.md]";
+        "[--batched-prefill 8x2048|none] [--batched-step-tokens 0 (the backend's serving step)|16384,...] [--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--fused-qkv on|off|both] [--load DIR] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
     sealed record Variant(string Name, LlamaConfig Config, bool SwiftKv);
@@ -39,7 +39,7 @@ internal static class BenchCommand
     public static int Run(CliArgs a)
     {
         string preset = a.String("preset") ?? "llama-3.1-8b";
-        var cases = (a.String("prefill") ?? "1x2048,8x2048,1x8192,1x32768").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(ParseCase).ToArray();
+        var cases = (a.String("prefill") ?? "1x2048,8x2048,1x8192,1x32768").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(c => ParseCase(c, "--prefill")).ToArray();
         int context = a.Int("decode-context") ?? 2048, steps = a.Int("decode-steps") ?? 32, runs = a.Int("runs") ?? 3;
         double maxCase = a.Float("max-case-seconds") ?? 30;
         // An idle pause before every prefill forward lets the card cool and its clock recover, as before a request
@@ -52,7 +52,7 @@ internal static class BenchCommand
         // steps of --batched-step-tokens tokens (0: the backend's own serving step), so SwiftKV's later layers run
         // once for the step's B last rows, not once per prompt as in the BxL cases above (separate forwards).
         string batchedArg = a.String("batched-prefill") ?? "8x2048";
-        var batchedCases = batchedArg == "none" ? [] : batchedArg.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(ParseCase).ToArray();
+        var batchedCases = batchedArg == "none" ? [] : batchedArg.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(c => ParseCase(c, "--batched-prefill")).ToArray();
         int[] batchedStepTokens = (a.String("batched-step-tokens") ?? "0").Split(',', StringSplitOptions.RemoveEmptyEntries)
             .Select(t => int.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n
                 : throw new UsageException($"--batched-step-tokens: '{t}' is not a whole number (0 = the backend's serving step)")).ToArray();
@@ -146,11 +146,11 @@ internal static class BenchCommand
         return r;
     }
 
-    static (int Batch, int Length) ParseCase(string s)
+    static (int Batch, int Length) ParseCase(string s, string option)
     {
         var p = s.Split('x');
         if (p.Length != 2 || !int.TryParse(p[0], out int b) || !int.TryParse(p[1], out int n) || b < 1 || n < 1)
-            throw new UsageException($"--prefill: '{s}' is not BATCHxLENGTH (e.g. 1x2048)");
+            throw new UsageException($"{option}: '{s}' is not BATCHxLENGTH (e.g. 8x2048)");
         return (b, n);
     }
 

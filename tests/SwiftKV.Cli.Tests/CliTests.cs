@@ -91,6 +91,9 @@ public sealed class CliTests : IDisposable
     [InlineData("bench", "--gated-mlp", "maybe")]     // options are checked before the GPU is looked for
     [InlineData("bench", "--rope-on-load", "off")]
     [InlineData("bench", "--attention-ws", "sometimes")]
+    [InlineData("bench", "--batched-prefill", "8by2048")]
+    [InlineData("bench", "--batched-step-tokens", "-5")]
+    [InlineData("bench", "--batched-step-tokens", ",")]
     [InlineData("serve-bench", "--paged-attention-ws", "2cta")]
     public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
     {
