@@ -333,9 +333,11 @@ internal static class BenchCommand
     /// <summary>
     /// B prompts of L tokens prefilled together through the batched paged step (ForwardBatchGreedy, the first token
     /// picked on the device), in steps of at most T tokens, with the block size the serving engine takes on this
-    /// backend: what the IChatClient does when B requests arrive at once. One timed prefill = every step of the B
-    /// prompts, CUDA events around them; median of <paramref name="runs"/> after a warm-up, the step sizes alternating
-    /// run by run. The pool is written again by every run (no prefix reuse at this level).
+    /// backend: what the IChatClient does when B requests arrive at once. Beside it, in the same alternation, the same
+    /// prompts as B separate single-sequence forwards (contiguous caches, the BxL case above), so the two ways compare
+    /// on the same card state: the thermal drift of a power-capped card moves figures between cases by more than
+    /// the difference. One timed prefill = every step (or forward) of the B prompts, CUDA events around them; median
+    /// of <paramref name="runs"/> after a warm-up. The pool is written again by every run (no prefix reuse here).
     /// </summary>
     static JsonArray BenchBatchedPrefill(Variant v, CudaBackend backend, (int Batch, int Length)[] cases, int[] stepTokens, int runs, double roofTflops, int pauseMs,
         StringBuilder md)
@@ -343,12 +345,13 @@ internal static class BenchCommand
         var cfg = v.Config;
         var all = new JsonArray();
         int blockSize = backend.PreferredBlockSize(KvCacheDtype.Bf16);
-        int[] steps = stepTokens.Select(t => t > 0 ? t : backend.PreferredMaxBatchTokens).Distinct().ToArray();
+        // Step 0 below stands for the separate forwards; the others are batched step sizes in tokens.
+        int[] steps = [0, .. stepTokens.Select(t => t > 0 ? t : backend.PreferredMaxBatchTokens).Distinct()];
         foreach (var (batch, length) in cases)
         {
             if (length > cfg.MaxPositionEmbeddings) continue;
             double flops = batch * PrefillFlops(cfg, v.SwiftKv, length);
-            var plans = steps.Select(t => new BatchedDecodePlan(batch, length, 0, 1, blockSize, t)).ToArray();
+            var plans = steps.Select(t => new BatchedDecodePlan(batch, length, 0, 1, blockSize, t > 0 ? t : length)).ToArray();
             IPagedKvCache? pool = null;
             try
             {
@@ -364,30 +367,37 @@ internal static class BenchCommand
                     for (int m = 0; m < steps.Length; m++)
                     {
                         var chunkSteps = plans[m].PrefillSteps().ToArray();
-                        stepCounts[m] = chunkSteps.Length;
+                        stepCounts[m] = steps[m] > 0 ? chunkSteps.Length : batch;
+                        var caches = steps[m] > 0 ? [] : Enumerable.Range(0, batch).Select(_ => backend.CreateCache(length)).ToList();
                         if (pauseMs > 0)
                         {
                             backend.Stream.Synchronize();
                             Thread.Sleep(pauseMs);
                         }
                         e0.Record(backend.Stream);
-                        foreach (var chunks in chunkSteps)
-                        {
-                            var step = chunks.Select(c => new BatchSequence(prompts[c.Seq].AsMemory(c.Start, c.Count), c.Start,
-                                tables[c.Seq].AsMemory(0, plans[m].BlocksFor(c.Start + c.Count)), c.EndsContext)).ToArray();
-                            backend.ForwardBatchGreedy(pool, step);
-                        }
+                        if (steps[m] == 0)
+                            for (int s = 0; s < batch; s++) backend.Forward(caches[s], prompts[s], LogitsSelection.LastToken);
+                        else
+                            foreach (var chunks in chunkSteps)
+                            {
+                                var step = chunks.Select(c => new BatchSequence(prompts[c.Seq].AsMemory(c.Start, c.Count), c.Start,
+                                    tables[c.Seq].AsMemory(0, plans[m].BlocksFor(c.Start + c.Count)), c.EndsContext)).ToArray();
+                                backend.ForwardBatchGreedy(pool, step);
+                            }
                         e1.Record(backend.Stream);
                         if (r > 0) times[m].Add(CudaEvent.ElapsedMs(e0, e1));
+                        foreach (var c in caches) c.Dispose();
                     }
                 for (int m = 0; m < steps.Length; m++)
                 {
                     double med = MedianOf(times[m]), tps = batch * length / (med * 1e-3), tf = flops / (med * 1e-3) / 1e12;
                     string runsText = string.Join(" / ", times[m].Select(t => t.ToString("F1", CultureInfo.InvariantCulture)));
-                    string what = $"prefill {batch}x{length} batched (paged, block {blockSize}, {stepCounts[m]} step(s) of <= {steps[m]} tokens)" + (pauseMs > 0 ? $" (from idle: {pauseMs} ms pause)" : "");
+                    string what = (steps[m] > 0 ? $"prefill {batch}x{length} batched (paged, block {blockSize}, {stepCounts[m]} step(s) of <= {steps[m]} tokens)"
+                        : $"prefill {batch}x{length} as {batch} separate forwards (alternated with the batched steps)") + (pauseMs > 0 ? $" (from idle: {pauseMs} ms pause)" : "");
                     Log($"{v.Name}: {what}: {med:F1} ms, {tps:F0} tokens/s, {tf:F0} TFLOP/s (runs {runsText} ms)");
                     md.AppendLine($"| {v.Name} | {what} | {med:F1} ms | {tps:F0} | {tf:F0} ({100 * tf / roofTflops:F0}%) | | {times[m].Count} timed |");
-                    all.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["block_size"] = blockSize, ["step_tokens"] = steps[m], ["steps"] = stepCounts[m],
+                    all.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["separate_forwards"] = steps[m] == 0, ["block_size"] = blockSize,
+                        ["step_tokens"] = steps[m] > 0 ? steps[m] : null, ["steps"] = stepCounts[m],
                         ["pause_ms"] = pauseMs, ["ms"] = med, ["tokens_per_s"] = tps, ["tflops"] = tf, ["flops"] = flops,
                         ["run_ms"] = new JsonArray(times[m].Select(t => (JsonNode?)t).ToArray()) });
                 }
