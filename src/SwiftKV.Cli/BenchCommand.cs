@@ -353,9 +353,11 @@ internal static class BenchCommand
             double flops = batch * PrefillFlops(cfg, v.SwiftKv, length);
             var plans = steps.Select(t => new BatchedDecodePlan(batch, length, 0, 1, blockSize, t > 0 ? t : length)).ToArray();
             IPagedKvCache? pool = null;
+            bool reserved = false;
             try
             {
                 backend.ReserveStepWorkspace(steps.Max(), batch);
+                reserved = true;
                 pool = backend.CreatePagedKvCache(plans[0].TotalBlocks, blockSize);
                 var tables = Enumerable.Range(0, batch).Select(plans[0].Table).ToArray();
                 var prompts = Enumerable.Range(0, batch).Select(s => Tokens(length, cfg.VocabSize, 200 + s)).ToArray();
@@ -402,7 +404,7 @@ internal static class BenchCommand
                         ["run_ms"] = new JsonArray(times[m].Select(t => (JsonNode?)t).ToArray()) });
                 }
             }
-            catch (CudaException e)
+            catch (Exception e) when (e is CudaException or InvalidOperationException)   // out of memory: the workspace or the pool
             {
                 Log($"{v.Name}: batched prefill {batch}x{length} failed: {e.Message}");
                 md.AppendLine($"| {v.Name} | prefill {batch}x{length} batched | failed | | | | {e.Message} |");
@@ -411,7 +413,7 @@ internal static class BenchCommand
             finally
             {
                 pool?.Dispose();
-                backend.ReleaseStepWorkspace(steps.Max(), batch);
+                if (reserved) backend.ReleaseStepWorkspace(steps.Max(), batch);
             }
         }
         return all;
