@@ -155,12 +155,12 @@ public sealed class CudaBackendTests
         bool hopper = CudaRuntime.Device.Arch == "sm_90a";
         Assert.Equal(gatedMlp && hopper ? fullLayers : 0, gpu.GatedMlpLaunches);
         Assert.Equal(wsAttention && hopper ? fullLayers : 0, gpu.WarpSpecializedAttentionLaunches);
-        // ... and the [q; k; v] GEMM with the RoPE + cache-write epilogue, plus (SwiftKV) one [k; v] GEMM over every AcrossKV
-        // leader per chunk, whose fp32 workspace then is never allocated.
+        // ... and the [q; k; v] GEMM with the RoPE + cache-write epilogue, plus (SwiftKV) one [k; v] GEMM per AcrossKV leader,
+        // whose fp32 workspace then is never allocated.
         // The full layers' GEMM needs the warp-specialised attention (which reads its bf16 queries); the leaders' do not.
         int leaders = swiftKv ? (spec.Layers - spec.SwiftKvLayers) / group : 0;
         bool fusedFull = fusedQkv && wsAttention && hopper, fused = fusedQkv && hopper;
-        Assert.Equal((fusedFull ? fullLayers : 0) + (fused && leaders > 0 ? chunks : 0), gpu.FusedQkvLaunches);
+        Assert.Equal((fusedFull ? fullLayers : 0) + (fused ? chunks * leaders : 0), gpu.FusedQkvLaunches);
         if (swiftKv) Assert.Equal(fused, gpu.SwiftKvWorkspaceBytes == 0);
         // ... and then the cuBLAS route's [gate | up] workspace is never allocated.
         if (gatedMlp && CudaRuntime.Device.Arch == "sm_90a") Assert.Equal(0, gpu.GateUpWorkspaceBytes);
