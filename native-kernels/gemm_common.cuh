@@ -55,13 +55,6 @@ __device__ __forceinline__ void tma_store(const TensorMap* map, unsigned src, in
                  :: "l"(map), "r"(src), "r"(col0), "r"(row0) : "memory");
 }
 
-// 3-D TMA store: the same, into slice z of a stack of equally shaped tensors (e.g. one KV cache of several).
-__device__ __forceinline__ void tma_store_3d(const TensorMap* map, unsigned src, int col0, int row0, int z)
-{
-    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];"
-                 :: "l"(map), "r"(src), "r"(col0), "r"(row0), "r"(z) : "memory");
-}
-
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 // Until the committed stores have read their shared memory (the staging buffer may then be rewritten).
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }

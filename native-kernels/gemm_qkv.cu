@@ -15,11 +15,6 @@
 // into q_out or the cache; the maps' row extents (M, pos0 + M) clip rows past the step.
 // Limits (checked by the host): head_dim 128, q_dim and kv_dim multiples of 256 (a tile never straddles q, k and v),
 // K % 8 == 0 (TMA strides); k past K is zero-filled by the loads.
-// gemm_kv_rope_bf16: SingleInputKV's K/V of every later cache in one GEMM: W = [Wk_0; Wv_0; Wk_1; Wv_1; ...] of the
-// AcrossKV group leaders (leaders x 2 kv_dim rows), no queries; leader g's k and v go to cache cache0 + g of a stack of
-// caches (num_caches, capacity, kv_dim) (3-D maps: kv_dim, the step's last position + 1, num_caches). One persistent
-// launch over all leaders' column tiles instead of one per leader: no per-launch ramp and tail, and a 2K-row step's
-// leaders (8 column tiles x 8 cluster rows each, under one wave) fill the waves of one grid together.
 #include "swiftkv_common.cuh"
 #include "gemm_common.cuh"
 
@@ -48,13 +43,11 @@ constexpr int QG_PANELS = 4 / QG_ROUNDS;                     // panels per warpg
 constexpr int QG_OUT_BYTES = 2 * QG_PANELS * GM_OUT_PANEL;
 } // namespace
 
-// The kernel body of both entries. LEADERS: no query columns (q_dim 0); the columns are leaders x [k | v], and the
-// stores go to slice cache0 + leader of the 3-D cache maps. Otherwise [q | k | v] with 2-D maps (map_q unused when
-// q_dim is 0, as for a single leader through the 2-D entry).
-template <bool LEADERS>
-__device__ __forceinline__ void qkv_rope_body(const TensorMap* map_x, const TensorMap* map_w, const TensorMap* map_q,
-    const TensorMap* map_k, const TensorMap* map_v, const float* __restrict__ rope, int M, int q_dim, int kv_dim, int n_cols,
-    int K, int pos0, int cache0)
+extern "C" __global__ void __launch_bounds__(GM_THREADS, 1) __cluster_dims__(2, 1, 1)
+gemm_qkv_rope_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant__ TensorMap map_w,
+                   const __grid_constant__ TensorMap map_q, const __grid_constant__ TensorMap map_k,
+                   const __grid_constant__ TensorMap map_v, const float* __restrict__ rope, int M, int q_dim, int kv_dim,
+                   int K, int pos0)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ unsigned char smem_raw[];
@@ -65,13 +58,13 @@ __device__ __forceinline__ void qkv_rope_body(const TensorMap* map_x, const Tens
 
     if (threadIdx.x == 0) ring.init();
     cluster_sync();
-    const GemmTiles<QG_BN, QG_CLUSTER, QG_GROUP_ROWS> tiles(M, n_cols, K);
+    const GemmTiles<QG_BN, QG_CLUSTER, QG_GROUP_ROWS> tiles(M, q_dim + 2 * kv_dim, K);
 
     if (wg == 0)
     {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         // B = the tile's 256 rows of W, in two halves of 128.
-        if (t == 0) tiles.produce(ring, map_x, map_w, map_w, GM_B_HALF_ROWS);
+        if (t == 0) tiles.produce(ring, &map_x, &map_w, &map_w, GM_B_HALF_ROWS);
     }
     else
     {
@@ -81,10 +74,7 @@ __device__ __forceinline__ void qkv_rope_body(const TensorMap* map_x, const Tens
         consume_tiles(ring, tiles, cw, t, [&](float* acc, int m_wg, int n0)
         {
             const int rl = warp * 16 + lane / 4;                 // row within this warpgroup's 64 (and rl + 8)
-            // LEADERS: which leader's [k | v] the tile is in, and its column there.
-            const int leader = LEADERS ? n0 / (2 * kv_dim) : 0;
-            const int nl = n0 - leader * 2 * kv_dim;
-            const bool is_q = nl < q_dim, is_k = !is_q && nl < q_dim + kv_dim;
+            const bool is_q = n0 < q_dim, is_k = !is_q && n0 < q_dim + kv_dim;
             if (QG_ROPE && (is_q || is_k))
             {
 #pragma unroll
@@ -113,8 +103,8 @@ __device__ __forceinline__ void qkv_rope_body(const TensorMap* map_x, const Tens
                     }
                 }
             }
-            const TensorMap* map = is_q ? map_q : is_k ? map_k : map_v;
-            const int col0 = is_q ? nl : is_k ? nl - q_dim : nl - q_dim - kv_dim;
+            const TensorMap* map = is_q ? &map_q : is_k ? &map_k : &map_v;
+            const int col0 = is_q ? n0 : is_k ? n0 - q_dim : n0 - q_dim - kv_dim;
             const int row0 = (is_q ? 0 : pos0) + m_wg;
 #pragma unroll
             for (int round = 0; round < QG_ROUNDS; round++)
@@ -137,11 +127,7 @@ __device__ __forceinline__ void qkv_rope_body(const TensorMap* map_x, const Tens
                 {
 #pragma unroll
                     for (int p = 0; p < QG_PANELS; p++)
-                    {
-                        const int col = col0 + 64 * (round * QG_PANELS + p);
-                        if (LEADERS) tma_store_3d(map, panels + p * GM_OUT_PANEL, col, row0, cache0 + leader);
-                        else tma_store(map, panels + p * GM_OUT_PANEL, col, row0);
-                    }
+                        tma_store(map, panels + p * GM_OUT_PANEL, col0 + 64 * (round * QG_PANELS + p), row0);
                     bulk_commit();
                 }
             }
@@ -151,21 +137,4 @@ __device__ __forceinline__ void qkv_rope_body(const TensorMap* map_x, const Tens
 #else
     __trap();
 #endif
-}
-
-extern "C" __global__ void __launch_bounds__(GM_THREADS, 1) __cluster_dims__(2, 1, 1)
-gemm_qkv_rope_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant__ TensorMap map_w,
-                   const __grid_constant__ TensorMap map_q, const __grid_constant__ TensorMap map_k,
-                   const __grid_constant__ TensorMap map_v, const float* __restrict__ rope, int M, int q_dim, int kv_dim,
-                   int K, int pos0)
-{
-    qkv_rope_body<false>(&map_x, &map_w, &map_q, &map_k, &map_v, rope, M, q_dim, kv_dim, q_dim + 2 * kv_dim, K, pos0, 0);
-}
-
-extern "C" __global__ void __launch_bounds__(GM_THREADS, 1) __cluster_dims__(2, 1, 1)
-gemm_kv_rope_bf16(const __grid_constant__ TensorMap map_x, const __grid_constant__ TensorMap map_w,
-                  const __grid_constant__ TensorMap map_k, const __grid_constant__ TensorMap map_v,
-                  const float* __restrict__ rope, int M, int kv_dim, int leaders, int K, int pos0, int cache0)
-{
-    qkv_rope_body<true>(&map_x, &map_w, &map_k, &map_k, &map_v, rope, M, 0, kv_dim, leaders * 2 * kv_dim, K, pos0, cache0);
 }

@@ -309,6 +309,7 @@ public sealed class LinearKernelTests : GpuFixtureTest
     [InlineData(129, 200, 6, 2, 37)]
     [InlineData(1, 64, 2, 2, 5)]
     [InlineData(517, 512, 32, 8, 1000)]   // Llama 3 8B's head layout: 24 column tiles, 2 row tiles and a partial one
+    [InlineData(300, 264, 0, 8, 12)]      // no queries: SingleInputKV's [k; v] of one leader (LaunchKeysValues)
     public void GemmQkvRope_MatchesRotatedReference(int rows, int hidden, int heads, int kvHeads, int pos0)
     {
         Gpu.RequireHopper();
@@ -330,7 +331,8 @@ public sealed class LinearKernelTests : GpuFixtureTest
         var kernel = new GemmQkvRopeKernel(Library);
         Assert.True(kernel.IsAvailable(out var why), why);
         new RopeKernel(Library).LaunchTable(Stream, df, rows, headDim, pos0, table);
-        kernel.Launch(Stream, dx, rows, hidden, dw, heads, kvHeads, table, dq.Span.Slice(0, (long)rows * qDim), kc, vc, capacity, pos0);
+        if (heads > 0) kernel.Launch(Stream, dx, rows, hidden, dw, heads, kvHeads, table, dq.Span.Slice(0, (long)rows * qDim), kc, vc, capacity, pos0);
+        else kernel.LaunchKeysValues(Stream, dx, rows, hidden, dw, kvHeads, table, kc, vc, capacity, pos0);
         Stream.Synchronize();
         Assert.Equal(1, kernel.Launches);
 
@@ -360,91 +362,10 @@ public sealed class LinearKernelTests : GpuFixtureTest
             RotateDouble(qr, heads, cos, sin);
             RotateDouble(kr, kvHeads, cos, sin);
             // bf16 rounding of the output, plus fp32 accumulation against the double reference (scaled by the largest output).
-            Gpu.Close(q.AsSpan(r * qDim, qDim), qr, Bf16Rel, 1e-4 * scale, $"q row {r}");
+            if (heads > 0) Gpu.Close(q.AsSpan(r * qDim, qDim), qr, Bf16Rel, 1e-4 * scale, $"q row {r}");
             Gpu.Close(k.AsSpan((pos0 + r) * kvDim, kvDim), kr, Bf16Rel, 1e-4 * scale, $"k cache row {pos0 + r}");
             Gpu.Close(v.AsSpan((pos0 + r) * kvDim, kvDim), y.AsSpan(r * outDim + qDim + kvDim, kvDim).ToArray(), Bf16Rel, 1e-4 * scale, $"v cache row {pos0 + r}");
         }
-    }
-
-    /// <summary>
-    /// SingleInputKV's one GEMM over every group leader (gemm_kv_rope_bf16): leader g's [k; v] rows of the weight, k
-    /// rotated, into cache firstCache + g of one stack of caches, against a double GEMM rotated by the CPU's
-    /// RotaryEmbedding. The stack's other caches, and every row of the written ones outside the step, must stay poisoned.
-    /// </summary>
-    [Theory]
-    [InlineData(300, 264, 8, 1, 1, 0, 12)]        // one leader, one cache
-    [InlineData(517, 512, 8, 3, 6, 2, 1000)]      // 8B's KV heads: 3 leaders in caches 2..4 of 6; a partial cluster tile
-    [InlineData(1, 64, 2, 4, 4, 0, 5)]            // a lone row; 4 leaders, each one K and one V column tile
-    public void GemmKvRopeLeaders_MatchesRotatedReference(int rows, int hidden, int kvHeads, int leaders, int numCaches, int firstCache, int pos0)
-    {
-        Gpu.RequireHopper();
-        const int headDim = 128;
-        int kvDim = kvHeads * headDim, outDim = leaders * 2 * kvDim, capacity = pos0 + rows + 70;
-        long cacheElements = (long)capacity * kvDim;
-        var rng = new TestRng((ulong)(29 + rows + hidden + leaders + pos0));
-        var x = RandomBf16(rng, (long)rows * hidden, 2f);
-        var w = RandomBf16(rng, (long)outDim * hidden, 0.1f);
-        var cfg = new LlamaConfig { HeadDim = headDim, RopeTheta = 500000, RopeScaling = new Llama3RopeScaling(8, 1, 4, 8192) };
-        var inv = RotaryEmbedding.ComputeInvFreq(headDim, cfg.RopeTheta, cfg.RopeScaling);
-        using var dx = new DeviceBuffer<Bf16>(x);
-        using var dw = new DeviceBuffer<Bf16>(w);
-        using var df = new DeviceBuffer<float>(inv);
-        using var table = Gpu.Poisoned((long)rows * headDim);
-        using var kc = Gpu.PoisonedBf16(numCaches * cacheElements);
-        using var vc = Gpu.PoisonedBf16(numCaches * cacheElements);
-        var kernel = new GemmQkvRopeKernel(Library);
-        Assert.True(kernel.IsAvailable(out var why), why);
-        new RopeKernel(Library).LaunchTable(Stream, df, rows, headDim, pos0, table);
-        kernel.LaunchKeysValues(Stream, dx, rows, hidden, dw, kvHeads, leaders, table, kc, vc, numCaches, firstCache, capacity, pos0);
-        Stream.Synchronize();
-        Assert.Equal(1, kernel.Launches);
-
-        var k = Bf16.ToSingles(kc.ToArray());
-        var v = Bf16.ToSingles(vc.ToArray());
-        for (int cache = 0; cache < numCaches; cache++)
-            for (int p = 0; p < capacity; p++)
-                if (cache < firstCache || cache >= firstCache + leaders || p < pos0 || p >= pos0 + rows)
-                    for (int i = 0; i < kvDim; i++)
-                    {
-                        long e = cache * cacheElements + (long)p * kvDim + i;
-                        Assert.True(float.IsNaN(k[e]), $"gemm_kv_rope_bf16 wrote K of cache {cache} row {p}, outside its leaders or the step");
-                        Assert.True(float.IsNaN(v[e]), $"gemm_kv_rope_bf16 wrote V of cache {cache} row {p}, outside its leaders or the step");
-                    }
-
-        var y = Reference(x, w, rows, hidden, outDim);
-        var rope = new RotaryEmbedding(cfg);
-        var cos = new float[headDim / 2];
-        var sin = new float[headDim / 2];
-        double scale = y.Max(Math.Abs);
-        for (int r = 0; r < rows; r++)
-        {
-            rope.Angles(pos0 + r, cos, sin);
-            for (int g = 0; g < leaders; g++)
-            {
-                var kr = y.AsSpan(r * outDim + g * 2 * kvDim, kvDim).ToArray();
-                RotateDouble(kr, kvHeads, cos, sin);
-                long at = (firstCache + g) * cacheElements + (long)(pos0 + r) * kvDim;
-                Gpu.Close(k.AsSpan((int)at, kvDim), kr, Bf16Rel, 1e-4 * scale, $"leader {g} k row {pos0 + r}");
-                Gpu.Close(v.AsSpan((int)at, kvDim), y.AsSpan(r * outDim + g * 2 * kvDim + kvDim, kvDim).ToArray(), Bf16Rel, 1e-4 * scale, $"leader {g} v row {pos0 + r}");
-            }
-        }
-    }
-
-    [Fact]
-    public void GemmKvRopeLeaders_RefusesCachesOutsideTheStack()
-    {
-        Gpu.RequireHopper();
-        using var dx = new DeviceBuffer<Bf16>(4 * 128);
-        using var dw = new DeviceBuffer<Bf16>(2L * 2 * 256 * 128);
-        using var table = new DeviceBuffer<float>(4 * 128);
-        using var kc = new DeviceBuffer<Bf16>(3L * 8 * 256);
-        using var vc = new DeviceBuffer<Bf16>(3L * 8 * 256);
-        var k = new GemmQkvRopeKernel(Library);
-        var e = Assert.Throws<ArgumentOutOfRangeException>(() => k.LaunchKeysValues(Stream, dx, 4, 128, dw, 2, 2, table, kc, vc, 3, 2, 8, 0));
-        Assert.Contains("caches 2..3 are outside a stack of 3", e.Message);
-        Assert.Throws<ArgumentOutOfRangeException>(() => k.LaunchKeysValues(Stream, dx, 4, 128, dw, 2, 2, table, kc, vc, 3, 0, 8, 5));   // positions 5..8 past 8
-        Assert.Throws<ArgumentException>(() => k.LaunchKeysValues(Stream, dx, 4, 128, dw, 2, 2, table, kc, vc, 4, 0, 8, 0));            // a stack of 4 in room for 3
-        Assert.Equal(0, k.Launches);
     }
 
     /// <summary>Rotate-half RoPE of every head of a row in double, by the CPU's angles.</summary>

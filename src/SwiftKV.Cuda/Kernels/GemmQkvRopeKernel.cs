@@ -17,10 +17,7 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
     const int OutBoxRows = 64, OutBoxCols = 64;
     const int SharedBytes = Stages * (TileRows * TileK * 2 + TileCols * TileK * 2) + 2 * 2 * OutBoxRows * OutBoxCols * 2 + 2 * Stages * 8 + 1024;
 
-    const string LeadersEntry = "gemm_kv_rope_bf16";
-
     readonly ClusterGemmEntry _entry = new(library, "gemm_qkv.cu", Entry, Threads, SharedBytes, Cluster);
-    readonly ClusterGemmEntry _leaders = new(library, "gemm_qkv.cu", LeadersEntry, Threads, SharedBytes, Cluster);
 
     /// <summary>Launches so far (tests check that a path really took this kernel).</summary>
     public long Launches { get; private set; }
@@ -40,8 +37,8 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
         return why is null;
     }
 
-    /// <summary>Whether both entries can be launched here (<see cref="ClusterGemmEntry.IsAvailable"/>).</summary>
-    public bool IsAvailable(out string? why) => _entry.IsAvailable(out why) && _leaders.IsAvailable(out why);
+    /// <summary>Whether the kernel can be launched at all here (<see cref="ClusterGemmEntry.IsAvailable"/>).</summary>
+    public bool IsAvailable(out string? why) => _entry.IsAvailable(out why);
 
     /// <summary>
     /// [q | k | v] = x · wᵀ (x (rows, hidden) bf16, w (heads·128 + 2·kvHeads·128, hidden) bf16, fp32 accumulation); q
@@ -53,6 +50,20 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
         DeviceSpan<float> ropeTable, DeviceSpan<Bf16> query, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity, int pos0)
     {
         KernelGuard.Positive(heads, Entry, nameof(heads));
+        LaunchCore(stream, x, rows, hidden, w, heads, kvHeads, ropeTable, query, kCache, vCache, capacity, pos0);
+    }
+
+    /// <summary>
+    /// [k | v] = x · wᵀ with w = [Wk; Wv] (2·kvHeads·128, hidden): k rotated, both written to rows pos0 .. of the
+    /// caches. SingleInputKV's K/V projection of one later layer (group leader) from norm_swiftkv(x_l).
+    /// </summary>
+    public void LaunchKeysValues(CudaStream stream, DeviceSpan<Bf16> x, int rows, int hidden, DeviceSpan<Bf16> w, int kvHeads,
+        DeviceSpan<float> ropeTable, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity, int pos0)
+        => LaunchCore(stream, x, rows, hidden, w, 0, kvHeads, ropeTable, null, kCache, vCache, capacity, pos0);
+
+    void LaunchCore(CudaStream stream, DeviceSpan<Bf16> x, int rows, int hidden, DeviceSpan<Bf16> w, int heads, int kvHeads,
+        DeviceSpan<float> ropeTable, DeviceSpan<Bf16>? queryOrNull, DeviceSpan<Bf16> kCache, DeviceSpan<Bf16> vCache, int capacity, int pos0)
+    {
         KernelGuard.Positive(rows, Entry, nameof(rows));
         KernelGuard.Positive(hidden, Entry, nameof(hidden));
         KernelGuard.Positive(kvHeads, Entry, nameof(kvHeads));
@@ -63,7 +74,8 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
         KernelGuard.Fits(x, (long)rows * hidden, Entry, nameof(x), $"({rows}, {hidden})");
         KernelGuard.Fits(w, (long)(qDim + 2 * kvDim) * hidden, Entry, nameof(w), $"({qDim + 2 * kvDim}, {hidden})");
         KernelGuard.Fits(ropeTable, (long)rows * HeadDim, Entry, nameof(ropeTable), $"({rows}, {HeadDim})");
-        KernelGuard.Fits(query, (long)rows * qDim, Entry, nameof(query), $"({rows}, {qDim})");
+        var query = queryOrNull ?? kCache;   // without queries (heads 0) no tile is a query tile: the map is never used
+        if (queryOrNull is not null) KernelGuard.Fits(query, (long)rows * qDim, Entry, nameof(query), $"({rows}, {qDim})");
         KernelGuard.Fits(kCache, (long)capacity * kvDim, Entry, nameof(kCache), $"({capacity}, {kvHeads}, {HeadDim})");
         KernelGuard.Fits(vCache, (long)capacity * kvDim, Entry, nameof(vCache), $"({capacity}, {kvHeads}, {HeadDim})");
         if (x.Address % 16 != 0 || w.Address % 16 != 0 || query.Address % 16 != 0 || kCache.Address % 16 != 0 || vCache.Address % 16 != 0 || ropeTable.Address % 8 != 0)
@@ -71,7 +83,7 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
         if (!IsAvailable(out why)) throw new NotSupportedException($"{Entry}: {why}.");
         var mapX = CuDriver.EncodeBf16Rows(x.Address, rows, hidden, TileRows, TileK);
         var mapW = CuDriver.EncodeBf16Rows(w.Address, qDim + 2 * kvDim, hidden, TileCols / 2, TileK);
-        var mapQ = CuDriver.EncodeBf16Rows(query.Address, rows, qDim, OutBoxRows, OutBoxCols);
+        var mapQ = CuDriver.EncodeBf16Rows(query.Address, rows, heads > 0 ? qDim : kvDim, OutBoxRows, OutBoxCols);
         // The caches' row extent ends at the step's last position: TMA clips the rows of a tile past the step there.
         var mapK = CuDriver.EncodeBf16Rows(kCache.Address, pos0 + rows, kvDim, OutBoxRows, OutBoxCols);
         var mapV = CuDriver.EncodeBf16Rows(vCache.Address, pos0 + rows, kvDim, OutBoxRows, OutBoxCols);
@@ -79,47 +91,6 @@ public sealed unsafe class GemmQkvRopeKernel(KernelLibrary library)
         ulong pr = ropeTable.Address;
         void** args = stackalloc void*[] { &mapX, &mapW, &mapQ, &mapK, &mapV, &pr, &rows, &qDim, &kvDim, &hidden, &pos0 };
         _entry.Launch(stream, units, args);
-        Launches++;
-    }
-
-    /// <summary>
-    /// SingleInputKV's K/V projection of every later cache in one launch: w = [Wk; Wv] of each AcrossKV group leader in
-    /// turn ((leaders · 2·kvHeads·128, hidden)), x = norm_swiftkv(x_l). Leader g's k (rotated) and v go to rows
-    /// pos0 .. pos0 + rows - 1 of cache firstCache + g in the stacks <paramref name="kCaches"/> / <paramref name="vCaches"/>
-    /// ((numCaches, capacity, kvHeads, 128) bf16: every cache of a sequence in one buffer).
-    /// </summary>
-    public void LaunchKeysValues(CudaStream stream, DeviceSpan<Bf16> x, int rows, int hidden, DeviceSpan<Bf16> w, int kvHeads, int leaders,
-        DeviceSpan<float> ropeTable, DeviceSpan<Bf16> kCaches, DeviceSpan<Bf16> vCaches, int numCaches, int firstCache, int capacity, int pos0)
-    {
-        KernelGuard.Positive(rows, LeadersEntry, nameof(rows));
-        KernelGuard.Positive(hidden, LeadersEntry, nameof(hidden));
-        KernelGuard.Positive(kvHeads, LeadersEntry, nameof(kvHeads));
-        KernelGuard.Positive(leaders, LeadersEntry, nameof(leaders));
-        if (!Applies(hidden, 0, kvHeads, HeadDim, out var why)) throw new NotSupportedException($"{LeadersEntry}: {why}.");
-        if (firstCache < 0 || (long)firstCache + leaders > numCaches)
-            throw new ArgumentOutOfRangeException(nameof(firstCache), $"{LeadersEntry}: caches {firstCache}..{firstCache + leaders - 1} are outside a stack of {numCaches}.");
-        if (pos0 < 0 || (long)pos0 + rows > capacity)
-            throw new ArgumentOutOfRangeException(nameof(pos0), $"{LeadersEntry}: positions {pos0}..{pos0 + rows - 1} are outside a cache of {capacity}.");
-        int kvDim = kvHeads * HeadDim;
-        long outDim = (long)leaders * 2 * kvDim;
-        KernelGuard.Fits(x, (long)rows * hidden, LeadersEntry, nameof(x), $"({rows}, {hidden})");
-        KernelGuard.Fits(w, outDim * hidden, LeadersEntry, nameof(w), $"({outDim}, {hidden})");
-        KernelGuard.Fits(ropeTable, (long)rows * HeadDim, LeadersEntry, nameof(ropeTable), $"({rows}, {HeadDim})");
-        KernelGuard.Fits(kCaches, (long)numCaches * capacity * kvDim, LeadersEntry, nameof(kCaches), $"({numCaches}, {capacity}, {kvHeads}, {HeadDim})");
-        KernelGuard.Fits(vCaches, (long)numCaches * capacity * kvDim, LeadersEntry, nameof(vCaches), $"({numCaches}, {capacity}, {kvHeads}, {HeadDim})");
-        if (x.Address % 16 != 0 || w.Address % 16 != 0 || kCaches.Address % 16 != 0 || vCaches.Address % 16 != 0 || ropeTable.Address % 8 != 0)
-            throw new NotSupportedException($"{LeadersEntry}: it needs 16-byte aligned tensors (8-byte for the rope table).");
-        if (!IsAvailable(out why)) throw new NotSupportedException($"{LeadersEntry}: {why}.");
-        var mapX = CuDriver.EncodeBf16Rows(x.Address, rows, hidden, TileRows, TileK);
-        var mapW = CuDriver.EncodeBf16Rows(w.Address, outDim, hidden, TileCols / 2, TileK);
-        // Each cache's row extent ends at the step's last position, as in the 2-D maps: TMA clips a tile's rows past the step.
-        ulong cacheStride = (ulong)capacity * (ulong)kvDim * 2;
-        var mapK = CuDriver.EncodeBf16(kCaches.Address, [(ulong)kvDim, (ulong)(pos0 + rows), (ulong)numCaches], [(ulong)kvDim * 2, cacheStride], [OutBoxCols, OutBoxRows, 1]);
-        var mapV = CuDriver.EncodeBf16(vCaches.Address, [(ulong)kvDim, (ulong)(pos0 + rows), (ulong)numCaches], [(ulong)kvDim * 2, cacheStride], [OutBoxCols, OutBoxRows, 1]);
-        long units = (long)((rows + TileRows * Cluster - 1) / (TileRows * Cluster)) * (outDim / TileCols);
-        ulong pr = ropeTable.Address;
-        void** args = stackalloc void*[] { &mapX, &mapW, &mapK, &mapV, &pr, &rows, &kvDim, &leaders, &hidden, &pos0, &firstCache };
-        _leaders.Launch(stream, units, args);
         Launches++;
     }
 }

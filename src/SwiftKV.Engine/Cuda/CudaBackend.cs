@@ -555,12 +555,13 @@ public sealed partial class CudaBackend : IModelBackend
         if (fused)
         {
             _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
-            // The leaders' caches are consecutive (LlamaConfig.KvCacheIndex): one GEMM writes them all.
-            int firstCache = cfg.KvCacheIndex(_w.SwiftKvLeaders[0], true);
-            if (cfg.KvCacheIndex(_w.SwiftKvLeaders[^1], true) != firstCache + leaders - 1)
-                throw new InvalidOperationException($"SingleInputKV: the {leaders} group leaders' caches are not consecutive from cache {firstCache}.");
-            _gemmQkv.LaunchKeysValues(_stream, _ws.Normed, rows, hidden, _w.SwiftKvKv!, cfg.NumKeyValueHeads, leaders, _ws.Rope.Span,
-                c.KeyStack, c.ValueStack, c.NumCaches, firstCache, c.Capacity, start);
+            long perLeader = 2L * kv * hidden;
+            for (int g = 0; g < leaders; g++)
+            {
+                int cacheIndex = cfg.KvCacheIndex(_w.SwiftKvLeaders[g], true);
+                _gemmQkv.LaunchKeysValues(_stream, _ws.Normed, rows, hidden, _w.SwiftKvKv!.Span.Slice(g * perLeader, perLeader), cfg.NumKeyValueHeads,
+                    _ws.Rope.Span, c.Keys(cacheIndex), c.Values(cacheIndex), c.Capacity, start);
+            }
             return;
         }
         var all = _ws.SwiftKvFor(rows);
