@@ -10,6 +10,8 @@
 // steps alternate between the captured step graph (the default) and kernel-by-kernel launches of the same step.
 // Batch 1 there is one IChatClient request's decode (every request runs in the serving step), next to the
 // single-sequence decode graph's batch 1 above it.
+// Prompts arriving together (--batched-prefill 8x2048): the same B prompts prefilled as B separate forwards and as the
+// serving engine's batched steps, alternated run by run (SwiftKV's later layers then run once per step, not per prompt).
 // The decode linear layers are also timed alone (--gemv-rows): the GEMV kernel against cuBLAS at the preset's
 // projection shapes, rotating over enough weight copies that every launch streams from device memory, not L2.
 // FLOP counting follows docs/PERFORMANCE.md: 2 x params per token for the linear layers each token passes through,
@@ -30,7 +32,7 @@ namespace SwiftKV.Cli;
 
 internal static class BenchCommand
 {
-    const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768,8x2048] [--decode-context 2048] [--decode-steps 32] [--decode-batches 1,32,128|none] " +
+    const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768] [--decode-context 2048] [--decode-steps 32] [--decode-batches 1,32,128|none] " +
         "[--batched-prefill 8x2048|none] [--batched-step-tokens 0 (the backend's serving step)|16384,...] [--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--fused-qkv on|off|both] [--load DIR] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
@@ -39,7 +41,9 @@ internal static class BenchCommand
     public static int Run(CliArgs a)
     {
         string preset = a.String("preset") ?? "llama-3.1-8b";
-        var cases = (a.String("prefill") ?? "1x2048,8x2048,1x8192,1x32768").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(c => ParseCase(c, "--prefill")).ToArray();
+        // 8x2048 is not among the defaults: --batched-prefill times it both as separate forwards and as serving steps,
+        // alternated run by run (BxL still works here).
+        var cases = (a.String("prefill") ?? "1x2048,1x8192,1x32768").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(c => ParseCase(c, "--prefill")).ToArray();
         int context = a.Int("decode-context") ?? 2048, steps = a.Int("decode-steps") ?? 32, runs = a.Int("runs") ?? 3;
         double maxCase = a.Float("max-case-seconds") ?? 30;
         // An idle pause before every prefill forward lets the card cool and its clock recover, as before a request
