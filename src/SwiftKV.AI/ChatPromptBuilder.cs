@@ -3,8 +3,8 @@
 // prefilled start of the answer. Never changes the caller's messages or options.
 // NOTE: ToolMode Require* is enforced by prefilling the answer with the start of a call — `{"name": "f",
 // "parameters": {` for RequireSpecific (or RequireAny with a single tool), `{"name": "` for RequireAny with several —
-// and by constraining the rest to JSON, so even an untrained model ends with a parseable call to a real function
-// in the first case. With several tools the name itself is not constrained: a wrong name comes back as text.
+// and by constraining the rest to a call of an offered tool with arguments of its parameter schema
+// (JsonSchemaGrammar.ToolCall), so even an untrained model ends with a parseable call to a real function.
 using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.Json;
@@ -83,13 +83,37 @@ internal static class ChatPromptBuilder
         };
 
         var stopIds = model.Tokenizer.StopTokenIds.ToHashSet();
-        ILogitsConstraint? constraint = null;
-        if (prefill is not null || options?.ResponseFormat is ChatResponseFormatJson)
-            constraint = new JsonConstraint(TokenBytes(model.Tokenizer), stopIds, maxNew, Encoding.UTF8.GetBytes(prefill ?? ""));
+        var constraint = Constraint(model, options?.ResponseFormat as ChatResponseFormatJson, tools, prefill, stopIds, maxNew);
 
         var stopSequences = options?.StopSequences?.Where(x => !string.IsNullOrEmpty(x)).ToArray() ?? [];
         return new PreparedRequest(prompt, sampling, maxNew, prompt.Count + maxNew, stopIds, stopSequences,
             tools.Select(t => t.Name).ToArray(), prefill, constraint);
+    }
+
+    /// <summary>
+    /// What decoding holds the answer to: a call to an offered tool with arguments of its schema when a call is required
+    /// (the prefill starts it); a document of the response format's schema, or, with tools offered, that or a call; any
+    /// JSON object for a Json format without a schema; nothing otherwise.
+    /// </summary>
+    static ILogitsConstraint? Constraint(LocalModel model, ChatResponseFormatJson? format, List<ToolDefinition> tools, string? prefill,
+        IReadOnlySet<int> stopIds, int maxNew)
+    {
+        if (prefill is null && format is null) return null;
+        var tokenBytes = TokenBytes(model.Tokenizer);
+        if (prefill is null && format!.Schema is null) return new JsonConstraint(tokenBytes, stopIds, maxNew);
+        var callable = tools.Select(t => (t.Name, t.ParametersSchema)).ToList();
+        JsonSchemaGrammar grammar;
+        try
+        {
+            grammar = prefill is not null ? JsonSchemaGrammar.ToolCall(callable)
+                : tools.Count > 0 ? JsonSchemaGrammar.ToolCall(callable, format!.Schema)
+                : JsonSchemaGrammar.Compile(format!.Schema!.Value);
+        }
+        catch (ArgumentException e)
+        {
+            throw new ArgumentException($"A JSON schema in ChatOptions cannot be enforced: {e.Message}", "options", e);
+        }
+        return new JsonSchemaConstraint(grammar, tokenBytes, stopIds, maxNew, Encoding.UTF8.GetBytes(prefill ?? ""));
     }
 
     /// <summary>The function tools the prompt offers: none under ToolMode None.</summary>
@@ -105,9 +129,10 @@ internal static class ChatPromptBuilder
         return tools;
     }
 
-    // Decoding holds a Json answer to one JSON object, but not to a schema's shape; the schema goes into the system
-    // text, where an instruct model reads it (what GetResponseAsync<T> relies on to get T's fields). With tools offered
-    // the rule is about the final answer, so it does not forbid the function calls that come first.
+    // Decoding holds the answer to the schema's structure (Constraint), but the model still has to know what to write
+    // in it: the schema also goes into the system text, where an instruct model reads it (field meanings, and the value
+    // rules decoding leaves to the model, such as pattern or minimum). With tools offered the rule is about the final
+    // answer, so it does not forbid the function calls that come first.
     static string? SchemaRule(ChatResponseFormat? format, bool toolsOffered)
     {
         if (format is not ChatResponseFormatJson { Schema: { } schema } json) return null;

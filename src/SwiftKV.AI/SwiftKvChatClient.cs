@@ -148,7 +148,7 @@ public sealed class SwiftKvChatClient : IChatClient
 
         // NOTE: JSON output cut off by MaxOutputTokens is returned as is, with FinishReason Length. A JSON value that
         // closed on the last allowed token is complete (the grammar would only have let the end of turn follow): Stop.
-        bool jsonComplete = request.Constraint is JsonConstraint { IsComplete: true };
+        bool jsonComplete = request.Constraint is IGrammarConstraint { IsComplete: true };
         var finish = calls.Count > 0 ? ChatFinishReason.ToolCalls
             : stoppedOnText || outcome.FinishReason == FinishReason.Stop || jsonComplete ? ChatFinishReason.Stop
             : ChatFinishReason.Length;

@@ -2,6 +2,7 @@
 // give JSON that parses), OpenAI penalties, RawRepresentationFactory's engine-native SamplingParams, tolerated
 // AdditionalProperties.
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using Microsoft.Extensions.AI;
 using SwiftKV.Engine.Sampling;
 using Xunit;
@@ -141,5 +142,73 @@ public sealed class ChatOptionsTests(TinyChatModel tiny)
             MaxOutputTokens = 3, AdditionalProperties = new() { ["logit_bias"] = new Dictionary<string, int> { ["1"] = 5 }, ["user"] = "u1" },
         }, Ct);
         Assert.Equal(3, r.Usage!.OutputTokenCount);
+    }
+
+    public sealed record Forecast(
+        [property: JsonPropertyName("city")] string City,
+        [property: JsonPropertyName("celsius")] int Celsius,
+        [property: JsonPropertyName("sky")] Sky Sky,
+        [property: JsonPropertyName("hours")] int[] Hours,
+        [property: JsonPropertyName("rain")] double? Rain,
+        [property: JsonPropertyName("next")] Forecast? Next);
+
+    [JsonConverter(typeof(JsonStringEnumConverter<Sky>))]
+    public enum Sky { Clear, Cloudy, Rain }
+
+    /// <summary>Records the response format each request carries (the schema GetResponseAsync&lt;T&gt; made for T).</summary>
+    sealed class FormatRecorder(IChatClient inner) : DelegatingChatClient(inner)
+    {
+        public ChatResponseFormatJson? Format;
+
+        public override Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
+        {
+            Format = options?.ResponseFormat as ChatResponseFormatJson;
+            return base.GetResponseAsync(messages, options, cancellationToken);
+        }
+    }
+
+    /// <summary>
+    /// GetResponseAsync&lt;T&gt; on random weights: decoding holds the answer to the schema M.E.AI made for T (required
+    /// fields, an enum, an integer array, a nullable number, a recursive nullable object through "$ref"), so every
+    /// seed's answer passes an independent JSON Schema validator and finishes with Stop, and deserializes into T
+    /// whenever its integers fit an int (the schema says "integer", not int32's range). Before schemas were
+    /// enforced, only "some JSON object" was, and T's fields were up to the model.
+    /// </summary>
+    [Theory]
+    [InlineData(0f, 0L)]
+    [InlineData(1f, 1L)]
+    [InlineData(1f, 2L)]
+    [InlineData(1.5f, 3L)]
+    public async Task ResponseFormatSchema_RandomModel_AnswerFollowsTheSchema(float temperature, long seed)
+    {
+        using var recorder = new FormatRecorder(tiny.Client());
+        var r = await recorder.GetResponseAsync<Forecast>("Forecast for Oslo?", new ChatOptions { MaxOutputTokens = 120, Temperature = temperature, Seed = seed },
+            cancellationToken: Ct);
+        Assert.Equal(ChatFinishReason.Stop, r.FinishReason);
+        var schema = Json.Schema.JsonSchema.FromText(recorder.Format!.Schema!.Value.GetRawText());
+        using var answer = JsonDocument.Parse(r.Text);
+        Assert.True(schema.Evaluate(answer.RootElement).IsValid, $"'{r.Text}' does not follow the schema");
+        if (IntegersFitInt(answer.RootElement)) Assert.True(r.TryGetResult(out _), $"'{r.Text}' is not a Forecast");
+    }
+
+    static bool IntegersFitInt(JsonElement e) => e.ValueKind switch
+    {
+        JsonValueKind.Number => !e.GetRawText().All(c => char.IsDigit(c) || c == '-') || e.TryGetInt32(out _),
+        JsonValueKind.Array => e.EnumerateArray().All(IntegersFitInt),
+        JsonValueKind.Object => e.EnumerateObject().All(p => IntegersFitInt(p.Value)),
+        _ => true,
+    };
+
+    /// <summary>A schema decoding cannot enforce is refused before anything runs, naming where the problem is.</summary>
+    [Fact]
+    public async Task ResponseFormatSchema_Malformed_IsNamed()
+    {
+        using var client = tiny.Client();
+        var schema = JsonDocument.Parse("""{"type":"object","properties":{"when":{"type":"date"}}}""").RootElement;
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync("x",
+            new ChatOptions { ResponseFormat = ChatResponseFormat.ForJsonSchema(schema) }, Ct));
+        Assert.Equal("options", e.ParamName);
+        Assert.Contains("'date' is not a JSON schema type", e.Message);
+        Assert.Contains("#/properties/when", e.Message);
     }
 }

@@ -243,4 +243,57 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
         Assert.Contains("'nope'", e.Message);
         await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync("x", new ChatOptions { ToolMode = ChatToolMode.RequireAny }, Ct));
     }
+
+    /// <summary>
+    /// RequireAny over several tools on random weights: the call names an offered tool and its arguments are of that
+    /// tool's parameter schema (get_weather's required string city), for every seed.
+    /// </summary>
+    [Theory]
+    [InlineData(0L)]
+    [InlineData(1L)]
+    [InlineData(2L)]
+    public async Task RequireAny_RandomModel_CallsAnOfferedToolWithItsArguments(long seed)
+    {
+        using var client = tiny.Client();
+        var add = AIFunctionFactory.Create((int a, int b) => a + b, "add");
+        var r = await client.GetResponseAsync("Weather?", new ChatOptions
+        {
+            Tools = [Weather([]), add], ToolMode = ChatToolMode.RequireAny, MaxOutputTokens = 40, Temperature = 1f, Seed = seed,
+        }, Ct);
+        var call = Assert.Single(r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
+        Assert.Contains(call.Name, new[] { "get_weather", "add" });
+        var arguments = call.Arguments!;
+        if (call.Name == "get_weather") Assert.Equal(JsonValueKind.String, Assert.IsType<JsonElement>(arguments["city"]).ValueKind);
+        else Assert.True(arguments.ContainsKey("a") && arguments.ContainsKey("b"), string.Join(",", arguments.Keys));
+        Assert.Equal(ChatFinishReason.ToolCalls, r.FinishReason);
+    }
+
+    /// <summary>
+    /// Tools beside a response schema, random weights: the answer is either a call to an offered tool with its
+    /// arguments, or an answer of the schema — never a third shape.
+    /// </summary>
+    [Theory]
+    [InlineData(0L)]
+    [InlineData(1L)]
+    [InlineData(2L)]
+    [InlineData(3L)]
+    public async Task ToolsAndSchema_RandomModel_CallOrSchemaAnswer(long seed)
+    {
+        using var client = tiny.Client();
+        var r = await client.GetResponseAsync<WeatherReport>("Weather in Oslo?",
+            new ChatOptions { Tools = [Weather([])], MaxOutputTokens = 60, Temperature = 1f, Seed = seed }, cancellationToken: Ct);
+        var calls = r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().ToList();
+        if (calls.Count > 0)
+        {
+            Assert.Equal("get_weather", Assert.Single(calls).Name);
+            Assert.True(calls[0].Arguments!.ContainsKey("city"));
+        }
+        else
+        {
+            // The answer has WeatherReport's fields with their JSON kinds (celsius may be an integer past int's range).
+            using var answer = JsonDocument.Parse(r.Text);
+            Assert.Equal(JsonValueKind.String, answer.RootElement.GetProperty("city").ValueKind);
+            Assert.Equal(JsonValueKind.Number, answer.RootElement.GetProperty("celsius").ValueKind);
+        }
+    }
 }

@@ -224,7 +224,7 @@ public class JsonConstraintTests
         }
     }
 
-    struct Collect : ITokenSink
+    struct Collect : ITokenSink<JsonGrammarState>
     {
         public Dictionary<int, JsonGrammarState> Seen;
         public int Repeated;

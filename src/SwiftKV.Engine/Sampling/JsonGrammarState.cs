@@ -202,3 +202,11 @@ public struct JsonGrammarState : IEquatable<JsonGrammarState>
     static bool IsDigit(byte c) => c is >= (byte)'0' and <= (byte)'9';
     static bool IsHex(byte c) => IsDigit(c) || c is >= (byte)'a' and <= (byte)'f' || c is >= (byte)'A' and <= (byte)'F';
 }
+
+/// <summary><see cref="JsonGrammarState"/> as a grammar a <see cref="GrammarConstraint{TState, TGrammar}"/> drives.</summary>
+public readonly struct JsonObjectGrammar : IByteGrammar<JsonGrammarState>
+{
+    public bool Accept(ref JsonGrammarState state, byte b) => state.Accept(b);
+    public int CompletionLength(in JsonGrammarState state) => state.CompletionLength;
+    public bool IsComplete(in JsonGrammarState state) => state.IsComplete;
+}

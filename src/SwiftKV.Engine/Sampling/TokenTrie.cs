@@ -113,27 +113,34 @@ public sealed class TokenTrie
 
     /// <summary>
     /// Calls <paramref name="sink"/>.Token(id, state after the token's bytes) for every token whose bytes
-    /// <paramref name="start"/> accepts, in depth-first order; a refused byte skips every token under that prefix.
+    /// <paramref name="grammar"/> accepts from <paramref name="start"/>, in depth-first order; a refused byte skips
+    /// every token under that prefix.
     /// </summary>
-    public void ForEachAccepted<TSink>(JsonGrammarState start, ref TSink sink) where TSink : struct, ITokenSink
-        => Walk(0, _edge.Length, start, ref sink);
+    public void ForEachAccepted<TState, TGrammar, TSink>(TGrammar grammar, TState start, ref TSink sink)
+        where TState : struct, IEquatable<TState> where TGrammar : IByteGrammar<TState> where TSink : struct, ITokenSink<TState>
+        => Walk(grammar, 0, _edge.Length, start, ref sink);
+
+    /// <summary>The walk for the plain JSON-object recogniser.</summary>
+    public void ForEachAccepted<TSink>(JsonGrammarState start, ref TSink sink) where TSink : struct, ITokenSink<JsonGrammarState>
+        => Walk(default(JsonObjectGrammar), 0, _edge.Length, start, ref sink);
 
     // Optimized from the first call: a pass runs a few times a request, too few for tiering to promote it in time.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    void Walk<TSink>(int first, int end, JsonGrammarState state, ref TSink sink) where TSink : struct, ITokenSink
+    void Walk<TState, TGrammar, TSink>(TGrammar grammar, int first, int end, TState state, ref TSink sink)
+        where TState : struct, IEquatable<TState> where TGrammar : IByteGrammar<TState> where TSink : struct, ITokenSink<TState>
     {
         for (int node = first; node < end; node = _subtreeEnd[node])
         {
             var next = state;
-            if (!next.Accept(_edge[node])) continue;
+            if (!grammar.Accept(ref next, _edge[node])) continue;
             for (int k = _tokensStart[node]; k < _tokensStart[node + 1]; k++) sink.Token(_tokens[k], in next);
-            if (node + 1 < _subtreeEnd[node]) Walk(node + 1, _subtreeEnd[node], next, ref sink);
+            if (node + 1 < _subtreeEnd[node]) Walk(grammar, node + 1, _subtreeEnd[node], next, ref sink);
         }
     }
 }
 
 /// <summary>Receives the tokens a <see cref="TokenTrie"/> walk accepts (a struct, so the walk's calls inline).</summary>
-public interface ITokenSink
+public interface ITokenSink<TState> where TState : struct
 {
-    void Token(int id, in JsonGrammarState after);
+    void Token(int id, in TState after);
 }

@@ -1,0 +1,161 @@
+// Constrained decoding by a byte-level grammar: before each sample, every vocabulary entry is tried against the
+// grammar from the current state and masked out unless its bytes continue a valid document. Stop tokens are allowed
+// only once the document is complete (and then beside whatever may still extend it, such as a top-level number's
+// digits), so generation ends when the grammar says it may.
+// NOTE: the budget rule — a token is allowed only if the shortest completion after it still fits the tokens left —
+// makes even a random-weight model close its document before MaxOutputTokens (every byte is a token in byte-level
+// BPE, so a completing step always exists). When the budget is already smaller than the shortest completion (a tiny
+// MaxOutputTokens), the rule is dropped: the answer is then cut off mid-document and the caller sees FinishReason
+// Length. A state's grammar pass (the vocabulary's prefix tree through the grammar: TokenTrie) is kept with the
+// longest shortest-completion any allowed token leaves: while the budget still covers that, the budget rule removes
+// nothing and the kept mask is the answer. Inside a string most steps return to one state, so most steps reuse it.
+namespace SwiftKV.Engine.Sampling;
+
+/// <summary>A byte-level recogniser that a <see cref="GrammarConstraint{TState, TGrammar}"/> drives over token bytes.</summary>
+public interface IByteGrammar<TState> where TState : struct, IEquatable<TState>
+{
+    /// <summary>Advances by one byte; false (state unspecified) when the byte cannot continue a valid document.</summary>
+    bool Accept(ref TState state, byte b);
+
+    /// <summary>Bytes in the shortest text that completes the document from here (0 when it may end here).</summary>
+    int CompletionLength(in TState state);
+
+    /// <summary>True when the text so far is a whole document (an end of turn may follow).</summary>
+    bool IsComplete(in TState state);
+}
+
+/// <summary>A decoding constraint that can tell whether its document is whole.</summary>
+public interface IGrammarConstraint : ILogitsConstraint
+{
+    /// <summary>True once the generated text is a complete document.</summary>
+    bool IsComplete { get; }
+}
+
+/// <summary>Masks logits so the generated text follows <typeparamref name="TGrammar"/>.</summary>
+public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
+    where TState : struct, IEquatable<TState> where TGrammar : IByteGrammar<TState>
+{
+    readonly IReadOnlyList<byte[]?> _tokenBytes;
+    readonly IReadOnlySet<int> _stopTokenIds;
+    readonly int _maxNewTokens;
+    readonly TGrammar _grammar;
+    TState _state;
+    int _generated;
+    readonly Dictionary<(TState, int), StateMask> _masks = new();
+    TokenTrie? _trie;   // the table's, shared by every constraint over it
+    const int MaxKeptStates = 8;    // 8 x 128 KB a request at Llama 3's vocabulary
+
+    /// <summary>A state's tokens that continue the document, whether there are any, and the longest completion they leave.</summary>
+    sealed record StateMask(bool[] Allowed, bool Any, int LongestCompletion);
+
+    /// <param name="grammar">The recogniser.</param>
+    /// <param name="start">Its state before the answer.</param>
+    /// <param name="tokenBytes">Bytes of each token id; null for ids that may never be generated (special tokens).</param>
+    /// <param name="stopTokenIds">End-of-turn ids, allowed once the document is complete.</param>
+    /// <param name="maxNewTokens">The request's token budget (for closing the document in time).</param>
+    /// <param name="prefix">Text already in the answer (e.g. a prefilled start of a tool call) that the grammar reads first.</param>
+    /// <param name="what">What the grammar recognises, for the error about a prefix it refuses ("a JSON object").</param>
+    protected GrammarConstraint(TGrammar grammar, TState start, IReadOnlyList<byte[]?> tokenBytes, IReadOnlySet<int> stopTokenIds,
+        int maxNewTokens, ReadOnlySpan<byte> prefix, string what)
+    {
+        ArgumentNullException.ThrowIfNull(grammar);
+        ArgumentNullException.ThrowIfNull(tokenBytes);
+        ArgumentNullException.ThrowIfNull(stopTokenIds);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxNewTokens);
+        _grammar = grammar;
+        _tokenBytes = tokenBytes;
+        _stopTokenIds = stopTokenIds;
+        _maxNewTokens = maxNewTokens;
+        _state = start;
+        foreach (byte b in prefix)
+            if (!_grammar.Accept(ref _state, b))
+                throw new ArgumentException($"The prefix is not the start of {what}.", nameof(prefix));
+    }
+
+    /// <summary>True once the generated text is a complete document.</summary>
+    public bool IsComplete => _grammar.IsComplete(_state);
+
+    /// <summary>The recogniser's current state.</summary>
+    protected TState State => _state;
+
+    /// <summary>Replaces the state by an equivalent one (a grammar that renumbers its states) and drops the kept masks.</summary>
+    protected void Rebase(TState equivalent)
+    {
+        _state = equivalent;
+        _masks.Clear();
+    }
+
+    /// <inheritdoc />
+    public void Apply(Span<float> logits)
+    {
+        int vocab = Math.Min(logits.Length, _tokenBytes.Count);
+        int budgetAfter = _maxNewTokens - _generated - 1;
+        bool complete = _grammar.IsComplete(_state);
+        bool enforceBudget = _grammar.CompletionLength(_state) <= budgetAfter + 1;
+        bool[] allowed;
+        bool any = false;
+        var kept = Kept(logits.Length);
+        if (!complete && (!enforceBudget || kept.LongestCompletion <= budgetAfter))
+        {
+            (allowed, any) = (kept.Allowed, kept.Any);   // the budget rule removes nothing here
+        }
+        else
+        {
+            allowed = new bool[logits.Length];
+            for (int id = 0; id < vocab; id++)
+            {
+                if (kept.Allowed[id])   // only the tokens the grammar takes can pass the budget rule
+                {
+                    var next = _state;
+                    foreach (byte b in _tokenBytes[id]!) _grammar.Accept(ref next, b);
+                    allowed[id] = !enforceBudget || _grammar.CompletionLength(next) <= budgetAfter;
+                }
+                else if (complete)
+                {
+                    allowed[id] = _stopTokenIds.Contains(id);
+                }
+                any |= allowed[id];
+            }
+        }
+        if (!any) return; // nothing fits (no stop token known): leave the row alone rather than sample from nothing
+        for (int id = 0; id < logits.Length; id++)
+            if (!allowed[id]) logits[id] = float.NegativeInfinity;
+    }
+
+    /// <summary>The current state's mask without the budget rule, from the kept ones or by a grammar pass.</summary>
+    StateMask Kept(int length)
+    {
+        if (_masks.TryGetValue((_state, length), out var kept)) return kept;
+        var pass = new MaskPass { Allowed = new bool[length], Length = length, Grammar = _grammar };
+        (_trie ??= TokenTrie.For(_tokenBytes)).ForEachAccepted(_grammar, _state, ref pass);
+        if (_masks.Count >= MaxKeptStates) _masks.Clear();
+        return _masks[(_state, length)] = new StateMask(pass.Allowed, pass.Any, pass.Longest);
+    }
+
+    /// <summary>Collects a grammar pass: the tokens the state accepts and the longest completion they leave.</summary>
+    struct MaskPass : ITokenSink<TState>
+    {
+        public bool[] Allowed;
+        public int Length, Longest;
+        public bool Any;
+        public TGrammar Grammar;
+
+        public void Token(int id, in TState after)
+        {
+            if (id >= Length) return;   // a logits row shorter than the token table
+            Allowed[id] = Any = true;
+            Longest = Math.Max(Longest, Grammar.CompletionLength(after));
+        }
+    }
+
+    /// <inheritdoc />
+    public virtual void Accept(int tokenId)
+    {
+        _generated++;
+        if ((uint)tokenId >= (uint)_tokenBytes.Count || _tokenBytes[tokenId] is not { } bytes) return;
+        var next = _state;
+        foreach (byte b in bytes)
+            if (!_grammar.Accept(ref next, b)) return;   // a token the mask refused (a stop token, or an unmasked row)
+        _state = next;
+    }
+}

@@ -1,0 +1,366 @@
+// Schema-constrained decoding, checked against an independent JSON Schema validator (JsonSchema.Net): the recogniser
+// accepts what the validator accepts (for the keywords it enforces), random logits under the constraint always give a
+// document the validator accepts within the token budget, and every state's shortest completion is what a search finds.
+using System.Text;
+using System.Text.Json;
+using Json.Schema;
+using SwiftKV.Engine.Sampling;
+using Xunit;
+
+namespace SwiftKV.Engine.Tests;
+
+public class JsonSchemaConstraintTests
+{
+    const string Person = """
+        {"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"},
+         "tags":{"type":"array","items":{"type":"string"},"maxItems":3},"role":{"enum":["admin","user",null]}},
+         "required":["name","age"],"additionalProperties":false}
+        """;
+
+    const string Mixed = """
+        {"type":"object","properties":{"score":{"type":["number","null"]},"ok":{"type":"boolean"},
+         "inner":{"type":"object","properties":{"x":{"const":1},
+           "y":{"type":"array","prefixItems":[{"type":"integer"},{"type":"string"}],"items":false,"minItems":2}},
+           "required":["x","y"]}},
+         "required":["inner","ok"]}
+        """;
+
+    const string Tree = """
+        {"$ref":"#/$defs/node","$defs":{"node":{"type":"object","properties":{"value":{"type":"integer"},
+          "children":{"type":"array","items":{"$ref":"#/$defs/node"}}},"required":["value"],"additionalProperties":false}}}
+        """;
+
+    const string Tagged = """
+        {"anyOf":[
+          {"type":"object","properties":{"kind":{"const":"a"},"n":{"type":"integer"}},"required":["kind","n"],"additionalProperties":false},
+          {"type":"object","properties":{"kind":{"const":"b"},"s":{"type":"string"}},"required":["kind","s"],"additionalProperties":false}]}
+        """;
+
+    const string Numbers = """{"type":"array","items":{"enum":[1,12,123,-4.5]},"minItems":1,"maxItems":4}""";
+
+    const string Integer = """{"type":"integer"}""";
+
+    const string Escapes = """
+        {"type":"object","properties":{"a\"b":{"type":"string"},"é":{"enum":["x\ny","ü"]}},"required":["a\"b"],
+         "additionalProperties":{"type":"boolean"}}
+        """;
+
+    public static TheoryData<string> Schemas => [Person, Mixed, Tree, Tagged, Numbers, Integer, Escapes];
+
+    static JsonElement Parse(string json) => JsonDocument.Parse(json).RootElement;
+
+    static bool ValidatorAccepts(string schema, string document)
+    {
+        JsonElement instance;
+        try
+        {
+            instance = JsonDocument.Parse(document).RootElement;
+        }
+        catch (JsonException)
+        {
+            return false;
+        }
+        return JsonSchema.FromText(schema).Evaluate(instance).IsValid;
+    }
+
+    static bool MachineAccepts(JsonSchemaMachine machine, string document)
+    {
+        int state = machine.Start;
+        foreach (byte b in Encoding.UTF8.GetBytes(document))
+            if (!machine.Accept(ref state, b)) return false;
+        return machine.IsComplete(state);
+    }
+
+    [Theory]
+    [InlineData(Person, """{"name":"Ada","age":36}""")]
+    [InlineData(Person, """ { "age" : 36 , "name" : "Ada", "tags": ["a","b"], "role": null }""")]
+    [InlineData(Person, """{"name":"Ada","age":36,"role":"admin"}""")]
+    [InlineData(Person, """{"name":"Ada"}""")]                                  // required age missing
+    [InlineData(Person, """{"name":"Ada","age":"36"}""")]                       // wrong type
+    [InlineData(Person, """{"name":"Ada","age":36,"extra":1}""")]               // additionalProperties false
+    [InlineData(Person, """{"name":"Ada","age":36,"tags":["a","b","c","d"]}""")] // maxItems
+    [InlineData(Person, """{"name":"Ada","age":36,"role":"root"}""")]           // not in the enum
+    [InlineData(Person, """{"name":"Ada","age":-0}""")]
+    [InlineData(Person, """{"name":"A\u00e9\n","age":1}""")]
+    [InlineData(Person, """[]""")]
+    [InlineData(Mixed, """{"ok":true,"inner":{"x":1,"y":[3,"s"]}}""")]
+    [InlineData(Mixed, """{"ok":false,"score":-1.5e+3,"inner":{"y":[0,""],"x":1},"free":{"any":[null]}}""")]
+    [InlineData(Mixed, """{"ok":true,"inner":{"x":2,"y":[3,"s"]}}""")]          // const
+    [InlineData(Mixed, """{"ok":true,"inner":{"x":1,"y":[3]}}""")]              // minItems
+    [InlineData(Mixed, """{"ok":true,"inner":{"x":1,"y":[3,"s",4]}}""")]        // items false past the tuple
+    [InlineData(Mixed, """{"ok":true,"inner":{"x":1,"y":["s",3]}}""")]          // tuple types
+    [InlineData(Mixed, """{"ok":null,"inner":{"x":1,"y":[3,"s"]}}""")]
+    [InlineData(Mixed, """{"ok":true,"score":null,"inner":{"x":1,"y":[3,"s"]}}""")]
+    [InlineData(Tree, """{"value":1,"children":[{"value":2},{"value":3,"children":[{"value":4,"children":[]}]}]}""")]
+    [InlineData(Tree, """{"value":1,"children":[{"children":[]}]}""")]
+    [InlineData(Tree, """{"value":1,"children":[{"value":2,"x":0}]}""")]
+    [InlineData(Tagged, """{"kind":"a","n":5}""")]
+    [InlineData(Tagged, """{"s":"t","kind":"b"}""")]
+    [InlineData(Tagged, """{"kind":"a","s":"t"}""")]
+    [InlineData(Tagged, """{"kind":"c","n":5}""")]
+    [InlineData(Numbers, """[1,12,123,-4.5]""")]
+    [InlineData(Numbers, """[ 12 ]""")]
+    [InlineData(Numbers, """[13]""")]
+    [InlineData(Numbers, """[1,1,1,1,1]""")]
+    [InlineData(Numbers, """[]""")]
+    [InlineData(Integer, """42""")]
+    [InlineData(Integer, """-7""")]
+    [InlineData(Integer, "\"42\"")]
+    [InlineData(Escapes, """{"a\"b":"v","é":"x\ny","other":true}""")]
+    [InlineData(Escapes, """{"a\"b":"v","é":"ü"}""")]
+    [InlineData(Escapes, """{"a\"b":"v","other":"no"}""")]
+    [InlineData(Escapes, """{"é":"ü"}""")]
+    public void Accept_AgreesWithTheValidator(string schema, string document)
+    {
+        var machine = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(schema)));
+        Assert.Equal(ValidatorAccepts(schema, document), MachineAccepts(machine, document));
+    }
+
+    /// <summary>
+    /// Where the machine is stricter than JSON Schema, by design: the spelling of enum / const values and listed
+    /// names is the compact one, an integer has no fraction or exponent (System.Text.Json would not read 1.0 into an
+    /// int), and a key may not repeat. Keywords about values it does not enforce (pattern, minimum) leave it a superset.
+    /// </summary>
+    [Fact]
+    public void Differences_FromTheValidator_AreTheDocumentedOnes()
+    {
+        var person = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(Person)));
+        Assert.True(ValidatorAccepts(Person, """{"name":"Ada","age":36.0}"""));
+        Assert.False(MachineAccepts(person, """{"name":"Ada","age":36.0}"""));
+        Assert.False(MachineAccepts(person, """{"name":"Ada","age":1,"age":2}"""));
+        Assert.False(MachineAccepts(person, """{"na\u006de":"Ada","age":1}"""));
+        Assert.True(ValidatorAccepts(Person, """{"na\u006de":"Ada","age":1}"""));
+
+        const string patterned = """{"type":"object","properties":{"id":{"type":"string","pattern":"^[0-9]+$"},"n":{"type":"integer","minimum":10}}}""";
+        var loose = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(patterned)));
+        Assert.False(ValidatorAccepts(patterned, """{"id":"abc","n":1}"""));
+        Assert.True(MachineAccepts(loose, """{"id":"abc","n":1}"""));
+    }
+
+    static (List<byte[]?> Bytes, int Stop) Vocabulary()
+    {
+        var bytes = new List<byte[]?>();
+        for (int b = 0; b < 256; b++) bytes.Add([(byte)b]);
+        foreach (var piece in new[] { "{\"", "\": ", "\":", "true", "null", "false", "}}", "]]", "  ", "\n\n", "abc", "123", ", \"", "[[", "{{", "\\u",
+            "\"name\"", "\"age\": ", "\"value\":", "children", "\"kind\": \"a\"", "\"inner\"", "ü", "\"é\"", "a\\\"b", "-4.5", "12" })
+            bytes.Add(Encoding.UTF8.GetBytes(piece));
+        bytes.Add(null); // a special token: never allowed
+        bytes.Add([]);   // the stop token
+        return (bytes, bytes.Count - 1);
+    }
+
+    static string Generate(JsonSchemaConstraint constraint, List<byte[]?> vocab, int stop, int maxNewTokens, ulong seed)
+    {
+        var rng = new TestRng(seed);
+        var sampler = new Sampler(new SamplingParams { Temperature = 1, Seed = seed });
+        var text = new List<byte>();
+        for (int step = 0; step < maxNewTokens; step++)
+        {
+            var logits = Enumerable.Range(0, vocab.Count).Select(_ => rng.Uniform(3)).ToArray();
+            constraint.Apply(logits);
+            int token = sampler.Sample(logits);
+            constraint.Accept(token);
+            if (token == stop) break;
+            Assert.NotNull(vocab[token]);
+            text.AddRange(vocab[token]!);
+        }
+        return Encoding.UTF8.GetString(text.ToArray());
+    }
+
+    /// <summary>
+    /// Random logits under the constraint give a document the validator accepts, for budgets from the shortest
+    /// document's length (the one token sequence of single bytes that fits) to loose ones.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Schemas))]
+    public void RandomLogits_YieldValidDocuments_WithinBudget(string schema)
+    {
+        var grammar = JsonSchemaGrammar.Compile(Parse(schema));
+        int shortest = grammar.Nodes[grammar.Root].MinLength;
+        var (vocab, stop) = Vocabulary();
+        var stops = new HashSet<int> { stop };
+        foreach (int budget in new[] { shortest, shortest + 1, shortest + 5, 60, 200 }.Distinct())
+        {
+            for (ulong seed = 0; seed < 12; seed++)
+            {
+                var constraint = new JsonSchemaConstraint(grammar, vocab, stops, budget);
+                string document = Generate(constraint, vocab, stop, budget, seed);
+                Assert.True(ValidatorAccepts(schema, document), $"budget {budget}, seed {seed}: '{document}'");
+                Assert.True(constraint.IsComplete, $"budget {budget}, seed {seed}: '{document}'");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Every state's completion length is the length of the shortest text that completes it. Along valid documents
+    /// (each prefix of them) it obeys the shortest-path equation over all 256 bytes (0 exactly when whole, else one more
+    /// than the best next byte's), and where a breadth-first search over all bytes ends within its cap, equals its result.
+    /// </summary>
+    [Theory]
+    [InlineData(Person, """{"name":"A\u00e9\n","age":36,"tags":["a","b"],"role":"user"}""")]
+    [InlineData(Mixed, """{"score":-1.5e+3,"inner":{"y":[0,"x"],"x":1},"free":{"any":[null, 1]},"ok":true}""")]
+    [InlineData(Tree, """{"children":[{"value":2},{"value":3,"children":[]}],"value":1}""")]
+    [InlineData(Tagged, """{"kind":"b","s":"t"}""")]
+    [InlineData(Numbers, """[12, 123,-4.5]""")]
+    [InlineData(Escapes, """{"é":"x\ny","other":true,"a\"b":"v"}""")]
+    public void CompletionLength_IsTheShortestCompletion(string schema, string document)
+    {
+        var machine = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(schema)));
+        int state = machine.Start;
+        var bytes = Encoding.UTF8.GetBytes(document);
+        for (int i = 0; i <= bytes.Length; i++)
+        {
+            int claimed = machine.CompletionLength(state);
+            int best = int.MaxValue;
+            for (int b = 0; b < 256; b++)
+            {
+                int t = state;
+                if (machine.Accept(ref t, (byte)b)) best = Math.Min(best, machine.CompletionLength(t));
+            }
+            Assert.Equal(machine.IsComplete(state) ? 0 : best + 1, claimed);
+            if (ShortestBySearch(machine, state) is int searched and >= 0) Assert.Equal(searched, claimed);
+            if (i < bytes.Length) Assert.True(machine.Accept(ref state, bytes[i]), $"byte {i} of {document}");
+        }
+        Assert.True(machine.IsComplete(state));
+    }
+
+    static int ShortestBySearch(JsonSchemaMachine machine, int start)
+    {
+        var seen = new HashSet<int> { start };
+        var frontier = new List<int> { start };
+        for (int length = 0; frontier.Count > 0 && seen.Count < 20_000; length++)
+        {
+            if (frontier.Any(s => machine.IsComplete(s))) return length;
+            var next = new List<int>();
+            foreach (int s in frontier)
+                for (int b = 0; b < 256; b++)
+                {
+                    int t = s;
+                    if (machine.Accept(ref t, (byte)b) && seen.Add(t)) next.Add(t);
+                }
+            frontier = next;
+        }
+        return -1;
+    }
+
+    /// <summary>
+    /// A tool call's grammar gives a call to a declared tool whose arguments the validator accepts under that tool's
+    /// schema (with its own $defs), or, with an answer schema beside the tools, an answer of that schema.
+    /// </summary>
+    [Fact]
+    public void ToolCallGrammar_GivesACallToADeclaredTool_OrTheAnswer()
+    {
+        const string weather = """{"type":"object","properties":{"city":{"type":"string"},"unit":{"$ref":"#/$defs/unit"}},"required":["city"],"$defs":{"unit":{"enum":["c","f"]}}}""";
+        const string add = """{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"integer"}},"required":["a","b"],"additionalProperties":false}""";
+        var tools = new List<(string, JsonElement?)> { ("get_weather", Parse(weather)), ("add", Parse(add)), ("ping", null) };
+        var (vocab, stop) = Vocabulary();
+        var stops = new HashSet<int> { stop };
+        var schemas = new Dictionary<string, string> { ["get_weather"] = weather, ["add"] = add, ["ping"] = """{"type":"object"}""" };
+        foreach (bool withAnswer in new[] { false, true })
+        {
+            var grammar = JsonSchemaGrammar.ToolCall(tools, withAnswer ? Parse(Person) : null);
+            int answers = 0;
+            for (ulong seed = 0; seed < 40; seed++)
+            {
+                string text = Generate(new JsonSchemaConstraint(grammar, vocab, stops, 150), vocab, stop, 150, seed);
+                var root = JsonDocument.Parse(text).RootElement;
+                if (root.TryGetProperty("parameters", out var arguments) && root.TryGetProperty("name", out var name)
+                    && schemas.TryGetValue(name.GetString()!, out var toolSchema))
+                {
+                    Assert.Equal(2, root.EnumerateObject().Count());
+                    Assert.True(JsonSchema.FromText(toolSchema).Evaluate(arguments).IsValid, text);
+                }
+                else
+                {
+                    Assert.True(withAnswer, $"not a call: {text}");
+                    Assert.True(ValidatorAccepts(Person, text), text);
+                    answers++;
+                }
+            }
+            if (withAnswer) Assert.True(answers > 0, "the answer alternative was never taken in 40 seeds");
+        }
+
+        // A prefilled start of a call to one tool is read first; the rest must be that tool's arguments.
+        var constraint = new JsonSchemaConstraint(JsonSchemaGrammar.ToolCall(tools), vocab, stops, 40, "{\"name\": \"add\", \"parameters\": {"u8);
+        string rest = Generate(constraint, vocab, stop, 40, 7);
+        var call = JsonDocument.Parse("{\"name\": \"add\", \"parameters\": {" + rest).RootElement;
+        Assert.True(JsonSchema.FromText(add).Evaluate(call.GetProperty("parameters")).IsValid, rest);
+        var e = Assert.Throws<ArgumentException>(() => new JsonSchemaConstraint(JsonSchemaGrammar.ToolCall(tools), vocab, stops, 40, "{\"name\": \"rm\""u8));
+        Assert.Contains("prefix", e.Message);
+    }
+
+    /// <summary>The vocabulary's prefix tree gives the machine exactly the tokens (and states after them) that trying each token gives.</summary>
+    [Fact]
+    public void TokenTrie_WithTheMachine_AcceptsExactlyTheTokensTriedOneByOne()
+    {
+        var tok = SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo();
+        var special = tok.SpecialTokens.Values.ToHashSet();
+        var table = Enumerable.Range(0, tok.VocabularySize).Select(id => special.Contains(id) ? null : tok.GetTokenBytes(id).ToArray()).ToList();
+        var trie = TokenTrie.For(table);
+        var machine = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(Person)));
+        foreach (var prefix in new[] { "", "{", "{\"na", "{\"name\": \"Ad", "{\"name\": \"Ada\", ", "{\"name\": \"Ada\", \"age\": 3", "{\"age\":1,\"role\":" })
+        {
+            int state = machine.Start;
+            foreach (byte b in Encoding.UTF8.GetBytes(prefix)) Assert.True(machine.Accept(ref state, b), prefix);
+            var expected = new Dictionary<int, int>();
+            for (int id = 0; id < table.Count; id++)
+            {
+                if (table[id] is not { Length: > 0 } bytes) continue;
+                int s = state;
+                bool ok = true;
+                foreach (byte b in bytes) if (!(ok = machine.Accept(ref s, b))) break;
+                if (ok) expected[id] = s;
+            }
+            var sink = new Collect { Seen = new Dictionary<int, int>() };
+            trie.ForEachAccepted(machine, state, ref sink);
+            Assert.Equal(expected.OrderBy(kv => kv.Key), sink.Seen.OrderBy(kv => kv.Key));
+            Assert.True(expected.Count > 0, prefix);
+        }
+    }
+
+    struct Collect : ITokenSink<int>
+    {
+        public Dictionary<int, int> Seen;
+        public void Token(int id, in int after) => Seen.Add(id, after);
+    }
+
+    /// <summary>A restarted machine (its tables dropped) goes on from an equivalent state.</summary>
+    [Fact]
+    public void Restart_KeepsTheStateItsTextIsIn()
+    {
+        var machine = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(Tree)));
+        const string text = """{"value":1,"children":[{"value":2,"children":[{"value":3}]}""";
+        int state = machine.Start;
+        foreach (byte b in Encoding.UTF8.GetBytes(text)) Assert.True(machine.Accept(ref state, b));
+        int completion = machine.CompletionLength(state);
+        state = machine.Restart(state);
+        Assert.Equal(1, machine.StateCount);
+        Assert.Equal(completion, machine.CompletionLength(state));
+        foreach (byte b in "]}"u8) Assert.True(machine.Accept(ref state, b));
+        Assert.True(machine.IsComplete(state));
+    }
+
+    [Theory]
+    [InlineData("false", "is false")]
+    [InlineData("""{"type":"text"}""", "'text' is not a JSON schema type")]
+    [InlineData("""{"properties":{"a":{"$ref":"#/$defs/missing"}}}""", "points at nothing")]
+    [InlineData("""{"$ref":"https://example.com/s.json"}""", "pointer into the same schema")]
+    [InlineData("""{"type":"object","required":["a"],"additionalProperties":false}""", "requires property 'a'")]
+    [InlineData("""{"$ref":"#/$defs/n","$defs":{"n":{"type":"object","properties":{"next":{"$ref":"#/$defs/n"}},"required":["next"]}}}""", "no finite document")]
+    [InlineData("""{"type":"integer","enum":["a","b"]}""", "none of its enum")]
+    [InlineData("""{"type":"array","minItems":-1}""", "minItems")]
+    [InlineData("[1]", "not an object or boolean")]
+    public void Compile_BadSchema_NamesTheProblem(string schema, string expected)
+    {
+        var e = Assert.Throws<ArgumentException>(() => JsonSchemaGrammar.Compile(Parse(schema)));
+        Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public void Compile_MoreThan64Properties_IsRefused()
+    {
+        string schema = "{\"type\":\"object\",\"properties\":{" + string.Join(",", Enumerable.Range(0, 65).Select(i => $"\"p{i}\":{{}}")) + "}}";
+        var e = Assert.Throws<ArgumentException>(() => JsonSchemaGrammar.Compile(Parse(schema)));
+        Assert.Contains("more than 64 properties", e.Message);
+    }
+}
