@@ -5,6 +5,7 @@
 // NOTE: the model may have random weights, so nothing here depends on what it says — only on the contract. Tool
 // calls come from ToolMode RequireSpecific / RequireAny, which the client enforces by constrained decoding.
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.SemanticKernel;
@@ -134,6 +135,39 @@ public abstract class ChatClientConformanceTests
         var together = await Task.WhenAll(prompts.Select(p => Task.Run(() => client.GetResponseAsync(p, new ChatOptions { MaxOutputTokens = 6 }, Ct))));
 
         Assert.Equal(solo, together.Select(r => r.Text));
+    }
+
+    public sealed record Ticket(
+        [property: JsonPropertyName("title")] string Title,
+        [property: JsonPropertyName("urgent")] bool Urgent,
+        [property: JsonPropertyName("team")] Team Team,
+        [property: JsonPropertyName("labels")] string[] Labels);
+
+    [JsonConverter(typeof(JsonStringEnumConverter<Team>))]
+    public enum Team { Billing, Shipping, Support }
+
+    /// <summary>
+    /// GetResponseAsync&lt;T&gt; from requests running together: decoding holds each answer to T's schema (the logits
+    /// masks of one request never reach another's row), so each deserializes, ends with Stop, and equals its solo answer.
+    /// </summary>
+    [Fact]
+    public async Task StructuredOutput_ConcurrentRequests_EachIsItsSoloT()
+    {
+        using var client = CreateClient();
+        var prompts = Enumerable.Range(0, 3).Select(i => $"File ticket number {i} about the late parcels.").ToList();
+        var options = new ChatOptions { MaxOutputTokens = 96 };
+        var solo = new List<string>();
+        foreach (var p in prompts) solo.Add((await client.GetResponseAsync<Ticket>(p, options, cancellationToken: Ct)).Text);
+
+        var together = await Task.WhenAll(prompts.Select(p => Task.Run(() => client.GetResponseAsync<Ticket>(p, options, cancellationToken: Ct))));
+
+        Assert.Equal(solo, together.Select(r => r.Text));
+        foreach (var r in together)
+        {
+            Assert.True(r.TryGetResult(out var ticket), $"'{r.Text}' is not a Ticket");
+            Assert.NotNull(ticket!.Labels);
+            Assert.Equal(ChatFinishReason.Stop, r.FinishReason);
+        }
     }
 
     [Fact]
