@@ -5,7 +5,8 @@
 //               --frequency-penalty for all requests or the first --penalised N, added to their rows on the GPU too;
 //               --json N: the first N requests decode under a JsonConstraint over a synthetic token table (random
 //               printable bytes per id: the grammar's cost per step is real, the text is not), their masks
-//               computed on the host while the step runs and applied on the GPU; no stop), all submitted at once; total tokens/s = N·(P + O) / wall time from the first
+//               computed on the host while the step runs and applied on the GPU; no stop; with --json-schema FILE they
+//               hold to that JSON schema instead, through JsonSchemaConstraint), all submitted at once; total tokens/s = N·(P + O) / wall time from the first
 //               submit to the last completion; TTFT and TPOT p50/p99 from each request's outcome; SwiftKV off vs on
 //               vs on + AcrossKV in the same process, one backend at a time (each gets the whole card's KV memory).
 //   configs     engine/backend settings compared on each variant in the same process: base (one attention launch per
@@ -38,7 +39,7 @@ internal static class ServeBenchCommand
 {
     public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--requests 256] [--prompt 2000 (a list: each config run at each length, in order)] [--output 256] " +
         "[--max-batch-tokens N (default: the engine's, 8192 on GPUs of >= 64 GiB)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--kv-gb N|auto (default: free memory less the headroom)] [--max-running N|auto (default: --requests; auto: the engine's)] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
-        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--temperature 0] [--top-k 0] [--top-p 1] [--frequency-penalty 0] [--penalised N (default: all)] [--json 0] [--out serve.json] [--md serve.md]";
+        "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--temperature 0] [--top-k 0] [--top-p 1] [--frequency-penalty 0] [--penalised N (default: all)] [--json 0] [--json-schema FILE] [--out serve.json] [--md serve.md]";
 
     sealed record EngineConfig(string Key, bool SplitAttention, bool ReserveOutputs);
 
@@ -117,6 +118,8 @@ internal static class ServeBenchCommand
             TopP = a.Float("top-p") is { } tp ? (float)tp : 1f, FrequencyPenalty = a.Float("frequency-penalty") is { } fp ? (float)fp : 0f,
         };
         int penalised = a.Int("penalised") ?? int.MaxValue, jsonRequests = a.Int("json") ?? 0;
+        string? schemaPath = a.String("json-schema");
+        JsonSchemaGrammar? schema = schemaPath is null ? null : LoadSchema(schemaPath);
         string outJson = a.String("out") ?? "serve.json";
         string? outMd = a.String("md");
         bool[] wsModes = a.OnOffBoth("paged-attention-ws", "on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)");
@@ -207,12 +210,12 @@ internal static class ServeBenchCommand
                     long wsBefore = backend.WarpSpecializedAttentionLaunches;
                     using var profiler = profileEvery > 0 ? new CudaStepProfiler(profileEvery) : null;
                     backend.StepProfiler = profiler;
-                    var r = RunWorkload(backend, opts with { ReserveOutputBlocks = c.ReserveOutputs }, prompts, output, maxSeconds, "throughput", sampling, penalised, jsonRequests);
+                    var r = RunWorkload(backend, opts with { ReserveOutputBlocks = c.ReserveOutputs }, prompts, output, maxSeconds, "throughput", sampling, penalised, jsonRequests, schema);
                     backend.StepProfiler = null;
                     string attention = wsModes.Length == 1 ? "" : ws ? (backend.WarpSpecializedAttentionLaunches > wsBefore ? ", ws attention" : ", ws attention did not run")
                         : ", two-CTA attention";
                     string who = penalised >= requests ? "" : $" for {penalised} of {requests} requests";
-                    string constrained = jsonRequests == 0 ? "" : $", JSON-constrained: {Math.Min(jsonRequests, requests)} of {requests} requests";
+                    string constrained = jsonRequests == 0 ? "" : $", {(schema is null ? "JSON" : $"schema ({Path.GetFileName(schemaPath)})")}-constrained: {Math.Min(jsonRequests, requests)} of {requests} requests";
                     string penalty = sampling.FrequencyPenalty != 0 ? $", frequency penalty {sampling.FrequencyPenalty}{who}" : "";
                     string picks = sampling.Temperature == 0 ? (penalty == "" ? "" : $", greedy{penalty}")
                         : $", sampled (T {sampling.Temperature}, top-k {sampling.TopK}, top-p {sampling.TopP}{penalty})";
@@ -286,7 +289,7 @@ internal static class ServeBenchCommand
     }
 
     static RunResult RunWorkload(CudaBackend backend, ServingOptions opts, int[][] prompts, int output, double maxSeconds, string label,
-        SamplingParams? requestSampling = null, int penalised = int.MaxValue, int json = 0)
+        SamplingParams? requestSampling = null, int penalised = int.MaxValue, int json = 0, JsonSchemaGrammar? schema = null)
     {
         var tokenBytes = json > 0 ? SyntheticTokenBytes(backend.Config.VocabSize) : null;
         // Sampled runs seed each request by its index, so two runs (and two builds) draw the same uniforms; only the
@@ -314,7 +317,8 @@ internal static class ServeBenchCommand
         });
         var sw = Stopwatch.StartNew();
         var reqs = prompts.Select((p, i) => engine.Submit(p, ParamsOf(i), output, ct: cts.Token,
-            constraint: i < json ? new JsonConstraint(tokenBytes!, new HashSet<int>(), output) : null)).ToArray();
+            constraint: i >= json ? null : schema is null ? new JsonConstraint(tokenBytes!, new HashSet<int>(), output)
+                : new JsonSchemaConstraint(schema, tokenBytes!, new HashSet<int>(), output))).ToArray();
         var outcomes = new List<RequestOutcome>();
         foreach (var r in reqs)
         {
@@ -341,6 +345,19 @@ internal static class ServeBenchCommand
 
     static LlamaConfig SwiftKv(LlamaConfig c, int group) =>
         (c with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = c.NumHiddenLayers / 2, KeyValueGroupSize = group }).Validate();
+
+    static JsonSchemaGrammar LoadSchema(string path)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllText(path));
+            return JsonSchemaGrammar.Compile(doc.RootElement);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException or ArgumentException)
+        {
+            throw new UsageException($"--json-schema: {path}: {e.Message}");
+        }
+    }
 
     /// <summary>A token table for --json: 1-6 random printable ASCII bytes per id (fixed seed), so every single byte exists.</summary>
     static byte[]?[] SyntheticTokenBytes(int vocab)

@@ -95,12 +95,28 @@ public sealed class CliTests : IDisposable
     [InlineData("bench", "--batched-step-tokens", "-5")]
     [InlineData("bench", "--batched-step-tokens", ",")]
     [InlineData("serve-bench", "--paged-attention-ws", "2cta")]
+    [InlineData("serve-bench", "--json", "8", "--json-schema", "/no/such/schema.json")]
     public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
     {
         var r = Run(args);
         Assert.Equal(2, r.Code);
         Assert.StartsWith("swiftkv", r.Err);
         Assert.Single(r.Err.TrimEnd().Split('\n'));
+    }
+
+    /// <summary>A --json-schema the constraint cannot enforce is a usage error naming the file and where in the schema.</summary>
+    [Fact]
+    public void ServeBench_BadJsonSchema_NamesFileAndPlace()
+    {
+        Directory.CreateDirectory(_root);
+        string file = Path.Combine(_root, "bad-schema.json");
+        File.WriteAllText(file, """{"type":"object","properties":{"n":{"type":"int"}}}""");
+        var r = Run("serve-bench", "--json", "8", "--json-schema", file);
+        Assert.Equal(2, r.Code);
+        Assert.Single(r.Err.TrimEnd().Split('\n'));
+        Assert.Contains(file, r.Err);
+        Assert.Contains("#/properties/n", r.Err);
+        Assert.Contains("'int' is not a JSON schema type", r.Err);
     }
 
     /// <summary>An --out that is an existing file, and more tokens than the context: one line naming the problem, exit 2.</summary>
