@@ -5,6 +5,7 @@
 // "parameters": {` for RequireSpecific (or RequireAny with a single tool), `{"name": "` for RequireAny with several —
 // and by constraining the rest to a call of an offered tool with arguments of its parameter schema
 // (JsonSchemaGrammar.ToolCall), so even an untrained model ends with a parseable call to a real function.
+using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.Json;
@@ -102,19 +103,31 @@ internal static class ChatPromptBuilder
         var tokenBytes = TokenBytes(model.Tokenizer);
         if (prefill is null && format!.Schema is null) return new JsonConstraint(tokenBytes, stopIds, maxNew);
         var callable = tools.Select(t => (t.Name, t.ParametersSchema)).ToList();
-        JsonSchemaGrammar grammar;
-        try
+        JsonElement? answer = prefill is null ? format!.Schema : null;
+        // The same schemas come back request after request (GetResponseAsync<T>, an agent's tools): one compiled
+        // grammar per set serves them all, and with it the vocabulary masks its requests share.
+        string key = (prefill is null && tools.Count == 0 ? "schema\n" : "tools\n" + string.Concat(callable.Select(t => $"{t.Name}\n{t.ParametersSchema?.GetRawText()}\n")))
+            + "answer\n" + answer?.GetRawText();
+        if (!s_grammars.TryGetValue(key, out var grammar))
         {
-            grammar = prefill is not null ? JsonSchemaGrammar.ToolCall(callable)
-                : tools.Count > 0 ? JsonSchemaGrammar.ToolCall(callable, format!.Schema)
-                : JsonSchemaGrammar.Compile(format!.Schema!.Value);
-        }
-        catch (ArgumentException e)
-        {
-            throw new ArgumentException($"A JSON schema in ChatOptions cannot be enforced: {e.Message}", "options", e);
+            try
+            {
+                grammar = prefill is not null ? JsonSchemaGrammar.ToolCall(callable)
+                    : tools.Count > 0 ? JsonSchemaGrammar.ToolCall(callable, answer)
+                    : JsonSchemaGrammar.Compile(answer!.Value);
+            }
+            catch (ArgumentException e)
+            {
+                throw new ArgumentException($"A JSON schema in ChatOptions cannot be enforced: {e.Message}", "options", e);
+            }
+            if (s_grammars.Count >= MaxGrammars) s_grammars.Clear();
+            s_grammars[key] = grammar;
         }
         return new JsonSchemaConstraint(grammar, tokenBytes, stopIds, maxNew, Encoding.UTF8.GetBytes(prefill ?? ""));
     }
+
+    static readonly ConcurrentDictionary<string, JsonSchemaGrammar> s_grammars = new(StringComparer.Ordinal);
+    const int MaxGrammars = 32;
 
     /// <summary>The function tools the prompt offers: none under ToolMode None.</summary>
     static List<ToolDefinition> ToolsInPrompt(ChatOptions? options)

@@ -324,6 +324,46 @@ public class JsonSchemaConstraintTests
         public void Token(int id, in int after) => Seen.Add(id, after);
     }
 
+    /// <summary>
+    /// Constraints over one grammar share their vocabulary masks (by state configuration, across their machines):
+    /// at every step of random walks, a request whose masks came from the others' masks equals the same request over
+    /// a grammar of its own, for tight and loose budgets.
+    /// </summary>
+    [Theory]
+    [InlineData(Person, 30)]
+    [InlineData(Tree, 60)]
+    [InlineData(Tagged, 25)]
+    public void SharedMasks_EqualAGrammarOfItsOwn(string schema, int budget)
+    {
+        var shared = JsonSchemaGrammar.Compile(Parse(schema));
+        var (vocab, stop) = Vocabulary();
+        var stops = new HashSet<int> { stop };
+        for (ulong seed = 0; seed < 6; seed++)
+        {
+            var first = new JsonSchemaConstraint(shared, vocab, stops, budget);
+            var second = new JsonSchemaConstraint(shared, vocab, stops, budget);
+            var alone = new JsonSchemaConstraint(JsonSchemaGrammar.Compile(Parse(schema)), vocab, stops, budget);
+            var rng = new TestRng(seed + 900);
+            var sampler = new Sampler(new SamplingParams { Temperature = 1, Seed = seed });
+            for (int step = 0; step < budget; step++)
+            {
+                var logits = Enumerable.Range(0, vocab.Count).Select(_ => rng.Uniform(3)).ToArray();
+                var a = (float[])logits.Clone();
+                var b = (float[])logits.Clone();
+                first.Apply(a);
+                second.Apply(b);
+                alone.Apply(logits);
+                Assert.Equal(logits, a);
+                Assert.Equal(logits, b);
+                int token = sampler.Sample(logits);
+                first.Accept(token);
+                second.Accept(token);
+                alone.Accept(token);
+                if (token == stop) break;
+            }
+        }
+    }
+
     /// <summary>A restarted machine (its tables dropped) goes on from an equivalent state.</summary>
     [Fact]
     public void Restart_KeepsTheStateItsTextIsIn()

@@ -46,7 +46,8 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
     const int MaxKeptStates = 8;    // 8 x 128 KB a request at Llama 3's vocabulary
 
     /// <summary>A state's tokens that continue the document, whether there are any, and the longest completion they leave.</summary>
-    sealed record StateMask(bool[] Allowed, bool Any, int LongestCompletion);
+    /// <remarks>Immutable once made, so constraints over the same grammar and token table may share it.</remarks>
+    protected sealed record StateMask(bool[] Allowed, bool Any, int LongestCompletion);
 
     /// <param name="grammar">The recogniser.</param>
     /// <param name="start">Its state before the answer.</param>
@@ -126,10 +127,24 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
     StateMask Kept(int length)
     {
         if (_masks.TryGetValue((_state, length), out var kept)) return kept;
-        var pass = new MaskPass { Allowed = new bool[length], Length = length, Grammar = _grammar };
-        (_trie ??= TokenTrie.For(_tokenBytes)).ForEachAccepted(_grammar, _state, ref pass);
+        var mask = SharedMask(_state, _tokenBytes, length);
+        if (mask is null)
+        {
+            var pass = new MaskPass { Allowed = new bool[length], Length = length, Grammar = _grammar };
+            (_trie ??= TokenTrie.For(_tokenBytes)).ForEachAccepted(_grammar, _state, ref pass);
+            mask = new StateMask(pass.Allowed, pass.Any, pass.Longest);
+            Share(_state, _tokenBytes, length, mask);
+        }
         if (_masks.Count >= MaxKeptStates) _masks.Clear();
-        return _masks[(_state, length)] = new StateMask(pass.Allowed, pass.Any, pass.Longest);
+        return _masks[(_state, length)] = mask;
+    }
+
+    /// <summary>A mask another constraint over the same grammar made for an equivalent state (none by default).</summary>
+    protected virtual StateMask? SharedMask(TState state, IReadOnlyList<byte[]?> tokenBytes, int length) => null;
+
+    /// <summary>Offers a new mask to other constraints over the same grammar (ignored by default).</summary>
+    protected virtual void Share(TState state, IReadOnlyList<byte[]?> tokenBytes, int length, StateMask mask)
+    {
     }
 
     /// <summary>Collects a grammar pass: the tokens the state accepts and the longest completion they leave.</summary>

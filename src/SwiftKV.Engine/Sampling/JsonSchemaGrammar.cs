@@ -7,6 +7,7 @@
 // documents and never refuses one the schema allows, except that enum / const values and known property names must be
 // written in their compact JSON spelling, and integers without a fraction or exponent (what System.Text.Json reads
 // into an int).
+using System.Collections.Concurrent;
 using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
@@ -78,6 +79,15 @@ public sealed class JsonSchemaGrammar
 
     /// <summary>Most properties one object node may list (a required / seen set is one 64-bit mask).</summary>
     public const int MaxProperties = 64;
+
+    /// <summary>Most vocabulary masks one grammar keeps for its constraints to share (128 KB each at Llama 3's vocabulary).</summary>
+    public const int MaxSharedMasks = 128;
+
+    /// <summary>
+    /// Vocabulary masks made by constraints over this grammar, by (state's configurations, token table, row length),
+    /// for other constraints over it: requests of one schema pass through the same states.
+    /// </summary>
+    internal ConcurrentDictionary<(object State, object Table, int Length), object> SharedMasks { get; } = new();
 
     static readonly JsonSerializerOptions s_compact = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 

@@ -63,6 +63,12 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
     /// <inheritdoc />
     public bool IsComplete(in int state) => _states[state].IsComplete;
 
+    /// <summary>
+    /// The state's configurations as a key that equals the key of the same state in any machine of this grammar (for
+    /// sharing work between them); compared by value.
+    /// </summary>
+    public object KeyOf(int state) => _states[state].Key;
+
     /// <summary>Forgets every state but <paramref name="state"/>, which it returns renumbered (to bound the tables).</summary>
     public int Restart(int state)
     {
@@ -101,7 +107,7 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
             completion = Math.Min(completion, Completion(s));
             complete |= IsWhole(s);
         }
-        _states.Add(new StateInfo(key.Configs, completion, complete));
+        _states.Add(new StateInfo(key.Configs, completion, complete, key));
         if (_states.Count > _rows.Length) System.Array.Resize(ref _rows, _rows.Length * 2);
         return _ids[key] = _states.Count - 1;
     }
@@ -508,7 +514,9 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
         public Stack With(Frame top) => new(top, Below, Depth);
     }
 
-    sealed record StateInfo(Stack[] Configs, int CompletionLength, bool IsComplete);
+    /// <summary>A state: its configurations, shortest completion, whether it is whole, and its configurations as a
+    /// value-compared key (boxed once), equal across machines of one grammar.</summary>
+    sealed record StateInfo(Stack[] Configs, int CompletionLength, bool IsComplete, object Key);
 
     /// <summary>A <see cref="JsonSchemaMachine"/> as a struct <see cref="IByteGrammar{TState}"/>.</summary>
     public readonly struct Grammar(JsonSchemaMachine machine) : IByteGrammar<int>
