@@ -7,8 +7,11 @@
 // BPE, so a completing step always exists). When the budget is already smaller than the shortest completion (a tiny
 // MaxOutputTokens), the rule is dropped: the answer is then cut off mid-document and the caller sees FinishReason
 // Length. A state's grammar pass (the vocabulary's prefix tree through the grammar: TokenTrie) is kept with the
-// longest shortest-completion any allowed token leaves: while the budget still covers that, the budget rule removes
-// nothing and the kept mask is the answer. Inside a string most steps return to one state, so most steps reuse it.
+// shortest completion each taken token leaves, so the budget rule is one comparison per token, and with the longest
+// of them: while the budget still covers that, the rule removes nothing and the kept mask is the answer. Inside a
+// string most steps return to one state, so most steps reuse it. A schema needs tens of bytes at least, so with a
+// few hundred output tokens its budget rule binds for much of the answer: re-walking every token per step then cost
+// more than the GPU's step (docs/BENCHMARKS.md, structured output).
 namespace SwiftKV.Engine.Sampling;
 
 /// <summary>A byte-level recogniser that a <see cref="GrammarConstraint{TState, TGrammar}"/> drives over token bytes.</summary>
@@ -43,11 +46,21 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
     int _generated;
     readonly Dictionary<(TState, int), StateMask> _masks = new();
     TokenTrie? _trie;   // the table's, shared by every constraint over it
-    const int MaxKeptStates = 8;    // 8 x 128 KB a request at Llama 3's vocabulary
+    const int MaxKeptStates = 8;    // 8 x 256 KB a request at Llama 3's vocabulary
 
-    /// <summary>A state's tokens that continue the document, whether there are any, and the longest completion they leave.</summary>
+    /// <summary>
+    /// A state's grammar pass: for each token, the shortest completion it leaves (<see cref="Refused"/> when the grammar
+    /// refuses it; <see cref="Saturated"/> when too long to keep), whether any token is taken, and the longest
+    /// completion a taken token leaves.
+    /// </summary>
     /// <remarks>Immutable once made, so constraints over the same grammar and token table may share it.</remarks>
-    protected sealed record StateMask(bool[] Allowed, bool Any, int LongestCompletion);
+    protected sealed record StateMask(ushort[] Completion, bool Any, int LongestCompletion);
+
+    /// <summary>In <see cref="StateMask.Completion"/>: the grammar refuses the token here.</summary>
+    protected const ushort Refused = ushort.MaxValue;
+
+    /// <summary>In <see cref="StateMask.Completion"/>: taken, with a completion too long to keep (found again when needed).</summary>
+    protected const ushort Saturated = ushort.MaxValue - 1;
 
     /// <param name="grammar">The recogniser.</param>
     /// <param name="start">Its state before the answer.</param>
@@ -89,38 +102,39 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
     /// <inheritdoc />
     public void Apply(Span<float> logits)
     {
-        int vocab = Math.Min(logits.Length, _tokenBytes.Count);
         int budgetAfter = _maxNewTokens - _generated - 1;
         bool complete = _grammar.IsComplete(_state);
-        bool enforceBudget = _grammar.CompletionLength(_state) <= budgetAfter + 1;
-        bool[] allowed;
-        bool any = false;
+        // When even the shortest completion no longer fits, the rule is dropped (see the NOTE above).
+        int limit = _grammar.CompletionLength(_state) <= budgetAfter + 1 ? budgetAfter : int.MaxValue;
         var kept = Kept(logits.Length);
-        if (!complete && (!enforceBudget || kept.LongestCompletion <= budgetAfter))
+        var completion = kept.Completion;
+        if (!complete && kept.LongestCompletion <= limit)
         {
-            (allowed, any) = (kept.Allowed, kept.Any);   // the budget rule removes nothing here
+            // The budget rule removes nothing here: the grammar's mask is the answer.
+            if (!kept.Any) return;   // nothing fits: leave the row alone rather than sample from nothing
+            for (int id = 0; id < logits.Length; id++)
+                if (completion[id] == Refused) logits[id] = float.NegativeInfinity;
+            return;
         }
-        else
-        {
-            allowed = new bool[logits.Length];
-            for (int id = 0; id < vocab; id++)
-            {
-                if (kept.Allowed[id])   // only the tokens the grammar takes can pass the budget rule
-                {
-                    var next = _state;
-                    foreach (byte b in _tokenBytes[id]!) _grammar.Accept(ref next, b);
-                    allowed[id] = !enforceBudget || _grammar.CompletionLength(next) <= budgetAfter;
-                }
-                else if (complete)
-                {
-                    allowed[id] = _stopTokenIds.Contains(id);
-                }
-                any |= allowed[id];
-            }
-        }
-        if (!any) return; // nothing fits (no stop token known): leave the row alone rather than sample from nothing
+        bool any = false;
+        for (int id = 0; id < logits.Length && !any; id++) any = Fits(id, completion, limit, complete);
+        if (!any) return;
         for (int id = 0; id < logits.Length; id++)
-            if (!allowed[id]) logits[id] = float.NegativeInfinity;
+            if (!Fits(id, completion, limit, complete)) logits[id] = float.NegativeInfinity;
+    }
+
+    /// <summary>Whether token <paramref name="id"/> may come next: taken by the grammar within the budget, or a stop once whole.</summary>
+    bool Fits(int id, ushort[] completion, int limit, bool complete)
+    {
+        int length = completion[id];
+        if (length == Refused) return complete && id < _tokenBytes.Count && _stopTokenIds.Contains(id);
+        if (length == Saturated)
+        {
+            var next = _state;
+            foreach (byte b in _tokenBytes[id]!) _grammar.Accept(ref next, b);
+            length = _grammar.CompletionLength(next);
+        }
+        return length <= limit;
     }
 
     /// <summary>The current state's mask without the budget rule, from the kept ones or by a grammar pass.</summary>
@@ -130,9 +144,10 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
         var mask = SharedMask(_state, _tokenBytes, length);
         if (mask is null)
         {
-            var pass = new MaskPass { Allowed = new bool[length], Length = length, Grammar = _grammar };
+            var pass = new MaskPass { Completion = new ushort[length], Length = length, Grammar = _grammar };
+            Array.Fill(pass.Completion, Refused);
             (_trie ??= TokenTrie.For(_tokenBytes)).ForEachAccepted(_grammar, _state, ref pass);
-            mask = new StateMask(pass.Allowed, pass.Any, pass.Longest);
+            mask = new StateMask(pass.Completion, pass.Any, pass.Longest);
             Share(_state, _tokenBytes, length, mask);
         }
         if (_masks.Count >= MaxKeptStates) _masks.Clear();
@@ -147,10 +162,10 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
     {
     }
 
-    /// <summary>Collects a grammar pass: the tokens the state accepts and the longest completion they leave.</summary>
+    /// <summary>Collects a grammar pass: each taken token's completion, whether any is taken, and the longest.</summary>
     struct MaskPass : ITokenSink<TState>
     {
-        public bool[] Allowed;
+        public ushort[] Completion;
         public int Length, Longest;
         public bool Any;
         public TGrammar Grammar;
@@ -158,8 +173,10 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
         public void Token(int id, in TState after)
         {
             if (id >= Length) return;   // a logits row shorter than the token table
-            Allowed[id] = Any = true;
-            Longest = Math.Max(Longest, Grammar.CompletionLength(after));
+            int completion = Grammar.CompletionLength(after);
+            Completion[id] = (ushort)Math.Min(completion, Saturated);
+            Any = true;
+            Longest = Math.Max(Longest, completion);
         }
     }
 

@@ -80,7 +80,7 @@ public sealed class JsonSchemaGrammar
     /// <summary>Most properties one object node may list (a required / seen set is one 64-bit mask).</summary>
     public const int MaxProperties = 64;
 
-    /// <summary>Most vocabulary masks one grammar keeps for its constraints to share (128 KB each at Llama 3's vocabulary).</summary>
+    /// <summary>Most vocabulary masks one grammar keeps for its constraints to share (256 KB each at Llama 3's vocabulary).</summary>
     public const int MaxSharedMasks = 128;
 
     /// <summary>
