@@ -127,7 +127,7 @@ internal static class ChatPromptBuilder
     }
 
     static readonly ConcurrentDictionary<string, JsonSchemaGrammar> s_grammars = new(StringComparer.Ordinal);
-    const int MaxGrammars = 32;
+    const int MaxGrammars = 16;   // each keeps up to JsonSchemaGrammar.MaxSharedMasks masks of 256 KB
 
     /// <summary>The function tools the prompt offers: none under ToolMode None.</summary>
     static List<ToolDefinition> ToolsInPrompt(ChatOptions? options)

@@ -100,21 +100,7 @@ public class JsonConstraintTests
         var stops = new HashSet<int> { stop };
         for (ulong seed = 0; seed < 40; seed++)
         {
-            var rng = new TestRng(seed);
-            var constraint = new JsonConstraint(vocab, stops, maxNewTokens);
-            var sampler = new Sampler(new SamplingParams { Temperature = 1, Seed = seed });
-            var text = new List<byte>();
-            for (int step = 0; step < maxNewTokens; step++)
-            {
-                var logits = Enumerable.Range(0, vocab.Count).Select(_ => rng.Uniform(3)).ToArray();
-                constraint.Apply(logits);
-                int token = sampler.Sample(logits);
-                constraint.Accept(token);
-                if (token == stop) break;
-                Assert.NotNull(vocab[token]);
-                text.AddRange(vocab[token]!);
-            }
-            string json = Encoding.UTF8.GetString(text.ToArray());
+            string json = ConstrainedGeneration.Generate(new JsonConstraint(vocab, stops, maxNewTokens), vocab, stop, maxNewTokens, seed);
             Assert.True(ReferenceParsesObject(json), $"seed {seed}, budget {maxNewTokens}: '{json}'");
         }
     }

@@ -149,24 +149,6 @@ public class JsonSchemaConstraintTests
         return (bytes, bytes.Count - 1);
     }
 
-    static string Generate(JsonSchemaConstraint constraint, List<byte[]?> vocab, int stop, int maxNewTokens, ulong seed)
-    {
-        var rng = new TestRng(seed);
-        var sampler = new Sampler(new SamplingParams { Temperature = 1, Seed = seed });
-        var text = new List<byte>();
-        for (int step = 0; step < maxNewTokens; step++)
-        {
-            var logits = Enumerable.Range(0, vocab.Count).Select(_ => rng.Uniform(3)).ToArray();
-            constraint.Apply(logits);
-            int token = sampler.Sample(logits);
-            constraint.Accept(token);
-            if (token == stop) break;
-            Assert.NotNull(vocab[token]);
-            text.AddRange(vocab[token]!);
-        }
-        return Encoding.UTF8.GetString(text.ToArray());
-    }
-
     /// <summary>
     /// Random logits under the constraint give a document the validator accepts, for budgets from the shortest
     /// document's length (the one token sequence of single bytes that fits) to loose ones.
@@ -184,7 +166,7 @@ public class JsonSchemaConstraintTests
             for (ulong seed = 0; seed < 12; seed++)
             {
                 var constraint = new JsonSchemaConstraint(grammar, vocab, stops, budget);
-                string document = Generate(constraint, vocab, stop, budget, seed);
+                string document = ConstrainedGeneration.Generate(constraint, vocab, stop, budget, seed);
                 Assert.True(ValidatorAccepts(schema, document), $"budget {budget}, seed {seed}: '{document}'");
                 Assert.True(constraint.IsComplete, $"budget {budget}, seed {seed}: '{document}'");
             }
@@ -262,7 +244,7 @@ public class JsonSchemaConstraintTests
             int answers = 0;
             for (ulong seed = 0; seed < 40; seed++)
             {
-                string text = Generate(new JsonSchemaConstraint(grammar, vocab, stops, 150), vocab, stop, 150, seed);
+                string text = ConstrainedGeneration.Generate(new JsonSchemaConstraint(grammar, vocab, stops, 150), vocab, stop, 150, seed);
                 var root = JsonDocument.Parse(text).RootElement;
                 if (root.TryGetProperty("parameters", out var arguments) && root.TryGetProperty("name", out var name)
                     && schemas.TryGetValue(name.GetString()!, out var toolSchema))
@@ -282,7 +264,7 @@ public class JsonSchemaConstraintTests
 
         // A prefilled start of a call to one tool is read first; the rest must be that tool's arguments.
         var constraint = new JsonSchemaConstraint(JsonSchemaGrammar.ToolCall(tools), vocab, stops, 40, "{\"name\": \"add\", \"parameters\": {"u8);
-        string rest = Generate(constraint, vocab, stop, 40, 7);
+        string rest = ConstrainedGeneration.Generate(constraint, vocab, stop, 40, 7);
         var call = JsonDocument.Parse("{\"name\": \"add\", \"parameters\": {" + rest).RootElement;
         Assert.True(JsonSchema.FromText(add).Evaluate(call.GetProperty("parameters")).IsValid, rest);
         var e = Assert.Throws<ArgumentException>(() => new JsonSchemaConstraint(JsonSchemaGrammar.ToolCall(tools), vocab, stops, 40, "{\"name\": \"rm\""u8));

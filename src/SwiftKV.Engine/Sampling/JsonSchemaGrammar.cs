@@ -81,7 +81,7 @@ public sealed class JsonSchemaGrammar
     public const int MaxProperties = 64;
 
     /// <summary>Most vocabulary masks one grammar keeps for its constraints to share (256 KB each at Llama 3's vocabulary).</summary>
-    public const int MaxSharedMasks = 128;
+    public const int MaxSharedMasks = 64;
 
     /// <summary>
     /// Vocabulary masks made by constraints over this grammar, by (state's configurations, token table, row length),
@@ -121,7 +121,7 @@ public sealed class JsonSchemaGrammar
     /// when <paramref name="answer"/> is given, of an answer instead of a call.
     /// </summary>
     /// <param name="tools">Each tool's name and parameter schema.</param>
-    /// <param name="answer">The answer's schema; <see cref="AnswerIsAnyObject"/> for any object; null: a call only.</param>
+    /// <param name="answer">The answer's schema; null: a call only.</param>
     public static JsonSchemaGrammar ToolCall(IReadOnlyList<(string Name, JsonElement? Parameters)> tools, JsonElement? answer = null)
     {
         ArgumentNullException.ThrowIfNull(tools);
@@ -142,13 +142,10 @@ public sealed class JsonSchemaGrammar
                 Additional = -1,
             }));
         }
-        if (answer is { } a) alternatives.Add(a.ValueKind == JsonValueKind.Undefined ? anyObject : grammar.Schema(a, "the response format's schema"));
+        if (answer is { } a) alternatives.Add(grammar.Schema(a, "the response format's schema"));
         grammar.Root = grammar.Add(new JsonSchemaNode { AnyOf = [.. alternatives] });
         return grammar.Finish();
     }
-
-    /// <summary>Pass as <see cref="ToolCall"/>'s answer for "any JSON object" (ChatResponseFormat.Json without a schema).</summary>
-    public static JsonElement AnswerIsAnyObject => default;
 
     int Add(JsonSchemaNode node)
     {
