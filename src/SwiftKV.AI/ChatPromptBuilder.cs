@@ -126,6 +126,7 @@ internal static class ChatPromptBuilder
         return new JsonSchemaConstraint(grammar, tokenBytes, stopIds, maxNew, Encoding.UTF8.GetBytes(prefill ?? ""));
     }
 
+    static readonly JsonSerializerOptions s_compactJson = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
     static readonly ConcurrentDictionary<string, JsonSchemaGrammar> s_grammars = new(StringComparer.Ordinal);
     const int MaxGrammars = 16;   // each keeps up to JsonSchemaGrammar.MaxSharedMasks masks of 256 KB
 
@@ -171,7 +172,8 @@ internal static class ChatPromptBuilder
         if (name is not null && !tools.Any(t => t.Name == name))
             throw new ArgumentException($"ChatOptions.ToolMode requires function '{name}', which is not in ChatOptions.Tools ({string.Join(", ", tools.Select(t => t.Name))}).", nameof(options));
         name ??= tools.Count == 1 ? tools[0].Name : null;
-        return name is null ? "{\"name\": \"" : "{\"name\": " + JsonSerializer.Serialize(name) + ", \"parameters\": {";
+        // The name in its compact spelling, as the call grammar matches it (the default encoder would escape é or +).
+        return name is null ? "{\"name\": \"" : "{\"name\": " + JsonSerializer.Serialize(name, s_compactJson) + ", \"parameters\": {";
     }
 
     static List<ChatTurn> Turns(IEnumerable<ChatMessage> messages, string? instructions, List<ToolDefinition> tools)

@@ -110,6 +110,11 @@ public class JsonSchemaConstraintTests
     [InlineData(Escapes, """{"a\"b":"v","é":"ü"}""")]
     [InlineData(Escapes, """{"a\"b":"v","other":"no"}""")]
     [InlineData(Escapes, """{"é":"ü"}""")]
+    [InlineData("""{"type":"array","prefixItems":[{"type":"integer"},{"type":"string"}],"maxItems":1}""", """[1]""")]
+    [InlineData("""{"type":"array","prefixItems":[{"type":"integer"},{"type":"string"}],"maxItems":1}""", """[1,"a","b"]""")]
+    [InlineData("""{"properties":{"a":{"type":"integer"},"b":false}}""", """{"a":1,"c":"x"}""")]
+    [InlineData("""{"properties":{"a":{"type":"integer"},"b":false}}""", """{"b":1}""")]
+    [InlineData("""{"properties":{"a":{"type":"array","items":false,"minItems":1}}}""", """{"a":1}""")]
     public void Accept_AgreesWithTheValidator(string schema, string document)
     {
         var machine = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(schema)));
@@ -129,6 +134,11 @@ public class JsonSchemaConstraintTests
         Assert.False(MachineAccepts(person, """{"name":"Ada","age":36.0}"""));
         Assert.False(MachineAccepts(person, """{"name":"Ada","age":1,"age":2}"""));
         Assert.False(MachineAccepts(person, """{"na\u006de":"Ada","age":1}"""));
+        // With free keys beside listed ones, a key is written without escapes: "\u0061" would be "a" in another
+        // spelling, and its value would dodge a's schema.
+        var open = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse("""{"properties":{"a":{"type":"integer"}}}""")));
+        Assert.False(MachineAccepts(open, """{"\u0061":"x"}"""));
+        Assert.True(MachineAccepts(open, """{"b":"x","a":1}"""));
         Assert.True(ValidatorAccepts(Person, """{"na\u006de":"Ada","age":1}"""));
 
         const string patterned = """{"type":"object","properties":{"id":{"type":"string","pattern":"^[0-9]+$"},"n":{"type":"integer","minimum":10}}}""";
@@ -363,7 +373,7 @@ public class JsonSchemaConstraintTests
     }
 
     [Theory]
-    [InlineData("false", "is false")]
+    [InlineData("false", "no finite document")]
     [InlineData("""{"type":"text"}""", "'text' is not a JSON schema type")]
     [InlineData("""{"properties":{"a":{"$ref":"#/$defs/missing"}}}""", "points at nothing")]
     [InlineData("""{"$ref":"https://example.com/s.json"}""", "pointer into the same schema")]

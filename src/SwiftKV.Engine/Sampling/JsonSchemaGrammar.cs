@@ -65,7 +65,7 @@ public sealed class JsonSchemaNode
     public int MinLength { get; internal set; } = JsonSchemaGrammar.Unbounded;
 
     /// <summary>The node of array item <paramref name="index"/>, or -1 when the array may not have it.</summary>
-    public int ItemAt(int index) => index < PrefixItems.Length ? PrefixItems[index] : index < MaxItems ? Items : -1;
+    public int ItemAt(int index) => index >= MaxItems ? -1 : index < PrefixItems.Length ? PrefixItems[index] : Items;
 }
 
 /// <summary>A JSON schema, compiled. Build with <see cref="Compile"/>; immutable after that and shared freely.</summary>
@@ -184,8 +184,9 @@ public sealed class JsonSchemaGrammar
     {
         if (_byPointer.TryGetValue(_scope + pointer, out int known)) return known;
         if (schema.ValueKind == JsonValueKind.True) return _byPointer[_scope + pointer] = Any;
-        if (schema.ValueKind == JsonValueKind.False)
-            throw new ArgumentException($"The JSON schema at {pointer} is false, which allows no value.");
+        // false allows no value: a node of no kind, whose MinLength stays Unbounded, so the machine never enters it
+        // (a whole schema of false fails in Finish as "no finite document").
+        if (schema.ValueKind == JsonValueKind.False) return _byPointer[_scope + pointer] = Add(new JsonSchemaNode { Kinds = JsonKinds.None });
         if (schema.ValueKind != JsonValueKind.Object)
             throw new ArgumentException($"The JSON schema at {pointer} is a {schema.ValueKind}, not an object or boolean.");
 

@@ -242,7 +242,7 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
                 {
                     // With free keys every listed name stays a candidate, so a repeat of a seen one is caught at its end.
                     bool free = FreeKeys(node);
-                    ulong candidates = Viable(node) & (free ? ~0UL : ~o.Seen);
+                    ulong candidates = free ? AllProperties(node) : Viable(node) & ~o.Seen;
                     outs.Add(s.With(o with { Phase = ObjectPhase.InKey, KeyPos = 0, Candidates = candidates, FreeKey = free, Escape = 0 }));
                 }
                 return;
@@ -256,6 +256,7 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
                         if (node.Properties[i].Key.Length == o.KeyPos) match = i;
                     }
                     if (match >= 0 && ((o.Seen >> match) & 1) != 0) return;   // a key written twice
+                    if (match >= 0 && _nodes[node.Properties[match].Node].MinLength >= JsonSchemaGrammar.Unbounded) return;   // no value fits it
                     if (match < 0 && !o.FreeKey) return;
                     outs.Add(s.With(o with
                     {
@@ -264,6 +265,8 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
                     }));
                     return;
                 }
+                // A free key in an object that lists names starts no escape of its own: "\u0061" would be the listed
+                // "a" in another spelling, and its value would escape that property's schema.
                 byte e = o.Escape;
                 if (!StringByte(ref e, c)) return;
                 ulong next = 0;
@@ -274,6 +277,7 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
                     if (key.Length > o.KeyPos && key[o.KeyPos] == c) next |= 1UL << i;
                 }
                 if (next == 0 && !o.FreeKey) return;
+                if (next == 0 && c == '\\' && node.Properties.Length > 0) return;   // see above: no escapes in a free key
                 // Once no listed name fits, the position no longer matters: all such free keys are one state.
                 outs.Add(s.With(o with { Escape = e, Candidates = next, KeyPos = next == 0 ? 0 : o.KeyPos + 1 }));
                 return;
@@ -319,6 +323,8 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
     bool KeyPossible(JsonSchemaNode node, ulong seen) => FreeKeys(node) || (Viable(node) & ~seen) != 0;
 
     bool FreeKeys(JsonSchemaNode node) => node.Additional >= 0 && _nodes[node.Additional].MinLength < JsonSchemaGrammar.Unbounded;
+
+    static ulong AllProperties(JsonSchemaNode node) => node.Properties.Length == 64 ? ~0UL : (1UL << node.Properties.Length) - 1;
 
     /// <summary>The properties whose values can be written at all.</summary>
     ulong Viable(JsonSchemaNode node)
