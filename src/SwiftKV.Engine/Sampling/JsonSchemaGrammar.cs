@@ -6,7 +6,11 @@
 // are left to the model, which reads the whole schema in its prompt: the machine accepts a superset of the schema's
 // documents and never refuses one the schema allows, except that enum / const values and known property names must be
 // written in their compact JSON spelling, and integers without a fraction or exponent (what System.Text.Json reads
-// into an int).
+// into an int). Known limits (from a review, 2026-11-28, not yet mended): keywords beside anyOf / oneOf / $ref are
+// dropped (the machine accepts more there); names and enum texts with characters outside the BMP cannot be written;
+// chains of more than 32 $ref / anyOf hops and documents nested past 64 containers are refused; schemas built to
+// branch (anyOf of overlapping recursive alternatives) can grow states exponentially, and a $ref chain of many
+// thousands of links overflows the compiler's stack.
 using System.Collections.Concurrent;
 using System.Text;
 using System.Text.Encodings.Web;
