@@ -200,7 +200,7 @@ public struct JsonGrammarState : IEquatable<JsonGrammarState>
     }
 
     static bool IsDigit(byte c) => c is >= (byte)'0' and <= (byte)'9';
-    static bool IsHex(byte c) => IsDigit(c) || c is >= (byte)'a' and <= (byte)'f' || c is >= (byte)'A' and <= (byte)'F';
+    internal static bool IsHex(byte c) => IsDigit(c) || c is >= (byte)'a' and <= (byte)'f' || c is >= (byte)'A' and <= (byte)'F';
 }
 
 /// <summary><see cref="JsonGrammarState"/> as a grammar a <see cref="GrammarConstraint{TState, TGrammar}"/> drives.</summary>

@@ -353,7 +353,7 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
                 escape = 0;
                 return c is (byte)'"' or (byte)'\\' or (byte)'/' or (byte)'b' or (byte)'f' or (byte)'n' or (byte)'r' or (byte)'t';
             default:
-                if (!IsHex(c) || (escape == 2 && c is (byte)'d' or (byte)'D')) return false;
+                if (!JsonGrammarState.IsHex(c) || (escape == 2 && c is (byte)'d' or (byte)'D')) return false;
                 escape = escape == 5 ? (byte)0 : (byte)(escape + 1);
                 return true;
         }
@@ -365,7 +365,6 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
 
     static bool IsWhite(byte c) => c is (byte)' ' or (byte)'\t' or (byte)'\n' or (byte)'\r';
 
-    static bool IsHex(byte c) => c is >= (byte)'0' and <= (byte)'9' or >= (byte)'a' and <= (byte)'f' or >= (byte)'A' and <= (byte)'F';
 
     // ---- completion ----------------------------------------------------------------------------------------------
 
@@ -527,8 +526,6 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
     /// <summary>A <see cref="JsonSchemaMachine"/> as a struct <see cref="IByteGrammar{TState}"/>.</summary>
     public readonly struct Grammar(JsonSchemaMachine machine) : IByteGrammar<int>
     {
-        public JsonSchemaMachine Machine => machine;
-
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public bool Accept(ref int state, byte b) => machine.Accept(ref state, b);
 
