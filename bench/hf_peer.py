@@ -3,9 +3,11 @@
 Hugging Face transformers' LlamaForCausalLM (SDPA attention) at Llama-3.1-8B shape with random bf16 weights:
 prefill latency/throughput at 1x2048, 1x8192, 1x32768, 8x2048 and decode ms/step at batch 1/32/128 with a 2K
 context; plus the card's roofline as PyTorch sees it (bf16 GEMM 8192^3 TFLOP/s, device-to-device copy GB/s).
+--preset 70b: Llama-3.1-70B's shape instead (141 GB of bf16 weights: one card of >= 141 GB, such as an H200), at
+1x2048 and 1x8192 and decode batch 1, the cases `swiftkv bench --preset llama-3.1-70b` measures on such a card.
 Writes one JSON object to --out.
 
-  python3 bench/hf_peer.py --out $OUT/peer.json [--quick] [--pause-ms 0] [--prefill-only]
+  python3 bench/hf_peer.py --out $OUT/peer.json [--preset 8b|70b] [--quick] [--pause-ms 0] [--prefill-only]
 --pause-ms: the GPU idles that long before every prefill forward (the card cools and its clock recovers), to compare
 with `swiftkv bench --pause-ms`; by default the forwards run back to back.
 """
@@ -43,31 +45,42 @@ def roofline():
     return {"gemm_bf16_8192_tflops": 2 * n**3 / t / 1e12, "d2d_copy_gbps_read_plus_write": 2 * src.numel() / c / 1e9}
 
 
-def sdpa_attention(quick):
-    """PyTorch SDPA (FlashAttention-2 backend on H100) causal prefill at the 8B attention shape, for comparison
-    with our attention kernel: 32 query heads, 8 KV heads, head_dim 128; FLOPs 2*S^2*d*h (causal half)."""
+# Meta's published config.json values for the two shapes.
+SHAPES = {
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32),
+    "70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64),
+}
+
+
+def sdpa_attention(quick, heads):
+    """PyTorch SDPA (FlashAttention-2 backend on H100) causal prefill at the model's attention shape, for comparison
+    with our attention kernel: `heads` query heads, 8 KV heads, head_dim 128; FLOPs 2*S^2*d*h (causal half)."""
     import torch.nn.functional as F
     out = {}
     for s in [2048, 8192] + ([] if quick else [32768]):
-        q = torch.randn(1, 32, s, 128, device="cuda", dtype=torch.bfloat16)
+        q = torch.randn(1, heads, s, 128, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(1, 8, s, 128, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(1, 8, s, 128, device="cuda", dtype=torch.bfloat16)
         t = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), 3, 10)
-        out[f"1x{s}"] = {"ms": t * 1e3, "tflops": 2 * s * s * 128 * 32 / t / 1e12}
+        out[f"1x{s}"] = {"ms": t * 1e3, "tflops": 2 * s * s * 128 * heads / t / 1e12}
     return out
 
 
-def model_8b():
+def make_model(preset):
     from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
-                      rope_theta=500000.0, tie_word_embeddings=False,
+    cfg = LlamaConfig(**SHAPES[preset], num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
+                      rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
                       rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    # Made in bf16 directly: 70B in fp32 first would need 282 GB.
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(torch.float32)
     for p in model.parameters():
         p.data.normal_(0, 0.02)
     return model.eval()
@@ -80,8 +93,10 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--pause-ms", type=int, default=0)
     ap.add_argument("--prefill-only", action="store_true")
+    ap.add_argument("--preset", choices=sorted(SHAPES), default="8b")
     a = ap.parse_args()
-    res = {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
+    big = a.preset == "70b"
+    res = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "preset": a.preset}
     import transformers
     res["transformers"] = transformers.__version__
     def save():
@@ -91,12 +106,13 @@ def main():
     res["roofline"] = roofline()
     print("roofline", res["roofline"], flush=True)
     if not a.prefill_only:
-        res["sdpa_attention_causal"] = sdpa_attention(a.quick)
+        res["sdpa_attention_causal"] = sdpa_attention(a.quick or big, SHAPES[a.preset]["num_attention_heads"])
         save()
         print("sdpa", res["sdpa_attention_causal"], flush=True)
-    model = model_8b()
+    model = make_model(a.preset)
+    print(f"model {a.preset}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
     prefill = {}
-    shapes = [(1, 2048), (8, 2048), (1, 8192)] + ([] if a.quick else [(1, 32768)])
+    shapes = [(1, 2048), (1, 8192)] if big else [(1, 2048), (8, 2048), (1, 8192)] + ([] if a.quick else [(1, 32768)])
     for b, s in shapes:
         ids = torch.randint(0, 128000, (b, s), device="cuda")
         # logits_to_keep=1: only the last position's logits, as a serving engine computes them.
@@ -109,7 +125,7 @@ def main():
         return
     decode = {}
     from transformers import DynamicCache
-    for b in [1, 32] + ([] if a.quick else [128]):
+    for b in [1] if big else [1, 32] + ([] if a.quick else [128]):
         ctx = 2048
         ids = torch.randint(0, 128000, (b, ctx), device="cuda")
         cache = DynamicCache()

@@ -32,6 +32,9 @@ public sealed class CudaBackendTests
         // head_dim 64/128 take the tensor-core attention kernel (the ones above take the scalar fallback).
         { "swiftkv-50%-hd64-gqa4", new ModelSpec(Hidden: 128, Heads: 8, KvHeads: 2, HeadDim: 64, SwiftKvLayers: 2, Seed: 29), true },
         { "base-hd128-mqa", new ModelSpec(Hidden: 128, Heads: 2, KvHeads: 1, HeadDim: 128, Bias: true, Seed: 30), false },
+        // Llama-3.1-70B's head layout (64 q / 8 KV heads, GQA 8, head_dim 128) at a small width: the decode kernels'
+        // query-head grouping at the 70B ratio.
+        { "acrosskv-g2-70b-heads", new ModelSpec(Hidden: 256, Heads: 64, KvHeads: 8, HeadDim: 128, Intermediate: 320, Layers: 6, SwiftKvLayers: 2, GroupSize: 2, RopeScaling: true, Seed: 39), true },
     };
 
     static readonly double[] Tolerance = [1e-2, 3e-2];
@@ -112,9 +115,9 @@ public sealed class CudaBackendTests
     }
 
     /// <summary>
-    /// A prompt long enough, with Llama-3-8B's head layout (32 q / 8 KV heads, head_dim 128), that Auto runs the
-    /// prefill attention on the wgmma kernel on sm_90a (elsewhere on the flash kernel): the end-to-end check of that
-    /// path against the CPU backend, SwiftKV off and on, all-token and last-token logits.
+    /// A prompt long enough, with Llama-3-8B's head layout (32 q / 8 KV heads, head_dim 128) or 70B's (64 q / 8 KV), that
+    /// Auto runs the prefill attention on the wgmma kernel on sm_90a (elsewhere on the flash kernel): the end-to-end check
+    /// of that path against the CPU backend, SwiftKV off and on, all-token and last-token logits.
     /// </summary>
     [Theory]
     [InlineData(false, true, true, true, 1)]
@@ -126,10 +129,13 @@ public sealed class CudaBackendTests
     [InlineData(true, true, true, true, 2, 2)]  // SwiftKV + AcrossKV (leaders' [k; v] GEMMs write the shared caches), two chunks
     [InlineData(true, true, true, false, 1, 2)] // the same through cuBLAS + the K/V write pass
     [InlineData(true, true, false, true, 1, 2)] // two-CTA attention: full layers through cuBLAS, the leaders' [k; v] GEMMs still fused
-    public void Forward_LongPrefill_8BHeads_MatchesCpuBackend(bool swiftKv, bool gatedMlp, bool wsAttention, bool fusedQkv, int chunks, int group = 1)
+    [InlineData(false, true, true, true, 2, 1, 64)]  // 70B heads (GQA 8): 8 query heads per KV head in each row tile, two chunks
+    [InlineData(true, true, true, true, 1, 2, 64)]   // 70B heads, SwiftKV + AcrossKV
+    [InlineData(false, true, false, false, 1, 1, 64)] // 70B heads through the two-CTA attention and cuBLAS [q | k | v]
+    public void Forward_LongPrefill_LlamaHeads_MatchesCpuBackend(bool swiftKv, bool gatedMlp, bool wsAttention, bool fusedQkv, int chunks, int group = 1, int heads = 32)
     {
         Gpu.Require();
-        var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
+        var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: heads, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
             RopeScaling: true, SwiftKvLayers: 2, GroupSize: group, Seed: 31, MaxPositions: 2048);
         // Each chunk long enough for Auto's wgmma rule (and so for the fused [q; k; v] GEMM, whose queries only the
         // warp-specialised entry reads).
@@ -202,7 +208,7 @@ public sealed class CudaBackendTests
             if (c[row * vocab + top] - c[row * vocab + second] > 2 * maxD)
                 Assert.True(gTop == top, $"long prefill row {row}: GPU greedy token {gTop}, CPU {top}");
         }
-        Gpu.Log($"long prefill, 8B heads ({spec}, swiftkv {swiftKv}, gated MLP {gatedMlp}, fused qkv {fusedQkv}, group {group}, {promptLength} tokens in {chunks}, {CudaRuntime.Device.Arch}): worst row " +
+        Gpu.Log($"long prefill, {heads} q heads ({spec}, swiftkv {swiftKv}, gated MLP {gatedMlp}, fused qkv {fusedQkv}, group {group}, {promptLength} tokens in {chunks}, {CudaRuntime.Device.Arch}): worst row " +
             $"||diff||/||cpu|| {worstL2:E2}, max|diff|/max|cpu| {worstMax:E2} vs bf16-rounded weights");
     }
 

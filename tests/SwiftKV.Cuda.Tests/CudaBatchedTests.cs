@@ -25,6 +25,7 @@ public sealed class CudaBatchedTests
         { "swiftkv-off-hd64", new ModelSpec(Hidden: 128, Heads: 4, KvHeads: 2, HeadDim: 64, SwiftKvLayers: 2, Seed: 42), false },
         { "swiftkv-50%-hd64-gqa4-bias-rope3", new ModelSpec(Hidden: 128, Heads: 8, KvHeads: 2, HeadDim: 64, SwiftKvLayers: 2, Bias: true, RopeScaling: true, Seed: 43), true },
         { "acrosskv-g2-hd128-mqa-tied", new ModelSpec(Hidden: 128, Heads: 2, KvHeads: 1, HeadDim: 128, Layers: 6, SwiftKvLayers: 2, GroupSize: 2, Tied: true, Seed: 44), true },
+        { "swiftkv-50%-70b-heads", new ModelSpec(Hidden: 256, Heads: 64, KvHeads: 8, HeadDim: 128, Intermediate: 320, SwiftKvLayers: 2, RopeScaling: true, Seed: 50), true },
     };
 
     /// <summary>One sequence's chunk in one step of the scripted workload.</summary>
@@ -396,7 +397,7 @@ public sealed class CudaBatchedTests
     }
 
     /// <summary>
-    /// The serving step at Llama-3-8B's head layout (32 q / 8 KV heads, head_dim 128) with prompts long enough that the
+    /// The serving step at Llama-3-8B's head layout (32 q / 8 KV heads, head_dim 128) or 70B's (64 q / 8 KV) with prompts long enough that the
     /// prefill launch runs on the paged wgmma kernel on sm_90a (bf16 pool; the fp8 pool on its fp8 entry): the
     /// batched step's last-token logits against the CPU ForwardBatch, then a decode step.
     /// </summary>
@@ -406,10 +407,12 @@ public sealed class CudaBatchedTests
     [InlineData(true, KvCacheDtype.Fp8E4M3, 16)]
     [InlineData(false, KvCacheDtype.Bf16, 64)]   // blocks of 64: the warp-specialised paged entry on sm_90a
     [InlineData(true, KvCacheDtype.Bf16, 64)]
-    public void ForwardBatch_LongPrompts_8BHeads_MatchCpu(bool swiftKv, KvCacheDtype dtype, int blockSize)
+    [InlineData(true, KvCacheDtype.Bf16, 64, 64)]     // 70B heads (GQA 8)
+    [InlineData(false, KvCacheDtype.Fp8E4M3, 16, 64)]
+    public void ForwardBatch_LongPrompts_LlamaHeads_MatchCpu(bool swiftKv, KvCacheDtype dtype, int blockSize, int heads = 32)
     {
         Gpu.Require();
-        var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
+        var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: heads, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
             SwiftKvLayers: 2, Seed: 51, MaxPositions: 1024);
         int[] lengths = [300, 257];
         Assert.True(SwiftKV.Cuda.Kernels.AttentionKernel.HopperPays(lengths.Length, lengths.Max(), spec.Heads, spec.KvHeads),
@@ -445,7 +448,7 @@ public sealed class CudaBatchedTests
                 worst = Math.Max(worst, RowError(g.AsSpan(r * vocab, vocab), c.AsSpan(r * vocab, vocab),
                     $"sequence {r} phase {phase} ({dtype}, blocks of {blockSize}, swiftkv {swiftKv}) vs CPU ForwardBatch", tol));
         }
-        Gpu.Log($"long prompts, 8B heads ({spec}, swiftkv {swiftKv}, {dtype}): worst row vs CPU ForwardBatch (bf16 weights) {worst:E2}");
+        Gpu.Log($"long prompts, {heads} q heads ({spec}, swiftkv {swiftKv}, {dtype}): worst row vs CPU ForwardBatch (bf16 weights) {worst:E2}");
     }
 
     /// <summary>max|actual - expected| / max|expected| of one logits row, asserted <= <paramref name="tolerance"/> (the bf16 rule by default); NaN fails.</summary>
