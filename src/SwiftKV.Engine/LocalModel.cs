@@ -115,7 +115,7 @@ public sealed class LocalModel : IDisposable
                 reason = $"Auto: CPU (CUDA found but the model did not start there: {e.Message})";
             }
         }
-        RefuseCpuWeightsPastMemory(path, config, swift);
+        RefuseCpuWeightsPastMemory(path, config, swift, reason);
         return (new CpuBackend(LlamaCheckpointLoader.Load(path, swift)), reason);
     }
 
@@ -124,14 +124,14 @@ public sealed class LocalModel : IDisposable
     /// than the memory this process may use is not an OutOfMemoryException but a process the kernel kills part-way
     /// through the load, with no message: refuse it before reading a byte.
     /// </summary>
-    static void RefuseCpuWeightsPastMemory(string path, LlamaConfig config, bool swiftKv)
+    static void RefuseCpuWeightsPastMemory(string path, LlamaConfig config, bool swiftKv, string reason)
     {
         long bytes = ShapeManifest.ParameterCount(config, swiftKv) * sizeof(float);
         long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         if (bytes > available)
             throw new NotSupportedException(
                 $"{path}: the CPU backend holds the weights in fp32, {bytes / 1e9:F1} GB for this model, more than the {available / 1e9:F1} GB " +
-                "this process may use. Run it on a CUDA GPU, or use a smaller model.");
+                $"this process may use. Run it on a CUDA GPU, or use a smaller model. (Backend choice: {reason}.)");
     }
 
     public void Dispose()

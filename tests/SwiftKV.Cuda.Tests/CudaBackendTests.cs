@@ -380,6 +380,30 @@ public sealed class CudaBackendTests
         Assert.Equal(expectShort, Run(shortPrompt));   // and the backend is free again
     }
 
+    /// <summary>
+    /// A model whose bf16 weights exceed the GPU's free memory (70B's layer shape with 2,000 layers: ~3.5 TB) is refused
+    /// before any weight is allocated, in sizes, as an out-of-memory CudaException (Auto's cue to try the CPU), and what
+    /// the constructor had set up (stream, cuBLAS, kernels) is given back.
+    /// </summary>
+    [Fact]
+    public void CreateRandom_WeightsPastTheGpusMemory_AreRefusedBeforeAllocating()
+    {
+        Gpu.Require();
+        var config = SwiftKV.Model.Checkpoint.ModelPresets.Get("llama-3.1-70b") with { NumHiddenLayers = 2000 };
+        CudaRuntime.Synchronize();
+        long counted0 = DeviceMemory.AllocatedBytes;
+        long free0 = CudaRuntime.MemoryInfo().Free;
+        var e = Assert.Throws<CudaException>(() => CudaBackend.CreateRandom(config, swiftKvEnabled: false));
+        Assert.True(e.IsOutOfMemory);
+        Assert.Matches(@"bf16 weights are 3\d{3}\.\d GB, more than the \d+\.\d GB free \(of \d+\.\d GB\)", e.Message);
+        Assert.Contains(CudaRuntime.Device.Name, e.Message);
+        CudaRuntime.Synchronize();
+        Assert.Equal(counted0, DeviceMemory.AllocatedBytes);
+        long free1 = CudaRuntime.MemoryInfo().Free;
+        Assert.True(Math.Abs(free0 - free1) <= 64 << 20, $"device free memory {free1 >> 20} MiB did not return to {free0 >> 20} MiB");
+        Gpu.Log($"70B x 2000 layers refused: {e.Message}");
+    }
+
     /// <summary>The CPU backend's rule (CpuBackendTests): AllTokens logits larger than an array are refused before the step runs.</summary>
     [Fact]
     public void Forward_RejectsAllTokensLogitsLargerThanAnArray()

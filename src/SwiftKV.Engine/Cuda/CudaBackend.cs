@@ -137,6 +137,7 @@ public sealed partial class CudaBackend : IModelBackend
             _picked = new DeviceBuffer<int>(16); owned.Add(_picked);
             _pinned = new PinnedHostBuffer(4096); owned.Add(_pinned);
             _stepUploaded = new CudaEvent(); owned.Add(_stepUploaded);
+            RefuseWeightsPastFreeMemory(Config, swiftKvEnabled, Device);
             var invFreq = RotaryEmbedding.ComputeInvFreq(Config.HeadDim, Config.RopeTheta, Config.RopeScaling);
             var sw = Stopwatch.StartNew();
             using (var src = source(_stream, _kernels))
@@ -152,6 +153,23 @@ public sealed partial class CudaBackend : IModelBackend
             for (int i = owned.Count - 1; i >= 0; i--) owned[i].Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The weights are nearly all a model holds on the GPU. Weights larger than the free memory would fail at whichever
+    /// allocation ran out, with the driver's bare out-of-memory status, after seconds of reading the checkpoint: say it
+    /// before reading a byte, in sizes. A CudaException marked out-of-memory, so Auto still falls back to the CPU.
+    /// </summary>
+    static void RefuseWeightsPastFreeMemory(LlamaConfig config, bool swiftKv, CudaDeviceInfo device)
+    {
+        long need = ShapeManifest.ParameterCount(config, swiftKv) * 2;   // bf16
+        var (free, total) = CudaRuntime.MemoryInfo();
+        if (need > free)
+            throw new CudaException(
+                $"The model's bf16 weights are {need / 1e9:F1} GB, more than the {free / 1e9:F1} GB free (of {total / 1e9:F1} GB) on {device}. " +
+                "This backend runs a model on one GPU: use a GPU with more memory (Llama-3.1-70B's 141 GB fit one 141 GB H200, " +
+                "not an 80 GB H100), a smaller model, or stop what else holds this GPU's memory.")
+            { Call = "cuMemGetInfo_v2", IsOutOfMemory = true };
     }
 
     public string Name => $"cuda:{Device.Ordinal}";
