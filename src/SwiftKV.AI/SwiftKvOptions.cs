@@ -24,8 +24,8 @@ public sealed class SwiftKvOptions
 
     /// <summary>
     /// Bytes of KV cache the serving engine allocates for all concurrent requests together (paged blocks). Null
-    /// (default): on a GPU, 90% of the memory still free once the weights, a step's workspace and a reserve (2 GiB or
-    /// 5% of the card) are set aside, but no more than MaxConcurrentRequests requests of ContextLength need; on the
+    /// (default): on a GPU, 90% of the memory still free once the weights, a step's workspace and a 2 GiB reserve
+    /// are set aside, but no more than MaxConcurrentRequests requests of ContextLength need; on the
     /// CPU, 1 GiB. Set it when several models (say, SwiftKV on and off side by side) or other processes share the GPU:
     /// the first engine to start would otherwise take what the next one's weights need.
     /// </summary>

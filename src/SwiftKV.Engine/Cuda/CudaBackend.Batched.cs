@@ -185,17 +185,20 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
 
     /// <inheritdoc />
     /// <remarks>
-    /// 0.9 x (free device memory - a reserve of 2 GiB or 5% of the card, whichever is larger), never negative; the
-    /// reserve is for what steps allocate later (attention partials, cuBLAS, decode graphs). A second model loaded
-    /// afterwards finds only the rest: give engines that share a GPU an explicit KvCacheBytes.
+    /// 0.9 x (free device memory - a reserve of 2 GiB), never negative; the step's activations are already reserved
+    /// (ReserveStepWorkspace), so the reserve is for what steps allocate later (attention partials, cuBLAS, decode graphs,
+    /// sampling tables: tens of MB each). It was 2 GiB or 5% of the card, whichever was larger: on an H200 that is 7 GiB,
+    /// and Llama-3.1-70B, whose weights leave ~8 GiB free there, got a pool of ~1 GB (about 3K tokens). A second model
+    /// loaded afterwards finds only the rest: give engines that share a GPU an explicit KvCacheBytes.
     /// </remarks>
     public long PreferredKvCacheBytes()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var (free, total) = CudaRuntime.MemoryInfo();
-        long reserve = Math.Max(2L << 30, total / 20);
-        return Math.Max(0, (long)((free - reserve) * 0.9));
+        return Math.Max(0, (long)((CudaRuntime.MemoryInfo().Free - PreferredKvReserveBytes) * 0.9));
     }
+
+    /// <summary>Device memory <see cref="PreferredKvCacheBytes"/> leaves free for what steps allocate after the pool.</summary>
+    public const long PreferredKvReserveBytes = 2L << 30;
 
     /// <inheritdoc />
     /// <remarks>fp8: one byte per element plus a 4-byte scale per KV head, for K and V of every distinct cache.</remarks>
