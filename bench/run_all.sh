@@ -4,7 +4,8 @@
 # peer, and the serving benchmark. Each part fits one device call (10 minutes), so it can be run part by part.
 # Pack first (here):  ../shared/device/pack.sh src/SwiftKV.Cli/SwiftKV.Cli.csproj \
 #                       tests/SwiftKV.Cuda.Tests/SwiftKV.Cuda.Tests.csproj tests/SwiftKV.AI.Cuda.Tests/SwiftKV.AI.Cuda.Tests.csproj
-# Then on the device (carry .gpu):  bash bench/run_all.sh $OUT [tests,engine,peer,serving]
+# Then on the device (carry .gpu):  bash bench/run_all.sh $OUT [tests,engine,peer,serving,engine70,peer70]
+# engine70 / peer70: Llama-3.1-70B's shape on one card, ours and the peer's; they need >= 141 GB of GPU memory (an H200).
 set -uo pipefail
 final=${1:?usage: run_all.sh OUT_DIR [tests,engine,peer,serving]}
 parts=",${2:-tests,engine,peer,serving},"
@@ -27,6 +28,13 @@ if [[ $parts == *,peer,* ]]; then
 fi
 if [[ $parts == *,serving,* ]]; then
   timeout 420 bash "$env" dotnet "$cli" serve-bench --preset llama-3.1-8b --configs tuned --out "$out/serving.json" --md "$out/serving.md" > "$out/serving.log" 2>&1
+fi
+if [[ $parts == *,engine70,* ]]; then
+  timeout 300 bash "$env" dotnet "$cli" bench --preset llama-3.1-70b --prefill 1x2048,1x8192 --decode-batches 1 --batched-prefill none --gemv-rows none \
+    --variants off,swiftkv50 --max-case-seconds 40 --out "$out/engine70.json" --md "$out/engine70.md" > "$out/engine70.log" 2>&1
+fi
+if [[ $parts == *,peer70,* ]]; then
+  timeout 240 python3 bench/hf_peer.py --preset 70b --out "$out/peer70.json" > "$out/peer70.log" 2>&1
 fi
 for f in "$out"/*.log; do echo "== $f"; grep -E "Total|passed|failed|tok/s|ms" "$f" | tail -n 6; done | tee "$final/summary.txt"
 tar czf "$final/results.tar.gz" -C "$out" .
