@@ -451,6 +451,53 @@ public sealed class CudaBatchedTests
         Gpu.Log($"long prompts, {heads} q heads ({spec}, swiftkv {swiftKv}, {dtype}): worst row vs CPU ForwardBatch (bf16 weights) {worst:E2}");
     }
 
+    /// <summary>
+    /// SingleInputKV's unfused route in row chunks: with SwiftKvChunkBytes lowered, a 600-token prompt's later caches are
+    /// written in 128-row GEMMs (the last one 88 rows), on the one-at-a-time path and in the serving step. Last-token
+    /// logits and one decode step after each against the CPU backend; the workspace holds one chunk, not the prompt.
+    /// </summary>
+    [Fact]
+    public void SingleInputKv_InRowChunks_MatchesCpu()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 256, Layers: 6, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
+            RopeScaling: true, SwiftKvLayers: 2, GroupSize: 2, Seed: 54, MaxPositions: 1024);
+        var weights = TestModels.View(TestModels.Checkpoint(spec), true);
+        using var gpu = new CudaBackend(weights) { UseFusedQkv = false, SwiftKvChunkBytes = 1 };
+        using var cpu = new CpuBackend(CudaBackendTests.RoundToBf16(weights));
+        Assert.Equal(128, gpu.SwiftKvChunkRows);
+        const int length = 600;
+        var tokens = TestModels.RandomTokens(length + 1, spec.Vocab, 154);
+        int vocab = spec.Vocab;
+        long chunkBytes = 128L * 2 * 2 * spec.KvHeads * spec.HeadDim * sizeof(float);   // 2 AcrossKV leaders
+
+        using (var gc = gpu.CreateCache(length + 1))
+        using (var cc = cpu.CreateCache(length + 1))
+        {
+            RowError(gpu.Forward(gc, tokens.AsSpan(0, length), LogitsSelection.LastToken), cpu.Forward(cc, tokens.AsSpan(0, length), LogitsSelection.LastToken),
+                "one-at-a-time prefill, SingleInputKV in 128-row chunks");
+            Assert.Equal(chunkBytes, gpu.SwiftKvWorkspaceBytes);
+            RowError(gpu.Forward(gc, tokens.AsSpan(length, 1), LogitsSelection.LastToken), cpu.Forward(cc, tokens.AsSpan(length, 1), LogitsSelection.LastToken),
+                "one-at-a-time decode after the chunked prefill");
+        }
+
+        const int blockSize = 16, numBlocks = 40;
+        using var pool = gpu.CreatePagedKvCache(numBlocks, blockSize);
+        using var cpuPool = cpu.CreatePagedKvCache(numBlocks, blockSize);
+        var table = Enumerable.Range(0, length / blockSize + 1).Select(i => numBlocks - 1 - i).ToArray();
+        for (int phase = 0; phase < 2; phase++)
+        {
+            BatchSequence[] batch = phase == 0
+                ? [new BatchSequence(tokens.AsMemory(0, length), 0, table, true)]
+                : [new BatchSequence(tokens.AsMemory(length, 1), length, table, true)];
+            var g = gpu.ForwardBatch(pool, batch);
+            var c = cpu.ForwardBatch(cpuPool, batch);
+            RowError(g.AsSpan(0, vocab), c.AsSpan(0, vocab), $"serving step phase {phase}, SingleInputKV in 128-row chunks");
+        }
+        Assert.Equal(chunkBytes, gpu.SwiftKvWorkspaceBytes);
+        Gpu.Log($"SingleInputKV in 128-row chunks: solo and serving step match the CPU; workspace {gpu.SwiftKvWorkspaceBytes} B");
+    }
+
     /// <summary>max|actual - expected| / max|expected| of one logits row, asserted <= <paramref name="tolerance"/> (the bf16 rule by default); NaN fails.</summary>
     static double RowError(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, string what, double tolerance = 1e-2)
     {

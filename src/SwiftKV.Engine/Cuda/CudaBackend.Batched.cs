@@ -94,7 +94,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         {
             _ws.Reserve(rows, sequences);               // kept through the single-sequence path's trims
             reserved = true;
-            if (SwiftKvEnabled) _ws.SwiftKvFor(rows);   // the batched step's SingleInputKV route (WriteSwiftKv)
+            if (SwiftKvEnabled) _ws.SwiftKvFor(Math.Min(rows, SwiftKvChunkRows));   // the batched step's SingleInputKV route (WriteSwiftKv)
             WarmGemmPlans(rows, sequences);
             _stream.Synchronize();
         }
@@ -140,7 +140,11 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             Linear(_ws.Normed, n, hidden, first.QkvOrQ, ldFull, _ws.Qkv);
             Linear(_ws.Attn, n, qDim, first.O, hidden, _ws.X, accumulate: true);
             Linear(_ws.Mlp, n, cfg.IntermediateSize, first.Down, hidden, _ws.X, accumulate: true);
-            if (SwiftKvEnabled) Linear(_ws.Normed, n, hidden, _w.SwiftKvKv!, _w.SwiftKvLeaders.Length * 2 * cfg.KeyValueDim, _ws.SwiftKvFor(n));
+            if (SwiftKvEnabled)   // WriteSwiftKv's GEMMs: at most SwiftKvChunkRows rows each
+            {
+                int m = Math.Min(n, SwiftKvChunkRows);
+                Linear(_ws.Normed, m, hidden, _w.SwiftKvKv!, _w.SwiftKvLeaders.Length * 2 * cfg.KeyValueDim, _ws.SwiftKvFor(m));
+            }
             // GateUpSilu's cuBLAS route: above the GEMV's rows, and below the gated GEMM's where that applies.
             if ((!_useGemv || n > GemvGateUpRows) && (!gated || n < GatedMlpMinRows))
                 _blas.Linear(_ws.Normed, n, hidden, first.GateUp, 2 * cfg.IntermediateSize, _ws.GateUpFor(n, GateUpRouteRows(gated)));
@@ -586,20 +590,28 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// </summary>
     readonly record struct StepAttention(AttentionPagedBatch First, AttentionPagedBatch? Rest, int RestRow);
 
-    /// <summary>SingleInputKV: K/V of every AcrossKV leader from norm_swiftkv(x_l), one GEMM, written for every row.</summary>
+    /// <summary>
+    /// SingleInputKV: K/V of every AcrossKV leader from norm_swiftkv(x_l), one GEMM per chunk of at most
+    /// <see cref="SwiftKvChunkRows"/> rows (one GEMM for every step but the longest), written for every row.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     void WriteSwiftKv(DeviceSpan<float> x, int rows, DeviceSpan<int> positions, DeviceSpan<int> slots, CudaPagedKvCache pool)
     {
         var cfg = Config;
-        int leaders = _w.SwiftKvLeaders.Length, kv = cfg.KeyValueDim, ld = leaders * 2 * kv;
-        _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, cfg.HiddenSize, _eps);
-        var all = _ws.SwiftKvFor(rows);
-        Linear(_ws.Normed, rows, cfg.HiddenSize, _w.SwiftKvKv!, ld, all);
-        for (int g = 0; g < leaders; g++)
+        int leaders = _w.SwiftKvLeaders.Length, kv = cfg.KeyValueDim, ld = leaders * 2 * kv, hidden = cfg.HiddenSize;
+        _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
+        int chunk = SwiftKvChunkRows;
+        var all = _ws.SwiftKvFor(Math.Min(rows, chunk));
+        for (int r0 = 0; r0 < rows; r0 += chunk)
         {
-            var (kb, vb) = _w.SwiftKvBiases[g];
-            _pagedKvWrite!.Launch(_stream, all.Slice(g * 2 * kv), all.Slice(g * 2 * kv + kv), ld, kb?.Span, vb?.Span,
-                _w.InvFreq, positions, slots, rows, pool.Cache(cfg.KvCacheIndex(_w.SwiftKvLeaders[g], true)));
+            int n = Math.Min(chunk, rows - r0);
+            Linear(_ws.Normed.Span.Slice((long)r0 * hidden), n, hidden, _w.SwiftKvKv!, ld, all);
+            for (int g = 0; g < leaders; g++)
+            {
+                var (kb, vb) = _w.SwiftKvBiases[g];
+                _pagedKvWrite!.Launch(_stream, all.Slice(g * 2 * kv), all.Slice(g * 2 * kv + kv), ld, kb?.Span, vb?.Span,
+                    _w.InvFreq, positions.Slice(r0), slots.Slice(r0), n, pool.Cache(cfg.KvCacheIndex(_w.SwiftKvLeaders[g], true)));
+            }
         }
     }
 

@@ -582,16 +582,43 @@ public sealed partial class CudaBackend : IModelBackend
             }
             return;
         }
-        var all = _ws.SwiftKvFor(rows);
-        NormLinear(x, rows, _w.NormSwiftKv!, _w.SwiftKvKv!, ld, all);
-        for (int g = 0; g < leaders; g++)
+        // A step read from positionBase (a captured decode step: a few rows) is never split.
+        int chunk = positionBase is null ? SwiftKvChunkRows : rows;
+        var all = _ws.SwiftKvFor(Math.Min(rows, chunk));
+        if (rows <= chunk) NormLinear(x, rows, _w.NormSwiftKv!, _w.SwiftKvKv!, ld, all);
+        else _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
+        for (int r0 = 0; r0 < rows; r0 += chunk)
         {
-            int cacheIndex = cfg.KvCacheIndex(_w.SwiftKvLeaders[g], true);
-            var (kb, vb) = _w.SwiftKvBiases[g];
-            _kvWrite.Launch(_stream, all.Slice(g * 2 * kv), all.Slice(g * 2 * kv + kv), ld, kb?.Span, vb?.Span,
-                _w.InvFreq, rows, cfg.NumKeyValueHeads, cfg.HeadDim, start, c.Keys(cacheIndex), c.Values(cacheIndex), c.Capacity, positionBase);
+            int n = Math.Min(chunk, rows - r0);
+            if (rows > chunk) Linear(_ws.Normed.Span.Slice((long)r0 * hidden), n, hidden, _w.SwiftKvKv!, ld, all);
+            for (int g = 0; g < leaders; g++)
+            {
+                int cacheIndex = cfg.KvCacheIndex(_w.SwiftKvLeaders[g], true);
+                var (kb, vb) = _w.SwiftKvBiases[g];
+                _kvWrite.Launch(_stream, all.Slice(g * 2 * kv), all.Slice(g * 2 * kv + kv), ld, kb?.Span, vb?.Span,
+                    _w.InvFreq, n, cfg.NumKeyValueHeads, cfg.HeadDim, start + r0, c.Keys(cacheIndex), c.Values(cacheIndex), c.Capacity, positionBase);
+            }
         }
     }
+
+    /// <summary>
+    /// Most rows one unfused SingleInputKV GEMM writes: its fp32 [k | v] of every AcrossKV leader takes 128 KiB a row at
+    /// 8B shape and 320 KiB at 70B, so a serving step of 8192 rows held 1.1 GB (8B) or 2.7 GB (70B) of workspace, memory
+    /// the KV pool then lacked (70B on an H200: a 1.8 GiB pool with SwiftKV against 4.0 without). Longer steps go through
+    /// in chunks of this many rows (a multiple of 128, at least 128), so the buffer stays near
+    /// <see cref="SwiftKvChunkBytes"/>; each chunk is still a GEMM of >= 0.5 TFLOP at those shapes.
+    /// </summary>
+    internal int SwiftKvChunkRows
+    {
+        get
+        {
+            long perRow = 2L * Math.Max(1, _w.SwiftKvLeaders.Length) * Config.KeyValueDim * sizeof(float);
+            return (int)Math.Clamp(SwiftKvChunkBytes / perRow / 128 * 128, 128, 1 << 20);
+        }
+    }
+
+    /// <summary>Workspace bytes <see cref="SwiftKvChunkRows"/> aims at (256 MiB; tests lower it to split short steps).</summary>
+    internal long SwiftKvChunkBytes { get; set; } = 256L << 20;
 
     // Most rows for which the GEMV beats cuBLAS (H100, 8B shapes, swiftkv bench 2026-11-26): it wins at 1-2 rows on
     // every projection; at 4 rows only the [gate; up] projection (which also saves the silu pass) still ties or wins.
