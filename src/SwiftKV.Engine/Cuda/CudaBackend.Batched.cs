@@ -202,7 +202,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     }
 
     /// <summary>Device memory <see cref="PreferredKvCacheBytes"/> leaves free for what steps allocate after the pool.</summary>
-    public const long PreferredKvReserveBytes = 2L << 30;
+    const long PreferredKvReserveBytes = 2L << 30;
 
     /// <inheritdoc />
     /// <remarks>fp8: one byte per element plus a 4-byte scale per KV head, for K and V of every distinct cache.</remarks>
