@@ -7,7 +7,7 @@
 # Then on the device (carry .gpu):  bash bench/run_all.sh $OUT [tests,engine,peer,serving,engine70,peer70]
 # engine70 / peer70: Llama-3.1-70B's shape on one card, ours and the peer's; they need >= 141 GB of GPU memory (an H200).
 set -uo pipefail
-final=${1:?usage: run_all.sh OUT_DIR [tests,engine,peer,serving]}
+final=${1:?usage: run_all.sh OUT_DIR [tests,engine,peer,serving,engine70,peer70]}
 parts=",${2:-tests,engine,peer,serving},"
 # The device returns at most 8 files: everything is written here, then packed into one archive.
 out=$(mktemp -d)

@@ -131,7 +131,7 @@ public sealed class LocalModel : IDisposable
         if (bytes > available)
             throw new NotSupportedException(
                 $"{path}: the CPU backend holds the weights in fp32, {bytes / 1e9:F1} GB for this model, more than the {available / 1e9:F1} GB " +
-                $"this process may use. Run it on a CUDA GPU, or use a smaller model. (Backend choice: {reason}.)");
+                $"this process may use. Run it on a CUDA GPU, or use a smaller model. (Backend choice: {reason})");
     }
 
     public void Dispose()

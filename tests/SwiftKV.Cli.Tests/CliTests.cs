@@ -203,7 +203,7 @@ public sealed class CliTests : IDisposable
         var r = Run("generate", "--model", dir, "--backend", "cpu", "--prompt", "hi", "--max-tokens", "1");
         Assert.Equal(2, r.Code);
         Assert.Contains("holds the weights in fp32", r.Err);
-        Assert.Contains("(Backend choice: CPU requested.)", r.Err);   // with Auto, why the GPU was not used
+        Assert.Contains("(Backend choice: CPU requested)", r.Err);   // with Auto, why the GPU was not used
         Assert.Single(r.Err.TrimEnd().Split('\n'));
     }
 

@@ -94,7 +94,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         {
             _ws.Reserve(rows, sequences);               // kept through the single-sequence path's trims
             reserved = true;
-            if (SwiftKvEnabled) _ws.SwiftKvFor(Math.Min(rows, SwiftKvChunkRows));   // the batched step's SingleInputKV route (WriteSwiftKv)
+            if (SwiftKvEnabled) _ws.SwiftKvFor(Math.Min(rows, SwiftKvChunkRows), SwiftKvChunkRows);   // the batched step's SingleInputKV route (WriteSwiftKv)
             WarmGemmPlans(rows, sequences);
             _stream.Synchronize();
         }
@@ -143,7 +143,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             if (SwiftKvEnabled)   // WriteSwiftKv's GEMMs: at most SwiftKvChunkRows rows each
             {
                 int m = Math.Min(n, SwiftKvChunkRows);
-                Linear(_ws.Normed, m, hidden, _w.SwiftKvKv!, _w.SwiftKvLeaders.Length * 2 * cfg.KeyValueDim, _ws.SwiftKvFor(m));
+                Linear(_ws.Normed, m, hidden, _w.SwiftKvKv!, _w.SwiftKvLeaders.Length * 2 * cfg.KeyValueDim, _ws.SwiftKvFor(m, SwiftKvChunkRows));
             }
             // GateUpSilu's cuBLAS route: above the GEMV's rows, and below the gated GEMM's where that applies.
             if ((!_useGemv || n > GemvGateUpRows) && (!gated || n < GatedMlpMinRows))
@@ -601,7 +601,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         int leaders = _w.SwiftKvLeaders.Length, kv = cfg.KeyValueDim, ld = leaders * 2 * kv, hidden = cfg.HiddenSize;
         _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
         int chunk = SwiftKvChunkRows;
-        var all = _ws.SwiftKvFor(Math.Min(rows, chunk));
+        var all = _ws.SwiftKvFor(Math.Min(rows, chunk), chunk);
         for (int r0 = 0; r0 < rows; r0 += chunk)
         {
             int n = Math.Min(chunk, rows - r0);

@@ -169,7 +169,7 @@ public sealed partial class CudaBackend : IModelBackend
                 $"The model's bf16 weights are {need / 1e9:F1} GB, more than the {free / 1e9:F1} GB free (of {total / 1e9:F1} GB) on {device}. " +
                 "This backend runs a model on one GPU: use a GPU with more memory (Llama-3.1-70B's 141 GB fit one 141 GB H200, " +
                 "not an 80 GB H100), a smaller model, or stop what else holds this GPU's memory.")
-            { Call = "cuMemGetInfo_v2", IsOutOfMemory = true };
+            { IsOutOfMemory = true };
     }
 
     public string Name => $"cuda:{Device.Ordinal}";
@@ -584,7 +584,7 @@ public sealed partial class CudaBackend : IModelBackend
         }
         // A step read from positionBase (a captured decode step: a few rows) is never split.
         int chunk = positionBase is null ? SwiftKvChunkRows : rows;
-        var all = _ws.SwiftKvFor(Math.Min(rows, chunk));
+        var all = _ws.SwiftKvFor(Math.Min(rows, chunk), SwiftKvChunkRows);
         if (rows <= chunk) NormLinear(x, rows, _w.NormSwiftKv!, _w.SwiftKvKv!, ld, all);
         else _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
         for (int r0 = 0; r0 < rows; r0 += chunk)
@@ -998,10 +998,11 @@ public sealed partial class CudaBackend : IModelBackend
 
         /// <summary>
         /// SingleInputKV's fp32 [k | v] for a step of <paramref name="rows"/>, grown by doubling (never shrunk) from what
-        /// the unfused steps asked: a decode step after a fused 32K prefill takes a few rows, not the prefill's 4.3 GB.
+        /// the unfused steps asked, and never past <paramref name="maxRows"/> (the chunk the route splits longer steps
+        /// into) unless a step asks for more: a decode step after a fused 32K prefill takes a few rows, not 4.3 GB.
         /// </summary>
-        public DeviceSpan<float> SwiftKvFor(int rows) =>
-            _swiftKv.For(this, rows, Math.Max(rows, Math.Min(Math.Max(2 * _swiftKv.Rows, 16), cfg.MaxPositionEmbeddings)));
+        public DeviceSpan<float> SwiftKvFor(int rows, int maxRows) =>
+            _swiftKv.For(this, rows, Math.Max(rows, Math.Min(Math.Min(Math.Max(2 * _swiftKv.Rows, 16), cfg.MaxPositionEmbeddings), maxRows)));
 
         public long SwiftKvBytes => _swiftKv.Bytes;
 
