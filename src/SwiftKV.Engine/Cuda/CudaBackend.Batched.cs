@@ -191,9 +191,9 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// <remarks>
     /// 0.9 x (free device memory - a reserve of 2 GiB), never negative; the step's activations are already reserved
     /// (ReserveStepWorkspace), so the reserve is for what steps allocate later (attention partials, cuBLAS, decode graphs,
-    /// sampling tables: tens of MB each). It was 2 GiB or 5% of the card, whichever was larger: on an H200 that is 7 GiB,
-    /// and Llama-3.1-70B, whose weights leave ~8 GiB free there, got a pool of ~1 GB (about 3K tokens). A second model
-    /// loaded afterwards finds only the rest: give engines that share a GPU an explicit KvCacheBytes.
+    /// sampling tables: tens of MB each). A fixed reserve, not a share of the card: a model that nearly fills the card
+    /// (70B on an H200 leaves ~8 GiB) would otherwise lose most of its pool to it. A second model loaded afterwards finds
+    /// only the rest: give engines that share a GPU an explicit KvCacheBytes.
     /// </remarks>
     public long PreferredKvCacheBytes()
     {
