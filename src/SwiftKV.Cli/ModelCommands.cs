@@ -168,6 +168,9 @@ internal static class ModelCommands
         // a broken checkpoint fails here with the loader's list of problems.
         int tensors = LlamaCheckpointLoader.Verify(dir);
         Console.WriteLine($"weights: the {tensors} tensors this config needs are present with their shapes and dtypes");
+        if (c.Quantization is { } q)
+            Console.WriteLine($"fp8 weights ({q.Method}{(q.BlockSize is var (b0, b1) ? $", {b0} x {b1} blocks" : "")}): dequantized on load; " +
+                "the GPU holds and computes them in bf16, the CPU in fp32 (activations are not quantized)");
         if (c.SwiftKv)
         {
             var off = PrefillCost.Estimate(c, 2048, swiftKv: false);

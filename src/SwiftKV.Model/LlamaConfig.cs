@@ -37,6 +37,9 @@ public sealed record LlamaConfig
     /// <summary>torch_dtype as written in config.json ("bfloat16", "float16", "float32").</summary>
     public string TorchDtype { get; init; } = "bfloat16";
 
+    /// <summary>The fp8 weight format (quantization_config), or null for an unquantized checkpoint.</summary>
+    public WeightQuantization? Quantization { get; init; }
+
     /// <summary>True when the checkpoint carries SwiftKV tensors (config "swiftkv": true).</summary>
     public bool SwiftKv { get; init; }
     /// <summary>l: layers 0..l-1 are full layers; later layers take K/V from norm_swiftkv(x_l).</summary>
@@ -211,6 +214,13 @@ public sealed record LlamaConfig
             throw new InvalidModelException($"{source}: num_key_value_layers must be in 1..{layers} (num_hidden_layers; 0 or absent means all of them), got {kvLayers}.");
         bool swiftKv = swiftKvFlag && kvLayers < layers;
         int groupSize = r.OptionalInt("key_value_group_size") is int g && g != 0 ? g : 1;
+        WeightQuantization? quantization = root["quantization_config"] switch
+        {
+            JsonObject q => WeightQuantization.Parse(q, source),
+            null => null,
+            var q when q.GetValueKind() == JsonValueKind.Null => null,
+            var q => throw new InvalidModelException($"{source}: quantization_config must be an object or null, got {q.GetValueKind()}."),
+        };
         var cfg = new LlamaConfig
         {
             ModelType = modelType,
@@ -234,6 +244,7 @@ public sealed record LlamaConfig
             SwiftKv = swiftKv,
             NumKeyValueLayers = swiftKv ? kvLayers : 0,
             KeyValueGroupSize = swiftKv ? groupSize : 1,
+            Quantization = quantization,
         };
         if (cfg.MlpBias) throw new InvalidModelException($"{source}: mlp_bias = true is not supported.");
         return cfg.Validate();

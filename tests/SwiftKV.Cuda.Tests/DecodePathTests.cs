@@ -52,6 +52,71 @@ public sealed class DecodePathTests : GpuFixtureTest
         }
     }
 
+    public static TheoryData<string> Fp8Fixtures => ["fp8_channel_swiftkv_50_g2", "fp8_tensor_base", "fp8_block_base"];
+
+    [Theory]
+    [MemberData(nameof(Fp8Fixtures))]
+    public void Load_Fp8Checkpoint_MatchesTheReferenceAndTheHostUpload(string name)
+    {
+        Gpu.Require();
+        string dir = Fp8Checkpoints.FixturePath(name);
+        var fixture = Fp8Checkpoints.ReadFixture(name);
+        bool swiftKv = LlamaConfig.Load(dir).SwiftKv;
+        using var direct = CudaBackend.Load(dir, swiftKv);
+        using var viaHost = new CudaBackend(LlamaCheckpointLoader.Load(dir, swiftKv));
+        using var c1 = direct.CreateCache(fixture.Ids.Length);
+        using var c2 = viaHost.CreateCache(fixture.Ids.Length);
+        var a = direct.Forward(c1, fixture.Ids, LogitsSelection.AllTokens);
+        var b = viaHost.Forward(c2, fixture.Ids, LogitsSelection.AllTokens);
+        // The staging pieces dequantize to the same fp32 values the CPU loader makes, then round them to bf16 alike.
+        Assert.Equal(b, a);
+        int vocab = fixture.Logits.Length / fixture.Ids.Length;
+        double worst = 0;
+        for (int p = 0; p < fixture.Ids.Length; p++)
+            worst = Math.Max(worst, RowError(fixture.Logits.AsSpan(p * vocab, vocab), a.AsSpan(p * vocab, vocab)));
+        Gpu.Log($"{name}: fp8 checkpoint on the GPU, worst row's relative error against the PyTorch reference {worst:E2}");
+        Assert.True(worst <= 1e-2, $"{name}: relative error {worst:E2} > 1e-2");
+    }
+
+    [Theory]
+    [InlineData("compressed-tensors", "channel", 0, 0)]
+    [InlineData("fp8", "block", 128, 96)]
+    public void Load_Fp8MatricesLargerThanOneStagingPiece_EqualTheHostUpload(string method, string scheme, int b0, int b1)
+    {
+        Gpu.Require();
+        // gate/up hold 2304 x 512 = 1.18M elements: more than one 2 MiB piece of bf16 output, so a piece starts inside a
+        // row (and inside a block).
+        var spec = new ModelSpec(Hidden: 512, Intermediate: 2304, Layers: 2, Heads: 8, KvHeads: 2, HeadDim: 64, Vocab: 300, Seed: 81);
+        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-fp8-gpu-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            LlamaCheckpointWriter.Save(dir, TestModels.View(TestModels.Checkpoint(spec), false));
+            Fp8Checkpoints.Quantize(dir, scheme, (b0, b1), method);
+            using var direct = CudaBackend.Load(dir, false);
+            using var viaHost = new CudaBackend(LlamaCheckpointLoader.Load(dir, false));
+            var prompt = TestModels.RandomTokens(7, spec.Vocab, spec.Seed);
+            using var c1 = direct.CreateCache(8);
+            using var c2 = viaHost.CreateCache(8);
+            Assert.Equal(viaHost.Forward(c2, prompt, LogitsSelection.AllTokens), direct.Forward(c1, prompt, LogitsSelection.AllTokens));
+            Gpu.Log($"{method} {scheme}: {direct.LoadedBytes} fp8 checkpoint bytes loaded in pieces equal the host upload");
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    static double RowError(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual)
+    {
+        double maxDiff = 0, maxRef = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            maxDiff = Math.Max(maxDiff, Math.Abs(expected[i] - actual[i]));
+            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
+        }
+        return maxDiff / Math.Max(maxRef, 1e-30);
+    }
+
     [Fact]
     public void Load_RejectsSwiftKvOnAPlainCheckpoint()
     {

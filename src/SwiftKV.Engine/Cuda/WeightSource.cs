@@ -1,7 +1,8 @@
 // Where CudaWeights gets its values. Three sources:
 //   HostWeightSource        fp32 LlamaWeights already in memory (tests, the CPU-built toy models).
 //   CheckpointWeightSource  safetensors straight to the GPU: the memory-mapped bytes are copied (bf16) or converted
-//                           (fp16/fp32 -> bf16 on the host, by all cores) into pinned staging slots, each slot's
+//                           (fp16/fp32 -> bf16, fp8 weights dequantized with their scales -> bf16, on the host by
+//                           all cores) into pinned staging slots, each slot's
 //                           upload queued asynchronously, so reading slot i+1 overlaps the DMA of slot i. No fp32 copy
 //                           of the model is ever made.
 //   RandomWeightSource      seeded uniform values made on the GPU (benchmarks at 8B shape without a 16 GB file).
@@ -54,15 +55,17 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
     const int SlotBytes = 64 << 20;
     const int PieceBytes = 2 << 20;
     readonly SafetensorsCheckpoint _checkpoint;
+    readonly WeightQuantization? _quantization;
     readonly CudaStream _stream;
     readonly PinnedHostBuffer[] _staging = new PinnedHostBuffer[Slots];
     readonly CudaEvent[] _done = new CudaEvent[Slots];
     readonly bool[] _used = new bool[Slots];
     int _next;
 
-    public CheckpointWeightSource(SafetensorsCheckpoint checkpoint, CudaStream stream)
+    public CheckpointWeightSource(SafetensorsCheckpoint checkpoint, WeightQuantization? quantization, CudaStream stream)
     {
         _checkpoint = checkpoint;
+        _quantization = quantization;
         _stream = stream;
         try
         {
@@ -91,6 +94,7 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
         var (info, file) = Find(spec);
         if (info.ElementCount != destination.Length) throw new InvalidModelException($"'{spec.Name}' has {info.ElementCount} elements, expected {destination.Length}.");
         int size = info.Dtype.ElementSize();
+        var fp8 = info.Dtype.IsFloat8() ? ScaledFp8Tensor.Open(_quantization, _checkpoint, info, file) : null;
         long perSlot = SlotBytes / 2;   // elements of bf16 output per slot
         for (long first = 0; first < info.ElementCount; first += perSlot)
         {
@@ -104,8 +108,13 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
             Parallel.For(0, pieces, p =>
             {
                 long e0 = p * pieceElems, cnt = Math.Min(pieceElems, n - e0);
-                var src = file.GetBytes(info, (first + e0) * size, checked((int)(cnt * size)));
                 var outBytes = new Span<byte>((byte*)dstAddr + e0 * 2, (int)(cnt * 2));
+                if (fp8 is not null)
+                {
+                    DequantizeToBf16(fp8, first + e0, MemoryMarshal.Cast<byte, ushort>(outBytes));
+                    return;
+                }
+                var src = file.GetBytes(info, (first + e0) * size, checked((int)(cnt * size)));
                 if (dtype == TensorDtype.BF16) src.CopyTo(outBytes);
                 else ToBf16(src, dtype, MemoryMarshal.Cast<byte, ushort>(outBytes));
             });
@@ -123,6 +132,17 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
         file.ReadFloat32(info, _staging[slot].AsSpan<float>((int)destination.Length));
         Send(slot, destination.Address, destination.ByteLength);
         BytesRead += info.ByteLength;
+    }
+
+    static void DequantizeToBf16(ScaledFp8Tensor fp8, long first, Span<ushort> dst)
+    {
+        Span<float> tmp = stackalloc float[1024];
+        for (int at = 0; at < dst.Length; at += tmp.Length)
+        {
+            int n = Math.Min(tmp.Length, dst.Length - at);
+            fp8.Dequantize(first + at, tmp[..n]);
+            for (int i = 0; i < n; i++) dst[at + i] = Bf16.FromSingle(tmp[i]).Bits;
+        }
     }
 
     static void ToBf16(ReadOnlySpan<byte> src, TensorDtype dtype, Span<ushort> dst)

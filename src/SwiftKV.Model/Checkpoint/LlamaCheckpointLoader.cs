@@ -2,7 +2,8 @@
 // LlamaWeights. Every needed tensor is checked for presence, shape and dtype before any data is read, and all
 // problems are reported together, so a wrong checkpoint fails in a second with the full list instead of after
 // reading 16 GB. Tensors the mode does not need (the published SwiftKV checkpoints' original q/k/v of later
-// layers when SwiftKV is on, rotary inv_freq buffers of old exports) are ignored.
+// layers when SwiftKV is on, rotary inv_freq buffers of old exports, the activation scales of FP8 files) are
+// ignored. FP8 weights are dequantized here with their scales (ScaledFp8Tensor).
 namespace SwiftKV.Model.Checkpoint;
 
 /// <summary>Reads checkpoints into <see cref="LlamaWeights"/>.</summary>
@@ -41,8 +42,18 @@ public static class LlamaCheckpointLoader
         var specs = LlamaTensorNames.ForModel(config, swiftKvEnabled);
         Check(config, checkpoint, specs, swiftKvEnabled);
         var tensors = new Dictionary<string, float[]>(StringComparer.Ordinal);
-        foreach (var spec in specs) tensors[spec.Name] = checkpoint.ReadFloat32(spec.Name);
+        foreach (var spec in specs) tensors[spec.Name] = ReadFloat32(config, checkpoint, spec.Name);
         return LlamaWeightMap.Build(config, swiftKvEnabled, tensors);
+    }
+
+    /// <summary>A tensor as fp32: F32/F16/BF16 converted, fp8 weights dequantized with their scales (config's quantization_config).</summary>
+    public static float[] ReadFloat32(LlamaConfig config, SafetensorsCheckpoint checkpoint, string name)
+    {
+        if (!checkpoint.TryGet(name, out var info, out var file))
+            throw new InvalidModelException($"{checkpoint.Directory}: checkpoint has no tensor '{name}'.");
+        return info.Dtype.IsFloat8()
+            ? ScaledFp8Tensor.Open(config.Quantization, checkpoint, info, file).ReadFloat32()
+            : file.ReadFloat32(name);
     }
 
     /// <summary>Throws one <see cref="InvalidModelException"/> listing every spec that is missing, misshapen or of an unreadable dtype.</summary>
@@ -61,8 +72,12 @@ public static class LlamaCheckpointLoader
             string where = $"'{spec.Name}' in {Path.GetFileName(file.Path)}";
             if (!info.HasShape(spec.Shape))
                 problems.Add($"{where} has shape {info.ShapeText}, expected {TensorInfo.FormatShape(spec.Shape)} {spec.ShapeMeaning}");
+            else if (info.Dtype.IsFloat8())
+            {
+                if (ScaledFp8Tensor.Problem(config.Quantization, checkpoint, info) is { } problem) problems.Add(problem);
+            }
             else if (!info.Dtype.ConvertsToFloat32())
-                problems.Add($"{where} has dtype {info.Dtype.SafetensorsName()}; only F32, F16 and BF16 are supported");
+                problems.Add($"{where} has dtype {info.Dtype.SafetensorsName()}; only F32, F16 and BF16 (and fp8 weights with scales) are supported");
         }
         if (problems.Count == 0) return;
 

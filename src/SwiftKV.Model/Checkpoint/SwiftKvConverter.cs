@@ -31,13 +31,15 @@ public static class SwiftKvConverter
             SwiftKv = true,
             NumKeyValueLayers = numKeyValueLayers,
             KeyValueGroupSize = keyValueGroupSize,
+            // FP8 sources are dequantized as they are read; the new checkpoint is written unquantized.
+            Quantization = null,
         }).Validate();
 
         using var checkpoint = SafetensorsCheckpoint.Open(llamaDirectory);
         LlamaCheckpointLoader.Check(source, checkpoint, LlamaTensorNames.ForModel(source, swiftKvEnabled: false), swiftKvEnabled: false);
 
         var tensors = LlamaTensorNames.ForCheckpoint(target)
-            .Select(spec => new TensorToWrite(spec.Name, spec.Shape, () => Initialise(spec.Name, target, checkpoint)))
+            .Select(spec => new TensorToWrite(spec.Name, spec.Shape, () => Initialise(spec.Name, source, target, checkpoint)))
             .ToList();
         LlamaCheckpointWriter.Save(outputDirectory, target, tensors, dtype ?? StorageDtype(source), maxShardBytes);
         CopyCompanionFiles(llamaDirectory, outputDirectory);
@@ -63,32 +65,32 @@ public static class SwiftKvConverter
         }
     }
 
-    static float[] Initialise(string name, LlamaConfig target, SafetensorsCheckpoint checkpoint)
+    static float[] Initialise(string name, LlamaConfig source, LlamaConfig target, SafetensorsCheckpoint checkpoint)
     {
         if (name == LlamaTensorNames.NormSwiftKv)
-            return checkpoint.ReadFloat32(LlamaTensorNames.InputLayernorm(target.NumKeyValueLayers));
+            return LlamaCheckpointLoader.ReadFloat32(source, checkpoint, LlamaTensorNames.InputLayernorm(target.NumKeyValueLayers));
         for (int j = target.NumKeyValueLayers; j < target.NumHiddenLayers; j++)
         {
             foreach (bool bias in new[] { false, true })
             {
                 if (name == LlamaTensorNames.Attention(j, LlamaTensorNames.QProjSwiftKv, bias))
-                    return checkpoint.ReadFloat32(LlamaTensorNames.Attention(j, LlamaTensorNames.QProj, bias));
+                    return LlamaCheckpointLoader.ReadFloat32(source, checkpoint, LlamaTensorNames.Attention(j, LlamaTensorNames.QProj, bias));
                 if (name == LlamaTensorNames.Attention(j, LlamaTensorNames.KProjSwiftKv, bias))
-                    return GroupMean(checkpoint, target, j, LlamaTensorNames.KProj, bias);
+                    return GroupMean(source, checkpoint, target, j, LlamaTensorNames.KProj, bias);
                 if (name == LlamaTensorNames.Attention(j, LlamaTensorNames.VProjSwiftKv, bias))
-                    return GroupMean(checkpoint, target, j, LlamaTensorNames.VProj, bias);
+                    return GroupMean(source, checkpoint, target, j, LlamaTensorNames.VProj, bias);
             }
         }
-        return checkpoint.ReadFloat32(name);
+        return LlamaCheckpointLoader.ReadFloat32(source, checkpoint, name);
     }
 
     /// <summary>Mean of <paramref name="projection"/> over the AcrossKV group led by <paramref name="leader"/>, summed in double.</summary>
-    static float[] GroupMean(SafetensorsCheckpoint checkpoint, LlamaConfig target, int leader, string projection, bool bias)
+    static float[] GroupMean(LlamaConfig source, SafetensorsCheckpoint checkpoint, LlamaConfig target, int leader, string projection, bool bias)
     {
         double[]? sum = null;
         for (int j = leader; j < leader + target.KeyValueGroupSize; j++)
         {
-            float[] w = checkpoint.ReadFloat32(LlamaTensorNames.Attention(j, projection, bias));
+            float[] w = LlamaCheckpointLoader.ReadFloat32(source, checkpoint, LlamaTensorNames.Attention(j, projection, bias));
             sum ??= new double[w.Length];
             for (int i = 0; i < w.Length; i++) sum[i] += w[i];
         }

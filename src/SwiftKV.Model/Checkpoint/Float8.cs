@@ -1,0 +1,57 @@
+// The two 8-bit float formats safetensors names (OCP FP8, as torch.float8_e4m3fn and torch.float8_e5m2 store them).
+// Each decodes through a 256-entry table built once from the format's definition:
+//   E4M3 ("fn"): bias 7, no infinities, S.1111.111 is NaN, largest finite 448; subnormals 2^-6 * m/8.
+//   E5M2:        IEEE-like, bias 15, exponent 31 is inf (m = 0) or NaN; subnormals 2^-14 * m/4.
+// NOTE: a raw fp8 weight is meaningless without the scale stored beside it, so TensorDtypes.ConvertsToFloat32 stays
+// false for these types; only ScaledFp8Tensor reads them.
+namespace SwiftKV.Model.Checkpoint;
+
+/// <summary>Decodes fp8 codes to fp32.</summary>
+public static class Float8
+{
+    static readonly float[] E4M3 = Table(exponentBits: 4, mantissaBits: 3, bias: 7, hasInfinity: false);
+    static readonly float[] E5M2 = Table(exponentBits: 5, mantissaBits: 2, bias: 15, hasInfinity: true);
+
+    /// <summary>True for F8_E4M3 and F8_E5M2.</summary>
+    public static bool IsFloat8(this TensorDtype dtype) => dtype is TensorDtype.F8E4M3 or TensorDtype.F8E5M2;
+
+    /// <summary>The value of one code.</summary>
+    public static float ToSingle(byte code, TensorDtype dtype) => TableOf(dtype)[code];
+
+    /// <summary>Decodes <paramref name="source"/> into <paramref name="destination"/> (same length).</summary>
+    public static void ToFloat32(ReadOnlySpan<byte> source, TensorDtype dtype, Span<float> destination)
+    {
+        if (source.Length != destination.Length)
+            throw new ArgumentException($"{source.Length} fp8 codes do not fill {destination.Length} values.");
+        var table = TableOf(dtype);
+        for (int i = 0; i < source.Length; i++) destination[i] = table[source[i]];
+    }
+
+    static float[] TableOf(TensorDtype dtype) => dtype switch
+    {
+        TensorDtype.F8E4M3 => E4M3,
+        TensorDtype.F8E5M2 => E5M2,
+        _ => throw new ArgumentException($"{dtype.SafetensorsName()} is not an fp8 type.", nameof(dtype)),
+    };
+
+    static float[] Table(int exponentBits, int mantissaBits, int bias, bool hasInfinity)
+    {
+        var table = new float[256];
+        int maxExponent = (1 << exponentBits) - 1, mantissaMax = (1 << mantissaBits) - 1;
+        for (int code = 0; code < 256; code++)
+        {
+            int sign = code >> 7, exponent = (code >> mantissaBits) & maxExponent, mantissa = code & mantissaMax;
+            double magnitude;
+            if (hasInfinity && exponent == maxExponent)
+                magnitude = mantissa == 0 ? double.PositiveInfinity : double.NaN;
+            else if (!hasInfinity && exponent == maxExponent && mantissa == mantissaMax)
+                magnitude = double.NaN;
+            else if (exponent == 0)
+                magnitude = Math.ScaleB(mantissa / (double)(1 << mantissaBits), 1 - bias);
+            else
+                magnitude = Math.ScaleB(1 + mantissa / (double)(1 << mantissaBits), exponent - bias);
+            table[code] = (float)(sign == 1 ? -magnitude : magnitude);
+        }
+        return table;
+    }
+}

@@ -1,0 +1,272 @@
+// FP8 checkpoints (compressed-tensors, fbgemm_fp8, transformers' block-wise fp8) load dequantized and compute the
+// model the reference computes: logits of three PyTorch-made fixtures (tests/reference/make_fp8_fixtures.py, with
+// transformers / swiftkv_reference.py on torch's own dequantization), torch's decoding of every fp8 code, and the
+// errors a broken FP8 file gets.
+using System.Text.Json.Nodes;
+using SwiftKV.Engine.Cpu;
+using SwiftKV.Engine.Generation;
+using SwiftKV.Engine.Sampling;
+using SwiftKV.Model;
+using SwiftKV.Model.Checkpoint;
+using Xunit;
+
+namespace SwiftKV.Engine.Tests;
+
+public sealed class Fp8CheckpointTests
+{
+    static readonly string FixtureDir = Fp8Checkpoints.FixtureDir;
+
+    public static TheoryData<string> Cases()
+    {
+        var data = new TheoryData<string>();
+        if (!Directory.Exists(FixtureDir)) return data;
+        foreach (var f in Directory.GetFiles(FixtureDir, "*.json").Order()) data.Add(Path.GetFileNameWithoutExtension(f));
+        return data;
+    }
+
+    [Fact]
+    public void Fixtures_ArePresent()
+    {
+        var names = Cases().Select(c => c.Data).ToList();
+        Assert.Equal(["fp8_block_base", "fp8_channel_swiftkv_50_g2", "fp8_tensor_base"], names);
+        Assert.True(File.Exists(Path.Combine(FixtureDir, "fp8_codes.f32")));
+    }
+
+    [Fact]
+    public void Float8_DecodesEveryCode_AsTorchDoes()
+    {
+        float[] torch = ReadFloats(Path.Combine(FixtureDir, "fp8_codes.f32"));
+        Assert.Equal(512, torch.Length);
+        for (int code = 0; code < 256; code++)
+        {
+            foreach (var (dtype, at) in new[] { (TensorDtype.F8E4M3, 0), (TensorDtype.F8E5M2, 256) })
+            {
+                float expected = torch[at + code], actual = Float8.ToSingle((byte)code, dtype);
+                if (float.IsNaN(expected)) Assert.True(float.IsNaN(actual), $"{dtype} code {code}: {actual}, torch NaN");
+                else Assert.True(expected.Equals(actual), $"{dtype} code {code}: {actual}, torch {expected}");
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void CpuLogits_MatchReference(string name) => AssertMatchesFixture(Path.Combine(FixtureDir, name), name);
+
+    [Fact]
+    public void FbgemmFp8_PerChannelScales_ReadAsCompressedTensors()
+    {
+        // Meta's FP8 uploads: the same '<m>.weight_scale' [out, 1] beside each F8_E4M3 weight, another quant_method.
+        string dir = CopyFixture("fp8_channel_swiftkv_50_g2");
+        try
+        {
+            var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))!.AsObject();
+            config["quantization_config"] = new JsonObject { ["quant_method"] = "fbgemm_fp8", ["modules_to_not_convert"] = new JsonArray("lm_head") };
+            File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString());
+            AssertMatchesFixture(dir, "fp8_channel_swiftkv_50_g2");
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Theory]
+    [InlineData("compressed-tensors", 3, 5)]
+    [InlineData("fp8", 7, 4)]
+    public void PartialBlocks_DequantizeAsCodeTimesTheirBlocksScale(string method, int b0, int b1)
+    {
+        // Matrices of 48 and 80 rows and columns in 3 x 5 or 7 x 4 blocks: 48 = 9 x 5 + 3 and 48 = 6 x 7 + 6, so blocks at the
+        // right or bottom edge are partial.
+        var spec = new ModelSpec(Seed: 71);
+        string dir = NewDir();
+        try
+        {
+            LlamaCheckpointWriter.Save(dir, TestModels.View(TestModels.Checkpoint(spec), false));
+            var exact = Fp8Checkpoints.Quantize(dir, "block", (b0, b1), method);
+            var config = LlamaConfig.Load(dir);
+            Assert.Equal((b0, b1), config.Quantization!.BlockSize);
+            using var checkpoint = SafetensorsCheckpoint.Open(dir);
+            foreach (var (name, values) in exact)
+            {
+                // Whole matrix, and odd runs that start and end inside rows and blocks.
+                Assert.Equal(values, LlamaCheckpointLoader.ReadFloat32(config, checkpoint, name));
+                checkpoint.TryGet(name, out var info, out var file);
+                var t = ScaledFp8Tensor.Open(config.Quantization, checkpoint, info, file);
+                var pieces = new float[values.Length];
+                for (int at = 0, n = 1; at < values.Length; at += n, n = n * 3 % 997 + 1)
+                    t.Dequantize(at, pieces.AsSpan(at, Math.Min(n, values.Length - at)));
+                Assert.Equal(values, pieces);
+            }
+            // And the model runs: the loaded weights are the exact dequantized values.
+            using var backend = new CpuBackend(LlamaCheckpointLoader.Load(dir));
+            using var cache = backend.CreateCache(8);
+            Assert.All(backend.Forward(cache, TestModels.RandomTokens(5, spec.Vocab, 3), LogitsSelection.LastToken), v => Assert.True(float.IsFinite(v)));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void Converter_TurnsAnFp8LlamaIntoAnUnquantizedSwiftKvCheckpoint()
+    {
+        string output = NewDir();
+        try
+        {
+            var target = SwiftKvConverter.Convert(Path.Combine(FixtureDir, "fp8_tensor_base"), output, numKeyValueLayers: 2);
+            Assert.Null(target.Quantization);
+            Assert.DoesNotContain("quantization_config", File.ReadAllText(Path.Combine(output, "config.json")));
+            // SwiftKV off, the converted model is the original: the reference's logits, up to the bf16 storage of the
+            // dequantized weights (fp8 x bf16 scale has up to 11 significant bits).
+            var fixture = Fp8Checkpoints.ReadFixture("fp8_tensor_base");
+            using var backend = new CpuBackend(LlamaCheckpointLoader.Load(output, swiftKv: false));
+            using var cache = backend.CreateCache(fixture.Ids.Length);
+            float[] actual = backend.Forward(cache, fixture.Ids, LogitsSelection.AllTokens);
+            AssertClose(fixture.Logits, actual, 2e-2, "converted fp8_tensor_base");
+        }
+        finally { Directory.Delete(output, true); }
+    }
+
+    public static TheoryData<string, string> BrokenFiles => new()
+    {
+        { "no-quantization-config", "no quantization_config" },
+        { "scale-missing", "is missing (compressed-tensors)" },
+        { "scale-shape", "fits no compressed-tensors layout" },
+        { "scale-int", "only F32, F16 and BF16 are supported" },
+        { "norm-fp8", "only 2-D weight matrices can be fp8" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BrokenFiles))]
+    public void BrokenFp8Files_AreRefusedBeforeLoading_NamingTheTensor(string fault, string expected)
+    {
+        string dir = CopyFixture("fp8_channel_swiftkv_50_g2");
+        try
+        {
+            const string Scale = "model.layers.1.mlp.down_proj.weight_scale";
+            const string Norm = "model.layers.1.input_layernorm.weight";
+            var raw = Fp8Checkpoints.ReadRaw(dir);
+            switch (fault)
+            {
+                case "no-quantization-config":
+                    var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))!.AsObject();
+                    config.Remove("quantization_config");
+                    File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString());
+                    break;
+                case "scale-missing":
+                    raw.RemoveAll(t => t.Name == Scale);
+                    break;
+                case "scale-shape":
+                    raw = raw.Select(t => t.Name == Scale ? t with { Shape = [1, 64] } : t).ToList();
+                    break;
+                case "scale-int":
+                    raw = raw.Select(t => t.Name == Scale ? t with { Dtype = "I16" } : t).ToList();
+                    break;
+                case "norm-fp8":
+                    raw = raw.Select(t => t.Name == Norm ? t with { Dtype = "F8_E4M3", Data = t.Data[..64] } : t).ToList();
+                    break;
+            }
+            Fp8Checkpoints.WriteSafetensors(Path.Combine(dir, "model.safetensors"), raw);
+            var e = Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Verify(dir));
+            Assert.Contains(expected, e.Message);
+            Assert.Contains(fault == "norm-fp8" ? Norm : fault == "no-quantization-config" ? "model.layers.0." : "down_proj", e.Message);
+            Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Load(dir));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void NonFiniteScale_IsRefusedOnRead()
+    {
+        string dir = CopyFixture("fp8_tensor_base");
+        try
+        {
+            const string Scale = "model.layers.2.self_attn.o_proj.weight_scale";
+            var raw = Fp8Checkpoints.ReadRaw(dir).Select(t => t.Name == Scale ? t with { Data = [0x80, 0x7F] } : t).ToList();  // bf16 +inf
+            Fp8Checkpoints.WriteSafetensors(Path.Combine(dir, "model.safetensors"), raw);
+            var e = Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Load(dir));
+            Assert.Contains($"'{Scale}' holds", e.Message);
+            Assert.Contains("finite", e.Message);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Theory]
+    [InlineData("""{"quant_method": "awq", "bits": 4}""", "quant_method 'awq' is not supported")]
+    [InlineData("""{"quant_method": "compressed-tensors", "format": "pack-quantized"}""", "format 'pack-quantized' is not supported")]
+    [InlineData("""{"quant_method": "compressed-tensors", "format": "float-quantized", "config_groups": {"g": {"weights": {"num_bits": 4, "type": "int", "strategy": "group"}}}}""", "4-bit int weights are not supported")]
+    [InlineData("""{"quant_method": "compressed-tensors", "format": "float-quantized", "config_groups": {"g": {"weights": {"num_bits": 8, "type": "float", "strategy": "group"}}}}""", "strategy 'group' is not supported")]
+    [InlineData("""{"quant_method": "compressed-tensors", "format": "float-quantized", "config_groups": {"g": {"weights": {"num_bits": 8, "type": "float", "strategy": "block"}}}}""", "needs block_structure")]
+    [InlineData("""{"quant_method": "fp8", "weight_block_size": [128, 0]}""", "weight_block_size must be [rows, columns] of positive integers")]
+    [InlineData("""{"bits": 8}""", "missing string 'quant_method'")]
+    [InlineData("""[1]""", "quantization_config must be an object or null")]
+    public void UnsupportedQuantizationConfigs_AreRefusedByName(string quantization, string expected)
+    {
+        string json = $$"""{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 256, "quantization_config": {{quantization}}}""";
+        var e = Assert.Throws<InvalidModelException>(() => LlamaConfig.Parse(json));
+        Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public void Fp8DefaultBlock_IsTransformers128By128()
+    {
+        string json = """{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 256, "quantization_config": {"quant_method": "fp8"}}""";
+        Assert.Equal((128, 128), LlamaConfig.Parse(json).Quantization!.BlockSize);
+        Assert.Equal("model.layers.0.mlp.up_proj.weight_scale_inv", LlamaConfig.Parse(json).Quantization!.ScaleName("model.layers.0.mlp.up_proj.weight"));
+    }
+
+    static void AssertMatchesFixture(string dir, string name)
+    {
+        var fixture = Fp8Checkpoints.ReadFixture(name);
+        var config = LlamaConfig.Load(dir);
+        Assert.NotNull(config.Quantization);
+        int vocab = config.VocabSize;
+        using var backend = new CpuBackend(LlamaCheckpointLoader.Load(dir));
+        using (var cache = backend.CreateCache(fixture.Ids.Length))
+        {
+            float[] actual = backend.Forward(cache, fixture.Ids, LogitsSelection.AllTokens);
+            for (int p = 0; p < fixture.Ids.Length; p++)
+                AssertClose(fixture.Logits.AsSpan(p * vocab, vocab), actual.AsSpan(p * vocab, vocab), 1e-4, $"{name} position {p}");
+        }
+        using (var cache = backend.CreateCache(fixture.Ids.Length))
+        {
+            float[] last = backend.Forward(cache, fixture.Ids, LogitsSelection.LastToken);
+            AssertClose(fixture.Logits.AsSpan((fixture.Ids.Length - 1) * vocab, vocab), last, 1e-4, $"{name} prefill last token");
+        }
+        using (var cache = backend.CreateCache(fixture.Ids.Length + fixture.Greedy.Length + 1))
+        {
+            var produced = Generator.Generate(backend, cache, fixture.Ids, SamplingParams.Greedy, fixture.Greedy.Length, new HashSet<int>(),
+                new GenerationStats(), TestContext.Current.CancellationToken).ToArray();
+            Assert.Equal(fixture.Greedy, produced);
+        }
+    }
+
+    static string CopyFixture(string name)
+    {
+        string dir = NewDir();
+        foreach (var f in Directory.GetFiles(Path.Combine(FixtureDir, name))) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        return dir;
+    }
+
+    static string NewDir()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-fp8-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(dir);
+        return dir;
+    }
+
+    static void AssertClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, double tolerance, string what)
+    {
+        double maxDiff = 0, maxRef = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            maxDiff = Math.Max(maxDiff, Math.Abs(expected[i] - actual[i]));
+            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
+        }
+        double rel = maxDiff / Math.Max(maxRef, 1e-30);
+        Assert.True(rel <= tolerance, $"{what}: relative error {rel:E2} > {tolerance:E0}");
+    }
+
+    static float[] ReadFloats(string path)
+    {
+        byte[] bytes = File.ReadAllBytes(path);
+        var floats = new float[bytes.Length / 4];
+        Buffer.BlockCopy(bytes, 0, floats, 0, floats.Length * 4);
+        return floats;
+    }
+}
