@@ -67,6 +67,46 @@ public sealed class KernelTests : GpuFixtureTest
     }
 
     [Theory]
+    [InlineData("F8E4M3", 37, 53, 5, 8)]     // blocks partial at the bottom and the right
+    [InlineData("F8E5M2", 37, 53, 1, 53)]    // one scale per output row
+    [InlineData("F8E4M3", 37, 53, 37, 53)]   // one scale per matrix
+    public void DequantizeFp8_WritesCodeTimesItsBlocksScale_InTheRunOnly(string format, int rows, int columns, int blockRows, int blockColumns)
+    {
+        Gpu.Require();
+        var dtype = Enum.Parse<SwiftKV.Model.Checkpoint.TensorDtype>(format);
+        var rng = new Random(rows * 7 + blockRows);
+        // Finite codes only: the table's NaN and infinities would make the comparison meaningless, not harder.
+        var codes = Enumerable.Range(0, rows * columns).Select(_ =>
+        {
+            byte c;
+            do c = (byte)rng.Next(256); while (!float.IsFinite(SwiftKV.Model.Checkpoint.Float8.ToSingle(c, dtype)));
+            return c;
+        }).ToArray();
+        int gridRows = (rows + blockRows - 1) / blockRows, gridColumns = (columns + blockColumns - 1) / blockColumns;
+        var scales = Enumerable.Range(0, gridRows * gridColumns).Select(_ => (float)(rng.NextDouble() * 0.01 + 1e-4)).ToArray();
+        long first = 101, n = rows * columns - 250;   // a run that starts and ends inside rows and blocks
+        using var dCodes = new DeviceBuffer<byte>(codes.AsSpan((int)first, (int)n));
+        using var dTable = new DeviceBuffer<float>(SwiftKV.Model.Checkpoint.Float8.Values(dtype));
+        using var dScales = new DeviceBuffer<float>(scales);
+        using var dOut = Gpu.PoisonedBf16((long)rows * columns);
+        new Fp8WeightKernel(Library).Dequantize(Stream, dCodes, first, dTable, dScales, columns, blockRows, blockColumns, gridColumns,
+            dOut.Span.Slice(first, n));
+        Stream.Synchronize();
+        var got = dOut.ToArray();
+        for (int i = 0; i < rows * columns; i++)
+        {
+            if (i < first || i >= first + n)
+            {
+                Assert.True(float.IsNaN(got[i].ToSingle()), $"element {i} outside the run was written");
+                continue;
+            }
+            int r = i / columns, c = i % columns;
+            float want = SwiftKV.Model.Checkpoint.Float8.ToSingle(codes[i], dtype) * scales[r / blockRows * gridColumns + c / blockColumns];
+            Assert.Equal(Bf16.FromSingle(want).Bits, got[i].Bits);
+        }
+    }
+
+    [Theory]
     [InlineData(false, 333)]   // scalar path (dim not a multiple of 4)
     [InlineData(true, 333)]
     [InlineData(false, 1028)]  // 16-byte path

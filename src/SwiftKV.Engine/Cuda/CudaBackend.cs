@@ -86,7 +86,7 @@ public sealed partial class CudaBackend : IModelBackend
         using var checkpoint = SafetensorsCheckpoint.Open(checkpointDir);
         LlamaCheckpointLoader.Check(config, checkpoint, LlamaTensorNames.ForModel(config, swiftKvEnabled), swiftKvEnabled);
         long read = 0;
-        var backend = new CudaBackend(config, swiftKvEnabled, (s, _) => new CheckpointWeightSource(checkpoint, config.Quantization, s), src => read = ((CheckpointWeightSource)src).BytesRead);
+        var backend = new CudaBackend(config, swiftKvEnabled, (s, k) => new CheckpointWeightSource(checkpoint, config.Quantization, k, s), src => read = ((CheckpointWeightSource)src).BytesRead);
         backend.LoadedBytes = read;
         return backend;
     }

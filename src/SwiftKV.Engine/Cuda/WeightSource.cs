@@ -1,10 +1,10 @@
 // Where CudaWeights gets its values. Three sources:
 //   HostWeightSource        fp32 LlamaWeights already in memory (tests, the CPU-built toy models).
 //   CheckpointWeightSource  safetensors straight to the GPU: the memory-mapped bytes are copied (bf16) or converted
-//                           (fp16/fp32 -> bf16, fp8 weights dequantized with their scales -> bf16, on the host by
-//                           all cores) into pinned staging slots, each slot's
+//                           (fp16/fp32 -> bf16 on the host, by all cores) into pinned staging slots, each slot's
 //                           upload queued asynchronously, so reading slot i+1 overlaps the DMA of slot i. No fp32 copy
-//                           of the model is ever made.
+//                           of the model is ever made. FP8 weights go up as their codes (one byte each) with their
+//                           scales, and a kernel (weight_fp8.cu) writes the bf16 values on the GPU.
 //   RandomWeightSource      seeded uniform values made on the GPU (benchmarks at 8B shape without a 16 GB file).
 using System.Runtime.InteropServices;
 using SwiftKV.Cuda;
@@ -56,16 +56,24 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
     const int PieceBytes = 2 << 20;
     readonly SafetensorsCheckpoint _checkpoint;
     readonly WeightQuantization? _quantization;
+    readonly KernelLibrary _kernels;
     readonly CudaStream _stream;
     readonly PinnedHostBuffer[] _staging = new PinnedHostBuffer[Slots];
     readonly CudaEvent[] _done = new CudaEvent[Slots];
     readonly bool[] _used = new bool[Slots];
     int _next;
 
-    public CheckpointWeightSource(SafetensorsCheckpoint checkpoint, WeightQuantization? quantization, CudaStream stream)
+    // FP8 checkpoints only: the kernel, the two formats' value tables, one slot of codes and the current matrix's scales.
+    Fp8WeightKernel? _fp8;
+    DeviceBuffer<float>? _fp8Tables;
+    DeviceBuffer<byte>? _fp8Codes;
+    DeviceBuffer<float>? _fp8Scales;
+
+    public CheckpointWeightSource(SafetensorsCheckpoint checkpoint, WeightQuantization? quantization, KernelLibrary kernels, CudaStream stream)
     {
         _checkpoint = checkpoint;
         _quantization = quantization;
+        _kernels = kernels;
         _stream = stream;
         try
         {
@@ -93,8 +101,12 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
     {
         var (info, file) = Find(spec);
         if (info.ElementCount != destination.Length) throw new InvalidModelException($"'{spec.Name}' has {info.ElementCount} elements, expected {destination.Length}.");
+        if (info.Dtype.IsFloat8())
+        {
+            MatrixFp8(destination, ScaledFp8Tensor.Open(_quantization, _checkpoint, info, file), file);
+            return;
+        }
         int size = info.Dtype.ElementSize();
-        var fp8 = info.Dtype.IsFloat8() ? ScaledFp8Tensor.Open(_quantization, _checkpoint, info, file) : null;
         long perSlot = SlotBytes / 2;   // elements of bf16 output per slot
         for (long first = 0; first < info.ElementCount; first += perSlot)
         {
@@ -108,13 +120,8 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
             Parallel.For(0, pieces, p =>
             {
                 long e0 = p * pieceElems, cnt = Math.Min(pieceElems, n - e0);
-                var outBytes = new Span<byte>((byte*)dstAddr + e0 * 2, (int)(cnt * 2));
-                if (fp8 is not null)
-                {
-                    DequantizeToBf16(fp8, first + e0, MemoryMarshal.Cast<byte, ushort>(outBytes));
-                    return;
-                }
                 var src = file.GetBytes(info, (first + e0) * size, checked((int)(cnt * size)));
+                var outBytes = new Span<byte>((byte*)dstAddr + e0 * 2, (int)(cnt * 2));
                 if (dtype == TensorDtype.BF16) src.CopyTo(outBytes);
                 else ToBf16(src, dtype, MemoryMarshal.Cast<byte, ushort>(outBytes));
             });
@@ -134,14 +141,49 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
         BytesRead += info.ByteLength;
     }
 
-    static void DequantizeToBf16(ScaledFp8Tensor fp8, long first, Span<ushort> dst)
+    /// <summary>
+    /// An fp8 matrix: its scales, then its codes a slot at a time, each slot dequantized into place by the kernel. The
+    /// device buffers are reused in stream order (the next copy into them is queued behind the kernel that reads them).
+    /// </summary>
+    void MatrixFp8(DeviceSpan<Bf16> destination, ScaledFp8Tensor fp8, SafetensorsFile file)
     {
-        Span<float> tmp = stackalloc float[1024];
-        for (int at = 0; at < dst.Length; at += tmp.Length)
+        var info = fp8.Weight;
+        if (info.ElementCount != destination.Length) throw new InvalidModelException($"'{info.Name}' has {info.ElementCount} elements, expected {destination.Length}.");
+        if (_fp8 is null)
         {
-            int n = Math.Min(tmp.Length, dst.Length - at);
-            fp8.Dequantize(first + at, tmp[..n]);
-            for (int i = 0; i < n; i++) dst[at + i] = Bf16.FromSingle(tmp[i]).Bits;
+            _fp8 = new Fp8WeightKernel(_kernels);
+            _fp8Tables = new DeviceBuffer<float>([.. Float8.Values(TensorDtype.F8E4M3), .. Float8.Values(TensorDtype.F8E5M2)]);
+            _fp8Codes = new DeviceBuffer<byte>(SlotBytes);
+        }
+        var table = _fp8Tables!.Span.Slice(info.Dtype == TensorDtype.F8E4M3 ? 0 : 256, 256);
+        var scales = fp8.Scales;
+        if (scales.Length * sizeof(float) > SlotBytes) throw new InvalidModelException($"'{info.Name}' has {scales.Length} scales, more than the loader stages at once.");
+        if (_fp8Scales is null || _fp8Scales.Length < scales.Length)
+        {
+            _stream.Synchronize();   // the old buffer may still be read by a queued kernel
+            _fp8Scales?.Dispose();
+            _fp8Scales = new DeviceBuffer<float>(Math.Max(scales.Length, 1 << 16));
+        }
+        int slot = Acquire();
+        scales.CopyTo(_staging[slot].AsSpan<float>(scales.Length));
+        Send(slot, _fp8Scales.Address, (long)scales.Length * sizeof(float));
+        BytesRead += (long)scales.Length * sizeof(float);
+
+        for (long first = 0; first < info.ElementCount; first += SlotBytes)
+        {
+            long n = Math.Min(SlotBytes, info.ElementCount - first);
+            slot = Acquire();
+            nint dstAddr = (nint)_staging[slot].Pointer;
+            long pieces = (n + PieceBytes - 1) / PieceBytes;
+            Parallel.For(0, pieces, p =>
+            {
+                long b0 = p * PieceBytes, cnt = Math.Min(PieceBytes, n - b0);
+                file.GetBytes(info, first + b0, (int)cnt).CopyTo(new Span<byte>((byte*)dstAddr + b0, (int)cnt));
+            });
+            Send(slot, _fp8Codes!.Address, n);
+            _fp8.Dequantize(_stream, _fp8Codes.Span, first, table, _fp8Scales.Span, fp8.Columns, fp8.BlockRows, fp8.BlockColumns, fp8.ScaleColumns,
+                destination.Slice(first, n));
+            BytesRead += n;
         }
     }
 
@@ -180,6 +222,9 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
         try { _stream.Synchronize(); } catch (CudaException) { }
         foreach (var e in _done) e?.Dispose();
         foreach (var b in _staging) b?.Dispose();
+        _fp8Tables?.Dispose();
+        _fp8Codes?.Dispose();
+        _fp8Scales?.Dispose();
     }
 }
 

@@ -15,6 +15,9 @@ public static class Float8
     /// <summary>True for F8_E4M3 and F8_E5M2.</summary>
     public static bool IsFloat8(this TensorDtype dtype) => dtype is TensorDtype.F8E4M3 or TensorDtype.F8E5M2;
 
+    /// <summary>The 256 values of <paramref name="dtype"/>, by code (a device decoder uploads this table).</summary>
+    public static ReadOnlySpan<float> Values(TensorDtype dtype) => TableOf(dtype);
+
     /// <summary>The value of one code.</summary>
     public static float ToSingle(byte code, TensorDtype dtype) => TableOf(dtype)[code];
 

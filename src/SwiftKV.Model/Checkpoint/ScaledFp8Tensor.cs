@@ -19,6 +19,15 @@ public sealed class ScaledFp8Tensor
     public long Rows { get; }
     public long Columns { get; }
 
+    /// <summary>The scales, row-major over the grid of <see cref="BlockRows"/> x <see cref="BlockColumns"/> blocks.</summary>
+    public ReadOnlySpan<float> Scales => _scales;
+    /// <summary>Rows of one scale's block: all rows for one scale per matrix, 1 for one per output channel.</summary>
+    public int BlockRows => _layout switch { Layout.PerTensor => checked((int)Rows), Layout.PerChannel => 1, _ => _blockRows };
+    /// <summary>Columns of one scale's block: all columns unless the scales are block-wise.</summary>
+    public int BlockColumns => _layout == Layout.Block ? _blockColumns : checked((int)Columns);
+    /// <summary>Scales per row of the grid.</summary>
+    public int ScaleColumns => _layout == Layout.Block ? _scaleColumns : 1;
+
     ScaledFp8Tensor(TensorInfo weight, SafetensorsFile file, Layout layout, float[] scales, (int Rows, int Columns) block, int scaleColumns)
     {
         Weight = weight;
