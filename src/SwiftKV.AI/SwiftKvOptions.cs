@@ -42,8 +42,8 @@ public sealed class SwiftKvOptions
 
     /// <summary>
     /// Most tokens one serving step computes: a long prompt prefills in chunks of this many tokens, beside the other
-    /// requests' decoding. Null (default): the backend's choice, 8192 on GPUs with >= 64 GiB, 2048 on smaller GPUs, 512
-    /// on the CPU. Lower it to shorten the pauses streaming answers see while a long prompt prefills; raise it for
+    /// requests' decoding. Null (default): the backend's choice, 8192 on GPUs with >= 64 GiB that keep >= 32 GiB beyond the
+    /// weights, 2048 on other GPUs (70B on one H200), 512 on the CPU. Lower it to shorten the pauses streaming answers see while a long prompt prefills; raise it for
     /// throughput (docs/BENCHMARKS.md has the measured trade-off).
     /// </summary>
     public int? MaxBatchTokens { get; set; }

@@ -65,13 +65,19 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
 
     /// <inheritdoc />
     /// <remarks>
-    /// 8192 tokens on GPUs with at least 64 GiB (vLLM's default for its API server on H100/H200), 2048 on smaller ones,
-    /// whose memory the activations of 8192-row steps would crowd. H100, 8B, SwiftKV 50% (serving_step_shape.sh, blocks of
-    /// 16): first token of a 32K-token prompt 651 ms at 8192 vs 1015 ms at 512 (569 ms at 8192 with blocks of 64); the
-    /// throughput comparison in that file (34.4K vs 25.3K total tokens/s) also changed the block size (64 vs 16), and
-    /// the 512-token run held at most 63 requests running against 128.
+    /// 8192 tokens on GPUs with at least 64 GiB (vLLM's default for its API server on H100/H200) when at least 32 GiB
+    /// remain beyond the weights, 2048 otherwise: an 8192-row step's activations come out of the memory the KV pool
+    /// would get. H100, 8B, SwiftKV 50% (serving_step_shape.sh, blocks of 16): first token of a 32K-token prompt 651 ms
+    /// at 8192 vs 1015 ms at 512 (569 ms at 8192 with blocks of 64); the throughput comparison in that file (34.4K vs
+    /// 25.3K total tokens/s) also changed the block size (64 vs 16), and the 512-token run held at most 63 requests
+    /// running against 128. H200, 70B, SwiftKV 50%, 2.6 GB beyond the weights (docs/BENCHMARKS.md): 2048 gave a 4.6
+    /// instead of 3.8 GiB pool, 2195 vs 1654 total tokens/s and TTFT p50 13.1 vs 18.2 s, for TPOT 48 vs 40 ms. The 32 GiB
+    /// line lies between those two measured cases (64 and 2.6 GB beyond the weights); nothing between them was measured.
     /// </remarks>
-    public int PreferredMaxBatchTokens => Device.TotalMemoryBytes >= 64L << 30 ? 8192 : 2048;
+    public int PreferredMaxBatchTokens => PreferLargeSteps(Device.TotalMemoryBytes, WeightBytes) ? 8192 : 2048;
+
+    /// <summary>The rule of <see cref="PreferredMaxBatchTokens"/>: a card of >= 64 GiB with >= 32 GiB beyond the weights.</summary>
+    internal static bool PreferLargeSteps(long cardBytes, long weightBytes) => cardBytes >= 64L << 30 && cardBytes - weightBytes >= 32L << 30;
 
     /// <inheritdoc />
     /// <remarks>

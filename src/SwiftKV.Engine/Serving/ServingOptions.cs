@@ -39,7 +39,7 @@ public sealed record ServingOptions
     /// <summary>
     /// Most tokens one step computes (decode tokens plus prefill chunks): a long prompt prefills in chunks of this many
     /// tokens. Null: the backend's choice (<see cref="IBatchedBackend.PreferredMaxBatchTokens"/>: 8192 on GPUs with
-    /// >= 64 GiB, 2048 on smaller ones, 512 on the CPU). Larger chunks stream the weights once per chunk and run the
+    /// >= 64 GiB and >= 32 GiB beyond the weights, 2048 on other GPUs, 512 on the CPU). Larger chunks stream the weights once per chunk and run the
     /// GEMMs at full size (H100, 8B, SwiftKV 50%, block size 16: a 32K-token prompt's first token after 651 ms at 8192
     /// vs 1015 ms at 512; 569 ms at 8192 with blocks of 64); smaller ones shorten the pause that running requests'
     /// decoding sees while a long prompt prefills.
