@@ -19,6 +19,19 @@ public static class Approx
         Assert.True(worst <= tol * scale, $"{what}: max |diff| {worst:E3} at {at} (got {actual[at]}, expected {expected[at]}), allowed {tol * scale:E3}");
     }
 
+    /// <summary>Asserts max|actual - expected| / max|expected| <= tol over one row (robust to logits near zero).</summary>
+    public static void RowRelative(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, double tol, string what)
+    {
+        double maxDiff = 0, maxRef = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            maxDiff = Math.Max(maxDiff, Math.Abs(expected[i] - actual[i]));
+            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
+        }
+        double rel = maxDiff / Math.Max(maxRef, 1e-30);
+        Assert.True(rel <= tol, $"{what}: relative error {rel:E2} > {tol:E0}");
+    }
+
     public static void Rows(float[] actual, double[][] expected, double tol, string what)
     {
         int vocab = expected[0].Length;

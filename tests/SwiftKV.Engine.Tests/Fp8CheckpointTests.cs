@@ -35,7 +35,7 @@ public sealed class Fp8CheckpointTests
     [Fact]
     public void Float8_DecodesEveryCode_AsTorchDoes()
     {
-        float[] torch = ReadFloats(Path.Combine(FixtureDir, "fp8_codes.f32"));
+        float[] torch = FixtureFiles.ReadFloats(Path.Combine(FixtureDir, "fp8_codes.f32"));
         Assert.Equal(512, torch.Length);
         for (int code = 0; code < 256; code++)
         {
@@ -117,7 +117,7 @@ public sealed class Fp8CheckpointTests
             using var backend = new CpuBackend(LlamaCheckpointLoader.Load(output, swiftKv: false));
             using var cache = backend.CreateCache(fixture.Ids.Length);
             float[] actual = backend.Forward(cache, fixture.Ids, LogitsSelection.AllTokens);
-            AssertClose(fixture.Logits, actual, 2e-2, "converted fp8_tensor_base");
+            Approx.RowRelative(fixture.Logits, actual, 2e-2, "converted fp8_tensor_base");
         }
         finally { Directory.Delete(output, true); }
     }
@@ -221,12 +221,12 @@ public sealed class Fp8CheckpointTests
         {
             float[] actual = backend.Forward(cache, fixture.Ids, LogitsSelection.AllTokens);
             for (int p = 0; p < fixture.Ids.Length; p++)
-                AssertClose(fixture.Logits.AsSpan(p * vocab, vocab), actual.AsSpan(p * vocab, vocab), 1e-4, $"{name} position {p}");
+                Approx.RowRelative(fixture.Logits.AsSpan(p * vocab, vocab), actual.AsSpan(p * vocab, vocab), 1e-4, $"{name} position {p}");
         }
         using (var cache = backend.CreateCache(fixture.Ids.Length))
         {
             float[] last = backend.Forward(cache, fixture.Ids, LogitsSelection.LastToken);
-            AssertClose(fixture.Logits.AsSpan((fixture.Ids.Length - 1) * vocab, vocab), last, 1e-4, $"{name} prefill last token");
+            Approx.RowRelative(fixture.Logits.AsSpan((fixture.Ids.Length - 1) * vocab, vocab), last, 1e-4, $"{name} prefill last token");
         }
         using (var cache = backend.CreateCache(fixture.Ids.Length + fixture.Greedy.Length + 1))
         {
@@ -248,25 +248,5 @@ public sealed class Fp8CheckpointTests
         string dir = Path.Combine(Path.GetTempPath(), "swiftkv-fp8-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(dir);
         return dir;
-    }
-
-    static void AssertClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, double tolerance, string what)
-    {
-        double maxDiff = 0, maxRef = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            maxDiff = Math.Max(maxDiff, Math.Abs(expected[i] - actual[i]));
-            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
-        }
-        double rel = maxDiff / Math.Max(maxRef, 1e-30);
-        Assert.True(rel <= tolerance, $"{what}: relative error {rel:E2} > {tolerance:E0}");
-    }
-
-    static float[] ReadFloats(string path)
-    {
-        byte[] bytes = File.ReadAllBytes(path);
-        var floats = new float[bytes.Length / 4];
-        Buffer.BlockCopy(bytes, 0, floats, 0, floats.Length * 4);
-        return floats;
     }
 }

@@ -22,18 +22,10 @@ internal static class Fp8Checkpoints
         return new Fixture(
             meta["token_ids"]!.AsArray().Select(x => x!.GetValue<int>()).ToArray(),
             meta["greedy_tokens"]!.AsArray().Select(x => x!.GetValue<int>()).ToArray(),
-            ReadFloats(Path.Combine(FixtureDir, name + ".logits.f32")));
+            FixtureFiles.ReadFloats(Path.Combine(FixtureDir, name + ".logits.f32")));
     }
 
     public static string FixturePath(string name) => Path.Combine(FixtureDir, name);
-
-    static float[] ReadFloats(string path)
-    {
-        byte[] bytes = File.ReadAllBytes(path);
-        var floats = new float[bytes.Length / 4];
-        Buffer.BlockCopy(bytes, 0, floats, 0, floats.Length * 4);
-        return floats;
-    }
 
     public sealed record RawTensor(string Name, string Dtype, long[] Shape, byte[] Data);
 

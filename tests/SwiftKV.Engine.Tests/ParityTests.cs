@@ -50,7 +50,7 @@ public sealed class ParityTests
 
             int[] ids = fixture["token_ids"]!.AsArray().Select(x => x!.GetValue<int>()).ToArray();
             int vocab = config.VocabSize;
-            float[] expected = ReadFloats(Path.Combine(FixtureDir, name + ".logits.f32"));
+            float[] expected = FixtureFiles.ReadFloats(Path.Combine(FixtureDir, name + ".logits.f32"));
             Assert.Equal(ids.Length * vocab, expected.Length);
 
             using var backend = new CpuBackend(LlamaCheckpointLoader.Load(dir, config.SwiftKv));
@@ -58,13 +58,13 @@ public sealed class ParityTests
             {
                 float[] actual = backend.Forward(cache, ids, LogitsSelection.AllTokens);
                 for (int p = 0; p < ids.Length; p++)
-                    AssertClose(expected.AsSpan(p * vocab, vocab), actual.AsSpan(p * vocab, vocab), 1e-4, $"{name} position {p}");
+                    Approx.RowRelative(expected.AsSpan(p * vocab, vocab), actual.AsSpan(p * vocab, vocab), 1e-4, $"{name} position {p}");
             }
             // The real SwiftKV prefill (only the last token runs the later layers) gives the reference's last row.
             using (var cache = backend.CreateCache(ids.Length))
             {
                 float[] last = backend.Forward(cache, ids, LogitsSelection.LastToken);
-                AssertClose(expected.AsSpan((ids.Length - 1) * vocab, vocab), last, 1e-4, $"{name} prefill last token");
+                Approx.RowRelative(expected.AsSpan((ids.Length - 1) * vocab, vocab), last, 1e-4, $"{name} prefill last token");
             }
 
             int[] greedy = fixture["greedy_tokens"]!.AsArray().Select(x => x!.GetValue<int>()).ToArray();
@@ -78,19 +78,6 @@ public sealed class ParityTests
         {
             if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         }
-    }
-
-    /// <summary>max |a - b| / max |b|: one number per row, robust to logits near zero.</summary>
-    static void AssertClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, double tolerance, string what)
-    {
-        double maxDiff = 0, maxRef = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            maxDiff = Math.Max(maxDiff, Math.Abs(expected[i] - actual[i]));
-            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
-        }
-        double rel = maxDiff / Math.Max(maxRef, 1e-30);
-        Assert.True(rel <= tolerance, $"{what}: relative error {rel:E2} > {tolerance:E0}");
     }
 
     internal static ModelMakerOptions MakerOptions(IReadOnlyList<string> args)
@@ -115,13 +102,5 @@ public sealed class ParityTests
             sha.AppendData(File.ReadAllBytes(Path.Combine(dir, f)));
         }
         return Convert.ToHexStringLower(sha.GetHashAndReset());
-    }
-
-    static float[] ReadFloats(string path)
-    {
-        byte[] bytes = File.ReadAllBytes(path);
-        var floats = new float[bytes.Length / 4];
-        Buffer.BlockCopy(bytes, 0, floats, 0, floats.Length * 4);
-        return floats;
     }
 }
