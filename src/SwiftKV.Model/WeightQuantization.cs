@@ -3,7 +3,8 @@
 //   compressed-tensors (llm-compressor; Snowflake's *-FP8 uploads): '<m>.weight_scale', one per output channel
 //                      [out, 1], one per matrix [1], or one per block (strategy "block", block_structure [b0, b1]);
 //   fbgemm_fp8         (Meta's own FP8 uploads): '<m>.weight_scale' per output channel;
-//   fp8                (transformers' FineGrainedFP8): '<m>.weight_scale_inv' per [b0, b1] block (weight_block_size).
+//   fp8                (transformers' FineGrainedFP8): '<m>.weight_scale_inv' per [b0, b1] block (weight_block_size);
+//                      without weight_block_size, the older AutoFP8 / vLLM files: '<m>.weight_scale', one per matrix.
 // Which tensors are quantized is read from the files (a weight stored as F8_E4M3 is), not from the targets/ignore
 // lists, so a checkpoint's own choice (lm_head kept in bf16) is followed whatever pattern it was made with.
 // NOTE: the engine dequantizes on load and computes in bf16 (GPU) or fp32 (CPU): activation quantization
@@ -22,9 +23,16 @@ public sealed record WeightQuantization
     /// <summary>Rows x columns of one scale's block, for block-wise formats; null when scales are per channel or per matrix.</summary>
     public (int Rows, int Columns)? BlockSize { get; init; }
 
-    /// <summary>The scale tensor's name for the quantized weight <paramref name="weightName"/> ("....weight").</summary>
-    public string ScaleName(string weightName) =>
-        weightName[..^"weight".Length] + (Method == "fp8" ? "weight_scale_inv" : "weight_scale");
+    /// <summary>
+    /// The names the scale of the quantized weight <paramref name="weightName"/> ("....weight") may have, the format's own
+    /// first: "fp8" files name it weight_scale_inv when block-wise and weight_scale otherwise (AutoFP8); both multiply.
+    /// </summary>
+    public IReadOnlyList<string> ScaleNames(string weightName)
+    {
+        string stem = weightName[..^"weight".Length];
+        if (Method != "fp8") return [stem + "weight_scale"];
+        return BlockSize is null ? [stem + "weight_scale", stem + "weight_scale_inv"] : [stem + "weight_scale_inv", stem + "weight_scale"];
+    }
 
     public static readonly IReadOnlyList<string> SupportedMethods = ["compressed-tensors", "fbgemm_fp8", "fp8"];
 
@@ -39,13 +47,9 @@ public sealed record WeightQuantization
             case "fbgemm_fp8":
                 return new WeightQuantization { Method = method };
             case "fp8":
-                // transformers' FineGrainedFP8Config writes weight_block_size; its default is 128 x 128, and null means
-                // one scale per matrix or per channel (the scale's shape tells which).
-                return new WeightQuantization
-                {
-                    Method = method,
-                    BlockSize = o.ContainsKey("weight_block_size") ? Block(o["weight_block_size"], where + ".weight_block_size") : (128, 128),
-                };
+                // transformers' FineGrainedFP8Config always writes weight_block_size; AutoFP8 / vLLM "fp8" files have none
+                // and one scale per matrix (or per channel: the scale's shape tells which).
+                return new WeightQuantization { Method = method, BlockSize = Block(o["weight_block_size"], where + ".weight_block_size") };
             case "compressed-tensors":
                 return ParseCompressedTensors(o, where);
             default:

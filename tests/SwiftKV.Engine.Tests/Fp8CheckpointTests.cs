@@ -203,11 +203,19 @@ public sealed class Fp8CheckpointTests
     }
 
     [Fact]
-    public void Fp8DefaultBlock_IsTransformers128By128()
+    public void Fp8WithoutBlockSize_ReadsAutoFp8PerMatrixScales()
     {
-        string json = """{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 256, "quantization_config": {"quant_method": "fp8"}}""";
-        Assert.Equal((128, 128), LlamaConfig.Parse(json).Quantization!.BlockSize);
-        Assert.Equal("model.layers.0.mlp.up_proj.weight_scale_inv", LlamaConfig.Parse(json).Quantization!.ScaleName("model.layers.0.mlp.up_proj.weight"));
+        // AutoFP8 / vLLM "fp8" files (neuralmagic's early *-FP8 uploads): no weight_block_size, '<m>.weight_scale' per matrix.
+        string dir = CopyFixture("fp8_tensor_base");
+        try
+        {
+            var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))!.AsObject();
+            config["quantization_config"] = new JsonObject { ["quant_method"] = "fp8", ["activation_scheme"] = "static", ["ignored_layers"] = new JsonArray("lm_head") };
+            File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString());
+            Assert.Null(LlamaConfig.Load(dir).Quantization!.BlockSize);
+            AssertMatchesFixture(dir, "fp8_tensor_base");
+        }
+        finally { Directory.Delete(dir, true); }
     }
 
     static void AssertMatchesFixture(string dir, string name)

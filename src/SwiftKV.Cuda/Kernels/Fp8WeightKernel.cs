@@ -20,6 +20,7 @@ public sealed unsafe class Fp8WeightKernel(KernelLibrary library)
         long n = output.Length;
         ulong c = codes.Address, t = table.Address, s = scales.Address, o = output.Address;
         void** args = stackalloc void*[] { &c, &n, &first, &t, &s, &columns, &blockRows, &blockColumns, &scaleColumns, &o };
+        // Grid-stride loop: a fixed cap of 132 x 64 blocks (RandomFillKernel's) keeps any card busy; more only adds blocks.
         _dequantize.Launch(stream, ((uint)Math.Clamp((n + 255) / 256, 1, 132 * 64), 1, 1), 256, 0, args);
     }
 }

@@ -70,9 +70,9 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// would get. H100, 8B, SwiftKV 50% (serving_step_shape.sh, blocks of 16): first token of a 32K-token prompt 651 ms
     /// at 8192 vs 1015 ms at 512 (569 ms at 8192 with blocks of 64); the throughput comparison in that file (34.4K vs
     /// 25.3K total tokens/s) also changed the block size (64 vs 16), and the 512-token run held at most 63 requests
-    /// running against 128. H200, 70B, SwiftKV 50%, 2.6 GB beyond the weights (docs/BENCHMARKS.md): 2048 gave a 4.6
+    /// running against 128. H200, 70B, SwiftKV 50%, 8.4 GiB beyond the weights (docs/BENCHMARKS.md): 2048 gave a 4.6
     /// instead of 3.8 GiB pool, 2195 vs 1654 total tokens/s and TTFT p50 13.1 vs 18.2 s, for TPOT 48 vs 40 ms. The 32 GiB
-    /// line lies between those two measured cases (64 and 2.6 GB beyond the weights); nothing between them was measured.
+    /// line lies between those two measured cases (64.7 and 8.4 GiB beyond the weights); nothing between them was measured.
     /// </remarks>
     public int PreferredMaxBatchTokens => PreferLargeSteps(Device.TotalMemoryBytes, WeightBytes) ? 8192 : 2048;
 

@@ -78,15 +78,20 @@ public sealed partial class CudaBackend : IModelBackend
     /// <summary>
     /// Loads a checkpoint directory straight to the GPU: config.json checked, every tensor checked (presence, shape,
     /// dtype) before any is read, then the memory-mapped bytes streamed through pinned staging with the uploads
-    /// overlapping the reads. bf16 tensors are copied as they are; fp16/fp32 are rounded to bf16 on the host.
+    /// overlapping the reads. bf16 tensors are copied as they are; fp16/fp32 are rounded to bf16 on the host; fp8 weights go up as
+    /// codes and scales, dequantized to bf16 on the GPU.
     /// </summary>
-    public static CudaBackend Load(string checkpointDir, bool swiftKvEnabled)
+    public static CudaBackend Load(string checkpointDir, bool swiftKvEnabled) =>
+        Load(checkpointDir, swiftKvEnabled, CheckpointWeightSource.DefaultSlotBytes, CheckpointWeightSource.DefaultPieceBytes);
+
+    /// <summary><see cref="Load(string, bool)"/> through staging slots and pieces of the given sizes (tests).</summary>
+    internal static CudaBackend Load(string checkpointDir, bool swiftKvEnabled, int stagingSlotBytes, int stagingPieceBytes)
     {
         var config = LlamaConfig.Load(checkpointDir);
         using var checkpoint = SafetensorsCheckpoint.Open(checkpointDir);
         LlamaCheckpointLoader.Check(config, checkpoint, LlamaTensorNames.ForModel(config, swiftKvEnabled), swiftKvEnabled);
         long read = 0;
-        var backend = new CudaBackend(config, swiftKvEnabled, (s, k) => new CheckpointWeightSource(checkpoint, config.Quantization, k, s), src => read = ((CheckpointWeightSource)src).BytesRead);
+        var backend = new CudaBackend(config, swiftKvEnabled, (s, k) => new CheckpointWeightSource(checkpoint, config.Quantization, k, s, stagingSlotBytes, stagingPieceBytes), src => read = ((CheckpointWeightSource)src).BytesRead);
         backend.LoadedBytes = read;
         return backend;
     }
@@ -181,7 +186,7 @@ public sealed partial class CudaBackend : IModelBackend
     public long WeightBytes => _w.Bytes;
     /// <summary>Seconds spent filling the weights (reading + uploading, or generating) in the constructor.</summary>
     public double LoadSeconds { get; }
-    /// <summary>Checkpoint bytes read by <see cref="Load"/> (0 for other constructors).</summary>
+    /// <summary>Checkpoint bytes read by <see cref="Load(string, bool)"/> (0 for other constructors).</summary>
     public long LoadedBytes { get; private set; }
     /// <summary>
     /// Replay single-token steps, and the batched step's decode-only steps (one graph per padded shape and KV pool), as

@@ -52,8 +52,10 @@ internal sealed class HostWeightSource(LlamaWeights weights, CudaStream stream) 
 internal sealed unsafe class CheckpointWeightSource : WeightSource
 {
     const int Slots = 4;
-    const int SlotBytes = 64 << 20;
-    const int PieceBytes = 2 << 20;
+    public const int DefaultSlotBytes = 64 << 20;
+    public const int DefaultPieceBytes = 2 << 20;
+    // Tests pass small slots and pieces so that a toy matrix spans several and their runs start inside rows and blocks.
+    readonly int SlotBytes, PieceBytes;
     readonly SafetensorsCheckpoint _checkpoint;
     readonly WeightQuantization? _quantization;
     readonly KernelLibrary _kernels;
@@ -69,8 +71,13 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
     DeviceBuffer<byte>? _fp8Codes;
     DeviceBuffer<float>? _fp8Scales;
 
-    public CheckpointWeightSource(SafetensorsCheckpoint checkpoint, WeightQuantization? quantization, KernelLibrary kernels, CudaStream stream)
+    public CheckpointWeightSource(SafetensorsCheckpoint checkpoint, WeightQuantization? quantization, KernelLibrary kernels, CudaStream stream,
+        int slotBytes = DefaultSlotBytes, int pieceBytes = DefaultPieceBytes)
     {
+        if (slotBytes < 1024 || pieceBytes < 2 || pieceBytes % 2 != 0 || slotBytes % 4 != 0)
+            throw new ArgumentOutOfRangeException(nameof(slotBytes), "staging slots of >= 1 KiB (a multiple of 4) and even pieces.");
+        SlotBytes = slotBytes;
+        PieceBytes = pieceBytes;
         _checkpoint = checkpoint;
         _quantization = quantization;
         _kernels = kernels;
@@ -152,7 +159,9 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
         if (_fp8 is null)
         {
             _fp8 = new Fp8WeightKernel(_kernels);
-            _fp8Tables = new DeviceBuffer<float>([.. Float8.Values(TensorDtype.F8E4M3), .. Float8.Values(TensorDtype.F8E5M2)]);
+            // Uploaded on the loader's stream: a synchronous copy is not ordered with it (CudaStream's remarks).
+            _fp8Tables = new DeviceBuffer<float>(512);
+            _stream.Upload<float>([.. Float8.Values(TensorDtype.F8E4M3), .. Float8.Values(TensorDtype.F8E5M2)], _fp8Tables.Span);
             _fp8Codes = new DeviceBuffer<byte>(SlotBytes);
         }
         var table = _fp8Tables!.Span.Slice(info.Dtype == TensorDtype.F8E4M3 ? 0 : 256, 256);
@@ -167,7 +176,7 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
         int slot = Acquire();
         scales.CopyTo(_staging[slot].AsSpan<float>(scales.Length));
         Send(slot, _fp8Scales.Address, (long)scales.Length * sizeof(float));
-        BytesRead += (long)scales.Length * sizeof(float);
+        BytesRead += fp8.ScaleByteLength;
 
         for (long first = 0; first < info.ElementCount; first += SlotBytes)
         {

@@ -18,6 +18,8 @@ public sealed class ScaledFp8Tensor
     public TensorInfo Weight { get; }
     public long Rows { get; }
     public long Columns { get; }
+    /// <summary>Bytes of the scale tensor as stored.</summary>
+    public long ScaleByteLength { get; }
 
     /// <summary>The scales, row-major over the grid of <see cref="BlockRows"/> x <see cref="BlockColumns"/> blocks.</summary>
     public ReadOnlySpan<float> Scales => _scales;
@@ -28,9 +30,10 @@ public sealed class ScaledFp8Tensor
     /// <summary>Scales per row of the grid.</summary>
     public int ScaleColumns => _layout == Layout.Block ? _scaleColumns : 1;
 
-    ScaledFp8Tensor(TensorInfo weight, SafetensorsFile file, Layout layout, float[] scales, (int Rows, int Columns) block, int scaleColumns)
+    ScaledFp8Tensor(TensorInfo weight, TensorInfo scale, SafetensorsFile file, Layout layout, float[] scales, (int Rows, int Columns) block, int scaleColumns)
     {
         Weight = weight;
+        ScaleByteLength = scale.ByteLength;
         _file = file;
         _layout = layout;
         _scales = scales;
@@ -51,9 +54,10 @@ public sealed class ScaledFp8Tensor
             return $"{what} but config.json has no quantization_config saying how it is scaled";
         if (weight.Shape.Count != 2)
             return $"{what} with shape {weight.ShapeText}; only 2-D weight matrices can be fp8";
-        string scaleName = quantization.ScaleName(weight.Name);
-        if (!checkpoint.TryGet(scaleName, out var scale, out _))
-            return $"{what} but its scale '{scaleName}' is missing ({quantization.Method})";
+        var names = quantization.ScaleNames(weight.Name);
+        string? scaleName = names.FirstOrDefault(checkpoint.Contains);
+        if (scaleName is null || !checkpoint.TryGet(scaleName, out var scale, out _))
+            return $"{what} but its scale '{names[0]}' is missing ({quantization.Method})";
         if (!scale.Dtype.ConvertsToFloat32())
             return $"scale '{scaleName}' has dtype {scale.Dtype.SafetensorsName()}; only F32, F16 and BF16 are supported";
         return LayoutOf(quantization, weight, scale, out _) is null
@@ -66,14 +70,14 @@ public sealed class ScaledFp8Tensor
     public static ScaledFp8Tensor Open(WeightQuantization? quantization, SafetensorsCheckpoint checkpoint, TensorInfo weight, SafetensorsFile file)
     {
         if (Problem(quantization, checkpoint, weight) is { } problem) throw new InvalidModelException($"{checkpoint.Directory}: {problem}.");
-        string scaleName = quantization!.ScaleName(weight.Name);
+        string scaleName = quantization!.ScaleNames(weight.Name).First(checkpoint.Contains);
         checkpoint.TryGet(scaleName, out var scaleInfo, out _);
         var layout = LayoutOf(quantization, weight, scaleInfo, out int scaleColumns)!.Value;
         float[] scales = checkpoint.ReadFloat32(scaleName);
         foreach (float s in scales)
             if (!float.IsFinite(s))
                 throw new InvalidModelException($"{checkpoint.Directory}: scale '{scaleName}' holds {s}; every scale must be finite.");
-        return new ScaledFp8Tensor(weight, file, layout, scales, quantization.BlockSize ?? (1, 1), scaleColumns);
+        return new ScaledFp8Tensor(weight, scaleInfo, file, layout, scales, quantization.BlockSize ?? (1, 1), scaleColumns);
     }
 
     static Layout? LayoutOf(WeightQuantization q, TensorInfo weight, TensorInfo scale, out int scaleColumns)
