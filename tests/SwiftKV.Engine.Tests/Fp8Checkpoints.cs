@@ -54,9 +54,10 @@ internal static class Fp8Checkpoints
         return Math.Abs(Finite[lo].Value - v) <= Math.Abs(Finite[hi].Value - v) ? Finite[lo].Code : Finite[hi].Code;
     }
 
+    /// <summary>The decoder's Linear weights (llm-compressor's targets: Linear, ignore lm_head).</summary>
     public static bool IsQuantized(string name) =>
-        name.StartsWith("model.layers.", StringComparison.Ordinal) && name.EndsWith("_proj.weight", StringComparison.Ordinal)
-        || name.EndsWith("_proj_swiftkv.weight", StringComparison.Ordinal);
+        name.StartsWith("model.layers.", StringComparison.Ordinal)
+        && (name.EndsWith("_proj.weight", StringComparison.Ordinal) || name.EndsWith("_proj_swiftkv.weight", StringComparison.Ordinal));
 
     /// <summary>
     /// Rewrites the single-file checkpoint in <paramref name="dir"/>: decoder Linear weights as F8_E4M3 with bf16 scales
