@@ -1,11 +1,9 @@
-// FP8 checkpoints (compressed-tensors, fbgemm_fp8, transformers' block-wise fp8) load dequantized and compute the
+// FP8 checkpoints (compressed-tensors, fbgemm_fp8, transformers' block-wise fp8, AutoFP8) load dequantized and compute the
 // model the reference computes: logits of three PyTorch-made fixtures (tests/reference/make_fp8_fixtures.py, with
 // transformers / swiftkv_reference.py on torch's own dequantization), torch's decoding of every fp8 code, and the
 // errors a broken FP8 file gets.
 using System.Text.Json.Nodes;
 using SwiftKV.Engine.Cpu;
-using SwiftKV.Engine.Generation;
-using SwiftKV.Engine.Sampling;
 using SwiftKV.Model;
 using SwiftKV.Model.Checkpoint;
 using Xunit;
@@ -223,25 +221,8 @@ public sealed class Fp8CheckpointTests
         var fixture = Fp8Checkpoints.ReadFixture(name);
         var config = LlamaConfig.Load(dir);
         Assert.NotNull(config.Quantization);
-        int vocab = config.VocabSize;
         using var backend = new CpuBackend(LlamaCheckpointLoader.Load(dir));
-        using (var cache = backend.CreateCache(fixture.Ids.Length))
-        {
-            float[] actual = backend.Forward(cache, fixture.Ids, LogitsSelection.AllTokens);
-            for (int p = 0; p < fixture.Ids.Length; p++)
-                Approx.RowRelative(fixture.Logits.AsSpan(p * vocab, vocab), actual.AsSpan(p * vocab, vocab), 1e-4, $"{name} position {p}");
-        }
-        using (var cache = backend.CreateCache(fixture.Ids.Length))
-        {
-            float[] last = backend.Forward(cache, fixture.Ids, LogitsSelection.LastToken);
-            Approx.RowRelative(fixture.Logits.AsSpan((fixture.Ids.Length - 1) * vocab, vocab), last, 1e-4, $"{name} prefill last token");
-        }
-        using (var cache = backend.CreateCache(fixture.Ids.Length + fixture.Greedy.Length + 1))
-        {
-            var produced = Generator.Generate(backend, cache, fixture.Ids, SamplingParams.Greedy, fixture.Greedy.Length, new HashSet<int>(),
-                new GenerationStats(), TestContext.Current.CancellationToken).ToArray();
-            Assert.Equal(fixture.Greedy, produced);
-        }
+        ParityTests.AssertMatches(backend, fixture.Ids, fixture.Logits, fixture.Greedy, config.VocabSize, name);
     }
 
     static string CopyFixture(string name)

@@ -53,30 +53,38 @@ public sealed class ParityTests
             float[] expected = FixtureFiles.ReadFloats(Path.Combine(FixtureDir, name + ".logits.f32"));
             Assert.Equal(ids.Length * vocab, expected.Length);
 
-            using var backend = new CpuBackend(LlamaCheckpointLoader.Load(dir, config.SwiftKv));
-            using (var cache = backend.CreateCache(ids.Length))
-            {
-                float[] actual = backend.Forward(cache, ids, LogitsSelection.AllTokens);
-                for (int p = 0; p < ids.Length; p++)
-                    Approx.RowRelative(expected.AsSpan(p * vocab, vocab), actual.AsSpan(p * vocab, vocab), 1e-4, $"{name} position {p}");
-            }
-            // The real SwiftKV prefill (only the last token runs the later layers) gives the reference's last row.
-            using (var cache = backend.CreateCache(ids.Length))
-            {
-                float[] last = backend.Forward(cache, ids, LogitsSelection.LastToken);
-                Approx.RowRelative(expected.AsSpan((ids.Length - 1) * vocab, vocab), last, 1e-4, $"{name} prefill last token");
-            }
-
             int[] greedy = fixture["greedy_tokens"]!.AsArray().Select(x => x!.GetValue<int>()).ToArray();
-            using (var cache = backend.CreateCache(ids.Length + greedy.Length + 1))
-            {
-                var produced = Generator.Generate(backend, cache, ids, SamplingParams.Greedy, greedy.Length, new HashSet<int>(), new GenerationStats(), TestContext.Current.CancellationToken).ToArray();
-                Assert.Equal(greedy, produced);
-            }
+            using var backend = new CpuBackend(LlamaCheckpointLoader.Load(dir, config.SwiftKv));
+            AssertMatches(backend, ids, expected, greedy, vocab, name);
         }
         finally
         {
             if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    /// <summary>
+    /// The reference's logits at every position (1e-4), its last row from a real prefill (SwiftKV: only the last token
+    /// runs the later layers), and its greedy continuation.
+    /// </summary>
+    internal static void AssertMatches(CpuBackend backend, int[] ids, float[] expected, int[] greedy, int vocab, string name)
+    {
+        using (var cache = backend.CreateCache(ids.Length))
+        {
+            float[] actual = backend.Forward(cache, ids, LogitsSelection.AllTokens);
+            for (int p = 0; p < ids.Length; p++)
+                Approx.RowRelative(expected.AsSpan(p * vocab, vocab), actual.AsSpan(p * vocab, vocab), 1e-4, $"{name} position {p}");
+        }
+        using (var cache = backend.CreateCache(ids.Length))
+        {
+            float[] last = backend.Forward(cache, ids, LogitsSelection.LastToken);
+            Approx.RowRelative(expected.AsSpan((ids.Length - 1) * vocab, vocab), last, 1e-4, $"{name} prefill last token");
+        }
+        using (var cache = backend.CreateCache(ids.Length + greedy.Length + 1))
+        {
+            var produced = Generator.Generate(backend, cache, ids, SamplingParams.Greedy, greedy.Length, new HashSet<int>(),
+                new GenerationStats(), TestContext.Current.CancellationToken).ToArray();
+            Assert.Equal(greedy, produced);
         }
     }
 
