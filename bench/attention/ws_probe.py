@@ -78,7 +78,8 @@ class Kernels:
         args = [ctypes.c_uint64(q.data_ptr()), ctypes.c_int64(T * heads * HD), ctypes.c_int32(heads * HD), mk, mv,
                 ctypes.c_uint64(out.data_ptr()), ctypes.c_int64(T * heads * HD), ctypes.c_int32(batch), ctypes.c_int32(T), ctypes.c_int32(heads),
                 ctypes.c_int32(kv_heads), ctypes.c_int32(pos0), ctypes.c_float(SCALE_LOG2),
-                ctypes.c_uint64(rope.data_ptr() if rope is not None else 0)]
+                ctypes.c_uint64(rope.data_ptr() if rope is not None else 0),
+                ctypes.c_uint64(0)]   # qb: no bf16 queries (the fp32 q above, rotated on load when rope is given)
         launch(f, grid, 384, smem, args)
 
     def old(self, q, k, v, out, batch, T, heads, kv_heads, pos0, cap, rope=None):
