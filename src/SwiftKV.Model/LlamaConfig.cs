@@ -96,6 +96,8 @@ public sealed record LlamaConfig
             throw new InvalidModelException($"config.json: num_attention_heads x head_dim ({(long)NumAttentionHeads * HeadDim}) must be at most {MaxRowWidth}.");
         if (HiddenSize > MaxRowWidth || IntermediateSize > MaxRowWidth)
             throw new InvalidModelException($"config.json: hidden_size ({HiddenSize}) and intermediate_size ({IntermediateSize}) must be at most {MaxRowWidth}.");
+        if (VocabSize > MaxVocabSize)
+            throw new InvalidModelException($"config.json: vocab_size ({VocabSize}) must be at most {MaxVocabSize}.");
         // Ids past vocab_size are allowed: small test models keep Llama 3's special-token ids with a short vocabulary
         // (such an id is never generated, so it never stops anything); a negative id is a broken config.
         if (BosTokenId is < 0)
@@ -104,12 +106,14 @@ public sealed record LlamaConfig
             if (eos < 0) throw new InvalidModelException($"config.json: eos_token_id ({eos}) must be >= 0.");
         if (TorchDtype is not ("bfloat16" or "float16" or "float32"))
             throw new InvalidModelException($"config.json: torch_dtype '{TorchDtype}' is not supported (bfloat16, float16 or float32).");
-        if (!(RmsNormEps > 0)) throw new InvalidModelException($"config.json: rms_norm_eps must be > 0 (got {RmsNormEps}).");
-        if (!(RopeTheta > 0)) throw new InvalidModelException($"config.json: rope_theta must be > 0 (got {RopeTheta}).");
+        // Finite too: JSON's 1e999 reads as infinity, and an infinite eps or theta would zero every activation or
+        // every rotation without an error.
+        if (!(RmsNormEps > 0) || !double.IsFinite(RmsNormEps)) throw new InvalidModelException($"config.json: rms_norm_eps must be finite and > 0 (got {RmsNormEps}).");
+        if (!(RopeTheta > 0) || !double.IsFinite(RopeTheta)) throw new InvalidModelException($"config.json: rope_theta must be finite and > 0 (got {RopeTheta}).");
         if (RopeScaling is { } rs)
         {
-            if (!(rs.Factor >= 1)) throw new InvalidModelException($"config.json: rope_scaling.factor must be >= 1 (got {rs.Factor}).");
-            if (!(rs.LowFreqFactor > 0) || !(rs.HighFreqFactor > rs.LowFreqFactor))
+            if (!(rs.Factor >= 1) || !double.IsFinite(rs.Factor)) throw new InvalidModelException($"config.json: rope_scaling.factor must be finite and >= 1 (got {rs.Factor}).");
+            if (!(rs.LowFreqFactor > 0) || !(rs.HighFreqFactor > rs.LowFreqFactor) || !double.IsFinite(rs.HighFreqFactor))
                 throw new InvalidModelException($"config.json: rope_scaling needs 0 < low_freq_factor < high_freq_factor (got {rs.LowFreqFactor}, {rs.HighFreqFactor}).");
             Positive(rs.OriginalMaxPositionEmbeddings, "rope_scaling.original_max_position_embeddings");
         }
@@ -129,6 +133,10 @@ public sealed record LlamaConfig
     public const int MaxHeadDim = 1024;
     /// <summary>Largest hidden, intermediate or heads x head_dim width (the 405B model's intermediate size is 53248).</summary>
     public const int MaxRowWidth = 1 << 20;
+
+    /// <summary>Largest vocab_size accepted, and one past the largest token id a tokenizer may hold (Llama 3 has 128,256):
+    /// ids and sizes size per-id tables, so a corrupt one must fail as an error, not as an allocation of gigabytes.</summary>
+    public const int MaxVocabSize = 1 << 24;
 
     static void Positive(int value, string key)
     {

@@ -40,6 +40,9 @@ public class JsonSchemaConstraintTests
 
     const string Integer = """{"type":"integer"}""";
 
+    // A tuple, then items of one schema, with more items required than the tuple holds.
+    const string TupleThenItems = """{"type":"array","prefixItems":[{"type":"string"},{"enum":[123]}],"items":{"type":"integer"},"minItems":5}""";
+
     const string Escapes = """
         {"type":"object","properties":{"a\"b":{"type":"string"},"é":{"enum":["x\ny","ü"]}},"required":["a\"b"],
          "additionalProperties":{"type":"boolean"}}
@@ -195,6 +198,7 @@ public class JsonSchemaConstraintTests
     [InlineData(Tagged, """{"kind":"b","s":"t"}""")]
     [InlineData(Numbers, """[12, 123,-4.5]""")]
     [InlineData(Escapes, """{"é":"x\ny","other":true,"a\"b":"v"}""")]
+    [InlineData(TupleThenItems, """["ab",123,1,22,3,4]""")]
     public void CompletionLength_IsTheShortestCompletion(string schema, string document)
     {
         var machine = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(schema)));
@@ -386,6 +390,30 @@ public class JsonSchemaConstraintTests
     {
         var e = Assert.Throws<ArgumentException>(() => JsonSchemaGrammar.Compile(Parse(schema)));
         Assert.Contains(expected, e.Message);
+    }
+
+    /// <summary>
+    /// minItems comes from the request. The shortest-document pass counted an array's items one by one, ~11 s for
+    /// minItems = int.MaxValue, on every pass and again at every decode step; three such arrays must still compile at
+    /// once, and a required one past the length limit is refused with the reason.
+    /// </summary>
+    [Fact(Timeout = 20_000)]
+    public async Task Compile_HugeMinItems_CompilesAtOnce()
+    {
+        await Task.Run(() =>
+        {
+            string huge = """{"type":"array","items":{"type":"integer"},"minItems":2147483647}""";
+            var grammar = JsonSchemaGrammar.Compile(Parse($$$"""{"type":"object","properties":{"a":{{{huge}}},"b":{{{huge}}},"c":{{{huge}}}}}"""));
+            var machine = new JsonSchemaMachine(grammar);
+            // The optional arrays cannot be finished within the length limit, so decoding leaves them out.
+            int state = machine.Start;
+            foreach (byte b in "{}"u8) Assert.True(machine.Accept(ref state, b));
+            Assert.True(machine.IsComplete(state));
+            state = machine.Start;
+            Assert.False("\"a\":[1"u8.ToArray().Prepend((byte)'{').All(b => machine.Accept(ref state, b)));
+            var e = Assert.Throws<ArgumentException>(() => JsonSchemaGrammar.Compile(Parse(huge)));
+            Assert.Contains("over 256 MB", e.Message);
+        }, TestContext.Current.CancellationToken);
     }
 
     [Fact]

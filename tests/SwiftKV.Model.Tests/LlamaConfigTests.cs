@@ -87,6 +87,12 @@ public sealed class LlamaConfigTests
         { With(SwiftKv8B, o => o["rope_scaling"]!["rope_type"] = "yarn"), "rope_scaling type 'yarn' is not supported" },
         { With(SwiftKv8B, o => o["model_type"] = "mistral"), "model_type 'mistral' is not supported" },
         { With(SwiftKv8B, o => o["vocab_size"] = -1), "vocab_size must be a positive integer" },
+        { With(SwiftKv8B, o => o["vocab_size"] = int.MaxValue), "vocab_size (2147483647) must be at most 16777216" },
+        // JSON's 1e999 reads as infinity: an infinite eps would zero every activation, an infinite theta every rotation.
+        { SwiftKv8B.Replace("\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": 1e999"), "rms_norm_eps must be finite and > 0" },
+        { SwiftKv8B.Replace("\"rope_theta\": 500000.0", "\"rope_theta\": 1e999"), "rope_theta must be finite and > 0" },
+        { SwiftKv8B.Replace("\"factor\": 8.0", "\"factor\": 1e999"), "rope_scaling.factor must be finite" },
+        { SwiftKv8B.Replace("\"high_freq_factor\": 4.0", "\"high_freq_factor\": 1e999"), "rope_scaling needs 0 < low_freq_factor < high_freq_factor" },
         { With(SwiftKv8B, o => o["hidden_act"] = "gelu"), "hidden_act 'gelu' is not supported" },
         { With(SwiftKv8B, o => o["head_dim"] = 2048), "head_dim (2048) is larger than 1024" },
         { With(SwiftKv8B, o => { o["num_attention_heads"] = 65536; o["head_dim"] = 1024; }), "num_attention_heads x head_dim (67108864)" },

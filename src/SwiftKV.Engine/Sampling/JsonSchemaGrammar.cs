@@ -177,7 +177,7 @@ public sealed class JsonSchemaGrammar
     {
         ComputeMinLengths();
         if (_nodes[Root].MinLength >= Unbounded)
-            throw new ArgumentException("The JSON schema allows no finite document (a required property or item refers back to itself with no way out).");
+            throw new ArgumentException("The JSON schema allows no finite document (a required property or item refers back to itself with no way out, or the shortest document is over 256 MB).");
         return this;
     }
 
@@ -408,15 +408,21 @@ public sealed class JsonSchemaGrammar
     /// <summary>Bytes to write the items an array still needs from index <paramref name="count"/> (with commas), not the bracket.</summary>
     internal int ItemsRest(JsonSchemaNode node, int count, bool comma)
     {
-        int total = 0, n = 0;
-        for (int i = count; i < node.MinItems; i++)
+        if (count >= node.MinItems) return 0;
+        // The tuple's items one by one; past them every item has one schema, so the rest is a product. A loop per item
+        // would cost a request's minItems (up to int.MaxValue) for every node of every pass, and again at every step.
+        int total = 0, i = count;
+        for (; i < node.MinItems && i < node.PrefixItems.Length; i++) total = Add(total, ItemLength(node.ItemAt(i)));
+        if (i < node.MinItems)
         {
-            int item = node.ItemAt(i);
-            total = Add(total, item < 0 ? Unbounded : _nodes[item].MinLength);
-            n++;
+            long each = node.MinItems > node.MaxItems ? Unbounded : ItemLength(node.ItemAt(i));
+            total = Add(total, (int)Math.Min(Unbounded, (node.MinItems - i) * each));
         }
-        return n == 0 ? 0 : Add(total, comma ? n : n - 1);
+        long commas = (long)node.MinItems - count - (comma ? 0 : 1);
+        return Add(total, (int)Math.Min(Unbounded, commas));
     }
+
+    int ItemLength(int item) => item < 0 ? Unbounded : _nodes[item].MinLength;
 
     internal static int Add(int a, int b) => Math.Min(Unbounded, a + b);
 }

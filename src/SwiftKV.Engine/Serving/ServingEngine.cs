@@ -115,9 +115,9 @@ public sealed class ServingEngine : IDisposable
     /// <summary>The KV pool (from the options, or the memory the backend has left) and the scheduler over it.</summary>
     (IPagedKvCache Kv, Scheduler Scheduler, long KvCacheBytes) CreatePool(IModelBackend backend, ServingOptions options, int blockSize, int maxRunning)
     {
-        int blocksPerSequence = (_maxSequenceLength + blockSize - 1) / blockSize;
+        long blocksPerSequence = ((long)_maxSequenceLength + blockSize - 1) / blockSize;
         long bytesPerBlock = _backend.KvBytesPerTokenOf(options.KvCacheDtype) * blockSize;
-        long neededBlocks = (long)blocksPerSequence * maxRunning;
+        long neededBlocks = blocksPerSequence * maxRunning;
         long kvBytes = options.NumKvBlocks is null ? options.KvCacheBytes ?? _backend.PreferredKvCacheBytes() : 0;
         long numBlocks = options.NumKvBlocks ?? Math.Min(kvBytes / bytesPerBlock, neededBlocks);
         if (numBlocks > int.MaxValue)

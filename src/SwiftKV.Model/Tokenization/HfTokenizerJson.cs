@@ -70,7 +70,7 @@ internal static class HfTokenizerJson
     }
 
     /// <summary>Largest token id accepted (Llama 3 uses 128,255; a corrupt id must not size a table).</summary>
-    const int MaxTokenId = 1 << 24;
+    internal const int MaxTokenId = LlamaConfig.MaxVocabSize - 1;
 
     /// <summary>
     /// This reader encodes as tiktoken does (ids as merge ranks, Llama 3's split regex, no normalizer): refuse a file

@@ -523,6 +523,8 @@ public sealed class LlamaTokenizer
         void Add(string content, int id, string source)
         {
             if (content.Length == 0) throw new InvalidModelException($"{source}: special token {id} has empty content.");
+            if (id < 0 || id > HfTokenizerJson.MaxTokenId)
+                throw new InvalidModelException($"{source}: special token '{content}' has id {id}, outside 0..{HfTokenizerJson.MaxTokenId}.");
             if (specials.TryGetValue(content, out int existing) && existing != id)
                 throw new InvalidModelException($"{source}: special token '{content}' has id {id}, but {existing} elsewhere.");
             if (byId.TryGetValue(id, out string? other) && other != content)

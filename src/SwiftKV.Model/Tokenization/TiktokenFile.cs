@@ -67,6 +67,9 @@ internal static class TiktokenFile
     /// <summary>Builds the rank-indexed table, rejecting duplicate ranks or duplicate byte strings.</summary>
     public static byte[]?[] ToTable(IReadOnlyList<(byte[] Bytes, int Rank)> ranks, string source)
     {
+        foreach (var (bytes, rank) in ranks)
+            if (rank < 0 || rank > HfTokenizerJson.MaxTokenId)
+                throw new InvalidModelException($"{source}: token '{Convert.ToBase64String(bytes)}' has rank {rank}, outside 0..{HfTokenizerJson.MaxTokenId}.");
         int max = ranks.Max(r => r.Rank);
         var table = new byte[]?[max + 1];
         var seen = new HashSet<string>(StringComparer.Ordinal);

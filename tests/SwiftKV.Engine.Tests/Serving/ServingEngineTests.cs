@@ -277,6 +277,21 @@ public class ServingEngineTests
     }
 
     /// <summary>
+    /// A model whose context reaches int.MaxValue (no options to cap the sequence) still gets a pool sized by its budget:
+    /// the blocks per sequence were counted in int, wrapped negative, and the error blamed the KV budget.
+    /// </summary>
+    [Fact]
+    public void Engine_OverTheLongestContext_SizesItsPoolByTheBudget()
+    {
+        using var backend = new CpuBackend(TestModels.Build(new ModelSpec(MaxPositions: int.MaxValue), swiftKvEnabled: false));
+        long budget = 64L << 20;
+        using var engine = new ServingEngine(backend, new ServingOptions { KvCacheBytes = budget });
+        var m = engine.Metrics;
+        Assert.Equal(budget / m.KvBytesPerBlock, m.KvBlocksTotal);
+        Assert.InRange(engine.MaxSequenceLength, 1, m.KvBlocksTotal * (m.KvBytesPerBlock / backend.KvBytesPerToken));
+    }
+
+    /// <summary>
     /// Options that leave the step shape open take the backend's preference (the CPU's: 16-position blocks, 512 tokens
     /// per step); set ones win. The scheduler really honours the resolved budget: no step computes more tokens.
     /// </summary>

@@ -93,7 +93,7 @@ public sealed class LlamaTokenizerLoadTests
     [InlineData("prefix-space", "add_prefix_space = true")]
     [InlineData("non-special", "'<think>' is not special")]
     [InlineData("merge-order", "merges out of id order")]
-    [InlineData("huge-id", "outside 0..16777216")]
+    [InlineData("huge-id", "outside 0..16777215")]
     public void Load_TokenizerJsonItWouldMisencode_IsRefused(string variant, string expected)
     {
         string split = $$"""{ "type": "Split", "pattern": { "Regex": {{(variant == "split" ? "\"\\\\d\"" : System.Text.Json.JsonSerializer.Serialize(LlamaTokenizer.Llama3Pattern))}} }, "behavior": "Isolated", "invert": false }""";
@@ -194,6 +194,29 @@ public sealed class LlamaTokenizerLoadTests
         dir.Write("original/tokenizer.model", "IQ== 0\nIg==\n");
         var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
         Assert.Contains("tokenizer.model, line 2", e.Message);
+    }
+
+    [Theory]
+    [InlineData("2147483647")]   // + 1 wraps: the table was sized by the ranks and the write ran off its end
+    [InlineData("16777216")]     // would size a table of gigabytes
+    public void Load_RankPastTheLargestId_NamesTheToken(string rank)
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("original/tokenizer.model", $"IQ== 0\nIg== {rank}\n");
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains($"has rank {rank}, outside 0..16777215", e.Message);
+    }
+
+    [Theory]
+    [InlineData("2147483647")]
+    [InlineData("16777216")]
+    public void Load_SpecialTokenIdPastTheLargestId_NamesTheToken(string id)
+    {
+        using var dir = new TokenizerTempDir();
+        dir.WriteByteTiktoken();
+        dir.Write("tokenizer_config.json", $$"""{ "added_tokens_decoder": { "{{id}}": { "content": "<|eot_id|>", "special": true } } }""");
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains($"'<|eot_id|>' has id {id}, outside 0..16777215", e.Message);
     }
 
     [Fact]
