@@ -47,7 +47,7 @@ public static class SampleRun
         catch (Exception e) when (e is ArgumentException or InvalidModelException or IOException or UnauthorizedAccessException
             or NotSupportedException or OptionsValidationException or InvalidOperationException { Source: "Microsoft.Extensions.Configuration.Binder" })
         {
-            Console.Error.WriteLine($"{name}: {ErrorText.OneLine(e)}");
+            Console.Error.WriteLine($"{name}: {ErrorText.ForConsole(e)}");
             return 2;
         }
         catch (OperationCanceledException e)

@@ -107,12 +107,25 @@ internal sealed class CliArgs
         catch (OverflowException) { throw new UsageException($"--{name}: '{s}' is out of range"); }
     }
 
-    /// <summary>Call after reading every option a command knows: anything left is a typo.</summary>
+    /// <summary>
+    /// Call after reading every option a command knows: anything left is a typo. The error names the nearest known option
+    /// of each unknown one and lists the options this command read, so a misspelled override shows what is valid.
+    /// </summary>
     public void RejectUnknown()
     {
         var unknown = _options.Keys.Where(k => !_used.Contains(k)).ToList();
-        if (unknown.Count > 0) throw new UsageException("unknown option(s): " + string.Join(", ", unknown.Select(u => "--" + u)));
+        if (unknown.Count == 0) return;
+        var known = _used.Order(StringComparer.Ordinal).ToList();
+        string Describe(string u) => Nearest(u, known) is { } near ? $"--{u} (did you mean --{near}?)" : "--" + u;
+        throw new UsageException("unknown option(s): " + string.Join(", ", unknown.Select(Describe))
+            + "; this command takes " + string.Join(" ", known.Select(k => "--" + k)));
     }
+
+    // The known option closest to a misspelling, if one is close enough to be what was meant.
+    static string? Nearest(string name, IEnumerable<string> known) =>
+        known.Select(k => (Name: k, Distance: EditDistance(k, name)))
+            .Where(c => c.Distance <= Math.Max(1, Math.Min(2, name.Length / 3)) || c.Name.StartsWith(name, StringComparison.Ordinal) && name.Length >= 3)
+            .OrderBy(c => c.Distance).ThenBy(c => c.Name, StringComparer.Ordinal).Select(c => c.Name).FirstOrDefault();
 }
 
 internal sealed class UsageException(string message) : Exception(message);

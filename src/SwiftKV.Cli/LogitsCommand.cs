@@ -19,6 +19,9 @@ internal static class LogitsCommand
         a.RejectUnknown();
 
         var config = SwiftKV.Model.LlamaConfig.Load(dir);
+        // Checked here, in the words generate uses, rather than as the cache's capacity error.
+        if (tokens.Length > config.MaxPositionEmbeddings)
+            throw new UsageException($"--tokens: {tokens.Length} tokens do not fit the context of {config.MaxPositionEmbeddings} tokens (max_position_embeddings).");
         var (compute, _) = LocalModel.OpenBackend(dir, config, backend, swiftKv);
         using var model = compute;
         using var cache = model.CreateCache(tokens.Length);

@@ -1,5 +1,6 @@
 // swiftkv: the command-line face of the engine. Each command is one small function below; the demo lives in
-// DemoCommand.cs. Errors a user can cause (bad options, bad checkpoints) print one clear line and exit 2.
+// DemoCommand.cs. Errors a user can cause (bad options, bad checkpoints) print one clear message (a list of problems one
+// per line) and exit 2.
 using SwiftKV.Model;
 
 namespace SwiftKV.Cli;
@@ -14,7 +15,10 @@ internal static class CliApp
         var commands = new Dictionary<string, (string Help, Func<CliArgs, int> Run)>
         {
             ["demo"] = ("prompt-heavy summarization through IChatClient, SwiftKV on vs off [--model DIR] [--max-tokens N]", DemoCommand.Run),
-            ["make-model"] = ("write a random-weight HF checkpoint: --preset tiny|demo|llama-3.2-1b|llama-3.1-8b|llama-3.1-70b --out DIR [overrides] [--force: replace a checkpoint already in DIR]", ModelCommands.MakeModel),
+            ["make-model"] = ("write a random-weight HF checkpoint: --preset tiny|demo|llama-3.2-1b|llama-3.1-8b|llama-3.1-70b --out DIR [--force: replace a checkpoint already in DIR]\n" +
+                "              overrides of the preset: --layers N --hidden N --heads N --kv-heads N --head-dim N --ffn N --vocab-size N --max-positions N\n" +
+                "              --tie | --untie, --attention-bias, --no-rope-scaling | --rope-original-max N, --swiftkv-layers L [--group-size G]\n" +
+                "              weights: --seed S --dtype bf16|fp16|fp32 --init-std X, --no-tokenizer (vocabularies smaller than the demo tokenizer's)", ModelCommands.MakeModel),
             ["transform"] = ("Llama -> SwiftKV checkpoint (undistilled): --model DIR --out DIR --swiftkv-layers L [--group-size G] [--force]", ModelCommands.Transform),
             ["generate"] = ("--model DIR (--prompt TEXT | --chat TEXT [--system TEXT]) [--max-tokens N --temperature T --top-k K --top-p P --seed S --no-swiftkv --backend auto|cpu|cuda]", GenerateCommand.Run),
             ["logits"] = ("--model DIR --tokens 1,2,3 --out FILE.f32 [--backend cpu] [--no-swiftkv] [--last-only]", LogitsCommand.Run),
@@ -48,7 +52,7 @@ internal static class CliApp
         catch (Exception e) when (e is UsageException or InvalidModelException or ArgumentException or IOException or UnauthorizedAccessException or NotSupportedException)
         {
             // IOException covers missing files and directories, and an --out path that is an existing file.
-            Console.Error.WriteLine($"swiftkv {args[0]}: {SwiftKV.Model.ErrorText.OneLine(e)}");
+            Console.Error.WriteLine($"swiftkv {args[0]}: {SwiftKV.Model.ErrorText.ForConsole(e)}");
             return 2;
         }
         catch (OutOfMemoryException)

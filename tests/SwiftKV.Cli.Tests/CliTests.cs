@@ -285,6 +285,51 @@ public sealed class CliTests : IDisposable
         var r = Run("generate", "--model", dir, "--prompt", string.Join(' ', Enumerable.Repeat("word", 100)));
         Assert.Equal(2, r.Code);
         Assert.Contains("does not fit the context", r.Err);
+        // logits said "cache capacity must be in 1..32", the engine's words for the same problem.
+        var l = Run("logits", "--model", dir, "--tokens", string.Join(',', Enumerable.Repeat("1", 33)), "--out", Path.Combine(_root, "l.f32"));
+        Assert.Equal(2, l.Code);
+        Assert.Contains("--tokens: 33 tokens do not fit the context of 32 tokens", l.Err);
+        Assert.True(Run("logits", "--model", dir, "--tokens", string.Join(',', Enumerable.Repeat("1", 32)), "--out", Path.Combine(_root, "l.f32")).Code == 0);
+    }
+
+    /// <summary>
+    /// make-model's help lists the preset overrides, and a misspelled option names the one meant and every option the
+    /// command takes (it used to say only "unknown option(s): --layer").
+    /// </summary>
+    [Fact]
+    public void MakeModel_HelpAndTypos_ShowTheOverrides()
+    {
+        var help = Run("make-model", "--help");
+        Assert.Equal(0, help.Code);
+        foreach (var o in new[] { "--layers N", "--hidden N", "--kv-heads N", "--ffn N", "--max-positions N", "--swiftkv-layers L", "--dtype" })
+            Assert.Contains(o, help.Out);
+        var r = Run("make-model", "--preset", "tiny", "--out", Path.Combine(_root, "typo"), "--layer", "3");
+        Assert.Equal(2, r.Code);
+        Assert.Contains("unknown option(s): --layer (did you mean --layers?)", r.Err);
+        Assert.Contains("this command takes --attention-bias", r.Err);
+        Assert.Contains("--kv-heads", r.Err);
+        Assert.Contains("--hiden (did you mean --hidden?)", Run("make-model", "--out", Path.Combine(_root, "typo"), "--hiden", "64").Err);
+        Assert.DoesNotContain("did you mean", Run("make-model", "--out", Path.Combine(_root, "typo"), "--colour", "red").Err);
+        Assert.False(Directory.Exists(Path.Combine(_root, "typo")));
+    }
+
+    /// <summary>A checkpoint with several wrong tensors prints the loader's list one problem per line (it was one long line).</summary>
+    [Fact]
+    public void Info_SeveralProblems_ArePrintedOnePerLine()
+    {
+        string dir = Tiny("wrong-ffn");
+        string config = Path.Combine(dir, "config.json");
+        var c = LlamaConfig.Load(dir);
+        File.WriteAllText(config, System.Text.RegularExpressions.Regex.Replace(File.ReadAllText(config),
+            "\"intermediate_size\":\\s*\\d+", $"\"intermediate_size\": {c.IntermediateSize + 8}"));
+        var r = Run("info", "--model", dir);
+        Assert.Equal(2, r.Code);
+        var lines = r.Err.TrimEnd().Split('\n');
+        Assert.StartsWith("swiftkv info: checkpoint", lines[0]);
+        Assert.EndsWith("problem(s):", lines[0]);
+        Assert.True(lines.Length >= 4, r.Err);
+        Assert.All(lines.Skip(1), l => Assert.StartsWith("  - ", l));
+        Assert.Contains("mlp.gate_proj.weight", lines[1]);
     }
 
     public void Dispose()
