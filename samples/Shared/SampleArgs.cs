@@ -19,19 +19,20 @@ public sealed class SampleArgs
                 throw new ArgumentException($"unexpected argument '{a}' (options look like --name value)");
             string name = a[2..];
             string? value = i + 1 < list.Count && !list[i + 1].StartsWith("--", StringComparison.Ordinal) ? list[++i] : null;
-            _values[name] = value;
+            if (!_values.TryAdd(name, value)) throw new ArgumentException($"option --{name} given twice");
         }
     }
 
     /// <summary>Every option name given, as typed (without the leading --).</summary>
     public IEnumerable<string> Names => _values.Keys;
 
-    /// <summary>A string option, or null when absent.</summary>
+    /// <summary>A string option, or null when absent; every option a sample takes (a path, a question) needs a non-blank value.</summary>
     public string? String(string name)
     {
         _used.Add(name);
         if (!_values.TryGetValue(name, out var v)) return null;
-        return v ?? throw new ArgumentException($"--{name} needs a value");
+        if (v is null) throw new ArgumentException($"--{name} needs a value");
+        return string.IsNullOrWhiteSpace(v) ? throw new ArgumentException($"--{name} needs a value (got an empty string)") : v;
     }
 
     /// <summary>A positive integer option, or <paramref name="fallback"/> when absent.</summary>

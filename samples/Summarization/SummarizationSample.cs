@@ -9,6 +9,7 @@ using Microsoft.SemanticKernel;
 using SwiftKV.AI;
 using SwiftKV.Engine;
 using SwiftKV.Model;
+using SwiftKV.Model.Tokenization;
 
 namespace SwiftKV.Samples.Summarization;
 
@@ -89,26 +90,31 @@ public static class SummarizationSample
         ArgumentNullException.ThrowIfNull(output);
         var (modelPath, isDemo) = SampleModel.Resolve(options.Model, output);
 
+        // The document is chunked before any model loads, so a run whose reduce prompt cannot fit the model's context
+        // is refused before the map calls (it used to fail after all of them), and the context is sized for both stages.
+        var tokenizer = LlamaTokenizer.Load(modelPath);
+        string report = LongReport.Generate(options.Sections);
+        var chunks = ChunkByTokens(report, tokenizer, options.ChunkTokens);
+        int totalTokens = tokenizer.Encode(report).Count;
+        var mapped = options.MaxChunks > 0 ? chunks.Take(options.MaxChunks).ToList() : chunks;
+        int context = ContextLength(options, tokenizer, mapped.Count, LlamaConfig.Load(modelPath).MaxPositionEmbeddings);
+
         // NOTE: two clients load the checkpoint twice (the backend is built for one mode); fine for the demo and
         // for 8B on a large GPU, and it is what makes the comparison same-checkpoint, same-backend. Each gets a KV
         // budget of its own: left to the default, the first engine on a GPU would take the memory the second one's
         // weights need. The map calls run one at a time, so 4 GiB each is plenty.
         const long kvBytes = 4L << 30;
-        using var on = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = modelPath, SwiftKv = true, ContextLength = options.ChunkTokens + 1024, KvCacheBytes = kvBytes });
-        using var off = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = modelPath, SwiftKv = false, ContextLength = options.ChunkTokens + 1024, KvCacheBytes = kvBytes });
+        using var on = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = modelPath, SwiftKv = true, ContextLength = context, KvCacheBytes = kvBytes });
+        using var off = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = modelPath, SwiftKv = false, ContextLength = context, KvCacheBytes = kvBytes });
         LlamaConfig config = on.Model.Config;
         bool hasSwiftKv = on.Model.Backend.SwiftKvEnabled;
         var (onPipeline, onRecorder) = SampleKernel.Pipeline(on);
         var (offPipeline, offRecorder) = SampleKernel.Pipeline(off);
         Kernel kernelOn = SampleKernel.Create(onPipeline), kernelOff = SampleKernel.Create(offPipeline);
 
-        string report = LongReport.Generate(options.Sections);
-        var chunks = ChunkByTokens(report, on.Model.Tokenizer, options.ChunkTokens);
-        int totalTokens = on.Model.Tokenizer.Encode(report).Count;
-        var mapped = options.MaxChunks > 0 ? chunks.Take(options.MaxChunks).ToList() : chunks;
         output.WriteLine($"model: {modelPath} ({config.ModelType}, {config.NumHiddenLayers} layers" +
                          (config.SwiftKv ? $", SwiftKV from layer {config.NumKeyValueLayers}, AcrossKV groups of {config.KeyValueGroupSize})" : ")"));
-        int longest = chunks.Max(c => on.Model.Tokenizer.Encode(c).Count);
+        int longest = chunks.Max(c => tokenizer.Encode(c).Count);
         output.WriteLine($"document: {options.Sections} sections, {totalTokens:N0} tokens, {chunks.Count} chunks of sections " +
                          $"(target <= {options.ChunkTokens} tokens, longest {longest}; a longer section is split at sentence ends); " +
                          $"mapping {mapped.Count}{(mapped.Count < chunks.Count ? " (--max-chunks; --all-chunks maps the whole report)" : "")}");
@@ -147,7 +153,7 @@ public static class SummarizationSample
             summaries.Add(await Measure("map", MapTemplate, args, options.MapTokens));
         }
         output.WriteLine("reduce:");
-        string joined = string.Join("\n\n", summaries.Select((s, i) => $"Part {i + 1}:\n{s}"));
+        string joined = string.Join("\n\n", summaries.Select((s, i) => $"Part {i + 1}:\n{AtMostTokens(s, tokenizer, SummaryBudget(options))}"));
         string summary = await Measure("reduce", ReduceTemplate, new KernelArguments { ["summaries"] = joined }, options.ReduceTokens);
         output.WriteLine($"\nsummary (SwiftKV {(hasSwiftKv ? "on" : "off")}):\n{summary}\n");
 
@@ -156,9 +162,47 @@ public static class SummarizationSample
         return calls;
     }
 
+    /// <summary>
+    /// Tokens one part's summary may take in the reduce prompt: twice what the map call generates, since decoded text
+    /// re-encodes to about as many tokens for a real model but a random one's stray bytes become several U+FFFD tokens.
+    /// </summary>
+    static int SummaryBudget(SummarizationOptions options) => 2 * options.MapTokens;
+
+    // A part's label and the blank line between parts, with room for tokens that merge differently at the joins.
+    const int PartOverheadTokens = 16;
+
+    /// <summary>
+    /// The context both stages need: a map prompt (template, the longest chunk, its answer) and the reduce prompt (template,
+    /// every part's summary within <see cref="SummaryBudget"/>, its answer); at least the chunk size plus 1,024 as before.
+    /// Refused, naming the options to change, when it exceeds the model's max_position_embeddings.
+    /// </summary>
+    public static int ContextLength(SummarizationOptions options, LlamaTokenizer tokenizer, int mappedChunks, int maxPositions)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        // The templates' own text (tags included, so an upper bound) inside the chat format's headers.
+        int Framing(string template) => Llama31ChatFormat.Encode(tokenizer, [new ChatTurn("user", template)], addGenerationPrompt: true).Count;
+        long map = Framing(MapTemplate) + 16L + options.ChunkTokens + options.MapTokens;
+        long reduce = Framing(ReduceTemplate) + (long)mappedChunks * (SummaryBudget(options) + PartOverheadTokens) + options.ReduceTokens;
+        if (map > maxPositions)
+            throw new ArgumentException($"--chunk-tokens {options.ChunkTokens} with --map-tokens {options.MapTokens} makes map prompts of up to {map:N0} tokens, " +
+                                        $"more than the model's context of {maxPositions:N0} tokens (max_position_embeddings): give smaller chunks.");
+        if (reduce > maxPositions)
+            throw new ArgumentException($"the reduce prompt would hold {mappedChunks:N0} summaries of up to {SummaryBudget(options) + PartOverheadTokens} tokens " +
+                                        $"(up to {reduce:N0} tokens with its answer), more than the model's context of {maxPositions:N0} tokens (max_position_embeddings): " +
+                                        "map fewer chunks (--max-chunks), make them larger (--chunk-tokens) or their summaries shorter (--map-tokens).");
+        return (int)Math.Max(Math.Max(map, reduce), Math.Min(options.ChunkTokens + 1024L, maxPositions));
+    }
+
+    static string AtMostTokens(string text, LlamaTokenizer tokenizer, int tokens)
+    {
+        var ids = tokenizer.Encode(text);
+        return ids.Count <= tokens ? text : tokenizer.Decode(ids.Take(tokens));
+    }
+
     /// <summary>Sections packed into chunks of at most <paramref name="maxTokens"/> tokens; a longer section is split
     /// at sentence ends (then whitespace), so every chunk fits the prompt the context was sized for.</summary>
-    public static List<string> ChunkByTokens(string document, SwiftKV.Model.Tokenization.LlamaTokenizer tokenizer, int maxTokens) =>
+    public static List<string> ChunkByTokens(string document, LlamaTokenizer tokenizer, int maxTokens) =>
         new TextSplitter(maxTokens, s => tokenizer.Encode(s).Count)
             .Chunk(document.Split("\n\n", StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), "\n\n");
 

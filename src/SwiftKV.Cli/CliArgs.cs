@@ -104,7 +104,11 @@ internal sealed class CliArgs
             string kind = typeof(T) == typeof(float) ? "a number" : typeof(T) == typeof(ulong) ? "a whole number >= 0" : "a whole number";
             throw new UsageException($"--{name}: '{s}' is not {kind}");
         }
-        catch (OverflowException) { throw new UsageException($"--{name}: '{s}' is out of range"); }
+        catch (OverflowException)
+        {
+            string range = typeof(T) == typeof(ulong) ? $"0..{ulong.MaxValue}" : typeof(T) == typeof(int) ? $"{int.MinValue}..{int.MaxValue}" : $"{float.MinValue}..{float.MaxValue}";
+            throw new UsageException($"--{name}: '{s}' is out of range ({range})");
+        }
     }
 
     /// <summary>

@@ -25,6 +25,7 @@ internal static class GenerateCommand
             Seed = a.ULong("seed"),
         };
         bool swiftKv = !a.Flag("no-swiftkv");
+        bool showSpecial = a.Flag("show-special");
         var backend = LogitsCommand.ParseBackend(a.String("backend"));
         a.RejectUnknown();
 
@@ -51,8 +52,11 @@ internal static class GenerateCommand
         var stats = new GenerationStats();
         using var cache = model.Backend.CreateCache(ids.Count + maxTokens);
         var detok = new StreamingDetokenizer(tok);
+        // Special tokens are markup, not text: skipped as the chat client (and Hugging Face's decode) skip them, unless
+        // asked for when looking at what a model emits.
+        HashSet<int> hidden = showSpecial ? [] : [.. tok.SpecialTokens.Values];
         foreach (int id in Generator.Generate(model.Backend, cache, ids, sampling, maxTokens, tok.StopTokenIds.ToHashSet(), stats))
-            Console.Write(detok.Append(id));
+            if (!hidden.Contains(id)) Console.Write(detok.Append(id));
         Console.WriteLine(detok.Flush());
         Console.Error.WriteLine(
             $"[{model.Backend.Name}, SwiftKV {(model.Backend.SwiftKvEnabled ? "on" : "off")}] prompt {stats.PromptTokens} tokens, prefill {stats.PrefillTime.TotalMilliseconds:F0} ms; "

@@ -20,7 +20,7 @@ internal static class CliApp
                 "              --tie | --untie, --attention-bias, --no-rope-scaling | --rope-original-max N, --swiftkv-layers L [--group-size G]\n" +
                 "              weights: --seed S --dtype bf16|fp16|fp32 --init-std X, --no-tokenizer (vocabularies smaller than the demo tokenizer's)", ModelCommands.MakeModel),
             ["transform"] = ("Llama -> SwiftKV checkpoint (undistilled): --model DIR --out DIR --swiftkv-layers L [--group-size G] [--force]", ModelCommands.Transform),
-            ["generate"] = ("--model DIR (--prompt TEXT | --chat TEXT [--system TEXT]) [--max-tokens N --temperature T --top-k K --top-p P --seed S --no-swiftkv --backend auto|cpu|cuda]", GenerateCommand.Run),
+            ["generate"] = ("--model DIR (--prompt TEXT | --chat TEXT [--system TEXT]) [--max-tokens N --temperature T --top-k K --top-p P --seed S --no-swiftkv --backend auto|cpu|cuda --show-special: print special tokens, which are skipped by default]", GenerateCommand.Run),
             ["logits"] = ("--model DIR --tokens 1,2,3 --out FILE.f32 [--backend cpu] [--no-swiftkv] [--last-only]", LogitsCommand.Run),
             ["info"] = ("--model DIR: print the config and what SwiftKV saves, after checking the weights' headers and shapes", ModelCommands.Info),
             ["bench"] = ("CUDA benchmark at a preset's shape, random weights on the GPU: " + BenchCommand.Usage, BenchCommand.Run),

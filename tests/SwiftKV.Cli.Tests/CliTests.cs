@@ -313,6 +313,47 @@ public sealed class CliTests : IDisposable
         Assert.False(Directory.Exists(Path.Combine(_root, "typo")));
     }
 
+    /// <summary>
+    /// generate printed special tokens (a random model's "<|reserved_special_token_10|>") as text; they are markup, skipped
+    /// as the chat client skips them, unless --show-special asks for them. The model's lm_head is rewritten so that greedy
+    /// decoding can only pick one of two reserved special tokens (rows +w and -w; every other row zero).
+    /// </summary>
+    [Fact]
+    public void Generate_SkipsSpecialTokens_UnlessAsked()
+    {
+        string dir = Tiny("specials", "--dtype", "fp32");
+        var tok = SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo();
+        int plus = tok.GetSpecialTokenId("<|reserved_special_token_10|>")!.Value, minus = plus + 1;
+        string weights = Path.Combine(dir, "model.safetensors");
+        SwiftKV.Model.Checkpoint.TensorInfo head;
+        using (var f = SwiftKV.Model.Checkpoint.SafetensorsFile.Open(weights)) head = f.Tensors.Single(t => t.Name == "lm_head.weight");
+        int hidden = (int)head.Shape[1];
+        var rows = new float[head.ElementCount];
+        for (int j = 0; j < hidden; j++) (rows[(long)plus * hidden + j], rows[(long)minus * hidden + j]) = (10f, -10f);
+        using (var fs = new FileStream(weights, FileMode.Open, FileAccess.Write))
+        {
+            fs.Position = head.DataOffset;
+            fs.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(rows.AsSpan()));
+        }
+
+        var shown = Run("generate", "--model", dir, "--prompt", "hi", "--max-tokens", "3", "--show-special");
+        Assert.True(shown.Code == 0, shown.Err);
+        Assert.Matches("^(<\\|reserved_special_token_1[01]\\|>){3}$", shown.Out.TrimEnd());
+        var skipped = Run("generate", "--model", dir, "--prompt", "hi", "--max-tokens", "3");
+        Assert.True(skipped.Code == 0, skipped.Err);
+        Assert.Equal("", skipped.Out.TrimEnd());
+        Assert.Contains("3 tokens at", skipped.Err);
+    }
+
+    /// <summary>A negative --seed names the range a seed takes.</summary>
+    [Fact]
+    public void Generate_NegativeSeed_NamesTheRange()
+    {
+        var r = Run("generate", "--model", "/no/such/model", "--prompt", "hi", "--seed", "-1");
+        Assert.Equal(2, r.Code);
+        Assert.Contains("--seed: '-1' is out of range (0..18446744073709551615)", r.Err);
+    }
+
     /// <summary>A checkpoint with several wrong tensors prints the loader's list one problem per line (it was one long line).</summary>
     [Fact]
     public void Info_SeveralProblems_ArePrintedOnePerLine()

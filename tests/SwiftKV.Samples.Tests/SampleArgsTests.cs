@@ -21,12 +21,16 @@ public sealed class SampleArgsTests
     [InlineData(new[] { "--top", "-1" }, "--top must be a positive integer")]
     [InlineData(new[] { "--modle", "x" }, "unknown option(s): --modle")]
     [InlineData(new[] { "stray" }, "unexpected argument 'stray'")]
+    [InlineData(new[] { "--question", "" }, "--question needs a value (got an empty string)")]
+    [InlineData(new[] { "--question", "  " }, "--question needs a value (got an empty string)")]
+    [InlineData(new[] { "--top", "2", "--top", "3" }, "option --top given twice")]
     public void Parse_BadInput_NamesTheProblem(string[] args, string message)
     {
         var e = Assert.Throws<ArgumentException>(() =>
         {
             var a = new SampleArgs(args);
             a.PositiveInt("top", 1);
+            a.String("question");
             a.RejectUnknown();
         });
         Assert.Contains(message, e.Message);

@@ -24,6 +24,51 @@ public sealed class SummarizationSampleTests(TinySampleModel model)
         Assert.All(calls, c => Assert.True(c.PromptTokens > 0 && c.Off > TimeSpan.Zero && c.On > TimeSpan.Zero));
     }
 
+    /// <summary>
+    /// Chunks of 10 tokens: the summaries of 50 of them overflowed the reduce prompt's context (chunk + 1,024) after every
+    /// map call had run; the context is now sized for the reduce prompt too, so the run completes.
+    /// </summary>
+    [Fact]
+    public async Task RunAsync_ManySmallChunks_SizesTheContextForTheReduce()
+    {
+        var output = new StringWriter();
+        var options = SummarizationOptions.Quick(model.Directory) with { ChunkTokens = 10, MaxChunks = 50, MapTokens = 24 };
+        var calls = await SummarizationSample.RunAsync(options, output, TestContext.Current.CancellationToken);
+        Assert.Equal(50, calls.Count(c => c.Stage == "map"));
+        Assert.Equal("reduce", calls[^1].Stage);
+        Assert.True(calls[^1].PromptTokens > 10 + 1024, $"the reduce prompt ({calls[^1].PromptTokens} tokens) should exceed the old context");
+    }
+
+    /// <summary>When the reduce prompt cannot fit the model's context at all, the run is refused before any map call, naming the options.</summary>
+    [Fact]
+    public async Task RunAsync_ReducePastTheModelsContext_IsRefusedBeforeMapping()
+    {
+        string dir = model.TempFile("short-context");
+        var config = SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny") with { MaxPositionEmbeddings = 2048 };
+        SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, config.Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 3 });
+        SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
+        var output = new StringWriter();
+        var e = await Assert.ThrowsAsync<ArgumentException>(() =>
+            SummarizationSample.RunAsync(SummarizationOptions.Quick(dir) with { ChunkTokens = 10 }, output, TestContext.Current.CancellationToken));
+        Assert.Contains("more than the model's context of 2,048 tokens", e.Message);
+        Assert.Contains("--max-chunks", e.Message);
+        Assert.DoesNotContain("map:", output.ToString());
+        // The same chunks, fewer of them mapped: fits.
+        var calls = await SummarizationSample.RunAsync(SummarizationOptions.Quick(dir) with { ChunkTokens = 10, MaxChunks = 20 }, output, TestContext.Current.CancellationToken);
+        Assert.Equal(21, calls.Count);
+    }
+
+    [Theory]
+    [InlineData(2048, 4, 0, 131072, 3072)]        // the default chunk: chunk + 1024 as before
+    [InlineData(1000, 4, 100, 131072, 100 * (8 + 16))]   // many summaries: the reduce prompt sets it
+    public void ContextLength_CoversBothStages(int chunkTokens, int mapTokens, int mapped, int maxPositions, int atLeast)
+    {
+        var tokenizer = SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo();
+        var options = SummarizationOptions.Quick() with { ChunkTokens = chunkTokens, MapTokens = mapTokens };
+        int context = SummarizationSample.ContextLength(options, tokenizer, mapped, maxPositions);
+        Assert.InRange(context, atLeast, atLeast + 200);
+    }
+
     [Fact]
     public void LongReport_Generate_IsDeterministicAndLong()
     {
