@@ -2,6 +2,7 @@
 // with "--"), and `--flag`.
 // NOTE: unknown or repeated options are errors, so a typo never silently runs the wrong experiment.
 using System.Globalization;
+using SwiftKV.Model;
 
 namespace SwiftKV.Cli;
 
@@ -58,23 +59,8 @@ internal sealed class CliArgs
     public UsageException Missing(string name)
     {
         var near = _options.Keys.Where(k => k != name && (k.StartsWith(name, StringComparison.Ordinal) || name.StartsWith(k, StringComparison.Ordinal)
-            || EditDistance(k, name) <= 2)).Select(k => "--" + k).ToList();
+            || Spelling.EditDistance(k, name) <= 2)).Select(k => "--" + k).ToList();
         return new UsageException($"--{name} is required" + (near.Count > 0 ? $" ({string.Join(", ", near)} is not an option: a misspelling of --{name}?)" : ""));
-    }
-
-    // Levenshtein distance with adjacent transpositions counted as one edit ("mdoel" is one from "model").
-    static int EditDistance(string a, string b)
-    {
-        var d = new int[a.Length + 1, b.Length + 1];
-        for (int i = 0; i <= a.Length; i++) d[i, 0] = i;
-        for (int j = 0; j <= b.Length; j++) d[0, j] = j;
-        for (int i = 1; i <= a.Length; i++)
-            for (int j = 1; j <= b.Length; j++)
-            {
-                d[i, j] = Math.Min(Math.Min(d[i - 1, j] + 1, d[i, j - 1] + 1), d[i - 1, j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
-                if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i, j] = Math.Min(d[i, j], d[i - 2, j - 2] + 1);
-            }
-        return d[a.Length, b.Length];
     }
 
     public int? Int(string name) => Parse(name, s => int.Parse(s, CultureInfo.InvariantCulture));
@@ -120,16 +106,10 @@ internal sealed class CliArgs
         var unknown = _options.Keys.Where(k => !_used.Contains(k)).ToList();
         if (unknown.Count == 0) return;
         var known = _used.Order(StringComparer.Ordinal).ToList();
-        string Describe(string u) => Nearest(u, known) is { } near ? $"--{u} (did you mean --{near}?)" : "--" + u;
+        string Describe(string u) => Spelling.Nearest(u, known) is { } near ? $"--{u} (did you mean --{near}?)" : "--" + u;
         throw new UsageException("unknown option(s): " + string.Join(", ", unknown.Select(Describe))
             + "; this command takes " + string.Join(" ", known.Select(k => "--" + k)));
     }
-
-    // The known option closest to a misspelling, if one is close enough to be what was meant.
-    static string? Nearest(string name, IEnumerable<string> known) =>
-        known.Select(k => (Name: k, Distance: EditDistance(k, name)))
-            .Where(c => c.Distance <= Math.Max(1, Math.Min(2, name.Length / 3)) || c.Name.StartsWith(name, StringComparison.Ordinal) && name.Length >= 3)
-            .OrderBy(c => c.Distance).ThenBy(c => c.Name, StringComparer.Ordinal).Select(c => c.Name).FirstOrDefault();
 }
 
 internal sealed class UsageException(string message) : Exception(message);

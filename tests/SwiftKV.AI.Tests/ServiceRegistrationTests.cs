@@ -122,8 +122,13 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
 
     /// <summary>A misspelled key or an unconvertible value in the section, and an empty ModelId, stop registration.</summary>
     [Theory]
-    [InlineData("ContextLenght", "4096", "ContextLenght")]
-    [InlineData("Backend", "Gpu", "SwiftKV:Backend")]
+    [InlineData("ContextLenght", "4096", "SwiftKV:ContextLenght is not an option (did you mean ContextLength?); the options are ModelPath, ModelId, Backend")]
+    [InlineData("Backend", "Gpu", "SwiftKV:Backend 'Gpu' is not one of Auto, Cpu, Cuda.")]
+    [InlineData("SwiftKv", "maybe", "SwiftKV:SwiftKv 'maybe' is not true or false.")]
+    [InlineData("ContextLength", "4k", "SwiftKV:ContextLength '4k' is not a whole number in -2147483648..2147483647.")]
+    [InlineData("KvCacheBytes", "1.5", "SwiftKV:KvCacheBytes '1.5' is not a whole number")]
+    [InlineData("KvCacheDtype", "fp8", "SwiftKV:KvCacheDtype 'fp8' is not one of Bf16, Fp8E4M3.")]
+    [InlineData("Colour", "red", "SwiftKV:Colour is not an option; the options")]
     [InlineData("ModelId", " ", "ModelId")]
     public void AddSwiftKvChatClient_BadConfigurationSection_FailsAtRegistration(string key, string value, string named)
     {
@@ -134,6 +139,26 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
         }).Build();
         var e = Assert.ThrowsAny<ArgumentException>(() => new ServiceCollection().AddSwiftKvChatClient(config.GetSection("SwiftKV")));
         Assert.Contains(named, e.Message);
+    }
+
+    /// <summary>Values the binder converts pass the key check: names in any case, an empty nullable option (its default).</summary>
+    [Fact]
+    public void AddSwiftKvChatClient_ConfigurationSection_AcceptsWhatTheBinderConverts()
+    {
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["SwiftKV:modelpath"] = tiny.Directory,
+            ["SwiftKV:Backend"] = "cpu",
+            ["SwiftKV:SwiftKv"] = "False",
+            ["SwiftKV:KvCacheBytes"] = "",
+            ["SwiftKV:MaxBatchTokens"] = "256",
+        }).Build();
+        var services = new ServiceCollection();
+        services.AddSwiftKvChatClient(config.GetSection("SwiftKV"));
+        using var provider = services.BuildServiceProvider();
+        var model = provider.GetRequiredService<Engine.LocalModel>();
+        Assert.False(model.Backend.SwiftKvEnabled);
+        Assert.Equal("cpu", model.Backend.Name, ignoreCase: true);
     }
 
     [Fact]
