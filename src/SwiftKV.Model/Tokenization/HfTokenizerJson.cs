@@ -54,8 +54,8 @@ internal static class HfTokenizerJson
         foreach (var entry in vocab.EnumerateObject())
         {
             int id = CheckpointJson.Int(entry.Value, $"model.vocab[\"{entry.Name}\"]", path);
-            if (id < 0 || id > MaxTokenId)
-                throw new InvalidModelException($"{path}: vocab token '{entry.Name}' has id {id}, outside 0..{MaxTokenId}.");
+            if (id < 0 || id > LlamaTokenizer.MaxTokenId)
+                throw new InvalidModelException($"{path}: vocab token '{entry.Name}' has id {id}, outside 0..{LlamaTokenizer.MaxTokenId}.");
             byte[] bytes = ByteLevelAlphabet.TryDecode(entry.Name)
                 ?? throw new InvalidModelException($"{path}: vocab token '{entry.Name}' (id {id}) has characters outside the byte-level alphabet.");
             if (bytes.Length == 0) throw new InvalidModelException($"{path}: empty vocab token (id {id}).");
@@ -68,9 +68,6 @@ internal static class HfTokenizerJson
         CheckMergeOrder(model, idOf, path);
         return table;
     }
-
-    /// <summary>Largest token id accepted (Llama 3 uses 128,255; a corrupt id must not size a table).</summary>
-    internal const int MaxTokenId = LlamaConfig.MaxVocabSize - 1;
 
     /// <summary>
     /// This reader encodes as tiktoken does (ids as merge ranks, Llama 3's split regex, no normalizer): refuse a file

@@ -66,6 +66,12 @@ public sealed class LlamaTokenizer
         _merges = new(() => BpeMergeRecovery.Recover(_ranks));
     }
 
+    /// <summary>
+    /// Largest token id any of the readers (tokenizer.json, tiktoken files, special tokens) accepts: Llama 3 uses
+    /// 128,255, and a corrupt id must not size a table of gigabytes.
+    /// </summary>
+    internal const int MaxTokenId = LlamaConfig.MaxVocabSize - 1;
+
     /// <summary>Largest token id + 1 (ids in between that no token uses decode to nothing).</summary>
     public int VocabularySize { get; }
 
@@ -523,8 +529,8 @@ public sealed class LlamaTokenizer
         void Add(string content, int id, string source)
         {
             if (content.Length == 0) throw new InvalidModelException($"{source}: special token {id} has empty content.");
-            if (id < 0 || id > HfTokenizerJson.MaxTokenId)
-                throw new InvalidModelException($"{source}: special token '{content}' has id {id}, outside 0..{HfTokenizerJson.MaxTokenId}.");
+            if (id < 0 || id > MaxTokenId)
+                throw new InvalidModelException($"{source}: special token '{content}' has id {id}, outside 0..{MaxTokenId}.");
             if (specials.TryGetValue(content, out int existing) && existing != id)
                 throw new InvalidModelException($"{source}: special token '{content}' has id {id}, but {existing} elsewhere.");
             if (byId.TryGetValue(id, out string? other) && other != content)

@@ -68,8 +68,8 @@ internal static class TiktokenFile
     public static byte[]?[] ToTable(IReadOnlyList<(byte[] Bytes, int Rank)> ranks, string source)
     {
         foreach (var (bytes, rank) in ranks)
-            if (rank < 0 || rank > HfTokenizerJson.MaxTokenId)
-                throw new InvalidModelException($"{source}: token '{Convert.ToBase64String(bytes)}' has rank {rank}, outside 0..{HfTokenizerJson.MaxTokenId}.");
+            if (rank < 0 || rank > LlamaTokenizer.MaxTokenId)
+                throw new InvalidModelException($"{source}: token '{Convert.ToBase64String(bytes)}' has rank {rank}, outside 0..{LlamaTokenizer.MaxTokenId}.");
         int max = ranks.Max(r => r.Rank);
         var table = new byte[]?[max + 1];
         var seen = new HashSet<string>(StringComparer.Ordinal);
