@@ -55,16 +55,14 @@ internal static class ChatPromptBuilder
             if (turns[0].Role == "system") turns[0] = turns[0] with { Content = turns[0].Content + "\n\n" + schemaRule };
             else turns.Insert(0, new ChatTurn("system", schemaRule));
         }
-        int context = Math.Min(clientOptions.ContextLength, model.Config.MaxPositionEmbeddings);
-        // The KV pool bounds one sequence too: a request may not hold more blocks than the pool has.
-        if (model.Serving is { } engine) context = Math.Min(context, engine.MaxSequenceLength);
+        var (context, limit) = Context(model, clientOptions);
         // Encoding stops once the prompt cannot fit, so a document far past the context fails fast (and cancellably).
         var prompt = new List<int>();
         bool whole = Llama31ChatFormat.TryEncodeInto(model.Tokenizer, turns, addGenerationPrompt: true, prompt, context - 1, today,
             ipythonEnvironment: tools.Count > 0, cancellationToken);
         if (whole && prefill is not null) prompt.AddRange(model.Tokenizer.Encode(prefill));
         if (!whole || prompt.Count >= context)
-            throw new ArgumentException($"The prompt is {(whole ? $"{prompt.Count}" : $"more than {context - 1}")} tokens, which does not fit the context of {context} tokens (SwiftKvOptions.ContextLength, max_position_embeddings and the KV cache size); shorten the conversation or raise ContextLength / KvCacheBytes."
+            throw new ArgumentException($"The prompt is {(whole ? $"{prompt.Count}" : $"more than {context - 1}")} tokens, which does not fit the context of {context} tokens set by {limit}."
                 + (schemaRule is not null ? " The response format's JSON schema is part of the prompt too." : ""), nameof(messages));
         int maxNew = Math.Min(options?.MaxOutputTokens ?? clientOptions.DefaultMaxOutputTokens, context - prompt.Count);
 
@@ -89,6 +87,24 @@ internal static class ChatPromptBuilder
         var stopSequences = options?.StopSequences?.Where(x => !string.IsNullOrEmpty(x)).ToArray() ?? [];
         return new PreparedRequest(prompt, sampling, maxNew, prompt.Count + maxNew, stopIds, stopSequences,
             tools.Select(t => t.Name).ToArray(), prefill, constraint);
+    }
+
+    /// <summary>
+    /// The most tokens one request may hold (prompt and answer), and which limit sets it with what would raise it, for the
+    /// error about a prompt that does not fit: raising ContextLength cannot help past the model's max_position_embeddings.
+    /// </summary>
+    static (int Context, string Limit) Context(LocalModel model, SwiftKvOptions clientOptions)
+    {
+        int positions = model.Config.MaxPositionEmbeddings;
+        // The KV pool bounds one sequence too: a request may not hold more blocks than the pool has.
+        int pool = model.Serving?.MaxSequenceLength ?? int.MaxValue;
+        int context = Math.Min(Math.Min(clientOptions.ContextLength, positions), pool);
+        string limit = context == positions
+            ? "the model's max_position_embeddings; shorten the conversation, the model takes no more"
+            : context == clientOptions.ContextLength
+                ? $"SwiftKvOptions.ContextLength; shorten the conversation or raise ContextLength (the model takes up to {positions:N0})"
+                : $"the KV cache, which holds {pool:N0} tokens for one request; shorten the conversation or raise SwiftKvOptions.KvCacheBytes";
+        return (context, limit);
     }
 
     /// <summary>

@@ -99,7 +99,36 @@ public sealed class SwiftKvChatClientTests(TinyChatModel tiny)
         using var client = tiny.Client(contextLength: 64);
         var longText = string.Join(' ', Enumerable.Repeat("logistics", 200));
         var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync([new(ChatRole.User, longText)], cancellationToken: Ct));
-        Assert.Contains("context of 64 tokens", e.Message);
+        Assert.Contains("context of 64 tokens set by SwiftKvOptions.ContextLength; shorten the conversation or raise ContextLength (the model takes up to 131,072)", e.Message);
+    }
+
+    /// <summary>
+    /// Past the model's max_position_embeddings, raising ContextLength cannot help: the message names the limit that
+    /// applied (it used to advise raising ContextLength whatever the limit was).
+    /// </summary>
+    [Fact]
+    public async Task PromptLongerThanTheModelsPositions_NamesThatLimit()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-ai-short-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var config = SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny") with { MaxPositionEmbeddings = 32 };
+            SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, config.Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 2 });
+            SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
+            using var client = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = dir, Backend = SwiftKV.Engine.BackendKind.Cpu, ContextLength = 8192 });
+            var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync(Question, cancellationToken: Ct));
+            Assert.Contains("context of 32 tokens set by the model's max_position_embeddings; shorten the conversation, the model takes no more", e.Message);
+            Assert.DoesNotContain("raise", e.Message);
+
+            // A KV cache smaller than ContextLength's need: the pool is the limit, and KvCacheBytes what raises it.
+            using var small = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = dir, Backend = SwiftKV.Engine.BackendKind.Cpu, ContextLength = 8192, KvCacheBytes = 32 * 1024 });
+            var p = await Assert.ThrowsAnyAsync<ArgumentException>(() => small.GetResponseAsync(Question, cancellationToken: Ct));
+            Assert.Contains("set by the KV cache, which holds 16 tokens for one request; shorten the conversation or raise SwiftKvOptions.KvCacheBytes", p.Message);
+        }
+        finally
+        {
+            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+        }
     }
 
     /// <summary>A document far past the context is refused after encoding about a context's worth of it.</summary>

@@ -58,6 +58,21 @@ public sealed class SummarizationSampleTests(TinySampleModel model)
         Assert.Equal(21, calls.Count);
     }
 
+    /// <summary>
+    /// A model of 256 positions with chunks that fit it: the warm-up prompt (a fixed 1,500 characters of the report, ~330
+    /// tokens) did not fit and failed the run after the context check had passed; it is now part of a chunk.
+    /// </summary>
+    [Fact]
+    public async Task RunAsync_ShortContextModel_WarmsUpWithinIt()
+    {
+        string dir = model.TempFile("context-256");
+        var config = SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny") with { MaxPositionEmbeddings = 256 };
+        SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, config.Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 3 });
+        SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
+        var calls = await SummarizationSample.RunAsync(SummarizationOptions.Quick(dir) with { ChunkTokens = 100, MaxChunks = 2 }, new StringWriter(), TestContext.Current.CancellationToken);
+        Assert.Equal(3, calls.Count);
+    }
+
     [Theory]
     [InlineData(2048, 4, 0, 131072, 3072)]        // the default chunk: chunk + 1024 as before
     [InlineData(1000, 4, 100, 131072, 100 * (8 + 16))]   // many summaries: the reduce prompt sets it
