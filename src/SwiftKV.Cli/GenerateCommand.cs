@@ -9,21 +9,40 @@ namespace SwiftKV.Cli;
 
 internal static class GenerateCommand
 {
+    const int DefaultMaxTokens = 64;
+
     public static int Run(CliArgs a)
     {
         string dir = a.Required("model");
         string? prompt = a.String("prompt"), chat = a.String("chat"), system = a.String("system");
         if ((prompt is null) == (chat is null)) throw new UsageException("give exactly one of --prompt TEXT or --chat TEXT");
         if (system is not null && chat is null) throw new UsageException("--system goes with --chat (a raw --prompt has no system turn)");
-        int maxTokens = a.Int("max-tokens") ?? 64;
+        int? maxTokensArg = a.Int("max-tokens");
+        int maxTokens = maxTokensArg ?? DefaultMaxTokens;
         if (maxTokens <= 0) throw new UsageException($"--max-tokens must be > 0 (got {maxTokens})");
-        var sampling = new SamplingParams
+        float? temperature = a.Float("temperature"), topP = a.Float("top-p");
+        int? topK = a.Int("top-k");
+        // As in the chat client: greedy by default, but top-p or top-k only mean something when sampling, so without a
+        // --temperature they sample at temperature 1 rather than being ignored.
+        bool samplingAsked = topP is < 1f || topK is > 1;
+        ulong? seed = a.ULong("seed");
+        SamplingParams sampling;
+        try
         {
-            Temperature = a.Float("temperature") ?? 0f,
-            TopK = a.Int("top-k") ?? 0,
-            TopP = a.Float("top-p") ?? 1f,
-            Seed = a.ULong("seed"),
-        };
+            sampling = new SamplingParams
+            {
+                Temperature = temperature ?? (samplingAsked ? 1f : 0f),
+                TopK = topK ?? 0,
+                TopP = topP ?? 1f,
+                Seed = seed,
+            };
+        }
+        catch (ArgumentOutOfRangeException e)
+        {
+            // The engine's message names its property (TopP); the user typed the option.
+            string option = e.ParamName switch { "Temperature" => "--temperature", "TopK" => "--top-k", "TopP" => "--top-p", var p => p ?? "?" };
+            throw new UsageException($"{option}: {SwiftKV.Model.ErrorText.ForConsole(e)}");
+        }
         bool swiftKv = !a.Flag("no-swiftkv");
         bool showSpecial = a.Flag("show-special");
         var backend = LogitsCommand.ParseBackend(a.String("backend"));
@@ -47,6 +66,9 @@ internal static class GenerateCommand
         int context = model.Config.MaxPositionEmbeddings;
         if (ids.Count >= context)
             throw new ArgumentException($"the prompt of {ids.Count} tokens does not fit the context of {context} tokens (max_position_embeddings).");
+        // The default answer length gives way to a short context; a typed --max-tokens is refused instead, since the
+        // user asked for that many.
+        if (maxTokensArg is null) maxTokens = Math.Min(maxTokens, context - ids.Count);
         if ((long)ids.Count + maxTokens > context)
             throw new UsageException($"--max-tokens {maxTokens} after a prompt of {ids.Count} tokens exceeds the context of {context} tokens (max_position_embeddings): at most {context - ids.Count}.");
         var stats = new GenerationStats();

@@ -345,6 +345,36 @@ public sealed class CliTests : IDisposable
         Assert.Contains("3 tokens at", skipped.Err);
     }
 
+    /// <summary>
+    /// --top-k or --top-p without --temperature sample at temperature 1, as the chat client does (they were ignored: every
+    /// seed gave the greedy text); the default --max-tokens gives way to a short context, a typed one is refused; a bad
+    /// sampling value names the option.
+    /// </summary>
+    [Fact]
+    public void Generate_SamplingAndLengthDefaults_FollowTheChatClient()
+    {
+        string dir = Tiny("sampling-defaults", "--max-positions", "24");
+        string Text(params string[] extra) => Run(["generate", "--model", dir, "--prompt", "Hello", "--max-tokens", "8", .. extra]).Out;
+        string greedy = Text();
+        string a = Text("--top-k", "50", "--seed", "1"), b = Text("--top-k", "50", "--seed", "2");
+        Assert.NotEqual(a, b);
+        Assert.Equal(a, Text("--top-k", "50", "--seed", "1"));
+        Assert.Equal(a, Text("--top-k", "50", "--seed", "1", "--temperature", "1"));
+        Assert.NotEqual(greedy, Text("--top-p", "0.9", "--seed", "3"));
+        Assert.Equal(greedy, Text("--top-k", "50", "--seed", "1", "--temperature", "0"));
+
+        var fits = Run("generate", "--model", dir, "--prompt", "Hello");
+        Assert.True(fits.Code == 0, fits.Err);
+        Assert.Contains("finish Length", fits.Err);
+        var typed = Run("generate", "--model", dir, "--prompt", "Hello", "--max-tokens", "64");
+        Assert.Equal(2, typed.Code);
+        Assert.Contains("--max-tokens 64 after a prompt of", typed.Err);
+
+        var bad = Run("generate", "--model", dir, "--prompt", "Hello", "--top-p", "1.5");
+        Assert.Equal(2, bad.Code);
+        Assert.Contains("--top-p: TopP must be in (0, 1]", bad.Err);
+    }
+
     /// <summary>A negative --seed names the range a seed takes.</summary>
     [Fact]
     public void Generate_NegativeSeed_NamesTheRange()
