@@ -53,6 +53,20 @@ internal sealed class CliArgs
     };
 
     /// <summary>
+    /// --model: a checkpoint directory that exists. A path to a file in it (config.json) or a missing path is named here,
+    /// before anything is printed or loaded.
+    /// </summary>
+    /// <remarks>Called after <see cref="RejectUnknown"/>, so a mistyped option is reported before a path.</remarks>
+    public static string CheckModelDirectory(string path)
+    {
+        if (File.Exists(path))
+            throw new UsageException($"--model {path} is a file; give the checkpoint directory that holds it ({Path.GetDirectoryName(Path.GetFullPath(path))}).");
+        if (!Directory.Exists(path))
+            throw new UsageException($"--model {path}: no such directory (expected a Hugging Face checkpoint: config.json, *.safetensors, tokenizer).");
+        return path;
+    }
+
+    /// <summary>
     /// "--name is required", naming a given option that looks like a misspelling of it: the unknown-option check
     /// runs only after every option is read, so without this a typo would be reported as a missing option.
     /// </summary>

@@ -47,6 +47,7 @@ internal static class GenerateCommand
         bool showSpecial = a.Flag("show-special");
         var backend = LogitsCommand.ParseBackend(a.String("backend"));
         a.RejectUnknown();
+        CliArgs.CheckModelDirectory(dir);
 
         // Generation runs on the backend directly (one sequence, its own cache): no serving engine, no KV pool.
         using var model = LocalModel.Load(dir, backend, swiftKv, startServing: false);

@@ -17,6 +17,7 @@ internal static class LogitsCommand
         bool swiftKv = !a.Flag("no-swiftkv");
         var selection = a.Flag("last-only") ? LogitsSelection.LastToken : LogitsSelection.AllTokens;
         a.RejectUnknown();
+        CliArgs.CheckModelDirectory(dir);
 
         var config = SwiftKV.Model.LlamaConfig.Load(dir);
         // Checked here, in the words generate uses, rather than as the cache's capacity error.

@@ -13,11 +13,13 @@ internal static class ModelCommands
     {
         string outDir = a.Required("out");
         var config = ConfigFromArgs(a);
+        float initStd = a.Float("init-std") ?? 0.02f;
+        if (!float.IsFinite(initStd) || initStd <= 0) throw new UsageException($"--init-std must be a positive finite number (got {initStd})");
         var options = new ModelMakerOptions
         {
             Seed = a.ULong("seed") ?? 0,
             Dtype = ParseDtype(a.String("dtype") ?? "bf16"),
-            InitStd = a.Float("init-std") ?? 0.02f,
+            InitStd = initStd,
         };
         bool tokenizer = !a.Flag("no-tokenizer");
         bool force = a.Flag("force");
@@ -130,7 +132,35 @@ internal static class ModelCommands
             c = c with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = l, KeyValueGroupSize = a.Int("group-size") ?? 1 };
         else if (a.Int("group-size") is not null)
             throw new UsageException("--group-size needs --swiftkv-layers");
-        return c.Validate();
+        return Renamed(c.Validate);
+    }
+
+    // The config.json fields the options set: a refused value is named by the option the user typed.
+    static readonly (string Field, string Option)[] s_fieldOptions =
+    [
+        ("num_hidden_layers", "--layers"), ("hidden_size", "--hidden"), ("num_attention_heads", "--heads"), ("num_key_value_heads", "--kv-heads"),
+        ("head_dim", "--head-dim"), ("intermediate_size", "--ffn"), ("vocab_size", "--vocab-size"), ("original_max_position_embeddings", "--rope-original-max"),
+        ("max_position_embeddings", "--max-positions"), ("num_key_value_layers", "--swiftkv-layers"), ("key_value_group_size", "--group-size"),
+    ];
+
+    /// <summary>
+    /// Runs a config check whose errors speak of config.json fields ("config.json: num_key_value_layers must be in
+    /// 1..3") and names the options instead ("num_key_value_layers (--swiftkv-layers) must be in 1..3"): no config.json
+    /// was involved. <paramref name="options"/> limits the naming to the options a command has (all when empty).
+    /// </summary>
+    static T Renamed<T>(Func<T> check, params string[] options)
+    {
+        try
+        {
+            return check();
+        }
+        catch (InvalidModelException e) when (e.Message.StartsWith("config.json: ", StringComparison.Ordinal))
+        {
+            string message = e.Message["config.json: ".Length..];
+            foreach (var (field, option) in s_fieldOptions.Where(f => options.Length == 0 || options.Contains(f.Option)))
+                message = System.Text.RegularExpressions.Regex.Replace(message, $@"(?<![\w.]){field}\b", $"{field} ({option})");
+            throw new UsageException((options.Length == 0 ? "the options give an invalid model: " : "") + message);
+        }
     }
 
     static TensorDtype ParseDtype(string s) => s.ToLowerInvariant() switch
@@ -148,12 +178,15 @@ internal static class ModelCommands
         int g = a.Int("group-size") ?? 1;
         bool force = a.Flag("force");
         a.RejectUnknown();
+        CliArgs.CheckModelDirectory(src);
         if (SameDirectory(src, dst))
             throw new UsageException("--out must be another directory than --model: writing the new checkpoint removes the old weights first.");
         RefuseExistingCheckpoint(dst, force);
         var sw = Stopwatch.StartNew();
-        var config = SwiftKvConverter.Convert(src, dst, l, g);
+        var config = Renamed(() => SwiftKvConverter.Convert(src, dst, l, g), "--swiftkv-layers", "--group-size");
         Console.WriteLine($"wrote {dst}: {Describe(config)} in {sw.Elapsed.TotalSeconds:F1} s (undistilled: distill before serious use)");
+        if (!LlamaTokenizer.Exists(src))
+            Console.WriteLine($"note: {src} has no tokenizer, so neither has {dst}: generate and the chat client need one (logits takes token ids).");
         return 0;
     }
 
@@ -161,13 +194,19 @@ internal static class ModelCommands
     {
         string dir = a.Required("model");
         a.RejectUnknown();
+        CliArgs.CheckModelDirectory(dir);
         var c = LlamaConfig.Load(dir);
+        // The weights as a load would check them (headers, sizes, every tensor's shape and dtype), without reading them,
+        // and the tokenizer read whole: a broken checkpoint fails here, before anything is printed, so nothing on stdout
+        // describes a model that cannot run.
+        int tensors = LlamaCheckpointLoader.Verify(dir);
+        var tokenizer = LlamaTokenizer.Exists(dir) ? LlamaTokenizer.Load(dir) : null;
         Console.WriteLine(Describe(c));
         Console.WriteLine(c.ToJson());
-        // The weights as a load would check them (headers, sizes, every tensor's shape and dtype), without reading them:
-        // a broken checkpoint fails here with the loader's list of problems.
-        int tensors = LlamaCheckpointLoader.Verify(dir);
         Console.WriteLine($"weights: the {tensors} tensors this config needs are present with their shapes and dtypes");
+        Console.WriteLine(tokenizer is null
+            ? "tokenizer: none (no tokenizer.json or original/tokenizer.model): generate and the chat client need one; logits takes token ids"
+            : $"tokenizer: {tokenizer.VocabularySize} ids, {tokenizer.SpecialTokens.Count} special, stops at {string.Join(", ", tokenizer.StopTokenIds)}");
         if (c.Quantization is { } q)
             Console.WriteLine($"fp8 weights ({q.Method}{(q.BlockSize is var (b0, b1) ? $", {b0} x {b1} blocks" : "")}): dequantized on load; " +
                 "the GPU holds and computes them in bf16, the CPU in fp32 (activations are not quantized)");

@@ -176,7 +176,7 @@ public sealed class CliTests : IDisposable
         string bad = Path.Combine(_root, "bad-init");
         var r = Run("make-model", "--preset", "tiny", "--init-std", "-1", "--out", bad);
         Assert.Equal(2, r.Code);
-        Assert.Contains("InitStd", r.Err);
+        Assert.Contains("--init-std must be a positive finite number (got -1)", r.Err);
         Assert.False(Directory.Exists(bad));
 
         string rope = Path.Combine(_root, "rope");
@@ -268,6 +268,7 @@ public sealed class CliTests : IDisposable
         var r = Run("info", "--model", dir);
         Assert.Equal(2, r.Code);
         Assert.Contains("model.safetensors", r.Err);
+        Assert.Equal("", r.Out);   // nothing describes a model that cannot run
         string config = Path.Combine(dir, "config.json");
         File.WriteAllText(config, System.Text.RegularExpressions.Regex.Replace(File.ReadAllText(config), "\"num_hidden_layers\":\\s*\\d+", "\"num_hidden_layers\": 0"));
         r = Run("info", "--model", dir);
@@ -373,6 +374,45 @@ public sealed class CliTests : IDisposable
         var bad = Run("generate", "--model", dir, "--prompt", "Hello", "--top-p", "1.5");
         Assert.Equal(2, bad.Code);
         Assert.Contains("--top-p: TopP must be in (0, 1]", bad.Err);
+    }
+
+    /// <summary>
+    /// Errors name what the user typed: an option rather than the config.json field it sets (no config.json was
+    /// involved), a --model that is a file or missing as such (not "config.json not found").
+    /// </summary>
+    [Fact]
+    public void Errors_NameTheOptionAndThePathTyped()
+    {
+        var r = Run("make-model", "--preset", "tiny", "--out", Path.Combine(_root, "x"), "--swiftkv-layers", "5");
+        Assert.Equal(2, r.Code);
+        Assert.Contains("num_key_value_layers (--swiftkv-layers) must be in 1..3", r.Err);
+        Assert.DoesNotContain("config.json", r.Err);
+        Assert.Contains("num_attention_heads (--heads) (3) must be a multiple of num_key_value_heads (--kv-heads)",
+            Run("make-model", "--preset", "tiny", "--out", Path.Combine(_root, "x"), "--heads", "3").Err);
+        string dir = Tiny("paths");
+        Assert.Contains("(--group-size) (2) must divide", Run("transform", "--model", dir, "--out", Path.Combine(_root, "t"), "--swiftkv-layers", "1", "--group-size", "2").Err);
+
+        var file = Run("info", "--model", Path.Combine(dir, "config.json"));
+        Assert.Equal(2, file.Code);
+        Assert.Contains("config.json is a file; give the checkpoint directory that holds it", file.Err);
+        Assert.Equal("", file.Out);
+        var missing = Run("generate", "--model", Path.Combine(_root, "nowhere"), "--prompt", "hi");
+        Assert.Equal(2, missing.Code);
+        Assert.Contains("nowhere: no such directory", missing.Err);
+    }
+
+    /// <summary>A checkpoint without a tokenizer: info says so (it looked complete), and transform notes the copy has none either.</summary>
+    [Fact]
+    public void NoTokenizer_IsStatedByInfoAndTransform()
+    {
+        string dir = Tiny("no-tokenizer", "--no-tokenizer");
+        var info = Run("info", "--model", dir);
+        Assert.True(info.Code == 0, info.Err);
+        Assert.Contains("tokenizer: none", info.Out);
+        var t = Run("transform", "--model", dir, "--out", Path.Combine(_root, "no-tokenizer-skv"), "--swiftkv-layers", "2");
+        Assert.True(t.Code == 0, t.Err);
+        Assert.Contains("has no tokenizer", t.Out);
+        Assert.Contains("tokenizer: 128256 ids", Run("info", "--model", Tiny("with-tokenizer")).Out);
     }
 
     /// <summary>A negative --seed names the range a seed takes.</summary>

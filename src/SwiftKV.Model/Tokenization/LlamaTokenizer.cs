@@ -347,12 +347,21 @@ public sealed class LlamaTokenizer
         ArgumentException.ThrowIfNullOrEmpty(checkpointDir);
         if (!Directory.Exists(checkpointDir))
             throw new InvalidModelException($"Checkpoint directory not found: {checkpointDir}");
+        if (!Exists(checkpointDir))
+            throw new InvalidModelException($"No tokenizer in {checkpointDir}: expected original/tokenizer.model or tokenizer.json.");
+        return LoadFiles(checkpointDir);
+    }
+
+    /// <summary>Whether <paramref name="checkpointDir"/> has a tokenizer to load (original/tokenizer.model or tokenizer.json).</summary>
+    public static bool Exists(string checkpointDir) =>
+        File.Exists(Path.Combine(checkpointDir, "original", "tokenizer.model")) || File.Exists(Path.Combine(checkpointDir, "tokenizer.json"));
+
+    static LlamaTokenizer LoadFiles(string checkpointDir)
+    {
         string modelPath = Path.Combine(checkpointDir, "original", "tokenizer.model");
         string jsonPath = Path.Combine(checkpointDir, "tokenizer.json");
         string configPath = Path.Combine(checkpointDir, "tokenizer_config.json");
         bool hasTiktoken = File.Exists(modelPath);
-        if (!hasTiktoken && !File.Exists(jsonPath))
-            throw new InvalidModelException($"No tokenizer in {checkpointDir}: expected original/tokenizer.model or tokenizer.json.");
 
         var tokenizerJson = CheckpointJson.TryRead(jsonPath);
         var tokenizerConfig = CheckpointJson.TryRead(configPath);
