@@ -23,8 +23,15 @@ public static class HostingSample
     /// <summary>Telemetry source and meter name of the chat pipeline.</summary>
     public const string TelemetrySource = "SwiftKV.Samples.Hosting";
 
+    const string Usage = "dotnet run --project samples/Hosting -- [--model DIR] [--Sample:Prompt TEXT] [--Sample:MaxTokens N] [--SwiftKV:<option> VALUE] [--Logging:LogLevel:<category> LEVEL]";
+
     public static async Task<int> Main(string[] args)
     {
+        if (args.Any(a => a is "--help" or "-h"))
+        {
+            Console.WriteLine("usage: " + Usage);
+            return 0;
+        }
         return await SampleRun.Guarded("hosting", () => RunAsync(args, Console.Out));
     }
 
@@ -44,9 +51,11 @@ public static class HostingSample
         // A model that cannot load fails the host's start; SampleRun prints that as one line, so the host's own
         // "Hosting failed to start" log (the whole stack trace) is left out.
         builder.Logging.AddFilter("Microsoft.Extensions.Hosting.Internal.Host", LogLevel.None);
-        // Bound here once so a bad value (--Sample:MaxTokens abc) stops the start, before anything is printed or the demo model is made.
-        var sample = builder.Configuration.GetSection("Sample").Get<AnswerOptions>() ?? new AnswerOptions();
-        if (sample.MaxTokens <= 0) throw new ArgumentException($"Sample:MaxTokens must be a positive integer (got {sample.MaxTokens}).");
+        // Checked here, so a bad value (--Sample:MaxTokens abc, --SwiftKV:Backend Gpu) stops the start before anything is
+        // printed or the demo model is made.
+        if (builder.Configuration["Sample:MaxTokens"] is { } maxTokens && !(int.TryParse(maxTokens, out int n) && n > 0))
+            throw new ArgumentException($"Sample:MaxTokens must be a positive integer (got '{maxTokens}').");
+        SwiftKV.AI.SwiftKvOptions.FromConfiguration(builder.Configuration.GetSection("SwiftKV")).ValidateSettings();
         if (string.IsNullOrWhiteSpace(builder.Configuration["SwiftKV:ModelPath"]))
             builder.Configuration["SwiftKV:ModelPath"] = SampleModel.Resolve(null, output).Path;
 
@@ -85,13 +94,11 @@ public static class HostingSample
         static bool Under(string name, string section) => name.StartsWith(section + ":", StringComparison.OrdinalIgnoreCase);
         var parsed = new SampleArgs(args);
         // Every option takes a value; the host would drop a value-less one silently (--model alone ran the demo model).
-        foreach (var name in parsed.Names)
-        {
-            int eq = name.IndexOf('=');
-            if (string.IsNullOrWhiteSpace(eq >= 0 ? name[(eq + 1)..] : parsed.String(name)))
-                throw new ArgumentException($"--{(eq >= 0 ? name[..eq] : name)} needs a value");
-        }
-        var unknown = parsed.Names.Select(n => n.Split('=', 2)[0]).Where(name =>
+        foreach (var name in parsed.Names) parsed.String(name);
+        // Two names for one setting: the host would keep the later one without a word.
+        if (parsed.Names.Contains("model", StringComparer.OrdinalIgnoreCase) && parsed.Names.Contains("SwiftKV:ModelPath", StringComparer.OrdinalIgnoreCase))
+            throw new ArgumentException("--model and --SwiftKV:ModelPath name the same setting; give one");
+        var unknown = parsed.Names.Where(name =>
             !s_hostKeys.Contains(name, StringComparer.OrdinalIgnoreCase) && !Under(name, "SwiftKV") && !Under(name, "Logging")
             && !(Under(name, "Sample") && s_sampleKeys.Contains(name["Sample:".Length..], StringComparer.OrdinalIgnoreCase))).ToList();
         if (unknown.Count > 0)

@@ -44,30 +44,27 @@ public static class RagSample
         Question: {{$question}}</message>
         """;
 
+    const string Usage = "dotnet run --project samples/Rag -- [--model DIR] [--question TEXT] [--top N] [--max-tokens N] [--documents DIR] [--db FILE]";
+
     public static async Task<int> Main(string[] args)
     {
-        RagOptions options;
-        try
-        {
-            var a = new SampleArgs(args);
-            var d = new RagOptions();
-            options = new RagOptions
+        if (SampleRun.ParseArgs("rag", Usage, args, a =>
             {
-                Model = a.String("model"),
-                Documents = a.String("documents") ?? d.Documents,
-                Database = a.String("db") ?? d.Database,
-                Question = a.String("question") ?? d.Question,
-                TopK = a.PositiveInt("top", d.TopK),
-                MaxTokens = a.PositiveInt("max-tokens", d.MaxTokens),
-            };
-            a.RejectUnknown();
-            if (options.Database is { } db) CheckDatabasePath(db);
-        }
-        catch (ArgumentException e)
-        {
-            Console.Error.WriteLine($"rag: {e.Message}\nusage: dotnet run --project samples/Rag -- [--model DIR] [--question TEXT] [--top N] [--max-tokens N] [--documents DIR] [--db FILE]");
-            return 2;
-        }
+                var d = new RagOptions();
+                var o = new RagOptions
+                {
+                    Model = a.String("model"),
+                    Documents = a.String("documents") ?? d.Documents,
+                    Database = a.String("db") ?? d.Database,
+                    Question = a.String("question") ?? d.Question,
+                    TopK = a.PositiveInt("top", d.TopK),
+                    MaxTokens = a.PositiveInt("max-tokens", d.MaxTokens),
+                };
+                a.RejectUnknown();
+                if (o.Database is { } db) CheckDatabasePath(db);
+                return o;
+            }, out var options) is int exit)
+            return exit;
         return await SampleRun.Guarded("rag", stop => RunAsync(options, Console.Out, stop));
     }
 
@@ -139,9 +136,12 @@ public static class RagSample
 
         var call = recorder.Calls[^1];
         output.WriteLine($"\n{call}");
-        output.WriteLine($"SwiftKV let {call.PromptTokensSkipped} of {call.PromptTokens} prompt tokens skip layers " +
-                         $"{swiftKv.Model.Config.NumKeyValueLayers}..{swiftKv.Model.Config.NumHiddenLayers - 1} " +
-                         "(samples/Summarization times the same prefill with SwiftKV off and on).");
+        var config = swiftKv.Model.Config;
+        output.WriteLine(swiftKv.Model.Backend.SwiftKvEnabled
+            ? $"SwiftKV let {call.PromptTokensSkipped} of {call.PromptTokens} prompt tokens skip layers {config.NumKeyValueLayers}..{config.NumHiddenLayers - 1} " +
+              "(samples/Summarization times the same prefill with SwiftKV off and on)."
+            : $"SwiftKV off: every prompt token ran all {config.NumHiddenLayers} layers" +
+              (config.SwiftKv ? " (SwiftKv = false)." : " (this checkpoint has no SwiftKV layers: make one with `swiftkv transform --model DIR --out DIR2 --swiftkv-layers N`)."));
         if (isDemo) output.WriteLine("\n" + SampleModel.GibberishNote);
     }
 

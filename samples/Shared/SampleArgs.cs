@@ -18,7 +18,13 @@ public sealed class SampleArgs
             if (!a.StartsWith("--", StringComparison.Ordinal) || a.Length == 2)
                 throw new ArgumentException($"unexpected argument '{a}' (options look like --name value)");
             string name = a[2..];
-            string? value = i + 1 < list.Count && !list[i + 1].StartsWith("--", StringComparison.Ordinal) ? list[++i] : null;
+            string? value;
+            // --name=value, as the CLI and the hosting sample's configuration take it (and the only way to pass a value
+            // that starts with "--").
+            if (name.IndexOf('=') is int eq and > 0)
+                (name, value) = (name[..eq], name[(eq + 1)..]);
+            else
+                value = i + 1 < list.Count && !list[i + 1].StartsWith("--", StringComparison.Ordinal) ? list[++i] : null;
             if (!_values.TryAdd(name, value)) throw new ArgumentException($"option --{name} given twice");
         }
     }
@@ -56,6 +62,7 @@ public sealed class SampleArgs
     public void RejectUnknown()
     {
         var unknown = _values.Keys.Where(k => !_used.Contains(k)).ToList();
-        if (unknown.Count > 0) throw new ArgumentException($"unknown option(s): {string.Join(", ", unknown.Select(k => "--" + k))}");
+        string Describe(string k) => SwiftKV.Model.Spelling.Nearest(k, _used) is { } near ? $"--{k} (did you mean --{near}?)" : "--" + k;
+        if (unknown.Count > 0) throw new ArgumentException($"unknown option(s): {string.Join(", ", unknown.Select(Describe))}");
     }
 }

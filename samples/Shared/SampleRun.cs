@@ -35,6 +35,33 @@ public static class SampleRun
         return code == 130 && stop.IsCancellationRequested ? exitCode : code;
     }
 
+    /// <summary>
+    /// Reads a sample's command line with <paramref name="parse"/>: --help (or -h) prints <paramref name="usage"/> and
+    /// gives exit code 0, a bad option prints "<paramref name="name"/>: problem" and the usage and gives 2; null when the
+    /// sample should run with <paramref name="options"/>.
+    /// </summary>
+    public static int? ParseArgs<T>(string name, string usage, string[] args, Func<SampleArgs, T> parse, out T options) where T : class
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        ArgumentNullException.ThrowIfNull(parse);
+        options = null!;
+        if (args.Any(a => a is "--help" or "-h"))
+        {
+            Console.WriteLine("usage: " + usage);
+            return 0;
+        }
+        try
+        {
+            options = parse(new SampleArgs(args));
+            return null;
+        }
+        catch (ArgumentException e)
+        {
+            Console.Error.WriteLine($"{name}: {ErrorText.ForConsole(e)}\nusage: {usage}");
+            return 2;
+        }
+    }
+
     /// <summary>Runs <paramref name="run"/>; a usage or model error becomes "<paramref name="name"/>: message" on stderr and exit code 2.</summary>
     public static async Task<int> Guarded(string name, Func<Task> run)
     {

@@ -52,31 +52,28 @@ public static class SummarizationSample
         {{$summaries}}</message>
         """;
 
+    const string Usage = "dotnet run --project samples/Summarization -c Release -- [--model DIR] [--sections N] [--chunk-tokens N] [--max-chunks N | --all-chunks] [--map-tokens N] [--reduce-tokens N] [--quick]";
+
     public static async Task<int> Main(string[] args)
     {
-        SummarizationOptions options;
-        try
-        {
-            var a = new SampleArgs(args);
-            var d = a.Flag("quick") ? SummarizationOptions.Quick() : new SummarizationOptions();
-            bool all = a.Flag("all-chunks");
-            if (all && a.String("max-chunks") is not null) throw new ArgumentException("--all-chunks and --max-chunks contradict each other; give one");
-            options = d with
+        if (SampleRun.ParseArgs("summarization", Usage, args, a =>
             {
-                Model = a.String("model"),
-                Sections = InRange(a.PositiveInt("sections", d.Sections), "sections", 10_000),
-                ChunkTokens = InRange(a.PositiveInt("chunk-tokens", d.ChunkTokens), "chunk-tokens", 1 << 20),
-                MaxChunks = all ? 0 : a.PositiveInt("max-chunks", d.MaxChunks),
-                MapTokens = a.PositiveInt("map-tokens", d.MapTokens),
-                ReduceTokens = a.PositiveInt("reduce-tokens", d.ReduceTokens),
-            };
-            a.RejectUnknown();
-        }
-        catch (ArgumentException e)
-        {
-            Console.Error.WriteLine($"summarization: {e.Message}\nusage: dotnet run --project samples/Summarization -c Release -- [--model DIR] [--sections N] [--chunk-tokens N] [--max-chunks N | --all-chunks] [--map-tokens N] [--reduce-tokens N] [--quick]");
-            return 2;
-        }
+                var d = a.Flag("quick") ? SummarizationOptions.Quick() : new SummarizationOptions();
+                bool all = a.Flag("all-chunks");
+                if (all && a.String("max-chunks") is not null) throw new ArgumentException("--all-chunks and --max-chunks contradict each other; give one");
+                var o = d with
+                {
+                    Model = a.String("model"),
+                    Sections = InRange(a.PositiveInt("sections", d.Sections), "sections", 10_000),
+                    ChunkTokens = InRange(a.PositiveInt("chunk-tokens", d.ChunkTokens), "chunk-tokens", 1 << 20),
+                    MaxChunks = all ? 0 : a.PositiveInt("max-chunks", d.MaxChunks),
+                    MapTokens = a.PositiveInt("map-tokens", d.MapTokens),
+                    ReduceTokens = a.PositiveInt("reduce-tokens", d.ReduceTokens),
+                };
+                a.RejectUnknown();
+                return o;
+            }, out var options) is int exit)
+            return exit;
         return await SampleRun.Guarded("summarization", () => RunAsync(options, Console.Out));
     }
 

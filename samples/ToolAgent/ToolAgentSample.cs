@@ -29,27 +29,24 @@ public sealed record ToolAgentResult(string Answer, IReadOnlyList<string> ToolCa
 /// <summary>The tool-agent sample.</summary>
 public static class ToolAgentSample
 {
+    const string Usage = "dotnet run --project samples/ToolAgent -- [--model DIR] [--question TEXT] [--require lookup|multiply|add] [--max-tokens N]";
+
     public static async Task<int> Main(string[] args)
     {
-        ToolAgentOptions options;
-        try
-        {
-            var a = new SampleArgs(args);
-            var d = new ToolAgentOptions();
-            options = new ToolAgentOptions
+        if (SampleRun.ParseArgs("tool-agent", Usage, args, a =>
             {
-                Model = a.String("model"),
-                Question = a.String("question") ?? d.Question,
-                Require = a.String("require"),
-                MaxTokens = a.PositiveInt("max-tokens", d.MaxTokens),
-            };
-            a.RejectUnknown();
-        }
-        catch (ArgumentException e)
-        {
-            Console.Error.WriteLine($"tool-agent: {e.Message}\nusage: dotnet run --project samples/ToolAgent -- [--model DIR] [--question TEXT] [--require lookup|multiply|add] [--max-tokens N]");
-            return 2;
-        }
+                var d = new ToolAgentOptions();
+                var o = new ToolAgentOptions
+                {
+                    Model = a.String("model"),
+                    Question = a.String("question") ?? d.Question,
+                    Require = a.String("require"),
+                    MaxTokens = a.PositiveInt("max-tokens", d.MaxTokens),
+                };
+                a.RejectUnknown();
+                return o;
+            }, out var options) is int exit)
+            return exit;
         return await SampleRun.Guarded("tool-agent", () => RunAsync(options, Console.Out));
     }
 

@@ -70,6 +70,15 @@ public sealed class SwiftKvOptions
             throw new ArgumentException("SwiftKvOptions.ModelPath is required: the directory of a Hugging Face Llama or SwiftKV checkpoint.", nameof(ModelPath));
         if (!Directory.Exists(ModelPath))
             throw new ArgumentException($"SwiftKvOptions.ModelPath '{ModelPath}' is not a directory.", nameof(ModelPath));
+        ValidateSettings();
+    }
+
+    /// <summary>
+    /// Checks every option but <see cref="ModelPath"/>: for an app that fills the path in later (a model it downloads or
+    /// makes on first run) and wants a bad setting to stop it before that work.
+    /// </summary>
+    public void ValidateSettings()
+    {
         ValidateRequestOptions();
         if (KvCacheBytes is <= 0)
             throw new ArgumentOutOfRangeException(nameof(KvCacheBytes), KvCacheBytes, "SwiftKvOptions.KvCacheBytes must be > 0 (or null for the backend's default).");
@@ -97,6 +106,19 @@ public sealed class SwiftKvOptions
     }
 
     internal SwiftKvOptions Clone() => (SwiftKvOptions)MemberwiseClone();
+
+    /// <summary>
+    /// Options bound from a configuration section (keys as the property names, any case), not yet validated. A key that
+    /// is no option, a value its option cannot take, or sub-keys under an option are an <see cref="ArgumentException"/>
+    /// naming the key, rather than being ignored.
+    /// </summary>
+    public static SwiftKvOptions FromConfiguration(Microsoft.Extensions.Configuration.IConfiguration configuration)
+    {
+        ArgumentNullException.ThrowIfNull(configuration);
+        var options = new SwiftKvOptions();
+        SwiftKvConfigurationBinder.Bind(configuration, options);
+        return options;
+    }
 
     /// <summary>Validates, then loads the checkpoint with the serving engine sized by these options.</summary>
     internal LocalModel LoadModel()

@@ -70,7 +70,34 @@ public sealed class HostingSampleTests(TinySampleModel model)
         var e = await Assert.ThrowsAnyAsync<Exception>(() =>
             HostingSample.RunAsync(["--model", model.Directory, "--Sample:MaxTokens", value], output, TestContext.Current.CancellationToken));
         Assert.Contains("MaxTokens", e.Message);
+        Assert.IsAssignableFrom<ArgumentException>(e);
+        Assert.DoesNotContain("System.Int32", e.Message);   // the binder's type names are not shown
         Assert.DoesNotContain("model:", output.ToString());   // the hosted service never ran
+    }
+
+    /// <summary>
+    /// Settings the host would silently resolve or drop are refused: --model beside --SwiftKV:ModelPath (the later won),
+    /// sub-keys under an option (ignored). A bad SwiftKV setting with no --model fails before the demo model is made.
+    /// </summary>
+    [Theory]
+    [InlineData("--model and --SwiftKV:ModelPath name the same setting", "--SwiftKV:ModelPath", "{model}")]
+    [InlineData("SwiftKV:ModelPath:x is not an option: SwiftKV:ModelPath takes a single value", "--SwiftKV:ModelPath:x", "1")]
+    [InlineData("SwiftKV:Backend 'Gpu' is not one of Auto, Cpu, Cuda", "--SwiftKV:Backend", "Gpu")]
+    public async Task RunAsync_ConflictingOrIgnoredSettings_AreRefused(string expected, string key, string value)
+    {
+        var e = await Assert.ThrowsAnyAsync<ArgumentException>(() =>
+            HostingSample.RunAsync(["--model", model.Directory, key, value.Replace("{model}", model.Directory)], new StringWriter(), TestContext.Current.CancellationToken));
+        Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public async Task RunAsync_BadSettingWithoutModel_FailsBeforeTheDemoModelIsMade()
+    {
+        var output = new StringWriter();
+        var e = await Assert.ThrowsAnyAsync<ArgumentException>(() =>
+            HostingSample.RunAsync(["--SwiftKV:ContextLength", "0"], output, TestContext.Current.CancellationToken));
+        Assert.Contains("ContextLength", e.Message);
+        Assert.DoesNotContain("demo checkpoint", output.ToString());
     }
 
     /// <summary>Stopping the host before the answer is complete (Ctrl-C) is an OperationCanceledException, exit code 130.</summary>

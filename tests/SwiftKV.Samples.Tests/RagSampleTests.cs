@@ -40,6 +40,19 @@ public sealed class RagSampleTests(TinySampleModel model)
     /// replaced. Without --db the run uses a file of its own and removes it. Documents with no text, or a file given as
     /// the folder, are named too.
     /// </summary>
+    /// <summary>On a plain Llama checkpoint the report said "SwiftKV let 0 of N prompt tokens skip layers 0..3"; it now says what ran.</summary>
+    [Fact]
+    public async Task RunAsync_PlainLlama_SaysEveryLayerRan()
+    {
+        string dir = model.TempFile("plain-llama");
+        SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny").Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 5 });
+        SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
+        var output = new StringWriter();
+        await RagSample.RunAsync(new RagOptions { Model = dir, Database = model.TempFile("plain.db"), MaxTokens = 2 }, output, TestContext.Current.CancellationToken);
+        Assert.Contains("SwiftKV off: every prompt token ran all 4 layers (this checkpoint has no SwiftKV layers", output.ToString());
+        Assert.DoesNotContain("skip layers", output.ToString());
+    }
+
     [Fact]
     public async Task RunAsync_DatabasePath_RefusesWhatItWouldDestroy()
     {

@@ -16,6 +16,32 @@ public sealed class SampleArgsTests
         a.RejectUnknown();
     }
 
+    /// <summary>The samples' Main: --help gives exit code 0 (it was an unknown option), a bad option 2, good options run.</summary>
+    [Fact]
+    public void ParseArgs_HelpBadAndGood()
+    {
+        static string Parse(SampleArgs a) { string v = a.String("model") ?? "demo"; a.RejectUnknown(); return v; }
+        Assert.Equal(0, SampleRun.ParseArgs<string>("t", "usage", ["--help"], Parse, out _));
+        Assert.Equal(0, SampleRun.ParseArgs<string>("t", "usage", ["--model", "/m", "-h"], Parse, out _));
+        Assert.Equal(2, SampleRun.ParseArgs<string>("t", "usage", ["--modle", "/m"], Parse, out _));
+        Assert.Null(SampleRun.ParseArgs<string>("t", "usage", ["--model=/m"], Parse, out var model));
+        Assert.Equal("/m", model);
+    }
+
+    /// <summary>--name=value as the CLI takes it; a misspelt option names the one meant.</summary>
+    [Fact]
+    public void Parse_EqualsForm_AndNearMisses()
+    {
+        var a = new SampleArgs(["--model=/m", "--question=--what?"]);
+        Assert.Equal("/m", a.String("model"));
+        Assert.Equal("--what?", a.String("question"));
+        a.RejectUnknown();
+        var typo = new SampleArgs(["--modle", "/m"]);
+        typo.String("model");
+        typo.String("question");
+        Assert.Contains("--modle (did you mean --model?)", Assert.Throws<ArgumentException>(typo.RejectUnknown).Message);
+    }
+
     [Theory]
     [InlineData(new[] { "--top", "zero" }, "--top must be a positive integer")]
     [InlineData(new[] { "--top", "-1" }, "--top must be a positive integer")]

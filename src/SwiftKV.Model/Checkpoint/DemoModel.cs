@@ -17,12 +17,21 @@ public static class DemoModel
     const string CompleteMarker = ".complete";
 
     /// <summary>
-    /// The cache root: <c>$SWIFTKV_CACHE</c>, else <c>$XDG_CACHE_HOME/swiftkv</c>, else <c>~/.cache/swiftkv</c>.
+    /// The cache root: <c>$SWIFTKV_CACHE</c>, else <c>$XDG_CACHE_HOME/swiftkv</c>, else <c>~/.cache/swiftkv</c>. A variable
+    /// set to an empty value counts as unset (it would put the model in the current directory); one that names a file is
+    /// an error naming the variable.
     /// </summary>
-    public static string CacheRoot() =>
-        Environment.GetEnvironmentVariable("SWIFTKV_CACHE")
-        ?? Path.Combine(Environment.GetEnvironmentVariable("XDG_CACHE_HOME")
+    public static string CacheRoot()
+    {
+        static string? Variable(string name) => Environment.GetEnvironmentVariable(name) is { Length: > 0 } v && !string.IsNullOrWhiteSpace(v) ? v : null;
+        string? explicitRoot = Variable("SWIFTKV_CACHE");
+        string root = explicitRoot ?? Path.Combine(Variable("XDG_CACHE_HOME")
             ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache"), "swiftkv");
+        if (File.Exists(root))
+            throw new InvalidModelException($"the demo model's cache {root} is a file, not a directory" +
+                (explicitRoot is not null ? " (set by SWIFTKV_CACHE): point SWIFTKV_CACHE at a directory." : ": move it, or set SWIFTKV_CACHE to a directory."));
+        return root;
+    }
 
     /// <summary>The demo model's config: the "demo" preset with SwiftKV on layers 4..7 and AcrossKV groups of 2.</summary>
     public static LlamaConfig Config() =>

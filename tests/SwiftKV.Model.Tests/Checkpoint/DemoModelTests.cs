@@ -9,6 +9,33 @@ public sealed class DemoModelTests : IDisposable
 {
     readonly TempDirectory _root = new();
 
+    /// <summary>
+    /// An empty SWIFTKV_CACHE put the demo model in the current directory; one naming a file failed with a path error
+    /// that never named the variable. (No other test in this assembly reads the variable.)
+    /// </summary>
+    [Fact]
+    public void CacheRoot_EmptyVariableIsUnset_AFileIsNamed()
+    {
+        string? saved = Environment.GetEnvironmentVariable("SWIFTKV_CACHE");
+        try
+        {
+            Environment.SetEnvironmentVariable("SWIFTKV_CACHE", _root.Path);
+            Assert.Equal(_root.Path, DemoModel.CacheRoot());
+            Environment.SetEnvironmentVariable("SWIFTKV_CACHE", " ");
+            Assert.True(Path.IsPathRooted(DemoModel.CacheRoot()));
+            Assert.EndsWith("swiftkv", DemoModel.CacheRoot());
+            string file = Path.Combine(_root.Path, "a-file");
+            File.WriteAllText(file, "");
+            Environment.SetEnvironmentVariable("SWIFTKV_CACHE", file);
+            var e = Assert.Throws<InvalidModelException>(DemoModel.CacheRoot);
+            Assert.Contains("(set by SWIFTKV_CACHE): point SWIFTKV_CACHE at a directory", e.Message);
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable("SWIFTKV_CACHE", saved);
+        }
+    }
+
     public void Dispose() => _root.Dispose();
 
     [Fact]
