@@ -128,9 +128,15 @@ public static class RagSample
             ["question"] = options.Question,
         };
         output.Write($"\nanswer ({swiftKv.Model.Config.ModelType}, SwiftKV {(swiftKv.Model.Backend.SwiftKvEnabled ? "on" : "off")}, streamed): ");
-        await foreach (var chunk in kernel.InvokePromptStreamingAsync(Template, arguments, cancellationToken: cancellationToken))
-            output.Write(chunk);
-        output.WriteLine();
+        try
+        {
+            await foreach (var chunk in kernel.InvokePromptStreamingAsync(Template, arguments, cancellationToken: cancellationToken))
+                output.Write(chunk);
+        }
+        finally
+        {
+            output.WriteLine();   // an error (a prompt past the context) then prints on a line of its own
+        }
         output.WriteLine("sources:");
         for (int i = 0; i < hits.Count; i++) output.WriteLine($"  [{i + 1}] {hits[i].Chunk.Id}: {Preview(hits[i].Chunk.Text)}");
 

@@ -53,6 +53,21 @@ public sealed class RagSampleTests(TinySampleModel model)
         Assert.DoesNotContain("skip layers", output.ToString());
     }
 
+    /// <summary>A prompt past the model's context: the error names the limit, and the "answer:" line is ended so it prints on a line of its own.</summary>
+    [Fact]
+    public async Task RunAsync_PromptPastTheContext_EndsTheAnswerLine()
+    {
+        string dir = model.TempFile("context-64");
+        SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, (SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny") with { MaxPositionEmbeddings = 64 }).Validate(),
+            new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 5 });
+        SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
+        var output = new StringWriter();
+        var e = await Assert.ThrowsAnyAsync<ArgumentException>(() =>
+            RagSample.RunAsync(new RagOptions { Model = dir, Database = model.TempFile("short.db"), MaxTokens = 2 }, output, TestContext.Current.CancellationToken));
+        Assert.Contains("max_position_embeddings", e.Message);
+        Assert.EndsWith("streamed): " + Environment.NewLine, output.ToString());
+    }
+
     [Fact]
     public async Task RunAsync_DatabasePath_RefusesWhatItWouldDestroy()
     {
