@@ -44,9 +44,7 @@ public sealed class RagSampleTests(TinySampleModel model)
     [Fact]
     public async Task RunAsync_PlainLlama_SaysEveryLayerRan()
     {
-        string dir = model.TempFile("plain-llama");
-        SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny").Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 5 });
-        SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
+        string dir = model.Plain("plain-llama");
         var output = new StringWriter();
         await RagSample.RunAsync(new RagOptions { Model = dir, Database = model.TempFile("plain.db"), MaxTokens = 2 }, output, TestContext.Current.CancellationToken);
         Assert.Contains("SwiftKV off: every prompt token ran all 4 layers (this checkpoint has no SwiftKV layers", output.ToString());
@@ -57,10 +55,7 @@ public sealed class RagSampleTests(TinySampleModel model)
     [Fact]
     public async Task RunAsync_PromptPastTheContext_EndsTheAnswerLine()
     {
-        string dir = model.TempFile("context-64");
-        SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, (SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny") with { MaxPositionEmbeddings = 64 }).Validate(),
-            new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 5 });
-        SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
+        string dir = model.Plain("context-64", maxPositions: 64);
         var output = new StringWriter();
         var e = await Assert.ThrowsAnyAsync<ArgumentException>(() =>
             RagSample.RunAsync(new RagOptions { Model = dir, Database = model.TempFile("short.db"), MaxTokens = 2 }, output, TestContext.Current.CancellationToken));

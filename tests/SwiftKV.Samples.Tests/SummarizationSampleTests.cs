@@ -43,10 +43,7 @@ public sealed class SummarizationSampleTests(TinySampleModel model)
     [Fact]
     public async Task RunAsync_ReducePastTheModelsContext_IsRefusedBeforeMapping()
     {
-        string dir = model.TempFile("short-context");
-        var config = SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny") with { MaxPositionEmbeddings = 2048 };
-        SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, config.Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 3 });
-        SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
+        string dir = model.Plain("short-context", maxPositions: 2048);
         var output = new StringWriter();
         var e = await Assert.ThrowsAsync<ArgumentException>(() =>
             SummarizationSample.RunAsync(SummarizationOptions.Quick(dir) with { ChunkTokens = 10 }, output, TestContext.Current.CancellationToken));
@@ -65,10 +62,7 @@ public sealed class SummarizationSampleTests(TinySampleModel model)
     [Fact]
     public async Task RunAsync_ShortContextModel_WarmsUpWithinIt()
     {
-        string dir = model.TempFile("context-256");
-        var config = SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny") with { MaxPositionEmbeddings = 256 };
-        SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, config.Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 3 });
-        SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
+        string dir = model.Plain("context-256", maxPositions: 256);
         var calls = await SummarizationSample.RunAsync(SummarizationOptions.Quick(dir) with { ChunkTokens = 100, MaxChunks = 2 }, new StringWriter(), TestContext.Current.CancellationToken);
         Assert.Equal(3, calls.Count);
     }

@@ -20,6 +20,21 @@ public sealed class TinySampleModel : IDisposable
         LlamaTokenizer.CreateDemo().Save(Directory);
     }
 
+    /// <summary>
+    /// Another tiny checkpoint under the model's folder (removed with it): the plain Llama "tiny" preset with
+    /// <paramref name="maxPositions"/> positions, for the cases the shared SwiftKV model cannot show (a short context, no
+    /// SwiftKV layers).
+    /// </summary>
+    public string Plain(string name, int? maxPositions = null)
+    {
+        string dir = TempFile(name);
+        var config = ModelPresets.Get("tiny");
+        if (maxPositions is int n) config = config with { MaxPositionEmbeddings = n };
+        ModelMaker.Write(dir, config.Validate(), new ModelMakerOptions { Seed = 3 });
+        LlamaTokenizer.CreateDemo().Save(dir);
+        return dir;
+    }
+
     /// <summary>A fresh temporary file path under the model's folder (removed with it).</summary>
     public string TempFile(string name) => Path.Combine(Directory, Guid.NewGuid().ToString("N") + "-" + name);
 
