@@ -27,7 +27,7 @@ public static class HostingSample
 
     public static async Task<int> Main(string[] args)
     {
-        if (args.Any(a => a is "--help" or "-h"))
+        if (SampleRun.WantsHelp(args))
         {
             Console.WriteLine("usage: " + Usage);
             return 0;
@@ -95,14 +95,20 @@ public static class HostingSample
         var parsed = new SampleArgs(args);
         // Every option takes a value; the host would drop a value-less one silently (--model alone ran the demo model).
         foreach (var name in parsed.Names) parsed.String(name);
+        // The host's keys ignore case, so --SwiftKV:Backend and --swiftkv:backend are one setting given twice.
+        if (parsed.Names.GroupBy(n => n, StringComparer.OrdinalIgnoreCase).FirstOrDefault(g => g.Count() > 1) is { } twice)
+            throw new ArgumentException($"{string.Join(" and ", twice.Select(n => "--" + n))} name the same setting; give one");
         // Two names for one setting: the host would keep the later one without a word.
         if (parsed.Names.Contains("model", StringComparer.OrdinalIgnoreCase) && parsed.Names.Contains("SwiftKV:ModelPath", StringComparer.OrdinalIgnoreCase))
             throw new ArgumentException("--model and --SwiftKV:ModelPath name the same setting; give one");
         var unknown = parsed.Names.Where(name =>
             !s_hostKeys.Contains(name, StringComparer.OrdinalIgnoreCase) && !Under(name, "SwiftKV") && !Under(name, "Logging")
             && !(Under(name, "Sample") && s_sampleKeys.Contains(name["Sample:".Length..], StringComparer.OrdinalIgnoreCase))).ToList();
+        string[] known = [.. s_hostKeys, .. s_sampleKeys.Select(k => "Sample:" + k)];
+        string Describe(string n) => SwiftKV.Model.Spelling.Nearest(n, known, StringComparison.OrdinalIgnoreCase) is { } near ? $"--{n} (did you mean --{near}?)" : "--" + n;
         if (unknown.Count > 0)
-            throw new ArgumentException($"unknown option(s): {string.Join(", ", unknown.Select(n => "--" + n))} (this sample takes --model DIR, --Sample:Prompt TEXT, --Sample:MaxTokens N and --SwiftKV:<option> VALUE)");
+            throw new ArgumentException($"unknown option(s): {string.Join(", ", unknown.Select(Describe))} (this sample takes --model DIR, --Sample:Prompt TEXT, " +
+                "--Sample:MaxTokens N, --SwiftKV:<option> VALUE, --Logging:<key> VALUE and the host's --environment, --contentRoot, --applicationName)");
     }
 }
 

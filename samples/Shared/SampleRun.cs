@@ -45,7 +45,7 @@ public static class SampleRun
         ArgumentNullException.ThrowIfNull(args);
         ArgumentNullException.ThrowIfNull(parse);
         options = null!;
-        if (args.Any(a => a is "--help" or "-h"))
+        if (WantsHelp(args))
         {
             Console.WriteLine("usage: " + usage);
             return 0;
@@ -61,6 +61,12 @@ public static class SampleRun
             return 2;
         }
     }
+
+    /// <summary>
+    /// --help anywhere, or -h as the first argument: elsewhere "-h" may be a value (--question -h), which a value never
+    /// starting with "--" makes unambiguous for --help.
+    /// </summary>
+    public static bool WantsHelp(IReadOnlyList<string> args) => args.Contains("--help") || args is ["-h", ..];
 
     /// <summary>Runs <paramref name="run"/>; a usage or model error becomes "<paramref name="name"/>: message" on stderr and exit code 2.</summary>
     public static async Task<int> Guarded(string name, Func<Task> run)

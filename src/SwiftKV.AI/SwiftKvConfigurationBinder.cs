@@ -43,24 +43,37 @@ internal static class SwiftKvConfigurationBinder
             if (child.GetChildren().FirstOrDefault() is { } sub)
                 throw new ArgumentException($"SwiftKV configuration: {sub.Path} is not an option: {prefix}{option.Name} takes a single value, not sub-keys.");
             var nullable = Nullable.GetUnderlyingType(option.PropertyType);
-            // An empty value of a nullable option (KvCacheBytes: "") binds as null: the default.
-            if (child.Value is not { } value || nullable is not null && string.IsNullOrWhiteSpace(value)
-                || ValueProblem(nullable ?? option.PropertyType, value) is not { } problem)
+            var type = nullable ?? option.PropertyType;
+            if (child.Value is not { } value)
+            {
+                // A JSON null: the binder would write the type's default (SwiftKv: null turned SwiftKV off).
+                if (option.PropertyType.IsValueType && nullable is null)
+                    throw new ArgumentException($"SwiftKV configuration: {prefix}{option.Name} needs a value (got null).");
                 continue;
-            throw new ArgumentException($"SwiftKV configuration: {prefix}{option.Name} '{value}' {problem}.");
+            }
+            // An empty value of a nullable option (KvCacheBytes: "") binds as null: the default.
+            if (nullable is not null && value.Length == 0) continue;
+            if (ValueProblem(type, value) is { } problem)
+                throw new ArgumentException($"SwiftKV configuration: {prefix}{option.Name} '{value}' {problem}.");
         }
     }
 
-    // Why the binder could not convert a value to the option's type; null when it can (range checks are Validate's).
+    // Why the binder could not convert a value to the option's type; null when it can. The binder's own converter
+    // decides (so "1" for an enum and "0x100" for an int pass as they always did); range checks are Validate's.
     static string? ValueProblem(Type type, string value)
     {
-        var invariant = System.Globalization.CultureInfo.InvariantCulture;
-        if (type.IsEnum)
-            return Enum.GetNames(type).Any(n => string.Equals(n, value.Trim(), StringComparison.OrdinalIgnoreCase)) ? null
-                : $"is not one of {string.Join(", ", Enum.GetNames(type))}";
-        if (type == typeof(bool)) return bool.TryParse(value, out _) ? null : "is not true or false";
-        if (type == typeof(int)) return int.TryParse(value, System.Globalization.NumberStyles.Integer, invariant, out _) ? null : $"is not a whole number in {int.MinValue}..{int.MaxValue}";
-        if (type == typeof(long)) return long.TryParse(value, System.Globalization.NumberStyles.Integer, invariant, out _) ? null : $"is not a whole number in {long.MinValue}..{long.MaxValue}";
-        return null;
+        try
+        {
+            System.ComponentModel.TypeDescriptor.GetConverter(type).ConvertFromInvariantString(value);
+            return null;
+        }
+        catch (Exception e) when (e is FormatException or ArgumentException or NotSupportedException or OverflowException
+            || e.InnerException is FormatException or OverflowException)
+        {
+            return type.IsEnum ? $"is not one of {string.Join(", ", Enum.GetNames(type))}"
+                : type == typeof(bool) ? "is not true or false"
+                : type == typeof(int) || type == typeof(long) ? "is not a whole number of the size this option takes"
+                : $"cannot be read as {type.Name}";
+        }
     }
 }

@@ -72,8 +72,7 @@ internal sealed class CliArgs
     /// </summary>
     public UsageException Missing(string name)
     {
-        var near = _options.Keys.Where(k => k != name && (k.StartsWith(name, StringComparison.Ordinal) || name.StartsWith(k, StringComparison.Ordinal)
-            || Spelling.EditDistance(k, name) <= 2)).Select(k => "--" + k).ToList();
+        var near = _options.Keys.Where(k => k != name && Spelling.Nearest(k, [name]) is not null).Select(k => "--" + k).ToList();
         return new UsageException($"--{name} is required" + (near.Count > 0 ? $" ({string.Join(", ", near)} is not an option: a misspelling of --{name}?)" : ""));
     }
 
@@ -106,8 +105,10 @@ internal sealed class CliArgs
         }
         catch (OverflowException)
         {
-            string range = typeof(T) == typeof(ulong) ? $"0..{ulong.MaxValue}" : typeof(T) == typeof(int) ? $"{int.MinValue}..{int.MaxValue}" : $"{float.MinValue}..{float.MaxValue}";
-            throw new UsageException($"--{name}: '{s}' is out of range ({range})");
+            // A seed takes every ulong, so its range is the rule; other options check their own range after parsing.
+            throw new UsageException(typeof(T) == typeof(ulong)
+                ? $"--{name}: '{s}' is out of range (0..{ulong.MaxValue})"
+                : $"--{name}: '{s}' is too {(s.TrimStart().StartsWith('-') ? "small" : "large")}");
         }
     }
 

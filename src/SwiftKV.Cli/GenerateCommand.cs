@@ -69,7 +69,11 @@ internal static class GenerateCommand
             throw new ArgumentException($"the prompt of {ids.Count} tokens does not fit the context of {context} tokens (max_position_embeddings).");
         // The default answer length gives way to a short context; a typed --max-tokens is refused instead, since the
         // user asked for that many.
-        if (maxTokensArg is null) maxTokens = Math.Min(maxTokens, context - ids.Count);
+        if (maxTokensArg is null && ids.Count + maxTokens > context)
+        {
+            maxTokens = context - ids.Count;
+            Console.Error.WriteLine($"note: --max-tokens defaults to {DefaultMaxTokens}; the context of {context} tokens leaves {maxTokens} after the prompt of {ids.Count}.");
+        }
         if ((long)ids.Count + maxTokens > context)
             throw new UsageException($"--max-tokens {maxTokens} after a prompt of {ids.Count} tokens exceeds the context of {context} tokens (max_position_embeddings): at most {context - ids.Count}.");
         var stats = new GenerationStats();

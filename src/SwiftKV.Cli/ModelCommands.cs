@@ -13,17 +13,18 @@ internal static class ModelCommands
     {
         string outDir = a.Required("out");
         var config = ConfigFromArgs(a);
-        float initStd = a.Float("init-std") ?? 0.02f;
-        if (!float.IsFinite(initStd) || initStd <= 0) throw new UsageException($"--init-std must be a positive finite number (got {initStd})");
         var options = new ModelMakerOptions
         {
             Seed = a.ULong("seed") ?? 0,
             Dtype = ParseDtype(a.String("dtype") ?? "bf16"),
-            InitStd = initStd,
+            InitStd = a.Float("init-std") ?? 0.02f,
         };
         bool tokenizer = !a.Flag("no-tokenizer");
         bool force = a.Flag("force");
         a.RejectUnknown();
+        // The options' own check, in the words of the option typed.
+        try { options.Validate(); }
+        catch (ArgumentException e) { throw new UsageException(e.Message.Replace("ModelMakerOptions.InitStd", "--init-std", StringComparison.Ordinal)); }
         RefuseExistingCheckpoint(outDir, force);
         var sw = Stopwatch.StartNew();
         MakeModelDirectory(outDir, config, options, tokenizer);
@@ -139,7 +140,7 @@ internal static class ModelCommands
     static readonly (string Field, string Option)[] s_fieldOptions =
     [
         ("num_hidden_layers", "--layers"), ("hidden_size", "--hidden"), ("num_attention_heads", "--heads"), ("num_key_value_heads", "--kv-heads"),
-        ("head_dim", "--head-dim"), ("intermediate_size", "--ffn"), ("vocab_size", "--vocab-size"), ("original_max_position_embeddings", "--rope-original-max"),
+        ("head_dim", "--head-dim"), ("intermediate_size", "--ffn"), ("vocab_size", "--vocab-size"), ("rope_scaling.original_max_position_embeddings", "--rope-original-max"),
         ("max_position_embeddings", "--max-positions"), ("num_key_value_layers", "--swiftkv-layers"), ("key_value_group_size", "--group-size"),
     ];
 
@@ -158,7 +159,7 @@ internal static class ModelCommands
         {
             string message = e.Message["config.json: ".Length..];
             foreach (var (field, option) in s_fieldOptions.Where(f => options.Length == 0 || options.Contains(f.Option)))
-                message = System.Text.RegularExpressions.Regex.Replace(message, $@"(?<![\w.]){field}\b", $"{field} ({option})");
+                message = System.Text.RegularExpressions.Regex.Replace(message, $@"(?<![\w.]){System.Text.RegularExpressions.Regex.Escape(field)}\b", $"{field} ({option})");
             throw new UsageException((options.Length == 0 ? "the options give an invalid model: " : "") + message);
         }
     }
@@ -183,6 +184,9 @@ internal static class ModelCommands
             throw new UsageException("--out must be another directory than --model: writing the new checkpoint removes the old weights first.");
         RefuseExistingCheckpoint(dst, force);
         var sw = Stopwatch.StartNew();
+        // The source's own config is checked first, so its errors keep naming its config.json; only the new SwiftKV
+        // fields are the options' doing.
+        LlamaConfig.Load(src);
         var config = Renamed(() => SwiftKvConverter.Convert(src, dst, l, g), "--swiftkv-layers", "--group-size");
         Console.WriteLine($"wrote {dst}: {Describe(config)} in {sw.Elapsed.TotalSeconds:F1} s (undistilled: distill before serious use)");
         if (!LlamaTokenizer.Exists(src))

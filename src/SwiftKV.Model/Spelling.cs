@@ -25,7 +25,8 @@ public static class Spelling
 
     /// <summary>
     /// The known name closest to <paramref name="name"/> if one is close enough to be what was meant: within one edit
-    /// for short names, two for names of six characters or more, or a known name that starts with it (3+ characters).
+    /// for short names, two for names of six characters or more, or one of the two a prefix (3+ characters) of the other
+    /// ("--layer" for --layers, "--output" for --out).
     /// </summary>
     public static string? Nearest(string name, IEnumerable<string> known, StringComparison comparison = StringComparison.Ordinal)
     {
@@ -33,7 +34,7 @@ public static class Spelling
         ArgumentNullException.ThrowIfNull(known);
         int allowed = Math.Max(1, Math.Min(2, name.Length / 3));
         return known.Select(k => (Name: k, Distance: EditDistance(k, name, comparison)))
-            .Where(c => c.Distance <= allowed || name.Length >= 3 && c.Name.StartsWith(name, comparison))
+            .Where(c => c.Distance <= allowed || name.Length >= 3 && c.Name.Length >= 3 && (c.Name.StartsWith(name, comparison) || name.StartsWith(c.Name, comparison)))
             .OrderBy(c => c.Distance).ThenBy(c => c.Name, StringComparer.Ordinal).Select(c => c.Name).FirstOrDefault();
     }
 }

@@ -125,7 +125,9 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
     [InlineData("ContextLenght", "4096", "SwiftKV:ContextLenght is not an option (did you mean ContextLength?); the options are ModelPath, ModelId, Backend")]
     [InlineData("Backend", "Gpu", "SwiftKV:Backend 'Gpu' is not one of Auto, Cpu, Cuda.")]
     [InlineData("SwiftKv", "maybe", "SwiftKV:SwiftKv 'maybe' is not true or false.")]
-    [InlineData("ContextLength", "4k", "SwiftKV:ContextLength '4k' is not a whole number in -2147483648..2147483647.")]
+    [InlineData("ContextLength", "4k", "SwiftKV:ContextLength '4k' is not a whole number of the size this option takes.")]
+    [InlineData("KvCacheBytes", " ", "SwiftKV:KvCacheBytes ' ' is not a whole number")]
+    [InlineData("Backend", "7", "SwiftKvOptions.Backend must be Auto, Cpu or Cuda")]
     [InlineData("KvCacheBytes", "1.5", "SwiftKV:KvCacheBytes '1.5' is not a whole number")]
     [InlineData("KvCacheDtype", "fp8", "SwiftKV:KvCacheDtype 'fp8' is not one of Bf16, Fp8E4M3.")]
     [InlineData("Colour", "red", "SwiftKV:Colour is not an option; the options")]
@@ -141,6 +143,25 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
         Assert.Contains(named, e.Message);
     }
 
+    /// <summary>
+    /// A JSON null binds a value-type option to its default without a word (SwiftKv: null turned SwiftKV off): refused by
+    /// name; null stays allowed where null means the default (KvCacheBytes).
+    /// </summary>
+    [Fact]
+    public void AddSwiftKvChatClient_JsonNull_IsRefusedForValueOptions()
+    {
+        // A key whose value is null, as the JSON provider gives "SwiftKv": null.
+        IConfiguration Section(string key, string? value) => new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["SwiftKV:ModelPath"] = tiny.Directory,
+            ["SwiftKV:" + key] = value,
+        }).Build().GetSection("SwiftKV");
+        var e = Assert.ThrowsAny<ArgumentException>(() => new ServiceCollection().AddSwiftKvChatClient(Section("SwiftKv", null)));
+        Assert.Contains("SwiftKV:SwiftKv needs a value (got null)", e.Message);
+        new ServiceCollection().AddSwiftKvChatClient(Section("KvCacheBytes", null));
+        new ServiceCollection().AddSwiftKvChatClient(Section("Backend", "1"));   // the binder reads an enum's number, as it always did
+    }
+
     /// <summary>Values the binder converts pass the key check: names in any case, an empty nullable option (its default).</summary>
     [Fact]
     public void AddSwiftKvChatClient_ConfigurationSection_AcceptsWhatTheBinderConverts()
@@ -152,6 +173,7 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
             ["SwiftKV:SwiftKv"] = "False",
             ["SwiftKV:KvCacheBytes"] = "",
             ["SwiftKV:MaxBatchTokens"] = "256",
+            ["SwiftKV:ContextLength"] = "0x100",   // the binder's converter reads hex, as it always did
         }).Build();
         var services = new ServiceCollection();
         services.AddSwiftKvChatClient(config.GetSection("SwiftKV"));

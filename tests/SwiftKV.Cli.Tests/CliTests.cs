@@ -176,7 +176,7 @@ public sealed class CliTests : IDisposable
         string bad = Path.Combine(_root, "bad-init");
         var r = Run("make-model", "--preset", "tiny", "--init-std", "-1", "--out", bad);
         Assert.Equal(2, r.Code);
-        Assert.Contains("--init-std must be a positive finite number (got -1)", r.Err);
+        Assert.Contains("--init-std must be a positive finite number, got -1", r.Err);
         Assert.False(Directory.Exists(bad));
 
         string rope = Path.Combine(_root, "rope");
@@ -310,6 +310,9 @@ public sealed class CliTests : IDisposable
         Assert.Contains("this command takes --attention-bias", r.Err);
         Assert.Contains("--kv-heads", r.Err);
         Assert.Contains("--hiden (did you mean --hidden?)", Run("make-model", "--out", Path.Combine(_root, "typo"), "--hiden", "64").Err);
+        Assert.Contains("rope_scaling.original_max_position_embeddings (--rope-original-max) must be",
+            Run("make-model", "--out", Path.Combine(_root, "typo"), "--rope-original-max", "0").Err);
+        Assert.Contains("--max-positions: '99999999999' is too large", Run("make-model", "--out", Path.Combine(_root, "typo"), "--max-positions", "99999999999").Err);
         Assert.DoesNotContain("did you mean", Run("make-model", "--out", Path.Combine(_root, "typo"), "--colour", "red").Err);
         Assert.False(Directory.Exists(Path.Combine(_root, "typo")));
     }
@@ -367,6 +370,7 @@ public sealed class CliTests : IDisposable
         var fits = Run("generate", "--model", dir, "--prompt", "Hello");
         Assert.True(fits.Code == 0, fits.Err);
         Assert.Contains("finish Length", fits.Err);
+        Assert.Contains("note: --max-tokens defaults to 64; the context of 24 tokens leaves", fits.Err);
         var typed = Run("generate", "--model", dir, "--prompt", "Hello", "--max-tokens", "64");
         Assert.Equal(2, typed.Code);
         Assert.Contains("--max-tokens 64 after a prompt of", typed.Err);
@@ -391,6 +395,13 @@ public sealed class CliTests : IDisposable
             Run("make-model", "--preset", "tiny", "--out", Path.Combine(_root, "x"), "--heads", "3").Err);
         string dir = Tiny("paths");
         Assert.Contains("(--group-size) (2) must divide", Run("transform", "--model", dir, "--out", Path.Combine(_root, "t"), "--swiftkv-layers", "1", "--group-size", "2").Err);
+        // A broken source config is the source's problem, named as its config.json's.
+        string broken = Tiny("broken-source");
+        string config = Path.Combine(broken, "config.json");
+        File.WriteAllText(config, System.Text.RegularExpressions.Regex.Replace(File.ReadAllText(config), "\"head_dim\":\\s*\\d+", "\"head_dim\": 15"));
+        var t = Run("transform", "--model", broken, "--out", Path.Combine(_root, "t2"), "--swiftkv-layers", "2");
+        Assert.Equal(2, t.Code);
+        Assert.Contains("config.json: head_dim (15) must be even", t.Err);
 
         var file = Run("info", "--model", Path.Combine(dir, "config.json"));
         Assert.Equal(2, file.Code);

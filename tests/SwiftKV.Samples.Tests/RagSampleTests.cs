@@ -34,12 +34,6 @@ public sealed class RagSampleTests(TinySampleModel model)
         Assert.DoesNotContain("gibberish", text); // --model was given: no demo-model note
     }
 
-    /// <summary>
-    /// The store's file is recreated, so --db refuses what it would destroy or cannot open: an existing file that is not a
-    /// store this sample made (kept as it was), a folder, a file in a missing folder; a store from an earlier run is
-    /// replaced. Without --db the run uses a file of its own and removes it. Documents with no text, or a file given as
-    /// the folder, are named too.
-    /// </summary>
     /// <summary>On a plain Llama checkpoint the report said "SwiftKV let 0 of N prompt tokens skip layers 0..3"; it now says what ran.</summary>
     [Fact]
     public async Task RunAsync_PlainLlama_SaysEveryLayerRan()
@@ -63,6 +57,12 @@ public sealed class RagSampleTests(TinySampleModel model)
         Assert.EndsWith("streamed): " + Environment.NewLine, output.ToString());
     }
 
+    /// <summary>
+    /// The store's file is recreated, so --db refuses what it would destroy or cannot open: an existing file that is not a
+    /// store this sample made (kept as it was), a folder, a file in a missing folder; a store from an earlier run is
+    /// replaced. Without --db the run uses a file of its own and removes it. Documents with no text, or a file given as
+    /// the folder, are named too.
+    /// </summary>
     [Fact]
     public async Task RunAsync_DatabasePath_RefusesWhatItWouldDestroy()
     {

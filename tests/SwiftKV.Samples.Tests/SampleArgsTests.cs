@@ -22,7 +22,10 @@ public sealed class SampleArgsTests
     {
         static string Parse(SampleArgs a) { string v = a.String("model") ?? "demo"; a.RejectUnknown(); return v; }
         Assert.Equal(0, SampleRun.ParseArgs<string>("t", "usage", ["--help"], Parse, out _));
-        Assert.Equal(0, SampleRun.ParseArgs<string>("t", "usage", ["--model", "/m", "-h"], Parse, out _));
+        Assert.Equal(0, SampleRun.ParseArgs<string>("t", "usage", ["-h", "--model", "/m"], Parse, out _));
+        Assert.Equal(0, SampleRun.ParseArgs<string>("t", "usage", ["--model", "/m", "--help"], Parse, out _));
+        Assert.Null(SampleRun.ParseArgs<string>("t", "usage", ["--model", "-h"], Parse, out var value));   // "-h" as a value
+        Assert.Equal("-h", value);
         Assert.Equal(2, SampleRun.ParseArgs<string>("t", "usage", ["--modle", "/m"], Parse, out _));
         Assert.Null(SampleRun.ParseArgs<string>("t", "usage", ["--model=/m"], Parse, out var model));
         Assert.Equal("/m", model);

@@ -67,15 +67,22 @@ public sealed class SummarizationSampleTests(TinySampleModel model)
         Assert.Equal(3, calls.Count);
     }
 
-    [Theory]
-    [InlineData(2048, 4, 0, 131072, 3072)]        // the default chunk: chunk + 1024 as before
-    [InlineData(1000, 4, 100, 131072, 100 * (8 + 16))]   // many summaries: the reduce prompt sets it
-    public void ContextLength_CoversBothStages(int chunkTokens, int mapTokens, int mapped, int maxPositions, int atLeast)
+    /// <summary>
+    /// The default run keeps the context it always had (chunk + 1,024); more mapped chunks need more, never less; past the
+    /// model's positions the run is refused. (That a sized context really holds the reduce prompt is the end-to-end test
+    /// above: its reduce prompt is longer than the old context.)
+    /// </summary>
+    [Fact]
+    public void ContextLength_DefaultsAsBefore_AndGrowsWithTheChunksMapped()
     {
         var tokenizer = SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo();
-        var options = SummarizationOptions.Quick() with { ChunkTokens = chunkTokens, MapTokens = mapTokens };
-        int context = SummarizationSample.ContextLength(options, tokenizer, mapped, maxPositions);
-        Assert.InRange(context, atLeast, atLeast + 200);
+        var defaults = new SummarizationOptions();
+        Assert.Equal(2048 + 1024, SummarizationSample.ContextLength(defaults, tokenizer, defaults.MaxChunks, 131072));
+        var small = SummarizationOptions.Quick() with { ChunkTokens = 10, MapTokens = 24 };
+        int[] contexts = [.. new[] { 1, 10, 50, 100, 200 }.Select(n => SummarizationSample.ContextLength(small, tokenizer, n, 131072))];
+        Assert.Equal(contexts.Order(), contexts);
+        Assert.True(contexts[^1] > contexts[2], "200 summaries need more room than 50");
+        Assert.Throws<ArgumentException>(() => SummarizationSample.ContextLength(small, tokenizer, 200, 2048));
     }
 
     [Fact]
