@@ -115,6 +115,9 @@ public static class SummarizationSample
         output.WriteLine($"document: {options.Sections} sections, {totalTokens:N0} tokens, {chunks.Count} chunks of sections " +
                          $"(target <= {options.ChunkTokens} tokens, longest {longest}; a longer section is split at sentence ends); " +
                          $"mapping {mapped.Count}{(mapped.Count < chunks.Count ? " (--max-chunks; --all-chunks maps the whole report)" : "")}");
+        // Tiny chunks of a long report make thousands of calls (--quick --chunk-tokens 1: 1,756 chunks): said up front.
+        if (mapped.Count > ManyChunks)
+            output.WriteLine($"note: {mapped.Count:N0} chunks make {2 * mapped.Count:N0} model calls (each prompt runs with SwiftKV off and on); --max-chunks N maps fewer.");
 
         // Warm both paths (JIT, first touch of the weights) so the timings measure prefill, not start-up.
         // A mid-sized prompt, so the longer-sequence code paths are compiled too: part of the first chunk, which the
@@ -165,6 +168,9 @@ public static class SummarizationSample
     /// re-encodes to about as many tokens for a real model but a random one's stray bytes become several U+FFFD tokens.
     /// </summary>
     static int SummaryBudget(SummarizationOptions options) => 2 * options.MapTokens;
+
+    /// <summary>Above this many mapped chunks the run says how many model calls it will make.</summary>
+    const int ManyChunks = 32;
 
     // A part's label and the blank line between parts, with room for tokens that merge differently at the joins.
     const int PartOverheadTokens = 16;

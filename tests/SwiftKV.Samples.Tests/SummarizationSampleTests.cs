@@ -13,7 +13,7 @@ public sealed class SummarizationSampleTests(TinySampleModel model)
         var output = new StringWriter();
         var calls = await SummarizationSample.RunAsync(SummarizationOptions.Quick(model.Directory), output, TestContext.Current.CancellationToken);
         string text = output.ToString();
-
+        Assert.DoesNotContain("model calls", text);   // a few chunks: no note
         int maps = calls.Count(c => c.Stage == "map");
         Assert.True(maps >= 2, $"the quick document should need several chunks, got {maps}");
         Assert.Equal("reduce", calls[^1].Stage);
@@ -35,6 +35,7 @@ public sealed class SummarizationSampleTests(TinySampleModel model)
         var options = SummarizationOptions.Quick(model.Directory) with { ChunkTokens = 10, MaxChunks = 50, MapTokens = 24 };
         var calls = await SummarizationSample.RunAsync(options, output, TestContext.Current.CancellationToken);
         Assert.Equal(50, calls.Count(c => c.Stage == "map"));
+        Assert.Contains("note: 50 chunks make 100 model calls", output.ToString());
         Assert.Equal("reduce", calls[^1].Stage);
         Assert.True(calls[^1].PromptTokens > 10 + 1024, $"the reduce prompt ({calls[^1].PromptTokens} tokens) should exceed the old context");
     }
