@@ -68,12 +68,10 @@ internal static class ChatPromptBuilder
 
         // NOTE: an engine-native SamplingParams from RawRepresentationFactory replaces every sampling option of
         // ChatOptions (temperature, top-p/k, seed, penalties); anything else it returns is ignored.
-        // Unset options take the engine's defaults: greedy, unless top-p or top-k are set, which only mean something
-        // when sampling, so they imply temperature 1 (OpenAI's default) instead of being silently ignored.
-        bool samplingAsked = options?.TopP is < 1f || options?.TopK is > 1;
+        // Unset options take the engine's defaults (SamplingParams.DefaultTemperature: top-p or top-k imply sampling).
         var sampling = options?.RawRepresentationFactory?.Invoke(client) as SamplingParams ?? new SamplingParams
         {
-            Temperature = options?.Temperature ?? (samplingAsked ? 1f : 0f),
+            Temperature = SamplingParams.DefaultTemperature(options?.Temperature, options?.TopP, options?.TopK),
             TopP = options?.TopP ?? 1f,
             TopK = options?.TopK ?? 0,
             Seed = options?.Seed is long s ? unchecked((ulong)s) : null,

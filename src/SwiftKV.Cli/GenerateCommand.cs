@@ -22,16 +22,14 @@ internal static class GenerateCommand
         if (maxTokens <= 0) throw new UsageException($"--max-tokens must be > 0 (got {maxTokens})");
         float? temperature = a.Float("temperature"), topP = a.Float("top-p");
         int? topK = a.Int("top-k");
-        // As in the chat client: greedy by default, but top-p or top-k only mean something when sampling, so without a
-        // --temperature they sample at temperature 1 rather than being ignored.
-        bool samplingAsked = topP is < 1f || topK is > 1;
         ulong? seed = a.ULong("seed");
         SamplingParams sampling;
         try
         {
             sampling = new SamplingParams
             {
-                Temperature = temperature ?? (samplingAsked ? 1f : 0f),
+                // As in the chat client: --top-k / --top-p without --temperature sample at temperature 1.
+                Temperature = SamplingParams.DefaultTemperature(temperature, topP, topK),
                 TopK = topK ?? 0,
                 TopP = topP ?? 1f,
                 Seed = seed,

@@ -26,6 +26,18 @@ public class SamplerTests
         return counts.Select(c => c / draws).ToArray();
     }
 
+    /// <summary>The rule the chat client and the CLI share: greedy unless top-p or top-k ask for sampling, a given temperature wins.</summary>
+    [Theory]
+    [InlineData(null, null, null, 0f)]
+    [InlineData(null, 1f, 0, 0f)]
+    [InlineData(null, 1f, 1, 0f)]      // top-k 1 is greedy anyway
+    [InlineData(null, 0.9f, null, 1f)]
+    [InlineData(null, null, 40, 1f)]
+    [InlineData(0.3f, 0.9f, 40, 0.3f)]
+    [InlineData(0f, 0.9f, null, 0f)]
+    public void DefaultTemperature_SamplesOnlyWhenAskedFor(float? temperature, float? topP, int? topK, float expected) =>
+        Assert.Equal(expected, SamplingParams.DefaultTemperature(temperature, topP, topK));
+
     [Fact]
     public void Xoshiro256_MatchesIndependentImplementation()
     {

@@ -7,6 +7,14 @@ public sealed record SamplingParams
     /// <summary>Greedy decoding: argmax, lowest token id on ties.</summary>
     public static SamplingParams Greedy { get; } = new();
 
+    /// <summary>
+    /// The temperature for options a caller may leave unset: greedy by default, but top-p below 1 or top-k above 1 only
+    /// mean something when sampling, so without a temperature they imply 1 (OpenAI's default) rather than being ignored.
+    /// The chat client and the CLI both apply this rule.
+    /// </summary>
+    public static float DefaultTemperature(float? temperature, float? topP, int? topK) =>
+        temperature ?? (topP is < 1f || topK is > 1 ? 1f : 0f);
+
     /// <summary>Divides the logits before softmax; 0 = greedy. Must be finite and >= 0.</summary>
     public float Temperature
     {
