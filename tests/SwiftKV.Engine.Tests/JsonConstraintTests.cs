@@ -161,7 +161,7 @@ public class JsonConstraintTests
         var trie = new TokenTrie(table);
         string[] prefixes = ["", "{", "{\"k", "{\"k\\", "{\"k\\u00", "{\"k\"", "{\"k\":", "{\"k\": -", "{\"k\": 0", "{\"k\": 12.",
             "{\"k\": 12.5", "{\"k\": 1.5e", "{\"k\": 1e+", "{\"k\": t", "{\"k\": [", "{\"k\": [1", "{\"k\": [1,", "{\"k\": \"v", "{\"k\": {}",
-            "{\"k\": {\"j\": [[", "{\"k\": 1}"];
+            "{\"k\": {\"j\": [[", "{\"k\": 1}", "{\"k\": \"v\\", "{\"k\": \"\\u0", "{\"k\": \"\\u00e", "{\"k\\u0", "{\"k\": [\"\\u00e9x"];
         foreach (var prefix in prefixes)
         {
             var state = new JsonGrammarState();
@@ -180,6 +180,28 @@ public class JsonConstraintTests
             foreach (var (id, after) in expected) Assert.True(after.Equals(sink.Seen[id]), $"'{prefix}': token {id} leaves another state");
         }
         Assert.Same(TokenTrie.For(table), TokenTrie.For(table));   // built once per table
+    }
+
+    /// <summary>
+    /// States that read the same text from here on are equal, whatever came before: a closed string's key flag, a
+    /// finished \u escape's digit count or a closed container's kind does not tell them apart (kept masks are found
+    /// by state).
+    /// </summary>
+    [Theory]
+    [InlineData("{\"a\":\"b\",", "{\"a\":1,")]
+    [InlineData("{\"a\":\"\\u00e9", "{\"a\":\"x")]
+    [InlineData("{\"a\":true", "{\"a\":[]")]
+    [InlineData("{\"a\":[{}],", "{\"a\":{\"b\":[]},")]
+    public void Equals_SameFutureAfterDifferentText(string first, string second)
+    {
+        var a = new JsonGrammarState();
+        var b = new JsonGrammarState();
+        Assert.True(a.Accept(Encoding.UTF8.GetBytes(first)) && b.Accept(Encoding.UTF8.GetBytes(second)));
+        Assert.Equal(a, b);
+        Assert.Equal(a.GetHashCode(), b.GetHashCode());
+        var elsewhere = new JsonGrammarState();
+        Assert.True(elsewhere.Accept("{\"a\":[0,"u8));
+        Assert.NotEqual(a, elsewhere);
     }
 
     /// <summary>

@@ -314,6 +314,55 @@ public class JsonSchemaConstraintTests
         }
     }
 
+    /// <summary>
+    /// Inside strings the tree reads tokens' fates from a table instead of walking (TokenTrie, JsonStringBody): along
+    /// random documents of schemas with string values, free keys (in objects that list names, which refuse escapes in
+    /// them, and in objects that list none), enums and undecided anyOf strings, every state gets exactly the tokens,
+    /// and the states after them, that trying each token alone gives, over a table thick with quotes, backslashes and
+    /// \u escapes.
+    /// </summary>
+    [Theory]
+    [InlineData("""{"type":"object","properties":{"city":{"type":"string"},"n":{"type":"integer"}},"required":["city"]}""")]
+    [InlineData("""{"type":"object","additionalProperties":{"type":"array","items":{"type":"string"}}}""")]
+    [InlineData("""{"type":"array","items":{"anyOf":[{"type":"string"},{"enum":["ab","a\"b"]},{"type":"object"}]},"minItems":2}""")]
+    [InlineData(Person)]
+    public void TokenTrie_InsideStrings_AcceptsExactlyTheTokensTriedOneByOne(string schema)
+    {
+        var rng = new Random(5);
+        var letters = Encoding.UTF8.GetBytes("\"\"\"\\\\u0aAdD9fF:,{}[] cityné/bn\t");
+        var table = new List<byte[]?>();
+        for (int b = 0; b < 256; b++) table.Add([(byte)b]);
+        foreach (var piece in new[] { "\"city\"", "\\u00e9", "\\ud83d", "\\\"", "\", \"", "\":", "\"]", "\"}", "é\"" })
+            table.Add(Encoding.UTF8.GetBytes(piece));
+        for (int i = 0; i < 4000; i++)
+            table.Add(Enumerable.Range(0, 1 + rng.Next(8)).Select(_ => letters[rng.Next(letters.Length)]).ToArray());
+        var trie = new TokenTrie(table);
+        var machine = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(schema)));
+        int inString = 0;
+        for (int walk = 0; walk < 6; walk++)
+        {
+            int state = machine.Start;
+            for (int step = 0; step < 40; step++)
+            {
+                var expected = new Dictionary<int, int>();
+                for (int id = 0; id < table.Count; id++)
+                {
+                    int s = state;
+                    bool ok = true;
+                    foreach (byte b in table[id]!) if (!(ok = machine.Accept(ref s, b))) break;
+                    if (ok) expected[id] = s;
+                }
+                var sink = new Collect { Seen = new Dictionary<int, int>() };
+                trie.ForEachAccepted(machine, state, ref sink);
+                Assert.Equal(expected.OrderBy(kv => kv.Key), sink.Seen.OrderBy(kv => kv.Key));
+                if (machine.InStringBody(state, out _)) inString++;
+                if (expected.Count == 0) break;
+                state = expected.ElementAt(rng.Next(expected.Count)).Value;
+            }
+        }
+        Assert.True(inString > 10, $"only {inString} states inside strings");
+    }
+
     struct Collect : ITokenSink<int>
     {
         public Dictionary<int, int> Seen;

@@ -25,6 +25,15 @@ public interface IByteGrammar<TState> where TState : struct, IEquatable<TState>
 
     /// <summary>True when the text so far is a whole document (an end of turn may follow).</summary>
     bool IsComplete(in TState state);
+
+    /// <summary>
+    /// Whether the next bytes, up to an unescaped quote, change nothing but the escape state of a string the state is
+    /// inside (<paramref name="body"/>): a vocabulary pass then reads each token's fate from a table (TokenTrie).
+    /// </summary>
+    bool InStringBody(in TState state, out JsonStringBody body);
+
+    /// <summary>The state <see cref="InStringBody"/> accepted, with its string's escape state set to <paramref name="escape"/>.</summary>
+    TState WithEscape(in TState state, byte escape);
 }
 
 /// <summary>A decoding constraint that can tell whether its document is whole.</summary>
@@ -170,10 +179,21 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
         public bool Any;
         public TGrammar Grammar;
 
+        TState _last;
+        int _lastCompletion;
+        bool _hasLast;
+
         public void Token(int id, in TState after)
         {
             if (id >= Length) return;   // a logits row shorter than the token table
-            int completion = Grammar.CompletionLength(after);
+            // Runs of tokens end in one state (inside a string, nearly all of them): its completion is asked once a run.
+            if (!_hasLast || !after.Equals(_last))
+            {
+                _last = after;
+                _lastCompletion = Grammar.CompletionLength(after);
+                _hasLast = true;
+            }
+            int completion = _lastCompletion;
             Completion[id] = (ushort)Math.Min(completion, Saturated);
             Any = true;
             Longest = Math.Max(Longest, completion);

@@ -30,12 +30,20 @@ public struct JsonGrammarState : IEquatable<JsonGrammarState>
     public readonly bool IsComplete => _mode == Mode.Done;
 
     /// <summary>Same state: every byte sequence is accepted or refused alike from both.</summary>
-    public readonly bool Equals(JsonGrammarState other) => _mode == other._mode && _sub == other._sub && _literal == other._literal
-        && _stringIsKey == other._stringIsKey && _depth == other._depth && _objects == other._objects;
+    public readonly bool Equals(JsonGrammarState other) => Key == other.Key;
 
     public override readonly bool Equals(object? obj) => obj is JsonGrammarState other && Equals(other);
 
-    public override readonly int GetHashCode() => HashCode.Combine(_mode, _sub, _literal, _stringIsKey, _depth, _objects);
+    public override readonly int GetHashCode() => Key.GetHashCode();
+
+    // The fields that matter in this mode: a field left over from an earlier mode (the last \u digit count, the key
+    // flag of a string already closed, the kinds of containers already closed) would tell equal states apart.
+    readonly (Mode, byte, byte, bool, byte, ulong) Key => (_mode,
+        _mode is Mode.Unicode or Mode.Literal ? _sub : (byte)0,
+        _mode == Mode.Literal ? _literal : (byte)0,
+        _mode is Mode.InString or Mode.Escape or Mode.Unicode && _stringIsKey,
+        _depth,
+        _depth == MaxDepth ? _objects : _objects & ((1UL << _depth) - 1));
 
     /// <summary>Advances by one byte; false (state unspecified) when the byte cannot continue valid JSON.</summary>
     public bool Accept(byte c)
@@ -151,6 +159,23 @@ public struct JsonGrammarState : IEquatable<JsonGrammarState>
         }
     }
 
+    /// <summary>Whether the state is inside a string (key or value), and where in its escapes.</summary>
+    internal readonly bool InStringBody(out JsonStringBody body)
+    {
+        body = new JsonStringBody(_mode switch { Mode.Escape => 1, Mode.Unicode => (byte)(2 + _sub), _ => 0 }, EscapesAllowed: true);
+        return _mode is Mode.InString or Mode.Escape or Mode.Unicode;
+    }
+
+    /// <summary>The same string with its escape state set to <paramref name="escape"/> (see <see cref="JsonStringBody"/>).</summary>
+    internal readonly JsonGrammarState WithEscape(byte escape)
+    {
+        var next = this;
+        next._mode = escape switch { 0 => Mode.InString, 1 => Mode.Escape, _ => Mode.Unicode };
+        // _sub counts \u digits only in Mode.Unicode; elsewhere in a string it keeps what it held, so equal states stay equal.
+        if (escape >= 2) next._sub = (byte)(escape - 2);
+        return next;
+    }
+
     readonly bool TopIsObject => _depth > 0 && ((_objects >> (_depth - 1)) & 1) != 0;
 
     bool StartValue(byte c)
@@ -209,4 +234,6 @@ public readonly struct JsonObjectGrammar : IByteGrammar<JsonGrammarState>
     public bool Accept(ref JsonGrammarState state, byte b) => state.Accept(b);
     public int CompletionLength(in JsonGrammarState state) => state.CompletionLength;
     public bool IsComplete(in JsonGrammarState state) => state.IsComplete;
+    public bool InStringBody(in JsonGrammarState state, out JsonStringBody body) => state.InStringBody(out body);
+    public JsonGrammarState WithEscape(in JsonGrammarState state, byte escape) => state.WithEscape(escape);
 }

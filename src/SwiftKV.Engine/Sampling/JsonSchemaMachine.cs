@@ -63,6 +63,38 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
     /// <inheritdoc />
     public bool IsComplete(in int state) => _states[state].IsComplete;
 
+    /// <inheritdoc />
+    public bool InStringBody(in int state, out JsonStringBody body)
+    {
+        body = _states[state].Body.GetValueOrDefault();
+        return _states[state].Body.HasValue;
+    }
+
+    /// <inheritdoc />
+    public int WithEscape(in int state, byte escape)
+    {
+        var s = _states[state].Configs[0];
+        return Intern([s.With(s.Top switch
+        {
+            StringFrame => new StringFrame(escape),
+            ObjectFrame o => o with { Escape = escape },
+            _ => throw new InvalidOperationException("The state is not inside a string."),
+        })]);
+    }
+
+    /// <summary>
+    /// The string a state is inside when its only configuration reads a string value or a key that no listed name
+    /// fits any more (undecided anyOf alternatives read more than a string's bytes).
+    /// </summary>
+    JsonStringBody? BodyOf(Stack[] configs) => configs is [{ Top: var top }] ? top switch
+    {
+        StringFrame str => new JsonStringBody(str.Escape, EscapesAllowed: true),
+        // A free key starts no escape in an object that lists names (InObject).
+        ObjectFrame { Phase: ObjectPhase.InKey, FreeKey: true, Candidates: 0 } o =>
+            new JsonStringBody(o.Escape, EscapesAllowed: _nodes[o.Node].Properties.Length == 0),
+        _ => null,
+    } : null;
+
     /// <summary>
     /// The state's configurations as a key that equals the key of the same state in any machine of this grammar (for
     /// sharing work between them); compared by value.
@@ -107,7 +139,7 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
             completion = Math.Min(completion, Completion(s));
             complete |= IsWhole(s);
         }
-        _states.Add(new StateInfo(key.Configs, completion, complete, key));
+        _states.Add(new StateInfo(key.Configs, completion, complete, key, BodyOf(key.Configs)));
         if (_states.Count > _rows.Length) System.Array.Resize(ref _rows, _rows.Length * 2);
         return _ids[key] = _states.Count - 1;
     }
@@ -124,7 +156,7 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
             case StringFrame str:
                 if (str.Escape == 0 && c == '"') { outs.Add(AfterValue(s.Below)); break; }
                 byte e = str.Escape;
-                if (StringByte(ref e, c)) outs.Add(s.With(new StringFrame(e)));
+                if (JsonStringBody.Step(ref e, c)) outs.Add(s.With(new StringFrame(e)));
                 break;
             case NumberFrame num:
                 Number(num, s, c, outs);
@@ -268,7 +300,7 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
                 // A free key in an object that lists names starts no escape of its own: "\u0061" would be the listed
                 // "a" in another spelling, and its value would escape that property's schema.
                 byte e = o.Escape;
-                if (!StringByte(ref e, c)) return;
+                if (!JsonStringBody.Step(ref e, c)) return;
                 ulong next = 0;
                 for (ulong m = o.Candidates; m != 0; m &= m - 1)
                 {
@@ -338,28 +370,6 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
     bool ItemPossible(JsonSchemaNode node, int count) =>
         node.ItemAt(count) is int item and >= 0 && _nodes[item].MinLength < JsonSchemaGrammar.Unbounded;
 
-    /// <summary>Advances a string's escape state by one byte that is not its closing quote; false when JSON refuses it.</summary>
-    /// <remarks>0: plain; 1: after a backslash; 2..5: after "\u" and (state - 2) hex digits. \u escapes of UTF-16
-    /// surrogates are refused, as JsonGrammarState does, so no document holds a lone surrogate.</remarks>
-    static bool StringByte(ref byte escape, byte c)
-    {
-        switch (escape)
-        {
-            case 0:
-                if (c == '\\') escape = 1;
-                return c >= 0x20;
-            case 1:
-                if (c == 'u') { escape = 2; return true; }
-                escape = 0;
-                return c is (byte)'"' or (byte)'\\' or (byte)'/' or (byte)'b' or (byte)'f' or (byte)'n' or (byte)'r' or (byte)'t';
-            default:
-                if (!JsonGrammarState.IsHex(c) || (escape == 2 && c is (byte)'d' or (byte)'D')) return false;
-                escape = escape == 5 ? (byte)0 : (byte)(escape + 1);
-                return true;
-        }
-    }
-
-    static int EscapeRest(byte escape) => escape == 0 ? 0 : escape == 1 ? 1 : 6 - escape;
 
     static bool CanEnd(NumberMode mode) => mode is NumberMode.Zero or NumberMode.Int or NumberMode.Frac or NumberMode.ExpDigits;
 
@@ -395,7 +405,7 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
             case ValueFrame v:
                 return _nodes[v.Node].MinLength;
             case StringFrame str:
-                return 1 + EscapeRest(str.Escape);
+                return 1 + JsonStringBody.EscapeRest(str.Escape);
             case NumberFrame n:
                 return CanEnd(n.Mode) ? 0 : 1;
             case LiteralFrame l:
@@ -457,7 +467,7 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
                 if (o.FreeKey)
                 {
                     // Closing the key right here would make it the listed name it spells: one more byte first.
-                    int rest = EscapeRest(o.Escape) + (exact && o.Escape == 0 ? 1 : 0) + 2 + _nodes[node.Additional].MinLength;
+                    int rest = JsonStringBody.EscapeRest(o.Escape) + (exact && o.Escape == 0 ? 1 : 0) + 2 + _nodes[node.Additional].MinLength;
                     shortest = Math.Min(shortest, JsonSchemaGrammar.Add(rest, Close(missing)));
                 }
                 return shortest;
@@ -519,9 +529,10 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
         public Stack With(Frame top) => new(top, Below, Depth);
     }
 
-    /// <summary>A state: its configurations, shortest completion, whether it is whole, and its configurations as a
-    /// value-compared key (boxed once), equal across machines of one grammar.</summary>
-    sealed record StateInfo(Stack[] Configs, int CompletionLength, bool IsComplete, object Key);
+    /// <summary>A state: its configurations, shortest completion, whether it is whole, its configurations as a
+    /// value-compared key (boxed once, equal across machines of one grammar), and the string it is inside (null when
+    /// its next bytes do more than move a string's escape state).</summary>
+    sealed record StateInfo(Stack[] Configs, int CompletionLength, bool IsComplete, object Key, JsonStringBody? Body);
 
     /// <summary>A <see cref="JsonSchemaMachine"/> as a struct <see cref="IByteGrammar{TState}"/>.</summary>
     public readonly struct Grammar(JsonSchemaMachine machine) : IByteGrammar<int>
@@ -532,6 +543,10 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
         public int CompletionLength(in int state) => machine.CompletionLength(state);
 
         public bool IsComplete(in int state) => machine.IsComplete(state);
+
+        public bool InStringBody(in int state, out JsonStringBody body) => machine.InStringBody(state, out body);
+
+        public int WithEscape(in int state, byte escape) => machine.WithEscape(state, escape);
     }
 
     /// <summary>A set of configurations as a dictionary key (ordered by hash, so equal sets usually compare equal).</summary>
