@@ -69,15 +69,7 @@ internal static class ChatPromptBuilder
         // NOTE: an engine-native SamplingParams from RawRepresentationFactory replaces every sampling option of
         // ChatOptions (temperature, top-p/k, seed, penalties); anything else it returns is ignored.
         // Unset options take the engine's defaults (SamplingParams.DefaultTemperature: top-p or top-k imply sampling).
-        var sampling = options?.RawRepresentationFactory?.Invoke(client) as SamplingParams ?? new SamplingParams
-        {
-            Temperature = SamplingParams.DefaultTemperature(options?.Temperature, options?.TopP, options?.TopK),
-            TopP = options?.TopP ?? 1f,
-            TopK = options?.TopK ?? 0,
-            Seed = options?.Seed is long s ? unchecked((ulong)s) : null,
-            FrequencyPenalty = options?.FrequencyPenalty ?? 0f,
-            PresencePenalty = options?.PresencePenalty ?? 0f,
-        };
+        var sampling = options?.RawRepresentationFactory?.Invoke(client) as SamplingParams ?? Sampling(options);
 
         var stopIds = model.Tokenizer.StopTokenIds.ToHashSet();
         var constraint = Constraint(model, options?.ResponseFormat as ChatResponseFormatJson, tools, prefill, stopIds, maxNew);
@@ -85,6 +77,29 @@ internal static class ChatPromptBuilder
         var stopSequences = options?.StopSequences?.Where(x => !string.IsNullOrEmpty(x)).ToArray() ?? [];
         return new PreparedRequest(prompt, sampling, maxNew, prompt.Count + maxNew, stopIds, stopSequences,
             tools.Select(t => t.Name).ToArray(), prefill, constraint);
+    }
+
+    /// <summary>The sampling options of <paramref name="options"/>; a value out of range is named as the ChatOptions property the caller set.</summary>
+    static SamplingParams Sampling(ChatOptions? options)
+    {
+        try
+        {
+            return new SamplingParams
+            {
+                Temperature = SamplingParams.DefaultTemperature(options?.Temperature, options?.TopP, options?.TopK),
+                TopP = options?.TopP ?? 1f,
+                TopK = options?.TopK ?? 0,
+                Seed = options?.Seed is long s ? unchecked((ulong)s) : null,
+                FrequencyPenalty = options?.FrequencyPenalty ?? 0f,
+                PresencePenalty = options?.PresencePenalty ?? 0f,
+            };
+        }
+        catch (ArgumentOutOfRangeException e) when (e.ParamName is { } name)
+        {
+            // The engine's message without its "(Parameter 'TopP')" suffix, which names the engine's type, not the caller's.
+            string rule = e.Message.Split(" (Parameter", 2)[0];
+            throw new ArgumentOutOfRangeException(nameof(options), e.ActualValue, $"ChatOptions.{name} is {e.ActualValue}: {rule}");
+        }
     }
 
     /// <summary>
@@ -151,6 +166,9 @@ internal static class ChatPromptBuilder
         var tools = new List<ToolDefinition>();
         foreach (var t in options.Tools.OfType<AIFunctionDeclaration>())
         {
+            // A call names its function: two declarations of one name would leave the caller to invoke the wrong one.
+            if (tools.Any(d => d.Name == t.Name))
+                throw new ArgumentException($"ChatOptions.Tools declares function '{t.Name}' twice; a call names its function, so names must be unique.", nameof(options));
             var schema = t.JsonSchema.ValueKind == JsonValueKind.Object ? t.JsonSchema : (JsonElement?)null;
             tools.Add(new ToolDefinition(t.Name, string.IsNullOrWhiteSpace(t.Description) ? null : t.Description, schema));
         }
@@ -204,20 +222,32 @@ internal static class ChatPromptBuilder
                 if (c is not (TextContent or FunctionCallContent or FunctionResultContent or UsageContent or TextReasoningContent))
                     throw new ArgumentException($"message {index} ({m.Role}) holds {c.GetType().Name}: this model takes text, function calls and function results only.", nameof(messages));
             index++;
-            string role = m.Role == ChatRole.System ? "system"
+            // OpenAI's "developer" messages are what system messages were before it renamed them.
+            string role = m.Role == ChatRole.System || m.Role.Value == "developer" ? "system"
                 : m.Role == ChatRole.User ? "user"
                 : m.Role == ChatRole.Assistant ? "assistant"
                 : m.Role == ChatRole.Tool ? "ipython"
                 : throw new ArgumentException($"Chat role '{m.Role}' is not supported by the Llama 3.1 chat format.", nameof(messages));
 
-            var results = m.Contents.OfType<FunctionResultContent>().ToList();
             var calls = m.Contents.OfType<FunctionCallContent>().ToList();
-            if (results.Count > 0)
+            if (m.Contents.Any(c => c is FunctionResultContent))
             {
-                foreach (var r in results)
+                // Each result is an ipython turn; text beside them (a note the caller added) stays, in its place, as a
+                // turn of the message's own role rather than vanishing.
+                var text = new StringBuilder();
+                foreach (var c in m.Contents)
+                {
+                    if (c is TextContent t) text.Append(t.Text);
+                    if (c is not FunctionResultContent r) continue;
+                    if (!string.IsNullOrWhiteSpace(text.ToString())) turns.Add(new ChatTurn(role, text.ToString()));
+                    text.Clear();
                     turns.Add(new ChatTurn("ipython", AsJson(() => RenderResult(r.Result), index - 1, m.Role, $"the result of call '{r.CallId}'")));
+                }
+                if (!string.IsNullOrWhiteSpace(text.ToString())) turns.Add(new ChatTurn(role, text.ToString()));
                 continue;
             }
+            // NOTE: an assistant message with calls is rendered as its calls alone, as Llama 3.1's own chat template
+            // does: a text beside them ("Let me check.") is left out of the prompt, as the model was trained.
             string content = calls.Count > 0
                 ? string.Join("\n", calls.Select(c => AsJson(() => Llama31ToolFormat.RenderCall(c.Name,
                     JsonSerializer.SerializeToElement(c.Arguments ?? new Dictionary<string, object?>(), AIJsonUtilities.DefaultOptions)), index - 1, m.Role, $"the arguments of call '{c.CallId}' ({c.Name})")))

@@ -90,7 +90,10 @@ public sealed class SwiftKvChatClientTests(TinyChatModel tiny)
     {
         using var client = tiny.Client();
         var options = new ChatOptions { Temperature = temperature, TopP = topP, MaxOutputTokens = maxTokens };
-        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => client.GetResponseAsync(Question, options, Ct));
+        var e = await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => client.GetResponseAsync(Question, options, Ct));
+        // Named as the caller set it, not as the engine's SamplingParams property.
+        Assert.Equal("options", e.ParamName);
+        Assert.Contains(temperature is not null ? "ChatOptions.Temperature" : topP is not null ? "ChatOptions.TopP" : "MaxOutputTokens", e.Message);
     }
 
     [Fact]

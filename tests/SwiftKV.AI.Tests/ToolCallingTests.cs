@@ -49,6 +49,55 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
         Assert.True(e.InnerException is not null || what == "an image", e.ToString());
     }
 
+    /// <summary>
+    /// Text beside function results in one message (a note the caller added) is kept in the prompt, in its place, as a
+    /// turn of the message's role: only images and other non-text content are refused, never dropped silently.
+    /// </summary>
+    [Fact]
+    public async Task TextBesideFunctionResults_StaysInThePrompt()
+    {
+        var (client, backend) = Scripted("done");
+        using var _c = client;
+        List<ChatMessage> history =
+        [
+            new(ChatRole.User, [new TextContent("Weather in Oslo, please; note that 'sunny' means clear sky."), new FunctionResultContent("c0", "pinned-result-0")]),
+            new(ChatRole.Assistant, [new FunctionCallContent("c1", "get_weather", new Dictionary<string, object?> { ["city"] = "Oslo" })]),
+            new(ChatRole.Tool, [new FunctionResultContent("c1", "pinned-result-1"), new TextContent("fetched 3 minutes ago")]),
+        ];
+        await client.GetResponseAsync(history, cancellationToken: Ct);
+        string prompt = Prompt(backend, 0);
+        int note = prompt.IndexOf("means clear sky", StringComparison.Ordinal), first = prompt.IndexOf("pinned-result-0", StringComparison.Ordinal);
+        int second = prompt.IndexOf("pinned-result-1", StringComparison.Ordinal), after = prompt.IndexOf("fetched 3 minutes ago", StringComparison.Ordinal);
+        Assert.True(note >= 0 && note < first && first < second && second < after, prompt);
+        Assert.Contains("<|start_header_id|>user<|end_header_id|>\n\nWeather in Oslo", prompt);
+        Assert.Contains("<|start_header_id|>ipython<|end_header_id|>\n\nfetched 3 minutes ago", prompt);
+    }
+
+    /// <summary>Two tools of one name would leave the caller to invoke the wrong one: refused, naming it.</summary>
+    [Fact]
+    public async Task DuplicateToolNames_AreRefused()
+    {
+        var (client, _) = Scripted("unused");
+        using var _c = client;
+        var add = AIFunctionFactory.Create((int a, int b) => a + b, "add", "Adds");
+        var other = AIFunctionFactory.Create((string x) => x, "add", "Another add");
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync("x", new ChatOptions { Tools = [add, other] }, Ct));
+        Assert.Equal("options", e.ParamName);
+        Assert.Contains("'add' twice", e.Message);
+    }
+
+    /// <summary>OpenAI's "developer" role is the system role by its newer name: the same prompt.</summary>
+    [Fact]
+    public async Task DeveloperRole_IsTheSystemRole()
+    {
+        var (client, backend) = Scripted("a", "b");
+        using var _c = client;
+        await client.GetResponseAsync([new(new ChatRole("developer"), "Answer in French."), new(ChatRole.User, "Hi")], cancellationToken: Ct);
+        await client.GetResponseAsync([new(ChatRole.System, "Answer in French."), new(ChatRole.User, "Hi")], cancellationToken: Ct);
+        Assert.Equal(Prompt(backend, 1), Prompt(backend, 0));
+        Assert.Contains("Answer in French.", Prompt(backend, 0));
+    }
+
     public sealed record WeatherReport(
         [property: System.Text.Json.Serialization.JsonPropertyName("city")] string City,
         [property: System.Text.Json.Serialization.JsonPropertyName("celsius")] int Celsius);

@@ -106,6 +106,33 @@ public class JsonConstraintTests
     }
 
     /// <summary>
+    /// White space between JSON tokens comes in runs of at most WhitespaceRuns.MaxRun bytes, however strongly the
+    /// logits favour it (a random model otherwise spends its budget on it); inside strings it is text and is not capped.
+    /// </summary>
+    [Fact]
+    public void WhitespaceFavoured_RunsBetweenTokensAreCapped_NotInsideStrings()
+    {
+        var (vocab, stop) = Vocabulary();
+        var stops = new HashSet<int> { stop };
+        float Bias(int id) => vocab[id] is { Length: > 0 } b && b.All(WhitespaceRuns.IsWhitespace) ? 8f : 0f;
+        int longest = 0, inside = 0;
+        for (ulong seed = 0; seed < 6; seed++)
+        {
+            string json = ConstrainedGeneration.Generate(new JsonConstraint(vocab, stops, 300), vocab, stop, 300, seed, Bias);
+            Assert.True(ReferenceParsesObject(json), $"seed {seed}: '{json}'");
+            var (between, _) = ConstrainedGeneration.LongestWhitespaceRuns(json);
+            Assert.True(between <= WhitespaceRuns.MaxRun, $"seed {seed}: a run of {between} between tokens: '{json}'");
+            longest = Math.Max(longest, between);
+
+            string text = "{\"a\": \"" + ConstrainedGeneration.Generate(new JsonConstraint(vocab, stops, 300, "{\"a\": \""u8), vocab, stop, 300, seed, Bias);
+            Assert.True(ReferenceParsesObject(text), $"seed {seed}: '{text}'");
+            inside = Math.Max(inside, ConstrainedGeneration.LongestWhitespaceRuns(text).Inside);
+        }
+        Assert.True(longest > WhitespaceRuns.MaxRun / 2, $"the favoured runs reached only {longest}");
+        Assert.True(inside > WhitespaceRuns.MaxRun, $"inside strings the longest run was {inside}");
+    }
+
+    /// <summary>
     /// A constraint that has seen a state before reuses that state's mask (while the budget rule would remove nothing):
     /// its masks equal the rule written out plainly (every token tried from the state reached by the same tokens, the
     /// budget rule applied to each), at every step of random walks with budgets from tight to loose.

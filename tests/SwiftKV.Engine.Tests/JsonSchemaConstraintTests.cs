@@ -125,6 +125,33 @@ public class JsonSchemaConstraintTests
     }
 
     /// <summary>
+    /// patternProperties: keys are not matched against the patterns, so a key that is not listed may carry a value of
+    /// any pattern's schema (or additionalProperties'), even beside additionalProperties false; such a key may be
+    /// required. Every document the validator accepts, the machine accepts (a superset); values of no pattern's schema
+    /// are still refused.
+    /// </summary>
+    [Fact]
+    public void PatternProperties_AllowTheirValues_UnderAdditionalPropertiesFalse()
+    {
+        const string map = """{"type":"object","patternProperties":{"^x":{"type":"integer"},"^s":{"type":"string"}},"additionalProperties":false,"required":["x1"]}""";
+        var machine = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(map)));
+        foreach (var document in new[] { """{"x1":5}""", """{"x1":5,"x2":-7,"sa":"t"}""", """{"sa":"t","x1":0}""" })
+        {
+            Assert.True(ValidatorAccepts(map, document), document);
+            Assert.True(MachineAccepts(machine, document), document);
+        }
+        Assert.False(MachineAccepts(machine, """{"x1":true}"""));   // a boolean is no pattern's value
+        Assert.False(MachineAccepts(machine, """{"x2":1}"""));      // x1 is required
+        Assert.True(ValidatorAccepts(map, """{"x1":1,"x2":"s"}""") == false && MachineAccepts(machine, """{"x1":1,"x2":"s"}"""));   // the superset
+
+        const string open = """{"type":"object","patternProperties":{"^n":{"type":"integer"}},"additionalProperties":{"type":"boolean"}}""";
+        var either = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(open)));
+        Assert.True(MachineAccepts(either, """{"n":1,"b":true}"""));
+        Assert.False(MachineAccepts(either, """{"b":"text"}"""));
+        Assert.Throws<ArgumentException>(() => JsonSchemaGrammar.Compile(Parse("""{"type":"object","patternProperties":[]}""")));
+    }
+
+    /// <summary>
     /// Where the machine is stricter than JSON Schema, by design: the spelling of enum / const values and listed
     /// names is the compact one, an integer has no fraction or exponent (System.Text.Json would not read 1.0 into an
     /// int), and a key may not repeat. Keywords about values it does not enforce (pattern, minimum) leave it a superset.
@@ -184,6 +211,31 @@ public class JsonSchemaConstraintTests
                 Assert.True(constraint.IsComplete, $"budget {budget}, seed {seed}: '{document}'");
             }
         }
+    }
+
+    /// <summary>
+    /// Under a schema too, white space between JSON tokens comes in runs of at most WhitespaceRuns.MaxRun bytes when the
+    /// logits favour it, and the documents stay valid.
+    /// </summary>
+    [Theory]
+    [InlineData(Person)]
+    [InlineData(Mixed)]
+    public void WhitespaceFavoured_RunsBetweenTokensAreCapped(string schema)
+    {
+        var grammar = JsonSchemaGrammar.Compile(Parse(schema));
+        var (vocab, stop) = Vocabulary();
+        var stops = new HashSet<int> { stop };
+        float Bias(int id) => vocab[id] is { Length: > 0 } b && b.All(WhitespaceRuns.IsWhitespace) ? 8f : 0f;
+        int longest = 0;
+        for (ulong seed = 0; seed < 6; seed++)
+        {
+            string document = ConstrainedGeneration.Generate(new JsonSchemaConstraint(grammar, vocab, stops, 300), vocab, stop, 300, seed, Bias);
+            Assert.True(ValidatorAccepts(schema, document), $"seed {seed}: '{document}'");
+            int between = ConstrainedGeneration.LongestWhitespaceRuns(document).Between;
+            Assert.True(between <= WhitespaceRuns.MaxRun, $"seed {seed}: a run of {between}: '{document}'");
+            longest = Math.Max(longest, between);
+        }
+        Assert.True(longest > WhitespaceRuns.MaxRun / 2, $"the favoured runs reached only {longest}");
     }
 
     /// <summary>

@@ -53,6 +53,8 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
     readonly TGrammar _grammar;
     TState _state;
     int _generated;
+    int _whitespaceRun;   // white-space bytes just read between JSON tokens (WhitespaceRuns)
+    WhitespaceRuns? _whitespace;
     readonly Dictionary<(TState, int), StateMask> _masks = new();
     TokenTrie? _trie;   // the table's, shared by every constraint over it
     const int MaxKeptStates = 8;    // 8 x 256 KB a request at Llama 3's vocabulary
@@ -110,6 +112,26 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
 
     /// <inheritdoc />
     public void Apply(Span<float> logits)
+    {
+        ApplyGrammar(logits);
+        var next = _state;
+        if (_grammar.Accept(ref next, (byte)' ') && BetweenTokens(next))
+            (_whitespace ??= WhitespaceRuns.For(_tokenBytes)).MaskLongerThan(WhitespaceRuns.MaxRun - _whitespaceRun, logits);
+    }
+
+    /// <summary>
+    /// Whether the state lies between JSON tokens, where white space is not text: the recogniser takes a space and stays
+    /// where it is, as both do there, and is not inside a string (where a space also leaves the state as it was). A
+    /// space that ends a number lands here too.
+    /// </summary>
+    bool BetweenTokens(TState state)
+    {
+        if (_grammar.InStringBody(state, out _)) return false;
+        var next = state;
+        return _grammar.Accept(ref next, (byte)' ') && next.Equals(state);
+    }
+
+    void ApplyGrammar(Span<float> logits)
     {
         int budgetAfter = _maxNewTokens - _generated - 1;
         bool complete = _grammar.IsComplete(_state);
@@ -206,8 +228,13 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
         _generated++;
         if ((uint)tokenId >= (uint)_tokenBytes.Count || _tokenBytes[tokenId] is not { } bytes) return;
         var next = _state;
+        int run = _whitespaceRun;
         foreach (byte b in bytes)
+        {
             if (!_grammar.Accept(ref next, b)) return;   // a token the mask refused (a stop token, or an unmasked row)
+            run = !WhitespaceRuns.IsWhitespace(b) ? 0 : BetweenTokens(next) ? run + 1 : run;
+        }
         _state = next;
+        _whitespaceRun = run;
     }
 }

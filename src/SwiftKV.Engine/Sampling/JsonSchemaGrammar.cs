@@ -1,9 +1,10 @@
 // A JSON schema compiled into the nodes JsonSchemaMachine walks while it reads an answer byte by byte.
 // NOTE: what is enforced is the structure: type (and type lists), properties, required, additionalProperties,
-// items / prefixItems / additionalItems, minItems / maxItems, enum, const, anyOf / oneOf (both as "one of these"),
-// allOf (one member, or the schema's own keywords: either is a superset of the intersection), $ref to "#..." JSON
-// pointers (recursion included) and boolean schemas. Keywords about values (pattern, format, minimum, minLength, ...)
-// are left to the model, which reads the whole schema in its prompt: the machine accepts a superset of the schema's
+// patternProperties (their values' schemas; the keys are not matched against the patterns), items / prefixItems /
+// additionalItems, minItems / maxItems, enum, const, anyOf / oneOf (both as "one of these"), allOf (one member, or the
+// schema's own keywords: either is a superset of the intersection), $ref to "#..." JSON pointers (recursion included)
+// and boolean schemas. Keywords about values (pattern, format, minimum, minLength, ...) and the conditional ones (not,
+// if / then / else, dependentRequired, ...) are left to the model, which reads the whole schema in its prompt: the machine accepts a superset of the schema's
 // documents and never refuses one the schema allows, except that enum / const values and known property names must be
 // written in their compact JSON spelling, and integers without a fraction or exponent (what System.Text.Json reads
 // into an int). Known limits (from a review, 2026-11-28, not yet mended): keywords beside anyOf / oneOf / $ref are
@@ -248,6 +249,21 @@ public sealed class JsonSchemaGrammar
         }
         if (schema.TryGetProperty("additionalProperties", out var additional))
             node.Additional = additional.ValueKind == JsonValueKind.False ? -1 : Node(additional, $"{pointer}/additionalProperties");
+        if (schema.TryGetProperty("patternProperties", out var patterns))
+        {
+            if (patterns.ValueKind != JsonValueKind.Object)
+                throw new ArgumentException($"The JSON schema at {pointer}: patternProperties must be an object.");
+            // Decoding does not match keys against the patterns (regular expressions), so a key that is not listed may
+            // be any key, its value of any pattern's schema or additionalProperties' (a superset, as for pattern): with
+            // additionalProperties false, "^x" keys are still allowed, and so may be required.
+            var alternatives = patterns.EnumerateObject()
+                .Select(p => Node(p.Value, $"{pointer}/patternProperties/{Escape(p.Name)}")).ToList();
+            if (alternatives.Count > 0)
+            {
+                if (node.Additional >= 0) alternatives.Add(node.Additional);
+                node.Additional = alternatives.Count == 1 ? alternatives[0] : Add(new JsonSchemaNode { AnyOf = [.. alternatives] });
+            }
+        }
         if (schema.TryGetProperty("required", out var required))
         {
             if (required.ValueKind != JsonValueKind.Array || required.EnumerateArray().Any(r => r.ValueKind != JsonValueKind.String))
