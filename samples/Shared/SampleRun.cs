@@ -1,6 +1,7 @@
 // The samples' one line of error handling around their run: what a newcomer can get wrong (a model path that does not
-// exist, a truncated checkpoint, an option value the library refuses, no GPU for Backend=Cuda) is printed as one line
-// naming the problem, exit code 2, instead of a stack trace. Anything else is a bug and keeps its stack trace.
+// exist, a truncated checkpoint or one whose weights hold NaN, an option value the library refuses, no GPU for
+// Backend=Cuda) is printed as one line naming the problem, exit code 2, instead of a stack trace. Anything else is a
+// bug and keeps its stack trace.
 // A sample with something to clean up (the RAG sample's temporary store) takes a token that Ctrl-C or SIGTERM cancel,
 // so its finally blocks run before the exit code 130.
 using System.Runtime.InteropServices;
@@ -78,7 +79,8 @@ public static class SampleRun
             return 0;
         }
         catch (Exception e) when (e is ArgumentException or InvalidModelException or IOException or UnauthorizedAccessException
-            or NotSupportedException or OptionsValidationException or InvalidOperationException { Source: "Microsoft.Extensions.Configuration.Binder" })
+            or NotSupportedException or OptionsValidationException or InvalidOperationException { Source: "Microsoft.Extensions.Configuration.Binder" }
+            or SwiftKV.Engine.Sampling.NoFiniteLogitsException)
         {
             Console.Error.WriteLine($"{name}: {ErrorText.ForConsole(e)}");
             return 2;

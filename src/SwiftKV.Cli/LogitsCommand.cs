@@ -31,7 +31,13 @@ internal static class LogitsCommand
             f.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(logits.AsSpan()));
         int rows = logits.Length / config.VocabSize;
         Console.WriteLine($"wrote {outFile}: {rows} x {config.VocabSize} float32 ({model.Name}, SwiftKV {(model.SwiftKvEnabled ? "on" : "off")})");
-        return 0;
+        // Written all the same (they are what the model computed, for comparing), but not passed off as a good run.
+        int bad = logits.Count(x => !float.IsFinite(x));
+        if (bad == 0) return 0;
+        int first = Array.FindIndex(logits, x => !float.IsFinite(x));
+        Console.Error.WriteLine($"swiftkv logits: {bad} of {logits.Length} logits are NaN or infinite (the first: row {first / config.VocabSize}, " +
+                                $"token id {first % config.VocabSize}): the checkpoint's weights may hold NaN or Inf values, or the computation overflowed.");
+        return 1;
     }
 
     internal static int[] ParseTokens(string s)

@@ -253,6 +253,35 @@ public sealed class CliTests : IDisposable
     }
 
     /// <summary>
+    /// A checkpoint whose weights hold NaN (here the final norm's, so every logit is NaN): generate ends with one line
+    /// saying what went wrong, not a crash with a stack trace; logits writes what the model computed but says how many
+    /// values are not finite and exits 1 rather than passing it off as a good run.
+    /// </summary>
+    [Fact]
+    public void NaNWeights_GenerateAndLogits_SaySo()
+    {
+        string dir = Tiny("nan");
+        string weights = Path.Combine(dir, "model.safetensors");
+        SwiftKV.Model.Checkpoint.TensorInfo norm;
+        using (var file = SwiftKV.Model.Checkpoint.SafetensorsFile.Open(weights)) norm = file.Get("model.norm.weight");
+        using (var fs = new FileStream(weights, FileMode.Open))
+        {
+            fs.Position = norm.DataOffset;
+            fs.Write(Enumerable.Repeat((byte)0xFF, (int)norm.ByteLength).ToArray());   // all-ones: NaN in bf16 and f32
+        }
+        var g = Run("generate", "--model", dir, "--prompt", "Hello", "--max-tokens", "3");
+        Assert.Equal(2, g.Code);
+        Assert.Contains("NaN", g.Err);
+        Assert.DoesNotContain("   at ", g.Err);
+        string output = Path.Combine(_root, "nan.f32");
+        var l = Run("logits", "--model", dir, "--tokens", "1,2", "--out", output);
+        Assert.Equal(1, l.Code);
+        Assert.Contains("NaN or infinite", l.Err);
+        Assert.Contains("row 0, token id 0", l.Err);
+        Assert.True(new FileInfo(output).Length > 0);
+    }
+
+    /// <summary>
     /// info checks the weights as a load would (without reading them): a truncated weights file or a config whose
     /// layer count is 0 is an error naming the problem, not a description of a model that cannot run.
     /// </summary>

@@ -93,10 +93,10 @@ public class SamplerTests
         Assert.Equal(0, freq[0] + freq[2]);
         Assert.True(Math.Abs(freq[1] - 0.5) < 0.02, $"{freq[1]}");
         float[] none = [nan, float.NegativeInfinity, nan];
-        Assert.Contains("NaN or -inf", Assert.Throws<InvalidOperationException>(() => Sampler.Greedy(none)).Message);
+        Assert.Contains("NaN or -inf", Assert.Throws<NoFiniteLogitsException>(() => Sampler.Greedy(none)).Message);
         Assert.Equal(-1, Sampler.GreedyOrNone(none));
-        Assert.Throws<InvalidOperationException>(() => new Sampler(new SamplingParams { Temperature = 1f, Seed = 6 }).Sample(none));
-        Assert.Throws<InvalidOperationException>(() => new Sampler(SamplingParams.Greedy).Sample(none));
+        Assert.Throws<NoFiniteLogitsException>(() => new Sampler(new SamplingParams { Temperature = 1f, Seed = 6 }).Sample(none));
+        Assert.Throws<NoFiniteLogitsException>(() => new Sampler(SamplingParams.Greedy).Sample(none));
     }
 
     [Fact]

@@ -472,7 +472,7 @@ public sealed partial class CudaBackend : IModelBackend
         {
             TrimAfterStep(tokens.Length, 1, failed: !done);
         }
-        return host[0] >= 0 ? host[0] : throw new InvalidOperationException(Sampling.Sampler.NoFiniteLogit);   // -1: nothing above -inf
+        return host[0] >= 0 ? host[0] : throw new Sampling.NoFiniteLogitsException();   // -1: nothing above -inf
     }
 
     /// <summary>A uniform in [0, 1) from (seed, step): SplitMix64, 24 bits.</summary>

@@ -24,13 +24,13 @@ public sealed class Sampler
     }
 
     /// <summary>
-    /// Argmax, lowest index on ties; NaN never wins. Throws <see cref="InvalidOperationException"/> when nothing is
+    /// Argmax, lowest index on ties; NaN never wins. Throws <see cref="NoFiniteLogitsException"/> when nothing is
     /// above -inf (every logit NaN or -inf: a broken model, or a constraint that masked every token).
     /// </summary>
     public static int Greedy(ReadOnlySpan<float> logits)
     {
         int best = GreedyOrNone(logits);
-        return best >= 0 ? best : throw new InvalidOperationException(NoFiniteLogit);
+        return best >= 0 ? best : throw new NoFiniteLogitsException();
     }
 
     /// <summary><see cref="Greedy"/>, but -1 instead of the exception (a batch reports such a row per sequence).</summary>
@@ -42,8 +42,6 @@ public sealed class Sampler
             if (logits[i] > logits[best] || float.IsNaN(logits[best])) best = i;
         return logits[best] > float.NegativeInfinity ? best : -1;
     }
-
-    internal const string NoFiniteLogit = "every logit is NaN or -inf: nothing to sample (an invalid model output, or a constraint that masked every token).";
 
     bool Penalised => _p.FrequencyPenalty != 0 || _p.PresencePenalty != 0;
 
@@ -94,7 +92,7 @@ public sealed class Sampler
         if (logits.IsEmpty) throw new ArgumentException("logits are empty.", nameof(logits));
         var pick = NextRowSampling() with { Mask = mask };
         int token = RowSampling.Pick(logits, pick);
-        if (token < 0) throw new InvalidOperationException(NoFiniteLogit);
+        if (token < 0) throw new NoFiniteLogitsException();
         Accept(token);
         return token;
     }

@@ -349,7 +349,7 @@ public sealed class ServingEngine : IDisposable
                     // Picked on the backend (argmax, or a draw with this request's uniform); -1 = no finite logit.
                     masks?[i]?.ThrowIfFailed();   // what its constraint threw, or its lateness: this request fails alone
                     int picked = row.Picked[row.PickedRow];
-                    token = picked >= 0 ? picked : throw new InvalidOperationException(Sampler.NoFiniteLogit);
+                    token = picked >= 0 ? picked : throw new NoFiniteLogitsException();
                     e.Sampler.Accept(token);   // its penalties count it, as Sample does on the host
                     e.Constraint?.Accept(token);
                 }
@@ -537,7 +537,8 @@ public sealed class ServingEngine : IDisposable
     {
         Leave(e, live);
         Publish();
-        e.Request.Fail(new InvalidOperationException($"the request failed at token {e.Seq.OutputTokens + 1}: {cause.Message}", cause));
+        string where = $"the request failed at token {e.Seq.OutputTokens + 1}";
+        e.Request.Fail(cause is NoFiniteLogitsException ? new NoFiniteLogitsException(where) : new InvalidOperationException($"{where}: {cause.Message}", cause));
     }
 
     void Drop(Entry e, Dictionary<Sequence, Entry> live)

@@ -177,7 +177,7 @@ public class ServingEngineTests
         var victim = engine.Submit(victimPrompt, SamplingParams.Greedy, 30, ct: Ct, constraint: new MaskAllAfter(2));
         var other = engine.Submit(otherPrompt, SamplingParams.Greedy, 30, ct: Ct);
         var otherTask = Collect(other);
-        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => Collect(victim).WaitAsync(TimeSpan.FromSeconds(30), Ct));
+        var e = await Assert.ThrowsAsync<NoFiniteLogitsException>(() => Collect(victim).WaitAsync(TimeSpan.FromSeconds(30), Ct));
         Assert.Contains("at token 3", e.Message);
         Assert.Contains("NaN or -inf", e.Message);
         Assert.Equal(Solo(backend, otherPrompt, SamplingParams.Greedy, 30, new HashSet<int>()), await otherTask.WaitAsync(TimeSpan.FromSeconds(30), Ct));
