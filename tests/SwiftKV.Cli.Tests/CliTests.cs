@@ -189,7 +189,7 @@ public sealed class CliTests : IDisposable
 
     /// <summary>
     /// A model whose fp32 weights exceed the machine's memory used to be killed by the kernel part-way through the
-    /// load, with nothing printed. A config of 70B's layer shape with 2,000 layers (~3.5 TB in fp32, more than any
+    /// load, with nothing printed. A config of 70B's layer shape with 1,000 layers (~3.4 TB in fp32, more than any
     /// machine this runs on) and no weights at all is refused before any read.
     /// </summary>
     [Fact]
@@ -197,7 +197,7 @@ public sealed class CliTests : IDisposable
     {
         string dir = Path.Combine(_root, "seventy");
         Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "config.json"), (SwiftKV.Model.Checkpoint.ModelPresets.Get("llama-3.1-70b") with { NumHiddenLayers = 2000 }).ToJson());
+        File.WriteAllText(Path.Combine(dir, "config.json"), (SwiftKV.Model.Checkpoint.ModelPresets.Get("llama-3.1-70b") with { NumHiddenLayers = 1000 }).ToJson());
         SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
 
         var r = Run("generate", "--model", dir, "--backend", "cpu", "--prompt", "hi", "--max-tokens", "1");
@@ -452,6 +452,19 @@ public sealed class CliTests : IDisposable
         Assert.True(lines.Length >= 4, r.Err);
         Assert.All(lines.Skip(1), l => Assert.StartsWith("  - ", l));
         Assert.Contains("mlp.gate_proj.weight", lines[1]);
+    }
+
+    /// <summary>A num_hidden_layers of 2^31 - 1 grew memory without bound (20 GB in two minutes); now a one-line error at once.</summary>
+    [Fact]
+    public void Info_AbsurdLayerCount_IsRefusedAtOnce()
+    {
+        string dir = Tiny("many-layers");
+        string config = Path.Combine(dir, "config.json");
+        File.WriteAllText(config, System.Text.RegularExpressions.Regex.Replace(File.ReadAllText(config), "\"num_hidden_layers\":\\s*\\d+", "\"num_hidden_layers\": 2147483647"));
+        var r = Run("info", "--model", dir);
+        Assert.Equal(2, r.Code);
+        Assert.Single(r.Err.TrimEnd().Split('\n'));
+        Assert.Contains("num_hidden_layers (2147483647) must be at most 1024 (the largest Llama has 126)", r.Err);
     }
 
     public void Dispose()

@@ -59,32 +59,39 @@ public static class LlamaCheckpointLoader
     /// <summary>Throws one <see cref="InvalidModelException"/> listing every spec that is missing, misshapen or of an unreadable dtype.</summary>
     internal static void Check(LlamaConfig config, SafetensorsCheckpoint checkpoint, IReadOnlyList<TensorSpec> specs, bool swiftKvEnabled)
     {
+        // Only the first problems are kept, the rest only counted: a message lists a dozen, and a config whose sizes
+        // all disagree with the files must not build a line for every tensor first.
         var problems = new List<string>();
+        int count = 0;
+        void Add(string problem)
+        {
+            if (count++ < MaxProblemsListed) problems.Add(problem);
+        }
         bool missingOriginalQkv = false;
         foreach (var spec in specs)
         {
             if (!checkpoint.TryGet(spec.Name, out var info, out var file))
             {
-                problems.Add($"missing '{spec.Name}' {TensorInfo.FormatShape(spec.Shape)} {spec.ShapeMeaning}");
+                Add($"missing '{spec.Name}' {TensorInfo.FormatShape(spec.Shape)} {spec.ShapeMeaning}");
                 missingOriginalQkv |= config.SwiftKv && !swiftKvEnabled && spec.Name.Contains(".self_attn.") && !spec.Name.Contains("_swiftkv");
                 continue;
             }
             string where = $"'{spec.Name}' in {Path.GetFileName(file.Path)}";
             if (!info.HasShape(spec.Shape))
-                problems.Add($"{where} has shape {info.ShapeText}, expected {TensorInfo.FormatShape(spec.Shape)} {spec.ShapeMeaning}");
+                Add($"{where} has shape {info.ShapeText}, expected {TensorInfo.FormatShape(spec.Shape)} {spec.ShapeMeaning}");
             else if (info.Dtype.IsFloat8())
             {
-                if (ScaledFp8Tensor.Problem(config.Quantization, checkpoint, info) is { } problem) problems.Add(problem);
+                if (ScaledFp8Tensor.Problem(config.Quantization, checkpoint, info) is { } problem) Add(problem);
             }
             else if (!info.Dtype.ConvertsToFloat32())
-                problems.Add($"{where} has dtype {info.Dtype.SafetensorsName()}; only F32, F16 and BF16 (and fp8 weights with scales) are supported");
+                Add($"{where} has dtype {info.Dtype.SafetensorsName()}; only F32, F16 and BF16 (and fp8 weights with scales) are supported");
         }
-        if (problems.Count == 0) return;
+        if (count == 0) return;
 
         var message = $"checkpoint {checkpoint.Directory} does not match its config.json " +
-            $"({(swiftKvEnabled ? "SwiftKV on" : "SwiftKV off")}): {problems.Count} problem(s):\n - " +
-            string.Join("\n - ", problems.Take(MaxProblemsListed));
-        if (problems.Count > MaxProblemsListed) message += $"\n - ... and {problems.Count - MaxProblemsListed} more";
+            $"({(swiftKvEnabled ? "SwiftKV on" : "SwiftKV off")}): {count} problem(s):\n - " +
+            string.Join("\n - ", problems);
+        if (count > MaxProblemsListed) message += $"\n - ... and {count - MaxProblemsListed} more";
         if (missingOriginalQkv)
             message += "\nThis SwiftKV checkpoint lacks the original q/k/v projections of its later layers, so it can only run with SwiftKV on.";
         throw new InvalidModelException(message);

@@ -117,6 +117,26 @@ public sealed class LlamaCheckpointTests : IDisposable
         Assert.Contains("missing 'model.layers.3.post_attention_layernorm.weight' [16] (hidden_size)", e.Message);
     }
 
+    /// <summary>
+    /// A config of 1024 layers over a checkpoint of 4: every missing tensor is counted, a dozen are listed (the message
+    /// once held a line for each, built before being cut to twelve).
+    /// </summary>
+    [Fact]
+    public void Load_ThousandsOfMissingTensors_CountsThemAllListsTwelve()
+    {
+        var written = TinyModels.Config(swiftKv: false);
+        TinyModels.SaveFull(dir.Path, written);
+        File.WriteAllText(dir.File("config.json"), (written with { NumHiddenLayers = 1024 }).ToJson());
+
+        var e = Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Verify(dir.Path));
+        // Per missing layer: two norms, q/k/v/o and gate/up/down.
+        const int missing = (1024 - 4) * 9;
+        Assert.Contains($"{missing} problem(s)", e.Message);
+        Assert.Equal(12, e.Message.Split('\n').Count(l => l.StartsWith(" - missing", StringComparison.Ordinal)));
+        Assert.Contains($" - ... and {missing - 12} more", e.Message);
+        Assert.Contains("missing 'model.layers.4.input_layernorm.weight'", e.Message);
+    }
+
     [Fact]
     public void Save_Sharded_WritesTransformersIndexLayout()
     {
