@@ -153,17 +153,19 @@ public sealed record LlamaConfig
     public static LlamaConfig Load(string path)
     {
         string file = Directory.Exists(path) ? Path.Combine(path, "config.json") : path;
-        if (!File.Exists(file)) throw new InvalidModelException($"config.json not found: {file}");
-        return Parse(File.ReadAllText(file), file);
+        if (!Tokenization.CheckpointJson.FileExists(file)) throw new InvalidModelException($"config.json not found: {file}");
+        return Parse(Tokenization.CheckpointJson.ReadUtf8(file), file);
     }
 
     /// <summary>Parses config.json text. <paramref name="source"/> names the file in error messages.</summary>
-    public static LlamaConfig Parse(string json, string source = "config.json")
+    public static LlamaConfig Parse(string json, string source = "config.json") => Parse(System.Text.Encoding.UTF8.GetBytes(json), source);
+
+    static LlamaConfig Parse(ReadOnlyMemory<byte> utf8, string source)
     {
         JsonObject root;
         try
         {
-            root = JsonNode.Parse(json) as JsonObject
+            root = JsonNode.Parse(utf8.Span) as JsonObject
                 ?? throw new InvalidModelException($"{source}: the top level must be a JSON object.");
             RejectDuplicateKeys(root, source);
         }
@@ -380,7 +382,7 @@ public sealed record LlamaConfig
             if (n.GetValueKind() == JsonValueKind.Number && n is JsonValue v)
             {
                 if (v.TryGetValue(out int i)) return i;
-                if (v.TryGetValue(out double d) && d == Math.Floor(d) && Math.Abs(d) < int.MaxValue) return (int)d;
+                if (v.TryGetValue(out double d) && Tokenization.CheckpointJson.IsInt32(d, out i)) return i;
             }
             throw new InvalidModelException($"{source}: '{key}' must be an integer, got {n.ToJsonString()}.");
         }

@@ -178,6 +178,23 @@ public sealed class LlamaConfigTests
         Assert.Contains(expected, e.Message);
     }
 
+    /// <summary>A directory named config.json is named as one, not reported as a missing file.</summary>
+    [Fact]
+    public void Load_ConfigJsonIsADirectory_SaysSo()
+    {
+        string dir = Directory.CreateTempSubdirectory("swiftkv-config-dir-").FullName;
+        try
+        {
+            Directory.CreateDirectory(Path.Combine(dir, "config.json"));
+            var e = Assert.Throws<InvalidModelException>(() => LlamaConfig.Load(dir));
+            Assert.Contains($"{Path.Combine(dir, "config.json")} is a directory, not a file", e.Message);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     [Fact]
     public void Load_MissingFile_NamesThePath()
     {

@@ -354,14 +354,14 @@ public sealed class LlamaTokenizer
 
     /// <summary>Whether <paramref name="checkpointDir"/> has a tokenizer to load (original/tokenizer.model or tokenizer.json).</summary>
     public static bool Exists(string checkpointDir) =>
-        File.Exists(Path.Combine(checkpointDir, "original", "tokenizer.model")) || File.Exists(Path.Combine(checkpointDir, "tokenizer.json"));
+        CheckpointJson.FileExists(Path.Combine(checkpointDir, "original", "tokenizer.model")) || CheckpointJson.FileExists(Path.Combine(checkpointDir, "tokenizer.json"));
 
     static LlamaTokenizer LoadFiles(string checkpointDir)
     {
         string modelPath = Path.Combine(checkpointDir, "original", "tokenizer.model");
         string jsonPath = Path.Combine(checkpointDir, "tokenizer.json");
         string configPath = Path.Combine(checkpointDir, "tokenizer_config.json");
-        bool hasTiktoken = File.Exists(modelPath);
+        bool hasTiktoken = CheckpointJson.FileExists(modelPath);
 
         var tokenizerJson = CheckpointJson.TryRead(jsonPath);
         var tokenizerConfig = CheckpointJson.TryRead(configPath);

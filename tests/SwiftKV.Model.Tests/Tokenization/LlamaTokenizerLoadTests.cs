@@ -164,6 +164,78 @@ public sealed class LlamaTokenizerLoadTests
     }
 
     /// <summary>
+    /// Every JSON file of a checkpoint may start with a UTF-8 byte order mark: config.json's parser took one, the
+    /// tokenizer's read of the same file said "not valid JSON ('0xEF' ...)".
+    /// </summary>
+    [Fact]
+    public void Load_JsonFilesWithUtf8Bom_ReadAsWithout()
+    {
+        using var plain = new TokenizerTempDir();
+        using var bom = new TokenizerTempDir();
+        var files = new Dictionary<string, string>
+        {
+            ["tokenizer.json"] = ToyTokenizerJson(),
+            ["tokenizer_config.json"] = """{ "eos_token": "<|end|>" }""",
+            ["generation_config.json"] = """{ "eos_token_id": 5 }""",
+            ["config.json"] = """{ "eos_token_id": 6, "bos_token_id": 7 }""",
+        };
+        foreach (var (name, text) in files)
+        {
+            plain.Write(name, text);
+            File.WriteAllText(Path.Combine(bom.Path, name), text, new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: true));
+        }
+        var expected = LlamaTokenizer.Load(plain.Path);
+        var actual = LlamaTokenizer.Load(bom.Path);
+        Assert.Equal([5, 6, 20], expected.StopTokenIds);
+        Assert.Equal(expected.StopTokenIds, actual.StopTokenIds);
+        Assert.Equal((7, 20), (actual.BosTokenId, actual.EosTokenId));
+    }
+
+    /// <summary>
+    /// An id written as a float with no fraction (Python's json writes 128001.0 for a float) reads as the integer in the
+    /// side files as it does in config.json; a fraction or a value past int is refused by both, naming the key.
+    /// </summary>
+    [Theory]
+    [InlineData("265.0", 265)]
+    [InlineData("2.65e2", 265)]
+    [InlineData("1.5", null)]
+    [InlineData("3000000000", null)]
+    public void Load_IntegralFloatIds_ReadAsConfigJsonReadsThem(string written, int? expected)
+    {
+        using var dir = new TokenizerTempDir();
+        dir.WriteByteTiktoken();
+        dir.Write("generation_config.json", $$"""{ "eos_token_id": {{written}} }""");
+        string config = $$"""{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":512,"eos_token_id":{{written}}}""";
+        if (expected is int id)
+        {
+            Assert.Equal(id, LlamaTokenizer.Load(dir.Path).StopTokenIds[0]);
+            Assert.Equal([id], LlamaConfig.Parse(config).EosTokenIds);
+        }
+        else
+        {
+            var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+            Assert.Contains($"generation_config.json: 'eos_token_id' must hold non-negative integers, got {written}", e.Message);
+            Assert.Contains($"'eos_token_id' must be an integer, got {written}", Assert.Throws<InvalidModelException>(() => LlamaConfig.Parse(config)).Message);
+        }
+    }
+
+    /// <summary>A directory where a tokenizer file belongs is named as one; a tokenizer_config.json directory was skipped as absent.</summary>
+    [Theory]
+    [InlineData("tokenizer.json")]
+    [InlineData("tokenizer_config.json")]
+    [InlineData("original/tokenizer.model")]
+    public void Load_TokenizerFileIsADirectory_SaysSo(string name)
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("tokenizer.json", ToyTokenizerJson());
+        string path = Path.Combine(dir.Path, name);
+        if (File.Exists(path)) File.Delete(path);
+        Directory.CreateDirectory(path);
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains($"{path} is a directory, not a file", e.Message);
+    }
+
+    /// <summary>
     /// A tokenizer.json whose pipeline this reader would encode differently from Hugging Face is refused, naming what
     /// differs: a normalizer, another split regex, ByteLevel's own GPT-2 regex, a prefix space, a non-special added
     /// token, merges out of id order, an absurd id. (Each once loaded and encoded silently otherwise.)
