@@ -454,6 +454,45 @@ public sealed class CliTests : IDisposable
         Assert.Contains("mlp.gate_proj.weight", lines[1]);
     }
 
+    /// <summary>
+    /// info runs generate's checks: a tokenizer with ids past vocab_size (a small model given Llama 3's tokenizer) was
+    /// "OK" to info and refused by generate.
+    /// </summary>
+    [Fact]
+    public void Info_TokenizerPastVocabSize_IsRefusedAsGenerateRefusesIt()
+    {
+        string small = Tiny("small-vocab", "--vocab-size", "1000", "--no-tokenizer");
+        string full = Tiny("full-vocab");
+        foreach (string f in (string[])["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"])
+            File.Copy(Path.Combine(full, f), Path.Combine(small, f));
+        const string expected = "the tokenizer has ids up to 128255 but the model's vocab_size is 1000";
+        var g = Run("generate", "--model", small, "--prompt", "hi", "--max-tokens", "1");
+        Assert.Equal(2, g.Code);
+        Assert.Contains(expected, g.Err);
+        var info = Run("info", "--model", small);
+        Assert.Equal(2, info.Code);
+        Assert.Contains(expected, info.Err);
+        Assert.Equal("", info.Out);
+    }
+
+    /// <summary>
+    /// quantization_config on a checkpoint with no fp8 tensor: info said "fp8 weights (fp8): dequantized on load" of
+    /// weights that are bf16. It says the config names fp8 and no tensor is; fp8 tensors are counted when there are some.
+    /// </summary>
+    [Fact]
+    public void Info_QuantizationConfigWithoutFp8Tensors_SaysNoTensorIsFp8()
+    {
+        string dir = Tiny("bf16-fp8-config");
+        string config = Path.Combine(dir, "config.json");
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(config))!.AsObject();
+        json["quantization_config"] = new System.Text.Json.Nodes.JsonObject { ["quant_method"] = "fp8" };
+        File.WriteAllText(config, json.ToJsonString());
+        var info = Run("info", "--model", dir);
+        Assert.True(info.Code == 0, info.Err);
+        Assert.DoesNotContain("dequantized on load", info.Out);
+        Assert.Contains("quantization_config names fp8, but no tensor this config needs is fp8", info.Out);
+    }
+
     /// <summary>A num_hidden_layers of 2^31 - 1 grew memory without bound (20 GB in two minutes); now a one-line error at once.</summary>
     [Fact]
     public void Info_AbsurdLayerCount_IsRefusedAtOnce()

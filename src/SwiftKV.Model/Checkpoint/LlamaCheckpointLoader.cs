@@ -1,6 +1,6 @@
 // Loads a Hugging Face Llama / llama_swiftkv checkpoint directory (config.json + safetensors) into fp32
-// LlamaWeights. Every needed tensor is checked for presence, shape and dtype before any data is read, and all
-// problems are reported together, so a wrong checkpoint fails in a second with the full list instead of after
+// LlamaWeights. Every needed tensor is checked for presence, shape and dtype (and an fp8 weight's scales for finite
+// values) before any weight is read, and all problems are reported together, so a wrong checkpoint fails in a second with the full list instead of after
 // reading 16 GB. Tensors the mode does not need (the published SwiftKV checkpoints' original q/k/v of later
 // layers when SwiftKV is on, rotary inv_freq buffers of old exports, the activation scales of FP8 files) are
 // ignored. FP8 weights are dequantized here with their scales (ScaledFp8Tensor).
@@ -24,16 +24,18 @@ public static class LlamaCheckpointLoader
 
     /// <summary>
     /// Checks <paramref name="directory"/> as <see cref="Load(string, bool?)"/> would, without reading any weights: the
-    /// files' headers and sizes, and every needed tensor's presence, shape and dtype. Returns the tensor count it holds.
+    /// files' headers and sizes, every needed tensor's presence, shape and dtype, and fp8 scales. Returns how many
+    /// tensors the model needs and how many of them are fp8.
     /// </summary>
-    public static int Verify(string directory, bool? swiftKv = null)
+    public static VerifiedCheckpoint Verify(string directory, bool? swiftKv = null)
     {
         var config = LlamaConfig.Load(directory);
         using var checkpoint = SafetensorsCheckpoint.Open(directory);
         bool enabled = swiftKv ?? config.SwiftKv;
         var specs = LlamaTensorNames.ForModel(config, enabled);
         Check(config, checkpoint, specs, enabled);
-        return specs.Count;
+        int fp8 = specs.Count(s => checkpoint.TryGet(s.Name, out var info, out _) && info.Dtype.IsFloat8());
+        return new VerifiedCheckpoint(specs.Count, fp8);
     }
 
     /// <summary>Loads the tensors <paramref name="config"/> needs from an open checkpoint.</summary>
@@ -81,7 +83,7 @@ public static class LlamaCheckpointLoader
                 Add($"{where} has shape {info.ShapeText}, expected {TensorInfo.FormatShape(spec.Shape)} {spec.ShapeMeaning}");
             else if (info.Dtype.IsFloat8())
             {
-                if (ScaledFp8Tensor.Problem(config.Quantization, checkpoint, info) is { } problem) Add(problem);
+                if (ScaledFp8Tensor.ProblemWithScales(config.Quantization, checkpoint, info) is { } problem) Add(problem);
             }
             else if (!info.Dtype.ConvertsToFloat32())
                 Add($"{where} has dtype {info.Dtype.SafetensorsName()}; only F32, F16 and BF16 (and fp8 weights with scales) are supported");
@@ -97,3 +99,6 @@ public static class LlamaCheckpointLoader
         throw new InvalidModelException(message);
     }
 }
+
+/// <summary>What <see cref="LlamaCheckpointLoader.Verify"/> found: the tensors the model needs, all present and readable.</summary>
+public sealed record VerifiedCheckpoint(int TensorCount, int Fp8TensorCount);

@@ -603,6 +603,20 @@ public sealed class LlamaTokenizer
             "byte-level BPE needs all 256 to encode any text.");
     }
 
+    /// <summary>
+    /// Checks that every id of this tokenizer is an id of <paramref name="config"/>'s model, and returns the tokenizer
+    /// widened to its vocab_size (<see cref="WithVocabularySize"/>). <paramref name="checkpointDir"/> names the checkpoint
+    /// in the error.
+    /// </summary>
+    public LlamaTokenizer ForModel(LlamaConfig config, string checkpointDir)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (VocabularySize > config.VocabSize)
+            throw new InvalidModelException($"{checkpointDir}: the tokenizer has ids up to {VocabularySize - 1} but the model's vocab_size is {config.VocabSize}.");
+        // A padded vocab_size: the extra ids exist for the model, decode to nothing, and size every per-id table.
+        return WithVocabularySize(config.VocabSize);
+    }
+
     static int CheckAgainstVocabulary(int id, int vocabularySize, string file, string key)
     {
         if (id >= vocabularySize)
