@@ -200,20 +200,25 @@ internal static class ModelCommands
         a.RejectUnknown();
         CliArgs.CheckModelDirectory(dir);
         var c = LlamaConfig.Load(dir);
-        // The weights as a load would check them (headers, sizes, every tensor's shape and dtype), without reading them,
-        // and the tokenizer read whole: a broken checkpoint fails here, before anything is printed, so nothing on stdout
-        // describes a model that cannot run.
-        int tensors = LlamaCheckpointLoader.Verify(dir);
+        // The weights as a load would check them (headers, sizes, every tensor's shape and dtype, fp8 scales), without
+        // reading them, and the tokenizer read whole and held against vocab_size as generate holds it: a broken checkpoint
+        // fails here, before anything is printed, so nothing on stdout describes a model that cannot run.
+        var weights = LlamaCheckpointLoader.Verify(dir);
         var tokenizer = LlamaTokenizer.Exists(dir) ? LlamaTokenizer.Load(dir) : null;
+        tokenizer?.ForModel(c, dir);
         Console.WriteLine(Describe(c));
         Console.WriteLine(c.ToJson());
-        Console.WriteLine($"weights: the {tensors} tensors this config needs are present with their shapes and dtypes");
+        Console.WriteLine($"weights: the {weights.TensorCount} tensors this config needs are present with their shapes and dtypes");
         Console.WriteLine(tokenizer is null
             ? "tokenizer: none (no tokenizer.json or original/tokenizer.model): generate and the chat client need one; logits takes token ids"
             : $"tokenizer: {tokenizer.VocabularySize} ids, {tokenizer.SpecialTokens.Count} special, stops at {string.Join(", ", tokenizer.StopTokenIds)}");
-        if (c.Quantization is { } q)
-            Console.WriteLine($"fp8 weights ({q.Method}{(q.BlockSize is var (b0, b1) ? $", {b0} x {b1} blocks" : "")}): dequantized on load; " +
-                "the GPU holds and computes them in bf16, the CPU in fp32 (activations are not quantized)");
+        // quantization_config says how fp8 tensors are scaled, not that there are any: a config copied from an fp8 model
+        // onto bf16 weights loads as the bf16 model it is.
+        if (c.Quantization is { } q && weights.Fp8TensorCount > 0)
+            Console.WriteLine($"fp8 weights ({q.Method}{(q.BlockSize is var (b0, b1) ? $", {b0} x {b1} blocks" : "")}): {weights.Fp8TensorCount} of the {weights.TensorCount} tensors, " +
+                "dequantized on load; the GPU holds and computes them in bf16, the CPU in fp32 (activations are not quantized)");
+        else if (c.Quantization is { } unused)
+            Console.WriteLine($"quantization_config names {unused.Method}, but no tensor this config needs is fp8: the weights load as they are stored");
         if (c.SwiftKv)
         {
             var off = PrefillCost.Estimate(c, 2048, swiftKv: false);

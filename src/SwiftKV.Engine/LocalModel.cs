@@ -58,11 +58,7 @@ public sealed class LocalModel : IDisposable
         bool startServing = true)
     {
         var config = LlamaConfig.Load(path);
-        var tokenizer = LlamaTokenizer.Load(path);
-        if (tokenizer.VocabularySize > config.VocabSize)
-            throw new InvalidModelException($"{path}: the tokenizer has ids up to {tokenizer.VocabularySize - 1} but the model's vocab_size is {config.VocabSize}.");
-        // A padded vocab_size: the extra ids exist for the model, decode to nothing, and size every per-id table.
-        tokenizer = tokenizer.WithVocabularySize(config.VocabSize);
+        var tokenizer = LlamaTokenizer.Load(path).ForModel(config, path);
         var (compute, reason) = OpenBackend(path, config, backend, swiftKv);
         try
         {

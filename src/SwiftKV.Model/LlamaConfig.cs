@@ -98,6 +98,8 @@ public sealed record LlamaConfig
             throw new InvalidModelException($"config.json: hidden_size ({HiddenSize}) and intermediate_size ({IntermediateSize}) must be at most {MaxRowWidth}.");
         if (VocabSize > MaxVocabSize)
             throw new InvalidModelException($"config.json: vocab_size ({VocabSize}) must be at most {MaxVocabSize}.");
+        if (NumHiddenLayers > MaxLayers)
+            throw new InvalidModelException($"config.json: num_hidden_layers ({NumHiddenLayers}) must be at most {MaxLayers} (the largest Llama has 126).");
         // Ids past vocab_size are allowed: small test models keep Llama 3's special-token ids with a short vocabulary
         // (such an id is never generated, so it never stops anything); a negative id is a broken config.
         if (BosTokenId is < 0)
@@ -134,6 +136,10 @@ public sealed record LlamaConfig
     /// <summary>Largest hidden, intermediate or heads x head_dim width (the 405B model's intermediate size is 53248).</summary>
     public const int MaxRowWidth = 1 << 20;
 
+    /// <summary>Largest num_hidden_layers accepted (Llama 3.1 405B has 126): every layer names ~10 tensors, so a corrupt
+    /// count must fail here, not as a list of millions of tensor names that grows until memory runs out.</summary>
+    public const int MaxLayers = 1024;
+
     /// <summary>Largest vocab_size accepted, and one past the largest token id a tokenizer may hold (Llama 3 has 128,256):
     /// ids and sizes size per-id tables, so a corrupt one must fail as an error, not as an allocation of gigabytes.</summary>
     public const int MaxVocabSize = 1 << 24;
@@ -147,17 +153,19 @@ public sealed record LlamaConfig
     public static LlamaConfig Load(string path)
     {
         string file = Directory.Exists(path) ? Path.Combine(path, "config.json") : path;
-        if (!File.Exists(file)) throw new InvalidModelException($"config.json not found: {file}");
-        return Parse(File.ReadAllText(file), file);
+        if (!Tokenization.CheckpointJson.FileExists(file)) throw new InvalidModelException($"config.json not found: {file}");
+        return Parse(Tokenization.CheckpointJson.ReadUtf8(file), file);
     }
 
     /// <summary>Parses config.json text. <paramref name="source"/> names the file in error messages.</summary>
-    public static LlamaConfig Parse(string json, string source = "config.json")
+    public static LlamaConfig Parse(string json, string source = "config.json") => Parse(System.Text.Encoding.UTF8.GetBytes(json), source);
+
+    static LlamaConfig Parse(ReadOnlyMemory<byte> utf8, string source)
     {
         JsonObject root;
         try
         {
-            root = JsonNode.Parse(json) as JsonObject
+            root = JsonNode.Parse(utf8.Span) as JsonObject
                 ?? throw new InvalidModelException($"{source}: the top level must be a JSON object.");
             RejectDuplicateKeys(root, source);
         }
@@ -374,7 +382,7 @@ public sealed record LlamaConfig
             if (n.GetValueKind() == JsonValueKind.Number && n is JsonValue v)
             {
                 if (v.TryGetValue(out int i)) return i;
-                if (v.TryGetValue(out double d) && d == Math.Floor(d) && Math.Abs(d) < int.MaxValue) return (int)d;
+                if (v.TryGetValue(out double d) && Tokenization.CheckpointJson.IsInt32(d, out i)) return i;
             }
             throw new InvalidModelException($"{source}: '{key}' must be an integer, got {n.ToJsonString()}.");
         }

@@ -189,7 +189,7 @@ public sealed class CliTests : IDisposable
 
     /// <summary>
     /// A model whose fp32 weights exceed the machine's memory used to be killed by the kernel part-way through the
-    /// load, with nothing printed. A config of 70B's layer shape with 2,000 layers (~3.5 TB in fp32, more than any
+    /// load, with nothing printed. A config of 70B's layer shape with 1,000 layers (~3.4 TB in fp32, more than any
     /// machine this runs on) and no weights at all is refused before any read.
     /// </summary>
     [Fact]
@@ -197,7 +197,7 @@ public sealed class CliTests : IDisposable
     {
         string dir = Path.Combine(_root, "seventy");
         Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "config.json"), (SwiftKV.Model.Checkpoint.ModelPresets.Get("llama-3.1-70b") with { NumHiddenLayers = 2000 }).ToJson());
+        File.WriteAllText(Path.Combine(dir, "config.json"), (SwiftKV.Model.Checkpoint.ModelPresets.Get("llama-3.1-70b") with { NumHiddenLayers = 1000 }).ToJson());
         SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
 
         var r = Run("generate", "--model", dir, "--backend", "cpu", "--prompt", "hi", "--max-tokens", "1");
@@ -481,6 +481,58 @@ public sealed class CliTests : IDisposable
         Assert.True(lines.Length >= 4, r.Err);
         Assert.All(lines.Skip(1), l => Assert.StartsWith("  - ", l));
         Assert.Contains("mlp.gate_proj.weight", lines[1]);
+    }
+
+    /// <summary>
+    /// info runs generate's checks: a tokenizer with ids past vocab_size (a small model given Llama 3's tokenizer) was
+    /// "OK" to info and refused by generate.
+    /// </summary>
+    [Fact]
+    public void Info_TokenizerPastVocabSize_IsRefusedAsGenerateRefusesIt()
+    {
+        string small = Tiny("small-vocab", "--vocab-size", "1000", "--no-tokenizer");
+        string full = Tiny("full-vocab");
+        foreach (string f in (string[])["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"])
+            File.Copy(Path.Combine(full, f), Path.Combine(small, f));
+        const string expected = "the tokenizer has ids up to 128255 but the model's vocab_size is 1000";
+        var g = Run("generate", "--model", small, "--prompt", "hi", "--max-tokens", "1");
+        Assert.Equal(2, g.Code);
+        Assert.Contains(expected, g.Err);
+        var info = Run("info", "--model", small);
+        Assert.Equal(2, info.Code);
+        Assert.Contains(expected, info.Err);
+        Assert.Equal("", info.Out);
+    }
+
+    /// <summary>
+    /// quantization_config on a checkpoint with no fp8 tensor: info said "fp8 weights (fp8): dequantized on load" of
+    /// weights that are bf16. It says the config names fp8 and no tensor is; fp8 tensors are counted when there are some.
+    /// </summary>
+    [Fact]
+    public void Info_QuantizationConfigWithoutFp8Tensors_SaysNoTensorIsFp8()
+    {
+        string dir = Tiny("bf16-fp8-config");
+        string config = Path.Combine(dir, "config.json");
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(config))!.AsObject();
+        json["quantization_config"] = new System.Text.Json.Nodes.JsonObject { ["quant_method"] = "fp8" };
+        File.WriteAllText(config, json.ToJsonString());
+        var info = Run("info", "--model", dir);
+        Assert.True(info.Code == 0, info.Err);
+        Assert.DoesNotContain("dequantized on load", info.Out);
+        Assert.Contains("quantization_config names fp8, but no tensor this config needs is fp8", info.Out);
+    }
+
+    /// <summary>A num_hidden_layers of 2^31 - 1 grew memory without bound (20 GB in two minutes); now a one-line error at once.</summary>
+    [Fact]
+    public void Info_AbsurdLayerCount_IsRefusedAtOnce()
+    {
+        string dir = Tiny("many-layers");
+        string config = Path.Combine(dir, "config.json");
+        File.WriteAllText(config, System.Text.RegularExpressions.Regex.Replace(File.ReadAllText(config), "\"num_hidden_layers\":\\s*\\d+", "\"num_hidden_layers\": 2147483647"));
+        var r = Run("info", "--model", dir);
+        Assert.Equal(2, r.Code);
+        Assert.Single(r.Err.TrimEnd().Split('\n'));
+        Assert.Contains("num_hidden_layers (2147483647) must be at most 1024 (the largest Llama has 126)", r.Err);
     }
 
     public void Dispose()

@@ -88,6 +88,10 @@ public sealed class LlamaConfigTests
         { With(SwiftKv8B, o => o["model_type"] = "mistral"), "model_type 'mistral' is not supported" },
         { With(SwiftKv8B, o => o["vocab_size"] = -1), "vocab_size must be a positive integer" },
         { With(SwiftKv8B, o => o["vocab_size"] = int.MaxValue), "vocab_size (2147483647) must be at most 16777216" },
+        // Each layer names ~10 tensors: such counts grew the tensor list until memory ran out (20 GB in two minutes).
+        { With(SwiftKv8B, o => o["num_hidden_layers"] = 10_000_000), "num_hidden_layers (10000000) must be at most 1024" },
+        { With(SwiftKv8B, o => o["num_hidden_layers"] = int.MaxValue), "num_hidden_layers (2147483647) must be at most 1024" },
+        { With(SwiftKv8B, o => o["num_hidden_layers"] = 32.5), "'num_hidden_layers' must be an integer, got 32.5" },
         // JSON's 1e999 reads as infinity: an infinite eps would zero every activation, an infinite theta every rotation.
         { SwiftKv8B.Replace("\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": 1e999"), "rms_norm_eps must be finite and > 0" },
         { SwiftKv8B.Replace("\"rope_theta\": 500000.0", "\"rope_theta\": 1e999"), "rope_theta must be finite and > 0" },
@@ -172,6 +176,23 @@ public sealed class LlamaConfigTests
     {
         var e = Assert.Throws<InvalidModelException>(() => LlamaConfig.Parse(json));
         Assert.Contains(expected, e.Message);
+    }
+
+    /// <summary>A directory named config.json is named as one, not reported as a missing file.</summary>
+    [Fact]
+    public void Load_ConfigJsonIsADirectory_SaysSo()
+    {
+        string dir = Directory.CreateTempSubdirectory("swiftkv-config-dir-").FullName;
+        try
+        {
+            Directory.CreateDirectory(Path.Combine(dir, "config.json"));
+            var e = Assert.Throws<InvalidModelException>(() => LlamaConfig.Load(dir));
+            Assert.Contains($"{Path.Combine(dir, "config.json")} is a directory, not a file", e.Message);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     [Fact]

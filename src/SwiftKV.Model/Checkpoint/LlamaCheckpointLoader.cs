@@ -1,6 +1,6 @@
 // Loads a Hugging Face Llama / llama_swiftkv checkpoint directory (config.json + safetensors) into fp32
-// LlamaWeights. Every needed tensor is checked for presence, shape and dtype before any data is read, and all
-// problems are reported together, so a wrong checkpoint fails in a second with the full list instead of after
+// LlamaWeights. Every needed tensor is checked for presence, shape and dtype (and an fp8 weight's scales for finite
+// values) before any weight is read, and all problems are reported together, so a wrong checkpoint fails in a second with the full list instead of after
 // reading 16 GB. Tensors the mode does not need (the published SwiftKV checkpoints' original q/k/v of later
 // layers when SwiftKV is on, rotary inv_freq buffers of old exports, the activation scales of FP8 files) are
 // ignored. FP8 weights are dequantized here with their scales (ScaledFp8Tensor).
@@ -24,16 +24,18 @@ public static class LlamaCheckpointLoader
 
     /// <summary>
     /// Checks <paramref name="directory"/> as <see cref="Load(string, bool?)"/> would, without reading any weights: the
-    /// files' headers and sizes, and every needed tensor's presence, shape and dtype. Returns the tensor count it holds.
+    /// files' headers and sizes, every needed tensor's presence, shape and dtype, and fp8 scales. Returns how many
+    /// tensors the model needs and how many of them are fp8.
     /// </summary>
-    public static int Verify(string directory, bool? swiftKv = null)
+    public static VerifiedCheckpoint Verify(string directory, bool? swiftKv = null)
     {
         var config = LlamaConfig.Load(directory);
         using var checkpoint = SafetensorsCheckpoint.Open(directory);
         bool enabled = swiftKv ?? config.SwiftKv;
         var specs = LlamaTensorNames.ForModel(config, enabled);
         Check(config, checkpoint, specs, enabled);
-        return specs.Count;
+        int fp8 = specs.Count(s => checkpoint.TryGet(s.Name, out var info, out _) && info.Dtype.IsFloat8());
+        return new VerifiedCheckpoint(specs.Count, fp8);
     }
 
     /// <summary>Loads the tensors <paramref name="config"/> needs from an open checkpoint.</summary>
@@ -59,34 +61,44 @@ public static class LlamaCheckpointLoader
     /// <summary>Throws one <see cref="InvalidModelException"/> listing every spec that is missing, misshapen or of an unreadable dtype.</summary>
     internal static void Check(LlamaConfig config, SafetensorsCheckpoint checkpoint, IReadOnlyList<TensorSpec> specs, bool swiftKvEnabled)
     {
+        // Only the first problems are kept, the rest only counted: a message lists a dozen, and a config whose sizes
+        // all disagree with the files must not build a line for every tensor first.
         var problems = new List<string>();
+        int count = 0;
+        void Add(string problem)
+        {
+            if (count++ < MaxProblemsListed) problems.Add(problem);
+        }
         bool missingOriginalQkv = false;
         foreach (var spec in specs)
         {
             if (!checkpoint.TryGet(spec.Name, out var info, out var file))
             {
-                problems.Add($"missing '{spec.Name}' {TensorInfo.FormatShape(spec.Shape)} {spec.ShapeMeaning}");
+                Add($"missing '{spec.Name}' {TensorInfo.FormatShape(spec.Shape)} {spec.ShapeMeaning}");
                 missingOriginalQkv |= config.SwiftKv && !swiftKvEnabled && spec.Name.Contains(".self_attn.") && !spec.Name.Contains("_swiftkv");
                 continue;
             }
             string where = $"'{spec.Name}' in {Path.GetFileName(file.Path)}";
             if (!info.HasShape(spec.Shape))
-                problems.Add($"{where} has shape {info.ShapeText}, expected {TensorInfo.FormatShape(spec.Shape)} {spec.ShapeMeaning}");
+                Add($"{where} has shape {info.ShapeText}, expected {TensorInfo.FormatShape(spec.Shape)} {spec.ShapeMeaning}");
             else if (info.Dtype.IsFloat8())
             {
-                if (ScaledFp8Tensor.Problem(config.Quantization, checkpoint, info) is { } problem) problems.Add(problem);
+                if (ScaledFp8Tensor.ProblemWithScales(config.Quantization, checkpoint, info) is { } problem) Add(problem);
             }
             else if (!info.Dtype.ConvertsToFloat32())
-                problems.Add($"{where} has dtype {info.Dtype.SafetensorsName()}; only F32, F16 and BF16 (and fp8 weights with scales) are supported");
+                Add($"{where} has dtype {info.Dtype.SafetensorsName()}; only F32, F16 and BF16 (and fp8 weights with scales) are supported");
         }
-        if (problems.Count == 0) return;
+        if (count == 0) return;
 
         var message = $"checkpoint {checkpoint.Directory} does not match its config.json " +
-            $"({(swiftKvEnabled ? "SwiftKV on" : "SwiftKV off")}): {problems.Count} problem(s):\n - " +
-            string.Join("\n - ", problems.Take(MaxProblemsListed));
-        if (problems.Count > MaxProblemsListed) message += $"\n - ... and {problems.Count - MaxProblemsListed} more";
+            $"({(swiftKvEnabled ? "SwiftKV on" : "SwiftKV off")}): {count} problem(s):\n - " +
+            string.Join("\n - ", problems);
+        if (count > MaxProblemsListed) message += $"\n - ... and {count - MaxProblemsListed} more";
         if (missingOriginalQkv)
             message += "\nThis SwiftKV checkpoint lacks the original q/k/v projections of its later layers, so it can only run with SwiftKV on.";
         throw new InvalidModelException(message);
     }
 }
+
+/// <summary>What <see cref="LlamaCheckpointLoader.Verify"/> found: the tensors the model needs, all present and readable.</summary>
+public sealed record VerifiedCheckpoint(int TensorCount, int Fp8TensorCount);

@@ -4,6 +4,7 @@
 // NOTE: the index is cross-checked against the shards' own headers, so a stale index (a shard replaced after
 // the index was written) fails at open naming the tensor and both files, not as a wrong weight later.
 using System.Text.Json;
+using SwiftKV.Model.Tokenization;
 
 namespace SwiftKV.Model.Checkpoint;
 
@@ -35,19 +36,20 @@ public sealed class SafetensorsCheckpoint : IDisposable
         var files = new List<SafetensorsFile>();
         try
         {
-            if (File.Exists(single))
+            if (CheckpointJson.FileExists(single))
             {
                 var file = SafetensorsFile.Open(single);
                 files.Add(file);
                 return new SafetensorsCheckpoint(directory, files, file.Tensors.ToDictionary(t => t.Name, _ => file, StringComparer.Ordinal));
             }
-            if (!File.Exists(index))
+            if (!CheckpointJson.FileExists(index))
                 throw new InvalidModelException($"{directory}: no {SingleFileName} and no {IndexFileName}; not a safetensors checkpoint.");
             var weightMap = ReadWeightMap(index);
             var shards = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
             foreach (string shardName in weightMap.Values.Distinct().Order(StringComparer.Ordinal))
             {
                 string path = Path.Combine(directory, shardName);
+                if (System.IO.Directory.Exists(path)) throw new InvalidModelException($"{index}: shard '{shardName}' is listed, but {path} is a directory, not a file.");
                 if (!File.Exists(path)) throw new InvalidModelException($"{index}: shard '{shardName}' is listed but not present in {directory}.");
                 var shard = SafetensorsFile.Open(path);
                 files.Add(shard);
@@ -100,7 +102,7 @@ public sealed class SafetensorsCheckpoint : IDisposable
     static Dictionary<string, string> ReadWeightMap(string index)
     {
         JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllBytes(index)); }
+        try { doc = JsonDocument.Parse(CheckpointJson.ReadUtf8(index)); }
         catch (JsonException e) { throw new InvalidModelException($"{index}: not valid JSON ({e.Message}).", e); }
         using (doc)
         {

@@ -66,18 +66,33 @@ public sealed class ScaledFp8Tensor
             : null;
     }
 
+    /// <summary>
+    /// <see cref="Problem"/>, and then what is wrong with the scale values (read here: one per matrix, row or block, so
+    /// small), or null. The loader's check runs this, so a NaN scale fails before any weight is read, in every command.
+    /// </summary>
+    public static string? ProblemWithScales(WeightQuantization? quantization, SafetensorsCheckpoint checkpoint, TensorInfo weight) =>
+        Problem(quantization, checkpoint, weight) ?? ReadScales(quantization!, checkpoint, weight).Problem;
+
     /// <summary>Opens <paramref name="weight"/> and reads its scales; throws <see cref="InvalidModelException"/> naming the problem.</summary>
     public static ScaledFp8Tensor Open(WeightQuantization? quantization, SafetensorsCheckpoint checkpoint, TensorInfo weight, SafetensorsFile file)
     {
         if (Problem(quantization, checkpoint, weight) is { } problem) throw new InvalidModelException($"{checkpoint.Directory}: {problem}.");
-        string scaleName = quantization!.ScaleNames(weight.Name).First(checkpoint.Contains);
+        var (scaleInfo, scales, scaleProblem) = ReadScales(quantization!, checkpoint, weight);
+        if (scaleProblem is not null) throw new InvalidModelException($"{checkpoint.Directory}: {scaleProblem}.");
+        var layout = LayoutOf(quantization!, weight, scaleInfo, out int scaleColumns)!.Value;
+        return new ScaledFp8Tensor(weight, scaleInfo, file, layout, scales, quantization!.BlockSize ?? (1, 1), scaleColumns);
+    }
+
+    /// <summary>The scale tensor of a weight that <see cref="Problem"/> passed, its values, and what is wrong with them.</summary>
+    static (TensorInfo Info, float[] Scales, string? Problem) ReadScales(WeightQuantization quantization, SafetensorsCheckpoint checkpoint, TensorInfo weight)
+    {
+        string scaleName = quantization.ScaleNames(weight.Name).First(checkpoint.Contains);
         checkpoint.TryGet(scaleName, out var scaleInfo, out _);
-        var layout = LayoutOf(quantization, weight, scaleInfo, out int scaleColumns)!.Value;
         float[] scales = checkpoint.ReadFloat32(scaleName);
         foreach (float s in scales)
             if (!float.IsFinite(s))
-                throw new InvalidModelException($"{checkpoint.Directory}: scale '{scaleName}' holds {s}; every scale must be finite.");
-        return new ScaledFp8Tensor(weight, scaleInfo, file, layout, scales, quantization.BlockSize ?? (1, 1), scaleColumns);
+                return (scaleInfo, scales, $"scale '{scaleName}' holds {s}; every scale must be finite");
+        return (scaleInfo, scales, null);
     }
 
     static Layout? LayoutOf(WeightQuantization q, TensorInfo weight, TensorInfo scale, out int scaleColumns)

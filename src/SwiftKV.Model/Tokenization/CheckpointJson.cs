@@ -9,10 +9,10 @@ internal static class CheckpointJson
     /// <summary>Parses <paramref name="path"/> as a JSON object; null when the file does not exist.</summary>
     public static JsonElement? TryRead(string path)
     {
-        if (!File.Exists(path)) return null;
+        if (!FileExists(path)) return null;
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { MaxDepth = 256 });
+            using var doc = JsonDocument.Parse(ReadUtf8(path), new JsonDocumentOptions { MaxDepth = 256 });
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 throw new InvalidModelException($"{path}: the top level must be a JSON object, got {doc.RootElement.ValueKind}.");
             return doc.RootElement.Clone();
@@ -22,6 +22,28 @@ internal static class CheckpointJson
             throw new InvalidModelException($"{path}: not valid JSON ({e.Message}).", e);
         }
     }
+
+    /// <summary>
+    /// The bytes of a JSON file without a leading UTF-8 byte order mark. Editors on Windows write one, Python's json
+    /// module and Hugging Face read past it, and System.Text.Json's byte parsers do not: every checkpoint JSON file is
+    /// read through here so that config.json, the index and the tokenizer files all take it alike.
+    /// </summary>
+    public static ReadOnlyMemory<byte> ReadUtf8(string path)
+    {
+        byte[] bytes = File.ReadAllBytes(path);
+        return bytes.AsSpan().StartsWith(Utf8Bom) ? bytes.AsMemory(Utf8Bom.Length) : bytes;
+    }
+
+    static ReadOnlySpan<byte> Utf8Bom => [0xEF, 0xBB, 0xBF];
+
+    /// <summary>
+    /// Whether a checkpoint file is present; throws when a directory has its name, which would otherwise read as a
+    /// missing file and give a message about something else.
+    /// </summary>
+    public static bool FileExists(string path) =>
+        Directory.Exists(path)
+            ? throw new InvalidModelException($"{path} is a directory, not a file.")
+            : File.Exists(path);
 
     /// <summary>A property that is present and not null, else null.</summary>
     public static JsonElement? Get(JsonElement obj, string key) =>
@@ -52,8 +74,26 @@ internal static class CheckpointJson
 
     public static int Int(JsonElement v, string key, string file)
     {
-        if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out int value) || value < 0)
+        if (v.ValueKind != JsonValueKind.Number || !TryGetInt32(v, out int value) || value < 0)
             throw new InvalidModelException($"{file}: '{key}' must hold non-negative integers, got {v.GetRawText()}.");
         return value;
+    }
+
+    /// <summary>
+    /// A JSON number that is a whole 32-bit integer, also when written as 128001.0 or 1e3 (Python's json module writes
+    /// floats so, and transformers reads them as ints); 1.5 is not one. config.json's reader uses the same rule.
+    /// </summary>
+    public static bool TryGetInt32(JsonElement v, out int value)
+    {
+        if (v.TryGetInt32(out value)) return true;
+        return v.TryGetDouble(out double d) && IsInt32(d, out value);
+    }
+
+    /// <summary>True when <paramref name="d"/> is a whole number in int's range.</summary>
+    public static bool IsInt32(double d, out int value)
+    {
+        bool whole = d == Math.Floor(d) && d >= int.MinValue && d <= int.MaxValue;
+        value = whole ? (int)d : 0;
+        return whole;
     }
 }

@@ -34,8 +34,11 @@ internal static class HfTokenizerJson
         return result;
     }
 
-    /// <summary>Reads model.vocab of a byte-level BPE model into bytes indexed by id (= rank).</summary>
-    public static byte[]?[] ReadVocabulary(JsonElement root, string path, IReadOnlySet<int> addedIds)
+    /// <summary>
+    /// Reads model.vocab of a byte-level BPE model into bytes indexed by id (= rank). An entry at an id of
+    /// <paramref name="specialsById"/> must be that special token itself (a vocab may list the specials too).
+    /// </summary>
+    public static byte[]?[] ReadVocabulary(JsonElement root, string path, IReadOnlyDictionary<int, string> specialsById)
     {
         if (CheckpointJson.Get(root, "model") is not { ValueKind: JsonValueKind.Object } model)
             throw new InvalidModelException($"{path}: missing 'model' object.");
@@ -56,11 +59,19 @@ internal static class HfTokenizerJson
             int id = CheckpointJson.Int(entry.Value, $"model.vocab[\"{entry.Name}\"]", path);
             if (id < 0 || id > LlamaTokenizer.MaxTokenId)
                 throw new InvalidModelException($"{path}: vocab token '{entry.Name}' has id {id}, outside 0..{LlamaTokenizer.MaxTokenId}.");
+            // Special tokens live in added_tokens, not in the BPE ranks; their text need not be in the byte-level alphabet.
+            // Another token at a special's id would be replaced by it without a word.
+            if (specialsById.TryGetValue(id, out string? special))
+            {
+                if (entry.Name != special)
+                    throw new InvalidModelException($"{path}: special token '{special}' has id {id}, which is already the vocab token '{entry.Name}'.");
+                idOf[entry.Name] = id;
+                continue;
+            }
             byte[] bytes = ByteLevelAlphabet.TryDecode(entry.Name)
                 ?? throw new InvalidModelException($"{path}: vocab token '{entry.Name}' (id {id}) has characters outside the byte-level alphabet.");
             if (bytes.Length == 0) throw new InvalidModelException($"{path}: empty vocab token (id {id}).");
             idOf[entry.Name] = id;
-            if (addedIds.Contains(id)) continue; // special tokens live in added_tokens, not in the BPE ranks
             ranks.Add((bytes, id));
         }
         if (ranks.Count == 0) throw new InvalidModelException($"{path}: model.vocab is empty.");
@@ -111,9 +122,12 @@ internal static class HfTokenizerJson
         {
             string? left = null, right = null;
             if (m.ValueKind == JsonValueKind.String && m.GetString()!.Split(' ') is [var a, var b]) (left, right) = (a, b);
-            else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2) (left, right) = (m[0].GetString(), m[1].GetString());
-            if (left is null || right is null || !idOf.TryGetValue(left + right, out int id))
-                throw new InvalidModelException($"{path}: model.merges[{index}] is not a pair of tokens whose concatenation is in the vocabulary.");
+            else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2
+                && m[0].ValueKind == JsonValueKind.String && m[1].ValueKind == JsonValueKind.String) (left, right) = (m[0].GetString(), m[1].GetString());
+            if (left is null || right is null)
+                throw new InvalidModelException($"{path}: model.merges[{index}] must be \"left right\" or [\"left\", \"right\"] (two token strings), got {Describe(m)}.");
+            if (!idOf.TryGetValue(left + right, out int id))
+                throw new InvalidModelException($"{path}: model.merges[{index}] ({Describe(m)}) is not a pair of tokens whose concatenation is in the vocabulary.");
             if (id <= previous)
                 throw new InvalidModelException($"{path}: model.merges[{index}] makes id {id} after id {previous}: merges out of id order are not supported (ids are read as merge ranks).");
             previous = id;

@@ -354,25 +354,26 @@ public sealed class LlamaTokenizer
 
     /// <summary>Whether <paramref name="checkpointDir"/> has a tokenizer to load (original/tokenizer.model or tokenizer.json).</summary>
     public static bool Exists(string checkpointDir) =>
-        File.Exists(Path.Combine(checkpointDir, "original", "tokenizer.model")) || File.Exists(Path.Combine(checkpointDir, "tokenizer.json"));
+        CheckpointJson.FileExists(Path.Combine(checkpointDir, "original", "tokenizer.model")) || CheckpointJson.FileExists(Path.Combine(checkpointDir, "tokenizer.json"));
 
     static LlamaTokenizer LoadFiles(string checkpointDir)
     {
         string modelPath = Path.Combine(checkpointDir, "original", "tokenizer.model");
         string jsonPath = Path.Combine(checkpointDir, "tokenizer.json");
         string configPath = Path.Combine(checkpointDir, "tokenizer_config.json");
-        bool hasTiktoken = File.Exists(modelPath);
+        bool hasTiktoken = CheckpointJson.FileExists(modelPath);
 
         var tokenizerJson = CheckpointJson.TryRead(jsonPath);
         var tokenizerConfig = CheckpointJson.TryRead(configPath);
         var specials = ReadSpecialTokens(tokenizerJson, jsonPath, tokenizerConfig, configPath);
         byte[]?[] ranks = hasTiktoken
             ? TiktokenFile.Read(modelPath)
-            : HfTokenizerJson.ReadVocabulary(tokenizerJson!.Value, jsonPath, specials.Values.ToHashSet());
+            : HfTokenizerJson.ReadVocabulary(tokenizerJson!.Value, jsonPath, specials.ToDictionary(kv => kv.Value, kv => kv.Key));
         string rankSource = hasTiktoken ? modelPath : jsonPath;
         // NOTE: with only the raw tiktoken file, follow Meta's reference tokenizer: 256 specials after the ranks.
         if (specials.Count == 0) specials = Llama3SpecialTokens(ranks.Length);
         ranks = SeparateSpecials(ranks, specials, rankSource);
+        CheckSingleBytes(ranks, rankSource, hasTiktoken);
 
         int vocabularySize = Math.Max(ranks.Length, specials.Values.Max() + 1);
         int? Resolve(string? text, string key)
@@ -580,6 +581,40 @@ public sealed class LlamaTokenizer
             copy[id] = null;
         }
         return copy ?? ranks;
+    }
+
+    /// <summary>
+    /// Byte-level BPE starts every piece from its single bytes, so a vocabulary without one of the 256 cannot encode
+    /// text holding that byte: refuse it at load, naming the bytes, not at the first prompt that needs one.
+    /// </summary>
+    static void CheckSingleBytes(byte[]?[] ranks, string source, bool tiktoken)
+    {
+        var present = new bool[256];
+        foreach (var bytes in ranks)
+            if (bytes is [byte b]) present[b] = true;
+        var missing = Enumerable.Range(0, 256).Where(b => !present[b]).ToList();
+        if (missing.Count == 0) return;
+        // Each byte as the file spells its token: base64 in a tiktoken file, the byte-level alphabet in tokenizer.json.
+        string Spelled(int b) => $"0x{b:X2} ('{(tiktoken ? Convert.ToBase64String([(byte)b]) : ByteLevelAlphabet.Encode([(byte)b]))}')";
+        const int Listed = 8;
+        string list = string.Join(", ", missing.Take(Listed).Select(Spelled)) + (missing.Count > Listed ? $" and {missing.Count - Listed} more" : "");
+        throw new InvalidModelException(
+            $"{source}: the vocabulary lacks the single-byte token{(missing.Count == 1 ? "" : "s")} for byte{(missing.Count == 1 ? "" : "s")} {list}; " +
+            "byte-level BPE needs all 256 to encode any text.");
+    }
+
+    /// <summary>
+    /// Checks that every id of this tokenizer is an id of <paramref name="config"/>'s model, and returns the tokenizer
+    /// widened to its vocab_size (<see cref="WithVocabularySize"/>). <paramref name="checkpointDir"/> names the checkpoint
+    /// in the error.
+    /// </summary>
+    public LlamaTokenizer ForModel(LlamaConfig config, string checkpointDir)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (VocabularySize > config.VocabSize)
+            throw new InvalidModelException($"{checkpointDir}: the tokenizer has ids up to {VocabularySize - 1} but the model's vocab_size is {config.VocabSize}.");
+        // A padded vocab_size: the extra ids exist for the model, decode to nothing, and size every per-id table.
+        return WithVocabularySize(config.VocabSize);
     }
 
     static int CheckAgainstVocabulary(int id, int vocabularySize, string file, string key)

@@ -117,6 +117,72 @@ public sealed class LlamaCheckpointTests : IDisposable
         Assert.Contains("missing 'model.layers.3.post_attention_layernorm.weight' [16] (hidden_size)", e.Message);
     }
 
+    /// <summary>
+    /// A config of 1024 layers over a checkpoint of 4: every missing tensor is counted, a dozen are listed (the message
+    /// once held a line for each, built before being cut to twelve).
+    /// </summary>
+    [Fact]
+    public void Load_ThousandsOfMissingTensors_CountsThemAllListsTwelve()
+    {
+        var written = TinyModels.Config(swiftKv: false);
+        TinyModels.SaveFull(dir.Path, written);
+        File.WriteAllText(dir.File("config.json"), (written with { NumHiddenLayers = 1024 }).ToJson());
+
+        var e = Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Verify(dir.Path));
+        // Per missing layer: two norms, q/k/v/o and gate/up/down.
+        const int missing = (1024 - 4) * 9;
+        Assert.Contains($"{missing} problem(s)", e.Message);
+        Assert.Equal(12, e.Message.Split('\n').Count(l => l.StartsWith(" - missing", StringComparison.Ordinal)));
+        Assert.Contains($" - ... and {missing - 12} more", e.Message);
+        Assert.Contains("missing 'model.layers.4.input_layernorm.weight'", e.Message);
+    }
+
+    /// <summary>
+    /// An fp8 weight whose scale is NaN: Verify (what info runs) refuses it as a load does, naming the scale; it checked
+    /// headers only, so info said OK for a checkpoint generate refused. A finite scale passes and counts as fp8.
+    /// </summary>
+    [Fact]
+    public void Verify_Fp8WeightWithNanScale_IsRefusedNamingTheScale()
+    {
+        const string weight = "model.layers.1.mlp.down_proj.weight", scale = "model.layers.1.mlp.down_proj.weight_scale";
+        var config = TinyModels.Config(swiftKv: false);
+        TinyModels.SaveFull(dir.Path, config);
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(dir.File("config.json")))!.AsObject();
+        json["quantization_config"] = new System.Text.Json.Nodes.JsonObject { ["quant_method"] = "fp8" };   // one scale per matrix
+        File.WriteAllText(dir.File("config.json"), json.ToJsonString());
+
+        WithFp8Weight(weight, scale, 0.5f);
+        Assert.Equal(new VerifiedCheckpoint(LlamaTensorNames.ForModel(config, false).Count, 1), LlamaCheckpointLoader.Verify(dir.Path));
+
+        WithFp8Weight(weight, scale, float.NaN);
+        var e = Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Verify(dir.Path));
+        Assert.Contains($"scale '{scale}' holds NaN; every scale must be finite", e.Message);
+        Assert.Contains("1 problem(s)", e.Message);
+    }
+
+    /// <summary>Rewrites model.safetensors by hand with <paramref name="weight"/> as F8_E4M3 codes of 1.0 and an F32 scale [1].</summary>
+    void WithFp8Weight(string weight, string scale, float scaleValue)
+    {
+        string path = dir.File("model.safetensors");
+        var entries = new List<string>();
+        var data = new List<byte>();
+        void Add(string name, string dtype, IReadOnlyList<long> shape, byte[] bytes)
+        {
+            entries.Add($"\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":[{string.Join(",", shape)}],\"data_offsets\":[{data.Count},{data.Count + bytes.Length}]}}");
+            data.AddRange(bytes);
+        }
+        using (var file = SafetensorsFile.Open(path))
+        {
+            foreach (var t in file.Tensors.Where(t => t.Name != scale))
+            {
+                if (t.Name == weight) Add(t.Name, "F8_E4M3", t.Shape, Enumerable.Repeat((byte)0x38, (int)t.ElementCount).ToArray());   // 0x38 is 1.0 in E4M3
+                else Add(t.Name, t.Dtype.SafetensorsName(), t.Shape, file.ReadBytes(t.Name));
+            }
+        }
+        Add(scale, "F32", [1], RawSafetensors.F32(scaleValue));
+        File.WriteAllBytes(path, RawSafetensors.Build("{" + string.Join(",", entries) + "}", data.ToArray()));
+    }
+
     [Fact]
     public void Save_Sharded_WritesTransformersIndexLayout()
     {

@@ -72,6 +72,34 @@ public sealed class SafetensorsCheckpointTests : IDisposable
         Assert.Contains("not a plain file name", OpenFails().Message);
     }
 
+    /// <summary>An index saved with a UTF-8 byte order mark (as Windows editors save) opens like one without.</summary>
+    [Fact]
+    public void Open_IndexWithUtf8Bom_ReadsIt()
+    {
+        Shard("a.safetensors", "x");
+        File.WriteAllText(dir.File(SafetensorsCheckpoint.IndexFileName), """{"metadata":{},"weight_map":{"x":"a.safetensors"}}""",
+            new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: true));
+        Assert.Equal(0xEF, File.ReadAllBytes(dir.File(SafetensorsCheckpoint.IndexFileName))[0]);
+        using var ckpt = SafetensorsCheckpoint.Open(dir.Path);
+        Assert.Equal(["x"], ckpt.TensorNames);
+    }
+
+    /// <summary>A directory where a weights file belongs is named as one (it read as a missing file).</summary>
+    [Fact]
+    public void Open_WeightsFileIsADirectory_SaysSo()
+    {
+        Directory.CreateDirectory(dir.File(SafetensorsCheckpoint.SingleFileName));
+        Assert.Contains($"{dir.File(SafetensorsCheckpoint.SingleFileName)} is a directory, not a file", OpenFails().Message);
+        Directory.Delete(dir.File(SafetensorsCheckpoint.SingleFileName));
+
+        Shard("a.safetensors", "x");
+        Directory.CreateDirectory(dir.File("b.safetensors"));
+        Index("""{"x":"a.safetensors","y":"b.safetensors"}""");
+        var e = OpenFails();
+        Assert.Contains("shard 'b.safetensors' is listed", e.Message);
+        Assert.Contains($"{dir.File("b.safetensors")} is a directory, not a file", e.Message);
+    }
+
     [Fact]
     public void ReadFloat32_UnknownTensor_ThrowsNamingDirectory()
     {

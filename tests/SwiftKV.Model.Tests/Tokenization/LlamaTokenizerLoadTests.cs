@@ -53,13 +53,19 @@ public sealed class LlamaTokenizerLoadTests
         Assert.Equal([257 + 9, 257 + 8, 257 + 1], tok.StopTokenIds);
     }
 
-    [Fact]
-    public void Load_TokenizerJson_MapsByteLevelAlphabet()
+    /// <summary>
+    /// A small byte-level tokenizer.json: h e l o Ġ w r d Ċ at ids 0..8, merges up to "hello" and "Ġw" at 9..13, the special
+    /// &lt;|end|&gt; at 20, and the other single bytes from id 21 on (all but <paramref name="dropByte"/>).
+    /// </summary>
+    static string ToyTokenizerJson(string? added = null, string? merges = null, int? dropByte = null)
     {
-        using var dir = new TokenizerTempDir();
-        dir.Write("tokenizer.json", """
+        string[] toy = ["h", "e", "l", "o", "Ġ", "w", "r", "d", "Ċ"];
+        var bytes = Enumerable.Range(0, 256).Where(b => b != dropByte).Select(b => ByteLevelAlphabet.Encode([(byte)b])).Where(t => !toy.Contains(t));
+        string rest = string.Join(", ", bytes.Select((t, i) => $"{System.Text.Json.JsonSerializer.Serialize(t)}: {21 + i}"));
+        if (dropByte is int d && toy.Contains(ByteLevelAlphabet.Encode([(byte)d]))) throw new ArgumentException("the toy's own bytes stay");
+        return """
             {
-              "added_tokens": [ { "id": 20, "content": "<|end|>", "special": true } ],
+              "added_tokens": [ ADDED ],
               "pre_tokenizer": { "type": "Sequence", "pretokenizers": [
                 { "type": "Split", "pattern": { "Regex": PATTERN }, "behavior": "Isolated", "invert": false },
                 { "type": "ByteLevel", "add_prefix_space": false, "use_regex": false } ] },
@@ -67,18 +73,166 @@ public sealed class LlamaTokenizerLoadTests
               "model": {
                 "type": "BPE",
                 "vocab": { "h": 0, "e": 1, "l": 2, "o": 3, "Ġ": 4, "w": 5, "r": 6, "d": 7, "Ċ": 8,
-                           "he": 9, "ll": 10, "hell": 11, "hello": 12, "Ġw": 13, "<|end|>": 20 },
-                "merges": [ "h e", "l l", "he ll", "hell o", "Ġ w" ]
+                           "he": 9, "ll": 10, "hell": 11, "hello": 12, "Ġw": 13, "<|end|>": 20, REST },
+                "merges": MERGES
               }
             }
-            """.Replace("PATTERN", System.Text.Json.JsonSerializer.Serialize(LlamaTokenizer.Llama3Pattern)));
+            """.Replace("PATTERN", System.Text.Json.JsonSerializer.Serialize(LlamaTokenizer.Llama3Pattern))
+            .Replace("ADDED", added ?? """{ "id": 20, "content": "<|end|>", "special": true }""")
+            .Replace("MERGES", merges ?? """[ "h e", "l l", "he ll", "hell o", "Ġ w" ]""")
+            .Replace("REST", rest);
+    }
+
+    [Fact]
+    public void Load_TokenizerJson_MapsByteLevelAlphabet()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("tokenizer.json", ToyTokenizerJson());
         var tok = LlamaTokenizer.Load(dir.Path);
         Assert.Equal([12, 13, 3, 6, 2, 7, 8], tok.Encode("hello world\n"));
         Assert.Equal([12, 20], tok.Encode("hello<|end|>", parseSpecialTokens: true));
         Assert.Equal("hello world\n<|end|>", tok.Decode([12, 13, 3, 6, 2, 7, 8, 20]));
-        Assert.Equal(21, tok.VocabularySize);
-        // This toy vocabulary has no token for 'z': a clear error, not a KeyNotFoundException from the BPE internals.
-        Assert.Contains("lacks a single-byte token", Assert.Throws<InvalidOperationException>(() => tok.Encode("z")).Message);
+        Assert.Equal(21 + 256 - 9, tok.VocabularySize);
+        Assert.Equal("z", tok.Decode(tok.Encode("z")));
+    }
+
+    /// <summary>
+    /// Byte-level BPE needs every single byte: a vocabulary without one is refused at load naming the file and the byte
+    /// as that file spells it. It loaded, and the first text holding the byte threw an InvalidOperationException.
+    /// </summary>
+    [Fact]
+    public void Load_VocabularyWithoutASingleByte_IsRefusedNamingTheByte()
+    {
+        using (var dir = new TokenizerTempDir())
+        {
+            dir.Write("tokenizer.json", ToyTokenizerJson(dropByte: 'z'));
+            var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+            Assert.Contains(Path.Combine(dir.Path, "tokenizer.json"), e.Message);
+            Assert.Contains("lacks the single-byte token for byte 0x7A ('z')", e.Message);
+        }
+        using (var dir = new TokenizerTempDir())
+        {
+            dir.WriteByteTiktoken("ab");
+            string model = Path.Combine(dir.Path, "original", "tokenizer.model");
+            // Drop the lines of '!' (IQ==) and of byte 0xFF (/w==).
+            File.WriteAllLines(model, File.ReadAllLines(model).Where(l => !l.StartsWith("IQ== ", StringComparison.Ordinal) && !l.StartsWith("/w== ", StringComparison.Ordinal)));
+            var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+            Assert.Contains(model, e.Message);
+            Assert.Contains("lacks the single-byte tokens for bytes 0x21 ('IQ=='), 0xFF ('/w==')", e.Message);
+        }
+    }
+
+    /// <summary>
+    /// An added token on the id of an ordinary vocab token replaced it without a word (the vocab entry at an added
+    /// token's id was skipped, whatever it held): refused naming both tokens and the id, as for tiktoken files.
+    /// </summary>
+    [Fact]
+    public void Load_AddedTokenOnAnOrdinaryVocabId_IsRefused()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("tokenizer.json", ToyTokenizerJson(added: """{ "id": 1, "content": "<|end|>", "special": true }"""));
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("tokenizer.json", e.Message);
+        Assert.Contains("special token '<|end|>' has id 1, which is already the vocab token 'e'", e.Message);
+    }
+
+    /// <summary>
+    /// merges as a list of pairs (tokenizers >= 0.20 writes them so) with something other than two strings is named by
+    /// index and content; [1, 2] threw an InvalidOperationException from the JSON reader.
+    /// </summary>
+    [Theory]
+    [InlineData("""[ ["h", "e"], [1, 2] ]""", "model.merges[1] must be", "got [1, 2]")]
+    [InlineData("""[ ["h", "e"], ["l"] ]""", "model.merges[1] must be", "got [\"l\"]")]
+    [InlineData("""[ "h e", null ]""", "model.merges[1] must be", "got null")]
+    [InlineData("""[ ["h", "e"], ["e", "h"] ]""", "model.merges[1] ([\"e\", \"h\"]) is not a pair of tokens", "in the vocabulary")]
+    public void Load_MergesEntryNotTwoTokens_NamesIndexAndContent(string merges, string expected, string found)
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("tokenizer.json", ToyTokenizerJson(merges: merges));
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("tokenizer.json", e.Message);
+        Assert.Contains(expected, e.Message);
+        Assert.Contains(found, e.Message);
+    }
+
+    [Fact]
+    public void Load_MergesAsListsOfPairs_ReadAsStrings()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("tokenizer.json", ToyTokenizerJson(merges: """[ ["h", "e"], ["l", "l"], ["he", "ll"], ["hell", "o"], ["Ġ", "w"] ]"""));
+        Assert.Equal([12, 13, 3, 6, 2, 7, 8], LlamaTokenizer.Load(dir.Path).Encode("hello world\n"));
+    }
+
+    /// <summary>
+    /// Every JSON file of a checkpoint may start with a UTF-8 byte order mark: config.json's parser took one, the
+    /// tokenizer's read of the same file said "not valid JSON ('0xEF' ...)".
+    /// </summary>
+    [Fact]
+    public void Load_JsonFilesWithUtf8Bom_ReadAsWithout()
+    {
+        using var plain = new TokenizerTempDir();
+        using var bom = new TokenizerTempDir();
+        var files = new Dictionary<string, string>
+        {
+            ["tokenizer.json"] = ToyTokenizerJson(),
+            ["tokenizer_config.json"] = """{ "eos_token": "<|end|>" }""",
+            ["generation_config.json"] = """{ "eos_token_id": 5 }""",
+            ["config.json"] = """{ "eos_token_id": 6, "bos_token_id": 7 }""",
+        };
+        foreach (var (name, text) in files)
+        {
+            plain.Write(name, text);
+            File.WriteAllText(Path.Combine(bom.Path, name), text, new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: true));
+        }
+        var expected = LlamaTokenizer.Load(plain.Path);
+        var actual = LlamaTokenizer.Load(bom.Path);
+        Assert.Equal([5, 6, 20], expected.StopTokenIds);
+        Assert.Equal(expected.StopTokenIds, actual.StopTokenIds);
+        Assert.Equal((7, 20), (actual.BosTokenId, actual.EosTokenId));
+    }
+
+    /// <summary>
+    /// An id written as a float with no fraction (Python's json writes 128001.0 for a float) reads as the integer in the
+    /// side files as it does in config.json; a fraction or a value past int is refused by both, naming the key.
+    /// </summary>
+    [Theory]
+    [InlineData("265.0", 265)]
+    [InlineData("2.65e2", 265)]
+    [InlineData("1.5", null)]
+    [InlineData("3000000000", null)]
+    public void Load_IntegralFloatIds_ReadAsConfigJsonReadsThem(string written, int? expected)
+    {
+        using var dir = new TokenizerTempDir();
+        dir.WriteByteTiktoken();
+        dir.Write("generation_config.json", $$"""{ "eos_token_id": {{written}} }""");
+        string config = $$"""{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":512,"eos_token_id":{{written}}}""";
+        if (expected is int id)
+        {
+            Assert.Equal(id, LlamaTokenizer.Load(dir.Path).StopTokenIds[0]);
+            Assert.Equal([id], LlamaConfig.Parse(config).EosTokenIds);
+        }
+        else
+        {
+            var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+            Assert.Contains($"generation_config.json: 'eos_token_id' must hold non-negative integers, got {written}", e.Message);
+            Assert.Contains($"'eos_token_id' must be an integer, got {written}", Assert.Throws<InvalidModelException>(() => LlamaConfig.Parse(config)).Message);
+        }
+    }
+
+    /// <summary>A directory where a tokenizer file belongs is named as one; a tokenizer_config.json directory was skipped as absent.</summary>
+    [Theory]
+    [InlineData("tokenizer.json")]
+    [InlineData("tokenizer_config.json")]
+    [InlineData("original/tokenizer.model")]
+    public void Load_TokenizerFileIsADirectory_SaysSo(string name)
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("tokenizer.json", ToyTokenizerJson());
+        string path = Path.Combine(dir.Path, name);
+        if (File.Exists(path)) File.Delete(path);
+        Directory.CreateDirectory(path);
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains($"{path} is a directory, not a file", e.Message);
     }
 
     /// <summary>
