@@ -57,6 +57,7 @@ internal static class GenerateCommand
             if (system is not null) turns.Add(new ChatTurn("system", system));
             turns.Add(new ChatTurn("user", chat));
             ids = Llama31ChatFormat.Encode(tok, turns, addGenerationPrompt: true);
+            if (CheckpointChatTemplate.Mismatch(dir) is { } warning) Console.Error.WriteLine("note: " + warning);
         }
         else
         {

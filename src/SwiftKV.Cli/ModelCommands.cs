@@ -206,12 +206,14 @@ internal static class ModelCommands
         var weights = LlamaCheckpointLoader.Verify(dir);
         var tokenizer = LlamaTokenizer.Exists(dir) ? LlamaTokenizer.Load(dir) : null;
         tokenizer?.ForModel(c, dir);
+        string chatTemplate = CheckpointChatTemplate.Describe(dir);
         Console.WriteLine(Describe(c));
         Console.WriteLine(c.ToJson());
         Console.WriteLine($"weights: the {weights.TensorCount} tensors this config needs are present with their shapes and dtypes");
         Console.WriteLine(tokenizer is null
             ? "tokenizer: none (no tokenizer.json or original/tokenizer.model): generate and the chat client need one; logits takes token ids"
             : $"tokenizer: {tokenizer.VocabularySize} ids, {tokenizer.SpecialTokens.Count} special, stops at {string.Join(", ", tokenizer.StopTokenIds)}");
+        if (tokenizer is not null) Console.WriteLine(chatTemplate);
         // quantization_config says how fp8 tensors are scaled, not that there are any: a config copied from an fp8 model
         // onto bf16 weights loads as the bf16 model it is.
         if (c.Quantization is { } q && weights.Fp8TensorCount > 0)

@@ -253,6 +253,41 @@ public sealed class CliTests : IDisposable
     }
 
     /// <summary>
+    /// The checkpoint's chat_template is not run (chats are written in Llama 3.1's format): info says whether it frames
+    /// turns as Llama 3 does, and generate --chat warns when it does not (a ChatML template here), in either of
+    /// tokenizer_config.json's forms; a chat_template of another JSON kind is an error naming the file.
+    /// </summary>
+    [Fact]
+    public void ChatTemplate_NotLlama3s_IsToldByInfoAndGenerate()
+    {
+        string dir = Tiny("chatml");
+        var info = Run("info", "--model", dir);
+        Assert.Contains("chat template: Llama 3's turns", info.Out);
+        Assert.DoesNotContain("note: chat template", Run("generate", "--model", dir, "--chat", "Hi", "--max-tokens", "1").Err);
+
+        string config = Path.Combine(dir, "tokenizer_config.json");
+        var root = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(config))!.AsObject();
+        const string chatMl = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}";
+        foreach (System.Text.Json.Nodes.JsonNode template in new System.Text.Json.Nodes.JsonNode[]
+            { System.Text.Json.Nodes.JsonValue.Create(chatMl)!, new System.Text.Json.Nodes.JsonArray(
+                new System.Text.Json.Nodes.JsonObject { ["name"] = "tool_use", ["template"] = "<|start_header_id|><|eot_id|>" },
+                new System.Text.Json.Nodes.JsonObject { ["name"] = "default", ["template"] = chatMl }) })
+        {
+            root["chat_template"] = template;
+            File.WriteAllText(config, root.ToJsonString());
+            Assert.Contains("does not frame turns with Llama 3's", Run("info", "--model", dir).Out);
+            var g = Run("generate", "--model", dir, "--chat", "Hi", "--max-tokens", "1");
+            Assert.True(g.Code == 0, g.Err);
+            Assert.Contains("note: chat template: the checkpoint's chat_template does not frame turns", g.Err);
+        }
+        root["chat_template"] = 7;
+        File.WriteAllText(config, root.ToJsonString());
+        var bad = Run("info", "--model", dir);
+        Assert.Equal(2, bad.Code);
+        Assert.Contains("chat_template must be a string or a list", bad.Err);
+    }
+
+    /// <summary>
     /// A checkpoint whose weights hold NaN (here the final norm's, so every logit is NaN): generate ends with one line
     /// saying what went wrong, not a crash with a stack trace; logits writes what the model computed but says how many
     /// values are not finite and exits 1 rather than passing it off as a good run.

@@ -337,8 +337,8 @@ public sealed class LlamaTokenizer
     }
 
     /// <summary>
-    /// Loads the tokenizer of a checkpoint directory: ranks from original/tokenizer.model when present, else
-    /// from tokenizer.json; special tokens from tokenizer.json added_tokens and tokenizer_config.json
+    /// Loads the tokenizer of a checkpoint directory: ranks from tokenizer.json when present (checked against
+    /// original/tokenizer.model when that is present too), else from original/tokenizer.model; special tokens from tokenizer.json added_tokens and tokenizer_config.json
     /// added_tokens_decoder; BOS/EOS from tokenizer_config.json; stop tokens also from generation_config.json
     /// and config.json.
     /// </summary>
@@ -366,14 +366,19 @@ public sealed class LlamaTokenizer
         var tokenizerJson = CheckpointJson.TryRead(jsonPath);
         var tokenizerConfig = CheckpointJson.TryRead(configPath);
         var specials = ReadSpecialTokens(tokenizerJson, jsonPath, tokenizerConfig, configPath);
-        byte[]?[] ranks = hasTiktoken
-            ? TiktokenFile.Read(modelPath)
-            : HfTokenizerJson.ReadVocabulary(tokenizerJson!.Value, jsonPath, specials.ToDictionary(kv => kv.Value, kv => kv.Key));
-        string rankSource = hasTiktoken ? modelPath : jsonPath;
+        // tokenizer.json is what Hugging Face encodes with, so its ranks are the ones the model was run with; Meta's
+        // original/tokenizer.model, when both are present, must agree with it (a checkpoint whose two files disagree
+        // would encode differently here than in transformers, silently).
+        bool fromJson = tokenizerJson is not null;
+        byte[]?[] ranks = fromJson
+            ? HfTokenizerJson.ReadVocabulary(tokenizerJson!.Value, jsonPath, specials.ToDictionary(kv => kv.Value, kv => kv.Key))
+            : TiktokenFile.Read(modelPath);
+        string rankSource = fromJson ? jsonPath : modelPath;
         // NOTE: with only the raw tiktoken file, follow Meta's reference tokenizer: 256 specials after the ranks.
         if (specials.Count == 0) specials = Llama3SpecialTokens(ranks.Length);
         ranks = SeparateSpecials(ranks, specials, rankSource);
-        CheckSingleBytes(ranks, rankSource, hasTiktoken);
+        CheckSingleBytes(ranks, rankSource, tiktoken: !fromJson);
+        if (fromJson && hasTiktoken) CheckAgree(ranks, SeparateSpecials(TiktokenFile.Read(modelPath), specials, modelPath), jsonPath, modelPath);
 
         int vocabularySize = Math.Max(ranks.Length, specials.Values.Max() + 1);
         int? Resolve(string? text, string key)
@@ -587,6 +592,20 @@ public sealed class LlamaTokenizer
     /// Byte-level BPE starts every piece from its single bytes, so a vocabulary without one of the 256 cannot encode
     /// text holding that byte: refuse it at load, naming the bytes, not at the first prompt that needs one.
     /// </summary>
+    /// <summary>Refuses two rank tables of one checkpoint that give any id different bytes, naming the first such id.</summary>
+    static void CheckAgree(byte[]?[] ranks, byte[]?[] other, string source, string otherSource)
+    {
+        for (int id = 0; id < Math.Max(ranks.Length, other.Length); id++)
+        {
+            var a = id < ranks.Length ? ranks[id] : null;
+            var b = id < other.Length ? other[id] : null;
+            if (a is null ? b is null : b is not null && a.AsSpan().SequenceEqual(b)) continue;
+            string Show(byte[]? t) => t is null ? "no token" : $"'{ByteLevelAlphabet.Encode(t)}'";
+            throw new InvalidModelException($"{source} and {otherSource} disagree: id {id} is {Show(a)} in the first and {Show(b)} in the second. " +
+                "Transformers encodes with tokenizer.json; remove the file that is wrong.");
+        }
+    }
+
     static void CheckSingleBytes(byte[]?[] ranks, string source, bool tiktoken)
     {
         var present = new bool[256];

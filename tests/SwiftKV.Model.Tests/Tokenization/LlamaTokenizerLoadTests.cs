@@ -41,6 +41,44 @@ public sealed class LlamaTokenizerLoadTests
         Assert.Equal("abc<|stop_me|>", tok.Decode([257, 305]));
     }
 
+    /// <summary>
+    /// tokenizer.json is what transformers encodes with: when original/tokenizer.model sits beside it, the two must give
+    /// every id the same bytes. Two ids swapped in tokenizer.json, or its model object gone, is refused naming the
+    /// files, where it used to load from the tiktoken file and encode unlike transformers without a word.
+    /// </summary>
+    [Fact]
+    public void Load_TokenizerJsonAndTiktokenFileDisagree_IsRefused()
+    {
+        using var dir = new TokenizerTempDir();
+        var demo = LlamaTokenizer.CreateDemo();
+        demo.Save(dir.Path);
+        int hello = demo.Encode("Hello")[0], world = demo.Encode(" world")[0];
+        Assert.Equal(demo.Encode("Hello world"), LlamaTokenizer.Load(dir.Path).Encode("Hello world"));   // both files, agreeing
+
+        // The tiktoken file gives the two ids each other's bytes; tokenizer.json (merges and all) stays as it was.
+        string tiktoken = System.IO.Path.Combine(dir.Path, "original", "tokenizer.model");
+        var lines = File.ReadAllLines(tiktoken).Select(l => l.Split(' ')).ToArray();
+        foreach (var l in lines)
+            l[1] = l[1] == $"{hello}" ? $"{world}" : l[1] == $"{world}" ? $"{hello}" : l[1];
+        File.WriteAllLines(tiktoken, lines.Select(l => string.Join(' ', l)));
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("tokenizer.json and ", e.Message);
+        Assert.Contains("tokenizer.model disagree", e.Message);
+        Assert.Contains($"id {Math.Min(hello, world)}", e.Message);
+
+        // A tokenizer.json without its model object was passed over while the tiktoken file was read instead.
+        string json = System.IO.Path.Combine(dir.Path, "tokenizer.json");
+        string original = File.ReadAllText(json);
+        var root = System.Text.Json.Nodes.JsonNode.Parse(original)!;
+        root.AsObject().Remove("model");
+        File.WriteAllText(json, root.ToJsonString());
+        Assert.Contains("missing 'model'", Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path)).Message);
+
+        File.WriteAllText(json, original);
+        Directory.Delete(System.IO.Path.Combine(dir.Path, "original"), recursive: true);   // tokenizer.json alone
+        Assert.Equal(demo.Encode("Hello world"), LlamaTokenizer.Load(dir.Path).Encode("Hello world"));
+    }
+
     [Fact]
     public void Load_TiktokenOnly_FallsBackToLlama3SpecialLayout()
     {
