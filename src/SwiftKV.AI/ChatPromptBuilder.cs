@@ -98,7 +98,8 @@ internal static class ChatPromptBuilder
         {
             // The engine's message without its "(Parameter 'TopP')" suffix, which names the engine's type, not the caller's.
             string rule = e.Message.Split(" (Parameter", 2)[0];
-            throw new ArgumentOutOfRangeException(nameof(options), e.ActualValue, $"ChatOptions.{name} is {e.ActualValue}: {rule}");
+            string value = Convert.ToString(e.ActualValue, System.Globalization.CultureInfo.InvariantCulture) ?? "null";
+            throw new ArgumentOutOfRangeException(nameof(options), e.ActualValue, $"ChatOptions.{name} is {value}: {rule}");
         }
     }
 
@@ -155,6 +156,7 @@ internal static class ChatPromptBuilder
         return new JsonSchemaConstraint(grammar, tokenBytes, stopIds, maxNew, Encoding.UTF8.GetBytes(prefill ?? ""));
     }
 
+    static readonly ChatRole Developer = new("developer");   // ChatRole compares ignoring case, as System does
     static readonly JsonSerializerOptions s_compactJson = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
     static readonly ConcurrentDictionary<string, JsonSchemaGrammar> s_grammars = new(StringComparer.Ordinal);
     const int MaxGrammars = 16;   // each keeps up to JsonSchemaGrammar.MaxSharedMasks masks of 256 KB
@@ -166,9 +168,15 @@ internal static class ChatPromptBuilder
         var tools = new List<ToolDefinition>();
         foreach (var t in options.Tools.OfType<AIFunctionDeclaration>())
         {
-            // A call names its function: two declarations of one name would leave the caller to invoke the wrong one.
-            if (tools.Any(d => d.Name == t.Name))
-                throw new ArgumentException($"ChatOptions.Tools declares function '{t.Name}' twice; a call names its function, so names must be unique.", nameof(options));
+            // A call names its function: two different declarations of one name would leave the caller to invoke the
+            // wrong one. The same declaration listed twice (tool lists merged) is offered once.
+            if (tools.FirstOrDefault(d => d.Name == t.Name) is { } same)
+            {
+                if (same.Description == (string.IsNullOrWhiteSpace(t.Description) ? null : t.Description)
+                    && (same.ParametersSchema?.GetRawText() ?? "") == (t.JsonSchema.ValueKind == JsonValueKind.Object ? t.JsonSchema.GetRawText() : ""))
+                    continue;
+                throw new ArgumentException($"ChatOptions.Tools declares two different functions named '{t.Name}'; a call names its function, so names must be unique.", nameof(options));
+            }
             var schema = t.JsonSchema.ValueKind == JsonValueKind.Object ? t.JsonSchema : (JsonElement?)null;
             tools.Add(new ToolDefinition(t.Name, string.IsNullOrWhiteSpace(t.Description) ? null : t.Description, schema));
         }
@@ -223,7 +231,7 @@ internal static class ChatPromptBuilder
                     throw new ArgumentException($"message {index} ({m.Role}) holds {c.GetType().Name}: this model takes text, function calls and function results only.", nameof(messages));
             index++;
             // OpenAI's "developer" messages are what system messages were before it renamed them.
-            string role = m.Role == ChatRole.System || m.Role.Value == "developer" ? "system"
+            string role = m.Role == ChatRole.System || m.Role == Developer ? "system"
                 : m.Role == ChatRole.User ? "user"
                 : m.Role == ChatRole.Assistant ? "assistant"
                 : m.Role == ChatRole.Tool ? "ipython"
@@ -233,7 +241,8 @@ internal static class ChatPromptBuilder
             if (m.Contents.Any(c => c is FunctionResultContent))
             {
                 // Each result is an ipython turn; text beside them (a note the caller added) stays, in its place, as a
-                // turn of the message's own role rather than vanishing.
+                // turn of the message's own role rather than vanishing (in a tool message that is ipython too: it reads
+                // as more of the tool's output, which is what a tool message holds).
                 var text = new StringBuilder();
                 foreach (var c in m.Contents)
                 {

@@ -83,7 +83,13 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
         var other = AIFunctionFactory.Create((string x) => x, "add", "Another add");
         var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync("x", new ChatOptions { Tools = [add, other] }, Ct));
         Assert.Equal("options", e.ParamName);
-        Assert.Contains("'add' twice", e.Message);
+        Assert.Contains("two different functions named 'add'", e.Message);
+        // The same declaration twice (tool lists merged) is offered once, as if listed once.
+        var (again, backend) = Scripted("a", "b");
+        using var _a = again;
+        await again.GetResponseAsync("x", new ChatOptions { Tools = [add, add] }, Ct);
+        await again.GetResponseAsync("x", new ChatOptions { Tools = [add] }, Ct);
+        Assert.Equal(Prompt(backend, 1), Prompt(backend, 0));
     }
 
     /// <summary>OpenAI's "developer" role is the system role by its newer name: the same prompt.</summary>
@@ -92,7 +98,7 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
     {
         var (client, backend) = Scripted("a", "b");
         using var _c = client;
-        await client.GetResponseAsync([new(new ChatRole("developer"), "Answer in French."), new(ChatRole.User, "Hi")], cancellationToken: Ct);
+        await client.GetResponseAsync([new(new ChatRole("Developer"), "Answer in French."), new(ChatRole.User, "Hi")], cancellationToken: Ct);
         await client.GetResponseAsync([new(ChatRole.System, "Answer in French."), new(ChatRole.User, "Hi")], cancellationToken: Ct);
         Assert.Equal(Prompt(backend, 1), Prompt(backend, 0));
         Assert.Contains("Answer in French.", Prompt(backend, 0));

@@ -381,13 +381,7 @@ public class JsonSchemaConstraintTests
     public void TokenTrie_InsideStrings_AcceptsExactlyTheTokensTriedOneByOne(string schema)
     {
         var rng = new Random(5);
-        var letters = Encoding.UTF8.GetBytes("\"\"\"\\\\u0aAdD9fF:,{}[] cityné/bn\t");
-        var table = new List<byte[]?>();
-        for (int b = 0; b < 256; b++) table.Add([(byte)b]);
-        foreach (var piece in new[] { "\"city\"", "\\u00e9", "\\ud83d", "\\\"", "\", \"", "\":", "\"]", "\"}", "é\"" })
-            table.Add(Encoding.UTF8.GetBytes(piece));
-        for (int i = 0; i < 4000; i++)
-            table.Add(Enumerable.Range(0, 1 + rng.Next(8)).Select(_ => letters[rng.Next(letters.Length)]).ToArray());
+        var table = QuoteHeavyTable();
         var trie = new TokenTrie(table);
         var machine = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(schema)));
         int inString = 0;
@@ -413,6 +407,76 @@ public class JsonSchemaConstraintTests
             }
         }
         Assert.True(inString > 10, $"only {inString} states inside strings");
+    }
+
+    /// <summary>Single bytes, a few JSON pieces, and 4000 random tokens thick with quotes, backslashes and \u escapes.</summary>
+    static List<byte[]?> QuoteHeavyTable()
+    {
+        var rng = new Random(5);
+        var letters = Encoding.UTF8.GetBytes("\"\"\"\\\\u0aAdD9fF:,{}[] cityné/bn\t");
+        var table = new List<byte[]?>();
+        for (int b = 0; b < 256; b++) table.Add([(byte)b]);
+        foreach (var piece in new[] { "\"city\"", "\\u00e9", "\\ud83d", "\\\"", "\", \"", "\":", "\"]", "\"}", "é\"" })
+            table.Add(Encoding.UTF8.GetBytes(piece));
+        for (int i = 0; i < 4000; i++)
+            table.Add(Enumerable.Range(0, 1 + rng.Next(8)).Select(_ => letters[rng.Next(letters.Length)]).ToArray());
+        return table;
+    }
+
+    /// <summary>
+    /// Places a random walk seldom reaches: a free key that stopped spelling a listed name (a"b, written a\"b) inside a
+    /// \u escape, where no string-body table applies, and free keys and values inside escapes elsewhere.
+    /// </summary>
+    [Theory]
+    [InlineData("{\"a\\u")]
+    [InlineData("{\"a\\u0")]
+    [InlineData("{\"a\\u004")]
+    [InlineData("{\"a\\u0041")]
+    [InlineData("{\"zz")]
+    [InlineData("{\"zz\":true,\"a\\\"b\":\"x\\u00")]
+    public void TokenTrie_InsideEscapes_AcceptsExactlyTheTokensTriedOneByOne(string prefix)
+    {
+        const string schema = """{"type":"object","properties":{"a\"b":{"type":"string"}},"additionalProperties":{"type":"boolean"}}""";
+        var table = QuoteHeavyTable();
+        var trie = new TokenTrie(table);
+        var machine = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(schema)));
+        int state = machine.Start;
+        foreach (byte b in Encoding.UTF8.GetBytes(prefix)) Assert.True(machine.Accept(ref state, b), prefix);
+        var expected = new Dictionary<int, int>();
+        for (int id = 0; id < table.Count; id++)
+        {
+            int s = state;
+            bool ok = true;
+            foreach (byte b in table[id]!) if (!(ok = machine.Accept(ref s, b))) break;
+            if (ok) expected[id] = s;
+        }
+        var sink = new Collect { Seen = new Dictionary<int, int>() };
+        trie.ForEachAccepted(machine, state, ref sink);
+        Assert.Equal(expected.OrderBy(kv => kv.Key), sink.Seen.OrderBy(kv => kv.Key));
+    }
+
+    /// <summary>
+    /// White space inside a string is text, also while anyOf alternatives that both hold that string are undecided (the
+    /// state has two readings): it is not capped as white space between tokens is.
+    /// </summary>
+    [Fact]
+    public void WhitespaceInsideAStringOfUndecidedAlternatives_IsNotCapped()
+    {
+        const string schema = """
+            {"anyOf":[{"type":"object","properties":{"s":{"type":"string"},"n":{"type":"integer"}},"required":["s","n"],"additionalProperties":false},
+                      {"type":"object","properties":{"s":{"type":"string"},"b":{"type":"boolean"}},"required":["s","b"],"additionalProperties":false}]}
+            """;
+        var grammar = JsonSchemaGrammar.Compile(Parse(schema));
+        var (vocab, stop) = Vocabulary();
+        int space = vocab.FindIndex(b => b is [(byte)' ']);
+        var constraint = new JsonSchemaConstraint(grammar, vocab, new HashSet<int> { stop }, 200, "{\"s\": \""u8);
+        for (int i = 0; i < 2 * WhitespaceRuns.MaxRun; i++)
+        {
+            var logits = new float[vocab.Count];
+            constraint.Apply(logits);
+            Assert.False(float.IsNegativeInfinity(logits[space]), $"space {i + 1} inside the string was refused");
+            constraint.Accept(space);
+        }
     }
 
     struct Collect : ITokenSink<int>

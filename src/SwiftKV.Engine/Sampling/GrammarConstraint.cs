@@ -34,6 +34,9 @@ public interface IByteGrammar<TState> where TState : struct, IEquatable<TState>
 
     /// <summary>The state <see cref="InStringBody"/> accepted, with its string's escape state set to <paramref name="escape"/>.</summary>
     TState WithEscape(in TState state, byte escape);
+
+    /// <summary>Whether the state is inside a string, key or literal (in any of its readings), where white space is text.</summary>
+    bool InText(in TState state);
 }
 
 /// <summary>A decoding constraint that can tell whether its document is whole.</summary>
@@ -93,8 +96,11 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
         _maxNewTokens = maxNewTokens;
         _state = start;
         foreach (byte b in prefix)
+        {
             if (!_grammar.Accept(ref _state, b))
                 throw new ArgumentException($"The prefix is not the start of {what}.", nameof(prefix));
+            _whitespaceRun = !WhitespaceRuns.IsWhitespace(b) ? 0 : BetweenTokens(_state) ? _whitespaceRun + 1 : _whitespaceRun;
+        }
     }
 
     /// <summary>True once the generated text is a complete document.</summary>
@@ -120,13 +126,12 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
     }
 
     /// <summary>
-    /// Whether the state lies between JSON tokens, where white space is not text: the recogniser takes a space and stays
-    /// where it is, as both do there, and is not inside a string (where a space also leaves the state as it was). A
-    /// space that ends a number lands here too.
+    /// Whether the state lies between JSON tokens, where white space is not text: not inside a string, key or literal,
+    /// and the recogniser takes a space and stays where it is. A space that ends a number lands here too.
     /// </summary>
     bool BetweenTokens(TState state)
     {
-        if (_grammar.InStringBody(state, out _)) return false;
+        if (_grammar.InText(state)) return false;
         var next = state;
         return _grammar.Accept(ref next, (byte)' ') && next.Equals(state);
     }

@@ -166,6 +166,9 @@ public struct JsonGrammarState : IEquatable<JsonGrammarState>
         return _mode is Mode.InString or Mode.Escape or Mode.Unicode;
     }
 
+    /// <summary>Whether the state is inside a string or a literal (true, false, null), where white space is text.</summary>
+    internal readonly bool InText => _mode is Mode.InString or Mode.Escape or Mode.Unicode or Mode.Literal;
+
     /// <summary>The same string with its escape state set to <paramref name="escape"/> (see <see cref="JsonStringBody"/>).</summary>
     internal readonly JsonGrammarState WithEscape(byte escape)
     {
@@ -236,4 +239,5 @@ public readonly struct JsonObjectGrammar : IByteGrammar<JsonGrammarState>
     public bool IsComplete(in JsonGrammarState state) => state.IsComplete;
     public bool InStringBody(in JsonGrammarState state, out JsonStringBody body) => state.InStringBody(out body);
     public JsonGrammarState WithEscape(in JsonGrammarState state, byte escape) => state.WithEscape(escape);
+    public bool InText(in JsonGrammarState state) => state.InText;
 }

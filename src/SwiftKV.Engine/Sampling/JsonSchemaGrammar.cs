@@ -258,7 +258,8 @@ public sealed class JsonSchemaGrammar
             // additionalProperties false, "^x" keys are still allowed, and so may be required.
             var alternatives = patterns.EnumerateObject()
                 .Select(p => Node(p.Value, $"{pointer}/patternProperties/{Escape(p.Name)}")).ToList();
-            if (alternatives.Count > 0)
+            // Free keys of any value already take every pattern's values: an anyOf would only split their states.
+            if (alternatives.Count > 0 && node.Additional != Any)
             {
                 if (node.Additional >= 0) alternatives.Add(node.Additional);
                 node.Additional = alternatives.Count == 1 ? alternatives[0] : Add(new JsonSchemaNode { AnyOf = [.. alternatives] });

@@ -89,11 +89,19 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
     JsonStringBody? BodyOf(Stack[] configs) => configs is [{ Top: var top }] ? top switch
     {
         StringFrame str => new JsonStringBody(str.Escape, EscapesAllowed: true),
-        // A free key starts no escape in an object that lists names (InObject).
-        ObjectFrame { Phase: ObjectPhase.InKey, FreeKey: true, Candidates: 0 } o =>
-            new JsonStringBody(o.Escape, EscapesAllowed: _nodes[o.Node].Properties.Length == 0),
+        // A free key starts no escape of its own in an object that lists names (InObject), but may be inside one it
+        // began while it still spelled a listed name ("a\u" against the listed a"b): no table holds that state.
+        ObjectFrame { Phase: ObjectPhase.InKey, FreeKey: true, Candidates: 0 } o when _nodes[o.Node].Properties.Length == 0 =>
+            new JsonStringBody(o.Escape, EscapesAllowed: true),
+        ObjectFrame { Phase: ObjectPhase.InKey, FreeKey: true, Candidates: 0, Escape: 0 } => new JsonStringBody(0, EscapesAllowed: false),
         _ => null,
     } : null;
+
+    /// <inheritdoc />
+    public bool InText(in int state) => _states[state].InText;
+
+    /// <summary>Whether a configuration reads a string, a key or a literal, where white space is text.</summary>
+    static bool ReadsText(Stack s) => s.Top is StringFrame or LiteralFrame or ObjectFrame { Phase: ObjectPhase.InKey };
 
     /// <summary>
     /// The state's configurations as a key that equals the key of the same state in any machine of this grammar (for
@@ -139,7 +147,7 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
             completion = Math.Min(completion, Completion(s));
             complete |= IsWhole(s);
         }
-        _states.Add(new StateInfo(key.Configs, completion, complete, key, BodyOf(key.Configs)));
+        _states.Add(new StateInfo(key.Configs, completion, complete, key, BodyOf(key.Configs), key.Configs.Any(ReadsText)));
         if (_states.Count > _rows.Length) System.Array.Resize(ref _rows, _rows.Length * 2);
         return _ids[key] = _states.Count - 1;
     }
@@ -532,7 +540,7 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
     /// <summary>A state: its configurations, shortest completion, whether it is whole, its configurations as a
     /// value-compared key (boxed once, equal across machines of one grammar), and the string it is inside (null when
     /// its next bytes do more than move a string's escape state).</summary>
-    sealed record StateInfo(Stack[] Configs, int CompletionLength, bool IsComplete, object Key, JsonStringBody? Body);
+    sealed record StateInfo(Stack[] Configs, int CompletionLength, bool IsComplete, object Key, JsonStringBody? Body, bool InText);
 
     /// <summary>A <see cref="JsonSchemaMachine"/> as a struct <see cref="IByteGrammar{TState}"/>.</summary>
     public readonly struct Grammar(JsonSchemaMachine machine) : IByteGrammar<int>
@@ -547,6 +555,8 @@ public sealed class JsonSchemaMachine : IByteGrammar<int>
         public bool InStringBody(in int state, out JsonStringBody body) => machine.InStringBody(state, out body);
 
         public int WithEscape(in int state, byte escape) => machine.WithEscape(state, escape);
+
+        public bool InText(in int state) => machine.InText(state);
     }
 
     /// <summary>A set of configurations as a dictionary key (ordered by hash, so equal sets usually compare equal).</summary>

@@ -15,7 +15,8 @@ public readonly record struct JsonStringBody(byte Escape, bool EscapesAllowed)
     internal const int Kinds = 7;
 
     /// <summary>This body's index among the <see cref="Kinds"/>.</summary>
-    internal int Kind => EscapesAllowed ? Escape : 6;
+    internal int Kind => EscapesAllowed ? Escape
+        : Escape == 0 ? 6 : throw new InvalidOperationException("A string without escapes has no escape state to be in.");
 
     /// <summary>The body of index <paramref name="kind"/>.</summary>
     internal static JsonStringBody OfKind(int kind) => kind == 6 ? new JsonStringBody(0, false) : new JsonStringBody((byte)kind, true);

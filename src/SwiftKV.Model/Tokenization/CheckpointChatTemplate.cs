@@ -9,45 +9,58 @@ namespace SwiftKV.Model.Tokenization;
 /// <summary>How a checkpoint's chat_template relates to the Llama 3.1 format the chat client writes.</summary>
 public static class CheckpointChatTemplate
 {
-    /// <summary>
-    /// A sentence for <c>info</c>: whether tokenizer_config.json has a chat_template and whether it frames turns as
-    /// Llama 3 does.
-    /// </summary>
+    /// <summary>A sentence for <c>info</c>: whether the checkpoint has a chat template and whether it frames turns as Llama 3 does.</summary>
     public static string Describe(string checkpointDir) => Read(checkpointDir) switch
     {
-        null => "chat template: none in tokenizer_config.json; chats are written in Llama 3.1's format",
-        var t when IsLlama3(t) => "chat template: Llama 3's turns (<|start_header_id|> ... <|eot_id|>), the format chats are written in",
+        { Templates.Count: 0, Problem: null } => "chat template: none in the checkpoint; chats are written in Llama 3.1's format",
+        { Problem: { } problem } => $"chat template: {problem}; chats are written in Llama 3.1's format",
+        var t when t.Templates.Any(IsLlama3) => "chat template: Llama 3's turns (<|start_header_id|> ... <|eot_id|>), the format chats are written in",
         _ => Mismatch(checkpointDir)!,
     };
 
-    /// <summary>A warning when the checkpoint's chat_template does not frame turns as Llama 3 does; null otherwise.</summary>
-    public static string? Mismatch(string checkpointDir) => Read(checkpointDir) is { } t && !IsLlama3(t)
-        ? "chat template: the checkpoint's chat_template does not frame turns with Llama 3's <|start_header_id|> ... <|eot_id|>; " +
-          "chats are written in Llama 3.1's format all the same, which this model may not have been trained on"
-        : null;
+    /// <summary>A warning when the checkpoint's chat template does not frame turns as Llama 3 does; null otherwise.</summary>
+    public static string? Mismatch(string checkpointDir) => Read(checkpointDir) switch
+    {
+        { Problem: { } problem } => $"chat template: {problem}; chats are written in Llama 3.1's format",
+        { Templates.Count: > 0 } t when !t.Templates.Any(IsLlama3) =>
+            "chat template: the checkpoint's chat template does not frame turns with Llama 3's <|start_header_id|> ... <|eot_id|>; " +
+            "chats are written in Llama 3.1's format all the same, which this model may not have been trained on",
+        _ => null,
+    };
 
     /// <summary>Whether a template frames turns as Llama 3's does.</summary>
     public static bool IsLlama3(string template) =>
         template.Contains("<|start_header_id|>", StringComparison.Ordinal) && template.Contains("<|eot_id|>", StringComparison.Ordinal);
 
     /// <summary>
-    /// The chat_template text: a string, or of a list of named templates the one named "default" (else the first), as
-    /// transformers picks it; null when there is none.
+    /// The checkpoint's templates: chat_template.jinja (newer transformers), chat_template.json, or tokenizer_config.json's
+    /// chat_template, a string or a list of named ones (of which transformers uses "default" unless told another name;
+    /// any of them framing Llama 3's turns counts). Never throws for a template it cannot read: nothing here runs it,
+    /// so that is told, not refused.
     /// </summary>
-    static string? Read(string checkpointDir)
+    static (List<string> Templates, string? Problem) Read(string checkpointDir)
     {
-        string path = Path.Combine(checkpointDir, "tokenizer_config.json");
-        if (CheckpointJson.TryRead(path) is not { } config || CheckpointJson.Get(config, "chat_template") is not { } template) return null;
-        if (template.ValueKind == JsonValueKind.String) return template.GetString();
-        if (template.ValueKind == JsonValueKind.Array)
+        string jinja = Path.Combine(checkpointDir, "chat_template.jinja");
+        try
         {
-            var named = template.EnumerateArray()
-                .Where(t => t.ValueKind == JsonValueKind.Object && CheckpointJson.Get(t, "template") is { ValueKind: JsonValueKind.String })
-                .ToList();
-            var pick = named.FirstOrDefault(t => CheckpointJson.Get(t, "name") is { ValueKind: JsonValueKind.String } n && n.GetString() == "default");
-            if (pick.ValueKind == JsonValueKind.Undefined && named.Count > 0) pick = named[0];
-            if (pick.ValueKind != JsonValueKind.Undefined) return CheckpointJson.Get(pick, "template")!.Value.GetString();
+            if (CheckpointJson.FileExists(jinja)) return ([File.ReadAllText(jinja)], null);
+            foreach (string name in (string[])["chat_template.json", "tokenizer_config.json"])
+            {
+                string path = Path.Combine(checkpointDir, name);
+                if (CheckpointJson.TryRead(path) is not { } file || CheckpointJson.Get(file, "chat_template") is not { } template) continue;
+                if (template.ValueKind == JsonValueKind.String) return ([template.GetString()!], null);
+                var named = template.ValueKind == JsonValueKind.Array
+                    ? template.EnumerateArray().Select(t => t.ValueKind == JsonValueKind.Object ? CheckpointJson.Get(t, "template") : null)
+                        .Where(t => t is { ValueKind: JsonValueKind.String }).Select(t => t!.Value.GetString()!).ToList()
+                    : [];
+                if (named.Count > 0) return (named, null);
+                return ([], $"{name}'s chat_template is not a string or a list of {{\"name\", \"template\"}} objects ({template.ValueKind})");
+            }
         }
-        throw new InvalidModelException($"{path}: chat_template must be a string or a list of {{\"name\", \"template\"}} objects, got {template.ValueKind}.");
+        catch (Exception e) when (e is InvalidModelException or IOException or UnauthorizedAccessException)
+        {
+            return ([], $"unreadable ({e.Message})");
+        }
+        return ([], null);
     }
 }

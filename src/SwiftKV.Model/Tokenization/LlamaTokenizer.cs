@@ -588,10 +588,6 @@ public sealed class LlamaTokenizer
         return copy ?? ranks;
     }
 
-    /// <summary>
-    /// Byte-level BPE starts every piece from its single bytes, so a vocabulary without one of the 256 cannot encode
-    /// text holding that byte: refuse it at load, naming the bytes, not at the first prompt that needs one.
-    /// </summary>
     /// <summary>Refuses two rank tables of one checkpoint that give any id different bytes, naming the first such id.</summary>
     static void CheckAgree(byte[]?[] ranks, byte[]?[] other, string source, string otherSource)
     {
@@ -606,6 +602,10 @@ public sealed class LlamaTokenizer
         }
     }
 
+    /// <summary>
+    /// Byte-level BPE starts every piece from its single bytes, so a vocabulary without one of the 256 cannot encode
+    /// text holding that byte: refuse it at load, naming the bytes, not at the first prompt that needs one.
+    /// </summary>
     static void CheckSingleBytes(byte[]?[] ranks, string source, bool tiktoken)
     {
         var present = new bool[256];
