@@ -44,6 +44,7 @@ public sealed class AnswerService(IChatClient client, IOptions<AnswerOptions> op
             w.WriteLine($"answer: {answer}");
             w.WriteLine($"prompt tokens: {usage?.InputTokenCount} | skipped by SwiftKV: {usage?.AdditionalCounts?.GetValueOrDefault(SwiftKvChatClient.PromptTokensSkippedBySwiftKv)} | " +
                         $"output tokens: {usage?.OutputTokenCount} | TTFT: {(firstToken ?? clock.Elapsed).TotalMilliseconds:F0} ms | total: {clock.Elapsed.TotalMilliseconds:F0} ms");
+            w.WriteLine("(the TTFT of this first call includes the process's one-time start-up: compiling the code and first touching the weights)");
             if (swiftKv.Model.Path.Contains(SwiftKV.Model.Checkpoint.DemoModel.Name, StringComparison.Ordinal))
                 w.WriteLine(SampleModel.GibberishNote);
             w.WriteLine("(OpenTelemetry: the traces above were exported as each call ended; the metrics follow as the host stops)");

@@ -55,6 +55,7 @@ public static class HostingSample
         // printed or the demo model is made.
         if (builder.Configuration["Sample:MaxTokens"] is { } maxTokens && !(int.TryParse(maxTokens, out int n) && n > 0))
             throw new ArgumentException($"Sample:MaxTokens must be a positive integer (got '{maxTokens}').");
+        CheckSettings(builder.Configuration);
         SwiftKV.AI.SwiftKvOptions.FromConfiguration(builder.Configuration.GetSection("SwiftKV")).ValidateSettings();
         if (string.IsNullOrWhiteSpace(builder.Configuration["SwiftKV:ModelPath"]))
             builder.Configuration["SwiftKV:ModelPath"] = SampleModel.Resolve(null, output).Path;
@@ -83,6 +84,26 @@ public static class HostingSample
 
     static readonly string[] s_sampleKeys = ["Prompt", "MaxTokens"];
     static readonly string[] s_hostKeys = ["model", "environment", "contentRoot", "applicationName"];
+
+    /// <summary>
+    /// What the command line check cannot see, from every source (appsettings.json, environment variables such as
+    /// Sample__Promt, the command line): a Sample key this sample does not read, and a log level the logging
+    /// configuration would reject later with a stack trace ("Verbose" is Serilog's word; here it is Trace).
+    /// </summary>
+    static void CheckSettings(IConfiguration configuration)
+    {
+        foreach (var key in configuration.GetSection("Sample").GetChildren().Select(c => c.Key))
+            if (!s_sampleKeys.Contains(key, StringComparer.OrdinalIgnoreCase))
+                throw new ArgumentException($"Sample:{key} is not a setting of this sample" +
+                    (SwiftKV.Model.Spelling.Nearest(key, s_sampleKeys, StringComparison.OrdinalIgnoreCase) is { } near ? $" (did you mean Sample:{near}?)" : "") +
+                    $"; it reads {string.Join(", ", s_sampleKeys.Select(k => "Sample:" + k))}.");
+        foreach (var (key, value) in configuration.GetSection("Logging").AsEnumerable())
+        {
+            bool isLevel = key.Split(':') is [.., "LogLevel" or "loglevel" or "Loglevel", _] || key.Contains(":LogLevel:", StringComparison.OrdinalIgnoreCase);
+            if (isLevel && value is not null && !(Enum.TryParse<LogLevel>(value, ignoreCase: true, out var level) && Enum.IsDefined(level)))
+                throw new ArgumentException($"{key} '{value}' is not a log level (one of {string.Join(", ", Enum.GetNames<LogLevel>())}).");
+        }
+    }
 
     /// <summary>
     /// Options this sample or its host reads: --model, --Sample:Prompt / MaxTokens, --SwiftKV:&lt;option&gt; (which the

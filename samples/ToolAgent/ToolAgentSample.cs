@@ -86,11 +86,14 @@ public static class ToolAgentSample
         output.WriteLine($"answer: {answer}");
 
         var tools = log.Entries;
-        output.WriteLine(tools.Count == 0
-            ? "tool calls: none" + (isDemo ? " (the demo model's random weights never choose a tool; try --require lookup)" : "")
-            : $"tool calls: {string.Join(" -> ", tools)}");
         var calls = recorder.Calls;
+        bool cutShort = calls.Count > 0 && calls[^1].FinishReason == Microsoft.Extensions.AI.ChatFinishReason.Length;
+        output.WriteLine(tools.Count > 0 ? $"tool calls: {string.Join(" -> ", tools)}"
+            : "tool calls: none" + (cutShort && options.Require is not null ? $" (the answer ran out of --max-tokens {options.MaxTokens} before the call was whole)"
+                : isDemo && options.Require is null ? " (the demo model's random weights never choose a tool; try --require lookup)" : ""));
         for (int i = 0; i < calls.Count; i++) output.WriteLine($"model call {i + 1}: {calls[i]}");
+        if (calls.Count > 0)
+            output.WriteLine("(model call 1's TTFT includes this process's one-time start-up: compiling the code and first touching the weights)");
         if (calls.Any(c => c.FinishReason == Microsoft.Extensions.AI.ChatFinishReason.ToolCalls))
             output.WriteLine("(a tool-call turn is returned whole once parsed, so its TTFT is its total time)");
         if (isDemo) output.WriteLine("\n" + SampleModel.GibberishNote);

@@ -100,9 +100,9 @@ public sealed class SwiftKvOptions
         if (ModelId is not null && string.IsNullOrWhiteSpace(ModelId))
             throw new ArgumentException("SwiftKvOptions.ModelId must be null (the directory's name) or a non-empty id.", nameof(ModelId));
         if (ContextLength <= 0)
-            throw new ArgumentOutOfRangeException(nameof(ContextLength), ContextLength, "SwiftKvOptions.ContextLength must be > 0.");
+            throw new ArgumentOutOfRangeException(nameof(ContextLength), ContextLength, "SwiftKvOptions.ContextLength (SwiftKV:ContextLength in configuration) must be > 0.");
         if (DefaultMaxOutputTokens <= 0)
-            throw new ArgumentOutOfRangeException(nameof(DefaultMaxOutputTokens), DefaultMaxOutputTokens, "SwiftKvOptions.DefaultMaxOutputTokens must be > 0.");
+            throw new ArgumentOutOfRangeException(nameof(DefaultMaxOutputTokens), DefaultMaxOutputTokens, "SwiftKvOptions.DefaultMaxOutputTokens (SwiftKV:DefaultMaxOutputTokens in configuration) must be > 0.");
     }
 
     internal SwiftKvOptions Clone() => (SwiftKvOptions)MemberwiseClone();

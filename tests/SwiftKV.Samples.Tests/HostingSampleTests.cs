@@ -83,6 +83,8 @@ public sealed class HostingSampleTests(TinySampleModel model)
     [InlineData("--model and --SwiftKV:ModelPath name the same setting", "--SwiftKV:ModelPath", "{model}")]
     [InlineData("SwiftKV:ModelPath:x is not an option: SwiftKV:ModelPath takes a single value", "--SwiftKV:ModelPath:x", "1")]
     [InlineData("SwiftKV:Backend 'Gpu' is not one of Auto, Cpu, Cuda", "--SwiftKV:Backend", "Gpu")]
+    [InlineData("Logging:LogLevel:Default 'Verbose' is not a log level (one of Trace, Debug", "--Logging:LogLevel:Default", "Verbose")]
+    [InlineData("Logging:Console:LogLevel:Default 'Loud' is not a log level", "--Logging:Console:LogLevel:Default", "Loud")]
     public async Task RunAsync_ConflictingOrIgnoredSettings_AreRefused(string expected, string key, string value)
     {
         var e = await Assert.ThrowsAnyAsync<ArgumentException>(() =>
@@ -98,6 +100,32 @@ public sealed class HostingSampleTests(TinySampleModel model)
         var e = await Assert.ThrowsAnyAsync<ArgumentException>(() =>
             HostingSample.RunAsync(["--model", model.Directory, .. extra], new StringWriter(), TestContext.Current.CancellationToken));
         Assert.Contains(expected, e.Message);
+    }
+
+    /// <summary>
+    /// A Sample setting from the environment (Sample__Promt), which the command-line check cannot see, is named with
+    /// the setting it was likely meant to be; a log level from the environment is checked as one from the command line.
+    /// </summary>
+    [Fact]
+    public async Task RunAsync_TyposFromTheEnvironment_AreNamed()
+    {
+        try
+        {
+            Environment.SetEnvironmentVariable("Sample__Promt", "hello");
+            var e = await Assert.ThrowsAnyAsync<ArgumentException>(() =>
+                HostingSample.RunAsync(["--model", model.Directory], new StringWriter(), TestContext.Current.CancellationToken));
+            Assert.Contains("Sample:Promt is not a setting of this sample (did you mean Sample:Prompt?)", e.Message);
+            Environment.SetEnvironmentVariable("Sample__Promt", null);
+            Environment.SetEnvironmentVariable("Logging__LogLevel__Default", "Verbose");
+            e = await Assert.ThrowsAnyAsync<ArgumentException>(() =>
+                HostingSample.RunAsync(["--model", model.Directory], new StringWriter(), TestContext.Current.CancellationToken));
+            Assert.Contains("'Verbose' is not a log level", e.Message);
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable("Sample__Promt", null);
+            Environment.SetEnvironmentVariable("Logging__LogLevel__Default", null);
+        }
     }
 
     /// <summary>Stopping the host before the answer is complete (Ctrl-C) is an OperationCanceledException, exit code 130.</summary>

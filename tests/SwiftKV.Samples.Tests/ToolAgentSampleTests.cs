@@ -22,6 +22,19 @@ public sealed class ToolAgentSampleTests(TinySampleModel model)
         Assert.True(result.ModelCalls[1].PromptTokens > result.ModelCalls[0].PromptTokens, "the second turn carries the call and its result");
         Assert.Contains("tool calls: documents.lookup(", output.ToString());
         Assert.Contains("model call 2: prompt tokens: ", output.ToString());
+        Assert.Contains("model call 1's TTFT includes this process's one-time start-up", output.ToString());
+    }
+
+    /// <summary>A required call that the token budget cuts short is said to be cut short, not blamed on the model's choice.</summary>
+    [Fact]
+    public async Task RunAsync_RequiredCallPastTheBudget_SaysTheBudgetRanOut()
+    {
+        var output = new StringWriter();
+        var result = await ToolAgentSample.RunAsync(new ToolAgentOptions { Model = model.Directory, Require = "multiply", MaxTokens = 1 }, output,
+            TestContext.Current.CancellationToken);
+        Assert.Empty(result.ToolCalls);
+        Assert.Contains("tool calls: none (the answer ran out of --max-tokens 1 before the call was whole)", output.ToString());
+        Assert.DoesNotContain("try --require", output.ToString());
     }
 
     [Fact]

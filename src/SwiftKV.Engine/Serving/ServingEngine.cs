@@ -125,7 +125,7 @@ public sealed class ServingEngine : IDisposable
         if (numBlocks < 1)
             throw new ArgumentException(options.KvCacheBytes is null
                 ? $"backend '{backend.Name}' has {kvBytes} bytes left for the KV cache once its weights and step workspace are allocated, less than one KV block ({bytesPerBlock} bytes): free GPU memory (other models or processes), lower MaxBatchTokens, or set KvCacheBytes."
-                : $"KvCacheBytes {options.KvCacheBytes} is less than one KV block ({bytesPerBlock} bytes); raise KvCacheBytes (or lower ServingOptions.BlockSize).", nameof(options));
+                : $"KvCacheBytes {options.KvCacheBytes} is less than one KV block ({bytesPerBlock} bytes); raise KvCacheBytes (or lower the block size: ServingOptions.BlockSize, the chat client's KvBlockSize).", nameof(options));
         long poolBytes = numBlocks * bytesPerBlock;
         // With ReserveOutputBlocks every admitted request's growth is already held back: no extra slack by default.
         int reserve = options.AdmissionReserveBlocks ?? (options.ReserveOutputBlocks ? 0 : (int)Math.Max(1, numBlocks / 100));
