@@ -10,7 +10,6 @@
 // the CPU, in double (the Sampler, CpuBackend, and the GPU tests' reference); the kernel's fp32 sums may put a draw
 // on the other side of a bucket edge, rarely.
 using System.Buffers;
-using System.Runtime.Intrinsics;
 using System.Diagnostics;
 
 namespace SwiftKV.Engine.Sampling;
@@ -54,7 +53,7 @@ public readonly record struct RowSampling(float Temperature, int TopK, float Top
         if (logits.IsEmpty) throw new ArgumentException("logits are empty.", nameof(logits));
         if (s.Mask is { } mask)
         {
-            var allowed = mask.WaitBits();
+            var allowed = mask.Wait();
             if (allowed is null) return Pick(logits, s with { Mask = null });
             if (allowed.Length != logits.Length)
                 throw new ArgumentException($"row sampling: a mask of {allowed.Length} tokens for a row of {logits.Length}.", nameof(s));
@@ -257,52 +256,28 @@ public sealed record LogitBias(int[] Tokens, float[] Deltas)
 
 /// <summary>
 /// The tokens a logits constraint allows next, computed off the picking thread (the serving engine starts it while the
-/// step runs): <see cref="WaitBits"/> gives them as bits (token i is bit i % 32 of word i / 32, the layout the GPU's
-/// mask kernel reads), <see cref="Wait"/> as flags; null when every token is allowed or the computation failed (the
-/// engine then fails that request from the task itself, not from the pick).
+/// step runs): <see cref="Wait"/> gives the allowed flags, one per vocabulary id, or null when every token is allowed
+/// or the computation failed (the engine then fails that request from the task itself, not from the pick).
 /// A computation still running when a wait for it has lasted its timeout counts as failed (<see cref="TimedOut"/>), so
 /// a constraint that blocks fails its own request instead of stalling every other one.
 /// </summary>
-/// <remarks>
-/// Bits, not flags: at Llama 3's vocabulary a mask is 16 KB instead of a 128 KB array on the large-object heap, made in
-/// its own task rather than packed on the step's thread; 32 schema requests made 4 MB of such arrays a step and a
-/// gen2 collection every ten steps (docs/BENCHMARKS.md, structured output).
-/// </remarks>
 public sealed class LogitMask
 {
     long _deadline;   // Stopwatch timestamp, set by the first Wait; 0: not waited for yet
-    readonly Task<AllowedBits?> _bits;
 
-    /// <summary>A mask's tokens as bits: <see cref="Length"/> tokens in <see cref="Words"/>.</summary>
-    public sealed record AllowedBits(uint[] Words, int Length)
-    {
-        /// <summary>Whether token <paramref name="id"/> is allowed.</summary>
-        public bool this[int id] => ((Words[id >> 5] >> (id & 31)) & 1) != 0;
-    }
-
-    /// <param name="allowed">The computation, as one flag per token; its fault is the request's failure.</param>
+    /// <param name="allowed">The computation; its fault is the request's failure.</param>
     /// <param name="timeout">How long <see cref="Wait"/> waits for it at most, counted from the first Wait (null: without
     /// limit). Counted from the first wait, not from the start, so a long step (a CPU prefill) beside it costs it nothing.</param>
     public LogitMask(Task<bool[]?> allowed, TimeSpan? timeout = null)
-        : this(Packed(allowed ?? throw new ArgumentNullException(nameof(allowed))), timeout)
     {
-    }
-
-    LogitMask(Task<AllowedBits?> bits, TimeSpan? timeout)
-    {
-        _bits = bits;
+        Allowed = allowed ?? throw new ArgumentNullException(nameof(allowed));
         if (timeout is { } t && (t <= TimeSpan.Zero || t > MaxTimeout))
             throw new ArgumentOutOfRangeException(nameof(timeout), t, $"a mask's timeout must be positive and at most {MaxTimeout} (null: none).");
         Timeout = timeout;
     }
 
-    static async Task<AllowedBits?> Packed(Task<bool[]?> flags)
-    {
-        if (await flags.ConfigureAwait(false) is not { } allowed) return null;
-        var words = new uint[SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(allowed.Length)];
-        SwiftKV.Cuda.Kernels.SamplingKernel.PackMask(allowed, words);
-        return new AllowedBits(words, allowed.Length);
-    }
+    /// <summary>The computation; its fault is the request's failure.</summary>
+    public Task<bool[]?> Allowed { get; }
 
     /// <summary>The longest <see cref="Wait"/> waits, from the first Wait (null: without limit).</summary>
     public TimeSpan? Timeout { get; }
@@ -315,24 +290,21 @@ public sealed class LogitMask
     bool _late;
 
     /// <summary>Waits (until the deadline at most) for the flags; null when all are allowed, or the computation failed or is late.</summary>
-    public bool[]? Wait() => WaitBits() is { } bits ? [.. Enumerable.Range(0, bits.Length).Select(i => bits[i])] : null;
-
-    /// <summary>Waits (until the deadline at most) for the bits; null when all are allowed, or the computation failed or is late.</summary>
-    public AllowedBits? WaitBits()
+    public bool[]? Wait()
     {
-        if (Timeout is { } limit && !_bits.IsCompleted && !TimedOut)
+        if (Timeout is { } limit && !Allowed.IsCompleted && !TimedOut)
         {
             if (Volatile.Read(ref _deadline) == 0)
                 Interlocked.CompareExchange(ref _deadline, Stopwatch.GetTimestamp() + (long)(limit.TotalSeconds * Stopwatch.Frequency), 0);
             long left = Volatile.Read(ref _deadline) - Stopwatch.GetTimestamp();
             // Task.Wait ends early on a fault too; its exception is read below. (The timeout is at most MaxTimeout.)
-            if (left <= 0 || !((IAsyncResult)_bits).AsyncWaitHandle.WaitOne(TimeSpan.FromSeconds((double)left / Stopwatch.Frequency)))
+            if (left <= 0 || !((IAsyncResult)Allowed).AsyncWaitHandle.WaitOne(TimeSpan.FromSeconds((double)left / Stopwatch.Frequency)))
                 Volatile.Write(ref _late, true);
         }
         if (TimedOut) return null;
         try
         {
-            return _bits.GetAwaiter().GetResult();
+            return Allowed.GetAwaiter().GetResult();
         }
         catch (Exception)
         {
@@ -349,10 +321,10 @@ public sealed class LogitMask
     /// </summary>
     public void ThrowIfFailed()
     {
-        WaitBits();
+        Wait();
         if (TimedOut)
             throw new TimeoutException($"the request's logits constraint did not give its mask within {Timeout?.TotalSeconds:0.###} s (ServingOptions.ConstraintTimeout): the request fails, the others go on.");
-        _bits.GetAwaiter().GetResult();
+        Allowed.GetAwaiter().GetResult();
     }
 
     /// <summary>
@@ -371,26 +343,14 @@ public sealed class LogitMask
                 var row = probe.AsSpan(0, vocab);
                 row.Clear();
                 constraint.Apply(row);
-                var words = new uint[SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(vocab)];
-                bool masked = false;
-                for (int w = 0; w < words.Length; w++)
+                bool[]? allowed = null;
+                for (int i = 0; i < vocab; i++)
                 {
-                    var block = row.Slice(32 * w, Math.Min(32, vocab - 32 * w));
-                    uint bits = 0;
-                    if (block.Length == 32 && Vector256.IsHardwareAccelerated)
-                    {
-                        var ninf = Vector256.Create(float.NegativeInfinity);
-                        for (int q = 0; q < 4; q++)
-                            bits |= Vector256.Equals(Vector256.Create<float>(block.Slice(8 * q, 8)), ninf).ExtractMostSignificantBits() << (8 * q);
-                        bits = ~bits;
-                    }
-                    else
-                        for (int i = 0; i < block.Length; i++)
-                            if (block[i] != float.NegativeInfinity) bits |= 1u << i;
-                    words[w] = bits;
-                    masked |= bits != (block.Length == 32 ? uint.MaxValue : (1u << block.Length) - 1);
+                    if (row[i] != float.NegativeInfinity) continue;
+                    allowed ??= Enumerable.Repeat(true, vocab).ToArray();
+                    allowed[i] = false;
                 }
-                return masked ? new AllowedBits(words, vocab) : null;
+                return allowed;
             }
             finally
             {
