@@ -350,15 +350,7 @@ public class JsonSchemaConstraintTests
         {
             int state = machine.Start;
             foreach (byte b in Encoding.UTF8.GetBytes(prefix)) Assert.True(machine.Accept(ref state, b), prefix);
-            var expected = new Dictionary<int, int>();
-            for (int id = 0; id < table.Count; id++)
-            {
-                if (table[id] is not { Length: > 0 } bytes) continue;
-                int s = state;
-                bool ok = true;
-                foreach (byte b in bytes) if (!(ok = machine.Accept(ref s, b))) break;
-                if (ok) expected[id] = s;
-            }
+            var expected = TriedOneByOne(machine, state, table);
             var sink = new Collect { Seen = new Dictionary<int, int>() };
             trie.ForEachAccepted(machine, state, ref sink);
             Assert.Equal(expected.OrderBy(kv => kv.Key), sink.Seen.OrderBy(kv => kv.Key));
@@ -390,14 +382,7 @@ public class JsonSchemaConstraintTests
             int state = machine.Start;
             for (int step = 0; step < 40; step++)
             {
-                var expected = new Dictionary<int, int>();
-                for (int id = 0; id < table.Count; id++)
-                {
-                    int s = state;
-                    bool ok = true;
-                    foreach (byte b in table[id]!) if (!(ok = machine.Accept(ref s, b))) break;
-                    if (ok) expected[id] = s;
-                }
+                var expected = TriedOneByOne(machine, state, table);
                 var sink = new Collect { Seen = new Dictionary<int, int>() };
                 trie.ForEachAccepted(machine, state, ref sink);
                 Assert.Equal(expected.OrderBy(kv => kv.Key), sink.Seen.OrderBy(kv => kv.Key));
@@ -442,14 +427,7 @@ public class JsonSchemaConstraintTests
         var machine = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(schema)));
         int state = machine.Start;
         foreach (byte b in Encoding.UTF8.GetBytes(prefix)) Assert.True(machine.Accept(ref state, b), prefix);
-        var expected = new Dictionary<int, int>();
-        for (int id = 0; id < table.Count; id++)
-        {
-            int s = state;
-            bool ok = true;
-            foreach (byte b in table[id]!) if (!(ok = machine.Accept(ref s, b))) break;
-            if (ok) expected[id] = s;
-        }
+        var expected = TriedOneByOne(machine, state, table);
         var sink = new Collect { Seen = new Dictionary<int, int>() };
         trie.ForEachAccepted(machine, state, ref sink);
         Assert.Equal(expected.OrderBy(kv => kv.Key), sink.Seen.OrderBy(kv => kv.Key));
@@ -477,6 +455,21 @@ public class JsonSchemaConstraintTests
             Assert.False(float.IsNegativeInfinity(logits[space]), $"space {i + 1} inside the string was refused");
             constraint.Accept(space);
         }
+    }
+
+    /// <summary>The reference for the tree: every non-empty token's bytes fed to the machine from the state alone; id -> state after.</summary>
+    static Dictionary<int, int> TriedOneByOne(JsonSchemaMachine machine, int state, IReadOnlyList<byte[]?> table)
+    {
+        var accepted = new Dictionary<int, int>();
+        for (int id = 0; id < table.Count; id++)
+        {
+            if (table[id] is not { Length: > 0 } bytes) continue;
+            int s = state;
+            bool ok = true;
+            foreach (byte b in bytes) if (!(ok = machine.Accept(ref s, b))) break;
+            if (ok) accepted[id] = s;
+        }
+        return accepted;
     }
 
     struct Collect : ITokenSink<int>
