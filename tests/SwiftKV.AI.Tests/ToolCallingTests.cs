@@ -73,7 +73,10 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
         Assert.Contains("<|start_header_id|>ipython<|end_header_id|>\n\nfetched 3 minutes ago", prompt);
     }
 
-    /// <summary>Two tools of one name would leave the caller to invoke the wrong one: refused, naming it.</summary>
+    /// <summary>
+    /// Two different tools of one name would leave the caller to invoke the wrong one: refused, naming it. The same
+    /// declaration listed twice (tool lists merged) is offered once.
+    /// </summary>
     [Fact]
     public async Task DuplicateToolNames_AreRefused()
     {

@@ -350,11 +350,7 @@ public class JsonSchemaConstraintTests
         {
             int state = machine.Start;
             foreach (byte b in Encoding.UTF8.GetBytes(prefix)) Assert.True(machine.Accept(ref state, b), prefix);
-            var expected = TriedOneByOne(machine, state, table);
-            var sink = new Collect { Seen = new Dictionary<int, int>() };
-            trie.ForEachAccepted(machine, state, ref sink);
-            Assert.Equal(expected.OrderBy(kv => kv.Key), sink.Seen.OrderBy(kv => kv.Key));
-            Assert.True(expected.Count > 0, prefix);
+            Assert.True(TreeAgrees(trie, machine, state, table).Count > 0, prefix);
         }
     }
 
@@ -382,10 +378,7 @@ public class JsonSchemaConstraintTests
             int state = machine.Start;
             for (int step = 0; step < 40; step++)
             {
-                var expected = TriedOneByOne(machine, state, table);
-                var sink = new Collect { Seen = new Dictionary<int, int>() };
-                trie.ForEachAccepted(machine, state, ref sink);
-                Assert.Equal(expected.OrderBy(kv => kv.Key), sink.Seen.OrderBy(kv => kv.Key));
+                var expected = TreeAgrees(trie, machine, state, table);
                 if (machine.InStringBody(state, out _)) inString++;
                 if (expected.Count == 0) break;
                 state = expected.ElementAt(rng.Next(expected.Count)).Value;
@@ -427,10 +420,7 @@ public class JsonSchemaConstraintTests
         var machine = new JsonSchemaMachine(JsonSchemaGrammar.Compile(Parse(schema)));
         int state = machine.Start;
         foreach (byte b in Encoding.UTF8.GetBytes(prefix)) Assert.True(machine.Accept(ref state, b), prefix);
-        var expected = TriedOneByOne(machine, state, table);
-        var sink = new Collect { Seen = new Dictionary<int, int>() };
-        trie.ForEachAccepted(machine, state, ref sink);
-        Assert.Equal(expected.OrderBy(kv => kv.Key), sink.Seen.OrderBy(kv => kv.Key));
+        TreeAgrees(trie, machine, state, table);
     }
 
     /// <summary>
@@ -455,6 +445,16 @@ public class JsonSchemaConstraintTests
             Assert.False(float.IsNegativeInfinity(logits[space]), $"space {i + 1} inside the string was refused");
             constraint.Accept(space);
         }
+    }
+
+    /// <summary>Asserts that the tree's walk from <paramref name="state"/> gives exactly <see cref="TriedOneByOne"/>'s tokens and states; returns them.</summary>
+    static Dictionary<int, int> TreeAgrees(TokenTrie trie, JsonSchemaMachine machine, int state, IReadOnlyList<byte[]?> table)
+    {
+        var expected = TriedOneByOne(machine, state, table);
+        var sink = new Collect { Seen = new Dictionary<int, int>() };
+        trie.ForEachAccepted(machine, state, ref sink);
+        Assert.Equal(expected.OrderBy(kv => kv.Key), sink.Seen.OrderBy(kv => kv.Key));
+        return expected;
     }
 
     /// <summary>The reference for the tree: every non-empty token's bytes fed to the machine from the state alone; id -> state after.</summary>
