@@ -199,8 +199,10 @@ public sealed class TokenTrie
         where TState : struct, IEquatable<TState> where TGrammar : IByteGrammar<TState> where TSink : struct, ITokenSink<TState>
     {
         var table = _bodies[body.Kind].Value;
-        var after = new TState[6];   // the state after tokens that stay in the string, by escape state, made when first needed
-        var made = new bool[6];
+        // The state after tokens that stay in the string, by escape state, made when first needed. On the stack: a walk
+        // through a key that stops spelling listed names enters a string at every such node, thousands a pass.
+        var after = new EscapeStates<TState>();
+        var made = new EscapeStates<bool>();
         int from = _tokensStart[first];
         var tokens = _tokens.AsSpan(from, _tokensStart[end] - from);
         var starts = _bodyStart.AsSpan(from, tokens.Length + 1);
@@ -231,4 +233,11 @@ public sealed class TokenTrie
 public interface ITokenSink<TState> where TState : struct
 {
     void Token(int id, in TState after);
+}
+
+/// <summary>One value per escape state of a string (<see cref="JsonStringBody.Escape"/>: 0..5), held inline.</summary>
+[InlineArray(6)]
+struct EscapeStates<T>
+{
+    T _first;
 }
