@@ -79,7 +79,6 @@ internal static class BenchCommand
         a.RejectUnknown();
         if (runs < 1 || steps < 1 || context < 1) throw new UsageException("--runs, --decode-steps and --decode-context must be >= 1");
         if (pauseMs is < 0 or > 60_000) throw new UsageException($"--pause-ms: {pauseMs} is not in 0..60000");
-        if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("bench needs a CUDA GPU: " + why);
 
         var baseCfg = ModelPresets.Get(preset);
         var variants = variantNames.Select(v => v switch
@@ -90,6 +89,8 @@ internal static class BenchCommand
             _ => throw new UsageException($"--variants: unknown '{v}' (off, swiftkv50, acrosskv4)"),
         }).ToArray();
 
+        // After every option is checked, so a typo is named on a machine without a GPU too.
+        if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("bench needs a CUDA GPU: " + why);
         var dev = CudaRuntime.Device;
         var json = new JsonObject
         {

@@ -126,7 +126,6 @@ internal static class ServeBenchCommand
         a.RejectUnknown();
         if (requests < 1 || output < 1 || maxBatchArg is < 1 || blockSizeArg is < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1 || penalised < 0 || jsonRequests < 0)
             throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --block-size, --questions, --question-tokens and --prefix-output must be >= 1, --penalised and --json >= 0");
-        if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("serve-bench needs a CUDA GPU: " + why);
 
         var baseCfg = ModelPresets.Get(preset);
         Variant Make(string key)
@@ -144,6 +143,8 @@ internal static class ServeBenchCommand
         var variants = variantKeys.Select(Make).ToArray();
         Variant? prefixV = prefixVariant == "none" ? null : Make(prefixVariant);
 
+        // After every option is checked, so a typo is named on a machine without a GPU too.
+        if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("serve-bench needs a CUDA GPU: " + why);
         var dev = CudaRuntime.Device;
         var json = new JsonObject
         {

@@ -104,6 +104,24 @@ public sealed class CliTests : IDisposable
         Assert.Single(r.Err.TrimEnd().Split('\n'));
     }
 
+    /// <summary>
+    /// bench and serve-bench check every option before they look for a GPU, so on a machine without one a typo is named
+    /// rather than hidden behind "needs a CUDA GPU" (which the exit code and line count alone cannot tell apart).
+    /// </summary>
+    [Theory]
+    [InlineData("tyni", "bench", "--preset", "tyni")]
+    [InlineData("foo", "bench", "--variants", "off,foo")]
+    [InlineData("tyni", "serve-bench", "--preset", "tyni")]
+    [InlineData("foo", "serve-bench", "--variants", "off,foo")]
+    [InlineData("bogus", "serve-bench", "--prefix-variant", "bogus")]
+    public void BenchOptions_AreCheckedBeforeTheGpu(string named, params string[] args)
+    {
+        var r = Run(args);
+        Assert.Equal(2, r.Code);
+        Assert.Contains(named, r.Err);
+        Assert.DoesNotContain("needs a CUDA GPU", r.Err);
+    }
+
     /// <summary>A --json-schema the constraint cannot enforce is a usage error naming the file and where in the schema.</summary>
     [Fact]
     public void ServeBench_BadJsonSchema_NamesFileAndPlace()
