@@ -50,7 +50,7 @@ public static class SwiftKvConverter
     /// Tokenizer files, generation_config.json, original/ and anything else a user ships with the weights travel
     /// with the new checkpoint, so it loads and chats like its source. Weights and config.json were written above.
     /// </summary>
-    static void CopyCompanionFiles(string from, string to)
+    public static void CopyCompanionFiles(string from, string to)
     {
         foreach (var file in Directory.EnumerateFiles(from, "*", SearchOption.AllDirectories))
         {

@@ -1,0 +1,338 @@
+// One sequence of SwiftKV distillation (SWIFTKV.md, "Distillation"), in fp32 on the CPU: the teacher is the checkpoint
+// with SwiftKV off, the student the same weights with SwiftKV on, and the loss T²·KL(p_teacher || p_student) at
+// temperature T over the positions the caller selects (those that predict assistant tokens).
+//
+// The student runs EVERY token through every layer, as the SwiftKV engine computes the logits of any one position:
+//   x_l from layers 0..l-1 (frozen, shared with the teacher);  s = norm_swiftkv(x_l);
+//   K/V of each later cache from s (AcrossKV: one per group leader);  every token continues through layers l..L-1
+//   with q_proj_swiftkv. Only norm_swiftkv and the *_swiftkv projections train, so the backward pass runs through
+//   layers l..L-1 only and stops at x_l.
+// Memory: the later layers' activations for the sequence (about (L - l)·T·(3·hidden + 2·q_dim + 2·intermediate)
+// floats) and a chunk of logit rows at a time, never (T, vocab_size) at once.
+using System.Numerics.Tensors;
+using SwiftKV.Engine.Cpu;
+using SwiftKV.Model;
+
+namespace SwiftKV.Engine.Distillation;
+
+/// <summary>What one sequence (or a sum of them) scored: the loss and how often the student's top token is the teacher's.</summary>
+public readonly record struct DistillationScore(double LossSum, int Positions, int Top1Agreements)
+{
+    /// <summary>T²·KL per selected position.</summary>
+    public double Loss => Positions == 0 ? 0 : LossSum / Positions;
+    /// <summary>The share of selected positions where the student's and the teacher's argmax agree.</summary>
+    public double Top1Agreement => Positions == 0 ? 0 : (double)Top1Agreements / Positions;
+    public static DistillationScore operator +(DistillationScore a, DistillationScore b) =>
+        new(a.LossSum + b.LossSum, a.Positions + b.Positions, a.Top1Agreements + b.Top1Agreements);
+}
+
+/// <summary>The distillation forward and backward of a teacher (SwiftKV off) and its student (SwiftKV on).</summary>
+public sealed class DistillationModel
+{
+    const int LogitRowsPerChunk = 32;
+
+    readonly LlamaWeights _teacher, _student;
+    readonly LlamaConfig _cfg;
+    readonly RotaryEmbedding _rope;
+    readonly float _eps;
+
+    /// <param name="teacher">The checkpoint loaded with SwiftKV off.</param>
+    /// <param name="student">The same checkpoint with SwiftKV on; its SwiftKV arrays are what <see cref="Parameters"/> exposes.</param>
+    /// <param name="temperature">T of the loss (the paper: 2).</param>
+    public DistillationModel(LlamaWeights teacher, LlamaWeights student, float temperature)
+    {
+        ArgumentNullException.ThrowIfNull(teacher);
+        ArgumentNullException.ThrowIfNull(student);
+        if (teacher.SwiftKvEnabled) throw new ArgumentException("the teacher must be loaded with SwiftKV off.", nameof(teacher));
+        if (!student.SwiftKvEnabled) throw new ArgumentException("the student must be loaded with SwiftKV on.", nameof(student));
+        if (!ReferenceEquals(teacher.Config, student.Config) && teacher.Config != student.Config)
+            throw new ArgumentException("the teacher and the student must come from one config.json.", nameof(student));
+        if (!(temperature > 0) || !float.IsFinite(temperature))
+            throw new ArgumentOutOfRangeException(nameof(temperature), temperature, "the distillation temperature must be a positive number.");
+        _teacher = teacher;
+        _student = student;
+        _cfg = student.Config;
+        _rope = new RotaryEmbedding(_cfg);
+        _eps = (float)_cfg.RmsNormEps;
+        Temperature = temperature;
+        Parameters = SwiftKvTensors.Of(student);
+    }
+
+    public LlamaConfig Config => _cfg;
+    public float Temperature { get; }
+    /// <summary>The trainable tensors, aliasing the student's arrays.</summary>
+    public SwiftKvTensors Parameters { get; }
+
+    /// <summary>
+    /// Scores <paramref name="tokens"/> at the positions where <paramref name="lossMask"/> is true (position t predicts
+    /// token t + 1) and, when <paramref name="gradients"/> is given, adds the gradient of
+    /// <paramref name="gradientScale"/> × (the loss summed over those positions) to it.
+    /// </summary>
+    public DistillationScore Run(ReadOnlySpan<int> tokens, ReadOnlySpan<bool> lossMask, SwiftKvTensors? gradients = null, float gradientScale = 1f)
+    {
+        int rows = tokens.Length, hidden = _cfg.HiddenSize, l = _cfg.NumKeyValueLayers, layers = _cfg.NumHiddenLayers;
+        if (rows == 0) throw new ArgumentException("the sequence is empty.", nameof(tokens));
+        if (lossMask.Length != rows) throw new ArgumentException($"the loss mask has {lossMask.Length} entries for {rows} tokens.", nameof(lossMask));
+        if (rows > _cfg.MaxPositionEmbeddings)
+            throw new ArgumentException($"the sequence has {rows} tokens, more than max_position_embeddings ({_cfg.MaxPositionEmbeddings}).", nameof(tokens));
+        foreach (int id in tokens)
+            if ((uint)id >= (uint)_cfg.VocabSize)
+                throw new ArgumentOutOfRangeException(nameof(tokens), id, $"token id outside the vocabulary (vocab_size {_cfg.VocabSize}).");
+        if (gradients is not null && !ReferenceEquals(gradients.Config, _cfg) && gradients.Config != _cfg)
+            throw new ArgumentException("the gradients were made for another model.", nameof(gradients));
+
+        var x = new float[rows * hidden];
+        for (int t = 0; t < rows; t++)
+            Array.Copy(_student.EmbedTokens, (long)tokens[t] * hidden, x, (long)t * hidden, hidden);
+        for (int i = 0; i < l; i++)
+            FullLayer(x, rows, _student.Layers[i], _student.Layers[i].QProj!, _student.Layers[i].QBias);
+        var xl = (float[])x.Clone();
+
+        // The teacher: the later layers as plain Llama, nothing kept for a backward pass.
+        var xTeacher = (float[])xl.Clone();
+        for (int j = l; j < layers; j++)
+            FullLayer(xTeacher, rows, _teacher.Layers[j], _teacher.Layers[j].QProj!, _teacher.Layers[j].QBias);
+
+        var student = StudentForward(xl, rows);
+        var dx = new float[rows * hidden];
+        var score = Loss(xTeacher, student.Output, rows, lossMask, gradients is null ? null : dx, gradientScale);
+        if (gradients is not null && score.Positions > 0)
+            StudentBackward(student, xl, rows, dx, gradients);
+        return score;
+    }
+
+    /// <summary>A plain Llama layer over the whole sequence, in place on x (the frozen layers and the teacher's).</summary>
+    void FullLayer(float[] x, int rows, LlamaLayerWeights layer, float[] qW, float[]? qB)
+    {
+        int hidden = _cfg.HiddenSize, kvDim = _cfg.KeyValueDim;
+        var h = Norm(x, rows, layer.InputLayernorm);
+        var k = new float[rows * kvDim];
+        var v = new float[rows * kvDim];
+        CpuKernels.Linear(h, rows, hidden, layer.KProj!, layer.KBias, kvDim, k);
+        CpuKernels.Linear(h, rows, hidden, layer.VProj!, layer.VBias, kvDim, v);
+        Rope(k, rows, _cfg.NumKeyValueHeads);
+        var q = Query(h, rows, qW, qB);
+        var attn = Attend(q, rows, k, v);
+        Mlp(x, rows, layer, attn, saved: null);
+    }
+
+    sealed class LayerActivations
+    {
+        public required float[] Input, H1, Q, Attn, Mid, Gate, Up;
+    }
+
+    sealed record StudentActivations(float[] S, Dictionary<int, (float[] K, float[] V)> Caches, LayerActivations[] Layers, float[] Output);
+
+    StudentActivations StudentForward(float[] xl, int rows)
+    {
+        int hidden = _cfg.HiddenSize, kvDim = _cfg.KeyValueDim, l = _cfg.NumKeyValueLayers, layers = _cfg.NumHiddenLayers;
+        var s = Norm(xl, rows, _student.NormSwiftKv!);
+        var caches = new Dictionary<int, (float[], float[])>();
+        for (int j = l; j < layers; j++)
+        {
+            if (!_cfg.IsKvGroupLeader(j)) continue;
+            var layer = _student.Layers[j];
+            var k = new float[rows * kvDim];
+            var v = new float[rows * kvDim];
+            CpuKernels.Linear(s, rows, hidden, layer.KProjSwiftKv!, layer.KBiasSwiftKv, kvDim, k);
+            CpuKernels.Linear(s, rows, hidden, layer.VProjSwiftKv!, layer.VBiasSwiftKv, kvDim, v);
+            Rope(k, rows, _cfg.NumKeyValueHeads);
+            caches[j] = (k, v);
+        }
+        var x = (float[])xl.Clone();
+        var saved = new LayerActivations[layers];
+        for (int j = l; j < layers; j++)
+        {
+            var layer = _student.Layers[j];
+            var input = (float[])x.Clone();
+            var h1 = Norm(x, rows, layer.InputLayernorm);
+            var q = Query(h1, rows, layer.QProjSwiftKv!, layer.QBiasSwiftKv);
+            var (k, v) = caches[Leader(j)];
+            var attn = Attend(q, rows, k, v);
+            var a = new LayerActivations { Input = input, H1 = h1, Q = q, Attn = attn, Mid = [], Gate = [], Up = [] };
+            Mlp(x, rows, layer, attn, a);
+            saved[j] = a;
+        }
+        return new StudentActivations(s, caches, saved, x);
+    }
+
+    int Leader(int j) => _cfg.NumKeyValueLayers + (j - _cfg.NumKeyValueLayers) / _cfg.KeyValueGroupSize * _cfg.KeyValueGroupSize;
+
+    /// <summary>
+    /// T²·KL(softmax(z_t / T) || softmax(z_s / T)) summed over the selected rows; its gradient with respect to the
+    /// student's last hidden state (before model.norm), times <paramref name="scale"/>, is added to <paramref name="dx"/>.
+    /// d/dz_s = T·(p_s − p_t).
+    /// </summary>
+    DistillationScore Loss(float[] xTeacher, float[] xStudent, int rows, ReadOnlySpan<bool> mask, float[]? dx, float scale)
+    {
+        int hidden = _cfg.HiddenSize, vocab = _cfg.VocabSize;
+        var selected = new List<int>();
+        for (int t = 0; t < rows; t++) if (mask[t]) selected.Add(t);
+        double lossSum = 0;
+        int agree = 0;
+        float invT = 1f / Temperature;
+        for (int c0 = 0; c0 < selected.Count; c0 += LogitRowsPerChunk)
+        {
+            int n = Math.Min(LogitRowsPerChunk, selected.Count - c0);
+            var teacherRows = Gather(xTeacher, selected, c0, n);
+            var studentRows = Gather(xStudent, selected, c0, n);
+            var zt = Logits(Norm(teacherRows, n, _teacher.Norm), n, _teacher.LmHead);
+            var zs = Logits(Norm(studentRows, n, _student.Norm), n, _student.LmHead);
+            var dz = dx is null ? null : new float[n * vocab];
+            for (int r = 0; r < n; r++)
+            {
+                var pt = zt.AsSpan(r * vocab, vocab);
+                var ps = zs.AsSpan(r * vocab, vocab);
+                if (TensorPrimitives.IndexOfMax(pt) == TensorPrimitives.IndexOfMax(ps)) agree++;
+                TensorPrimitives.Multiply(pt, invT, pt);
+                TensorPrimitives.Multiply(ps, invT, ps);
+                CpuKernels.Softmax(pt);
+                CpuKernels.Softmax(ps);
+                double kl = 0;
+                for (int i = 0; i < vocab; i++)
+                    if (pt[i] > 0) kl += pt[i] * (Math.Log(pt[i]) - Math.Log(Math.Max(ps[i], float.Epsilon)));
+                lossSum += Temperature * Temperature * kl;
+                if (dz is not null)
+                {
+                    var d = dz.AsSpan(r * vocab, vocab);
+                    TensorPrimitives.Subtract(ps, pt, d);
+                    TensorPrimitives.Multiply(d, Temperature * scale, d);
+                }
+            }
+            if (dx is null) continue;
+            var dFinal = new float[n * hidden];
+            TrainingKernels.LinearInputGrad(dz!, n, vocab, _student.LmHead, hidden, dFinal);
+            var dRows = new float[n * hidden];
+            TrainingKernels.RmsNormBackward(studentRows, n, hidden, _student.Norm, _eps, dFinal, dRows, dw: null);
+            for (int r = 0; r < n; r++)
+                Array.Copy(dRows, r * hidden, dx, selected[c0 + r] * hidden, hidden);
+        }
+        return new DistillationScore(lossSum, selected.Count, agree);
+    }
+
+    void StudentBackward(StudentActivations a, float[] xl, int rows, float[] dx, SwiftKvTensors g)
+    {
+        int hidden = _cfg.HiddenSize, qDim = _cfg.QueryDim, kvDim = _cfg.KeyValueDim, inter = _cfg.IntermediateSize;
+        int l = _cfg.NumKeyValueLayers;
+        var dCaches = a.Caches.ToDictionary(c => c.Key, _ => (K: new float[rows * kvDim], V: new float[rows * kvDim]));
+        for (int j = _cfg.NumHiddenLayers - 1; j >= l; j--)
+        {
+            var layer = _student.Layers[j];
+            var s = a.Layers[j];
+
+            // MLP: x_out = mid + down(silu(gate) ⊙ up), gate/up = W·post_norm(mid).
+            var dm = new float[rows * inter];
+            TrainingKernels.LinearInputGrad(dx, rows, hidden, layer.DownProj, inter, dm);
+            var dGate = new float[rows * inter];
+            var dUp = new float[rows * inter];
+            TrainingKernels.SwiGluBackward(s.Gate, s.Up, dm, dGate, dUp);
+            var dh2 = new float[rows * hidden];
+            TrainingKernels.LinearInputGrad(dGate, rows, inter, layer.GateProj, hidden, dh2);
+            TrainingKernels.LinearInputGrad(dUp, rows, inter, layer.UpProj, hidden, dh2);
+            var dMid = (float[])dx.Clone();
+            TrainingKernels.RmsNormBackward(s.Mid, rows, hidden, layer.PostAttentionLayernorm, _eps, dh2, dMid, dw: null);
+
+            // Attention: mid = input + o_proj(attn(q, K, V)), q = RoPE(q_proj_swiftkv · input_norm(input)).
+            var dAttn = new float[rows * qDim];
+            TrainingKernels.LinearInputGrad(dMid, rows, hidden, layer.OProj, qDim, dAttn);
+            var dq = new float[rows * qDim];
+            var (dK, dV) = dCaches[Leader(j)];
+            var (k, v) = a.Caches[Leader(j)];
+            TrainingKernels.AttentionBackward(s.Q, dAttn, rows, _cfg.NumAttentionHeads, _cfg.NumKeyValueHeads, _cfg.HeadDim, k, v, dq, dK, dV);
+            TrainingKernels.RopeBackward(_rope, dq, rows, _cfg.NumAttentionHeads);
+            TrainingKernels.LinearWeightGrad(dq, s.H1, rows, qDim, hidden, g.QProj[j]!, g.QBias[j]);
+            var dh1 = new float[rows * hidden];
+            TrainingKernels.LinearInputGrad(dq, rows, qDim, layer.QProjSwiftKv!, hidden, dh1);
+            TrainingKernels.RmsNormBackward(s.Input, rows, hidden, layer.InputLayernorm, _eps, dh1, dMid, dw: null);
+            dx = dMid;
+        }
+
+        // SingleInputKV: every later cache came from s = norm_swiftkv(x_l).
+        var ds = new float[rows * hidden];
+        foreach (var (leader, (dK, dV)) in dCaches)
+        {
+            var layer = _student.Layers[leader];
+            TrainingKernels.RopeBackward(_rope, dK, rows, _cfg.NumKeyValueHeads);
+            TrainingKernels.LinearWeightGrad(dK, a.S, rows, kvDim, hidden, g.KProj[leader]!, g.KBias[leader]);
+            TrainingKernels.LinearWeightGrad(dV, a.S, rows, kvDim, hidden, g.VProj[leader]!, g.VBias[leader]);
+            TrainingKernels.LinearInputGrad(dK, rows, kvDim, layer.KProjSwiftKv!, hidden, ds);
+            TrainingKernels.LinearInputGrad(dV, rows, kvDim, layer.VProjSwiftKv!, hidden, ds);
+        }
+        var unused = new float[rows * hidden];
+        TrainingKernels.RmsNormBackward(xl, rows, hidden, _student.NormSwiftKv!, _eps, ds, unused, g.NormSwiftKv);
+    }
+
+    float[] Norm(float[] x, int rows, float[] weight)
+    {
+        var y = new float[x.Length];
+        CpuKernels.RmsNorm(x, rows, _cfg.HiddenSize, weight, _eps, y);
+        return y;
+    }
+
+    float[] Query(float[] h, int rows, float[] qW, float[]? qB)
+    {
+        var q = new float[rows * _cfg.QueryDim];
+        CpuKernels.Linear(h, rows, _cfg.HiddenSize, qW, qB, _cfg.QueryDim, q);
+        Rope(q, rows, _cfg.NumAttentionHeads);
+        return q;
+    }
+
+    void Rope(float[] m, int rows, int heads)
+    {
+        int dim = heads * _cfg.HeadDim;
+        Span<float> cos = stackalloc float[_cfg.HeadDim / 2];
+        Span<float> sin = stackalloc float[_cfg.HeadDim / 2];
+        for (int t = 0; t < rows; t++)
+        {
+            _rope.Angles(t, cos, sin);
+            RotaryEmbedding.Rotate(m.AsSpan(t * dim, dim), heads, cos, sin);
+        }
+    }
+
+    float[] Attend(float[] q, int rows, float[] k, float[] v)
+    {
+        var positions = new int[rows];
+        for (int t = 0; t < rows; t++) positions[t] = t;
+        var attn = new float[rows * _cfg.QueryDim];
+        CpuKernels.Attention(q, rows, positions, _cfg.NumAttentionHeads, _cfg.NumKeyValueHeads, _cfg.HeadDim, k, v, attn);
+        return attn;
+    }
+
+    /// <summary>o_proj, residual, post_attention_layernorm, SwiGLU MLP, residual, in place on x; keeps what a backward pass reads.</summary>
+    void Mlp(float[] x, int rows, LlamaLayerWeights layer, float[] attn, LayerActivations? saved)
+    {
+        int hidden = _cfg.HiddenSize, inter = _cfg.IntermediateSize;
+        var o = new float[rows * hidden];
+        CpuKernels.Linear(attn, rows, _cfg.QueryDim, layer.OProj, layer.OBias, hidden, o);
+        TensorPrimitives.Add(x, o, x);
+        var h2 = Norm(x, rows, layer.PostAttentionLayernorm);
+        var gate = new float[rows * inter];
+        var up = new float[rows * inter];
+        CpuKernels.Linear(h2, rows, hidden, layer.GateProj, null, inter, gate);
+        CpuKernels.Linear(h2, rows, hidden, layer.UpProj, null, inter, up);
+        if (saved is not null)
+        {
+            saved.Mid = (float[])x.Clone();
+            saved.Gate = (float[])gate.Clone();
+            saved.Up = up;
+        }
+        CpuKernels.SwiGlu(gate, up);
+        CpuKernels.Linear(gate, rows, inter, layer.DownProj, null, hidden, o);
+        TensorPrimitives.Add(x, o, x);
+    }
+
+    float[] Gather(float[] x, List<int> rows, int first, int count)
+    {
+        int hidden = _cfg.HiddenSize;
+        var y = new float[count * hidden];
+        for (int r = 0; r < count; r++) Array.Copy(x, rows[first + r] * hidden, y, r * hidden, hidden);
+        return y;
+    }
+
+    float[] Logits(float[] h, int rows, float[] lmHead)
+    {
+        var z = new float[rows * _cfg.VocabSize];
+        CpuKernels.Linear(h, rows, _cfg.HiddenSize, lmHead, null, _cfg.VocabSize, z);
+        return z;
+    }
+}

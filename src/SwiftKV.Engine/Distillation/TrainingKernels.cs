@@ -1,0 +1,171 @@
+// The backward passes distillation needs, in fp32 on the CPU, beside the forward kernels they invert (CpuKernels,
+// RotaryEmbedding). Shapes follow the forward: activations (num_tokens, features) row-major, weights (out_features,
+// in_features) as Hugging Face stores them. Frozen weights only pass gradients on to activations; trainable ones also
+// take their own gradient. Every function ADDS into its gradient outputs, so a tensor used twice (an AcrossKV cache
+// read by several layers, a residual stream) sums its parts.
+using System.Numerics.Tensors;
+using SwiftKV.Engine.Cpu;
+
+namespace SwiftKV.Engine.Distillation;
+
+internal static class TrainingKernels
+{
+    const long ParallelThreshold = 1 << 16;
+
+    static bool Serial(long work) => work < ParallelThreshold || Environment.ProcessorCount == 1;
+
+    /// <summary>dx (rows, inDim) += dy (rows, outDim) · w (outDim, inDim): the input's gradient of y = x·wᵀ.</summary>
+    public static void LinearInputGrad(float[] dy, int rows, int outDim, float[] w, int inDim, float[] dx)
+    {
+        void Row(int t)
+        {
+            var dxRow = new Span<float>(dx, t * inDim, inDim);
+            for (int o = 0; o < outDim; o++)
+            {
+                float g = dy[t * outDim + o];
+                if (g != 0f) TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(w, o * inDim, inDim), g, dxRow, dxRow);
+            }
+        }
+        if (Serial((long)rows * outDim * inDim)) { for (int t = 0; t < rows; t++) Row(t); }
+        else Parallel.For(0, rows, Row);
+    }
+
+    /// <summary>
+    /// dw (outDim, inDim) += dy (rows, outDim)ᵀ · x (rows, inDim) and, when given, db (outDim) += the column sums of dy:
+    /// the weight's gradient of y = x·wᵀ + b.
+    /// </summary>
+    public static void LinearWeightGrad(float[] dy, float[] x, int rows, int outDim, int inDim, float[] dw, float[]? db)
+    {
+        void Out(int o)
+        {
+            var dwRow = new Span<float>(dw, o * inDim, inDim);
+            double bias = 0;
+            for (int t = 0; t < rows; t++)
+            {
+                float g = dy[t * outDim + o];
+                bias += g;
+                if (g != 0f) TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(x, t * inDim, inDim), g, dwRow, dwRow);
+            }
+            if (db is not null) db[o] += (float)bias;
+        }
+        if (Serial((long)rows * outDim * inDim)) { for (int o = 0; o < outDim; o++) Out(o); }
+        else Parallel.For(0, outDim, Out);
+    }
+
+    /// <summary>
+    /// RMSNorm y = w ⊙ x·r with r = rsqrt(mean(x²) + eps), per row. dx += r·(g − x̂·mean(g ⊙ x̂)) with g = w ⊙ dy and
+    /// x̂ = x·r; dw (when given) += Σ_rows dy ⊙ x̂.
+    /// </summary>
+    public static void RmsNormBackward(float[] x, int rows, int dim, float[] weight, float eps, float[] dy, float[] dx, float[]? dw)
+    {
+        var g = new float[dim];
+        var xHat = new float[dim];
+        for (int t = 0; t < rows; t++)
+        {
+            var xRow = new ReadOnlySpan<float>(x, t * dim, dim);
+            var dyRow = new ReadOnlySpan<float>(dy, t * dim, dim);
+            float r = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xRow) / dim + eps);
+            TensorPrimitives.Multiply(xRow, r, xHat);
+            TensorPrimitives.Multiply(dyRow, weight, g);
+            float mean = TensorPrimitives.Dot(g, xHat) / dim;
+            var dxRow = new Span<float>(dx, t * dim, dim);
+            for (int i = 0; i < dim; i++) dxRow[i] += r * (g[i] - xHat[i] * mean);
+            if (dw is not null) TensorPrimitives.MultiplyAdd(dyRow, xHat, dw, dw);
+        }
+    }
+
+    /// <summary>
+    /// The gradients of m = silu(gate) ⊙ up, written (not added) into dGate and dUp: dUp = dm ⊙ silu(gate),
+    /// dGate = dm ⊙ up ⊙ σ(gate)·(1 + gate·(1 − σ(gate))).
+    /// </summary>
+    public static void SwiGluBackward(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, ReadOnlySpan<float> dm, Span<float> dGate, Span<float> dUp)
+    {
+        for (int i = 0; i < gate.Length; i++)
+        {
+            float x = gate[i], sig = 1f / (1f + MathF.Exp(-x));
+            dUp[i] = dm[i] * x * sig;
+            dGate[i] = dm[i] * up[i] * sig * (1f + x * (1f - sig));
+        }
+    }
+
+    /// <summary>
+    /// The gradient of RoPE, in place: a rotation's transpose is the rotation by the opposite angle. Row t of
+    /// (rows, num_heads * head_dim) sits at position t.
+    /// </summary>
+    public static void RopeBackward(RotaryEmbedding rope, float[] d, int rows, int numHeads)
+    {
+        int half = rope.HeadDim / 2, dim = numHeads * rope.HeadDim;
+        Span<float> cos = stackalloc float[half];
+        Span<float> sin = stackalloc float[half];
+        for (int t = 0; t < rows; t++)
+        {
+            rope.Angles(t, cos, sin);
+            TensorPrimitives.Negate(sin, sin);
+            RotaryEmbedding.Rotate(d.AsSpan(t * dim, dim), numHeads, cos, sin);
+        }
+    }
+
+    /// <summary>
+    /// Backward of causal GQA attention over one sequence (row t at position t, keys 0..t), recomputing each row's
+    /// softmax. q, dOut, dq: (rows, num_heads * head_dim); keys, values, dKeys, dValues: (rows, num_kv_heads * head_dim).
+    /// dq is written; dKeys and dValues are added to (a shared AcrossKV cache gathers every reader's part).
+    /// </summary>
+    public static void AttentionBackward(float[] q, float[] dOut, int rows, int numHeads, int numKvHeads, int headDim,
+        float[] keys, float[] values, float[] dq, float[] dKeys, float[] dValues)
+    {
+        int groups = numHeads / numKvHeads, qDim = numHeads * headDim, kvDim = numKvHeads * headDim;
+        float scale = (float)(1.0 / Math.Sqrt(headDim));
+        var gate = new object();
+
+        // Rows are split over threads; each thread sums its keys' and values' gradients privately, then adds them once.
+        (float[] P, float[] DP, float[] DK, float[] DV) Local() => (new float[rows], new float[rows], new float[dKeys.Length], new float[dValues.Length]);
+        void Row(int t, (float[] P, float[] DP, float[] DK, float[] DV) s)
+        {
+            int len = t + 1;
+            for (int h = 0; h < numHeads; h++)
+            {
+                int kvh = h / groups;
+                var qh = new ReadOnlySpan<float>(q, t * qDim + h * headDim, headDim);
+                var doh = new ReadOnlySpan<float>(dOut, t * qDim + h * headDim, headDim);
+                var p = s.P.AsSpan(0, len);
+                var dp = s.DP.AsSpan(0, len);
+                for (int k = 0; k < len; k++)
+                {
+                    p[k] = TensorPrimitives.Dot(qh, new ReadOnlySpan<float>(keys, k * kvDim + kvh * headDim, headDim)) * scale;
+                    dp[k] = TensorPrimitives.Dot(doh, new ReadOnlySpan<float>(values, k * kvDim + kvh * headDim, headDim));
+                }
+                CpuKernels.Softmax(p);
+                float dot = TensorPrimitives.Dot(p, dp);
+                var dqh = new Span<float>(dq, t * qDim + h * headDim, headDim);
+                dqh.Clear();
+                for (int k = 0; k < len; k++)
+                {
+                    float ds = p[k] * (dp[k] - dot) * scale;
+                    int at = k * kvDim + kvh * headDim;
+                    TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(keys, at, headDim), ds, dqh, dqh);
+                    var dk = new Span<float>(s.DK, at, headDim);
+                    TensorPrimitives.MultiplyAdd(qh, ds, dk, dk);
+                    var dv = new Span<float>(s.DV, at, headDim);
+                    TensorPrimitives.MultiplyAdd(doh, p[k], dv, dv);
+                }
+            }
+        }
+        void Merge((float[] P, float[] DP, float[] DK, float[] DV) s)
+        {
+            lock (gate)
+            {
+                TensorPrimitives.Add(dKeys, s.DK, dKeys);
+                TensorPrimitives.Add(dValues, s.DV, dValues);
+            }
+        }
+
+        if (Serial((long)rows * rows * qDim))
+        {
+            var s = Local();
+            for (int t = 0; t < rows; t++) Row(t, s);
+            Merge(s);
+            return;
+        }
+        Parallel.For(0, rows, Local, (t, _, s) => { Row(t, s); return s; }, Merge);
+    }
+}
