@@ -58,7 +58,7 @@ internal static class ModelCommands
     }
 
     /// <summary>Whether two paths name one directory: links resolved, case ignored where the file system ignores it.</summary>
-    static bool SameDirectory(string a, string b)
+    internal static bool SameDirectory(string a, string b)
     {
         static string Resolve(string p)
         {
@@ -91,7 +91,7 @@ internal static class ModelCommands
     /// Writing a checkpoint replaces the weights files in its folder, so an --out that already holds one (a downloaded
     /// model, the demo's cache) is refused unless --force says to replace it.
     /// </summary>
-    static void RefuseExistingCheckpoint(string outDir, bool force)
+    internal static void RefuseExistingCheckpoint(string outDir, bool force)
     {
         if (File.Exists(outDir)) throw new UsageException($"--out {outDir} is a file; give a directory.");
         if (force || !Directory.Exists(outDir)) return;
@@ -188,7 +188,7 @@ internal static class ModelCommands
         // fields are the options' doing.
         LlamaConfig.Load(src);
         var config = Renamed(() => SwiftKvConverter.Convert(src, dst, l, g), "--swiftkv-layers", "--group-size");
-        Console.WriteLine($"wrote {dst}: {Describe(config)} in {sw.Elapsed.TotalSeconds:F1} s (undistilled: distill before serious use)");
+        Console.WriteLine($"wrote {dst}: {Describe(config)} in {sw.Elapsed.TotalSeconds:F1} s (undistilled: run swiftkv distill before serious use)");
         if (!LlamaTokenizer.Exists(src))
             Console.WriteLine($"note: {src} has no tokenizer, so neither has {dst}: generate and the chat client need one (logits takes token ids).");
         return 0;

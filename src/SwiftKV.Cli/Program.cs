@@ -20,6 +20,7 @@ internal static class CliApp
                 "              --tie | --untie, --attention-bias, --no-rope-scaling | --rope-original-max N, --swiftkv-layers L [--group-size G]\n" +
                 "              weights: --seed S --dtype bf16|fp16|fp32 --init-std X, --no-tokenizer (vocabularies smaller than the demo tokenizer's)", ModelCommands.MakeModel),
             ["transform"] = ("Llama -> SwiftKV checkpoint (undistilled): --model DIR --out DIR --swiftkv-layers L [--group-size G] [--force]", ModelCommands.Transform),
+            ["distill"] = ("train a SwiftKV checkpoint's SwiftKV tensors against the same weights with SwiftKV off: " + DistillCommand.Usage, DistillCommand.Run),
             ["generate"] = ("--model DIR (--prompt TEXT | --chat TEXT [--system TEXT]) [--max-tokens N --temperature T --top-k K --top-p P --seed S --no-swiftkv --backend auto|cpu|cuda --show-special: print special tokens, which are skipped by default]", GenerateCommand.Run),
             ["logits"] = ("--model DIR --tokens 1,2,3 --out FILE.f32 [--backend cpu] [--no-swiftkv] [--last-only]", LogitsCommand.Run),
             ["info"] = ("--model DIR: print the config and what SwiftKV saves, after checking the weights' headers and shapes", ModelCommands.Info),
@@ -50,10 +51,16 @@ internal static class CliApp
             return command.Run(new CliArgs(args.Skip(1)));
         }
         catch (Exception e) when (e is UsageException or InvalidModelException or ArgumentException or IOException or UnauthorizedAccessException
-                                       or NotSupportedException or SwiftKV.Engine.Sampling.NoFiniteLogitsException)
+                                       or NotSupportedException or InvalidDataException or SwiftKV.Engine.Sampling.NoFiniteLogitsException)
         {
             // IOException covers missing files and directories, and an --out path that is an existing file.
             Console.Error.WriteLine($"swiftkv {args[0]}: {SwiftKV.Model.ErrorText.ForConsole(e)}");
+            return 2;
+        }
+        catch (InsufficientMemoryException e)
+        {
+            // Raised before allocating, with the sizes: more useful than the general advice below.
+            Console.Error.WriteLine($"swiftkv {args[0]}: {e.Message}");
             return 2;
         }
         catch (OutOfMemoryException)

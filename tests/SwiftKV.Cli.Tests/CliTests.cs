@@ -595,6 +595,45 @@ public sealed class CliTests : IDisposable
         Assert.Contains("num_hidden_layers (2147483647) must be at most 1024 (the largest Llama has 126)", r.Err);
     }
 
+    [Fact]
+    public void Distill_TrainsOnlyTheSwiftKvTensors_AndTheResultLoads()
+    {
+        string llama = Tiny("distill-base", "--dtype", "fp32"), swift = Path.Combine(_root, "distill-skv"), output = Path.Combine(_root, "distilled");
+        Assert.Equal(0, Run("transform", "--model", llama, "--out", swift, "--swiftkv-layers", "2", "--group-size", "2").Code);
+        string data = Path.Combine(_root, "chats.jsonl");
+        File.WriteAllLines(data, Enumerable.Range(0, 8).Select(i =>
+            $$"""{"messages": [{"role": "user", "content": "Summarize item {{i}}: revenue grew {{i}}% while costs fell."}, {"role": "assistant", "content": "Revenue up {{i}}%, costs down."}]}"""));
+
+        var r = Run("distill", "--model", swift, "--data", data, "--out", output, "--batch-size", "2", "--epochs", "2", "--lr", "2e-3");
+        Assert.True(r.Code == 0, r.Err);
+        var m = System.Text.RegularExpressions.Regex.Match(r.Out, @"loss ([0-9.]+) -> ([0-9.]+)");
+        Assert.True(m.Success, r.Out);
+        Assert.True(double.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture)
+            < double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), r.Out);
+
+        // Every tensor but the SwiftKV ones is the source's, bit for bit; each SwiftKV tensor moved.
+        using var before = SwiftKV.Model.Checkpoint.SafetensorsCheckpoint.Open(swift);
+        using var after = SwiftKV.Model.Checkpoint.SafetensorsCheckpoint.Open(output);
+        var config = LlamaConfig.Load(swift);
+        foreach (var spec in SwiftKV.Model.Checkpoint.LlamaTensorNames.ForCheckpoint(config))
+        {
+            float[] a = SwiftKV.Model.Checkpoint.LlamaCheckpointLoader.ReadFloat32(config, before, spec.Name);
+            float[] b = SwiftKV.Model.Checkpoint.LlamaCheckpointLoader.ReadFloat32(config, after, spec.Name);
+            if (spec.Name.Contains("swiftkv", StringComparison.Ordinal)) Assert.NotEqual(a, b);
+            else Assert.Equal(a, b);
+        }
+        Assert.True(File.Exists(Path.Combine(output, "tokenizer.json")));
+        var g = Run("generate", "--model", output, "--chat", "Hello", "--max-tokens", "3");
+        Assert.True(g.Code == 0, g.Err);
+
+        Assert.Contains("already holds a checkpoint", Run("distill", "--model", swift, "--data", data, "--out", output).Err);
+        Assert.Contains("swiftkv transform", Run("distill", "--model", llama, "--data", data, "--out", Path.Combine(_root, "x1")).Err);
+        Assert.Contains("--lr 0: must be a positive number", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x2"), "--lr", "0").Err);
+        Assert.Contains("--batch-size 0", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x3"), "--batch-size", "0").Err);
+        Assert.Contains("no distillation data", Run("distill", "--model", swift, "--data", data + ".missing", "--out", Path.Combine(_root, "x4")).Err);
+        Assert.Contains("must be outside", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(swift, "sub")).Err);
+    }
+
     public void Dispose()
     {
         if (Directory.Exists(_root)) Directory.Delete(_root, recursive: true);

@@ -1,0 +1,59 @@
+// swiftkv distill: SwiftKV's distillation of a transformed (or published) SwiftKV checkpoint on JSON Lines data,
+// on the CPU in fp32 (SwiftKV.Engine/Distillation). Prints the student-vs-teacher loss before and after, then writes
+// the checkpoint with its trained SwiftKV tensors to --out.
+using SwiftKV.Engine.Distillation;
+
+namespace SwiftKV.Cli;
+
+internal static class DistillCommand
+{
+    public const string Usage =
+        "--model DIR (a SwiftKV checkpoint: swiftkv transform makes one) --data FILE.jsonl --out DIR [--eval FILE.jsonl]\n" +
+        "              [--epochs 1 --batch-size 8 --lr 2e-4 --warmup 0.05 --temperature 2 --max-seq 8192 --seed 0] [--force]\n" +
+        "              data: one JSON object per line, {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} (the loss covers\n" +
+        "              assistant replies) or {\"text\": ...} (every token); CPU, fp32: for small models and checking";
+
+    public static int Run(CliArgs a)
+    {
+        string model = a.Required("model"), data = a.Required("data"), outDir = a.Required("out");
+        string? eval = a.String("eval");
+        var defaults = new DistillationOptions();
+        var options = new DistillationOptions
+        {
+            Epochs = a.Int("epochs") ?? defaults.Epochs,
+            BatchSize = a.Int("batch-size") ?? defaults.BatchSize,
+            LearningRate = a.Float("lr") ?? defaults.LearningRate,
+            WarmupFraction = a.Float("warmup") ?? defaults.WarmupFraction,
+            Temperature = a.Float("temperature") ?? defaults.Temperature,
+            MaxSequenceTokens = a.Int("max-seq") ?? defaults.MaxSequenceTokens,
+            Seed = a.Int("seed") ?? defaults.Seed,
+        };
+        bool force = a.Flag("force");
+        a.RejectUnknown();
+        try { options.Validate(); }
+        catch (ArgumentOutOfRangeException e)
+        {
+            string option = e.ParamName switch
+            {
+                nameof(DistillationOptions.Epochs) => "--epochs",
+                nameof(DistillationOptions.BatchSize) => "--batch-size",
+                nameof(DistillationOptions.LearningRate) => "--lr",
+                nameof(DistillationOptions.WarmupFraction) => "--warmup",
+                nameof(DistillationOptions.Temperature) => "--temperature",
+                _ => "--max-seq",
+            };
+            throw new UsageException($"{option} {e.ActualValue}: {e.Message[(e.Message.IndexOf(" must ", StringComparison.Ordinal) + 1)..].Split(" (Parameter")[0]}");
+        }
+        CliArgs.CheckModelDirectory(model);
+        if (ModelCommands.SameDirectory(model, outDir))
+            throw new UsageException("--out must be another directory than --model: writing the result removes the old weights first.");
+        ModelCommands.RefuseExistingCheckpoint(outDir, force);
+
+        var report = Distiller.Run(model, data, outDir, options, eval, Console.WriteLine);
+        Console.WriteLine($"wrote {outDir}: {report.Steps} steps over {report.Sequences} sequences ({report.Tokens:N0} tokens) in {report.Elapsed.TotalSeconds:F1} s; " +
+            $"on {report.ScoredOn}: loss {report.Before.Loss:F4} -> {report.After.Loss:F4}, top-1 agreement {report.Before.Top1Agreement:P1} -> {report.After.Top1Agreement:P1}");
+        if (report.Truncated > 0) Console.WriteLine($"note: {report.Truncated} sequences were longer than --max-seq (or the model's context) and kept their first tokens.");
+        if (report.Skipped > 0) Console.WriteLine($"note: {report.Skipped} sequences had nothing to score (no assistant reply within the limit) and were skipped.");
+        return 0;
+    }
+}
