@@ -114,7 +114,7 @@ public sealed class ServingIsolationTests
         Assert.Throws<ArgumentOutOfRangeException>(() => new ServingEngine(backend, new ServingOptions { ConstraintTimeout = TimeSpan.MaxValue }));
         Assert.Throws<ArgumentOutOfRangeException>(() => new LogitMask(Task.FromResult<bool[]?>(null), TimeSpan.FromDays(30)));
         var slow = new LogitMask(Task.Run(async () => { await Task.Delay(200, Ct); return (bool[]?)[true, false]; }, Ct), LogitMask.MaxTimeout);
-        Assert.Equal(new[] { true, false }, slow.Wait()!);
+        Assert.Equal(new[] { true, false }, slow.WaitBits()!.ToFlags());
         Assert.False(slow.TimedOut);
     }
 
