@@ -270,7 +270,7 @@ public class RowSamplingTests
     /// LogitMask.Of makes its mask as bits: token i is allowed exactly when the constraint left it above -inf (tried one by
     /// one; NaN and +inf allow, as the flags' `!= -inf` read them), at lengths around a 32-token word and at Llama 3's
     /// vocabulary, with the bits past the row clear (the GPU copies whole words). A CPU pick with that mask, greedy and
-    /// sampled, is the pick of the row with the disallowed tokens set to -inf by hand.
+    /// sampled, is the pick of the row with the disallowed tokens set to -inf by hand. Words given to reuse are rewritten whole.
     /// </summary>
     [Theory]
     [InlineData(1)]
@@ -300,6 +300,11 @@ public class RowSamplingTests
             bool set = ((bits.Words[i >> 5] >> (i & 31)) & 1) != 0;
             Assert.True(set == (i < vocab && applied[i] != float.NegativeInfinity), $"token {i} of {vocab}: bit {set}, applied {(i < vocab ? applied[i] : float.NaN)}");
         }
+        // Words given to reuse (the engine passes a request's own from step to step): every word is rewritten.
+        var reused = Enumerable.Repeat(0xdeadbeefu, words).ToArray();
+        Assert.Same(reused, LogitMask.Of(new Fixed(applied), vocab, words: reused).WaitBits()!.Words);
+        Assert.Equal(bits.Words, reused);
+        Assert.Throws<ArgumentException>(() => LogitMask.Of(new Fixed(applied), vocab, words: new uint[words - 1]));
 
         var row = Enumerable.Range(0, vocab).Select(_ => (float)(rng.NextDouble() * 8 - 4)).ToArray();
         var masked = row.Select((x, i) => applied[i] != float.NegativeInfinity ? x : float.NegativeInfinity).ToArray();

@@ -339,6 +339,9 @@ public sealed class LogitMask
         return new AllowedBits(words, allowed.Length);
     }
 
+    /// <summary>Whether the computation has ended (in time or not, well or not); does not wait.</summary>
+    public bool IsCompleted => _bits.IsCompleted;
+
     /// <summary>The longest <see cref="WaitBits"/> waits, from the first wait (null: without limit).</summary>
     public TimeSpan? Timeout { get; }
 
@@ -393,10 +396,14 @@ public sealed class LogitMask
     /// <summary>
     /// Starts <paramref name="constraint"/>'s mask for its next token on the thread pool: its Apply on a row of zeros;
     /// the tokens it sets to -inf are the masked ones (its contract: it only masks). Null bits when nothing is masked.
+    /// The bits go into <c>words</c> when given (else new words): the caller's to own, so nothing may still read a mask
+    /// made in them before, nor write them, until this mask is no longer read.
     /// </summary>
-    public static LogitMask Of(ILogitsConstraint constraint, int vocab, TimeSpan? timeout = null)
+    public static LogitMask Of(ILogitsConstraint constraint, int vocab, TimeSpan? timeout = null, uint[]? words = null)
     {
         ArgumentNullException.ThrowIfNull(constraint);
+        if (words is not null && words.Length < SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(vocab))
+            throw new ArgumentException($"a mask of {vocab} tokens needs {SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(vocab)} words; got {words.Length}.", nameof(words));
         return new LogitMask(Task.Run(() =>
         {
             var floats = ArrayPool<float>.Shared;
@@ -406,8 +413,8 @@ public sealed class LogitMask
                 var row = probe.AsSpan(0, vocab);
                 row.Clear();
                 constraint.Apply(row);
-                var words = new uint[SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(vocab)];
-                return PackAllowed(row, words) ? new AllowedBits(words, vocab) : null;
+                var bits = words ?? new uint[SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(vocab)];
+                return PackAllowed(row, bits) ? new AllowedBits(bits, vocab) : null;
             }
             finally
             {

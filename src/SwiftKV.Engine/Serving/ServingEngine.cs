@@ -41,6 +41,9 @@ public sealed class ServingEngine : IDisposable
         public IReadOnlySet<int> Stops { get; } = stops;
         public long SubmittedAt { get; } = Stopwatch.GetTimestamp();
         public long FirstTokenAt { get; set; }
+        /// <summary>This request's last mask and the words it was made in, reused by its next (StartMasks).</summary>
+        public LogitMask? LastMask { get; set; }
+        public uint[]? MaskWords { get; set; }
         CancellationTokenRegistration _registration;
         bool _released;
 
@@ -452,7 +455,13 @@ public sealed class ServingEngine : IDisposable
             var e = live[chunks[i].Sequence];
             if (!chunks[i].NeedsLogits || e.Constraint is not { } constraint || e.Request.IsCancellationRequested) continue;
             masks ??= new LogitMask?[chunks.Count];
-            masks[i] = LogitMask.Of(constraint, _model.Config.VocabSize, Options.ConstraintTimeout);
+            // A request's masks reuse its own words (16 KB at Llama 3's vocabulary, 32 rows a step), never another
+            // request's. Its last mask was read only in its own step, which has ended; if that mask is still running
+            // (late: its request failed) it keeps its words and this one gets new ones.
+            int vocab = _model.Config.VocabSize;
+            if (e.MaskWords is null || e.LastMask is { IsCompleted: false })
+                e.MaskWords = new uint[SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(vocab)];
+            masks[i] = e.LastMask = LogitMask.Of(constraint, vocab, Options.ConstraintTimeout, e.MaskWords);
         }
         return masks;
     }
