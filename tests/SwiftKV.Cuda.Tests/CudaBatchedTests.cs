@@ -263,7 +263,7 @@ public sealed class CudaBatchedTests
             for (int s = 0; s < seqs; s++)
             {
                 var row = logits.AsSpan(s * vocab, vocab);
-                if (picks[s].Mask?.Wait() is { } allowed)
+                if (picks[s].Mask?.WaitBits() is { } allowed)
                 {
                     Assert.True(allowed[ids[s]], $"step {k}, sequence {s}: the device picked masked token {ids[s]}");
                     maskedRows++;

@@ -255,14 +255,71 @@ public class RowSamplingTests
     [Fact]
     public void LogitMask_Of_IsTheConstraintsMask()
     {
-        var even = LogitMask.Of(new ServingEngineTests.EvenTokensOnly(), 9).Wait();
+        var even = LogitMask.Of(new ServingEngineTests.EvenTokensOnly(), 9).WaitBits()?.ToFlags();
         Assert.Equal([true, false, true, false, true, false, true, false, true], even!);
-        Assert.Null(LogitMask.Of(new AllowAll(), 9).Wait());
+        Assert.Null(LogitMask.Of(new AllowAll(), 9).WaitBits());
     }
 
     sealed class AllowAll : ILogitsConstraint
     {
         public void Apply(Span<float> logits) { }
+        public void Accept(int tokenId) { }
+    }
+
+    /// <summary>
+    /// LogitMask.Of makes its mask as bits: token i is allowed exactly when the constraint left it above -inf (tried one by
+    /// one; NaN and +inf allow, as the flags' `!= -inf` read them), at lengths around a 32-token word and at Llama 3's
+    /// vocabulary, with the bits past the row clear (the GPU copies whole words). A CPU pick with that mask, greedy and
+    /// sampled, is the pick of the row with the disallowed tokens set to -inf by hand. Words given to reuse are rewritten whole.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(31)]
+    [InlineData(32)]
+    [InlineData(33)]
+    [InlineData(257)]
+    [InlineData(128256)]
+    public void LogitMask_Of_BitsAreTheConstraintsMask(int vocab)
+    {
+        var rng = new Random(vocab);
+        var applied = new float[vocab];
+        for (int i = 0; i < vocab; i++)
+            applied[i] = rng.Next(8) switch { < 4 => float.NegativeInfinity, 4 => float.NaN, 5 => float.PositiveInfinity, 6 => -1e30f, _ => 0f };
+        applied[0] = float.NegativeInfinity;   // one token masked at least, so the mask is not null
+        if (vocab >= 96)
+        {
+            applied.AsSpan(32, 32).Fill(0f);                          // a whole word allowed
+            applied.AsSpan(64, 32).Fill(float.NegativeInfinity);      // and one masked
+        }
+        var bits = LogitMask.Of(new Fixed(applied), vocab).WaitBits();
+        Assert.NotNull(bits);
+        Assert.Equal(vocab, bits.Length);
+        int words = SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(vocab);
+        for (int i = 0; i < 32 * words; i++)
+        {
+            bool set = ((bits.Words[i >> 5] >> (i & 31)) & 1) != 0;
+            Assert.True(set == (i < vocab && applied[i] != float.NegativeInfinity), $"token {i} of {vocab}: bit {set}, applied {(i < vocab ? applied[i] : float.NaN)}");
+        }
+        // Words given to reuse (the engine passes a request's own from step to step): every word is rewritten.
+        var reused = Enumerable.Repeat(0xdeadbeefu, words).ToArray();
+        Assert.Same(reused, LogitMask.Of(new Fixed(applied), vocab, words: reused).WaitBits()!.Words);
+        Assert.Equal(bits.Words, reused);
+        Assert.Throws<ArgumentException>(() => LogitMask.Of(new Fixed(applied), vocab, words: new uint[words - 1]));
+
+        var row = Enumerable.Range(0, vocab).Select(_ => (float)(rng.NextDouble() * 8 - 4)).ToArray();
+        var masked = row.Select((x, i) => applied[i] != float.NegativeInfinity ? x : float.NegativeInfinity).ToArray();
+        var mask = LogitMask.Of(new Fixed(applied), vocab);
+        for (int k = 0; k < 12; k++)
+        {
+            var pick = k % 3 == 0 ? RowSampling.Greedy : new RowSampling(0.8f, k % 2 == 0 ? 20 : 0, k % 4 == 1 ? 0.9f : 1f, (float)rng.NextDouble());
+            Assert.Equal(RowSampling.Pick(masked, pick), RowSampling.Pick(row, pick with { Mask = mask }));
+        }
+    }
+
+    /// <summary>A constraint whose Apply writes the same values each time.</summary>
+    sealed class Fixed(float[] values) : ILogitsConstraint
+    {
+        public void Apply(Span<float> logits) => values.CopyTo(logits);
         public void Accept(int tokenId) { }
     }
 

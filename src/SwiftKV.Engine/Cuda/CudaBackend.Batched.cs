@@ -357,10 +357,10 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     unsafe void AddMasks(BatchScratch s, ReadOnlySpan<RowSampling> sampling, int rows)
     {
         int vocab = Config.VocabSize, count = 0;
-        var masks = new bool[]?[sampling.Length];
+        var masks = new LogitMask.AllowedBits?[sampling.Length];
         for (int r = 0; r < sampling.Length; r++)
         {
-            if (sampling[r].Mask is not { } mask || (masks[r] = mask.Wait()) is null) continue;
+            if (sampling[r].Mask is not { } mask || (masks[r] = mask.WaitBits()) is null) continue;
             if (masks[r]!.Length != vocab) throw new ArgumentException($"row sampling {r}: a mask of {masks[r]!.Length} tokens for a vocabulary of {vocab}.");
             count++;
         }
@@ -374,7 +374,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         {
             if (masks[r] is not { } allowed) continue;
             rowIds[j] = r;
-            SamplingKernel.PackMask(allowed, bits.Slice(j++ * words, words));
+            allowed.Words.AsSpan(0, words).CopyTo(bits.Slice(j++ * words, words));   // packed in the mask's own task
         }
         ulong d = s.Masks.Upload(_stream, bytesNeeded);
         _sample.LaunchMask(_stream, _ws.Logits.Span, rows, vocab, new DeviceSpan<int>(d, count),

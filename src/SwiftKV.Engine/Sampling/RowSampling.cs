@@ -11,6 +11,7 @@
 // on the other side of a bucket edge, rarely.
 using System.Buffers;
 using System.Diagnostics;
+using System.Runtime.Intrinsics;
 
 namespace SwiftKV.Engine.Sampling;
 
@@ -53,7 +54,7 @@ public readonly record struct RowSampling(float Temperature, int TopK, float Top
         if (logits.IsEmpty) throw new ArgumentException("logits are empty.", nameof(logits));
         if (s.Mask is { } mask)
         {
-            var allowed = mask.Wait();
+            var allowed = mask.WaitBits();
             if (allowed is null) return Pick(logits, s with { Mask = null });
             if (allowed.Length != logits.Length)
                 throw new ArgumentException($"row sampling: a mask of {allowed.Length} tokens for a row of {logits.Length}.", nameof(s));
@@ -61,7 +62,9 @@ public readonly record struct RowSampling(float Temperature, int TopK, float Top
             var masked = floats.Rent(logits.Length);
             try
             {
-                for (int i = 0; i < logits.Length; i++) masked[i] = allowed[i] ? logits[i] : float.NegativeInfinity;
+                var words = allowed.Words;
+                for (int i = 0; i < logits.Length; i++)
+                    masked[i] = ((words[i >> 5] >> (i & 31)) & 1) != 0 ? logits[i] : float.NegativeInfinity;
                 return Pick(masked.AsSpan(0, logits.Length), s with { Mask = null });
             }
             finally
@@ -256,55 +259,118 @@ public sealed record LogitBias(int[] Tokens, float[] Deltas)
 
 /// <summary>
 /// The tokens a logits constraint allows next, computed off the picking thread (the serving engine starts it while the
-/// step runs): <see cref="Wait"/> gives the allowed flags, one per vocabulary id, or null when every token is allowed
-/// or the computation failed (the engine then fails that request from the task itself, not from the pick).
+/// step runs): <see cref="WaitBits"/> gives them as bits (token i is bit i % 32 of word i / 32, the layout the GPU's
+/// mask kernel reads), or null when every token is allowed or the computation failed (the engine then fails that
+/// request from the task itself, not from the pick).
 /// A computation still running when a wait for it has lasted its timeout counts as failed (<see cref="TimedOut"/>), so
 /// a constraint that blocks fails its own request instead of stalling every other one.
 /// </summary>
+/// <remarks>
+/// Bits, not flags: at Llama 3's vocabulary a mask is 16 KB instead of a 128 KB array on the large-object heap, made in
+/// its own task rather than packed on the step's thread. Every consumer reads the bits (the GPU upload copies them, the
+/// CPU pick tests them); none turns them back into flags: doing that on the step's thread for every wait made the step
+/// 20-25% slower (docs/BENCHMARKS.md, "Masks as bits: measured slower, reverted"). <see cref="AllowedBits.ToFlags"/> is
+/// for tests and diagnostics only.
+/// </remarks>
 public sealed class LogitMask
 {
-    long _deadline;   // Stopwatch timestamp, set by the first Wait; 0: not waited for yet
+    long _deadline;   // Stopwatch timestamp, set by the first wait; 0: not waited for yet
+    readonly Task<AllowedBits?> _bits;
 
-    /// <param name="allowed">The computation; its fault is the request's failure.</param>
-    /// <param name="timeout">How long <see cref="Wait"/> waits for it at most, counted from the first Wait (null: without
-    /// limit). Counted from the first wait, not from the start, so a long step (a CPU prefill) beside it costs it nothing.</param>
-    public LogitMask(Task<bool[]?> allowed, TimeSpan? timeout = null)
+    /// <summary>A mask's tokens as bits: <see cref="Length"/> tokens in <see cref="Words"/>, bits past the end clear.</summary>
+    public sealed class AllowedBits
     {
-        Allowed = allowed ?? throw new ArgumentNullException(nameof(allowed));
+        /// <param name="words">At least <see cref="SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords"/>(length) words.</param>
+        /// <param name="length">The tokens the mask covers (the vocabulary).</param>
+        public AllowedBits(uint[] words, int length)
+        {
+            ArgumentNullException.ThrowIfNull(words);
+            ArgumentOutOfRangeException.ThrowIfNegative(length);
+            if (words.Length < SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(length))
+                throw new ArgumentException($"a mask of {length} tokens needs {SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(length)} words; got {words.Length}.", nameof(words));
+            Words = words;
+            Length = length;
+        }
+
+        /// <summary>The bits; the first <see cref="SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords"/>(Length) words are the mask's.</summary>
+        public uint[] Words { get; }
+
+        /// <summary>The tokens the mask covers.</summary>
+        public int Length { get; }
+
+        /// <summary>Whether token <paramref name="id"/> is allowed.</summary>
+        public bool this[int id] => (uint)id < (uint)Length ? ((Words[id >> 5] >> (id & 31)) & 1) != 0
+            : throw new ArgumentOutOfRangeException(nameof(id), id, $"a mask of {Length} tokens.");
+
+        /// <summary>One flag per token. For tests and diagnostics: a 128 KB array at Llama 3's vocabulary, never on a step's path.</summary>
+        public bool[] ToFlags()
+        {
+            var flags = new bool[Length];
+            for (int i = 0; i < flags.Length; i++) flags[i] = this[i];
+            return flags;
+        }
+    }
+
+    /// <param name="allowed">The computation, as one flag per token (packed to bits in its own task when it ends); its
+    /// fault is the request's failure.</param>
+    /// <param name="timeout">How long <see cref="WaitBits"/> waits for it at most, counted from the first wait (null:
+    /// without limit). Counted from the first wait, not from the start, so a long step (a CPU prefill) beside it costs it
+    /// nothing.</param>
+    public LogitMask(Task<bool[]?> allowed, TimeSpan? timeout = null)
+        : this(Packed(allowed ?? throw new ArgumentNullException(nameof(allowed))), timeout)
+    {
+    }
+
+    /// <param name="bits">The computation, as bits; its fault is the request's failure.</param>
+    /// <param name="timeout">As for the flags' constructor.</param>
+    public LogitMask(Task<AllowedBits?> bits, TimeSpan? timeout = null)
+    {
+        _bits = bits ?? throw new ArgumentNullException(nameof(bits));
         if (timeout is { } t && (t <= TimeSpan.Zero || t > MaxTimeout))
             throw new ArgumentOutOfRangeException(nameof(timeout), t, $"a mask's timeout must be positive and at most {MaxTimeout} (null: none).");
         Timeout = timeout;
     }
 
-    /// <summary>The computation; its fault is the request's failure.</summary>
-    public Task<bool[]?> Allowed { get; }
+    static async Task<AllowedBits?> Packed(Task<bool[]?> flags)
+    {
+        if (await flags.ConfigureAwait(false) is not { } allowed) return null;
+        var words = new uint[SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(allowed.Length)];
+        SwiftKV.Cuda.Kernels.SamplingKernel.PackMask(allowed, words);
+        return new AllowedBits(words, allowed.Length);
+    }
 
-    /// <summary>The longest <see cref="Wait"/> waits, from the first Wait (null: without limit).</summary>
+    /// <summary>Whether the computation has ended (in time or not, well or not); does not wait.</summary>
+    public bool IsCompleted => _bits.IsCompleted;
+
+    /// <summary>The longest <see cref="WaitBits"/> waits, from the first wait (null: without limit).</summary>
     public TimeSpan? Timeout { get; }
 
     /// <summary>
-    /// True once a <see cref="Wait"/> found the computation unfinished at its deadline (the first wait plus the timeout).
-    /// It stays true even if the computation ends later, because a pick may already have gone ahead without the mask.
+    /// True once a wait found the computation unfinished at its deadline (the first wait plus the timeout). It stays
+    /// true even if the computation ends later, because a pick may already have gone ahead without the mask.
     /// </summary>
     public bool TimedOut => Volatile.Read(ref _late);
     bool _late;
 
-    /// <summary>Waits (until the deadline at most) for the flags; null when all are allowed, or the computation failed or is late.</summary>
-    public bool[]? Wait()
+    /// <summary>
+    /// Waits (until the deadline at most) for the bits; null when all are allowed, or the computation failed or is late.
+    /// Costs nothing once the computation has ended: it returns the bits the task made, unchanged.
+    /// </summary>
+    public AllowedBits? WaitBits()
     {
-        if (Timeout is { } limit && !Allowed.IsCompleted && !TimedOut)
+        if (Timeout is { } limit && !_bits.IsCompleted && !TimedOut)
         {
             if (Volatile.Read(ref _deadline) == 0)
                 Interlocked.CompareExchange(ref _deadline, Stopwatch.GetTimestamp() + (long)(limit.TotalSeconds * Stopwatch.Frequency), 0);
             long left = Volatile.Read(ref _deadline) - Stopwatch.GetTimestamp();
             // Task.Wait ends early on a fault too; its exception is read below. (The timeout is at most MaxTimeout.)
-            if (left <= 0 || !((IAsyncResult)Allowed).AsyncWaitHandle.WaitOne(TimeSpan.FromSeconds((double)left / Stopwatch.Frequency)))
+            if (left <= 0 || !((IAsyncResult)_bits).AsyncWaitHandle.WaitOne(TimeSpan.FromSeconds((double)left / Stopwatch.Frequency)))
                 Volatile.Write(ref _late, true);
         }
         if (TimedOut) return null;
         try
         {
-            return Allowed.GetAwaiter().GetResult();
+            return _bits.GetAwaiter().GetResult();
         }
         catch (Exception)
         {
@@ -321,19 +387,23 @@ public sealed class LogitMask
     /// </summary>
     public void ThrowIfFailed()
     {
-        Wait();
+        WaitBits();
         if (TimedOut)
             throw new TimeoutException($"the request's logits constraint did not give its mask within {Timeout?.TotalSeconds:0.###} s (ServingOptions.ConstraintTimeout): the request fails, the others go on.");
-        Allowed.GetAwaiter().GetResult();
+        _bits.GetAwaiter().GetResult();
     }
 
     /// <summary>
     /// Starts <paramref name="constraint"/>'s mask for its next token on the thread pool: its Apply on a row of zeros;
-    /// the tokens it sets to -inf are the masked ones (its contract: it only masks). Null flags when nothing is masked.
+    /// the tokens it sets to -inf are the masked ones (its contract: it only masks). Null bits when nothing is masked.
+    /// The bits go into <c>words</c> when given (else new words): the caller's to own, so nothing may still read a mask
+    /// made in them before, nor write them, until this mask is no longer read.
     /// </summary>
-    public static LogitMask Of(ILogitsConstraint constraint, int vocab, TimeSpan? timeout = null)
+    public static LogitMask Of(ILogitsConstraint constraint, int vocab, TimeSpan? timeout = null, uint[]? words = null)
     {
         ArgumentNullException.ThrowIfNull(constraint);
+        if (words is not null && words.Length < SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(vocab))
+            throw new ArgumentException($"a mask of {vocab} tokens needs {SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(vocab)} words; got {words.Length}.", nameof(words));
         return new LogitMask(Task.Run(() =>
         {
             var floats = ArrayPool<float>.Shared;
@@ -343,19 +413,40 @@ public sealed class LogitMask
                 var row = probe.AsSpan(0, vocab);
                 row.Clear();
                 constraint.Apply(row);
-                bool[]? allowed = null;
-                for (int i = 0; i < vocab; i++)
-                {
-                    if (row[i] != float.NegativeInfinity) continue;
-                    allowed ??= Enumerable.Repeat(true, vocab).ToArray();
-                    allowed[i] = false;
-                }
-                return allowed;
+                var bits = words ?? new uint[SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(vocab)];
+                return PackAllowed(row, bits) ? new AllowedBits(bits, vocab) : null;
             }
             finally
             {
                 floats.Return(probe);
             }
         }), timeout);
+    }
+
+    /// <summary>
+    /// Sets bit i of <paramref name="words"/> where row[i] is not -inf (NaN counts as allowed, as `!=` reads it), bits
+    /// past the row clear; true when some token is masked.
+    /// </summary>
+    internal static bool PackAllowed(ReadOnlySpan<float> row, Span<uint> words)
+    {
+        bool masked = false;
+        var ninf = Vector256.Create(float.NegativeInfinity);
+        for (int w = 0; w < SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(row.Length); w++)
+        {
+            var block = row.Slice(32 * w, Math.Min(32, row.Length - 32 * w));
+            uint bits = 0;
+            if (block.Length == 32 && Vector256.IsHardwareAccelerated)
+            {
+                for (int q = 0; q < 4; q++)
+                    bits |= Vector256.Equals(Vector256.Create(block.Slice(8 * q, 8)), ninf).ExtractMostSignificantBits() << (8 * q);
+                bits = ~bits;
+            }
+            else
+                for (int i = 0; i < block.Length; i++)
+                    if (block[i] != float.NegativeInfinity) bits |= 1u << i;
+            words[w] = bits;
+            masked |= bits != (block.Length == 32 ? uint.MaxValue : (1u << block.Length) - 1);
+        }
+        return masked;
     }
 }

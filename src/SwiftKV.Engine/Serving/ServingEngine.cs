@@ -41,6 +41,9 @@ public sealed class ServingEngine : IDisposable
         public IReadOnlySet<int> Stops { get; } = stops;
         public long SubmittedAt { get; } = Stopwatch.GetTimestamp();
         public long FirstTokenAt { get; set; }
+        /// <summary>This request's last mask and the words it was made in, reused by its next (StartMasks).</summary>
+        public LogitMask? LastMask { get; set; }
+        public uint[]? MaskWords { get; set; }
         CancellationTokenRegistration _registration;
         bool _released;
 
@@ -319,9 +322,11 @@ public sealed class ServingEngine : IDisposable
         finally
         {
             // Every mask is done before its constraint is used again; a failure surfaces at its own row below. A mask
-            // still running at its deadline fails its request there, and its constraint is never used again.
+            // still running at its deadline fails its request there, and its constraint is never used again. Only the
+            // completion is wanted here: WaitBits hands back the task's bits as they are (a flags copy of each, on this
+            // thread, made the step 20-25% slower: docs/BENCHMARKS.md).
             if (masks is not null)
-                foreach (var m in masks) m?.Wait();
+                foreach (var m in masks) m?.WaitBits();
         }
         long t2 = Stopwatch.GetTimestamp();
         _scheduler.Complete(step);   // skips the sequences that failed above (they left the scheduler)
@@ -450,7 +455,13 @@ public sealed class ServingEngine : IDisposable
             var e = live[chunks[i].Sequence];
             if (!chunks[i].NeedsLogits || e.Constraint is not { } constraint || e.Request.IsCancellationRequested) continue;
             masks ??= new LogitMask?[chunks.Count];
-            masks[i] = LogitMask.Of(constraint, _model.Config.VocabSize, Options.ConstraintTimeout);
+            // A request's masks reuse its own words (16 KB at Llama 3's vocabulary, 32 rows a step), never another
+            // request's. Its last mask was read only in its own step, which has ended; if that mask is still running
+            // (late: its request failed) it keeps its words and this one gets new ones.
+            int vocab = _model.Config.VocabSize;
+            if (e.MaskWords is null || e.LastMask is { IsCompleted: false })
+                e.MaskWords = new uint[SwiftKV.Cuda.Kernels.SamplingKernel.MaskWords(vocab)];
+            masks[i] = e.LastMask = LogitMask.Of(constraint, vocab, Options.ConstraintTimeout, e.MaskWords);
         }
         return masks;
     }

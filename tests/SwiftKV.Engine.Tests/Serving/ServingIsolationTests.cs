@@ -114,7 +114,7 @@ public sealed class ServingIsolationTests
         Assert.Throws<ArgumentOutOfRangeException>(() => new ServingEngine(backend, new ServingOptions { ConstraintTimeout = TimeSpan.MaxValue }));
         Assert.Throws<ArgumentOutOfRangeException>(() => new LogitMask(Task.FromResult<bool[]?>(null), TimeSpan.FromDays(30)));
         var slow = new LogitMask(Task.Run(async () => { await Task.Delay(200, Ct); return (bool[]?)[true, false]; }, Ct), LogitMask.MaxTimeout);
-        Assert.Equal(new[] { true, false }, slow.Wait()!);
+        Assert.Equal(new[] { true, false }, slow.WaitBits()!.ToFlags());
         Assert.False(slow.TimedOut);
     }
 
@@ -210,6 +210,46 @@ public sealed class ServingIsolationTests
         Assert.True(backend.MaskedCallFailed, "the injected failure did not hit a step with a masked row");
         Assert.True(backend.SampledCalls > 8, "the sampled steps did not pick on the backend");
         Assert.True(backend.BiasedRows > 8, "the penalised request's penalties did not reach the backend's picks");
+    }
+
+    /// <summary>
+    /// A mask that changes at every token: at its n-th token, token t is allowed when (t + salt + n) % 5 == 0. Accept
+    /// checks the token against that mask, so a pick made under a stale mask or another request's fails the request.
+    /// </summary>
+    sealed class Rotating(int salt) : ILogitsConstraint
+    {
+        int _n;
+        public void Apply(Span<float> logits)
+        {
+            for (int t = 0; t < logits.Length; t++)
+                if ((t + salt + _n) % 5 != 0) logits[t] = float.NegativeInfinity;
+        }
+        public void Accept(int tokenId)
+        {
+            Assert.Equal(0, (tokenId + salt + _n) % 5);
+            _n++;
+        }
+    }
+
+    /// <summary>
+    /// Requests whose masks change at every token and differ from one another's, several a step, picked on the backend
+    /// and on the host: each request's tokens are its solo run's, each allowed by its own mask of that step (the engine
+    /// reuses a request's mask words from step to step; a stale mask or another request's would show here).
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task ChangingMasks_EachRequestPicksUnderItsOwnMaskOfThatStep(bool onHost)
+    {
+        using var cpu = ServingEngineTests.Backend("llama");
+        IModelBackend backend = onHost ? new FailingBackend(cpu) : cpu;
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 200 });
+        int vocab = cpu.Config.VocabSize;
+        var prompts = Enumerable.Range(0, 6).Select(i => TestModels.RandomTokens(4 + i, vocab, 300 + (ulong)i)).ToArray();
+        SamplingParams Params(int i) => i % 2 == 0 ? SamplingParams.Greedy : new SamplingParams { Temperature = 0.9f, TopK = 40, Seed = 500 + (ulong)i };
+        var got = await Outcomes(prompts.Select((p, i) => engine.Submit(p, Params(i), 20, ct: Ct, constraint: new Rotating(i))).ToArray());
+        for (int i = 0; i < prompts.Length; i++)
+            Assert.Equal(string.Join(",", ServingEngineTests.Solo(cpu, prompts[i], Params(i), 20, new HashSet<int>(), new Rotating(i))), got[i]);
     }
 
     /// <summary>A constraint that signals each Apply, masking odd ids like EvenTokensOnly.</summary>
