@@ -93,7 +93,7 @@ def main():
             step_loss = batch_loss(cfg, t, batch)
             step_loss.backward()
             opt.step()
-            losses.append(float(step_loss))
+            losses.append(step_loss.item())
         after = torch.cat([t[n].detach().reshape(-1) for n in names])
         grads.numpy().astype("<f4").tofile(os.path.join(staging, name + ".grads.f32"))
         after.numpy().astype("<f4").tofile(os.path.join(staging, name + ".after.f32"))

@@ -54,7 +54,9 @@ public sealed class DistillationParityTests
             AssertTensors(FixtureFiles.ReadFloats(Path.Combine(FixtureDir, name + ".grads.f32")), grads, 1e-4, "gradient");
 
             for (int s = 1; s < steps; s++) Distiller.TrainStep(model, adam, grads, batch, lr, TestContext.Current.CancellationToken);
-            AssertTensors(FixtureFiles.ReadFloats(Path.Combine(FixtureDir, name + ".after.f32")), model.Parameters, 1e-4, $"after {steps} Adam steps");
+            // Looser than the gradients': Adam divides by sqrt(v), so a tensor whose gradient is nearly zero (a key bias,
+            // which softmax nearly ignores) moves by fp32's rounding of that gradient scaled up (measured 2.3e-4).
+            AssertTensors(FixtureFiles.ReadFloats(Path.Combine(FixtureDir, name + ".after.f32")), model.Parameters, 1e-3, $"after {steps} Adam steps");
         }
         finally
         {
