@@ -111,6 +111,8 @@ public sealed class LocalModel : IDisposable
                 reason = $"Auto: CPU (CUDA found but the model did not start there: {e.Message})";
             }
         }
+        // The headers first (no weights read): a config that disagrees with its weights is that problem, not a memory one.
+        LlamaCheckpointLoader.Verify(path, swift);
         RefuseCpuWeightsPastMemory(path, config, swift, reason);
         return (new CpuBackend(LlamaCheckpointLoader.Load(path, swift)), reason);
     }

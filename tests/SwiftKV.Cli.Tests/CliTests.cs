@@ -207,22 +207,55 @@ public sealed class CliTests : IDisposable
 
     /// <summary>
     /// A model whose fp32 weights exceed the machine's memory used to be killed by the kernel part-way through the
-    /// load, with nothing printed. A config of 70B's layer shape with 1,000 layers (~3.4 TB in fp32, more than any
-    /// machine this runs on) and no weights at all is refused before any read.
+    /// load, with nothing printed. A checkpoint of 70B's layer shape with 200 layers (~700 GB in fp32, more than any
+    /// machine this runs on), its weights a sparse file of consistent headers, is refused before any weight is read.
+    /// A config that disagrees with its weights is named as such, not as a memory problem.
     /// </summary>
     [Fact]
     public void Generate_ModelPastTheMachinesMemoryOnTheCpu_IsRefusedBeforeLoading()
     {
         string dir = Path.Combine(_root, "seventy");
         Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "config.json"), (SwiftKV.Model.Checkpoint.ModelPresets.Get("llama-3.1-70b") with { NumHiddenLayers = 1000 }).ToJson());
+        var config = SwiftKV.Model.Checkpoint.ModelPresets.Get("llama-3.1-70b") with { NumHiddenLayers = 200 };
+        File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJson());
         SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
+        WriteSparseCheckpoint(Path.Combine(dir, "model.safetensors"), config);
 
         var r = Run("generate", "--model", dir, "--backend", "cpu", "--prompt", "hi", "--max-tokens", "1");
         Assert.Equal(2, r.Code);
         Assert.Contains("holds the weights in fp32", r.Err);
         Assert.Contains("(Backend choice: CPU requested)", r.Err);   // with Auto, why the GPU was not used
         Assert.Single(r.Err.TrimEnd().Split('\n'));
+
+        // The same weights under a config with another hidden size: the mismatch speaks, not the memory check.
+        File.WriteAllText(Path.Combine(dir, "config.json"), (config with { IntermediateSize = 2 * config.IntermediateSize }).ToJson());
+        r = Run("generate", "--model", dir, "--backend", "cpu", "--prompt", "hi", "--max-tokens", "1");
+        Assert.Equal(2, r.Code);
+        Assert.Contains("gate_proj", r.Err);
+        Assert.DoesNotContain("holds the weights in fp32", r.Err);
+    }
+
+    /// <summary>A safetensors file whose header lists every tensor of <paramref name="config"/> in bf16, its data a hole.</summary>
+    static void WriteSparseCheckpoint(string path, LlamaConfig config)
+    {
+        var header = new System.Text.Json.Nodes.JsonObject { ["__metadata__"] = new System.Text.Json.Nodes.JsonObject { ["format"] = "pt" } };
+        long offset = 0;
+        foreach (var spec in SwiftKV.Model.Checkpoint.LlamaTensorNames.ForModel(config, swiftKvEnabled: false))
+        {
+            long bytes = spec.ElementCount * 2;
+            header[spec.Name] = new System.Text.Json.Nodes.JsonObject
+            {
+                ["dtype"] = "BF16",
+                ["shape"] = new System.Text.Json.Nodes.JsonArray(spec.Shape.Select(d => (System.Text.Json.Nodes.JsonNode?)d).ToArray()),
+                ["data_offsets"] = new System.Text.Json.Nodes.JsonArray(offset, offset + bytes),
+            };
+            offset += bytes;
+        }
+        byte[] json = System.Text.Encoding.UTF8.GetBytes(header.ToJsonString());
+        using var f = File.Create(path);
+        f.Write(BitConverter.GetBytes((long)json.Length));
+        f.Write(json);
+        f.SetLength(8 + json.Length + offset);
     }
 
     /// <summary>

@@ -292,6 +292,30 @@ public class JsonSchemaConstraintTests
     }
 
     /// <summary>
+    /// Tool arguments are closed where the schema lists properties and is silent on others (AIFunctionFactory's
+    /// schemas, nested parameter types included): an extra argument is refused. An object without listed properties,
+    /// an explicit additionalProperties, patternProperties, and a response format's schema keep their documents open.
+    /// </summary>
+    [Theory]
+    [InlineData("""{"city":"Oslo"}""", true)]
+    [InlineData("""{"city":"Oslo","junk":1}""", false)]
+    [InlineData("""{"city":"Oslo","when":{"day":3}}""", true)]
+    [InlineData("""{"city":"Oslo","when":{"day":3,"hour":4}}""", false)]
+    [InlineData("""{"city":"Oslo","tags":{"any":1,"thing":2}}""", true)]
+    [InlineData("""{"city":"Oslo","extra":{"x":1}}""", false)]
+    public void ToolCallGrammar_ClosesArgumentObjectsThatListTheirProperties(string arguments, bool accepted)
+    {
+        const string schema = """{"type":"object","properties":{"city":{"type":"string"},"when":{"type":"object","properties":{"day":{"type":"integer"}}},"tags":{"type":"object"}},"required":["city"]}""";
+        var machine = new JsonSchemaMachine(JsonSchemaGrammar.ToolCall([("f", Parse(schema))]));
+        Assert.Equal(accepted, MachineAccepts(machine, $$"""{"name":"f","parameters":{{arguments}}}"""));
+        // The same schema as an answer, or with additionalProperties written out, stays as JSON Schema reads it.
+        var answer = new JsonSchemaMachine(JsonSchemaGrammar.ToolCall([], Parse(schema)));
+        Assert.Equal(ValidatorAccepts(schema, arguments), MachineAccepts(answer, arguments));
+        const string open = """{"type":"object","properties":{"city":{"type":"string"}},"additionalProperties":true}""";
+        Assert.True(MachineAccepts(new JsonSchemaMachine(JsonSchemaGrammar.ToolCall([("f", Parse(open))])), """{"name":"f","parameters":{"city":"x","junk":1}}"""));
+    }
+
+    /// <summary>
     /// A tool call's grammar gives a call to a declared tool whose arguments the validator accepts under that tool's
     /// schema (with its own $defs), or, with an answer schema beside the tools, an answer of that schema.
     /// </summary>

@@ -100,6 +100,7 @@ public sealed class JsonSchemaGrammar
     readonly Dictionary<string, int> _byPointer = new(StringComparer.Ordinal);
     JsonElement _root;      // the schema being compiled, which its "#..." pointers resolve against
     string _scope = "";     // keeps the pointers of one schema apart from another's in _byPointer
+    bool _closeListedObjects;   // while compiling a tool's parameters (ToolCall)
     int _schemas;
 
     /// <summary>The compiled nodes; <see cref="Root"/> is where a document starts.</summary>
@@ -122,7 +123,8 @@ public sealed class JsonSchemaGrammar
 
     /// <summary>
     /// The grammar of a Llama 3.1 JSON tool call, <c>{"name": "f", "parameters": {...}}</c>, to one of
-    /// <paramref name="tools"/> with arguments of that tool's parameter schema (any object where it has none), or,
+    /// <paramref name="tools"/> with arguments of that tool's parameter schema (any object where it has none; objects
+    /// that list properties without saying whether others are allowed take no others), or,
     /// when <paramref name="answer"/> is given, of an answer instead of a call.
     /// </summary>
     /// <param name="tools">Each tool's name and parameter schema.</param>
@@ -136,7 +138,12 @@ public sealed class JsonSchemaGrammar
         var anyObject = grammar.Add(new JsonSchemaNode { Kinds = JsonKinds.Object });
         foreach (var (name, parameters) in tools)
         {
+            // NOTE: arguments are held closed, as OpenAI's strict function calling holds them: an object that lists its
+            // properties and says nothing of others takes no other key, since an extra argument has no parameter to
+            // bind to (AIFunctionFactory's schemas never say). A response format's schema keeps JSON Schema's default.
+            grammar._closeListedObjects = true;
             int arguments = parameters is { } p ? grammar.Schema(p, $"the parameters of tool '{name}'") : anyObject;
+            grammar._closeListedObjects = false;
             using var nameDoc = JsonDocument.Parse(JsonSerializer.Serialize(name));
             var nameNode = grammar.Add(new JsonSchemaNode { Kinds = JsonKinds.String, Literals = [CompactText(nameDoc.RootElement)] });
             alternatives.Add(grammar.Add(new JsonSchemaNode
@@ -288,6 +295,9 @@ public sealed class JsonSchemaGrammar
         }
         if (node.Properties.Length > MaxProperties)
             throw new ArgumentException($"The JSON schema at {pointer} lists more than {MaxProperties} properties; decoding enforces at most {MaxProperties} per object.");
+        if (_closeListedObjects && node.Properties.Length > 0 && node.Additional == Any
+            && !schema.TryGetProperty("additionalProperties", out _) && !schema.TryGetProperty("patternProperties", out _))
+            node.Additional = -1;
 
         JsonElement? rest = null;
         string restPointer = $"{pointer}/items";
