@@ -13,6 +13,13 @@ internal static class DistillCommand
         "              data: one JSON object per line, {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} (the loss covers\n" +
         "              assistant replies) or {\"text\": ...} (every token); CPU, fp32: for small models and checking";
 
+    static readonly (string Setting, string Option)[] s_options =
+    [
+        (nameof(DistillationOptions.Epochs), "--epochs"), (nameof(DistillationOptions.BatchSize), "--batch-size"),
+        (nameof(DistillationOptions.LearningRate), "--lr"), (nameof(DistillationOptions.WarmupFraction), "--warmup"),
+        (nameof(DistillationOptions.Temperature), "--temperature"), (nameof(DistillationOptions.MaxSequenceTokens), "--max-seq"),
+    ];
+
     public static int Run(CliArgs a)
     {
         string model = a.Required("model"), data = a.Required("data"), outDir = a.Required("out");
@@ -31,18 +38,11 @@ internal static class DistillCommand
         bool force = a.Flag("force");
         a.RejectUnknown();
         try { options.Validate(); }
-        catch (ArgumentOutOfRangeException e)
+        catch (ArgumentException e)
         {
-            string option = e.ParamName switch
-            {
-                nameof(DistillationOptions.Epochs) => "--epochs",
-                nameof(DistillationOptions.BatchSize) => "--batch-size",
-                nameof(DistillationOptions.LearningRate) => "--lr",
-                nameof(DistillationOptions.WarmupFraction) => "--warmup",
-                nameof(DistillationOptions.Temperature) => "--temperature",
-                _ => "--max-seq",
-            };
-            throw new UsageException($"{option} {e.ActualValue}: {e.Message[(e.Message.IndexOf(" must ", StringComparison.Ordinal) + 1)..].Split(" (Parameter")[0]}");
+            string message = e.Message;
+            foreach (var (setting, option) in s_options) message = message.Replace($"DistillationOptions.{setting}", option, StringComparison.Ordinal);
+            throw new UsageException(message);
         }
         CliArgs.CheckModelDirectory(model);
         if (ModelCommands.SameDirectory(model, outDir))

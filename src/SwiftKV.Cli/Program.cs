@@ -51,7 +51,7 @@ internal static class CliApp
             return command.Run(new CliArgs(args.Skip(1)));
         }
         catch (Exception e) when (e is UsageException or InvalidModelException or ArgumentException or IOException or UnauthorizedAccessException
-                                       or NotSupportedException or InvalidDataException or SwiftKV.Engine.Sampling.NoFiniteLogitsException)
+                                       or NotSupportedException or InvalidDataException or NotFiniteNumberException or SwiftKV.Engine.Sampling.NoFiniteLogitsException)
         {
             // IOException covers missing files and directories, and an --out path that is an existing file.
             Console.Error.WriteLine($"swiftkv {args[0]}: {SwiftKV.Model.ErrorText.ForConsole(e)}");

@@ -661,10 +661,16 @@ public sealed class CliTests : IDisposable
 
         Assert.Contains("already holds a checkpoint", Run("distill", "--model", swift, "--data", data, "--out", output).Err);
         Assert.Contains("swiftkv transform", Run("distill", "--model", llama, "--data", data, "--out", Path.Combine(_root, "x1")).Err);
-        Assert.Contains("--lr 0: must be a positive number", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x2"), "--lr", "0").Err);
-        Assert.Contains("--batch-size 0", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x3"), "--batch-size", "0").Err);
+        Assert.Contains("--lr must be a positive number (got 0)", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x2"), "--lr", "0").Err);
+        Assert.Contains("--batch-size must be >= 1 (got 0)", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x3"), "--batch-size", "0").Err);
         Assert.Contains("no distillation data", Run("distill", "--model", swift, "--data", data + ".missing", "--out", Path.Combine(_root, "x4")).Err);
         Assert.Contains("must be outside", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(swift, "sub")).Err);
+        // A learning rate that blows the weights up stops with one line naming the tensor, and writes nothing.
+        var blown = Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x5"), "--lr", "1e30", "--batch-size", "1");
+        Assert.Equal(2, blown.Code);
+        Assert.Contains("is not finite", blown.Err);
+        Assert.Single(blown.Err.TrimEnd().Split('\n'));
+        Assert.False(File.Exists(Path.Combine(_root, "x5", "model.safetensors")));
     }
 
     public void Dispose()

@@ -42,6 +42,20 @@ public sealed class TransformInvariantTests : IDisposable
     }
 
     [Fact]
+    public void Transform_WritesTheDtypeTheTensorsAreStoredIn_NotConfigs()
+    {
+        // fp32 weights under a config that says bfloat16 (or says nothing, which reads as bfloat16) stay fp32.
+        string baseDir = MakeBase(bias: false), swiftDir = Path.Combine(_root, "skv-dtype");
+        string configPath = Path.Combine(baseDir, "config.json");
+        File.WriteAllText(configPath, File.ReadAllText(configPath).Replace("\"float32\"", "\"bfloat16\"", StringComparison.Ordinal));
+        SwiftKvConverter.Convert(baseDir, swiftDir, 2, 1);
+        using var checkpoint = SafetensorsCheckpoint.Open(swiftDir);
+        Assert.True(checkpoint.TryGet(LlamaTensorNames.EmbedTokens, out var info, out _));
+        Assert.Equal(TensorDtype.F32, info.Dtype);
+        Assert.Equal(Logits(baseDir, false), Logits(swiftDir, false));
+    }
+
+    [Fact]
     public void Transformed_LastLayerOnly_WithSwiftKvOn_EqualsBase()
     {
         string baseDir = MakeBase(bias: true), swiftDir = Path.Combine(_root, "skv-last");

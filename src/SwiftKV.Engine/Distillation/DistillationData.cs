@@ -18,6 +18,7 @@ public sealed record DistillationSequence(int[] Tokens, bool[] LossMask)
 /// <summary>What <see cref="DistillationData.Read"/> found.</summary>
 public sealed record DistillationDataSet(IReadOnlyList<DistillationSequence> Sequences, int Truncated, int SkippedWithoutLoss)
 {
+    public int LongestSequence => Sequences.Max(s => s.Tokens.Length);
     public long Tokens => Sequences.Sum(s => (long)s.Tokens.Length);
     public long LossPositions => Sequences.Sum(s => (long)s.LossPositions);
 }
@@ -27,9 +28,10 @@ public static class DistillationData
 {
     /// <summary>
     /// Reads <paramref name="path"/>. Sequences longer than <paramref name="maxTokens"/> keep their first tokens; a
-    /// sequence left with no scored position (no assistant reply inside the limit) is skipped and counted.
+    /// sequence left with no scored position (no assistant reply inside the limit) is skipped and counted. A token id
+    /// at or past <paramref name="vocabSize"/> (a tokenizer larger than the model) is an error naming the line.
     /// </summary>
-    public static DistillationDataSet Read(string path, LlamaTokenizer tokenizer, int maxTokens)
+    public static DistillationDataSet Read(string path, LlamaTokenizer tokenizer, int maxTokens, int vocabSize = int.MaxValue)
     {
         ArgumentNullException.ThrowIfNull(tokenizer);
         if (maxTokens < 2) throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens, "a sequence needs at least 2 tokens (one position predicting the next).");
@@ -42,6 +44,9 @@ public static class DistillationData
             number++;
             if (string.IsNullOrWhiteSpace(line)) continue;
             var (tokens, mask) = Parse(line, tokenizer, $"{path}:{number}");
+            int outside = tokens.FindIndex(id => id >= vocabSize);
+            if (outside >= 0)
+                throw new InvalidDataException($"{path}:{number}: token {tokens[outside]} is outside the model's vocabulary (vocab_size {vocabSize}): the tokenizer does not belong to this checkpoint.");
             if (tokens.Count > maxTokens)
             {
                 truncated++;

@@ -15,17 +15,6 @@ using SwiftKV.Model;
 
 namespace SwiftKV.Engine.Distillation;
 
-/// <summary>What one sequence (or a sum of them) scored: the loss and how often the student's top token is the teacher's.</summary>
-public readonly record struct DistillationScore(double LossSum, int Positions, int Top1Agreements)
-{
-    /// <summary>T²·KL per selected position.</summary>
-    public double Loss => Positions == 0 ? 0 : LossSum / Positions;
-    /// <summary>The share of selected positions where the student's and the teacher's argmax agree.</summary>
-    public double Top1Agreement => Positions == 0 ? 0 : (double)Top1Agreements / Positions;
-    public static DistillationScore operator +(DistillationScore a, DistillationScore b) =>
-        new(a.LossSum + b.LossSum, a.Positions + b.Positions, a.Top1Agreements + b.Top1Agreements);
-}
-
 /// <summary>The distillation forward and backward of a teacher (SwiftKV off) and its student (SwiftKV on).</summary>
 public sealed class DistillationModel
 {
@@ -93,7 +82,7 @@ public sealed class DistillationModel
         for (int j = l; j < layers; j++)
             FullLayer(xTeacher, rows, _teacher.Layers[j], _teacher.Layers[j].QProj!, _teacher.Layers[j].QBias);
 
-        var student = StudentForward(xl, rows);
+        var student = StudentForward(xl, rows, keepActivations: gradients is not null);
         var dx = new float[rows * hidden];
         var score = Loss(xTeacher, student.Output, rows, lossMask, gradients is null ? null : dx, gradientScale);
         if (gradients is not null && score.Positions > 0)
@@ -113,7 +102,7 @@ public sealed class DistillationModel
         Rope(k, rows, _cfg.NumKeyValueHeads);
         var q = Query(h, rows, qW, qB);
         var attn = Attend(q, rows, k, v);
-        Mlp(x, rows, layer, attn, saved: null);
+        OutputAndMlp(x, rows, layer, attn, saved: null);
     }
 
     sealed class LayerActivations
@@ -123,7 +112,7 @@ public sealed class DistillationModel
 
     sealed record StudentActivations(float[] S, Dictionary<int, (float[] K, float[] V)> Caches, LayerActivations[] Layers, float[] Output);
 
-    StudentActivations StudentForward(float[] xl, int rows)
+    StudentActivations StudentForward(float[] xl, int rows, bool keepActivations)
     {
         int hidden = _cfg.HiddenSize, kvDim = _cfg.KeyValueDim, l = _cfg.NumKeyValueLayers, layers = _cfg.NumHiddenLayers;
         var s = Norm(xl, rows, _student.NormSwiftKv!);
@@ -144,14 +133,14 @@ public sealed class DistillationModel
         for (int j = l; j < layers; j++)
         {
             var layer = _student.Layers[j];
-            var input = (float[])x.Clone();
+            var input = keepActivations ? (float[])x.Clone() : [];
             var h1 = Norm(x, rows, layer.InputLayernorm);
             var q = Query(h1, rows, layer.QProjSwiftKv!, layer.QBiasSwiftKv);
             var (k, v) = caches[Leader(j)];
             var attn = Attend(q, rows, k, v);
-            var a = new LayerActivations { Input = input, H1 = h1, Q = q, Attn = attn, Mid = [], Gate = [], Up = [] };
-            Mlp(x, rows, layer, attn, a);
-            saved[j] = a;
+            var a = keepActivations ? new LayerActivations { Input = input, H1 = h1, Q = q, Attn = attn, Mid = [], Gate = [], Up = [] } : null;
+            OutputAndMlp(x, rows, layer, attn, a);
+            if (a is not null) saved[j] = a;
         }
         return new StudentActivations(s, caches, saved, x);
     }
@@ -258,8 +247,7 @@ public sealed class DistillationModel
             TrainingKernels.LinearInputGrad(dK, rows, kvDim, layer.KProjSwiftKv!, hidden, ds);
             TrainingKernels.LinearInputGrad(dV, rows, kvDim, layer.VProjSwiftKv!, hidden, ds);
         }
-        var unused = new float[rows * hidden];
-        TrainingKernels.RmsNormBackward(xl, rows, hidden, _student.NormSwiftKv!, _eps, ds, unused, g.NormSwiftKv);
+        TrainingKernels.RmsNormBackward(xl, rows, hidden, _student.NormSwiftKv!, _eps, ds, dx: null, g.NormSwiftKv);
     }
 
     float[] Norm(float[] x, int rows, float[] weight)
@@ -299,7 +287,7 @@ public sealed class DistillationModel
     }
 
     /// <summary>o_proj, residual, post_attention_layernorm, SwiGLU MLP, residual, in place on x; keeps what a backward pass reads.</summary>
-    void Mlp(float[] x, int rows, LlamaLayerWeights layer, float[] attn, LayerActivations? saved)
+    void OutputAndMlp(float[] x, int rows, LlamaLayerWeights layer, float[] attn, LayerActivations? saved)
     {
         int hidden = _cfg.HiddenSize, inter = _cfg.IntermediateSize;
         var o = new float[rows * hidden];

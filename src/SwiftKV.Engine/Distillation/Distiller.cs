@@ -12,55 +12,6 @@ using SwiftKV.Model.Tokenization;
 
 namespace SwiftKV.Engine.Distillation;
 
-/// <summary>Training settings; defaults are the paper's (SWIFTKV.md, "Distillation") where it gives one.</summary>
-public sealed record DistillationOptions
-{
-    /// <summary>Passes over the data (the paper: 1).</summary>
-    public int Epochs { get; init; } = 1;
-    /// <summary>Sequences whose gradients are summed into one optimizer step.</summary>
-    public int BatchSize { get; init; } = 8;
-    /// <summary>Peak learning rate (the paper: 2e-4), reached after the warm-up and then decayed to 0 on a cosine.</summary>
-    public double LearningRate { get; init; } = 2e-4;
-    /// <summary>The share of steps spent warming the learning rate up linearly from 0 (the paper: 5%).</summary>
-    public double WarmupFraction { get; init; } = 0.05;
-    /// <summary>T of T²·KL (the paper: 2).</summary>
-    public float Temperature { get; init; } = 2f;
-    /// <summary>Sequences longer than this keep their first tokens (the paper: 8192).</summary>
-    public int MaxSequenceTokens { get; init; } = 8192;
-    /// <summary>Seeds the order of the sequences in each epoch.</summary>
-    public int Seed { get; init; }
-
-    public void Validate()
-    {
-        if (Epochs < 1) throw new ArgumentOutOfRangeException(nameof(Epochs), Epochs, "DistillationOptions.Epochs must be >= 1.");
-        if (BatchSize < 1) throw new ArgumentOutOfRangeException(nameof(BatchSize), BatchSize, "DistillationOptions.BatchSize must be >= 1.");
-        if (!(LearningRate > 0) || !double.IsFinite(LearningRate))
-            throw new ArgumentOutOfRangeException(nameof(LearningRate), LearningRate, "DistillationOptions.LearningRate must be a positive number.");
-        if (!(WarmupFraction >= 0 && WarmupFraction < 1))
-            throw new ArgumentOutOfRangeException(nameof(WarmupFraction), WarmupFraction, "DistillationOptions.WarmupFraction must be in [0, 1).");
-        if (!(Temperature > 0) || !float.IsFinite(Temperature))
-            throw new ArgumentOutOfRangeException(nameof(Temperature), Temperature, "DistillationOptions.Temperature must be a positive number.");
-        if (MaxSequenceTokens < 2)
-            throw new ArgumentOutOfRangeException(nameof(MaxSequenceTokens), MaxSequenceTokens, "DistillationOptions.MaxSequenceTokens must be >= 2.");
-    }
-
-    /// <summary>The learning rate of step <paramref name="step"/> (0-based) of <paramref name="totalSteps"/>.</summary>
-    public double LearningRateAt(int step, int totalSteps)
-    {
-        int warmup = (int)Math.Ceiling(WarmupFraction * totalSteps);
-        if (step < warmup) return LearningRate * (step + 1) / warmup;
-        int decay = totalSteps - warmup;
-        if (decay <= 1) return LearningRate;
-        double progress = (double)(step - warmup) / (decay - 1);
-        return LearningRate * 0.5 * (1 + Math.Cos(Math.PI * progress));
-    }
-}
-
-/// <summary>What a distillation run did, with the student scored against the teacher before and after.</summary>
-public sealed record DistillationReport(
-    DistillationScore Before, DistillationScore After, int Steps, int Sequences, long Tokens, int Truncated, int Skipped,
-    TimeSpan Elapsed, string ScoredOn);
-
 /// <summary>Loads a SwiftKV checkpoint as teacher and student, trains the SwiftKV tensors, writes the result.</summary>
 public static class Distiller
 {
@@ -81,8 +32,9 @@ public static class Distiller
             throw new InvalidModelException($"{modelDirectory} is a plain Llama checkpoint; make its SwiftKV student first (swiftkv transform --model {modelDirectory} --out DIR --swiftkv-layers L), then distil that.");
         var tokenizer = LlamaTokenizer.Load(modelDirectory);
         int maxTokens = Math.Min(options.MaxSequenceTokens, config.MaxPositionEmbeddings);
-        var train = DistillationData.Read(dataPath, tokenizer, maxTokens);
-        var eval = evalPath is null ? train : DistillationData.Read(evalPath, tokenizer, maxTokens);
+        var train = DistillationData.Read(dataPath, tokenizer, maxTokens, config.VocabSize);
+        var eval = evalPath is null ? train : DistillationData.Read(evalPath, tokenizer, maxTokens, config.VocabSize);
+        RefusePastMemory(modelDirectory, config, Math.Max(train.LongestSequence, eval.LongestSequence));
 
         using var checkpoint = SafetensorsCheckpoint.Open(modelDirectory);
         var (teacher, student) = LoadTeacherAndStudent(modelDirectory, config, checkpoint);
@@ -136,7 +88,8 @@ public static class Distiller
         }
         foreach (var (name, g) in gradients.Named())
             if (g.Any(v => !float.IsFinite(v)))
-                throw new InvalidOperationException($"the gradient of {name} is not finite (loss {total.Loss}): lower the learning rate, or check the checkpoint for NaN/Inf weights.");
+                throw new NotFiniteNumberException($"the gradient of {name} is not finite (batch loss {total.Loss}), so training stops and nothing is written: " +
+                    "lower the learning rate, or check the checkpoint for NaN/Inf weights (swiftkv logits reports them).");
         adam.Step(gradients, learningRate);
         return total;
     }
@@ -158,15 +111,39 @@ public static class Distiller
     /// </summary>
     public static (LlamaWeights Teacher, LlamaWeights Student) LoadTeacherAndStudent(string directory, LlamaConfig config, SafetensorsCheckpoint checkpoint)
     {
-        LlamaCheckpointLoader.Verify(directory, swiftKv: false);
         LlamaCheckpointLoader.Verify(directory, swiftKv: true);
+        try { LlamaCheckpointLoader.Verify(directory, swiftKv: false); }
+        catch (InvalidModelException e)
+        {
+            throw new InvalidModelException($"{directory} cannot be distilled: the teacher is this checkpoint with SwiftKV off, which needs the " +
+                $"original q/k/v_proj of every layer (transform keeps them, as the published SwiftKV checkpoints do). {e.Message}");
+        }
         var names = LlamaTensorNames.ForModel(config, false).Concat(LlamaTensorNames.ForModel(config, true)).Select(s => s.Name).Distinct().ToList();
-        long bytes = names.Sum(n => LlamaTensorNames.ForCheckpoint(config).First(s => s.Name == n).ElementCount * 4L);
-        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-        if (bytes > available)
-            throw new InsufficientMemoryException($"distilling {directory} holds its weights in fp32 ({bytes / 1e9:F1} GB), more than the {available / 1e9:F1} GB this process may use.");
         var tensors = names.ToDictionary(n => n, n => LlamaCheckpointLoader.ReadFloat32(config, checkpoint, n), StringComparer.Ordinal);
         return (LlamaWeightMap.Build(config, false, tensors), LlamaWeightMap.Build(config, true, tensors));
+    }
+
+    /// <summary>
+    /// Refuses a run that would not fit in memory, before reading a weight (Linux overcommits: the process would be
+    /// killed part-way, with no message): the weights in fp32, the trainable tensors' gradient and Adam moments, and
+    /// the longest sequence's activations in the later layers with the backward pass's temporaries.
+    /// </summary>
+    static void RefusePastMemory(string directory, LlamaConfig c, int longest)
+    {
+        long T = longest, h = c.HiddenSize, q = c.QueryDim, kv = c.KeyValueDim, i = c.IntermediateSize;
+        int later = c.NumHiddenLayers - c.NumKeyValueLayers, leaders = (later + c.KeyValueGroupSize - 1) / c.KeyValueGroupSize;
+        var needed = LlamaTensorNames.ForModel(c, false).Concat(LlamaTensorNames.ForModel(c, true)).DistinctBy(s => s.Name).ToList();
+        long weights = needed.Sum(s => s.ElementCount);
+        long trainable = needed.Where(s => s.Name.Contains("swiftkv", StringComparison.Ordinal)).Sum(s => s.ElementCount);
+        long activations = later * T * (3 * h + 2 * q + 2 * i) + leaders * 4 * T * kv + T * (3 * i + 5 * h + 2 * q)
+            + (long)Environment.ProcessorCount * 2 * T * kv + 3L * 32 * c.VocabSize;
+        long bytes = 4 * (weights + 3 * trainable + activations);
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (bytes > available)
+            throw new InsufficientMemoryException(
+                $"distilling {directory} on sequences of up to {longest} tokens needs about {bytes / 1e9:F1} GB (weights in fp32 " +
+                $"{4 * weights / 1e9:F1} GB, activations {4 * activations / 1e9:F1} GB), more than the {available / 1e9:F1} GB this process may use: " +
+                "shorten the sequences (--max-seq) or distil on a machine with more memory.");
     }
 
     static void CheckOutput(string modelDirectory, string outputDirectory)

@@ -54,9 +54,9 @@ internal static class TrainingKernels
 
     /// <summary>
     /// RMSNorm y = w ⊙ x·r with r = rsqrt(mean(x²) + eps), per row. dx += r·(g − x̂·mean(g ⊙ x̂)) with g = w ⊙ dy and
-    /// x̂ = x·r; dw (when given) += Σ_rows dy ⊙ x̂.
+    /// x̂ = x·r (when dx is given: SingleInputKV's norm needs only its weight's gradient); dw (when given) += Σ_rows dy ⊙ x̂.
     /// </summary>
-    public static void RmsNormBackward(float[] x, int rows, int dim, float[] weight, float eps, float[] dy, float[] dx, float[]? dw)
+    public static void RmsNormBackward(float[] x, int rows, int dim, float[] weight, float eps, float[] dy, float[]? dx, float[]? dw)
     {
         var g = new float[dim];
         var xHat = new float[dim];
@@ -68,8 +68,11 @@ internal static class TrainingKernels
             TensorPrimitives.Multiply(xRow, r, xHat);
             TensorPrimitives.Multiply(dyRow, weight, g);
             float mean = TensorPrimitives.Dot(g, xHat) / dim;
-            var dxRow = new Span<float>(dx, t * dim, dim);
-            for (int i = 0; i < dim; i++) dxRow[i] += r * (g[i] - xHat[i] * mean);
+            if (dx is not null)
+            {
+                var dxRow = new Span<float>(dx, t * dim, dim);
+                for (int i = 0; i < dim; i++) dxRow[i] += r * (g[i] - xHat[i] * mean);
+            }
             if (dw is not null) TensorPrimitives.MultiplyAdd(dyRow, xHat, dw, dw);
         }
     }

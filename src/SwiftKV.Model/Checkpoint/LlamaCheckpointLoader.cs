@@ -48,6 +48,20 @@ public static class LlamaCheckpointLoader
         return LlamaWeightMap.Build(config, swiftKvEnabled, tensors);
     }
 
+    /// <summary>
+    /// The dtype to write a copy of <paramref name="checkpoint"/>'s weights in without losing precision: the one float
+    /// dtype its tensors are stored in, F32 when they mix, BF16 for weights stored only as fp8 (written dequantized).
+    /// Read from the tensors, not from config.json's torch_dtype, which may be missing (and default to bfloat16) or wrong.
+    /// </summary>
+    public static TensorDtype StoredDtype(LlamaConfig config, SafetensorsCheckpoint checkpoint)
+    {
+        var found = new HashSet<TensorDtype>();
+        foreach (var spec in LlamaTensorNames.ForCheckpoint(config))
+            if (checkpoint.TryGet(spec.Name, out var info, out _) && info.Dtype is TensorDtype.F32 or TensorDtype.F16 or TensorDtype.BF16)
+                found.Add(info.Dtype);
+        return found.Count switch { 0 => TensorDtype.BF16, 1 => found.Single(), _ => TensorDtype.F32 };
+    }
+
     /// <summary>A tensor as fp32: F32/F16/BF16 converted, fp8 weights dequantized with their scales (config's quantization_config).</summary>
     public static float[] ReadFloat32(LlamaConfig config, SafetensorsCheckpoint checkpoint, string name)
     {

@@ -10,7 +10,7 @@ public static class SwiftKvConverter
 {
     /// <summary>
     /// Writes to <paramref name="outputDirectory"/> a SwiftKV checkpoint with l = <paramref name="numKeyValueLayers"/> and
-    /// g = <paramref name="keyValueGroupSize"/>, stored as <paramref name="dtype"/> (default: the source's torch_dtype).
+    /// g = <paramref name="keyValueGroupSize"/>, stored as <paramref name="dtype"/> (default: the dtype the source's tensors are stored in).
     /// Returns the new config. Throws <see cref="InvalidModelException"/> for an unusable source or l / g.
     /// </summary>
     public static LlamaConfig Convert(string llamaDirectory, string outputDirectory, int numKeyValueLayers, int keyValueGroupSize = 1,
@@ -41,7 +41,7 @@ public static class SwiftKvConverter
         var tensors = LlamaTensorNames.ForCheckpoint(target)
             .Select(spec => new TensorToWrite(spec.Name, spec.Shape, () => Initialise(spec.Name, source, target, checkpoint)))
             .ToList();
-        LlamaCheckpointWriter.Save(outputDirectory, target, tensors, dtype ?? StorageDtype(source), maxShardBytes);
+        LlamaCheckpointWriter.Save(outputDirectory, target, tensors, dtype ?? LlamaCheckpointLoader.StoredDtype(source, checkpoint), maxShardBytes);
         CopyCompanionFiles(llamaDirectory, outputDirectory);
         return target;
     }
@@ -97,5 +97,4 @@ public static class SwiftKvConverter
         return sum!.Select(s => (float)(s / target.KeyValueGroupSize)).ToArray();
     }
 
-    static TensorDtype StorageDtype(LlamaConfig config) => TensorDtypes.FromTorchName(config.TorchDtype);
 }

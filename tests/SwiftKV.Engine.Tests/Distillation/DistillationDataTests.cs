@@ -86,6 +86,14 @@ public sealed class DistillationDataTests : IDisposable
     }
 
     [Fact]
+    public void TokensOutsideTheModelsVocabulary_AreNamedWithTheirLine()
+    {
+        string path = File("""{"text": "a"}""", """{"text": "Hello world"}""");
+        var e = Assert.Throws<InvalidDataException>(() => DistillationData.Read(path, Tok, 8192, vocabSize: 128000));
+        Assert.Contains(path + ":1: token 128000", e.Message);   // <|begin_of_text|> is past a 128000-token vocabulary
+    }
+
+    [Fact]
     public void EmptyOrMissingFiles_AreRefused()
     {
         Assert.Contains("holds no training sequences", Assert.Throws<InvalidDataException>(() => DistillationData.Read(File("", " "), Tok, 8192)).Message);
