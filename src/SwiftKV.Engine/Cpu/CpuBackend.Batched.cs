@@ -156,12 +156,9 @@ public sealed partial class CpuBackend : IGreedyBatchedBackend
         CpuKernels.Linear(h, rows, hidden, vW, vB, kvDim, v);
         var keys = pool.Keys(cacheIndex);
         var values = pool.Values(cacheIndex);
-        Span<float> cos = stackalloc float[Config.HeadDim / 2];
-        Span<float> sin = stackalloc float[Config.HeadDim / 2];
+        _rope.RotateRows(k, Config.NumKeyValueHeads, positions);
         for (int t = 0; t < rows; t++)
         {
-            _rope.Angles(positions[t], cos, sin);
-            RotaryEmbedding.Rotate(k.AsSpan(t * kvDim, kvDim), Config.NumKeyValueHeads, cos, sin);
             int p = positions[t];
             long slot = ((long)tables[t].Span[p / bs] * bs + p % bs) * kvDim;
             Array.Copy(k, (long)t * kvDim, keys, slot, kvDim);
@@ -177,13 +174,7 @@ public sealed partial class CpuBackend : IGreedyBatchedBackend
         int qDim = cfg.QueryDim;
         var q = new float[rows * qDim];
         CpuKernels.Linear(h, rows, cfg.HiddenSize, qW, qB, qDim, q);
-        Span<float> cos = stackalloc float[cfg.HeadDim / 2];
-        Span<float> sin = stackalloc float[cfg.HeadDim / 2];
-        for (int t = 0; t < rows; t++)
-        {
-            _rope.Angles(positions[t], cos, sin);
-            RotaryEmbedding.Rotate(q.AsSpan(t * qDim, qDim), cfg.NumAttentionHeads, cos, sin);
-        }
+        _rope.RotateRows(q, cfg.NumAttentionHeads, positions);
         var attn = new float[rows * qDim];
         PagedAttention.Run(q, rows, positions, tables, pool.BlockSize, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim,
             pool.Keys(cacheIndex), pool.Values(cacheIndex), attn);

@@ -143,13 +143,9 @@ public sealed partial class CpuBackend : IModelBackend
         var v = new float[rows * kvDim];
         CpuKernels.Linear(h, rows, hidden, kW, kB, kvDim, k);
         CpuKernels.Linear(h, rows, hidden, vW, vB, kvDim, v);
-        Span<float> cos = stackalloc float[Config.HeadDim / 2];
-        Span<float> sin = stackalloc float[Config.HeadDim / 2];
-        for (int t = 0; t < rows; t++)
-        {
-            _rope.Angles(start + t, cos, sin);
-            RotaryEmbedding.Rotate(k.AsSpan(t * kvDim, kvDim), Config.NumKeyValueHeads, cos, sin);
-        }
+        var positions = new int[rows];
+        for (int t = 0; t < rows; t++) positions[t] = start + t;
+        _rope.RotateRows(k, Config.NumKeyValueHeads, positions);
         Array.Copy(k, 0, c.Keys(cacheIndex), (long)start * kvDim, k.Length);
         Array.Copy(v, 0, c.Values(cacheIndex), (long)start * kvDim, v.Length);
     }
@@ -165,36 +161,14 @@ public sealed partial class CpuBackend : IModelBackend
         int hidden = cfg.HiddenSize, qDim = cfg.QueryDim;
         var q = new float[rows * qDim];
         CpuKernels.Linear(h, rows, hidden, qW, qB, qDim, q);
-        Span<float> cos = stackalloc float[cfg.HeadDim / 2];
-        Span<float> sin = stackalloc float[cfg.HeadDim / 2];
-        for (int t = 0; t < rows; t++)
-        {
-            _rope.Angles(positions[t], cos, sin);
-            RotaryEmbedding.Rotate(q.AsSpan(t * qDim, qDim), cfg.NumAttentionHeads, cos, sin);
-        }
+        _rope.RotateRows(q, cfg.NumAttentionHeads, positions);
         var attn = new float[rows * qDim];
         CpuKernels.Attention(q, rows, positions, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim,
             c.Keys(cacheIndex), c.Values(cacheIndex), attn);
         OutputAndMlp(x, rows, layer, attn);
     }
 
-    /// <summary>The layer after attention: o_proj, residual, post_attention_layernorm, SwiGLU MLP, residual.</summary>
-    void OutputAndMlp(float[] x, int rows, LlamaLayerWeights layer, float[] attn)
-    {
-        int hidden = Config.HiddenSize, qDim = Config.QueryDim, inter = Config.IntermediateSize;
-        var o = new float[rows * hidden];
-        CpuKernels.Linear(attn, rows, qDim, layer.OProj, layer.OBias, hidden, o);
-        System.Numerics.Tensors.TensorPrimitives.Add(x, o, x);
-
-        var h2 = Norm(x, rows, layer.PostAttentionLayernorm);
-        var gate = new float[rows * inter];
-        var up = new float[rows * inter];
-        CpuKernels.Linear(h2, rows, hidden, layer.GateProj, null, inter, gate);
-        CpuKernels.Linear(h2, rows, hidden, layer.UpProj, null, inter, up);
-        CpuKernels.SwiGlu(gate, up);
-        CpuKernels.Linear(gate, rows, inter, layer.DownProj, null, hidden, o);
-        System.Numerics.Tensors.TensorPrimitives.Add(x, o, x);
-    }
+    void OutputAndMlp(float[] x, int rows, LlamaLayerWeights layer, float[] attn) => PostAttention.Run(Config, _eps, x, rows, layer, attn);
 
     public void Dispose() => _disposed = true;
 }

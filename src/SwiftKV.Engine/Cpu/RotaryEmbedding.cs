@@ -65,6 +65,25 @@ public sealed class RotaryEmbedding
     }
 
     /// <summary>
+    /// Rotates row t of <paramref name="rows"/> ((positions.Length, num_heads * head_dim)) to position
+    /// <paramref name="positions"/>[t], in place. <paramref name="inverse"/> rotates by the opposite angles: a rotation's
+    /// transpose, so RoPE's gradient (distillation's backward pass).
+    /// </summary>
+    public void RotateRows(Span<float> rows, int numHeads, ReadOnlySpan<int> positions, bool inverse = false)
+    {
+        int width = numHeads * HeadDim;
+        Span<float> cos = stackalloc float[HeadDim / 2];
+        Span<float> sin = stackalloc float[HeadDim / 2];
+        for (int t = 0; t < positions.Length; t++)
+        {
+            Angles(positions[t], cos, sin);
+            if (inverse)
+                for (int i = 0; i < sin.Length; i++) sin[i] = -sin[i];
+            Rotate(rows.Slice(t * width, width), numHeads, cos, sin);
+        }
+    }
+
+    /// <summary>
     /// Rotates every head of <paramref name="vec"/> (num_heads, head_dim) in place:
     /// out[i] = x[i]·cos - x[i+d/2]·sin, out[i+d/2] = x[i+d/2]·cos + x[i]·sin.
     /// </summary>

@@ -102,12 +102,13 @@ public sealed class DistillationModel
         Rope(k, rows, _cfg.NumKeyValueHeads);
         var q = Query(h, rows, qW, qB);
         var attn = Attend(q, rows, k, v);
-        OutputAndMlp(x, rows, layer, attn, saved: null);
+        PostAttention.Run(_cfg, _eps, x, rows, layer, attn);
     }
 
     sealed class LayerActivations
     {
-        public required float[] Input, H1, Q, Attn, Mid, Gate, Up;
+        public required float[] Input, H1, Q, Attn;
+        public readonly PostAttentionActivations Tail = new();
     }
 
     sealed record StudentActivations(float[] S, Dictionary<int, (float[] K, float[] V)> Caches, LayerActivations[] Layers, float[] Output);
@@ -138,8 +139,8 @@ public sealed class DistillationModel
             var q = Query(h1, rows, layer.QProjSwiftKv!, layer.QBiasSwiftKv);
             var (k, v) = caches[Leader(j)];
             var attn = Attend(q, rows, k, v);
-            var a = keepActivations ? new LayerActivations { Input = input, H1 = h1, Q = q, Attn = attn, Mid = [], Gate = [], Up = [] } : null;
-            OutputAndMlp(x, rows, layer, attn, a);
+            var a = keepActivations ? new LayerActivations { Input = input, H1 = h1, Q = q, Attn = attn } : null;
+            PostAttention.Run(_cfg, _eps, x, rows, layer, attn, a?.Tail);
             if (a is not null) saved[j] = a;
         }
         return new StudentActivations(s, caches, saved, x);
@@ -214,12 +215,12 @@ public sealed class DistillationModel
             TrainingKernels.LinearInputGrad(dx, rows, hidden, layer.DownProj, inter, dm);
             var dGate = new float[rows * inter];
             var dUp = new float[rows * inter];
-            TrainingKernels.SwiGluBackward(s.Gate, s.Up, dm, dGate, dUp);
+            TrainingKernels.SwiGluBackward(s.Tail.Gate, s.Tail.Up, dm, dGate, dUp);
             var dh2 = new float[rows * hidden];
             TrainingKernels.LinearInputGrad(dGate, rows, inter, layer.GateProj, hidden, dh2);
             TrainingKernels.LinearInputGrad(dUp, rows, inter, layer.UpProj, hidden, dh2);
             var dMid = (float[])dx.Clone();
-            TrainingKernels.RmsNormBackward(s.Mid, rows, hidden, layer.PostAttentionLayernorm, _eps, dh2, dMid, dw: null);
+            TrainingKernels.RmsNormBackward(s.Tail.Mid, rows, hidden, layer.PostAttentionLayernorm, _eps, dh2, dMid, dw: null);
 
             // Attention: mid = input + o_proj(attn(q, K, V)), q = RoPE(q_proj_swiftkv · input_norm(input)).
             var dAttn = new float[rows * qDim];
@@ -228,7 +229,7 @@ public sealed class DistillationModel
             var (dK, dV) = dCaches[Leader(j)];
             var (k, v) = a.Caches[Leader(j)];
             TrainingKernels.AttentionBackward(s.Q, dAttn, rows, _cfg.NumAttentionHeads, _cfg.NumKeyValueHeads, _cfg.HeadDim, k, v, dq, dK, dV);
-            TrainingKernels.RopeBackward(_rope, dq, rows, _cfg.NumAttentionHeads);
+            _rope.RotateRows(dq, _cfg.NumAttentionHeads, Positions(rows), inverse: true);
             TrainingKernels.LinearWeightGrad(dq, s.H1, rows, qDim, hidden, g.QProj[j]!, g.QBias[j]);
             var dh1 = new float[rows * hidden];
             TrainingKernels.LinearInputGrad(dq, rows, qDim, layer.QProjSwiftKv!, hidden, dh1);
@@ -241,7 +242,7 @@ public sealed class DistillationModel
         foreach (var (leader, (dK, dV)) in dCaches)
         {
             var layer = _student.Layers[leader];
-            TrainingKernels.RopeBackward(_rope, dK, rows, _cfg.NumKeyValueHeads);
+            _rope.RotateRows(dK, _cfg.NumKeyValueHeads, Positions(rows), inverse: true);
             TrainingKernels.LinearWeightGrad(dK, a.S, rows, kvDim, hidden, g.KProj[leader]!, g.KBias[leader]);
             TrainingKernels.LinearWeightGrad(dV, a.S, rows, kvDim, hidden, g.VProj[leader]!, g.VBias[leader]);
             TrainingKernels.LinearInputGrad(dK, rows, kvDim, layer.KProjSwiftKv!, hidden, ds);
@@ -265,48 +266,16 @@ public sealed class DistillationModel
         return q;
     }
 
-    void Rope(float[] m, int rows, int heads)
-    {
-        int dim = heads * _cfg.HeadDim;
-        Span<float> cos = stackalloc float[_cfg.HeadDim / 2];
-        Span<float> sin = stackalloc float[_cfg.HeadDim / 2];
-        for (int t = 0; t < rows; t++)
-        {
-            _rope.Angles(t, cos, sin);
-            RotaryEmbedding.Rotate(m.AsSpan(t * dim, dim), heads, cos, sin);
-        }
-    }
+    void Rope(float[] m, int rows, int heads) => _rope.RotateRows(m, heads, Positions(rows));
+
+    /// <summary>0, 1, ..., rows - 1: training sequences start at position 0.</summary>
+    static int[] Positions(int rows) => Enumerable.Range(0, rows).ToArray();
 
     float[] Attend(float[] q, int rows, float[] k, float[] v)
     {
-        var positions = new int[rows];
-        for (int t = 0; t < rows; t++) positions[t] = t;
         var attn = new float[rows * _cfg.QueryDim];
-        CpuKernels.Attention(q, rows, positions, _cfg.NumAttentionHeads, _cfg.NumKeyValueHeads, _cfg.HeadDim, k, v, attn);
+        CpuKernels.Attention(q, rows, Positions(rows), _cfg.NumAttentionHeads, _cfg.NumKeyValueHeads, _cfg.HeadDim, k, v, attn);
         return attn;
-    }
-
-    /// <summary>o_proj, residual, post_attention_layernorm, SwiGLU MLP, residual, in place on x; keeps what a backward pass reads.</summary>
-    void OutputAndMlp(float[] x, int rows, LlamaLayerWeights layer, float[] attn, LayerActivations? saved)
-    {
-        int hidden = _cfg.HiddenSize, inter = _cfg.IntermediateSize;
-        var o = new float[rows * hidden];
-        CpuKernels.Linear(attn, rows, _cfg.QueryDim, layer.OProj, layer.OBias, hidden, o);
-        TensorPrimitives.Add(x, o, x);
-        var h2 = Norm(x, rows, layer.PostAttentionLayernorm);
-        var gate = new float[rows * inter];
-        var up = new float[rows * inter];
-        CpuKernels.Linear(h2, rows, hidden, layer.GateProj, null, inter, gate);
-        CpuKernels.Linear(h2, rows, hidden, layer.UpProj, null, inter, up);
-        if (saved is not null)
-        {
-            saved.Mid = (float[])x.Clone();
-            saved.Gate = (float[])gate.Clone();
-            saved.Up = up;
-        }
-        CpuKernels.SwiGlu(gate, up);
-        CpuKernels.Linear(gate, rows, inter, layer.DownProj, null, hidden, o);
-        TensorPrimitives.Add(x, o, x);
     }
 
     float[] Gather(float[] x, List<int> rows, int first, int count)

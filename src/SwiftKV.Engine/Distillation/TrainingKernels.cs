@@ -1,5 +1,5 @@
-// The backward passes distillation needs, in fp32 on the CPU, beside the forward kernels they invert (CpuKernels,
-// RotaryEmbedding). Shapes follow the forward: activations (num_tokens, features) row-major, weights (out_features,
+// The backward passes distillation needs, in fp32 on the CPU, beside the forward kernels they invert (CpuKernels;
+// RoPE's is RotaryEmbedding.RotateRows with inverse: true). Shapes follow the forward: activations (num_tokens, features) row-major, weights (out_features,
 // in_features) as Hugging Face stores them. Frozen weights only pass gradients on to activations; trainable ones also
 // take their own gradient. Every function ADDS into its gradient outputs, so a tensor used twice (an AcrossKV cache
 // read by several layers, a residual stream) sums its parts.
@@ -88,23 +88,6 @@ internal static class TrainingKernels
             float x = gate[i], sig = 1f / (1f + MathF.Exp(-x));
             dUp[i] = dm[i] * x * sig;
             dGate[i] = dm[i] * up[i] * sig * (1f + x * (1f - sig));
-        }
-    }
-
-    /// <summary>
-    /// The gradient of RoPE, in place: a rotation's transpose is the rotation by the opposite angle. Row t of
-    /// (rows, num_heads * head_dim) sits at position t.
-    /// </summary>
-    public static void RopeBackward(RotaryEmbedding rope, float[] d, int rows, int numHeads)
-    {
-        int half = rope.HeadDim / 2, dim = numHeads * rope.HeadDim;
-        Span<float> cos = stackalloc float[half];
-        Span<float> sin = stackalloc float[half];
-        for (int t = 0; t < rows; t++)
-        {
-            rope.Angles(t, cos, sin);
-            TensorPrimitives.Negate(sin, sin);
-            RotaryEmbedding.Rotate(d.AsSpan(t * dim, dim), numHeads, cos, sin);
         }
     }
 
