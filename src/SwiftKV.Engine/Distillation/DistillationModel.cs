@@ -161,6 +161,7 @@ public sealed class DistillationModel
         double lossSum = 0;
         int agree = 0;
         float invT = 1f / Temperature;
+        var ratio = new float[vocab];
         for (int c0 = 0; c0 < selected.Count; c0 += LogitRowsPerChunk)
         {
             int n = Math.Min(LogitRowsPerChunk, selected.Count - c0);
@@ -178,10 +179,13 @@ public sealed class DistillationModel
                 TensorPrimitives.Multiply(ps, invT, ps);
                 CpuKernels.Softmax(pt);
                 CpuKernels.Softmax(ps);
-                double kl = 0;
-                for (int i = 0; i < vocab; i++)
-                    if (pt[i] > 0) kl += pt[i] * (Math.Log(pt[i]) - Math.Log(Math.Max(ps[i], float.Epsilon)));
-                lossSum += Temperature * Temperature * kl;
+                // KL = Σ p_t·log(p_t / p_s): the ratio of two softmax outputs keeps their relative precision, and one
+                // vectorized log per row replaces a scalar one per entry. A p_s that underflowed is held at the
+                // smallest normal float, so the ratio stays finite (and 0 · finite = 0 where p_t underflowed too).
+                TensorPrimitives.Max(ps, 1.17549435e-38f, ratio);   // the smallest normal float
+                TensorPrimitives.Divide(pt, ratio, ratio);
+                TensorPrimitives.Log(ratio, ratio);
+                lossSum += Temperature * Temperature * (double)TensorPrimitives.Dot(pt, ratio);
                 if (dz is not null)
                 {
                     var d = dz.AsSpan(r * vocab, vocab);

@@ -14,20 +14,45 @@ internal static class TrainingKernels
 
     static bool Serial(long work) => work < ParallelThreshold || Environment.ProcessorCount == 1;
 
+    // Rows (or output features) handled per pass over the other operand, so that operand streams from memory once per
+    // tile rather than once per row: the lm_head's 128K rows would otherwise be read again for every token.
+    const int Tile = 16;
+
     /// <summary>dx (rows, inDim) += dy (rows, outDim) · w (outDim, inDim): the input's gradient of y = x·wᵀ.</summary>
     public static void LinearInputGrad(float[] dy, int rows, int outDim, float[] w, int inDim, float[] dx)
     {
-        void Row(int t)
+        // Work over blocks of output features, each into its own dx when there are few rows (the lm_head's chunks);
+        // over tiles of rows, each owning its dx rows, when there are many.
+        void Block(int t0, int t1, int o0, int o1, float[] target)
         {
-            var dxRow = new Span<float>(dx, t * inDim, inDim);
-            for (int o = 0; o < outDim; o++)
+            for (int o = o0; o < o1; o++)
             {
-                float g = dy[t * outDim + o];
-                if (g != 0f) TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(w, o * inDim, inDim), g, dxRow, dxRow);
+                var wRow = new ReadOnlySpan<float>(w, o * inDim, inDim);
+                for (int t = t0; t < t1; t++)
+                {
+                    float g = dy[t * outDim + o];
+                    if (g == 0f) continue;
+                    var dxRow = new Span<float>(target, t * inDim, inDim);
+                    TensorPrimitives.MultiplyAdd(wRow, g, dxRow, dxRow);
+                }
             }
         }
-        if (Serial((long)rows * outDim * inDim)) { for (int t = 0; t < rows; t++) Row(t); }
-        else Parallel.For(0, rows, Row);
+        int cores = Environment.ProcessorCount;
+        if (Serial((long)rows * outDim * inDim)) { for (int t0 = 0; t0 < rows; t0 += Tile) Block(t0, Math.Min(rows, t0 + Tile), 0, outDim, dx); return; }
+        int tiles = (rows + Tile - 1) / Tile;
+        if (tiles >= 2 * cores)
+        {
+            Parallel.For(0, tiles, i => Block(i * Tile, Math.Min(rows, (i + 1) * Tile), 0, outDim, dx));
+            return;
+        }
+        int chunks = Math.Min(outDim, cores * 4);
+        var gate = new object();
+        Parallel.For(0, chunks, () => new float[rows * inDim], (c, _, local) =>
+        {
+            int o0 = (int)((long)outDim * c / chunks), o1 = (int)((long)outDim * (c + 1) / chunks);
+            for (int t0 = 0; t0 < rows; t0 += Tile) Block(t0, Math.Min(rows, t0 + Tile), o0, o1, local);
+            return local;
+        }, local => { lock (gate) TensorPrimitives.Add(dx, local, dx); });
     }
 
     /// <summary>
@@ -36,20 +61,30 @@ internal static class TrainingKernels
     /// </summary>
     public static void LinearWeightGrad(float[] dy, float[] x, int rows, int outDim, int inDim, float[] dw, float[]? db)
     {
-        void Out(int o)
+        void Block(int o0, int o1)
         {
-            var dwRow = new Span<float>(dw, o * inDim, inDim);
-            double bias = 0;
             for (int t = 0; t < rows; t++)
             {
-                float g = dy[t * outDim + o];
-                bias += g;
-                if (g != 0f) TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(x, t * inDim, inDim), g, dwRow, dwRow);
+                var xRow = new ReadOnlySpan<float>(x, t * inDim, inDim);
+                for (int o = o0; o < o1; o++)
+                {
+                    float g = dy[t * outDim + o];
+                    if (g == 0f) continue;
+                    var dwRow = new Span<float>(dw, o * inDim, inDim);
+                    TensorPrimitives.MultiplyAdd(xRow, g, dwRow, dwRow);
+                }
             }
-            if (db is not null) db[o] += (float)bias;
+            if (db is null) return;
+            for (int o = o0; o < o1; o++)
+            {
+                double bias = 0;
+                for (int t = 0; t < rows; t++) bias += dy[t * outDim + o];
+                db[o] += (float)bias;
+            }
         }
-        if (Serial((long)rows * outDim * inDim)) { for (int o = 0; o < outDim; o++) Out(o); }
-        else Parallel.For(0, outDim, Out);
+        int tiles = (outDim + Tile - 1) / Tile;
+        if (Serial((long)rows * outDim * inDim)) { for (int i = 0; i < tiles; i++) Block(i * Tile, Math.Min(outDim, (i + 1) * Tile)); }
+        else Parallel.For(0, tiles, i => Block(i * Tile, Math.Min(outDim, (i + 1) * Tile)));
     }
 
     /// <summary>
