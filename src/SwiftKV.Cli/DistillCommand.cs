@@ -9,7 +9,8 @@ internal static class DistillCommand
 {
     public const string Usage =
         "--model DIR (a SwiftKV checkpoint: swiftkv transform makes one) --data FILE.jsonl --out DIR [--eval FILE.jsonl]\n" +
-        "              [--epochs 1 --batch-size 8 --lr 2e-4 --warmup 0.05 --temperature 2 --max-seq 8192 --seed 0] [--force]\n" +
+        "              [--epochs 1 --batch-size 8 --lr 2e-4 --warmup 0.05 --temperature 2 --hidden-loss 0 --max-seq 8192 --seed 0] [--force]\n" +
+        "              --hidden-loss W adds W x the mean squared difference of the states entering the last layer\n" +
         "              data: one JSON object per line, {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} (the loss covers\n" +
         "              assistant replies) or {\"text\": ...} (every token); CPU, fp32: for small models and checking";
 
@@ -17,7 +18,8 @@ internal static class DistillCommand
     [
         (nameof(DistillationOptions.Epochs), "--epochs"), (nameof(DistillationOptions.BatchSize), "--batch-size"),
         (nameof(DistillationOptions.LearningRate), "--lr"), (nameof(DistillationOptions.WarmupFraction), "--warmup"),
-        (nameof(DistillationOptions.Temperature), "--temperature"), (nameof(DistillationOptions.MaxSequenceTokens), "--max-seq"),
+        (nameof(DistillationOptions.Temperature), "--temperature"),
+        (nameof(DistillationOptions.HiddenLossWeight), "--hidden-loss"), (nameof(DistillationOptions.MaxSequenceTokens), "--max-seq"),
     ];
 
     public static int Run(CliArgs a)
@@ -32,6 +34,7 @@ internal static class DistillCommand
             LearningRate = a.Float("lr") ?? defaults.LearningRate,
             WarmupFraction = a.Float("warmup") ?? defaults.WarmupFraction,
             Temperature = a.Float("temperature") ?? defaults.Temperature,
+            HiddenLossWeight = a.Float("hidden-loss") ?? defaults.HiddenLossWeight,
             MaxSequenceTokens = a.Int("max-seq") ?? defaults.MaxSequenceTokens,
             Seed = a.Int("seed") ?? defaults.Seed,
         };

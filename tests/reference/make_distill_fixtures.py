@@ -4,7 +4,8 @@ For two SwiftKV parity checkpoints of cases.json (the C# CLI writes them, seeded
 files), PyTorch autograd in float64 computes, over a batch of two token sequences with loss masks:
   loss = T^2 * sum over scored positions of KL(softmax(z_teacher / T) || softmax(z_student / T)) / scored positions
 with the teacher = swiftkv_reference.forward(swiftkv=False) and the student = forward(swiftkv=True), as SWIFTKV.md's
-"Distillation" defines it; the gradient of every trainable tensor (norm_swiftkv and the *_swiftkv projections); and
+"Distillation" defines it (one case adds its optional term: the squared difference of the states entering the last
+layer, averaged over hidden units, weighted 0.5); the gradient of every trainable tensor (norm_swiftkv and the *_swiftkv projections); and
 the tensors after three torch.optim.Adam steps (betas 0.9 / 0.999, eps 1e-8, no weight decay) on that batch.
 
   bash .gpu/gpu-env.sh python3 tests/reference/make_distill_fixtures.py --cli .gpu/apps/SwiftKV.Cli/swiftkv.dll --out $OUT
@@ -24,7 +25,9 @@ import swiftkv_reference as ref  # noqa: E402
 from make_fixtures import checkpoint_digest, make_model  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CASES = ["swiftkv_50_g2", "swiftkv_50_g2_tied_bias"]
+# (fixture name, parity checkpoint, weight of the hidden-state MSE term)
+CASES = [("swiftkv_50_g2", "swiftkv_50_g2", 0.0), ("swiftkv_50_g2_tied_bias", "swiftkv_50_g2_tied_bias", 0.0),
+         ("swiftkv_50_g4_hidden", "swiftkv_50_g4", 0.5)]
 TEMPERATURE = 2.0
 LEARNING_RATE = 1e-2
 STEPS = 3
@@ -43,16 +46,21 @@ def trainable(cfg, tensors):
     return names
 
 
-def batch_loss(cfg, t, batch):
+def batch_loss(cfg, t, batch, hidden_weight):
+    """T^2 KL summed over scored positions, plus hidden_weight * the mean over hidden units of the squared difference of
+    the states entering the last layer, summed over the same positions; divided by the batch's scored positions."""
     total, positions = 0.0, 0
     for ids, mask in batch:
+        kt, ks = {}, {}
         with torch.no_grad():
-            zt = ref.forward(cfg, t, ids, swiftkv=False)
-        zs = ref.forward(cfg, t, ids, swiftkv=True)
+            zt = ref.forward(cfg, t, ids, swiftkv=False, keep=kt)
+        zs = ref.forward(cfg, t, ids, swiftkv=True, keep=ks)
         m = torch.tensor(mask)
         pt = torch.softmax(zt[m] / TEMPERATURE, dim=-1)
         log_ps = torch.log_softmax(zs[m] / TEMPERATURE, dim=-1)
         total = total + TEMPERATURE ** 2 * (pt * (pt.log() - log_ps)).sum()
+        if hidden_weight:
+            total = total + hidden_weight * ((ks["before_last"][m] - kt["before_last"][m]) ** 2).mean(dim=-1).sum()
         positions += int(m.sum())
     return total / positions
 
@@ -66,8 +74,8 @@ def main():
     work = tempfile.mkdtemp()
     staging = os.path.join(work, "distill")
     os.makedirs(staging)
-    for name in CASES:
-        case = cases[name]
+    for name, source, hidden_weight in CASES:
+        case = cases[source]
         ckpt = os.path.join(work, name)
         make_model(a.cli, case["make_model"], ckpt)
         cfg, t = ref.load_checkpoint(ckpt)
@@ -81,7 +89,7 @@ def main():
         names = trainable(cfg, t)
         for n in names:
             t[n].requires_grad_(True)
-        loss = batch_loss(cfg, t, batch)
+        loss = batch_loss(cfg, t, batch, hidden_weight)
         loss.backward()
         grads = torch.cat([t[n].grad.reshape(-1) for n in names])
         opt = torch.optim.Adam([t[n] for n in names], lr=LEARNING_RATE, betas=(0.9, 0.999), eps=1e-8, weight_decay=0)
@@ -90,7 +98,7 @@ def main():
             t[n].grad = None
         for _ in range(STEPS):
             opt.zero_grad()
-            step_loss = batch_loss(cfg, t, batch)
+            step_loss = batch_loss(cfg, t, batch, hidden_weight)
             step_loss.backward()
             opt.step()
             losses.append(step_loss.item())
@@ -103,6 +111,7 @@ def main():
             "checkpoint_sha256": checkpoint_digest(ckpt),
             "config": cfg,
             "temperature": TEMPERATURE,
+            "hidden_loss_weight": hidden_weight,
             "learning_rate": LEARNING_RATE,
             "steps": STEPS,
             "sequences": [{"token_ids": ids, "loss_mask": mask} for ids, mask in batch],

@@ -81,8 +81,9 @@ def attention(q, k, v, n_heads, n_kv):
     return torch.einsum("hst,thd->shd", p, v).reshape(S, n_heads * D)
 
 
-def forward(cfg, t, ids, swiftkv):
-    """Logits (S, vocab) for every position of `ids`."""
+def forward(cfg, t, ids, swiftkv, keep=None):
+    """Logits (S, vocab) for every position of `ids`. `keep` (a dict), when given, receives "before_last": the hidden
+    states (S, hidden) that enter the last layer (distillation's optional hidden-state term)."""
     L = cfg["num_hidden_layers"]
     H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     D = cfg.get("head_dim") or cfg["hidden_size"] // H
@@ -95,6 +96,8 @@ def forward(cfg, t, ids, swiftkv):
     kv = {}
     for j in range(L):
         p = f"model.layers.{j}."
+        if keep is not None and j == L - 1:
+            keep["before_last"] = x
         if j == l:
             s = rms_norm(x, t["model.norm_swiftkv.weight"], eps)
             for leader in range(l, L, g):

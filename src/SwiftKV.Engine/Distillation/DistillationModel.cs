@@ -28,7 +28,12 @@ public sealed class DistillationModel
     /// <param name="teacher">The checkpoint loaded with SwiftKV off.</param>
     /// <param name="student">The same checkpoint with SwiftKV on; its SwiftKV arrays are what <see cref="Parameters"/> exposes.</param>
     /// <param name="temperature">T of the loss (the paper: 2).</param>
-    public DistillationModel(LlamaWeights teacher, LlamaWeights student, float temperature)
+    /// <param name="hiddenLossWeight">
+    /// The weight of SWIFTKV.md's optional second term: the mean squared difference between the teacher's and the
+    /// student's hidden states at the second-to-last layer (the last layer's input), per scored position and averaged
+    /// over hidden_size. 0 (the default) leaves it out.
+    /// </param>
+    public DistillationModel(LlamaWeights teacher, LlamaWeights student, float temperature, float hiddenLossWeight = 0f)
     {
         ArgumentNullException.ThrowIfNull(teacher);
         ArgumentNullException.ThrowIfNull(student);
@@ -38,8 +43,11 @@ public sealed class DistillationModel
             throw new ArgumentException("the teacher and the student must come from one config.json.", nameof(student));
         if (!(temperature > 0) || !float.IsFinite(temperature))
             throw new ArgumentOutOfRangeException(nameof(temperature), temperature, "the distillation temperature must be a positive number.");
+        if (!(hiddenLossWeight >= 0) || !float.IsFinite(hiddenLossWeight))
+            throw new ArgumentOutOfRangeException(nameof(hiddenLossWeight), hiddenLossWeight, "the hidden-state loss weight must be a number >= 0.");
         _teacher = teacher;
         _student = student;
+        HiddenLossWeight = hiddenLossWeight;
         _cfg = student.Config;
         _rope = new RotaryEmbedding(_cfg);
         _eps = (float)_cfg.RmsNormEps;
@@ -49,6 +57,8 @@ public sealed class DistillationModel
 
     public LlamaConfig Config => _cfg;
     public float Temperature { get; }
+    /// <summary>The weight of the hidden-state MSE term (0: none).</summary>
+    public float HiddenLossWeight { get; }
     /// <summary>The trainable tensors, aliasing the student's arrays.</summary>
     public SwiftKvTensors Parameters { get; }
 
@@ -79,14 +89,24 @@ public sealed class DistillationModel
 
         // The teacher: the later layers as plain Llama, nothing kept for a backward pass.
         var xTeacher = (float[])xl.Clone();
+        float[]? teacherBeforeLast = null;
         for (int j = l; j < layers; j++)
+        {
+            if (j == layers - 1 && HiddenLossWeight > 0) teacherBeforeLast = (float[])xTeacher.Clone();
             FullLayer(xTeacher, rows, _teacher.Layers[j], _teacher.Layers[j].QProj!, _teacher.Layers[j].QBias);
+        }
 
         var student = StudentForward(xl, rows, keepActivations: gradients is not null);
         var dx = new float[rows * hidden];
         var score = Loss(xTeacher, student.Output, rows, lossMask, gradients is null ? null : dx, gradientScale);
+        float[]? dBeforeLast = null;
+        if (teacherBeforeLast is not null)
+        {
+            dBeforeLast = gradients is null ? null : new float[rows * hidden];
+            score += HiddenLoss(teacherBeforeLast, student.BeforeLast!, rows, lossMask, dBeforeLast, gradientScale);
+        }
         if (gradients is not null && score.Positions > 0)
-            StudentBackward(student, xl, rows, dx, gradients);
+            StudentBackward(student, xl, rows, dx, dBeforeLast, gradients);
         return score;
     }
 
@@ -111,7 +131,7 @@ public sealed class DistillationModel
         public readonly PostAttentionActivations Tail = new();
     }
 
-    sealed record StudentActivations(float[] S, Dictionary<int, (float[] K, float[] V)> Caches, LayerActivations[] Layers, float[] Output);
+    sealed record StudentActivations(float[] S, Dictionary<int, (float[] K, float[] V)> Caches, LayerActivations[] Layers, float[] Output, float[]? BeforeLast);
 
     StudentActivations StudentForward(float[] xl, int rows, bool keepActivations)
     {
@@ -131,8 +151,10 @@ public sealed class DistillationModel
         }
         var x = (float[])xl.Clone();
         var saved = new LayerActivations[layers];
+        float[]? beforeLast = null;
         for (int j = l; j < layers; j++)
         {
+            if (j == layers - 1 && HiddenLossWeight > 0) beforeLast = (float[])x.Clone();
             var layer = _student.Layers[j];
             var input = keepActivations ? (float[])x.Clone() : [];
             var h1 = Norm(x, rows, layer.InputLayernorm);
@@ -143,7 +165,7 @@ public sealed class DistillationModel
             PostAttention.Run(_cfg, _eps, x, rows, layer, attn, a?.Tail);
             if (a is not null) saved[j] = a;
         }
-        return new StudentActivations(s, caches, saved, x);
+        return new StudentActivations(s, caches, saved, x, beforeLast);
     }
 
     int Leader(int j) => _cfg.NumKeyValueLayers + (j - _cfg.NumKeyValueLayers) / _cfg.KeyValueGroupSize * _cfg.KeyValueGroupSize;
@@ -204,7 +226,26 @@ public sealed class DistillationModel
         return new DistillationScore(lossSum, selected.Count, agree);
     }
 
-    void StudentBackward(StudentActivations a, float[] xl, int rows, float[] dx, SwiftKvTensors g)
+    /// <summary>
+    /// W · Σ over selected rows of mean_i (h_s − h_t)², as a score with no positions of its own (they are the KL's);
+    /// its gradient W·2·(h_s − h_t)/hidden_size, times <paramref name="scale"/>, goes into <paramref name="d"/>.
+    /// </summary>
+    DistillationScore HiddenLoss(float[] teacher, float[] student, int rows, ReadOnlySpan<bool> mask, float[]? d, float scale)
+    {
+        int hidden = _cfg.HiddenSize;
+        double sum = 0;
+        var diff = new float[hidden];
+        for (int t = 0; t < rows; t++)
+        {
+            if (!mask[t]) continue;
+            TensorPrimitives.Subtract(new ReadOnlySpan<float>(student, t * hidden, hidden), new ReadOnlySpan<float>(teacher, t * hidden, hidden), diff);
+            sum += TensorPrimitives.SumOfSquares(diff) / hidden;
+            if (d is not null) TensorPrimitives.Multiply(diff, 2f * HiddenLossWeight * scale / hidden, new Span<float>(d, t * hidden, hidden));
+        }
+        return new DistillationScore(HiddenLossWeight * sum, 0, 0);
+    }
+
+    void StudentBackward(StudentActivations a, float[] xl, int rows, float[] dx, float[]? dBeforeLast, SwiftKvTensors g)
     {
         int hidden = _cfg.HiddenSize, qDim = _cfg.QueryDim, kvDim = _cfg.KeyValueDim, inter = _cfg.IntermediateSize;
         int l = _cfg.NumKeyValueLayers;
@@ -239,6 +280,8 @@ public sealed class DistillationModel
             TrainingKernels.LinearInputGrad(dq, rows, qDim, layer.QProjSwiftKv!, hidden, dh1);
             TrainingKernels.RmsNormBackward(s.Input, rows, hidden, layer.InputLayernorm, _eps, dh1, dMid, dw: null);
             dx = dMid;
+            // The hidden-state term enters at the last layer's input.
+            if (j == _cfg.NumHiddenLayers - 1 && dBeforeLast is not null) TensorPrimitives.Add(dx, dBeforeLast, dx);
         }
 
         // SingleInputKV: every later cache came from s = norm_swiftkv(x_l).

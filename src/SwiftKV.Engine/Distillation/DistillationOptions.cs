@@ -14,6 +14,11 @@ public sealed record DistillationOptions
     public double WarmupFraction { get; init; } = 0.05;
     /// <summary>T of T²·KL (the paper: 2).</summary>
     public float Temperature { get; init; } = 2f;
+    /// <summary>
+    /// Weight of the optional hidden-state term (SWIFTKV.md): the mean squared difference between the teacher's and the
+    /// student's states entering the last layer, per scored position. 0 (the default): KL only.
+    /// </summary>
+    public float HiddenLossWeight { get; init; }
     /// <summary>Sequences longer than this keep their first tokens (the paper: 8192).</summary>
     public int MaxSequenceTokens { get; init; } = 8192;
     /// <summary>Seeds the order of the sequences in each epoch.</summary>
@@ -31,6 +36,7 @@ public sealed record DistillationOptions
         Check(LearningRate > 0 && double.IsFinite(LearningRate), nameof(LearningRate), LearningRate, "a positive number");
         Check(WarmupFraction >= 0 && WarmupFraction < 1, nameof(WarmupFraction), WarmupFraction, "in [0, 1)");
         Check(Temperature > 0 && float.IsFinite(Temperature), nameof(Temperature), Temperature, "a positive number");
+        Check(HiddenLossWeight >= 0 && float.IsFinite(HiddenLossWeight), nameof(HiddenLossWeight), HiddenLossWeight, "a number >= 0");
         Check(MaxSequenceTokens >= 2, nameof(MaxSequenceTokens), MaxSequenceTokens, ">= 2");
     }
 

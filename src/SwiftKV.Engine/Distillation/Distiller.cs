@@ -38,7 +38,7 @@ public static class Distiller
 
         using var checkpoint = SafetensorsCheckpoint.Open(modelDirectory);
         var (teacher, student) = LoadTeacherAndStudent(modelDirectory, config, checkpoint);
-        var model = new DistillationModel(teacher, student, options.Temperature);
+        var model = new DistillationModel(teacher, student, options.Temperature, options.HiddenLossWeight);
         log?.Invoke($"loaded {modelDirectory}: {config.NumHiddenLayers} layers, SwiftKV l = {config.NumKeyValueLayers}, g = {config.KeyValueGroupSize}; " +
             $"{model.Parameters.Count:N0} trainable values; {train.Sequences.Count} sequences, {train.Tokens:N0} tokens, {train.LossPositions:N0} scored positions");
 

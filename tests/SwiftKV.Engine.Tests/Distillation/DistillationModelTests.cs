@@ -29,12 +29,12 @@ public sealed class DistillationModelTests : IDisposable
         return dir;
     }
 
-    static DistillationModel Open(string dir, float temperature = 2f)
+    static DistillationModel Open(string dir, float temperature = 2f, float hiddenLossWeight = 0f)
     {
         var config = LlamaConfig.Load(dir);
         using var checkpoint = SafetensorsCheckpoint.Open(dir);
         var (teacher, student) = Distiller.LoadTeacherAndStudent(dir, config, checkpoint);
-        return new DistillationModel(teacher, student, temperature);
+        return new DistillationModel(teacher, student, temperature, hiddenLossWeight);
     }
 
     static int[] RandomTokens(Random r, int n, int vocab) => Enumerable.Range(0, n).Select(_ => r.Next(vocab)).ToArray();
@@ -87,13 +87,14 @@ public sealed class DistillationModelTests : IDisposable
     /// <remarks>The 90-token case runs the threaded attention backward and more than one chunk of logit rows; g = 3
     /// has three layers adding into one cache's gradient; one KV head is MQA.</remarks>
     [Theory]
-    [InlineData(4, 2, 1, false, false, 2, 13)]
-    [InlineData(6, 2, 2, true, true, 2, 13)]
-    [InlineData(7, 1, 3, false, false, 1, 90)]
-    public void Gradients_MatchFiniteDifferences(int layers, int l, int g, bool bias, bool tied, int kvHeads, int length)
+    [InlineData(4, 2, 1, false, false, 2, 13, 0f)]
+    [InlineData(6, 2, 2, true, true, 2, 13, 0f)]
+    [InlineData(7, 1, 3, false, false, 1, 90, 0f)]
+    [InlineData(6, 2, 2, true, false, 2, 15, 0.7f)]
+    public void Gradients_MatchFiniteDifferences(int layers, int l, int g, bool bias, bool tied, int kvHeads, int length, float hiddenLossWeight)
     {
         string dir = MakeStudent(layers, l, g, bias, tied, seed: 7, kvHeads: kvHeads);
-        var model = Open(dir);
+        var model = Open(dir, hiddenLossWeight: hiddenLossWeight);
         var tokens = RandomTokens(new Random(2), length, 96);
         var mask = tokens.Select((_, t) => t >= 3 && t < tokens.Length - 1).ToArray();
         var grads = model.Parameters.ZerosLike();

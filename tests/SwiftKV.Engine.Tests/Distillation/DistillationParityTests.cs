@@ -1,5 +1,5 @@
 // Distillation against PyTorch: tests/reference/make_distill_fixtures.py computed, with autograd in float64 over the
-// independent swiftkv_reference.py, the gradient of T²·KL of two parity checkpoints on a batch of two sequences, and
+// independent swiftkv_reference.py, the gradient of T²·KL (once with the hidden-state term) of three parity checkpoints on a batch of two sequences, and
 // the SwiftKV tensors after three torch.optim.Adam steps. ModelMaker rebuilds the checkpoints here byte for byte.
 using System.Text.Json.Nodes;
 using Xunit;
@@ -24,7 +24,7 @@ public sealed class DistillationParityTests
     [Fact]
     public void Fixtures_ArePresent() =>
         // Guards the theory below against passing vacuously when the fixtures are missing from the build.
-        Assert.Equal(["swiftkv_50_g2", "swiftkv_50_g2_tied_bias"], Cases().Select(c => c.Data).ToArray());
+        Assert.Equal(["swiftkv_50_g2", "swiftkv_50_g2_tied_bias", "swiftkv_50_g4_hidden"], Cases().Select(c => c.Data).ToArray());
 
     [Theory]
     [MemberData(nameof(Cases))]
@@ -42,10 +42,11 @@ public sealed class DistillationParityTests
                 s["loss_mask"]!.AsArray().Select(x => x!.GetValue<bool>()).ToArray())).ToList();
             var names = fixture["tensors"]!.AsArray().Select(t => t!["name"]!.GetValue<string>()).ToList();
             float temperature = fixture["temperature"]!.GetValue<float>();
+            float hiddenLossWeight = fixture["hidden_loss_weight"]!.GetValue<float>();
             double lr = fixture["learning_rate"]!.GetValue<double>();
             int steps = fixture["steps"]!.GetValue<int>();
 
-            var model = Open(dir, config, temperature);
+            var model = Open(dir, config, temperature, hiddenLossWeight);
             Assert.Equal(names, model.Parameters.Named().Select(t => t.Name));
             var grads = model.Parameters.ZerosLike();
             var adam = new Adam(model.Parameters);
@@ -64,11 +65,11 @@ public sealed class DistillationParityTests
         }
     }
 
-    static DistillationModel Open(string dir, LlamaConfig config, float temperature)
+    static DistillationModel Open(string dir, LlamaConfig config, float temperature, float hiddenLossWeight)
     {
         using var checkpoint = SafetensorsCheckpoint.Open(dir);
         var (teacher, student) = Distiller.LoadTeacherAndStudent(dir, config, checkpoint);
-        return new DistillationModel(teacher, student, temperature);
+        return new DistillationModel(teacher, student, temperature, hiddenLossWeight);
     }
 
     /// <summary>Each tensor within a relative L2 error of the reference's (fp32 here against float64 there).</summary>
