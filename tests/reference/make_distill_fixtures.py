@@ -116,12 +116,12 @@ def main():
             "steps": STEPS,
             "sequences": [{"token_ids": ids, "loss_mask": mask} for ids, mask in batch],
             "tensors": [{"name": n, "size": t[n].numel()} for n in names],
-            "loss": float(loss),
+            "loss": loss.item(),
             "step_losses": losses,
             "reference": "PyTorch %s autograd in float64 over tests/reference/swiftkv_reference.py; torch.optim.Adam" % torch.__version__,
         }
         json.dump(meta, open(os.path.join(staging, name + ".json"), "w"), indent=1)
-        print(f"{name}: loss {float(loss):.6f}, step losses {losses}, {len(names)} tensors, {grads.numel()} values", flush=True)
+        print(f"{name}: loss {loss.item():.6f}, step losses {losses}, {len(names)} tensors, {grads.numel()} values", flush=True)
     with tarfile.open(os.path.join(a.out, "distill.tar.gz"), "w:gz") as tar:
         tar.add(staging, arcname="distill")
 
