@@ -79,6 +79,7 @@ internal sealed class CliArgs
     public int? Int(string name) => Parse(name, s => int.Parse(s, CultureInfo.InvariantCulture));
     // NumberStyles.Float: no thousands separators, so "0,7" is an error rather than 7.
     public float? Float(string name) => Parse(name, s => float.Parse(s, NumberStyles.Float, CultureInfo.InvariantCulture));
+    public double? Double(string name) => Parse(name, s => double.Parse(s, NumberStyles.Float, CultureInfo.InvariantCulture));
     public ulong? ULong(string name) => Parse(name, s => ulong.Parse(s, CultureInfo.InvariantCulture));
 
     /// <summary>

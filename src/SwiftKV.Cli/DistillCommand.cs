@@ -31,8 +31,8 @@ internal static class DistillCommand
         {
             Epochs = a.Int("epochs") ?? defaults.Epochs,
             BatchSize = a.Int("batch-size") ?? defaults.BatchSize,
-            LearningRate = a.Float("lr") ?? defaults.LearningRate,
-            WarmupFraction = a.Float("warmup") ?? defaults.WarmupFraction,
+            LearningRate = a.Double("lr") ?? defaults.LearningRate,
+            WarmupFraction = a.Double("warmup") ?? defaults.WarmupFraction,
             Temperature = a.Float("temperature") ?? defaults.Temperature,
             HiddenLossWeight = a.Float("hidden-loss") ?? defaults.HiddenLossWeight,
             MaxSequenceTokens = a.Int("max-seq") ?? defaults.MaxSequenceTokens,
@@ -52,11 +52,28 @@ internal static class DistillCommand
             throw new UsageException("--out must be another directory than --model: writing the result removes the old weights first.");
         ModelCommands.RefuseExistingCheckpoint(outDir, force);
 
-        var report = Distiller.Run(model, data, outDir, options, eval, Console.WriteLine);
+        // Ctrl-C (or SIGTERM) stops training at the next sequence; nothing is written then. The checkpoint's own write
+        // goes to a hidden folder first, so even a kill during it leaves --out as it was.
+        using var stop = new CancellationTokenSource();
+        void OnSignal(System.Runtime.InteropServices.PosixSignalContext context)
+        {
+            context.Cancel = true;
+            stop.Cancel();
+        }
+        using var interrupt = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGINT, OnSignal);
+        using var terminate = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, OnSignal);
+        DistillationReport report;
+        try
+        {
+            report = Distiller.Run(model, data, outDir, options, eval, Console.WriteLine, stop.Token);
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+            Console.Error.WriteLine($"swiftkv distill: interrupted; nothing was written to {outDir}.");
+            return 130;
+        }
         Console.WriteLine($"wrote {outDir}: {report.Steps} steps over {report.Sequences} sequences ({report.Tokens:N0} tokens) in {report.Elapsed.TotalSeconds:F1} s; " +
             $"on {report.ScoredOn}: loss {report.Before.Loss:F4} -> {report.After.Loss:F4}, top-1 agreement {report.Before.Top1Agreement:P1} -> {report.After.Top1Agreement:P1}");
-        if (report.Truncated > 0) Console.WriteLine($"note: {report.Truncated} sequences were longer than --max-seq (or the model's context) and kept their first tokens.");
-        if (report.Skipped > 0) Console.WriteLine($"note: {report.Skipped} sequences had nothing to score (no assistant reply within the limit) and were skipped.");
         return 0;
     }
 }

@@ -633,6 +633,9 @@ public sealed class CliTests : IDisposable
     {
         string llama = Tiny("distill-base", "--dtype", "fp32"), swift = Path.Combine(_root, "distill-skv"), output = Path.Combine(_root, "distilled");
         Assert.Equal(0, Run("transform", "--model", llama, "--out", swift, "--swiftkv-layers", "2", "--group-size", "2").Code);
+        // fp32 weights under a config that says bfloat16: the output keeps the tensors' own dtype (checked bit for bit below).
+        string configPath = Path.Combine(swift, "config.json");
+        File.WriteAllText(configPath, File.ReadAllText(configPath).Replace("\"float32\"", "\"bfloat16\"", StringComparison.Ordinal));
         string data = Path.Combine(_root, "chats.jsonl");
         File.WriteAllLines(data, Enumerable.Range(0, 8).Select(i =>
             $$"""{"messages": [{"role": "user", "content": "Summarize item {{i}}: revenue grew {{i}}% while costs fell."}, {"role": "assistant", "content": "Revenue up {{i}}%, costs down."}]}"""));
@@ -671,6 +674,13 @@ public sealed class CliTests : IDisposable
         Assert.Contains("is not finite", blown.Err);
         Assert.Single(blown.Err.TrimEnd().Split('\n'));
         Assert.False(File.Exists(Path.Combine(_root, "x5", "model.safetensors")));
+
+        // bf16 weights and a learning rate too small to move them: said, not hidden behind a loss measured in fp32.
+        string bf16 = Path.Combine(_root, "distill-bf16");
+        Assert.Equal(0, Run("transform", "--model", Tiny("distill-bf16-base"), "--out", bf16, "--swiftkv-layers", "2").Code);
+        var still = Run("distill", "--model", bf16, "--data", data, "--out", Path.Combine(_root, "x6"), "--lr", "1e-12", "--batch-size", "8");
+        Assert.True(still.Code == 0, still.Err);
+        Assert.Contains("unchanged once rounded to BF16", still.Out);
     }
 
     public void Dispose()

@@ -39,9 +39,9 @@ public static class DistillationData
             throw new FileNotFoundException(Directory.Exists(path) ? $"{path} is a directory; distillation data is a JSON Lines file." : $"no distillation data at {path}.", path);
         var sequences = new List<DistillationSequence>();
         int truncated = 0, skipped = 0, number = 0;
-        foreach (string line in File.ReadLines(path))
+        foreach (var (line, lineNumber) in Lines(path))
         {
-            number++;
+            number = lineNumber;
             if (string.IsNullOrWhiteSpace(line)) continue;
             var (tokens, mask) = Parse(line, tokenizer, $"{path}:{number}");
             int outside = tokens.FindIndex(id => id >= vocabSize);
@@ -60,9 +60,37 @@ public static class DistillationData
         }
         if (sequences.Count == 0)
             throw new InvalidDataException(number == 0 || skipped == 0
-                ? $"{path} holds no training sequences (one JSON object per line: {{\"messages\": [...]}} or {{\"text\": \"...\"}})."
+                ? $"{path} holds no sequences (one JSON object per line: {{\"messages\": [...]}} or {{\"text\": \"...\"}})."
                 : $"{path}: none of its {skipped} sequences has a position to score within {maxTokens} tokens (no assistant reply, or every reply past the limit).");
         return new DistillationDataSet(sequences, truncated, skipped);
+    }
+
+    /// <summary>
+    /// The file's lines (a leading UTF-8 BOM and "\r" before "\n" dropped), each decoded on its own so that invalid UTF-8
+    /// is an error naming its line rather than text silently changed to U+FFFD.
+    /// </summary>
+    static IEnumerable<(string Line, int Number)> Lines(string path)
+    {
+        var utf8 = new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+        using var stream = new BufferedStream(File.OpenRead(path), 1 << 16);
+        var line = new MemoryStream();
+        int number = 0;
+        while (true)
+        {
+            int b = stream.ReadByte();
+            if (b >= 0 && b != '\n') { line.WriteByte((byte)b); continue; }
+            if (b < 0 && line.Length == 0) yield break;
+            number++;
+            var bytes = line.GetBuffer().AsSpan(0, (int)line.Length);
+            if (number == 1 && bytes.StartsWith((ReadOnlySpan<byte>)[0xEF, 0xBB, 0xBF])) bytes = bytes[3..];
+            if (bytes.EndsWith((ReadOnlySpan<byte>)[(byte)'\r'])) bytes = bytes[..^1];
+            string text;
+            try { text = utf8.GetString(bytes); }
+            catch (System.Text.DecoderFallbackException) { throw new InvalidDataException($"{path}:{number}: not valid UTF-8 text."); }
+            yield return (text, number);
+            line.SetLength(0);
+            if (b < 0) yield break;
+        }
     }
 
     static (List<int> Tokens, List<bool> Mask) Parse(string line, LlamaTokenizer tokenizer, string where)

@@ -41,9 +41,16 @@ public static class Distiller
         var model = new DistillationModel(teacher, student, options.Temperature, options.HiddenLossWeight);
         log?.Invoke($"loaded {modelDirectory}: {config.NumHiddenLayers} layers, SwiftKV l = {config.NumKeyValueLayers}, g = {config.KeyValueGroupSize}; " +
             $"{model.Parameters.Count:N0} trainable values; {train.Sequences.Count} sequences, {train.Tokens:N0} tokens, {train.LossPositions:N0} scored positions");
+        foreach (var (set, name) in evalPath is null ? [(train, dataPath)] : new[] { (train, dataPath), (eval, evalPath) })
+        {
+            if (set.Truncated > 0) log?.Invoke($"note: {Count(set.Truncated, "sequence")} of {name} kept only their first {maxTokens} tokens (--max-seq, or the model's context).");
+            if (set.SkippedWithoutLoss > 0) log?.Invoke($"note: {Count(set.SkippedWithoutLoss, "sequence")} of {name} had nothing to score within {maxTokens} tokens (no assistant reply) and are left out.");
+        }
+        var initial = model.Parameters.Named().Select(t => (float[])t.Values.Clone()).ToList();
+        string scoredOn = evalPath is null ? "the training data" : evalPath;
 
         var before = Score(model, eval, cancellationToken);
-        log?.Invoke($"before: loss {before.Loss:F4} (T²·KL per position), top-1 agreement {before.Top1Agreement:P1}");
+        log?.Invoke($"before, on {scoredOn}: loss {before.Loss:F4} per scored position, top-1 agreement with the teacher {before.Top1Agreement:P1}");
 
         int batchesPerEpoch = (train.Sequences.Count + options.BatchSize - 1) / options.BatchSize;
         int totalSteps = batchesPerEpoch * options.Epochs, step = 0;
@@ -63,11 +70,36 @@ public static class Distiller
             }
         }
 
+        // What is scored "after" is what is written: the trained tensors rounded to the checkpoint's dtype.
+        var dtype = LlamaCheckpointLoader.StoredDtype(config, checkpoint);
+        var trained = model.Parameters.Named();
+        int unchanged = 0;
+        for (int i = 0; i < trained.Count; i++)
+        {
+            RoundTo(trained[i].Values, dtype);
+            if (trained[i].Values.AsSpan().SequenceEqual(initial[i])) unchanged++;
+        }
         var after = Score(model, eval, cancellationToken);
-        log?.Invoke($"after: loss {after.Loss:F4}, top-1 agreement {after.Top1Agreement:P1}");
-        Save(modelDirectory, outputDirectory, config, checkpoint, model.Parameters);
+        log?.Invoke($"after, on {scoredOn} with the weights as written ({dtype}): loss {after.Loss:F4}, top-1 agreement {after.Top1Agreement:P1}");
+        if (unchanged > 0)
+            log?.Invoke($"note: {unchanged} of {trained.Count} trained tensors are unchanged once rounded to {dtype} (their updates were smaller than its precision): train longer, or with a larger --lr.");
+        if (!(after.Loss < before.Loss))
+            log?.Invoke("note: the loss did not go down; the checkpoint is written anyway. Check --lr (too large overshoots, too small does nothing) and --temperature.");
+        cancellationToken.ThrowIfCancellationRequested();
+        Save(modelDirectory, outputDirectory, config, checkpoint, model.Parameters, dtype);
         return new DistillationReport(before, after, totalSteps, train.Sequences.Count, train.Tokens, train.Truncated, train.SkippedWithoutLoss,
-            sw.Elapsed, evalPath ?? dataPath);
+            sw.Elapsed, scoredOn);
+    }
+
+    static string Count(int n, string noun) => n == 1 ? $"1 {noun}" : $"{n} {noun}s";
+
+    /// <summary>Rounds fp32 values to what <paramref name="dtype"/> stores, in place.</summary>
+    static void RoundTo(float[] values, TensorDtype dtype)
+    {
+        if (dtype == TensorDtype.F32) return;
+        var bytes = new byte[values.Length * dtype.ElementSize()];
+        Fp32Conversion.FromFloat32(values, dtype, bytes);
+        Fp32Conversion.ToFloat32(bytes, dtype, values);
     }
 
     /// <summary>
@@ -154,12 +186,11 @@ public static class Distiller
             throw new ArgumentException($"the output directory {dst} must be outside the checkpoint being distilled ({src}).", nameof(outputDirectory));
     }
 
-    static void Save(string modelDirectory, string outputDirectory, LlamaConfig config, SafetensorsCheckpoint checkpoint, SwiftKvTensors trained)
+    /// <summary>The source checkpoint with the trained tensors, in <paramref name="dtype"/> (fp8 weights: written dequantized, as transform writes them).</summary>
+    static void Save(string modelDirectory, string outputDirectory, LlamaConfig config, SafetensorsCheckpoint checkpoint, SwiftKvTensors trained, TensorDtype dtype)
     {
         var byName = trained.Named().ToDictionary(t => t.Name, t => t.Values, StringComparer.Ordinal);
-        // An FP8 source is written unquantized, as transform writes it.
         var target = config with { Quantization = null };
-        var dtype = config.Quantization is null ? TensorDtypes.FromTorchName(config.TorchDtype) : TensorDtype.BF16;
         var tensors = LlamaTensorNames.ForCheckpoint(target)
             .Select(spec => new TensorToWrite(spec.Name, spec.Shape,
                 () => byName.TryGetValue(spec.Name, out var values) ? values : LlamaCheckpointLoader.ReadFloat32(config, checkpoint, spec.Name)))

@@ -24,15 +24,41 @@ public static class LlamaCheckpointWriter
     /// <summary>
     /// Writes config.json (with torch_dtype set to <paramref name="dtype"/>) and <paramref name="tensors"/> in order,
     /// starting a new shard before a tensor that would push the current one past <paramref name="maxShardBytes"/>.
-    /// Earlier model*.safetensors files and index in <paramref name="directory"/> are removed first, so a stale
-    /// file can never shadow the new ones.
+    /// Earlier model*.safetensors files and index in <paramref name="directory"/> are removed, so a stale file can never
+    /// shadow the new ones.
     /// </summary>
+    /// <remarks>
+    /// NOTE: the files are written into a hidden folder inside <paramref name="directory"/> and moved into place only
+    /// once all are complete: an interrupted write (Ctrl-C, a full disk, an error while producing a tensor) leaves what
+    /// was there before, not a checkpoint of truncated files. A folder left by a killed process is removed next time.
+    /// </remarks>
     public static void Save(string directory, LlamaConfig config, IReadOnlyList<TensorToWrite> tensors,
         TensorDtype dtype = TensorDtype.BF16, long maxShardBytes = DefaultMaxShardBytes)
     {
         if (maxShardBytes <= 0) throw new ArgumentOutOfRangeException(nameof(maxShardBytes), "must be positive.");
         Directory.CreateDirectory(directory);
-        RemoveOldWeights(directory);
+        foreach (string stale in Directory.EnumerateDirectories(directory, PartialPrefix + "*")) Directory.Delete(stale, recursive: true);
+        string staging = Path.Combine(directory, PartialPrefix + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(staging);
+        try
+        {
+            WriteFiles(staging, config, tensors, dtype, maxShardBytes);
+            RemoveOldWeights(directory);
+            // Weights first, config.json last: a reader that finds the new config finds its weights.
+            foreach (string f in Directory.GetFiles(staging).OrderBy(f => Path.GetFileName(f) == "config.json"))
+                File.Move(f, Path.Combine(directory, Path.GetFileName(f)), overwrite: true);
+        }
+        finally
+        {
+            if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
+        }
+    }
+
+    /// <summary>The hidden folder a write goes to before its files move into place.</summary>
+    public const string PartialPrefix = ".swiftkv-partial-";
+
+    static void WriteFiles(string directory, LlamaConfig config, IReadOnlyList<TensorToWrite> tensors, TensorDtype dtype, long maxShardBytes)
+    {
         File.WriteAllText(Path.Combine(directory, "config.json"), (config with { TorchDtype = dtype.TorchName() }).ToJson());
 
         var shards = Split(tensors, dtype, maxShardBytes);

@@ -94,9 +94,23 @@ public sealed class DistillationDataTests : IDisposable
     }
 
     [Fact]
+    public void Encoding_BomAndCrlfAreRead_InvalidUtf8IsNamedWithItsLine()
+    {
+        string path = Path.Combine(_dir, "enc.jsonl");
+        var ok = "\uFEFF{\"text\": \"caf\u00e9\"}\r\n{\"text\": \"two\"}\r\n"u8.ToArray();
+        System.IO.File.WriteAllBytes(path, ok);
+        var data = DistillationData.Read(path, Tok, 8192);
+        Assert.Equal(2, data.Sequences.Count);
+        Assert.Equal(["café"], ScoredText(data.Sequences[0]));
+
+        System.IO.File.WriteAllBytes(path, [.. "{\"text\": \"a\"}\n"u8, .. "{\"text\": \"b"u8, 0xFF, .. "\"}\n"u8]);
+        Assert.Contains(path + ":2: not valid UTF-8", Assert.Throws<InvalidDataException>(() => DistillationData.Read(path, Tok, 8192)).Message);
+    }
+
+    [Fact]
     public void EmptyOrMissingFiles_AreRefused()
     {
-        Assert.Contains("holds no training sequences", Assert.Throws<InvalidDataException>(() => DistillationData.Read(File("", " "), Tok, 8192)).Message);
+        Assert.Contains("holds no sequences", Assert.Throws<InvalidDataException>(() => DistillationData.Read(File("", " "), Tok, 8192)).Message);
         Assert.Throws<FileNotFoundException>(() => DistillationData.Read(Path.Combine(_dir, "none.jsonl"), Tok, 8192));
         Assert.Contains("is a directory", Assert.Throws<FileNotFoundException>(() => DistillationData.Read(_dir, Tok, 8192)).Message);
         Assert.Throws<ArgumentOutOfRangeException>(() => DistillationData.Read(File("""{"text": "a"}"""), Tok, 1));

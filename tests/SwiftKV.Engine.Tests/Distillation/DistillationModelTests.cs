@@ -179,6 +179,27 @@ public sealed class DistillationModelTests : IDisposable
     }
 
     [Fact]
+    public void Run_CancelledMidway_StopsAndWritesNothing()
+    {
+        string baseDir = Path.Combine(_root, "full-vocab"), dir = Path.Combine(_root, "full-vocab-skv");
+        ModelMaker.Write(baseDir, ModelPresets.Get("tiny"), new ModelMakerOptions { Seed = 3, Dtype = TensorDtype.BF16 });
+        SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(baseDir);
+        SwiftKvConverter.Convert(baseDir, dir, 2, 1);
+        string data = Path.Combine(_root, "d.jsonl"), output = Path.Combine(_root, "cancelled");
+        File.WriteAllLines(data, Enumerable.Range(0, 4).Select(i => $$"""{"text": "line {{i}} of some training text"}"""));
+
+        // Cancelled once the "before" score is logged, as Ctrl-C in the middle of a run.
+        using var stop = new CancellationTokenSource();
+        var log = new List<string>();
+        Assert.ThrowsAny<OperationCanceledException>(() => Distiller.Run(dir, data, output, new DistillationOptions { BatchSize = 1 },
+            log: line => { log.Add(line); if (line.StartsWith("before", StringComparison.Ordinal)) stop.Cancel(); },
+            cancellationToken: stop.Token));
+        Assert.Contains(log, l => l.StartsWith("before", StringComparison.Ordinal));
+        Assert.DoesNotContain(log, l => l.StartsWith("step", StringComparison.Ordinal));
+        Assert.False(Directory.Exists(output));
+    }
+
+    [Fact]
     public void Adam_MatchesItsDefinition()
     {
         // Two steps by hand in double: m, v with bias correction, as torch.optim.Adam.

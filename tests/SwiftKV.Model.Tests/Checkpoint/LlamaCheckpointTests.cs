@@ -210,4 +210,32 @@ public sealed class LlamaCheckpointTests : IDisposable
         Assert.Equal(["model.safetensors"], Directory.GetFiles(dir.Path, "*.safetensors").Select(Path.GetFileName));
         Assert.False(File.Exists(dir.File(SafetensorsCheckpoint.IndexFileName)));
     }
+
+    /// <summary>
+    /// A write that fails part-way (here a tensor's producer throws after the first shard is written; Ctrl-C or a full
+    /// disk do the same) leaves the checkpoint that was there, whole, and no half-written files or folder.
+    /// </summary>
+    [Fact]
+    public void Save_FailingPartWay_LeavesThePreviousCheckpoint()
+    {
+        var config = TinyModels.Config();
+        var values = TinyModels.SaveFull(dir.Path, config, TensorDtype.F32);
+        var files = Directory.GetFiles(dir.Path).Select(f => (f, File.ReadAllBytes(f))).ToList();
+
+        var specs = LlamaTensorNames.ForCheckpoint(config);
+        var tensors = TinyModels.ToWrite(specs, TinyModels.Values(specs, 2));
+        tensors[^1] = new TensorToWrite(tensors[^1].Name, tensors[^1].Shape, () => throw new IOException("disk full"));
+        Assert.Throws<IOException>(() => LlamaCheckpointWriter.Save(dir.Path, config, tensors, TensorDtype.BF16, maxShardBytes: 3000));
+
+        foreach (var (f, bytes) in files) Assert.Equal(bytes, File.ReadAllBytes(f));
+        Assert.Equal(files.Count, Directory.GetFiles(dir.Path).Length);
+        Assert.Empty(Directory.GetDirectories(dir.Path));
+        var loaded = LlamaCheckpointLoader.Load(dir.Path);
+        Assert.Equal(values[LlamaTensorNames.EmbedTokens], loaded.EmbedTokens);
+
+        // A folder left by a killed write is removed by the next one.
+        Directory.CreateDirectory(Path.Combine(dir.Path, LlamaCheckpointWriter.PartialPrefix + "killed"));
+        TinyModels.SaveFull(dir.Path, config, TensorDtype.F32);
+        Assert.Empty(Directory.GetDirectories(dir.Path));
+    }
 }
