@@ -217,9 +217,13 @@ public sealed class CliTests : IDisposable
         string dir = Path.Combine(_root, "seventy");
         Directory.CreateDirectory(dir);
         var config = SwiftKV.Model.Checkpoint.ModelPresets.Get("llama-3.1-70b") with { NumHiddenLayers = 200 };
+        long fp32 = SwiftKV.Model.Checkpoint.ShapeManifest.ParameterCount(config, swiftKvEnabled: false) * sizeof(float);
+        if (GC.GetGCMemoryInfo().TotalAvailableMemoryBytes >= fp32)
+            Assert.Skip($"this machine may use {GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 1e9:F0} GB, enough for the {fp32 / 1e9:F0} GB model the test needs refused.");
         File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJson());
         SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
-        WriteSparseCheckpoint(Path.Combine(dir, "model.safetensors"), config);
+        try { WriteSparseCheckpoint(Path.Combine(dir, "model.safetensors"), config); }
+        catch (IOException e) { Assert.Skip($"the file system here cannot hold a sparse {fp32 / 2e9:F0} GB file ({e.Message})."); }
 
         var r = Run("generate", "--model", dir, "--backend", "cpu", "--prompt", "hi", "--max-tokens", "1");
         Assert.Equal(2, r.Code);

@@ -316,6 +316,25 @@ public class JsonSchemaConstraintTests
     }
 
     /// <summary>
+    /// Schemas whose other keys come from beside the listed properties stay open as tool arguments: allOf parts
+    /// (zod's .and()), "at least one of" anyOf of required names, required names without properties, and keywords the
+    /// machine leaves to the model. Each call here is valid by the validator and must be writable.
+    /// </summary>
+    [Theory]
+    [InlineData("""{"allOf":[{"type":"object","properties":{"a":{"type":"string"}}},{"type":"object","properties":{"b":{"type":"integer"}}}]}""", """{"a":"x","b":1}""")]
+    [InlineData("""{"type":"object","properties":{"a":{}},"allOf":[{"properties":{"b":{"type":"integer"}}}]}""", """{"a":"x","b":1}""")]
+    [InlineData("""{"type":"object","properties":{"a":{},"b":{}},"anyOf":[{"required":["a"]},{"required":["b"]}]}""", """{"a":1,"b":2}""")]
+    [InlineData("""{"type":"object","required":["a"]}""", """{"a":1,"b":2}""")]
+    [InlineData("""{"type":"object","properties":{"a":{}},"if":{"required":["a"]},"then":{"properties":{"b":{}}}}""", """{"a":1,"b":2}""")]
+    [InlineData("""{"type":"object","properties":{"a":{}},"unevaluatedProperties":true}""", """{"a":1,"b":2}""")]
+    public void ToolCallGrammar_KeepsArgumentsOpenWhereOtherKeywordsAllowKeys(string schema, string arguments)
+    {
+        Assert.True(ValidatorAccepts(schema, arguments));
+        var machine = new JsonSchemaMachine(JsonSchemaGrammar.ToolCall([("f", Parse(schema))]));
+        Assert.True(MachineAccepts(machine, $$"""{"name":"f","parameters":{{arguments}}}"""));
+    }
+
+    /// <summary>
     /// A tool call's grammar gives a call to a declared tool whose arguments the validator accepts under that tool's
     /// schema (with its own $defs), or, with an answer schema beside the tools, an answer of that schema.
     /// </summary>

@@ -101,6 +101,7 @@ public sealed class JsonSchemaGrammar
     JsonElement _root;      // the schema being compiled, which its "#..." pointers resolve against
     string _scope = "";     // keeps the pointers of one schema apart from another's in _byPointer
     bool _closeListedObjects;   // while compiling a tool's parameters (ToolCall)
+    int _allOfDepth;            // inside an allOf member, whose properties are only part of the object's
     int _schemas;
 
     /// <summary>The compiled nodes; <see cref="Root"/> is where a document starts.</summary>
@@ -157,6 +158,21 @@ public sealed class JsonSchemaGrammar
         if (answer is { } a) alternatives.Add(grammar.Schema(a, "the response format's schema"));
         grammar.Root = grammar.Add(new JsonSchemaNode { AnyOf = [.. alternatives] });
         return grammar.Finish();
+    }
+
+    /// <summary>
+    /// Whether a tool's argument object may be held to the properties it lists: it lists them itself, and no keyword
+    /// that could allow other keys sits beside them (those the machine drops or leaves to the model included).
+    /// </summary>
+    static bool ClosesAsToolArguments(JsonElement schema)
+    {
+        if (!schema.TryGetProperty("properties", out var properties) || properties.ValueKind != JsonValueKind.Object
+            || !properties.EnumerateObject().Any())
+            return false;
+        foreach (var word in (ReadOnlySpan<string>)["additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "anyOf",
+                     "oneOf", "not", "if", "then", "else", "dependentSchemas", "dependentRequired", "dependencies", "$ref"])
+            if (schema.TryGetProperty(word, out _)) return false;
+        return true;
     }
 
     int Add(JsonSchemaNode node)
@@ -225,7 +241,9 @@ public sealed class JsonSchemaGrammar
         bool own = schema.EnumerateObject().Any(p => p.Name is "type" or "properties" or "items" or "prefixItems" or "enum" or "const");
         if (!own && schema.TryGetProperty("allOf", out var all) && all.ValueKind == JsonValueKind.Array && all.GetArrayLength() > 0)
         {
-            node.AnyOf = [Node(all[0], $"{pointer}/allOf/0")];
+            _allOfDepth++;
+            try { node.AnyOf = [Node(all[0], $"{pointer}/allOf/0")]; }
+            finally { _allOfDepth--; }
             return index;
         }
 
@@ -295,8 +313,7 @@ public sealed class JsonSchemaGrammar
         }
         if (node.Properties.Length > MaxProperties)
             throw new ArgumentException($"The JSON schema at {pointer} lists more than {MaxProperties} properties; decoding enforces at most {MaxProperties} per object.");
-        if (_closeListedObjects && node.Properties.Length > 0 && node.Additional == Any
-            && !schema.TryGetProperty("additionalProperties", out _) && !schema.TryGetProperty("patternProperties", out _))
+        if (_closeListedObjects && _allOfDepth == 0 && node.Additional == Any && ClosesAsToolArguments(schema))
             node.Additional = -1;
 
         JsonElement? rest = null;

@@ -30,23 +30,27 @@ public static class LlamaCheckpointWriter
     /// <remarks>
     /// NOTE: the files are written into a hidden folder inside <paramref name="directory"/> and moved into place only
     /// once all are complete: an interrupted write (Ctrl-C, a full disk, an error while producing a tensor) leaves what
-    /// was there before, not a checkpoint of truncated files. A folder left by a killed process is removed next time.
+    /// was there before, not a checkpoint of truncated files. A folder left by a killed process is removed by a later
+    /// write once it is ten minutes old; other tools skip such folders (<see cref="PartialPrefix"/>).
     /// </remarks>
     public static void Save(string directory, LlamaConfig config, IReadOnlyList<TensorToWrite> tensors,
         TensorDtype dtype = TensorDtype.BF16, long maxShardBytes = DefaultMaxShardBytes)
     {
         if (maxShardBytes <= 0) throw new ArgumentOutOfRangeException(nameof(maxShardBytes), "must be positive.");
         Directory.CreateDirectory(directory);
-        foreach (string stale in Directory.EnumerateDirectories(directory, PartialPrefix + "*")) Directory.Delete(stale, recursive: true);
+        RemoveStalePartials(directory);
         string staging = Path.Combine(directory, PartialPrefix + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(staging);
         try
         {
             WriteFiles(staging, config, tensors, dtype, maxShardBytes);
-            RemoveOldWeights(directory);
-            // Weights first, config.json last: a reader that finds the new config finds its weights.
-            foreach (string f in Directory.GetFiles(staging).OrderBy(f => Path.GetFileName(f) == "config.json"))
-                File.Move(f, Path.Combine(directory, Path.GetFileName(f)), overwrite: true);
+            // Each new file replaces its namesake in one rename, weights first and config.json last (a reader that finds
+            // the new config finds its weights); only then do old weight files the new set does not replace (shards of
+            // another count, an index the new single file has no use for) go.
+            var written = Directory.GetFiles(staging).Select(f => Path.GetFileName(f)).ToHashSet(StringComparer.Ordinal);
+            foreach (string name in written.OrderBy(n => n == "config.json"))
+                File.Move(Path.Combine(staging, name), Path.Combine(directory, name), overwrite: true);
+            RemoveOldWeights(directory, keep: written);
         }
         finally
         {
@@ -100,11 +104,27 @@ public static class LlamaCheckpointWriter
         return shards;
     }
 
-    static void RemoveOldWeights(string directory)
+    static void RemoveOldWeights(string directory, IReadOnlySet<string> keep)
     {
-        foreach (string f in Directory.EnumerateFiles(directory, "model*.safetensors"))
-            File.Delete(f);
-        string index = Path.Combine(directory, SafetensorsCheckpoint.IndexFileName);
-        if (File.Exists(index)) File.Delete(index);
+        foreach (string f in Directory.EnumerateFiles(directory, "model*.safetensors").Append(Path.Combine(directory, SafetensorsCheckpoint.IndexFileName)))
+            if (!keep.Contains(Path.GetFileName(f)) && File.Exists(f)) File.Delete(f);
     }
+
+    /// <summary>
+    /// Removes folders a killed write left behind, once they are old enough that no write still runs in them (a second
+    /// process writing into the same directory keeps its own).
+    /// </summary>
+    static void RemoveStalePartials(string directory)
+    {
+        foreach (string stale in Directory.EnumerateDirectories(directory, PartialPrefix + "*"))
+        {
+            if (DateTime.UtcNow - Directory.GetLastWriteTimeUtc(stale) < StalePartialAge) continue;
+            try { Directory.Delete(stale, recursive: true); }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+        }
+    }
+
+    /// <summary>How old a partial write's folder must be to count as abandoned.</summary>
+    internal static readonly TimeSpan StalePartialAge = TimeSpan.FromMinutes(10);
 }

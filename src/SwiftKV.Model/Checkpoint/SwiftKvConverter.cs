@@ -56,6 +56,8 @@ public static class SwiftKvConverter
         {
             string rel = Path.GetRelativePath(from, file);
             string name = Path.GetFileName(file);
+            // A write that was killed part-way left its files in a hidden folder: they are not the checkpoint's.
+            if (rel.StartsWith(LlamaCheckpointWriter.PartialPrefix, StringComparison.Ordinal)) continue;
             if (rel == "config.json" || rel == "model.safetensors.index.json"
                 || (!rel.Contains(Path.DirectorySeparatorChar) && name.EndsWith(".safetensors", StringComparison.Ordinal)))
                 continue;

@@ -218,7 +218,7 @@ public sealed class LlamaCheckpointTests : IDisposable
     [Fact]
     public void Save_FailingPartWay_LeavesThePreviousCheckpoint()
     {
-        var config = TinyModels.Config();
+        var config = TinyModels.Config(swiftKv: false);
         var values = TinyModels.SaveFull(dir.Path, config, TensorDtype.F32);
         var files = Directory.GetFiles(dir.Path).Select(f => (f, File.ReadAllBytes(f))).ToList();
 
@@ -233,9 +233,26 @@ public sealed class LlamaCheckpointTests : IDisposable
         var loaded = LlamaCheckpointLoader.Load(dir.Path);
         Assert.Equal(values[LlamaTensorNames.EmbedTokens], loaded.EmbedTokens);
 
-        // A folder left by a killed write is removed by the next one.
-        Directory.CreateDirectory(Path.Combine(dir.Path, LlamaCheckpointWriter.PartialPrefix + "killed"));
+        // A folder left by a killed write is removed by a later one once it is old; a young one may be another writer's.
+        string killed = Path.Combine(dir.Path, LlamaCheckpointWriter.PartialPrefix + "killed");
+        string young = Path.Combine(dir.Path, LlamaCheckpointWriter.PartialPrefix + "running");
+        Directory.CreateDirectory(killed);
+        Directory.CreateDirectory(young);
+        Directory.SetLastWriteTimeUtc(killed, DateTime.UtcNow - TimeSpan.FromHours(1));
         TinyModels.SaveFull(dir.Path, config, TensorDtype.F32);
-        Assert.Empty(Directory.GetDirectories(dir.Path));
+        Assert.Equal([young], Directory.GetDirectories(dir.Path));
+
+        // Nor does a converter copy such a folder into its output as a companion file.
+        File.WriteAllText(Path.Combine(young, "model-00001-of-00002.safetensors"), "partial");
+        string converted = Path.Combine(dir.Path, "..", Path.GetFileName(dir.Path) + "-converted");
+        try
+        {
+            SwiftKvConverter.Convert(dir.Path, converted, numKeyValueLayers: config.NumHiddenLayers - 1);
+            Assert.Empty(Directory.GetDirectories(converted));
+        }
+        finally
+        {
+            if (Directory.Exists(converted)) Directory.Delete(converted, recursive: true);
+        }
     }
 }
