@@ -192,11 +192,15 @@ public sealed class DistillationModel
             var zt = Logits(Norm(teacherRows, n, _teacher.Norm), n, _teacher.LmHead);
             var zs = Logits(Norm(studentRows, n, _student.Norm), n, _student.LmHead);
             var dz = dx is null ? null : new float[n * vocab];
-            for (int r = 0; r < n; r++)
+            // Rows in parallel (one 128K-entry pass each adds up over a chunk), each with its own scratch; the sums are
+            // taken in row order afterwards, so the loss does not depend on the threads' timing.
+            var rowLoss = new double[n];
+            var rowAgrees = new bool[n];
+            void Row(int r, float[] ratio)
             {
                 var pt = zt.AsSpan(r * vocab, vocab);
                 var ps = zs.AsSpan(r * vocab, vocab);
-                if (TensorPrimitives.IndexOfMax(pt) == TensorPrimitives.IndexOfMax(ps)) agree++;
+                rowAgrees[r] = TensorPrimitives.IndexOfMax(pt) == TensorPrimitives.IndexOfMax(ps);
                 TensorPrimitives.Multiply(pt, invT, pt);
                 TensorPrimitives.Multiply(ps, invT, ps);
                 CpuKernels.Softmax(pt);
@@ -207,13 +211,20 @@ public sealed class DistillationModel
                 TensorPrimitives.Max(ps, 1.17549435e-38f, ratio);   // the smallest normal float
                 TensorPrimitives.Divide(pt, ratio, ratio);
                 TensorPrimitives.Log(ratio, ratio);
-                lossSum += Temperature * Temperature * (double)TensorPrimitives.Dot(pt, ratio);
+                rowLoss[r] = Temperature * Temperature * (double)TensorPrimitives.Dot(pt, ratio);
                 if (dz is not null)
                 {
                     var d = dz.AsSpan(r * vocab, vocab);
                     TensorPrimitives.Subtract(ps, pt, d);
                     TensorPrimitives.Multiply(d, Temperature * scale, d);
                 }
+            }
+            if (n == 1 || Environment.ProcessorCount == 1) { for (int r = 0; r < n; r++) Row(r, ratio); }
+            else Parallel.For(0, n, () => new float[vocab], (r, _, scratch) => { Row(r, scratch); return scratch; }, _ => { });
+            for (int r = 0; r < n; r++)
+            {
+                lossSum += rowLoss[r];
+                if (rowAgrees[r]) agree++;
             }
             if (dx is null) continue;
             var dFinal = new float[n * hidden];
