@@ -7,7 +7,7 @@
 //   K/V of each later cache from s (AcrossKV: one per group leader);  every token continues through layers l..L-1
 //   with q_proj_swiftkv. Only norm_swiftkv and the *_swiftkv projections train, so the backward pass runs through
 //   layers l..L-1 only and stops at x_l.
-// Memory: the later layers' activations for the sequence (about (L - l)·T·(3·hidden + 2·q_dim + 2·intermediate)
+// Memory: the later layers' activations for the sequence (about (L - l)·T·(3·hidden + q_dim + 2·intermediate)
 // floats) and a chunk of logit rows at a time, never (T, vocab_size) at once.
 using System.Numerics.Tensors;
 using SwiftKV.Engine.Cpu;
@@ -97,8 +97,8 @@ public sealed class DistillationModel
         }
 
         var student = StudentForward(xl, rows, keepActivations: gradients is not null);
-        var dx = new float[rows * hidden];
-        var score = Loss(xTeacher, student.Output, rows, lossMask, gradients is null ? null : dx, gradientScale);
+        var dx = gradients is null ? null : new float[rows * hidden];
+        var score = Loss(xTeacher, student.Output, rows, lossMask, dx, gradientScale);
         float[]? dBeforeLast = null;
         if (teacherBeforeLast is not null)
         {
@@ -106,7 +106,7 @@ public sealed class DistillationModel
             score += HiddenLoss(teacherBeforeLast, student.BeforeLast!, rows, lossMask, dBeforeLast, gradientScale);
         }
         if (gradients is not null && score.Positions > 0)
-            StudentBackward(student, xl, rows, dx, dBeforeLast, gradients);
+            StudentBackward(student, xl, rows, dx!, dBeforeLast, gradients);
         return score;
     }
 
@@ -127,7 +127,7 @@ public sealed class DistillationModel
 
     sealed class LayerActivations
     {
-        public required float[] Input, H1, Q, Attn;
+        public required float[] Input, H1, Q;
         public readonly PostAttentionActivations Tail = new();
     }
 
@@ -161,7 +161,7 @@ public sealed class DistillationModel
             var q = Query(h1, rows, layer.QProjSwiftKv!, layer.QBiasSwiftKv);
             var (k, v) = caches[Leader(j)];
             var attn = Attend(q, rows, k, v);
-            var a = keepActivations ? new LayerActivations { Input = input, H1 = h1, Q = q, Attn = attn } : null;
+            var a = keepActivations ? new LayerActivations { Input = input, H1 = h1, Q = q } : null;
             PostAttention.Run(_cfg, _eps, x, rows, layer, attn, a?.Tail);
             if (a is not null) saved[j] = a;
         }

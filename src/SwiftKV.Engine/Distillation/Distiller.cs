@@ -167,7 +167,7 @@ public static class Distiller
         var needed = LlamaTensorNames.ForModel(c, false).Concat(LlamaTensorNames.ForModel(c, true)).DistinctBy(s => s.Name).ToList();
         long weights = needed.Sum(s => s.ElementCount);
         long trainable = needed.Where(s => s.Name.Contains("swiftkv", StringComparison.Ordinal)).Sum(s => s.ElementCount);
-        long activations = later * T * (3 * h + 2 * q + 2 * i) + leaders * 4 * T * kv + T * (3 * i + 5 * h + 2 * q)
+        long activations = later * T * (3 * h + q + 2 * i) + leaders * 4 * T * kv + T * (3 * i + 5 * h + 2 * q)
             + (long)Environment.ProcessorCount * 2 * T * kv + 3L * 32 * c.VocabSize;
         long bytes = 4 * (weights + 3 * trainable + activations);
         long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
