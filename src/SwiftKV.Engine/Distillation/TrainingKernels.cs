@@ -45,15 +45,21 @@ internal static class TrainingKernels
             Parallel.For(0, tiles, i => Block(i * Tile, Math.Min(rows, (i + 1) * Tile), 0, outDim, dx));
             return;
         }
-        int chunks = Math.Min(outDim, cores * 4);
-        var gate = new object();
-        Parallel.For(0, chunks, () => new float[rows * inDim], (c, _, local) =>
+        // Each block of output features sums into its own buffer, and the buffers are added in block order: the result
+        // does not depend on which thread finished first (same machine, same data, same checkpoint bit for bit).
+        int chunks = (int)Math.Clamp(PartialBudget / ((long)rows * inDim), 1, Math.Min(outDim, cores * 4));
+        var partial = new float[chunks][];
+        Parallel.For(0, chunks, c =>
         {
             int o0 = (int)((long)outDim * c / chunks), o1 = (int)((long)outDim * (c + 1) / chunks);
-            for (int t0 = 0; t0 < rows; t0 += Tile) Block(t0, Math.Min(rows, t0 + Tile), o0, o1, local);
-            return local;
-        }, local => { lock (gate) TensorPrimitives.Add(dx, local, dx); });
+            partial[c] = new float[rows * inDim];
+            for (int t0 = 0; t0 < rows; t0 += Tile) Block(t0, Math.Min(rows, t0 + Tile), o0, o1, partial[c]);
+        });
+        foreach (var p in partial) TensorPrimitives.Add(dx, p, dx);
     }
+
+    /// <summary>Floats of per-thread partial sums a backward kernel may hold at once (64 MB).</summary>
+    const long PartialBudget = 16L << 20;
 
     /// <summary>
     /// dw (outDim, inDim) += dy (rows, outDim)ᵀ · x (rows, inDim) and, when given, db (outDim) += the column sums of dy:
@@ -136,10 +142,6 @@ internal static class TrainingKernels
     {
         int groups = numHeads / numKvHeads, qDim = numHeads * headDim, kvDim = numKvHeads * headDim;
         float scale = (float)(1.0 / Math.Sqrt(headDim));
-        var gate = new object();
-
-        // Rows are split over threads; each thread sums its keys' and values' gradients privately, then adds them once.
-        (float[] P, float[] DP, float[] DK, float[] DV) Local() => (new float[rows], new float[rows], new float[dKeys.Length], new float[dValues.Length]);
         void Row(int t, (float[] P, float[] DP, float[] DK, float[] DV) s)
         {
             int len = t + 1;
@@ -171,22 +173,20 @@ internal static class TrainingKernels
                 }
             }
         }
-        void Merge((float[] P, float[] DP, float[] DK, float[] DV) s)
+        // Rows are dealt to a fixed number of parts in turn (t, t + parts, ...: causal rows grow in cost), each part summing
+        // its keys' and values' gradients in its own buffers; the parts are added in order afterwards, so the result does
+        // not depend on thread timing.
+        int parts = Serial((long)rows * rows * qDim) ? 1 : Math.Min(rows, Environment.ProcessorCount);
+        var local = new (float[] P, float[] DP, float[] DK, float[] DV)[parts];
+        Parallel.For(0, parts, i =>
         {
-            lock (gate)
-            {
-                TensorPrimitives.Add(dKeys, s.DK, dKeys);
-                TensorPrimitives.Add(dValues, s.DV, dValues);
-            }
-        }
-
-        if (Serial((long)rows * rows * qDim))
+            local[i] = (new float[rows], new float[rows], new float[dKeys.Length], new float[dValues.Length]);
+            for (int t = i; t < rows; t += parts) Row(t, local[i]);
+        });
+        foreach (var part in local)
         {
-            var s = Local();
-            for (int t = 0; t < rows; t++) Row(t, s);
-            Merge(s);
-            return;
+            TensorPrimitives.Add(dKeys, part.DK, dKeys);
+            TensorPrimitives.Add(dValues, part.DV, dValues);
         }
-        Parallel.For(0, rows, Local, (t, _, s) => { Row(t, s); return s; }, Merge);
     }
 }

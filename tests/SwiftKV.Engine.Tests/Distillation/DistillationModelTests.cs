@@ -199,6 +199,29 @@ public sealed class DistillationModelTests : IDisposable
         Assert.False(Directory.Exists(output));
     }
 
+    /// <summary>
+    /// The same data, model and machine give the same weights bit for bit: every parallel sum is added in a fixed order
+    /// (they were merged as threads finished, so runs differed in the last bits).
+    /// </summary>
+    [Fact]
+    public void TrainStep_IsDeterministic()
+    {
+        string dir = MakeStudent(7, 1, 3, false, false, seed: 11, kvHeads: 1);
+        var tokens = RandomTokens(new Random(5), 96, 96);
+        var batch = new List<DistillationSequence> { new(tokens, tokens.Select((_, t) => t < tokens.Length - 1).ToArray()) };
+        float[][] Train()
+        {
+            var model = Open(dir);
+            var adam = new Adam(model.Parameters);
+            var grads = model.Parameters.ZerosLike();
+            for (int i = 0; i < 3; i++) Distiller.TrainStep(model, adam, grads, batch, 1e-3, TestContext.Current.CancellationToken);
+            return model.Parameters.Named().Select(t => t.Values).ToArray();
+        }
+        var first = Train();
+        for (int run = 0; run < 3; run++)
+            Assert.Equal(first, Train());
+    }
+
     [Fact]
     public void Adam_MatchesItsDefinition()
     {
