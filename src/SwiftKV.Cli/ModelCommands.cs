@@ -42,8 +42,7 @@ internal static class ModelCommands
         if (tok is not null && tok.VocabularySize > config.VocabSize)
             throw new ArgumentException($"the demo tokenizer needs vocab_size >= {tok.VocabularySize} (got {config.VocabSize}); pass --no-tokenizer for smaller vocabularies.");
         CreateOutDirectory(outDir);
-        ModelMaker.Write(outDir, config, options);
-        tok?.Save(outDir);
+        ModelMaker.Write(outDir, config, options, companions: staging => tok?.Save(staging));
     }
 
     /// <summary>Creates --out, naming the option and the path when that is not possible (a read-only or virtual file

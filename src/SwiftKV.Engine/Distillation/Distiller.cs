@@ -195,7 +195,6 @@ public static class Distiller
             .Select(spec => new TensorToWrite(spec.Name, spec.Shape,
                 () => byName.TryGetValue(spec.Name, out var values) ? values : LlamaCheckpointLoader.ReadFloat32(config, checkpoint, spec.Name)))
             .ToList();
-        LlamaCheckpointWriter.Save(outputDirectory, target, tensors, dtype);
-        SwiftKvConverter.CopyCompanionFiles(modelDirectory, outputDirectory);
+        LlamaCheckpointWriter.Save(outputDirectory, target, tensors, dtype, companions: staging => SwiftKvConverter.CopyCompanionFiles(modelDirectory, staging));
     }
 }

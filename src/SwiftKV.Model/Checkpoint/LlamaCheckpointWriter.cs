@@ -32,9 +32,11 @@ public static class LlamaCheckpointWriter
     /// once all are complete: an interrupted write (Ctrl-C, a full disk, an error while producing a tensor) leaves what
     /// was there before, not a checkpoint of truncated files. A folder left by a killed process is removed by a later
     /// write once it is ten minutes old; other tools skip such folders (<see cref="PartialPrefix"/>).
+    /// <c>companions</c> writes the files that travel with the weights (tokenizer, generation_config.json, ...) into the
+    /// folder it is given, so that they move into place with the weights rather than after them.
     /// </remarks>
     public static void Save(string directory, LlamaConfig config, IReadOnlyList<TensorToWrite> tensors,
-        TensorDtype dtype = TensorDtype.BF16, long maxShardBytes = DefaultMaxShardBytes)
+        TensorDtype dtype = TensorDtype.BF16, long maxShardBytes = DefaultMaxShardBytes, Action<string>? companions = null)
     {
         if (maxShardBytes <= 0) throw new ArgumentOutOfRangeException(nameof(maxShardBytes), "must be positive.");
         Directory.CreateDirectory(directory);
@@ -44,12 +46,18 @@ public static class LlamaCheckpointWriter
         try
         {
             WriteFiles(staging, config, tensors, dtype, maxShardBytes);
-            // Each new file replaces its namesake in one rename, weights first and config.json last (a reader that finds
-            // the new config finds its weights); only then do old weight files the new set does not replace (shards of
+            companions?.Invoke(staging);
+            // Each new file replaces its namesake in one rename, config.json last (a reader that finds the new config
+            // finds its weights and tokenizer); only then do old weight files the new set does not replace (shards of
             // another count, an index the new single file has no use for) go.
-            var written = Directory.GetFiles(staging).Select(f => Path.GetFileName(f)).ToHashSet(StringComparer.Ordinal);
+            var written = Directory.GetFiles(staging, "*", SearchOption.AllDirectories)
+                .Select(f => Path.GetRelativePath(staging, f)).ToHashSet(StringComparer.Ordinal);
             foreach (string name in written.OrderBy(n => n == "config.json"))
-                File.Move(Path.Combine(staging, name), Path.Combine(directory, name), overwrite: true);
+            {
+                string target = Path.Combine(directory, name);
+                Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+                File.Move(Path.Combine(staging, name), target, overwrite: true);
+            }
             RemoveOldWeights(directory, keep: written);
         }
         finally
@@ -118,7 +126,10 @@ public static class LlamaCheckpointWriter
     {
         foreach (string stale in Directory.EnumerateDirectories(directory, PartialPrefix + "*"))
         {
-            if (DateTime.UtcNow - Directory.GetLastWriteTimeUtc(stale) < StalePartialAge) continue;
+            // The folder's own date moves only when a file is added; a long shard being written moves its file's.
+            var newest = Directory.EnumerateFiles(stale, "*", SearchOption.AllDirectories).Select(File.GetLastWriteTimeUtc)
+                .Append(Directory.GetLastWriteTimeUtc(stale)).Max();
+            if (DateTime.UtcNow - newest < StalePartialAge) continue;
             try { Directory.Delete(stale, recursive: true); }
             catch (IOException) { }
             catch (UnauthorizedAccessException) { }

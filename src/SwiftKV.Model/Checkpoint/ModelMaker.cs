@@ -19,7 +19,9 @@ public static class ModelMaker
     /// Writes config.json, generation_config.json and the safetensors file(s) of <paramref name="config"/> with random
     /// weights into <paramref name="directory"/> (created if needed; earlier model*.safetensors there are removed).
     /// </summary>
-    public static void Write(string directory, LlamaConfig config, ModelMakerOptions? options = null)
+    /// <remarks><c>companions</c> writes further files to ship with the weights (a tokenizer) into the folder it is
+    /// given, so they move into place together (LlamaCheckpointWriter.Save).</remarks>
+    public static void Write(string directory, LlamaConfig config, ModelMakerOptions? options = null, Action<string>? companions = null)
     {
         ArgumentNullException.ThrowIfNull(directory);
         ArgumentNullException.ThrowIfNull(config);
@@ -30,8 +32,11 @@ public static class ModelMaker
         var tensors = LlamaTensorNames.ForCheckpoint(config)
             .Select(spec => TensorToWrite.Streamed(spec.Name, spec.Shape, Filler(spec, options)))
             .ToList();
-        LlamaCheckpointWriter.Save(directory, config, tensors, options.Dtype, options.MaxShardBytes);
-        File.WriteAllText(Path.Combine(directory, "generation_config.json"), GenerationConfigJson(config));
+        LlamaCheckpointWriter.Save(directory, config, tensors, options.Dtype, options.MaxShardBytes, staging =>
+        {
+            File.WriteAllText(Path.Combine(staging, "generation_config.json"), GenerationConfigJson(config));
+            companions?.Invoke(staging);
+        });
     }
 
     /// <summary>The values of one tensor: which distribution its role gets, seeded by (seed, name, chunk).</summary>

@@ -41,8 +41,8 @@ public static class SwiftKvConverter
         var tensors = LlamaTensorNames.ForCheckpoint(target)
             .Select(spec => new TensorToWrite(spec.Name, spec.Shape, () => Initialise(spec.Name, source, target, checkpoint)))
             .ToList();
-        LlamaCheckpointWriter.Save(outputDirectory, target, tensors, dtype ?? LlamaCheckpointLoader.StoredDtype(source, checkpoint), maxShardBytes);
-        CopyCompanionFiles(llamaDirectory, outputDirectory);
+        LlamaCheckpointWriter.Save(outputDirectory, target, tensors, dtype ?? LlamaCheckpointLoader.StoredDtype(source, checkpoint), maxShardBytes,
+            staging => CopyCompanionFiles(llamaDirectory, staging));
         return target;
     }
 
