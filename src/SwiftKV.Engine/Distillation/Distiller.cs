@@ -87,7 +87,7 @@ public static class Distiller
             log?.Invoke("note: the loss did not go down; the checkpoint is written anyway. Check --lr (too large overshoots, too small does nothing) and --temperature.");
         cancellationToken.ThrowIfCancellationRequested();
         Save(modelDirectory, outputDirectory, config, checkpoint, model.Parameters, dtype);
-        return new DistillationReport(before, after, totalSteps, train.Sequences.Count, train.Tokens, train.Truncated, train.SkippedWithoutLoss,
+        return new DistillationReport(before, after, totalSteps, train.Sequences.Count, train.Tokens,
             sw.Elapsed, scoredOn);
     }
 
@@ -150,10 +150,14 @@ public static class Distiller
             throw new InvalidModelException($"{directory} cannot be distilled: the teacher is this checkpoint with SwiftKV off, which needs the " +
                 $"original q/k/v_proj of every layer (transform keeps them, as the published SwiftKV checkpoints do). {e.Message}");
         }
-        var names = LlamaTensorNames.ForModel(config, false).Concat(LlamaTensorNames.ForModel(config, true)).Select(s => s.Name).Distinct().ToList();
+        var names = TeacherAndStudentSpecs(config).Select(s => s.Name).ToList();
         var tensors = names.ToDictionary(n => n, n => LlamaCheckpointLoader.ReadFloat32(config, checkpoint, n), StringComparer.Ordinal);
         return (LlamaWeightMap.Build(config, false, tensors), LlamaWeightMap.Build(config, true, tensors));
     }
+
+    /// <summary>The tensors teacher and student need together: the checkpoint's with SwiftKV off and on, each once.</summary>
+    static List<TensorSpec> TeacherAndStudentSpecs(LlamaConfig config) =>
+        LlamaTensorNames.ForModel(config, false).Concat(LlamaTensorNames.ForModel(config, true)).DistinctBy(s => s.Name).ToList();
 
     /// <summary>
     /// Refuses a run that would not fit in memory, before reading a weight (Linux overcommits: the process would be
@@ -164,7 +168,7 @@ public static class Distiller
     {
         long T = longest, h = c.HiddenSize, q = c.QueryDim, kv = c.KeyValueDim, i = c.IntermediateSize;
         int later = c.NumHiddenLayers - c.NumKeyValueLayers, leaders = (later + c.KeyValueGroupSize - 1) / c.KeyValueGroupSize;
-        var needed = LlamaTensorNames.ForModel(c, false).Concat(LlamaTensorNames.ForModel(c, true)).DistinctBy(s => s.Name).ToList();
+        var needed = TeacherAndStudentSpecs(c);
         long weights = needed.Sum(s => s.ElementCount);
         long trainable = needed.Where(s => s.Name.Contains("swiftkv", StringComparison.Ordinal)).Sum(s => s.ElementCount);
         long activations = later * T * (3 * h + q + 2 * i) + leaders * 4 * T * kv + T * (3 * i + 5 * h + 2 * q)
