@@ -1,5 +1,5 @@
 // swiftkv distill: SwiftKV's distillation of a transformed (or published) SwiftKV checkpoint on JSON Lines data,
-// on the CPU in fp32 (SwiftKV.Engine/Distillation). Prints the student-vs-teacher loss before and after, then writes
+// in fp32 on the GPU or the CPU (SwiftKV.Engine/Distillation). Prints the student-vs-teacher loss before and after, then writes
 // the checkpoint with its trained SwiftKV tensors to --out.
 using SwiftKV.Engine.Distillation;
 
@@ -10,6 +10,7 @@ internal static class DistillCommand
     public const string Usage =
         "--model DIR (a SwiftKV checkpoint: swiftkv transform makes one) --data FILE.jsonl --out DIR [--eval FILE.jsonl]\n" +
         "              [--epochs 1 --batch-size 8 --lr 2e-4 --warmup 0.05 --temperature 2 --hidden-loss 0 --max-seq 8192 --seed 0] [--force]\n" +
+        "              [--backend auto|cpu|cuda] [--gemm tf32|fp32]\n" +
         "              --hidden-loss W adds W x the mean squared difference of the states entering the last layer\n" +
         "              data: one JSON object per line, {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} (the loss covers\n" +
         "              assistant replies) or {\"text\": ...} (every token); CPU, fp32: for small models and checking";
@@ -37,6 +38,13 @@ internal static class DistillCommand
             HiddenLossWeight = a.Float("hidden-loss") ?? defaults.HiddenLossWeight,
             MaxSequenceTokens = a.Int("max-seq") ?? defaults.MaxSequenceTokens,
             Seed = a.Int("seed") ?? defaults.Seed,
+            Backend = LogitsCommand.ParseBackend(a.String("backend")),
+            Tf32 = a.String("gemm")?.ToLowerInvariant() switch
+            {
+                null or "tf32" => true,
+                "fp32" => false,
+                var other => throw new UsageException($"--gemm must be tf32 or fp32 (got '{other}')"),
+            },
         };
         bool force = a.Flag("force");
         a.RejectUnknown();

@@ -45,8 +45,8 @@ public sealed class ParityTests
         try
         {
             var config = LlamaConfig.Parse(fixture["config"]!.ToJsonString());
-            ModelMaker.Write(dir, config, MakerOptions(fixture["make_model"]!.AsArray().Select(x => x!.GetValue<string>()).ToList()));
-            Assert.Equal(fixture["checkpoint_sha256"]!.GetValue<string>(), CheckpointDigest(dir));
+            ModelMaker.Write(dir, config, FixtureFiles.MakerOptions(fixture["make_model"]!.AsArray().Select(x => x!.GetValue<string>()).ToList()));
+            Assert.Equal(fixture["checkpoint_sha256"]!.GetValue<string>(), FixtureFiles.CheckpointDigest(dir));
 
             int[] ids = fixture["token_ids"]!.AsArray().Select(x => x!.GetValue<int>()).ToArray();
             int vocab = config.VocabSize;
@@ -86,29 +86,5 @@ public sealed class ParityTests
                 new GenerationStats(), TestContext.Current.CancellationToken).ToArray();
             Assert.Equal(greedy, produced);
         }
-    }
-
-    internal static ModelMakerOptions MakerOptions(IReadOnlyList<string> args)
-    {
-        string? Arg(string name) { int i = args.ToList().IndexOf(name); return i >= 0 ? args[i + 1] : null; }
-        return new ModelMakerOptions
-        {
-            Seed = ulong.Parse(Arg("--seed") ?? "0"),
-            Dtype = (Arg("--dtype") ?? "bf16") switch { "fp32" => TensorDtype.F32, "fp16" => TensorDtype.F16, _ => TensorDtype.BF16 },
-            InitStd = float.Parse(Arg("--init-std") ?? "0.02", System.Globalization.CultureInfo.InvariantCulture),
-        };
-    }
-
-    /// <summary>Same digest as tests/reference/make_fixtures.py: sorted names of config.json and *.safetensors, then bytes.</summary>
-    internal static string CheckpointDigest(string dir)
-    {
-        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        foreach (var f in Directory.GetFiles(dir).Select(Path.GetFileName).Order(StringComparer.Ordinal))
-        {
-            if (!(f!.EndsWith(".safetensors", StringComparison.Ordinal) || f == "config.json")) continue;
-            sha.AppendData(System.Text.Encoding.UTF8.GetBytes(f));
-            sha.AppendData(File.ReadAllBytes(Path.Combine(dir, f)));
-        }
-        return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 }

@@ -16,6 +16,8 @@ internal static unsafe partial class CublasNative
     public const int CudaR16BF = 14;
     /// <summary>cublasComputeType_t CUBLAS_COMPUTE_32F.</summary>
     public const int Compute32F = 68;
+    /// <summary>CUBLAS_COMPUTE_32F_FAST_TF32: fp32 data through TF32 tensor cores (10-bit mantissa inputs, fp32 sums).</summary>
+    public const int Compute32FFastTf32 = 77;
     /// <summary>cublasGemmAlgo_t CUBLAS_GEMM_DEFAULT.</summary>
     public const int GemmDefault = -1;
 
@@ -27,6 +29,10 @@ internal static unsafe partial class CublasNative
     public static partial int cublasGemmEx(nint handle, int transa, int transb, int m, int n, int k,
         void* alpha, ulong a, int aType, int lda, ulong b, int bType, int ldb,
         void* beta, ulong c, int cType, int ldc, int computeType, int algo);
+    [LibraryImport(CudaLibraries.Cublas)]
+    public static partial int cublasGemmStridedBatchedEx(nint handle, int transa, int transb, int m, int n, int k,
+        void* alpha, ulong a, int aType, int lda, long strideA, ulong b, int bType, int ldb, long strideB,
+        void* beta, ulong c, int cType, int ldc, long strideC, int batchCount, int computeType, int algo);
     [LibraryImport(CudaLibraries.Cublas)] public static partial nint cublasGetStatusString(int status);
 
     public static void Check(int status, string call)

@@ -23,6 +23,13 @@ public sealed record DistillationOptions
     public int MaxSequenceTokens { get; init; } = 8192;
     /// <summary>Seeds the order of the sequences in each epoch.</summary>
     public int Seed { get; init; }
+    /// <summary>Where training runs: Auto takes the GPU when CUDA is usable and the run fits its memory, else the CPU.</summary>
+    public BackendKind Backend { get; init; } = BackendKind.Auto;
+    /// <summary>
+    /// On the GPU, run the fp32 GEMMs on TF32 tensor cores (inputs rounded to 10 mantissa bits, sums in fp32; the
+    /// default) rather than as exact fp32, which is several times slower. The CPU is always exact fp32.
+    /// </summary>
+    public bool Tf32 { get; init; } = true;
 
     /// <summary>Throws an <see cref="ArgumentException"/> naming the first setting out of range.</summary>
     public void Validate()

@@ -1,11 +1,13 @@
-// `swiftkv distill`: SwiftKV's knowledge-preserving distillation (SWIFTKV.md) of a llama_swiftkv checkpoint, in fp32
-// on the CPU. The checkpoint is read once: the teacher (SwiftKV off: the original q/k/v of every layer) and the
-// student (SwiftKV on) share every array but the SwiftKV tensors, which alone train. The result is the same
-// checkpoint with those tensors replaced, stored in the source's dtype, companion files (tokenizer, ...) copied.
+// `swiftkv distill`: SwiftKV's knowledge-preserving distillation (SWIFTKV.md) of a llama_swiftkv checkpoint, in fp32,
+// on the GPU (CudaDistillationTrainer) or the CPU (DistillationModel, the reference). The checkpoint is read once: the
+// teacher (SwiftKV off: the original q/k/v of every layer) and the student (SwiftKV on) share every array but the
+// SwiftKV tensors, which alone train. The result is the same checkpoint with those tensors replaced, stored in the
+// source's dtype, companion files (tokenizer, ...) copied.
 //
-// NOTE: this is the reference trainer, not a fast one: a step costs about three forwards of the model over the batch
-// on the CPU, which suits small models and checking; distilling an 8B model on the paper's ~680M tokens needs GPUs.
+// NOTE: the CPU trainer is a reference, not a fast one: a step costs about three forwards of the model over the batch,
+// which suits small models and checking.
 using System.Diagnostics;
+using SwiftKV.Cuda;
 using SwiftKV.Model;
 using SwiftKV.Model.Checkpoint;
 using SwiftKV.Model.Tokenization;
@@ -34,28 +36,25 @@ public static class Distiller
         int maxTokens = Math.Min(options.MaxSequenceTokens, config.MaxPositionEmbeddings);
         var train = DistillationData.Read(dataPath, tokenizer, maxTokens, config.VocabSize);
         var eval = evalPath is null ? train : DistillationData.Read(evalPath, tokenizer, maxTokens, config.VocabSize);
-        RefusePastMemory(modelDirectory, config, Math.Max(train.LongestSequence, eval.LongestSequence));
+        int longest = Math.Max(train.LongestSequence, eval.LongestSequence);
 
         using var checkpoint = SafetensorsCheckpoint.Open(modelDirectory);
-        var (teacher, student) = LoadTeacherAndStudent(modelDirectory, config, checkpoint);
-        var model = new DistillationModel(teacher, student, options.Temperature, options.HiddenLossWeight);
+        using var trainer = OpenTrainer(modelDirectory, config, checkpoint, options, longest, log);
         log?.Invoke($"loaded {modelDirectory}: {config.NumHiddenLayers} layers, SwiftKV l = {config.NumKeyValueLayers}, g = {config.KeyValueGroupSize}; " +
-            $"{model.Parameters.Count:N0} trainable values; {train.Sequences.Count} sequences, {train.Tokens:N0} tokens, {train.LossPositions:N0} scored positions");
+            $"{trainer.ParameterCount:N0} trainable values; {train.Sequences.Count} sequences, {train.Tokens:N0} tokens, {train.LossPositions:N0} scored positions; training on {trainer.Device}");
         foreach (var (set, name) in evalPath is null ? [(train, dataPath)] : new[] { (train, dataPath), (eval, evalPath) })
         {
             if (set.Truncated > 0) log?.Invoke($"note: {Count(set.Truncated, "sequence")} of {name} kept only their first {maxTokens} tokens (--max-seq, or the model's context).");
             if (set.SkippedWithoutLoss > 0) log?.Invoke($"note: {Count(set.SkippedWithoutLoss, "sequence")} of {name} had nothing to score within {maxTokens} tokens (no assistant reply) and are left out.");
         }
-        var initial = model.Parameters.Named().Select(t => (float[])t.Values.Clone()).ToList();
+        var initial = trainer.ReadParameters().Named().Select(t => (float[])t.Values.Clone()).ToList();
         string scoredOn = evalPath is null ? "the training data" : evalPath;
 
-        var before = Score(model, eval, cancellationToken);
+        var before = Score(trainer, eval, cancellationToken);
         log?.Invoke($"before, on {scoredOn}: loss {before.Loss:F4} per scored position, top-1 agreement with the teacher {before.Top1Agreement:P1}");
 
         int batchesPerEpoch = (train.Sequences.Count + options.BatchSize - 1) / options.BatchSize;
         int totalSteps = batchesPerEpoch * options.Epochs, step = 0;
-        var gradients = model.Parameters.ZerosLike();
-        var adam = new Adam(model.Parameters);
         var random = new Random(options.Seed);
         for (int epoch = 0; epoch < options.Epochs; epoch++)
         {
@@ -64,7 +63,7 @@ public static class Distiller
             for (int b = 0; b < batchesPerEpoch; b++, step++)
             {
                 var batch = order.Skip(b * options.BatchSize).Take(options.BatchSize).Select(i => train.Sequences[i]).ToList();
-                var score = TrainStep(model, adam, gradients, batch, options.LearningRateAt(step, totalSteps), cancellationToken);
+                var score = trainer.TrainStep(batch, options.LearningRateAt(step, totalSteps), cancellationToken);
                 if (log is not null && (step % 10 == 0 || step == totalSteps - 1))
                     log($"step {step + 1}/{totalSteps} (epoch {epoch + 1}): loss {score.Loss:F4}, top-1 {score.Top1Agreement:P1}, lr {options.LearningRateAt(step, totalSteps):G3}");
             }
@@ -72,21 +71,23 @@ public static class Distiller
 
         // What is scored "after" is what is written: the trained tensors rounded to the checkpoint's dtype.
         var dtype = LlamaCheckpointLoader.StoredDtype(config, checkpoint);
-        var trained = model.Parameters.Named();
+        var parameters = trainer.ReadParameters();
+        var trained = parameters.Named();
         int unchanged = 0;
         for (int i = 0; i < trained.Count; i++)
         {
             RoundTo(trained[i].Values, dtype);
             if (trained[i].Values.AsSpan().SequenceEqual(initial[i])) unchanged++;
         }
-        var after = Score(model, eval, cancellationToken);
+        trainer.WriteParameters(parameters);
+        var after = Score(trainer, eval, cancellationToken);
         log?.Invoke($"after, on {scoredOn} with the weights as written ({dtype}): loss {after.Loss:F4}, top-1 agreement {after.Top1Agreement:P1}");
         if (unchanged > 0)
             log?.Invoke($"note: {unchanged} of {trained.Count} trained tensors are unchanged once rounded to {dtype} (their updates were smaller than its precision): train longer, or with a larger --lr.");
         if (!(after.Loss < before.Loss))
             log?.Invoke("note: the loss did not go down; the checkpoint is written anyway. Check --lr (too large overshoots, too small does nothing) and --temperature.");
         cancellationToken.ThrowIfCancellationRequested();
-        Save(modelDirectory, outputDirectory, config, checkpoint, model.Parameters, dtype);
+        Save(modelDirectory, outputDirectory, config, checkpoint, parameters, dtype);
         return new DistillationReport(before, after, totalSteps, train.Sequences.Count, train.Tokens,
             sw.Elapsed, scoredOn);
     }
@@ -126,15 +127,63 @@ public static class Distiller
         return total;
     }
 
-    static DistillationScore Score(DistillationModel model, DistillationDataSet data, CancellationToken cancellationToken)
+    static DistillationScore Score(IDistillationTrainer trainer, DistillationDataSet data, CancellationToken cancellationToken)
     {
         var total = default(DistillationScore);
         foreach (var s in data.Sequences)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            total += model.Run(s.Tokens, s.LossMask);
+            total += trainer.Score(s);
         }
         return total;
+    }
+
+    /// <summary>
+    /// The trainer <paramref name="options"/> ask for: the GPU when CUDA is usable (Auto) or asked for (Cuda) and the run
+    /// fits its free memory, else the CPU. Refuses a run that fits neither, before reading a weight.
+    /// </summary>
+    static IDistillationTrainer OpenTrainer(string directory, LlamaConfig config, SafetensorsCheckpoint checkpoint, DistillationOptions options,
+        int longest, Action<string>? log)
+    {
+        var needed = TeacherAndStudentSpecs(config);
+        long weights = needed.Sum(s => s.ElementCount);
+        long trainable = needed.Where(s => s.Name.Contains("swiftkv", StringComparison.Ordinal)).Sum(s => s.ElementCount);
+        string? cpuReason = null;
+        if (options.Backend != BackendKind.Cpu)
+        {
+            if (!CudaRuntime.TryInitialize(out var why))
+            {
+                if (options.Backend == BackendKind.Cuda) throw new NotSupportedException("--backend cuda was asked for, but CUDA is not usable: " + why);
+                cpuReason = "no usable CUDA: " + why;
+            }
+            else
+            {
+                long gpuBytes = CudaDistillationTrainer.MemoryNeeded(config, weights, trainable, longest);
+                long free = CudaRuntime.MemoryInfo().Free;
+                if (gpuBytes <= free)
+                {
+                    RefuseHostMemory(directory, 4 * weights, $"the fp32 weights ({4 * weights / 1e9:F1} GB) are read on the host before they go to the GPU");
+                    var (teacher, student) = LoadTeacherAndStudent(directory, config, checkpoint);
+                    return new CudaDistillationTrainer(teacher, student, options.Temperature, options.HiddenLossWeight, options.Tf32);
+                }
+                string message = $"distilling {directory} on sequences of up to {longest} tokens needs about {gpuBytes / 1e9:F1} GB of GPU memory " +
+                    $"(fp32 weights {4 * weights / 1e9:F1} GB), more than the {free / 1e9:F1} GB free on {CudaRuntime.Device.Name}";
+                if (options.Backend == BackendKind.Cuda)
+                    throw new InsufficientMemoryException(message + ": shorten the sequences (--max-seq) or use a GPU with more memory.");
+                cpuReason = message;
+            }
+            log?.Invoke($"note: training on the CPU: {cpuReason}.");
+        }
+        RefusePastMemory(directory, config, longest);
+        var (t, s) = LoadTeacherAndStudent(directory, config, checkpoint);
+        return new CpuDistillationTrainer(new DistillationModel(t, s, options.Temperature, options.HiddenLossWeight));
+    }
+
+    static void RefuseHostMemory(string directory, long bytes, string what)
+    {
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (bytes > available)
+            throw new InsufficientMemoryException($"distilling {directory} needs about {bytes / 1e9:F1} GB of host memory ({what}), more than the {available / 1e9:F1} GB this process may use.");
     }
 
     /// <summary>
