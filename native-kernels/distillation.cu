@@ -179,8 +179,9 @@ extern "C" __global__ void scatter_add_rows_f32(const float* y, const int* index
 // Index of the largest value, the first on ties (as TensorPrimitives.IndexOfMax). Every thread gets the result.
 __device__ int block_argmax(const float* z, int n, float* shm_v, int* shm_i)
 {
+    // Starting at index 0 keeps the answer inside the row when no value compares (a row of NaNs).
     float best = -INFINITY;
-    int at = n;   // none yet: any index beats it
+    int at = 0;
     for (int k = threadIdx.x; k < n; k += blockDim.x)
         if (z[k] > best || (z[k] == best && k < at)) { best = z[k]; at = k; }
     for (int o = 16; o > 0; o >>= 1)
@@ -193,7 +194,7 @@ __device__ int block_argmax(const float* z, int n, float* shm_v, int* shm_i)
     __syncthreads();
     if (lane == 0) { shm_v[warp] = best; shm_i[warp] = at; }
     __syncthreads();
-    best = -INFINITY; at = n;
+    best = -INFINITY; at = 0;
     for (int w = 0; w < warps; w++)
         if (shm_v[w] > best || (shm_v[w] == best && shm_i[w] < at)) { best = shm_v[w]; at = shm_i[w]; }
     return at;

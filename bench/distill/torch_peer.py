@@ -3,7 +3,7 @@
 Same work as CudaDistillationTrainer: random fp32 weights on the GPU; the frozen first half and the teacher's later half
 under no_grad; the student's later half (SwiftKV 50%, g = 1) with autograd on norm_swiftkv and the *_swiftkv
 projections only; T^2 KL at T = 2 over every position but the last; backward; torch.optim.Adam (fused). Attention is
-PyTorch's SDPA (causal, GQA), so the peer gets flash-style kernels where ours materialises the scores.
+PyTorch's SDPA (causal; fp32 runs its memory-efficient kernel), where ours materialises each group's scores.
 Usage: python torch_peer.py --preset 1b|8b --sequences 4 --tokens 2048 --gemm tf32|fp32
 """
 import argparse, math, time, json
@@ -74,7 +74,10 @@ def main():
         return x.view(T, n, D).transpose(0, 1)[None]
 
     def attend(q, k, v):
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        # K/V repeated per query head rather than enable_gqa: with fp32 inputs, SDPA's GQA path falls back to the math
+        # kernel (a (heads, T, T) score tensor per layer kept for backward: out of memory at 8B x 8192 on 141 GB).
+        rep = NH // KV
+        o = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), is_causal=True)
         return o[0].transpose(0, 1).reshape(T, NH * D)
 
     def mlp_and_o(x, p, attn):

@@ -13,7 +13,9 @@ internal static class DistillCommand
         "              [--backend auto|cpu|cuda] [--gemm tf32|fp32]\n" +
         "              --hidden-loss W adds W x the mean squared difference of the states entering the last layer\n" +
         "              data: one JSON object per line, {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} (the loss covers\n" +
-        "              assistant replies) or {\"text\": ...} (every token); CPU, fp32: for small models and checking";
+        "              assistant replies) or {\"text\": ...} (every token)\n" +
+        "              fp32 on the GPU (auto: when CUDA is usable and the run fits; GEMMs on TF32 tensor cores unless --gemm fp32)\n" +
+        "              or on the CPU (the reference, always exact fp32: for small models and checking)";
 
     static readonly (string Setting, string Option)[] s_options =
     [
@@ -28,6 +30,7 @@ internal static class DistillCommand
         string model = a.Required("model"), data = a.Required("data"), outDir = a.Required("out");
         string? eval = a.String("eval");
         var defaults = new DistillationOptions();
+        string? gemm = a.String("gemm");
         var options = new DistillationOptions
         {
             Epochs = a.Int("epochs") ?? defaults.Epochs,
@@ -39,13 +42,15 @@ internal static class DistillCommand
             MaxSequenceTokens = a.Int("max-seq") ?? defaults.MaxSequenceTokens,
             Seed = a.Int("seed") ?? defaults.Seed,
             Backend = LogitsCommand.ParseBackend(a.String("backend")),
-            Tf32 = a.String("gemm")?.ToLowerInvariant() switch
+            Tf32 = gemm?.ToLowerInvariant() switch
             {
                 null or "tf32" => true,
                 "fp32" => false,
                 var other => throw new UsageException($"--gemm must be tf32 or fp32 (got '{other}')"),
             },
         };
+        if (gemm is not null && options.Backend == SwiftKV.Engine.BackendKind.Cpu)
+            throw new UsageException("--gemm sets the GPU trainer's GEMMs; --backend cpu always computes in exact fp32");
         bool force = a.Flag("force");
         a.RejectUnknown();
         try { options.Validate(); }

@@ -51,9 +51,11 @@ internal static class CliApp
             return command.Run(new CliArgs(args.Skip(1)));
         }
         catch (Exception e) when (e is UsageException or InvalidModelException or ArgumentException or IOException or UnauthorizedAccessException
-                                       or NotSupportedException or InvalidDataException or NotFiniteNumberException or SwiftKV.Engine.Sampling.NoFiniteLogitsException)
+                                       or NotSupportedException or InvalidDataException or NotFiniteNumberException or SwiftKV.Engine.Sampling.NoFiniteLogitsException
+                                       or SwiftKV.Cuda.CudaException)
         {
-            // IOException covers missing files and directories, and an --out path that is an existing file.
+            // IOException covers missing files and directories, and an --out path that is an existing file. A CudaException
+            // names the driver call and its error (a GPU out of memory part-way through a distill, say).
             Console.Error.WriteLine($"swiftkv {args[0]}: {SwiftKV.Model.ErrorText.ForConsole(e)}");
             return 2;
         }

@@ -672,6 +672,17 @@ public sealed class CliTests : IDisposable
         Assert.Contains("--batch-size must be >= 1 (got 0)", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x3"), "--batch-size", "0").Err);
         Assert.Contains("no distillation data", Run("distill", "--model", swift, "--data", data + ".missing", "--out", Path.Combine(_root, "x4")).Err);
         Assert.Contains("must be outside", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(swift, "sub")).Err);
+        Assert.Contains("--gemm must be tf32 or fp32 (got 'bf16')", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x7"), "--gemm", "bf16").Err);
+        Assert.Contains("--gemm sets the GPU trainer's GEMMs", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x10"), "--gemm", "fp32", "--backend", "cpu").Err);
+        Assert.Contains("--backend must be auto, cpu or cuda (got 'gpu')", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x8"), "--backend", "gpu").Err);
+        if (!SwiftKV.Cuda.CudaRuntime.TryInitialize(out _))
+        {
+            // Asked for the GPU on a machine without one: said in one line, nothing written (CI has no GPU).
+            var noGpu = Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x9"), "--backend", "cuda");
+            Assert.Equal(2, noGpu.Code);
+            Assert.Contains("--backend cuda was asked for, but CUDA is not usable", noGpu.Err);
+            Assert.False(Directory.Exists(Path.Combine(_root, "x9")));
+        }
         // A learning rate that blows the weights up stops with one line naming the tensor, and writes nothing.
         var blown = Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x5"), "--lr", "1e30", "--batch-size", "1");
         Assert.Equal(2, blown.Code);

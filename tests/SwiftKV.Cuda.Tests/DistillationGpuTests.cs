@@ -62,13 +62,14 @@ public sealed class DistillationGpuTests : IDisposable
         DistillationFixture.AssertTensors(fixture.After, after, afterTol, $"{name} after {fixture.Steps} Adam steps ({(tf32 ? "TF32, key biases left out" : "fp32")})", Gpu.Log);
     }
 
-    string MakeStudent(int layers, int l, int g, bool bias, bool tied, int kvHeads, int seed = 5)
+    string MakeStudent(int layers, int l, int g, bool bias, bool tied, int kvHeads, int seed = 5, int headDim = 8, int vocab = 96, int hidden = 32)
     {
-        string baseDir = Path.Combine(_root, $"base{seed}{bias}{tied}{layers}{kvHeads}"), dir = Path.Combine(_root, $"skv{seed}{l}{g}{bias}{tied}{layers}{kvHeads}");
+        string tag = $"{seed}{bias}{tied}{layers}{kvHeads}-{headDim}-{vocab}-{hidden}";
+        string baseDir = Path.Combine(_root, "base" + tag), dir = Path.Combine(_root, $"skv{l}{g}" + tag);
         var config = ModelPresets.Get("tiny") with
         {
-            VocabSize = 96, NumHiddenLayers = layers, AttentionBias = bias, TieWordEmbeddings = tied,
-            HiddenSize = 32, NumAttentionHeads = 4, NumKeyValueHeads = kvHeads, HeadDim = 8, IntermediateSize = 48,
+            VocabSize = vocab, NumHiddenLayers = layers, AttentionBias = bias, TieWordEmbeddings = tied,
+            HiddenSize = hidden, NumAttentionHeads = 4, NumKeyValueHeads = kvHeads, HeadDim = headDim, IntermediateSize = 48,
         };
         ModelMaker.Write(baseDir, config.Validate(), new ModelMakerOptions { Seed = (ulong)seed, Dtype = TensorDtype.F32, InitStd = 0.3f });
         SwiftKvConverter.Convert(baseDir, dir, l, g);
@@ -99,11 +100,13 @@ public sealed class DistillationGpuTests : IDisposable
     [InlineData(7, 1, 3, false, false, 1, 90, 0f)]
     [InlineData(6, 2, 2, true, false, 2, 15, 0.7f)]
     [InlineData(5, 3, 2, false, true, 4, 300, 0.3f)]
-    public void LossAndGradients_MatchTheCpuTrainer(int layers, int l, int g, bool bias, bool tied, int kvHeads, int length, float hiddenLossWeight)
+    [InlineData(4, 2, 1, true, false, 2, 40, 0.5f, 80, 2000)]   // head_dim 80 (not a power of two), a vocabulary of 2000
+    public void LossAndGradients_MatchTheCpuTrainer(int layers, int l, int g, bool bias, bool tied, int kvHeads, int length, float hiddenLossWeight,
+        int headDim = 8, int vocab = 96)
     {
         Gpu.Require();
-        string dir = MakeStudent(layers, l, g, bias, tied, kvHeads);
-        var batch = RandomBatch(7, 3, length, 96);
+        string dir = MakeStudent(layers, l, g, bias, tied, kvHeads, headDim: headDim, vocab: vocab, hidden: headDim == 8 ? 32 : 64);
+        var batch = RandomBatch(7, 3, length, vocab);
 
         var (ct, cs) = Load(dir);
         var cpu = new DistillationModel(ct, cs, 2f, hiddenLossWeight);
@@ -120,6 +123,33 @@ public sealed class DistillationGpuTests : IDisposable
         var flat = cpuGrads.Named().SelectMany(t => t.Values).ToArray();
         DistillationFixture.AssertTensors(flat, gpu.ReadGradients(), 1e-4, $"gradient against the CPU trainer (L={layers}, l={l}, g={g}, T={length})", Gpu.Log);
         foreach (var s in batch) Assert.Equal(cpu.Run(s.Tokens, s.LossMask).Loss, gpu.Score(s).Loss, 1e-5 * Math.Max(1e-3, cpu.Run(s.Tokens, s.LossMask).Loss));
+    }
+
+    /// <summary>
+    /// The memory check's count (CudaDistillationTrainer.EstimateBytes) against the device buffers a trainer really holds
+    /// after a step, with the hidden-state term on (its buffers included): never below, and not far above.
+    /// </summary>
+    [Theory]
+    [InlineData(0f)]
+    [InlineData(0.5f)]
+    public void MemoryEstimate_CoversWhatAStepHolds(float hiddenLossWeight)
+    {
+        Gpu.Require();
+        string dir = MakeStudent(5, 2, 1, true, false, 2, headDim: 16, vocab: 3000, hidden: 64);
+        var (t, s) = Load(dir);
+        var config = t.Config;
+        var specs = Distiller.TeacherAndStudentSpecs(config);
+        long weights = specs.Sum(x => x.ElementCount), trainable = specs.Where(x => x.Name.Contains("swiftkv", StringComparison.Ordinal)).Sum(x => x.ElementCount);
+        const int T = 400;
+        long estimate = CudaDistillationTrainer.EstimateBytes(config, weights, trainable, T, hiddenLossWeight);
+        long before = DeviceMemory.AllocatedBytes;
+        using var trainer = new CudaDistillationTrainer(t, s, 2f, hiddenLossWeight);
+        trainer.TrainStep(RandomBatch(2, 2, T, config.VocabSize).Select(q => q with { LossMask = q.LossMask.Select(_ => true).ToArray() }).ToList(), 1e-3,
+            TestContext.Current.CancellationToken);
+        long held = DeviceMemory.AllocatedBytes - before;
+        Gpu.Log($"hidden-loss {hiddenLossWeight}: a step holds {held:N0} bytes of device buffers; the estimate counts {estimate:N0}");
+        Assert.True(held <= estimate, $"held {held:N0} > estimated {estimate:N0}");
+        Assert.True(held >= 0.8 * estimate, $"held {held:N0} is far below the estimate {estimate:N0}");
     }
 
     [Fact]

@@ -95,9 +95,21 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
             _host = SwiftKvTensors.Of(student);
             foreach (var (name, values) in _host.Named())
             {
-                var slot = new Slot(name, values, _uploaded[values].Span, Zeros(values.Length), Zeros(values.Length), Zeros(values.Length));
-                _slots.Add(slot);
-                _slotOf[values] = slot;
+                DeviceBuffer<float>? g = null, m = null;
+                try
+                {
+                    g = Zeros(values.Length);
+                    m = Zeros(values.Length);
+                    var slot = new Slot(name, values, _uploaded[values].Span, g, m, Zeros(values.Length));
+                    _slots.Add(slot);
+                    _slotOf[values] = slot;
+                }
+                catch
+                {
+                    g?.Dispose();
+                    m?.Dispose();
+                    throw;
+                }
             }
             _stream.Synchronize();
             _weights.AddRange(_uploaded.Values);
@@ -108,7 +120,9 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
             Dispose();
             throw;
         }
-        Device = $"{CudaRuntime.Device.Name}, fp32 with {(tf32 ? "TF32" : "fp32")} GEMMs";
+        // TF32 tensor cores came with sm_80; below, cuBLAS runs the same call in plain fp32.
+        bool hasTf32 = CudaRuntime.Device.ComputeMajor >= 8;
+        Device = $"{CudaRuntime.Device.Name}, fp32 with {(tf32 && hasTf32 ? "TF32" : "fp32")} GEMMs{(tf32 && !hasTf32 ? " (no TF32 before sm_80)" : "")}";
     }
 
     public string Device { get; }
@@ -136,20 +150,33 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
 
     /// <summary>
     /// Bytes of GPU memory a trainer needs for <paramref name="config"/> with sequences up to <paramref name="longest"/>
-    /// tokens: the fp32 weights teacher and student read (<paramref name="weightValues"/>, each array once), gradients and
-    /// Adam moments of the <paramref name="trainableValues"/>, and the activations and scratch of one sequence.
+    /// tokens: <see cref="EstimateBytes"/> plus 1 GiB for what it does not count (cuBLAS's workspace, the kernels, the
+    /// allocator's granularity).
     /// </summary>
-    public static long MemoryNeeded(LlamaConfig config, long weightValues, long trainableValues, int longest)
+    public static long MemoryNeeded(LlamaConfig config, long weightValues, long trainableValues, int longest, float hiddenLossWeight) =>
+        EstimateBytes(config, weightValues, trainableValues, longest, hiddenLossWeight) + (1L << 30);
+
+    /// <summary>
+    /// The device buffers a trainer allocates, counted one by one: the fp32 weights teacher and student read
+    /// (<paramref name="weightValues"/>, each array once), gradients and Adam moments of the
+    /// <paramref name="trainableValues"/>, and the activations and scratch of one sequence of <paramref name="longest"/>
+    /// tokens (DistillationGpuTests checks it against what a step really holds).
+    /// </summary>
+    internal static long EstimateBytes(LlamaConfig config, long weightValues, long trainableValues, int longest, float hiddenLossWeight)
     {
         long T = longest, h = config.HiddenSize, q = config.QueryDim, kv = config.KeyValueDim, i = config.IntermediateSize, v = config.VocabSize;
         int later = config.NumHiddenLayers - config.NumKeyValueLayers, leaders = (later + config.KeyValueGroupSize - 1) / config.KeyValueGroupSize;
         long groupHeads = config.NumAttentionHeads / config.NumKeyValueHeads;
-        long kept = later * T * (3 * h + q + 2 * i);                    // the student's activations per later layer
-        long caches = leaders * 4 * T * kv;                             // K, V and their gradients
-        long rows = T * (14 * h + 3 * q + 5 * i) + 2 * groupHeads * T * T;  // sequence-wide temporaries, one group's scores twice
+        long kept = later * T * (3 * h + q + 2 * i);            // the student's activations per later layer
+        long caches = leaders * 4 * T * kv;                     // K, V and their gradients
+        // Per token: x, xl, xs, dx, h, s, dMid, dh, ds (+ the hidden term's five), q, attn, dAttn, dq, the teacher's k
+        // and v, gate, up, m, dm, dGate, dUp, the RoPE tables, and a few words of rows' norms, indices and losses.
+        long rows = T * ((9 + (hiddenLossWeight > 0 ? 5 : 0)) * h + 4 * q + 2 * kv + 6 * i + config.HeadDim + 8)
+            + 2 * groupHeads * T * T;                           // one group's scores and their gradient
         long chunk = Math.Max(1, Math.Min(T, LogitBudgetFloats / (2 * v)));
-        long loss = 2 * chunk * v + 4 * chunk * h + T * (2 * h + 4);
-        return 4 * (weightValues + 3 * trainableValues + kept + caches + rows + loss + DistillationKernels.ColumnScratch((int)T, (int)Math.Max(h, q)));
+        long loss = 2 * chunk * v + 5 * chunk * h;               // both logit chunks, the gathered rows and their gradients
+        long columns = DistillationKernels.ColumnScratch((int)T, (int)Math.Max(h, Math.Max(q, kv)));
+        return 4 * (weightValues + 3 * trainableValues + kept + caches + rows + loss + columns);
     }
 
     void Check(DistillationSequence sequence)
@@ -251,6 +278,10 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     {
         int T = sequence.Tokens.Length;
         bool train = gradScale != 0f;
+        var selected = new List<int>();
+        for (int t = 0; t < T; t++) if (sequence.LossMask[t]) selected.Add(t);
+        int n = selected.Count;
+        if (n == 0) return default;   // nothing scored: no loss, no gradient
         EnsureRope(T);
         var tokens = _ws.Int("tokens", T);
         _stream.Upload<int>(sequence.Tokens, tokens);
@@ -276,10 +307,6 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
         var xs = _ws.Float("xs", (long)T * H);
         StudentForward(xl, xs, T);
 
-        var selected = new List<int>();
-        for (int t = 0; t < T; t++) if (sequence.LossMask[t]) selected.Add(t);
-        int n = selected.Count;
-        if (n == 0) return default;
         var index = _ws.Int("selected", n);
         _stream.Upload<int>(selected.ToArray(), index);
         var dx = _ws.Float("dx", (long)T * H);
@@ -573,6 +600,10 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
         var cos = new float[(long)rows * half];
         var sin = new float[(long)rows * half];
         for (int t = 0; t < rows; t++) _rope.Angles(t, cos.AsSpan(t * half, half), sin.AsSpan(t * half, half));
+        // The old tables may still be read by queued work; and if an allocation below fails, no later call may take the
+        // missing tables for valid ones.
+        _stream.Synchronize();
+        _ropeRows = 0;
         _cos?.Dispose();
         _sin?.Dispose();
         _cos = null;

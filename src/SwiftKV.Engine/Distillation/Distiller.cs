@@ -158,13 +158,24 @@ public static class Distiller
             }
             else
             {
-                long gpuBytes = CudaDistillationTrainer.MemoryNeeded(config, weights, trainable, longest);
+                long gpuBytes = CudaDistillationTrainer.MemoryNeeded(config, weights, trainable, longest, options.HiddenLossWeight);
                 long free = CudaRuntime.MemoryInfo().Free;
                 if (gpuBytes <= free)
                 {
                     RefuseHostMemory(directory, 4 * weights, $"the fp32 weights ({4 * weights / 1e9:F1} GB) are read on the host before they go to the GPU");
                     var (teacher, student) = LoadTeacherAndStudent(directory, config, checkpoint);
-                    return new CudaDistillationTrainer(teacher, student, options.Temperature, options.HiddenLossWeight, options.Tf32);
+                    try
+                    {
+                        return new CudaDistillationTrainer(teacher, student, options.Temperature, options.HiddenLossWeight, options.Tf32);
+                    }
+                    catch (CudaException e) when (options.Backend == BackendKind.Auto)
+                    {
+                        // The GPU answered but the trainer did not start there (a kernel that did not compile, memory
+                        // another process took): Auto's promise is the CPU, with the weights already read.
+                        log?.Invoke($"note: training on the CPU: the GPU trainer did not start ({e.Message}).");
+                        RefusePastMemory(directory, config, longest);
+                        return new CpuDistillationTrainer(new DistillationModel(teacher, student, options.Temperature, options.HiddenLossWeight));
+                    }
                 }
                 string message = $"distilling {directory} on sequences of up to {longest} tokens needs about {gpuBytes / 1e9:F1} GB of GPU memory " +
                     $"(fp32 weights {4 * weights / 1e9:F1} GB), more than the {free / 1e9:F1} GB free on {CudaRuntime.Device.Name}";
@@ -205,7 +216,7 @@ public static class Distiller
     }
 
     /// <summary>The tensors teacher and student need together: the checkpoint's with SwiftKV off and on, each once.</summary>
-    static List<TensorSpec> TeacherAndStudentSpecs(LlamaConfig config) =>
+    internal static List<TensorSpec> TeacherAndStudentSpecs(LlamaConfig config) =>
         LlamaTensorNames.ForModel(config, false).Concat(LlamaTensorNames.ForModel(config, true)).DistinctBy(s => s.Name).ToList();
 
     /// <summary>
