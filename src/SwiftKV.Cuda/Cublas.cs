@@ -55,6 +55,9 @@ public sealed unsafe class Cublas : IDisposable
 
     public int Version { get; }
 
+    /// <summary>Device memory each instance holds for cuBLASLt's workspace.</summary>
+    public static long WorkspaceBytes => CublasLtPlans.WorkspaceBytes;
+
     /// <summary>cuBLASLt heuristic queries so far: one per projection shape and row bucket, not per row count.</summary>
     public int HeuristicQueries => _lt.HeuristicQueries;
 

@@ -14,7 +14,8 @@ namespace SwiftKV.Cuda;
 sealed unsafe class CublasLtPlans : IDisposable
 {
     /// <summary>cuBLAS's recommended workspace on Hopper; the heuristic is told the algorithms may use this much.</summary>
-    const long WorkspaceBytes = 32L << 20;
+    /// <summary>The cuBLASLt workspace every <see cref="Cublas"/> holds on the device.</summary>
+    internal const long WorkspaceBytes = 32L << 20;
 
     readonly CublasHandle _handle = new(CublasLtNative.cublasLtDestroy);
     readonly nint _op;

@@ -149,7 +149,8 @@ public sealed class DistillationGpuTests : IDisposable
         long held = DeviceMemory.AllocatedBytes - before;
         Gpu.Log($"hidden-loss {hiddenLossWeight}: a step holds {held:N0} bytes of device buffers; the estimate counts {estimate:N0}");
         Assert.True(held <= estimate, $"held {held:N0} > estimated {estimate:N0}");
-        Assert.True(held >= 0.8 * estimate, $"held {held:N0} is far below the estimate {estimate:N0}");
+        // Most of a toy model's count is cuBLAS's fixed workspace: the rest must be close too.
+        Assert.True(held - Cublas.WorkspaceBytes >= 0.9 * (estimate - Cublas.WorkspaceBytes), $"held {held:N0} is far below the estimate {estimate:N0}");
     }
 
     [Fact]

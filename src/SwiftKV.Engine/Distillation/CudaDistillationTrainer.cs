@@ -160,7 +160,7 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     /// The device buffers a trainer allocates, counted one by one: the fp32 weights teacher and student read
     /// (<paramref name="weightValues"/>, each array once), gradients and Adam moments of the
     /// <paramref name="trainableValues"/>, and the activations and scratch of one sequence of <paramref name="longest"/>
-    /// tokens (DistillationGpuTests checks it against what a step really holds).
+    /// tokens, and the cuBLAS handle's workspace (DistillationGpuTests checks it against what a step really holds).
     /// </summary>
     internal static long EstimateBytes(LlamaConfig config, long weightValues, long trainableValues, int longest, float hiddenLossWeight)
     {
@@ -176,7 +176,8 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
         long chunk = Math.Max(1, Math.Min(T, LogitBudgetFloats / (2 * v)));
         long loss = 2 * chunk * v + 5 * chunk * h;               // both logit chunks, the gathered rows and their gradients
         long columns = DistillationKernels.ColumnScratch((int)T, (int)Math.Max(h, Math.Max(q, kv)));
-        return 4 * (weightValues + 3 * trainableValues + kept + caches + rows + loss + columns);
+        const long small = 4096;                               // the non-finite flags (one per tensor) and the like
+        return 4 * (weightValues + 3 * trainableValues + kept + caches + rows + loss + columns + small) + Cublas.WorkspaceBytes;
     }
 
     void Check(DistillationSequence sequence)
