@@ -76,6 +76,7 @@ internal static class GenerateCommand
         if ((long)ids.Count + maxTokens > context)
             throw new UsageException($"--max-tokens {maxTokens} after a prompt of {ids.Count} tokens exceeds the context of {context} tokens (max_position_embeddings): at most {context - ids.Count}.");
         var stats = new GenerationStats();
+        int compiledBefore = SwiftKV.Cuda.NvrtcCompiler.CompileCount;
         using var cache = model.Backend.CreateCache(ids.Count + maxTokens);
         var detok = new StreamingDetokenizer(tok);
         // Special tokens are markup, not text: skipped as the chat client (and Hugging Face's decode) skip them, unless
@@ -87,6 +88,12 @@ internal static class GenerateCommand
         Console.Error.WriteLine(
             $"[{model.Backend.Name}, SwiftKV {(model.Backend.SwiftKvEnabled ? "on" : "off")}] prompt {stats.PromptTokens} tokens, prefill {stats.PrefillTime.TotalMilliseconds:F0} ms; "
             + $"{stats.OutputTokens} tokens at {stats.DecodeTokensPerSecond:F1} tokens/s; finish {stats.FinishReason}");
+        // On a GPU's first run the kernels compile when first used, inside the prefill's time: say so, or the figure
+        // above reads as the model's speed.
+        int compiled = SwiftKV.Cuda.NvrtcCompiler.CompileCount - compiledBefore;
+        if (compiled > 0)
+            Console.Error.WriteLine($"note: that includes compiling {compiled} GPU kernel file{(compiled == 1 ? "" : "s")} (first run on this GPU; " +
+                $"cached in {SwiftKV.Cuda.NvrtcCompiler.CacheDirectory}, so later runs skip it).");
         return 0;
     }
 }
