@@ -138,8 +138,7 @@ public sealed class DistillationGpuTests : IDisposable
         string dir = MakeStudent(5, 2, 1, true, false, 2, headDim: 16, vocab: 3000, hidden: 64);
         var (t, s) = Load(dir);
         var config = t.Config;
-        var specs = Distiller.TeacherAndStudentSpecs(config);
-        long weights = specs.Sum(x => x.ElementCount), trainable = specs.Where(x => x.Name.Contains("swiftkv", StringComparison.Ordinal)).Sum(x => x.ElementCount);
+        var (weights, trainable) = Distiller.ValueCounts(config);
         const int T = 400;
         long estimate = CudaDistillationTrainer.EstimateBytes(config, weights, trainable, T, hiddenLossWeight);
         long before = DeviceMemory.AllocatedBytes;

@@ -57,16 +57,7 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     /// <param name="tf32">GEMMs on TF32 tensor cores (fp32 sums); false: exact fp32 GEMMs, about 8x slower on Hopper (a whole step measured 4x).</param>
     public CudaDistillationTrainer(LlamaWeights teacher, LlamaWeights student, float temperature, float hiddenLossWeight = 0f, bool tf32 = true)
     {
-        ArgumentNullException.ThrowIfNull(teacher);
-        ArgumentNullException.ThrowIfNull(student);
-        if (teacher.SwiftKvEnabled) throw new ArgumentException("the teacher must be loaded with SwiftKV off.", nameof(teacher));
-        if (!student.SwiftKvEnabled) throw new ArgumentException("the student must be loaded with SwiftKV on.", nameof(student));
-        if (!ReferenceEquals(teacher.Config, student.Config) && teacher.Config != student.Config)
-            throw new ArgumentException("the teacher and the student must come from one config.json.", nameof(student));
-        if (!(temperature > 0) || !float.IsFinite(temperature))
-            throw new ArgumentOutOfRangeException(nameof(temperature), temperature, "the distillation temperature must be a positive number.");
-        if (!(hiddenLossWeight >= 0) || !float.IsFinite(hiddenLossWeight))
-            throw new ArgumentOutOfRangeException(nameof(hiddenLossWeight), hiddenLossWeight, "the hidden-state loss weight must be a number >= 0.");
+        DistillationModel.CheckArguments(teacher, student, temperature, hiddenLossWeight);
         _cfg = student.Config;
         _eps = (float)_cfg.RmsNormEps;
         _temperature = temperature;

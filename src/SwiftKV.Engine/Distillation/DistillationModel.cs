@@ -35,6 +35,20 @@ public sealed class DistillationModel
     /// </param>
     public DistillationModel(LlamaWeights teacher, LlamaWeights student, float temperature, float hiddenLossWeight = 0f)
     {
+        CheckArguments(teacher, student, temperature, hiddenLossWeight);
+        _teacher = teacher;
+        _student = student;
+        HiddenLossWeight = hiddenLossWeight;
+        _cfg = student.Config;
+        _rope = new RotaryEmbedding(_cfg);
+        _eps = (float)_cfg.RmsNormEps;
+        Temperature = temperature;
+        Parameters = SwiftKvTensors.Of(student);
+    }
+
+    /// <summary>What every trainer requires of its teacher, student and loss settings (the CPU's and the GPU's).</summary>
+    internal static void CheckArguments(LlamaWeights teacher, LlamaWeights student, float temperature, float hiddenLossWeight)
+    {
         ArgumentNullException.ThrowIfNull(teacher);
         ArgumentNullException.ThrowIfNull(student);
         if (teacher.SwiftKvEnabled) throw new ArgumentException("the teacher must be loaded with SwiftKV off.", nameof(teacher));
@@ -45,14 +59,6 @@ public sealed class DistillationModel
             throw new ArgumentOutOfRangeException(nameof(temperature), temperature, "the distillation temperature must be a positive number.");
         if (!(hiddenLossWeight >= 0) || !float.IsFinite(hiddenLossWeight))
             throw new ArgumentOutOfRangeException(nameof(hiddenLossWeight), hiddenLossWeight, "the hidden-state loss weight must be a number >= 0.");
-        _teacher = teacher;
-        _student = student;
-        HiddenLossWeight = hiddenLossWeight;
-        _cfg = student.Config;
-        _rope = new RotaryEmbedding(_cfg);
-        _eps = (float)_cfg.RmsNormEps;
-        Temperature = temperature;
-        Parameters = SwiftKvTensors.Of(student);
     }
 
     public LlamaConfig Config => _cfg;

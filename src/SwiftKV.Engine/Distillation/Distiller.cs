@@ -145,9 +145,7 @@ public static class Distiller
     static IDistillationTrainer OpenTrainer(string directory, LlamaConfig config, SafetensorsCheckpoint checkpoint, DistillationOptions options,
         int longest, Action<string>? log)
     {
-        var needed = TeacherAndStudentSpecs(config);
-        long weights = needed.Sum(s => s.ElementCount);
-        long trainable = needed.Where(s => s.Name.Contains("swiftkv", StringComparison.Ordinal)).Sum(s => s.ElementCount);
+        var (weights, trainable) = ValueCounts(config);
         string? cpuReason = null;
         if (options.Backend != BackendKind.Cpu)
         {
@@ -216,8 +214,15 @@ public static class Distiller
     }
 
     /// <summary>The tensors teacher and student need together: the checkpoint's with SwiftKV off and on, each once.</summary>
-    internal static List<TensorSpec> TeacherAndStudentSpecs(LlamaConfig config) =>
+    static List<TensorSpec> TeacherAndStudentSpecs(LlamaConfig config) =>
         LlamaTensorNames.ForModel(config, false).Concat(LlamaTensorNames.ForModel(config, true)).DistinctBy(s => s.Name).ToList();
+
+    /// <summary>Values of every tensor teacher and student read (each once), and of the trainable ones among them.</summary>
+    internal static (long Weights, long Trainable) ValueCounts(LlamaConfig config)
+    {
+        var needed = TeacherAndStudentSpecs(config);
+        return (needed.Sum(s => s.ElementCount), needed.Where(s => s.Name.Contains("swiftkv", StringComparison.Ordinal)).Sum(s => s.ElementCount));
+    }
 
     /// <summary>
     /// Refuses a run that would not fit in memory, before reading a weight (Linux overcommits: the process would be
@@ -228,9 +233,7 @@ public static class Distiller
     {
         long T = longest, h = c.HiddenSize, q = c.QueryDim, kv = c.KeyValueDim, i = c.IntermediateSize;
         int later = c.NumHiddenLayers - c.NumKeyValueLayers, leaders = (later + c.KeyValueGroupSize - 1) / c.KeyValueGroupSize;
-        var needed = TeacherAndStudentSpecs(c);
-        long weights = needed.Sum(s => s.ElementCount);
-        long trainable = needed.Where(s => s.Name.Contains("swiftkv", StringComparison.Ordinal)).Sum(s => s.ElementCount);
+        var (weights, trainable) = ValueCounts(c);
         long activations = later * T * (3 * h + q + 2 * i) + leaders * 4 * T * kv + T * (3 * i + 5 * h + 2 * q)
             + (long)Environment.ProcessorCount * 2 * T * kv + 3L * 32 * c.VocabSize;
         long bytes = 4 * (weights + 3 * trainable + activations);
