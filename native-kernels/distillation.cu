@@ -89,15 +89,17 @@ extern "C" __global__ void add_f32(float* y, const float* x, long long n)
     if (i < n) y[i] += x[i];
 }
 
-// RoPE in Hugging Face's rotate-half layout on (rows, heads · head_dim), row t at position t, from host-made
-// (positions, head_dim / 2) cos/sin tables (the CPU's own angles, so both rotate alike). inverse != 0 rotates by the
-// opposite angle: the rotation's transpose, which is RoPE's gradient. Launch: grid (rows, heads), block head_dim / 2.
-extern "C" __global__ void rope_f32(float* x, int heads, int head_dim, const float* cos_t, const float* sin_t, int inverse)
+// RoPE in Hugging Face's rotate-half layout on (rows, heads · head_dim), row t at position positions[t] (t when
+// positions is null: several sequences packed into one pass each start at 0), from host-made (positions, head_dim / 2)
+// cos/sin tables (the CPU's own angles, so both rotate alike). inverse != 0 rotates by the opposite angle: the
+// rotation's transpose, which is RoPE's gradient. Launch: grid (rows, heads), block head_dim / 2.
+extern "C" __global__ void rope_f32(float* x, int heads, int head_dim, const float* cos_t, const float* sin_t, int inverse, const int* positions)
 {
     int half = head_dim >> 1, i = threadIdx.x, t = blockIdx.x;
     if (i >= half) return;
     float* h = x + ((long long)t * heads + blockIdx.y) * head_dim;
-    float c = cos_t[(long long)t * half + i], s = sin_t[(long long)t * half + i];
+    long long p = positions != nullptr ? positions[t] : t;
+    float c = cos_t[p * half + i], s = sin_t[p * half + i];
     if (inverse) s = -s;
     float a = h[i], b = h[i + half];
     h[i] = a * c - b * s;

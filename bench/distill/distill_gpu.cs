@@ -1,7 +1,8 @@
 // What a distillation step costs on the GPU (CudaDistillationTrainer), at a real model's shape with random weights.
-// Run: dotnet run bench/distill/distill_gpu.cs -c Release -- [preset] [sequences] [tokens] [modes]
+// Run: dotnet run bench/distill/distill_gpu.cs -c Release -- [preset] [sequences] [tokens] [modes] [packs]
 //   preset: llama-3.2-1b | llama-3.1-8b | ... (ModelPresets); SwiftKV 50% (l = L/2), AcrossKV off (g = 1)
 //   modes: tf32,fp32 (the GEMMs' precision; both by default)
+//   packs: tokens a pass may hold, e.g. 0,8192 (0, the default: one sequence a pass)
 // Weights are random fp32 made on the host (norms near 1, the rest ~N(0, 0.02)); every token but the last is scored.
 // Times, median of 3 after a warm-up: a score (teacher + student forward and the loss, no gradients) and a train step
 // (score + backward + Adam) over the batch. Counts the step's FLOPs (GEMMs and the materialised attention) and
@@ -18,6 +19,7 @@ using SwiftKV.Model.Checkpoint;
 string preset = args.Length > 0 ? args[0] : "llama-3.2-1b";
 int sequences = args.Length > 1 ? int.Parse(args[1]) : 4, tokens = args.Length > 2 ? int.Parse(args[2]) : 2048;
 string[] modes = (args.Length > 3 ? args[3] : "tf32,fp32").Split(',');
+int[] packs = (args.Length > 4 ? args[4] : "0").Split(',').Select(int.Parse).ToArray();
 var baseConfig = ModelPresets.Get(preset);
 var config = (baseConfig with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = baseConfig.NumHiddenLayers / 2, KeyValueGroupSize = 1 }).Validate();
 if (!CudaRuntime.TryInitialize(out var why)) { Console.WriteLine("no CUDA: " + why); return 1; }
@@ -84,11 +86,12 @@ double Ceiling(bool tf32)
 Console.WriteLine($"{CudaRuntime.Device}; {preset} ({L} layers, hidden {h}, vocab {vocab}), SwiftKV l={l} g=1, {sequences} x {tokens} tokens; " +
     $"{stepFlops / 1e12:F1} TFLOP a step, {scoreFlops / 1e12:F1} a score");
 foreach (var mode in modes)
+foreach (int pack in packs)
 {
     bool tf32 = mode == "tf32";
     double ceiling = Ceiling(tf32);
     sw.Restart();
-    using var trainer = new CudaDistillationTrainer(teacher, student, 2f, 0f, tf32);
+    using var trainer = new CudaDistillationTrainer(teacher, student, 2f, 0f, tf32, pack);
     double upload = sw.Elapsed.TotalSeconds;
     double Time(Action a)
     {
@@ -97,10 +100,10 @@ foreach (var mode in modes)
         for (int i = 0; i < 3; i++) { var s = Stopwatch.StartNew(); a(); runs.Add(s.Elapsed.TotalSeconds); }
         return runs.Order().ElementAt(1);
     }
-    double score = Time(() => { foreach (var s in batch) trainer.Score(s); });
+    double score = Time(() => trainer.Score(batch));
     double step = Time(() => trainer.TrainStep(batch, 1e-6));
     var (free, total) = CudaRuntime.MemoryInfo();
-    Console.WriteLine($"{mode}: upload {upload:F1} s; score {score:F3} s ({scoreFlops / score / 1e12:F0} TFLOP/s); " +
+    Console.WriteLine($"{mode}, pack {pack}: upload {upload:F1} s; score {score:F3} s ({scoreFlops / score / 1e12:F0} TFLOP/s); " +
         $"step {step:F3} s ({stepFlops / step / 1e12:F0} TFLOP/s, {100 * stepFlops / step / 1e12 / ceiling:F0}% of the {ceiling:F0} TFLOP/s {mode} GEMM ceiling); " +
         $"{sequences * tokens / step:F0} tokens/s trained; GPU memory in use {(total - free) / 1e9:F1} GB");
 }

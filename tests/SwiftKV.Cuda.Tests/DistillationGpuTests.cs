@@ -113,16 +113,25 @@ public sealed class DistillationGpuTests : IDisposable
         var cpuGrads = cpu.Parameters.ZerosLike();
         var cpuScore = Distiller.TrainStep(cpu, new Adam(cpu.Parameters), cpuGrads, batch, 0.0, TestContext.Current.CancellationToken);
 
-        var (gt, gs) = Load(dir);
-        using var gpu = new CudaDistillationTrainer(gt, gs, 2f, hiddenLossWeight, tf32: false);
-        var gpuScore = gpu.TrainStep(batch, 0.0, TestContext.Current.CancellationToken);
-        Assert.Equal(cpuScore.Positions, gpuScore.Positions);
-        Assert.Equal(cpuScore.Loss, gpuScore.Loss, 1e-5 * cpuScore.Loss);
-        // Agreement compares argmaxes; the random models' logits have no near-ties at this size, so they match exactly.
-        Assert.Equal(cpuScore.Top1Agreement, gpuScore.Top1Agreement);
         var flat = cpuGrads.Named().SelectMany(t => t.Values).ToArray();
-        DistillationFixture.AssertTensors(flat, gpu.ReadGradients(), 1e-4, $"gradient against the CPU trainer (L={layers}, l={l}, g={g}, T={length})", Gpu.Log);
-        foreach (var s in batch) Assert.Equal(cpu.Run(s.Tokens, s.LossMask).Loss, gpu.Score(s).Loss, 1e-5 * Math.Max(1e-3, cpu.Run(s.Tokens, s.LossMask).Loss));
+        var cpuEval = batch.Aggregate(default(DistillationScore), (sum, s) => sum + cpu.Run(s.Tokens, s.LossMask));
+
+        // One sequence a pass, then all three packed into one pass (each with its own positions and attention).
+        var (gt, gs) = Load(dir);
+        foreach (int packRows in new[] { 0, 4096 })
+        {
+            using var gpu = new CudaDistillationTrainer(gt, gs, 2f, hiddenLossWeight, tf32: false, packRows: packRows);
+            var gpuScore = gpu.TrainStep(batch, 0.0, TestContext.Current.CancellationToken);   // lr 0: the weights stay as loaded
+            Assert.Equal(cpuScore.Positions, gpuScore.Positions);
+            Assert.Equal(cpuScore.Loss, gpuScore.Loss, 1e-5 * cpuScore.Loss);
+            // Agreement compares argmaxes; the random models' logits have no near-ties at this size, so they match exactly.
+            Assert.Equal(cpuScore.Top1Agreement, gpuScore.Top1Agreement);
+            DistillationFixture.AssertTensors(flat, gpu.ReadGradients(), 1e-4,
+                $"gradient against the CPU trainer (L={layers}, l={l}, g={g}, T={length}, pack {packRows})", Gpu.Log);
+            var gpuEval = gpu.Score(batch, TestContext.Current.CancellationToken);
+            Assert.Equal(cpuEval.Positions, gpuEval.Positions);
+            Assert.Equal(cpuEval.LossSum, gpuEval.LossSum, 1e-5 * Math.Max(1e-3, cpuEval.LossSum));
+        }
     }
 
     /// <summary>
@@ -130,9 +139,10 @@ public sealed class DistillationGpuTests : IDisposable
     /// after a step, with the hidden-state term on (its buffers included): never below, and not far above.
     /// </summary>
     [Theory]
-    [InlineData(0f)]
-    [InlineData(0.5f)]
-    public void MemoryEstimate_CoversWhatAStepHolds(float hiddenLossWeight)
+    [InlineData(0f, 0)]
+    [InlineData(0.5f, 0)]
+    [InlineData(0.5f, 797)]
+    public void MemoryEstimate_CoversWhatAStepHolds(float hiddenLossWeight, int packRows)
     {
         Gpu.Require();
         string dir = MakeStudent(5, 2, 1, true, false, 2, headDim: 16, vocab: 3000, hidden: 64);
@@ -140,13 +150,14 @@ public sealed class DistillationGpuTests : IDisposable
         var config = t.Config;
         var (weights, trainable) = Distiller.ValueCounts(config);
         const int T = 400;
-        long estimate = CudaDistillationTrainer.EstimateBytes(config, weights, trainable, T, hiddenLossWeight);
+        long estimate = CudaDistillationTrainer.EstimateBytes(config, weights, trainable, T, hiddenLossWeight, packRows);
         long before = DeviceMemory.AllocatedBytes;
-        using var trainer = new CudaDistillationTrainer(t, s, 2f, hiddenLossWeight);
-        trainer.TrainStep(RandomBatch(2, 2, T, config.VocabSize).Select(q => q with { LossMask = q.LossMask.Select(_ => true).ToArray() }).ToList(), 1e-3,
+        using var trainer = new CudaDistillationTrainer(t, s, 2f, hiddenLossWeight, packRows: packRows);
+        // Packed: 400 + 397 rows fill a pass of 797 exactly; 394 go in a second.
+        trainer.TrainStep(RandomBatch(2, packRows > 0 ? 3 : 2, T, config.VocabSize).Select(q => q with { LossMask = q.LossMask.Select(_ => true).ToArray() }).ToList(), 1e-3,
             TestContext.Current.CancellationToken);
         long held = DeviceMemory.AllocatedBytes - before;
-        Gpu.Log($"hidden-loss {hiddenLossWeight}: a step holds {held:N0} bytes of device buffers; the estimate counts {estimate:N0}");
+        Gpu.Log($"hidden-loss {hiddenLossWeight}, pack {packRows}: a step holds {held:N0} bytes of device buffers; the estimate counts {estimate:N0}");
         Assert.True(held <= estimate, $"held {held:N0} > estimated {estimate:N0}");
         // Most of a toy model's count is cuBLAS's fixed workspace: the rest must be close too.
         Assert.True(held - Cublas.WorkspaceBytes >= 0.9 * (estimate - Cublas.WorkspaceBytes), $"held {held:N0} is far below the estimate {estimate:N0}");
@@ -162,7 +173,7 @@ public sealed class DistillationGpuTests : IDisposable
         float[] Train()
         {
             var (t, s) = Load(dir);
-            using var trainer = new CudaDistillationTrainer(t, s, 2f, 0.5f, tf32: true);
+            using var trainer = new CudaDistillationTrainer(t, s, 2f, 0.5f, tf32: true, packRows: 100);
             for (int i = 0; i < 3; i++) trainer.TrainStep(batch, 1e-2, TestContext.Current.CancellationToken);
             return trainer.ReadParameters().Named().SelectMany(p => p.Values).ToArray();
         }
@@ -184,8 +195,8 @@ public sealed class DistillationGpuTests : IDisposable
         var outside = new DistillationSequence([1, 2, 96], [true, true, false]);
         var e = Assert.Throws<ArgumentOutOfRangeException>(() => trainer.TrainStep([good, outside], 1e-2, TestContext.Current.CancellationToken));
         Assert.Contains("vocab_size 96", e.Message);
-        Assert.Throws<ArgumentException>(() => trainer.Score(new DistillationSequence([1, 2], [true])));
-        Assert.Throws<ArgumentException>(() => trainer.Score(new DistillationSequence([], [])));
+        Assert.Throws<ArgumentException>(() => trainer.Score([new DistillationSequence([1, 2], [true])], TestContext.Current.CancellationToken));
+        Assert.Throws<ArgumentException>(() => trainer.Score([new DistillationSequence([], [])], TestContext.Current.CancellationToken));
         Assert.Throws<ArgumentOutOfRangeException>(() => trainer.TrainStep([good], double.NaN, TestContext.Current.CancellationToken));
         // Nothing moved: the refused batch was checked before its first sequence ran.
         Assert.Equal(start, trainer.ReadParameters().Named().SelectMany(p => p.Values).ToArray());

@@ -116,22 +116,26 @@ public sealed unsafe class DistillationKernels(KernelLibrary library)
     }
 
     /// <summary>
-    /// RoPE on x (rows, heads·headDim), row t at position t, from (positions, headDim/2) cos/sin tables; inverse
-    /// rotates back (RoPE's gradient).
+    /// RoPE on x (rows, heads·headDim), row t at position positions[t] (t when positions is null), from
+    /// (tableRows, headDim/2) cos/sin tables; inverse rotates back (RoPE's gradient). Positions must be below
+    /// <paramref name="tableRows"/> (the caller made them).
     /// </summary>
-    public void Rope(CudaStream s, DeviceSpan<float> x, int rows, int heads, int headDim, DeviceSpan<float> cos, DeviceSpan<float> sin, bool inverse)
+    public void Rope(CudaStream s, DeviceSpan<float> x, int rows, int heads, int headDim, DeviceSpan<float> cos, DeviceSpan<float> sin, int tableRows,
+        bool inverse, DeviceSpan<int>? positions = null)
     {
         const string n = "rope_f32";
         Rows(rows, n);
         KernelGuard.Positive(heads, n, nameof(heads));
         if (headDim < 2 || headDim % 2 != 0 || headDim > 2048) throw new ArgumentOutOfRangeException(nameof(headDim), headDim, $"{n}: head_dim must be even, 2..2048.");
         KernelGuard.Fits(x, (long)rows * heads * headDim, n, nameof(x), $"({rows}, {heads * headDim})");
-        KernelGuard.Fits(cos, (long)rows * headDim / 2, n, nameof(cos), $"({rows}, {headDim / 2})");
-        KernelGuard.Fits(sin, (long)rows * headDim / 2, n, nameof(sin), $"({rows}, {headDim / 2})");
+        if (positions is null && tableRows < rows) throw new ArgumentException($"{n}: {rows} rows at positions 0..{rows - 1} need a table of as many rows, not {tableRows}.");
+        KernelGuard.FitsOptional(positions, rows, n, nameof(positions), $"({rows})");
+        KernelGuard.Fits(cos, (long)tableRows * headDim / 2, n, nameof(cos), $"({tableRows}, {headDim / 2})");
+        KernelGuard.Fits(sin, (long)tableRows * headDim / 2, n, nameof(sin), $"({tableRows}, {headDim / 2})");
         if (heads > MaxGridY) throw new ArgumentOutOfRangeException(nameof(heads), heads, $"{n}: too many heads.");
-        ulong px = x.Address, pc = cos.Address, ps = sin.Address;
+        ulong px = x.Address, pc = cos.Address, ps = sin.Address, pp = KernelGuard.Address(positions);
         int inv = inverse ? 1 : 0;
-        void** args = stackalloc void*[] { &px, &heads, &headDim, &pc, &ps, &inv };
+        void** args = stackalloc void*[] { &px, &heads, &headDim, &pc, &ps, &inv, &pp };
         _rope.Launch(s, ((uint)rows, (uint)heads, 1), (uint)Math.Max(32, headDim / 2), 0, args);
     }
 

@@ -4,7 +4,9 @@
 // over PCIe. GEMMs are cuBLAS fp32, on TF32 tensor cores unless exact fp32 is asked for. Attention materialises each
 // AcrossKV group's (heads, T, T) scores instead of running a flash kernel: simple to check against the CPU's, and
 // the scores of one group at a time stay small beside the weights (4 heads x 8192² fp32 = 1 GiB, twice in the
-// backward pass). The backward pass recomputes the scores rather than keeping them per layer.
+// backward pass). The backward pass recomputes the scores rather than keeping them per layer. Short sequences are packed
+// into one pass of up to PackRows rows (each keeps its own positions and its own causal attention), so the GEMMs see
+// thousands of rows and the weights stream once per pack rather than once per sequence.
 //
 // The backward pass mirrors DistillationModel.StudentBackward step for step; the comments there say why each step is
 // what it is. Checked against the CPU trainer and against PyTorch autograd (SwiftKV.Cuda.Tests, DistillationGpuTests).
@@ -48,6 +50,7 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     readonly Scratch _ws;
     DeviceBuffer<float>? _cos, _sin;
     int _ropeRows, _steps;
+    Pack _pack = Pack.Empty;   // the sequences of the pass in progress
     bool _disposed;
 
     /// <param name="teacher">The checkpoint with SwiftKV off.</param>
@@ -55,8 +58,14 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     /// <param name="temperature">T of the loss (the paper: 2).</param>
     /// <param name="hiddenLossWeight">The weight of the optional hidden-state term (DistillationModel says what it is); 0: none.</param>
     /// <param name="tf32">GEMMs on TF32 tensor cores (fp32 sums); false: exact fp32 GEMMs, about 8x slower on Hopper (a whole step measured 4x).</param>
-    public CudaDistillationTrainer(LlamaWeights teacher, LlamaWeights student, float temperature, float hiddenLossWeight = 0f, bool tf32 = true)
+    /// <param name="packRows">
+    /// Rows one pass may hold: sequences of a batch are packed together up to this many tokens (a longer sequence runs
+    /// alone). 0: one sequence a pass. <see cref="MemoryNeeded"/> must be given the same value.
+    /// </param>
+    public CudaDistillationTrainer(LlamaWeights teacher, LlamaWeights student, float temperature, float hiddenLossWeight = 0f, bool tf32 = true, int packRows = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(packRows);
+        PackRows = packRows;
         DistillationModel.CheckArguments(teacher, student, temperature, hiddenLossWeight);
         _cfg = student.Config;
         _eps = (float)_cfg.RmsNormEps;
@@ -113,8 +122,12 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
         }
         // TF32 tensor cores came with sm_80; below, cuBLAS runs the same call in plain fp32.
         bool hasTf32 = CudaRuntime.Device.ComputeMajor >= 8;
-        Device = $"{CudaRuntime.Device.Name}, fp32 with {(tf32 && hasTf32 ? "TF32" : "fp32")} GEMMs{(tf32 && !hasTf32 ? " (no TF32 before sm_80)" : "")}";
+        Device = $"{CudaRuntime.Device.Name}, fp32 with {(tf32 && hasTf32 ? "TF32" : "fp32")} GEMMs{(tf32 && !hasTf32 ? " (no TF32 before sm_80)" : "")}" +
+            (packRows > 0 ? $", sequences packed up to {packRows} tokens a pass" : "");
     }
+
+    /// <summary>Tokens one pass may hold (0: one sequence a pass).</summary>
+    public int PackRows { get; }
 
     public string Device { get; }
     public long ParameterCount => _slots.Sum(s => (long)s.Host.Length);
@@ -144,8 +157,8 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     /// tokens: <see cref="EstimateBytes"/> plus 1 GiB for what it does not count (cuBLAS's workspace, the kernels, the
     /// allocator's granularity).
     /// </summary>
-    public static long MemoryNeeded(LlamaConfig config, long weightValues, long trainableValues, int longest, float hiddenLossWeight) =>
-        EstimateBytes(config, weightValues, trainableValues, longest, hiddenLossWeight) + (1L << 30);
+    public static long MemoryNeeded(LlamaConfig config, long weightValues, long trainableValues, int longest, float hiddenLossWeight, int packRows = 0) =>
+        EstimateBytes(config, weightValues, trainableValues, longest, hiddenLossWeight, packRows) + (1L << 30);
 
     /// <summary>
     /// The device buffers a trainer allocates, counted one by one: the fp32 weights teacher and student read
@@ -153,17 +166,19 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     /// <paramref name="trainableValues"/>, and the activations and scratch of one sequence of <paramref name="longest"/>
     /// tokens, and the cuBLAS handle's workspace (DistillationGpuTests checks it against what a step really holds).
     /// </summary>
-    internal static long EstimateBytes(LlamaConfig config, long weightValues, long trainableValues, int longest, float hiddenLossWeight)
+    internal static long EstimateBytes(LlamaConfig config, long weightValues, long trainableValues, int longest, float hiddenLossWeight, int packRows = 0)
     {
-        long T = longest, h = config.HiddenSize, q = config.QueryDim, kv = config.KeyValueDim, i = config.IntermediateSize, v = config.VocabSize;
+        // T: the rows of a pass (a pack, or the longest sequence); S: the longest sequence (its scores, the RoPE tables).
+        long T = Math.Max(longest, packRows), S = longest, h = config.HiddenSize, q = config.QueryDim, kv = config.KeyValueDim, i = config.IntermediateSize, v = config.VocabSize;
         int later = config.NumHiddenLayers - config.NumKeyValueLayers, leaders = (later + config.KeyValueGroupSize - 1) / config.KeyValueGroupSize;
         long groupHeads = config.NumAttentionHeads / config.NumKeyValueHeads;
         long kept = later * T * (3 * h + q + 2 * i);            // the student's activations per later layer
         long caches = leaders * 4 * T * kv;                     // K, V and their gradients
-        // Per token: x, xl, xs, dx, h, s, dMid, dh, ds (+ the hidden term's five), q, attn, dAttn, dq, the teacher's k
-        // and v, gate, up, m, dm, dGate, dUp, the RoPE tables, and a few words of rows' norms, indices and losses.
-        long rows = T * ((9 + (hiddenLossWeight > 0 ? 5 : 0)) * h + 4 * q + 2 * kv + 6 * i + config.HeadDim + 8)
-            + 2 * groupHeads * T * T;                           // one group's scores and their gradient
+        // Per row: x, xl, xs, dx, h, s, dMid, dh, ds (+ the hidden term's five), q, attn, dAttn, dq, the teacher's k
+        // and v, gate, up, m, dm, dGate, dUp, and a few words of rows' norms, positions, indices and losses; per
+        // position of the longest sequence, the RoPE tables.
+        long rows = T * ((9 + (hiddenLossWeight > 0 ? 5 : 0)) * h + 4 * q + 2 * kv + 6 * i + 9) + S * config.HeadDim
+            + 2 * groupHeads * S * S;                           // one group's scores and their gradient
         long chunk = Math.Max(1, Math.Min(T, LogitBudgetFloats / (2 * v)));
         long loss = 2 * chunk * v + 5 * chunk * h;               // both logit chunks, the gathered rows and their gradients
         long columns = DistillationKernels.ColumnScratch((int)T, (int)Math.Max(h, Math.Max(q, kv)));
@@ -185,10 +200,17 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
                 throw new ArgumentOutOfRangeException(nameof(sequence), id, $"token id outside the vocabulary (vocab_size {_cfg.VocabSize}).");
     }
 
-    public DistillationScore Score(DistillationSequence sequence)
+    public DistillationScore Score(IReadOnlyList<DistillationSequence> sequences, CancellationToken cancellationToken = default)
     {
-        Check(sequence);
-        return Run(sequence, 0f);
+        ArgumentNullException.ThrowIfNull(sequences);
+        foreach (var s in sequences) Check(s);
+        var total = default(DistillationScore);
+        foreach (var pack in Pack.Of(sequences, PackRows))
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            total += Run(pack, 0f);
+        }
+        return total;
     }
 
     public DistillationScore TrainStep(IReadOnlyList<DistillationSequence> batch, double learningRate, CancellationToken cancellationToken = default)
@@ -201,10 +223,10 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
         long positions = batch.Sum(s => (long)s.LossPositions);
         var total = default(DistillationScore);
         if (positions == 0) return total;
-        foreach (var s in batch)
+        foreach (var pack in Pack.Of(batch, PackRows))
         {
             cancellationToken.ThrowIfCancellationRequested();
-            total += Run(s, 1f / positions);
+            total += Run(pack, 1f / positions);
         }
         var flags = _ws.Int("nonfinite", _slots.Count);
         _stream.FillAsync(flags, 0);
@@ -266,17 +288,19 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     int Leader(int j) => (j - Lkv) / _cfg.KeyValueGroupSize;   // the ordinal of layer j's AcrossKV cache
     int Leaders => (Later + _cfg.KeyValueGroupSize - 1) / _cfg.KeyValueGroupSize;
 
-    DistillationScore Run(DistillationSequence sequence, float gradScale)
+    DistillationScore Run(Pack pack, float gradScale)
     {
-        int T = sequence.Tokens.Length;
+        int T = pack.Rows;
         bool train = gradScale != 0f;
         var selected = new List<int>();
-        for (int t = 0; t < T; t++) if (sequence.LossMask[t]) selected.Add(t);
+        for (int t = 0; t < T; t++) if (pack.LossMask[t]) selected.Add(t);
         int n = selected.Count;
         if (n == 0) return default;   // nothing scored: no loss, no gradient
-        EnsureRope(T);
+        EnsureRope(pack.Longest);
+        _pack = pack;
         var tokens = _ws.Int("tokens", T);
-        _stream.Upload<int>(sequence.Tokens, tokens);
+        _stream.Upload<int>(pack.Tokens, tokens);
+        _stream.Upload<int>(pack.Positions, _ws.Int("positions", T));
 
         // Layers 0..l-1: frozen, shared by teacher and student.
         var x = _ws.Float("x", (long)T * H);
@@ -515,8 +539,27 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
 
     float Scale => (float)(1.0 / Math.Sqrt(_cfg.HeadDim));
 
-    /// <summary>Causal GQA attention: out (T, q_dim) from q (T, q_dim) and k, v (T, kv_dim).</summary>
-    void Attend(DeviceSpan<float> q, DeviceSpan<float> k, DeviceSpan<float> v, int T, DeviceSpan<float> output)
+    /// <summary>Causal GQA attention over each sequence of the pass: out (rows, q_dim) from q (rows, q_dim) and k, v (rows, kv_dim).</summary>
+    void Attend(DeviceSpan<float> q, DeviceSpan<float> k, DeviceSpan<float> v, int rows, DeviceSpan<float> output)
+    {
+        foreach (var (start, length) in _pack.Sequences)
+            AttendOne(q.Slice((long)start * QDim, (long)length * QDim), k.Slice((long)start * KvDim, (long)length * KvDim),
+                v.Slice((long)start * KvDim, (long)length * KvDim), length, output.Slice((long)start * QDim, (long)length * QDim));
+    }
+
+    /// <summary>dq (written) and dk, dv (added) of <see cref="Attend"/>, sequence by sequence.</summary>
+    void AttentionBackward(DeviceSpan<float> q, DeviceSpan<float> dOut, DeviceSpan<float> k, DeviceSpan<float> v, int rows,
+        DeviceSpan<float> dq, DeviceSpan<float> dk, DeviceSpan<float> dv)
+    {
+        foreach (var (start, length) in _pack.Sequences)
+        {
+            long qs = (long)start * QDim, ql = (long)length * QDim, ks = (long)start * KvDim, kl = (long)length * KvDim;
+            AttentionBackwardOne(q.Slice(qs, ql), dOut.Slice(qs, ql), k.Slice(ks, kl), v.Slice(ks, kl), length, dq.Slice(qs, ql), dk.Slice(ks, kl), dv.Slice(ks, kl));
+        }
+    }
+
+    /// <summary>Causal GQA attention of one sequence: out (T, q_dim) from q (T, q_dim) and k, v (T, kv_dim).</summary>
+    void AttendOne(DeviceSpan<float> q, DeviceSpan<float> k, DeviceSpan<float> v, int T, DeviceSpan<float> output)
     {
         int d = _cfg.HeadDim, groups = _cfg.NumAttentionHeads / _cfg.NumKeyValueHeads;
         long tt = (long)T * T;
@@ -533,8 +576,8 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
         }
     }
 
-    /// <summary>dq (written) and dk, dv (added) of causal GQA attention, recomputing the scores.</summary>
-    void AttentionBackward(DeviceSpan<float> q, DeviceSpan<float> dOut, DeviceSpan<float> k, DeviceSpan<float> v, int T,
+    /// <summary>dq (written) and dk, dv (added) of one sequence's causal GQA attention, recomputing the scores.</summary>
+    void AttentionBackwardOne(DeviceSpan<float> q, DeviceSpan<float> dOut, DeviceSpan<float> k, DeviceSpan<float> v, int T,
         DeviceSpan<float> dq, DeviceSpan<float> dk, DeviceSpan<float> dv)
     {
         int d = _cfg.HeadDim, groups = _cfg.NumAttentionHeads / _cfg.NumKeyValueHeads;
@@ -582,7 +625,7 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     }
 
     void Rope(DeviceSpan<float> x, int T, int heads, bool inverse) =>
-        _k.Rope(_stream, x, T, heads, _cfg.HeadDim, _cos!.Span, _sin!.Span, inverse);
+        _k.Rope(_stream, x, T, heads, _cfg.HeadDim, _cos!.Span, _sin!.Span, _ropeRows, inverse, _ws.Int("positions", T));
 
     /// <summary>cos/sin tables for positions 0..rows-1, made on the host from the CPU's own angles.</summary>
     void EnsureRope(int rows)
@@ -627,6 +670,63 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
         _library?.Dispose();
         _blas?.Dispose();
         _stream?.Dispose();
+    }
+
+    /// <summary>
+    /// Sequences run in one pass: their tokens one after another, each with positions from 0 and its own causal
+    /// attention (a block-diagonal mask, as if run apart).
+    /// </summary>
+    sealed class Pack
+    {
+        public static readonly Pack Empty = new([]);
+
+        Pack(IReadOnlyList<DistillationSequence> sequences)
+        {
+            int rows = sequences.Sum(s => s.Tokens.Length);
+            Tokens = new int[rows];
+            Positions = new int[rows];
+            LossMask = new bool[rows];
+            var spans = new List<(int, int)>();
+            int at = 0;
+            foreach (var s in sequences)
+            {
+                int n = s.Tokens.Length;
+                s.Tokens.CopyTo(Tokens, at);
+                s.LossMask.CopyTo(LossMask, at);
+                for (int t = 0; t < n; t++) Positions[at + t] = t;
+                spans.Add((at, n));
+                Longest = Math.Max(Longest, n);
+                at += n;
+            }
+            Sequences = spans;
+        }
+
+        public int[] Tokens { get; }
+        public int[] Positions { get; }
+        public bool[] LossMask { get; }
+        /// <summary>(first row, length) of each sequence.</summary>
+        public IReadOnlyList<(int Start, int Length)> Sequences { get; }
+        public int Rows => Tokens.Length;
+        public int Longest { get; }
+
+        /// <summary>The sequences in order, gathered into passes of at most <paramref name="packRows"/> rows (one each when 0).</summary>
+        public static IEnumerable<Pack> Of(IReadOnlyList<DistillationSequence> sequences, int packRows)
+        {
+            var current = new List<DistillationSequence>();
+            int rows = 0;
+            foreach (var s in sequences)
+            {
+                if (current.Count > 0 && rows + s.Tokens.Length > packRows)
+                {
+                    yield return new Pack(current);
+                    current = [];
+                    rows = 0;
+                }
+                current.Add(s);
+                rows += s.Tokens.Length;
+            }
+            if (current.Count > 0) yield return new Pack(current);
+        }
     }
 
     /// <summary>Named device buffers reused from sequence to sequence, grown when a longer one comes.</summary>

@@ -50,7 +50,7 @@ public static class Distiller
         var initial = trainer.ReadParameters().Named().Select(t => (float[])t.Values.Clone()).ToList();
         string scoredOn = evalPath is null ? "the training data" : evalPath;
 
-        var before = Score(trainer, eval, cancellationToken);
+        var before = Score(trainer, eval, options.BatchSize, cancellationToken);
         log?.Invoke($"before, on {scoredOn}: loss {before.Loss:F4} per scored position, top-1 agreement with the teacher {before.Top1Agreement:P1}");
 
         int batchesPerEpoch = (train.Sequences.Count + options.BatchSize - 1) / options.BatchSize;
@@ -80,7 +80,7 @@ public static class Distiller
             if (trained[i].Values.AsSpan().SequenceEqual(initial[i])) unchanged++;
         }
         trainer.WriteParameters(parameters);
-        var after = Score(trainer, eval, cancellationToken);
+        var after = Score(trainer, eval, options.BatchSize, cancellationToken);
         log?.Invoke($"after, on {scoredOn} with the weights as written ({dtype}): loss {after.Loss:F4}, top-1 agreement {after.Top1Agreement:P1}");
         if (unchanged > 0)
             log?.Invoke($"note: {unchanged} of {trained.Count} trained tensors are unchanged once rounded to {dtype} (their updates were smaller than its precision): train longer, or with a larger --lr.");
@@ -127,14 +127,12 @@ public static class Distiller
         return total;
     }
 
-    static DistillationScore Score(IDistillationTrainer trainer, DistillationDataSet data, CancellationToken cancellationToken)
+    /// <summary>The data's score, a batch at a time (the GPU packs a batch's sequences into its passes).</summary>
+    static DistillationScore Score(IDistillationTrainer trainer, DistillationDataSet data, int batchSize, CancellationToken cancellationToken)
     {
         var total = default(DistillationScore);
-        foreach (var s in data.Sequences)
-        {
-            cancellationToken.ThrowIfCancellationRequested();
-            total += trainer.Score(s);
-        }
+        for (int i = 0; i < data.Sequences.Count; i += batchSize)
+            total += trainer.Score(data.Sequences.Skip(i).Take(batchSize).ToList(), cancellationToken);
         return total;
     }
 
@@ -156,15 +154,20 @@ public static class Distiller
             }
             else
             {
-                long gpuBytes = CudaDistillationTrainer.MemoryNeeded(config, weights, trainable, longest, options.HiddenLossWeight);
+                // Short sequences go through the GPU packed into passes of up to PackRows tokens, fewer where memory is short.
                 long free = CudaRuntime.MemoryInfo().Free;
+                int packRows = PackRows;
+                while (packRows > longest && CudaDistillationTrainer.MemoryNeeded(config, weights, trainable, longest, options.HiddenLossWeight, packRows) > free)
+                    packRows /= 2;
+                if (packRows <= longest) packRows = 0;   // one sequence a pass
+                long gpuBytes = CudaDistillationTrainer.MemoryNeeded(config, weights, trainable, longest, options.HiddenLossWeight, packRows);
                 if (gpuBytes <= free)
                 {
                     RefuseHostMemory(directory, 4 * weights, $"the fp32 weights ({4 * weights / 1e9:F1} GB) are read on the host before they go to the GPU");
                     var (teacher, student) = LoadTeacherAndStudent(directory, config, checkpoint);
                     try
                     {
-                        return new CudaDistillationTrainer(teacher, student, options.Temperature, options.HiddenLossWeight, options.Tf32);
+                        return new CudaDistillationTrainer(teacher, student, options.Temperature, options.HiddenLossWeight, options.Tf32, packRows);
                     }
                     catch (CudaException e) when (options.Backend == BackendKind.Auto)
                     {
@@ -187,6 +190,12 @@ public static class Distiller
         var (t, s) = LoadTeacherAndStudent(directory, config, checkpoint);
         return new CpuDistillationTrainer(new DistillationModel(t, s, options.Temperature, options.HiddenLossWeight));
     }
+
+    /// <summary>
+    /// Tokens a GPU pass holds at most when the sequences are short (the paper's longest sequence): enough rows that the
+    /// GEMMs run near their rate and the weights stream once for many sequences.
+    /// </summary>
+    const int PackRows = 8192;
 
     static void RefuseHostMemory(string directory, long bytes, string what)
     {

@@ -12,8 +12,8 @@ public interface IDistillationTrainer : IDisposable
     /// <summary>How many trainable values.</summary>
     long ParameterCount { get; }
 
-    /// <summary>The loss and top-1 agreement of one sequence, no gradients.</summary>
-    DistillationScore Score(DistillationSequence sequence);
+    /// <summary>The summed loss and top-1 agreement of <paramref name="sequences"/>, no gradients.</summary>
+    DistillationScore Score(IReadOnlyList<DistillationSequence> sequences, CancellationToken cancellationToken = default);
 
     /// <summary>
     /// One optimizer step: the batch's gradients of its mean loss per scored position, then Adam at
@@ -46,7 +46,17 @@ public sealed class CpuDistillationTrainer : IDistillationTrainer
     public string Device => $"CPU, fp32, {Environment.ProcessorCount} threads";
     public long ParameterCount => Model.Parameters.Count;
 
-    public DistillationScore Score(DistillationSequence sequence) => Model.Run(sequence.Tokens, sequence.LossMask);
+    public DistillationScore Score(IReadOnlyList<DistillationSequence> sequences, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(sequences);
+        var total = default(DistillationScore);
+        foreach (var s in sequences)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            total += Model.Run(s.Tokens, s.LossMask);
+        }
+        return total;
+    }
 
     public DistillationScore TrainStep(IReadOnlyList<DistillationSequence> batch, double learningRate, CancellationToken cancellationToken = default) =>
         Distiller.TrainStep(Model, _adam, _gradients, batch, learningRate, cancellationToken);
