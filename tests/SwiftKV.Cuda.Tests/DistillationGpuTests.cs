@@ -35,7 +35,8 @@ public sealed class DistillationGpuTests : IDisposable
         Gpu.Require();
         using var fixture = DistillationFixture.Open(name);
         var (teacher, student) = fixture.Load();
-        using var trainer = new CudaDistillationTrainer(teacher, student, fixture.Temperature, fixture.HiddenLossWeight, tf32);
+        // TF32 runs as distill runs it, the batch's two sequences packed into one pass; fp32 one sequence a pass.
+        using var trainer = new CudaDistillationTrainer(teacher, student, fixture.Temperature, fixture.HiddenLossWeight, tf32, packRows: tf32 ? 4096 : 0);
         Assert.Equal(fixture.TensorNames, trainer.ReadParameters().Named().Select(t => t.Name));
         var first = trainer.TrainStep(fixture.Batch, fixture.LearningRate, TestContext.Current.CancellationToken);
         // TF32 rounds every GEMM input to 10 mantissa bits (2^-11 relative): the loss and gradients move by about that much
@@ -116,9 +117,10 @@ public sealed class DistillationGpuTests : IDisposable
         var flat = cpuGrads.Named().SelectMany(t => t.Values).ToArray();
         var cpuEval = batch.Aggregate(default(DistillationScore), (sum, s) => sum + cpu.Run(s.Tokens, s.LossMask));
 
-        // One sequence a pass, then all three packed into one pass (each with its own positions and attention).
+        // One sequence a pass; all three packed into one pass (each with its own positions and attention); and the first
+        // alone with the other two packed after it.
         var (gt, gs) = Load(dir);
-        foreach (int packRows in new[] { 0, 4096 })
+        foreach (int packRows in new[] { 0, 4096, 2 * length - 9 })
         {
             using var gpu = new CudaDistillationTrainer(gt, gs, 2f, hiddenLossWeight, tf32: false, packRows: packRows);
             var gpuScore = gpu.TrainStep(batch, 0.0, TestContext.Current.CancellationToken);   // lr 0: the weights stay as loaded

@@ -542,6 +542,7 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     /// <summary>Causal GQA attention over each sequence of the pass: out (rows, q_dim) from q (rows, q_dim) and k, v (rows, kv_dim).</summary>
     void Attend(DeviceSpan<float> q, DeviceSpan<float> k, DeviceSpan<float> v, int rows, DeviceSpan<float> output)
     {
+        System.Diagnostics.Debug.Assert(rows == _pack.Rows, "attention runs over the pass in progress");
         foreach (var (start, length) in _pack.Sequences)
             AttendOne(q.Slice((long)start * QDim, (long)length * QDim), k.Slice((long)start * KvDim, (long)length * KvDim),
                 v.Slice((long)start * KvDim, (long)length * KvDim), length, output.Slice((long)start * QDim, (long)length * QDim));
@@ -551,6 +552,7 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     void AttentionBackward(DeviceSpan<float> q, DeviceSpan<float> dOut, DeviceSpan<float> k, DeviceSpan<float> v, int rows,
         DeviceSpan<float> dq, DeviceSpan<float> dk, DeviceSpan<float> dv)
     {
+        System.Diagnostics.Debug.Assert(rows == _pack.Rows, "attention runs over the pass in progress");
         foreach (var (start, length) in _pack.Sequences)
         {
             long qs = (long)start * QDim, ql = (long)length * QDim, ks = (long)start * KvDim, kl = (long)length * KvDim;

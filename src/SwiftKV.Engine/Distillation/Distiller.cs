@@ -50,7 +50,7 @@ public static class Distiller
         var initial = trainer.ReadParameters().Named().Select(t => (float[])t.Values.Clone()).ToList();
         string scoredOn = evalPath is null ? "the training data" : evalPath;
 
-        var before = Score(trainer, eval, options.BatchSize, cancellationToken);
+        var before = Score(trainer, eval, cancellationToken);
         log?.Invoke($"before, on {scoredOn}: loss {before.Loss:F4} per scored position, top-1 agreement with the teacher {before.Top1Agreement:P1}");
 
         int batchesPerEpoch = (train.Sequences.Count + options.BatchSize - 1) / options.BatchSize;
@@ -80,7 +80,7 @@ public static class Distiller
             if (trained[i].Values.AsSpan().SequenceEqual(initial[i])) unchanged++;
         }
         trainer.WriteParameters(parameters);
-        var after = Score(trainer, eval, options.BatchSize, cancellationToken);
+        var after = Score(trainer, eval, cancellationToken);
         log?.Invoke($"after, on {scoredOn} with the weights as written ({dtype}): loss {after.Loss:F4}, top-1 agreement {after.Top1Agreement:P1}");
         if (unchanged > 0)
             log?.Invoke($"note: {unchanged} of {trained.Count} trained tensors are unchanged once rounded to {dtype} (their updates were smaller than its precision): train longer, or with a larger --lr.");
@@ -127,14 +127,9 @@ public static class Distiller
         return total;
     }
 
-    /// <summary>The data's score, a batch at a time (the GPU packs a batch's sequences into its passes).</summary>
-    static DistillationScore Score(IDistillationTrainer trainer, DistillationDataSet data, int batchSize, CancellationToken cancellationToken)
-    {
-        var total = default(DistillationScore);
-        for (int i = 0; i < data.Sequences.Count; i += batchSize)
-            total += trainer.Score(data.Sequences.Skip(i).Take(batchSize).ToList(), cancellationToken);
-        return total;
-    }
+    /// <summary>The data's score in one call: the GPU packs all of it into its passes, and both trainers stop between them when cancelled.</summary>
+    static DistillationScore Score(IDistillationTrainer trainer, DistillationDataSet data, CancellationToken cancellationToken) =>
+        trainer.Score(data.Sequences, cancellationToken);
 
     /// <summary>
     /// The trainer <paramref name="options"/> ask for: the GPU when CUDA is usable (Auto) or asked for (Cuda) and the run
@@ -154,12 +149,8 @@ public static class Distiller
             }
             else
             {
-                // Short sequences go through the GPU packed into passes of up to PackRows tokens, fewer where memory is short.
                 long free = CudaRuntime.MemoryInfo().Free;
-                int packRows = PackRows;
-                while (packRows > longest && CudaDistillationTrainer.MemoryNeeded(config, weights, trainable, longest, options.HiddenLossWeight, packRows) > free)
-                    packRows /= 2;
-                if (packRows <= longest) packRows = 0;   // one sequence a pass
+                int packRows = ChoosePackRows(config, weights, trainable, longest, options.HiddenLossWeight, free);
                 long gpuBytes = CudaDistillationTrainer.MemoryNeeded(config, weights, trainable, longest, options.HiddenLossWeight, packRows);
                 if (gpuBytes <= free)
                 {
@@ -195,7 +186,19 @@ public static class Distiller
     /// Tokens a GPU pass holds at most when the sequences are short (the paper's longest sequence): enough rows that the
     /// GEMMs run near their rate and the weights stream once for many sequences.
     /// </summary>
-    const int PackRows = 8192;
+    internal const int PackRows = 8192;
+
+    /// <summary>
+    /// The GPU trainer's pass size: <see cref="PackRows"/>, halved while the run would not fit <paramref name="free"/>
+    /// bytes, and never below the longest sequence (a pass that long costs nothing a single sequence does not).
+    /// </summary>
+    internal static int ChoosePackRows(LlamaConfig config, long weights, long trainable, int longest, float hiddenLossWeight, long free)
+    {
+        int packRows = Math.Max(PackRows, longest);
+        while (packRows > longest && CudaDistillationTrainer.MemoryNeeded(config, weights, trainable, longest, hiddenLossWeight, packRows) > free)
+            packRows = Math.Max(longest, packRows / 2);
+        return packRows;
+    }
 
     static void RefuseHostMemory(string directory, long bytes, string what)
     {
