@@ -65,25 +65,17 @@ internal static class DistillCommand
             throw new UsageException("--out must be another directory than --model: writing the result removes the old weights first.");
         ModelCommands.RefuseExistingCheckpoint(outDir, force);
 
-        // Ctrl-C (or SIGTERM) stops training at the next sequence; nothing is written then. The checkpoint's own write
-        // goes to a hidden folder first, so even a kill during it leaves --out as it was.
-        using var stop = new CancellationTokenSource();
-        void OnSignal(System.Runtime.InteropServices.PosixSignalContext context)
-        {
-            context.Cancel = true;
-            stop.Cancel();
-        }
-        using var interrupt = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGINT, OnSignal);
-        using var terminate = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, OnSignal);
+        // Ctrl-C (or SIGTERM) stops training at the next sequence, or the write before its files move into place;
+        // nothing is written then.
+        using var interrupt = new Interrupt();
         DistillationReport report;
         try
         {
-            report = Distiller.Run(model, data, outDir, options, eval, Console.WriteLine, stop.Token);
+            report = Distiller.Run(model, data, outDir, options, eval, Console.WriteLine, interrupt.Token);
         }
-        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        catch (OperationCanceledException e) when (interrupt.Caused(e))
         {
-            Console.Error.WriteLine($"swiftkv distill: interrupted; nothing was written to {outDir}.");
-            return 130;
+            return Interrupt.Report("distill", outDir);
         }
         Console.WriteLine($"wrote {outDir}: {report.Steps} steps over {report.Sequences} sequences ({report.Tokens:N0} tokens) in {report.Elapsed.TotalSeconds:F1} s; " +
             $"on {report.ScoredOn}: loss {report.Before.Loss:F4} -> {report.After.Loss:F4}, top-1 agreement {report.Before.Top1Agreement:P1} -> {report.After.Top1Agreement:P1}");

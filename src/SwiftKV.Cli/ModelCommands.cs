@@ -27,13 +27,33 @@ internal static class ModelCommands
         catch (ArgumentException e) { throw new UsageException(e.Message.Replace("ModelMakerOptions.InitStd", "--init-std", StringComparison.Ordinal)); }
         RefuseExistingCheckpoint(outDir, force);
         var sw = Stopwatch.StartNew();
-        MakeModelDirectory(outDir, config, options, tokenizer);
+        bool existed = Directory.Exists(outDir);
+        using var interrupt = new Interrupt();
+        try
+        {
+            MakeModelDirectory(outDir, config, options, tokenizer, interrupt.Token);
+        }
+        catch (OperationCanceledException e) when (interrupt.Caused(e))
+        {
+            RemoveIfLeftEmpty(outDir, existed);
+            return Interrupt.Report("make-model", outDir);
+        }
         Console.WriteLine($"wrote {outDir}: {Describe(config)}, {options.Dtype}, seed {options.Seed} in {sw.Elapsed.TotalSeconds:F1} s");
         return 0;
     }
 
+    /// <summary>An --out this command created and then wrote nothing into goes again, as if never asked for.</summary>
+    static void RemoveIfLeftEmpty(string outDir, bool existed)
+    {
+        if (existed || !Directory.Exists(outDir) || Directory.EnumerateFileSystemEntries(outDir).Any()) return;
+        try { Directory.Delete(outDir); }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+    }
+
     /// <summary>Writes weights, config and (unless told not to) the demo tokenizer.</summary>
-    public static void MakeModelDirectory(string outDir, LlamaConfig config, ModelMakerOptions options, bool tokenizer)
+    public static void MakeModelDirectory(string outDir, LlamaConfig config, ModelMakerOptions options, bool tokenizer,
+        CancellationToken cancellationToken = default)
     {
         // Checked before anything is written, so a refused option or vocabulary leaves no half-made checkpoint (or
         // empty folder) behind.
@@ -42,7 +62,7 @@ internal static class ModelCommands
         if (tok is not null && tok.VocabularySize > config.VocabSize)
             throw new ArgumentException($"the demo tokenizer needs vocab_size >= {tok.VocabularySize} (got {config.VocabSize}); pass --no-tokenizer for smaller vocabularies.");
         CreateOutDirectory(outDir);
-        ModelMaker.Write(outDir, config, options, companions: staging => tok?.Save(staging));
+        ModelMaker.Write(outDir, config, options, companions: staging => tok?.Save(staging), cancellationToken: cancellationToken);
     }
 
     /// <summary>Creates --out, naming the option and the path when that is not possible (a read-only or virtual file
@@ -186,7 +206,18 @@ internal static class ModelCommands
         // The source's own config is checked first, so its errors keep naming its config.json; only the new SwiftKV
         // fields are the options' doing.
         LlamaConfig.Load(src);
-        var config = Renamed(() => SwiftKvConverter.Convert(src, dst, l, g), "--swiftkv-layers", "--group-size");
+        bool existed = Directory.Exists(dst);
+        using var interrupt = new Interrupt();
+        LlamaConfig config;
+        try
+        {
+            config = Renamed(() => SwiftKvConverter.Convert(src, dst, l, g, cancellationToken: interrupt.Token), "--swiftkv-layers", "--group-size");
+        }
+        catch (OperationCanceledException e) when (interrupt.Caused(e))
+        {
+            RemoveIfLeftEmpty(dst, existed);
+            return Interrupt.Report("transform", dst);
+        }
         Console.WriteLine($"wrote {dst}: {Describe(config)} in {sw.Elapsed.TotalSeconds:F1} s (undistilled: run swiftkv distill before serious use)");
         if (!LlamaTokenizer.Exists(src))
             Console.WriteLine($"note: {src} has no tokenizer, so neither has {dst}: generate and the chat client need one (logits takes token ids).");

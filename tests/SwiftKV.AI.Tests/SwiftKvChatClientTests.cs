@@ -116,7 +116,7 @@ public sealed class SwiftKvChatClientTests(TinyChatModel tiny)
         try
         {
             var config = SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny") with { MaxPositionEmbeddings = 32 };
-            SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, config.Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 2 });
+            SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, config.Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 2 }, cancellationToken: TestContext.Current.CancellationToken);
             SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
             using var client = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = dir, Backend = SwiftKV.Engine.BackendKind.Cpu, ContextLength = 8192 });
             var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync(Question, cancellationToken: Ct));
@@ -167,7 +167,7 @@ public sealed class SwiftKvChatClientTests(TinyChatModel tiny)
         try
         {
             var config = SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny") with { VocabSize = 140000 };
-            SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, config.Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 9, InitStd = 0.1f });
+            SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, config.Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 9, InitStd = 0.1f }, cancellationToken: TestContext.Current.CancellationToken);
             SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
             using var client = new SwiftKvChatClient(new SwiftKvOptions { ModelPath = dir, Backend = SwiftKV.Engine.BackendKind.Cpu, ContextLength = 512 });
             Assert.Equal(140000, client.Model.Tokenizer.VocabularySize);

@@ -698,6 +698,47 @@ public sealed class CliTests : IDisposable
         Assert.Contains("unchanged once rounded to BF16", still.Out);
     }
 
+    /// <summary>
+    /// Ctrl-C while make-model writes, in its own process as a user runs it: it stops at the next block of values, says
+    /// so in one line, exits 130, and leaves no --out behind (it created the folder, so the folder goes too).
+    /// </summary>
+    [Fact]
+    public async Task MakeModel_CtrlCWhileWriting_LeavesNothingAndExits130()
+    {
+        if (OperatingSystem.IsWindows()) Assert.Skip("sends SIGINT through kill(2)");
+        var ct = TestContext.Current.CancellationToken;
+        string outDir = Path.Combine(_root, "interrupted");
+        // 1.3B values (an 8B-wide model cut to one layer): seconds of work on any machine, stopped within the first.
+        string[]? command = SwiftKV.Samples.Tests.Interrupts.Interruptible([SwiftKV.Samples.Tests.Interrupts.DotnetHost,
+            Path.Combine(AppContext.BaseDirectory, "swiftkv.dll"), "make-model", "--preset", "llama-3.1-8b", "--layers", "1", "--out", outDir]);
+        if (command is null) Assert.Skip("SIGINT is ignored in this process and there is no /usr/bin/env to restore it");
+        var start = new System.Diagnostics.ProcessStartInfo(command![0], command[1..]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var process = System.Diagnostics.Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync(ct);
+        var stderr = process.StandardError.ReadToEndAsync(ct);
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        // Signalled once the weights file is being written in the hidden folder.
+        while (!(Directory.Exists(outDir) && Directory.EnumerateFiles(outDir, "*.safetensors", SearchOption.AllDirectories).Any()))
+        {
+            if (process.HasExited) Assert.Fail($"make-model ended before writing: exit {process.ExitCode}; {await stderr}");
+            if (waited.Elapsed > TimeSpan.FromSeconds(120))
+            {
+                process.Kill();
+                Assert.Fail($"no weights file after 120 s; stdout: {await stdout}");
+            }
+            await Task.Delay(10, ct);
+        }
+        Assert.Equal(0, SwiftKV.Samples.Tests.Interrupts.SendSigInt(process.Id));
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(TimeSpan.FromSeconds(120));
+        await process.WaitForExitAsync(timeout.Token);
+        string errors = await stderr;
+        Assert.True(130 == process.ExitCode, $"exit code {process.ExitCode}; stderr: {errors}; stdout: {await stdout}");
+        Assert.Contains($"swiftkv make-model: interrupted; nothing was written to {outDir}.", errors);
+        Assert.DoesNotContain("   at ", errors);
+        Assert.False(Directory.Exists(outDir), "the --out folder make-model created is gone");
+    }
+
     public void Dispose()
     {
         if (Directory.Exists(_root)) Directory.Delete(_root, recursive: true);

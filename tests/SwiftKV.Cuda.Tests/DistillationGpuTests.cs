@@ -225,9 +225,9 @@ public sealed class DistillationGpuTests : IDisposable
         Gpu.Require();
         // The tiny preset with the demo tokenizer (Llama 3's vocabulary size) and chat data, as the CLI's distill test.
         string baseDir = Path.Combine(_root, "full-vocab"), dir = Path.Combine(_root, "full-vocab-skv");
-        ModelMaker.Write(baseDir, ModelPresets.Get("tiny"), new ModelMakerOptions { Seed = 3, Dtype = TensorDtype.F32 });
+        ModelMaker.Write(baseDir, ModelPresets.Get("tiny"), new ModelMakerOptions { Seed = 3, Dtype = TensorDtype.F32 }, cancellationToken: TestContext.Current.CancellationToken);
         SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(baseDir);
-        SwiftKvConverter.Convert(baseDir, dir, 2, 2);
+        SwiftKvConverter.Convert(baseDir, dir, 2, 2, cancellationToken: TestContext.Current.CancellationToken);
         string data = Path.Combine(_root, "data.jsonl"), outDir = Path.Combine(_root, "out");
         File.WriteAllLines(data, Enumerable.Range(0, 8).Select(i =>
             $$"""{"messages": [{"role": "user", "content": "Summarize item {{i}}: revenue grew {{i}}% while costs fell."}, {"role": "assistant", "content": "Revenue up {{i}}%, costs down."}]}"""));

@@ -106,7 +106,7 @@ public sealed class Fp8CheckpointTests
         string output = NewDir();
         try
         {
-            var target = SwiftKvConverter.Convert(Path.Combine(FixtureDir, "fp8_tensor_base"), output, numKeyValueLayers: 2);
+            var target = SwiftKvConverter.Convert(Path.Combine(FixtureDir, "fp8_tensor_base"), output, numKeyValueLayers: 2, cancellationToken: TestContext.Current.CancellationToken);
             Assert.Null(target.Quantization);
             Assert.DoesNotContain("quantization_config", File.ReadAllText(Path.Combine(output, "config.json")));
             // SwiftKV off, the converted model is the original: the reference's logits, up to the bf16 storage of the

@@ -45,7 +45,7 @@ public sealed class ParityTests
         try
         {
             var config = LlamaConfig.Parse(fixture["config"]!.ToJsonString());
-            ModelMaker.Write(dir, config, FixtureFiles.MakerOptions(fixture["make_model"]!.AsArray().Select(x => x!.GetValue<string>()).ToList()));
+            ModelMaker.Write(dir, config, FixtureFiles.MakerOptions(fixture["make_model"]!.AsArray().Select(x => x!.GetValue<string>()).ToList()), cancellationToken: TestContext.Current.CancellationToken);
             Assert.Equal(fixture["checkpoint_sha256"]!.GetValue<string>(), FixtureFiles.CheckpointDigest(dir));
 
             int[] ids = fixture["token_ids"]!.AsArray().Select(x => x!.GetValue<int>()).ToArray();

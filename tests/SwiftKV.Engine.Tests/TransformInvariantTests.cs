@@ -36,7 +36,7 @@ public sealed class TransformInvariantTests : IDisposable
     public void Transformed_WithSwiftKvOff_EqualsBase(int l, int g, bool bias)
     {
         string baseDir = MakeBase(bias), swiftDir = Path.Combine(_root, $"skv{l}{g}{bias}");
-        SwiftKvConverter.Convert(baseDir, swiftDir, l, g);
+        SwiftKvConverter.Convert(baseDir, swiftDir, l, g, cancellationToken: TestContext.Current.CancellationToken);
         Assert.True(LlamaConfig.Load(swiftDir).SwiftKv);
         Assert.Equal(Logits(baseDir, false), Logits(swiftDir, false));
     }
@@ -48,7 +48,7 @@ public sealed class TransformInvariantTests : IDisposable
         string baseDir = MakeBase(bias: false), swiftDir = Path.Combine(_root, "skv-dtype");
         string configPath = Path.Combine(baseDir, "config.json");
         File.WriteAllText(configPath, File.ReadAllText(configPath).Replace("\"float32\"", "\"bfloat16\"", StringComparison.Ordinal));
-        SwiftKvConverter.Convert(baseDir, swiftDir, 2, 1);
+        SwiftKvConverter.Convert(baseDir, swiftDir, 2, 1, cancellationToken: TestContext.Current.CancellationToken);
         using var checkpoint = SafetensorsCheckpoint.Open(swiftDir);
         Assert.True(checkpoint.TryGet(LlamaTensorNames.EmbedTokens, out var info, out _));
         Assert.Equal(TensorDtype.F32, info.Dtype);
@@ -59,7 +59,7 @@ public sealed class TransformInvariantTests : IDisposable
     public void Transformed_LastLayerOnly_WithSwiftKvOn_EqualsBase()
     {
         string baseDir = MakeBase(bias: true), swiftDir = Path.Combine(_root, "skv-last");
-        SwiftKvConverter.Convert(baseDir, swiftDir, numKeyValueLayers: 3, keyValueGroupSize: 1);
+        SwiftKvConverter.Convert(baseDir, swiftDir, numKeyValueLayers: 3, keyValueGroupSize: 1, cancellationToken: TestContext.Current.CancellationToken);
         float[] expected = Logits(baseDir, false), actual = Logits(swiftDir, true);
         for (int i = 0; i < expected.Length; i++)
             Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-5f * (1 + Math.Abs(expected[i])), $"logit {i}: {expected[i]} vs {actual[i]}");
@@ -70,7 +70,7 @@ public sealed class TransformInvariantTests : IDisposable
     {
         // Undistilled SwiftKV at 50% is a different model: the test guards against a path that ignores SwiftKV.
         string baseDir = MakeBase(bias: false), swiftDir = Path.Combine(_root, "skv-half");
-        SwiftKvConverter.Convert(baseDir, swiftDir, numKeyValueLayers: 2, keyValueGroupSize: 1);
+        SwiftKvConverter.Convert(baseDir, swiftDir, numKeyValueLayers: 2, keyValueGroupSize: 1, cancellationToken: TestContext.Current.CancellationToken);
         float[] a = Logits(baseDir, false), b = Logits(swiftDir, true);
         Assert.True(a.Zip(b).Max(p => Math.Abs(p.First - p.Second)) > 1e-3f);
     }

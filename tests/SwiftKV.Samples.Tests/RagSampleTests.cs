@@ -199,16 +199,6 @@ public sealed class RagSampleTests(TinySampleModel model)
         Assert.Throws<ArgumentException>(() => store.Search([1, 2, 3, 4], 1));
     }
 
-    [DllImport("libc", SetLastError = true)]
-    static extern int kill(int pid, int signal);
-
-    /// <summary>Whether this process began with SIGINT ignored (Linux: bit 2 of SigIgn in /proc/self/status).</summary>
-    static bool SigIntIgnored()
-    {
-        if (!File.Exists("/proc/self/status")) return false;
-        string? mask = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("SigIgn:", StringComparison.Ordinal));
-        return mask is not null && (Convert.ToUInt64(mask["SigIgn:".Length..].Trim(), 16) & 0b10) != 0;
-    }
 
     [Fact]
     public async Task Main_CtrlCWhileRunning_RemovesItsTemporaryStoreAndExits130()
@@ -219,19 +209,10 @@ public sealed class RagSampleTests(TinySampleModel model)
         Directory.CreateDirectory(tmp);
         // The sample as a user runs it, in its own process (the signal must reach its Main), its $TMPDIR a folder of
         // this test's own; a long answer keeps it busy after the store appears.
-        string host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h ? h
-            : Path.GetFullPath(Path.Combine(RuntimeEnvironment.GetRuntimeDirectory(), "..", "..", "..", "dotnet"));
-        string[] sample = [host, Path.Combine(AppContext.BaseDirectory, "SwiftKV.Samples.Rag.dll"),
-            "--model", model.Directory, "--documents", Documents, "--max-tokens", "100000"];
-        if (SigIntIgnored())
-        {
-            // Started in the background by a shell without job control (`dotnet test ... &` in a script), this process
-            // and its children begin with SIGINT ignored, and .NET keeps an ignored SIGINT ignored, as nohup expects:
-            // the sample would never see the signal. A user's Ctrl-C comes to a process with the default disposition.
-            if (!File.Exists("/usr/bin/env")) Assert.Skip("SIGINT is ignored in this process and there is no /usr/bin/env to restore it");
-            sample = ["/usr/bin/env", "--default-signal=INT", .. sample];
-        }
-        var start = new ProcessStartInfo(sample[0], sample[1..]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        string[]? sample = Interrupts.Interruptible([Interrupts.DotnetHost, Path.Combine(AppContext.BaseDirectory, "SwiftKV.Samples.Rag.dll"),
+            "--model", model.Directory, "--documents", Documents, "--max-tokens", "100000"]);
+        if (sample is null) Assert.Skip("SIGINT is ignored in this process and there is no /usr/bin/env to restore it");
+        var start = new ProcessStartInfo(sample![0], sample[1..]) { RedirectStandardOutput = true, RedirectStandardError = true };
         start.Environment["TMPDIR"] = tmp;
         using var process = Process.Start(start)!;
         var stdout = process.StandardOutput.ReadToEndAsync(ct);
@@ -248,7 +229,7 @@ public sealed class RagSampleTests(TinySampleModel model)
             }
             await Task.Delay(10, ct);
         }
-        Assert.Equal(0, kill(process.Id, 2));   // SIGINT, what Ctrl-C sends
+        Assert.Equal(0, Interrupts.SendSigInt(process.Id));
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
         timeout.CancelAfter(TimeSpan.FromSeconds(120));
         await process.WaitForExitAsync(timeout.Token);

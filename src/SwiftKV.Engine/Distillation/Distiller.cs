@@ -86,8 +86,7 @@ public static class Distiller
             log?.Invoke($"note: {unchanged} of {trained.Count} trained tensors are unchanged once rounded to {dtype} (their updates were smaller than its precision): train longer, or with a larger --lr.");
         if (!(after.Loss < before.Loss))
             log?.Invoke("note: the loss did not go down; the checkpoint is written anyway. Check --lr (too large overshoots, too small does nothing) and --temperature.");
-        cancellationToken.ThrowIfCancellationRequested();
-        Save(modelDirectory, outputDirectory, config, checkpoint, parameters, dtype);
+        Save(modelDirectory, outputDirectory, config, checkpoint, parameters, dtype, cancellationToken);
         return new DistillationReport(before, after, totalSteps, train.Sequences.Count, train.Tokens,
             sw.Elapsed, scoredOn);
     }
@@ -266,7 +265,8 @@ public static class Distiller
     }
 
     /// <summary>The source checkpoint with the trained tensors, in <paramref name="dtype"/> (fp8 weights: written dequantized, as transform writes them).</summary>
-    static void Save(string modelDirectory, string outputDirectory, LlamaConfig config, SafetensorsCheckpoint checkpoint, SwiftKvTensors trained, TensorDtype dtype)
+    static void Save(string modelDirectory, string outputDirectory, LlamaConfig config, SafetensorsCheckpoint checkpoint, SwiftKvTensors trained, TensorDtype dtype,
+        CancellationToken cancellationToken)
     {
         var byName = trained.Named().ToDictionary(t => t.Name, t => t.Values, StringComparer.Ordinal);
         var target = config with { Quantization = null };
@@ -274,6 +274,7 @@ public static class Distiller
             .Select(spec => new TensorToWrite(spec.Name, spec.Shape,
                 () => byName.TryGetValue(spec.Name, out var values) ? values : LlamaCheckpointLoader.ReadFloat32(config, checkpoint, spec.Name)))
             .ToList();
-        LlamaCheckpointWriter.Save(outputDirectory, target, tensors, dtype, companions: staging => SwiftKvConverter.CopyCompanionFiles(modelDirectory, staging));
+        LlamaCheckpointWriter.Save(outputDirectory, target, tensors, dtype, companions: staging => SwiftKvConverter.CopyCompanionFiles(modelDirectory, staging),
+            cancellationToken: cancellationToken);
     }
 }

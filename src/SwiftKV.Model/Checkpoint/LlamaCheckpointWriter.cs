@@ -34,10 +34,15 @@ public static class LlamaCheckpointWriter
     /// write once it is ten minutes old; other tools skip such folders (<see cref="PartialPrefix"/>).
     /// <c>companions</c> writes the files that travel with the weights (tokenizer, generation_config.json, ...) into the
     /// folder it is given, so that they move into place with the weights rather than after them.
+    /// <paramref name="cancellationToken"/> stops the write between blocks of values, up to the moment the files start
+    /// to move into place; the hidden folder is removed and <paramref name="directory"/> keeps what it had.
     /// </remarks>
     public static void Save(string directory, LlamaConfig config, IReadOnlyList<TensorToWrite> tensors,
-        TensorDtype dtype = TensorDtype.BF16, long maxShardBytes = DefaultMaxShardBytes, Action<string>? companions = null)
+        TensorDtype dtype = TensorDtype.BF16, long maxShardBytes = DefaultMaxShardBytes, Action<string>? companions = null,
+        CancellationToken cancellationToken = default)
     {
+        cancellationToken.ThrowIfCancellationRequested();
+        tensors = tensors.Select(t => t.WithCancellation(cancellationToken)).ToList();
         if (maxShardBytes <= 0) throw new ArgumentOutOfRangeException(nameof(maxShardBytes), "must be positive.");
         Directory.CreateDirectory(directory);
         RemoveStalePartials(directory);
@@ -47,6 +52,8 @@ public static class LlamaCheckpointWriter
         {
             WriteFiles(staging, config, tensors, dtype, maxShardBytes);
             companions?.Invoke(staging);
+            // The last moment to stop: from the first rename on, the write completes.
+            cancellationToken.ThrowIfCancellationRequested();
             // Each new file replaces its namesake in one rename, config.json last (a reader that finds the new config
             // finds its weights and tokenizer); only then do old weight files the new set does not replace (shards of
             // another count, an index the new single file has no use for) go.

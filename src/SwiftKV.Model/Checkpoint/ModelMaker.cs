@@ -21,7 +21,8 @@ public static class ModelMaker
     /// </summary>
     /// <remarks><c>companions</c> writes further files to ship with the weights (a tokenizer) into the folder it is
     /// given, so they move into place together (LlamaCheckpointWriter.Save).</remarks>
-    public static void Write(string directory, LlamaConfig config, ModelMakerOptions? options = null, Action<string>? companions = null)
+    public static void Write(string directory, LlamaConfig config, ModelMakerOptions? options = null, Action<string>? companions = null,
+        CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(directory);
         ArgumentNullException.ThrowIfNull(config);
@@ -36,7 +37,7 @@ public static class ModelMaker
         {
             File.WriteAllText(Path.Combine(staging, "generation_config.json"), GenerationConfigJson(config));
             companions?.Invoke(staging);
-        });
+        }, cancellationToken);
     }
 
     /// <summary>The values of one tensor: which distribution its role gets, seeded by (seed, name, chunk).</summary>

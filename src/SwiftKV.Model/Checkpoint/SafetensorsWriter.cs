@@ -45,6 +45,16 @@ public sealed class TensorToWrite
 
     internal bool IsStreamed => fill is not null;
 
+    /// <summary>The same tensor, whose values (or each block of them) are produced only while <paramref name="token"/> is not cancelled.</summary>
+    internal TensorToWrite WithCancellation(CancellationToken token)
+    {
+        if (!token.CanBeCanceled) return this;
+        if (fill is { } f)
+            return new TensorToWrite(Name, Shape, (TensorFill)((first, destination) => { token.ThrowIfCancellationRequested(); f(first, destination); }));
+        var v = values!;
+        return new TensorToWrite(Name, Shape, () => { token.ThrowIfCancellationRequested(); return v(); });
+    }
+
     /// <summary>The array of a non-streamed tensor, checked against the shape; null for a streamed one.</summary>
     internal float[]? Materialize()
     {

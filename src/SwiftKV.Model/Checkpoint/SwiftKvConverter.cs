@@ -14,7 +14,7 @@ public static class SwiftKvConverter
     /// Returns the new config. Throws <see cref="InvalidModelException"/> for an unusable source or l / g.
     /// </summary>
     public static LlamaConfig Convert(string llamaDirectory, string outputDirectory, int numKeyValueLayers, int keyValueGroupSize = 1,
-        TensorDtype? dtype = null, long maxShardBytes = LlamaCheckpointWriter.DefaultMaxShardBytes)
+        TensorDtype? dtype = null, long maxShardBytes = LlamaCheckpointWriter.DefaultMaxShardBytes, CancellationToken cancellationToken = default)
     {
         string src = Path.GetFullPath(llamaDirectory).TrimEnd('/'), dst = Path.GetFullPath(outputDirectory).TrimEnd('/');
         if (string.Equals(src, dst, StringComparison.Ordinal))
@@ -42,7 +42,7 @@ public static class SwiftKvConverter
             .Select(spec => new TensorToWrite(spec.Name, spec.Shape, () => Initialise(spec.Name, source, target, checkpoint)))
             .ToList();
         LlamaCheckpointWriter.Save(outputDirectory, target, tensors, dtype ?? LlamaCheckpointLoader.StoredDtype(source, checkpoint), maxShardBytes,
-            staging => CopyCompanionFiles(llamaDirectory, staging));
+            staging => CopyCompanionFiles(llamaDirectory, staging), cancellationToken);
         return target;
     }
 

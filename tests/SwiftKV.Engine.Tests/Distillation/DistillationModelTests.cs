@@ -182,9 +182,9 @@ public sealed class DistillationModelTests : IDisposable
     public void Run_CancelledMidway_StopsAndWritesNothing()
     {
         string baseDir = Path.Combine(_root, "full-vocab"), dir = Path.Combine(_root, "full-vocab-skv");
-        ModelMaker.Write(baseDir, ModelPresets.Get("tiny"), new ModelMakerOptions { Seed = 3, Dtype = TensorDtype.BF16 });
+        ModelMaker.Write(baseDir, ModelPresets.Get("tiny"), new ModelMakerOptions { Seed = 3, Dtype = TensorDtype.BF16 }, cancellationToken: TestContext.Current.CancellationToken);
         SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(baseDir);
-        SwiftKvConverter.Convert(baseDir, dir, 2, 1);
+        SwiftKvConverter.Convert(baseDir, dir, 2, 1, cancellationToken: TestContext.Current.CancellationToken);
         string data = Path.Combine(_root, "d.jsonl"), output = Path.Combine(_root, "cancelled");
         File.WriteAllLines(data, Enumerable.Range(0, 4).Select(i => $$"""{"text": "line {{i}} of some training text"}"""));
 

@@ -99,7 +99,7 @@ public sealed class LlamaCheckpointTests : IDisposable
         var config = TinyModels.Config(swiftKv: false);
         var specs = LlamaTensorNames.ForCheckpoint(config)
             .Select(s => s.Name == "model.layers.1.mlp.up_proj.weight" ? s with { Shape = [16, 24] } : s).ToList();
-        LlamaCheckpointWriter.Save(dir.Path, config, TinyModels.ToWrite(specs, TinyModels.Values(specs, 1)), TensorDtype.F32);
+        LlamaCheckpointWriter.Save(dir.Path, config, TinyModels.ToWrite(specs, TinyModels.Values(specs, 1)), TensorDtype.F32, cancellationToken: TestContext.Current.CancellationToken);
 
         var e = Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Load(dir.Path));
         Assert.Contains("'model.layers.1.mlp.up_proj.weight' in model.safetensors has shape [16, 24], expected [24, 16] (intermediate_size, hidden_size)", e.Message);
@@ -110,7 +110,7 @@ public sealed class LlamaCheckpointTests : IDisposable
     {
         var config = TinyModels.Config(swiftKv: false);
         var specs = LlamaTensorNames.ForCheckpoint(config).Where(s => !s.Name.Contains("layernorm")).ToList();
-        LlamaCheckpointWriter.Save(dir.Path, config, TinyModels.ToWrite(specs, TinyModels.Values(specs, 1)), TensorDtype.F32);
+        LlamaCheckpointWriter.Save(dir.Path, config, TinyModels.ToWrite(specs, TinyModels.Values(specs, 1)), TensorDtype.F32, cancellationToken: TestContext.Current.CancellationToken);
 
         var e = Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Load(dir.Path));
         Assert.Contains("8 problem(s)", e.Message);
@@ -201,6 +201,57 @@ public sealed class LlamaCheckpointTests : IDisposable
         Assert.Equal("pt", first.Metadata["format"]);
     }
 
+    /// <summary>
+    /// Cancelled part-way (Ctrl-C in make-model, transform or distill): the write stops at the next block of values,
+    /// the hidden folder goes, and the checkpoint that was there stays whole. Cancelled after every file is written but
+    /// before they move, the same. Streamed tensors (make-model's) check between blocks, too.
+    /// </summary>
+    [Fact]
+    public void Save_Cancelled_StopsAndLeavesThePreviousCheckpoint()
+    {
+        var config = TinyModels.Config(swiftKv: false);
+        var values = TinyModels.SaveFull(dir.Path, config, TensorDtype.F32);
+        var files = Directory.GetFiles(dir.Path).Select(f => (f, File.ReadAllBytes(f))).ToList();
+        void AssertUnchanged()
+        {
+            foreach (var (f, bytes) in files) Assert.Equal(bytes, File.ReadAllBytes(f));
+            Assert.Equal(files.Count, Directory.GetFiles(dir.Path).Length);
+            Assert.Empty(Directory.GetDirectories(dir.Path));
+        }
+        var specs = LlamaTensorNames.ForCheckpoint(config);
+
+        // Cancelled while the second tensor is produced: the third is never asked for.
+        using (var stop = new CancellationTokenSource())
+        {
+            var tensors = TinyModels.ToWrite(specs, TinyModels.Values(specs, 2));
+            bool thirdAsked = false;
+            var second = tensors[1];
+            tensors[1] = new TensorToWrite(second.Name, second.Shape, () => { stop.Cancel(); return TinyModels.Values(specs, 2)[second.Name]; });
+            tensors[2] = new TensorToWrite(tensors[2].Name, tensors[2].Shape, () => { thirdAsked = true; return new float[tensors[2].ElementCount]; });
+            Assert.ThrowsAny<OperationCanceledException>(() => LlamaCheckpointWriter.Save(dir.Path, config, tensors, TensorDtype.BF16, cancellationToken: stop.Token));
+            Assert.False(thirdAsked);
+            AssertUnchanged();
+        }
+
+        // Cancelled by the companions step, after every weight file is complete and before any moves.
+        using (var stop = new CancellationTokenSource())
+        {
+            var tensors = TinyModels.ToWrite(specs, TinyModels.Values(specs, 3));
+            Assert.ThrowsAny<OperationCanceledException>(() => LlamaCheckpointWriter.Save(dir.Path, config, tensors, TensorDtype.BF16,
+                companions: staging => { File.WriteAllText(Path.Combine(staging, "tokenizer.json"), "{}"); stop.Cancel(); }, cancellationToken: stop.Token));
+            AssertUnchanged();
+        }
+
+        // make-model's streamed tensors: cancelled from the start, nothing is produced and nothing changes.
+        using (var stop = new CancellationTokenSource())
+        {
+            stop.Cancel();
+            Assert.ThrowsAny<OperationCanceledException>(() => ModelMaker.Write(dir.Path, config, new ModelMakerOptions { Dtype = TensorDtype.BF16 }, cancellationToken: stop.Token));
+            AssertUnchanged();
+        }
+        Assert.Equal(values[LlamaTensorNames.EmbedTokens], LlamaCheckpointLoader.Load(dir.Path).EmbedTokens);
+    }
+
     [Fact]
     public void Save_OverShardedCheckpoint_RemovesStaleShards()
     {
@@ -225,7 +276,7 @@ public sealed class LlamaCheckpointTests : IDisposable
         var specs = LlamaTensorNames.ForCheckpoint(config);
         var tensors = TinyModels.ToWrite(specs, TinyModels.Values(specs, 2));
         tensors[^1] = new TensorToWrite(tensors[^1].Name, tensors[^1].Shape, () => throw new IOException("disk full"));
-        Assert.Throws<IOException>(() => LlamaCheckpointWriter.Save(dir.Path, config, tensors, TensorDtype.BF16, maxShardBytes: 3000));
+        Assert.Throws<IOException>(() => LlamaCheckpointWriter.Save(dir.Path, config, tensors, TensorDtype.BF16, maxShardBytes: 3000, cancellationToken: TestContext.Current.CancellationToken));
 
         foreach (var (f, bytes) in files) Assert.Equal(bytes, File.ReadAllBytes(f));
         Assert.Equal(files.Count, Directory.GetFiles(dir.Path).Length);
@@ -247,7 +298,7 @@ public sealed class LlamaCheckpointTests : IDisposable
         string converted = Path.Combine(dir.Path, "..", Path.GetFileName(dir.Path) + "-converted");
         try
         {
-            SwiftKvConverter.Convert(dir.Path, converted, numKeyValueLayers: config.NumHiddenLayers - 1);
+            SwiftKvConverter.Convert(dir.Path, converted, numKeyValueLayers: config.NumHiddenLayers - 1, cancellationToken: TestContext.Current.CancellationToken);
             Assert.Empty(Directory.GetDirectories(converted));
         }
         finally

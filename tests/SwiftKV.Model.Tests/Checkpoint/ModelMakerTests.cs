@@ -184,9 +184,9 @@ public sealed class ModelMakerTests : IDisposable
     [Fact]
     public void Write_InvalidOptions_ThrowNamingTheOption()
     {
-        var e = Assert.Throws<ArgumentException>(() => ModelMaker.Write(dir.Path, Small(), new ModelMakerOptions { InitStd = 0 }));
+        var e = Assert.Throws<ArgumentException>(() => ModelMaker.Write(dir.Path, Small(), new ModelMakerOptions { InitStd = 0 }, cancellationToken: TestContext.Current.CancellationToken));
         Assert.Contains("InitStd", e.Message);
-        e = Assert.Throws<ArgumentException>(() => ModelMaker.Write(dir.Path, Small(), new ModelMakerOptions { Dtype = TensorDtype.I8 }));
+        e = Assert.Throws<ArgumentException>(() => ModelMaker.Write(dir.Path, Small(), new ModelMakerOptions { Dtype = TensorDtype.I8 }, cancellationToken: TestContext.Current.CancellationToken));
         Assert.Contains("Dtype", e.Message);
     }
 }

@@ -18,7 +18,7 @@ public sealed class SwiftKvConverterTests : IDisposable
     {
         var v = TinyModels.SaveFull(Source, TinyModels.Config(swiftKv: false, bias: true));
 
-        var config = SwiftKvConverter.Convert(Source, Output, numKeyValueLayers: 2, keyValueGroupSize: 2, TensorDtype.F32);
+        var config = SwiftKvConverter.Convert(Source, Output, numKeyValueLayers: 2, keyValueGroupSize: 2, TensorDtype.F32, cancellationToken: TestContext.Current.CancellationToken);
         var w = LlamaCheckpointLoader.Load(Output);
 
         Assert.True(config.SwiftKv && w.SwiftKvEnabled);
@@ -39,7 +39,7 @@ public sealed class SwiftKvConverterTests : IDisposable
     public void Convert_ManyOrLargeGroups_AverageEachGroupAlone(int layers, int keyValueLayers, int groupSize)
     {
         var v = TinyModels.SaveFull(Source, TinyModels.Config(swiftKv: false, bias: true) with { NumHiddenLayers = layers });
-        SwiftKvConverter.Convert(Source, Output, keyValueLayers, groupSize, TensorDtype.F32);
+        SwiftKvConverter.Convert(Source, Output, keyValueLayers, groupSize, TensorDtype.F32, cancellationToken: TestContext.Current.CancellationToken);
         var w = LlamaCheckpointLoader.Load(Output);
         for (int leader = keyValueLayers; leader < layers; leader += groupSize)
         {
@@ -57,7 +57,7 @@ public sealed class SwiftKvConverterTests : IDisposable
     public void Convert_Output_StillRunsAsTheOriginalLlama()
     {
         var v = TinyModels.SaveFull(Source, TinyModels.Config(swiftKv: false), TensorDtype.BF16);
-        SwiftKvConverter.Convert(Source, Output, numKeyValueLayers: 1);
+        SwiftKvConverter.Convert(Source, Output, numKeyValueLayers: 1, cancellationToken: TestContext.Current.CancellationToken);
 
         var off = LlamaCheckpointLoader.Load(Output, swiftKv: false);
         var original = LlamaCheckpointLoader.Load(Source);
@@ -76,7 +76,7 @@ public sealed class SwiftKvConverterTests : IDisposable
     public void Convert_GroupSizeNotDividingLaterLayers_Throws()
     {
         TinyModels.SaveFull(Source, TinyModels.Config(swiftKv: false));
-        var e = Assert.Throws<InvalidModelException>(() => SwiftKvConverter.Convert(Source, Output, numKeyValueLayers: 1, keyValueGroupSize: 2));
+        var e = Assert.Throws<InvalidModelException>(() => SwiftKvConverter.Convert(Source, Output, numKeyValueLayers: 1, keyValueGroupSize: 2, cancellationToken: TestContext.Current.CancellationToken));
         Assert.Contains("key_value_group_size", e.Message);
     }
 
@@ -84,14 +84,14 @@ public sealed class SwiftKvConverterTests : IDisposable
     public void Convert_SwiftKvSource_Throws()
     {
         TinyModels.SaveFull(Source, TinyModels.Config());
-        Assert.Contains("already a SwiftKV checkpoint", Assert.Throws<InvalidModelException>(() => SwiftKvConverter.Convert(Source, Output, 2)).Message);
+        Assert.Contains("already a SwiftKV checkpoint", Assert.Throws<InvalidModelException>(() => SwiftKvConverter.Convert(Source, Output, 2, cancellationToken: TestContext.Current.CancellationToken)).Message);
     }
 
     [Fact]
     public void Convert_OutputIsSource_Throws()
     {
         TinyModels.SaveFull(Source, TinyModels.Config(swiftKv: false));
-        Assert.Throws<ArgumentException>(() => SwiftKvConverter.Convert(Source, Source + "/", 2));
+        Assert.Throws<ArgumentException>(() => SwiftKvConverter.Convert(Source, Source + "/", 2, cancellationToken: TestContext.Current.CancellationToken));
     }
 
     /// <summary>The companion files are copied from the source: an output inside it would be copied into itself.</summary>
@@ -99,7 +99,7 @@ public sealed class SwiftKvConverterTests : IDisposable
     public void Convert_OutputInsideSource_Throws()
     {
         TinyModels.SaveFull(Source, TinyModels.Config(swiftKv: false));
-        var e = Assert.Throws<ArgumentException>(() => SwiftKvConverter.Convert(Source, Path.Combine(Source, "swift"), 2));
+        var e = Assert.Throws<ArgumentException>(() => SwiftKvConverter.Convert(Source, Path.Combine(Source, "swift"), 2, cancellationToken: TestContext.Current.CancellationToken));
         Assert.Contains("must not be inside the source", e.Message);
         Assert.False(Directory.Exists(Path.Combine(Source, "swift")));
     }
