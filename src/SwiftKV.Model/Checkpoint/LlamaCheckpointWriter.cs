@@ -41,6 +41,7 @@ public static class LlamaCheckpointWriter
         TensorDtype dtype = TensorDtype.BF16, long maxShardBytes = DefaultMaxShardBytes, Action<string>? companions = null,
         CancellationToken cancellationToken = default)
     {
+        ArgumentNullException.ThrowIfNull(tensors);
         cancellationToken.ThrowIfCancellationRequested();
         tensors = tensors.Select(t => t.WithCancellation(cancellationToken)).ToList();
         if (maxShardBytes <= 0) throw new ArgumentOutOfRangeException(nameof(maxShardBytes), "must be positive.");
