@@ -25,6 +25,8 @@ internal static class DistillCommand
         (nameof(DistillationOptions.HiddenLossWeight), "--hidden-loss"), (nameof(DistillationOptions.MaxSequenceTokens), "--max-seq"),
     ];
 
+    static string Count(int n, string noun) => n == 1 ? $"1 {noun}" : $"{n:N0} {noun}s";
+
     public static int Run(CliArgs a)
     {
         string model = a.Required("model"), data = a.Required("data"), outDir = a.Required("out");
@@ -67,6 +69,7 @@ internal static class DistillCommand
 
         // Ctrl-C (or SIGTERM) stops training at the next sequence, or the write before its files move into place;
         // nothing is written then.
+        bool existed = Directory.Exists(outDir);
         using var interrupt = new Interrupt();
         DistillationReport report;
         try
@@ -75,9 +78,10 @@ internal static class DistillCommand
         }
         catch (OperationCanceledException e) when (interrupt.Caused(e))
         {
+            Interrupt.RemoveIfLeftEmpty(outDir, existed);
             return Interrupt.Report("distill", outDir);
         }
-        Console.WriteLine($"wrote {outDir}: {report.Steps} steps over {report.Sequences} sequences ({report.Tokens:N0} tokens) in {report.Elapsed.TotalSeconds:F1} s; " +
+        Console.WriteLine($"wrote {outDir}: {Count(report.Steps, "step")} over {Count(report.Sequences, "sequence")} ({report.Tokens:N0} tokens) in {report.Elapsed.TotalSeconds:F1} s; " +
             $"on {report.ScoredOn}: loss {report.Before.Loss:F4} -> {report.After.Loss:F4}, top-1 agreement {report.Before.Top1Agreement:P1} -> {report.After.Top1Agreement:P1}");
         return 0;
     }

@@ -34,6 +34,15 @@ internal sealed class Interrupt : IDisposable
         return 130;
     }
 
+    /// <summary>An --out the command created and then wrote nothing into goes again, as if never asked for.</summary>
+    public static void RemoveIfLeftEmpty(string outDir, bool existed)
+    {
+        if (existed || !Directory.Exists(outDir) || Directory.EnumerateFileSystemEntries(outDir).Any()) return;
+        try { Directory.Delete(outDir); }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+    }
+
     public void Dispose()
     {
         _interrupt.Dispose();

@@ -35,21 +35,14 @@ internal static class ModelCommands
         }
         catch (OperationCanceledException e) when (interrupt.Caused(e))
         {
-            RemoveIfLeftEmpty(outDir, existed);
+            Interrupt.RemoveIfLeftEmpty(outDir, existed);
             return Interrupt.Report("make-model", outDir);
         }
         Console.WriteLine($"wrote {outDir}: {Describe(config)}, {options.Dtype}, seed {options.Seed} in {sw.Elapsed.TotalSeconds:F1} s");
         return 0;
     }
 
-    /// <summary>An --out this command created and then wrote nothing into goes again, as if never asked for.</summary>
-    static void RemoveIfLeftEmpty(string outDir, bool existed)
-    {
-        if (existed || !Directory.Exists(outDir) || Directory.EnumerateFileSystemEntries(outDir).Any()) return;
-        try { Directory.Delete(outDir); }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
-    }
+
 
     /// <summary>Writes weights, config and (unless told not to) the demo tokenizer.</summary>
     public static void MakeModelDirectory(string outDir, LlamaConfig config, ModelMakerOptions options, bool tokenizer,
@@ -215,7 +208,7 @@ internal static class ModelCommands
         }
         catch (OperationCanceledException e) when (interrupt.Caused(e))
         {
-            RemoveIfLeftEmpty(dst, existed);
+            Interrupt.RemoveIfLeftEmpty(dst, existed);
             return Interrupt.Report("transform", dst);
         }
         Console.WriteLine($"wrote {dst}: {Describe(config)} in {sw.Elapsed.TotalSeconds:F1} s (undistilled: run swiftkv distill before serious use)");

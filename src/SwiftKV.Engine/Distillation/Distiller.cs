@@ -31,7 +31,7 @@ public static class Distiller
         var sw = Stopwatch.StartNew();
         var config = LlamaConfig.Load(modelDirectory);
         if (!config.SwiftKv)
-            throw new InvalidModelException($"{modelDirectory} is a plain Llama checkpoint; make its SwiftKV student first (swiftkv transform --model {modelDirectory} --out DIR --swiftkv-layers L), then distil that.");
+            throw new InvalidModelException($"{modelDirectory} is a plain Llama checkpoint; make its SwiftKV student first (swiftkv transform --model {modelDirectory} --out DIR --swiftkv-layers L), then distill that.");
         var tokenizer = LlamaTokenizer.Load(modelDirectory);
         int maxTokens = Math.Min(options.MaxSequenceTokens, config.MaxPositionEmbeddings);
         var train = DistillationData.Read(dataPath, tokenizer, maxTokens, config.VocabSize);
@@ -44,8 +44,10 @@ public static class Distiller
             $"{trainer.ParameterCount:N0} trainable values; {train.Sequences.Count} sequences, {train.Tokens:N0} tokens, {train.LossPositions:N0} scored positions; training on {trainer.Device}");
         foreach (var (set, name) in evalPath is null ? [(train, dataPath)] : new[] { (train, dataPath), (eval, evalPath) })
         {
-            if (set.Truncated > 0) log?.Invoke($"note: {Count(set.Truncated, "sequence")} of {name} kept only their first {maxTokens} tokens (--max-seq, or the model's context).");
-            if (set.SkippedWithoutLoss > 0) log?.Invoke($"note: {Count(set.SkippedWithoutLoss, "sequence")} of {name} had nothing to score within {maxTokens} tokens (no assistant reply) and are left out.");
+            if (set.Truncated > 0)
+                log?.Invoke($"note: {Count(set.Truncated, "sequence")} of {name} kept only {(set.Truncated == 1 ? "its" : "their")} first {maxTokens} tokens (--max-seq, or the model's context).");
+            if (set.SkippedWithoutLoss > 0)
+                log?.Invoke($"note: {Count(set.SkippedWithoutLoss, "sequence")} of {name} had nothing to score within {maxTokens} tokens (no assistant reply) and {(set.SkippedWithoutLoss == 1 ? "is" : "are")} left out.");
         }
         var initial = trainer.ReadParameters().Named().Select(t => (float[])t.Values.Clone()).ToList();
         string scoredOn = evalPath is null ? "the training data" : evalPath;
@@ -65,7 +67,7 @@ public static class Distiller
                 var batch = order.Skip(b * options.BatchSize).Take(options.BatchSize).Select(i => train.Sequences[i]).ToList();
                 var score = trainer.TrainStep(batch, options.LearningRateAt(step, totalSteps), cancellationToken);
                 if (log is not null && (step % 10 == 0 || step == totalSteps - 1))
-                    log($"step {step + 1}/{totalSteps} (epoch {epoch + 1}): loss {score.Loss:F4}, top-1 {score.Top1Agreement:P1}, lr {options.LearningRateAt(step, totalSteps):G3}");
+                    log($"step {step + 1}/{totalSteps} (epoch {epoch + 1}): loss {score.Loss:F4}, top-1 {score.Top1Agreement:P1}, lr {options.LearningRateAt(step, totalSteps):0.##E+0}");
             }
         }
 
@@ -174,7 +176,7 @@ public static class Distiller
                     throw new InsufficientMemoryException(message + ": shorten the sequences (--max-seq) or use a GPU with more memory.");
                 cpuReason = message;
             }
-            log?.Invoke($"note: training on the CPU: {cpuReason}.");
+            log?.Invoke($"note: training on the CPU (exact fp32; --gemm applies to the GPU only): {cpuReason.TrimEnd('.')}.");
         }
         RefusePastMemory(directory, config, longest);
         var (t, s) = LoadTeacherAndStudent(directory, config, checkpoint);
@@ -253,7 +255,7 @@ public static class Distiller
             throw new InsufficientMemoryException(
                 $"distilling {directory} on sequences of up to {longest} tokens needs about {bytes / 1e9:F1} GB (weights in fp32 " +
                 $"{4 * weights / 1e9:F1} GB, activations {4 * activations / 1e9:F1} GB), more than the {available / 1e9:F1} GB this process may use: " +
-                "shorten the sequences (--max-seq) or distil on a machine with more memory.");
+                "shorten the sequences (--max-seq) or distill on a machine with more memory.");
     }
 
     static void CheckOutput(string modelDirectory, string outputDirectory)
