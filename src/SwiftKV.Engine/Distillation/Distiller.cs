@@ -41,7 +41,7 @@ public static class Distiller
         using var checkpoint = SafetensorsCheckpoint.Open(modelDirectory);
         using var trainer = OpenTrainer(modelDirectory, config, checkpoint, options, longest, log);
         log?.Invoke($"loaded {modelDirectory}: {config.NumHiddenLayers} layers, SwiftKV l = {config.NumKeyValueLayers}, g = {config.KeyValueGroupSize}; " +
-            $"{trainer.ParameterCount:N0} trainable values; {train.Sequences.Count} sequences, {train.Tokens:N0} tokens, {train.LossPositions:N0} scored positions; training on {trainer.Device}");
+            $"{trainer.ParameterCount:N0} trainable values; {Count(train.Sequences.Count, "sequence")}, {train.Tokens:N0} tokens, {train.LossPositions:N0} scored positions; training on {trainer.Device}");
         foreach (var (set, name) in evalPath is null ? [(train, dataPath)] : new[] { (train, dataPath), (eval, evalPath) })
         {
             if (set.Truncated > 0)
