@@ -35,7 +35,17 @@ public sealed class ArcticEmbeddingGenerator : IEmbeddingGenerator<string, Embed
         // ONNX Runtime's Run is synchronous and CPU-bound: keep it off the caller's thread.
         return Task.Run(() =>
         {
-            float[][] vectors = _encoder.Encode(texts, cancellationToken);
+            float[][] vectors;
+            try
+            {
+                vectors = _encoder.Encode(texts, cancellationToken);
+            }
+            catch (OnnxRuntimeException) when (cancellationToken.IsCancellationRequested)
+            {
+                // The encoder stops a run in flight by ONNX Runtime's terminate flag, which surfaces as a failed run:
+                // it is the cancellation the caller asked for (Ctrl-C during ingestion), not an error.
+                throw new OperationCanceledException(cancellationToken);
+            }
             var created = DateTimeOffset.UtcNow;
             return new GeneratedEmbeddings<Embedding<float>>(
                 vectors.Select(v => new Embedding<float>(v) { ModelId = ModelId, CreatedAt = created }));

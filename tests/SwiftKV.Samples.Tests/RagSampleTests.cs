@@ -129,6 +129,22 @@ public sealed class RagSampleTests(TinySampleModel model)
         Assert.DoesNotContain("ingested", output.ToString());
     }
 
+    /// <summary>
+    /// Cancelled while ONNX Runtime runs (Ctrl-C during ingestion): the run stops by its terminate flag, and the caller
+    /// sees a cancellation, not a failed run. It used to surface as an OnnxRuntimeException and end the sample with a
+    /// stack trace (exit 134) when the signal came during ingestion.
+    /// </summary>
+    [Fact]
+    public async Task ArcticEmbeddingGenerator_CancelledMidRun_ThrowsCancellation()
+    {
+        using var embedder = new ArcticEmbeddingGenerator();
+        // Enough text to keep the encoder busy for seconds, cancelled a moment after it starts.
+        var texts = Enumerable.Range(0, 4000).Select(i => $"Quarter {i}: revenue grew while costs fell in region {i % 17}, and the pipeline filled.").ToList();
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        stop.CancelAfter(TimeSpan.FromMilliseconds(200));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => embedder.GenerateAsync(texts, cancellationToken: stop.Token));
+    }
+
     [Fact]
     public async Task ArcticEmbeddingGenerator_GenerateAsync_ReturnsUnitVectorsThatSeparateTopics()
     {
