@@ -1,10 +1,10 @@
 // SwiftKV distillation on one GPU: the same computation as the CPU trainer (DistillationModel + Adam), in fp32 on the
 // device. The teacher (SwiftKV off) and the student (SwiftKV on) share every frozen weight, uploaded once as fp32; the
 // trainable tensors keep their fp32 master values, gradients and Adam moments on the GPU, so a step moves no weights
-// over PCIe. GEMMs are cuBLAS fp32, on TF32 tensor cores unless exact fp32 is asked for. Attention materialises each
-// AcrossKV group's (heads, T, T) scores instead of running a flash kernel: simple to check against the CPU's, and
-// the scores of one group at a time stay small beside the weights (4 heads x 8192² fp32 = 1 GiB, twice in the
-// backward pass). The backward pass recomputes the scores rather than keeping them per layer. Short sequences are packed
+// over PCIe. GEMMs are cuBLAS fp32, on TF32 tensor cores unless exact fp32 is asked for. Attention materialises the
+// (heads, T, T) scores of one key/value head's query heads at a time instead of running a flash kernel: simple to
+// check against the CPU's, and one group's scores stay small beside the weights (4 heads x 8192² fp32 = 1 GiB, twice
+// in the backward pass). The backward pass recomputes the scores rather than keeping them per layer. Short sequences are packed
 // into one pass of up to PackRows rows (each keeps its own positions and its own causal attention), so the GEMMs see
 // thousands of rows and the weights stream once per pack rather than once per sequence.
 //
