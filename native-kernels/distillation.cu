@@ -5,14 +5,6 @@
 // block (no atomics on values), so a run gives the same bits every time on one GPU.
 #include "swiftkv_common.cuh"
 
-// out (rows, dim) = table[tokens[r]]. Launch: grid (rows), block 256.
-extern "C" __global__ void embed_f32(const int* tokens, const float* table, int dim, float* out)
-{
-    const float* src = table + (long long)tokens[blockIdx.x] * dim;
-    float* dst = out + (long long)blockIdx.x * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = src[i];
-}
-
 // y = w ⊙ x·r, r = 1/sqrt(mean(x²) + eps), per row; r is also stored when rstd != null (the backward reuses it).
 // Launch: grid (rows), block 256.
 extern "C" __global__ void rms_norm_fwd_f32(const float* x, const float* w, float* y, float* rstd, int dim, float eps)
@@ -89,8 +81,8 @@ extern "C" __global__ void add_f32(float* y, const float* x, long long n)
     if (i < n) y[i] += x[i];
 }
 
-// RoPE in Hugging Face's rotate-half layout on (rows, heads · head_dim), row t at position positions[t] (t when
-// positions is null: several sequences packed into one pass each start at 0), from host-made (positions, head_dim / 2)
+// RoPE in Hugging Face's rotate-half layout on (rows, heads · head_dim), row t at position positions[t] (several
+// sequences packed into one pass each start at 0), from host-made (positions, head_dim / 2)
 // cos/sin tables (the CPU's own angles, so both rotate alike). inverse != 0 rotates by the opposite angle: the
 // rotation's transpose, which is RoPE's gradient. Launch: grid (rows, heads), block head_dim / 2.
 extern "C" __global__ void rope_f32(float* x, int heads, int head_dim, const float* cos_t, const float* sin_t, int inverse, const int* positions)
@@ -98,7 +90,7 @@ extern "C" __global__ void rope_f32(float* x, int heads, int head_dim, const flo
     int half = head_dim >> 1, i = threadIdx.x, t = blockIdx.x;
     if (i >= half) return;
     float* h = x + ((long long)t * heads + blockIdx.y) * head_dim;
-    long long p = positions != nullptr ? positions[t] : t;
+    long long p = positions[t];
     float c = cos_t[p * half + i], s = sin_t[p * half + i];
     if (inverse) s = -s;
     float a = h[i], b = h[i + half];
@@ -160,14 +152,6 @@ extern "C" __global__ void causal_softmax_bwd_f32(const float* p, float* dp, int
     for (int k = threadIdx.x; k < len; k += blockDim.x) dot += pr[k] * dr[k];
     dot = block_sum(dot, red);
     for (int k = threadIdx.x; k < rows; k += blockDim.x) dr[k] = k < len ? pr[k] * (dr[k] - dot) * scale : 0.f;
-}
-
-// y (n, dim) = x[index[r]]. Launch: grid (n), block 256.
-extern "C" __global__ void gather_rows_f32(const float* x, const int* index, int dim, float* y)
-{
-    const float* src = x + (long long)index[blockIdx.x] * dim;
-    float* dst = y + (long long)blockIdx.x * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = src[i];
 }
 
 // x[index[r]] += y (n, dim) (indices distinct). Launch: grid (n), block 256.

@@ -7,12 +7,12 @@ public sealed unsafe class DistillationKernels(KernelLibrary library)
 {
     const string File = "distillation.cu";
     const int MaxGridY = 65535;
-    readonly CudaKernel _embed = library.Get(File, "embed_f32"), _norm = library.Get(File, "rms_norm_fwd_f32"),
+    readonly CudaKernel _norm = library.Get(File, "rms_norm_fwd_f32"),
         _normDx = library.Get(File, "rms_norm_bwd_dx_f32"), _colPartial = library.Get(File, "column_partial_f32"),
         _colFinish = library.Get(File, "column_finish_f32"), _addBias = library.Get(File, "add_bias_f32"), _add = library.Get(File, "add_f32"),
         _rope = library.Get(File, "rope_f32"), _siluFwd = library.Get(File, "silu_mul_fwd_f32"), _siluBwd = library.Get(File, "silu_mul_bwd_f32"),
         _softmax = library.Get(File, "causal_softmax_f32"), _softmaxBwd = library.Get(File, "causal_softmax_bwd_f32"),
-        _gather = library.Get(File, "gather_rows_f32"), _scatterAdd = library.Get(File, "scatter_add_rows_f32"), _kl = library.Get(File, "kl_rows_f32"),
+        _scatterAdd = library.Get(File, "scatter_add_rows_f32"), _kl = library.Get(File, "kl_rows_f32"),
         _mse = library.Get(File, "mse_rows_f32"), _adam = library.Get(File, "adam_f32"), _nonFinite = library.Get(File, "find_nonfinite_f32");
 
     static uint Blocks(long n, int per = 256) => (uint)((n + per - 1) / per);
@@ -21,17 +21,6 @@ public sealed unsafe class DistillationKernels(KernelLibrary library)
     {
         KernelGuard.Positive(rows, kernel, nameof(rows));
         if (rows > int.MaxValue / 2) throw new ArgumentOutOfRangeException(nameof(rows), rows, $"{kernel}: too many rows.");
-    }
-
-    /// <summary>out (rows, dim) = table rows picked by tokens (already checked against the vocabulary).</summary>
-    public void Embed(CudaStream s, DeviceSpan<int> tokens, int rows, DeviceSpan<float> table, int dim, DeviceSpan<float> output)
-    {
-        Rows(rows, "embed_f32");
-        KernelGuard.Fits(tokens, rows, "embed_f32", nameof(tokens), $"({rows})");
-        KernelGuard.Fits(output, (long)rows * dim, "embed_f32", nameof(output), $"({rows}, {dim})");
-        ulong t = tokens.Address, w = table.Address, o = output.Address;
-        void** args = stackalloc void*[] { &t, &w, &dim, &o };
-        _embed.Launch(s, ((uint)rows, 1, 1), 256, 0, args);
     }
 
     /// <summary>y = RMSNorm(x)·w per row; the rows' 1/rms into <paramref name="rstd"/> when given.</summary>
@@ -116,24 +105,23 @@ public sealed unsafe class DistillationKernels(KernelLibrary library)
     }
 
     /// <summary>
-    /// RoPE on x (rows, heads·headDim), row t at position positions[t] (t when positions is null), from
+    /// RoPE on x (rows, heads·headDim), row t at position positions[t], from
     /// (tableRows, headDim/2) cos/sin tables; inverse rotates back (RoPE's gradient). Positions must be below
     /// <paramref name="tableRows"/> (the caller made them).
     /// </summary>
     public void Rope(CudaStream s, DeviceSpan<float> x, int rows, int heads, int headDim, DeviceSpan<float> cos, DeviceSpan<float> sin, int tableRows,
-        bool inverse, DeviceSpan<int>? positions = null)
+        bool inverse, DeviceSpan<int> positions)
     {
         const string n = "rope_f32";
         Rows(rows, n);
         KernelGuard.Positive(heads, n, nameof(heads));
         if (headDim < 2 || headDim % 2 != 0 || headDim > 2048) throw new ArgumentOutOfRangeException(nameof(headDim), headDim, $"{n}: head_dim must be even, 2..2048.");
         KernelGuard.Fits(x, (long)rows * heads * headDim, n, nameof(x), $"({rows}, {heads * headDim})");
-        if (positions is null && tableRows < rows) throw new ArgumentException($"{n}: {rows} rows at positions 0..{rows - 1} need a table of as many rows, not {tableRows}.");
-        KernelGuard.FitsOptional(positions, rows, n, nameof(positions), $"({rows})");
+        KernelGuard.Fits(positions, rows, n, nameof(positions), $"({rows})");
         KernelGuard.Fits(cos, (long)tableRows * headDim / 2, n, nameof(cos), $"({tableRows}, {headDim / 2})");
         KernelGuard.Fits(sin, (long)tableRows * headDim / 2, n, nameof(sin), $"({tableRows}, {headDim / 2})");
         if (heads > MaxGridY) throw new ArgumentOutOfRangeException(nameof(heads), heads, $"{n}: too many heads.");
-        ulong px = x.Address, pc = cos.Address, ps = sin.Address, pp = KernelGuard.Address(positions);
+        ulong px = x.Address, pc = cos.Address, ps = sin.Address, pp = positions.Address;
         int inv = inverse ? 1 : 0;
         void** args = stackalloc void*[] { &px, &heads, &headDim, &pc, &ps, &inv, &pp };
         _rope.Launch(s, ((uint)rows, (uint)heads, 1), (uint)Math.Max(32, headDim / 2), 0, args);
@@ -184,17 +172,6 @@ public sealed unsafe class DistillationKernels(KernelLibrary library)
         ulong pp = p.Address, pd = dp.Address;
         void** args = stackalloc void*[] { &pp, &pd, &rows, &scale };
         _softmaxBwd.Launch(s, ((uint)rows, (uint)heads, 1), 256, 0, args);
-    }
-
-    /// <summary>y (count, dim) = x rows at index[0..count).</summary>
-    public void GatherRows(CudaStream s, DeviceSpan<float> x, DeviceSpan<int> index, int count, int dim, DeviceSpan<float> y)
-    {
-        Rows(count, "gather_rows_f32");
-        KernelGuard.Fits(index, count, "gather_rows_f32", nameof(index), $"({count})");
-        KernelGuard.Fits(y, (long)count * dim, "gather_rows_f32", nameof(y), $"({count}, {dim})");
-        ulong px = x.Address, pi = index.Address, py = y.Address;
-        void** args = stackalloc void*[] { &px, &pi, &dim, &py };
-        _gather.Launch(s, ((uint)count, 1, 1), 256, 0, args);
     }
 
     /// <summary>x rows at index[0..count) += y (count, dim); the indices must be distinct.</summary>

@@ -37,6 +37,7 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     readonly Cublas _blas;
     readonly KernelLibrary _library;
     readonly DistillationKernels _k;
+    readonly GatherRowsKernel _gather;
     readonly RotaryEmbedding _rope;
     // Keyed by the host arrays while uploading (an array shared by teacher and student, or a tied lm_head, goes up once),
     // then emptied so the host copies can be collected: the trainer holds only the trainable tensors on the host.
@@ -80,6 +81,7 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
             _blas = new Cublas(_stream);
             _library = new KernelLibrary();
             _k = new DistillationKernels(_library);
+            _gather = new GatherRowsKernel(_library);
             _embed = Up(student.EmbedTokens);
             _norm = Up(student.Norm);
             _lmHead = Up(student.LmHead);
@@ -304,7 +306,7 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
 
         // Layers 0..l-1: frozen, shared by teacher and student.
         var x = _ws.Float("x", (long)T * H);
-        _k.Embed(_stream, tokens, T, _embed, H, x);
+        _gather.Launch(_stream, _embed, _cfg.VocabSize, tokens, T, H, x);
         for (int i = 0; i < Lkv; i++) FullLayer(x, T, _layers[i]);
         var xl = _ws.Float("xl", (long)T * H);
         Copy(xl, x, (long)T * H);
@@ -336,8 +338,8 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
             var hs = _ws.Float("mse.s", (long)n * H);
             var d = _ws.Float("mse.d", (long)n * H);
             var rowLoss = _ws.Double("mse.loss", n);
-            _k.GatherRows(_stream, teacherBeforeLast, index, n, H, ht);
-            _k.GatherRows(_stream, studentBeforeLast, index, n, H, hs);
+            _gather.Launch(_stream, teacherBeforeLast, T, index, n, H, ht);
+            _gather.Launch(_stream, studentBeforeLast, T, index, n, H, hs);
             _k.MseRows(_stream, ht, hs, n, H, _hiddenWeight, gradScale, train ? d : null, rowLoss);
             var losses = new double[n];
             _stream.Download(rowLoss, losses);
@@ -444,10 +446,10 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
         {
             int cn = Math.Min(chunk, n - c0);
             var idx = index.Slice(c0, cn);
-            _k.GatherRows(_stream, xTeacher, idx, cn, H, rowsT);
+            _gather.Launch(_stream, xTeacher, T, idx, cn, H, rowsT);
             _k.RmsNorm(_stream, rowsT, _norm, normed, null, cn, H, _eps);
             Linear(normed, cn, H, _lmHead, null, vocab, zt);
-            _k.GatherRows(_stream, xStudent, idx, cn, H, rowsS);
+            _gather.Launch(_stream, xStudent, T, idx, cn, H, rowsS);
             _k.RmsNorm(_stream, rowsS, _norm, normed, null, cn, H, _eps);
             Linear(normed, cn, H, _lmHead, null, vocab, zs);
             _k.KlRows(_stream, zt, zs, cn, vocab, _temperature, dx is null ? 0f : gradScale, rowLoss.Slice(c0, cn), agree.Slice(c0, cn));
