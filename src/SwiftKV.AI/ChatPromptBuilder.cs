@@ -61,6 +61,8 @@ internal static class ChatPromptBuilder
         bool whole = Llama31ChatFormat.TryEncodeInto(model.Tokenizer, turns, addGenerationPrompt: true, prompt, context - 1, today,
             ipythonEnvironment: tools.Count > 0, cancellationToken);
         if (whole && prefill is not null) prompt.AddRange(model.Tokenizer.Encode(prefill));
+        if (context < 2)
+            throw new ArgumentException($"No prompt fits with room for an answer: the context is {context} token{(context == 1 ? "" : "s")}, set by {limit}.", nameof(messages));
         if (!whole || prompt.Count >= context)
             throw new ArgumentException($"The prompt is {(whole ? $"{prompt.Count}" : $"more than {context - 1}")} tokens, which does not fit the context of {context} tokens set by {limit}."
                 + (schemaRule is not null ? " The response format's JSON schema is part of the prompt too." : ""), nameof(messages));
@@ -74,9 +76,33 @@ internal static class ChatPromptBuilder
         var stopIds = model.Tokenizer.StopTokenIds.ToHashSet();
         var constraint = Constraint(model, options?.ResponseFormat as ChatResponseFormatJson, tools, prefill, stopIds, maxNew);
 
-        var stopSequences = options?.StopSequences?.Where(x => !string.IsNullOrEmpty(x)).ToArray() ?? [];
-        return new PreparedRequest(prompt, sampling, maxNew, prompt.Count + maxNew, stopIds, stopSequences,
+        var (requestStopIds, stopSequences) = StopRules(model.Tokenizer, options?.StopSequences, stopIds);
+        return new PreparedRequest(prompt, sampling, maxNew, prompt.Count + maxNew, requestStopIds, stopSequences,
             tools.Select(t => t.Name).ToArray(), prefill, constraint);
+    }
+
+    /// <summary>
+    /// Special tokens are markup, not answer text (Hugging Face and vLLM skip them too), so the client streams none but
+    /// this one: it is how a Llama 3.1 model opens a tool call, which the tool-call parser reads.
+    /// </summary>
+    internal const string ShownSpecialToken = "<|python_tag|>";
+
+    /// <summary>
+    /// The caller's stop sequences, split: one that is a hidden special token's text (say "&lt;|eom_id|&gt;") could never
+    /// match the streamed text, which leaves that token out, so the engine stops on the token instead; the rest are
+    /// matched in the text. Empty ones are dropped.
+    /// </summary>
+    internal static (IReadOnlySet<int> StopTokenIds, string[] StopSequences) StopRules(LlamaTokenizer tokenizer, IList<string>? requested, HashSet<int> stopIds)
+    {
+        var text = new List<string>();
+        HashSet<int>? ids = null;
+        foreach (var s in requested ?? [])
+        {
+            if (string.IsNullOrEmpty(s)) continue;
+            if (s != ShownSpecialToken && tokenizer.SpecialTokens.TryGetValue(s, out int id)) (ids ??= [.. stopIds]).Add(id);
+            else text.Add(s);
+        }
+        return (ids ?? stopIds, text.ToArray());
     }
 
     /// <summary>The sampling options of <paramref name="options"/>; a value out of range is named as the ChatOptions property the caller set.</summary>

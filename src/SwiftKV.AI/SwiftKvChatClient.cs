@@ -67,9 +67,7 @@ public sealed class SwiftKvChatClient : IChatClient
         string modelId = options.ModelId ?? System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(model.Path));
         _metadata = new ChatClientMetadata("swiftkv", providerUri: null, defaultModelId: modelId);
         _metrics = new SwiftKvInstruments(meterFactory, modelId);
-        // Special tokens are markup, not answer text (Hugging Face and vLLM skip them too); <|python_tag|> stays, since
-        // it is how a Llama 3.1 model opens a tool call, which the tool-call parser reads.
-        _hiddenTokens = model.Tokenizer.SpecialTokens.Where(t => t.Key != "<|python_tag|>").Select(t => t.Value).ToFrozenSet();
+        _hiddenTokens = model.Tokenizer.SpecialTokens.Where(t => t.Key != ChatPromptBuilder.ShownSpecialToken).Select(t => t.Value).ToFrozenSet();
         KvPoolGauge.Track(model);
     }
 
@@ -113,8 +111,9 @@ public sealed class SwiftKvChatClient : IChatClient
             FinishReason = finish,
         };
 
-        // Leaving early (stop text, cancellation, an abandoned enumerator) disposes the run, which cancels the
-        // request and frees its KV blocks.
+        // Leaving early (stop text, cancellation, disposing the enumerator before its end) disposes the run, which
+        // cancels the request and frees its KV blocks. An enumerator dropped without being disposed cannot be seen: its
+        // request runs on to MaxOutputTokens (or the end of turn) and then frees them.
         await using var run = await TokenRun.StartAsync(_model, request, _metrics, cancellationToken).ConfigureAwait(false);
         var detok = new StreamingDetokenizer(_model.Tokenizer);
         var stops = new StopSequenceMatcher(request.StopSequences);
