@@ -277,3 +277,11 @@ extern "C" __global__ void find_nonfinite_f32(const float* x, long long n, int* 
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n && !isfinite(x[i])) flags[slot] = 1;
 }
+
+// w (n) = the bf16 values b widened to fp32 (exact): a frozen matrix held in bf16, just before a GEMM reads it.
+// Launch: grid (ceil(n / 256)), block 256.
+extern "C" __global__ void widen_bf16_f32(const bf16_t* b, float* w, long long n)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) w[i] = bf16_to_f32(b[i]);
+}

@@ -1,9 +1,11 @@
 // What a distillation step costs on the GPU (CudaDistillationTrainer), at a real model's shape with random weights.
-// Run: dotnet run bench/distill/distill_gpu.cs -c Release -- [preset] [sequences] [tokens] [modes] [packs]
+// Run: dotnet run bench/distill/distill_gpu.cs -c Release -- [preset] [sequences] [tokens] [modes] [packs] [weights]
 //   preset: llama-3.2-1b | llama-3.1-8b | ... (ModelPresets); SwiftKV 50% (l = L/2), AcrossKV off (g = 1)
 //   modes: tf32,fp32 (the GEMMs' precision; both by default)
 //   packs: tokens a pass may hold, e.g. 0,8192 (0, the default: one sequence a pass)
-// Weights are random fp32 made on the host (norms near 1, the rest ~N(0, 0.02)); every token but the last is scored.
+//   weights: fp32 (the default) | bf16: the values rounded to bf16 first, as a BF16 checkpoint's are, so the trainer
+//   holds the frozen layer matrices in bf16
+// Weights are random, made on the host (norms near 1, the rest ~N(0, 0.02)); every token but the last is scored.
 // Times, median of 3 after a warm-up: a score (teacher + student forward and the loss, no gradients) and a train step
 // (score + backward + Adam) over the batch. Counts the step's FLOPs (GEMMs and the materialised attention) and
 // measures cuBLAS's fp32/TF32 GEMM rate at 8192³ in the same process as the ceiling.
@@ -20,6 +22,7 @@ string preset = args.Length > 0 ? args[0] : "llama-3.2-1b";
 int sequences = args.Length > 1 ? int.Parse(args[1]) : 4, tokens = args.Length > 2 ? int.Parse(args[2]) : 2048;
 string[] modes = (args.Length > 3 ? args[3] : "tf32,fp32").Split(',');
 int[] packs = (args.Length > 4 ? args[4] : "0").Split(',').Select(int.Parse).ToArray();
+bool bf16 = (args.Length > 5 ? args[5] : "fp32") switch { "fp32" => false, "bf16" => true, var w => throw new ArgumentException($"weights '{w}': fp32 or bf16") };
 var baseConfig = ModelPresets.Get(preset);
 var config = (baseConfig with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = baseConfig.NumHiddenLayers / 2, KeyValueGroupSize = 1 }).Validate();
 if (!CudaRuntime.TryInitialize(out var why)) { Console.WriteLine("no CUDA: " + why); return 1; }
@@ -38,12 +41,13 @@ Parallel.ForEach(specs, (spec, _, index) =>
         x ^= x << 13; x ^= x >> 7; x ^= x << 17;
         float u = (x >> 40) / (float)(1UL << 24) - 0.5f;   // uniform in [-0.5, 0.5): std 0.289
         a[i] = norm ? 1f + 0.1f * u : 0.0693f * u;          // std 0.02
+        if (bf16) a[i] = BitConverter.UInt32BitsToSingle(BitConverter.SingleToUInt32Bits(a[i]) & 0xFFFF0000u);
     }
     tensors[spec.Name] = a;
 });
 var teacher = LlamaWeightMap.Build(config, false, tensors);
 var student = LlamaWeightMap.Build(config, true, tensors);
-Console.WriteLine($"made {specs.Sum(s => s.ElementCount) / 1e9:F2}B random fp32 values in {sw.Elapsed.TotalSeconds:F1} s");
+Console.WriteLine($"made {specs.Sum(s => s.ElementCount) / 1e9:F2}B random {(bf16 ? "bf16-exact" : "fp32")} values in {sw.Elapsed.TotalSeconds:F1} s");
 
 var r = new Random(2);
 var batch = Enumerable.Range(0, sequences).Select(_ =>
@@ -103,7 +107,7 @@ foreach (int pack in packs)
     double score = Time(() => trainer.Score(batch));
     double step = Time(() => trainer.TrainStep(batch, 1e-6));
     var (free, total) = CudaRuntime.MemoryInfo();
-    Console.WriteLine($"{mode}, pack {pack}: upload {upload:F1} s; score {score:F3} s ({scoreFlops / score / 1e12:F0} TFLOP/s); " +
+    Console.WriteLine($"{mode}, pack {pack}, weights {(bf16 ? $"bf16 ({trainer.Bf16Values / 1e9:F2}B frozen values in bf16)" : "fp32")}: upload {upload:F1} s; score {score:F3} s ({scoreFlops / score / 1e12:F0} TFLOP/s); " +
         $"step {step:F3} s ({stepFlops / step / 1e12:F0} TFLOP/s, {100 * stepFlops / step / 1e12 / ceiling:F0}% of the {ceiling:F0} TFLOP/s {mode} GEMM ceiling); " +
         $"{sequences * tokens / step:F0} tokens/s trained; GPU memory in use {(total - free) / 1e9:F1} GB");
 }

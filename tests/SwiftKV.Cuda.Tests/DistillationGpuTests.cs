@@ -63,16 +63,17 @@ public sealed class DistillationGpuTests : IDisposable
         DistillationFixture.AssertTensors(fixture.After, after, afterTol, $"{name} after {fixture.Steps} Adam steps ({(tf32 ? "TF32, key biases left out" : "fp32")})", Gpu.Log);
     }
 
-    string MakeStudent(int layers, int l, int g, bool bias, bool tied, int kvHeads, int seed = 5, int headDim = 8, int vocab = 96, int hidden = 32)
+    /// <param name="bf16">Write the checkpoint in BF16, as real ones are: the GPU trainer then holds its frozen matrices in bf16.</param>
+    string MakeStudent(int layers, int l, int g, bool bias, bool tied, int kvHeads, int seed = 5, int headDim = 8, int vocab = 96, int hidden = 32, bool bf16 = false)
     {
-        string tag = $"{seed}{bias}{tied}{layers}{kvHeads}-{headDim}-{vocab}-{hidden}";
+        string tag = $"{seed}{bias}{tied}{layers}{kvHeads}-{headDim}-{vocab}-{hidden}{(bf16 ? "-bf16" : "")}";
         string baseDir = Path.Combine(_root, "base" + tag), dir = Path.Combine(_root, $"skv{l}{g}" + tag);
         var config = ModelPresets.Get("tiny") with
         {
             VocabSize = vocab, NumHiddenLayers = layers, AttentionBias = bias, TieWordEmbeddings = tied,
             HiddenSize = hidden, NumAttentionHeads = 4, NumKeyValueHeads = kvHeads, HeadDim = headDim, IntermediateSize = 48,
         };
-        ModelMaker.Write(baseDir, config.Validate(), new ModelMakerOptions { Seed = (ulong)seed, Dtype = TensorDtype.F32, InitStd = 0.3f });
+        ModelMaker.Write(baseDir, config.Validate(), new ModelMakerOptions { Seed = (ulong)seed, Dtype = bf16 ? TensorDtype.BF16 : TensorDtype.F32, InitStd = 0.3f });
         SwiftKvConverter.Convert(baseDir, dir, l, g);
         return dir;
     }
@@ -102,11 +103,13 @@ public sealed class DistillationGpuTests : IDisposable
     [InlineData(6, 2, 2, true, false, 2, 15, 0.7f)]
     [InlineData(5, 3, 2, false, true, 4, 300, 0.3f)]
     [InlineData(4, 2, 1, true, false, 2, 40, 0.5f, 80, 2000)]   // head_dim 80 (not a power of two), a vocabulary of 2000
+    [InlineData(6, 2, 2, true, true, 2, 13, 0f, 8, 96, true)]   // a BF16 checkpoint: the frozen matrices held in bf16
+    [InlineData(5, 3, 2, false, false, 4, 300, 0.3f, 8, 96, true)]
     public void LossAndGradients_MatchTheCpuTrainer(int layers, int l, int g, bool bias, bool tied, int kvHeads, int length, float hiddenLossWeight,
-        int headDim = 8, int vocab = 96)
+        int headDim = 8, int vocab = 96, bool bf16 = false)
     {
         Gpu.Require();
-        string dir = MakeStudent(layers, l, g, bias, tied, kvHeads, headDim: headDim, vocab: vocab, hidden: headDim == 8 ? 32 : 64);
+        string dir = MakeStudent(layers, l, g, bias, tied, kvHeads, headDim: headDim, vocab: vocab, hidden: headDim == 8 ? 32 : 64, bf16: bf16);
         var batch = RandomBatch(7, 3, length, vocab);
 
         var (ct, cs) = Load(dir);
@@ -123,6 +126,10 @@ public sealed class DistillationGpuTests : IDisposable
         foreach (int packRows in new[] { 0, 4096, 2 * length - 9 })
         {
             using var gpu = new CudaDistillationTrainer(gt, gs, 2f, hiddenLossWeight, tf32: false, packRows: packRows);
+            // Every layer matrix but the trainable SwiftKV ones: the teacher's q/k/v, o, gate, up, down.
+            long frozen = (long)layers * (gt.Config.QueryDim + 2 * gt.Config.KeyValueDim + 3 * gt.Config.IntermediateSize) * gt.Config.HiddenSize
+                + (long)layers * gt.Config.QueryDim * gt.Config.HiddenSize;
+            Assert.Equal(bf16 ? frozen : 0, gpu.Bf16Values);
             var gpuScore = gpu.TrainStep(batch, 0.0, TestContext.Current.CancellationToken);   // lr 0: the weights stay as loaded
             Assert.Equal(cpuScore.Positions, gpuScore.Positions);
             Assert.Equal(cpuScore.Loss, gpuScore.Loss, 1e-5 * cpuScore.Loss);
@@ -144,22 +151,26 @@ public sealed class DistillationGpuTests : IDisposable
     [InlineData(0f, 0)]
     [InlineData(0.5f, 0)]
     [InlineData(0.5f, 797)]
-    public void MemoryEstimate_CoversWhatAStepHolds(float hiddenLossWeight, int packRows)
+    [InlineData(0.5f, 797, true)]
+    public void MemoryEstimate_CoversWhatAStepHolds(float hiddenLossWeight, int packRows, bool bf16 = false)
     {
         Gpu.Require();
-        string dir = MakeStudent(5, 2, 1, true, false, 2, headDim: 16, vocab: 3000, hidden: 64);
+        string dir = MakeStudent(5, 2, 1, true, false, 2, headDim: 16, vocab: 3000, hidden: 64, bf16: bf16);
         var (t, s) = Load(dir);
         var config = t.Config;
-        var (weights, trainable) = Distiller.ValueCounts(config);
+        DistillationWeightCounts weights;
+        using (var checkpoint = SafetensorsCheckpoint.Open(dir)) weights = Distiller.ValueCounts(config, checkpoint);
+        Assert.Equal(bf16, weights.FrozenBf16 > 0);
         const int T = 400;
-        long estimate = CudaDistillationTrainer.EstimateBytes(config, weights, trainable, T, hiddenLossWeight, packRows);
+        long estimate = CudaDistillationTrainer.EstimateBytes(config, weights, T, hiddenLossWeight, packRows);
         long before = DeviceMemory.AllocatedBytes;
         using var trainer = new CudaDistillationTrainer(t, s, 2f, hiddenLossWeight, packRows: packRows);
         // Packed: 400 + 397 rows fill a pass of 797 exactly; 394 go in a second.
         trainer.TrainStep(RandomBatch(2, packRows > 0 ? 3 : 2, T, config.VocabSize).Select(q => q with { LossMask = q.LossMask.Select(_ => true).ToArray() }).ToList(), 1e-3,
             TestContext.Current.CancellationToken);
         long held = DeviceMemory.AllocatedBytes - before;
-        Gpu.Log($"hidden-loss {hiddenLossWeight}, pack {packRows}: a step holds {held:N0} bytes of device buffers; the estimate counts {estimate:N0}");
+        Assert.Equal(weights.FrozenBf16, trainer.Bf16Values);
+        Gpu.Log($"bf16 {bf16}, hidden-loss {hiddenLossWeight}, pack {packRows}: a step holds {held:N0} bytes of device buffers; the estimate counts {estimate:N0}");
         Assert.True(held <= estimate, $"held {held:N0} > estimated {estimate:N0}");
         // Most of a toy model's count is cuBLAS's fixed workspace: the rest must be close too.
         Assert.True(held - Cublas.WorkspaceBytes >= 0.9 * (estimate - Cublas.WorkspaceBytes), $"held {held:N0} is far below the estimate {estimate:N0}");

@@ -13,7 +13,8 @@ public sealed unsafe class DistillationKernels(KernelLibrary library)
         _rope = library.Get(File, "rope_f32"), _siluFwd = library.Get(File, "silu_mul_fwd_f32"), _siluBwd = library.Get(File, "silu_mul_bwd_f32"),
         _softmax = library.Get(File, "causal_softmax_f32"), _softmaxBwd = library.Get(File, "causal_softmax_bwd_f32"),
         _scatterAdd = library.Get(File, "scatter_add_rows_f32"), _kl = library.Get(File, "kl_rows_f32"),
-        _mse = library.Get(File, "mse_rows_f32"), _adam = library.Get(File, "adam_f32"), _nonFinite = library.Get(File, "find_nonfinite_f32");
+        _mse = library.Get(File, "mse_rows_f32"), _adam = library.Get(File, "adam_f32"), _nonFinite = library.Get(File, "find_nonfinite_f32"),
+        _widen = library.Get(File, "widen_bf16_f32");
 
     static uint Blocks(long n, int per = 256) => (uint)((n + per - 1) / per);
 
@@ -92,6 +93,17 @@ public sealed unsafe class DistillationKernels(KernelLibrary library)
             py = y.Address + (ulong)((long)r0 * dim * 4);
             _addBias.Launch(s, (Blocks(dim), (uint)Math.Min(MaxGridY, rows - r0), 1), 256, 0, args);
         }
+    }
+
+    /// <summary>w = b widened from bf16 to fp32 (exact), over b's length.</summary>
+    public void Widen(CudaStream s, DeviceSpan<Bf16> b, DeviceSpan<float> w)
+    {
+        long count = b.Length;
+        if (count < 1) throw new ArgumentOutOfRangeException(nameof(b), count, "widen_bf16_f32: b must hold >= 1 value.");
+        KernelGuard.Fits(w, count, "widen_bf16_f32", nameof(w), $"({count})");
+        ulong pb = b.Address, pw = w.Address;
+        void** args = stackalloc void*[] { &pb, &pw, &count };
+        _widen.Launch(s, (Blocks(count), 1, 1), 256, 0, args);
     }
 
     /// <summary>y += x over <paramref name="count"/> values.</summary>

@@ -139,7 +139,7 @@ public static class Distiller
     static IDistillationTrainer OpenTrainer(string directory, LlamaConfig config, SafetensorsCheckpoint checkpoint, DistillationOptions options,
         int longest, Action<string>? log)
     {
-        var (weights, trainable) = ValueCounts(config);
+        var weights = ValueCounts(config, checkpoint);
         string? cpuReason = null;
         if (options.Backend != BackendKind.Cpu)
         {
@@ -151,11 +151,11 @@ public static class Distiller
             else
             {
                 long free = CudaRuntime.MemoryInfo().Free;
-                int packRows = ChoosePackRows(config, weights, trainable, longest, options.HiddenLossWeight, free);
-                long gpuBytes = CudaDistillationTrainer.MemoryNeeded(config, weights, trainable, longest, options.HiddenLossWeight, packRows);
+                int packRows = ChoosePackRows(config, weights, longest, options.HiddenLossWeight, free);
+                long gpuBytes = CudaDistillationTrainer.MemoryNeeded(config, weights, longest, options.HiddenLossWeight, packRows);
                 if (gpuBytes <= free)
                 {
-                    RefuseHostMemory(directory, 4 * weights, $"the fp32 weights ({4 * weights / 1e9:F1} GB) are read on the host before they go to the GPU");
+                    RefuseHostMemory(directory, 4 * weights.Values, $"the fp32 weights ({4 * weights.Values / 1e9:F1} GB) are read on the host before they go to the GPU");
                     var (teacher, student) = LoadTeacherAndStudent(directory, config, checkpoint);
                     try
                     {
@@ -171,7 +171,7 @@ public static class Distiller
                     }
                 }
                 string message = $"distilling {directory} on sequences of up to {longest} tokens needs about {gpuBytes / 1e9:F1} GB of GPU memory " +
-                    $"(fp32 weights {4 * weights / 1e9:F1} GB), more than the {free / 1e9:F1} GB free on {CudaRuntime.Device.Name}";
+                    $"(weights {weights.GpuBytes / 1e9:F1} GB{(weights.FrozenBf16 > 0 ? ", the frozen layer matrices in bf16" : " in fp32")}), more than the {free / 1e9:F1} GB free on {CudaRuntime.Device.Name}";
                 if (options.Backend == BackendKind.Cuda)
                     throw new InsufficientMemoryException(message + ": shorten the sequences (--max-seq) or use a GPU with more memory.");
                 cpuReason = message;
@@ -193,10 +193,10 @@ public static class Distiller
     /// The GPU trainer's pass size: <see cref="PackRows"/>, halved while the run would not fit <paramref name="free"/>
     /// bytes, and never below the longest sequence (a pass that long costs nothing a single sequence does not).
     /// </summary>
-    internal static int ChoosePackRows(LlamaConfig config, long weights, long trainable, int longest, float hiddenLossWeight, long free)
+    internal static int ChoosePackRows(LlamaConfig config, DistillationWeightCounts weights, int longest, float hiddenLossWeight, long free)
     {
         int packRows = Math.Max(PackRows, longest);
-        while (packRows > longest && CudaDistillationTrainer.MemoryNeeded(config, weights, trainable, longest, hiddenLossWeight, packRows) > free)
+        while (packRows > longest && CudaDistillationTrainer.MemoryNeeded(config, weights, longest, hiddenLossWeight, packRows) > free)
             packRows = Math.Max(longest, packRows / 2);
         return packRows;
     }
@@ -231,11 +231,21 @@ public static class Distiller
         LlamaTensorNames.ForModel(config, false).Concat(LlamaTensorNames.ForModel(config, true)).DistinctBy(s => s.Name).ToList();
 
     /// <summary>Values of every tensor teacher and student read (each once), and of the trainable ones among them.</summary>
-    internal static (long Weights, long Trainable) ValueCounts(LlamaConfig config)
+    internal static DistillationWeightCounts ValueCounts(LlamaConfig config, SafetensorsCheckpoint? checkpoint = null)
     {
         var needed = TeacherAndStudentSpecs(config);
-        return (needed.Sum(s => s.ElementCount), needed.Where(s => s.Name.Contains("swiftkv", StringComparison.Ordinal)).Sum(s => s.ElementCount));
+        // The GPU trainer holds a frozen layer matrix in bf16 when its values are exact bf16 values, as a BF16 tensor's
+        // are (an F32 one's may be too; counting it fp32 only overstates the memory).
+        var bf16 = checkpoint is null ? [] : needed.Where(s => IsFrozenLayerMatrix(s) && checkpoint.TryGet(s.Name, out var info, out _) && info.Dtype == TensorDtype.BF16).ToList();
+        return new DistillationWeightCounts(needed.Sum(s => s.ElementCount), needed.Where(IsTrainable).Sum(s => s.ElementCount),
+            bf16.Sum(s => s.ElementCount), bf16.Count == 0 ? 0 : bf16.Max(s => s.ElementCount));
     }
+
+    static bool IsTrainable(TensorSpec s) => s.Name.Contains("swiftkv", StringComparison.Ordinal);
+
+    /// <summary>A layer's q/k/v/o/gate/up/down matrix (not a SwiftKV one): what the GPU trainer may hold in bf16.</summary>
+    internal static bool IsFrozenLayerMatrix(TensorSpec s) =>
+        s.Shape.Count == 2 && s.Name.StartsWith("model.layers.", StringComparison.Ordinal) && !IsTrainable(s);
 
     /// <summary>
     /// Refuses a run that would not fit in memory, before reading a weight (Linux overcommits: the process would be
@@ -246,7 +256,7 @@ public static class Distiller
     {
         long T = longest, h = c.HiddenSize, q = c.QueryDim, kv = c.KeyValueDim, i = c.IntermediateSize;
         int later = c.NumHiddenLayers - c.NumKeyValueLayers, leaders = (later + c.KeyValueGroupSize - 1) / c.KeyValueGroupSize;
-        var (weights, trainable) = ValueCounts(c);
+        var (weights, trainable, _, _) = ValueCounts(c);
         long activations = later * T * (3 * h + q + 2 * i) + leaders * 4 * T * kv + T * (3 * i + 5 * h + 2 * q)
             + (long)Environment.ProcessorCount * 2 * T * kv + 3L * 32 * c.VocabSize;
         long bytes = 4 * (weights + 3 * trainable + activations);
@@ -279,4 +289,15 @@ public static class Distiller
         LlamaCheckpointWriter.Save(outputDirectory, target, tensors, dtype, companions: staging => SwiftKvConverter.CopyCompanionFiles(modelDirectory, staging),
             cancellationToken: cancellationToken);
     }
+}
+
+/// <summary>
+/// What the weights teacher and student read come to, before any is read: all their values (each array once), the
+/// trainable ones, and the frozen layer matrices the GPU trainer will hold in bf16 with the largest of them (its fp32
+/// scratch).
+/// </summary>
+public readonly record struct DistillationWeightCounts(long Values, long Trainable, long FrozenBf16 = 0, long WidestBf16 = 0)
+{
+    /// <summary>The GPU trainer's bytes for these weights: fp32, bf16 for the frozen matrices counted so, and their fp32 scratch.</summary>
+    public long GpuBytes => 4 * Values - 2 * FrozenBf16 + 4 * WidestBf16;
 }

@@ -16,14 +16,12 @@ public sealed class PackSizeTests
 
     static int Choose(int longest, long free)
     {
-        var (weights, trainable) = Distiller.ValueCounts(Config);
-        return Distiller.ChoosePackRows(Config, weights, trainable, longest, 0f, free);
+        return Distiller.ChoosePackRows(Config, Distiller.ValueCounts(Config), longest, 0f, free);
     }
 
     static long Needed(int longest, int packRows)
     {
-        var (weights, trainable) = Distiller.ValueCounts(Config);
-        return CudaDistillationTrainer.MemoryNeeded(Config, weights, trainable, longest, 0f, packRows);
+        return CudaDistillationTrainer.MemoryNeeded(Config, Distiller.ValueCounts(Config), longest, 0f, packRows);
     }
 
     [Fact]
