@@ -46,6 +46,27 @@ public sealed class KernelTests : GpuFixtureTest
     static double[] Wide(ReadOnlySpan<Bf16> v) => Bf16.ToSingles(v).Select(f => (double)f).ToArray();
     static double[] Wide(float[] v) => v.Select(f => (double)f).ToArray();
 
+    /// <summary>
+    /// The distillation trainer's bf16 frozen matrices widen to exactly the fp32 values they hold: 16-byte vector loads
+    /// on aligned whole spans, one value at a time on a misaligned slice and in the tail (1003 is not a multiple of 8).
+    /// </summary>
+    [Theory]
+    [InlineData(0, 1003)]
+    [InlineData(1, 1000)]
+    [InlineData(8, 4096)]
+    public void Widen_Bf16ToFp32_IsExact(int offset, int n)
+    {
+        Gpu.Require();
+        var values = RandomBf16(new TestRng(29), offset + n, 3f);
+        using var b = new DeviceBuffer<Bf16>(values);
+        using var w = Gpu.Poisoned(n);
+        new DistillationKernels(Library).Widen(Stream, b.Span.Slice(offset, n), w.Span);
+        var got = new float[n];
+        Stream.Download(w.Span, got);
+        for (int i = 0; i < n; i++)
+            Assert.Equal(BitConverter.SingleToUInt32Bits(values[offset + i].ToSingle()), BitConverter.SingleToUInt32Bits(got[i]));
+    }
+
     [Fact]
     public void Embedding_GathersRows()
     {

@@ -103,7 +103,7 @@ public sealed unsafe class DistillationKernels(KernelLibrary library)
         KernelGuard.Fits(w, count, "widen_bf16_f32", nameof(w), $"({count})");
         ulong pb = b.Address, pw = w.Address;
         void** args = stackalloc void*[] { &pb, &pw, &count };
-        _widen.Launch(s, (Blocks(count), 1, 1), 256, 0, args);
+        _widen.Launch(s, (Blocks(count, 8 * 256), 1, 1), 256, 0, args);
     }
 
     /// <summary>y += x over <paramref name="count"/> values.</summary>

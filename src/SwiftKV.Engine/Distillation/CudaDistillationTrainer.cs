@@ -177,10 +177,14 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     Frozen UpFrozen(float[] values)
     {
         if (_frozenBf16.TryGetValue(values, out var held)) return new Frozen(default, held);
-        if (_uploaded.ContainsKey(values) || !ExactInBf16(values)) return new Frozen(Up(values), default);
+        if (_uploaded.ContainsKey(values) || !Chunks(values.Length, (at, n) => ExactInBf16(values.AsSpan(at, n)))) return new Frozen(Up(values), default);
         var bits = new Bf16[values.Length];
-        var words = System.Runtime.InteropServices.MemoryMarshal.Cast<float, uint>(values);
-        for (int i = 0; i < bits.Length; i++) bits[i] = new Bf16((ushort)(words[i] >> 16));
+        Chunks(values.Length, (at, n) =>
+        {
+            var words = System.Runtime.InteropServices.MemoryMarshal.Cast<float, uint>(values.AsSpan(at, n));
+            for (int i = 0; i < n; i++) bits[at + i] = new Bf16((ushort)(words[i] >> 16));
+            return true;
+        });
         var b = new DeviceBuffer<Bf16>(values.Length);
         _bf16Weights.Add(b);
         b.CopyFrom(bits);
@@ -189,6 +193,23 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     }
 
     Frozen? UpFrozenOpt(float[]? values) => values is null ? null : UpFrozen(values);
+
+    /// <summary>work(start, count) over chunks of 1M values in parallel (8B's 7B frozen values: seconds, not tens of); false as soon as one is.</summary>
+    static bool Chunks(int length, Func<int, int, bool> work)
+    {
+        const int chunk = 1 << 20;
+        bool all = true;
+        Parallel.For(0, (length + chunk - 1) / chunk, (c, state) =>
+        {
+            int at = c * chunk;
+            if (!work(at, Math.Min(chunk, length - at)))
+            {
+                all = false;
+                state.Stop();
+            }
+        });
+        return all;
+    }
 
     /// <summary>Whether every value is a bf16 value (its low 16 bits are zero), so bf16 holds it exactly.</summary>
     internal static bool ExactInBf16(ReadOnlySpan<float> values)
