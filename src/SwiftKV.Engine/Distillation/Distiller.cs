@@ -151,7 +151,9 @@ public static class Distiller
             else
             {
                 long free = CudaRuntime.MemoryInfo().Free;
-                int packRows = ChoosePackRows(config, weights, longest, options.HiddenLossWeight, free);
+                int packRows;
+                (weights, packRows) = ChooseGpuLayout(config, weights, longest, options.HiddenLossWeight, free);
+                bool frozenInBf16 = weights.FrozenBf16 > 0;
                 long gpuBytes = CudaDistillationTrainer.MemoryNeeded(config, weights, longest, options.HiddenLossWeight, packRows);
                 if (gpuBytes <= free)
                 {
@@ -159,7 +161,7 @@ public static class Distiller
                     var (teacher, student) = LoadTeacherAndStudent(directory, config, checkpoint);
                     try
                     {
-                        return new CudaDistillationTrainer(teacher, student, options.Temperature, options.HiddenLossWeight, options.Tf32, packRows);
+                        return new CudaDistillationTrainer(teacher, student, options.Temperature, options.HiddenLossWeight, options.Tf32, packRows, frozenInBf16);
                     }
                     catch (CudaException e) when (options.Backend == BackendKind.Auto)
                     {
@@ -193,6 +195,20 @@ public static class Distiller
     /// The GPU trainer's pass size: <see cref="PackRows"/>, halved while the run would not fit <paramref name="free"/>
     /// bytes, and never below the longest sequence (a pass that long costs nothing a single sequence does not).
     /// </summary>
+    /// <summary>
+    /// The GPU trainer's frozen matrices in fp32 where that fits as large a pass (faster: no widening before each GEMM),
+    /// else in bf16 where the checkpoint's values allow (<paramref name="weights"/> counts them); and its pass size.
+    /// </summary>
+    internal static (DistillationWeightCounts Weights, int PackRows) ChooseGpuLayout(LlamaConfig config, DistillationWeightCounts weights, int longest,
+        float hiddenLossWeight, long free)
+    {
+        var allFp32 = weights with { FrozenBf16 = 0, WidestBf16 = 0 };
+        int packFp32 = ChoosePackRows(config, allFp32, longest, hiddenLossWeight, free);
+        int packBf16 = ChoosePackRows(config, weights, longest, hiddenLossWeight, free);
+        bool fp32Fits = packFp32 >= packBf16 && CudaDistillationTrainer.MemoryNeeded(config, allFp32, longest, hiddenLossWeight, packFp32) <= free;
+        return fp32Fits || weights.FrozenBf16 == 0 ? (allFp32, packFp32) : (weights, packBf16);
+    }
+
     internal static int ChoosePackRows(LlamaConfig config, DistillationWeightCounts weights, int longest, float hiddenLossWeight, long free)
     {
         int packRows = Math.Max(PackRows, longest);

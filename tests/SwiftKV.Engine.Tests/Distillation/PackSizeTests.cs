@@ -48,4 +48,33 @@ public sealed class PackSizeTests
         Assert.Equal(3000, Choose(3000, Needed(3000, 0)));
         Assert.Equal(Needed(3000, 0), Needed(3000, 3000));
     }
+
+    /// <summary>8B's counts as a BF16 checkpoint gives them: every layer matrix but the SwiftKV ones may be held in bf16.</summary>
+    static DistillationWeightCounts Bf16Checkpoint()
+    {
+        var c = Config;
+        long perLayer = (2L * c.QueryDim + 2 * c.KeyValueDim + 3 * c.IntermediateSize) * c.HiddenSize;
+        return Distiller.ValueCounts(Config) with { FrozenBf16 = c.NumHiddenLayers * perLayer, WidestBf16 = (long)c.IntermediateSize * c.HiddenSize };
+    }
+
+    static long NeededFor(DistillationWeightCounts w, int packRows) => CudaDistillationTrainer.MemoryNeeded(Config, w, 2048, 0f, packRows);
+
+    [Fact]
+    public void Layout_Fp32WhereItFitsAsLargeAPass_ElseBf16()
+    {
+        var bf16 = Bf16Checkpoint();
+        var fp32 = bf16 with { FrozenBf16 = 0, WidestBf16 = 0 };
+        Assert.True(NeededFor(bf16, 8192) < NeededFor(fp32, 8192) - 13_000_000_000L, "bf16 saves ~14 GB at 8B");
+
+        // Room for everything: fp32 (no widening before each GEMM).
+        Assert.Equal((fp32, 8192), Distiller.ChooseGpuLayout(Config, bf16, 2048, 0f, long.MaxValue));
+        // fp32 fits only a smaller pass, bf16 the full one: bf16.
+        Assert.Equal((bf16, 8192), Distiller.ChooseGpuLayout(Config, bf16, 2048, 0f, NeededFor(bf16, 8192)));
+        // fp32 does not fit at all: bf16, with the pass halved as far as it must be.
+        Assert.Equal((bf16, 2048), Distiller.ChooseGpuLayout(Config, bf16, 2048, 0f, NeededFor(bf16, 2048)));
+        // Just enough for fp32 at 8192: fp32.
+        Assert.Equal((fp32, 8192), Distiller.ChooseGpuLayout(Config, bf16, 2048, 0f, NeededFor(fp32, 8192)));
+        // An fp32 checkpoint has no bf16 choice: fp32, whatever fits.
+        Assert.Equal((fp32, 2048), Distiller.ChooseGpuLayout(Config, fp32, 2048, 0f, NeededFor(fp32, 2048)));
+    }
 }
