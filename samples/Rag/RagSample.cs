@@ -127,7 +127,7 @@ public static class RagSample
             ["sources"] = FormatSources(hits),
             ["question"] = options.Question,
         };
-        output.Write($"\nanswer ({swiftKv.Model.Config.ModelType}, SwiftKV {(swiftKv.Model.Backend.SwiftKvEnabled ? "on" : "off")}, streamed): ");
+        output.Write($"\nanswer ({swiftKv.GetService<ChatClientMetadata>()?.DefaultModelId}, SwiftKV {(swiftKv.Model.Backend.SwiftKvEnabled ? "on" : "off")}, streamed): ");
         try
         {
             await foreach (var chunk in kernel.InvokePromptStreamingAsync(Template, arguments, cancellationToken: cancellationToken))

@@ -79,6 +79,9 @@ internal static class BenchCommand
         a.RejectUnknown();
         if (runs < 1 || steps < 1 || context < 1) throw new UsageException("--runs, --decode-steps and --decode-context must be >= 1");
         if (pauseMs is < 0 or > 60_000) throw new UsageException($"--pause-ms: {pauseMs} is not in 0..60000");
+        CliArgs.CheckOutputFile("out", outJson);
+        if (outMd is not null) CliArgs.CheckOutputFile("md", outMd);
+        if (loadDir is not null) LlamaConfig.Load(CliArgs.CheckModelDirectory(loadDir, "load"));
 
         var baseCfg = ModelPresets.Get(preset);
         var variants = variantNames.Select(v => v switch

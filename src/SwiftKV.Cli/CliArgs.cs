@@ -57,12 +57,24 @@ internal sealed class CliArgs
     /// before anything is printed or loaded.
     /// </summary>
     /// <remarks>Called after <see cref="RejectUnknown"/>, so a mistyped option is reported before a path.</remarks>
-    public static string CheckModelDirectory(string path)
+    public static string CheckModelDirectory(string path, string option = "model")
     {
         if (File.Exists(path))
-            throw new UsageException($"--model {path} is a file; give the checkpoint directory that holds it ({Path.GetDirectoryName(Path.GetFullPath(path))}).");
+            throw new UsageException($"--{option} {path} is a file; give the checkpoint directory that holds it ({Path.GetDirectoryName(Path.GetFullPath(path))}).");
         if (!Directory.Exists(path))
-            throw new UsageException($"--model {path}: no such directory (expected a Hugging Face checkpoint: config.json, *.safetensors, tokenizer).");
+            throw new UsageException($"--{option} {path}: no such directory (expected a Hugging Face checkpoint: config.json, *.safetensors, tokenizer).");
+        return path;
+    }
+
+    /// <summary>
+    /// Refuses an output file that could not be written before any work: a directory, or a file in a directory that does
+    /// not exist (a benchmark would otherwise run for minutes and fail at the end).
+    /// </summary>
+    public static string CheckOutputFile(string option, string path)
+    {
+        if (Directory.Exists(path)) throw new UsageException($"--{option} {path} is a directory; give a file name.");
+        if (Path.GetDirectoryName(Path.GetFullPath(path)) is { } parent && !Directory.Exists(parent))
+            throw new UsageException($"--{option} {path}: the directory {parent} does not exist.");
         return path;
     }
 
@@ -70,10 +82,14 @@ internal sealed class CliArgs
     /// "--name is required", naming a given option that looks like a misspelling of it: the unknown-option check
     /// runs only after every option is read, so without this a typo would be reported as a missing option.
     /// </summary>
-    public UsageException Missing(string name)
+    public UsageException Missing(string name) => new($"--{name} is required" + NearMisses(name));
+
+    /// <summary>" (--chta is not an option: a misspelling of --chat?)" for given options that look like misspellings of one of <paramref name="names"/>; "" when none do.</summary>
+    public string NearMisses(params string[] names)
     {
-        var near = _options.Keys.Where(k => k != name && Spelling.Nearest(k, [name]) is not null).Select(k => "--" + k).ToList();
-        return new UsageException($"--{name} is required" + (near.Count > 0 ? $" ({string.Join(", ", near)} is not an option: a misspelling of --{name}?)" : ""));
+        var near = _options.Keys.Where(k => !names.Contains(k)).Select(k => (Given: k, Meant: Spelling.Nearest(k, names)))
+            .Where(p => p.Meant is not null).Select(p => $"--{p.Given} is not an option: a misspelling of --{p.Meant}?").ToList();
+        return near.Count > 0 ? $" ({string.Join("; ", near)})" : "";
     }
 
     public int? Int(string name) => Parse(name, s => int.Parse(s, CultureInfo.InvariantCulture));

@@ -15,7 +15,8 @@ internal static class GenerateCommand
     {
         string dir = a.Required("model");
         string? prompt = a.String("prompt"), chat = a.String("chat"), system = a.String("system");
-        if ((prompt is null) == (chat is null)) throw new UsageException("give exactly one of --prompt TEXT or --chat TEXT");
+        if ((prompt is null) == (chat is null))
+            throw new UsageException("give exactly one of --prompt TEXT or --chat TEXT" + (prompt is null ? a.NearMisses("prompt", "chat") : ""));
         if (system is not null && chat is null) throw new UsageException("--system goes with --chat (a raw --prompt has no system turn)");
         int? maxTokensArg = a.Int("max-tokens");
         int maxTokens = maxTokensArg ?? DefaultMaxTokens;
@@ -87,7 +88,7 @@ internal static class GenerateCommand
         Console.WriteLine(detok.Flush());
         Console.Error.WriteLine(
             $"[{model.Backend.Name}, SwiftKV {(model.Backend.SwiftKvEnabled ? "on" : "off")}] prompt {stats.PromptTokens} tokens, prefill {stats.PrefillTime.TotalMilliseconds:F0} ms; "
-            + $"{stats.OutputTokens} tokens at {stats.DecodeTokensPerSecond:F1} tokens/s; finish {stats.FinishReason}");
+            + $"{(stats.OutputTokens == 1 ? "1 token" : $"{stats.OutputTokens} tokens")} at {stats.DecodeTokensPerSecond:F1} tokens/s; finish {stats.FinishReason}");
         // On a GPU's first run the kernels compile when first used, inside the prefill's time: say so, or the figure
         // above reads as the model's speed.
         int compiled = SwiftKV.Cuda.NvrtcCompiler.CompileCount - compiledBefore;

@@ -8,10 +8,7 @@ internal static class LogitsCommand
 {
     public static int Run(CliArgs a)
     {
-        string dir = a.Required("model"), outFile = a.Required("out");
-        if (Directory.Exists(outFile)) throw new UsageException($"--out {outFile} is a directory; give a file name.");
-        if (Path.GetDirectoryName(Path.GetFullPath(outFile)) is { } parent && !Directory.Exists(parent))
-            throw new UsageException($"--out {outFile}: the directory {parent} does not exist.");
+        string dir = a.Required("model"), outFile = CliArgs.CheckOutputFile("out", a.Required("out"));
         int[] tokens = ParseTokens(a.Required("tokens"));
         var backend = ParseBackend(a.String("backend"));
         bool swiftKv = !a.Flag("no-swiftkv");

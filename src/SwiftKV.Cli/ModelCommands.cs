@@ -255,7 +255,7 @@ internal static class ModelCommands
     }
 
     internal static string Describe(LlamaConfig c) =>
-        $"{c.NumHiddenLayers} layers, hidden {c.HiddenSize}, {c.NumAttentionHeads}/{c.NumKeyValueHeads} heads x {c.HeadDim}, ffn {c.IntermediateSize}, vocab {c.VocabSize}"
+        $"{(c.NumHiddenLayers == 1 ? "1 layer" : $"{c.NumHiddenLayers} layers")}, hidden {c.HiddenSize}, {c.NumAttentionHeads}/{c.NumKeyValueHeads} heads x {c.HeadDim}, ffn {c.IntermediateSize}, vocab {c.VocabSize}"
         + (c.TieWordEmbeddings ? ", tied" : "")
         + (c.SwiftKv ? $", SwiftKV l={c.NumKeyValueLayers} g={c.KeyValueGroupSize}" : "");
 }

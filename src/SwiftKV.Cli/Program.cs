@@ -15,7 +15,7 @@ internal static class CliApp
         var commands = new Dictionary<string, (string Help, Func<CliArgs, int> Run)>
         {
             ["demo"] = ("prompt-heavy summarization through IChatClient, SwiftKV on vs off [--model DIR] [--max-tokens N]", DemoCommand.Run),
-            ["make-model"] = ("write a random-weight HF checkpoint: --preset tiny|demo|llama-3.2-1b|llama-3.1-8b|llama-3.1-70b --out DIR [--force: replace a checkpoint already in DIR]\n" +
+            ["make-model"] = ("write a random-weight HF checkpoint: --out DIR [--preset tiny (default)|demo|llama-3.2-1b|llama-3.1-8b|llama-3.1-70b] [--force: replace a checkpoint already in DIR]\n" +
                 "              overrides of the preset: --layers N --hidden N --heads N --kv-heads N --head-dim N --ffn N --vocab-size N --max-positions N\n" +
                 "              --tie | --untie, --attention-bias, --no-rope-scaling | --rope-original-max N, --swiftkv-layers L [--group-size G]\n" +
                 "              weights: --seed S --dtype bf16|fp16|fp32 --init-std X, --no-tokenizer (vocabularies smaller than the demo tokenizer's)", ModelCommands.MakeModel),
@@ -36,7 +36,8 @@ internal static class CliApp
         }
         if (!commands.TryGetValue(args[0], out var command))
         {
-            Console.Error.WriteLine($"swiftkv: unknown command '{args[0]}' (try: {string.Join(", ", commands.Keys)})");
+            string near = SwiftKV.Model.Spelling.Nearest(args[0], commands.Keys.ToList()) is { } n ? $"did you mean '{n}'? " : "";
+            Console.Error.WriteLine($"swiftkv: unknown command '{args[0]}' ({near}try: {string.Join(", ", commands.Keys)})");
             return 2;
         }
         // "--help" is always an option name (a value never starts with "--"); "-h" only right after the command, since

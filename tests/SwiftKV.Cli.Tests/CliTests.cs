@@ -114,12 +114,30 @@ public sealed class CliTests : IDisposable
     [InlineData("tyni", "serve-bench", "--preset", "tyni")]
     [InlineData("foo", "serve-bench", "--variants", "off,foo")]
     [InlineData("bogus", "serve-bench", "--prefix-variant", "bogus")]
+    // Output files and the checkpoint to load too: a benchmark must not run for minutes and then fail to write.
+    [InlineData("/no/such/dir", "bench", "--out", "/no/such/dir/b.json")]
+    [InlineData("/no/such/dir", "bench", "--md", "/no/such/dir/b.md")]
+    [InlineData("--load /no/such/model", "bench", "--load", "/no/such/model")]
+    [InlineData("/no/such/dir", "serve-bench", "--out", "/no/such/dir/s.json")]
+    [InlineData("/no/such/dir", "serve-bench", "--md", "/no/such/dir/s.md")]
+    [InlineData("power of two (got 7)", "serve-bench", "--block-size", "7")]
     public void BenchOptions_AreCheckedBeforeTheGpu(string named, params string[] args)
     {
         var r = Run(args);
         Assert.Equal(2, r.Code);
         Assert.Contains(named, r.Err);
         Assert.DoesNotContain("needs a CUDA GPU", r.Err);
+    }
+
+    /// <summary>Typos named as typos: an option meant as --chat, and a command.</summary>
+    [Theory]
+    [InlineData("--chta is not an option: a misspelling of --chat?", "generate", "--model", "/no/such/model", "--chta", "Hi")]
+    [InlineData("did you mean 'generate'?", "genrate", "--model", "x")]
+    public void Typos_AreNamed(string named, params string[] args)
+    {
+        var r = Run(args);
+        Assert.Equal(2, r.Code);
+        Assert.Contains(named, r.Err);
     }
 
     /// <summary>A --json-schema the constraint cannot enforce is a usage error naming the file and where in the schema.</summary>

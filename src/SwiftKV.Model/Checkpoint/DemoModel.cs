@@ -62,6 +62,7 @@ public static class DemoModel
         {
             log?.Invoke($"making the demo checkpoint once in {dir} (random weights, SwiftKV 50% + AcrossKV 2-way)...");
         }
+        MakeCacheRoot(Path.GetDirectoryName(dir)!);
         RemoveStaleStaging(dir);
         // Write beside the final directory and rename, so two processes racing here never see a partial model.
         string staging = dir + ".tmp-" + Guid.NewGuid().ToString("N");
@@ -78,12 +79,32 @@ public static class DemoModel
         {
             // Another process finished first; its copy is identical (same seed, same recipe).
         }
+        catch (UnauthorizedAccessException e)
+        {
+            throw CannotWrite(Path.GetDirectoryName(dir)!, e);
+        }
         finally
         {
             if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
         }
         return dir;
     }
+
+    static void MakeCacheRoot(string root)
+    {
+        try
+        {
+            Directory.CreateDirectory(root);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw CannotWrite(root, e);
+        }
+    }
+
+    static InvalidModelException CannotWrite(string root, Exception e) =>
+        new($"the demo model's cache {root} cannot be written ({e.Message}): " +
+            (Environment.GetEnvironmentVariable("SWIFTKV_CACHE") is { Length: > 0 } ? "SWIFTKV_CACHE names it; point SWIFTKV_CACHE at a directory you can write." : "set SWIFTKV_CACHE to a directory you can write."), e);
 
     /// <summary>
     /// Staging folders a run left when it was killed while writing (Ctrl-C skips the finally below): ~120 MB each.

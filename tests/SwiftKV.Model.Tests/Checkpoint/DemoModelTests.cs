@@ -60,6 +60,17 @@ public sealed class DemoModelTests : IDisposable
     }
 
     /// <summary>A staging folder left by a run killed while making the model goes once it is old; a fresh one stays.</summary>
+    /// <summary>A cache root that cannot be made is named with what to do, not as "Could not find file '/proc/nope'".</summary>
+    [Fact]
+    public void Ensure_CacheRootThatCannotBeMade_IsNamed()
+    {
+        string file = Path.Combine(_root.Path, "a-file");
+        File.WriteAllText(file, "");
+        var e = Assert.Throws<InvalidModelException>(() => DemoModel.Ensure(Path.Combine(file, "cache")));
+        Assert.Contains($"the demo model's cache {Path.Combine(file, "cache")} cannot be written", e.Message);
+        Assert.Contains("SWIFTKV_CACHE", e.Message);
+    }
+
     [Fact]
     public void Ensure_RemovesStagingLeftByAKilledRun()
     {
