@@ -205,7 +205,7 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     {
         const int chunk = 1 << 20;
         bool all = true;
-        Parallel.For(0, (length + chunk - 1) / chunk, (c, state) =>
+        Parallel.For(0, (int)(((long)length + chunk - 1) / chunk), (c, state) =>
         {
             int at = c * chunk;
             if (!work(at, Math.Min(chunk, length - at)))

@@ -192,12 +192,9 @@ public static class Distiller
     internal const int PackRows = 8192;
 
     /// <summary>
-    /// The GPU trainer's pass size: <see cref="PackRows"/>, halved while the run would not fit <paramref name="free"/>
-    /// bytes, and never below the longest sequence (a pass that long costs nothing a single sequence does not).
-    /// </summary>
-    /// <summary>
     /// The GPU trainer's frozen matrices in fp32 where that fits as large a pass (faster: no widening before each GEMM),
-    /// else in bf16 where the checkpoint's values allow (<paramref name="weights"/> counts them); and its pass size.
+    /// else in bf16 where the checkpoint's values allow (<paramref name="weights"/> counts them) and that is smaller; and
+    /// its pass size.
     /// </summary>
     internal static (DistillationWeightCounts Weights, int PackRows) ChooseGpuLayout(LlamaConfig config, DistillationWeightCounts weights, int longest,
         float hiddenLossWeight, long free)
@@ -206,8 +203,15 @@ public static class Distiller
         int packFp32 = ChoosePackRows(config, allFp32, longest, hiddenLossWeight, free);
         int packBf16 = ChoosePackRows(config, weights, longest, hiddenLossWeight, free);
         bool fp32Fits = packFp32 >= packBf16 && CudaDistillationTrainer.MemoryNeeded(config, allFp32, longest, hiddenLossWeight, packFp32) <= free;
-        return fp32Fits || weights.FrozenBf16 == 0 ? (allFp32, packFp32) : (weights, packBf16);
+        // A checkpoint with few BF16 matrices: their saving may not pay for the fp32 scratch they are widened into.
+        bool bf16Smaller = weights.GpuBytes < allFp32.GpuBytes;
+        return fp32Fits || !bf16Smaller ? (allFp32, packFp32) : (weights, packBf16);
     }
+
+    /// <summary>
+    /// The GPU trainer's pass size: <see cref="PackRows"/>, halved while the run would not fit <paramref name="free"/>
+    /// bytes, and never below the longest sequence (a pass that long costs nothing a single sequence does not).
+    /// </summary>
 
     internal static int ChoosePackRows(LlamaConfig config, DistillationWeightCounts weights, int longest, float hiddenLossWeight, long free)
     {
@@ -251,10 +255,12 @@ public static class Distiller
     {
         var needed = TeacherAndStudentSpecs(config);
         // The GPU trainer holds a frozen layer matrix in bf16 when its values are exact bf16 values, as a BF16 tensor's
-        // are (an F32 one's may be too; counting it fp32 only overstates the memory).
-        var bf16 = checkpoint is null ? [] : needed.Where(s => IsFrozenLayerMatrix(s) && checkpoint.TryGet(s.Name, out var info, out _) && info.Dtype == TensorDtype.BF16).ToList();
+        // are. An F32 one's may be too: counting it fp32 overstates the weights, and the scratch they widen into is
+        // counted as large as the widest frozen matrix of any dtype, so the estimate stays an upper bound.
+        var frozen = needed.Where(IsFrozenLayerMatrix).ToList();
+        var bf16 = checkpoint is null ? [] : frozen.Where(s => checkpoint.TryGet(s.Name, out var info, out _) && info.Dtype == TensorDtype.BF16).ToList();
         return new DistillationWeightCounts(needed.Sum(s => s.ElementCount), needed.Where(IsTrainable).Sum(s => s.ElementCount),
-            bf16.Sum(s => s.ElementCount), bf16.Count == 0 ? 0 : bf16.Max(s => s.ElementCount));
+            bf16.Sum(s => s.ElementCount), bf16.Count == 0 ? 0 : frozen.Max(s => s.ElementCount));
     }
 
     static bool IsTrainable(TensorSpec s) => s.Name.Contains("swiftkv", StringComparison.Ordinal);

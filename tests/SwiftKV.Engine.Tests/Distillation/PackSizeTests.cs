@@ -76,5 +76,9 @@ public sealed class PackSizeTests
         Assert.Equal((fp32, 8192), Distiller.ChooseGpuLayout(Config, bf16, 2048, 0f, NeededFor(fp32, 8192)));
         // An fp32 checkpoint has no bf16 choice: fp32, whatever fits.
         Assert.Equal((fp32, 2048), Distiller.ChooseGpuLayout(Config, fp32, 2048, 0f, NeededFor(fp32, 2048)));
+        // A few BF16 matrices save less than their fp32 scratch costs: fp32 even where it fits only a smaller pass.
+        var few = bf16 with { FrozenBf16 = bf16.WidestBf16 };
+        Assert.True(few.GpuBytes > fp32.GpuBytes);
+        Assert.Equal((fp32, 2048), Distiller.ChooseGpuLayout(Config, few, 2048, 0f, NeededFor(fp32, 2048)));
     }
 }
