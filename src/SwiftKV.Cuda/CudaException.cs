@@ -14,4 +14,9 @@ public sealed class CudaException : Exception
     public int Status { get; init; }
     /// <summary>The call ran out of memory (the driver's CUDA_ERROR_OUT_OF_MEMORY, cuBLAS's ALLOC_FAILED, NVRTC's OUT_OF_MEMORY).</summary>
     public bool IsOutOfMemory { get; init; }
+    /// <summary>
+    /// The error leaves the CUDA context unusable (a kernel faulted: CUDA_ERROR_ILLEGAL_ADDRESS and the like): every later
+    /// GPU call in the process fails, so a server should restart rather than keep serving.
+    /// </summary>
+    public bool IsContextLost { get; init; }
 }

@@ -80,14 +80,14 @@ public sealed unsafe class CudaGraph : IDisposable
     {
         CudaRuntime.Bind();
         nint handle = stream.Handle;
-        stream.EnterCaptureGate();
+        bool entered = stream.EnterCaptureGate();
         try
         {
             CuDriver.Check(CuDriver.cuStreamBeginCapture(handle, CuDriver.CaptureModeRelaxed), "cuStreamBeginCapture_v2");
         }
         catch
         {
-            stream.ExitCaptureGate();
+            if (entered) stream.ExitCaptureGate();
             throw;
         }
     }

@@ -32,6 +32,7 @@ public sealed unsafe class CudaModule : IDisposable
 
     public CudaKernel GetKernel(string entry)
     {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
         CudaRuntime.Bind();
         CuDriver.Check(CuDriver.cuModuleGetFunction(out nint f, _handle.DangerousGetHandle(), entry), $"cuModuleGetFunction({Name}:{entry})");
         return new CudaKernel(this, f, entry);

@@ -44,11 +44,16 @@ public static class CudaRuntime
             // either, and Auto must fall back to the CPU rather than throw.
             catch (Exception e) when (e is CudaException or DllNotFoundException or EntryPointNotFoundException or IOException or UnauthorizedAccessException)
             {
-                _failure = reason = e.Message;
+                reason = e.Message;
+                // A GPU busy in exclusive-process mode, or out of memory for the context, may be free on the next try:
+                // only lasting causes (a missing library, no device, an old driver) are remembered for the process.
+                if (e is not CudaException { Status: CuDriver.ErrorOutOfMemory or ErrorDeviceUnavailable }) _failure = reason;
                 return false;
             }
         }
     }
+
+    const int ErrorDeviceUnavailable = 46;   // CUDA_ERROR_DEVICE_UNAVAILABLE: exclusive-process mode, another process holds it
 
     /// <summary>The device, initialising CUDA if needed; throws <see cref="CudaException"/> with the reason when it cannot.</summary>
     public static CudaDeviceInfo Device
@@ -77,12 +82,26 @@ public static class CudaRuntime
         CuDriver.Check(CuDriver.cuDeviceTotalMem(out nuint total, dev), "cuDeviceTotalMem_v2");
         CuDriver.Check(CuDriver.cuDriverGetVersion(out int driver), "cuDriverGetVersion");
         NvrtcNative.Check(NvrtcNative.nvrtcVersion(out int nvMajor, out int nvMinor), "nvrtcVersion");
+        CheckDriverSupports(driver, nvMajor, nvMinor);
         // NOTE: the primary context is retained for the life of the process and never released: cuBLAS handles
         // and buffers may outlive any one backend, and releasing it would invalidate them.
         CuDriver.Check(CuDriver.cuDevicePrimaryCtxRetain(out _context, dev), "cuDevicePrimaryCtxRetain");
         CuDriver.Check(CuDriver.cuCtxSetCurrent(_context), "cuCtxSetCurrent");
         _bound = true;
         return new CudaDeviceInfo(dev, Marshal.PtrToStringUTF8((nint)name) ?? "GPU", major, minor, sms, (long)total, driver, $"{nvMajor}.{nvMinor}");
+    }
+
+    /// <summary>
+    /// A driver older than the toolkit libraries' major version cannot load what they make (NVRTC's code, cuBLAS's
+    /// kernels): said here, at start, with what to do, instead of as an obscure status from the first GEMM or module
+    /// load. Within a major version CUDA's minor-version compatibility lets an older driver run newer libraries.
+    /// </summary>
+    internal static void CheckDriverSupports(int driverVersion, int nvrtcMajor, int nvrtcMinor)
+    {
+        int driverMajor = driverVersion / 1000;
+        if (driverMajor >= nvrtcMajor) return;
+        throw new CudaException($"the NVIDIA driver supports CUDA up to {driverMajor}.{driverVersion % 1000 / 10}, older than the CUDA {nvrtcMajor}.{nvrtcMinor} " +
+            $"libraries found (NVRTC, cuBLAS): update the NVIDIA driver to one for CUDA {nvrtcMajor}, or point CUDA_HOME at a CUDA {driverMajor}.x toolkit.");
     }
 
     /// <summary>Makes the device's context current on the calling thread (cheap after the first call per thread).</summary>

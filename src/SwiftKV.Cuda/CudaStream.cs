@@ -39,13 +39,17 @@ public sealed unsafe class CudaStream : IDisposable
 
     int _captureThread;   // managed thread id whose capture on this stream holds CaptureGate; 0: none
 
-    /// <summary>Takes <see cref="CaptureGate"/> for a capture on this stream (once, however often a capture restarts).</summary>
-    internal void EnterCaptureGate()
+    /// <summary>
+    /// Takes <see cref="CaptureGate"/> for a capture on this stream (once, however often a capture restarts); false when
+    /// the stream already held it, so a failed second begin must not give back the gate the open capture holds.
+    /// </summary>
+    internal bool EnterCaptureGate()
     {
-        if (Volatile.Read(ref _captureThread) != 0) return;
+        if (Volatile.Read(ref _captureThread) != 0) return false;
         int me = Environment.CurrentManagedThreadId;
         CaptureGate.EnterCapture(me);
         Volatile.Write(ref _captureThread, me);
+        return true;
     }
 
     /// <summary>Gives the gate back (any thread, once).</summary>
@@ -166,6 +170,7 @@ public sealed class CudaEvent : IDisposable
     /// <summary>Milliseconds between two recorded events (waits for <paramref name="end"/>).</summary>
     public static float ElapsedMs(CudaEvent start, CudaEvent end)
     {
+        CudaRuntime.Bind();
         CuDriver.Check(CuDriver.cuEventSynchronize(end.Handle), "cuEventSynchronize");
         CuDriver.Check(CuDriver.cuEventElapsedTime(out float ms, start.Handle, end.Handle), "cuEventElapsedTime");
         return ms;

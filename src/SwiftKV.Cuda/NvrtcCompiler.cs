@@ -113,12 +113,12 @@ public static unsafe class NvrtcCompiler
 
     internal static void TryWriteCache(string file, byte[] cubin)
     {
+        // A unique temp name per write: two processes (or containers sharing a volume, often both pid 1) or two
+        // backends in one process never write the same temp file; the rename is atomic.
+        string tmp = file + "." + Guid.NewGuid().ToString("N") + ".tmp";
         try
         {
             Directory.CreateDirectory(Path.GetDirectoryName(file)!);
-            // A unique temp name per write: two processes (or containers sharing a volume, often both pid 1) or two
-            // backends in one process never write the same temp file; the rename is atomic.
-            string tmp = file + "." + Guid.NewGuid().ToString("N") + ".tmp";
             var entry = new byte[CacheHeader + cubin.Length];
             CacheMagic.CopyTo(entry);
             BitConverter.TryWriteBytes(entry.AsSpan(8), (long)cubin.Length);
@@ -133,7 +133,9 @@ public static unsafe class NvrtcCompiler
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            // A read-only home only costs a recompile next start.
+            // A read-only home only costs a recompile next start. A full disk must not also leave a partial temp file
+            // behind on every start.
+            try { File.Delete(tmp); } catch (Exception d) when (d is IOException or UnauthorizedAccessException) { }
         }
     }
 

@@ -23,6 +23,36 @@ public sealed class CudaRuntimeTests
         }
     }
 
+    /// <summary>
+    /// A driver of an older major version than the libraries is named at start with what to do (no GPU needed: the check
+    /// is arithmetic on the two versions), where it used to surface as an obscure status from the first GEMM.
+    /// </summary>
+    [Theory]
+    [InlineData(13000, 13, 0, true)]
+    [InlineData(13010, 13, 0, true)]    // a newer driver runs older libraries
+    [InlineData(12080, 13, 0, false)]
+    [InlineData(12040, 12, 8, true)]    // minor-version compatibility within a major
+    public void DriverVersion_AgainstTheLibraries(int driver, int nvrtcMajor, int nvrtcMinor, bool supported)
+    {
+        if (supported)
+        {
+            CudaRuntime.CheckDriverSupports(driver, nvrtcMajor, nvrtcMinor);
+            return;
+        }
+        var e = Assert.Throws<CudaException>(() => CudaRuntime.CheckDriverSupports(driver, nvrtcMajor, nvrtcMinor));
+        Assert.Equal("the NVIDIA driver supports CUDA up to 12.8, older than the CUDA 13.0 libraries found (NVRTC, cuBLAS): update the NVIDIA driver " +
+            "to one for CUDA 13, or point CUDA_HOME at a CUDA 12.x toolkit.", e.Message);
+    }
+
+    /// <summary>Errors after which the context is unusable are flagged (a server must restart), others are not.</summary>
+    [Theory]
+    [InlineData(700, true)]    // CUDA_ERROR_ILLEGAL_ADDRESS
+    [InlineData(702, true)]    // CUDA_ERROR_LAUNCH_TIMEOUT
+    [InlineData(719, true)]    // CUDA_ERROR_LAUNCH_FAILED
+    [InlineData(2, false)]     // CUDA_ERROR_OUT_OF_MEMORY
+    [InlineData(901, false)]   // CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+    public void StickyErrors_AreFlagged(int status, bool lost) => Assert.Equal(lost, Native.CuDriver.IsContextLost(status));
+
     [Fact]
     public void KernelLibrary_EmbedsEveryKernelFile()
     {

@@ -182,6 +182,35 @@ public sealed class DecodePathTests : GpuFixtureTest
         Gpu.Log($"{name}: {decode.Length + 1} graph-replayed decode steps equal direct launches");
     }
 
+    /// <summary>
+    /// A single-token capture that fails (another thread's cuBLAS set-up, a driver that cannot capture a launch) does not
+    /// fail the request: the step already ran, so its token stands, and later steps launch kernel by kernel.
+    /// </summary>
+    [Fact]
+    public void Decode_CaptureFails_TheRequestGetsItsTokens_LaterStepsRunDirect()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(SwiftKvLayers: 2, RopeScaling: true, Seed: 62);
+        using var gpu = new CudaBackend(TestModels.Build(spec, true));
+        using var direct = new CudaBackend(TestModels.Build(spec, true)) { UseGraphs = false };
+        var prompt = TestModels.RandomTokens(7, spec.Vocab, spec.Seed);
+        using var a = gpu.CreateCache(32);
+        using var b = direct.CreateCache(32);
+        gpu.Forward(a, prompt, LogitsSelection.LastToken);
+        direct.Forward(b, prompt, LogitsSelection.LastToken);
+        gpu.FailNextDecodeCaptureForTests = true;
+        int ta = prompt[^1], tb = prompt[^1];
+        for (int i = 0; i < 5; i++)
+        {
+            ta = gpu.NextToken(a, [ta], new GpuSampling());
+            tb = direct.NextToken(b, [tb], new GpuSampling());
+            Assert.Equal(tb, ta);
+        }
+        Assert.Contains("injected by a test", gpu.DecodeGraphFailure);
+        Assert.Equal(prompt.Length + 5, a.Length);
+        Gpu.Log($"after a failed capture: 5 tokens equal the direct backend's; {gpu.DecodeGraphFailure}");
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]

@@ -79,8 +79,20 @@ internal static unsafe partial class CuDriver
     public static void Check(int status, string call)
     {
         if (status == 0) return;
-        throw new CudaException($"{call} failed: {Describe(status)}") { Call = call, Status = status, IsOutOfMemory = status == ErrorOutOfMemory };
+        bool lost = IsContextLost(status);
+        throw new CudaException($"{call} failed: {Describe(status)}" + (lost ? ContextLostAdvice : ""))
+        {
+            Call = call, Status = status, IsOutOfMemory = status == ErrorOutOfMemory, IsContextLost = lost,
+        };
     }
+
+    internal const string ContextLostAdvice = "; after this error the CUDA context is unusable and every later GPU call in this process fails: restart the process.";
+
+    /// <summary>
+    /// "Sticky" errors: a kernel faulted (illegal address or instruction, misaligned access, a trap, a timeout), after
+    /// which the driver refuses every call in the context, so no request can run until the process restarts.
+    /// </summary>
+    internal static bool IsContextLost(int status) => status is 700 or 702 or (>= 714 and <= 719);
 
     public static string Describe(int status)
     {

@@ -193,6 +193,15 @@ public sealed partial class CudaBackend : IModelBackend
     /// CUDA graphs (default). Off: every kernel is launched one by one (the batched steps still run padded).
     /// </summary>
     public bool UseGraphs { get; set; } = true;
+
+    /// <summary>
+    /// Why single-token steps stopped being captured (a capture failed; the step had already run directly, so the
+    /// request got its token, and later steps launch kernel by kernel), or null.
+    /// </summary>
+    public string? DecodeGraphFailure { get; private set; }
+
+    /// <summary>Tests: the next single-token capture fails as a driver error would.</summary>
+    internal bool FailNextDecodeCaptureForTests { get; set; }
     /// <summary>
     /// Decode-sized steps (1-2 rows; 1-4 for [gate; up]) run their projections through the GEMV kernel (default).
     /// Off: cuBLAS for every step (benchmarks compare the two). Changing it recaptures decode graphs.
@@ -492,7 +501,7 @@ public sealed partial class CudaBackend : IModelBackend
     unsafe int RunStep(CudaSequenceCache c, ReadOnlySpan<int> tokens, LogitsSelection selection, bool argmaxInGraph = false)
     {
         int rows = tokens.Length, start = c.Length;
-        if (rows == 1 && UseGraphs)
+        if (rows == 1 && UseGraphs && DecodeGraphFailure is null)
         {
             ReplayDecode(c, tokens[0], start);
             c.Length = start + 1;
@@ -761,7 +770,17 @@ public sealed partial class CudaBackend : IModelBackend
             Encode(c, 1, pos, LogitsSelection.LastToken, ids, positionBase);
             _argmax.Launch(_stream, _ws.Logits.Span, 1, Config.VocabSize, _picked.Span);
             _stream.Synchronize();
-            g = c.DecodeGraph = CaptureDecode(c, pos, ids, positionBase);
+            try
+            {
+                g = c.DecodeGraph = CaptureDecode(c, pos, ids, positionBase);
+            }
+            catch (CudaException e)
+            {
+                // The step already ran above (logits and argmax are in place): a capture that fails costs the request
+                // nothing, and this backend's later single-token steps launch kernel by kernel, as the batched path does.
+                DecodeGraphFailure = $"capturing a single-sequence decode step failed: {e.Message}";
+                return;
+            }
         }
         for (int k = 0; k < g.Segments.Count; k++)
         {
@@ -781,6 +800,11 @@ public sealed partial class CudaBackend : IModelBackend
         try
         {
             CudaGraph.BeginCapture(_stream);
+            if (FailNextDecodeCaptureForTests)
+            {
+                FailNextDecodeCaptureForTests = false;
+                throw new CudaException("cuStreamEndCapture failed: CUDA_ERROR_STREAM_CAPTURE_INVALIDATED (901): injected by a test");
+            }
             Encode(c, 1, pos, LogitsSelection.LastToken, ids, positionBase);
             _argmax.Launch(_stream, _ws.Logits.Span, 1, Config.VocabSize, _picked.Span);
             g.Segments.Add(CudaGraph.EndCapture(_stream));

@@ -24,7 +24,18 @@ public sealed class CudaPagedKvCache : IPagedKvCache
         BlockSize = blockSize;
         NumCaches = numCaches;
         Dtype = dtype;
-        long perCache = (long)numBlocks * blockSize * kvHeads * headDim, scales = (long)numBlocks * blockSize * kvHeads;
+        long perCache, scales;
+        try
+        {
+            perCache = checked((long)numBlocks * blockSize * kvHeads * headDim);
+            scales = checked((long)numBlocks * blockSize * kvHeads);
+            _ = checked(2 * numCaches * perCache * (dtype == KvCacheDtype.Fp8E4M3 ? 1 : 2));
+        }
+        catch (OverflowException)
+        {
+            // A wrapped size would allocate a tiny pool that kernels then write far past.
+            throw new ArgumentException($"a KV pool of {numBlocks} blocks x {blockSize} positions x {kvHeads} KV heads x {headDim} is too large to address: lower NumKvBlocks or BlockSize.");
+        }
         var buffers = new List<IDisposable>();
         T Own<T>(T b) where T : IDisposable { buffers.Add(b); return b; }
         _caches = new AttentionPagedCache[numCaches];

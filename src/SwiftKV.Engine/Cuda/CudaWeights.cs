@@ -78,6 +78,9 @@ internal sealed class CudaWeights : IDisposable
         }
         catch
         {
+            // Uploads and dequantizing kernels may still be queued into these buffers: let them finish before the
+            // memory goes back (cuMemFree's own synchronisation is not a documented promise).
+            try { stream.Synchronize(); } catch (CudaException) { }
             Dispose();
             throw;
         }

@@ -129,7 +129,9 @@ public sealed class ServingEngine : IDisposable
             throw new ArgumentException(options.KvCacheBytes is null
                 ? $"backend '{backend.Name}' has {kvBytes} bytes left for the KV cache once its weights and step workspace are allocated, less than one KV block ({bytesPerBlock} bytes): free GPU memory (other models or processes), lower MaxBatchTokens, or set KvCacheBytes."
                 : $"KvCacheBytes {options.KvCacheBytes} is less than one KV block ({bytesPerBlock} bytes); raise KvCacheBytes (or lower the block size: ServingOptions.BlockSize, the chat client's KvBlockSize).", nameof(options));
-        long poolBytes = numBlocks * bytesPerBlock;
+        // NumKvBlocks and BlockSize are the caller's: their product must not wrap (the pool would be tiny and overrun).
+        long poolBytes = numBlocks <= long.MaxValue / bytesPerBlock ? numBlocks * bytesPerBlock
+            : throw new ArgumentException($"a KV pool of {numBlocks} blocks of {bytesPerBlock} bytes is too large to address: lower NumKvBlocks or BlockSize.", nameof(options));
         // With ReserveOutputBlocks every admitted request's growth is already held back: no extra slack by default.
         int reserve = options.AdmissionReserveBlocks ?? (options.ReserveOutputBlocks ? 0 : (int)Math.Max(1, numBlocks / 100));
         if (reserve >= numBlocks)

@@ -80,6 +80,15 @@ public class ServingEngineTests
         Assert.True(m.PrefixCacheHitTokens > 0, "the shared 12-token prefix should hit after its first computation");
     }
 
+    /// <summary>A pool whose byte size would wrap a long is refused, not allocated tiny and then overrun by the kernels.</summary>
+    [Fact]
+    public void Pool_TooLargeToAddress_IsRefused()
+    {
+        using var backend = Backend("swiftkv on acrosskv g=2");
+        var e = Assert.Throws<ArgumentException>(() => new ServingEngine(backend, new ServingOptions { BlockSize = 1 << 24, NumKvBlocks = 1 << 30, MaxBatchTokens = 16 }));
+        Assert.Contains("too large to address", e.Message);
+    }
+
     [Fact]
     public async Task Submit_PoolTooSmall_PreemptsAndRecomputes_OutputsUnchanged()
     {
