@@ -14,6 +14,7 @@ internal sealed class CliArgs
     public CliArgs(IEnumerable<string> args)
     {
         var list = args.ToList();
+        Raw = list;
         for (int i = 0; i < list.Count; i++)
         {
             string a = list[i];
@@ -28,6 +29,9 @@ internal sealed class CliArgs
             if (!_options.TryAdd(name, value)) throw new UsageException($"option --{name} given twice");
         }
     }
+
+    /// <summary>The arguments as given (a command that starts copies of itself passes them on).</summary>
+    public IReadOnlyList<string> Raw { get; }
 
     public bool Flag(string name)
     {

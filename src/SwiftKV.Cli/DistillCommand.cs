@@ -10,7 +10,7 @@ internal static class DistillCommand
     public const string Usage =
         "--model DIR (a SwiftKV checkpoint: swiftkv transform makes one) --data FILE.jsonl --out DIR [--eval FILE.jsonl]\n" +
         "              [--epochs 1 --batch-size 8 --lr 2e-4 --warmup 0.05 --temperature 2 --hidden-loss 0 --max-seq 8192 --seed 0] [--force]\n" +
-        "              [--backend auto|cpu|cuda] [--gemm tf32|fp32]\n" +
+        "              [--backend auto|cpu|cuda] [--gemm tf32|fp32] [--gpus N: data parallel over N GPUs, one process each, NCCL]\n" +
         "              --hidden-loss W adds W x the mean squared difference of the states entering the last layer\n" +
         "              data: one JSON object per line, {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} (the loss covers\n" +
         "              assistant replies) or {\"text\": ...} (every token)\n" +
@@ -53,6 +53,15 @@ internal static class DistillCommand
         };
         if (gemm is not null && options.Backend == SwiftKV.Engine.BackendKind.Cpu)
             throw new UsageException("--gemm sets the GPU trainer's GEMMs; --backend cpu always computes in exact fp32");
+        int gpus = a.Int("gpus") ?? 1;
+        if (gpus < 1) throw new UsageException($"--gpus must be >= 1 (got {gpus})");
+        if (gpus > 1 && options.Backend == SwiftKV.Engine.BackendKind.Cpu)
+            throw new UsageException("--gpus trains on several GPUs; it cannot go with --backend cpu");
+        // A rank's own options, set by the launcher below (not for typing by hand).
+        int? rank = a.Int("rank"), world = a.Int("world");
+        string? rendezvous = a.String("rendezvous");
+        if (rank is not null)
+            options = options with { Rank = rank.Value, World = world ?? throw new UsageException("--rank goes with --world"), Rendezvous = rendezvous };
         bool force = a.Flag("force");
         a.RejectUnknown();
         try { options.Validate(); }
@@ -65,12 +74,18 @@ internal static class DistillCommand
         CliArgs.CheckModelDirectory(model);
         if (ModelCommands.SameDirectory(model, outDir))
             throw new UsageException("--out must be another directory than --model: writing the result removes the old weights first.");
-        ModelCommands.RefuseExistingCheckpoint(outDir, force);
+        if (rank is null or 0) ModelCommands.RefuseExistingCheckpoint(outDir, force);
 
         // Ctrl-C (or SIGTERM) stops training at the next sequence, or the write before its files move into place;
         // nothing is written then.
         bool existed = Directory.Exists(outDir);
         using var interrupt = new Interrupt();
+        if (gpus > 1 && rank is null)
+        {
+            int code = DataParallelLauncher.Run(gpus, a.Raw, interrupt.Token);
+            if (code == 130) Interrupt.RemoveIfLeftEmpty(outDir, existed);
+            return code;
+        }
         DistillationReport report;
         try
         {
@@ -81,6 +96,7 @@ internal static class DistillCommand
             Interrupt.RemoveIfLeftEmpty(outDir, existed);
             return Interrupt.Report("distill", outDir);
         }
+        if (options.Rank != 0) return 0;   // rank 0 wrote, and says so
         Console.WriteLine($"wrote {outDir}: {Count(report.Steps, "step")} over {Count(report.Sequences, "sequence")} ({report.Tokens:N0} tokens) in {report.Elapsed.TotalSeconds:F1} s; " +
             $"on {report.ScoredOn}: loss {report.Before.Loss:F4} -> {report.After.Loss:F4}, top-1 agreement {report.Before.Top1Agreement:P1} -> {report.After.Top1Agreement:P1}");
         return 0;

@@ -23,6 +23,10 @@ public static class CudaRuntime
     static string? _failure;
     static nint _context;
     [ThreadStatic] static bool _bound;
+    static int _deviceCount;
+
+    /// <summary>GPUs the driver shows this process (CUDA_VISIBLE_DEVICES applies); the process uses the first.</summary>
+    public static int DeviceCount => Device is not null ? _deviceCount : 0;
 
     /// <summary>
     /// True when the driver, a GPU, NVRTC and cuBLAS are all usable; otherwise false with a reason that says
@@ -73,6 +77,7 @@ public static class CudaRuntime
         CuDriver.Check(CuDriver.cuInit(0), "cuInit");
         CuDriver.Check(CuDriver.cuDeviceGetCount(out int count), "cuDeviceGetCount");
         if (count < 1) throw new CudaException("cuDeviceGetCount: the driver sees no CUDA device.");
+        _deviceCount = count;
         CuDriver.Check(CuDriver.cuDeviceGet(out int dev, 0), "cuDeviceGet");
         byte* name = stackalloc byte[256];
         CuDriver.Check(CuDriver.cuDeviceGetName(name, 256, dev), "cuDeviceGetName");

@@ -96,6 +96,8 @@ public sealed class CliTests : IDisposable
     [InlineData("bench", "--batched-step-tokens", ",")]
     [InlineData("serve-bench", "--paged-attention-ws", "2cta")]
     [InlineData("serve-bench", "--json", "8", "--json-schema", "/no/such/schema.json")]
+    [InlineData("distill", "--model", "/no/such/model", "--data", "d.jsonl", "--out", "o", "--gpus", "0")]
+    [InlineData("distill", "--model", "/no/such/model", "--data", "d.jsonl", "--out", "o", "--gpus", "2", "--backend", "cpu")]
     public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
     {
         var r = Run(args);
@@ -127,6 +129,16 @@ public sealed class CliTests : IDisposable
         Assert.Equal(2, r.Code);
         Assert.Contains(named, r.Err);
         Assert.DoesNotContain("needs a CUDA GPU", r.Err);
+    }
+
+    /// <summary>`distill --gpus N` runs rank r on CUDA_VISIBLE_DEVICES's r-th entry, or on GPU r when it is unset.</summary>
+    [Fact]
+    public void DataParallel_RanksTakeTheVisibleGpusInOrder()
+    {
+        Assert.Equal(["0", "1"], DataParallelLauncher.Devices(2, null));
+        Assert.Equal(["3", "5"], DataParallelLauncher.Devices(2, "3, 5,7"));
+        var e = Assert.Throws<UsageException>(() => DataParallelLauncher.Devices(3, "0,1"));
+        Assert.Equal("--gpus 3: CUDA_VISIBLE_DEVICES=0,1 lists 2 GPUs", e.Message);
     }
 
     /// <summary>Typos named as typos: an option meant as --chat, and a command.</summary>
@@ -714,6 +726,37 @@ public sealed class CliTests : IDisposable
         var still = Run("distill", "--model", bf16, "--data", data, "--out", Path.Combine(_root, "x6"), "--lr", "1e-12", "--batch-size", "8");
         Assert.True(still.Code == 0, still.Err);
         Assert.Contains("unchanged once rounded to BF16", still.Out);
+    }
+
+    /// <summary>
+    /// `distill --gpus 2` on a machine without CUDA, as a user runs it (its own process, which starts one process per
+    /// rank): each rank says it needs CUDA, the launcher names the rank that failed and stops the other, nothing is
+    /// written, exit 2. On a machine with CUDA this would train instead (DataParallelDistillTests covers that).
+    /// </summary>
+    [Fact]
+    public async Task Distill_TwoGpusWithoutCuda_EachRankSaysWhy_NothingWritten()
+    {
+        Assert.SkipWhen(SwiftKV.Cuda.CudaRuntime.TryInitialize(out _), "CUDA is usable here: the ranks would train");
+        var ct = TestContext.Current.CancellationToken;
+        string model = Path.Combine(_root, "dp-model"), data = Path.Combine(_root, "dp.jsonl"), outDir = Path.Combine(_root, "dp-out");
+        Assert.Equal(0, Run("make-model", "--out", Path.Combine(_root, "dp-base"), "--layers", "2").Code);
+        Assert.Equal(0, Run("transform", "--model", Path.Combine(_root, "dp-base"), "--out", model, "--swiftkv-layers", "1").Code);
+        File.WriteAllText(data, "{\"text\": \"one two three four\"}\n");
+        var start = new System.Diagnostics.ProcessStartInfo(SwiftKV.Samples.Tests.Interrupts.DotnetHost,
+            [Path.Combine(AppContext.BaseDirectory, "swiftkv.dll"), "distill", "--model", model, "--data", data, "--out", outDir, "--gpus", "2"])
+            { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var process = System.Diagnostics.Process.Start(start)!;
+        var stderr = process.StandardError.ReadToEndAsync(ct);
+        await process.StandardOutput.ReadToEndAsync(ct);
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(TimeSpan.FromSeconds(120));
+        await process.WaitForExitAsync(timeout.Token);
+        string errors = await stderr;
+        Assert.True(2 == process.ExitCode, $"exit {process.ExitCode}: {errors}");
+        Assert.Contains("rank 0 of 2: training on several GPUs needs CUDA, which is not usable", errors);
+        Assert.Matches(@"rank \d \(GPU \d\) exited with 2", errors);
+        Assert.DoesNotContain("   at ", errors);
+        Assert.False(Directory.Exists(outDir));
     }
 
     /// <summary>

@@ -12,6 +12,8 @@ internal static class CudaLibraries
     public const string Nvrtc = "nvrtc";
     public const string Cublas = "cublas";
     public const string CublasLt = "cublasLt";
+    /// <summary>NCCL, loaded only by multi-GPU work (libnccl.so.2, from the NVIDIA package libnccl2 or the CUDA toolkit's folders).</summary>
+    public const string Nccl = "nccl";
 
     static readonly object Gate = new();
     static readonly Dictionary<string, nint> Loaded = new();
@@ -30,7 +32,7 @@ internal static class CudaLibraries
     }
 
     static nint Resolve(string name, Assembly assembly, DllImportSearchPath? path) =>
-        name is Driver or Nvrtc or Cublas or CublasLt && TryLoad(name, out var h, out _) ? h : 0;
+        name is Driver or Nvrtc or Cublas or CublasLt or Nccl && TryLoad(name, out var h, out _) ? h : 0;
 
     /// <summary>The CUDA toolkit root: CUDA_HOME, CUDA_PATH or /usr/local/cuda, if it exists.</summary>
     public static string? ToolkitRoot()
@@ -60,6 +62,7 @@ internal static class CudaLibraries
             {
                 Driver => "libcuda.so.1 (the NVIDIA driver's CUDA library) was not found: install the NVIDIA driver and make sure a GPU is visible.",
                 Nvrtc => "NVRTC (libnvrtc.so.*) was not found: install the CUDA toolkit's NVRTC (e.g. apt package cuda-nvrtc-13-0) and set CUDA_HOME or LD_LIBRARY_PATH to it.",
+                Nccl => "NCCL (libnccl.so.2) was not found: install NVIDIA's NCCL (e.g. apt package libnccl2) and set LD_LIBRARY_PATH to it if it is not in the loader's path; it is needed only to train on several GPUs.",
                 CublasLt => "cuBLASLt (libcublasLt.so.*) was not found: install the CUDA toolkit's cuBLAS (e.g. apt package libcublas-13-0, which ships cuBLASLt) and set CUDA_HOME or LD_LIBRARY_PATH to it.",
                 _ => "cuBLAS (libcublas.so.*) was not found: install the CUDA toolkit's cuBLAS (e.g. apt package libcublas-13-0) and set CUDA_HOME or LD_LIBRARY_PATH to it.",
             };
@@ -73,8 +76,16 @@ internal static class CudaLibraries
     {
         if (OperatingSystem.IsWindows())
         {
+            if (name == Nccl) yield break;   // NCCL ships for Linux only
             if (name == Driver) yield return "nvcuda.dll";
             foreach (var f in ToolkitFiles(name switch { Nvrtc => "nvrtc64_*.dll", CublasLt => "cublasLt64_*.dll", _ => "cublas64_*.dll" }, "bin")) yield return f;
+            yield break;
+        }
+        if (name == Nccl)
+        {
+            foreach (var f in ToolkitFiles("libnccl.so*", "lib64", "targets/x86_64-linux/lib", "lib")) yield return f;
+            yield return "libnccl.so.2";
+            yield return "libnccl.so";
             yield break;
         }
         if (name == Driver)

@@ -149,7 +149,7 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
         }
         // TF32 tensor cores came with sm_80; below, cuBLAS runs the same call in plain fp32.
         bool hasTf32 = CudaRuntime.Device.ComputeMajor >= 8;
-        Device = $"{CudaRuntime.Device.Name}, fp32 with {(tf32 && hasTf32 ? "TF32" : "fp32")} GEMMs{(tf32 && !hasTf32 ? " (no TF32 before sm_80)" : "")}" +
+        _device = $"{CudaRuntime.Device.Name}, fp32 with {(tf32 && hasTf32 ? "TF32" : "fp32")} GEMMs{(tf32 && !hasTf32 ? " (no TF32 before sm_80)" : "")}" +
             (Bf16Values > 0 ? ", the frozen layer matrices held in bf16 (exact: the checkpoint's own values)" : "") +
             (packRows > 0 ? $", sequences packed up to {packRows} tokens a pass" : "");
     }
@@ -157,7 +157,9 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     /// <summary>Tokens one pass may hold (0: one sequence a pass).</summary>
     public int PackRows { get; }
 
-    public string Device { get; }
+    readonly string _device;
+
+    public string Device => _ranks is { } r ? $"{_device}; data parallel: {r.World} GPUs, one process each, gradients summed over NCCL" : _device;
     public long ParameterCount => _slots.Sum(s => (long)s.Host.Length);
 
     DeviceBuffer<float> Zeros(long n)
@@ -298,12 +300,44 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
         ArgumentNullException.ThrowIfNull(sequences);
         foreach (var s in sequences) Check(s);
         var total = default(DistillationScore);
-        foreach (var pack in Pack.Of(sequences, PackRows))
+        foreach (var pack in Pack.Of(Shard(sequences), PackRows))
         {
             cancellationToken.ThrowIfCancellationRequested();
             total += Run(pack, 0f);
         }
-        return total;
+        return SumOverRanks(total);
+    }
+
+    NcclCommunicator? _ranks;
+
+    /// <summary>
+    /// Makes this trainer one rank of a data-parallel run, one process per GPU: every rank is given the same batches,
+    /// trains on its share of each (every World-th sequence from its Rank), and the gradients and scores are summed over
+    /// the ranks before Adam, so every rank takes the same step as one GPU would over the whole batch. The trainer
+    /// disposes <paramref name="ranks"/> with itself.
+    /// </summary>
+    public void JoinDataParallel(NcclCommunicator ranks)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        _ranks = ranks ?? throw new ArgumentNullException(nameof(ranks));
+    }
+
+    /// <summary>This rank's share of <paramref name="sequences"/> (all of them without data parallelism).</summary>
+    internal static IReadOnlyList<DistillationSequence> ShareOf(IReadOnlyList<DistillationSequence> sequences, int rank, int world) =>
+        world == 1 ? sequences : sequences.Where((_, i) => i % world == rank).ToList();
+
+    IReadOnlyList<DistillationSequence> Shard(IReadOnlyList<DistillationSequence> sequences) =>
+        _ranks is { } r ? ShareOf(sequences, r.Rank, r.World) : sequences;
+
+    DistillationScore SumOverRanks(DistillationScore mine)
+    {
+        if (_ranks is not { } r) return mine;
+        var sums = _ws.Double("rank.score", 3);
+        _stream.Upload<double>([mine.LossSum, mine.Positions, mine.Top1Agreements], sums);
+        r.AllReduceSum(sums, _stream);
+        var all = new double[3];
+        _stream.Download(sums, all);
+        return new DistillationScore(all[0], checked((int)all[1]), checked((int)all[2]));
     }
 
     public DistillationScore TrainStep(IReadOnlyList<DistillationSequence> batch, double learningRate, CancellationToken cancellationToken = default)
@@ -316,10 +350,17 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
         long positions = batch.Sum(s => (long)s.LossPositions);
         var total = default(DistillationScore);
         if (positions == 0) return total;
-        foreach (var pack in Pack.Of(batch, PackRows))
+        // Every rank scales by the whole batch's positions, so the sum over ranks is the batch's mean gradient.
+        foreach (var pack in Pack.Of(Shard(batch), PackRows))
         {
             cancellationToken.ThrowIfCancellationRequested();
             total += Run(pack, 1f / positions);
+        }
+        if (_ranks is { } ranks)
+        {
+            using (NcclCommunicator.Group())
+                foreach (var slot in _slots) ranks.AllReduceSum(slot.Grad.Span, _stream);
+            total = SumOverRanks(total);
         }
         var flags = _ws.Int("nonfinite", _slots.Count);
         _stream.FillAsync(flags, 0);
@@ -770,6 +811,7 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
         _widened?.Dispose();
         _cos?.Dispose();
         _sin?.Dispose();
+        _ranks?.Dispose();
         _library?.Dispose();
         _blas?.Dispose();
         _stream?.Dispose();

@@ -30,6 +30,16 @@ public sealed record DistillationOptions
     /// default) rather than as exact fp32, which is several times slower. The CPU is always exact fp32.
     /// </summary>
     public bool Tf32 { get; init; } = true;
+    /// <summary>
+    /// Data parallelism: this process is rank <see cref="Rank"/> of <see cref="World"/>, one GPU each, all given the same
+    /// data and options (`swiftkv distill --gpus N` starts them). Each trains on its share of every batch and the ranks
+    /// sum their gradients over NCCL, so the result is one GPU's over the whole batch. Rank 0 logs and writes.
+    /// </summary>
+    public int World { get; init; } = 1;
+    /// <inheritdoc cref="World"/>
+    public int Rank { get; init; }
+    /// <summary>With <see cref="World"/> > 1: a directory every rank can read, where rank 0 leaves NCCL's unique id for the others.</summary>
+    public string? Rendezvous { get; init; }
 
     /// <summary>Throws an <see cref="ArgumentException"/> naming the first setting out of range.</summary>
     public void Validate()
@@ -45,6 +55,13 @@ public sealed record DistillationOptions
         Check(Temperature > 0 && float.IsFinite(Temperature), nameof(Temperature), Temperature, "a positive number");
         Check(HiddenLossWeight >= 0 && float.IsFinite(HiddenLossWeight), nameof(HiddenLossWeight), HiddenLossWeight, "a number >= 0");
         Check(MaxSequenceTokens >= 2, nameof(MaxSequenceTokens), MaxSequenceTokens, ">= 2");
+        Check(World >= 1, nameof(World), World, ">= 1");
+        Check(Rank >= 0 && Rank < World, nameof(Rank), Rank, $"in 0..{World - 1}");
+        if (World > 1)
+        {
+            if (Backend == BackendKind.Cpu) throw new ArgumentException("DistillationOptions.World > 1 trains on several GPUs: it cannot run on the CPU backend.");
+            if (string.IsNullOrEmpty(Rendezvous)) throw new ArgumentException("DistillationOptions.World > 1 needs a Rendezvous directory shared by the ranks.");
+        }
     }
 
     /// <summary>The learning rate of step <paramref name="step"/> (0-based) of <paramref name="totalSteps"/>.</summary>

@@ -28,6 +28,7 @@ public static class Distiller
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         CheckOutput(modelDirectory, outputDirectory);
+        if (options.Rank != 0) log = null;   // data parallel: rank 0 speaks (and writes) for all
         var sw = Stopwatch.StartNew();
         var config = LlamaConfig.Load(modelDirectory);
         if (!config.SwiftKv)
@@ -88,7 +89,7 @@ public static class Distiller
             log?.Invoke($"note: {unchanged} of {trained.Count} trained tensors are unchanged once rounded to {dtype} (their updates were smaller than its precision): train longer, or with a larger --lr.");
         if (!(after.Loss < before.Loss))
             log?.Invoke("note: the loss did not go down; the checkpoint is written anyway. Check --lr (too large overshoots, too small does nothing) and --temperature.");
-        Save(modelDirectory, outputDirectory, config, checkpoint, parameters, dtype, cancellationToken);
+        if (options.Rank == 0) Save(modelDirectory, outputDirectory, config, checkpoint, parameters, dtype, cancellationToken);
         return new DistillationReport(before, after, totalSteps, train.Sequences.Count, train.Tokens,
             sw.Elapsed, scoredOn);
     }
@@ -140,6 +141,7 @@ public static class Distiller
         int longest, Action<string>? log)
     {
         var weights = ValueCounts(config, checkpoint);
+        if (options.World > 1) return OpenDataParallel(directory, config, checkpoint, options, longest, weights);
         string? cpuReason = null;
         if (options.Backend != BackendKind.Cpu)
         {
@@ -190,6 +192,38 @@ public static class Distiller
     /// GEMMs run near their rate and the weights stream once for many sequences.
     /// </summary>
     internal const int PackRows = 8192;
+
+    /// <summary>
+    /// One rank of a data-parallel run: CUDA is required (no CPU fallback: the other ranks are GPUs), the ranks join
+    /// before the weights load (so a rank that cannot start is known at once), and the run must fit this rank's GPU.
+    /// </summary>
+    static IDistillationTrainer OpenDataParallel(string directory, LlamaConfig config, SafetensorsCheckpoint checkpoint, DistillationOptions options,
+        int longest, DistillationWeightCounts weights)
+    {
+        string rank = $"rank {options.Rank} of {options.World}";
+        if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException($"{rank}: training on several GPUs needs CUDA, which is not usable: {why}");
+        var ranks = DataParallelRendezvous.Join(options.Rendezvous!, options.Rank, options.World, CancellationToken.None);
+        try
+        {
+            long free = CudaRuntime.MemoryInfo().Free;
+            (weights, int packRows) = ChooseGpuLayout(config, weights, longest, options.HiddenLossWeight, free);
+            long gpuBytes = CudaDistillationTrainer.MemoryNeeded(config, weights, longest, options.HiddenLossWeight, packRows);
+            if (gpuBytes > free)
+                throw new InsufficientMemoryException($"{rank}: distilling {directory} on sequences of up to {longest} tokens needs about {gpuBytes / 1e9:F1} GB of GPU memory, " +
+                    $"more than the {free / 1e9:F1} GB free on {CudaRuntime.Device.Name}: shorten the sequences (--max-seq) or use GPUs with more memory.");
+            RefuseHostMemory(directory, 4 * weights.Values, $"the fp32 weights ({4 * weights.Values / 1e9:F1} GB) are read on the host before they go to the GPU, in each rank's process");
+            var (teacher, student) = LoadTeacherAndStudent(directory, config, checkpoint);
+            var trainer = new CudaDistillationTrainer(teacher, student, options.Temperature, options.HiddenLossWeight, options.Tf32, packRows, weights.FrozenBf16 > 0);
+            trainer.JoinDataParallel(ranks);
+            return trainer;
+        }
+        catch
+        {
+            ranks.MarkFailed();
+            ranks.Dispose();
+            throw;
+        }
+    }
 
     /// <summary>
     /// The GPU trainer's frozen matrices in fp32 where that fits as large a pass (faster: no widening before each GEMM),
