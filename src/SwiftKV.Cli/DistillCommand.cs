@@ -97,7 +97,8 @@ internal static class DistillCommand
             return Interrupt.Report("distill", outDir);
         }
         if (options.Rank != 0) return 0;   // rank 0 wrote, and says so
-        Console.WriteLine($"wrote {outDir}: {Count(report.Steps, "step")} over {Count(report.Sequences, "sequence")} ({report.Tokens:N0} tokens) in {report.Elapsed.TotalSeconds:F1} s; " +
+        Console.WriteLine($"wrote {outDir}: {Count(report.Steps, "step")} over {Count(report.Sequences, "sequence")} ({report.Tokens:N0} tokens) in {report.Elapsed.TotalSeconds:F1} s " +
+            $"(training {report.Training.TotalSeconds:F1} s, {report.TrainedTokensPerSecond:N0} tokens/s); " +
             $"on {report.ScoredOn}: loss {report.Before.Loss:F4} -> {report.After.Loss:F4}, top-1 agreement {report.Before.Top1Agreement:P1} -> {report.After.Top1Agreement:P1}");
         return 0;
     }

@@ -59,6 +59,7 @@ public static class Distiller
         int batchesPerEpoch = (train.Sequences.Count + options.BatchSize - 1) / options.BatchSize;
         int totalSteps = batchesPerEpoch * options.Epochs, step = 0;
         var random = new Random(options.Seed);
+        var training = Stopwatch.StartNew();
         for (int epoch = 0; epoch < options.Epochs; epoch++)
         {
             var order = Enumerable.Range(0, train.Sequences.Count).ToArray();
@@ -72,6 +73,7 @@ public static class Distiller
             }
         }
 
+        training.Stop();
         // What is scored "after" is what is written: the trained tensors rounded to the checkpoint's dtype.
         var dtype = LlamaCheckpointLoader.StoredDtype(config, checkpoint);
         var parameters = trainer.ReadParameters();
@@ -91,7 +93,7 @@ public static class Distiller
             log?.Invoke("note: the loss did not go down; the checkpoint is written anyway. Check --lr (too large overshoots, too small does nothing) and --temperature.");
         if (options.Rank == 0) Save(modelDirectory, outputDirectory, config, checkpoint, parameters, dtype, cancellationToken);
         return new DistillationReport(before, after, totalSteps, train.Sequences.Count, train.Tokens,
-            sw.Elapsed, scoredOn);
+            sw.Elapsed, scoredOn) { Training = training.Elapsed, Epochs = options.Epochs };
     }
 
     static string Count(int n, string noun) => n == 1 ? $"1 {noun}" : $"{n} {noun}s";
