@@ -5,15 +5,57 @@
 // collective for a dead peer would wait forever).
 using System.Diagnostics;
 using System.Reflection;
+using System.Runtime.InteropServices;
 
 namespace SwiftKV.Cli;
 
-internal static class DataParallelLauncher
+internal static partial class DataParallelLauncher
 {
+    const int SigTerm = 15;
+
+    [LibraryImport("libc", SetLastError = true)] private static partial int kill(int pid, int signal);
+    [LibraryImport("libc", SetLastError = true)] private static partial int prctl(int option, nuint arg2);
+
+    /// <summary>
+    /// In a rank: ends this process when the launcher dies (killed with SIGKILL, it cannot stop the ranks itself), so no
+    /// rank is left holding a GPU. Linux only (prctl PR_SET_PDEATHSIG); the check after it covers a launcher already gone.
+    /// </summary>
+    public static void EndWithTheLauncher(int launcherPid)
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        const int PrSetPdeathsig = 1;
+        _ = prctl(PrSetPdeathsig, SigTerm);
+        try
+        {
+            using var launcher = Process.GetProcessById(launcherPid);
+        }
+        catch (ArgumentException)
+        {
+            Environment.Exit(130);   // the launcher is gone already
+        }
+    }
+
+    /// <summary>Asks a rank to stop as Ctrl-C does (SIGTERM: it stops at the next sequence and writes nothing), where it can.</summary>
+    static void AskToStop(Process p)
+    {
+        if (!p.HasExited && !OperatingSystem.IsWindows()) _ = kill(p.Id, SigTerm);
+    }
+
+    /// <summary>Asks the ranks still running to stop, then kills those that have not within <paramref name="grace"/> (one waiting in a collective for a dead peer never would).</summary>
+    static void Stop(IEnumerable<Process> ranks, TimeSpan grace)
+    {
+        var left = ranks.Where(p => !p.HasExited).ToList();
+        foreach (var p in left) AskToStop(p);
+        var deadline = DateTime.UtcNow + grace;
+        while (DateTime.UtcNow < deadline && left.Any(p => !p.HasExited)) Thread.Sleep(100);
+        foreach (var p in left.Where(p => !p.HasExited)) p.Kill(entireProcessTree: true);
+    }
     /// <summary>The GPUs the ranks run on: CUDA_VISIBLE_DEVICES's entries when it is set, else 0..N-1.</summary>
     internal static string[] Devices(int world, string? visible)
     {
-        if (string.IsNullOrWhiteSpace(visible)) return Enumerable.Range(0, world).Select(i => i.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+        if (visible is not null && visible.Trim().Length == 0)
+            throw new UsageException("--gpus: CUDA_VISIBLE_DEVICES is set but empty, which hides every GPU");
+        if (visible is null) return Enumerable.Range(0, world).Select(i => i.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray();
         var listed = visible.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         if (listed.Length < world)
             throw new UsageException($"--gpus {world}: CUDA_VISIBLE_DEVICES={visible} lists {listed.Length} GPU{(listed.Length == 1 ? "" : "s")}");
@@ -35,16 +77,15 @@ internal static class DataParallelLauncher
                 Pump(p.StandardError, Console.Error, r == 0 ? "" : $"[rank {r}] "))).ToArray();
             int code = 0;
             var alive = new List<Process>(ranks);
-            DateTime? stopBy = null;
+            bool stopping = false;
             while (alive.Count > 0)
             {
-                // Ctrl-C reaches the ranks too (one process group); a signal sent to this process alone is passed on by
-                // stopping them once they have had time to stop on their own.
-                if (cancellationToken.IsCancellationRequested)
+                // Ctrl-C reaches the ranks too (one process group); a signal sent to this process alone (SIGTERM from a
+                // scheduler, say) is passed on, and ranks that do not stop in time are killed.
+                if (cancellationToken.IsCancellationRequested && !stopping)
                 {
-                    stopBy ??= DateTime.UtcNow.AddSeconds(10);
-                    if (code == 0) code = 130;
-                    if (DateTime.UtcNow > stopBy) foreach (var p in alive.Where(p => !p.HasExited)) p.Kill(entireProcessTree: true);
+                    stopping = true;
+                    Stop(alive, TimeSpan.FromSeconds(10));
                 }
                 var exited = alive.FirstOrDefault(p => p.WaitForExit(0));
                 if (exited is null)
@@ -56,12 +97,13 @@ internal static class DataParallelLauncher
                 if (exited.ExitCode == 0 || code != 0) continue;
                 code = exited.ExitCode;
                 int r = ranks.IndexOf(exited);
-                if (alive.Count == 0) break;
+                if (alive.Count == 0 || stopping) continue;
                 Console.Error.WriteLine($"swiftkv distill: rank {r} (GPU {devices[r]}) exited with {exited.ExitCode}; stopping the other rank{(alive.Count == 1 ? "" : "s")}.");
-                // The others may wait in a collective for it forever: give them a moment to fail on their own, then stop them.
+                // The others may wait in a collective for it forever: a moment to fail on their own, then asked, then killed.
                 var deadline = DateTime.UtcNow.AddSeconds(5);
                 while (DateTime.UtcNow < deadline && alive.Any(p => !p.HasExited)) Thread.Sleep(100);
-                foreach (var p in alive.Where(p => !p.HasExited)) p.Kill(entireProcessTree: true);
+                stopping = true;
+                Stop(alive, TimeSpan.FromSeconds(5));
             }
             Task.WaitAll(pumps, TimeSpan.FromSeconds(5));
             return code;
@@ -88,6 +130,8 @@ internal static class DataParallelLauncher
         foreach (var a in args.Where((_, i) => !IsGpusOption(args, i))) info.ArgumentList.Add(a);
         foreach (var a in new[] { "--rank", rank.ToString(System.Globalization.CultureInfo.InvariantCulture), "--world", world.ToString(System.Globalization.CultureInfo.InvariantCulture), "--rendezvous", rendezvous })
             info.ArgumentList.Add(a);
+        info.ArgumentList.Add("--launcher-pid");
+        info.ArgumentList.Add(Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture));
         info.Environment["CUDA_VISIBLE_DEVICES"] = device;
         return Process.Start(info) ?? throw new InvalidOperationException($"rank {rank} did not start.");
     }
@@ -96,9 +140,14 @@ internal static class DataParallelLauncher
     static bool IsGpusOption(IReadOnlyList<string> args, int i) =>
         args[i] == "--gpus" || args[i].StartsWith("--gpus=", StringComparison.Ordinal) || (i > 0 && args[i - 1] == "--gpus");
 
+    /// <summary>Passes a rank's lines on; keeps draining when the console cannot be written (a full disk), since a rank whose pipe fills stops, and its peers with it.</summary>
     static async Task Pump(StreamReader from, TextWriter? to, string prefix)
     {
         while (await from.ReadLineAsync().ConfigureAwait(false) is { } line)
-            if (to is not null) await to.WriteLineAsync(prefix + line).ConfigureAwait(false);
+        {
+            if (to is null) continue;
+            try { await to.WriteLineAsync(prefix + line).ConfigureAwait(false); }
+            catch (IOException) { to = null; }
+        }
     }
 }

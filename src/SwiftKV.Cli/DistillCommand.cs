@@ -58,7 +58,7 @@ internal static class DistillCommand
         if (gpus > 1 && options.Backend == SwiftKV.Engine.BackendKind.Cpu)
             throw new UsageException("--gpus trains on several GPUs; it cannot go with --backend cpu");
         // A rank's own options, set by the launcher below (not for typing by hand).
-        int? rank = a.Int("rank"), world = a.Int("world");
+        int? rank = a.Int("rank"), world = a.Int("world"), launcherPid = a.Int("launcher-pid");
         string? rendezvous = a.String("rendezvous");
         if (rank is not null)
             options = options with { Rank = rank.Value, World = world ?? throw new UsageException("--rank goes with --world"), Rendezvous = rendezvous };
@@ -86,6 +86,7 @@ internal static class DistillCommand
             if (code == 130) Interrupt.RemoveIfLeftEmpty(outDir, existed);
             return code;
         }
+        if (launcherPid is { } pid) DataParallelLauncher.EndWithTheLauncher(pid);
         DistillationReport report;
         try
         {
@@ -93,6 +94,7 @@ internal static class DistillCommand
         }
         catch (OperationCanceledException e) when (interrupt.Caused(e))
         {
+            if (options.Rank != 0) return 130;   // rank 0 speaks for the run, and owns --out
             Interrupt.RemoveIfLeftEmpty(outDir, existed);
             return Interrupt.Report("distill", outDir);
         }

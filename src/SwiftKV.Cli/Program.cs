@@ -52,7 +52,7 @@ internal static class CliApp
             return command.Run(new CliArgs(args.Skip(1)));
         }
         catch (Exception e) when (e is UsageException or InvalidModelException or ArgumentException or IOException or UnauthorizedAccessException
-                                       or NotSupportedException or InvalidDataException or NotFiniteNumberException or SwiftKV.Engine.Sampling.NoFiniteLogitsException
+                                       or NotSupportedException or InvalidDataException or NotFiniteNumberException or TimeoutException or SwiftKV.Engine.Sampling.NoFiniteLogitsException
                                        or SwiftKV.Cuda.CudaException)
         {
             // IOException covers missing files and directories, and an --out path that is an existing file. A CudaException

@@ -5,15 +5,20 @@ using SwiftKV.Cuda.Native;
 
 namespace SwiftKV.Cuda;
 
-/// <summary>An owned ncclComm_t; destroyed on the thread that disposes it (aborted when a collective failed).</summary>
+/// <summary>
+/// An owned ncclComm_t. Released with ncclCommDestroy only after <see cref="NcclCommunicator.Finish"/>, when every rank
+/// has done its last collective: destroy is itself a collective (it waits for every rank to destroy too, so no rank frees
+/// buffers a peer may still read). Otherwise, a rank leaving on an error, with ncclCommAbort, which does not wait: with
+/// destroy it would wait forever for a peer spinning in an all-reduce for it.
+/// </summary>
 sealed class NcclHandle : SafeHandle
 {
     public NcclHandle() : base(0, true) { }
     public override bool IsInvalid => handle == 0;
-    public bool Failed { get; set; }
+    public bool Finished { get; set; }
     public void Set(nint h) => SetHandle(h);
     protected override bool ReleaseHandle() =>
-        CudaRuntime.TryBindForRelease() && (Failed ? NcclNative.ncclCommAbort(handle) : NcclNative.ncclCommDestroy(handle)) == 0;
+        CudaRuntime.TryBindForRelease() && (Finished ? NcclNative.ncclCommDestroy(handle) : NcclNative.ncclCommAbort(handle)) == 0;
 }
 
 /// <summary>This process's place among <see cref="World"/> ranks, one GPU each, and sums across them.</summary>
@@ -24,6 +29,7 @@ public sealed unsafe class NcclCommunicator : IDisposable
     /// <summary>A fresh unique id (made once, by rank 0, and given to every rank).</summary>
     public static byte[] NewUniqueId()
     {
+        if (!CudaLibraries.TryLoad(CudaLibraries.Nccl, out _, out var why)) throw new CudaException(why);
         CudaRuntime.Bind();
         NcclUniqueId id;
         NcclNative.Check(NcclNative.ncclGetUniqueId(&id), "ncclGetUniqueId");
@@ -69,15 +75,7 @@ public sealed unsafe class NcclCommunicator : IDisposable
     {
         if (count < 1) return;
         CudaRuntime.Bind();
-        try
-        {
-            NcclNative.Check(NcclNative.ncclAllReduce(address, address, (nuint)count, type, NcclNative.Sum, Handle, stream.Handle), "ncclAllReduce");
-        }
-        catch (CudaException)
-        {
-            _comm.Failed = true;   // the peers may be waiting in it: abort rather than destroy, which would wait for them
-            throw;
-        }
+        NcclNative.Check(NcclNative.ncclAllReduce(address, address, (nuint)count, type, NcclNative.Sum, Handle, stream.Handle), "ncclAllReduce");
     }
 
     /// <summary>Calls between Group() and its Dispose go to NCCL as one (many small sums in one launch).</summary>
@@ -92,8 +90,8 @@ public sealed unsafe class NcclCommunicator : IDisposable
         public void Dispose() => NcclNative.Check(NcclNative.ncclGroupEnd(), "ncclGroupEnd");
     }
 
-    /// <summary>Marks the communicator failed (a peer is gone): Dispose then aborts it instead of waiting for the peers.</summary>
-    public void MarkFailed() => _comm.Failed = true;
+    /// <summary>Every rank is past its last collective: Dispose may wait for the others (see <see cref="NcclHandle"/>).</summary>
+    public void Finish() => _comm.Finished = true;
 
     public void Dispose() => _comm.Dispose();
 }

@@ -96,8 +96,6 @@ public sealed class CliTests : IDisposable
     [InlineData("bench", "--batched-step-tokens", ",")]
     [InlineData("serve-bench", "--paged-attention-ws", "2cta")]
     [InlineData("serve-bench", "--json", "8", "--json-schema", "/no/such/schema.json")]
-    [InlineData("distill", "--model", "/no/such/model", "--data", "d.jsonl", "--out", "o", "--gpus", "0")]
-    [InlineData("distill", "--model", "/no/such/model", "--data", "d.jsonl", "--out", "o", "--gpus", "2", "--backend", "cpu")]
     public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
     {
         var r = Run(args);
@@ -131,10 +129,21 @@ public sealed class CliTests : IDisposable
         Assert.DoesNotContain("needs a CUDA GPU", r.Err);
     }
 
+    [Theory]
+    [InlineData("--gpus must be >= 1 (got 0)", "--gpus", "0")]
+    [InlineData("--gpus trains on several GPUs; it cannot go with --backend cpu", "--gpus", "2", "--backend", "cpu")]
+    public void Distill_GpusOption_IsChecked(string message, params string[] args)
+    {
+        var r = Run(["distill", "--model", "/no/such/model", "--data", "d.jsonl", "--out", "o", .. args]);
+        Assert.Equal(2, r.Code);
+        Assert.Contains(message, r.Err);
+    }
+
     /// <summary>`distill --gpus N` runs rank r on CUDA_VISIBLE_DEVICES's r-th entry, or on GPU r when it is unset.</summary>
     [Fact]
     public void DataParallel_RanksTakeTheVisibleGpusInOrder()
     {
+        Assert.Contains("empty", Assert.Throws<UsageException>(() => DataParallelLauncher.Devices(2, " ")).Message);
         Assert.Equal(["0", "1"], DataParallelLauncher.Devices(2, null));
         Assert.Equal(["3", "5"], DataParallelLauncher.Devices(2, "3, 5,7"));
         var e = Assert.Throws<UsageException>(() => DataParallelLauncher.Devices(3, "0,1"));

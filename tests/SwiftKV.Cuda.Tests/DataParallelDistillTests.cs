@@ -27,8 +27,14 @@ public sealed class DataParallelDistillTests : IDisposable
         return (p.ExitCode, stdout.Result, stderr.Result);
     }
 
-    [Fact]
-    public void TwoGpus_TrainAsOne()
+    /// <param name="sequences">24: whole batches of 6; 25: the last batch holds one sequence, so one rank's share is empty.</param>
+    /// <param name="unequal">Replies of 2 or 60 words: the ranks' shares score very different numbers of positions, so a
+    /// rank that scaled its gradient by its own share instead of the whole batch would step in another direction (Adam
+    /// hides a uniform scale, not that).</param>
+    [Theory]
+    [InlineData(24, false)]
+    [InlineData(25, true)]
+    public void TwoGpus_TrainAsOne(int sequences, bool unequal)
     {
         Gpu.Require();
         Assert.SkipUnless(CudaRuntime.DeviceCount >= 2, $"needs two GPUs ({CudaRuntime.DeviceCount} visible)");
@@ -39,8 +45,8 @@ public sealed class DataParallelDistillTests : IDisposable
         var r = new Random(3);
         string[] words = "revenue costs margin growth quarter churn pipeline forecast region product launch delay budget".Split(' ');
         string Words(int n) => string.Join(' ', Enumerable.Range(0, n).Select(_ => words[r.Next(words.Length)]));
-        File.WriteAllLines(data, Enumerable.Range(0, 24).Select(i =>
-            $"{{\"messages\": [{{\"role\": \"user\", \"content\": \"Summarize: {Words(10 + 5 * (i % 7))}\"}}, {{\"role\": \"assistant\", \"content\": \"{Words(20)}\"}}]}}"));
+        File.WriteAllLines(data, Enumerable.Range(0, sequences).Select(i =>
+            $"{{\"messages\": [{{\"role\": \"user\", \"content\": \"Summarize: {Words(10 + 5 * (i % 7))}\"}}, {{\"role\": \"assistant\", \"content\": \"{Words(unequal ? (i % 2 == 0 ? 2 : 60) : 20)}\"}}]}}"));
 
         string[] common = ["distill", "--model", skv, "--data", data, "--backend", "cuda", "--gemm", "fp32", "--batch-size", "6", "--epochs", "2", "--lr", "1e-3"];
         var one = Cli([.. common, "--out", Path.Combine(_root, "one")]);
@@ -73,7 +79,7 @@ public sealed class DataParallelDistillTests : IDisposable
             Assert.True(moved > 0, $"{name} did not train");
             double rel = Math.Sqrt(diff / moved);
             worst = Math.Max(worst, rel);
-            Assert.True(rel < 1e-2, $"{name}: two GPUs' update differs from one GPU's by {rel:E2} of its size");
+            Assert.True(rel < 1e-3, $"{name}: two GPUs' update differs from one GPU's by {rel:E2} of its size");
             compared++;
         }
         Assert.True(compared > 0);

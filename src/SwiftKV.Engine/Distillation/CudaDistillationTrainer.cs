@@ -322,6 +322,9 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
         _ranks = ranks ?? throw new ArgumentNullException(nameof(ranks));
     }
 
+    /// <summary>Every collective of the run is done (the last score): the ranks may now wait for each other to let go.</summary>
+    public void FinishDataParallel() => _ranks?.Finish();
+
     /// <summary>This rank's share of <paramref name="sequences"/> (all of them without data parallelism).</summary>
     internal static IReadOnlyList<DistillationSequence> ShareOf(IReadOnlyList<DistillationSequence> sequences, int rank, int world) =>
         world == 1 ? sequences : sequences.Where((_, i) => i % world == rank).ToList();

@@ -86,6 +86,7 @@ public static class Distiller
         }
         trainer.WriteParameters(parameters);
         var after = Score(trainer, eval, cancellationToken);
+        (trainer as CudaDistillationTrainer)?.FinishDataParallel();   // the ranks' last collective
         log?.Invoke($"after, on {scoredOn} with the weights as written ({dtype}): loss {after.Loss:F4}, top-1 agreement {after.Top1Agreement:P1}");
         if (unchanged > 0)
             log?.Invoke($"note: {unchanged} of {trained.Count} trained tensors are unchanged once rounded to {dtype} (their updates were smaller than its precision): train longer, or with a larger --lr.");
@@ -199,6 +200,8 @@ public static class Distiller
     /// One rank of a data-parallel run: CUDA is required (no CPU fallback: the other ranks are GPUs), the ranks join
     /// before the weights load (so a rank that cannot start is known at once), and the run must fit this rank's GPU.
     /// </summary>
+    const long NcclHeadroomBytes = 1L << 30;
+
     static IDistillationTrainer OpenDataParallel(string directory, LlamaConfig config, SafetensorsCheckpoint checkpoint, DistillationOptions options,
         int longest, DistillationWeightCounts weights)
     {
@@ -207,13 +210,16 @@ public static class Distiller
         var ranks = DataParallelRendezvous.Join(options.Rendezvous!, options.Rank, options.World, CancellationToken.None);
         try
         {
-            long free = CudaRuntime.MemoryInfo().Free;
+            // NCCL allocates its buffers at the first all-reduce (lazy connection): keep room for them.
+            long free = CudaRuntime.MemoryInfo().Free - NcclHeadroomBytes;
             (weights, int packRows) = ChooseGpuLayout(config, weights, longest, options.HiddenLossWeight, free);
             long gpuBytes = CudaDistillationTrainer.MemoryNeeded(config, weights, longest, options.HiddenLossWeight, packRows);
             if (gpuBytes > free)
                 throw new InsufficientMemoryException($"{rank}: distilling {directory} on sequences of up to {longest} tokens needs about {gpuBytes / 1e9:F1} GB of GPU memory, " +
                     $"more than the {free / 1e9:F1} GB free on {CudaRuntime.Device.Name}: shorten the sequences (--max-seq) or use GPUs with more memory.");
-            RefuseHostMemory(directory, 4 * weights.Values, $"the fp32 weights ({4 * weights.Values / 1e9:F1} GB) are read on the host before they go to the GPU, in each rank's process");
+            // The ranks run on one host and read their weights at once.
+            RefuseHostMemory(directory, options.World * 4 * weights.Values,
+                $"the fp32 weights ({4 * weights.Values / 1e9:F1} GB) are read on the host before they go to the GPU, by each of the {options.World} ranks at once");
             var (teacher, student) = LoadTeacherAndStudent(directory, config, checkpoint);
             var trainer = new CudaDistillationTrainer(teacher, student, options.Temperature, options.HiddenLossWeight, options.Tf32, packRows, weights.FrozenBf16 > 0);
             trainer.JoinDataParallel(ranks);
@@ -221,7 +227,6 @@ public static class Distiller
         }
         catch
         {
-            ranks.MarkFailed();
             ranks.Dispose();
             throw;
         }

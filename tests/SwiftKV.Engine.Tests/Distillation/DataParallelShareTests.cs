@@ -10,7 +10,7 @@ public sealed class DataParallelShareTests
     [Theory]
     [InlineData(8, 2)]
     [InlineData(7, 3)]
-    [InlineData(1, 2)]   // a rank with nothing to do still joins every sum
+    [InlineData(1, 2)]   // one rank's share is empty (it still joins every sum: DataParallelDistillTests runs that)
     public void Shares_CoverTheBatchOnce(int count, int world)
     {
         var batch = Enumerable.Range(0, count).Select(i => new DistillationSequence([i, i], [true, false])).ToList();
