@@ -184,7 +184,8 @@ public sealed class DecodePathTests : GpuFixtureTest
 
     /// <summary>
     /// A single-token capture that fails (another thread's cuBLAS set-up, a driver that cannot capture a launch) does not
-    /// fail the request: the step already ran, so its token stands, and later steps launch kernel by kernel.
+    /// fail the request: the step already ran, so its token stands; the next steps launch kernel by kernel, and after
+    /// DecodeGraphRetryAfter of them the capture is tried again (and here succeeds).
     /// </summary>
     [Fact]
     public void Decode_CaptureFails_TheRequestGetsItsTokens_LaterStepsRunDirect()
@@ -199,16 +200,21 @@ public sealed class DecodePathTests : GpuFixtureTest
         gpu.Forward(a, prompt, LogitsSelection.LastToken);
         direct.Forward(b, prompt, LogitsSelection.LastToken);
         gpu.FailNextDecodeCaptureForTests = true;
+        gpu.DecodeGraphRetryAfter = 3;
         int ta = prompt[^1], tb = prompt[^1];
-        for (int i = 0; i < 5; i++)
+        string? failure = null;
+        for (int i = 0; i < 8; i++)
         {
             ta = gpu.NextToken(a, [ta], new GpuSampling());
             tb = direct.NextToken(b, [tb], new GpuSampling());
             Assert.Equal(tb, ta);
+            if (i == 0) failure = gpu.DecodeGraphFailure;
         }
-        Assert.Contains("injected by a test", gpu.DecodeGraphFailure);
-        Assert.Equal(prompt.Length + 5, a.Length);
-        Gpu.Log($"after a failed capture: 5 tokens equal the direct backend's; {gpu.DecodeGraphFailure}");
+        Assert.Contains("injected by a test", failure);
+        Assert.Null(gpu.DecodeGraphFailure);   // tried again after 3 direct steps, and captured
+        Assert.NotNull(((SwiftKV.Engine.Cuda.CudaSequenceCache)a).DecodeGraph);
+        Assert.Equal(prompt.Length + 8, a.Length);
+        Gpu.Log($"after a failed capture ({failure}): 8 tokens equal the direct backend's, the capture retried and replayed");
     }
 
     [Theory]

@@ -448,8 +448,13 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
 
     readonly StepGraphs _stepGraphs = new();
 
-    /// <summary>Why captured decode steps are off for this backend (a capture failed; steps then launch kernel by kernel), or null.</summary>
-    public string? StepGraphFailure { get; private set; }
+    readonly GraphCaptureRetry _stepGraphRetry = new();
+
+    /// <summary>
+    /// Why captured decode steps are off for now (a capture failed: steps launch kernel by kernel, and a capture is tried
+    /// again after <see cref="GraphCaptureRetry.RetryAfter"/> steps), or null.
+    /// </summary>
+    public string? StepGraphFailure => _stepGraphRetry.Failure;
 
     /// <summary>Captured decode-step graphs so far (tests and benchmarks check the path was taken).</summary>
     public long StepGraphCaptures => _stepGraphs.Captures;
@@ -468,7 +473,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// </summary>
     void RunDecodeStep(CudaPagedKvCache pool, BatchPlan plan, BatchScratch s, DecodeShape shape)
     {
-        bool graphs = UseGraphs && StepGraphFailure is null;
+        bool graphs = UseGraphs && _stepGraphRetry.Allowed();
         var generation = (_ws.Generation, s.Generation);
         if (graphs && _stepGraphs.Find(pool, shape, generation) is { } g)
         {
@@ -484,10 +489,11 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         }
         catch (Exception e)
         {
-            // The step itself already ran: a capture that fails leaves this backend launching kernel by kernel.
-            StepGraphFailure = $"capturing a decode step of {shape.Sequences} sequences failed: {e.Message}";
+            // The step itself already ran: a capture that fails leaves this backend launching kernel by kernel for a while.
+            _stepGraphRetry.Failed($"capturing a decode step of {shape.Sequences} sequences failed: {e.Message}");
             return;
         }
+        _stepGraphRetry.Succeeded();
         if (generation == (_ws.Generation, s.Generation)) _stepGraphs.Add(pool, shape, generation, graph);
         else graph.Dispose();   // something grew during the capture: the graph may have baked a freed buffer
     }

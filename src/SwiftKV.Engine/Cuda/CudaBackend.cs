@@ -194,11 +194,17 @@ public sealed partial class CudaBackend : IModelBackend
     /// </summary>
     public bool UseGraphs { get; set; } = true;
 
+    readonly GraphCaptureRetry _decodeGraphRetry = new();
+
     /// <summary>
-    /// Why single-token steps stopped being captured (a capture failed; the step had already run directly, so the
-    /// request got its token, and later steps launch kernel by kernel), or null.
+    /// Why single-token steps are not captured for now (a capture failed; the step had already run directly, so the
+    /// request got its token; later steps launch kernel by kernel, and a capture is tried again after
+    /// <see cref="GraphCaptureRetry.RetryAfter"/> steps), or null.
     /// </summary>
-    public string? DecodeGraphFailure { get; private set; }
+    public string? DecodeGraphFailure => _decodeGraphRetry.Failure;
+
+    /// <summary>Tests: steps launched directly after a failed single-token capture before it is tried again.</summary>
+    internal int DecodeGraphRetryAfter { get => _decodeGraphRetry.RetryAfter; set => _decodeGraphRetry.RetryAfter = value; }
 
     /// <summary>Tests: the next single-token capture fails as a driver error would.</summary>
     internal bool FailNextDecodeCaptureForTests { get; set; }
@@ -501,7 +507,7 @@ public sealed partial class CudaBackend : IModelBackend
     unsafe int RunStep(CudaSequenceCache c, ReadOnlySpan<int> tokens, LogitsSelection selection, bool argmaxInGraph = false)
     {
         int rows = tokens.Length, start = c.Length;
-        if (rows == 1 && UseGraphs && DecodeGraphFailure is null)
+        if (rows == 1 && UseGraphs && _decodeGraphRetry.Allowed())
         {
             ReplayDecode(c, tokens[0], start);
             c.Length = start + 1;
@@ -778,9 +784,10 @@ public sealed partial class CudaBackend : IModelBackend
             {
                 // The step already ran above (logits and argmax are in place): a capture that fails costs the request
                 // nothing, and this backend's later single-token steps launch kernel by kernel, as the batched path does.
-                DecodeGraphFailure = $"capturing a single-sequence decode step failed: {e.Message}";
+                _decodeGraphRetry.Failed($"capturing a single-sequence decode step failed: {e.Message}");
                 return;
             }
+            _decodeGraphRetry.Succeeded();
         }
         for (int k = 0; k < g.Segments.Count; k++)
         {
