@@ -44,6 +44,19 @@ public sealed class CudaRuntimeTests
             "to one for CUDA 13, or point CUDA_HOME at a CUDA 12.x toolkit.", e.Message);
     }
 
+    /// <summary>
+    /// Library files by version, not by the length of their names: a folder with CUDA 12 and 13 libraries gives 13 (the
+    /// old order put libnvrtc.so.12.4.127 first, its name being longest).
+    /// </summary>
+    [Fact]
+    public void LibraryCandidates_NewestVersionFirst()
+    {
+        string[] files = ["/l/libnvrtc.so", "/l/libnvrtc.so.12.4.127", "/l/libnvrtc.so.13", "/l/libnvrtc.so.13.0.48", "/l/libnvrtc.so.12"];
+        Assert.Equal(["/l/libnvrtc.so.13.0.48", "/l/libnvrtc.so.13", "/l/libnvrtc.so.12.4.127", "/l/libnvrtc.so.12", "/l/libnvrtc.so"],
+            Native.CudaLibraries.NewestFirst(files));
+        Assert.Equal(["c:/b/cublas64_13.dll", "c:/b/cublas64_12.dll"], Native.CudaLibraries.NewestFirst(["c:/b/cublas64_12.dll", "c:/b/cublas64_13.dll"]));
+    }
+
     /// <summary>Errors after which the context is unusable are flagged (a server must restart), others are not.</summary>
     [Theory]
     [InlineData(700, true)]    // CUDA_ERROR_ILLEGAL_ADDRESS

@@ -101,7 +101,7 @@ internal static class CudaLibraries
         {
             if (name == Cublas)
             {
-                var lt = Directory.GetFiles(Path.GetDirectoryName(f)!, "libcublasLt.so*").OrderByDescending(p => p.Length).FirstOrDefault();
+                var lt = NewestFirst(Directory.GetFiles(Path.GetDirectoryName(f)!, "libcublasLt.so*")).FirstOrDefault();
                 if (lt is not null) NativeLibrary.TryLoad(lt, out _);
             }
             yield return f;
@@ -110,7 +110,7 @@ internal static class CudaLibraries
         yield return stem + ".so";
     }
 
-    /// <summary>Versioned files first (libnvrtc.so.13 before libnvrtc.so, which is a dev symlink).</summary>
+    /// <summary>Per folder, the files in <see cref="NewestFirst"/> order.</summary>
     static IEnumerable<string> ToolkitFiles(string pattern, params string[] subdirs)
     {
         var roots = new List<string>();
@@ -120,9 +120,39 @@ internal static class CudaLibraries
         {
             var files = Directory.GetFiles(dir, pattern)
                 .Where(f => !Path.GetFileName(f).Contains("builtins") && !f.EndsWith(".alt", StringComparison.Ordinal)
-                    && Path.GetFileName(f).Contains("Lt") == pattern.Contains("Lt"))
-                .OrderByDescending(f => f.Length).ThenByDescending(f => f, StringComparer.Ordinal);
-            foreach (var f in files) yield return f;
+                    && Path.GetFileName(f).Contains("Lt") == pattern.Contains("Lt"));
+            foreach (var f in NewestFirst(files)) yield return f;
+        }
+    }
+
+    /// <summary>
+    /// Versioned files by version, newest first (libnvrtc.so.13.0.48 before libnvrtc.so.12.4.127, whatever their names'
+    /// lengths), then unversioned ones (libnvrtc.so, a dev symlink). A folder holding two CUDA majors thus gives the newer;
+    /// CudaRuntime names a driver too old for it.
+    /// </summary>
+    internal static IEnumerable<string> NewestFirst(IEnumerable<string> files) =>
+        files.OrderByDescending(Version).ThenByDescending(f => f, StringComparer.Ordinal);
+
+    /// <summary>The numbers after ".so." (or in "64_13.dll"), compared part by part; none for an unversioned name.</summary>
+    static VersionKey Version(string file)
+    {
+        string name = Path.GetFileName(file);
+        int so = name.IndexOf(".so.", StringComparison.Ordinal);
+        string digits = so >= 0 ? name[(so + 4)..] : name.Contains('_') ? name[(name.LastIndexOf('_') + 1)..].Replace(".dll", "", StringComparison.Ordinal) : "";
+        var parts = digits.Split('.').Select(p => int.TryParse(p, out int n) ? n : -1).TakeWhile(n => n >= 0).ToArray();
+        return new VersionKey(parts);
+    }
+
+    readonly record struct VersionKey(int[] Parts) : IComparable<VersionKey>
+    {
+        public int CompareTo(VersionKey other)
+        {
+            for (int i = 0; i < Math.Max(Parts.Length, other.Parts.Length); i++)
+            {
+                int a = i < Parts.Length ? Parts[i] : -1, b = i < other.Parts.Length ? other.Parts[i] : -1;
+                if (a != b) return a.CompareTo(b);
+            }
+            return 0;
         }
     }
 }
