@@ -15,7 +15,9 @@ internal static class DistillCommand
         "              data: one JSON object per line, {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} (the loss covers\n" +
         "              assistant replies) or {\"text\": ...} (every token)\n" +
         "              fp32 on the GPU (auto: when CUDA is usable and the run fits; GEMMs on TF32 tensor cores unless --gemm fp32)\n" +
-        "              or on the CPU (the reference, always exact fp32: for small models and checking)";
+        "              or on the CPU (the reference, always exact fp32: for small models and checking)\n" +
+        "              --gpus N: one process per GPU (CUDA_VISIBLE_DEVICES's first N, or 0..N-1), each taking every N-th\n" +
+        "              sequence of a --batch-size batch, gradients summed over NCCL (libnccl2); no CPU fallback";
 
     static readonly (string Setting, string Option)[] s_options =
     [
