@@ -757,9 +757,7 @@ public sealed class CliTests : IDisposable
         using var process = System.Diagnostics.Process.Start(start)!;
         var stderr = process.StandardError.ReadToEndAsync(ct);
         await process.StandardOutput.ReadToEndAsync(ct);
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        timeout.CancelAfter(TimeSpan.FromSeconds(120));
-        await process.WaitForExitAsync(timeout.Token);
+        await SwiftKV.Samples.Tests.Interrupts.WaitForExit(process, 120, ct);
         string errors = await stderr;
         Assert.True(2 == process.ExitCode, $"exit {process.ExitCode}: {errors}");
         Assert.Contains("rank 0 of 2: training on several GPUs needs CUDA, which is not usable", errors);
@@ -799,9 +797,7 @@ public sealed class CliTests : IDisposable
             await Task.Delay(10, ct);
         }
         Assert.Equal(0, SwiftKV.Samples.Tests.Interrupts.SendSigInt(process.Id));
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        timeout.CancelAfter(TimeSpan.FromSeconds(120));
-        await process.WaitForExitAsync(timeout.Token);
+        await SwiftKV.Samples.Tests.Interrupts.WaitForExit(process, 120, ct);
         string errors = await stderr;
         Assert.True(130 == process.ExitCode, $"exit code {process.ExitCode}; stderr: {errors}; stdout: {await stdout}");
         Assert.Contains($"swiftkv make-model: interrupted; nothing was written to {outDir}.", errors);

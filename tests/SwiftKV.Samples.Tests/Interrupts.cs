@@ -16,6 +16,14 @@ public static class Interrupts
     public static string DotnetHost => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h ? h
         : Path.GetFullPath(Path.Combine(RuntimeEnvironment.GetRuntimeDirectory(), "..", "..", "..", "dotnet"));
 
+    /// <summary>Waits for <paramref name="process"/> to exit, failing the test (by cancellation) after <paramref name="seconds"/>.</summary>
+    public static async Task WaitForExit(System.Diagnostics.Process process, int seconds, CancellationToken ct)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(TimeSpan.FromSeconds(seconds));
+        await process.WaitForExitAsync(timeout.Token);
+    }
+
     /// <summary>Whether this process began with SIGINT ignored (Linux: bit 2 of SigIgn in /proc/self/status).</summary>
     public static bool SigIntIgnored()
     {

@@ -246,9 +246,7 @@ public sealed class RagSampleTests(TinySampleModel model)
             await Task.Delay(10, ct);
         }
         Assert.Equal(0, Interrupts.SendSigInt(process.Id));
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        timeout.CancelAfter(TimeSpan.FromSeconds(120));
-        await process.WaitForExitAsync(timeout.Token);
+        await Interrupts.WaitForExit(process, 120, ct);
 
         string errors = await stderr;
         Assert.True(130 == process.ExitCode, $"exit code {process.ExitCode}; stderr: {errors}; stdout: {await stdout}");
