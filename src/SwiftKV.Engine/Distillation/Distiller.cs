@@ -55,6 +55,11 @@ public static class Distiller
 
         var before = Score(trainer, eval, cancellationToken);
         log?.Invoke($"before, on {scoredOn}: loss {before.Loss:F4} per scored position, top-1 agreement with the teacher {before.Top1Agreement:P1}");
+        if (before.LossSum == 0)
+            log?.Invoke("note: the student already computes what the teacher does (loss 0), so there is nothing to distil" +
+                (config.NumKeyValueLayers == config.NumHiddenLayers - 1 && config.KeyValueGroupSize == 1
+                    ? ": with SwiftKV on the last layer only and no AcrossKV, that layer's K/V come from the same input as the teacher's, so the model is exact as transform made it."
+                    : "."));
 
         int batchesPerEpoch = (train.Sequences.Count + options.BatchSize - 1) / options.BatchSize;
         int totalSteps = batchesPerEpoch * options.Epochs, step = 0;
@@ -90,7 +95,7 @@ public static class Distiller
         log?.Invoke($"after, on {scoredOn} with the weights as written ({dtype}): loss {after.Loss:F4}, top-1 agreement {after.Top1Agreement:P1}");
         if (unchanged > 0)
             log?.Invoke($"note: {unchanged} of {trained.Count} trained tensors are unchanged once rounded to {dtype} (their updates were smaller than its precision): train longer, or with a larger --lr.");
-        if (!(after.Loss < before.Loss))
+        if (!(after.Loss < before.Loss) && before.LossSum > 0)
             log?.Invoke("note: the loss did not go down; the checkpoint is written anyway. Check --lr (too large overshoots, too small does nothing) and --temperature.");
         if (options.Rank == 0) Save(modelDirectory, outputDirectory, config, checkpoint, parameters, dtype, cancellationToken);
         return new DistillationReport(before, after, totalSteps, train.Sequences.Count, train.Tokens,

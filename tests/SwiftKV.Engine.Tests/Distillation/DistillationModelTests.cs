@@ -178,6 +178,27 @@ public sealed class DistillationModelTests : IDisposable
         Assert.Contains("q_proj", e.Message);
     }
 
+    /// <summary>
+    /// SwiftKV on the last layer only, without AcrossKV: the student is the teacher exactly (loss 0), which the run says
+    /// instead of "the loss did not go down". A newcomer's walkthrough met it with --layers 2 --swiftkv-layers 1.
+    /// </summary>
+    [Fact]
+    public void Run_StudentEqualsTeacher_SaysThereIsNothingToDistil()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        string baseDir = Path.Combine(_root, "two-layers"), dir = Path.Combine(_root, "two-layers-skv");
+        ModelMaker.Write(baseDir, ModelPresets.Get("tiny") with { NumHiddenLayers = 2 }, new ModelMakerOptions { Seed = 3, Dtype = TensorDtype.BF16 }, cancellationToken: ct);
+        SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(baseDir);
+        SwiftKvConverter.Convert(baseDir, dir, 1, 1, cancellationToken: ct);
+        string data = Path.Combine(_root, "d2.jsonl");
+        File.WriteAllLines(data, Enumerable.Range(0, 2).Select(i => $$"""{"text": "line {{i}} of some training text"}"""));
+        var log = new List<string>();
+        var report = Distiller.Run(dir, data, Path.Combine(_root, "two-layers-out"), new DistillationOptions { BatchSize = 2 }, log: log.Add, cancellationToken: ct);
+        Assert.Equal(0, report.Before.LossSum);
+        Assert.Contains(log, l => l.Contains("nothing to distil: with SwiftKV on the last layer only and no AcrossKV", StringComparison.Ordinal));
+        Assert.DoesNotContain(log, l => l.Contains("did not go down", StringComparison.Ordinal));
+    }
+
     [Fact]
     public void Run_CancelledMidway_StopsAndWritesNothing()
     {
