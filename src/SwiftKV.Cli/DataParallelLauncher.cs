@@ -67,10 +67,28 @@ internal static partial class DataParallelLauncher
     {
         var devices = Devices(world, Environment.GetEnvironmentVariable("CUDA_VISIBLE_DEVICES"));
         string rendezvous = Directory.CreateTempSubdirectory("swiftkv-distill-ranks-").FullName;
+        try
+        {
+            return Supervise(Enumerable.Range(0, world).Select(r => RankStart(r, world, devices[r], rendezvous, args)).ToList(), devices, cancellationToken);
+        }
+        finally
+        {
+            try { Directory.Delete(rendezvous, recursive: true); } catch (IOException) { }
+        }
+    }
+
+    /// <summary>
+    /// Starts the ranks and waits for them: rank 0's output passed through, a failure named and the others stopped (asked,
+    /// then killed after <paramref name="grace"/>); the first failure's exit code, else 0.
+    /// </summary>
+    internal static int Supervise(IReadOnlyList<ProcessStartInfo> starts, IReadOnlyList<string> devices, CancellationToken cancellationToken,
+        TimeSpan? grace = null)
+    {
+        var wait = grace ?? TimeSpan.FromSeconds(5);
         var ranks = new List<Process>();
         try
         {
-            for (int r = 0; r < world; r++) ranks.Add(Start(r, world, devices[r], rendezvous, args));
+            foreach (var info in starts) ranks.Add(Process.Start(info) ?? throw new InvalidOperationException($"rank {ranks.Count} did not start."));
             // Rank 0's lines go to this console as they come; the others' stderr is named by rank.
             var pumps = ranks.Select((p, r) => Task.WhenAll(
                 Pump(p.StandardOutput, r == 0 ? Console.Out : null, ""),
@@ -85,7 +103,7 @@ internal static partial class DataParallelLauncher
                 if (cancellationToken.IsCancellationRequested && !stopping)
                 {
                     stopping = true;
-                    Stop(alive, TimeSpan.FromSeconds(10));
+                    Stop(alive, 2 * wait);
                 }
                 var exited = alive.FirstOrDefault(p => p.WaitForExit(0));
                 if (exited is null)
@@ -100,10 +118,10 @@ internal static partial class DataParallelLauncher
                 if (alive.Count == 0 || stopping) continue;
                 Console.Error.WriteLine($"swiftkv distill: rank {r} (GPU {devices[r]}) exited with {exited.ExitCode}; stopping the other rank{(alive.Count == 1 ? "" : "s")}.");
                 // The others may wait in a collective for it forever: a moment to fail on their own, then asked, then killed.
-                var deadline = DateTime.UtcNow.AddSeconds(5);
+                var deadline = DateTime.UtcNow + wait;
                 while (DateTime.UtcNow < deadline && alive.Any(p => !p.HasExited)) Thread.Sleep(100);
                 stopping = true;
-                Stop(alive, TimeSpan.FromSeconds(5));
+                Stop(alive, wait);
             }
             Task.WaitAll(pumps, TimeSpan.FromSeconds(5));
             return code;
@@ -115,11 +133,10 @@ internal static partial class DataParallelLauncher
                 if (!p.HasExited) p.Kill(entireProcessTree: true);
                 p.Dispose();
             }
-            try { Directory.Delete(rendezvous, recursive: true); } catch (IOException) { }
         }
     }
 
-    static Process Start(int rank, int world, string device, string rendezvous, IReadOnlyList<string> args)
+    static ProcessStartInfo RankStart(int rank, int world, string device, string rendezvous, IReadOnlyList<string> args)
     {
         // `dotnet swiftkv.dll ...` (or `dotnet run`) runs under the dotnet host; the apphost `swiftkv` is the command itself.
         string host = Environment.ProcessPath ?? throw new InvalidOperationException("the path of this process is unknown.");
@@ -133,7 +150,7 @@ internal static partial class DataParallelLauncher
         info.ArgumentList.Add("--launcher-pid");
         info.ArgumentList.Add(Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture));
         info.Environment["CUDA_VISIBLE_DEVICES"] = device;
-        return Process.Start(info) ?? throw new InvalidOperationException($"rank {rank} did not start.");
+        return info;
     }
 
     /// <summary>Whether args[i] is --gpus, --gpus=N, or --gpus's value (the ranks must not start ranks of their own).</summary>

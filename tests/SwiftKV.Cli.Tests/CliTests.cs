@@ -150,6 +150,68 @@ public sealed class CliTests : IDisposable
         Assert.Equal("--gpus 3: CUDA_VISIBLE_DEVICES=0,1 lists 2 GPUs", e.Message);
     }
 
+    /// <summary>The launcher's supervision with stand-in ranks (shell commands): what a real run cannot show without two GPUs.</summary>
+    static System.Diagnostics.ProcessStartInfo Sh(string script) =>
+        new("/bin/sh", ["-c", script]) { RedirectStandardOutput = true, RedirectStandardError = true };
+
+    static (int Code, string Out, string Err, TimeSpan Took) Supervise(CancellationToken ct, params string[] scripts)
+    {
+        var (stdout, stderr) = (Console.Out, Console.Error);
+        using var o = new StringWriter();
+        using var e = new StringWriter();
+        Console.SetOut(o);
+        Console.SetError(e);
+        var took = System.Diagnostics.Stopwatch.StartNew();
+        try
+        {
+            int code = DataParallelLauncher.Supervise(scripts.Select(Sh).ToList(), ["0", "1"], ct, TimeSpan.FromSeconds(1));
+            return (code, o.ToString(), e.ToString(), took.Elapsed);
+        }
+        finally
+        {
+            Console.SetOut(stdout);
+            Console.SetError(stderr);
+        }
+    }
+
+    /// <summary>
+    /// A rank that fails while its peer waits for it forever (as in a collective): the failure is named, the peer is asked
+    /// to stop and, when it does not, killed; the run ends with the failure's exit code instead of hanging.
+    /// </summary>
+    [Theory]
+    [InlineData("exec sleep 600")]                     // stops when asked (SIGTERM)
+    [InlineData("trap '' TERM; sleep 600 & wait")]     // ignores it: killed after the grace period
+    public void Launcher_ARankFails_ThePeerIsStopped_NoHang(string peer)
+    {
+        Assert.SkipUnless(File.Exists("/bin/sh") && !OperatingSystem.IsWindows(), "stand-in ranks are shell scripts");
+        var r = Supervise(TestContext.Current.CancellationToken, peer, "sleep 0.3; echo 'no CUDA here' >&2; exit 3");
+        Assert.Equal(3, r.Code);
+        Assert.Contains("[rank 1] no CUDA here", r.Err);
+        Assert.Contains("swiftkv distill: rank 1 (GPU 1) exited with 3; stopping the other rank.", r.Err);
+        Assert.True(r.Took < TimeSpan.FromSeconds(20), $"took {r.Took}");
+    }
+
+    [Fact]
+    public void Launcher_AllRanksSucceed_Rank0sOutputOnly_Exit0()
+    {
+        Assert.SkipUnless(File.Exists("/bin/sh") && !OperatingSystem.IsWindows(), "stand-in ranks are shell scripts");
+        var r = Supervise(TestContext.Current.CancellationToken, "echo 'wrote out'", "echo 'rank one speaks'");
+        Assert.Equal(0, r.Code);
+        Assert.Equal("wrote out", r.Out.Trim());
+        Assert.Equal("", r.Err);
+    }
+
+    /// <summary>Ctrl-C or SIGTERM to the launcher alone: the ranks are asked to stop, then killed; it does not wait forever.</summary>
+    [Fact]
+    public void Launcher_Cancelled_StopsEveryRank()
+    {
+        Assert.SkipUnless(File.Exists("/bin/sh") && !OperatingSystem.IsWindows(), "stand-in ranks are shell scripts");
+        using var cancel = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
+        var r = Supervise(cancel.Token, "exec sleep 600", "trap '' TERM; sleep 600 & wait");
+        Assert.NotEqual(0, r.Code);
+        Assert.True(r.Took < TimeSpan.FromSeconds(20), $"took {r.Took}");
+    }
+
     /// <summary>Typos named as typos: an option meant as --chat, and a command.</summary>
     [Theory]
     [InlineData("--chta is not an option: a misspelling of --chat?", "generate", "--model", "/no/such/model", "--chta", "Hi")]
