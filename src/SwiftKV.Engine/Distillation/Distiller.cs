@@ -288,7 +288,19 @@ public static class Distiller
                 $"original q/k/v_proj of every layer (transform keeps them, as the published SwiftKV checkpoints do). {e.Message}");
         }
         var names = TeacherAndStudentSpecs(config).Select(s => s.Name).ToList();
-        var tensors = names.ToDictionary(n => n, n => LlamaCheckpointLoader.ReadFloat32(config, checkpoint, n), StringComparer.Ordinal);
+        // Tensors convert to fp32 on all cores (the checkpoint is memory-mapped, so reads in parallel are safe): every
+        // rank of a data-parallel run does this before it can train.
+        var read = new float[names.Count][];
+        try
+        {
+            Parallel.For(0, names.Count, i => read[i] = LlamaCheckpointLoader.ReadFloat32(config, checkpoint, names[i]));
+        }
+        catch (AggregateException e)
+        {
+            // The first tensor's own error (a truncated file, a bad dtype), as a sequential read would have thrown it.
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw();
+        }
+        var tensors = names.Select((n, i) => (n, i)).ToDictionary(p => p.n, p => read[p.i], StringComparer.Ordinal);
         return (LlamaWeightMap.Build(config, false, tensors), LlamaWeightMap.Build(config, true, tensors));
     }
 
