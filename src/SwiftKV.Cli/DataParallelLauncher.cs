@@ -105,7 +105,9 @@ internal static partial class DataParallelLauncher
                     stopping = true;
                     Stop(alive, 2 * wait);
                 }
-                var exited = alive.FirstOrDefault(p => p.WaitForExit(0));
+                // The earliest to exit first: a peer that died of the failing rank's error within the same poll is not
+                // the one to blame.
+                var exited = alive.Where(p => p.WaitForExit(0)).OrderBy(p => p.ExitTime).FirstOrDefault();
                 if (exited is null)
                 {
                     Thread.Sleep(100);
@@ -115,7 +117,12 @@ internal static partial class DataParallelLauncher
                 if (exited.ExitCode == 0 || code != 0) continue;
                 code = exited.ExitCode;
                 int r = ranks.IndexOf(exited);
-                if (alive.Count == 0 || stopping) continue;
+                if (stopping) continue;
+                if (alive.Count == 0)
+                {
+                    Console.Error.WriteLine($"swiftkv distill: rank {r} (GPU {devices[r]}) exited with {exited.ExitCode}.");
+                    continue;
+                }
                 Console.Error.WriteLine($"swiftkv distill: rank {r} (GPU {devices[r]}) exited with {exited.ExitCode}; stopping the other rank{(alive.Count == 1 ? "" : "s")}.");
                 // The others may wait in a collective for it forever: a moment to fail on their own, then asked, then killed.
                 var deadline = DateTime.UtcNow + wait;
@@ -124,13 +131,22 @@ internal static partial class DataParallelLauncher
                 Stop(alive, wait);
             }
             Task.WaitAll(pumps, TimeSpan.FromSeconds(5));
-            return code;
+            // Stopped because this process was: the run was interrupted, whichever way each rank ended (one left waiting
+            // in a collective is killed, 137).
+            return cancellationToken.IsCancellationRequested && code != 0 ? 130 : code;
         }
         finally
         {
             foreach (var p in ranks)
             {
-                if (!p.HasExited) p.Kill(entireProcessTree: true);
+                try
+                {
+                    if (!p.HasExited) p.Kill(entireProcessTree: true);
+                }
+                catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception or AggregateException)
+                {
+                    // Gone meanwhile, or part of its tree could not be killed: the other ranks must still go.
+                }
                 p.Dispose();
             }
         }

@@ -55,7 +55,9 @@ public static class Distiller
 
         var before = Score(trainer, eval, cancellationToken);
         log?.Invoke($"before, on {scoredOn}: loss {before.Loss:F4} per scored position, top-1 agreement with the teacher {before.Top1Agreement:P1}");
-        if (before.LossSum == 0)
+        // Exactly 0 on the CPU; the GPU's GEMMs may leave a few ulps.
+        bool nothingToLearn = before.Loss <= 1e-7;
+        if (nothingToLearn)
             log?.Invoke("note: the student already computes what the teacher does (loss 0), so there is nothing to distil" +
                 (config.NumKeyValueLayers == config.NumHiddenLayers - 1 && config.KeyValueGroupSize == 1
                     ? ": with SwiftKV on the last layer only and no AcrossKV, that layer's K/V come from the same input as the teacher's, so the model is exact as transform made it."
@@ -95,7 +97,7 @@ public static class Distiller
         log?.Invoke($"after, on {scoredOn} with the weights as written ({dtype}): loss {after.Loss:F4}, top-1 agreement {after.Top1Agreement:P1}");
         if (unchanged > 0)
             log?.Invoke($"note: {unchanged} of {trained.Count} trained tensors are unchanged once rounded to {dtype} (their updates were smaller than its precision): train longer, or with a larger --lr.");
-        if (!(after.Loss < before.Loss) && before.LossSum > 0)
+        if (!(after.Loss < before.Loss) && !nothingToLearn)
             log?.Invoke("note: the loss did not go down; the checkpoint is written anyway. Check --lr (too large overshoots, too small does nothing) and --temperature.");
         if (options.Rank == 0) Save(modelDirectory, outputDirectory, config, checkpoint, parameters, dtype, cancellationToken);
         return new DistillationReport(before, after, totalSteps, train.Sequences.Count, train.Tokens,
@@ -291,15 +293,14 @@ public static class Distiller
         // Tensors convert to fp32 on all cores (the checkpoint is memory-mapped, so reads in parallel are safe): every
         // rank of a data-parallel run does this before it can train.
         var read = new float[names.Count][];
-        try
+        var errors = new Exception?[names.Count];
+        Parallel.For(0, names.Count, i =>
         {
-            Parallel.For(0, names.Count, i => read[i] = LlamaCheckpointLoader.ReadFloat32(config, checkpoint, names[i]));
-        }
-        catch (AggregateException e)
-        {
-            // The first tensor's own error (a truncated file, a bad dtype), as a sequential read would have thrown it.
-            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw();
-        }
+            try { read[i] = LlamaCheckpointLoader.ReadFloat32(config, checkpoint, names[i]); }
+            catch (Exception e) { errors[i] = e; }
+        });
+        // The first tensor's own error (a truncated file, a bad dtype), as a sequential read would have thrown it.
+        if (errors.FirstOrDefault(e => e is not null) is { } first) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(first).Throw();
         var tensors = names.Select((n, i) => (n, i)).ToDictionary(p => p.n, p => read[p.i], StringComparer.Ordinal);
         return (LlamaWeightMap.Build(config, false, tensors), LlamaWeightMap.Build(config, true, tensors));
     }

@@ -193,7 +193,7 @@ public sealed class DistillationModelTests : IDisposable
         string data = Path.Combine(_root, "d2.jsonl");
         File.WriteAllLines(data, Enumerable.Range(0, 2).Select(i => $$"""{"text": "line {{i}} of some training text"}"""));
         var log = new List<string>();
-        var report = Distiller.Run(dir, data, Path.Combine(_root, "two-layers-out"), new DistillationOptions { BatchSize = 2 }, log: log.Add, cancellationToken: ct);
+        var report = Distiller.Run(dir, data, Path.Combine(_root, "two-layers-out"), new DistillationOptions { BatchSize = 2, Backend = BackendKind.Cpu }, log: log.Add, cancellationToken: ct);
         Assert.Equal(0, report.Before.LossSum);
         Assert.Contains(log, l => l.Contains("nothing to distil: with SwiftKV on the last layer only and no AcrossKV", StringComparison.Ordinal));
         Assert.DoesNotContain(log, l => l.Contains("did not go down", StringComparison.Ordinal));
