@@ -81,7 +81,8 @@ public sealed class CudaDistillationTrainer : IDistillationTrainer
     /// </param>
     /// <param name="frozenInBf16">
     /// Hold a frozen layer matrix whose values are all exact bf16 values in bf16 (see <see cref="Frozen"/>): the same
-    /// arithmetic in 29% less memory at 8B, for about 4% more time a step (the widening). false: every weight in fp32.
+    /// arithmetic in 29% less memory at 8B, for 4.6% more time a step at 8B and 3.7% at 1B on an H200 (the widening).
+    /// false: every weight in fp32.
     /// </param>
     public CudaDistillationTrainer(LlamaWeights teacher, LlamaWeights student, float temperature, float hiddenLossWeight = 0f, bool tf32 = true, int packRows = 0,
         bool frozenInBf16 = true)
