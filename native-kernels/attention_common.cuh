@@ -1,6 +1,6 @@
 // Device helpers shared by the attention kernels (attention_flash.cu, attention_hopper.cu): shared-memory addresses,
-// cp.async copies, the softmax's exp2, bf16 packing and the fp8 (e4m3) KV conversion. One definition each, so both
-// kernels round alike.
+// cp.async copies, the softmax's exp2, bf16 packing. One definition each, so both kernels round alike. (The fp8 (e4m3)
+// KV conversion is swiftkv_common.cuh's, shared with gemv.cu.)
 #pragma once
 
 __device__ __forceinline__ unsigned smem_addr(const void* p)
@@ -40,16 +40,3 @@ __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int src
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
 
-// Two e4m3 bytes of u -> bf16x2, exact and unscaled (the per-key scale is applied to S and P instead). `sel` is the
-// __byte_perm selector that puts them in the high byte of each 16-bit lane ([0, lo, 0, hi]); there e4m3's exponent
-// and mantissa sit where bf16's are, which is the value times 2^-120 (exponent bias 7 vs 127, subnormals included),
-// and one exact bf16x2 multiply by 2^120 (fma with -0 so that -0 stays -0) restores it: 4 instructions for two
-// elements, where going through fp32 (decode, scale, round to bf16) took about 14.
-__device__ __forceinline__ unsigned e4m3x2_to_bf16x2(unsigned u, unsigned sel)
-{
-    const unsigned x = __byte_perm(u, 0u, sel);
-    const unsigned t = (x & 0x80008000u) | ((x >> 4) & 0x07f007f0u);
-    unsigned r;
-    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(t), "r"(0x7b807b80u), "r"(0x80008000u));
-    return r;
-}

@@ -11,6 +11,12 @@
 //                         scales its dot products by 1 / sqrt(mean(x²) + eps) at the end (y = inv · W (x ⊙ nw)):
 //                         no norm launch and no bf16 normed row in between (the activations stay fp32, which is
 //                         at least as accurate as the separate norm's bf16 rounding). Decode only.
+//   gemv_e4m3_r{R}, gemv_silu_e4m3_r{R}, gemv_rms_e4m3_r{R}, gemv_rms_silu_e4m3_r{R}: the same four with W held as
+//                         fp8 e4m3 codes (an FP8 checkpoint's weights kept as they are: half the bytes to stream) and
+//                         one fp32 scale per weight row. Each code becomes its exact value (e4m3 -> f16 -> f32, no
+//                         rounding), the dot product sums value · x in fp32, and the row's scale multiplies the sum once:
+//                         code · scale is never rounded to bf16, unlike the dequantized weights, so the result differs
+//                         from the bf16 path by at most that rounding. Vector path only (in % 16 == 0, 16-byte aligned).
 // Vector path (in % 8 == 0, 16-byte aligned x and W): each warp owns two weight rows (o and o + ceil(out / 2), or
 // gate row o and up row o + inter for the SwiGLU variant: distant rows, see GEMV_PAIR_SPLIT); each lane loads 16 bytes
 // (8 bf16) of both rows per step, GEMV_UNROLL steps issued before the first use so enough bytes are in flight to
@@ -131,59 +137,67 @@ __device__ __forceinline__ void load_x8_norm(const uint4* p, const float fn[8], 
 
 // acc[0][r] = row o0 · x_r, acc[1][r] = row o1 · x_r over this lane's 16-byte chunks, before the warp sum.
 // NORM: x is fp32 (R, in) and the product uses x ⊙ nw; acc is then scaled by each row's 1 / rms (see the header).
-template <int R, bool NORM = false>
-__device__ __forceinline__ void gemv_two_rows(const void* __restrict__ x, const bf16_t* __restrict__ w, int in,
+// FP8: w holds e4m3 codes, so a 16-byte chunk is 16 elements (two groups of 8 of x) instead of 8; acc is unscaled.
+template <int R, bool NORM = false, bool FP8 = false>
+__device__ __forceinline__ void gemv_two_rows(const void* __restrict__ x, const void* __restrict__ w, int in,
     long long o0, long long o1, float acc[2][R], const float* __restrict__ nw = nullptr, float eps = 0.f, int stagger = 0)
 {
-    const int lane = threadIdx.x & 31, n8 = in >> 3;
-    const uint4* w0 = reinterpret_cast<const uint4*>(w + o0 * in);
-    const uint4* w1 = reinterpret_cast<const uint4*>(w + o1 * in);
+    constexpr int G = FP8 ? 2 : 1;   // groups of 8 elements per 16-byte weight chunk
+    const int lane = threadIdx.x & 31, n8 = in >> 3, nc = n8 / G;
+    const long long rowBytes = (long long)in * (FP8 ? 1 : 2);
+    const uint4* w0 = reinterpret_cast<const uint4*>(reinterpret_cast<const unsigned char*>(w) + o0 * rowBytes);
+    const uint4* w1 = reinterpret_cast<const uint4*>(reinterpret_cast<const unsigned char*>(w) + o1 * rowBytes);
     const uint4* xv = reinterpret_cast<const uint4*>(x);
     float ss[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[0][r] = acc[1][r] = ss[r] = 0.f;
     uint4 a[GEMV_UNROLL], b[GEMV_UNROLL];
     // Chunk c of the lane's walk is chunk at(c) of the rows: warp k starts k * stagger chunks in and wraps around.
-    const int start = stagger > 0 ? (int)((long long)(blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * stagger % n8) : 0;
-    auto at = [&](int c) { int cs = c + start; return cs >= n8 ? cs - n8 : cs; };
+    const int start = stagger > 0 ? (int)((long long)(blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * stagger % nc) : 0;
+    auto at = [&](int c) { int cs = c + start; return cs >= nc ? cs - nc : cs; };
     auto load = [&](int base)
     {
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++)
         {
             int c = base + u * 32;
-            if (c < n8) { a[u] = ld_stream16(w0 + at(c)); b[u] = ld_stream16(w1 + at(c)); }
+            if (c < nc) { a[u] = ld_stream16(w0 + at(c)); b[u] = ld_stream16(w1 + at(c)); }
         }
     };
     // The weights are constant: the first batch is requested before waiting on the previous kernel, so under a
     // programmatic launch the DRAM latency of this kernel's start overlaps the previous kernel's tail.
     load(lane);
     gemv_wait();
-    for (int base = lane; base < n8; base += 32 * GEMV_UNROLL)
+    for (int base = lane; base < nc; base += 32 * GEMV_UNROLL)
     {
         if (base != lane) load(base);
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++)
         {
             int c = base + u * 32;
-            if (c >= n8) break;
+            if (c >= nc) break;
             c = at(c);
-            float fa[8], fb[8];
-            unpack8(a[u], fa);
-            unpack8(b[u], fb);
-            float fn[8];
-            if (NORM) load_norm8(nw, c, fn);
+            float fa[8 * G], fb[8 * G];
+            if constexpr (FP8) { e4m3x16_to_f32(a[u], fa); e4m3x16_to_f32(b[u], fb); }
+            else { unpack8(a[u], fa); unpack8(b[u], fb); }
 #pragma unroll
-            for (int r = 0; r < R; r++)
+            for (int g = 0; g < G; g++)
             {
-                float fx[8];
-                if (NORM) load_x8_norm(xv + (long long)r * 2 * n8 + 2 * c, fn, fx, ss[r]);
-                else unpack8(ld_cached16(xv + (long long)r * n8 + c), fx);
+                const int c8 = c * G + g;   // the group of 8 elements of x
+                float fn[8];
+                if (NORM) load_norm8(nw, c8, fn);
 #pragma unroll
-                for (int j = 0; j < 8; j++)
+                for (int r = 0; r < R; r++)
                 {
-                    acc[0][r] = fmaf(fa[j], fx[j], acc[0][r]);
-                    acc[1][r] = fmaf(fb[j], fx[j], acc[1][r]);
+                    float fx[8];
+                    if (NORM) load_x8_norm(xv + (long long)r * 2 * n8 + 2 * c8, fn, fx, ss[r]);
+                    else unpack8(ld_cached16(xv + (long long)r * n8 + c8), fx);
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+                    {
+                        acc[0][r] = fmaf(fa[8 * g + j], fx[j], acc[0][r]);
+                        acc[1][r] = fmaf(fb[8 * g + j], fx[j], acc[1][r]);
+                    }
                 }
             }
         }
@@ -203,9 +217,19 @@ __device__ __forceinline__ void gemv_two_rows(const void* __restrict__ x, const 
     }
 }
 
-template <int R, bool PREFETCH, bool NORM = false>
-__device__ __forceinline__ void gemv_plain(const void* __restrict__ x, const bf16_t* __restrict__ w, float* y, int in, int out,
-    int ldy, int accumulate, const float* __restrict__ nw = nullptr, float eps = 0.f)
+// An fp8 weight's row scales applied to its two rows' sums.
+template <int R>
+__device__ __forceinline__ void gemv_scale_rows(float acc[2][R], const float* __restrict__ scales, long long o0, long long o1)
+{
+    const float s0 = __ldg(scales + o0), s1 = __ldg(scales + o1);
+#pragma unroll
+    for (int r = 0; r < R; r++) { acc[0][r] *= s0; acc[1][r] *= s1; }
+}
+
+// FP8: w holds e4m3 codes and scales[o] multiplies row o's sums (see gemv_two_rows).
+template <int R, bool PREFETCH, bool NORM = false, bool FP8 = false>
+__device__ __forceinline__ void gemv_plain(const void* __restrict__ x, const void* __restrict__ w, float* y, int in, int out,
+    int ldy, int accumulate, const float* __restrict__ nw = nullptr, float eps = 0.f, const float* __restrict__ scales = nullptr)
 {
     const int warp = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
 #if GEMV_PAIR_SPLIT
@@ -217,9 +241,10 @@ __device__ __forceinline__ void gemv_plain(const void* __restrict__ x, const bf1
     if (o0 >= out) return;
     const bool has1 = o1 < out;
 #endif
-    gemv_prefetch(w, in, o0, has1 ? o1 : o0, PREFETCH);
+    if constexpr (!FP8) gemv_prefetch(static_cast<const bf16_t*>(w), in, o0, has1 ? o1 : o0, PREFETCH);
     float acc[2][R];
-    gemv_two_rows<R, NORM>(x, w, in, o0, has1 ? o1 : o0, acc, nw, eps);
+    gemv_two_rows<R, NORM, FP8>(x, w, in, o0, has1 ? o1 : o0, acc, nw, eps);
+    if constexpr (FP8) gemv_scale_rows<R>(acc, scales, o0, has1 ? o1 : o0);
     // Lane r writes row r of the first output, lane 8 + r of the second: one store per lane, no serial loop.
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -237,15 +262,16 @@ __device__ __forceinline__ void gemv_plain(const void* __restrict__ x, const bf1
     }
 }
 
-template <int R, bool PREFETCH, bool NORM = false>
-__device__ __forceinline__ void gemv_silu(const void* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* out, int in, int inter,
-    const float* __restrict__ nw = nullptr, float eps = 0.f)
+template <int R, bool PREFETCH, bool NORM = false, bool FP8 = false>
+__device__ __forceinline__ void gemv_silu(const void* __restrict__ x, const void* __restrict__ w, bf16_t* out, int in, int inter,
+    const float* __restrict__ nw = nullptr, float eps = 0.f, const float* __restrict__ scales = nullptr)
 {
     const int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (o >= inter) return;
-    gemv_prefetch(w, in, o, (long long)o + inter, PREFETCH);
+    if constexpr (!FP8) gemv_prefetch(static_cast<const bf16_t*>(w), in, o, (long long)o + inter, PREFETCH);
     float acc[2][R];
-    gemv_two_rows<R, NORM>(x, w, in, o, (long long)o + inter, acc, nw, eps, GEMV_SILU_STAGGER);
+    gemv_two_rows<R, NORM, FP8>(x, w, in, o, (long long)o + inter, acc, nw, eps, GEMV_SILU_STAGGER);
+    if constexpr (FP8) gemv_scale_rows<R>(acc, scales, o, (long long)o + inter);
 #pragma unroll
     for (int r = 0; r < R; r++)
         if (lane == r)
@@ -288,6 +314,35 @@ GEMV_RMS_ENTRIES(1)
 GEMV_RMS_ENTRIES(2)
 GEMV_RMS_ENTRIES(3)
 GEMV_RMS_ENTRIES(4)
+
+// fp8 e4m3 weights with one fp32 scale per row (all four forms; no L2-prefetch variant). Same grids as the bf16 entries.
+#define GEMV_E4M3_ENTRIES(R) \
+    extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_e4m3_r##R(const bf16_t* __restrict__ x, const unsigned char* __restrict__ w, \
+        const float* __restrict__ scales, float* y, int in, int out, int ldy, int accumulate) \
+        { gemv_plain<R, false, false, true>(x, w, y, in, out, ldy, accumulate, nullptr, 0.f, scales); } \
+    extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_silu_e4m3_r##R(const bf16_t* __restrict__ x, const unsigned char* __restrict__ w, \
+        const float* __restrict__ scales, bf16_t* out, int in, int inter) \
+        { gemv_silu<R, false, false, true>(x, w, out, in, inter, nullptr, 0.f, scales); }
+#define GEMV_RMS_E4M3_ENTRIES(R) \
+    extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_rms_e4m3_r##R(const float* __restrict__ x, const float* __restrict__ nw, \
+        float eps, const unsigned char* __restrict__ w, const float* __restrict__ scales, float* y, int in, int out, int ldy, int accumulate) \
+        { gemv_plain<R, false, true, true>(x, w, y, in, out, ldy, accumulate, nw, eps, scales); } \
+    extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_rms_silu_e4m3_r##R(const float* __restrict__ x, const float* __restrict__ nw, \
+        float eps, const unsigned char* __restrict__ w, const float* __restrict__ scales, bf16_t* out, int in, int inter) \
+        { gemv_silu<R, false, true, true>(x, w, out, in, inter, nw, eps, scales); }
+
+GEMV_E4M3_ENTRIES(1)
+GEMV_E4M3_ENTRIES(2)
+GEMV_E4M3_ENTRIES(3)
+GEMV_E4M3_ENTRIES(4)
+GEMV_E4M3_ENTRIES(5)
+GEMV_E4M3_ENTRIES(6)
+GEMV_E4M3_ENTRIES(7)
+GEMV_E4M3_ENTRIES(8)
+GEMV_RMS_E4M3_ENTRIES(1)
+GEMV_RMS_E4M3_ENTRIES(2)
+GEMV_RMS_E4M3_ENTRIES(3)
+GEMV_RMS_E4M3_ENTRIES(4)
 
 // Fallback: any in, any alignment; one weight row per warp, rows (1..8) at run time.
 __device__ __forceinline__ void gemv_row_any(const bf16_t* x, const bf16_t* wr, int in, int rows, float acc[8])

@@ -2,6 +2,8 @@
 //   fill_uniform_bf16: out[i] = bf16(scale * (2u - 1)), u uniform in [0, 1) from a counter-based hash of
 //     (seed, i) (SplitMix64 finaliser), so the values depend only on the seed and the index, never on the launch.
 //   fill_const_f32: out[i] = value (norm weights of 1, zero biases).
+//   fill_e4m3: out[i] = a random e4m3 code of magnitude below 2 (exponent field 0..7: never NaN, never large), from the
+//     same hash: fp8-held benchmark weights, whose row scales then set their size.
 // Launch: any grid-stride grid, e.g. (min(ceil(n / 256), 65535 * 8)), block 256.
 #include "swiftkv_common.cuh"
 
@@ -28,4 +30,11 @@ extern "C" __global__ void fill_const_f32(float* out, long long n, float value)
 {
     long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) out[i] = value;
+}
+
+extern "C" __global__ void fill_e4m3(unsigned char* out, long long n, unsigned long long seed)
+{
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        out[i] = (unsigned char)(splitmix64(seed ^ splitmix64((unsigned long long)i)) >> 56) & 0xBFu;   // bit 6 clear: exponent <= 7
 }

@@ -174,3 +174,42 @@ __device__ __forceinline__ void kv_row_to_bf16(const float* kr, const float* vr,
     for (int idx = row_unit_first(); idx < kv_heads * (head_dim / 2); idx += row_unit_stride())
         kv_unit_to_bf16(kr, vr, k_bias, v_bias, inv_freq, idx, head_dim, pos, kc, vc);
 }
+
+// Two e4m3 bytes of u -> bf16x2, exact and unscaled (the fp8 KV cache applies its per-key scale to S and P instead,
+// the fp8 GEMV its per-row scale to the sum). `sel` is the __byte_perm selector that puts them in the high byte of each 16-bit lane ([0, lo, 0, hi]); there e4m3's exponent
+// and mantissa sit where bf16's are, which is the value times 2^-120 (exponent bias 7 vs 127, subnormals included),
+// and one exact bf16x2 multiply by 2^120 (fma with -0 so that -0 stays -0) restores it: 4 instructions for two
+// elements, where going through fp32 (decode, scale, round to bf16) took about 14.
+__device__ __forceinline__ unsigned e4m3x2_to_bf16x2(unsigned u, unsigned sel)
+{
+    const unsigned x = __byte_perm(u, 0u, sel);
+    const unsigned t = (x & 0x80008000u) | ((x >> 4) & 0x07f007f0u);
+    unsigned r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(t), "r"(0x7b807b80u), "r"(0x80008000u));
+    return r;
+}
+
+// The 16 e4m3 codes of a 16-byte word as fp32, exactly: two codes at a time through f16x2 (every e4m3 value is an f16
+// value). Element 4k + j is byte j of word k. sm_89+ converts in hardware; older GPUs through attention_common.cuh's
+// exact bf16 bit placement above.
+__device__ __forceinline__ void e4m3x16_to_f32(uint4 v, float f[16])
+{
+    const unsigned wd[4] = { v.x, v.y, v.z, v.w };
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+    {
+#if __CUDA_ARCH__ >= 890
+        unsigned lo, hi;
+        asm("{\n\t.reg .b16 a, b;\n\tmov.b32 {a, b}, %2;\n\t"
+            "cvt.rn.f16x2.e4m3x2 %0, a;\n\tcvt.rn.f16x2.e4m3x2 %1, b;\n\t}" : "=r"(lo), "=r"(hi) : "r"(wd[k]));
+        float a0, a1, b0, b1;
+        asm("{\n\t.reg .f16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.f32.f16 %0, l;\n\tcvt.f32.f16 %1, h;\n\t}" : "=f"(a0), "=f"(a1) : "r"(lo));
+        asm("{\n\t.reg .f16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.f32.f16 %0, l;\n\tcvt.f32.f16 %1, h;\n\t}" : "=f"(b0), "=f"(b1) : "r"(hi));
+        f[4 * k] = a0; f[4 * k + 1] = a1; f[4 * k + 2] = b0; f[4 * k + 3] = b1;
+#else
+        unsigned lo = e4m3x2_to_bf16x2(wd[k], 0x1404u), hi = e4m3x2_to_bf16x2(wd[k], 0x3424u);
+        f[4 * k] = __uint_as_float(lo << 16); f[4 * k + 1] = __uint_as_float(lo & 0xffff0000u);
+        f[4 * k + 2] = __uint_as_float(hi << 16); f[4 * k + 3] = __uint_as_float(hi & 0xffff0000u);
+#endif
+    }
+}

@@ -4,6 +4,7 @@
 // errors a broken FP8 file gets.
 using System.Text.Json.Nodes;
 using SwiftKV.Engine.Cpu;
+using SwiftKV.Engine.Cuda;
 using SwiftKV.Model;
 using SwiftKV.Model.Checkpoint;
 using Xunit;
@@ -99,6 +100,52 @@ public sealed class Fp8CheckpointTests
         }
         finally { Directory.Delete(dir, true); }
     }
+
+    /// <summary>
+    /// What the GPU keeps of an fp8 matrix: one scale per row when a scale spans each whole row (per matrix or per
+    /// channel), so code · row scale is the loader's value for every element; none for block-wise scales.
+    /// </summary>
+    [Theory]
+    [InlineData("fp8_tensor_base", true)]
+    [InlineData("fp8_channel_swiftkv_50_g2", true)]
+    [InlineData("fp8_block_base", false)]
+    public void RowScales_GiveEveryElementItsValue_OrAreNullForBlocks(string name, bool perRow)
+    {
+        string dir = Path.Combine(FixtureDir, name);
+        var config = LlamaConfig.Load(dir);
+        using var checkpoint = SafetensorsCheckpoint.Open(dir);
+        int matrices = 0;
+        foreach (var tensorName in checkpoint.TensorNames)
+        {
+            checkpoint.TryGet(tensorName, out var info, out var file);
+            if (info.Dtype != TensorDtype.F8E4M3) continue;
+            var t = ScaledFp8Tensor.Open(config.Quantization, checkpoint, info, file);
+            var rows = t.RowScales();
+            matrices++;
+            if (!perRow)
+            {
+                Assert.Null(rows);
+                continue;
+            }
+            Assert.NotNull(rows);
+            Assert.Equal(t.Rows, rows!.Length);
+            float[] values = t.ReadFloat32();
+            var codes = file.GetBytes(info, 0, checked((int)info.ElementCount));
+            for (int i = 0; i < values.Length; i++)
+                Assert.Equal(values[i], Float8.ToSingle(codes[i], TensorDtype.F8E4M3) * rows[i / t.Columns]);
+        }
+        Assert.True(matrices > 0);
+    }
+
+    [Theory]
+    [InlineData(Fp8Weights.Keep, 16, 8, 80, true)]
+    [InlineData(Fp8Weights.Dequantize, 160, 80, 80, false)]
+    [InlineData(Fp8Weights.Auto, 16, 8, 80, false)]   // fits beside the reserve: prefill keeps its bf16 speed
+    [InlineData(Fp8Weights.Auto, 79, 40, 80, true)]   // 70B's 141 GB on an 80 GB card: only e4m3 fits
+    [InlineData(Fp8Weights.Auto, 79, 0, 80, false)]   // nothing is e4m3
+    [InlineData(Fp8Weights.Keep, 16, 0, 80, false)]
+    public void Fp8WeightChoice_KeepsWhenAskedOrWhenOnlyE4m3Fits(Fp8Weights mode, long bf16Gb, long savedGb, long freeGb, bool keep) =>
+        Assert.Equal(keep, Fp8WeightChoice.Keep(mode, bf16Gb << 30, savedGb << 30, freeGb << 30));
 
     [Fact]
     public void Converter_TurnsAnFp8LlamaIntoAnUnquantizedSwiftKvCheckpoint()

@@ -8,6 +8,11 @@ internal static class KernelGuard
         if (value < 1) throw new ArgumentOutOfRangeException(what, value, $"{kernel}: {what} must be >= 1.");
     }
 
+    public static void Positive(long value, string kernel, string what)
+    {
+        if (value < 1) throw new ArgumentOutOfRangeException(what, value, $"{kernel}: {what} must be >= 1.");
+    }
+
     public static void Fits<T>(DeviceSpan<T> span, long needed, string kernel, string what, string shape) where T : unmanaged
     {
         if (span.Length < needed)

@@ -153,7 +153,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
             }
             // GateUpSilu's cuBLAS route: above the GEMV's rows, and below the gated GEMM's where that applies.
             if ((!_useGemv || n > GemvGateUpRows) && (!gated || n < GatedMlpMinRows))
-                _blas.Linear(_ws.Normed, n, hidden, first.GateUp, 2 * cfg.IntermediateSize, _ws.GateUpFor(n, GateUpRouteRows(gated)));
+                _blas.Linear(_ws.Normed, n, hidden, Dense(first.GateUp), 2 * cfg.IntermediateSize, _ws.GateUpFor(n, GateUpRouteRows(gated)));
         }
         var later = _w.Layers[cfg.NumHiddenLayers - 1];
         foreach (int n in Buckets(kept))
@@ -614,10 +614,13 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
         int chunk = SwiftKvChunkRows;
         var all = _ws.SwiftKvFor(Math.Min(rows, chunk), chunk);
+        // Chunks share one dequantized copy of e4m3 weights.
+        var weights = rows > chunk ? Dense(_w.SwiftKvKv!) : default;
         for (int r0 = 0; r0 < rows; r0 += chunk)
         {
             int n = Math.Min(chunk, rows - r0);
-            Linear(_ws.Normed.Span.Slice((long)r0 * hidden), n, hidden, _w.SwiftKvKv!, ld, all);
+            if (rows > chunk) Linear(_ws.Normed.Span.Slice((long)r0 * hidden), n, hidden, weights, ld, all);
+            else Linear(_ws.Normed.Span.Slice((long)r0 * hidden), n, hidden, _w.SwiftKvKv!, ld, all);
             for (int g = 0; g < leaders; g++)
             {
                 var (kb, vb) = _w.SwiftKvBiases[g];

@@ -69,6 +69,9 @@ public sealed partial class CudaBackend : IModelBackend
     readonly PinnedHostBuffer _pinned;      // host side of both: [0..1] step ints, [16..] picked ids
     readonly CudaEvent _stepUploaded;
     readonly float _eps;
+    // Kept e4m3 weights only: the kernel that dequantizes one into the scratch before a bf16 GEMM reads it.
+    readonly Fp8WeightKernel? _dequantRows;
+    readonly DeviceBuffer<Bf16>? _denseScratch;
     DecodeGraph? _recording;
     bool _disposed;
 
@@ -81,26 +84,35 @@ public sealed partial class CudaBackend : IModelBackend
     /// overlapping the reads. bf16 tensors are copied as they are; fp16/fp32 are rounded to bf16 on the host; fp8 weights go up as
     /// codes and scales, dequantized to bf16 on the GPU.
     /// </summary>
-    public static CudaBackend Load(string checkpointDir, bool swiftKvEnabled) =>
-        Load(checkpointDir, swiftKvEnabled, CheckpointWeightSource.DefaultSlotBytes, CheckpointWeightSource.DefaultPieceBytes);
+    public static CudaBackend Load(string checkpointDir, bool swiftKvEnabled) => Load(checkpointDir, swiftKvEnabled, Fp8Weights.Auto);
+
+    /// <summary><see cref="Load(string, bool)"/> with a choice of how an FP8 checkpoint's e4m3 weights are held (<see cref="Fp8Weights"/>).</summary>
+    public static CudaBackend Load(string checkpointDir, bool swiftKvEnabled, Fp8Weights fp8) =>
+        Load(checkpointDir, swiftKvEnabled, CheckpointWeightSource.DefaultSlotBytes, CheckpointWeightSource.DefaultPieceBytes, fp8);
 
     /// <summary><see cref="Load(string, bool)"/> through staging slots and pieces of the given sizes (tests).</summary>
-    internal static CudaBackend Load(string checkpointDir, bool swiftKvEnabled, int stagingSlotBytes, int stagingPieceBytes)
+    internal static CudaBackend Load(string checkpointDir, bool swiftKvEnabled, int stagingSlotBytes, int stagingPieceBytes, Fp8Weights fp8 = Fp8Weights.Auto)
     {
+        if (!Enum.IsDefined(fp8)) throw new ArgumentOutOfRangeException(nameof(fp8), fp8, "Fp8Weights is Auto, Dequantize or Keep.");
         var config = LlamaConfig.Load(checkpointDir);
         using var checkpoint = SafetensorsCheckpoint.Open(checkpointDir);
         LlamaCheckpointLoader.Check(config, checkpoint, LlamaTensorNames.ForModel(config, swiftKvEnabled), swiftKvEnabled);
         long read = 0;
-        var backend = new CudaBackend(config, swiftKvEnabled, (s, k) => new CheckpointWeightSource(checkpoint, config.Quantization, k, s, stagingSlotBytes, stagingPieceBytes), src => read = ((CheckpointWeightSource)src).BytesRead);
+        var backend = new CudaBackend(config, swiftKvEnabled, (s, k) => new CheckpointWeightSource(checkpoint, config.Quantization, k, s, stagingSlotBytes, stagingPieceBytes),
+            src => read = ((CheckpointWeightSource)src).BytesRead, fp8);
         backend.LoadedBytes = read;
         return backend;
     }
 
-    /// <summary>A model of <paramref name="config"/>'s shape with seeded random weights made on the GPU (benchmarks).</summary>
-    public static CudaBackend CreateRandom(LlamaConfig config, bool swiftKvEnabled, ulong seed = 1)
+    /// <summary>
+    /// A model of <paramref name="config"/>'s shape with seeded random weights made on the GPU (benchmarks); with
+    /// <paramref name="e4m3"/>, its layer matrices are random e4m3 codes with row scales, held as such (an FP8 checkpoint kept fp8).
+    /// </summary>
+    public static CudaBackend CreateRandom(LlamaConfig config, bool swiftKvEnabled, ulong seed = 1, bool e4m3 = false)
     {
         ArgumentNullException.ThrowIfNull(config);
-        return new CudaBackend(config, swiftKvEnabled, (s, k) => new RandomWeightSource(new RandomFillKernel(k), s, seed));
+        return new CudaBackend(config, swiftKvEnabled, (s, k) => new RandomWeightSource(new RandomFillKernel(k), s, seed, e4m3), null,
+            e4m3 ? Fp8Weights.Keep : Fp8Weights.Dequantize);
     }
 
     static LlamaWeights Checked(LlamaWeights weights)
@@ -110,7 +122,8 @@ public sealed partial class CudaBackend : IModelBackend
         return weights;
     }
 
-    CudaBackend(LlamaConfig config, bool swiftKvEnabled, Func<CudaStream, KernelLibrary, WeightSource> source, Action<WeightSource>? loaded = null)
+    CudaBackend(LlamaConfig config, bool swiftKvEnabled, Func<CudaStream, KernelLibrary, WeightSource> source, Action<WeightSource>? loaded = null,
+        Fp8Weights fp8 = Fp8Weights.Dequantize)
     {
         Config = config;
         if (swiftKvEnabled && !Config.SwiftKv)
@@ -142,15 +155,22 @@ public sealed partial class CudaBackend : IModelBackend
             _picked = new DeviceBuffer<int>(16); owned.Add(_picked);
             _pinned = new PinnedHostBuffer(4096); owned.Add(_pinned);
             _stepUploaded = new CudaEvent(); owned.Add(_stepUploaded);
-            RefuseWeightsPastFreeMemory(Config, swiftKvEnabled, Device);
             var invFreq = RotaryEmbedding.ComputeInvFreq(Config.HeadDim, Config.RopeTheta, Config.RopeScaling);
             var sw = Stopwatch.StartNew();
             using (var src = source(_stream, _kernels))
             {
-                _w = new CudaWeights(Config, swiftKvEnabled, src, invFreq, _stream); owned.Add(_w);
+                long bf16Bytes = ShapeManifest.ParameterCount(Config, swiftKvEnabled) * 2, saved = CudaWeights.E4m3Saving(Config, swiftKvEnabled, src);
+                bool keep = Fp8WeightChoice.Keep(fp8, bf16Bytes, saved, CudaRuntime.MemoryInfo().Free);
+                RefuseWeightsPastFreeMemory(bf16Bytes - (keep ? saved : 0), keep, Device);
+                _w = new CudaWeights(Config, swiftKvEnabled, src, invFreq, _stream, keep); owned.Add(_w);
                 loaded?.Invoke(src);
             }
             LoadSeconds = sw.Elapsed.TotalSeconds;
+            if (_w.E4m3Matrices > 0)
+            {
+                _dequantRows = new Fp8WeightKernel(_kernels);
+                _denseScratch = new DeviceBuffer<Bf16>(_w.LargestE4m3Elements); owned.Add(_denseScratch);
+            }
             _ws = new Workspace(Config, _w.SwiftKvLeaders.Length); owned.Add(_ws);
         }
         catch
@@ -165,15 +185,14 @@ public sealed partial class CudaBackend : IModelBackend
     /// allocation ran out, with the driver's bare out-of-memory status, after seconds of reading the checkpoint: say it
     /// before reading a byte, in sizes. A CudaException marked out-of-memory, so Auto still falls back to the CPU.
     /// </summary>
-    static void RefuseWeightsPastFreeMemory(LlamaConfig config, bool swiftKv, CudaDeviceInfo device)
+    static void RefuseWeightsPastFreeMemory(long need, bool e4m3, CudaDeviceInfo device)
     {
-        long need = ShapeManifest.ParameterCount(config, swiftKv) * 2;   // bf16
         var (free, total) = CudaRuntime.MemoryInfo();
         if (need > free)
             throw new CudaException(
-                $"The model's bf16 weights are {need / 1e9:F1} GB, more than the {free / 1e9:F1} GB free (of {total / 1e9:F1} GB) on {device}. " +
+                $"The model's {(e4m3 ? "weights, with its e4m3 matrices kept as fp8," : "bf16 weights")} are {need / 1e9:F1} GB, more than the {free / 1e9:F1} GB free (of {total / 1e9:F1} GB) on {device}. " +
                 "This backend runs a model on one GPU: use a GPU with more memory (Llama-3.1-70B's 141 GB fit one 141 GB H200, " +
-                "not an 80 GB H100), a smaller model, or stop what else holds this GPU's memory.")
+                "not an 80 GB H100; its FP8 checkpoints' 70 GB, kept fp8, fit either), a smaller model, or stop what else holds this GPU's memory.")
             { IsOutOfMemory = true };
     }
 
@@ -184,6 +203,10 @@ public sealed partial class CudaBackend : IModelBackend
     public CudaDeviceInfo Device { get; }
     /// <summary>Device bytes held by the weights.</summary>
     public long WeightBytes => _w.Bytes;
+    /// <summary>Weight matrices held as e4m3 codes (<see cref="Fp8Weights"/>); 0 when every matrix is bf16.</summary>
+    public int E4m3WeightMatrices => _w.E4m3Matrices;
+    /// <summary>Device bytes of the scratch an e4m3 matrix is dequantized into before a GEMM (0 without e4m3 weights).</summary>
+    public long DequantizeScratchBytes => _denseScratch?.ByteLength ?? 0;
     /// <summary>Seconds spent filling the weights (reading + uploading, or generating) in the constructor.</summary>
     public double LoadSeconds { get; }
     /// <summary>Checkpoint bytes read by <see cref="Load(string, bool)"/> (0 for other constructors).</summary>
@@ -539,7 +562,7 @@ public sealed partial class CudaBackend : IModelBackend
             if (fusedQkv)
             {
                 _norm.Launch(_stream, x, null, layer.InputLayernorm, _ws.Normed, rows, hidden, _eps);
-                _gemmQkv.Launch(_stream, _ws.Normed, rows, hidden, layer.QkvOrQ, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, _ws.Rope.Span,
+                _gemmQkv.Launch(_stream, _ws.Normed, rows, hidden, Dense(layer.QkvOrQ), cfg.NumAttentionHeads, cfg.NumKeyValueHeads, _ws.Rope.Span,
                     _ws.QueryBf16, c.Keys(i), c.Values(i), c.Capacity, start);
                 AttentionAndMlp(x, rows, start, layer, cfg.QueryDim, c, i, null, queryRotated: true, queryBf16: true);
                 continue;
@@ -594,10 +617,11 @@ public sealed partial class CudaBackend : IModelBackend
         {
             _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
             long perLeader = 2L * kv * hidden;
+            var kvWeights = Dense(_w.SwiftKvKv!);
             for (int g = 0; g < leaders; g++)
             {
                 int cacheIndex = cfg.KvCacheIndex(_w.SwiftKvLeaders[g], true);
-                _gemmQkv.LaunchKeysValues(_stream, _ws.Normed, rows, hidden, _w.SwiftKvKv!.Span.Slice(g * perLeader, perLeader), cfg.NumKeyValueHeads,
+                _gemmQkv.LaunchKeysValues(_stream, _ws.Normed, rows, hidden, kvWeights.Slice(g * perLeader, perLeader), cfg.NumKeyValueHeads,
                     _ws.Rope.Span, c.Keys(cacheIndex), c.Values(cacheIndex), c.Capacity, start);
             }
             return;
@@ -607,10 +631,12 @@ public sealed partial class CudaBackend : IModelBackend
         var all = _ws.SwiftKvFor(Math.Min(rows, chunk), SwiftKvChunkRows);
         if (rows <= chunk) NormLinear(x, rows, _w.NormSwiftKv!, _w.SwiftKvKv!, ld, all);
         else _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
+        // Chunks share one dequantized copy of e4m3 weights.
+        var chunkWeights = rows > chunk ? Dense(_w.SwiftKvKv!) : default;
         for (int r0 = 0; r0 < rows; r0 += chunk)
         {
             int n = Math.Min(chunk, rows - r0);
-            if (rows > chunk) Linear(_ws.Normed.Span.Slice((long)r0 * hidden), n, hidden, _w.SwiftKvKv!, ld, all);
+            if (rows > chunk) Linear(_ws.Normed.Span.Slice((long)r0 * hidden), n, hidden, chunkWeights, ld, all);
             for (int g = 0; g < leaders; g++)
             {
                 int cacheIndex = cfg.KvCacheIndex(_w.SwiftKvLeaders[g], true);
@@ -654,6 +680,38 @@ public sealed partial class CudaBackend : IModelBackend
         if (_useGemv && rows <= GemvLinearRows) _gemv.Launch(_stream, x, rows, inDim, w, outDim, y, accumulate);
         else _blas.Linear(x, rows, inDim, w, outDim, y, accumulate);
     }
+
+    /// <summary>
+    /// <see cref="Linear(DeviceSpan{Bf16}, int, int, DeviceSpan{Bf16}, int, DeviceSpan{float}, bool)"/> over a held matrix. An
+    /// e4m3 one streams its codes through the e4m3 GEMV up to <see cref="GemvKernel.MaxRows"/> rows (it reads half the
+    /// bytes a dequantized copy would, and a dequantize pass would cost more than the GEMV), else is dequantized into
+    /// the scratch for the bf16 route.
+    /// </summary>
+    void Linear(DeviceSpan<Bf16> x, int rows, int inDim, CudaMatrix w, int outDim, DeviceSpan<float> y, bool accumulate = false)
+    {
+        if (!w.IsE4m3) Linear(x, rows, inDim, w.Bf16.Span, outDim, y, accumulate);
+        else if (E4m3Gemv(rows, GemvKernel.MaxRows, x.Address, w, inDim)) _gemv.Launch(_stream, x, rows, inDim, w.E4m3, outDim, y, accumulate);
+        else Linear(x, rows, inDim, Dense(w), outDim, y, accumulate);
+    }
+
+    bool E4m3Gemv(int rows, int maxRows, ulong xAddress, CudaMatrix w, int inDim) =>
+        _useGemv && rows <= maxRows && GemvKernel.TakesE4m3(xAddress, w.E4m3, inDim);
+
+    /// <summary>
+    /// The bf16 values of <paramref name="w"/>: its own buffer, or for an e4m3 matrix its values dequantized into the
+    /// one shared scratch (queued on the stream, so each use is done before the next dequantize overwrites it). The
+    /// values are those the loader writes when it dequantizes, so a prefill computes the same as with bf16 weights.
+    /// </summary>
+    DeviceSpan<Bf16> Dense(CudaMatrix w)
+    {
+        if (!w.IsE4m3) return w.Bf16.Span;
+        var scratch = _denseScratch!.Span.Slice(0, w.ElementCount);
+        _dequantRows!.DequantizeRows(_stream, w.E4m3, w.Rows, w.Columns, scratch);
+        return scratch;
+    }
+
+    /// <summary>Where <see cref="Dense"/> would put <paramref name="w"/>'s values, without writing them (shape and alignment checks).</summary>
+    DeviceSpan<Bf16> DenseSpan(CudaMatrix w) => w.IsE4m3 ? _denseScratch!.Span.Slice(0, w.ElementCount) : w.Bf16.Span;
 
     /// <summary>Decode-sized steps fold the RMSNorm into the GEMV (no bias to add into x first, UseFusedDecode on).</summary>
     bool FoldNorm(int rows, int maxRows, DeviceSpan<float>? bias) =>
@@ -703,14 +761,21 @@ public sealed partial class CudaBackend : IModelBackend
 
     /// <summary>
     /// y (rows, outDim) fp32 = (RMSNorm(x) · normWeight) · wᵀ: the norm folded into the GEMV for decode-sized steps,
-    /// else the norm kernel into the Normed workspace, then <see cref="Linear"/>.
+    /// else the norm kernel into the Normed workspace, then <see cref="Linear(DeviceSpan{Bf16}, int, int, CudaMatrix, int, DeviceSpan{float}, bool)"/>.
     /// </summary>
-    void NormLinear(DeviceSpan<float> x, int rows, DeviceSpan<float> normWeight, DeviceSpan<Bf16> w, int outDim, DeviceSpan<float> y)
+    void NormLinear(DeviceSpan<float> x, int rows, DeviceSpan<float> normWeight, CudaMatrix w, int outDim, DeviceSpan<float> y)
     {
         int hidden = Config.HiddenSize;
         if (FoldNorm(rows, GemvLinearRows, null))
         {
-            _gemv.LaunchRms(_stream, x, rows, hidden, normWeight, _eps, w, outDim, y);
+            if (!w.IsE4m3) _gemv.LaunchRms(_stream, x, rows, hidden, normWeight, _eps, w.Bf16.Span, outDim, y);
+            else if (E4m3Gemv(rows, GemvKernel.MaxRmsRows, x.Address, w, hidden) && normWeight.Address % 16 == 0)
+                _gemv.LaunchRms(_stream, x, rows, hidden, normWeight, _eps, w.E4m3, outDim, y);
+            else
+            {
+                _norm.Launch(_stream, x, null, normWeight, _ws.Normed, rows, hidden, _eps);
+                Linear(_ws.Normed, rows, hidden, w, outDim, y);
+            }
             return;
         }
         _norm.Launch(_stream, x, null, normWeight, _ws.Normed, rows, hidden, _eps);
@@ -729,19 +794,25 @@ public sealed partial class CudaBackend : IModelBackend
     void GateUpSilu(DeviceSpan<Bf16> x, int rows, CudaLayerWeights layer)
     {
         int hidden = Config.HiddenSize, inter = Config.IntermediateSize;
+        if (layer.GateUp.IsE4m3 && E4m3Gemv(rows, GemvKernel.MaxRows, x.Address, layer.GateUp, hidden))
+        {
+            _gemv.LaunchSiluMul(_stream, x, rows, hidden, layer.GateUp.E4m3, inter, _ws.Mlp);
+            return;
+        }
+        var weights = Dense(layer.GateUp);
         if (_useGemv && rows <= GemvGateUpRows)
         {
-            _gemv.LaunchSiluMul(_stream, x, rows, hidden, layer.GateUp, inter, _ws.Mlp);
+            _gemv.LaunchSiluMul(_stream, x, rows, hidden, weights, inter, _ws.Mlp);
             return;
         }
         bool gated = GatedMlpApplies(x, layer);
         if (gated && rows >= GatedMlpMinRows)
         {
-            _gemmSwiglu.Launch(_stream, x, rows, hidden, layer.GateUp, inter, _ws.Mlp);
+            _gemmSwiglu.Launch(_stream, x, rows, hidden, weights, inter, _ws.Mlp);
             return;
         }
         var gateUp = _ws.GateUpFor(rows, GateUpRouteRows(gated));
-        _blas.Linear(x, rows, hidden, layer.GateUp, 2 * inter, gateUp);
+        _blas.Linear(x, rows, hidden, weights, 2 * inter, gateUp);
         _siluMul.Launch(_stream, gateUp, rows, inter, _ws.Mlp);
     }
 
@@ -750,7 +821,7 @@ public sealed partial class CudaBackend : IModelBackend
 
     /// <summary>Whether steps of <see cref="GatedMlpMinRows"/> or more rows take the gated GEMM for this layer's [gate; up].</summary>
     bool GatedMlpApplies(DeviceSpan<Bf16> x, CudaLayerWeights layer) =>
-        UseGatedMlp && GemmSwigluKernel.Applies(x, Config.HiddenSize, layer.GateUp, Config.IntermediateSize, _ws.Mlp, out _) && _gemmSwiglu.IsAvailable(out _);
+        UseGatedMlp && GemmSwigluKernel.Applies(x, Config.HiddenSize, DenseSpan(layer.GateUp), Config.IntermediateSize, _ws.Mlp, out _) && _gemmSwiglu.IsAvailable(out _);
 
     /// <summary>
     /// One decode step by graph replay. The first step of a cache (or the first after the workspace moved) runs
@@ -898,8 +969,12 @@ public sealed partial class CudaBackend : IModelBackend
     void NormGateUpSilu(DeviceSpan<float> x, int rows, CudaLayerWeights layer)
     {
         int hidden = Config.HiddenSize;
-        if (FoldNorm(rows, GemvLinearRows, layer.OBias?.Span))
-            _gemv.LaunchRmsSiluMul(_stream, x, rows, hidden, layer.PostAttentionLayernorm, _eps, layer.GateUp, Config.IntermediateSize, _ws.Mlp);
+        bool e4m3 = layer.GateUp.IsE4m3;
+        if (FoldNorm(rows, GemvLinearRows, layer.OBias?.Span) && !e4m3)
+            _gemv.LaunchRmsSiluMul(_stream, x, rows, hidden, layer.PostAttentionLayernorm, _eps, layer.GateUp.Bf16.Span, Config.IntermediateSize, _ws.Mlp);
+        else if (FoldNorm(rows, GemvLinearRows, layer.OBias?.Span) && E4m3Gemv(rows, GemvKernel.MaxRmsRows, x.Address, layer.GateUp, hidden)
+                 && layer.PostAttentionLayernorm.Address % 16 == 0)
+            _gemv.LaunchRmsSiluMul(_stream, x, rows, hidden, layer.PostAttentionLayernorm, _eps, layer.GateUp.E4m3, Config.IntermediateSize, _ws.Mlp);
         else
         {
             _norm.Launch(_stream, x, layer.OBias?.Span, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);

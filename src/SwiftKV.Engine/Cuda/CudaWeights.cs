@@ -4,26 +4,46 @@
 // leaders stacked, so SingleInputKV fills every later cache from norm_swiftkv(x_l) with a single GEMM.
 // Where the values come from is a WeightSource (fp32 LlamaWeights, a safetensors checkpoint streamed through
 // pinned staging, or seeded random values made on the GPU); this class only decides the layout.
+// With keepE4m3, a matrix whose every part the source holds as e4m3 codes with row scales (an FP8 checkpoint's
+// per-channel or per-matrix scales) stays as those codes: half the bytes of bf16, so decode streams half and a model
+// twice the size fits. Block-scaled matrices, and stacks with a part that is not e4m3, are dequantized to bf16 as before.
 using SwiftKV.Cuda;
+using SwiftKV.Cuda.Kernels;
 using SwiftKV.Model;
 using SwiftKV.Model.Checkpoint;
 using static SwiftKV.Model.Checkpoint.LlamaTensorNames;
 
 namespace SwiftKV.Engine.Cuda;
 
+/// <summary>A weight matrix (out, in) as the GPU holds it: bf16, or e4m3 codes with one fp32 scale per row.</summary>
+internal sealed class CudaMatrix
+{
+    public required long Rows { get; init; }
+    public required long Columns { get; init; }
+    public DeviceBuffer<Bf16>? Values { get; init; }
+    public DeviceBuffer<byte>? Codes { get; init; }
+    public DeviceBuffer<float>? Scales { get; init; }
+
+    public bool IsE4m3 => Codes is not null;
+    /// <summary>The bf16 values; only for a matrix held in bf16 (the engine dequantizes an e4m3 one into a scratch first).</summary>
+    public DeviceBuffer<Bf16> Bf16 => Values ?? throw new InvalidOperationException("this matrix is held as e4m3 codes: dequantize it first.");
+    public E4m3Rows E4m3 => new(Codes?.Span ?? throw new InvalidOperationException("this matrix is held in bf16."), Scales!.Span);
+    public long ElementCount => Rows * Columns;
+}
+
 internal sealed class CudaLayerWeights
 {
     /// <summary>Full layer: [q; k; v] (q + 2 kv, hidden). SwiftKV layer: q_proj_swiftkv (q, hidden).</summary>
-    public required DeviceBuffer<Bf16> QkvOrQ { get; init; }
+    public required CudaMatrix QkvOrQ { get; init; }
     public DeviceBuffer<float>? QBias { get; init; }
     /// <summary>Full layers only (SwiftKV leaders' K/V biases live in <see cref="CudaWeights.SwiftKvBiases"/>).</summary>
     public DeviceBuffer<float>? KBias { get; init; }
     public DeviceBuffer<float>? VBias { get; init; }
-    public required DeviceBuffer<Bf16> O { get; init; }
+    public required CudaMatrix O { get; init; }
     public DeviceBuffer<float>? OBias { get; init; }
     /// <summary>[gate; up] (2 inter, hidden).</summary>
-    public required DeviceBuffer<Bf16> GateUp { get; init; }
-    public required DeviceBuffer<Bf16> Down { get; init; }
+    public required CudaMatrix GateUp { get; init; }
+    public required CudaMatrix Down { get; init; }
     public required DeviceBuffer<float> InputLayernorm { get; init; }
     public required DeviceBuffer<float> PostAttentionLayernorm { get; init; }
 }
@@ -35,13 +55,16 @@ internal sealed class CudaWeights : IDisposable
     readonly WeightSource _source;
 
     /// <summary>Allocates every buffer the model needs and fills it from <paramref name="source"/> (which it does not dispose).</summary>
-    public CudaWeights(LlamaConfig c, bool swiftKvEnabled, WeightSource source, float[] invFreq, CudaStream stream)
+    public CudaWeights(LlamaConfig c, bool swiftKvEnabled, WeightSource source, float[] invFreq, CudaStream stream, bool keepE4m3 = false)
     {
         _specs = ForModel(c, swiftKvEnabled).ToDictionary(s => s.Name, StringComparer.Ordinal);
         _source = source;
+        _keepE4m3 = keepE4m3;
+        _stream = stream;
         try
         {
-            Embed = Matrix(EmbedTokens);
+            // The embedding is gathered by row, in bf16 (and an FP8 checkpoint keeps it unquantized anyway).
+            Embed = Matrix(allowE4m3: false, EmbedTokens).Bf16;
             var layers = new List<CudaLayerWeights>();
             for (int i = 0; i < c.NumHiddenLayers; i++)
             {
@@ -71,7 +94,7 @@ internal sealed class CudaWeights : IDisposable
             }
             Norm = Vector(LlamaTensorNames.Norm)!;
             // NOTE: tied embeddings share one buffer, as Hugging Face shares one parameter.
-            LmHead = c.TieWordEmbeddings ? Embed : Matrix(LlamaTensorNames.LmHead);
+            LmHead = c.TieWordEmbeddings ? new CudaMatrix { Rows = c.VocabSize, Columns = c.HiddenSize, Values = Embed } : Matrix(LlamaTensorNames.LmHead);
             InvFreq = Own(new DeviceBuffer<float>(invFreq.Length));
             stream.Upload<float>(invFreq, InvFreq);   // on the backend's (non-blocking) stream, not the legacy one
             source.Finish();
@@ -87,7 +110,7 @@ internal sealed class CudaWeights : IDisposable
     }
 
     public DeviceBuffer<Bf16> Embed { get; }
-    public DeviceBuffer<Bf16> LmHead { get; }
+    public CudaMatrix LmHead { get; }
     public DeviceBuffer<float> Norm { get; }
     public DeviceBuffer<float>? NormSwiftKv { get; }
     public DeviceBuffer<float> InvFreq { get; }
@@ -98,7 +121,7 @@ internal sealed class CudaWeights : IDisposable
     /// <summary>Layer indices of the AcrossKV group leaders, in cache order.</summary>
     public int[] SwiftKvLeaders { get; } = [];
     /// <summary>[k_swiftkv; v_swiftkv] of every leader, stacked: (leaders · 2 kv, hidden).</summary>
-    public DeviceBuffer<Bf16>? SwiftKvKv { get; }
+    public CudaMatrix? SwiftKvKv { get; }
     public (DeviceBuffer<float>? K, DeviceBuffer<float>? V)[] SwiftKvBiases { get; } = [];
 
     /// <summary>Whether any SingleInputKV K/V projection has a bias (the fused K/V GEMM adds none).</summary>
@@ -106,18 +129,58 @@ internal sealed class CudaWeights : IDisposable
 
     public long Bytes { get; private set; }
 
-    /// <summary>One bf16 buffer holding the named (out, in) matrices stacked along out, in order.</summary>
-    DeviceBuffer<Bf16> Matrix(params string[] names)
+    /// <summary>
+    /// Device bytes that keeping <paramref name="source"/>'s e4m3 matrices saves against bf16 (one byte per element, less
+    /// their row scales), before anything is allocated: what the memory rule and check count. Counted per tensor, so a
+    /// stack with one part that is not e4m3 (held in bf16 whole) makes it an upper bound.
+    /// </summary>
+    public static long E4m3Saving(LlamaConfig c, bool swiftKvEnabled, WeightSource source) =>
+        ForModel(c, swiftKvEnabled)
+            .Where(s => s.Shape.Count == 2 && s.Name != EmbedTokens && !(c.TieWordEmbeddings && s.Name == LlamaTensorNames.LmHead)
+                        && s.Shape[^1] % 16 == 0 && source.E4m3RowScales(s) is not null)
+            .Sum(s => s.ElementCount - 4 * s.Shape[0]);
+
+    /// <summary>Matrices held as e4m3 codes, and the most elements one of them has (the engine's dequantizing scratch).</summary>
+    public int E4m3Matrices { get; private set; }
+    public long LargestE4m3Elements { get; private set; }
+
+    readonly bool _keepE4m3;
+    readonly CudaStream _stream;
+
+    /// <summary>
+    /// The named (out, in) matrices stacked along out, in order, as one matrix: e4m3 codes with row scales when kept
+    /// (every part e4m3 with row-spanning scales), else bf16.
+    /// </summary>
+    CudaMatrix Matrix(params string[] names) => Matrix(true, names);
+
+    CudaMatrix Matrix(bool allowE4m3, params string[] names)
     {
         var specs = names.Select(n => _specs.TryGetValue(n, out var s) ? s : throw new InvalidModelException($"the model needs tensor '{n}', which its config does not list.")).ToArray();
-        var b = Own(new DeviceBuffer<Bf16>(specs.Sum(s => s.ElementCount)));
-        long at = 0;
+        long rows = specs.Sum(s => s.Shape[0]), columns = specs[0].Shape[^1], total = specs.Sum(s => s.ElementCount);
+        var scales = _keepE4m3 && allowE4m3 ? specs.Select(_source.E4m3RowScales).ToArray() : null;
+        if (scales is not null && scales.All(s => s is not null) && columns % 16 == 0)
+        {
+            var codes = Own(new DeviceBuffer<byte>(total));
+            var rowScales = Own(new DeviceBuffer<float>(rows));
+            _stream.Upload<float>(scales.SelectMany(s => s!).ToArray(), rowScales.Span);
+            long at = 0;
+            foreach (var s in specs)
+            {
+                _source.E4m3Codes(codes.Span.Slice(at, s.ElementCount), s);
+                at += s.ElementCount;
+            }
+            E4m3Matrices++;
+            LargestE4m3Elements = Math.Max(LargestE4m3Elements, total);
+            return new CudaMatrix { Rows = rows, Columns = columns, Codes = codes, Scales = rowScales };
+        }
+        var b = Own(new DeviceBuffer<Bf16>(total));
+        long next = 0;
         foreach (var s in specs)
         {
-            _source.Matrix(b.Span.Slice(at, s.ElementCount), s);
-            at += s.ElementCount;
+            _source.Matrix(b.Span.Slice(next, s.ElementCount), s);
+            next += s.ElementCount;
         }
-        return b;
+        return new CudaMatrix { Rows = rows, Columns = columns, Values = b };
     }
 
     /// <summary>An fp32 vector, or null when the config has no such tensor (biases of a bias-free model).</summary>

@@ -5,7 +5,10 @@
 //                           upload queued asynchronously, so reading slot i+1 overlaps the DMA of slot i. No fp32 copy
 //                           of the model is ever made. FP8 weights go up as their codes (one byte each) with their
 //                           scales, and a kernel (weight_fp8.cu) writes the bf16 values on the GPU.
-//   RandomWeightSource      seeded uniform values made on the GPU (benchmarks at 8B shape without a 16 GB file).
+//   RandomWeightSource      seeded uniform values made on the GPU (benchmarks at 8B shape without a 16 GB file), or
+//                           random e4m3 codes with row scales (benchmarks of fp8-held weights).
+// An FP8 checkpoint's e4m3 matrices whose scale spans each row can also stay fp8 on the GPU (E4m3RowScales /
+// E4m3Codes): CudaWeights decides which.
 using System.Runtime.InteropServices;
 using SwiftKV.Cuda;
 using SwiftKV.Cuda.Kernels;
@@ -21,6 +24,14 @@ internal abstract class WeightSource : IDisposable
     public abstract void Matrix(DeviceSpan<Bf16> destination, TensorSpec spec);
     /// <summary>Fills <paramref name="destination"/> with the fp32 vector.</summary>
     public abstract void Vector(DeviceSpan<float> destination, TensorSpec spec);
+    /// <summary>
+    /// The matrix's scales, one per row, when this source holds it as fp8 e4m3 codes whose scale spans each whole row
+    /// (an FP8 checkpoint's per-channel or per-matrix scales), so the GPU can keep the codes; else null.
+    /// </summary>
+    public virtual float[]? E4m3RowScales(TensorSpec spec) => null;
+    /// <summary>Fills <paramref name="destination"/> with the e4m3 codes of a matrix <see cref="E4m3RowScales"/> answered for.</summary>
+    public virtual void E4m3Codes(DeviceSpan<byte> destination, TensorSpec spec) =>
+        throw new NotSupportedException($"this weight source holds no e4m3 codes ('{spec.Name}').");
     public virtual void Finish() { }
     public virtual void Dispose() { }
 }
@@ -137,6 +148,34 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
         }
     }
 
+    public override float[]? E4m3RowScales(TensorSpec spec)
+    {
+        var (info, file) = Find(spec);
+        return info.Dtype == TensorDtype.F8E4M3 ? ScaledFp8Tensor.Open(_quantization, _checkpoint, info, file).RowScales() : null;
+    }
+
+    /// <summary>The codes as stored, a slot at a time, straight into the device buffer (no kernel: the GPU keeps them).</summary>
+    public override void E4m3Codes(DeviceSpan<byte> destination, TensorSpec spec)
+    {
+        var (info, file) = Find(spec);
+        if (info.Dtype != TensorDtype.F8E4M3) throw new InvalidModelException($"'{spec.Name}' is {info.Dtype}, not F8_E4M3.");
+        if (info.ElementCount != destination.Length) throw new InvalidModelException($"'{spec.Name}' has {info.ElementCount} elements, expected {destination.Length}.");
+        for (long first = 0; first < info.ElementCount; first += SlotBytes)
+        {
+            long n = Math.Min(SlotBytes, info.ElementCount - first);
+            int slot = Acquire();
+            nint dstAddr = (nint)_staging[slot].Pointer;
+            long pieces = (n + PieceBytes - 1) / PieceBytes;
+            Parallel.For(0, pieces, p =>
+            {
+                long b0 = p * PieceBytes, cnt = Math.Min(PieceBytes, n - b0);
+                file.GetBytes(info, first + b0, (int)cnt).CopyTo(new Span<byte>((byte*)dstAddr + b0, (int)cnt));
+            });
+            Send(slot, destination.Address + (ulong)first, n);
+            BytesRead += n;
+        }
+    }
+
     public override void Vector(DeviceSpan<float> destination, TensorSpec spec)
     {
         var (info, file) = Find(spec);
@@ -241,8 +280,14 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
 /// Seeded random weights made on the GPU: matrices U(-a, a) with a = 1/sqrt(in_features) (activations keep their
 /// scale through the layers), norm weights 1, biases 0. Each tensor's values depend on the seed and its name only.
 /// </summary>
-internal sealed class RandomWeightSource(RandomFillKernel fill, CudaStream stream, ulong seed) : WeightSource
+internal sealed class RandomWeightSource(RandomFillKernel fill, CudaStream stream, ulong seed, bool e4m3 = false) : WeightSource
 {
+    /// <summary>With e4m3: every layer matrix as random e4m3 codes of magnitude below 2, scaled by a / 2 per row (embedding and lm_head stay bf16, as FP8 checkpoints keep them).</summary>
+    public override float[]? E4m3RowScales(TensorSpec spec) =>
+        e4m3 && spec.Name is not (LlamaTensorNames.EmbedTokens or LlamaTensorNames.LmHead) ? Enumerable.Repeat((float)(0.5 / Math.Sqrt(spec.Shape[^1])), checked((int)spec.Shape[0])).ToArray() : null;
+
+    public override void E4m3Codes(DeviceSpan<byte> destination, TensorSpec spec) => fill.E4m3(stream, destination, seed ^ NameHash(spec.Name));
+
     public override void Matrix(DeviceSpan<Bf16> destination, TensorSpec spec)
     {
         float a = (float)(1.0 / Math.Sqrt(spec.Shape[^1]));

@@ -158,6 +158,19 @@ public sealed class ScaledFp8Tensor
         for (int i = 0; i < run.Length; i++) run[i] *= scale;
     }
 
+    /// <summary>
+    /// One scale per row, when a single scale spans each whole row (one per matrix, per output channel, or blocks as
+    /// wide as the matrix): what the GPU needs to keep the codes as they are and scale each row's dot products once.
+    /// Null for block-wise scales that change along a row.
+    /// </summary>
+    public float[]? RowScales()
+    {
+        if (ScaleColumns != 1 || BlockColumns < Columns) return null;
+        var rows = new float[Rows];
+        for (long r = 0; r < Rows; r++) rows[r] = _scales[r / BlockRows];
+        return rows;
+    }
+
     /// <summary>The whole matrix as fp32.</summary>
     public float[] ReadFloat32()
     {
