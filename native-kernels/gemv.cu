@@ -11,9 +11,9 @@
 //                         scales its dot products by 1 / sqrt(mean(x²) + eps) at the end (y = inv · W (x ⊙ nw)):
 //                         no norm launch and no bf16 normed row in between (the activations stay fp32, which is
 //                         at least as accurate as the separate norm's bf16 rounding). Decode only.
-//   gemv_e4m3_r{R}, gemv_silu_e4m3_r{R}, gemv_rms_e4m3_r{R}, gemv_rms_silu_e4m3_r{R}: the same four with W held as
-//                         fp8 e4m3 codes (an FP8 checkpoint's weights kept as they are: half the bytes to stream) and
-//                         one fp32 scale per weight row. Each code becomes its exact value (e4m3 -> f16 -> f32, no
+//   gemv_e4m3_r{R}, gemv_silu_e4m3_r{R}: the plain and SwiGLU products with W held as fp8 e4m3 codes (an FP8
+//                         checkpoint's weights kept as they are: half the bytes to stream) and one fp32 scale per
+//                         weight row. Each code becomes its exact value (e4m3 -> f16 -> f32, no
 //                         rounding), the dot product sums value · x in fp32, and the row's scale multiplies the sum once:
 //                         code · scale is never rounded to bf16, unlike the dequantized weights, so the result differs
 //                         from the bf16 path by at most that rounding. Vector path only (in % 16 == 0, 16-byte aligned).
@@ -315,7 +315,9 @@ GEMV_RMS_ENTRIES(2)
 GEMV_RMS_ENTRIES(3)
 GEMV_RMS_ENTRIES(4)
 
-// fp8 e4m3 weights with one fp32 scale per row (all four forms; no L2-prefetch variant). Same grids as the bf16 entries.
+// fp8 e4m3 weights with one fp32 scale per row (no L2-prefetch variant). Same grids as the bf16 entries. No RMSNorm
+// folding: a folding warp reads 8 bytes of fp32 x and norm weight per element, which at 16 elements per 16-byte weight
+// load outruns L1; folded forms were timed slower than the norm kernel first (CudaBackend.NormThenLinear).
 #define GEMV_E4M3_ENTRIES(R) \
     extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_e4m3_r##R(const bf16_t* __restrict__ x, const unsigned char* __restrict__ w, \
         const float* __restrict__ scales, float* y, int in, int out, int ldy, int accumulate) \
@@ -323,14 +325,6 @@ GEMV_RMS_ENTRIES(4)
     extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_silu_e4m3_r##R(const bf16_t* __restrict__ x, const unsigned char* __restrict__ w, \
         const float* __restrict__ scales, bf16_t* out, int in, int inter) \
         { gemv_silu<R, false, false, true>(x, w, out, in, inter, nullptr, 0.f, scales); }
-#define GEMV_RMS_E4M3_ENTRIES(R) \
-    extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_rms_e4m3_r##R(const float* __restrict__ x, const float* __restrict__ nw, \
-        float eps, const unsigned char* __restrict__ w, const float* __restrict__ scales, float* y, int in, int out, int ldy, int accumulate) \
-        { gemv_plain<R, false, true, true>(x, w, y, in, out, ldy, accumulate, nw, eps, scales); } \
-    extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_rms_silu_e4m3_r##R(const float* __restrict__ x, const float* __restrict__ nw, \
-        float eps, const unsigned char* __restrict__ w, const float* __restrict__ scales, bf16_t* out, int in, int inter) \
-        { gemv_silu<R, false, true, true>(x, w, out, in, inter, nw, eps, scales); }
-
 GEMV_E4M3_ENTRIES(1)
 GEMV_E4M3_ENTRIES(2)
 GEMV_E4M3_ENTRIES(3)
@@ -339,10 +333,6 @@ GEMV_E4M3_ENTRIES(5)
 GEMV_E4M3_ENTRIES(6)
 GEMV_E4M3_ENTRIES(7)
 GEMV_E4M3_ENTRIES(8)
-GEMV_RMS_E4M3_ENTRIES(1)
-GEMV_RMS_E4M3_ENTRIES(2)
-GEMV_RMS_E4M3_ENTRIES(3)
-GEMV_RMS_E4M3_ENTRIES(4)
 
 // Fallback: any in, any alignment; one weight row per warp, rows (1..8) at run time.
 __device__ __forceinline__ void gemv_row_any(const bf16_t* x, const bf16_t* wr, int in, int rows, float acc[8])

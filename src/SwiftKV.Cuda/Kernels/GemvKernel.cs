@@ -157,16 +157,16 @@ public sealed unsafe class GemvKernel(KernelLibrary library)
         }
     }
 
-    readonly CudaKernel?[] _e4m3 = new CudaKernel?[4 * (MaxRows + 1)];
+    readonly CudaKernel?[] _e4m3 = new CudaKernel?[2 * (MaxRows + 1)];
 
     /// <summary>Whether the e4m3 forms take these operands: in % 16 == 0 and 16-byte aligned x and codes (there is no scalar e4m3 fallback).</summary>
     public static bool TakesE4m3(ulong xAddress, E4m3Rows w, int inDim) => inDim % 16 == 0 && xAddress % 16 == 0 && w.Codes.Address % 16 == 0;
 
     CudaKernel E4m3Kernel(int form, int rows, string name) => _e4m3[form * (MaxRows + 1) + rows] ??= library.Get("gemv.cu", $"{name}_r{rows}");
 
-    void CheckE4m3(string n, ulong xAddress, int rows, int maxRows, int inDim, E4m3Rows w, int outDim)
+    static void CheckE4m3(string n, ulong xAddress, int rows, int inDim, E4m3Rows w, int outDim)
     {
-        if (rows < 1 || rows > maxRows) throw new ArgumentOutOfRangeException(nameof(rows), rows, $"{n}: rows must be in 1..{maxRows}.");
+        if (rows < 1 || rows > MaxRows) throw new ArgumentOutOfRangeException(nameof(rows), rows, $"{n}: rows must be in 1..{MaxRows}.");
         KernelGuard.Positive(inDim, n, "in");
         KernelGuard.Positive(outDim, n, "out");
         KernelGuard.Fits(w.Codes, (long)outDim * inDim, n, "codes", $"({outDim}, {inDim})");
@@ -181,7 +181,7 @@ public sealed unsafe class GemvKernel(KernelLibrary library)
     {
         const string n = "gemv_e4m3";
         if (ldy == 0) ldy = outDim;
-        CheckE4m3(n, x.Address, rows, MaxRows, inDim, w, outDim);
+        CheckE4m3(n, x.Address, rows, inDim, w, outDim);
         KernelGuard.Fits(x, (long)rows * inDim, n, nameof(x), $"({rows}, {inDim})");
         if (ldy < outDim) throw new ArgumentOutOfRangeException(nameof(ldy), ldy, $"{n}: row stride must be >= out ({outDim}).");
         KernelGuard.Fits(y, (long)(rows - 1) * ldy + outDim, n, nameof(y), $"({rows}, {outDim}) with row stride {ldy}");
@@ -197,48 +197,12 @@ public sealed unsafe class GemvKernel(KernelLibrary library)
     {
         const string n = "gemv_silu_e4m3";
         KernelGuard.Positive(inter, n, nameof(inter));
-        CheckE4m3(n, x.Address, rows, MaxRows, inDim, gateUp, 2 * inter);
+        CheckE4m3(n, x.Address, rows, inDim, gateUp, 2 * inter);
         KernelGuard.Fits(x, (long)rows * inDim, n, nameof(x), $"({rows}, {inDim})");
         KernelGuard.Fits(output, (long)rows * inter, n, nameof(output), $"({rows}, {inter})");
         ulong px = x.Address, pw = gateUp.Codes.Address, ps = gateUp.Scales.Address, po = output.Address;
         void** args = stackalloc void*[] { &px, &pw, &ps, &po, &inDim, &inter };
         E4m3Kernel(1, rows, n).Launch(stream, ((uint)((inter + Warps - 1) / Warps), 1, 1), 32 * Warps, 0, args, library.ProgrammaticLaunch);
-        LastWasVector = true;
-    }
-
-    /// <summary><see cref="LaunchRms(CudaStream, DeviceSpan{float}, int, int, DeviceSpan{float}, float, DeviceSpan{Bf16}, int, DeviceSpan{float}, bool, int)"/> over an e4m3 matrix.</summary>
-    public void LaunchRms(CudaStream stream, DeviceSpan<float> x, int rows, int inDim, DeviceSpan<float> normWeight, float eps,
-        E4m3Rows w, int outDim, DeviceSpan<float> y, bool accumulate = false, int ldy = 0)
-    {
-        const string n = "gemv_rms_e4m3";
-        if (ldy == 0) ldy = outDim;
-        CheckE4m3(n, x.Address, rows, MaxRmsRows, inDim, w, outDim);
-        KernelGuard.Fits(x, (long)rows * inDim, n, nameof(x), $"({rows}, {inDim})");
-        KernelGuard.Fits(normWeight, inDim, n, nameof(normWeight), $"({inDim})");
-        if (normWeight.Address % 16 != 0) throw new ArgumentException($"{n}: the norm weight must be 16-byte aligned.", nameof(normWeight));
-        if (ldy < outDim) throw new ArgumentOutOfRangeException(nameof(ldy), ldy, $"{n}: row stride must be >= out ({outDim}).");
-        KernelGuard.Fits(y, (long)(rows - 1) * ldy + outDim, n, nameof(y), $"({rows}, {outDim}) with row stride {ldy}");
-        ulong px = x.Address, pn = normWeight.Address, pw = w.Codes.Address, ps = w.Scales.Address, py = y.Address;
-        int acc = accumulate ? 1 : 0;
-        void** args = stackalloc void*[] { &px, &pn, &eps, &pw, &ps, &py, &inDim, &outDim, &ldy, &acc };
-        E4m3Kernel(2, rows, n).Launch(stream, ((uint)((outDim + 2 * Warps - 1) / (2 * Warps)), 1, 1), 32 * Warps, 0, args, library.ProgrammaticLaunch);
-        LastWasVector = true;
-    }
-
-    /// <summary><see cref="LaunchRmsSiluMul(CudaStream, DeviceSpan{float}, int, int, DeviceSpan{float}, float, DeviceSpan{Bf16}, int, DeviceSpan{Bf16})"/> over an e4m3 [gate; up].</summary>
-    public void LaunchRmsSiluMul(CudaStream stream, DeviceSpan<float> x, int rows, int inDim, DeviceSpan<float> normWeight, float eps,
-        E4m3Rows gateUp, int inter, DeviceSpan<Bf16> output)
-    {
-        const string n = "gemv_rms_silu_e4m3";
-        KernelGuard.Positive(inter, n, nameof(inter));
-        CheckE4m3(n, x.Address, rows, MaxRmsRows, inDim, gateUp, 2 * inter);
-        KernelGuard.Fits(x, (long)rows * inDim, n, nameof(x), $"({rows}, {inDim})");
-        KernelGuard.Fits(normWeight, inDim, n, nameof(normWeight), $"({inDim})");
-        if (normWeight.Address % 16 != 0) throw new ArgumentException($"{n}: the norm weight must be 16-byte aligned.", nameof(normWeight));
-        KernelGuard.Fits(output, (long)rows * inter, n, nameof(output), $"({rows}, {inter})");
-        ulong px = x.Address, pn = normWeight.Address, pw = gateUp.Codes.Address, ps = gateUp.Scales.Address, po = output.Address;
-        void** args = stackalloc void*[] { &px, &pn, &eps, &pw, &ps, &po, &inDim, &inter };
-        E4m3Kernel(3, rows, n).Launch(stream, ((uint)((inter + Warps - 1) / Warps), 1, 1), 32 * Warps, 0, args, library.ProgrammaticLaunch);
         LastWasVector = true;
     }
 

@@ -768,18 +768,20 @@ public sealed partial class CudaBackend : IModelBackend
         int hidden = Config.HiddenSize;
         if (FoldNorm(rows, GemvLinearRows, null))
         {
-            if (!w.IsE4m3) _gemv.LaunchRms(_stream, x, rows, hidden, normWeight, _eps, w.Bf16.Span, outDim, y);
-            else if (E4m3Gemv(rows, GemvKernel.MaxRmsRows, x.Address, w, hidden) && normWeight.Address % 16 == 0)
-                _gemv.LaunchRms(_stream, x, rows, hidden, normWeight, _eps, w.E4m3, outDim, y);
-            else
-            {
-                _norm.Launch(_stream, x, null, normWeight, _ws.Normed, rows, hidden, _eps);
-                Linear(_ws.Normed, rows, hidden, w, outDim, y);
-            }
+            if (w.IsE4m3) NormThenLinear(x, rows, normWeight, w, outDim, y);
+            else _gemv.LaunchRms(_stream, x, rows, hidden, normWeight, _eps, w.Bf16.Span, outDim, y);
             return;
         }
-        _norm.Launch(_stream, x, null, normWeight, _ws.Normed, rows, hidden, _eps);
-        Linear(_ws.Normed, rows, hidden, w, outDim, y);
+        NormThenLinear(x, rows, normWeight, w, outDim, y);
+    }
+
+    // e4m3 weights never fold the norm: a folding warp reads 8 bytes of fp32 x and norm weight per element of every
+    // row, which for e4m3's 16 elements per 16-byte weight load outruns L1 (8B decode on an H200: 4.40 ms a token
+    // folded, 3.37 with the norm kernel first; docs/BENCHMARKS.md).
+    void NormThenLinear(DeviceSpan<float> x, int rows, DeviceSpan<float> normWeight, CudaMatrix w, int outDim, DeviceSpan<float> y)
+    {
+        _norm.Launch(_stream, x, null, normWeight, _ws.Normed, rows, Config.HiddenSize, _eps);
+        Linear(_ws.Normed, rows, Config.HiddenSize, w, outDim, y);
     }
 
     // Fewest rows for the gated GEMM: one full cluster tile (2 x 128 rows). Below that a step streams more weight than
@@ -969,12 +971,9 @@ public sealed partial class CudaBackend : IModelBackend
     void NormGateUpSilu(DeviceSpan<float> x, int rows, CudaLayerWeights layer)
     {
         int hidden = Config.HiddenSize;
-        bool e4m3 = layer.GateUp.IsE4m3;
-        if (FoldNorm(rows, GemvLinearRows, layer.OBias?.Span) && !e4m3)
+        // e4m3 weights never fold the norm (NormThenLinear says why).
+        if (FoldNorm(rows, GemvLinearRows, layer.OBias?.Span) && !layer.GateUp.IsE4m3)
             _gemv.LaunchRmsSiluMul(_stream, x, rows, hidden, layer.PostAttentionLayernorm, _eps, layer.GateUp.Bf16.Span, Config.IntermediateSize, _ws.Mlp);
-        else if (FoldNorm(rows, GemvLinearRows, layer.OBias?.Span) && E4m3Gemv(rows, GemvKernel.MaxRmsRows, x.Address, layer.GateUp, hidden)
-                 && layer.PostAttentionLayernorm.Address % 16 == 0)
-            _gemv.LaunchRmsSiluMul(_stream, x, rows, hidden, layer.PostAttentionLayernorm, _eps, layer.GateUp.E4m3, Config.IntermediateSize, _ws.Mlp);
         else
         {
             _norm.Launch(_stream, x, layer.OBias?.Span, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);
