@@ -60,6 +60,15 @@ public sealed class SwiftKvOptions
     /// </summary>
     public int? KvBlockSize { get; set; }
 
+    /// <summary>
+    /// How the GPU holds an FP8 checkpoint's e4m3 weights. Auto (default): kept as e4m3 only when the dequantized bf16
+    /// weights would not fit the GPU beside a 2 GiB reserve (70B FP8 on an 80 GB card), else dequantized. Keep: always
+    /// e4m3 (half the weight memory and a faster single-request decode; slower prefill and batched decode, which dequantize
+    /// each matrix before its GEMM: docs/BENCHMARKS.md has the figures). Dequantize: always bf16. Ignored for other
+    /// checkpoints and on the CPU.
+    /// </summary>
+    public SwiftKV.Engine.Cuda.Fp8Weights Fp8Weights { get; set; } = SwiftKV.Engine.Cuda.Fp8Weights.Auto;
+
     /// <summary>Answer length when a request sets no MaxOutputTokens.</summary>
     public int DefaultMaxOutputTokens { get; set; } = 512;
 
@@ -90,6 +99,8 @@ public sealed class SwiftKvOptions
             throw new ArgumentOutOfRangeException(nameof(MaxConcurrentRequests), MaxConcurrentRequests, "SwiftKvOptions.MaxConcurrentRequests must be > 0 (or null for the backend's default).");
         if (KvBlockSize is <= 0 or > 4096)
             throw new ArgumentOutOfRangeException(nameof(KvBlockSize), KvBlockSize, "SwiftKvOptions.KvBlockSize must be in 1..4096 (or null for the backend's default).");
+        if (!Enum.IsDefined(Fp8Weights))
+            throw new ArgumentOutOfRangeException(nameof(Fp8Weights), Fp8Weights, "SwiftKvOptions.Fp8Weights must be Auto, Dequantize or Keep.");
         if (!Enum.IsDefined(Backend))
             throw new ArgumentOutOfRangeException(nameof(Backend), Backend, "SwiftKvOptions.Backend must be Auto, Cpu or Cuda.");
     }
@@ -130,6 +141,6 @@ public sealed class SwiftKvOptions
             MaxBatchTokens = MaxBatchTokens, BlockSize = KvBlockSize, MaxRunningSequences = MaxConcurrentRequests,
             // No request holds more than ContextLength positions, so the pool need not either (ChatPromptBuilder checks prompts against it).
             MaxSequenceLength = Math.Max(2, ContextLength),
-        });
+        }, fp8Weights: Fp8Weights);
     }
 }

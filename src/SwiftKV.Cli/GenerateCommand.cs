@@ -45,11 +45,12 @@ internal static class GenerateCommand
         bool swiftKv = !a.Flag("no-swiftkv");
         bool showSpecial = a.Flag("show-special");
         var backend = LogitsCommand.ParseBackend(a.String("backend"));
+        var fp8 = LogitsCommand.ParseFp8Weights(a.String("fp8-weights"));
         a.RejectUnknown();
         CliArgs.CheckModelDirectory(dir);
 
         // Generation runs on the backend directly (one sequence, its own cache): no serving engine, no KV pool.
-        using var model = LocalModel.Load(dir, backend, swiftKv, startServing: false);
+        using var model = LocalModel.Load(dir, backend, swiftKv, startServing: false, fp8Weights: fp8);
         var tok = model.Tokenizer;
         IReadOnlyList<int> ids;
         if (chat is not null)

@@ -13,6 +13,7 @@ internal static class LogitsCommand
         var backend = ParseBackend(a.String("backend"));
         bool swiftKv = !a.Flag("no-swiftkv");
         var selection = a.Flag("last-only") ? LogitsSelection.LastToken : LogitsSelection.AllTokens;
+        var fp8 = ParseFp8Weights(a.String("fp8-weights"));
         a.RejectUnknown();
         CliArgs.CheckModelDirectory(dir);
 
@@ -20,7 +21,7 @@ internal static class LogitsCommand
         // Checked here, in the words generate uses, rather than as the cache's capacity error.
         if (tokens.Length > config.MaxPositionEmbeddings)
             throw new UsageException($"--tokens: {tokens.Length} tokens do not fit the context of {config.MaxPositionEmbeddings} tokens (max_position_embeddings).");
-        var (compute, _) = LocalModel.OpenBackend(dir, config, backend, swiftKv);
+        var (compute, _) = LocalModel.OpenBackend(dir, config, backend, swiftKv, fp8);
         using var model = compute;
         using var cache = model.CreateCache(tokens.Length);
         float[] logits = model.Forward(cache, tokens, selection);
@@ -51,6 +52,14 @@ internal static class LogitsCommand
         }
         return ids;
     }
+
+    internal static SwiftKV.Engine.Cuda.Fp8Weights ParseFp8Weights(string? s) => s?.ToLowerInvariant() switch
+    {
+        null or "auto" => SwiftKV.Engine.Cuda.Fp8Weights.Auto,
+        "dequantize" => SwiftKV.Engine.Cuda.Fp8Weights.Dequantize,
+        "keep" => SwiftKV.Engine.Cuda.Fp8Weights.Keep,
+        _ => throw new UsageException($"--fp8-weights must be auto, dequantize or keep (got '{s}')"),
+    };
 
     internal static BackendKind ParseBackend(string? s) => s?.ToLowerInvariant() switch
     {

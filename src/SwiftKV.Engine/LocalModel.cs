@@ -53,13 +53,15 @@ public sealed class LocalModel : IDisposable
     /// Loads a checkpoint directory. <paramref name="swiftKv"/> is honoured only when the checkpoint has SwiftKV.
     /// With <paramref name="startServing"/> false no serving engine starts (<see cref="Serving"/> is null), for callers
     /// that run the backend directly: an engine whose options leave the KV budget open takes most of a GPU's memory.
+    /// <paramref name="fp8Weights"/> says how the CUDA backend holds an FP8 checkpoint's e4m3 weights (the CPU backend
+    /// computes in fp32 either way).
     /// </summary>
     public static LocalModel Load(string path, BackendKind backend = BackendKind.Auto, bool swiftKv = true, ServingOptions? serving = null,
-        bool startServing = true)
+        bool startServing = true, Fp8Weights fp8Weights = Fp8Weights.Auto)
     {
         var config = LlamaConfig.Load(path);
         var tokenizer = LlamaTokenizer.Load(path).ForModel(config, path);
-        var (compute, reason) = OpenBackend(path, config, backend, swiftKv);
+        var (compute, reason) = OpenBackend(path, config, backend, swiftKv, fp8Weights);
         try
         {
             return new LocalModel
@@ -77,8 +79,10 @@ public sealed class LocalModel : IDisposable
     }
 
     /// <summary>Loads only the weights onto a backend (no tokenizer needed), e.g. for logits dumps.</summary>
-    public static (IModelBackend Backend, string Reason) OpenBackend(string path, LlamaConfig config, BackendKind backend, bool swiftKv)
+    public static (IModelBackend Backend, string Reason) OpenBackend(string path, LlamaConfig config, BackendKind backend, bool swiftKv,
+        Fp8Weights fp8Weights = Fp8Weights.Auto)
     {
+        if (!Enum.IsDefined(fp8Weights)) throw new ArgumentOutOfRangeException(nameof(fp8Weights), fp8Weights, "Fp8Weights is Auto, Dequantize or Keep.");
         bool useCuda;
         string reason;
         switch (backend)
@@ -102,7 +106,9 @@ public sealed class LocalModel : IDisposable
         {
             try
             {
-                return (CudaBackend.Load(path, swift), reason);
+                var cuda = CudaBackend.Load(path, swift, fp8Weights);
+                if (cuda.E4m3WeightMatrices > 0) reason += $"; {cuda.E4m3WeightMatrices} FP8 weight matrices kept as e4m3 ({cuda.WeightBytes / 1e9:F1} GB of weights)";
+                return (cuda, reason);
             }
             catch (CudaException e) when (backend == BackendKind.Auto)
             {

@@ -43,6 +43,7 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
             ["SwiftKV:MaxBatchTokens"] = "96",
             ["SwiftKV:KvBlockSize"] = "8",
             ["SwiftKV:MaxConcurrentRequests"] = "5",
+            ["SwiftKV:Fp8Weights"] = "keep",   // the CPU ignores it; bound all the same
         }).Build();
         var services = new ServiceCollection();
         services.AddSwiftKvChatClient(config.GetSection("SwiftKV"));
@@ -54,6 +55,7 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
         Assert.Equal((32L << 20, false, SwiftKV.Engine.Serving.KvCacheDtype.Fp8E4M3), (serving.KvCacheBytes, serving.EnablePrefixCaching, serving.KvCacheDtype));
         var engine = client.GetService<SwiftKvChatClient>()!.Model.Serving!;
         Assert.Equal((8, 96, 5), (engine.BlockSize, engine.MaxBatchTokens, engine.MaxRunningSequences));
+        Assert.Equal(SwiftKV.Engine.Cuda.Fp8Weights.Keep, SwiftKvOptions.FromConfiguration(config.GetSection("SwiftKV")).Fp8Weights);
     }
 
     /// <summary>Left unset, the step shape is the backend's (the CPU's: 16-position blocks, 512 tokens per step).</summary>
@@ -130,6 +132,8 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
     [InlineData("Backend", "7", "SwiftKvOptions.Backend must be Auto, Cpu or Cuda")]
     [InlineData("KvCacheBytes", "1.5", "SwiftKV:KvCacheBytes '1.5' is not a whole number")]
     [InlineData("KvCacheDtype", "fp8", "SwiftKV:KvCacheDtype 'fp8' is not one of Bf16, Fp8E4M3.")]
+    [InlineData("Fp8Weights", "fp8", "SwiftKV:Fp8Weights 'fp8' is not one of Auto, Dequantize, Keep.")]
+    [InlineData("Fp8Weights", "9", "SwiftKvOptions.Fp8Weights must be Auto, Dequantize or Keep")]
     [InlineData("Colour", "red", "SwiftKV:Colour is not an option; the options")]
     [InlineData("ModelId", " ", "ModelId")]
     public void AddSwiftKvChatClient_BadConfigurationSection_FailsAtRegistration(string key, string value, string named)
