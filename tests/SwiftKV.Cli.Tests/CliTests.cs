@@ -96,6 +96,7 @@ public sealed class CliTests : IDisposable
     [InlineData("bench", "--batched-step-tokens", "-5")]
     [InlineData("bench", "--batched-step-tokens", ",")]
     [InlineData("serve-bench", "--paged-attention-ws", "2cta")]
+    [InlineData("serve-bench", "--weights", "both")]
     [InlineData("serve-bench", "--json", "8", "--json-schema", "/no/such/schema.json")]
     public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
     {
