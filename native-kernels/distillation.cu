@@ -186,18 +186,6 @@ __device__ int block_argmax(const float* z, int n, float* shm_v, int* shm_i)
     return at;
 }
 
-__device__ double block_sum_d(double v, double* shm)
-{
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __syncthreads();
-    if (lane == 0) shm[warp] = v;
-    __syncthreads();
-    double r = 0;
-    for (int i = 0; i < warps; i++) r += shm[i];
-    return r;
-}
-
 // The loss of one logit row per block: zt, zs (n, vocab) teacher and student logits. loss[r] = T²·KL(p_t || p_s)
 // with p = softmax(z / T); agree[r] = 1 when both logits' argmax agree. When grad_scale != 0, zs is overwritten with
 // d/dz_s of grad_scale · loss = grad_scale · T · (p_s − p_t). Launch: grid (n), block 1024.
@@ -230,7 +218,7 @@ extern "C" __global__ void kl_rows_f32(const float* zt, float* zs, int vocab, fl
         kl += (double)pt * (double)(lpt - lps);
         if (grad_scale != 0.f) s[k] = grad_scale * temperature * (expf(lps) - pt);
     }
-    kl = block_sum_d(kl, red_d);
+    kl = block_sum(kl, red_d);
     if (threadIdx.x == 0)
     {
         loss[blockIdx.x] = (double)temperature * temperature * kl;
@@ -251,7 +239,7 @@ extern "C" __global__ void mse_rows_f32(const float* ht, const float* hs, int di
         acc += (double)diff * diff;
         if (d != nullptr) d[off + i] = diff * (2.f * weight * grad_scale / dim);
     }
-    acc = block_sum_d(acc, red_d);
+    acc = block_sum(acc, red_d);
     if (threadIdx.x == 0) loss[blockIdx.x] = weight * acc / dim;
 }
 

@@ -44,6 +44,25 @@ __device__ __forceinline__ float block_sum(float v, float* shm)
     return r;
 }
 
+// The same sums in double (the distillation trainer's loss sums).
+__device__ __forceinline__ double warp_sum(double v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ double block_sum(double v, double* shm)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) shm[warp] = v;
+    __syncthreads();
+    double r = 0;
+    for (int i = 0; i < warps; i++) r += shm[i];
+    return r;
+}
+
 __device__ __forceinline__ float block_max(float v, float* shm)
 {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
