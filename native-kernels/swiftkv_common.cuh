@@ -18,7 +18,9 @@ __device__ __forceinline__ bf16_t f32_to_bf16(float f)
     return (bf16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-__device__ __forceinline__ float warp_sum(float v)
+// Sums over a warp / a block, in float or double (the distillation trainer's loss sums).
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v)
 {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -30,35 +32,17 @@ __device__ __forceinline__ float warp_max(float v)
     return v;
 }
 
-// Block-wide sum; blockDim.x must be a multiple of 32 and shm hold 32 floats. Every thread gets the result,
+// Block-wide sum; blockDim.x must be a multiple of 32 and shm hold 32 values. Every thread gets the result,
 // summed in the same order, so the value does not depend on which thread reads it.
-__device__ __forceinline__ float block_sum(float v, float* shm)
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* shm)
 {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     v = warp_sum(v);
     __syncthreads();
     if (lane == 0) shm[warp] = v;
     __syncthreads();
-    float r = 0.f;
-    for (int i = 0; i < warps; i++) r += shm[i];
-    return r;
-}
-
-// The same sums in double (the distillation trainer's loss sums).
-__device__ __forceinline__ double warp_sum(double v)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ double block_sum(double v, double* shm)
-{
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) shm[warp] = v;
-    __syncthreads();
-    double r = 0;
+    T r = 0;
     for (int i = 0; i < warps; i++) r += shm[i];
     return r;
 }
