@@ -193,8 +193,8 @@ __device__ __forceinline__ unsigned e4m3x2_to_bf16x2(unsigned u, unsigned sel)
 }
 
 // The 16 e4m3 codes of a 16-byte word as fp32, exactly: two codes at a time through f16x2 (every e4m3 value is an f16
-// value). Element 4k + j is byte j of word k. sm_89+ converts in hardware; older GPUs through attention_common.cuh's
-// exact bf16 bit placement above.
+// value). Element 4k + j is byte j of word k. sm_89+ converts in hardware; older GPUs through the
+// exact bf16 bit placement of e4m3x2_to_bf16x2 above.
 __device__ __forceinline__ void e4m3x16_to_f32(uint4 v, float f[16])
 {
     const unsigned wd[4] = { v.x, v.y, v.z, v.w };

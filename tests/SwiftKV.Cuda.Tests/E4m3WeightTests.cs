@@ -49,8 +49,9 @@ public sealed class E4m3WeightTests : GpuFixtureTest
 
     /// <summary>
     /// The plain and SwiGLU forms at every row count against double references.
-    /// in = 272 (17 chunks of 16: the lanes' walk ends part-way), out = 37 / inter = 19 (odd: the pair split leaves a
-    /// lone row), plus the residual add; the outputs start poisoned, or at known values for the add.
+    /// in = 4112 (257 chunks of 16: past a lane's first batch of loads, the walk wraps for the staggered SwiGLU warps and
+    /// ends part-way through the last batch), out = 37 / inter = 19 (odd: the pair split leaves a lone row), plus the
+    /// residual add; the outputs start poisoned, or at known values for the add.
     /// </summary>
     [Theory]
     [InlineData(1)]
@@ -58,11 +59,13 @@ public sealed class E4m3WeightTests : GpuFixtureTest
     [InlineData(3)]
     [InlineData(4)]
     [InlineData(5)]
+    [InlineData(6)]
+    [InlineData(7)]
     [InlineData(8)]
     public void GemvE4m3_EveryForm_MatchesDoubleReference(int rows)
     {
         Gpu.Require();
-        const int In = 272, Out = 37, Inter = 19;
+        const int In = 4112, Out = 37, Inter = 19;
         var gemv = new GemvKernel(Library);
         var (codes, scales) = RandomE4m3(Out, In, 10 + rows);
         var (guCodes, guScales) = RandomE4m3(2 * Inter, In, 20 + rows);
@@ -260,6 +263,80 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         {
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
         }
+    }
+
+    /// <summary>
+    /// Llama-3-8B's head layout (32 q / 8 KV heads, head_dim 128), SwiftKV with AcrossKV 2, quantized per channel and kept:
+    /// a 600-token prefill takes the fused [q; k; v] GEMM, the leaders' [k; v] GEMMs and the gated MLP GEMM on Hopper, all
+    /// reading the dequantize scratch, then decode steps take the e4m3 GEMVs; against the CPU engine on the exact
+    /// dequantized weights.
+    /// </summary>
+    [Fact]
+    public void Keep_LlamaHeads_FusedGemmsReadTheScratch_MatchCpu()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
+            RopeScaling: true, SwiftKvLayers: 2, GroupSize: 2, Seed: 31, MaxPositions: 2048);
+        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-e4m3-heads-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            LlamaCheckpointWriter.Save(dir, TestModels.View(TestModels.Checkpoint(spec), true));
+            Fp8Checkpoints.Quantize(dir, "channel");
+            using var gpu = CudaBackend.Load(dir, true, Fp8Weights.Keep);
+            using var cpu = new CpuBackend(LlamaCheckpointLoader.Load(dir, true));
+            var prompt = TestModels.RandomTokens(600, spec.Vocab, 131);
+            using var gc = gpu.CreateCache(608);
+            using var cc = cpu.CreateCache(608);
+            double worst = RowError(cpu.Forward(cc, prompt, LogitsSelection.LastToken), gpu.Forward(gc, prompt, LogitsSelection.LastToken));
+            if (CudaRuntime.Device.Arch == "sm_90a")
+            {
+                // 2 full layers' [q; k; v] + 1 leader's [k; v]; the gated GEMM in the 2 full layers.
+                Assert.Equal(3, gpu.FusedQkvLaunches);
+                Assert.Equal(2, gpu.GatedMlpLaunches);
+            }
+            foreach (int t in TestModels.RandomTokens(4, spec.Vocab, 132))
+                worst = Math.Max(worst, RowError(cpu.Forward(cc, [t], LogitsSelection.LastToken), gpu.Forward(gc, [t], LogitsSelection.LastToken)));
+            Gpu.Log($"32/8 heads, d128, kept as e4m3 ({gpu.E4m3WeightMatrices} matrices): worst row against the CPU over a 600-token prefill and 4 decode steps {worst:E2}");
+            Assert.True(worst <= 2e-2, $"{worst:E2}");
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    /// <summary>
+    /// The benchmarks' random e4m3 weights: what the memory check counted before loading is what the load saved (the
+    /// bf16 model's bytes less the e4m3 one's), the model runs, and disposing it returns every byte it allocated.
+    /// </summary>
+    [Fact]
+    public void CreateRandom_E4m3_SavesWhatTheCheckCounted_AndReturnsItsMemory()
+    {
+        Gpu.Require();
+        var cfg = ModelPresets.Get("tiny") with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = 2, KeyValueGroupSize = 2 };
+        long bf16Bytes;
+        using (var bf16 = CudaBackend.CreateRandom(cfg, true, seed: 3)) bf16Bytes = bf16.WeightBytes;
+        using (var warm = CudaBackend.CreateRandom(cfg, true, seed: 3, e4m3: true))
+        using (var c = warm.CreateCache(8))
+            warm.NextToken(c, [warm.NextToken(c, [1, 2, 300], new GpuSampling())], new GpuSampling());
+        CudaRuntime.Synchronize();
+        long counted0 = DeviceMemory.AllocatedBytes;
+
+        var e4m3 = CudaBackend.CreateRandom(cfg, true, seed: 3, e4m3: true);
+        Assert.True(e4m3.E4m3WeightMatrices > 0);
+        Assert.True(e4m3.PlannedE4m3SavedBytes > 0);
+        Assert.Equal(e4m3.PlannedE4m3SavedBytes, e4m3.E4m3SavedBytes);
+        Assert.Equal(bf16Bytes - e4m3.E4m3SavedBytes, e4m3.WeightBytes);
+        using (var c = e4m3.CreateCache(16))
+        {
+            int t = e4m3.NextToken(c, [1, 2, 3], new GpuSampling());
+            for (int i = 0; i < 3; i++) t = e4m3.NextToken(c, [t], new GpuSampling());
+            Assert.All(e4m3.Forward(c, [t], LogitsSelection.LastToken), v => Assert.True(float.IsFinite(v)));
+        }
+        Gpu.Log($"random e4m3 tiny model: {e4m3.E4m3WeightMatrices} matrices, {bf16Bytes} B in bf16 against {e4m3.WeightBytes} B, scratch {e4m3.DequantizeScratchBytes} B");
+        e4m3.Dispose();
+        CudaRuntime.Synchronize();
+        Assert.Equal(counted0, DeviceMemory.AllocatedBytes);
     }
 
     /// <summary>Max |diff| over the row's max |expected|.</summary>

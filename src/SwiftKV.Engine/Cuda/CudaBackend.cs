@@ -159,9 +159,12 @@ public sealed partial class CudaBackend : IModelBackend
             var sw = Stopwatch.StartNew();
             using (var src = source(_stream, _kernels))
             {
-                long bf16Bytes = ShapeManifest.ParameterCount(Config, swiftKvEnabled) * 2, saved = CudaWeights.E4m3Saving(Config, swiftKvEnabled, src);
+                long bf16Bytes = ShapeManifest.ParameterCount(Config, swiftKvEnabled) * 2;
+                var (saved, largest) = fp8 == Fp8Weights.Dequantize ? (0L, 0L) : CudaWeights.E4m3Plan(Config, swiftKvEnabled, src);
                 bool keep = Fp8WeightChoice.Keep(fp8, bf16Bytes, saved, CudaRuntime.MemoryInfo().Free);
-                RefuseWeightsPastFreeMemory(bf16Bytes - (keep ? saved : 0), keep, Device);
+                // Kept: the codes and scales, and the scratch the largest matrix is dequantized into before a GEMM.
+                RefuseWeightsPastFreeMemory(keep ? bf16Bytes - saved + 2 * largest : bf16Bytes, keep, Device);
+                PlannedE4m3SavedBytes = keep ? saved : 0;
                 _w = new CudaWeights(Config, swiftKvEnabled, src, invFreq, _stream, keep); owned.Add(_w);
                 loaded?.Invoke(src);
             }
@@ -190,7 +193,7 @@ public sealed partial class CudaBackend : IModelBackend
         var (free, total) = CudaRuntime.MemoryInfo();
         if (need > free)
             throw new CudaException(
-                $"The model's {(e4m3 ? "weights, with its e4m3 matrices kept as fp8," : "bf16 weights")} are {need / 1e9:F1} GB, more than the {free / 1e9:F1} GB free (of {total / 1e9:F1} GB) on {device}. " +
+                $"The model's {(e4m3 ? "weights, with its e4m3 matrices kept as fp8 (and their dequantize scratch)," : "bf16 weights")} are {need / 1e9:F1} GB, more than the {free / 1e9:F1} GB free (of {total / 1e9:F1} GB) on {device}. " +
                 "This backend runs a model on one GPU: use a GPU with more memory (Llama-3.1-70B's 141 GB fit one 141 GB H200, " +
                 "not an 80 GB H100; its FP8 checkpoints' 70 GB, kept fp8, fit either), a smaller model, or stop what else holds this GPU's memory.")
             { IsOutOfMemory = true };
@@ -205,6 +208,9 @@ public sealed partial class CudaBackend : IModelBackend
     public long WeightBytes => _w.Bytes;
     /// <summary>Weight matrices held as e4m3 codes (<see cref="Fp8Weights"/>); 0 when every matrix is bf16.</summary>
     public int E4m3WeightMatrices => _w.E4m3Matrices;
+    /// <summary>Tests: the bytes the memory check counted as saved by e4m3 weights, and those the load saved.</summary>
+    internal long PlannedE4m3SavedBytes { get; }
+    internal long E4m3SavedBytes => _w.E4m3SavedBytes;
     /// <summary>Device bytes of the scratch an e4m3 matrix is dequantized into before a GEMM (0 without e4m3 weights).</summary>
     public long DequantizeScratchBytes => _denseScratch?.ByteLength ?? 0;
     /// <summary>Seconds spent filling the weights (reading + uploading, or generating) in the constructor.</summary>
@@ -685,13 +691,14 @@ public sealed partial class CudaBackend : IModelBackend
     /// <see cref="Linear(DeviceSpan{Bf16}, int, int, DeviceSpan{Bf16}, int, DeviceSpan{float}, bool)"/> over a held matrix. An
     /// e4m3 one streams its codes through the e4m3 GEMV up to <see cref="GemvKernel.MaxRows"/> rows (it reads half the
     /// bytes a dequantized copy would, and a dequantize pass would cost more than the GEMV), else is dequantized into
-    /// the scratch for the bf16 route.
+    /// the scratch for cuBLAS. Never for the bf16 GEMV: launched programmatically, it loads its first weights before
+    /// waiting for the kernel before it, which here would be the dequantize still writing them.
     /// </summary>
     void Linear(DeviceSpan<Bf16> x, int rows, int inDim, CudaMatrix w, int outDim, DeviceSpan<float> y, bool accumulate = false)
     {
         if (!w.IsE4m3) Linear(x, rows, inDim, w.Bf16.Span, outDim, y, accumulate);
         else if (E4m3Gemv(rows, GemvKernel.MaxRows, x.Address, w, inDim)) _gemv.Launch(_stream, x, rows, inDim, w.E4m3, outDim, y, accumulate);
-        else Linear(x, rows, inDim, Dense(w), outDim, y, accumulate);
+        else _blas.Linear(x, rows, inDim, Dense(w), outDim, y, accumulate);
     }
 
     bool E4m3Gemv(int rows, int maxRows, ulong xAddress, CudaMatrix w, int inDim) =>
@@ -699,8 +706,9 @@ public sealed partial class CudaBackend : IModelBackend
 
     /// <summary>
     /// The bf16 values of <paramref name="w"/>: its own buffer, or for an e4m3 matrix its values dequantized into the
-    /// one shared scratch (queued on the stream, so each use is done before the next dequantize overwrites it). The
-    /// values are those the loader writes when it dequantizes, so a prefill computes the same as with bf16 weights.
+    /// one shared scratch (queued on the stream, so each use is done before the next dequantize overwrites it; its
+    /// readers are cuBLAS and the fused GEMMs, none launched programmatically). The values are those the loader writes
+    /// when it dequantizes, so a prefill computes the same as with bf16 weights.
     /// </summary>
     DeviceSpan<Bf16> Dense(CudaMatrix w)
     {
@@ -777,7 +785,7 @@ public sealed partial class CudaBackend : IModelBackend
 
     // e4m3 weights never fold the norm: a folding warp reads 8 bytes of fp32 x and norm weight per element of every
     // row, which for e4m3's 16 elements per 16-byte weight load outruns L1 (8B decode on an H200: 4.40 ms a token
-    // folded, 3.37 with the norm kernel first; docs/BENCHMARKS.md).
+    // folded, 3.06 with the norm kernel first; docs/BENCHMARKS.md).
     void NormThenLinear(DeviceSpan<float> x, int rows, DeviceSpan<float> normWeight, CudaMatrix w, int outDim, DeviceSpan<float> y)
     {
         _norm.Launch(_stream, x, null, normWeight, _ws.Normed, rows, Config.HiddenSize, _eps);
@@ -802,7 +810,8 @@ public sealed partial class CudaBackend : IModelBackend
             return;
         }
         var weights = Dense(layer.GateUp);
-        if (_useGemv && rows <= GemvGateUpRows)
+        // Not over the scratch (Linear over a CudaMatrix says why).
+        if (_useGemv && rows <= GemvGateUpRows && !layer.GateUp.IsE4m3)
         {
             _gemv.LaunchSiluMul(_stream, x, rows, hidden, weights, inter, _ws.Mlp);
             return;
@@ -1009,6 +1018,7 @@ public sealed partial class CudaBackend : IModelBackend
             DisposeBatched();
             _ws.Dispose();
             _attention.Dispose();
+            _denseScratch?.Dispose();
             _w.Dispose();
             _kernels.Dispose();
             _blas.Dispose();

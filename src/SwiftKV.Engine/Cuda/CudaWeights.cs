@@ -60,7 +60,6 @@ internal sealed class CudaWeights : IDisposable
         _specs = ForModel(c, swiftKvEnabled).ToDictionary(s => s.Name, StringComparer.Ordinal);
         _source = source;
         _keepE4m3 = keepE4m3;
-        _stream = stream;
         try
         {
             // The embedding is gathered by row, in bf16 (and an FP8 checkpoint keeps it unquantized anyway).
@@ -72,29 +71,29 @@ internal sealed class CudaWeights : IDisposable
                 layers.Add(new CudaLayerWeights
                 {
                     InputLayernorm = Vector(InputLayernorm(i))!,
-                    QkvOrQ = swift ? Matrix(Attention(i, QProjSwiftKv)) : Matrix(Attention(i, QProj), Attention(i, KProj), Attention(i, VProj)),
+                    QkvOrQ = Matrix(QkvOrQNames(c, swiftKvEnabled, i)),
                     QBias = Vector(Attention(i, swift ? QProjSwiftKv : QProj, bias: true)),
                     KBias = swift ? null : Vector(Attention(i, KProj, bias: true)),
                     VBias = swift ? null : Vector(Attention(i, VProj, bias: true)),
-                    O = Matrix(Attention(i, OProj)),
+                    O = Matrix(OProjNames(i)),
                     OBias = Vector(Attention(i, OProj, bias: true)),
                     PostAttentionLayernorm = Vector(PostAttentionLayernorm(i))!,
-                    GateUp = Matrix(Mlp(i, GateProj), Mlp(i, UpProj)),
-                    Down = Matrix(Mlp(i, DownProj)),
+                    GateUp = Matrix(GateUpNames(i)),
+                    Down = Matrix(DownNames(i)),
                 });
             }
             Layers = layers;
             if (swiftKvEnabled)
             {
-                var leaders = Enumerable.Range(c.NumKeyValueLayers, c.NumHiddenLayers - c.NumKeyValueLayers).Where(c.IsKvGroupLeader).ToArray();
+                var leaders = Leaders(c);
                 SwiftKvLeaders = leaders;
-                SwiftKvKv = Matrix(leaders.SelectMany(j => new[] { Attention(j, KProjSwiftKv), Attention(j, VProjSwiftKv) }).ToArray());
+                SwiftKvKv = Matrix(SwiftKvKvNames(c));
                 SwiftKvBiases = leaders.Select(j => (Vector(Attention(j, KProjSwiftKv, bias: true)), Vector(Attention(j, VProjSwiftKv, bias: true)))).ToArray();
                 NormSwiftKv = Vector(LlamaTensorNames.NormSwiftKv);
             }
             Norm = Vector(LlamaTensorNames.Norm)!;
             // NOTE: tied embeddings share one buffer, as Hugging Face shares one parameter.
-            LmHead = c.TieWordEmbeddings ? new CudaMatrix { Rows = c.VocabSize, Columns = c.HiddenSize, Values = Embed } : Matrix(LlamaTensorNames.LmHead);
+            LmHead = c.TieWordEmbeddings ? new CudaMatrix { Rows = c.VocabSize, Columns = c.HiddenSize, Values = Embed } : Matrix(LmHeadNames);
             InvFreq = Own(new DeviceBuffer<float>(invFreq.Length));
             stream.Upload<float>(invFreq, InvFreq);   // on the backend's (non-blocking) stream, not the legacy one
             source.Finish();
@@ -129,23 +128,70 @@ internal sealed class CudaWeights : IDisposable
 
     public long Bytes { get; private set; }
 
+    // The stacks of tensors each held matrix is made of, named once for the loader and for E4m3Plan.
+    static string[] QkvOrQNames(LlamaConfig c, bool swiftKvEnabled, int i) => swiftKvEnabled && c.IsSwiftKvLayer(i)
+        ? [Attention(i, QProjSwiftKv)] : [Attention(i, QProj), Attention(i, KProj), Attention(i, VProj)];
+    static string[] OProjNames(int i) => [Attention(i, OProj)];
+    static string[] GateUpNames(int i) => [Mlp(i, GateProj), Mlp(i, UpProj)];
+    static string[] DownNames(int i) => [Mlp(i, DownProj)];
+    static int[] Leaders(LlamaConfig c) => Enumerable.Range(c.NumKeyValueLayers, c.NumHiddenLayers - c.NumKeyValueLayers).Where(c.IsKvGroupLeader).ToArray();
+    static string[] SwiftKvKvNames(LlamaConfig c) => Leaders(c).SelectMany(j => new[] { Attention(j, KProjSwiftKv), Attention(j, VProjSwiftKv) }).ToArray();
+    static readonly string[] LmHeadNames = [LlamaTensorNames.LmHead];
+
+    /// <summary>Every matrix the model holds, as stacks of tensor names, the embedding (always bf16) left out.</summary>
+    static IEnumerable<string[]> MatrixStacks(LlamaConfig c, bool swiftKvEnabled)
+    {
+        for (int i = 0; i < c.NumHiddenLayers; i++)
+        {
+            yield return QkvOrQNames(c, swiftKvEnabled, i);
+            yield return OProjNames(i);
+            yield return GateUpNames(i);
+            yield return DownNames(i);
+        }
+        if (swiftKvEnabled) yield return SwiftKvKvNames(c);
+        if (!c.TieWordEmbeddings) yield return LmHeadNames;
+    }
+
     /// <summary>
-    /// Device bytes that keeping <paramref name="source"/>'s e4m3 matrices saves against bf16 (one byte per element, less
-    /// their row scales), before anything is allocated: what the memory rule and check count. Counted per tensor, so a
-    /// stack with one part that is not e4m3 (held in bf16 whole) makes it an upper bound.
+    /// What keeping <paramref name="source"/>'s e4m3 matrices would come to, before anything is allocated, by the rule
+    /// the loader applies (<see cref="Keeps"/>): the device bytes saved against bf16 (a byte per element, less the row
+    /// scales) and the largest kept matrix's elements (the engine's dequantize scratch, 2 bytes each). The memory rule
+    /// and the refusal count these.
     /// </summary>
-    public static long E4m3Saving(LlamaConfig c, bool swiftKvEnabled, WeightSource source) =>
-        ForModel(c, swiftKvEnabled)
-            .Where(s => s.Shape.Count == 2 && s.Name != EmbedTokens && !(c.TieWordEmbeddings && s.Name == LlamaTensorNames.LmHead)
-                        && s.Shape[^1] % 16 == 0 && source.E4m3RowScales(s) is not null)
-            .Sum(s => s.ElementCount - 4 * s.Shape[0]);
+    public static (long SavedBytes, long LargestElements) E4m3Plan(LlamaConfig c, bool swiftKvEnabled, WeightSource source)
+    {
+        var specs = ForModel(c, swiftKvEnabled).ToDictionary(s => s.Name, StringComparer.Ordinal);
+        long saved = 0, largest = 0;
+        foreach (var names in MatrixStacks(c, swiftKvEnabled))
+        {
+            if (!names.All(specs.ContainsKey)) continue;   // the loader names the missing tensor
+            var stack = names.Select(n => specs[n]).ToArray();
+            if (Keeps(stack, source) is null) continue;
+            long elements = stack.Sum(s => s.ElementCount), rows = stack.Sum(s => s.Shape[0]);
+            saved += elements - 4 * rows;
+            largest = Math.Max(largest, elements);
+        }
+        return (saved, largest);
+    }
+
+    /// <summary>The stack's row scales when every part is e4m3 with row-spanning scales and the rows are whole 16-byte chunks, else null.</summary>
+    static float[][]? Keeps(TensorSpec[] stack, WeightSource source)
+    {
+        if (stack[0].Shape[^1] % 16 != 0) return null;
+        var scales = new float[stack.Length][];
+        for (int k = 0; k < stack.Length; k++)
+            if ((scales[k] = source.E4m3RowScales(stack[k])!) is null) return null;
+        return scales;
+    }
+
+    /// <summary>Device bytes the e4m3 matrices save against bf16 as loaded (E4m3Plan's figure, counted as it happened).</summary>
+    public long E4m3SavedBytes { get; private set; }
 
     /// <summary>Matrices held as e4m3 codes, and the most elements one of them has (the engine's dequantizing scratch).</summary>
     public int E4m3Matrices { get; private set; }
     public long LargestE4m3Elements { get; private set; }
 
     readonly bool _keepE4m3;
-    readonly CudaStream _stream;
 
     /// <summary>
     /// The named (out, in) matrices stacked along out, in order, as one matrix: e4m3 codes with row scales when kept
@@ -157,12 +203,11 @@ internal sealed class CudaWeights : IDisposable
     {
         var specs = names.Select(n => _specs.TryGetValue(n, out var s) ? s : throw new InvalidModelException($"the model needs tensor '{n}', which its config does not list.")).ToArray();
         long rows = specs.Sum(s => s.Shape[0]), columns = specs[0].Shape[^1], total = specs.Sum(s => s.ElementCount);
-        var scales = _keepE4m3 && allowE4m3 ? specs.Select(_source.E4m3RowScales).ToArray() : null;
-        if (scales is not null && scales.All(s => s is not null) && columns % 16 == 0)
+        if (_keepE4m3 && allowE4m3 && Keeps(specs, _source) is { } scales)
         {
             var codes = Own(new DeviceBuffer<byte>(total));
             var rowScales = Own(new DeviceBuffer<float>(rows));
-            _stream.Upload<float>(scales.SelectMany(s => s!).ToArray(), rowScales.Span);
+            _source.E4m3Scales(rowScales.Span, scales.SelectMany(s => s).ToArray());
             long at = 0;
             foreach (var s in specs)
             {
@@ -170,6 +215,7 @@ internal sealed class CudaWeights : IDisposable
                 at += s.ElementCount;
             }
             E4m3Matrices++;
+            E4m3SavedBytes += total - 4 * rows;
             LargestE4m3Elements = Math.Max(LargestE4m3Elements, total);
             return new CudaMatrix { Rows = rows, Columns = columns, Codes = codes, Scales = rowScales };
         }

@@ -29,6 +29,9 @@ internal abstract class WeightSource : IDisposable
     /// (an FP8 checkpoint's per-channel or per-matrix scales), so the GPU can keep the codes; else null.
     /// </summary>
     public virtual float[]? E4m3RowScales(TensorSpec spec) => null;
+    /// <summary>Fills <paramref name="destination"/> with a kept matrix's row scales (as <see cref="E4m3RowScales"/> gave them).</summary>
+    public virtual void E4m3Scales(DeviceSpan<float> destination, float[] rowScales) =>
+        throw new NotSupportedException("this weight source holds no e4m3 codes.");
     /// <summary>Fills <paramref name="destination"/> with the e4m3 codes of a matrix <see cref="E4m3RowScales"/> answered for.</summary>
     public virtual void E4m3Codes(DeviceSpan<byte> destination, TensorSpec spec) =>
         throw new NotSupportedException($"this weight source holds no e4m3 codes ('{spec.Name}').");
@@ -152,6 +155,16 @@ internal sealed unsafe class CheckpointWeightSource : WeightSource
     {
         var (info, file) = Find(spec);
         return info.Dtype == TensorDtype.F8E4M3 ? ScaledFp8Tensor.Open(_quantization, _checkpoint, info, file).RowScales() : null;
+    }
+
+    /// <summary>Through a staging slot, as the other uploads: a synchronous copy would drain the pipeline at every kept matrix.</summary>
+    public override void E4m3Scales(DeviceSpan<float> destination, float[] rowScales)
+    {
+        if ((long)rowScales.Length * sizeof(float) > SlotBytes) throw new InvalidModelException($"{rowScales.Length} row scales are more than the loader stages at once.");
+        if (rowScales.Length != destination.Length) throw new InvalidModelException($"{rowScales.Length} row scales for a matrix of {destination.Length} rows.");
+        int slot = Acquire();
+        rowScales.CopyTo(_staging[slot].AsSpan<float>(rowScales.Length));
+        Send(slot, destination.Address, (long)rowScales.Length * sizeof(float));
     }
 
     /// <summary>The codes as stored, a slot at a time, straight into the device buffer (no kernel: the GPU keeps them).</summary>
@@ -287,6 +300,8 @@ internal sealed class RandomWeightSource(RandomFillKernel fill, CudaStream strea
         e4m3 && spec.Name is not (LlamaTensorNames.EmbedTokens or LlamaTensorNames.LmHead) ? Enumerable.Repeat((float)(0.5 / Math.Sqrt(spec.Shape[^1])), checked((int)spec.Shape[0])).ToArray() : null;
 
     public override void E4m3Codes(DeviceSpan<byte> destination, TensorSpec spec) => fill.E4m3(stream, destination, seed ^ NameHash(spec.Name));
+
+    public override void E4m3Scales(DeviceSpan<float> destination, float[] rowScales) => stream.Upload<float>(rowScales, destination);
 
     public override void Matrix(DeviceSpan<Bf16> destination, TensorSpec spec)
     {
