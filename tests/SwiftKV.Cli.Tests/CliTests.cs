@@ -91,6 +91,7 @@ public sealed class CliTests : IDisposable
     [InlineData("bench", "--gated-mlp", "maybe")]     // options are checked before the GPU is looked for
     [InlineData("bench", "--rope-on-load", "off")]
     [InlineData("bench", "--weights", "fp8")]
+    [InlineData("bench", "--fp8-weights", "keep")]   // without --load
     [InlineData("bench", "--attention-ws", "sometimes")]
     [InlineData("bench", "--batched-prefill", "8by2048")]
     [InlineData("bench", "--batched-step-tokens", "-5")]
