@@ -184,6 +184,34 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         Assert.True(worstDecode <= 3e-2, $"decode: {worstDecode:E2}");
     }
 
+    /// <summary>
+    /// Auto keeps e4m3 only when the bf16 weights would not fit beside the 2 GiB reserve: with the GPU's memory all free
+    /// it dequantizes; with all but the bf16 weights and 1 GiB taken (a buffer held meanwhile) it keeps the codes.
+    /// </summary>
+    [Fact]
+    public void Auto_KeepsE4m3_OnlyWhenBf16WouldNotFit()
+    {
+        Gpu.Require();
+        string dir = Fp8Checkpoints.FixturePath("fp8_channel_swiftkv_50_g2");
+        var fixture = Fp8Checkpoints.ReadFixture("fp8_channel_swiftkv_50_g2");
+        long bf16Bytes;
+        using (var roomy = CudaBackend.Load(dir, true, Fp8Weights.Auto))
+        {
+            Assert.Equal(0, roomy.E4m3WeightMatrices);
+            bf16Bytes = roomy.WeightBytes;
+        }
+        long free = CudaRuntime.MemoryInfo().Free;
+        using var taken = new DeviceBuffer<byte>(free - bf16Bytes - (1L << 30));
+        using var tight = CudaBackend.Load(dir, true, Fp8Weights.Auto);
+        Assert.True(tight.E4m3WeightMatrices > 0, "Auto dequantized although bf16 weights would leave less than the reserve");
+        using var c = tight.CreateCache(fixture.Ids.Length);
+        var logits = tight.Forward(c, fixture.Ids, LogitsSelection.LastToken);
+        int vocab = fixture.Logits.Length / fixture.Ids.Length;
+        double error = RowError(fixture.Logits.AsSpan((fixture.Ids.Length - 1) * vocab, vocab), logits);
+        Gpu.Log($"Auto with {(CudaRuntime.MemoryInfo().Free) / 1e9:F1} GB left free: {tight.E4m3WeightMatrices} matrices kept as e4m3, last row {error:E2} from the reference");
+        Assert.True(error <= 3e-2, $"{error:E2}");
+    }
+
     /// <summary>Block-wise scales change along a row: Keep holds those matrices in bf16, the same values as Dequantize.</summary>
     [Fact]
     public void Keep_BlockScaledFixture_IsDequantized()
