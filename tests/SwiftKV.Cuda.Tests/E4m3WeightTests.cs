@@ -229,7 +229,8 @@ public sealed class E4m3WeightTests : GpuFixtureTest
 
     /// <summary>
     /// A SwiftKV model (AcrossKV 2) quantized per channel, kept as e4m3, at widths where every route runs: a 300-token
-    /// prefill (dequantized scratch into cuBLAS, or the fused GEMMs on Hopper; SingleInputKV's K/V in two row chunks),
+    /// prefill (the dequantized scratch into cuBLAS, and into the gated MLP GEMM on Hopper; SingleInputKV's K/V in two row
+    /// chunks),
     /// decode steps (e4m3 GEMVs, graphs), and serving steps of several sequences (prefill chunks, 3-row and 1-row
     /// decode steps), each against the CPU engine on the checkpoint's exact dequantized weights.
     /// </summary>
@@ -239,58 +240,49 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         Gpu.Require();
         var spec = new ModelSpec(Hidden: 512, Intermediate: 1024, Layers: 4, Heads: 8, KvHeads: 2, HeadDim: 64, Vocab: 300,
             SwiftKvLayers: 2, GroupSize: 2, Seed: 91, MaxPositions: 512);
-        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-e4m3-" + Guid.NewGuid().ToString("N")[..8]);
-        try
-        {
-            LlamaCheckpointWriter.Save(dir, TestModels.View(TestModels.Checkpoint(spec), true));
-            Fp8Checkpoints.Quantize(dir, "channel");
-            using var gpu = CudaBackend.Load(dir, true, Fp8Weights.Keep);
-            using var cpu = new CpuBackend(LlamaCheckpointLoader.Load(dir, true));
-            Assert.True(gpu.E4m3WeightMatrices > 0);
-            gpu.SwiftKvChunkBytes = 256L * 2 * spec.KvHeads * spec.HeadDim * sizeof(float);   // one leader's fp32 [k | v] for 256 rows: 256-row chunks
+        using var checkpoint = new PerChannelFp8Checkpoint(spec);
+        using var gpu = CudaBackend.Load(checkpoint.Dir, true, Fp8Weights.Keep);
+        using var cpu = new CpuBackend(LlamaCheckpointLoader.Load(checkpoint.Dir, true));
+        Assert.True(gpu.E4m3WeightMatrices > 0);
+        gpu.SwiftKvChunkBytes = 256L * 2 * spec.KvHeads * spec.HeadDim * sizeof(float);   // one leader's fp32 [k | v] for 256 rows: 256-row chunks
 
-            // Solo: a long prefill, then decode steps.
-            var prompt = TestModels.RandomTokens(300, spec.Vocab, 7);
-            using var gc = gpu.CreateCache(320);
-            using var cc = cpu.CreateCache(320);
-            double worst = RowError(cpu.Forward(cc, prompt, LogitsSelection.LastToken), gpu.Forward(gc, prompt, LogitsSelection.LastToken));
-            var next = TestModels.RandomTokens(6, spec.Vocab, 8);
-            foreach (int t in next)
-                worst = Math.Max(worst, RowError(cpu.Forward(cc, [t], LogitsSelection.LastToken), gpu.Forward(gc, [t], LogitsSelection.LastToken)));
+        // Solo: a long prefill, then decode steps.
+        var prompt = TestModels.RandomTokens(300, spec.Vocab, 7);
+        using var gc = gpu.CreateCache(320);
+        using var cc = cpu.CreateCache(320);
+        double worst = RowError(cpu.Forward(cc, prompt, LogitsSelection.LastToken), gpu.Forward(gc, prompt, LogitsSelection.LastToken));
+        var next = TestModels.RandomTokens(6, spec.Vocab, 8);
+        foreach (int t in next)
+            worst = Math.Max(worst, RowError(cpu.Forward(cc, [t], LogitsSelection.LastToken), gpu.Forward(gc, [t], LogitsSelection.LastToken)));
 
-            // Batched: three sequences, prefill chunks then decode steps of 3 and 1 rows.
-            const int BlockSize = 16, Blocks = 48;
-            using var pool = gpu.CreatePagedKvCache(Blocks, BlockSize);
-            using var cpuPool = cpu.CreatePagedKvCache(Blocks, BlockSize);
-            var seqs = new[] { TestModels.RandomTokens(40, spec.Vocab, 11), TestModels.RandomTokens(70, spec.Vocab, 12), TestModels.RandomTokens(9, spec.Vocab, 13) };
-            var tables = seqs.Select((_, i) => Enumerable.Range(i * 16, 16).ToArray()).ToArray();
-            (int Seq, int Start, int Count)[][] steps =
-            [
-                [(0, 0, 33), (1, 0, 70), (2, 0, 8)],
-                [(0, 33, 7), (2, 8, 1)],
-                [(0, 39, 1), (1, 69, 1), (2, 8, 1)],
-                [(1, 69, 1)],
-            ];
-            double worstBatched = 0;
-            foreach (var step in steps)
-            {
-                var batch = step.Select(c => new BatchSequence(seqs[c.Seq].AsMemory(c.Start, c.Count), c.Start, tables[c.Seq], true)).ToArray();
-                var g = gpu.ForwardBatch(pool, batch);
-                var c = cpu.ForwardBatch(cpuPool, batch);
-                for (int r = 0; r < batch.Length; r++)
-                    worstBatched = Math.Max(worstBatched, RowError(c.AsSpan(r * spec.Vocab, spec.Vocab), g.AsSpan(r * spec.Vocab, spec.Vocab)));
-            }
-            Gpu.Log($"SwiftKV model kept as e4m3 ({gpu.E4m3WeightMatrices} matrices, scratch {gpu.DequantizeScratchBytes} B): worst row against the CPU, " +
-                    $"solo prefill + decode {worst:E2}, serving steps {worstBatched:E2}");
-            // bf16 activations against fp32 (CudaBatchedTests' 1e-2 rule at these widths, with room for the GEMV's
-            // unrounded weights against the CPU's fp32 ones).
-            Assert.True(worst <= 2e-2, $"solo: {worst:E2}");
-            Assert.True(worstBatched <= 2e-2, $"batched: {worstBatched:E2}");
-        }
-        finally
+        // Batched: three sequences, prefill chunks then decode steps of 3 and 1 rows.
+        const int BlockSize = 16, Blocks = 48;
+        using var pool = gpu.CreatePagedKvCache(Blocks, BlockSize);
+        using var cpuPool = cpu.CreatePagedKvCache(Blocks, BlockSize);
+        var seqs = new[] { TestModels.RandomTokens(40, spec.Vocab, 11), TestModels.RandomTokens(70, spec.Vocab, 12), TestModels.RandomTokens(9, spec.Vocab, 13) };
+        var tables = seqs.Select((_, i) => Enumerable.Range(i * 16, 16).ToArray()).ToArray();
+        (int Seq, int Start, int Count)[][] steps =
+        [
+            [(0, 0, 33), (1, 0, 70), (2, 0, 8)],
+            [(0, 33, 7), (2, 8, 1)],
+            [(0, 39, 1), (1, 69, 1), (2, 8, 1)],
+            [(1, 69, 1)],
+        ];
+        double worstBatched = 0;
+        foreach (var step in steps)
         {
-            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+            var batch = step.Select(c => new BatchSequence(seqs[c.Seq].AsMemory(c.Start, c.Count), c.Start, tables[c.Seq], true)).ToArray();
+            var g = gpu.ForwardBatch(pool, batch);
+            var c = cpu.ForwardBatch(cpuPool, batch);
+            for (int r = 0; r < batch.Length; r++)
+                worstBatched = Math.Max(worstBatched, RowError(c.AsSpan(r * spec.Vocab, spec.Vocab), g.AsSpan(r * spec.Vocab, spec.Vocab)));
         }
+        Gpu.Log($"SwiftKV model kept as e4m3 ({gpu.E4m3WeightMatrices} matrices, scratch {gpu.DequantizeScratchBytes} B): worst row against the CPU, " +
+                $"solo prefill + decode {worst:E2}, serving steps {worstBatched:E2}");
+        // bf16 activations against fp32 (CudaBatchedTests' 1e-2 rule at these widths, with room for the GEMV's
+        // unrounded weights against the CPU's fp32 ones).
+        Assert.True(worst <= 2e-2, $"solo: {worst:E2}");
+        Assert.True(worstBatched <= 2e-2, $"batched: {worstBatched:E2}");
     }
 
     /// <summary>
@@ -305,31 +297,39 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         Gpu.Require();
         var spec = new ModelSpec(Hidden: 256, Layers: 4, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 97, Intermediate: 320,
             RopeScaling: true, SwiftKvLayers: 2, GroupSize: 2, Seed: 31, MaxPositions: 2048);
-        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-e4m3-heads-" + Guid.NewGuid().ToString("N")[..8]);
-        try
+        using var checkpoint = new PerChannelFp8Checkpoint(spec);
+        using var gpu = CudaBackend.Load(checkpoint.Dir, true, Fp8Weights.Keep);
+        using var cpu = new CpuBackend(LlamaCheckpointLoader.Load(checkpoint.Dir, true));
+        var prompt = TestModels.RandomTokens(600, spec.Vocab, 131);
+        using var gc = gpu.CreateCache(608);
+        using var cc = cpu.CreateCache(608);
+        double worst = RowError(cpu.Forward(cc, prompt, LogitsSelection.LastToken), gpu.Forward(gc, prompt, LogitsSelection.LastToken));
+        if (CudaRuntime.Device.Arch == "sm_90a")
         {
-            LlamaCheckpointWriter.Save(dir, TestModels.View(TestModels.Checkpoint(spec), true));
-            Fp8Checkpoints.Quantize(dir, "channel");
-            using var gpu = CudaBackend.Load(dir, true, Fp8Weights.Keep);
-            using var cpu = new CpuBackend(LlamaCheckpointLoader.Load(dir, true));
-            var prompt = TestModels.RandomTokens(600, spec.Vocab, 131);
-            using var gc = gpu.CreateCache(608);
-            using var cc = cpu.CreateCache(608);
-            double worst = RowError(cpu.Forward(cc, prompt, LogitsSelection.LastToken), gpu.Forward(gc, prompt, LogitsSelection.LastToken));
-            if (CudaRuntime.Device.Arch == "sm_90a")
-            {
-                // 2 full layers' [q; k; v] + 1 leader's [k; v]; the gated GEMM in the 2 full layers.
-                Assert.Equal(3, gpu.FusedQkvLaunches);
-                Assert.Equal(2, gpu.GatedMlpLaunches);
-            }
-            foreach (int t in TestModels.RandomTokens(4, spec.Vocab, 132))
-                worst = Math.Max(worst, RowError(cpu.Forward(cc, [t], LogitsSelection.LastToken), gpu.Forward(gc, [t], LogitsSelection.LastToken)));
-            Gpu.Log($"32/8 heads, d128, kept as e4m3 ({gpu.E4m3WeightMatrices} matrices): worst row against the CPU over a 600-token prefill and 4 decode steps {worst:E2}");
-            Assert.True(worst <= 2e-2, $"{worst:E2}");
+            // 2 full layers' [q; k; v] + 1 leader's [k; v]; the gated GEMM in the 2 full layers.
+            Assert.Equal(3, gpu.FusedQkvLaunches);
+            Assert.Equal(2, gpu.GatedMlpLaunches);
         }
-        finally
+        foreach (int t in TestModels.RandomTokens(4, spec.Vocab, 132))
+            worst = Math.Max(worst, RowError(cpu.Forward(cc, [t], LogitsSelection.LastToken), gpu.Forward(gc, [t], LogitsSelection.LastToken)));
+        Gpu.Log($"32/8 heads, d128, kept as e4m3 ({gpu.E4m3WeightMatrices} matrices): worst row against the CPU over a 600-token prefill and 4 decode steps {worst:E2}");
+        Assert.True(worst <= 2e-2, $"{worst:E2}");
+    }
+
+    /// <summary>A SwiftKV checkpoint of <c>spec</c>'s shape with its decoder Linear weights quantized to e4m3 per output channel, in a temporary directory.</summary>
+    sealed class PerChannelFp8Checkpoint : IDisposable
+    {
+        public string Dir { get; } = Path.Combine(Path.GetTempPath(), "swiftkv-e4m3-" + Guid.NewGuid().ToString("N")[..8]);
+
+        public PerChannelFp8Checkpoint(ModelSpec spec)
         {
-            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+            LlamaCheckpointWriter.Save(Dir, TestModels.View(TestModels.Checkpoint(spec), true));
+            Fp8Checkpoints.Quantize(Dir, "channel");
+        }
+
+        public void Dispose()
+        {
+            if (Directory.Exists(Dir)) Directory.Delete(Dir, true);
         }
     }
 
