@@ -619,7 +619,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         for (int r0 = 0; r0 < rows; r0 += chunk)
         {
             int n = Math.Min(chunk, rows - r0);
-            if (rows > chunk) Linear(_ws.Normed.Span.Slice((long)r0 * hidden), n, hidden, weights, ld, all);
+            if (rows > chunk) LinearChunk(_ws.Normed.Span.Slice((long)r0 * hidden), n, hidden, _w.SwiftKvKv!, weights, ld, all);
             else Linear(_ws.Normed.Span.Slice((long)r0 * hidden), n, hidden, _w.SwiftKvKv!, ld, all);
             for (int g = 0; g < leaders; g++)
             {

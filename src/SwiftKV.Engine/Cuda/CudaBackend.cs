@@ -637,12 +637,12 @@ public sealed partial class CudaBackend : IModelBackend
         var all = _ws.SwiftKvFor(Math.Min(rows, chunk), SwiftKvChunkRows);
         if (rows <= chunk) NormLinear(x, rows, _w.NormSwiftKv!, _w.SwiftKvKv!, ld, all);
         else _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
-        // Chunks share one dequantized copy of e4m3 weights.
+        // Chunks share one dequantized copy of e4m3 weights (read by cuBLAS only: LinearChunk).
         var chunkWeights = rows > chunk ? Dense(_w.SwiftKvKv!) : default;
         for (int r0 = 0; r0 < rows; r0 += chunk)
         {
             int n = Math.Min(chunk, rows - r0);
-            if (rows > chunk) Linear(_ws.Normed.Span.Slice((long)r0 * hidden), n, hidden, chunkWeights, ld, all);
+            if (rows > chunk) LinearChunk(_ws.Normed.Span.Slice((long)r0 * hidden), n, hidden, _w.SwiftKvKv!, chunkWeights, ld, all);
             for (int g = 0; g < leaders; g++)
             {
                 int cacheIndex = cfg.KvCacheIndex(_w.SwiftKvLeaders[g], true);
@@ -699,6 +699,16 @@ public sealed partial class CudaBackend : IModelBackend
         if (!w.IsE4m3) Linear(x, rows, inDim, w.Bf16.Span, outDim, y, accumulate);
         else if (E4m3Gemv(rows, GemvKernel.MaxRows, x.Address, w, inDim)) _gemv.Launch(_stream, x, rows, inDim, w.E4m3, outDim, y, accumulate);
         else _blas.Linear(x, rows, inDim, Dense(w), outDim, y, accumulate);
+    }
+
+    /// <summary>
+    /// One row chunk's projection over <paramref name="dense"/>, <see cref="Dense"/>'s values of <paramref name="w"/> made
+    /// once for all chunks: a last chunk of a few rows must not reach the bf16 GEMV over the scratch either.
+    /// </summary>
+    void LinearChunk(DeviceSpan<Bf16> x, int rows, int inDim, CudaMatrix w, DeviceSpan<Bf16> dense, int outDim, DeviceSpan<float> y)
+    {
+        if (w.IsE4m3) _blas.Linear(x, rows, inDim, dense, outDim, y);
+        else Linear(x, rows, inDim, dense, outDim, y);
     }
 
     bool E4m3Gemv(int rows, int maxRows, ulong xAddress, CudaMatrix w, int inDim) =>
