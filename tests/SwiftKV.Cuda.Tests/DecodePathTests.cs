@@ -77,7 +77,7 @@ public sealed class DecodePathTests : GpuFixtureTest
         int vocab = fixture.Logits.Length / fixture.Ids.Length;
         double worstReference = 0;
         for (int p = 0; p < fixture.Ids.Length; p++)
-            worstReference = Math.Max(worstReference, RowError(fixture.Logits.AsSpan(p * vocab, vocab), a.AsSpan(p * vocab, vocab)));
+            worstReference = Math.Max(worstReference, Gpu.RowError(fixture.Logits.AsSpan(p * vocab, vocab), a.AsSpan(p * vocab, vocab)));
         Gpu.Log($"{name}: fp8 checkpoint on the GPU, worst row's relative error against the PyTorch reference {worstReference:E2}");
         Assert.True(worstReference <= 3e-2, $"{name}: relative error against the PyTorch reference {worstReference:E2} > 3e-2");
     }
@@ -109,17 +109,6 @@ public sealed class DecodePathTests : GpuFixtureTest
         {
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
         }
-    }
-
-    static double RowError(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual)
-    {
-        double maxDiff = 0, maxRef = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            maxDiff = Math.Max(maxDiff, Math.Abs(expected[i] - actual[i]));
-            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
-        }
-        return maxDiff / Math.Max(maxRef, 1e-30);
     }
 
     [Fact]

@@ -174,8 +174,8 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         double worstPrefill = 0, worstDecode = 0;
         for (int p = 0; p < n; p++)
         {
-            worstPrefill = Math.Max(worstPrefill, RowError(fixture.Logits.AsSpan(p * vocab, vocab), prefill.AsSpan(p * vocab, vocab)));
-            worstDecode = Math.Max(worstDecode, RowError(fixture.Logits.AsSpan(p * vocab, vocab), decode.AsSpan(p * vocab, vocab)));
+            worstPrefill = Math.Max(worstPrefill, Gpu.RowError(fixture.Logits.AsSpan(p * vocab, vocab), prefill.AsSpan(p * vocab, vocab)));
+            worstDecode = Math.Max(worstDecode, Gpu.RowError(fixture.Logits.AsSpan(p * vocab, vocab), decode.AsSpan(p * vocab, vocab)));
         }
         Gpu.Log($"{name} kept as e4m3 ({kept.E4m3WeightMatrices} matrices, {kept.WeightBytes} B against {dequantized.WeightBytes} B dequantized): " +
                 $"worst row against the PyTorch reference, prefill of {n} {worstPrefill:E2}, one token at a time {worstDecode:E2}");
@@ -207,7 +207,7 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         using var c = tight.CreateCache(fixture.Ids.Length);
         var logits = tight.Forward(c, fixture.Ids, LogitsSelection.LastToken);
         int vocab = fixture.Logits.Length / fixture.Ids.Length;
-        double error = RowError(fixture.Logits.AsSpan((fixture.Ids.Length - 1) * vocab, vocab), logits);
+        double error = Gpu.RowError(fixture.Logits.AsSpan((fixture.Ids.Length - 1) * vocab, vocab), logits);
         Gpu.Log($"Auto with {(CudaRuntime.MemoryInfo().Free) / 1e9:F1} GB left free: {tight.E4m3WeightMatrices} matrices kept as e4m3, last row {error:E2} from the reference");
         Assert.True(error <= 3e-2, $"{error:E2}");
     }
@@ -250,10 +250,10 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         var prompt = TestModels.RandomTokens(300, spec.Vocab, 7);
         using var gc = gpu.CreateCache(320);
         using var cc = cpu.CreateCache(320);
-        double worst = RowError(cpu.Forward(cc, prompt, LogitsSelection.LastToken), gpu.Forward(gc, prompt, LogitsSelection.LastToken));
+        double worst = Gpu.RowError(cpu.Forward(cc, prompt, LogitsSelection.LastToken), gpu.Forward(gc, prompt, LogitsSelection.LastToken));
         var next = TestModels.RandomTokens(6, spec.Vocab, 8);
         foreach (int t in next)
-            worst = Math.Max(worst, RowError(cpu.Forward(cc, [t], LogitsSelection.LastToken), gpu.Forward(gc, [t], LogitsSelection.LastToken)));
+            worst = Math.Max(worst, Gpu.RowError(cpu.Forward(cc, [t], LogitsSelection.LastToken), gpu.Forward(gc, [t], LogitsSelection.LastToken)));
 
         // Batched: three sequences, prefill chunks then decode steps of 3 and 1 rows.
         const int BlockSize = 16, Blocks = 48;
@@ -275,7 +275,7 @@ public sealed class E4m3WeightTests : GpuFixtureTest
             var g = gpu.ForwardBatch(pool, batch);
             var c = cpu.ForwardBatch(cpuPool, batch);
             for (int r = 0; r < batch.Length; r++)
-                worstBatched = Math.Max(worstBatched, RowError(c.AsSpan(r * spec.Vocab, spec.Vocab), g.AsSpan(r * spec.Vocab, spec.Vocab)));
+                worstBatched = Math.Max(worstBatched, Gpu.RowError(c.AsSpan(r * spec.Vocab, spec.Vocab), g.AsSpan(r * spec.Vocab, spec.Vocab)));
         }
         Gpu.Log($"SwiftKV model kept as e4m3 ({gpu.E4m3WeightMatrices} matrices, scratch {gpu.DequantizeScratchBytes} B): worst row against the CPU, " +
                 $"solo prefill + decode {worst:E2}, serving steps {worstBatched:E2}");
@@ -303,7 +303,7 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         var prompt = TestModels.RandomTokens(600, spec.Vocab, 131);
         using var gc = gpu.CreateCache(608);
         using var cc = cpu.CreateCache(608);
-        double worst = RowError(cpu.Forward(cc, prompt, LogitsSelection.LastToken), gpu.Forward(gc, prompt, LogitsSelection.LastToken));
+        double worst = Gpu.RowError(cpu.Forward(cc, prompt, LogitsSelection.LastToken), gpu.Forward(gc, prompt, LogitsSelection.LastToken));
         if (CudaRuntime.Device.Arch == "sm_90a")
         {
             // 2 full layers' [q; k; v] + 1 leader's [k; v]; the gated GEMM in the 2 full layers.
@@ -311,7 +311,7 @@ public sealed class E4m3WeightTests : GpuFixtureTest
             Assert.Equal(2, gpu.GatedMlpLaunches);
         }
         foreach (int t in TestModels.RandomTokens(4, spec.Vocab, 132))
-            worst = Math.Max(worst, RowError(cpu.Forward(cc, [t], LogitsSelection.LastToken), gpu.Forward(gc, [t], LogitsSelection.LastToken)));
+            worst = Math.Max(worst, Gpu.RowError(cpu.Forward(cc, [t], LogitsSelection.LastToken), gpu.Forward(gc, [t], LogitsSelection.LastToken)));
         Gpu.Log($"32/8 heads, d128, kept as e4m3 ({gpu.E4m3WeightMatrices} matrices): worst row against the CPU over a 600-token prefill and 4 decode steps {worst:E2}");
         Assert.True(worst <= 2e-2, $"{worst:E2}");
     }
@@ -365,19 +365,5 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         e4m3.Dispose();
         CudaRuntime.Synchronize();
         Assert.Equal(counted0, DeviceMemory.AllocatedBytes);
-    }
-
-    /// <summary>Max |diff| over the row's max |expected|.</summary>
-    static double RowError(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual)
-    {
-        Assert.Equal(expected.Length, actual.Length);
-        double maxDiff = 0, maxRef = 0;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            Assert.True(float.IsFinite(actual[i]), $"non-finite logit at {i}");
-            maxDiff = Math.Max(maxDiff, Math.Abs(expected[i] - actual[i]));
-            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
-        }
-        return maxDiff / maxRef;
     }
 }

@@ -39,6 +39,20 @@ internal static class Gpu
         }
     }
 
+    /// <summary>A logit row's error: max |actual - expected| over max |expected|; a non-finite actual value fails.</summary>
+    public static double RowError(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double maxDiff = 0, maxRef = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            Assert.True(float.IsFinite(actual[i]), $"non-finite logit at {i}");
+            maxDiff = Math.Max(maxDiff, Math.Abs(expected[i] - actual[i]));
+            maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
+        }
+        return maxDiff / Math.Max(maxRef, 1e-30);
+    }
+
     public static void Log(string line) => Console.WriteLine("[gpu-test] " + line);
 }
 
