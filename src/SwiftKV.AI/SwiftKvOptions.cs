@@ -64,7 +64,9 @@ public sealed class SwiftKvOptions
     /// How the GPU holds an FP8 checkpoint's e4m3 weights. Auto (default): kept as e4m3 only when the dequantized bf16
     /// weights would not fit the GPU beside a 2 GiB reserve (70B FP8 on an 80 GB card), else dequantized. Keep: always
     /// e4m3 (half the weight memory and a faster single-request decode; slower prefill and batched decode, which dequantize
-    /// each matrix before its GEMM: docs/BENCHMARKS.md has the figures). Dequantize: always bf16. Ignored for other
+    /// each matrix before its GEMM: docs/BENCHMARKS.md has the figures). KeepW8A8: kept, and prefill and batched decode
+    /// quantize each GEMM's input per token to e4m3 and run the GEMMs on fp8 tensor cores (faster than bf16, the numerics
+    /// the published FP8 checkpoints were calibrated for; sm_89+). Dequantize: always bf16. Ignored for other
     /// checkpoints and on the CPU.
     /// </summary>
     public SwiftKV.Engine.Cuda.Fp8Weights Fp8Weights { get; set; } = SwiftKV.Engine.Cuda.Fp8Weights.Auto;
@@ -100,7 +102,7 @@ public sealed class SwiftKvOptions
         if (KvBlockSize is <= 0 or > 4096)
             throw new ArgumentOutOfRangeException(nameof(KvBlockSize), KvBlockSize, "SwiftKvOptions.KvBlockSize must be in 1..4096 (or null for the backend's default).");
         if (!Enum.IsDefined(Fp8Weights))
-            throw new ArgumentOutOfRangeException(nameof(Fp8Weights), Fp8Weights, "SwiftKvOptions.Fp8Weights must be Auto, Dequantize or Keep.");
+            throw new ArgumentOutOfRangeException(nameof(Fp8Weights), Fp8Weights, "SwiftKvOptions.Fp8Weights must be Auto, Dequantize, Keep or KeepW8A8.");
         if (!Enum.IsDefined(Backend))
             throw new ArgumentOutOfRangeException(nameof(Backend), Backend, "SwiftKvOptions.Backend must be Auto, Cpu or Cuda.");
     }

@@ -33,11 +33,12 @@ namespace SwiftKV.Cli;
 internal static class BenchCommand
 {
     const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768] [--decode-context 2048] [--decode-steps 32] [--decode-batches 1,32,128|none] " +
-        "[--batched-prefill 8x2048|none] [--batched-step-tokens 0 (the backend's serving step)|16384,...] [--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--weights bf16|e4m3|both] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--fused-qkv on|off|both] [--load DIR [--fp8-weights auto|dequantize|keep]] [--out bench.json] [--md bench.md]";
+        "[--batched-prefill 8x2048|none] [--batched-step-tokens 0 (the backend's serving step)|16384,...] [--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--weights bf16|e4m3|e4m3-w8a8|both|all] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--fused-qkv on|off|both] [--load DIR [--fp8-weights auto|dequantize|keep|keep-w8a8]] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
     /// <param name="E4m3">Layer matrices as e4m3 codes with row scales, held so (an FP8 checkpoint kept fp8, <see cref="Fp8Weights.Keep"/>).</param>
-    sealed record Variant(string Name, LlamaConfig Config, bool SwiftKv, bool E4m3 = false);
+    /// <param name="W8A8">With E4m3: steps above 8 rows run W8A8 GEMMs (<see cref="CudaBackend.UseW8A8"/>, <see cref="Fp8Weights.KeepW8A8"/>).</param>
+    sealed record Variant(string Name, LlamaConfig Config, bool SwiftKv, bool E4m3 = false, bool W8A8 = false);
 
     public static int Run(CliArgs a)
     {
@@ -80,12 +81,13 @@ internal static class BenchCommand
         bool[] gatedModes = a.OnOffBoth("gated-mlp", "on (default: [gate; up] GEMM with the SwiGLU epilogue on Hopper), off (cuBLAS + silu pass) or both (alternated run by run)");
         bool[] wsModes = a.OnOffBoth("attention-ws", "on (default: warp-specialised wgmma prefill attention on Hopper), off (the two-CTA-per-SM entry) or both (alternated run by run)");
         string weightsArg = a.String("weights") ?? "bf16";
-        bool[] e4m3Modes = weightsArg switch
+        string[] weightModes = weightsArg switch
         {
-            "bf16" => [false],
-            "e4m3" => [true],
-            "both" => [false, true],
-            _ => throw new UsageException($"--weights: '{weightsArg}' is not bf16 (default), e4m3 (layer matrices as e4m3 codes with row scales, an FP8 checkpoint kept fp8) or both"),
+            "bf16" or "e4m3" or "e4m3-w8a8" => [weightsArg],
+            "both" => ["bf16", "e4m3"],
+            "all" => ["bf16", "e4m3", "e4m3-w8a8"],
+            _ => throw new UsageException($"--weights: '{weightsArg}' is not bf16 (default), e4m3 (layer matrices as e4m3 codes with row scales, an FP8 " +
+                "checkpoint kept fp8), e4m3-w8a8 (the same with W8A8 GEMMs above 8 rows), both (bf16 and e4m3) or all (the three)"),
         };
         bool[] fusedQkvModes = a.OnOffBoth("fused-qkv", "on (default: [q; k; v] GEMM with RoPE and the cache write in its epilogue on Hopper), off (cuBLAS + RoPE pass) or both (alternated run by run)");
         a.RejectUnknown();
@@ -102,7 +104,12 @@ internal static class BenchCommand
             "swiftkv50" => new Variant("SwiftKV 50%", SwiftKv(baseCfg, 1), true),
             "acrosskv4" => new Variant("SwiftKV 50% + AcrossKV 4", SwiftKv(baseCfg, 4), true),
             _ => throw new UsageException($"--variants: unknown '{v}' (off, swiftkv50, acrosskv4)"),
-        }).SelectMany(v => e4m3Modes.Select(e => e ? v with { Name = v.Name + ", e4m3 weights", E4m3 = true } : v)).ToArray();
+        }).SelectMany(v => weightModes.Select(w => w switch
+        {
+            "e4m3" => v with { Name = v.Name + ", e4m3 weights", E4m3 = true },
+            "e4m3-w8a8" => v with { Name = v.Name + ", e4m3 weights, W8A8", E4m3 = true, W8A8 = true },
+            _ => v,
+        })).ToArray();
 
         // After every option is checked, so a typo is named on a machine without a GPU too.
         if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("bench needs a CUDA GPU: " + why);
@@ -262,6 +269,7 @@ internal static class BenchCommand
         var cfg = v.Config;
         var sw = Stopwatch.StartNew();
         using var backend = CudaBackend.CreateRandom(cfg, v.SwiftKv, seed: 7, e4m3: v.E4m3);
+        backend.UseW8A8 = v.W8A8;
         Log($"{v.Name}: random weights {backend.WeightBytes / 1e9:F2} GB made on the GPU in {sw.Elapsed.TotalSeconds:F2} s" +
             (v.E4m3 ? $" ({backend.E4m3WeightMatrices} matrices as e4m3, dequantize scratch {backend.DequantizeScratchBytes / 1e9:F2} GB)" : ""));
         var vj = new JsonObject { ["name"] = v.Name, ["weight_bytes"] = backend.WeightBytes, ["e4m3_matrices"] = backend.E4m3WeightMatrices };
@@ -361,6 +369,8 @@ internal static class BenchCommand
         if (decodeBatches.Length > 0 && !backend.SupportsBatchedStep)
             Log($"{v.Name}: decode b>1 skipped: no batched paged step for head_dim {cfg.HeadDim} on this card");
         else if (decodeBatches.Length > 0) vj["decode_batched"] = BenchDecodeBatched(v, backend, decodeBatches, context, steps, roofGbps, md);
+        vj["w8a8_gemms"] = backend.W8A8Gemms;   // > 0 shows the W8A8 route ran (0 for the other variants)
+        if (v.W8A8) Log($"{v.Name}: {backend.W8A8Gemms} W8A8 GEMMs run");
         return vj;
     }
 

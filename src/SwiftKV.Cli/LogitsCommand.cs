@@ -58,7 +58,8 @@ internal static class LogitsCommand
         null or "auto" => SwiftKV.Engine.Cuda.Fp8Weights.Auto,
         "dequantize" => SwiftKV.Engine.Cuda.Fp8Weights.Dequantize,
         "keep" => SwiftKV.Engine.Cuda.Fp8Weights.Keep,
-        _ => throw new UsageException($"--fp8-weights must be auto, dequantize or keep (got '{s}')"),
+        "keep-w8a8" => SwiftKV.Engine.Cuda.Fp8Weights.KeepW8A8,
+        _ => throw new UsageException($"--fp8-weights must be auto, dequantize, keep or keep-w8a8 (got '{s}')"),
     };
 
     internal static BackendKind ParseBackend(string? s) => s?.ToLowerInvariant() switch

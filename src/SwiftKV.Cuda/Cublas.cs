@@ -7,6 +7,7 @@
 // The GEMMs go through cuBLASLt with one algorithm per bucket of row counts (CublasLtPlans says why); cublasGemmEx is
 // the fallback for a problem cuBLASLt's heuristic has no algorithm for.
 using System.Runtime.InteropServices;
+using SwiftKV.Cuda.Kernels;
 using SwiftKV.Cuda.Native;
 
 namespace SwiftKV.Cuda;
@@ -29,6 +30,7 @@ public sealed unsafe class Cublas : IDisposable
 {
     readonly CublasHandle _handle = new(CublasNative.cublasDestroy);
     readonly CublasLtPlans _lt;
+    CublasLtPlans? _ltE4m3;   // the W8A8 GEMMs' plans, made by the first one (their own descriptor and workspace)
     readonly nint _stream;
 
     public Cublas(CudaStream stream)
@@ -87,6 +89,40 @@ public sealed unsafe class Cublas : IDisposable
         if (ldy == 0) ldy = outDim;
         Check(x, rows, inDim, w, outDim, y.Length, ldy);
         Gemm(x.Address, rows, inDim, w.Address, outDim, y.Address, CublasNative.CudaR16BF, ldy, false);
+    }
+
+    /// <summary>
+    /// W8A8: y (rows, outDim) fp32 = (x codes · x scale per row) · (w codes · w scale per row)ᵀ [+ y], e4m3 products
+    /// summed in fp32 on fp8 tensor cores, both scales applied to each sum. False when cuBLASLt has no algorithm for
+    /// the problem (it needs sm_89+, cuBLAS 12.9+ and inDim a multiple of 16): the caller then runs its bf16 route.
+    /// </summary>
+    public bool TryLinearE4m3(E4m3Rows x, int rows, int inDim, E4m3Rows w, int outDim, DeviceSpan<float> y, bool accumulate = false) =>
+        TryE4m3(x, rows, inDim, w, outDim, y.Address, y.Length, CublasNative.CudaR32F, accumulate);
+
+    /// <summary><see cref="TryLinearE4m3(E4m3Rows, int, int, E4m3Rows, int, DeviceSpan{float}, bool)"/> with a bf16 y, rounded once.</summary>
+    public bool TryLinearE4m3(E4m3Rows x, int rows, int inDim, E4m3Rows w, int outDim, DeviceSpan<Bf16> y) =>
+        TryE4m3(x, rows, inDim, w, outDim, y.Address, y.Length, CublasNative.CudaR16BF, false);
+
+    /// <summary>W8A8 GEMMs that cuBLASLt ran (tests and benchmarks check the route was taken).</summary>
+    public long E4m3Gemms { get; private set; }
+
+    bool TryE4m3(E4m3Rows x, int rows, int inDim, E4m3Rows w, int outDim, ulong y, long yLength, int yType, bool accumulate)
+    {
+        if (rows < 1 || inDim < 1 || outDim < 1)
+            throw new ArgumentException($"LinearE4m3: bad shape rows={rows} in={inDim} out={outDim}.");
+        Need(x.Codes.Length, (long)rows * inDim, "x codes", $"({rows}, {inDim})");
+        Need(x.Scales.Length, rows, "x scales", $"({rows})");
+        Need(w.Codes.Length, (long)outDim * inDim, "w codes", $"({outDim}, {inDim})");
+        Need(w.Scales.Length, outDim, "w scales", $"({outDim})");
+        Need(yLength, (long)rows * outDim, "y", $"({rows}, {outDim})");
+        if (inDim % 16 != 0) return false;   // fp8 operands' leading dimension
+        CudaRuntime.Bind();
+        _ltE4m3 ??= new CublasLtPlans(e4m3RowScaled: true);
+        if (!_ltE4m3.TryGemm(outDim, rows, inDim, w.Codes.Address, x.Codes.Address, y, yType, outDim, accumulate ? 1 : 0, _stream,
+                w.Scales.Address, x.Scales.Address))
+            return false;
+        E4m3Gemms++;
+        return true;
     }
 
     static void Check(DeviceSpan<Bf16> x, int rows, int inDim, DeviceSpan<Bf16> w, int outDim, long yLength, int ldy)
@@ -152,6 +188,7 @@ public sealed unsafe class Cublas : IDisposable
 
     public void Dispose()
     {
+        _ltE4m3?.Dispose();
         _lt.Dispose();
         _handle.Dispose();
     }

@@ -5,12 +5,18 @@
 // nearly every step, so those costs came back step after step. Here the heuristic runs for the bucket's top row count
 // (n <= 16 as they are, then 8 buckets per power of two: 2000 runs 2048's algorithm) and the algorithm is kept for
 // every n in the bucket; an algorithm cuBLASLt refuses for some n is replaced by one chosen for that exact n.
+// An instance made for e4m3 operands runs W8A8 GEMMs: A and B e4m3 codes, each with one fp32 scale per row of op(A)
+// (a weight's output rows) and per column of B (a token) applied to the fp32 sums (cuBLASLt's outer-vector scaling,
+// Hopper and later with cuBLAS 12.9+). It has no cublasGemmEx fallback: a problem it refuses goes back to the caller.
 using System.Numerics;
 using SwiftKV.Cuda.Native;
 
 namespace SwiftKV.Cuda;
 
-/// <summary>y = W·x GEMMs (cuBLAS's column-major view, A = W transposed) through cuBLASLt, one algorithm per row bucket.</summary>
+/// <summary>
+/// y = W·x GEMMs (cuBLAS's column-major view, A = W transposed) through cuBLASLt, one algorithm per row bucket; bf16
+/// operands, or e4m3 operands with row scales (<see cref="E4m3RowScaled"/>).
+/// </summary>
 sealed unsafe class CublasLtPlans : IDisposable
 {
     /// <summary>cuBLAS's recommended workspace on Hopper; the heuristic is told the algorithms may use this much.</summary>
@@ -19,6 +25,7 @@ sealed unsafe class CublasLtPlans : IDisposable
 
     readonly CublasHandle _handle = new(CublasLtNative.cublasLtDestroy);
     readonly nint _op;
+    readonly int _abType;
     readonly DeviceBuffer<byte> _workspace;
     readonly Dictionary<PlanKey, CublasLtNative.MatmulAlgo?> _plans = new();
     bool _disposed;
@@ -26,8 +33,10 @@ sealed unsafe class CublasLtPlans : IDisposable
     /// <summary>A problem as the heuristic sees it: shapes, the output type, the row bucket and the pointers' alignment.</summary>
     readonly record struct PlanKey(int M, int K, int Ldc, int CType, int Rows, int AlignA, int AlignB, int AlignC);
 
-    public CublasLtPlans()
+    public CublasLtPlans(bool e4m3RowScaled = false)
     {
+        E4m3RowScaled = e4m3RowScaled;
+        _abType = e4m3RowScaled ? CublasNative.CudaR8fE4m3 : CublasNative.CudaR16BF;
         CudaRuntime.Bind();
         nint h;
         using (CaptureGate.Exclusive())
@@ -39,6 +48,12 @@ sealed unsafe class CublasLtPlans : IDisposable
             int t = CublasNative.OpT, n = CublasNative.OpN;
             CublasNative.Check(CublasLtNative.cublasLtMatmulDescSetAttribute(_op, CublasLtNative.DescTransA, &t, sizeof(int)), "cublasLtMatmulDescSetAttribute(TRANSA)");
             CublasNative.Check(CublasLtNative.cublasLtMatmulDescSetAttribute(_op, CublasLtNative.DescTransB, &n, sizeof(int)), "cublasLtMatmulDescSetAttribute(TRANSB)");
+            if (e4m3RowScaled)
+            {
+                int mode = CublasLtNative.MatrixScaleOuterVec32F;
+                CublasNative.Check(CublasLtNative.cublasLtMatmulDescSetAttribute(_op, CublasLtNative.DescAScaleMode, &mode, sizeof(int)), "cublasLtMatmulDescSetAttribute(A_SCALE_MODE)");
+                CublasNative.Check(CublasLtNative.cublasLtMatmulDescSetAttribute(_op, CublasLtNative.DescBScaleMode, &mode, sizeof(int)), "cublasLtMatmulDescSetAttribute(B_SCALE_MODE)");
+            }
             _workspace = new DeviceBuffer<byte>(WorkspaceBytes);
         }
         catch
@@ -48,6 +63,9 @@ sealed unsafe class CublasLtPlans : IDisposable
             throw;
         }
     }
+
+    /// <summary>Whether A and B are e4m3 codes with outer-vector fp32 scales (W8A8), not bf16.</summary>
+    public bool E4m3RowScaled { get; }
 
     /// <summary>Heuristic queries so far (tests: a new row count inside a known bucket asks none).</summary>
     public int HeuristicQueries { get; private set; }
@@ -69,14 +87,22 @@ sealed unsafe class CublasLtPlans : IDisposable
     }
 
     /// <summary>
-    /// C (m, n) = op(A)ᵀ·B [+ C] in cuBLAS's terms: A (k, m) bf16 with lda = k, B (k, n) bf16 with ldb = k, C of
-    /// <paramref name="cType"/> with ldc. Returns false when cuBLASLt has no algorithm for the problem (the caller
-    /// falls back to cublasGemmEx).
+    /// C (m, n) = op(A)ᵀ·B [+ C] in cuBLAS's terms: A (k, m) with lda = k, B (k, n) with ldb = k (bf16, or e4m3 with
+    /// <paramref name="aScales"/> (m floats) and <paramref name="bScales"/> (n floats) when <see cref="E4m3RowScaled"/>),
+    /// C of <paramref name="cType"/> with ldc. Returns false when cuBLASLt has no algorithm for the problem (the caller
+    /// falls back to cublasGemmEx, or for e4m3 to its bf16 route).
     /// </summary>
-    public bool TryGemm(int m, int n, int k, ulong a, ulong b, ulong c, int cType, int ldc, float beta, nint stream)
+    public bool TryGemm(int m, int n, int k, ulong a, ulong b, ulong c, int cType, int ldc, float beta, nint stream, ulong aScales = 0, ulong bScales = 0)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        using var layouts = new Layouts(m, n, k, cType, ldc);
+        if (E4m3RowScaled)
+        {
+            // Set before the heuristic too: cuBLASLt refuses a scaled problem whose scale pointers are unset.
+            if (aScales == 0 || bScales == 0) throw new ArgumentException("An e4m3 GEMM needs both row-scale vectors.");
+            CublasNative.Check(CublasLtNative.cublasLtMatmulDescSetAttribute(_op, CublasLtNative.DescAScalePointer, &aScales, sizeof(ulong)), "cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)");
+            CublasNative.Check(CublasLtNative.cublasLtMatmulDescSetAttribute(_op, CublasLtNative.DescBScalePointer, &bScales, sizeof(ulong)), "cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)");
+        }
+        using var layouts = new Layouts(m, n, k, _abType, cType, ldc);
         var key = new PlanKey(m, k, ldc, cType, RowBucket(n), Alignment(a), Alignment(b), Alignment(c));
         int status = Run(key, a, b, c, beta, layouts, stream);
         if (Refused(status) && key.Rows != n)
@@ -86,7 +112,7 @@ sealed unsafe class CublasLtPlans : IDisposable
             Fallbacks++;   // no algorithm, or none that takes this problem: cublasGemmEx runs it
             return false;
         }
-        CublasNative.Check(status, $"cublasLtMatmul(m={m}, n={n}, k={k}, C {(cType == CublasNative.CudaR32F ? "fp32" : "bf16")})");
+        CublasNative.Check(status, $"cublasLtMatmul(m={m}, n={n}, k={k}, {(E4m3RowScaled ? "e4m3" : "bf16")} in, C {(cType == CublasNative.CudaR32F ? "fp32" : "bf16")})");
         return true;
     }
 
@@ -100,17 +126,17 @@ sealed unsafe class CublasLtPlans : IDisposable
             &chosen, _workspace.Span.Address, (nuint)WorkspaceBytes, stream);
     }
 
-    /// <summary>A problem's three matrix layouts, A (k, m) and B (k, n) bf16 with ld k, C (m, n) with ldc; destroyed together.</summary>
+    /// <summary>A problem's three matrix layouts, A (k, m) and B (k, n) of abType with ld k, C (m, n) with ldc; destroyed together.</summary>
     readonly struct Layouts : IDisposable
     {
         public readonly nint A, B, C;
 
-        public Layouts(int m, int n, int k, int cType, int ldc)
+        public Layouts(int m, int n, int k, int abType, int cType, int ldc)
         {
             try
             {
-                CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out A, CublasNative.CudaR16BF, (ulong)k, (ulong)m, k), "cublasLtMatrixLayoutCreate(A)");
-                CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out B, CublasNative.CudaR16BF, (ulong)k, (ulong)n, k), "cublasLtMatrixLayoutCreate(B)");
+                CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out A, abType, (ulong)k, (ulong)m, k), "cublasLtMatrixLayoutCreate(A)");
+                CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out B, abType, (ulong)k, (ulong)n, k), "cublasLtMatrixLayoutCreate(B)");
                 CublasNative.Check(CublasLtNative.cublasLtMatrixLayoutCreate(out C, cType, (ulong)m, (ulong)n, ldc), "cublasLtMatrixLayoutCreate(C)");
             }
             catch
@@ -145,7 +171,7 @@ sealed unsafe class CublasLtPlans : IDisposable
                 uint v = (uint)align;
                 CublasNative.Check(CublasLtNative.cublasLtMatmulPreferenceSetAttribute(pref, attr, &v, sizeof(uint)), "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)");
             }
-            using var layouts = new Layouts(key.M, key.Rows, key.K, key.CType, key.Ldc);
+            using var layouts = new Layouts(key.M, key.Rows, key.K, _abType, key.CType, key.Ldc);
             CublasLtNative.HeuristicResult result;
             int status = CublasLtNative.cublasLtMatmulAlgoGetHeuristic(_handle.DangerousGetHandle(), _op, layouts.A, layouts.B, layouts.C, layouts.C,
                 pref, 1, &result, out int found);

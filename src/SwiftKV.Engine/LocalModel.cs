@@ -82,7 +82,7 @@ public sealed class LocalModel : IDisposable
     public static (IModelBackend Backend, string Reason) OpenBackend(string path, LlamaConfig config, BackendKind backend, bool swiftKv,
         Fp8Weights fp8Weights = Fp8Weights.Auto)
     {
-        if (!Enum.IsDefined(fp8Weights)) throw new ArgumentOutOfRangeException(nameof(fp8Weights), fp8Weights, "Fp8Weights is Auto, Dequantize or Keep.");
+        if (!Enum.IsDefined(fp8Weights)) throw new ArgumentOutOfRangeException(nameof(fp8Weights), fp8Weights, "Fp8Weights is Auto, Dequantize, Keep or KeepW8A8.");
         bool useCuda;
         string reason;
         switch (backend)

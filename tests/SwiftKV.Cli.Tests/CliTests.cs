@@ -780,8 +780,8 @@ public sealed class CliTests : IDisposable
         Assert.Contains("--gemm must be tf32 or fp32 (got 'bf16')", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x7"), "--gemm", "bf16").Err);
         Assert.Contains("--gemm sets the GPU trainer's GEMMs", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x10"), "--gemm", "fp32", "--backend", "cpu").Err);
         Assert.Contains("--backend must be auto, cpu or cuda (got 'gpu')", Run("distill", "--model", swift, "--data", data, "--out", Path.Combine(_root, "x8"), "--backend", "gpu").Err);
-        Assert.Contains("--fp8-weights must be auto, dequantize or keep (got 'fp8')", Run("generate", "--model", swift, "--prompt", "hi", "--fp8-weights", "fp8").Err);
-        Assert.Contains("--fp8-weights must be auto, dequantize or keep (got 'x')", Run("logits", "--model", swift, "--tokens", "1,2", "--out", Path.Combine(_root, "l.f32"), "--fp8-weights", "x").Err);
+        Assert.Contains("--fp8-weights must be auto, dequantize, keep or keep-w8a8 (got 'fp8')", Run("generate", "--model", swift, "--prompt", "hi", "--fp8-weights", "fp8").Err);
+        Assert.Contains("--fp8-weights must be auto, dequantize, keep or keep-w8a8 (got 'x')", Run("logits", "--model", swift, "--tokens", "1,2", "--out", Path.Combine(_root, "l.f32"), "--fp8-weights", "x").Err);
         if (!SwiftKV.Cuda.CudaRuntime.TryInitialize(out _))
         {
             // Asked for the GPU on a machine without one: said in one line, nothing written (CI has no GPU).

@@ -27,6 +27,9 @@ internal static class Fp8Checkpoints
 
     public static string FixturePath(string name) => Path.Combine(FixtureDir, name);
 
+    /// <summary>A fixture's logits with W8A8 numerics (each Linear's input quantized per token to e4m3): make_w8a8_fixtures.py.</summary>
+    public static float[] ReadW8A8Logits(string name) => FixtureFiles.ReadFloats(Path.Combine(FixtureDir, name + ".w8a8.logits.f32"));
+
     public sealed record RawTensor(string Name, string Dtype, long[] Shape, byte[] Data);
 
     /// <summary>The finite e4m3 values, by code, computed from the format definition (sign, 4-bit exponent bias 7, 3-bit mantissa).</summary>

@@ -10,7 +10,9 @@ internal static unsafe partial class CublasLtNative
     static CublasLtNative() => CudaLibraries.EnsureResolver();
 
     /// <summary>cublasLtMatmulDescAttributes_t.</summary>
-    public const int DescTransA = 3, DescTransB = 4;
+    public const int DescTransA = 3, DescTransB = 4, DescAScalePointer = 17, DescBScalePointer = 18, DescAScaleMode = 31, DescBScaleMode = 32;
+    /// <summary>cublasLtMatmulMatrixScale_t: one fp32 scale per row of op(A) (m) and per column of B (n).</summary>
+    public const int MatrixScaleOuterVec32F = 3;
     /// <summary>cublasLtMatmulPreferenceAttributes_t.</summary>
     public const int PrefMaxWorkspaceBytes = 1, PrefMinAlignmentA = 5, PrefMinAlignmentB = 6, PrefMinAlignmentC = 7, PrefMinAlignmentD = 8;
     /// <summary>cublasStatus_t values an algorithm that does not fit a problem returns.</summary>

@@ -13,7 +13,7 @@ internal static unsafe partial class CublasNative
     public const int OpT = 1;
     /// <summary>cudaDataType_t values.</summary>
     public const int CudaR32F = 0;
-    public const int CudaR16BF = 14;
+    public const int CudaR16BF = 14, CudaR8fE4m3 = 28;
     /// <summary>cublasComputeType_t CUBLAS_COMPUTE_32F.</summary>
     public const int Compute32F = 68;
     /// <summary>CUBLAS_COMPUTE_32F_FAST_TF32: fp32 data through TF32 tensor cores (10-bit mantissa inputs, fp32 sums).</summary>

@@ -152,7 +152,8 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
                 Linear(_ws.Normed, m, hidden, _w.SwiftKvKv!, _w.SwiftKvLeaders.Length * 2 * cfg.KeyValueDim, _ws.SwiftKvFor(m, SwiftKvChunkRows));
             }
             // GateUpSilu's cuBLAS route: above the GEMV's rows, and below the gated GEMM's where that applies.
-            if ((!_useGemv || n > GemvGateUpRows) && (!gated || n < GatedMlpMinRows))
+            if (n > GemvKernel.MaxRows && GateUpW8A8(_ws.Normed, n, first.GateUp)) { }
+            else if ((!_useGemv || n > GemvGateUpRows) && (!gated || n < GatedMlpMinRows))
                 _blas.Linear(_ws.Normed, n, hidden, Dense(first.GateUp), 2 * cfg.IntermediateSize, _ws.GateUpFor(n, GateUpRouteRows(gated)));
         }
         var later = _w.Layers[cfg.NumHiddenLayers - 1];
@@ -615,7 +616,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         int chunk = SwiftKvChunkRows;
         var all = _ws.SwiftKvFor(Math.Min(rows, chunk), chunk);
         // Chunks share one dequantized copy of e4m3 weights.
-        var weights = rows > chunk ? Dense(_w.SwiftKvKv!) : default;
+        var weights = rows > chunk ? ChunkWeights(_w.SwiftKvKv!) : default;
         for (int r0 = 0; r0 < rows; r0 += chunk)
         {
             int n = Math.Min(chunk, rows - r0);

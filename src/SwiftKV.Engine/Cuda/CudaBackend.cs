@@ -72,6 +72,9 @@ public sealed partial class CudaBackend : IModelBackend
     // Kept e4m3 weights only: the kernel that dequantizes one into the scratch before a bf16 GEMM reads it.
     readonly Fp8WeightKernel? _dequantRows;
     readonly DeviceBuffer<Bf16>? _denseScratch;
+    // ... and the pass that quantizes a GEMM's input rows to e4m3 for the W8A8 route (UseW8A8).
+    readonly ActivationFp8Kernel? _quantizeRows;
+    bool _w8a8;
     DecodeGraph? _recording;
     bool _disposed;
 
@@ -93,7 +96,7 @@ public sealed partial class CudaBackend : IModelBackend
     /// <summary><see cref="Load(string, bool)"/> through staging slots and pieces of the given sizes (tests).</summary>
     internal static CudaBackend Load(string checkpointDir, bool swiftKvEnabled, int stagingSlotBytes, int stagingPieceBytes, Fp8Weights fp8 = Fp8Weights.Auto)
     {
-        if (!Enum.IsDefined(fp8)) throw new ArgumentOutOfRangeException(nameof(fp8), fp8, "Fp8Weights is Auto, Dequantize or Keep.");
+        if (!Enum.IsDefined(fp8)) throw new ArgumentOutOfRangeException(nameof(fp8), fp8, "Fp8Weights is Auto, Dequantize, Keep or KeepW8A8.");
         var config = LlamaConfig.Load(checkpointDir);
         using var checkpoint = SafetensorsCheckpoint.Open(checkpointDir);
         LlamaCheckpointLoader.Check(config, checkpoint, LlamaTensorNames.ForModel(config, swiftKvEnabled), swiftKvEnabled);
@@ -132,6 +135,9 @@ public sealed partial class CudaBackend : IModelBackend
             throw new InvalidModelException($"head_dim {Config.HeadDim} exceeds the CUDA attention kernel's limit of {AttentionKernel.MaxHeadDim}.");
         SwiftKvEnabled = swiftKvEnabled;
         Device = CudaRuntime.Device;
+        if (fp8 == Fp8Weights.KeepW8A8 && !ActivationFp8Kernel.Supported(Device))
+            throw new NotSupportedException($"Fp8Weights.KeepW8A8 runs GEMMs on fp8 tensor cores, which {Device} ({Device.Arch}) lacks (sm_89 or later: " +
+                "Ada, Hopper, Blackwell). Use Fp8Weights.Keep (e4m3 weights, bf16 GEMMs) or Dequantize on this GPU.");
         _eps = (float)Config.RmsNormEps;
         var owned = new List<IDisposable>();
         try
@@ -173,6 +179,8 @@ public sealed partial class CudaBackend : IModelBackend
             {
                 _dequantRows = new Fp8WeightKernel(_kernels);
                 _denseScratch = new DeviceBuffer<Bf16>(_w.LargestE4m3Elements); owned.Add(_denseScratch);
+                _quantizeRows = new ActivationFp8Kernel(_kernels);
+                _w8a8 = fp8 == Fp8Weights.KeepW8A8;
             }
             _ws = new Workspace(Config, _w.SwiftKvLeaders.Length); owned.Add(_ws);
         }
@@ -211,6 +219,37 @@ public sealed partial class CudaBackend : IModelBackend
     /// <summary>Tests: the bytes the memory check counted as saved by e4m3 weights, and those the load saved.</summary>
     internal long PlannedE4m3SavedBytes { get; }
     internal long E4m3SavedBytes => _w.E4m3SavedBytes;
+    /// <summary>
+    /// Steps of more than <see cref="GemvKernel.MaxRows"/> rows run their GEMMs over e4m3 weights as W8A8 on fp8 tensor
+    /// cores: each GEMM's input rows are quantized to e4m3 with one scale per row (per-token dynamic scaling, the
+    /// scheme published FP8 checkpoints are calibrated for) and cuBLASLt applies the token's and the weight row's scales
+    /// to each fp32 sum. Those GEMMs skip the dequantize pass and run at about 1.7x bf16's rate; the activations lose
+    /// bf16's precision (3 mantissa bits). Decode-sized steps keep the e4m3 GEMV over bf16 activations. The fused
+    /// GEMMs' epilogues (RoPE and the cache write, SwiGLU) are bf16 kernels, so those projections run unfused here.
+    /// On by <see cref="Fp8Weights.KeepW8A8"/>; setting it needs kept e4m3 weights and an sm_89+ GPU
+    /// (<see cref="W8A8Available"/>). A problem cuBLASLt refuses runs the dequantize route instead.
+    /// </summary>
+    public bool UseW8A8
+    {
+        get => _w8a8;
+        set
+        {
+            if (value == _w8a8) return;
+            if (value && !W8A8Available)
+                throw new InvalidOperationException(_w.E4m3Matrices == 0
+                    ? "W8A8 needs weight matrices held as e4m3 (an FP8 checkpoint loaded with Fp8Weights.Keep or KeepW8A8); this model holds none."
+                    : $"W8A8 needs fp8 tensor cores (sm_89 or later); {Device} is {Device.Arch}.");
+            _w8a8 = value;
+            _ws.Invalidate();   // a captured step may have baked either route
+        }
+    }
+
+    /// <summary>Whether <see cref="UseW8A8"/> can be on: e4m3 weight matrices on an sm_89+ GPU.</summary>
+    public bool W8A8Available => _w.E4m3Matrices > 0 && ActivationFp8Kernel.Supported(Device);
+
+    /// <summary>W8A8 GEMMs run so far (tests and benchmarks check the route was taken).</summary>
+    public long W8A8Gemms => _blas.E4m3Gemms;
+
     /// <summary>Device bytes of the scratch an e4m3 matrix is dequantized into before a GEMM (0 without e4m3 weights).</summary>
     public long DequantizeScratchBytes => _denseScratch?.ByteLength ?? 0;
     /// <summary>Seconds spent filling the weights (reading + uploading, or generating) in the constructor.</summary>
@@ -560,12 +599,13 @@ public sealed partial class CudaBackend : IModelBackend
         _embed.Launch(_stream, ids, _w.Embed, cfg.VocabSize, _ws.X, rows, hidden);
 
         var x = _ws.X.Span;
-        bool fusedQkv = FusedQkv(rows, positionBase), fusedKv = SwiftKvEnabled && FusedKeysValues(rows, positionBase);
+        bool fusedQkv = FusedQkv(rows, positionBase), fusedKv = SwiftKvEnabled && FusedKeysValues(rows, positionBase)
+            && !W8A8Route(_w.SwiftKvKv!, _ws.Normed.Span.Address, hidden);
         if (fusedQkv || fusedKv) _rope.LaunchTable(_stream, _w.InvFreq, rows, cfg.HeadDim, start, _ws.Rope.Span);   // every layer's angles
         for (int i = 0; i < FullLayers; i++)
         {
             var layer = _w.Layers[i];
-            if (fusedQkv)
+            if (fusedQkv && !W8A8Route(layer.QkvOrQ, _ws.Normed.Span.Address, hidden))   // the fused epilogue reads bf16 weights
             {
                 _norm.Launch(_stream, x, null, layer.InputLayernorm, _ws.Normed, rows, hidden, _eps);
                 _gemmQkv.Launch(_stream, _ws.Normed, rows, hidden, Dense(layer.QkvOrQ), cfg.NumAttentionHeads, cfg.NumKeyValueHeads, _ws.Rope.Span,
@@ -638,7 +678,7 @@ public sealed partial class CudaBackend : IModelBackend
         if (rows <= chunk) NormLinear(x, rows, _w.NormSwiftKv!, _w.SwiftKvKv!, ld, all);
         else _norm.Launch(_stream, x, null, _w.NormSwiftKv!, _ws.Normed, rows, hidden, _eps);
         // Chunks share one dequantized copy of e4m3 weights (read by cuBLAS only: LinearChunk).
-        var chunkWeights = rows > chunk ? Dense(_w.SwiftKvKv!) : default;
+        var chunkWeights = rows > chunk ? ChunkWeights(_w.SwiftKvKv!) : default;
         for (int r0 = 0; r0 < rows; r0 += chunk)
         {
             int n = Math.Min(chunk, rows - r0);
@@ -698,8 +738,29 @@ public sealed partial class CudaBackend : IModelBackend
     {
         if (!w.IsE4m3) Linear(x, rows, inDim, w.Bf16.Span, outDim, y, accumulate);
         else if (E4m3Gemv(rows, GemvKernel.MaxRows, x.Address, w, inDim)) _gemv.Launch(_stream, x, rows, inDim, w.E4m3, outDim, y, accumulate);
-        else _blas.Linear(x, rows, inDim, Dense(w), outDim, y, accumulate);
+        else if (!W8A8(x, rows, inDim, w) || !_blas.TryLinearE4m3(_ws.Fp8For(rows), rows, inDim, w.E4m3, outDim, y, accumulate))
+            _blas.Linear(x, rows, inDim, Dense(w), outDim, y, accumulate);
     }
+
+    /// <summary>
+    /// Whether <paramref name="w"/> takes the W8A8 route (<see cref="UseW8A8"/>) at this step: then x's rows are
+    /// quantized into the workspace's e4m3 rows (queued here) for <see cref="Cublas.TryLinearE4m3(E4m3Rows, int, int, E4m3Rows, int, DeviceSpan{float}, bool)"/>.
+    /// </summary>
+    bool W8A8(DeviceSpan<Bf16> x, int rows, int inDim, CudaMatrix w)
+    {
+        if (!W8A8Route(w, x.Address, inDim)) return false;
+        _quantizeRows!.QuantizeRows(_stream, x, rows, inDim, _ws.Fp8For(rows));
+        return true;
+    }
+
+    /// <summary>Whether a GEMM over <paramref name="w"/> with an input of <paramref name="inDim"/> columns at this address goes W8A8.</summary>
+    bool W8A8Route(CudaMatrix w, ulong xAddress, int inDim) => _w8a8 && w.IsE4m3 && inDim % 16 == 0 && xAddress % 16 == 0;
+
+    /// <summary>
+    /// What row chunks of one projection share (<see cref="LinearChunk"/>): <paramref name="w"/>'s dequantized values
+    /// made once, or nothing for bf16 weights and the W8A8 route, which read their own.
+    /// </summary>
+    DeviceSpan<Bf16> ChunkWeights(CudaMatrix w) => !w.IsE4m3 ? w.Bf16.Span : _w8a8 ? default : Dense(w);
 
     /// <summary>
     /// One row chunk's projection over <paramref name="dense"/>, <see cref="Dense"/>'s values of <paramref name="w"/> made
@@ -707,8 +768,9 @@ public sealed partial class CudaBackend : IModelBackend
     /// </summary>
     void LinearChunk(DeviceSpan<Bf16> x, int rows, int inDim, CudaMatrix w, DeviceSpan<Bf16> dense, int outDim, DeviceSpan<float> y)
     {
-        if (w.IsE4m3) _blas.Linear(x, rows, inDim, dense, outDim, y);
-        else Linear(x, rows, inDim, dense, outDim, y);
+        if (!w.IsE4m3) Linear(x, rows, inDim, dense, outDim, y);
+        else if (!W8A8(x, rows, inDim, w) || !_blas.TryLinearE4m3(_ws.Fp8For(rows), rows, inDim, w.E4m3, outDim, y))
+            _blas.Linear(x, rows, inDim, dense.Length > 0 ? dense : Dense(w), outDim, y);   // a refused W8A8 GEMM: its own copy
     }
 
     bool E4m3Gemv(int rows, int maxRows, ulong xAddress, CudaMatrix w, int inDim) =>
@@ -819,6 +881,11 @@ public sealed partial class CudaBackend : IModelBackend
             _gemv.LaunchSiluMul(_stream, x, rows, hidden, layer.GateUp.E4m3, inter, _ws.Mlp);
             return;
         }
+        if (GateUpW8A8(x, rows, layer.GateUp))
+        {
+            _siluMul.Launch(_stream, _ws.GateUpFor(rows, int.MaxValue), rows, inter, _ws.Mlp);
+            return;
+        }
         var weights = Dense(layer.GateUp);
         // Not over the scratch (Linear over a CudaMatrix says why).
         if (_useGemv && rows <= GemvGateUpRows && !layer.GateUp.IsE4m3)
@@ -835,6 +902,14 @@ public sealed partial class CudaBackend : IModelBackend
         var gateUp = _ws.GateUpFor(rows, GateUpRouteRows(gated));
         _blas.Linear(x, rows, hidden, weights, 2 * inter, gateUp);
         _siluMul.Launch(_stream, gateUp, rows, inter, _ws.Mlp);
+    }
+
+    /// <summary>The W8A8 route of [gate; up] (<see cref="UseW8A8"/>): bf16 [gate | up] into the workspace; false when not taken.</summary>
+    bool GateUpW8A8(DeviceSpan<Bf16> x, int rows, CudaMatrix gateUp)
+    {
+        int hidden = Config.HiddenSize;
+        return W8A8(x, rows, hidden, gateUp)
+            && _blas.TryLinearE4m3(_ws.Fp8For(rows), rows, hidden, gateUp.E4m3, 2 * Config.IntermediateSize, _ws.GateUpFor(rows, int.MaxValue));
     }
 
     /// <summary>The most rows the cuBLAS [gate; up] route serves: below the gated GEMM's where that takes the rest.</summary>
@@ -1075,6 +1150,12 @@ public sealed partial class CudaBackend : IModelBackend
         /// </summary>
         readonly RouteBuffer<float> _swiftKv = new(2L * swiftKvLeaders * cfg.KeyValueDim);
         /// <summary>
+        /// The W8A8 route's input rows as e4m3 codes (rows, widest GEMM input) and their scales: allocated by the first
+        /// W8A8 step, as many rows as the activations.
+        /// </summary>
+        readonly RouteBuffer<byte> _fp8Codes = new(Math.Max(cfg.HiddenSize, Math.Max(cfg.QueryDim, cfg.IntermediateSize)));
+        readonly RouteBuffer<float> _fp8Scales = new(1);
+        /// <summary>
         /// A step's RoPE angles (rows, head_dim): written by the RoPE pass when the attention kernel rotates the queries
         /// (RopeOnLoad), or once per step for the fused [q; k; v] GEMM's epilogue (UseFusedQkv).
         /// </summary>
@@ -1136,6 +1217,12 @@ public sealed partial class CudaBackend : IModelBackend
 
         public long SwiftKvBytes => _swiftKv.Bytes;
 
+        /// <summary>e4m3 rows for a W8A8 GEMM's input of <paramref name="rows"/> (a row's codes at row · its width).</summary>
+        public E4m3Rows Fp8For(int rows) =>
+            new(_fp8Codes.For(this, rows, Math.Max(rows, _rows)), _fp8Scales.For(this, rows, Math.Max(rows, _rows)));
+
+        public long Fp8Bytes => _fp8Codes.Bytes + _fp8Scales.Bytes;
+
         public long LogitsBytes => (long)_logitsRows * cfg.VocabSize * sizeof(float);
 
         /// <summary>
@@ -1175,6 +1262,8 @@ public sealed partial class CudaBackend : IModelBackend
             }
             _gateUp.FreeIfAbove(this, keepRows);
             _swiftKv.FreeIfAbove(this, keepRows);
+            _fp8Codes.FreeIfAbove(this, keepRows);
+            _fp8Scales.FreeIfAbove(this, keepRows);
         }
 
         /// <summary>Frees the logits buffer when it holds more than <paramref name="keepRows"/> rows; the next step allocates what it needs.</summary>
@@ -1246,6 +1335,8 @@ public sealed partial class CudaBackend : IModelBackend
             DisposeActivations();
             _gateUp.Dispose();
             _swiftKv.Dispose();
+            _fp8Codes.Dispose();
+            _fp8Scales.Dispose();
             Logits?.Dispose();
             _logitsRows = 0;
         }
