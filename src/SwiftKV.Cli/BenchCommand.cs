@@ -124,9 +124,10 @@ internal static class BenchCommand
         var md = new StringBuilder();
         Log($"device: {dev}");
 
-        var (tflops, copyGbps) = Roofline();
-        json["roofline"] = new JsonObject { ["gemm_bf16_8192_tflops"] = tflops, ["d2d_copy_gbps_read_plus_write"] = copyGbps };
-        md.AppendLine($"Card: {dev.Name}. Ceilings measured in this run: cuBLAS bf16 GEMM 8192^3 **{tflops:F0} TFLOP/s**, device-to-device copy **{copyGbps:F0} GB/s** (read + write).");
+        var (tflops, fp8Tflops, copyGbps) = Roofline(variants.Any(v => v.W8A8));
+        json["roofline"] = new JsonObject { ["gemm_bf16_8192_tflops"] = tflops, ["gemm_w8a8_8192_tflops"] = fp8Tflops, ["d2d_copy_gbps_read_plus_write"] = copyGbps };
+        md.AppendLine($"Card: {dev.Name}. Ceilings measured in this run: cuBLAS bf16 GEMM 8192^3 **{tflops:F0} TFLOP/s**, device-to-device copy **{copyGbps:F0} GB/s** (read + write)" +
+            (fp8Tflops > 0 ? $"; cuBLASLt W8A8 GEMM 8192^3 (e4m3, a scale per row of each operand) **{fp8Tflops:F0} TFLOP/s**: the W8A8 variants' prefill percentages are of this one." : "."));
         md.AppendLine();
 
         if (loadDir is not null) json["load"] = BenchLoad(loadDir, md, loadFp8);
@@ -137,7 +138,7 @@ internal static class BenchCommand
         var results = new JsonArray();
         foreach (var v in variants)
         {
-            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, tflops, copyGbps, md, ropeBoth, gatedModes, wsModes, fusedQkvModes, decodeSplits, pauseMs,
+            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, v.W8A8 ? fp8Tflops : tflops, copyGbps, md, ropeBoth, gatedModes, wsModes, fusedQkvModes, decodeSplits, pauseMs,
                 batchedCases, batchedStepTokens);
             results.Add(vj);
         }
@@ -183,8 +184,12 @@ internal static class BenchCommand
 
     static void Log(string s) => Console.Error.WriteLine("[bench] " + s);
 
-    /// <summary>cuBLAS bf16 GEMM 8192^3 (fp32 accumulate) and a 2 GiB device-to-device copy, medians of 10 after 3 warm-ups.</summary>
-    static (double Tflops, double CopyGbps) Roofline()
+    /// <summary>
+    /// cuBLAS bf16 GEMM 8192^3 (fp32 accumulate), with <paramref name="w8a8"/> the W8A8 GEMM of the same shape (e4m3
+    /// operands with row scales, as the engine runs it; 0 when cuBLASLt refuses), and a 2 GiB device-to-device copy,
+    /// medians of 10 after 3 warm-ups.
+    /// </summary>
+    static (double Tflops, double Fp8Tflops, double CopyGbps) Roofline(bool w8a8)
     {
         const int n = 8192;
         using var stream = new CudaStream();
@@ -197,13 +202,29 @@ internal static class BenchCommand
         fill.Uniform(stream, x, 1, 1f);
         fill.Uniform(stream, w, 2, 1f);
         double gemm = Median(3, 10, stream, () => blas.Linear(x, n, n, w, n, y));
+        double fp8 = 0;
+        if (w8a8)
+        {
+            var quantize = new SwiftKV.Cuda.Kernels.ActivationFp8Kernel(kernels);
+            using var xCodes = new DeviceBuffer<byte>((long)n * n);
+            using var wCodes = new DeviceBuffer<byte>((long)n * n);
+            using var xScales = new DeviceBuffer<float>(n);
+            using var wScales = new DeviceBuffer<float>(n);
+            var xq = new SwiftKV.Cuda.Kernels.E4m3Rows(xCodes.Span, xScales.Span);
+            var wq = new SwiftKV.Cuda.Kernels.E4m3Rows(wCodes.Span, wScales.Span);
+            quantize.QuantizeRows(stream, x, n, n, xq);
+            quantize.QuantizeRows(stream, w, n, n, wq);
+            if (blas.TryLinearE4m3(xq, n, n, wq, n, y))
+                fp8 = Median(3, 10, stream, () => blas.TryLinearE4m3(xq, n, n, wq, n, y));
+        }
         const long bytes = 2L << 30;
         using var src = new DeviceBuffer<byte>(bytes);
         using var dst = new DeviceBuffer<byte>(bytes);
         double copy = Median(3, 10, stream, () => stream.CopyDeviceAsync(dst.Address, src.Address, bytes));
         double tflops = 2.0 * n * n * n / (gemm * 1e-3) / 1e12, gbps = 2.0 * bytes / (copy * 1e-3) / 1e9;
-        Log($"roofline: GEMM {gemm:F3} ms = {tflops:F0} TFLOP/s; copy {copy:F3} ms = {gbps:F0} GB/s");
-        return (tflops, gbps);
+        double fp8Tflops = fp8 > 0 ? 2.0 * n * n * n / (fp8 * 1e-3) / 1e12 : 0;
+        Log($"roofline: GEMM {gemm:F3} ms = {tflops:F0} TFLOP/s; " + (fp8 > 0 ? $"W8A8 GEMM {fp8:F3} ms = {fp8Tflops:F0} TFLOP/s; " : "") + $"copy {copy:F3} ms = {gbps:F0} GB/s");
+        return (tflops, fp8Tflops, gbps);
     }
 
     /// <summary>Median milliseconds of <paramref name="work"/> by CUDA events on <paramref name="stream"/>.</summary>
@@ -346,8 +367,10 @@ internal static class BenchCommand
             for (int m = 0; m < modes.Length; m++)
             {
                 var (ropeOnLoad, gated, ws, fused) = modes[m];
-                string mode = ModeText(modes[m]) + (gated && !gatedRan[m] ? " (gated GEMM not available here: cuBLAS + silu pass ran)" : "")
-                    + (ws && !wsRan[m] ? " (warp-specialised attention did not run)" : "") + (fused && !fusedRan[m] ? " (fused [q; k; v] GEMM did not run)" : "");
+                // Under W8A8 the fused GEMMs' bf16 epilogues give way to cuBLASLt's fp8 GEMMs, by design.
+                string mode = ModeText(modes[m]) + (v.W8A8 ? " (W8A8: fp8 GEMMs, then the RoPE and silu passes)"
+                    : (gated && !gatedRan[m] ? " (gated GEMM not available here: cuBLAS + silu pass ran)" : "") + (fused && !fusedRan[m] ? " (fused [q; k; v] GEMM did not run)" : ""))
+                    + (ws && !wsRan[m] ? " (warp-specialised attention did not run)" : "");
                 double med = MedianOf(times[m]), tps = batch * length / (med * 1e-3), tf = flops / (med * 1e-3) / 1e12;
                 if (m == 0) lastPerToken2 = med * 1e-3 / ((double)length * length * batch);
                 string runsText = string.Join(" / ", times[m].Select(t => t.ToString("F1", CultureInfo.InvariantCulture)));

@@ -37,7 +37,7 @@ namespace SwiftKV.Cli;
 
 internal static class ServeBenchCommand
 {
-    public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--weights bf16|e4m3] [--requests 256] [--prompt 2000 (a list: each config run at each length, in order)] [--output 256] " +
+    public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--weights bf16|e4m3|e4m3-w8a8] [--requests 256] [--prompt 2000 (a list: each config run at each length, in order)] [--output 256] " +
         "[--max-batch-tokens N (default: the engine's, 8192 on GPUs of >= 64 GiB)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--kv-gb N|auto (default: free memory less the headroom)] [--max-running N|auto (default: --requests; auto: the engine's)] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
         "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--temperature 0] [--top-k 0] [--top-p 1] [--frequency-penalty 0] [--penalised N (default: all)] [--json 0] [--json-schema FILE] [--out serve.json] [--md serve.md]";
 
@@ -123,11 +123,13 @@ internal static class ServeBenchCommand
         string outJson = a.String("out") ?? "serve.json";
         string? outMd = a.String("md");
         string weightsArg = a.String("weights") ?? "bf16";
-        bool e4m3 = weightsArg switch
+        var (e4m3, w8a8) = weightsArg switch
         {
-            "bf16" => false,
-            "e4m3" => true,
-            _ => throw new UsageException($"--weights: '{weightsArg}' is not bf16 (default) or e4m3 (layer matrices as e4m3 codes with row scales, an FP8 checkpoint kept fp8)"),
+            "bf16" => (false, false),
+            "e4m3" => (true, false),
+            "e4m3-w8a8" => (true, true),
+            _ => throw new UsageException($"--weights: '{weightsArg}' is not bf16 (default), e4m3 (layer matrices as e4m3 codes with row scales, an FP8 checkpoint kept fp8) " +
+                "or e4m3-w8a8 (the same with W8A8 GEMMs above 8 rows)"),
         };
         bool[] wsModes = a.OnOffBoth("paged-attention-ws", "on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)");
         a.RejectUnknown();
@@ -170,7 +172,7 @@ internal static class ServeBenchCommand
         var rows = new JsonArray();
         json["runs"] = rows;
         var md = new StringBuilder();
-        md.AppendLine($"Card: {dev.Name}. Preset {preset}, random {(e4m3 ? "e4m3 layer weights (row scales, held as e4m3; embedding and lm_head bf16)" : "bf16 weights")}, greedy, block size {blockSizeArg?.ToString() ?? "the engine's"}, max batch tokens {maxBatchArg?.ToString() ?? "the engine's"} (each run's row says which).");
+        md.AppendLine($"Card: {dev.Name}. Preset {preset}, random {(e4m3 ? "e4m3 layer weights (row scales, held as e4m3; embedding and lm_head bf16)" + (w8a8 ? ", W8A8 GEMMs above 8 rows" : "") : "bf16 weights")}, greedy, block size {blockSizeArg?.ToString() ?? "the engine's"}, max batch tokens {maxBatchArg?.ToString() ?? "the engine's"} (each run's row says which).");
         md.AppendLine();
         md.AppendLine("| scenario | variant | config | requests (done) | prompt+out tokens | wall | total tok/s | out tok/s | TTFT p50 / p99 | TPOT p50 / p99 | peak running | KV blocks (KiB/token) | preempt | prefix hit | steps: decode-only n, mean batch, ms / mixed n, mean tokens, ms / host ms per step |");
         md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -211,7 +213,7 @@ internal static class ServeBenchCommand
 
         foreach (var v in variants)
         {
-            using var backend = Open(v, e4m3);
+            using var backend = Open(v, e4m3, w8a8);
             var opts = PoolOptions(backend, v.Dtype, blockSizeArg, maxBatchArg, runningAuto ? null : maxRunningArg ?? requests, prompt + output, headroomGb, kvArg == "auto", kvGb);
             foreach (var c in configs)
                 foreach (bool ws in wsModes)
@@ -240,7 +242,7 @@ internal static class ServeBenchCommand
         }
         if (prefixV is not null && !variants.Any(v => v.Key == prefixV.Key))
         {
-            using var backend = Open(prefixV, e4m3);
+            using var backend = Open(prefixV, e4m3, w8a8);
             backend.UseWarpSpecializedPagedAttention = wsModes[0];
             RunPrefix(backend, prefixV);
         }
@@ -265,11 +267,12 @@ internal static class ServeBenchCommand
         return 0;
     }
 
-    static CudaBackend Open(Variant v, bool e4m3)
+    static CudaBackend Open(Variant v, bool e4m3, bool w8a8)
     {
         var sw = Stopwatch.StartNew();
         var backend = CudaBackend.CreateRandom(v.Config, v.SwiftKv, seed: 1, e4m3: e4m3);
-        Log($"{v.Name}: random weights {backend.WeightBytes / 1e9:F2} GB{(e4m3 ? $" ({backend.E4m3WeightMatrices} matrices e4m3)" : "")} in {sw.Elapsed.TotalSeconds:F1} s, KV {backend.KvBytesPerTokenOf(v.Dtype) / 1024.0:F1} KiB/token ({v.Dtype})");
+        backend.UseW8A8 = w8a8;
+        Log($"{v.Name}: random weights {backend.WeightBytes / 1e9:F2} GB{(e4m3 ? $" ({backend.E4m3WeightMatrices} matrices e4m3{(w8a8 ? ", W8A8" : "")})" : "")} in {sw.Elapsed.TotalSeconds:F1} s, KV {backend.KvBytesPerTokenOf(v.Dtype) / 1024.0:F1} KiB/token ({v.Dtype})");
         return backend;
     }
 

@@ -132,7 +132,7 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
     [InlineData("Backend", "7", "SwiftKvOptions.Backend must be Auto, Cpu or Cuda")]
     [InlineData("KvCacheBytes", "1.5", "SwiftKV:KvCacheBytes '1.5' is not a whole number")]
     [InlineData("KvCacheDtype", "fp8", "SwiftKV:KvCacheDtype 'fp8' is not one of Bf16, Fp8E4M3.")]
-    [InlineData("Fp8Weights", "fp8", "SwiftKV:Fp8Weights 'fp8' is not one of Auto, Dequantize, Keep.")]
+    [InlineData("Fp8Weights", "fp8", "SwiftKV:Fp8Weights 'fp8' is not one of Auto, Dequantize, Keep, KeepW8A8.")]
     [InlineData("Fp8Weights", "9", "SwiftKvOptions.Fp8Weights must be Auto, Dequantize, Keep or KeepW8A8")]
     [InlineData("Colour", "red", "SwiftKV:Colour is not an option; the options")]
     [InlineData("ModelId", " ", "ModelId")]

@@ -91,6 +91,7 @@ public sealed class CliTests : IDisposable
     [InlineData("bench", "--gated-mlp", "maybe")]     // options are checked before the GPU is looked for
     [InlineData("bench", "--rope-on-load", "off")]
     [InlineData("bench", "--weights", "fp8")]
+    [InlineData("bench", "--weights", "w8a8")]
     [InlineData("bench", "--fp8-weights", "keep")]   // without --load
     [InlineData("bench", "--attention-ws", "sometimes")]
     [InlineData("bench", "--batched-prefill", "8by2048")]
@@ -877,4 +878,13 @@ public sealed class CliTests : IDisposable
     {
         if (Directory.Exists(_root)) Directory.Delete(_root, recursive: true);
     }
+
+    [Theory]
+    [InlineData("auto", SwiftKV.Engine.Cuda.Fp8Weights.Auto)]
+    [InlineData("Keep", SwiftKV.Engine.Cuda.Fp8Weights.Keep)]
+    [InlineData("keep-w8a8", SwiftKV.Engine.Cuda.Fp8Weights.KeepW8A8)]
+    [InlineData("KEEP-W8A8", SwiftKV.Engine.Cuda.Fp8Weights.KeepW8A8)]
+    [InlineData("dequantize", SwiftKV.Engine.Cuda.Fp8Weights.Dequantize)]
+    public void Fp8WeightsOption_NamesEveryMode(string text, SwiftKV.Engine.Cuda.Fp8Weights mode) =>
+        Assert.Equal(mode, LogitsCommand.ParseFp8Weights(text));
 }

@@ -317,7 +317,7 @@ public sealed class E4m3WeightTests : GpuFixtureTest
     }
 
     /// <summary>A SwiftKV checkpoint of <c>spec</c>'s shape with its decoder Linear weights quantized to e4m3 per output channel, in a temporary directory.</summary>
-    sealed class PerChannelFp8Checkpoint : IDisposable
+    internal sealed class PerChannelFp8Checkpoint : IDisposable
     {
         public string Dir { get; } = Path.Combine(Path.GetTempPath(), "swiftkv-e4m3-" + Guid.NewGuid().ToString("N")[..8]);
 

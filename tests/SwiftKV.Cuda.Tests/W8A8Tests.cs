@@ -1,9 +1,11 @@
 // W8A8 over kept e4m3 weights (Fp8Weights.KeepW8A8, CudaBackend.UseW8A8): the per-token quantize kernel against the
 // host's rule bit for bit (codes from the format's definition, rounded to nearest even), cuBLASLt's fp8 GEMM with
 // outer-vector scales against double sums over the same codes, then whole models against the PyTorch W8A8 reference
-// (tests/reference/make_w8a8_fixtures.py: the FP8 fixtures run with each Linear's input quantized per token).
+// (tests/reference/make_w8a8_fixtures.py: FP8 checkpoints run with each Linear's input quantized per token) and the
+// serving step against solo forwards.
 using SwiftKV.Cuda.Kernels;
 using SwiftKV.Engine;
+using SwiftKV.Engine.Cpu;
 using SwiftKV.Engine.Cuda;
 using SwiftKV.Engine.Serving;
 using SwiftKV.Engine.Tests;
@@ -173,16 +175,18 @@ public sealed class W8A8Tests : GpuFixtureTest
         Assert.True(worstBf16 <= 1, $"bf16: {worstBf16:F2} of the bound");
     }
 
-    // Hopper's fp8 MMAs sum in less than fp32's precision between cuBLAS's promotions to fp32 (3.5e-5 of Σ|terms| seen
-    // at k = 4096 by bench/gemm/fp8_rowwise_probe.cu); bf16's own GEMMs stay near 1e-6.
-    const double SumTolerance = 2e-4;
+    // Hopper's fp8 MMAs sum in less than fp32's precision (about 14 mantissa bits) between cuBLAS's promotions to fp32:
+    // 3.5-4.8e-5 of Σ|terms| at k = 4096-4112 (bench/gemm/fp8_rowwise_probe.cu, this test), 3.8e-4 at k = 256, where
+    // cuBLAS picks a kernel that does not promote within the sum. bf16's GEMMs stay near 1e-6.
+    const double SumTolerance = 1e-3;
 
-    public static TheoryData<string> Fixtures => ["fp8_channel_swiftkv_50_g2", "fp8_tensor_base"];
+    public static TheoryData<string> Fixtures => ["w8a8_channel_swiftkv_50_g2", "w8a8_tensor_base"];
 
     /// <summary>
-    /// The FP8 fixtures loaded with KeepW8A8: a prefill of every position (24 rows, past the GEMV's 8, so every kept
-    /// matrix takes the W8A8 route) against the PyTorch W8A8 reference, closer to it than to the weight-only (W8A16)
-    /// reference; decode one token at a time keeps the e4m3 GEMV (bf16 activations) and matches the W8A16 reference.
+    /// The W8A8 fixtures (per channel with SwiftKV 50% and AcrossKV 2; per tensor, plain Llama) loaded with KeepW8A8: a
+    /// prefill of every position (24 rows, past the GEMV's 8, so every kept matrix takes the W8A8 route) against the
+    /// PyTorch W8A8 reference, within a third of the W8A8 / weight-only gap (so the test tells the two apart); decode one
+    /// token at a time keeps the e4m3 GEMV (bf16 activations) and matches the weight-only reference.
     /// </summary>
     [Theory]
     [MemberData(nameof(Fixtures))]
@@ -216,46 +220,42 @@ public sealed class W8A8Tests : GpuFixtureTest
         Gpu.Log($"{name} KeepW8A8 ({gpu.W8A8Gemms} W8A8 GEMMs): prefill of {n} worst row against the W8A8 reference {toW8A8:E2}, " +
                 $"against the W8A16 reference {toW16:E2} (the references differ by {refGap:E2}); decode against W8A16 {decodeToW16:E2}");
         Assert.True(toW8A8 <= 2.3e-2, $"prefill against the W8A8 reference: {toW8A8:E2}");
-        Assert.True(toW8A8 < toW16, $"prefill is closer to W8A16 ({toW16:E2}) than to W8A8 ({toW8A8:E2}): the route did not quantize activations");
+        Assert.True(toW8A8 <= refGap / 3, $"prefill is {toW8A8:E2} from the W8A8 reference, not well inside the references' gap {refGap:E2}");
         Assert.True(decodeToW16 <= 3e-2, $"decode: {decodeToW16:E2}");
     }
 
     /// <summary>
-    /// A serving step under W8A8: three sequences' prompts in one batched step (65 rows, past the GEMV). Each sequence's
-    /// last-row logits match a solo W8A8 prefill of it (per-token scales: a row's numerics do not depend on its
-    /// neighbours; both run SwiftKV's later layers on the kept last rows only, which are few enough for the GEMV) and,
-    /// for the fixture's prompt, the PyTorch W8A8 reference.
+    /// A serving step under W8A8 on a SwiftKV model (AcrossKV 2, head_dim 64, per-channel e4m3): three prompts in one
+    /// batched step (119 rows, past the GEMV). Each sequence's last-row logits match a solo KeepW8A8 prefill of it
+    /// (per-token scales: a row's numerics do not depend on its neighbours; both run SwiftKV's later layers on the kept
+    /// last rows only, few enough for the GEMV), and stay near the CPU engine on the exact dequantized weights.
     /// </summary>
     [Fact]
-    public void KeepW8A8_ServingSteps_MatchSoloForwardsAndTheReference()
+    public void KeepW8A8_ServingStep_MatchesSoloForwards()
     {
         RequireFp8TensorCores();
-        const string Name = "fp8_channel_swiftkv_50_g2";
-        string dir = Fp8Checkpoints.FixturePath(Name);
-        var fixture = Fp8Checkpoints.ReadFixture(Name);
-        var w8a8 = Fp8Checkpoints.ReadW8A8Logits(Name);
-        using var gpu = CudaBackend.Load(dir, true, Fp8Weights.KeepW8A8);
-        int n = fixture.Ids.Length, vocab = fixture.Logits.Length / n;
-        var other = TestModels.RandomTokens(30, vocab, 5);
-        var third = TestModels.RandomTokens(11, vocab, 6);
-        using var pool = gpu.CreatePagedKvCache(16, 16);
-        var step = new[]
-        {
-            new BatchSequence(fixture.Ids.AsMemory(), 0, new[] { 0, 1 }, true),
-            new BatchSequence(other.AsMemory(), 0, new[] { 2, 3 }, true),
-            new BatchSequence(third.AsMemory(), 0, new[] { 4 }, true),
-        };
+        var spec = new ModelSpec(Hidden: 512, Intermediate: 1024, Layers: 4, Heads: 8, KvHeads: 2, HeadDim: 64, Vocab: 300,
+            SwiftKvLayers: 2, GroupSize: 2, Seed: 91, MaxPositions: 512);
+        using var checkpoint = new E4m3WeightTests.PerChannelFp8Checkpoint(spec);
+        using var gpu = CudaBackend.Load(checkpoint.Dir, true, Fp8Weights.KeepW8A8);
+        using var cpu = new CpuBackend(LlamaCheckpointLoader.Load(checkpoint.Dir, true));
+        var seqs = new[] { TestModels.RandomTokens(40, spec.Vocab, 11), TestModels.RandomTokens(70, spec.Vocab, 12), TestModels.RandomTokens(9, spec.Vocab, 13) };
+        using var pool = gpu.CreatePagedKvCache(24, 16);
+        var step = seqs.Select((t, i) => new BatchSequence(t.AsMemory(), 0, Enumerable.Range(i * 8, 8).ToArray(), true)).ToArray();
         var batched = gpu.ForwardBatch(pool, step);
-        double toRef = Gpu.RowError(w8a8.AsSpan((n - 1) * vocab, vocab), batched.AsSpan(0, vocab)), toSolo = 0;
-        foreach (var (seq, r) in new[] { (fixture.Ids, 0), (other, 1), (third, 2) })
+        Assert.True(gpu.W8A8Gemms > 0, "no GEMM took the W8A8 route");
+        double toSolo = 0, toCpu = 0;
+        for (int r = 0; r < seqs.Length; r++)
         {
-            using var c = gpu.CreateCache(seq.Length);
-            var solo = gpu.Forward(c, seq, LogitsSelection.LastToken);
-            toSolo = Math.Max(toSolo, Gpu.RowError(solo, batched.AsSpan(r * vocab, vocab)));
+            using var c = gpu.CreateCache(seqs[r].Length);
+            var row = batched.AsSpan(r * spec.Vocab, spec.Vocab);
+            toSolo = Math.Max(toSolo, Gpu.RowError(gpu.Forward(c, seqs[r], LogitsSelection.LastToken), row));
+            using var cc = cpu.CreateCache(seqs[r].Length);
+            toCpu = Math.Max(toCpu, Gpu.RowError(cpu.Forward(cc, seqs[r], LogitsSelection.LastToken), row));
         }
-        Gpu.Log($"{Name} serving step under W8A8: last rows against solo forwards {toSolo:E2}, fixture prompt against the W8A8 reference {toRef:E2}");
+        Gpu.Log($"serving step under W8A8 ({gpu.W8A8Gemms} W8A8 GEMMs): last rows against solo forwards {toSolo:E2}, against the CPU (weight-only, fp32) {toCpu:E2}");
         Assert.True(toSolo <= 1e-2, $"against solo forwards: {toSolo:E2}");
-        Assert.True(toRef <= 2.3e-2, $"against the reference: {toRef:E2}");
+        Assert.True(toCpu <= 8e-2, $"against the CPU: {toCpu:E2}");
     }
 
     /// <summary>UseW8A8 is refused with the reason where it cannot run; a bf16 model holds no e4m3 matrices.</summary>

@@ -144,6 +144,8 @@ public sealed class Fp8CheckpointTests
     [InlineData(Fp8Weights.Auto, 79, 40, 80, true)]   // 70B's 141 GB on an 80 GB card: only e4m3 fits
     [InlineData(Fp8Weights.Auto, 79, 0, 80, false)]   // nothing is e4m3
     [InlineData(Fp8Weights.Keep, 16, 0, 80, false)]
+    [InlineData(Fp8Weights.KeepW8A8, 16, 8, 80, true)]   // W8A8 computes from the codes: kept wherever bf16 fits too
+    [InlineData(Fp8Weights.KeepW8A8, 16, 0, 80, false)]
     public void Fp8WeightChoice_KeepsWhenAskedOrWhenOnlyE4m3Fits(Fp8Weights mode, long bf16Gb, long savedGb, long freeGb, bool keep) =>
         Assert.Equal(keep, Fp8WeightChoice.Keep(mode, bf16Gb << 30, savedGb << 30, freeGb << 30));
 
