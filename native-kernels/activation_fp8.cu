@@ -8,6 +8,7 @@
 // quantize_rows_e4m3: one 256-thread block per row (grid-stride over rows), 8 bf16 per 16-byte load, the row read
 // twice (the second pass from L1/L2: 28 KB at the widest Llama row). Needs columns % 16 == 0 and 16-byte aligned x
 // and codes (the GEMM's own requirement on fp8 operands). sm_89+ only (the cvt to e4m3); other archs trap.
+// Launch (both entries): grid min(rows, 65535), block 256.
 #include "swiftkv_common.cuh"
 
 __device__ __forceinline__ unsigned short f32x2_to_e4m3x2(float lo, float hi)
@@ -22,6 +23,34 @@ __device__ __forceinline__ unsigned short f32x2_to_e4m3x2(float lo, float hi)
 #endif
 }
 
+// Largest magnitude of 8 bf16 values (a 16-byte word).
+__device__ __forceinline__ float bf16x8_absmax(uint4 v)
+{
+    const unsigned w[4] = { v.x, v.y, v.z, v.w };
+    float m = 0.f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) m = fmaxf(m, fmaxf(fabsf(__uint_as_float(w[k] << 16)), fabsf(__uint_as_float(w[k] & 0xffff0000u))));
+    return m;
+}
+
+// 8 bf16 values times inv, as 8 e4m3 codes (element j in byte j).
+__device__ __forceinline__ uint2 bf16x8_to_e4m3x8(uint4 v, float inv)
+{
+    const unsigned w[4] = { v.x, v.y, v.z, v.w };
+    unsigned short p[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+        p[k] = f32x2_to_e4m3x2(__fmul_rn(__uint_as_float(w[k] << 16), inv), __fmul_rn(__uint_as_float(w[k] & 0xffff0000u), inv));
+    return make_uint2((unsigned)p[0] | ((unsigned)p[1] << 16), (unsigned)p[2] | ((unsigned)p[3] << 16));
+}
+
+// The row's scale (amax / 448, or 1 for a row of zeros) to scales[r], and the factor its values are multiplied by.
+__device__ __forceinline__ float row_scale(float amax, float* scales, long long r)
+{
+    if (threadIdx.x == 0) scales[r] = amax > 0.f ? __fdiv_rn(amax, 448.f) : 1.f;
+    return amax > 0.f ? __fdiv_rn(448.f, amax) : 1.f;
+}
+
 extern "C" __global__ void __launch_bounds__(256) quantize_rows_e4m3(const uint4* x, long long rows, int columns, uint2* codes, float* scales)
 {
     __shared__ float shm[32];
@@ -30,31 +59,35 @@ extern "C" __global__ void __launch_bounds__(256) quantize_rows_e4m3(const uint4
     {
         const uint4* row = x + r * chunks;
         float amax = 0.f;
-        for (int c = threadIdx.x; c < chunks; c += blockDim.x)
-        {
-            const uint4 v = row[c];
-            const unsigned w[4] = { v.x, v.y, v.z, v.w };
-#pragma unroll
-            for (int k = 0; k < 4; k++)
-                amax = fmaxf(amax, fmaxf(fabsf(__uint_as_float(w[k] << 16)), fabsf(__uint_as_float(w[k] & 0xffff0000u))));
-        }
-        amax = block_max(amax, shm);
-        const float inv = amax > 0.f ? __fdiv_rn(448.f, amax) : 1.f;
-        if (threadIdx.x == 0) scales[r] = amax > 0.f ? __fdiv_rn(amax, 448.f) : 1.f;
-        for (int c = threadIdx.x; c < chunks; c += blockDim.x)
-        {
-            const uint4 v = row[c];
-            const unsigned w[4] = { v.x, v.y, v.z, v.w };
-            unsigned out[2];
-#pragma unroll
-            for (int k = 0; k < 4; k += 2)
-            {
-                unsigned short a = f32x2_to_e4m3x2(__fmul_rn(__uint_as_float(w[k] << 16), inv), __fmul_rn(__uint_as_float(w[k] & 0xffff0000u), inv));
-                unsigned short b = f32x2_to_e4m3x2(__fmul_rn(__uint_as_float(w[k + 1] << 16), inv), __fmul_rn(__uint_as_float(w[k + 1] & 0xffff0000u), inv));
-                out[k / 2] = (unsigned)a | ((unsigned)b << 16);
-            }
-            codes[r * chunks + c] = make_uint2(out[0], out[1]);
-        }
+        for (int c = threadIdx.x; c < chunks; c += blockDim.x) amax = fmaxf(amax, bf16x8_absmax(row[c]));
+        const float inv = row_scale(block_max(amax, shm), scales, r);
+        for (int c = threadIdx.x; c < chunks; c += blockDim.x) codes[r * chunks + c] = bf16x8_to_e4m3x8(row[c], inv);
         __syncthreads();   // shm is reused by the next row's block_max
+    }
+}
+
+// silu_mul_quantize_e4m3: the W8A8 MLP's SwiGLU and down_proj's input in one pass. From a bf16 [gate | up] row (rows,
+// 2 inter) it forms silu_mul_bf16's values (silu_mul_bf16x8: the same bf16 numbers) into shared memory while taking
+// their amax, then writes them as quantize_rows_e4m3 would: the bf16 row is never written to or read from memory.
+// Dynamic shared memory: inter · 2 bytes. Needs inter % 16 == 0 and 16-byte aligned gate_up and codes.
+extern "C" __global__ void __launch_bounds__(256) silu_mul_quantize_e4m3(const uint4* gate_up, long long rows, int inter, uint2* codes, float* scales)
+{
+    extern __shared__ uint4 staged[];   // the row's silu(gate) · up, bf16
+    __shared__ float shm[32];
+    const int chunks = inter / 8;
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x)
+    {
+        const uint4* g = gate_up + r * 2 * chunks;
+        const uint4* u = g + chunks;
+        float amax = 0.f;
+        for (int c = threadIdx.x; c < chunks; c += blockDim.x)
+        {
+            const uint4 v = silu_mul_bf16x8(g[c], u[c]);
+            staged[c] = v;
+            amax = fmaxf(amax, bf16x8_absmax(v));
+        }
+        const float inv = row_scale(block_max(amax, shm), scales, r);   // block_max's barriers also publish staged
+        for (int c = threadIdx.x; c < chunks; c += blockDim.x) codes[r * chunks + c] = bf16x8_to_e4m3x8(staged[c], inv);
+        __syncthreads();   // staged and shm are reused by the next row
     }
 }

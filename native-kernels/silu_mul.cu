@@ -25,20 +25,7 @@ extern "C" __global__ void silu_mul_bf16(const bf16_t* gate_up, int rows, int in
     {
         int i = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
         if (i >= inter) return;
-        uint4 gv = *reinterpret_cast<const uint4*>(g + i), uv = *reinterpret_cast<const uint4*>(u + i);
-        const unsigned* gw = reinterpret_cast<const unsigned*>(&gv);
-        const unsigned* uw = reinterpret_cast<const unsigned*>(&uv);
-        uint4 ov;
-        unsigned* ow = reinterpret_cast<unsigned*>(&ov);
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-        {
-            float g0 = __uint_as_float(gw[k] << 16), g1 = __uint_as_float(gw[k] & 0xffff0000u);
-            float u0 = __uint_as_float(uw[k] << 16), u1 = __uint_as_float(uw[k] & 0xffff0000u);
-            unsigned lo = f32_to_bf16(g0 / (1.f + expf(-g0)) * u0), hi = f32_to_bf16(g1 / (1.f + expf(-g1)) * u1);
-            ow[k] = lo | (hi << 16);
-        }
-        *reinterpret_cast<uint4*>(o + i) = ov;
+        *reinterpret_cast<uint4*>(o + i) = silu_mul_bf16x8(*reinterpret_cast<const uint4*>(g + i), *reinterpret_cast<const uint4*>(u + i));
         return;
     }
     int i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -178,6 +178,23 @@ __device__ __forceinline__ void kv_row_to_bf16(const float* kr, const float* vr,
         kv_unit_to_bf16(kr, vr, k_bias, v_bias, inv_freq, idx, head_dim, pos, kc, vc);
 }
 
+// SwiGLU on 8 bf16 columns: bf16(silu(g) · u) for the 8 gates of g and ups of u, in fp32 (silu_mul_bf16 and the
+// W8A8 route's fused silu + quantize pass, activation_fp8.cu, so both write the same values).
+__device__ __forceinline__ uint4 silu_mul_bf16x8(uint4 gv, uint4 uv)
+{
+    const unsigned gw[4] = { gv.x, gv.y, gv.z, gv.w }, uw[4] = { uv.x, uv.y, uv.z, uv.w };
+    unsigned ow[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+    {
+        float g0 = __uint_as_float(gw[k] << 16), g1 = __uint_as_float(gw[k] & 0xffff0000u);
+        float u0 = __uint_as_float(uw[k] << 16), u1 = __uint_as_float(uw[k] & 0xffff0000u);
+        unsigned lo = f32_to_bf16(g0 / (1.f + expf(-g0)) * u0), hi = f32_to_bf16(g1 / (1.f + expf(-g1)) * u1);
+        ow[k] = lo | (hi << 16);
+    }
+    return make_uint4(ow[0], ow[1], ow[2], ow[3]);
+}
+
 // Two e4m3 bytes of u -> bf16x2, exact and unscaled (the fp8 KV cache applies its per-key scale to S and P instead,
 // the fp8 GEMV its per-row scale to the sum). `sel` is the __byte_perm selector that puts them in the high byte of each 16-bit lane ([0, lo, 0, hi]); there e4m3's exponent
 // and mantissa sit where bf16's are, which is the value times 2^-120 (exponent bias 7 vs 127, subnormals included),

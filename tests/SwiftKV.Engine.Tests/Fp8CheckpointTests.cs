@@ -27,7 +27,7 @@ public sealed class Fp8CheckpointTests
     public void Fixtures_ArePresent()
     {
         var names = Cases().Select(c => c.Data).ToList();
-        Assert.Equal(["fp8_block_base", "fp8_channel_swiftkv_50_g2", "fp8_tensor_base"], names);
+        Assert.Equal(["fp8_block_base", "fp8_channel_swiftkv_50_g2", "fp8_tensor_base", "w8a8_channel_swiftkv_50_g2", "w8a8_tensor_base"], names);
         Assert.True(File.Exists(Path.Combine(FixtureDir, "fp8_codes.f32")));
     }
 

@@ -7,7 +7,8 @@ namespace SwiftKV.Cuda.Kernels;
 /// </summary>
 public sealed unsafe class ActivationFp8Kernel(KernelLibrary library)
 {
-    CudaKernel? _quantize;
+    CudaKernel? _quantize, _siluQuantize;
+    int _siluSharedBytes = 32 << 10;   // dynamic shared memory the kernel may take so far (up to 48 KB with its static part needs no opt-in)
 
     /// <summary>Whether the GPU converts to e4m3 in hardware (sm_89+), which the kernel needs.</summary>
     public static bool Supported(CudaDeviceInfo device) => device.ComputeMajor * 10 + device.ComputeMinor >= 89;
@@ -34,5 +35,32 @@ public sealed unsafe class ActivationFp8Kernel(KernelLibrary library)
         ulong xa = x.Address, c = output.Codes.Address, s = output.Scales.Address;
         void** args = stackalloc void*[] { &xa, &rows, &columns, &c, &s };
         k.Launch(stream, ((uint)Math.Min(rows, 65535), 1, 1), 256, 0, args);
+    }
+
+    /// <summary>
+    /// The W8A8 MLP's SwiGLU and down_proj's input in one pass: output = <see cref="QuantizeRows"/> of silu(gate) · up
+    /// (rows, inter), the bf16 values <see cref="SiluMulKernel"/> writes, from a bf16 [gate | up] (rows, 2·inter); the
+    /// bf16 row stays in shared memory (inter · 2 bytes).
+    /// </summary>
+    public void SiluMulQuantize(CudaStream stream, DeviceSpan<Bf16> gateUp, long rows, int inter, E4m3Rows output)
+    {
+        const string n = "silu_mul_quantize_e4m3";
+        KernelGuard.Positive(rows, n, nameof(rows));
+        KernelGuard.Positive(inter, n, nameof(inter));
+        KernelGuard.Fits(gateUp, 2 * rows * inter, n, nameof(gateUp), $"({rows}, {2L * inter})");
+        KernelGuard.Fits(output.Codes, rows * inter, n, "codes", $"({rows}, {inter})");
+        KernelGuard.Fits(output.Scales, rows, n, "scales", $"({rows})");
+        if (!Takes(gateUp.Address, inter, output))
+            throw new ArgumentException($"{n}: needs inter % 16 == 0 (inter = {inter}) and 16-byte aligned [gate | up] and codes.", nameof(gateUp));
+        uint shared = checked((uint)inter * 2);
+        var k = _siluQuantize ??= library.Get("activation_fp8.cu", n);
+        if (shared > _siluSharedBytes)
+        {
+            k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, (int)shared);   // fails for a row past the GPU's shared memory
+            _siluSharedBytes = (int)shared;
+        }
+        ulong g = gateUp.Address, c = output.Codes.Address, s = output.Scales.Address;
+        void** args = stackalloc void*[] { &g, &rows, &inter, &c, &s };
+        k.Launch(stream, ((uint)Math.Min(rows, 65535), 1, 1), 256, shared, args);
     }
 }

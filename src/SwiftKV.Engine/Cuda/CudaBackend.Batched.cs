@@ -653,8 +653,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
                 _ws.Attn.Span.Slice((long)att.RestRow * qDim), qDim, cfg.NumAttentionHeads);
         prof?.Span(phase, m0, prof.Mark(_stream));
         Linear(_ws.Attn, rows, cfg.QueryDim, layer.O, hidden, x, accumulate: true);
-        NormGateUpSilu(x, rows, layer);
-        Linear(_ws.Mlp, rows, inter, layer.Down, hidden, x, accumulate: true);
+        MlpAdd(x, rows, layer);
     }
 
     CudaPagedKvCache ValidateBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch)

@@ -1051,7 +1051,32 @@ public sealed partial class CudaBackend : IModelBackend
             _rope.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, _w.InvFreq, rows, cfg.NumAttentionHeads, cfg.HeadDim, pos0, positionBase);
         Attend(rows, pos0, c, cacheIndex, ld, positionBase, ropeTable, queryBf16);
         Linear(_ws.Attn, rows, cfg.QueryDim, layer.O, hidden, x, accumulate: true);
-        NormGateUpSilu(x, rows, layer);
+        MlpAdd(x, rows, layer);
+    }
+
+    /// <summary>
+    /// The MLP added into x (both step paths): <see cref="NormGateUpSilu"/>, then down_proj. Under W8A8 with both matrices
+    /// e4m3 (<see cref="UseW8A8"/>, a step past the GEMV), the SwiGLU pass writes down_proj's e4m3 input itself
+    /// (<see cref="ActivationFp8Kernel.SiluMulQuantize"/>: the same codes as the silu pass and then the quantize pass,
+    /// without writing and reading back the bf16 row).
+    /// </summary>
+    void MlpAdd(DeviceSpan<float> x, int rows, CudaLayerWeights layer)
+    {
+        int hidden = Config.HiddenSize, inter = Config.IntermediateSize;
+        if (_w8a8 && rows > GemvKernel.MaxRows && layer.GateUp.IsE4m3 && layer.Down.IsE4m3 && hidden % 16 == 0 && inter % 16 == 0)
+        {
+            _norm.Launch(_stream, x, layer.OBias?.Span, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);
+            if (GateUpW8A8(_ws.Normed, rows, layer.GateUp))
+            {
+                var gateUp = _ws.GateUpFor(rows, int.MaxValue);
+                var fp8 = _ws.Fp8For(rows);
+                _quantizeRows!.SiluMulQuantize(_stream, gateUp, rows, inter, fp8);
+                if (_blas.TryLinearE4m3(fp8, rows, inter, layer.Down.E4m3, hidden, x, accumulate: true)) return;
+                _siluMul.Launch(_stream, gateUp, rows, inter, _ws.Mlp);   // down_proj refused by cuBLASLt: its bf16 input after all
+            }
+            else GateUpSilu(_ws.Normed, rows, layer);
+        }
+        else NormGateUpSilu(x, rows, layer);
         Linear(_ws.Mlp, rows, inter, layer.Down, hidden, x, accumulate: true);
     }
 
