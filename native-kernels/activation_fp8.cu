@@ -2,11 +2,12 @@
 // scheme the published FP8 Llama checkpoints are calibrated for (compressed-tensors "FP8_DYNAMIC": input activations
 // dynamic, per token). For a row with largest magnitude amax > 0:
 //   scale = amax / 448,   code[i] = e4m3(x[i] * (448 / amax))   (round to nearest even, saturating to +-448),
-// both divisions and the multiply rounded once in fp32, so the host reproduces the codes bit for bit; a row of zeros
-// gets scale 1 and zero codes. The GEMM then applies scale(token) · scale(weight row) to each fp32 sum (cuBLASLt's
+// both divisions and the multiply rounded once in fp32, so the host reproduces the codes bit for bit. A row whose
+// amax is below 1e-30 (zeros, or values so small that 448 / amax would overflow to inf and turn zeros into NaN) gets
+// scale 1, and so zero codes; a NaN element stays NaN, and an infinite one makes its row NaN. The GEMM then applies scale(token) · scale(weight row) to each fp32 sum (cuBLASLt's
 // outer-vector scaling), so codes · scales stand for x.
 // quantize_rows_e4m3: one 256-thread block per row (grid-stride over rows), 8 bf16 per 16-byte load, the row read
-// twice (the second pass from L1/L2: 28 KB at the widest Llama row). Needs columns % 16 == 0 and 16-byte aligned x
+// twice (the second pass from L1/L2: a row is 8 KB at 8B's hidden size, 56 KB at 70B's intermediate size). Needs columns % 16 == 0 and 16-byte aligned x
 // and codes (the GEMM's own requirement on fp8 operands). sm_89+ only (the cvt to e4m3); other archs trap.
 // Launch (both entries): grid min(rows, 65535), block 256.
 #include "swiftkv_common.cuh"
@@ -44,11 +45,12 @@ __device__ __forceinline__ uint2 bf16x8_to_e4m3x8(uint4 v, float inv)
     return make_uint2((unsigned)p[0] | ((unsigned)p[1] << 16), (unsigned)p[2] | ((unsigned)p[3] << 16));
 }
 
-// The row's scale (amax / 448, or 1 for a row of zeros) to scales[r], and the factor its values are multiplied by.
+// The row's scale (amax / 448, or 1 below 1e-30) to scales[r], and the factor its values are multiplied by.
 __device__ __forceinline__ float row_scale(float amax, float* scales, long long r)
 {
-    if (threadIdx.x == 0) scales[r] = amax > 0.f ? __fdiv_rn(amax, 448.f) : 1.f;
-    return amax > 0.f ? __fdiv_rn(448.f, amax) : 1.f;
+    const bool scaled = amax >= 1e-30f;
+    if (threadIdx.x == 0) scales[r] = scaled ? __fdiv_rn(amax, 448.f) : 1.f;
+    return scaled ? __fdiv_rn(448.f, amax) : 1.f;
 }
 
 extern "C" __global__ void __launch_bounds__(256) quantize_rows_e4m3(const uint4* x, long long rows, int columns, uint2* codes, float* scales)

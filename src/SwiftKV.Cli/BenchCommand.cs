@@ -124,7 +124,7 @@ internal static class BenchCommand
         var md = new StringBuilder();
         Log($"device: {dev}");
 
-        var (tflops, fp8Tflops, copyGbps) = Roofline(variants.Any(v => v.W8A8));
+        var (tflops, fp8Tflops, copyGbps) = Roofline(variants.Any(v => v.W8A8) && SwiftKV.Cuda.Kernels.ActivationFp8Kernel.Supported(dev));
         json["roofline"] = new JsonObject { ["gemm_bf16_8192_tflops"] = tflops, ["gemm_w8a8_8192_tflops"] = fp8Tflops, ["d2d_copy_gbps_read_plus_write"] = copyGbps };
         md.AppendLine($"Card: {dev.Name}. Ceilings measured in this run: cuBLAS bf16 GEMM 8192^3 **{tflops:F0} TFLOP/s**, device-to-device copy **{copyGbps:F0} GB/s** (read + write)" +
             (fp8Tflops > 0 ? $"; cuBLASLt W8A8 GEMM 8192^3 (e4m3, a scale per row of each operand) **{fp8Tflops:F0} TFLOP/s**: the W8A8 variants' prefill percentages are of this one." : "."));

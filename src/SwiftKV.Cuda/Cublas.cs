@@ -103,6 +103,12 @@ public sealed unsafe class Cublas : IDisposable
     public bool TryLinearE4m3(E4m3Rows x, int rows, int inDim, E4m3Rows w, int outDim, DeviceSpan<Bf16> y) =>
         TryE4m3(x, rows, inDim, w, outDim, y.Address, y.Length, CublasNative.CudaR16BF, false);
 
+    /// <summary>The first cuBLAS with cuBLASLt's outer-vector scales (CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F), which W8A8 needs.</summary>
+    public const int E4m3RowScaledVersion = 120900;
+
+    /// <summary>Whether this cuBLAS can run <see cref="TryLinearE4m3(E4m3Rows, int, int, E4m3Rows, int, DeviceSpan{float}, bool)"/> at all.</summary>
+    public bool TakesE4m3RowScaled => Version >= E4m3RowScaledVersion;
+
     /// <summary>W8A8 GEMMs that cuBLASLt ran (tests and benchmarks check the route was taken).</summary>
     public long E4m3Gemms { get; private set; }
 
@@ -115,7 +121,7 @@ public sealed unsafe class Cublas : IDisposable
         Need(w.Codes.Length, (long)outDim * inDim, "w codes", $"({outDim}, {inDim})");
         Need(w.Scales.Length, outDim, "w scales", $"({outDim})");
         Need(yLength, (long)rows * outDim, "y", $"({rows}, {outDim})");
-        if (inDim % 16 != 0) return false;   // fp8 operands' leading dimension
+        if (inDim % 16 != 0 || !TakesE4m3RowScaled) return false;   // fp8 operands' leading dimension; older cuBLAS lacks the scale mode
         CudaRuntime.Bind();
         _ltE4m3 ??= new CublasLtPlans(e4m3RowScaled: true);
         if (!_ltE4m3.TryGemm(outDim, rows, inDim, w.Codes.Address, x.Codes.Address, y, yType, outDim, accumulate ? 1 : 0, _stream,

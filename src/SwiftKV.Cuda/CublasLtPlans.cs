@@ -7,7 +7,8 @@
 // every n in the bucket; an algorithm cuBLASLt refuses for some n is replaced by one chosen for that exact n.
 // An instance made for e4m3 operands runs W8A8 GEMMs: A and B e4m3 codes, each with one fp32 scale per row of op(A)
 // (a weight's output rows) and per column of B (a token) applied to the fp32 sums (cuBLASLt's outer-vector scaling,
-// Hopper and later with cuBLAS 12.9+). It has no cublasGemmEx fallback: a problem it refuses goes back to the caller.
+// cuBLAS 12.9+; measured on Hopper, bench/gemm/fp8_rowwise_probe.cu). It has no cublasGemmEx fallback: a problem it
+// refuses, or a GPU whose cuBLASLt has no algorithm for the scale mode, goes back to the caller.
 using System.Numerics;
 using SwiftKV.Cuda.Native;
 
@@ -176,6 +177,7 @@ sealed unsafe class CublasLtPlans : IDisposable
             int status = CublasLtNative.cublasLtMatmulAlgoGetHeuristic(_handle.DangerousGetHandle(), _op, layouts.A, layouts.B, layouts.C, layouts.C,
                 pref, 1, &result, out int found);
             if (status == CublasLtNative.StatusNotSupported) return null;
+            if (E4m3RowScaled && Refused(status)) return null;   // a scale mode this GPU's cuBLASLt does not take: the caller's bf16 route
             CublasNative.Check(status, $"cublasLtMatmulAlgoGetHeuristic(m={key.M}, n={key.Rows}, k={key.K})");   // other errors are not "no algorithm"
             return found >= 1 && result.State == 0 ? result.Algo : null;
         }

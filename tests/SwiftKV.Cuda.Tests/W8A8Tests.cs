@@ -46,29 +46,34 @@ public sealed class W8A8Tests : GpuFixtureTest
         return (byte)(sign | code);
     }
 
-    /// <summary>The host's rule: scale = amax / 448, code = e4m3(x · (448 / amax)), each fp32 op rounded once; 1 and zeros for a zero row.</summary>
+    /// <summary>
+    /// The host's rule: scale = amax / 448, code = e4m3(x · (448 / amax)), each fp32 op rounded once; scale 1 (so zero
+    /// codes) for amax below 1e-30, where 448 / amax would overflow.
+    /// </summary>
     static (byte[] Codes, float Scale) QuantizeRow(ReadOnlySpan<Bf16> x)
     {
         float amax = 0;
         foreach (var v in x) amax = Math.Max(amax, Math.Abs(v.ToSingle()));
-        float inv = amax > 0 ? 448f / amax : 1f;
+        bool scaled = amax >= 1e-30f;
+        float inv = scaled ? 448f / amax : 1f;
         var codes = new byte[x.Length];
         for (int i = 0; i < x.Length; i++) codes[i] = Encode(x[i].ToSingle() * inv);
-        return (codes, amax > 0 ? amax / 448f : 1f);
+        return (codes, scaled ? amax / 448f : 1f);
     }
 
     /// <summary>
     /// Rows of very different ranges (1e-6 to 1e30, one of zeros, one with a single non-zero, one that hits e4m3's
-    /// subnormals) at 4112 columns (257 chunks of 16): every code and scale as the host rule gives them, bit for bit.
+    /// subnormals, one of values near 1e-37, whose 448 / amax would overflow) at 4112 columns (257 chunks of 16): every
+    /// code and scale as the host rule gives them, bit for bit, and no NaN from a finite row.
     /// </summary>
     [Fact]
     public void QuantizeRows_MatchesTheHostRule_BitForBit()
     {
         RequireFp8TensorCores();
-        const int Rows = 9, Columns = 4112;
+        const int Rows = 10, Columns = 4112;
         var r = new Random(3);
         var x = new Bf16[Rows * Columns];
-        double[] ranges = [1, 1e-6, 1e30, 0, 1, 448, 3e-3, 1, 65504];
+        double[] ranges = [1, 1e-6, 1e30, 0, 1, 448, 3e-3, 1, 65504, 1e-37];
         for (int row = 0; row < Rows; row++)
             for (int i = 0; i < Columns; i++)
             {
@@ -96,6 +101,8 @@ public sealed class W8A8Tests : GpuFixtureTest
             }
         }
         Assert.True(float.IsNaN(gotScales[Rows]), "a scale was written past the rows");
+        Assert.Equal(1f, gotScales[9]);
+        Assert.DoesNotContain(gotCodes.Take(Rows * Columns), c => (c & 0x7F) == 0x7F);
         Assert.True(subnormal > 100, $"only {subnormal} subnormal codes: the test did not reach them");
     }
 
@@ -321,6 +328,42 @@ public sealed class W8A8Tests : GpuFixtureTest
         Assert.True(toSolo <= 5e-2, $"against solo forwards: {toSolo:E2}");   // measured 2.8e-2
         Assert.True(toCpu <= 8e-2, $"against the CPU: {toCpu:E2}");           // measured 4.7e-2
         Assert.True(agreement >= 0.3, $"batched and solo W8A8 depart from the CPU in unrelated ways: cosine {agreement:F2}");
+    }
+
+    /// <summary>
+    /// A 300-token W8A8 prefill with the MLP in row chunks (128, 128, 44) and SingleInputKV's [k; v] in 128-row chunks
+    /// computes what the whole-step passes compute (the same codes per row; only cuBLAS's summation order may differ with
+    /// the row count), in a [gate | up] workspace sized for a chunk; decode steps after it run, and toggling UseW8A8
+    /// off gives the dequantize route's logits.
+    /// </summary>
+    [Fact]
+    public void KeepW8A8_ChunkedMlpAndSwiftKv_MatchTheWholeStep()
+    {
+        RequireFp8TensorCores();
+        var spec = new ModelSpec(Hidden: 512, Intermediate: 1024, Layers: 4, Heads: 8, KvHeads: 2, HeadDim: 64, Vocab: 300,
+            SwiftKvLayers: 2, GroupSize: 2, Seed: 93, MaxPositions: 512);
+        using var checkpoint = new E4m3WeightTests.PerChannelFp8Checkpoint(spec);
+        using var whole = CudaBackend.Load(checkpoint.Dir, true, Fp8Weights.KeepW8A8);
+        using var chunked = CudaBackend.Load(checkpoint.Dir, true, Fp8Weights.KeepW8A8);
+        chunked.W8A8MlpChunkRows = 128;
+        chunked.SwiftKvChunkBytes = 128L * 2 * spec.KvHeads * spec.HeadDim * sizeof(float);   // one leader's fp32 [k | v] for 128 rows
+        var prompt = TestModels.RandomTokens(300, spec.Vocab, 21);
+        using var c1 = whole.CreateCache(310);
+        using var c2 = chunked.CreateCache(310);
+        double worst = Gpu.RowError(whole.Forward(c1, prompt, LogitsSelection.AllTokens), chunked.Forward(c2, prompt, LogitsSelection.AllTokens));
+        Assert.True(chunked.GateUpWorkspaceBytes < whole.GateUpWorkspaceBytes,
+            $"chunked [gate | up] {chunked.GateUpWorkspaceBytes} B, whole {whole.GateUpWorkspaceBytes} B");
+        foreach (int t in TestModels.RandomTokens(3, spec.Vocab, 22))
+            worst = Math.Max(worst, Gpu.RowError(whole.Forward(c1, [t], LogitsSelection.LastToken), chunked.Forward(c2, [t], LogitsSelection.LastToken)));
+        Gpu.Log($"W8A8 MLP in 128-row chunks against the whole step: worst row {worst:E2}; [gate | up] {chunked.GateUpWorkspaceBytes} B against {whole.GateUpWorkspaceBytes} B");
+        Assert.True(worst <= 1e-2, $"{worst:E2}");
+
+        // Off again: the dequantize route, as a Keep load computes it.
+        using var kept = CudaBackend.Load(checkpoint.Dir, true, Fp8Weights.Keep);
+        whole.UseW8A8 = false;
+        using var c3 = whole.CreateCache(310);
+        using var c4 = kept.CreateCache(310);
+        Assert.Equal(kept.Forward(c4, prompt, LogitsSelection.LastToken), whole.Forward(c3, prompt, LogitsSelection.LastToken));
     }
 
     /// <summary>UseW8A8 is refused with the reason where it cannot run; a bf16 model holds no e4m3 matrices.</summary>

@@ -41,8 +41,9 @@ def quantize_rows(x):
     """Per-token e4m3 of x's rows, as the engine's quantize_rows_e4m3 does it, returned dequantized (fp32)."""
     xb = x.to(torch.bfloat16).float()                       # the engine's GEMM inputs are bf16
     amax = xb.abs().amax(dim=-1, keepdim=True)
-    inv = torch.where(amax > 0, E4M3_MAX / amax, torch.ones_like(amax))
-    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    scaled = amax >= 1e-30                                  # below, 448 / amax would overflow: scale 1, zero codes
+    inv = torch.where(scaled, E4M3_MAX / amax, torch.ones_like(amax))
+    scale = torch.where(scaled, amax / E4M3_MAX, torch.ones_like(amax))
     q = (xb * inv).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).float()
     return q * scale
 

@@ -13,17 +13,25 @@ public sealed unsafe class ActivationFp8Kernel(KernelLibrary library)
     /// <summary>Whether the GPU converts to e4m3 in hardware (sm_89+), which the kernel needs.</summary>
     public static bool Supported(CudaDeviceInfo device) => device.ComputeMajor * 10 + device.ComputeMinor >= 89;
 
+    static void RequireSupported(string kernel)
+    {
+        if (!Supported(CudaRuntime.Device))
+            throw new NotSupportedException($"{kernel}: converting to e4m3 needs sm_89 or later; {CudaRuntime.Device} is {CudaRuntime.Device.Arch}.");
+    }
+
     /// <summary>Whether <see cref="QuantizeRows"/> takes rows of <paramref name="columns"/> at these addresses.</summary>
     public static bool Takes(ulong xAddress, int columns, E4m3Rows output) =>
         columns % 16 == 0 && xAddress % 16 == 0 && output.Codes.Address % 16 == 0;
 
     /// <summary>
-    /// output.Codes (rows, columns) = e4m3(x · 448 / amax(row)) and output.Scales[row] = amax(row) / 448 (1 for a row of
-    /// zeros): codes · scale reproduce x to e4m3's 3 mantissa bits.
+    /// output.Codes (rows, columns) = e4m3(x · 448 / amax(row)) and output.Scales[row] = amax(row) / 448 (1, with zero
+    /// codes, for a row whose amax is below 1e-30, where 448 / amax would overflow): codes · scale reproduce x to e4m3's
+    /// 3 mantissa bits.
     /// </summary>
     public void QuantizeRows(CudaStream stream, DeviceSpan<Bf16> x, long rows, int columns, E4m3Rows output)
     {
         const string n = "quantize_rows_e4m3";
+        RequireSupported(n);
         KernelGuard.Positive(rows, n, nameof(rows));
         KernelGuard.Positive(columns, n, nameof(columns));
         KernelGuard.Fits(x, rows * columns, n, nameof(x), $"({rows}, {columns})");
@@ -45,6 +53,7 @@ public sealed unsafe class ActivationFp8Kernel(KernelLibrary library)
     public void SiluMulQuantize(CudaStream stream, DeviceSpan<Bf16> gateUp, long rows, int inter, E4m3Rows output)
     {
         const string n = "silu_mul_quantize_e4m3";
+        RequireSupported(n);
         KernelGuard.Positive(rows, n, nameof(rows));
         KernelGuard.Positive(inter, n, nameof(inter));
         KernelGuard.Fits(gateUp, 2 * rows * inter, n, nameof(gateUp), $"({rows}, {2L * inter})");

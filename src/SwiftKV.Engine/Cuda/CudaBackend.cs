@@ -135,9 +135,6 @@ public sealed partial class CudaBackend : IModelBackend
             throw new InvalidModelException($"head_dim {Config.HeadDim} exceeds the CUDA attention kernel's limit of {AttentionKernel.MaxHeadDim}.");
         SwiftKvEnabled = swiftKvEnabled;
         Device = CudaRuntime.Device;
-        if (fp8 == Fp8Weights.KeepW8A8 && !ActivationFp8Kernel.Supported(Device))
-            throw new NotSupportedException($"Fp8Weights.KeepW8A8 runs GEMMs on fp8 tensor cores, which {Device} ({Device.Arch}) lacks (sm_89 or later: " +
-                "Ada, Hopper, Blackwell). Use Fp8Weights.Keep (e4m3 weights, bf16 GEMMs) or Dequantize on this GPU.");
         _eps = (float)Config.RmsNormEps;
         var owned = new List<IDisposable>();
         try
@@ -180,7 +177,11 @@ public sealed partial class CudaBackend : IModelBackend
                 _dequantRows = new Fp8WeightKernel(_kernels);
                 _denseScratch = new DeviceBuffer<Bf16>(_w.LargestE4m3Elements); owned.Add(_denseScratch);
                 _quantizeRows = new ActivationFp8Kernel(_kernels);
-                _w8a8 = fp8 == Fp8Weights.KeepW8A8;
+                if (fp8 == Fp8Weights.KeepW8A8)
+                {
+                    if (W8A8Unavailable() is { } why) throw new NotSupportedException($"Fp8Weights.KeepW8A8: {why} Use Fp8Weights.Keep (e4m3 weights, bf16 GEMMs) here.");
+                    _w8a8 = true;
+                }
             }
             _ws = new Workspace(Config, _w.SwiftKvLeaders.Length); owned.Add(_ws);
         }
@@ -235,17 +236,20 @@ public sealed partial class CudaBackend : IModelBackend
         set
         {
             if (value == _w8a8) return;
-            if (value && !W8A8Available)
-                throw new InvalidOperationException(_w.E4m3Matrices == 0
-                    ? "W8A8 needs weight matrices held as e4m3 (an FP8 checkpoint loaded with Fp8Weights.Keep or KeepW8A8); this model holds none."
-                    : $"W8A8 needs fp8 tensor cores (sm_89 or later); {Device} is {Device.Arch}.");
+            if (value && W8A8Unavailable() is { } why) throw new InvalidOperationException(why);
             _w8a8 = value;
             _ws.Invalidate();   // a captured step may have baked either route
         }
     }
 
-    /// <summary>Whether <see cref="UseW8A8"/> can be on: e4m3 weight matrices on an sm_89+ GPU.</summary>
-    public bool W8A8Available => _w.E4m3Matrices > 0 && ActivationFp8Kernel.Supported(Device);
+    /// <summary>Whether <see cref="UseW8A8"/> can be on: e4m3 weight matrices, an sm_89+ GPU and cuBLAS 12.9+.</summary>
+    public bool W8A8Available => W8A8Unavailable() is null;
+
+    string? W8A8Unavailable() =>
+        _w.E4m3Matrices == 0 ? "W8A8 needs weight matrices held as e4m3 (an FP8 checkpoint loaded with Fp8Weights.Keep or KeepW8A8); this model holds none."
+        : !ActivationFp8Kernel.Supported(Device) ? $"W8A8 runs its GEMMs on fp8 tensor cores, which {Device} ({Device.Arch}) lacks (sm_89 or later)."
+        : !_blas.TakesE4m3RowScaled ? $"W8A8 needs cuBLAS {Cublas.E4m3RowScaledVersion / 10000}.{Cublas.E4m3RowScaledVersion / 100 % 100} or later (per-row fp8 scales); this one is {_blas.Version}."
+        : null;
 
     /// <summary>W8A8 GEMMs run so far (tests and benchmarks check the route was taken).</summary>
     public long W8A8Gemms => _blas.E4m3Gemms;
@@ -738,7 +742,7 @@ public sealed partial class CudaBackend : IModelBackend
     {
         if (!w.IsE4m3) Linear(x, rows, inDim, w.Bf16.Span, outDim, y, accumulate);
         else if (E4m3Gemv(rows, GemvKernel.MaxRows, x.Address, w, inDim)) _gemv.Launch(_stream, x, rows, inDim, w.E4m3, outDim, y, accumulate);
-        else if (!W8A8(x, rows, inDim, w) || !_blas.TryLinearE4m3(_ws.Fp8For(rows), rows, inDim, w.E4m3, outDim, y, accumulate))
+        else if (!W8A8(x, rows, inDim, w) || !_blas.TryLinearE4m3(_ws.Fp8For(rows, inDim), rows, inDim, w.E4m3, outDim, y, accumulate))
             _blas.Linear(x, rows, inDim, Dense(w), outDim, y, accumulate);
     }
 
@@ -749,7 +753,7 @@ public sealed partial class CudaBackend : IModelBackend
     bool W8A8(DeviceSpan<Bf16> x, int rows, int inDim, CudaMatrix w)
     {
         if (!W8A8Route(w, x.Address, inDim)) return false;
-        _quantizeRows!.QuantizeRows(_stream, x, rows, inDim, _ws.Fp8For(rows));
+        _quantizeRows!.QuantizeRows(_stream, x, rows, inDim, _ws.Fp8For(rows, inDim));
         return true;
     }
 
@@ -769,7 +773,7 @@ public sealed partial class CudaBackend : IModelBackend
     void LinearChunk(DeviceSpan<Bf16> x, int rows, int inDim, CudaMatrix w, DeviceSpan<Bf16> dense, int outDim, DeviceSpan<float> y)
     {
         if (!w.IsE4m3) Linear(x, rows, inDim, dense, outDim, y);
-        else if (!W8A8(x, rows, inDim, w) || !_blas.TryLinearE4m3(_ws.Fp8For(rows), rows, inDim, w.E4m3, outDim, y))
+        else if (!W8A8(x, rows, inDim, w) || !_blas.TryLinearE4m3(_ws.Fp8For(rows, inDim), rows, inDim, w.E4m3, outDim, y))
             _blas.Linear(x, rows, inDim, dense.Length > 0 ? dense : Dense(w), outDim, y);   // a refused W8A8 GEMM: its own copy
     }
 
@@ -904,13 +908,24 @@ public sealed partial class CudaBackend : IModelBackend
         _siluMul.Launch(_stream, gateUp, rows, inter, _ws.Mlp);
     }
 
-    /// <summary>The W8A8 route of [gate; up] (<see cref="UseW8A8"/>): bf16 [gate | up] into the workspace; false when not taken.</summary>
-    bool GateUpW8A8(DeviceSpan<Bf16> x, int rows, CudaMatrix gateUp)
+    /// <summary>
+    /// The W8A8 route of [gate; up] (<see cref="UseW8A8"/>): bf16 [gate | up] into the workspace (<c>GateUpFor(rows,
+    /// growTo)</c>); false when not taken.
+    /// </summary>
+    bool GateUpW8A8(DeviceSpan<Bf16> x, int rows, CudaMatrix gateUp, int growTo = int.MaxValue)
     {
         int hidden = Config.HiddenSize;
         return W8A8(x, rows, hidden, gateUp)
-            && _blas.TryLinearE4m3(_ws.Fp8For(rows), rows, hidden, gateUp.E4m3, 2 * Config.IntermediateSize, _ws.GateUpFor(rows, int.MaxValue));
+            && _blas.TryLinearE4m3(_ws.Fp8For(rows, hidden), rows, hidden, gateUp.E4m3, 2 * Config.IntermediateSize, _ws.GateUpFor(rows, growTo));
     }
+
+    /// <summary>
+    /// Most rows one W8A8 MLP pass takes (<see cref="MlpAdd"/>): a longer step runs its MLP in chunks of this many rows,
+    /// so the bf16 [gate | up] and the e4m3 input of down_proj are sized for a chunk, not the step. Whole, a 32K-row
+    /// step of Llama-3-70B held 3.8 GB of [gate | up] (the gated GEMM, bf16's route, holds none); in chunks of 4096,
+    /// 0.47 GB, and each chunk's GEMMs are still >= 0.9 TFLOP. Tests lower it.
+    /// </summary>
+    internal int W8A8MlpChunkRows { get; set; } = 4096;
 
     /// <summary>The most rows the cuBLAS [gate; up] route serves: below the gated GEMM's where that takes the rest.</summary>
     static int GateUpRouteRows(bool gated) => gated ? GatedMlpMinRows - 1 : int.MaxValue;
@@ -1063,21 +1078,31 @@ public sealed partial class CudaBackend : IModelBackend
     void MlpAdd(DeviceSpan<float> x, int rows, CudaLayerWeights layer)
     {
         int hidden = Config.HiddenSize, inter = Config.IntermediateSize;
-        if (_w8a8 && rows > GemvKernel.MaxRows && layer.GateUp.IsE4m3 && layer.Down.IsE4m3 && hidden % 16 == 0 && inter % 16 == 0)
+        if (!(_w8a8 && rows > GemvKernel.MaxRows && layer.GateUp.IsE4m3 && layer.Down.IsE4m3 && hidden % 16 == 0 && inter % 16 == 0))
         {
-            _norm.Launch(_stream, x, layer.OBias?.Span, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);
-            if (GateUpW8A8(_ws.Normed, rows, layer.GateUp))
-            {
-                var gateUp = _ws.GateUpFor(rows, int.MaxValue);
-                var fp8 = _ws.Fp8For(rows);
-                _quantizeRows!.SiluMulQuantize(_stream, gateUp, rows, inter, fp8);
-                if (_blas.TryLinearE4m3(fp8, rows, inter, layer.Down.E4m3, hidden, x, accumulate: true)) return;
-                _siluMul.Launch(_stream, gateUp, rows, inter, _ws.Mlp);   // down_proj refused by cuBLASLt: its bf16 input after all
-            }
-            else GateUpSilu(_ws.Normed, rows, layer);
+            NormGateUpSilu(x, rows, layer);
+            Linear(_ws.Mlp, rows, inter, layer.Down, hidden, x, accumulate: true);
+            return;
         }
-        else NormGateUpSilu(x, rows, layer);
-        Linear(_ws.Mlp, rows, inter, layer.Down, hidden, x, accumulate: true);
+        _norm.Launch(_stream, x, layer.OBias?.Span, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);
+        int chunk = Math.Max(W8A8MlpChunkRows, GemvKernel.MaxRows + 1);
+        for (int r0 = 0; r0 < rows; r0 += chunk)
+        {
+            // A last chunk of up to 8 rows takes the e4m3 GEMVs (GateUpSilu, Linear), as a step of that size would.
+            int n = Math.Min(chunk, rows - r0);
+            var normed = _ws.Normed.Span.Slice((long)r0 * hidden, (long)n * hidden);
+            var xr = x.Slice((long)r0 * hidden, (long)n * hidden);
+            if (n > GemvKernel.MaxRows && GateUpW8A8(normed, n, layer.GateUp, chunk))
+            {
+                var gateUp = _ws.GateUpFor(n, chunk);
+                var fp8 = _ws.Fp8For(n, inter);
+                _quantizeRows!.SiluMulQuantize(_stream, gateUp, n, inter, fp8);
+                if (_blas.TryLinearE4m3(fp8, n, inter, layer.Down.E4m3, hidden, xr, accumulate: true)) continue;
+                _siluMul.Launch(_stream, gateUp, n, inter, _ws.Mlp);   // down_proj refused by cuBLASLt: its bf16 input after all
+            }
+            else GateUpSilu(normed, n, layer);
+            Linear(_ws.Mlp, n, inter, layer.Down, hidden, xr, accumulate: true);
+        }
     }
 
     /// <summary>
@@ -1175,11 +1200,11 @@ public sealed partial class CudaBackend : IModelBackend
         /// </summary>
         readonly RouteBuffer<float> _swiftKv = new(2L * swiftKvLeaders * cfg.KeyValueDim);
         /// <summary>
-        /// The W8A8 route's input rows as e4m3 codes (rows, widest GEMM input) and their scales: allocated by the first
-        /// W8A8 step, as many rows as the activations.
+        /// The W8A8 route's input rows as e4m3 codes and their scales (Fp8For): allocated by the first W8A8 step, for the
+        /// activations' rows at the hidden / query width (the MLP's wider rows go in chunks: W8A8MlpChunkRows).
         /// </summary>
-        readonly RouteBuffer<byte> _fp8Codes = new(Math.Max(cfg.HiddenSize, Math.Max(cfg.QueryDim, cfg.IntermediateSize)));
-        readonly RouteBuffer<float> _fp8Scales = new(1);
+        DeviceBuffer<byte>? _fp8Codes;
+        DeviceBuffer<float>? _fp8Scales;
         /// <summary>
         /// A step's RoPE angles (rows, head_dim): written by the RoPE pass when the attention kernel rotates the queries
         /// (RopeOnLoad), or once per step for the fused [q; k; v] GEMM's epilogue (UseFusedQkv).
@@ -1243,10 +1268,42 @@ public sealed partial class CudaBackend : IModelBackend
         public long SwiftKvBytes => _swiftKv.Bytes;
 
         /// <summary>e4m3 rows for a W8A8 GEMM's input of <paramref name="rows"/> (a row's codes at row · its width).</summary>
-        public E4m3Rows Fp8For(int rows) =>
-            new(_fp8Codes.For(this, rows, Math.Max(rows, _rows)), _fp8Scales.For(this, rows, Math.Max(rows, _rows)));
+        /// <summary>
+        /// e4m3 rows (rows, columns) for a W8A8 GEMM's input. Grown, never shrunk, to at least the activations' rows at the
+        /// hidden / query width, so the steps after the first do not reallocate; Generation moves when it does (a
+        /// captured batched step reads these buffers).
+        /// </summary>
+        public E4m3Rows Fp8For(int rows, int columns)
+        {
+            long bytes = (long)rows * columns;
+            if ((_fp8Codes?.Length ?? 0) < bytes)
+            {
+                Generation++;
+                _fp8Codes?.Dispose();
+                _fp8Codes = null;
+                _fp8Codes = new DeviceBuffer<byte>(Math.Max(bytes, (long)Math.Max(rows, _rows) * Math.Max(cfg.HiddenSize, cfg.QueryDim)));
+            }
+            if ((_fp8Scales?.Length ?? 0) < rows)
+            {
+                Generation++;
+                _fp8Scales?.Dispose();
+                _fp8Scales = null;
+                _fp8Scales = new DeviceBuffer<float>(Math.Max(rows, _rows));
+            }
+            return new(_fp8Codes!.Span.Slice(0, bytes), _fp8Scales!.Span.Slice(0, rows));
+        }
 
-        public long Fp8Bytes => _fp8Codes.Bytes + _fp8Scales.Bytes;
+        public long Fp8Bytes => (_fp8Codes?.ByteLength ?? 0) + (_fp8Scales?.ByteLength ?? 0);
+
+        void FreeFp8()
+        {
+            if (_fp8Codes is null && _fp8Scales is null) return;
+            Generation++;
+            _fp8Codes?.Dispose();
+            _fp8Scales?.Dispose();
+            _fp8Codes = null;
+            _fp8Scales = null;
+        }
 
         public long LogitsBytes => (long)_logitsRows * cfg.VocabSize * sizeof(float);
 
@@ -1287,8 +1344,7 @@ public sealed partial class CudaBackend : IModelBackend
             }
             _gateUp.FreeIfAbove(this, keepRows);
             _swiftKv.FreeIfAbove(this, keepRows);
-            _fp8Codes.FreeIfAbove(this, keepRows);
-            _fp8Scales.FreeIfAbove(this, keepRows);
+            if ((_fp8Scales?.Length ?? 0) > keepRows) FreeFp8();
         }
 
         /// <summary>Frees the logits buffer when it holds more than <paramref name="keepRows"/> rows; the next step allocates what it needs.</summary>
@@ -1360,8 +1416,7 @@ public sealed partial class CudaBackend : IModelBackend
             DisposeActivations();
             _gateUp.Dispose();
             _swiftKv.Dispose();
-            _fp8Codes.Dispose();
-            _fp8Scales.Dispose();
+            FreeFp8();
             Logits?.Dispose();
             _logitsRows = 0;
         }
