@@ -66,7 +66,7 @@ public sealed class SwiftKvOptions
     /// e4m3 (half the weight memory and a faster single-request decode; slower prefill and batched decode, which dequantize
     /// each matrix before its GEMM: docs/BENCHMARKS.md has the figures). KeepW8A8: kept, and prefill and batched decode
     /// quantize each GEMM's input per token to e4m3 and run the GEMMs on fp8 tensor cores (faster than bf16, the numerics
-    /// the published FP8 checkpoints were calibrated for; sm_89+). Dequantize: always bf16. Ignored for other
+    /// the published FP8 checkpoints were calibrated for; Hopper GPUs only). Dequantize: always bf16. Ignored for other
     /// checkpoints and on the CPU.
     /// </summary>
     public SwiftKV.Engine.Cuda.Fp8Weights Fp8Weights { get; set; } = SwiftKV.Engine.Cuda.Fp8Weights.Auto;

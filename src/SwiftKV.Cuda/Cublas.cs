@@ -94,7 +94,8 @@ public sealed unsafe class Cublas : IDisposable
     /// <summary>
     /// W8A8: y (rows, outDim) fp32 = (x codes · x scale per row) · (w codes · w scale per row)ᵀ [+ y], e4m3 products
     /// summed in fp32 on fp8 tensor cores, both scales applied to each sum. False when cuBLASLt has no algorithm for
-    /// the problem (it needs sm_89+, cuBLAS 12.9+ and inDim a multiple of 16): the caller then runs its bf16 route.
+    /// the problem (it needs a Hopper GPU, <see cref="E4m3RowScaledGpu"/>, cuBLAS 12.9+ and inDim a multiple of 16): the
+    /// caller then runs its bf16 route.
     /// </summary>
     public bool TryLinearE4m3(E4m3Rows x, int rows, int inDim, E4m3Rows w, int outDim, DeviceSpan<float> y, bool accumulate = false) =>
         TryE4m3(x, rows, inDim, w, outDim, y.Address, y.Length, CublasNative.CudaR32F, accumulate);
@@ -109,6 +110,13 @@ public sealed unsafe class Cublas : IDisposable
     /// <summary>Whether this cuBLAS can run <see cref="TryLinearE4m3(E4m3Rows, int, int, E4m3Rows, int, DeviceSpan{float}, bool)"/> at all.</summary>
     public bool TakesE4m3RowScaled => Version >= E4m3RowScaledVersion;
 
+    /// <summary>
+    /// Whether cuBLASLt runs outer-vector fp8 scales on <paramref name="device"/>: Hopper (sm_90) only. NVIDIA lists
+    /// the mode for sm_90 alone (NVIDIA/CUDALibrarySamples#270); on sm_100 and sm_120 the heuristic refuses it (PyTorch
+    /// #160693, #161236, #192707), and Ada has no cuBLASLt row-wise fp8 at all. Measured here on H200s.
+    /// </summary>
+    public static bool E4m3RowScaledGpu(CudaDeviceInfo device) => device.ComputeMajor == 9 && device.ComputeMinor == 0;
+
     /// <summary>W8A8 GEMMs that cuBLASLt ran (tests and benchmarks check the route was taken).</summary>
     public long E4m3Gemms { get; private set; }
 
@@ -121,7 +129,8 @@ public sealed unsafe class Cublas : IDisposable
         Need(w.Codes.Length, (long)outDim * inDim, "w codes", $"({outDim}, {inDim})");
         Need(w.Scales.Length, outDim, "w scales", $"({outDim})");
         Need(yLength, (long)rows * outDim, "y", $"({rows}, {outDim})");
-        if (inDim % 16 != 0 || !TakesE4m3RowScaled) return false;   // fp8 operands' leading dimension; older cuBLAS lacks the scale mode
+        // fp8 operands' leading dimension; older cuBLAS lacks the scale mode, other GPUs refuse it.
+        if (inDim % 16 != 0 || !TakesE4m3RowScaled || !E4m3RowScaledGpu(CudaRuntime.Device)) return false;
         CudaRuntime.Bind();
         _ltE4m3 ??= new CublasLtPlans(e4m3RowScaled: true);
         if (!_ltE4m3.TryGemm(outDim, rows, inDim, w.Codes.Address, x.Codes.Address, y, yType, outDim, accumulate ? 1 : 0, _stream,

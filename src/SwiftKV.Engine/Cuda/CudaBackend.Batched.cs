@@ -643,7 +643,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         StepAttention att, AttentionPagedCache cache, string phase, bool queryRotated = false)
     {
         var cfg = Config;
-        int hidden = cfg.HiddenSize, inter = cfg.IntermediateSize, qDim = cfg.QueryDim;
+        int hidden = cfg.HiddenSize, qDim = cfg.QueryDim;
         var prof = StepProfiler;
         int m0 = prof?.Mark(_stream) ?? -1;
         if (!queryRotated) _ropeRows!.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, _w.InvFreq, positions, rows, cfg.NumAttentionHeads, cfg.HeadDim);

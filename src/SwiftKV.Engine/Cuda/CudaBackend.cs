@@ -227,7 +227,7 @@ public sealed partial class CudaBackend : IModelBackend
     /// to each fp32 sum. Those GEMMs skip the dequantize pass and run at about 1.7x bf16's rate; the activations lose
     /// bf16's precision (3 mantissa bits). Decode-sized steps keep the e4m3 GEMV over bf16 activations. The fused
     /// GEMMs' epilogues (RoPE and the cache write, SwiGLU) are bf16 kernels, so those projections run unfused here.
-    /// On by <see cref="Fp8Weights.KeepW8A8"/>; setting it needs kept e4m3 weights and an sm_89+ GPU
+    /// On by <see cref="Fp8Weights.KeepW8A8"/>; setting it needs kept e4m3 weights, a Hopper GPU and cuBLAS 12.9+
     /// (<see cref="W8A8Available"/>). A problem cuBLASLt refuses runs the dequantize route instead.
     /// </summary>
     public bool UseW8A8
@@ -242,12 +242,12 @@ public sealed partial class CudaBackend : IModelBackend
         }
     }
 
-    /// <summary>Whether <see cref="UseW8A8"/> can be on: e4m3 weight matrices, an sm_89+ GPU and cuBLAS 12.9+.</summary>
+    /// <summary>Whether <see cref="UseW8A8"/> can be on: e4m3 weight matrices, a Hopper GPU and cuBLAS 12.9+.</summary>
     public bool W8A8Available => W8A8Unavailable() is null;
 
     string? W8A8Unavailable() =>
         _w.E4m3Matrices == 0 ? "W8A8 needs weight matrices held as e4m3 (an FP8 checkpoint loaded with Fp8Weights.Keep or KeepW8A8); this model holds none."
-        : !ActivationFp8Kernel.Supported(Device) ? $"W8A8 runs its GEMMs on fp8 tensor cores, which {Device} ({Device.Arch}) lacks (sm_89 or later)."
+        : !Cublas.E4m3RowScaledGpu(Device) ? $"W8A8 runs on cuBLASLt's fp8 GEMMs with a scale per row of each operand, which NVIDIA provides on Hopper (sm_90) only; {Device} is {Device.Arch}."
         : !_blas.TakesE4m3RowScaled ? $"W8A8 needs cuBLAS {Cublas.E4m3RowScaledVersion / 10000}.{Cublas.E4m3RowScaledVersion / 100 % 100} or later (per-row fp8 scales); this one is {_blas.Version}."
         : null;
 
@@ -1061,7 +1061,7 @@ public sealed partial class CudaBackend : IModelBackend
         DeviceSpan<int>? positionBase, bool queryRotated, DeviceSpan<float>? ropeTable = null, bool queryBf16 = false)
     {
         var cfg = Config;
-        int hidden = cfg.HiddenSize, inter = cfg.IntermediateSize;
+        int hidden = cfg.HiddenSize;
         if (!queryRotated)
             _rope.Launch(_stream, _ws.Qkv, ld, layer.QBias?.Span, _w.InvFreq, rows, cfg.NumAttentionHeads, cfg.HeadDim, pos0, positionBase);
         Attend(rows, pos0, c, cacheIndex, ld, positionBase, ropeTable, queryBf16);
@@ -1267,7 +1267,6 @@ public sealed partial class CudaBackend : IModelBackend
 
         public long SwiftKvBytes => _swiftKv.Bytes;
 
-        /// <summary>e4m3 rows for a W8A8 GEMM's input of <paramref name="rows"/> (a row's codes at row · its width).</summary>
         /// <summary>
         /// e4m3 rows (rows, columns) for a W8A8 GEMM's input. Grown, never shrunk, to at least the activations' rows at the
         /// hidden / query width, so the steps after the first do not reallocate; Generation moves when it does (a
@@ -1292,8 +1291,6 @@ public sealed partial class CudaBackend : IModelBackend
             }
             return new(_fp8Codes!.Span.Slice(0, bytes), _fp8Scales!.Span.Slice(0, rows));
         }
-
-        public long Fp8Bytes => (_fp8Codes?.ByteLength ?? 0) + (_fp8Scales?.ByteLength ?? 0);
 
         void FreeFp8()
         {
