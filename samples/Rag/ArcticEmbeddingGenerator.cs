@@ -20,6 +20,9 @@ public sealed class ArcticEmbeddingGenerator : IEmbeddingGenerator<string, Embed
     const string ModelId = "Snowflake/snowflake-arctic-embed-xs";
 
     readonly SentenceEncoder _encoder = new(new SessionOptions());
+
+    // Before the first encoder makes ONNX Runtime's environment (OnnxRuntimeTelemetry says why).
+    static ArcticEmbeddingGenerator() => OnnxRuntimeTelemetry.DisableUnlessSet();
     readonly EmbeddingGeneratorMetadata _metadata = new("onnxruntime", providerUri: null, defaultModelId: ModelId, defaultModelDimensions: Dimensions);
 
     /// <inheritdoc />

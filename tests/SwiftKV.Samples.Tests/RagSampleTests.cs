@@ -216,6 +216,30 @@ public sealed class RagSampleTests(TinySampleModel model)
     }
 
 
+    /// <summary>
+    /// A run as a user starts it leaves nothing in $TMPDIR. ONNX Runtime's Linux telemetry client used to leave an empty
+    /// mat-debug-&lt;pid&gt;.log and a .ses device-session file there on every run; the sample now sets
+    /// ORT_DISABLE_TELEMETRY=1 for itself (OnnxRuntimeTelemetry), unless the user set it.
+    /// </summary>
+    [Fact]
+    public async Task Main_LeavesNothingInTmp_NoOnnxRuntimeTelemetryFiles()
+    {
+        if (OperatingSystem.IsWindows()) Assert.Skip("the telemetry files are ONNX Runtime's Linux build's");
+        var ct = TestContext.Current.CancellationToken;
+        string tmp = Path.Combine(model.Directory, "tmp-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(tmp);
+        var start = new ProcessStartInfo(Interrupts.DotnetHost, [Path.Combine(AppContext.BaseDirectory, "SwiftKV.Samples.Rag.dll"),
+            "--model", model.Directory, "--documents", Documents, "--max-tokens", "4"]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        start.Environment["TMPDIR"] = tmp;
+        start.Environment.Remove("ORT_DISABLE_TELEMETRY");   // as a user's shell would have it
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync(ct);
+        var stderr = process.StandardError.ReadToEndAsync(ct);
+        await Interrupts.WaitForExit(process, 180, ct);
+        Assert.True(0 == process.ExitCode, $"exit code {process.ExitCode}; stderr: {await stderr}; stdout: {await stdout}");
+        Assert.Empty(Directory.EnumerateFileSystemEntries(tmp).Select(Path.GetFileName));
+    }
+
     [Fact]
     public async Task Main_CtrlCWhileRunning_RemovesItsTemporaryStoreAndExits130()
     {
