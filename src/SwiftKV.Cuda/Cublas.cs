@@ -60,8 +60,8 @@ public sealed unsafe class Cublas : IDisposable
     /// <summary>Device memory each instance holds for cuBLASLt's workspace.</summary>
     public static long WorkspaceBytes => CublasLtPlans.WorkspaceBytes;
 
-    /// <summary>cuBLASLt heuristic queries so far: one per projection shape and row bucket, not per row count.</summary>
-    public int HeuristicQueries => _lt.HeuristicQueries;
+    /// <summary>cuBLASLt heuristic queries so far (bf16 and W8A8 plans): one per projection shape and row bucket, not per row count.</summary>
+    public int HeuristicQueries => _lt.HeuristicQueries + (_ltE4m3?.HeuristicQueries ?? 0);
 
     /// <summary>The row count whose cuBLASLt algorithm serves <paramref name="rows"/> rows (its bucket's top).</summary>
     public static int RowBucket(int rows) => CublasLtPlans.RowBucket(rows);

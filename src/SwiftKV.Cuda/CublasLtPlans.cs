@@ -110,7 +110,7 @@ sealed unsafe class CublasLtPlans : IDisposable
             status = Run(key with { Rows = n }, a, b, c, beta, layouts, stream);   // the bucket's algorithm does not fit n
         if (status == -1 || Refused(status))
         {
-            Fallbacks++;   // no algorithm, or none that takes this problem: cublasGemmEx runs it
+            Fallbacks++;   // no algorithm, or none that takes this problem: cublasGemmEx runs it (an e4m3 one: the caller's bf16 route)
             return false;
         }
         CublasNative.Check(status, $"cublasLtMatmul(m={m}, n={n}, k={k}, {(E4m3RowScaled ? "e4m3" : "bf16")} in, C {(cType == CublasNative.CudaR32F ? "fp32" : "bf16")})");
