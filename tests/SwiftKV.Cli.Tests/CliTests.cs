@@ -879,6 +879,19 @@ public sealed class CliTests : IDisposable
         if (Directory.Exists(_root)) Directory.Delete(_root, recursive: true);
     }
 
+    /// <summary>The W8A8 weight modes pass the option checks and reach the GPU lookup (a machine without one says so).</summary>
+    [Theory]
+    [InlineData("bench", "--weights", "e4m3-w8a8")]
+    [InlineData("bench", "--weights", "all")]
+    [InlineData("serve-bench", "--weights", "e4m3-w8a8")]
+    public void GpuBenchmarks_AcceptTheW8A8WeightModes(params string[] args)
+    {
+        if (SwiftKV.Cuda.CudaRuntime.TryInitialize(out _)) Assert.Skip("on a GPU this would run the benchmark");
+        var r = Run(args);
+        Assert.Contains("needs a CUDA GPU", r.Err);
+        Assert.DoesNotContain("--weights", r.Err);
+    }
+
     [Theory]
     [InlineData("auto", SwiftKV.Engine.Cuda.Fp8Weights.Auto)]
     [InlineData("Keep", SwiftKV.Engine.Cuda.Fp8Weights.Keep)]
