@@ -339,7 +339,7 @@ public sealed class W8A8Tests : GpuFixtureTest
     }
 
     /// <summary>
-    /// A 300-token W8A8 prefill with the MLP in row chunks (128, 128, 44) and SingleInputKV's [k; v] in 128-row chunks
+    /// A 300-token W8A8 prefill with the MLP in row chunks (at most 128 rows: three of 100) and SingleInputKV's [k; v] in 128-row chunks
     /// computes what the whole-step passes compute (the same codes per row; only cuBLAS's summation order may differ with
     /// the row count), in a [gate | up] workspace sized for a chunk; decode steps after it run, and toggling UseW8A8
     /// off gives the dequantize route's logits.

@@ -140,19 +140,22 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
         var cfg = Config;
         int hidden = cfg.HiddenSize, qDim = cfg.QueryDim, ldFull = qDim + 2 * cfg.KeyValueDim;
         var first = _w.Layers[0];
-        bool gated = GatedMlpApplies(_ws.Normed, first);
+        bool gated = GatedMlpApplies(_ws.Normed, first), w8a8Mlp = W8A8Mlp(first);
         foreach (int n in Buckets(rows))
         {
             Linear(_ws.Normed, n, hidden, first.QkvOrQ, ldFull, _ws.Qkv);
             Linear(_ws.Attn, n, qDim, first.O, hidden, _ws.X, accumulate: true);
-            Linear(_ws.Mlp, n, cfg.IntermediateSize, first.Down, hidden, _ws.X, accumulate: true);
+            // Under W8A8 the MLP runs in chunks of at most W8A8MlpChunk rows (MlpAdd): its plans above that are never
+            // asked, and warming them would size its buffers for the whole step.
+            bool mlpChunk = w8a8Mlp && n > GemvKernel.MaxRows, mlpNever = mlpChunk && n > W8A8MlpChunk;
+            if (!mlpNever) Linear(_ws.Mlp, n, cfg.IntermediateSize, first.Down, hidden, _ws.X, accumulate: true);
             if (SwiftKvEnabled)   // WriteSwiftKv's GEMMs: at most SwiftKvChunkRows rows each
             {
                 int m = Math.Min(n, SwiftKvChunkRows);
                 Linear(_ws.Normed, m, hidden, _w.SwiftKvKv!, _w.SwiftKvLeaders.Length * 2 * cfg.KeyValueDim, _ws.SwiftKvFor(m, SwiftKvChunkRows));
             }
             // GateUpSilu's cuBLAS route: above the GEMV's rows, and below the gated GEMM's where that applies.
-            if (n > GemvKernel.MaxRows && GateUpW8A8(_ws.Normed, n, first.GateUp)) { }
+            if (mlpNever || (mlpChunk && GateUpW8A8(_ws.Normed, n, first.GateUp, W8A8MlpChunk))) { }
             else if ((!_useGemv || n > GemvGateUpRows) && (!gated || n < GatedMlpMinRows))
                 _blas.Linear(_ws.Normed, n, hidden, Dense(first.GateUp), 2 * cfg.IntermediateSize, _ws.GateUpFor(n, GateUpRouteRows(gated)));
         }

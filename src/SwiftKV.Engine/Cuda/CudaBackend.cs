@@ -927,6 +927,31 @@ public sealed partial class CudaBackend : IModelBackend
     /// </summary>
     internal int W8A8MlpChunkRows { get; set; } = 4096;
 
+    /// <summary>The chunk <see cref="MlpAdd"/> uses: at least 18 rows, so even chunks of a longer step keep more than 8.</summary>
+    int W8A8MlpChunk => Math.Max(W8A8MlpChunkRows, 2 * (GemvKernel.MaxRows + 1));
+
+    /// <summary>Whether a step past the GEMV runs this layer's MLP as W8A8 in <see cref="MlpAdd"/>'s fused form.</summary>
+    bool W8A8Mlp(CudaLayerWeights layer) =>
+        _w8a8 && layer.GateUp.IsE4m3 && layer.Down.IsE4m3 && Config.HiddenSize % 16 == 0 && Config.IntermediateSize % 16 == 0;
+
+    /// <summary>
+    /// Rows [0, rows) as ceil(rows / most) consecutive chunks whose sizes differ by at most one row (none above
+    /// <paramref name="most"/>), so a step just past a multiple of <paramref name="most"/> does not end in a chunk of a
+    /// few rows.
+    /// </summary>
+    internal static IEnumerable<(int Start, int Count)> EvenChunks(int rows, int most)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rows);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(most);
+        int chunks = (rows + most - 1) / most, size = rows / chunks, extra = rows % chunks;
+        for (int c = 0, start = 0; c < chunks; c++)
+        {
+            int n = size + (c < extra ? 1 : 0);
+            yield return (start, n);
+            start += n;
+        }
+    }
+
     /// <summary>The most rows the cuBLAS [gate; up] route serves: below the gated GEMM's where that takes the rest.</summary>
     static int GateUpRouteRows(bool gated) => gated ? GatedMlpMinRows - 1 : int.MaxValue;
 
@@ -1078,18 +1103,17 @@ public sealed partial class CudaBackend : IModelBackend
     void MlpAdd(DeviceSpan<float> x, int rows, CudaLayerWeights layer)
     {
         int hidden = Config.HiddenSize, inter = Config.IntermediateSize;
-        if (!(_w8a8 && rows > GemvKernel.MaxRows && layer.GateUp.IsE4m3 && layer.Down.IsE4m3 && hidden % 16 == 0 && inter % 16 == 0))
+        if (!(rows > GemvKernel.MaxRows && W8A8Mlp(layer)))
         {
             NormGateUpSilu(x, rows, layer);
             Linear(_ws.Mlp, rows, inter, layer.Down, hidden, x, accumulate: true);
             return;
         }
         _norm.Launch(_stream, x, layer.OBias?.Span, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);
-        int chunk = Math.Max(W8A8MlpChunkRows, GemvKernel.MaxRows + 1);
-        for (int r0 = 0; r0 < rows; r0 += chunk)
+        int chunk = W8A8MlpChunk;
+        foreach (var (r0, n) in EvenChunks(rows, chunk))
         {
-            // A last chunk of up to 8 rows takes the e4m3 GEMVs (GateUpSilu, Linear), as a step of that size would.
-            int n = Math.Min(chunk, rows - r0);
+            // Chunks of near-equal size: none of 8 rows or fewer, which would take the e4m3 GEMVs' bf16 activations.
             var normed = _ws.Normed.Span.Slice((long)r0 * hidden, (long)n * hidden);
             var xr = x.Slice((long)r0 * hidden, (long)n * hidden);
             if (n > GemvKernel.MaxRows && GateUpW8A8(normed, n, layer.GateUp, chunk))
