@@ -59,6 +59,38 @@ __device__ __forceinline__ float block_max(float v, float* shm)
     return r;
 }
 
+__device__ __forceinline__ unsigned bf16x2_of(float lo, float hi)
+{
+    return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
+}
+
+// RMSNorm of one fp32 row in whole float4s (dim % 4 == 0; row, bias and weight 16-byte aligned), in Hugging Face's
+// order. rms_row_inv adds bias into the row in place (when given) and returns 1 / sqrt(mean(x^2) + eps) to every
+// thread; rms_row_bf16x4 is four outputs x · inv · weight as bf16. rms_norm_f32 and rms_norm_quantize_e4m3 both call
+// these, so the W8A8 route's fused pass quantizes the very bf16 values the norm kernel writes.
+__device__ __forceinline__ float rms_row_inv(float4* row4, const float4* b4, int dim, float eps, float* red)
+{
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < dim / 4; c += blockDim.x)
+    {
+        float4 v = row4[c];
+        if (b4 != nullptr)
+        {
+            const float4 b = b4[c];
+            v.x += b.x; v.y += b.y; v.z += b.z; v.w += b.w;
+            row4[c] = v;
+        }
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    ss = block_sum(ss, red);
+    return 1.f / sqrtf(ss / (float)dim + eps);
+}
+
+__device__ __forceinline__ uint2 rms_row_bf16x4(float4 v, float4 w, float inv)
+{
+    return make_uint2(bf16x2_of(v.x * inv * w.x, v.y * inv * w.y), bf16x2_of(v.z * inv * w.z, v.w * inv * w.w));
+}
+
 // Programmatic dependent launch (sm_90+; no-ops below and when the launch was not programmatic). A kernel that the
 // host launches programmatically (CudaKernel.Launch(programmatic: true)) may start while the previous kernel on the
 // stream still runs: it must call pdl_wait() before reading or writing anything an earlier kernel touches. Work

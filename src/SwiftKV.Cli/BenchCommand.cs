@@ -33,7 +33,7 @@ namespace SwiftKV.Cli;
 internal static class BenchCommand
 {
     const string Help = "--preset llama-3.1-8b [--prefill 1x2048,1x8192,1x32768] [--decode-context 2048] [--decode-steps 32] [--decode-batches 1,32,128|none] " +
-        "[--batched-prefill 8x2048|none] [--batched-step-tokens 0 (the backend's serving step)|16384,...] [--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--weights bf16|e4m3|e4m3-w8a8|both|all] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--fused-qkv on|off|both] [--load DIR [--fp8-weights auto|dequantize|keep|keep-w8a8]] [--out bench.json] [--md bench.md]";
+        "[--batched-prefill 8x2048|none] [--batched-step-tokens 0 (the backend's serving step)|16384,...] [--runs 3] [--pause-ms 0] [--decode-splits 8,16] [--variants off,swiftkv50,acrosskv4] [--weights bf16|e4m3|e4m3-w8a8|both|all] [--gemv-rows 1,2,4,8|none] [--max-case-seconds 30] [--rope-on-load on|both] [--gated-mlp on|off|both] [--attention-ws on|off|both] [--fused-qkv on|off|both] [--norm-quantize on|off|both] [--load DIR [--fp8-weights auto|dequantize|keep|keep-w8a8]] [--out bench.json] [--md bench.md]";
     public static string Usage => Help;
 
     /// <param name="E4m3">Layer matrices as e4m3 codes with row scales, held so (an FP8 checkpoint kept fp8, <see cref="Fp8Weights.Keep"/>).</param>
@@ -90,6 +90,9 @@ internal static class BenchCommand
                 "checkpoint kept fp8), e4m3-w8a8 (the same with W8A8 GEMMs above 8 rows), both (bf16 and e4m3) or all (the three)"),
         };
         bool[] fusedQkvModes = a.OnOffBoth("fused-qkv", "on (default: [q; k; v] GEMM with RoPE and the cache write in its epilogue on Hopper), off (cuBLAS + RoPE pass) or both (alternated run by run)");
+        bool[] normQuantizeModes = a.OnOffBoth("norm-quantize", "on (default: under W8A8 the RMSNorm writes the GEMM's e4m3 input itself), off (the norm's bf16 rows, then the quantize pass) or both (alternated run by run)");
+        if (normQuantizeModes.Length > 1 && !weightModes.Contains("e4m3-w8a8"))
+            throw new UsageException("--norm-quantize both: compares a W8A8 pass, so --weights must include e4m3-w8a8 (or all)");
         a.RejectUnknown();
         if (runs < 1 || steps < 1 || context < 1) throw new UsageException("--runs, --decode-steps and --decode-context must be >= 1");
         if (pauseMs is < 0 or > 60_000) throw new UsageException($"--pause-ms: {pauseMs} is not in 0..60000");
@@ -138,7 +141,7 @@ internal static class BenchCommand
         var results = new JsonArray();
         foreach (var v in variants)
         {
-            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, v.W8A8 ? fp8Tflops : tflops, copyGbps, md, ropeBoth, gatedModes, wsModes, fusedQkvModes, decodeSplits, pauseMs,
+            var vj = BenchVariant(v, cases, context, steps, decodeBatches, runs, maxCase, v.W8A8 ? fp8Tflops : tflops, copyGbps, md, ropeBoth, gatedModes, wsModes, fusedQkvModes, normQuantizeModes, decodeSplits, pauseMs,
                 batchedCases, batchedStepTokens);
             results.Add(vj);
         }
@@ -284,7 +287,7 @@ internal static class BenchCommand
     }
 
     static JsonObject BenchVariant(Variant v, (int Batch, int Length)[] cases, int context, int steps, int[] decodeBatches, int runs, double maxCase,
-        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth, bool[] gatedModes, bool[] wsModes, bool[] fusedQkvModes, int[]? decodeSplits = null, int pauseMs = 0,
+        double roofTflops, double roofGbps, StringBuilder md, bool ropeBoth, bool[] gatedModes, bool[] wsModes, bool[] fusedQkvModes, bool[] normQuantizeModes, int[]? decodeSplits = null, int pauseMs = 0,
         (int Batch, int Length)[]? batchedCases = null, int[]? batchedStepTokens = null)
     {
         var cfg = v.Config;
@@ -301,12 +304,14 @@ internal static class BenchCommand
 
         // Settings compared within a case: their timed runs alternate, so clock and power drift reach all alike.
         var modes = (ropeBoth ? new[] { true, false } : [true])
-            .SelectMany(r => gatedModes.SelectMany(g => wsModes.SelectMany(w => fusedQkvModes.Select(f => new PrefillMode(r, g, w, f))))).ToArray();
+            .SelectMany(r => gatedModes.SelectMany(g => wsModes.SelectMany(w => fusedQkvModes.SelectMany(f =>
+                (v.W8A8 ? normQuantizeModes : [true]).Select(nq => new PrefillMode(r, g, w, f, nq)))))).ToArray();
         string ModeText(PrefillMode m) =>
             (pauseMs > 0 ? $" (from idle: {pauseMs} ms pause before each run)" : "")
             + (m.RopeOnLoad ? "" : m.FusedQkv ? " (RoPE on load off: no effect beside the fused [q; k; v] GEMM)" : " (RoPE pass rotates q in memory)")
             + (m.Gated ? "" : " (cuBLAS [gate; up] + silu pass)")
-            + (m.Ws ? "" : " (two-CTA wgmma attention)") + (m.FusedQkv ? "" : " (cuBLAS [q | k | v] + RoPE pass)");
+            + (m.Ws ? "" : " (two-CTA wgmma attention)") + (m.FusedQkv ? "" : " (cuBLAS [q | k | v] + RoPE pass)")
+            + (m.NormQuantize ? "" : " (RMSNorm, then the quantize pass)");
         var prefill = new JsonArray();
         double? lastPerToken2 = null;   // seconds / length^2 of the previous case: extrapolates attention-bound cases
         foreach (var (batch, length) in cases)
@@ -322,7 +327,7 @@ internal static class BenchCommand
                     Log($"{v.Name}: prefill {batch}x{length}{ModeText(m)} skipped: estimated {est:F0} s per forward x {modes.Length} modes > --max-case-seconds {maxCase}");
                     md.AppendLine($"| {v.Name} | prefill {batch}x{length}{ModeText(m)} | skipped | | | | estimated {est:F0} s with this attention kernel |");
                     prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = m.RopeOnLoad, ["gated_mlp"] = m.Gated, ["attention_ws"] = m.Ws,
-                        ["fused_qkv"] = m.FusedQkv, ["skipped_estimated_s"] = est });
+                        ["fused_qkv"] = m.FusedQkv, ["norm_quantize"] = m.NormQuantize, ["skipped_estimated_s"] = est });
                 }
                 continue;
             }
@@ -330,6 +335,7 @@ internal static class BenchCommand
             var gatedRan = new bool[modes.Length];   // whether the gated GEMM really ran (Hopper, a cluster fits)
             var wsRan = new bool[modes.Length];      // whether the warp-specialised attention entry really ran
             var fusedRan = new bool[modes.Length];   // whether the fused [q; k; v] GEMM really ran
+            var normQuantizeRan = new bool[modes.Length];   // whether the fused RMSNorm + quantize pass really ran (W8A8)
             var tokens = Tokens(length, cfg.VocabSize, 11);
             for (int r = 0; r <= runs; r++)
             {
@@ -340,7 +346,9 @@ internal static class BenchCommand
                     backend.UseGatedMlp = modes[m].Gated;
                     backend.UseWarpSpecializedAttention = modes[m].Ws;
                     backend.UseFusedQkv = modes[m].FusedQkv;
-                    long gatedBefore = backend.GatedMlpLaunches, wsBefore = backend.WarpSpecializedAttentionLaunches, fusedBefore = backend.FusedQkvLaunches;
+                    backend.UseFusedNormQuantize = modes[m].NormQuantize;
+                    long gatedBefore = backend.GatedMlpLaunches, wsBefore = backend.WarpSpecializedAttentionLaunches, fusedBefore = backend.FusedQkvLaunches,
+                        normQuantizeBefore = backend.FusedNormQuantizeLaunches;
                     var caches = Enumerable.Range(0, batch).Select(_ => backend.CreateCache(length)).ToList();
                     if (pauseMs > 0)
                     {
@@ -357,6 +365,7 @@ internal static class BenchCommand
                     gatedRan[m] = backend.GatedMlpLaunches > gatedBefore;
                     wsRan[m] = backend.WarpSpecializedAttentionLaunches > wsBefore;
                     fusedRan[m] = backend.FusedQkvLaunches > fusedBefore;
+                    normQuantizeRan[m] = backend.FusedNormQuantizeLaunches > normQuantizeBefore;
                     if (r > 0) times[m].Add(ms);
                     slow |= ms > 5000;
                 }
@@ -366,18 +375,20 @@ internal static class BenchCommand
             }
             for (int m = 0; m < modes.Length; m++)
             {
-                var (ropeOnLoad, gated, ws, fused) = modes[m];
+                var (ropeOnLoad, gated, ws, fused, normQuantize) = modes[m];
                 // Under W8A8 the fused GEMMs' bf16 epilogues give way to cuBLASLt's fp8 GEMMs, by design.
                 string mode = ModeText(modes[m]) + (v.W8A8 ? " (W8A8: fp8 GEMMs, then the RoPE and silu passes)"
                     : (gated && !gatedRan[m] ? " (gated GEMM not available here: cuBLAS + silu pass ran)" : "") + (fused && !fusedRan[m] ? " (fused [q; k; v] GEMM did not run)" : ""))
-                    + (ws && !wsRan[m] ? " (warp-specialised attention did not run)" : "");
+                    + (ws && !wsRan[m] ? " (warp-specialised attention did not run)" : "")
+                    + (v.W8A8 && normQuantize && !normQuantizeRan[m] ? " (fused RMSNorm + quantize did not run)" : "");
                 double med = MedianOf(times[m]), tps = batch * length / (med * 1e-3), tf = flops / (med * 1e-3) / 1e12;
                 if (m == 0) lastPerToken2 = med * 1e-3 / ((double)length * length * batch);
                 string runsText = string.Join(" / ", times[m].Select(t => t.ToString("F1", CultureInfo.InvariantCulture)));
                 Log($"{v.Name}: prefill {batch}x{length}{mode}: {med:F1} ms, {tps:F0} tokens/s, {tf:F0} TFLOP/s (runs {runsText} ms)");
                 md.AppendLine($"| {v.Name} | prefill {batch}x{length}{mode} | {med:F1} ms | {tps:F0} | {tf:F0} ({100 * tf / roofTflops:F0}%) | | {times[m].Count} timed |");
                 prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = ropeOnLoad, ["gated_mlp"] = gated, ["gated_mlp_ran"] = gatedRan[m],
-                    ["attention_ws"] = ws, ["attention_ws_ran"] = wsRan[m], ["fused_qkv"] = fused, ["fused_qkv_ran"] = fusedRan[m], ["pause_ms"] = pauseMs, ["ms"] = med,
+                    ["attention_ws"] = ws, ["attention_ws_ran"] = wsRan[m], ["fused_qkv"] = fused, ["fused_qkv_ran"] = fusedRan[m],
+                    ["norm_quantize"] = normQuantize, ["norm_quantize_ran"] = normQuantizeRan[m], ["pause_ms"] = pauseMs, ["ms"] = med,
                     ["tokens_per_s"] = tps, ["tflops"] = tf, ["flops"] = flops, ["runs"] = times[m].Count, ["run_ms"] = new JsonArray(times[m].Select(t => (JsonNode?)t).ToArray()) });
             }
         }
@@ -387,6 +398,7 @@ internal static class BenchCommand
         backend.UseGatedMlp = gatedModes[0];   // the decode parts fill their contexts with the first modes asked for
         backend.UseWarpSpecializedAttention = wsModes[0];
         backend.UseFusedQkv = fusedQkvModes[0];
+        backend.UseFusedNormQuantize = normQuantizeModes[0];
         vj["prefill"] = prefill;
         vj["decode"] = BenchDecode(v, backend, context, steps, roofGbps, kvPerToken, decodeSplits ?? [], md);
         if (decodeBatches.Length > 0 && !backend.SupportsBatchedStep)
@@ -758,5 +770,5 @@ internal static class BenchCommand
     }
 
     /// <summary>The prefill settings one timed run of a case uses (modes asked as "both" alternate run by run).</summary>
-    readonly record struct PrefillMode(bool RopeOnLoad, bool Gated, bool Ws, bool FusedQkv);
+    readonly record struct PrefillMode(bool RopeOnLoad, bool Gated, bool Ws, bool FusedQkv, bool NormQuantize);
 }

@@ -99,6 +99,9 @@ public sealed class CliTests : IDisposable
     [InlineData("bench", "--batched-step-tokens", ",")]
     [InlineData("serve-bench", "--paged-attention-ws", "2cta")]
     [InlineData("serve-bench", "--weights", "both")]
+    [InlineData("bench", "--norm-quantize", "sometimes")]
+    [InlineData("bench", "--norm-quantize", "both")]
+    [InlineData("bench", "--weights", "e4m3", "--norm-quantize", "both")]
     [InlineData("serve-bench", "--json", "8", "--json-schema", "/no/such/schema.json")]
     public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
     {
@@ -879,10 +882,12 @@ public sealed class CliTests : IDisposable
         if (Directory.Exists(_root)) Directory.Delete(_root, recursive: true);
     }
 
-    /// <summary>The W8A8 weight modes pass the option checks and reach the GPU lookup (a machine without one says so).</summary>
+    /// <summary>The W8A8 weight modes (and the fused norm + quantize switch with them) pass the option checks and reach the GPU lookup (a machine without one says so).</summary>
     [Theory]
     [InlineData("bench", "--weights", "e4m3-w8a8")]
     [InlineData("bench", "--weights", "all")]
+    [InlineData("bench", "--weights", "e4m3-w8a8", "--norm-quantize", "both")]
+    [InlineData("bench", "--weights", "all", "--norm-quantize", "off")]
     [InlineData("serve-bench", "--weights", "e4m3-w8a8")]
     public void GpuBenchmarks_AcceptTheW8A8WeightModes(params string[] args)
     {
@@ -890,6 +895,7 @@ public sealed class CliTests : IDisposable
         var r = Run(args);
         Assert.Contains("needs a CUDA GPU", r.Err);
         Assert.DoesNotContain("--weights", r.Err);
+        Assert.DoesNotContain("--norm-quantize", r.Err);
     }
 
     [Theory]

@@ -144,6 +144,64 @@ public sealed class W8A8Tests : GpuFixtureTest
         Assert.Contains(want, c => c != 0);
     }
 
+    /// <summary>
+    /// The fused RMSNorm + quantize pass writes exactly the codes and scales of its two-pass form (rms_norm_f32, then
+    /// quantize_rows_e4m3 over its bf16 rows) and leaves x as the norm kernel does (bias added in place), at Llama-3-8B's
+    /// width, an odd multiple of 16, and past 48 KB of shared memory a row (the opt-in path); one row is zeros (scale 1).
+    /// </summary>
+    [Theory]
+    [InlineData(7, 4096, false)]
+    [InlineData(5, 4112, true)]
+    [InlineData(3, 24592, true)]
+    public void RmsNormQuantize_EqualsNormThenQuantize_BitForBit(int rows, int dim, bool withBias)
+    {
+        RequireFp8TensorCores();
+        const float Eps = 1e-5f;
+        var r = new Random(dim + rows);
+        var x = Enumerable.Range(0, rows * dim).Select(i => i / dim == 1 ? 0f : (float)((2 * r.NextDouble() - 1) * 3)).ToArray();
+        var weight = Enumerable.Range(0, dim).Select(_ => (float)(0.5 + r.NextDouble())).ToArray();
+        var bias = Enumerable.Range(0, dim).Select(_ => (float)((2 * r.NextDouble() - 1) * 0.3)).ToArray();
+        using var xTwoPass = new DeviceBuffer<float>(x);
+        using var xFused = new DeviceBuffer<float>(x);
+        using var dWeight = new DeviceBuffer<float>(weight);
+        using var dBias = new DeviceBuffer<float>(bias);
+        using var normed = new DeviceBuffer<Bf16>((long)rows * dim);
+        using var twoPassCodes = new DeviceBuffer<byte>((long)rows * dim);
+        using var twoPassScales = new DeviceBuffer<float>(rows);
+        using var fusedCodes = new DeviceBuffer<byte>(Enumerable.Repeat((byte)0x7F, rows * dim).ToArray());   // e4m3 NaN: never a valid output here
+        using var fusedScales = Gpu.Poisoned(rows);
+        DeviceSpan<float>? b = withBias ? dBias.Span : null;
+        var k = new ActivationFp8Kernel(Library);
+        new RmsNormKernel(Library).Launch(Stream, xTwoPass.Span, b, dWeight.Span, normed.Span, rows, dim, Eps);
+        k.QuantizeRows(Stream, normed.Span, rows, dim, new E4m3Rows(twoPassCodes.Span, twoPassScales.Span));
+        k.RmsNormQuantize(Stream, xFused.Span, b, dWeight.Span, rows, dim, Eps, new E4m3Rows(fusedCodes.Span, fusedScales.Span));
+        Assert.Equal(twoPassScales.ToArray(), fusedScales.ToArray());
+        Assert.Equal(1f, fusedScales.ToArray()[1]);
+        var want = twoPassCodes.ToArray();
+        var got = fusedCodes.ToArray();
+        for (int i = 0; i < want.Length; i++) Assert.True(want[i] == got[i], $"row {i / dim} column {i % dim}: 0x{got[i]:X2}, two passes 0x{want[i]:X2}");
+        Assert.Contains(want, c => c != 0);
+        var xAfter = xFused.ToArray();
+        Assert.Equal(xTwoPass.ToArray(), xAfter);
+        Assert.Equal(withBias, !xAfter.AsSpan(0, dim).SequenceEqual(x.AsSpan(0, dim)));
+    }
+
+    [Fact]
+    public void RmsNormQuantize_RefusesShapesItCannotTake()
+    {
+        RequireFp8TensorCores();
+        var k = new ActivationFp8Kernel(Library);
+        using var x = new DeviceBuffer<float>(128);
+        using var weight = new DeviceBuffer<float>(64);
+        using var codes = new DeviceBuffer<byte>(128);
+        using var scales = new DeviceBuffer<float>(4);
+        var q = new E4m3Rows(codes.Span, scales.Span);
+        Assert.Contains("dim % 16", Assert.Throws<ArgumentException>(() => k.RmsNormQuantize(Stream, x.Span, null, weight.Span, 2, 24, 1e-5f, q)).Message);
+        Assert.Contains("weight", Assert.Throws<ArgumentException>(() => k.RmsNormQuantize(Stream, x.Span, null, weight.Span, 1, 128, 1e-5f, q)).Message);
+        Assert.Contains("scales", Assert.Throws<ArgumentException>(() => k.RmsNormQuantize(Stream, x.Span, null, weight.Span, 8, 16, 1e-5f, q)).Message);
+        Assert.Contains("(8)", Assert.Throws<ArgumentException>(() => k.RmsNormQuantize(Stream, x.Span, x.Span.Slice(0, 8), weight.Span, 2, 16, 1e-5f, q)).Message);
+    }
+
     [Fact]
     public void QuantizeRows_RefusesShapesItCannotTake()
     {
@@ -372,6 +430,53 @@ public sealed class W8A8Tests : GpuFixtureTest
         using var c3 = whole.CreateCache(310);
         using var c4 = kept.CreateCache(310);
         Assert.Equal(kept.Forward(c4, prompt, LogitsSelection.LastToken), whole.Forward(c3, prompt, LogitsSelection.LastToken));
+    }
+
+    /// <summary>
+    /// The fused RMSNorm + quantize pass (UseFusedNormQuantize, default) gives the very logits of the norm kernel followed
+    /// by the quantize pass: a 300-token W8A8 prefill (its MLP in chunks of 100 rows), with and without attention biases
+    /// (o_proj's bias is added into x by the MLP's fused norm), then a serving step of two sequences.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void KeepW8A8_FusedNormQuantize_GivesTheUnfusedLogits(bool bias)
+    {
+        RequireW8A8Gpu();
+        var spec = new ModelSpec(Hidden: 512, Intermediate: 1024, Layers: 4, Heads: 8, KvHeads: 2, HeadDim: 64, Vocab: 300,
+            Bias: bias, SwiftKvLayers: 2, GroupSize: 2, Seed: 97, MaxPositions: 512);
+        using var checkpoint = new E4m3WeightTests.PerChannelFp8Checkpoint(spec);
+        using var gpu = CudaBackend.Load(checkpoint.Dir, true, Fp8Weights.KeepW8A8);
+        gpu.W8A8MlpChunkRows = 128;
+        var prompt = TestModels.RandomTokens(300, spec.Vocab, 31);
+
+        float[] Prefill(bool fused)
+        {
+            gpu.UseFusedNormQuantize = fused;
+            long before = gpu.FusedNormQuantizeLaunches, gemms = gpu.W8A8Gemms;
+            using var c = gpu.CreateCache(310);
+            var logits = gpu.Forward(c, prompt, LogitsSelection.AllTokens);
+            Assert.True(gpu.W8A8Gemms > gemms, "no W8A8 GEMM ran");
+            // At least [q; k; v] (or q) and the MLP's three chunks per layer; none when off.
+            long launches = gpu.FusedNormQuantizeLaunches - before;
+            Gpu.Log($"W8A8 prefill of 300 rows, fused norm + quantize {(fused ? "on" : "off")}: {launches} fused passes, {gpu.W8A8Gemms - gemms} W8A8 GEMMs");
+            Assert.True(fused ? launches >= spec.Layers * 4 : launches == 0, $"{launches} fused passes");
+            return logits;
+        }
+        var fusedLogits = Prefill(true);
+        var unfusedLogits = Prefill(false);
+        Assert.Equal(unfusedLogits, fusedLogits);
+        Assert.DoesNotContain(fusedLogits, float.IsNaN);
+
+        if (!gpu.SupportsBatchedStep) return;
+        float[] Step(bool fused)
+        {
+            gpu.UseFusedNormQuantize = fused;
+            using var pool = gpu.CreatePagedKvCache(16, 16);
+            return gpu.ForwardBatch(pool, [new BatchSequence(prompt.AsMemory(0, 40), 0, Enumerable.Range(0, 8).ToArray(), true),
+                new BatchSequence(prompt.AsMemory(100, 30), 0, Enumerable.Range(8, 8).ToArray(), true)]);
+        }
+        Assert.Equal(Step(false), Step(true));
     }
 
     /// <summary>UseW8A8 is refused with the reason where it cannot run; a bf16 model holds no e4m3 matrices.</summary>

@@ -7,8 +7,9 @@ namespace SwiftKV.Cuda.Kernels;
 /// </summary>
 public sealed unsafe class ActivationFp8Kernel(KernelLibrary library)
 {
-    CudaKernel? _quantize, _siluQuantize;
-    int _siluSharedBytes = 32 << 10;   // dynamic shared memory the kernel may take so far (up to 48 KB with its static part needs no opt-in)
+    CudaKernel? _quantize, _siluQuantize, _normQuantize;
+    // Dynamic shared memory each kernel may take so far (up to 48 KB with its static part needs no opt-in).
+    int _siluSharedBytes = 32 << 10, _normSharedBytes = 32 << 10;
 
     /// <summary>Whether the GPU converts to e4m3 in hardware (sm_89+), which the kernel needs.</summary>
     public static bool Supported(CudaDeviceInfo device) => device.ComputeMajor * 10 + device.ComputeMinor >= 89;
@@ -63,13 +64,48 @@ public sealed unsafe class ActivationFp8Kernel(KernelLibrary library)
             throw new ArgumentException($"{n}: needs inter % 16 == 0 (inter = {inter}) and 16-byte aligned [gate | up] and codes.", nameof(gateUp));
         uint shared = checked((uint)inter * 2);
         var k = _siluQuantize ??= library.Get("activation_fp8.cu", n);
-        if (shared > _siluSharedBytes)
-        {
-            k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, (int)shared);   // fails for a row past the GPU's shared memory
-            _siluSharedBytes = (int)shared;
-        }
+        AllowShared(k, shared, ref _siluSharedBytes);
         ulong g = gateUp.Address, c = output.Codes.Address, s = output.Scales.Address;
         void** args = stackalloc void*[] { &g, &rows, &inter, &c, &s };
         k.Launch(stream, ((uint)Math.Min(rows, 65535), 1, 1), 256, shared, args);
+    }
+
+    /// <summary>Whether <see cref="RmsNormQuantize"/> takes rows of <paramref name="dim"/> at these addresses.</summary>
+    public static bool TakesRmsNorm(ulong xAddress, ulong biasAddress, ulong weightAddress, int dim, E4m3Rows output) =>
+        Takes(xAddress, dim, output) && (biasAddress | weightAddress) % 16 == 0;
+
+    /// <summary>
+    /// A W8A8 GEMM's input straight from the residual stream: x (rows, dim) fp32 += bias (optional, in place), then
+    /// output = <see cref="QuantizeRows"/> of the bf16 rows <see cref="RmsNormKernel"/> would write, RMSNorm(x) · weight,
+    /// bit for bit; those bf16 rows stay in shared memory (dim · 2 bytes). Launched programmatically like the norm kernel.
+    /// </summary>
+    public void RmsNormQuantize(CudaStream stream, DeviceSpan<float> x, DeviceSpan<float>? bias, DeviceSpan<float> weight, int rows, int dim,
+        float eps, E4m3Rows output)
+    {
+        const string n = "rms_norm_quantize_e4m3";
+        RequireSupported(n);
+        KernelGuard.Positive(rows, n, nameof(rows));
+        KernelGuard.Positive(dim, n, nameof(dim));
+        KernelGuard.Fits(x, (long)rows * dim, n, nameof(x), $"({rows}, {dim})");
+        KernelGuard.FitsOptional(bias, dim, n, nameof(bias), $"({dim})");
+        KernelGuard.Fits(weight, dim, n, nameof(weight), $"({dim})");
+        KernelGuard.Fits(output.Codes, (long)rows * dim, n, "codes", $"({rows}, {dim})");
+        KernelGuard.Fits(output.Scales, rows, n, "scales", $"({rows})");
+        ulong px = x.Address, pb = KernelGuard.Address(bias), pw = weight.Address, c = output.Codes.Address, s = output.Scales.Address;
+        if (!TakesRmsNorm(px, pb, pw, dim, output))
+            throw new ArgumentException($"{n}: needs dim % 16 == 0 (dim = {dim}) and 16-byte aligned x, bias, weight and codes.", nameof(x));
+        uint shared = checked((uint)dim * 2);
+        var k = _normQuantize ??= library.Get("activation_fp8.cu", n);
+        AllowShared(k, shared, ref _normSharedBytes);
+        void** args = stackalloc void*[] { &px, &pb, &pw, &rows, &dim, &eps, &c, &s };
+        k.Launch(stream, ((uint)rows, 1, 1), 256, shared, args, library.ProgrammaticLaunch);
+    }
+
+    /// <summary>Opts <paramref name="k"/> in to <paramref name="shared"/> bytes of dynamic shared memory past what it may take so far.</summary>
+    static void AllowShared(CudaKernel k, uint shared, ref int allowed)
+    {
+        if (shared <= allowed) return;
+        k.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, (int)shared);   // fails for a row past the GPU's shared memory
+        allowed = (int)shared;
     }
 }

@@ -254,6 +254,27 @@ public sealed partial class CudaBackend : IModelBackend
     /// <summary>W8A8 GEMMs run so far (tests and benchmarks check the route was taken).</summary>
     public long W8A8Gemms => _blas.E4m3Gemms;
 
+    /// <summary>
+    /// Under <see cref="UseW8A8"/>, the RMSNorm before a W8A8 GEMM ([q; k; v], SingleInputKV's [k; v] and [gate; up])
+    /// writes that GEMM's e4m3 input itself (<see cref="ActivationFp8Kernel.RmsNormQuantize"/>), default. Off: the norm
+    /// kernel's bf16 rows, then the quantize pass. Both give the same codes; benchmarks compare the two.
+    /// </summary>
+    public bool UseFusedNormQuantize
+    {
+        get => _fusedNormQuantize;
+        set
+        {
+            if (value == _fusedNormQuantize) return;
+            _fusedNormQuantize = value;
+            _ws.Invalidate();   // a captured step may have baked either route
+        }
+    }
+
+    bool _fusedNormQuantize = true;
+
+    /// <summary>Fused norm + quantize passes run so far (tests and benchmarks check the route was taken).</summary>
+    public long FusedNormQuantizeLaunches { get; private set; }
+
     /// <summary>Device bytes of the scratch an e4m3 matrix is dequantized into before a GEMM (0 without e4m3 weights).</summary>
     public long DequantizeScratchBytes => _denseScratch?.ByteLength ?? 0;
     /// <summary>Seconds spent filling the weights (reading + uploading, or generating) in the constructor.</summary>
@@ -864,8 +885,34 @@ public sealed partial class CudaBackend : IModelBackend
     // folded, 3.06 with the norm kernel first; docs/BENCHMARKS.md).
     void NormThenLinear(DeviceSpan<float> x, int rows, DeviceSpan<float> normWeight, CudaMatrix w, int outDim, DeviceSpan<float> y)
     {
-        _norm.Launch(_stream, x, null, normWeight, _ws.Normed, rows, Config.HiddenSize, _eps);
-        Linear(_ws.Normed, rows, Config.HiddenSize, w, outDim, y);
+        int hidden = Config.HiddenSize;
+        if (NormQuantize(x, rows, null, normWeight, w) is { } fp8)
+        {
+            if (_blas.TryLinearE4m3(fp8, rows, hidden, w.E4m3, outDim, y)) return;
+            _norm.Launch(_stream, x, null, normWeight, _ws.Normed, rows, hidden, _eps);   // refused by cuBLASLt: the dequantize route
+            _blas.Linear(_ws.Normed.Span, rows, hidden, Dense(w), outDim, y);
+            return;
+        }
+        _norm.Launch(_stream, x, null, normWeight, _ws.Normed, rows, hidden, _eps);
+        Linear(_ws.Normed, rows, hidden, w, outDim, y);
+    }
+
+    /// <summary>
+    /// Where a W8A8 GEMM over <paramref name="w"/> follows an RMSNorm of x (<see cref="UseFusedNormQuantize"/>): x +=
+    /// bias (optional), then its normed rows as e4m3 codes and scales in the workspace (<c>Fp8For</c>), queued here, in
+    /// one pass. Null, with nothing queued, where the step takes another route: the e4m3 GEMV (at most
+    /// <see cref="GemvKernel.MaxRows"/> rows), no W8A8, or addresses the kernel does not take.
+    /// </summary>
+    E4m3Rows? NormQuantize(DeviceSpan<float> x, int rows, DeviceSpan<float>? bias, DeviceSpan<float> normWeight, CudaMatrix w)
+    {
+        int hidden = Config.HiddenSize;
+        ulong normed = _ws.Normed.Span.Address;   // where the unfused route's bf16 rows would go: the routes' address checks read it
+        if (!_fusedNormQuantize || E4m3Gemv(rows, GemvKernel.MaxRows, normed, w, hidden) || !W8A8Route(w, normed, hidden)) return null;
+        var fp8 = _ws.Fp8For(rows, hidden);
+        if (!ActivationFp8Kernel.TakesRmsNorm(x.Address, bias?.Address ?? 0, normWeight.Address, hidden, fp8)) return null;
+        _quantizeRows!.RmsNormQuantize(_stream, x, bias, normWeight, rows, hidden, _eps, fp8);
+        FusedNormQuantizeLaunches++;
+        return fp8;
     }
 
     // Fewest rows for the gated GEMM: one full cluster tile (2 x 128 rows). Below that a step streams more weight than
@@ -1109,14 +1156,27 @@ public sealed partial class CudaBackend : IModelBackend
             Linear(_ws.Mlp, rows, inter, layer.Down, hidden, x, accumulate: true);
             return;
         }
-        _norm.Launch(_stream, x, layer.OBias?.Span, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);
         int chunk = W8A8MlpChunk;
+        var bias = layer.OBias?.Span;
+        bool unfused = !_fusedNormQuantize;
+        if (unfused) _norm.Launch(_stream, x, bias, layer.PostAttentionLayernorm, _ws.Normed, rows, hidden, _eps);
         foreach (var (r0, n) in EvenChunks(rows, chunk))
         {
             // Chunks of near-equal size: none of 8 rows or fewer, which would take the e4m3 GEMVs' bf16 activations.
             var normed = _ws.Normed.Span.Slice((long)r0 * hidden, (long)n * hidden);
             var xr = x.Slice((long)r0 * hidden, (long)n * hidden);
-            if (n > GemvKernel.MaxRows && GateUpW8A8(normed, n, layer.GateUp, chunk))
+            // Fused: each chunk's norm writes [gate; up]'s e4m3 input (adding o_proj's bias into x). A chunk the fused
+            // pass does not take, or whose GEMM cuBLASLt refuses, gets the norm kernel's bf16 rows after all.
+            bool gateUpDone;
+            if (unfused) gateUpDone = n > GemvKernel.MaxRows && GateUpW8A8(normed, n, layer.GateUp, chunk);
+            else
+            {
+                var fp8 = NormQuantize(xr, n, bias, layer.PostAttentionLayernorm, layer.GateUp);
+                gateUpDone = fp8 is { } a
+                    && _blas.TryLinearE4m3(a, n, hidden, layer.GateUp.E4m3, 2 * inter, _ws.GateUpFor(n, chunk));
+                if (!gateUpDone) _norm.Launch(_stream, xr, fp8 is null ? bias : null, layer.PostAttentionLayernorm, normed, n, hidden, _eps);
+            }
+            if (gateUpDone)
             {
                 var gateUp = _ws.GateUpFor(n, chunk);
                 var fp8 = _ws.Fp8For(n, inter);
