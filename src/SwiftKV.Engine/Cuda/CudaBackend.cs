@@ -907,7 +907,7 @@ public sealed partial class CudaBackend : IModelBackend
     {
         int hidden = Config.HiddenSize;
         ulong normed = _ws.Normed.Span.Address;   // where the unfused route's bf16 rows would go: the routes' address checks read it
-        if (!_fusedNormQuantize || E4m3Gemv(rows, GemvKernel.MaxRows, normed, w, hidden) || !W8A8Route(w, normed, hidden)) return null;
+        if (!_fusedNormQuantize || !W8A8Route(w, normed, hidden) || E4m3Gemv(rows, GemvKernel.MaxRows, normed, w, hidden)) return null;   // W8A8Route first: bf16 matrices
         var fp8 = _ws.Fp8For(rows, hidden);
         if (!ActivationFp8Kernel.TakesRmsNorm(x.Address, bias?.Address ?? 0, normWeight.Address, hidden, fp8)) return null;
         _quantizeRows!.RmsNormQuantize(_stream, x, bias, normWeight, rows, hidden, _eps, fp8);
