@@ -90,9 +90,10 @@ internal static class BenchCommand
                 "checkpoint kept fp8), e4m3-w8a8 (the same with W8A8 GEMMs above 8 rows), both (bf16 and e4m3) or all (the three)"),
         };
         bool[] fusedQkvModes = a.OnOffBoth("fused-qkv", "on (default: [q; k; v] GEMM with RoPE and the cache write in its epilogue on Hopper), off (cuBLAS + RoPE pass) or both (alternated run by run)");
+        bool normQuantizeGiven = a.String("norm-quantize") is not null;
         bool[] normQuantizeModes = a.OnOffBoth("norm-quantize", "on (default: under W8A8 the RMSNorm writes the GEMM's e4m3 input itself), off (the norm's bf16 rows, then the quantize pass) or both (alternated run by run)");
-        if (normQuantizeModes.Length > 1 && !weightModes.Contains("e4m3-w8a8"))
-            throw new UsageException("--norm-quantize both: compares a W8A8 pass, so --weights must include e4m3-w8a8 (or all)");
+        if (normQuantizeGiven && !weightModes.Contains("e4m3-w8a8"))
+            throw new UsageException("--norm-quantize: sets a W8A8 pass, so --weights must include e4m3-w8a8 (or all)");
         a.RejectUnknown();
         if (runs < 1 || steps < 1 || context < 1) throw new UsageException("--runs, --decode-steps and --decode-context must be >= 1");
         if (pauseMs is < 0 or > 60_000) throw new UsageException($"--pause-ms: {pauseMs} is not in 0..60000");
@@ -327,7 +328,7 @@ internal static class BenchCommand
                     Log($"{v.Name}: prefill {batch}x{length}{ModeText(m)} skipped: estimated {est:F0} s per forward x {modes.Length} modes > --max-case-seconds {maxCase}");
                     md.AppendLine($"| {v.Name} | prefill {batch}x{length}{ModeText(m)} | skipped | | | | estimated {est:F0} s with this attention kernel |");
                     prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = m.RopeOnLoad, ["gated_mlp"] = m.Gated, ["attention_ws"] = m.Ws,
-                        ["fused_qkv"] = m.FusedQkv, ["norm_quantize"] = m.NormQuantize, ["skipped_estimated_s"] = est });
+                        ["fused_qkv"] = m.FusedQkv, ["norm_quantize"] = v.W8A8 ? m.NormQuantize : null, ["skipped_estimated_s"] = est });
                 }
                 continue;
             }
@@ -388,7 +389,7 @@ internal static class BenchCommand
                 md.AppendLine($"| {v.Name} | prefill {batch}x{length}{mode} | {med:F1} ms | {tps:F0} | {tf:F0} ({100 * tf / roofTflops:F0}%) | | {times[m].Count} timed |");
                 prefill.Add(new JsonObject { ["batch"] = batch, ["length"] = length, ["rope_on_load"] = ropeOnLoad, ["gated_mlp"] = gated, ["gated_mlp_ran"] = gatedRan[m],
                     ["attention_ws"] = ws, ["attention_ws_ran"] = wsRan[m], ["fused_qkv"] = fused, ["fused_qkv_ran"] = fusedRan[m],
-                    ["norm_quantize"] = normQuantize, ["norm_quantize_ran"] = normQuantizeRan[m], ["pause_ms"] = pauseMs, ["ms"] = med,
+                    ["norm_quantize"] = v.W8A8 ? normQuantize : null, ["norm_quantize_ran"] = normQuantizeRan[m], ["pause_ms"] = pauseMs, ["ms"] = med,
                     ["tokens_per_s"] = tps, ["tflops"] = tf, ["flops"] = flops, ["runs"] = times[m].Count, ["run_ms"] = new JsonArray(times[m].Select(t => (JsonNode?)t).ToArray()) });
             }
         }

@@ -99,9 +99,6 @@ public sealed class CliTests : IDisposable
     [InlineData("bench", "--batched-step-tokens", ",")]
     [InlineData("serve-bench", "--paged-attention-ws", "2cta")]
     [InlineData("serve-bench", "--weights", "both")]
-    [InlineData("bench", "--norm-quantize", "sometimes")]
-    [InlineData("bench", "--norm-quantize", "both")]
-    [InlineData("bench", "--weights", "e4m3", "--norm-quantize", "both")]
     [InlineData("serve-bench", "--json", "8", "--json-schema", "/no/such/schema.json")]
     public void BadInput_ExitsWithCode2AndOneLine(params string[] args)
     {
@@ -122,6 +119,9 @@ public sealed class CliTests : IDisposable
     [InlineData("tyni", "serve-bench", "--preset", "tyni")]
     [InlineData("foo", "serve-bench", "--variants", "off,foo")]
     [InlineData("bogus", "serve-bench", "--prefix-variant", "bogus")]
+    [InlineData("--norm-quantize", "bench", "--weights", "e4m3-w8a8", "--norm-quantize", "sometimes")]
+    [InlineData("--norm-quantize", "bench", "--norm-quantize", "both")]
+    [InlineData("e4m3-w8a8", "bench", "--weights", "e4m3", "--norm-quantize", "off")]
     // Output files and the checkpoint to load too: a benchmark must not run for minutes and then fail to write.
     [InlineData("/no/such/dir", "bench", "--out", "/no/such/dir/b.json")]
     [InlineData("/no/such/dir", "bench", "--md", "/no/such/dir/b.md")]

@@ -201,6 +201,9 @@ public sealed class W8A8Tests : GpuFixtureTest
         Assert.Contains("weight", Assert.Throws<ArgumentException>(() => k.RmsNormQuantize(Stream, x.Span, null, weight.Span, 1, 128, 1e-5f, q)).Message);
         Assert.Contains("scales", Assert.Throws<ArgumentException>(() => k.RmsNormQuantize(Stream, x.Span, null, weight.Span, 8, 16, 1e-5f, q)).Message);
         Assert.Contains("bias", Assert.Throws<ArgumentException>(() => k.RmsNormQuantize(Stream, x.Span, x.Span.Slice(0, 8), weight.Span, 2, 16, 1e-5f, q)).Message);
+        // What TakesRmsNorm adds to the quantize pass's checks: the norm's weight and bias aligned too.
+        Assert.Contains("aligned", Assert.Throws<ArgumentException>(() => k.RmsNormQuantize(Stream, x.Span, null, weight.Span.Slice(1, 16), 2, 16, 1e-5f, q)).Message);
+        Assert.Contains("aligned", Assert.Throws<ArgumentException>(() => k.RmsNormQuantize(Stream, x.Span, weight.Span.Slice(2, 16), weight.Span, 2, 16, 1e-5f, q)).Message);
     }
 
     [Fact]
@@ -436,7 +439,8 @@ public sealed class W8A8Tests : GpuFixtureTest
     /// <summary>
     /// The fused RMSNorm + quantize pass (UseFusedNormQuantize, default) gives the very logits of the norm kernel followed
     /// by the quantize pass: a 300-token W8A8 prefill (its MLP in chunks of 100 rows), with and without attention biases
-    /// (o_proj's bias is added into x by the MLP's fused norm), then a serving step of two sequences.
+    /// (o_proj's bias is added into x by the MLP's fused norm); the same with every W8A8 GEMM refused (the fallbacks);
+    /// then a serving step of two sequences.
     /// </summary>
     [Theory]
     [InlineData(false)]
@@ -451,13 +455,13 @@ public sealed class W8A8Tests : GpuFixtureTest
         gpu.W8A8MlpChunkRows = 128;
         var prompt = TestModels.RandomTokens(300, spec.Vocab, 31);
 
-        float[] Prefill(bool fused)
+        float[] Prefill(bool fused, bool expectW8A8 = true)
         {
             gpu.UseFusedNormQuantize = fused;
             long before = gpu.FusedNormQuantizeLaunches, gemms = gpu.W8A8Gemms;
             using var c = gpu.CreateCache(310);
             var logits = gpu.Forward(c, prompt, LogitsSelection.AllTokens);
-            Assert.True(gpu.W8A8Gemms > gemms, "no W8A8 GEMM ran");
+            Assert.True(!expectW8A8 || gpu.W8A8Gemms > gemms, "no W8A8 GEMM ran");
             // At least [q; k; v] (or q) and the MLP's three chunks per layer; none when off.
             long launches = gpu.FusedNormQuantizeLaunches - before;
             Gpu.Log($"W8A8 prefill of 300 rows, fused norm + quantize {(fused ? "on" : "off")}: {launches} fused passes, {gpu.W8A8Gemms - gemms} W8A8 GEMMs");
@@ -469,13 +473,34 @@ public sealed class W8A8Tests : GpuFixtureTest
         Assert.Equal(unfusedLogits, fusedLogits);
         Assert.DoesNotContain(fusedLogits, float.IsNaN);
 
+        // Every W8A8 GEMM refused, as cuBLASLt refuses a problem it has no algorithm for: after the fused pass (o_proj's
+        // bias already added into x) the fallback norms must not add the bias again, so both settings give the same
+        // dequantize-route logits, close to a Keep load's (which also takes the fused bf16 epilogue GEMMs).
+        gpu.RefuseW8A8GemmsForTests = true;
+        long gemmsBefore = gpu.W8A8Gemms;
+        var refusedFused = Prefill(fused: true, expectW8A8: false);
+        var refusedUnfused = Prefill(fused: false, expectW8A8: false);
+        Assert.Equal(gemmsBefore, gpu.W8A8Gemms);
+        Assert.Equal(refusedUnfused, refusedFused);
+        using (var kept = CudaBackend.Load(checkpoint.Dir, true, Fp8Weights.Keep))
+        using (var ck = kept.CreateCache(310))
+        {
+            double toKeep = Gpu.RowError(kept.Forward(ck, prompt, LogitsSelection.AllTokens), refusedFused);
+            Gpu.Log($"every W8A8 GEMM refused: the fallbacks' logits against a Keep load's {toKeep:E2}");
+            Assert.True(toKeep <= 1e-2, $"{toKeep:E2}");
+        }
+        gpu.RefuseW8A8GemmsForTests = false;
+
         if (!gpu.SupportsBatchedStep) return;
         float[] Step(bool fused)
         {
             gpu.UseFusedNormQuantize = fused;
+            long before = gpu.FusedNormQuantizeLaunches;
             using var pool = gpu.CreatePagedKvCache(16, 16);
-            return gpu.ForwardBatch(pool, [new BatchSequence(prompt.AsMemory(0, 40), 0, Enumerable.Range(0, 8).ToArray(), true),
+            var logits = gpu.ForwardBatch(pool, [new BatchSequence(prompt.AsMemory(0, 40), 0, Enumerable.Range(0, 8).ToArray(), true),
                 new BatchSequence(prompt.AsMemory(100, 30), 0, Enumerable.Range(8, 8).ToArray(), true)]);
+            Assert.True(fused == gpu.FusedNormQuantizeLaunches > before, $"serving step, fused {fused}: {gpu.FusedNormQuantizeLaunches - before} fused passes");
+            return logits;
         }
         Assert.Equal(Step(false), Step(true));
     }

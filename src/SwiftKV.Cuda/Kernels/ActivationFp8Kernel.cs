@@ -2,8 +2,8 @@
 namespace SwiftKV.Cuda.Kernels;
 
 /// <summary>
-/// Quantizes bf16 activation rows to e4m3 codes with one fp32 scale per row (per-token dynamic scaling), the input of
-/// a W8A8 GEMM (<see cref="Cublas.TryLinearE4m3(E4m3Rows, int, int, E4m3Rows, int, DeviceSpan{float}, bool)"/>).
+/// Quantizes activation rows to e4m3 codes with one fp32 scale per row (per-token dynamic scaling), the input of a W8A8
+/// GEMM: bf16 rows as they are, after SwiGLU, or fp32 residual rows after RMSNorm (<see cref="Cublas.TryLinearE4m3(E4m3Rows, int, int, E4m3Rows, int, DeviceSpan{float}, bool)"/>).
 /// </summary>
 public sealed unsafe class ActivationFp8Kernel(KernelLibrary library)
 {

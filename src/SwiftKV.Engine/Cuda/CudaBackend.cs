@@ -73,7 +73,7 @@ public sealed partial class CudaBackend : IModelBackend
     readonly Fp8WeightKernel? _dequantRows;
     readonly DeviceBuffer<Bf16>? _denseScratch;
     // ... and the pass that quantizes a GEMM's input rows to e4m3 for the W8A8 route (UseW8A8).
-    readonly ActivationFp8Kernel? _quantizeRows;
+    readonly ActivationFp8Kernel? _activationFp8;
     bool _w8a8;
     DecodeGraph? _recording;
     bool _disposed;
@@ -176,7 +176,7 @@ public sealed partial class CudaBackend : IModelBackend
             {
                 _dequantRows = new Fp8WeightKernel(_kernels);
                 _denseScratch = new DeviceBuffer<Bf16>(_w.LargestE4m3Elements); owned.Add(_denseScratch);
-                _quantizeRows = new ActivationFp8Kernel(_kernels);
+                _activationFp8 = new ActivationFp8Kernel(_kernels);
                 if (fp8 == Fp8Weights.KeepW8A8)
                 {
                     if (W8A8Unavailable() is { } why) throw new NotSupportedException($"Fp8Weights.KeepW8A8: {why} Use Fp8Weights.Keep (e4m3 weights, bf16 GEMMs) here.");
@@ -255,8 +255,8 @@ public sealed partial class CudaBackend : IModelBackend
     public long W8A8Gemms => _blas.E4m3Gemms;
 
     /// <summary>
-    /// Under <see cref="UseW8A8"/>, the RMSNorm before a W8A8 GEMM ([q; k; v], SingleInputKV's [k; v] and [gate; up])
-    /// writes that GEMM's e4m3 input itself (<see cref="ActivationFp8Kernel.RmsNormQuantize"/>), default. Off: the norm
+    /// Under <see cref="UseW8A8"/>, the RMSNorm before a W8A8 GEMM ([q; k; v], [gate; up], and SingleInputKV's [k; v]
+    /// where a single-sequence step runs it unchunked) writes that GEMM's e4m3 input itself (<see cref="ActivationFp8Kernel.RmsNormQuantize"/>), default. Off: the norm
     /// kernel's bf16 rows, then the quantize pass. Both give the same codes; benchmarks compare the two.
     /// </summary>
     public bool UseFusedNormQuantize
@@ -763,7 +763,7 @@ public sealed partial class CudaBackend : IModelBackend
     {
         if (!w.IsE4m3) Linear(x, rows, inDim, w.Bf16.Span, outDim, y, accumulate);
         else if (E4m3Gemv(rows, GemvKernel.MaxRows, x.Address, w, inDim)) _gemv.Launch(_stream, x, rows, inDim, w.E4m3, outDim, y, accumulate);
-        else if (!W8A8(x, rows, inDim, w) || !_blas.TryLinearE4m3(_ws.Fp8For(rows, inDim), rows, inDim, w.E4m3, outDim, y, accumulate))
+        else if (!W8A8(x, rows, inDim, w) || !TryW8A8Gemm(_ws.Fp8For(rows, inDim), rows, inDim, w.E4m3, outDim, y, accumulate))
             _blas.Linear(x, rows, inDim, Dense(w), outDim, y, accumulate);
     }
 
@@ -774,9 +774,25 @@ public sealed partial class CudaBackend : IModelBackend
     bool W8A8(DeviceSpan<Bf16> x, int rows, int inDim, CudaMatrix w)
     {
         if (!W8A8Route(w, x.Address, inDim)) return false;
-        _quantizeRows!.QuantizeRows(_stream, x, rows, inDim, _ws.Fp8For(rows, inDim));
+        _activationFp8!.QuantizeRows(_stream, x, rows, inDim, _ws.Fp8For(rows, inDim));
         return true;
     }
+
+    /// <summary>
+    /// <see cref="Cublas.TryLinearE4m3(E4m3Rows, int, int, E4m3Rows, int, DeviceSpan{float}, bool)"/>, or false as
+    /// cuBLASLt answers a problem it has no algorithm for when <see cref="RefuseW8A8GemmsForTests"/> is set.
+    /// </summary>
+    bool TryW8A8Gemm(E4m3Rows x, int rows, int inDim, E4m3Rows w, int outDim, DeviceSpan<float> y, bool accumulate = false) =>
+        !RefuseW8A8GemmsForTests && _blas.TryLinearE4m3(x, rows, inDim, w, outDim, y, accumulate);
+
+    bool TryW8A8Gemm(E4m3Rows x, int rows, int inDim, E4m3Rows w, int outDim, DeviceSpan<Bf16> y) =>
+        !RefuseW8A8GemmsForTests && _blas.TryLinearE4m3(x, rows, inDim, w, outDim, y);
+
+    /// <summary>
+    /// Tests: every W8A8 GEMM is refused, as cuBLASLt refuses problems it has no algorithm for (never these shapes on
+    /// Hopper), so the routes' fallbacks run.
+    /// </summary>
+    internal bool RefuseW8A8GemmsForTests { get; set; }
 
     /// <summary>Whether a GEMM over <paramref name="w"/> with an input of <paramref name="inDim"/> columns at this address goes W8A8.</summary>
     bool W8A8Route(CudaMatrix w, ulong xAddress, int inDim) => _w8a8 && w.IsE4m3 && inDim % 16 == 0 && xAddress % 16 == 0;
@@ -794,7 +810,7 @@ public sealed partial class CudaBackend : IModelBackend
     void LinearChunk(DeviceSpan<Bf16> x, int rows, int inDim, CudaMatrix w, DeviceSpan<Bf16> dense, int outDim, DeviceSpan<float> y)
     {
         if (!w.IsE4m3) Linear(x, rows, inDim, dense, outDim, y);
-        else if (!W8A8(x, rows, inDim, w) || !_blas.TryLinearE4m3(_ws.Fp8For(rows, inDim), rows, inDim, w.E4m3, outDim, y))
+        else if (!W8A8(x, rows, inDim, w) || !TryW8A8Gemm(_ws.Fp8For(rows, inDim), rows, inDim, w.E4m3, outDim, y))
             _blas.Linear(x, rows, inDim, dense.Length > 0 ? dense : Dense(w), outDim, y);   // a refused W8A8 GEMM: its own copy
     }
 
@@ -866,7 +882,8 @@ public sealed partial class CudaBackend : IModelBackend
 
     /// <summary>
     /// y (rows, outDim) fp32 = (RMSNorm(x) · normWeight) · wᵀ: the norm folded into the GEMV for decode-sized steps,
-    /// else the norm kernel into the Normed workspace, then <see cref="Linear(DeviceSpan{Bf16}, int, int, CudaMatrix, int, DeviceSpan{float}, bool)"/>.
+    /// else the norm kernel into the Normed workspace, then <see cref="Linear(DeviceSpan{Bf16}, int, int, CudaMatrix, int, DeviceSpan{float}, bool)"/>;
+    /// under W8A8 the norm writes the GEMM's e4m3 input instead (<see cref="NormQuantize"/>).
     /// </summary>
     void NormLinear(DeviceSpan<float> x, int rows, DeviceSpan<float> normWeight, CudaMatrix w, int outDim, DeviceSpan<float> y)
     {
@@ -888,7 +905,7 @@ public sealed partial class CudaBackend : IModelBackend
         int hidden = Config.HiddenSize;
         if (NormQuantize(x, rows, null, normWeight, w) is { } fp8)
         {
-            if (_blas.TryLinearE4m3(fp8, rows, hidden, w.E4m3, outDim, y)) return;
+            if (TryW8A8Gemm(fp8, rows, hidden, w.E4m3, outDim, y)) return;
             _norm.Launch(_stream, x, null, normWeight, _ws.Normed, rows, hidden, _eps);   // refused by cuBLASLt: the dequantize route
             _blas.Linear(_ws.Normed.Span, rows, hidden, Dense(w), outDim, y);
             return;
@@ -907,10 +924,11 @@ public sealed partial class CudaBackend : IModelBackend
     {
         int hidden = Config.HiddenSize;
         ulong normed = _ws.Normed.Span.Address;   // where the unfused route's bf16 rows would go: the routes' address checks read it
-        if (!_fusedNormQuantize || !W8A8Route(w, normed, hidden) || E4m3Gemv(rows, GemvKernel.MaxRows, normed, w, hidden)) return null;   // W8A8Route first: bf16 matrices
+        // W8A8Route first: E4m3Gemv reads w.E4m3, which throws for a bf16 matrix (lm_head).
+        if (!_fusedNormQuantize || !W8A8Route(w, normed, hidden) || E4m3Gemv(rows, GemvKernel.MaxRows, normed, w, hidden)) return null;
         var fp8 = _ws.Fp8For(rows, hidden);
         if (!ActivationFp8Kernel.TakesRmsNorm(x.Address, bias?.Address ?? 0, normWeight.Address, hidden, fp8)) return null;
-        _quantizeRows!.RmsNormQuantize(_stream, x, bias, normWeight, rows, hidden, _eps, fp8);
+        _activationFp8!.RmsNormQuantize(_stream, x, bias, normWeight, rows, hidden, _eps, fp8);
         FusedNormQuantizeLaunches++;
         return fp8;
     }
@@ -963,7 +981,7 @@ public sealed partial class CudaBackend : IModelBackend
     {
         int hidden = Config.HiddenSize;
         return W8A8(x, rows, hidden, gateUp)
-            && _blas.TryLinearE4m3(_ws.Fp8For(rows, hidden), rows, hidden, gateUp.E4m3, 2 * Config.IntermediateSize, _ws.GateUpFor(rows, growTo));
+            && TryW8A8Gemm(_ws.Fp8For(rows, hidden), rows, hidden, gateUp.E4m3, 2 * Config.IntermediateSize, _ws.GateUpFor(rows, growTo));
     }
 
     /// <summary>
@@ -1143,7 +1161,9 @@ public sealed partial class CudaBackend : IModelBackend
 
     /// <summary>
     /// The MLP added into x (both step paths): <see cref="NormGateUpSilu"/>, then down_proj. Under W8A8 with both matrices
-    /// e4m3 (<see cref="UseW8A8"/>, a step past the GEMV), the SwiGLU pass writes down_proj's e4m3 input itself
+    /// e4m3 (<see cref="UseW8A8"/>, a step past the GEMV) it runs in row chunks (<see cref="W8A8MlpChunkRows"/>): each
+    /// chunk's norm writes [gate; up]'s e4m3 input (<see cref="NormQuantize"/>, or the norm kernel and then the quantize
+    /// pass with <see cref="UseFusedNormQuantize"/> off), and the SwiGLU pass writes down_proj's
     /// (<see cref="ActivationFp8Kernel.SiluMulQuantize"/>: the same codes as the silu pass and then the quantize pass,
     /// without writing and reading back the bf16 row).
     /// </summary>
@@ -1173,15 +1193,15 @@ public sealed partial class CudaBackend : IModelBackend
             {
                 var fp8 = NormQuantize(xr, n, bias, layer.PostAttentionLayernorm, layer.GateUp);
                 gateUpDone = fp8 is { } a
-                    && _blas.TryLinearE4m3(a, n, hidden, layer.GateUp.E4m3, 2 * inter, _ws.GateUpFor(n, chunk));
+                    && TryW8A8Gemm(a, n, hidden, layer.GateUp.E4m3, 2 * inter, _ws.GateUpFor(n, chunk));
                 if (!gateUpDone) _norm.Launch(_stream, xr, fp8 is null ? bias : null, layer.PostAttentionLayernorm, normed, n, hidden, _eps);
             }
             if (gateUpDone)
             {
                 var gateUp = _ws.GateUpFor(n, chunk);
                 var fp8 = _ws.Fp8For(n, inter);
-                _quantizeRows!.SiluMulQuantize(_stream, gateUp, n, inter, fp8);
-                if (_blas.TryLinearE4m3(fp8, n, inter, layer.Down.E4m3, hidden, xr, accumulate: true)) continue;
+                _activationFp8!.SiluMulQuantize(_stream, gateUp, n, inter, fp8);
+                if (TryW8A8Gemm(fp8, n, inter, layer.Down.E4m3, hidden, xr, accumulate: true)) continue;
                 _siluMul.Launch(_stream, gateUp, n, inter, _ws.Mlp);   // down_proj refused by cuBLASLt: its bf16 input after all
             }
             else GateUpSilu(normed, n, layer);
