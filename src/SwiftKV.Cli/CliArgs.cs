@@ -111,7 +111,7 @@ internal sealed class CliArgs
         "on" => [true],
         "off" => [false],
         "both" => [true, false],
-        _ => throw new UsageException($"--{name}: {meaning}"),
+        var v => throw new UsageException($"--{name}: '{v}' is not one of {meaning}"),
     };
 
     T? Parse<T>(string name, Func<string, T> parse) where T : struct

@@ -119,7 +119,7 @@ public sealed class CliTests : IDisposable
     [InlineData("tyni", "serve-bench", "--preset", "tyni")]
     [InlineData("foo", "serve-bench", "--variants", "off,foo")]
     [InlineData("bogus", "serve-bench", "--prefix-variant", "bogus")]
-    [InlineData("--norm-quantize", "bench", "--weights", "e4m3-w8a8", "--norm-quantize", "sometimes")]
+    [InlineData("--norm-quantize: 'sometimes' is not one of on", "bench", "--weights", "e4m3-w8a8", "--norm-quantize", "sometimes")]
     [InlineData("--norm-quantize", "bench", "--norm-quantize", "both")]
     [InlineData("e4m3-w8a8", "bench", "--weights", "e4m3", "--norm-quantize", "off")]
     // Output files and the checkpoint to load too: a benchmark must not run for minutes and then fail to write.

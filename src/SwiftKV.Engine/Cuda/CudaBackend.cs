@@ -256,21 +256,20 @@ public sealed partial class CudaBackend : IModelBackend
 
     /// <summary>
     /// Under <see cref="UseW8A8"/>, the RMSNorm before a W8A8 GEMM ([q; k; v], [gate; up], and SingleInputKV's [k; v]
-    /// where a single-sequence step runs it unchunked) writes that GEMM's e4m3 input itself (<see cref="ActivationFp8Kernel.RmsNormQuantize"/>), default. Off: the norm
-    /// kernel's bf16 rows, then the quantize pass. Both give the same codes; benchmarks compare the two.
+    /// where a single-sequence step runs it unchunked) writes that GEMM's e4m3 input itself
+    /// (<see cref="ActivationFp8Kernel.RmsNormQuantize"/>), default. Off: the norm kernel's bf16 rows, then the quantize
+    /// pass. Both give the same codes; benchmarks compare the two.
     /// </summary>
-    public bool UseFusedNormQuantize
-    {
-        get => _fusedNormQuantize;
-        set
-        {
-            if (value == _fusedNormQuantize) return;
-            _fusedNormQuantize = value;
-            _ws.Invalidate();   // a captured step may have baked either route
-        }
-    }
-
+    public bool UseFusedNormQuantize { get => _fusedNormQuantize; set => SetRoute(ref _fusedNormQuantize, value); }
     bool _fusedNormQuantize = true;
+
+    /// <summary>Sets a route switch; a change forces decode graphs to be recaptured (a captured step may have baked either route).</summary>
+    void SetRoute(ref bool route, bool value)
+    {
+        if (value == route) return;
+        route = value;
+        _ws.Invalidate();
+    }
 
     /// <summary>Fused norm + quantize passes run so far (tests and benchmarks check the route was taken).</summary>
     public long FusedNormQuantizeLaunches { get; private set; }
@@ -347,16 +346,7 @@ public sealed partial class CudaBackend : IModelBackend
     /// gemm_swiglu.cu), default. Off: cuBLAS writes [gate | up] in bf16 and the silu pass reads it back (benchmarks
     /// compare the two).
     /// </summary>
-    public bool UseGatedMlp
-    {
-        get => _gatedMlp;
-        set
-        {
-            if (value == _gatedMlp) return;
-            _gatedMlp = value;
-            _ws.Invalidate();   // a captured step may have baked either route
-        }
-    }
+    public bool UseGatedMlp { get => _gatedMlp; set => SetRoute(ref _gatedMlp, value); }
     bool _gatedMlp = true;
 
     /// <summary>[gate; up] GEMMs run with the SwiGLU epilogue so far (tests and benchmarks check the path was taken).</summary>
