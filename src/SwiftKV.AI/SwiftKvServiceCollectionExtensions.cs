@@ -3,10 +3,13 @@
 // request. The model (LocalModel: weights, tokenizer, backend) is its own container-owned singleton, loaded on first
 // use and disposed with the container after the client that uses it. The returned ChatClientBuilder lets callers
 // chain .UseFunctionInvocation().UseOpenTelemetry().UseLogging() as with any client. Metrics use the container's
-// IMeterFactory when one is registered (AddMetrics, or any host).
+// IMeterFactory when one is registered (AddMetrics, or any host). With an ILoggerFactory registered (AddLogging, or any
+// host), the load logs which backend the model runs on and why, as a warning when Auto fell back to the CPU: a server
+// that meant to run on its GPU should not find out from its latency.
 using System.Diagnostics.Metrics;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Logging;
 using SwiftKV.AI;
 using SwiftKV.Engine;
 
@@ -20,7 +23,7 @@ public static class SwiftKvServiceCollectionExtensions
     {
         ArgumentNullException.ThrowIfNull(services);
         var options = Build(configure);
-        services.AddSingleton(_ => Load(options));
+        services.AddSingleton(sp => Load(options, sp));
         services.AddSingleton(sp => new SwiftKvChatClient(sp.GetRequiredService<LocalModel>(), options, ownsModel: false,
             meterFactory: sp.GetService<IMeterFactory>()));
         return services.AddChatClient(sp => sp.GetRequiredService<SwiftKvChatClient>());
@@ -42,7 +45,7 @@ public static class SwiftKvServiceCollectionExtensions
     {
         ArgumentNullException.ThrowIfNull(services);
         var options = Build(configure);
-        services.AddKeyedSingleton(serviceKey, (_, _) => Load(options));
+        services.AddKeyedSingleton(serviceKey, (sp, _) => Load(options, sp));
         services.AddKeyedSingleton(serviceKey, (sp, key) => new SwiftKvChatClient(sp.GetRequiredKeyedService<LocalModel>(key), options,
             ownsModel: false, meterFactory: sp.GetService<IMeterFactory>()));
         return services.AddKeyedChatClient(serviceKey, sp => sp.GetRequiredKeyedService<SwiftKvChatClient>(serviceKey));
@@ -64,5 +67,20 @@ public static class SwiftKvServiceCollectionExtensions
         return options;
     }
 
-    static LocalModel Load(SwiftKvOptions options) => options.LoadModel();
+    static LocalModel Load(SwiftKvOptions options, IServiceProvider services)
+    {
+        var log = services.GetService<ILoggerFactory>()?.CreateLogger(typeof(SwiftKvChatClient).FullName!);
+        var model = options.LoadModel();
+        if (log is not null) LogBackend(log, model, options.Backend);
+        return model;
+    }
+
+    /// <summary>The backend a loaded model runs on and why (<see cref="LocalModel.BackendReason"/>).</summary>
+    internal static void LogBackend(ILogger log, LocalModel model, BackendKind asked)
+    {
+        bool fellBack = asked == BackendKind.Auto && model.Backend is SwiftKV.Engine.Cpu.CpuBackend;
+        log.Log(fellBack ? LogLevel.Warning : LogLevel.Information,
+            "SwiftKV model {ModelPath} runs on the {Backend} backend ({Reason}){Note}", model.Path, model.Backend.Name, model.BackendReason,
+            fellBack ? "; the CPU backend computes in fp32 on all cores: fine for small models, slow for 8B" : "");
+    }
 }

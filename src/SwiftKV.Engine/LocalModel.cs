@@ -120,6 +120,10 @@ public sealed class LocalModel : IDisposable
         // The headers first (no weights read): a config that disagrees with its weights is that problem, not a memory one.
         LlamaCheckpointLoader.Verify(path, swift);
         RefuseCpuWeightsPastMemory(path, config, swift, reason);
+        // Keep and KeepW8A8 are CUDA routes: said here, so a request for fp8 numerics does not pass unnoticed.
+        if (config.Quantization is not null && fp8Weights is Fp8Weights.Keep or Fp8Weights.KeepW8A8)
+            reason += $"; Fp8Weights.{fp8Weights} applies to the CUDA backend only: the CPU backend dequantizes the e4m3 weights to fp32" +
+                (fp8Weights == Fp8Weights.KeepW8A8 ? " and does not quantize activations" : "");
         return (new CpuBackend(LlamaCheckpointLoader.Load(path, swift)), reason);
     }
 

@@ -51,6 +51,27 @@ public sealed class Fp8CheckpointTests
     [MemberData(nameof(Cases))]
     public void CpuLogits_MatchReference(string name) => AssertMatchesFixture(Path.Combine(FixtureDir, name), name);
 
+    /// <summary>
+    /// On the CPU backend an FP8 checkpoint computes with its weights dequantized to fp32, whatever Fp8Weights asks: the
+    /// backend's reason says so when Keep or KeepW8A8 was asked, and not otherwise.
+    /// </summary>
+    [Theory]
+    [InlineData(Fp8Weights.KeepW8A8, "Fp8Weights.KeepW8A8 applies to the CUDA backend only: the CPU backend dequantizes the e4m3 weights to fp32 and does not quantize activations")]
+    [InlineData(Fp8Weights.Keep, "Fp8Weights.Keep applies to the CUDA backend only: the CPU backend dequantizes the e4m3 weights to fp32")]
+    [InlineData(Fp8Weights.Auto, null)]
+    [InlineData(Fp8Weights.Dequantize, null)]
+    public void CpuBackend_SaysWhenAnFp8WeightsChoiceDoesNotApply(Fp8Weights mode, string? expected)
+    {
+        string dir = Path.Combine(FixtureDir, "fp8_tensor_base");
+        var config = LlamaConfig.Load(dir);
+        Assert.NotNull(config.Quantization);
+        var (backend, reason) = LocalModel.OpenBackend(dir, config, BackendKind.Cpu, swiftKv: false, mode);
+        (backend as IDisposable)?.Dispose();
+        Assert.StartsWith("CPU requested", reason);
+        if (expected is null) Assert.DoesNotContain("applies to the CUDA backend only", reason);
+        else Assert.EndsWith(expected, reason);
+    }
+
     [Fact]
     public void FbgemmFp8_PerChannelScales_ReadAsCompressedTensors()
     {

@@ -1,0 +1,74 @@
+// AddSwiftKvChatClient with an ILoggerFactory registered: the model's load says which backend it runs on and why, as a
+// warning when Auto fell back to the CPU.
+using Microsoft.Extensions.AI;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using SwiftKV.Cuda;
+using SwiftKV.Engine;
+using Xunit;
+
+namespace SwiftKV.AI.Tests;
+
+public sealed class BackendLoggingTests(TinyChatModel tiny)
+{
+    [Theory]
+    [InlineData(BackendKind.Cpu)]
+    [InlineData(BackendKind.Auto)]
+    public void Load_LogsTheBackendAndWhy(BackendKind backend)
+    {
+        var logs = new CapturingLoggerFactory();
+        var services = new ServiceCollection();
+        services.AddSingleton<ILoggerFactory>(logs);
+        services.AddSwiftKvChatClient(o => { o.ModelPath = tiny.Directory; o.Backend = backend; });
+        using var provider = services.BuildServiceProvider();
+        Assert.Empty(logs.Entries);   // the model loads on first use
+        var model = provider.GetRequiredService<IChatClient>().GetService<LocalModel>()!;
+
+        var (category, level, text) = Assert.Single(logs.Entries);
+        Assert.Equal(typeof(SwiftKvChatClient).FullName, category);
+        Assert.Contains(tiny.Directory, text);
+        Assert.Contains(model.BackendReason, text);
+        bool gpu = backend == BackendKind.Auto && CudaRuntime.TryInitialize(out _);
+        if (backend == BackendKind.Cpu || gpu)
+        {
+            Assert.Equal(LogLevel.Information, level);
+            Assert.DoesNotContain("slow for 8B", text);
+        }
+        else
+        {
+            Assert.Equal(LogLevel.Warning, level);
+            Assert.Contains("Auto: CPU (", text);
+            Assert.Contains("slow for 8B", text);
+        }
+    }
+
+    [Fact]
+    public void KeyedLoad_LogsToo()
+    {
+        var logs = new CapturingLoggerFactory();
+        var services = new ServiceCollection();
+        services.AddSingleton<ILoggerFactory>(logs);
+        services.AddKeyedSwiftKvChatClient("skv", o => { o.ModelPath = tiny.Directory; o.Backend = BackendKind.Cpu; });
+        using var provider = services.BuildServiceProvider();
+        provider.GetRequiredKeyedService<IChatClient>("skv");
+        Assert.Contains("CPU requested", Assert.Single(logs.Entries).Text);
+    }
+
+    sealed class CapturingLoggerFactory : ILoggerFactory
+    {
+        public List<(string Category, LogLevel Level, string Text)> Entries { get; } = [];
+        public ILogger CreateLogger(string categoryName) => new Logger(this, categoryName);
+        public void AddProvider(ILoggerProvider provider) { }
+        public void Dispose() { }
+
+        sealed class Logger(CapturingLoggerFactory owner, string category) : ILogger
+        {
+            public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+            public bool IsEnabled(LogLevel logLevel) => true;
+            public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+            {
+                lock (owner.Entries) owner.Entries.Add((category, logLevel, formatter(state, exception)));
+            }
+        }
+    }
+}
