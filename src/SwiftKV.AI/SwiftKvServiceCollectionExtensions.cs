@@ -12,6 +12,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging;
 using SwiftKV.AI;
 using SwiftKV.Engine;
+using SwiftKV.Engine.Cpu;
 
 namespace Microsoft.Extensions.DependencyInjection;
 
@@ -23,7 +24,7 @@ public static class SwiftKvServiceCollectionExtensions
     {
         ArgumentNullException.ThrowIfNull(services);
         var options = Build(configure);
-        services.AddSingleton(sp => Load(options, sp));
+        services.AddSingleton(sp => Load(options, sp, serviceKey: null));
         services.AddSingleton(sp => new SwiftKvChatClient(sp.GetRequiredService<LocalModel>(), options, ownsModel: false,
             meterFactory: sp.GetService<IMeterFactory>()));
         return services.AddChatClient(sp => sp.GetRequiredService<SwiftKvChatClient>());
@@ -45,7 +46,7 @@ public static class SwiftKvServiceCollectionExtensions
     {
         ArgumentNullException.ThrowIfNull(services);
         var options = Build(configure);
-        services.AddKeyedSingleton(serviceKey, (sp, _) => Load(options, sp));
+        services.AddKeyedSingleton(serviceKey, (sp, _) => Load(options, sp, serviceKey));
         services.AddKeyedSingleton(serviceKey, (sp, key) => new SwiftKvChatClient(sp.GetRequiredKeyedService<LocalModel>(key), options,
             ownsModel: false, meterFactory: sp.GetService<IMeterFactory>()));
         return services.AddKeyedChatClient(serviceKey, sp => sp.GetRequiredKeyedService<SwiftKvChatClient>(serviceKey));
@@ -67,20 +68,30 @@ public static class SwiftKvServiceCollectionExtensions
         return options;
     }
 
-    static LocalModel Load(SwiftKvOptions options, IServiceProvider services)
+    static LocalModel Load(SwiftKvOptions options, IServiceProvider services, object? serviceKey)
     {
-        var log = services.GetService<ILoggerFactory>()?.CreateLogger(typeof(SwiftKvChatClient).FullName!);
+        var log = services.GetService<ILoggerFactory>()?.CreateLogger<SwiftKvChatClient>();
         var model = options.LoadModel();
-        if (log is not null) LogBackend(log, model, options.Backend);
+        try
+        {
+            if (log is not null) LogBackend(log, model, options.Backend, serviceKey);
+        }
+        catch
+        {
+            model.Dispose();   // the container never received it: its GPU memory and serving thread would outlive it
+            throw;
+        }
         return model;
     }
 
     /// <summary>The backend a loaded model runs on and why (<see cref="LocalModel.BackendReason"/>).</summary>
-    internal static void LogBackend(ILogger log, LocalModel model, BackendKind asked)
+    static void LogBackend(ILogger log, LocalModel model, BackendKind asked, object? serviceKey)
     {
-        bool fellBack = asked == BackendKind.Auto && model.Backend is SwiftKV.Engine.Cpu.CpuBackend;
-        log.Log(fellBack ? LogLevel.Warning : LogLevel.Information,
-            "SwiftKV model {ModelPath} runs on the {Backend} backend ({Reason}){Note}", model.Path, model.Backend.Name, model.BackendReason,
-            fellBack ? "; the CPU backend computes in fp32 on all cores: fine for small models, slow for 8B" : "");
+        string key = serviceKey is null ? "" : $" (key {serviceKey})";
+        if (asked == BackendKind.Auto && model.Backend is CpuBackend)
+            log.LogWarning("SwiftKV model {ModelPath}{ServiceKey} runs on the CPU backend ({Reason}): fp32 on all cores, fine for small models, slow for 8B",
+                model.Path, key, model.BackendReason);
+        else
+            log.LogInformation("SwiftKV model {ModelPath}{ServiceKey} runs on the {Backend} backend ({Reason})", model.Path, key, model.Backend.Name, model.BackendReason);
     }
 }

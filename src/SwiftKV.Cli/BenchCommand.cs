@@ -76,7 +76,7 @@ internal static class BenchCommand
         string outJson = a.String("out") ?? "bench.json";
         string? outMd = a.String("md");
         string ropeArg = a.String("rope-on-load") ?? "on";
-        if (ropeArg is not ("on" or "both")) throw new UsageException("--rope-on-load: on (default) or both (each prefill case also with the RoPE pass rotating q in memory)");
+        if (ropeArg is not ("on" or "both")) throw new UsageException($"--rope-on-load: '{ropeArg}' is not one of on (default) or both (each prefill case also with the RoPE pass rotating q in memory)");
         bool ropeBoth = ropeArg == "both";
         bool[] gatedModes = a.OnOffBoth("gated-mlp", "on (default: [gate; up] GEMM with the SwiGLU epilogue on Hopper), off (cuBLAS + silu pass) or both (alternated run by run)");
         bool[] wsModes = a.OnOffBoth("attention-ws", "on (default: warp-specialised wgmma prefill attention on Hopper), off (the two-CTA-per-SM entry) or both (alternated run by run)");

@@ -90,6 +90,7 @@ internal static class GenerateCommand
         Console.Error.WriteLine(
             $"[{model.Backend.Name}, SwiftKV {(model.Backend.SwiftKvEnabled ? "on" : "off")}] prompt {stats.PromptTokens} tokens, prefill {stats.PrefillTime.TotalMilliseconds:F0} ms; "
             + $"{(stats.OutputTokens == 1 ? "1 token" : $"{stats.OutputTokens} tokens")} at {stats.DecodeTokensPerSecond:F1} tokens/s; finish {stats.FinishReason}");
+        Console.Error.WriteLine($"backend: {model.BackendReason}");   // why this backend (Auto's fallback, an Fp8Weights choice that does not apply)
         // On a GPU's first run the kernels compile when first used, inside the prefill's time: say so, or the figure
         // above reads as the model's speed.
         int compiled = SwiftKV.Cuda.NvrtcCompiler.CompileCount - compiledBefore;

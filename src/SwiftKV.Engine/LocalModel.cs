@@ -26,7 +26,10 @@ public sealed class LocalModel : IDisposable
     public required LlamaConfig Config { get; init; }
     public required LlamaTokenizer Tokenizer { get; init; }
     public required IModelBackend Backend { get; init; }
-    /// <summary>Why Auto picked the backend it did (shown in logs and by the CLI).</summary>
+    /// <summary>
+    /// Why the backend is the one it is, and what of the asked set-up does not apply there: logged by the
+    /// IChatClient registration when logging is registered, printed by the CLI's demo and generate.
+    /// </summary>
     public required string BackendReason { get; init; }
 
     /// <summary>

@@ -57,6 +57,7 @@ public sealed class CliTests : IDisposable
         var g = Run("generate", "--model", swift, "--chat", "Hello there", "--max-tokens", "5", "--temperature", "0.8", "--seed", "4");
         Assert.True(g.Code == 0, g.Err);
         Assert.Contains("SwiftKV on", g.Err);
+        Assert.Contains("\nbackend: Auto: ", g.Err);   // why this backend
         Assert.Equal(g.Out, Run("generate", "--model", swift, "--chat", "Hello there", "--max-tokens", "5", "--temperature", "0.8", "--seed", "4").Out);
 
         string f = Path.Combine(_root, "l.f32");

@@ -65,11 +65,38 @@ public sealed class Fp8CheckpointTests
         string dir = Path.Combine(FixtureDir, "fp8_tensor_base");
         var config = LlamaConfig.Load(dir);
         Assert.NotNull(config.Quantization);
-        var (backend, reason) = LocalModel.OpenBackend(dir, config, BackendKind.Cpu, swiftKv: false, mode);
-        (backend as IDisposable)?.Dispose();
-        Assert.StartsWith("CPU requested", reason);
-        if (expected is null) Assert.DoesNotContain("applies to the CUDA backend only", reason);
-        else Assert.EndsWith(expected, reason);
+        foreach (var kind in new[] { BackendKind.Cpu, BackendKind.Auto })
+        {
+            var (backend, reason) = LocalModel.OpenBackend(dir, config, kind, swiftKv: false, mode);
+            (backend as IDisposable)?.Dispose();
+            if (kind == BackendKind.Cpu) Assert.StartsWith("CPU requested", reason);
+            else if (!reason.StartsWith("Auto: CPU (", StringComparison.Ordinal)) continue;   // Auto found a GPU and ran there
+            if (expected is null) Assert.DoesNotContain("applies to the CUDA backend only", reason);
+            else Assert.EndsWith(expected, reason);
+        }
+    }
+
+    /// <summary>A bf16 checkpoint has no e4m3 weights to keep: no note, whatever Fp8Weights asks.</summary>
+    [Theory]
+    [InlineData(Fp8Weights.Keep)]
+    [InlineData(Fp8Weights.KeepW8A8)]
+    public void CpuBackend_Bf16Checkpoint_NoFp8Note(Fp8Weights mode)
+    {
+        var spec = new ModelSpec(Seed: 5);
+        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-bf16-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            LlamaCheckpointWriter.Save(dir, TestModels.View(TestModels.Checkpoint(spec), true));
+            var config = LlamaConfig.Load(dir);
+            Assert.Null(config.Quantization);
+            var (backend, reason) = LocalModel.OpenBackend(dir, config, BackendKind.Cpu, swiftKv: false, mode);
+            (backend as IDisposable)?.Dispose();
+            Assert.Equal("CPU requested", reason);
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
     }
 
     [Fact]

@@ -304,16 +304,7 @@ public sealed partial class CudaBackend : IModelBackend
     /// Decode-sized steps (1-2 rows; 1-4 for [gate; up]) run their projections through the GEMV kernel (default).
     /// Off: cuBLAS for every step (benchmarks compare the two). Changing it recaptures decode graphs.
     /// </summary>
-    public bool UseGemv
-    {
-        get => _useGemv;
-        set
-        {
-            if (value == _useGemv) return;
-            _useGemv = value;
-            _ws.Invalidate();
-        }
-    }
+    public bool UseGemv { get => _useGemv; set => SetRoute(ref _useGemv, value); }
     bool _useGemv = true;
 
     /// <summary>
@@ -322,16 +313,7 @@ public sealed partial class CudaBackend : IModelBackend
     /// Off: the previous path (separate norm launches; attention + combine launched between graph segments).
     /// Changing it recaptures decode graphs.
     /// </summary>
-    public bool UseFusedDecode
-    {
-        get => _fusedDecode;
-        set
-        {
-            if (value == _fusedDecode) return;
-            _fusedDecode = value;
-            _ws.Invalidate();
-        }
-    }
+    public bool UseFusedDecode { get => _fusedDecode; set => SetRoute(ref _fusedDecode, value); }
     bool _fusedDecode = true;
 
     /// <summary>
