@@ -123,11 +123,17 @@ public sealed class LocalModel : IDisposable
         // The headers first (no weights read): a config that disagrees with its weights is that problem, not a memory one.
         LlamaCheckpointLoader.Verify(path, swift);
         RefuseCpuWeightsPastMemory(path, config, swift, reason);
-        // Keep and KeepW8A8 are CUDA routes: said here, so a request for fp8 numerics does not pass unnoticed.
-        if (config.Quantization is not null && fp8Weights is Fp8Weights.Keep or Fp8Weights.KeepW8A8)
-            reason += $"; Fp8Weights.{fp8Weights} applies to the CUDA backend only: the CPU backend dequantizes the e4m3 weights to fp32" +
-                (fp8Weights == Fp8Weights.KeepW8A8 ? " and does not quantize activations" : "");
-        return (new CpuBackend(LlamaCheckpointLoader.Load(path, swift)), reason);
+        var cpu = new CpuBackend(LlamaCheckpointLoader.Load(path, swift));
+        // What of an Fp8Weights choice holds on the CPU, said here so that it does not pass unnoticed: weights kept as
+        // e4m3 are a CUDA route; W8A8's quantized activations the CPU computes too.
+        if (cpu.Float8Weights > 0 && fp8Weights == Fp8Weights.Keep)
+            reason += "; Fp8Weights.Keep applies to the CUDA backend only: the CPU backend dequantizes the e4m3 weights to fp32";
+        if (cpu.Float8Weights > 0 && fp8Weights == Fp8Weights.KeepW8A8)
+        {
+            cpu.UseW8A8 = true;
+            reason += "; Fp8Weights.KeepW8A8 on the CPU backend: the e4m3 weights dequantized to fp32, and the inputs of their Linears quantized to e4m3 per token at every step";
+        }
+        return (cpu, reason);
     }
 
     /// <summary>

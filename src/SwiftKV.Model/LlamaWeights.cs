@@ -54,4 +54,9 @@ public sealed class LlamaWeights
     public float[]? NormSwiftKv { get; init; }
     /// <summary>(vocab_size, hidden_size); the same array as <see cref="EmbedTokens"/> when embeddings are tied.</summary>
     public required float[] LmHead { get; init; }
+    /// <summary>
+    /// The matrices the checkpoint stores as fp8 (dequantized here), by reference: the Linears an FP8 checkpoint's
+    /// scheme quantizes the inputs of (W8A8). Empty for a bf16 / fp32 checkpoint.
+    /// </summary>
+    public IReadOnlySet<float[]> Float8Weights { get; init; } = new HashSet<float[]>();
 }

@@ -22,14 +22,21 @@ public static class Approx
     /// <summary>Asserts max|actual - expected| / max|expected| <= tol over one row (robust to logits near zero).</summary>
     public static void RowRelative(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, double tol, string what)
     {
+        double rel = RowError(expected, actual);
+        Assert.True(rel <= tol, $"{what}: relative error {rel:E2} > {tol:E0}");
+    }
+
+    /// <summary>max|actual - expected| / max|expected| over one row.</summary>
+    public static double RowError(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual)
+    {
+        Assert.Equal(expected.Length, actual.Length);
         double maxDiff = 0, maxRef = 0;
         for (int i = 0; i < expected.Length; i++)
         {
             maxDiff = Math.Max(maxDiff, Math.Abs(expected[i] - actual[i]));
             maxRef = Math.Max(maxRef, Math.Abs(expected[i]));
         }
-        double rel = maxDiff / Math.Max(maxRef, 1e-30);
-        Assert.True(rel <= tol, $"{what}: relative error {rel:E2} > {tol:E0}");
+        return maxDiff / Math.Max(maxRef, 1e-30);
     }
 
     public static void Rows(float[] actual, double[][] expected, double tol, string what)

@@ -152,8 +152,8 @@ public sealed partial class CpuBackend : IGreedyBatchedBackend
         int kvDim = Config.KeyValueDim, hidden = Config.HiddenSize, bs = pool.BlockSize;
         var k = new float[rows * kvDim];
         var v = new float[rows * kvDim];
-        CpuKernels.Linear(h, rows, hidden, kW, kB, kvDim, k);
-        CpuKernels.Linear(h, rows, hidden, vW, vB, kvDim, v);
+        CpuKernels.Linear(LinearInput(h, rows, hidden, kW), rows, hidden, kW, kB, kvDim, k);
+        CpuKernels.Linear(LinearInput(h, rows, hidden, vW), rows, hidden, vW, vB, kvDim, v);
         var keys = pool.Keys(cacheIndex);
         var values = pool.Values(cacheIndex);
         _rope.RotateRows(k, Config.NumKeyValueHeads, positions);
@@ -173,7 +173,7 @@ public sealed partial class CpuBackend : IGreedyBatchedBackend
         var cfg = Config;
         int qDim = cfg.QueryDim;
         var q = new float[rows * qDim];
-        CpuKernels.Linear(h, rows, cfg.HiddenSize, qW, qB, qDim, q);
+        CpuKernels.Linear(LinearInput(h, rows, cfg.HiddenSize, qW), rows, cfg.HiddenSize, qW, qB, qDim, q);
         _rope.RotateRows(q, cfg.NumAttentionHeads, positions);
         var attn = new float[rows * qDim];
         PagedAttention.Run(q, rows, positions, tables, pool.BlockSize, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim,

@@ -30,6 +30,32 @@ public sealed partial class CpuBackend : IModelBackend
         _eps = (float)Config.RmsNormEps;
     }
 
+    /// <summary>
+    /// W8A8, as FP8 checkpoints are published to run (Fp8Weights.KeepW8A8): the input rows of every Linear whose weight
+    /// the checkpoint stores as fp8 are rounded to bf16 and quantized to e4m3 per token
+    /// (<see cref="CpuKernels.QuantizeRowsE4m3"/>) before the fp32 product with the dequantized weight, at every step.
+    /// (The CUDA backend keeps bf16 activations for steps of at most 8 rows.) Off by default: weight-only numerics.
+    /// Setting it needs fp8 matrices in the checkpoint.
+    /// </summary>
+    public bool UseW8A8
+    {
+        get => _w8a8;
+        set
+        {
+            if (value && _w.Float8Weights.Count == 0)
+                throw new InvalidOperationException("W8A8 quantizes the inputs of the matrices an FP8 checkpoint stores as fp8; this model holds none.");
+            _w8a8 = value;
+        }
+    }
+    bool _w8a8;
+
+    /// <summary>Weight matrices the checkpoint stores as fp8 (those <see cref="UseW8A8"/> quantizes the inputs of).</summary>
+    public int Float8Weights => _w.Float8Weights.Count;
+
+    /// <summary>What a Linear over <paramref name="w"/> reads: x, or under <see cref="UseW8A8"/> x's rows quantized per token.</summary>
+    float[] LinearInput(float[] x, int rows, int inDim, float[] w) =>
+        _w8a8 && _w.Float8Weights.Contains(w) ? CpuKernels.QuantizeRowsE4m3(x, rows, inDim) : x;
+
     public string Name => "cpu";
     public LlamaConfig Config { get; }
     public bool SwiftKvEnabled { get; }
@@ -141,8 +167,8 @@ public sealed partial class CpuBackend : IModelBackend
         int kvDim = Config.KeyValueDim, hidden = Config.HiddenSize;
         var k = new float[rows * kvDim];
         var v = new float[rows * kvDim];
-        CpuKernels.Linear(h, rows, hidden, kW, kB, kvDim, k);
-        CpuKernels.Linear(h, rows, hidden, vW, vB, kvDim, v);
+        CpuKernels.Linear(LinearInput(h, rows, hidden, kW), rows, hidden, kW, kB, kvDim, k);
+        CpuKernels.Linear(LinearInput(h, rows, hidden, vW), rows, hidden, vW, vB, kvDim, v);
         var positions = new int[rows];
         for (int t = 0; t < rows; t++) positions[t] = start + t;
         _rope.RotateRows(k, Config.NumKeyValueHeads, positions);
@@ -160,7 +186,7 @@ public sealed partial class CpuBackend : IModelBackend
         var cfg = Config;
         int hidden = cfg.HiddenSize, qDim = cfg.QueryDim;
         var q = new float[rows * qDim];
-        CpuKernels.Linear(h, rows, hidden, qW, qB, qDim, q);
+        CpuKernels.Linear(LinearInput(h, rows, hidden, qW), rows, hidden, qW, qB, qDim, q);
         _rope.RotateRows(q, cfg.NumAttentionHeads, positions);
         var attn = new float[rows * qDim];
         CpuKernels.Attention(q, rows, positions, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim,
@@ -168,7 +194,8 @@ public sealed partial class CpuBackend : IModelBackend
         OutputAndMlp(x, rows, layer, attn);
     }
 
-    void OutputAndMlp(float[] x, int rows, LlamaLayerWeights layer, float[] attn) => PostAttention.Run(Config, _eps, x, rows, layer, attn);
+    void OutputAndMlp(float[] x, int rows, LlamaLayerWeights layer, float[] attn) =>
+        PostAttention.Run(Config, _eps, x, rows, layer, attn, input: _w8a8 ? LinearInput : null);
 
     public void Dispose() => _disposed = true;
 }

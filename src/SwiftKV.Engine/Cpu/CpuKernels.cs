@@ -4,6 +4,7 @@
 // inside a dot product, so a value never depends on how many tokens or threads a call had: decode and
 // prefill produce bit-identical rows.
 using System.Numerics.Tensors;
+using SwiftKV.Model.Checkpoint;
 
 namespace SwiftKV.Engine.Cpu;
 
@@ -55,6 +56,33 @@ internal static class CpuKernels
             TensorPrimitives.Multiply(src, r, dst);
             TensorPrimitives.Multiply(dst, weight, dst);
         }
+    }
+
+    /// <summary>
+    /// W8A8's per-token activations, as values: each row of x rounded to bf16 (the GPU's GEMM inputs are bf16), then
+    /// to e4m3 codes with one scale per row, scale = amax / 448, code = e4m3(x · (448 / amax)) (each fp32 op rounded
+    /// once; rows with amax below 1e-30 get scale 1), returned as code · scale. The CUDA backend's quantize_rows_e4m3
+    /// and the PyTorch reference (tests/reference/make_w8a8_fixtures.py) apply the same rule.
+    /// </summary>
+    public static float[] QuantizeRowsE4m3(float[] x, int rows, int dim)
+    {
+        var y = new float[(long)rows * dim];
+        var values = Float8.Values(TensorDtype.F8E4M3);
+        for (int t = 0; t < rows; t++)
+        {
+            var src = new ReadOnlySpan<float>(x, t * dim, dim);
+            var dst = new Span<float>(y, t * dim, dim);
+            float amax = 0f;
+            for (int i = 0; i < dim; i++)
+            {
+                dst[i] = Fp32Conversion.BFloat16BitsToSingle(Fp32Conversion.SingleToBFloat16Bits(src[i]));
+                amax = MathF.Max(amax, MathF.Abs(dst[i]));
+            }
+            bool scaled = amax >= 1e-30f;
+            float inv = scaled ? 448f / amax : 1f, scale = scaled ? amax / 448f : 1f;
+            for (int i = 0; i < dim; i++) dst[i] = values[Float8.ToE4m3(dst[i] * inv)] * scale;
+        }
+        return y;
     }
 
     /// <summary>gate ← silu(gate) · up, elementwise.</summary>

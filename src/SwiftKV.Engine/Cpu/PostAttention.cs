@@ -17,20 +17,25 @@ internal sealed class PostAttentionActivations
 
 internal static class PostAttention
 {
-    /// <summary>Updates x in place; fills <paramref name="keep"/> when given (training).</summary>
-    public static void Run(LlamaConfig cfg, float eps, float[] x, int rows, LlamaLayerWeights layer, float[] attn, PostAttentionActivations? keep = null)
+    /// <summary>
+    /// Updates x in place; fills <paramref name="keep"/> when given (training). <paramref name="input"/>, when given,
+    /// maps each Linear's input (x, rows, in_features, weight) to what the Linear reads: W8A8's quantized rows.
+    /// </summary>
+    public static void Run(LlamaConfig cfg, float eps, float[] x, int rows, LlamaLayerWeights layer, float[] attn, PostAttentionActivations? keep = null,
+        Func<float[], int, int, float[], float[]>? input = null)
     {
         int hidden = cfg.HiddenSize, inter = cfg.IntermediateSize;
+        input ??= static (a, _, _, _) => a;
         var o = new float[rows * hidden];
-        CpuKernels.Linear(attn, rows, cfg.QueryDim, layer.OProj, layer.OBias, hidden, o);
+        CpuKernels.Linear(input(attn, rows, cfg.QueryDim, layer.OProj), rows, cfg.QueryDim, layer.OProj, layer.OBias, hidden, o);
         TensorPrimitives.Add(x, o, x);
 
         var h2 = new float[x.Length];
         CpuKernels.RmsNorm(x, rows, hidden, layer.PostAttentionLayernorm, eps, h2);
         var gate = new float[rows * inter];
         var up = new float[rows * inter];
-        CpuKernels.Linear(h2, rows, hidden, layer.GateProj, null, inter, gate);
-        CpuKernels.Linear(h2, rows, hidden, layer.UpProj, null, inter, up);
+        CpuKernels.Linear(input(h2, rows, hidden, layer.GateProj), rows, hidden, layer.GateProj, null, inter, gate);
+        CpuKernels.Linear(input(h2, rows, hidden, layer.UpProj), rows, hidden, layer.UpProj, null, inter, up);
         if (keep is not null)
         {
             keep.Mid = (float[])x.Clone();
@@ -38,7 +43,7 @@ internal static class PostAttention
             keep.Up = up;
         }
         CpuKernels.SwiGlu(gate, up);
-        CpuKernels.Linear(gate, rows, inter, layer.DownProj, null, hidden, o);
+        CpuKernels.Linear(input(gate, rows, inter, layer.DownProj), rows, inter, layer.DownProj, null, hidden, o);
         TensorPrimitives.Add(x, o, x);
     }
 }

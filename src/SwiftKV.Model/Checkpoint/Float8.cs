@@ -30,6 +30,30 @@ public static class Float8
         for (int i = 0; i < source.Length; i++) destination[i] = table[source[i]];
     }
 
+    /// <summary>
+    /// The e4m3 code nearest <paramref name="value"/>, ties to the even code, saturating to +-448 (as CUDA's
+    /// cvt.rn.satfinite.e4m3x2.f32 and torch's float8_e4m3fn cast of a clamped value round); NaN gives the NaN code.
+    /// </summary>
+    public static byte ToE4m3(float value)
+    {
+        if (float.IsNaN(value)) return 0x7F;
+        byte sign = (byte)(float.IsNegative(value) ? 0x80 : 0);
+        float m = MathF.Abs(value);
+        // Codes 0x00..0x7E are the magnitudes in increasing order: the largest not above m, then the nearer of it and the next.
+        int lo = 0, hi = 0x7E;
+        if (m >= E4M3[0x7E]) return (byte)(sign | 0x7E);
+        while (lo < hi)
+        {
+            int mid = (lo + hi + 1) >> 1;
+            if (E4M3[mid] <= m) lo = mid; else hi = mid - 1;
+        }
+        float below = E4M3[lo], above = E4M3[lo + 1];
+        // The midpoint of two neighbours has one more significant bit than they do: exact in fp32, so the compare is exact.
+        float mid2 = below + (above - below) / 2;
+        int code = m < mid2 ? lo : m > mid2 ? lo + 1 : (lo & 1) == 0 ? lo : lo + 1;
+        return (byte)(sign | code);
+    }
+
     static float[] TableOf(TensorDtype dtype) => dtype switch
     {
         TensorDtype.F8E4M3 => E4M3,

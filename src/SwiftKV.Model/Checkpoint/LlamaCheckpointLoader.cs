@@ -44,8 +44,18 @@ public static class LlamaCheckpointLoader
         var specs = LlamaTensorNames.ForModel(config, swiftKvEnabled);
         Check(config, checkpoint, specs, swiftKvEnabled);
         var tensors = new Dictionary<string, float[]>(StringComparer.Ordinal);
-        foreach (var spec in specs) tensors[spec.Name] = ReadFloat32(config, checkpoint, spec.Name);
-        return LlamaWeightMap.Build(config, swiftKvEnabled, tensors);
+        var float8 = new HashSet<float[]>(ReferenceEqualityComparer.Instance);
+        foreach (var spec in specs)
+        {
+            tensors[spec.Name] = ReadFloat32(config, checkpoint, spec.Name);
+            if (checkpoint.TryGet(spec.Name, out var info, out _) && info.Dtype.IsFloat8()) float8.Add(tensors[spec.Name]);
+        }
+        var weights = LlamaWeightMap.Build(config, swiftKvEnabled, tensors);
+        return float8.Count == 0 ? weights : new LlamaWeights
+        {
+            Config = weights.Config, SwiftKvEnabled = weights.SwiftKvEnabled, EmbedTokens = weights.EmbedTokens, Layers = weights.Layers,
+            Norm = weights.Norm, NormSwiftKv = weights.NormSwiftKv, LmHead = weights.LmHead, Float8Weights = float8,
+        };
     }
 
     /// <summary>
