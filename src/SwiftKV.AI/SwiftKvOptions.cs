@@ -67,7 +67,8 @@ public sealed class SwiftKvOptions
     /// each matrix before its GEMM: docs/BENCHMARKS.md has the figures). KeepW8A8: kept, and prefill and batched decode
     /// quantize each GEMM's input per token to e4m3 and run the GEMMs on fp8 tensor cores (faster than bf16, the numerics
     /// the published FP8 checkpoints were calibrated for; Hopper GPUs only). Dequantize: always bf16. Ignored for other
-    /// checkpoints and on the CPU.
+    /// checkpoints. On the CPU the weights are fp32 whatever this says, and KeepW8A8 quantizes the fp8 Linears' inputs
+    /// per token at every step, by the same rule.
     /// </summary>
     public SwiftKV.Engine.Cuda.Fp8Weights Fp8Weights { get; set; } = SwiftKV.Engine.Cuda.Fp8Weights.Auto;
 

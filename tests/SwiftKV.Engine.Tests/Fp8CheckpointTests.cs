@@ -5,6 +5,7 @@
 using System.Text.Json.Nodes;
 using SwiftKV.Engine.Cpu;
 using SwiftKV.Engine.Cuda;
+using SwiftKV.Engine.Serving;
 using SwiftKV.Model;
 using SwiftKV.Model.Checkpoint;
 using Xunit;
@@ -188,6 +189,32 @@ public sealed class Fp8CheckpointTests
         Assert.True(moved >= 1e-2, $"{name}: W8A8 moved the logits by only {moved:E2} from weight-only: were the activations quantized?");
         Assert.True(worst <= 5e-2, $"{name}: CPU W8A8 against the PyTorch W8A8 reference: {worst:E2}");
         Assert.True(agreement >= 0.3, $"{name}: the CPU's and PyTorch's W8A8 depart from weight-only in unrelated ways: cosine {agreement:F3}");
+    }
+
+    /// <summary>
+    /// W8A8 on the CPU's serving step: each row is quantized on its own, so a batched step's last rows equal solo
+    /// forwards of the same sequences bit for bit (as the CPU's weight-only rows do), and differ from weight-only ones.
+    /// </summary>
+    [Fact]
+    public void CpuW8A8_BatchedStep_EqualsSoloForwards()
+    {
+        const string name = "w8a8_channel_swiftkv_50_g2";
+        var weights = LlamaCheckpointLoader.Load(Path.Combine(FixtureDir, name));
+        using var backend = new CpuBackend(weights) { UseW8A8 = true };
+        int vocab = weights.Config.VocabSize;
+        var ids = Fp8Checkpoints.ReadFixture(name).Ids;
+        int[] a = ids[..10], b = ids[4..20];
+        using var pool = backend.CreatePagedKvCache(16, 4);
+        var batched = backend.ForwardBatch(pool, [new BatchSequence(a, 0, new[] { 0, 1, 2 }, true), new BatchSequence(b, 0, new[] { 3, 4, 5, 6 }, true)]);
+        float[] Solo(int[] tokens, bool w8a8)
+        {
+            backend.UseW8A8 = w8a8;
+            using var c = backend.CreateCache(tokens.Length);
+            return backend.Forward(c, tokens, LogitsSelection.LastToken);
+        }
+        Assert.Equal(Solo(a, true), batched.AsSpan(0, vocab).ToArray());
+        Assert.Equal(Solo(b, true), batched.AsSpan(vocab, vocab).ToArray());
+        Assert.NotEqual(Solo(b, false), batched.AsSpan(vocab, vocab).ToArray());
     }
 
     [Fact]
