@@ -21,7 +21,7 @@ internal static class LogitsCommand
         // Checked here, in the words generate uses, rather than as the cache's capacity error.
         if (tokens.Length > config.MaxPositionEmbeddings)
             throw new UsageException($"--tokens: {tokens.Length} tokens do not fit the context of {config.MaxPositionEmbeddings} tokens (max_position_embeddings).");
-        var (compute, _) = LocalModel.OpenBackend(dir, config, backend, swiftKv, fp8);
+        var (compute, reason) = LocalModel.OpenBackend(dir, config, backend, swiftKv, fp8);
         using var model = compute;
         using var cache = model.CreateCache(tokens.Length);
         float[] logits = model.Forward(cache, tokens, selection);
@@ -29,6 +29,7 @@ internal static class LogitsCommand
             f.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(logits.AsSpan()));
         int rows = logits.Length / config.VocabSize;
         Console.WriteLine($"wrote {outFile}: {rows} x {config.VocabSize} float32 ({model.Name}, SwiftKV {(model.SwiftKvEnabled ? "on" : "off")})");
+        Console.Error.WriteLine($"backend: {reason}");   // which numerics these are: Auto's choice, what of --fp8-weights applied
         // Written all the same (they are what the model computed, for comparing), but not passed off as a good run.
         int bad = logits.Count(x => !float.IsFinite(x));
         if (bad == 0) return 0;

@@ -64,6 +64,7 @@ public sealed class CliTests : IDisposable
         var l = Run("logits", "--model", swift, "--tokens", "1,2,3,4", "--out", f, "--no-swiftkv");
         Assert.True(l.Code == 0, l.Err);
         Assert.Equal(4L * cfg.VocabSize * 4, new FileInfo(f).Length);
+        Assert.StartsWith("backend: Auto: ", l.Err);   // which backend's numerics the file holds, and why
     }
 
     [Fact]
