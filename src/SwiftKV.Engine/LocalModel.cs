@@ -28,7 +28,7 @@ public sealed class LocalModel : IDisposable
     public required IModelBackend Backend { get; init; }
     /// <summary>
     /// Why the backend is the one it is, and what of the asked set-up does not apply there: logged by the
-    /// IChatClient registration when logging is registered, printed by the CLI's demo and generate.
+    /// IChatClient registration when logging is registered, printed by the CLI's demo, generate and logits.
     /// </summary>
     public required string BackendReason { get; init; }
 
@@ -56,8 +56,8 @@ public sealed class LocalModel : IDisposable
     /// Loads a checkpoint directory. <paramref name="swiftKv"/> is honoured only when the checkpoint has SwiftKV.
     /// With <paramref name="startServing"/> false no serving engine starts (<see cref="Serving"/> is null), for callers
     /// that run the backend directly: an engine whose options leave the KV budget open takes most of a GPU's memory.
-    /// <paramref name="fp8Weights"/> says how the CUDA backend holds an FP8 checkpoint's e4m3 weights (the CPU backend
-    /// computes in fp32 either way).
+    /// <paramref name="fp8Weights"/> says how the CUDA backend holds an FP8 checkpoint's e4m3 weights. The CPU backend
+    /// holds them in fp32 either way; under <see cref="Fp8Weights.KeepW8A8"/> it quantizes their inputs per token too.
     /// </summary>
     public static LocalModel Load(string path, BackendKind backend = BackendKind.Auto, bool swiftKv = true, ServingOptions? serving = null,
         bool startServing = true, Fp8Weights fp8Weights = Fp8Weights.Auto)

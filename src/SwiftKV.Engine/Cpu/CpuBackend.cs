@@ -32,10 +32,11 @@ public sealed partial class CpuBackend : IModelBackend
 
     /// <summary>
     /// W8A8, as FP8 checkpoints are published to run (Fp8Weights.KeepW8A8): the input rows of every Linear whose weight
-    /// the checkpoint stores as fp8 are rounded to bf16 and quantized to e4m3 per token
+    /// the checkpoint stores as fp8 (lm_head too, if it is) are rounded to bf16 and quantized to e4m3 per token
     /// (<see cref="CpuKernels.QuantizeRowsE4m3"/>) before the fp32 product with the dequantized weight, at every step.
     /// (The CUDA backend keeps bf16 activations for steps of at most 8 rows.) Off by default: weight-only numerics.
-    /// Setting it needs fp8 matrices in the checkpoint.
+    /// Setting it needs fp8 matrices in the checkpoint. Set it before steps run (LocalModel does, before serving starts):
+    /// a step reads it more than once.
     /// </summary>
     public bool UseW8A8
     {
@@ -52,9 +53,25 @@ public sealed partial class CpuBackend : IModelBackend
     /// <summary>Weight matrices the checkpoint stores as fp8 (those <see cref="UseW8A8"/> quantizes the inputs of).</summary>
     public int Float8Weights => _w.Float8Weights.Count;
 
-    /// <summary>What a Linear over <paramref name="w"/> reads: x, or under <see cref="UseW8A8"/> x's rows quantized per token.</summary>
-    float[] LinearInput(float[] x, int rows, int inDim, float[] w) =>
-        _w8a8 && _w.Float8Weights.Contains(w) ? CpuKernels.QuantizeRowsE4m3(x, rows, inDim) : x;
+    /// <summary>
+    /// What a Linear over <paramref name="w"/> reads: x, or under <see cref="UseW8A8"/> x's rows quantized per token.
+    /// The last input quantized is kept (q, k and v read the same normed rows; so do gate and up): those arrays are
+    /// made fresh for each step and never written after, so the same array means the same values.
+    /// </summary>
+    float[] LinearInput(float[] x, int rows, int inDim, float[] w)
+    {
+        if (!_w8a8 || !_w.Float8Weights.Contains(w)) return x;
+        var last = _lastQuantized;   // one reference read: steps on other threads replace it whole, never half
+        if (last is not null && ReferenceEquals(last.Input, x)) return last.Rows;
+        var q = CpuKernels.QuantizeRowsE4m3(x, rows, inDim, ReferenceReciprocalForTests);
+        _lastQuantized = new QuantizedInput(x, q);
+        return q;
+    }
+    QuantizedInput? _lastQuantized;
+    sealed record QuantizedInput(float[] Input, float[] Rows);
+
+    /// <summary>Tests: 448 / amax formed as the PyTorch W8A8 fixtures formed it (<see cref="CpuKernels.QuantizeRowsE4m3"/>).</summary>
+    internal bool ReferenceReciprocalForTests { get; set; }
 
     public string Name => "cpu";
     public LlamaConfig Config { get; }

@@ -61,27 +61,33 @@ internal static class CpuKernels
     /// <summary>
     /// W8A8's per-token activations, as values: each row of x rounded to bf16 (the GPU's GEMM inputs are bf16), then
     /// to e4m3 codes with one scale per row, scale = amax / 448, code = e4m3(x · (448 / amax)) (each fp32 op rounded
-    /// once; rows with amax below 1e-30 get scale 1), returned as code · scale. The CUDA backend's quantize_rows_e4m3
-    /// and the PyTorch reference (tests/reference/make_w8a8_fixtures.py) apply the same rule.
+    /// once; rows with amax below 1e-30 get scale 1; a NaN element does not enter amax), returned as code · scale: the
+    /// rule of the CUDA backend's quantize_rows_e4m3. The PyTorch W8A8 fixtures were made with 448 / amax formed as
+    /// (1 / amax) · 448, rounded twice (tests/reference/make_w8a8_fixtures.py; one ulp apart for about a quarter of
+    /// amax values): <paramref name="reciprocalTimes448"/> follows that, for tests against those fixtures only.
     /// </summary>
-    public static float[] QuantizeRowsE4m3(float[] x, int rows, int dim)
+    public static float[] QuantizeRowsE4m3(float[] x, int rows, int dim, bool reciprocalTimes448 = false)
     {
         var y = new float[(long)rows * dim];
-        var values = Float8.Values(TensorDtype.F8E4M3);
-        for (int t = 0; t < rows; t++)
+        void Row(int t)
         {
+            var values = Float8.Values(TensorDtype.F8E4M3);
             var src = new ReadOnlySpan<float>(x, t * dim, dim);
             var dst = new Span<float>(y, t * dim, dim);
             float amax = 0f;
             for (int i = 0; i < dim; i++)
             {
                 dst[i] = Fp32Conversion.BFloat16BitsToSingle(Fp32Conversion.SingleToBFloat16Bits(src[i]));
-                amax = MathF.Max(amax, MathF.Abs(dst[i]));
+                float a = MathF.Abs(dst[i]);
+                if (a > amax) amax = a;   // as CUDA's fmaxf: a NaN element stays NaN in its code, not its row's scale
             }
             bool scaled = amax >= 1e-30f;
-            float inv = scaled ? 448f / amax : 1f, scale = scaled ? amax / 448f : 1f;
+            float inv = !scaled ? 1f : reciprocalTimes448 ? 1f / amax * 448f : 448f / amax, scale = scaled ? amax / 448f : 1f;
             for (int i = 0; i < dim; i++) dst[i] = values[Float8.ToE4m3(dst[i] * inv)] * scale;
         }
+        if ((long)rows * dim < ParallelThreshold || Environment.ProcessorCount == 1)
+            for (int t = 0; t < rows; t++) Row(t);
+        else Parallel.For(0, rows, Row);
         return y;
     }
 

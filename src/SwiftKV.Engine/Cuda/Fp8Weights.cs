@@ -18,7 +18,8 @@ public enum Fp8Weights
     /// Kept as <see cref="Keep"/>, and steps of more than 8 rows (prefill, batched decode) run W8A8: each GEMM's input
     /// rows quantized to e4m3 with a scale per token, the products summed on fp8 tensor cores (Hopper: cuBLASLt has per-row fp8 scales there only). The numerics
     /// the published FP8 checkpoints were calibrated for (dynamic per-token activations), at about 1.7x bf16's GEMM
-    /// rate; see <see cref="CudaBackend.UseW8A8"/>.
+    /// rate; see <see cref="CudaBackend.UseW8A8"/>. On the CPU backend (fp32 weights): the same quantized activations,
+    /// at every step (<see cref="Cpu.CpuBackend.UseW8A8"/>).
     /// </summary>
     KeepW8A8,
 }
