@@ -50,12 +50,7 @@ public static class LlamaCheckpointLoader
             tensors[spec.Name] = ReadFloat32(config, checkpoint, spec.Name);
             if (checkpoint.TryGet(spec.Name, out var info, out _) && info.Dtype.IsFloat8()) float8.Add(tensors[spec.Name]);
         }
-        var weights = LlamaWeightMap.Build(config, swiftKvEnabled, tensors);
-        return float8.Count == 0 ? weights : new LlamaWeights
-        {
-            Config = weights.Config, SwiftKvEnabled = weights.SwiftKvEnabled, EmbedTokens = weights.EmbedTokens, Layers = weights.Layers,
-            Norm = weights.Norm, NormSwiftKv = weights.NormSwiftKv, LmHead = weights.LmHead, Float8Weights = float8,
-        };
+        return LlamaWeightMap.Build(config, swiftKvEnabled, tensors, float8);
     }
 
     /// <summary>

@@ -11,8 +11,10 @@ public static class LlamaWeightMap
     /// <summary>
     /// Assembles weights from <paramref name="tensors"/>, which must hold every name of
     /// <see cref="LlamaTensorNames.ForModel"/>(config, swiftKvEnabled) with its shape (the loader checks that).
+    /// <paramref name="float8"/>: those of the arrays the checkpoint stored as fp8 (<see cref="LlamaWeights.Float8Weights"/>).
     /// </summary>
-    public static LlamaWeights Build(LlamaConfig config, bool swiftKvEnabled, IReadOnlyDictionary<string, float[]> tensors)
+    public static LlamaWeights Build(LlamaConfig config, bool swiftKvEnabled, IReadOnlyDictionary<string, float[]> tensors,
+        IReadOnlySet<float[]>? float8 = null)
     {
         float[] Get(string name) => tensors.TryGetValue(name, out var t) ? t : throw new InvalidModelException($"tensor '{name}' is missing.");
         float[]? Opt(string name) => tensors.GetValueOrDefault(name);
@@ -56,6 +58,7 @@ public static class LlamaWeightMap
             NormSwiftKv = swiftKvEnabled ? Get(NormSwiftKv) : null,
             // NOTE: tied embeddings share one array, as Hugging Face shares one parameter.
             LmHead = config.TieWordEmbeddings ? embed : Get(LmHead),
+            Float8Weights = float8 ?? new HashSet<float[]>(),
         };
     }
 
