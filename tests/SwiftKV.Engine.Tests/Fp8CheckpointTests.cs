@@ -147,6 +147,16 @@ public sealed class Fp8CheckpointTests
             }
         }
         Assert.All(got.AsSpan(2 * Dim, 2 * Dim).ToArray(), v => Assert.Equal(0f, v));
+
+        // A NaN element stays NaN and does not enter its row's amax (as CUDA's fmaxf): the rest of the row is as without it.
+        var withNaN = (float[])x.Clone();
+        withNaN[5] = float.NaN;
+        float[] nan = SwiftKV.Engine.Cpu.CpuKernels.QuantizeRowsE4m3(withNaN, Rows, Dim, reciprocalTimes448);
+        Assert.True(float.IsNaN(nan[5]));
+        var rest = x.AsSpan(0, Dim).ToArray();
+        rest[5] = 0f;   // the row's amax without the NaN element
+        float[] without = SwiftKV.Engine.Cpu.CpuKernels.QuantizeRowsE4m3(rest, 1, Dim, reciprocalTimes448);
+        for (int i = 0; i < Dim; i++) if (i != 5) Assert.Equal(without[i], nan[i]);
     }
 
     /// <summary>
