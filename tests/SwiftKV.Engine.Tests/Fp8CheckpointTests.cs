@@ -112,10 +112,8 @@ public sealed class Fp8CheckpointTests
     /// times 448 / amax goes to the nearest e4m3 value (ties to the even code), times amax / 448; a row of zeros and a
     /// row too small for 448 / amax keep scale 1 (zeros).
     /// </summary>
-    [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void CpuQuantizeRows_MatchesTheNearestE4m3TimesTheRowScale(bool reciprocalTimes448)
+    [Fact]
+    public void CpuQuantizeRows_MatchesTheNearestE4m3TimesTheRowScale()
     {
         const int Rows = 6, Dim = 40;
         var r = new Random(17);
@@ -123,14 +121,14 @@ public sealed class Fp8CheckpointTests
         for (int i = 0; i < x.Length; i++) x[i] = (float)((2 * r.NextDouble() - 1) * Math.Pow(10, i / Dim - 2));
         Array.Clear(x, 2 * Dim, Dim);                                       // zeros
         for (int i = 0; i < Dim; i++) x[3 * Dim + i] = 1e-36f * (i + 1);   // below 1e-30: scale 1, so zero codes
-        float[] got = SwiftKV.Engine.Cpu.CpuKernels.QuantizeRowsE4m3(x, Rows, Dim, reciprocalTimes448);
+        float[] got = SwiftKV.Engine.Cpu.CpuKernels.QuantizeRowsE4m3(x, Rows, Dim);
         var values = Float8.Values(TensorDtype.F8E4M3).ToArray();
         for (int row = 0; row < Rows; row++)
         {
             var b = x.AsSpan(row * Dim, Dim).ToArray().Select(v => Fp32Conversion.BFloat16BitsToSingle(Fp32Conversion.SingleToBFloat16Bits(v))).ToArray();
             float amax = b.Max(MathF.Abs);
             bool scaled = amax >= 1e-30f;
-            float inv = !scaled ? 1f : reciprocalTimes448 ? 1f / amax * 448f : 448f / amax, scale = scaled ? amax / 448f : 1f;
+            float inv = scaled ? (float)(448.0 / amax) : 1f, scale = scaled ? amax / 448f : 1f;
             for (int i = 0; i < Dim; i++)
             {
                 double v = b[i] * inv;   // the fp32 product, then the search in double
@@ -151,22 +149,21 @@ public sealed class Fp8CheckpointTests
         // A NaN element stays NaN and does not enter its row's amax (as CUDA's fmaxf): the rest of the row is as without it.
         var withNaN = (float[])x.Clone();
         withNaN[5] = float.NaN;
-        float[] nan = SwiftKV.Engine.Cpu.CpuKernels.QuantizeRowsE4m3(withNaN, Rows, Dim, reciprocalTimes448);
+        float[] nan = SwiftKV.Engine.Cpu.CpuKernels.QuantizeRowsE4m3(withNaN, Rows, Dim);
         Assert.True(float.IsNaN(nan[5]));
         var rest = x.AsSpan(0, Dim).ToArray();
         rest[5] = 0f;   // the row's amax without the NaN element
-        float[] without = SwiftKV.Engine.Cpu.CpuKernels.QuantizeRowsE4m3(rest, 1, Dim, reciprocalTimes448);
+        float[] without = SwiftKV.Engine.Cpu.CpuKernels.QuantizeRowsE4m3(rest, 1, Dim);
         for (int i = 0; i < Dim; i++) if (i != 5) Assert.Equal(without[i], nan[i]);
     }
 
     /// <summary>
     /// The CPU backend's W8A8 (UseW8A8: each fp8 Linear's input rows quantized per token) against the PyTorch W8A8
-    /// reference (tests/reference/make_w8a8_fixtures.py), every prefill row. Both compute in fp32 by the same rule once
-    /// the CPU forms 448 / amax as the fixtures did, (1 / amax) · 448: then every row matches to fp32 summation noise
-    /// (5.4e-7 measured), and leaving any projection's input unquantized, or quantizing it by another rule, moves rows by
-    /// 1e-2 or more. With the engine's own 448 / amax (one rounding, as the CUDA kernel), codes flip where the two
-    /// differ by an ulp, and one flip moves its row, and every later row it reaches through attention, by 1e-2 to 3e-2:
-    /// there only the direction of the departure from the weight-only logits is checked (cosine 0.88 and 0.59 measured).
+    /// reference (tests/reference/make_w8a8_fixtures.py), every prefill row. Both compute in fp32 by the same rule, so
+    /// every row matches to fp32 summation noise (4.4e-7 measured), where W8A8 moves rows from the weight-only logits by
+    /// 3e-2 to 5e-2. The bound is tight enough to see one e4m3 code flip: when the fixtures formed 448 / amax as
+    /// (1 / amax) · 448 (an ulp away from the engine's one division for about a quarter of amax values; fixtures before
+    /// 2026-11-29), rows moved by 1e-2 to 3e-2; leaving any projection's input unquantized moves them as much.
     /// </summary>
     [Theory]
     [InlineData("w8a8_channel_swiftkv_50_g2")]
@@ -178,34 +175,19 @@ public sealed class Fp8CheckpointTests
         var weights = LlamaCheckpointLoader.Load(Path.Combine(FixtureDir, name));
         Assert.NotEmpty(weights.Float8Weights);
         Assert.DoesNotContain(weights.LmHead, weights.Float8Weights);   // lm_head stays bf16 in these checkpoints
-        using var backend = new CpuBackend(weights) { UseW8A8 = true, ReferenceReciprocalForTests = true };
+        using var backend = new CpuBackend(weights) { UseW8A8 = true };
         int vocab = weights.Config.VocabSize, n = fixture.Ids.Length;
-        float[] Prefill()
+        using var cache = backend.CreateCache(n);
+        var logits = backend.Forward(cache, fixture.Ids, LogitsSelection.AllTokens);
+        double worst = 0, moved = 0;
+        for (int p = 0; p < n; p++)
         {
-            using var cache = backend.CreateCache(n);
-            return backend.Forward(cache, fixture.Ids, LogitsSelection.AllTokens);
+            worst = Math.Max(worst, Approx.RowError(w8a8.AsSpan(p * vocab, vocab), logits.AsSpan(p * vocab, vocab)));
+            moved = Math.Max(moved, Approx.RowError(fixture.Logits.AsSpan(p * vocab, vocab), logits.AsSpan(p * vocab, vocab)));
         }
-
-        var matched = Prefill();
-        double worst = Enumerable.Range(0, n).Max(p => Approx.RowError(w8a8.AsSpan(p * vocab, vocab), matched.AsSpan(p * vocab, vocab)));
-        TestContext.Current.SendDiagnosticMessage($"{name}: CPU W8A8 with the fixtures' 448 / amax against the PyTorch W8A8 reference, worst row {worst:E2}");
+        TestContext.Current.SendDiagnosticMessage($"{name}: CPU W8A8 against the PyTorch W8A8 reference, worst row {worst:E2}; {moved:E2} from weight-only");
         Assert.True(worst <= 1e-4, $"{name}: CPU W8A8 against the PyTorch W8A8 reference: worst row {worst:E2}");
-
-        backend.ReferenceReciprocalForTests = false;
-        var own = Prefill();
-        double ab = 0, aa = 0, bb = 0, moved = 0;
-        for (int i = 0; i < own.Length; i++)
-        {
-            double da = own[i] - fixture.Logits[i], db = w8a8[i] - fixture.Logits[i];
-            ab += da * db;
-            aa += da * da;
-            bb += db * db;
-        }
-        for (int p = 0; p < n; p++) moved = Math.Max(moved, Approx.RowError(fixture.Logits.AsSpan(p * vocab, vocab), own.AsSpan(p * vocab, vocab)));
-        double agreement = ab / Math.Sqrt(aa * bb);
-        TestContext.Current.SendDiagnosticMessage($"{name}: with the engine's 448 / amax: {moved:E2} from weight-only, agreement with the reference's departure {agreement:F3}");
         Assert.True(moved >= 1e-2, $"{name}: W8A8 moved the logits by only {moved:E2} from weight-only");
-        Assert.True(agreement >= 0.3, $"{name}: the engine's W8A8 departs from weight-only unlike the reference: cosine {agreement:F3}");
     }
 
     /// <summary>

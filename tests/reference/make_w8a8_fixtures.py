@@ -15,12 +15,10 @@ disagree by as much. Each W8A8 fixture is therefore one of them with its decoder
 that brings the W8A8 / weight-only gap under 8%) and quantized again the same way (per channel or per tensor, scales
 rounded to bf16): a model where W8A8's own effect is visible and rounding noise is not.
 
-NOTE (found 2026-11-29, after these fixtures were made): `E4M3_MAX / amax` below is a Python float over a tensor, which
-torch computes as amax.reciprocal() * 448, two roundings; the engine (CUDA quantize_rows_e4m3, CpuKernels.QuantizeRowsE4m3)
-forms 448 / amax with one. They differ by an ulp for about a quarter of amax values, and in these small models one code
-flip moves a row's logits by 1e-2 to 3e-2. With the CPU made to form it as here (CpuBackend.ReferenceReciprocalForTests),
-every fixture row matches to 5e-7. Regenerating with `torch.full_like(amax, E4M3_MAX) / amax` would let the engine's own
-rule be compared tightly; the committed .w8a8 logits are from the form below.
+448 / amax is formed with one division, as the engine forms it. (The first fixtures, before 2026-11-29, wrote
+`E4M3_MAX / amax`, which torch computes as amax.reciprocal() * 448: an ulp away for about a quarter of amax values, and
+in these small models one code flip moves a row's logits by 1e-2 to 3e-2. Regenerated with one division, the weights
+and weight-only logits came out byte-identical and the CPU backend's W8A8 matches the .w8a8 logits to 4.4e-7.)
 
 Usage (any machine with torch; the device has it): python3 tests/reference/make_w8a8_fixtures.py [FIXTURE_DIR] [OUT_DIR]
 writes, per case, OUT_DIR/<name>/ (config.json, model.safetensors), <name>.json (token ids, weight-only greedy tokens),

@@ -63,15 +63,12 @@ public sealed partial class CpuBackend : IModelBackend
         if (!_w8a8 || !_w.Float8Weights.Contains(w)) return x;
         var last = _lastQuantized;   // one reference read: steps on other threads replace it whole, never half
         if (last is not null && ReferenceEquals(last.Input, x)) return last.Rows;
-        var q = CpuKernels.QuantizeRowsE4m3(x, rows, inDim, ReferenceReciprocalForTests);
+        var q = CpuKernels.QuantizeRowsE4m3(x, rows, inDim);
         _lastQuantized = new QuantizedInput(x, q);
         return q;
     }
     QuantizedInput? _lastQuantized;
     sealed record QuantizedInput(float[] Input, float[] Rows);
-
-    /// <summary>Tests: 448 / amax formed as the PyTorch W8A8 fixtures formed it (<see cref="CpuKernels.QuantizeRowsE4m3"/>).</summary>
-    internal bool ReferenceReciprocalForTests { get; set; }
 
     public string Name => "cpu";
     public LlamaConfig Config { get; }

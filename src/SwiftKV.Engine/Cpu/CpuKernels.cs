@@ -62,11 +62,9 @@ internal static class CpuKernels
     /// W8A8's per-token activations, as values: each row of x rounded to bf16 (the GPU's GEMM inputs are bf16), then
     /// to e4m3 codes with one scale per row, scale = amax / 448, code = e4m3(x · (448 / amax)) (each fp32 op rounded
     /// once; rows with amax below 1e-30 get scale 1; a NaN element does not enter amax), returned as code · scale: the
-    /// rule of the CUDA backend's quantize_rows_e4m3. The PyTorch W8A8 fixtures were made with 448 / amax formed as
-    /// (1 / amax) · 448, rounded twice (tests/reference/make_w8a8_fixtures.py; one ulp apart for about a quarter of
-    /// amax values): <paramref name="reciprocalTimes448"/> follows that, for tests against those fixtures only.
+    /// rule of the CUDA backend's quantize_rows_e4m3 and of the PyTorch W8A8 fixtures (make_w8a8_fixtures.py).
     /// </summary>
-    public static float[] QuantizeRowsE4m3(float[] x, int rows, int dim, bool reciprocalTimes448 = false)
+    public static float[] QuantizeRowsE4m3(float[] x, int rows, int dim)
     {
         var y = new float[(long)rows * dim];
         void Row(int t)
@@ -82,7 +80,7 @@ internal static class CpuKernels
                 if (a > amax) amax = a;   // as CUDA's fmaxf: a NaN element stays NaN in its code, not its row's scale
             }
             bool scaled = amax >= 1e-30f;
-            float inv = !scaled ? 1f : reciprocalTimes448 ? 1f / amax * 448f : 448f / amax, scale = scaled ? amax / 448f : 1f;
+            float inv = scaled ? 448f / amax : 1f, scale = scaled ? amax / 448f : 1f;
             for (int i = 0; i < dim; i++) dst[i] = values[Float8.ToE4m3(dst[i] * inv)] * scale;
         }
         if ((long)rows * dim < ParallelThreshold || Environment.ProcessorCount == 1)
