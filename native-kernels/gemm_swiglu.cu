@@ -50,16 +50,14 @@ constexpr int GG_THREADS = GM_THREADS;
 constexpr int GG_OUT_BYTES = 2 * 2 * GM_OUT_PANEL;           // 2 warpgroups x 2 panels
 constexpr int GG_SMEM_BYTES = GG_STAGES * GM_STAGE_BYTES + GG_OUT_BYTES + 2 * GG_STAGES * 8 + 1024;
 
-// silu(g) = g / (1 + e^-g) with the fast exp and division: accurate to a few ulp of fp32, far below the bf16
-// rounding of the output, and ~5x fewer instructions than expf + IEEE division (the epilogue stalls both consumer
-// warpgroups, so its length is tensor-core idle time). For g < -88, e^-g = inf and __fdividef gives 0, as silu does.
+// silu_f32 (swiftkv_common.cuh); GG_FAST_SILU=0 gives the precise form, for probes.
 #ifndef GG_FAST_SILU
 #define GG_FAST_SILU 1
 #endif
 __device__ __forceinline__ float silu(float g)
 {
 #if GG_FAST_SILU
-    return __fdividef(g, 1.f + __expf(-g));
+    return silu_f32(g);
 #else
     return g / (1.f + expf(-g));
 #endif

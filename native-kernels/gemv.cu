@@ -277,7 +277,7 @@ __device__ __forceinline__ void gemv_silu(const void* __restrict__ x, const void
         if (lane == r)
         {
             float g = acc[0][r];
-            out[(long long)r * inter + o] = f32_to_bf16(g / (1.f + expf(-g)) * acc[1][r]);
+            out[(long long)r * inter + o] = f32_to_bf16(silu_f32(g) * acc[1][r]);
         }
 }
 
@@ -401,7 +401,7 @@ extern "C" __global__ void gemv_rms_silu_bf16_any(const float* x, const float* n
     gemv_row_any_rms(x, nw, eps, w + ((long long)o + inter) * in, in, rows, u);
 #pragma unroll
     for (int r = 0; r < 4; r++)
-        if (r < rows && lane == r) out[(long long)r * inter + o] = f32_to_bf16(g[r] / (1.f + expf(-g[r])) * u[r]);
+        if (r < rows && lane == r) out[(long long)r * inter + o] = f32_to_bf16(silu_f32(g[r]) * u[r]);
 }
 
 extern "C" __global__ void gemv_bf16_any(const bf16_t* x, const bf16_t* w, float* y, int rows, int in, int out, int ldy, int accumulate)
@@ -430,5 +430,5 @@ extern "C" __global__ void gemv_silu_bf16_any(const bf16_t* x, const bf16_t* w, 
     gemv_row_any(x, w + ((long long)o + inter) * in, in, rows, u);
 #pragma unroll
     for (int r = 0; r < 8; r++)
-        if (r < rows && lane == r) out[(long long)r * inter + o] = f32_to_bf16(g[r] / (1.f + expf(-g[r])) * u[r]);
+        if (r < rows && lane == r) out[(long long)r * inter + o] = f32_to_bf16(silu_f32(g[r]) * u[r]);
 }

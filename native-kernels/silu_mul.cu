@@ -9,7 +9,7 @@ extern "C" __global__ void silu_mul_f32(const float* gate_up, int rows, int inte
     if (i >= inter) return;
     const float* row = gate_up + (long long)r * 2 * inter;
     float g = row[i];
-    out[(long long)r * inter + i] = f32_to_bf16(g / (1.f + expf(-g)) * row[inter + i]);
+    out[(long long)r * inter + i] = f32_to_bf16(silu_f32(g) * row[inter + i]);
 }
 
 // The same on bf16 [gate | up] (the prefill GEMM writes bf16: half the bytes of fp32 on both sides of this pass).
@@ -31,5 +31,5 @@ extern "C" __global__ void silu_mul_bf16(const bf16_t* gate_up, int rows, int in
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= inter) return;
     float gf = bf16_to_f32(g[i]);
-    o[i] = f32_to_bf16(gf / (1.f + expf(-gf)) * bf16_to_f32(u[i]));
+    o[i] = f32_to_bf16(silu_f32(gf) * bf16_to_f32(u[i]));
 }

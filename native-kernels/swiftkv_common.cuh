@@ -212,6 +212,12 @@ __device__ __forceinline__ void kv_row_to_bf16(const float* kr, const float* vr,
 
 // SwiGLU on 8 bf16 columns: bf16(silu(g) · u) for the 8 gates of g and ups of u, in fp32 (silu_mul_bf16 and the
 // W8A8 route's fused silu + quantize pass, activation_fp8.cu, so both write the same values).
+// silu(g) = g / (1 + e^-g), as every forward kernel forms it: with the fast exp and division, accurate to a few ulp of
+// fp32, far below the bf16 rounding of every output it feeds, and about 5x fewer instructions than expf + IEEE division
+// (the W8A8 SwiGLU + quantize pass measured 17-24% faster with it, gemm_swiglu.cu's epilogue stalls the tensor cores
+// for its length). For g < -88, e^-g = inf and __fdividef gives 0, as silu does; a NaN stays NaN.
+__device__ __forceinline__ float silu_f32(float g) { return __fdividef(g, 1.f + __expf(-g)); }
+
 __device__ __forceinline__ uint4 silu_mul_bf16x8(uint4 gv, uint4 uv)
 {
     const unsigned gw[4] = { gv.x, gv.y, gv.z, gv.w }, uw[4] = { uv.x, uv.y, uv.z, uv.w };
@@ -221,7 +227,7 @@ __device__ __forceinline__ uint4 silu_mul_bf16x8(uint4 gv, uint4 uv)
     {
         float g0 = __uint_as_float(gw[k] << 16), g1 = __uint_as_float(gw[k] & 0xffff0000u);
         float u0 = __uint_as_float(uw[k] << 16), u1 = __uint_as_float(uw[k] & 0xffff0000u);
-        unsigned lo = f32_to_bf16(g0 / (1.f + expf(-g0)) * u0), hi = f32_to_bf16(g1 / (1.f + expf(-g1)) * u1);
+        unsigned lo = f32_to_bf16(silu_f32(g0) * u0), hi = f32_to_bf16(silu_f32(g1) * u1);
         ow[k] = lo | (hi << 16);
     }
     return make_uint4(ow[0], ow[1], ow[2], ow[3]);
