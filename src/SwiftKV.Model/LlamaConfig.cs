@@ -163,8 +163,11 @@ public sealed record LlamaConfig
     static LlamaConfig Parse(ReadOnlyMemory<byte> utf8, string source)
     {
         JsonObject root;
+        Tokenization.CheckpointJson.RequireUtf8(utf8.Span, source);
         try
         {
+            using (var doc = JsonDocument.Parse(utf8))
+                Tokenization.CheckpointJson.RequireText(doc.RootElement, utf8.Span, source);
             root = JsonNode.Parse(utf8.Span) as JsonObject
                 ?? throw new InvalidModelException($"{source}: the top level must be a JSON object.");
             RejectDuplicateKeys(root, source);

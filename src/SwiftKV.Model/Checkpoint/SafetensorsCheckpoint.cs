@@ -101,11 +101,14 @@ public sealed class SafetensorsCheckpoint : IDisposable
 
     static Dictionary<string, string> ReadWeightMap(string index)
     {
+        var utf8 = CheckpointJson.ReadUtf8(index);
+        CheckpointJson.RequireUtf8(utf8.Span, index);
         JsonDocument doc;
-        try { doc = JsonDocument.Parse(CheckpointJson.ReadUtf8(index)); }
+        try { doc = JsonDocument.Parse(utf8); }
         catch (JsonException e) { throw new InvalidModelException($"{index}: not valid JSON ({e.Message}).", e); }
         using (doc)
         {
+            CheckpointJson.RequireText(doc.RootElement, utf8.Span, index);
             if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
                 throw new InvalidModelException($"{index}: missing object 'weight_map'.");
             var result = new Dictionary<string, string>(StringComparer.Ordinal);

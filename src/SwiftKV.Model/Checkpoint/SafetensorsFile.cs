@@ -190,6 +190,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
         long dataStart = 8 + (long)headerLength;
         long dataLength = fileLength - dataStart;
 
+        Tokenization.CheckpointJson.RequireUtf8(headerBytes, $"{path} (header)");
         JsonDocument doc;
         try
         {
@@ -203,6 +204,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 throw new InvalidModelException($"{path}: header must be a JSON object, got {doc.RootElement.ValueKind}.");
+            Tokenization.CheckpointJson.RequireText(doc.RootElement, headerBytes, $"{path} (header)");
             var tensors = new List<TensorInfo>();
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
             var seen = new HashSet<string>(StringComparer.Ordinal);

@@ -1,6 +1,8 @@
 // Small, strict helpers for the JSON side files of a checkpoint (tokenizer.json, tokenizer_config.json,
 // generation_config.json, config.json): every failure names the file and the key.
+using System.Text;
 using System.Text.Json;
+using System.Text.Unicode;
 
 namespace SwiftKV.Model.Tokenization;
 
@@ -10,11 +12,14 @@ internal static class CheckpointJson
     public static JsonElement? TryRead(string path)
     {
         if (!FileExists(path)) return null;
+        var utf8 = ReadUtf8(path);
+        RequireUtf8(utf8.Span, path);
         try
         {
-            using var doc = JsonDocument.Parse(ReadUtf8(path), new JsonDocumentOptions { MaxDepth = 256 });
+            using var doc = JsonDocument.Parse(utf8, new JsonDocumentOptions { MaxDepth = 256 });
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 throw new InvalidModelException($"{path}: the top level must be a JSON object, got {doc.RootElement.ValueKind}.");
+            RequireText(doc.RootElement, utf8.Span, path);
             return doc.RootElement.Clone();
         }
         catch (JsonException e)
@@ -35,6 +40,96 @@ internal static class CheckpointJson
     }
 
     static ReadOnlySpan<byte> Utf8Bom => [0xEF, 0xBB, 0xBF];
+
+    /// <summary>
+    /// Refuses bytes that are not UTF-8, naming the first bad byte. System.Text.Json parses past them and only fails
+    /// when a key or string is read, with an InvalidOperationException that names neither the file nor the key (a
+    /// tokenizer_config.json saved as Latin-1 or cp1252 by an editor is the usual cause).
+    /// </summary>
+    public static void RequireUtf8(ReadOnlySpan<byte> bytes, string source)
+    {
+        if (Utf8.IsValid(bytes)) return;
+        Utf8.ToUtf16(bytes, new char[bytes.Length], out int valid, out _, replaceInvalidSequences: false);
+        throw new InvalidModelException($"{source}: not UTF-8 text: byte {valid} (0x{bytes[valid]:X2}) starts no valid character. JSON files must be saved as UTF-8.");
+    }
+
+    /// <summary>
+    /// Refuses keys and strings whose \u escapes are half of a UTF-16 surrogate pair (e.g. "\ud800" alone), naming
+    /// where: valid JSON syntax, but not text, and System.Text.Json would throw an unexplained InvalidOperationException
+    /// at the first read of it. The whole document is read only when its bytes hold a \uD800-\uDFFF escape at all.
+    /// </summary>
+    public static void RequireText(JsonElement root, ReadOnlySpan<byte> utf8, string source)
+    {
+        if (!MayHoldSurrogateEscape(utf8)) return;
+        try
+        {
+            ReadAllText(root);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new InvalidModelException($"{source}: {FindUnpairedSurrogate(root, "$") ?? "a string"} holds a \\u escape of half a UTF-16 " +
+                "surrogate pair (\\uD800-\\uDFFF without its other half), which is not text.", e);
+        }
+    }
+
+    static bool MayHoldSurrogateEscape(ReadOnlySpan<byte> utf8)
+    {
+        for (int i = utf8.IndexOf("\\u"u8); i >= 0 && i + 3 < utf8.Length; )
+        {
+            if ((utf8[i + 2] | 0x20) == (byte)'d' && utf8[i + 3] is (byte)'8' or (byte)'9' or (>= (byte)'a' and <= (byte)'f') or (>= (byte)'A' and <= (byte)'F'))
+                return true;
+            int next = utf8[(i + 2)..].IndexOf("\\u"u8);
+            i = next < 0 ? -1 : i + 2 + next;
+        }
+        return false;
+    }
+
+    static void ReadAllText(JsonElement e)
+    {
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.Object:
+                foreach (var p in e.EnumerateObject())
+                {
+                    _ = p.Name;
+                    ReadAllText(p.Value);
+                }
+                break;
+            case JsonValueKind.Array:
+                foreach (var v in e.EnumerateArray()) ReadAllText(v);
+                break;
+            case JsonValueKind.String:
+                _ = e.GetString();
+                break;
+        }
+    }
+
+    /// <summary>Where the first key or string that is not text sits, as a path ($.model.vocab); null if none.</summary>
+    static string? FindUnpairedSurrogate(JsonElement e, string path)
+    {
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.Object:
+                foreach (var p in e.EnumerateObject())
+                {
+                    string name;
+                    try { name = p.Name; }
+                    catch (InvalidOperationException) { return $"a key of {path}"; }
+                    if (FindUnpairedSurrogate(p.Value, $"{path}.{name}") is { } found) return found;
+                }
+                return null;
+            case JsonValueKind.Array:
+                int i = 0;
+                foreach (var v in e.EnumerateArray())
+                    if (FindUnpairedSurrogate(v, $"{path}[{i++}]") is { } found) return found;
+                return null;
+            case JsonValueKind.String:
+                try { _ = e.GetString(); return null; }
+                catch (InvalidOperationException) { return $"the string at {path}"; }
+            default:
+                return null;
+        }
+    }
 
     /// <summary>
     /// Whether a checkpoint file is present; throws when a directory has its name, which would otherwise read as a
