@@ -89,9 +89,11 @@ public sealed class ScaledFp8Tensor
         string scaleName = quantization.ScaleNames(weight.Name).First(checkpoint.Contains);
         checkpoint.TryGet(scaleName, out var scaleInfo, out _);
         float[] scales = checkpoint.ReadFloat32(scaleName);
+        // A negative scale would flip its weights' signs: no quantizer writes one (scales are amax / 448), so it is damage.
+        // Zero is allowed: an all-zero matrix or block quantizes to it.
         foreach (float s in scales)
-            if (!float.IsFinite(s))
-                return (scaleInfo, scales, $"scale '{scaleName}' holds {s}; every scale must be finite");
+            if (!float.IsFinite(s) || s < 0)
+                return (scaleInfo, scales, $"scale '{scaleName}' holds {s}; every scale must be finite and not negative");
         return (scaleInfo, scales, null);
     }
 

@@ -139,10 +139,11 @@ public sealed class LlamaCheckpointTests : IDisposable
 
     /// <summary>
     /// An fp8 weight whose scale is NaN: Verify (what info runs) refuses it as a load does, naming the scale; it checked
-    /// headers only, so info said OK for a checkpoint generate refused. A finite scale passes and counts as fp8.
+    /// headers only, so info said OK for a checkpoint generate refused. So is a negative scale; a finite one, zero
+    /// included, passes and counts as fp8.
     /// </summary>
     [Fact]
-    public void Verify_Fp8WeightWithNanScale_IsRefusedNamingTheScale()
+    public void Verify_Fp8WeightWithNanOrNegativeScale_IsRefusedNamingTheScale()
     {
         const string weight = "model.layers.1.mlp.down_proj.weight", scale = "model.layers.1.mlp.down_proj.weight_scale";
         var config = TinyModels.Config(swiftKv: false);
@@ -156,8 +157,15 @@ public sealed class LlamaCheckpointTests : IDisposable
 
         WithFp8Weight(weight, scale, float.NaN);
         var e = Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Verify(dir.Path));
-        Assert.Contains($"scale '{scale}' holds NaN; every scale must be finite", e.Message);
+        Assert.Contains($"scale '{scale}' holds NaN; every scale must be finite and not negative", e.Message);
         Assert.Contains("1 problem(s)", e.Message);
+
+        WithFp8Weight(weight, scale, -0.5f);   // would flip the matrix's signs
+        e = Assert.Throws<InvalidModelException>(() => LlamaCheckpointLoader.Verify(dir.Path));
+        Assert.Contains($"scale '{scale}' holds -0.5; every scale must be finite and not negative", e.Message);
+
+        WithFp8Weight(weight, scale, 0f);      // an all-zero matrix quantizes to scale 0
+        Assert.Equal(new VerifiedCheckpoint(LlamaTensorNames.ForModel(config, false).Count, 1), LlamaCheckpointLoader.Verify(dir.Path));
     }
 
     /// <summary>Rewrites model.safetensors by hand with <paramref name="weight"/> as F8_E4M3 codes of 1.0 and an F32 scale [1].</summary>
