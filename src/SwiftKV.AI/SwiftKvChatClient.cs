@@ -141,14 +141,18 @@ public sealed class SwiftKvChatClient : IChatClient
             string tail = toolCalls.Push(stops.Flush(detok.Flush(), out stoppedOnText));
             if (tail.Length > 0) yield return Update([new TextContent(tail)]);
         }
-        var (calls, heldText) = toolCalls.Finish();
+        // NOTE: JSON output cut off by MaxOutputTokens is returned as is, with FinishReason Length. So is JSON that the
+        // budget rule closed early (BudgetShaped: a list or string ended so that the document fits): whole, but maybe
+        // shorter than the model's answer; a call shaped so is not made but returned as text, as a call cut off is.
+        // A JSON value that closed on the last allowed token without the rule stepping in is complete: Stop.
+        bool budgetShaped = !stoppedOnText && request.Constraint is IGrammarConstraint { BudgetShaped: true };
+        var (calls, heldText) = toolCalls.Finish(asText: budgetShaped);
         if (heldText.Length > 0) yield return Update([new TextContent(heldText)]);
         if (calls.Count > 0) yield return Update([.. calls]);
 
-        // NOTE: JSON output cut off by MaxOutputTokens is returned as is, with FinishReason Length. A JSON value that
-        // closed on the last allowed token is complete (the grammar would only have let the end of turn follow): Stop.
         bool jsonComplete = request.Constraint is IGrammarConstraint { IsComplete: true };
-        var finish = calls.Count > 0 ? ChatFinishReason.ToolCalls
+        var finish = budgetShaped ? ChatFinishReason.Length
+            : calls.Count > 0 ? ChatFinishReason.ToolCalls
             : stoppedOnText || outcome.FinishReason == FinishReason.Stop || jsonComplete ? ChatFinishReason.Stop
             : ChatFinishReason.Length;
         // Prompt tokens served from the prefix cache were not computed at all; of those computed, all but the

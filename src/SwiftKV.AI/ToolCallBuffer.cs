@@ -34,12 +34,15 @@ internal sealed class ToolCallBuffer(IReadOnlyList<string> toolNames, string? pr
         return all;
     }
 
-    /// <summary>End of the answer: the calls it held, or the held text to pass on as text.</summary>
-    public (IReadOnlyList<FunctionCallContent> Calls, string Text) Finish()
+    /// <summary>
+    /// End of the answer: the calls it held, or the held text to pass on as text (always, with <paramref name="asText"/>:
+    /// for a call MaxOutputTokens shaped, which is not made).
+    /// </summary>
+    public (IReadOnlyList<FunctionCallContent> Calls, string Text) Finish(bool asText = false)
     {
         string held = _held.ToString();
         _held.Clear();
-        if (_state == State.Streaming || held.Length == 0) return ([], held);
+        if (asText || _state == State.Streaming || held.Length == 0) return ([], held);
         var parsed = Llama31ToolFormat.TryParseCalls(held, toolNames);
         if (parsed is null) return ([], held);
         var calls = new List<FunctionCallContent>();

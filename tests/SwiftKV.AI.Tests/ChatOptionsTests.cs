@@ -29,15 +29,17 @@ public sealed class ChatOptionsTests(TinyChatModel tiny)
     }
 
     /// <summary>
-    /// A JSON answer that closes on the last token of its budget is complete: FinishReason Stop, not Length (callers
-    /// treat Length as truncated). The review saw all four of these seeds parse and report Length.
+    /// A JSON answer at a tight budget (12 tokens, random weights): Stop only when the document closed without the
+    /// budget rule masking anything the grammar allowed (the model's own answer, whole); Length when the rule closed it
+    /// early or it was cut off (ToolCallingTests.StructuredOutput_ClosedEarlyByTheBudget_IsLength shows the first case
+    /// exactly). Either way the text is a prefix of, or a whole, JSON object.
     /// </summary>
     [Theory]
     [InlineData(1L)]
     [InlineData(2L)]
     [InlineData(3L)]
     [InlineData(4L)]
-    public async Task ResponseFormatJson_CompleteAtTheBudget_IsStop(long seed)
+    public async Task ResponseFormatJson_AtATightBudget_IsLengthUnlessWholeUnshaped(long seed)
     {
         using var client = tiny.Client();
         var r = await client.GetResponseAsync("Give me JSON.", new ChatOptions
@@ -45,8 +47,8 @@ public sealed class ChatOptionsTests(TinyChatModel tiny)
             ResponseFormat = ChatResponseFormat.Json, MaxOutputTokens = 12, Temperature = 1f, Seed = seed,
         }, Ct);
         var state = new JsonGrammarState();
-        bool complete = state.Accept(System.Text.Encoding.UTF8.GetBytes(r.Text)) && state.IsComplete;
-        Assert.Equal(complete ? ChatFinishReason.Stop : ChatFinishReason.Length, r.FinishReason);
+        Assert.True(state.Accept(System.Text.Encoding.UTF8.GetBytes(r.Text)), r.Text);
+        if (!state.IsComplete) Assert.Equal(ChatFinishReason.Length, r.FinishReason);
     }
 
     [Fact]
@@ -170,7 +172,7 @@ public sealed class ChatOptionsTests(TinyChatModel tiny)
     /// <summary>
     /// GetResponseAsync&lt;T&gt; on random weights: decoding holds the answer to the schema M.E.AI made for T (required
     /// fields, an enum, an integer array, a nullable number, a recursive nullable object through "$ref"), so every
-    /// seed's answer passes an independent JSON Schema validator and finishes with Stop, and deserializes into T
+    /// seed's answer passes an independent JSON Schema validator, and deserializes into T
     /// whenever its integers fit an int (the schema says "integer", not int32's range). Before schemas were
     /// enforced, only "some JSON object" was, and T's fields were up to the model.
     /// </summary>
@@ -184,7 +186,9 @@ public sealed class ChatOptionsTests(TinyChatModel tiny)
         using var recorder = new FormatRecorder(tiny.Client());
         var r = await recorder.GetResponseAsync<Forecast>("Forecast for Oslo?", new ChatOptions { MaxOutputTokens = 120, Temperature = temperature, Seed = seed },
             cancellationToken: Ct);
-        Assert.Equal(ChatFinishReason.Stop, r.FinishReason);
+        // Stop, or Length where the budget rule closed a string early (random weights rarely close one themselves):
+        // the document is whole either way.
+        Assert.True(r.FinishReason == ChatFinishReason.Stop || r.FinishReason == ChatFinishReason.Length, $"{r.FinishReason}");
         var schema = Json.Schema.JsonSchema.FromText(recorder.Format!.Schema!.Value.GetRawText());
         using var answer = JsonDocument.Parse(r.Text);
         Assert.True(schema.Evaluate(answer.RootElement).IsValid, $"'{r.Text}' does not follow the schema");

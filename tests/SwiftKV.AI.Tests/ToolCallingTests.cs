@@ -268,6 +268,55 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
         Assert.Contains("<|start_header_id|>ipython<|end_header_id|>\n\nsunny<|eot_id|>", prompt);
     }
 
+    /// <summary>
+    /// MaxOutputTokens too small for the model's JSON answer: the budget rule closes the document early (whole, but a
+    /// shorter list than the model's) and the answer says so, FinishReason Length. It said Stop, and
+    /// GetResponseAsync&lt;T&gt; callers took a list the grammar had cut (and ended with a number of its own) as the answer.
+    /// With room, the same answer is Stop.
+    /// </summary>
+    [Fact]
+    public async Task StructuredOutput_ClosedEarlyByTheBudget_IsLength()
+    {
+        string answer = "{\"values\": [" + string.Join(", ", Enumerable.Range(1, 40)) + "]}";
+        var (client, _) = Scripted(answer, answer);
+        using var _c = client;
+        var cut = await client.GetResponseAsync("List 40 numbers", new ChatOptions { ResponseFormat = ChatResponseFormat.Json, MaxOutputTokens = 30 }, Ct);
+        Assert.Equal(ChatFinishReason.Length, cut.FinishReason);
+        using (JsonDocument.Parse(cut.Text)) { }   // still whole
+        Assert.NotEqual(answer, cut.Text);
+        var full = await client.GetResponseAsync("List 40 numbers", new ChatOptions { ResponseFormat = ChatResponseFormat.Json, MaxOutputTokens = 200 }, Ct);
+        Assert.Equal(answer, full.Text);
+        Assert.Equal(ChatFinishReason.Stop, full.FinishReason);
+    }
+
+    /// <summary>
+    /// A required call whose arguments the budget rule closed early ({"city": "San"}) is not made: it comes back as
+    /// text, the prefilled start included, with FinishReason Length, as a call cut off does. It was returned as a call,
+    /// and UseFunctionInvocation ran the function on the shortened argument. With room, the call is made whole.
+    /// </summary>
+    [Fact]
+    public async Task RequiredCall_ClosedEarlyByTheBudget_IsTextWithLength()
+    {
+        const string City = "San Francisco, California, United States of America";
+        string rest = "\"city\": \"" + City + "\"}}";
+        var (inner, _) = Scripted(rest, rest);
+        using var client = inner.AsBuilder().UseFunctionInvocation().Build();
+        var seen = new List<string>();
+        var options = new ChatOptions { Tools = [Weather(seen)], ToolMode = ChatToolMode.RequireSpecific("get_weather"), MaxOutputTokens = 8 };
+        var cut = await client.GetResponseAsync("Weather in SF?", options, Ct);
+        Assert.Empty(seen);
+        Assert.Empty(cut.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
+        Assert.Equal(ChatFinishReason.Length, cut.FinishReason);
+        Assert.StartsWith("{\"name\": \"get_weather\", \"parameters\": {", cut.Text);
+
+        options.MaxOutputTokens = 64;
+        options.ToolMode = ChatToolMode.RequireSpecific("get_weather");
+        var (inner2, _) = Scripted(rest, "It is 21 degrees.");
+        using var client2 = inner2.AsBuilder().UseFunctionInvocation().Build();
+        var whole = await client2.GetResponseAsync("Weather in SF?", options, Ct);
+        Assert.Equal([City], seen);
+    }
+
     [Fact]
     public async Task RequireAny_SeveralTools_PrefillsTheCallStart()
     {
@@ -287,9 +336,22 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
         using var client = tiny.Client();
         var tools = new List<AITool> { Weather([]), AIFunctionFactory.Create(() => 1, "other") };
         var r = await client.GetResponseAsync("Weather?", new ChatOptions { Tools = tools, ToolMode = ChatToolMode.RequireSpecific("other"), MaxOutputTokens = 20 }, Ct);
-        var call = Assert.Single(r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
-        Assert.Equal("other", call.Name);
-        Assert.Equal(ChatFinishReason.ToolCalls, r.FinishReason);
+        Assert.Equal("other", TheCall(r, ["get_weather", "other"]).Name);
+    }
+
+    /// <summary>
+    /// The call a required-call answer holds: made (FinishReason ToolCalls), or, where MaxOutputTokens closed its
+    /// arguments early (a random model's strings run until the budget rule ends them), given back as text with
+    /// FinishReason Length that still parses as one call.
+    /// </summary>
+    static (string Name, IDictionary<string, object?> Arguments) TheCall(ChatResponse r, IReadOnlyCollection<string> toolNames)
+    {
+        var made = r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().ToList();
+        if (r.FinishReason == ChatFinishReason.ToolCalls) return (Assert.Single(made).Name, made[0].Arguments!);
+        Assert.Equal(ChatFinishReason.Length, r.FinishReason);
+        Assert.Empty(made);
+        var parsed = Assert.Single(Llama31ToolFormat.TryParseCalls(r.Text, toolNames) ?? []);
+        return (parsed.Name, parsed.Arguments.EnumerateObject().ToDictionary(p => p.Name, p => (object?)p.Value.Clone()));
     }
 
     [Fact]
@@ -318,12 +380,9 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
         {
             Tools = [Weather([]), add], ToolMode = ChatToolMode.RequireAny, MaxOutputTokens = 40, Temperature = 1f, Seed = seed,
         }, Ct);
-        var call = Assert.Single(r.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
-        Assert.Contains(call.Name, new[] { "get_weather", "add" });
-        var arguments = call.Arguments!;
-        if (call.Name == "get_weather") Assert.Equal(JsonValueKind.String, Assert.IsType<JsonElement>(arguments["city"]).ValueKind);
+        var (name, arguments) = TheCall(r, ["get_weather", "add"]);
+        if (name == "get_weather") Assert.Equal(JsonValueKind.String, Assert.IsType<JsonElement>(arguments["city"]).ValueKind);
         else Assert.True(arguments.ContainsKey("a") && arguments.ContainsKey("b"), string.Join(",", arguments.Keys));
-        Assert.Equal(ChatFinishReason.ToolCalls, r.FinishReason);
     }
 
     /// <summary>

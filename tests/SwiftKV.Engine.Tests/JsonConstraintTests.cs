@@ -106,6 +106,46 @@ public class JsonConstraintTests
     }
 
     /// <summary>
+    /// BudgetShaped tells whether the budget rule masked a token the grammar allowed before the document closed. A model
+    /// writing {"a": [1, 1, 1, ...]} byte by byte with room to spare is never shaped; with 12 tokens the rule closes
+    /// the list early (the document still parses) and says so. The second case is driven as the serving engine drives
+    /// a constraint: Apply on a row of zeros, then the preferred token if it is still allowed.
+    /// </summary>
+    [Fact]
+    public void BudgetShaped_OnlyWhenTheBudgetRuleMaskedAGrammarToken()
+    {
+        var (vocab, stop) = Vocabulary();
+        var stops = new HashSet<int> { stop };
+        string Drive(JsonConstraint c, int budget)
+        {
+            byte[] want = Encoding.UTF8.GetBytes("{\"a\": [" + string.Join(", ", Enumerable.Repeat("1", 40)) + "]}");
+            var text = new List<byte>();
+            for (int step = 0; step < budget; step++)
+            {
+                var row = new float[vocab.Count];
+                c.Apply(row);
+                int token = text.Count < want.Length && !float.IsNegativeInfinity(row[want[text.Count]]) ? want[text.Count]
+                    : !float.IsNegativeInfinity(row[stop]) ? stop
+                    : Array.FindIndex(row, v => !float.IsNegativeInfinity(v));
+                c.Accept(token);
+                if (token == stop) break;
+                text.AddRange(vocab[token]!);
+            }
+            return Encoding.UTF8.GetString(text.ToArray());
+        }
+
+        var roomy = new JsonConstraint(vocab, stops, 400);
+        string whole = Drive(roomy, 400);
+        Assert.Equal(40, JsonDocument.Parse(whole).RootElement.GetProperty("a").GetArrayLength());
+        Assert.False(roomy.BudgetShaped);
+
+        var tight = new JsonConstraint(vocab, stops, 12);
+        string shaped = Drive(tight, 12);
+        Assert.True(ReferenceParsesObject(shaped), shaped);
+        Assert.True(tight.BudgetShaped, shaped);
+    }
+
+    /// <summary>
     /// White space between JSON tokens comes in runs of at most WhitespaceRuns.MaxRun bytes, however strongly the
     /// logits favour it (a random model otherwise spends its budget on it); inside strings it is text and is not capped.
     /// </summary>

@@ -44,6 +44,14 @@ public interface IGrammarConstraint : ILogitsConstraint
 {
     /// <summary>True once the generated text is a complete document.</summary>
     bool IsComplete { get; }
+
+    /// <summary>
+    /// True when the budget rule (the shortest completion must fit the tokens left) masked a token the grammar allowed
+    /// before the document was complete: MaxOutputTokens shaped the answer, which may be shorter than the model would
+    /// have written (a list closed early, a string ended). Callers report it as cut short (FinishReason Length) even
+    /// though the document is whole.
+    /// </summary>
+    bool BudgetShaped { get; }
 }
 
 /// <summary>Masks logits so the generated text follows <typeparamref name="TGrammar"/>.</summary>
@@ -156,8 +164,15 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
         for (int id = 0; id < logits.Length && !any; id++) any = Fits(id, completion, limit, complete);
         if (!any) return;
         for (int id = 0; id < logits.Length; id++)
-            if (!Fits(id, completion, limit, complete)) logits[id] = float.NegativeInfinity;
+            if (!Fits(id, completion, limit, complete))
+            {
+                logits[id] = float.NegativeInfinity;
+                if (!complete && completion[id] != Refused) BudgetShaped = true;   // the grammar took it; the budget did not
+            }
     }
+
+    /// <inheritdoc />
+    public bool BudgetShaped { get; private set; }
 
     /// <summary>Whether token <paramref name="id"/> may come next: taken by the grammar within the budget, or a stop once whole.</summary>
     bool Fits(int id, ushort[] completion, int limit, bool complete)
