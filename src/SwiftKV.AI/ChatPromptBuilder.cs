@@ -76,30 +76,31 @@ internal static class ChatPromptBuilder
         var stopIds = model.Tokenizer.StopTokenIds.ToHashSet();
         var constraint = Constraint(model, options?.ResponseFormat as ChatResponseFormatJson, tools, prefill, stopIds, maxNew);
 
-        var (requestStopIds, stopSequences) = StopRules(model.Tokenizer, options?.StopSequences, stopIds);
+        var (requestStopIds, stopSequences) = StopRules(model.Tokenizer, options?.StopSequences, stopIds, pythonTagShown: tools.Count > 0);
         return new PreparedRequest(prompt, sampling, maxNew, prompt.Count + maxNew, requestStopIds, stopSequences,
             tools.Select(t => t.Name).ToArray(), prefill, constraint);
     }
 
     /// <summary>
     /// Special tokens are markup, not answer text (Hugging Face and vLLM skip them too), so the client streams none but
-    /// this one: it is how a Llama 3.1 model opens a tool call, which the tool-call parser reads.
+    /// this one where tools are offered: it is how a Llama 3.1 model opens a tool call, which the tool-call parser reads.
     /// </summary>
     internal const string ShownSpecialToken = "<|python_tag|>";
 
     /// <summary>
     /// The caller's stop sequences, split: one that is a hidden special token's text (say "&lt;|eom_id|&gt;") could never
     /// match the streamed text, which leaves that token out, so the engine stops on the token instead; the rest are
-    /// matched in the text. Empty ones are dropped.
+    /// matched in the text (&lt;|python_tag|&gt; too where tools are offered, since it is streamed then). Empty ones are dropped.
     /// </summary>
-    internal static (IReadOnlySet<int> StopTokenIds, string[] StopSequences) StopRules(LlamaTokenizer tokenizer, IList<string>? requested, HashSet<int> stopIds)
+    internal static (IReadOnlySet<int> StopTokenIds, string[] StopSequences) StopRules(LlamaTokenizer tokenizer, IList<string>? requested, HashSet<int> stopIds,
+        bool pythonTagShown = true)
     {
         var text = new List<string>();
         HashSet<int>? ids = null;
         foreach (var s in requested ?? [])
         {
             if (string.IsNullOrEmpty(s)) continue;
-            if (s != ShownSpecialToken && tokenizer.SpecialTokens.TryGetValue(s, out int id)) (ids ??= [.. stopIds]).Add(id);
+            if (!(pythonTagShown && s == ShownSpecialToken) && tokenizer.SpecialTokens.TryGetValue(s, out int id)) (ids ??= [.. stopIds]).Add(id);
             else text.Add(s);
         }
         return (ids ?? stopIds, text.ToArray());

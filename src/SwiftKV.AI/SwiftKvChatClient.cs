@@ -32,7 +32,8 @@ public sealed class SwiftKvChatClient : IChatClient
     readonly ChatClientMetadata _metadata;
     readonly Func<DateOnly> _today;
     readonly SwiftKvInstruments _metrics;
-    readonly FrozenSet<int> _hiddenTokens;
+    readonly FrozenSet<int> _hiddenTokens;         // every special token but <|python_tag|>
+    readonly FrozenSet<int> _hiddenWithoutTools;   // every special token
     int _disposed;
 
     /// <summary>Loads the checkpoint named by <paramref name="options"/>; the client owns and disposes the model.</summary>
@@ -68,6 +69,7 @@ public sealed class SwiftKvChatClient : IChatClient
         _metadata = new ChatClientMetadata("swiftkv", providerUri: null, defaultModelId: modelId);
         _metrics = new SwiftKvInstruments(meterFactory, modelId);
         _hiddenTokens = model.Tokenizer.SpecialTokens.Where(t => t.Key != ChatPromptBuilder.ShownSpecialToken).Select(t => t.Value).ToFrozenSet();
+        _hiddenWithoutTools = model.Tokenizer.SpecialTokens.Values.ToFrozenSet();
         KvPoolGauge.Track(model);
     }
 
@@ -87,11 +89,18 @@ public sealed class SwiftKvChatClient : IChatClient
         await GetStreamingResponseAsync(messages, options, cancellationToken).ToChatResponseAsync(cancellationToken).ConfigureAwait(false);
 
     /// <inheritdoc />
-    public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(
-        IEnumerable<ChatMessage> messages, ChatOptions? options = null,
-        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    public IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(
+        IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
     {
+        // Checked at the call, as IChatClient documents, not at the first MoveNextAsync of an iterator.
         ArgumentNullException.ThrowIfNull(messages);
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        return Stream(messages, options, cancellationToken);
+    }
+
+    async IAsyncEnumerable<ChatResponseUpdate> Stream(
+        IEnumerable<ChatMessage> messages, ChatOptions? options, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         var clock = Stopwatch.StartNew();
         var request = ChatPromptBuilder.Prepare(_model, _options, messages, options, _today(), this, cancellationToken);
@@ -118,6 +127,8 @@ public sealed class SwiftKvChatClient : IChatClient
         var detok = new StreamingDetokenizer(_model.Tokenizer);
         var stops = new StopSequenceMatcher(request.StopSequences);
         var toolCalls = new ToolCallBuffer(request.ToolNames, request.Prefill, allowMultiple: options?.AllowMultipleToolCalls ?? true);
+        // <|python_tag|> is shown only where it can open a call: with no tools offered it is markup like the others.
+        var hidden = request.ToolNames.Count > 0 ? _hiddenTokens : _hiddenWithoutTools;
         bool stoppedOnText = false;
         TimeSpan firstToken = TimeSpan.Zero, lastToken = TimeSpan.Zero;
         int received = 0;
@@ -130,7 +141,7 @@ public sealed class SwiftKvChatClient : IChatClient
                 firstToken = lastToken;
                 _metrics.FirstToken(firstToken);
             }
-            string text = toolCalls.Push(stops.Push(_hiddenTokens.Contains(id) ? "" : detok.Append(id), out stoppedOnText));
+            string text = toolCalls.Push(stops.Push(hidden.Contains(id) ? "" : detok.Append(id), out stoppedOnText));
             if (text.Length > 0) yield return Update([new TextContent(text)]);
             if (stoppedOnText) break;
         }
@@ -165,6 +176,7 @@ public sealed class SwiftKvChatClient : IChatClient
             InputTokenCount = outcome.PromptTokens,
             OutputTokenCount = outcome.OutputTokens,
             TotalTokenCount = outcome.PromptTokens + outcome.OutputTokens,
+            CachedInputTokenCount = outcome.CachedPromptTokens,   // within InputTokenCount, as M.E.AI counts it
             AdditionalCounts = new()
             {
                 [PromptTokensSkippedBySwiftKv] = skipped,

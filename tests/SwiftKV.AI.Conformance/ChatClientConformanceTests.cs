@@ -148,7 +148,7 @@ public abstract class ChatClientConformanceTests
 
     /// <summary>
     /// GetResponseAsync&lt;T&gt; from requests running together: decoding holds each answer to T's schema (the logits
-    /// masks of one request never reach another's row), so each deserializes, ends with Stop, and equals its solo answer.
+    /// masks of one request never reach another's row), so each deserializes and equals its solo answer, finish reason included.
     /// </summary>
     [Fact]
     public async Task StructuredOutput_ConcurrentRequests_EachIsItsSoloT()
@@ -156,17 +156,23 @@ public abstract class ChatClientConformanceTests
         using var client = CreateClient();
         var prompts = Enumerable.Range(0, 3).Select(i => $"File ticket number {i} about the late parcels.").ToList();
         var options = new ChatOptions { MaxOutputTokens = 96 };
-        var solo = new List<string>();
-        foreach (var p in prompts) solo.Add((await client.GetResponseAsync<Ticket>(p, options, cancellationToken: Ct)).Text);
+        var solo = new List<(string, ChatFinishReason?)>();
+        foreach (var p in prompts)
+        {
+            var r = await client.GetResponseAsync<Ticket>(p, options, cancellationToken: Ct);
+            solo.Add((r.Text, r.FinishReason));
+        }
 
         var together = await Task.WhenAll(prompts.Select(p => Task.Run(() => client.GetResponseAsync<Ticket>(p, options, cancellationToken: Ct))));
 
-        Assert.Equal(solo, together.Select(r => r.Text));
+        // Random weights rarely close a string themselves, so MaxOutputTokens often closes the document early: then the
+        // answer is whole and ends with Length (the budget shaped it), solo and together alike.
+        Assert.Equal(solo, together.Select(r => (r.Text, r.FinishReason)));
         foreach (var r in together)
         {
             Assert.True(r.TryGetResult(out var ticket), $"'{r.Text}' is not a Ticket");
             Assert.NotNull(ticket!.Labels);
-            Assert.Equal(ChatFinishReason.Stop, r.FinishReason);
+            Assert.True(r.FinishReason == ChatFinishReason.Stop || r.FinishReason == ChatFinishReason.Length, $"{r.FinishReason}");
         }
     }
 

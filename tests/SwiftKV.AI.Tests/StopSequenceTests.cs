@@ -41,12 +41,19 @@ public sealed class StopSequenceTests(TinyChatModel tiny)
         Assert.Equal(ChatFinishReason.Stop, cut.FinishReason);
     }
 
-    /// <summary><|python_tag|> is streamed (it opens a Llama 3.1 tool call), so it stays a text stop.</summary>
-    [Fact]
-    public async Task StopSequence_PythonTag_StaysAStopInTheText()
+    /// <summary>
+    /// &lt;|python_tag|&gt; as a stop: with tools offered it is streamed (it opens a Llama 3.1 tool call), so it is matched
+    /// in the text; without, it is hidden markup like the other special tokens, so the engine stops on the token.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task StopSequence_PythonTag_StopsWithAndWithoutTools(bool tools)
     {
         using var client = Scripted("Hello<|python_tag|>world");
-        var cut = await client.GetResponseAsync("Hi", new ChatOptions { StopSequences = ["<|python_tag|>"] }, Ct);
+        var options = new ChatOptions { StopSequences = ["<|python_tag|>"] };
+        if (tools) options.Tools = [AIFunctionFactory.Create(() => 1, "f")];
+        var cut = await client.GetResponseAsync("Hi", options, Ct);
         Assert.Equal("Hello", cut.Text);
         Assert.Equal(ChatFinishReason.Stop, cut.FinishReason);
     }

@@ -56,6 +56,8 @@ public sealed class SwiftKvChatClientTests(TinyChatModel tiny)
         // The whole first prompt (system block + first question) is a shared prefix: its full blocks are reused.
         Assert.True(cached >= (first.Usage!.InputTokenCount!.Value / 16) * 16 - 16, $"cached {cached} of {second.Usage.InputTokenCount}");
         Assert.True(cached > 0);
+        // M.E.AI's own field carries it too (OpenTelemetry's gen_ai.usage.cache_read.input_tokens is filled from it).
+        Assert.Equal(cached, second.Usage.CachedInputTokenCount);
     }
 
     [Fact]
@@ -213,5 +215,14 @@ public sealed class SwiftKvChatClientTests(TinyChatModel tiny)
         var client = tiny.Client();
         client.Dispose();
         await Assert.ThrowsAsync<ObjectDisposedException>(() => client.GetResponseAsync(Question, cancellationToken: Ct));
+        Assert.Throws<ObjectDisposedException>(() => client.GetStreamingResponseAsync(Question, cancellationToken: Ct));   // at the call
+    }
+
+    /// <summary>IChatClient documents ArgumentNullException for null messages: thrown by the call, not by the first MoveNextAsync.</summary>
+    [Fact]
+    public void NullMessages_ThrowAtTheCall()
+    {
+        using var client = tiny.Client();
+        Assert.Throws<ArgumentNullException>(() => client.GetStreamingResponseAsync(null!, cancellationToken: Ct));
     }
 }

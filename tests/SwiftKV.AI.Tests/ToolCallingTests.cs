@@ -162,6 +162,22 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
         Assert.Equal(ChatFinishReason.Stop, r.FinishReason);
     }
 
+    /// <summary>
+    /// With no tools offered, &lt;|python_tag|&gt; opens no call: it is markup like the other special tokens, not text.
+    /// It was streamed as an update of its own.
+    /// </summary>
+    [Fact]
+    public async Task PythonTag_WithoutTools_IsNotText()
+    {
+        var (client, _) = Scripted("<|python_tag|>print(1)<|eom_id|>", "<|python_tag|>print(1)<|eom_id|>");
+        using var _c = client;
+        Assert.Equal("print(1)", (await client.GetResponseAsync("Hi", cancellationToken: Ct)).Text);
+        var updates = new List<string>();
+        await foreach (var u in client.GetStreamingResponseAsync("Hi", cancellationToken: Ct)) updates.Add(u.Text);
+        Assert.DoesNotContain(updates, t => t.Contains("python_tag"));
+        Assert.Equal("print(1)", string.Concat(updates));
+    }
+
     static AIFunction Weather(List<string> seen) =>
         AIFunctionFactory.Create((string city) => { seen.Add(city); return new { city, temperature = 21 }; }, "get_weather", "Current weather in a city");
 

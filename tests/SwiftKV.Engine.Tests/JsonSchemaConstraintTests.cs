@@ -316,6 +316,20 @@ public class JsonSchemaConstraintTests
     }
 
     /// <summary>
+    /// A function without parameters (AIFunctionFactory writes {"type":"object","properties":{}}) takes only {}: a key
+    /// would bind to nothing. A random model filled it with keys until MaxOutputTokens closed them.
+    /// </summary>
+    [Theory]
+    [InlineData("{}", true)]
+    [InlineData(" { } ", true)]
+    [InlineData("""{"-":"x"}""", false)]
+    public void ToolCallGrammar_NoParameters_TakesOnlyAnEmptyObject(string arguments, bool accepted)
+    {
+        var machine = new JsonSchemaMachine(JsonSchemaGrammar.ToolCall([("ping", Parse("""{"type":"object","properties":{}}"""))]));
+        Assert.Equal(accepted, MachineAccepts(machine, $$"""{"name":"ping","parameters":{{arguments}}}"""));
+    }
+
+    /// <summary>
     /// Schemas whose other keys come from beside the listed properties stay open as tool arguments: allOf parts
     /// (zod's .and()), "at least one of" anyOf of required names, required names without properties, and keywords the
     /// machine leaves to the model. Each call here is valid by the validator and must be writable.

@@ -166,8 +166,9 @@ public sealed class JsonSchemaGrammar
     /// </summary>
     static bool ClosesAsToolArguments(JsonElement schema)
     {
-        if (!schema.TryGetProperty("properties", out var properties) || properties.ValueKind != JsonValueKind.Object
-            || !properties.EnumerateObject().Any())
+        // An empty list counts: AIFunctionFactory writes {"type":"object","properties":{}} for a function without
+        // parameters, whose only arguments are {}; left open, a model could pass it keys that bind to nothing.
+        if (!schema.TryGetProperty("properties", out var properties) || properties.ValueKind != JsonValueKind.Object)
             return false;
         foreach (var word in (ReadOnlySpan<string>)["additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "anyOf",
                      "oneOf", "not", "if", "then", "else", "dependentSchemas", "dependentRequired", "dependencies", "$ref"])

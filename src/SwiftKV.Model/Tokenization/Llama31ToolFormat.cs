@@ -126,6 +126,10 @@ public static class Llama31ToolFormat
     static bool TryReadCall(JsonElement e, IReadOnlyCollection<string>? knownTools, List<ParsedToolCall> calls)
     {
         if (e.ValueKind != JsonValueKind.Object) return false;
+        // A call holds its name and arguments (some fine-tunes add "type": "function"); an object with any other key is
+        // an answer that happens to have a "name", not a call to run.
+        foreach (var p in e.EnumerateObject())
+            if (p.Name is not ("name" or "parameters" or "arguments" or "type")) return false;
         if (!e.TryGetProperty("name", out var name) || name.ValueKind != JsonValueKind.String) return false;
         string n = name.GetString()!;
         if (n.Length == 0 || (knownTools is not null && !knownTools.Contains(n))) return false;

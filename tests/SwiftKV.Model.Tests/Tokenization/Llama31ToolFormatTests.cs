@@ -83,6 +83,7 @@ public sealed class Llama31ToolFormatTests
     [InlineData("{\"name\": \"get_weather\", \"parameters\": \"{\\\"city\\\": \\\"Oslo\\\"}\"}", 1)]
     [InlineData("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}; {\"name\": \"get_weather\", \"parameters\": {\"city\": \"Rome\"}}", 2)]
     [InlineData("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}\n{\"name\": \"get_weather\", \"parameters\": {}}", 2)]
+    [InlineData("{\"type\": \"function\", \"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}", 1)]
     [InlineData("[{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}, {\"name\": \"get_weather\"}]", 2)]
     public void TryParseCalls_WellFormed(string output, int count)
     {
@@ -103,6 +104,8 @@ public sealed class Llama31ToolFormatTests
     [InlineData("{\"name\": \"get_weather\", \"parameters\": {}} and then some prose")]
     [InlineData("<|python_tag|>brave_search.call(query=\"x\")")]
     [InlineData("{}")]
+    [InlineData("{\"name\": \"get_weather\", \"note\": \"an answer with a name field, not a call\"}")]
+    [InlineData("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}, \"why\": \"x\"}")]
     [InlineData("[]")]
     [InlineData("")]
     public void TryParseCalls_Malformed_IsNull(string output) =>
