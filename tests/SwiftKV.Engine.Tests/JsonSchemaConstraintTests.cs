@@ -601,6 +601,8 @@ public class JsonSchemaConstraintTests
     [InlineData("""{"type":"integer","enum":["a","b"]}""", "none of its enum")]
     [InlineData("""{"type":"array","minItems":-1}""", "minItems")]
     [InlineData("[1]", "not an object or boolean")]
+    [InlineData("""{"type":"object","properties":{"\ud800":{}}}""", "a key of $.properties holds a \\u escape of half a UTF-16 surrogate pair")]
+    [InlineData("""{"enum":["a\udc00"]}""", "the string at $.enum[0] holds")]
     public void Compile_BadSchema_NamesTheProblem(string schema, string expected)
     {
         var e = Assert.Throws<ArgumentException>(() => JsonSchemaGrammar.Compile(Parse(schema)));

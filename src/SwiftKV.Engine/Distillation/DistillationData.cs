@@ -5,6 +5,7 @@
 //   {"text": "..."}   <|begin_of_text|> + the text; every position predicts.
 // Blank lines are skipped. A line that is not one of these forms is an error naming the file and line.
 using System.Text.Json;
+using SwiftKV.Model;
 using SwiftKV.Model.Tokenization;
 
 namespace SwiftKV.Engine.Distillation;
@@ -98,6 +99,7 @@ public static class DistillationData
         JsonElement root;
         try { root = JsonDocument.Parse(line).RootElement; }
         catch (JsonException e) { throw new InvalidDataException($"{where}: not JSON ({e.Message})."); }
+        if (JsonText.FindNotText(root) is { } notText) throw new InvalidDataException($"{where}: {notText} {JsonText.NotTextReason}.");
         if (root.ValueKind != JsonValueKind.Object)
             throw new InvalidDataException($"{where}: expected a JSON object with \"messages\" or \"text\", found {root.ValueKind}.");
         bool hasMessages = root.TryGetProperty("messages", out var messages), hasText = root.TryGetProperty("text", out var text);

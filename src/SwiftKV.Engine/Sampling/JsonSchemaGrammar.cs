@@ -187,6 +187,8 @@ public sealed class JsonSchemaGrammar
     {
         if (schema.ValueKind == JsonValueKind.Undefined)
             throw new ArgumentException($"The JSON schema of {what} is an undefined JsonElement.");
+        if (SwiftKV.Model.JsonText.FindNotText(schema) is { } notText)
+            throw new ArgumentException($"In {what}: {notText} {SwiftKV.Model.JsonText.NotTextReason}.");
         (_root, _scope) = (schema.Clone(), $"{_schemas++}:");
         try
         {

@@ -67,8 +67,7 @@ internal static class CheckpointJson
         }
         catch (InvalidOperationException e)
         {
-            throw new InvalidModelException($"{source}: {FindUnpairedSurrogate(root, "$") ?? "a string"} holds a \\u escape of half a UTF-16 " +
-                "surrogate pair (\\uD800-\\uDFFF without its other half), which is not text.", e);
+            throw new InvalidModelException($"{source}: {JsonText.FindNotText(root) ?? "a string"} {JsonText.NotTextReason}.", e);
         }
     }
 
@@ -104,32 +103,6 @@ internal static class CheckpointJson
         }
     }
 
-    /// <summary>Where the first key or string that is not text sits, as a path ($.model.vocab); null if none.</summary>
-    static string? FindUnpairedSurrogate(JsonElement e, string path)
-    {
-        switch (e.ValueKind)
-        {
-            case JsonValueKind.Object:
-                foreach (var p in e.EnumerateObject())
-                {
-                    string name;
-                    try { name = p.Name; }
-                    catch (InvalidOperationException) { return $"a key of {path}"; }
-                    if (FindUnpairedSurrogate(p.Value, $"{path}.{name}") is { } found) return found;
-                }
-                return null;
-            case JsonValueKind.Array:
-                int i = 0;
-                foreach (var v in e.EnumerateArray())
-                    if (FindUnpairedSurrogate(v, $"{path}[{i++}]") is { } found) return found;
-                return null;
-            case JsonValueKind.String:
-                try { _ = e.GetString(); return null; }
-                catch (InvalidOperationException) { return $"the string at {path}"; }
-            default:
-                return null;
-        }
-    }
 
     /// <summary>
     /// Whether a checkpoint file is present; throws when a directory has its name, which would otherwise read as a

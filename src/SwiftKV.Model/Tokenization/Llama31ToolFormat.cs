@@ -107,6 +107,7 @@ public static class Llama31ToolFormat
                 var reader = new Utf8JsonReader(utf8.AsSpan(at), new JsonReaderOptions { AllowMultipleValues = true });
                 using var doc = JsonDocument.ParseValue(ref reader);
                 at += (int)reader.BytesConsumed;
+                if (JsonText.FindNotText(doc.RootElement) is not null) return null;   // not text: malformed, so not a call
                 if (doc.RootElement.ValueKind == JsonValueKind.Array)
                 {
                     foreach (var item in doc.RootElement.EnumerateArray())

@@ -77,6 +77,7 @@ public sealed class DistillationDataTests : IDisposable
     [InlineData("""{"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]}""", "role \"bot\"")]
     [InlineData("""{"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "y"}, {"role": "assistant", "content": "z"}]}""", "only the first")]
     [InlineData("""{"messages": [{"role": "user", "content": "x"}]}""", "no assistant message")]
+    [InlineData("""{"text": "hello \ud800 world"}""", ":1: the string at $.text holds a \\u escape of half a UTF-16 surrogate pair")]   // Python's json.dumps writes these
     public void BadLines_AreNamedWithTheirLine(string line, string expected)
     {
         string path = File("", line);

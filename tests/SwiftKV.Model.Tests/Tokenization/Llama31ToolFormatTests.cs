@@ -106,6 +106,9 @@ public sealed class Llama31ToolFormatTests
     [InlineData("{}")]
     [InlineData("{\"name\": \"get_weather\", \"note\": \"an answer with a name field, not a call\"}")]
     [InlineData("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}, \"why\": \"x\"}")]
+    [InlineData("{\"name\": \"get_weather\\ud800\", \"parameters\": {}}")]                            // not text: malformed
+    [InlineData("{\"name\": \"get_weather\", \"parameters\": {\"\\ud800\": 1}}")]
+    [InlineData("{\"name\": \"get_weather\", \"parameters\": \"\\ud800\"}")]
     [InlineData("[]")]
     [InlineData("")]
     public void TryParseCalls_Malformed_IsNull(string output) =>
