@@ -70,7 +70,9 @@ internal static class BenchCommand
             .Select(t => int.TryParse(t, out int n) && n >= 1 && n <= SwiftKV.Cuda.Kernels.AttentionKernel.MaxDecodeSplits ? n
                 : throw new UsageException($"--decode-splits: '{t}' is not a split count in 1..{SwiftKV.Cuda.Kernels.AttentionKernel.MaxDecodeSplits}")).ToArray();
         string gemvRowsArg = a.String("gemv-rows") ?? "1,2,4,8";
-        int[] gemvRows = gemvRowsArg == "none" ? [] : gemvRowsArg.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
+        int[] gemvRows = gemvRowsArg == "none" ? [] : gemvRowsArg.Split(',', StringSplitOptions.RemoveEmptyEntries)
+            .Select(t => int.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n
+                : throw new UsageException($"--gemv-rows: '{t}' is not a row count in 1..{SwiftKV.Cuda.Kernels.GemvKernel.MaxRows} (or none)")).ToArray();
         if (gemvRows.Any(r => r < 1 || r > SwiftKV.Cuda.Kernels.GemvKernel.MaxRows))
             throw new UsageException($"--gemv-rows: each must be in 1..{SwiftKV.Cuda.Kernels.GemvKernel.MaxRows}");
         string outJson = a.String("out") ?? "bench.json";
@@ -96,6 +98,7 @@ internal static class BenchCommand
             throw new UsageException("--norm-quantize: sets a W8A8 pass, so --weights must include e4m3-w8a8 (or all)");
         a.RejectUnknown();
         if (runs < 1 || steps < 1 || context < 1) throw new UsageException("--runs, --decode-steps and --decode-context must be >= 1");
+        if (!(maxCase > 0) || double.IsInfinity(maxCase)) throw new UsageException($"--max-case-seconds: must be a finite number of seconds > 0 (got {maxCase})");
         if (pauseMs is < 0 or > 60_000) throw new UsageException($"--pause-ms: {pauseMs} is not in 0..60000");
         CliArgs.CheckOutputFile("out", outJson);
         if (outMd is not null) CliArgs.CheckOutputFile("md", outMd);

@@ -135,6 +135,9 @@ internal static class ServeBenchCommand
         a.RejectUnknown();
         if (requests < 1 || output < 1 || maxBatchArg is < 1 || blockSizeArg is < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1 || penalised < 0 || jsonRequests < 0)
             throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --block-size, --questions, --question-tokens and --prefix-output must be >= 1, --penalised and --json >= 0");
+        if (!(headroomGb >= 0) || double.IsInfinity(headroomGb)) throw new UsageException($"--headroom-gb: must be a finite size in GiB >= 0 (got {headroomGb})");
+        if (!(maxSeconds > 0) || double.IsInfinity(maxSeconds)) throw new UsageException($"--max-seconds: must be a finite number of seconds > 0 (got {maxSeconds})");
+        if (profileEvery < 0) throw new UsageException($"--profile: must be >= 0, a step count between profiled steps (0: none) (got {profileEvery})");
         // As the CUDA paged cache requires (CudaBackend.Batched), checked here so it is named without a GPU too.
         if (blockSizeArg is { } bs && !System.Numerics.BitOperations.IsPow2(bs)) throw new UsageException($"--block-size: the CUDA paged KV cache needs a power of two (got {bs})");
         CliArgs.CheckOutputFile("out", outJson);

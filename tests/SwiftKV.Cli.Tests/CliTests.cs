@@ -131,6 +131,14 @@ public sealed class CliTests : IDisposable
     [InlineData("/no/such/dir", "serve-bench", "--out", "/no/such/dir/s.json")]
     [InlineData("/no/such/dir", "serve-bench", "--md", "/no/such/dir/s.md")]
     [InlineData("power of two (got 7)", "serve-bench", "--block-size", "7")]
+    [InlineData("--gemv-rows: 'abc' is not a row count", "bench", "--gemv-rows", "abc")]     // these four threw past the check
+    [InlineData("--gemv-rows: '1.5'", "bench", "--gemv-rows", "1,1.5")]
+    [InlineData("--gemv-rows: '99999999999'", "bench", "--gemv-rows", "99999999999")]
+    [InlineData("--max-case-seconds: must be a finite number", "bench", "--max-case-seconds", "-1")]
+    [InlineData("--max-case-seconds: must be a finite number", "bench", "--max-case-seconds", "NaN")]
+    [InlineData("--headroom-gb: must be a finite size", "serve-bench", "--headroom-gb", "-5")]
+    [InlineData("--max-seconds: must be a finite number", "serve-bench", "--max-seconds", "NaN")]
+    [InlineData("--profile: must be >= 0", "serve-bench", "--profile", "-1")]
     public void BenchOptions_AreCheckedBeforeTheGpu(string named, params string[] args)
     {
         var r = Run(args);
