@@ -3,7 +3,7 @@
 // (.UseFunctionInvocation().UseOpenTelemetry().UseLogging()), a hosted service that answers one prompt, and
 // OpenTelemetry traces (printed as each call ends) and metrics (printed when the host stops) on the console
 // exporter. The host stops once the prompt is answered: this is a worker, not a web server.
-//   dotnet run --project samples/Hosting -- [--model DIR] [--Sample:Prompt "..."] [--Sample:MaxTokens N] [--SwiftKV:SwiftKv false]
+//   dotnet run --project samples/Hosting -c Release -- [--model DIR] [--Sample:Prompt "..."] [--Sample:MaxTokens N] [--SwiftKV:SwiftKv false]
 // An empty SwiftKV:ModelPath runs the demo model. Swapping a remote model for a local one is this one line:
 //   builder.Services.AddSwiftKvChatClient(builder.Configuration.GetSection("SwiftKV"))   // was AddOpenAIChatClient(...)
 using Microsoft.Extensions.AI;
@@ -23,7 +23,7 @@ public static class HostingSample
     /// <summary>Telemetry source and meter name of the chat pipeline.</summary>
     public const string TelemetrySource = "SwiftKV.Samples.Hosting";
 
-    const string Usage = "dotnet run --project samples/Hosting -- [--model DIR] [--Sample:Prompt TEXT] [--Sample:MaxTokens N] [--SwiftKV:<option> VALUE] [--Logging:LogLevel:<category> LEVEL]";
+    const string Usage = "dotnet run --project samples/Hosting -c Release -- [--model DIR] [--Sample:Prompt TEXT] [--Sample:MaxTokens N] [--SwiftKV:<option> VALUE] [--Logging:LogLevel:<category> LEVEL]";
 
     public static async Task<int> Main(string[] args)
     {

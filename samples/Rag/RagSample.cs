@@ -2,7 +2,7 @@
 // SQLite file), retrieve the top-k chunks for a question, and answer through Semantic Kernel with numbered
 // citations. RAG prompts are mostly retrieved context, which is exactly the work SwiftKV halves: the report shows
 // how many prompt tokens skipped the later layers and the time to first token.
-//   dotnet run --project samples/Rag -- [--model DIR] [--question TEXT] [--top N] [--max-tokens N]
+//   dotnet run --project samples/Rag -c Release -- [--model DIR] [--question TEXT] [--top N] [--max-tokens N]
 using System.Diagnostics;
 using System.Text;
 using Microsoft.Extensions.AI;
@@ -44,7 +44,7 @@ public static class RagSample
         Question: {{$question}}</message>
         """;
 
-    const string Usage = "dotnet run --project samples/Rag -- [--model DIR] [--question TEXT] [--top N] [--max-tokens N] [--documents DIR] [--db FILE]";
+    const string Usage = "dotnet run --project samples/Rag -c Release -- [--model DIR] [--question TEXT] [--top N] [--max-tokens N] [--documents DIR] [--db FILE]";
 
     public static async Task<int> Main(string[] args)
     {
@@ -142,6 +142,7 @@ public static class RagSample
 
         var call = recorder.Calls[^1];
         output.WriteLine($"\n{call}");
+        output.WriteLine("(its TTFT includes this process's one-time start-up: compiling the code and first touching the weights)");
         var config = swiftKv.Model.Config;
         output.WriteLine(swiftKv.Model.Backend.SwiftKvEnabled
             ? $"SwiftKV let {call.PromptTokensSkipped} of {call.PromptTokens} prompt tokens skip layers {config.NumKeyValueLayers}..{config.NumHiddenLayers - 1} " +

@@ -19,8 +19,10 @@ public static class SampleModel
         if (modelPath is null) return (DemoModel.Ensure(log: log.WriteLine), true);
         if (!Directory.Exists(modelPath))
             throw new ArgumentException($"--model '{modelPath}' is not a directory (expected a Hugging Face checkpoint: config.json, *.safetensors, tokenizer)");
-        // Headers and shapes only (no weights read): a wrong folder fails now, before the sample ingests or embeds anything.
+        // Headers and shapes (no weights read) and the tokenizer: a wrong folder fails now, before the sample ingests or
+        // embeds anything (RAG spent its whole ingest before finding no tokenizer).
         LlamaCheckpointLoader.Verify(modelPath);
+        SwiftKV.Model.Tokenization.LlamaTokenizer.Load(modelPath);
         return (modelPath, false);
     }
 }

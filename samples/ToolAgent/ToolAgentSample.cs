@@ -3,7 +3,7 @@
 // and parses the model's JSON calls, and UseFunctionInvocation() in the chat pipeline runs them and sends the
 // results back (SK 1.82 calls the registered IChatClient directly, so the pipeline must hold function invocation).
 // Every model round trip is a prefill over the whole conversation so far, which is where SwiftKV saves.
-//   dotnet run --project samples/ToolAgent -- [--model DIR] [--question TEXT] [--require lookup|multiply|add]
+//   dotnet run --project samples/ToolAgent -c Release -- [--model DIR] [--question TEXT] [--require lookup|multiply|add]
 // NOTE: the demo model's weights are random, so under Auto it will not decide to call a tool; --require forces a
 // call through ToolMode RequireSpecific (the client prefills the call and constrains it to JSON) to show the
 // round trip anyway. A real instruct checkpoint calls the tools by itself.
@@ -29,7 +29,7 @@ public sealed record ToolAgentResult(string Answer, IReadOnlyList<string> ToolCa
 /// <summary>The tool-agent sample.</summary>
 public static class ToolAgentSample
 {
-    const string Usage = "dotnet run --project samples/ToolAgent -- [--model DIR] [--question TEXT] [--require lookup|multiply|add] [--max-tokens N]";
+    const string Usage = "dotnet run --project samples/ToolAgent -c Release -- [--model DIR] [--question TEXT] [--require lookup|multiply|add] [--max-tokens N]";
 
     public static async Task<int> Main(string[] args)
     {

@@ -592,6 +592,11 @@ public sealed class CliTests : IDisposable
         Assert.True(skipped.Code == 0, skipped.Err);
         Assert.Equal("", skipped.Out.TrimEnd());
         Assert.Contains("3 tokens at", skipped.Err);
+        // One token comes from the prefill alone: no "0.0 tokens/s" decode rate.
+        var one = Run("generate", "--model", dir, "--prompt", "hi", "--max-tokens", "1");
+        Assert.True(one.Code == 0, one.Err);
+        Assert.Contains("1 token (from the prefill, no decode step)", one.Err);
+        Assert.DoesNotContain("tokens/s", one.Err);
     }
 
     /// <summary>

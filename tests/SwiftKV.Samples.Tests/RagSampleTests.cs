@@ -35,6 +35,22 @@ public sealed class RagSampleTests(TinySampleModel model)
     }
 
     /// <summary>On a plain Llama checkpoint the report said "SwiftKV let 0 of N prompt tokens skip layers 0..3"; it now says what ran.</summary>
+    /// <summary>
+    /// A --model folder without a tokenizer is refused before anything is ingested (RAG embedded every chunk first, 44 s
+    /// on a few hundred KB, then failed); no database is written.
+    /// </summary>
+    [Fact]
+    public async Task RunAsync_ModelWithoutTokenizer_IsRefusedBeforeIngesting()
+    {
+        string dir = model.Plain("no-tokenizer");
+        foreach (var f in Directory.EnumerateFiles(dir, "tokenizer*.json")) File.Delete(f);
+        string db = model.TempFile("never.db");
+        var e = await Assert.ThrowsAnyAsync<Exception>(() =>
+            RagSample.RunAsync(new RagOptions { Model = dir, Database = db, MaxTokens = 2 }, new StringWriter(), TestContext.Current.CancellationToken));
+        Assert.Contains("tokenizer", e.Message, StringComparison.OrdinalIgnoreCase);
+        Assert.False(File.Exists(db), "nothing should be ingested");
+    }
+
     [Fact]
     public async Task RunAsync_PlainLlama_SaysEveryLayerRan()
     {

@@ -47,10 +47,10 @@ public static class DemoModel
         if (File.Exists(Path.Combine(dir, CompleteMarker)))
         {
             // A cache damaged after it was made (a truncated or edited file) is made again rather than failing every run:
-            // the headers and shapes are checked, which reads no weights.
+            // the headers and shapes are checked, which reads no weights, and the tokenizer is read (a few KB).
             try
             {
-                LlamaCheckpointLoader.Verify(dir);
+                VerifyWhole(dir);
                 return dir;
             }
             catch (Exception e) when (e is InvalidModelException or IOException or UnauthorizedAccessException)
@@ -129,11 +129,17 @@ public static class DemoModel
         }
     }
 
+    static void VerifyWhole(string dir)
+    {
+        LlamaCheckpointLoader.Verify(dir);
+        LlamaTokenizer.Load(dir);
+    }
+
     static bool Verifies(string dir)
     {
         try
         {
-            LlamaCheckpointLoader.Verify(dir);
+            VerifyWhole(dir);
             return true;
         }
         catch (Exception e) when (e is InvalidModelException or IOException or UnauthorizedAccessException)

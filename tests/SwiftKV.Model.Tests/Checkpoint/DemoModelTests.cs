@@ -57,6 +57,16 @@ public sealed class DemoModelTests : IDisposable
         Assert.Contains("is damaged", log[1]);
         Assert.Equal(made, File.ReadAllBytes(weights));   // the same recipe and seed: the same bytes again
         LlamaCheckpointLoader.Verify(dir);
+
+        // A damaged tokenizer too: the weights' check did not read it, so every run failed on it.
+        string tokenizer = Path.Combine(dir, "tokenizer.json");
+        var tokenizerMade = File.ReadAllBytes(tokenizer);
+        File.WriteAllText(tokenizer, "{");
+        Assert.Equal(dir, DemoModel.Ensure(_root.Path, log.Add));
+        Assert.Equal(3, log.Count);
+        Assert.Contains("is damaged", log[2]);
+        Assert.Contains("tokenizer.json", log[2]);
+        Assert.Equal(tokenizerMade, File.ReadAllBytes(tokenizer));
     }
 
     /// <summary>A staging folder left by a run killed while making the model goes once it is old; a fresh one stays.</summary>
