@@ -153,9 +153,10 @@ public sealed class SwiftKvChatClient : IChatClient
             if (tail.Length > 0) yield return Update([new TextContent(tail)]);
         }
         // NOTE: JSON output cut off by MaxOutputTokens is returned as is, with FinishReason Length. So is JSON that the
-        // budget rule closed early (BudgetShaped: a list or string ended so that the document fits): whole, but maybe
-        // shorter than the model's answer; a call shaped so is not made but returned as text, as a call cut off is.
-        // A JSON value that closed on the last allowed token without the rule stepping in is complete: Stop.
+        // budget rule may have closed early (BudgetShaped: a list or string ended so that the document fits; it errs
+        // towards yes within a few tokens of the budget): whole, but maybe shorter than the model's answer; a call
+        // shaped so is not made but returned as text, as a call cut off is. A document that closed without the rule
+        // stepping in is complete: Stop (or ToolCalls), also when it closed on the last token the budget allowed.
         bool budgetShaped = !stoppedOnText && request.Constraint is IGrammarConstraint { BudgetShaped: true };
         var (calls, heldText) = toolCalls.Finish(asText: budgetShaped);
         if (heldText.Length > 0) yield return Update([new TextContent(heldText)]);

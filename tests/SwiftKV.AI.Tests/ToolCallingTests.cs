@@ -333,6 +333,29 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
         Assert.Equal([City], seen);
     }
 
+    /// <summary>
+    /// The other side of the budget rule's flag: a whole call or JSON answer with room to spare (here about twice its
+    /// tokens) was not shaped, so the call is made and the answer is Stop. Within a few tokens of the budget the flag
+    /// errs towards Length (GrammarConstraint.BudgetShaped says why).
+    /// </summary>
+    [Fact]
+    public async Task CallAndJson_WithRoomToSpare_AreNotFlagged()
+    {
+        var (inner, _) = Scripted("\"city\": \"Oslo\"}}", "It is 21 degrees.");
+        using var client = inner.AsBuilder().UseFunctionInvocation().Build();
+        var seen = new List<string>();
+        var r = await client.GetResponseAsync("Weather in Oslo?",
+            new ChatOptions { Tools = [Weather(seen)], ToolMode = ChatToolMode.RequireSpecific("get_weather"), MaxOutputTokens = 16 }, Ct);
+        Assert.Equal(["Oslo"], seen);
+
+        const string answer = "{\"values\": [1, 2, 3]}";
+        var (json, _) = Scripted(answer);
+        using var _j = json;
+        var j = await json.GetResponseAsync("Three numbers", new ChatOptions { ResponseFormat = ChatResponseFormat.Json, MaxOutputTokens = 24 }, Ct);
+        Assert.Equal(answer, j.Text);
+        Assert.Equal(ChatFinishReason.Stop, j.FinishReason);
+    }
+
     [Fact]
     public async Task RequireAny_SeveralTools_PrefillsTheCallStart()
     {

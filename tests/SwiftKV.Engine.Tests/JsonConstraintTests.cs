@@ -107,7 +107,7 @@ public class JsonConstraintTests
 
     /// <summary>
     /// BudgetShaped tells whether the budget rule masked a token the grammar allowed before the document closed. A model
-    /// writing {"a": [1, 1, 1, ...]} byte by byte with room to spare is never shaped; with 12 tokens the rule closes
+    /// writing {"a": [1, 1, 1, ...]} byte by byte with room to spare (24 tokens) is not shaped; with 12 tokens the rule closes
     /// the list early (the document still parses) and says so. The second case is driven as the serving engine drives
     /// a constraint: Apply on a row of zeros, then the preferred token if it is still allowed.
     /// </summary>
@@ -134,8 +134,9 @@ public class JsonConstraintTests
             return Encoding.UTF8.GetString(text.ToArray());
         }
 
-        var roomy = new JsonConstraint(vocab, stops, 400);
-        string whole = Drive(roomy, 400);
+        // The answer is 130 single-byte tokens and its stop: 24 to spare (the rule counts the completion's bytes).
+        var roomy = new JsonConstraint(vocab, stops, 155);
+        string whole = Drive(roomy, 155);
         Assert.Equal(40, JsonDocument.Parse(whole).RootElement.GetProperty("a").GetArrayLength());
         Assert.False(roomy.BudgetShaped);
 

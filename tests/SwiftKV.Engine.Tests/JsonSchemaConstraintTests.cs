@@ -341,6 +341,8 @@ public class JsonSchemaConstraintTests
     [InlineData("""{"type":"object","required":["a"]}""", """{"a":1,"b":2}""")]
     [InlineData("""{"type":"object","properties":{"a":{}},"if":{"required":["a"]},"then":{"properties":{"b":{}}}}""", """{"a":1,"b":2}""")]
     [InlineData("""{"type":"object","properties":{"a":{}},"unevaluatedProperties":true}""", """{"a":1,"b":2}""")]
+    [InlineData("""{"type":"object","properties":{},"minProperties":1}""", """{"x":1}""")]                 // keys the grammar does not list
+    [InlineData("""{"type":"object","properties":{},"propertyNames":{"pattern":"^x"}}""", """{"x":1}""")]
     public void ToolCallGrammar_KeepsArgumentsOpenWhereOtherKeywordsAllowKeys(string schema, string arguments)
     {
         Assert.True(ValidatorAccepts(schema, arguments));

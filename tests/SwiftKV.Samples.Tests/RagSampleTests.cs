@@ -34,7 +34,6 @@ public sealed class RagSampleTests(TinySampleModel model)
         Assert.DoesNotContain("gibberish", text); // --model was given: no demo-model note
     }
 
-    /// <summary>On a plain Llama checkpoint the report said "SwiftKV let 0 of N prompt tokens skip layers 0..3"; it now says what ran.</summary>
     /// <summary>
     /// A --model folder without a tokenizer is refused before anything is ingested (RAG embedded every chunk first, 44 s
     /// on a few hundred KB, then failed); no database is written.
@@ -44,13 +43,15 @@ public sealed class RagSampleTests(TinySampleModel model)
     {
         string dir = model.Plain("no-tokenizer");
         foreach (var f in Directory.EnumerateFiles(dir, "tokenizer*.json")) File.Delete(f);
+        if (Directory.Exists(Path.Combine(dir, "original"))) Directory.Delete(Path.Combine(dir, "original"), recursive: true);
         string db = model.TempFile("never.db");
-        var e = await Assert.ThrowsAnyAsync<Exception>(() =>
+        var e = await Assert.ThrowsAsync<SwiftKV.Model.InvalidModelException>(() =>
             RagSample.RunAsync(new RagOptions { Model = dir, Database = db, MaxTokens = 2 }, new StringWriter(), TestContext.Current.CancellationToken));
-        Assert.Contains("tokenizer", e.Message, StringComparison.OrdinalIgnoreCase);
+        Assert.StartsWith("No tokenizer in ", e.Message);
         Assert.False(File.Exists(db), "nothing should be ingested");
     }
 
+    /// <summary>On a plain Llama checkpoint the report said "SwiftKV let 0 of N prompt tokens skip layers 0..3"; it now says what ran.</summary>
     [Fact]
     public async Task RunAsync_PlainLlama_SaysEveryLayerRan()
     {

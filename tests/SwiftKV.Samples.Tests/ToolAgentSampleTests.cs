@@ -11,7 +11,8 @@ public sealed class ToolAgentSampleTests(TinySampleModel model)
 {
     /// <summary>
     /// At the sample's default --max-tokens (64) the tiny model's greedy answer closes the topic string itself, so the
-    /// call is whole and made; a call the budget closed early would come back as text, not run (see the next test).
+    /// call is whole and made; a call the budget closed early would come back as text, not run
+    /// (ToolCallingTests.RequiredCall_ClosedEarlyByTheBudget_IsTextWithLength).
     /// </summary>
     [Fact]
     public async Task RunAsync_RequiredLookup_InvokesPluginAndSendsResultBack()

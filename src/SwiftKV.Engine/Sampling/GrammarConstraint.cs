@@ -46,12 +46,17 @@ public interface IGrammarConstraint : ILogitsConstraint
     bool IsComplete { get; }
 
     /// <summary>
-    /// True when the budget rule (the shortest completion must fit the tokens left) masked a token the grammar allowed
-    /// before the document was complete: MaxOutputTokens shaped the answer, which may be shorter than the model would
-    /// have written (a list closed early, a string ended). Callers report it as cut short (FinishReason Length) even
-    /// though the document is whole.
+    /// True when the budget rule (the shortest completion must fit the tokens left) masked a token the grammar allowed,
+    /// other than white space, before the document was complete: MaxOutputTokens may have shaped the answer, which can
+    /// be shorter than the model would have written (a list closed early, a string ended). Callers report it as cut
+    /// short (FinishReason Length) even though the document is whole.
+    /// NOTE: it errs towards true. The mask is made without the logits (the serving engine applies it on the GPU), so
+    /// whether the model would have picked a masked token is unknown: an answer that ends within a few tokens of the
+    /// budget (the rule counts the completion's bytes against the tokens left) is flagged although the model may have
+    /// ended it the same way. Reporting a whole answer as cut short costs a retry with more room; reporting a shortened
+    /// one as whole runs a tool on cut arguments.
     /// </summary>
-    bool BudgetShaped { get; }
+    bool BudgetShaped => false;
 }
 
 /// <summary>Masks logits so the generated text follows <typeparamref name="TGrammar"/>.</summary>
@@ -163,16 +168,20 @@ public abstract class GrammarConstraint<TState, TGrammar> : IGrammarConstraint
         bool any = false;
         for (int id = 0; id < logits.Length && !any; id++) any = Fits(id, completion, limit, complete);
         if (!any) return;
+        bool inText = _grammar.InText(_state);
         for (int id = 0; id < logits.Length; id++)
             if (!Fits(id, completion, limit, complete))
             {
                 logits[id] = float.NegativeInfinity;
-                if (!complete && completion[id] != Refused) BudgetShaped = true;   // the grammar took it; the budget did not
+                // The grammar took it, the budget did not; white space between JSON tokens changes nothing of the document.
+                if (!complete && completion[id] != Refused && (!IsWhitespace(id) || inText)) BudgetShaped = true;
             }
     }
 
     /// <inheritdoc />
     public bool BudgetShaped { get; private set; }
+
+    bool IsWhitespace(int id) => id < _tokenBytes.Count && _tokenBytes[id] is { Length: > 0 } b && b.AsSpan().IndexOfAnyExcept(" \t\n\r"u8) < 0;
 
     /// <summary>Whether token <paramref name="id"/> may come next: taken by the grammar within the budget, or a stop once whole.</summary>
     bool Fits(int id, ushort[] completion, int limit, bool complete)

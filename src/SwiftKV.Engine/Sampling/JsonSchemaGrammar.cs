@@ -171,7 +171,8 @@ public sealed class JsonSchemaGrammar
         if (!schema.TryGetProperty("properties", out var properties) || properties.ValueKind != JsonValueKind.Object)
             return false;
         foreach (var word in (ReadOnlySpan<string>)["additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "anyOf",
-                     "oneOf", "not", "if", "then", "else", "dependentSchemas", "dependentRequired", "dependencies", "$ref"])
+                     "oneOf", "not", "if", "then", "else", "dependentSchemas", "dependentRequired", "dependencies", "$ref",
+                     "minProperties", "maxProperties", "propertyNames"])
             if (schema.TryGetProperty(word, out _)) return false;
         return true;
     }

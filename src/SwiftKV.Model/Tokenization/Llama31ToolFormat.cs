@@ -146,6 +146,7 @@ public static class Llama31ToolFormat
             try
             {
                 using var inner = JsonDocument.Parse(args.GetString()!);
+                if (JsonText.FindNotText(inner.RootElement) is not null) return false;   // the outer check cannot see inside
                 args = inner.RootElement.Clone();
             }
             catch (JsonException)

@@ -109,6 +109,7 @@ public sealed class Llama31ToolFormatTests
     [InlineData("{\"name\": \"get_weather\\ud800\", \"parameters\": {}}")]                            // not text: malformed
     [InlineData("{\"name\": \"get_weather\", \"parameters\": {\"\\ud800\": 1}}")]
     [InlineData("{\"name\": \"get_weather\", \"parameters\": \"\\ud800\"}")]
+    [InlineData("{\"name\": \"get_weather\", \"parameters\": \"{\\\"\\\\ud800\\\": 1}\"}")]      // inside arguments given as a string
     [InlineData("[]")]
     [InlineData("")]
     public void TryParseCalls_Malformed_IsNull(string output) =>
