@@ -133,6 +133,12 @@ public static class RagSample
             await foreach (var chunk in kernel.InvokePromptStreamingAsync(Template, arguments, cancellationToken: cancellationToken))
                 output.Write(chunk);
         }
+        catch (ArgumentException e) when (e.Message.Contains("shorten the conversation", StringComparison.Ordinal))
+        {
+            // The library's advice names SwiftKvOptions, which this sample does not expose; its prompt grows with --top.
+            throw new ArgumentException($"{e.Message} In this sample the prompt is the question and the {hits.Count} retrieved chunks: " +
+                $"retrieve fewer with --top (now {options.TopK}).", e);
+        }
         finally
         {
             output.WriteLine();   // an error (a prompt past the context) then prints on a line of its own

@@ -71,6 +71,7 @@ public sealed class RagSampleTests(TinySampleModel model)
         var e = await Assert.ThrowsAnyAsync<ArgumentException>(() =>
             RagSample.RunAsync(new RagOptions { Model = dir, Database = model.TempFile("short.db"), MaxTokens = 2 }, output, TestContext.Current.CancellationToken));
         Assert.Contains("max_position_embeddings", e.Message);
+        Assert.Contains("retrieve fewer with --top (now 3)", e.Message);   // what the sample lets one change
         Assert.EndsWith("streamed): " + Environment.NewLine, output.ToString());
     }
 
