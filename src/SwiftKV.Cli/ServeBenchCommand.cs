@@ -133,8 +133,14 @@ internal static class ServeBenchCommand
         };
         bool[] wsModes = a.OnOffBoth("paged-attention-ws", "on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)");
         a.RejectUnknown();
-        if (requests < 1 || output < 1 || maxBatchArg is < 1 || blockSizeArg is < 1 || questions < 1 || questionTokens < 1 || prefixOutput < 1 || penalised < 0 || jsonRequests < 0)
-            throw new UsageException("--requests, --prompt, --output, --max-batch-tokens, --block-size, --questions, --question-tokens and --prefix-output must be >= 1, --penalised and --json >= 0");
+        // Each named alone, with its value: a list of eight options left the reader to find the one at fault.
+        foreach (var (name, value, least) in new (string, int?, int)[]
+        {
+            ("requests", requests, 1), ("output", output, 1), ("max-batch-tokens", maxBatchArg, 1), ("block-size", blockSizeArg, 1),
+            ("questions", questions, 1), ("question-tokens", questionTokens, 1), ("prefix-output", prefixOutput, 1),
+            ("penalised", penalised, 0), ("json", jsonRequests, 0),
+        })
+            if (value < least) throw new UsageException($"--{name}: must be >= {least} (got {value})");
         if (!(headroomGb >= 0) || double.IsInfinity(headroomGb)) throw new UsageException($"--headroom-gb: must be a finite size in GiB >= 0 (got {headroomGb})");
         if (!(maxSeconds > 0) || double.IsInfinity(maxSeconds)) throw new UsageException($"--max-seconds: must be a finite number of seconds > 0 (got {maxSeconds})");
         if (profileEvery < 0) throw new UsageException($"--profile: must be >= 0, a step count between profiled steps (0: none) (got {profileEvery})");

@@ -139,6 +139,8 @@ public sealed class CliTests : IDisposable
     [InlineData("--headroom-gb: must be a finite size", "serve-bench", "--headroom-gb", "-5")]
     [InlineData("--max-seconds: must be a finite number", "serve-bench", "--max-seconds", "NaN")]
     [InlineData("--profile: must be >= 0", "serve-bench", "--profile", "-1")]
+    [InlineData("--requests: must be >= 1 (got 0)", "serve-bench", "--requests", "0")]
+    [InlineData("--json: must be >= 0 (got -2)", "serve-bench", "--json", "-2")]
     public void BenchOptions_AreCheckedBeforeTheGpu(string named, params string[] args)
     {
         var r = Run(args);
