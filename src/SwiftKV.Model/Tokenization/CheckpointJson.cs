@@ -1,6 +1,5 @@
 // Small, strict helpers for the JSON side files of a checkpoint (tokenizer.json, tokenizer_config.json,
 // generation_config.json, config.json): every failure names the file and the key.
-using System.Text;
 using System.Text.Json;
 using System.Text.Unicode;
 
@@ -60,15 +59,8 @@ internal static class CheckpointJson
     /// </summary>
     public static void RequireText(JsonElement root, ReadOnlySpan<byte> utf8, string source)
     {
-        if (!MayHoldSurrogateEscape(utf8)) return;
-        try
-        {
-            ReadAllText(root);
-        }
-        catch (InvalidOperationException e)
-        {
-            throw new InvalidModelException($"{source}: {JsonText.FindNotText(root) ?? "a string"} {JsonText.NotTextReason}.", e);
-        }
+        if (MayHoldSurrogateEscape(utf8) && JsonText.FindNotText(root) is { } notText)
+            throw new InvalidModelException($"{source}: {notText} {JsonText.NotTextReason}.");
     }
 
     static bool MayHoldSurrogateEscape(ReadOnlySpan<byte> utf8)
@@ -82,27 +74,6 @@ internal static class CheckpointJson
         }
         return false;
     }
-
-    static void ReadAllText(JsonElement e)
-    {
-        switch (e.ValueKind)
-        {
-            case JsonValueKind.Object:
-                foreach (var p in e.EnumerateObject())
-                {
-                    _ = p.Name;
-                    ReadAllText(p.Value);
-                }
-                break;
-            case JsonValueKind.Array:
-                foreach (var v in e.EnumerateArray()) ReadAllText(v);
-                break;
-            case JsonValueKind.String:
-                _ = e.GetString();
-                break;
-        }
-    }
-
 
     /// <summary>
     /// Whether a checkpoint file is present; throws when a directory has its name, which would otherwise read as a
