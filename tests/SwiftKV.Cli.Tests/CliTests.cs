@@ -433,6 +433,27 @@ public sealed class CliTests : IDisposable
     /// turns as Llama 3 does, and generate --chat warns when it does not (a ChatML template here), in either of
     /// tokenizer_config.json's forms and in chat_template.jinja; a chat_template of another JSON kind is told, not refused.
     /// </summary>
+    /// <summary>
+    /// A config that does not match how the checkpoint was saved (AcrossKV 2 on a checkpoint saved with 1, so layer 3's
+    /// own SwiftKV projections go unread) loads, as transformers loads it; info names the unread tensors, as transformers
+    /// warns of them. A matching checkpoint gets no note.
+    /// </summary>
+    [Fact]
+    public void Info_NamesTensorsTheConfigDoesNotRead()
+    {
+        string dir = Tiny("group-1", "--swiftkv-layers", "2", "--group-size", "1");
+        Assert.DoesNotContain("have no place in this config", Run("info", "--model", dir).Out);
+
+        string config = Path.Combine(dir, "config.json");
+        var root = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(config))!.AsObject();
+        root["key_value_group_size"] = 2;
+        File.WriteAllText(config, root.ToJsonString());
+        var info = Run("info", "--model", dir);
+        Assert.True(info.Code == 0, info.Err);
+        Assert.Contains("note: 2 tensor(s) in the checkpoint have no place in this config and are not read " +
+            "(model.layers.3.self_attn.k_proj_swiftkv.weight, model.layers.3.self_attn.v_proj_swiftkv.weight)", info.Out);
+    }
+
     [Fact]
     public void ChatTemplate_NotLlama3s_IsToldByInfoAndGenerate()
     {

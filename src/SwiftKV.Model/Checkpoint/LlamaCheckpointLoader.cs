@@ -38,6 +38,24 @@ public static class LlamaCheckpointLoader
         return new VerifiedCheckpoint(specs.Count, fp8);
     }
 
+    /// <summary>
+    /// Tensors in the checkpoint that its config.json gives no place (fp8 scales beside their weights aside), sorted:
+    /// often a config that does not match how the checkpoint was saved (say key_value_group_size 2 on one saved with
+    /// 1, whose extra SwiftKV projections then go unread). transformers warns of them; <c>info</c> names them.
+    /// </summary>
+    public static IReadOnlyList<string> UnusedTensors(string directory)
+    {
+        var config = LlamaConfig.Load(directory);
+        using var checkpoint = SafetensorsCheckpoint.Open(directory);
+        var used = LlamaTensorNames.ForCheckpoint(config).Select(s => s.Name).ToHashSet(StringComparer.Ordinal);
+        // The scales fp8 formats write beside a module's weight (WeightQuantization.ScaleNames, compressed-tensors' input_scale).
+        bool ScaleOfAUsedWeight(string name) => ScaleSuffixes.Any(suffix =>
+            name.EndsWith(suffix, StringComparison.Ordinal) && used.Contains(name[..^suffix.Length] + ".weight"));
+        return checkpoint.TensorNames.Where(n => !used.Contains(n) && !ScaleOfAUsedWeight(n)).Order(StringComparer.Ordinal).ToList();
+    }
+
+    static readonly string[] ScaleSuffixes = [".weight_scale", ".weight_scale_inv", ".input_scale"];
+
     /// <summary>Loads the tensors <paramref name="config"/> needs from an open checkpoint.</summary>
     public static LlamaWeights Load(LlamaConfig config, SafetensorsCheckpoint checkpoint, bool swiftKvEnabled)
     {
