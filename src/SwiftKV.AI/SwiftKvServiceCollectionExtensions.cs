@@ -93,5 +93,7 @@ public static class SwiftKvServiceCollectionExtensions
                 model.Path, key, model.BackendReason);
         else
             log.LogInformation("SwiftKV model {ModelPath}{ServiceKey} runs on the {Backend} backend ({Reason})", model.Path, key, model.Backend.Name, model.BackendReason);
+        if (model.UnreadTensors.Count > 0)
+            log.LogWarning("SwiftKV model {ModelPath}{ServiceKey}: {Note}", model.Path, key, SwiftKV.Model.Checkpoint.LlamaCheckpointLoader.UnreadNote(model.UnreadTensors));
     }
 }

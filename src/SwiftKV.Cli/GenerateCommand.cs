@@ -3,6 +3,7 @@ using System.Diagnostics;
 using SwiftKV.Engine;
 using SwiftKV.Engine.Generation;
 using SwiftKV.Engine.Sampling;
+using SwiftKV.Model.Checkpoint;
 using SwiftKV.Model.Tokenization;
 
 namespace SwiftKV.Cli;
@@ -91,7 +92,9 @@ internal static class GenerateCommand
             $"[{model.Backend.Name}, SwiftKV {(model.Backend.SwiftKvEnabled ? "on" : "off")}] prompt {stats.PromptTokens} tokens, prefill {stats.PrefillTime.TotalMilliseconds:F0} ms; "
             // One token comes out of the prefill: no decode step ran, so there is no decode rate to give.
             + $"{(stats.OutputTokens <= 1 ? $"{stats.OutputTokens} token{(stats.OutputTokens == 1 ? "" : "s")} (from the prefill, no decode step)" : $"{stats.OutputTokens} tokens at {stats.DecodeTokensPerSecond:F1} tokens/s")}; finish {stats.FinishReason}");
-        Console.Error.WriteLine($"backend: {model.BackendReason}");   // why this backend (Auto's fallback, an Fp8Weights choice that does not apply)
+        Console.Error.WriteLine($"backend: {model.BackendReason}");
+        if (model.UnreadTensors.Count > 0)
+            Console.Error.WriteLine("note: " + LlamaCheckpointLoader.UnreadNote(model.UnreadTensors));   // why this backend (Auto's fallback, an Fp8Weights choice that does not apply)
         // On a GPU's first run the kernels compile when first used, inside the prefill's time: say so, or the figure
         // above reads as the model's speed.
         int compiled = SwiftKV.Cuda.NvrtcCompiler.CompileCount - compiledBefore;

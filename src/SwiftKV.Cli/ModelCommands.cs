@@ -234,8 +234,7 @@ internal static class ModelCommands
         Console.WriteLine(c.ToJson());
         Console.WriteLine($"weights: the {weights.TensorCount} tensors this config needs are present with their shapes and dtypes");
         if (LlamaCheckpointLoader.UnusedTensors(dir) is { Count: > 0 } unread)
-            Console.WriteLine($"note: {unread.Count} tensor(s) in the checkpoint have no place in this config and are not read " +
-                $"({string.Join(", ", unread.Take(3))}{(unread.Count > 3 ? ", ..." : "")}): does config.json match how the checkpoint was saved?");
+            Console.WriteLine("note: " + LlamaCheckpointLoader.UnreadNote(unread));
         Console.WriteLine(tokenizer is null
             ? "tokenizer: none (no tokenizer.json or original/tokenizer.model): generate and the chat client need one; logits takes token ids"
             : $"tokenizer: {tokenizer.VocabularySize} ids, {tokenizer.SpecialTokens.Count} special, stops at {string.Join(", ", tokenizer.StopTokenIds)}");

@@ -33,6 +33,13 @@ public sealed class LocalModel : IDisposable
     public required string BackendReason { get; init; }
 
     /// <summary>
+    /// Tensors in the checkpoint that its config.json gives no place, so they are not read
+    /// (<see cref="LlamaCheckpointLoader.UnusedTensors"/>): often a config that does not match how the checkpoint was
+    /// saved. Logged as a warning by the IChatClient registration, printed by the CLI's generate.
+    /// </summary>
+    public IReadOnlyList<string> UnreadTensors { get; init; } = [];
+
+    /// <summary>
     /// The continuous-batching engine every client of this model feeds (null when the backend has no batched step).
     /// </summary>
     public ServingEngine? Serving { get; init; }
@@ -70,6 +77,7 @@ public sealed class LocalModel : IDisposable
             return new LocalModel
             {
                 Path = path, Config = config, Tokenizer = tokenizer, Backend = compute, BackendReason = reason,
+                UnreadTensors = LlamaCheckpointLoader.UnusedTensors(path),
                 Serving = startServing && compute is IBatchedBackend { SupportsBatchedStep: true } ? new ServingEngine(compute, serving) : null,
             };
         }

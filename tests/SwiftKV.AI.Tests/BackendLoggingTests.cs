@@ -44,6 +44,40 @@ public sealed class BackendLoggingTests(TinyChatModel tiny)
         else if (!CudaRuntime.TryInitialize(out _)) Assert.Equal(LogLevel.Warning, level);
     }
 
+    /// <summary>
+    /// A config that does not match how the checkpoint was saved (AcrossKV 2 on one saved with 1) loads, and the load
+    /// warns of the tensors it leaves unread, naming them; a matching one gets no such warning (the tests above).
+    /// </summary>
+    [Fact]
+    public void Load_WarnsOfTensorsTheConfigDoesNotRead()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-unread-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var config = SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny") with { SwiftKv = true, ModelType = "llama_swiftkv", NumKeyValueLayers = 2, KeyValueGroupSize = 1 };
+            SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, config.Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 5 }, cancellationToken: TestContext.Current.CancellationToken);
+            SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
+            string path = Path.Combine(dir, "config.json");
+            var root = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+            root["key_value_group_size"] = 2;
+            File.WriteAllText(path, root.ToJsonString());
+
+            var logs = new CapturingLoggerFactory();
+            var services = new ServiceCollection();
+            services.AddSingleton<ILoggerFactory>(logs);
+            services.AddSwiftKvChatClient(o => { o.ModelPath = dir; o.Backend = BackendKind.Cpu; });
+            using (var provider = services.BuildServiceProvider())
+                provider.GetRequiredService<IChatClient>();
+            var warning = Assert.Single(logs.Entries, e => e.Level == LogLevel.Warning);
+            Assert.Contains("2 tensor(s) in the checkpoint have no place in its config.json and are not read " +
+                "(model.layers.3.self_attn.k_proj_swiftkv.weight, model.layers.3.self_attn.v_proj_swiftkv.weight)", warning.Text);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     [Fact]
     public void KeyedLoad_LogsToo()
     {

@@ -435,14 +435,14 @@ public sealed class CliTests : IDisposable
     /// </summary>
     /// <summary>
     /// A config that does not match how the checkpoint was saved (AcrossKV 2 on a checkpoint saved with 1, so layer 3's
-    /// own SwiftKV projections go unread) loads, as transformers loads it; info names the unread tensors, as transformers
-    /// warns of them. A matching checkpoint gets no note.
+    /// own SwiftKV projections go unread) loads, as transformers loads it; info and generate name the unread tensors, as
+    /// transformers warns of them. A matching checkpoint gets no note.
     /// </summary>
     [Fact]
     public void Info_NamesTensorsTheConfigDoesNotRead()
     {
         string dir = Tiny("group-1", "--swiftkv-layers", "2", "--group-size", "1");
-        Assert.DoesNotContain("have no place in this config", Run("info", "--model", dir).Out);
+        Assert.DoesNotContain("have no place in its config", Run("info", "--model", dir).Out);
 
         string config = Path.Combine(dir, "config.json");
         var root = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(config))!.AsObject();
@@ -450,8 +450,12 @@ public sealed class CliTests : IDisposable
         File.WriteAllText(config, root.ToJsonString());
         var info = Run("info", "--model", dir);
         Assert.True(info.Code == 0, info.Err);
-        Assert.Contains("note: 2 tensor(s) in the checkpoint have no place in this config and are not read " +
-            "(model.layers.3.self_attn.k_proj_swiftkv.weight, model.layers.3.self_attn.v_proj_swiftkv.weight)", info.Out);
+        const string Note = "note: 2 tensor(s) in the checkpoint have no place in its config.json and are not read " +
+            "(model.layers.3.self_attn.k_proj_swiftkv.weight, model.layers.3.self_attn.v_proj_swiftkv.weight)";
+        Assert.Contains(Note, info.Out);
+        var g = Run("generate", "--model", dir, "--prompt", "hi", "--max-tokens", "1");
+        Assert.True(g.Code == 0, g.Err);
+        Assert.Contains(Note, g.Err);
     }
 
     [Fact]

@@ -56,6 +56,11 @@ public static class LlamaCheckpointLoader
 
     static readonly string[] ScaleSuffixes = [".weight_scale", ".weight_scale_inv", ".input_scale"];
 
+    /// <summary>The sentence info, generate and the IChatClient's log give for <see cref="UnusedTensors"/>'s answer.</summary>
+    public static string UnreadNote(IReadOnlyList<string> unread) =>
+        $"{unread.Count} tensor(s) in the checkpoint have no place in its config.json and are not read " +
+        $"({string.Join(", ", unread.Take(3))}{(unread.Count > 3 ? ", ..." : "")}): does the config match how the checkpoint was saved?";
+
     /// <summary>Loads the tensors <paramref name="config"/> needs from an open checkpoint.</summary>
     public static LlamaWeights Load(LlamaConfig config, SafetensorsCheckpoint checkpoint, bool swiftKvEnabled)
     {
