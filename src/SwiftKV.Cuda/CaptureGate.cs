@@ -6,6 +6,8 @@
 // hold it exclusively, so each waits for the other; waiting calls go before new captures. A thread may make such
 // calls inside its own capture (relaxed capture mode allows it): the gate lets it through. A capture that is never
 // ended (its owner failed without disposing the stream) holds others up for at most MaxWait, not forever.
+// Releases (a handle's destroy, which may run on the finalizer thread) never wait: while another thread captures they
+// are kept and run once no capture is open, or by the next exclusive call, so finalization is never held up.
 namespace SwiftKV.Cuda;
 
 internal static class CaptureGate
@@ -15,6 +17,7 @@ internal static class CaptureGate
 
     static readonly object s_sync = new();
     static readonly Dictionary<int, int> s_capturingThreads = [];   // managed thread id -> captures it opened
+    static List<Action> s_deferred = [];   // releases asked for while another thread captured
     static int s_captures, s_exclusiveWaiting, s_exclusive;
 
     /// <summary>Called by <paramref name="thread"/> before a stream starts capturing; waits while an exclusive call runs or waits.</summary>
@@ -32,12 +35,75 @@ internal static class CaptureGate
     /// <summary>Called once the capture <paramref name="thread"/> opened has ended or been abandoned (on any thread).</summary>
     public static void ExitCapture(int thread)
     {
+        List<Action>? deferred = null;
         lock (s_sync)
         {
             s_captures--;
             if (s_capturingThreads.GetValueOrDefault(thread) <= 1) s_capturingThreads.Remove(thread);
             else s_capturingThreads[thread]--;
+            if (s_captures == 0) deferred = TakeDeferred();
             Monitor.PulseAll(s_sync);
+        }
+        RunDeferred(deferred);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="release"/> (a destroy that would break other threads' captures) now when no other thread
+    /// captures, else keeps it for when none does; never waits, so it is safe on the finalizer thread. True when it ran
+    /// now and returned true.
+    /// </summary>
+    public static bool Release(Func<bool> release)
+    {
+        lock (s_sync)
+        {
+            if (s_captures > 0 && !s_capturingThreads.ContainsKey(Environment.CurrentManagedThreadId))
+            {
+                s_deferred.Add(() => release());
+                return true;   // the handle is given up; the destroy runs once the captures end
+            }
+            s_exclusive++;
+        }
+        try
+        {
+            return release();
+        }
+        finally
+        {
+            new Scope(true).Dispose();
+        }
+    }
+
+    /// <summary>Releases kept for later (tests).</summary>
+    internal static int DeferredCount
+    {
+        get { lock (s_sync) return s_deferred.Count; }
+    }
+
+    /// <summary>The kept releases, marked as an exclusive call in progress (under the lock; run them with <see cref="RunDeferred"/>).</summary>
+    static List<Action>? TakeDeferred()
+    {
+        if (s_deferred.Count == 0) return null;
+        var taken = s_deferred;
+        s_deferred = [];
+        s_exclusive++;
+        return taken;
+    }
+
+    /// <summary>Runs kept releases outside the lock (their failures are a destroy's: nothing to report), then ends their exclusive hold.</summary>
+    static void RunDeferred(List<Action>? deferred)
+    {
+        if (deferred is null) return;
+        try
+        {
+            foreach (var release in deferred)
+            {
+                try { release(); }
+                catch (Exception) { }   // a destroy that throws leaks its handle, as a failed ReleaseHandle does
+            }
+        }
+        finally
+        {
+            new Scope(true).Dispose();
         }
     }
 
@@ -47,6 +113,7 @@ internal static class CaptureGate
     /// </summary>
     public static Scope Exclusive()
     {
+        List<Action>? deferred;
         lock (s_sync)
         {
             if (s_capturingThreads.ContainsKey(Environment.CurrentManagedThreadId)) return default;
@@ -61,7 +128,9 @@ internal static class CaptureGate
                 s_exclusiveWaiting--;
             }
             s_exclusive++;
+            deferred = TakeDeferred();   // past MaxWait (a capture nobody ends), kept releases go ahead with this call
         }
+        RunDeferred(deferred);
         return new Scope(true);
     }
 

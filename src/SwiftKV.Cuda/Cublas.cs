@@ -12,16 +12,18 @@ using SwiftKV.Cuda.Native;
 
 namespace SwiftKV.Cuda;
 
-/// <summary>A cuBLAS or cuBLASLt handle, destroyed by <paramref name="destroy"/> outside any graph capture.</summary>
+/// <summary>
+/// A cuBLAS or cuBLASLt handle, destroyed by <paramref name="destroy"/> outside other threads' graph captures: at once,
+/// or once they end (<see cref="CaptureGate.Release"/>; the finalizer thread must not wait for them).
+/// </summary>
 sealed class CublasHandle(Func<nint, int> destroy) : SafeHandle(0, true)
 {
     public override bool IsInvalid => handle == 0;
     public void Set(nint h) => SetHandle(h);
     protected override bool ReleaseHandle()
     {
-        if (!CudaRuntime.TryBindForRelease()) return false;
-        using var gate = CaptureGate.Exclusive();
-        return destroy(handle) == 0;
+        nint h = handle;
+        return CaptureGate.Release(() => CudaRuntime.TryBindForRelease() && destroy(h) == 0);
     }
 }
 
