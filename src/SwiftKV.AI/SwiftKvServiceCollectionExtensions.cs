@@ -68,13 +68,16 @@ public static class SwiftKvServiceCollectionExtensions
         return options;
     }
 
-    static LocalModel Load(SwiftKvOptions options, IServiceProvider services, object? serviceKey)
+    static LocalModel Load(SwiftKvOptions options, IServiceProvider services, object? serviceKey) =>
+        LoadLogged(options.LoadModel, services.GetService<ILoggerFactory>()?.CreateLogger<SwiftKvChatClient>(), options.Backend, serviceKey);
+
+    /// <summary>Loads through <paramref name="load"/> and logs the backend; a log that throws disposes the model first.</summary>
+    internal static LocalModel LoadLogged(Func<LocalModel> load, ILogger? log, BackendKind asked, object? serviceKey)
     {
-        var log = services.GetService<ILoggerFactory>()?.CreateLogger<SwiftKvChatClient>();
-        var model = options.LoadModel();
+        var model = load();
         try
         {
-            if (log is not null) LogBackend(log, model, options.Backend, serviceKey);
+            if (log is not null) LogBackend(log, model, asked, serviceKey);
         }
         catch
         {

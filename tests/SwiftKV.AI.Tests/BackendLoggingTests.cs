@@ -92,6 +92,33 @@ public sealed class BackendLoggingTests(TinyChatModel tiny)
         Assert.Contains("(key skv)", text);
     }
 
+    /// <summary>
+    /// A logger that throws while the load logs (a broken provider, a full disk): the container never receives the
+    /// model, so the registration disposes it (its serving thread and memory would outlive the container) and the
+    /// logger's exception reaches the caller.
+    /// </summary>
+    [Fact]
+    public void Load_LoggerThrows_DisposesTheModelAndRethrows()
+    {
+        LocalModel? loaded = null;
+        var options = new SwiftKvOptions { ModelPath = tiny.Directory, Backend = BackendKind.Cpu };
+        var thrown = Assert.Throws<IOException>(() => SwiftKvServiceCollectionExtensions.LoadLogged(
+            () => loaded = options.LoadModel(), new ThrowingLogger(), options.Backend, null));
+        Assert.Equal("log sink full", thrown.Message);
+        Assert.NotNull(loaded);
+        Assert.True(loaded.IsDisposed);
+        Assert.NotNull(loaded.Serving);
+        Assert.Throws<ObjectDisposedException>(() => loaded.Serving.Submit([1, 2], SwiftKV.Engine.Sampling.SamplingParams.Greedy, 1, ct: TestContext.Current.CancellationToken));
+    }
+
+    sealed class ThrowingLogger : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+        public bool IsEnabled(LogLevel logLevel) => true;
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+            throw new IOException("log sink full");
+    }
+
     sealed class CapturingLoggerFactory : ILoggerFactory
     {
         public List<(string Category, LogLevel Level, string Text)> Entries { get; } = [];
