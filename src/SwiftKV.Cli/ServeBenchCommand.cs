@@ -20,6 +20,8 @@
 // Variant keys off, swiftkv50, acrosskv4; a "-fp8" suffix (e.g. swiftkv50-fp8) stores the KV pool as fp8 e4m3
 // (ServingOptions.KvCacheDtype), so the same memory holds ~2x the tokens.
 // The KV pool takes the card's free memory after weights and a warm-up step of the largest batch, minus headroom.
+// --card-mib N runs as on a card of N MiB (e.g. 81079, an H100 80GB's): the rest of this card's memory is held for the
+// whole run, and the engine's step size follows its rule for N MiB. Memory only: the bandwidth and clocks stay this card's.
 // Results print as markdown and are written (after each scenario, so a cut-off run keeps what it has) as JSON.
 using System.Diagnostics;
 using System.Globalization;
@@ -37,7 +39,7 @@ namespace SwiftKV.Cli;
 
 internal static class ServeBenchCommand
 {
-    public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--weights bf16|e4m3|e4m3-w8a8] [--requests 256] [--prompt 2000 (a list: each config run at each length, in order)] [--output 256] " +
+    public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--weights bf16|e4m3|e4m3-w8a8] [--card-mib N (run as on a card of N MiB)] [--requests 256] [--prompt 2000 (a list: each config run at each length, in order)] [--output 256] " +
         "[--max-batch-tokens N (default: the engine's, 8192 on GPUs of >= 64 GiB)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--kv-gb N|auto (default: free memory less the headroom)] [--max-running N|auto (default: --requests; auto: the engine's)] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
         "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--temperature 0] [--top-k 0] [--top-p 1] [--frequency-penalty 0] [--penalised N (default: all)] [--json 0] [--json-schema FILE] [--out serve.json] [--md serve.md]";
 
@@ -131,6 +133,7 @@ internal static class ServeBenchCommand
             _ => throw new UsageException($"--weights: '{weightsArg}' is not bf16 (default), e4m3 (layer matrices as e4m3 codes with row scales, an FP8 checkpoint kept fp8) " +
                 "or e4m3-w8a8 (the same with W8A8 GEMMs above 8 rows)"),
         };
+        int? cardMib = a.Int("card-mib");
         bool[] wsModes = a.OnOffBoth("paged-attention-ws", "on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)");
         a.RejectUnknown();
         // Each named alone, with its value: a list of eight options left the reader to find the one at fault.
@@ -138,7 +141,7 @@ internal static class ServeBenchCommand
         {
             ("requests", requests, 1), ("output", output, 1), ("max-batch-tokens", maxBatchArg, 1), ("block-size", blockSizeArg, 1),
             ("questions", questions, 1), ("question-tokens", questionTokens, 1), ("prefix-output", prefixOutput, 1),
-            ("penalised", penalised, 0), ("json", jsonRequests, 0),
+            ("penalised", penalised, 0), ("json", jsonRequests, 0), ("card-mib", cardMib, 1),
         })
             if (value < least) throw new UsageException($"--{name}: must be >= {least} (got {value})");
         if (!(headroomGb >= 0) || double.IsInfinity(headroomGb)) throw new UsageException($"--headroom-gb: must be a finite size in GiB >= 0 (got {headroomGb})");
@@ -168,6 +171,8 @@ internal static class ServeBenchCommand
         // After every option is checked, so a typo is named on a machine without a GPU too.
         if (!CudaRuntime.TryInitialize(out var why)) throw new NotSupportedException("serve-bench needs a CUDA GPU: " + why);
         var dev = CudaRuntime.Device;
+        long? cardBytes = cardMib * (1L << 20);
+        using var held = cardBytes is { } card ? HoldAllBut(card) : null;
         var json = new JsonObject
         {
             ["device"] = dev.ToString(),
@@ -175,13 +180,14 @@ internal static class ServeBenchCommand
             ["commit"] = Environment.GetEnvironmentVariable("SWIFTKV_COMMIT") ?? "",
             ["preset"] = preset,
             ["weights"] = weightsArg,
+            ["card_mib"] = cardMib,
             ["workload"] = new JsonObject { ["requests"] = requests, ["prompt"] = string.Join(",", promptLengths), ["output"] = output, ["max_batch_tokens"] = maxBatchArg, ["block_size"] = blockSizeArg, ["max_running"] = maxRunningArg, ["kv_gb"] = kvGb,
                 ["note"] = "null: the engine's own choice (each run records what it resolved)" },
         };
         var rows = new JsonArray();
         json["runs"] = rows;
         var md = new StringBuilder();
-        md.AppendLine($"Card: {dev.Name}. Preset {preset}, random {(e4m3 ? "e4m3 layer weights (row scales, held as e4m3; embedding and lm_head bf16)" + (w8a8 ? ", W8A8 GEMMs above 8 rows" : "") : "bf16 weights")}, greedy, block size {blockSizeArg?.ToString() ?? "the engine's"}, max batch tokens {maxBatchArg?.ToString() ?? "the engine's"} (each run's row says which).");
+        md.AppendLine($"Card: {dev.Name}{(cardMib is { } cm ? $", run as a card of {cm} MiB ({held!.ByteLength / (double)(1L << 20):F0} MiB held)" : "")}. Preset {preset}, random {(e4m3 ? "e4m3 layer weights (row scales, held as e4m3; embedding and lm_head bf16)" + (w8a8 ? ", W8A8 GEMMs above 8 rows" : "") : "bf16 weights")}, greedy, block size {blockSizeArg?.ToString() ?? "the engine's"}, max batch tokens {maxBatchArg?.ToString() ?? "the engine's"} (each run's row says which).");
         md.AppendLine();
         md.AppendLine("| scenario | variant | config | requests (done) | prompt+out tokens | wall | total tok/s | out tok/s | TTFT p50 / p99 | TPOT p50 / p99 | peak running | KV blocks (KiB/token) | preempt | prefix hit | steps: decode-only n, mean batch, ms / mixed n, mean tokens, ms / host ms per step |");
         md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -223,7 +229,7 @@ internal static class ServeBenchCommand
         foreach (var v in variants)
         {
             using var backend = Open(v, e4m3, w8a8);
-            var opts = PoolOptions(backend, v.Dtype, blockSizeArg, maxBatchArg, runningAuto ? null : maxRunningArg ?? requests, prompt + output, headroomGb, kvArg == "auto", kvGb);
+            var opts = PoolOptions(backend, v.Dtype, blockSizeArg, maxBatchArg ?? StepTokensOn(cardBytes, backend), runningAuto ? null : maxRunningArg ?? requests, prompt + output, headroomGb, kvArg == "auto", kvGb);
             foreach (var c in configs)
                 foreach (bool ws in wsModes)
                 foreach (int length in promptLengths)
@@ -262,7 +268,7 @@ internal static class ServeBenchCommand
             var prompts = Enumerable.Range(0, questions).Select(i => system.Concat(Tokens(questionTokens, v.Config.VocabSize, 5000 + i)).ToArray()).ToArray();
             foreach (bool caching in new[] { true, false })
             {
-                var opts = PoolOptions(backend, v.Dtype, blockSizeArg, maxBatchArg, runningAuto ? null : maxRunningArg ?? questions, prefix + questionTokens + prefixOutput, headroomGb, kvArg == "auto", kvGb)
+                var opts = PoolOptions(backend, v.Dtype, blockSizeArg, maxBatchArg ?? StepTokensOn(cardBytes, backend), runningAuto ? null : maxRunningArg ?? questions, prefix + questionTokens + prefixOutput, headroomGb, kvArg == "auto", kvGb)
                     with { EnablePrefixCaching = caching, ReserveOutputBlocks = configs[^1].ReserveOutputs };
                 Add(caching ? $"prefix {prefix}+{questionTokens}, caching on" : $"prefix {prefix}+{questionTokens}, caching off", v,
                     RunWorkload(backend, opts, prompts, prefixOutput, maxSeconds, caching ? "prefix-on" : "prefix-off"), configs[^1].Key);
@@ -275,6 +281,25 @@ internal static class ServeBenchCommand
         Log($"wrote {outJson}" + (outMd is null ? "" : $" and {outMd}"));
         return 0;
     }
+
+    /// <summary>
+    /// Holds this card's memory beyond <paramref name="cardBytes"/> for the run, so what stays free is what a card of
+    /// that size would have (the CUDA context's share aside, which both pay).
+    /// </summary>
+    static DeviceBuffer<byte> HoldAllBut(long cardBytes)
+    {
+        var (free, total) = CudaRuntime.MemoryInfo();
+        long hold = total - cardBytes;
+        if (hold <= 0) throw new UsageException($"--card-mib: this card has {total >> 20} MiB, not more than {cardBytes >> 20} MiB");
+        if (hold > free) throw new UsageException($"--card-mib: holding {hold >> 20} MiB needs more than the {free >> 20} MiB free now");
+        var held = new DeviceBuffer<byte>(hold);
+        Log($"run as a card of {cardBytes >> 20} MiB: {hold >> 20} MiB of this card's {total >> 20} MiB held, {CudaRuntime.MemoryInfo().Free >> 20} MiB free");
+        return held;
+    }
+
+    /// <summary>The engine's step size on a card of <paramref name="cardBytes"/> (null: the real card's, the backend's own).</summary>
+    static int? StepTokensOn(long? cardBytes, CudaBackend backend) =>
+        cardBytes is { } c ? CudaBackend.PreferredMaxBatchTokensOn(c, backend.WeightBytes) : null;
 
     static CudaBackend Open(Variant v, bool e4m3, bool w8a8)
     {

@@ -141,6 +141,7 @@ public sealed class CliTests : IDisposable
     [InlineData("--profile: must be >= 0", "serve-bench", "--profile", "-1")]
     [InlineData("--requests: must be >= 1 (got 0)", "serve-bench", "--requests", "0")]
     [InlineData("--json: must be >= 0 (got -2)", "serve-bench", "--json", "-2")]
+    [InlineData("--card-mib: must be >= 1 (got 0)", "serve-bench", "--card-mib", "0")]
     public void BenchOptions_AreCheckedBeforeTheGpu(string named, params string[] args)
     {
         var r = Run(args);

@@ -74,7 +74,10 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
     /// instead of 3.8 GiB pool, 2195 vs 1654 total tokens/s and TTFT p50 13.1 vs 18.2 s, for TPOT 48 vs 40 ms. The 32 GiB
     /// line lies between those two measured cases (64.7 and 8.4 GiB beyond the weights); nothing between them was measured.
     /// </remarks>
-    public int PreferredMaxBatchTokens => PreferLargeSteps(Device.TotalMemoryBytes, WeightBytes) ? 8192 : 2048;
+    public int PreferredMaxBatchTokens => PreferredMaxBatchTokensOn(Device.TotalMemoryBytes, WeightBytes);
+
+    /// <summary><see cref="PreferredMaxBatchTokens"/> on a card of <paramref name="cardBytes"/> (serve-bench's emulation of a smaller card).</summary>
+    public static int PreferredMaxBatchTokensOn(long cardBytes, long weightBytes) => PreferLargeSteps(cardBytes, weightBytes) ? 8192 : 2048;
 
     /// <summary>The rule of <see cref="PreferredMaxBatchTokens"/>: a card of >= 64 GiB with >= 32 GiB beyond the weights.</summary>
     internal static bool PreferLargeSteps(long cardBytes, long weightBytes) => cardBytes >= 64L << 30 && cardBytes - weightBytes >= 32L << 30;
