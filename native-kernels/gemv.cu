@@ -57,14 +57,6 @@
 #define GEMV_SILU_STAGGER 32
 #endif
 
-__device__ __forceinline__ uint4 ld_stream16(const void* p)
-{
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-
 // x is written by the kernel before this one, so it is read through the coherent path (L1-cached), not .nc.
 __device__ __forceinline__ uint4 ld_cached16(const void* p)
 {

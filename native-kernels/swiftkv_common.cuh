@@ -233,6 +233,23 @@ __device__ __forceinline__ uint4 silu_mul_bf16x8(uint4 gv, uint4 uv)
     return make_uint4(ow[0], ow[1], ow[2], ow[3]);
 }
 
+// d (16x8 fp32) += a (16x16 bf16, row) * b (16x8 bf16, col): one warp's mma.sync m16n8k16 (sm_80+).
+__device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 16 bytes of weights read once: not kept in L1 (ld.global.nc.L1::no_allocate), so the small activation rows stay there.
+__device__ __forceinline__ uint4 ld_stream16(const void* p)
+{
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
 // Two e4m3 bytes of u -> bf16x2, exact and unscaled (the fp8 KV cache applies its per-key scale to S and P instead,
 // the fp8 GEMV its per-row scale to the sum). `sel` is the __byte_perm selector that puts them in the high byte of each 16-bit lane ([0, lo, 0, hi]); there e4m3's exponent
 // and mantissa sit where bf16's are, which is the value times 2^-120 (exponent bias 7 vs 127, subnormals included),

@@ -104,6 +104,84 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         Gpu.Close(mlp.ToArray().Select(v => v.ToSingle()).ToArray(), silu, 8e-3, 1e-6, $"gemv_silu_e4m3 r{rows}");
     }
 
+    /// <summary>
+    /// The rows GEMM (9..64 rows on tensor cores) in both forms against double references: row counts at and across its
+    /// 16-row fragments; in = 4160 (65 chunks of 64: the four K-split warps get unequal shares and the prefetch ring ends
+    /// part-way); out = 37 (a second 32-column block holding 5) and inter = 19; the plain form also into a wider y
+    /// (row stride 45) and added to. Outputs start poisoned, or at known values for the add.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(9)]
+    [InlineData(16)]
+    [InlineData(17)]
+    [InlineData(40)]
+    [InlineData(64)]
+    public void E4m3RowsGemm_BothForms_MatchDoubleReference(int rows)
+    {
+        Gpu.Require();
+        const int In = 4160, Out = 37, Inter = 19, Ldy = 45;
+        var gemm = new E4m3RowsGemmKernel(Library);
+        var (codes, scales) = RandomE4m3(Out, In, 40 + rows);
+        var (guCodes, guScales) = RandomE4m3(2 * Inter, In, 50 + rows);
+        float[] xf = RandomFloats(rows * In, 60 + rows);
+        var xb = xf.Select(Bf16.FromSingle).ToArray();
+        using var dX = new DeviceBuffer<Bf16>(xb);
+        using var dCodes = new DeviceBuffer<byte>(codes);
+        using var dScales = new DeviceBuffer<float>(scales);
+        using var dGu = new DeviceBuffer<byte>(guCodes);
+        using var dGuScales = new DeviceBuffer<float>(guScales);
+        var w = new E4m3Rows(dCodes.Span, dScales.Span);
+        var gu = new E4m3Rows(dGu.Span, dGuScales.Span);
+        double Xb(int r, int i) => xb[r * In + i].ToSingle();
+
+        var expected = new double[rows * Out];
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < Out; o++) expected[r * Out + o] = Dot(codes, scales, o, In, i => Xb(r, i));
+        using var y = Gpu.Poisoned((long)rows * Out);
+        gemm.Launch(Stream, dX.Span, rows, In, w, Out, y.Span);
+        Gpu.Close(y.ToArray(), expected, 1e-4, 1e-5, $"gemm_e4m3_rows r{rows}");
+
+        // Row stride 45: columns 37..44 of each row are not the GEMM's and keep their values; then the residual add.
+        var start = RandomFloats(rows * Ldy, 70 + rows);
+        using var wide = new DeviceBuffer<float>(start);
+        gemm.Launch(Stream, dX.Span, rows, In, w, Out, wide.Span, accumulate: true, ldy: Ldy);
+        var got = wide.ToArray();
+        var want = new double[rows * Ldy];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < Ldy; c++) want[r * Ldy + c] = start[r * Ldy + c] + (c < Out ? expected[r * Out + c] : 0);
+        Gpu.Close(got, want, 1e-4, 1e-5, $"gemm_e4m3_rows r{rows} ldy {Ldy} accumulate");
+        for (int r = 0; r < rows; r++)
+            for (int c = Out; c < Ldy; c++) Assert.Equal(start[r * Ldy + c], got[r * Ldy + c]);
+
+        using var mlp = Gpu.PoisonedBf16((long)rows * Inter);
+        gemm.LaunchSiluMul(Stream, dX.Span, rows, In, gu, Inter, mlp.Span);
+        var silu = new double[rows * Inter];
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < Inter; o++)
+            {
+                double g = Dot(guCodes, guScales, o, In, i => Xb(r, i)), u = Dot(guCodes, guScales, Inter + o, In, i => Xb(r, i));
+                silu[r * Inter + o] = g / (1 + Math.Exp(-g)) * u;
+            }
+        Gpu.Close(mlp.ToArray().Select(v => v.ToSingle()).ToArray(), silu, 8e-3, 1e-6, $"gemm_silu_e4m3_rows r{rows}");
+    }
+
+    [Fact]
+    public void E4m3RowsGemm_RefusesShapesItCannotTake()
+    {
+        Gpu.Require();
+        var gemm = new E4m3RowsGemmKernel(Library);
+        using var x = new DeviceBuffer<Bf16>(65 * 128);
+        using var codes = new DeviceBuffer<byte>(128 * 8);
+        using var scales = new DeviceBuffer<float>(8);
+        using var y = new DeviceBuffer<float>(65 * 8);
+        var w = new E4m3Rows(codes.Span, scales.Span);
+        // in = 96 is no multiple of 64; 65 rows are past the kernel; 8 scales cannot cover 9 columns.
+        Assert.Contains("in % 64", Assert.Throws<ArgumentException>(() => gemm.Launch(Stream, x.Span, 9, 96, w, 8, y.Span)).Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => gemm.Launch(Stream, x.Span, 65, 64, w, 8, y.Span));
+        Assert.Contains("scales", Assert.Throws<ArgumentException>(() => gemm.Launch(Stream, x.Span, 9, 64, w, 9, y.Span)).Message);
+    }
+
     [Fact]
     public void GemvE4m3_RefusesShapesItCannotTake()
     {
@@ -283,6 +361,67 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         // unrounded weights against the CPU's fp32 ones).
         Assert.True(worst <= 2e-2, $"solo: {worst:E2}");
         Assert.True(worstBatched <= 2e-2, $"batched: {worstBatched:E2}");
+    }
+
+    /// <summary>
+    /// Serving steps of 12, 40 and 64 rows (batched decode past the e4m3 GEMV's 8) over kept e4m3 weights take the rows
+    /// GEMM for every projection (q/k/v, o, [gate; up], down) and match the CPU engine on the exact dequantized weights;
+    /// with the route off (dequantize, cuBLAS), the same steps give logits within the rounding of code x scale to bf16.
+    /// </summary>
+    [Fact]
+    public void Keep_DecodeBatchesPastTheGemv_TakeTheRowsGemm_MatchCpu()
+    {
+        Gpu.Require();
+        var spec = new ModelSpec(Hidden: 512, Intermediate: 1024, Layers: 4, Heads: 8, KvHeads: 2, HeadDim: 64, Vocab: 300,
+            SwiftKvLayers: 2, GroupSize: 2, Seed: 93, MaxPositions: 512);
+        using var checkpoint = new PerChannelFp8Checkpoint(spec);
+        using var gpu = CudaBackend.Load(checkpoint.Dir, true, Fp8Weights.Keep);
+        using var cpu = new CpuBackend(LlamaCheckpointLoader.Load(checkpoint.Dir, true));
+        const int BlockSize = 16, Sequences = 64;
+        // Each sequence: a 20-token prompt (blocks 2i, 2i + 1), then decode steps of 12, 40 and 64 rows.
+        var seqs = Enumerable.Range(0, Sequences).Select(i => TestModels.RandomTokens(24, spec.Vocab, 200 + (ulong)i)).ToArray();
+        var tables = seqs.Select((_, i) => new[] { 2 * i, 2 * i + 1 }).ToArray();
+        double RunSteps(CudaBackend g, out float[][] rows)
+        {
+            using var pool = g.CreatePagedKvCache(2 * Sequences, BlockSize);
+            using var cpuPool = cpu.CreatePagedKvCache(2 * Sequences, BlockSize);
+            var logits = new List<float[]>();
+            double worst = 0;
+            void Step(BatchSequence[] batch, bool compare)
+            {
+                var gl = g.ForwardBatch(pool, batch);
+                var cl = cpu.ForwardBatch(cpuPool, batch);
+                for (int r = 0; r < batch.Length; r++)
+                {
+                    logits.Add(gl.AsSpan(r * spec.Vocab, spec.Vocab).ToArray());
+                    if (compare) worst = Math.Max(worst, Gpu.RowError(cl.AsSpan(r * spec.Vocab, spec.Vocab), gl.AsSpan(r * spec.Vocab, spec.Vocab)));
+                }
+            }
+            for (int i = 0; i < Sequences; i += 8)   // prompts in steps of 8 x 20 rows (the dequantize route)
+                Step(Enumerable.Range(i, 8).Select(s => new BatchSequence(seqs[s].AsMemory(0, 20), 0, tables[s], true)).ToArray(), false);
+            int position = 20;
+            foreach (int n in new[] { 12, 40, 64 })
+            {
+                Step(Enumerable.Range(0, n).Select(s => new BatchSequence(seqs[s].AsMemory(position, 1), position, tables[s], true)).ToArray(), true);
+                position++;
+            }
+            rows = logits.ToArray();
+            return worst;
+        }
+        long before = gpu.E4m3RowsGemmLaunches;
+        double worstOn = RunSteps(gpu, out var on);
+        long launches = gpu.E4m3RowsGemmLaunches - before;
+        gpu.UseE4m3RowsGemm = false;
+        double worstOff = RunSteps(gpu, out var off);
+        Assert.Equal(launches, gpu.E4m3RowsGemmLaunches - before);   // none with the route off
+        double apart = 0;
+        for (int i = 0; i < on.Length; i++) apart = Math.Max(apart, Gpu.RowError(off[i], on[i]));
+        Gpu.Log($"kept e4m3, decode steps of 12/40/64 rows: {launches} rows-GEMM launches; worst row against the CPU {worstOn:E2} " +
+                $"(route off, dequantize + cuBLAS: {worstOff:E2}); the two routes' logits apart by {apart:E2}");
+        // Every layer's q/k/v, o, [gate; up] and down in each of the 3 steps: full layers 2 x 4, SwiftKV layers 2 x 4.
+        Assert.True(launches >= 3 * 4 * spec.Layers, $"{launches} launches");
+        Assert.True(worstOn <= 2e-2, $"on: {worstOn:E2}");
+        Assert.True(apart <= 2e-2, $"routes apart: {apart:E2}");
     }
 
     /// <summary>

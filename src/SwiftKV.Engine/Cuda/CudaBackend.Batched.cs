@@ -158,7 +158,7 @@ public sealed partial class CudaBackend : IGreedyBatchedBackend
                 Linear(_ws.Normed, m, hidden, _w.SwiftKvKv!, _w.SwiftKvLeaders.Length * 2 * cfg.KeyValueDim, _ws.SwiftKvFor(m, SwiftKvChunkRows));
             }
             // GateUpSilu's cuBLAS route: above the GEMV's rows, and below the gated GEMM's where that applies.
-            if (mlpNever || (mlpChunk && GateUpW8A8(_ws.Normed, n, first.GateUp, W8A8MlpChunk))) { }
+            if (mlpNever || (mlpChunk && GateUpW8A8(_ws.Normed, n, first.GateUp, W8A8MlpChunk)) || E4m3RowsGemm(n, _ws.Normed.Span.Address, first.GateUp, hidden)) { }
             else if ((!_useGemv || n > GemvGateUpRows) && (!gated || n < GatedMlpMinRows))
                 _blas.Linear(_ws.Normed, n, hidden, Dense(first.GateUp), 2 * cfg.IntermediateSize, _ws.GateUpFor(n, GateUpRouteRows(gated)));
         }

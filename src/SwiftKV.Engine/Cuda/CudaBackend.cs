@@ -61,6 +61,7 @@ public sealed partial class CudaBackend : IModelBackend
     readonly GemmSwigluKernel _gemmSwiglu;
     readonly GemmQkvRopeKernel _gemmQkv;
     readonly GemvKernel _gemv;
+    readonly E4m3RowsGemmKernel _e4m3Rows;
     readonly RopeKvKernel _ropeKv;
     readonly ArgmaxKernel _argmax;
     readonly SamplingKernel _sample;
@@ -151,6 +152,7 @@ public sealed partial class CudaBackend : IModelBackend
             _gemmSwiglu = new GemmSwigluKernel(_kernels);
             _gemmQkv = new GemmQkvRopeKernel(_kernels);
             _gemv = new GemvKernel(_kernels);
+            _e4m3Rows = new E4m3RowsGemmKernel(_kernels);
             _ropeKv = new RopeKvKernel(_kernels);
             _argmax = new ArgmaxKernel(_kernels);
             _sample = new SamplingKernel(_kernels);
@@ -262,6 +264,18 @@ public sealed partial class CudaBackend : IModelBackend
     /// </summary>
     public bool UseFusedNormQuantize { get => _fusedNormQuantize; set => SetRoute(ref _fusedNormQuantize, value); }
     bool _fusedNormQuantize = true;
+
+    /// <summary>
+    /// Steps of <see cref="GemvKernel.MaxRows"/> + 1 to <see cref="E4m3RowsGemmKernel.MaxRows"/> rows (batched decode)
+    /// multiply kept e4m3 weights on bf16 tensor cores, reading each code once (gemm_e4m3_rows.cu), default. Off: each
+    /// matrix is dequantized into the bf16 scratch for cuBLAS first, as longer steps do (benchmarks compare). Not under
+    /// <see cref="UseW8A8"/>, whose GEMMs take such steps.
+    /// </summary>
+    public bool UseE4m3RowsGemm { get => _e4m3RowsGemm; set => SetRoute(ref _e4m3RowsGemm, value); }
+    bool _e4m3RowsGemm = true;
+
+    /// <summary>Launches of the e4m3 rows GEMM so far (tests and benchmarks check the route was taken).</summary>
+    public long E4m3RowsGemmLaunches { get; private set; }
 
     /// <summary>Sets a route switch; a change forces decode graphs to be recaptured (a captured step may have baked either route).</summary>
     void SetRoute(ref bool route, bool value)
@@ -735,9 +749,18 @@ public sealed partial class CudaBackend : IModelBackend
     {
         if (!w.IsE4m3) Linear(x, rows, inDim, w.Bf16.Span, outDim, y, accumulate);
         else if (E4m3Gemv(rows, GemvKernel.MaxRows, x.Address, w, inDim)) _gemv.Launch(_stream, x, rows, inDim, w.E4m3, outDim, y, accumulate);
+        else if (E4m3RowsGemm(rows, x.Address, w, inDim))
+        {
+            _e4m3Rows.Launch(_stream, x, rows, inDim, w.E4m3, outDim, y, accumulate);
+            E4m3RowsGemmLaunches++;
+        }
         else if (!W8A8(x, rows, inDim, w) || !TryW8A8Gemm(_ws.Fp8For(rows, inDim), rows, inDim, w.E4m3, outDim, y, accumulate))
             _blas.Linear(x, rows, inDim, Dense(w), outDim, y, accumulate);
     }
+
+    /// <summary>Whether a step of <paramref name="rows"/> over e4m3 <paramref name="w"/> takes the e4m3 rows GEMM (<see cref="UseE4m3RowsGemm"/>).</summary>
+    bool E4m3RowsGemm(int rows, ulong xAddress, CudaMatrix w, int inDim) =>
+        _e4m3RowsGemm && !_w8a8 && w.IsE4m3 && rows <= E4m3RowsGemmKernel.MaxRows && E4m3RowsGemmKernel.Takes(xAddress, w.E4m3, inDim);
 
     /// <summary>
     /// Whether <paramref name="w"/> takes the W8A8 route (<see cref="UseW8A8"/>) at this step: then x's rows are
@@ -920,6 +943,12 @@ public sealed partial class CudaBackend : IModelBackend
         if (layer.GateUp.IsE4m3 && E4m3Gemv(rows, GemvKernel.MaxRows, x.Address, layer.GateUp, hidden))
         {
             _gemv.LaunchSiluMul(_stream, x, rows, hidden, layer.GateUp.E4m3, inter, _ws.Mlp);
+            return;
+        }
+        if (E4m3RowsGemm(rows, x.Address, layer.GateUp, hidden))
+        {
+            _e4m3Rows.LaunchSiluMul(_stream, x, rows, hidden, layer.GateUp.E4m3, inter, _ws.Mlp);
+            E4m3RowsGemmLaunches++;
             return;
         }
         if (GateUpW8A8(x, rows, layer.GateUp))
