@@ -13,7 +13,7 @@
 // (g = lane / 4, t = lane % 4) loads 16 consecutive codes of weight row g of each 8-column tile and the same 16 columns
 // of x rows g and g + 8 of each 16-row fragment: the dot product does not care in which order k is summed, so logical
 // k {2t, 2t+1, 2t+8, 2t+9} of MMA step s (0..3) are physical columns 16t + 4s + {0, 1, 2, 3}, one 32-bit word of codes
-// and two of x per register operand, no shuffles. Weight loads run PREFETCH chunks ahead (streamed past L1), x one; the four
+// and two of x per register operand, no shuffles. Weight loads run PREFETCH chunks ahead (streamed past L1); the four
 // K partials are summed through shared memory in a fixed order (deterministic), then scaled and stored.
 // Requirements (checked by the launcher): in % 64 == 0, x and codes 16-byte aligned. Rows past R read as zeros and are
 // not stored; columns past out read the last row's codes and are not stored.
@@ -68,22 +68,6 @@ __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, con
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) wb[p][nt] = ld_stream16(wr[nt] + column(p));
 
-    // x rows of the next chunk are loaded one chunk ahead too (L1 / L2 latency, not DRAM's).
-    uint4 xn[MF][2][2];
-    auto load_x = [&](uint4 (&dst)[MF][2][2], long long k0)
-    {
-#pragma unroll
-        for (int mf = 0; mf < MF; mf++)
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-            {
-                const uint4 z = make_uint4(0u, 0u, 0u, 0u);
-                dst[mf][h][0] = xv[mf][h] ? *reinterpret_cast<const uint4*>(xr[mf][h] + k0) : z;
-                dst[mf][h][1] = xv[mf][h] ? *reinterpret_cast<const uint4*>(xr[mf][h] + k0 + 8) : z;
-            }
-    };
-    if (mine > 0) load_x(xn, column(0));
-
     for (int c0 = 0; c0 < mine; c0 += E4R_PREFETCH)
     {
 #pragma unroll
@@ -91,12 +75,17 @@ __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, con
         {
             const int c = c0 + p;
             if (c >= mine) break;
+            const long long k0 = column(c);
             uint4 xa[MF][2][2];
 #pragma unroll
             for (int mf = 0; mf < MF; mf++)
 #pragma unroll
-                for (int h = 0; h < 2; h++) { xa[mf][h][0] = xn[mf][h][0]; xa[mf][h][1] = xn[mf][h][1]; }
-            if (c + 1 < mine) load_x(xn, column(c + 1));
+                for (int h = 0; h < 2; h++)
+                {
+                    const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+                    xa[mf][h][0] = xv[mf][h] ? *reinterpret_cast<const uint4*>(xr[mf][h] + k0) : z;
+                    xa[mf][h][1] = xv[mf][h] ? *reinterpret_cast<const uint4*>(xr[mf][h] + k0 + 8) : z;
+                }
             uint4 wc[2] = { wb[p][0], wb[p][1] };
             if (c + E4R_PREFETCH < mine)
 #pragma unroll
