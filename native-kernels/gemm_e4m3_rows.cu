@@ -20,19 +20,30 @@
 // Launch: grid ceil(out / 32) (plain) or ceil(inter / 16) (SwiGLU), block 256, no dynamic shared memory.
 #include "swiftkv_common.cuh"
 
-#define E4R_KSPLIT 4
+#ifndef E4R_KSPLIT
+#define E4R_KSPLIT 4   // warps per 16 columns (a CTA is 2 x E4R_KSPLIT warps; the launcher's block is 256 threads)
+#endif
 #define E4R_CHUNK 64
 #ifndef E4R_PREFETCH
 #define E4R_PREFETCH 3
+#endif
+// Probe switches (bench/e4m3_rows_probe.py): E4R_MINBLOCKS, the launch bounds' CTAs per SM for entries of up to 32
+// rows (registers capped to fit them); E4R_XAHEAD 1 loads x rows a chunk ahead as the weights are (slower in the
+// engine at 3973467's first try: 8B steps of 32 rows 9.5 -> 10.9 ms).
+#ifndef E4R_MINBLOCKS
+#define E4R_MINBLOCKS 1
+#endif
+#ifndef E4R_XAHEAD
+#define E4R_XAHEAD 0
 #endif
 
 template <int MF, bool SILU>
 __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, const unsigned char* __restrict__ w,
     const float* __restrict__ scales, int rows, int in, int out, float* y, int ldy, int accumulate, bf16_t* silu_out, int inter)
 {
-    __shared__ float red[8][MF * 8][32];
+    __shared__ float red[2 * E4R_KSPLIT][MF * 8][32];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int ks = warp & (E4R_KSPLIT - 1), half = warp >> 2;
+    const int ks = warp % E4R_KSPLIT, half = warp / E4R_KSPLIT;
     // The first of this warp's 16 weight rows: plain, columns 32·block + 16·half; SwiGLU, gate or up rows of units 16·block.
     const long long first = SILU ? (long long)half * inter + 16LL * blockIdx.x : 32LL * blockIdx.x + 16 * half;
     const long long last = SILU ? (long long)(half + 1) * inter - 1 : (long long)out - 1;
@@ -68,6 +79,23 @@ __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, con
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) wb[p][nt] = ld_stream16(wr[nt] + column(p));
 
+    auto load_x = [&](uint4 (&dst)[MF][2][2], long long k0)
+    {
+#pragma unroll
+        for (int mf = 0; mf < MF; mf++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+            {
+                const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+                dst[mf][h][0] = xv[mf][h] ? *reinterpret_cast<const uint4*>(xr[mf][h] + k0) : z;
+                dst[mf][h][1] = xv[mf][h] ? *reinterpret_cast<const uint4*>(xr[mf][h] + k0 + 8) : z;
+            }
+    };
+#if E4R_XAHEAD
+    uint4 xn[MF][2][2];
+    if (mine > 0) load_x(xn, column(0));
+#endif
+
     for (int c0 = 0; c0 < mine; c0 += E4R_PREFETCH)
     {
 #pragma unroll
@@ -75,17 +103,16 @@ __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, con
         {
             const int c = c0 + p;
             if (c >= mine) break;
-            const long long k0 = column(c);
             uint4 xa[MF][2][2];
+#if E4R_XAHEAD
 #pragma unroll
             for (int mf = 0; mf < MF; mf++)
 #pragma unroll
-                for (int h = 0; h < 2; h++)
-                {
-                    const uint4 z = make_uint4(0u, 0u, 0u, 0u);
-                    xa[mf][h][0] = xv[mf][h] ? *reinterpret_cast<const uint4*>(xr[mf][h] + k0) : z;
-                    xa[mf][h][1] = xv[mf][h] ? *reinterpret_cast<const uint4*>(xr[mf][h] + k0 + 8) : z;
-                }
+                for (int h = 0; h < 2; h++) { xa[mf][h][0] = xn[mf][h][0]; xa[mf][h][1] = xn[mf][h][1]; }
+            if (c + 1 < mine) load_x(xn, column(c + 1));
+#else
+            load_x(xa, column(c));
+#endif
             uint4 wc[2] = { wb[p][0], wb[p][1] };
             if (c + E4R_PREFETCH < mine)
 #pragma unroll
@@ -135,14 +162,14 @@ __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, con
         if (r >= rows) continue;
         float s0 = 0.f;
 #pragma unroll
-        for (int k = 0; k < E4R_KSPLIT; k++) s0 += red[4 * hf + k][i][l];
+        for (int k = 0; k < E4R_KSPLIT; k++) s0 += red[E4R_KSPLIT * hf + k][i][l];
         if constexpr (SILU)
         {
             const long long u = 16LL * blockIdx.x + col;
             if (u >= inter) continue;
             float up = 0.f;
 #pragma unroll
-            for (int k = 0; k < E4R_KSPLIT; k++) up += red[4 + k][i][l];
+            for (int k = 0; k < E4R_KSPLIT; k++) up += red[E4R_KSPLIT + k][i][l];
             const float gate = s0 * scales[u];
             silu_out[(long long)r * inter + u] = f32_to_bf16(silu_f32(gate) * (up * scales[inter + u]));
         }
@@ -158,10 +185,10 @@ __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, con
 }
 
 #define GEMM_E4M3_ROWS_ENTRIES(MF) \
-    extern "C" __global__ void __launch_bounds__(256) gemm_e4m3_rows_m##MF(const bf16_t* __restrict__ x, \
+    extern "C" __global__ void __launch_bounds__(64 * E4R_KSPLIT, MF <= 2 ? E4R_MINBLOCKS : 1) gemm_e4m3_rows_m##MF(const bf16_t* __restrict__ x, \
         const unsigned char* __restrict__ w, const float* __restrict__ scales, float* y, int rows, int in, int out, int ldy, int accumulate) \
         { gemm_e4m3_rows<MF, false>(x, w, scales, rows, in, out, y, ldy, accumulate, nullptr, 0); } \
-    extern "C" __global__ void __launch_bounds__(256) gemm_silu_e4m3_rows_m##MF(const bf16_t* __restrict__ x, \
+    extern "C" __global__ void __launch_bounds__(64 * E4R_KSPLIT, MF <= 2 ? E4R_MINBLOCKS : 1) gemm_silu_e4m3_rows_m##MF(const bf16_t* __restrict__ x, \
         const unsigned char* __restrict__ w, const float* __restrict__ scales, bf16_t* out, int rows, int in, int inter) \
         { gemm_e4m3_rows<MF, true>(x, w, scales, rows, in, 2 * inter, nullptr, 0, 0, out, inter); }
 GEMM_E4M3_ROWS_ENTRIES(1)
