@@ -24,8 +24,19 @@
 #define E4R_KSPLIT 4   // warps per 16 columns (a CTA is 2 x E4R_KSPLIT warps; the launcher's block is 256 threads)
 #endif
 #define E4R_CHUNK 64
-#ifndef E4R_PREFETCH
-#define E4R_PREFETCH 3
+// Weight chunks in flight per warp, by 16-row fragments: fewer rows want them sooner, more rows have more arithmetic
+// to cover them with (bench/e4m3_rows_probe.py, one H200, at 3973467's P = 3 for all: 9-16 rows best at 2, 70B's layer
+// 412 -> 342 us at 9 rows; 32 rows at 4, 561 -> 508 us; 64 rows at 6, 1158 -> 1040 us). -DE4R_PREFETCH=n sets all.
+#ifdef E4R_PREFETCH
+#define E4R_PREFETCH_M1 E4R_PREFETCH
+#define E4R_PREFETCH_M2 E4R_PREFETCH
+#define E4R_PREFETCH_M3 E4R_PREFETCH
+#define E4R_PREFETCH_M4 E4R_PREFETCH
+#else
+#define E4R_PREFETCH_M1 2
+#define E4R_PREFETCH_M2 4
+#define E4R_PREFETCH_M3 4
+#define E4R_PREFETCH_M4 6
 #endif
 // Probe switches (bench/e4m3_rows_probe.py): E4R_MINBLOCKS, the launch bounds' CTAs per SM for entries of up to 32
 // rows (registers capped to fit them); E4R_XAHEAD 1 loads x rows a chunk ahead as the weights are (slower in the
@@ -37,7 +48,7 @@
 #define E4R_XAHEAD 0
 #endif
 
-template <int MF, bool SILU>
+template <int MF, bool SILU, int PREFETCH>
 __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, const unsigned char* __restrict__ w,
     const float* __restrict__ scales, int rows, int in, int out, float* y, int ldy, int accumulate, bf16_t* silu_out, int inter)
 {
@@ -72,9 +83,9 @@ __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, con
 
     const int chunks = in / E4R_CHUNK, mine = (chunks - ks + E4R_KSPLIT - 1) / E4R_KSPLIT;
     auto column = [&](int c) { return (long long)(ks + c * E4R_KSPLIT) * E4R_CHUNK; };
-    uint4 wb[E4R_PREFETCH][2];
+    uint4 wb[PREFETCH][2];
 #pragma unroll
-    for (int p = 0; p < E4R_PREFETCH; p++)
+    for (int p = 0; p < PREFETCH; p++)
         if (p < mine)
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) wb[p][nt] = ld_stream16(wr[nt] + column(p));
@@ -96,10 +107,10 @@ __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, con
     if (mine > 0) load_x(xn, column(0));
 #endif
 
-    for (int c0 = 0; c0 < mine; c0 += E4R_PREFETCH)
+    for (int c0 = 0; c0 < mine; c0 += PREFETCH)
     {
 #pragma unroll
-        for (int p = 0; p < E4R_PREFETCH; p++)
+        for (int p = 0; p < PREFETCH; p++)
         {
             const int c = c0 + p;
             if (c >= mine) break;
@@ -114,9 +125,9 @@ __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, con
             load_x(xa, column(c));
 #endif
             uint4 wc[2] = { wb[p][0], wb[p][1] };
-            if (c + E4R_PREFETCH < mine)
+            if (c + PREFETCH < mine)
 #pragma unroll
-                for (int nt = 0; nt < 2; nt++) wb[p][nt] = ld_stream16(wr[nt] + column(c + E4R_PREFETCH));
+                for (int nt = 0; nt < 2; nt++) wb[p][nt] = ld_stream16(wr[nt] + column(c + PREFETCH));
 #pragma unroll
             for (int s = 0; s < 4; s++)
             {
@@ -187,10 +198,10 @@ __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, con
 #define GEMM_E4M3_ROWS_ENTRIES(MF) \
     extern "C" __global__ void __launch_bounds__(64 * E4R_KSPLIT, MF <= 2 ? E4R_MINBLOCKS : 1) gemm_e4m3_rows_m##MF(const bf16_t* __restrict__ x, \
         const unsigned char* __restrict__ w, const float* __restrict__ scales, float* y, int rows, int in, int out, int ldy, int accumulate) \
-        { gemm_e4m3_rows<MF, false>(x, w, scales, rows, in, out, y, ldy, accumulate, nullptr, 0); } \
+        { gemm_e4m3_rows<MF, false, E4R_PREFETCH_M##MF>(x, w, scales, rows, in, out, y, ldy, accumulate, nullptr, 0); } \
     extern "C" __global__ void __launch_bounds__(64 * E4R_KSPLIT, MF <= 2 ? E4R_MINBLOCKS : 1) gemm_silu_e4m3_rows_m##MF(const bf16_t* __restrict__ x, \
         const unsigned char* __restrict__ w, const float* __restrict__ scales, bf16_t* out, int rows, int in, int inter) \
-        { gemm_e4m3_rows<MF, true>(x, w, scales, rows, in, 2 * inter, nullptr, 0, 0, out, inter); }
+        { gemm_e4m3_rows<MF, true, E4R_PREFETCH_M##MF>(x, w, scales, rows, in, 2 * inter, nullptr, 0, 0, out, inter); }
 GEMM_E4M3_ROWS_ENTRIES(1)
 GEMM_E4M3_ROWS_ENTRIES(2)
 GEMM_E4M3_ROWS_ENTRIES(3)
