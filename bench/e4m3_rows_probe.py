@@ -2,7 +2,7 @@
 
 The question: in the engine (3973467, one H200) an 8B decode step of 32 rows over kept e4m3 weights took 9.5 ms
 against 7.7 in bf16, although it streams half the weight bytes. Which of the kernel's switches moves it?
-  E4R_PREFETCH   weight chunks in flight per warp (default 3)
+  E4R_PREFETCH   weight chunks in flight per warp (default: 2 / 4 / 4 / 6 by 16-row fragment count; set, all of them)
   E4R_XAHEAD     1: x rows loaded a chunk ahead too
   E4R_MINBLOCKS  CTAs per SM the launch bounds ask for (entries of up to 32 rows)
   E4R_KSPLIT     warps per 16 output columns (block 64 x KSPLIT threads)
@@ -93,7 +93,7 @@ def check(fns, block, rows):
 
 
 def time_layer(fns, block, shapes, rows, reps):
-    """us per layer (sum of the four projections' medians) and the codes' bytes."""
+    """us per layer (sum of the four projections' means over reps) and the codes' bytes."""
     total_us, total_bytes = 0.0, 0
     for n, k, silu in shapes:
         rows_w = 2 * n if silu else n

@@ -136,6 +136,8 @@ internal static class ServeBenchCommand
         int? cardMib = a.Int("card-mib");
         bool[] rowsGemmModes = a.OnOffBoth("e4m3-rows-gemm", "on (default: decode steps of 9-64 rows over kept e4m3 weights on tensor cores, each code read once) or off (dequantize each matrix, then cuBLAS)");
         if (rowsGemmModes.Length > 1) throw new UsageException("--e4m3-rows-gemm: on or off (run twice to compare)");
+        if (a.String("e4m3-rows-gemm") is not null && weightsArg != "e4m3")
+            throw new UsageException("--e4m3-rows-gemm: sets a route of kept e4m3 weights without W8A8, so --weights must be e4m3");
         bool[] wsModes = a.OnOffBoth("paged-attention-ws", "on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)");
         a.RejectUnknown();
         // Each named alone, with its value: a list of eight options left the reader to find the one at fault.
@@ -183,14 +185,14 @@ internal static class ServeBenchCommand
             ["preset"] = preset,
             ["weights"] = weightsArg,
             ["card_mib"] = cardMib,
-            ["e4m3_rows_gemm"] = e4m3 ? rowsGemmModes[0] : null,
+            ["e4m3_rows_gemm"] = e4m3 && !w8a8 ? rowsGemmModes[0] : null,
             ["workload"] = new JsonObject { ["requests"] = requests, ["prompt"] = string.Join(",", promptLengths), ["output"] = output, ["max_batch_tokens"] = maxBatchArg, ["block_size"] = blockSizeArg, ["max_running"] = maxRunningArg, ["kv_gb"] = kvGb,
                 ["note"] = "null: the engine's own choice (each run records what it resolved)" },
         };
         var rows = new JsonArray();
         json["runs"] = rows;
         var md = new StringBuilder();
-        md.AppendLine($"Card: {dev.Name}{(cardMib is { } cm ? $", run as a card of {cm} MiB ({held!.ByteLength / (double)(1L << 20):F0} MiB held)" : "")}. Preset {preset}, random {(e4m3 ? "e4m3 layer weights (row scales, held as e4m3; embedding and lm_head bf16)" + (w8a8 ? ", W8A8 GEMMs above 8 rows" : rowsGemmModes[0] ? "" : ", the e4m3 rows GEMM off") : "bf16 weights")}, greedy, block size {blockSizeArg?.ToString() ?? "the engine's"}, max batch tokens {maxBatchArg?.ToString() ?? "the engine's"} (each run's row says which).");
+        md.AppendLine($"Card: {dev.Name}{(cardMib is { } cm ? $", run as a card of {cm} MiB ({held!.ByteLength >> 20} MiB held)" : "")}. Preset {preset}, random {(e4m3 ? "e4m3 layer weights (row scales, held as e4m3; embedding and lm_head bf16)" + (w8a8 ? ", W8A8 GEMMs above 8 rows" : rowsGemmModes[0] ? "" : ", the e4m3 rows GEMM off") : "bf16 weights")}, greedy, block size {blockSizeArg?.ToString() ?? "the engine's"}, max batch tokens {maxBatchArg?.ToString() ?? "the engine's"} (each run's row says which).");
         md.AppendLine();
         md.AppendLine("| scenario | variant | config | requests (done) | prompt+out tokens | wall | total tok/s | out tok/s | TTFT p50 / p99 | TPOT p50 / p99 | peak running | KV blocks (KiB/token) | preempt | prefix hit | steps: decode-only n, mean batch, ms / mixed n, mean tokens, ms / host ms per step |");
         md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");

@@ -7,7 +7,10 @@
 // calls inside its own capture (relaxed capture mode allows it): the gate lets it through. A capture that is never
 // ended (its owner failed without disposing the stream) holds others up for at most MaxWait, not forever.
 // Releases (a handle's destroy, which may run on the finalizer thread) never wait: while another thread captures they
-// are kept and run once no capture is open, or by the next exclusive call, so finalization is never held up.
+// are kept and run once no capture is open, or by the next exclusive call, so finalization is never held up. So a
+// disposed cuBLAS handle may outlive its Dispose by a capture's milliseconds, and its destroy (which synchronizes the
+// device) then runs on the thread that ended the last capture. Ended by a stream disposed mid-capture (its owner
+// failed), the destroy meets that stream still capturing, fails and leaks the handle, as a failed release does.
 namespace SwiftKV.Cuda;
 
 internal static class CaptureGate
@@ -48,9 +51,10 @@ internal static class CaptureGate
     }
 
     /// <summary>
-    /// Runs <paramref name="release"/> (a destroy that would break other threads' captures) now when no other thread
-    /// captures, else keeps it for when none does; never waits, so it is safe on the finalizer thread. True when it ran
-    /// now and returned true.
+    /// Runs <paramref name="release"/> (a destroy that would break other threads' captures) now, holding the gate as an
+    /// exclusive call does, when no capture is open or the calling thread is inside its own (as <see cref="Exclusive"/>
+    /// lets it through); else keeps it for when the last capture ends. Never waits, so it is safe on the finalizer
+    /// thread. Returns the release's result when it ran now, true when kept (the handle is given up either way).
     /// </summary>
     public static bool Release(Func<bool> release)
     {

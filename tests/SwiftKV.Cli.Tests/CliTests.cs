@@ -142,6 +142,8 @@ public sealed class CliTests : IDisposable
     [InlineData("--requests: must be >= 1 (got 0)", "serve-bench", "--requests", "0")]
     [InlineData("--json: must be >= 0 (got -2)", "serve-bench", "--json", "-2")]
     [InlineData("--card-mib: must be >= 1 (got 0)", "serve-bench", "--card-mib", "0")]
+    [InlineData("--e4m3-rows-gemm: sets a route of kept e4m3 weights", "serve-bench", "--e4m3-rows-gemm", "off")]
+    [InlineData("--e4m3-rows-gemm: on or off", "serve-bench", "--weights", "e4m3", "--e4m3-rows-gemm", "both")]
     public void BenchOptions_AreCheckedBeforeTheGpu(string named, params string[] args)
     {
         var r = Run(args);

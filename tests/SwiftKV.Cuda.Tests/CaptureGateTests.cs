@@ -176,4 +176,38 @@ public sealed class CaptureGateTests
         Assert.True(ender.Wait(5000, Ct));
         Assert.True(capture.Wait(5000, Ct));
     }
+
+    [Fact]
+    public void Release_RunningAtOnce_HoldsNewCapturesOff()
+    {
+        using var inside = new ManualResetEventSlim();
+        using var proceed = new ManualResetEventSlim();
+        var release = OnThread(() => CaptureGate.Release(() => { inside.Set(); proceed.Wait(); return true; }));
+        Assert.True(inside.Wait(5000, Ct));
+        var capture = OnThread(() => { CaptureGate.EnterCapture(Capturer); CaptureGate.ExitCapture(Capturer); });
+        Assert.False(capture.Wait(300, Ct), "a capture started while a release ran");
+        proceed.Set();
+        Assert.True(release.Wait(5000, Ct));
+        Assert.True(capture.Wait(5000, Ct));
+    }
+
+    [Fact]
+    public void Release_KeptWhileTwoCapturesAreOpen_RunsOnlyWhenTheLastEnds()
+    {
+        const int Other = -8;
+        int ran = 0;
+        CaptureGate.EnterCapture(Capturer);
+        CaptureGate.EnterCapture(Other);
+        try
+        {
+            CaptureGate.Release(() => { Interlocked.Increment(ref ran); return true; });
+            CaptureGate.ExitCapture(Capturer);
+            Assert.Equal(0, Volatile.Read(ref ran));
+        }
+        finally
+        {
+            CaptureGate.ExitCapture(Other);
+        }
+        Assert.Equal(1, Volatile.Read(ref ran));
+    }
 }

@@ -763,7 +763,8 @@ public sealed partial class CudaBackend : IModelBackend
 
     /// <summary>Whether a step of <paramref name="rows"/> over e4m3 <paramref name="w"/> takes the e4m3 rows GEMM (<see cref="UseE4m3RowsGemm"/>).</summary>
     bool E4m3RowsGemm(int rows, ulong xAddress, CudaMatrix w, int inDim) =>
-        _e4m3RowsGemm && !_w8a8 && w.IsE4m3 && rows <= E4m3RowsGemmKernel.MaxRows && E4m3RowsGemmKernel.Takes(xAddress, w.E4m3, inDim);
+        _e4m3RowsGemm && !_w8a8 && w.IsE4m3 && rows > GemvKernel.MaxRows && rows <= E4m3RowsGemmKernel.MaxRows
+        && E4m3RowsGemmKernel.Takes(xAddress, w.E4m3, inDim);
 
     /// <summary>
     /// Whether <paramref name="w"/> takes the W8A8 route (<see cref="UseW8A8"/>) at this step: then x's rows are
