@@ -52,7 +52,10 @@ public sealed class KvBlockManager
     public int FreeBlocks => _freeUncached.Count + _freeCached.Count;
     /// <summary>Unreferenced blocks still holding a cached prefix (evictable).</summary>
     public int CachedFreeBlocks => _freeCached.Count;
-    /// <summary>Prompt tokens looked up in the prefix cache at admission.</summary>
+    /// <summary>
+    /// Prompt tokens looked up in the prefix cache at requests' first admission (with caching on): a readmission after
+    /// preemption is not counted again, so the hit rate is the prompts' and not the recompute's.
+    /// </summary>
     public long QueriedTokens { get; private set; }
     /// <summary>Of <see cref="QueriedTokens"/>, those found cached.</summary>
     public long HitTokens { get; private set; }
@@ -76,7 +79,7 @@ public sealed class KvBlockManager
     // after start paid ~7 ms more TTFT on an H100 (2000 tokens: 49-51 ms against 43; NOTES, "The first request after
     // start").
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public int TryAllocatePrefix(BlockTable table, ReadOnlySpan<int> tokens, int numTokens, int reserveBlocks = 0)
+    public int TryAllocatePrefix(BlockTable table, ReadOnlySpan<int> tokens, int numTokens, int reserveBlocks = 0, bool countLookup = true)
     {
         ArgumentNullException.ThrowIfNull(table);
         if (table.Count != 0) throw new ArgumentException("the block table already holds blocks; free it first.", nameof(table));
@@ -103,8 +106,11 @@ public sealed class KvBlockManager
         foreach (var (b, _) in hits) if (_refCount[b] == 0) revived++;
         if (FreeBlocks - revived - fresh < reserveBlocks) return -1;
 
-        QueriedTokens += numTokens;
-        HitTokens += (long)hits.Count * BlockSize;
+        if (PrefixCachingEnabled && countLookup)
+        {
+            QueriedTokens += numTokens;
+            HitTokens += (long)hits.Count * BlockSize;
+        }
         foreach (var (b, h) in hits)
         {
             Take(b);

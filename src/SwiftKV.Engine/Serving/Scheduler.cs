@@ -120,7 +120,8 @@ internal sealed class Scheduler
         {
             var seq = node.Value;
             int own = ReserveOutputs ? _blocks.BlocksFor(seq.PromptLength + seq.MaxTokens) - _blocks.BlocksFor(seq.KnownTokens) : 0;
-            int cached = _blocks.TryAllocatePrefix(seq.Blocks, seq.Tokens, seq.KnownTokens, ReserveBlocks + growth + own);
+            int cached = _blocks.TryAllocatePrefix(seq.Blocks, seq.Tokens, seq.KnownTokens, ReserveBlocks + growth + own,
+                countLookup: seq.CachedPromptTokens < 0);   // a readmission after preemption is not a new lookup
             if (cached < 0) break;
             growth += own;
             _waiting.RemoveFirst();

@@ -122,7 +122,13 @@ public sealed class ServingEngine : IDisposable
         long bytesPerBlock = _backend.KvBytesPerTokenOf(options.KvCacheDtype) * blockSize;
         long neededBlocks = blocksPerSequence * maxRunning;
         long kvBytes = options.NumKvBlocks is null ? options.KvCacheBytes ?? _backend.PreferredKvCacheBytes() : 0;
-        long numBlocks = options.NumKvBlocks ?? Math.Min(kvBytes / bytesPerBlock, neededBlocks);
+        // Admission keeps a reserve free: 1% of the pool unless set, none when every request's outputs are reserved.
+        long ReserveOf(long blocks) => options.AdmissionReserveBlocks ?? (options.ReserveOutputBlocks ? 0 : Math.Max(1, blocks / 100));
+        // The cap covers maxRunning whole sequences beside that reserve (without it, one running sequence could not
+        // reach the context length whatever KvCacheBytes said).
+        long capped = neededBlocks + ReserveOf(neededBlocks);
+        while (capped - ReserveOf(capped) < neededBlocks) capped++;
+        long numBlocks = options.NumKvBlocks ?? Math.Min(kvBytes / bytesPerBlock, capped);
         if (numBlocks > int.MaxValue)
             throw new ArgumentException($"the KV pool would have {numBlocks} blocks, more than a pool can index ({int.MaxValue}): lower KvCacheBytes or MaxRunningSequences, or raise BlockSize.", nameof(options));
         if (numBlocks < 1)
@@ -133,7 +139,7 @@ public sealed class ServingEngine : IDisposable
         long poolBytes = numBlocks <= long.MaxValue / bytesPerBlock ? numBlocks * bytesPerBlock
             : throw new ArgumentException($"a KV pool of {numBlocks} blocks of {bytesPerBlock} bytes is too large to address: lower NumKvBlocks or BlockSize.", nameof(options));
         // With ReserveOutputBlocks every admitted request's growth is already held back: no extra slack by default.
-        int reserve = options.AdmissionReserveBlocks ?? (options.ReserveOutputBlocks ? 0 : (int)Math.Max(1, numBlocks / 100));
+        int reserve = (int)ReserveOf(numBlocks);
         if (reserve >= numBlocks)
             throw new ArgumentException($"AdmissionReserveBlocks {reserve} leaves no block of the {numBlocks} to admit anything: raise KvCacheBytes (or lower AdmissionReserveBlocks).", nameof(options));
 
@@ -277,6 +283,7 @@ public sealed class ServingEngine : IDisposable
         }
         Interlocked.Exchange(ref _loopExited, 1);   // before the last drain: a later Submit sees it and drains itself
         FailQueued();
+        if (_releaseOnExit) Release();
     }
 
     static ObjectDisposedException Shutdown() => new(nameof(ServingEngine), "the serving engine was disposed.");
@@ -603,8 +610,23 @@ public sealed class ServingEngine : IDisposable
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _stopping = true;
+        if (Thread.CurrentThread == _loop)
+        {
+            // Called from the loop itself (a step observer, a constraint, a stop set): joining would wait forever. The
+            // loop stops after this step, fails what is in flight and releases the pool on its way out.
+            _releaseOnExit = true;
+            return;
+        }
         _wake.Set();
         _loop.Join();
+        Release();
+    }
+
+    bool _releaseOnExit;
+
+    /// <summary>The pool, the step workspace and the wake event, once the loop has exited.</summary>
+    void Release()
+    {
         try
         {
             _kv.Dispose();

@@ -87,7 +87,7 @@ public sealed class ServingRequest
     /// </summary>
     public void Stop()
     {
-        if (Interlocked.CompareExchange(ref _cancelled, 2, 0) != 0 || _completion.Task.IsCompleted) return;
+        if (Ended || Interlocked.CompareExchange(ref _cancelled, 2, 0) != 0) return;
         _tokens.Writer.TryComplete();
         _onCancel(this);
     }
@@ -95,18 +95,24 @@ public sealed class ServingRequest
     /// <summary>Cancel on behalf of <paramref name="token"/> (the Submit token), which the stream's exception then carries.</summary>
     internal void CancelBy(CancellationToken token)
     {
-        if (Interlocked.CompareExchange(ref _cancelled, 1, 0) != 0 || _completion.Task.IsCompleted) return;
+        if (Ended || Interlocked.CompareExchange(ref _cancelled, 1, 0) != 0) return;
         _cancelledBy = token;
         _tokens.Writer.TryComplete(new OperationCanceledException("the request was cancelled.", token));
         _onCancel(this);
     }
 
     CancellationToken _cancelledBy;
+    int _succeeded;
+
+    // Once the engine has finished the request, a late Cancel or Stop (a cleanup finally, a linked timeout) must not
+    // turn its delivered answer into a cancellation: checked before the flag is set.
+    bool Ended => Volatile.Read(ref _succeeded) != 0 || _completion.Task.IsCompleted;
 
     internal void Emit(int token) => _tokens.Writer.TryWrite(token);
 
     internal void Succeed(RequestOutcome outcome)
     {
+        Volatile.Write(ref _succeeded, 1);
         _tokens.Writer.TryComplete();
         _completion.TrySetResult(outcome);
     }

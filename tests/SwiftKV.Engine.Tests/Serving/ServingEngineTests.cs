@@ -321,10 +321,15 @@ public class ServingEngineTests
         }
         using (var engine = new ServingEngine(backend, new ServingOptions()))
         {
-            // The CPU's KV budget is 1 GiB, capped at what MaxRunningSequences full-length sequences need.
+            // The CPU's KV budget is 1 GiB, capped at the fewest blocks that hold MaxRunningSequences full-length
+            // sequences beside the admission reserve (1% of the pool, at least one block).
             long block = 16 * ((IBatchedBackend)backend).KvBytesPerToken;
             long need = (backend.Config.MaxPositionEmbeddings + 15) / 16 * (long)engine.MaxRunningSequences;
-            Assert.Equal(Math.Min((1L << 30) / block, need) * block, engine.KvCacheBytes);
+            static long Reserve(long blocks) => Math.Max(1, blocks / 100);
+            long blocks = engine.KvCacheBytes / block;
+            Assert.Equal(blocks * block, engine.KvCacheBytes);
+            Assert.True(blocks - Reserve(blocks) >= need && blocks - 1 - Reserve(blocks - 1) < need, $"{blocks} blocks for {need} needed");
+            Assert.True(blocks * block <= 1L << 30);
         }
         var steps = new System.Collections.Concurrent.ConcurrentQueue<ServingStepTrace>();
         using (var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, MaxBatchTokens = 12, NumKvBlocks = 40, StepObserver = steps.Enqueue }))
@@ -379,5 +384,102 @@ public class ServingEngineTests
         await Assert.ThrowsAsync<ObjectDisposedException>(() => r.Completion.WaitAsync(TimeSpan.FromSeconds(10), Ct));
         Assert.Throws<ObjectDisposedException>(() => engine.Submit([1], SamplingParams.Greedy, 1, ct: Ct));
         engine.Dispose();
+    }
+
+    /// <summary>
+    /// A pool sized by memory is capped at what MaxRunningSequences whole sequences need beside the admission reserve:
+    /// with one running sequence and memory to spare, that sequence reaches the model's full context (it was 240 of 256
+    /// positions, the reserve taken out of the cap, and the chat client's error then advised raising KvCacheBytes).
+    /// </summary>
+    [Theory]
+    [InlineData(1, false)]
+    [InlineData(3, false)]
+    [InlineData(1, true)]
+    public void PoolFromMemory_CoversWholeSequencesBesideTheReserve(int running, bool reserveOutputs)
+    {
+        using var backend = Backend("llama");   // max_position_embeddings 256
+        using var engine = new ServingEngine(backend, new ServingOptions
+        {
+            BlockSize = 16, MaxRunningSequences = running, KvCacheBytes = 1L << 30, ReserveOutputBlocks = reserveOutputs,
+        });
+        Assert.Equal(256, engine.MaxSequenceLength);
+        var m = engine.Metrics;
+        int reserve = reserveOutputs ? 0 : Math.Max(1, m.KvBlocksTotal / 100);
+        Assert.True(m.KvBlocksTotal - reserve >= running * 256 / 16, $"{m.KvBlocksTotal} blocks, reserve {reserve}");
+        Assert.True(m.KvBlocksTotal <= running * 256 / 16 + reserve + 1, $"{m.KvBlocksTotal} blocks: the cap grew past the need");
+    }
+
+    /// <summary>
+    /// Preemption readmits a sequence (prompt and generated tokens) through the prefix cache: those lookups are recompute,
+    /// not prompts, so the metrics count each prompt once, at first admission (they counted 138 queried tokens for 45).
+    /// </summary>
+    [Fact]
+    public async Task Preemption_DoesNotInflatePrefixCacheCounts()
+    {
+        using var backend = Backend("llama");
+        int vocab = backend.Config.VocabSize;
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 2, NumKvBlocks = 16, AdmissionReserveBlocks = 0, MaxBatchTokens = 16 });
+        var prompts = Enumerable.Range(0, 6).Select(i => TestModels.RandomTokens(5 + i, vocab, 300 + (ulong)i)).ToArray();
+        var requests = prompts.Select(p => engine.Submit(p, SamplingParams.Greedy, 14, ct: Ct)).ToArray();
+        var outputs = await Task.WhenAll(requests.Select(Collect));
+        var m = engine.Metrics;
+        Assert.True(m.Preemptions > 0, "the pool was meant to force preemption");
+        Assert.Equal(prompts.Sum(p => p.Length), m.PrefixCacheQueriedTokens);
+        long cached = 0;
+        foreach (var r in requests) cached += (await r.Completion).CachedPromptTokens;
+        Assert.Equal(cached, m.PrefixCacheHitTokens);
+        for (int i = 0; i < prompts.Length; i++)
+            Assert.Equal(Solo(backend, prompts[i], SamplingParams.Greedy, 14, new HashSet<int>()), outputs[i]);
+    }
+
+    [Fact]
+    public async Task PrefixCachingOff_CountsNoLookups()
+    {
+        using var backend = Backend("llama");
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 40, EnablePrefixCaching = false });
+        var r = engine.Submit(TestModels.RandomTokens(9, backend.Config.VocabSize, 4), SamplingParams.Greedy, 3, ct: Ct);
+        await r.Completion;
+        Assert.Equal(0, engine.Metrics.PrefixCacheQueriedTokens);
+    }
+
+    /// <summary>
+    /// A Cancel or Stop after the request finished (a cleanup finally, a linked timeout firing late) changes nothing: its
+    /// stream still delivers every token and it does not read as cancelled.
+    /// </summary>
+    [Fact]
+    public async Task CancelOrStopAfterSuccess_LeavesTheAnswerWhole()
+    {
+        using var backend = Backend("llama");
+        using var engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 40 });
+        var prompt = TestModels.RandomTokens(5, backend.Config.VocabSize, 6);
+        foreach (var late in new Action<ServingRequest>[] { r => r.Cancel(), r => r.Stop() })
+        {
+            var r = engine.Submit(prompt, SamplingParams.Greedy, 5, ct: Ct);
+            var outcome = await r.Completion;
+            late(r);
+            Assert.False(r.IsCancellationRequested);
+            Assert.False(r.IsStoppedByCaller);
+            Assert.Equal(5, outcome.OutputTokens);
+            Assert.Equal(Solo(backend, prompt, SamplingParams.Greedy, 5, new HashSet<int>()), await Collect(r));
+        }
+        Assert.Equal(0, engine.Metrics.CancelledRequests);
+    }
+
+    /// <summary>
+    /// Dispose called on the engine's own loop thread (here from a step observer) used to join that thread and hang
+    /// forever; now the loop stops after the step, fails what is in flight and releases the pool itself.
+    /// </summary>
+    [Fact]
+    public async Task Dispose_FromTheLoopThread_StopsAndFailsInFlight()
+    {
+        using var backend = Backend("llama");
+        ServingEngine? engine = null;
+        engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 40, StepObserver = _ => engine!.Dispose() });
+        var r = engine.Submit([1, 2, 3], SamplingParams.Greedy, 5, ct: Ct);
+        var finished = await Task.WhenAny(r.Completion, Task.Delay(10_000, Ct));
+        Assert.Same(r.Completion, finished);
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => r.Completion);
+        Assert.Throws<ObjectDisposedException>(() => engine.Submit([1], SamplingParams.Greedy, 1, ct: Ct));
+        engine.Dispose();   // a second Dispose, from this thread, returns
     }
 }
