@@ -231,6 +231,8 @@ internal static class ModelCommands
         tokenizer?.ForModel(c, dir);
         string chatTemplate = CheckpointChatTemplate.Describe(dir);
         Console.WriteLine(Describe(c));
+        // What the engine read, rebuilt (fields it ignores, such as architectures or pretraining_tp, take its values).
+        Console.WriteLine("config as read:");
         Console.WriteLine(c.ToJson());
         Console.WriteLine($"weights: the {weights.TensorCount} tensors this config needs are present with their shapes and dtypes");
         if (LlamaCheckpointLoader.UnusedTensors(dir) is { Count: > 0 } unread)

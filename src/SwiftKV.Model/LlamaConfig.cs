@@ -183,8 +183,8 @@ public sealed record LlamaConfig
         int hidden = r.Int("hidden_size");
         int heads = r.Int("num_attention_heads");
         string act = r.String("hidden_act", required: false) ?? "silu";
-        if (act != "silu")
-            throw new InvalidModelException($"{source}: hidden_act '{act}' is not supported (Llama uses 'silu').");
+        if (act is not ("silu" or "swish"))   // transformers' ACT2FN maps both to SiLU
+            throw new InvalidModelException($"{source}: hidden_act '{act}' is not supported (Llama uses 'silu', also named 'swish').");
         Llama3RopeScaling? scaling = null;
         double? ropeTheta = null;
         // transformers 5 writes the rotary settings as one rope_parameters object (rope_type, rope_theta and the
@@ -193,14 +193,15 @@ public sealed record LlamaConfig
         {
             var p = new ConfigReader(rpo, source + " rope_parameters");
             string type = p.String("rope_type", required: false) ?? p.String("type", required: false) ?? "default";
-            ropeTheta = p.Double("rope_theta");
+            // transformers fills a missing rope_parameters.rope_theta from the top-level rope_theta (or its default).
+            ropeTheta = rpo["rope_theta"] is null ? null : p.Double("rope_theta");
             if (type == "llama3")
                 scaling = new Llama3RopeScaling(
                     p.Double("factor"), p.Double("low_freq_factor"), p.Double("high_freq_factor"),
                     p.Int("original_max_position_embeddings"));
             else if (type != "default")
                 throw new InvalidModelException($"{source}: rope_parameters.rope_type '{type}' is not supported (only 'default' and 'llama3').");
-            if (root["rope_theta"] is { } top && top.GetValueKind() == JsonValueKind.Number && r.Double("rope_theta") != ropeTheta)
+            if (ropeTheta is not null && root["rope_theta"] is { } top && top.GetValueKind() == JsonValueKind.Number && r.Double("rope_theta") != ropeTheta)
                 throw new InvalidModelException($"{source}: rope_theta ({r.Double("rope_theta")}) and rope_parameters.rope_theta ({ropeTheta}) disagree.");
             if (root["rope_scaling"] is JsonObject)
                 throw new InvalidModelException($"{source}: both rope_scaling and rope_parameters are given; keep one.");
@@ -212,11 +213,12 @@ public sealed record LlamaConfig
             var s = new ConfigReader(rso, source + " rope_scaling");
             string type = s.String("rope_type", required: false) ?? s.String("type", required: false)
                 ?? throw new InvalidModelException($"{source}: rope_scaling needs 'rope_type'.");
-            if (type != "llama3")
-                throw new InvalidModelException($"{source}: rope_scaling type '{type}' is not supported (only 'llama3').");
-            scaling = new Llama3RopeScaling(
-                s.Double("factor"), s.Double("low_freq_factor"), s.Double("high_freq_factor"),
-                s.Int("original_max_position_embeddings"));
+            if (type is not ("llama3" or "default"))
+                throw new InvalidModelException($"{source}: rope_scaling type '{type}' is not supported (only 'llama3', and 'default': no scaling).");
+            if (type == "llama3")
+                scaling = new Llama3RopeScaling(
+                    s.Double("factor"), s.Double("low_freq_factor"), s.Double("high_freq_factor"),
+                    s.Int("original_max_position_embeddings"));
         }
         else if (root["rope_scaling"] is not null && root["rope_scaling"]!.GetValueKind() != JsonValueKind.Null)
         {

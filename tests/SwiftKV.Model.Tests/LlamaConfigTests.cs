@@ -170,6 +170,42 @@ public sealed class LlamaConfigTests
         Assert.Null(plain.RopeScaling);
     }
 
+    /// <summary>
+    /// Configs transformers runs as plain Llama that were refused (found by a review helper): rope_scaling of type
+    /// "default" (no scaling), rope_parameters without its own rope_theta (filled from the top-level one or the default),
+    /// hidden_act "swish" (SiLU under another name).
+    /// </summary>
+    [Fact]
+    public void Parse_SpellingsTransformersAccepts_ReadAsTheSameModel()
+    {
+        var defaultScaling = LlamaConfig.Parse(With(SwiftKv8B, o => o["rope_scaling"] = new JsonObject { ["rope_type"] = "default" }));
+        Assert.Null(defaultScaling.RopeScaling);
+        Assert.Equal(500000, defaultScaling.RopeTheta);
+        Assert.Null(LlamaConfig.Parse(With(SwiftKv8B, o => o["rope_scaling"] = new JsonObject { ["type"] = "default" })).RopeScaling);
+
+        var outerTheta = LlamaConfig.Parse(With(SwiftKv8B, o =>
+        {
+            o.Remove("rope_scaling");
+            o["rope_parameters"] = new JsonObject
+            {
+                ["rope_type"] = "llama3", ["factor"] = 8.0, ["low_freq_factor"] = 1.0, ["high_freq_factor"] = 4.0,
+                ["original_max_position_embeddings"] = 8192,
+            };
+        }));
+        Assert.Equal(500000, outerTheta.RopeTheta);
+        Assert.Equal(new Llama3RopeScaling(8, 1, 4, 8192), outerTheta.RopeScaling);
+        var noTheta = LlamaConfig.Parse(With(SwiftKv8B, o =>
+        {
+            o.Remove("rope_scaling");
+            o.Remove("rope_theta");
+            o["rope_parameters"] = new JsonObject { ["rope_type"] = "default" };
+        }));
+        Assert.Equal(10000, noTheta.RopeTheta);
+
+        var swish = LlamaConfig.Parse(With(SwiftKv8B, o => o["hidden_act"] = "swish"));
+        Assert.Equal(LlamaConfig.Parse(SwiftKv8B) with { EosTokenIds = swish.EosTokenIds }, swish);
+    }
+
     [Theory]
     [MemberData(nameof(BadConfigs))]
     public void Parse_BadConfig_NamesTheProblem(string json, string expected)

@@ -92,12 +92,20 @@ internal static class HfTokenizerJson
         {
             if (e.ValueKind != JsonValueKind.Object) return;
             string type = CheckpointJson.Get(e, "type") is { ValueKind: JsonValueKind.String } t ? t.GetString()! : "";
+            // Only Llama 3's steps are read; any other (Digits, Whitespace, Metaspace, Punctuation, ...) would change the
+            // pieces Hugging Face encodes, and ignoring it encoded differently without a word.
+            if (type is not ("Sequence" or "Split" or "ByteLevel"))
+                throw new InvalidModelException($"{path}: a pre-tokenizer step of type '{type}' is not supported (Llama 3 has a Split and a ByteLevel step): {Describe(e)}.");
             if (type == "Split")
             {
                 string? regex = CheckpointJson.Get(e, "pattern") is { ValueKind: JsonValueKind.Object } p
                     && CheckpointJson.Get(p, "Regex") is { ValueKind: JsonValueKind.String } r ? r.GetString() : null;
                 if (regex != LlamaTokenizer.Llama3Pattern)
                     throw new InvalidModelException($"{path}: the pre-tokenizer splits with another pattern than Llama 3's ({Describe(e)}); not supported.");
+                if (CheckpointJson.Get(e, "behavior") is { } b && !(b.ValueKind == JsonValueKind.String && b.GetString() == "Isolated"))
+                    throw new InvalidModelException($"{path}: the Split step's behavior must be \"Isolated\" as Llama 3's (matches become pieces of their own), got {Describe(b)}.");
+                if (CheckpointJson.Get(e, "invert") is { ValueKind: JsonValueKind.True })
+                    throw new InvalidModelException($"{path}: the Split step's invert = true is not supported (Llama 3's splits on the pattern's matches).");
             }
             if (type == "ByteLevel" && CheckpointJson.Get(e, "add_prefix_space") is { ValueKind: JsonValueKind.True })
                 throw new InvalidModelException($"{path}: ByteLevel add_prefix_space = true is not supported (Llama 3 adds no prefix space).");

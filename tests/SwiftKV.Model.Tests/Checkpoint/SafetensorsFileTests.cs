@@ -128,6 +128,33 @@ public sealed class SafetensorsFileTests : IDisposable
     }
 
     [Fact]
+    public void Open_GitLfsPointer_SaysToFetchTheWeights()
+    {
+        string path = dir.File("model.safetensors");
+        File.WriteAllText(path, "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 16060522560\n");
+        var e = OpenFails(path);
+        Assert.Contains("Git LFS pointer", e.Message);
+        Assert.Contains("git lfs pull", e.Message);
+    }
+
+    /// <summary>
+    /// Newer safetensors element types beside the weights (a complex rope table, MX scales) open; reading such a tensor
+    /// fails naming its type (an unused one made the whole file fail to open).
+    /// </summary>
+    [Theory]
+    [InlineData("C64", 8)]
+    [InlineData("F8_E8M0", 1)]
+    public void Open_NewerDtypeBesideTheWeights_OpensAndFailsOnlyWhenRead(string dtype, int size)
+    {
+        string path = WriteRaw($$$"""{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"x":{"dtype":"{{{dtype}}}","shape":[2],"data_offsets":[4,{{{4 + 2 * size}}}]}}""",
+            [.. RawSafetensors.F32(3f), .. new byte[2 * size]]);
+        using var file = SafetensorsFile.Open(path);
+        Assert.Equal([3f], file.ReadFloat32("w"));
+        var e = Assert.Throws<InvalidModelException>(() => file.ReadFloat32("x"));
+        Assert.Contains(dtype, e.Message);
+    }
+
+    [Fact]
     public void ReadFloat32_IntegerTensor_ThrowsNamingDtype()
     {
         string path = WriteRaw("""{"ids":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}}""", new byte[4]);

@@ -286,9 +286,13 @@ public sealed class LlamaTokenizerLoadTests
     [InlineData("non-special", "'<think>' is not special")]
     [InlineData("merge-order", "merges out of id order")]
     [InlineData("huge-id", "outside 0..16777215")]
+    [InlineData("digits", "a pre-tokenizer step of type 'Digits' is not supported")]
+    [InlineData("behavior", "behavior must be \"Isolated\"")]
+    [InlineData("invert", "invert = true is not supported")]
     public void Load_TokenizerJsonItWouldMisencode_IsRefused(string variant, string expected)
     {
-        string split = $$"""{ "type": "Split", "pattern": { "Regex": {{(variant == "split" ? "\"\\\\d\"" : System.Text.Json.JsonSerializer.Serialize(LlamaTokenizer.Llama3Pattern))}} }, "behavior": "Isolated", "invert": false }""";
+        string split = $$"""{ "type": "Split", "pattern": { "Regex": {{(variant == "split" ? "\"\\\\d\"" : System.Text.Json.JsonSerializer.Serialize(LlamaTokenizer.Llama3Pattern))}} }, "behavior": {{(variant == "behavior" ? "\"Removed\"" : "\"Isolated\"")}}, "invert": {{(variant == "invert" ? "true" : "false")}} }""";
+        if (variant == "digits") split = """{ "type": "Digits", "individual_digits": true }, """ + split;
         string byteLevel = variant switch
         {
             "gpt2-regex" => """{ "type": "ByteLevel", "add_prefix_space": false }""",
