@@ -59,7 +59,7 @@ internal static class ChatPromptBuilder
         // Encoding stops once the prompt cannot fit, so a document far past the context fails fast (and cancellably).
         var prompt = new List<int>();
         bool whole = Llama31ChatFormat.TryEncodeInto(model.Tokenizer, turns, addGenerationPrompt: true, prompt, context - 1, today,
-            ipythonEnvironment: tools.Count > 0, cancellationToken);
+            ipythonEnvironment: tools.Count > 0, cancellationToken, model.ChatTemplate);
         if (whole && prefill is not null) prompt.AddRange(model.Tokenizer.Encode(prefill));
         if (context < 2)
             throw new ArgumentException($"No prompt fits with room for an answer: the context is {context} token{(context == 1 ? "" : "s")}, set by {limit}.", nameof(messages));

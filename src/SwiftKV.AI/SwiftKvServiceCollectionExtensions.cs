@@ -98,5 +98,7 @@ public static class SwiftKvServiceCollectionExtensions
             log.LogInformation("SwiftKV model {ModelPath}{ServiceKey} runs on the {Backend} backend ({Reason})", model.Path, key, model.Backend.Name, model.BackendReason);
         if (model.UnreadTensors.Count > 0)
             log.LogWarning("SwiftKV model {ModelPath}{ServiceKey}: {Note}", model.Path, key, SwiftKV.Model.Checkpoint.LlamaCheckpointLoader.UnreadNote(model.UnreadTensors));
+        if (SwiftKV.Model.Tokenization.CheckpointChatTemplate.Mismatch(model.Path) is { } template)
+            log.LogWarning("SwiftKV model {ModelPath}{ServiceKey}: {Note}", model.Path, key, template);
     }
 }

@@ -59,7 +59,7 @@ internal static class GenerateCommand
             var turns = new List<ChatTurn>();
             if (system is not null) turns.Add(new ChatTurn("system", system));
             turns.Add(new ChatTurn("user", chat));
-            ids = Llama31ChatFormat.Encode(tok, turns, addGenerationPrompt: true);
+            ids = Llama31ChatFormat.Encode(tok, turns, addGenerationPrompt: true, template: model.ChatTemplate);
             if (CheckpointChatTemplate.Mismatch(dir) is { } warning) Console.Error.WriteLine("note: " + warning);
         }
         else

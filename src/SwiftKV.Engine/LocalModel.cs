@@ -39,6 +39,9 @@ public sealed class LocalModel : IDisposable
     /// </summary>
     public IReadOnlyList<string> UnreadTensors { get; init; } = [];
 
+    /// <summary>Which Llama 3 chat template the checkpoint's own template is (<see cref="CheckpointChatTemplate.Kind"/>): chats are written in it.</summary>
+    public LlamaChatTemplate ChatTemplate { get; init; }
+
     /// <summary>
     /// The continuous-batching engine every client of this model feeds (null when the backend has no batched step).
     /// </summary>
@@ -78,6 +81,7 @@ public sealed class LocalModel : IDisposable
             {
                 Path = path, Config = config, Tokenizer = tokenizer, Backend = compute, BackendReason = reason,
                 UnreadTensors = LlamaCheckpointLoader.UnusedTensors(path),
+                ChatTemplate = CheckpointChatTemplate.Kind(path),
                 Serving = startServing && compute is IBatchedBackend { SupportsBatchedStep: true } ? new ServingEngine(compute, serving) : null,
             };
         }

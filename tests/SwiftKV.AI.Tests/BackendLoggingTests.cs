@@ -78,6 +78,81 @@ public sealed class BackendLoggingTests(TinyChatModel tiny)
         }
     }
 
+    /// <summary>A tiny checkpoint whose tokenizer_config.json carries <paramref name="template"/> as its chat_template.</summary>
+    static string CheckpointWithTemplate(string template)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "swiftkv-template-" + Guid.NewGuid().ToString("N"));
+        var config = SwiftKV.Model.Checkpoint.ModelPresets.Get("tiny");
+        SwiftKV.Model.Checkpoint.ModelMaker.Write(dir, config.Validate(), new SwiftKV.Model.Checkpoint.ModelMakerOptions { Seed = 5 }, cancellationToken: TestContext.Current.CancellationToken);
+        SwiftKV.Model.Tokenization.LlamaTokenizer.CreateDemo().Save(dir);
+        string path = Path.Combine(dir, "tokenizer_config.json");
+        var root = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+        root["chat_template"] = template;
+        File.WriteAllText(path, root.ToJsonString());
+        return dir;
+    }
+
+    /// <summary>
+    /// A checkpoint whose chat template is not Llama 3's (ChatML) is prompted in Llama 3.1's format all the same: the
+    /// registration's load warns of it, as info and generate --chat do (it said nothing; found by a review helper).
+    /// </summary>
+    [Fact]
+    public void Load_WarnsOfAChatTemplateNotLlama3s()
+    {
+        string dir = CheckpointWithTemplate("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}");
+        try
+        {
+            var logs = new CapturingLoggerFactory();
+            var services = new ServiceCollection();
+            services.AddSingleton<ILoggerFactory>(logs);
+            services.AddSwiftKvChatClient(o => { o.ModelPath = dir; o.Backend = BackendKind.Cpu; });
+            using (var provider = services.BuildServiceProvider())
+                provider.GetRequiredService<IChatClient>();
+            var warning = Assert.Single(logs.Entries, e => e.Level == LogLevel.Warning);
+            Assert.Contains("does not frame turns with Llama 3's", warning.Text);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    /// <summary>
+    /// Llama 3.0 Instruct's template writes no default system block: the client prompts such a checkpoint as its template
+    /// does (it added 3.1's knowledge and date block, 36 tokens for "Hi" where transformers writes 11; found by a review
+    /// helper), and does not warn.
+    /// </summary>
+    [Fact]
+    public async Task Llama30Template_IsHowTheClientPrompts()
+    {
+        // Meta-Llama-3-8B-Instruct's chat_template.
+        const string Llama30Template =
+            "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + " +
+            "'<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}" +
+            "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
+        string dir = CheckpointWithTemplate(Llama30Template);
+        try
+        {
+            var logs = new CapturingLoggerFactory();
+            var services = new ServiceCollection();
+            services.AddSingleton<ILoggerFactory>(logs);
+            services.AddSwiftKvChatClient(o => { o.ModelPath = dir; o.Backend = BackendKind.Cpu; });
+            using var provider = services.BuildServiceProvider();
+            var client = provider.GetRequiredService<IChatClient>();
+            Assert.DoesNotContain(logs.Entries, e => e.Level == LogLevel.Warning);
+            var model = client.GetService<LocalModel>()!;
+            Assert.Equal(SwiftKV.Model.Tokenization.LlamaChatTemplate.Llama30, model.ChatTemplate);
+            var r = await client.GetResponseAsync("Hi", new ChatOptions { MaxOutputTokens = 1 }, TestContext.Current.CancellationToken);
+            var expected = model.Tokenizer.Encode(
+                "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", parseSpecialTokens: true);
+            Assert.Equal(expected.Count, r.Usage!.InputTokenCount);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     [Fact]
     public void KeyedLoad_LogsToo()
     {

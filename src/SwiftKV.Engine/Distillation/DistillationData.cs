@@ -32,7 +32,8 @@ public static class DistillationData
     /// sequence left with no scored position (no assistant reply inside the limit) is skipped and counted. A token id
     /// at or past <paramref name="vocabSize"/> (a tokenizer larger than the model) is an error naming the line.
     /// </summary>
-    public static DistillationDataSet Read(string path, LlamaTokenizer tokenizer, int maxTokens, int vocabSize = int.MaxValue)
+    public static DistillationDataSet Read(string path, LlamaTokenizer tokenizer, int maxTokens, int vocabSize = int.MaxValue,
+        LlamaChatTemplate template = LlamaChatTemplate.Llama31)
     {
         ArgumentNullException.ThrowIfNull(tokenizer);
         if (maxTokens < 2) throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens, "a sequence needs at least 2 tokens (one position predicting the next).");
@@ -44,7 +45,7 @@ public static class DistillationData
         {
             number = lineNumber;
             if (string.IsNullOrWhiteSpace(line)) continue;
-            var (tokens, mask) = Parse(line, tokenizer, $"{path}:{number}");
+            var (tokens, mask) = Parse(line, tokenizer, $"{path}:{number}", template);
             int outside = tokens.FindIndex(id => id >= vocabSize);
             if (outside >= 0)
                 throw new InvalidDataException($"{path}:{number}: token {tokens[outside]} is outside the model's vocabulary (vocab_size {vocabSize}): the tokenizer does not belong to this checkpoint.");
@@ -94,7 +95,7 @@ public static class DistillationData
         }
     }
 
-    static (List<int> Tokens, List<bool> Mask) Parse(string line, LlamaTokenizer tokenizer, string where)
+    static (List<int> Tokens, List<bool> Mask) Parse(string line, LlamaTokenizer tokenizer, string where, LlamaChatTemplate template)
     {
         JsonElement root;
         try { root = JsonDocument.Parse(line).RootElement; }
@@ -119,14 +120,14 @@ public static class DistillationData
         if (!turns.Any(t => t.Role == "assistant"))
             throw new InvalidDataException($"{where}: the conversation has no assistant message, so nothing would be distilled.");
         List<int> all;
-        try { all = [.. Llama31ChatFormat.Encode(tokenizer, turns, addGenerationPrompt: false)]; }
+        try { all = [.. Llama31ChatFormat.Encode(tokenizer, turns, addGenerationPrompt: false, template: template)]; }
         catch (ArgumentException e) { throw new InvalidDataException($"{where}: {e.Message}"); }
         var mask = new bool[all.Count];
         for (int k = 0; k < turns.Count; k++)
         {
             if (turns[k].Role != "assistant") continue;
-            var before = Llama31ChatFormat.Encode(tokenizer, turns.Take(k).ToList(), addGenerationPrompt: true);
-            var through = Llama31ChatFormat.Encode(tokenizer, turns.Take(k + 1).ToList(), addGenerationPrompt: false);
+            var before = Llama31ChatFormat.Encode(tokenizer, turns.Take(k).ToList(), addGenerationPrompt: true, template: template);
+            var through = Llama31ChatFormat.Encode(tokenizer, turns.Take(k + 1).ToList(), addGenerationPrompt: false, template: template);
             // The reply's tokens are those the turn adds after its header; the format's special tokens keep earlier
             // turns' tokens unchanged, which is checked rather than assumed.
             if (!IsPrefix(before, through) || !IsPrefix(through, all))

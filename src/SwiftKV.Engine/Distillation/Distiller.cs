@@ -9,8 +9,8 @@
 using System.Diagnostics;
 using SwiftKV.Cuda;
 using SwiftKV.Model;
-using SwiftKV.Model.Checkpoint;
 using SwiftKV.Model.Tokenization;
+using SwiftKV.Model.Checkpoint;
 
 namespace SwiftKV.Engine.Distillation;
 
@@ -35,8 +35,10 @@ public static class Distiller
             throw new InvalidModelException($"{modelDirectory} is a plain Llama checkpoint; make its SwiftKV student first (swiftkv transform --model {modelDirectory} --out DIR --swiftkv-layers L), then distill that.");
         var tokenizer = LlamaTokenizer.Load(modelDirectory);
         int maxTokens = Math.Min(options.MaxSequenceTokens, config.MaxPositionEmbeddings);
-        var train = DistillationData.Read(dataPath, tokenizer, maxTokens, config.VocabSize);
-        var eval = evalPath is null ? train : DistillationData.Read(evalPath, tokenizer, maxTokens, config.VocabSize);
+        // Conversations are written as the checkpoint's own template writes them (Llama 3.0's or 3.1's system block).
+        var template = CheckpointChatTemplate.Kind(modelDirectory);
+        var train = DistillationData.Read(dataPath, tokenizer, maxTokens, config.VocabSize, template);
+        var eval = evalPath is null ? train : DistillationData.Read(evalPath, tokenizer, maxTokens, config.VocabSize, template);
         int longest = Math.Max(train.LongestSequence, eval.LongestSequence);
 
         using var checkpoint = SafetensorsCheckpoint.Open(modelDirectory);

@@ -1,5 +1,6 @@
 // A checkpoint's chat_template (tokenizer_config.json) is Jinja code that SwiftKV.AI does not run: chat prompts are
-// always written in Llama 3.1's format (Llama31ChatFormat). That is right for Llama 3.x and SwiftKV checkpoints, whose
+// written in Llama 3.1's format (Llama31ChatFormat), or in 3.0's where the checkpoint's template is Llama 3.0
+// Instruct's (no default system block: Kind). That is right for Llama 3.x and SwiftKV checkpoints, whose
 // templates all frame turns with <|start_header_id|> ... <|eot_id|>; a Llama-architecture fine-tune with another
 // template (ChatML's <|im_start|>, say) would be prompted in a format it was not trained on, so that case is told.
 using System.Text.Json;
@@ -14,6 +15,8 @@ public static class CheckpointChatTemplate
     {
         { Templates.Count: 0, Problem: null } => "chat template: none in the checkpoint; chats are written in Llama 3.1's format",
         { Problem: { } problem } => $"chat template: {problem}; chats are written in Llama 3.1's format",
+        var t when t.Templates.Any(IsLlama3) && KindOf(t.Templates) == LlamaChatTemplate.Llama30 =>
+            "chat template: Llama 3.0's (Llama 3's turns, no default system block), the format chats are written in",
         var t when t.Templates.Any(IsLlama3) => "chat template: Llama 3's turns (<|start_header_id|> ... <|eot_id|>), the format chats are written in",
         _ => Mismatch(checkpointDir)!,
     };
@@ -27,6 +30,20 @@ public static class CheckpointChatTemplate
             "chats are written in Llama 3.1's format all the same, which this model may not have been trained on",
         _ => null,
     };
+
+    /// <summary>
+    /// The Llama 3 template the checkpoint's prompts follow: <see cref="LlamaChatTemplate.Llama30"/> when its Llama 3
+    /// templates write no default system block (no "Cutting Knowledge Date", Llama 3.0 Instruct's), else 3.1's, also
+    /// for a checkpoint without a template or with another kind (told by <see cref="Mismatch"/>).
+    /// </summary>
+    public static LlamaChatTemplate Kind(string checkpointDir) => KindOf(Read(checkpointDir).Templates);
+
+    static LlamaChatTemplate KindOf(List<string> templates)
+    {
+        var llama3 = templates.Where(IsLlama3).ToList();
+        return llama3.Count > 0 && !llama3.Any(t => t.Contains("Cutting Knowledge Date", StringComparison.Ordinal))
+            ? LlamaChatTemplate.Llama30 : LlamaChatTemplate.Llama31;
+    }
 
     /// <summary>Whether a template frames turns as Llama 3's does.</summary>
     public static bool IsLlama3(string template) =>

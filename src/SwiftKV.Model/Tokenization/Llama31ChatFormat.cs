@@ -7,9 +7,21 @@
 // text. Text between two markers is one BPE segment, as in HF, so Encode equals tokenizing Render's output.
 // With custom tools the official template adds "Environment: ipython\n" before the date lines of the system block
 // (ipythonEnvironment); the tool definitions themselves go into the first user turn (Llama31ToolFormat).
+// Llama 3.0 Instruct's template (LlamaChatTemplate.Llama30) differs only in the system block: written only for a
+// system message, as given (trimmed), with no knowledge or date lines. It has no tools; with tools the 3.1 block is
+// written, since the definitions' framing needs it.
 using System.Globalization;
 
 namespace SwiftKV.Model.Tokenization;
+
+/// <summary>Which Llama 3 chat template a checkpoint's prompts follow (<see cref="CheckpointChatTemplate.Kind"/>).</summary>
+public enum LlamaChatTemplate
+{
+    /// <summary>Llama 3.1 and later (3.2, 3.3, SwiftKV): a system block with the knowledge and today's date, always.</summary>
+    Llama31,
+    /// <summary>Llama 3.0: a system block only for a system message, as given.</summary>
+    Llama30,
+}
 
 /// <summary>Renders and tokenizes conversations in the Llama 3.1 Instruct format.</summary>
 public static class Llama31ChatFormat
@@ -53,17 +65,19 @@ public static class Llama31ChatFormat
     /// The prompt text. <paramref name="today"/> fills "Today Date" (format "dd MMM yyyy", as strftime
     /// "%d %b %Y"); null gives the template's default, 26 Jul 2024.
     /// </summary>
-    public static string Render(IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today = null, bool ipythonEnvironment = false) =>
-        string.Concat(BuildParts(turns, addGenerationPrompt, today, ipythonEnvironment).Select(p => p.Text));
+    public static string Render(IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today = null, bool ipythonEnvironment = false,
+        LlamaChatTemplate template = LlamaChatTemplate.Llama31) =>
+        string.Concat(BuildParts(turns, addGenerationPrompt, today, ipythonEnvironment, template).Select(p => p.Text));
 
     /// <summary>
     /// Token ids of <see cref="Render"/>'s prompt, with special tokens only where the template puts them.
     /// Starts with &lt;|begin_of_text|&gt;.
     /// </summary>
-    public static IReadOnlyList<int> Encode(LlamaTokenizer tok, IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today = null, bool ipythonEnvironment = false)
+    public static IReadOnlyList<int> Encode(LlamaTokenizer tok, IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today = null, bool ipythonEnvironment = false,
+        LlamaChatTemplate template = LlamaChatTemplate.Llama31)
     {
         var ids = new List<int>();
-        TryEncodeInto(tok, turns, addGenerationPrompt, ids, int.MaxValue, today, ipythonEnvironment);
+        TryEncodeInto(tok, turns, addGenerationPrompt, ids, int.MaxValue, today, ipythonEnvironment, template: template);
         return ids;
     }
 
@@ -73,11 +87,12 @@ public static class Llama31ChatFormat
     /// all of it. After false, <paramref name="ids"/> holds only a prefix.
     /// </summary>
     public static bool TryEncodeInto(LlamaTokenizer tok, IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, List<int> ids, int maxCount,
-        DateOnly? today = null, bool ipythonEnvironment = false, CancellationToken cancellationToken = default)
+        DateOnly? today = null, bool ipythonEnvironment = false, CancellationToken cancellationToken = default,
+        LlamaChatTemplate template = LlamaChatTemplate.Llama31)
     {
         ArgumentNullException.ThrowIfNull(tok);
         ArgumentNullException.ThrowIfNull(ids);
-        foreach (var (isSpecial, text) in BuildParts(turns, addGenerationPrompt, today, ipythonEnvironment))
+        foreach (var (isSpecial, text) in BuildParts(turns, addGenerationPrompt, today, ipythonEnvironment, template))
         {
             if (isSpecial)
             {
@@ -91,8 +106,10 @@ public static class Llama31ChatFormat
         return true;
     }
 
-    static List<(bool IsSpecial, string Text)> BuildParts(IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today, bool ipythonEnvironment)
+    static List<(bool IsSpecial, string Text)> BuildParts(IReadOnlyList<ChatTurn> turns, bool addGenerationPrompt, DateOnly? today, bool ipythonEnvironment,
+        LlamaChatTemplate template)
     {
+        if (!Enum.IsDefined(template)) throw new ArgumentOutOfRangeException(nameof(template), template, "Llama31 or Llama30.");
         ArgumentNullException.ThrowIfNull(turns);
         for (int i = 0; i < turns.Count; i++)
         {
@@ -116,7 +133,11 @@ public static class Llama31ChatFormat
             parts.Add((false, "\n\n" + body));
             parts.Add((true, EndOfTurn));
         }
-        Message("system", (ipythonEnvironment ? "Environment: ipython\n" : "") + $"Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n{system}");
+        if (template == LlamaChatTemplate.Llama30 && !ipythonEnvironment)
+        {
+            if (systemFirst) Message("system", system);
+        }
+        else Message("system", (ipythonEnvironment ? "Environment: ipython\n" : "") + $"Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n{system}");
         for (int i = systemFirst ? 1 : 0; i < turns.Count; i++) Message(turns[i].Role, PythonStrip(turns[i].Content));
         if (addGenerationPrompt)
         {

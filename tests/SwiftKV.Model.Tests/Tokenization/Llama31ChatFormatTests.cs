@@ -31,6 +31,36 @@ public sealed class Llama31ChatFormatTests
         Assert.Equal(expected, Llama31ChatFormat.Render(Conversation, addGenerationPrompt: true));
     }
 
+    /// <summary>
+    /// Llama 3.0 Instruct's template, as Meta published it, renders each message as
+    /// bos (first) + '&lt;|start_header_id|&gt;' + role + '&lt;|end_header_id|&gt;\n\n' + content | trim + '&lt;|eot_id|&gt;', then the
+    /// generation prompt: no default system block, a system message as given.
+    /// </summary>
+    public const string Llama30Template =
+        "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + " +
+        "'<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}" +
+        "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+    [Fact]
+    public void Render_Llama30_MatchesItsTemplate()
+    {
+        string expected =
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|>" +
+            "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>" +
+            "<|start_header_id|>assistant<|end_header_id|>\n\n4.<|eot_id|>" +
+            "<|start_header_id|>user<|end_header_id|>\n\nThanks!<|eot_id|>" +
+            "<|start_header_id|>assistant<|end_header_id|>\n\n";
+        Assert.Equal(expected, Llama31ChatFormat.Render(Conversation, addGenerationPrompt: true, template: LlamaChatTemplate.Llama30));
+        Assert.Equal("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+            Llama31ChatFormat.Render([new ChatTurn("user", "Hi")], addGenerationPrompt: true, template: LlamaChatTemplate.Llama30));
+        var ids = Llama31ChatFormat.Encode(Demo, [new ChatTurn("user", "Hi")], addGenerationPrompt: true, template: LlamaChatTemplate.Llama30);
+        Assert.Equal(Demo.Encode("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+            parseSpecialTokens: true), ids);
+        // Tools have no 3.0 form: their framing needs 3.1's system block, which is written then.
+        Assert.Equal(Llama31ChatFormat.Render(Conversation, true, ipythonEnvironment: true),
+            Llama31ChatFormat.Render(Conversation, true, ipythonEnvironment: true, template: LlamaChatTemplate.Llama30));
+    }
+
     [Fact]
     public void Render_NoSystemTurn_EmitsEmptySystemBlockWithDate()
     {
