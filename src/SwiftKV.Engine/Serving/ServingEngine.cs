@@ -283,7 +283,12 @@ public sealed class ServingEngine : IDisposable
         }
         Interlocked.Exchange(ref _loopExited, 1);   // before the last drain: a later Submit sees it and drains itself
         FailQueued();
-        if (_releaseOnExit) Release();
+        if (_releaseOnExit)
+        {
+            // The Dispose that asked for this has returned: an error here has nobody to go to, and must not end the process.
+            try { Release(); }
+            catch (Exception ex) { Trace.TraceError($"{_loop.Name}: releasing the KV pool after a Dispose from the loop thread failed: {ex}"); }
+        }
     }
 
     static ObjectDisposedException Shutdown() => new(nameof(ServingEngine), "the serving engine was disposed.");

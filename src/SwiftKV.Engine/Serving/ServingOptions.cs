@@ -29,7 +29,8 @@ public sealed record ServingOptions
 
     /// <summary>
     /// KV memory budget when <see cref="NumKvBlocks"/> is null. The same bytes buy more blocks with SwiftKV's
-    /// AcrossKV (fewer caches per block). Capped at what <see cref="MaxRunningSequences"/> full-length sequences use.
+    /// AcrossKV (fewer caches per block). Capped at what <see cref="MaxRunningSequences"/> full-length sequences use
+    /// beside the admission reserve (<see cref="AdmissionReserveBlocks"/>).
     /// Null: the backend's choice (<see cref="IBatchedBackend.PreferredKvCacheBytes"/>: on a GPU 90% of the memory
     /// still free once the weights, a step's workspace and a reserve are set aside; 1 GiB on the CPU). Set it when other models or
     /// processes must fit on the same GPU after this engine starts.

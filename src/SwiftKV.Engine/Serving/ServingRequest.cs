@@ -43,10 +43,10 @@ public sealed class ServingRequest
     /// <summary>Completes after the request left the engine and its KV blocks were freed; canceled if it was cancelled.</summary>
     public Task<RequestOutcome> Completion => _completion.Task;
 
-    public bool IsCancellationRequested => Volatile.Read(ref _cancelled) != 0;
+    public bool IsCancellationRequested => Volatile.Read(ref _cancelled) is Cancelling or Stopping;
 
     /// <summary>True once <see cref="Stop"/> ended the request.</summary>
-    public bool IsStoppedByCaller => Volatile.Read(ref _cancelled) == 2;
+    public bool IsStoppedByCaller => Volatile.Read(ref _cancelled) == Stopping;
 
     /// <summary>Prompt tokens served from the prefix cache at first admission; known once the first token is out,
     /// so a caller that stops early (a stop sequence) can still report it.</summary>
@@ -87,7 +87,7 @@ public sealed class ServingRequest
     /// </summary>
     public void Stop()
     {
-        if (Ended || Interlocked.CompareExchange(ref _cancelled, 2, 0) != 0) return;
+        if (Interlocked.CompareExchange(ref _cancelled, Stopping, Open) != Open) return;
         _tokens.Writer.TryComplete();
         _onCancel(this);
     }
@@ -95,24 +95,27 @@ public sealed class ServingRequest
     /// <summary>Cancel on behalf of <paramref name="token"/> (the Submit token), which the stream's exception then carries.</summary>
     internal void CancelBy(CancellationToken token)
     {
-        if (Ended || Interlocked.CompareExchange(ref _cancelled, 1, 0) != 0) return;
+        if (Interlocked.CompareExchange(ref _cancelled, Cancelling, Open) != Open) return;
         _cancelledBy = token;
         _tokens.Writer.TryComplete(new OperationCanceledException("the request was cancelled.", token));
         _onCancel(this);
     }
 
     CancellationToken _cancelledBy;
-    int _succeeded;
 
-    // Once the engine has finished the request, a late Cancel or Stop (a cleanup finally, a linked timeout) must not
-    // turn its delivered answer into a cancellation: checked before the flag is set.
-    bool Ended => Volatile.Read(ref _succeeded) != 0 || _completion.Task.IsCompleted;
+    // _cancelled's states. One compare-exchange from Open decides between the caller's Cancel / Stop and the engine's
+    // end (success or failure): a late Cancel (a cleanup finally, a linked timeout) cannot turn a delivered answer into
+    // a cancellation, and a Cancel that wins keeps its meaning.
+    const int Open = 0, Cancelling = 1, Stopping = 2, Ended = 3;
+
+    /// <summary>The engine's end claims the request unless a Cancel or Stop claimed it first.</summary>
+    void ClaimEnd() => Interlocked.CompareExchange(ref _cancelled, Ended, Open);
 
     internal void Emit(int token) => _tokens.Writer.TryWrite(token);
 
     internal void Succeed(RequestOutcome outcome)
     {
-        Volatile.Write(ref _succeeded, 1);
+        ClaimEnd();
         _tokens.Writer.TryComplete();
         _completion.TrySetResult(outcome);
     }
@@ -125,6 +128,7 @@ public sealed class ServingRequest
 
     internal void Fail(Exception e)
     {
+        ClaimEnd();
         _tokens.Writer.TryComplete(e);
         _completion.TrySetException(e);
     }

@@ -181,9 +181,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
         Span<byte> prefix = stackalloc byte[8];
         ReadAll(handle, prefix, 0, path);
         ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(prefix);
-        // A clone without git-lfs leaves each weights file as a ~130-byte text pointer ("version https://git-lfs...").
-        if (prefix.SequenceEqual("version "u8) && fileLength < 1024)
-            throw new InvalidModelException($"{path}: a Git LFS pointer file ({fileLength} bytes), not the weights: fetch them (git lfs install; git lfs pull in the clone, or download the files directly).");
+        if (prefix.SequenceEqual("version "u8)) GitLfsPointer.Refuse(path);
         if (headerLength > MaxHeaderBytes)
             throw new InvalidModelException($"{path}: header length {headerLength} exceeds the {MaxHeaderBytes}-byte limit (not a safetensors file?).");
         if ((long)headerLength > fileLength - 8)

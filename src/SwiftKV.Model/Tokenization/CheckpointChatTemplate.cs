@@ -15,7 +15,7 @@ public static class CheckpointChatTemplate
     {
         { Templates.Count: 0, Problem: null } => "chat template: none in the checkpoint; chats are written in Llama 3.1's format",
         { Problem: { } problem } => $"chat template: {problem}; chats are written in Llama 3.1's format",
-        var t when t.Templates.Any(IsLlama3) && KindOf(t.Templates) == LlamaChatTemplate.Llama30 =>
+        var t when t.Templates.Any(IsLlama3) && Kind(checkpointDir) == LlamaChatTemplate.Llama30 =>
             "chat template: Llama 3.0's (Llama 3's turns, no default system block), the format chats are written in",
         var t when t.Templates.Any(IsLlama3) => "chat template: Llama 3's turns (<|start_header_id|> ... <|eot_id|>), the format chats are written in",
         _ => Mismatch(checkpointDir)!,
@@ -36,11 +36,19 @@ public static class CheckpointChatTemplate
     /// templates write no default system block (no "Cutting Knowledge Date", Llama 3.0 Instruct's), else 3.1's, also
     /// for a checkpoint without a template or with another kind (told by <see cref="Mismatch"/>).
     /// </summary>
-    public static LlamaChatTemplate Kind(string checkpointDir) => KindOf(Read(checkpointDir).Templates);
-
-    static LlamaChatTemplate KindOf(List<string> templates)
+    public static LlamaChatTemplate Kind(string checkpointDir)
     {
-        var llama3 = templates.Where(IsLlama3).ToList();
+        var (templates, defaultTemplate, _) = Read(checkpointDir);
+        return KindOf(templates, defaultTemplate);
+    }
+
+    /// <summary>
+    /// The kind of the template transformers uses for a chat without tools: of a named list, "default" (tools take
+    /// "tool_use", and with tools the 3.1 block is written anyway); else the Llama 3 ones.
+    /// </summary>
+    static LlamaChatTemplate KindOf(List<string> templates, string? defaultTemplate)
+    {
+        var llama3 = (defaultTemplate is not null ? [defaultTemplate] : templates).Where(IsLlama3).ToList();
         return llama3.Count > 0 && !llama3.Any(t => t.Contains("Cutting Knowledge Date", StringComparison.Ordinal))
             ? LlamaChatTemplate.Llama30 : LlamaChatTemplate.Llama31;
     }
@@ -55,29 +63,32 @@ public static class CheckpointChatTemplate
     /// any of them framing Llama 3's turns counts). Never throws for a template it cannot read: nothing here runs it,
     /// so that is told, not refused.
     /// </summary>
-    static (List<string> Templates, string? Problem) Read(string checkpointDir)
+    static (List<string> Templates, string? Default, string? Problem) Read(string checkpointDir)
     {
         string jinja = Path.Combine(checkpointDir, "chat_template.jinja");
         try
         {
-            if (CheckpointJson.FileExists(jinja)) return ([File.ReadAllText(jinja)], null);
+            if (CheckpointJson.FileExists(jinja)) return ([File.ReadAllText(jinja)], null, null);
             foreach (string name in (string[])["chat_template.json", "tokenizer_config.json"])
             {
                 string path = Path.Combine(checkpointDir, name);
                 if (CheckpointJson.TryRead(path) is not { } file || CheckpointJson.Get(file, "chat_template") is not { } template) continue;
-                if (template.ValueKind == JsonValueKind.String) return ([template.GetString()!], null);
+                if (template.ValueKind == JsonValueKind.String) return ([template.GetString()!], null, null);
                 var named = template.ValueKind == JsonValueKind.Array
-                    ? template.EnumerateArray().Select(t => t.ValueKind == JsonValueKind.Object ? CheckpointJson.Get(t, "template") : null)
-                        .Where(t => t is { ValueKind: JsonValueKind.String }).Select(t => t!.Value.GetString()!).ToList()
+                    ? template.EnumerateArray().Where(t => t.ValueKind == JsonValueKind.Object)
+                        .Select(t => (Name: CheckpointJson.Get(t, "name"), Template: CheckpointJson.Get(t, "template")))
+                        .Where(t => t.Template is { ValueKind: JsonValueKind.String })
+                        .Select(t => (Name: t.Name is { ValueKind: JsonValueKind.String } n ? n.GetString() : null, Template: t.Template!.Value.GetString()!))
+                        .ToList()
                     : [];
-                if (named.Count > 0) return (named, null);
-                return ([], $"{name}'s chat_template is not a string or a list of {{\"name\", \"template\"}} objects ({template.ValueKind})");
+                if (named.Count > 0) return ([.. named.Select(t => t.Template)], named.FirstOrDefault(t => t.Name == "default").Template, null);
+                return ([], null, $"{name}'s chat_template is not a string or a list of {{\"name\", \"template\"}} objects ({template.ValueKind})");
             }
         }
         catch (Exception e) when (e is InvalidModelException or IOException or UnauthorizedAccessException)
         {
-            return ([], $"unreadable ({e.Message})");
+            return ([], null, $"unreadable ({e.Message})");
         }
-        return ([], null);
+        return ([], null, null);
     }
 }

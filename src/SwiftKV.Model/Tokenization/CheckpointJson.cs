@@ -35,6 +35,7 @@ internal static class CheckpointJson
     public static ReadOnlyMemory<byte> ReadUtf8(string path)
     {
         byte[] bytes = File.ReadAllBytes(path);
+        Checkpoint.GitLfsPointer.Refuse(path, bytes, bytes.Length);
         return bytes.AsSpan().StartsWith(Utf8Bom) ? bytes.AsMemory(Utf8Bom.Length) : bytes;
     }
 

@@ -88,6 +88,9 @@ internal static class HfTokenizerJson
     {
         if (CheckpointJson.Get(root, "normalizer") is { } n && n.ValueKind != JsonValueKind.Null)
             throw new InvalidModelException($"{path}: a normalizer is not supported (Llama 3 has none), got {Describe(n)}.");
+        // Llama 3's pipeline: one Split with its pattern, then ByteLevel; this reader always splits with that pattern.
+        int splits = 0;
+        bool byteLevelSeen = false;
         void Walk(JsonElement e)
         {
             if (e.ValueKind != JsonValueKind.Object) return;
@@ -106,7 +109,10 @@ internal static class HfTokenizerJson
                     throw new InvalidModelException($"{path}: the Split step's behavior must be \"Isolated\" as Llama 3's (matches become pieces of their own), got {Describe(b)}.");
                 if (CheckpointJson.Get(e, "invert") is { ValueKind: JsonValueKind.True })
                     throw new InvalidModelException($"{path}: the Split step's invert = true is not supported (Llama 3's splits on the pattern's matches).");
+                if (byteLevelSeen || ++splits > 1)
+                    throw new InvalidModelException($"{path}: the pre-tokenizer must split once with Llama 3's pattern before its ByteLevel step, as Llama 3's does.");
             }
+            if (type == "ByteLevel") byteLevelSeen = true;
             if (type == "ByteLevel" && CheckpointJson.Get(e, "add_prefix_space") is { ValueKind: JsonValueKind.True })
                 throw new InvalidModelException($"{path}: ByteLevel add_prefix_space = true is not supported (Llama 3 adds no prefix space).");
             // ByteLevel splits with GPT-2's regex unless use_regex is false (Llama 3 splits in a Split step before it).
@@ -116,6 +122,9 @@ internal static class HfTokenizerJson
                 foreach (var x in list.EnumerateArray()) Walk(x);
         }
         if (CheckpointJson.Get(root, "pre_tokenizer") is { } pre) Walk(pre);
+        // Without the Split, Hugging Face would not split the text at all (a ByteLevel step without its regex, or none).
+        if (splits == 0)
+            throw new InvalidModelException($"{path}: the pre-tokenizer has no Split step with Llama 3's pattern, so Hugging Face would split text otherwise than this reader; not supported.");
     }
 
     /// <summary>

@@ -10,6 +10,7 @@ internal static class TiktokenFile
     /// <summary>Parses a rank file into token bytes indexed by rank (null where a rank is unused).</summary>
     public static byte[]?[] Read(string path)
     {
+        Checkpoint.GitLfsPointer.Refuse(path);
         var ranks = new List<(byte[] Bytes, int Rank)>();
         int lineNumber = 0;
         foreach (string line in File.ReadLines(path))

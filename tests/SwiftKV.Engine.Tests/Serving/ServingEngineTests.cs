@@ -472,7 +472,8 @@ public class ServingEngineTests
     [Fact]
     public async Task Dispose_FromTheLoopThread_StopsAndFailsInFlight()
     {
-        using var backend = Backend("llama");
+        using var cpu = Backend("llama");
+        var backend = new ReleaseCounting(cpu);
         ServingEngine? engine = null;
         engine = new ServingEngine(backend, new ServingOptions { BlockSize = 4, NumKvBlocks = 40, StepObserver = _ => engine!.Dispose() });
         var r = engine.Submit([1, 2, 3], SamplingParams.Greedy, 5, ct: Ct);
@@ -480,6 +481,41 @@ public class ServingEngineTests
         Assert.Same(r.Completion, finished);
         await Assert.ThrowsAsync<ObjectDisposedException>(() => r.Completion);
         Assert.Throws<ObjectDisposedException>(() => engine.Submit([1], SamplingParams.Greedy, 1, ct: Ct));
-        engine.Dispose();   // a second Dispose, from this thread, returns
+        // The loop released the step workspace and the pool on its way out, once.
+        await Eventually(() => Volatile.Read(ref backend.Released) == 1);
+        Assert.Equal(1, Volatile.Read(ref backend.PoolsDisposed));
+        engine.Dispose();   // a second Dispose, from this thread, returns and releases nothing again
+        Assert.Equal(1, Volatile.Read(ref backend.Released));
+    }
+
+    /// <summary>A CPU backend passed through that counts released step workspaces and disposed KV pools.</summary>
+    sealed class ReleaseCounting(CpuBackend inner) : IModelBackend, IBatchedBackend
+    {
+        public int Released, PoolsDisposed;
+        public string Name => inner.Name;
+        public SwiftKV.Model.LlamaConfig Config => inner.Config;
+        public bool SwiftKvEnabled => inner.SwiftKvEnabled;
+        public ISequenceCache CreateCache(int capacity) => inner.CreateCache(capacity);
+        public float[] Forward(ISequenceCache cache, ReadOnlySpan<int> tokens, LogitsSelection selection) => inner.Forward(cache, tokens, selection);
+        public long KvBytesPerToken => inner.KvBytesPerToken;
+        public int MaxSequencesPerStep => int.MaxValue;
+        public IPagedKvCache CreatePagedKvCache(int numBlocks, int blockSize) => new Pool(inner.CreatePagedKvCache(numBlocks, blockSize), this);
+        public float[] ForwardBatch(IPagedKvCache kv, ReadOnlySpan<BatchSequence> batch) => inner.ForwardBatch(((Pool)kv).Inner, batch);
+        public void ReleaseStepWorkspace(int maxBatchTokens, int maxSequences) => Interlocked.Increment(ref Released);
+        public void Dispose() { }
+
+        sealed class Pool(IPagedKvCache inner, ReleaseCounting owner) : IPagedKvCache
+        {
+            public IPagedKvCache Inner => inner;
+            public int NumBlocks => inner.NumBlocks;
+            public int BlockSize => inner.BlockSize;
+            public int NumCaches => inner.NumCaches;
+            public long BytesPerBlock => inner.BytesPerBlock;
+            public void Dispose()
+            {
+                Interlocked.Increment(ref owner.PoolsDisposed);
+                inner.Dispose();
+            }
+        }
     }
 }

@@ -43,4 +43,24 @@ public sealed class CheckpointChatTemplateTests
         Assert.Equal(LlamaChatTemplate.Llama31, CheckpointChatTemplate.Kind(dir.Path));
         Assert.Contains("does not frame turns with Llama 3's", CheckpointChatTemplate.Mismatch(dir.Path));
     }
+
+    /// <summary>
+    /// Of a named list transformers uses "default" for a chat without tools ("tool_use" with tools): a 3.0 default beside a
+    /// 3.1 tool_use template is Llama 3.0's (it was read as 3.1's since any template had the date block).
+    /// </summary>
+    [Fact]
+    public void NamedTemplates_TheDefaultDecides()
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write("tokenizer_config.json", JsonSerializer.Serialize(new
+        {
+            chat_template = new object[]
+            {
+                new { name = "tool_use", template = Llama31ChatFormat.JinjaTemplate },
+                new { name = "default", template = Llama31ChatFormatTests.Llama30Template },
+            },
+        }));
+        Assert.Equal(LlamaChatTemplate.Llama30, CheckpointChatTemplate.Kind(dir.Path));
+        Assert.Contains("Llama 3.0's", CheckpointChatTemplate.Describe(dir.Path));
+    }
 }

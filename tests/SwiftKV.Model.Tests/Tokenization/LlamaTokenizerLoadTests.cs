@@ -289,6 +289,8 @@ public sealed class LlamaTokenizerLoadTests
     [InlineData("digits", "a pre-tokenizer step of type 'Digits' is not supported")]
     [InlineData("behavior", "behavior must be \"Isolated\"")]
     [InlineData("invert", "invert = true is not supported")]
+    [InlineData("no-split", "has no Split step with Llama 3's pattern")]
+    [InlineData("split-after-bytelevel", "must split once with Llama 3's pattern before its ByteLevel step")]
     public void Load_TokenizerJsonItWouldMisencode_IsRefused(string variant, string expected)
     {
         string split = $$"""{ "type": "Split", "pattern": { "Regex": {{(variant == "split" ? "\"\\\\d\"" : System.Text.Json.JsonSerializer.Serialize(LlamaTokenizer.Llama3Pattern))}} }, "behavior": {{(variant == "behavior" ? "\"Removed\"" : "\"Isolated\"")}}, "invert": {{(variant == "invert" ? "true" : "false")}} }""";
@@ -303,18 +305,40 @@ public sealed class LlamaTokenizerLoadTests
         string added = variant == "non-special" ? """{ "id": 20, "content": "<think>", "special": false }""" : """{ "id": 20, "content": "<|end|>", "special": true }""";
         string merges = variant == "merge-order" ? """[ "l l", "h e" ]""" : """[ "h e", "l l" ]""";
         string hugeId = variant == "huge-id" ? ", \"x\": 2147483647" : "";
+        string steps = variant switch
+        {
+            "no-split" => byteLevel,
+            "split-after-bytelevel" => $"{byteLevel}, {split}",
+            _ => $"{split}, {byteLevel}",
+        };
         using var dir = new TokenizerTempDir();
         dir.Write("tokenizer.json", $$"""
             {
               "added_tokens": [ {{added}} ],
               "normalizer": {{normalizer}},
-              "pre_tokenizer": { "type": "Sequence", "pretokenizers": [ {{split}}, {{byteLevel}} ] },
+              "pre_tokenizer": { "type": "Sequence", "pretokenizers": [ {{steps}} ] },
               "decoder": { "type": "ByteLevel" },
               "model": { "type": "BPE", "vocab": { "h": 0, "e": 1, "l": 2, "he": 9, "ll": 10{{hugeId}} }, "merges": {{merges}} }
             }
             """);
         var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
         Assert.Contains(expected, e.Message);
+    }
+
+    /// <summary>
+    /// A clone made without git-lfs holds pointers in place of the tokenizer files; the chat client and generate load
+    /// the tokenizer first, so it is there that the pointer must be named (it read as bad base64 or bad JSON).
+    /// </summary>
+    [Theory]
+    [InlineData("tokenizer.json")]
+    [InlineData("original/tokenizer.model")]
+    public void Load_GitLfsPointer_SaysToFetchTheFiles(string file)
+    {
+        using var dir = new TokenizerTempDir();
+        dir.Write(file, "version https://git-lfs.github.com/spec/v1\noid sha256:7d4f0e1b3c2a\nsize 9085657\n");
+        var e = Assert.Throws<InvalidModelException>(() => LlamaTokenizer.Load(dir.Path));
+        Assert.Contains("Git LFS pointer", e.Message);
+        Assert.Contains(file.Split('/')[^1], e.Message);
     }
 
     [Fact]
