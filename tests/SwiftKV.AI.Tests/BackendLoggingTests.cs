@@ -62,13 +62,7 @@ public sealed class BackendLoggingTests(TinyChatModel tiny)
             root["key_value_group_size"] = 2;
             File.WriteAllText(path, root.ToJsonString());
 
-            var logs = new CapturingLoggerFactory();
-            var services = new ServiceCollection();
-            services.AddSingleton<ILoggerFactory>(logs);
-            services.AddSwiftKvChatClient(o => { o.ModelPath = dir; o.Backend = BackendKind.Cpu; });
-            using (var provider = services.BuildServiceProvider())
-                provider.GetRequiredService<IChatClient>();
-            var warning = Assert.Single(logs.Entries, e => e.Level == LogLevel.Warning);
+            var warning = Assert.Single(LoadLogs(dir), e => e.Level == LogLevel.Warning);
             Assert.Contains("2 tensor(s) in the checkpoint have no place in its config.json and are not read " +
                 "(model.layers.3.self_attn.k_proj_swiftkv.weight, model.layers.3.self_attn.v_proj_swiftkv.weight)", warning.Text);
         }
@@ -76,6 +70,24 @@ public sealed class BackendLoggingTests(TinyChatModel tiny)
         {
             Directory.Delete(dir, recursive: true);
         }
+    }
+
+    /// <summary>A container with the client of the checkpoint at <paramref name="dir"/> (CPU) registered, logging to <paramref name="logs"/>.</summary>
+    static ServiceProvider Registered(string dir, CapturingLoggerFactory logs)
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton<ILoggerFactory>(logs);
+        services.AddSwiftKvChatClient(o => { o.ModelPath = dir; o.Backend = BackendKind.Cpu; });
+        return services.BuildServiceProvider();
+    }
+
+    /// <summary>What loading the checkpoint at <paramref name="dir"/> through the registration logs.</summary>
+    static List<(string Category, LogLevel Level, string Text)> LoadLogs(string dir)
+    {
+        var logs = new CapturingLoggerFactory();
+        using (var provider = Registered(dir, logs))
+            provider.GetRequiredService<IChatClient>();
+        return logs.Entries;
     }
 
     /// <summary>A tiny checkpoint whose tokenizer_config.json carries <paramref name="template"/> as its chat_template.</summary>
@@ -102,13 +114,7 @@ public sealed class BackendLoggingTests(TinyChatModel tiny)
         string dir = CheckpointWithTemplate("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}");
         try
         {
-            var logs = new CapturingLoggerFactory();
-            var services = new ServiceCollection();
-            services.AddSingleton<ILoggerFactory>(logs);
-            services.AddSwiftKvChatClient(o => { o.ModelPath = dir; o.Backend = BackendKind.Cpu; });
-            using (var provider = services.BuildServiceProvider())
-                provider.GetRequiredService<IChatClient>();
-            var warning = Assert.Single(logs.Entries, e => e.Level == LogLevel.Warning);
+            var warning = Assert.Single(LoadLogs(dir), e => e.Level == LogLevel.Warning);
             Assert.Contains("does not frame turns with Llama 3's", warning.Text);
         }
         finally
@@ -134,10 +140,7 @@ public sealed class BackendLoggingTests(TinyChatModel tiny)
         try
         {
             var logs = new CapturingLoggerFactory();
-            var services = new ServiceCollection();
-            services.AddSingleton<ILoggerFactory>(logs);
-            services.AddSwiftKvChatClient(o => { o.ModelPath = dir; o.Backend = BackendKind.Cpu; });
-            using var provider = services.BuildServiceProvider();
+            using var provider = Registered(dir, logs);
             var client = provider.GetRequiredService<IChatClient>();
             Assert.DoesNotContain(logs.Entries, e => e.Level == LogLevel.Warning);
             var model = client.GetService<LocalModel>()!;
