@@ -175,8 +175,12 @@ public sealed class LocalModel : IDisposable
             {
                 _stopping.Cancel();
                 if (Serving is null) ExecutionGate.Wait();
+                // From the engine's own thread (a step observer or constraint disposing the model), the engine's Dispose
+                // returns before the step in flight ends: the weights go once its loop has stopped, not under it.
+                bool fromLoop = Serving?.IsLoopThread == true;
                 Serving?.Dispose();
-                Backend.Dispose();
+                if (fromLoop) Serving!.Stopped.ContinueWith(_ => Backend.Dispose(), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+                else Backend.Dispose();
             }
             finally
             {

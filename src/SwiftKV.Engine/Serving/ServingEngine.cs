@@ -288,6 +288,7 @@ public sealed class ServingEngine : IDisposable
             // The Dispose that asked for this has returned: an error here has nobody to go to, and must not end the process.
             try { Release(); }
             catch (Exception ex) { Trace.TraceError($"{_loop.Name}: releasing the KV pool after a Dispose from the loop thread failed: {ex}"); }
+            _stopped.TrySetResult();
         }
     }
 
@@ -624,10 +625,27 @@ public sealed class ServingEngine : IDisposable
         }
         _wake.Set();
         _loop.Join();
-        Release();
+        try
+        {
+            Release();
+        }
+        finally
+        {
+            _stopped.TrySetResult();
+        }
     }
 
     bool _releaseOnExit;
+    readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Whether the calling thread is the engine's loop (a step observer, a constraint, a stop set run there).</summary>
+    public bool IsLoopThread => Thread.CurrentThread == _loop;
+
+    /// <summary>
+    /// Completes once the loop has exited after <see cref="Dispose"/>, with the pool released: what a backend's owner
+    /// waits for before freeing the weights when Dispose came from the loop thread and so returned before the step did.
+    /// </summary>
+    public Task Stopped => _stopped.Task;
 
     /// <summary>The pool, the step workspace and the wake event, once the loop has exited.</summary>
     void Release()
