@@ -40,7 +40,7 @@ namespace SwiftKV.Cli;
 internal static class ServeBenchCommand
 {
     public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--weights bf16|e4m3|e4m3-w8a8] [--card-mib N (run as on a card of N MiB)] [--e4m3-rows-gemm on|off] [--requests 256] [--prompt 2000 (a list: each config run at each length, in order)] [--output 256] " +
-        "[--max-batch-tokens N (default: the engine's, 8192 on GPUs of >= 64 GiB)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--kv-gb N|auto (default: free memory less the headroom)] [--max-running N|auto (default: --requests; auto: the engine's)] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
+        "[--max-batch-tokens N (default: the engine's, 8192 on GPUs of >= 64 GiB keeping >= 32 GiB beyond the weights, else 2048)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--kv-gb N|auto (default: free memory less the headroom)] [--max-running N|auto (default: --requests; auto: the engine's)] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
         "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--temperature 0] [--top-k 0] [--top-p 1] [--frequency-penalty 0] [--penalised N (default: all)] [--json 0] [--json-schema FILE] [--out serve.json] [--md serve.md]";
 
     sealed record EngineConfig(string Key, bool SplitAttention, bool ReserveOutputs);

@@ -466,7 +466,7 @@ public sealed class CliTests : IDisposable
     {
         string dir = Tiny("chatml");
         var info = Run("info", "--model", dir);
-        Assert.Contains("chat template: Llama 3's turns", info.Out);
+        Assert.Contains("chat template: Llama 3.1's (Llama 3's turns", info.Out);
         Assert.DoesNotContain("note: chat template", Run("generate", "--model", dir, "--chat", "Hi", "--max-tokens", "1").Err);
 
         string config = Path.Combine(dir, "tokenizer_config.json");

@@ -17,7 +17,7 @@ public static class CheckpointChatTemplate
         { Problem: { } problem } => $"chat template: {problem}; chats are written in Llama 3.1's format",
         var t when t.Templates.Any(IsLlama3) && Kind(checkpointDir) == LlamaChatTemplate.Llama30 =>
             "chat template: Llama 3.0's (Llama 3's turns, no default system block), the format chats are written in",
-        var t when t.Templates.Any(IsLlama3) => "chat template: Llama 3's turns (<|start_header_id|> ... <|eot_id|>), the format chats are written in",
+        var t when t.Templates.Any(IsLlama3) => "chat template: Llama 3.1's (Llama 3's turns, a system block with the knowledge and today's date), the format chats are written in",
         _ => Mismatch(checkpointDir)!,
     };
 

@@ -30,7 +30,7 @@ public sealed class CheckpointChatTemplateTests
         using (var dir = WithTemplate(Llama31ChatFormat.JinjaTemplate))
         {
             Assert.Equal(LlamaChatTemplate.Llama31, CheckpointChatTemplate.Kind(dir.Path));
-            Assert.Contains("Llama 3's turns", CheckpointChatTemplate.Describe(dir.Path));
+            Assert.Contains("Llama 3.1's", CheckpointChatTemplate.Describe(dir.Path));
         }
         using (var none = WithTemplate(null))
             Assert.Equal(LlamaChatTemplate.Llama31, CheckpointChatTemplate.Kind(none.Path));
