@@ -15,7 +15,7 @@ public static class CheckpointChatTemplate
     {
         { Templates.Count: 0, Problem: null } => "chat template: none in the checkpoint; chats are written in Llama 3.1's format",
         { Problem: { } problem } => $"chat template: {problem}; chats are written in Llama 3.1's format",
-        var t when t.Templates.Any(IsLlama3) && Kind(checkpointDir) == LlamaChatTemplate.Llama30 =>
+        var t when t.Templates.Any(IsLlama3) && KindOf(t.Templates, t.Default) == LlamaChatTemplate.Llama30 =>
             "chat template: Llama 3.0's (Llama 3's turns, no default system block), the format chats are written in",
         var t when t.Templates.Any(IsLlama3) => "chat template: Llama 3.1's (Llama 3's turns, a system block with the knowledge and today's date), the format chats are written in",
         _ => Mismatch(checkpointDir)!,
