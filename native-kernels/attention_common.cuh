@@ -1,22 +1,7 @@
-// Device helpers shared by the attention kernels (attention_flash.cu, attention_hopper.cu): shared-memory addresses,
-// cp.async copies, the softmax's exp2, bf16 packing. One definition each, so both kernels round alike. (The fp8 (e4m3)
-// KV conversion is swiftkv_common.cuh's, shared with gemv.cu.)
+// Device helpers shared by the attention kernels (attention_flash.cu, attention_hopper.cu): the softmax's exp2, bf16
+// packing, the scales' 4-byte cp.async. One definition each, so both kernels round alike. (Shared-memory addresses,
+// 16-byte cp.async and the fp8 (e4m3) KV conversion are swiftkv_common.cuh's, shared with the GEMM kernels.)
 #pragma once
-
-__device__ __forceinline__ unsigned smem_addr(const void* p)
-{
-    unsigned r;
-    asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
-    return r;
-}
-
-// 16-byte async copy global -> shared; src_bytes = 0 zero-fills (keys past the causal end may hold anything).
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 
 // 2^x on the special-function unit (2^-inf = 0); the softmax needs no more accuracy than bf16 P keeps.
 __device__ __forceinline__ float fast_exp2(float x)

@@ -7,186 +7,215 @@
 // in flight, docs/BENCHMARKS.md). Here every code is read once, converted exactly to bf16 in registers
 // (e4m3x2_to_bf16x2) and multiplied on mma.sync m16n8k16; the row's scale multiplies the fp32 sum once, as in the e4m3
 // GEMV, so code · scale is never rounded to bf16.
-// Layout: a CTA of 8 warps owns 32 output columns (16 gate and 16 up columns of the same 16 units for the SwiGLU form):
-// warps 0-3 the first 16, warps 4-7 the second, and within each four the K chunks of 64 go round-robin (warp k takes
-// chunks k, k + 4, ...), so the two warps on the same chunk read the same x bytes (L1) at about the same time. A lane
-// (g = lane / 4, t = lane % 4) loads 16 consecutive codes of weight row g of each 8-column tile and the same 16 columns
-// of x rows g and g + 8 of each 16-row fragment: the dot product does not care in which order k is summed, so logical
-// k {2t, 2t+1, 2t+8, 2t+9} of MMA step s (0..3) are physical columns 16t + 4s + {0, 1, 2, 3}, one 32-bit word of codes
-// and two of x per register operand, no shuffles. Weight loads run PREFETCH chunks ahead (streamed past L1); the four
-// K partials are summed through shared memory in a fixed order (deterministic), then scaled and stored.
-// Requirements (checked by the launcher): in % 64 == 0, x and codes 16-byte aligned. Rows past R read as zeros and are
-// not stored; columns past out read the last row's codes and are not stored.
-// Launch: grid ceil(out / 32) (plain) or ceil(inter / 16) (SwiGLU), block 256, no dynamic shared memory.
+// Layout: a CTA of 8 warps owns 32 output columns (16 gate and 16 up columns of the same 16 units for the SwiGLU form),
+// 64 in the _wide_ entries, and each warp owns all of them over its own K chunks of 64 (warp w takes chunks w, w + 8,
+// ...), so no two warps read the same x bytes and each x fragment feeds four (wide: eight) 8-column tiles. A lane (g = lane / 4, t = lane % 4) takes 16
+// consecutive codes of weight row g of each tile and the same 16 columns of x rows g and g + 8 of each 16-row fragment:
+// the dot product does not care in which order k is summed, so logical k {2t, 2t+1, 2t+8, 2t+9} of MMA step s (0..3)
+// are physical columns 16t + 4s + {0, 1, 2, 3}, one 32-bit word of codes and two of x per register operand, no shuffles.
+// Both reach the warp through a shared-memory ring, `stages` chunks deep, filled by cp.async: the copies in flight cost
+// no registers, and x's L2 latency is hidden as the codes' is. A lane's codes go to its own slots; x is copied by the
+// whole warp in whole 128-byte lines into the warp's own tile (copies of 16 bytes per lane at the lane's fragment
+// columns split each 32-byte sector in two, which doubled the requests for x, the lines every CTA reads: 2x slower
+// in bench/e4m3_rows_probe.py). No CTA barrier in the loop: a warp reads only what it filled. The eight K partials are
+// summed through shared memory in a fixed order (deterministic), then scaled and stored.
+// Requirements (checked by the launcher): in % 64 == 0, x and codes 16-byte aligned, sm_80+. Rows past R read as zeros
+// and are not stored; columns past out read the last row's codes and are not stored.
+// Launch: grid ceil(out / 32) (plain) or ceil(inter / 16) (SwiGLU), 64 and 32 for the wide entries, block 256, dynamic
+// shared memory stages · e4r_stage_bytes<MF, NT>() (E4m3RowsGemmKernel.StageBytes), stages 2..8.
 #include "swiftkv_common.cuh"
 
-#ifndef E4R_KSPLIT
-#define E4R_KSPLIT 4   // warps per 16 columns (a CTA is 2 x E4R_KSPLIT warps; the launcher's block is 256 threads)
+#ifndef E4R_WARPS
+#define E4R_WARPS 8   // per CTA, each on its own K chunks (probe switch; the launcher's block is 256 threads)
 #endif
 #define E4R_CHUNK 64
-// Weight chunks in flight per warp, by 16-row fragments: fewer rows want them sooner, more rows have more arithmetic
-// to cover them with (bench/e4m3_rows_probe.py, one H200, at 3973467's P = 3 for all: 9-16 rows best at 2, 70B's layer
-// 412 -> 342 us at 9 rows; 32 rows at 4, 561 -> 508 us; 64 rows at 6, 1158 -> 1040 us). -DE4R_PREFETCH=n sets all.
-#ifdef E4R_PREFETCH
-#define E4R_PREFETCH_M1 E4R_PREFETCH
-#define E4R_PREFETCH_M2 E4R_PREFETCH
-#define E4R_PREFETCH_M3 E4R_PREFETCH
-#define E4R_PREFETCH_M4 E4R_PREFETCH
-#else
-#define E4R_PREFETCH_M1 2
-#define E4R_PREFETCH_M2 4
-#define E4R_PREFETCH_M3 4
-#define E4R_PREFETCH_M4 6
-#endif
 // Probe switches (bench/e4m3_rows_probe.py): E4R_MINBLOCKS, the launch bounds' CTAs per SM for entries of up to 32
-// rows (registers capped to fit them); E4R_XAHEAD 1 loads x rows a chunk ahead as the weights are (slower in the
-// engine at 3973467's first try: 8B steps of 32 rows 9.5 -> 10.9 ms).
+// rows; E4R_PF256 0, the codes' copies without the L2 256-byte prefetch (a warp's eight chunks are 512 adjacent bytes
+// of each weight row, so the line it pulls in is read next by the same warp group).
 #ifndef E4R_MINBLOCKS
 #define E4R_MINBLOCKS 1
 #endif
-#ifndef E4R_XAHEAD
-#define E4R_XAHEAD 0
+#ifndef E4R_PF256
+#define E4R_PF256 1
+#endif
+// E4R_STAGGER (on): each CTA walks its warps' chunks from a different start (blockIdx.x), so the CTAs in flight do not
+// all ask L2 for the same x lines at once (bench/e4m3_rows_probe.py, one H200: 3-16% less time a layer at 9-64 rows).
+#ifndef E4R_STAGGER
+#define E4R_STAGGER 1
 #endif
 
-template <int MF, bool SILU, int PREFETCH>
-__device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, const unsigned char* __restrict__ w,
-    const float* __restrict__ scales, int rows, int in, int out, float* y, int ldy, int accumulate, bf16_t* silu_out, int inter)
+// 16 bytes of codes into the ring, through L2 only (each is read once).
+__device__ __forceinline__ void cp_async16_codes(unsigned dst, const void* src)
 {
-    __shared__ float red[2 * E4R_KSPLIT][MF * 8][32];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int ks = warp % E4R_KSPLIT, half = warp / E4R_KSPLIT;
-    // The first of this warp's 16 weight rows: plain, columns 32·block + 16·half; SwiGLU, gate or up rows of units 16·block.
-    const long long first = SILU ? (long long)half * inter + 16LL * blockIdx.x : 32LL * blockIdx.x + 16 * half;
-    const long long last = SILU ? (long long)(half + 1) * inter - 1 : (long long)out - 1;
-    const unsigned char* wr[2];
-#pragma unroll
-    for (int nt = 0; nt < 2; nt++) wr[nt] = w + min(first + nt * 8 + g, last) * in + 16 * t;
-    const bf16_t* xr[MF][2];
-    bool xv[MF][2];
-#pragma unroll
-    for (int mf = 0; mf < MF; mf++)
-#pragma unroll
-        for (int h = 0; h < 2; h++)
-        {
-            const int r = 16 * mf + g + 8 * h;
-            xv[mf][h] = r < rows;
-            xr[mf][h] = x + (long long)(xv[mf][h] ? r : 0) * in + 16 * t;
-        }
+#if E4R_PF256
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" :: "r"(dst), "l"(src) : "memory");
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src) : "memory");
+#endif
+}
 
-    float acc[MF][2][4];
+// One stage of the ring: the codes, 16 bytes per thread per tile, then each warp's x tile, 16 · MF rows of 64 columns
+// padded from 128 to 144 bytes so that the fragment reads (row g + 8h, bytes 32t..32t+31) fall in distinct banks.
+#define E4R_XROW 144
+template <int MF, int NT> __device__ constexpr int e4r_stage_bytes() { return NT * 16 * 32 * E4R_WARPS + E4R_WARPS * 16 * MF * E4R_XROW; }
+
+// NT 8-column tiles per warp: 4 (a CTA owns 32 columns) or 8 (64: half the x reads per code, half the CTAs).
+template <int MF, int NT, bool SILU>
+__device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, const unsigned char* __restrict__ w,
+    const float* __restrict__ scales, int rows, int in, int out, float* y, int ldy, int accumulate, bf16_t* silu_out, int inter,
+    int stages)
+{
+    extern __shared__ uint4 ring[];
+    constexpr int stage_bytes = e4r_stage_bytes<MF, NT>(), codes_bytes = NT * 16 * 32 * E4R_WARPS, HT = NT / 2, COLS = 8 * NT;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    // Tiles 0..HT-1 start at row a, tiles HT..NT-1 at row b: plain, columns COLS·block and COLS·block + COLS / 2; SwiGLU,
+    // the gate and up rows of units (COLS / 2)·block.
+    const long long a = SILU ? (long long)(COLS / 2) * blockIdx.x : (long long)COLS * blockIdx.x;
+    const long long b = SILU ? inter + (long long)(COLS / 2) * blockIdx.x : (long long)COLS * blockIdx.x + COLS / 2;
+    const long long last_a = SILU ? inter - 1 : out - 1, last_b = SILU ? 2LL * inter - 1 : out - 1;
+    const unsigned char* wr[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+        wr[nt] = w + min((nt < HT ? a : b) + (nt % HT) * 8 + g, nt < HT ? last_a : last_b) * in + 16 * t;
+    // x copies: the warp's 32 lanes take four rows of 128 bytes per copy (lane / 8 the row, lane % 8 its 16 bytes), so
+    // each copy reads whole lines; rows past R are zero-filled.
+    const int xrow0 = lane >> 3, xpiece = lane & 7;
+    const bf16_t* xsrc = x + (long long)xrow0 * in + 8 * xpiece;
+
+    const unsigned ring_base = smem_addr(ring);
+    // The codes' slots: 16 bytes per thread per tile, consecutive threads adjacent (conflict-free).
+    auto codes_slot = [&](int stage, int nt) { return ring_base + stage * stage_bytes + 16u * (nt * 32 * E4R_WARPS + threadIdx.x); };
+    auto x_tile = [&](int stage) { return stage * stage_bytes + codes_bytes + warp * 16 * MF * E4R_XROW; };   // byte offset
+    const int chunks = in / E4R_CHUNK, mine = (chunks - warp + E4R_WARPS - 1) / E4R_WARPS;
+    // Chunk c of this warp into ring stage c % stages; one commit group per chunk, empty past the warp's last.
+    auto fill = [&](int c)
+    {
+        if (c < mine)
+        {
+#if E4R_STAGGER
+            const int cc = (c + blockIdx.x) % mine;
+#else
+            const int cc = c;
+#endif
+            const long long k0 = (long long)(warp + cc * E4R_WARPS) * E4R_CHUNK;
+            const int stage = c % stages;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) cp_async16_codes(codes_slot(stage, nt), wr[nt] + k0);
+            const unsigned xt = ring_base + x_tile(stage) + xrow0 * E4R_XROW + 16 * xpiece;
+#pragma unroll
+            for (int i = 0; i < 4 * MF; i++)
+            {
+                const bool valid = 4 * i + xrow0 < rows;
+                cp_async16(xt + 4 * i * E4R_XROW, valid ? xsrc + 4LL * i * in + k0 : x, valid ? 16 : 0);
+            }
+        }
+        cp_async_commit();
+    };
+
+    float acc[MF][NT][4];
 #pragma unroll
     for (int mf = 0; mf < MF; mf++)
 #pragma unroll
-        for (int nt = 0; nt < 2; nt++)
+        for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int j = 0; j < 4; j++) acc[mf][nt][j] = 0.f;
 
-    const int chunks = in / E4R_CHUNK, mine = (chunks - ks + E4R_KSPLIT - 1) / E4R_KSPLIT;
-    auto column = [&](int c) { return (long long)(ks + c * E4R_KSPLIT) * E4R_CHUNK; };
-    uint4 wb[PREFETCH][2];
-#pragma unroll
-    for (int p = 0; p < PREFETCH; p++)
-        if (p < mine)
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++) wb[p][nt] = ld_stream16(wr[nt] + column(p));
-
-    auto load_x = [&](uint4 (&dst)[MF][2][2], long long k0)
+    for (int c = 0; c < stages - 1; c++) fill(c);
+    for (int c = 0; c < mine; c++)
     {
+        // Groups committed so far: stages - 1 + c; chunk c's is complete when at most stages - 2 are pending.
+        switch (stages)
+        {
+            case 2: cp_async_wait<0>(); break;
+            case 3: cp_async_wait<1>(); break;
+            case 4: cp_async_wait<2>(); break;
+            case 5: cp_async_wait<3>(); break;
+            case 6: cp_async_wait<4>(); break;
+            case 7: cp_async_wait<5>(); break;
+            default: cp_async_wait<6>(); break;
+        }
+        // The x tile was filled by the whole warp: every lane's copies landed (the wait above) before any lane reads.
+        __syncwarp();
+        const int stage = c % stages;
+        const unsigned char* sm = reinterpret_cast<const unsigned char*>(ring);
+        uint4 wc[NT], xa[MF][2][2];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) wc[nt] = *reinterpret_cast<const uint4*>(sm + stage * stage_bytes + 16 * (nt * 32 * E4R_WARPS + threadIdx.x));
+        const unsigned char* xt = sm + x_tile(stage) + g * E4R_XROW + 32 * t;
 #pragma unroll
         for (int mf = 0; mf < MF; mf++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
-            {
-                const uint4 z = make_uint4(0u, 0u, 0u, 0u);
-                dst[mf][h][0] = xv[mf][h] ? *reinterpret_cast<const uint4*>(xr[mf][h] + k0) : z;
-                dst[mf][h][1] = xv[mf][h] ? *reinterpret_cast<const uint4*>(xr[mf][h] + k0 + 8) : z;
-            }
-    };
-#if E4R_XAHEAD
-    uint4 xn[MF][2][2];
-    if (mine > 0) load_x(xn, column(0));
-#endif
-
-    for (int c0 = 0; c0 < mine; c0 += PREFETCH)
-    {
 #pragma unroll
-        for (int p = 0; p < PREFETCH; p++)
+                for (int q = 0; q < 2; q++) xa[mf][h][q] = *reinterpret_cast<const uint4*>(xt + (16 * mf + 8 * h) * E4R_XROW + 16 * q);
+        // Refill the stage read in the previous iteration: every lane's values from it are in registers (the __syncwarp
+        // above orders their reads before these copies).
+        fill(c + stages - 1);
+#pragma unroll
+        for (int s = 0; s < 4; s++)
         {
-            const int c = c0 + p;
-            if (c >= mine) break;
-            uint4 xa[MF][2][2];
-#if E4R_XAHEAD
+            unsigned bw[NT][2];
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+            {
+                const unsigned word = s == 0 ? wc[nt].x : s == 1 ? wc[nt].y : s == 2 ? wc[nt].z : wc[nt].w;
+                bw[nt][0] = e4m3x2_to_bf16x2(word, 0x1404u);   // codes 4s, 4s+1: logical k 2t, 2t+1
+                bw[nt][1] = e4m3x2_to_bf16x2(word, 0x3424u);   // codes 4s+2, 4s+3: logical k 2t+8, 2t+9
+            }
 #pragma unroll
             for (int mf = 0; mf < MF; mf++)
-#pragma unroll
-                for (int h = 0; h < 2; h++) { xa[mf][h][0] = xn[mf][h][0]; xa[mf][h][1] = xn[mf][h][1]; }
-            if (c + 1 < mine) load_x(xn, column(c + 1));
-#else
-            load_x(xa, column(c));
-#endif
-            uint4 wc[2] = { wb[p][0], wb[p][1] };
-            if (c + PREFETCH < mine)
-#pragma unroll
-                for (int nt = 0; nt < 2; nt++) wb[p][nt] = ld_stream16(wr[nt] + column(c + PREFETCH));
-#pragma unroll
-            for (int s = 0; s < 4; s++)
             {
-                unsigned b[2][2];
+                // x words 2s, 2s+1 of the lane's 16 columns: elements 4s..4s+3.
+                const uint4 lo0 = xa[mf][0][s >> 1], lo1 = xa[mf][1][s >> 1];
+                const unsigned av[4] = {
+                    (s & 1) ? lo0.z : lo0.x, (s & 1) ? lo1.z : lo1.x,
+                    (s & 1) ? lo0.w : lo0.y, (s & 1) ? lo1.w : lo1.y };
 #pragma unroll
-                for (int nt = 0; nt < 2; nt++)
-                {
-                    const unsigned word = s == 0 ? wc[nt].x : s == 1 ? wc[nt].y : s == 2 ? wc[nt].z : wc[nt].w;
-                    b[nt][0] = e4m3x2_to_bf16x2(word, 0x1404u);   // codes 4s, 4s+1: logical k 2t, 2t+1
-                    b[nt][1] = e4m3x2_to_bf16x2(word, 0x3424u);   // codes 4s+2, 4s+3: logical k 2t+8, 2t+9
-                }
-#pragma unroll
-                for (int mf = 0; mf < MF; mf++)
-                {
-                    // x words 2s, 2s+1 of the lane's 16 columns: elements 4s..4s+3.
-                    const uint4 lo0 = xa[mf][0][s >> 1], lo1 = xa[mf][1][s >> 1];
-                    const unsigned a[4] = {
-                        (s & 1) ? lo0.z : lo0.x, (s & 1) ? lo1.z : lo1.x,
-                        (s & 1) ? lo0.w : lo0.y, (s & 1) ? lo1.w : lo1.y };
-#pragma unroll
-                    for (int nt = 0; nt < 2; nt++) mma_bf16(acc[mf][nt], a, b[nt][0], b[nt][1]);
-                }
+                for (int nt = 0; nt < NT; nt++) mma_bf16(acc[mf][nt], av, bw[nt][0], bw[nt][1]);
             }
         }
     }
 
+    // The ring becomes the partials' table: every copy landed and every warp done reading before it is overwritten.
+    cp_async_wait<0>();
+    __syncthreads();
+    float* red = reinterpret_cast<float*>(ring);   // [warp][fragment value i][lane], MF · 16 values
+    constexpr int values = MF * NT * 4;
 #pragma unroll
     for (int mf = 0; mf < MF; mf++)
 #pragma unroll
-        for (int nt = 0; nt < 2; nt++)
+        for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-            for (int j = 0; j < 4; j++) red[warp][(mf * 2 + nt) * 4 + j][lane] = acc[mf][nt][j];
+            for (int j = 0; j < 4; j++) red[(warp * values + (mf * NT + nt) * 4 + j) * 32 + lane] = acc[mf][nt][j];
     __syncthreads();
 
-    // Every thread finishes entries (fragment value i of lane l) of both halves: K partials summed in order 0..3.
-    constexpr int entries = MF * 8 * 32;
-    for (int e = threadIdx.x; e < (SILU ? 1 : 2) * entries; e += blockDim.x)
+    // Entry (fragment value i of lane l): its K partials summed in warp order 0..7. SwiGLU pairs gate tile nt with up
+    // tile nt + 2, so it walks tiles 0-1 only.
+    constexpr int entries = values * 32;
+    for (int e = threadIdx.x; e < entries; e += blockDim.x)
     {
-        const int hf = e / entries, i = (e % entries) >> 5, l = e & 31;
-        const int mf = i >> 3, nt = (i >> 2) & 1, j = i & 3;
+        const int i = e >> 5, l = e & 31;
+        const int mf = i / (4 * NT), nt = (i >> 2) % NT, j = i & 3;
+        if (SILU && nt >= HT) continue;
         const int r = 16 * mf + (l >> 2) + ((j & 2) ? 8 : 0);
-        const int col = nt * 8 + 2 * (l & 3) + (j & 1);   // 0..15 within the half
+        const int col = nt * 8 + 2 * (l & 3) + (j & 1);   // 0..31 plain; 0..15 the unit within the block for SwiGLU
         if (r >= rows) continue;
         float s0 = 0.f;
 #pragma unroll
-        for (int k = 0; k < E4R_KSPLIT; k++) s0 += red[E4R_KSPLIT * hf + k][i][l];
+        for (int k = 0; k < E4R_WARPS; k++) s0 += red[(k * values + i) * 32 + l];
         if constexpr (SILU)
         {
-            const long long u = 16LL * blockIdx.x + col;
+            const long long u = (long long)(COLS / 2) * blockIdx.x + col;
             if (u >= inter) continue;
             float up = 0.f;
 #pragma unroll
-            for (int k = 0; k < E4R_KSPLIT; k++) up += red[E4R_KSPLIT + k][i][l];
+            for (int k = 0; k < E4R_WARPS; k++) up += red[(k * values + i + 4 * HT) * 32 + l];
             const float gate = s0 * scales[u];
             silu_out[(long long)r * inter + u] = f32_to_bf16(silu_f32(gate) * (up * scales[inter + u]));
         }
         else
         {
-            const long long o = 32LL * blockIdx.x + 16 * hf + col;
+            const long long o = (long long)COLS * blockIdx.x + col;
             if (o >= out) continue;
             float* p = y + (long long)r * ldy + o;
             const float v = s0 * scales[o];
@@ -195,14 +224,17 @@ __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, con
     }
 }
 
-#define GEMM_E4M3_ROWS_ENTRIES(MF) \
-    extern "C" __global__ void __launch_bounds__(64 * E4R_KSPLIT, MF <= 2 ? E4R_MINBLOCKS : 1) gemm_e4m3_rows_m##MF(const bf16_t* __restrict__ x, \
-        const unsigned char* __restrict__ w, const float* __restrict__ scales, float* y, int rows, int in, int out, int ldy, int accumulate) \
-        { gemm_e4m3_rows<MF, false, E4R_PREFETCH_M##MF>(x, w, scales, rows, in, out, y, ldy, accumulate, nullptr, 0); } \
-    extern "C" __global__ void __launch_bounds__(64 * E4R_KSPLIT, MF <= 2 ? E4R_MINBLOCKS : 1) gemm_silu_e4m3_rows_m##MF(const bf16_t* __restrict__ x, \
-        const unsigned char* __restrict__ w, const float* __restrict__ scales, bf16_t* out, int rows, int in, int inter) \
-        { gemm_e4m3_rows<MF, true, E4R_PREFETCH_M##MF>(x, w, scales, rows, in, 2 * inter, nullptr, 0, 0, out, inter); }
-GEMM_E4M3_ROWS_ENTRIES(1)
-GEMM_E4M3_ROWS_ENTRIES(2)
-GEMM_E4M3_ROWS_ENTRIES(3)
-GEMM_E4M3_ROWS_ENTRIES(4)
+// Entries: _m{MF} with four tiles a warp (32 columns a CTA), _wide_m{MF} with eight (64) for up to 32 rows.
+#define GEMM_E4M3_ROWS_ENTRIES(MF, NT, NAME) \
+    extern "C" __global__ void __launch_bounds__(32 * E4R_WARPS, MF <= 2 ? E4R_MINBLOCKS : 1) gemm_e4m3_rows##NAME##MF(const bf16_t* __restrict__ x, \
+        const unsigned char* __restrict__ w, const float* __restrict__ scales, float* y, int rows, int in, int out, int ldy, int accumulate, int stages) \
+        { gemm_e4m3_rows<MF, NT, false>(x, w, scales, rows, in, out, y, ldy, accumulate, nullptr, 0, stages); } \
+    extern "C" __global__ void __launch_bounds__(32 * E4R_WARPS, MF <= 2 ? E4R_MINBLOCKS : 1) gemm_silu_e4m3_rows##NAME##MF(const bf16_t* __restrict__ x, \
+        const unsigned char* __restrict__ w, const float* __restrict__ scales, bf16_t* out, int rows, int in, int inter, int stages) \
+        { gemm_e4m3_rows<MF, NT, true>(x, w, scales, rows, in, 2 * inter, nullptr, 0, 0, out, inter, stages); }
+GEMM_E4M3_ROWS_ENTRIES(1, 4, _m)
+GEMM_E4M3_ROWS_ENTRIES(2, 4, _m)
+GEMM_E4M3_ROWS_ENTRIES(3, 4, _m)
+GEMM_E4M3_ROWS_ENTRIES(4, 4, _m)
+GEMM_E4M3_ROWS_ENTRIES(1, 8, _wide_m)
+GEMM_E4M3_ROWS_ENTRIES(2, 8, _wide_m)

@@ -233,6 +233,22 @@ __device__ __forceinline__ uint4 silu_mul_bf16x8(uint4 gv, uint4 uv)
     return make_uint4(ow[0], ow[1], ow[2], ow[3]);
 }
 
+// Shared-memory addresses and 16-byte cp.async (sm_80+): the attention kernels' tiles, the e4m3 rows GEMM's rings.
+__device__ __forceinline__ unsigned smem_addr(const void* p)
+{
+    unsigned r;
+    asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+// 16-byte async copy global -> shared; src_bytes = 0 zero-fills (keys past the causal end may hold anything).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
 // d (16x8 fp32) += a (16x16 bf16, row) * b (16x8 bf16, col): one warp's mma.sync m16n8k16 (sm_80+).
 __device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1)
 {

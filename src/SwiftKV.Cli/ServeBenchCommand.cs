@@ -29,6 +29,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using SwiftKV.Cuda;
+using SwiftKV.Cuda.Kernels;
 using SwiftKV.Engine.Cuda;
 using SwiftKV.Engine.Sampling;
 using SwiftKV.Engine.Serving;
@@ -39,7 +40,7 @@ namespace SwiftKV.Cli;
 
 internal static class ServeBenchCommand
 {
-    public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--weights bf16|e4m3|e4m3-w8a8] [--card-mib N (run as on a card of N MiB)] [--e4m3-rows-gemm on|off] [--requests 256] [--prompt 2000 (a list: each config run at each length, in order)] [--output 256] " +
+    public const string Usage = "[--preset llama-3.1-8b] [--variants off,swiftkv50,acrosskv4 (suffix -fp8: fp8 KV pool)] [--weights bf16|e4m3|e4m3-w8a8] [--card-mib N (run as on a card of N MiB)] [--e4m3-rows-gemm on|off] [--e4m3-rows-from N] [--requests 256] [--prompt 2000 (a list: each config run at each length, in order)] [--output 256] " +
         "[--max-batch-tokens N (default: the engine's, 8192 on GPUs of >= 64 GiB keeping >= 32 GiB beyond the weights, else 2048)] [--block-size N (default: the engine's, 64 for bf16 on Hopper)] [--headroom-gb 4] [--kv-gb N|auto (default: free memory less the headroom)] [--max-running N|auto (default: --requests; auto: the engine's)] [--prefix 8192] [--questions 64] [--question-tokens 64] " +
         "[--prefix-output 32] [--prefix-variant swiftkv50|none] [--max-seconds 150] [--configs tuned] [--paged-attention-ws on|off|both] [--profile 0] [--temperature 0] [--top-k 0] [--top-p 1] [--frequency-penalty 0] [--penalised N (default: all)] [--json 0] [--json-schema FILE] [--out serve.json] [--md serve.md]";
 
@@ -134,10 +135,15 @@ internal static class ServeBenchCommand
                 "or e4m3-w8a8 (the same with W8A8 GEMMs above 8 rows)"),
         };
         int? cardMib = a.Int("card-mib");
-        bool[] rowsGemmModes = a.OnOffBoth("e4m3-rows-gemm", "on (default: decode steps of 9-64 rows over kept e4m3 weights on tensor cores, each code read once) or off (dequantize each matrix, then cuBLAS)");
+        bool[] rowsGemmModes = a.OnOffBoth("e4m3-rows-gemm", $"on (default: decode steps of {CudaBackend.DefaultE4m3RowsGemmFromRows}-64 rows over kept e4m3 weights on tensor cores, each code read once) or off (9-64 rows: dequantize each matrix, then cuBLAS)");
         if (rowsGemmModes.Length > 1) throw new UsageException("--e4m3-rows-gemm: on or off (run twice to compare)");
         if (a.String("e4m3-rows-gemm") is not null && weightsArg != "e4m3")
             throw new UsageException("--e4m3-rows-gemm: sets a route of kept e4m3 weights without W8A8, so --weights must be e4m3");
+        int rowsFrom = a.Int("e4m3-rows-from") ?? CudaBackend.DefaultE4m3RowsGemmFromRows;
+        if (a.String("e4m3-rows-from") is not null && (weightsArg != "e4m3" || !rowsGemmModes[0]))
+            throw new UsageException("--e4m3-rows-from: where the e4m3 rows GEMM starts, so --weights must be e4m3 and the route on");
+        if (rowsFrom < 1 || rowsFrom > GemvKernel.MaxRows + 1)
+            throw new UsageException($"--e4m3-rows-from: the fewest rows of a step that take the e4m3 rows GEMM, 1 to {GemvKernel.MaxRows + 1} (got {rowsFrom})");
         bool[] wsModes = a.OnOffBoth("paged-attention-ws", "on (default: the warp-specialised wgmma entry for paged prefill on Hopper with blocks of >= 64 positions), off (always the two-CTA entry) or both (each throughput config run with each)");
         a.RejectUnknown();
         // Each named alone, with its value: a list of eight options left the reader to find the one at fault.
@@ -186,13 +192,14 @@ internal static class ServeBenchCommand
             ["weights"] = weightsArg,
             ["card_mib"] = cardMib,
             ["e4m3_rows_gemm"] = e4m3 && !w8a8 ? rowsGemmModes[0] : null,
+            ["e4m3_rows_from"] = e4m3 && !w8a8 && rowsGemmModes[0] ? rowsFrom : null,
             ["workload"] = new JsonObject { ["requests"] = requests, ["prompt"] = string.Join(",", promptLengths), ["output"] = output, ["max_batch_tokens"] = maxBatchArg, ["block_size"] = blockSizeArg, ["max_running"] = maxRunningArg, ["kv_gb"] = kvGb,
                 ["note"] = "null: the engine's own choice (each run records what it resolved)" },
         };
         var rows = new JsonArray();
         json["runs"] = rows;
         var md = new StringBuilder();
-        md.AppendLine($"Card: {dev.Name}{(cardMib is { } cm ? $", run as a card of {cm} MiB ({held!.ByteLength >> 20} MiB held)" : "")}. Preset {preset}, random {(e4m3 ? "e4m3 layer weights (row scales, held as e4m3; embedding and lm_head bf16)" + (w8a8 ? ", W8A8 GEMMs above 8 rows" : rowsGemmModes[0] ? "" : ", the e4m3 rows GEMM off") : "bf16 weights")}, greedy, block size {blockSizeArg?.ToString() ?? "the engine's"}, max batch tokens {maxBatchArg?.ToString() ?? "the engine's"} (each run's row says which).");
+        md.AppendLine($"Card: {dev.Name}{(cardMib is { } cm ? $", run as a card of {cm} MiB ({held!.ByteLength >> 20} MiB held)" : "")}. Preset {preset}, random {(e4m3 ? "e4m3 layer weights (row scales, held as e4m3; embedding and lm_head bf16)" + (w8a8 ? ", W8A8 GEMMs above 8 rows" : rowsGemmModes[0] ? $", the e4m3 rows GEMM from {rowsFrom} rows" : ", the e4m3 rows GEMM off") : "bf16 weights")}, greedy, block size {blockSizeArg?.ToString() ?? "the engine's"}, max batch tokens {maxBatchArg?.ToString() ?? "the engine's"} (each run's row says which).");
         md.AppendLine();
         md.AppendLine("| scenario | variant | config | requests (done) | prompt+out tokens | wall | total tok/s | out tok/s | TTFT p50 / p99 | TPOT p50 / p99 | peak running | KV blocks (KiB/token) | preempt | prefix hit | steps: decode-only n, mean batch, ms / mixed n, mean tokens, ms / host ms per step |");
         md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -233,7 +240,7 @@ internal static class ServeBenchCommand
 
         foreach (var v in variants)
         {
-            using var backend = Open(v, e4m3, w8a8, rowsGemmModes[0]);
+            using var backend = Open(v, e4m3, w8a8, rowsGemmModes[0], rowsFrom);
             var opts = PoolOptions(backend, v.Dtype, blockSizeArg, maxBatchArg ?? StepTokensOn(cardBytes, backend), runningAuto ? null : maxRunningArg ?? requests, prompt + output, headroomGb, kvArg == "auto", kvGb);
             foreach (var c in configs)
                 foreach (bool ws in wsModes)
@@ -262,7 +269,7 @@ internal static class ServeBenchCommand
         }
         if (prefixV is not null && !variants.Any(v => v.Key == prefixV.Key))
         {
-            using var backend = Open(prefixV, e4m3, w8a8, rowsGemmModes[0]);
+            using var backend = Open(prefixV, e4m3, w8a8, rowsGemmModes[0], rowsFrom);
             backend.UseWarpSpecializedPagedAttention = wsModes[0];
             RunPrefix(backend, prefixV);
         }
@@ -306,12 +313,13 @@ internal static class ServeBenchCommand
     static int? StepTokensOn(long? cardBytes, CudaBackend backend) =>
         cardBytes is { } c ? CudaBackend.PreferredMaxBatchTokensOn(c, backend.WeightBytes) : null;
 
-    static CudaBackend Open(Variant v, bool e4m3, bool w8a8, bool rowsGemm)
+    static CudaBackend Open(Variant v, bool e4m3, bool w8a8, bool rowsGemm, int rowsFrom)
     {
         var sw = Stopwatch.StartNew();
         var backend = CudaBackend.CreateRandom(v.Config, v.SwiftKv, seed: 1, e4m3: e4m3);
         backend.UseW8A8 = w8a8;
         backend.UseE4m3RowsGemm = rowsGemm;
+        backend.E4m3RowsGemmFromRows = rowsFrom;
         Log($"{v.Name}: random weights {backend.WeightBytes / 1e9:F2} GB{(e4m3 ? $" ({backend.E4m3WeightMatrices} matrices e4m3{(w8a8 ? ", W8A8" : "")})" : "")} in {sw.Elapsed.TotalSeconds:F1} s, KV {backend.KvBytesPerTokenOf(v.Dtype) / 1024.0:F1} KiB/token ({v.Dtype})");
         return backend;
     }

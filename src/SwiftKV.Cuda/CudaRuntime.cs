@@ -8,7 +8,7 @@ namespace SwiftKV.Cuda;
 
 /// <summary>What the process found: the GPU, its compute capability and the driver/NVRTC versions.</summary>
 public sealed record CudaDeviceInfo(int Ordinal, string Name, int ComputeMajor, int ComputeMinor, int MultiprocessorCount,
-    long TotalMemoryBytes, int DriverVersion, string NvrtcVersion)
+    long TotalMemoryBytes, int DriverVersion, string NvrtcVersion, int MaxSharedBytesPerBlockOptin = 48 * 1024)
 {
     /// <summary>NVRTC target: sm_XY, with the "a" (architecture-specific) suffix on Hopper so wgmma is available.</summary>
     public string Arch => ComputeMajor == 9 && ComputeMinor == 0 ? "sm_90a" : $"sm_{ComputeMajor}{ComputeMinor}";
@@ -84,6 +84,7 @@ public static class CudaRuntime
         CuDriver.Check(CuDriver.cuDeviceGetAttribute(out int major, CuDriver.AttrComputeCapabilityMajor, dev), "cuDeviceGetAttribute");
         CuDriver.Check(CuDriver.cuDeviceGetAttribute(out int minor, CuDriver.AttrComputeCapabilityMinor, dev), "cuDeviceGetAttribute");
         CuDriver.Check(CuDriver.cuDeviceGetAttribute(out int sms, CuDriver.AttrMultiprocessorCount, dev), "cuDeviceGetAttribute");
+        CuDriver.Check(CuDriver.cuDeviceGetAttribute(out int sharedOptin, CuDriver.AttrMaxSharedMemoryPerBlockOptin, dev), "cuDeviceGetAttribute");
         CuDriver.Check(CuDriver.cuDeviceTotalMem(out nuint total, dev), "cuDeviceTotalMem_v2");
         CuDriver.Check(CuDriver.cuDriverGetVersion(out int driver), "cuDriverGetVersion");
         NvrtcNative.Check(NvrtcNative.nvrtcVersion(out int nvMajor, out int nvMinor), "nvrtcVersion");
@@ -93,7 +94,7 @@ public static class CudaRuntime
         CuDriver.Check(CuDriver.cuDevicePrimaryCtxRetain(out _context, dev), "cuDevicePrimaryCtxRetain");
         CuDriver.Check(CuDriver.cuCtxSetCurrent(_context), "cuCtxSetCurrent");
         _bound = true;
-        return new CudaDeviceInfo(dev, Marshal.PtrToStringUTF8((nint)name) ?? "GPU", major, minor, sms, (long)total, driver, $"{nvMajor}.{nvMinor}");
+        return new CudaDeviceInfo(dev, Marshal.PtrToStringUTF8((nint)name) ?? "GPU", major, minor, sms, (long)total, driver, $"{nvMajor}.{nvMinor}", sharedOptin);
     }
 
     /// <summary>

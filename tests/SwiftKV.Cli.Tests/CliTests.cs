@@ -144,6 +144,10 @@ public sealed class CliTests : IDisposable
     [InlineData("--card-mib: must be >= 1 (got 0)", "serve-bench", "--card-mib", "0")]
     [InlineData("--e4m3-rows-gemm: sets a route of kept e4m3 weights", "serve-bench", "--e4m3-rows-gemm", "off")]
     [InlineData("--e4m3-rows-gemm: on or off", "serve-bench", "--weights", "e4m3", "--e4m3-rows-gemm", "both")]
+    [InlineData("--e4m3-rows-from: where the e4m3 rows GEMM starts, so --weights must be e4m3", "serve-bench", "--e4m3-rows-from", "5")]
+    [InlineData("--e4m3-rows-from: where the e4m3 rows GEMM starts", "serve-bench", "--weights", "e4m3", "--e4m3-rows-gemm", "off", "--e4m3-rows-from", "5")]
+    [InlineData("--e4m3-rows-from: the fewest rows of a step that take the e4m3 rows GEMM, 1 to 9 (got 10)", "serve-bench", "--weights", "e4m3", "--e4m3-rows-from", "10")]
+    [InlineData("--e4m3-rows-from: the fewest rows of a step that take the e4m3 rows GEMM, 1 to 9 (got 0)", "serve-bench", "--weights", "e4m3", "--e4m3-rows-from", "0")]
     public void BenchOptions_AreCheckedBeforeTheGpu(string named, params string[] args)
     {
         var r = Run(args);

@@ -14,16 +14,57 @@ public sealed unsafe class E4m3RowsGemmKernel(KernelLibrary library)
 
     const uint Block = 256;
     const int Chunk = 64;
-    readonly CudaKernel?[] _kernels = new CudaKernel?[2 * 5];
+    readonly CudaKernel?[] _kernels = new CudaKernel?[2 * 2 * 5];
 
-    /// <summary>Whether these operands are taken: in % 64 == 0, 16-byte aligned x and codes, and mma.sync's sm_80+.</summary>
-    public static bool Takes(ulong xAddress, E4m3Rows w, int inDim) =>
-        inDim % Chunk == 0 && xAddress % 16 == 0 && w.Codes.Address % 16 == 0 && CudaRuntime.Device.ComputeMajor >= 8;
+    /// <summary>
+    /// Chunks in each warp's shared-memory ring, by 16-row fragment count (index 1..4), before the GPU's shared memory
+    /// caps them (bench/e4m3_rows_probe.py, one H200: 3 at up to 16 rows, where 2 and 4-6 were slower; 4 at 17-32).
+    /// </summary>
+    static readonly int[] PreferredStages = [0, 3, 4, 3, 3];
 
-    CudaKernel Kernel(bool silu, int rows)
+    /// <summary>
+    /// Shared memory of one ring stage (the kernel's e4r_stage_bytes): 16 bytes of codes per thread for each of the
+    /// warp's tiles (4, or 8 for the wide entries), and each of the 8 warps' x tile of 16 · fragments rows of 144 bytes
+    /// (64 columns, padded against bank conflicts).
+    /// </summary>
+    public static int StageBytes(int fragments, bool wide = false) => (wide ? 8 : 4) * 16 * (int)Block + 8 * 16 * fragments * 144;
+
+    /// <summary>Ring depth for <paramref name="rows"/> on this GPU: <see cref="PreferredStages"/>, fewer where its shared memory per block is smaller; below 2 the entry cannot run.</summary>
+    public static int Stages(int rows, bool wide = false)
     {
         int fragments = (rows + 15) / 16;
-        return _kernels[(silu ? 5 : 0) + fragments] ??= library.Get("gemm_e4m3_rows.cu", $"{(silu ? "gemm_silu_e4m3_rows" : "gemm_e4m3_rows")}_m{fragments}");
+        return Math.Min(PreferredStages[fragments], CudaRuntime.Device.MaxSharedBytesPerBlockOptin / StageBytes(fragments, wide));
+    }
+
+    /// <summary>
+    /// Whether a launch of <paramref name="rows"/> over <paramref name="weightRows"/> rows of codes takes the wide
+    /// entries (eight 8-column tiles a warp, 64 columns a CTA): every CTA reads all of x, so at 16-32 rows x's reads
+    /// rival the codes', and the wide CTA halves them per code, while the halved grid still fills the card
+    /// (bench/e4m3_rows_probe.py, one H200: 70B at 32 rows 504 -> 402 us a layer; 8B's o and down, 64 wide CTAs on
+    /// 132 SMs, and every projection at 9 rows were slower wide).
+    /// </summary>
+    public static bool Wide(int rows, int weightRows) =>
+        rows is >= 16 and <= 32 && 2 * ((weightRows + 63) / 64) >= CudaRuntime.Device.MultiprocessorCount && Stages(rows, wide: true) >= 2;
+
+    /// <summary>Whether these operands are taken: in % 64 == 0, 16-byte aligned x and codes, mma.sync's sm_80+, and shared memory for a ring of two stages.</summary>
+    public static bool Takes(int rows, ulong xAddress, E4m3Rows w, int inDim) =>
+        rows is >= 1 and <= MaxRows && inDim % Chunk == 0 && xAddress % 16 == 0 && w.Codes.Address % 16 == 0
+        && CudaRuntime.Device.ComputeMajor >= 8 && Stages(rows) >= 2;
+
+    /// <summary>The entry for this launch, its ring depth, shared memory and output columns per CTA.</summary>
+    (CudaKernel Kernel, int Stages, uint SharedBytes, int Columns) Entry(bool silu, int rows, int weightRows)
+    {
+        bool wide = Wide(rows, weightRows);
+        int fragments = (rows + 15) / 16, stages = Stages(rows, wide), shared = stages * StageBytes(fragments, wide);
+        ref var k = ref _kernels[(silu ? 10 : 0) + (wide ? 5 : 0) + fragments];
+        if (k is null)
+        {
+            var entry = library.Get("gemm_e4m3_rows.cu", $"{(silu ? "gemm_silu_e4m3_rows" : "gemm_e4m3_rows")}_{(wide ? "wide_" : "")}m{fragments}");
+            // Once per entry: its depth, so its shared memory, depends only on the fragment count, the form and the GPU.
+            if (shared > 48 * 1024) entry.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, shared);
+            k = entry;
+        }
+        return (k, stages, (uint)shared, wide ? 64 : 32);
     }
 
     static void Check(string n, DeviceSpan<Bf16> x, int rows, int inDim, E4m3Rows w, int outDim)
@@ -34,8 +75,9 @@ public sealed unsafe class E4m3RowsGemmKernel(KernelLibrary library)
         KernelGuard.Fits(x, (long)rows * inDim, n, nameof(x), $"({rows}, {inDim})");
         KernelGuard.Fits(w.Codes, (long)outDim * inDim, n, "codes", $"({outDim}, {inDim})");
         KernelGuard.Fits(w.Scales, outDim, n, "scales", $"({outDim})");
-        if (!Takes(x.Address, w, inDim))
-            throw new ArgumentException($"{n}: needs in % {Chunk} == 0 (in = {inDim}), 16-byte aligned x and codes, and an sm_80+ GPU; dequantize the matrix otherwise.", nameof(w));
+        if (!Takes(rows, x.Address, w, inDim))
+            throw new ArgumentException($"{n}: needs in % {Chunk} == 0 (in = {inDim}), 16-byte aligned x and codes, an sm_80+ GPU and " +
+                $"{2 * StageBytes((rows + 15) / 16)} bytes of shared memory per block; dequantize the matrix otherwise.", nameof(w));
     }
 
     /// <summary>y (rows, outDim), row stride <paramref name="ldy"/> (0 = outDim), = x · (codes · scale)ᵀ, plus y when <paramref name="accumulate"/>.</summary>
@@ -49,8 +91,9 @@ public sealed unsafe class E4m3RowsGemmKernel(KernelLibrary library)
         KernelGuard.Fits(y, (long)(rows - 1) * ldy + outDim, n, nameof(y), $"({rows}, {outDim}) with row stride {ldy}");
         ulong px = x.Address, pw = w.Codes.Address, ps = w.Scales.Address, py = y.Address;
         int acc = accumulate ? 1 : 0;
-        void** args = stackalloc void*[] { &px, &pw, &ps, &py, &rows, &inDim, &outDim, &ldy, &acc };
-        Kernel(false, rows).Launch(stream, ((uint)((outDim + 31) / 32), 1, 1), Block, 0, args);
+        var (k, stages, shared, columns) = Entry(false, rows, outDim);
+        void** args = stackalloc void*[] { &px, &pw, &ps, &py, &rows, &inDim, &outDim, &ldy, &acc, &stages };
+        k.Launch(stream, ((uint)((outDim + columns - 1) / columns), 1, 1), Block, shared, args);
     }
 
     /// <summary>output (rows, inter) bf16 = silu(x · Wgᵀ) · (x · Wuᵀ) over <paramref name="gateUp"/> = [gate; up] (2 · inter, in).</summary>
@@ -61,7 +104,9 @@ public sealed unsafe class E4m3RowsGemmKernel(KernelLibrary library)
         Check(n, x, rows, inDim, gateUp, 2 * inter);
         KernelGuard.Fits(output, (long)rows * inter, n, nameof(output), $"({rows}, {inter})");
         ulong px = x.Address, pw = gateUp.Codes.Address, ps = gateUp.Scales.Address, po = output.Address;
-        void** args = stackalloc void*[] { &px, &pw, &ps, &po, &rows, &inDim, &inter };
-        Kernel(true, rows).Launch(stream, ((uint)((inter + 15) / 16), 1, 1), Block, 0, args);
+        var (k, stages, shared, columns) = Entry(true, rows, 2 * inter);
+        int units = columns / 2;   // a CTA's columns are its units' gate and up rows
+        void** args = stackalloc void*[] { &px, &pw, &ps, &po, &rows, &inDim, &inter, &stages };
+        k.Launch(stream, ((uint)((inter + units - 1) / units), 1, 1), Block, shared, args);
     }
 }

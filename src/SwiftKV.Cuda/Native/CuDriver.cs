@@ -13,6 +13,7 @@ internal static unsafe partial class CuDriver
     public const int AttrMultiprocessorCount = 16;
     public const int AttrComputeCapabilityMajor = 75;
     public const int AttrComputeCapabilityMinor = 76;
+    public const int AttrMaxSharedMemoryPerBlockOptin = 97;
 
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuInit(uint flags);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuDriverGetVersion(out int version);

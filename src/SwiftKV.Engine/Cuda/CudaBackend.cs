@@ -268,13 +268,36 @@ public sealed partial class CudaBackend : IModelBackend
     bool _fusedNormQuantize = true;
 
     /// <summary>
-    /// Steps of <see cref="GemvKernel.MaxRows"/> + 1 to <see cref="E4m3RowsGemmKernel.MaxRows"/> rows (batched decode)
+    /// Steps of <see cref="E4m3RowsGemmFromRows"/> to <see cref="E4m3RowsGemmKernel.MaxRows"/> rows (batched decode)
     /// multiply kept e4m3 weights on bf16 tensor cores, reading each code once (gemm_e4m3_rows.cu), default. Off: each
     /// matrix is dequantized into the bf16 scratch for cuBLAS first, as longer steps do (benchmarks compare). Not under
     /// <see cref="UseW8A8"/>, whose GEMMs take such steps.
     /// </summary>
     public bool UseE4m3RowsGemm { get => _e4m3RowsGemm; set => SetRoute(ref _e4m3RowsGemm, value); }
     bool _e4m3RowsGemm = true;
+
+    /// <summary>
+    /// The fewest rows of a step that take the e4m3 rows GEMM (<see cref="UseE4m3RowsGemm"/>); fewer take the e4m3
+    /// GEMV, which converts each code once per row it multiplies on CUDA cores, so its time grows with the rows while
+    /// the tensor-core kernel's stays that of one 16-row fragment (docs/BENCHMARKS.md). 1 to
+    /// <see cref="GemvKernel.MaxRows"/> + 1.
+    /// </summary>
+    public int E4m3RowsGemmFromRows
+    {
+        get => _e4m3RowsFrom;
+        set
+        {
+            if (value < 1 || value > GemvKernel.MaxRows + 1)
+                throw new ArgumentOutOfRangeException(nameof(value), value, $"E4m3RowsGemmFromRows: 1 to {GemvKernel.MaxRows + 1} (steps of more rows than the e4m3 GEMV takes always go to the rows GEMM).");
+            if (value == _e4m3RowsFrom) return;
+            _e4m3RowsFrom = value;
+            _ws.Invalidate();
+        }
+    }
+    int _e4m3RowsFrom = DefaultE4m3RowsGemmFromRows;
+
+    /// <summary>Default of <see cref="E4m3RowsGemmFromRows"/>.</summary>
+    public const int DefaultE4m3RowsGemmFromRows = 5;
 
     /// <summary>Launches of the e4m3 rows GEMM so far (tests and benchmarks check the route was taken).</summary>
     public long E4m3RowsGemmLaunches { get; private set; }
@@ -763,8 +786,8 @@ public sealed partial class CudaBackend : IModelBackend
 
     /// <summary>Whether a step of <paramref name="rows"/> over e4m3 <paramref name="w"/> takes the e4m3 rows GEMM (<see cref="UseE4m3RowsGemm"/>).</summary>
     bool E4m3RowsGemm(int rows, ulong xAddress, CudaMatrix w, int inDim) =>
-        _e4m3RowsGemm && !_w8a8 && w.IsE4m3 && rows > GemvKernel.MaxRows && rows <= E4m3RowsGemmKernel.MaxRows
-        && E4m3RowsGemmKernel.Takes(xAddress, w.E4m3, inDim);
+        _e4m3RowsGemm && !_w8a8 && w.IsE4m3 && rows >= _e4m3RowsFrom && rows <= E4m3RowsGemmKernel.MaxRows
+        && E4m3RowsGemmKernel.Takes(rows, xAddress, w.E4m3, inDim);
 
     /// <summary>
     /// Whether <paramref name="w"/> takes the W8A8 route (<see cref="UseW8A8"/>) at this step: then x's rows are
@@ -813,8 +836,9 @@ public sealed partial class CudaBackend : IModelBackend
             _blas.Linear(x, rows, inDim, dense.Length > 0 ? dense : Dense(w), outDim, y);   // a refused W8A8 GEMM: its own copy
     }
 
+    /// <summary>Whether a step of <paramref name="rows"/> over e4m3 <paramref name="w"/> takes the e4m3 GEMV: up to its rows, unless the rows GEMM takes it.</summary>
     bool E4m3Gemv(int rows, int maxRows, ulong xAddress, CudaMatrix w, int inDim) =>
-        _useGemv && rows <= maxRows && GemvKernel.TakesE4m3(xAddress, w.E4m3, inDim);
+        _useGemv && rows <= maxRows && GemvKernel.TakesE4m3(xAddress, w.E4m3, inDim) && !E4m3RowsGemm(rows, xAddress, w, inDim);
 
     /// <summary>
     /// The bf16 values of <paramref name="w"/>: its own buffer, or for an e4m3 matrix its values dequantized into the
