@@ -22,6 +22,8 @@
 // The KV pool takes the card's free memory after weights and a warm-up step of the largest batch, minus headroom.
 // --card-mib N runs as on a card of N MiB (e.g. 81079, an H100 80GB's): the rest of this card's memory is held for the
 // whole run, and the engine's step size follows its rule for N MiB. Memory only: the bandwidth and clocks stay this card's.
+// --e4m3-rows-gemm on|off and --e4m3-rows-from N (with --weights e4m3): whether steps over kept e4m3 weights take the
+// tensor-core rows GEMM, and from how many rows (fewer take the e4m3 GEMV), for A/B runs of the route.
 // Results print as markdown and are written (after each scenario, so a cut-off run keeps what it has) as JSON.
 using System.Diagnostics;
 using System.Globalization;

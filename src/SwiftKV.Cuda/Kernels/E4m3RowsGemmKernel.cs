@@ -1,6 +1,7 @@
-// Launcher for native-kernels/gemm_e4m3_rows.cu: steps of MinRows..MaxRows rows (batched decode) over matrices held as
-// e4m3 codes with row scales, each code read once and multiplied on bf16 tensor cores, instead of a dequantize pass
-// into a bf16 scratch and a cuBLAS GEMM over it (the route above the e4m3 GEMV's rows before it).
+// Launcher for native-kernels/gemm_e4m3_rows.cu: steps of a few to MaxRows rows (batched decode; the engine's
+// CudaBackend.E4m3RowsGemmFromRows picks where it takes over from the e4m3 GEMV) over matrices held as e4m3 codes with
+// row scales, each code read once and multiplied on bf16 tensor cores, instead of a dequantize pass into a bf16 scratch
+// and a cuBLAS GEMM over it (the route above the e4m3 GEMV's rows before it).
 namespace SwiftKV.Cuda.Kernels;
 
 /// <summary>

@@ -23,9 +23,9 @@
 // Every projection goes through Linear / GateUpSilu: steps of a few rows (decode) take the
 // bandwidth-bound GEMV (each weight byte read once; the SwiGLU fused into the [gate;up] GEMV), longer steps cuBLAS
 // (the [gate;up] GEMM writing bf16 for the silu pass), except [gate;up] of prefill-sized steps on Hopper: our own
-// GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu). Weights kept as e4m3 codes take the e4m3 GEMV up to 8 rows,
-// the e4m3 rows GEMM (tensor cores, each code read once) up to 64, and above that a dequantize pass into a bf16 scratch
-// before cuBLAS (or, under W8A8, cuBLASLt's fp8 GEMMs above 8 rows).
+// GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu). Weights kept as e4m3 codes take the e4m3 GEMV below
+// E4m3RowsGemmFromRows (4), the e4m3 rows GEMM (tensor cores, each code read once) up to 64, and above that a dequantize
+// pass into a bf16 scratch before cuBLAS (under W8A8: the GEMV up to 8 rows, cuBLASLt's fp8 GEMMs above).
 // Shapes: x (rows, hidden) fp32; normed activations (rows, hidden) bf16; qkv (rows, q + 2 kv) fp32;
 // gate_up (rows, 2 inter) bf16.
 using System.Diagnostics;
@@ -297,7 +297,7 @@ public sealed partial class CudaBackend : IModelBackend
     int _e4m3RowsFrom = DefaultE4m3RowsGemmFromRows;
 
     /// <summary>Default of <see cref="E4m3RowsGemmFromRows"/>.</summary>
-    public const int DefaultE4m3RowsGemmFromRows = 5;
+    public const int DefaultE4m3RowsGemmFromRows = 4;
 
     /// <summary>Launches of the e4m3 rows GEMM so far (tests and benchmarks check the route was taken).</summary>
     public long E4m3RowsGemmLaunches { get; private set; }
@@ -765,9 +765,10 @@ public sealed partial class CudaBackend : IModelBackend
 
     /// <summary>
     /// <see cref="Linear(DeviceSpan{Bf16}, int, int, DeviceSpan{Bf16}, int, DeviceSpan{float}, bool)"/> over a held matrix. An
-    /// e4m3 one streams its codes through the e4m3 GEMV up to <see cref="GemvKernel.MaxRows"/> rows (it reads half the
+    /// e4m3 one streams its codes through the e4m3 GEMV below <see cref="E4m3RowsGemmFromRows"/> rows (it reads half the
     /// bytes a dequantized copy would, and a dequantize pass would cost more than the GEMV), through the e4m3 rows GEMM up
-    /// to <see cref="E4m3RowsGemmKernel.MaxRows"/> (<see cref="UseE4m3RowsGemm"/>), else takes W8A8 or is dequantized into
+    /// to <see cref="E4m3RowsGemmKernel.MaxRows"/> (<see cref="UseE4m3RowsGemm"/>; with it off or under W8A8, the GEMV up to
+    /// <see cref="GemvKernel.MaxRows"/>), else takes W8A8 or is dequantized into
     /// the scratch for cuBLAS. Never for the bf16 GEMV: launched programmatically, it loads its first weights before
     /// waiting for the kernel before it, which here would be the dequantize still writing them.
     /// </summary>
