@@ -425,8 +425,9 @@ public sealed class E4m3WeightTests : GpuFixtureTest
     }
 
     /// <summary>
-    /// Serving steps of 12, 40 and 64 rows (batched decode past the e4m3 GEMV's 8) over kept e4m3 weights take the rows
-    /// GEMM for every projection (q/k/v, o, [gate; up], down) and match the CPU engine on the exact dequantized weights;
+    /// Serving steps of 12, 40 and 64 rows (batched decode, past where the e4m3 GEMV hands over) over kept e4m3 weights
+    /// take the rows GEMM for every projection (q/k/v, o, [gate; up], down) and match the CPU engine on the exact
+    /// dequantized weights;
     /// with the route off (dequantize, cuBLAS), the same steps give logits within the rounding of code x scale to bf16.
     /// </summary>
     [Fact]
