@@ -4,7 +4,7 @@ The question: how close does the kernel come to streaming its codes at the card'
 torch's bf16 matmul over the same shapes (cuBLAS reading 2 bytes a weight: the bf16 model's decode projections) and,
 with --old PATH, against an earlier version of the kernel file (its register-prefetch launch: no ring, no stages)?
 Variants are ';'-separated lists of ','-separated settings:
-  S<n>   ring stages at launch (default: the launcher's table, 4 / 4 / 3 / 3 by 16-row fragment count, capped by the
+  S<n>   ring stages at launch (default: the launcher's table, 3 / 4 / 3 / 3 by 16-row fragment count, capped by the
          GPU's shared memory per block)
   M<n>   E4R_MINBLOCKS, the launch bounds' CTAs per SM for entries of up to 32 rows
   P0     E4R_PF256=0, the codes' copies without the L2 256-byte prefetch

@@ -1,26 +1,29 @@
-// Products of a few dozen rows (9..64: batched decode, short chunks) over weights held as fp8 e4m3 codes with one
+// Products of a few to 64 rows (batched decode, short chunks) over weights held as fp8 e4m3 codes with one
 // fp32 scale per weight row, on bf16 tensor cores, reading each code once:
 //   gemm_e4m3_rows_m{MF}:      y (R, ldy) fp32 [+]= x (R, in) bf16 · (codes · scale)ᵀ, R <= 16 · MF
 //   gemm_silu_e4m3_rows_m{MF}: out (R, inter) bf16 = silu(x · Wgᵀ) · (x · Wuᵀ) over W = [gate; up] (2 · inter, in)
 // Why: above the e4m3 GEMV's 8 rows, a kept matrix used to be dequantized into a bf16 scratch for cuBLAS, so a decode
-// step of 9+ sequences read 1 byte, wrote 2 and read 2 again per weight (70B kept e4m3 on 80 GB: an 85 ms step at 8 rows
-// in flight, docs/BENCHMARKS.md). Here every code is read once, converted exactly to bf16 in registers
+// step of 9+ sequences read 1 byte, wrote 2 and read 2 again per weight (70B kept e4m3 on 80 GB: an 85 ms step at 8
+// rows in flight, docs/BENCHMARKS.md). Here every code is read once, converted exactly to bf16 in registers
 // (e4m3x2_to_bf16x2) and multiplied on mma.sync m16n8k16; the row's scale multiplies the fp32 sum once, as in the e4m3
-// GEMV, so code · scale is never rounded to bf16.
+// GEMV, so code · scale is never rounded to bf16. The engine sends steps from 4 rows here: the GEMV's time grows with
+// its rows, this kernel's is one 16-row fragment's up to 16.
 // Layout: a CTA of 8 warps owns 32 output columns (16 gate and 16 up columns of the same 16 units for the SwiGLU form),
 // 64 in the _wide_ entries, and each warp owns all of them over its own K chunks of 64 (warp w takes chunks w, w + 8,
-// ...), so no two warps read the same x bytes and each x fragment feeds four (wide: eight) 8-column tiles. A lane (g = lane / 4, t = lane % 4) takes 16
-// consecutive codes of weight row g of each tile and the same 16 columns of x rows g and g + 8 of each 16-row fragment:
-// the dot product does not care in which order k is summed, so logical k {2t, 2t+1, 2t+8, 2t+9} of MMA step s (0..3)
-// are physical columns 16t + 4s + {0, 1, 2, 3}, one 32-bit word of codes and two of x per register operand, no shuffles.
-// Both reach the warp through a shared-memory ring, `stages` chunks deep, filled by cp.async: the copies in flight cost
-// no registers, and x's L2 latency is hidden as the codes' is. A lane's codes go to its own slots; x is copied by the
-// whole warp in whole 128-byte lines into the warp's own tile (copies of 16 bytes per lane at the lane's fragment
-// columns split each 32-byte sector in two, which doubled the requests for x, the lines every CTA reads: 2x slower
-// in bench/e4m3_rows_probe.py). No CTA barrier in the loop: a warp reads only what it filled. The eight K partials are
-// summed through shared memory in a fixed order (deterministic), then scaled and stored.
-// Requirements (checked by the launcher): in % 64 == 0, x and codes 16-byte aligned, sm_80+. Rows past R read as zeros
-// and are not stored; columns past out read the last row's codes and are not stored.
+// ...), so no two warps read the same x bytes and each x fragment feeds four (wide: eight) 8-column tiles. A lane (g =
+// lane / 4, t = lane % 4) takes 16 consecutive codes of weight row g of each tile and the same 16 columns of x rows g
+// and g + 8 of each 16-row fragment: the dot product does not care in which order k is summed, so logical k {2t, 2t+1,
+// 2t+8, 2t+9} of MMA step s (0..3) are physical columns 16t + 4s + {0, 1, 2, 3}, one 32-bit word of codes and two of x
+// per register operand, no shuffles.
+// The codes and x reach the warp through a shared-memory ring, `stages` chunks deep, filled by cp.async: the copies in
+// flight cost no registers, and x's L2 latency is hidden as the codes' is. A lane's codes go to its own slots; x is
+// copied by the whole warp in whole 128-byte lines into the warp's own tile (copies of 16 bytes per lane at the lane's
+// fragment columns split each 32-byte sector in two, which doubled the requests for x, the lines every CTA reads: up to
+// 2.2x slower in bench/e4m3_rows_probe.py). No CTA barrier in the loop: a warp reads only what it filled. The eight K
+// partials are summed through shared memory in a fixed order (deterministic), then scaled and stored.
+// Requirements (checked by the launcher): in % 64 == 0, x and codes 16-byte aligned, sm_80+, shared memory for two
+// stages (the launcher sends longer steps in row blocks that fit, and takes the wide entries only where they fit). Rows
+// past R read as zeros and are not stored; columns past out read the last row's codes and are not stored.
 // Launch: grid ceil(out / 32) (plain) or ceil(inter / 16) (SwiGLU), 64 and 32 for the wide entries, block 256, dynamic
 // shared memory stages · e4r_stage_bytes<MF, NT>() (E4m3RowsGemmKernel.StageBytes), stages 2..8.
 #include "swiftkv_common.cuh"
@@ -30,8 +33,8 @@
 #endif
 #define E4R_CHUNK 64
 // Probe switches (bench/e4m3_rows_probe.py): E4R_MINBLOCKS, the launch bounds' CTAs per SM for entries of up to 32
-// rows; E4R_PF256 0, the codes' copies without the L2 256-byte prefetch (a warp's eight chunks are 512 adjacent bytes
-// of each weight row, so the line it pulls in is read next by the same warp group).
+// rows; E4R_PF256 0, the codes' copies without the L2 256-byte prefetch (the CTA's eight warps' chunks are 512 adjacent
+// bytes of each weight row, so the line one pulls in is read next by its neighbours).
 #ifndef E4R_MINBLOCKS
 #define E4R_MINBLOCKS 1
 #endif
@@ -39,7 +42,7 @@
 #define E4R_PF256 1
 #endif
 // E4R_STAGGER (on): each CTA walks its warps' chunks from a different start (blockIdx.x), so the CTAs in flight do not
-// all ask L2 for the same x lines at once (bench/e4m3_rows_probe.py, one H200: 3-16% less time a layer at 9-64 rows).
+// all ask L2 for the same x lines at once (bench/e4m3_rows_probe.py, one H200: 2-11% less time a layer at 9-64 rows).
 #ifndef E4R_STAGGER
 #define E4R_STAGGER 1
 #endif
@@ -179,7 +182,7 @@ __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, con
     // The ring becomes the partials' table: every copy landed and every warp done reading before it is overwritten.
     cp_async_wait<0>();
     __syncthreads();
-    float* red = reinterpret_cast<float*>(ring);   // [warp][fragment value i][lane], MF · 16 values
+    float* red = reinterpret_cast<float*>(ring);   // [warp][fragment value i][lane], MF · NT · 4 values
     constexpr int values = MF * NT * 4;
 #pragma unroll
     for (int mf = 0; mf < MF; mf++)
@@ -190,7 +193,7 @@ __device__ __forceinline__ void gemm_e4m3_rows(const bf16_t* __restrict__ x, con
     __syncthreads();
 
     // Entry (fragment value i of lane l): its K partials summed in warp order 0..7. SwiGLU pairs gate tile nt with up
-    // tile nt + 2, so it walks tiles 0-1 only.
+    // tile nt + HT, so it walks tiles 0..HT-1 only.
     constexpr int entries = values * 32;
     for (int e = threadIdx.x; e < entries; e += blockDim.x)
     {

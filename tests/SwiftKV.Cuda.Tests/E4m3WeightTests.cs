@@ -130,10 +130,11 @@ public sealed class E4m3WeightTests : GpuFixtureTest
     }
 
     /// <summary>
-    /// The rows GEMM (9..64 rows on tensor cores) in both forms against double references: row counts at and across its
-    /// 16-row fragments; in = 4160 (65 chunks of 64: the four K-split warps get unequal shares and the prefetch ring ends
-    /// part-way); out = 37 (a second 32-column block holding 5) and inter = 19; the plain form also into a wider y
-    /// (row stride 45) and added to. Outputs start poisoned, or at known values for the add.
+    /// The rows GEMM (up to 64 rows on tensor cores, narrow entries) in both forms against double references: row counts
+    /// at and across its 16-row fragments; in = 4160 (65 chunks of 64: the eight K-split warps get unequal shares, each
+    /// CTA starts at its own chunk, and the ring ends part-way); out = 37 (a second 32-column block holding 5) and
+    /// inter = 19; the plain form also into a wider y (row stride 45) and added to. Outputs start poisoned, or at known
+    /// values for the add.
     /// </summary>
     [Theory]
     [InlineData(1)]
@@ -145,8 +146,28 @@ public sealed class E4m3WeightTests : GpuFixtureTest
     public void E4m3RowsGemm_BothForms_MatchDoubleReference(int rows)
     {
         Gpu.Require();
-        Assert.False(E4m3RowsGemmKernel.Wide(rows, 37) || E4m3RowsGemmKernel.Wide(rows, 2 * 19));
-        CheckRowsGemmBothForms(rows, 4160, 37, 19, 45);
+        var gemm = new E4m3RowsGemmKernel(Library);
+        Assert.False(gemm.Wide(rows, 37) || gemm.Wide(rows, 2 * 19));
+        CheckRowsGemmBothForms(gemm, rows, 4160, 37, 19, 45);
+    }
+
+    /// <summary>
+    /// As on GPUs with less shared memory a block than Hopper's 227 KB (an A100's 163 KB, sm_86 / sm_89's 99 KB): a step
+    /// of more rows than a ring of two stages holds goes out in blocks of 48 or 16 rows, narrow entries only, and gives
+    /// the same sums.
+    /// </summary>
+    [Theory]
+    [InlineData(163 * 1024, 48, 64)]
+    [InlineData(99 * 1024, 16, 17)]
+    [InlineData(99 * 1024, 16, 40)]
+    [InlineData(99 * 1024, 16, 64)]
+    public void E4m3RowsGemm_WithLessSharedMemory_LaunchesRowBlocks_MatchDoubleReference(int sharedLimit, int perLaunch, int rows)
+    {
+        Gpu.Require();
+        var gemm = new E4m3RowsGemmKernel(Library) { SharedLimit = sharedLimit };
+        Assert.Equal(perLaunch, gemm.RowsPerLaunch);
+        if (sharedLimit < 100 * 1024) Assert.False(gemm.Wide(16, 1 << 20), "two stages of a wide entry do not fit 99 KB");
+        CheckRowsGemmBothForms(gemm, rows, 4160, 37, 19, 45);
     }
 
     /// <summary>
@@ -160,19 +181,20 @@ public sealed class E4m3WeightTests : GpuFixtureTest
     public void E4m3RowsGemm_WideEntries_MatchDoubleReference(int rows)
     {
         Gpu.Require();
+        var gemm = new E4m3RowsGemmKernel(Library);
         int half = (CudaRuntime.Device.MultiprocessorCount + 1) / 2;
         int outDim = 64 * half + 37, inter = 32 * half + 19;
-        Assert.True(E4m3RowsGemmKernel.Wide(rows, outDim) && E4m3RowsGemmKernel.Wide(rows, 2 * inter), "the shapes must take the wide entries");
-        CheckRowsGemmBothForms(rows, 17 * 64, outDim, inter, outDim + 8);
+        Assert.SkipUnless(gemm.Stages(rows, wide: true) >= 2, $"two ring stages of the wide entries need {2 * E4m3RowsGemmKernel.StageBytes((rows + 15) / 16, wide: true)} B of shared memory a block; this GPU has {gemm.SharedLimit}");
+        Assert.True(gemm.Wide(rows, outDim) && gemm.Wide(rows, 2 * inter), "the shapes must take the wide entries");
+        CheckRowsGemmBothForms(gemm, rows, 17 * 64, outDim, inter, outDim + 8);
     }
 
     /// <summary>
     /// Both forms of the e4m3 rows GEMM against a double reference: the plain one into a poisoned y and into a row
     /// stride past out with the residual add, the SwiGLU one into a poisoned output.
     /// </summary>
-    void CheckRowsGemmBothForms(int rows, int inDim, int outDim, int inter, int ldy)
+    void CheckRowsGemmBothForms(E4m3RowsGemmKernel gemm, int rows, int inDim, int outDim, int inter, int ldy)
     {
-        var gemm = new E4m3RowsGemmKernel(Library);
         var (codes, scales) = RandomE4m3(outDim, inDim, 40 + rows);
         var (guCodes, guScales) = RandomE4m3(2 * inter, inDim, 50 + rows);
         float[] xf = RandomFloats(rows * inDim, 60 + rows);

@@ -19,7 +19,8 @@ public sealed unsafe class E4m3RowsGemmKernel(KernelLibrary library)
 
     /// <summary>
     /// Chunks in each warp's shared-memory ring, by 16-row fragment count (index 1..4), before the GPU's shared memory
-    /// caps them (bench/e4m3_rows_probe.py, one H200: 3 at up to 16 rows, where 2 and 4-6 were slower; 4 at 17-32).
+    /// caps them (bench/e4m3_rows_probe.py, one H200: at up to 16 rows 3 beat 2, 4 and 6; at 17-32 rows 3 and 4 were
+    /// even). On an H200 (227 KB a block) the wide entries at 17-32 rows get 3, and 49-64 rows get 2.
     /// </summary>
     static readonly int[] PreferredStages = [0, 3, 4, 3, 3];
 
@@ -30,11 +31,39 @@ public sealed unsafe class E4m3RowsGemmKernel(KernelLibrary library)
     /// </summary>
     public static int StageBytes(int fragments, bool wide = false) => (wide ? 8 : 4) * 16 * (int)Block + 8 * 16 * fragments * 144;
 
-    /// <summary>Ring depth for <paramref name="rows"/> on this GPU: <see cref="PreferredStages"/>, fewer where its shared memory per block is smaller; below 2 the entry cannot run.</summary>
-    public static int Stages(int rows, bool wide = false)
+    static int StagesWithin(int fragments, bool wide, int sharedLimit) =>
+        Math.Min(PreferredStages[fragments], sharedLimit / StageBytes(fragments, wide));
+
+    /// <summary>
+    /// Shared memory a block may use: the GPU's opt-in limit, or less where a test sets it to run as on a smaller GPU
+    /// (A100 163 KB, sm_86 / sm_89 99 KB).
+    /// </summary>
+    internal int SharedLimit
     {
-        int fragments = (rows + 15) / 16;
-        return Math.Min(PreferredStages[fragments], CudaRuntime.Device.MaxSharedBytesPerBlockOptin / StageBytes(fragments, wide));
+        get => _sharedLimit ?? CudaRuntime.Device.MaxSharedBytesPerBlockOptin;
+        init => _sharedLimit = value;
+    }
+    readonly int? _sharedLimit;
+
+    /// <summary>
+    /// Ring depth for a launch of <paramref name="rows"/>: <see cref="PreferredStages"/>, fewer where shared memory is
+    /// smaller; below 2 the entry cannot run.
+    /// </summary>
+    public int Stages(int rows, bool wide = false) => StagesWithin((rows + 15) / 16, wide, SharedLimit);
+
+    /// <summary>
+    /// Most rows one launch takes: 16-row fragments while a ring of two stages fits (64 on Hopper, 48 on an A100, 16
+    /// with 99 KB). A longer step is launched in blocks of these rows; each block reads the codes again, which still
+    /// moves fewer bytes than a dequantize pass and cuBLAS up to 4 blocks.
+    /// </summary>
+    public int RowsPerLaunch
+    {
+        get
+        {
+            for (int f = MaxRows / 16; f >= 1; f--)
+                if (StagesWithin(f, false, SharedLimit) >= 2) return 16 * f;
+            return 0;
+        }
     }
 
     /// <summary>
@@ -42,17 +71,20 @@ public sealed unsafe class E4m3RowsGemmKernel(KernelLibrary library)
     /// entries (eight 8-column tiles a warp, 64 columns a CTA): every CTA reads all of x, so at 16-32 rows x's reads
     /// rival the codes', and the wide CTA halves them per code, while the halved grid still fills the card
     /// (bench/e4m3_rows_probe.py, one H200: 70B at 32 rows 504 -> 402 us a layer; 8B's o and down, 64 wide CTAs on
-    /// 132 SMs, and every projection at 9 rows were slower wide).
+    /// 132 SMs, and every projection at 9 rows were slower wide). Not where two stages of them do not fit.
     /// </summary>
-    public static bool Wide(int rows, int weightRows) =>
+    public bool Wide(int rows, int weightRows) =>
         rows is >= 16 and <= 32 && 2 * ((weightRows + 63) / 64) >= CudaRuntime.Device.MultiprocessorCount && Stages(rows, wide: true) >= 2;
 
-    /// <summary>Whether these operands are taken: in % 64 == 0, 16-byte aligned x and codes, mma.sync's sm_80+, and shared memory for a ring of two stages.</summary>
+    /// <summary>
+    /// Whether these operands are taken: in % 64 == 0, 16-byte aligned x and codes, mma.sync's sm_80+, and shared
+    /// memory for a ring of two stages of one fragment (70 KB: every sm_80+ GPU has it).
+    /// </summary>
     public static bool Takes(int rows, ulong xAddress, E4m3Rows w, int inDim) =>
         rows is >= 1 and <= MaxRows && inDim % Chunk == 0 && xAddress % 16 == 0 && w.Codes.Address % 16 == 0
-        && CudaRuntime.Device.ComputeMajor >= 8 && Stages(rows) >= 2;
+        && CudaRuntime.Device.ComputeMajor >= 8 && StagesWithin(1, false, CudaRuntime.Device.MaxSharedBytesPerBlockOptin) >= 2;
 
-    /// <summary>The entry for this launch, its ring depth, shared memory and output columns per CTA.</summary>
+    /// <summary>The entry for a launch of <paramref name="rows"/> (at most <see cref="RowsPerLaunch"/>), its ring depth, shared memory and output columns per CTA.</summary>
     (CudaKernel Kernel, int Stages, uint SharedBytes, int Columns) Entry(bool silu, int rows, int weightRows)
     {
         bool wide = Wide(rows, weightRows);
@@ -61,7 +93,7 @@ public sealed unsafe class E4m3RowsGemmKernel(KernelLibrary library)
         if (k is null)
         {
             var entry = library.Get("gemm_e4m3_rows.cu", $"{(silu ? "gemm_silu_e4m3_rows" : "gemm_e4m3_rows")}_{(wide ? "wide_" : "")}m{fragments}");
-            // Once per entry: its depth, so its shared memory, depends only on the fragment count, the form and the GPU.
+            // Once per entry: its depth, so its shared memory, depends only on the fragment count, the form and the limit.
             if (shared > 48 * 1024) entry.SetAttribute(CudaKernel.AttrMaxDynamicSharedBytes, shared);
             k = entry;
         }
@@ -78,7 +110,7 @@ public sealed unsafe class E4m3RowsGemmKernel(KernelLibrary library)
         KernelGuard.Fits(w.Scales, outDim, n, "scales", $"({outDim})");
         if (!Takes(rows, x.Address, w, inDim))
             throw new ArgumentException($"{n}: needs in % {Chunk} == 0 (in = {inDim}), 16-byte aligned x and codes, an sm_80+ GPU and " +
-                $"{2 * StageBytes((rows + 15) / 16)} bytes of shared memory per block; dequantize the matrix otherwise.", nameof(w));
+                $"{2 * StageBytes(1)} bytes of shared memory per block; dequantize the matrix otherwise.", nameof(w));
     }
 
     /// <summary>y (rows, outDim), row stride <paramref name="ldy"/> (0 = outDim), = x · (codes · scale)ᵀ, plus y when <paramref name="accumulate"/>.</summary>
@@ -90,7 +122,14 @@ public sealed unsafe class E4m3RowsGemmKernel(KernelLibrary library)
         Check(n, x, rows, inDim, w, outDim);
         if (ldy < outDim) throw new ArgumentOutOfRangeException(nameof(ldy), ldy, $"{n}: row stride must be >= out ({outDim}).");
         KernelGuard.Fits(y, (long)(rows - 1) * ldy + outDim, n, nameof(y), $"({rows}, {outDim}) with row stride {ldy}");
-        ulong px = x.Address, pw = w.Codes.Address, ps = w.Scales.Address, py = y.Address;
+        int per = RowsPerLaunch;
+        for (int first = 0; first < rows; first += per)
+            LaunchBlock(stream, x.Slice((long)first * inDim).Address, Math.Min(per, rows - first), inDim, w, outDim, y.Slice((long)first * ldy).Address, ldy, accumulate);
+    }
+
+    void LaunchBlock(CudaStream stream, ulong px, int rows, int inDim, E4m3Rows w, int outDim, ulong py, int ldy, bool accumulate)
+    {
+        ulong pw = w.Codes.Address, ps = w.Scales.Address;
         int acc = accumulate ? 1 : 0;
         var (k, stages, shared, columns) = Entry(false, rows, outDim);
         void** args = stackalloc void*[] { &px, &pw, &ps, &py, &rows, &inDim, &outDim, &ldy, &acc, &stages };
@@ -104,7 +143,14 @@ public sealed unsafe class E4m3RowsGemmKernel(KernelLibrary library)
         KernelGuard.Positive(inter, n, nameof(inter));
         Check(n, x, rows, inDim, gateUp, 2 * inter);
         KernelGuard.Fits(output, (long)rows * inter, n, nameof(output), $"({rows}, {inter})");
-        ulong px = x.Address, pw = gateUp.Codes.Address, ps = gateUp.Scales.Address, po = output.Address;
+        int per = RowsPerLaunch;
+        for (int first = 0; first < rows; first += per)
+            LaunchSiluBlock(stream, x.Slice((long)first * inDim).Address, Math.Min(per, rows - first), inDim, gateUp, inter, output.Slice((long)first * inter).Address);
+    }
+
+    void LaunchSiluBlock(CudaStream stream, ulong px, int rows, int inDim, E4m3Rows gateUp, int inter, ulong po)
+    {
+        ulong pw = gateUp.Codes.Address, ps = gateUp.Scales.Address;
         var (k, stages, shared, columns) = Entry(true, rows, 2 * inter);
         int units = columns / 2;   // a CTA's columns are its units' gate and up rows
         void** args = stackalloc void*[] { &px, &pw, &ps, &po, &rows, &inDim, &inter, &stages };

@@ -341,7 +341,8 @@ public sealed partial class CudaBackend : IModelBackend
     internal bool FailNextDecodeCaptureForTests { get; set; }
     /// <summary>
     /// Decode-sized steps (1-2 rows; 1-4 for [gate; up]) run their projections through the GEMV kernel (default).
-    /// Off: cuBLAS for every step (benchmarks compare the two). Changing it recaptures decode graphs.
+    /// Off: cuBLAS for every step (benchmarks compare the two); weights kept as e4m3 take the rows GEMM from
+    /// <see cref="E4m3RowsGemmFromRows"/> rows either way. Changing it recaptures decode graphs.
     /// </summary>
     public bool UseGemv { get => _useGemv; set => SetRoute(ref _useGemv, value); }
     bool _useGemv = true;
