@@ -130,6 +130,7 @@ public sealed class SwiftKvChatClient : IChatClient
         // <|python_tag|> is shown only where it can open a call: with no tools offered it is markup like the others.
         var hidden = request.ToolNames.Count > 0 ? _hiddenTokens : _hiddenWithoutTools;
         bool stoppedOnText = false;
+        char lastChar = '\0';   // of the text handed out so far
         TimeSpan firstToken = TimeSpan.Zero, lastToken = TimeSpan.Zero;
         int received = 0;
         await foreach (int id in run.Tokens.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
@@ -142,7 +143,11 @@ public sealed class SwiftKvChatClient : IChatClient
                 _metrics.FirstToken(firstToken);
             }
             string text = toolCalls.Push(stops.Push(hidden.Contains(id) ? "" : detok.Append(id), out stoppedOnText));
-            if (text.Length > 0) yield return Update([new TextContent(text)]);
+            if (text.Length > 0)
+            {
+                lastChar = text[^1];
+                yield return Update([new TextContent(text)]);
+            }
             if (stoppedOnText) break;
         }
         var outcome = await run.FinishAsync(stoppedOnText).ConfigureAwait(false);
@@ -150,19 +155,29 @@ public sealed class SwiftKvChatClient : IChatClient
         if (!stoppedOnText)
         {
             string tail = toolCalls.Push(stops.Flush(detok.Flush(), out stoppedOnText));
-            if (tail.Length > 0) yield return Update([new TextContent(tail)]);
+            if (tail.Length > 0)
+            {
+                lastChar = tail[^1];
+                yield return Update([new TextContent(tail)]);
+            }
         }
         // NOTE: JSON output cut off by MaxOutputTokens is returned as is, with FinishReason Length. So is JSON that the
         // budget rule may have closed early (BudgetShaped: a list or string ended so that the document fits; it errs
         // towards yes within a few tokens of the budget): whole, but maybe shorter than the model's answer; a call
         // shaped so is not made but returned as text, as a call cut off is. A document that closed without the rule
-        // stepping in is complete: Stop (or ToolCalls), also when it closed on the last token the budget allowed.
+        // stepping in is complete: Stop (or ToolCalls), also when it closed on the last token the budget allowed. A
+        // top-level number is complete after every digit yet may go on, so one the budget ended is Length.
         bool budgetShaped = !stoppedOnText && request.Constraint is IGrammarConstraint { BudgetShaped: true };
         var (calls, heldText) = toolCalls.Finish(asText: budgetShaped);
-        if (heldText.Length > 0) yield return Update([new TextContent(heldText)]);
+        if (heldText.Length > 0)
+        {
+            lastChar = heldText[^1];
+            yield return Update([new TextContent(heldText)]);
+        }
         if (calls.Count > 0) yield return Update([.. calls]);
 
-        bool jsonComplete = request.Constraint is IGrammarConstraint { IsComplete: true };
+        bool openNumber = outcome.FinishReason == FinishReason.Length && char.IsAsciiDigit(lastChar);
+        bool jsonComplete = request.Constraint is IGrammarConstraint { IsComplete: true } && !openNumber;
         var finish = budgetShaped ? ChatFinishReason.Length
             : calls.Count > 0 ? ChatFinishReason.ToolCalls
             : stoppedOnText || outcome.FinishReason == FinishReason.Stop || jsonComplete ? ChatFinishReason.Stop

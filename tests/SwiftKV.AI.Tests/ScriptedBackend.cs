@@ -15,6 +15,22 @@ public sealed class ScriptedBackend(LlamaConfig config, LlamaTokenizer tokenizer
     IReadOnlyList<int> _script = [];
     int _next;
 
+    /// <summary>
+    /// A chat client (owning its model) over a new scripted backend with the tiny model's config and tokenizer: at most
+    /// 64 output tokens unless a request says otherwise, today 2026-11-26.
+    /// </summary>
+    public static (SwiftKvChatClient Client, ScriptedBackend Backend) Client(TinyChatModel tiny, int contextLength, params string[] answers)
+    {
+        var backend = new ScriptedBackend(tiny.Model.Config, tiny.Model.Tokenizer, answers);
+        var model = new LocalModel { Path = tiny.Directory, Config = tiny.Model.Config, Tokenizer = tiny.Model.Tokenizer, Backend = backend, BackendReason = "scripted" };
+        var client = new SwiftKvChatClient(model, new SwiftKvOptions { ModelPath = tiny.Directory, DefaultMaxOutputTokens = 64, ContextLength = contextLength },
+            ownsModel: true, today: () => new DateOnly(2026, 11, 26));
+        return (client, backend);
+    }
+
+    /// <inheritdoc cref="Client(TinyChatModel, int, string[])"/>
+    public static (SwiftKvChatClient Client, ScriptedBackend Backend) Client(TinyChatModel tiny, params string[] answers) => Client(tiny, 8192, answers);
+
     /// <summary>The prompt token ids of every request, in order.</summary>
     public List<int[]> Prompts { get; } = [];
 

@@ -14,9 +14,7 @@ public sealed class SemanticKernelAutoTests(TinyChatModel tiny)
 {
     (Kernel Kernel, ScriptedBackend Backend, Func<int> Invoked) Build(params string[] answers)
     {
-        var backend = new ScriptedBackend(tiny.Model.Config, tiny.Model.Tokenizer, answers);
-        var model = new LocalModel { Path = tiny.Directory, Config = tiny.Model.Config, Tokenizer = tiny.Model.Tokenizer, Backend = backend, BackendReason = "scripted" };
-        var client = new SwiftKvChatClient(model, new SwiftKvOptions { ModelPath = tiny.Directory, DefaultMaxOutputTokens = 64 }, ownsModel: true);
+        var (client, backend) = ScriptedBackend.Client(tiny, answers);
         var builder = Kernel.CreateBuilder();
         builder.Services.AddSingleton<IChatClient>(client.AsBuilder().UseFunctionInvocation().Build());
         var kernel = builder.Build();

@@ -9,13 +9,7 @@ public sealed class StopSequenceTests(TinyChatModel tiny)
 {
     static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    SwiftKvChatClient Scripted(string answer, int contextLength = 8192)
-    {
-        var backend = new ScriptedBackend(tiny.Model.Config, tiny.Model.Tokenizer, answer);
-        var model = new LocalModel { Path = tiny.Directory, Config = tiny.Model.Config, Tokenizer = tiny.Model.Tokenizer, Backend = backend, BackendReason = "scripted" };
-        return new SwiftKvChatClient(model, new SwiftKvOptions { ModelPath = tiny.Directory, DefaultMaxOutputTokens = 64, ContextLength = contextLength },
-            ownsModel: true, today: () => new DateOnly(2026, 11, 26));
-    }
+    SwiftKvChatClient Scripted(string answer, int contextLength = 8192) => ScriptedBackend.Client(tiny, contextLength, answer).Client;
 
     /// <summary>
     /// Special tokens are left out of the streamed text, so a stop sequence that is one's text could never match there;
@@ -64,5 +58,37 @@ public sealed class StopSequenceTests(TinyChatModel tiny)
         using var client = Scripted("unused", contextLength: 1);
         var e = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync("Hi", cancellationToken: Ct));
         Assert.Contains("No prompt fits with room for an answer: the context is 1 token, set by SwiftKvOptions.ContextLength", e.Message);
+    }
+
+    /// <summary>
+    /// A top-level JSON number is complete after every digit, yet the model may go on: one the output budget ended is
+    /// FinishReason Length, as M.E.AI defines it (the token limit was reached). It was Stop, so a caller took a cut-off
+    /// number for the whole answer. A number the model ended (the end-of-turn token) stays Stop.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task JsonNumber_EndedByTheBudget_IsLength_EndedByTheModel_IsStop(bool streaming)
+    {
+        var number = ChatResponseFormat.ForJsonSchema(System.Text.Json.JsonDocument.Parse("""{"type":"number"}""").RootElement, "n");
+        async Task<ChatResponse> Ask(string answer, int budget)
+        {
+            using var client = Scripted(answer);
+            var options = new ChatOptions { ResponseFormat = number, MaxOutputTokens = budget };
+            return streaming
+                ? await client.GetStreamingResponseAsync("A number?", options, Ct).ToChatResponseAsync(Ct)
+                : await client.GetResponseAsync("A number?", options, Ct);
+        }
+        var tokenizer = tiny.Model.Tokenizer;
+        var digits = tokenizer.Encode("123456789012", parseSpecialTokens: false);
+        Assert.True(digits.Count >= 3, "the script must be longer than the budget");
+        var cut = await Ask("123456789012", 2);
+        Assert.Equal(2, cut.Usage!.OutputTokenCount);
+        Assert.Equal(tokenizer.Decode(digits.Take(2).ToArray()), cut.Text);
+        Assert.Equal(ChatFinishReason.Length, cut.FinishReason);
+
+        var whole = await Ask("42", 8);
+        Assert.Equal("42", whole.Text);
+        Assert.Equal(ChatFinishReason.Stop, whole.FinishReason);
     }
 }

@@ -12,14 +12,7 @@ public sealed class ToolCallingTests(TinyChatModel tiny)
 {
     static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    (SwiftKvChatClient Client, ScriptedBackend Backend) Scripted(params string[] answers)
-    {
-        var backend = new ScriptedBackend(tiny.Model.Config, tiny.Model.Tokenizer, answers);
-        var model = new LocalModel { Path = tiny.Directory, Config = tiny.Model.Config, Tokenizer = tiny.Model.Tokenizer, Backend = backend, BackendReason = "scripted" };
-        var client = new SwiftKvChatClient(model, new SwiftKvOptions { ModelPath = tiny.Directory, DefaultMaxOutputTokens = 64 }, ownsModel: true,
-            today: () => new DateOnly(2026, 11, 26));
-        return (client, backend);
-    }
+    (SwiftKvChatClient Client, ScriptedBackend Backend) Scripted(params string[] answers) => ScriptedBackend.Client(tiny, answers);
 
     string Prompt(ScriptedBackend b, int i) => tiny.Model.Tokenizer.Decode(b.Prompts[i]);
 
