@@ -22,7 +22,7 @@ internal static class DemoCommand
         int maxTokens = a.Int("max-tokens") ?? 48;
         if (maxTokens <= 0) throw new UsageException($"--max-tokens must be > 0 (got {maxTokens})");
         a.RejectUnknown();
-        model ??= EnsureDemoModel();
+        model = model is null ? EnsureDemoModel() : CliArgs.CheckModelDirectory(model);
         return RunAsync(model, maxTokens).GetAwaiter().GetResult();
     }
 

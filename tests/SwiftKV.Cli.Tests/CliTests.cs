@@ -694,6 +694,9 @@ public sealed class CliTests : IDisposable
         var missing = Run("generate", "--model", Path.Combine(_root, "nowhere"), "--prompt", "hi");
         Assert.Equal(2, missing.Code);
         Assert.Contains("nowhere: no such directory", missing.Err);
+        var demo = Run("demo", "--model", Path.Combine(_root, "nowhere"));   // as the other commands name it
+        Assert.Equal(2, demo.Code);
+        Assert.Contains("--model " + Path.Combine(_root, "nowhere") + ": no such directory", demo.Err);
     }
 
     /// <summary>A checkpoint without a tokenizer: info says so (it looked complete), and transform notes the copy has none either.</summary>

@@ -192,7 +192,7 @@ public static class Distiller
                     throw new InsufficientMemoryException(message + ": shorten the sequences (--max-seq) or use a GPU with more memory.");
                 cpuReason = message;
             }
-            log?.Invoke($"note: training on the CPU (exact fp32; --gemm applies to the GPU only): {cpuReason.TrimEnd('.')}.");
+            log?.Invoke($"note: training on the CPU (exact fp32 throughout): {cpuReason.TrimEnd('.')}.");
         }
         RefusePastMemory(directory, config, longest);
         var (t, s) = LoadTeacherAndStudent(directory, config, checkpoint);
