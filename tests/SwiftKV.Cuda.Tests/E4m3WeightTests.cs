@@ -37,6 +37,45 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         return Enumerable.Range(0, n).Select(_ => (float)((2 * r.NextDouble() - 1) * scale)).ToArray();
     }
 
+    /// <summary>
+    /// The e4m3 kernels' operands on the GPU, random (seeds <paramref name="seed"/>, + 10, + 20): x (rows, in) bf16, a
+    /// plain matrix (out, in) and a [gate; up] (2 · inter, in) as codes with row scales, and the host copies the
+    /// references read.
+    /// </summary>
+    sealed class Operands : IDisposable
+    {
+        public readonly (byte[] Codes, float[] Scales) Plain, GateUp;
+        readonly Bf16[] _x;
+        readonly int _inDim;
+        readonly DeviceBuffer<Bf16> _dX;
+        readonly DeviceBuffer<byte> _dCodes, _dGu;
+        readonly DeviceBuffer<float> _dScales, _dGuScales;
+
+        public Operands(int rows, int inDim, int outDim, int inter, int seed)
+        {
+            _inDim = inDim;
+            Plain = RandomE4m3(outDim, inDim, seed);
+            GateUp = RandomE4m3(2 * inter, inDim, seed + 10);
+            _x = RandomFloats(rows * inDim, seed + 20).Select(Bf16.FromSingle).ToArray();
+            _dX = new DeviceBuffer<Bf16>(_x);
+            _dCodes = new DeviceBuffer<byte>(Plain.Codes);
+            _dScales = new DeviceBuffer<float>(Plain.Scales);
+            _dGu = new DeviceBuffer<byte>(GateUp.Codes);
+            _dGuScales = new DeviceBuffer<float>(GateUp.Scales);
+        }
+
+        public DeviceSpan<Bf16> X => _dX.Span;
+        public E4m3Rows W => new(_dCodes.Span, _dScales.Span);
+        public E4m3Rows Gu => new(_dGu.Span, _dGuScales.Span);
+        /// <summary>x[r, i] as the kernels read it (bf16).</summary>
+        public double Xb(int r, int i) => _x[r * _inDim + i].ToSingle();
+
+        public void Dispose()
+        {
+            _dX.Dispose(); _dCodes.Dispose(); _dScales.Dispose(); _dGu.Dispose(); _dGuScales.Dispose();
+        }
+    }
+
     static float Value(byte code) => Float8.ToSingle(code, TensorDtype.F8E4M3);
 
     /// <summary>Row o · x_r in double with the codes' exact values, times the row's scale.</summary>
@@ -67,33 +106,25 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         Gpu.Require();
         const int In = 4112, Out = 37, Inter = 19;
         var gemv = new GemvKernel(Library);
-        var (codes, scales) = RandomE4m3(Out, In, 10 + rows);
-        var (guCodes, guScales) = RandomE4m3(2 * Inter, In, 20 + rows);
-        float[] xf = RandomFloats(rows * In, 30 + rows);
-        var xb = xf.Select(Bf16.FromSingle).ToArray();
-        using var dX = new DeviceBuffer<Bf16>(xb);
-        using var dCodes = new DeviceBuffer<byte>(codes);
-        using var dScales = new DeviceBuffer<float>(scales);
-        using var dGu = new DeviceBuffer<byte>(guCodes);
-        using var dGuScales = new DeviceBuffer<float>(guScales);
-        var w = new E4m3Rows(dCodes.Span, dScales.Span);
-        var gu = new E4m3Rows(dGu.Span, dGuScales.Span);
-        double Xb(int r, int i) => xb[r * In + i].ToSingle();
+        using var ops = new Operands(rows, In, Out, Inter, 10 + rows);
+        var ((codes, scales), (guCodes, guScales)) = (ops.Plain, ops.GateUp);
+        var (x, w, gu) = (ops.X, ops.W, ops.Gu);
+        Func<int, int, double> Xb = ops.Xb;
 
         // Plain, written then added to.
         using var y = Gpu.Poisoned((long)rows * Out);
-        gemv.Launch(Stream, dX.Span, rows, In, w, Out, y.Span);
+        gemv.Launch(Stream, x, rows, In, w, Out, y.Span);
         var first = y.ToArray();
         var expected = new double[rows * Out];
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < Out; o++) expected[r * Out + o] = Dot(codes, scales, o, In, i => Xb(r, i));
         Gpu.Close(first, expected, 1e-4, 1e-5, $"gemv_e4m3 r{rows}");
-        gemv.Launch(Stream, dX.Span, rows, In, w, Out, y.Span, accumulate: true);
+        gemv.Launch(Stream, x, rows, In, w, Out, y.Span, accumulate: true);
         Gpu.Close(y.ToArray(), expected.Select(e => 2 * e).ToArray(), 1e-4, 1e-5, $"gemv_e4m3 r{rows} accumulate");
 
         // SwiGLU: gate rows 0..inter-1, up rows inter..2 inter-1; the output is bf16.
         using var mlp = Gpu.PoisonedBf16((long)rows * Inter);
-        gemv.LaunchSiluMul(Stream, dX.Span, rows, In, gu, Inter, mlp.Span);
+        gemv.LaunchSiluMul(Stream, x, rows, In, gu, Inter, mlp.Span);
         var silu = new double[rows * Inter];
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < Inter; o++)
@@ -195,31 +226,23 @@ public sealed class E4m3WeightTests : GpuFixtureTest
     /// </summary>
     void CheckRowsGemmBothForms(E4m3RowsGemmKernel gemm, int rows, int inDim, int outDim, int inter, int ldy)
     {
-        var (codes, scales) = RandomE4m3(outDim, inDim, 40 + rows);
-        var (guCodes, guScales) = RandomE4m3(2 * inter, inDim, 50 + rows);
-        float[] xf = RandomFloats(rows * inDim, 60 + rows);
-        var xb = xf.Select(Bf16.FromSingle).ToArray();
-        using var dX = new DeviceBuffer<Bf16>(xb);
-        using var dCodes = new DeviceBuffer<byte>(codes);
-        using var dScales = new DeviceBuffer<float>(scales);
-        using var dGu = new DeviceBuffer<byte>(guCodes);
-        using var dGuScales = new DeviceBuffer<float>(guScales);
-        var w = new E4m3Rows(dCodes.Span, dScales.Span);
-        var gu = new E4m3Rows(dGu.Span, dGuScales.Span);
-        double Xb(int r, int i) => xb[r * inDim + i].ToSingle();
+        using var ops = new Operands(rows, inDim, outDim, inter, 40 + rows);
+        var ((codes, scales), (guCodes, guScales)) = (ops.Plain, ops.GateUp);
+        var (x, w, gu) = (ops.X, ops.W, ops.Gu);
+        Func<int, int, double> Xb = ops.Xb;
 
         var expected = new double[rows * outDim];
         var magnitude = new double[rows * outDim];
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < outDim; o++) (expected[r * outDim + o], magnitude[r * outDim + o]) = DotWithMagnitude(codes, scales, o, inDim, i => Xb(r, i));
         using var y = Gpu.Poisoned((long)rows * outDim);
-        gemm.Launch(Stream, dX.Span, rows, inDim, w, outDim, y.Span);
+        gemm.Launch(Stream, x, rows, inDim, w, outDim, y.Span);
         CloseToSums(y.ToArray(), expected, magnitude, 1e-6, $"gemm_e4m3_rows r{rows}");
 
         // A row stride past out: the columns past out of each row are not the GEMM's and keep their values; then the residual add.
         var start = RandomFloats(rows * ldy, 70 + rows);
         using var strided = new DeviceBuffer<float>(start);
-        gemm.Launch(Stream, dX.Span, rows, inDim, w, outDim, strided.Span, accumulate: true, ldy: ldy);
+        gemm.Launch(Stream, x, rows, inDim, w, outDim, strided.Span, accumulate: true, ldy: ldy);
         var got = strided.ToArray();
         var want = new double[rows * ldy];
         var wantMagnitude = new double[rows * ldy];
@@ -236,7 +259,7 @@ public sealed class E4m3WeightTests : GpuFixtureTest
         // SwiGLU: bf16's rounding of the value (8e-3 of it), plus the sums' error (1e-6 of their magnitude) carried through
         // silu(g) · u (d/dg at most 1.1 |u|, d/du is |silu(g)| <= |g|): a value that cancels to near zero keeps the latter.
         using var mlp = Gpu.PoisonedBf16((long)rows * inter);
-        gemm.LaunchSiluMul(Stream, dX.Span, rows, inDim, gu, inter, mlp.Span);
+        gemm.LaunchSiluMul(Stream, x, rows, inDim, gu, inter, mlp.Span);
         var gotSilu = mlp.ToArray();
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < inter; o++)
