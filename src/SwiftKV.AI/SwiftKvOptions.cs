@@ -81,7 +81,10 @@ public sealed class SwiftKvOptions
         if (string.IsNullOrWhiteSpace(ModelPath))
             throw new ArgumentException("SwiftKvOptions.ModelPath is required: the directory of a Hugging Face Llama or SwiftKV checkpoint.", nameof(ModelPath));
         if (!Directory.Exists(ModelPath))
-            throw new ArgumentException($"SwiftKvOptions.ModelPath '{ModelPath}' is not a directory.", nameof(ModelPath));
+            throw new ArgumentException(File.Exists(ModelPath)
+                ? $"SwiftKvOptions.ModelPath '{ModelPath}' is a file; give the checkpoint directory that holds it ({Path.GetDirectoryName(Path.GetFullPath(ModelPath))})."
+                : $"SwiftKvOptions.ModelPath '{ModelPath}': no such directory (expected a Hugging Face checkpoint: config.json, *.safetensors, tokenizer).",
+                nameof(ModelPath));
         ValidateSettings();
     }
 

@@ -107,7 +107,8 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
 
     [Theory]
     [InlineData("", 8192, 512, "ModelPath")]
-    [InlineData("/no/such/dir", 8192, 512, "not a directory")]
+    [InlineData("/no/such/dir", 8192, 512, "ModelPath '/no/such/dir': no such directory (expected a Hugging Face checkpoint")]
+    [InlineData("CONFIG_FILE", 8192, 512, "is a file; give the checkpoint directory that holds it")]
     [InlineData(null, 0, 512, "ContextLength")]
     [InlineData(null, 8192, -1, "DefaultMaxOutputTokens")]
     public void AddSwiftKvChatClient_InvalidOptions_FailAtRegistration(string? path, int context, int maxTokens, string named)
@@ -115,7 +116,7 @@ public sealed class ServiceRegistrationTests(TinyChatModel tiny)
         var services = new ServiceCollection();
         var e = Assert.ThrowsAny<ArgumentException>(() => services.AddSwiftKvChatClient(o =>
         {
-            o.ModelPath = path ?? tiny.Directory;
+            o.ModelPath = path == "CONFIG_FILE" ? Path.Combine(tiny.Directory, "config.json") : path ?? tiny.Directory;
             o.ContextLength = context;
             o.DefaultMaxOutputTokens = maxTokens;
         }));
